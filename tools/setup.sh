@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine (run as root).
+#   tools/setup.sh          system packages + .venv with the daemon, tool and uvloop
+#   tools/setup.sh --test   the same plus what the test suite and benchmarks need
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+pkgs=(python3-tdb python3-venv corosync libcpg4 iproute2)
+[ "$want_test" = 1 ] && pkgs+=(ctdb tdb-tools)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+# The Debian corosync package starts a system daemon that needs a real
+# cluster config; we run private ones, so keep the system unit from failing.
+systemctl disable --now corosync >/dev/null 2>&1 || true
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+# python3-tdb is only packaged by Debian: make its files visible in the venv.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for f in $(dpkg -L python3-tdb | grep '/dist-packages/[^/]*$'); do
+    ln -sf "$f" "$site/$(basename "$f")"
+done
+extras="fast"
+[ "$want_test" = 1 ] && extras="fast,test,bench"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]" >&2
+.venv/bin/python -c 'import tdb, msgpack, click' >&2

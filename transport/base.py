@@ -1,0 +1,161 @@
+"""The contract between the daemon and the network.
+
+The daemon's engines never touch a socket: they hand payloads (opaque bytes) to
+a `Transport` and receive payloads and membership views back through two
+callbacks. Backends differ in what they guarantee, and say so in
+`capabilities`, so that the engine (and the conformance suite) can rely on
+exactly what a backend promises and nothing more:
+
+* every backend: `send` is reliable and FIFO per (sender, receiver) pair while
+  both stay in the view; `broadcast` reaches every member of the current view,
+  the sender included, FIFO per sender.
+* `total_order`: every member delivers broadcasts in one agreed order.
+* `virtual_synchrony`: a view change is delivered at the same position in the
+  message stream on every surviving member, and a message sent in view V is
+  delivered in V to all survivors of V or to none.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class View:
+    """A membership view: who this node can talk to right now.
+
+    `view_id` grows with every change seen by this node. On a virtually
+    synchronous backend all members see the same ids in the same order; on TCP
+    it is a local counter.
+    """
+
+    view_id: int
+    members: tuple[int, ...]
+
+    def __contains__(self, pnn: object) -> bool:
+        return pnn in self.members
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    total_order: bool
+    virtual_synchrony: bool
+    max_message_size: int
+
+
+MessageHandler = Callable[[int, bytes], None]
+ViewHandler = Callable[[View], None]
+
+
+def _ignore_message(src: int, payload: bytes) -> None:
+    """Default handler until the daemon installs its own."""
+
+
+def _ignore_view(view: View) -> None:
+    """Default handler until the daemon installs its own."""
+
+
+@dataclass
+class TransportOptions:
+    """Backend-independent settings, filled from the daemon's configuration.
+
+    `extra` carries backend-specific settings (e.g. the corosync group name)
+    as strings, straight from the `[transport]` section of the config file.
+    """
+
+    port: int = 4379
+    keepalive_interval: float = 1.0
+    keepalive_limit: int = 5
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class TransportError(Exception):
+    """A transport could not be started or used (bad address, no corosync...)."""
+
+
+class Transport(abc.ABC):
+    """One node's endpoint on the cluster network.
+
+    `nodes` is the list of node addresses from the nodes file; a node's pnn is
+    its index in that list. Handlers are plain attributes the owner replaces
+    after construction; they run on the event loop and must not block.
+    """
+
+    name: ClassVar[str]
+    #: A class default; a backend whose guarantees depend on its settings
+    #: (the memory transport) may set it per instance.
+    capabilities: Capabilities
+
+    def __init__(self, pnn: int, nodes: list[str], options: TransportOptions) -> None:
+        self.pnn = pnn
+        self.nodes = list(nodes)
+        self.options = options
+        self.view = View(0, (pnn,))
+        self.on_message: MessageHandler = _ignore_message
+        self.on_view: ViewHandler = _ignore_view
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Begin talking to the cluster; returns once this node can send."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Leave the cluster and release every resource; idempotent."""
+
+    @abc.abstractmethod
+    def send(self, pnn: int, payload: bytes) -> None:
+        """Queue `payload` for node `pnn`; silently dropped if `pnn` is not in the view."""
+
+    @abc.abstractmethod
+    def broadcast(self, payload: bytes) -> None:
+        """Queue `payload` for every member of the current view, this node included."""
+
+    @abc.abstractmethod
+    async def drain(self) -> None:
+        """Wait until queued output is below the backend's high-water mark (back-pressure)."""
+
+    def set_keepalive(self, interval: float, limit: int) -> None:
+        """Change failure-detection timing at run time (`ctdbtool setvar`)."""
+        self.options.keepalive_interval = interval
+        self.options.keepalive_limit = limit
+
+    def _set_view(self, members: set[int] | tuple[int, ...]) -> None:
+        """Install a new view if membership changed and tell the owner."""
+        ordered = tuple(sorted(members))
+        if ordered == self.view.members:
+            return
+        self.view = View(self.view.view_id + 1, ordered)
+        self.on_view(self.view)
+
+
+_REGISTRY: dict[str, str] = {
+    "tcp": "transport.tcp:TcpTransport",
+    "vs": "transport.cpg:CpgTransport",
+    "memory": "transport.memory:MemoryTransport",
+}
+
+
+def transport_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def transport_class(name: str) -> type[Transport]:
+    """Look a backend up by the name used in configs and on command lines.
+
+    Imports lazily so that, e.g., the TCP daemon never loads libcpg.
+    """
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        raise TransportError(
+            f"unknown transport {name!r} (choose from {', '.join(transport_names())})"
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    import importlib
+
+    module = importlib.import_module(module_name)
+    cls: type[Transport] = getattr(module, class_name)
+    return cls
