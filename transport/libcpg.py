@@ -1,0 +1,413 @@
+"""A small, typed ctypes binding of corosync's libcpg (``libcpg.so.4``).
+
+Why ctypes: Debian ships no Python binding for CPG, and we need only a
+handful of calls.  The layouts below follow corosync 3.x
+``include/corosync/cpg.h`` and ``corotypes.h``:
+
+* ``cpg_handle_t`` is a ``uint64_t``;
+* ``struct cpg_name { uint32_t length; char value[128]; }``;
+* ``struct cpg_address { uint32_t nodeid, pid, reason; }``;
+* ``cpg_callbacks_t { deliver_fn; confchg_fn; }`` (corosync 3 dropped the
+  third ``groups_get`` member);
+* callbacks take ``size_t`` lengths.
+
+Everything here is synchronous and non-blocking except `CpgHandle.dispatch`
+with `CS_DISPATCH_BLOCKING` (never used by the transport).  Callbacks run
+inside `CpgHandle.dispatch`, on the caller's thread; their ctypes function
+objects are kept alive on the handle because libcpg keeps raw pointers to
+them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CPG_MAX_NAME_LENGTH = 128
+
+
+class CsError(enum.IntEnum):
+    """corosync's ``cs_error_t``."""
+
+    CS_OK = 1
+    CS_ERR_LIBRARY = 2
+    CS_ERR_VERSION = 3
+    CS_ERR_INIT = 4
+    CS_ERR_TIMEOUT = 5
+    CS_ERR_TRY_AGAIN = 6
+    CS_ERR_INVALID_PARAM = 7
+    CS_ERR_NO_MEMORY = 8
+    CS_ERR_BAD_HANDLE = 9
+    CS_ERR_BUSY = 10
+    CS_ERR_ACCESS = 11
+    CS_ERR_NOT_EXIST = 12
+    CS_ERR_NAME_TOO_LONG = 13
+    CS_ERR_EXIST = 14
+    CS_ERR_NO_SPACE = 15
+    CS_ERR_INTERRUPT = 16
+    CS_ERR_NAME_NOT_FOUND = 17
+    CS_ERR_NO_RESOURCES = 18
+    CS_ERR_NOT_SUPPORTED = 19
+    CS_ERR_BAD_OPERATION = 20
+    CS_ERR_FAILED_OPERATION = 21
+    CS_ERR_MESSAGE_ERROR = 22
+    CS_ERR_QUEUE_FULL = 23
+    CS_ERR_QUEUE_NOT_AVAILABLE = 24
+    CS_ERR_BAD_FLAGS = 25
+    CS_ERR_TOO_BIG = 26
+    CS_ERR_NO_SECTIONS = 27
+    CS_ERR_CONTEXT_NOT_FOUND = 28
+    CS_ERR_TOO_MANY_GROUPS = 30
+    CS_ERR_SECURITY = 100
+
+
+class Dispatch(enum.IntEnum):
+    """``cs_dispatch_flags_t``."""
+
+    CS_DISPATCH_ONE = 1
+    CS_DISPATCH_ALL = 2
+    CS_DISPATCH_BLOCKING = 3
+    CS_DISPATCH_ONE_NONBLOCKING = 4
+
+
+class Guarantee(enum.IntEnum):
+    """``cpg_guarantee_t``: corosync implements only FIFO (== AGREED) and AGREED."""
+
+    CPG_TYPE_UNORDERED = 0
+    CPG_TYPE_FIFO = 1
+    CPG_TYPE_AGREED = 2
+    CPG_TYPE_SAFE = 3
+
+
+class Reason(enum.IntEnum):
+    """``cpg_reason_t``: why a member appears in a joined/left list."""
+
+    CPG_REASON_UNDEFINED = 0
+    CPG_REASON_JOIN = 1
+    CPG_REASON_LEAVE = 2
+    CPG_REASON_NODEDOWN = 3
+    CPG_REASON_NODEUP = 4
+    CPG_REASON_PROCDOWN = 5
+
+
+class CpgError(Exception):
+    """A libcpg call failed; `code` is the raw ``cs_error_t`` value."""
+
+    def __init__(self, func: str, code: int) -> None:
+        self.func = func
+        self.code = code
+        try:
+            self.error_name = CsError(code).name
+        except ValueError:
+            self.error_name = f"CS_ERR_UNKNOWN_{code}"
+        super().__init__(f"{func}: {self.error_name} ({code})")
+
+    @property
+    def try_again(self) -> bool:
+        """True for the one transient error: corosync's queue is full, retry later."""
+        return self.code == CsError.CS_ERR_TRY_AGAIN
+
+
+class _CpgName(ctypes.Structure):
+    _fields_ = [("length", ctypes.c_uint32), ("value", ctypes.c_char * CPG_MAX_NAME_LENGTH)]
+
+
+class _CpgAddress(ctypes.Structure):
+    _fields_ = [("nodeid", ctypes.c_uint32), ("pid", ctypes.c_uint32), ("reason", ctypes.c_uint32)]
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_DELIVER_FN = ctypes.CFUNCTYPE(
+    None,
+    ctypes.c_uint64,
+    ctypes.POINTER(_CpgName),
+    ctypes.c_uint32,
+    ctypes.c_uint32,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+)
+_CONFCHG_FN = ctypes.CFUNCTYPE(
+    None,
+    ctypes.c_uint64,
+    ctypes.POINTER(_CpgName),
+    ctypes.POINTER(_CpgAddress),
+    ctypes.c_size_t,
+    ctypes.POINTER(_CpgAddress),
+    ctypes.c_size_t,
+    ctypes.POINTER(_CpgAddress),
+    ctypes.c_size_t,
+)
+
+
+class _CpgCallbacks(ctypes.Structure):
+    _fields_ = [("cpg_deliver_fn", _DELIVER_FN), ("cpg_confchg_fn", _CONFCHG_FN)]
+
+
+@dataclass(frozen=True)
+class CpgAddress:
+    """One group member: a process (`pid`) on a corosync node (`nodeid`)."""
+
+    nodeid: int
+    pid: int
+    reason: int = 0
+
+    @property
+    def member(self) -> tuple[int, int]:
+        """The (nodeid, pid) identity CPG uses for a member."""
+        return (self.nodeid, self.pid)
+
+
+DeliverCallback = Callable[[str, int, int, bytes], None]
+"""(group, nodeid, pid, message)"""
+
+ConfchgCallback = Callable[[str, list[CpgAddress], list[CpgAddress], list[CpgAddress]], None]
+"""(group, members, left, joined)"""
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def _load() -> ctypes.CDLL:
+    """Load libcpg once, lazily, so importing this module never fails."""
+    global _lib
+    if _lib is None:
+        name = ctypes.util.find_library("cpg") or "libcpg.so.4"
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            lib = ctypes.CDLL("libcpg.so.4")
+        h = ctypes.c_uint64
+        u32p = ctypes.POINTER(ctypes.c_uint32)
+        lib.cpg_initialize.argtypes = [ctypes.POINTER(h), ctypes.POINTER(_CpgCallbacks)]
+        lib.cpg_finalize.argtypes = [h]
+        lib.cpg_fd_get.argtypes = [h, ctypes.POINTER(ctypes.c_int)]
+        lib.cpg_dispatch.argtypes = [h, ctypes.c_int]
+        lib.cpg_join.argtypes = [h, ctypes.POINTER(_CpgName)]
+        lib.cpg_leave.argtypes = [h, ctypes.POINTER(_CpgName)]
+        lib.cpg_mcast_joined.argtypes = [h, ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_uint]
+        lib.cpg_local_get.argtypes = [h, u32p]
+        lib.cpg_max_atomic_msgsize_get.argtypes = [h, u32p]
+        lib.cpg_membership_get.argtypes = [
+            h,
+            ctypes.POINTER(_CpgName),
+            ctypes.POINTER(_CpgAddress),
+            ctypes.POINTER(ctypes.c_int),
+        ]
+        for fn in (
+            lib.cpg_initialize,
+            lib.cpg_finalize,
+            lib.cpg_fd_get,
+            lib.cpg_dispatch,
+            lib.cpg_join,
+            lib.cpg_leave,
+            lib.cpg_mcast_joined,
+            lib.cpg_local_get,
+            lib.cpg_max_atomic_msgsize_get,
+            lib.cpg_membership_get,
+        ):
+            fn.restype = ctypes.c_int
+        _lib = lib
+    return _lib
+
+
+def available() -> bool:
+    """Is libcpg loadable on this machine at all?"""
+    try:
+        _load()
+    except OSError:
+        return False
+    return True
+
+
+def _check(func: str, rc: int) -> None:
+    if rc != CsError.CS_OK:
+        raise CpgError(func, rc)
+
+
+def _name(group: str) -> _CpgName:
+    raw = group.encode()
+    if len(raw) > CPG_MAX_NAME_LENGTH:
+        raise ValueError(f"CPG group name longer than {CPG_MAX_NAME_LENGTH} bytes: {group!r}")
+    n = _CpgName()
+    n.length = len(raw)
+    n.value = raw
+    return n
+
+
+def _addresses(ptr: ctypes._Pointer[_CpgAddress], count: int) -> list[CpgAddress]:
+    return [CpgAddress(ptr[i].nodeid, ptr[i].pid, ptr[i].reason) for i in range(count)]
+
+
+def _group(ptr: ctypes._Pointer[_CpgName]) -> str:
+    n = ptr.contents
+    return bytes(n.value[: n.length]).decode(errors="replace")
+
+
+class CpgHandle:
+    """One connection to the local corosync (``cpg_initialize`` .. ``cpg_finalize``).
+
+    `on_deliver` and `on_confchg` are called from inside `dispatch`.  Exceptions
+    they raise cannot cross the C frame, so they are stored and re-raised by
+    `dispatch` after libcpg returns.
+    """
+
+    def __init__(
+        self,
+        on_deliver: DeliverCallback | None = None,
+        on_confchg: ConfchgCallback | None = None,
+    ) -> None:
+        self._lib = _load()
+        self.on_deliver = on_deliver
+        self.on_confchg = on_confchg
+        self._pending_exc: BaseException | None = None
+        # Keep the CFUNCTYPE objects (and the struct pointing at them) alive for
+        # the handle's lifetime: libcpg stores the raw function pointers.
+        self._deliver_cb = _DELIVER_FN(self._deliver)
+        self._confchg_cb = _CONFCHG_FN(self._confchg)
+        self._callbacks = _CpgCallbacks(self._deliver_cb, self._confchg_cb)
+        handle = ctypes.c_uint64(0)
+        rc = self._lib.cpg_initialize(ctypes.byref(handle), ctypes.byref(self._callbacks))
+        _check("cpg_initialize", rc)
+        self._handle: int | None = handle.value
+
+    # -- callbacks (run inside cpg_dispatch) -------------------------------
+
+    def _deliver(
+        self,
+        handle: int,
+        group: ctypes._Pointer[_CpgName],
+        nodeid: int,
+        pid: int,
+        msg: int | None,
+        msg_len: int,
+    ) -> None:
+        try:
+            data = ctypes.string_at(msg, msg_len) if msg and msg_len else b""
+            if self.on_deliver is not None:
+                self.on_deliver(_group(group), nodeid, pid, data)
+        except BaseException as exc:  # noqa: BLE001 - must not unwind through C
+            if self._pending_exc is None:
+                self._pending_exc = exc
+
+    def _confchg(
+        self,
+        handle: int,
+        group: ctypes._Pointer[_CpgName],
+        members: ctypes._Pointer[_CpgAddress],
+        n_members: int,
+        left: ctypes._Pointer[_CpgAddress],
+        n_left: int,
+        joined: ctypes._Pointer[_CpgAddress],
+        n_joined: int,
+    ) -> None:
+        try:
+            if self.on_confchg is not None:
+                self.on_confchg(
+                    _group(group),
+                    _addresses(members, n_members),
+                    _addresses(left, n_left),
+                    _addresses(joined, n_joined),
+                )
+        except BaseException as exc:  # noqa: BLE001 - must not unwind through C
+            if self._pending_exc is None:
+                self._pending_exc = exc
+
+    # -- calls --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _h(self) -> int:
+        if self._handle is None:
+            raise CpgError("cpg (finalized handle)", CsError.CS_ERR_BAD_HANDLE)
+        return self._handle
+
+    def fd(self) -> int:
+        """The fd to poll for readability; call `dispatch` when it is readable."""
+        fd = ctypes.c_int(-1)
+        _check("cpg_fd_get", self._lib.cpg_fd_get(self._h(), ctypes.byref(fd)))
+        return fd.value
+
+    def local_nodeid(self) -> int:
+        nodeid = ctypes.c_uint32(0)
+        _check("cpg_local_get", self._lib.cpg_local_get(self._h(), ctypes.byref(nodeid)))
+        return nodeid.value
+
+    def max_atomic_msgsize(self) -> int:
+        """Largest message corosync sends without fragmenting it itself."""
+        size = ctypes.c_uint32(0)
+        _check(
+            "cpg_max_atomic_msgsize_get",
+            self._lib.cpg_max_atomic_msgsize_get(self._h(), ctypes.byref(size)),
+        )
+        return size.value
+
+    def join(self, group: str) -> None:
+        _check("cpg_join", self._lib.cpg_join(self._h(), ctypes.byref(_name(group))))
+
+    def leave(self, group: str) -> None:
+        _check("cpg_leave", self._lib.cpg_leave(self._h(), ctypes.byref(_name(group))))
+
+    def membership(self, group: str) -> list[CpgAddress]:
+        arr = (_CpgAddress * 128)()
+        count = ctypes.c_int(128)
+        _check(
+            "cpg_membership_get",
+            self._lib.cpg_membership_get(
+                self._h(), ctypes.byref(_name(group)), arr, ctypes.byref(count)
+            ),
+        )
+        return [CpgAddress(a.nodeid, a.pid, a.reason) for a in arr[: count.value]]
+
+    def mcast(self, *parts: bytes, guarantee: Guarantee = Guarantee.CPG_TYPE_AGREED) -> None:
+        """Multicast the concatenation of `parts` to the joined group.
+
+        Raises `CpgError` with `try_again` set when corosync's queue is full:
+        nothing was sent then, and the caller must retry later.
+        """
+        iov = (_IoVec * len(parts))()
+        for i, part in enumerate(parts):
+            # c_char_p points into the bytes object itself: no copy; `parts`
+            # keeps the objects alive for the duration of the call.
+            iov[i].iov_base = ctypes.cast(ctypes.c_char_p(part), ctypes.c_void_p)
+            iov[i].iov_len = len(part)
+        _check(
+            "cpg_mcast_joined",
+            self._lib.cpg_mcast_joined(self._h(), int(guarantee), iov, len(parts)),
+        )
+
+    def dispatch(self, flags: Dispatch = Dispatch.CS_DISPATCH_ALL) -> None:
+        """Run callbacks for everything corosync has queued for us.
+
+        CS_ERR_TRY_AGAIN from a non-blocking dispatch means "nothing to do"
+        and is not an error.
+        """
+        rc = self._lib.cpg_dispatch(self._h(), int(flags))
+        exc, self._pending_exc = self._pending_exc, None
+        if exc is not None:
+            raise exc
+        if rc != CsError.CS_OK and rc != CsError.CS_ERR_TRY_AGAIN:
+            raise CpgError("cpg_dispatch", rc)
+
+    def finalize(self) -> None:
+        """Close the connection; idempotent and never raises (used on every exit path)."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        try:
+            self._lib.cpg_finalize(handle)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __enter__(self) -> CpgHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finalize()
