@@ -1,0 +1,640 @@
+"""The virtual-synchrony transport ("vs") on corosync's CPG.
+
+Why it is built this way
+------------------------
+
+* **One CPG member per process.**  corosync refuses a second ``cpg_join`` of
+  the same group from the same pid (``CS_ERR_EXIST``), yet tests and the
+  local launcher run several transports in one process.  So every process
+  has one `_Connection` per (event loop, network namespace, group); each
+  `CpgTransport` is a *logical member* ``(nodeid, pid, lid)`` on it.  Logical
+  joins (HELLO) and leaves (BYE) are ordinary messages in the agreed stream,
+  so they happen at the same position on every member, exactly like CPG's own
+  configuration changes.
+
+* **Views at stream positions.**  Every member runs the same deterministic
+  state machine over the same totally ordered stream of CPG deliveries and
+  configuration changes: a logical member enters the view at the position of
+  its HELLO, leaves at its BYE or at the confchg that removes its process.
+  Therefore ``on_view`` fires at the same position on every survivor (virtual
+  synchrony) with the same view id.
+
+* **State transfer for joiners.**  A process that joins a group with members
+  already in it cannot know their pnns.  At the joiner's confchg position
+  every synced member snapshots the state; the leader (lowest synced CPG
+  member) multicasts it (STATE).  The joiner buffers the stream from its join
+  until its STATE arrives, then replays the buffer from the snapshot, so it
+  ends up with exactly the state of the old members.  If the leader dies
+  before the STATE is delivered, the next leader resends it.  The first
+  members of a group (a confchg where every member is new) start from the
+  empty state.
+
+* **Fragmentation.**  Payloads are cut into chunks (default 64 KiB, never
+  above ``cpg_max_atomic_msgsize``) so corosync never fragments for us and a
+  ``CS_ERR_TRY_AGAIN`` is all-or-nothing per chunk.  Delivery is FIFO per
+  sender, so reassembly is a per-sender list; a sender that dies mid-message
+  leaves the same incomplete prefix on every survivor, which all drop.
+
+* **No flow control in corosync.**  ``cpg_mcast_joined`` returns
+  ``CS_ERR_TRY_AGAIN`` when its queue is full; chunks then wait in our queue
+  and are retried from the event loop; `drain()` waits below a high-water mark.
+
+* **corosync failure.**  A dispatch/mcast error or a hang-up on the fd means
+  the daemon is gone: every transport reports a view of only itself, and the
+  connection reconnects in the background and rejoins (logger
+  ``transport.cpg``).  While alone, broadcasts are delivered locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import logging
+import os
+import struct
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from transport import libcpg
+from transport.base import Capabilities, Transport, TransportError, TransportOptions, View
+
+log = logging.getLogger("transport.cpg")
+
+# Wire header of every CPG message: kind, flags, logical id, destination pnn.
+_HDR = struct.Struct("<BBHi")
+K_HELLO, K_DATA, K_STATE, K_BYE = 1, 2, 3, 4
+F_MORE = 1  # more fragments of this message follow
+BROADCAST = -1
+
+DEFAULT_CHUNK = 64 * 1024
+DEFAULT_HIGH_WATER = 8 * 1024 * 1024
+RECONNECT_INTERVAL = 0.5
+TRY_AGAIN_DELAY = 0.001
+
+Member = tuple[int, int]  # CPG member: (nodeid, pid)
+Logical = tuple[int, int, int]  # logical member: (nodeid, pid, lid)
+
+_lids = itertools.count(1)
+
+
+@dataclass
+class _State:
+    """What every synced member agrees on at a given stream position."""
+
+    members: dict[Logical, int] = field(default_factory=dict)  # -> pnn
+    view_id: int = 0
+    view: tuple[int, ...] = ()
+    synced: set[Member] = field(default_factory=set)
+    # joiner -> snapshot at its join position, until its STATE is delivered
+    pending: dict[Member, dict[str, Any]] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A msgpack-able copy; pending joiners' snapshots are nested one level deep."""
+        return {
+            "members": [[n, p, lid, pnn] for (n, p, lid), pnn in sorted(self.members.items())],
+            "view_id": self.view_id,
+            "view": list(self.view),
+            "synced": [list(m) for m in sorted(self.synced)],
+            "pending": [
+                [list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())
+            ],
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> _State:
+        return cls(
+            members={(n, p, lid): pnn for n, p, lid, pnn in snap["members"]},
+            view_id=snap["view_id"],
+            view=tuple(snap["view"]),
+            synced={(m[0], m[1]) for m in snap["synced"]},
+            pending={(m[0], m[1]): s for m, s in snap["pending"]},
+        )
+
+
+# Events recorded from the CPG callbacks and processed after cpg_dispatch returns.
+_Confchg = tuple[str, list[Member], list[Member], list[Member]]
+_Deliver = tuple[str, Member, bytes]
+_Event = _Confchg | _Deliver
+
+
+class _Connection:
+    """One CPG member (this process) carrying any number of logical members."""
+
+    registry: ClassVar[dict[tuple[int, int, str], _Connection]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, group: str, chunk: int) -> None:
+        self.loop = loop
+        self.group = group
+        self.want_chunk = chunk
+        self.chunk = chunk
+        self.transports: dict[int, CpgTransport] = {}
+        self.handle: libcpg.CpgHandle | None = None
+        self.fd: int | None = None
+        self.me: Member = (0, os.getpid())
+        self.joined = False  # our own join confchg was seen
+        self.synced = False
+        self.state = _State()
+        self.cpg_members: list[Member] = []
+        self.buffer: list[_Event] = []  # while waiting for STATE
+        self.base_snapshot_members: list[Member] = []
+        self.active: set[int] = set()  # lids whose HELLO was delivered
+        self.fragments: dict[Logical, list[bytes]] = {}
+        self.peek_fragments: dict[Logical, list[bytes]] = {}
+        self.outq: deque[bytes] = deque()
+        self.out_bytes = 0
+        self.retry: asyncio.TimerHandle | None = None
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.high_water = DEFAULT_HIGH_WATER
+        self.events: list[_Event] = []
+        self.reconnect_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @classmethod
+    def get(cls, group: str, chunk: int) -> _Connection:
+        loop = asyncio.get_running_loop()
+        key = (id(loop), os.stat("/proc/thread-self/ns/net").st_ino, group)
+        conn = cls.registry.get(key)
+        if conn is None or conn.closed:
+            conn = cls(loop, group, chunk)
+            conn.key = key
+            cls.registry[key] = conn
+        return conn
+
+    key: tuple[int, int, str]
+
+    def connect(self) -> None:
+        """Open the CPG handle, join the group, watch the fd; raises CpgError."""
+        handle = libcpg.CpgHandle(self._cb_deliver, self._cb_confchg)
+        try:
+            self.me = (handle.local_nodeid(), os.getpid())
+            atomic = handle.max_atomic_msgsize()
+            self.chunk = max(1024, min(self.want_chunk, atomic - _HDR.size - 64))
+            handle.join(self.group)
+            fd = handle.fd()
+        except BaseException:
+            handle.finalize()
+            raise
+        self.handle = handle
+        self.fd = fd
+        self.joined = False
+        self.synced = False
+        self.state = _State()
+        self.buffer = []
+        self.fragments = {}
+        self.peek_fragments = {}
+        self.active = set()
+        self.loop.add_reader(fd, self._on_readable)
+        log.debug("joined CPG group %r as %s", self.group, self.me)
+        for t in self.transports.values():
+            self._hello(t)
+
+    def attach(self, t: CpgTransport) -> None:
+        self.transports[t.lid] = t
+        if self.handle is not None:
+            self._hello(t)
+
+    def detach(self, t: CpgTransport) -> None:
+        """Remove a logical member; the last one closes the connection."""
+        if self.transports.pop(t.lid, None) is None:
+            return
+        self.active.discard(t.lid)
+        if self.handle is not None:
+            # Even if our HELLO is still in flight: FIFO puts the BYE after it.
+            self._enqueue(K_BYE, t.lid, BROADCAST, b"")
+        if not self.transports:
+            self.close()
+
+    def close(self) -> None:
+        """Leave and finalize; safe on every path, including a dead corosync."""
+        if self.closed:
+            return
+        self.closed = True
+        if _Connection.registry.get(self.key) is self:
+            del _Connection.registry[self.key]
+        if self.reconnect_task is not None:
+            self.reconnect_task.cancel()
+            self.reconnect_task = None
+        if self.handle is not None:
+            with contextlib.suppress(libcpg.CpgError):
+                self._flush(final=True)
+            with contextlib.suppress(libcpg.CpgError):
+                self.handle.leave(self.group)
+        self._drop_handle()
+
+    def _drop_handle(self) -> None:
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+        if self.fd is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.fd)
+            self.fd = None
+        if self.handle is not None:
+            self.handle.finalize()
+            self.handle = None
+        self.outq.clear()
+        self.out_bytes = 0
+        self.drained.set()
+
+    def _lost(self, why: object) -> None:
+        """corosync went away: go solo everywhere and reconnect in the background."""
+        if self.handle is None or self.closed:
+            return
+        log.warning(
+            "lost corosync (%s); group %r: reporting solo views, reconnecting every %.1fs",
+            why,
+            self.group,
+            RECONNECT_INTERVAL,
+        )
+        self._drop_handle()
+        self.active.clear()
+        self.synced = False
+        for t in list(self.transports.values()):
+            t._go_solo()
+        if self.reconnect_task is None:
+            self.reconnect_task = self.loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        attempts = 0
+        try:
+            while not self.closed:
+                await asyncio.sleep(RECONNECT_INTERVAL)
+                attempts += 1
+                try:
+                    self.connect()
+                except libcpg.CpgError as exc:
+                    if attempts % 20 == 1:
+                        log.info("corosync still unavailable (%s), retrying", exc)
+                    continue
+                log.warning("reconnected to corosync after %d attempts; rejoining", attempts)
+                return
+        finally:
+            self.reconnect_task = None
+
+    # -- output ---------------------------------------------------------------
+
+    def _hello(self, t: CpgTransport) -> None:
+        body = msgpack.packb({"pnn": t.pnn, "last_view_id": t.view.view_id})
+        self._enqueue(K_HELLO, t.lid, BROADCAST, body)
+
+    def _enqueue(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
+        if self.handle is None:
+            return
+        chunk = self.chunk
+        n = len(payload)
+        if n <= chunk:
+            self.outq.append(_HDR.pack(kind, 0, lid, dest) + payload)
+            self.out_bytes += n
+        else:
+            view = memoryview(payload)
+            for off in range(0, n, chunk):
+                more = F_MORE if off + chunk < n else 0
+                self.outq.append(_HDR.pack(kind, more, lid, dest) + view[off : off + chunk])
+            self.out_bytes += n
+        if self.retry is None:
+            self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        """Hand queued chunks to corosync until it says TRY_AGAIN."""
+        self.retry = None
+        handle = self.handle
+        q = self.outq
+        while q and handle is not None:
+            item = q[0]
+            try:
+                handle.mcast(item)
+            except libcpg.CpgError as exc:
+                if exc.try_again:
+                    if final:
+                        raise
+                    self.retry = self.loop.call_later(TRY_AGAIN_DELAY, self._flush)
+                    break
+                self._lost(exc)
+                return
+            q.popleft()
+            self.out_bytes -= len(item) - _HDR.size
+        if self.out_bytes < self.high_water:
+            self.drained.set()
+        else:
+            self.drained.clear()
+
+    # -- input ----------------------------------------------------------------
+
+    def _cb_deliver(self, group: str, nodeid: int, pid: int, msg: bytes) -> None:
+        self.events.append((group, (nodeid, pid), msg))
+
+    def _cb_confchg(
+        self,
+        group: str,
+        members: list[libcpg.CpgAddress],
+        left: list[libcpg.CpgAddress],
+        joined: list[libcpg.CpgAddress],
+    ) -> None:
+        self.events.append(
+            (
+                group,
+                [a.member for a in members],
+                [a.member for a in left],
+                [a.member for a in joined],
+            )
+        )
+
+    def _on_readable(self) -> None:
+        handle = self.handle
+        if handle is None:
+            return
+        try:
+            handle.dispatch(libcpg.Dispatch.CS_DISPATCH_ALL)
+        except libcpg.CpgError as exc:
+            self.events.clear()
+            self._lost(exc)
+            return
+        events, self.events = self.events, []
+        for ev in events:
+            if self.handle is not handle:
+                break  # lost or closed while processing
+            self._event(ev)
+
+    def _event(self, ev: _Event) -> None:
+        if not self.joined:
+            if len(ev) == 4 and self.me in ev[3]:  # our own join confchg
+                _, members, _left, joined = ev
+                self.joined = True
+                self.cpg_members = list(members)
+                if set(members) == set(joined):
+                    # Every member is new: we found the group's state together.
+                    self.state = _State(synced=set(members))
+                    self.synced = True
+                else:
+                    self.base_snapshot_members = list(members)
+            return
+        if not self.synced:
+            self.buffer.append(ev)
+            if len(ev) == 3:
+                body = self._peek_state(ev)
+                if body is not None:
+                    self._install(body)
+            else:
+                self.cpg_members = list(ev[1])
+            return
+        self._apply(ev)
+
+    def _peek_state(self, ev: _Deliver) -> dict[str, Any] | None:
+        """The STATE addressed to us, if `ev` is one (joiner side)."""
+        msg = ev[2]
+        if len(msg) < _HDR.size:
+            return None
+        kind, flags, _lid, _dest = _HDR.unpack_from(msg)
+        if kind != K_STATE:
+            return None
+        sender = (ev[1][0], ev[1][1], _lid)
+        if flags & F_MORE:
+            self.peek_fragments.setdefault(sender, []).append(msg[_HDR.size :])
+            return None
+        whole = b"".join([*self.peek_fragments.pop(sender, []), msg[_HDR.size :]])
+        body: dict[str, Any] = msgpack.unpackb(whole, strict_map_key=False)
+        if tuple(body["target"]) != self.me:
+            return None
+        return body
+
+    def _install(self, body: dict[str, Any]) -> None:
+        """Adopt the leader's snapshot (taken at our join) and replay what followed."""
+        snap = body["snapshot"]
+        self.state = _State.restore(snap)
+        self.cpg_members = list(self.base_snapshot_members)
+        self.synced = True
+        # Partial messages in flight at our join: complete them like everyone else.
+        self.fragments = {(n, p, lid): list(parts) for n, p, lid, parts in snap["fragments"]}
+        self.peek_fragments = {}
+        buffered, self.buffer = self.buffer, []
+        log.debug("%s: state transfer received, replaying %d events", self.me, len(buffered))
+        for ev in buffered:
+            self._apply(ev)
+
+    def _apply(self, ev: _Event) -> None:
+        if len(ev) == 4:
+            self._apply_confchg(ev[1], ev[2], ev[3])
+        else:
+            self._apply_message(ev[1], ev[2])
+
+    def _reassemble(self, sender: Logical, flags: int, msg: bytes) -> bytes | None:
+        """Collect fragments per logical sender (FIFO per sender makes this enough)."""
+        if flags & F_MORE:
+            self.fragments.setdefault(sender, []).append(msg[_HDR.size :])
+            return None
+        parts = self.fragments.pop(sender, None)
+        if parts is None:
+            return msg[_HDR.size :]
+        parts.append(msg[_HDR.size :])
+        return b"".join(parts)
+
+    def _apply_message(self, src: Member, msg: bytes) -> None:
+        if len(msg) < _HDR.size:
+            return
+        kind, flags, lid, dest = _HDR.unpack_from(msg)
+        sender = (src[0], src[1], lid)
+        payload = self._reassemble(sender, flags, msg)
+        if payload is None:
+            return
+        st = self.state
+        if kind == K_DATA:
+            pnn = st.members.get(sender)
+            if pnn is None:
+                return
+            for t in list(self.transports.values()):
+                if t.lid in self.active and (dest == BROADCAST or dest == t.pnn):
+                    t._deliver(pnn, payload)
+        elif kind == K_HELLO:
+            body = msgpack.unpackb(payload)
+            st.view_id = max(st.view_id, int(body["last_view_id"]))
+            st.members[sender] = int(body["pnn"])
+            self._recompute()
+            if src == self.me and lid in self.transports and lid not in self.active:
+                self.active.add(lid)
+                self.transports[lid]._activate(View(st.view_id, st.view))
+        elif kind == K_BYE:
+            if st.members.pop(sender, None) is not None:
+                self._recompute()
+        elif kind == K_STATE:
+            body = msgpack.unpackb(payload, strict_map_key=False)
+            target = (body["target"][0], body["target"][1])
+            if target in self.cpg_members:
+                st.synced.add(target)
+            st.pending.pop(target, None)
+
+    def _apply_confchg(
+        self, members: list[Member], left: list[Member], joined: list[Member]
+    ) -> None:
+        st = self.state
+        self.cpg_members = list(members)
+        gone = set(left)
+        changed = False
+        for lm in [lm for lm in st.members if (lm[0], lm[1]) in gone]:
+            del st.members[lm]
+            changed = True
+        for lm in [lm for lm in self.fragments if (lm[0], lm[1]) in gone]:
+            del self.fragments[lm]
+        for m in gone:
+            st.synced.discard(m)
+            st.pending.pop(m, None)
+        if changed:
+            self._recompute()
+        new = [j for j in joined if j != self.me]
+        for j in new:
+            snap = st.snapshot()
+            snap["fragments"] = [[*lm, parts] for lm, parts in sorted(self.fragments.items())]
+            st.pending[j] = snap
+        present = [m for m in sorted(st.synced) if m in members]
+        leader = present[0] if present else None
+        if leader != self.me:
+            return
+        # A new joiner gets its snapshot; after a departure (maybe of the old
+        # leader) every still-pending joiner gets it again (duplicates are ignored).
+        targets = sorted(st.pending) if left else new
+        for target in targets:
+            if target in members and target in st.pending:
+                body = msgpack.packb({"target": list(target), "snapshot": st.pending[target]})
+                self._enqueue(K_STATE, 0, BROADCAST, body)
+
+    def _recompute(self) -> None:
+        st = self.state
+        view = tuple(sorted(set(st.members.values())))
+        if view == st.view:
+            return
+        st.view_id += 1
+        st.view = view
+        v = View(st.view_id, view)
+        for t in list(self.transports.values()):
+            if t.lid in self.active:
+                t._new_view(v)
+
+
+class CpgTransport(Transport):
+    """A ctdbd's endpoint on a corosync CPG group (see the module docstring).
+
+    Options (``options.extra``): ``group`` (CPG group name, default "ctdb"),
+    ``chunk`` (fragment size in bytes), ``high_water`` (bytes queued before
+    `drain()` blocks), ``join_timeout`` (seconds `start()` waits for the view).
+    """
+
+    name: ClassVar[str] = "vs"
+    capabilities = Capabilities(
+        total_order=True, virtual_synchrony=True, max_message_size=64 * 1024 * 1024
+    )
+
+    def __init__(self, pnn: int, nodes: list[str], options: TransportOptions) -> None:
+        super().__init__(pnn, nodes, options)
+        self.group = options.extra.get("group", "ctdb")
+        self.chunk = int(options.extra.get("chunk", DEFAULT_CHUNK))
+        self.high_water = int(options.extra.get("high_water", DEFAULT_HIGH_WATER))
+        self.join_timeout = float(options.extra.get("join_timeout", 10.0))
+        self.lid = next(_lids) & 0xFFFF
+        self._conn: _Connection | None = None
+        self._active: asyncio.Event | None = None
+        self._solo = True
+
+    # -- Transport API ----------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._conn is not None:
+            return
+        if not libcpg.available():
+            raise TransportError("libcpg.so.4 not found (install Debian package libcpg4)")
+        self._active = asyncio.Event()
+        conn = _Connection.get(self.group, self.chunk)
+        conn.high_water = self.high_water
+        self._conn = conn
+        conn.attach(self)
+        if conn.handle is None and conn.reconnect_task is None:
+            try:
+                conn.connect()
+            except libcpg.CpgError as exc:
+                conn.detach(self)
+                self._conn = None
+                raise TransportError(f"cannot join CPG group {self.group!r}: {exc}") from exc
+        try:
+            await asyncio.wait_for(self._active.wait(), self.join_timeout)
+        except TimeoutError:
+            await self.stop()
+            raise TransportError(
+                f"CPG group {self.group!r}: no view within {self.join_timeout}s"
+            ) from None
+
+    async def stop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.detach(self)
+        self._solo = True
+
+    def send(self, pnn: int, payload: bytes) -> None:
+        if pnn not in self.view.members:
+            return
+        self._out(pnn, payload)
+
+    def broadcast(self, payload: bytes) -> None:
+        self._out(BROADCAST, payload)
+
+    async def drain(self) -> None:
+        conn = self._conn
+        if conn is not None and not self._solo:
+            await conn.drained.wait()
+
+    # -- internals ----------------------------------------------------------------
+
+    def _out(self, dest: int, payload: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        if self._solo:
+            # Alone (corosync down): the view is {self}; keep local semantics.
+            if dest in (BROADCAST, self.pnn):
+                conn.loop.call_soon(self._deliver, self.pnn, bytes(payload))
+            return
+        conn._enqueue(K_DATA, self.lid, dest, bytes(payload))
+
+    def _deliver(self, src: int, payload: bytes) -> None:
+        try:
+            self.on_message(src, payload)
+        except Exception:
+            log.exception("pnn %d: on_message handler failed", self.pnn)
+
+    def _new_view(self, view: View) -> None:
+        self.view = view
+        try:
+            self.on_view(view)
+        except Exception:
+            log.exception("pnn %d: on_view handler failed", self.pnn)
+
+    def _activate(self, view: View) -> None:
+        self._solo = False
+        self._new_view(view)
+        if self._active is not None:
+            self._active.set()
+
+    def _go_solo(self) -> None:
+        self._solo = True
+        if self.view.members != (self.pnn,):
+            self._new_view(View(self.view.view_id + 1, (self.pnn,)))
+
+    @property
+    def cpg_member(self) -> tuple[int, int, int] | None:
+        """This transport's logical member id (nodeid, pid, lid), for diagnostics."""
+        conn = self._conn
+        if conn is None:
+            return None
+        return (conn.me[0], conn.me[1], self.lid)
+
+
+def transports_in(pnns: Iterable[int], options: TransportOptions) -> list[CpgTransport]:
+    """Convenience for tests/benchmarks: one transport per pnn with shared options."""
+    nodes = [f"node{p}" for p in pnns]
+    return [CpgTransport(p, nodes, copy.deepcopy(options)) for p in pnns]
