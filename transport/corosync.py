@@ -132,10 +132,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def cleanup_stale_shm(pids: Iterable[int], shm: Path = Path("/dev/shm")) -> list[Path]:
-    """Remove libqb's ``qb-*`` files in /dev/shm left behind by dead processes.
+    """Remove libqb's ``qb-*`` entries in /dev/shm left behind by dead processes.
 
-    libqb names its IPC ring buffers after the server and client pids
-    (``qb-<server>-<client>-...``); when a client or corosync dies by SIGKILL
+    libqb names its IPC ring buffers (files, or a directory per connection in
+    libqb 2) after the server and client pids (``qb-<server>-<client>-...``,
+    ``qb-corosync-<server>-blackbox-*``); when a client or corosync dies by SIGKILL
     nobody unlinks them.  Only files naming one of `pids` (processes we
     started) are touched, and only once that pid is dead, so other users'
     live connections are never affected.  Returns what was removed.
@@ -153,8 +154,12 @@ def cleanup_stale_shm(pids: Iterable[int], shm: Path = Path("/dev/shm")) -> list
             continue
         fields = path.name.split("-")
         if dead.intersection(fields[1:]):
+            # libqb 2 keeps a connection's ring buffers in a directory.
             with contextlib.suppress(OSError):
-                path.unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
                 removed.append(path)
     return removed
 
