@@ -163,7 +163,7 @@ class _Connection:
         loop = asyncio.get_running_loop()
         key = (id(loop), os.stat("/proc/thread-self/ns/net").st_ino, group)
         conn = cls.registry.get(key)
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.loop is not loop or loop.is_closed():
             conn = cls(loop, group, chunk)
             conn.key = key
             cls.registry[key] = conn
@@ -300,6 +300,8 @@ class _Connection:
                 more = F_MORE if off + chunk < n else 0
                 self.outq.append(_HDR.pack(kind, more, lid, dest) + view[off : off + chunk])
             self.out_bytes += n
+        if self.out_bytes >= self.high_water:
+            self.drained.clear()
         if self.retry is None:
             self._flush()
 
@@ -585,8 +587,9 @@ class CpgTransport(Transport):
 
     async def drain(self) -> None:
         conn = self._conn
-        if conn is not None and not self._solo:
+        while conn is not None and not self._solo and conn.out_bytes >= conn.high_water:
             await conn.drained.wait()
+            conn = self._conn
 
     # -- internals ----------------------------------------------------------------
 

@@ -260,6 +260,33 @@ def test_one_mib_round_trip(corosync: PrivateCorosync) -> None:
     run(corosync, body)
 
 
+def test_back_pressure_try_again(corosync: PrivateCorosync) -> None:
+    """A burst far beyond corosync's queue: TRY_AGAIN is absorbed by our queue,
+    drain() waits it out, and nothing is lost or reordered."""
+
+    async def body() -> None:
+        ts = make("burst", [0, 1], high_water=str(1 << 20))
+        recs = [Recorder(t) for t in ts]
+        try:
+            for t in ts:
+                await t.start()
+            await until(lambda: all(t.view.members == (0, 1) for t in ts))
+            blob = b"z" * (256 * 1024)
+            n = 128  # 32 MiB in one go
+            for i in range(n):
+                ts[0].broadcast(i.to_bytes(4, "big") + blob)
+            conn = ts[0]._conn
+            assert conn is not None and conn.out_bytes > (1 << 20)  # really queued
+            await ts[0].drain()
+            assert conn.out_bytes < (1 << 20)
+            await until(lambda: len(recs[1].msgs()) == n, 30, what="burst delivered")
+            assert [int.from_bytes(m[:4], "big") for _, m in recs[1].msgs()] == list(range(n))
+        finally:
+            await stop_all(ts)
+
+    run(corosync, body)
+
+
 def test_send_reaches_only_destination(corosync: PrivateCorosync) -> None:
     async def body() -> None:
         ts = make("unicast", [0, 1, 2])
