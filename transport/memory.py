@@ -1,0 +1,721 @@
+"""In-process transport for tests and simulation.
+
+Two things live here:
+
+* `SimScheduler`: a seeded, single-threaded event loop with a virtual clock.
+  Everything random (latencies, which in-flight messages a crash loses) comes
+  from its one `random.Random(seed)`, and ties are broken by insertion order,
+  so a run is a pure function of the seed and can be replayed exactly; the
+  optional trace lets a test prove that.
+* `MemoryNetwork` + `MemoryTransport`: a fake network with fault injection
+  (crash, partition, heal) in two modes, chosen per network:
+
+  - FIFO mode (`total_order=False`) behaves like the TCP backend: each
+    (sender, receiver) pair is a FIFO link with random latency; a crash or a
+    partition cuts each link after a random prefix of its in-flight messages
+    (never a gap), and each endpoint learns about the change after the last
+    message it will ever get from the departed peer. Different survivors may
+    therefore see different subsets of a crashed node's last messages, which
+    is exactly the weakness the engine must cope with over TCP.
+  - VS mode (`total_order=True`) behaves like corosync CPG: a central
+    sequencer puts every broadcast, send and view change into one global
+    order and every member delivers its share of that order over a FIFO
+    link. Before installing a view the sequencer runs a flush: each
+    surviving member acknowledges after its last message of the old view and
+    holds new messages until it installs the new view, so a message sent in
+    view V is delivered in V to all survivors of V (a crashed sender's
+    in-flight tail is cut at one point for everybody: all or none).
+
+Without a `SimScheduler` the network runs on the asyncio loop that is running
+when it is used (wall-clock latency), so the same backend serves the
+asyncio-based conformance suite and the daemon (`--transport memory`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from transport.base import Capabilities, Transport, TransportError, TransportOptions, View
+
+MAX_MESSAGE = 64 * 1024 * 1024
+HIGH_WATER = 4 * 1024 * 1024
+LOW_WATER = HIGH_WATER // 2
+#: Pseudo-pnn of the VS sequencer in channel keys.
+SEQUENCER = -1
+
+
+# --------------------------------------------------------------------------
+# Deterministic scheduler
+
+
+class SimHandle:
+    """What `SimScheduler.call_later` returns; `cancel()` makes it a no-op."""
+
+    __slots__ = ("when", "callback", "args", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SimScheduler:
+    """A virtual-time event loop whose whole behaviour is fixed by `seed`.
+
+    Events run in (time, insertion sequence) order, never concurrently; the
+    clock jumps from one event to the next, so simulated seconds cost nothing.
+    `trace` is a list of strings when `trace=True`: the network appends one
+    line per observable event, so two runs can be compared line by line.
+    """
+
+    def __init__(self, seed: int = 0, *, trace: bool = False) -> None:
+        self.seed = seed
+        self.random = random.Random(seed)
+        self.trace: list[str] | None = [] if trace else None
+        self._now = 0.0
+        self._seq = 0
+        self._heap: list[tuple[float, int, SimHandle]] = []
+
+    def time(self) -> float:
+        return self._now
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> SimHandle:
+        handle = SimHandle(self._now + max(0.0, delay), callback, args)
+        self._seq += 1
+        heapq.heappush(self._heap, (handle.when, self._seq, handle))
+        return handle
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> SimHandle:
+        return self.call_later(0.0, callback, *args)
+
+    def record(self, event: str) -> None:
+        """Append `event` (stamped with the virtual time) to the trace, if tracing."""
+        if self.trace is not None:
+            self.trace.append(f"{self._now:.6f} {event}")
+
+    def pending(self) -> int:
+        return sum(1 for _, _, h in self._heap if not h.cancelled)
+
+    def step(self) -> bool:
+        """Run the next event; False when there is none."""
+        while self._heap:
+            when, _, handle = heapq.heappop(self._heap)
+            if handle.cancelled:
+                continue
+            self._now = max(self._now, when)
+            handle.callback(*handle.args)
+            return True
+        return False
+
+    def run_until_idle(self, max_time: float | None = None, max_events: int = 10_000_000) -> int:
+        """Run events until none is left (or the next is after virtual `max_time`).
+
+        Returns the number of events run; `max_events` guards against a
+        livelock (e.g. a periodic timer) turning a test into a hang.
+        """
+        count = 0
+        while self._heap:
+            when, _, handle = self._heap[0]
+            if handle.cancelled:
+                heapq.heappop(self._heap)
+                continue
+            if max_time is not None and when > max_time:
+                self._now = max(self._now, max_time)
+                break
+            if count >= max_events:
+                raise RuntimeError(f"SimScheduler: more than {max_events} events; livelock?")
+            self.step()
+            count += 1
+        return count
+
+    def run_for(self, seconds: float) -> int:
+        """Advance the virtual clock by `seconds`, running every event due meanwhile."""
+        end = self._now + seconds
+        count = self.run_until_idle(max_time=end)
+        self._now = end
+        return count
+
+
+# --------------------------------------------------------------------------
+# Links
+
+
+@dataclass
+class _Packet:
+    seq: int
+    item: tuple[Any, ...]
+    size: int
+    owner: int  # pnn whose back-pressure budget this packet counts against
+    dropped: bool = False
+
+
+@dataclass
+class _Channel:
+    """One FIFO link. `last_at` makes a later packet never overtake an earlier one."""
+
+    queue: deque[_Packet] = field(default_factory=deque)
+    last_at: float = -math.inf
+    next_seq: int = 0
+
+
+@dataclass
+class _PendingView:
+    """FIFO mode: a view an endpoint installs once `markers` links have drained."""
+
+    members: frozenset[int]
+    markers: int
+
+
+class MemoryNetwork:
+    """A fake network that `MemoryTransport`s attach to; see the module docstring.
+
+    Networks are found by name (`named`) so that a daemon built from a config
+    file (`[transport] network = x`) meets its peers in the same process.
+    """
+
+    _registry: ClassVar[dict[str, MemoryNetwork]] = {}
+
+    def __init__(
+        self,
+        scheduler: SimScheduler | None = None,
+        *,
+        seed: int = 0,
+        total_order: bool = False,
+        latency: tuple[float, float] = (0.0001, 0.001),
+    ) -> None:
+        if latency[0] < 0 or latency[1] < latency[0]:
+            raise ValueError(f"bad latency range {latency!r}")
+        self.scheduler = scheduler
+        self.random = scheduler.random if scheduler is not None else random.Random(seed)
+        self.total_order = total_order
+        self.latency = latency
+        self.capabilities = Capabilities(
+            total_order=total_order, virtual_synchrony=total_order, max_message_size=MAX_MESSAGE
+        )
+        self._endpoints: dict[int, MemoryTransport] = {}
+        self._alive: set[int] = set()
+        self._groups: list[frozenset[int]] | None = None
+        self._channels: dict[tuple[int, int], _Channel] = {}
+        # FIFO mode: per-endpoint queue of views waiting for removal markers.
+        self._pending_views: dict[int, deque[_PendingView]] = {}
+        # VS mode: the sequencer's state.
+        self._installed: dict[int, View] = {}
+        self._next_view_id = 1
+        self._awaiting: set[int] | None = None  # flush acks still missing
+        self._flushed: set[int] = set()
+        self._departed: set[int] = set()  # dead members still in _installed
+
+    # -- registry -------------------------------------------------------------
+
+    @classmethod
+    def named(cls, name: str, **kwargs: Any) -> MemoryNetwork:
+        """The network registered as `name`, created (with `kwargs`) if missing."""
+        net = cls._registry.get(name)
+        if net is None:
+            net = cls(**kwargs)
+            cls._registry[name] = net
+        return net
+
+    def register(self, name: str) -> MemoryNetwork:
+        """Make this network the one `named(name)` (and thus the transports) find."""
+        self._registry[name] = self
+        return self
+
+    @classmethod
+    def unregister(cls, name: str) -> None:
+        cls._registry.pop(name, None)
+
+    # -- clock ----------------------------------------------------------------
+
+    def time(self) -> float:
+        if self.scheduler is not None:
+            return self.scheduler.time()
+        return asyncio.get_running_loop().time()
+
+    def _call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.call_later(delay, callback, *args)
+        elif delay <= 0:
+            asyncio.get_running_loop().call_soon(callback, *args)
+        else:
+            asyncio.get_running_loop().call_later(delay, callback, *args)
+
+    def _record(self, event: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.record(event)
+
+    # -- topology -------------------------------------------------------------
+
+    @property
+    def members(self) -> frozenset[int]:
+        """Endpoints currently attached and alive."""
+        return frozenset(self._alive)
+
+    def connected(self, a: int, b: int) -> bool:
+        if a == b:
+            return True
+        if self._groups is None:
+            return True
+        return any(a in g and b in g for g in self._groups)
+
+    def _reachable(self, pnn: int) -> frozenset[int]:
+        return frozenset(p for p in self._alive if self.connected(pnn, p))
+
+    def partition(self, groups: Iterable[Iterable[int]]) -> None:
+        """Split the network; a pnn in no group is isolated on its own."""
+        new = [frozenset(g) for g in groups]
+        seen: set[int] = set()
+        for g in new:
+            if seen & g:
+                raise ValueError("partition groups overlap")
+            seen |= g
+        old_connected = {(a, b) for a in self._alive for b in self._alive if self.connected(a, b)}
+        self._groups = new
+        self._record(f"partition {sorted(sorted(g) for g in new)}")
+        cut = {(a, b) for (a, b) in old_connected if not self.connected(a, b)}
+        self._topology_changed(cut)
+
+    def heal(self) -> None:
+        """Undo every partition."""
+        self._groups = None
+        self._record("heal")
+        self._topology_changed(set())
+
+    def crash(self, pnn: int) -> None:
+        """Make endpoint `pnn` vanish abruptly: it delivers and sends nothing more."""
+        self._depart(pnn, graceful=False)
+
+    def _depart(self, pnn: int, *, graceful: bool) -> None:
+        if pnn not in self._alive:
+            return
+        self._alive.discard(pnn)
+        self._record(f"{'leave' if graceful else 'crash'} {pnn}")
+        ep = self._endpoints.get(pnn)
+        if ep is not None:
+            ep._dead = True
+            ep._wake_drainers()
+        # Nothing reaches a dead endpoint any more.
+        for (_src, dst), chan in self._channels.items():
+            if dst == pnn:
+                self._drop_from(chan, 0)
+        self._pending_views.pop(pnn, None)
+        if self.total_order:
+            up = self._channels.get((pnn, SEQUENCER))
+            if up is not None and not graceful:
+                self._cut(up)
+            if self._awaiting is not None:
+                self._awaiting.discard(pnn)
+            if pnn in self._installed:
+                self._departed.add(pnn)
+            self._vs_reconcile()
+        else:
+            cut = {(pnn, p) for p in self._alive} if not graceful else set()
+            self._fifo_topology_changed(cut, removed_from={pnn})
+
+    # -- attach / detach ------------------------------------------------------
+
+    def attach(self, ep: MemoryTransport) -> None:
+        if ep.pnn in self._alive:
+            raise TransportError(f"pnn {ep.pnn} is already attached to this memory network")
+        self._endpoints[ep.pnn] = ep
+        self._alive.add(ep.pnn)
+        self._record(f"attach {ep.pnn}")
+        self._topology_changed(set())
+
+    def detach(self, ep: MemoryTransport) -> None:
+        if self._endpoints.get(ep.pnn) is ep:
+            self._depart(ep.pnn, graceful=True)
+
+    def _topology_changed(self, cut: set[tuple[int, int]]) -> None:
+        if self.total_order:
+            self._vs_reconcile()
+        else:
+            self._fifo_topology_changed(cut, removed_from=set())
+
+    # -- links ----------------------------------------------------------------
+
+    def _channel(self, src: int, dst: int) -> _Channel:
+        key = (src, dst)
+        chan = self._channels.get(key)
+        if chan is None:
+            chan = self._channels[key] = _Channel()
+        return chan
+
+    def _enqueue(self, src: int, dst: int, item: tuple[Any, ...], size: int, owner: int) -> None:
+        """Put `item` on the (src, dst) link with random latency, FIFO with what is queued."""
+        chan = self._channel(src, dst)
+        now = self.time()
+        lo, hi = self.latency
+        at = max(now + self.random.uniform(lo, hi), chan.last_at)
+        chan.last_at = at
+        seq = chan.next_seq
+        chan.next_seq += 1
+        chan.queue.append(_Packet(seq, item, size, owner))
+        if size:
+            ep = self._endpoints.get(owner)
+            if ep is not None:
+                ep._outstanding += size
+        # Deliver by sequence number, not by timer order: asyncio's timer heap
+        # does not keep insertion order for equal deadlines.
+        self._call_later(at - now, self._pump, src, dst, seq)
+
+    def _pump(self, src: int, dst: int, upto: int) -> None:
+        chan = self._channels[(src, dst)]
+        while chan.queue and chan.queue[0].seq <= upto:
+            packet = chan.queue.popleft()
+            self._release(packet)
+            if not packet.dropped:
+                self._arrive(src, dst, packet.item)
+
+    def _release(self, packet: _Packet) -> None:
+        if packet.size:
+            ep = self._endpoints.get(packet.owner)
+            if ep is not None:
+                ep._outstanding -= packet.size
+                ep._wake_drainers()
+            packet.size = 0
+
+    def _drop_from(self, chan: _Channel, index: int) -> None:
+        for i, packet in enumerate(chan.queue):
+            if i >= index and not packet.dropped:
+                packet.dropped = True
+                self._release(packet)
+
+    def _cut(self, chan: _Channel) -> None:
+        """Lose a random suffix of what is in flight on `chan` (a prefix survives)."""
+        live = [i for i, p in enumerate(chan.queue) if not p.dropped]
+        if not live:
+            return
+        keep = self.random.randint(0, len(live))
+        if keep < len(live):
+            self._drop_from(chan, live[keep])
+
+    def _arrive(self, src: int, dst: int, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if dst == SEQUENCER:
+            self._sequence(src, item)
+            return
+        ep = self._endpoints.get(dst)
+        if ep is None or ep._dead:
+            return
+        if kind == "msg":
+            origin, payload = item[1], item[2]
+            self._record(f"deliver {origin}->{dst} {_show(payload)}")
+            ep.on_message(origin, payload)
+        elif kind == "marker":
+            pending = self._pending_views.get(dst)
+            if pending:
+                for pv in pending:
+                    if pv.markers > 0 and item[1] is pv:
+                        pv.markers -= 1
+                        break
+                self._fifo_install(dst)
+        elif kind == "view":
+            view = item[1]
+            self._record(f"view {dst} {view.view_id} {list(view.members)}")
+            ep._vs_install(view)
+        elif kind == "flush":
+            ep._held_mode = True
+            self._enqueue(dst, SEQUENCER, ("flush_ok",), 0, dst)
+
+    # -- FIFO mode ------------------------------------------------------------
+
+    def _fifo_topology_changed(
+        self, cut: set[tuple[int, int]], removed_from: set[int]
+    ) -> None:
+        """Queue a view for every endpoint whose reachable set changed.
+
+        A view that drops peer P waits for a marker sent behind P's last
+        surviving message on the (P, me) link, so the view change comes after
+        whatever part of P's stream this endpoint gets, as over TCP.
+        """
+        for key in cut:
+            chan = self._channels.get(key)
+            if chan is not None:
+                self._cut(chan)
+        for pnn in sorted(self._alive):
+            ep = self._endpoints[pnn]
+            queue = self._pending_views.setdefault(pnn, deque())
+            latest = queue[-1].members if queue else frozenset(ep.view.members)
+            target = self._reachable(pnn)
+            if target == latest:
+                continue
+            pv = _PendingView(target, 0)
+            queue.append(pv)
+            for gone in sorted(latest - target):
+                pv.markers += 1
+                self._enqueue(gone, pnn, ("marker", pv), 0, gone)
+            if pv.markers == 0:
+                self._call_later(0.0, self._fifo_install, pnn)
+
+    def _fifo_install(self, pnn: int) -> None:
+        queue = self._pending_views.get(pnn)
+        ep = self._endpoints.get(pnn)
+        if not queue or ep is None or ep._dead:
+            return
+        while queue and queue[0].markers == 0:
+            pv = queue.popleft()
+            if frozenset(ep.view.members) != pv.members:
+                ep._set_view(set(pv.members))
+                self._record(f"view {pnn} {ep.view.view_id} {list(ep.view.members)}")
+
+    def _fifo_send(self, src: int, dst: int, payload: bytes) -> None:
+        if dst not in self._alive or not self.connected(src, dst):
+            return
+        self._enqueue(src, dst, ("msg", src, payload), len(payload), src)
+
+    # -- VS mode --------------------------------------------------------------
+
+    def _vs_submit(self, src: int, item: tuple[Any, ...], size: int) -> None:
+        self._enqueue(src, SEQUENCER, item, size, src)
+
+    def _sequence(self, src: int, item: tuple[Any, ...]) -> None:
+        """The sequencer: one global order for messages, flush acks and views."""
+        kind = item[0]
+        if kind == "flush_ok":
+            if self._awaiting is not None and src in self._awaiting:
+                self._awaiting.discard(src)
+                self._flushed.add(src)
+            self._vs_try_complete()
+            return
+        view = self._installed.get(src)
+        if view is None:
+            return
+        if kind == "bcast":
+            payload = item[1]
+            self._record(f"order {src} {_show(payload)}")
+            for dst in view.members:
+                if dst in self._alive:
+                    self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
+        elif kind == "send":
+            dst, payload = item[1], item[2]
+            if dst in view.members and dst in self._alive:
+                self._record(f"order {src}->{dst} {_show(payload)}")
+                self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
+        if src in self._departed:
+            self._vs_try_complete()
+
+    def _vs_targets(self) -> dict[int, frozenset[int]]:
+        return {p: self._reachable(p) for p in self._alive}
+
+    def _vs_changed(self) -> set[int]:
+        changed = {
+            p for p, t in self._vs_targets().items()
+            if p not in self._installed or frozenset(self._installed[p].members) != t
+        }
+        # A departed member changes every view it was in.
+        for gone in self._departed:
+            view = self._installed[gone]
+            changed |= {p for p in view.members if p in self._alive}
+        return changed
+
+    def _vs_reconcile(self) -> None:
+        """Start a flush if some member's view must change and none is running."""
+        if self._awaiting is not None:
+            self._vs_extend_flush()
+            self._vs_try_complete()
+            return
+        if not self._vs_changed():
+            self._vs_drop_departed()
+            return
+        self._awaiting = set()
+        self._flushed = set()
+        self._vs_extend_flush()
+        self._vs_try_complete()
+
+    def _vs_extend_flush(self) -> None:
+        assert self._awaiting is not None
+        for pnn in sorted(self._vs_changed()):
+            if pnn in self._installed and pnn not in self._flushed and pnn not in self._awaiting:
+                self._awaiting.add(pnn)
+                self._enqueue(SEQUENCER, pnn, ("flush",), 0, pnn)
+
+    def _vs_drop_departed(self) -> None:
+        for gone in list(self._departed):
+            if not self._in_flight(gone):
+                self._departed.discard(gone)
+                self._installed.pop(gone, None)
+
+    def _in_flight(self, pnn: int) -> bool:
+        chan = self._channels.get((pnn, SEQUENCER))
+        return chan is not None and any(not p.dropped for p in chan.queue)
+
+    def _vs_try_complete(self) -> None:
+        """Install the next views once every survivor has flushed and every
+        departed member's surviving messages have been ordered."""
+        if self._awaiting is None or self._awaiting:
+            return
+        if any(self._in_flight(gone) for gone in self._departed):
+            return
+        self._vs_extend_flush()
+        if self._awaiting:
+            return
+        changed = self._vs_changed() | (self._flushed & self._alive)
+        targets = self._vs_targets()
+        for gone in self._departed:
+            self._installed.pop(gone, None)
+        self._departed.clear()
+        self._awaiting = None
+        self._flushed = set()
+        ids: dict[frozenset[int], View] = {}
+        for pnn in sorted(changed):
+            members = targets[pnn]
+            view = ids.get(members)
+            if view is None:
+                view = ids[members] = View(self._next_view_id, tuple(sorted(members)))
+                self._next_view_id += 1
+                self._record(f"order view {view.view_id} {list(view.members)}")
+            self._installed[pnn] = view
+            self._enqueue(SEQUENCER, pnn, ("view", view), 0, pnn)
+        # Reality may have moved on while we flushed.
+        if self._vs_changed():
+            self._vs_reconcile()
+
+    # -- introspection for tests ---------------------------------------------
+
+    def pending_bytes(self, pnn: int) -> int:
+        """Payload bytes `pnn` has queued that are not yet delivered (or dropped)."""
+        ep = self._endpoints.get(pnn)
+        return 0 if ep is None else ep._outstanding
+
+
+def _show(payload: bytes) -> str:
+    """A short, deterministic rendering of a payload for the trace."""
+    if len(payload) <= 24:
+        return repr(payload)
+    return f"{payload[:16]!r}...({len(payload)}B)"
+
+
+# --------------------------------------------------------------------------
+# The Transport
+
+
+class MemoryTransport(Transport):
+    """A `Transport` on a `MemoryNetwork` (by default the one named in
+    `options.extra["network"]`, or "default")."""
+
+    name = "memory"
+
+    def __init__(
+        self,
+        pnn: int,
+        nodes: list[str],
+        options: TransportOptions,
+        network: MemoryNetwork | None = None,
+    ) -> None:
+        super().__init__(pnn, nodes, options)
+        if network is None:
+            extra = options.extra
+            network = MemoryNetwork.named(
+                extra.get("network", "default"),
+                total_order=extra.get("total_order", "no").lower() in ("1", "yes", "true", "on"),
+                seed=int(extra.get("seed", "0")),
+            )
+        self.network = network
+        self.capabilities = network.capabilities
+        self._dead = False
+        self._attached = False
+        self._outstanding = 0
+        self._drainers: list[asyncio.Future[None]] = []
+        # VS mode: between flush ack and the next view, messages wait here.
+        self._held_mode = network.total_order
+        self._held: list[tuple[tuple[Any, ...], int]] = []
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def join(self) -> None:
+        """Synchronous `start()`, for code driven by a `SimScheduler`."""
+        if not self._attached:
+            self._dead = False
+            self._attached = True
+            self.network.attach(self)
+
+    def leave(self) -> None:
+        """Synchronous `stop()`: a graceful departure, everything sent is delivered."""
+        if self._attached:
+            self._attached = False
+            self.network.detach(self)
+            self._dead = True
+            self._wake_drainers()
+
+    async def start(self) -> None:
+        self.join()
+
+    async def stop(self) -> None:
+        self.leave()
+
+    # -- output ---------------------------------------------------------------
+
+    def _check(self, payload: bytes) -> bool:
+        if len(payload) > MAX_MESSAGE:
+            raise TransportError(f"message of {len(payload)} bytes exceeds {MAX_MESSAGE}")
+        return self._attached and not self._dead
+
+    def send(self, pnn: int, payload: bytes) -> None:
+        if not self._check(payload):
+            return
+        payload = bytes(payload)
+        if self.network.total_order:
+            self._vs_out(("send", pnn, payload), len(payload))
+        elif pnn in self.view.members:
+            self.network._fifo_send(self.pnn, pnn, payload)
+
+    def broadcast(self, payload: bytes) -> None:
+        if not self._check(payload):
+            return
+        payload = bytes(payload)
+        if self.network.total_order:
+            self._vs_out(("bcast", payload), len(payload))
+            return
+        for pnn in self.view.members:
+            self.network._fifo_send(self.pnn, pnn, payload)
+
+    def _vs_out(self, item: tuple[Any, ...], size: int) -> None:
+        if self._held_mode:
+            self._held.append((item, size))
+            self._outstanding += size
+        else:
+            self.network._vs_submit(self.pnn, item, size)
+
+    def _vs_install(self, view: View) -> None:
+        """A view from the sequencer: install it, then release held messages,
+        which thereby belong to the new view."""
+        self.view = view
+        self._held_mode = False
+        held, self._held = self._held, []
+        for item, size in held:
+            self._outstanding -= size
+            self.network._vs_submit(self.pnn, item, size)
+        self.on_view(view)
+
+    async def drain(self) -> None:
+        """Wait while more than HIGH_WATER bytes of ours are undelivered.
+
+        Under a `SimScheduler` nothing can advance while we wait, so this
+        returns at once; simulations inspect `network.pending_bytes` instead.
+        """
+        if self.network.scheduler is not None:
+            return
+        while self._outstanding > HIGH_WATER and not self._dead:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drainers.append(fut)
+            await fut
+
+    def _wake_drainers(self) -> None:
+        if not self._drainers or (self._outstanding > LOW_WATER and not self._dead):
+            return
+        drainers, self._drainers = self._drainers, []
+        for fut in drainers:
+            if not fut.done():
+                fut.set_result(None)
