@@ -24,10 +24,11 @@ import time
 from typing import cast
 
 from transport.base import Capabilities, Transport, TransportError, TransportOptions
+from transport.framing import LENGTH as _LEN
+from transport.framing import FrameReader
 
 log = logging.getLogger("transport.tcp")
 
-_LEN = struct.Struct("!I")
 _HELLO = struct.Struct("!8sI")
 _MAGIC = b"PYCTDB01"
 MAX_MESSAGE = 256 * 1024 * 1024
@@ -36,37 +37,12 @@ RECONNECT_MIN = 0.05
 RECONNECT_MAX = 1.0
 
 
-class _FrameReader:
-    """Incremental length-prefixed frame splitter (no I/O)."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += data
-        frames: list[bytes] = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= 4:
-            (size,) = _LEN.unpack_from(buf, pos)
-            if size > MAX_MESSAGE:
-                raise ValueError(f"frame of {size} bytes exceeds {MAX_MESSAGE}")
-            if end - pos - 4 < size:
-                break
-            frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
-            pos += 4 + size
-        if pos:
-            del buf[:pos]
-        return frames
-
-
 class _Incoming(asyncio.Protocol):
     """A connection a peer opened to us: we only read from it."""
 
     def __init__(self, owner: TcpTransport) -> None:
         self.owner = owner
-        self.reader = _FrameReader()
+        self.reader = FrameReader(MAX_MESSAGE)
         self.src: int | None = None
         self.transport: asyncio.Transport | None = None
         self.last_rx = time.monotonic()
@@ -238,7 +214,7 @@ class TcpTransport(Transport):
                     ),
                     timeout=max(1.0, self.options.keepalive_interval),
                 )
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
