@@ -193,3 +193,28 @@ def test_view_ids_grow_and_agree_in_vs_mode() -> None:
     assert v0[-1] == v2[-1]
     ids = [e[1] for e in v0]
     assert ids == sorted(set(ids))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), total_order=st.booleans())
+def test_restarted_member_gets_nothing_of_its_old_incarnation(seed: int, total_order: bool) -> None:
+    """A crash followed by a quick restart of the same pnn must still look
+    like a departure and a join to the others, and the new incarnation must
+    never receive traffic meant for (or sent by) the old one."""
+    sched, net, eps, logs = make_cluster(3, seed, total_order=total_order)
+    for i in range(10):
+        eps[2].broadcast(b"old%d" % i)
+    sched.run_for(sched.random.uniform(0, 0.01))
+    net.crash(2)
+    sched.run_for(sched.random.uniform(0, 0.01))
+    new = MemoryTransport(2, ["a", "b", "c"], TransportOptions(), network=net)
+    got: list[bytes] = []
+    new.on_message = lambda src, payload: got.append(payload)
+    new.join()
+    sched.run_until_idle()
+    assert [ep.view.members for ep in (eps[0], eps[1], new)] == [(0, 1, 2)] * 3
+    for log in logs[:2]:
+        assert (0, 1) in [e[2] for e in log if e[0] == "view"], "the crash went unnoticed"
+    eps[0].broadcast(b"hello")
+    sched.run_until_idle()
+    assert got == [b"hello"]

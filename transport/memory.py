@@ -214,7 +214,8 @@ class MemoryNetwork:
         self._next_view_id = 1
         self._awaiting: set[int] | None = None  # flush acks still missing
         self._flushed: set[int] = set()
-        self._departed: set[int] = set()  # dead members still in _installed
+        # Dead members whose removal is not ordered yet, with their last view.
+        self._departed: dict[int, View] = {}
 
     # -- registry -------------------------------------------------------------
 
@@ -317,7 +318,7 @@ class MemoryNetwork:
             if self._awaiting is not None:
                 self._awaiting.discard(pnn)
             if pnn in self._installed:
-                self._departed.add(pnn)
+                self._departed[pnn] = self._installed.pop(pnn)
             self._vs_reconcile()
         else:
             cut = {(pnn, p) for p in self._alive} if not graceful else set()
@@ -328,6 +329,12 @@ class MemoryNetwork:
     def attach(self, ep: MemoryTransport) -> None:
         if ep.pnn in self._alive:
             raise TransportError(f"pnn {ep.pnn} is already attached to this memory network")
+        if self.total_order and ep.pnn in self._departed:
+            # Its old incarnation's unordered tail: nobody has any of it, so
+            # dropping all of it keeps "all or none" and keeps incarnations apart.
+            up = self._channels.get((ep.pnn, SEQUENCER))
+            if up is not None:
+                self._drop_from(up, 0)
         self._endpoints[ep.pnn] = ep
         self._alive.add(ep.pnn)
         self._record(f"attach {ep.pnn}")
@@ -489,18 +496,22 @@ class MemoryNetwork:
                 self._flushed.add(src)
             self._vs_try_complete()
             return
-        view = self._installed.get(src)
+        view = self._departed.get(src) or self._installed.get(src)
         if view is None:
             return
+        # Only members still in that very view get it: not a restarted
+        # incarnation of a dead member, not members that moved on.
+        recipients = [
+            d for d in view.members if d in self._alive and self._installed.get(d) is view
+        ]
         if kind == "bcast":
             payload = item[1]
             self._record(f"order {src} {_show(payload)}")
-            for dst in view.members:
-                if dst in self._alive:
-                    self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
+            for dst in recipients:
+                self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
         elif kind == "send":
             dst, payload = item[1], item[2]
-            if dst in view.members and dst in self._alive:
+            if dst in recipients:
                 self._record(f"order {src}->{dst} {_show(payload)}")
                 self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
         if src in self._departed:
@@ -515,8 +526,7 @@ class MemoryNetwork:
             if p not in self._installed or frozenset(self._installed[p].members) != t
         }
         # A departed member changes every view it was in.
-        for gone in self._departed:
-            view = self._installed[gone]
+        for view in self._departed.values():
             changed |= {p for p in view.members if p in self._alive}
         return changed
 
@@ -544,8 +554,7 @@ class MemoryNetwork:
     def _vs_drop_departed(self) -> None:
         for gone in list(self._departed):
             if not self._in_flight(gone):
-                self._departed.discard(gone)
-                self._installed.pop(gone, None)
+                del self._departed[gone]
 
     def _in_flight(self, pnn: int) -> bool:
         chan = self._channels.get((pnn, SEQUENCER))
@@ -561,10 +570,11 @@ class MemoryNetwork:
         self._vs_extend_flush()
         if self._awaiting:
             return
-        changed = self._vs_changed() | (self._flushed & self._alive)
-        targets = self._vs_targets()
-        for gone in self._departed:
-            self._installed.pop(gone, None)
+        # A dead member's restarted incarnation joins in a later view, so that
+        # the others always see the departure (its state is gone).
+        gone = set(self._departed)
+        changed = (self._vs_changed() | (self._flushed & self._alive)) - gone
+        targets = {p: t - gone for p, t in self._vs_targets().items() if p not in gone}
         self._departed.clear()
         self._awaiting = None
         self._flushed = set()
