@@ -64,7 +64,8 @@ def read_nodes(path: Path) -> list[str]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise CtdbError(ErrorCode.NOT_FOUND, f"cannot read nodes file {path}: {exc.strerror}")
+        message = f"cannot read nodes file {path}: {exc.strerror}"
+        raise CtdbError(ErrorCode.NOT_FOUND, message) from exc
     nodes = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -82,7 +83,7 @@ def load(path: Path) -> Config:
         with open(path) as fh:
             parser.read_file(fh)
     except OSError as exc:
-        raise CtdbError(ErrorCode.NOT_FOUND, f"cannot read config {path}: {exc.strerror}")
+        raise CtdbError(ErrorCode.NOT_FOUND, f"cannot read config {path}: {exc.strerror}") from exc
     except configparser.Error as exc:
         raise CtdbError(ErrorCode.INVALID, f"config {path}: {exc}") from exc
     base = path.parent
@@ -137,7 +138,8 @@ def parse_tunable(name: str, value: object) -> float:
     try:
         number = float(value) if isinstance(default, float) else int(str(value))
     except (TypeError, ValueError):
-        raise CtdbError(ErrorCode.INVALID, f"tunable {name} needs a number, got {value!r}")
+        message = f"tunable {name} needs a number, got {value!r}"
+        raise CtdbError(ErrorCode.INVALID, message) from None
     if number < 0:
         raise CtdbError(ErrorCode.INVALID, f"tunable {name} must not be negative")
     return number

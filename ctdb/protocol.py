@@ -1,0 +1,142 @@
+"""The client protocol spoken on `ctdbd.socket` (sans-IO).
+
+Frames are length-prefixed msgpack arrays:
+
+* request  `[reqid, op, args]`  (reqid > 0, op a string, args a map)
+* reply    `[reqid, 0, result]` or `[reqid, code, message]` on error
+* event    `[0, "message", {"srvid", "src", "data"}]` pushed to clients that
+  registered a srvid.
+
+The first request must be `hello` with the client's protocol `version`; the
+daemon answers with its own version and pnn or refuses with `PROTOCOL`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ctdb.errors import CtdbError, ErrorCode
+from transport.framing import FrameReader, FrameTooLarge, frame
+
+VERSION = 1
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+EVENT_REQID = 0
+
+
+@dataclass(slots=True)
+class Request:
+    reqid: int
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Reply:
+    reqid: int
+    code: int
+    result: Any
+
+
+def pack(obj: Any) -> bytes:
+    return frame(msgpack.packb(obj, use_bin_type=True))
+
+
+def encode_request(reqid: int, op: str, args: dict[str, Any]) -> bytes:
+    return pack([reqid, op, args])
+
+
+def encode_reply(reqid: int, result: Any) -> bytes:
+    return pack([reqid, 0, result])
+
+
+def encode_error(reqid: int, error: CtdbError) -> bytes:
+    return pack([reqid, int(error.code), error.message])
+
+
+def encode_event(srvid: int, src: int, data: bytes) -> bytes:
+    return pack([EVENT_REQID, "message", {"srvid": srvid, "src": src, "data": data}])
+
+
+class RequestDecoder:
+    """Server side: bytes in, `Request`s out.
+
+    A malformed frame raises `CtdbError(PROTOCOL)` carrying the request id
+    when one could be read, so the server can answer before it hangs up.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._frames = FrameReader(max_frame)
+
+    def feed(self, data: bytes) -> list[Request | CtdbError]:
+        """Whole requests, or an error in place of each request that was malformed.
+
+        A frame above the maximum raises instead: the stream cannot be
+        resynchronised after it, so the connection must close.
+        """
+        try:
+            frames = self._frames.feed(data)
+        except FrameTooLarge as exc:
+            raise CtdbError(ErrorCode.TOO_BIG, str(exc)) from exc
+        out: list[Request | CtdbError] = []
+        for raw in frames:
+            out.append(_parse_request(raw))
+        return out
+
+
+class BadRequest(CtdbError):
+    """A malformed request whose id could still be read, so it can be answered."""
+
+    def __init__(self, reqid: int, message: str) -> None:
+        super().__init__(ErrorCode.PROTOCOL, message)
+        self.reqid = reqid
+
+
+def _parse_request(raw: bytes) -> Request | CtdbError:
+    try:
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:
+        return CtdbError(ErrorCode.PROTOCOL, f"frame is not valid msgpack: {exc}")
+    if not (isinstance(obj, list) and len(obj) == 3):
+        return CtdbError(ErrorCode.PROTOCOL, "request must be a 3-element array [reqid, op, args]")
+    reqid, op, args = obj
+    if not isinstance(reqid, int) or reqid <= 0:
+        return CtdbError(ErrorCode.PROTOCOL, "request id must be a positive integer")
+    if not isinstance(op, str):
+        return BadRequest(reqid, "operation must be a string")
+    if not isinstance(args, dict):
+        return BadRequest(reqid, "arguments must be a map")
+    return Request(reqid, op, args)
+
+
+class ReplyDecoder:
+    """Client side: bytes in, `Reply`s (and pushed events, reqid 0) out."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._frames = FrameReader(max_frame)
+
+    def feed(self, data: bytes) -> list[Reply]:
+        try:
+            frames = self._frames.feed(data)
+        except FrameTooLarge as exc:
+            raise CtdbError(ErrorCode.TOO_BIG, str(exc)) from exc
+        replies = []
+        for raw in frames:
+            obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            if not (isinstance(obj, list) and len(obj) == 3):
+                raise CtdbError(ErrorCode.PROTOCOL, "daemon sent a malformed reply")
+            reqid, code, result = obj
+            if reqid == EVENT_REQID:
+                replies.append(Reply(EVENT_REQID, 0, result))
+            else:
+                replies.append(Reply(reqid, code, result))
+        return replies
+
+
+def raise_for(reply: Reply) -> Any:
+    """The result of a reply, or the `CtdbError` it carries."""
+    if reply.code:
+        raise CtdbError(reply.code, str(reply.result))
+    return reply.result
