@@ -103,11 +103,34 @@ class Ordered:
     args: dict[str, Any]
 
 
-Message = Control | ControlReply | Call | DmasterRequest | DmasterReply | ClientMessage | Ordered
+@dataclass(slots=True)
+class NodeState:
+    """What a node tells every peer about itself, on change and with each keepalive."""
+
+    TYPE: ClassVar[int] = 8
+    pnn: int
+    flags: int
+    generation: int
+    recovery_mode: int
+    leader: int
+
+
+Message = (
+    Control
+    | ControlReply
+    | Call
+    | DmasterRequest
+    | DmasterReply
+    | ClientMessage
+    | Ordered
+    | NodeState
+)
 
 _TYPES: dict[int, tuple[type, tuple[str, ...]]] = {
     cls.TYPE: (cls, tuple(f.name for f in dataclasses.fields(cls)))
-    for cls in (Control, ControlReply, Call, DmasterRequest, DmasterReply, ClientMessage, Ordered)
+    for cls in (
+        Control, ControlReply, Call, DmasterRequest, DmasterReply, ClientMessage, Ordered, NodeState
+    )
 }
 _FIELDS = {cls: names for cls, names in _TYPES.values()}
 

@@ -1,0 +1,72 @@
+"""A database attached on this node: name, id, kind and its local TDB file."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from ctdb.errors import CtdbError, ErrorCode
+from ctdb.ltdb import LocalDb, Record
+from ctdb.placement import db_id
+
+#: CTDB keeps a persistent database's sequence number in this record.
+SEQNUM_KEY = b"__db_sequence_number__"
+_SEQNUM = struct.Struct("<Q")
+
+
+class DbKind(StrEnum):
+    VOLATILE = "volatile"
+    PERSISTENT = "persistent"
+    REPLICATED = "replicated"
+
+    @classmethod
+    def parse(cls, text: str) -> DbKind:
+        aliases = {"normal": cls.VOLATILE, "": cls.VOLATILE}
+        try:
+            return aliases.get(text) or cls(text)
+        except ValueError:
+            raise CtdbError(
+                ErrorCode.INVALID,
+                f"unknown database type {text!r} (volatile, persistent or replicated)",
+            ) from None
+
+
+@dataclass
+class Database:
+    name: str
+    kind: DbKind
+    local: LocalDb
+    id: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.id = db_id(self.name)
+
+    @classmethod
+    def open(cls, directory: Path, name: str, kind: DbKind, pnn: int) -> Database:
+        if not name or "/" in name or name.startswith(".") or len(name) > 255:
+            raise CtdbError(ErrorCode.INVALID, f"invalid database name {name!r}")
+        path = directory / kind.value / f"{name}.{pnn}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(name, kind, LocalDb(path, persistent=kind is DbKind.PERSISTENT))
+
+    @property
+    def replicated(self) -> bool:
+        """Every node holds every record (persistent and replicated databases)."""
+        return self.kind is not DbKind.VOLATILE
+
+    @property
+    def path(self) -> Path:
+        return self.local.path
+
+    def seqnum(self) -> int:
+        rec = self.local.get(SEQNUM_KEY)
+        return _SEQNUM.unpack(rec.value)[0] if rec and len(rec.value) == 8 else 0
+
+    @staticmethod
+    def seqnum_record(seqnum: int, pnn: int) -> Record:
+        return Record(seqnum, pnn, _SEQNUM.pack(seqnum))
+
+    def info(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "kind": self.kind.value, "path": str(self.path)}
