@@ -1,0 +1,307 @@
+"""The library a Samba-like service uses to talk to its local ctdbd.
+
+Two flavours with the same operations: `Client` (blocking, one request at a
+time, what scripts and the admin tool want) and `AsyncClient` (asyncio, any
+number of requests in flight on one connection, what a busy service wants).
+Keys and values are bytes; `str` is accepted and encoded as UTF-8. Errors
+arrive as `CtdbError` with the daemon's stable code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ctdb import protocol
+from ctdb.errors import CtdbError, ErrorCode
+
+DEFAULT_SOCKET = "/var/run/ctdb/ctdbd.socket"
+
+
+def default_socket() -> str:
+    return os.environ.get("CTDB_SOCKET") or DEFAULT_SOCKET
+
+
+def _b(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message another client sent to a srvid this client registered."""
+
+    srvid: int
+    src: int
+    data: bytes
+
+
+class Client:
+    """Blocking client. Not thread-safe: use one per thread."""
+
+    def __init__(self, path: str | None = None, timeout: float | None = 60.0) -> None:
+        self.path = path or default_socket()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(self.path)
+        except OSError as exc:
+            self._sock.close()
+            raise CtdbError(
+                ErrorCode.DISCONNECTED, f"cannot connect to ctdbd at {self.path}: {exc.strerror}"
+            ) from exc
+        self._decoder = protocol.ReplyDecoder()
+        self._ids = itertools.count(1)
+        self._replies: deque[protocol.Reply] = deque()
+        self.messages: deque[Message] = deque()
+        hello = self.call("hello", version=protocol.VERSION)
+        self.pnn: int = hello["pnn"]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, op: str, **args: Any) -> Any:
+        reqid = next(self._ids)
+        try:
+            self._sock.sendall(protocol.encode_request(reqid, op, args))
+        except OSError as exc:
+            raise CtdbError(ErrorCode.DISCONNECTED, f"ctdbd connection lost: {exc}") from exc
+        while True:
+            reply = self._next_reply()
+            if reply.reqid == protocol.EVENT_REQID:
+                self.messages.append(Message(**reply.result))
+            elif reply.reqid == reqid:
+                return protocol.raise_for(reply)
+
+    def _next_reply(self) -> protocol.Reply:
+        while not self._replies:
+            try:
+                data = self._sock.recv(1 << 20)
+            except TimeoutError:
+                raise CtdbError(ErrorCode.TIMEOUT, "ctdbd did not answer in time") from None
+            except OSError as exc:
+                raise CtdbError(ErrorCode.DISCONNECTED, f"ctdbd connection lost: {exc}") from exc
+            if not data:
+                raise CtdbError(ErrorCode.DISCONNECTED, "ctdbd closed the connection")
+            self._replies.extend(self._decoder.feed(data))
+        return self._replies.popleft()
+
+    # -- records ---------------------------------------------------------------------
+
+    def attach(self, name: str, kind: str = "volatile") -> dict[str, Any]:
+        result: dict[str, Any] = self.call("attach", name=name, kind=kind)
+        return result
+
+    def fetch(self, db: str, key: bytes | str) -> bytes | None:
+        result: bytes | None = self.call("fetch", db=db, key=_b(key))
+        return result
+
+    def store(self, db: str, key: bytes | str, value: bytes | str) -> None:
+        self.call("store", db=db, key=_b(key), value=_b(value))
+
+    def delete(self, db: str, key: bytes | str) -> None:
+        self.call("delete", db=db, key=_b(key))
+
+    def fetch_lock(self, db: str, key: bytes | str) -> bytes | None:
+        result: bytes | None = self.call("fetch_lock", db=db, key=_b(key))
+        return result
+
+    def store_unlock(self, db: str, key: bytes | str, value: bytes | str) -> None:
+        self.call("store_unlock", db=db, key=_b(key), value=_b(value))
+
+    def unlock(self, db: str, key: bytes | str) -> None:
+        self.call("unlock", db=db, key=_b(key))
+
+    @contextmanager
+    def locked(self, db: str, key: bytes | str) -> Iterator[RecordLock]:
+        """`with client.locked(db, key) as rec: rec.value = ...` stores on exit."""
+        lock = RecordLock(self.fetch_lock(db, key))
+        try:
+            yield lock
+        except BaseException:
+            self.unlock(db, key)
+            raise
+        if lock.changed and lock.value is not None:
+            self.store_unlock(db, key, lock.value)
+        else:
+            self.unlock(db, key)
+
+    def traverse(self, db: str) -> list[tuple[bytes, bytes]]:
+        return [(k, v) for k, v in self.call("traverse", db=db)]
+
+    def transaction(self, db: str) -> Transaction:
+        return Transaction(self, db, self.call("trans_start", db=db))
+
+    # -- messaging ---------------------------------------------------------------------
+
+    def register_srvid(self, srvid: int) -> None:
+        self.call("register_srvid", srvid=srvid)
+
+    def send_message(self, pnn: int | None, srvid: int, data: bytes | str) -> None:
+        self.call("send_message", pnn=pnn, srvid=srvid, data=_b(data))
+
+    def wait_message(self, timeout: float = 10.0) -> Message:
+        old = self._sock.gettimeout()
+        self._sock.settimeout(timeout)
+        try:
+            while not self.messages:
+                reply = self._next_reply()
+                if reply.reqid == protocol.EVENT_REQID:
+                    self.messages.append(Message(**reply.result))
+        finally:
+            self._sock.settimeout(old)
+        return self.messages.popleft()
+
+
+class RecordLock:
+    def __init__(self, value: bytes | None) -> None:
+        self._value = value
+        self.changed = False
+
+    @property
+    def value(self) -> bytes | None:
+        return self._value
+
+    @value.setter
+    def value(self, new: bytes | str) -> None:
+        self._value = _b(new)
+        self.changed = True
+
+
+class Transaction:
+    """A persistent-database transaction: all of it commits on every node, or none."""
+
+    def __init__(self, client: Client, db: str, txid: int) -> None:
+        self.client, self.db, self.id = client, db, txid
+
+    def fetch(self, key: bytes | str) -> bytes | None:
+        result: bytes | None = self.client.call("trans_fetch", tx=self.id, key=_b(key))
+        return result
+
+    def store(self, key: bytes | str, value: bytes | str) -> None:
+        self.client.call("trans_store", tx=self.id, key=_b(key), value=_b(value))
+
+    def delete(self, key: bytes | str) -> None:
+        self.client.call("trans_delete", tx=self.id, key=_b(key))
+
+    def commit(self) -> int:
+        """Returns the database's new sequence number."""
+        result: int = self.client.call("trans_commit", tx=self.id)
+        return result
+
+    def cancel(self) -> None:
+        self.client.call("trans_cancel", tx=self.id)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.cancel()
+
+
+class _AsyncProtocol(asyncio.Protocol):
+    def __init__(self, owner: AsyncClient) -> None:
+        self.owner = owner
+        self.decoder = protocol.ReplyDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        for reply in self.decoder.feed(data):
+            self.owner._on_reply(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._on_lost()
+
+
+class AsyncClient:
+    """asyncio client: many requests in flight on one connection."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.pnn = -1
+
+    @classmethod
+    async def connect(cls, path: str | None = None) -> AsyncClient:
+        self = cls()
+        loop = asyncio.get_running_loop()
+        target = path or default_socket()
+        try:
+            transport, _ = await loop.create_unix_connection(lambda: _AsyncProtocol(self), target)
+        except OSError as exc:
+            raise CtdbError(
+                ErrorCode.DISCONNECTED, f"cannot connect to ctdbd at {target}: {exc.strerror}"
+            ) from exc
+        self._transport = transport  # type: ignore[assignment]
+        hello = await self.call("hello", version=protocol.VERSION)
+        self.pnn = hello["pnn"]
+        return self
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    async def call(self, op: str, **args: Any) -> Any:
+        if self._transport is None or self._transport.is_closing():
+            raise CtdbError(ErrorCode.DISCONNECTED, "ctdbd connection is closed")
+        reqid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[reqid] = fut
+        self._transport.write(protocol.encode_request(reqid, op, args))
+        try:
+            return await fut
+        finally:
+            self._pending.pop(reqid, None)
+
+    def _on_reply(self, reply: protocol.Reply) -> None:
+        if reply.reqid == protocol.EVENT_REQID:
+            self.messages.put_nowait(Message(**reply.result))
+            return
+        fut = self._pending.get(reply.reqid)
+        if fut is None or fut.done():
+            return
+        if reply.code:
+            fut.set_exception(CtdbError(reply.code, str(reply.result)))
+        else:
+            fut.set_result(reply.result)
+
+    def _on_lost(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(CtdbError(ErrorCode.DISCONNECTED, "ctdbd closed the connection"))
+
+    async def fetch(self, db: str, key: bytes | str) -> bytes | None:
+        result: bytes | None = await self.call("fetch", db=db, key=_b(key))
+        return result
+
+    async def store(self, db: str, key: bytes | str, value: bytes | str) -> None:
+        await self.call("store", db=db, key=_b(key), value=_b(value))
+
+    async def delete(self, db: str, key: bytes | str) -> None:
+        await self.call("delete", db=db, key=_b(key))
+
+    async def fetch_lock(self, db: str, key: bytes | str) -> bytes | None:
+        result: bytes | None = await self.call("fetch_lock", db=db, key=_b(key))
+        return result
+
+    async def store_unlock(self, db: str, key: bytes | str, value: bytes | str) -> None:
+        await self.call("store_unlock", db=db, key=_b(key), value=_b(value))
+
+    async def unlock(self, db: str, key: bytes | str) -> None:
+        await self.call("unlock", db=db, key=_b(key))

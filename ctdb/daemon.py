@@ -1,0 +1,123 @@
+"""`ctdbd`: one cluster node as a process.
+
+Reads the config, builds the transport named there, the node logic and the
+client socket, and runs them on one asyncio event loop (uvloop when
+installed) until SIGTERM/SIGINT or a `shutdown` control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ctdb import config as config_mod
+from ctdb.errors import CtdbError
+from ctdb.node import Node
+from ctdb.server import ClientServer
+from transport.base import TransportError, TransportOptions, transport_class
+
+log = logging.getLogger("ctdbd")
+
+
+def _setup_logging(cfg: config_mod.Config) -> None:
+    handler: logging.Handler
+    if cfg.log_file is not None:
+        cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(cfg.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s ctdbd[{cfg.pnn}] %(name)s %(levelname)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.log_level)
+
+
+async def run(cfg: config_mod.Config) -> None:
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    tunables = dict(cfg.tunables)
+    options = TransportOptions(
+        port=cfg.port,
+        keepalive_interval=tunables.get(
+            "KeepaliveInterval", config_mod.tunable_default("KeepaliveInterval")
+        ),
+        keepalive_limit=int(
+            tunables.get("KeepaliveLimit", config_mod.tunable_default("KeepaliveLimit"))
+        ),
+        extra=cfg.transport_extra,
+    )
+    transport = transport_class(cfg.transport)(cfg.pnn, cfg.nodes, options)
+    node = Node(
+        cfg.pnn,
+        cfg.nodes,
+        transport,
+        cfg.state_dir,
+        tunables=tunables,
+        cluster_lock=cfg.cluster_lock,
+    )
+    server = ClientServer(node, cfg.socket_path, cfg.socket_mode)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.shutdown_requested.set)
+    pidfile = cfg.run_dir / "ctdbd.pid"
+    await node.start()
+    await server.start()
+    pidfile.write_text(f"{os.getpid()}\n")
+    log.info(
+        "node %d (%s) up: transport %s, socket %s",
+        cfg.pnn,
+        cfg.address,
+        cfg.transport,
+        cfg.socket_path,
+    )
+    try:
+        await node.shutdown_requested.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()
+        await node.stop()
+        pidfile.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ctdbd",
+        description="Clustered trivial database daemon: one node of a CTDB-like cluster.",
+    )
+    parser.add_argument("--config", "-c", required=True, type=Path, help="INI config file")
+    parser.add_argument(
+        "--no-uvloop", action="store_true", help="use the standard asyncio event loop"
+    )
+    ns = parser.parse_args(argv)
+    try:
+        cfg = config_mod.load(ns.config)
+    except CtdbError as exc:
+        print(f"ctdbd: {exc.message}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg)
+    try:
+        if ns.no_uvloop:
+            asyncio.run(run(cfg))
+        else:
+            try:
+                import uvloop
+            except ImportError:
+                asyncio.run(run(cfg))
+            else:
+                uvloop.run(run(cfg))
+    except (CtdbError, TransportError) as exc:
+        log.error("%s", exc)
+        print(f"ctdbd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Volatile records over a point-to-point transport: CTDB's dmaster migration.
+
+A record is served only by its dmaster, the node holding the authoritative
+copy. A node that needs a record it does not hold sends a `Call` to the
+key's lmaster; the lmaster knows the dmaster and forwards the call there; the
+dmaster gives the record up through the lmaster (`DmasterRequest`), which
+records the new dmaster and hands the record over (`DmasterReply`). Because
+every step goes through the lmaster and each link is FIFO, a call the lmaster
+forwards always reaches a node that holds, or is about to hold, the record.
+
+Every hand-over bumps the RSN and the giver keeps its copy, so if a hand-over
+is cut short by a recovery the newest copy still exists somewhere and the
+recovery merge finds it.
+
+Records can be locked by a client (`fetch_lock`). A call for a locked record
+waits at its dmaster until the lock is released; then remote callers go
+first, which keeps a record shared between busy nodes moving fairly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ctdb.database import Database
+from ctdb.errors import CtdbError, ErrorCode
+from ctdb.ltdb import Record
+from ctdb.messages import Call, DmasterReply, DmasterRequest
+from ctdb.placement import lmaster
+
+if TYPE_CHECKING:
+    from ctdb.node import Node
+
+log = logging.getLogger("ctdb.migration")
+
+#: Re-send a call after this long without the record arriving (messages of an
+#: aborted generation are dropped, so a call can vanish).
+RETRY_INTERVAL = 0.5
+
+
+@dataclass
+class KeyState:
+    """Local bookkeeping for one record: its lock holder and who waits for it."""
+
+    holder: object | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    remote: deque[Call] = field(default_factory=deque)
+
+    @property
+    def idle(self) -> bool:
+        return self.holder is None and not self.waiters and not self.remote
+
+
+class MigrationEngine:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._keys: dict[tuple[int, bytes], KeyState] = {}
+        self._calls_out: dict[tuple[int, bytes], asyncio.Future[None]] = {}
+
+    # -- what a local client asks for ----------------------------------------
+
+    def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool:
+        if rec is None:
+            # Nobody has ever written it: the lmaster holds the empty record.
+            return lmaster(key, self.node.vnnmap) == self.node.pnn
+        return rec.dmaster == self.node.pnn
+
+    def try_local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
+        """The fast path: (True, record) if it can be served now without waiting."""
+        if not self.node.serving:
+            return False, None
+        rec = db.local.get(key)
+        if not self.is_dmaster(db, key, rec):
+            return False, None
+        ks = self._keys.get((db.id, key))
+        if ks is not None and ks.holder is not None and ks.holder is not session:
+            return False, None
+        return True, rec
+
+    async def acquire(
+        self, db: Database, key: bytes, session: object, *, lock: bool
+    ) -> Record | None:
+        """Make this node dmaster of `key` with no other client holding it.
+
+        Returns the current record; with `lock` the record stays locked for
+        `session` until `release`.
+        """
+        node = self.node
+        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
+        while True:
+            await node.wait_serving(deadline)
+            rec = db.local.get(key)
+            if self.is_dmaster(db, key, rec):
+                ks = self._keys.get((db.id, key))
+                if ks is None or ks.holder is None or ks.holder is session:
+                    if lock:
+                        self._state(db, key).holder = session
+                    return rec
+                await self._wait(ks.waiters, deadline, key)
+            else:
+                await self._fetch_remote(db, key, deadline)
+
+    def release(self, db: Database, key: bytes, session: object) -> None:
+        ks = self._keys.get((db.id, key))
+        if ks is None or ks.holder is not session:
+            raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
+        ks.holder = None
+        self._wake(db, key, ks)
+
+    def release_all(self, session: object) -> None:
+        """A client went away: drop every lock it held (the record stays here)."""
+        for (dbid, key), ks in list(self._keys.items()):
+            if ks.holder is session:
+                ks.holder = None
+                db = self.node.dbs.get(dbid)
+                if db is not None:
+                    self._wake(db, key, ks)
+
+    def locked_by(self, db: Database, key: bytes, session: object) -> bool:
+        ks = self._keys.get((db.id, key))
+        return ks is not None and ks.holder is session
+
+    def write(self, db: Database, key: bytes, value: bytes) -> Record:
+        """Update a record this node is dmaster of (the caller checked that)."""
+        old = db.local.get(key)
+        rec = Record((old.rsn if old else 0) + 1, self.node.pnn, value)
+        db.local.put(key, rec)
+        return rec
+
+    # -- messages from other nodes -------------------------------------------
+
+    def on_call(self, call: Call) -> None:
+        node = self.node
+        db = node.dbs.get(call.db_id)
+        if db is None or call.generation != node.generation or not node.serving:
+            return
+        key = call.key
+        rec = db.local.get(key)
+        if self.is_dmaster(db, key, rec):
+            ks = self._keys.get((db.id, key))
+            if ks is not None and ks.holder is not None:
+                ks.remote.append(call)
+                return
+            self._give_away(db, key, rec, call.origin)
+            return
+        if call.hops > 4 * len(node.nodes) + 8:
+            log.warning("dropping call for %r after %d hops", key, call.hops)
+            return
+        lm = lmaster(key, node.vnnmap)
+        call.hops += 1
+        if lm == node.pnn:
+            assert rec is not None  # the lmaster without a record is the dmaster
+            node.send(rec.dmaster, call)
+        else:
+            node.send(lm, call)
+
+    def _give_away(self, db: Database, key: bytes, rec: Record | None, to: int) -> None:
+        if to == self.node.pnn:
+            return
+        rsn = (rec.rsn if rec else 0) + 1
+        value = rec.value if rec else b""
+        db.local.put(key, Record(rsn, to, value))
+        lm = lmaster(key, self.node.vnnmap)
+        gen = self.node.generation
+        if lm == self.node.pnn:
+            self.node.send(to, DmasterReply(db.id, key, gen, rsn, value))
+        else:
+            self.node.send(lm, DmasterRequest(db.id, key, gen, to, rsn, value))
+
+    def on_dmaster_request(self, msg: DmasterRequest) -> None:
+        """At the lmaster: note the new dmaster, then hand the record over."""
+        node = self.node
+        db = node.dbs.get(msg.db_id)
+        if db is None or msg.generation != node.generation or not node.serving:
+            return
+        db.local.put(msg.key, Record(msg.rsn, msg.new_dmaster, msg.value))
+        if msg.new_dmaster == node.pnn:
+            self._arrived(db, msg.key)
+        else:
+            node.send(
+                msg.new_dmaster,
+                DmasterReply(msg.db_id, msg.key, msg.generation, msg.rsn, msg.value),
+            )
+
+    def on_dmaster_reply(self, msg: DmasterReply) -> None:
+        node = self.node
+        db = node.dbs.get(msg.db_id)
+        if db is None or msg.generation != node.generation or not node.serving:
+            return
+        old = db.local.get(msg.key)
+        if old is None or old.rsn <= msg.rsn:
+            db.local.put(msg.key, Record(msg.rsn, node.pnn, msg.value))
+        self._arrived(db, msg.key)
+
+    # -- recovery hooks --------------------------------------------------------
+
+    def reset(self) -> None:
+        """Recovery: outstanding calls belong to a dead generation; waiters re-check."""
+        for fut in self._calls_out.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._calls_out.clear()
+        for ks in self._keys.values():
+            ks.remote.clear()
+            for fut in ks.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            ks.waiters.clear()
+
+    # -- internals --------------------------------------------------------------
+
+    def _state(self, db: Database, key: bytes) -> KeyState:
+        ks = self._keys.get((db.id, key))
+        if ks is None:
+            ks = self._keys[(db.id, key)] = KeyState()
+        return ks
+
+    async def _fetch_remote(self, db: Database, key: bytes, deadline: float) -> None:
+        """Ask for the record (one call per key at a time) and wait for it."""
+        node = self.node
+        fut = self._calls_out.get((db.id, key))
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._calls_out[(db.id, key)] = fut
+            node.stats["calls_sent"] += 1
+            node.send(lmaster(key, node.vnnmap), Call(db.id, key, node.generation, node.pnn, 0))
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} did not arrive in time")
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), min(remaining, RETRY_INTERVAL))
+        except TimeoutError:
+            if not fut.done():
+                fut.set_result(None)  # the next loop turn sends a fresh call
+
+    async def _wait(self, waiters: list[asyncio.Future[None]], deadline: float, key: bytes) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(fut, max(remaining, 0))
+        except TimeoutError:
+            raise CtdbError(
+                ErrorCode.TIMEOUT, f"record {key!r} stayed locked by another client"
+            ) from None
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
+
+    def _arrived(self, db: Database, key: bytes) -> None:
+        fut = self._calls_out.pop((db.id, key), None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        ks = self._keys.get((db.id, key))
+        if ks is not None:
+            self._wake(db, key, ks)
+
+    def _wake(self, db: Database, key: bytes, ks: KeyState) -> None:
+        """The record became free: remote callers first, then local waiters re-check."""
+        if ks.holder is None and ks.remote:
+            call = ks.remote.popleft()
+            rec = db.local.get(key)
+            if self.is_dmaster(db, key, rec):
+                self._give_away(db, key, rec, call.origin)
+            # Calls queued behind it now find us no longer dmaster: re-route them.
+            pending = list(ks.remote)
+            ks.remote.clear()
+            for other in pending:
+                self.on_call(other)
+        for fut in ks.waiters:
+            if not fut.done():
+                fut.set_result(None)
+        ks.waiters.clear()
+        if ks.idle:
+            self._keys.pop((db.id, key), None)

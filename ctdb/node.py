@@ -1,0 +1,623 @@
+"""One cluster node's logic: state, databases, membership and the dispatch of
+messages between the engines.
+
+The node sees the network only through its `Transport` and is driven by
+three kinds of events: client requests (from `ctdb.server`), messages from
+other nodes, and view changes. It owns the cluster-wide state CTDB users know
+from `ctdb status`: node flags, generation, recovery mode, leader and vnnmap.
+
+Serving rule: requests are answered only in recovery mode NORMAL, which a
+node reaches only through a recovery run by a leader that holds the cluster
+lock (a majority of configured nodes, or a lock file). A node that loses the
+leader or a vnnmap member from its view freezes itself at once, so a
+partition without quorum stops serving instead of diverging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from enum import IntEnum, IntFlag
+from pathlib import Path
+from typing import Any
+
+from ctdb import recovery
+from ctdb.config import TUNABLES, parse_tunable
+from ctdb.controls import ControlChannel
+from ctdb.database import Database, DbKind
+from ctdb.errors import CtdbError, ErrorCode
+from ctdb.merge import from_wire, to_wire
+from ctdb.messages import (
+    Call,
+    ClientMessage,
+    Control,
+    ControlReply,
+    DecodeError,
+    DmasterReply,
+    DmasterRequest,
+    Message,
+    NodeState,
+    Ordered,
+    decode,
+    encode,
+)
+from ctdb.migration import MigrationEngine
+from ctdb.placement import db_id
+from ctdb.transactions import TransactionEngine
+from transport.base import Transport, View
+
+log = logging.getLogger("ctdb.node")
+
+INVALID_GENERATION = 1
+
+
+class NodeFlags(IntFlag):
+    """CTDB's node flags (same bit values as ctdb_protocol.h)."""
+
+    DISCONNECTED = 0x01
+    UNHEALTHY = 0x02
+    BANNED = 0x08
+    DISABLED = 0x04
+    STOPPED = 0x20
+
+    @staticmethod
+    def describe(flags: int) -> str:
+        if not flags:
+            return "OK"
+        names = [f.name for f in NodeFlags if flags & f and f.name]
+        return "|".join(names)
+
+
+INACTIVE = NodeFlags.BANNED | NodeFlags.STOPPED | NodeFlags.DISCONNECTED
+
+
+class RecoveryMode(IntEnum):
+    NORMAL = 0
+    RECOVERY = 1
+
+
+ControlHandler = Callable[[int, dict[str, Any]], Any]
+
+
+class Node:
+    def __init__(
+        self,
+        pnn: int,
+        nodes: list[str],
+        transport: Transport,
+        state_dir: Path,
+        *,
+        tunables: dict[str, float] | None = None,
+        cluster_lock: Path | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.pnn = pnn
+        self.nodes = nodes
+        self.transport = transport
+        self.state_dir = state_dir
+        self.cluster_lock = cluster_lock
+        self.tunables = {name: default for name, (default, _) in TUNABLES.items()}
+        self.tunables.update(tunables or {})
+        self.rng = random.Random(seed)
+        self.started = time.time()
+
+        self.generation = INVALID_GENERATION
+        self.recovery_mode = RecoveryMode.RECOVERY
+        self.vnnmap: list[int] = []
+        self.leader = -1
+        self.epoch = 0
+        self._frozen_generation = INVALID_GENERATION
+        self.flags = 0  # this node's own administrative flags
+        self._ban_timer: asyncio.TimerHandle | None = None
+        self.peers: dict[int, NodeState] = {}
+        self.last_recovery: dict[str, float] = {}
+
+        self.dbs: dict[int, Database] = {}
+        self.stats: Counter[str] = Counter()
+        self.migration = MigrationEngine(self)
+        self.transactions = TransactionEngine(self)
+        self.controls = ControlChannel(self.send)
+        self._serving = asyncio.Event()
+        self._recovery_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock_fd: int | None = None
+        self.shutdown_requested = asyncio.Event()
+        #: srvid -> callbacks of local clients registered for it
+        self.srvids: dict[int, list[Callable[[int, int, bytes], None]]] = {}
+        self._handlers: dict[str, ControlHandler] = {
+            name.removeprefix("ctl_"): getattr(self, name)
+            for name in dir(self)
+            if name.startswith("ctl_")
+        }
+        transport.on_message = self._on_transport_message
+        transport.on_view = self._on_view
+        self._reopen_persistent()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.transport.start()
+        self.transport.set_keepalive(
+            self.tunable("KeepaliveInterval"), int(self.tunable("KeepaliveLimit"))
+        )
+        self._tasks.append(asyncio.create_task(self._recovery_daemon()))
+        self._tasks.append(asyncio.create_task(self._state_announcer()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.transport.stop()
+        for db in self.dbs.values():
+            db.local.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+
+    def _reopen_persistent(self) -> None:
+        """Persistent databases survive restarts: attach every file found on disk."""
+        directory = self.state_dir / DbKind.PERSISTENT.value
+        if not directory.is_dir():
+            return
+        suffix = f".{self.pnn}"
+        for path in sorted(directory.iterdir()):
+            if path.name.endswith(suffix):
+                self.attach(path.name[: -len(suffix)], DbKind.PERSISTENT)
+
+    # -- small helpers the engines use --------------------------------------------
+
+    def tunable(self, name: str) -> float:
+        return self.tunables[name]
+
+    @property
+    def serving(self) -> bool:
+        return self.recovery_mode is RecoveryMode.NORMAL and not self.flags & INACTIVE
+
+    async def wait_serving(self, deadline: float) -> None:
+        """Wait for NORMAL mode, or fail at once when WaitForQuorum is 0."""
+        if self.serving:
+            return
+        if not self.tunable("WaitForQuorum"):
+            raise self._not_serving_error()
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self._serving.wait(), max(remaining, 0))
+        except TimeoutError:
+            raise self._not_serving_error() from None
+        if not self.serving:  # woke up but was frozen again immediately
+            await self.wait_serving(deadline)
+
+    def _not_serving_error(self) -> CtdbError:
+        if self.flags & INACTIVE:
+            state = NodeFlags.describe(self.flags & INACTIVE)
+            return CtdbError(ErrorCode.RETRY, f"node {self.pnn} is {state}: not serving")
+        if not self.have_quorum():
+            return CtdbError(
+                ErrorCode.NO_QUORUM,
+                f"node {self.pnn} is in a partition without quorum: writes are refused",
+            )
+        return CtdbError(ErrorCode.RETRY, "recovery in progress: retry")
+
+    def send(self, pnn: int, msg: Message) -> None:
+        if pnn == self.pnn:
+            # Local delivery goes through the loop so handlers never re-enter.
+            asyncio.get_running_loop().call_soon(self._dispatch, self.pnn, msg)
+            return
+        self.transport.send(pnn, encode(msg))
+
+    async def control(
+        self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """Run a control on `pnn` (directly when it is this node)."""
+        if timeout is None:
+            timeout = self.tunable("CallTimeout")
+        if pnn == self.pnn:
+            return await self._run_control(self.pnn, op, args or {})
+        if pnn not in self.transport.view:
+            raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
+        return await self.controls.call(pnn, op, args, timeout)
+
+    def request_recovery(self) -> None:
+        self._recovery_wanted.set()
+
+    # -- databases --------------------------------------------------------------------
+
+    def attach(self, name: str, kind: DbKind) -> Database:
+        dbid = db_id(name)
+        db = self.dbs.get(dbid)
+        if db is not None:
+            if db.name != name:
+                raise CtdbError(ErrorCode.EXISTS, f"database id clash: {name} and {db.name}")
+            if db.kind is not kind:
+                raise CtdbError(ErrorCode.EXISTS, f"database {name} is attached as {db.kind.value}")
+            return db
+        db = Database.open(self.state_dir, name, kind, self.pnn)
+        self.dbs[db.id] = db
+        log.info("attached %s database %s (id 0x%08x)", kind.value, name, db.id)
+        return db
+
+    def db(self, dbid: int) -> Database:
+        try:
+            return self.dbs[dbid]
+        except KeyError:
+            raise CtdbError(ErrorCode.NOT_FOUND, f"unknown database id 0x{dbid:08x}") from None
+
+    def db_by_name(self, name: str) -> Database:
+        return self.db(db_id(name))
+
+    async def attach_everywhere(self, name: str, kind: DbKind) -> Database:
+        """A client attaches: attach here and on every connected node."""
+        db = self.attach(name, kind)
+        others = [p for p in self.transport.view.members if p != self.pnn]
+        results = await asyncio.gather(
+            *(self.control(p, "attach", {"name": name, "kind": kind.value}) for p in others),
+            return_exceptions=True,
+        )
+        for p, r in zip(others, results, strict=True):
+            if isinstance(r, CtdbError) and r.code == ErrorCode.EXISTS:
+                raise r
+            if isinstance(r, BaseException):
+                log.warning("attach %s on node %d failed: %s (recovery will retry)", name, p, r)
+        return db
+
+    # -- transport events ------------------------------------------------------------
+
+    def _on_transport_message(self, src: int, payload: bytes) -> None:
+        try:
+            msg = decode(payload)
+        except DecodeError as exc:
+            log.warning("dropping undecodable message from node %d: %s", src, exc)
+            return
+        self._dispatch(src, msg)
+
+    def _dispatch(self, src: int, msg: Message) -> None:
+        if isinstance(msg, Call):
+            self.migration.on_call(msg)
+        elif isinstance(msg, DmasterRequest):
+            self.migration.on_dmaster_request(msg)
+        elif isinstance(msg, DmasterReply):
+            self.migration.on_dmaster_reply(msg)
+        elif isinstance(msg, Control):
+            asyncio.get_running_loop().create_task(self._answer_control(src, msg))
+        elif isinstance(msg, ControlReply):
+            self.controls.on_reply(msg)
+        elif isinstance(msg, ClientMessage):
+            self.deliver_message(msg.srvid, msg.src, msg.data)
+        elif isinstance(msg, NodeState):
+            self.peers[msg.pnn] = msg
+        elif isinstance(msg, Ordered):
+            log.warning("ordered operation from node %d on a point-to-point cluster", src)
+
+    async def _answer_control(self, src: int, msg: Control) -> None:
+        try:
+            result = await self._run_control(src, msg.op, msg.args)
+            reply = ControlReply(msg.reqid, 0, result)
+        except CtdbError as exc:
+            reply = ControlReply(msg.reqid, int(exc.code), exc.message)
+        except Exception as exc:
+            log.exception("control %s from node %d failed", msg.op, src)
+            reply = ControlReply(msg.reqid, int(ErrorCode.IO), f"{type(exc).__name__}: {exc}")
+        if src in self.transport.view or src == self.pnn:
+            self.send(src, reply)
+
+    async def _run_control(self, src: int, op: str, args: dict[str, Any]) -> Any:
+        handler = self._handlers.get(op)
+        if handler is None:
+            raise CtdbError(ErrorCode.NOT_SUPPORTED, f"unknown control {op!r}")
+        result = handler(src, args)
+        if isinstance(result, Awaitable):
+            result = await result
+        return result
+
+    def _on_view(self, view: View) -> None:
+        log.info("view %d: nodes %s", view.view_id, list(view.members))
+        for pnn in list(self.peers):
+            if pnn not in view:
+                del self.peers[pnn]
+        for pnn in range(len(self.nodes)):
+            if pnn not in view:
+                self.controls.fail_node(pnn)
+        lost = [p for p in self.vnnmap if p not in view]
+        if lost or (self.leader >= 0 and self.leader not in view):
+            log.warning("nodes %s left the view: freezing until recovery", lost or [self.leader])
+            self._freeze(INVALID_GENERATION)
+        self._announce()
+        self._recovery_wanted.set()
+
+    # -- cluster state ----------------------------------------------------------------
+
+    def node_flags(self, pnn: int) -> int:
+        if pnn == self.pnn:
+            return self.flags
+        if pnn not in self.transport.view:
+            return NodeFlags.DISCONNECTED
+        state = self.peers.get(pnn)
+        return state.flags if state else 0
+
+    def active_members(self) -> list[int]:
+        return [p for p in self.transport.view.members if not self.node_flags(p) & INACTIVE]
+
+    def have_quorum(self) -> bool:
+        if self.cluster_lock is not None:
+            return self._hold_lock_file()
+        return 2 * len(self.transport.view.members) > len(self.nodes)
+
+    def _hold_lock_file(self) -> bool:
+        """The cluster lock on shared storage: an fcntl lock held while we live."""
+        if self._lock_fd is not None:
+            return True
+        assert self.cluster_lock is not None
+        fd = os.open(self.cluster_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        log.info("took the cluster lock %s", self.cluster_lock)
+        return True
+
+    def _release_lock_file(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pnn": self.pnn,
+            "nodes": [
+                {
+                    "pnn": p,
+                    "address": addr,
+                    "flags": int(self.node_flags(p)),
+                    "state": NodeFlags.describe(self.node_flags(p)),
+                    "this_node": p == self.pnn,
+                }
+                for p, addr in enumerate(self.nodes)
+            ],
+            "generation": self.generation,
+            "recovery_mode": self.recovery_mode.name,
+            "leader": self.leader,
+            "vnnmap": list(self.vnnmap),
+            "transport": self.transport.name,
+            # With a lock file only the leader can tell; asking must not take it.
+            "quorum": self.have_quorum() if self.cluster_lock is None else self.serving,
+        }
+
+    def _announce(self) -> None:
+        state = NodeState(
+            self.pnn, self.flags, self.generation, int(self.recovery_mode), self.leader
+        )
+        payload = encode(state)
+        for pnn in self.transport.view.members:
+            if pnn != self.pnn:
+                self.transport.send(pnn, payload)
+
+    async def _state_announcer(self) -> None:
+        while True:
+            await asyncio.sleep(self.tunable("KeepaliveInterval"))
+            self._announce()
+
+    def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None:
+        old = self.flags
+        self.flags = (self.flags | set_bits) & ~clear_bits
+        if self.flags != old:
+            log.info("node flags now %s", NodeFlags.describe(self.flags))
+            if self.flags & INACTIVE and not old & INACTIVE:
+                self._freeze(INVALID_GENERATION)
+            self._announce()
+            self._recovery_wanted.set()
+
+    # -- recovery: the leader's loop ---------------------------------------------------
+
+    def _leader_candidate(self) -> bool:
+        active = self.active_members()
+        return bool(active) and active[0] == self.pnn
+
+    def _needs_recovery(self) -> bool:
+        if self.recovery_mode is RecoveryMode.RECOVERY:
+            return True
+        if self.active_members() != self.vnnmap or self.leader != self.pnn:
+            return True
+        for p in self.vnnmap:
+            state = self.peers.get(p)
+            if p != self.pnn and state is not None and state.generation != self.generation:
+                return True
+        return False
+
+    async def _recovery_daemon(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._recovery_wanted.wait(), 0.25)
+            except TimeoutError:
+                pass
+            self._recovery_wanted.clear()
+            if not self._leader_candidate() or self.flags & INACTIVE:
+                if self.cluster_lock is not None and self.leader != self.pnn:
+                    self._release_lock_file()
+                continue
+            if not self._needs_recovery():
+                continue
+            if not self.have_quorum():
+                if self.recovery_mode is RecoveryMode.NORMAL:
+                    log.warning("lost quorum: freezing")
+                    self._freeze(INVALID_GENERATION)
+                continue
+            try:
+                duration = await recovery.recover(self, self.active_members(), self.rng)
+                self.stats["recoveries"] += 1
+                self.last_recovery = {"duration": duration, "finished": time.time()}
+            except (TimeoutError, CtdbError) as exc:
+                log.warning("recovery failed: %s; retrying", exc)
+                await asyncio.sleep(0.1)
+                self._recovery_wanted.set()
+
+    # -- recovery: what every node does when told -------------------------------------
+
+    def _freeze(self, generation: int) -> None:
+        self._frozen_generation = generation
+        if self.recovery_mode is not RecoveryMode.RECOVERY:
+            self.recovery_mode = RecoveryMode.RECOVERY
+            self._serving.clear()
+            self.transactions.cancel_all()
+            self.migration.reset()
+
+    def _check_generation(self, args: dict[str, Any]) -> None:
+        if args.get("generation") != self._frozen_generation:
+            raise CtdbError(ErrorCode.RETRY, "recovery step from a superseded generation")
+
+    def ctl_freeze(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        self._freeze(int(args["generation"]))
+        return {"epoch": self.epoch, "generation": self.generation}
+
+    def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
+        self._check_generation(args)
+        return to_wire(self.db(int(args["db_id"])).local.items())
+
+    def ctl_push(self, src: int, args: dict[str, Any]) -> None:
+        self._check_generation(args)
+        db = self.db(int(args["db_id"]))
+        db.local.write_batch(dict(from_wire(args["records"])), replace_all=True)
+
+    def ctl_set_vnnmap(self, src: int, args: dict[str, Any]) -> None:
+        self._check_generation(args)
+        self.vnnmap = [int(p) for p in args["vnnmap"]]
+        self.leader = int(args["leader"])
+        self.epoch = int(args["epoch"])
+
+    def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
+        self._check_generation(args)
+        if self.flags & INACTIVE:
+            raise CtdbError(ErrorCode.RETRY, f"node {self.pnn} became inactive")
+        self.generation = self._frozen_generation
+        self.recovery_mode = RecoveryMode.NORMAL
+        self._serving.set()
+        self.migration.reset()
+        self._announce()
+
+    # -- controls any node or tool may send --------------------------------------------
+
+    def ctl_ping(self, src: int, args: dict[str, Any]) -> int:
+        return self.pnn
+
+    def ctl_pnn(self, src: int, args: dict[str, Any]) -> int:
+        return self.pnn
+
+    def ctl_uptime(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "uptime": time.time() - self.started,
+            "last_recovery": self.last_recovery,
+        }
+
+    def ctl_status(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    def ctl_getdbmap(self, src: int, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [db.info() for db in sorted(self.dbs.values(), key=lambda d: d.name)]
+
+    def ctl_attach(self, src: int, args: dict[str, Any]) -> int:
+        return self.attach(str(args["name"]), DbKind.parse(str(args["kind"]))).id
+
+    def ctl_getdbseqnum(self, src: int, args: dict[str, Any]) -> int:
+        return self.db(int(args["db_id"])).seqnum()
+
+    def ctl_statistics(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.stats)
+
+    def ctl_listvars(self, src: int, args: dict[str, Any]) -> dict[str, float]:
+        return dict(self.tunables)
+
+    def ctl_getvar(self, src: int, args: dict[str, Any]) -> float:
+        name = str(args.get("name"))
+        if name not in self.tunables:
+            raise CtdbError(ErrorCode.NOT_FOUND, f"unknown tunable {name!r}")
+        return self.tunables[name]
+
+    def ctl_setvar(self, src: int, args: dict[str, Any]) -> None:
+        name = str(args.get("name"))
+        self.tunables[name] = parse_tunable(name, args.get("value"))
+        if name in ("KeepaliveInterval", "KeepaliveLimit"):
+            self.transport.set_keepalive(
+                self.tunable("KeepaliveInterval"), int(self.tunable("KeepaliveLimit"))
+            )
+
+    def ctl_tx_commit(self, src: int, args: dict[str, Any]) -> Awaitable[int]:
+        db = self.db(int(args["db_id"]))
+        return self.transactions.coordinate(db, args["reads"], args["writes"])
+
+    def ctl_tx_prepare(self, src: int, args: dict[str, Any]) -> None:
+        db = self.db(int(args["db_id"]))
+        self.transactions.prepare(
+            db, args["records"], int(args["commit_id"]), int(args["generation"])
+        )
+
+    def ctl_tx_finish(self, src: int, args: dict[str, Any]) -> None:
+        db = self.db(int(args["db_id"]))
+        self.transactions.finish(db, int(args["commit_id"]), bool(args["commit"]))
+
+    def ctl_traverse(self, src: int, args: dict[str, Any]) -> list[list[bytes]]:
+        """The records this node is authoritative for (all of them if replicated)."""
+        db = self.db(int(args["db_id"]))
+        out = []
+        for key, rec in db.local.items():
+            if rec.deleted or key == b"__db_sequence_number__":
+                continue
+            if db.replicated or rec.dmaster == self.pnn:
+                out.append([key, rec.value])
+        return out
+
+    def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
+        db = self.db(int(args["db_id"]))
+        db.local.clear()
+
+    def ctl_recover(self, src: int, args: dict[str, Any]) -> None:
+        """Force a recovery (the leader's loop notices the frozen node)."""
+        self._freeze(INVALID_GENERATION)
+        self._recovery_wanted.set()
+
+    def ctl_setflags(self, src: int, args: dict[str, Any]) -> int:
+        self.set_flags(int(args.get("set", 0)), int(args.get("clear", 0)))
+        return self.flags
+
+    def ctl_ban(self, src: int, args: dict[str, Any]) -> None:
+        seconds = float(args.get("seconds", 0))
+        if self._ban_timer is not None:
+            self._ban_timer.cancel()
+            self._ban_timer = None
+        if seconds <= 0:
+            self.set_flags(clear_bits=NodeFlags.BANNED)
+            return
+        self.set_flags(set_bits=NodeFlags.BANNED)
+        self._ban_timer = asyncio.get_running_loop().call_later(
+            seconds, self.set_flags, 0, NodeFlags.BANNED
+        )
+
+    def ctl_shutdown(self, src: int, args: dict[str, Any]) -> None:
+        log.info("shutdown requested by node %d", src)
+        self.shutdown_requested.set()
+
+    # -- messaging between clients -------------------------------------------------------
+
+    def deliver_message(self, srvid: int, src: int, data: bytes) -> None:
+        for callback in list(self.srvids.get(srvid, ())):
+            callback(srvid, src, data)
+        self.stats["messages_delivered"] += 1
+
+    def send_message(self, target: int | None, srvid: int, data: bytes) -> None:
+        """To one node's clients, or with `target` None to every connected node's."""
+        msg = ClientMessage(srvid, data, self.pnn)
+        targets = self.transport.view.members if target is None else (target,)
+        for pnn in targets:
+            if pnn != self.pnn and pnn not in self.transport.view:
+                raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
+            self.send(pnn, msg)

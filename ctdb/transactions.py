@@ -1,0 +1,168 @@
+"""Persistent and replicated databases: transactions committed everywhere or nowhere.
+
+Every node holds every record. A client's transaction runs against its local
+copy: reads are remembered with the RSN they saw, writes are buffered. At
+commit the writes go to the leader, which serialises commits per database,
+rejects the transaction if anything it read has changed since (optimistic
+concurrency: the client retries), and runs a two-phase commit over all
+active nodes: each node writes the records into a TDB transaction and
+prepares it (fsync'd), then all commit. The client is answered only after
+every active node committed, so an acknowledged transaction survives the loss
+of any node. A node lost half-way is repaired by recovery, which takes the
+copy with the highest sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ctdb.database import SEQNUM_KEY, Database
+from ctdb.errors import CtdbError, ErrorCode
+from ctdb.ltdb import Record
+
+if TYPE_CHECKING:
+    from ctdb.node import Node
+
+log = logging.getLogger("ctdb.transactions")
+
+
+@dataclass
+class Transaction:
+    """A client's open transaction on one database."""
+
+    id: int
+    db: Database
+    reads: dict[bytes, int] = field(default_factory=dict)
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)
+
+    def fetch(self, key: bytes) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        rec = self.db.local.get(key)
+        self.reads.setdefault(key, rec.rsn if rec else 0)
+        if rec is None or rec.deleted:
+            return None
+        return rec.value
+
+
+class TransactionEngine:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._ids = itertools.count(1)
+        self._commit_locks: dict[int, asyncio.Lock] = {}
+        #: db id -> commit id of the transaction prepared on this node.
+        self._prepared: dict[int, int] = {}
+
+    def begin(self, db: Database) -> Transaction:
+        if not db.replicated:
+            raise CtdbError(
+                ErrorCode.INVALID, f"database {db.name} is volatile: transactions need persistent"
+            )
+        return Transaction(next(self._ids), db)
+
+    async def commit(self, tx: Transaction) -> int:
+        """Commit through the leader; returns the database's new sequence number."""
+        node = self.node
+        if not tx.writes:
+            return tx.db.seqnum()
+        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        writes = [[k, v] for k, v in tx.writes.items()]
+        reads = [[k, rsn] for k, rsn in tx.reads.items()]
+        args = {"db_id": tx.db.id, "reads": reads, "writes": writes}
+        result: int = await node.control(node.leader, "tx_commit", args)
+        return result
+
+    # -- at the leader -------------------------------------------------------------
+
+    async def coordinate(self, db: Database, reads: list[Any], writes: list[Any]) -> int:
+        """Run one commit: validate the read set, prepare everywhere, commit everywhere."""
+        node = self.node
+        if node.leader != node.pnn or not node.serving:
+            raise CtdbError(ErrorCode.RETRY, "not the leader or in recovery: retry the commit")
+        lock = self._commit_locks.setdefault(db.id, asyncio.Lock())
+        async with lock:
+            for key, rsn in reads:
+                rec = db.local.get(bytes(key))
+                if (rec.rsn if rec else 0) != rsn:
+                    raise CtdbError(
+                        ErrorCode.BUSY,
+                        f"transaction conflict on {bytes(key)!r}: changed since read, retry",
+                    )
+            seqnum = db.seqnum() + 1
+            records: list[list[Any]] = []
+            for key, value in writes:
+                key = bytes(key)
+                old = db.local.get(key)
+                records.append([key, (old.rsn if old else 0) + 1, value])
+            records.append([SEQNUM_KEY, seqnum, Database.seqnum_record(seqnum, 0).value])
+            members = list(node.vnnmap)
+            generation = node.generation
+            commit_id = next(self._ids)
+            prepare = {
+                "db_id": db.id,
+                "records": records,
+                "commit_id": commit_id,
+                "generation": generation,
+            }
+            results = await asyncio.gather(
+                *(node.control(p, "tx_prepare", prepare) for p in members), return_exceptions=True
+            )
+            failed = [
+                (p, r)
+                for p, r in zip(members, results, strict=True)
+                if isinstance(r, BaseException)
+            ]
+            finish = {"db_id": db.id, "commit_id": commit_id, "commit": not failed}
+            done = await asyncio.gather(
+                *(node.control(p, "tx_finish", finish) for p in members), return_exceptions=True
+            )
+            if failed:
+                p, exc = failed[0]
+                raise CtdbError(ErrorCode.RETRY, f"commit aborted: node {p} failed: {exc}")
+            lost = [p for p, r in zip(members, done, strict=True) if isinstance(r, BaseException)]
+            if lost:
+                # Prepared everywhere, so the data is safe on every node that
+                # answered; recovery spreads the highest sequence number.
+                log.warning(
+                    "commit %d: nodes %s did not confirm; recovery will repair", commit_id, lost
+                )
+                node.request_recovery()
+            return seqnum
+
+    # -- on every node -------------------------------------------------------------
+
+    def prepare(self, db: Database, records: list[Any], commit_id: int, generation: int) -> None:
+        if generation != self.node.generation or not self.node.serving:
+            raise CtdbError(ErrorCode.RETRY, "generation changed during commit")
+        if db.id in self._prepared:
+            raise CtdbError(ErrorCode.BUSY, f"database {db.name} has a commit in progress")
+        puts = {}
+        for key, rsn, value in records:
+            key = bytes(key)
+            puts[key] = Record(int(rsn), self.node.pnn, b"" if value is None else bytes(value))
+        try:
+            db.local.prepare(puts)
+        except Exception as exc:
+            raise CtdbError(ErrorCode.IO, f"prepare failed on node {self.node.pnn}: {exc}") from exc
+        self._prepared[db.id] = commit_id
+
+    def finish(self, db: Database, commit_id: int, commit: bool) -> None:
+        if self._prepared.get(db.id) != commit_id:
+            return  # never prepared here, or cancelled by a freeze already
+        del self._prepared[db.id]
+        if commit:
+            db.local.commit_prepared()
+        else:
+            db.local.cancel_prepared()
+
+    def cancel_all(self) -> None:
+        """Freeze: a prepared but unfinished commit is abandoned; recovery decides."""
+        for dbid in list(self._prepared):
+            db = self.node.dbs.get(dbid)
+            del self._prepared[dbid]
+            if db is not None:
+                db.local.cancel_prepared()
