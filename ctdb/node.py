@@ -252,7 +252,10 @@ class Node:
             raise CtdbError(ErrorCode.NOT_FOUND, f"unknown database id 0x{dbid:08x}") from None
 
     def db_by_name(self, name: str) -> Database:
-        return self.db(db_id(name))
+        db = self.dbs.get(db_id(name))
+        if db is None or db.name != name:
+            raise CtdbError(ErrorCode.NOT_FOUND, f"unknown database {name!r} (attach it first)")
+        return db
 
     async def attach_everywhere(self, name: str, kind: DbKind) -> Database:
         """A client attaches: attach here and on every connected node."""

@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -289,10 +290,9 @@ for _name in (
 async def _ping(s: Session, args: dict[str, Any]) -> dict[str, Any]:
     """Round trip to node `pnn` measured inside the daemon, as `ctdb ping` does."""
     target = arg(args, "pnn", int, default=s.node.pnn)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = time.perf_counter()  # uvloop's loop.time() has only millisecond resolution
     await s.node.control(target, "ping", {})
-    return {"pnn": target, "rtt": loop.time() - started}
+    return {"pnn": target, "rtt": time.perf_counter() - started}
 
 
 @op("listnodes")
@@ -530,6 +530,12 @@ for _name, (_set, _clear) in _FLAG_OPS.items():
 def _ban(s: Session, args: dict[str, Any]) -> Any:
     target = arg(args, "pnn", int, default=s.node.pnn)
     return s.node.control(target, "ban", {"seconds": arg(args, "seconds", float)})
+
+
+@op("unban")
+def _unban(s: Session, args: dict[str, Any]) -> Any:
+    target = arg(args, "pnn", int, default=s.node.pnn)
+    return s.node.control(target, "ban", {"seconds": 0})
 
 
 @op("shutdown")
