@@ -136,7 +136,7 @@ def parse_tunable(name: str, value: object) -> float:
         raise CtdbError(ErrorCode.NOT_FOUND, f"unknown tunable {name!r}")
     default = TUNABLES[name][0]
     try:
-        number = float(value) if isinstance(default, float) else int(str(value))
+        number = float(str(value)) if isinstance(default, float) else int(str(value))
     except (TypeError, ValueError):
         message = f"tunable {name} needs a number, got {value!r}"
         raise CtdbError(ErrorCode.INVALID, message) from None

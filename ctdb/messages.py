@@ -129,7 +129,14 @@ Message = (
 _TYPES: dict[int, tuple[type, tuple[str, ...]]] = {
     cls.TYPE: (cls, tuple(f.name for f in dataclasses.fields(cls)))
     for cls in (
-        Control, ControlReply, Call, DmasterRequest, DmasterReply, ClientMessage, Ordered, NodeState
+        Control,
+        ControlReply,
+        Call,
+        DmasterRequest,
+        DmasterReply,
+        ClientMessage,
+        Ordered,
+        NodeState,
     )
 }
 _FIELDS = {cls: names for cls, names in _TYPES.values()}

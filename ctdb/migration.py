@@ -23,9 +23,9 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ctdb.database import Database
+from ctdb.database import Database, DbKind
 from ctdb.errors import CtdbError, ErrorCode
 from ctdb.ltdb import Record
 from ctdb.messages import Call, DmasterReply, DmasterRequest
@@ -33,12 +33,18 @@ from ctdb.placement import lmaster
 
 if TYPE_CHECKING:
     from ctdb.node import Node
+    from ctdb.transactions import Transaction
 
 log = logging.getLogger("ctdb.migration")
 
 #: Re-send a call after this long without the record arriving (messages of an
 #: aborted generation are dropped, so a call can vanish).
 RETRY_INTERVAL = 0.5
+
+
+def _value(rec: Record | None) -> bytes | None:
+    """What a client sees: no record and a deletion marker both read as missing."""
+    return None if rec is None or rec.deleted else rec.value
 
 
 @dataclass
@@ -60,7 +66,62 @@ class MigrationEngine:
         self._keys: dict[tuple[int, bytes], KeyState] = {}
         self._calls_out: dict[tuple[int, bytes], asyncio.Future[None]] = {}
 
-    # -- what a local client asks for ----------------------------------------
+    # -- the record operations a client asks for (see ctdb.engine) -----------
+
+    def fetch(self, db: Database, key: bytes, session: object) -> Any:
+        ok, rec = self.try_local(db, key, session)
+        if ok:
+            self.node.stats["fetch_local"] += 1
+            return _value(rec)
+        return self._fetch_slow(db, key, session)
+
+    async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
+        return _value(await self.acquire(db, key, session, lock=False))
+
+    def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
+        ok, _ = self.try_local(db, key, session)
+        if ok:
+            self.write(db, key, value)
+            return None
+        return self._store_slow(db, key, value, session)
+
+    async def _store_slow(self, db: Database, key: bytes, value: bytes, session: object) -> None:
+        await self.acquire(db, key, session, lock=False)
+        self.write(db, key, value)
+
+    async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
+        return _value(await self.acquire(db, key, session, lock=True))
+
+    def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
+        if not self.locked_by(db, key, session):
+            raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
+        if value is not None:
+            self.write(db, key, value)
+        self.release(db, key, session)
+
+    async def commit(self, tx: Transaction) -> int:
+        return await self.node.transactions.commit(tx)
+
+    async def attach(self, name: str, kind: DbKind) -> Database:
+        return await self.node.attach_everywhere(name, kind)
+
+    async def wipe(self, db: Database) -> None:
+        node = self.node
+        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        await asyncio.gather(*(node.control(p, "wipe", {"db_id": db.id}) for p in node.vnnmap))
+
+    async def traverse(self, db: Database) -> list[list[bytes]]:
+        node = self.node
+        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        if db.replicated:
+            result: list[list[bytes]] = await node.control(node.pnn, "traverse", {"db_id": db.id})
+            return result
+        parts = await asyncio.gather(
+            *(node.control(p, "traverse", {"db_id": db.id}) for p in node.vnnmap)
+        )
+        return sorted((rec for part in parts for rec in part), key=lambda r: r[0])
+
+    # -- the machinery behind them -------------------------------------------
 
     def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool:
         if rec is None:
@@ -104,9 +165,7 @@ class MigrationEngine:
                 await self._fetch_remote(db, key, deadline)
 
     def release(self, db: Database, key: bytes, session: object) -> None:
-        ks = self._keys.get((db.id, key))
-        if ks is None or ks.holder is not session:
-            raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
+        ks = self._keys[(db.id, key)]
         ks.holder = None
         self._wake(db, key, ks)
 

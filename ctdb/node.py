@@ -31,6 +31,7 @@ from ctdb import recovery
 from ctdb.config import TUNABLES, parse_tunable
 from ctdb.controls import ControlChannel
 from ctdb.database import Database, DbKind
+from ctdb.engine import RecordEngine
 from ctdb.errors import CtdbError, ErrorCode
 from ctdb.merge import from_wire, to_wire
 from ctdb.messages import (
@@ -48,6 +49,7 @@ from ctdb.messages import (
     encode,
 )
 from ctdb.migration import MigrationEngine
+from ctdb.ordered import OrderedEngine
 from ctdb.placement import db_id
 from ctdb.transactions import TransactionEngine
 from transport.base import Transport, View
@@ -122,6 +124,10 @@ class Node:
         self.stats: Counter[str] = Counter()
         self.migration = MigrationEngine(self)
         self.transactions = TransactionEngine(self)
+        #: set on a virtually synchronous transport: the ordered stream replaces
+        #: migration and leader-driven recovery.
+        self.ordered = OrderedEngine(self) if transport.capabilities.virtual_synchrony else None
+        self.records: RecordEngine = self.ordered or self.migration
         self.controls = ControlChannel(self.send)
         self._serving = asyncio.Event()
         self._recovery_wanted = asyncio.Event()
@@ -146,7 +152,8 @@ class Node:
         self.transport.set_keepalive(
             self.tunable("KeepaliveInterval"), int(self.tunable("KeepaliveLimit"))
         )
-        self._tasks.append(asyncio.create_task(self._recovery_daemon()))
+        if self.ordered is None:
+            self._tasks.append(asyncio.create_task(self._recovery_daemon()))
         self._tasks.append(asyncio.create_task(self._state_announcer()))
 
     async def stop(self) -> None:
@@ -181,6 +188,21 @@ class Node:
     @property
     def serving(self) -> bool:
         return self.recovery_mode is RecoveryMode.NORMAL and not self.flags & INACTIVE
+
+    def on_ordered_state(self) -> None:
+        """The ordered engine changed sync/quorum state: mirror it in CTDB's terms."""
+        assert self.ordered is not None
+        view = self.ordered.view
+        self.generation = view.view_id
+        if self.ordered.serving:
+            self.vnnmap = list(view.members)
+            self.leader = view.members[0]
+            self.recovery_mode = RecoveryMode.NORMAL
+            self._serving.set()
+        else:
+            self.recovery_mode = RecoveryMode.RECOVERY
+            self._serving.clear()
+        self._announce()
 
     async def wait_serving(self, deadline: float) -> None:
         """Wait for NORMAL mode, or fail at once when WaitForQuorum is 0."""
@@ -298,7 +320,10 @@ class Node:
         elif isinstance(msg, NodeState):
             self.peers[msg.pnn] = msg
         elif isinstance(msg, Ordered):
-            log.warning("ordered operation from node %d on a point-to-point cluster", src)
+            if self.ordered is None:
+                log.warning("ordered operation from node %d on a point-to-point cluster", src)
+            else:
+                self.ordered.on_ordered(msg)
 
     async def _answer_control(self, src: int, msg: Control) -> None:
         try:
@@ -329,6 +354,9 @@ class Node:
         for pnn in range(len(self.nodes)):
             if pnn not in view:
                 self.controls.fail_node(pnn)
+        if self.ordered is not None:
+            self.ordered.on_view(view)
+            return
         lost = [p for p in self.vnnmap if p not in view]
         if lost or (self.leader >= 0 and self.leader not in view):
             log.warning("nodes %s left the view: freezing until recovery", lost or [self.leader])

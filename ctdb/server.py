@@ -171,7 +171,7 @@ class Session:
         self.closed = True
         for task in list(self.tasks):
             task.cancel()
-        self.node.migration.release_all(self)
+        self.node.records.release_all(self)
         self.transactions.clear()
         for srvid in self.srvids:
             callbacks = self.node.srvids.get(srvid, [])
@@ -304,7 +304,7 @@ def _listnodes(s: Session, args: dict[str, Any]) -> list[dict[str, Any]]:
 async def _attach(s: Session, args: dict[str, Any]) -> dict[str, Any]:
     name = arg(args, "name", str)
     kind = DbKind.parse(arg(args, "kind", str, default="volatile"))
-    db = await s.node.attach_everywhere(name, kind)
+    db = await s.node.records.attach(name, kind)
     return db.info()
 
 
@@ -314,16 +314,7 @@ def _fetch(s: Session, args: dict[str, Any]) -> Any:
     if db.replicated:
         rec = db.local.get(key)
         return None if rec is None or rec.deleted else rec.value
-    ok, rec = s.node.migration.try_local(db, key, s)
-    if ok:
-        s.node.stats["fetch_local"] += 1
-        return None if rec is None or rec.deleted else rec.value
-    return _fetch_remote(s, db, key)
-
-
-async def _fetch_remote(s: Session, db: Database, key: bytes) -> bytes | None:
-    rec = await s.node.migration.acquire(db, key, s, lock=False)
-    return None if rec is None or rec.deleted else rec.value
+    return s.node.records.fetch(db, key, s)
 
 
 def _volatile(s: Session, args: dict[str, Any]) -> Database:
@@ -339,58 +330,36 @@ def _volatile(s: Session, args: dict[str, Any]) -> Database:
 @op("store")
 def _store(s: Session, args: dict[str, Any]) -> Any:
     db, key, value = _volatile(s, args), s.key(args), s.value(args)
-    ok, _ = s.node.migration.try_local(db, key, s)
-    if ok:
-        s.node.migration.write(db, key, value)
-        return None
-    return _write_remote(s, db, key, value)
+    return s.node.records.store(db, key, value, s)
 
 
 @op("delete")
 def _delete(s: Session, args: dict[str, Any]) -> Any:
-    args = {**args, "value": b""}
-    return _store(s, args)
-
-
-async def _write_remote(s: Session, db: Database, key: bytes, value: bytes) -> None:
-    await s.node.migration.acquire(db, key, s, lock=False)
-    s.node.migration.write(db, key, value)
+    db, key = _volatile(s, args), s.key(args)
+    return s.node.records.store(db, key, b"", s)
 
 
 @op("fetch_lock")
-async def _fetch_lock(s: Session, args: dict[str, Any]) -> bytes | None:
+def _fetch_lock(s: Session, args: dict[str, Any]) -> Any:
     db, key = _volatile(s, args), s.key(args)
-    rec = await s.node.migration.acquire(db, key, s, lock=True)
-    return None if rec is None or rec.deleted else rec.value
+    return s.node.records.lock(db, key, s)
 
 
 @op("unlock")
-def _unlock(s: Session, args: dict[str, Any]) -> None:
-    s.node.migration.release(_volatile(s, args), s.key(args), s)
+def _unlock(s: Session, args: dict[str, Any]) -> Any:
+    return s.node.records.unlock(_volatile(s, args), s.key(args), s, None)
 
 
 @op("store_unlock")
-def _store_unlock(s: Session, args: dict[str, Any]) -> None:
+def _store_unlock(s: Session, args: dict[str, Any]) -> Any:
     db, key, value = _volatile(s, args), s.key(args), s.value(args)
-    if not s.node.migration.locked_by(db, key, s):
-        raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
-    s.node.migration.write(db, key, value)
-    s.node.migration.release(db, key, s)
+    return s.node.records.unlock(db, key, s, value)
 
 
 @op("traverse")
 async def _traverse(s: Session, args: dict[str, Any]) -> list[list[bytes]]:
-    """Every live record of the database, gathered from every active node."""
-    db = s.database(args)
-    node = s.node
-    await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
-    if db.replicated:
-        result: list[list[bytes]] = await node.control(node.pnn, "traverse", {"db_id": db.id})
-        return result
-    parts = await asyncio.gather(
-        *(node.control(p, "traverse", {"db_id": db.id}) for p in node.vnnmap)
-    )
-    return sorted((rec for part in parts for rec in part), key=lambda r: r[0])
+    """Every live record of the database, from every node that holds some."""
+    return await s.node.records.traverse(s.database(args))
 
 
 @op("getdbseqnum")
@@ -431,7 +400,7 @@ def _trans_cancel(s: Session, args: dict[str, Any]) -> None:
 @op("trans_commit")
 async def _trans_commit(s: Session, args: dict[str, Any]) -> int:
     tx = s.transactions.pop(s.transaction(args).id)
-    return await s.node.transactions.commit(tx)
+    return await s.node.records.commit(tx)
 
 
 # -- whole-database admin operations ------------------------------------------------------
@@ -439,9 +408,7 @@ async def _trans_commit(s: Session, args: dict[str, Any]) -> int:
 
 @op("wipedb")
 async def _wipedb(s: Session, args: dict[str, Any]) -> None:
-    db = s.database(args)
-    node = s.node
-    await asyncio.gather(*(node.control(p, "wipe", {"db_id": db.id}) for p in node.vnnmap))
+    await s.node.records.wipe(s.database(args))
 
 
 @op("backupdb")
@@ -470,11 +437,13 @@ async def _restoredb(s: Session, args: dict[str, Any]) -> int:
             tx.writes[key] = None
         for key, value in records:
             tx.writes[key] = value
-        await s.node.transactions.commit(tx)
+        await s.node.records.commit(tx)
         return len(records)
     await _wipedb(s, args)
     for key, value in records:
-        await _write_remote(s, db, key, value)
+        result = s.node.records.store(db, key, value, s)
+        if inspect.isawaitable(result):
+            await result
     return len(records)
 
 

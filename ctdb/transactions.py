@@ -140,7 +140,7 @@ class TransactionEngine:
             raise CtdbError(ErrorCode.RETRY, "generation changed during commit")
         if db.id in self._prepared:
             raise CtdbError(ErrorCode.BUSY, f"database {db.name} has a commit in progress")
-        puts = {}
+        puts: dict[bytes, Record | None] = {}
         for key, rsn, value in records:
             key = bytes(key)
             puts[key] = Record(int(rsn), self.node.pnn, b"" if value is None else bytes(value))

@@ -101,8 +101,8 @@ class _Outgoing(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=HIGH_WATER)
-        transport.write(_LEN.pack(_HELLO.size) + _HELLO.pack(_MAGIC, self.owner.pnn))
+        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.transport.write(_LEN.pack(_HELLO.size) + _HELLO.pack(_MAGIC, self.owner.pnn))
 
     def write(self, payload: bytes) -> None:
         assert self.transport is not None

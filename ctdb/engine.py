@@ -1,0 +1,49 @@
+"""The record operations every engine offers the client server.
+
+Two engines implement them with the same client-visible semantics:
+`ctdb.migration.MigrationEngine` (point-to-point transports: dmaster
+migration, leader-driven recovery, two-phase commit) and
+`ctdb.ordered.OrderedEngine` (virtually synchronous transports: every node
+applies the same totally ordered stream of operations). The node picks one
+from its transport's capabilities.
+
+A method returns either its result or an awaitable of it: the fast path (a
+local read) answers without creating a task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from ctdb.database import Database, DbKind
+from ctdb.transactions import Transaction
+
+
+class RecordEngine(Protocol):
+    def fetch(self, db: Database, key: bytes, session: object) -> Any:
+        """The record's value (None if missing); waits while another client holds it."""
+
+    def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
+        """Write a volatile record (an empty value deletes it)."""
+
+    def lock(self, db: Database, key: bytes, session: object) -> Awaitable[bytes | None]:
+        """Lock the record for `session` and return its value."""
+
+    def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> Any:
+        """Release `session`'s lock, first storing `value` unless it is None."""
+
+    def release_all(self, session: object) -> None:
+        """`session` disconnected: drop its locks and queued lock requests."""
+
+    def commit(self, tx: Transaction) -> Awaitable[int]:
+        """Commit a persistent transaction everywhere; returns the new sequence number."""
+
+    def attach(self, name: str, kind: DbKind) -> Awaitable[Database]:
+        """Attach a database on every node."""
+
+    def traverse(self, db: Database) -> Awaitable[list[list[bytes]]]:
+        """Every live record as [key, value], sorted by key."""
+
+    def wipe(self, db: Database) -> Awaitable[None]:
+        """Remove every record of `db` on every node."""

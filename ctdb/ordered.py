@@ -1,0 +1,439 @@
+"""Records over a virtually synchronous transport: one ordered stream, no replies.
+
+Every write, lock request, unlock and commit is broadcast as an `Ordered`
+message; every node applies the stream in the same agreed order, so every
+node holds the same records and the same lock queues, and nobody needs to
+ask anybody anything. The node that sent an operation answers its client
+when it delivers its own message: by then every surviving member has it (or,
+if the sender fails first, no survivor does).
+
+Locks are FIFO queues of owners `(pnn, session id)`, identical everywhere:
+the head holds the lock. When a client disconnects its node broadcasts a
+release; when a node leaves the view every member drops its owners at the
+same position in the stream, so lock hand-over after a failure needs no
+recovery round.
+
+Joins are the only event needing data: at a view change that adds members,
+every member broadcasts an offer (is it in sync? which databases at which
+sequence numbers?). Once all offers of the view are delivered each node
+computes the same plan: each database comes from the lowest in-sync member
+holding it, or, when nobody is in sync (the whole cluster restarted), from
+the member with the highest sequence number. Sources broadcast a snapshot
+taken at that position; members that need it queue later operations until
+the snapshot is applied. Quorum (a majority of configured nodes) is enforced
+here because CPG does not: a member of a minority view is out of sync and
+serves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ctdb.database import SEQNUM_KEY, Database, DbKind
+from ctdb.errors import CtdbError, ErrorCode
+from ctdb.ltdb import Record
+from ctdb.merge import from_wire, persistent_source, to_wire
+from ctdb.messages import Ordered, encode
+from ctdb.placement import db_id
+from ctdb.transactions import Transaction
+from transport.base import View
+
+if TYPE_CHECKING:
+    from ctdb.node import Node
+
+log = logging.getLogger("ctdb.ordered")
+
+Owner = tuple[int, int]  # (pnn, session id)
+
+
+@dataclass
+class LockQueue:
+    """Owners waiting for a record, head first; pending plain writes queue here too."""
+
+    entries: deque[tuple[Owner, str, bytes | None, int]] = field(default_factory=deque)
+
+    @property
+    def holder(self) -> Owner | None:
+        if self.entries and self.entries[0][1] == "lock":
+            return self.entries[0][0]
+        return None
+
+
+@dataclass
+class SyncRound:
+    """The state-transfer round started by a view change that added members."""
+
+    view_id: int
+    members: tuple[int, ...]
+    offers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: db name -> source pnn, once every offer is in
+    plan: dict[str, int] | None = None
+    awaiting: set[str] = field(default_factory=set)
+
+
+class OrderedEngine:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._seq = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._locks: dict[tuple[int, bytes], LockQueue] = {}
+        #: local lock waiters: owner -> future resolved when it becomes holder
+        self._lock_waiters: dict[tuple[Owner, int, bytes], asyncio.Future[Any]] = {}
+        self._sessions: dict[int, object] = {}
+        self._session_ids = itertools.count(1)
+        self.synced = False
+        self.view: View = node.transport.view
+        self._round: SyncRound | None = None
+        #: operations delivered while this node waits for its snapshot
+        self._backlog: list[Ordered] = []
+
+    # -- identity of local clients --------------------------------------------------
+
+    def _owner(self, session: object) -> Owner:
+        sid = getattr(session, "_ordered_id", None)
+        if sid is None:
+            sid = next(self._session_ids)
+            session._ordered_id = sid  # type: ignore[attr-defined]
+            self._sessions[sid] = session
+        return (self.node.pnn, sid)
+
+    # -- serving state ---------------------------------------------------------------
+
+    @property
+    def quorate(self) -> bool:
+        return 2 * len(self.view.members) > len(self.node.nodes)
+
+    @property
+    def serving(self) -> bool:
+        return self.synced and self.quorate and self._round is None
+
+    # -- client operations -------------------------------------------------------------
+
+    async def _submit(self, op: str, args: dict[str, Any]) -> Any:
+        node = self.node
+        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        seq = next(self._seq)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = fut
+        node.stats["ordered_sent"] += 1
+        try:
+            node.transport.broadcast(encode(Ordered(node.pnn, seq, op, args)))
+            return await fut
+        finally:
+            self._pending.pop(seq, None)
+
+    def fetch(self, db: Database, key: bytes, session: object) -> Any:
+        q = self._locks.get((db.id, key))
+        if self.node.serving and (q is None or q.holder in (None, self._owner(session))):
+            self.node.stats["fetch_local"] += 1
+            return _value(db.local.get(key))
+        return self._fetch_slow(db, key, session)
+
+    async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
+        # A read of a record someone else holds waits for it, as with migration:
+        # queue an empty lock request and release it at once.
+        value = await self.lock(db, key, session)
+        await self.unlock(db, key, session, None)
+        return value
+
+    def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
+        return self._submit(
+            "store", {"db": db.id, "key": key, "value": value, "owner": self._owner(session)}
+        )
+
+    async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
+        owner = self._owner(session)
+        q = self._locks.get((db.id, key))
+        if q is not None and q.holder == owner:
+            return _value(db.local.get(key))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._lock_waiters[(owner, db.id, key)] = fut
+        try:
+            await self._submit("lock", {"db": db.id, "key": key, "owner": owner})
+            result: bytes | None = await fut
+            return result
+        finally:
+            self._lock_waiters.pop((owner, db.id, key), None)
+
+    async def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
+        owner = self._owner(session)
+        q = self._locks.get((db.id, key))
+        if q is None or q.holder != owner:
+            raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
+        await self._submit("unlock", {"db": db.id, "key": key, "owner": owner, "value": value})
+
+    def release_all(self, session: object) -> None:
+        sid = getattr(session, "_ordered_id", None)
+        if sid is None:
+            return
+        self._sessions.pop(sid, None)
+        owner = (self.node.pnn, sid)
+        if any(e[0] == owner for q in self._locks.values() for e in q.entries):
+            msg = Ordered(self.node.pnn, next(self._seq), "release", {"owner": owner})
+            self.node.transport.broadcast(encode(msg))
+
+    async def commit(self, tx: Transaction) -> int:
+        if not tx.writes:
+            return tx.db.seqnum()
+        reads = [[k, rsn] for k, rsn in tx.reads.items()]
+        writes = [[k, v] for k, v in tx.writes.items()]
+        result: int = await self._submit(
+            "commit", {"db": tx.db.id, "reads": reads, "writes": writes}
+        )
+        return result
+
+    async def attach(self, name: str, kind: DbKind) -> Database:
+        existing = self.node.dbs.get(db_id(name))
+        if existing is None:
+            await self._submit("attach", {"name": name, "kind": kind.value})
+        return self.node.attach(name, kind)
+
+    async def wipe(self, db: Database) -> None:
+        await self._submit("wipe", {"db": db.id})
+
+    async def traverse(self, db: Database) -> list[list[bytes]]:
+        """Every node holds every record: a local traverse is the whole database."""
+        node = self.node
+        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        return _live(db)
+
+    # -- the ordered stream --------------------------------------------------------------
+
+    def on_ordered(self, msg: Ordered) -> None:
+        if msg.op == "offer":
+            self._on_offer(msg)
+            return
+        if msg.op == "snapshot":
+            self._on_snapshot(msg)
+            return
+        if not self.synced or (
+            self._round is not None and self._round.plan is not None and self._needs_snapshot()
+        ):
+            self._backlog.append(msg)
+            return
+        self._apply(msg)
+
+    def _apply(self, msg: Ordered) -> None:
+        try:
+            result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
+            error = None
+        except CtdbError as exc:
+            result, error = None, exc
+        except Exception as exc:  # a bug must not split the replicas' histories silently
+            log.exception("applying %s from node %d failed", msg.op, msg.origin)
+            result, error = None, CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}")
+        self.node.stats["ordered_applied"] += 1
+        if msg.origin == self.node.pnn:
+            fut = self._pending.get(msg.seq)
+            if fut is not None and not fut.done():
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+
+    def _db(self, dbid: int) -> Database:
+        return self.node.db(int(dbid))
+
+    def _write(self, db: Database, key: bytes, value: bytes, origin: int) -> None:
+        old = db.local.get(key)
+        db.local.put(key, Record((old.rsn if old else 0) + 1, origin, value))
+
+    def _apply_store(self, origin: int, args: dict[str, Any]) -> None:
+        db, key = self._db(args["db"]), bytes(args["key"])
+        q = self._locks.get((db.id, key))
+        owner = tuple(args["owner"])
+        if q is not None and q.holder is not None and q.holder != owner:
+            # Someone holds the record: the write takes its turn in the queue.
+            q.entries.append((owner, "store", bytes(args["value"]), 0))  # type: ignore[arg-type]
+            return
+        self._write(db, key, bytes(args["value"]), origin)
+
+    def _apply_lock(self, origin: int, args: dict[str, Any]) -> None:
+        db, key = self._db(args["db"]), bytes(args["key"])
+        owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
+        q = self._locks.setdefault((db.id, key), LockQueue())
+        q.entries.append((owner, "lock", None, 0))
+        self._advance(db, key, q)
+
+    def _apply_unlock(self, origin: int, args: dict[str, Any]) -> None:
+        db, key = self._db(args["db"]), bytes(args["key"])
+        owner = (int(args["owner"][0]), int(args["owner"][1]))
+        q = self._locks.get((db.id, key))
+        if q is None or q.holder != owner:
+            raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
+        if args.get("value") is not None:
+            self._write(db, key, bytes(args["value"]), origin)
+        q.entries.popleft()
+        self._advance(db, key, q)
+
+    def _apply_release(self, origin: int, args: dict[str, Any]) -> None:
+        owner = (int(args["owner"][0]), int(args["owner"][1]))
+        self._purge(lambda o: o == owner)
+
+    def _apply_commit(self, origin: int, args: dict[str, Any]) -> int:
+        db = self._db(args["db"])
+        for key, rsn in args["reads"]:
+            rec = db.local.get(bytes(key))
+            if (rec.rsn if rec else 0) != rsn:
+                raise CtdbError(
+                    ErrorCode.BUSY, f"transaction conflict on {bytes(key)!r}: changed since read"
+                )
+        seqnum = db.seqnum() + 1
+        puts: dict[bytes, Record | None] = {}
+        for key, value in args["writes"]:
+            key = bytes(key)
+            old = db.local.get(key)
+            puts[key] = Record((old.rsn if old else 0) + 1, origin, bytes(value or b""))
+        puts[SEQNUM_KEY] = Database.seqnum_record(seqnum, origin)
+        db.local.write_batch(puts)
+        return seqnum
+
+    def _apply_attach(self, origin: int, args: dict[str, Any]) -> None:
+        self.node.attach(str(args["name"]), DbKind.parse(str(args["kind"])))
+
+    def _apply_wipe(self, origin: int, args: dict[str, Any]) -> None:
+        self._db(args["db"]).local.clear()
+
+    def _advance(self, db: Database, key: bytes, q: LockQueue) -> None:
+        """Apply queued writes at the head, then tell a new local holder it has the lock."""
+        while q.entries and q.entries[0][1] == "store":
+            owner, _, value, _ = q.entries.popleft()
+            assert value is not None
+            self._write(db, key, value, owner[0])
+        holder = q.holder
+        if holder is None:
+            self._locks.pop((db.id, key), None)
+            return
+        if holder[0] == self.node.pnn:
+            fut = self._lock_waiters.get((holder, db.id, key))
+            if fut is not None and not fut.done():
+                fut.set_result(_value(db.local.get(key)))
+
+    def _purge(self, gone: Any) -> None:
+        for (dbid, key), q in list(self._locks.items()):
+            before = len(q.entries)
+            q.entries = deque(e for e in q.entries if not gone(e[0]) or e[1] == "store")
+            if len(q.entries) != before:
+                self._advance(self._db(dbid), key, q)
+
+    # -- membership -------------------------------------------------------------------------
+
+    def on_view(self, view: View) -> None:
+        """Handle a view change at its position in the stream (same on every member)."""
+        old = self.view
+        self.view = view
+        left = set(old.members) - set(view.members)
+        joined = set(view.members) - set(old.members)
+        if left:
+            self._purge(lambda o: o[0] in left)
+        for seq, fut in list(self._pending.items()):
+            if not fut.done() and self.node.pnn not in view:
+                fut.set_exception(CtdbError(ErrorCode.RETRY, "left the group"))
+                del self._pending[seq]
+        if not self.quorate:
+            if self.synced:
+                log.warning(
+                    "view %s has no quorum: out of sync until it is regained", list(view.members)
+                )
+            self.synced = False
+            self._round = None
+        elif joined or not self.synced:
+            self._start_round(view)
+        self.node.on_ordered_state()
+
+    def _start_round(self, view: View) -> None:
+        self._round = SyncRound(view.view_id, view.members)
+        offer = {
+            "view_id": view.view_id,
+            "synced": self.synced,
+            "dbs": [[db.name, db.kind.value, db.seqnum()] for db in self.node.dbs.values()],
+        }
+        msg = Ordered(self.node.pnn, next(self._seq), "offer", offer)
+        self.node.transport.broadcast(encode(msg))
+
+    def _needs_snapshot(self) -> bool:
+        r = self._round
+        return r is not None and bool(r.awaiting)
+
+    def _on_offer(self, msg: Ordered) -> None:
+        r = self._round
+        if r is None or msg.args.get("view_id") != r.view_id or r.plan is not None:
+            return
+        r.offers[msg.origin] = msg.args
+        if set(r.offers) != set(r.members):
+            return
+        # Every member now computes the same plan from the same offers.
+        synced = sorted(p for p, o in r.offers.items() if o["synced"])
+        holdings: dict[str, dict[int, tuple[str, int]]] = {}
+        for p, o in r.offers.items():
+            for name, kind, seqnum in o["dbs"]:
+                holdings.setdefault(name, {})[p] = (kind, seqnum)
+        plan: dict[str, int] = {}
+        for name, holders in sorted(holdings.items()):
+            in_sync = [p for p in synced if p in holders]
+            if in_sync:
+                plan[name] = in_sync[0]
+            else:
+                plan[name] = persistent_source({p: s for p, (_, s) in holders.items()})
+        r.plan = plan
+        me = self.node.pnn
+        needs = {
+            name for name, src in plan.items() if src != me and not (self.synced and me in synced)
+        }
+        r.awaiting = needs
+        if needs:
+            # Everything delivered up to here is in the snapshots we are about to get.
+            self._backlog.clear()
+        # Sources send what others need, as of this position in the stream.
+        for name, src in plan.items():
+            if src == me and any(p not in synced for p in r.members if p != me):
+                db = self.node.db_by_name(name)
+                snap = {
+                    "view_id": r.view_id,
+                    "name": name,
+                    "kind": db.kind.value,
+                    "records": to_wire(db.local.items()),
+                }
+                self.node.transport.broadcast(
+                    encode(Ordered(me, next(self._seq), "snapshot", snap))
+                )
+        if not needs:
+            self._finish_round()
+
+    def _on_snapshot(self, msg: Ordered) -> None:
+        r = self._round
+        if r is None or r.plan is None or msg.args.get("view_id") != r.view_id:
+            return
+        name = str(msg.args["name"])
+        if name not in r.awaiting:
+            return
+        db = self.node.attach(name, DbKind.parse(str(msg.args["kind"])))
+        db.local.write_batch(dict(from_wire(msg.args["records"])), replace_all=True)
+        r.awaiting.discard(name)
+        if not r.awaiting:
+            self._finish_round()
+
+    def _finish_round(self) -> None:
+        self._round = None
+        self.synced = True
+        backlog, self._backlog = self._backlog, []
+        for msg in backlog:
+            self._apply(msg)
+        log.info("in sync in view %s", list(self.view.members))
+        self.node.on_ordered_state()
+
+
+def _value(rec: Record | None) -> bytes | None:
+    return None if rec is None or rec.deleted else rec.value
+
+
+def _live(db: Database) -> list[list[bytes]]:
+    return sorted(
+        ([k, r.value] for k, r in db.local.items() if not r.deleted and k != SEQNUM_KEY),
+        key=lambda kv: kv[0],
+    )
