@@ -27,6 +27,11 @@ TUNABLES: dict[str, tuple[float, str]] = {
     "MaxKeySize": (64 * 1024, "largest record key accepted, in bytes"),
     "MaxValueSize": (8 * 1024 * 1024, "largest record value accepted, in bytes"),
     "CallTimeout": (10.0, "seconds a remote record fetch may take before failing"),
+    "LocalReads": (
+        0,
+        "vs transport: 1 reads the local replica without an ordering barrier "
+        "(faster, may miss a write acknowledged on another node a moment ago)",
+    ),
     "WaitForQuorum": (1, "1: requests wait during recovery / without quorum; 0: fail at once"),
 }
 

@@ -91,6 +91,8 @@ class OrderedEngine:
         self._round: SyncRound | None = None
         #: operations delivered while this node waits for its snapshot
         self._backlog: list[Ordered] = []
+        self._open_barrier: asyncio.Future[Any] | None = None
+        self._barrier_in_flight: asyncio.Future[Any] | None = None
 
     # -- identity of local clients --------------------------------------------------
 
@@ -129,17 +131,53 @@ class OrderedEngine:
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         q = self._locks.get((db.id, key))
-        if self.node.serving and (q is None or q.holder in (None, self._owner(session))):
+        holder = q.holder if q is not None else None
+        if self.node.serving and (
+            holder == self._owner(session) or (holder is None and self.node.tunable("LocalReads"))
+        ):
             self.node.stats["fetch_local"] += 1
             return _value(db.local.get(key))
-        return self._fetch_slow(db, key, session)
+        return self._fetch_ordered(db, key, session)
 
-    async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
-        # A read of a record someone else holds waits for it, as with migration:
-        # queue an empty lock request and release it at once.
+    async def _fetch_ordered(self, db: Database, key: bytes, session: object) -> bytes | None:
+        """A linearizable read: wait for a barrier sent after the read arrived.
+
+        Totem assigns sequence numbers on a circulating token, so a write
+        acknowledged anywhere before this read began is ordered before the
+        barrier, and is applied here by the time the barrier is delivered.
+        """
+        await self._barrier()
+        q = self._locks.get((db.id, key))
+        if q is None or q.holder in (None, self._owner(session)):
+            return _value(db.local.get(key))
+        # Someone else holds the record: wait for it, as migration would.
         value = await self.lock(db, key, session)
         await self.unlock(db, key, session, None)
         return value
+
+    async def _barrier(self) -> None:
+        """Reads share barriers: at most one in flight and one collecting readers."""
+        fut = self._open_barrier
+        if fut is None:
+            fut = self._open_barrier = asyncio.get_running_loop().create_future()
+            if self._barrier_in_flight is None:
+                self._send_barrier()
+        await asyncio.shield(fut)
+
+    def _send_barrier(self) -> None:
+        fut, self._open_barrier = self._open_barrier, None
+        assert fut is not None
+        self._barrier_in_flight = fut
+        seq = next(self._seq)
+        self._pending[seq] = fut
+        self.node.stats["read_barriers"] += 1
+        self.node.transport.broadcast(encode(Ordered(self.node.pnn, seq, "sync", {})))
+
+    def _apply_sync(self, origin: int, args: dict[str, Any]) -> None:
+        if origin == self.node.pnn:
+            self._barrier_in_flight = None
+            if self._open_barrier is not None:
+                self._send_barrier()
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
         return self._submit(
@@ -229,7 +267,7 @@ class OrderedEngine:
             result, error = None, CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}")
         self.node.stats["ordered_applied"] += 1
         if msg.origin == self.node.pnn:
-            fut = self._pending.get(msg.seq)
+            fut = self._pending.pop(msg.seq, None)
             if fut is not None and not fut.done():
                 if error is not None:
                     fut.set_exception(error)
