@@ -32,5 +32,8 @@ for f in $(dpkg -L python3-tdb | grep '/dist-packages/[^/]*$'); do
 done
 extras="fast"
 [ "$want_test" = 1 ] && extras="fast,test,bench"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]" >&2
+# compat mode puts the source tree on sys.path with a .pth file instead of an
+# import hook: ~30 ms less start-up for every one-shot ctdbtool.
+.venv/bin/pip install -q --disable-pip-version-check \
+    --config-settings editable_mode=compat -e ".[$extras]" >&2
 .venv/bin/python -c 'import tdb, msgpack, click' >&2
