@@ -44,6 +44,7 @@ def tunable_default(name: str) -> float:
 class Config:
     nodes: list[str]
     pnn: int
+    nodes_file: Path
     state_dir: Path
     run_dir: Path
     transport: str = "tcp"
@@ -123,6 +124,7 @@ def load(path: Path) -> Config:
     return Config(
         nodes=nodes,
         pnn=nodes.index(address),
+        nodes_file=rel(nodes_file),
         state_dir=rel(get("database", "state dir", "state") or "state"),
         run_dir=rel(get("server", "run dir", "run") or "run"),
         transport=get("cluster", "transport", "tcp") or "tcp",

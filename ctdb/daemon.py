@@ -61,6 +61,7 @@ async def run(cfg: config_mod.Config) -> None:
         cfg.state_dir,
         tunables=tunables,
         cluster_lock=cfg.cluster_lock,
+        nodes_file=cfg.nodes_file,
     )
     server = ClientServer(node, cfg.socket_path, cfg.socket_mode)
     loop = asyncio.get_running_loop()

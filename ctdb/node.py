@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ctdb import recovery
-from ctdb.config import TUNABLES, parse_tunable
+from ctdb.config import TUNABLES, parse_tunable, read_nodes
 from ctdb.controls import ControlChannel
 from ctdb.database import Database, DbKind
 from ctdb.engine import RecordEngine
@@ -97,6 +97,7 @@ class Node:
         *,
         tunables: dict[str, float] | None = None,
         cluster_lock: Path | None = None,
+        nodes_file: Path | None = None,
         seed: int | None = None,
     ) -> None:
         self.pnn = pnn
@@ -104,6 +105,7 @@ class Node:
         self.transport = transport
         self.state_dir = state_dir
         self.cluster_lock = cluster_lock
+        self.nodes_file = nodes_file
         self.tunables = {name: default for name, (default, _) in TUNABLES.items()}
         self.tunables.update(tunables or {})
         self.rng = random.Random(seed)
@@ -632,6 +634,25 @@ class Node:
         self._ban_timer = asyncio.get_running_loop().call_later(
             seconds, self.set_flags, 0, NodeFlags.BANNED
         )
+
+    def ctl_reloadnodes(self, src: int, args: dict[str, Any]) -> list[str]:
+        """Re-read the nodes file: new nodes may be appended; existing ones must stay."""
+        if self.nodes_file is None:
+            raise CtdbError(ErrorCode.NOT_SUPPORTED, "this node was started without a nodes file")
+        nodes = read_nodes(self.nodes_file)
+        if nodes[: len(self.nodes)] != self.nodes:
+            raise CtdbError(
+                ErrorCode.INVALID,
+                f"{self.nodes_file} changes or removes existing nodes; only appending is "
+                "supported (pnns must stay stable)",
+            )
+        added = nodes[len(self.nodes) :]
+        if added:
+            log.info("reloadnodes: adding %s", added)
+            self.nodes[:] = nodes
+            self.transport.update_nodes(nodes)
+            self._recovery_wanted.set()
+        return added
 
     def ctl_shutdown(self, src: int, args: dict[str, Any]) -> None:
         log.info("shutdown requested by node %d", src)

@@ -507,6 +507,17 @@ def _unban(s: Session, args: dict[str, Any]) -> Any:
     return s.node.control(target, "ban", {"seconds": 0})
 
 
+@op("reloadnodes")
+async def _reloadnodes(s: Session, args: dict[str, Any]) -> dict[str, Any]:
+    """Every connected node re-reads its nodes file, this one last (as CTDB does)."""
+    node = s.node
+    others = [p for p in node.transport.view.members if p != node.pnn]
+    for p in others:
+        await node.control(p, "reloadnodes", {})
+    added = await node.control(node.pnn, "reloadnodes", {})
+    return {"added": added, "nodes": list(node.nodes)}
+
+
 @op("shutdown")
 def _shutdown(s: Session, args: dict[str, Any]) -> Any:
     target = arg(args, "pnn", int, default=s.node.pnn)

@@ -478,6 +478,14 @@ _node_command("shutdown", "shutdown", "Stop the daemon.")
 
 
 @main.command()
+@pass_ctx
+def reloadnodes(c: Ctx) -> None:
+    """Make every node re-read its nodes file (new nodes may be appended)."""
+    result = c.client.call("reloadnodes")
+    c.emit(result, lambda: "\n".join(f"added node {a}" for a in result["added"]) or "no new nodes")
+
+
+@main.command()
 @click.argument("seconds", type=float)
 @pass_ctx
 def ban(c: Ctx, seconds: float) -> None:

@@ -122,6 +122,10 @@ class Transport(abc.ABC):
         self.options.keepalive_interval = interval
         self.options.keepalive_limit = limit
 
+    def update_nodes(self, nodes: list[str]) -> None:
+        """The nodes file grew (`ctdbtool reloadnodes`): start talking to the new nodes."""
+        self.nodes[:] = nodes
+
     def _set_view(self, members: set[int] | tuple[int, ...]) -> None:
         """Install a new view if membership changed and tell the owner."""
         ordered = tuple(sorted(members))

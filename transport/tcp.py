@@ -197,6 +197,12 @@ class TcpTransport(Transport):
         for out in list(self._out.values()):
             await out.wait_writable()
 
+    def update_nodes(self, nodes: list[str]) -> None:
+        known = len(self.nodes)
+        super().update_nodes(nodes)
+        for dst in range(known, len(nodes)):
+            self._tasks.append(asyncio.create_task(self._connect_loop(dst)))
+
     # -- connection management ------------------------------------------------
 
     async def _connect_loop(self, dst: int) -> None:
