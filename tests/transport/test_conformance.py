@@ -288,5 +288,6 @@ def test_member_failure_mid_stream(cluster: Cluster) -> None:
 def _first_difference(x: list[tuple[Any, ...]], y: list[tuple[Any, ...]]) -> str:
     for i, (p, q) in enumerate(zip(x, y, strict=False)):
         if p != q:
-            return f"survivors' streams differ at {i}: {p} vs {q}; context {x[i - 3 : i + 3]}"
+            context = x[max(0, i - 3) : i + 3]
+            return f"survivors' streams differ at {i}: {p} vs {q}; context {context}"
     return f"survivors' streams differ in length: {len(x)} vs {len(y)}"
