@@ -1,0 +1,169 @@
+"""Shared fixtures for the tests that run real daemons.
+
+* `cluster`: one 3-node cluster per test module, per transport (the
+  `TRANSPORTS` list; adding "vs" there runs every cluster test on it too).
+  Tests that use it must not stop or restart nodes, and should use database
+  names of their own so they do not see each other's records.
+* `cluster_factory`: private clusters for tests that kill or restart nodes;
+  each one is torn down after the test, also when it fails.
+* `ctdbtool`: run the CLI as a subprocess against a socket.
+
+Every cluster gets its own loopback base address (127.X.Y.*) and a random
+port, so these tests can run next to other people's on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools.cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+#: Transports the cluster fixtures run on. Add "vs" here to cover it too.
+TRANSPORTS = ["tcp"]
+
+
+def random_base() -> str:
+    return f"127.{random.randint(10, 250)}.{random.randint(0, 250)}"
+
+
+def random_port() -> int:
+    return random.randint(20000, 60000)
+
+
+def unique(prefix: str = "db") -> str:
+    """A database or key name no other test uses."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def _dump_logs(c: LocalCluster) -> str:
+    out = []
+    for pnn in range(c.size):
+        path = c.log_path(pnn)
+        if path.exists():
+            lines = path.read_text(errors="replace").splitlines()[-30:]
+            out.append(f"--- node {pnn} log ({path}) ---")
+            out.extend(lines)
+    return "\n".join(out)
+
+
+def start_cluster(directory: Path, transport: str, size: int = 3, **kwargs: Any) -> LocalCluster:
+    """Start a cluster on a fresh base address and port (retrying on a port clash)."""
+    last: Exception | None = None
+    for _attempt in range(3):
+        c = LocalCluster(
+            directory / f"c{random.randint(0, 1 << 30):x}",
+            size=size,
+            transport=transport,
+            port=random_port(),
+            base=random_base(),
+            **kwargs,
+        )
+        try:
+            c.up(timeout=30)
+            return c
+        except Exception as exc:  # noqa: BLE001 - retried, then re-raised with logs
+            last = exc
+            logs = _dump_logs(c)
+            c.down()
+            last = RuntimeError(f"cluster did not come up: {exc}\n{logs}")
+    assert last is not None
+    raise last
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def cluster(transport: str) -> Iterator[LocalCluster]:
+    directory = Path(tempfile.mkdtemp(prefix="ctdb-test-"))
+    c = start_cluster(directory, transport)
+    try:
+        yield c
+    finally:
+        c.down()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster_factory(transport: str, tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """`cluster_factory(size=3, tunables={...})` -> a private, started cluster."""
+    started: list[LocalCluster] = []
+
+    def make(size: int = 3, **kwargs: Any) -> LocalCluster:
+        c = start_cluster(tmp_path, transport, size=size, **kwargs)
+        started.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in started:
+            c.down()
+
+
+@dataclass
+class ToolResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def run_ctdbtool(
+    socket: str | None,
+    *args: str,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> ToolResult:
+    cmd = [PYTHON, "-m", "tools.ctdbtool"]
+    if socket is not None:
+        cmd += ["--socket", socket]
+    cmd += list(args)
+    proc = subprocess.run(
+        cmd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    result = ToolResult(proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"ctdbtool {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
+    return result
+
+
+@pytest.fixture
+def ctdbtool(cluster: LocalCluster) -> Callable[..., ToolResult]:
+    """`ctdbtool("status", "--json", node=0)` runs the CLI against node 0's socket."""
+
+    def run(*args: str, node: int = 0, **kwargs: Any) -> ToolResult:
+        return run_ctdbtool(cluster.socket(node), *args, **kwargs)
+
+    return run

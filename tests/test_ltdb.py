@@ -1,0 +1,212 @@
+"""Local storage: CTDB record headers in TDB files."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import tdb
+
+from ctdb.errors import CtdbError, ErrorCode
+from ctdb.ltdb import HEADER_SIZE, LocalDb, Record
+
+
+def raw_value(path: Path, key: bytes) -> bytes | None:
+    """The bytes TDB stores for `key`, read without our code."""
+    t = tdb.Tdb(str(path), 0, tdb.DEFAULT, os.O_RDONLY)
+    try:
+        return t.get(key)
+    finally:
+        t.close()
+
+
+def test_header_is_24_bytes_little_endian() -> None:
+    assert HEADER_SIZE == 24
+    rec = Record(rsn=0x0102030405060708, dmaster=0x0A0B0C0D, value=b"payload", flags=0x11223344)
+    data = rec.pack()
+    assert len(data) == 24 + len(b"payload")
+    assert data[:8] == bytes([8, 7, 6, 5, 4, 3, 2, 1])  # rsn u64 LE
+    assert data[8:12] == bytes([0x0D, 0x0C, 0x0B, 0x0A])  # dmaster u32 LE
+    assert data[12:16] == b"\0\0\0\0"  # reserved u32
+    assert data[16:20] == bytes([0x44, 0x33, 0x22, 0x11])  # flags u32 LE
+    assert data[20:24] == b"\0\0\0\0"  # pad u32
+    assert data[24:] == b"payload"
+    assert data[:24] == struct.pack("<QIIII", rec.rsn, rec.dmaster, 0, rec.flags, 0)
+
+
+def test_header_unpack_round_trip_and_ignores_reserved_fields() -> None:
+    data = struct.pack("<QIIII", 99, 3, 0xDEAD, 5, 0xBEEF) + b"v"
+    rec = Record.unpack(data)
+    assert rec == Record(99, 3, b"v", 5)
+    assert Record.unpack(Record(2**64 - 1, 2**32 - 1, b"").pack()).rsn == 2**64 - 1
+
+
+def test_short_record_is_an_io_error() -> None:
+    with pytest.raises(CtdbError) as info:
+        Record.unpack(b"\0" * 23)
+    assert info.value.code == ErrorCode.IO
+    assert "23" in info.value.message
+
+
+def test_empty_value_is_a_deletion_marker() -> None:
+    assert Record(5, 0, b"").deleted
+    assert not Record(5, 0, b"x").deleted
+
+
+def test_file_holds_header_then_value(tmp_path: Path) -> None:
+    path = tmp_path / "p.tdb"
+    db = LocalDb(path, persistent=True)
+    db.put(b"key", Record(42, 2, b"value"))
+    db.close()
+    raw = raw_value(path, b"key")
+    assert raw == struct.pack("<QIIII", 42, 2, 0, 0, 0) + b"value"
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_basic_operations(tmp_path: Path, persistent: bool) -> None:
+    db = LocalDb(tmp_path / "db.tdb", persistent=persistent)
+    try:
+        assert db.get(b"a") is None
+        db.put(b"a", Record(1, 0, b"1"))
+        db.put(b"b", Record(2, 1, b"2"))
+        db.put(b"a", Record(3, 0, b"one"))
+        assert db.get(b"a") == Record(3, 0, b"one")
+        assert len(db) == 2
+        assert dict(db.items()) == {b"a": Record(3, 0, b"one"), b"b": Record(2, 1, b"2")}
+        db.remove(b"a")
+        db.remove(b"missing")  # no error
+        assert db.get(b"a") is None
+        db.clear()
+        assert len(db) == 0
+    finally:
+        db.close()
+
+
+def test_volatile_is_wiped_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "v.tdb"
+    db = LocalDb(path, persistent=False)
+    db.put(b"k", Record(1, 0, b"v"))
+    assert db.get(b"k") is not None
+    db.close()
+    db = LocalDb(path, persistent=False)
+    try:
+        assert db.get(b"k") is None
+        assert len(db) == 0
+    finally:
+        db.close()
+
+
+def test_persistent_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "p.tdb"
+    db = LocalDb(path, persistent=True)
+    db.put(b"k", Record(7, 1, b"v"))
+    db.write_batch({b"x": Record(1, 0, b"X"), b"y": Record(1, 0, b"Y")})
+    db.close()
+    db = LocalDb(path, persistent=True)
+    try:
+        assert db.get(b"k") == Record(7, 1, b"v")
+        assert db.get(b"x") == Record(1, 0, b"X")
+        assert len(db) == 3
+    finally:
+        db.close()
+
+
+def test_write_batch_puts_and_removes(tmp_path: Path) -> None:
+    db = LocalDb(tmp_path / "p.tdb", persistent=True)
+    try:
+        db.put(b"old", Record(1, 0, b"o"))
+        db.write_batch({b"old": None, b"new": Record(2, 0, b"n"), b"never": None})
+        assert db.get(b"old") is None
+        assert db.get(b"new") == Record(2, 0, b"n")
+        db.write_batch({b"only": Record(1, 0, b"1")}, replace_all=True)
+        assert dict(db.items()) == {b"only": Record(1, 0, b"1")}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("replace_all", [False, True])
+def test_write_batch_is_atomic(tmp_path: Path, replace_all: bool) -> None:
+    path = tmp_path / "p.tdb"
+    db = LocalDb(path, persistent=True)
+    db.put(b"keep", Record(1, 0, b"kept"))
+    bad = Record(-1, 0, b"cannot pack a negative rsn")
+    with pytest.raises(struct.error):
+        db.write_batch(
+            {b"first": Record(1, 0, b"1"), b"keep": None, b"bad": bad}, replace_all=replace_all
+        )
+    assert db.get(b"first") is None
+    assert db.get(b"keep") == Record(1, 0, b"kept")
+    # and the handle is usable afterwards (no transaction left open)
+    db.write_batch({b"after": Record(1, 0, b"a")})
+    db.close()
+    db = LocalDb(path, persistent=True)
+    try:
+        assert dict(db.items()) == {b"keep": Record(1, 0, b"kept"), b"after": Record(1, 0, b"a")}
+    finally:
+        db.close()
+
+
+def test_prepare_then_commit(tmp_path: Path) -> None:
+    path = tmp_path / "p.tdb"
+    db = LocalDb(path, persistent=True)
+    db.put(b"gone", Record(1, 0, b"x"))
+    db.prepare({b"a": Record(1, 0, b"A"), b"gone": None})
+    db.commit_prepared()
+    db.close()
+    db = LocalDb(path, persistent=True)
+    try:
+        assert db.get(b"a") == Record(1, 0, b"A")
+        assert db.get(b"gone") is None
+    finally:
+        db.close()
+
+
+def test_prepare_then_cancel(tmp_path: Path) -> None:
+    path = tmp_path / "p.tdb"
+    db = LocalDb(path, persistent=True)
+    db.put(b"stay", Record(1, 0, b"x"))
+    db.prepare({b"a": Record(1, 0, b"A"), b"stay": None})
+    db.cancel_prepared()
+    assert db.get(b"a") is None
+    assert db.get(b"stay") == Record(1, 0, b"x")
+    db.close()
+    db = LocalDb(path, persistent=True)
+    try:
+        assert db.get(b"a") is None
+        assert db.get(b"stay") == Record(1, 0, b"x")
+    finally:
+        db.close()
+
+
+def test_prepared_but_never_committed_is_lost_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "p.tdb"
+    db = LocalDb(path, persistent=True)
+    db.prepare({b"a": Record(1, 0, b"A")})
+    db.close()
+    db = LocalDb(path, persistent=True)
+    try:
+        assert db.get(b"a") is None
+    finally:
+        db.close()
+
+
+def test_failed_prepare_leaves_no_transaction_open(tmp_path: Path) -> None:
+    db = LocalDb(tmp_path / "p.tdb", persistent=True)
+    try:
+        with pytest.raises(struct.error):
+            db.prepare({b"a": Record(1, 0, b"A"), b"b": Record(-1, 0, b"B")})
+        assert db.get(b"a") is None
+        db.prepare({b"c": Record(1, 0, b"C")})
+        db.commit_prepared()
+        assert db.get(b"c") == Record(1, 0, b"C")
+    finally:
+        db.close()
+
+
+def test_unopenable_path_is_an_io_error(tmp_path: Path) -> None:
+    with pytest.raises(CtdbError) as info:
+        LocalDb(tmp_path / "no" / "such" / "dir" / "x.tdb", persistent=True)
+    assert info.value.code == ErrorCode.IO
+    assert "cannot open" in info.value.message

@@ -1,0 +1,127 @@
+"""Recovery merge rules (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ctdb.ltdb import Record
+from ctdb.merge import (
+    from_wire,
+    merge_volatile,
+    newest_epoch_members,
+    persistent_source,
+    to_wire,
+)
+
+
+def test_highest_rsn_wins() -> None:
+    merged = merge_volatile(
+        {
+            0: {b"k": Record(3, 0, b"old")},
+            1: {b"k": Record(9, 1, b"new")},
+            2: {b"k": Record(5, 2, b"mid")},
+        }
+    )
+    assert merged[b"k"].value == b"new"
+    assert merged[b"k"].rsn == 9
+    assert merged[b"k"].dmaster == 1  # the holder of the winning copy stays dmaster
+
+
+def test_higher_rsn_wins_even_from_a_node_that_is_not_dmaster() -> None:
+    # node 0 gave the record away (its copy says dmaster 1) with a higher rsn
+    merged = merge_volatile({0: {b"k": Record(8, 1, b"given")}, 1: {b"k": Record(7, 1, b"stale")}})
+    assert merged[b"k"].value == b"given"
+    assert merged[b"k"].rsn == 8
+    assert merged[b"k"].dmaster == 0
+
+
+def test_tombstone_beats_older_value() -> None:
+    merged = merge_volatile({0: {b"k": Record(4, 0, b"alive")}, 1: {b"k": Record(5, 1, b"")}})
+    assert merged[b"k"].deleted
+    assert merged[b"k"].rsn == 5
+
+
+def test_newer_value_beats_older_tombstone() -> None:
+    merged = merge_volatile({0: {b"k": Record(6, 0, b"again")}, 1: {b"k": Record(5, 1, b"")}})
+    assert merged[b"k"].value == b"again"
+
+
+def test_tie_prefers_the_node_that_claims_dmaster() -> None:
+    copies = {0: {b"k": Record(5, 2, b"from0")}, 2: {b"k": Record(5, 2, b"from2")}}
+    merged = merge_volatile(copies)
+    assert merged[b"k"].value == b"from2"
+    assert merged[b"k"].dmaster == 2
+
+
+def test_tie_without_a_claimed_dmaster_prefers_the_lowest_pnn() -> None:
+    copies = {2: {b"k": Record(5, 7, b"from2")}, 1: {b"k": Record(5, 7, b"from1")}}
+    merged = merge_volatile(copies)
+    assert merged[b"k"].value == b"from1"
+    assert merged[b"k"].dmaster == 1
+
+
+def test_keys_present_on_one_node_only_are_kept() -> None:
+    merged = merge_volatile({0: {b"a": Record(1, 0, b"A")}, 1: {b"b": Record(1, 1, b"B")}, 2: {}})
+    assert {k: r.value for k, r in merged.items()} == {b"a": b"A", b"b": b"B"}
+    assert merged[b"b"].dmaster == 1
+
+
+def test_no_copies_merge_to_nothing() -> None:
+    assert merge_volatile({}) == {}
+    assert merge_volatile({0: {}, 1: {}}) == {}
+
+
+records = st.builds(
+    Record,
+    rsn=st.integers(0, 6),
+    dmaster=st.integers(0, 3),
+    value=st.sampled_from([b"", b"a", b"b", b"c"]),
+)
+copies_strategy = st.dictionaries(
+    st.integers(0, 3), st.dictionaries(st.sampled_from([b"k1", b"k2", b"k3"]), records), max_size=4
+)
+
+
+@given(copies=copies_strategy, data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_merge_is_deterministic_and_independent_of_order(copies, data) -> None:  # type: ignore[no-untyped-def]
+    merged = merge_volatile(copies)
+    order = data.draw(st.permutations(list(copies)))
+    shuffled = {p: dict(reversed(list(copies[p].items()))) for p in order}
+    assert merge_volatile(shuffled) == merged
+    for key, rec in merged.items():
+        holders = [p for p in copies if key in copies[p]]
+        assert rec.rsn == max(copies[p][key].rsn for p in holders)
+        assert rec.dmaster in holders
+        winner = copies[rec.dmaster][key]
+        assert (winner.rsn, winner.value) == (rec.rsn, rec.value)
+    assert set(merged) == {k for c in copies.values() for k in c}
+
+
+def test_wire_round_trip() -> None:
+    items = {b"a": Record(1, 2, b"x"), b"b": Record(2**40, 0, b"")}
+    wire = to_wire(items.items())
+    assert wire == [[b"a", 1, 2, b"x"], [b"b", 2**40, 0, b""]]
+    assert from_wire(wire) == items
+
+
+def test_persistent_source_picks_highest_seqnum() -> None:
+    assert persistent_source({0: 3, 1: 10, 2: 7}) == 1
+    assert persistent_source({0: 0}) == 0
+    assert persistent_source({4: 2, 1: 1}) == 4
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]])
+def test_persistent_source_tie_is_deterministic(order: list[int]) -> None:
+    seqnums = {p: {0: 5, 1: 9, 2: 9}[p] for p in order}
+    assert persistent_source(seqnums) == 1  # lowest pnn among the most advanced
+
+
+def test_newest_epoch_members() -> None:
+    assert newest_epoch_members({0: 3, 1: 3, 2: 1}) == [0, 1]
+    assert newest_epoch_members({2: 0, 0: 0}) == [0, 2]
+    assert newest_epoch_members({5: 7}) == [5]
+    # a restarted node (epoch 0) does not count next to the survivors
+    assert newest_epoch_members({0: 0, 1: 4, 2: 4}) == [1, 2]
