@@ -66,7 +66,7 @@ class Plan:
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(tdb_ops=20_000, seconds=0.3, windows=2, ring=300, pings=300, oneshot=5)
+            return cls(tdb_ops=20_000, seconds=0.25, windows=2, ring=300, pings=300, oneshot=5)
         return cls(tdb_ops=200_000, seconds=1.0, windows=5, ring=3000, pings=2000, oneshot=30)
 
 
@@ -177,8 +177,8 @@ def echo_server_main(path: str, ready: Any) -> None:
     uvloop.run(serve())
 
 
-def raw_round_trips(path: str, seconds: float, windows: int = 1) -> dict[str, Any]:
-    """Round trips/s of the leanest blocking client: one frame out, one frame back."""
+def raw_client(path: str) -> tuple[Callable[[int], object], Callable[[], None]]:
+    """The leanest blocking client: one frame out, one frame back."""
     import msgpack
 
     from transport.framing import LENGTH
@@ -186,12 +186,8 @@ def raw_round_trips(path: str, seconds: float, windows: int = 1) -> dict[str, An
     ks = keys()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
-    packb, unpackb, pack_len, unpack_len = (
-        msgpack.packb,
-        msgpack.unpackb,
-        LENGTH.pack,
-        LENGTH.unpack,
-    )
+    packb, unpackb = msgpack.packb, msgpack.unpackb
+    pack_len, unpack_len = LENGTH.pack, LENGTH.unpack
 
     def step(i: int) -> object:
         payload = packb([i + 1, "fetch", {"db": DB, "key": ks[i % N_KEYS]}], use_bin_type=True)
@@ -201,75 +197,87 @@ def raw_round_trips(path: str, seconds: float, windows: int = 1) -> dict[str, An
             buf += sock.recv(65536)
         return unpackb(buf[4:], raw=False)
 
-    try:
-        for i in range(200):  # warm up
-            step(i)
-        return best_of([timed_loop(step, seconds) for _ in range(windows)])
-    finally:
-        sock.close()
+    return step, sock.close
 
 
-# -- client workers (also run in child processes) ------------------------------------------
-
-
-def client_fetch_store(path: str, op: str, seconds: float, windows: int = 1) -> dict[str, Any]:
-    """ops/s of sequential `op` ('fetch' or 'store') from one Client, best window."""
+def make_step(
+    kind: str, path: str, offset: int = 0
+) -> tuple[Callable[[int], object], Callable[[], None]]:
+    """(step, close) for `kind`: 'raw' (minimal client), 'fetch' or 'store' (Client)."""
+    if kind == "raw":
+        return raw_client(path)
     from ctdb.client import Client
 
     ks = keys()
     v = value()
-    with Client(path) as c:
-        fetch, store = c.fetch, c.store
-        if op == "fetch":
-            step: Callable[[int], object] = lambda i: fetch(DB, ks[i % N_KEYS])  # noqa: E731
-        else:
-            step = lambda i: store(DB, ks[i % N_KEYS], v)  # noqa: E731
-        for i in range(200):  # warm up
-            step(i)
-        return best_of([timed_loop(step, seconds) for _ in range(windows)])
+    c = Client(path)
+    fetch, store = c.fetch, c.store
+    if kind == "fetch":
+        return (lambda i: fetch(DB, ks[(i + offset) % N_KEYS])), c.close
+    return (lambda i: store(DB, ks[(i + offset) % N_KEYS], v)), c.close
+
+
+Task = tuple[str, str, str]  # (result name, kind, socket path)
+
+
+def interleaved(tasks: list[Task], seconds: float, windows: int) -> dict[str, dict[str, Any]]:
+    """One client per task in this process; the tasks take turns, window by window,
+    so a baseline and the figure it is compared with see the same machine load."""
+    steps = {name: make_step(kind, path) for name, kind, path in tasks}
+    try:
+        for step, _ in steps.values():
+            for i in range(200):  # warm up
+                step(i)
+        rates: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(windows):
+            for name, (step, _) in steps.items():
+                rates[name].append(timed_loop(step, seconds))
+    finally:
+        for _, close in steps.values():
+            close()
+    return {name: best_of(r) for name, r in rates.items()}
 
 
 def worker_main(
-    path: str, op: str, seconds: float, windows: int, offset: int, barrier: Any, out: Any
+    tasks: list[Task], seconds: float, windows: int, offset: int, barrier: Any, out: Any
 ) -> None:
-    from ctdb.client import Client
-
-    ks = keys()
-    v = value()
+    """One of the concurrent client processes: runs every task, window by window."""
+    steps: dict[str, tuple[Callable[[int], object], Callable[[], None]]] = {}
     try:
-        with Client(path) as c:
-            call = (
-                (lambda i: c.fetch(DB, ks[(i + offset) % N_KEYS]))
-                if op == "fetch"
-                else (lambda i: c.store(DB, ks[(i + offset) % N_KEYS], v))
-            )
+        steps = {name: make_step(kind, path, offset) for name, kind, path in tasks}
+        for step, _ in steps.values():
             for i in range(200):  # warm up
-                call(i)
-            clock = time.perf_counter
-            spans = []
-            for _ in range(windows):
+                step(i)
+        clock = time.perf_counter
+        spans: dict[str, list[tuple[int, float, float]]] = {name: [] for name in steps}
+        for _ in range(windows):
+            for name, (step, _) in steps.items():
                 barrier.wait(60)
                 start = clock()
                 deadline = start + seconds
                 n = 0
                 while True:
                     for i in range(n, n + 100):
-                        call(i)
+                        step(i)
                     n += 100
                     end = clock()
                     if end >= deadline:
                         break
-                spans.append((n, start, end))
+                spans[name].append((n, start, end))
         out.put((spans, None))
     except Exception as exc:  # reported to the parent, never lost
         barrier.abort()
-        out.put(([], repr(exc)))
+        out.put(({}, repr(exc)))
+    finally:
+        for _, close in steps.values():
+            close()
 
 
-def concurrent_clients(
-    path: str, op: str, seconds: float, windows: int, n: int = N_CLIENTS
-) -> dict[str, Any]:
-    """Total ops/s of `n` client processes running `op` at once against one socket.
+def concurrent(
+    tasks: list[Task], seconds: float, windows: int, n: int = N_CLIENTS
+) -> dict[str, dict[str, Any]]:
+    """Total ops/s of `n` client processes running each task at once, the tasks
+    taking turns window by window.
 
     All processes start each window together (barrier); a window's rate is
     all operations over the span from the first start to the last end.
@@ -280,7 +288,7 @@ def concurrent_clients(
     procs = [
         ctx.Process(
             target=worker_main,
-            args=(path, op, seconds, windows, i * (N_KEYS // n), barrier, out),
+            args=(tasks, seconds, windows, i * (N_KEYS // n), barrier, out),
             daemon=True,
         )
         for i in range(n)
@@ -288,7 +296,7 @@ def concurrent_clients(
     for p in procs:
         p.start()
     try:
-        results = [out.get(timeout=120) for _ in procs]
+        results = [out.get(timeout=300) for _ in procs]
     finally:
         for p in procs:
             p.join(10)
@@ -297,12 +305,15 @@ def concurrent_clients(
     errors = [r[1] for r in results if r[1]]
     if errors:
         raise RuntimeError(f"{len(errors)} client processes failed: {errors[0]}")
-    rates = []
-    for w in range(windows):
-        spans = [r[0][w] for r in results]
-        total = sum(sp[0] for sp in spans)
-        rates.append(total / (max(sp[2] for sp in spans) - min(sp[1] for sp in spans)))
-    return best_of(rates)
+    summary = {}
+    for name, _, _ in tasks:
+        rates = []
+        for w in range(windows):
+            spans = [r[0][name][w] for r in results]
+            total = sum(sp[0] for sp in spans)
+            rates.append(total / (max(sp[2] for sp in spans) - min(sp[1] for sp in spans)))
+        summary[name] = best_of(rates)
+    return summary
 
 
 # -- through the cluster ---------------------------------------------------------------------
@@ -542,6 +553,20 @@ def fmt(v: float | None, unit: str) -> str:
     return f"{v:,.0f} {unit}"
 
 
+def _load_warning(machine: dict[str, Any]) -> list[str]:
+    """A note when other work shared the CPUs: throughput and tails suffer first."""
+    load = max(machine["loadavg_at_start"][0], machine["loadavg"][0])
+    if load < 0.5 * (machine["cpus"] or 1):
+        return []
+    return [
+        f"**Busy host**: 1-minute load average {machine['loadavg_at_start'][0]:.1f} at start, "
+        f"{machine['loadavg'][0]:.1f} at end, on {machine['cpus']} CPUs. Throughput is the "
+        "best of several windows and baselines take turns with the figures they are compared "
+        "with, but tails (p99) and absolute rates are pessimistic.",
+        "",
+    ]
+
+
 def write_summary(path: Path, results: dict[str, Any]) -> None:
     lines = [
         "# Foundation benchmark",
@@ -553,6 +578,7 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "",
         f"Command: `{results['command']}`",
         "",
+        *_load_warning(results["machine"]),
         "| metric | value | baseline | ratio | target | met? |",
         "|---|---|---|---|---|---|",
     ]
@@ -637,8 +663,9 @@ def plot(path: Path, results: dict[str, Any]) -> None:
     xs = range(len(lat))
     ax.bar(xs, [v * 1e3 for _, v, _ in lat], color=[c for _, _, c in lat])
     ax.set_xticks(list(xs), [n for n, _, _ in lat], fontsize=8)
-    ax.set_ylabel("ms")
-    ax.set_title("Latency")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (log)")
+    ax.set_title("Latency (ping rtt inside the daemon)")
     for x, (_, v, _) in zip(xs, lat, strict=True):
         ax.text(x, v * 1e3, f"{v * 1e3:.3f}", ha="center", va="bottom", fontsize=7)
     ax.axhline(0.35, color="tab:orange", ls="--", lw=1, label="ping target 0.35 ms")
@@ -681,11 +708,13 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     )
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    load_at_start = list(os.getloadavg())
     t_start = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="ctdb-bench-foundation-"))
     baselines: dict[str, float] = {}
     figures: dict[str, float] = {}
     details: dict[str, Any] = {}
+    echo: Any = None
     try:
         say("baseline: python-tdb in this process")
         r = bench_tdb(plan, workdir)
@@ -694,32 +723,14 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         baselines["tdb_store_per_s"] = r["store"]["best"]
         say(f"  tdb fetch {r['fetch']['best']:,.0f}/s, store {r['store']['best']:,.0f}/s")
 
-        say("baseline: uvloop echo server, same framing, same Client")
+        say("baseline: a trivial uvloop server with the same framing (kept up all run)")
         ctx = mp.get_context("spawn")
         echo_path = str(workdir / "echo.socket")
         ready = ctx.Event()
         echo = ctx.Process(target=echo_server_main, args=(echo_path, ready), daemon=True)
         echo.start()
-        try:
-            if not ready.wait(30):
-                raise RuntimeError("echo server did not start")
-            r = raw_round_trips(echo_path, plan.seconds, plan.windows)
-            details["echo_minimal_client"] = r
-            rate = r["best"]
-            baselines["loopback_rtt_1c_per_s"] = rate
-            baselines["loopback_rtt_1c_s"] = 1 / rate
-            say(f"  echo, minimal client: {rate:,.0f} rt/s ({1e6 / rate:.1f} us/rt)")
-            r = client_fetch_store(echo_path, "fetch", plan.seconds, plan.windows)
-            details["echo_client"] = r
-            rate = baselines["echo_client_1c_per_s"] = r["best"]
-            say(f"  echo, ctdb.client.Client: {rate:,.0f} rt/s ({1e6 / rate:.1f} us/rt)")
-            r = concurrent_clients(echo_path, "fetch", plan.seconds, plan.windows)
-            details["echo_8c"] = r
-            rate = baselines["loopback_rtt_8c_per_s"] = r["best"]
-            say(f"  echo, {N_CLIENTS} Client processes: {rate:,.0f} rt/s")
-        finally:
-            echo.terminate()
-            echo.join(10)
+        if not ready.wait(30):
+            raise RuntimeError("echo server did not start")
 
         addresses = [f"{ns.base}.{i + 1}" for i in range(3)]
         port = ns.port or free_port(addresses)
@@ -742,23 +753,51 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                 for k in keys():
                     c.fetch(DB, k)
 
-            say("through the daemon: 1 client")
-            for op in ("fetch", "store"):
-                r = client_fetch_store(sock0, op, plan.seconds, plan.windows)
-                details[f"{op}_1c"] = r
-                figures[f"{op}_1c_per_s"] = r["best"]
             say(
-                f"  fetch {figures['fetch_1c_per_s']:,.0f}/s, "
+                "1 client, taking turns per window: echo (minimal client), echo (Client), "
+                "ctdbd fetch, ctdbd store"
+            )
+            r = interleaved(
+                [
+                    ("echo_minimal_client", "raw", echo_path),
+                    ("echo_client", "fetch", echo_path),
+                    ("fetch_1c", "fetch", sock0),
+                    ("store_1c", "store", sock0),
+                ],
+                plan.seconds,
+                plan.windows,
+            )
+            details.update(r)
+            rate = r["echo_minimal_client"]["best"]
+            baselines["loopback_rtt_1c_per_s"] = rate
+            baselines["loopback_rtt_1c_s"] = 1 / rate
+            baselines["echo_client_1c_per_s"] = r["echo_client"]["best"]
+            figures["fetch_1c_per_s"] = r["fetch_1c"]["best"]
+            figures["store_1c_per_s"] = r["store_1c"]["best"]
+            say(
+                f"  echo minimal {rate:,.0f}/s ({1e6 / rate:.1f} us/rt), "
+                f"echo Client {baselines['echo_client_1c_per_s']:,.0f}/s, "
+                f"fetch {figures['fetch_1c_per_s']:,.0f}/s, "
                 f"store {figures['store_1c_per_s']:,.0f}/s"
             )
 
-            say(f"through the daemon: {N_CLIENTS} client processes")
-            for op in ("fetch", "store"):
-                r = concurrent_clients(sock0, op, plan.seconds, plan.windows)
-                details[f"{op}_8c"] = r
-                figures[f"{op}_8c_per_s"] = r["best"]
+            say(f"{N_CLIENTS} client processes, taking turns: echo, ctdbd fetch, ctdbd store")
+            r = concurrent(
+                [
+                    ("echo_8c", "fetch", echo_path),
+                    ("fetch_8c", "fetch", sock0),
+                    ("store_8c", "store", sock0),
+                ],
+                plan.seconds,
+                plan.windows,
+            )
+            details.update(r)
+            baselines["loopback_rtt_8c_per_s"] = r["echo_8c"]["best"]
+            figures["fetch_8c_per_s"] = r["fetch_8c"]["best"]
+            figures["store_8c_per_s"] = r["store_8c"]["best"]
             say(
-                f"  fetch {figures['fetch_8c_per_s']:,.0f}/s, "
+                f"  echo {baselines['loopback_rtt_8c_per_s']:,.0f}/s, "
+                f"fetch {figures['fetch_8c_per_s']:,.0f}/s, "
                 f"store {figures['store_8c_per_s']:,.0f}/s"
             )
 
@@ -806,6 +845,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             say("stopping the cluster")
             cluster.down()
     finally:
+        if echo is not None:
+            echo.terminate()
+            echo.join(10)
         shutil.rmtree(workdir, ignore_errors=True)
 
     return {
@@ -818,7 +860,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         "transport": ns.transport,
         "cluster": {"nodes": 3, "base": ns.base, "port": port},
         "plan": plan.__dict__,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "loadavg_at_start": load_at_start},
         "baselines": baselines,
         "figures": figures,
         "metrics": evaluate(figures, baselines),
