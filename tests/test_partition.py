@@ -1,0 +1,266 @@
+"""A real network partition: three ctdbd in three network namespaces.
+
+tools/netns.py builds a private LAN (one bridge, one veth per node); each
+daemon listens on its namespace's address on port 4379 and keeps its client
+socket in the node's directory under /tmp, so the test (in the host's
+network namespace) talks to every daemon through an ordinary Unix socket.
+`cut(2)` silently drops node 2's packets (no RST, no link-down): the
+survivors must notice by keepalive timeout, the isolated node must stop
+accepting writes (it has no quorum), and after `heal(2)` all three must
+agree on every record again.
+
+Everything (daemons, namespaces, directories) is removed even on failure:
+the cluster is a context manager and a module fixture sweeps leftovers of
+killed earlier runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctdb.client import Client
+from ctdb.config import SOCKET_NAME
+from ctdb.errors import CtdbError, ErrorCode
+from tools import netns
+from tools.netns import NetnsCluster
+
+OK, WHY = netns.available()
+pytestmark = [
+    pytest.mark.skipif(not OK, reason=f"network namespaces unavailable: {WHY}"),
+    pytest.mark.timeout(180),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+PORT = 4379
+SIZE = 3
+TUNABLES = {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3}
+
+
+class NetnsCtdb:
+    """One ctdbd per namespace, configured by this test."""
+
+    def __init__(self, net: NetnsCluster) -> None:
+        self.net = net
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def node_dir(self, i: int) -> Path:
+        return self.net.node_dir(i)
+
+    def socket(self, i: int) -> str:
+        return str(self.node_dir(i) / "ctdb" / SOCKET_NAME)
+
+    def log(self, i: int) -> Path:
+        return self.node_dir(i) / "ctdb" / "ctdbd.log"
+
+    def write_configs(self) -> None:
+        addresses = self.net.addresses()
+        for i in range(self.net.n):
+            d = self.node_dir(i) / "ctdb"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "nodes").write_text("".join(f"{a}\n" for a in addresses))
+            lines = [
+                "[cluster]",
+                "transport = tcp",
+                f"nodes = {d / 'nodes'}",
+                f"address = {addresses[i]}",
+                f"port = {PORT}",
+                "[database]",
+                f"state dir = {self.node_dir(i) / 'state'}",
+                "[server]",
+                f"run dir = {d}",
+                "[logging]",
+                f"file = {self.log(i)}",
+                "level = INFO",
+                "[tunables]",
+            ] + [f"{k} = {v}" for k, v in TUNABLES.items()]
+            (d / "ctdb.conf").write_text("\n".join(lines) + "\n")
+
+    def start(self, i: int) -> None:
+        err = open(self.node_dir(i) / "ctdb" / "ctdbd.stderr", "ab")
+        try:
+            self.procs[i] = self.net.popen(
+                i,
+                [
+                    sys.executable,
+                    "-m",
+                    "ctdb.daemon",
+                    "--config",
+                    str(self.node_dir(i) / "ctdb" / "ctdb.conf"),
+                ],
+                stdout=err,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+            )
+        finally:
+            err.close()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def client(self, i: int, timeout: float = 20.0) -> Client:
+        return Client(self.socket(i), timeout=timeout)
+
+    def status(self, i: int) -> dict[str, Any]:
+        with self.client(i, timeout=5.0) as c:
+            result: dict[str, Any] = c.call("status")
+            return result
+
+    def logs(self) -> str:
+        out = []
+        for i in range(self.net.n):
+            if self.log(i).exists():
+                out.append(f"--- node {i} ---")
+                out += self.log(i).read_text(errors="replace").splitlines()[-25:]
+        return "\n".join(out)
+
+
+def wait_for(what: str, cond: Callable[[], Any], timeout: float, ctdb: NetnsCtdb) -> float:
+    start = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - start < timeout:
+        try:
+            if cond():
+                return time.monotonic() - start
+        except (CtdbError, OSError) as exc:
+            last = exc
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last})\n{ctdb.logs()}")
+
+
+def healthy(ctdb: NetnsCtdb, nodes: list[int]) -> bool:
+    sts = [ctdb.status(i) for i in nodes]
+    return len({st["generation"] for st in sts}) == 1 and all(
+        st["recovery_mode"] == "NORMAL" and st["vnnmap"] == nodes for st in sts
+    )
+
+
+def commit(client: Client, db: str, items: dict[str, str]) -> None:
+    for _ in range(50):
+        try:
+            with client.transaction(db) as tx:
+                for k, v in items.items():
+                    tx.store(k, v)
+            return
+        except CtdbError as exc:
+            if exc.code not in (ErrorCode.BUSY, ErrorCode.RETRY):
+                raise
+            time.sleep(0.05)
+    raise AssertionError("transaction kept failing")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sweep() -> Iterator[None]:
+    netns.sweep_stale()
+    yield
+
+
+@pytest.fixture
+def ctdb() -> Iterator[NetnsCtdb]:
+    net = NetnsCluster(SIZE, prefix=netns.unique_prefix(f"p{uuid.uuid4().hex[:6]}"))
+    with net:  # down() kills everything in our namespaces, removes namespaces and dirs
+        cluster = NetnsCtdb(net)
+        try:
+            cluster.write_configs()
+            for i in range(SIZE):
+                cluster.start(i)
+            wait_for("all three nodes healthy", lambda: healthy(cluster, [0, 1, 2]), 30, cluster)
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -> None:
+    vdb, pdb = f"vol_{uuid.uuid4().hex[:6]}", f"per_{uuid.uuid4().hex[:6]}"
+    with ctdb.client(0) as c:
+        c.attach(vdb)
+        c.attach(pdb, "persistent")
+    # Records written from every node before the cut (each writer is dmaster).
+    for i in range(SIZE):
+        with ctdb.client(i) as c:
+            for k in range(5):
+                c.store(vdb, f"pre{i}_{k}", f"v{i}_{k}")
+            commit(c, pdb, {f"pre{i}": f"p{i}"})
+    with ctdb.client(2) as c:
+        c.call("setvar", name="WaitForQuorum", value=0)
+    gen = ctdb.status(0)["generation"]
+
+    ctdb.net.cut(2)
+    cut_at = time.monotonic()
+    # The isolated node notices it is alone and freezes (no quorum).
+    wait_for(
+        "node 2 to lose quorum",
+        lambda: ctdb.status(2)["recovery_mode"] == "RECOVERY" and not ctdb.status(2)["quorum"],
+        10,
+        ctdb,
+    )
+    # The majority side recovers without it.
+    wait_for("nodes 0 and 1 to recover without 2", lambda: healthy(ctdb, [0, 1]), 10, ctdb)
+    detected = time.monotonic() - cut_at
+    assert detected < 0.2 * 3 + 1.0 + 1.0, detected
+    st = ctdb.status(0)
+    assert st["generation"] != gen and st["nodes"][2]["state"] == "DISCONNECTED"
+
+    with ctdb.client(2) as c:
+        for op in (
+            lambda: c.store(vdb, "pre2_0", "from the minority"),
+            lambda: commit(c, pdb, {"minority": "x"}),
+        ):
+            with pytest.raises(CtdbError) as err:
+                op()
+            assert err.value.code in (ErrorCode.NO_QUORUM, ErrorCode.RETRY), err.value
+    # The two-node side keeps serving reads and writes.
+    expected_v: dict[str, str] = {}
+    expected_p: dict[str, str] = {f"pre{i}": f"p{i}" for i in range(SIZE)}
+    for i in (0, 1):
+        with ctdb.client(i) as c:
+            for k in range(5):
+                assert c.fetch(vdb, f"pre{i}_{k}") == f"v{i}_{k}".encode()
+                c.store(vdb, f"during{i}_{k}", f"d{i}_{k}")
+                expected_v[f"during{i}_{k}"] = f"d{i}_{k}"
+            commit(c, pdb, {f"during{i}": f"dp{i}", "shared": f"s{i}"})
+            expected_p.update({f"during{i}": f"dp{i}", "shared": f"s{i}"})
+    # pre0/pre1 keys' dmasters are on the majority side.
+    expected_v.update({f"pre{i}_{k}": f"v{i}_{k}" for i in (0, 1) for k in range(5)})
+
+    ctdb.net.heal(2)
+    wait_for("all three nodes healthy again", lambda: healthy(ctdb, [0, 1, 2]), 20, ctdb)
+    with ctdb.client(2) as c:
+        c.store(vdb, "after", "healed")  # node 2 accepts writes again
+    expected_v["after"] = "healed"
+
+    keys = sorted(expected_v) + [f"pre2_{k}" for k in range(5)]
+    views = []
+    for i in range(SIZE):
+        with ctdb.client(i) as c:
+            views.append(
+                (
+                    {k: c.fetch(vdb, k) for k in keys},
+                    {k: c.fetch(pdb, k) for k in expected_p}
+                    | {"minority": c.fetch(pdb, "minority")},
+                    c.call("getdbseqnum", db=pdb),
+                )
+            )
+    assert views[0] == views[1] == views[2]
+    vol, per, _ = views[0]
+    for k, v in expected_v.items():
+        assert vol[k] == v.encode(), k
+    for k, v in expected_p.items():
+        assert per[k] == v.encode(), k
+    assert per["minority"] is None
