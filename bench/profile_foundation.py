@@ -29,7 +29,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.foundation import DB, N_KEYS, REPO, free_port, keys, say, value
+from bench.foundation import (
+    DB,
+    N_CLIENTS,
+    N_KEYS,
+    REPO,
+    concurrent,
+    free_port,
+    keys,
+    say,
+    value,
+)
 
 DEFAULT_OUT = REPO / "bench" / "results" / "foundation"
 
@@ -175,6 +185,24 @@ def main(argv: list[str] | None = None) -> int:
             spy.wait(60)
             say(f"  {n} fetches under the profilers")
         report += ["# Daemon, 1-client fetch path (py-spy, node 0)", "", fold(raw), ""]
+        raw8 = ns.out / "profile_daemon_fetch_8c.raw.txt"
+        say(f"py-spy on node 0 during {N_CLIENTS}-client fetches")
+        cmd = [pyspy, "record", "-p", str(daemon), "-d", str(int(ns.seconds)), "-r", "1000"]
+        cmd += ["-f", "raw", "-o", str(raw8), *(["--native"] if ns.native else [])]
+        d0 = cpu_seconds(daemon)
+        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        r8 = concurrent([("fetch_8c", "fetch", cluster.socket(0))], ns.seconds - 3, 1)
+        spy.wait(60)
+        d1 = cpu_seconds(daemon)
+        report += [
+            f"# Daemon, {N_CLIENTS}-client fetches (py-spy, node 0)",
+            "",
+            f"{r8['fetch_8c']['best']:,.0f} fetches/s; daemon CPU over the whole capture: "
+            f"user {d1[0] - d0[0]:.2f} s, system {d1[1] - d0[1]:.2f} s",
+            "",
+            fold(raw8),
+            "",
+        ]
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
         report += ["# Client side of the same loop (cProfile, tottime)", "", buf.getvalue()]
