@@ -90,12 +90,13 @@ class Plan:
     warmup: int
     tput_seconds: float
     sweep_seconds: float
+    cpg_cap: tuple[int, int] = (16 << 20, 20000)  # stream cap for cpg/vs: bytes, messages
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(0.2, 3000, 8, 20, 0.2, 0.5)
-        return cls(1.5, 20000, 50, 200, 1.5, 2.0)
+            return cls(0.2, 3000, 8, 20, 0.2, 0.5, (4 << 20, 5000))
+        return cls(1.5, 20000, 50, 200, 1.5, 1.0)
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -414,6 +415,8 @@ class Driver:
         self.plan = plan
         self.waiter: asyncio.Future[bytes] | None = None
         self.hello = asyncio.Event()
+        self.cap_bytes = 0
+        self.cap_msgs = 0
         ep.handler = self.on_message
 
     def on_message(self, payload: bytes) -> None:
@@ -454,6 +457,17 @@ class Driver:
             "mean_us": sum(samples) / len(samples) * 1e6,
         }
 
+    def stream_cap(self, size: int) -> int:
+        """Most messages one stream may send (corosync has no flow control).
+
+        CPG accepts far more than it can deliver (hundreds of MiB into its
+        queues within a second), so a time-bounded stream alone would spend
+        tens of seconds draining; cap the volume for cpg and vs.
+        """
+        if self.cap_bytes <= 0:
+            return 1 << 62
+        return max(4, min(self.cap_msgs, self.cap_bytes // size))
+
     async def throughput(self, size: int) -> dict[str, Any]:
         payload = bytes([STREAM]) + b"s" * (size - 1)
         batch = max(1, min(256, (256 * 1024) // size))
@@ -462,7 +476,8 @@ class Driver:
         sent = 0
         t0 = clock()
         deadline = t0 + self.plan.tput_seconds
-        while clock() < deadline:
+        cap = self.stream_cap(size)
+        while clock() < deadline and sent < cap:
             for _ in range(batch):
                 send(payload)
             sent += batch
@@ -502,6 +517,8 @@ async def worker(ns: argparse.Namespace) -> None:
         await ep.stop()
         return
     drv = Driver(ep, plan)
+    if ns.worker in ("cpg", "vs"):
+        drv.cap_bytes, drv.cap_msgs = conf["plan"]["cpg_cap"]
     await ep.start()
     await asyncio.wait_for(drv.hello.wait(), 30)
     sizes = conf["sizes"]
@@ -849,6 +866,59 @@ def run_sweep(plan: Plan, workdir: Path, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def framereader_check() -> dict[str, Any]:
+    """In-process A/B of transport.framing.FrameReader against a memoryview variant.
+
+    The tcp transport's large-message gap to the raw socket comes from
+    ``bytes(buf[a:b])`` in FrameReader.feed (a bytearray slice copy, then a
+    bytes copy); the variant slices a memoryview instead (one copy).
+    """
+    from transport.framing import LENGTH, FrameReader
+
+    class MemoryviewReader(FrameReader):
+        def feed(self, data: bytes) -> list[bytes]:
+            buf = self._buf
+            buf += data
+            frames: list[bytes] = []
+            pos, end = 0, len(buf)
+            with memoryview(buf) as mv:
+                while end - pos >= 4:
+                    (size,) = LENGTH.unpack_from(buf, pos)
+                    if end - pos - 4 < size:
+                        break
+                    frames.append(bytes(mv[pos + 4 : pos + 4 + size]))
+                    pos += 4 + size
+            if pos:
+                del buf[:pos]
+            return frames
+
+    out: dict[str, Any] = {}
+    for size in (65536, 1 << 20):
+        stream = (LENGTH.pack(size) + b"x" * size) * max(4, (32 << 20) // size)
+        chunks = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
+        for name, cls in (("framing.FrameReader", FrameReader), ("memoryview", MemoryviewReader)):
+            best = 0.0
+            for _ in range(3):
+                feed = cls(1 << 30).feed
+                t0 = time.perf_counter()
+                for c in chunks:
+                    feed(c)
+                best = max(best, len(stream) / (time.perf_counter() - t0) / 1e6)
+            out[f"{name}, {fmt_size(size)} frames"] = best
+    return out
+
+
+def framereader_fresh() -> dict[str, Any]:
+    """`framereader_check` in a fresh process (like a new worker: malloc state matters)."""
+    code = (
+        "import json; from bench.transports import framereader_check as f; print(json.dumps(f()))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
+
+
 def totem_runtime(cs: Any) -> dict[str, str]:
     """The effective totem timers corosync computed (cmap runtime.config.totem.*)."""
     out: dict[str, str] = {}
@@ -941,6 +1011,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             cs.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     results["ratios"] = ratios(results)
+    results["framereader_mb_per_s"] = framereader_fresh()
     results["duration_s"] = time.monotonic() - started
     return results
 
@@ -1041,9 +1112,57 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
             )
         lines.append("")
         lines.append("(all in us; effective totem timers per row are in results.json)")
-    if results.get("notes"):
-        lines += ["", "## Notes", "", *results["notes"]]
+    lines += findings(results)
     path.write_text("\n".join(lines) + "\n")
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """What the numbers of this run say (computed, not canned)."""
+    b = results["backends"]
+    out = ["", "## Findings (this run)", ""]
+    if "tcp" in b and "raw" in b and "1048576" in b["tcp"]["rtt"]:
+        r = results["ratios"]["tcp/raw"]["1048576"]
+        out.append(
+            f"* tcp vs raw socket at 1 MiB: RTT {r['rtt_p50']:.1f}x, throughput {r['tput']:.2f}x. "
+            "The only per-byte difference between the two receive paths: "
+            "`transport/framing.py` `FrameReader.feed` does "
+            "`frames.append(bytes(buf[pos + 4 : pos + 4 + size]))`, two copies per frame "
+            "(bytearray slice, then bytes); slicing a `memoryview(buf)` released before "
+            "`del buf[:pos]` copies once. A/B in a fresh process, 64 KiB reads, MB/s: "
+            + ", ".join(f"{k}: {v:,.0f}" for k, v in results["framereader_mb_per_s"].items())
+            + ". The extra copy allocates a frame-sized bytearray per frame; its cost "
+            "depends on malloc's mmap threshold (we saw 0.7-1.7 GB/s after some heap history), "
+            "so it explains part, not necessarily all, of the 1 MiB gap."
+        )
+    if "vs" in b and "cpg" in b:
+        v, c = b["vs"]["rtt"], b["cpg"]["rtt"]
+        out.append(
+            f"* vs 16 B RTT p50 {v['16']['p50_us']:.0f} us against bare CPG "
+            f"{c['16']['p50_us']:.0f} us: the transport layer adds "
+            f"{v['16']['p50_us'] - c['16']['p50_us']:.0f} us; the rest is corosync."
+        )
+    sweep = [r for r in results.get("sweep", []) if "error" not in r]
+    knet = [r for r in sweep if r["transport"] == "knet"]
+    udpu = [r for r in sweep if r["transport"] == "udpu"]
+    if knet and udpu:
+
+        def med(rows: list[dict[str, Any]], key: str) -> float:
+            return statistics.median(r[key] for r in rows)
+
+        out.append(
+            f"* corosync sweep, median over rows: knet self-delivery {med(knet, 'self_p50_us'):.0f}"
+            f" us vs udpu {med(udpu, 'self_p50_us'):.0f} us; bare CPG RTT knet "
+            f"{med(knet, 'cpg_p50_us'):.0f} us vs udpu {med(udpu, 'cpg_p50_us'):.0f} us; vs RTT "
+            f"knet {med(knet, 'vs_p50_us'):.0f} us vs udpu {med(udpu, 'vs_p50_us'):.0f} us. "
+            "Among knet rows, hold / seqno_unchanged_const / token / max_messages+window_size "
+            "move the numbers only within run-to-run noise, so the token-hold timers are not "
+            "the cause. knet vs udpu is the one setting that moves self-delivery clearly "
+            "(knet passes every totem packet through its own threads even on one node; udpu "
+            "sends to 127.0.0.1 from corosync's main loop). A ping-pong gains less than "
+            "2x that, because each hop also wakes two client processes, which on a loaded "
+            "2-CPU host costs as much as corosync itself."
+        )
+    return out
 
 
 def plot(path: Path, results: dict[str, Any]) -> None:
