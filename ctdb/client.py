@@ -79,10 +79,10 @@ class Client:
             raise CtdbError(ErrorCode.DISCONNECTED, f"ctdbd connection lost: {exc}") from exc
         while True:
             reply = self._next_reply()
+            if reply.reqid == reqid or reply.code:
+                return protocol.raise_for(reply)
             if reply.reqid == protocol.EVENT_REQID:
                 self.messages.append(Message(**reply.result))
-            elif reply.reqid == reqid:
-                return protocol.raise_for(reply)
 
     def _next_reply(self) -> protocol.Reply:
         while not self._replies:
@@ -157,6 +157,8 @@ class Client:
         try:
             while not self.messages:
                 reply = self._next_reply()
+                if reply.code:
+                    protocol.raise_for(reply)
                 if reply.reqid == protocol.EVENT_REQID:
                     self.messages.append(Message(**reply.result))
         finally:

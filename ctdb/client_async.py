@@ -67,16 +67,22 @@ class AsyncClient:
             self._pending.pop(reqid, None)
 
     def _on_reply(self, reply: protocol.Reply) -> None:
+        if reply.reqid == protocol.EVENT_REQID and reply.code:
+            error = CtdbError(reply.code, str(reply.result))
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(error)
+            return
         if reply.reqid == protocol.EVENT_REQID:
             self.messages.put_nowait(Message(**reply.result))
             return
-        fut = self._pending.get(reply.reqid)
-        if fut is None or fut.done():
+        waiter = self._pending.get(reply.reqid)
+        if waiter is None or waiter.done():
             return
         if reply.code:
-            fut.set_exception(CtdbError(reply.code, str(reply.result)))
+            waiter.set_exception(CtdbError(reply.code, str(reply.result)))
         else:
-            fut.set_result(reply.result)
+            waiter.set_result(reply.result)
 
     def _on_lost(self) -> None:
         for fut in self._pending.values():

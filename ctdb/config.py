@@ -9,6 +9,7 @@ names.
 from __future__ import annotations
 
 import configparser
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,6 @@ def parse_tunable(name: str, value: object) -> float:
     except (TypeError, ValueError):
         message = f"tunable {name} needs a number, got {value!r}"
         raise CtdbError(ErrorCode.INVALID, message) from None
-    if number < 0:
-        raise CtdbError(ErrorCode.INVALID, f"tunable {name} must not be negative")
+    if not math.isfinite(number) or number < 0:
+        raise CtdbError(ErrorCode.INVALID, f"tunable {name} must be a finite, non-negative number")
     return number

@@ -107,6 +107,14 @@ class MigrationEngine:
 
     async def wipe(self, db: Database) -> None:
         node = self.node
+        if db.replicated:
+            # A transaction deleting everything: all nodes or none, and the
+            # sequence number moves forward so recovery cannot undo the wipe.
+            tx = node.transactions.begin(db)
+            for key, _ in await self.traverse(db):
+                tx.writes[key] = None
+            await self.commit(tx)
+            return
         await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
         await asyncio.gather(*(node.control(p, "wipe", {"db_id": db.id}) for p in node.vnnmap))
 

@@ -117,6 +117,7 @@ class Node:
         self.leader = -1
         self.epoch = 0
         self._frozen_generation = INVALID_GENERATION
+        self._frozen_at = time.monotonic()
         self.flags = 0  # this node's own administrative flags
         self._ban_timer: asyncio.TimerHandle | None = None
         self.peers: dict[int, NodeState] = {}
@@ -486,9 +487,8 @@ class Node:
                     self._freeze(INVALID_GENERATION)
                 continue
             try:
-                duration = await recovery.recover(self, self.active_members(), self.rng)
+                await recovery.recover(self, self.active_members(), self.rng)
                 self.stats["recoveries"] += 1
-                self.last_recovery = {"duration": duration, "finished": time.time()}
             except (TimeoutError, CtdbError) as exc:
                 log.warning("recovery failed: %s; retrying", exc)
                 await asyncio.sleep(0.1)
@@ -499,6 +499,7 @@ class Node:
     def _freeze(self, generation: int) -> None:
         self._frozen_generation = generation
         if self.recovery_mode is not RecoveryMode.RECOVERY:
+            self._frozen_at = time.monotonic()
             self.recovery_mode = RecoveryMode.RECOVERY
             self._serving.clear()
             self.transactions.cancel_all()
@@ -534,6 +535,10 @@ class Node:
         self.generation = self._frozen_generation
         self.recovery_mode = RecoveryMode.NORMAL
         self._serving.set()
+        self.last_recovery = {
+            "duration": time.monotonic() - self._frozen_at,
+            "finished": time.time(),
+        }
         self.migration.reset()
         self._announce()
 
@@ -610,7 +615,10 @@ class Node:
         return out
 
     def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
+        """Volatile databases only: persistent ones are wiped by a transaction."""
         db = self.db(int(args["db_id"]))
+        if db.replicated:
+            raise CtdbError(ErrorCode.INVALID, f"{db.name} is {db.kind.value}: wipe by transaction")
         db.local.clear()
 
     def ctl_recover(self, src: int, args: dict[str, Any]) -> None:
@@ -667,6 +675,8 @@ class Node:
 
     def send_message(self, target: int | None, srvid: int, data: bytes) -> None:
         """To one node's clients, or with `target` None to every connected node's."""
+        if target is not None and not 0 <= target < len(self.nodes):
+            raise CtdbError(ErrorCode.NOT_FOUND, f"no node with pnn {target}")
         msg = ClientMessage(srvid, data, self.pnn)
         targets = self.transport.view.members if target is None else (target,)
         for pnn in targets:

@@ -335,7 +335,11 @@ class OrderedEngine:
         self.node.attach(str(args["name"]), DbKind.parse(str(args["kind"])))
 
     def _apply_wipe(self, origin: int, args: dict[str, Any]) -> None:
-        self._db(args["db"]).local.clear()
+        db = self._db(args["db"])
+        seqnum = db.seqnum()
+        db.local.clear()
+        if db.replicated:  # the sequence number only moves forward
+            db.local.put(SEQNUM_KEY, Database.seqnum_record(seqnum + 1, origin))
 
     def _advance(self, db: Database, key: bytes, q: LockQueue) -> None:
         """Apply queued writes at the head, then tell a new local holder it has the lock."""

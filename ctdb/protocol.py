@@ -102,7 +102,7 @@ def _parse_request(raw: bytes) -> Request | CtdbError:
     if not (isinstance(obj, list) and len(obj) == 3):
         return CtdbError(ErrorCode.PROTOCOL, "request must be a 3-element array [reqid, op, args]")
     reqid, op, args = obj
-    if not isinstance(reqid, int) or reqid <= 0:
+    if not isinstance(reqid, int) or isinstance(reqid, bool) or reqid <= 0:
         return CtdbError(ErrorCode.PROTOCOL, "request id must be a positive integer")
     if not isinstance(op, str):
         return BadRequest(reqid, "operation must be a string")
@@ -128,9 +128,10 @@ class ReplyDecoder:
             if not (isinstance(obj, list) and len(obj) == 3):
                 raise CtdbError(ErrorCode.PROTOCOL, "daemon sent a malformed reply")
             reqid, code, result = obj
-            if reqid == EVENT_REQID:
-                replies.append(Reply(EVENT_REQID, 0, result))
+            if reqid == EVENT_REQID and not isinstance(code, int):
+                replies.append(Reply(EVENT_REQID, 0, result))  # a pushed message
             else:
+                # reqid 0 with an error code: the daemon is hanging up on us.
                 replies.append(Reply(reqid, code, result))
         return replies
 

@@ -3,11 +3,12 @@
 After any membership change the leader rebuilds a consistent cluster, as
 CTDB's recovery master does: freeze every active node (recovery mode
 RECOVERY, new generation pending), make every node attach every database,
-merge each volatile database (newest RSN per key, from the nodes of the
-latest epoch only), take each persistent database from the node with the
-highest sequence number, push the result everywhere, install the new vnnmap
-and generation, and thaw. Any failure aborts the attempt; the caller retries
-with a fresh generation, so a half-done recovery never serves requests.
+merge each volatile database (newest RSN per key), take each persistent
+database from the node with the highest sequence number (both from the
+nodes of the latest epoch only: a rejoining node's copy is stale), push the
+result everywhere, install the new vnnmap and generation, and thaw. Any
+failure aborts the attempt; the caller retries with a fresh generation, so a
+half-done recovery never serves requests.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> float:
     frozen = await _on_all(node, members, "freeze", {"generation": generation})
     epochs = {p: int(r["epoch"]) for p, r in zip(members, frozen, strict=True)}
     epoch = max(epochs.values()) + 1
-    volatile_sources = newest_epoch_members(epochs)
+    current = newest_epoch_members(epochs)
 
     # Every node attaches every database any node has.
     dbmaps = await _on_all(node, members, "getdbmap", {})
@@ -64,16 +65,15 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> float:
     for name, kind in sorted(wanted.items()):
         dbid = node.db_by_name(name).id
         if kind == "volatile":
-            pulled = await _on_all(
-                node, volatile_sources, "pull", {"db_id": dbid, "generation": generation}
-            )
-            merged = merge_volatile(
-                {p: from_wire(r) for p, r in zip(volatile_sources, pulled, strict=True)}
-            )
+            pulled = await _on_all(node, current, "pull", {"db_id": dbid, "generation": generation})
+            merged = merge_volatile({p: from_wire(r) for p, r in zip(current, pulled, strict=True)})
             records = to_wire(merged.items())
         else:
-            seqnums = await _on_all(node, members, "getdbseqnum", {"db_id": dbid})
-            source = persistent_source(dict(zip(members, seqnums, strict=True)))
+            # Like volatile data, only the nodes of the latest epoch count: a
+            # rejoining node may hold a commit nobody acknowledged, with a
+            # sequence number as high as the commits it missed.
+            seqnums = await _on_all(node, current, "getdbseqnum", {"db_id": dbid})
+            source = persistent_source(dict(zip(current, seqnums, strict=True)))
             records = await node.control(
                 source,
                 "pull",

@@ -260,14 +260,19 @@ def _hello(s: Session, args: dict[str, Any]) -> dict[str, Any]:
     return {"version": protocol.VERSION, "pnn": s.node.pnn, "nodes": len(s.node.nodes)}
 
 
+def _target(s: Session, args: dict[str, Any]) -> int:
+    """The node an admin operation addresses (`-n PNN`), this one by default."""
+    target: int = arg(args, "pnn", int, default=s.node.pnn)
+    if not 0 <= target < len(s.node.nodes):
+        raise CtdbError(ErrorCode.NOT_FOUND, f"no node with pnn {target}")
+    return target
+
+
 def _remote_or_local(control: str) -> Handler:
     """An admin query: answered here, or forwarded to node `pnn` like `ctdb -n PNN`."""
 
     def handler(s: Session, args: dict[str, Any]) -> Any:
-        target = arg(args, "pnn", int, default=s.node.pnn)
-        if not 0 <= target < len(s.node.nodes):
-            raise CtdbError(ErrorCode.NOT_FOUND, f"no node with pnn {target}")
-        return s.node.control(target, control, args)
+        return s.node.control(_target(s, args), control, args)
 
     return handler
 
@@ -289,7 +294,7 @@ for _name in (
 @op("ping")
 async def _ping(s: Session, args: dict[str, Any]) -> dict[str, Any]:
     """Round trip to node `pnn` measured inside the daemon, as `ctdb ping` does."""
-    target = arg(args, "pnn", int, default=s.node.pnn)
+    target = _target(s, args)
     started = time.perf_counter()  # uvloop's loop.time() has only millisecond resolution
     await s.node.control(target, "ping", {})
     return {"pnn": target, "rtt": time.perf_counter() - started}
@@ -485,8 +490,7 @@ _FLAG_OPS = {
 
 def _flag_op(set_bits: int, clear_bits: int) -> Handler:
     def handler(s: Session, args: dict[str, Any]) -> Any:
-        target = arg(args, "pnn", int, default=s.node.pnn)
-        return s.node.control(target, "setflags", {"set": set_bits, "clear": clear_bits})
+        return s.node.control(_target(s, args), "setflags", {"set": set_bits, "clear": clear_bits})
 
     return handler
 
@@ -497,14 +501,12 @@ for _name, (_set, _clear) in _FLAG_OPS.items():
 
 @op("ban")
 def _ban(s: Session, args: dict[str, Any]) -> Any:
-    target = arg(args, "pnn", int, default=s.node.pnn)
-    return s.node.control(target, "ban", {"seconds": arg(args, "seconds", float)})
+    return s.node.control(_target(s, args), "ban", {"seconds": arg(args, "seconds", float)})
 
 
 @op("unban")
 def _unban(s: Session, args: dict[str, Any]) -> Any:
-    target = arg(args, "pnn", int, default=s.node.pnn)
-    return s.node.control(target, "ban", {"seconds": 0})
+    return s.node.control(_target(s, args), "ban", {"seconds": 0})
 
 
 @op("reloadnodes")
@@ -520,5 +522,4 @@ async def _reloadnodes(s: Session, args: dict[str, Any]) -> dict[str, Any]:
 
 @op("shutdown")
 def _shutdown(s: Session, args: dict[str, Any]) -> Any:
-    target = arg(args, "pnn", int, default=s.node.pnn)
-    return s.node.control(target, "shutdown", {})
+    return s.node.control(_target(s, args), "shutdown", {})

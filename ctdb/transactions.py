@@ -7,9 +7,10 @@ rejects the transaction if anything it read has changed since (optimistic
 concurrency: the client retries), and runs a two-phase commit over all
 active nodes: each node writes the records into a TDB transaction and
 prepares it (fsync'd), then all commit. The client is answered only after
-every active node committed, so an acknowledged transaction survives the loss
-of any node. A node lost half-way is repaired by recovery, which takes the
-copy with the highest sequence number.
+every active node confirmed its commit, so an acknowledged transaction
+survives the loss of any node. A commit cut short by a failure is answered
+with an error, and recovery makes it all-or-nothing: it takes the copy with
+the highest sequence number among the nodes of the latest epoch.
 """
 
 from __future__ import annotations
@@ -125,12 +126,16 @@ class TransactionEngine:
                 raise CtdbError(ErrorCode.RETRY, f"commit aborted: node {p} failed: {exc}")
             lost = [p for p, r in zip(members, done, strict=True) if isinstance(r, BaseException)]
             if lost:
-                # Prepared everywhere, so the data is safe on every node that
-                # answered; recovery spreads the highest sequence number.
-                log.warning(
-                    "commit %d: nodes %s did not confirm; recovery will repair", commit_id, lost
-                )
+                # A node that did not confirm may have been frozen and dropped
+                # its prepared copy: the commit may now exist on only some
+                # nodes, and the next recovery decides. Never acknowledge that.
+                log.warning("commit %d: nodes %s did not confirm", commit_id, lost)
                 node.request_recovery()
+                raise CtdbError(
+                    ErrorCode.RETRY,
+                    f"commit outcome unknown: node {lost[0]} did not confirm; "
+                    "retry the transaction (it re-validates what it read)",
+                )
             return seqnum
 
     # -- on every node -------------------------------------------------------------

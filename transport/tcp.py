@@ -46,9 +46,19 @@ class _Incoming(asyncio.Protocol):
         self.src: int | None = None
         self.transport: asyncio.Transport | None = None
         self.last_rx = time.monotonic()
+        #: Frames that arrived before the peer entered our view (our outgoing
+        #: connection to it is not up yet); delivered once it does, so that a
+        #: message is only ever seen from a member we can answer.
+        self.early: list[bytes] | None = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def release_early(self) -> None:
+        early, self.early = self.early, None
+        if early and self.src is not None:
+            for frame in early:
+                self.owner.on_message(self.src, frame)
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
@@ -63,7 +73,11 @@ class _Incoming(asyncio.Protocol):
                 if not self._accept_hello(frame):
                     return
                 continue
-            if frame:
+            if not frame:
+                continue
+            if self.early is not None:
+                self.early.append(frame)
+            else:
                 self.owner.on_message(self.src, frame)
 
     def _accept_hello(self, frame: bytes) -> bool:
@@ -286,3 +300,7 @@ class TcpTransport(Transport):
         up = {p for p in self._out if p in self._in}
         up.add(self.pnn)
         self._set_view(up)
+        for pnn in up:
+            inc = self._in.get(pnn)
+            if inc is not None and inc.early is not None:
+                inc.release_early()
