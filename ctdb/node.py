@@ -76,7 +76,8 @@ class NodeFlags(IntFlag):
         return "|".join(names)
 
 
-INACTIVE = NodeFlags.BANNED | NodeFlags.STOPPED | NodeFlags.DISCONNECTED
+#: A plain int: flag tests run on every request, and IntFlag arithmetic is slow.
+INACTIVE = int(NodeFlags.BANNED | NodeFlags.STOPPED | NodeFlags.DISCONNECTED)
 
 
 class RecoveryMode(IntEnum):
@@ -137,6 +138,11 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock_fd: int | None = None
         self.shutdown_requested = asyncio.Event()
+        #: Runs bulk work (recovery's pulls, merges and pushes of whole
+        #: databases) off the event loop, so keepalives keep flowing; the
+        #: frozen node touches no database meanwhile. The simulation runs it
+        #: inline to stay deterministic.
+        self.offload: Callable[[Callable[[], Any]], Awaitable[Any]] = asyncio.to_thread
         #: srvid -> callbacks of local clients registered for it
         self.srvids: dict[int, list[Callable[[int, int, bytes], None]]] = {}
         self._handlers: dict[str, ControlHandler] = {
@@ -464,8 +470,12 @@ class Node:
             return True
         for p in self.vnnmap:
             state = self.peers.get(p)
-            if p != self.pnn and state is not None and state.generation != self.generation:
-                return True
+            if (
+                p != self.pnn
+                and state is not None
+                and (state.generation != self.generation or state.recovery_mode)
+            ):
+                return True  # a node froze itself (lost a peer, `ctdbtool recover`)
         return False
 
     async def _recovery_daemon(self) -> None:
@@ -504,6 +514,7 @@ class Node:
             self._serving.clear()
             self.transactions.cancel_all()
             self.migration.reset()
+            self._announce()
 
     def _check_generation(self, args: dict[str, Any]) -> None:
         if args.get("generation") != self._frozen_generation:
@@ -513,14 +524,16 @@ class Node:
         self._freeze(int(args["generation"]))
         return {"epoch": self.epoch, "generation": self.generation}
 
-    def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
-        self._check_generation(args)
-        return to_wire(self.db(int(args["db_id"])).local.items())
-
-    def ctl_push(self, src: int, args: dict[str, Any]) -> None:
+    async def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
         self._check_generation(args)
         db = self.db(int(args["db_id"]))
-        db.local.write_batch(dict(from_wire(args["records"])), replace_all=True)
+        return await self.offload(lambda: to_wire(db.local.items()))
+
+    async def ctl_push(self, src: int, args: dict[str, Any]) -> None:
+        self._check_generation(args)
+        db = self.db(int(args["db_id"]))
+        records = args["records"]
+        await self.offload(lambda: db.local.write_batch(dict(from_wire(records)), replace_all=True))
 
     def ctl_set_vnnmap(self, src: int, args: dict[str, Any]) -> None:
         self._check_generation(args)

@@ -55,7 +55,7 @@ Owner = tuple[int, int]  # (pnn, session id)
 class LockQueue:
     """Owners waiting for a record, head first; pending plain writes queue here too."""
 
-    entries: deque[tuple[Owner, str, bytes | None, int]] = field(default_factory=deque)
+    entries: deque[tuple[Owner, str, bytes | None]] = field(default_factory=deque)
 
     @property
     def holder(self) -> Owner | None:
@@ -146,6 +146,8 @@ class OrderedEngine:
         acknowledged anywhere before this read began is ordered before the
         barrier, and is applied here by the time the barrier is delivered.
         """
+        node = self.node
+        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
         await self._barrier()
         q = self._locks.get((db.id, key))
         if q is None or q.holder in (None, self._owner(session)):
@@ -284,10 +286,10 @@ class OrderedEngine:
     def _apply_store(self, origin: int, args: dict[str, Any]) -> None:
         db, key = self._db(args["db"]), bytes(args["key"])
         q = self._locks.get((db.id, key))
-        owner = tuple(args["owner"])
+        owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         if q is not None and q.holder is not None and q.holder != owner:
             # Someone holds the record: the write takes its turn in the queue.
-            q.entries.append((owner, "store", bytes(args["value"]), 0))  # type: ignore[arg-type]
+            q.entries.append((owner, "store", bytes(args["value"])))
             return
         self._write(db, key, bytes(args["value"]), origin)
 
@@ -295,7 +297,7 @@ class OrderedEngine:
         db, key = self._db(args["db"]), bytes(args["key"])
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self._locks.setdefault((db.id, key), LockQueue())
-        q.entries.append((owner, "lock", None, 0))
+        q.entries.append((owner, "lock", None))
         self._advance(db, key, q)
 
     def _apply_unlock(self, origin: int, args: dict[str, Any]) -> None:
@@ -344,7 +346,7 @@ class OrderedEngine:
     def _advance(self, db: Database, key: bytes, q: LockQueue) -> None:
         """Apply queued writes at the head, then tell a new local holder it has the lock."""
         while q.entries and q.entries[0][1] == "store":
-            owner, _, value, _ = q.entries.popleft()
+            owner, _, value = q.entries.popleft()
             assert value is not None
             self._write(db, key, value, owner[0])
         holder = q.holder
@@ -429,8 +431,10 @@ class OrderedEngine:
         }
         r.awaiting = needs
         if needs:
-            # Everything delivered up to here is in the snapshots we are about to get.
-            self._backlog.clear()
+            # What the quorate members applied up to here is in the snapshots
+            # we are about to get; what only we saw (sent while cut off) was
+            # applied nowhere: its sender learns that now.
+            self._drop_backlog()
         # Sources send what others need, as of this position in the stream.
         for name, src in plan.items():
             if src == me and any(p not in synced for p in r.members if p != me):
@@ -447,6 +451,19 @@ class OrderedEngine:
         if not needs:
             self._finish_round()
 
+    def _drop_backlog(self) -> None:
+        for msg in self._backlog:
+            if msg.origin != self.node.pnn:
+                continue
+            fut = self._pending.pop(msg.seq, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    CtdbError(ErrorCode.RETRY, "not applied: this node was out of sync")
+                )
+            if msg.op == "sync":
+                self._barrier_in_flight = None
+        self._backlog.clear()
+
     def _on_snapshot(self, msg: Ordered) -> None:
         r = self._round
         if r is None or r.plan is None or msg.args.get("view_id") != r.view_id:
@@ -456,6 +473,13 @@ class OrderedEngine:
             return
         db = self.node.attach(name, DbKind.parse(str(msg.args["kind"])))
         db.local.write_batch(dict(from_wire(msg.args["records"])), replace_all=True)
+        # Lock queues are state too: take the donor's.
+        for stale in [k for k in self._locks if k[0] == db.id]:
+            del self._locks[stale]
+        for key, entries in msg.args.get("locks", []):
+            q = LockQueue(deque(((int(e[0]), int(e[1])), str(e[2]), e[3]) for e in entries))
+            self._locks[(db.id, bytes(key))] = q
+            self._advance(db, bytes(key), q)
         r.awaiting.discard(name)
         if not r.awaiting:
             self._finish_round()

@@ -47,11 +47,23 @@ SIM_TUNABLES = {
 }
 
 
+#: A schedule lasts seconds of virtual time; far beyond that it is livelocked.
+MAX_VIRTUAL_TIME = 600.0
+MAX_LOOP_TURNS = 3_000_000
+
+
+class SimulationStuck(RuntimeError):
+    """The simulated cluster stopped making progress (a livelock or deadlock)."""
+
+
 class _VirtualSelector(selectors.BaseSelector):
     """A selector with no real file descriptors: waiting = advancing the clock."""
 
     def __init__(self, loop_clock: list[float]) -> None:
         self._clock = loop_clock
+        self._turns = 0
+        #: Off while a stuck simulation is being torn down.
+        self.armed = True
         self._map: dict[Any, selectors.SelectorKey] = {}
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -67,8 +79,13 @@ class _VirtualSelector(selectors.BaseSelector):
 
     def select(self, timeout: float | None = None) -> list[Any]:
         if timeout is None:
-            raise RuntimeError("simulation is stuck: nothing scheduled and nothing ready")
+            raise SimulationStuck("nothing scheduled and nothing ready")
         self._clock[0] += max(timeout, 0.0)
+        self._turns += 1
+        if self.armed and (self._clock[0] > MAX_VIRTUAL_TIME or self._turns > MAX_LOOP_TURNS):
+            raise SimulationStuck(
+                f"no end after {self._clock[0]:.0f} virtual seconds and {self._turns} loop turns"
+            )
         return []
 
     def get_map(self) -> Any:
@@ -83,7 +100,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def __init__(self) -> None:
         self._vclock = [0.0]
-        super().__init__(_VirtualSelector(self._vclock))
+        self.virtual_selector = _VirtualSelector(self._vclock)
+        super().__init__(self.virtual_selector)
 
     def time(self) -> float:
         return self._vclock[0]
@@ -113,7 +131,7 @@ class _Session:
 
 
 class SimCluster:
-    def __init__(self, seed: int, mode: str, size: int = 3) -> None:
+    def __init__(self, seed: int, mode: str, size: int = 3, outcome: Outcome | None = None) -> None:
         if mode not in ("tcp", "vs"):
             raise ValueError("mode is 'tcp' (point-to-point) or 'vs' (total order)")
         self.seed = seed
@@ -127,7 +145,7 @@ class SimCluster:
         self.nodes: dict[int, Node] = {}
         self.incarnation = dict.fromkeys(range(size), 0)
         self.tasks: dict[int, set[asyncio.Task[Any]]] = {p: set() for p in range(size)}
-        self.outcome = Outcome(seed, mode)
+        self.outcome = outcome or Outcome(seed, mode)
 
     def log(self, event: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -144,6 +162,7 @@ class SimCluster:
             tunables=SIM_TUNABLES,
             seed=self.seed * 1000 + pnn * 10 + self.incarnation[pnn],
         )
+        node.offload = _inline
         self.nodes[pnn] = node
         await node.start()
         self.log(f"start node {pnn}")
@@ -182,6 +201,10 @@ class SimCluster:
                 task.cancel()
             await self.nodes.pop(pnn).stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def _inline(work: Callable[[], Any]) -> Any:
+    return work()
 
 
 def _scratch() -> str | None:
@@ -268,9 +291,14 @@ async def _faults(sim: SimCluster, duration: float) -> None:
 
 
 async def run_schedule(
-    seed: int, mode: str, *, ops: int = 25, clients_per_node: int = 1
+    seed: int,
+    mode: str,
+    *,
+    ops: int = 25,
+    clients_per_node: int = 1,
+    outcome: Outcome | None = None,
 ) -> Outcome:
-    sim = SimCluster(seed, mode)
+    sim = SimCluster(seed, mode, outcome=outcome)
     ledger: dict[str, Any] = {
         "pwrites": {},
         "vincr_attempts": 0,
@@ -348,9 +376,24 @@ async def _check(sim: SimCluster, ledger: dict[str, Any]) -> None:
 def simulate(seed: int, mode: str, **kwargs: Any) -> Outcome:
     """Run one schedule on a fresh virtual-time loop."""
     loop = VirtualTimeLoop()
+    outcome = Outcome(seed, mode)
+    main = loop.create_task(run_schedule(seed, mode, outcome=outcome, **kwargs))
     try:
-        return loop.run_until_complete(run_schedule(seed, mode, **kwargs))
+        return loop.run_until_complete(main)
+    except SimulationStuck as exc:
+        outcome.violations.append(f"simulation stuck: {exc}")
+        # Unwind: cancelling the schedule runs its clean-up (nodes stop, files go).
+        loop.virtual_selector.armed = False
+        main.cancel()
+        try:
+            loop.run_until_complete(main)
+        except (asyncio.CancelledError, SimulationStuck):
+            pass
+        return outcome
     finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
         loop.close()
 
 

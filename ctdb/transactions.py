@@ -157,7 +157,11 @@ class TransactionEngine:
 
     def finish(self, db: Database, commit_id: int, commit: bool) -> None:
         if self._prepared.get(db.id) != commit_id:
-            return  # never prepared here, or cancelled by a freeze already
+            if commit:
+                # A freeze cancelled it: confirming would let the leader
+                # acknowledge a commit this node does not have.
+                raise CtdbError(ErrorCode.RETRY, f"commit {commit_id} is not prepared here")
+            return
         del self._prepared[db.id]
         if commit:
             db.local.commit_prepared()

@@ -34,14 +34,15 @@ class FrameReader:
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
-        while end - pos >= 4:
-            (size,) = LENGTH.unpack_from(buf, pos)
-            if size > self.max_size:
-                raise FrameTooLarge(size, self.max_size)
-            if end - pos - 4 < size:
-                break
-            frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
-            pos += 4 + size
+        with memoryview(buf) as view:  # slicing a view copies each frame once, not twice
+            while end - pos >= 4:
+                (size,) = LENGTH.unpack_from(buf, pos)
+                if size > self.max_size:
+                    raise FrameTooLarge(size, self.max_size)
+                if end - pos - 4 < size:
+                    break
+                frames.append(bytes(view[pos + 4 : pos + 4 + size]))
+                pos += 4 + size
         if pos:
             del buf[:pos]
         return frames

@@ -244,6 +244,7 @@ class TcpTransport(Transport):
             await proto.closed
 
     async def _keepalive_loop(self) -> None:
+        last_tick = time.monotonic()
         while True:
             interval = self.options.keepalive_interval
             await asyncio.sleep(interval / 2)
@@ -252,6 +253,13 @@ class TcpTransport(Transport):
                 if out.transport is not None and now - out.last_tx >= interval:
                     out.write(b"")
             deadline = interval * self.options.keepalive_limit
+            if now - last_tick > interval:
+                # We were the ones stalled (a long synchronous step): peers'
+                # frames may be sitting unread in the sockets. Judge again
+                # once we have had a chance to read them.
+                for inc in self._in.values():
+                    inc.last_rx = max(inc.last_rx, now - interval)
+            last_tick = now
             for src, inc in list(self._in.items()):
                 if now - inc.last_rx > deadline:
                     log.warning("node %d silent for %.1fs: dropping it", src, now - inc.last_rx)
