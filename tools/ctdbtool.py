@@ -10,8 +10,6 @@ commands that need them.
 
 from __future__ import annotations
 
-import json
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +42,8 @@ class Ctx:
 
     def emit(self, data: Any, text: str | Callable[[], str]) -> None:
         if self.json:
+            import json
+
             click.echo(json.dumps(_jsonable(data), indent=2, sort_keys=True))
         else:
             click.echo(text() if callable(text) else text)
@@ -385,6 +385,8 @@ def ptrans(c: Ctx, db: str, file: Any) -> None:
 
     A line with only a key deletes it, as Samba's tool does.
     """
+    import shlex
+
     ops: list[tuple[bytes, bytes | None]] = []
     for lineno, line in enumerate(file, 1):
         if not line.strip():
