@@ -202,9 +202,10 @@ class Node:
         """The ordered engine changed sync/quorum state: mirror it in CTDB's terms."""
         assert self.ordered is not None
         view = self.ordered.view
-        self.generation = view.view_id
+        # Agreed by every member: the view plus the forced recoveries since.
+        self.generation = (view.view_id << 16) + self.ordered.recoveries
         if self.ordered.serving:
-            self.vnnmap = list(view.members)
+            self.vnnmap = [p for p in view.members if not self.node_flags(p) & INACTIVE]
             self.leader = view.members[0]
             self.recovery_mode = RecoveryMode.NORMAL
             self._serving.set()
@@ -327,7 +328,10 @@ class Node:
         elif isinstance(msg, ClientMessage):
             self.deliver_message(msg.srvid, msg.src, msg.data)
         elif isinstance(msg, NodeState):
+            old = self.peers.get(msg.pnn)
             self.peers[msg.pnn] = msg
+            if self.ordered is not None and (old is None or old.flags != msg.flags):
+                self.on_ordered_state()  # the vnnmap leaves out inactive nodes
         elif isinstance(msg, Ordered):
             if self.ordered is None:
                 log.warning("ordered operation from node %d on a point-to-point cluster", src)
@@ -452,7 +456,9 @@ class Node:
         self.flags = (self.flags | set_bits) & ~clear_bits
         if self.flags != old:
             log.info("node flags now %s", NodeFlags.describe(self.flags))
-            if self.flags & INACTIVE and not old & INACTIVE:
+            if self.ordered is not None:
+                self.on_ordered_state()
+            elif self.flags & INACTIVE and not old & INACTIVE:
                 self._freeze(INVALID_GENERATION)
             self._announce()
             self._recovery_wanted.set()
@@ -634,10 +640,17 @@ class Node:
             raise CtdbError(ErrorCode.INVALID, f"{db.name} is {db.kind.value}: wipe by transaction")
         db.local.clear()
 
-    def ctl_recover(self, src: int, args: dict[str, Any]) -> None:
-        """Force a recovery (the leader's loop notices the frozen node)."""
+    def ctl_recover(self, src: int, args: dict[str, Any]) -> Awaitable[None] | None:
+        """Force a recovery (the leader's loop notices the frozen node).
+
+        On a virtually synchronous cluster replicas cannot diverge, so a
+        forced recovery is an ordered marker that starts a new generation.
+        """
+        if self.ordered is not None:
+            return self.ordered.recover()
         self._freeze(INVALID_GENERATION)
         self._recovery_wanted.set()
+        return None
 
     def ctl_setflags(self, src: int, args: dict[str, Any]) -> int:
         self.set_flags(int(args.get("set", 0)), int(args.get("clear", 0)))

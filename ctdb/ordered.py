@@ -91,6 +91,8 @@ class OrderedEngine:
         self._round: SyncRound | None = None
         #: operations delivered while this node waits for its snapshot
         self._backlog: list[Ordered] = []
+        #: forced recoveries (`ctdbtool recover`) applied in the current view
+        self.recoveries = 0
         self._open_barrier: asyncio.Future[Any] | None = None
         self._barrier_in_flight: asyncio.Future[Any] | None = None
 
@@ -236,6 +238,13 @@ class OrderedEngine:
     async def wipe(self, db: Database) -> None:
         await self._submit("wipe", {"db": db.id})
 
+    async def recover(self) -> None:
+        await self._submit("recover", {})
+
+    def _apply_recover(self, origin: int, args: dict[str, Any]) -> None:
+        self.recoveries += 1
+        self.node.on_ordered_state()
+
     async def traverse(self, db: Database) -> list[list[bytes]]:
         """Every node holds every record: a local traverse is the whole database."""
         node = self.node
@@ -371,6 +380,7 @@ class OrderedEngine:
         """Handle a view change at its position in the stream (same on every member)."""
         old = self.view
         self.view = view
+        self.recoveries = 0
         left = set(old.members) - set(view.members)
         joined = set(view.members) - set(old.members)
         if left:
@@ -444,6 +454,7 @@ class OrderedEngine:
                     "name": name,
                     "kind": db.kind.value,
                     "records": to_wire(db.local.items()),
+                    "recoveries": self.recoveries,
                 }
                 self.node.transport.broadcast(
                     encode(Ordered(me, next(self._seq), "snapshot", snap))
@@ -473,6 +484,7 @@ class OrderedEngine:
             return
         db = self.node.attach(name, DbKind.parse(str(msg.args["kind"])))
         db.local.write_batch(dict(from_wire(msg.args["records"])), replace_all=True)
+        self.recoveries = int(msg.args.get("recoveries", self.recoveries))
         # Lock queues are state too: take the donor's.
         for stale in [k for k in self._locks if k[0] == db.id]:
             del self._locks[stale]
