@@ -122,6 +122,8 @@ class Node:
         self.flags = 0  # this node's own administrative flags
         self._ban_timer: asyncio.TimerHandle | None = None
         self.peers: dict[int, NodeState] = {}
+        #: loop time a peer's state was last received (liveness on vs)
+        self.heard: dict[int, float] = {}
         self.last_recovery: dict[str, float] = {}
 
         self.dbs: dict[int, Database] = {}
@@ -203,30 +205,41 @@ class Node:
         assert self.ordered is not None
         view = self.ordered.view
         # Agreed by every member: the view plus the forced recoveries since.
-        self.generation = (view.view_id << 16) + self.ordered.recoveries
+        generation = (view.view_id << 16) + self.ordered.recoveries
         if self.ordered.serving:
-            self.vnnmap = [p for p in view.members if not self.node_flags(p) & INACTIVE]
-            self.leader = view.members[0]
+            if self.recovery_mode is RecoveryMode.RECOVERY or generation != self.generation:
+                # A view change or forced recovery completed: what CTDB calls a recovery.
+                self.last_recovery = {
+                    "duration": time.monotonic() - self._frozen_at,
+                    "finished": time.time(),
+                }
+            members = self.ordered.members
+            self.vnnmap = [p for p in members if not self.node_flags(p) & INACTIVE]
+            self.leader = members[0]
             self.recovery_mode = RecoveryMode.NORMAL
             self._serving.set()
-        else:
+        elif self.recovery_mode is RecoveryMode.NORMAL:
+            self._frozen_at = time.monotonic()
             self.recovery_mode = RecoveryMode.RECOVERY
             self._serving.clear()
+        self.generation = generation
         self._announce()
 
     async def wait_serving(self, deadline: float) -> None:
-        """Wait for NORMAL mode, or fail at once when WaitForQuorum is 0."""
-        if self.serving:
-            return
-        if not self.tunable("WaitForQuorum"):
-            raise self._not_serving_error()
-        remaining = deadline - asyncio.get_running_loop().time()
-        try:
-            await asyncio.wait_for(self._serving.wait(), max(remaining, 0))
-        except TimeoutError:
-            raise self._not_serving_error() from None
-        if not self.serving:  # woke up but was frozen again immediately
-            await self.wait_serving(deadline)
+        """Wait until this node serves, or fail at once when WaitForQuorum is 0."""
+        loop = asyncio.get_running_loop()
+        while not self.serving:
+            remaining = deadline - loop.time()
+            if not self.tunable("WaitForQuorum") or remaining <= 0:
+                raise self._not_serving_error()
+            if self._serving.is_set():
+                # NORMAL mode but inactive by our own flags (stopped, banned).
+                await asyncio.sleep(min(0.05, remaining))
+                continue
+            try:
+                await asyncio.wait_for(self._serving.wait(), remaining)
+            except TimeoutError:
+                raise self._not_serving_error() from None
 
     def _not_serving_error(self) -> CtdbError:
         if self.flags & INACTIVE:
@@ -328,10 +341,8 @@ class Node:
         elif isinstance(msg, ClientMessage):
             self.deliver_message(msg.srvid, msg.src, msg.data)
         elif isinstance(msg, NodeState):
-            old = self.peers.get(msg.pnn)
             self.peers[msg.pnn] = msg
-            if self.ordered is not None and (old is None or old.flags != msg.flags):
-                self.on_ordered_state()  # the vnnmap leaves out inactive nodes
+            self.heard[msg.pnn] = asyncio.get_running_loop().time()
         elif isinstance(msg, Ordered):
             if self.ordered is None:
                 log.warning("ordered operation from node %d on a point-to-point cluster", src)
@@ -364,6 +375,9 @@ class Node:
         for pnn in list(self.peers):
             if pnn not in view:
                 del self.peers[pnn]
+        for pnn in list(self.heard):
+            if pnn not in view:
+                del self.heard[pnn]
         for pnn in range(len(self.nodes)):
             if pnn not in view:
                 self.controls.fail_node(pnn)
@@ -384,6 +398,10 @@ class Node:
             return self.flags
         if pnn not in self.transport.view:
             return NodeFlags.DISCONNECTED
+        if self.ordered is not None:
+            if pnn not in self.ordered.members:
+                return NodeFlags.DISCONNECTED  # expelled, not yet out of the group
+            return self.ordered.flags.get(pnn, 0)  # agreed through the ordered stream
         state = self.peers.get(pnn)
         return state.flags if state else 0
 
@@ -447,9 +465,47 @@ class Node:
                 self.transport.send(pnn, payload)
 
     async def _state_announcer(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_tick = loop.time()
         while True:
-            await asyncio.sleep(self.tunable("KeepaliveInterval"))
+            interval = self.tunable("KeepaliveInterval")
+            await asyncio.sleep(interval)
             self._announce()
+            now = loop.time()
+            if now - last_tick > 2 * interval:
+                # We were the silent one (stopped, or a long synchronous
+                # step): give peers' pending announcements a chance first.
+                self.heard = dict.fromkeys(self.heard, now)
+            last_tick = now
+            if self.ordered is not None:
+                self._expel_silent()
+
+    def rejoin(self) -> None:
+        """vs: we were expelled; leave the group and join again for a state transfer."""
+
+        async def again() -> None:
+            await self.transport.stop()
+            await self.transport.start()
+
+        self._tasks.append(asyncio.get_running_loop().create_task(again()))
+
+    def _expel_silent(self) -> None:
+        """vs: corosync notices a dead process, not a hung one; our keepalives do.
+
+        A member silent for KeepaliveInterval x KeepaliveLimit is expelled
+        through the ordered stream, so every member drops it at one position.
+        """
+        assert self.ordered is not None
+        now = asyncio.get_running_loop().time()
+        limit = self.tunable("KeepaliveInterval") * self.tunable("KeepaliveLimit")
+        for pnn in self.ordered.members:
+            if pnn == self.pnn:
+                continue
+            last = self.heard.setdefault(pnn, now)
+            if now - last > limit:
+                log.warning("node %d silent for %.1fs: expelling it", pnn, now - last)
+                self.ordered.expel(pnn)
+                self.heard[pnn] = now
 
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None:
         old = self.flags
@@ -457,7 +513,7 @@ class Node:
         if self.flags != old:
             log.info("node flags now %s", NodeFlags.describe(self.flags))
             if self.ordered is not None:
-                self.on_ordered_state()
+                self.ordered.announce_flags(self.flags)
             elif self.flags & INACTIVE and not old & INACTIVE:
                 self._freeze(INVALID_GENERATION)
             self._announce()

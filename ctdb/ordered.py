@@ -91,8 +91,13 @@ class OrderedEngine:
         self._round: SyncRound | None = None
         #: operations delivered while this node waits for its snapshot
         self._backlog: list[Ordered] = []
-        #: forced recoveries (`ctdbtool recover`) applied in the current view
+        #: configuration events (forced recoveries, node flag changes) applied
+        #: in the current view: part of the agreed generation
         self.recoveries = 0
+        #: every member's administrative flags, as agreed in the stream
+        self.flags: dict[int, int] = {node.pnn: 0}
+        #: members expelled for silence; they stay out until they leave the group
+        self.expelled: set[int] = set()
         self._open_barrier: asyncio.Future[Any] | None = None
         self._barrier_in_flight: asyncio.Future[Any] | None = None
 
@@ -109,8 +114,13 @@ class OrderedEngine:
     # -- serving state ---------------------------------------------------------------
 
     @property
+    def members(self) -> list[int]:
+        """The view without members expelled for silence (see `expel`)."""
+        return [p for p in self.view.members if p not in self.expelled]
+
+    @property
     def quorate(self) -> bool:
-        return 2 * len(self.view.members) > len(self.node.nodes)
+        return 2 * len(self.members) > len(self.node.nodes)
 
     @property
     def serving(self) -> bool:
@@ -245,6 +255,41 @@ class OrderedEngine:
         self.recoveries += 1
         self.node.on_ordered_state()
 
+    def expel(self, pnn: int) -> None:
+        msg = Ordered(self.node.pnn, next(self._seq), "expel", {"pnn": pnn})
+        self.node.transport.broadcast(encode(msg))
+
+    def _apply_expel(self, origin: int, args: dict[str, Any]) -> None:
+        """Every member drops a silent node at this position, as if it had left."""
+        pnn = int(args["pnn"])
+        if pnn not in self.members:
+            return
+        if pnn == self.node.pnn:
+            log.warning("expelled by node %d for silence: rejoining", origin)
+            self.synced = False
+            self.node.rejoin()
+            return
+        self.expelled.add(pnn)
+        self._purge(lambda o: o[0] == pnn)
+        if not self.quorate:
+            self.synced = False
+        self.recoveries += 1
+        self.node.on_ordered_state()
+
+    def announce_flags(self, flags: int) -> None:
+        """Our flags changed (stop, ban, ...): every member learns it at one position.
+
+        Sent without waiting for quorum or sync: a stopped node must still
+        be able to say it continues.
+        """
+        msg = Ordered(self.node.pnn, next(self._seq), "flags", {"flags": flags})
+        self.node.transport.broadcast(encode(msg))
+
+    def _apply_flags(self, origin: int, args: dict[str, Any]) -> None:
+        self.flags[origin] = int(args["flags"])
+        self.recoveries += 1  # a new generation, as a CTDB recovery would give
+        self.node.on_ordered_state()
+
     async def traverse(self, db: Database) -> list[list[bytes]]:
         """Every node holds every record: a local traverse is the whole database."""
         node = self.node
@@ -254,6 +299,8 @@ class OrderedEngine:
     # -- the ordered stream --------------------------------------------------------------
 
     def on_ordered(self, msg: Ordered) -> None:
+        if msg.origin in self.expelled:
+            return  # it no longer counts until it leaves and rejoins
         if msg.op == "offer":
             self._on_offer(msg)
             return
@@ -381,6 +428,7 @@ class OrderedEngine:
         old = self.view
         self.view = view
         self.recoveries = 0
+        self.expelled &= set(view.members)  # an expelled node that left may come back
         left = set(old.members) - set(view.members)
         joined = set(view.members) - set(old.members)
         if left:
@@ -405,6 +453,7 @@ class OrderedEngine:
         offer = {
             "view_id": view.view_id,
             "synced": self.synced,
+            "flags": self.node.flags,
             "dbs": [[db.name, db.kind.value, db.seqnum()] for db in self.node.dbs.values()],
         }
         msg = Ordered(self.node.pnn, next(self._seq), "offer", offer)
@@ -435,6 +484,7 @@ class OrderedEngine:
             else:
                 plan[name] = persistent_source({p: s for p, (_, s) in holders.items()})
         r.plan = plan
+        self.flags = {p: int(o.get("flags", 0)) for p, o in r.offers.items()}
         me = self.node.pnn
         needs = {
             name for name, src in plan.items() if src != me and not (self.synced and me in synced)

@@ -34,8 +34,8 @@ from tools.cluster import LocalCluster
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
-#: Transports the cluster fixtures run on. Add "vs" here to cover it too.
-TRANSPORTS = ["tcp"]
+#: Transports the cluster fixtures run on: every cluster test runs on each.
+TRANSPORTS = ["tcp", "vs"]
 
 
 def random_base() -> str:
@@ -86,8 +86,33 @@ def start_cluster(directory: Path, transport: str, size: int = 3, **kwargs: Any)
     raise last
 
 
+@pytest.fixture(scope="session")
+def host_corosync() -> Iterator[None]:
+    """One private corosync on 127.0.0.1 shared by every vs cluster of the session.
+
+    Each cluster uses its own CPG group (named after its port), so clusters
+    do not see each other; `LocalCluster` finds this daemon running and does
+    not start or stop one of its own.
+    """
+    from transport.corosync import PrivateCorosync, corosync_running
+
+    if corosync_running():
+        yield
+        return
+    directory = Path(tempfile.mkdtemp(prefix="ctdb-corosync-"))
+    daemon = PrivateCorosync(directory, token_ms=1000)
+    daemon.start()
+    try:
+        yield
+    finally:
+        daemon.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="module", params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
+    if request.param == "vs":
+        request.getfixturevalue("host_corosync")
     return str(request.param)
 
 

@@ -32,8 +32,8 @@ from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
 
-#: Transports every test here runs on. Adding "vs" is this one line.
-TRANSPORTS = ["tcp"]
+#: Transports every test here runs on.
+TRANSPORTS = ["tcp", "vs"]
 
 REPO = Path(__file__).resolve().parents[1]
 CTDBTOOL = REPO / ".venv" / "bin" / "ctdbtool"
@@ -58,6 +58,8 @@ def _name(prefix: str) -> str:
 
 @pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
+    if request.param == "vs":
+        request.getfixturevalue("host_corosync")  # shared corosync from conftest.py
     return str(request.param)
 
 
