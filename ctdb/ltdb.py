@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,35 +96,27 @@ class LocalDb:
     def clear(self) -> None:
         self._tdb.clear()
 
-    def write_batch(self, puts: dict[bytes, Record | None], *, replace_all: bool = False) -> None:
+    def write_batch(
+        self, puts: Mapping[bytes, Record | None], *, replace_all: bool = False
+    ) -> None:
         """Apply many changes atomically (one TDB transaction).
 
         `None` removes the key; `replace_all` first wipes the file, which is
         how recovery installs a database pulled from another node.
         """
+        self.prepare(puts, replace_all=replace_all)
+        self.commit_prepared()
+
+    # Two-phase commit for persistent transactions: prepare writes everything
+    # and fsyncs the recovery area, so the final commit cannot fail for space.
+
+    def prepare(self, puts: Mapping[bytes, Record | None], *, replace_all: bool = False) -> None:
+        """Write `puts` in an open, prepared TDB transaction (commit or cancel it next)."""
         t = self._tdb
         t.transaction_start()
         try:
             if replace_all:
                 t.clear()
-            for key, rec in puts.items():
-                if rec is None:
-                    if key in t:
-                        t.delete(key)
-                else:
-                    t.store(key, rec.pack(), tdb.REPLACE)
-        except BaseException:
-            t.transaction_cancel()
-            raise
-        t.transaction_commit()
-
-    # Two-phase commit for persistent transactions: prepare writes everything
-    # and fsyncs the recovery area, so the final commit cannot fail for space.
-
-    def prepare(self, puts: dict[bytes, Record | None]) -> None:
-        t = self._tdb
-        t.transaction_start()
-        try:
             for key, rec in puts.items():
                 if rec is None:
                     if key in t:
