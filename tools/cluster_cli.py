@@ -44,8 +44,10 @@ def cluster() -> None:
     help="tcp, or vs (virtual synchrony on corosync)",
 )
 @click.option("--port", default=4379, show_default=True, help="node-to-node TCP port")
+@click.option("--base", default="127.0.0", show_default=True,
+              help="first three octets of the loopback addresses (node i gets BASE.i+1)")
 @_dir_option
-def up(size: int, transport: str, port: int, directory: Path) -> None:
+def up(size: int, transport: str, port: int, base: str, directory: Path) -> None:
     """Start the daemons, wait until the cluster is healthy, print the sockets."""
     from tools.cluster import LocalCluster
 
@@ -55,7 +57,7 @@ def up(size: int, transport: str, port: int, directory: Path) -> None:
             raise click.ClickException(
                 f"a cluster is already running in {directory}; `ctdbtool cluster down` first"
             )
-    c = LocalCluster(directory, size=size, transport=transport, port=port)
+    c = LocalCluster(directory, size=size, transport=transport, port=port, base=base)
     try:
         c.up(timeout=60, progress=_say)
     except BaseException:
