@@ -584,7 +584,11 @@ class Node:
 
     def ctl_freeze(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
         self._freeze(int(args["generation"]))
-        return {"epoch": self.epoch, "generation": self.generation}
+        return {
+            "epoch": self.epoch,
+            "generation": self.generation,
+            "view": list(self.transport.view.members),
+        }
 
     async def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
         self._check_generation(args)

@@ -19,6 +19,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+from ctdb.errors import CtdbError, ErrorCode
 from ctdb.merge import (
     from_wire,
     merge_volatile,
@@ -46,6 +47,12 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> float:
     generation = rng.randrange(2, 2**31)
     log.info("recovery: generation %d over nodes %s", generation, members)
     frozen = await _on_all(node, members, "freeze", {"generation": generation})
+    for p, reply in zip(members, frozen, strict=True):
+        # Migration assumes every member can reach every other; views are
+        # each node's own opinion and differ while connections come up.
+        unseen = set(members) - set(reply["view"])
+        if unseen:
+            raise CtdbError(ErrorCode.RETRY, f"node {p} does not see nodes {sorted(unseen)} yet")
     epochs = {p: int(r["epoch"]) for p, r in zip(members, frozen, strict=True)}
     epoch = max(epochs.values()) + 1
     current = newest_epoch_members(epochs)
