@@ -1,0 +1,76 @@
+"""The cluster lock on shared storage (`cluster lock = PATH`, tcp transport).
+
+With a lock file the leader's right to recover comes from holding an fcntl
+lock on it instead of from a majority of configured nodes: a lone survivor
+that holds (or can take) the lock keeps serving, where majority mode would
+freeze it (tests/test_recovery.py shows that side).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import start_cluster, unique
+
+TUNABLES = {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3}
+
+
+def lock_is_held(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    fcntl.lockf(fd, fcntl.LOCK_UN)
+    return False
+
+
+def wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - a node may be mid-recovery
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(120)
+def test_lock_holder_serves_alone_and_lock_moves_on_leader_death(tmp_path: Path) -> None:
+    lock = tmp_path / "shared" / "cluster.lock"
+    lock.parent.mkdir()
+    c = start_cluster(tmp_path, "tcp", cluster_lock=lock, tunables=TUNABLES)
+    try:
+        db = unique("lockdb")
+        with c.client(0) as cl:
+            cl.attach(db, "persistent")
+            with cl.transaction(db) as tx:
+                tx.store("before", "1")
+        assert c.status(0)["leader"] == 0
+        assert lock_is_held(lock), "the leader must hold the cluster lock"
+
+        # The leader dies: its lock is released with it, node 1 takes it.
+        c.kill_node(0)
+        wait_for(lambda: c.status(1)["leader"] == 1 and c.status(1)["vnnmap"] == [1, 2]
+                 and c.status(1)["recovery_mode"] == "NORMAL", 15, "node 1 to lead [1, 2]")
+        assert lock_is_held(lock)
+
+        # Majority mode would freeze a lone survivor; the lock holder serves on.
+        c.kill_node(2)
+        wait_for(lambda: c.status(1)["vnnmap"] == [1]
+                 and c.status(1)["recovery_mode"] == "NORMAL", 15, "node 1 alone NORMAL")
+        with c.client(1, timeout=20) as cl:
+            with cl.transaction(db) as tx:
+                tx.store("alone", "2")
+            assert cl.call("fetch", db=db, key=b"before") == b"1"
+            assert cl.call("fetch", db=db, key=b"alone") == b"2"
+    finally:
+        c.down()
