@@ -29,6 +29,13 @@ Why it is built this way
   members of a group (a confchg where every member is new) start from the
   empty state.
 
+* **Partition merges.**  Groups that formed apart (a cut host healed, a
+  restarted corosync whose member reconnected before its ring merged) meet
+  in a confchg whose joined members carry reason NODEUP. They have state, so
+  instead of a STATE every synced member multicasts its own logical members
+  (MERGE); once all are delivered every member installs the union as one
+  view whose id is the highest of both sides plus one.
+
 * **Fragmentation.**  Payloads are cut into chunks (default 64 KiB, never
   above ``cpg_max_atomic_msgsize``) so corosync never fragments for us and a
   ``CS_ERR_TRY_AGAIN`` is all-or-nothing per chunk.  Delivery is FIFO per
@@ -68,7 +75,7 @@ log = logging.getLogger("transport.cpg")
 
 # Wire header of every CPG message: kind, flags, logical id, destination pnn.
 _HDR = struct.Struct("<BBHi")
-K_HELLO, K_DATA, K_STATE, K_BYE = 1, 2, 3, 4
+K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE = 1, 2, 3, 4, 5
 F_MORE = 1  # more fragments of this message follow
 BROADCAST = -1
 
@@ -101,9 +108,7 @@ class _State:
             "view_id": self.view_id,
             "view": list(self.view),
             "synced": [list(m) for m in sorted(self.synced)],
-            "pending": [
-                [list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())
-            ],
+            "pending": [[list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())],
         }
 
     @classmethod
@@ -118,7 +123,8 @@ class _State:
 
 
 # Events recorded from the CPG callbacks and processed after cpg_dispatch returns.
-_Confchg = tuple[str, list[Member], list[Member], list[Member]]
+# (group, members, left, joined, joined by a partition merge: reason NODEUP)
+_Confchg = tuple[str, list[Member], list[Member], list[Member], list[Member]]
 _Deliver = tuple[str, Member, bytes]
 _Event = _Confchg | _Deliver
 
@@ -155,6 +161,9 @@ class _Connection:
         self.events: list[_Event] = []
         self.reconnect_task: asyncio.Task[None] | None = None
         self.closed = False
+        #: partition merge in progress: members whose MERGE we still wait for
+        self.merge_expect: set[Member] | None = None
+        self.merge_view_id = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -192,6 +201,7 @@ class _Connection:
         self.fragments = {}
         self.peek_fragments = {}
         self.active = set()
+        self.merge_expect = None
         self.loop.add_reader(fd, self._on_readable)
         log.debug("joined CPG group %r as %s", self.group, self.me)
         for t in self.transports.values():
@@ -347,6 +357,7 @@ class _Connection:
                 [a.member for a in members],
                 [a.member for a in left],
                 [a.member for a in joined],
+                [a.member for a in joined if a.reason == libcpg.Reason.CPG_REASON_NODEUP],
             )
         )
 
@@ -368,8 +379,8 @@ class _Connection:
 
     def _event(self, ev: _Event) -> None:
         if not self.joined:
-            if len(ev) == 4 and self.me in ev[3]:  # our own join confchg
-                _, members, _left, joined = ev
+            if len(ev) == 5 and self.me in ev[3]:  # our own join confchg
+                _, members, _left, joined, _merged = ev
                 self.joined = True
                 self.cpg_members = list(members)
                 if set(members) == set(joined):
@@ -423,8 +434,8 @@ class _Connection:
             self._apply(ev)
 
     def _apply(self, ev: _Event) -> None:
-        if len(ev) == 4:
-            self._apply_confchg(ev[1], ev[2], ev[3])
+        if len(ev) == 5:
+            self._apply_confchg(ev[1], ev[2], ev[3], ev[4])
         else:
             self._apply_message(ev[1], ev[2])
 
@@ -466,6 +477,8 @@ class _Connection:
         elif kind == K_BYE:
             if st.members.pop(sender, None) is not None:
                 self._recompute()
+        elif kind == K_MERGE:
+            self._on_merge(src, msgpack.unpackb(payload, strict_map_key=False))
         elif kind == K_STATE:
             body = msgpack.unpackb(payload, strict_map_key=False)
             target = (body["target"][0], body["target"][1])
@@ -474,10 +487,16 @@ class _Connection:
             st.pending.pop(target, None)
 
     def _apply_confchg(
-        self, members: list[Member], left: list[Member], joined: list[Member]
+        self,
+        members: list[Member],
+        left: list[Member],
+        joined: list[Member],
+        merged: list[Member],
     ) -> None:
         st = self.state
         self.cpg_members = list(members)
+        if self.merge_expect is not None:
+            self.merge_expect &= set(members)  # a member lost mid-merge sends nothing
         gone = set(left)
         changed = False
         for lm in [lm for lm in st.members if (lm[0], lm[1]) in gone]:
@@ -490,11 +509,16 @@ class _Connection:
             st.pending.pop(m, None)
         if changed:
             self._recompute()
-        new = [j for j in joined if j != self.me]
+        if merged:
+            self._start_merge(members, joined, merged)
+        # Members of a partition we merge with are not joiners: they have state.
+        new = [j for j in joined if j != self.me and j not in merged]
         for j in new:
             snap = st.snapshot()
             snap["fragments"] = [[*lm, parts] for lm, parts in sorted(self.fragments.items())]
             st.pending[j] = snap
+        if self.merge_expect is not None:
+            self._finish_merge()
         present = [m for m in sorted(st.synced) if m in members]
         leader = present[0] if present else None
         if leader != self.me:
@@ -507,7 +531,52 @@ class _Connection:
                 body = msgpack.packb({"target": list(target), "snapshot": st.pending[target]})
                 self._enqueue(K_STATE, 0, BROADCAST, body)
 
+    # -- partition merges ------------------------------------------------------
+    #
+    # When partitions that formed apart meet again, corosync lists the other
+    # side's members as joined with reason NODEUP. Each side has its own
+    # logical members and view ids, so at that position every synced member
+    # multicasts its own logical members (MERGE). Once every expected MERGE
+    # is delivered, all members hold the same union and install one view with
+    # the same id: max of all sides' ids, plus one.
+
+    def _start_merge(
+        self, members: list[Member], joined: list[Member], merged: list[Member]
+    ) -> None:
+        fresh = {j for j in joined if j not in merged}
+        self.merge_expect = {m for m in members if m not in fresh}
+        self.merge_view_id = self.state.view_id
+        mine = [
+            [*lm, pnn]
+            for lm, pnn in sorted(self.state.members.items())
+            if (lm[0], lm[1]) == self.me
+        ]
+        body = msgpack.packb({"members": mine, "view_id": self.state.view_id})
+        self._enqueue(K_MERGE, 0, BROADCAST, body)
+
+    def _on_merge(self, src: Member, body: dict[str, Any]) -> None:
+        if self.merge_expect is None or src not in self.merge_expect:
+            return
+        st = self.state
+        for n, p, lid, pnn in body["members"]:
+            st.members[(n, p, lid)] = pnn
+        st.synced.add(src)
+        self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
+        self.merge_expect.discard(src)
+        self._finish_merge()
+
+    def _finish_merge(self) -> None:
+        if self.merge_expect:
+            return
+        self.merge_expect = None
+        st = self.state
+        st.view_id = max(st.view_id, self.merge_view_id)
+        st.view = ()  # force a new view, the same one on every member
+        self._recompute()
+
     def _recompute(self) -> None:
+        if self.merge_expect is not None:
+            return  # views wait until the merge completes
         st = self.state
         view = tuple(sorted(set(st.members.values())))
         if view == st.view:

@@ -23,10 +23,9 @@ daemon or a cut host after ~2.1 s (with three nodes corosync stretches the
 token to 300 + 650 ms token_coefficient = 950 ms, then waits 1140 ms
 consensus).
 
-Known product gap (MERGE_GAP below): the vs state machine does not merge two
-groups that were formed apart, so the heal half of the partition test -- and,
-in roughly one run of fifteen, the rejoin after a corosync restart -- is
-reported as xfail instead of failing.
+Groups that formed apart (a cut host, or a restarted corosync whose member
+reconnected before its ring merged) must merge into one view with one id:
+the heal half of the partition test and the corosync restart test check it.
 
 Skipped only when `tools.netns.available()` says namespaces cannot be made
 here.  Every test builds and removes its own cluster (`NetnsCluster.down`
@@ -58,12 +57,6 @@ TOKEN_MS = 300
 TIMEOUT = 20.0
 VICTIM_STREAM = 3000
 MERGE_TIMEOUT = 8.0
-MERGE_GAP = (
-    "transport/cpg.py does not merge partitions: on a CPG merge confchg the members "
-    "of the other side arrive in `joined` although they are already synced; they get "
-    "a STATE they ignore and nobody re-announces logical members (HELLO), so each "
-    "side keeps its own view for good"
-)
 
 _ok, _why = netns.available()
 pytestmark = pytest.mark.skipif(not _ok, reason=f"network namespaces unavailable: {_why}")
@@ -238,16 +231,13 @@ async def formed(
     return int(members[0].views()[-1]["id"])
 
 
-async def merged_or_xfail(members: list[ProcessMember], net: VsNet, why: str) -> int:
-    """After corosync reports all N votes: wait for one N-member view, or xfail (MERGE_GAP).
+async def merged(members: list[ProcessMember], net: VsNet) -> int:
+    """After corosync reports all N votes: one N-member view with one id.
 
     Once the daemons have merged their rings, CPG reports it within
     milliseconds, so MERGE_TIMEOUT is generous.
     """
-    try:
-        return await formed(members, list(range(N)), net, timeout=MERGE_TIMEOUT)
-    except AssertionError as exc:
-        pytest.xfail(f"{why}: {MERGE_GAP} -- {str(exc).splitlines()[0]}")
+    return await formed(members, list(range(N)), net, timeout=MERGE_TIMEOUT)
 
 
 def stream_from(member: ProcessMember, view_id: int) -> list[tuple[Any, ...]]:
@@ -437,8 +427,8 @@ def test_killed_corosync_drops_its_host_and_it_rejoins_after_restart(vsnet: VsNe
         vsnet.wait_votes(dict.fromkeys(range(N), N))
         # A restarted corosync first forms a ring of its own and merges a few
         # ms later; a member that reconnects inside that window founds a
-        # group of its own and then hits MERGE_GAP (seen in ~1 run of 15).
-        rejoined = await merged_or_xfail(members, vsnet, "rejoin after corosync restart")
+        # group of its own, which must then merge (about 1 run in 15).
+        rejoined = await merged(members, vsnet)
         assert rejoined > vid
         for m in members:
             seen = [v["id"] for v in m.views()]
@@ -463,9 +453,8 @@ def test_killed_corosync_drops_its_host_and_it_rejoins_after_restart(vsnet: VsNe
 def test_cut_host_is_dropped_and_views_merge_after_heal(vsnet: VsNet) -> None:
     """Partition: node 2 loses the network mid-stream, then comes back.
 
-    The first half (survivors agree, the cut node goes solo) must hold. The
-    merge after the heal is a known product gap (see MERGE_GAP) and is
-    reported as xfail while it fails; once fixed, the test simply passes.
+    Survivors agree, the cut node goes solo, and after the heal the two
+    groups merge into one view with one id.
     """
 
     async def body() -> None:
@@ -497,10 +486,10 @@ def test_cut_host_is_dropped_and_views_merge_after_heal(vsnet: VsNet) -> None:
 
         vsnet.net.heal(2)
         vsnet.wait_votes(dict.fromkeys(range(N), N))
-        merged = await merged_or_xfail(members, vsnet, "merge after heal")
-        assert merged > vid
+        merged_id = await merged(members, vsnet)
+        assert merged_id > vid
         await fence(members, "H")
-        streams = [stream_from(m, merged) for m in members]
+        streams = [stream_from(m, merged_id) for m in members]
         for s in streams[1:]:
             assert s == streams[0], first_difference(streams[0], s)
 
