@@ -575,9 +575,12 @@ def test_survivor_without_quorum_stops_serving(cluster: LocalCluster) -> None:
         cl.call("setvar", name="WaitForQuorum", value=0)
     c.kill_node(1)
     c.kill_node(2)
-    wait_for("node 0 in RECOVERY", lambda: c.status(0)["recovery_mode"] == "RECOVERY", DETECT_BOUND)
-    st = c.status(0)
-    assert st["quorum"] is False
+    # Node 1's death alone already freezes node 0 (with quorum): wait for both.
+    st, _ = wait_for(
+        "node 0 in RECOVERY without quorum",
+        lambda: (s := c.status(0))["recovery_mode"] == "RECOVERY" and s["quorum"] is False and s,
+        DETECT_BOUND,
+    )
     assert st["nodes"][1]["flags"] & DISCONNECTED and st["nodes"][2]["flags"] & DISCONNECTED
     time.sleep(0.5)  # it must stay frozen, not recover on its own
     assert c.status(0)["recovery_mode"] == "RECOVERY"
