@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -67,6 +68,12 @@ class Database:
     @staticmethod
     def seqnum_record(seqnum: int, pnn: int) -> Record:
         return Record(seqnum, pnn, _SEQNUM.pack(seqnum))
+
+    def live_items(self) -> Iterator[tuple[bytes, Record]]:
+        """Records a client can see: no deletion markers, no sequence number."""
+        for key, rec in self.local.items():
+            if not rec.deleted and key != SEQNUM_KEY:
+                yield key, rec
 
     def info(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "kind": self.kind.value, "path": str(self.path)}

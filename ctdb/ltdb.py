@@ -50,6 +50,11 @@ class Record:
         return cls(rsn, dmaster, data[HEADER_SIZE:], flags)
 
 
+def live_value(rec: Record | None) -> bytes | None:
+    """What a client reads: a missing record and a deletion marker are both None."""
+    return None if rec is None or rec.deleted else rec.value
+
+
 class LocalDb:
     """A TDB file holding records with CTDB headers.
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.database import Database, DbKind
 from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import Record
+from ctdb.ltdb import Record, live_value
 from ctdb.messages import Call, DmasterReply, DmasterRequest
 from ctdb.placement import lmaster
 
@@ -40,11 +40,6 @@ log = logging.getLogger("ctdb.migration")
 #: Re-send a call after this long without the record arriving (messages of an
 #: aborted generation are dropped, so a call can vanish).
 RETRY_INTERVAL = 0.5
-
-
-def _value(rec: Record | None) -> bytes | None:
-    """What a client sees: no record and a deletion marker both read as missing."""
-    return None if rec is None or rec.deleted else rec.value
 
 
 @dataclass
@@ -72,11 +67,11 @@ class MigrationEngine:
         ok, rec = self.try_local(db, key, session)
         if ok:
             self.node.stats["fetch_local"] += 1
-            return _value(rec)
+            return live_value(rec)
         return self._fetch_slow(db, key, session)
 
     async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
-        return _value(await self.acquire(db, key, session, lock=False))
+        return live_value(await self.acquire(db, key, session, lock=False))
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
         ok, _ = self.try_local(db, key, session)
@@ -90,7 +85,7 @@ class MigrationEngine:
         self.write(db, key, value)
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
-        return _value(await self.acquire(db, key, session, lock=True))
+        return live_value(await self.acquire(db, key, session, lock=True))
 
     def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
         if not self.locked_by(db, key, session):

@@ -685,13 +685,11 @@ class Node:
     def ctl_traverse(self, src: int, args: dict[str, Any]) -> list[list[bytes]]:
         """The records this node is authoritative for (all of them if replicated)."""
         db = self.db(int(args["db_id"]))
-        out = []
-        for key, rec in db.local.items():
-            if rec.deleted or key == b"__db_sequence_number__":
-                continue
-            if db.replicated or rec.dmaster == self.pnn:
-                out.append([key, rec.value])
-        return out
+        return [
+            [key, rec.value]
+            for key, rec in db.live_items()
+            if db.replicated or rec.dmaster == self.pnn
+        ]
 
     def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
         """Volatile databases only: persistent ones are wiped by a transaction."""

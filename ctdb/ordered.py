@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.database import SEQNUM_KEY, Database, DbKind
 from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import Record
+from ctdb.ltdb import Record, live_value
 from ctdb.merge import from_wire, persistent_source, to_wire
 from ctdb.messages import Ordered, encode
 from ctdb.placement import db_id
-from ctdb.transactions import Transaction
+from ctdb.transactions import Transaction, next_version
 from transport.base import View
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class OrderedEngine:
             holder == self._owner(session) or (holder is None and self.node.tunable("LocalReads"))
         ):
             self.node.stats["fetch_local"] += 1
-            return _value(db.local.get(key))
+            return live_value(db.local.get(key))
         return self._fetch_ordered(db, key, session)
 
     async def _fetch_ordered(self, db: Database, key: bytes, session: object) -> bytes | None:
@@ -163,7 +163,7 @@ class OrderedEngine:
         await self._barrier()
         q = self._locks.get((db.id, key))
         if q is None or q.holder in (None, self._owner(session)):
-            return _value(db.local.get(key))
+            return live_value(db.local.get(key))
         # Someone else holds the record: wait for it, as migration would.
         value = await self.lock(db, key, session)
         await self.unlock(db, key, session, None)
@@ -202,7 +202,7 @@ class OrderedEngine:
         owner = self._owner(session)
         q = self._locks.get((db.id, key))
         if q is not None and q.holder == owner:
-            return _value(db.local.get(key))
+            return live_value(db.local.get(key))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._lock_waiters[(owner, db.id, key)] = fut
         try:
@@ -373,20 +373,8 @@ class OrderedEngine:
 
     def _apply_commit(self, origin: int, args: dict[str, Any]) -> int:
         db = self._db(args["db"])
-        for key, rsn in args["reads"]:
-            rec = db.local.get(bytes(key))
-            if (rec.rsn if rec else 0) != rsn:
-                raise CtdbError(
-                    ErrorCode.BUSY, f"transaction conflict on {bytes(key)!r}: changed since read"
-                )
-        seqnum = db.seqnum() + 1
-        puts: dict[bytes, Record | None] = {}
-        for key, value in args["writes"]:
-            key = bytes(key)
-            old = db.local.get(key)
-            puts[key] = Record((old.rsn if old else 0) + 1, origin, bytes(value or b""))
-        puts[SEQNUM_KEY] = Database.seqnum_record(seqnum, origin)
-        db.local.write_batch(puts)
+        seqnum, records = next_version(db, args["reads"], args["writes"], origin)
+        db.local.write_batch(records)
         return seqnum
 
     def _apply_attach(self, origin: int, args: dict[str, Any]) -> None:
@@ -412,7 +400,7 @@ class OrderedEngine:
         if holder[0] == self.node.pnn:
             fut = self._lock_waiters.get((holder, db.id, key))
             if fut is not None and not fut.done():
-                fut.set_result(_value(db.local.get(key)))
+                fut.set_result(live_value(db.local.get(key)))
 
     def _purge(self, gone: Any) -> None:
         for (dbid, key), q in list(self._locks.items()):
@@ -556,12 +544,5 @@ class OrderedEngine:
         self.node.on_ordered_state()
 
 
-def _value(rec: Record | None) -> bytes | None:
-    return None if rec is None or rec.deleted else rec.value
-
-
 def _live(db: Database) -> list[list[bytes]]:
-    return sorted(
-        ([k, r.value] for k, r in db.local.items() if not r.deleted and k != SEQNUM_KEY),
-        key=lambda kv: kv[0],
-    )
+    return sorted(([k, r.value] for k, r in db.live_items()), key=lambda kv: kv[0])

@@ -26,6 +26,7 @@ from typing import Any, cast
 from ctdb import protocol
 from ctdb.database import Database, DbKind
 from ctdb.errors import CtdbError, ErrorCode
+from ctdb.ltdb import live_value
 from ctdb.node import Node as ClusterNode
 from ctdb.node import NodeFlags
 from ctdb.transactions import Transaction
@@ -317,8 +318,7 @@ async def _attach(s: Session, args: dict[str, Any]) -> dict[str, Any]:
 def _fetch(s: Session, args: dict[str, Any]) -> Any:
     db, key = s.database(args), s.key(args)
     if db.replicated:
-        rec = db.local.get(key)
-        return None if rec is None or rec.deleted else rec.value
+        return live_value(db.local.get(key))
     return s.node.records.fetch(db, key, s)
 
 

@@ -23,12 +23,39 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.database import SEQNUM_KEY, Database
 from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import Record
+from ctdb.ltdb import Record, live_value
+from ctdb.merge import from_wire, to_wire
 
 if TYPE_CHECKING:
     from ctdb.node import Node
 
 log = logging.getLogger("ctdb.transactions")
+
+
+def next_version(
+    db: Database, reads: list[Any], writes: list[Any], writer: int
+) -> tuple[int, dict[bytes, Record]]:
+    """Validate a transaction against `db` and build what it writes.
+
+    Both engines commit through this: the leader before its two-phase commit
+    (tcp), every node at the commit's position in the ordered stream (vs).
+    Raises BUSY if a record read has changed since; returns the new sequence
+    number and the records, the sequence number record included.
+    """
+    for key, rsn in reads:
+        rec = db.local.get(bytes(key))
+        if (rec.rsn if rec else 0) != rsn:
+            raise CtdbError(
+                ErrorCode.BUSY, f"transaction conflict on {bytes(key)!r}: changed since read, retry"
+            )
+    seqnum = db.seqnum() + 1
+    records: dict[bytes, Record] = {}
+    for key, value in writes:
+        key = bytes(key)
+        old = db.local.get(key)
+        records[key] = Record((old.rsn if old else 0) + 1, writer, bytes(value or b""))
+    records[SEQNUM_KEY] = Database.seqnum_record(seqnum, writer)
+    return seqnum, records
 
 
 @dataclass
@@ -45,9 +72,7 @@ class Transaction:
             return self.writes[key]
         rec = self.db.local.get(key)
         self.reads.setdefault(key, rec.rsn if rec else 0)
-        if rec is None or rec.deleted:
-            return None
-        return rec.value
+        return live_value(rec)
 
 
 class TransactionEngine:
@@ -86,20 +111,8 @@ class TransactionEngine:
             raise CtdbError(ErrorCode.RETRY, "not the leader or in recovery: retry the commit")
         lock = self._commit_locks.setdefault(db.id, asyncio.Lock())
         async with lock:
-            for key, rsn in reads:
-                rec = db.local.get(bytes(key))
-                if (rec.rsn if rec else 0) != rsn:
-                    raise CtdbError(
-                        ErrorCode.BUSY,
-                        f"transaction conflict on {bytes(key)!r}: changed since read, retry",
-                    )
-            seqnum = db.seqnum() + 1
-            records: list[list[Any]] = []
-            for key, value in writes:
-                key = bytes(key)
-                old = db.local.get(key)
-                records.append([key, (old.rsn if old else 0) + 1, value])
-            records.append([SEQNUM_KEY, seqnum, Database.seqnum_record(seqnum, 0).value])
+            seqnum, new = next_version(db, reads, writes, node.pnn)
+            records = to_wire(new.items())
             members = list(node.vnnmap)
             generation = node.generation
             commit_id = next(self._ids)
@@ -145,10 +158,8 @@ class TransactionEngine:
             raise CtdbError(ErrorCode.RETRY, "generation changed during commit")
         if db.id in self._prepared:
             raise CtdbError(ErrorCode.BUSY, f"database {db.name} has a commit in progress")
-        puts: dict[bytes, Record | None] = {}
-        for key, rsn, value in records:
-            key = bytes(key)
-            puts[key] = Record(int(rsn), self.node.pnn, b"" if value is None else bytes(value))
+        # Each node's copy names itself in the header, as its own writes do.
+        puts = {k: Record(r.rsn, self.node.pnn, r.value) for k, r in from_wire(records).items()}
         try:
             db.local.prepare(puts)
         except Exception as exc:
