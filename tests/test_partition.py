@@ -5,9 +5,18 @@ daemon listens on its namespace's address on port 4379 and keeps its client
 socket in the node's directory under /tmp, so the test (in the host's
 network namespace) talks to every daemon through an ordinary Unix socket.
 `cut(2)` silently drops node 2's packets (no RST, no link-down): the
-survivors must notice by keepalive timeout, the isolated node must stop
-accepting writes (it has no quorum), and after `heal(2)` all three must
-agree on every record again.
+survivors must notice (tcp: keepalive timeout; vs: corosync's token), the
+isolated node must stop accepting writes (it has no quorum), and after
+`heal(2)` all three must agree on every record again.
+
+The test runs on both transports.  For "vs" every namespace also runs its
+own corosync (udpu, nodelist of the three namespace addresses, token 300 ms,
+as in tests/transport/test_vs_netns.py), and every ctdbd is started with
+``private_run=True`` so that it reaches its own node's corosync; its client
+socket stays in ``node_dir(i)/ctdb`` on disk, which the host can reach (the
+private /run and /dev/shm cannot be seen from outside).  With three nodes
+corosync notices a cut host after ~2.1 s (token 300 + 650 ms coefficient,
+then 1.2 x consensus), so the vs waits are longer.
 
 Everything (daemons, namespaces, directories) is removed even on failure:
 the cluster is a context manager and a module fixture sweeps leftovers of
@@ -31,6 +40,7 @@ from ctdb.config import SOCKET_NAME
 from ctdb.errors import CtdbError, ErrorCode
 from tools import netns
 from tools.netns import NetnsCluster
+from transport.corosync import render_config
 
 OK, WHY = netns.available()
 pytestmark = [
@@ -41,15 +51,33 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[1]
 PORT = 4379
 SIZE = 3
-TUNABLES = {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3}
+#: tcp: keepalives are the failure detector, so make them fast.  vs: corosync's
+#: token is; ctdbd's keepalives there only expel *hung* members through the
+#: ordered stream and must stay above the ~2.1 s ring stall a cut causes
+#: (with 0.2 x 3 every member expels every other during the stall), so vs
+#: keeps the defaults (1.0 s x 5).
+TUNABLES: dict[str, dict[str, float]] = {
+    "tcp": {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3},
+    "vs": {},
+}
+TOKEN_MS = 300
+TRANSPORTS = ["tcp", "vs"]
+#: Per transport: how long to wait for the cut to be noticed / for the heal,
+#: and the bound on detection (tcp: keepalive 0.2 s x 3 plus recovery).
+WAIT = {"tcp": 10.0, "vs": 20.0}
+HEAL_WAIT = {"tcp": 20.0, "vs": 30.0}
+DETECT_BOUND = {"tcp": 0.2 * 3 + 1.0 + 1.0, "vs": 5.0}
 
 
 class NetnsCtdb:
-    """One ctdbd per namespace, configured by this test."""
+    """One ctdbd (and for vs one corosync) per namespace, configured by this test."""
 
-    def __init__(self, net: NetnsCluster) -> None:
+    def __init__(self, net: NetnsCluster, transport: str) -> None:
         self.net = net
+        self.transport = transport
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.corosyncs: dict[int, subprocess.Popen[bytes]] = {}
+        self.group = f"ctdbpart{uuid.uuid4().hex[:10]}"
 
     def node_dir(self, i: int) -> Path:
         return self.net.node_dir(i)
@@ -68,19 +96,22 @@ class NetnsCtdb:
             (d / "nodes").write_text("".join(f"{a}\n" for a in addresses))
             lines = [
                 "[cluster]",
-                "transport = tcp",
+                f"transport = {self.transport}",
                 f"nodes = {d / 'nodes'}",
                 f"address = {addresses[i]}",
                 f"port = {PORT}",
                 "[database]",
-                f"state dir = {self.node_dir(i) / 'state'}",
+                f"state dir = {d / 'db'}",
                 "[server]",
                 f"run dir = {d}",
                 "[logging]",
                 f"file = {self.log(i)}",
                 "level = INFO",
-                "[tunables]",
-            ] + [f"{k} = {v}" for k, v in TUNABLES.items()]
+            ]
+            if self.transport == "vs":
+                lines += ["[transport]", f"group = {self.group}"]
+            tunables = TUNABLES[self.transport]
+            lines += ["[tunables]"] + [f"{k} = {v}" for k, v in tunables.items()]
             (d / "ctdb.conf").write_text("\n".join(lines) + "\n")
 
     def start(self, i: int) -> None:
@@ -95,6 +126,7 @@ class NetnsCtdb:
                     "--config",
                     str(self.node_dir(i) / "ctdb" / "ctdb.conf"),
                 ],
+                private_run=self.transport == "vs",
                 stdout=err,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
@@ -103,16 +135,50 @@ class NetnsCtdb:
         finally:
             err.close()
 
+    # -- corosync (vs only) ----------------------------------------------------
+    def start_corosync(self, i: int) -> None:
+        state = self.node_dir(i) / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        conf = state / "corosync.conf"
+        conf.write_text(render_config(state, token_ms=TOKEN_MS, nodes=self.net.addresses()))
+        with open(state / "corosync.stderr", "ab") as out:
+            self.corosyncs[i] = self.net.popen(
+                i,
+                ["corosync", "-f", "-c", str(conf)],
+                private_run=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def votes(self, i: int) -> int | None:
+        """Total votes node i's corosync counts (None: not answering)."""
+        r = self.net.run(i, ["corosync-quorumtool", "-s"], private_run=True, timeout=10)
+        for line in r.stdout.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Total votes":
+                return int(value)
+        return None
+
+    def wait_votes(self, want: int, timeout: float = 20.0) -> float:
+        start = time.monotonic()
+        while (got := [self.votes(i) for i in range(self.net.n)]) != [want] * self.net.n:
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"corosync votes {got}, want {want}\n{self.logs()}")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        for procs in (self.procs, self.corosyncs):
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs.values():
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
 
     def client(self, i: int, timeout: float = 20.0) -> Client:
         return Client(self.socket(i), timeout=timeout)
@@ -125,9 +191,13 @@ class NetnsCtdb:
     def logs(self) -> str:
         out = []
         for i in range(self.net.n):
-            if self.log(i).exists():
-                out.append(f"--- node {i} ---")
-                out += self.log(i).read_text(errors="replace").splitlines()[-25:]
+            paths = [self.log(i), self.node_dir(i) / "ctdb" / "ctdbd.stderr"]
+            if self.transport == "vs":
+                paths.append(self.node_dir(i) / "state" / "corosync.log")
+            for path in paths:
+                if path.exists():
+                    out.append(f"--- node {i}: {path.name} ---")
+                    out += path.read_text(errors="replace").splitlines()[-25:]
         return "\n".join(out)
 
 
@@ -171,12 +241,17 @@ def _sweep() -> Iterator[None]:
     yield
 
 
-@pytest.fixture
-def ctdb() -> Iterator[NetnsCtdb]:
+@pytest.fixture(params=TRANSPORTS)
+def ctdb(request: pytest.FixtureRequest) -> Iterator[NetnsCtdb]:
     net = NetnsCluster(SIZE, prefix=netns.unique_prefix(f"p{uuid.uuid4().hex[:6]}"))
     with net:  # down() kills everything in our namespaces, removes namespaces and dirs
-        cluster = NetnsCtdb(net)
+        cluster = NetnsCtdb(net, str(request.param))
         try:
+            if cluster.transport == "vs":
+                for i in range(SIZE):
+                    cluster.start_corosync(i)
+                took = cluster.wait_votes(SIZE)
+                print(f"corosync ring of {SIZE} formed after {took:.2f}s")
             cluster.write_configs()
             for i in range(SIZE):
                 cluster.start(i)
@@ -187,6 +262,7 @@ def ctdb() -> Iterator[NetnsCtdb]:
 
 
 def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -> None:
+    wait, heal_wait = WAIT[ctdb.transport], HEAL_WAIT[ctdb.transport]
     vdb, pdb = f"vol_{uuid.uuid4().hex[:6]}", f"per_{uuid.uuid4().hex[:6]}"
     with ctdb.client(0) as c:
         c.attach(vdb)
@@ -207,13 +283,16 @@ def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -
     wait_for(
         "node 2 to lose quorum",
         lambda: ctdb.status(2)["recovery_mode"] == "RECOVERY" and not ctdb.status(2)["quorum"],
-        10,
+        wait,
         ctdb,
     )
+    lost = time.monotonic() - cut_at
     # The majority side recovers without it.
-    wait_for("nodes 0 and 1 to recover without 2", lambda: healthy(ctdb, [0, 1]), 10, ctdb)
+    wait_for("nodes 0 and 1 to recover without 2", lambda: healthy(ctdb, [0, 1]), wait, ctdb)
     detected = time.monotonic() - cut_at
-    assert detected < 0.2 * 3 + 1.0 + 1.0, detected
+    print(f"{ctdb.transport}: node 2 lost quorum after {lost:.2f}s, "
+          f"0 and 1 healthy without it after {detected:.2f}s")
+    assert detected < DETECT_BOUND[ctdb.transport], detected
     st = ctdb.status(0)
     assert st["generation"] != gen and st["nodes"][2]["state"] == "DISCONNECTED"
 
@@ -240,7 +319,9 @@ def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -
     expected_v.update({f"pre{i}_{k}": f"v{i}_{k}" for i in (0, 1) for k in range(5)})
 
     ctdb.net.heal(2)
-    wait_for("all three nodes healthy again", lambda: healthy(ctdb, [0, 1, 2]), 20, ctdb)
+    healed_at = time.monotonic()
+    wait_for("all three nodes healthy again", lambda: healthy(ctdb, [0, 1, 2]), heal_wait, ctdb)
+    print(f"{ctdb.transport}: all three healthy {time.monotonic() - healed_at:.2f}s after heal")
     with ctdb.client(2) as c:
         c.store(vdb, "after", "healed")  # node 2 accepts writes again
     expected_v["after"] = "healed"
