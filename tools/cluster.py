@@ -23,6 +23,7 @@ from typing import Any
 from ctdb.client import Client
 from ctdb.config import DEFAULT_PORT, SOCKET_NAME
 from ctdb.errors import CtdbError
+from transport.corosync import pid_alive
 
 STATE_FILE = "cluster.json"
 
@@ -162,7 +163,7 @@ class LocalCluster:
         if self._corosync is not None:
             self._corosync.stop()
             self._corosync = None
-        elif self.corosync_pid is not None and _pid_alive(self.corosync_pid):
+        elif self.corosync_pid is not None and pid_alive(self.corosync_pid):
             os.kill(self.corosync_pid, signal.SIGTERM)
             _wait_gone(self.corosync_pid, 10.0)
         self.corosync_pid = None
@@ -249,16 +250,6 @@ class LocalCluster:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_our_process(pid: int, config: Path) -> bool:
     """True only if `pid` is a live ctdbd started with our config file."""
     try:
@@ -282,7 +273,7 @@ def _wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _reap(pid)
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return
         try:
             if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":

@@ -122,7 +122,8 @@ def corosync_running() -> bool:
     return cpg_usable()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (zombies included), without signalling it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -142,7 +143,7 @@ def cleanup_stale_shm(pids: Iterable[int], shm: Path = Path("/dev/shm")) -> list
     started) are touched, and only once that pid is dead, so other users'
     live connections are never affected.  Returns what was removed.
     """
-    dead = {str(p) for p in pids if not _pid_alive(p)}
+    dead = {str(p) for p in pids if not pid_alive(p)}
     removed: list[Path] = []
     if not dead:
         return removed
