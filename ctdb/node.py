@@ -124,6 +124,7 @@ class Node:
         self.peers: dict[int, NodeState] = {}
         #: loop time a peer's state was last received (liveness on vs)
         self.heard: dict[int, float] = {}
+        self._expelling: set[int] = set()
         self.last_recovery: dict[str, float] = {}
 
         self.dbs: dict[int, Database] = {}
@@ -375,13 +376,13 @@ class Node:
         for pnn in list(self.peers):
             if pnn not in view:
                 del self.peers[pnn]
-        for pnn in list(self.heard):
-            if pnn not in view:
-                del self.heard[pnn]
         for pnn in range(len(self.nodes)):
             if pnn not in view:
                 self.controls.fail_node(pnn)
         if self.ordered is not None:
+            now = asyncio.get_running_loop().time()
+            self.heard = dict.fromkeys(view.members, now)  # silence before the view is explained
+            self._expelling.clear()
             self.ordered.on_view(view)
             return
         lost = [p for p in self.vnnmap if p not in view]
@@ -498,14 +499,18 @@ class Node:
         assert self.ordered is not None
         now = asyncio.get_running_loop().time()
         limit = self.tunable("KeepaliveInterval") * self.tunable("KeepaliveLimit")
-        for pnn in self.ordered.members:
-            if pnn == self.pnn:
-                continue
-            last = self.heard.setdefault(pnn, now)
-            if now - last > limit:
-                log.warning("node %d silent for %.1fs: expelling it", pnn, now - last)
+        others = [p for p in self.ordered.members if p != self.pnn]
+        for pnn in others:
+            self.heard.setdefault(pnn, now)
+        for pnn in others:
+            # Silence of everyone is the ring stalling (corosync re-forming
+            # it after a loss): its token timeout decides that case. Expel
+            # only a member that is silent while another one is heard.
+            ring_works = any(now - self.heard[q] <= limit for q in others if q != pnn)
+            if now - self.heard[pnn] > limit and ring_works and pnn not in self._expelling:
+                log.warning("node %d silent for %.1fs: expelling it", pnn, now - self.heard[pnn])
+                self._expelling.add(pnn)  # once per view; its silence still counts
                 self.ordered.expel(pnn)
-                self.heard[pnn] = now
 
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None:
         old = self.flags

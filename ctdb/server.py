@@ -15,6 +15,7 @@ registrations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -240,7 +241,9 @@ class ClientServer:
             for session in list(self.sessions):
                 session.transport.abort()
                 session.close()
-            await self._server.wait_closed()
+            # uvloop waits for every connection to be gone; never hang shutdown on it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
         if self.path.exists():
             self.path.unlink()

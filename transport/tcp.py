@@ -18,6 +18,7 @@ keepalive. The first frame on a connection is a hello naming the sender's pnn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -53,6 +54,7 @@ class _Incoming(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.owner._accepted.add(self)
 
     def release_early(self) -> None:
         early, self.early = self.early, None
@@ -98,6 +100,7 @@ class _Incoming(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._accepted.discard(self)
         if self.src is not None:
             self.owner._incoming_down(self.src, self)
 
@@ -156,6 +159,7 @@ class TcpTransport(Transport):
         self._server: asyncio.Server | None = None
         self._out: dict[int, _Outgoing] = {}
         self._in: dict[int, _Incoming] = {}
+        self._accepted: set[_Incoming] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -188,12 +192,13 @@ class TcpTransport(Transport):
         for out in list(self._out.values()):
             if out.transport is not None:
                 out.transport.abort()
-        for inc in list(self._in.values()):
+        for inc in list(self._accepted):  # also those still before their hello
             if inc.transport is not None:
                 inc.transport.abort()
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
     def send(self, pnn: int, payload: bytes) -> None:
