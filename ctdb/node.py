@@ -433,6 +433,7 @@ class Node:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+            log.info("released the cluster lock %s", self.cluster_lock)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -553,8 +554,9 @@ class Node:
                 pass
             self._recovery_wanted.clear()
             if not self._leader_candidate() or self.flags & INACTIVE:
-                if self.cluster_lock is not None and self.leader != self.pnn:
-                    self._release_lock_file()
+                # Hand the lock file to the node that should lead now (a
+                # lower pnn appeared, or we were stopped); it recovers next.
+                self._release_lock_file()
                 continue
             if not self._needs_recovery():
                 continue

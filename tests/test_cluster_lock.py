@@ -74,3 +74,31 @@ def test_lock_holder_serves_alone_and_lock_moves_on_leader_death(tmp_path: Path)
             assert cl.call("fetch", db=db, key=b"alone") == b"2"
     finally:
         c.down()
+
+
+@pytest.mark.timeout(120)
+def test_a_lower_pnn_arriving_later_gets_the_lock(tmp_path: Path) -> None:
+    """Nodes 1 and 2 form the cluster first (node 1 takes the lock); when node 0
+    arrives it is the rightful leader, so node 1 must hand the lock over."""
+    import random
+
+    from tools.cluster import LocalCluster
+
+    lock = tmp_path / "cluster.lock"
+    c = LocalCluster(
+        tmp_path / "c", port=random.randint(20000, 60000),
+        base=f"127.{random.randint(10, 250)}.{random.randint(0, 250)}",
+        cluster_lock=lock, tunables=TUNABLES,
+    )
+    try:
+        c.write_configs()
+        c.start_node(1)
+        c.start_node(2)
+        c.wait_healthy(20, nodes=[1, 2])
+        assert c.status(1)["leader"] == 1 and lock_is_held(lock)
+        c.start_node(0)
+        c.wait_healthy(20, nodes=[0, 1, 2])
+        assert c.status(2)["leader"] == 0
+        assert lock_is_held(lock)
+    finally:
+        c.down()
