@@ -51,7 +51,6 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ctdb.client import Client  # noqa: E402
 from ctdb.client_async import AsyncClient  # noqa: E402
 from ctdb.errors import CtdbError, ErrorCode  # noqa: E402
 from ctdb.ltdb import DEFAULT_HASH_SIZE, TDB_MUTEX_LOCKING, Record  # noqa: E402
@@ -207,20 +206,6 @@ async def _bulk_commit(c: LocalCluster, db: str, n: int, per_tx: int = 10_000) -
         await cl.close()
 
 
-def commit(cl: Client, db: str, items: dict[bytes, bytes]) -> None:
-    for _ in range(100):
-        try:
-            with cl.transaction(db) as tx:
-                for k, v in items.items():
-                    tx.store(k, v)
-            return
-        except CtdbError as exc:
-            if exc.code not in (ErrorCode.BUSY, ErrorCode.RETRY):
-                raise
-            time.sleep(0.02)
-    raise RuntimeError("commit kept failing")
-
-
 # -- measurements ------------------------------------------------------------------------
 
 
@@ -261,7 +246,7 @@ def bench_kill_to_served(clusters: Clusters, plan: Plan) -> dict[str, Any]:
         asyncio.run(_bulk_store(c, vdb, plan.serve_keys, status["vnnmap"]))
         owner = {i: lmaster(key(i), status["vnnmap"]) for i in range(plan.serve_keys)}
         with c.client(0) as cl:
-            commit(cl, pdb, {key(i): value(i) for i in range(200)})
+            cl.transact(pdb, {key(i): value(i) for i in range(200)})
         old = c.status(0)["generation"]
         t0 = time.monotonic()
         c.kill_node(2)
@@ -317,7 +302,7 @@ def bench_forced(clusters: Clusters, plan: Plan) -> dict[str, Any]:
         cl.attach("forced_p", "persistent")
         for i in range(100):
             cl.store("forced_v", key(i), value(i))
-        commit(cl, "forced_p", {key(i): value(i) for i in range(100)})
+        cl.transact("forced_p", {key(i): value(i) for i in range(100)})
     walls, inside = [], []
     for _ in range(max(3, plan.repeats)):
         wall, daemon = forced_recovery(c)

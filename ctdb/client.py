@@ -12,8 +12,9 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +144,31 @@ class Client:
 
     def transaction(self, db: str) -> Transaction:
         return Transaction(self, db, self.call("trans_start", db=db))
+
+    def transact(
+        self, db: str, writes: Mapping[bytes | str, bytes | str | None], attempts: int = 50
+    ) -> int:
+        """Commit `writes` (None deletes) in one transaction, retried on conflict.
+
+        BUSY (another commit got there first) and RETRY (a recovery cut the
+        commit short) are safe to retry: the commit re-validates what the
+        transaction read. After `attempts` the last error is raised. Returns
+        the database's new sequence number.
+        """
+        for attempt in range(attempts):
+            tx = self.transaction(db)
+            for key, value in writes.items():
+                if value is None:
+                    tx.delete(key)
+                else:
+                    tx.store(key, value)
+            try:
+                return tx.commit()
+            except CtdbError as exc:
+                if exc.code not in (ErrorCode.BUSY, ErrorCode.RETRY) or attempt == attempts - 1:
+                    raise
+                time.sleep(min(0.05, 0.01 * (attempt + 1)))  # ~2.3 s in all: a recovery's length
+        raise ValueError("attempts must be at least 1")
 
     # -- messaging ---------------------------------------------------------------------
 

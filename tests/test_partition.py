@@ -219,20 +219,6 @@ def healthy(ctdb: NetnsCtdb, nodes: list[int]) -> bool:
     )
 
 
-def commit(client: Client, db: str, items: dict[str, str]) -> None:
-    for _ in range(50):
-        try:
-            with client.transaction(db) as tx:
-                for k, v in items.items():
-                    tx.store(k, v)
-            return
-        except CtdbError as exc:
-            if exc.code not in (ErrorCode.BUSY, ErrorCode.RETRY):
-                raise
-            time.sleep(0.05)
-    raise AssertionError("transaction kept failing")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _sweep() -> Iterator[None]:
     netns.sweep_stale()
@@ -270,7 +256,7 @@ def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -
         with ctdb.client(i) as c:
             for k in range(5):
                 c.store(vdb, f"pre{i}_{k}", f"v{i}_{k}")
-            commit(c, pdb, {f"pre{i}": f"p{i}"})
+            c.transact(pdb, {f"pre{i}": f"p{i}"})
     with ctdb.client(2) as c:
         c.call("setvar", name="WaitForQuorum", value=0)
     gen = ctdb.status(0)["generation"]
@@ -288,8 +274,10 @@ def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -
     # The majority side recovers without it.
     wait_for("nodes 0 and 1 to recover without 2", lambda: healthy(ctdb, [0, 1]), wait, ctdb)
     detected = time.monotonic() - cut_at
-    print(f"{ctdb.transport}: node 2 lost quorum after {lost:.2f}s, "
-          f"0 and 1 healthy without it after {detected:.2f}s")
+    print(
+        f"{ctdb.transport}: node 2 lost quorum after {lost:.2f}s, "
+        f"0 and 1 healthy without it after {detected:.2f}s"
+    )
     assert detected < DETECT_BOUND[ctdb.transport], detected
     st = ctdb.status(0)
     assert st["generation"] != gen and st["nodes"][2]["state"] == "DISCONNECTED"
@@ -297,7 +285,7 @@ def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -
     with ctdb.client(2) as c:
         for op in (
             lambda: c.store(vdb, "pre2_0", "from the minority"),
-            lambda: commit(c, pdb, {"minority": "x"}),
+            lambda: c.transact(pdb, {"minority": "x"}),
         ):
             with pytest.raises(CtdbError) as err:
                 op()
@@ -311,7 +299,7 @@ def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -
                 assert c.fetch(vdb, f"pre{i}_{k}") == f"v{i}_{k}".encode()
                 c.store(vdb, f"during{i}_{k}", f"d{i}_{k}")
                 expected_v[f"during{i}_{k}"] = f"d{i}_{k}"
-            commit(c, pdb, {f"during{i}": f"dp{i}", "shared": f"s{i}"})
+            c.transact(pdb, {f"during{i}": f"dp{i}", "shared": f"s{i}"})
             expected_p.update({f"during{i}": f"dp{i}", "shared": f"s{i}"})
     # pre0/pre1 keys' dmasters are on the majority side.
     expected_v.update({f"pre{i}_{k}": f"v{i}_{k}" for i in (0, 1) for k in range(5)})

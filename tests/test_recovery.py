@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from ctdb.client import Client
 from ctdb.errors import CtdbError, ErrorCode
 from tools.cluster import LocalCluster
 
@@ -150,21 +149,6 @@ def recovered(
     return None
 
 
-def commit(client: Client, db: str, items: dict[str, str], tries: int = 50) -> None:
-    """A persistent transaction, retried on BUSY/RETRY as the API asks."""
-    for _ in range(tries):
-        try:
-            with client.transaction(db) as tx:
-                for k, v in items.items():
-                    tx.store(k, v)
-            return
-        except CtdbError as exc:
-            if exc.code not in (ErrorCode.BUSY, ErrorCode.RETRY):
-                raise
-            time.sleep(0.05)
-    raise AssertionError(f"transaction on {db} kept failing")
-
-
 def nodestatus(c: LocalCluster, pnn: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(CTDBTOOL), "--socket", c.socket(pnn), "nodestatus"],
@@ -194,7 +178,7 @@ def test_kill9_detect_recover_and_serve(cluster: LocalCluster) -> None:
     persistent: dict[str, str] = {}
     for p in range(3):  # commits started on every node, each acknowledged
         items = {f"p{p}_{i}": f"pv{p}_{i}" for i in range(20)}
-        commit(clients[p], pdb, items)
+        clients[p].transact(pdb, items)
         persistent.update(items)
     old_gen = c.status(0)["generation"]
     for cl in clients:
@@ -229,7 +213,7 @@ def test_kill9_detect_recover_and_serve(cluster: LocalCluster) -> None:
                 assert cl.fetch(pdb, key) == value.encode(), (p, key)
             # And the survivors accept new writes of both kinds.
             cl.store(vdb, f"after{p}", "x")
-            commit(cl, pdb, {f"after{p}": "y"})
+            cl.transact(pdb, {f"after{p}": "y"})
     with c.client(1) as cl:
         assert cl.fetch(vdb, "after0") == b"x"
         assert cl.fetch(pdb, "after0") == b"y"
@@ -303,7 +287,7 @@ def _persistent_while_away(
     db = _name("per")
     with c.client(0) as cl:
         cl.attach(db, "persistent")
-        commit(cl, db, {"before": "1"})
+        cl.transact(db, {"before": "1"})
     old_gen = c.status(0)["generation"]
     away()
     wait_for("recovery without node 2", lambda: recovered(c, [0, 1], old_gen), 10)
@@ -312,7 +296,7 @@ def _persistent_while_away(
         with c.client(p) as cl:
             for i in range(5):
                 items = {f"n{p}_{i}": f"v{p}_{i}", "shared": f"{p}_{i}"}
-                commit(cl, db, items)
+                cl.transact(db, items)
                 expected.update(items)
     back()
     c.wait_healthy(15, nodes=[0, 1, 2])
@@ -571,7 +555,7 @@ def test_survivor_without_quorum_stops_serving(cluster: LocalCluster) -> None:
         cl.attach(pdb, "persistent")
         for i in range(20):
             cl.store(vdb, f"k{i}", f"v{i}")
-        commit(cl, pdb, {f"k{i}": f"v{i}" for i in range(20)})
+        cl.transact(pdb, {f"k{i}": f"v{i}" for i in range(20)})
         cl.call("setvar", name="WaitForQuorum", value=0)
     c.kill_node(1)
     c.kill_node(2)

@@ -340,21 +340,8 @@ def pfetch(c: Ctx, db: str, key: str) -> None:
 
 
 def _ptransaction(c: Ctx, db: str, ops: list[tuple[bytes, bytes | None]]) -> int:
-    """Run one transaction, retrying when another commit got there first."""
-    for _attempt in range(20):
-        tx = c.client.call("trans_start", db=db)
-        for key, value in ops:
-            if value is None:
-                c.client.call("trans_delete", tx=tx, key=key)
-            else:
-                c.client.call("trans_store", tx=tx, key=key, value=value)
-        try:
-            seqnum: int = c.client.call("trans_commit", tx=tx)
-            return seqnum
-        except CtdbError as exc:
-            if exc.code not in (ErrorCode.BUSY, ErrorCode.RETRY):
-                raise
-    raise CtdbError(ErrorCode.BUSY, "transaction kept conflicting; gave up after 20 attempts")
+    """One transaction, retried when another commit got there first."""
+    return c.client.transact(db, dict(ops))
 
 
 @main.command()
