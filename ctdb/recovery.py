@@ -41,8 +41,8 @@ async def _on_all(node: Node, members: list[int], op: str, args: dict[str, Any])
     )
 
 
-async def recover(node: Node, members: list[int], rng: random.Random) -> float:
-    """Run one recovery over `members` (this node included); returns its duration."""
+async def recover(node: Node, members: list[int], rng: random.Random) -> None:
+    """Run one recovery over `members` (this node included)."""
     started = time.monotonic()
     generation = rng.randrange(2, 2**31)
     log.info("recovery: generation %d over nodes %s", generation, members)
@@ -98,6 +98,4 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> float:
         {"generation": generation, "vnnmap": members, "leader": node.pnn, "epoch": epoch},
     )
     await _on_all(node, members, "thaw", {"generation": generation})
-    duration = time.monotonic() - started
-    log.info("recovery: generation %d done in %.3fs", generation, duration)
-    return duration
+    log.info("recovery: generation %d done in %.3fs", generation, time.monotonic() - started)

@@ -395,15 +395,3 @@ def simulate(seed: int, mode: str, **kwargs: Any) -> Outcome:
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
-
-
-def simulate_many(
-    seeds: range, mode: str, progress: Callable[[Outcome], None] | None = None, **kwargs: Any
-) -> list[Outcome]:
-    outcomes = []
-    for seed in seeds:
-        outcome = simulate(seed, mode, **kwargs)
-        outcomes.append(outcome)
-        if progress is not None:
-            progress(outcome)
-    return outcomes
