@@ -74,13 +74,24 @@ class LocalDb:
             self._tdb = tdb.Tdb(str(path), hash_size, flags, os.O_RDWR | os.O_CREAT, 0o600)
         except (OSError, RuntimeError) as exc:
             raise CtdbError(ErrorCode.IO, f"cannot open {path}: {exc}") from exc
+        #: While a two-phase commit is prepared: the committed value of every
+        #: key it writes (None: absent). The open TDB transaction shows its
+        #: own uncommitted writes to this handle; readers must not see them.
+        self._committed: dict[bytes, bytes | None] | None = None
 
     def close(self) -> None:
         self._tdb.close()
 
     def get(self, key: bytes) -> Record | None:
-        data = self._tdb.get(key)
+        data = self._read(key)
         return None if data is None else Record.unpack(data)
+
+    def _read(self, key: bytes) -> bytes | None:
+        """Committed data only, also while a prepared commit is open."""
+        if self._committed is not None and key in self._committed:
+            return self._committed[key]
+        data: bytes | None = self._tdb.get(key)
+        return data
 
     def put(self, key: bytes, record: Record) -> None:
         self._tdb.store(key, record.pack(), tdb.REPLACE)
@@ -90,13 +101,17 @@ class LocalDb:
             self._tdb.delete(key)
 
     def items(self) -> Iterator[tuple[bytes, Record]]:
-        for key in list(self._tdb.keys()):
-            data = self._tdb.get(key)
+        keys = list(self._tdb.keys())
+        if self._committed is not None:
+            # Keys the prepared commit deletes are still committed data.
+            keys += [k for k, v in self._committed.items() if v is not None and k not in self._tdb]
+        for key in keys:
+            data = self._read(key)
             if data is not None:
                 yield key, Record.unpack(data)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._tdb.keys())
+        return sum(1 for _ in self.items())
 
     def clear(self) -> None:
         self._tdb.clear()
@@ -109,14 +124,20 @@ class LocalDb:
         `None` removes the key; `replace_all` first wipes the file, which is
         how recovery installs a database pulled from another node.
         """
-        self.prepare(puts, replace_all=replace_all)
-        self.commit_prepared()
+        self._prepare(puts, replace_all=replace_all)
+        self._tdb.transaction_commit()
 
     # Two-phase commit for persistent transactions: prepare writes everything
     # and fsyncs the recovery area, so the final commit cannot fail for space.
+    # Until it is committed, readers of this handle see the committed values.
 
-    def prepare(self, puts: Mapping[bytes, Record | None], *, replace_all: bool = False) -> None:
+    def prepare(self, puts: Mapping[bytes, Record | None]) -> None:
         """Write `puts` in an open, prepared TDB transaction (commit or cancel it next)."""
+        committed = {key: self._tdb.get(key) for key in puts}
+        self._prepare(puts, replace_all=False)
+        self._committed = committed
+
+    def _prepare(self, puts: Mapping[bytes, Record | None], *, replace_all: bool) -> None:
         t = self._tdb
         t.transaction_start()
         try:
@@ -134,7 +155,9 @@ class LocalDb:
             raise
 
     def commit_prepared(self) -> None:
+        self._committed = None
         self._tdb.transaction_commit()
 
     def cancel_prepared(self) -> None:
+        self._committed = None
         self._tdb.transaction_cancel()

@@ -180,6 +180,34 @@ def test_prepare_then_cancel(tmp_path: Path) -> None:
         db.close()
 
 
+def test_readers_see_only_committed_data_while_a_commit_is_prepared(tmp_path: Path) -> None:
+    """The open TDB transaction shows its writes to its own handle: no dirty reads."""
+    db = LocalDb(tmp_path / "p.tdb", persistent=True)
+    try:
+        db.put(b"changed", Record(1, 0, b"old"))
+        db.put(b"deleted", Record(1, 0, b"here"))
+        committed = dict(db.items())
+        db.prepare(
+            {
+                b"changed": Record(2, 0, b"new"),
+                b"deleted": None,
+                b"created": Record(1, 0, b"c"),
+            }
+        )
+        assert db.get(b"changed") == Record(1, 0, b"old")
+        assert db.get(b"deleted") == Record(1, 0, b"here")
+        assert db.get(b"created") is None
+        assert dict(db.items()) == committed
+        db.cancel_prepared()
+        assert dict(db.items()) == committed
+        db.prepare({b"changed": Record(2, 0, b"new"), b"deleted": None})
+        assert db.get(b"changed") == Record(1, 0, b"old")
+        db.commit_prepared()
+        assert dict(db.items()) == {b"changed": Record(2, 0, b"new")}
+    finally:
+        db.close()
+
+
 def test_prepared_but_never_committed_is_lost_on_close(tmp_path: Path) -> None:
     path = tmp_path / "p.tdb"
     db = LocalDb(path, persistent=True)
