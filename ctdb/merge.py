@@ -28,10 +28,14 @@ def merge_volatile(copies: Mapping[int, Mapping[bytes, Record]]) -> dict[bytes, 
 
     The highest RSN wins: every migration and every update bumps it, so it is
     the newest version, and a deletion (an empty value with a higher RSN)
-    beats the value it deleted. Among equal RSNs the node that believed itself
-    dmaster wins, then the lowest pnn, so every run decides alike. The
-    winner's holder stays dmaster: a record locked by a client there keeps
-    its lock across the recovery.
+    beats the value it deleted. RSNs carry the epoch of the recovery they
+    were written after in their high bits, so this holds across nodes that
+    missed recoveries too: a copy a partitioned node kept cannot outrank a
+    version the others wrote after recovering without it, and where nobody
+    wrote since, its copy is the newest acknowledged one and comes back.
+    Among equal RSNs the node that believed itself dmaster wins, then the
+    lowest pnn, so every run decides alike. The winner's holder stays
+    dmaster.
     """
     best: dict[bytes, tuple[int, int, int, Record]] = {}
     for pnn in sorted(copies):
@@ -49,19 +53,36 @@ def merge_volatile(copies: Mapping[int, Mapping[bytes, Record]]) -> dict[bytes, 
 def persistent_source(seqnums: Mapping[int, int]) -> int:
     """The node whose persistent copy recovery distributes: highest sequence number.
 
-    A commit is acknowledged only after every active node applied it, so the
-    highest sequence number holds every acknowledged transaction.
+    Called with the nodes of the latest epoch only (`newest_epoch_members`).
+    Why that copy holds every acknowledged commit, whatever restarted:
+
+    * A recovery pushes one copy to every member, then stores the new epoch
+      durably on each member (`ctdb.durable`). A member's epoch E therefore
+      certifies: "my copy is the one recovery E distributed, plus the commits
+      I applied since".
+    * A commit in epoch E is acknowledged only after every member of E's
+      vnnmap committed it (fsync'd). Every node that stored epoch E is such a
+      member, so each of them holds every commit acknowledged in epoch E, in
+      the order the leader serialised them; they differ at most by the last,
+      unacknowledged commit, which the highest sequence number settles
+      (all-or-nothing becomes all).
+    * A node with an older epoch missed a recovery, and any commits after it:
+      its sequence number means nothing next to the others' (it may even
+      hold a commit nobody acknowledged at a number the others also reached),
+      so it is not asked. A node that crashed and restarted keeps its epoch
+      and its fsync'd file, so it still counts; one that was hung (SIGSTOP)
+      while the others recovered has an older epoch, however long it slept.
     """
     return max(sorted(seqnums), key=lambda pnn: seqnums[pnn])
 
 
 def newest_epoch_members(epochs: Mapping[int, int]) -> list[int]:
-    """Nodes that took part in the latest recovery; only their volatile data counts.
+    """Nodes that took part in the latest recovery; only their persistent copies count.
 
-    A node that rejoins (restarted, unbanned, healed from a partition) missed
-    what happened meanwhile: as in CTDB its volatile records are discarded
-    instead of being merged, since an old copy could carry a higher RSN than
-    the version the others rebuilt after losing the record's dmaster.
+    A node that rejoins after missing a recovery (unbanned, continued after a
+    hang, healed from a partition) may lack commits the others acknowledged
+    meanwhile (see `persistent_source`). Epochs are durable, so a node that
+    merely restarted is still current.
     """
     top = max(epochs.values())
     return sorted(p for p, e in epochs.items() if e == top)

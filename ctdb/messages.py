@@ -105,7 +105,12 @@ class Ordered:
 
 @dataclass(slots=True)
 class NodeState:
-    """What a node tells every peer about itself, on change and with each keepalive."""
+    """What a node tells every peer about itself, on change and with each keepalive.
+
+    `stamp` is the sender's clock when it sent this, `seen` the latest stamp
+    it received from each peer: echoed stamps confirm a node's lease to serve
+    (see `ctdb.lease`).
+    """
 
     TYPE: ClassVar[int] = 8
     pnn: int
@@ -113,6 +118,8 @@ class NodeState:
     generation: int
     recovery_mode: int
     leader: int
+    stamp: float
+    seen: dict[int, float]
 
 
 Message = (

@@ -10,11 +10,21 @@ forwards always reaches a node that holds, or is about to hold, the record.
 
 Every hand-over bumps the RSN and the giver keeps its copy, so if a hand-over
 is cut short by a recovery the newest copy still exists somewhere and the
-recovery merge finds it.
+recovery merge finds it. RSNs carry the recovery epoch in their high 32 bits
+(`next_rsn`): a version written after a recovery outranks every version
+from before it, so the merge may take every node's copy, also that of a
+node which missed recoveries, without an old copy beating a newer write.
 
 Records can be locked by a client (`fetch_lock`). A call for a locked record
 waits at its dmaster until the lock is released; then remote callers go
 first, which keeps a record shared between busy nodes moving fairly.
+
+A lock lives in the generation it was granted in. A recovery pulls every
+node's records, merges them and pushes the result back; a write made in
+between would be overwritten by the push after its client was told it
+succeeded. So the freeze that starts a recovery voids every lock, and a
+`store_unlock` that comes later fails with a retryable error instead of
+writing: the client takes the lock again and redoes its update.
 """
 
 from __future__ import annotations
@@ -60,6 +70,8 @@ class MigrationEngine:
         self.node = node
         self._keys: dict[tuple[int, bytes], KeyState] = {}
         self._calls_out: dict[tuple[int, bytes], asyncio.Future[None]] = {}
+        #: locks a freeze took away, by record: their holders get a clear error
+        self._voided: dict[tuple[int, bytes], object] = {}
 
     # -- the record operations a client asks for (see ctdb.engine) -----------
 
@@ -88,8 +100,15 @@ class MigrationEngine:
         return live_value(await self.acquire(db, key, session, lock=True))
 
     def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
+        if self._voided.get((db.id, key)) is session:
+            del self._voided[(db.id, key)]
+            raise CtdbError(
+                ErrorCode.RETRY,
+                f"the lock on {key!r} was lost to a recovery: nothing written, take the lock again",
+            )
         if not self.locked_by(db, key, session):
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
+        assert self.node.serving, "a freeze voids every lock"
         if value is not None:
             self.write(db, key, value)
         self.release(db, key, session)
@@ -111,7 +130,8 @@ class MigrationEngine:
             await self.commit(tx)
             return
         await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
-        await asyncio.gather(*(node.control(p, "wipe", {"db_id": db.id}) for p in node.vnnmap))
+        args = {"db_id": db.id, "generation": node.generation}
+        await asyncio.gather(*(node.control(p, "wipe", args) for p in node.vnnmap))
 
     async def traverse(self, db: Database) -> list[list[bytes]]:
         node = self.node
@@ -162,6 +182,8 @@ class MigrationEngine:
                 if ks is None or ks.holder is None or ks.holder is session:
                     if lock:
                         self._state(db, key).holder = session
+                        if self._voided.get((db.id, key)) is session:
+                            del self._voided[(db.id, key)]
                     return rec
                 await self._wait(ks.waiters, deadline, key)
             else:
@@ -174,6 +196,9 @@ class MigrationEngine:
 
     def release_all(self, session: object) -> None:
         """A client went away: drop every lock it held (the record stays here)."""
+        for ref, holder in list(self._voided.items()):
+            if holder is session:
+                del self._voided[ref]
         for (dbid, key), ks in list(self._keys.items()):
             if ks.holder is session:
                 ks.holder = None
@@ -185,10 +210,13 @@ class MigrationEngine:
         ks = self._keys.get((db.id, key))
         return ks is not None and ks.holder is session
 
+    def next_rsn(self, old: Record | None) -> int:
+        """The RSN of the next version: above the old one and stamped with the epoch."""
+        return max((old.rsn if old else 0) + 1, self.node.epoch << 32)
+
     def write(self, db: Database, key: bytes, value: bytes) -> Record:
         """Update a record this node is dmaster of (the caller checked that)."""
-        old = db.local.get(key)
-        rec = Record((old.rsn if old else 0) + 1, self.node.pnn, value)
+        rec = Record(self.next_rsn(db.local.get(key)), self.node.pnn, value)
         db.local.put(key, rec)
         return rec
 
@@ -197,7 +225,7 @@ class MigrationEngine:
     def on_call(self, call: Call) -> None:
         node = self.node
         db = node.dbs.get(call.db_id)
-        if db is None or call.generation != node.generation or not node.serving:
+        if db is None or not node.in_generation(call.generation):
             return
         key = call.key
         rec = db.local.get(key)
@@ -222,7 +250,7 @@ class MigrationEngine:
     def _give_away(self, db: Database, key: bytes, rec: Record | None, to: int) -> None:
         if to == self.node.pnn:
             return
-        rsn = (rec.rsn if rec else 0) + 1
+        rsn = self.next_rsn(rec)
         value = rec.value if rec else b""
         db.local.put(key, Record(rsn, to, value))
         lm = lmaster(key, self.node.vnnmap)
@@ -236,7 +264,7 @@ class MigrationEngine:
         """At the lmaster: note the new dmaster, then hand the record over."""
         node = self.node
         db = node.dbs.get(msg.db_id)
-        if db is None or msg.generation != node.generation or not node.serving:
+        if db is None or not node.in_generation(msg.generation):
             return
         db.local.put(msg.key, Record(msg.rsn, msg.new_dmaster, msg.value))
         if msg.new_dmaster == node.pnn:
@@ -250,7 +278,7 @@ class MigrationEngine:
     def on_dmaster_reply(self, msg: DmasterReply) -> None:
         node = self.node
         db = node.dbs.get(msg.db_id)
-        if db is None or msg.generation != node.generation or not node.serving:
+        if db is None or not node.in_generation(msg.generation):
             return
         old = db.local.get(msg.key)
         if old is None or old.rsn <= msg.rsn:
@@ -258,6 +286,14 @@ class MigrationEngine:
         self._arrived(db, msg.key)
 
     # -- recovery hooks --------------------------------------------------------
+
+    def freeze(self) -> None:
+        """Recovery begins: every lock is void (see the module docstring)."""
+        for ref, ks in self._keys.items():
+            if ks.holder is not None:
+                self._voided[ref] = ks.holder
+                ks.holder = None
+        self.reset()
 
     def reset(self) -> None:
         """Recovery: outstanding calls belong to a dead generation; waiters re-check."""
@@ -271,6 +307,7 @@ class MigrationEngine:
                 if not fut.done():
                     fut.set_result(None)
             ks.waiters.clear()
+        self._keys = {ref: ks for ref, ks in self._keys.items() if not ks.idle}
 
     # -- internals --------------------------------------------------------------
 

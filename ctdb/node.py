@@ -31,8 +31,10 @@ from ctdb import recovery
 from ctdb.config import TUNABLES, parse_tunable, read_nodes
 from ctdb.controls import ControlChannel
 from ctdb.database import Database, DbKind
+from ctdb.durable import read_counter, write_counter
 from ctdb.engine import RecordEngine
 from ctdb.errors import CtdbError, ErrorCode
+from ctdb.lease import Lease
 from ctdb.merge import from_wire, to_wire
 from ctdb.messages import (
     Call,
@@ -57,6 +59,8 @@ from transport.base import Transport, View
 log = logging.getLogger("ctdb.node")
 
 INVALID_GENERATION = 1
+#: In the state directory: the latest recovery epoch this node took part in.
+EPOCH_FILE = "recovery.epoch"
 
 
 class NodeFlags(IntFlag):
@@ -116,7 +120,10 @@ class Node:
         self.recovery_mode = RecoveryMode.RECOVERY
         self.vnnmap: list[int] = []
         self.leader = -1
-        self.epoch = 0
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._epoch_file = state_dir / EPOCH_FILE
+        #: the latest recovery this node took part in (durable: see ctdb.durable)
+        self.epoch = read_counter(self._epoch_file)
         self._frozen_generation = INVALID_GENERATION
         self._frozen_at = time.monotonic()
         self.flags = 0  # this node's own administrative flags
@@ -125,6 +132,7 @@ class Node:
         #: loop time a peer's state was last received (liveness on vs)
         self.heard: dict[int, float] = {}
         self._expelling: set[int] = set()
+        self.lease = Lease(pnn)
         self.last_recovery: dict[str, float] = {}
 
         self.dbs: dict[int, Database] = {}
@@ -199,7 +207,29 @@ class Node:
 
     @property
     def serving(self) -> bool:
-        return self.recovery_mode is RecoveryMode.NORMAL and not self.flags & INACTIVE
+        return (
+            self.recovery_mode is RecoveryMode.NORMAL
+            and not self.flags & INACTIVE
+            and (self.ordered is not None or self._lease_holds())
+        )
+
+    def in_generation(self, generation: int) -> bool:
+        """Messages between nodes count only within the generation that sent them.
+
+        Not `serving`: a record handed over while our lease is being renewed
+        must still arrive, or the hand-over is lost with nobody holding it.
+        """
+        return generation == self.generation and self.recovery_mode is RecoveryMode.NORMAL
+
+    def _lease_holds(self) -> bool:
+        """tcp: the other members confirmed lately that we still serve their generation."""
+        interval, limit = self.tunable("KeepaliveInterval"), self.tunable("KeepaliveLimit")
+        return self.lease.holds(
+            asyncio.get_running_loop().time(),
+            interval * (limit - 1),  # under the detection time: see ctdb.lease
+            len(self.nodes),
+            None if self.cluster_lock is None else self.leader,
+        )
 
     def on_ordered_state(self) -> None:
         """The ordered engine changed sync/quorum state: mirror it in CTDB's terms."""
@@ -250,6 +280,12 @@ class Node:
             return CtdbError(
                 ErrorCode.NO_QUORUM,
                 f"node {self.pnn} is in a partition without quorum: writes are refused",
+            )
+        if self.recovery_mode is RecoveryMode.NORMAL:
+            return CtdbError(
+                ErrorCode.RETRY,
+                f"node {self.pnn} has not heard lately that the cluster still counts it in: "
+                "not serving until it does",
             )
         return CtdbError(ErrorCode.RETRY, "recovery in progress: retry")
 
@@ -342,13 +378,24 @@ class Node:
         elif isinstance(msg, ClientMessage):
             self.deliver_message(msg.srvid, msg.src, msg.data)
         elif isinstance(msg, NodeState):
-            self.peers[msg.pnn] = msg
-            self.heard[msg.pnn] = asyncio.get_running_loop().time()
+            self._on_state(msg)
         elif isinstance(msg, Ordered):
             if self.ordered is None:
                 log.warning("ordered operation from node %d on a point-to-point cluster", src)
             else:
                 self.ordered.on_ordered(msg)
+
+    def _on_state(self, msg: NodeState) -> None:
+        now = asyncio.get_running_loop().time()
+        self.peers[msg.pnn] = msg
+        self.heard[msg.pnn] = now
+        same_generation = (
+            msg.generation == self.generation
+            and not msg.recovery_mode
+            and self.recovery_mode is RecoveryMode.NORMAL
+        )
+        if self.lease.on_state(msg.pnn, msg.stamp, msg.seen.get(self.pnn), same_generation, now):
+            self.transport.send(msg.pnn, self._state_payload())
 
     async def _answer_control(self, src: int, msg: Control) -> None:
         try:
@@ -376,6 +423,7 @@ class Node:
         for pnn in list(self.peers):
             if pnn not in view:
                 del self.peers[pnn]
+                self.lease.forget(pnn)
         for pnn in range(len(self.nodes)):
             if pnn not in view:
                 self.controls.fail_node(pnn)
@@ -457,11 +505,22 @@ class Node:
             "quorum": self.have_quorum() if self.cluster_lock is None else self.serving,
         }
 
-    def _announce(self) -> None:
-        state = NodeState(
-            self.pnn, self.flags, self.generation, int(self.recovery_mode), self.leader
+    def _state_payload(self) -> bytes:
+        stamp = asyncio.get_running_loop().time()
+        return encode(
+            NodeState(
+                self.pnn,
+                self.flags,
+                self.generation,
+                int(self.recovery_mode),
+                self.leader,
+                stamp,
+                dict(self.lease.seen),
+            )
         )
-        payload = encode(state)
+
+    def _announce(self) -> None:
+        payload = self._state_payload()
         for pnn in self.transport.view.members:
             if pnn != self.pnn:
                 self.transport.send(pnn, payload)
@@ -554,8 +613,13 @@ class Node:
                 pass
             self._recovery_wanted.clear()
             if not self._leader_candidate() or self.flags & INACTIVE:
-                # Hand the lock file to the node that should lead now (a
-                # lower pnn appeared, or we were stopped); it recovers next.
+                # Step down for the node that should lead now (a lower pnn
+                # appeared, or we were stopped): stop serving our generation,
+                # so our followers may follow the next leader, and hand it the
+                # lock file. It recovers next.
+                if self.leader == self.pnn and self.recovery_mode is RecoveryMode.NORMAL:
+                    log.info("stepping down as leader")
+                    self._freeze(INVALID_GENERATION)
                 self._release_lock_file()
                 continue
             if not self._needs_recovery():
@@ -582,14 +646,46 @@ class Node:
             self.recovery_mode = RecoveryMode.RECOVERY
             self._serving.clear()
             self.transactions.cancel_all()
-            self.migration.reset()
+            self.migration.freeze()
             self._announce()
+
+    def _check_vote(self, leader: int) -> None:
+        """Follow one leader at a time, so that two leaders never serve at once.
+
+        Views are each node's own: with the link 0-1 cut and both linked to
+        2, node 0 sees {0, 2} and node 1 sees {1, 2}, both majorities. Node
+        2 lets only the lowest active node it sees recover it, and not while
+        the leader of its current generation is still connected and has not
+        stepped down (a leader steps down, frozen, as soon as it sees a lower
+        node). So at most one of 0 and 1 can gather a majority.
+        """
+        if leader == self.pnn:
+            return
+        active = self.active_members()
+        if not active or active[0] != leader:
+            raise CtdbError(
+                ErrorCode.RETRY,
+                f"node {self.pnn} follows node {active[0] if active else '-'}, not node {leader}",
+            )
+        current = self.peers.get(self.leader)
+        if (
+            self.leader not in (-1, leader)
+            and current is not None
+            and current.leader == self.leader
+            and not current.recovery_mode
+            and not current.flags & INACTIVE
+        ):
+            raise CtdbError(
+                ErrorCode.RETRY,
+                f"node {self.pnn} still follows node {self.leader}, which has not stepped down",
+            )
 
     def _check_generation(self, args: dict[str, Any]) -> None:
         if args.get("generation") != self._frozen_generation:
             raise CtdbError(ErrorCode.RETRY, "recovery step from a superseded generation")
 
     def ctl_freeze(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        self._check_vote(src)
         self._freeze(int(args["generation"]))
         return {
             "epoch": self.epoch,
@@ -612,7 +708,12 @@ class Node:
         self._check_generation(args)
         self.vnnmap = [int(p) for p in args["vnnmap"]]
         self.leader = int(args["leader"])
-        self.epoch = int(args["epoch"])
+        epoch = int(args["epoch"])
+        if epoch != self.epoch:
+            # Written after the pushes: it certifies that our copies hold
+            # every commit acknowledged up to this recovery.
+            write_counter(self._epoch_file, epoch)
+            self.epoch = epoch
 
     def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
         self._check_generation(args)
@@ -620,6 +721,7 @@ class Node:
             raise CtdbError(ErrorCode.RETRY, f"node {self.pnn} became inactive")
         self.generation = self._frozen_generation
         self.recovery_mode = RecoveryMode.NORMAL
+        self.lease.new_generation()
         self._serving.set()
         self.last_recovery = {
             "duration": time.monotonic() - self._frozen_at,
@@ -703,19 +805,44 @@ class Node:
         db = self.db(int(args["db_id"]))
         if db.replicated:
             raise CtdbError(ErrorCode.INVALID, f"{db.name} is {db.kind.value}: wipe by transaction")
+        if not self.serving or args["generation"] != self.generation:
+            # A recovery started since: it may push back what we would wipe.
+            raise CtdbError(ErrorCode.RETRY, "recovery in progress: retry the wipe")
         db.local.clear()
 
-    def ctl_recover(self, src: int, args: dict[str, Any]) -> Awaitable[None] | None:
-        """Force a recovery (the leader's loop notices the frozen node).
+    async def ctl_recover(self, src: int, args: dict[str, Any]) -> None:
+        """Force a recovery and return once it has finished, as `ctdb recover` does.
 
-        On a virtually synchronous cluster replicas cannot diverge, so a
-        forced recovery is an ordered marker that starts a new generation.
+        Over tcp this node freezes, the leader's loop notices and recovers;
+        we wait for the new generation. On a virtually synchronous cluster
+        replicas cannot diverge, so a forced recovery is an ordered marker
+        that starts a new generation when it is delivered.
         """
+        if self.flags & INACTIVE:
+            state = NodeFlags.describe(self.flags & INACTIVE)
+            raise CtdbError(
+                ErrorCode.RETRY,
+                f"node {self.pnn} is {state} and takes no part in recoveries: "
+                "run recover on an active node",
+            )
+        timeout = self.tunable("RecoverTimeout")
+        try:
+            await asyncio.wait_for(self._recover(), timeout)
+        except TimeoutError:
+            raise CtdbError(
+                ErrorCode.TIMEOUT,
+                f"the recovery did not finish within RecoverTimeout ({timeout:g}s)",
+            ) from None
+
+    async def _recover(self) -> None:
         if self.ordered is not None:
-            return self.ordered.recover()
+            await self.ordered.recover()
+            return
+        before = self.generation
         self._freeze(INVALID_GENERATION)
         self._recovery_wanted.set()
-        return None
+        while self.recovery_mode is RecoveryMode.RECOVERY or self.generation == before:
+            await self._serving.wait()
 
     def ctl_setflags(self, src: int, args: dict[str, Any]) -> int:
         self.set_flags(int(args.get("set", 0)), int(args.get("clear", 0)))

@@ -3,10 +3,11 @@
 After any membership change the leader rebuilds a consistent cluster, as
 CTDB's recovery master does: freeze every active node (recovery mode
 RECOVERY, new generation pending), make every node attach every database,
-merge each volatile database (newest RSN per key), take each persistent
-database from the node with the highest sequence number (both from the
-nodes of the latest epoch only: a rejoining node's copy is stale), push the
-result everywhere, install the new vnnmap and generation, and thaw. Any
+merge each volatile database (newest RSN per key, from every member: RSNs
+carry the epoch), take each persistent database from the node with the
+highest sequence number among the nodes of the latest epoch (a rejoining
+node's copy may be stale), push the result everywhere, install the new
+vnnmap and generation (the epoch stored durably), and thaw. Any
 failure aborts the attempt; the caller retries with a fresh generation, so a
 half-done recovery never serves requests.
 """
@@ -72,13 +73,13 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> None:
     for name, kind in sorted(wanted.items()):
         dbid = node.db_by_name(name).id
         if kind == "volatile":
-            pulled = await _on_all(node, current, "pull", {"db_id": dbid, "generation": generation})
-            merged = merge_volatile({p: from_wire(r) for p, r in zip(current, pulled, strict=True)})
+            pulled = await _on_all(node, members, "pull", {"db_id": dbid, "generation": generation})
+            merged = merge_volatile({p: from_wire(r) for p, r in zip(members, pulled, strict=True)})
             records = to_wire(merged.items())
         else:
-            # Like volatile data, only the nodes of the latest epoch count: a
-            # rejoining node may hold a commit nobody acknowledged, with a
-            # sequence number as high as the commits it missed.
+            # Only the nodes of the latest epoch count: a rejoining node may
+            # hold a commit nobody acknowledged, with a sequence number as
+            # high as the commits it missed (see merge.persistent_source).
             seqnums = await _on_all(node, current, "getdbseqnum", {"db_id": dbid})
             source = persistent_source(dict(zip(current, seqnums, strict=True)))
             records = await node.control(

@@ -290,9 +290,16 @@ for _name in (
     "listvars",
     "getvar",
     "setvar",
-    "recover",
 ):
     op(_name)(_remote_or_local(_name))
+
+
+@op("recover")
+def _recover(s: Session, args: dict[str, Any]) -> Any:
+    """Returns when the recovery has finished (the node bounds it by RecoverTimeout)."""
+    node = s.node
+    timeout = max(node.tunable("CallTimeout"), node.tunable("RecoverTimeout") + 1)
+    return node.control(_target(s, args), "recover", args, timeout=timeout)
 
 
 @op("ping")

@@ -123,5 +123,5 @@ def test_newest_epoch_members() -> None:
     assert newest_epoch_members({0: 3, 1: 3, 2: 1}) == [0, 1]
     assert newest_epoch_members({2: 0, 0: 0}) == [0, 2]
     assert newest_epoch_members({5: 7}) == [5]
-    # a restarted node (epoch 0) does not count next to the survivors
+    # a node that missed the latest recoveries does not count next to the others
     assert newest_epoch_members({0: 0, 1: 4, 2: 4}) == [1, 2]

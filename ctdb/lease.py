@@ -1,0 +1,74 @@
+"""tcp: may this node serve right now? A lease confirmed by the other members.
+
+Over a point-to-point transport a node learns that it was left out of the
+cluster only by messages, and a node that was hung (SIGSTOP, a stalled VM)
+wakes up believing what it believed before: that it serves its generation.
+Meanwhile the others noticed its silence, recovered without it and moved on;
+if it answered a client before reading the news, that write would be
+acknowledged and then discarded by the next recovery.
+
+So a node serves only while its lease holds. Every `NodeState` a node sends
+carries a stamp (its own clock when it sent it) and echoes the latest stamp
+it received from every peer. When a peer that serves the same generation
+echoes our stamp `s`, it was alive, connected and in our generation after
+we sent `s`: our lease then lasts until `s + duration`. The stamp is our own
+clock read back to us, so clocks of different hosts are never compared.
+
+The duration is shorter than the failure-detection time: a peer drops us
+only after hearing nothing for KeepaliveInterval x KeepaliveLimit, which is
+after every stamp it ever echoed, so our lease has run out before anyone
+recovers without us. What must confirm the lease: a majority of the
+configured nodes (this one included) or, with a cluster lock file, the
+leader that holds the lock.
+"""
+
+from __future__ import annotations
+
+
+class Lease:
+    def __init__(self, pnn: int) -> None:
+        self.pnn = pnn
+        #: the latest stamp received from each peer (echoed in our NodeState)
+        self.seen: dict[int, float] = {}
+        #: peer -> our stamp it echoed while serving our generation
+        self._confirmed: dict[int, float] = {}
+        #: peers heard serving our generation since it began
+        self._current: set[int] = set()
+
+    def on_state(
+        self, src: int, stamp: float, echo: float | None, same_generation: bool, now: float
+    ) -> bool:
+        """A peer's NodeState arrived; True if it is the first of our generation from `src`.
+
+        The caller answers that first one at once with its own NodeState, so
+        that after a recovery both sides confirm each other in one round
+        trip instead of waiting a keepalive interval.
+        """
+        self.seen[src] = stamp
+        if not same_generation:
+            return False
+        if echo is not None:
+            echo = min(echo, now)  # a stamp from our future is no confirmation
+            self._confirmed[src] = max(echo, self._confirmed.get(src, echo))
+        first = src not in self._current
+        self._current.add(src)
+        return first
+
+    def forget(self, pnn: int) -> None:
+        """The peer left our view: it confirms nothing until it is back."""
+        self.seen.pop(pnn, None)
+        self._confirmed.pop(pnn, None)
+        self._current.discard(pnn)
+
+    def new_generation(self) -> None:
+        """Confirmations of the previous generation do not carry over."""
+        self._confirmed.clear()
+        self._current.clear()
+
+    def holds(self, now: float, duration: float, nodes: int, leader: int | None) -> bool:
+        """With `leader` None: a majority of `nodes` confirmed; else that leader did."""
+        since = now - duration
+        if leader is not None:
+            return leader == self.pnn or self._confirmed.get(leader, since) > since
+        fresh = sum(1 for stamp in self._confirmed.values() if stamp > since)
+        return 2 * (fresh + 1) > nodes
