@@ -239,9 +239,17 @@ class Node:
         generation = (view.view_id << 16) + self.ordered.recoveries
         if self.ordered.serving:
             if self.recovery_mode is RecoveryMode.RECOVERY or generation != self.generation:
-                # A view change or forced recovery completed: what CTDB calls a recovery.
+                # A view change or forced recovery completed: what CTDB calls
+                # a recovery. It began at the view change that started this
+                # view (`_on_view`) or, for a marker in the stream (forced
+                # recover, flags, expel), took no time beyond its delivery.
+                marker = (
+                    self.recovery_mode is RecoveryMode.NORMAL
+                    and generation >> 16 == self.generation >> 16
+                )
+                began = time.monotonic() if marker else self._frozen_at
                 self.last_recovery = {
-                    "duration": time.monotonic() - self._frozen_at,
+                    "duration": time.monotonic() - began,
                     "finished": time.time(),
                 }
             members = self.ordered.members
@@ -429,6 +437,7 @@ class Node:
                 self.controls.fail_node(pnn)
         if self.ordered is not None:
             now = asyncio.get_running_loop().time()
+            self._frozen_at = time.monotonic()  # a recovery begins at every view change
             self.heard = dict.fromkeys(view.members, now)  # silence before the view is explained
             self._expelling.clear()
             self.ordered.on_view(view)

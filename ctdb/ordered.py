@@ -23,6 +23,17 @@ taken at that position; members that need it queue later operations until
 the snapshot is applied. Quorum (a majority of configured nodes) is enforced
 here because CPG does not: a member of a minority view is out of sync and
 serves nothing.
+
+Agreed delivery at the origin does not mean every member has the message:
+if the origin fails right after delivering its own commit, the survivors
+may never see it. So a commit is acknowledged to its client only once it is
+stable: every other member of the view has applied it and said so (an
+`applied` message straight to the origin, one per burst), or left the view
+(virtual synchrony: a survivor of the view change delivered what we did).
+
+Every client request ends within CallTimeout, with its result or an error;
+a node whose local apply fails (I/O error, disk full) leaves the group and
+rejoins through a state transfer instead of carrying on diverged.
 """
 
 from __future__ import annotations
@@ -47,6 +58,10 @@ if TYPE_CHECKING:
     from ctdb.node import Node
 
 log = logging.getLogger("ctdb.ordered")
+
+#: Operations a node out of sync queues while it waits for its snapshot; past
+#: this it gives up on the round and rejoins the group.
+MAX_BACKLOG = 100_000
 
 Owner = tuple[int, int]  # (pnn, session id)
 
@@ -100,6 +115,13 @@ class OrderedEngine:
         self.expelled: set[int] = set()
         self._open_barrier: asyncio.Future[Any] | None = None
         self._barrier_in_flight: asyncio.Future[Any] | None = None
+        #: our commits delivered but not yet stable: seq -> (future, result,
+        #: the other members that delivered it with us)
+        self._unstable: dict[int, tuple[asyncio.Future[Any], Any, set[int]]] = {}
+        #: member -> highest seq of ours it applied (its `applied` messages)
+        self._applied_by: dict[int, int] = {}
+        #: origin -> highest seq of theirs we applied and have yet to confirm
+        self._to_confirm: dict[int, int] = {}
 
     # -- identity of local clients --------------------------------------------------
 
@@ -128,18 +150,29 @@ class OrderedEngine:
 
     # -- client operations -------------------------------------------------------------
 
-    async def _submit(self, op: str, args: dict[str, Any]) -> Any:
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
+
+    async def _submit(self, op: str, args: dict[str, Any], deadline: float | None = None) -> Any:
+        """Broadcast `op` and wait for its result, at most until `deadline`.
+
+        A request that times out may still be applied later (it is in the
+        stream): the client hears TIMEOUT, which means "unknown outcome".
+        """
         node = self.node
-        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        if deadline is None:
+            deadline = self._deadline()
+        await node.wait_serving(deadline)
         seq = next(self._seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
         node.stats["ordered_sent"] += 1
         try:
             node.transport.broadcast(encode(Ordered(node.pnn, seq, op, args)))
-            return await fut
+            return await _until(fut, deadline, f"{op} was not delivered in time: outcome unknown")
         finally:
             self._pending.pop(seq, None)
+            self._unstable.pop(seq, None)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         q = self._locks.get((db.id, key))
@@ -205,10 +238,18 @@ class OrderedEngine:
             return live_value(db.local.get(key))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._lock_waiters[(owner, db.id, key)] = fut
+        deadline = self._deadline()
         try:
-            await self._submit("lock", {"db": db.id, "key": key, "owner": owner})
-            result: bytes | None = await fut
+            await self._submit("lock", {"db": db.id, "key": key, "owner": owner}, deadline)
+            result: bytes | None = await _until(
+                fut, deadline, f"record {key!r} stayed locked by another client"
+            )
             return result
+        except CtdbError:
+            # Our place in the queue (or the lock itself, granted a moment
+            # too late) must not outlive the request: withdraw it, in order.
+            self._broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
+            raise
         finally:
             self._lock_waiters.pop((owner, db.id, key), None)
 
@@ -226,8 +267,11 @@ class OrderedEngine:
         self._sessions.pop(sid, None)
         owner = (self.node.pnn, sid)
         if any(e[0] == owner for q in self._locks.values() for e in q.entries):
-            msg = Ordered(self.node.pnn, next(self._seq), "release", {"owner": owner})
-            self.node.transport.broadcast(encode(msg))
+            self._broadcast("release", {"owner": owner})
+
+    def _broadcast(self, op: str, args: dict[str, Any]) -> None:
+        """An ordered operation nobody waits for."""
+        self.node.transport.broadcast(encode(Ordered(self.node.pnn, next(self._seq), op, args)))
 
     async def commit(self, tx: Transaction) -> int:
         if not tx.writes:
@@ -256,8 +300,7 @@ class OrderedEngine:
         self.node.on_ordered_state()
 
     def expel(self, pnn: int) -> None:
-        msg = Ordered(self.node.pnn, next(self._seq), "expel", {"pnn": pnn})
-        self.node.transport.broadcast(encode(msg))
+        self._broadcast("expel", {"pnn": pnn})
 
     def _apply_expel(self, origin: int, args: dict[str, Any]) -> None:
         """Every member drops a silent node at this position, as if it had left."""
@@ -274,6 +317,7 @@ class OrderedEngine:
         if not self.quorate:
             self.synced = False
         self.recoveries += 1
+        self._check_stable()
         self.node.on_ordered_state()
 
     def announce_flags(self, flags: int) -> None:
@@ -282,8 +326,7 @@ class OrderedEngine:
         Sent without waiting for quorum or sync: a stopped node must still
         be able to say it continues.
         """
-        msg = Ordered(self.node.pnn, next(self._seq), "flags", {"flags": flags})
-        self.node.transport.broadcast(encode(msg))
+        self._broadcast("flags", {"flags": flags})
 
     def _apply_flags(self, origin: int, args: dict[str, Any]) -> None:
         self.flags[origin] = int(args["flags"])
@@ -301,6 +344,9 @@ class OrderedEngine:
     def on_ordered(self, msg: Ordered) -> None:
         if msg.origin in self.expelled:
             return  # it no longer counts until it leaves and rejoins
+        if msg.op == "applied":
+            self._on_applied(msg)
+            return
         if msg.op == "offer":
             self._on_offer(msg)
             return
@@ -311,8 +357,26 @@ class OrderedEngine:
             self._round is not None and self._round.plan is not None and self._needs_snapshot()
         ):
             self._backlog.append(msg)
+            if len(self._backlog) > MAX_BACKLOG:
+                self._leave(f"more than {MAX_BACKLOG} operations queued while waiting to sync")
             return
         self._apply(msg)
+
+    def _leave(self, why: str) -> None:
+        """Our replica can no longer follow the stream: rejoin for a state transfer."""
+        log.error("leaving the group and rejoining: %s", why)
+        self.synced = False
+        self._drop_backlog()
+        self._fail_pending(CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}"))
+        self.node.on_ordered_state()
+        self.node.rejoin()
+
+    def _fail_pending(self, error: CtdbError) -> None:
+        for seq, fut in list(self._pending.items()):
+            if not fut.done():
+                fut.set_exception(error)
+            del self._pending[seq]
+        self._unstable.clear()
 
     def _apply(self, msg: Ordered) -> None:
         try:
@@ -320,16 +384,56 @@ class OrderedEngine:
             error = None
         except CtdbError as exc:
             result, error = None, exc
-        except Exception as exc:  # a bug must not split the replicas' histories silently
+        except Exception as exc:
+            # Our replica may now differ from everyone else's (I/O error,
+            # disk full, a bug): never carry on with it.
             log.exception("applying %s from node %d failed", msg.op, msg.origin)
-            result, error = None, CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}")
+            self._leave(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
+            return
         self.node.stats["ordered_applied"] += 1
-        if msg.origin == self.node.pnn:
-            fut = self._pending.pop(msg.seq, None)
-            if fut is not None and not fut.done():
-                if error is not None:
-                    fut.set_exception(error)
-                else:
+        stable = msg.op in STABLE_OPS and error is None
+        if msg.origin != self.node.pnn:
+            if stable:
+                self._confirm(msg.origin, msg.seq)
+            return
+        fut = self._pending.get(msg.seq)
+        if fut is None or fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        elif stable:
+            others = {p for p in self.members if p != self.node.pnn}
+            self._unstable[msg.seq] = (fut, result, others)
+            self._check_stable()
+        else:
+            fut.set_result(result)
+
+    # -- stability: acknowledge a commit only once every member applied it --------
+
+    def _confirm(self, origin: int, seq: int) -> None:
+        """Tell `origin` we applied its operations up to `seq` (once per loop turn)."""
+        if not self._to_confirm:
+            asyncio.get_running_loop().call_soon(self._send_confirmations)
+        self._to_confirm[origin] = max(seq, self._to_confirm.get(origin, seq))
+
+    def _send_confirmations(self) -> None:
+        pending, self._to_confirm = self._to_confirm, {}
+        for origin, seq in pending.items():
+            msg = Ordered(self.node.pnn, 0, "applied", {"upto": seq})
+            self.node.transport.send(origin, encode(msg))
+
+    def _on_applied(self, msg: Ordered) -> None:
+        upto = int(msg.args["upto"])
+        self._applied_by[msg.origin] = max(upto, self._applied_by.get(msg.origin, upto))
+        self._check_stable()
+
+    def _check_stable(self) -> None:
+        members = set(self.members)
+        for seq, (fut, result, others) in list(self._unstable.items()):
+            # Members that left since no longer count (see the module docstring).
+            if all(self._applied_by.get(p, 0) >= seq for p in others & members):
+                del self._unstable[seq]
+                if not fut.done():
                     fut.set_result(result)
 
     def _db(self, dbid: int) -> Database:
@@ -366,6 +470,15 @@ class OrderedEngine:
             self._write(db, key, bytes(args["value"]), origin)
         q.entries.popleft()
         self._advance(db, key, q)
+
+    def _apply_withdraw(self, origin: int, args: dict[str, Any]) -> None:
+        """A lock request gave up (timed out): drop it from that record's queue."""
+        db, key = self._db(args["db"]), bytes(args["key"])
+        owner = (int(args["owner"][0]), int(args["owner"][1]))
+        q = self._locks.get((db.id, key))
+        if q is not None:
+            q.entries = deque(e for e in q.entries if e[0] != owner or e[1] != "lock")
+            self._advance(db, key, q)
 
     def _apply_release(self, origin: int, args: dict[str, Any]) -> None:
         owner = (int(args["owner"][0]), int(args["owner"][1]))
@@ -421,10 +534,16 @@ class OrderedEngine:
         joined = set(view.members) - set(old.members)
         if left:
             self._purge(lambda o: o[0] in left)
-        for seq, fut in list(self._pending.items()):
-            if not fut.done() and self.node.pnn not in view:
-                fut.set_exception(CtdbError(ErrorCode.RETRY, "left the group"))
-                del self._pending[seq]
+        self._applied_by = {p: s for p, s in self._applied_by.items() if p in view}
+        if self.node.pnn not in view:
+            self._fail_pending(CtdbError(ErrorCode.RETRY, "left the group"))
+        elif not self.quorate:
+            self._fail_pending(
+                CtdbError(ErrorCode.NO_QUORUM, f"view {list(view.members)} has no quorum")
+            )
+        else:
+            # Survivors delivered what we delivered in the old view.
+            self._check_stable()
         if not self.quorate:
             if self.synced:
                 log.warning(
@@ -432,7 +551,8 @@ class OrderedEngine:
                 )
             self.synced = False
             self._round = None
-        elif joined or not self.synced:
+        elif joined or not self.synced or self._round is not None:
+            # A round cut short by a departure starts again with the new view.
             self._start_round(view)
         self.node.on_ordered_state()
 
@@ -493,6 +613,13 @@ class OrderedEngine:
                     "kind": db.kind.value,
                     "records": to_wire(db.local.items()),
                     "recoveries": self.recoveries,
+                    # Lock queues are replicated state like the records: a
+                    # joiner without them would reject the holder's unlock.
+                    "locks": [
+                        [key, [[o[0], o[1], kind, value] for o, kind, value in q.entries]]
+                        for (dbid, key), q in self._locks.items()
+                        if dbid == db.id
+                    ],
                 }
                 self.node.transport.broadcast(
                     encode(Ordered(me, next(self._seq), "snapshot", snap))
@@ -542,6 +669,19 @@ class OrderedEngine:
             self._apply(msg)
         log.info("in sync in view %s", list(self.view.members))
         self.node.on_ordered_state()
+
+
+#: Operations acknowledged only once stable: losing them would lose durable data.
+STABLE_OPS = frozenset({"commit"})
+
+
+async def _until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
+    """Wait for `fut` until `deadline` (loop time), then fail with TIMEOUT."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0))
+    except TimeoutError:
+        raise CtdbError(ErrorCode.TIMEOUT, what) from None
 
 
 def _live(db: Database) -> list[list[bytes]]:
