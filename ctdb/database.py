@@ -40,6 +40,9 @@ class Database:
     kind: DbKind
     local: LocalDb
     id: int = field(init=False)
+    #: Volatile: the recovery (epoch, generation) whose pushed copy this one
+    #: started from; with `local.changed` it says what differs from that copy.
+    base: tuple[int, int] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.id = db_id(self.name)

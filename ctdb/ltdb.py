@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,9 @@ class LocalDb:
         #: key it writes (None: absent). The open TDB transaction shows its
         #: own uncommitted writes to this handle; readers must not see them.
         self._committed: dict[bytes, bytes | None] | None = None
+        #: Keys written since `track_changes` (None: not tracked). Recovery
+        #: uses it to ship only what changed since the copy it distributed.
+        self.changed: set[bytes] | None = None
 
     def close(self) -> None:
         self._tdb.close()
@@ -95,10 +98,18 @@ class LocalDb:
 
     def put(self, key: bytes, record: Record) -> None:
         self._tdb.store(key, record.pack(), tdb.REPLACE)
+        if self.changed is not None:
+            self.changed.add(key)
+
+    def track_changes(self) -> None:
+        """Start remembering which keys change from here on."""
+        self.changed = set()
 
     def remove(self, key: bytes) -> None:
         if key in self._tdb:
             self._tdb.delete(key)
+            if self.changed is not None:
+                self.changed.add(key)
 
     def items(self) -> Iterator[tuple[bytes, Record]]:
         keys = list(self._tdb.keys())
@@ -110,11 +121,19 @@ class LocalDb:
             if data is not None:
                 yield key, Record.unpack(data)
 
+    def items_of(self, keys: Iterable[bytes]) -> Iterator[tuple[bytes, Record]]:
+        """The records of `keys` that exist."""
+        for key in keys:
+            rec = self.get(key)
+            if rec is not None:
+                yield key, rec
+
     def __len__(self) -> int:
         return sum(1 for _ in self.items())
 
     def clear(self) -> None:
         self._tdb.clear()
+        self.changed = None  # everything changed
 
     def write_batch(
         self, puts: Mapping[bytes, Record | None], *, replace_all: bool = False

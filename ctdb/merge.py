@@ -8,6 +8,7 @@ most advanced node) can be tested exhaustively without a cluster.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from ctdb.ltdb import Record
 
@@ -86,3 +87,49 @@ def newest_epoch_members(epochs: Mapping[int, int]) -> list[int]:
     """
     top = max(epochs.values())
     return sorted(p for p, e in epochs.items() if e == top)
+
+
+def persistent_targets(
+    epochs: Mapping[int, int], seqnums: Mapping[int, int], source: int
+) -> list[int]:
+    """Members that need the source's persistent copy pushed to them.
+
+    Nodes of the latest epoch applied the same commits in the same order on
+    top of the same recovered copy (see `persistent_source`), so one whose
+    sequence number equals the source's holds exactly the source's copy and
+    is skipped: a recovery after a failure or a forced recover moves no
+    persistent data. Every other member gets the whole copy.
+    """
+    latest = max(epochs.values())
+    return sorted(p for p in epochs if epochs[p] != latest or seqnums[p] != seqnums[source])
+
+
+@dataclass(frozen=True)
+class VolatilePlan:
+    """How one volatile database is merged without moving what nobody changed.
+
+    Every member that received the previous recovery's copy (`base`) and
+    kept track since holds that copy plus the keys it changed: `holders`
+    send only those keys. The others (restarted, rejoining, wiped) send
+    everything they have. `provider`, a holder, adds its current copy of
+    every key someone reported, which stands for the unchanged base copy of
+    that key on all holders. Holders then receive the merged keys only; the
+    others the provider's whole database once the merge is applied to it.
+    Without any holder (first recovery, whole cluster restarted) everybody
+    sends and receives everything.
+    """
+
+    base: tuple[int, int] | None
+    holders: list[int]
+    others: list[int]
+    provider: int | None
+
+
+def volatile_plan(bases: Mapping[int, tuple[int, int] | None], leader: int) -> VolatilePlan:
+    known = [b for b in bases.values() if b is not None]
+    if not known:
+        return VolatilePlan(None, [], sorted(bases), None)
+    base = max(known)  # the latest recovery's copy
+    holders = sorted(p for p, b in bases.items() if b == base)
+    others = sorted(p for p in bases if p not in holders)
+    return VolatilePlan(base, holders, others, leader if leader in holders else holders[0])

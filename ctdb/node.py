@@ -700,18 +700,40 @@ class Node:
             "epoch": self.epoch,
             "generation": self.generation,
             "view": list(self.transport.view.members),
+            "dbs": {db.name: self._recovery_info(db) for db in self.dbs.values()},
         }
 
+    @staticmethod
+    def _recovery_info(db: Database) -> dict[str, Any]:
+        """What the recovery plans (ctdb.merge) need to know about our copy."""
+        if db.replicated:
+            return {"kind": db.kind.value, "seqnum": db.seqnum(), "base": None}
+        tracked = db.base is not None and db.local.changed is not None
+        return {"kind": db.kind.value, "seqnum": 0, "base": db.base if tracked else None}
+
     async def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
+        """Our copy of a database: all of it, the keys changed since its base, or `keys`."""
         self._check_generation(args)
         db = self.db(int(args["db_id"]))
-        return await self.offload(lambda: to_wire(db.local.items()))
+        if args.get("changed"):
+            keys = list(db.local.changed or ())
+        elif args.get("keys") is not None:
+            keys = [bytes(k) for k in args["keys"]]
+        else:
+            return await self.offload(lambda: to_wire(db.local.items()))
+        return await self.offload(lambda: to_wire(db.local.items_of(keys)))
 
     async def ctl_push(self, src: int, args: dict[str, Any]) -> None:
+        """Install records recovery merged (all of them, or the ones that changed)."""
         self._check_generation(args)
         db = self.db(int(args["db_id"]))
-        records = args["records"]
-        await self.offload(lambda: db.local.write_batch(dict(from_wire(records)), replace_all=True))
+        records = dict(from_wire(args["records"]))
+        replace_all = bool(args["replace_all"])
+        await self.offload(lambda: db.local.write_batch(records, replace_all=replace_all))
+        if not db.replicated:
+            # Our copy is now the one this recovery distributes: track from here.
+            db.base = (int(args["base"][0]), int(args["base"][1]))
+            db.local.track_changes()
 
     def ctl_set_vnnmap(self, src: int, args: dict[str, Any]) -> None:
         self._check_generation(args)

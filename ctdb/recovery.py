@@ -6,10 +6,17 @@ RECOVERY, new generation pending), make every node attach every database,
 merge each volatile database (newest RSN per key, from every member: RSNs
 carry the epoch), take each persistent database from the node with the
 highest sequence number among the nodes of the latest epoch (a rejoining
-node's copy may be stale), push the result everywhere, install the new
-vnnmap and generation (the epoch stored durably), and thaw. Any
-failure aborts the attempt; the caller retries with a fresh generation, so a
-half-done recovery never serves requests.
+node's copy may be stale), push the result where it is missing, install
+the new vnnmap and generation (the epoch stored durably), and thaw. Any
+failure aborts the attempt; the caller retries with a fresh generation, so
+a half-done recovery never serves requests.
+
+A recovery moves only what differs (the plans are in `ctdb.merge`): a
+persistent database goes only to members whose copy may differ from the
+source's, and a volatile one is merged from the keys changed since the
+previous recovery plus the full copies of members that missed it. A
+forced recover, or the loss of a node, therefore costs time in proportion
+to what changed, not to what exists.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from ctdb.merge import (
     merge_volatile,
     newest_epoch_members,
     persistent_source,
+    persistent_targets,
     to_wire,
+    volatile_plan,
 )
 
 if TYPE_CHECKING:
@@ -47,50 +56,38 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> None:
     started = time.monotonic()
     generation = rng.randrange(2, 2**31)
     log.info("recovery: generation %d over nodes %s", generation, members)
-    frozen = await _on_all(node, members, "freeze", {"generation": generation})
-    for p, reply in zip(members, frozen, strict=True):
+    replies = await _on_all(node, members, "freeze", {"generation": generation})
+    frozen = dict(zip(members, replies, strict=True))
+    for p, reply in frozen.items():
         # Migration assumes every member can reach every other; views are
         # each node's own opinion and differ while connections come up.
         unseen = set(members) - set(reply["view"])
         if unseen:
             raise CtdbError(ErrorCode.RETRY, f"node {p} does not see nodes {sorted(unseen)} yet")
-    epochs = {p: int(r["epoch"]) for p, r in zip(members, frozen, strict=True)}
+    epochs = {p: int(r["epoch"]) for p, r in frozen.items()}
     epoch = max(epochs.values()) + 1
-    current = newest_epoch_members(epochs)
 
     # Every node attaches every database any node has.
-    dbmaps = await _on_all(node, members, "getdbmap", {})
     wanted: dict[str, str] = {}
-    for dbmap in dbmaps:
-        for entry in dbmap:
-            wanted.setdefault(entry["name"], entry["kind"])
-    for p, dbmap in zip(members, dbmaps, strict=True):
-        have = {entry["name"] for entry in dbmap}
+    for reply in frozen.values():
+        for name, info in reply["dbs"].items():
+            wanted.setdefault(name, info["kind"])
+    for p, reply in frozen.items():
         for name, kind in wanted.items():
-            if name not in have:
+            if name not in reply["dbs"]:
                 await node.control(p, "attach", {"name": name, "kind": kind})
 
+    step = Step(node, members, generation, (epoch, generation))
+    moved = 0
     for name, kind in sorted(wanted.items()):
         dbid = node.db_by_name(name).id
+        # A database a member has just attached is empty there: no base, seqnum 0.
+        infos = {p: r["dbs"].get(name, {"seqnum": 0, "base": None}) for p, r in frozen.items()}
         if kind == "volatile":
-            pulled = await _on_all(node, members, "pull", {"db_id": dbid, "generation": generation})
-            merged = merge_volatile({p: from_wire(r) for p, r in zip(members, pulled, strict=True)})
-            records = to_wire(merged.items())
+            moved += await step.volatile(dbid, {p: _base(i["base"]) for p, i in infos.items()})
         else:
-            # Only the nodes of the latest epoch count: a rejoining node may
-            # hold a commit nobody acknowledged, with a sequence number as
-            # high as the commits it missed (see merge.persistent_source).
-            seqnums = await _on_all(node, current, "getdbseqnum", {"db_id": dbid})
-            source = persistent_source(dict(zip(current, seqnums, strict=True)))
-            records = await node.control(
-                source,
-                "pull",
-                {"db_id": dbid, "generation": generation},
-                timeout=node.tunable("RecoverTimeout"),
-            )
-        await _on_all(
-            node, members, "push", {"db_id": dbid, "generation": generation, "records": records}
-        )
+            seqnums = {p: int(i["seqnum"]) for p, i in infos.items()}
+            moved += await step.persistent(dbid, epochs, seqnums)
 
     await _on_all(
         node,
@@ -99,4 +96,83 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> None:
         {"generation": generation, "vnnmap": members, "leader": node.pnn, "epoch": epoch},
     )
     await _on_all(node, members, "thaw", {"generation": generation})
-    log.info("recovery: generation %d done in %.3fs", generation, time.monotonic() - started)
+    log.info(
+        "recovery: generation %d done in %.3fs (%d records moved)",
+        generation,
+        time.monotonic() - started,
+        moved,
+    )
+
+
+def _base(value: Any) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
+
+
+class Step:
+    """Pulls, merges and pushes of one recovery; each method returns the records moved."""
+
+    def __init__(
+        self, node: Node, members: list[int], generation: int, base: tuple[int, int]
+    ) -> None:
+        self.node = node
+        self.members = members
+        self.generation = generation
+        self.base = list(base)
+
+    async def _pull(self, pnn: int, dbid: int, **what: Any) -> list[Any]:
+        args = {"db_id": dbid, "generation": self.generation, **what}
+        result: list[Any] = await self.node.control(
+            pnn, "pull", args, timeout=self.node.tunable("RecoverTimeout")
+        )
+        return result
+
+    async def _push(
+        self, targets: list[int], dbid: int, records: list[Any], *, replace_all: bool
+    ) -> None:
+        args = {
+            "db_id": dbid,
+            "generation": self.generation,
+            "records": records,
+            "replace_all": replace_all,
+            "base": self.base,
+        }
+        await _on_all(self.node, targets, "push", args)
+
+    async def persistent(self, dbid: int, epochs: dict[int, int], seqnums: dict[int, int]) -> int:
+        # Only the nodes of the latest epoch count: a rejoining node may
+        # hold a commit nobody acknowledged, with a sequence number as
+        # high as the commits it missed (see merge.persistent_source).
+        current = newest_epoch_members(epochs)
+        source = persistent_source({p: seqnums[p] for p in current})
+        targets = persistent_targets(epochs, seqnums, source)
+        if not targets:
+            return 0
+        records = await self._pull(source, dbid)
+        await self._push(targets, dbid, records, replace_all=True)
+        return len(records) * len(targets)
+
+    async def volatile(self, dbid: int, bases: dict[int, tuple[int, int] | None]) -> int:
+        plan = volatile_plan(bases, self.node.pnn)
+        if plan.provider is None:
+            pulled = await asyncio.gather(*(self._pull(p, dbid) for p in plan.others))
+            copies = {p: from_wire(r) for p, r in zip(plan.others, pulled, strict=True)}
+            records = to_wire(merge_volatile(copies).items())
+            await self._push(self.members, dbid, records, replace_all=True)
+            return sum(len(r) for r in pulled) + len(records) * len(self.members)
+        changed = await asyncio.gather(
+            *(self._pull(p, dbid, changed=True) for p in plan.holders),
+            *(self._pull(p, dbid) for p in plan.others),
+        )
+        copies = {p: from_wire(r) for p, r in zip(plan.holders + plan.others, changed, strict=True)}
+        keys = sorted({key for copy in copies.values() for key in copy})
+        if keys:
+            copies[plan.provider] = from_wire(await self._pull(plan.provider, dbid, keys=keys))
+        diff = to_wire(merge_volatile(copies).items())
+        moved = sum(len(r) for r in changed) + len(keys)
+        await self._push(plan.holders, dbid, diff, replace_all=False)
+        moved += len(diff) * len(plan.holders)
+        if plan.others:
+            full = await self._pull(plan.provider, dbid)
+            await self._push(plan.others, dbid, full, replace_all=True)
+            moved += len(full) * (1 + len(plan.others))
+        return moved

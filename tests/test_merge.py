@@ -8,11 +8,14 @@ from hypothesis import strategies as st
 
 from ctdb.ltdb import Record
 from ctdb.merge import (
+    VolatilePlan,
     from_wire,
     merge_volatile,
     newest_epoch_members,
     persistent_source,
+    persistent_targets,
     to_wire,
+    volatile_plan,
 )
 
 
@@ -125,3 +128,65 @@ def test_newest_epoch_members() -> None:
     assert newest_epoch_members({5: 7}) == [5]
     # a node that missed the latest recoveries does not count next to the others
     assert newest_epoch_members({0: 0, 1: 4, 2: 4}) == [1, 2]
+
+
+def test_persistent_targets_skip_members_that_hold_the_source_copy() -> None:
+    epochs = {0: 5, 1: 5, 2: 5}
+    # Same epoch, same sequence number: identical copies, nothing to push.
+    assert persistent_targets(epochs, {0: 9, 1: 9, 2: 9}, source=0) == []
+    # A node that missed the last commit gets the copy.
+    assert persistent_targets(epochs, {0: 9, 1: 8, 2: 9}, source=0) == [1]
+    # A node of an older epoch gets it whatever its sequence number says.
+    assert persistent_targets({0: 5, 1: 5, 2: 4}, {0: 9, 1: 9, 2: 9}, source=0) == [2]
+    assert persistent_targets({0: 5, 1: 5, 2: 4}, {0: 9, 1: 9, 2: 12}, source=1) == [2]
+
+
+def test_volatile_plan_without_a_base_moves_everything() -> None:
+    plan = volatile_plan({0: None, 1: None, 2: None}, leader=0)
+    assert plan == VolatilePlan(None, [], [0, 1, 2], None)
+
+
+def test_volatile_plan_uses_the_latest_base_and_prefers_the_leader() -> None:
+    bases = {0: (3, 77), 1: (3, 77), 2: (2, 5), 3: None}
+    plan = volatile_plan(bases, leader=1)
+    assert plan == VolatilePlan((3, 77), [0, 1], [2, 3], 1)
+    # A leader without the base: the lowest holder provides.
+    plan = volatile_plan({0: None, 1: (4, 1), 2: (4, 1)}, leader=0)
+    assert plan == VolatilePlan((4, 1), [1, 2], [0], 1)
+
+
+_records = st.dictionaries(
+    st.sampled_from([b"a", b"b", b"c", b"d", b"e"]),
+    st.builds(Record, st.integers(1, 20), st.integers(0, 3), st.sampled_from([b"", b"x", b"y"])),
+)
+
+
+@settings(max_examples=300)
+@given(base=_records, changes=st.lists(_records, min_size=3, max_size=3), stale=_records)
+def test_merging_only_changed_keys_gives_what_a_full_merge_gives(
+    base: dict[bytes, Record], changes: list[dict[bytes, Record]], stale: dict[bytes, Record]
+) -> None:
+    """Holders 0-2 started from `base` and changed some keys; node 3 kept a stale copy."""
+    holders: dict[int, dict[bytes, Record]] = {}
+    changed: dict[int, dict[bytes, Record]] = {}
+    for p, change in enumerate(changes):
+        # A change is a newer version: its RSN is above the base version's.
+        bumped = {
+            k: Record(r.rsn + base[k].rsn if k in base else r.rsn, r.dmaster, r.value)
+            for k, r in change.items()
+        }
+        holders[p] = {**base, **bumped}
+        changed[p] = bumped
+    full = merge_volatile({**holders, 3: stale})
+
+    plan = volatile_plan({0: (1, 1), 1: (1, 1), 2: (1, 1), 3: None}, leader=0)
+    assert plan.provider == 0
+    copies: dict[int, dict[bytes, Record]] = {**changed, 3: stale}
+    keys = {k for copy in copies.values() for k in copy}
+    copies[plan.provider] = {k: holders[0][k] for k in keys if k in holders[0]}
+    diff = merge_volatile(copies)
+    for p in plan.holders:
+        result = {**holders[p], **diff}
+        assert {k: (r.rsn, r.value) for k, r in result.items()} == {
+            k: (r.rsn, r.value) for k, r in full.items()
+        }
