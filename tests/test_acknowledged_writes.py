@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-from ctdb.client import Client
 from ctdb.errors import CtdbError, ErrorCode
 from tests.conftest import run_ctdbtool, unique
 from tools.cluster import LocalCluster
@@ -187,7 +186,8 @@ def test_increments_acknowledged_during_forced_recoveries_are_kept(
     try:
         c.wait_healthy(30)
     except TimeoutError as exc:
-        raise AssertionError(f"the cluster did not settle after the load: {exc}\n{logs(c)}")
+        problem = f"the cluster did not settle after the load: {exc}"
+        raise AssertionError(f"{problem}\n{logs(c)}") from None
     values = read_everywhere(c, "readkey", db, key)
     assert len(set(values)) == 1, f"nodes disagree on the counter: {values}"
     final = int(values[0] or 0)
