@@ -129,8 +129,13 @@ def test_increments_acknowledged_during_forced_recoveries_are_kept(
     On main (tcp) the counter ends below the acknowledged count (an unlock
     written while the node is frozen, between the leader's pull and push,
     is overwritten by the push), or a recovery never finishes (the unlock's
-    write collides with the push's TDB transaction: "Invalid parameter" /
-    "IO Error" in the logs). Measured: 10 of 10 runs failed. vs passes.
+    write collides with the push's TDB transaction in the offload thread:
+    "Invalid parameter" / "IO Error" in the logs, and the leader waits
+    forever for its own push). Measured on main (b7714d4), 2-CPU shared
+    host: 15 of 15 runs failed (13 lost 1-5 acknowledged increments, one
+    left the cluster stuck in recovery, one stalled at 93 increments). With
+    one client per node and no hold time, as in the issue, 2 of 4 15-s runs
+    lost one increment. vs passed 3 of 3.
     """
     c = cluster_factory(size=3)
     db, key = unique("ctr"), "counter"
@@ -222,7 +227,7 @@ def test_commit_acknowledged_while_a_node_hung_survives_its_return(
     it hangs); nodes 0 and 1 commit a key without it, are killed and
     restarted (their epoch, held only in memory, restarts low); node 2
     resumes. On main the recovery takes node 2's copy, which lacks the key:
-    every node then reads it as missing. Measured: 5 of 5 runs failed.
+    every node then reads it as missing. Measured on main: 6 of 6 runs failed.
     """
     c = cluster_factory(size=3, tunables=FAST)
     db = unique("per")
@@ -269,8 +274,8 @@ def test_unlock_after_a_join_reaches_the_joined_node(
 
     Every node, the restarted one included, must read the stored value. On
     main (vs) the state transfer does not carry the lock queues, so node 2
-    rejects the holder's unlock and reads the old value forever. Measured:
-    vs 5 of 5 runs failed; tcp passes (a regression guard there).
+    rejects the holder's unlock and reads the old value forever. Measured
+    on main: vs 6 of 6 runs failed; tcp passed 6 of 6 (a regression guard).
 
     If the fix makes a lock taken before the join unusable (a retryable
     error at `store_unlock`), the client takes the lock again and stores
@@ -322,7 +327,9 @@ def test_readers_never_see_a_commit_that_is_then_cancelled(
     committed one: the value from before, or the new value if (and only
     if) the commit took effect in the end. On main both kinds of read
     return the prepared, uncommitted value (a prepared TDB transaction is
-    open on the handle they read). Measured: 5 of 5 runs failed.
+    open on the handle they read), and readers on the leader also read the
+    key as missing while the recovery's push rewrites the file. Measured
+    on main: 6 of 6 runs failed (every reader saw the cancelled value).
 
     vs has no two-phase commit (a commit is one ordered message every node
     applies in one local transaction), so this scenario is tcp only.
