@@ -160,6 +160,16 @@ def test_partition_groups() -> None:
         assert matrix(c) == all_pairs(list(range(5)))
 
 
+def test_cut_link_is_non_transitive() -> None:
+    with NetnsCluster(3, prefix=prefix("l")) as c:
+        for i in range(3):
+            start_echo(c, i)
+        c.cut_link(0, 1)
+        assert matrix(c) == all_pairs([0, 2]) | all_pairs([1, 2])
+        c.heal_link(0, 1)
+        assert matrix(c) == all_pairs([0, 1, 2])
+
+
 def test_private_run_is_shared_per_node_and_private_across_nodes() -> None:
     with NetnsCluster(2, prefix=prefix("r")) as c:
         marker = f"netns-test-{os.getpid()}"

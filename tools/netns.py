@@ -61,6 +61,8 @@ BRIDGE = "br0"
 NODE_IF = "eth0"
 DEFAULT_PREFIX = "ctdbt"
 DEFAULT_SUBNET = "10.213.0.0/24"
+#: A locally administered unicast MAC no interface has (see `cut_link`).
+_NOWHERE_MAC = "02:00:5e:00:de:ad"
 
 _File = int | IO[Any] | None
 
@@ -465,6 +467,27 @@ class NetnsCluster:
         """Undo ``cut(i)`` (or a ``partition``): plug node `i` back into the bridge."""
         _ip("link", "set", self._port(i), "master", BRIDGE, ns=self.switch)
         self._forget_failed_neighbours()
+
+    def cut_link(self, i: int, j: int) -> None:
+        """Silently drop the traffic between nodes `i` and `j` only, both ways.
+
+        Both keep talking to every other node: with three nodes, cutting
+        0-1 leaves 0-2 and 1-2 up, a non-transitive partition.  Why
+        neighbour entries: this machine's kernel has no tc actions, no
+        nftables and no bridge VLAN filtering (all probed).  Each of the two
+        nodes gets a permanent ARP entry mapping the other's address to a
+        MAC nobody owns, so their frames to each other are flooded by the
+        bridge and dropped by every receiver: no RST, no ICMP, no
+        link-down.  Only the two node namespaces are touched.
+        """
+        for a, b in ((i, j), (j, i)):
+            _ip("neigh", "replace", self.address(b), "lladdr", _NOWHERE_MAC, "nud", "permanent",
+                "dev", NODE_IF, ns=self.ns(a))
+
+    def heal_link(self, i: int, j: int) -> None:
+        """Undo ``cut_link(i, j)``: the nodes resolve each other by ARP again."""
+        for a, b in ((i, j), (j, i)):
+            _ip("neigh", "del", self.address(b), "dev", NODE_IF, ns=self.ns(a), check=False)
 
     def heal_all(self) -> None:
         """Plug every node back into the main bridge and drop partition bridges."""

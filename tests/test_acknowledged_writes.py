@@ -1,0 +1,405 @@
+"""No acknowledged write is ever lost, nor an unacknowledged one ever read (issue 8).
+
+Black-box tests on real daemons, driven the way a user would drive them:
+`ctdbtool` for administration and reads, `ctdb.client` for the workload.
+Each test reproduces one of the losses issue 8 reported against main, and
+fails there (see each test's docstring for how it fails and how often):
+
+1. tcp: a `store_unlock` acknowledged during a forced recovery is undone by
+   the recovery's push (also run on vs, where it must hold as well).
+2. tcp: a persistent commit acknowledged while node 2 hung is lost when
+   node 2 comes back after the others restarted.
+3. vs: a node that joins while a record is locked keeps the old value after
+   the holder's `store_unlock` (also run on tcp, where it must hold as well).
+4. tcp: a reader sees the value of a two-phase commit that is then cancelled.
+
+The non-transitive partition of issue 8 needs network namespaces: see
+tests/test_partition_nontransitive.py.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ctdb.errors import CtdbError, ErrorCode
+from tests.conftest import run_ctdbtool, unique
+from tools.cluster import LocalCluster
+
+pytestmark = pytest.mark.timeout(180)
+
+#: Failure detection in 0.6 s (as in tests/test_recovery.py).
+FAST = {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3}
+DISCONNECTED = 0x01
+
+tcp_only = pytest.mark.parametrize("transport", ["tcp"], indirect=True)
+vs_only = pytest.mark.parametrize("transport", ["vs"], indirect=True)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def wait_for(what: str, cond: Callable[[], Any], timeout: float, c: LocalCluster) -> Any:
+    """Poll `cond` until it returns something truthy; fail with the nodes' logs."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+            if value:
+                return value
+        except (CtdbError, OSError) as exc:
+            last = exc
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last})\n{logs(c)}")
+
+
+def logs(c: LocalCluster, lines: int = 25) -> str:
+    out = []
+    for pnn in range(c.size):
+        path = c.log_path(pnn)
+        if path.exists():
+            out.append(f"--- node {pnn} ---")
+            out += path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(out)
+
+
+def recovered(c: LocalCluster, nodes: list[int], not_generation: int | None = None) -> bool:
+    """`nodes` are NORMAL with vnnmap == nodes and one generation (not `not_generation`)."""
+    sts = [c.status(p) for p in nodes]
+    gens = {st["generation"] for st in sts}
+    return (
+        len(gens) == 1
+        and not_generation not in gens
+        and all(st["recovery_mode"] == "NORMAL" and st["vnnmap"] == nodes for st in sts)
+    )
+
+
+def force_recovery(c: LocalCluster, via: int) -> None:
+    """`ctdbtool recover` on node `via`, then wait until the recovery has finished.
+
+    Today `recover` returns at once (issue 8 asks that it wait, as Samba's
+    does): the new generation on every node tells that it finished.
+    """
+    before = c.status(via)["generation"]
+    run_ctdbtool(c.socket(via), "recover")
+    everyone = list(range(c.size))
+    wait_for(f"the recovery forced on node {via}", lambda: recovered(c, everyone, before), 20, c)
+
+
+def tool(c: LocalCluster, pnn: int, *args: str, check: bool = True) -> Any:
+    """`ctdbtool --json ARGS` against node `pnn`; returns the decoded output."""
+    result = run_ctdbtool(c.socket(pnn), "--json", *args, check=check)
+    return result.json() if result.returncode == 0 and result.stdout.strip() else result
+
+
+def read_everywhere(c: LocalCluster, command: str, db: str, key: str) -> list[str | None]:
+    """`ctdbtool readkey/pfetch DB KEY` on every node: the value each one reads."""
+    return [tool(c, p, command, db, key)["value"] for p in range(c.size)]
+
+
+# -- 1. store_unlock acknowledged during a forced recovery --------------------------------
+
+#: Workload of test 1. Found by measurement on main (see the docstring): two
+#: clients per node on one counter, each holding the record lock for up to
+#: HOLD seconds, make a lock held across a freeze (and an unlock landing
+#: between the recovery's pull and push) an event of every few seconds.
+CLIENTS_PER_NODE = 2
+HOLD = 0.02
+RECOVER_EVERY = 0.25
+DURATION = 20.0
+
+
+def test_increments_acknowledged_during_forced_recoveries_are_kept(
+    cluster_factory: Callable[..., LocalCluster], transport: str
+) -> None:
+    """Six clients increment one counter under fetch_lock while `recover` runs every 0.25 s.
+
+    Afterwards every node reads the same counter, and it lies between the
+    number of acknowledged increments and the number attempted (a failed
+    `store_unlock` may or may not have applied).
+
+    On main (tcp) the counter ends below the acknowledged count (an unlock
+    written while the node is frozen, between the leader's pull and push,
+    is overwritten by the push), or a recovery never finishes (the unlock's
+    write collides with the push's TDB transaction in the offload thread:
+    "Invalid parameter" / "IO Error" in the logs, and the leader waits
+    forever for its own push). Measured on main (b7714d4), 2-CPU shared
+    host: 15 of 15 runs failed (13 lost 1-5 acknowledged increments, one
+    left the cluster stuck in recovery, one stalled at 93 increments). With
+    one client per node and no hold time, as in the issue, 2 of 4 15-s runs
+    lost one increment. vs passed 3 of 3.
+    """
+    c = cluster_factory(size=3)
+    db, key = unique("ctr"), "counter"
+    with c.client(0) as cl:
+        cl.attach(db)
+    stop = threading.Event()
+    lock = threading.Lock()
+    counts = {"acked": 0, "attempted": 0, "errors": 0}
+    crashed: list[BaseException] = []
+
+    def incrementer(pnn: int, seed: int) -> None:
+        rng = random.Random(seed)
+        cl = c.client(pnn, timeout=30)
+        try:
+            while not stop.is_set():
+                try:
+                    value = int(cl.fetch_lock(db, key) or b"0")
+                    time.sleep(rng.uniform(0, HOLD))  # a client working under the lock
+                    with lock:
+                        counts["attempted"] += 1
+                    cl.store_unlock(db, key, str(value + 1))
+                    with lock:
+                        counts["acked"] += 1
+                except CtdbError:
+                    # Outcome unknown: start afresh (a new connection holds no lock).
+                    with lock:
+                        counts["errors"] += 1
+                    cl.close()
+                    cl = c.client(pnn, timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            crashed.append(exc)
+        finally:
+            cl.close()
+
+    recovers = [0]
+
+    def recoverer() -> None:
+        rng = random.Random()
+        while not stop.is_set():
+            started = time.monotonic()
+            # Today `recover` returns at once; once it waits for the recovery
+            # the cadence is simply that of the recoveries.
+            run_ctdbtool(c.socket(rng.randrange(c.size)), "recover", check=False)
+            recovers[0] += 1
+            time.sleep(max(0.0, RECOVER_EVERY - (time.monotonic() - started)))
+
+    threads = [
+        threading.Thread(target=incrementer, args=(p, 10 * p + i), daemon=True)
+        for p in range(c.size)
+        for i in range(CLIENTS_PER_NODE)
+    ] + [threading.Thread(target=recoverer, daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(DURATION)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads), "a client thread hung"
+    assert not crashed, crashed
+    print(f"{transport}: {counts}, {recovers[0]} forced recoveries")
+    try:
+        c.wait_healthy(30)
+    except TimeoutError as exc:
+        problem = f"the cluster did not settle after the load ({counts}): {exc}"
+        raise AssertionError(f"{problem}\n{logs(c)}") from None
+    # The race needs increments and recoveries interleaved (the machine is shared: be modest).
+    assert counts["acked"] >= 20 and recovers[0] >= 10, (counts, recovers)
+    values = read_everywhere(c, "readkey", db, key)
+    assert len(set(values)) == 1, f"nodes disagree on the counter: {values}"
+    final = int(values[0] or 0)
+    assert counts["acked"] <= final <= counts["attempted"], (
+        f"counter {final}, acknowledged increments {counts['acked']}, "
+        f"attempted {counts['attempted']}: {counts['acked'] - final} acknowledged lost"
+    )
+
+
+# -- 2. a persistent commit acknowledged while a node hung ---------------------------------
+
+
+@tcp_only
+def test_commit_acknowledged_while_a_node_hung_survives_its_return(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """Hung node 2 comes back after nodes 0 and 1 restarted: the commit must stay.
+
+    Node 2 has the highest recovery epoch (three forced recoveries, then
+    it hangs); nodes 0 and 1 commit a key without it, are killed and
+    restarted (their epoch, held only in memory, restarts low); node 2
+    resumes. On main the recovery takes node 2's copy, which lacks the key:
+    every node then reads it as missing. Measured on main: 6 of 6 runs failed.
+    """
+    c = cluster_factory(size=3, tunables=FAST)
+    db = unique("per")
+    tool(c, 0, "attach", db, "persistent")
+    run_ctdbtool(c.socket(0), "pstore", db, "before", "b")
+    for i in range(3):
+        force_recovery(c, i)
+
+    generation = c.status(0)["generation"]
+    c.signal_node(2, signal.SIGSTOP)
+    try:
+        wait_for(
+            "nodes 0 and 1 to report node 2 DISCONNECTED",
+            lambda: all(c.status(p)["nodes"][2]["flags"] & DISCONNECTED for p in (0, 1)),
+            10,
+            c,
+        )
+        wait_for("recovery over [0, 1]", lambda: recovered(c, [0, 1], generation), 20, c)
+        run_ctdbtool(c.socket(0), "pstore", db, "acked", "while 2 hung")  # exit 0: acknowledged
+        assert tool(c, 1, "pfetch", db, "acked")["value"] == "while 2 hung"
+
+        for p in (0, 1):
+            c.kill_node(p)
+        for p in (0, 1):
+            c.start_node(p)
+        c.wait_healthy(30, nodes=[0, 1])
+        for p in (0, 1):  # on disk, so still there
+            assert tool(c, p, "pfetch", db, "acked")["value"] == "while 2 hung", p
+    finally:
+        c.signal_node(2, signal.SIGCONT)
+    c.wait_healthy(30, nodes=[0, 1, 2])
+    assert read_everywhere(c, "pfetch", db, "acked") == ["while 2 hung"] * 3
+    assert read_everywhere(c, "pfetch", db, "before") == ["b"] * 3
+
+
+# -- 3. a node joins while a record is locked ----------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["vs", "tcp"], indirect=True)
+def test_unlock_after_a_join_reaches_the_joined_node(
+    cluster_factory: Callable[..., LocalCluster], transport: str
+) -> None:
+    """Node 2 restarts while a client on node 0 holds a record lock; then it stores.
+
+    Every node, the restarted one included, must read the stored value. On
+    main (vs) the state transfer does not carry the lock queues, so node 2
+    rejects the holder's unlock and reads the old value forever. Measured
+    on main: vs 6 of 6 runs failed; tcp passed 6 of 6 (a regression guard).
+
+    If the fix makes a lock taken before the join unusable (a retryable
+    error at `store_unlock`), the client takes the lock again and stores
+    again, as a client must; the acknowledged value is what every node
+    must read.
+    """
+    c = cluster_factory(size=3, tunables=FAST)
+    db, key = unique("vol"), "record"
+    with c.client(0) as cl:
+        cl.attach(db)
+        cl.store(db, key, "old")
+    c.kill_node(2)
+    wait_for("recovery over [0, 1]", lambda: recovered(c, [0, 1]), 20, c)
+
+    with c.client(0, timeout=30) as holder:
+        assert holder.fetch_lock(db, key) == b"old"
+        c.start_node(2)
+        c.wait_healthy(30, nodes=[0, 1, 2])
+        try:
+            holder.store_unlock(db, key, "new")
+        except CtdbError as exc:
+            assert exc.code in (ErrorCode.RETRY, ErrorCode.NOT_LOCKED), exc
+            print(f"{transport}: store_unlock after the join refused ({exc}); locking again")
+            assert holder.fetch_lock(db, key) is not None
+            holder.store_unlock(db, key, "new")
+    values = read_everywhere(c, "readkey", db, key)
+    assert values == ["new"] * 3, f"values read on nodes 0, 1, 2: {values}"
+    # And the record stays usable everywhere: lock it on the joined node.
+    with c.client(2, timeout=30) as cl:
+        assert cl.fetch_lock(db, key) == b"new"
+        cl.store_unlock(db, key, "newer")
+    assert read_everywhere(c, "readkey", db, key) == ["newer"] * 3
+
+
+# -- 4. dirty reads during a two-phase commit ---------------------------------------------
+
+
+@tcp_only
+def test_readers_never_see_a_commit_that_is_then_cancelled(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """A commit prepares on nodes 0 and 1 and is cancelled because node 2 hangs.
+
+    Node 2 is SIGSTOPped just before a client commits: the leader prepares
+    the commit on nodes 0 and 1 and waits for node 2 until the keepalives
+    declare it gone (2 s here), then the commit is cancelled. Meanwhile
+    readers on nodes 0 and 1 read the key in a loop, with persistent `fetch`
+    and with `Transaction.fetch`. Every value a reader saw must be a
+    committed one: the value from before, or the new value if (and only
+    if) the commit took effect in the end. On main both kinds of read
+    return the prepared, uncommitted value (a prepared TDB transaction is
+    open on the handle they read), and readers on the leader also read the
+    key as missing while the recovery's push rewrites the file. Measured
+    on main: 6 of 6 runs failed (every reader saw the cancelled value).
+
+    vs has no two-phase commit (a commit is one ordered message every node
+    applies in one local transaction), so this scenario is tcp only.
+    """
+    c = cluster_factory(size=3, tunables={"KeepaliveInterval": 0.5, "KeepaliveLimit": 4})
+    db, key = unique("per"), "k"
+    cancelled = f"cancelled-{uuid.uuid4().hex[:8]}"
+    with c.client(0) as cl:
+        cl.attach(db, "persistent")
+        cl.transact(db, {key: "committed"})
+    stop = threading.Event()
+    seen: dict[str, set[bytes | None]] = {}
+    reads = [0]
+    crashed: list[BaseException] = []
+
+    def reader(pnn: int, how: str) -> None:
+        values = seen.setdefault(f"node {pnn} {how}", set())
+        try:
+            with c.client(pnn, timeout=30) as cl:
+                while not stop.is_set():
+                    try:
+                        if how == "fetch":
+                            values.add(cl.fetch(db, key))
+                        else:
+                            tx = cl.transaction(db)
+                            values.add(tx.fetch(key))
+                            tx.cancel()
+                        reads[0] += 1
+                    except CtdbError:
+                        time.sleep(0.01)  # frozen for the recovery
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            crashed.append(exc)
+
+    threads = [
+        threading.Thread(target=reader, args=(p, how), daemon=True)
+        for p in (0, 1)
+        for how in ("fetch", "trans_fetch")
+    ]
+    for t in threads:
+        t.start()
+    outcome: str
+    try:
+        time.sleep(0.3)
+        generation = c.status(0)["generation"]
+        c.signal_node(2, signal.SIGSTOP)
+        try:
+            with c.client(1, timeout=30) as writer:
+                tx = writer.transaction(db)
+                tx.store(key, cancelled)
+                try:
+                    tx.commit()  # no retry: one attempt, cancelled when node 2 is declared gone
+                    outcome = "acknowledged"
+                except CtdbError as exc:
+                    outcome = f"failed: {exc}"
+            wait_for("recovery over [0, 1]", lambda: recovered(c, [0, 1], generation), 20, c)
+            time.sleep(0.3)  # readers read the recovered copy too
+        finally:
+            c.signal_node(2, signal.SIGCONT)
+        c.wait_healthy(30, nodes=[0, 1, 2])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not crashed, crashed
+    final = read_everywhere(c, "pfetch", db, key)
+    print(f"commit {outcome}; final {final}; {reads[0]} reads; seen {seen}")
+    assert len(set(final)) == 1, final
+    assert reads[0] > 100
+    if outcome == "acknowledged":
+        assert final == [cancelled] * 3, "an acknowledged commit must be on every node"
+    committed = {b"committed", final[0].encode() if final[0] is not None else None}
+    dirty = {who: values - committed for who, values in seen.items() if values - committed}
+    assert not dirty, f"readers saw values that were never committed: {dirty} (commit {outcome})"
