@@ -34,6 +34,7 @@ TUNABLES: dict[str, tuple[float, str]] = {
         "(faster, may miss a write acknowledged on another node a moment ago)",
     ),
     "WaitForQuorum": (1, "1: requests wait during recovery / without quorum; 0: fail at once"),
+    "VacuumInterval": (10.0, "seconds between rounds that remove deletion markers"),
 }
 
 

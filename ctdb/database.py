@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -71,6 +71,16 @@ class Database:
     @staticmethod
     def seqnum_record(seqnum: int, pnn: int) -> Record:
         return Record(seqnum, pnn, _SEQNUM.pack(seqnum))
+
+    @staticmethod
+    def commit_puts(records: Mapping[bytes, Record]) -> dict[bytes, Record | None]:
+        """What a committed transaction writes into a replicated database's file.
+
+        A deletion removes the key instead of leaving a marker: recovery
+        copies these databases whole, so nothing has to remember a delete,
+        and a database whose keys come and go stays bounded on disk.
+        """
+        return {key: None if rec.deleted else rec for key, rec in records.items()}
 
     def live_items(self) -> Iterator[tuple[bytes, Record]]:
         """Records a client can see: no deletion markers, no sequence number."""

@@ -40,6 +40,7 @@ from ctdb.errors import CtdbError, ErrorCode
 from ctdb.ltdb import Record, live_value
 from ctdb.messages import Call, DmasterReply, DmasterRequest
 from ctdb.placement import lmaster
+from ctdb.vacuum import Vacuum
 
 if TYPE_CHECKING:
     from ctdb.node import Node
@@ -72,6 +73,7 @@ class MigrationEngine:
         self._calls_out: dict[tuple[int, bytes], asyncio.Future[None]] = {}
         #: locks a freeze took away, by record: their holders get a clear error
         self._voided: dict[tuple[int, bytes], object] = {}
+        self.vacuum = Vacuum(self)
 
     # -- the record operations a client asks for (see ctdb.engine) -----------
 
@@ -218,7 +220,17 @@ class MigrationEngine:
         """Update a record this node is dmaster of (the caller checked that)."""
         rec = Record(self.next_rsn(db.local.get(key)), self.node.pnn, value)
         db.local.put(key, rec)
+        self.vacuum.note(db, key, rec)
         return rec
+
+    def idle(self, db: Database, key: bytes) -> bool:
+        """Nobody holds, waits for or is fetching the record here."""
+        ks = self._keys.get((db.id, key))
+        return (ks is None or ks.idle) and (db.id, key) not in self._calls_out
+
+    def hand_over(self, db: Database, key: bytes, rec: Record, to: int) -> None:
+        """Migrate a record we are dmaster of to `to`, unasked (vacuuming)."""
+        self._give_away(db, key, rec, to)
 
     # -- messages from other nodes -------------------------------------------
 
@@ -266,8 +278,10 @@ class MigrationEngine:
         db = node.dbs.get(msg.db_id)
         if db is None or not node.in_generation(msg.generation):
             return
-        db.local.put(msg.key, Record(msg.rsn, msg.new_dmaster, msg.value))
+        rec = Record(msg.rsn, msg.new_dmaster, msg.value)
+        db.local.put(msg.key, rec)
         if msg.new_dmaster == node.pnn:
+            self.vacuum.note(db, msg.key, rec)
             self._arrived(db, msg.key)
         else:
             node.send(
@@ -282,7 +296,9 @@ class MigrationEngine:
             return
         old = db.local.get(msg.key)
         if old is None or old.rsn <= msg.rsn:
-            db.local.put(msg.key, Record(msg.rsn, node.pnn, msg.value))
+            rec = Record(msg.rsn, node.pnn, msg.value)
+            db.local.put(msg.key, rec)
+            self.vacuum.note(db, msg.key, rec)
         self._arrived(db, msg.key)
 
     # -- recovery hooks --------------------------------------------------------

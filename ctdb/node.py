@@ -54,6 +54,7 @@ from ctdb.migration import MigrationEngine
 from ctdb.ordered import OrderedEngine
 from ctdb.placement import db_id
 from ctdb.transactions import TransactionEngine
+from ctdb.vacuum import Vacuum
 from transport.base import Transport, View
 
 log = logging.getLogger("ctdb.node")
@@ -175,6 +176,7 @@ class Node:
         if self.ordered is None:
             self._tasks.append(asyncio.create_task(self._recovery_daemon()))
         self._tasks.append(asyncio.create_task(self._state_announcer()))
+        self._tasks.append(asyncio.create_task(self._vacuum_loop()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -550,6 +552,18 @@ class Node:
             if self.ordered is not None:
                 self._expel_silent()
 
+    async def _vacuum_loop(self) -> None:
+        """Deletion markers are removed once no node can undo their delete."""
+        while True:
+            await asyncio.sleep(self.tunable("VacuumInterval"))
+            try:
+                if self.ordered is not None:
+                    self.ordered.vacuum()
+                else:
+                    await self.migration.vacuum.run()
+            except CtdbError as exc:
+                log.info("vacuum deferred: %s", exc)
+
     def rejoin(self) -> None:
         """vs: we were expelled; leave the group and join again for a state transfer."""
 
@@ -734,6 +748,13 @@ class Node:
             # Our copy is now the one this recovery distributes: track from here.
             db.base = (int(args["base"][0]), int(args["base"][1]))
             db.local.track_changes()
+            self.migration.vacuum.note_all(db, records)
+
+    def ctl_vacuum(self, src: int, args: dict[str, Any]) -> int:
+        """The key's lmaster removes deletion markers: drop our copies first (ctdb.vacuum)."""
+        if not self.in_generation(int(args["generation"])):
+            raise CtdbError(ErrorCode.RETRY, "vacuum from another generation")
+        return Vacuum.drop_copies(self.db(int(args["db_id"])), args["records"])
 
     def ctl_set_vnnmap(self, src: int, args: dict[str, Any]) -> None:
         self._check_generation(args)

@@ -62,6 +62,8 @@ log = logging.getLogger("ctdb.ordered")
 #: Operations a node out of sync queues while it waits for its snapshot; past
 #: this it gives up on the round and rejoins the group.
 MAX_BACKLOG = 100_000
+#: Markers proposed per database in one vacuum message.
+VACUUM_BATCH = 1000
 
 Owner = tuple[int, int]  # (pnn, session id)
 
@@ -122,6 +124,8 @@ class OrderedEngine:
         self._applied_by: dict[int, int] = {}
         #: origin -> highest seq of theirs we applied and have yet to confirm
         self._to_confirm: dict[int, int] = {}
+        #: db id -> keys that hold a deletion marker (vacuuming candidates)
+        self._markers: dict[int, set[bytes]] = {}
 
     # -- identity of local clients --------------------------------------------------
 
@@ -442,6 +446,46 @@ class OrderedEngine:
     def _write(self, db: Database, key: bytes, value: bytes, origin: int) -> None:
         old = db.local.get(key)
         db.local.put(key, Record((old.rsn if old else 0) + 1, origin, value))
+        if not value:
+            self._markers.setdefault(db.id, set()).add(key)
+
+    # -- vacuuming: every replica drops the same markers at the same position ----------
+
+    def vacuum(self) -> None:
+        """The first member proposes markers to remove; the stream applies it everywhere.
+
+        Every member holds every record and applies the same stream, so a
+        marker removed at one position is removed on every replica and no
+        node is left with a copy it could bring back.
+        """
+        if not self.serving or self.members[0] != self.node.pnn:
+            return
+        for dbid, keys in list(self._markers.items()):
+            db = self.node.dbs.get(dbid)
+            if db is None:
+                del self._markers[dbid]
+                continue
+            batch = []
+            for key in list(itertools.islice(keys, VACUUM_BATCH)):
+                rec = db.local.get(key)
+                if rec is None or not rec.deleted:
+                    keys.discard(key)
+                elif (dbid, key) not in self._locks:
+                    batch.append([key, rec.rsn])
+            if batch:
+                self._broadcast("vacuum", {"db": dbid, "records": batch})
+
+    def _apply_vacuum(self, origin: int, args: dict[str, Any]) -> None:
+        db = self._db(args["db"])
+        keys = self._markers.get(db.id, set())
+        for raw_key, rsn in args["records"]:
+            key = bytes(raw_key)
+            rec = db.local.get(key)
+            idle = (db.id, key) not in self._locks
+            if rec is not None and rec.deleted and rec.rsn == rsn and idle:
+                db.local.remove(key)
+                self.node.stats["vacuumed"] += 1
+            keys.discard(key)
 
     def _apply_store(self, origin: int, args: dict[str, Any]) -> None:
         db, key = self._db(args["db"]), bytes(args["key"])
@@ -487,7 +531,7 @@ class OrderedEngine:
     def _apply_commit(self, origin: int, args: dict[str, Any]) -> int:
         db = self._db(args["db"])
         seqnum, records = next_version(db, args["reads"], args["writes"], origin)
-        db.local.write_batch(records)
+        db.local.write_batch(Database.commit_puts(records))
         return seqnum
 
     def _apply_attach(self, origin: int, args: dict[str, Any]) -> None:
@@ -648,7 +692,9 @@ class OrderedEngine:
         if name not in r.awaiting:
             return
         db = self.node.attach(name, DbKind.parse(str(msg.args["kind"])))
-        db.local.write_batch(dict(from_wire(msg.args["records"])), replace_all=True)
+        records = from_wire(msg.args["records"])
+        db.local.write_batch(records, replace_all=True)
+        self._markers[db.id] = {k for k, r in records.items() if r.deleted and not db.replicated}
         self.recoveries = int(msg.args.get("recoveries", self.recoveries))
         # Lock queues are state too: take the donor's.
         for stale in [k for k in self._locks if k[0] == db.id]:

@@ -44,6 +44,7 @@ SIM_TUNABLES = {
     "KeepaliveLimit": 3,
     "RecoverTimeout": 2.0,
     "CallTimeout": 3.0,
+    "VacuumInterval": 0.2,
 }
 
 

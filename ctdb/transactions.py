@@ -159,7 +159,10 @@ class TransactionEngine:
         if db.id in self._prepared:
             raise CtdbError(ErrorCode.BUSY, f"database {db.name} has a commit in progress")
         # Each node's copy names itself in the header, as its own writes do.
-        puts = {k: Record(r.rsn, self.node.pnn, r.value) for k, r in from_wire(records).items()}
+        pnn = self.node.pnn
+        puts = Database.commit_puts(
+            {k: Record(r.rsn, pnn, r.value) for k, r in from_wire(records).items()}
+        )
         try:
             db.local.prepare(puts)
         except Exception as exc:

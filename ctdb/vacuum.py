@@ -1,0 +1,129 @@
+"""Vacuuming: deletion markers go away once no node can undo the delete (tcp).
+
+A deleted volatile record stays behind as a marker (a header with a higher
+RSN and no data) so that recovery, which takes the newest copy of every
+key, does not bring back an older value some node still holds. Without
+vacuuming, a database whose keys come and go grows for ever.
+
+As in CTDB, the key's lmaster removes a marker, when it is also the
+record's dmaster: it first asks every other node to drop its copy of the
+key if that copy is not newer than the marker, then drops the marker. While
+it does, it stays the record's only authority (others hold nothing, so
+their calls come to the lmaster; and when the lmaster holds nothing, it is
+the dmaster by definition), so no write can slip in between. A marker held
+by another dmaster is first handed to the lmaster, as a migration.
+
+Only while every configured node is in the vnnmap: a node that is away
+could come back with an older copy, which a removed marker would no longer
+outrank. A vacuum cut short by a recovery or a failure leaves the marker
+where it was; the next round tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from ctdb.database import Database
+from ctdb.errors import CtdbError
+from ctdb.ltdb import Record
+from ctdb.placement import lmaster
+
+if TYPE_CHECKING:
+    from ctdb.migration import MigrationEngine
+
+log = logging.getLogger("ctdb.vacuum")
+
+#: Keys handled per database and round: bounds the size of one vacuum control.
+BATCH = 1000
+
+
+class Vacuum:
+    def __init__(self, engine: MigrationEngine) -> None:
+        self.engine = engine
+        self.node = engine.node
+        #: db id -> keys whose marker this node holds as dmaster
+        self.candidates: dict[int, set[bytes]] = {}
+
+    def note(self, db: Database, key: bytes, rec: Record) -> None:
+        """A record this node now holds changed: remember it if it is our marker."""
+        if rec.deleted and rec.dmaster == self.node.pnn and not db.replicated:
+            self.candidates.setdefault(db.id, set()).add(key)
+
+    def note_all(self, db: Database, records: Mapping[bytes, Record | None]) -> None:
+        for key, rec in records.items():
+            if rec is not None:
+                self.note(db, key, rec)
+
+    async def run(self) -> int:
+        """One round over every database; returns the markers removed."""
+        node = self.node
+        everyone = list(range(len(node.nodes)))
+        removed = 0
+        for dbid in list(self.candidates):
+            if not node.serving or sorted(node.vnnmap) != everyone:
+                return removed
+            db = node.dbs.get(dbid)
+            keys = self.candidates.get(dbid)
+            if db is None or not keys:
+                self.candidates.pop(dbid, None)
+                continue
+            removed += await self._run_db(db, keys)
+        return removed
+
+    def _marker(self, db: Database, key: bytes) -> Record | None:
+        """Our idle marker of `key`, or None (then it is no longer a candidate)."""
+        rec = db.local.get(key)
+        if rec is None or not rec.deleted or rec.dmaster != self.node.pnn:
+            return None
+        return rec
+
+    async def _run_db(self, db: Database, keys: set[bytes]) -> int:
+        node, engine = self.node, self.engine
+        batch: list[tuple[bytes, int]] = []
+        for key in list(itertools.islice(keys, BATCH)):
+            rec = self._marker(db, key)
+            if rec is None:
+                keys.discard(key)
+            elif not engine.idle(db, key):
+                continue  # locked or wanted: later
+            elif lmaster(key, node.vnnmap) != node.pnn:
+                keys.discard(key)  # the lmaster takes over (it notes the marker on arrival)
+                engine.hand_over(db, key, rec, lmaster(key, node.vnnmap))
+            else:
+                batch.append((key, rec.rsn))
+        if not batch:
+            return 0
+        generation = node.generation
+        others = [p for p in node.vnnmap if p != node.pnn]
+        args = {"db_id": db.id, "generation": generation, "records": [list(r) for r in batch]}
+        try:
+            await asyncio.gather(*(node.control(p, "vacuum", args) for p in others))
+        except (CtdbError, TimeoutError) as exc:  # a failed round only delays the vacuum
+            log.info("vacuum of %s deferred: %s", db.name, exc)
+            return 0
+        removed = 0
+        if node.in_generation(generation):
+            for key, rsn in batch:
+                rec = self._marker(db, key)
+                if rec is not None and rec.rsn == rsn and engine.idle(db, key):
+                    db.local.remove(key)
+                    removed += 1
+                keys.discard(key)
+        node.stats["vacuumed"] += removed
+        return removed
+
+    @staticmethod
+    def drop_copies(db: Database, records: list[list[object]]) -> int:
+        """At every other node: drop our copy of each key unless it is newer than the marker."""
+        dropped = 0
+        for raw_key, raw_rsn in records:
+            key, rsn = bytes(raw_key), int(raw_rsn)  # type: ignore[call-overload]
+            rec = db.local.get(key)
+            if rec is not None and rec.rsn <= rsn:
+                db.local.remove(key)
+                dropped += 1
+        return dropped
