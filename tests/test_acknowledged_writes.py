@@ -425,7 +425,8 @@ def test_persistent_reads_during_recoveries_return_committed_values(
     expected = {f"k{i:04d}": f"v{i}" for i in range(2000)}  # a push that takes a while
     with c.client(0) as cl:
         cl.attach(db, "persistent")
-        cl.transact(db, expected)
+        writes: dict[bytes | str, bytes | str | None] = dict(expected)
+        cl.transact(db, writes)
     stop = threading.Event()
     wrong: list[str] = []
     reads = [0]
