@@ -417,16 +417,16 @@ def test_persistent_reads_during_recoveries_return_committed_values(
     handle on which the recovery's push has an open TDB transaction that
     first wipes the file: readers see keys as missing. Found while testing
     scenario 4 (whose test also catches it, less often). Measured: main
-    b7714d4 4 of 4 runs failed (17-30 of ~15-25k reads returned None), and
+    b7714d4 5 of 5 runs failed (17-66 of ~15-25k reads returned None), and
     so did main acd0f49 (the first fixes of issue 8) 3 of 3; vs passed 4 of 4.
     """
     c = cluster_factory(size=3)
     db = unique("per")
-    expected = {f"k{i:04d}": f"v{i}" for i in range(2000)}  # a push that takes a while
+    # 2,000 records: a push that takes a while.
+    expected: dict[bytes | str, bytes | str | None] = {f"k{i:04d}": f"v{i}" for i in range(2000)}
     with c.client(0) as cl:
         cl.attach(db, "persistent")
-        writes: dict[bytes | str, bytes | str | None] = dict(expected)
-        cl.transact(db, writes)
+        cl.transact(db, expected)
     stop = threading.Event()
     wrong: list[str] = []
     reads = [0]
@@ -434,7 +434,7 @@ def test_persistent_reads_during_recoveries_return_committed_values(
 
     def reader(pnn: int, seed: int) -> None:
         rng = random.Random(seed)
-        keys = sorted(expected)
+        keys = sorted(str(k) for k in expected)
         try:
             with c.client(pnn, timeout=30) as cl:
                 while not stop.is_set():
@@ -450,7 +450,7 @@ def test_persistent_reads_during_recoveries_return_committed_values(
                         time.sleep(0.01)  # refusing to read while frozen is fine
                         continue
                     reads[0] += 1
-                    if got != expected[key].encode():
+                    if got != str(expected[key]).encode():
                         wrong.append(f"node {pnn} read {key}={got!r}")
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
             crashed.append(exc)
