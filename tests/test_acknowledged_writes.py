@@ -418,7 +418,8 @@ def test_persistent_reads_during_recoveries_return_committed_values(
     first wipes the file: readers see keys as missing. Found while testing
     scenario 4 (whose test also catches it, less often). Measured: main
     b7714d4 5 of 5 runs failed (17-66 of ~15-25k reads returned None), and
-    so did main acd0f49 (the first fixes of issue 8) 3 of 3; vs passed 4 of 4.
+    so did main acd0f49 (the first fixes of issue 8) 3 of 3; main 2d14033
+    passed 3 of 3; vs passed 5 of 5.
     """
     c = cluster_factory(size=3)
     db = unique("per")
