@@ -20,12 +20,13 @@ import fcntl
 import logging
 import os
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from enum import IntEnum, IntFlag
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ctdb import recovery
 from ctdb.config import TUNABLES, parse_tunable, read_nodes
@@ -58,6 +59,7 @@ from ctdb.vacuum import Vacuum
 from transport.base import Transport, View
 
 log = logging.getLogger("ctdb.node")
+T = TypeVar("T")
 
 INVALID_GENERATION = 1
 #: In the state directory: the latest recovery epoch this node took part in.
@@ -155,6 +157,7 @@ class Node:
         #: frozen node touches no database meanwhile. The simulation runs it
         #: inline to stay deterministic.
         self.offload: Callable[[Callable[[], Any]], Awaitable[Any]] = asyncio.to_thread
+        self._bulk_lock = threading.Lock()
         #: srvid -> callbacks of local clients registered for it
         self.srvids: dict[int, list[Callable[[int, int, bytes], None]]] = {}
         self._handlers: dict[str, ControlHandler] = {
@@ -313,7 +316,14 @@ class Node:
         if timeout is None:
             timeout = self.tunable("CallTimeout")
         if pnn == self.pnn:
-            return await self._run_control(self.pnn, op, args or {})
+            # Bounded like a remote control: a recovery must never wait for
+            # ever on its own push.
+            try:
+                return await asyncio.wait_for(self._run_control(self.pnn, op, args or {}), timeout)
+            except TimeoutError:
+                raise CtdbError(
+                    ErrorCode.TIMEOUT, f"node {pnn} (this one) did not finish {op} in {timeout:g}s"
+                ) from None
         if pnn not in self.transport.view:
             raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
         return await self.controls.call(pnn, op, args, timeout)
@@ -703,18 +713,35 @@ class Node:
                 f"node {self.pnn} still follows node {self.leader}, which has not stepped down",
             )
 
+    async def _bulk(self, work: Callable[[], T]) -> T:
+        """Recovery's whole-database work, off the event loop and one at a time.
+
+        A recovery attempt that timed out cannot stop its thread; the next
+        attempt's pull or push waits for it instead of sharing the handle.
+        """
+
+        def locked() -> T:
+            with self._bulk_lock:
+                return work()
+
+        result: T = await self.offload(locked)
+        return result
+
     def _check_generation(self, args: dict[str, Any]) -> None:
         if args.get("generation") != self._frozen_generation:
             raise CtdbError(ErrorCode.RETRY, "recovery step from a superseded generation")
 
-    def ctl_freeze(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+    async def ctl_freeze(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
         self._check_vote(src)
         self._freeze(int(args["generation"]))
+        dbs = list(self.dbs.values())
+        # After any earlier attempt's push: its sequence numbers are the real ones.
+        info = await self._bulk(lambda: {db.name: self._recovery_info(db) for db in dbs})
         return {
             "epoch": self.epoch,
             "generation": self.generation,
             "view": list(self.transport.view.members),
-            "dbs": {db.name: self._recovery_info(db) for db in self.dbs.values()},
+            "dbs": info,
         }
 
     @staticmethod
@@ -734,8 +761,8 @@ class Node:
         elif args.get("keys") is not None:
             keys = [bytes(k) for k in args["keys"]]
         else:
-            return await self.offload(lambda: to_wire(db.local.items()))
-        return await self.offload(lambda: to_wire(db.local.items_of(keys)))
+            return await self._bulk(lambda: to_wire(db.local.items()))
+        return await self._bulk(lambda: to_wire(db.local.items_of(keys)))
 
     async def ctl_push(self, src: int, args: dict[str, Any]) -> None:
         """Install records recovery merged (all of them, or the ones that changed)."""
@@ -743,7 +770,7 @@ class Node:
         db = self.db(int(args["db_id"]))
         records = dict(from_wire(args["records"]))
         replace_all = bool(args["replace_all"])
-        await self.offload(lambda: db.local.write_batch(records, replace_all=replace_all))
+        await self._bulk(lambda: db.local.write_batch(records, replace_all=replace_all))
         if not db.replicated:
             # Our copy is now the one this recovery distributes: track from here.
             db.base = (int(args["base"][0]), int(args["base"][1]))
@@ -767,7 +794,11 @@ class Node:
             write_counter(self._epoch_file, epoch)
             self.epoch = epoch
 
-    def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
+    async def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
+        self._check_generation(args)
+        # A pull or push of an abandoned recovery attempt may still be running
+        # in its thread: serve nothing until it is done.
+        await self._bulk(lambda: None)
         self._check_generation(args)
         if self.flags & INACTIVE:
             raise CtdbError(ErrorCode.RETRY, f"node {self.pnn} became inactive")

@@ -328,8 +328,21 @@ async def _attach(s: Session, args: dict[str, Any]) -> dict[str, Any]:
 def _fetch(s: Session, args: dict[str, Any]) -> Any:
     db, key = s.database(args), s.key(args)
     if db.replicated:
-        return live_value(db.local.get(key))
+        return _local_read(s, lambda: live_value(db.local.get(key)))
     return s.node.records.fetch(db, key, s)
+
+
+def _local_read(s: Session, read: Callable[[], Any]) -> Any:
+    """Persistent data is read from the local copy, but not while a recovery rewrites it."""
+    if s.node.serving:
+        return read()
+
+    async def when_serving() -> Any:
+        loop = asyncio.get_running_loop()
+        await s.node.wait_serving(loop.time() + s.node.tunable("CallTimeout"))
+        return read()
+
+    return when_serving()
 
 
 def _volatile(s: Session, args: dict[str, Any]) -> Database:
@@ -393,8 +406,9 @@ def _trans_start(s: Session, args: dict[str, Any]) -> int:
 
 
 @op("trans_fetch")
-def _trans_fetch(s: Session, args: dict[str, Any]) -> bytes | None:
-    return s.transaction(args).fetch(s.key(args))
+def _trans_fetch(s: Session, args: dict[str, Any]) -> Any:
+    tx, key = s.transaction(args), s.key(args)
+    return _local_read(s, lambda: tx.fetch(key))
 
 
 @op("trans_store")
