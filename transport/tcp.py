@@ -311,7 +311,7 @@ class TcpTransport(Transport):
         for out in list(self._out.values()):
             if out.transport is not None:
                 out.transport.abort()
-        for inc in list(self._accepted):  # also those still before their hello
+        for inc in list(self._accepted):  # also those still in their handshake
             if inc.transport is not None:
                 inc.transport.abort()
         if self._server is not None:
