@@ -1026,12 +1026,14 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         "plan": asdict(plan),
         "corosync": {"transport": "knet", "token_ms": TOKEN_MS, "isolated": True},
         "machine": machine_info(),
+        "rounds": ns.rounds,
         "backends": {},
     }
     cs = None
+    per_round: dict[str, list[dict[str, Any]]] = {}
     try:
         base = {"plan": asdict(plan), "sizes": sizes}
-        for kind in ns.only:
+        for kind in [k for _ in range(ns.rounds) for k in ns.only]:
             conf = dict(base)
             prefix: list[str] = []
             if kind in TCP_KINDS:
@@ -1049,7 +1051,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             res = Pair(kind, conf, workdir, prefix).run(600)
             res.pop("ev", None)
             res["seconds"] = time.monotonic() - t0
-            results["backends"][kind] = res
+            per_round.setdefault(kind, []).append(res)
             for size in sizes:
                 r, t = res["rtt"][str(size)], res["tput"][str(size)]
                 say(
@@ -1057,6 +1059,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                     f"p99 {r['p99_us']:8.1f} us"
                     f" | {t['msg_per_s']:9.0f} msg/s {t['mb_per_s']:8.1f} MB/s"
                 )
+        results["backends"] = {kind: median_of_rounds(rs) for kind, rs in per_round.items()}
         if cs is not None:
             results["corosync"]["runtime"] = totem_runtime(cs)
             cs.stop()
@@ -1072,6 +1075,22 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     results["link_auth_cpu"] = link_auth_cpu()
     results["duration_s"] = time.monotonic() - started
     return results
+
+
+def median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One backend's result: per size and figure, the median over interleaved rounds.
+
+    Why rounds: on a shared host the load drifts over a run; interleaving
+    the backends and taking medians keeps a drift from landing on one of them.
+    """
+    merged = dict(rounds[0])
+    for part in ("rtt", "tput"):
+        merged[part] = {
+            size: {name: statistics.median(r[part][size][name] for r in rounds) for name in figures}
+            for size, figures in rounds[0][part].items()
+        }
+    merged["rounds"] = len(rounds)
+    return merged
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
@@ -1107,7 +1126,8 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "# Transport benchmark (netpipe style)",
         "",
         f"`{results['command']}` on {m['cpus']} CPU(s) ({m['cpu']}), {m['corosync']}, "
-        f"Python {m['python']}, uvloop {m['uvloop']}; {results['date']}, "
+        f"Python {m['python']}, uvloop {m['uvloop']}, load average {m['loadavg'][0]:.1f} at "
+        f"start; {results['date']}, {results['rounds']} round(s), "
         f"{results['duration_s']:.0f} s{' (--quick)' if results['quick'] else ''}.",
         "",
         "Two processes per backend. RTT: A sends N bytes, B answers with N bytes. "
@@ -1358,6 +1378,12 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: [int(x) for x in s.split(",")],
         default=SIZES,
         help="comma-separated message sizes in bytes (default: 16,256,4096,65536,1048576)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the backends this many times, interleaved; report per-figure medians",
     )
     parser.add_argument("--worker", choices=[*KINDS, "idle"], help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["a", "b", "idle"], help=argparse.SUPPRESS)
