@@ -4,7 +4,12 @@ One run measures, for message sizes 16 B .. 1 MiB, between two *processes*:
 
 * ``raw``  - baseline 1: a bare loopback TCP socket pair (uvloop protocol,
   4-byte length prefix, no transport layer): the floor of ``tcp``;
-* ``tcp``  - `transport.tcp.TcpTransport`, nodes 127.0.0.1 and 127.0.0.2;
+* ``tcp``  - `transport.tcp.TcpTransport`, nodes 127.0.0.1 and 127.0.0.2,
+  no cluster key;
+* ``tcp-key`` - the same with a cluster key: the links are authenticated by
+  the handshake, established links carry frames exactly as ``tcp`` does;
+* ``tcp-mac`` - the same with ``authenticate frames``: every frame carries a
+  MAC (measured against ``tcp``, target <= 1.10x on the 16 B round trip);
 * ``cpg``  - baseline 2: a bare CPG client pair written directly on
   `transport.libcpg` (one ``cpg_mcast_joined`` per message, no transport
   layer): the corosync floor of ``vs``;
@@ -58,14 +63,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "transports"
 SIZES = [16, 256, 4096, 65536, 1 << 20]
-KINDS = ["raw", "tcp", "cpg", "vs"]
+KINDS = ["raw", "tcp", "tcp-key", "tcp-mac", "cpg", "vs"]
+TCP_KINDS = ("tcp", "tcp-key", "tcp-mac")
 LABELS = {
     "raw": "raw TCP socket (baseline)",
     "tcp": "tcp transport",
+    "tcp-key": "tcp transport, cluster key",
+    "tcp-mac": "tcp transport, frame MACs",
     "cpg": "bare CPG (baseline)",
     "vs": "vs transport",
 }
-BASELINE_OF = {"tcp": "raw", "vs": "cpg"}
+BASELINE_OF = {"tcp": "raw", "tcp-key": "tcp", "tcp-mac": "tcp", "vs": "cpg"}
+MAC_TARGET = 1.10  # tcp-mac / tcp, 16 B round trip p50
 TCP_NODES = ["127.0.0.1", "127.0.0.2"]
 HIGH_WATER = 4 * 1024 * 1024  # raw socket: same write high-water mark as TcpTransport
 TOKEN_MS = 300  # as tests/transport: the private corosync the suite uses
@@ -250,9 +259,15 @@ class TransportEndpoint(Endpoint):
         self.pnn = 0 if role == "a" else 1
         self.peer = 1 - self.pnn
         self.mode = mode
-        cls = transport_class(kind)
-        nodes = TCP_NODES if kind == "tcp" else ["n0", "n1"]
-        opts = TransportOptions(port=port, extra={"group": group})
+        tcp = kind in TCP_KINDS
+        cls = transport_class("tcp" if tcp else kind)
+        nodes = TCP_NODES if tcp else ["n0", "n1"]
+        opts = TransportOptions(
+            port=port,
+            cluster_key=b"bench cluster key, 32 bytes long" if kind != "tcp" else None,
+            authenticate_frames=kind == "tcp-mac",
+            extra={"group": group},
+        )
         self.t = cls(self.pnn, nodes, opts)
         self.t.on_message = self._on_message
         self.kind = kind
@@ -586,24 +601,37 @@ def worker_main(ns: argparse.Namespace) -> int:
 
 
 def tuned_corosync(directory: Path, transport: str, totem: dict[str, Any]) -> Any:
-    """A PrivateCorosync (isolated) whose totem section gets extra settings."""
+    """A PrivateCorosync (isolated) whose totem section gets extra settings.
+
+    A `crypto_cipher` other than none turns on corosync's own crypto with a
+    fresh authkey, as `ctdbtool cluster up --transport vs` does.
+    """
+    from ctdb.keyfile import COROSYNC_KEY_SIZE, create_key
     from transport.corosync import PrivateCorosync
 
     class Tuned(PrivateCorosync):
         def write_config(self) -> Path:
             path = super().write_config()
+            if self.authkey is not None and not self.authkey.exists():
+                create_key(self.authkey, COROSYNC_KEY_SIZE)
             if totem:
                 text = path.read_text()
                 for k, v in totem.items():
                     line = f"    {k}: {v}\n"
                     text, n = re.subn(rf"(?m)^    {k}: .*\n", line, text, count=1)
                     if not n:
-                        anchor = "    crypto_cipher: none\n"
-                        text = text.replace(anchor, anchor + line)
+                        text = re.sub(r"(?m)^(    token: .*\n)", rf"\g<1>{line}", text, count=1)
                 path.write_text(text)
             return path
 
-    return Tuned(directory, isolate=True, token_ms=TOKEN_MS, transport=transport)
+    crypto = totem.get("crypto_cipher", "none") != "none"
+    return Tuned(
+        directory,
+        isolate=True,
+        token_ms=TOKEN_MS,
+        transport=transport,
+        authkey=directory / "authkey" if crypto else None,
+    )
 
 
 class Pair:
@@ -798,6 +826,7 @@ SWEEP: list[tuple[str, str, dict[str, Any], int]] = [
         0,
     ),
     ("knet, token: 3000", "knet", {"token": 3000}, 0),
+    ("knet, crypto aes256 + sha256 (cluster up)", "knet", {"crypto_cipher": "aes256"}, 0),
     ("udpu", "udpu", {}, 0),
     ("udpu, 3rd idle member", "udpu", {}, 1),
 ]
@@ -919,6 +948,34 @@ def framereader_fresh() -> dict[str, Any]:
     return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
 
 
+def link_auth_cpu(quick: bool) -> dict[str, float]:
+    """CPU per handshake (both sides) and per 16 B frame MAC (seal + open), in process.
+
+    Why: the tcp-key and tcp-mac rows measure whole round trips on a noisy
+    host; these say what the authentication code itself costs.
+    """
+    from transport.linkauth import FrameOpener, FrameSealer, Initiator, Responder, Settings
+
+    settings = Settings(b"k" * 32, frame_macs=True)
+    clock = time.perf_counter
+    n = 200 if quick else 2000
+    t0 = clock()
+    for _ in range(n):
+        init, resp = Initiator(settings, 1, 0), Responder(settings, 0, 1)
+        step = init.receive(resp.receive(init.hello()).send)
+        resp.receive(step.send)
+    handshake = (clock() - t0) / n
+    assert step.session is not None and step.session.frame_key is not None
+    sealer, opener = FrameSealer(step.session.frame_key), FrameOpener(step.session.frame_key)
+    payload = b"P" * 16
+    n = 10000 if quick else 100000
+    t0 = clock()
+    for _ in range(n):
+        opener.open(payload + sealer.seal(payload))
+    frame = (clock() - t0) / n
+    return {"handshake_us": handshake * 1e6, "frame_mac_16b_us": frame * 1e6}
+
+
 def totem_runtime(cs: Any) -> dict[str, str]:
     """The effective totem timers corosync computed (cmap runtime.config.totem.*)."""
     out: dict[str, str] = {}
@@ -969,15 +1026,17 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         "plan": asdict(plan),
         "corosync": {"transport": "knet", "token_ms": TOKEN_MS, "isolated": True},
         "machine": machine_info(),
+        "rounds": ns.rounds,
         "backends": {},
     }
     cs = None
+    per_round: dict[str, list[dict[str, Any]]] = {}
     try:
         base = {"plan": asdict(plan), "sizes": sizes}
-        for kind in ns.only:
+        for kind in [k for _ in range(ns.rounds) for k in ns.only]:
             conf = dict(base)
             prefix: list[str] = []
-            if kind == "tcp":
+            if kind in TCP_KINDS:
                 conf["port"] = free_port(TCP_NODES)
             if kind in ("cpg", "vs"):
                 if cs is None:
@@ -992,7 +1051,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             res = Pair(kind, conf, workdir, prefix).run(600)
             res.pop("ev", None)
             res["seconds"] = time.monotonic() - t0
-            results["backends"][kind] = res
+            per_round.setdefault(kind, []).append(res)
             for size in sizes:
                 r, t = res["rtt"][str(size)], res["tput"][str(size)]
                 say(
@@ -1000,6 +1059,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                     f"p99 {r['p99_us']:8.1f} us"
                     f" | {t['msg_per_s']:9.0f} msg/s {t['mb_per_s']:8.1f} MB/s"
                 )
+        results["backends"] = {kind: median_of_rounds(rs) for kind, rs in per_round.items()}
         if cs is not None:
             results["corosync"]["runtime"] = totem_runtime(cs)
             cs.stop()
@@ -1012,8 +1072,25 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     results["ratios"] = ratios(results)
     results["framereader_mb_per_s"] = framereader_fresh()
+    results["link_auth_cpu"] = link_auth_cpu(ns.quick)
     results["duration_s"] = time.monotonic() - started
     return results
+
+
+def median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One backend's result: per size and figure, the median over interleaved rounds.
+
+    Why rounds: on a shared host the load drifts over a run; interleaving
+    the backends and taking medians keeps a drift from landing on one of them.
+    """
+    merged = dict(rounds[0])
+    for part in ("rtt", "tput"):
+        merged[part] = {
+            size: {name: statistics.median(r[part][size][name] for r in rounds) for name in figures}
+            for size, figures in rounds[0][part].items()
+        }
+    merged["rounds"] = len(rounds)
+    return merged
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
@@ -1049,7 +1126,8 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "# Transport benchmark (netpipe style)",
         "",
         f"`{results['command']}` on {m['cpus']} CPU(s) ({m['cpu']}), {m['corosync']}, "
-        f"Python {m['python']}, uvloop {m['uvloop']}; {results['date']}, "
+        f"Python {m['python']}, uvloop {m['uvloop']}, load average {m['loadavg'][0]:.1f} at "
+        f"start; {results['date']}, {results['rounds']} round(s), "
         f"{results['duration_s']:.0f} s{' (--quick)' if results['quick'] else ''}.",
         "",
         "Two processes per backend. RTT: A sends N bytes, B answers with N bytes. "
@@ -1084,6 +1162,7 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
                 f"| {name} | {fmt_size(size)} | {r['rtt_p50']:.2f}x | {r['rtt_p99']:.2f}x "
                 f"| {r['tput']:.2f}x |"
             )
+    lines += auth_summary(results)
     small = results["ratios"].get("tcp/raw", {})
     if small and "16" in small and "256" in small:
         worst = max(small[str(s)]["rtt_p50"] for s in (16, 256))
@@ -1116,6 +1195,40 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def auth_summary(results: dict[str, Any]) -> list[str]:
+    """What authenticating node links costs, from this run's ratios to plain tcp."""
+    ratios = results["ratios"]
+    key, mac = ratios.get("tcp-key/tcp"), ratios.get("tcp-mac/tcp")
+    if not key and not mac:
+        return []
+    sizes = results["sizes"]
+    out = ["", "## Authenticated node links (against plain tcp, same run)", ""]
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        per_size = ", ".join(
+            f"{fmt_size(s)} {r[str(s)]['rtt_p50']:.2f}x / {r[str(s)]['tput']:.2f}x" for s in sizes
+        )
+        return f"* {name}: RTT p50 / throughput ratio per size: {per_size}."
+
+    if key:
+        out.append(row("cluster key (handshake only; established links unchanged)", key))
+    if mac and "16" in mac:
+        verdict = "met" if mac["16"]["rtt_p50"] <= MAC_TARGET else "MISSED"
+        out.append(row("frame MACs (`authenticate frames = yes`)", mac))
+        out.append(
+            f"* frame MACs, 16 B round trip: {mac['16']['rtt_p50']:.2f}x plain tcp "
+            f"(target <= {MAC_TARGET:.2f}x: **{verdict}**)."
+        )
+    cpu = results.get("link_auth_cpu")
+    if cpu:
+        out.append(
+            f"* CPU, in process: one handshake (both sides) {cpu['handshake_us']:.0f} us, once "
+            f"per connection; one 16 B frame sealed and opened {cpu['frame_mac_16b_us']:.2f} us "
+            "(a round trip seals and opens two frames)."
+        )
+    return out
+
+
 def findings(results: dict[str, Any]) -> list[str]:
     """What the numbers of this run say (computed, not canned)."""
     b = results["backends"]
@@ -1142,7 +1255,8 @@ def findings(results: dict[str, Any]) -> list[str]:
             f"{v['16']['p50_us'] - c['16']['p50_us']:.0f} us; the rest is corosync."
         )
     sweep = [r for r in results.get("sweep", []) if "error" not in r]
-    knet = [r for r in sweep if r["transport"] == "knet"]
+    crypto = [r for r in sweep if "crypto_cipher" in r["totem"]]
+    knet = [r for r in sweep if r["transport"] == "knet" and r not in crypto]
     udpu = [r for r in sweep if r["transport"] == "udpu"]
     if knet and udpu:
 
@@ -1162,6 +1276,15 @@ def findings(results: dict[str, Any]) -> list[str]:
             "2x that, because each hop also wakes two client processes, which on a loaded "
             "2-CPU host costs as much as corosync itself."
         )
+    plain = [r for r in knet if not r["totem"] and not r["extra_members"]]
+    if crypto and plain:
+        c, p = crypto[0], plain[0]
+        out.append(
+            f"* corosync's own crypto (aes256 + sha256, what `cluster up --transport vs` runs): "
+            f"self-delivery {c['self_p50_us']:.0f} us vs {p['self_p50_us']:.0f} us without, "
+            f"vs RTT {c['vs_p50_us']:.0f} us vs {p['vs_p50_us']:.0f} us "
+            f"({c['vs_p50_us'] / p['vs_p50_us']:.2f}x)."
+        )
     return out
 
 
@@ -1174,7 +1297,14 @@ def plot(path: Path, results: dict[str, Any]) -> None:
     b = results["backends"]
     sizes = results["sizes"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    styles = {"raw": "k--o", "tcp": "C0-o", "cpg": "k:s", "vs": "C3-s"}
+    styles = {
+        "raw": "k--o",
+        "tcp": "C0-o",
+        "tcp-key": "C2-^",
+        "tcp-mac": "C1-v",
+        "cpg": "k:s",
+        "vs": "C3-s",
+    }
     for kind in KINDS:
         if kind not in b:
             continue
@@ -1201,7 +1331,7 @@ def plot(path: Path, results: dict[str, Any]) -> None:
             width,
             label=LABELS[kind],
             color=styles[kind][:2]
-            if kind in ("tcp", "vs")
+            if kind not in ("raw", "cpg")
             else ("0.3" if kind == "raw" else "0.65"),
         )
     ax2.set_yscale("log")
@@ -1248,6 +1378,12 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: [int(x) for x in s.split(",")],
         default=SIZES,
         help="comma-separated message sizes in bytes (default: 16,256,4096,65536,1048576)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the backends this many times, interleaved; report per-figure medians",
     )
     parser.add_argument("--worker", choices=[*KINDS, "idle"], help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["a", "b", "idle"], help=argparse.SUPPRESS)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctdb.errors import CtdbError, ErrorCode
+from ctdb.keyfile import load_key
 
 DEFAULT_PORT = 4379
 SOCKET_NAME = "ctdbd.socket"
@@ -55,6 +56,10 @@ class Config:
     log_file: Path | None = None
     cluster_lock: Path | None = None
     socket_mode: int = 0o600
+    #: `[cluster] key file` and the key in it (None: node links are unauthenticated).
+    key_file: Path | None = None
+    cluster_key: bytes | None = None
+    authenticate_frames: bool = False
     transport_extra: dict[str, str] = field(default_factory=dict)
     tunables: dict[str, float] = field(default_factory=dict)
 
@@ -121,8 +126,15 @@ def load(path: Path) -> Config:
     try:
         port = int(get("cluster", "port", str(DEFAULT_PORT)) or DEFAULT_PORT)
         mode = int(get("server", "socket mode", "0600") or "0600", 8)
+        authenticate_frames = parser.getboolean("cluster", "authenticate frames", fallback=False)
     except ValueError as exc:
         raise CtdbError(ErrorCode.INVALID, f"config {path}: {exc}") from exc
+    key_option = get("cluster", "key file")
+    key_file = rel(key_option) if key_option else None
+    if authenticate_frames and key_file is None:
+        raise CtdbError(
+            ErrorCode.INVALID, f"config {path}: [cluster] authenticate frames needs a key file"
+        )
     return Config(
         nodes=nodes,
         pnn=nodes.index(address),
@@ -135,6 +147,9 @@ def load(path: Path) -> Config:
         log_file=rel(log_file) if log_file else None,
         cluster_lock=rel(lock) if lock else None,
         socket_mode=mode,
+        key_file=key_file,
+        cluster_key=load_key(key_file) if key_file else None,
+        authenticate_frames=authenticate_frames,
         transport_extra=extra,
         tunables=tunables,
     )

@@ -42,6 +42,7 @@ def _setup_logging(cfg: config_mod.Config) -> None:
 async def run(cfg: config_mod.Config) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    _log_link_security(cfg)
     tunables = dict(cfg.tunables)
     options = TransportOptions(
         port=cfg.port,
@@ -51,6 +52,8 @@ async def run(cfg: config_mod.Config) -> None:
         keepalive_limit=int(
             tunables.get("KeepaliveLimit", config_mod.tunable_default("KeepaliveLimit"))
         ),
+        cluster_key=cfg.cluster_key,
+        authenticate_frames=cfg.authenticate_frames,
         extra=cfg.transport_extra,
     )
     transport = transport_class(cfg.transport)(cfg.pnn, cfg.nodes, options)
@@ -85,6 +88,24 @@ async def run(cfg: config_mod.Config) -> None:
         await server.stop()
         await node.stop()
         pidfile.unlink(missing_ok=True)
+
+
+def _log_link_security(cfg: config_mod.Config) -> None:
+    """Say at start-up who can talk to this node as a peer."""
+    if cfg.transport == "vs":
+        log.info("node links are corosync's: its crypto_cipher/crypto_hash settings protect them")
+    elif cfg.cluster_key is None:
+        log.warning(
+            "node links are UNAUTHENTICATED: any process that can reach port %d from another "
+            "node's address can act as that node; set [cluster] key file (ctdbtool keygen)",
+            cfg.port,
+        )
+    else:
+        log.info(
+            "node links authenticated with the cluster key in %s%s",
+            cfg.key_file,
+            ", every frame MAC'd" if cfg.authenticate_frames else "",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

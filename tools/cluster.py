@@ -3,8 +3,10 @@
 Node i listens on 127.0.0.(i+1) (one address per node, as real CTDB wants),
 keeps its config, state, socket and log under DIR/node<i>/, and the launcher
 records the PIDs it started in DIR/cluster.json, so that `down` stops exactly
-those processes and nothing else. Used by `ctdbtool cluster`, the tests and
-the benchmarks.
+those processes and nothing else. A cluster is secured like a real one: its
+nodes share a cluster key (DIR/cluster.key), and a private corosync started
+for it encrypts with its own authkey (DIR/corosync.authkey). Used by
+`ctdbtool cluster`, the tests and the benchmarks.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from ctdb.client import Client
 from ctdb.config import DEFAULT_PORT, SOCKET_NAME
 from ctdb.errors import CtdbError
+from ctdb.keyfile import COROSYNC_KEY_SIZE, create_key
 from transport.corosync import pid_alive
 
 STATE_FILE = "cluster.json"
@@ -39,6 +42,9 @@ class LocalCluster:
     tunables: dict[str, float] = field(default_factory=dict)
     cluster_lock: Path | None = None
     log_level: str = "INFO"
+    #: Nodes authenticate each other with DIR/cluster.key (False: unauthenticated links).
+    cluster_key: bool = True
+    authenticate_frames: bool = False
     pids: dict[int, int] = field(default_factory=dict)
     corosync_pid: int | None = None
     _corosync: Any = None
@@ -60,10 +66,20 @@ class LocalCluster:
     def log_path(self, pnn: int) -> Path:
         return self.node_dir(pnn) / "ctdbd.log"
 
+    @property
+    def key_path(self) -> Path:
+        return self.directory / "cluster.key"
+
+    @property
+    def corosync_authkey_path(self) -> Path:
+        return self.directory / "corosync.authkey"
+
     def write_configs(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         nodes_file = self.directory / "nodes"
         nodes_file.write_text("".join(f"{self.address(p)}\n" for p in range(self.size)))
+        if self.cluster_key and not self.key_path.exists():
+            create_key(self.key_path)
         for pnn in range(self.size):
             d = self.node_dir(pnn)
             d.mkdir(parents=True, exist_ok=True)
@@ -76,6 +92,10 @@ class LocalCluster:
             ]
             if self.cluster_lock is not None:
                 lines.append(f"cluster lock = {self.cluster_lock}")
+            if self.cluster_key:
+                lines.append(f"key file = {self.key_path}")
+            if self.authenticate_frames:
+                lines.append("authenticate frames = yes")
             lines += [
                 "[database]",
                 f"state dir = {d / 'state'}",
@@ -124,7 +144,11 @@ class LocalCluster:
         if corosync_running():
             say("using the corosync already running on this host")
             return
-        self._corosync = PrivateCorosync(self.directory / "corosync", token_ms=1000)
+        if not self.corosync_authkey_path.exists():
+            create_key(self.corosync_authkey_path, COROSYNC_KEY_SIZE)
+        self._corosync = PrivateCorosync(
+            self.directory / "corosync", token_ms=1000, authkey=self.corosync_authkey_path
+        )
         self._corosync.start()
         self.corosync_pid = self._corosync.pid
         say(f"started a private corosync (pid {self.corosync_pid})")

@@ -44,11 +44,26 @@ def cluster() -> None:
     help="tcp, or vs (virtual synchrony on corosync)",
 )
 @click.option("--port", default=4379, show_default=True, help="node-to-node TCP port")
-@click.option("--base", default="127.0.0", show_default=True,
-              help="first three octets of the loopback addresses (node i gets BASE.i+1)")
+@click.option(
+    "--base",
+    default="127.0.0",
+    show_default=True,
+    help="first three octets of the loopback addresses (node i gets BASE.i+1)",
+)
+@click.option(
+    "--authenticate-frames",
+    is_flag=True,
+    help="tcp: every node-to-node frame carries a MAC (not just the handshake)",
+)
 @_dir_option
-def up(size: int, transport: str, port: int, base: str, directory: Path) -> None:
-    """Start the daemons, wait until the cluster is healthy, print the sockets."""
+def up(
+    size: int, transport: str, port: int, base: str, authenticate_frames: bool, directory: Path
+) -> None:
+    """Start the daemons, wait until the cluster is healthy, print the sockets.
+
+    The nodes share a new cluster key (DIR/cluster.key); a private corosync
+    started for `vs` encrypts with a new authkey (DIR/corosync.authkey).
+    """
     from tools.cluster import LocalCluster
 
     if (directory / "cluster.json").exists():
@@ -57,7 +72,14 @@ def up(size: int, transport: str, port: int, base: str, directory: Path) -> None
             raise click.ClickException(
                 f"a cluster is already running in {directory}; `ctdbtool cluster down` first"
             )
-    c = LocalCluster(directory, size=size, transport=transport, port=port, base=base)
+    c = LocalCluster(
+        directory,
+        size=size,
+        transport=transport,
+        port=port,
+        base=base,
+        authenticate_frames=authenticate_frames,
+    )
     try:
         c.up(timeout=60, progress=_say)
     except BaseException:
@@ -70,6 +92,8 @@ def up(size: int, transport: str, port: int, base: str, directory: Path) -> None
 def _print_sockets(c: LocalCluster) -> None:
     for pnn in range(c.size):
         click.echo(f"node {pnn}: {c.address(pnn)}  socket {c.socket(pnn)}  log {c.log_path(pnn)}")
+    if c.cluster_key:
+        click.echo(f"cluster key: {c.key_path}")
     click.echo(f"use: CTDB_SOCKET={c.socket(0)} ctdbtool status")
 
 

@@ -482,6 +482,20 @@ def ban(c: Ctx, seconds: float) -> None:
     c.call("ban", seconds=seconds)
 
 
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def keygen(path: Path) -> None:
+    """Create a cluster key file (random bytes, mode 0600) for `[cluster] key file`.
+
+    Copy the same file to every node (keeping it 0600); nodes without it, or
+    with another key, cannot join the cluster.
+    """
+    from ctdb.keyfile import create_key
+
+    create_key(path)
+    click.echo(f"wrote a new cluster key to {path}")
+
+
 # -- local clusters -----------------------------------------------------------------------------
 
 from tools.cluster_cli import cluster  # noqa: E402  (registers after the core commands)

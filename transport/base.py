@@ -69,6 +69,11 @@ class TransportOptions:
     port: int = 4379
     keepalive_interval: float = 1.0
     keepalive_limit: int = 5
+    #: tcp: the key node links prove to each other (`[cluster] key file`);
+    #: None leaves them unauthenticated.
+    cluster_key: bytes | None = None
+    #: tcp: every frame carries a MAC (`[cluster] authenticate frames`).
+    authenticate_frames: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -45,6 +45,7 @@ def render_config(
     nodes: list[str] | None = None,
     cluster_name: str = "pyctdb",
     transport: str | None = None,
+    authkey: Path | None = None,
 ) -> str:
     """The text of a corosync.conf.
 
@@ -54,9 +55,19 @@ def render_config(
     node ids 1..n in list order; every host uses the same file and corosync
     picks its own entry by matching local addresses (udpu was the most stable
     transport across network namespaces).
+
+    With `authkey`: totem traffic is encrypted and authenticated with that key
+    (aes256 + sha256). corosync 3 supports crypto with knet only (with udpu it
+    refuses to start: "crypto_cipher & crypto_hash are only valid for the Knet
+    transport"), so the transport defaults to knet then.
     """
     addrs = nodes if nodes else [bindaddr]
-    kind = transport or "udpu"
+    kind = transport or ("knet" if authkey else "udpu")
+    if authkey is not None and kind != "knet":
+        raise ValueError(f"corosync encrypts only the knet transport, not {kind}")
+    crypto = "    crypto_cipher: none\n    crypto_hash: none\n"
+    if authkey is not None:
+        crypto = f"    crypto_cipher: aes256\n    crypto_hash: sha256\n    keyfile: {authkey}\n"
     nodelist = "\n".join(
         f"    node {{\n        nodeid: {i + 1}\n        name: node{i + 1}\n"
         f"        ring0_addr: {addr}\n    }}"
@@ -72,9 +83,7 @@ totem {{
     cluster_name: {cluster_name}
     transport: {kind}
     token: {token_ms}
-    crypto_cipher: none
-    crypto_hash: none
-{knet_tuning}}}
+{crypto}{knet_tuning}}}
 
 nodelist {{
 {nodelist}
@@ -203,6 +212,8 @@ class PrivateCorosync:
     `isolate=True` runs it in its own network and mount namespaces (private
     /run, loopback up) so it can coexist with any other corosync on the host;
     clients then use `enter_netns()` (or `netns_path` with ``nsenter``).
+    `authkey` (a key file, e.g. from corosync-keygen) turns on corosync's own
+    crypto: knet, aes256, sha256.
     """
 
     def __init__(
@@ -214,6 +225,7 @@ class PrivateCorosync:
         nodes: list[str] | None = None,
         isolate: bool = False,
         transport: str | None = None,
+        authkey: Path | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.bindaddr = bindaddr
@@ -221,6 +233,7 @@ class PrivateCorosync:
         self.nodes = nodes
         self.isolate = isolate
         self.transport = transport
+        self.authkey = authkey
         self.config = self.directory / "corosync.conf"
         self.logfile = self.directory / "corosync.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -248,6 +261,7 @@ class PrivateCorosync:
             token_ms=self.token_ms,
             nodes=self.nodes,
             transport=self.transport,
+            authkey=self.authkey,
         )
         self.config.write_text(text)
         return self.config

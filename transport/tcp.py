@@ -6,47 +6,83 @@ receives on the peer's. A peer is in the view while both directions are up;
 the view is this node's local opinion (no agreement between nodes), which is
 exactly what the recovery layer on top expects from a non-VS backend.
 
+Who is a peer: an incoming connection is accepted only from an address in the
+nodes file, and the peer's pnn is that address's position (as in CTDB), never
+what the peer claims; outgoing connections are bound to this node's own
+address so that peers see it. Then the handshake of `transport.linkauth`
+proves both ends hold the cluster key before any other frame is read; only an
+authenticated connection can replace a peer's established one (the peer
+restarted). Refusals are logged at most once a minute per address.
+
 Failure detection: a closed connection removes the peer at once; a silent one
 is removed after `keepalive_interval * keepalive_limit` seconds without any
-frame from it. Idle outgoing connections carry an empty keepalive frame every
-`keepalive_interval`.
+frame from it, and a handshake must finish within the same time. Idle
+outgoing connections carry an empty keepalive frame every `keepalive_interval`.
 
-Wire format: 4-byte big-endian length, then the payload; length 0 is a
-keepalive. The first frame on a connection is a hello naming the sender's pnn.
+Wire format: 4-byte big-endian length, then the payload (followed by its MAC
+with `authenticate_frames`); an empty payload is a keepalive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
-import struct
 import time
 from typing import cast
 
 from transport.base import Capabilities, Transport, TransportError, TransportOptions
 from transport.framing import LENGTH as _LEN
 from transport.framing import FrameReader
+from transport.linkauth import (
+    TAG_SIZE,
+    FrameAuthError,
+    FrameOpener,
+    FrameSealer,
+    HandshakeError,
+    Initiator,
+    Responder,
+    Session,
+    Settings,
+)
 
 log = logging.getLogger("transport.tcp")
 
-_HELLO = struct.Struct("!8sI")
-_MAGIC = b"PYCTDB01"
 MAX_MESSAGE = 256 * 1024 * 1024
 HIGH_WATER = 4 * 1024 * 1024
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 1.0
+#: Handshakes one node address may have in progress at once (a peer needs one).
+MAX_HANDSHAKES_PER_ADDRESS = 4
+#: Seconds between two log lines about refused connections from one address.
+REFUSAL_LOG_INTERVAL = 60.0
+#: Addresses whose last refusal is remembered (oldest forgotten first).
+REFUSAL_MEMORY = 1024
+
+
+def _normalize(address: str) -> str:
+    """One spelling per IP address, so that nodes file entries match peer addresses."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
 
 
 class _Incoming(asyncio.Protocol):
-    """A connection a peer opened to us: we only read from it."""
+    """A connection a peer opened to us: we answer its handshake, then only read."""
 
     def __init__(self, owner: TcpTransport) -> None:
         self.owner = owner
-        self.reader = FrameReader(MAX_MESSAGE)
+        #: The peer's pnn, set once it has authenticated.
         self.src: int | None = None
+        self.address = ""
         self.transport: asyncio.Transport | None = None
+        self.handshake: Responder | None = None
+        self.reader = FrameReader(MAX_MESSAGE)
+        self.opener: FrameOpener | None = None
         self.last_rx = time.monotonic()
+        self._deadline: asyncio.TimerHandle | None = None
         #: Frames that arrived before the peer entered our view (our outgoing
         #: connection to it is not up yet); delivered once it does, so that a
         #: message is only ever seen from a member we can answer.
@@ -55,6 +91,19 @@ class _Incoming(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.owner._accepted.add(self)
+        peer = self.transport.get_extra_info("peername")
+        self.address = _normalize(str(peer[0])) if peer else "?"
+        pnn = self.owner._pnn_by_address.get(self.address)
+        if pnn is None or pnn == self.owner.pnn:
+            self._refuse("address is not another node's in the nodes file")
+            return
+        if not self.owner._handshake_started(self.address):
+            self._refuse("too many handshakes in progress from this address")
+            return
+        self.handshake = Responder(self.owner._settings, self.owner.pnn, pnn)
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.owner._handshake_timeout(), self._refuse, "handshake not finished in time"
+        )
 
     def release_early(self) -> None:
         early, self.early = self.early, None
@@ -64,70 +113,128 @@ class _Incoming(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        if self.src is None:
+            data = self._handshake_step(data)
+            if not data:
+                return
         try:
             frames = self.reader.feed(data)
         except ValueError as exc:
-            log.warning("dropping connection from %s: %s", self.src, exc)
+            log.warning("dropping connection from node %s: %s", self.src, exc)
             self.close()
             return
+        opener = self.opener
         for frame in frames:
-            if self.src is None:
-                if not self._accept_hello(frame):
+            if opener is not None:
+                try:
+                    frame = opener.open(frame)
+                except FrameAuthError as exc:
+                    log.warning("dropping connection from node %s: %s", self.src, exc)
+                    self.close()
                     return
-                continue
             if not frame:
                 continue
             if self.early is not None:
                 self.early.append(frame)
             else:
-                self.owner.on_message(self.src, frame)
+                self.owner.on_message(cast(int, self.src), frame)
 
-    def _accept_hello(self, frame: bytes) -> bool:
-        if len(frame) != _HELLO.size:
-            self.close()
-            return False
-        magic, src = _HELLO.unpack(frame)
-        if magic != _MAGIC or not 0 <= src < len(self.owner.nodes) or src == self.owner.pnn:
-            log.warning("rejecting connection with bad hello (magic %r, pnn %d)", magic, src)
-            self.close()
-            return False
-        self.src = src
-        self.owner._incoming_up(src, self)
-        return True
+    def _handshake_step(self, data: bytes) -> bytes:
+        """Feed the handshake; returns the bytes that follow it once it succeeded."""
+        assert self.handshake is not None and self.transport is not None
+        try:
+            step = self.handshake.receive(data)
+        except HandshakeError as exc:
+            self._refuse(str(exc))
+            return b""
+        if step.send:
+            self.transport.write(step.send)
+        if step.session is None:
+            return b""
+        self._authenticated(step.session)
+        return step.rest
+
+    def _authenticated(self, session: Session) -> None:
+        self._finish_handshake()
+        if session.frame_key is not None:
+            self.opener = FrameOpener(session.frame_key)
+            self.reader = FrameReader(MAX_MESSAGE + TAG_SIZE)
+        self.src = session.peer
+        self.owner._incoming_up(session.peer, self)
+
+    def _finish_handshake(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self.handshake is not None:
+            self.handshake = None
+            self.owner._handshake_ended(self.address)
+
+    def _refuse(self, reason: str) -> None:
+        self.owner._refused(self.address, reason)
+        self._finish_handshake()
+        if self.transport is not None:
+            self.transport.abort()
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._finish_handshake()
         self.owner._accepted.discard(self)
         if self.src is not None:
             self.owner._incoming_down(self.src, self)
 
 
 class _Outgoing(asyncio.Protocol):
-    """Our connection to a peer: we only write to it (and notice when it closes)."""
+    """Our connection to a peer: after the handshake we only write to it."""
 
     def __init__(self, owner: TcpTransport, dst: int) -> None:
         self.owner = owner
         self.dst = dst
         self.transport: asyncio.Transport | None = None
+        self.handshake = Initiator(owner._settings, owner.pnn, dst)
+        self.sealer: FrameSealer | None = None
         self.last_tx = time.monotonic()
         self._resume: asyncio.Future[None] | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        #: Resolves when the peer has proved the key (or fails with HandshakeError).
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=HIGH_WATER)
-        self.transport.write(_LEN.pack(_HELLO.size) + _HELLO.pack(_MAGIC, self.owner.pnn))
+        self.transport.write(self.handshake.hello())
 
     def write(self, payload: bytes) -> None:
         assert self.transport is not None
-        self.transport.writelines((_LEN.pack(len(payload)), payload))
+        if self.sealer is None:
+            self.transport.writelines((_LEN.pack(len(payload)), payload))
+        else:
+            tag = self.sealer.seal(payload)
+            self.transport.writelines((_LEN.pack(len(payload) + TAG_SIZE), payload, tag))
         self.last_tx = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
-        """Peers never write on our outgoing connection; ignore stray bytes."""
+        """The peer writes only its challenge on our connection."""
+        assert self.transport is not None
+        try:
+            step = self.handshake.receive(data)
+        except HandshakeError as exc:
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+            else:
+                self.owner._refused(self.owner.nodes[self.dst], str(exc))
+            self.transport.abort()
+            return
+        if step.session is not None:
+            self.transport.write(step.send)
+            if step.session.frame_key is not None:
+                self.sealer = FrameSealer(step.session.frame_key)
+            if not self.ready.done():
+                self.ready.set_result(None)
 
     def pause_writing(self) -> None:
         self._resume = asyncio.get_running_loop().create_future()
@@ -141,8 +248,14 @@ class _Outgoing(asyncio.Protocol):
         if self._resume is not None:
             await asyncio.shield(self._resume)
 
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.resume_writing()
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("connection closed during the handshake"))
         if not self.closed.done():
             self.closed.set_result(None)
         self.owner._outgoing_down(self.dst, self)
@@ -162,10 +275,16 @@ class TcpTransport(Transport):
         self._accepted: set[_Incoming] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._settings = Settings(options.cluster_key, options.authenticate_frames)
+        self._pnn_by_address = self._address_map(nodes)
+        self._handshakes: dict[str, int] = {}
+        #: address -> (when its last refusal was logged, refusals not logged since)
+        self._refusals: dict[str, tuple[float, int]] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         address = self.nodes[self.pnn]
+        self._check_nodes()
         try:
             self._server = await loop.create_server(
                 lambda: _Incoming(self), address, self.options.port, reuse_address=True
@@ -192,7 +311,7 @@ class TcpTransport(Transport):
         for out in list(self._out.values()):
             if out.transport is not None:
                 out.transport.abort()
-        for inc in list(self._accepted):  # also those still before their hello
+        for inc in list(self._accepted):  # also those still in their handshake
             if inc.transport is not None:
                 inc.transport.abort()
         if self._server is not None:
@@ -219,8 +338,66 @@ class TcpTransport(Transport):
     def update_nodes(self, nodes: list[str]) -> None:
         known = len(self.nodes)
         super().update_nodes(nodes)
+        self._pnn_by_address = self._address_map(nodes)
         for dst in range(known, len(nodes)):
             self._tasks.append(asyncio.create_task(self._connect_loop(dst)))
+
+    # -- peer identity ----------------------------------------------------------
+
+    @staticmethod
+    def _address_map(nodes: list[str]) -> dict[str, int]:
+        """Peer address -> pnn; the first entry wins (`_check_nodes` refuses duplicates)."""
+        by_address: dict[str, int] = {}
+        for pnn, address in enumerate(nodes):
+            by_address.setdefault(_normalize(address), pnn)
+        return by_address
+
+    def _check_nodes(self) -> None:
+        """Peers are identified by source address: every node needs its own IP address."""
+        seen: set[str] = set()
+        for address in self.nodes:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise TransportError(
+                    f"nodes file entry {address!r} is not an IP address "
+                    "(the tcp transport identifies nodes by address)"
+                ) from None
+            if _normalize(address) in seen:
+                raise TransportError(f"address {address} appears twice in the nodes file")
+            seen.add(_normalize(address))
+
+    def _handshake_timeout(self) -> float:
+        """A handshake gets as long as a silent peer before it is dropped."""
+        return max(1.0, self.options.keepalive_interval * self.options.keepalive_limit)
+
+    def _handshake_started(self, address: str) -> bool:
+        count = self._handshakes.get(address, 0)
+        if count >= MAX_HANDSHAKES_PER_ADDRESS:
+            return False
+        self._handshakes[address] = count + 1
+        return True
+
+    def _handshake_ended(self, address: str) -> None:
+        count = self._handshakes.pop(address, 1) - 1
+        if count > 0:
+            self._handshakes[address] = count
+
+    def _refused(self, address: str, reason: str) -> None:
+        """Log a refused connection, at most once per REFUSAL_LOG_INTERVAL per address.
+
+        Why rate-limited: whoever keeps knocking must not be able to flood the log.
+        """
+        now = time.monotonic()
+        last, suppressed = self._refusals.pop(address, (-REFUSAL_LOG_INTERVAL, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[address] = (last, suppressed + 1)
+            return
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        log.warning("refused node connection with %s: %s%s", address, reason, more)
+        self._refusals[address] = (now, 0)
+        if len(self._refusals) > REFUSAL_MEMORY:
+            del self._refusals[next(iter(self._refusals))]
 
     # -- connection management ------------------------------------------------
 
@@ -243,6 +420,18 @@ class TcpTransport(Transport):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
+            try:
+                await asyncio.wait_for(proto.ready, self._handshake_timeout())
+            except (HandshakeError, TimeoutError, ConnectionError) as exc:
+                proto.abort()
+                if isinstance(exc, HandshakeError):
+                    self._refused(self.nodes[dst], str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+                continue
+            except asyncio.CancelledError:
+                proto.abort()
+                raise
             delay = RECONNECT_MIN
             self._out[dst] = proto
             self._update_view()
