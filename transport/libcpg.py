@@ -383,18 +383,22 @@ class CpgHandle:
             self._lib.cpg_mcast_joined(self._h(), int(guarantee), iov, len(parts)),
         )
 
-    def dispatch(self, flags: Dispatch = Dispatch.CS_DISPATCH_ALL) -> None:
-        """Run callbacks for everything corosync has queued for us.
+    def dispatch(self, flags: Dispatch = Dispatch.CS_DISPATCH_ALL) -> bool:
+        """Run callbacks for what corosync has queued for us (all of it, or one).
 
-        CS_ERR_TRY_AGAIN from a non-blocking dispatch means "nothing to do"
-        and is not an error.
+        Returns False when there was nothing to dispatch: CS_ERR_TRY_AGAIN
+        from `CS_DISPATCH_ONE_NONBLOCKING` means "queue empty", not an error
+        (`CS_DISPATCH_ALL` hides it and always returns True).
         """
         rc = self._lib.cpg_dispatch(self._h(), int(flags))
         exc, self._pending_exc = self._pending_exc, None
         if exc is not None:
             raise exc
-        if rc != CsError.CS_OK and rc != CsError.CS_ERR_TRY_AGAIN:
+        if rc == CsError.CS_ERR_TRY_AGAIN:
+            return False
+        if rc != CsError.CS_OK:
             raise CpgError("cpg_dispatch", rc)
+        return True
 
     def finalize(self) -> None:
         """Close the connection; idempotent and never raises (used on every exit path)."""
