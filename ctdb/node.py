@@ -122,9 +122,6 @@ class Node:
         self.flags = 0  # this node's own administrative flags
         self._ban_timer: asyncio.TimerHandle | None = None
         self.peers: dict[int, NodeState] = {}
-        #: loop time a peer's state was last received (liveness on vs)
-        self.heard: dict[int, float] = {}
-        self._expelling: set[int] = set()
         self.last_recovery: dict[str, float] = {}
 
         self.dbs: dict[int, Database] = {}
@@ -343,7 +340,6 @@ class Node:
             self.deliver_message(msg.srvid, msg.src, msg.data)
         elif isinstance(msg, NodeState):
             self.peers[msg.pnn] = msg
-            self.heard[msg.pnn] = asyncio.get_running_loop().time()
         elif isinstance(msg, Ordered):
             if self.ordered is None:
                 log.warning("ordered operation from node %d on a point-to-point cluster", src)
@@ -380,9 +376,6 @@ class Node:
             if pnn not in view:
                 self.controls.fail_node(pnn)
         if self.ordered is not None:
-            now = asyncio.get_running_loop().time()
-            self.heard = dict.fromkeys(view.members, now)  # silence before the view is explained
-            self._expelling.clear()
             self.ordered.on_view(view)
             return
         lost = [p for p in self.vnnmap if p not in view]
@@ -467,20 +460,15 @@ class Node:
                 self.transport.send(pnn, payload)
 
     async def _state_announcer(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_tick = loop.time()
+        """Peers learn our state on change and every KeepaliveInterval.
+
+        Failure detection is the transport's: tcp counts silent links, vs
+        expels a member that stops reading (corosync keeps such a process in
+        the group for ever; see transport/cpg.py).
+        """
         while True:
-            interval = self.tunable("KeepaliveInterval")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.tunable("KeepaliveInterval"))
             self._announce()
-            now = loop.time()
-            if now - last_tick > 2 * interval:
-                # We were the silent one (stopped, or a long synchronous
-                # step): give peers' pending announcements a chance first.
-                self.heard = dict.fromkeys(self.heard, now)
-            last_tick = now
-            if self.ordered is not None:
-                self._expel_silent()
 
     def rejoin(self) -> None:
         """vs: we were expelled; leave the group and join again for a state transfer."""
@@ -490,28 +478,6 @@ class Node:
             await self.transport.start()
 
         self._tasks.append(asyncio.get_running_loop().create_task(again()))
-
-    def _expel_silent(self) -> None:
-        """vs: corosync notices a dead process, not a hung one; our keepalives do.
-
-        A member silent for KeepaliveInterval x KeepaliveLimit is expelled
-        through the ordered stream, so every member drops it at one position.
-        """
-        assert self.ordered is not None
-        now = asyncio.get_running_loop().time()
-        limit = self.tunable("KeepaliveInterval") * self.tunable("KeepaliveLimit")
-        others = [p for p in self.ordered.members if p != self.pnn]
-        for pnn in others:
-            self.heard.setdefault(pnn, now)
-        for pnn in others:
-            # Silence of everyone is the ring stalling (corosync re-forming
-            # it after a loss): its token timeout decides that case. Expel
-            # only a member that is silent while another one is heard.
-            ring_works = any(now - self.heard[q] <= limit for q in others if q != pnn)
-            if now - self.heard[pnn] > limit and ring_works and pnn not in self._expelling:
-                log.warning("node %d silent for %.1fs: expelling it", pnn, now - self.heard[pnn])
-                self._expelling.add(pnn)  # once per view; its silence still counts
-                self.ordered.expel(pnn)
 
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None:
         old = self.flags
