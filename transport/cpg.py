@@ -483,10 +483,15 @@ class _Connection:
             return
         events, self.events = self.events, []
         now = self.loop.time()
+        limit = self._keepalive()[1]
         for ev in events:
             if self.handle is not handle:
                 break  # lost, expelled or closed while processing
             if len(ev) == 3:
+                if ev[1] == self.me and now - self.heard.get(self.me, now) > limit:
+                    # Our own messages were held up too: the ring stalled
+                    # (corosync re-forming it), so nobody could be heard.
+                    self.heard = dict.fromkeys(self.heard, now)
                 self.heard[ev[1]] = now
             self._event(ev)
         if more and self.handle is handle:

@@ -11,11 +11,14 @@ handful of calls.  The layouts below follow corosync 3.x
   third ``groups_get`` member);
 * callbacks take ``size_t`` lengths.
 
-Everything here is synchronous and non-blocking except `CpgHandle.dispatch`
-with `CS_DISPATCH_BLOCKING` (never used by the transport).  Callbacks run
-inside `CpgHandle.dispatch`, on the caller's thread; their ctypes function
-objects are kept alive on the handle because libcpg keeps raw pointers to
-them.
+`CpgHandle.mcast` and `CpgHandle.dispatch` (except with
+`CS_DISPATCH_BLOCKING`, never used by the transport) do not block.  The other
+calls are request/reply exchanges with corosync: quick while it runs, but
+they wait for as long as the corosync process is stopped (measured: a
+``cpg_initialize`` against a SIGSTOPped corosync returns only once it is
+continued).  Callbacks run inside `CpgHandle.dispatch`, on the caller's
+thread; their ctypes function objects are kept alive on the handle because
+libcpg keeps raw pointers to them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import enum
+import select
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -275,6 +279,7 @@ class CpgHandle:
         rc = self._lib.cpg_initialize(ctypes.byref(handle), ctypes.byref(self._callbacks))
         _check("cpg_initialize", rc)
         self._handle: int | None = handle.value
+        self._writable: select.poll | None = None
 
     # -- callbacks (run inside cpg_dispatch) -------------------------------
 
@@ -369,9 +374,21 @@ class CpgHandle:
     def mcast(self, *parts: bytes, guarantee: Guarantee = Guarantee.CPG_TYPE_AGREED) -> None:
         """Multicast the concatenation of `parts` to the joined group.
 
-        Raises `CpgError` with `try_again` set when corosync's queue is full:
-        nothing was sent then, and the caller must retry later.
+        Raises `CpgError` with `try_again` set when corosync's queue is full
+        or corosync is not reading: nothing was sent then, and the caller
+        must retry later.
+
+        Why the poll: after writing the message to the shared-memory ring,
+        libqb writes a notification byte to the connection's socket and
+        busy-waits while that socket is full, i.e. for as long as corosync is
+        stopped (measured: the ~280th multicast after a SIGSTOP of corosync
+        never returns).  A socket with room left is checked first instead.
         """
+        if self._writable is None:
+            self._writable = select.poll()
+            self._writable.register(self.fd(), select.POLLOUT)
+        if not self._writable.poll(0):
+            raise CpgError("cpg_mcast_joined", CsError.CS_ERR_TRY_AGAIN)
         iov = (_IoVec * len(parts))()
         for i, part in enumerate(parts):
             # c_char_p points into the bytes object itself: no copy; `parts`
