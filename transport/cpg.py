@@ -471,12 +471,8 @@ class _Connection:
         handle = self.handle
         if handle is None:
             return
-        more = True
         try:
-            for _ in range(DISPATCH_BATCH):
-                if not handle.dispatch(libcpg.Dispatch.CS_DISPATCH_ONE_NONBLOCKING):
-                    more = False
-                    break
+            more = handle.dispatch_some(DISPATCH_BATCH)
         except libcpg.CpgError as exc:
             self.events.clear()
             self._lost(exc)
