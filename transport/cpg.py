@@ -188,6 +188,7 @@ class _Connection:
         self.closed = False
         #: partition merge in progress: members whose MERGE we still wait for
         self.merge_expect: set[Member] | None = None
+        self.merge_view_id = 0
         #: the members that had state when the merge began
         self.merge_members: set[Member] = set()
         #: liveness: loop time each CPG member (ourselves included) was last delivered
@@ -755,16 +756,21 @@ class _Connection:
         if self.merge_expect is None or src not in self.merge_expect:
             return
         st = self.state
+        newly_expelled = False
         for n, p in body.get("expelled", []):
-            if self._mark_expelled((n, p)) and (n, p) == self.me:
-                self._expelled()
-                return
+            if self._mark_expelled((n, p)):
+                if (n, p) == self.me:
+                    self._expelled()
+                    return
+                newly_expelled = True
         for n, p, lid, pnn in body["members"]:
             st.members[(n, p, lid)] = pnn
         st.synced.add(src)
         self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
         self.merge_expect.discard(src)
         self._finish_merge()
+        if newly_expelled:
+            self._send_states(sorted(st.pending))
 
     def _finish_merge(self) -> None:
         if self.merge_expect:
