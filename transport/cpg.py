@@ -100,6 +100,9 @@ BROADCAST = -1
 DEFAULT_CHUNK = 64 * 1024
 DEFAULT_HIGH_WATER = 8 * 1024 * 1024
 RECONNECT_INTERVAL = 0.5
+#: after an expulsion: corosync refuses the same pid's join until it has
+#: processed the old connection's leave (CS_ERR_EXIST / TRY_AGAIN), then retries
+REJOIN_DELAY = 0.05
 TRY_AGAIN_DELAY = 0.001
 #: CPG events handled per event-loop turn: a process catching up on a long
 #: backlog (one that was stopped) keeps its timers and keepalives running.
@@ -322,22 +325,23 @@ class _Connection:
             self.group,
             self._keepalive()[1],
         )
-        self._restart()
+        # corosync is alive: the only wait is for it to process our leave.
+        self._restart(first_attempt=REJOIN_DELAY)
 
-    def _restart(self) -> None:
+    def _restart(self, first_attempt: float = RECONNECT_INTERVAL) -> None:
         self._drop_handle()
         self.active.clear()
         self.synced = False
         for t in list(self.transports.values()):
             t._go_solo()
         if self.reconnect_task is None:
-            self.reconnect_task = self.loop.create_task(self._reconnect())
+            self.reconnect_task = self.loop.create_task(self._reconnect(first_attempt))
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, first_attempt: float) -> None:
         attempts = 0
         try:
             while not self.closed:
-                await asyncio.sleep(RECONNECT_INTERVAL)
+                await asyncio.sleep(first_attempt if attempts == 0 else RECONNECT_INTERVAL)
                 attempts += 1
                 try:
                     self.connect()
