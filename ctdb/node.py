@@ -132,9 +132,6 @@ class Node:
         self.flags = 0  # this node's own administrative flags
         self._ban_timer: asyncio.TimerHandle | None = None
         self.peers: dict[int, NodeState] = {}
-        #: loop time a peer's state was last received (liveness on vs)
-        self.heard: dict[int, float] = {}
-        self._expelling: set[int] = set()
         self.lease = Lease(pnn)
         self.last_recovery: dict[str, float] = {}
 
@@ -247,7 +244,7 @@ class Node:
                 # A view change or forced recovery completed: what CTDB calls
                 # a recovery. It began at the view change that started this
                 # view (`_on_view`) or, for a marker in the stream (forced
-                # recover, flags, expel), took no time beyond its delivery.
+                # recover, flags), took no time beyond its delivery.
                 marker = (
                     self.recovery_mode is RecoveryMode.NORMAL
                     and generation >> 16 == self.generation >> 16
@@ -408,7 +405,6 @@ class Node:
     def _on_state(self, msg: NodeState) -> None:
         now = asyncio.get_running_loop().time()
         self.peers[msg.pnn] = msg
-        self.heard[msg.pnn] = now
         same_generation = (
             msg.generation == self.generation
             and not msg.recovery_mode
@@ -448,10 +444,7 @@ class Node:
             if pnn not in view:
                 self.controls.fail_node(pnn)
         if self.ordered is not None:
-            now = asyncio.get_running_loop().time()
             self._frozen_at = time.monotonic()  # a recovery begins at every view change
-            self.heard = dict.fromkeys(view.members, now)  # silence before the view is explained
-            self._expelling.clear()
             self.ordered.on_view(view)
             return
         lost = [p for p in self.vnnmap if p not in view]
@@ -469,8 +462,6 @@ class Node:
         if pnn not in self.transport.view:
             return NodeFlags.DISCONNECTED
         if self.ordered is not None:
-            if pnn not in self.ordered.members:
-                return NodeFlags.DISCONNECTED  # expelled, not yet out of the group
             return self.ordered.flags.get(pnn, 0)  # agreed through the ordered stream
         state = self.peers.get(pnn)
         return state.flags if state else 0
@@ -547,20 +538,15 @@ class Node:
                 self.transport.send(pnn, payload)
 
     async def _state_announcer(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_tick = loop.time()
+        """Peers learn our state on change and every KeepaliveInterval.
+
+        Failure detection is the transport's: tcp counts silent links, vs
+        expels a member that stops reading (corosync keeps such a process in
+        the group for ever; see transport/cpg.py).
+        """
         while True:
-            interval = self.tunable("KeepaliveInterval")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.tunable("KeepaliveInterval"))
             self._announce()
-            now = loop.time()
-            if now - last_tick > 2 * interval:
-                # We were the silent one (stopped, or a long synchronous
-                # step): give peers' pending announcements a chance first.
-                self.heard = dict.fromkeys(self.heard, now)
-            last_tick = now
-            if self.ordered is not None:
-                self._expel_silent()
 
     async def _vacuum_loop(self) -> None:
         """Deletion markers are removed once no node can undo their delete."""
@@ -575,35 +561,13 @@ class Node:
                 log.info("vacuum deferred: %s", exc)
 
     def rejoin(self) -> None:
-        """vs: we were expelled; leave the group and join again for a state transfer."""
+        """vs: our replica cannot follow the stream: leave the group, rejoin, resync."""
 
         async def again() -> None:
             await self.transport.stop()
             await self.transport.start()
 
         self._tasks.append(asyncio.get_running_loop().create_task(again()))
-
-    def _expel_silent(self) -> None:
-        """vs: corosync notices a dead process, not a hung one; our keepalives do.
-
-        A member silent for KeepaliveInterval x KeepaliveLimit is expelled
-        through the ordered stream, so every member drops it at one position.
-        """
-        assert self.ordered is not None
-        now = asyncio.get_running_loop().time()
-        limit = self.tunable("KeepaliveInterval") * self.tunable("KeepaliveLimit")
-        others = [p for p in self.ordered.members if p != self.pnn]
-        for pnn in others:
-            self.heard.setdefault(pnn, now)
-        for pnn in others:
-            # Silence of everyone is the ring stalling (corosync re-forming
-            # it after a loss): its token timeout decides that case. Expel
-            # only a member that is silent while another one is heard.
-            ring_works = any(now - self.heard[q] <= limit for q in others if q != pnn)
-            if now - self.heard[pnn] > limit and ring_works and pnn not in self._expelling:
-                log.warning("node %d silent for %.1fs: expelling it", pnn, now - self.heard[pnn])
-                self._expelling.add(pnn)  # once per view; its silence still counts
-                self.ordered.expel(pnn)
 
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None:
         old = self.flags

@@ -113,8 +113,6 @@ class OrderedEngine:
         self.recoveries = 0
         #: every member's administrative flags, as agreed in the stream
         self.flags: dict[int, int] = {node.pnn: 0}
-        #: members expelled for silence; they stay out until they leave the group
-        self.expelled: set[int] = set()
         self._open_barrier: asyncio.Future[Any] | None = None
         self._barrier_in_flight: asyncio.Future[Any] | None = None
         #: our commits delivered but not yet stable: seq -> (future, result,
@@ -141,8 +139,7 @@ class OrderedEngine:
 
     @property
     def members(self) -> list[int]:
-        """The view without members expelled for silence (see `expel`)."""
-        return [p for p in self.view.members if p not in self.expelled]
+        return list(self.view.members)
 
     @property
     def quorate(self) -> bool:
@@ -303,27 +300,6 @@ class OrderedEngine:
         self.recoveries += 1
         self.node.on_ordered_state()
 
-    def expel(self, pnn: int) -> None:
-        self._broadcast("expel", {"pnn": pnn})
-
-    def _apply_expel(self, origin: int, args: dict[str, Any]) -> None:
-        """Every member drops a silent node at this position, as if it had left."""
-        pnn = int(args["pnn"])
-        if pnn not in self.members:
-            return
-        if pnn == self.node.pnn:
-            log.warning("expelled by node %d for silence: rejoining", origin)
-            self.synced = False
-            self.node.rejoin()
-            return
-        self.expelled.add(pnn)
-        self._purge(lambda o: o[0] == pnn)
-        if not self.quorate:
-            self.synced = False
-        self.recoveries += 1
-        self._check_stable()
-        self.node.on_ordered_state()
-
     def announce_flags(self, flags: int) -> None:
         """Our flags changed (stop, ban, ...): every member learns it at one position.
 
@@ -346,8 +322,6 @@ class OrderedEngine:
     # -- the ordered stream --------------------------------------------------------------
 
     def on_ordered(self, msg: Ordered) -> None:
-        if msg.origin in self.expelled:
-            return  # it no longer counts until it leaves and rejoins
         if msg.op == "applied":
             self._on_applied(msg)
             return
@@ -573,7 +547,6 @@ class OrderedEngine:
         old = self.view
         self.view = view
         self.recoveries = 0
-        self.expelled &= set(view.members)  # an expelled node that left may come back
         left = set(old.members) - set(view.members)
         joined = set(view.members) - set(old.members)
         if left:

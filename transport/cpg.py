@@ -46,6 +46,24 @@ Why it is built this way
   ``CS_ERR_TRY_AGAIN`` when its queue is full; chunks then wait in our queue
   and are retried from the event loop; `drain()` waits below a high-water mark.
 
+* **Hung members.**  corosync drops a member whose process exits (its IPC
+  connection closes) but never one that merely stops reading: it keeps the
+  process in the group and queues the group's traffic for it in its own
+  memory, without bound, and delivers all of it if the process continues.
+  Left alone, such a member would stay in every view (a sync round would wait
+  for it) and could be the member a joiner waits for.  So every process
+  multicasts a small ALIVE when it has sent nothing else for
+  ``keepalive_interval``, and a synced member that hears nothing from another
+  for ``keepalive_interval * keepalive_limit`` (while its own messages still
+  come back: otherwise the ring itself stalls, and corosync's token timeout
+  decides) multicasts EXPEL.  At EXPEL's position every member drops that
+  process as if it had left, ignores whatever it sends later, and hands the
+  fact to joiners in their snapshot.  The expelled process, when it runs
+  again, reaches its own EXPEL in its backlog, reports a view of itself alone,
+  drops its connection (and with it the backlog) and joins again: a fresh
+  member with a state transfer.  corosync's leave of the old connection
+  clears it from the expelled set on every member.
+
 * **corosync failure.**  A dispatch/mcast error or a hang-up on the fd means
   the daemon is gone: every transport reports a view of only itself, and the
   connection reconnects in the background and rejoins (logger
@@ -75,14 +93,20 @@ log = logging.getLogger("transport.cpg")
 
 # Wire header of every CPG message: kind, flags, logical id, destination pnn.
 _HDR = struct.Struct("<BBHi")
-K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE = 1, 2, 3, 4, 5
+K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL = 1, 2, 3, 4, 5, 6, 7
 F_MORE = 1  # more fragments of this message follow
 BROADCAST = -1
 
 DEFAULT_CHUNK = 64 * 1024
 DEFAULT_HIGH_WATER = 8 * 1024 * 1024
 RECONNECT_INTERVAL = 0.5
+#: after an expulsion: corosync refuses the same pid's join until it has
+#: processed the old connection's leave (CS_ERR_EXIST / TRY_AGAIN), then retries
+REJOIN_DELAY = 0.05
 TRY_AGAIN_DELAY = 0.001
+#: CPG events handled per event-loop turn: a process catching up on a long
+#: backlog (one that was stopped) keeps its timers and keepalives running.
+DISPATCH_BATCH = 256
 
 Member = tuple[int, int]  # CPG member: (nodeid, pid)
 Logical = tuple[int, int, int]  # logical member: (nodeid, pid, lid)
@@ -100,6 +124,8 @@ class _State:
     synced: set[Member] = field(default_factory=set)
     # joiner -> snapshot at its join position, until its STATE is delivered
     pending: dict[Member, dict[str, Any]] = field(default_factory=dict)
+    # processes expelled for silence, until corosync reports that they left
+    expelled: set[Member] = field(default_factory=set)
 
     def snapshot(self) -> dict[str, Any]:
         """A msgpack-able copy; pending joiners' snapshots are nested one level deep."""
@@ -109,6 +135,7 @@ class _State:
             "view": list(self.view),
             "synced": [list(m) for m in sorted(self.synced)],
             "pending": [[list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())],
+            "expelled": [list(m) for m in sorted(self.expelled)],
         }
 
     @classmethod
@@ -119,6 +146,7 @@ class _State:
             view=tuple(snap["view"]),
             synced={(m[0], m[1]) for m in snap["synced"]},
             pending={(m[0], m[1]): s for m, s in snap["pending"]},
+            expelled={(m[0], m[1]) for m in snap["expelled"]},
         )
 
 
@@ -164,6 +192,15 @@ class _Connection:
         #: partition merge in progress: members whose MERGE we still wait for
         self.merge_expect: set[Member] | None = None
         self.merge_view_id = 0
+        #: the members that had state when the merge began
+        self.merge_members: set[Member] = set()
+        #: liveness: loop time each CPG member (ourselves included) was last delivered
+        self.heard: dict[Member, float] = {}
+        #: members we multicast an EXPEL for, until it is applied or they leave
+        self.expelling: set[Member] = set()
+        self.ticker: asyncio.TimerHandle | None = None
+        self.last_tick = 0.0
+        self.quiet = True  # nothing multicast since the last tick
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -202,7 +239,11 @@ class _Connection:
         self.peek_fragments = {}
         self.active = set()
         self.merge_expect = None
+        self.heard = {}
+        self.expelling = set()
         self.loop.add_reader(fd, self._on_readable)
+        self.last_tick = self.loop.time()
+        self.ticker = self.loop.call_later(self._keepalive()[0], self._tick)
         log.debug("joined CPG group %r as %s", self.group, self.me)
         for t in self.transports.values():
             self._hello(t)
@@ -244,6 +285,9 @@ class _Connection:
         if self.retry is not None:
             self.retry.cancel()
             self.retry = None
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
         if self.fd is not None:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.fd)
@@ -265,19 +309,39 @@ class _Connection:
             self.group,
             RECONNECT_INTERVAL,
         )
+        self._restart()
+
+    def _expelled(self) -> None:
+        """The group dropped this process for silence: start over as a fresh member.
+
+        Dropping the handle also discards whatever corosync queued for us
+        while we were not reading; the new join brings a state transfer.
+        """
+        if self.handle is None or self.closed:
+            return
+        log.warning(
+            "group %r expelled this process (silent for more than %.1fs: stopped or "
+            "blocked); reporting solo views and joining again",
+            self.group,
+            self._keepalive()[1],
+        )
+        # corosync is alive: the only wait is for it to process our leave.
+        self._restart(first_attempt=REJOIN_DELAY)
+
+    def _restart(self, first_attempt: float = RECONNECT_INTERVAL) -> None:
         self._drop_handle()
         self.active.clear()
         self.synced = False
         for t in list(self.transports.values()):
             t._go_solo()
         if self.reconnect_task is None:
-            self.reconnect_task = self.loop.create_task(self._reconnect())
+            self.reconnect_task = self.loop.create_task(self._reconnect(first_attempt))
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, first_attempt: float) -> None:
         attempts = 0
         try:
             while not self.closed:
-                await asyncio.sleep(RECONNECT_INTERVAL)
+                await asyncio.sleep(first_attempt if attempts == 0 else RECONNECT_INTERVAL)
                 attempts += 1
                 try:
                     self.connect()
@@ -285,10 +349,56 @@ class _Connection:
                     if attempts % 20 == 1:
                         log.info("corosync still unavailable (%s), retrying", exc)
                     continue
-                log.warning("reconnected to corosync after %d attempts; rejoining", attempts)
+                log.warning("rejoined group %r after %d attempts", self.group, attempts)
                 return
         finally:
             self.reconnect_task = None
+
+    # -- liveness ---------------------------------------------------------------
+
+    def _keepalive(self) -> tuple[float, float]:
+        """(tick interval, silence after which a member is expelled), from the options."""
+        opts = [t.options for t in self.transports.values()] or [TransportOptions()]
+        interval = min(o.keepalive_interval for o in opts)
+        return interval, min(o.keepalive_interval * o.keepalive_limit for o in opts)
+
+    def _tick(self) -> None:
+        """Every keepalive interval: say we are alive if idle, and expel the silent."""
+        now = self.loop.time()
+        interval, limit = self._keepalive()
+        if now - self.last_tick > 2 * interval:
+            # We were the silent one (stopped, or a long synchronous step):
+            # what we have not read yet says nothing about the others.
+            self.heard = dict.fromkeys(self.heard, now)
+        self.last_tick = now
+        if self.quiet:
+            self._enqueue(K_ALIVE, 0, BROADCAST, b"")
+        self.quiet = True
+        if self.synced and now - self.heard.get(self.me, now) <= limit:
+            # Only while our own messages come back: when they do not, the
+            # ring itself stalls, and corosync's token timeout decides.
+            self._expel_silent(now, limit)
+        if self.handle is not None:
+            self.ticker = self.loop.call_later(interval, self._tick)
+
+    def _expel_silent(self, now: float, limit: float) -> None:
+        st = self.state
+        for m in self.cpg_members:
+            if m == self.me or m in st.expelled or m in self.expelling:
+                continue
+            silent = now - self.heard.setdefault(m, now)
+            if silent > limit:
+                pnns = sorted(pnn for lm, pnn in st.members.items() if (lm[0], lm[1]) == m)
+                log.warning(
+                    "group %r: member %s (pnn %s) silent for %.1fs (stopped or blocked): "
+                    "expelling it",
+                    self.group,
+                    m,
+                    ",".join(map(str, pnns)) or "none",
+                    silent,
+                )
+                self.expelling.add(m)
+                self._enqueue(K_EXPEL, 0, BROADCAST, msgpack.packb(list(m)))
 
     # -- output ---------------------------------------------------------------
 
@@ -299,6 +409,7 @@ class _Connection:
     def _enqueue(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
         if self.handle is None:
             return
+        self.quiet = False
         chunk = self.chunk
         n = len(payload)
         if n <= chunk:
@@ -366,16 +477,27 @@ class _Connection:
         if handle is None:
             return
         try:
-            handle.dispatch(libcpg.Dispatch.CS_DISPATCH_ALL)
+            more = handle.dispatch_some(DISPATCH_BATCH)
         except libcpg.CpgError as exc:
             self.events.clear()
             self._lost(exc)
             return
         events, self.events = self.events, []
+        now = self.loop.time()
+        limit = self._keepalive()[1]
         for ev in events:
             if self.handle is not handle:
-                break  # lost or closed while processing
+                break  # lost, expelled or closed while processing
+            if len(ev) == 3:
+                if ev[1] == self.me and now - self.heard.get(self.me, now) > limit:
+                    # Our own messages were held up too: the ring stalled
+                    # (corosync re-forming it), so nobody could be heard.
+                    self.heard = dict.fromkeys(self.heard, now)
+                self.heard[ev[1]] = now
             self._event(ev)
+        if more and self.handle is handle:
+            # Leave the loop a turn (timers, our own keepalives), then go on.
+            self.loop.call_soon(self._on_readable)
 
     def _event(self, ev: _Event) -> None:
         if not self.joined:
@@ -383,6 +505,7 @@ class _Connection:
                 _, members, _left, joined, _merged = ev
                 self.joined = True
                 self.cpg_members = list(members)
+                self.heard = dict.fromkeys(members, self.loop.time())
                 if set(members) == set(joined):
                     # Every member is new: we found the group's state together.
                     self.state = _State(synced=set(members))
@@ -393,13 +516,25 @@ class _Connection:
         if not self.synced:
             self.buffer.append(ev)
             if len(ev) == 3:
+                if self._peek_expel(ev):
+                    # Expelled before our STATE was sent, nobody sends it now.
+                    self._expelled()
+                    return
                 body = self._peek_state(ev)
                 if body is not None:
                     self._install(body)
             else:
                 self.cpg_members = list(ev[1])
+                self._track_confchg(ev[2], ev[3])
             return
         self._apply(ev)
+
+    def _peek_expel(self, ev: _Deliver) -> bool:
+        """Is `ev` an EXPEL naming this process (joiner side)?"""
+        msg = ev[2]
+        if len(msg) < _HDR.size or _HDR.unpack_from(msg)[0] != K_EXPEL:
+            return False
+        return tuple(msgpack.unpackb(msg[_HDR.size :])) == self.me
 
     def _peek_state(self, ev: _Deliver) -> dict[str, Any] | None:
         """The STATE addressed to us, if `ev` is one (joiner side)."""
@@ -451,8 +586,8 @@ class _Connection:
         return b"".join(parts)
 
     def _apply_message(self, src: Member, msg: bytes) -> None:
-        if len(msg) < _HDR.size:
-            return
+        if len(msg) < _HDR.size or src in self.state.expelled:
+            return  # an expelled process no longer counts, whatever it sends
         kind, flags, lid, dest = _HDR.unpack_from(msg)
         sender = (src[0], src[1], lid)
         payload = self._reassemble(sender, flags, msg)
@@ -479,6 +614,8 @@ class _Connection:
                 self._recompute()
         elif kind == K_MERGE:
             self._on_merge(src, msgpack.unpackb(payload, strict_map_key=False))
+        elif kind == K_EXPEL:
+            self._on_expel(src, tuple(msgpack.unpackb(payload)))
         elif kind == K_STATE:
             body = msgpack.unpackb(payload, strict_map_key=False)
             target = (body["target"][0], body["target"][1])
@@ -495,9 +632,11 @@ class _Connection:
     ) -> None:
         st = self.state
         self.cpg_members = list(members)
+        self._track_confchg(left, joined)
         if self.merge_expect is not None:
             self.merge_expect &= set(members)  # a member lost mid-merge sends nothing
         gone = set(left)
+        st.expelled -= gone  # it may come back: as a fresh member
         changed = False
         for lm in [lm for lm in st.members if (lm[0], lm[1]) in gone]:
             del st.members[lm]
@@ -519,17 +658,74 @@ class _Connection:
             st.pending[j] = snap
         if self.merge_expect is not None:
             self._finish_merge()
-        present = [m for m in sorted(st.synced) if m in members]
-        leader = present[0] if present else None
-        if leader != self.me:
-            return
         # A new joiner gets its snapshot; after a departure (maybe of the old
         # leader) every still-pending joiner gets it again (duplicates are ignored).
-        targets = sorted(st.pending) if left else new
+        self._send_states(sorted(st.pending) if left else new)
+
+    def _send_states(self, targets: list[Member]) -> None:
+        """The leader (lowest synced member) sends pending joiners their snapshots."""
+        st = self.state
+        present = [m for m in sorted(st.synced) if m in self.cpg_members]
+        if not present or present[0] != self.me:
+            return
         for target in targets:
-            if target in members and target in st.pending:
+            if target in self.cpg_members and target in st.pending:
                 body = msgpack.packb({"target": list(target), "snapshot": st.pending[target]})
                 self._enqueue(K_STATE, 0, BROADCAST, body)
+
+    def _track_confchg(self, left: list[Member], joined: list[Member]) -> None:
+        """Liveness bookkeeping: a new member starts heard, a departed one is forgotten."""
+        now = self.loop.time()
+        for m in left:
+            self.heard.pop(m, None)
+            self.expelling.discard(m)
+        for m in joined:
+            self.heard[m] = now
+
+    # -- expulsion of silent members -------------------------------------------
+
+    def _on_expel(self, src: Member, target: tuple[Any, ...]) -> None:
+        """An EXPEL at its stream position: the same decision on every member.
+
+        Only a member that holds the group's state may expel (a synced one,
+        or during a partition merge any member of the merging sides, since
+        each side counts only its own as synced until the MERGEs arrive).
+        """
+        if len(target) != 2 or src == target:
+            return
+        merging = self.merge_expect is not None and src in self.merge_members
+        if src not in self.state.synced and not merging:
+            return
+        victim: Member = (int(target[0]), int(target[1]))
+        if self._mark_expelled(victim):
+            self._after_expel(victim)
+
+    def _mark_expelled(self, m: Member) -> bool:
+        """Drop process `m` from the state as if it had left; False if nothing to do."""
+        st = self.state
+        if m in st.expelled or m not in self.cpg_members:
+            return False
+        st.expelled.add(m)
+        st.synced.discard(m)
+        st.pending.pop(m, None)
+        for lm in [lm for lm in st.members if (lm[0], lm[1]) == m]:
+            del st.members[lm]
+        for lm in [lm for lm in self.fragments if (lm[0], lm[1]) == m]:
+            del self.fragments[lm]
+        self.expelling.discard(m)
+        if self.merge_expect is not None:
+            self.merge_expect.discard(m)
+        return True
+
+    def _after_expel(self, m: Member) -> None:
+        if m == self.me:
+            self._expelled()
+            return
+        self._recompute()
+        if self.merge_expect is not None:
+            self._finish_merge()
+        # The expelled process may have been the leader a joiner waits for.
+        self._send_states(sorted(self.state.pending))
 
     # -- partition merges ------------------------------------------------------
     #
@@ -544,26 +740,41 @@ class _Connection:
         self, members: list[Member], joined: list[Member], merged: list[Member]
     ) -> None:
         fresh = {j for j in joined if j not in merged}
-        self.merge_expect = {m for m in members if m not in fresh}
-        self.merge_view_id = self.state.view_id
-        mine = [
-            [*lm, pnn]
-            for lm, pnn in sorted(self.state.members.items())
-            if (lm[0], lm[1]) == self.me
-        ]
-        body = msgpack.packb({"members": mine, "view_id": self.state.view_id})
+        st = self.state
+        self.merge_members = {m for m in members if m not in fresh}
+        # Our side's expelled processes send nothing; the other side learns
+        # about them from our MERGE.
+        self.merge_expect = self.merge_members - st.expelled
+        self.merge_view_id = st.view_id
+        mine = [[*lm, pnn] for lm, pnn in sorted(st.members.items()) if (lm[0], lm[1]) == self.me]
+        body = msgpack.packb(
+            {
+                "members": mine,
+                "view_id": st.view_id,
+                "expelled": [list(m) for m in sorted(st.expelled)],
+            }
+        )
         self._enqueue(K_MERGE, 0, BROADCAST, body)
 
     def _on_merge(self, src: Member, body: dict[str, Any]) -> None:
         if self.merge_expect is None or src not in self.merge_expect:
             return
         st = self.state
+        newly_expelled = False
+        for n, p in body.get("expelled", []):
+            if self._mark_expelled((n, p)):
+                if (n, p) == self.me:
+                    self._expelled()
+                    return
+                newly_expelled = True
         for n, p, lid, pnn in body["members"]:
             st.members[(n, p, lid)] = pnn
         st.synced.add(src)
         self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
         self.merge_expect.discard(src)
         self._finish_merge()
+        if newly_expelled:
+            self._send_states(sorted(st.pending))
 
     def _finish_merge(self) -> None:
         if self.merge_expect:
@@ -594,7 +805,11 @@ class CpgTransport(Transport):
 
     Options (``options.extra``): ``group`` (CPG group name, default "ctdb"),
     ``chunk`` (fragment size in bytes), ``high_water`` (bytes queued before
-    `drain()` blocks), ``join_timeout`` (seconds `start()` waits for the view).
+    `drain()` blocks), ``join_timeout`` (seconds `start()` waits for the view;
+    by default 10 s plus twice the keepalive silence limit, since a join may
+    have to wait until a stopped member that should send its state transfer
+    is expelled).  ``keepalive_interval`` and ``keepalive_limit`` decide when
+    a silent member is expelled.
     """
 
     name: ClassVar[str] = "vs"
@@ -607,7 +822,8 @@ class CpgTransport(Transport):
         self.group = options.extra.get("group", "ctdb")
         self.chunk = int(options.extra.get("chunk", DEFAULT_CHUNK))
         self.high_water = int(options.extra.get("high_water", DEFAULT_HIGH_WATER))
-        self.join_timeout = float(options.extra.get("join_timeout", 10.0))
+        silence = options.keepalive_interval * options.keepalive_limit
+        self.join_timeout = float(options.extra.get("join_timeout", 10.0 + 2 * silence))
         self.lid = next(_lids) & 0xFFFF
         self._conn: _Connection | None = None
         self._active: asyncio.Event | None = None
