@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ctdb.client_async import AsyncClient  # noqa: E402
+from ctdb.client import AsyncClient  # noqa: E402
 from ctdb.errors import CtdbError, ErrorCode  # noqa: E402
 from ctdb.ltdb import DEFAULT_HASH_SIZE, TDB_MUTEX_LOCKING, Record  # noqa: E402
 from ctdb.placement import lmaster  # noqa: E402

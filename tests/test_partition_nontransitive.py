@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 
-from ctdb.client_async import AsyncClient
+from ctdb.client import AsyncClient
 from ctdb.errors import CtdbError
 from tests.test_partition import SIZE, NetnsCtdb, healthy, wait_for
 from tools import netns

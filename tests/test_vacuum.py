@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tdb
 
-from ctdb.client_async import AsyncClient
+from ctdb.client import AsyncClient
 from tests.conftest import unique
 from tools.cluster import LocalCluster
 

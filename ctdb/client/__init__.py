@@ -1,0 +1,42 @@
+"""The library a Samba-like service uses to talk to its local ctdbd.
+
+Two front ends with the same operations: `Client` (blocking, one request at
+a time, what scripts and the admin tool want) and `AsyncClient` (asyncio,
+any number of requests in flight on one connection, what a busy service
+wants). Each operation is defined once, in `operations` (what it sends,
+what it returns); `connection` is the protocol state of one connection; the
+front ends only move bytes. Errors arrive as `CtdbError` with the daemon's
+stable code.
+
+Depends on `ctdb.protocol` and `ctdb.errors` only, never on the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ctdb.client.blocking import Client, RecordLock, Transaction
+from ctdb.client.operations import DEFAULT_SOCKET, Message, default_socket
+
+if TYPE_CHECKING:
+    from ctdb.client.aio import AsyncClient, AsyncTransaction
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "AsyncClient",
+    "AsyncTransaction",
+    "Client",
+    "Message",
+    "RecordLock",
+    "Transaction",
+    "default_socket",
+]
+
+
+def __getattr__(name: str) -> object:
+    """The asyncio front end is imported on first use: a one-shot script never pays for asyncio."""
+    if name in ("AsyncClient", "AsyncTransaction"):
+        from ctdb.client import aio
+
+        return getattr(aio, name)
+    raise AttributeError(name)

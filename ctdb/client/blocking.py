@@ -1,0 +1,219 @@
+"""The blocking front end: one request at a time, what scripts and the admin tool want."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from ctdb import protocol
+from ctdb.client import operations as ops
+from ctdb.client.connection import Connection, Event
+from ctdb.client.operations import Key, Message, Op, Plan, Sleep, default_socket, to_bytes
+from ctdb.errors import CtdbError, ErrorCode
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _blocking(op: Callable[P, Op[T]]) -> Callable[Concatenate[Any, P], T]:
+    """A method of `Client` that runs the operation `op` builds."""
+
+    def method(self: Client, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self.run(op(*args, **kwargs))
+
+    method.__name__, method.__doc__ = op.__name__, op.__doc__
+    return method
+
+
+def _blocking_plan(plan: Callable[P, Plan[T]]) -> Callable[Concatenate[Any, P], T]:
+    """A method of `Client` that follows the plan `plan` makes."""
+
+    def method(self: Client, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self.follow(plan(*args, **kwargs))
+
+    method.__name__, method.__doc__ = plan.__name__, plan.__doc__
+    return method
+
+
+def _in_transaction(op: Callable[Concatenate[int, P], Op[T]]) -> Callable[Concatenate[Any, P], T]:
+    """A method of `Transaction`: the operation on its transaction."""
+
+    def method(self: Transaction, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self.client.run(op(self.id, *args, **kwargs))
+
+    method.__name__, method.__doc__ = op.__name__, op.__doc__
+    return method
+
+
+class Client:
+    """Blocking client. Not thread-safe: use one per thread."""
+
+    def __init__(self, path: str | None = None, timeout: float | None = 60.0) -> None:
+        self.path = path or default_socket()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(self.path)
+        except OSError as exc:
+            self._sock.close()
+            raise CtdbError(
+                ErrorCode.DISCONNECTED, f"cannot connect to ctdbd at {self.path}: {exc.strerror}"
+            ) from exc
+        self._conn = Connection()
+        self._events: deque[Event] = deque()
+        self.messages: deque[Message] = deque()
+        hello = self.call("hello", version=protocol.VERSION)
+        self.pnn: int = hello["pnn"]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Any operation the daemon offers, by name (the admin tool uses this)."""
+        return self.run(Op(op, args))
+
+    def run(self, op: Op[T]) -> T:
+        reqid, frame = self._conn.request(op)
+        try:
+            self._sock.sendall(frame)
+        except OSError as exc:
+            raise CtdbError(ErrorCode.DISCONNECTED, f"ctdbd connection lost: {exc}") from exc
+        while True:
+            event = self._next_event()
+            if isinstance(event, CtdbError):
+                raise event
+            if isinstance(event, Message):
+                self.messages.append(event)
+            elif event.reqid == reqid:
+                if event.error is not None:
+                    raise event.error
+                return op.shape(event.result)
+
+    def follow(self, plan: Plan[T]) -> T:
+        """Run an operation made of several requests (see `operations.Plan`)."""
+        result: Any = None
+        error: CtdbError | None = None
+        while True:
+            try:
+                step = plan.send(result) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            result, error = None, None
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                continue
+            try:
+                result = self.run(step)
+            except CtdbError as exc:
+                error = exc
+
+    def _next_event(self) -> Event:
+        while not self._events:
+            try:
+                # 64 KiB: a 1 MiB buffer costs two page faults per reply.
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                raise CtdbError(ErrorCode.TIMEOUT, "ctdbd did not answer in time") from None
+            except OSError as exc:
+                raise CtdbError(ErrorCode.DISCONNECTED, f"ctdbd connection lost: {exc}") from exc
+            if not data:
+                raise CtdbError(ErrorCode.DISCONNECTED, "ctdbd closed the connection")
+            self._events.extend(self._conn.receive(data))
+        return self._events.popleft()
+
+    # -- the operations (ctdb.client.operations) ---------------------------------------
+
+    attach = _blocking(ops.attach)
+    fetch = _blocking(ops.fetch)
+    store = _blocking(ops.store)
+    delete = _blocking(ops.delete)
+    fetch_lock = _blocking(ops.fetch_lock)
+    store_unlock = _blocking(ops.store_unlock)
+    unlock = _blocking(ops.unlock)
+    traverse = _blocking(ops.traverse)
+    getdbseqnum = _blocking(ops.getdbseqnum)
+    register_srvid = _blocking(ops.register_srvid)
+    deregister_srvid = _blocking(ops.deregister_srvid)
+    send_message = _blocking(ops.send_message)
+
+    @contextmanager
+    def locked(self, db: str, key: Key) -> Iterator[RecordLock]:
+        """`with client.locked(db, key) as rec: rec.value = ...` stores on exit."""
+        lock = RecordLock(self.fetch_lock(db, key))
+        try:
+            yield lock
+        except BaseException:
+            self.unlock(db, key)
+            raise
+        if lock.changed and lock.value is not None:
+            self.store_unlock(db, key, lock.value)
+        else:
+            self.unlock(db, key)
+
+    def transaction(self, db: str) -> Transaction:
+        return Transaction(self, self.run(ops.trans_start(db)))
+
+    transact = _blocking_plan(ops.transact)
+
+    def wait_message(self, timeout: float = 10.0) -> Message:
+        old = self._sock.gettimeout()
+        self._sock.settimeout(timeout)
+        try:
+            while not self.messages:
+                event = self._next_event()
+                if isinstance(event, CtdbError):
+                    raise event
+                if isinstance(event, Message):
+                    self.messages.append(event)
+        finally:
+            self._sock.settimeout(old)
+        return self.messages.popleft()
+
+
+class RecordLock:
+    """The value of a record locked by `Client.locked`; assigning it stores on exit."""
+
+    def __init__(self, value: bytes | None) -> None:
+        self._value = value
+        self.changed = False
+
+    @property
+    def value(self) -> bytes | None:
+        return self._value
+
+    @value.setter
+    def value(self, new: Key) -> None:
+        self._value = to_bytes(new)
+        self.changed = True
+
+
+class Transaction:
+    """A persistent-database transaction: all of it commits on every node, or none."""
+
+    def __init__(self, client: Client, txid: int) -> None:
+        self.client, self.id = client, txid
+
+    fetch = _in_transaction(ops.trans_fetch)
+    store = _in_transaction(ops.trans_store)
+    delete = _in_transaction(ops.trans_delete)
+    commit = _in_transaction(ops.trans_commit)
+    cancel = _in_transaction(ops.trans_cancel)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.cancel()

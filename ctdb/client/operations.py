@@ -1,0 +1,183 @@
+"""What each client operation sends and what its caller gets back (no I/O).
+
+Both front ends, `ctdb.client.Client` (blocking) and
+`ctdb.client.AsyncClient` (asyncio), are built from these definitions, so
+an operation is written once: its name and arguments on the wire, and how
+the daemon's reply becomes its result. Keys and values are bytes; `str` is
+accepted and encoded as UTF-8.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ctdb.errors import CtdbError, ErrorCode
+
+T = TypeVar("T")
+Key = bytes | str
+
+DEFAULT_SOCKET = "/var/run/ctdb/ctdbd.socket"
+
+
+def default_socket() -> str:
+    return os.environ.get("CTDB_SOCKET") or DEFAULT_SOCKET
+
+
+def to_bytes(data: Key) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _as_is(result: Any) -> Any:
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[T]):
+    """One request: the operation, its arguments, and how its result is shaped."""
+
+    name: str
+    args: dict[str, Any]
+    shape: Callable[[Any], T] = _as_is
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message another client sent to a srvid this client registered."""
+
+    srvid: int
+    src: int
+    data: bytes
+
+
+# -- records ---------------------------------------------------------------------------
+
+
+def attach(name: str, kind: str = "volatile") -> Op[dict[str, Any]]:
+    """Attach a database (volatile, persistent or replicated) on every node."""
+    return Op("attach", {"name": name, "kind": kind})
+
+
+def fetch(db: str, key: Key) -> Op[bytes | None]:
+    """The record's value, or None if it does not exist."""
+    return Op("fetch", {"db": db, "key": to_bytes(key)})
+
+
+def store(db: str, key: Key, value: Key) -> Op[None]:
+    """Write a volatile record."""
+    return Op("store", {"db": db, "key": to_bytes(key), "value": to_bytes(value)})
+
+
+def delete(db: str, key: Key) -> Op[None]:
+    """Delete a volatile record."""
+    return Op("delete", {"db": db, "key": to_bytes(key)})
+
+
+def fetch_lock(db: str, key: Key) -> Op[bytes | None]:
+    """Lock a volatile record for this client and return its value."""
+    return Op("fetch_lock", {"db": db, "key": to_bytes(key)})
+
+
+def store_unlock(db: str, key: Key, value: Key) -> Op[None]:
+    """Write the record this client locked, then release the lock."""
+    return Op("store_unlock", {"db": db, "key": to_bytes(key), "value": to_bytes(value)})
+
+
+def unlock(db: str, key: Key) -> Op[None]:
+    """Release the lock without writing."""
+    return Op("unlock", {"db": db, "key": to_bytes(key)})
+
+
+def _pairs(records: Any) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in records]
+
+
+def traverse(db: str) -> Op[list[tuple[bytes, bytes]]]:
+    """Every live record of the database, from every node, sorted by key."""
+    return Op("traverse", {"db": db}, _pairs)
+
+
+def getdbseqnum(db: str) -> Op[int]:
+    """A persistent database's sequence number."""
+    return Op("getdbseqnum", {"db": db})
+
+
+# -- persistent transactions ---------------------------------------------------------
+
+
+def trans_start(db: str) -> Op[int]:
+    return Op("trans_start", {"db": db})
+
+
+def trans_fetch(tx: int, key: Key) -> Op[bytes | None]:
+    return Op("trans_fetch", {"tx": tx, "key": to_bytes(key)})
+
+
+def trans_store(tx: int, key: Key, value: Key) -> Op[None]:
+    return Op("trans_store", {"tx": tx, "key": to_bytes(key), "value": to_bytes(value)})
+
+
+def trans_delete(tx: int, key: Key) -> Op[None]:
+    return Op("trans_delete", {"tx": tx, "key": to_bytes(key)})
+
+
+def trans_commit(tx: int) -> Op[int]:
+    """Commit on every node; the database's new sequence number."""
+    return Op("trans_commit", {"tx": tx})
+
+
+def trans_cancel(tx: int) -> Op[None]:
+    return Op("trans_cancel", {"tx": tx})
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+#: An operation made of several requests: it yields each request (or a
+#: pause) and receives its result, or has its error thrown in. Both front
+#: ends run plans, so the logic lives here once.
+Plan = Generator[Op[Any] | Sleep, Any, T]
+
+
+def transact(db: str, writes: Mapping[Key, Key | None], attempts: int = 50) -> Plan[int]:
+    """Commit `writes` (None deletes) in one transaction, retried on conflict.
+
+    BUSY (another commit got there first) and RETRY (a recovery cut the
+    commit short) are safe to retry: the commit re-validates what the
+    transaction read. The pauses add up to about 2.3 s, the length of a
+    recovery; after `attempts` the last error is raised. Returns the
+    database's new sequence number.
+    """
+    for attempt in range(attempts):
+        tx = yield trans_start(db)
+        for key, value in writes.items():
+            yield trans_delete(tx, key) if value is None else trans_store(tx, key, value)
+        try:
+            seqnum: int = yield trans_commit(tx)
+            return seqnum
+        except CtdbError as exc:
+            if exc.code not in (ErrorCode.BUSY, ErrorCode.RETRY) or attempt == attempts - 1:
+                raise
+            yield Sleep(min(0.05, 0.01 * (attempt + 1)))
+    raise ValueError("attempts must be at least 1")
+
+
+# -- messaging ---------------------------------------------------------------------------
+
+
+def register_srvid(srvid: int) -> Op[None]:
+    """Receive the messages sent to `srvid` on this node."""
+    return Op("register_srvid", {"srvid": srvid})
+
+
+def deregister_srvid(srvid: int) -> Op[None]:
+    return Op("deregister_srvid", {"srvid": srvid})
+
+
+def send_message(pnn: int | None, srvid: int, data: Key) -> Op[None]:
+    """To the clients of node `pnn` registered on `srvid` (every node's if None)."""
+    return Op("send_message", {"pnn": pnn, "srvid": srvid, "data": to_bytes(data)})

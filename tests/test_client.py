@@ -1,0 +1,80 @@
+"""Both client front ends offer every operation, and behave alike against real daemons."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+
+from ctdb.client import AsyncClient, Client, operations
+from ctdb.client.aio import AsyncTransaction
+from ctdb.client.blocking import Transaction
+from ctdb.errors import CtdbError, ErrorCode
+from tests.conftest import unique
+from tools.cluster import LocalCluster
+
+#: Requests a client never sends by name: the handshake and the per-transaction
+#: steps, which `Transaction` offers as its own methods.
+_NOT_CLIENT_METHODS = {"trans_start", "trans_fetch", "trans_store", "trans_delete"}
+_NOT_CLIENT_METHODS |= {"trans_commit", "trans_cancel"}
+
+
+def _public(cls: type) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_")}
+
+
+def test_every_operation_is_offered_by_both_front_ends() -> None:
+    defined = {
+        name
+        for name, fn in vars(operations).items()
+        if inspect.isfunction(fn)
+        and fn.__module__ == operations.__name__
+        and str(inspect.signature(fn).return_annotation).startswith(("Op[", "Plan["))
+    }
+    assert {"fetch", "store", "transact", "send_message"} <= defined
+    for name in defined - _NOT_CLIENT_METHODS:
+        assert hasattr(Client, name), name
+        assert hasattr(AsyncClient, name), name
+    assert _public(Client) - {"messages", "pnn", "path"} == _public(AsyncClient) - {
+        "messages",
+        "pnn",
+        "connect",
+    }
+    assert _public(Transaction) == _public(AsyncTransaction)
+
+
+def test_the_async_client_does_what_the_blocking_one_does(cluster: LocalCluster) -> None:
+    vdb, pdb = unique("vol"), unique("per")
+
+    async def scenario() -> None:
+        c = await AsyncClient.connect(cluster.socket(0))
+        try:
+            await c.attach(vdb)
+            await c.attach(pdb, "persistent")
+            await c.store(vdb, "k", "v")
+            assert await c.fetch(vdb, "k") == b"v"
+            async with c.locked(vdb, "counter") as rec:
+                rec.value = b"1"
+            assert await c.fetch(vdb, "counter") == b"1"
+            await c.delete(vdb, "k")
+            assert await c.traverse(vdb) == [(b"counter", b"1")]
+            async with await c.transaction(pdb) as tx:
+                await tx.store("a", "1")
+            seqnum = await c.transact(pdb, {"b": "2", "a": None})
+            assert await c.getdbseqnum(pdb) == seqnum
+            await c.register_srvid(77)
+            await c.send_message(0, 77, "hello")
+            message = await c.wait_message(10)
+            assert (message.srvid, message.data) == (77, b"hello")
+            with pytest.raises(CtdbError) as err:
+                await c.unlock(vdb, "counter")
+            assert err.value.code == ErrorCode.NOT_LOCKED
+        finally:
+            await c.close()
+
+    asyncio.run(scenario())
+    with Client(cluster.socket(2)) as c:
+        assert c.fetch(vdb, "counter") == b"1"
+        assert c.fetch(pdb, "a") is None
+        assert c.fetch(pdb, "b") == b"2"
