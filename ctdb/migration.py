@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +102,7 @@ class MigrationEngine:
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=True))
 
-    def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
+    def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> Any:
         if self._voided.get((db.id, key)) is session:
             del self._voided[(db.id, key)]
             raise CtdbError(
@@ -110,10 +111,21 @@ class MigrationEngine:
             )
         if not self.locked_by(db, key, session):
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
-        assert self.node.serving, "a freeze voids every lock"
+        if not self.node.serving:
+            # Our lease is being renewed (a freeze would have voided the
+            # lock): write only once we serve again, or fail.
+            return self._unlock_when_serving(db, key, session, value)
         if value is not None:
             self.write(db, key, value)
         self.release(db, key, session)
+        return None
+
+    async def _unlock_when_serving(
+        self, db: Database, key: bytes, session: object, value: bytes | None
+    ) -> None:
+        node = self.node
+        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        await _resolved(self.unlock(db, key, session, value))
 
     async def commit(self, tx: Transaction) -> int:
         return await self.node.transactions.commit(tx)
@@ -391,3 +403,10 @@ class MigrationEngine:
         ks.waiters.clear()
         if ks.idle:
             self._keys.pop((db.id, key), None)
+
+
+async def _resolved(result: Any) -> Any:
+    """A result that may still be an awaitable (see ctdb.engine)."""
+    if isinstance(result, Awaitable):
+        return await result
+    return result

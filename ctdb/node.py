@@ -62,6 +62,8 @@ log = logging.getLogger("ctdb.node")
 T = TypeVar("T")
 
 INVALID_GENERATION = 1
+#: Recoveries a node's storage may make fail in a row before it is banned.
+BAN_AFTER_FAILURES = 3
 #: In the state directory: the latest recovery epoch this node took part in.
 EPOCH_FILE = "recovery.epoch"
 
@@ -302,7 +304,7 @@ class Node:
     def send(self, pnn: int, msg: Message) -> None:
         if pnn == self.pnn:
             # Local delivery goes through the loop so handlers never re-enter.
-            asyncio.get_running_loop().call_soon(self._dispatch, self.pnn, msg)
+            asyncio.get_running_loop().call_soon(self._handle, self.pnn, msg)
             return
         self.transport.send(pnn, encode(msg))
 
@@ -314,13 +316,18 @@ class Node:
             timeout = self.tunable("CallTimeout")
         if pnn == self.pnn:
             # Bounded like a remote control: a recovery must never wait for
-            # ever on its own push.
+            # ever on its own push. Failures look the same as a remote's.
             try:
                 return await asyncio.wait_for(self._run_control(self.pnn, op, args or {}), timeout)
             except TimeoutError:
                 raise CtdbError(
                     ErrorCode.TIMEOUT, f"node {pnn} (this one) did not finish {op} in {timeout:g}s"
                 ) from None
+            except CtdbError:
+                raise
+            except Exception as exc:
+                log.exception("control %s on this node failed", op)
+                raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
         if pnn not in self.transport.view:
             raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
         return await self.controls.call(pnn, op, args, timeout)
@@ -379,7 +386,32 @@ class Node:
         except DecodeError as exc:
             log.warning("dropping undecodable message from node %d: %s", src, exc)
             return
-        self._dispatch(src, msg)
+        self._handle(src, msg)
+
+    def _handle(self, src: int, msg: Message) -> None:
+        """Run a message's handler: a local failure must not take the node down with it."""
+        try:
+            self._dispatch(src, msg)
+        except Exception:
+            log.exception("handling %s from node %d failed", type(msg).__name__, src)
+            self._local_failure()
+
+    def _local_failure(self) -> None:
+        """A write failed half-way (I/O error, disk full): our copies are suspect.
+
+        Over tcp the node freezes and asks for a recovery, which takes its
+        copies whole (not only what changed) and pushes the merged result
+        back; if the disk keeps failing, recovery bans the node (see
+        `_recovery_daemon`). On vs the ordered engine already left the group
+        to resync.
+        """
+        if self.ordered is not None:
+            return
+        for db in self.dbs.values():
+            if not db.replicated:
+                db.base = None
+        self._freeze(INVALID_GENERATION)
+        self._recovery_wanted.set()
 
     def _dispatch(self, src: int, msg: Message) -> None:
         if isinstance(msg, Call):
@@ -603,6 +635,8 @@ class Node:
         return False
 
     async def _recovery_daemon(self) -> None:
+        #: consecutive recoveries each node's local storage made fail
+        culprits: Counter[int] = Counter()
         while True:
             try:
                 await asyncio.wait_for(self._recovery_wanted.wait(), 0.25)
@@ -629,10 +663,34 @@ class Node:
             try:
                 await recovery.recover(self, self.active_members(), self.rng)
                 self.stats["recoveries"] += 1
+                culprits.clear()
+            except recovery.NodeFailed as exc:
+                log.warning("recovery failed: %s; retrying", exc)
+                culprits[exc.pnn] += exc.code == ErrorCode.IO
+                if culprits[exc.pnn] >= BAN_AFTER_FAILURES:
+                    # As CTDB does: a node whose storage keeps failing
+                    # recoveries is banned, and the others recover without it.
+                    await self._ban_culprit(exc.pnn)
+                    culprits.clear()
+                await asyncio.sleep(0.1)
+                self._recovery_wanted.set()
             except (TimeoutError, CtdbError) as exc:
                 log.warning("recovery failed: %s; retrying", exc)
                 await asyncio.sleep(0.1)
                 self._recovery_wanted.set()
+
+    async def _ban_culprit(self, pnn: int) -> None:
+        seconds = self.tunable("RecoveryBanPeriod")
+        log.error(
+            "node %d failed %d recoveries in a row: banning it for %gs",
+            pnn,
+            BAN_AFTER_FAILURES,
+            seconds,
+        )
+        try:
+            await self.control(pnn, "ban", {"seconds": seconds})
+        except CtdbError as exc:
+            log.warning("could not ban node %d: %s", pnn, exc)
 
     # -- recovery: what every node does when told -------------------------------------
 

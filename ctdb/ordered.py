@@ -611,9 +611,18 @@ class OrderedEngine:
         r.plan = plan
         self.flags = {p: int(o.get("flags", 0)) for p, o in r.offers.items()}
         me = self.node.pnn
-        needs = {
-            name for name, src in plan.items() if src != me and not (self.synced and me in synced)
-        }
+
+        def needs_of(p: int) -> set[str]:
+            """A member out of sync needs every database; one in sync, those it lacks."""
+            offer = r.offers[p]
+            have = {str(entry[0]) for entry in offer["dbs"]}
+            return {
+                name
+                for name, src in plan.items()
+                if src != p and (not offer["synced"] or name not in have)
+            }
+
+        needs = needs_of(me)
         r.awaiting = needs
         if needs:
             # What the quorate members applied up to here is in the snapshots
@@ -621,8 +630,9 @@ class OrderedEngine:
             # applied nowhere: its sender learns that now.
             self._drop_backlog()
         # Sources send what others need, as of this position in the stream.
+        wanted = {name for p in r.members if p != me for name in needs_of(p)}
         for name, src in plan.items():
-            if src == me and any(p not in synced for p in r.members if p != me):
+            if src == me and name in wanted:
                 db = self.node.db_by_name(name)
                 snap = {
                     "view_id": r.view_id,

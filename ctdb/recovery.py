@@ -44,11 +44,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("ctdb.recovery")
 
 
+class NodeFailed(CtdbError):
+    """A recovery step failed on node `pnn` (the leader bans a node that keeps failing)."""
+
+    def __init__(self, pnn: int, op: str, error: CtdbError) -> None:
+        super().__init__(error.code, f"{op} on node {pnn}: {error.message}")
+        self.pnn = pnn
+
+
+async def _control(node: Node, pnn: int, op: str, args: dict[str, Any]) -> Any:
+    try:
+        return await node.control(pnn, op, args, timeout=node.tunable("RecoverTimeout"))
+    except CtdbError as exc:
+        raise NodeFailed(pnn, op, exc) from exc
+
+
 async def _on_all(node: Node, members: list[int], op: str, args: dict[str, Any]) -> list[Any]:
-    timeout = node.tunable("RecoverTimeout")
-    return list(
-        await asyncio.gather(*(node.control(p, op, args, timeout=timeout) for p in members))
-    )
+    return list(await asyncio.gather(*(_control(node, p, op, args) for p in members)))
 
 
 async def recover(node: Node, members: list[int], rng: random.Random) -> None:
@@ -75,7 +87,7 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> None:
     for p, reply in frozen.items():
         for name, kind in wanted.items():
             if name not in reply["dbs"]:
-                await node.control(p, "attach", {"name": name, "kind": kind})
+                await _control(node, p, "attach", {"name": name, "kind": kind})
 
     step = Step(node, members, generation, (epoch, generation))
     moved = 0
@@ -121,9 +133,7 @@ class Step:
 
     async def _pull(self, pnn: int, dbid: int, **what: Any) -> list[Any]:
         args = {"db_id": dbid, "generation": self.generation, **what}
-        result: list[Any] = await self.node.control(
-            pnn, "pull", args, timeout=self.node.tunable("RecoverTimeout")
-        )
+        result: list[Any] = await _control(self.node, pnn, "pull", args)
         return result
 
     async def _push(
