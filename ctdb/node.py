@@ -62,7 +62,8 @@ log = logging.getLogger("ctdb.node")
 T = TypeVar("T")
 
 INVALID_GENERATION = 1
-#: Recoveries a node's storage may make fail in a row before it is banned.
+#: Recoveries a node's storage may make fail in a row, over at least
+#: RecoverTimeout, before it is banned.
 BAN_AFTER_FAILURES = 3
 #: In the state directory: the latest recovery epoch this node took part in.
 EPOCH_FILE = "recovery.epoch"
@@ -591,6 +592,8 @@ class Node:
                     await self.migration.vacuum.run()
             except CtdbError as exc:
                 log.info("vacuum deferred: %s", exc)
+            except Exception:  # a failed delete leaves the marker: the next round retries
+                log.exception("vacuum round failed")
 
     def rejoin(self) -> None:
         """vs: our replica cannot follow the stream: leave the group, rejoin, resync."""
@@ -635,8 +638,8 @@ class Node:
         return False
 
     async def _recovery_daemon(self) -> None:
-        #: consecutive recoveries each node's local storage made fail
-        culprits: Counter[int] = Counter()
+        #: node -> (recoveries its storage made fail in a row, loop time of the first)
+        culprits: dict[int, tuple[int, float]] = {}
         while True:
             try:
                 await asyncio.wait_for(self._recovery_wanted.wait(), 0.25)
@@ -666,12 +669,18 @@ class Node:
                 culprits.clear()
             except recovery.NodeFailed as exc:
                 log.warning("recovery failed: %s; retrying", exc)
-                culprits[exc.pnn] += exc.code == ErrorCode.IO
-                if culprits[exc.pnn] >= BAN_AFTER_FAILURES:
-                    # As CTDB does: a node whose storage keeps failing
-                    # recoveries is banned, and the others recover without it.
-                    await self._ban_culprit(exc.pnn)
-                    culprits.clear()
+                if exc.code == ErrorCode.IO:
+                    now = asyncio.get_running_loop().time()
+                    count, since = culprits.get(exc.pnn, (0, now))
+                    culprits[exc.pnn] = (count + 1, since)
+                    if count + 1 >= BAN_AFTER_FAILURES and now - since >= self.tunable(
+                        "RecoverTimeout"
+                    ):
+                        # As CTDB does: a node whose storage keeps failing
+                        # recoveries (not a passing error) is banned, and the
+                        # others recover without it.
+                        await self._ban_culprit(exc.pnn)
+                        culprits.clear()
                 await asyncio.sleep(0.1)
                 self._recovery_wanted.set()
             except (TimeoutError, CtdbError) as exc:
