@@ -403,10 +403,11 @@ class Node:
         Over tcp the node freezes and asks for a recovery, which takes its
         copies whole (not only what changed) and pushes the merged result
         back; if the disk keeps failing, recovery bans the node (see
-        `_recovery_daemon`). On vs the ordered engine already left the group
-        to resync.
+        `_recovery_daemon`). On vs the node leaves the group and rejoins
+        through a state transfer.
         """
         if self.ordered is not None:
+            self.ordered.resync("a local write failed")
             return
         for db in self.dbs.values():
             if not db.replicated:

@@ -336,11 +336,11 @@ class OrderedEngine:
         ):
             self._backlog.append(msg)
             if len(self._backlog) > MAX_BACKLOG:
-                self._leave(f"more than {MAX_BACKLOG} operations queued while waiting to sync")
+                self.resync(f"more than {MAX_BACKLOG} operations queued while waiting to sync")
             return
         self._apply(msg)
 
-    def _leave(self, why: str) -> None:
+    def resync(self, why: str) -> None:
         """Our replica can no longer follow the stream: rejoin for a state transfer."""
         log.error("leaving the group and rejoining: %s", why)
         self.synced = False
@@ -366,7 +366,7 @@ class OrderedEngine:
             # Our replica may now differ from everyone else's (I/O error,
             # disk full, a bug): never carry on with it.
             log.exception("applying %s from node %d failed", msg.op, msg.origin)
-            self._leave(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
+            self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
             return
         self.node.stats["ordered_applied"] += 1
         stable = msg.op in STABLE_OPS and error is None
