@@ -25,11 +25,15 @@ here because CPG does not: a member of a minority view is out of sync and
 serves nothing.
 
 Agreed delivery at the origin does not mean every member has the message:
-if the origin fails right after delivering its own commit, the survivors
-may never see it. So a commit is acknowledged to its client only once it is
-stable: every other member of the view has applied it and said so (an
-`applied` message straight to the origin, one per burst), or left the view
-(virtual synchrony: a survivor of the view change delivered what we did).
+if the origin fails (or is cut off) right after delivering its own write,
+the survivors may never see it. So a write (store, store_unlock, commit,
+wipe) is acknowledged to its client only once it is stable: every other
+member of the view has applied it and said so (an `applied` message straight
+to the origin, one per burst), or left a view that keeps quorum (virtual
+synchrony: a survivor of the view change delivered what we did). A view
+without quorum fails what is not yet stable. This is what lets a write
+survive the loss of any single node, volatile ones included, and costs
+one more message from each member per burst of writes.
 
 Every client request ends within CallTimeout, with its result or an error;
 a node whose local apply fails (I/O error, disk full) leaves the group and
@@ -700,8 +704,8 @@ class OrderedEngine:
         self.node.on_ordered_state()
 
 
-#: Operations acknowledged only once stable: losing them would lose durable data.
-STABLE_OPS = frozenset({"commit"})
+#: Writes, acknowledged only once stable (see the module docstring).
+STABLE_OPS = frozenset({"commit", "store", "unlock", "wipe"})
 
 
 async def _until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
