@@ -77,6 +77,19 @@ def persistent_source(seqnums: Mapping[int, int]) -> int:
     return max(sorted(seqnums), key=lambda pnn: seqnums[pnn])
 
 
+def freshest_copy(marks: Mapping[int, tuple[int, int]]) -> int:
+    """vs: when no member is in sync, whose copy a database is taken from.
+
+    A mark is (epoch, sequence number). A member's epoch grows with every
+    quorate view it went through in sync, so the highest epoch followed the
+    stream longest; every write it acknowledged was stable, i.e. applied by
+    all members of its view, so members sharing the highest epoch hold the
+    same acknowledged writes and the sequence number, then the lowest pnn,
+    only settle what nobody acknowledged.
+    """
+    return max(sorted(marks), key=lambda pnn: marks[pnn])
+
+
 def newest_epoch_members(epochs: Mapping[int, int]) -> list[int]:
     """Nodes that took part in the latest recovery; only their persistent copies count.
 

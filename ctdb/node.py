@@ -218,6 +218,16 @@ class Node:
             and (self.ordered is not None or self._lease_holds())
         )
 
+    def set_epoch(self, epoch: int) -> None:
+        """The latest recovery (tcp) or quorate view (vs) our copies are current for.
+
+        Durable (ctdb.durable): after any restart, recovery must still tell
+        the copies that missed something from those that did not.
+        """
+        if epoch != self.epoch:
+            write_counter(self._epoch_file, epoch)
+            self.epoch = epoch
+
     def in_generation(self, generation: int) -> bool:
         """Messages between nodes count only within the generation that sent them.
 
@@ -819,12 +829,9 @@ class Node:
         self._check_generation(args)
         self.vnnmap = [int(p) for p in args["vnnmap"]]
         self.leader = int(args["leader"])
-        epoch = int(args["epoch"])
-        if epoch != self.epoch:
-            # Written after the pushes: it certifies that our copies hold
-            # every commit acknowledged up to this recovery.
-            write_counter(self._epoch_file, epoch)
-            self.epoch = epoch
+        # Written after the pushes: it certifies that our copies hold every
+        # commit acknowledged up to this recovery.
+        self.set_epoch(int(args["epoch"]))
 
     async def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
         self._check_generation(args)

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from ctdb.database import SEQNUM_KEY, Database, DbKind
 from ctdb.errors import CtdbError, ErrorCode
 from ctdb.ltdb import Record, live_value
-from ctdb.merge import from_wire, persistent_source, to_wire
+from ctdb.merge import freshest_copy, from_wire, to_wire
 from ctdb.messages import Ordered, encode
 from ctdb.placement import db_id
 from ctdb.transactions import Transaction, next_version
@@ -94,6 +94,8 @@ class SyncRound:
     offers: dict[int, dict[str, Any]] = field(default_factory=dict)
     #: db name -> source pnn, once every offer is in
     plan: dict[str, int] | None = None
+    #: the epoch every member adopts when the round completes
+    epoch: int = 0
     awaiting: set[str] = field(default_factory=set)
 
 
@@ -575,6 +577,10 @@ class OrderedEngine:
         elif joined or not self.synced or self._round is not None:
             # A round cut short by a departure starts again with the new view.
             self._start_round(view)
+        else:
+            # Members in sync went through one more quorate view (see
+            # merge.freshest_copy); all of them, at this same position.
+            self.node.set_epoch(self.node.epoch + 1)
         self.node.on_ordered_state()
 
     def _start_round(self, view: View) -> None:
@@ -582,6 +588,7 @@ class OrderedEngine:
         offer = {
             "view_id": view.view_id,
             "synced": self.synced,
+            "epoch": self.node.epoch,
             "flags": self.node.flags,
             "dbs": [[db.name, db.kind.value, db.seqnum()] for db in self.node.dbs.values()],
         }
@@ -605,14 +612,16 @@ class OrderedEngine:
         for p, o in r.offers.items():
             for name, kind, seqnum in o["dbs"]:
                 holdings.setdefault(name, {})[p] = (kind, seqnum)
+        epochs = {p: int(o["epoch"]) for p, o in r.offers.items()}
         plan: dict[str, int] = {}
         for name, holders in sorted(holdings.items()):
             in_sync = [p for p in synced if p in holders]
             if in_sync:
                 plan[name] = in_sync[0]
             else:
-                plan[name] = persistent_source({p: s for p, (_, s) in holders.items()})
+                plan[name] = freshest_copy({p: (epochs[p], s) for p, (_, s) in holders.items()})
         r.plan = plan
+        r.epoch = max(epochs.values()) + 1
         self.flags = {p: int(o.get("flags", 0)) for p, o in r.offers.items()}
         me = self.node.pnn
 
@@ -695,6 +704,8 @@ class OrderedEngine:
             self._finish_round()
 
     def _finish_round(self) -> None:
+        assert self._round is not None
+        self.node.set_epoch(self._round.epoch)
         self._round = None
         self.synced = True
         backlog, self._backlog = self._backlog, []
