@@ -711,8 +711,26 @@ class OrderedEngine:
         backlog, self._backlog = self._backlog, []
         for msg in backlog:
             self._apply(msg)
+        self._release_orphans()
         log.info("in sync in view %s", list(self.view.members))
         self.node.on_ordered_state()
+
+    def _release_orphans(self) -> None:
+        """Release queued locks of our clients that are gone.
+
+        A client that disconnected while we were out of sync had its
+        release dropped with our backlog; the lock queues we are now in
+        sync with may still hold it.
+        """
+        me = self.node.pnn
+        orphans = {
+            owner
+            for q in self._locks.values()
+            for owner, _, _ in q.entries
+            if owner[0] == me and owner[1] not in self._sessions
+        }
+        for owner in sorted(orphans):
+            self._broadcast("release", {"owner": owner})
 
 
 #: Writes, acknowledged only once stable (see the module docstring).
