@@ -637,10 +637,12 @@ class OrderedEngine:
 
         needs = needs_of(me)
         r.awaiting = needs
-        if needs:
-            # What the quorate members applied up to here is in the snapshots
-            # we are about to get; what only we saw (sent while cut off) was
-            # applied nowhere: its sender learns that now.
+        if not self.synced:
+            # What members in sync applied up to here is in the snapshots we
+            # are about to get; what only members out of sync saw (sent while
+            # cut off, or while nobody was in sync) was applied nowhere, and
+            # stays so even where that member is now the source: its sender
+            # learns that now.
             self._drop_backlog()
         # Sources send what others need, as of this position in the stream.
         wanted = {name for p in r.members if p != me for name in needs_of(p)}
