@@ -73,6 +73,7 @@ def test_quick_run_writes_every_metric(tmp_path: Path) -> None:
     if not side["available"]:
         return
     assert "## Side by side with Samba's ctdbd" in summary
+    assert "error" not in side, side["error"]
     for daemon in ("pyctdb", "ctdbd"):
         d = side["full"][daemon]
         assert d["records"] == 2000
