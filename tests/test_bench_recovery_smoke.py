@@ -59,7 +59,14 @@ def test_quick_run_writes_every_metric(tmp_path: Path) -> None:
     for kind, entries in r["sizes"].items():
         for e in entries:
             assert e["completed"], e
-            for f in ("wall", "daemon", "load_s", "baseline_copy", "baseline_recovery_io"):
+            for f in (
+                "wall",
+                "daemon",
+                "repeat_wall",
+                "load_s",
+                "baseline_copy",
+                "baseline_recovery_io",
+            ):
                 _positive(f"sizes.{kind}[{e['records']}].{f}", e[f])
     names = [t["name"] for t in r["targets"]]
     assert len(names) == 4
