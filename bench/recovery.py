@@ -897,8 +897,7 @@ def differs_series(c: LocalCluster, plan: Plan) -> dict[str, Any]:
             cl.call("setvar", name="RecoverTimeout", value=SERIES_RECOVER_TIMEOUT)
     with c.client(0) as cl:
         cl.attach(vdb)
-    vnnmap = c.status(0)["vnnmap"]
-    asyncio.run(_bulk_store(c, vdb, n, vnnmap))
+    asyncio.run(_bulk_store(c, vdb, n, c.status(0)["vnnmap"]))
     wall, daemon = forced_recovery(c, timeout=120)
     out: dict[str, Any] = {
         "records": n,
@@ -910,30 +909,54 @@ def differs_series(c: LocalCluster, plan: Plan) -> dict[str, Any]:
     for rnd, changed in enumerate(plan.differs, start=1):
         for kind in ("volatile", "persistent"):
             new = functools.partial(changed_value, rnd)
-            if kind == "volatile":
-                asyncio.run(_bulk_store(c, vdb, changed, vnnmap, new))
-            else:
-                asyncio.run(_bulk_commit(c, SIDE_DB, changed, SIDE_TX, new))
-            wall, daemon = forced_recovery(c, timeout=120)
             db = vdb if kind == "volatile" else SIDE_DB
+            measure = functools.partial(change, c, db, changed, new)
+            entry = series_point(c, "changed", changed, measure)
+            out[kind].append(entry)
+            if "error" in entry:
+                continue
             with c.client(2, timeout=60) as cl:  # spot check: the new values are everywhere
                 for i in random.sample(range(changed), min(changed, 20)):
                     if cl.fetch(db, key(i)) != new(i):
                         raise RuntimeError(f"{kind} record {i} not updated after recovery")
-            out[kind].append({"changed": changed, "wall": wall, "daemon": daemon})
             say(
                 f"  {kind:10} {changed:>7} of {n} changed: "
-                f"recovery {wall:.3f}s ({daemon:.3f}s in daemon)"
+                f"recovery {entry['wall']:.3f}s ({entry['daemon']:.3f}s in daemon)"
             )
     out["missed"] = []
     for rnd, missed in enumerate(plan.missed, start=len(plan.differs) + 1):
-        out["missed"].append(missed_commits(c, missed, functools.partial(changed_value, rnd)))
-        e = out["missed"][-1]
-        say(
-            f"  node 2 missed {missed:>7} commits of {n}: restart -> OK and serving "
-            f"{e['s']:.3f}s ({e['daemon']:.3f}s recovery in daemon)"
-        )
+        new = functools.partial(changed_value, rnd)
+        measure = functools.partial(missed_commits, c, missed, new)
+        entry = series_point(c, "missed", missed, measure)
+        out["missed"].append(entry)
+        if "error" not in entry:
+            say(
+                f"  node 2 missed {missed:>7} commits of {n}: restart -> OK and serving "
+                f"{entry['s']:.3f}s ({entry['daemon']:.3f}s recovery in daemon)"
+            )
     return out
+
+
+def series_point(
+    c: LocalCluster, what: str, n: int, measure: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """One point of a series; a failure is recorded and the cluster awaited for the next."""
+    try:
+        return {what: n, **measure()}
+    except (TimeoutError, CtdbError) as exc:
+        say(f"  {what} {n}: {exc}")
+        c.wait_healthy(600)
+        return {what: n, "error": str(exc)}
+
+
+def change(c: LocalCluster, db: str, n: int, new: Callable[[int], bytes]) -> dict[str, Any]:
+    """Rewrite records 0..n-1 of `db`, then time a forced recover."""
+    if db == SIDE_DB:
+        asyncio.run(_bulk_commit(c, db, n, SIDE_TX, new))
+    else:
+        asyncio.run(_bulk_store(c, db, n, c.status(0)["vnnmap"], new))
+    wall, daemon = forced_recovery(c, timeout=120)
+    return {"wall": wall, "daemon": daemon}
 
 
 def missed_commits(c: LocalCluster, n: int, new: Callable[[int], bytes]) -> dict[str, Any]:
@@ -956,7 +979,7 @@ def missed_commits(c: LocalCluster, n: int, new: Callable[[int], bytes]) -> dict
 
     c.start_node(2)
     elapsed, step = timed_poll(ok, 300)
-    return {"missed": n, "s": elapsed, "step": step, "daemon": last_recovery(c, 0)["duration"]}
+    return {"s": elapsed, "step": step, "daemon": last_recovery(c, 0)["duration"]}
 
 
 def changed_value(rnd: int, i: int) -> bytes:
@@ -1283,6 +1306,12 @@ def side_summary(r: dict[str, Any]) -> list[str]:
         ]
         for kind in ("volatile", "persistent"):
             for e in d[kind]:
+                if "error" in e:
+                    lines.append(
+                        f"| {kind} | {e['changed']} of {d['records']} "
+                        f"| **not finished**: {e['error']} | | |"
+                    )
+                    continue
                 lines.append(
                     f"| {kind} | {e['changed']} of {d['records']} | {ms(e['wall'])} "
                     f"| {ms(e['daemon'])} | {e['wall'] / full['wall']:.2f} |"
@@ -1297,7 +1326,10 @@ def side_summary(r: dict[str, Any]) -> list[str]:
             "|---|---|---|",
         ]
         for e in d.get("missed", []):
-            lines.append(f"| {e['missed']} | {ms(e['s'])} | {ms(e['daemon'])} |")
+            if "error" in e:
+                lines.append(f"| {e['missed']} | **not finished**: {e['error']} | |")
+            else:
+                lines.append(f"| {e['missed']} | {ms(e['s'])} | {ms(e['daemon'])} |")
         lines.append("")
     return lines
 
@@ -1391,8 +1423,9 @@ def plot_side(ax3: Any, ax4: Any, r: dict[str, Any]) -> None:
     if not d:
         return
     for kind, marker in (("volatile", "o"), ("persistent", "s")):
-        n = [max(e["changed"], 1) for e in d[kind]]
-        ax4.plot(n, [e["wall"] for e in d[kind]], marker=marker, label=f"{kind}: forced recover")
+        done = [e for e in d[kind] if "error" not in e]
+        n = [max(e["changed"], 1) for e in done]
+        ax4.plot(n, [e["wall"] for e in done], marker=marker, label=f"{kind}: forced recover")
     ax4.axhline(
         d["full_copy"]["wall"],
         color="red",
