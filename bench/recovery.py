@@ -1406,14 +1406,22 @@ def plot_side(ax3: Any, ax4: Any, r: dict[str, Any]) -> None:
         for ax in (ax3, ax4):
             ax.text(0.5, 0.5, "Samba's ctdbd not measured", ha="center", transform=ax.transAxes)
         return
+    short = {
+        ("kill", "s"): "kill -9 ->\nserving",
+        ("kill", "daemon"): "kill -9:\nin daemon",
+        ("restart", "s"): "restart ->\nOK",
+        ("forced", "tool"): "recover:\ntool",
+        ("forced", "seen"): "recover:\nend seen",
+        ("forced", "daemon"): "recover:\nin daemon",
+    }
     labels = [
-        f"{t['scenario']} {t['figure']}\n{'empty' if t['phase'] == 'empty' else 'data'}"
+        f"{short[t['scenario'], t['figure']]}\n({'empty' if t['phase'] == 'empty' else 'data'})"
         for t in rows
     ]
     xs = range(len(rows))
     ax3.bar([x - 0.2 for x in xs], [t["pyctdb_s"] for t in rows], 0.4, label="pyctdb")
     ax3.bar([x + 0.2 for x in xs], [t["ctdbd_s"] for t in rows], 0.4, label="Samba ctdbd")
-    ax3.set_xticks(list(xs), labels, fontsize=6, rotation=60)
+    ax3.set_xticks(list(xs), labels, fontsize=6, rotation=90)
     ax3.set_yscale("log")
     ax3.set_ylabel("seconds (median)")
     records = r["side_by_side"]["records"]
@@ -1421,6 +1429,7 @@ def plot_side(ax3: Any, ax4: Any, r: dict[str, Any]) -> None:
     ax3.legend(fontsize=8)
     d = r["side_by_side"].get("differs")
     if not d:
+        ax4.text(0.5, 0.5, "series not measured", ha="center", transform=ax4.transAxes)
         return
     for kind, marker in (("volatile", "o"), ("persistent", "s")):
         done = [e for e in d[kind] if "error" not in e]
