@@ -674,7 +674,7 @@ class SambaSide:
 
     def verify(self, members: list[int]) -> bool:
         try:
-            sts = [self.c.status(p) for p in members]
+            sts = list(self.c.statuses(members).values())
         except (SambaCtdbError, subprocess.TimeoutExpired):
             return False
         return len({st.generation for st in sts}) == 1 and all(
