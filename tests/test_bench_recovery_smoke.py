@@ -1,4 +1,8 @@
-"""Smoke test of the recovery benchmark: `--quick` runs and reports every figure."""
+"""Smoke test of the recovery benchmark: `--quick` runs and reports every figure.
+
+Including the side-by-side run with Samba's ctdbd (2k records in --quick),
+which CI has: without Samba's ctdbd the benchmark says so and skips it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tools.samba_ctdbd import available as samba_available
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +59,14 @@ def test_quick_run_writes_every_metric(tmp_path: Path) -> None:
     for kind, entries in r["sizes"].items():
         for e in entries:
             assert e["completed"], e
-            for f in ("wall", "daemon", "load_s", "baseline_copy", "baseline_recovery_io"):
+            for f in (
+                "wall",
+                "daemon",
+                "repeat_wall",
+                "load_s",
+                "baseline_copy",
+                "baseline_recovery_io",
+            ):
                 _positive(f"sizes.{kind}[{e['records']}].{f}", e[f])
     names = [t["name"] for t in r["targets"]]
     assert len(names) == 4
@@ -61,3 +74,35 @@ def test_quick_run_writes_every_metric(tmp_path: Path) -> None:
         if t["target_s"] is not None:
             _positive(t["name"], t["measured_s"])
             assert t["met"] in (True, False)
+
+    side = r["side_by_side"]
+    assert side["available"] is samba_available()
+    if not side["available"]:
+        return
+    assert "## Side by side with Samba's ctdbd" in summary
+    assert "error" not in side, side["error"]
+    for daemon in ("pyctdb", "ctdbd"):
+        d = side["full"][daemon]
+        assert d["records"] == 2000
+        for scenario, figures in (
+            ("kill", ("s", "daemon", "step")),
+            ("restart", ("s", "step")),
+            ("forced", ("tool", "seen", "daemon", "step")),
+        ):
+            for f in figures:
+                _positive(f"side.{daemon}.{scenario}.{f}", d[scenario][f]["median"])
+            assert d[scenario]["verified"], (daemon, scenario, d[scenario]["runs"])
+        _positive(f"tool_start.{daemon}", side["tool_start"][daemon]["median"])
+    rows = r["side_ratios"]
+    assert len(rows) == 6  # one phase (--quick has no empty-database phase)
+    for row in rows:
+        _positive(row["name"], row["ratio"])
+        assert row["met"] is None  # targets are judged on 160k records only
+    differs = side["differs"]
+    _positive("differs.full_copy", differs["full_copy"]["wall"])
+    for kind in ("volatile", "persistent"):
+        assert [e["changed"] for e in differs[kind]] == [0, 200]
+        for e in differs[kind]:
+            _positive(f"differs.{kind}[{e['changed']}]", e["wall"])
+    assert [e["missed"] for e in differs["missed"]] == [200]
+    _positive("differs.missed", differs["missed"][0]["s"])
