@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +16,12 @@ from ctdb.placement import db_id
 #: CTDB keeps a persistent database's sequence number in this record.
 SEQNUM_KEY = b"__db_sequence_number__"
 _SEQNUM = struct.Struct("<Q")
+#: pyctdb's own record beside it: a digest chained over every commit, which
+#: tells two copies with the same history apart from two that merely
+#: reached the same sequence number (see `next_history`).
+HISTORY_KEY = b"__pyctdb_history__"
+#: Records that describe the database rather than hold a client's data.
+META_KEYS = frozenset({SEQNUM_KEY, HISTORY_KEY})
 
 
 class DbKind(StrEnum):
@@ -72,6 +79,20 @@ class Database:
     def seqnum_record(seqnum: int, pnn: int) -> Record:
         return Record(seqnum, pnn, _SEQNUM.pack(seqnum))
 
+    def history(self) -> bytes:
+        """The chained digest of every commit this copy applied (b"" before the first)."""
+        rec = self.local.get(HISTORY_KEY)
+        return rec.value if rec else b""
+
+    def history_record(
+        self, seqnum: int, pnn: int, change: Iterable[tuple[bytes, bytes]]
+    ) -> Record:
+        """The history record after a commit that writes `change` (deletions as b"")."""
+        digest = hashlib.blake2b(self.history(), digest_size=16)
+        for key, value in sorted(change):
+            digest.update(struct.pack("<II", len(key), len(value)) + key + value)
+        return Record(seqnum, pnn, digest.digest())
+
     @staticmethod
     def commit_puts(records: Mapping[bytes, Record]) -> dict[bytes, Record | None]:
         """What a committed transaction writes into a replicated database's file.
@@ -85,7 +106,7 @@ class Database:
     def live_items(self) -> Iterator[tuple[bytes, Record]]:
         """Records a client can see: no deletion markers, no sequence number."""
         for key, rec in self.local.items():
-            if not rec.deleted and key != SEQNUM_KEY:
+            if not rec.deleted and key not in META_KEYS:
                 yield key, rec
 
     def info(self) -> dict[str, object]:

@@ -102,19 +102,31 @@ def newest_epoch_members(epochs: Mapping[int, int]) -> list[int]:
     return sorted(p for p, e in epochs.items() if e == top)
 
 
-def persistent_targets(
-    epochs: Mapping[int, int], seqnums: Mapping[int, int], source: int
-) -> list[int]:
-    """Members that need the source's persistent copy pushed to them.
+#: What identifies a persistent copy: (sequence number, history digest).
+Mark = tuple[int, bytes]
 
-    Nodes of the latest epoch applied the same commits in the same order on
-    top of the same recovered copy (see `persistent_source`), so one whose
-    sequence number equals the source's holds exactly the source's copy and
-    is skipped: a recovery after a failure or a forced recover moves no
-    persistent data. Every other member gets the whole copy.
+
+def same_copy(mine: Mark, source: Mark) -> bool:
+    """True if a copy certainly equals the source's, so nothing must be sent.
+
+    The history digest is chained over the writes of every commit (see
+    `Database.history_record`) and travels with the copy when recovery
+    pushes it, so equal marks mean the same commits applied in the same
+    order to the same start, whatever happened to the node in between (a
+    restart, a hang, a missed recovery). Only an empty database has no
+    history to compare.
     """
-    latest = max(epochs.values())
-    return sorted(p for p in epochs if epochs[p] != latest or seqnums[p] != seqnums[source])
+    seqnum, history = mine
+    return mine == source and (bool(history) or seqnum == 0)
+
+
+def persistent_targets(marks: Mapping[int, Mark], source: int) -> list[int]:
+    """Members that need the source's persistent copy pushed to them (the whole copy).
+
+    A forced recover, the loss of a node, or the restart of one that missed
+    no commit therefore move no persistent data at all.
+    """
+    return sorted(p for p in marks if p != source and not same_copy(marks[p], marks[source]))
 
 
 @dataclass(frozen=True)

@@ -790,9 +790,15 @@ class Node:
     def _recovery_info(db: Database) -> dict[str, Any]:
         """What the recovery plans (ctdb.merge) need to know about our copy."""
         if db.replicated:
-            return {"kind": db.kind.value, "seqnum": db.seqnum(), "base": None}
+            return {
+                "kind": db.kind.value,
+                "seqnum": db.seqnum(),
+                "history": db.history(),
+                "base": None,
+            }
         tracked = db.base is not None and db.local.changed is not None
-        return {"kind": db.kind.value, "seqnum": 0, "base": db.base if tracked else None}
+        base = db.base if tracked else None
+        return {"kind": db.kind.value, "seqnum": 0, "history": b"", "base": base}
 
     async def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
         """Our copy of a database: all of it, the keys changed since its base, or `keys`."""

@@ -49,10 +49,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ctdb.database import SEQNUM_KEY, Database, DbKind
+from ctdb.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
 from ctdb.errors import CtdbError, ErrorCode
 from ctdb.ltdb import Record, live_value
-from ctdb.merge import freshest_copy, from_wire, to_wire
+from ctdb.merge import Mark, freshest_copy, from_wire, same_copy, to_wire
 from ctdb.messages import Ordered, encode
 from ctdb.placement import db_id
 from ctdb.transactions import Transaction, next_version
@@ -519,10 +519,13 @@ class OrderedEngine:
 
     def _apply_wipe(self, origin: int, args: dict[str, Any]) -> None:
         db = self._db(args["db"])
-        seqnum = db.seqnum()
-        db.local.clear()
-        if db.replicated:  # the sequence number only moves forward
-            db.local.put(SEQNUM_KEY, Database.seqnum_record(seqnum + 1, origin))
+        keep: dict[bytes, Record | None] = {}
+        if db.replicated:  # the sequence number and the history only move forward
+            seqnum = db.seqnum() + 1
+            keep[SEQNUM_KEY] = Database.seqnum_record(seqnum, origin)
+            keep[HISTORY_KEY] = db.history_record(seqnum, origin, [(b"", b"wipe")])
+        db.local.write_batch(keep, replace_all=True)
+        self._markers.pop(db.id, None)
 
     def _advance(self, db: Database, key: bytes, q: LockQueue) -> None:
         """Apply queued writes at the head, then tell a new local holder it has the lock."""
@@ -590,7 +593,9 @@ class OrderedEngine:
             "synced": self.synced,
             "epoch": self.node.epoch,
             "flags": self.node.flags,
-            "dbs": [[db.name, db.kind.value, db.seqnum()] for db in self.node.dbs.values()],
+            "dbs": [
+                [db.name, db.kind.value, db.seqnum(), db.history()] for db in self.node.dbs.values()
+            ],
         }
         msg = Ordered(self.node.pnn, next(self._seq), "offer", offer)
         self.node.transport.broadcast(encode(msg))
@@ -608,10 +613,11 @@ class OrderedEngine:
             return
         # Every member now computes the same plan from the same offers.
         synced = sorted(p for p, o in r.offers.items() if o["synced"])
-        holdings: dict[str, dict[int, tuple[str, int]]] = {}
+        #: db name -> member -> (kind, (sequence number, history))
+        holdings: dict[str, dict[int, tuple[str, Mark]]] = {}
         for p, o in r.offers.items():
-            for name, kind, seqnum in o["dbs"]:
-                holdings.setdefault(name, {})[p] = (kind, seqnum)
+            for name, kind, seqnum, history in o["dbs"]:
+                holdings.setdefault(name, {})[p] = (kind, (int(seqnum), bytes(history)))
         epochs = {p: int(o["epoch"]) for p, o in r.offers.items()}
         plan: dict[str, int] = {}
         for name, holders in sorted(holdings.items()):
@@ -619,7 +625,8 @@ class OrderedEngine:
             if in_sync:
                 plan[name] = in_sync[0]
             else:
-                plan[name] = freshest_copy({p: (epochs[p], s) for p, (_, s) in holders.items()})
+                marks = {p: (epochs[p], mark[0]) for p, (_, mark) in holders.items()}
+                plan[name] = freshest_copy(marks)
         r.plan = plan
         r.epoch = max(epochs.values()) + 1
         self.flags = {p: int(o.get("flags", 0)) for p, o in r.offers.items()}
@@ -628,11 +635,10 @@ class OrderedEngine:
         def needs_of(p: int) -> set[str]:
             """A member out of sync needs every database; one in sync, those it lacks."""
             offer = r.offers[p]
-            have = {str(entry[0]) for entry in offer["dbs"]}
             return {
                 name
                 for name, src in plan.items()
-                if src != p and (not offer["synced"] or name not in have)
+                if src != p and (not offer["synced"] or p not in holdings[name])
             }
 
         needs = needs_of(me)
@@ -645,29 +651,44 @@ class OrderedEngine:
             # learns that now.
             self._drop_backlog()
         # Sources send what others need, as of this position in the stream.
-        wanted = {name for p in r.members if p != me for name in needs_of(p)}
+        receivers: dict[str, list[int]] = {}
+        for p in r.members:
+            for name in needs_of(p):
+                receivers.setdefault(name, []).append(p)
         for name, src in plan.items():
-            if src == me and name in wanted:
+            if src == me and name in receivers:
                 db = self.node.db_by_name(name)
-                snap = {
-                    "view_id": r.view_id,
-                    "name": name,
-                    "kind": db.kind.value,
-                    "records": to_wire(db.local.items()),
-                    "recoveries": self.recoveries,
-                    # Lock queues are replicated state like the records: a
-                    # joiner without them would reject the holder's unlock.
-                    "locks": [
-                        [key, [[o[0], o[1], kind, value] for o, kind, value in q.entries]]
-                        for (dbid, key), q in self._locks.items()
-                        if dbid == db.id
-                    ],
-                }
-                self.node.transport.broadcast(
-                    encode(Ordered(me, next(self._seq), "snapshot", snap))
-                )
+                offered = [holdings[name].get(p, ("", (0, b"")))[1] for p in receivers[name]]
+                self._send_snapshot(r, db, offered)
         if not needs:
             self._finish_round()
+
+    def _send_snapshot(self, r: SyncRound, db: Database, offered: list[Mark]) -> None:
+        """Broadcast our copy of `db` as of this position in the stream.
+
+        A persistent copy every receiver already holds (a restarted node that
+        missed no commit: merge.same_copy against our copy *now*, so nothing
+        applied since the offers is missed) is sent as a token, not records.
+        """
+        mark = (db.seqnum(), db.history())
+        unchanged = db.kind is DbKind.PERSISTENT and all(same_copy(m, mark) for m in offered)
+        snap = {
+            "view_id": r.view_id,
+            "name": db.name,
+            "kind": db.kind.value,
+            "unchanged": unchanged,
+            "records": [] if unchanged else to_wire(db.local.items()),
+            "recoveries": self.recoveries,
+            # Lock queues are replicated state like the records: a joiner
+            # without them would reject the holder's unlock.
+            "locks": [
+                [key, [[o[0], o[1], kind, value] for o, kind, value in q.entries]]
+                for (dbid, key), q in self._locks.items()
+                if dbid == db.id
+            ],
+        }
+        msg = Ordered(self.node.pnn, next(self._seq), "snapshot", snap)
+        self.node.transport.broadcast(encode(msg))
 
     def _drop_backlog(self) -> None:
         for msg in self._backlog:
@@ -690,9 +711,11 @@ class OrderedEngine:
         if name not in r.awaiting:
             return
         db = self.node.attach(name, DbKind.parse(str(msg.args["kind"])))
-        records = from_wire(msg.args["records"])
-        db.local.write_batch(records, replace_all=True)
-        self._markers[db.id] = {k for k, r in records.items() if r.deleted and not db.replicated}
+        if not msg.args.get("unchanged"):
+            records = from_wire(msg.args["records"])
+            db.local.write_batch(records, replace_all=True)
+            if not db.replicated:
+                self._markers[db.id] = {k for k, rec in records.items() if rec.deleted}
         self.recoveries = int(msg.args.get("recoveries", self.recoveries))
         # Lock queues are state too: take the donor's.
         for stale in [k for k in self._locks if k[0] == db.id]:

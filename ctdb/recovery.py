@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.errors import CtdbError, ErrorCode
 from ctdb.merge import (
+    Mark,
     from_wire,
     merge_volatile,
     newest_epoch_members,
@@ -93,13 +94,14 @@ async def recover(node: Node, members: list[int], rng: random.Random) -> None:
     moved = 0
     for name, kind in sorted(wanted.items()):
         dbid = node.db_by_name(name).id
-        # A database a member has just attached is empty there: no base, seqnum 0.
-        infos = {p: r["dbs"].get(name, {"seqnum": 0, "base": None}) for p, r in frozen.items()}
+        # A database a member has just attached is empty there.
+        empty = {"seqnum": 0, "history": b"", "base": None}
+        infos = {p: r["dbs"].get(name, empty) for p, r in frozen.items()}
         if kind == "volatile":
             moved += await step.volatile(dbid, {p: _base(i["base"]) for p, i in infos.items()})
         else:
-            seqnums = {p: int(i["seqnum"]) for p, i in infos.items()}
-            moved += await step.persistent(dbid, epochs, seqnums)
+            marks = {p: (int(i["seqnum"]), bytes(i["history"])) for p, i in infos.items()}
+            moved += await step.persistent(dbid, epochs, marks)
 
     await _on_all(
         node,
@@ -148,13 +150,13 @@ class Step:
         }
         await _on_all(self.node, targets, "push", args)
 
-    async def persistent(self, dbid: int, epochs: dict[int, int], seqnums: dict[int, int]) -> int:
+    async def persistent(self, dbid: int, epochs: dict[int, int], marks: dict[int, Mark]) -> int:
         # Only the nodes of the latest epoch count: a rejoining node may
         # hold a commit nobody acknowledged, with a sequence number as
         # high as the commits it missed (see merge.persistent_source).
         current = newest_epoch_members(epochs)
-        source = persistent_source({p: seqnums[p] for p in current})
-        targets = persistent_targets(epochs, seqnums, source)
+        source = persistent_source({p: marks[p][0] for p in current})
+        targets = persistent_targets(marks, source)
         if not targets:
             return 0
         records = await self._pull(source, dbid)

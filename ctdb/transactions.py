@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ctdb.database import SEQNUM_KEY, Database
+from ctdb.database import HISTORY_KEY, SEQNUM_KEY, Database
 from ctdb.errors import CtdbError, ErrorCode
 from ctdb.ltdb import Record, live_value
 from ctdb.merge import from_wire, to_wire
@@ -40,7 +40,7 @@ def next_version(
     Both engines commit through this: the leader before its two-phase commit
     (tcp), every node at the commit's position in the ordered stream (vs).
     Raises BUSY if a record read has changed since; returns the new sequence
-    number and the records, the sequence number record included.
+    number and the records, the sequence number and history records included.
     """
     for key, rsn in reads:
         rec = db.local.get(bytes(key))
@@ -55,6 +55,8 @@ def next_version(
         old = db.local.get(key)
         records[key] = Record((old.rsn if old else 0) + 1, writer, bytes(value or b""))
     records[SEQNUM_KEY] = Database.seqnum_record(seqnum, writer)
+    change = [(key, rec.value) for key, rec in records.items() if key != SEQNUM_KEY]
+    records[HISTORY_KEY] = db.history_record(seqnum, writer, change)
     return seqnum, records
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ctdb.database import Database, DbKind
 from ctdb.ltdb import Record
 from ctdb.merge import (
     VolatilePlan,
@@ -17,6 +20,7 @@ from ctdb.merge import (
     to_wire,
     volatile_plan,
 )
+from ctdb.transactions import next_version
 
 
 def test_highest_rsn_wins() -> None:
@@ -131,14 +135,39 @@ def test_newest_epoch_members() -> None:
 
 
 def test_persistent_targets_skip_members_that_hold_the_source_copy() -> None:
-    epochs = {0: 5, 1: 5, 2: 5}
-    # Same epoch, same sequence number: identical copies, nothing to push.
-    assert persistent_targets(epochs, {0: 9, 1: 9, 2: 9}, source=0) == []
+    a, b = b"\x01" * 16, b"\x02" * 16
+    # Same sequence number and history: identical copies, nothing to push,
+    # whatever epoch a node is at (it may have restarted or missed a recovery).
+    assert persistent_targets({0: (9, a), 1: (9, a), 2: (9, a)}, source=0) == []
     # A node that missed the last commit gets the copy.
-    assert persistent_targets(epochs, {0: 9, 1: 8, 2: 9}, source=0) == [1]
-    # A node of an older epoch gets it whatever its sequence number says.
-    assert persistent_targets({0: 5, 1: 5, 2: 4}, {0: 9, 1: 9, 2: 9}, source=0) == [2]
-    assert persistent_targets({0: 5, 1: 5, 2: 4}, {0: 9, 1: 9, 2: 12}, source=1) == [2]
+    assert persistent_targets({0: (9, a), 1: (8, b), 2: (9, a)}, source=0) == [1]
+    # The same sequence number reached through another commit is another copy.
+    assert persistent_targets({0: (9, a), 1: (9, b), 2: (9, a)}, source=2) == [1]
+    # Empty databases are equal; a copy without a history cannot be compared.
+    assert persistent_targets({0: (0, b""), 1: (0, b"")}, source=0) == []
+    assert persistent_targets({0: (3, b""), 1: (3, b""), 2: (3, b"")}, source=1) == [0, 2]
+
+
+def test_the_history_digest_tells_two_copies_of_one_sequence_number_apart(
+    tmp_path: Path,
+) -> None:
+    one = Database.open(tmp_path / "one", "p", DbKind.PERSISTENT, 0)
+    two = Database.open(tmp_path / "two", "p", DbKind.PERSISTENT, 0)
+    try:
+        for db, value in ((one, b"x"), (two, b"y")):
+            seqnum, records = next_version(db, [], [[b"k", value]], 0)
+            db.local.write_batch(Database.commit_puts(records))
+        assert one.seqnum() == two.seqnum() == 1
+        assert one.history() != two.history()
+        # Order and deletion are part of the history too.
+        seqnum, records = next_version(one, [], [[b"k", None]], 0)
+        one.local.write_batch(Database.commit_puts(records))
+        assert one.local.get(b"k") is None
+        assert len(one.history()) == 16
+        assert [k for k, _ in one.live_items()] == []  # meta records are no client data
+    finally:
+        one.local.close()
+        two.local.close()
 
 
 def test_volatile_plan_without_a_base_moves_everything() -> None:
