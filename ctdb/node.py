@@ -36,6 +36,7 @@ from ctdb.durable import read_counter, write_counter
 from ctdb.engine import RecordEngine
 from ctdb.errors import CtdbError, ErrorCode
 from ctdb.lease import Lease
+from ctdb.ltdb import Record
 from ctdb.merge import from_wire, to_wire
 from ctdb.messages import (
     Call,
@@ -816,9 +817,14 @@ class Node:
         """Install records recovery merged (all of them, or the ones that changed)."""
         self._check_generation(args)
         db = self.db(int(args["db_id"]))
-        records = dict(from_wire(args["records"]))
-        replace_all = bool(args["replace_all"])
-        await self._bulk(lambda: db.local.write_batch(records, replace_all=replace_all))
+        wire, replace_all = args["records"], bool(args["replace_all"])
+
+        def install() -> dict[bytes, Record]:
+            records = from_wire(wire)  # decoding 100k records takes a while: not on the loop
+            db.local.write_batch(records, replace_all=replace_all)
+            return records
+
+        records = await self._bulk(install)
         if not db.replicated:
             # Our copy is now the one this recovery distributes: track from here.
             db.base = (int(args["base"][0]), int(args["base"][1]))

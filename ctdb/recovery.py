@@ -53,11 +53,22 @@ class NodeFailed(CtdbError):
         self.pnn = pnn
 
 
+#: Pulls and pushes move whole databases: they may take this many
+#: RecoverTimeouts (a retry would only move everything again).
+BULK_STEPS = 4
+
+
 async def _control(node: Node, pnn: int, op: str, args: dict[str, Any]) -> Any:
+    timeout = node.tunable("RecoverTimeout") * (BULK_STEPS if op in ("pull", "push") else 1)
     try:
-        return await node.control(pnn, op, args, timeout=node.tunable("RecoverTimeout"))
+        return await node.control(pnn, op, args, timeout=timeout)
     except CtdbError as exc:
         raise NodeFailed(pnn, op, exc) from exc
+
+
+def _merged(pulled: dict[int, list[Any]]) -> list[Any]:
+    """The merge of pulled copies, wire in and wire out (run off the event loop)."""
+    return to_wire(merge_volatile({p: from_wire(r) for p, r in pulled.items()}).items())
 
 
 async def _on_all(node: Node, members: list[int], op: str, args: dict[str, Any]) -> list[Any]:
@@ -167,19 +178,20 @@ class Step:
         plan = volatile_plan(bases, self.node.pnn)
         if plan.provider is None:
             pulled = await asyncio.gather(*(self._pull(p, dbid) for p in plan.others))
-            copies = {p: from_wire(r) for p, r in zip(plan.others, pulled, strict=True)}
-            records = to_wire(merge_volatile(copies).items())
+            copies = dict(zip(plan.others, pulled, strict=True))
+            # Off the event loop: a large merge must not stop the keepalives.
+            records = await self.node.offload(lambda: _merged(copies))
             await self._push(self.members, dbid, records, replace_all=True)
             return sum(len(r) for r in pulled) + len(records) * len(self.members)
         changed = await asyncio.gather(
             *(self._pull(p, dbid, changed=True) for p in plan.holders),
             *(self._pull(p, dbid) for p in plan.others),
         )
-        copies = {p: from_wire(r) for p, r in zip(plan.holders + plan.others, changed, strict=True)}
-        keys = sorted({key for copy in copies.values() for key in copy})
+        copies = dict(zip(plan.holders + plan.others, changed, strict=True))
+        keys = sorted({rec[0] for copy in copies.values() for rec in copy})
         if keys:
-            copies[plan.provider] = from_wire(await self._pull(plan.provider, dbid, keys=keys))
-        diff = to_wire(merge_volatile(copies).items())
+            copies[plan.provider] = await self._pull(plan.provider, dbid, keys=keys)
+        diff = await self.node.offload(lambda: _merged(copies))
         moved = sum(len(r) for r in changed) + len(keys)
         await self._push(plan.holders, dbid, diff, replace_all=False)
         moved += len(diff) * len(plan.holders)
