@@ -1,0 +1,222 @@
+"""One seeded schedule: start a cluster, run clients under faults, settle, check.
+
+What must hold whatever the faults did (see `faults` for which losses CTDB
+semantics allow):
+
+* each key's history is linearizable (`linearizability`), with loss
+  windows for volatile keys where a fault may lose them;
+* after the faults end the cluster settles (every node serves, one
+  generation) and every node then reads the same value of every key: final
+  linearizable reads through every node are part of the history;
+* every node ends with the same persistent database (and on vs with the
+  same volatile records);
+* liveness: a healthy, connected majority serves (`faults.LIVENESS`);
+* no client sees an exception that is not an error reply or an I/O error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctdb.database import SEQNUM_KEY
+from ctdb.errors import CtdbError
+from ctdb.ltdb import live_value
+from tools.sim import linearizability
+from tools.sim.cluster import SimCluster
+from tools.sim.faults import FAULTS, Faults
+from tools.sim.history import History, Kind
+from tools.sim.loop import NODE, SimulationStuck, VirtualTimeLoop
+from tools.sim.storage import simulated_storage
+from tools.sim.workload import (
+    KEYS,
+    PERSISTENT,
+    VOLATILE,
+    Session,
+    Workload,
+    call,
+    hkey,
+    text,
+    why,
+)
+
+#: Virtual seconds of client work (and faults) per schedule.
+DURATION = 1.0
+#: Once the faults are over, every request must be answered within this
+#: (a few CallTimeouts: a request may wait for a recovery, then time out).
+OP_LIMIT = 15.0
+
+
+@dataclass
+class Outcome:
+    seed: int
+    mode: str
+    trace: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)
+    ops: int = 0
+    failed: int = 0
+    virtual_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def run_schedule(
+    seed: int, mode: str, outcome: Outcome, kinds: dict[str, int] | None = None
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    def log(event: str) -> None:
+        outcome.trace.append(f"{loop.time():.6f} {event}")
+
+    def complain(violation: str) -> None:
+        log(f"VIOLATION {violation}")
+        outcome.violations.append(violation)
+
+    rng = random.Random(seed)
+    cluster = SimCluster(seed, mode, log)
+    history = History()
+    try:
+        for pnn in range(cluster.size):
+            await cluster.start_node(pnn)
+        if not await cluster.settle(30):
+            complain(f"cluster never became healthy at start: {cluster.describe()}")
+            return
+        workload = Workload(cluster, history, loop.time() + DURATION, log, complain)
+        faults = Faults(cluster, history, rng, log, complain, workload.start_client, kinds)
+        for pnn in range(cluster.size):
+            workload.start_client(pnn)
+        monitor = loop.create_task(faults.monitor())
+        await faults.run(until=loop.time() + DURATION)
+        await faults.finish()
+        _, pending = await asyncio.wait(workload.tasks, timeout=OP_LIMIT)
+        for name, (what, since) in sorted(workload.busy.items()):
+            complain(
+                f"client {name}: {what} started at {since:.4f} got no reply in "
+                f"{loop.time() - since:.1f}s (faults ended at {faults.last_event:.4f})"
+            )
+        for task in pending:
+            task.cancel()
+        settled = await cluster.settle(60)
+        monitor.cancel()
+        outcome.faults.update(faults.counts)
+        outcome.ops, outcome.failed = workload.ops, workload.failed
+        if not settled:
+            complain(f"cluster did not settle after the faults: {cluster.describe()}")
+            return
+        for window in faults.windows:
+            if window.end is None:
+                window.end = loop.time()
+        faults.loss_ops(loop.time())
+        await _final_reads(workload, complain)
+        _compare_replicas(cluster, complain)
+        for violation in linearizability.check(history.by_key()):
+            complain(violation.describe())
+    finally:
+        outcome.virtual_time = loop.time()
+        await cluster.close()
+
+
+async def _final_reads(workload: Workload, complain: Any) -> None:
+    """Read every key through every node: all must agree with the history."""
+    cluster, history = workload.cluster, workload.history
+    for pnn in range(cluster.size):
+        node = cluster.nodes[pnn]
+        session = Session(f"final@{pnn}")
+        attach = asyncio.wait_for(cluster.run_on(pnn, workload.attach(node, session)), OP_LIMIT)
+        if not await attach:
+            complain(f"final attach on node {pnn} failed")
+            continue
+        v, p = node.db_by_name(VOLATILE), node.db_by_name(PERSISTENT)
+        for key in KEYS:
+            op = history.invoke(session.name, hkey(VOLATILE, key), Kind.READ)
+            read = call(node.records.fetch(v, key.encode(), session))
+            try:
+                value = await asyncio.wait_for(cluster.run_on(pnn, read), OP_LIMIT)
+            except (CtdbError, TimeoutError) as exc:
+                complain(f"final read of {key} on node {pnn} failed: {why(exc)} {exc}")
+                history.failed(op, why(exc))
+                continue
+            history.ok(op, text(value))
+            op = history.invoke(session.name, hkey(PERSISTENT, key), Kind.READ)
+            history.ok(op, text(live_value(p.local.get(key.encode()))))
+
+
+def _compare_replicas(cluster: SimCluster, complain: Any) -> None:
+    """Databases every node holds in full must be identical."""
+    names = [PERSISTENT] if cluster.mode == "tcp" else [PERSISTENT, VOLATILE]
+    for name in names:
+        contents = {}
+        for pnn, node in sorted(cluster.nodes.items()):
+            db = node.db_by_name(name)
+            contents[pnn] = {
+                k.decode(errors="replace"): r.value.decode(errors="replace")
+                if k != SEQNUM_KEY
+                else str(db.seqnum())
+                for k, r in sorted(db.local.items())
+                if not r.deleted
+            }
+        if len({tuple(sorted(c.items())) for c in contents.values()}) != 1:
+            complain(f"{name} database differs between nodes: {contents}")
+
+
+class _TraceLogs(logging.Handler):
+    """Puts the daemons' log records into the trace, stamped and attributed."""
+
+    def __init__(self, loop: VirtualTimeLoop, trace: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.loop = loop
+        self.trace = trace
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pnn = NODE.get()
+        who = "" if pnn is None else f"node {pnn}: "
+        self.trace.append(f"{self.loop.time():.6f}   {who}{record.name}: {record.getMessage()}")
+
+
+def simulate(
+    seed: int, mode: str, kinds: dict[str, int] | None = None, *, logs: bool = False
+) -> Outcome:
+    """Run one schedule on a fresh virtual-time loop (`logs`: daemon logs in the trace)."""
+    loop = VirtualTimeLoop()
+    outcome = Outcome(seed, mode)
+    handler = _TraceLogs(loop, outcome.trace)
+    loggers = [logging.getLogger(name) for name in ("ctdb", "transport")]
+    if logs:
+        for logger in loggers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+    with simulated_storage():
+        main = loop.create_task(run_schedule(seed, mode, outcome, kinds))
+        try:
+            loop.run_until_complete(main)
+        except SimulationStuck as exc:
+            outcome.violations.append(f"simulation stuck: {exc}")
+            # Unwind: cancelling the schedule runs its clean-up (nodes stop, files go).
+            loop.virtual_selector.armed = False
+            main.cancel()
+            try:
+                loop.run_until_complete(main)
+            except (asyncio.CancelledError, SimulationStuck):
+                pass
+        finally:
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+            if logs:
+                for logger in loggers:
+                    logger.removeHandler(handler)
+                    logger.setLevel(logging.NOTSET)
+                    logger.propagate = True
+    return outcome
+
+
+__all__ = ["DURATION", "FAULTS", "Outcome", "run_schedule", "simulate"]
