@@ -559,14 +559,16 @@ class MemoryNetwork:
             packet.size = 0
 
     def _drop_from(self, chan: _Channel, index: int) -> None:
+        """Lose the traffic from `index` on. View-change markers are the network's
+        own bookkeeping, not traffic: losing one would hold its view back forever."""
         for i, packet in enumerate(chan.queue):
-            if i >= index and not packet.dropped:
+            if i >= index and not packet.dropped and packet.item[0] != "marker":
                 packet.dropped = True
                 self._release(packet)
 
     def _cut(self, chan: _Channel) -> None:
         """Lose a random suffix of what is in flight on `chan` (a prefix survives)."""
-        live = [i for i, p in enumerate(chan.queue) if not p.dropped]
+        live = [i for i, p in enumerate(chan.queue) if not p.dropped and p.item[0] != "marker"]
         if not live:
             return
         keep = self.random.randint(0, len(live))

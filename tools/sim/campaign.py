@@ -26,6 +26,7 @@ class Result:
     ops: int
     failed: int
     virtual_time: float
+    strict: bool
 
 
 @dataclass
@@ -37,10 +38,12 @@ class Summary:
     ops: int = 0
     failed_ops: int = 0
     virtual_time: float = 0.0
+    strict: int = 0
     failures: list[Result] = field(default_factory=list)
 
     def add(self, result: Result) -> None:
         self.schedules += 1
+        self.strict += result.strict
         self.faults.update(result.faults)
         self.ops += result.ops
         self.failed_ops += result.failed
@@ -53,7 +56,8 @@ class Summary:
         lines = [
             f"{self.schedules} schedules ({self.mode}) in {self.seconds:.1f}s: "
             f"{rate:.1f} schedules/s with {jobs} job(s) ({rate / jobs:.1f}/s per job), "
-            f"{self.virtual_time:.0f} virtual seconds",
+            f"{self.virtual_time:.0f} virtual seconds; {self.strict} drew only faults "
+            "that may lose nothing",
             f"client operations: {self.ops} completed, {self.failed_ops} failed with an error",
             "faults injected: "
             + ", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items())),
@@ -70,7 +74,13 @@ def _run(job: tuple[int, str, dict[str, int] | None]) -> Result:
     seed, mode, kinds = job
     outcome: Outcome = simulate(seed, mode, kinds)
     return Result(
-        seed, outcome.violations, outcome.faults, outcome.ops, outcome.failed, outcome.virtual_time
+        seed,
+        outcome.violations,
+        outcome.faults,
+        outcome.ops,
+        outcome.failed,
+        outcome.virtual_time,
+        outcome.strict,
     )
 
 

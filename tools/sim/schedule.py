@@ -28,10 +28,10 @@ from ctdb.errors import CtdbError
 from ctdb.ltdb import live_value
 from tools.sim import linearizability
 from tools.sim.cluster import SimCluster
-from tools.sim.faults import FAULTS, Faults
+from tools.sim.faults import FAULTS, STRICT, Faults
 from tools.sim.history import History, Kind
 from tools.sim.loop import NODE, SimulationStuck, VirtualTimeLoop
-from tools.sim.storage import simulated_storage
+from tools.sim.storage import CrashedProcessWrite, simulated_storage
 from tools.sim.workload import (
     KEYS,
     PERSISTENT,
@@ -49,6 +49,8 @@ DURATION = 1.0
 #: Once the faults are over, every request must be answered within this
 #: (a few CallTimeouts: a request may wait for a recovery, then time out).
 OP_LIMIT = 15.0
+#: The share of schedules drawing only faults that may lose nothing.
+STRICT_SHARE = 0.3
 
 
 @dataclass
@@ -61,6 +63,8 @@ class Outcome:
     ops: int = 0
     failed: int = 0
     virtual_time: float = 0.0
+    #: drew only faults that may lose nothing
+    strict: bool = False
 
     @property
     def ok(self) -> bool:
@@ -80,6 +84,7 @@ async def run_schedule(
         outcome.violations.append(violation)
 
     rng = random.Random(seed)
+    failed_tasks = _watch_tasks(loop, complain)
     cluster = SimCluster(seed, mode, log)
     history = History()
     try:
@@ -89,7 +94,13 @@ async def run_schedule(
             complain(f"cluster never became healthy at start: {cluster.describe()}")
             return
         workload = Workload(cluster, history, loop.time() + DURATION, log, complain)
-        faults = Faults(cluster, history, rng, log, complain, workload.start_client, kinds)
+        strict = kinds is None and rng.random() < STRICT_SHARE
+        if kinds is None:
+            kinds = STRICT[mode] if strict else FAULTS
+        log(f"faults: {', '.join(kinds)}" + (" (nothing may be lost)" if strict else ""))
+        faults = Faults(
+            cluster, history, rng, log, complain, workload.start_client, kinds, strict=strict
+        )
         for pnn in range(cluster.size):
             workload.start_client(pnn)
         monitor = loop.create_task(faults.monitor())
@@ -106,6 +117,7 @@ async def run_schedule(
         settled = await cluster.settle(60)
         monitor.cancel()
         outcome.faults.update(faults.counts)
+        outcome.strict = strict
         outcome.ops, outcome.failed = workload.ops, workload.failed
         if not settled:
             complain(f"cluster did not settle after the faults: {cluster.describe()}")
@@ -119,8 +131,53 @@ async def run_schedule(
         for violation in linearizability.check(history.by_key()):
             complain(violation.describe())
     finally:
+        _unhandled(failed_tasks, complain)
         outcome.virtual_time = loop.time()
         await cluster.close()
+
+
+def _watch_tasks(loop: asyncio.AbstractEventLoop, complain: Any) -> list[asyncio.Task[Any]]:
+    """Make a daemon's dying task (or failing callback) a violation, not a silence."""
+    failed: list[asyncio.Task[Any]] = []
+
+    def done(task: asyncio.Task[Any]) -> None:
+        # `_exception` rather than exception(): that would mark it retrieved.
+        if not task.cancelled() and task._exception is not None:  # type: ignore[attr-defined]
+            failed.append(task)
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        task.add_done_callback(done)
+        return task
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Only a callback that raised (a delivery, a timer): reported while it
+        # happens. What asyncio says when it garbage-collects a task comes at
+        # no fixed time; `_unhandled` looks at tasks instead.
+        exc, handle = context.get("exception"), context.get("handle")
+        if handle is None or exc is None or isinstance(exc, CrashedProcessWrite):
+            return
+        where = getattr(handle._callback, "__qualname__", "a callback")
+        pnn = handle._context.get(NODE)
+        who = "" if pnn is None else f"node {pnn}: "
+        complain(f"{who}unhandled exception in {where}: {exc!r}")
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    loop.set_exception_handler(handler)
+    return failed
+
+
+def _unhandled(failed: list[asyncio.Task[Any]], complain: Any) -> None:
+    """Tasks that died of an exception nobody looked at: a daemon lost a part of itself."""
+    for task in failed:
+        if not task._log_traceback:  # type: ignore[attr-defined]
+            continue  # someone awaited it and got the error
+        exc = task.exception()  # also keeps asyncio from logging it later
+        # An error reply nobody collected (gather stops at the first) is
+        # untidy but harmless; anything else means a part of a daemon died.
+        if not isinstance(exc, CrashedProcessWrite | CtdbError):
+            name = getattr(task.get_coro(), "__qualname__", task.get_name())
+            complain(f"task {name} died: {exc!r}")
 
 
 async def _final_reads(workload: Workload, complain: Any) -> None:

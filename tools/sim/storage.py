@@ -31,6 +31,10 @@ SIM_HASH_SIZE = 131
 TDB_ERR_IO = 2
 
 
+class CrashedProcessWrite(RuntimeError):
+    """A write by what is left of a crashed node's code (it must have no effect)."""
+
+
 class Disk:
     """One node's storage, shared by its incarnations; fails writes on demand."""
 
@@ -44,7 +48,7 @@ class Disk:
 
     def write(self, what: str) -> None:
         if self.dead:
-            raise RuntimeError(TDB_ERR_IO, f"{what} by a crashed process")
+            raise CrashedProcessWrite(TDB_ERR_IO, f"{what} by a crashed process")
         if self.failure_rate and self.random.random() < self.failure_rate:
             self.errors[what] += 1
             raise RuntimeError(TDB_ERR_IO, f"simulated I/O error in {what}")
