@@ -129,7 +129,7 @@ class Faults:
     async def run(self, until: float) -> None:
         kinds, weights = list(self.kinds), list(self.kinds.values())
         while self.now < until:
-            await asyncio.sleep(self.rng.uniform(0.05, 0.35))
+            await asyncio.sleep(self.rng.uniform(0.05, 0.3))
             if self.now >= until:
                 break
             kind = self.rng.choices(kinds, weights)[0]

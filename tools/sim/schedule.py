@@ -45,10 +45,12 @@ from tools.sim.workload import (
 )
 
 #: Virtual seconds of client work (and faults) per schedule.
-DURATION = 1.0
+DURATION = 0.8
 #: Once the faults are over, every request must be answered within this
 #: (a few CallTimeouts: a request may wait for a recovery, then time out).
-OP_LIMIT = 15.0
+OP_LIMIT = 10.0
+#: Once the faults are over, the cluster must serve again within this.
+SETTLE = 30.0
 #: The share of schedules drawing only faults that may lose nothing.
 STRICT_SHARE = 0.3
 
@@ -114,7 +116,7 @@ async def run_schedule(
             )
         for task in pending:
             task.cancel()
-        settled = await cluster.settle(60)
+        settled = await cluster.settle(SETTLE)
         monitor.cancel()
         outcome.faults.update(faults.counts)
         outcome.strict = strict
@@ -183,26 +185,33 @@ def _unhandled(failed: list[asyncio.Task[Any]], complain: Any) -> None:
 async def _final_reads(workload: Workload, complain: Any) -> None:
     """Read every key through every node: all must agree with the history."""
     cluster, history = workload.cluster, workload.history
-    for pnn in range(cluster.size):
+
+    async def read(pnn: int, key: str) -> None:
         node = cluster.nodes[pnn]
         session = Session(f"final@{pnn}")
-        attach = asyncio.wait_for(cluster.run_on(pnn, workload.attach(node, session)), OP_LIMIT)
-        if not await attach:
-            complain(f"final attach on node {pnn} failed")
-            continue
         v, p = node.db_by_name(VOLATILE), node.db_by_name(PERSISTENT)
-        for key in KEYS:
-            op = history.invoke(session.name, hkey(VOLATILE, key), Kind.READ)
-            read = call(node.records.fetch(v, key.encode(), session))
-            try:
-                value = await asyncio.wait_for(cluster.run_on(pnn, read), OP_LIMIT)
-            except (CtdbError, TimeoutError) as exc:
-                complain(f"final read of {key} on node {pnn} failed: {why(exc)} {exc}")
-                history.failed(op, why(exc))
-                continue
-            history.ok(op, text(value))
-            op = history.invoke(session.name, hkey(PERSISTENT, key), Kind.READ)
-            history.ok(op, text(live_value(p.local.get(key.encode()))))
+        op = history.invoke(session.name, hkey(VOLATILE, key), Kind.READ)
+        try:
+            value = await asyncio.wait_for(
+                call(node.records.fetch(v, key.encode(), session)), OP_LIMIT
+            )
+        except (CtdbError, TimeoutError) as exc:
+            complain(f"final read of {key} on node {pnn} failed: {why(exc)} {exc}")
+            history.failed(op, why(exc))
+            return
+        history.ok(op, text(value))
+        op = history.invoke(session.name, hkey(PERSISTENT, key), Kind.READ)
+        history.ok(op, text(live_value(p.local.get(key.encode()))))
+
+    async def on_node(pnn: int) -> None:
+        node = cluster.nodes[pnn]
+        if not await asyncio.wait_for(workload.attach(node, Session(f"final@{pnn}")), OP_LIMIT):
+            complain(f"final attach on node {pnn} failed")
+            return
+        await asyncio.gather(*(read(pnn, key) for key in KEYS))
+
+    for pnn in range(cluster.size):
+        await cluster.run_on(pnn, on_node(pnn))
 
 
 def _compare_replicas(cluster: SimCluster, complain: Any) -> None:

@@ -29,10 +29,10 @@ KEYS = [f"k{i}" for i in range(4)]
 
 #: operation -> weight
 MIX = {
-    "vwrite": 3,
+    "vwrite": 2,
     "vdelete": 1,
-    "vread": 3,
-    "vincr": 3,
+    "vread": 2,
+    "vincr": 4,
     "pread": 3,
     "ptx": 2,
     "pincr": 3,
