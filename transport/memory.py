@@ -376,12 +376,12 @@ class MemoryNetwork:
     def _detect_oneway(self, src: int, dst: int, hold: object) -> None:
         if self._held.get((src, dst)) is not hold:
             return
-        del self._held[(src, dst)]
-        # The connection is reset: what waited on it is lost, then the pair
-        # is cut like any other link.
+        # The connection is reset: what waited on it is lost (view-change
+        # markers go on), then the pair is cut like any other link.
         chan = self._channels.get((src, dst))
         if chan is not None:
             self._drop_from(chan, 0)
+        self._release_held([(src, dst)])
         self._record(f"detect {src}->{dst}")
         self.cut(src, dst)
 
