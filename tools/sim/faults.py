@@ -128,7 +128,9 @@ class Faults:
 
     async def run(self, until: float) -> None:
         kinds, weights = list(self.kinds), list(self.kinds.values())
-        while self.now < until:
+        if not kinds:  # a fault-free schedule
+            await asyncio.sleep(until - self.now)
+        while kinds and self.now < until:
             await asyncio.sleep(self.rng.uniform(0.05, 0.3))
             if self.now >= until:
                 break
