@@ -34,6 +34,23 @@ SIM_TUNABLES = {
 LATENCY = (0.0001, 0.002)
 
 
+class Life:
+    """One incarnation of a node; its code runs in a context that names it."""
+
+    def __init__(self) -> None:
+        self.alive = True
+
+
+#: The incarnation whose code is running (None: the simulator or the network).
+LIFE: contextvars.ContextVar[Life | None] = contextvars.ContextVar("sim_life", default=None)
+
+
+def crashed() -> bool:
+    """Is the running code what is left of a crashed incarnation (kill -9 ran)?"""
+    life = LIFE.get()
+    return life is not None and not life.alive
+
+
 class SimCluster:
     def __init__(self, seed: int, mode: str, log: Callable[[str], None], size: int = 3) -> None:
         if mode not in ("tcp", "vs"):
@@ -55,10 +72,7 @@ class SimCluster:
         self.incarnation = dict.fromkeys(range(size), 0)
         self.tasks: dict[int, set[asyncio.Task[Any]]] = {p: set() for p in range(size)}
         self._contexts: dict[int, contextvars.Context] = {}
-        for p in range(size):
-            ctx = contextvars.copy_context()
-            ctx.run(NODE.set, p)
-            self._contexts[p] = ctx
+        self._lives: dict[int, Life] = {}
 
     def state_dir(self, pnn: int) -> Path:
         return self.root / f"node{pnn}"
@@ -68,6 +82,10 @@ class SimCluster:
     async def start_node(self, pnn: int) -> None:
         self.incarnation[pnn] += 1
         self.disks[pnn].dead = False
+        life = self._lives[pnn] = Life()
+        ctx = self._contexts[pnn] = contextvars.copy_context()
+        ctx.run(NODE.set, pnn)
+        ctx.run(LIFE.set, life)
         await self.run_on(pnn, self._boot(pnn))
         self.log(f"start node {pnn}")
 
@@ -88,6 +106,7 @@ class SimCluster:
     async def crash_node(self, pnn: int) -> None:
         """kill -9: gone from the network at once, and its files no longer change."""
         node = self.nodes.pop(pnn)
+        self._lives[pnn].alive = False
         self.network.crash(pnn)
         self.disks[pnn].dead = True
         self.loop.cont_node(pnn)  # a stopped process can be killed too

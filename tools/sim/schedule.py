@@ -27,7 +27,7 @@ from ctdb.database import SEQNUM_KEY
 from ctdb.errors import CtdbError
 from ctdb.ltdb import live_value
 from tools.sim import linearizability
-from tools.sim.cluster import SimCluster
+from tools.sim.cluster import LIFE, SimCluster, crashed
 from tools.sim.faults import FAULTS, STRICT, Faults
 from tools.sim.history import History, Kind
 from tools.sim.loop import NODE, SimulationStuck, VirtualTimeLoop
@@ -143,9 +143,12 @@ def _watch_tasks(loop: asyncio.AbstractEventLoop, complain: Any) -> list[asyncio
     failed: list[asyncio.Task[Any]] = []
 
     def done(task: asyncio.Task[Any]) -> None:
+        # Runs in the context that made the task: a crashed incarnation's
+        # leftovers (kill -9 would have stopped them) are no daemon's fault.
         # `_exception` rather than exception(): that would mark it retrieved.
-        if not task.cancelled() and task._exception is not None:  # type: ignore[attr-defined]
-            failed.append(task)
+        if crashed() or task.cancelled() or task._exception is None:  # type: ignore[attr-defined]
+            return
+        failed.append(task)
 
     def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
         task = asyncio.Task(coro, loop=loop, **kwargs)
@@ -158,6 +161,9 @@ def _watch_tasks(loop: asyncio.AbstractEventLoop, complain: Any) -> list[asyncio
         # no fixed time; `_unhandled` looks at tasks instead.
         exc, handle = context.get("exception"), context.get("handle")
         if handle is None or exc is None or isinstance(exc, CrashedProcessWrite):
+            return
+        life = handle._context.get(LIFE)
+        if life is not None and not life.alive:
             return
         where = getattr(handle._callback, "__qualname__", "a callback")
         pnn = handle._context.get(NODE)
