@@ -24,10 +24,10 @@ from tools.sim.storage import Disk, SimLocalDb
 from transport.base import TransportOptions
 from transport.memory import MemoryNetwork, MemoryTransport
 
-#: Fast failure detection (0.4 s) and short timeouts keep schedules short.
+#: Fast failure detection (0.3 s) and short timeouts keep schedules short.
 SIM_TUNABLES = {
-    "KeepaliveInterval": 0.2,
-    "KeepaliveLimit": 2,
+    "KeepaliveInterval": 0.1,
+    "KeepaliveLimit": 3,
     "RecoverTimeout": 2.0,
     "CallTimeout": 3.0,
 }

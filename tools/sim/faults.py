@@ -1,9 +1,12 @@
 """The fault injector, and the windows in which volatile data may be lost.
 
-Faults are drawn from the schedule's seed while the workload runs. Some
-take the injector's attention until they are over (a crash and restart);
-the others (hangs, cuts, delays, failing disks) run in the background, so
-faults overlap: a node can hang while the other two restart.
+A schedule's faults are drawn from its seed before anything runs (`plan`):
+when each starts, on which nodes, for how long. So a seed injects the same
+faults into a fixed engine as into the broken one it failed on, and a fix
+can be checked with the very seed that found the bug. Each fault runs in
+its own task from its planned time, so faults overlap (a node can hang
+while the other two restart); one that cannot happen when its time comes
+(its node is already down, another cut is in place) is skipped.
 
 CTDB semantics decide what counts as a bug. Over tcp a volatile record lives
 on its dmaster only, so a crash, a cut or a hang long enough to be noticed
@@ -27,8 +30,8 @@ import asyncio
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ctdb.errors import CtdbError
@@ -63,6 +66,97 @@ STRICT = {
 
 
 @dataclass
+class Fault:
+    """One planned fault: what, when (seconds into the workload), with what."""
+
+    at: float
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={_show(v)}" for k, v in self.params.items())
+        return f"{self.at:.3f}s {self.kind}({args})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_show(v) for v in value) + ")"
+    return repr(value)
+
+
+def plan(
+    rng: random.Random,
+    mode: str,
+    kinds: dict[str, int],
+    strict: bool,
+    duration: float,
+    size: int,
+) -> list[Fault]:
+    """Every fault of a schedule, from its seed alone."""
+    faults: list[Fault] = []
+    names, weights = list(kinds), list(kinds.values())
+    at = 0.0
+    while names:
+        at += rng.uniform(0.05, 0.3)
+        if at >= duration:
+            break
+        kind = rng.choices(names, weights)[0]
+        faults.append(Fault(at, kind, _params(rng, kind, mode, strict, size)))
+    return faults
+
+
+def _params(rng: random.Random, kind: str, mode: str, strict: bool, size: int) -> dict[str, Any]:
+    nodes = list(range(size))
+    if kind == "recover":
+        return {"pnn": rng.choice(nodes)}
+    if kind == "crash":
+        return {"pnn": rng.choice(nodes), "down": rng.uniform(0.1, 1.5)}
+    if kind == "majority_restart":
+        return {"pnns": sorted(rng.sample(nodes, 2)), "down": rng.uniform(0.1, 1.0)}
+    if kind == "hang":
+        # Short hangs go unnoticed; long ones get the node dropped or expelled.
+        short = (strict and mode == "tcp") or rng.random() < 0.4
+        duration = rng.uniform(0.01, 0.15) if short else rng.uniform(0.5, 6.0)
+        params: dict[str, Any] = {"pnn": rng.choice(nodes), "duration": duration}
+        # The others restarting while it is stopped: its stale state must not win.
+        if not short and not strict and rng.random() < 0.35:
+            params["others_restart_after"] = rng.uniform(0.4, min(1.5, duration))
+            params["down"] = rng.uniform(0.1, 1.0)
+        return params
+    if kind == "partition":
+        return {"alone": rng.choice(nodes), "duration": rng.uniform(0.2, 2.0)}
+    if kind == "nontransitive":
+        return {"pair": sorted(rng.sample(nodes, 2)), "duration": rng.uniform(0.2, 2.0)}
+    if kind == "oneway":
+        src, dst = rng.sample(nodes, 2)
+        return {"src": src, "dst": dst, "duration": rng.uniform(0.05, 1.0)}
+    if kind == "lock_join":
+        holder, joiner = rng.sample(nodes, 2)
+        return {
+            "holder": holder,
+            "joiner": joiner,
+            "key": rng.choice(KEYS),
+            "down": rng.uniform(0.1, 1.0),
+            "hold": rng.uniform(0, 0.1),
+        }
+    if kind == "delay":
+        return {
+            "pnn": rng.choice([None, *nodes]),
+            "latency": (rng.uniform(0.002, 0.03), rng.uniform(0.04, 0.12)),
+            "duration": rng.uniform(0.2, 2.0),
+        }
+    if kind == "io_error":
+        return {
+            "pnn": rng.choice(nodes),
+            "rate": rng.uniform(0.3, 1.0),
+            "duration": rng.uniform(0.02, 0.4),
+        }
+    raise ValueError(f"unknown fault {kind!r}")
+
+
+@dataclass
 class Window:
     """A span in which volatile records may fall back (see the module docstring)."""
 
@@ -78,34 +172,27 @@ class Faults:
         self,
         cluster: SimCluster,
         history: History,
-        rng: random.Random,
+        faults: list[Fault],
         log: Callable[[str], None],
         complain: Callable[[str], None],
         on_start: Callable[[int], object],
-        kinds: dict[str, int],
-        *,
-        strict: bool = False,
     ) -> None:
         self.cluster = cluster
         self.network = cluster.network
         self.history = history
-        self.rng = rng
+        self.faults = faults
         self.log = log
         self.complain = complain
         #: called after a node (re)starts: the workload puts a client on it
         self.on_start = on_start
-        self.kinds = kinds
-        #: only faults after which nothing may be lost
-        self.strict = strict
         self.counts: Counter[str] = Counter()
         self.windows: list[Window] = []
         self.last_event = 0.0
         self._busy: set[str] = set()  # "network", "hang", "disk", "delay"
         self._moving: set[int] = set()  # nodes being crashed or restarted
-        self._background: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
         self._quorum_window: Window | None = None
         self._liveness_reported = False
-        self._serial = itertools.count(1)
 
     @property
     def now(self) -> float:
@@ -124,23 +211,25 @@ class Faults:
         self.windows.append(window)
         return window
 
+    def skip(self, fault: Fault, why: str) -> None:
+        self.counts["skipped"] += 1
+        self.log(f"fault skipped: {fault.describe()}: {why}")
+
     # -- the injector ----------------------------------------------------------------
 
-    async def run(self, until: float) -> None:
-        kinds, weights = list(self.kinds), list(self.kinds.values())
-        if not kinds:  # a fault-free schedule
-            await asyncio.sleep(until - self.now)
-        while kinds and self.now < until:
-            await asyncio.sleep(self.rng.uniform(0.05, 0.3))
-            if self.now >= until:
-                break
-            kind = self.rng.choices(kinds, weights)[0]
-            await getattr(self, f"_{kind}")()
+    def start(self) -> None:
+        """Start every planned fault's task, timed from now."""
+        loop = asyncio.get_running_loop()
+        for fault in self.faults:
+            self._tasks.append(loop.create_task(self._at(self.now + fault.at, fault)))
+
+    async def _at(self, when: float, fault: Fault) -> None:
+        await asyncio.sleep(when - self.now)
+        await getattr(self, f"_{fault.kind}")(fault, **fault.params)
 
     async def finish(self) -> None:
-        """Let background faults run their course, then end every fault left."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Let every fault run its course, then end what is left."""
+        await asyncio.gather(*self._tasks)
         self.network.heal()
         self.network.latency = LATENCY
         for pnn in range(self.cluster.size):
@@ -154,16 +243,11 @@ class Faults:
             window.closing = True
         self.event("all faults over")
 
-    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _present(self, pnn: int) -> bool:
+        return pnn in self.cluster.nodes and pnn not in self._moving
 
-    def _present(self) -> list[int]:
-        return [p for p in sorted(self.cluster.nodes) if p not in self._moving]
-
-    def _running(self) -> list[int]:
-        return [p for p in self._present() if not self.cluster.stopped(p)]
+    def _running(self, pnn: int) -> bool:
+        return self._present(pnn) and not self.cluster.stopped(pnn)
 
     async def _kill(self, pnn: int) -> None:
         self._moving.add(pnn)
@@ -182,14 +266,33 @@ class Faults:
         self.on_start(pnn)
         self.event(f"fault: restarted node {pnn}")
 
+    async def _restart(self, fault: Fault, pnns: list[int], down: float) -> None:
+        """kill -9 `pnns`, then start them again `down` seconds later."""
+        missing = [p for p in pnns if not self._present(p)]
+        if missing:
+            self.skip(fault, f"nodes {missing} are down")
+            return
+        self.counts[fault.kind] += 1
+        window = self.lossy(f"{fault.kind} of nodes {pnns}")
+        self._moving.update(pnns)  # nobody else touches them meanwhile
+        for pnn in pnns:
+            self._moving.discard(pnn)
+            await self._kill(pnn)
+            self._moving.add(pnn)
+        await asyncio.sleep(down)
+        for pnn in pnns:
+            self._moving.discard(pnn)
+            await self._start(pnn)
+        if window:
+            window.closing = True
+
     # -- the faults --------------------------------------------------------------------
 
-    async def _recover(self) -> None:
+    async def _recover(self, fault: Fault, pnn: int) -> None:
         """`ctdbtool recover` on some node, at whatever point the cluster is."""
-        nodes = self._running()
-        if not nodes:
+        if not self._running(pnn):
+            self.skip(fault, f"node {pnn} does not run")
             return
-        pnn = self.rng.choice(nodes)
         self.counts["recover"] += 1
         self.event(f"fault: recover on node {pnn}")
         node = self.cluster.nodes[pnn]
@@ -202,203 +305,158 @@ class Faults:
 
         self.cluster.spawn(pnn, recover())
 
-    async def _crash(self) -> None:
-        nodes = self._present()
-        if not nodes:
-            return
-        pnn = self.rng.choice(nodes)
-        self.counts["crash"] += 1
-        window = self.lossy(f"crash of node {pnn}")
-        await self._kill(pnn)
-        await asyncio.sleep(self.rng.uniform(0.1, 1.5))
-        await self._start(pnn)
-        if window:
-            window.closing = True
+    async def _crash(self, fault: Fault, pnn: int, down: float) -> None:
+        await self._restart(fault, [pnn], down)
 
-    async def _majority_restart(self, victims: list[int] | None = None) -> None:
-        """kill -9 two of three nodes, then start them again."""
-        nodes = self._present()
-        victims = victims or (self.rng.sample(nodes, 2) if len(nodes) >= 2 else [])
-        if len(victims) < 2:
-            return
-        self.counts["majority_restart"] += 1
-        window = self.lossy(f"restart of nodes {victims}")
-        for pnn in victims:
-            await self._kill(pnn)
-            await asyncio.sleep(self.rng.uniform(0, 0.05))
-        await asyncio.sleep(self.rng.uniform(0.1, 1.0))
-        for pnn in victims:
-            await self._start(pnn)
-            await asyncio.sleep(self.rng.uniform(0, 0.1))
-        if window:
-            window.closing = True
+    async def _majority_restart(self, fault: Fault, pnns: list[int], down: float) -> None:
+        await self._restart(fault, pnns, down)
 
-    async def _hang(self) -> None:
-        """SIGSTOP a node; short hangs go unnoticed, long ones get it expelled."""
-        nodes = self._running()
-        if "hang" in self._busy or not nodes:
+    async def _hang(
+        self,
+        fault: Fault,
+        pnn: int,
+        duration: float,
+        others_restart_after: float | None = None,
+        down: float = 0.0,
+    ) -> None:
+        """SIGSTOP a node, SIGCONT it `duration` seconds later."""
+        if "hang" in self._busy or not self._running(pnn):
+            self.skip(fault, "another node is stopped" if "hang" in self._busy else "not running")
             return
-        pnn = self.rng.choice(nodes)
-        short = self.rng.random() < 0.4 or (self.strict and self.cluster.mode == "tcp")
-        duration = self.rng.uniform(0.01, 0.12) if short else self.rng.uniform(0.5, 6.0)
+        short = duration < 0.2
         self.counts["hang"] += 1
         self.counts["hang_short" if short else "hang_long"] += 1
         window = None if short else self.lossy(f"node {pnn} stopped for {duration:.2f}s")
         self._busy.add("hang")
+        end = self.now + duration
         self.cluster.stop_node(pnn)
         self.event(f"fault: stopped node {pnn} for {duration:.3f}s")
-        # The others restarting while it is stopped: its stale state must not win.
-        others_restart = not short and not self.strict and self.rng.random() < 0.35
-
-        async def later() -> None:
-            end = self.now + duration
-            try:
-                if others_restart:
-                    await asyncio.sleep(self.rng.uniform(0.4, min(1.5, duration)))
-                    others = [p for p in self._present() if p != pnn]
-                    if len(others) == 2 and self.cluster.stopped(pnn):
-                        await self._majority_restart(others)
-                await asyncio.sleep(max(0.0, end - self.now))
+        try:
+            if others_restart_after is not None:
+                await asyncio.sleep(others_restart_after)
+                others = [p for p in range(self.cluster.size) if p != pnn]
                 if self.cluster.stopped(pnn):
-                    self.cluster.cont_node(pnn)
-                    self.event(f"fault: continued node {pnn}")
-            finally:
-                self._busy.discard("hang")
-                if window:
-                    window.closing = True
+                    restart = Fault(fault.at + others_restart_after, "majority_restart")
+                    await self._restart(restart, others, down)
+            await asyncio.sleep(max(0.0, end - self.now))
+            if self.cluster.stopped(pnn):
+                self.cluster.cont_node(pnn)
+                self.event(f"fault: continued node {pnn}")
+        finally:
+            self._busy.discard("hang")
+            if window:
+                window.closing = True
 
-        self._background_task(later())
-
-    def _network_fault(
+    async def _network_fault(
         self,
-        kind: str,
+        fault: Fault,
         name: str,
         start: Callable[[], None],
         end: Callable[[], None],
         duration: float,
         lossy: bool,
     ) -> None:
-        self.counts[kind] += 1
+        if "network" in self._busy:
+            self.skip(fault, "another network fault is in place")
+            return
+        self.counts[fault.kind] += 1
         window = self.lossy(name) if lossy else None
         self._busy.add("network")
         start()
         self.event(f"fault: {name} for {duration:.3f}s")
+        try:
+            await asyncio.sleep(duration)
+            end()
+            self.event(f"fault: {name} healed")
+        finally:
+            self._busy.discard("network")
+            if window:
+                window.closing = True
 
-        async def later() -> None:
-            try:
-                await asyncio.sleep(duration)
-                end()
-                self.event(f"fault: {name} healed")
-            finally:
-                self._busy.discard("network")
-                if window:
-                    window.closing = True
-
-        self._background_task(later())
-
-    async def _partition(self) -> None:
-        if "network" in self._busy:
-            return
-        alone = self.rng.randrange(self.cluster.size)
+    async def _partition(self, fault: Fault, alone: int, duration: float) -> None:
         rest = {p for p in range(self.cluster.size) if p != alone}
-        self._network_fault(
-            "partition",
+        await self._network_fault(
+            fault,
             f"partition {alone} | {sorted(rest)}",
             lambda: self.network.partition([{alone}, rest]),
             self.network.heal,
-            self.rng.uniform(0.2, 2.0),
+            duration,
             lossy=True,
         )
 
-    async def _nontransitive(self) -> None:
+    async def _nontransitive(self, fault: Fault, pair: list[int], duration: float) -> None:
         """Two nodes cannot talk, yet both talk to the third."""
-        if "network" in self._busy:
-            return
-        a, b = sorted(self.rng.sample(range(self.cluster.size), 2))
-        self._network_fault(
-            "nontransitive",
+        a, b = pair
+        await self._network_fault(
+            fault,
             f"cut {a}-{b} (non-transitive)",
             lambda: self.network.cut(a, b),
             lambda: self.network.restore(a, b),
-            self.rng.uniform(0.2, 2.0),
+            duration,
             lossy=True,
         )
 
-    async def _oneway(self) -> None:
-        """What `a` sends `b` is lost; noticed only after the keepalive limit."""
-        if "network" in self._busy:
-            return
-        a, b = self.rng.sample(range(self.cluster.size), 2)
-        duration = self.rng.uniform(0.05, 1.0)
-        noticed = duration >= 0.35 or self.cluster.mode == "vs"
-        self._network_fault(
-            "oneway",
-            f"cut {a}->{b} (one way)",
-            lambda: self.network.cut_oneway(a, b),
-            lambda: self.network.restore(a, b),
+    async def _oneway(self, fault: Fault, src: int, dst: int, duration: float) -> None:
+        """What `src` sends `dst` is lost; noticed only after the keepalive limit."""
+        noticed = duration >= 0.25 or self.cluster.mode == "vs"
+        await self._network_fault(
+            fault,
+            f"cut {src}->{dst} (one way)",
+            lambda: self.network.cut_oneway(src, dst),
+            lambda: self.network.restore(src, dst),
             duration,
             lossy=noticed,
         )
 
-    async def _delay(self) -> None:
+    async def _delay(
+        self, fault: Fault, pnn: int | None, latency: tuple[float, float], duration: float
+    ) -> None:
         """A latency spike on one node's links or everywhere (below detection)."""
         if "delay" in self._busy:
+            self.skip(fault, "another delay is in place")
             return
-        latency = (self.rng.uniform(0.002, 0.03), self.rng.uniform(0.04, 0.12))
-        target = self.rng.choice([None, *range(self.cluster.size)])
         self.counts["delay"] += 1
         self._busy.add("delay")
-        if target is None:
+        if pnn is None:
             self.network.latency = latency
         else:
-            self.network.slow(target, latency)
-        where = "everywhere" if target is None else f"on node {target}"
-        duration = self.rng.uniform(0.2, 2.0)
+            self.network.slow(pnn, latency)
+        where = "everywhere" if pnn is None else f"on node {pnn}"
         self.event(f"fault: latency {latency[0]:.3f}-{latency[1]:.3f}s {where} for {duration:.2f}s")
+        try:
+            await asyncio.sleep(duration)
+            self.network.latency = LATENCY
+            if pnn is not None:
+                self.network.slow(pnn, None)
+            self.event("fault: latency back to normal")
+        finally:
+            self._busy.discard("delay")
 
-        async def later() -> None:
-            try:
-                await asyncio.sleep(duration)
-                self.network.latency = LATENCY
-                if target is not None:
-                    self.network.slow(target, None)
-                self.event("fault: latency back to normal")
-            finally:
-                self._busy.discard("delay")
-
-        self._background_task(later())
-
-    async def _io_error(self) -> None:
+    async def _io_error(self, fault: Fault, pnn: int, rate: float, duration: float) -> None:
         """A node's TDB writes fail for a while."""
         if "disk" in self._busy:
+            self.skip(fault, "another disk fails")
             return
-        pnn = self.rng.randrange(self.cluster.size)
-        rate = self.rng.uniform(0.3, 1.0)
-        duration = self.rng.uniform(0.02, 0.4)
         disk = self.cluster.disks[pnn]
         self.counts["io_error"] += 1
         self._busy.add("disk")
         disk.failure_rate = rate
         self.event(f"fault: node {pnn} fails {rate:.0%} of TDB writes for {duration:.2f}s")
+        try:
+            await asyncio.sleep(duration)
+            disk.failure_rate = 0.0
+            self.event(f"fault: node {pnn} writes again")
+        finally:
+            self._busy.discard("disk")
 
-        async def later() -> None:
-            try:
-                await asyncio.sleep(duration)
-                disk.failure_rate = 0.0
-                self.event(f"fault: node {pnn} writes again")
-            finally:
-                self._busy.discard("disk")
-
-        self._background_task(later())
-
-    async def _lock_join(self) -> None:
+    async def _lock_join(
+        self, fault: Fault, holder: int, joiner: int, key: str, down: float, hold: float
+    ) -> None:
         """A client holds a record lock while another node crashes and rejoins."""
-        nodes = self._running()
-        if len(nodes) < 2:
+        if not (self._running(holder) and self._present(joiner)):
+            self.skip(fault, "holder or joiner is down")
             return
-        holder, joiner = self.rng.sample(nodes, 2)
-        key = self.rng.choice(KEYS)
-        unique = f"lj{next(self._serial)}@{holder}"
+        unique = f"lj{fault.at:.3f}@{holder}"
         locked, release = asyncio.Event(), asyncio.Event()
         self.counts["lock_join"] += 1
         self.event(f"fault: lock {key} on node {holder}, restart node {joiner}")
@@ -406,16 +464,16 @@ class Faults:
         waited = self.now
         while not locked.is_set() and not task.done() and self.now - waited < 3.0:
             await asyncio.sleep(0.01)
-        if locked.is_set() and joiner in self._present():
+        if locked.is_set() and self._present(joiner):
             window = self.lossy(f"crash of node {joiner}")
             await self._kill(joiner)
-            await asyncio.sleep(self.rng.uniform(0.1, 1.0))
+            await asyncio.sleep(down)
             await self._start(joiner)
             node = self.cluster.nodes.get(joiner)
             started = self.now
             while node is not None and not node.serving and self.now - started < 5.0:
                 await asyncio.sleep(0.02)
-            await asyncio.sleep(self.rng.uniform(0, 0.1))
+            await asyncio.sleep(hold)
             if window:
                 window.closing = True
         release.set()

@@ -28,7 +28,7 @@ from ctdb.errors import CtdbError
 from ctdb.ltdb import live_value
 from tools.sim import linearizability
 from tools.sim.cluster import LIFE, SimCluster, crashed
-from tools.sim.faults import FAULTS, STRICT, Faults
+from tools.sim.faults import FAULTS, STRICT, Faults, plan
 from tools.sim.history import History, Kind
 from tools.sim.loop import NODE, SimulationStuck, VirtualTimeLoop
 from tools.sim.storage import CrashedProcessWrite, simulated_storage
@@ -85,7 +85,7 @@ async def run_schedule(
         log(f"VIOLATION {violation}")
         outcome.violations.append(violation)
 
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # the fault plan's: nothing else draws from it
     failed_tasks = _watch_tasks(loop, complain)
     cluster = SimCluster(seed, mode, log)
     history = History()
@@ -96,17 +96,21 @@ async def run_schedule(
             complain(f"cluster never became healthy at start: {cluster.describe()}")
             return
         workload = Workload(cluster, history, loop.time() + DURATION, log, complain)
-        strict = kinds is None and rng.random() < STRICT_SHARE
+        strict = rng.random() < STRICT_SHARE
         if kinds is None:
             kinds = STRICT[mode] if strict else FAULTS
+        else:
+            strict = False
+        planned = plan(rng, mode, kinds, strict, DURATION, cluster.size)
         log(f"faults: {', '.join(kinds)}" + (" (nothing may be lost)" if strict else ""))
-        faults = Faults(
-            cluster, history, rng, log, complain, workload.start_client, kinds, strict=strict
-        )
+        for fault in planned:
+            log(f"plan: {fault.describe()}")
+        faults = Faults(cluster, history, planned, log, complain, workload.start_client)
         for pnn in range(cluster.size):
             workload.start_client(pnn)
         monitor = loop.create_task(faults.monitor())
-        await faults.run(until=loop.time() + DURATION)
+        faults.start()
+        await asyncio.sleep(DURATION)
         await faults.finish()
         _, pending = await asyncio.wait(workload.tasks, timeout=OP_LIMIT)
         for name, (what, since) in sorted(workload.busy.items()):
