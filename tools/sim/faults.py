@@ -41,6 +41,8 @@ from tools.sim.workload import KEYS, VOLATILE, Session, call, hkey, text, why
 
 #: Seconds a fully connected, healthy majority may take to serve.
 LIVENESS = 3.0
+#: How often a volatile record may change its surviving copy within a loss window.
+LOSSES_PER_WINDOW = 3
 
 #: fault kind -> weight
 FAULTS = {
@@ -144,7 +146,7 @@ def _params(rng: random.Random, kind: str, mode: str, strict: bool, size: int) -
     if kind == "delay":
         return {
             "pnn": rng.choice([None, *nodes]),
-            "latency": (rng.uniform(0.002, 0.03), rng.uniform(0.04, 0.12)),
+            "latency": (rng.uniform(0.002, 0.02), rng.uniform(0.03, 0.06)),
             "duration": rng.uniform(0.2, 2.0),
         }
     if kind == "io_error":
@@ -565,8 +567,14 @@ class Faults:
                 )
 
     def loss_ops(self, end: float) -> None:
-        """Record every loss window in the history, on every volatile key."""
+        """Record every loss window in the history, on every volatile key.
+
+        Each recovery in a window may pick another surviving copy: the record
+        can fall back, then come forward again when the node holding the newer
+        copy rejoins. `LOSSES_PER_WINDOW` such steps cover that.
+        """
         for window in self.windows:
             stop = window.end if window.end is not None else end
             for key in KEYS:
-                self.history.loss(hkey(VOLATILE, key), window.start, stop, window.cause)
+                for _ in range(LOSSES_PER_WINDOW):
+                    self.history.loss(hkey(VOLATILE, key), window.start, stop, window.cause)
