@@ -117,31 +117,33 @@ def _relevant(ops: list[Op]) -> list[Op]:
     ]
 
 
-def _writer_of(ops: Iterable[Op]) -> dict[str, Op]:
-    return {o.value: o for o in ops if o.kind in (Kind.WRITE, Kind.RMW) and o.value is not None}
-
-
 def _closure(ops: list[Op], drop: Op) -> list[Op]:
-    """`ops` without `drop` and without what read the value `drop` wrote."""
+    """`ops` without `drop` and without every operation that saw a value it wrote.
+
+    Dropping a write can only make the rest easier to explain, except for the
+    reads of its value; dropping those too (all of them, also for a delete:
+    a read of "missing" may have come from it) keeps a failing sub-history
+    failing for a reason it contains itself.
+    """
     gone = {drop.id}
-    changed = True
-    while changed:
-        changed = False
-        writers = _writer_of(o for o in ops if o.id not in gone)
-        for o in ops:
-            if o.id in gone:
+    lost = [drop]
+    while lost:
+        op = lost.pop()
+        if op.kind not in (Kind.WRITE, Kind.RMW):
+            continue
+        for other in ops:
+            if other.id in gone:
                 continue
-            saw = o.old if o.kind is Kind.RMW else o.value
-            if o.kind in (Kind.READ, Kind.READ_ANY, Kind.RMW) and saw is not None:
-                if saw not in writers:
-                    gone.add(o.id)
-                    changed = True
+            saw = other.old if other.kind is Kind.RMW else other.value
+            if other.kind in (Kind.READ, Kind.READ_ANY, Kind.RMW) and saw == op.value:
+                gone.add(other.id)
+                lost.append(other)
     return [o for o in ops if o.id not in gone]
 
 
 def minimize(ops: list[Op]) -> list[Op]:
     """A failing sub-history from which no client operation can be dropped (with
-    its readers). Loss windows stay: they are the model's, not the clients'."""
+    what read from it). Loss windows stay: they are the model's, not the clients'."""
     current = sorted(ops, key=lambda o: (o.invoke, o.id))
     shrunk = True
     while shrunk:
@@ -176,7 +178,14 @@ class Violation:
             f"key {self.key}: not linearizable ({len(self.ops)} operations); "
             f"minimal counterexample of {len(self.counterexample)}:"
         ]
-        lines += ["    " + op.describe() for op in self.counterexample]
+        shown: list[tuple[str, int]] = []
+        for op in self.counterexample:
+            text = op.describe()
+            if shown and shown[-1][0] == text and op.kind is Kind.LOSS:
+                shown[-1] = (text, shown[-1][1] + 1)  # the same window's steps
+            else:
+                shown.append((text, 1))
+        lines += [f"    {text}" + (f" x{n}" if n > 1 else "") for text, n in shown]
         return "\n".join(lines)
 
 
