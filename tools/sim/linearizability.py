@@ -21,7 +21,7 @@ write it read from, and printed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tools.sim.history import Kind, Op
