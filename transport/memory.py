@@ -173,7 +173,7 @@ class SimScheduler:
 # Links
 
 
-@dataclass
+@dataclass(slots=True)
 class _Packet:
     seq: int
     item: tuple[Any, ...]
@@ -298,6 +298,11 @@ class MemoryNetwork:
     def _record(self, event: str) -> None:
         if self.scheduler is not None:
             self.scheduler.record(event)
+
+    @property
+    def _tracing(self) -> bool:
+        """Per-message trace lines cost a repr each: only made when kept."""
+        return self.scheduler is not None and self.scheduler.trace is not None
 
     # -- topology -------------------------------------------------------------
 
@@ -585,7 +590,8 @@ class MemoryNetwork:
             return
         if kind == "msg":
             origin, payload = item[1], item[2]
-            self._record(f"deliver {origin}->{dst} {_show(payload)}")
+            if self._tracing:
+                self._record(f"deliver {origin}->{dst} {_show(payload)}")
             ep.on_message(origin, payload)
         elif kind == "marker":
             pending = self._pending_views.get(dst)
@@ -671,13 +677,15 @@ class MemoryNetwork:
         ]
         if kind == "bcast":
             payload = item[1]
-            self._record(f"order {src} {_show(payload)}")
+            if self._tracing:
+                self._record(f"order {src} {_show(payload)}")
             for dst in recipients:
                 self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
         elif kind == "send":
             dst, payload = item[1], item[2]
             if dst in recipients:
-                self._record(f"order {src}->{dst} {_show(payload)}")
+                if self._tracing:
+                    self._record(f"order {src}->{dst} {_show(payload)}")
                 self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
         if src in self._departed:
             self._vs_try_complete()
