@@ -114,7 +114,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def _call_soon(  # type: ignore[override]
         self, callback: Callable[..., Any], args: tuple[Any, ...], context: Any
     ) -> asyncio.Handle:
-        handle = _Handle(callback, args, self, context)
+        # Gated only while some node is stopped: the check costs a call.
+        handle = (_Handle if self._stopped else asyncio.Handle)(callback, args, self, context)
         self._ready.append(handle)  # type: ignore[attr-defined]
         return handle
 
@@ -125,13 +126,22 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        timer = _TimerHandle(when, callback, args, self, context)
+        kind = _TimerHandle if self._stopped else asyncio.TimerHandle
+        timer = kind(when, callback, args, self, context)
         heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
         timer._scheduled = True  # type: ignore[attr-defined]
         return timer
 
     def stop_node(self, pnn: int) -> None:
         """SIGSTOP: from now on nothing of node `pnn` runs."""
+        if not self._stopped:
+            # What is already pending must be checked as well when it runs.
+            for handle in self._ready:  # type: ignore[attr-defined]
+                if type(handle) is asyncio.Handle:
+                    handle.__class__ = _Handle
+            for timer in self._scheduled:  # type: ignore[attr-defined]
+                if type(timer) is asyncio.TimerHandle:
+                    timer.__class__ = _TimerHandle
         self._stopped.setdefault(pnn, [])
 
     def cont_node(self, pnn: int) -> None:
