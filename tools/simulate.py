@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from tools.sim.campaign import campaign
@@ -31,6 +32,10 @@ def _kinds(text: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"unknown fault {name!r} (one of {', '.join(FAULTS)})")
         kinds[name] = FAULTS[name]
     return kinds
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print("ok" if outcome.ok else f"FAILED: {len(outcome.violations)} violation(s)")
         return 0 if outcome.ok else 1
     seeds = ns.seeds if ns.seeds is not None else range(ns.schedules)
+    # Ctrl-C or SIGTERM (also for a campaign started in the background)
+    # stops the campaign early with the summary of what ran.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = campaign(seeds, ns.mode, kinds=ns.faults, jobs=max(1, ns.jobs))
     print(summary.report(max(1, ns.jobs)))
     return 1 if summary.failures else 0

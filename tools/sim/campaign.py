@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import sys
 import time
 from collections import Counter
@@ -84,9 +85,13 @@ def _run(job: tuple[int, str, dict[str, int] | None]) -> Result:
     )
 
 
-def _quiet() -> None:
+def _worker_init() -> None:
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger().setLevel(logging.CRITICAL)
+    # Ctrl-C is for the parent, which stops the pool and prints its summary;
+    # the pool stops workers with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def results(
@@ -97,7 +102,7 @@ def results(
         yield from map(_run, work)
         return
     # fork: workers inherit the imported modules; each schedule is independent.
-    with multiprocessing.get_context("fork").Pool(jobs, initializer=_quiet) as pool:
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
         yield from pool.imap_unordered(_run, work, chunksize=4)
 
 
@@ -112,7 +117,24 @@ def campaign(
     summary = Summary(mode)
     started = time.perf_counter()
     total = len(seeds)
-    for done, result in enumerate(results(seeds, mode, kinds, jobs), 1):
+    try:
+        _collect(summary, results(seeds, mode, kinds, jobs), total, started, progress)
+    except KeyboardInterrupt:
+        # Stopped early: what ran so far still deserves its summary.
+        if progress is not None:
+            progress.write("\ninterrupted\n")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _collect(
+    summary: Summary,
+    results: Iterator[Result],
+    total: int,
+    started: float,
+    progress: TextIO | None,
+) -> None:
+    for done, result in enumerate(results, 1):
         summary.add(result)
         if result.violations and progress is not None:
             first = result.violations[0].splitlines()[0]
@@ -128,5 +150,3 @@ def campaign(
             progress.flush()
     if progress is not None:
         progress.write("\n")
-    summary.seconds = time.perf_counter() - started
-    return summary
