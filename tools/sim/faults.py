@@ -567,7 +567,8 @@ class Faults:
                 )
 
     def loss_ops(self, end: float) -> None:
-        """Record every loss window in the history, on every volatile key.
+        """Record every loss window in the history, on every volatile key; a
+        window still open ends at `end` (the cluster has settled).
 
         Each recovery in a window may pick another surviving copy: the record
         can fall back, then come forward again when the node holding the newer

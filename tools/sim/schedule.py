@@ -76,6 +76,7 @@ class Outcome:
 async def run_schedule(
     seed: int, mode: str, outcome: Outcome, kinds: dict[str, int] | None = None
 ) -> None:
+    """Start a cluster, run clients under the seed's faults, settle, check."""
     loop = asyncio.get_running_loop()
 
     def log(event: str) -> None:
@@ -96,13 +97,11 @@ async def run_schedule(
             complain(f"cluster never became healthy at start: {cluster.describe()}")
             return
         workload = Workload(cluster, history, loop.time() + DURATION, log, complain)
-        strict = rng.random() < STRICT_SHARE
+        outcome.strict = kinds is None and rng.random() < STRICT_SHARE
         if kinds is None:
-            kinds = STRICT[mode] if strict else FAULTS
-        else:
-            strict = False
-        planned = plan(rng, mode, kinds, strict, DURATION, cluster.size)
-        log(f"faults: {', '.join(kinds)}" + (" (nothing may be lost)" if strict else ""))
+            kinds = STRICT[mode] if outcome.strict else FAULTS
+        planned = plan(rng, mode, kinds, outcome.strict, DURATION, cluster.size)
+        log(f"faults: {', '.join(kinds)}" + (" (nothing may be lost)" if outcome.strict else ""))
         for fault in planned:
             log(f"plan: {fault.describe()}")
         faults = Faults(cluster, history, planned, log, complain, workload.start_client)
@@ -112,25 +111,14 @@ async def run_schedule(
         faults.start()
         await asyncio.sleep(DURATION)
         await faults.finish()
-        _, pending = await asyncio.wait(workload.tasks, timeout=OP_LIMIT)
-        for name, (what, since) in sorted(workload.busy.items()):
-            complain(
-                f"client {name}: {what} started at {since:.4f} got no reply in "
-                f"{loop.time() - since:.1f}s (faults ended at {faults.last_event:.4f})"
-            )
-        for task in pending:
-            task.cancel()
+        await _requests_end(workload, faults.last_event, complain)
         settled = await cluster.settle(SETTLE)
         monitor.cancel()
         outcome.faults.update(faults.counts)
-        outcome.strict = strict
         outcome.ops, outcome.failed = workload.ops, workload.failed
         if not settled:
             complain(f"cluster did not settle after the faults: {cluster.describe()}")
             return
-        for window in faults.windows:
-            if window.end is None:
-                window.end = loop.time()
         faults.loss_ops(loop.time())
         await _final_reads(workload, complain)
         _compare_replicas(cluster, complain)
@@ -140,6 +128,19 @@ async def run_schedule(
         _unhandled(failed_tasks, complain)
         outcome.virtual_time = loop.time()
         await cluster.close()
+
+
+async def _requests_end(workload: Workload, faults_over: float, complain: Any) -> None:
+    """Every client request must get its answer once the faults are over."""
+    loop = asyncio.get_running_loop()
+    _, pending = await asyncio.wait(workload.tasks, timeout=OP_LIMIT)
+    for name, (what, since) in sorted(workload.busy.items()):
+        complain(
+            f"client {name}: {what} started at {since:.4f} got no reply in "
+            f"{loop.time() - since:.1f}s (faults ended at {faults_over:.4f})"
+        )
+    for task in pending:
+        task.cancel()
 
 
 def _watch_tasks(loop: asyncio.AbstractEventLoop, complain: Any) -> list[asyncio.Task[Any]]:
@@ -293,6 +294,3 @@ def simulate(
                     logger.setLevel(logging.NOTSET)
                     logger.propagate = True
     return outcome
-
-
-__all__ = ["DURATION", "FAULTS", "Outcome", "run_schedule", "simulate"]
