@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"only these fault kinds, comma-separated ({', '.join(FAULTS)})",
     )
     parser.add_argument(
+        "--vs-keeps-stopped",
+        action="store_true",
+        help="vs: a stopped member stays in the group for ever, as with corosync alone "
+        "(the vs transport did not expel such members before issue 8's fix)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -75,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)
     if ns.seed is not None:
-        outcome = simulate(ns.seed, ns.mode, ns.faults, logs=ns.verbose)
+        outcome = simulate(
+            ns.seed, ns.mode, ns.faults, logs=ns.verbose, keep_stopped=ns.vs_keeps_stopped
+        )
         if ns.verbose:
             print("\n".join(outcome.trace))
         faults = ", ".join(f"{k} {n}" for k, n in sorted(outcome.faults.items()))
@@ -89,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     # stops the campaign early with the summary of what ran.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    summary = campaign(seeds, ns.mode, kinds=ns.faults, jobs=max(1, ns.jobs))
+    summary = campaign(
+        seeds, ns.mode, kinds=ns.faults, jobs=max(1, ns.jobs), keep_stopped=ns.vs_keeps_stopped
+    )
     print(summary.report(max(1, ns.jobs)))
     return 1 if summary.failures else 0
 

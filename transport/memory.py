@@ -38,9 +38,12 @@ Faults beyond crashes and clean partitions, for the simulator
   the link's traffic (nothing lost yet) and, after `detect_after` seconds,
   disconnects the pair; restored earlier, the held traffic is delivered late.
 * `hang(pnn)` / `resume(pnn)`: a SIGSTOPped process. The network only plays
-  what the rest of the world does: in FIFO mode peers' keepalives drop the
-  silent node after `detect_after`; in VS mode corosync keeps the member in
-  the group and acknowledges flushes for it (corosync, not the process,
+  what the rest of the world does: peers drop the silent node after
+  `detect_after` (in FIFO mode their keepalives; in VS mode the vs
+  transport's expel of a member that stops reading, unless
+  `expel_stopped=False` models corosync alone, which keeps the member in
+  the group for ever), and take it back when it continues. Meanwhile
+  corosync acknowledges VS flushes for it (corosync, not the process,
   takes part in the membership protocol). Stopping the process itself is
   the event loop's business: every delivery to an endpoint runs in the
   `contextvars` context the endpoint joined in, so a loop can hold back the
@@ -215,6 +218,7 @@ class MemoryNetwork:
         seed: int = 0,
         total_order: bool = False,
         latency: tuple[float, float] = (0.0001, 0.001),
+        expel_stopped: bool = True,
     ) -> None:
         if latency[0] < 0 or latency[1] < latency[0]:
             raise ValueError(f"bad latency range {latency!r}")
@@ -222,6 +226,10 @@ class MemoryNetwork:
         self.random = scheduler.random if scheduler is not None else random.Random(seed)
         self.total_order = total_order
         self.latency = latency
+        #: VS mode: a stopped member leaves the views after `detect_after`, as
+        #: the vs transport expels a member that stops reading; False models
+        #: corosync alone, which keeps such a process in the group for ever.
+        self.expel_stopped = expel_stopped
         self.capabilities = Capabilities(
             total_order=total_order, virtual_synchrony=total_order, max_message_size=MAX_MESSAGE
         )
@@ -428,12 +436,10 @@ class MemoryNetwork:
             return
         token = self._hung[pnn] = object()
         self._record(f"hang {pnn}")
-        if not self.total_order:
+        if not self.total_order or self.expel_stopped:
             self._call_later(self.detect_after(), self._detect_hang, pnn, token)
-            return
-        ep = self._endpoints[pnn]
-        if self._awaiting is not None and pnn in self._awaiting:
-            self._flush_ok_for(ep)
+        if self.total_order and self._awaiting is not None and pnn in self._awaiting:
+            self._flush_ok_for(self._endpoints[pnn])
 
     def _detect_hang(self, pnn: int, token: object) -> None:
         if self._hung.get(pnn) is not token:

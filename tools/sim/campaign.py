@@ -71,9 +71,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def _run(job: tuple[int, str, dict[str, int] | None]) -> Result:
-    seed, mode, kinds = job
-    outcome: Outcome = simulate(seed, mode, kinds)
+def _run(job: tuple[int, str, dict[str, int] | None, bool]) -> Result:
+    seed, mode, kinds, keep_stopped = job
+    outcome: Outcome = simulate(seed, mode, kinds, keep_stopped=keep_stopped)
     return Result(
         seed,
         outcome.violations,
@@ -95,9 +95,13 @@ def _worker_init() -> None:
 
 
 def results(
-    seeds: Iterable[int], mode: str, kinds: dict[str, int] | None, jobs: int
+    seeds: Iterable[int],
+    mode: str,
+    kinds: dict[str, int] | None,
+    jobs: int,
+    keep_stopped: bool = False,
 ) -> Iterator[Result]:
-    work = ((seed, mode, kinds) for seed in seeds)
+    work = ((seed, mode, kinds, keep_stopped) for seed in seeds)
     if jobs <= 1:
         yield from map(_run, work)
         return
@@ -112,13 +116,15 @@ def campaign(
     *,
     kinds: dict[str, int] | None = None,
     jobs: int = 1,
+    keep_stopped: bool = False,
     progress: TextIO | None = sys.stderr,
 ) -> Summary:
     summary = Summary(mode)
     started = time.perf_counter()
     total = len(seeds)
     try:
-        _collect(summary, results(seeds, mode, kinds, jobs), total, started, progress)
+        work = results(seeds, mode, kinds, jobs, keep_stopped)
+        _collect(summary, work, total, started, progress)
     except KeyboardInterrupt:
         # Stopped early: what ran so far still deserves its summary.
         if progress is not None:

@@ -54,7 +54,15 @@ def crashed() -> bool:
 
 
 class SimCluster:
-    def __init__(self, seed: int, mode: str, log: Callable[[str], None], size: int = 3) -> None:
+    def __init__(
+        self,
+        seed: int,
+        mode: str,
+        log: Callable[[str], None],
+        size: int = 3,
+        *,
+        keep_stopped: bool = False,
+    ) -> None:
         if mode not in ("tcp", "vs"):
             raise ValueError("mode is 'tcp' (point-to-point) or 'vs' (total order)")
         loop = asyncio.get_running_loop()
@@ -65,7 +73,13 @@ class SimCluster:
         self.size = size
         self.log = log
         self.addresses = [f"sim{p}" for p in range(size)]
-        self.network = MemoryNetwork(seed=seed, total_order=(mode == "vs"), latency=LATENCY)
+        self.network = MemoryNetwork(
+            seed=seed,
+            total_order=(mode == "vs"),
+            latency=LATENCY,
+            # vs: corosync alone keeps a stopped member; the vs transport expels it.
+            expel_stopped=not keep_stopped,
+        )
         self.root = Path(tempfile.mkdtemp(prefix=f"ctdbsim{seed}-", dir=_scratch()))
         self.disks = {p: Disk(seed * 7 + p) for p in range(size)}
         for p, disk in self.disks.items():

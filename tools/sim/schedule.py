@@ -74,9 +74,18 @@ class Outcome:
 
 
 async def run_schedule(
-    seed: int, mode: str, outcome: Outcome, kinds: dict[str, int] | None = None
+    seed: int,
+    mode: str,
+    outcome: Outcome,
+    kinds: dict[str, int] | None = None,
+    *,
+    keep_stopped: bool = False,
 ) -> None:
-    """Start a cluster, run clients under the seed's faults, settle, check."""
+    """Start a cluster, run clients under the seed's faults, settle, check.
+
+    `keep_stopped` (vs): the group keeps a stopped member for ever, as with
+    corosync alone, instead of the vs transport expelling it.
+    """
     loop = asyncio.get_running_loop()
 
     def log(event: str) -> None:
@@ -88,7 +97,7 @@ async def run_schedule(
 
     rng = random.Random(seed)  # the fault plan's: nothing else draws from it
     failed_tasks = _watch_tasks(loop, complain)
-    cluster = SimCluster(seed, mode, log)
+    cluster = SimCluster(seed, mode, log, keep_stopped=keep_stopped)
     history = History()
     try:
         for pnn in range(cluster.size):
@@ -258,7 +267,12 @@ class _TraceLogs(logging.Handler):
 
 
 def simulate(
-    seed: int, mode: str, kinds: dict[str, int] | None = None, *, logs: bool = False
+    seed: int,
+    mode: str,
+    kinds: dict[str, int] | None = None,
+    *,
+    logs: bool = False,
+    keep_stopped: bool = False,
 ) -> Outcome:
     """Run one schedule on a fresh virtual-time loop (`logs`: daemon logs in the trace)."""
     loop = VirtualTimeLoop()
@@ -271,7 +285,7 @@ def simulate(
             logger.setLevel(logging.INFO)
             logger.propagate = False
     with simulated_storage():
-        main = loop.create_task(run_schedule(seed, mode, outcome, kinds))
+        main = loop.create_task(run_schedule(seed, mode, outcome, kinds, keep_stopped=keep_stopped))
         try:
             loop.run_until_complete(main)
         except SimulationStuck as exc:
