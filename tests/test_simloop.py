@@ -100,3 +100,40 @@ def test_vs_view_changes_do_not_wait_for_a_stopped_member() -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def test_vs_expels_a_stopped_member_unless_told_to_keep_it() -> None:
+    """The vs transport expels a member that stops reading after the keepalive
+    limit; corosync alone (`expel_stopped=False`) keeps it in every view."""
+    for expel in (True, False):
+        views: dict[int, list[tuple[int, ...]]] = {0: [], 1: [], 2: []}
+
+        async def main(expel: bool = expel, views: dict = views) -> None:
+            loop = asyncio.get_running_loop()
+            assert isinstance(loop, VirtualTimeLoop)
+            net = MemoryNetwork(seed=2, total_order=True, expel_stopped=expel)
+            for pnn in range(3):
+                ep = MemoryTransport(pnn, ["a", "b", "c"], TransportOptions(), network=net)
+
+                def on_view(view: View, pnn: int = pnn) -> None:
+                    views[pnn].append(view.members)
+
+                ep.on_view = on_view
+                await loop.create_task(ep.start(), context=node_context(pnn))
+            await asyncio.sleep(1)
+            loop.stop_node(2)
+            net.hang(2)
+            await asyncio.sleep(net.detect_after() + 1)
+            assert views[0][-1] == ((0, 1) if expel else (0, 1, 2))
+            loop.cont_node(2)
+            net.resume(2)
+            await asyncio.sleep(1)
+            assert views[0][-1] == views[2][-1] == (0, 1, 2)
+            if expel:  # it saw itself expelled before it came back
+                assert (2,) in views[2]
+
+        loop = VirtualTimeLoop()
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
