@@ -24,6 +24,9 @@ NODE: contextvars.ContextVar[int | None] = contextvars.ContextVar("sim_node", de
 #: A schedule lasts seconds of virtual time; far beyond that it is livelocked.
 MAX_VIRTUAL_TIME = 900.0
 MAX_LOOP_TURNS = 3_000_000
+#: Loop turns in a row without the clock moving: callbacks that keep
+#: scheduling each other at once, a busy loop a real daemon would spin in.
+MAX_TURNS_AT_ONE_TIME = 100_000
 
 
 class SimulationStuck(RuntimeError):
@@ -36,6 +39,7 @@ class _VirtualSelector(selectors.BaseSelector):
     def __init__(self, clock: list[float]) -> None:
         self._clock = clock
         self._turns = 0
+        self._still = 0  # turns in a row at the same virtual time
         #: Off while a stuck simulation is being torn down.
         self.armed = True
         self._map: dict[Any, selectors.SelectorKey] = {}
@@ -54,7 +58,15 @@ class _VirtualSelector(selectors.BaseSelector):
             raise SimulationStuck("nothing scheduled and nothing ready")
         self._clock[0] += max(timeout, 0.0)
         self._turns += 1
-        if self.armed and (self._clock[0] > MAX_VIRTUAL_TIME or self._turns > MAX_LOOP_TURNS):
+        self._still = self._still + 1 if timeout <= 0 else 0
+        if not self.armed:
+            return []
+        if self._still > MAX_TURNS_AT_ONE_TIME:
+            raise SimulationStuck(
+                f"livelock: {self._still} loop turns without virtual time passing "
+                f"(at {self._clock[0]:.4f}s)"
+            )
+        if self._clock[0] > MAX_VIRTUAL_TIME or self._turns > MAX_LOOP_TURNS:
             raise SimulationStuck(
                 f"no end after {self._clock[0]:.0f} virtual seconds and {self._turns} loop turns"
             )
