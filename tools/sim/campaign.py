@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from tools.sim.cluster import remove_files
 from tools.sim.schedule import Outcome, simulate
 
 
@@ -89,9 +91,14 @@ def _worker_init() -> None:
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger().setLevel(logging.CRITICAL)
     # Ctrl-C is for the parent, which stops the pool and prints its summary;
-    # the pool stops workers with SIGTERM.
+    # the pool stops workers with SIGTERM, and they leave no files behind.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _stop_worker)
+
+
+def _stop_worker(signum: int, frame: object) -> None:
+    remove_files()
+    os._exit(1)
 
 
 def results(
@@ -127,6 +134,7 @@ def campaign(
         _collect(summary, work, total, started, progress)
     except KeyboardInterrupt:
         # Stopped early: what ran so far still deserves its summary.
+        remove_files()  # of a schedule cut short in this process (--jobs 1)
         if progress is not None:
             progress.write("\ninterrupted\n")
     summary.seconds = time.perf_counter() - started

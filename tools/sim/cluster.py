@@ -81,6 +81,7 @@ class SimCluster:
             expel_stopped=not keep_stopped,
         )
         self.root = Path(tempfile.mkdtemp(prefix=f"ctdbsim{seed}-", dir=_scratch()))
+        _ROOTS.add(self.root)
         self.disks = {p: Disk(seed * 7 + p) for p in range(size)}
         for p, disk in self.disks.items():
             SimLocalDb.disks[self.state_dir(p)] = disk
@@ -203,6 +204,18 @@ class SimCluster:
         for pnn in range(self.size):
             SimLocalDb.disks.pop(self.state_dir(pnn), None)
         shutil.rmtree(self.root, ignore_errors=True)
+        _ROOTS.discard(self.root)
+
+
+#: Directories of the clusters alive in this process.
+_ROOTS: set[Path] = set()
+
+
+def remove_files() -> None:
+    """Remove every simulated cluster's files now (a worker told to stop)."""
+    for root in list(_ROOTS):
+        shutil.rmtree(root, ignore_errors=True)
+        _ROOTS.discard(root)
 
 
 async def _inline(work: Callable[[], Any]) -> Any:
