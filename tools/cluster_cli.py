@@ -44,12 +44,8 @@ def cluster() -> None:
     help="tcp, or vs (virtual synchrony on corosync)",
 )
 @click.option("--port", default=4379, show_default=True, help="node-to-node TCP port")
-@click.option(
-    "--base",
-    default="127.0.0",
-    show_default=True,
-    help="first three octets of the loopback addresses (node i gets BASE.i+1)",
-)
+@click.option("--base", default="127.0.0", show_default=True,
+              help="first three octets of the loopback addresses (node i gets BASE.i+1)")
 @_dir_option
 def up(size: int, transport: str, port: int, base: str, directory: Path) -> None:
     """Start the daemons, wait until the cluster is healthy, print the sockets."""
