@@ -218,3 +218,100 @@ def test_restarted_member_gets_nothing_of_its_old_incarnation(seed: int, total_o
     eps[0].broadcast(b"hello")
     sched.run_until_idle()
     assert got == [b"hello"]
+
+
+# -- faults the simulator needs beyond crashes and clean partitions -------------------
+
+
+def views(eps: list[MemoryTransport]) -> list[tuple[int, ...]]:
+    return [ep.view.members for ep in eps]
+
+
+def test_non_transitive_cut() -> None:
+    """{0,2} and {1,2} connected, 0-1 cut: over FIFO links every endpoint has
+    its own view (as with TCP); VS installs views of mutually connected groups."""
+    sched, net, eps, _ = make_cluster(3, 1)
+    net.cut(0, 1)
+    sched.run_until_idle()
+    assert views(eps) == [(0, 2), (1, 2), (0, 1, 2)]
+    net.restore(0, 1)
+    sched.run_until_idle()
+    assert views(eps) == [(0, 1, 2)] * 3
+
+    sched, net, eps, _ = make_cluster(3, 1, total_order=True)
+    net.cut(0, 1)
+    sched.run_until_idle()
+    assert views(eps) == [(0, 2), (1,), (0, 2)]
+    net.heal()
+    sched.run_until_idle()
+    assert views(eps) == [(0, 1, 2)] * 3
+
+
+def test_one_way_loss_is_held_until_detected() -> None:
+    """Restored before the keepalive limit, a one-way loss only delays traffic;
+    after it, the pair is cut and what waited is lost."""
+    sched, net, eps, logs = make_cluster(2, 3)
+    net.cut_oneway(0, 1, detect_after=1.0)
+    eps[0].send(1, b"late")
+    eps[1].send(0, b"back")
+    sched.run_for(0.5)
+    assert ("msg", 0, b"late") not in logs[1] and ("msg", 1, b"back") in logs[0]
+    net.restore(0, 1)
+    sched.run_until_idle()
+    assert ("msg", 0, b"late") in logs[1]
+    assert views(eps) == [(0, 1)] * 2
+
+    sched, net, eps, logs = make_cluster(2, 3)
+    net.cut_oneway(0, 1, detect_after=1.0)
+    eps[0].send(1, b"lost")
+    sched.run_for(0.9)
+    assert views(eps) == [(0, 1)] * 2
+    sched.run_for(0.2)
+    sched.run_until_idle()
+    assert views(eps) == [(0,), (1,)]
+    assert ("msg", 0, b"lost") not in logs[1]
+    net.restore(0, 1)
+    sched.run_until_idle()
+    assert views(eps) == [(0, 1)] * 2
+
+
+def test_hung_node_is_dropped_after_the_keepalive_limit() -> None:
+    """FIFO mode: peers give up on a silent node after `detect_after`, and
+    take it back when it continues; a short hang goes unnoticed."""
+    sched, net, eps, _ = make_cluster(3, 4)
+    limit = net.detect_after()
+    net.hang(2)
+    sched.run_for(limit * 0.9)
+    net.resume(2)
+    sched.run_until_idle()
+    assert views(eps) == [(0, 1, 2)] * 3
+    net.hang(2)
+    sched.run_for(limit * 1.1)
+    sched.run_until_idle()
+    assert views(eps)[:2] == [(0, 1), (0, 1)]
+    net.resume(2)
+    sched.run_until_idle()
+    assert views(eps) == [(0, 1, 2)] * 3
+
+
+def test_view_change_marker_survives_a_later_cut() -> None:
+    """A view waits for a marker behind the departed peer's traffic; a second
+    cut of the same link must not lose the marker (the view would never come)."""
+    for seed in range(20):
+        sched, net, eps, _ = make_cluster(3, seed)
+        for i in range(5):
+            eps[1].broadcast(b"%d" % i)
+        net.cut(1, 2)
+        net.crash(1)
+        sched.run_until_idle()
+        assert views(eps)[0] == (0, 2) and views(eps)[2] == (0, 2)
+
+
+def test_slow_links() -> None:
+    sched, net, eps, logs = make_cluster(2, 5)
+    net.slow(1, (0.5, 0.5))
+    eps[0].send(1, b"slow")
+    sched.run_for(0.4)
+    assert ("msg", 0, b"slow") not in logs[1]
+    sched.run_for(0.2)
+    assert ("msg", 0, b"slow") in logs[1]

@@ -26,6 +26,30 @@ Two things live here:
     view V is delivered in V to all survivors of V (a crashed sender's
     in-flight tail is cut at one point for everybody: all or none).
 
+Faults beyond crashes and clean partitions, for the simulator
+(`tools/sim`):
+
+* `cut(a, b)`: one pair cannot talk while both still talk to others, which
+  builds non-transitive partitions ({0,2} and {1,2} connected, 0-1 cut).
+  FIFO mode gives each endpoint its own view, as TCP does; VS mode, like
+  totem, installs views of groups whose members all reach each other.
+* `cut_oneway(src, dst)`: an asymmetric loss. Over TCP the sender's data is
+  retransmitted until the receiver's keepalive gives up, so FIFO mode holds
+  the link's traffic (nothing lost yet) and, after `detect_after` seconds,
+  disconnects the pair; restored earlier, the held traffic is delivered late.
+* `hang(pnn)` / `resume(pnn)`: a SIGSTOPped process. The network only plays
+  what the rest of the world does: peers drop the silent node after
+  `detect_after` (in FIFO mode their keepalives; in VS mode the vs
+  transport's expel of a member that stops reading, unless
+  `expel_stopped=False` models corosync alone, which keeps the member in
+  the group for ever), and take it back when it continues. Meanwhile
+  corosync acknowledges VS flushes for it (corosync, not the process,
+  takes part in the membership protocol). Stopping the process itself is
+  the event loop's business: every delivery to an endpoint runs in the
+  `contextvars` context the endpoint joined in, so a loop can hold back the
+  callbacks of one stopped node (see `tools/sim/loop.py`).
+* `slow(pnn, latency)`: a latency spike on one node's links.
+
 Without a `SimScheduler` the network runs on the asyncio loop that is running
 when it is used (wall-clock latency), so the same backend serves the
 asyncio-based conformance suite and the daemon (`--transport memory`).
@@ -34,6 +58,7 @@ asyncio-based conformance suite and the daemon (`--transport memory`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import math
 import random
@@ -151,7 +176,7 @@ class SimScheduler:
 # Links
 
 
-@dataclass
+@dataclass(slots=True)
 class _Packet:
     seq: int
     item: tuple[Any, ...]
@@ -193,6 +218,7 @@ class MemoryNetwork:
         seed: int = 0,
         total_order: bool = False,
         latency: tuple[float, float] = (0.0001, 0.001),
+        expel_stopped: bool = True,
     ) -> None:
         if latency[0] < 0 or latency[1] < latency[0]:
             raise ValueError(f"bad latency range {latency!r}")
@@ -200,12 +226,30 @@ class MemoryNetwork:
         self.random = scheduler.random if scheduler is not None else random.Random(seed)
         self.total_order = total_order
         self.latency = latency
+        #: VS mode: a stopped member leaves the views after `detect_after`, as
+        #: the vs transport expels a member that stops reading; False models
+        #: corosync alone, which keeps such a process in the group for ever.
+        self.expel_stopped = expel_stopped
         self.capabilities = Capabilities(
             total_order=total_order, virtual_synchrony=total_order, max_message_size=MAX_MESSAGE
         )
         self._endpoints: dict[int, MemoryTransport] = {}
         self._alive: set[int] = set()
         self._groups: list[frozenset[int]] | None = None
+        #: Pairs cut on their own (`cut`, or a one-way loss once detected).
+        self._split: set[frozenset[int]] = set()
+        #: FIFO mode: one-way lost links whose traffic waits, with the hold
+        #: object a detection timer checks it is still about.
+        self._held: dict[tuple[int, int], object] = {}
+        #: Hung endpoints, with the token of their detection timer.
+        self._hung: dict[int, object] = {}
+        #: Hung endpoints their peers have given up on (FIFO mode).
+        self._isolated: set[int] = set()
+        #: Latency override for every link of a node (`slow`).
+        self._slow: dict[int, tuple[float, float]] = {}
+        #: Network-internal events (the sequencer, timers) run in the context
+        #: the network was made in, never in a (possibly stopped) endpoint's.
+        self._context = contextvars.copy_context()
         self._channels: dict[tuple[int, int], _Channel] = {}
         # FIFO mode: per-endpoint queue of views waiting for removal markers.
         self._pending_views: dict[int, deque[_PendingView]] = {}
@@ -244,17 +288,29 @@ class MemoryNetwork:
             return self.scheduler.time()
         return asyncio.get_running_loop().time()
 
-    def _call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
+    def _call_later(
+        self, delay: float, callback: Callable[..., Any], *args: Any, at: int = SEQUENCER
+    ) -> None:
+        """Run `callback` after `delay`, on behalf of endpoint `at` (or the network)."""
         if self.scheduler is not None:
             self.scheduler.call_later(delay, callback, *args)
-        elif delay <= 0:
-            asyncio.get_running_loop().call_soon(callback, *args)
+            return
+        ep = self._endpoints.get(at)
+        context = ep._context if ep is not None and ep._context is not None else self._context
+        loop = asyncio.get_running_loop()
+        if delay <= 0:
+            loop.call_soon(callback, *args, context=context)
         else:
-            asyncio.get_running_loop().call_later(delay, callback, *args)
+            loop.call_later(delay, callback, *args, context=context)
 
     def _record(self, event: str) -> None:
         if self.scheduler is not None:
             self.scheduler.record(event)
+
+    @property
+    def _tracing(self) -> bool:
+        """Per-message trace lines cost a repr each: only made when kept."""
+        return self.scheduler is not None and self.scheduler.trace is not None
 
     # -- topology -------------------------------------------------------------
 
@@ -266,12 +322,37 @@ class MemoryNetwork:
     def connected(self, a: int, b: int) -> bool:
         if a == b:
             return True
-        if self._groups is None:
-            return True
-        return any(a in g and b in g for g in self._groups)
+        if self._groups is not None and not any(a in g and b in g for g in self._groups):
+            return False
+        return frozenset((a, b)) not in self._split and not {a, b} & self._isolated
 
     def _reachable(self, pnn: int) -> frozenset[int]:
         return frozenset(p for p in self._alive if self.connected(pnn, p))
+
+    def _cliques(self) -> dict[int, frozenset[int]]:
+        """VS mode: groups whose members all reach each other, greedily by pnn.
+
+        Totem forms a ring only of processors that can all talk; with a
+        non-transitive cut a node reachable from both sides joins one.
+        """
+        groups: dict[int, frozenset[int]] = {}
+        for p in sorted(self._alive):
+            if p in groups:
+                continue
+            group = [p]
+            for q in sorted(self._alive):
+                if q not in groups and q not in group and all(self.connected(q, m) for m in group):
+                    group.append(q)
+            for m in group:
+                groups[m] = frozenset(group)
+        return groups
+
+    def link_ok(self, a: int, b: int) -> bool:
+        """`a` and `b` are connected and nothing between them is held back."""
+        return self.connected(a, b) and (a, b) not in self._held and (b, a) not in self._held
+
+    def _connections(self) -> set[tuple[int, int]]:
+        return {(a, b) for a in self._alive for b in self._alive if self.connected(a, b)}
 
     def partition(self, groups: Iterable[Iterable[int]]) -> None:
         """Split the network; a pnn in no group is isolated on its own."""
@@ -281,17 +362,108 @@ class MemoryNetwork:
             if seen & g:
                 raise ValueError("partition groups overlap")
             seen |= g
-        old_connected = {(a, b) for a in self._alive for b in self._alive if self.connected(a, b)}
+        old_connected = self._connections()
         self._groups = new
         self._record(f"partition {sorted(sorted(g) for g in new)}")
-        cut = {(a, b) for (a, b) in old_connected if not self.connected(a, b)}
-        self._topology_changed(cut)
+        self._topology_changed(old_connected - self._connections())
+
+    def cut(self, a: int, b: int) -> None:
+        """Cut the link between `a` and `b` (both ways) while both keep their others."""
+        old_connected = self._connections()
+        self._split.add(frozenset((a, b)))
+        self._record(f"cut {a}-{b}")
+        self._topology_changed(old_connected - self._connections())
+
+    def cut_oneway(self, src: int, dst: int, detect_after: float | None = None) -> None:
+        """Lose what `src` sends `dst` (an asymmetric fault); see the module docstring."""
+        self._record(f"cut {src}->{dst}")
+        if self.total_order:
+            self.cut(src, dst)  # totem cannot keep a ring over a one-way link
+            return
+        if (src, dst) in self._held or not self.connected(src, dst):
+            return
+        hold = self._held[(src, dst)] = object()
+        delay = self.detect_after() if detect_after is None else detect_after
+        self._call_later(delay, self._detect_oneway, src, dst, hold)
+
+    def _detect_oneway(self, src: int, dst: int, hold: object) -> None:
+        if self._held.get((src, dst)) is not hold:
+            return
+        # The connection is reset: what waited on it is lost (view-change
+        # markers go on), then the pair is cut like any other link.
+        chan = self._channels.get((src, dst))
+        if chan is not None:
+            self._drop_from(chan, 0)
+        self._release_held([(src, dst)])
+        self._record(f"detect {src}->{dst}")
+        self.cut(src, dst)
+
+    def restore(self, a: int, b: int) -> None:
+        """Undo `cut` / `cut_oneway` between `a` and `b`."""
+        self._record(f"restore {a}-{b}")
+        self._release_held({(a, b), (b, a)})
+        if frozenset((a, b)) in self._split:
+            self._split.discard(frozenset((a, b)))
+            self._topology_changed(set())
+
+    def _release_held(self, links: Iterable[tuple[int, int]]) -> None:
+        for link in links:
+            if self._held.pop(link, None) is not None:
+                chan = self._channels.get(link)
+                if chan is not None and chan.queue:
+                    self._call_later(0.0, self._pump, *link, chan.next_seq - 1, at=link[1])
 
     def heal(self) -> None:
-        """Undo every partition."""
+        """Undo every partition and cut (a hung node stays cut off until it resumes)."""
         self._groups = None
+        self._split.clear()
+        self._release_held(list(self._held))
         self._record("heal")
         self._topology_changed(set())
+
+    def detect_after(self) -> float:
+        """How long peers take to give up on a silent node: their keepalive limit."""
+        limits = [
+            ep.options.keepalive_interval * ep.options.keepalive_limit
+            for p, ep in self._endpoints.items()
+            if p in self._alive
+        ]
+        return max(limits, default=1.0)
+
+    def hang(self, pnn: int) -> None:
+        """`pnn` stopped processing (SIGSTOP); see the module docstring."""
+        if pnn not in self._alive or pnn in self._hung:
+            return
+        token = self._hung[pnn] = object()
+        self._record(f"hang {pnn}")
+        if not self.total_order or self.expel_stopped:
+            self._call_later(self.detect_after(), self._detect_hang, pnn, token)
+        if self.total_order and self._awaiting is not None and pnn in self._awaiting:
+            self._flush_ok_for(self._endpoints[pnn])
+
+    def _detect_hang(self, pnn: int, token: object) -> None:
+        if self._hung.get(pnn) is not token:
+            return
+        self._record(f"detect {pnn}")
+        old_connected = self._connections()
+        self._isolated.add(pnn)
+        self._topology_changed(old_connected - self._connections())
+
+    def resume(self, pnn: int) -> None:
+        """`pnn` continues (SIGCONT); peers that gave up on it reconnect."""
+        if self._hung.pop(pnn, None) is None:
+            return
+        self._record(f"resume {pnn}")
+        if pnn in self._isolated:
+            self._isolated.discard(pnn)
+            self._topology_changed(set())
+
+    def slow(self, pnn: int, latency: tuple[float, float] | None) -> None:
+        """Give every link of `pnn` this latency range (None: back to the default)."""
+        if latency is None:
+            self._slow.pop(pnn, None)
+        else:
+            self._slow[pnn] = latency
 
     def crash(self, pnn: int) -> None:
         """Make endpoint `pnn` vanish abruptly: it delivers and sends nothing more."""
@@ -301,6 +473,8 @@ class MemoryNetwork:
         if pnn not in self._alive:
             return
         self._alive.discard(pnn)
+        self._hung.pop(pnn, None)  # a new incarnation starts running
+        self._isolated.discard(pnn)
         self._record(f"{'leave' if graceful else 'crash'} {pnn}")
         ep = self._endpoints.get(pnn)
         if ep is not None:
@@ -363,7 +537,7 @@ class MemoryNetwork:
         """Put `item` on the (src, dst) link with random latency, FIFO with what is queued."""
         chan = self._channel(src, dst)
         now = self.time()
-        lo, hi = self.latency
+        lo, hi = self._slow.get(src) or self._slow.get(dst) or self.latency
         at = max(now + self.random.uniform(lo, hi), chan.last_at)
         chan.last_at = at
         seq = chan.next_seq
@@ -375,9 +549,11 @@ class MemoryNetwork:
                 ep._outstanding += size
         # Deliver by sequence number, not by timer order: asyncio's timer heap
         # does not keep insertion order for equal deadlines.
-        self._call_later(at - now, self._pump, src, dst, seq)
+        self._call_later(at - now, self._pump, src, dst, seq, at=dst)
 
     def _pump(self, src: int, dst: int, upto: int) -> None:
+        if (src, dst) in self._held:
+            return  # delivered when the link is restored, or lost when detected
         chan = self._channels[(src, dst)]
         while chan.queue and chan.queue[0].seq <= upto:
             packet = chan.queue.popleft()
@@ -394,14 +570,16 @@ class MemoryNetwork:
             packet.size = 0
 
     def _drop_from(self, chan: _Channel, index: int) -> None:
+        """Lose the traffic from `index` on. View-change markers are the network's
+        own bookkeeping, not traffic: losing one would hold its view back forever."""
         for i, packet in enumerate(chan.queue):
-            if i >= index and not packet.dropped:
+            if i >= index and not packet.dropped and packet.item[0] != "marker":
                 packet.dropped = True
                 self._release(packet)
 
     def _cut(self, chan: _Channel) -> None:
         """Lose a random suffix of what is in flight on `chan` (a prefix survives)."""
-        live = [i for i, p in enumerate(chan.queue) if not p.dropped]
+        live = [i for i, p in enumerate(chan.queue) if not p.dropped and p.item[0] != "marker"]
         if not live:
             return
         keep = self.random.randint(0, len(live))
@@ -418,7 +596,8 @@ class MemoryNetwork:
             return
         if kind == "msg":
             origin, payload = item[1], item[2]
-            self._record(f"deliver {origin}->{dst} {_show(payload)}")
+            if self._tracing:
+                self._record(f"deliver {origin}->{dst} {_show(payload)}")
             ep.on_message(origin, payload)
         elif kind == "marker":
             pending = self._pending_views.get(dst)
@@ -438,9 +617,7 @@ class MemoryNetwork:
 
     # -- FIFO mode ------------------------------------------------------------
 
-    def _fifo_topology_changed(
-        self, cut: set[tuple[int, int]], removed_from: set[int]
-    ) -> None:
+    def _fifo_topology_changed(self, cut: set[tuple[int, int]], removed_from: set[int]) -> None:
         """Queue a view for every endpoint whose reachable set changed.
 
         A view that drops peer P waits for a marker sent behind P's last
@@ -464,7 +641,7 @@ class MemoryNetwork:
                 pv.markers += 1
                 self._enqueue(gone, pnn, ("marker", pv), 0, gone)
             if pv.markers == 0:
-                self._call_later(0.0, self._fifo_install, pnn)
+                self._call_later(0.0, self._fifo_install, pnn, at=pnn)
 
     def _fifo_install(self, pnn: int) -> None:
         queue = self._pending_views.get(pnn)
@@ -506,23 +683,26 @@ class MemoryNetwork:
         ]
         if kind == "bcast":
             payload = item[1]
-            self._record(f"order {src} {_show(payload)}")
+            if self._tracing:
+                self._record(f"order {src} {_show(payload)}")
             for dst in recipients:
                 self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
         elif kind == "send":
             dst, payload = item[1], item[2]
             if dst in recipients:
-                self._record(f"order {src}->{dst} {_show(payload)}")
+                if self._tracing:
+                    self._record(f"order {src}->{dst} {_show(payload)}")
                 self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
         if src in self._departed:
             self._vs_try_complete()
 
     def _vs_targets(self) -> dict[int, frozenset[int]]:
-        return {p: self._reachable(p) for p in self._alive}
+        return self._cliques()
 
     def _vs_changed(self) -> set[int]:
         changed = {
-            p for p, t in self._vs_targets().items()
+            p
+            for p, t in self._vs_targets().items()
             if p not in self._installed or frozenset(self._installed[p].members) != t
         }
         # A departed member changes every view it was in.
@@ -549,7 +729,15 @@ class MemoryNetwork:
         for pnn in sorted(self._vs_changed()):
             if pnn in self._installed and pnn not in self._flushed and pnn not in self._awaiting:
                 self._awaiting.add(pnn)
-                self._enqueue(SEQUENCER, pnn, ("flush",), 0, pnn)
+                if pnn in self._hung:
+                    self._flush_ok_for(self._endpoints[pnn])
+                else:
+                    self._enqueue(SEQUENCER, pnn, ("flush",), 0, pnn)
+
+    def _flush_ok_for(self, ep: MemoryTransport) -> None:
+        """corosync acknowledges a flush for a stopped member: it sends nothing more."""
+        ep._held_mode = True
+        self._enqueue(ep.pnn, SEQUENCER, ("flush_ok",), 0, ep.pnn)
 
     def _vs_drop_departed(self) -> None:
         for gone in list(self._departed):
@@ -641,6 +829,8 @@ class MemoryTransport(Transport):
         # VS mode: between flush ack and the next view, messages wait here.
         self._held_mode = network.total_order
         self._held: list[tuple[tuple[Any, ...], int]] = []
+        #: Deliveries to this endpoint run in the context it joined in.
+        self._context: contextvars.Context | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -649,6 +839,7 @@ class MemoryTransport(Transport):
         if not self._attached:
             self._dead = False
             self._attached = True
+            self._context = contextvars.copy_context()
             self.network.attach(self)
 
     def leave(self) -> None:

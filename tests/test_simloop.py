@@ -1,0 +1,139 @@
+"""The simulator's event loop: virtual time, and stopping one node (SIGSTOP).
+
+Whatever a stopped node would run (its timers, its tasks, what the network
+delivers to it) waits and then runs in its original order; everybody else
+carries on. Over VS, a stopped member must not block the group's view
+changes: corosync, not the process, takes part in the membership protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+from tools.sim.loop import NODE, VirtualTimeLoop
+from transport.base import TransportOptions, View
+from transport.memory import MemoryNetwork, MemoryTransport
+
+
+def node_context(pnn: int) -> contextvars.Context:
+    ctx = contextvars.copy_context()
+    ctx.run(NODE.set, pnn)
+    return ctx
+
+
+def test_virtual_time_costs_nothing() -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(600)
+        return loop.time()
+
+    loop = VirtualTimeLoop()
+    try:
+        assert loop.run_until_complete(main()) == 600
+    finally:
+        loop.close()
+
+
+def test_a_stopped_node_runs_nothing_until_it_continues() -> None:
+    seen: list[tuple[str, float]] = []
+
+    async def ticker(name: str) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            await asyncio.sleep(1.0)
+            seen.append((name, loop.time()))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        one = loop.create_task(ticker("one"), context=node_context(1))
+        two = loop.create_task(ticker("two"), context=node_context(2))
+        await asyncio.sleep(0.5)
+        loop.stop_node(1)
+        await asyncio.sleep(2.0)
+        assert loop.is_stopped(1)
+        loop.cont_node(1)
+        await asyncio.gather(one, two)
+
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert [t for n, t in seen if n == "two"] == [1.0, 2.0, 3.0]
+    # Node 1's first tick was due at 1.0 but ran when it continued, at 2.5.
+    assert [t for n, t in seen if n == "one"] == [2.5, 3.5, 4.5]
+
+
+def test_vs_view_changes_do_not_wait_for_a_stopped_member() -> None:
+    views: dict[int, list[tuple[int, ...]]] = {0: [], 1: [], 2: []}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        net = MemoryNetwork(seed=1, total_order=True)
+        eps = []
+        for pnn in range(3):
+            ep = MemoryTransport(pnn, ["a", "b", "c"], TransportOptions(), network=net)
+
+            def on_view(view: View, pnn: int = pnn) -> None:
+                views[pnn].append(view.members)
+
+            ep.on_view = on_view
+            await loop.create_task(ep.start(), context=node_context(pnn))
+            eps.append(ep)
+        await asyncio.sleep(1)
+        loop.stop_node(2)
+        net.hang(2)
+        net.crash(0)
+        await asyncio.sleep(1)
+        assert views[1][-1] == (1, 2), "a stopped member held the view change back"
+        assert views[2][-1] == (0, 1, 2), "a stopped member processed a view"
+        loop.cont_node(2)
+        net.resume(2)
+        await asyncio.sleep(1)
+        assert views[2][-1] == (1, 2)
+
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_vs_expels_a_stopped_member_unless_told_to_keep_it() -> None:
+    """The vs transport expels a member that stops reading after the keepalive
+    limit; corosync alone (`expel_stopped=False`) keeps it in every view."""
+    for expel in (True, False):
+        views: dict[int, list[tuple[int, ...]]] = {0: [], 1: [], 2: []}
+
+        async def main(expel: bool = expel, views: dict = views) -> None:
+            loop = asyncio.get_running_loop()
+            assert isinstance(loop, VirtualTimeLoop)
+            net = MemoryNetwork(seed=2, total_order=True, expel_stopped=expel)
+            for pnn in range(3):
+                ep = MemoryTransport(pnn, ["a", "b", "c"], TransportOptions(), network=net)
+
+                def on_view(view: View, pnn: int = pnn) -> None:
+                    views[pnn].append(view.members)
+
+                ep.on_view = on_view
+                await loop.create_task(ep.start(), context=node_context(pnn))
+            await asyncio.sleep(1)
+            loop.stop_node(2)
+            net.hang(2)
+            await asyncio.sleep(net.detect_after() + 1)
+            assert views[0][-1] == ((0, 1) if expel else (0, 1, 2))
+            loop.cont_node(2)
+            net.resume(2)
+            await asyncio.sleep(1)
+            assert views[0][-1] == views[2][-1] == (0, 1, 2)
+            if expel:  # it saw itself expelled before it came back
+                assert (2,) in views[2]
+
+        loop = VirtualTimeLoop()
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()

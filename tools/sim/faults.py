@@ -1,0 +1,581 @@
+"""The fault injector, and the windows in which volatile data may be lost.
+
+A schedule's faults are drawn from its seed before anything runs (`plan`):
+when each starts, on which nodes, for how long. So a seed injects the same
+faults into a fixed engine as into the broken one it failed on, and a fix
+can be checked with the very seed that found the bug. Each fault runs in
+its own task from its planned time, so faults overlap (a node can hang
+while the other two restart); one that cannot happen when its time comes
+(its node is already down, another cut is in place) is skipped.
+
+CTDB semantics decide what counts as a bug. Over tcp a volatile record lives
+on its dmaster only, so a crash, a cut or a hang long enough to be noticed
+may take the newest version with it: such a fault opens a *loss window*,
+closed once the cluster is whole and serving again, in which the checker
+lets each volatile key fall back to an earlier value (or to missing). Over
+vs every member holds every record, so only the loss of every quorate
+majority (nobody left in sync) opens one. Nothing else may lose anything:
+admin recoveries, short hangs, delays, I/O errors, and on vs a single
+crash or a minority partition. Persistent data has no loss window at all.
+
+A liveness rule completes the safety checks: once a majority of nodes runs,
+is fully connected and has a healthy disk, with no fault event for
+`LIVENESS` seconds, all of them must serve (a hung or cut-off minority must
+not stop the others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctdb.errors import CtdbError
+from tools.sim.cluster import LATENCY, SimCluster
+from tools.sim.history import History, Kind
+from tools.sim.workload import KEYS, VOLATILE, Session, call, hkey, text, why
+
+#: Seconds a fully connected, healthy majority may take to serve.
+LIVENESS = 3.0
+#: How often a volatile record may change its surviving copy within a loss window.
+LOSSES_PER_WINDOW = 3
+
+#: fault kind -> weight
+FAULTS = {
+    "recover": 4,
+    "crash": 2,
+    "majority_restart": 1,
+    "hang": 3,
+    "partition": 1,
+    "nontransitive": 1,
+    "oneway": 1,
+    "lock_join": 2,
+    "delay": 1,
+    "io_error": 1,
+}
+
+#: Faults after which nothing may be lost (over vs, a hang never loses data;
+#: over tcp only a short one). A share of schedules draws only from these,
+#: so that a loss they cause is never excused by a loss window.
+STRICT = {
+    "tcp": {"recover": 4, "hang": 2, "delay": 1, "io_error": 1},
+    "vs": {k: w for k, w in FAULTS.items() if k != "majority_restart"},
+}
+
+
+@dataclass
+class Fault:
+    """One planned fault: what, when (seconds into the workload), with what."""
+
+    at: float
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={_show(v)}" for k, v in self.params.items())
+        return f"{self.at:.3f}s {self.kind}({args})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_show(v) for v in value) + ")"
+    return repr(value)
+
+
+def plan(
+    rng: random.Random,
+    mode: str,
+    kinds: dict[str, int],
+    strict: bool,
+    duration: float,
+    size: int,
+) -> list[Fault]:
+    """Every fault of a schedule, from its seed alone."""
+    faults: list[Fault] = []
+    names, weights = list(kinds), list(kinds.values())
+    at = 0.0
+    while names:
+        at += rng.uniform(0.05, 0.3)
+        if at >= duration:
+            break
+        kind = rng.choices(names, weights)[0]
+        faults.append(Fault(at, kind, _params(rng, kind, mode, strict, size)))
+    return faults
+
+
+def _params(rng: random.Random, kind: str, mode: str, strict: bool, size: int) -> dict[str, Any]:
+    nodes = list(range(size))
+    if kind == "recover":
+        return {"pnn": rng.choice(nodes)}
+    if kind == "crash":
+        return {"pnn": rng.choice(nodes), "down": rng.uniform(0.1, 1.5)}
+    if kind == "majority_restart":
+        return {"pnns": sorted(rng.sample(nodes, 2)), "down": rng.uniform(0.1, 1.0)}
+    if kind == "hang":
+        # Short hangs go unnoticed; long ones get the node dropped or expelled.
+        short = (strict and mode == "tcp") or rng.random() < 0.4
+        duration = rng.uniform(0.01, 0.15) if short else rng.uniform(0.5, 6.0)
+        params: dict[str, Any] = {"pnn": rng.choice(nodes), "duration": duration}
+        # The others restarting while it is stopped: its stale state must not win.
+        if not short and not strict and rng.random() < 0.35:
+            params["others_restart_after"] = rng.uniform(0.4, min(1.5, duration))
+            params["down"] = rng.uniform(0.1, 1.0)
+        return params
+    if kind == "partition":
+        return {"alone": rng.choice(nodes), "duration": rng.uniform(0.2, 2.0)}
+    if kind == "nontransitive":
+        return {"pair": sorted(rng.sample(nodes, 2)), "duration": rng.uniform(0.2, 2.0)}
+    if kind == "oneway":
+        src, dst = rng.sample(nodes, 2)
+        return {"src": src, "dst": dst, "duration": rng.uniform(0.05, 1.0)}
+    if kind == "lock_join":
+        holder, joiner = rng.sample(nodes, 2)
+        return {
+            "holder": holder,
+            "joiner": joiner,
+            "key": rng.choice(KEYS),
+            "down": rng.uniform(0.1, 1.0),
+            "hold": rng.uniform(0, 0.1),
+        }
+    if kind == "delay":
+        return {
+            "pnn": rng.choice([None, *nodes]),
+            "latency": (rng.uniform(0.002, 0.02), rng.uniform(0.03, 0.06)),
+            "duration": rng.uniform(0.2, 2.0),
+        }
+    if kind == "io_error":
+        return {
+            "pnn": rng.choice(nodes),
+            "rate": rng.uniform(0.3, 1.0),
+            "duration": rng.uniform(0.02, 0.4),
+        }
+    raise ValueError(f"unknown fault {kind!r}")
+
+
+@dataclass
+class Window:
+    """A span in which volatile records may fall back (see the module docstring)."""
+
+    cause: str
+    start: float
+    end: float | None = None
+    #: the fault is over: the window ends once the cluster serves again
+    closing: bool = False
+
+
+class Faults:
+    def __init__(
+        self,
+        cluster: SimCluster,
+        history: History,
+        faults: list[Fault],
+        log: Callable[[str], None],
+        complain: Callable[[str], None],
+        on_start: Callable[[int], object],
+    ) -> None:
+        self.cluster = cluster
+        self.network = cluster.network
+        self.history = history
+        self.faults = faults
+        self.log = log
+        self.complain = complain
+        #: called after a node (re)starts: the workload puts a client on it
+        self.on_start = on_start
+        self.counts: Counter[str] = Counter()
+        self.windows: list[Window] = []
+        self.last_event = 0.0
+        self._busy: set[str] = set()  # "network", "hang", "disk", "delay"
+        self._moving: set[int] = set()  # nodes being crashed or restarted
+        self._tasks: list[asyncio.Task[None]] = []
+        self._quorum_window: Window | None = None
+        self._liveness_reported = False
+
+    @property
+    def now(self) -> float:
+        return self.cluster.loop.time()
+
+    def event(self, what: str) -> None:
+        self.last_event = self.now
+        self.log(what)
+        self._track_quorum()
+
+    def lossy(self, cause: str) -> Window | None:
+        """Open a loss window if this fault may lose volatile data (tcp only)."""
+        if self.cluster.mode != "tcp":
+            return None
+        window = Window(cause, self.now)
+        self.windows.append(window)
+        return window
+
+    def skip(self, fault: Fault, why: str) -> None:
+        self.counts["skipped"] += 1
+        self.log(f"fault skipped: {fault.describe()}: {why}")
+
+    # -- the injector ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every planned fault's task, timed from now."""
+        loop = asyncio.get_running_loop()
+        for fault in self.faults:
+            self._tasks.append(loop.create_task(self._at(self.now + fault.at, fault)))
+
+    async def _at(self, when: float, fault: Fault) -> None:
+        await asyncio.sleep(when - self.now)
+        await getattr(self, f"_{fault.kind}")(fault, **fault.params)
+
+    async def finish(self) -> None:
+        """Let every fault run its course, then end what is left."""
+        await asyncio.gather(*self._tasks)
+        self.network.heal()
+        self.network.latency = LATENCY
+        for pnn in range(self.cluster.size):
+            self.network.slow(pnn, None)
+            self.cluster.disks[pnn].failure_rate = 0.0
+            if self.cluster.stopped(pnn):
+                self.cluster.cont_node(pnn)
+            if pnn not in self.cluster.nodes:
+                await self._start(pnn)
+        for window in self.windows:
+            window.closing = True
+        self.event("all faults over")
+
+    def _present(self, pnn: int) -> bool:
+        return pnn in self.cluster.nodes and pnn not in self._moving
+
+    def _running(self, pnn: int) -> bool:
+        return self._present(pnn) and not self.cluster.stopped(pnn)
+
+    async def _kill(self, pnn: int) -> None:
+        self._moving.add(pnn)
+        try:
+            await self.cluster.crash_node(pnn)
+        finally:
+            self._moving.discard(pnn)
+        self.event(f"fault: crashed node {pnn}")
+
+    async def _start(self, pnn: int) -> None:
+        self._moving.add(pnn)
+        try:
+            await self.cluster.start_node(pnn)
+        finally:
+            self._moving.discard(pnn)
+        self.on_start(pnn)
+        self.event(f"fault: restarted node {pnn}")
+
+    async def _restart(self, fault: Fault, pnns: list[int], down: float) -> None:
+        """kill -9 `pnns`, then start them again `down` seconds later."""
+        missing = [p for p in pnns if not self._present(p)]
+        if missing:
+            self.skip(fault, f"nodes {missing} are down")
+            return
+        self.counts[fault.kind] += 1
+        window = self.lossy(f"{fault.kind} of nodes {pnns}")
+        self._moving.update(pnns)  # nobody else touches them meanwhile
+        for pnn in pnns:
+            self._moving.discard(pnn)
+            await self._kill(pnn)
+            self._moving.add(pnn)
+        await asyncio.sleep(down)
+        for pnn in pnns:
+            self._moving.discard(pnn)
+            await self._start(pnn)
+        if window:
+            window.closing = True
+
+    # -- the faults --------------------------------------------------------------------
+
+    async def _recover(self, fault: Fault, pnn: int) -> None:
+        """`ctdbtool recover` on some node, at whatever point the cluster is."""
+        if not self._running(pnn):
+            self.skip(fault, f"node {pnn} does not run")
+            return
+        self.counts["recover"] += 1
+        self.event(f"fault: recover on node {pnn}")
+        node = self.cluster.nodes[pnn]
+
+        async def recover() -> None:
+            try:
+                await call(node.ctl_recover(-1, {}))
+            except CtdbError as exc:
+                self.log(f"recover on node {pnn}: {why(exc)}")
+
+        self.cluster.spawn(pnn, recover())
+
+    async def _crash(self, fault: Fault, pnn: int, down: float) -> None:
+        await self._restart(fault, [pnn], down)
+
+    async def _majority_restart(self, fault: Fault, pnns: list[int], down: float) -> None:
+        await self._restart(fault, pnns, down)
+
+    async def _hang(
+        self,
+        fault: Fault,
+        pnn: int,
+        duration: float,
+        others_restart_after: float | None = None,
+        down: float = 0.0,
+    ) -> None:
+        """SIGSTOP a node, SIGCONT it `duration` seconds later."""
+        if "hang" in self._busy or not self._running(pnn):
+            self.skip(fault, "another node is stopped" if "hang" in self._busy else "not running")
+            return
+        short = duration < 0.2
+        self.counts["hang"] += 1
+        self.counts["hang_short" if short else "hang_long"] += 1
+        window = None if short else self.lossy(f"node {pnn} stopped for {duration:.2f}s")
+        self._busy.add("hang")
+        end = self.now + duration
+        self.cluster.stop_node(pnn)
+        self.event(f"fault: stopped node {pnn} for {duration:.3f}s")
+        try:
+            if others_restart_after is not None:
+                await asyncio.sleep(others_restart_after)
+                others = [p for p in range(self.cluster.size) if p != pnn]
+                if self.cluster.stopped(pnn):
+                    restart = Fault(fault.at + others_restart_after, "majority_restart")
+                    await self._restart(restart, others, down)
+            await asyncio.sleep(max(0.0, end - self.now))
+            if self.cluster.stopped(pnn):
+                self.cluster.cont_node(pnn)
+                self.event(f"fault: continued node {pnn}")
+        finally:
+            self._busy.discard("hang")
+            if window:
+                window.closing = True
+
+    async def _network_fault(
+        self,
+        fault: Fault,
+        name: str,
+        start: Callable[[], None],
+        end: Callable[[], None],
+        duration: float,
+        lossy: bool,
+    ) -> None:
+        if "network" in self._busy:
+            self.skip(fault, "another network fault is in place")
+            return
+        self.counts[fault.kind] += 1
+        window = self.lossy(name) if lossy else None
+        self._busy.add("network")
+        start()
+        self.event(f"fault: {name} for {duration:.3f}s")
+        try:
+            await asyncio.sleep(duration)
+            end()
+            self.event(f"fault: {name} healed")
+        finally:
+            self._busy.discard("network")
+            if window:
+                window.closing = True
+
+    async def _partition(self, fault: Fault, alone: int, duration: float) -> None:
+        rest = {p for p in range(self.cluster.size) if p != alone}
+        await self._network_fault(
+            fault,
+            f"partition {alone} | {sorted(rest)}",
+            lambda: self.network.partition([{alone}, rest]),
+            self.network.heal,
+            duration,
+            lossy=True,
+        )
+
+    async def _nontransitive(self, fault: Fault, pair: list[int], duration: float) -> None:
+        """Two nodes cannot talk, yet both talk to the third."""
+        a, b = pair
+        await self._network_fault(
+            fault,
+            f"cut {a}-{b} (non-transitive)",
+            lambda: self.network.cut(a, b),
+            lambda: self.network.restore(a, b),
+            duration,
+            lossy=True,
+        )
+
+    async def _oneway(self, fault: Fault, src: int, dst: int, duration: float) -> None:
+        """What `src` sends `dst` is lost; noticed only after the keepalive limit."""
+        noticed = duration >= 0.25 or self.cluster.mode == "vs"
+        await self._network_fault(
+            fault,
+            f"cut {src}->{dst} (one way)",
+            lambda: self.network.cut_oneway(src, dst),
+            lambda: self.network.restore(src, dst),
+            duration,
+            lossy=noticed,
+        )
+
+    async def _delay(
+        self, fault: Fault, pnn: int | None, latency: tuple[float, float], duration: float
+    ) -> None:
+        """A latency spike on one node's links or everywhere (below detection)."""
+        if "delay" in self._busy:
+            self.skip(fault, "another delay is in place")
+            return
+        self.counts["delay"] += 1
+        self._busy.add("delay")
+        if pnn is None:
+            self.network.latency = latency
+        else:
+            self.network.slow(pnn, latency)
+        where = "everywhere" if pnn is None else f"on node {pnn}"
+        self.event(f"fault: latency {latency[0]:.3f}-{latency[1]:.3f}s {where} for {duration:.2f}s")
+        try:
+            await asyncio.sleep(duration)
+            self.network.latency = LATENCY
+            if pnn is not None:
+                self.network.slow(pnn, None)
+            self.event("fault: latency back to normal")
+        finally:
+            self._busy.discard("delay")
+
+    async def _io_error(self, fault: Fault, pnn: int, rate: float, duration: float) -> None:
+        """A node's TDB writes fail for a while."""
+        if "disk" in self._busy:
+            self.skip(fault, "another disk fails")
+            return
+        disk = self.cluster.disks[pnn]
+        self.counts["io_error"] += 1
+        self._busy.add("disk")
+        disk.failure_rate = rate
+        self.event(f"fault: node {pnn} fails {rate:.0%} of TDB writes for {duration:.2f}s")
+        try:
+            await asyncio.sleep(duration)
+            disk.failure_rate = 0.0
+            self.event(f"fault: node {pnn} writes again")
+        finally:
+            self._busy.discard("disk")
+
+    async def _lock_join(
+        self, fault: Fault, holder: int, joiner: int, key: str, down: float, hold: float
+    ) -> None:
+        """A client holds a record lock while another node crashes and rejoins."""
+        if not (self._running(holder) and self._present(joiner)):
+            self.skip(fault, "holder or joiner is down")
+            return
+        unique = f"lj{fault.at:.3f}@{holder}"
+        locked, release = asyncio.Event(), asyncio.Event()
+        self.counts["lock_join"] += 1
+        self.event(f"fault: lock {key} on node {holder}, restart node {joiner}")
+        task = self.cluster.spawn(holder, self._hold(holder, key, unique, locked, release))
+        waited = self.now
+        while not locked.is_set() and not task.done() and self.now - waited < 3.0:
+            await asyncio.sleep(0.01)
+        if locked.is_set() and self._present(joiner):
+            window = self.lossy(f"crash of node {joiner}")
+            await self._kill(joiner)
+            await asyncio.sleep(down)
+            await self._start(joiner)
+            node = self.cluster.nodes.get(joiner)
+            started = self.now
+            while node is not None and not node.serving and self.now - started < 5.0:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(hold)
+            if window:
+                window.closing = True
+        release.set()
+
+    async def _hold(
+        self, pnn: int, key: str, unique: str, locked: asyncio.Event, release: asyncio.Event
+    ) -> None:
+        node = self.cluster.nodes[pnn]
+        session = Session(f"lj@{pnn}")
+        v = node.db_by_name(VOLATILE)
+        h = self.history
+        started = self.now
+        try:
+            old = text(await node.records.lock(v, key.encode(), session))
+        except CtdbError as exc:
+            self.log(f"{session.name} lock {key}: {why(exc)}")
+            return
+        op = h.invoke(session.name, hkey(VOLATILE, key), Kind.RMW, unique, old=old)
+        op.invoke = started
+        locked.set()
+        try:
+            await release.wait()
+            await call(node.records.unlock(v, key.encode(), session, unique.encode()))
+        except BaseException as exc:
+            node.records.release_all(session)
+            h.failed(op, why(exc))
+            self.log(f"{session.name} store_unlock {key}: {exc!r}")
+            if not isinstance(exc, Exception):
+                raise
+            return
+        h.ok(op)
+        self.log(f"{session.name} store_unlock {key} ok")
+
+    # -- what the monitor watches ------------------------------------------------------
+
+    def _track_quorum(self) -> None:
+        """vs: losing every quorate majority may lose volatile data."""
+        if self.cluster.mode != "vs":
+            return
+        if self._quorate():
+            if self._quorum_window is not None:
+                self._quorum_window.closing = True
+                self._quorum_window = None
+        elif self._quorum_window is None:
+            self._quorum_window = Window("no quorate majority", self.now)
+            self.windows.append(self._quorum_window)
+
+    def _quorate(self) -> bool:
+        size = self.cluster.size
+        up = [p for p in range(size) if self.cluster.running(p)]
+        for n in range(size // 2 + 1, len(up) + 1):
+            for group in itertools.combinations(up, n):
+                if all(self.network.link_ok(a, b) for a, b in itertools.combinations(group, 2)):
+                    return True
+        return False
+
+    async def monitor(self) -> None:
+        """Close loss windows once the cluster serves; check liveness."""
+        size = self.cluster.size
+        group: tuple[int, ...] = ()
+        since = 0.0
+        while True:
+            await asyncio.sleep(0.1)
+            if self.cluster.healthy():
+                for window in self.windows:
+                    if window.closing and window.end is None:
+                        window.end = self.now
+            able = tuple(
+                p
+                for p in range(size)
+                if self.cluster.running(p)
+                and p not in self._moving
+                and not self.cluster.disks[p].failure_rate
+            )
+            if able != group:
+                group, since = able, self.now
+            if 2 * len(group) <= size or self._liveness_reported:
+                continue
+            if not all(self.network.link_ok(a, b) for a, b in itertools.combinations(group, 2)):
+                continue
+            quiet = self.now - max(since, self.last_event)
+            idle = [p for p in group if not self.cluster.nodes[p].serving]
+            if quiet > LIVENESS and idle:
+                self._liveness_reported = True
+                self.complain(
+                    f"liveness: nodes {list(group)} run, connected and healthy for "
+                    f"{quiet:.1f}s with no fault, but {idle} do not serve "
+                    f"({self.cluster.describe()})"
+                )
+
+    def loss_ops(self, end: float) -> None:
+        """Record every loss window in the history, on every volatile key; a
+        window still open ends at `end` (the cluster has settled).
+
+        Each recovery in a window may pick another surviving copy: the record
+        can fall back, then come forward again when the node holding the newer
+        copy rejoins. `LOSSES_PER_WINDOW` such steps cover that.
+        """
+        for window in self.windows:
+            stop = window.end if window.end is not None else end
+            for key in KEYS:
+                for _ in range(LOSSES_PER_WINDOW):
+                    self.history.loss(hkey(VOLATILE, key), window.start, stop, window.cause)

@@ -1,0 +1,198 @@
+"""Is a per-key history linearizable? A Wing-Gong search, memoised as in
+Lowe's and Porcupine's versions, with a nondeterministic register model.
+
+Linearizability is compositional (P-compositionality), so each key is
+checked alone. The search places operations one at a time in an order that
+respects real time (an operation may go next only if no pending operation
+finished before it began) and that the model accepts, remembering the
+(placed set, model state) pairs already explored. Operations whose outcome
+is unknown are optional: they may be placed (they took effect) or left out.
+
+The model is a register whose state is its current value plus, when the
+history needs it, every value it held before: a READ_ANY may return one of
+those (a local read that lags), and a LOSS may reset the register to one
+of them or to missing. Reads and RMWs name the exact value they saw, and
+every write writes a value of its own, so a lost or invented write shows.
+
+A failing history is shrunk to a minimal failing sub-history (no single
+operation can be removed and still fail), keeping with every read the
+write it read from, and printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tools.sim.history import Kind, Op
+
+#: (current value, earlier values or None when the history needs none)
+State = tuple[str | None, frozenset[str | None] | None]
+
+#: Search steps per check before giving up (a pathological history).
+BUDGET = 2_000_000
+
+
+class CheckBudgetExceeded(RuntimeError):
+    pass
+
+
+def step(state: State, op: Op) -> Iterator[State]:
+    """The states after `op` from `state` (none: `op` cannot happen here)."""
+    cur, past = state
+    kind = op.kind
+    if kind is Kind.READ:
+        if cur == op.value:
+            yield state
+    elif kind is Kind.READ_ANY:
+        if cur == op.value or (past is not None and op.value in past):
+            yield state
+    elif kind is Kind.WRITE:
+        yield op.value, _with(past, cur)
+    elif kind is Kind.RMW:
+        if cur == op.old:
+            yield op.value, _with(past, cur)
+    elif kind is Kind.LOSS:
+        yield state
+        assert past is not None
+        for earlier in sorted(past | {None}, key=_order):
+            if earlier != cur:
+                yield earlier, past | {cur}
+    else:  # pragma: no cover - Kind is closed
+        raise ValueError(kind)
+
+
+def _with(past: frozenset[str | None] | None, value: str | None) -> frozenset[str | None] | None:
+    return None if past is None else past | {value}
+
+
+def _order(value: str | None) -> str:
+    return "" if value is None else "+" + value
+
+
+def linearizable(ops: list[Op]) -> bool:
+    """True if `ops` (one key's history) has a linearization the model accepts."""
+    ops = sorted(_relevant(ops), key=lambda o: (o.invoke, o.id))
+    n = len(ops)
+    needs_past = any(o.kind in (Kind.READ_ANY, Kind.LOSS) for o in ops)
+    start: State = (None, frozenset() if needs_past else None)
+    required = 0
+    for i, op in enumerate(ops):
+        if op.known:
+            required |= 1 << i
+    by_response = sorted((op.response, i) for i, op in enumerate(ops) if op.known)
+    seen: set[tuple[int, State]] = set()
+    stack: list[tuple[int, State]] = [(0, start)]
+    steps = 0
+    while stack:
+        placed, state = stack.pop()
+        if placed & required == required:
+            return True
+        if (placed, state) in seen:
+            continue
+        seen.add((placed, state))
+        steps += 1
+        if steps > BUDGET:
+            raise CheckBudgetExceeded(f"more than {BUDGET} search steps on {n} operations")
+        # An operation may go next only if no pending one finished before it began.
+        horizon = next(r for r, i in by_response if not placed >> i & 1)
+        i = (~placed & (placed + 1)).bit_length() - 1  # the first one not placed
+        while i < n and ops[i].invoke <= horizon:
+            if not placed >> i & 1:
+                for nxt in step(state, ops[i]):
+                    stack.append((placed | 1 << i, nxt))
+            i += 1
+    return False
+
+
+def _relevant(ops: list[Op]) -> list[Op]:
+    """Leave out writes of unknown outcome whose value nobody saw: leaving an
+    optional operation out is always allowed, and placing one that nobody
+    observed can only make later reads harder to explain."""
+    seen = {o.old if o.kind is Kind.RMW else o.value for o in ops if o.kind is not Kind.WRITE}
+    return [
+        o
+        for o in ops
+        if o.known or o.kind not in (Kind.WRITE, Kind.RMW) or o.value is None or o.value in seen
+    ]
+
+
+def _closure(ops: list[Op], drop: Op) -> list[Op]:
+    """`ops` without `drop` and without every operation that saw a value it wrote.
+
+    Dropping a write can only make the rest easier to explain, except for the
+    reads of its value; dropping those too (all of them, also for a delete:
+    a read of "missing" may have come from it) keeps a failing sub-history
+    failing for a reason it contains itself.
+    """
+    gone = {drop.id}
+    lost = [drop]
+    while lost:
+        op = lost.pop()
+        if op.kind not in (Kind.WRITE, Kind.RMW):
+            continue
+        for other in ops:
+            if other.id in gone:
+                continue
+            saw = other.old if other.kind is Kind.RMW else other.value
+            if other.kind in (Kind.READ, Kind.READ_ANY, Kind.RMW) and saw == op.value:
+                gone.add(other.id)
+                lost.append(other)
+    return [o for o in ops if o.id not in gone]
+
+
+def minimize(ops: list[Op]) -> list[Op]:
+    """A failing sub-history from which no client operation can be dropped (with
+    what read from it). Loss windows stay: they are the model's, not the clients'."""
+    current = sorted(ops, key=lambda o: (o.invoke, o.id))
+    shrunk = True
+    while shrunk:
+        shrunk = False
+        for op in reversed(current):
+            if op.kind is Kind.LOSS:
+                continue
+            smaller = _closure(current, op)
+            if not linearizable(smaller):
+                current = smaller
+                shrunk = True
+                break
+    # Show only the loss windows that overlap what is left.
+    clients = [o for o in current if o.kind is not Kind.LOSS]
+    if not clients:
+        return current
+    start = min(o.invoke for o in clients)
+    end = max(o.response if o.known else o.invoke for o in clients)
+    return [
+        o for o in current if o.kind is not Kind.LOSS or (o.invoke <= end and o.response >= start)
+    ]
+
+
+@dataclass
+class Violation:
+    key: str
+    ops: list[Op]
+    counterexample: list[Op]
+
+    def describe(self) -> str:
+        lines = [
+            f"key {self.key}: not linearizable ({len(self.ops)} operations); "
+            f"minimal counterexample of {len(self.counterexample)}:"
+        ]
+        shown: list[tuple[str, int]] = []
+        for op in self.counterexample:
+            text = op.describe()
+            if shown and shown[-1][0] == text and op.kind is Kind.LOSS:
+                shown[-1] = (text, shown[-1][1] + 1)  # the same window's steps
+            else:
+                shown.append((text, 1))
+        lines += [f"    {text}" + (f" x{n}" if n > 1 else "") for text, n in shown]
+        return "\n".join(lines)
+
+
+def check(by_key: dict[str, list[Op]]) -> list[Violation]:
+    """Every key whose history is not linearizable, with a minimal counterexample."""
+    bad = []
+    for key, ops in by_key.items():
+        if not linearizable(ops):
+            bad.append(Violation(key, ops, minimize(ops)))
+    return bad

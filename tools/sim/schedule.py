@@ -1,0 +1,310 @@
+"""One seeded schedule: start a cluster, run clients under faults, settle, check.
+
+What must hold whatever the faults did (see `faults` for which losses CTDB
+semantics allow):
+
+* each key's history is linearizable (`linearizability`), with loss
+  windows for volatile keys where a fault may lose them;
+* after the faults end the cluster settles (every node serves, one
+  generation) and every node then reads the same value of every key: final
+  linearizable reads through every node are part of the history;
+* every node ends with the same persistent database (and on vs with the
+  same volatile records);
+* liveness: a healthy, connected majority serves (`faults.LIVENESS`);
+* no client sees an exception that is not an error reply or an I/O error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctdb.database import SEQNUM_KEY
+from ctdb.errors import CtdbError
+from ctdb.ltdb import live_value
+from tools.sim import linearizability
+from tools.sim.cluster import LIFE, SimCluster, crashed
+from tools.sim.faults import FAULTS, STRICT, Faults, plan
+from tools.sim.history import History, Kind
+from tools.sim.loop import NODE, SimulationStuck, VirtualTimeLoop
+from tools.sim.storage import CrashedProcessWrite, simulated_storage
+from tools.sim.workload import (
+    KEYS,
+    PERSISTENT,
+    VOLATILE,
+    Session,
+    Workload,
+    call,
+    hkey,
+    text,
+    why,
+)
+
+#: Virtual seconds of client work (and faults) per schedule.
+DURATION = 0.8
+#: Once the faults are over, every request must be answered within this
+#: (a few CallTimeouts: a request may wait for a recovery, then time out).
+OP_LIMIT = 10.0
+#: Once the faults are over, the cluster must serve again within this.
+SETTLE = 30.0
+#: The share of schedules drawing only faults that may lose nothing.
+STRICT_SHARE = 0.3
+
+
+@dataclass
+class Outcome:
+    seed: int
+    mode: str
+    trace: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)
+    ops: int = 0
+    failed: int = 0
+    virtual_time: float = 0.0
+    #: drew only faults that may lose nothing
+    strict: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def run_schedule(
+    seed: int,
+    mode: str,
+    outcome: Outcome,
+    kinds: dict[str, int] | None = None,
+    *,
+    keep_stopped: bool = False,
+) -> None:
+    """Start a cluster, run clients under the seed's faults, settle, check.
+
+    `keep_stopped` (vs): the group keeps a stopped member for ever, as with
+    corosync alone, instead of the vs transport expelling it.
+    """
+    loop = asyncio.get_running_loop()
+
+    def log(event: str) -> None:
+        outcome.trace.append(f"{loop.time():.6f} {event}")
+
+    def complain(violation: str) -> None:
+        log(f"VIOLATION {violation}")
+        outcome.violations.append(violation)
+
+    rng = random.Random(seed)  # the fault plan's: nothing else draws from it
+    failed_tasks = _watch_tasks(loop, complain)
+    cluster = SimCluster(seed, mode, log, keep_stopped=keep_stopped)
+    history = History()
+    try:
+        for pnn in range(cluster.size):
+            await cluster.start_node(pnn)
+        if not await cluster.settle(30):
+            complain(f"cluster never became healthy at start: {cluster.describe()}")
+            return
+        workload = Workload(cluster, history, loop.time() + DURATION, log, complain)
+        outcome.strict = kinds is None and rng.random() < STRICT_SHARE
+        if kinds is None:
+            kinds = STRICT[mode] if outcome.strict else FAULTS
+        planned = plan(rng, mode, kinds, outcome.strict, DURATION, cluster.size)
+        log(f"faults: {', '.join(kinds)}" + (" (nothing may be lost)" if outcome.strict else ""))
+        for fault in planned:
+            log(f"plan: {fault.describe()}")
+        faults = Faults(cluster, history, planned, log, complain, workload.start_client)
+        for pnn in range(cluster.size):
+            workload.start_client(pnn)
+        monitor = loop.create_task(faults.monitor())
+        faults.start()
+        await asyncio.sleep(DURATION)
+        await faults.finish()
+        await _requests_end(workload, faults.last_event, complain)
+        settled = await cluster.settle(SETTLE)
+        monitor.cancel()
+        outcome.faults.update(faults.counts)
+        outcome.ops, outcome.failed = workload.ops, workload.failed
+        if not settled:
+            complain(f"cluster did not settle after the faults: {cluster.describe()}")
+            return
+        faults.loss_ops(loop.time())
+        await _final_reads(workload, complain)
+        _compare_replicas(cluster, complain)
+        for violation in linearizability.check(history.by_key()):
+            complain(violation.describe())
+    finally:
+        _unhandled(failed_tasks, complain)
+        outcome.virtual_time = loop.time()
+        await cluster.close()
+
+
+async def _requests_end(workload: Workload, faults_over: float, complain: Any) -> None:
+    """Every client request must get its answer once the faults are over."""
+    loop = asyncio.get_running_loop()
+    _, pending = await asyncio.wait(workload.tasks, timeout=OP_LIMIT)
+    for name, (what, since) in sorted(workload.busy.items()):
+        complain(
+            f"client {name}: {what} started at {since:.4f} got no reply in "
+            f"{loop.time() - since:.1f}s (faults ended at {faults_over:.4f})"
+        )
+    for task in pending:
+        task.cancel()
+
+
+def _watch_tasks(loop: asyncio.AbstractEventLoop, complain: Any) -> list[asyncio.Task[Any]]:
+    """Make a daemon's dying task (or failing callback) a violation, not a silence."""
+    failed: list[asyncio.Task[Any]] = []
+
+    def done(task: asyncio.Task[Any]) -> None:
+        # Runs in the context that made the task: a crashed incarnation's
+        # leftovers (kill -9 would have stopped them) are no daemon's fault.
+        # `_exception` rather than exception(): that would mark it retrieved.
+        if crashed() or task.cancelled() or task._exception is None:  # type: ignore[attr-defined]
+            return
+        failed.append(task)
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        task.add_done_callback(done)
+        return task
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Only a callback that raised (a delivery, a timer): reported while it
+        # happens. What asyncio says when it garbage-collects a task comes at
+        # no fixed time; `_unhandled` looks at tasks instead.
+        exc, handle = context.get("exception"), context.get("handle")
+        if handle is None or exc is None or isinstance(exc, CrashedProcessWrite):
+            return
+        life = handle._context.get(LIFE)
+        if life is not None and not life.alive:
+            return
+        where = getattr(handle._callback, "__qualname__", "a callback")
+        pnn = handle._context.get(NODE)
+        who = "" if pnn is None else f"node {pnn}: "
+        complain(f"{who}unhandled exception in {where}: {exc!r}")
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    loop.set_exception_handler(handler)
+    return failed
+
+
+def _unhandled(failed: list[asyncio.Task[Any]], complain: Any) -> None:
+    """Tasks that died of an exception nobody looked at: a daemon lost a part of itself."""
+    for task in failed:
+        if not task._log_traceback:  # type: ignore[attr-defined]
+            continue  # someone awaited it and got the error
+        exc = task.exception()  # also keeps asyncio from logging it later
+        # An error reply nobody collected (gather stops at the first) is
+        # untidy but harmless; anything else means a part of a daemon died.
+        if not isinstance(exc, CrashedProcessWrite | CtdbError):
+            name = getattr(task.get_coro(), "__qualname__", task.get_name())
+            complain(f"task {name} died: {exc!r}")
+
+
+async def _final_reads(workload: Workload, complain: Any) -> None:
+    """Read every key through every node: all must agree with the history."""
+    cluster, history = workload.cluster, workload.history
+
+    async def read(pnn: int, key: str) -> None:
+        node = cluster.nodes[pnn]
+        session = Session(f"final@{pnn}")
+        v, p = node.db_by_name(VOLATILE), node.db_by_name(PERSISTENT)
+        op = history.invoke(session.name, hkey(VOLATILE, key), Kind.READ)
+        try:
+            value = await asyncio.wait_for(
+                call(node.records.fetch(v, key.encode(), session)), OP_LIMIT
+            )
+        except (CtdbError, TimeoutError) as exc:
+            complain(f"final read of {key} on node {pnn} failed: {why(exc)} {exc}")
+            history.failed(op, why(exc))
+            return
+        history.ok(op, text(value))
+        op = history.invoke(session.name, hkey(PERSISTENT, key), Kind.READ)
+        history.ok(op, text(live_value(p.local.get(key.encode()))))
+
+    async def on_node(pnn: int) -> None:
+        node = cluster.nodes[pnn]
+        if not await asyncio.wait_for(workload.attach(node, Session(f"final@{pnn}")), OP_LIMIT):
+            complain(f"final attach on node {pnn} failed")
+            return
+        await asyncio.gather(*(read(pnn, key) for key in KEYS))
+
+    for pnn in range(cluster.size):
+        await cluster.run_on(pnn, on_node(pnn))
+
+
+def _compare_replicas(cluster: SimCluster, complain: Any) -> None:
+    """Databases every node holds in full must be identical."""
+    names = [PERSISTENT] if cluster.mode == "tcp" else [PERSISTENT, VOLATILE]
+    for name in names:
+        contents = {}
+        for pnn, node in sorted(cluster.nodes.items()):
+            db = node.db_by_name(name)
+            contents[pnn] = {
+                k.decode(errors="replace"): r.value.decode(errors="replace")
+                if k != SEQNUM_KEY
+                else str(db.seqnum())
+                for k, r in sorted(db.local.items())
+                if not r.deleted
+            }
+        if len({tuple(sorted(c.items())) for c in contents.values()}) != 1:
+            complain(f"{name} database differs between nodes: {contents}")
+
+
+class _TraceLogs(logging.Handler):
+    """Puts the daemons' log records into the trace, stamped and attributed."""
+
+    def __init__(self, loop: VirtualTimeLoop, trace: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.loop = loop
+        self.trace = trace
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pnn = NODE.get()
+        who = "" if pnn is None else f"node {pnn}: "
+        self.trace.append(f"{self.loop.time():.6f}   {who}{record.name}: {record.getMessage()}")
+
+
+def simulate(
+    seed: int,
+    mode: str,
+    kinds: dict[str, int] | None = None,
+    *,
+    logs: bool = False,
+    keep_stopped: bool = False,
+) -> Outcome:
+    """Run one schedule on a fresh virtual-time loop (`logs`: daemon logs in the trace)."""
+    loop = VirtualTimeLoop()
+    outcome = Outcome(seed, mode)
+    handler = _TraceLogs(loop, outcome.trace)
+    loggers = [logging.getLogger(name) for name in ("ctdb", "transport")]
+    if logs:
+        for logger in loggers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+    with simulated_storage():
+        main = loop.create_task(run_schedule(seed, mode, outcome, kinds, keep_stopped=keep_stopped))
+        try:
+            loop.run_until_complete(main)
+        except SimulationStuck as exc:
+            outcome.violations.append(f"simulation stuck: {exc}")
+            # Unwind: cancelling the schedule runs its clean-up (nodes stop, files go).
+            loop.virtual_selector.armed = False
+            main.cancel()
+            try:
+                loop.run_until_complete(main)
+            except (asyncio.CancelledError, SimulationStuck):
+                pass
+        finally:
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+            if logs:
+                for logger in loggers:
+                    logger.removeHandler(handler)
+                    logger.setLevel(logging.NOTSET)
+                    logger.propagate = True
+    return outcome

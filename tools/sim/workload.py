@@ -1,0 +1,216 @@
+"""Simulated clients: each talks to its node's engines as `ctdb.server` does.
+
+A client runs a random mix of operations on a few keys until the workload's
+deadline and records each in the `History`: volatile stores, deletes,
+linearizable fetches and increments under `fetch_lock`/`store_unlock`
+(read-modify-write), persistent local reads (`pfetch`: may lag, never
+invent), blind transactions over one or two keys and increments in
+transactions. Every write writes a value of its own (`<client>.<n>`), so
+the checker can tell every write apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ctdb.database import DbKind
+from ctdb.errors import CtdbError
+from ctdb.ltdb import live_value
+from ctdb.node import Node
+from tools.sim.cluster import SimCluster
+from tools.sim.history import History, Kind, Op
+from tools.sim.storage import TDB_ERR_IO
+
+VOLATILE, PERSISTENT = "v", "p"
+KEYS = [f"k{i}" for i in range(4)]
+
+#: operation -> weight
+MIX = {
+    "vwrite": 2,
+    "vdelete": 1,
+    "vread": 2,
+    "vincr": 4,
+    "pread": 3,
+    "ptx": 2,
+    "pincr": 3,
+}
+
+
+class Session:
+    """Stands in for a client connection (engines key locks on its identity)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+async def call(result: Any) -> Any:
+    """Engine methods answer at once or return an awaitable; normalise."""
+    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+        return await result
+    return result
+
+
+def text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def hkey(db: str, key: str) -> str:
+    """The history's name of a record."""
+    return f"{db}:{key}"
+
+
+class Workload:
+    def __init__(
+        self,
+        cluster: SimCluster,
+        history: History,
+        deadline: float,
+        log: Callable[[str], None],
+        complain: Callable[[str], None],
+    ) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.deadline = deadline
+        self.log = log
+        #: report something no client should ever see (a bug, not a fault)
+        self.complain = complain
+        self._clients = 0
+        self.ops = 0
+        self.failed = 0
+        self.tasks: list[asyncio.Task[None]] = []
+        #: client name -> (what it is doing, since when), while it waits for a reply
+        self.busy: dict[str, tuple[str, float]] = {}
+
+    def start_client(self, pnn: int) -> asyncio.Task[None]:
+        """A new client on node `pnn` (also after each restart of the node)."""
+        self._clients += 1
+        name = f"c{self._clients}@{pnn}"
+        rng = random.Random(self.cluster.seed * 1009 + self._clients)
+        task = self.cluster.spawn(pnn, self._run(pnn, name, rng))
+        self.tasks.append(task)
+        return task
+
+    async def _run(self, pnn: int, name: str, rng: random.Random) -> None:
+        node = self.cluster.nodes[pnn]
+        session = Session(name)
+        kinds, weights = list(MIX), list(MIX.values())
+        loop = asyncio.get_running_loop()
+        serial = 0
+        try:
+            # As a Samba process does when it opens a database: attach it.
+            while loop.time() < self.deadline and not await self.attach(node, session):
+                await asyncio.sleep(0.05)
+            while loop.time() < self.deadline:
+                kind = rng.choices(kinds, weights)[0]
+                serial += 1
+                self.busy[name] = (f"{kind} (#{serial})", loop.time())
+                await self.one(node, session, kind, rng.choice(KEYS), f"{name}.{serial}", rng)
+                del self.busy[name]
+                await asyncio.sleep(rng.uniform(0, 0.06))
+        finally:
+            self.busy.pop(name, None)
+
+    async def attach(self, node: Node, session: Session) -> bool:
+        try:
+            await call(node.records.attach(VOLATILE, DbKind.VOLATILE))
+            await call(node.records.attach(PERSISTENT, DbKind.PERSISTENT))
+        except CtdbError as exc:
+            self.log(f"{session.name} attach: {why(exc)}")
+            return False
+        return True
+
+    async def one(
+        self, node: Node, session: Session, kind: str, key: str, unique: str, rng: random.Random
+    ) -> None:
+        """Run one operation and record it (its value: `unique`)."""
+        h = self.history
+        client = session.name
+        op: Op | None = None
+        try:
+            v, p = node.db_by_name(VOLATILE), node.db_by_name(PERSISTENT)
+            if kind == "vwrite":
+                op = h.invoke(client, hkey(VOLATILE, key), Kind.WRITE, unique)
+                await call(node.records.store(v, key.encode(), unique.encode(), session))
+                h.ok(op)
+            elif kind == "vdelete":
+                op = h.invoke(client, hkey(VOLATILE, key), Kind.WRITE, None)
+                await call(node.records.store(v, key.encode(), b"", session))
+                h.ok(op)
+            elif kind == "vread":
+                op = h.invoke(client, hkey(VOLATILE, key), Kind.READ)
+                h.ok(op, text(await call(node.records.fetch(v, key.encode(), session))))
+            elif kind == "vincr":
+                await self.locked_update(node, session, key, unique, rng)
+            elif kind == "pread":
+                # What the server's `fetch` does on a persistent database.
+                op = h.invoke(client, hkey(PERSISTENT, key), Kind.READ_ANY)
+                h.ok(op, text(live_value(p.local.get(key.encode()))))
+            elif kind == "ptx":
+                keys = sorted(set(rng.sample(KEYS, rng.choice([1, 2]))))
+                tx = node.transactions.begin(p)
+                ops = [h.invoke(client, hkey(PERSISTENT, k), Kind.WRITE, unique) for k in keys]
+                for k in keys:
+                    tx.writes[k.encode()] = unique.encode()
+                try:
+                    await node.records.commit(tx)
+                except BaseException as exc:
+                    for each in ops:
+                        h.failed(each, why(exc))
+                    raise
+                for each in ops:
+                    h.ok(each)
+            elif kind == "pincr":
+                tx = node.transactions.begin(p)
+                now = h.now()
+                old = text(tx.fetch(key.encode()))
+                op = h.invoke(client, hkey(PERSISTENT, key), Kind.RMW, unique, old=old)
+                op.invoke = now
+                tx.writes[key.encode()] = unique.encode()
+                await node.records.commit(tx)
+                h.ok(op)
+            else:  # pragma: no cover - MIX is closed
+                raise ValueError(kind)
+            self.ops += 1
+            self.log(f"{client} {kind} {key} ok")
+        except (CtdbError, RuntimeError) as exc:
+            self.failed += 1
+            if op is not None:
+                h.failed(op, why(exc))
+            self.log(f"{client} {kind} {key} {why(exc)}")
+            if isinstance(exc, RuntimeError) and not _io_error(exc):
+                self.complain(f"{client} {kind} {key}: unexpected {exc!r}")
+
+    async def locked_update(
+        self, node: Node, session: Session, key: str, unique: str, rng: random.Random
+    ) -> None:
+        """fetch_lock, think, store_unlock: an increment as Samba does it."""
+        h = self.history
+        v = node.db_by_name(VOLATILE)
+        started = h.now()
+        old = text(await node.records.lock(v, key.encode(), session))
+        op = h.invoke(session.name, hkey(VOLATILE, key), Kind.RMW, unique, old=old)
+        op.invoke = started
+        try:
+            # Mostly a moment; sometimes long, so that faults and joins happen under it.
+            long = rng.random() < 0.05
+            await asyncio.sleep(rng.uniform(0.3, 1.5) if long else rng.uniform(0, 0.03))
+            await call(node.records.unlock(v, key.encode(), session, unique.encode()))
+        except BaseException as exc:
+            node.records.release_all(session)
+            h.failed(op, why(exc))
+            raise
+        h.ok(op)
+
+
+def why(exc: BaseException) -> str:
+    """A short name for what went wrong: the error code, or the exception type."""
+    if isinstance(exc, CtdbError):
+        return getattr(exc.code, "name", str(exc.code))
+    return type(exc).__name__
+
+
+def _io_error(exc: RuntimeError) -> bool:
+    return bool(exc.args) and exc.args[0] == TDB_ERR_IO
