@@ -191,6 +191,8 @@ class Node:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.transport.stop()
+        # A cancelled pull or push goes on in its thread: close nothing under it.
+        await self._bulk(lambda: None)
         for db in self.dbs.values():
             db.local.close()
         if self._lock_fd is not None:
