@@ -24,9 +24,11 @@ leader that holds the lock.
 
 from __future__ import annotations
 
+import math
+
 
 class Lease:
-    def __init__(self, pnn: int) -> None:
+    def __init__(self, pnn: int, nodes: int) -> None:
         self.pnn = pnn
         #: the latest stamp received from each peer (echoed in our NodeState)
         self.seen: dict[int, float] = {}
@@ -34,6 +36,17 @@ class Lease:
         self._confirmed: dict[int, float] = {}
         #: peers heard serving our generation since it began
         self._current: set[int] = set()
+        self._nodes = nodes
+        self._leader: int | None = None
+        #: the stamp the lease runs from (see `holds`): kept up to date on
+        #: every change, so that the check on each request is one comparison
+        self.since = -math.inf
+        self._update()
+
+    def configure(self, nodes: int, leader: int | None) -> None:
+        """Who must confirm: a majority of `nodes`, or (`leader` not None) that leader."""
+        self._nodes, self._leader = nodes, leader
+        self._update()
 
     def on_state(
         self, src: int, stamp: float, echo: float | None, same_generation: bool, now: float
@@ -50,6 +63,7 @@ class Lease:
         if echo is not None:
             echo = min(echo, now)  # a stamp from our future is no confirmation
             self._confirmed[src] = max(echo, self._confirmed.get(src, echo))
+            self._update()
         first = src not in self._current
         self._current.add(src)
         return first
@@ -59,16 +73,27 @@ class Lease:
         self.seen.pop(pnn, None)
         self._confirmed.pop(pnn, None)
         self._current.discard(pnn)
+        self._update()
 
     def new_generation(self) -> None:
         """Confirmations of the previous generation do not carry over."""
         self._confirmed.clear()
         self._current.clear()
+        self._update()
 
-    def holds(self, now: float, duration: float, nodes: int, leader: int | None) -> bool:
-        """With `leader` None: a majority of `nodes` confirmed; else that leader did."""
-        since = now - duration
-        if leader is not None:
-            return leader == self.pnn or self._confirmed.get(leader, since) > since
-        fresh = sum(1 for stamp in self._confirmed.values() if stamp > since)
-        return 2 * (fresh + 1) > nodes
+    def holds(self, now: float, duration: float) -> bool:
+        return now - duration < self.since
+
+    def _update(self) -> None:
+        if self._leader is not None:
+            if self._leader == self.pnn:
+                self.since = math.inf
+            else:
+                self.since = self._confirmed.get(self._leader, -math.inf)
+            return
+        needed = self._nodes // 2  # peers that make a majority with us
+        if needed == 0:
+            self.since = math.inf
+            return
+        stamps = sorted(self._confirmed.values(), reverse=True)
+        self.since = stamps[needed - 1] if len(stamps) >= needed else -math.inf

@@ -136,7 +136,8 @@ class Node:
         self.flags = 0  # this node's own administrative flags
         self._ban_timer: asyncio.TimerHandle | None = None
         self.peers: dict[int, NodeState] = {}
-        self.lease = Lease(pnn)
+        self.lease = Lease(pnn, len(nodes))
+        self._lease_duration = 0.0
         self.last_recovery: dict[str, float] = {}
 
         self.dbs: dict[int, Database] = {}
@@ -168,6 +169,7 @@ class Node:
         }
         transport.on_message = self._on_transport_message
         transport.on_view = self._on_view
+        self._configure_lease()
         self._reopen_persistent()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -241,13 +243,12 @@ class Node:
 
     def _lease_holds(self) -> bool:
         """tcp: the other members confirmed lately that we still serve their generation."""
+        return self.lease.holds(asyncio.get_running_loop().time(), self._lease_duration)
+
+    def _configure_lease(self) -> None:
         interval, limit = self.tunable("KeepaliveInterval"), self.tunable("KeepaliveLimit")
-        return self.lease.holds(
-            asyncio.get_running_loop().time(),
-            interval * (limit - 1),  # under the detection time: see ctdb.lease
-            len(self.nodes),
-            None if self.cluster_lock is None else self.leader,
-        )
+        self._lease_duration = interval * (limit - 1)  # under the detection time: ctdb.lease
+        self.lease.configure(len(self.nodes), None if self.cluster_lock is None else self.leader)
 
     def on_ordered_state(self) -> None:
         """The ordered engine changed sync/quorum state: mirror it in CTDB's terms."""
@@ -843,6 +844,7 @@ class Node:
         self._check_generation(args)
         self.vnnmap = [int(p) for p in args["vnnmap"]]
         self.leader = int(args["leader"])
+        self._configure_lease()
         # Written after the pushes: it certifies that our copies hold every
         # commit acknowledged up to this recovery.
         self.set_epoch(int(args["epoch"]))
@@ -912,6 +914,7 @@ class Node:
             self.transport.set_keepalive(
                 self.tunable("KeepaliveInterval"), int(self.tunable("KeepaliveLimit"))
             )
+            self._configure_lease()
 
     def ctl_tx_commit(self, src: int, args: dict[str, Any]) -> Awaitable[int]:
         db = self.db(int(args["db_id"]))
@@ -1012,6 +1015,7 @@ class Node:
         if added:
             log.info("reloadnodes: adding %s", added)
             self.nodes[:] = nodes
+            self._configure_lease()
             self.transport.update_nodes(nodes)
             self._recovery_wanted.set()
         return added

@@ -8,59 +8,70 @@ DURATION = 4.0
 
 
 def test_a_lone_node_of_one_holds_it_and_of_three_does_not() -> None:
-    assert Lease(0).holds(10.0, DURATION, nodes=1, leader=None)
-    assert not Lease(0).holds(10.0, DURATION, nodes=3, leader=None)
+    assert Lease(0, 1).holds(10.0, DURATION)
+    assert not Lease(0, 3).holds(10.0, DURATION)
 
 
 def test_an_echo_of_our_stamp_from_a_peer_of_our_generation_confirms_a_majority() -> None:
-    lease = Lease(0)
+    lease = Lease(0, 3)
     first = lease.on_state(1, stamp=5.0, echo=9.0, same_generation=True, now=10.0)
     assert first  # the caller answers at once so that the peer is confirmed too
     assert not lease.on_state(1, stamp=6.0, echo=9.5, same_generation=True, now=10.5)
-    assert lease.holds(10.0, DURATION, nodes=3, leader=None)
+    assert lease.holds(10.0, DURATION)
     # The lease runs from when we sent the stamp (9.5), not from when it came back.
-    assert lease.holds(13.4, DURATION, nodes=3, leader=None)
-    assert not lease.holds(13.6, DURATION, nodes=3, leader=None)
+    assert lease.holds(13.4, DURATION)
+    assert not lease.holds(13.6, DURATION)
 
 
 def test_old_echoes_read_after_a_hang_do_not_renew_it() -> None:
     """Frames buffered while we were stopped echo stamps from before the stop."""
-    lease = Lease(0)
+    lease = Lease(0, 3)
     lease.on_state(1, stamp=1.0, echo=2.0, same_generation=True, now=2.1)
     # Woken at 60 s, we read the peer's old frames: echoes of our stamps from before.
     lease.on_state(1, stamp=3.0, echo=2.5, same_generation=True, now=60.0)
-    assert not lease.holds(60.0, DURATION, nodes=3, leader=None)
+    assert not lease.holds(60.0, DURATION)
 
 
 def test_peers_of_another_generation_confirm_nothing() -> None:
-    lease = Lease(0)
+    lease = Lease(0, 3)
     assert not lease.on_state(1, stamp=5.0, echo=9.9, same_generation=False, now=10.0)
-    assert not lease.holds(10.0, DURATION, nodes=3, leader=None)
+    assert not lease.holds(10.0, DURATION)
     assert lease.seen == {1: 5.0}  # but its stamp is echoed back to it
 
 
 def test_a_stamp_from_our_future_counts_as_now() -> None:
-    lease = Lease(0)
+    lease = Lease(0, 3)
     lease.on_state(1, stamp=5.0, echo=1e9, same_generation=True, now=10.0)
-    assert not lease.holds(14.5, DURATION, nodes=3, leader=None)
+    assert not lease.holds(14.5, DURATION)
 
 
 def test_a_new_generation_or_a_departure_starts_from_nothing() -> None:
-    lease = Lease(0)
+    lease = Lease(0, 3)
     lease.on_state(1, stamp=5.0, echo=9.0, same_generation=True, now=10.0)
     lease.new_generation()
-    assert not lease.holds(10.0, DURATION, nodes=3, leader=None)
+    assert not lease.holds(10.0, DURATION)
     assert lease.on_state(1, stamp=6.0, echo=9.5, same_generation=True, now=10.0)
     lease.forget(1)
-    assert not lease.holds(10.0, DURATION, nodes=3, leader=None)
+    assert not lease.holds(10.0, DURATION)
     assert lease.seen == {}
 
 
 def test_with_a_cluster_lock_the_leader_confirms() -> None:
-    lease = Lease(2)
-    assert lease.holds(10.0, DURATION, nodes=5, leader=2)  # we hold the lock
-    assert not lease.holds(10.0, DURATION, nodes=5, leader=0)
+    lease = Lease(2, 5)
+    lease.configure(5, leader=2)
+    assert lease.holds(10.0, DURATION)  # we hold the lock
+    lease.configure(5, leader=0)
+    assert not lease.holds(10.0, DURATION)
     lease.on_state(1, stamp=5.0, echo=9.0, same_generation=True, now=10.0)
-    assert not lease.holds(10.0, DURATION, nodes=5, leader=0)  # a follower does not count
+    assert not lease.holds(10.0, DURATION)  # a follower does not count
     lease.on_state(0, stamp=5.0, echo=9.0, same_generation=True, now=10.0)
-    assert lease.holds(10.0, DURATION, nodes=5, leader=0)
+    assert lease.holds(10.0, DURATION)
+
+
+def test_five_nodes_need_two_peers() -> None:
+    lease = Lease(0, 5)
+    lease.on_state(1, stamp=1.0, echo=9.0, same_generation=True, now=10.0)
+    assert not lease.holds(10.0, DURATION)
+    lease.on_state(2, stamp=1.0, echo=8.0, same_generation=True, now=10.0)
+    assert lease.holds(11.9, DURATION)  # runs from the older of the two: 8.0
+    assert not lease.holds(12.1, DURATION)

@@ -17,7 +17,7 @@ from ctdb.client.operations import Message, Op
 from ctdb.errors import CtdbError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """The reply to request `reqid`: its result, or the error it failed with."""
 
