@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ctdb import recovery
-from ctdb.config import TUNABLES, parse_tunable, read_nodes
+from ctdb.config import parse_tunable, read_nodes, tunable_defaults
 from ctdb.controls import ControlChannel
 from ctdb.database import Database, DbKind
 from ctdb.engine import RecordEngine
@@ -47,9 +47,11 @@ from ctdb.messages import (
     Ordered,
     decode,
     encode,
+    wire_limits,
 )
 from ctdb.migration import MigrationEngine
 from ctdb.ordered import OrderedEngine
+from ctdb.peerguard import PeerGuard
 from ctdb.placement import db_id
 from ctdb.transactions import TransactionEngine
 from transport.base import Transport, View
@@ -107,7 +109,7 @@ class Node:
         self.state_dir = state_dir
         self.cluster_lock = cluster_lock
         self.nodes_file = nodes_file
-        self.tunables = {name: default for name, (default, _) in TUNABLES.items()}
+        self.tunables = tunable_defaults()
         self.tunables.update(tunables or {})
         self.rng = random.Random(seed)
         self.started = time.time()
@@ -135,7 +137,10 @@ class Node:
         #: migration and leader-driven recovery.
         self.ordered = OrderedEngine(self) if transport.capabilities.virtual_synchrony else None
         self.records: RecordEngine = self.ordered or self.migration
-        self.controls = ControlChannel(self.send)
+        #: what node messages are checked against (see ctdb.messages)
+        self.wire_limits = wire_limits(self.nodes)
+        self.guard = PeerGuard(pnn, transport, self.stats)
+        self.controls = ControlChannel(self.send, self.wire_limits)
         self._serving = asyncio.Event()
         self._recovery_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -322,11 +327,9 @@ class Node:
 
     def _on_transport_message(self, src: int, payload: bytes) -> None:
         try:
-            msg = decode(payload)
+            self._dispatch(src, decode(payload, self.wire_limits, src))
         except DecodeError as exc:
-            log.warning("dropping undecodable message from node %d: %s", src, exc)
-            return
-        self._dispatch(src, msg)
+            self.guard.reject(src, exc)
 
     def _dispatch(self, src: int, msg: Message) -> None:
         if isinstance(msg, Call):
@@ -338,7 +341,7 @@ class Node:
         elif isinstance(msg, Control):
             asyncio.get_running_loop().create_task(self._answer_control(src, msg))
         elif isinstance(msg, ControlReply):
-            self.controls.on_reply(msg)
+            self.controls.on_reply(src, msg)
         elif isinstance(msg, ClientMessage):
             self.deliver_message(msg.srvid, msg.src, msg.data)
         elif isinstance(msg, NodeState):

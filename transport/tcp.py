@@ -60,6 +60,8 @@ class _Incoming(asyncio.Protocol):
         early, self.early = self.early, None
         if early and self.src is not None:
             for frame in early:
+                if self.closing:
+                    return
                 self.owner.on_message(self.src, frame)
 
     def data_received(self, data: bytes) -> None:
@@ -71,6 +73,8 @@ class _Incoming(asyncio.Protocol):
             self.close()
             return
         for frame in frames:
+            if self.closing:  # the node dropped this peer for an earlier frame
+                return
             if self.src is None:
                 if not self._accept_hello(frame):
                     return
@@ -98,6 +102,10 @@ class _Incoming(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._accepted.discard(self)
@@ -269,6 +277,10 @@ class TcpTransport(Transport):
                 if now - inc.last_rx > deadline:
                     log.warning("node %d silent for %.1fs: dropping it", src, now - inc.last_rx)
                     self._drop_peer(src)
+
+    def drop_peer(self, pnn: int) -> None:
+        log.warning("closing the link to node %d: it broke the protocol", pnn)
+        self._drop_peer(pnn)
 
     def _drop_peer(self, pnn: int) -> None:
         """Forget a peer entirely; both directions reconnect from scratch."""
