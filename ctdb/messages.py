@@ -72,6 +72,8 @@ OWNER = row(PNN, U64)
 TX_READS = list_of(row(KEY, RSN))
 TX_WRITES = list_of(row(KEY, nullable(VALUE)))
 NUMBER = schema.number(-1e308, 1e308)
+#: What a client message carries: anything that fits in the largest frame.
+CLIENT_DATA = schema.blob(int(WIRE_SIZES["MaxFrameSize"]))
 TUNABLE_VALUE = schema.one_of(NUMBER, text(64))
 #: Plain-data results forwarded to a client as they are (status, statistics...).
 SHOWN = ANY
@@ -124,7 +126,7 @@ CONTROLS: dict[str, ControlSpec] = {
         list_of(struct({"id": DB_ID, "name": DB_NAME, "kind": DB_KIND, "path": text(4096)})),
     ),
     "getdbseqnum": ControlSpec(struct({"db_id": DB_ID}), U64),
-    "traverse": ControlSpec(struct({"db_id": DB_ID}), schema.KEY_VALUES),
+    "traverse": ControlSpec(struct({"db_id": DB_ID}), schema.key_values()),
     "wipe": ControlSpec(struct({"db_id": DB_ID}), NONE),
     # queries and administration (a tool's `-n PNN`)
     "ping": ControlSpec(EMPTY, PNN),
@@ -264,7 +266,7 @@ class ClientMessage:
     TYPE: ClassVar[int] = 6
     SENDER: ClassVar[str] = "src"
     srvid: Annotated[int, U64]
-    data: bytes
+    data: Annotated[bytes, CLIENT_DATA]
     src: Pnn
 
 
@@ -328,7 +330,7 @@ def wire_limits(nodes: Sequence[object]) -> Limits:
 #: The check for a field annotated with a plain type.
 _PLAIN: dict[object, Check] = {
     int: schema.integer(-(2**63), schema.U64_MAX),  # what msgpack carries
-    bytes: schema.blob(int(WIRE_SIZES["MaxFrameSize"])),
+    bytes: CLIENT_DATA,
     str: text(4096),
     bool: BOOL,
     float: NUMBER,

@@ -66,9 +66,6 @@ class Limits:
         self.nodes = nodes
         self.sizes = sizes
 
-    def size(self, tunable: str) -> int:
-        return int(self.sizes[tunable])
-
 
 def described(check: Check, *shape: Any) -> Check:
     """Attach what a check accepts as data (`("int", lo, hi)`, `("struct", ...)`).
@@ -119,7 +116,8 @@ def _pnn(value: Any, limits: Limits) -> None:
     if type(value) is not int:
         raise SchemaError(f"must be a node number, not {_type_name(value)}")
     if not 0 <= value < len(limits.nodes):
-        raise SchemaError(f"no node with pnn {value} (there are {len(limits.nodes)})")
+        message = f"no node with pnn {value} (there are {len(limits.nodes)})"
+        raise SchemaError(message, ErrorCode.NOT_FOUND)
 
 
 #: A node number: an index into the nodes file.
@@ -145,8 +143,8 @@ def number(lo: float, hi: float, *, above: bool = False) -> Check:
         if not math.isfinite(value):
             raise SchemaError(f"must be finite, not {value}")
         if value < lo or value > hi or (above and value == lo):
-            low = f"above {lo:g}" if above else f"at least {lo:g}"
-            raise SchemaError(f"{value:g} is out of range ({low}, at most {hi:g})")
+            low = f"above {lo:.15g}" if above else f"at least {lo:.15g}"
+            raise SchemaError(f"{value:.15g} is out of range ({low}, at most {hi:.15g})")
 
     return described(check, "number", lo, hi, above)
 
@@ -382,22 +380,26 @@ _records_explained = list_of(row(STORED_KEY, U64, U32, VALUE))
 RECORDS: Check = described(_records, *shape_of(_records_explained))
 
 
-def _key_values(value: Any, limits: Limits) -> None:
-    """[[key, value], ...], as a traverse returns them."""
-    max_key, max_value = limits.sizes["MaxKeySize"], limits.sizes["MaxValueSize"]
-    if type(value) is list:
-        for rec in value:
-            if type(rec) is not list or len(rec) != 2:
-                break
-            k, v = rec
-            if not (
-                type(k) is bytes and len(k) <= max_key and type(v) is bytes and len(v) <= max_value
-            ):
-                break
-        else:
-            return
-    _key_values_explained(value, limits)
+def key_values(*, min_key: int = 0) -> Check:
+    """[[key, value], ...], as a traverse returns them and a restore takes them."""
+    explained = list_of(row(sized("MaxKeySize", min_len=min_key), VALUE))
 
+    def check(value: Any, limits: Limits) -> None:
+        max_key, max_value = limits.sizes["MaxKeySize"], limits.sizes["MaxValueSize"]
+        if type(value) is list:
+            for rec in value:
+                if type(rec) is not list or len(rec) != 2:
+                    break
+                k, v = rec
+                if not (
+                    type(k) is bytes
+                    and min_key <= len(k) <= max_key
+                    and type(v) is bytes
+                    and len(v) <= max_value
+                ):
+                    break
+            else:
+                return
+        explained(value, limits)
 
-_key_values_explained = list_of(row(STORED_KEY, VALUE))
-KEY_VALUES: Check = described(_key_values, *shape_of(_key_values_explained))
+    return described(check, *shape_of(explained))

@@ -295,3 +295,50 @@ def test_reply_decoder_keeps_the_code_of_a_fatal_error() -> None:
     with pytest.raises(CtdbError) as info:
         protocol.raise_for(reply)
     assert info.value.code == ErrorCode.TOO_BIG
+
+
+# -- anything a peer may send (sans-IO fuzzing) -----------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=60), max_size=12), st.integers(8, 400))
+@settings(max_examples=400, deadline=None)
+def test_any_byte_stream_yields_requests_or_ctdb_errors(chunks: list[bytes], limit: int) -> None:
+    """Raw chunks, length prefixes included: requests, CtdbErrors, or TOO_BIG raised."""
+    dec = protocol.RequestDecoder(max_frame=limit)
+    for chunk in chunks:
+        try:
+            out = dec.feed(chunk)
+        except CtdbError as exc:
+            assert exc.code == ErrorCode.TOO_BIG
+            return  # the connection closes here
+        for item in out:
+            assert isinstance(item, protocol.Request | CtdbError)
+        # never more buffered than one frame that could still be legal
+        assert dec._frames.buffered <= limit + 4
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_any_reply_bytes_yield_replies_or_a_ctdb_error(payload: bytes) -> None:
+    """The client library's decoder: a broken daemon gives a CtdbError, not a crash."""
+    try:
+        replies = protocol.ReplyDecoder().feed(frame(payload))
+    except CtdbError as exc:
+        assert exc.code == ErrorCode.PROTOCOL
+        return
+    for reply in replies:
+        assert isinstance(reply.reqid, int) and isinstance(reply.code, int)
+
+
+def test_operation_names_are_short() -> None:
+    (err,) = protocol.RequestDecoder().feed(raw_frame([4, "x" * 65, {}]))
+    assert isinstance(err, protocol.BadRequest) and err.reqid == 4
+    assert "1..64" in err.message
+    (req,) = protocol.RequestDecoder().feed(raw_frame([4, "x" * 64, {}]))
+    assert isinstance(req, protocol.Request)
+
+
+def test_extension_types_are_refused() -> None:
+    (err,) = protocol.RequestDecoder().feed(raw_frame([4, "pnn", {"x": msgpack.ExtType(1, b"")}]))
+    assert isinstance(err, CtdbError) and err.code == ErrorCode.PROTOCOL
+    assert "extension type 1" in err.message
