@@ -59,7 +59,7 @@ def live_value(rec: Record | None) -> bytes | None:
 
 @functools.cache
 def _libtdb() -> ctypes.CDLL:
-    """libtdb itself, for tdb_check (python-tdb does not offer it)."""
+    """libtdb itself: python-tdb's traversal hides read errors (it just stops)."""
     lib = ctypes.CDLL("libtdb.so.1", use_errno=True)
     lib.tdb_open.restype = ctypes.c_void_p
     lib.tdb_open.argtypes = [
@@ -69,7 +69,7 @@ def _libtdb() -> ctypes.CDLL:
         ctypes.c_int,
         ctypes.c_uint,
     ]
-    lib.tdb_check.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.tdb_traverse_read.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.tdb_close.argtypes = [ctypes.c_void_p]
     return lib
 
@@ -91,19 +91,22 @@ def check_file(path: Path) -> None:
     """Refuse an existing TDB file that is corrupt or truncated (`CorruptFile`).
 
     Opening proves little. Asked to create (O_CREAT), libtdb re-initialises a
-    file whose header it does not recognise, wiping it; and a truncated file
-    opens and traverses silently up to the first broken hash chain, losing
-    the rest. So an existing file is opened without O_CREAT, read-write (an
-    interrupted transaction is rolled back from its recovery area, as on any
-    open), and `tdb_check` walks every chain and the free list.
+    file whose header it does not recognise, wiping it; and python-tdb's key
+    iteration over a truncated file simply stops at the first broken hash
+    chain, losing the rest in silence. So an existing file is opened without
+    O_CREAT, read-write (an interrupted transaction is rolled back from its
+    recovery area, as on any open), and every hash chain is walked with
+    libtdb's own traverse, which reports a record it cannot read. (tdb_check
+    is stricter but also rejects a sound file whose last prepared
+    transaction was cancelled, which an aborted commit leaves behind.)
     """
     lib = _libtdb()
     handle = lib.tdb_open(os.fsencode(path), 0, 0, os.O_RDWR, 0)
     if not handle:
         raise CorruptFile(path, f"cannot open it as a TDB: {os.strerror(ctypes.get_errno())}")
     try:
-        if lib.tdb_check(handle, None, None) != 0:
-            raise CorruptFile(path, "tdb_check found broken records or hash chains")
+        if lib.tdb_traverse_read(handle, None, None) < 0:
+            raise CorruptFile(path, "a hash chain leads to a record that cannot be read")
     finally:
         lib.tdb_close(handle)
 
