@@ -349,9 +349,8 @@ class Node:
             self.heard[msg.pnn] = asyncio.get_running_loop().time()
         elif isinstance(msg, Ordered):
             if self.ordered is None:
-                log.warning("ordered operation from node %d on a point-to-point cluster", src)
-            else:
-                self.ordered.on_ordered(msg)
+                raise DecodeError("an ordered operation on a point-to-point cluster")
+            self.ordered.on_ordered(msg)
 
     async def _answer_control(self, src: int, msg: Control) -> None:
         try:
