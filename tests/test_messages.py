@@ -42,6 +42,9 @@ class HypothesisSource:
     def choice(self, items: Any) -> Any:
         return self.data.draw(st.sampled_from(list(items)))
 
+    def blob(self, n: int) -> bytes:
+        return self.data.draw(st.binary(min_size=n, max_size=n))
+
 
 def valid_message(data: st.DataObject, cls: type[m.Message] | None = None) -> m.Message:
     src = HypothesisSource(data)

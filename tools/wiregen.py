@@ -33,6 +33,8 @@ class Source(Protocol):
 
     def choice(self, items: Sequence[Any]) -> Any: ...
 
+    def blob(self, n: int) -> bytes: ...
+
 
 class RandomSource:
     def __init__(self, rng: random.Random) -> None:
@@ -54,6 +56,9 @@ class RandomSource:
 
     def choice(self, items: Sequence[Any]) -> Any:
         return self.rng.choice(items)
+
+    def blob(self, n: int) -> bytes:
+        return self.rng.randbytes(n)
 
 
 def _length(src: Source, lo: int, hi: int) -> int:
@@ -86,11 +91,10 @@ def value(check: Check, src: Source, limits: Limits) -> Any:
         n = _length(src, lo, hi)
         return "".join(src.choice(string.ascii_letters + "_-.") for _ in range(n))
     if kind == "blob":
-        return bytes(src.integer(0, 255) for _ in range(_length(src, 0, p[0])))
+        return src.blob(_length(src, 0, p[0]))
     if kind == "sized":
         tunable, min_len = p
-        n = _length(src, min_len, int(limits.sizes[tunable]))
-        return bytes(src.integer(0, 255) for _ in range(n))
+        return src.blob(_length(src, min_len, int(limits.sizes[tunable])))
     if kind == "none":
         return None
     if kind == "any":

@@ -279,8 +279,7 @@ class TcpTransport(Transport):
                     self._drop_peer(src)
 
     def drop_peer(self, pnn: int) -> None:
-        log.warning("closing the link to node %d: it broke the protocol", pnn)
-        self._drop_peer(pnn)
+        self._drop_peer(pnn)  # the node logged why, once a minute at most
 
     def _drop_peer(self, pnn: int) -> None:
         """Forget a peer entirely; both directions reconnect from scratch."""
