@@ -9,11 +9,10 @@ series of ifs in the handler, so adding a message or an operation means
 adding a row.
 
 A check is a function `(value, limits) -> None` that raises `SchemaError`,
-whose message names the offending field by its path (`records[3][0]`); it
-never copies or converts what it checks (decoding runs on every message, so
-checks are kept cheap). `Limits`
-carries what depends on the node: how many nodes exist (a pnn must name one)
-and how big keys and values may be.
+whose message names the offending field by its path (`records[3][0]`). It
+never copies or converts what it checks: decoding runs on every message, so
+checks are kept cheap. `Limits` carries what depends on the node: how many
+nodes exist (a pnn must name one) and how big keys and values may be.
 """
 
 from __future__ import annotations
@@ -281,6 +280,25 @@ def list_of(item: Check, *, min_len: int = 0) -> Check:
             raise exc.at(i) from None
 
     return described(check, "list", item, min_len)
+
+
+def map_of(key: Check, value: Check) -> Check:
+    """A map whose keys all pass `key` and values all pass `value` (name -> info)."""
+
+    def check(data: Any, limits: Limits) -> None:
+        if type(data) is not dict:
+            raise SchemaError(f"must be a map, not {_type_name(data)}")
+        for k, v in data.items():
+            try:
+                key(k, limits)
+            except SchemaError as exc:
+                raise SchemaError(f"key {short(k)}: {exc.problem}") from None
+            try:
+                value(v, limits)
+            except SchemaError as exc:
+                raise exc.at(k if type(k) is str else short(k)) from None
+
+    return described(check, "map_of", key, value)
 
 
 def row(*items: Check) -> Check:

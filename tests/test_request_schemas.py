@@ -164,3 +164,19 @@ def test_limits_follow_the_tunables() -> None:
     tunables["MaxKeySize"] = 99  # setvar changes the dict the server's limits hold
     with pytest.raises(CtdbError, match="MaxKeySize \\(99\\)"):
         check(args, limits)
+
+
+def test_map_of_checks_every_key_and_value() -> None:
+    from ctdb import schema
+
+    check = schema.map_of(messages.DB_NAME, schema.struct({"seqnum": schema.U64}))
+    check({"a": {"seqnum": 1}, "b": {"seqnum": 2}}, WIRE)
+    with pytest.raises(CtdbError, match=r"^INVALID: b: missing argument 'seqnum'$"):
+        check({"a": {"seqnum": 1}, "b": {}}, WIRE)
+    with pytest.raises(CtdbError, match="key ''"):
+        check({"": {"seqnum": 1}}, WIRE)
+    with pytest.raises(CtdbError, match="must be a map"):
+        check([("a", {"seqnum": 1})], WIRE)
+    for seed in range(20):
+        src = wiregen.RandomSource(random.Random(seed))
+        check(wiregen.value(check, src, WIRE), WIRE)

@@ -108,6 +108,9 @@ def value(check: Check, src: Source, limits: Limits) -> Any:
     if kind == "list":
         item, min_len = p
         return [value(item, src, limits) for _ in range(src.integer(min_len, min_len + 3))]
+    if kind == "map_of":
+        key, item = p
+        return {value(key, src, limits): value(item, src, limits) for _ in range(src.integer(0, 3))}
     if kind == "row":
         return [value(c, src, limits) for c in p[0]]
     if kind == "struct":
