@@ -28,7 +28,7 @@ from ctdb.client import Client
 from ctdb.errors import CtdbError
 from tests.conftest import random_base, random_port, unique
 from tools.cluster import LocalCluster
-from tools.fuzz import NodeLink
+from tools.fuzz import NodeLink, cluster_key
 from tools.fuzzframes import STOPPED
 from transport.framing import frame
 
@@ -181,7 +181,7 @@ def test_every_malformed_message_cuts_the_link_and_changes_nothing(
     outcome: dict[str, tuple[bool, bool]] = {}
 
     async def intrude() -> None:
-        link = NodeLink(nodes, FAKE, c.port, None)
+        link = NodeLink(nodes, FAKE, c.port, cluster_key(c))
         await link.listen()
         try:
             for i, (what, payload) in enumerate(BAD):
@@ -222,7 +222,7 @@ def test_replies_nobody_asked_for_are_ignored(two_of_three: LocalCluster) -> Non
                     results.append(exc)
 
     async def forge() -> None:
-        link = NodeLink(nodes, FAKE, c.port, None)
+        link = NodeLink(nodes, FAKE, c.port, cluster_key(c))
         await link.listen()
         try:
             _, writer = await _open(link, 0)

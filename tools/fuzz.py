@@ -567,7 +567,7 @@ async def _campaign(args: argparse.Namespace, tally: Tally) -> dict[str, Any]:
                 await fuzz_client(sockets[0], nodes, protected, args.seed, tally)
             else:
                 target, port, me = _node_identity(args, cluster, nodes)
-                key = Path(args.key_file).read_bytes() if args.key_file else None
+                key = Path(args.key_file).read_bytes() if args.key_file else cluster_key(cluster)
                 link = NodeLink(nodes, me, port, key)
                 dbs = {p for p in protected if isinstance(p, int)}
                 await fuzz_node(link, target, dbs, args.seed, tally)
@@ -599,6 +599,16 @@ def _start_cluster(args: argparse.Namespace, directory: Path) -> LocalCluster:
     print(f"fuzz: started {args.nodes} daemon(s) in {directory}", file=sys.stderr)
     cluster.wait_healthy(60, nodes=list(range(args.nodes)))
     return cluster
+
+
+def cluster_key(cluster: LocalCluster | None) -> bytes | None:
+    """The key a local cluster's node links prove, if it has one (`LocalCluster.key_path`).
+
+    (Before authenticated node links a LocalCluster has none: `getattr`
+    bridges the two until both are merged.)
+    """
+    path = getattr(cluster, "key_path", None)
+    return path.read_bytes() if path is not None and path.exists() else None
 
 
 def _node_identity(
