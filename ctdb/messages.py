@@ -390,10 +390,6 @@ def layout(cls: type[Message]) -> Layout:
     return _LAYOUTS[cls.TYPE]
 
 
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack extension type {code} is not allowed")
-
-
 def encode(msg: Message) -> bytes:
     names = _FIELDS[type(msg)]
     return msgpack.packb([msg.TYPE, *[getattr(msg, n) for n in names]], use_bin_type=True)
@@ -402,7 +398,7 @@ def encode(msg: Message) -> bytes:
 def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:
     """A checked message from `sender`'s bytes, or `DecodeError` saying what is wrong."""
     try:
-        items = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_no_ext)
+        items = schema.unpack(data)
     except Exception as exc:
         raise DecodeError(f"undecodable node message: {type(exc).__name__}: {exc}") from None
     if type(items) is not list or not items or type(items[0]) is not int:

@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 
 from ctdb.errors import CtdbError, ErrorCode
+from ctdb.schema import unpack
 from transport.framing import FrameReader, FrameTooLarge, frame
 
 VERSION = 1
@@ -102,17 +103,9 @@ class BadRequest(CtdbError):
         self.reqid = reqid
 
 
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack extension type {code} is not allowed")
-
-
-def _unpack(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_no_ext)
-
-
 def _parse_request(raw: bytes) -> Request | CtdbError:
     try:
-        obj = _unpack(raw)
+        obj = unpack(raw)
     except Exception as exc:
         return CtdbError(ErrorCode.PROTOCOL, f"frame is not valid msgpack: {exc}")
     if not (type(obj) is list and len(obj) == 3):
@@ -141,7 +134,7 @@ class ReplyDecoder:
         replies = []
         for raw in frames:
             try:
-                obj = _unpack(raw)
+                obj = unpack(raw)
             except Exception as exc:
                 raise CtdbError(
                     ErrorCode.PROTOCOL, f"daemon sent undecodable bytes: {exc}"

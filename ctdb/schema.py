@@ -21,6 +21,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgpack
+
 from ctdb.errors import CtdbError, ErrorCode
 
 Check = Callable[[Any, "Limits"], None]
@@ -64,6 +66,45 @@ class Limits:
     def __init__(self, nodes: Sequence[object], sizes: Mapping[str, float]) -> None:
         self.nodes = nodes
         self.sizes = sizes
+
+
+#: Arrays and maps a frame of n bytes may hold: n / 6. Python makes a 64-byte
+#: object of each one-byte empty array, so a 16 MiB frame of them would take
+#: 1.2 GB (measured); every valid message spends 6 bytes or more per container
+#: (the smallest is a [key, value] row of a one-byte key and an empty value).
+CONTAINER_BYTES = 6
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def unpack(data: bytes) -> Any:
+    """msgpack from a peer, decoded within bounds set by the frame's own size.
+
+    msgpack already refuses a length that exceeds the bytes at hand; on top,
+    extension types are refused (no handler expects one) and so is a frame
+    holding more containers than its size allows (`CONTAINER_BYTES`).
+    Raises ValueError (or msgpack's own errors) on anything else.
+    """
+    budget = len(data) // CONTAINER_BYTES + 16
+    made = 0
+
+    def counted(obj: Any) -> Any:
+        nonlocal made
+        made += 1
+        if made > budget:
+            raise ValueError(f"{len(data)} bytes holding more than {budget} arrays and maps")
+        return obj
+
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=False,
+        ext_hook=_no_ext,
+        list_hook=counted,
+        object_hook=counted,
+    )
 
 
 def described(check: Check, *shape: Any) -> Check:

@@ -202,6 +202,8 @@ BAD: list[tuple[bytes, str]] = [
     # nesting beyond msgpack's stack
     (b"\x91" * 5000, "undecodable"),
     (b"\xdd\xff\xff\xff\xff", "undecodable"),  # an array announcing 4G items: nothing allocated
+    # a megabyte of one-byte empty arrays: 64 MB of Python lists
+    (b"\xdd\x00\x10\x00\x00" + b"\x90" * 2**20, "arrays and maps"),
 ]
 
 

@@ -342,3 +342,20 @@ def test_extension_types_are_refused() -> None:
     (err,) = protocol.RequestDecoder().feed(raw_frame([4, "pnn", {"x": msgpack.ExtType(1, b"")}]))
     assert isinstance(err, CtdbError) and err.code == ErrorCode.PROTOCOL
     assert "extension type 1" in err.message
+
+
+def test_a_frame_of_empty_arrays_is_refused_before_it_costs_a_gigabyte() -> None:
+    """16 MiB of one-byte empty arrays would make 16M Python lists (1.2 GB)."""
+    n = 4 * 1024 * 1024
+    payload = b"\xdd" + struct.pack(">I", n) + b"\x90" * n
+    (err,) = protocol.RequestDecoder(8 * 1024 * 1024).feed(frame(payload))
+    assert isinstance(err, CtdbError) and err.code == ErrorCode.PROTOCOL
+    assert "arrays and maps" in err.message
+
+
+def test_the_densest_valid_records_still_decode() -> None:
+    """[key, value] rows of a one-byte key and an empty value: 6 bytes each."""
+    rows = [[bytes([i % 256]), b""] for i in range(100_000)]
+    data = protocol.encode_request(3, "restoredb", {"db": "d", "records": rows})
+    (req,) = protocol.RequestDecoder().feed(data)
+    assert isinstance(req, protocol.Request) and len(req.args["records"]) == 100_000
