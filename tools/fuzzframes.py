@@ -159,13 +159,16 @@ def _mutate(rng: random.Random, payload: bytes, ops: list[str]) -> tuple[str, by
 
 
 def _noise(rng: random.Random) -> bytes:
-    pick = rng.randrange(4)
+    pick = rng.randrange(5)
     if pick == 0:
         return rng.randbytes(rng.randrange(64))
     if pick == 1:
         return _pack(_plain(rng)) or b""
     if pick == 2:  # msgpack headers announcing far more than follows
         return rng.choice([b"\xdd\xff\xff\xff\xff", b"\xc6\x7f\xff\xff\xff", b"\xdf\0\xff\xff\xff"])
+    if pick == 3:  # many one-byte containers: cheap to send, 64 bytes each to decode
+        n = rng.randrange(1, 65536)
+        return b"\xdc" + struct.pack(">H", n) + rng.choice([b"\x90", b"\x80"]) * n
     return b"\x91" * rng.randrange(2, 3000)  # nesting
 
 
