@@ -47,6 +47,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,8 @@ class Tally:
         for f in sent:
             self.hows[f.how.split(":")[0]] += 1
 
-    def problem(self, text: str, frames: list[Frame] = ()) -> None:  # type: ignore[assignment]
+    def problem(self, text: str, frames: Sequence[Frame] = ()) -> None:
+        """A frame met another fate than its verdict: keep the last frames to replay it."""
         detail = "; ".join(f"{f.how} {f.data[:80].hex()}" for f in frames[-3:])
         self.problems.append(f"{text} [{detail}]" if detail else text)
         print(f"fuzz: PROBLEM {text}", file=sys.stderr)
@@ -257,8 +259,8 @@ async def _expect_replies(
             return True
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            what = "hang-up" if hangup and got_fatal is False else f"replies {sorted(+outstanding)}"
-            tally.problem(f"no {what} within {REPLY_DEADLINE:.0f}s", sent)
+            missing = f"replies {sorted(+outstanding)}" if +outstanding else "hang-up"
+            tally.problem(f"no {missing} within {REPLY_DEADLINE:.0f}s", sent)
             return False
         try:
             data = await asyncio.wait_for(reader.read(65536), remaining)
@@ -372,6 +374,7 @@ class NodeLink:
         host = writer.get_extra_info("peername")[0]
         peer = self.nodes.index(host) if host in self.nodes else -1
         frames = FrameReader(256 * 1024 * 1024)
+        hello = self._auth is None  # the plain hello comes as the first frame
         try:
             if self._auth is not None:
                 side = self._auth.Responder(self._settings, self.pnn, peer)
@@ -380,20 +383,23 @@ class NodeLink:
                     data = await reader.read(4096)
                     if not data:
                         return
-                    step = side.receive(data)
+                    try:
+                        step = side.receive(data)
+                    except Exception as exc:  # linkauth.HandshakeError: keys differ?
+                        self.problems.append(f"node {peer}'s handshake failed: {exc}")
+                        return
                     if step.send:
                         writer.write(step.send)
                 rest = step.rest
             else:
                 rest = b""
-                hello = True
             self.inbound[peer] = self.inbound.get(peer, 0) + 1
             self.inbound_changed.set()
             data = rest
             while True:
                 for payload in frames.feed(data):
-                    if self._auth is None and hello:
-                        hello = False  # the plain hello: magic and pnn
+                    if hello:
+                        hello = False  # magic and pnn: nothing to check here
                         continue
                     if payload:
                         self._on_frame(peer, payload)
