@@ -343,13 +343,16 @@ class NodeFrames:
                 how = f"mutated:{what}"
             else:
                 how, payload = "noise", _noise(self.rng)
-            try:
-                msg = messages.decode(payload, self.limits, self.pnn)
-            except messages.DecodeError:
-                ok = False
+            if not payload:
+                ok = True  # an empty frame is the link's keepalive: never decoded
             else:
-                if self.harmful(msg):
-                    continue
-                ok = self.valid_on_tcp(msg)
+                try:
+                    msg = messages.decode(payload, self.limits, self.pnn)
+                except messages.DecodeError:
+                    ok = False
+                else:
+                    if self.harmful(msg):
+                        continue
+                    ok = self.valid_on_tcp(msg)
             if ok == accepted:
                 return Frame(frame(payload), how)
