@@ -108,7 +108,7 @@ def best_of(windows: list[float]) -> dict[str, Any]:
 # -- baseline: python-tdb in this process -----------------------------------------------
 
 
-def bench_tdb(plan: Plan, workdir: Path) -> dict[str, float]:
+def bench_tdb(plan: Plan, workdir: Path) -> dict[str, dict[str, Any]]:
     import tdb
 
     from ctdb.ltdb import DEFAULT_HASH_SIZE, TDB_MUTEX_LOCKING, Record
@@ -541,13 +541,13 @@ def evaluate(figures: dict[str, float], baselines: dict[str, float]) -> dict[str
             entry["met"] = v >= m.target if m.higher_is_better else v <= m.target
         out[m.name] = entry
     # python-tdb ratios: what is left of the storage engine's speed through the daemon
-    for name, base in (
+    for name, tdb_name in (
         ("fetch_1c_per_s", "tdb_fetch_per_s"),
         ("store_1c_per_s", "tdb_store_per_s"),
         ("fetch_8c_per_s", "tdb_fetch_per_s"),
         ("store_8c_per_s", "tdb_store_per_s"),
     ):
-        out[name]["ratio_to_tdb"] = figures[name] / baselines[base]
+        out[name]["ratio_to_tdb"] = figures[name] / baselines[tdb_name]
     for name in ("fetch_1c_per_s", "store_1c_per_s"):
         out[name]["ratio_to_echo_same_client"] = figures[name] / baselines["echo_client_1c_per_s"]
     return out

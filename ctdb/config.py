@@ -19,28 +19,81 @@ from ctdb.keyfile import load_key
 DEFAULT_PORT = 4379
 SOCKET_NAME = "ctdbd.socket"
 
-#: name -> (default, description). Integers unless the default is a float.
-TUNABLES: dict[str, tuple[float, str]] = {
-    "KeepaliveInterval": (1.0, "seconds between keepalives on an idle node link"),
-    "KeepaliveLimit": (5, "missed keepalive intervals before a node is DISCONNECTED"),
-    "RecoverTimeout": (5.0, "seconds a recovery step may take before it is restarted"),
-    "RecoveryBanPeriod": (30, "seconds a node is banned for when it fails recoveries"),
-    "MaxFrameSize": (16 * 1024 * 1024, "largest client frame accepted, in bytes"),
-    "MaxKeySize": (64 * 1024, "largest record key accepted, in bytes"),
-    "MaxValueSize": (8 * 1024 * 1024, "largest record value accepted, in bytes"),
-    "CallTimeout": (10.0, "seconds a remote record fetch may take before failing"),
-    "LocalReads": (
+
+@dataclass(frozen=True)
+class Tunable:
+    """A run-time knob: its default, the range `setvar` accepts, and what it does.
+
+    Ranges exist because a tunable is an admin's input like any other:
+    `KeepaliveInterval = 0` would make every node drop every peer at once (a
+    cluster-wide outage from one command), and a size limit above what the
+    transport carries would accept records no node can pass on. The upper
+    bounds of the size tunables are also the limits every node checks node
+    messages against (see `WIRE_SIZES`), so whatever one node accepts from a
+    client, every other node accepts from that node.
+    """
+
+    default: float
+    lo: float
+    hi: float
+    description: str
+
+    @property
+    def integral(self) -> bool:
+        return isinstance(self.default, int)
+
+
+MiB = 1024 * 1024
+
+#: Integers unless the default is a float.
+TUNABLES: dict[str, Tunable] = {
+    "KeepaliveInterval": Tunable(
+        1.0, 0.05, 3600.0, "seconds between keepalives on an idle node link"
+    ),
+    "KeepaliveLimit": Tunable(
+        5, 3, 1000, "missed keepalive intervals before a node is DISCONNECTED"
+    ),
+    "RecoverTimeout": Tunable(
+        5.0, 0.1, 3600.0, "seconds a recovery step may take before it is restarted"
+    ),
+    "RecoveryBanPeriod": Tunable(
+        30, 1, 365 * 86400, "seconds a node is banned for when it fails recoveries"
+    ),
+    "MaxFrameSize": Tunable(16 * MiB, 1024, 256 * MiB, "largest client frame accepted, in bytes"),
+    "MaxKeySize": Tunable(64 * 1024, 1, 1 * MiB, "largest record key accepted, in bytes"),
+    "MaxValueSize": Tunable(8 * MiB, 0, 64 * MiB, "largest record value accepted, in bytes"),
+    "CallTimeout": Tunable(
+        10.0, 0.1, 3600.0, "seconds a remote record fetch may take before failing"
+    ),
+    "LocalReads": Tunable(
         0,
+        0,
+        1,
         "vs transport: 1 reads the local replica without an ordering barrier "
         "(faster, may miss a write acknowledged on another node a moment ago)",
     ),
-    "WaitForQuorum": (1, "1: requests wait during recovery / without quorum; 0: fail at once"),
-    "VacuumInterval": (10.0, "seconds between rounds that remove deletion markers"),
+    "WaitForQuorum": Tunable(
+        1, 0, 1, "1: requests wait during recovery / without quorum; 0: fail at once"
+    ),
+    "VacuumInterval": Tunable(
+        10.0, 0.05, 86400.0, "seconds between rounds that remove deletion markers"
+    ),
+}
+
+#: The size limits node messages are checked against: the largest value any
+#: node may set. Every node checks alike (a vs broadcast is accepted or dropped
+#: by every member), whatever each one's own tunables are.
+WIRE_SIZES: dict[str, float] = {
+    name: TUNABLES[name].hi for name in ("MaxFrameSize", "MaxKeySize", "MaxValueSize")
 }
 
 
 def tunable_default(name: str) -> float:
-    return TUNABLES[name][0]
+    return TUNABLES[name].default
+
+
+def tunable_defaults() -> dict[str, float]:
+    return {name: t.default for name, t in TUNABLES.items()}
 
 
 @dataclass
@@ -156,14 +209,20 @@ def load(path: Path) -> Config:
 
 
 def parse_tunable(name: str, value: object) -> float:
-    if name not in TUNABLES:
+    """A tunable's value from `setvar` or the config file, checked against its range."""
+    tunable = TUNABLES.get(name) if isinstance(name, str) else None
+    if tunable is None:
         raise CtdbError(ErrorCode.NOT_FOUND, f"unknown tunable {name!r}")
-    default = TUNABLES[name][0]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise CtdbError(ErrorCode.INVALID, f"tunable {name} needs a number, got {value!r}")
     try:
-        number = float(str(value)) if isinstance(default, float) else int(str(value))
-    except (TypeError, ValueError):
-        message = f"tunable {name} needs a number, got {value!r}"
-        raise CtdbError(ErrorCode.INVALID, message) from None
-    if not math.isfinite(number) or number < 0:
-        raise CtdbError(ErrorCode.INVALID, f"tunable {name} must be a finite, non-negative number")
+        number = int(str(value)) if tunable.integral else float(str(value))
+    except ValueError:
+        message = f"tunable {name} needs {'a whole' if tunable.integral else 'a'} number"
+        raise CtdbError(ErrorCode.INVALID, f"{message}, got {value!r}") from None
+    if not math.isfinite(number) or not tunable.lo <= number <= tunable.hi:
+        raise CtdbError(
+            ErrorCode.INVALID,
+            f"tunable {name} must be between {tunable.lo:g} and {tunable.hi:g}, got {value!r}",
+        )
     return number

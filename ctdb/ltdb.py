@@ -10,6 +10,8 @@ deletion marker: it must outlive a recovery so the delete is not undone.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping
@@ -55,23 +57,83 @@ def live_value(rec: Record | None) -> bytes | None:
     return None if rec is None or rec.deleted else rec.value
 
 
+@functools.cache
+def _libtdb() -> ctypes.CDLL:
+    """libtdb itself: python-tdb's traversal hides read errors (it just stops)."""
+    lib = ctypes.CDLL("libtdb.so.1", use_errno=True)
+    lib.tdb_open.restype = ctypes.c_void_p
+    lib.tdb_open.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_uint,
+    ]
+    lib.tdb_traverse_read.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.tdb_close.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+class CorruptFile(CtdbError):
+    """A database file on disk that must not be used as it is."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(
+            ErrorCode.IO,
+            f"database file {path} is corrupt or truncated ({why}); this node will not "
+            "use it: restore it from a backup, or move it away so that the node takes "
+            "the cluster's copy at its next recovery",
+        )
+        self.path = path
+
+
+def check_file(path: Path) -> None:
+    """Refuse an existing TDB file that is corrupt or truncated (`CorruptFile`).
+
+    Opening proves little. Asked to create (O_CREAT), libtdb re-initialises a
+    file whose header it does not recognise, wiping it; and python-tdb's key
+    iteration over a truncated file simply stops at the first broken hash
+    chain, losing the rest in silence. So an existing file is opened without
+    O_CREAT, read-write (an interrupted transaction is rolled back from its
+    recovery area, as on any open), and every hash chain is walked with
+    libtdb's own traverse, which reports a record it cannot read. (tdb_check
+    is stricter but also rejects a sound file whose last prepared
+    transaction was cancelled, which an aborted commit leaves behind.)
+    """
+    lib = _libtdb()
+    handle = lib.tdb_open(os.fsencode(path), 0, 0, os.O_RDWR, 0)
+    if not handle:
+        raise CorruptFile(path, f"cannot open it as a TDB: {os.strerror(ctypes.get_errno())}")
+    try:
+        if lib.tdb_traverse_read(handle, None, None) < 0:
+            raise CorruptFile(path, "a hash chain leads to a record that cannot be read")
+    finally:
+        lib.tdb_close(handle)
+
+
 class LocalDb:
     """A TDB file holding records with CTDB headers.
 
     `persistent` files are durable: writes go through TDB transactions with
-    fsync. Volatile files are recreated empty at open (CTDB wipes them when
-    the daemon starts) and use mutex locking plus NOSYNC, since a crash loses
-    them anyway.
+    fsync. An existing one is checked before it is used (`check_file`, and
+    every record must carry its CTDB header). Volatile files are recreated
+    empty at open (CTDB wipes them when the daemon starts) and use mutex
+    locking plus NOSYNC, since a crash loses them anyway.
     """
 
     def __init__(self, path: Path, *, persistent: bool, hash_size: int = DEFAULT_HASH_SIZE):
         self.path = path
         self.persistent = persistent
         flags = tdb.DEFAULT if persistent else tdb.NOSYNC | TDB_MUTEX_LOCKING
-        if not persistent and path.exists():
+        existing = path.exists()
+        if existing and not persistent:
             path.unlink()
+            existing = False
+        if existing:
+            check_file(path)
+        open_flags = os.O_RDWR if existing else os.O_RDWR | os.O_CREAT
         try:
-            self._tdb = tdb.Tdb(str(path), hash_size, flags, os.O_RDWR | os.O_CREAT, 0o600)
+            self._tdb = tdb.Tdb(str(path), hash_size, flags, open_flags, 0o600)
         except (OSError, RuntimeError) as exc:
             raise CtdbError(ErrorCode.IO, f"cannot open {path}: {exc}") from exc
         #: While a two-phase commit is prepared: the committed value of every
@@ -81,6 +143,16 @@ class LocalDb:
         #: Keys written since `track_changes` (None: not tracked). Recovery
         #: uses it to ship only what changed since the copy it distributed.
         self.changed: set[bytes] | None = None
+        if existing:
+            self._check_headers()
+
+    def _check_headers(self) -> None:
+        try:
+            for _ in self.items():
+                pass
+        except CtdbError as exc:
+            self.close()
+            raise CorruptFile(self.path, exc.message) from None
 
     def close(self) -> None:
         self._tdb.close()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ctdb import recovery
-from ctdb.config import TUNABLES, parse_tunable, read_nodes
+from ctdb.config import parse_tunable, read_nodes, tunable_defaults
 from ctdb.controls import ControlChannel
 from ctdb.database import Database, DbKind
 from ctdb.durable import read_counter, write_counter
@@ -51,9 +51,11 @@ from ctdb.messages import (
     Ordered,
     decode,
     encode,
+    wire_limits,
 )
 from ctdb.migration import MigrationEngine
 from ctdb.ordered import OrderedEngine
+from ctdb.peerguard import PeerGuard
 from ctdb.placement import db_id
 from ctdb.transactions import TransactionEngine
 from ctdb.vacuum import Vacuum
@@ -118,7 +120,7 @@ class Node:
         self.state_dir = state_dir
         self.cluster_lock = cluster_lock
         self.nodes_file = nodes_file
-        self.tunables = {name: default for name, (default, _) in TUNABLES.items()}
+        self.tunables = tunable_defaults()
         self.tunables.update(tunables or {})
         self.rng = random.Random(seed)
         self.started = time.time()
@@ -148,7 +150,10 @@ class Node:
         #: migration and leader-driven recovery.
         self.ordered = OrderedEngine(self) if transport.capabilities.virtual_synchrony else None
         self.records: RecordEngine = self.ordered or self.migration
-        self.controls = ControlChannel(self.send)
+        #: what node messages are checked against (see ctdb.messages)
+        self.wire_limits = wire_limits(self.nodes)
+        self.guard = PeerGuard(pnn, transport, self.stats)
+        self.controls = ControlChannel(self.send, self.wire_limits)
         self._serving = asyncio.Event()
         self._recovery_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -397,9 +402,11 @@ class Node:
 
     def _on_transport_message(self, src: int, payload: bytes) -> None:
         try:
-            msg = decode(payload)
+            msg = decode(payload, self.wire_limits, src)
+            if isinstance(msg, Ordered) and self.ordered is None:
+                raise DecodeError("an ordered operation on a point-to-point cluster")
         except DecodeError as exc:
-            log.warning("dropping undecodable message from node %d: %s", src, exc)
+            self.guard.reject(src, exc)
             return
         self._handle(src, msg)
 
@@ -439,16 +446,14 @@ class Node:
         elif isinstance(msg, Control):
             asyncio.get_running_loop().create_task(self._answer_control(src, msg))
         elif isinstance(msg, ControlReply):
-            self.controls.on_reply(msg)
+            self.controls.on_reply(src, msg)
         elif isinstance(msg, ClientMessage):
             self.deliver_message(msg.srvid, msg.src, msg.data)
         elif isinstance(msg, NodeState):
             self._on_state(msg)
         elif isinstance(msg, Ordered):
-            if self.ordered is None:
-                log.warning("ordered operation from node %d on a point-to-point cluster", src)
-            else:
-                self.ordered.on_ordered(msg)
+            assert self.ordered is not None  # checked at decode
+            self.ordered.on_ordered(msg)
 
     def _on_state(self, msg: NodeState) -> None:
         now = asyncio.get_running_loop().time()

@@ -9,6 +9,12 @@ Frames are length-prefixed msgpack arrays:
 
 The first request must be `hello` with the client's protocol `version`; the
 daemon answers with its own version and pnn or refuses with `PROTOCOL`.
+
+Decoding checks the frame's shape only; each operation's arguments are
+checked against its schema by the server (`ctdb.server.op`). Whatever bytes
+arrive, the decoders return requests or raise/return `CtdbError`, nothing
+else, and allocate nothing a peer announces (a length is checked against
+the maximum before a byte of the frame is buffered).
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from typing import Any
 import msgpack
 
 from ctdb.errors import CtdbError, ErrorCode
+from ctdb.schema import unpack
 from transport.framing import FrameReader, FrameTooLarge, frame
 
 VERSION = 1
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 EVENT_REQID = 0
+#: Operation names are short words; a longer one is refused before it is looked up.
+MAX_OP_LENGTH = 64
 
 
 @dataclass(slots=True)
@@ -96,17 +105,17 @@ class BadRequest(CtdbError):
 
 def _parse_request(raw: bytes) -> Request | CtdbError:
     try:
-        obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        obj = unpack(raw)
     except Exception as exc:
         return CtdbError(ErrorCode.PROTOCOL, f"frame is not valid msgpack: {exc}")
-    if not (isinstance(obj, list) and len(obj) == 3):
+    if not (type(obj) is list and len(obj) == 3):
         return CtdbError(ErrorCode.PROTOCOL, "request must be a 3-element array [reqid, op, args]")
     reqid, op, args = obj
-    if not isinstance(reqid, int) or isinstance(reqid, bool) or reqid <= 0:
+    if type(reqid) is not int or reqid <= 0:
         return CtdbError(ErrorCode.PROTOCOL, "request id must be a positive integer")
-    if not isinstance(op, str):
-        return BadRequest(reqid, "operation must be a string")
-    if not isinstance(args, dict):
+    if type(op) is not str or not 0 < len(op) <= MAX_OP_LENGTH:
+        return BadRequest(reqid, f"operation must be a name of 1..{MAX_OP_LENGTH} characters")
+    if type(args) is not dict:
         return BadRequest(reqid, "arguments must be a map")
     return Request(reqid, op, args)
 
@@ -124,12 +133,19 @@ class ReplyDecoder:
             raise CtdbError(ErrorCode.TOO_BIG, str(exc)) from exc
         replies = []
         for raw in frames:
-            obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-            if not (isinstance(obj, list) and len(obj) == 3):
+            try:
+                obj = unpack(raw)
+            except Exception as exc:
+                raise CtdbError(
+                    ErrorCode.PROTOCOL, f"daemon sent undecodable bytes: {exc}"
+                ) from None
+            if not (type(obj) is list and len(obj) == 3 and type(obj[0]) is int):
                 raise CtdbError(ErrorCode.PROTOCOL, "daemon sent a malformed reply")
             reqid, code, result = obj
             if reqid == EVENT_REQID and not isinstance(code, int):
                 replies.append(Reply(EVENT_REQID, 0, result))  # a pushed message
+            elif type(code) is not int:
+                raise CtdbError(ErrorCode.PROTOCOL, "daemon sent a reply without a status code")
             else:
                 # reqid 0 with an error code: the daemon is hanging up on us.
                 replies.append(Reply(reqid, code, result))

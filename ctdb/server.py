@@ -6,6 +6,13 @@ result at once (the fast path: a record this node holds, a status query) or
 returns a coroutine that the session runs as a task, so one slow request
 (a record migrating from another node) never holds up the others.
 
+Every operation is registered with the schema of its arguments (`op`), and
+the arguments are checked against it before the handler runs: types,
+ranges (a pnn names a node), sizes (keys within MaxKeySize, values within
+MaxValueSize) and no unknown names. Those checks are at least as strict as
+the ones other nodes apply to node messages (`ctdb.messages`), so nothing a
+client sends can make this node send a peer something it refuses.
+
 A client that sends garbage gets an error reply (or, when the stream cannot
 be resynchronised, a closed connection) and nobody else notices. A client
 that disconnects loses its record locks, open transactions and message
@@ -24,45 +31,43 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from ctdb import protocol
+from ctdb import messages, protocol, schema
 from ctdb.database import Database, DbKind
 from ctdb.errors import CtdbError, ErrorCode
 from ctdb.ltdb import live_value
 from ctdb.node import Node as ClusterNode
 from ctdb.node import NodeFlags
+from ctdb.schema import EMPTY, KEY, PNN, U64, VALUE, Check, Limits, struct, text
 from ctdb.transactions import Transaction
 
 log = logging.getLogger("ctdb.server")
 
 Handler = Callable[["Session", dict[str, Any]], Any]
-OPS: dict[str, Handler] = {}
+#: op name -> (handler, schema of its arguments)
+OPS: dict[str, tuple[Handler, Check]] = {}
 
 
-def op(name: str) -> Callable[[Handler], Handler]:
+def op(name: str, args: Check = EMPTY) -> Callable[[Handler], Handler]:
+    """Register a client operation and the schema its arguments must fit."""
+
     def register(fn: Handler) -> Handler:
-        OPS[name] = fn
+        OPS[name] = (fn, args)
         return fn
 
     return register
 
 
-# -- argument checking -----------------------------------------------------------------
+# -- argument schemas --------------------------------------------------------------------
+
+#: A database, by name or by id.
+DB = schema.one_of(messages.DB_NAME, messages.DB_ID)
+TX = U64
+#: Admin operations address node `pnn` (`ctdbtool -n PNN`); this one when absent.
+ON_NODE = {"pnn": PNN}
 
 
-def arg(args: dict[str, Any], name: str, kind: type, *, default: Any = ...) -> Any:
-    if name not in args or args[name] is None:
-        if default is not ...:
-            return default
-        raise CtdbError(ErrorCode.INVALID, f"missing argument {name!r}")
-    value = args[name]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise CtdbError(
-            ErrorCode.INVALID,
-            f"argument {name!r} must be {kind.__name__}, not {type(value).__name__}",
-        )
-    return value
+def admin(required: dict[str, Check] | None = None) -> Check:
+    return struct(required or {}, ON_NODE)
 
 
 class Session:
@@ -81,29 +86,11 @@ class Session:
     # -- helpers used by the handlers ---------------------------------------------
 
     def database(self, args: dict[str, Any]) -> Database:
-        ref = args.get("db")
-        if isinstance(ref, int) and not isinstance(ref, bool):
-            return self.node.db(ref)
-        if isinstance(ref, str):
-            return self.node.db_by_name(ref)
-        raise CtdbError(ErrorCode.INVALID, "argument 'db' must be a database name or id")
-
-    def key(self, args: dict[str, Any]) -> bytes:
-        key: bytes = arg(args, "key", bytes)
-        if len(key) > self.node.tunable("MaxKeySize"):
-            raise CtdbError(ErrorCode.TOO_BIG, f"key of {len(key)} bytes exceeds MaxKeySize")
-        if not key:
-            raise CtdbError(ErrorCode.INVALID, "key must not be empty")
-        return key
-
-    def value(self, args: dict[str, Any]) -> bytes:
-        value: bytes = arg(args, "value", bytes)
-        if len(value) > self.node.tunable("MaxValueSize"):
-            raise CtdbError(ErrorCode.TOO_BIG, f"value of {len(value)} bytes exceeds MaxValueSize")
-        return value
+        ref = args["db"]
+        return self.node.db(ref) if isinstance(ref, int) else self.node.db_by_name(ref)
 
     def transaction(self, args: dict[str, Any]) -> Transaction:
-        txid = arg(args, "tx", int)
+        txid = args["tx"]
         try:
             return self.transactions[txid]
         except KeyError:
@@ -137,9 +124,13 @@ class Session:
         try:
             if not self.greeted and req.op != "hello":
                 raise CtdbError(ErrorCode.PROTOCOL, "the first request must be 'hello'")
-            handler = OPS.get(req.op)
-            if handler is None:
-                raise CtdbError(ErrorCode.NOT_SUPPORTED, f"unknown operation {req.op!r}")
+            entry = OPS.get(req.op)
+            if entry is None:
+                raise CtdbError(
+                    ErrorCode.NOT_SUPPORTED, f"unknown operation {schema.short(req.op)}"
+                )
+            handler, check = entry
+            check(req.args, self.server.limits)
             result = handler(self, req.args)
             if inspect.iscoroutine(result):
                 task = asyncio.get_running_loop().create_task(self._finish(req.reqid, result))
@@ -220,6 +211,8 @@ class ClientServer:
         self.path = path
         self.mode = mode
         self.sessions: set[Session] = set()
+        #: what client arguments are checked against: this node's current tunables
+        self.limits = Limits(node.nodes, node.tunables)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -252,9 +245,9 @@ class ClientServer:
 # -- operations ---------------------------------------------------------------------------
 
 
-@op("hello")
+@op("hello", struct({"version": schema.U32}))
 def _hello(s: Session, args: dict[str, Any]) -> dict[str, Any]:
-    version = arg(args, "version", int)
+    version = args["version"]
     if version != protocol.VERSION:
         raise CtdbError(
             ErrorCode.PROTOCOL,
@@ -266,35 +259,34 @@ def _hello(s: Session, args: dict[str, Any]) -> dict[str, Any]:
 
 def _target(s: Session, args: dict[str, Any]) -> int:
     """The node an admin operation addresses (`-n PNN`), this one by default."""
-    target: int = arg(args, "pnn", int, default=s.node.pnn)
-    if not 0 <= target < len(s.node.nodes):
-        raise CtdbError(ErrorCode.NOT_FOUND, f"no node with pnn {target}")
-    return target
+    pnn: int | None = args.get("pnn")
+    return s.node.pnn if pnn is None else pnn
 
 
 def _remote_or_local(control: str) -> Handler:
     """An admin query: answered here, or forwarded to node `pnn` like `ctdb -n PNN`."""
 
     def handler(s: Session, args: dict[str, Any]) -> Any:
-        return s.node.control(_target(s, args), control, args)
+        control_args = {name: value for name, value in args.items() if name != "pnn"}
+        return s.node.control(_target(s, args), control, control_args)
 
     return handler
 
 
-for _name in (
-    "pnn",
-    "uptime",
-    "status",
-    "getdbmap",
-    "statistics",
-    "listvars",
-    "getvar",
-    "setvar",
-):
-    op(_name)(_remote_or_local(_name))
+for _name, _args in {
+    "pnn": admin(),
+    "uptime": admin(),
+    "status": admin(),
+    "getdbmap": admin(),
+    "statistics": admin(),
+    "listvars": admin(),
+    "getvar": admin({"name": text(64)}),
+    "setvar": admin({"name": text(64), "value": messages.TUNABLE_VALUE}),
+}.items():
+    op(_name, _args)(_remote_or_local(_name))
 
 
-@op("recover")
+@op("recover", admin())
 def _recover(s: Session, args: dict[str, Any]) -> Any:
     """Returns when the recovery has finished (the node bounds it by RecoverTimeout)."""
     node = s.node
@@ -302,7 +294,7 @@ def _recover(s: Session, args: dict[str, Any]) -> Any:
     return node.control(_target(s, args), "recover", args, timeout=timeout)
 
 
-@op("ping")
+@op("ping", admin())
 async def _ping(s: Session, args: dict[str, Any]) -> dict[str, Any]:
     """Round trip to node `pnn` measured inside the daemon, as `ctdb ping` does."""
     target = _target(s, args)
@@ -316,17 +308,21 @@ def _listnodes(s: Session, args: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"pnn": p, "address": a} for p, a in enumerate(s.node.nodes)]
 
 
-@op("attach")
+@op("attach", struct({"name": messages.DB_NAME}, {"kind": text(32)}))
 async def _attach(s: Session, args: dict[str, Any]) -> dict[str, Any]:
-    name = arg(args, "name", str)
-    kind = DbKind.parse(arg(args, "kind", str, default="volatile"))
-    db = await s.node.records.attach(name, kind)
+    kind = DbKind.parse(args.get("kind") or "volatile")
+    db = await s.node.records.attach(args["name"], kind)
     return db.info()
 
 
-@op("fetch")
+ON_DB = struct({"db": DB})
+ON_RECORD = struct({"db": DB, "key": KEY})
+WRITE = struct({"db": DB, "key": KEY, "value": VALUE})
+
+
+@op("fetch", ON_RECORD)
 def _fetch(s: Session, args: dict[str, Any]) -> Any:
-    db, key = s.database(args), s.key(args)
+    db, key = s.database(args), args["key"]
     if db.replicated:
         return _local_read(s, lambda: live_value(db.local.get(key)))
     return s.node.records.fetch(db, key, s)
@@ -355,42 +351,38 @@ def _volatile(s: Session, args: dict[str, Any]) -> Database:
     return db
 
 
-@op("store")
+@op("store", WRITE)
 def _store(s: Session, args: dict[str, Any]) -> Any:
-    db, key, value = _volatile(s, args), s.key(args), s.value(args)
-    return s.node.records.store(db, key, value, s)
+    return s.node.records.store(_volatile(s, args), args["key"], args["value"], s)
 
 
-@op("delete")
+@op("delete", ON_RECORD)
 def _delete(s: Session, args: dict[str, Any]) -> Any:
-    db, key = _volatile(s, args), s.key(args)
-    return s.node.records.store(db, key, b"", s)
+    return s.node.records.store(_volatile(s, args), args["key"], b"", s)
 
 
-@op("fetch_lock")
+@op("fetch_lock", ON_RECORD)
 def _fetch_lock(s: Session, args: dict[str, Any]) -> Any:
-    db, key = _volatile(s, args), s.key(args)
-    return s.node.records.lock(db, key, s)
+    return s.node.records.lock(_volatile(s, args), args["key"], s)
 
 
-@op("unlock")
+@op("unlock", ON_RECORD)
 def _unlock(s: Session, args: dict[str, Any]) -> Any:
-    return s.node.records.unlock(_volatile(s, args), s.key(args), s, None)
+    return s.node.records.unlock(_volatile(s, args), args["key"], s, None)
 
 
-@op("store_unlock")
+@op("store_unlock", WRITE)
 def _store_unlock(s: Session, args: dict[str, Any]) -> Any:
-    db, key, value = _volatile(s, args), s.key(args), s.value(args)
-    return s.node.records.unlock(db, key, s, value)
+    return s.node.records.unlock(_volatile(s, args), args["key"], s, args["value"])
 
 
-@op("traverse")
+@op("traverse", ON_DB)
 async def _traverse(s: Session, args: dict[str, Any]) -> list[list[bytes]]:
     """Every live record of the database, from every node that holds some."""
     return await s.node.records.traverse(s.database(args))
 
 
-@op("getdbseqnum")
+@op("getdbseqnum", ON_DB)
 def _getdbseqnum(s: Session, args: dict[str, Any]) -> int:
     return s.database(args).seqnum()
 
@@ -398,35 +390,35 @@ def _getdbseqnum(s: Session, args: dict[str, Any]) -> int:
 # -- persistent transactions ------------------------------------------------------------
 
 
-@op("trans_start")
+@op("trans_start", ON_DB)
 def _trans_start(s: Session, args: dict[str, Any]) -> int:
     tx = s.node.transactions.begin(s.database(args))
     s.transactions[tx.id] = tx
     return tx.id
 
 
-@op("trans_fetch")
+@op("trans_fetch", struct({"tx": TX, "key": KEY}))
 def _trans_fetch(s: Session, args: dict[str, Any]) -> Any:
-    tx, key = s.transaction(args), s.key(args)
+    tx, key = s.transaction(args), args["key"]
     return _local_read(s, lambda: tx.fetch(key))
 
 
-@op("trans_store")
+@op("trans_store", struct({"tx": TX, "key": KEY, "value": VALUE}))
 def _trans_store(s: Session, args: dict[str, Any]) -> None:
-    s.transaction(args).writes[s.key(args)] = s.value(args)
+    s.transaction(args).writes[args["key"]] = args["value"]
 
 
-@op("trans_delete")
+@op("trans_delete", struct({"tx": TX, "key": KEY}))
 def _trans_delete(s: Session, args: dict[str, Any]) -> None:
-    s.transaction(args).writes[s.key(args)] = None
+    s.transaction(args).writes[args["key"]] = None
 
 
-@op("trans_cancel")
+@op("trans_cancel", struct({"tx": TX}))
 def _trans_cancel(s: Session, args: dict[str, Any]) -> None:
     s.transactions.pop(s.transaction(args).id)
 
 
-@op("trans_commit")
+@op("trans_commit", struct({"tx": TX}))
 async def _trans_commit(s: Session, args: dict[str, Any]) -> int:
     tx = s.transactions.pop(s.transaction(args).id)
     return await s.node.records.commit(tx)
@@ -435,40 +427,36 @@ async def _trans_commit(s: Session, args: dict[str, Any]) -> int:
 # -- whole-database admin operations ------------------------------------------------------
 
 
-@op("wipedb")
+@op("wipedb", ON_DB)
 async def _wipedb(s: Session, args: dict[str, Any]) -> None:
     await s.node.records.wipe(s.database(args))
 
 
-@op("backupdb")
+@op("backupdb", ON_DB)
 async def _backupdb(s: Session, args: dict[str, Any]) -> dict[str, Any]:
     db = s.database(args)
     records = await _traverse(s, args)
     return {"name": db.name, "kind": db.kind.value, "seqnum": db.seqnum(), "records": records}
 
 
-@op("restoredb")
+@op("restoredb", struct({"db": DB, "records": schema.key_values(min_key=1)}))
 async def _restoredb(s: Session, args: dict[str, Any]) -> int:
-    """Replace a database's contents with a backup (a transaction for persistent ones)."""
+    """Replace a database's contents with a backup (a transaction for persistent ones).
+
+    Each record was checked like a client's store (a non-empty key within
+    MaxKeySize, a value within MaxValueSize) before anything is wiped.
+    """
     db = s.database(args)
-    records = arg(args, "records", list)
-    for item in records:
-        if not (
-            isinstance(item, list)
-            and len(item) == 2
-            and isinstance(item[0], bytes)
-            and isinstance(item[1], bytes)
-        ):
-            raise CtdbError(ErrorCode.INVALID, "records must be [key, value] pairs of bytes")
+    records: list[list[bytes]] = args["records"]
     if db.replicated:
         tx = s.node.transactions.begin(db)
-        for key, _ in await _traverse(s, args):
+        for key, _ in await _traverse(s, {"db": args["db"]}):
             tx.writes[key] = None
         for key, value in records:
             tx.writes[key] = value
         await s.node.records.commit(tx)
         return len(records)
-    await _wipedb(s, args)
+    await _wipedb(s, {"db": args["db"]})
     for key, value in records:
         result = s.node.records.store(db, key, value, s)
         if inspect.isawaitable(result):
@@ -478,18 +466,20 @@ async def _restoredb(s: Session, args: dict[str, Any]) -> int:
 
 # -- messaging and node administration ---------------------------------------------------
 
+SRVID = struct({"srvid": U64})
 
-@op("register_srvid")
+
+@op("register_srvid", SRVID)
 def _register_srvid(s: Session, args: dict[str, Any]) -> None:
-    srvid = arg(args, "srvid", int)
+    srvid = args["srvid"]
     if srvid not in s.srvids:
         s.srvids.add(srvid)
         s.node.srvids.setdefault(srvid, []).append(s.on_message)
 
 
-@op("deregister_srvid")
+@op("deregister_srvid", SRVID)
 def _deregister_srvid(s: Session, args: dict[str, Any]) -> None:
-    srvid = arg(args, "srvid", int)
+    srvid = args["srvid"]
     if srvid in s.srvids:
         s.srvids.discard(srvid)
         callbacks = s.node.srvids.get(srvid, [])
@@ -498,10 +488,10 @@ def _deregister_srvid(s: Session, args: dict[str, Any]) -> None:
             s.node.srvids.pop(srvid, None)
 
 
-@op("send_message")
+@op("send_message", struct({"srvid": U64, "data": messages.CLIENT_DATA}, ON_NODE))
 def _send_message(s: Session, args: dict[str, Any]) -> None:
-    target = arg(args, "pnn", int, default=None)
-    s.node.send_message(target, arg(args, "srvid", int), arg(args, "data", bytes))
+    """To node `pnn`'s clients, or to every connected node's without one."""
+    s.node.send_message(args.get("pnn"), args["srvid"], args["data"])
 
 
 _FLAG_OPS = {
@@ -520,15 +510,19 @@ def _flag_op(set_bits: int, clear_bits: int) -> Handler:
 
 
 for _name, (_set, _clear) in _FLAG_OPS.items():
-    op(_name)(_flag_op(_set, _clear))
+    op(_name, admin())(_flag_op(_set, _clear))
 
 
-@op("ban")
+#: A ban lasts a finite, positive time (CTDB's is a u32 of seconds).
+BAN_SECONDS = schema.number(0, schema.U32_MAX, above=True)
+
+
+@op("ban", admin({"seconds": BAN_SECONDS}))
 def _ban(s: Session, args: dict[str, Any]) -> Any:
-    return s.node.control(_target(s, args), "ban", {"seconds": arg(args, "seconds", float)})
+    return s.node.control(_target(s, args), "ban", {"seconds": args["seconds"]})
 
 
-@op("unban")
+@op("unban", admin())
 def _unban(s: Session, args: dict[str, Any]) -> Any:
     return s.node.control(_target(s, args), "ban", {"seconds": 0})
 
@@ -544,6 +538,6 @@ async def _reloadnodes(s: Session, args: dict[str, Any]) -> dict[str, Any]:
     return {"added": added, "nodes": list(node.nodes)}
 
 
-@op("shutdown")
+@op("shutdown", admin())
 def _shutdown(s: Session, args: dict[str, Any]) -> Any:
     return s.node.control(_target(s, args), "shutdown", {})

@@ -424,7 +424,7 @@ def test_persistent_reads_during_recoveries_return_committed_values(
     c = cluster_factory(size=3)
     db = unique("per")
     # 2,000 records: a push that takes a while.
-    expected: dict[bytes | str, bytes | str | None] = {f"k{i:04d}": f"v{i}" for i in range(2000)}
+    expected: dict[str, bytes | str | None] = {f"k{i:04d}": f"v{i}" for i in range(2000)}
     with c.client(0) as cl:
         cl.attach(db, "persistent")
         cl.transact(db, expected)

@@ -333,3 +333,27 @@ def test_store_unlock_without_the_lock(witness: Client, witness_db: str) -> None
     with pytest.raises(CtdbError) as info:
         witness.unlock(witness_db, b"k")
     assert info.value.code == ErrorCode.NOT_LOCKED
+
+
+def test_disconnect_while_waiting_for_a_lock_leaves_no_ghost_in_the_queue(
+    cluster: LocalCluster,
+) -> None:
+    """A client that vanishes while its fetch_lock waits must not hold up the next one."""
+    db = unique("lock")
+    with cluster.client(0) as c:
+        c.attach(db)
+    holder = cluster.client(0)
+    holder.fetch_lock(db, b"r")
+    ghost = Raw(cluster.socket(1))
+    ghost.hello()
+    ghost.request(2, "fetch_lock", db=db, key=b"r")  # waits: node 0's client holds it
+    time.sleep(0.3)
+    ghost.close()  # gone with its request in flight
+    time.sleep(0.3)
+    holder.store_unlock(db, b"r", b"released")
+    holder.close()
+    started = time.monotonic()
+    with cluster.client(2, timeout=30) as c:
+        assert c.fetch_lock(db, b"r") == b"released"
+        c.unlock(db, b"r")
+    assert time.monotonic() - started < 5.0  # not after a timeout

@@ -59,14 +59,24 @@ def test_lock_holder_serves_alone_and_lock_moves_on_leader_death(tmp_path: Path)
 
         # The leader dies: its lock is released with it, node 1 takes it.
         c.kill_node(0)
-        wait_for(lambda: c.status(1)["leader"] == 1 and c.status(1)["vnnmap"] == [1, 2]
-                 and c.status(1)["recovery_mode"] == "NORMAL", 15, "node 1 to lead [1, 2]")
+        wait_for(
+            lambda: (
+                c.status(1)["leader"] == 1
+                and c.status(1)["vnnmap"] == [1, 2]
+                and c.status(1)["recovery_mode"] == "NORMAL"
+            ),
+            15,
+            "node 1 to lead [1, 2]",
+        )
         assert lock_is_held(lock)
 
         # Majority mode would freeze a lone survivor; the lock holder serves on.
         c.kill_node(2)
-        wait_for(lambda: c.status(1)["vnnmap"] == [1]
-                 and c.status(1)["recovery_mode"] == "NORMAL", 15, "node 1 alone NORMAL")
+        wait_for(
+            lambda: c.status(1)["vnnmap"] == [1] and c.status(1)["recovery_mode"] == "NORMAL",
+            15,
+            "node 1 alone NORMAL",
+        )
         with c.client(1, timeout=20) as cl:
             with cl.transaction(db) as tx:
                 tx.store("alone", "2")
@@ -86,9 +96,11 @@ def test_a_lower_pnn_arriving_later_gets_the_lock(tmp_path: Path) -> None:
 
     lock = tmp_path / "cluster.lock"
     c = LocalCluster(
-        tmp_path / "c", port=random.randint(20000, 60000),
+        tmp_path / "c",
+        port=random.randint(20000, 60000),
         base=f"127.{random.randint(10, 250)}.{random.randint(0, 250)}",
-        cluster_lock=lock, tunables=TUNABLES,
+        cluster_lock=lock,
+        tunables=TUNABLES,
     )
     try:
         c.write_configs()

@@ -10,7 +10,7 @@ import pytest
 import tdb
 
 from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import HEADER_SIZE, LocalDb, Record
+from ctdb.ltdb import HEADER_SIZE, CorruptFile, LocalDb, Record
 
 
 def raw_value(path: Path, key: bytes) -> bytes | None:
@@ -238,3 +238,102 @@ def test_unopenable_path_is_an_io_error(tmp_path: Path) -> None:
         LocalDb(tmp_path / "no" / "such" / "dir" / "x.tdb", persistent=True)
     assert info.value.code == ErrorCode.IO
     assert "cannot open" in info.value.message
+
+
+# -- a persistent file that is not what it should be ------------------------------------------
+
+
+def make_persistent(path: Path, n: int = 500) -> None:
+    db = LocalDb(path, persistent=True)
+    try:
+        db.write_batch({f"key{i}".encode(): Record(i + 1, 0, b"v" * 40) for i in range(n)})
+    finally:
+        db.close()
+
+
+def refused(path: Path, *words: str) -> CorruptFile:
+    before = path.read_bytes()
+    with pytest.raises(CorruptFile) as info:
+        LocalDb(path, persistent=True)
+    assert info.value.code == ErrorCode.IO
+    assert str(path) in info.value.message  # names the file
+    for word in words:
+        assert word in info.value.message
+    assert path.read_bytes() == before  # and left it exactly as it was
+    return info.value
+
+
+def test_a_truncated_persistent_file_is_refused_by_name(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.tdb"
+    t = tdb.Tdb(str(plain), 100003, tdb.DEFAULT, os.O_RDWR | os.O_CREAT, 0o600)
+    for i in range(500):
+        t.store(f"key{i}".encode(), Record(1, 0, b"v" * 40).pack(), tdb.REPLACE)
+    t.close()
+    data = plain.read_bytes()
+    # python-tdb alone would open this and show some of the records, silently
+    plain.write_bytes(data[: len(data) - 200])
+    t = tdb.Tdb(str(plain), 0, tdb.DEFAULT, os.O_RDWR)
+    assert 0 < len(list(t.keys())) < 500
+    t.close()
+    refused(plain, "corrupt or truncated", "cannot be read")
+
+
+def test_a_persistent_file_cut_inside_its_records_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.tdb"
+    make_persistent(path)
+    path.write_bytes(path.read_bytes()[: 100003 * 4 + 5000])
+    refused(path, "cannot open it as a TDB")
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\0" * 4096, bytes(range(256)) * 8], ids=len)
+def test_a_file_that_is_not_a_tdb_is_refused_not_recreated(tmp_path: Path, garbage: bytes) -> None:
+    """libtdb with O_CREAT would silently initialise it as an empty database."""
+    path = tmp_path / "p.tdb"
+    path.write_bytes(garbage)
+    refused(path, "cannot open it as a TDB")
+
+
+def test_a_record_without_its_ctdb_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.tdb"
+    make_persistent(path, 10)
+    t = tdb.Tdb(str(path), 0, tdb.DEFAULT, os.O_RDWR)
+    t.store(b"short", b"12345", tdb.REPLACE)
+    t.close()
+    refused(path, "no CTDB header")
+
+
+def test_a_broken_record_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.tdb"
+    make_persistent(path)
+    data = bytearray(path.read_bytes())
+    # TDB's own record header (next, rec_len, key_len, data_len, full_hash,
+    # magic: 24 bytes) sits just before the key; overwrite it.
+    at = data.index(b"key250") - 24
+    data[at : at + 24] = b"\xff" * 24
+    path.write_bytes(bytes(data))
+    refused(path, "cannot be read")
+
+
+def test_a_cancelled_prepared_commit_is_not_corruption(tmp_path: Path) -> None:
+    """An aborted two-phase commit leaves a file tdb_check calls corrupt; it is not."""
+    path = tmp_path / "p.tdb"
+    make_persistent(path, 20)
+    db = LocalDb(path, persistent=True)
+    db.prepare({b"new": Record(1, 0, b"N")})
+    db.cancel_prepared()
+    db.close()
+    db = LocalDb(path, persistent=True)
+    try:
+        assert len(db) == 20 and db.get(b"new") is None
+    finally:
+        db.close()
+
+
+def test_a_volatile_file_is_recreated_whatever_it_held(tmp_path: Path) -> None:
+    path = tmp_path / "v.tdb"
+    path.write_bytes(b"garbage")
+    db = LocalDb(path, persistent=False)
+    try:
+        assert len(db) == 0
+    finally:
+        db.close()

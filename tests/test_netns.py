@@ -76,8 +76,9 @@ def _sweep() -> Iterator[None]:
 
 def start_echo(c: NetnsCluster, i: int) -> subprocess.Popen[str]:
     """Start the echo server in node i and wait until it listens."""
-    proc = c.popen(i, [sys.executable, "-c", ECHO_SERVER, str(PORT)],
-                   stdout=subprocess.PIPE, text=True)
+    proc = c.popen(
+        i, [sys.executable, "-c", ECHO_SERVER, str(PORT)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     return proc
@@ -96,9 +97,14 @@ def matrix(c: NetnsCluster) -> set[tuple[int, int]]:
     and a 5-node partition would otherwise take half a minute.
     """
     procs = {
-        (a, b): c.popen(a, [sys.executable, "-c", ECHO_CLIENT, c.address(b), str(PORT)],
-                        stderr=subprocess.DEVNULL)
-        for a in range(c.n) for b in range(c.n) if a != b
+        (a, b): c.popen(
+            a,
+            [sys.executable, "-c", ECHO_CLIENT, c.address(b), str(PORT)],
+            stderr=subprocess.DEVNULL,
+        )
+        for a in range(c.n)
+        for b in range(c.n)
+        if a != b
     }
     return {pair for pair, proc in procs.items() if proc.wait(timeout=30) == 0}
 
@@ -173,8 +179,11 @@ def test_cut_link_is_non_transitive() -> None:
 def test_private_run_is_shared_per_node_and_private_across_nodes() -> None:
     with NetnsCluster(2, prefix=prefix("r")) as c:
         marker = f"netns-test-{os.getpid()}"
-        w = c.run(0, ["sh", "-c", f"echo hi > /run/{marker} && echo x > /dev/shm/{marker}"],
-                  private_run=True)
+        w = c.run(
+            0,
+            ["sh", "-c", f"echo hi > /run/{marker} && echo x > /dev/shm/{marker}"],
+            private_run=True,
+        )
         assert w.returncode == 0, w.stderr
         # a second, separately started command of node 0 sees the same /run
         r = c.run(0, ["cat", f"/run/{marker}", f"/dev/shm/{marker}"], private_run=True)
@@ -249,8 +258,13 @@ def test_cli_idempotent_up_and_down() -> None:
     p = prefix("cli")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tools.netns", "--prefix", p, *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "tools.netns", "--prefix", p, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     try:
         assert cli("up", "2").returncode == 0
@@ -324,8 +338,13 @@ def test_one_corosync_per_namespace_with_private_run() -> None:
             conf = c.node_dir(i) / "corosync.conf"
             conf.write_text(COROSYNC_CONF.format(nodes=nodes, state=c.node_dir(i) / "state"))
             with open(c.node_dir(i) / "corosync.log", "w") as log:
-                c.popen(i, ["corosync", "-f", "-c", str(conf)], private_run=True,
-                        stdout=log, stderr=subprocess.STDOUT)
+                c.popen(
+                    i,
+                    ["corosync", "-f", "-c", str(conf)],
+                    private_run=True,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         _wait_votes(c, {i: (3, True) for i in range(3)})
         # a client without the node's private /run cannot reach its corosync
         assert _votes(c, 0) is not None

@@ -326,8 +326,8 @@ def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -
             )
     assert views[0] == views[1] == views[2]
     vol, per, _ = views[0]
-    for k, v in expected_v.items():
-        assert vol[k] == v.encode(), k
-    for k, v in expected_p.items():
-        assert per[k] == v.encode(), k
+    for key, v in expected_v.items():
+        assert vol[key] == v.encode(), key
+    for key, v in expected_p.items():
+        assert per[key] == v.encode(), key
     assert per["minority"] is None

@@ -295,3 +295,67 @@ def test_reply_decoder_keeps_the_code_of_a_fatal_error() -> None:
     with pytest.raises(CtdbError) as info:
         protocol.raise_for(reply)
     assert info.value.code == ErrorCode.TOO_BIG
+
+
+# -- anything a peer may send (sans-IO fuzzing) -----------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=60), max_size=12), st.integers(8, 400))
+@settings(max_examples=400, deadline=None)
+def test_any_byte_stream_yields_requests_or_ctdb_errors(chunks: list[bytes], limit: int) -> None:
+    """Raw chunks, length prefixes included: requests, CtdbErrors, or TOO_BIG raised."""
+    dec = protocol.RequestDecoder(max_frame=limit)
+    for chunk in chunks:
+        try:
+            out = dec.feed(chunk)
+        except CtdbError as exc:
+            assert exc.code == ErrorCode.TOO_BIG
+            return  # the connection closes here
+        for item in out:
+            assert isinstance(item, protocol.Request | CtdbError)
+        # never more buffered than one frame that could still be legal
+        assert dec._frames.buffered <= limit + 4
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_any_reply_bytes_yield_replies_or_a_ctdb_error(payload: bytes) -> None:
+    """The client library's decoder: a broken daemon gives a CtdbError, not a crash."""
+    try:
+        replies = protocol.ReplyDecoder().feed(frame(payload))
+    except CtdbError as exc:
+        assert exc.code == ErrorCode.PROTOCOL
+        return
+    for reply in replies:
+        assert isinstance(reply.reqid, int) and isinstance(reply.code, int)
+
+
+def test_operation_names_are_short() -> None:
+    (err,) = protocol.RequestDecoder().feed(raw_frame([4, "x" * 65, {}]))
+    assert isinstance(err, protocol.BadRequest) and err.reqid == 4
+    assert "1..64" in err.message
+    (req,) = protocol.RequestDecoder().feed(raw_frame([4, "x" * 64, {}]))
+    assert isinstance(req, protocol.Request)
+
+
+def test_extension_types_are_refused() -> None:
+    (err,) = protocol.RequestDecoder().feed(raw_frame([4, "pnn", {"x": msgpack.ExtType(1, b"")}]))
+    assert isinstance(err, CtdbError) and err.code == ErrorCode.PROTOCOL
+    assert "extension type 1" in err.message
+
+
+def test_a_frame_of_empty_arrays_is_refused_before_it_costs_a_gigabyte() -> None:
+    """16 MiB of one-byte empty arrays would make 16M Python lists (1.2 GB)."""
+    n = 4 * 1024 * 1024
+    payload = b"\xdd" + struct.pack(">I", n) + b"\x90" * n
+    (err,) = protocol.RequestDecoder(8 * 1024 * 1024).feed(frame(payload))
+    assert isinstance(err, CtdbError) and err.code == ErrorCode.PROTOCOL
+    assert "arrays and maps" in err.message
+
+
+def test_the_densest_valid_records_still_decode() -> None:
+    """[key, value] rows of a one-byte key and an empty value: 6 bytes each."""
+    rows = [[bytes([i % 256]), b""] for i in range(100_000)]
+    data = protocol.encode_request(3, "restoredb", {"db": "d", "records": rows})
+    (req,) = protocol.RequestDecoder().feed(data)
+    assert isinstance(req, protocol.Request) and len(req.args["records"]) == 100_000

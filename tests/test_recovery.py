@@ -131,7 +131,7 @@ def wait_flags(
     for obs in observers:
         wait_for(
             f"node {obs} to show flags 0x{flags:x} for node {pnn}",
-            lambda obs=obs: flags_on(c, obs, pnn) == flags,
+            lambda obs=obs: flags_on(c, obs, pnn) == flags,  # type: ignore[misc]
             timeout,
         )
 
@@ -189,7 +189,7 @@ def test_kill9_detect_recover_and_serve(cluster: LocalCluster) -> None:
     for obs in (0, 1):
         wait_for(
             f"node {obs} to mark node 2 DISCONNECTED",
-            lambda obs=obs: flags_on(c, obs, 2) & DISCONNECTED,
+            lambda obs=obs: flags_on(c, obs, 2) & DISCONNECTED,  # type: ignore[misc]
             DETECT_BOUND,
         )
     detected = time.monotonic() - killed_at
@@ -282,7 +282,7 @@ def test_recover_on_a_non_leader_node_recovers_the_cluster(
 
 
 def _persistent_while_away(
-    c: LocalCluster, away: Callable[[], None], back: Callable[[], None]
+    c: LocalCluster, away: Callable[[], object], back: Callable[[], object]
 ) -> None:
     db = _name("per")
     with c.client(0) as cl:

@@ -83,8 +83,9 @@ def test_keys_created_and_deleted_for_ever_keep_the_file_bounded(
         asyncio.run(_create_and_delete(c.socket(r % c.size), db, r))
         _wait_vacuumed(files)
         sizes.append([f.stat().st_size for f in files])
-    # After a few rounds the freed space is reused: the files stop growing.
-    assert sizes[-1] == sizes[3], sizes
+    # After a few rounds the freed space is reused: no file grows past the
+    # largest one of round 4 (without vacuuming every round would add its 10,000 deletion markers).
+    assert max(sizes[-1]) <= max(sizes[3]), sizes
     with c.client(1) as cl:
         for r in (0, ROUNDS - 1):
             assert cl.fetch(db, f"r{r}-k7") is None  # no delete undone

@@ -54,7 +54,12 @@ from types import TracebackType
 from typing import IO, Any
 
 __all__ = [
-    "NetnsCluster", "available", "cleanup", "existing_nodes", "sweep_stale", "unique_prefix",
+    "NetnsCluster",
+    "available",
+    "cleanup",
+    "existing_nodes",
+    "sweep_stale",
+    "unique_prefix",
 ]
 
 BRIDGE = "br0"
@@ -85,9 +90,10 @@ def _run_base() -> Path:
 
 def _check_prefix(prefix: str) -> str:
     """Reject prefixes that could match foreign names or break `ip` syntax."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*(?:-[A-Za-z0-9_.]+)*", prefix) or len(
-        prefix
-    ) > 40:
+    if (
+        not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*(?:-[A-Za-z0-9_.]+)*", prefix)
+        or len(prefix) > 40
+    ):
         raise ValueError(f"invalid namespace prefix {prefix!r}")
     return prefix
 
@@ -351,8 +357,18 @@ class NetnsCluster:
         if _ip("link", "show", BRIDGE, ns=sw, check=False).returncode != 0:
             # No STP (ports forward at once); no multicast snooping (corosync
             # multicast must be flooded even without an IGMP querier).
-            _ip("link", "add", BRIDGE, "type", "bridge", "stp_state", "0",
-                "mcast_snooping", "0", ns=sw)
+            _ip(
+                "link",
+                "add",
+                BRIDGE,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "mcast_snooping",
+                "0",
+                ns=sw,
+            )
         _ip("link", "set", BRIDGE, "up", ns=sw)
         prefixlen = self.net.prefixlen
         for i in range(self.n):
@@ -361,8 +377,19 @@ class NetnsCluster:
                 # Remove a stale node-side end, then create both ends inside
                 # our namespaces: nothing ever appears in the host namespace.
                 _ip("link", "del", NODE_IF, ns=node, check=False)
-                _ip("link", "add", port, "type", "veth", "peer", "name", NODE_IF,
-                    "netns", node, ns=sw)
+                _ip(
+                    "link",
+                    "add",
+                    port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    NODE_IF,
+                    "netns",
+                    node,
+                    ns=sw,
+                )
             _ip("link", "set", port, "master", BRIDGE, "up", ns=sw)
             _ip("link", "set", "lo", "up", ns=node)
             _ip("addr", "replace", f"{self.address(i)}/{prefixlen}", "dev", NODE_IF, ns=node)
@@ -406,8 +433,19 @@ class NetnsCluster:
             d = self.node_dir(i)
             # `ip netns exec` already unshares the mount namespace, but say it
             # explicitly (and private) so our bind mounts can never propagate.
-            cmd += ["unshare", "--mount", "--propagation", "private", "--",
-                    "sh", "-c", _PRIVATE_RUN_SH, "netns-run", str(d / "run"), str(d / "shm")]
+            cmd += [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                _PRIVATE_RUN_SH,
+                "netns-run",
+                str(d / "run"),
+                str(d / "shm"),
+            ]
         return cmd + list(argv)
 
     def popen(
@@ -428,7 +466,10 @@ class NetnsCluster:
         """
         return subprocess.Popen(
             self.command(i, argv, private_run=private_run),
-            env=env, stdout=stdout, stderr=stderr, **kwargs,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            **kwargs,
         )
 
     def run(
@@ -447,8 +488,12 @@ class NetnsCluster:
         """Run `argv` inside node `i` to completion (output captured by default)."""
         return subprocess.run(
             self.command(i, argv, private_run=private_run),
-            env=env, check=check, capture_output=capture_output, text=text,
-            timeout=timeout, **kwargs,
+            env=env,
+            check=check,
+            capture_output=capture_output,
+            text=text,
+            timeout=timeout,
+            **kwargs,
         )
 
     # -- faults --------------------------------------------------------------
@@ -481,8 +526,18 @@ class NetnsCluster:
         link-down.  Only the two node namespaces are touched.
         """
         for a, b in ((i, j), (j, i)):
-            _ip("neigh", "replace", self.address(b), "lladdr", _NOWHERE_MAC, "nud", "permanent",
-                "dev", NODE_IF, ns=self.ns(a))
+            _ip(
+                "neigh",
+                "replace",
+                self.address(b),
+                "lladdr",
+                _NOWHERE_MAC,
+                "nud",
+                "permanent",
+                "dev",
+                NODE_IF,
+                ns=self.ns(a),
+            )
 
     def heal_link(self, i: int, j: int) -> None:
         """Undo ``cut_link(i, j)``: the nodes resolve each other by ARP again."""
@@ -505,8 +560,18 @@ class NetnsCluster:
         a heal could take ~1 s.  Flushing makes "healed" mean reachable now.
         """
         for j in range(self.n):
-            _ip("neigh", "flush", "dev", NODE_IF, "nud", "failed", "nud", "incomplete",
-                ns=self.ns(j), check=False)
+            _ip(
+                "neigh",
+                "flush",
+                "dev",
+                NODE_IF,
+                "nud",
+                "failed",
+                "nud",
+                "incomplete",
+                ns=self.ns(j),
+                check=False,
+            )
 
     def partition(self, *groups: Sequence[int]) -> None:
         """Split the cluster: nodes within a group talk, across groups they don't.
@@ -531,8 +596,18 @@ class NetnsCluster:
             self.cut(i)
         existing = set(self._extra_bridges())
         for br in {b for b in target.values() if b and b != BRIDGE} - existing:
-            _ip("link", "add", br, "type", "bridge", "stp_state", "0",
-                "mcast_snooping", "0", ns=self.switch)
+            _ip(
+                "link",
+                "add",
+                br,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "mcast_snooping",
+                "0",
+                ns=self.switch,
+            )
             _ip("link", "set", br, "up", ns=self.switch)
         for i in moving:
             dest = target[i]
@@ -544,8 +619,11 @@ class NetnsCluster:
 
     def _extra_bridges(self) -> list[str]:
         res = _ip("-o", "link", "show", "type", "bridge", ns=self.switch, check=False)
-        names = [ln.split(":")[1].strip().split("@")[0] for ln in res.stdout.splitlines()
-                 if ln.count(":") >= 2]
+        names = [
+            ln.split(":")[1].strip().split("@")[0]
+            for ln in res.stdout.splitlines()
+            if ln.count(":") >= 2
+        ]
         return [b for b in names if re.fullmatch(r"brp\d+", b)]
 
     def status(self) -> dict[int, dict[str, Any]]:
@@ -603,23 +681,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--prefix", default=DEFAULT_PREFIX,
-                   help=f"namespace name prefix (default {DEFAULT_PREFIX})")
+    p.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"namespace name prefix (default {DEFAULT_PREFIX})"
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="create or repair N nodes (idempotent; heals cuts)")
     up.add_argument("n", type=int, help="number of nodes")
     up.add_argument("--subnet", default=DEFAULT_SUBNET, help="IPv4 subnet of the LAN")
-    up.add_argument("--fresh", action="store_true",
-                    help="remove everything with this prefix first (kills its processes)")
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="remove everything with this prefix first (kills its processes)",
+    )
     sub.add_parser("down", help="kill our processes, delete namespaces and node dirs")
-    for name, text in (("cut", "isolate node I (drop all its packets)"),
-                       ("heal", "reconnect node I")):
+    for name, text in (
+        ("cut", "isolate node I (drop all its packets)"),
+        ("heal", "reconnect node I"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("i", type=int, help="node index")
     ex = sub.add_parser("exec", help="run a command inside node I: exec I -- CMD...")
-    ex.add_argument("--private-run", action="store_true",
-                    help="bind the node's private dirs over /run and /dev/shm (for corosync "
-                    "and its clients)")
+    ex.add_argument(
+        "--private-run",
+        action="store_true",
+        help="bind the node's private dirs over /run and /dev/shm (for corosync and its clients)",
+    )
     ex.add_argument("i", type=int, help="node index")
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="command (after --)")
     sub.add_parser("status", help="show nodes, addresses, bridge attachment and pids")

@@ -122,6 +122,15 @@ class Transport(abc.ABC):
     async def drain(self) -> None:
         """Wait until queued output is below the backend's high-water mark (back-pressure)."""
 
+    def drop_peer(self, pnn: int) -> None:
+        """`pnn` broke the protocol: cut the link to it (it may connect again).
+
+        A point-to-point backend closes the connection and forgets what it
+        buffered from it. On a broadcast medium there is no link of one's own
+        to cut: every member drops the message alike, which is the default.
+        """
+        return None
+
     def set_keepalive(self, interval: float, limit: int) -> None:
         """Change failure-detection timing at run time (`ctdbtool setvar`)."""
         self.options.keepalive_interval = interval

@@ -109,6 +109,8 @@ class _Incoming(asyncio.Protocol):
         early, self.early = self.early, None
         if early and self.src is not None:
             for frame in early:
+                if self.closing:
+                    return
                 self.owner.on_message(self.src, frame)
 
     def data_received(self, data: bytes) -> None:
@@ -125,6 +127,8 @@ class _Incoming(asyncio.Protocol):
             return
         opener = self.opener
         for frame in frames:
+            if self.closing:  # the node dropped this peer for an earlier frame
+                return
             if opener is not None:
                 try:
                     frame = opener.open(frame)
@@ -179,6 +183,10 @@ class _Incoming(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish_handshake()
@@ -458,6 +466,9 @@ class TcpTransport(Transport):
                 if now - inc.last_rx > deadline:
                     log.warning("node %d silent for %.1fs: dropping it", src, now - inc.last_rx)
                     self._drop_peer(src)
+
+    def drop_peer(self, pnn: int) -> None:
+        self._drop_peer(pnn)  # the node logged why, once a minute at most
 
     def _drop_peer(self, pnn: int) -> None:
         """Forget a peer entirely; both directions reconnect from scratch."""

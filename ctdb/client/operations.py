@@ -18,6 +18,8 @@ from ctdb.errors import CtdbError, ErrorCode
 
 T = TypeVar("T")
 Key = bytes | str
+#: Writes of one transaction: key -> value (None deletes). Keys all bytes or all str.
+Writes = Mapping[bytes, Key | None] | Mapping[str, Key | None]
 
 DEFAULT_SOCKET = "/var/run/ctdb/ctdbd.socket"
 
@@ -143,7 +145,7 @@ class Sleep:
 Plan = Generator[Op[Any] | Sleep, Any, T]
 
 
-def transact(db: str, writes: Mapping[Key, Key | None], attempts: int = 50) -> Plan[int]:
+def transact(db: str, writes: Writes, attempts: int = 50) -> Plan[int]:
     """Commit `writes` (None deletes) in one transaction, retried on conflict.
 
     BUSY (another commit got there first) and RETRY (a recovery cut the

@@ -61,7 +61,8 @@ class Member:
 
     def msgs(self, src: int | None = None, prefix: str | None = None) -> list[Event]:
         return [
-            e for e in self.events
+            e
+            for e in self.events
             if e["ev"] == "msg"
             and (src is None or e["src"] == src)
             and (prefix is None or e["label"].split(":")[0] == prefix)
@@ -252,17 +253,32 @@ class Cluster:
         group = f"conf{os.getpid()}x{next(_ids)}"
         for pnn in range(n):
             argv = [
-                PYTHON, str(MEMBER), "--transport", "vs" if self.backend == "vs" else "tcp",
-                "--pnn", str(pnn), "--nodes", ",".join(nodes), "--port", str(port),
-                "--keepalive", "0.2", "--extra", f"group={group}",
+                PYTHON,
+                str(MEMBER),
+                "--transport",
+                "vs" if self.backend == "vs" else "tcp",
+                "--pnn",
+                str(pnn),
+                "--nodes",
+                ",".join(nodes),
+                "--port",
+                str(port),
+                "--keepalive",
+                "0.2",
+                "--extra",
+                f"group={group}",
             ]
             if self.corosync is not None and self.corosync.isolate:
                 argv = ["nsenter", "-t", str(self.corosync.holder_pid), "--net", "--", *argv]
             stderr_path = self.tmp / f"member{pnn}.stderr"
             with open(stderr_path, "wb") as err:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=err, cwd=REPO, limit=1 << 20,
+                    *argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=err,
+                    cwd=REPO,
+                    limit=1 << 20,
                 )
             self.pids.append(proc.pid)
             self.members.append(ProcessMember(pnn, proc, stderr_path))

@@ -135,8 +135,13 @@ def test_total_order_across_concurrent_broadcasters(cluster: Cluster) -> None:
         await asyncio.gather(
             *(
                 m.command(
-                    {"cmd": "broadcast", "prefix": f"t{m.pnn}", "count": 300,
-                     "pause_every": 7, "pause": 0.0005}
+                    {
+                        "cmd": "broadcast",
+                        "prefix": f"t{m.pnn}",
+                        "count": 300,
+                        "pause_every": 7,
+                        "pause": 0.0005,
+                    }
                 )
                 for m in members
             )
@@ -173,8 +178,10 @@ def test_large_messages_arrive_intact(cluster: Cluster) -> None:
             {"cmd": "send", "dst": 1, "prefix": "bigp", "count": 3, "size": size, "drain": True}
         )
         await wait_until(
-            lambda: all(len(m.msgs(prefix="big")) >= 4 for m in members)
-            and len(members[1].msgs(prefix="bigp")) >= 3,
+            lambda: (
+                all(len(m.msgs(prefix="big")) >= 4 for m in members)
+                and len(members[1].msgs(prefix="bigp")) >= 3
+            ),
             TIMEOUT,
             lambda: f"large messages; have {[len(m.msgs()) for m in members]}",
         )
@@ -238,8 +245,14 @@ def test_member_failure_mid_stream(cluster: Cluster) -> None:
         )
         # C keeps streaming m3, m4, ... so that it dies with messages in flight.
         await c.command(
-            {"cmd": "broadcast", "prefix": "C", "start": 3, "count": 1_000_000,
-             "pause_every": 5, "pause": 0.0005},
+            {
+                "cmd": "broadcast",
+                "prefix": "C",
+                "start": 3,
+                "count": 1_000_000,
+                "pause_every": 5,
+                "pause": 0.0005,
+            },
             wait=False,
         )
         await wait_until(
@@ -260,9 +273,7 @@ def test_member_failure_mid_stream(cluster: Cluster) -> None:
             b.command({"cmd": "broadcast", "prefix": "B", "start": 5, "count": 1}),
         )
         await wait_until(
-            lambda: all(
-                "A:5" in labels(m.msgs()) and "B:5" in labels(m.msgs()) for m in survivors
-            ),
+            lambda: all("A:5" in labels(m.msgs()) and "B:5" in labels(m.msgs()) for m in survivors),
             TIMEOUT,
             lambda: "the fence messages",
         )

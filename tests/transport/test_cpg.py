@@ -421,9 +421,7 @@ def test_corosync_killed_and_restarted(own_corosync: PrivateCorosync) -> None:
             await until(lambda: all(t.view.members == (0, 1, 2) for t in ts))
             before = [t.view.view_id for t in ts]
             cs.kill()
-            await until(
-                lambda: all(t.view.members == (t.pnn,) for t in ts), what="solo views"
-            )
+            await until(lambda: all(t.view.members == (t.pnn,) for t in ts), what="solo views")
             assert all(t.view.view_id > b for t, b in zip(ts, before, strict=True))
             # Alone, a broadcast still reaches self, and nothing crashes.
             for t in ts:
@@ -435,9 +433,7 @@ def test_corosync_killed_and_restarted(own_corosync: PrivateCorosync) -> None:
             assert all(r.msgs()[-2:] == [(r.t.pnn, b"alone"), (r.t.pnn, b"self")] for r in recs)
             solo_ids = [t.view.view_id for t in ts]
             cs.start()
-            await until(
-                lambda: all(t.view.members == (0, 1, 2) for t in ts), 15, what="rejoin"
-            )
+            await until(lambda: all(t.view.members == (0, 1, 2) for t in ts), 15, what="rejoin")
             assert len({t.view.view_id for t in ts}) == 1
             assert all(t.view.view_id > s for t, s in zip(ts, solo_ids, strict=True))
             ts[1].broadcast(b"again")

@@ -80,13 +80,15 @@ class VsNet:
         state = self.net.node_dir(i) / "state"
         conf = self.conf(i)
         if not conf.exists():
-            conf.write_text(
-                render_config(state, token_ms=TOKEN_MS, nodes=self.net.addresses())
-            )
+            conf.write_text(render_config(state, token_ms=TOKEN_MS, nodes=self.net.addresses()))
         with open(state / "corosync.stderr", "ab") as out:
             self.daemons[i] = self.net.popen(
-                i, ["corosync", "-f", "-c", str(conf)], private_run=True,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                i,
+                ["corosync", "-f", "-c", str(conf)],
+                private_run=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     def kill_corosync(self, i: int) -> None:
@@ -125,16 +127,31 @@ class VsNet:
     async def start_member(self, i: int) -> ProcessMember:
         argv = self.net.command(
             i,
-            [PYTHON, str(MEMBER), "--transport", "vs", "--pnn", str(i),
-             "--nodes", ",".join(self.net.addresses()),
-             "--extra", f"group={self.group}", "--extra", "join_timeout=15"],
+            [
+                PYTHON,
+                str(MEMBER),
+                "--transport",
+                "vs",
+                "--pnn",
+                str(i),
+                "--nodes",
+                ",".join(self.net.addresses()),
+                "--extra",
+                f"group={self.group}",
+                "--extra",
+                "join_timeout=15",
+            ],
             private_run=True,
         )
         stderr_path = self.tmp / f"member{i}.stderr"
         with open(stderr_path, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=err, cwd=REPO, limit=1 << 20,
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                cwd=REPO,
+                limit=1 << 20,
             )
         member = ProcessMember(i, proc, stderr_path)
         self.members.append(member)
@@ -221,9 +238,10 @@ async def formed(
 
     def ok() -> bool:
         last = [m.views()[-1] if m.views() else None for m in members]
-        return all(v is not None and v["members"] == want for v in last) and len(
-            {v["id"] for v in last if v is not None}
-        ) == 1
+        return (
+            all(v is not None and v["members"] == want for v in last)
+            and len({v["id"] for v in last if v is not None}) == 1
+        )
 
     await wait_until(
         ok, timeout, lambda: f"view {want} with one id; have {show_views(members)}\n{net.logs()}"
@@ -263,8 +281,7 @@ def first_difference(x: list[tuple[Any, ...]], y: list[tuple[Any, ...]]) -> str:
 async def fence(survivors: list[ProcessMember], tag: str) -> None:
     """Each survivor broadcasts one marker; once all have all, earlier traffic is in."""
     await asyncio.gather(
-        *(m.command({"cmd": "broadcast", "prefix": f"{tag}{m.pnn}", "count": 1})
-          for m in survivors)
+        *(m.command({"cmd": "broadcast", "prefix": f"{tag}{m.pnn}", "count": 1}) for m in survivors)
     )
     want = {f"{tag}{m.pnn}:1" for m in survivors}
     await wait_until(
@@ -289,8 +306,14 @@ async def stream_and_fail(
         *(m.command({"cmd": "broadcast", "prefix": f"P{m.pnn}", "count": 2}) for m in members)
     )
     await v.command(
-        {"cmd": "broadcast", "prefix": f"P{victim}", "start": 3, "count": VICTIM_STREAM,
-         "pause_every": 5, "pause": 0.002},
+        {
+            "cmd": "broadcast",
+            "prefix": f"P{victim}",
+            "start": 3,
+            "count": VICTIM_STREAM,
+            "pause_every": 5,
+            "pause": 0.002,
+        },
         wait=False,
     )
     await wait_until(
@@ -299,8 +322,10 @@ async def stream_and_fail(
         lambda: f"the victim's stream; have {[len(m.msgs(src=victim)) for m in others]}",
     )
     await asyncio.gather(
-        *(m.command({"cmd": "broadcast", "prefix": f"P{m.pnn}", "start": 3, "count": 2})
-          for m in others),
+        *(
+            m.command({"cmd": "broadcast", "prefix": f"P{m.pnn}", "start": 3, "count": 2})
+            for m in others
+        ),
         fail(),
     )
 
@@ -320,9 +345,7 @@ async def stream_finished(lone: ProcessMember) -> None:
     assert mine == sorted(set(mine)), "the lone member's own stream is out of order"
 
 
-def check_survivors(
-    survivors: list[ProcessMember], victim: int, full_view_id: int
-) -> None:
+def check_survivors(survivors: list[ProcessMember], victim: int, full_view_id: int) -> None:
     """Virtual synchrony on the survivors after `victim` left view `full_view_id`."""
     for m in survivors:
         for s in survivors:
@@ -339,8 +362,8 @@ def check_survivors(
             f"{m.pnn} delivered the victim's message after the view that removed it"
         )
     streams = [stream_from(m, full_view_id) for m in survivors]
-    for s in streams[1:]:
-        assert s == streams[0], first_difference(streams[0], s)
+    for stream in streams[1:]:
+        assert stream == streams[0], first_difference(streams[0], stream)
 
 
 # -- tests ---------------------------------------------------------------------
@@ -356,9 +379,18 @@ def test_three_hosts_form_one_view_and_agree_on_total_order(vsnet: VsNet) -> Non
             seen = [v["id"] for v in m.views()]
             assert seen == sorted(set(seen)), f"view ids of {m.pnn} do not grow: {seen}"
         await asyncio.gather(
-            *(m.command({"cmd": "broadcast", "prefix": f"t{m.pnn}", "count": count,
-                         "pause_every": 7, "pause": 0.0005})
-              for m in members)
+            *(
+                m.command(
+                    {
+                        "cmd": "broadcast",
+                        "prefix": f"t{m.pnn}",
+                        "count": count,
+                        "pause_every": 7,
+                        "pause": 0.0005,
+                    }
+                )
+                for m in members
+            )
         )
         await wait_until(
             lambda: all(len(m.msgs()) >= count * N for m in members),

@@ -1,0 +1,87 @@
+"""Control requests and replies between nodes (no I/O: the channel on its own)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ctdb import messages as m
+from ctdb.controls import ControlChannel
+from ctdb.errors import CtdbError, ErrorCode
+
+LIMITS = m.wire_limits(["n0", "n1", "n2"])
+
+
+def channel() -> tuple[ControlChannel, list[tuple[int, m.Message]]]:
+    sent: list[tuple[int, m.Message]] = []
+    return ControlChannel(lambda pnn, msg: sent.append((pnn, msg)), LIMITS), sent
+
+
+async def _asked(op: str = "ping", pnn: int = 1) -> tuple[ControlChannel, Any, int]:
+    ch, sent = channel()
+    task = asyncio.create_task(ch.call(pnn, op, {}, timeout=5))
+    await asyncio.sleep(0)
+    ((target, msg),) = sent
+    assert target == pnn and isinstance(msg, m.Control)
+    return ch, task, msg.reqid
+
+
+def test_a_reply_from_a_node_that_was_not_asked_is_ignored() -> None:
+    async def scenario() -> None:
+        ch, task, reqid = await _asked("ping", 1)
+        ch.on_reply(2, m.ControlReply(reqid, int(ErrorCode.IO), "forged"))  # node 2 was not asked
+        await asyncio.sleep(0)
+        assert not task.done()
+        ch.on_reply(1, m.ControlReply(reqid, 0, 1))
+        assert await task == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_reply_to_a_request_that_does_not_exist_is_ignored() -> None:
+    async def scenario() -> None:
+        ch, task, reqid = await _asked()
+        ch.on_reply(1, m.ControlReply(reqid + 1, 0, 1))
+        ch.on_reply(1, m.ControlReply(2**64 - 1, 0, {"anything": b"at all"}))
+        assert not task.done()
+        ch.on_reply(1, m.ControlReply(reqid, 0, 1))
+        assert await task == 1
+        ch.on_reply(1, m.ControlReply(reqid, 0, 1))  # a duplicate, after the call ended
+
+    asyncio.run(scenario())
+
+
+def test_a_malformed_result_fails_the_call_and_is_a_protocol_violation() -> None:
+    async def scenario() -> None:
+        ch, task, reqid = await _asked("freeze")
+        with pytest.raises(m.DecodeError, match="reply to freeze"):
+            ch.on_reply(1, m.ControlReply(reqid, 0, {"epoch": "three"}))
+        with pytest.raises(CtdbError) as info:
+            await task
+        assert info.value.code == ErrorCode.PROTOCOL and "node 1" in info.value.message
+
+    asyncio.run(scenario())
+
+
+def test_an_error_reply_raises_its_code() -> None:
+    async def scenario() -> None:
+        ch, task, reqid = await _asked("getdbseqnum")
+        ch.on_reply(1, m.ControlReply(reqid, int(ErrorCode.NOT_FOUND), "no such database"))
+        with pytest.raises(CtdbError) as info:
+            await task
+        assert info.value.code == ErrorCode.NOT_FOUND and info.value.message == "no such database"
+
+    asyncio.run(scenario())
+
+
+def test_a_call_without_a_reply_times_out_and_leaves_nothing_pending() -> None:
+    async def scenario() -> None:
+        ch, _ = channel()
+        with pytest.raises(CtdbError) as info:
+            await ch.call(1, "ping", {}, timeout=0.05)
+        assert info.value.code == ErrorCode.TIMEOUT
+        assert not ch._pending
+
+    asyncio.run(scenario())
