@@ -291,7 +291,7 @@ def _recover(s: Session, args: dict[str, Any]) -> Any:
     """Returns when the recovery has finished (the node bounds it by RecoverTimeout)."""
     node = s.node
     timeout = max(node.tunable("CallTimeout"), node.tunable("RecoverTimeout") + 1)
-    return node.control(_target(s, args), "recover", args, timeout=timeout)
+    return node.control(_target(s, args), "recover", {}, timeout=timeout)
 
 
 @op("ping", admin())

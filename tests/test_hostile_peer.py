@@ -265,7 +265,7 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
     bad = [payload for what, payload in BAD if what != "an ordered operation on tcp"] + [
         m.encode(m.Ordered(FAKE, 1, "store", {"db": 1, "key": 5, "value": b"v", "owner": [2, 1]})),
         m.encode(m.Ordered(1, 1, "sync", {})),  # speaking for node 1
-        m.encode(m.Ordered(FAKE, 1, "expel", {"pnn": 9})),
+        m.encode(m.Ordered(FAKE, 1, "vacuum", {"db": 1, "records": [[b"k", -1]]})),
         packed(7, FAKE, 1, "store", {"db": 1, "key": b"k", "value": b"v", "owner": [2, 1], "x": 1}),
     ]
 
@@ -276,7 +276,13 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
         try:
             # the sync round of the new view waits for our offer: a node with
             # nothing, stopped
-            offer = {"view_id": t.view.view_id, "synced": False, "flags": STOPPED, "dbs": []}
+            offer = {
+                "view_id": t.view.view_id,
+                "synced": False,
+                "epoch": 0,
+                "flags": STOPPED,
+                "dbs": [],
+            }
             t.broadcast(m.encode(m.Ordered(FAKE, 1, "offer", offer)))
             await asyncio.sleep(1)
             for i, payload in enumerate(bad):
