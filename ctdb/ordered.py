@@ -558,8 +558,13 @@ class OrderedEngine:
         self.recoveries = 0
         left = set(old.members) - set(view.members)
         joined = set(view.members) - set(old.members)
+        failure = None
         if left:
-            self._purge(lambda o: o[0] in left)
+            try:
+                self._purge(lambda o: o[0] in left)
+            except Exception as exc:  # as in _apply: our replica may now differ
+                log.exception("releasing the locks of departed nodes failed")
+                failure = f"releasing departed nodes' locks failed: {type(exc).__name__}: {exc}"
         self._applied_by = {p: s for p, s in self._applied_by.items() if p in view}
         if self.node.pnn not in view:
             self._fail_pending(CtdbError(ErrorCode.RETRY, "left the group"))
@@ -585,6 +590,8 @@ class OrderedEngine:
             # merge.freshest_copy); all of them, at this same position.
             self.node.set_epoch(self.node.epoch + 1)
         self.node.on_ordered_state()
+        if failure is not None:
+            self.resync(failure)
 
     def _start_round(self, view: View) -> None:
         self._round = SyncRound(view.view_id, view.members)
