@@ -3,7 +3,7 @@
 One run starts a private 3-node LocalCluster and measures, next to baselines
 taken in the same run on the same machine:
 
-* raw python-tdb fetch/store (same hash size and flags as ctdb.ltdb.LocalDb)
+* raw python-tdb fetch/store (same hash size and flags as ctdb.storage.ltdb.LocalDb)
   against fetch/store through the daemon, 1 client and 8 client processes;
 * a trivial uvloop Unix-socket server speaking the same length-prefixed
   msgpack framing (driven by the very same `ctdb.client.Client`), the cost
@@ -111,7 +111,7 @@ def best_of(windows: list[float]) -> dict[str, Any]:
 def bench_tdb(plan: Plan, workdir: Path) -> dict[str, dict[str, Any]]:
     import tdb
 
-    from ctdb.ltdb import DEFAULT_HASH_SIZE, TDB_MUTEX_LOCKING, Record
+    from ctdb.storage.ltdb import DEFAULT_HASH_SIZE, TDB_MUTEX_LOCKING, Record
 
     path = workdir / "baseline.tdb"
     # Exactly how LocalDb opens a volatile database.

@@ -63,9 +63,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ctdb.client import AsyncClient  # noqa: E402
-from ctdb.errors import CtdbError, ErrorCode  # noqa: E402
-from ctdb.ltdb import DEFAULT_HASH_SIZE, TDB_MUTEX_LOCKING, Record  # noqa: E402
-from ctdb.placement import lmaster  # noqa: E402
+from ctdb.common.errors import CtdbError, ErrorCode  # noqa: E402
+from ctdb.storage.ltdb import DEFAULT_HASH_SIZE, TDB_MUTEX_LOCKING, Record  # noqa: E402
+from ctdb.storage.placement import lmaster  # noqa: E402
 from tools.cluster import LocalCluster  # noqa: E402
 from tools.samba_ctdbd import CTDB as SAMBA_CTDB  # noqa: E402
 from tools.samba_ctdbd import SambaCluster, SambaCtdbError  # noqa: E402

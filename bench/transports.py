@@ -606,7 +606,7 @@ def tuned_corosync(directory: Path, transport: str, totem: dict[str, Any]) -> An
     A `crypto_cipher` other than none turns on corosync's own crypto with a
     fresh authkey, as `ctdbtool cluster up --transport vs` does.
     """
-    from ctdb.keyfile import COROSYNC_KEY_SIZE, create_key
+    from ctdb.common.keyfile import COROSYNC_KEY_SIZE, create_key
     from transport.corosync import PrivateCorosync
 
     class Tuned(PrivateCorosync):

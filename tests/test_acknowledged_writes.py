@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 from tests.conftest import run_ctdbtool, unique
 from tools.cluster import LocalCluster
 

@@ -17,8 +17,8 @@ import msgpack
 import pytest
 
 from ctdb.client import Client
-from ctdb.config import TUNABLES
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.config import TUNABLES
+from ctdb.common.errors import CtdbError, ErrorCode
 from tests.conftest import REPO, ToolResult, unique
 from tools.cluster import LocalCluster
 
@@ -87,7 +87,7 @@ def test_a_config_file_with_an_out_of_range_tunable_does_not_start(tmp_path: Pat
     config = tmp_path / "ctdb.conf"
     config.write_text("[cluster]\naddress = 127.0.0.1\n[tunables]\nKeepaliveInterval = 0\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "ctdb.daemon", "--config", str(config)],
+        [sys.executable, "-m", "ctdb.server.daemon", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,

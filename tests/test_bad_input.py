@@ -12,10 +12,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from ctdb import protocol
 from ctdb.client import Client
-from ctdb.config import tunable_default
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.config import tunable_default
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import client as protocol
 from tests.conftest import unique
 from tools.cluster import LocalCluster
 from transport.framing import FrameReader, frame

@@ -10,7 +10,7 @@ import pytest
 from ctdb.client import AsyncClient, Client, operations
 from ctdb.client.aio import AsyncTransaction
 from ctdb.client.blocking import Transaction
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 from tests.conftest import unique
 from tools.cluster import LocalCluster
 

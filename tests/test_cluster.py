@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ctdb.client import Client
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 from tests.conftest import random_base, random_port, unique
 from tools.cluster import LocalCluster
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ctdb import config
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.keyfile import CLUSTER_KEY_SIZE, create_key, load_key
+from ctdb.common import config
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.common.keyfile import CLUSTER_KEY_SIZE, create_key, load_key
 from tests.conftest import REPO, random_base, random_port, run_ctdbtool, start_cluster, unique
 from tools.cluster import LocalCluster
 from transport import tcp
@@ -116,7 +116,7 @@ def test_ctdbd_refuses_to_start_with_a_world_readable_key(tmp_path: Path) -> Non
     key.chmod(0o644)
     conf = write_config(tmp_path, "key file = cluster.key")
     proc = subprocess.run(
-        [sys.executable, "-m", "ctdb.daemon", "--config", str(conf)],
+        [sys.executable, "-m", "ctdb.server.daemon", "--config", str(conf)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,4 @@
-"""The style gate of CI: ruff's lint and format checks and mypy, over the whole tree.
+"""The style gate of CI: ruff's lint and format checks, mypy and the layer contracts.
 
 Run as a test so that `.ci/run` (the README's test command) fails when any
 of them does, with the tool's own report in the failure message.
@@ -18,6 +18,8 @@ CHECKS = {
     "ruff check": [sys.executable, "-m", "ruff", "check", "."],
     "ruff format": [sys.executable, "-m", "ruff", "format", "--check", "."],
     "mypy": [sys.executable, "-m", "mypy"],  # files: see [tool.mypy] in pyproject.toml
+    # the layers of ctdb/ and transport/: [tool.importlinter] in pyproject.toml
+    "import contracts": [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
 }
 
 

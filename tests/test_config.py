@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ctdb import config
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common import config
+from ctdb.common.errors import CtdbError, ErrorCode
 
 NODES = "127.0.0.1\n# a comment\n\n127.0.0.2  # trailing comment\n127.0.0.3\n"
 

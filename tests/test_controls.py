@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from ctdb import messages as m
-from ctdb.controls import ControlChannel
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import messages as m
+from ctdb.server.controls import ControlChannel
 
 LIMITS = m.wire_limits(["n0", "n1", "n2"])
 

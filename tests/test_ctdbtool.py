@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ctdb.errors import ErrorCode
+from ctdb.common.errors import ErrorCode
 from tests.conftest import REPO, ToolResult, random_port, run_ctdbtool, unique
 from tools.cluster import LocalCluster
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ctdb.durable import read_counter, write_counter
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.storage.durable import read_counter, write_counter
 
 
 def test_missing_file_reads_zero(tmp_path: Path) -> None:

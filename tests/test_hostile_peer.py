@@ -23,9 +23,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from ctdb import messages as m
 from ctdb.client import Client
-from ctdb.errors import CtdbError
+from ctdb.common.errors import CtdbError
+from ctdb.protocol import messages as m
 from tests.conftest import random_base, random_port, unique
 from tools.cluster import LocalCluster
 from tools.fuzz import NodeLink, cluster_key

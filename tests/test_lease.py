@@ -1,8 +1,8 @@
-"""The tcp serving lease (ctdb.lease), without sockets: stamps echoed back confirm it."""
+"""The tcp serving lease (ctdb.server.lease), without sockets: stamps echoed back confirm it."""
 
 from __future__ import annotations
 
-from ctdb.lease import Lease
+from ctdb.server.lease import Lease
 
 DURATION = 4.0
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import tdb
 
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import HEADER_SIZE, CorruptFile, LocalDb, Record
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.storage.ltdb import HEADER_SIZE, CorruptFile, LocalDb, Record
 
 
 def raw_value(path: Path, key: bytes) -> bytes | None:

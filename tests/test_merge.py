@@ -8,9 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctdb.database import Database, DbKind
-from ctdb.ltdb import Record
-from ctdb.merge import (
+from ctdb.engines.merge import (
     VolatilePlan,
     from_wire,
     merge_volatile,
@@ -20,7 +18,9 @@ from ctdb.merge import (
     to_wire,
     volatile_plan,
 )
-from ctdb.transactions import next_version
+from ctdb.engines.transactions import next_version
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.ltdb import Record
 
 
 def test_highest_rsn_wins() -> None:

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctdb import messages as m
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.node import Node
-from ctdb.ordered import OrderedEngine
-from ctdb.schema import Limits
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.ordered import OrderedEngine
+from ctdb.protocol import messages as m
+from ctdb.protocol.schema import Limits
+from ctdb.server.node import Node
 from tools import wiregen
 
 NODES = ["n0", "n1", "n2"]

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from ctdb.messages import Control, encode
-from ctdb.node import NodeFlags
+from ctdb.protocol.messages import Control, encode
+from ctdb.server.node import NodeFlags
 from tests.conftest import start_cluster, unique
 from tools.cluster import LocalCluster
 from transport.framing import frame
@@ -63,7 +63,7 @@ class Snapshot:
 
 
 def view_changes(c: LocalCluster, pnn: int) -> int:
-    return c.log_path(pnn).read_text().count("ctdb.node INFO: view ")
+    return c.log_path(pnn).read_text().count("ctdb.server.node INFO: view ")
 
 
 def snapshot(c: LocalCluster) -> Snapshot:

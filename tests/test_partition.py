@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 
 from ctdb.client import Client
-from ctdb.config import SOCKET_NAME
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.config import SOCKET_NAME
+from ctdb.common.errors import CtdbError, ErrorCode
 from tools import netns
 from tools.netns import NetnsCluster
 from transport.corosync import render_config
@@ -120,7 +120,7 @@ class NetnsCtdb:
                 [
                     sys.executable,
                     "-m",
-                    "ctdb.daemon",
+                    "ctdb.server.daemon",
                     "--config",
                     str(self.node_dir(i) / "ctdb" / "ctdb.conf"),
                 ],

@@ -47,7 +47,7 @@ from typing import Any
 import pytest
 
 from ctdb.client import AsyncClient
-from ctdb.errors import CtdbError
+from ctdb.common.errors import CtdbError
 from tests.test_partition import SIZE, NetnsCtdb, healthy, wait_for
 from tools import netns
 from tools.netns import NetnsCluster

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctdb import protocol
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import client as protocol
 from transport.framing import FrameReader, FrameTooLarge, frame
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -419,7 +419,7 @@ def test_ban_expires_and_unban(cluster: LocalCluster) -> None:
         cl.store(db, "k", "v")  # node 2 serves again
     with c.client(0) as cl:
         # Move the record to a node that stays active: a banned node's volatile
-        # records are dropped when it rejoins (CTDB semantics, see ctdb/merge.py).
+        # records are dropped when it rejoins (CTDB semantics, see ctdb/engines/merge.py).
         assert cl.fetch(db, "k") == b"v"
     # A long ban lifted early by unban.
     with c.client(1) as cl:

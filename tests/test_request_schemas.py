@@ -1,6 +1,6 @@
 """Client operations' argument schemas (no I/O).
 
-Every operation of the client socket has a schema (`ctdb.server.op`). These
+Every operation of the client socket has a schema (`ctdb.server.clients.op`). These
 tests check that valid arguments pass, anything else gives a `CtdbError`
 (never another exception), and that what a client may ask a node to forward
 always fits the control the other node checks it against.
@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctdb import messages, server
-from ctdb.config import tunable_defaults
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.schema import Limits
+from ctdb.common.config import tunable_defaults
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import messages
+from ctdb.protocol.schema import Limits
+from ctdb.server import clients as server
 from tools import wiregen
 
 NODES = ["n0", "n1", "n2"]
@@ -167,7 +168,7 @@ def test_limits_follow_the_tunables() -> None:
 
 
 def test_map_of_checks_every_key_and_value() -> None:
-    from ctdb import schema
+    from ctdb.protocol import schema
 
     check = schema.map_of(messages.DB_NAME, schema.struct({"seqnum": schema.U64}))
     check({"a": {"seqnum": 1}, "b": {"seqnum": 2}}, WIRE)

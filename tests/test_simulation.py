@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ctdb import migration, ordered, transactions
+from ctdb.engines import migration, ordered, transactions
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS
 from tools.sim.schedule import simulate

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from ctdb.keyfile import COROSYNC_KEY_SIZE, create_key
+from ctdb.common.keyfile import COROSYNC_KEY_SIZE, create_key
 from tests.conftest import REPO, random_base, random_port
 from tools import netns
 from tools.cluster import LocalCluster

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from ctdb.errors import CtdbError
+from ctdb.common.errors import CtdbError
 from tools.cluster import LocalCluster
 from transport.corosync import PrivateCorosync, cleanup_stale_shm
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ctdb.client import Client
-from ctdb.config import DEFAULT_PORT, SOCKET_NAME
-from ctdb.errors import CtdbError
-from ctdb.keyfile import COROSYNC_KEY_SIZE, create_key
+from ctdb.common.config import DEFAULT_PORT, SOCKET_NAME
+from ctdb.common.errors import CtdbError
+from ctdb.common.keyfile import COROSYNC_KEY_SIZE, create_key
 from transport.corosync import pid_alive
 
 STATE_FILE = "cluster.json"
@@ -127,7 +127,7 @@ class LocalCluster:
     def start_node(self, pnn: int) -> int:
         log = open(self.node_dir(pnn) / "ctdbd.stderr", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ctdb.daemon", "--config", str(self.config_path(pnn))],
+            [sys.executable, "-m", "ctdb.server.daemon", "--config", str(self.config_path(pnn))],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

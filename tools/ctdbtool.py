@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from ctdb.client import Client, default_socket
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 
 
 class Ctx:
@@ -490,7 +490,7 @@ def keygen(path: Path) -> None:
     Copy the same file to every node (keeping it 0600); nodes without it, or
     with another key, cannot join the cluster.
     """
-    from ctdb.keyfile import create_key
+    from ctdb.common.keyfile import create_key
 
     create_key(path)
     click.echo(f"wrote a new cluster key to {path}")

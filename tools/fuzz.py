@@ -52,11 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctdb import messages, protocol
 from ctdb.client import Client
-from ctdb.config import tunable_default
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.placement import db_id
+from ctdb.common.config import tunable_default
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import client as protocol
+from ctdb.protocol import messages
+from ctdb.storage.placement import db_id
 from tools.cluster import LocalCluster
 from tools.fuzzframes import ClientFrames, Frame, NodeFrames
 from transport.framing import FrameReader, frame

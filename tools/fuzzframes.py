@@ -23,11 +23,13 @@ from typing import Any
 
 import msgpack
 
-from ctdb import messages, protocol, server
-from ctdb.config import parse_tunable, tunable_defaults
-from ctdb.errors import CtdbError
-from ctdb.placement import db_id
-from ctdb.schema import Limits
+from ctdb.common.config import parse_tunable, tunable_defaults
+from ctdb.common.errors import CtdbError
+from ctdb.protocol import client as protocol
+from ctdb.protocol import messages
+from ctdb.protocol.schema import Limits
+from ctdb.server import clients as server
+from ctdb.storage.placement import db_id
 from tools import wiregen
 from transport.framing import frame
 

@@ -8,7 +8,7 @@ what it returns); `connection` is the protocol state of one connection; the
 front ends only move bytes. Errors arrive as `CtdbError` with the daemon's
 stable code.
 
-Depends on `ctdb.protocol` and `ctdb.errors` only, never on the daemon.
+Depends on `ctdb.protocol.client` and `ctdb.common.errors` only, never on the daemon.
 """
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ctdb import protocol
 from ctdb.client import operations as ops
 from ctdb.client.blocking import RecordLock
 from ctdb.client.connection import Connection
 from ctdb.client.operations import Key, Message, Op, Plan, Sleep, default_socket
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import client as protocol
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ctdb import protocol
 from ctdb.client import operations as ops
 from ctdb.client.connection import Connection, Event
 from ctdb.client.operations import Key, Message, Op, Plan, Sleep, default_socket, to_bytes
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import client as protocol
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -12,9 +12,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from ctdb import protocol
 from ctdb.client.operations import Message, Op
-from ctdb.errors import CtdbError
+from ctdb.common.errors import CtdbError
+from ctdb.protocol import client as protocol
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from ctdb.node import Node
+from ctdb.server.node import Node
 from tools.sim.loop import NODE, VirtualTimeLoop
 from tools.sim.storage import Disk, SimLocalDb
 from transport.base import TransportOptions

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctdb.errors import CtdbError
+from ctdb.common.errors import CtdbError
 from tools.sim.cluster import LATENCY, SimCluster
 from tools.sim.history import History, Kind
 from tools.sim.workload import KEYS, VOLATILE, Session, call, hkey, text, why

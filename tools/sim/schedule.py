@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctdb.database import SEQNUM_KEY
-from ctdb.errors import CtdbError
-from ctdb.ltdb import live_value
+from ctdb.common.errors import CtdbError
+from ctdb.storage.database import SEQNUM_KEY
+from ctdb.storage.ltdb import live_value
 from tools.sim import linearizability
 from tools.sim.cluster import LIFE, SimCluster, crashed
 from tools.sim.faults import FAULTS, STRICT, Faults, plan

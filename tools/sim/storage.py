@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ctdb import database
-from ctdb.ltdb import LocalDb
+from ctdb.storage import database
+from ctdb.storage.ltdb import LocalDb
 
 SIM_HASH_SIZE = 131
 #: python-tdb raises RuntimeError((tdb error code, message)); 2 is TDB_ERR_IO.

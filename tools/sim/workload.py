@@ -1,4 +1,4 @@
-"""Simulated clients: each talks to its node's engines as `ctdb.server` does.
+"""Simulated clients: each talks to its node's engines as `ctdb.server.clients` does.
 
 A client runs a random mix of operations on a few keys until the workload's
 deadline and records each in the `History`: volatile stores, deletes,
@@ -16,10 +16,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from ctdb.database import DbKind
-from ctdb.errors import CtdbError
-from ctdb.ltdb import live_value
-from ctdb.node import Node
+from ctdb.common.errors import CtdbError
+from ctdb.server.node import Node
+from ctdb.storage.database import DbKind
+from ctdb.storage.ltdb import live_value
 from tools.sim.cluster import SimCluster
 from tools.sim.history import History, Kind, Op
 from tools.sim.storage import TDB_ERR_IO

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 
 Check = Callable[[Any, "Limits"], None]
 

@@ -21,15 +21,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ctdb.database import HISTORY_KEY, SEQNUM_KEY, Database
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import Record, live_value
-from ctdb.merge import from_wire, to_wire
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.merge import from_wire, to_wire
+from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database
+from ctdb.storage.ltdb import Record, live_value
 
 if TYPE_CHECKING:
-    from ctdb.node import Node
+    from ctdb.engines.host import Host
 
-log = logging.getLogger("ctdb.transactions")
+log = logging.getLogger("ctdb.engines.transactions")
 
 
 def next_version(
@@ -78,7 +78,7 @@ class Transaction:
 
 
 class TransactionEngine:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host) -> None:
         self.node = node
         self._ids = itertools.count(1)
         self._commit_locks: dict[int, asyncio.Lock] = {}

@@ -49,19 +49,19 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ctdb.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import Record, live_value
-from ctdb.merge import Mark, freshest_copy, from_wire, same_copy, to_wire
-from ctdb.messages import Ordered, encode
-from ctdb.placement import db_id
-from ctdb.transactions import Transaction, next_version
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.merge import Mark, freshest_copy, from_wire, same_copy, to_wire
+from ctdb.engines.transactions import Transaction, next_version
+from ctdb.protocol.messages import Ordered, encode
+from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
+from ctdb.storage.ltdb import Record, live_value
+from ctdb.storage.placement import db_id
 from transport.base import View
 
 if TYPE_CHECKING:
-    from ctdb.node import Node
+    from ctdb.engines.host import Host
 
-log = logging.getLogger("ctdb.ordered")
+log = logging.getLogger("ctdb.engines.ordered")
 
 #: Operations a node out of sync queues while it waits for its snapshot; past
 #: this it gives up on the round and rejoins the group.
@@ -100,7 +100,7 @@ class SyncRound:
 
 
 class OrderedEngine:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host) -> None:
         self.node = node
         self._seq = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}

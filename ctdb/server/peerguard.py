@@ -19,10 +19,10 @@ import logging
 import time
 from collections import Counter
 
-from ctdb.errors import CtdbError
+from ctdb.common.errors import CtdbError
 from transport.base import Transport
 
-log = logging.getLogger("ctdb.node")
+log = logging.getLogger("ctdb.server.node")
 
 LOG_INTERVAL = 60.0
 

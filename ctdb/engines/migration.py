@@ -36,18 +36,18 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ctdb.database import Database, DbKind
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import Record, live_value
-from ctdb.messages import Call, DmasterReply, DmasterRequest
-from ctdb.placement import lmaster
-from ctdb.vacuum import Vacuum
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.vacuum import Vacuum
+from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.ltdb import Record, live_value
+from ctdb.storage.placement import lmaster
 
 if TYPE_CHECKING:
-    from ctdb.node import Node
-    from ctdb.transactions import Transaction
+    from ctdb.engines.host import Host
+    from ctdb.engines.transactions import Transaction, TransactionEngine
 
-log = logging.getLogger("ctdb.migration")
+log = logging.getLogger("ctdb.engines.migration")
 
 #: Re-send a call after this long without the record arriving (messages of an
 #: aborted generation are dropped, so a call can vanish).
@@ -68,15 +68,17 @@ class KeyState:
 
 
 class MigrationEngine:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host, transactions: TransactionEngine) -> None:
         self.node = node
+        #: persistent databases commit through it (the leader's two-phase commit)
+        self.transactions = transactions
         self._keys: dict[tuple[int, bytes], KeyState] = {}
         self._calls_out: dict[tuple[int, bytes], asyncio.Future[None]] = {}
         #: locks a freeze took away, by record: their holders get a clear error
         self._voided: dict[tuple[int, bytes], object] = {}
         self.vacuum = Vacuum(self)
 
-    # -- the record operations a client asks for (see ctdb.engine) -----------
+    # -- the record operations a client asks for (see ctdb.engines.base) -----------
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         ok, rec = self.try_local(db, key, session)
@@ -128,7 +130,7 @@ class MigrationEngine:
         await _resolved(self.unlock(db, key, session, value))
 
     async def commit(self, tx: Transaction) -> int:
-        return await self.node.transactions.commit(tx)
+        return await self.transactions.commit(tx)
 
     async def attach(self, name: str, kind: DbKind) -> Database:
         return await self.node.attach_everywhere(name, kind)
@@ -138,7 +140,7 @@ class MigrationEngine:
         if db.replicated:
             # A transaction deleting everything: all nodes or none, and the
             # sequence number moves forward so recovery cannot undo the wipe.
-            tx = node.transactions.begin(db)
+            tx = self.transactions.begin(db)
             for key, _ in await self.traverse(db):
                 tx.writes[key] = None
             await self.commit(tx)
@@ -406,7 +408,7 @@ class MigrationEngine:
 
 
 async def _resolved(result: Any) -> Any:
-    """A result that may still be an awaitable (see ctdb.engine)."""
+    """A result that may still be an awaitable (see ctdb.engines.base)."""
     if isinstance(result, Awaitable):
         return await result
     return result

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import LocalDb, Record
-from ctdb.placement import db_id
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.storage.ltdb import LocalDb, Record
+from ctdb.storage.placement import db_id
 
 #: CTDB keeps a persistent database's sequence number in this record.
 SEQNUM_KEY = b"__db_sequence_number__"

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.keyfile import load_key
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.common.keyfile import load_key
 
 DEFAULT_PORT = 4379
 SOCKET_NAME = "ctdbd.socket"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ctdb.ltdb import Record
+from ctdb.storage.ltdb import Record
 
 #: A pulled record on the wire: [key, rsn, dmaster, value].
 WireRecord = list
@@ -58,7 +58,7 @@ def persistent_source(seqnums: Mapping[int, int]) -> int:
     Why that copy holds every acknowledged commit, whatever restarted:
 
     * A recovery pushes one copy to every member, then stores the new epoch
-      durably on each member (`ctdb.durable`). A member's epoch E therefore
+      durably on each member (`ctdb.storage.durable`). A member's epoch E therefore
       certifies: "my copy is the one recovery E distributed, plus the commits
       I applied since".
     * A commit in epoch E is acknowledged only after every member of E's

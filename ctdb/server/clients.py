@@ -1,7 +1,7 @@
 """The daemon's client socket: sessions, argument checking and operation dispatch.
 
-This is the thin I/O shell around `ctdb.protocol` (framing and parsing) and
-`ctdb.node` (the logic). Each operation is a handler that either returns its
+This is the thin I/O shell around `ctdb.protocol.client` (framing and parsing) and
+`ctdb.server.node` (the logic). Each operation is a handler that either returns its
 result at once (the fast path: a record this node holds, a status query) or
 returns a coroutine that the session runs as a task, so one slow request
 (a record migrating from another node) never holds up the others.
@@ -10,7 +10,7 @@ Every operation is registered with the schema of its arguments (`op`), and
 the arguments are checked against it before the handler runs: types,
 ranges (a pnn names a node), sizes (keys within MaxKeySize, values within
 MaxValueSize) and no unknown names. Those checks are at least as strict as
-the ones other nodes apply to node messages (`ctdb.messages`), so nothing a
+the ones other nodes apply to node messages (`ctdb.protocol.messages`), so nothing a
 client sends can make this node send a peer something it refuses.
 
 A client that sends garbage gets an error reply (or, when the stream cannot
@@ -31,16 +31,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from ctdb import messages, protocol, schema
-from ctdb.database import Database, DbKind
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.ltdb import live_value
-from ctdb.node import Node as ClusterNode
-from ctdb.node import NodeFlags
-from ctdb.schema import EMPTY, KEY, PNN, U64, VALUE, Check, Limits, struct, text
-from ctdb.transactions import Transaction
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.transactions import Transaction
+from ctdb.protocol import client as protocol
+from ctdb.protocol import messages, schema
+from ctdb.protocol.schema import EMPTY, KEY, PNN, U64, VALUE, Check, Limits, struct, text
+from ctdb.server.node import Node as ClusterNode
+from ctdb.server.node import NodeFlags
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.ltdb import live_value
 
-log = logging.getLogger("ctdb.server")
+log = logging.getLogger("ctdb.server.clients")
 
 Handler = Callable[["Session", dict[str, Any]], Any]
 #: op name -> (handler, schema of its arguments)

@@ -25,24 +25,34 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ctdb.database import Database
-from ctdb.errors import CtdbError
-from ctdb.ltdb import Record
-from ctdb.placement import lmaster
+from ctdb.common.errors import CtdbError
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import Record
+from ctdb.storage.placement import lmaster
 
 if TYPE_CHECKING:
-    from ctdb.migration import MigrationEngine
+    from ctdb.engines.host import Host
 
-log = logging.getLogger("ctdb.vacuum")
+log = logging.getLogger("ctdb.engines.vacuum")
 
 #: Keys handled per database and round: bounds the size of one vacuum control.
 BATCH = 1000
 
 
+class Holder(Protocol):
+    """What vacuuming needs of the migration engine that holds the records."""
+
+    node: Host
+
+    def idle(self, db: Database, key: bytes) -> bool: ...
+
+    def hand_over(self, db: Database, key: bytes, rec: Record, to: int) -> None: ...
+
+
 class Vacuum:
-    def __init__(self, engine: MigrationEngine) -> None:
+    def __init__(self, engine: Holder) -> None:
         self.engine = engine
         self.node = engine.node
         #: db id -> keys whose marker this node holds as dmaster

@@ -2,7 +2,7 @@
 messages between the engines.
 
 The node sees the network only through its `Transport` and is driven by
-three kinds of events: client requests (from `ctdb.server`), messages from
+three kinds of events: client requests (from `ctdb.server.clients`), messages from
 other nodes, and view changes. It owns the cluster-wide state CTDB users know
 from `ctdb status`: node flags, generation, recovery mode, leader and vnnmap.
 
@@ -28,17 +28,16 @@ from enum import IntEnum, IntFlag
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ctdb import recovery
-from ctdb.config import parse_tunable, read_nodes, tunable_defaults
-from ctdb.controls import ControlChannel
-from ctdb.database import Database, DbKind
-from ctdb.durable import read_counter, write_counter
-from ctdb.engine import RecordEngine
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.lease import Lease
-from ctdb.ltdb import Record
-from ctdb.merge import from_wire, to_wire
-from ctdb.messages import (
+from ctdb.common.config import parse_tunable, read_nodes, tunable_defaults
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import recovery
+from ctdb.engines.base import RecordEngine
+from ctdb.engines.merge import from_wire, to_wire
+from ctdb.engines.migration import MigrationEngine
+from ctdb.engines.ordered import OrderedEngine
+from ctdb.engines.transactions import TransactionEngine
+from ctdb.engines.vacuum import Vacuum
+from ctdb.protocol.messages import (
     Call,
     ClientMessage,
     Control,
@@ -53,15 +52,16 @@ from ctdb.messages import (
     encode,
     wire_limits,
 )
-from ctdb.migration import MigrationEngine
-from ctdb.ordered import OrderedEngine
-from ctdb.peerguard import PeerGuard
-from ctdb.placement import db_id
-from ctdb.transactions import TransactionEngine
-from ctdb.vacuum import Vacuum
+from ctdb.server.controls import ControlChannel
+from ctdb.server.lease import Lease
+from ctdb.server.peerguard import PeerGuard
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.durable import read_counter, write_counter
+from ctdb.storage.ltdb import Record
+from ctdb.storage.placement import db_id
 from transport.base import Transport, View
 
-log = logging.getLogger("ctdb.node")
+log = logging.getLogger("ctdb.server.node")
 T = TypeVar("T")
 
 INVALID_GENERATION = 1
@@ -131,7 +131,7 @@ class Node:
         self.leader = -1
         state_dir.mkdir(parents=True, exist_ok=True)
         self._epoch_file = state_dir / EPOCH_FILE
-        #: the latest recovery this node took part in (durable: see ctdb.durable)
+        #: the latest recovery this node took part in (durable: see ctdb.storage.durable)
         self.epoch = read_counter(self._epoch_file)
         self._frozen_generation = INVALID_GENERATION
         self._frozen_at = time.monotonic()
@@ -144,13 +144,13 @@ class Node:
 
         self.dbs: dict[int, Database] = {}
         self.stats: Counter[str] = Counter()
-        self.migration = MigrationEngine(self)
         self.transactions = TransactionEngine(self)
+        self.migration = MigrationEngine(self, self.transactions)
         #: set on a virtually synchronous transport: the ordered stream replaces
         #: migration and leader-driven recovery.
         self.ordered = OrderedEngine(self) if transport.capabilities.virtual_synchrony else None
         self.records: RecordEngine = self.ordered or self.migration
-        #: what node messages are checked against (see ctdb.messages)
+        #: what node messages are checked against (see ctdb.protocol.messages)
         self.wire_limits = wire_limits(self.nodes)
         self.guard = PeerGuard(pnn, transport, self.stats)
         self.controls = ControlChannel(self.send, self.wire_limits)
@@ -231,7 +231,7 @@ class Node:
     def set_epoch(self, epoch: int) -> None:
         """The latest recovery (tcp) or quorate view (vs) our copies are current for.
 
-        Durable (ctdb.durable): after any restart, recovery must still tell
+        Durable (ctdb.storage.durable): after any restart, recovery must still tell
         the copies that missed something from those that did not.
         """
         if epoch != self.epoch:
@@ -252,7 +252,7 @@ class Node:
 
     def _configure_lease(self) -> None:
         interval, limit = self.tunable("KeepaliveInterval"), self.tunable("KeepaliveLimit")
-        self._lease_duration = interval * (limit - 1)  # under the detection time: ctdb.lease
+        self._lease_duration = interval * (limit - 1)  # under the detection time: ctdb.server.lease
         self.lease.configure(len(self.nodes), None if self.cluster_lock is None else self.leader)
 
     def on_ordered_state(self) -> None:
@@ -797,7 +797,7 @@ class Node:
 
     @staticmethod
     def _recovery_info(db: Database) -> dict[str, Any]:
-        """What the recovery plans (ctdb.merge) need to know about our copy."""
+        """What the recovery plans (ctdb.engines.merge) need to know about our copy."""
         if db.replicated:
             return {
                 "kind": db.kind.value,
@@ -840,7 +840,7 @@ class Node:
             self.migration.vacuum.note_all(db, records)
 
     def ctl_vacuum(self, src: int, args: dict[str, Any]) -> int:
-        """The key's lmaster removes deletion markers: drop our copies first (ctdb.vacuum)."""
+        """The key's lmaster removes deletion markers: drop our copies first (engines.vacuum)."""
         if not self.in_generation(int(args["generation"])):
             raise CtdbError(ErrorCode.RETRY, "vacuum from another generation")
         return Vacuum.drop_copies(self.db(int(args["db_id"])), args["records"])

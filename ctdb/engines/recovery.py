@@ -11,7 +11,7 @@ the new vnnmap and generation (the epoch stored durably), and thaw. Any
 failure aborts the attempt; the caller retries with a fresh generation, so
 a half-done recovery never serves requests.
 
-A recovery moves only what differs (the plans are in `ctdb.merge`): a
+A recovery moves only what differs (the plans are in `ctdb.engines.merge`): a
 persistent database goes only to members whose copy may differ from the
 source's, and a volatile one is merged from the keys changed since the
 previous recovery plus the full copies of members that missed it. A
@@ -27,8 +27,8 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.merge import (
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.merge import (
     Mark,
     from_wire,
     merge_volatile,
@@ -40,9 +40,9 @@ from ctdb.merge import (
 )
 
 if TYPE_CHECKING:
-    from ctdb.node import Node
+    from ctdb.engines.host import Host
 
-log = logging.getLogger("ctdb.recovery")
+log = logging.getLogger("ctdb.engines.recovery")
 
 
 class NodeFailed(CtdbError):
@@ -58,7 +58,7 @@ class NodeFailed(CtdbError):
 BULK_STEPS = 4
 
 
-async def _control(node: Node, pnn: int, op: str, args: dict[str, Any]) -> Any:
+async def _control(node: Host, pnn: int, op: str, args: dict[str, Any]) -> Any:
     timeout = node.tunable("RecoverTimeout") * (BULK_STEPS if op in ("pull", "push") else 1)
     try:
         return await node.control(pnn, op, args, timeout=timeout)
@@ -71,11 +71,11 @@ def _merged(pulled: dict[int, list[Any]]) -> list[Any]:
     return to_wire(merge_volatile({p: from_wire(r) for p, r in pulled.items()}).items())
 
 
-async def _on_all(node: Node, members: list[int], op: str, args: dict[str, Any]) -> list[Any]:
+async def _on_all(node: Host, members: list[int], op: str, args: dict[str, Any]) -> list[Any]:
     return list(await asyncio.gather(*(_control(node, p, op, args) for p in members)))
 
 
-async def recover(node: Node, members: list[int], rng: random.Random) -> None:
+async def recover(node: Host, members: list[int], rng: random.Random) -> None:
     """Run one recovery over `members` (this node included)."""
     started = time.monotonic()
     generation = rng.randrange(2, 2**31)
@@ -137,7 +137,7 @@ class Step:
     """Pulls, merges and pushes of one recovery; each method returns the records moved."""
 
     def __init__(
-        self, node: Node, members: list[int], generation: int, base: tuple[int, int]
+        self, node: Host, members: list[int], generation: int, base: tuple[int, int]
     ) -> None:
         self.node = node
         self.members = members

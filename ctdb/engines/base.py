@@ -1,9 +1,9 @@
 """The record operations every engine offers the client server.
 
 Two engines implement them with the same client-visible semantics:
-`ctdb.migration.MigrationEngine` (point-to-point transports: dmaster
+`ctdb.engines.migration.MigrationEngine` (point-to-point transports: dmaster
 migration, leader-driven recovery, two-phase commit) and
-`ctdb.ordered.OrderedEngine` (virtually synchronous transports: every node
+`ctdb.engines.ordered.OrderedEngine` (virtually synchronous transports: every node
 applies the same totally ordered stream of operations). The node picks one
 from its transport's capabilities.
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from ctdb.database import Database, DbKind
-from ctdb.transactions import Transaction
+from ctdb.engines.transactions import Transaction
+from ctdb.storage.database import Database, DbKind
 
 
 class RecordEngine(Protocol):

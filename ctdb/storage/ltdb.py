@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tdb
 
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 
 HEADER = struct.Struct("<QIIII")
 HEADER_SIZE = HEADER.size  # 24

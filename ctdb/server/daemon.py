@@ -15,10 +15,10 @@ import signal
 import sys
 from pathlib import Path
 
-from ctdb import config as config_mod
-from ctdb.errors import CtdbError
-from ctdb.node import Node
-from ctdb.server import ClientServer
+from ctdb.common import config as config_mod
+from ctdb.common.errors import CtdbError
+from ctdb.server.clients import ClientServer
+from ctdb.server.node import Node
 from transport.base import TransportError, TransportOptions, transport_class
 
 log = logging.getLogger("ctdbd")

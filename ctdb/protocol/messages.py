@@ -11,7 +11,7 @@ Every message is encoded as a msgpack array `[type, field, field, ...]` in
 field order; adding a message means adding a dataclass with a new `TYPE`.
 
 Nothing a peer sends is trusted. `decode` checks every field against its
-annotation (an `Annotated` check from `ctdb.schema`, or the plain type), the
+annotation (an `Annotated` check from `ctdb.protocol.schema`, or the plain type), the
 arguments of a `Control` and of an `Ordered` operation against the op's row
 in `CONTROLS` / `ORDERED`, and that a field naming the sender (`SENDER`) is
 the node the transport says sent it. `check_reply` does the same for a
@@ -33,10 +33,10 @@ from typing import Annotated, Any, ClassVar
 
 import msgpack
 
-from ctdb import schema
-from ctdb.config import WIRE_SIZES
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.schema import (
+from ctdb.common.config import WIRE_SIZES
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import schema
+from ctdb.protocol.schema import (
     ANY,
     BOOL,
     EMPTY,
@@ -61,7 +61,7 @@ from ctdb.schema import (
 DB_ID = U32
 GENERATION = U64  # vs generations are (view id << 16) + recoveries: wider than CTDB's u32
 RSN = U64
-#: CTDB's node flags (see ctdb.node.NodeFlags): DISCONNECTED..BANNED, STOPPED.
+#: CTDB's node flags (see ctdb.server.node.NodeFlags): DISCONNECTED..BANNED, STOPPED.
 FLAGS = schema.bits(0x01 | 0x02 | 0x04 | 0x08 | 0x20)
 DB_NAME = text(255, min_len=1)
 DB_KIND = text(choices=("volatile", "persistent", "replicated"))
@@ -72,13 +72,13 @@ OWNER = row(PNN, U64)
 TX_READS = list_of(row(KEY, RSN))
 TX_WRITES = list_of(row(KEY, nullable(VALUE)))
 NUMBER = schema.number(-1e308, 1e308)
-#: A persistent copy's chained commit digest (ctdb.database.Database.history).
+#: A persistent copy's chained commit digest (ctdb.storage.database.Database.history).
 HISTORY = schema.blob(64)
 #: The (epoch, generation) of the recovery a volatile copy was last pushed by.
 RECOVERY_BASE = row(U64, GENERATION)
 #: Deletion markers to vacuum: [[key, rsn]].
 VACUUMED = list_of(row(STORED_KEY, RSN))
-#: A node's monotonic clock reading (see ctdb.lease).
+#: A node's monotonic clock reading (see ctdb.server.lease).
 STAMP = schema.number(0, 1e308)
 #: What a client message carries: anything that fits in the largest frame.
 CLIENT_DATA = schema.blob(int(WIRE_SIZES["MaxFrameSize"]))
@@ -97,7 +97,7 @@ class ControlSpec:
 
 #: Every control a node answers (`Node.ctl_<op>`), one row each.
 CONTROLS: dict[str, ControlSpec] = {
-    # recovery, driven by the leader (ctdb.recovery)
+    # recovery, driven by the leader (ctdb.engines.recovery)
     "freeze": ControlSpec(
         struct({"generation": GENERATION}),
         struct(
@@ -153,7 +153,7 @@ CONTROLS: dict[str, ControlSpec] = {
         NONE,
     ),
     "thaw": ControlSpec(struct({"generation": GENERATION}), NONE),
-    # persistent transactions (ctdb.transactions)
+    # persistent transactions (ctdb.engines.transactions)
     "tx_commit": ControlSpec(struct({"db_id": DB_ID, "reads": TX_READS, "writes": TX_WRITES}), U64),
     "tx_prepare": ControlSpec(
         struct(
@@ -339,7 +339,7 @@ class NodeState:
 
     `stamp` is the sender's clock when it sent this, `seen` the latest stamp
     it received from each peer: echoed stamps confirm a node's lease to serve
-    (see `ctdb.lease`).
+    (see `ctdb.server.lease`).
     """
 
     TYPE: ClassVar[int] = 8

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 
 CLUSTER_KEY_SIZE = 32  # HMAC-SHA256 key: 256 bits
 #: corosync-keygen's default; corosync accepts 128..4096 bytes.

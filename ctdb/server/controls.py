@@ -18,9 +18,9 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from ctdb.errors import CtdbError, ErrorCode
-from ctdb.messages import Control, ControlReply, DecodeError, Message, check_reply
-from ctdb.schema import Limits
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol.messages import Control, ControlReply, DecodeError, Message, check_reply
+from ctdb.protocol.schema import Limits
 
 
 class ControlChannel:

@@ -1,7 +1,7 @@
 """Small facts a node must still know after a crash, written atomically and fsync'd.
 
 Today that is the recovery epoch: recovery trusts only the copies of the
-nodes that took part in the latest recovery (see `ctdb.merge`), so a node
+nodes that took part in the latest recovery (see `ctdb.engines.merge`), so a node
 that restarts must remember which recovery it last took part in. If it
 forgot (an epoch kept in memory), a node that was hung through the latest
 recoveries would look as current as the restarted ones and its stale copy
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ctdb.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
 
 
 def read_counter(path: Path) -> int:

@@ -1,0 +1,1 @@
+"""What every part of pyctdb shares: error codes, configuration and tunables, key files."""

@@ -1,0 +1,69 @@
+"""What an engine needs of the node it runs in.
+
+The engines sit below the daemon: `ctdb.server.node.Node` creates them and
+hands itself in, and they call back into it (send a message, run a control
+on a peer, wait until the node serves). Naming that surface here, as a
+typing Protocol, keeps the dependency one-way (engines never import the
+server: see the import-linter contracts in pyproject.toml) and says in one
+place what an engine may touch; `Node` satisfies it structurally, which
+mypy checks where the engines are built.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ctdb.protocol.messages import Message
+from ctdb.storage.database import Database, DbKind
+from transport.base import Transport
+
+
+class Host(Protocol):
+    pnn: int
+    nodes: list[str]
+    #: every database this node has attached, by id
+    dbs: dict[int, Database]
+    #: recoveries (tcp) or quorate views (vs) this node took part in; see merge
+    epoch: int
+    generation: int
+    leader: int
+    vnnmap: list[int]
+    #: this node's own administrative flags (ctdb.server.node.NodeFlags)
+    flags: int
+    stats: Counter[str]
+    transport: Transport
+    #: runs a blocking function off the event loop (a thread; inline in the simulator)
+    offload: Callable[[Callable[[], Any]], Awaitable[Any]]
+
+    @property
+    def serving(self) -> bool: ...
+
+    def tunable(self, name: str) -> float: ...
+
+    def in_generation(self, generation: int) -> bool: ...
+
+    def send(self, pnn: int, msg: Message) -> None: ...
+
+    async def control(
+        self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any: ...
+
+    async def wait_serving(self, deadline: float) -> None: ...
+
+    def attach(self, name: str, kind: DbKind) -> Database: ...
+
+    async def attach_everywhere(self, name: str, kind: DbKind) -> Database: ...
+
+    def db(self, dbid: int) -> Database: ...
+
+    def db_by_name(self, name: str) -> Database: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def request_recovery(self) -> None: ...
+
+    def on_ordered_state(self) -> None: ...
+
+    def rejoin(self) -> None: ...

@@ -1,0 +1,3 @@
+"""Wire formats, pure code: the client protocol's frames, node-to-node messages and the schemas
+both are checked against.
+"""
