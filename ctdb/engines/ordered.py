@@ -107,6 +107,8 @@ class OrderedEngine:
         self._locks: dict[tuple[int, bytes], LockQueue] = {}
         #: local lock waiters: owner -> future resolved when it becomes holder
         self._lock_waiters: dict[tuple[Owner, int, bytes], asyncio.Future[Any]] = {}
+        #: locks our clients were told they hold (fetch_lock answered, not yet unlocked)
+        self._granted: set[tuple[Owner, int, bytes]] = set()
         self._sessions: dict[int, object] = {}
         self._session_ids = itertools.count(1)
         self.synced = False
@@ -206,7 +208,14 @@ class OrderedEngine:
             return live_value(db.local.get(key))
         # Someone else holds the record: wait for it, as migration would.
         value = await self.lock(db, key, session)
-        await self.unlock(db, key, session, None)
+        try:
+            await self.unlock(db, key, session, None)
+        except CtdbError:
+            # The client asked for a read, not a lock: it must not keep one.
+            owner = self._owner(session)
+            self._granted.discard((owner, db.id, key))
+            self._broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
+            raise
         return value
 
     async def _barrier(self) -> None:
@@ -242,6 +251,7 @@ class OrderedEngine:
         owner = self._owner(session)
         q = self._locks.get((db.id, key))
         if q is not None and q.holder == owner:
+            self._granted.add((owner, db.id, key))
             return live_value(db.local.get(key))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._lock_waiters[(owner, db.id, key)] = fut
@@ -251,6 +261,7 @@ class OrderedEngine:
             result: bytes | None = await _until(
                 fut, deadline, f"record {key!r} stayed locked by another client"
             )
+            self._granted.add((owner, db.id, key))
             return result
         except CtdbError:
             # Our place in the queue (or the lock itself, granted a moment
@@ -264,8 +275,10 @@ class OrderedEngine:
         owner = self._owner(session)
         q = self._locks.get((db.id, key))
         if q is None or q.holder != owner:
+            self._granted.discard((owner, db.id, key))  # a grant a state transfer undid
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
         await self._submit("unlock", {"db": db.id, "key": key, "owner": owner, "value": value})
+        self._granted.discard((owner, db.id, key))
 
     def release_all(self, session: object) -> None:
         sid = getattr(session, "_ordered_id", None)
@@ -273,6 +286,7 @@ class OrderedEngine:
             return
         self._sessions.pop(sid, None)
         owner = (self.node.pnn, sid)
+        self._granted = {g for g in self._granted if g[0] != owner}
         if any(e[0] == owner for q in self._locks.values() for e in q.entries):
             self._broadcast("release", {"owner": owner})
 
@@ -481,7 +495,10 @@ class OrderedEngine:
         db, key = self._db(args["db"]), bytes(args["key"])
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self._locks.setdefault((db.id, key), LockQueue())
-        q.entries.append((owner, "lock", None))
+        # Idempotent: a request whose first copy outlived a resync (see
+        # _release_orphans) is the same request, not a second place in line.
+        if not any(e[0] == owner and e[1] == "lock" for e in q.entries):
+            q.entries.append((owner, "lock", None))
         self._advance(db, key, q)
 
     def _apply_unlock(self, origin: int, args: dict[str, Any]) -> None:
@@ -538,9 +555,16 @@ class OrderedEngine:
             self._locks.pop((db.id, key), None)
             return
         if holder[0] == self.node.pnn:
-            fut = self._lock_waiters.get((holder, db.id, key))
-            if fut is not None and not fut.done():
-                fut.set_result(live_value(db.local.get(key)))
+            mine = (holder, db.id, key)
+            fut = self._lock_waiters.get(mine)
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(live_value(db.local.get(key)))
+            elif mine not in self._granted:
+                # Nobody here wants it any more: a fetch_lock that failed, or
+                # one whose grant a state transfer undid. Held, it would stay
+                # locked for good.
+                self._broadcast("withdraw", {"db": db.id, "key": key, "owner": holder})
 
     def _purge(self, gone: Any) -> None:
         for (dbid, key), q in list(self._locks.items()):
@@ -748,21 +772,37 @@ class OrderedEngine:
         self.node.on_ordered_state()
 
     def _release_orphans(self) -> None:
-        """Release queued locks of our clients that are gone.
+        """Release what our clients hold or wait for in the queues but no longer want.
 
-        A client that disconnected while we were out of sync had its
-        release dropped with our backlog; the lock queues we are now in
-        sync with may still hold it.
+        While we were out of sync our releases and withdrawals were dropped
+        with the backlog (or never delivered), but the lock queues we are
+        now in sync with may still hold them: the locks of clients that
+        disconnected, and the places in line of fetch_locks that failed
+        (a lock nobody waits for and nobody was told they hold would stay
+        locked for good once it reaches the head).
         """
         me = self.node.pnn
-        orphans = {
-            owner
-            for q in self._locks.values()
-            for owner, _, _ in q.entries
-            if owner[0] == me and owner[1] not in self._sessions
+        # Grants the state we took over does not show were never stable: the
+        # client hears NOT_LOCKED at its unlock.
+        self._granted = {
+            g for g in self._granted if (q := self._locks.get(g[1:])) and q.holder == g[0]
         }
-        for owner in sorted(orphans):
+        gone: set[Owner] = set()
+        unwanted: set[tuple[Owner, int, bytes]] = set()
+        for (dbid, key), q in self._locks.items():
+            for owner, kind, _ in q.entries:
+                if owner[0] != me:
+                    continue
+                if owner[1] not in self._sessions:
+                    gone.add(owner)
+                elif kind == "lock":
+                    mine = (owner, dbid, key)
+                    if mine not in self._lock_waiters and mine not in self._granted:
+                        unwanted.add(mine)
+        for owner in sorted(gone):
             self._broadcast("release", {"owner": owner})
+        for owner, dbid, key in sorted(unwanted):
+            self._broadcast("withdraw", {"db": dbid, "key": key, "owner": owner})
 
 
 #: Writes, acknowledged only once stable (see the module docstring).
