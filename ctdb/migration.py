@@ -17,7 +17,10 @@ node which missed recoveries, without an old copy beating a newer write.
 
 Records can be locked by a client (`fetch_lock`). A call for a locked record
 waits at its dmaster until the lock is released; then remote callers go
-first, which keeps a record shared between busy nodes moving fairly.
+first, which keeps a record shared between busy nodes moving fairly. At most
+MaxLockWaiters local requests wait for one record (one more fails with BUSY),
+and a node's calls wait there once however often it re-sends them, so a
+record locked for long holds a bounded queue.
 
 A lock lives in the generation it was granted in. A recovery pulls every
 node's records, merges them and pushes the result back; a write made in
@@ -256,7 +259,10 @@ class MigrationEngine:
         if self.is_dmaster(db, key, rec):
             ks = self._keys.get((db.id, key))
             if ks is not None and ks.holder is not None:
-                ks.remote.append(call)
+                # One hand-over answers all of a node's calls: a re-sent one
+                # (RETRY_INTERVAL) must not queue again.
+                if all(queued.origin != call.origin for queued in ks.remote):
+                    ks.remote.append(call)
                 return
             self._give_away(db, key, rec, call.origin)
             return
@@ -364,6 +370,11 @@ class MigrationEngine:
                 fut.set_result(None)  # the next loop turn sends a fresh call
 
     async def _wait(self, waiters: list[asyncio.Future[None]], deadline: float, key: bytes) -> None:
+        limit = int(self.node.tunable("MaxLockWaiters"))
+        if len(waiters) >= limit:
+            raise CtdbError(
+                ErrorCode.BUSY, f"record {key!r} is locked and {limit} requests already wait for it"
+            )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters.append(fut)
         remaining = deadline - asyncio.get_running_loop().time()
