@@ -787,7 +787,7 @@ def _check_room(q: LockQueue, args: dict[str, Any], key: bytes) -> None:
     limit = int(args.get("waiters") or TUNABLES["MaxLockWaiters"].default)
     if len(q.entries) > limit:
         raise QueueFull(
-            ErrorCode.BUSY, f"record {key!r} is locked and {limit} requests already wait for it"
+            ErrorCode.BUSY, f"record {key!r} is busy: {limit} requests already wait for it"
         )
 
 
