@@ -68,10 +68,10 @@ def test_client_that_never_reads_is_bounded(cluster_factory: Callable[..., Local
     """300 fetches of a 1 MiB record, never read: the daemon grows by far less than 300 MiB.
 
     Before the fix (main 7726d38) the daemon queued every reply: its peak
-    grew by 603 MiB on tcp (the replies, and their join into one write) and
-    by 300+ MiB on vs. With it the growth is a few MiB (tcp: one socket's
-    worth of replies; vs: at most MAX_IN_FLIGHT replies of requests already
-    running).
+    grew by 601 MiB on tcp (the replies, and their join into one write) and
+    by 304 MiB on vs. With it: 6 MiB on tcp (replies up to the high-water
+    mark), 36 MiB on vs (where fetches wait for a barrier, so the replies of
+    the MAX_IN_FLIGHT = 32 requests already running arrive anyway).
     """
     c = cluster_factory(size=2)
     db, requests = unique("bounded"), 300
@@ -110,7 +110,8 @@ def test_lock_waiters_are_capped(cluster_factory: Callable[..., LocalCluster]) -
 
     One connection pipelines four fetch_locks; the daemon takes them in
     order, so the first three queue and the fourth is refused. Before the
-    fix all four waited, and the first reply was a TIMEOUT after CallTimeout.
+    fix all four waited, and the first reply was a TIMEOUT after CallTimeout
+    (20 s here).
     """
     c = cluster_factory(size=2, tunables={"MaxLockWaiters": 3, "CallTimeout": 20})
     db = unique("locks")
@@ -142,7 +143,8 @@ def test_peer_that_stops_reading_is_dropped(cluster_factory: Callable[..., Local
 
     Keepalives are slow here (60 s of silence allowed), so the drop is the
     `max queued` bound's doing (64 MiB). Before the fix node 0 queued all
-    300 messages (its peak grew by 300+ MiB) and kept the link.
+    300 messages (its peak grew by 300 MiB) and kept the link; with it, the
+    70th message found node 1 disconnected (peak +70 MiB).
     """
     c = cluster_factory(size=3, tunables={"KeepaliveInterval": 2, "KeepaliveLimit": 30})
     client = c.client(0)
