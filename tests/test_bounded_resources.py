@@ -17,6 +17,7 @@ load, so a burst that is freed again still counts.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from collections.abc import Callable
@@ -27,7 +28,10 @@ import pytest
 from ctdb import protocol
 from ctdb.errors import CtdbError, ErrorCode
 from tests.conftest import unique
+from tests.test_hostile_peer import start_two_of_three
 from tools.cluster import LocalCluster
+from tools.fuzz import NodeLink, cluster_key
+from transport.framing import frame
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -169,3 +173,71 @@ def test_peer_that_stops_reading_is_dropped(cluster_factory: Callable[..., Local
     assert grown < 150 * MiB, f"node 0 grew by {grown / MiB:.0f} MiB"
     # Node 1 reconnects and the cluster heals.
     c.wait_healthy(60)
+
+
+@tcp_only
+def test_client_that_never_reads_its_messages_is_dropped(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """100 messages of 1 MiB for a client that registered a srvid and never reads.
+
+    Messages cannot wait (the cluster sends them), so past 64 MiB queued the
+    daemon drops the client with a log line. Before the fix it queued all
+    100 MiB and kept the client.
+    """
+    c = cluster_factory(size=2)
+    pid = c.pids[0]
+    deaf = raw_client(c, 0)
+    deaf.sendall(protocol.encode_request(2, "register_srvid", {"srvid": 77}))
+    sender = c.client(1)
+    hello, registered = read_replies(deaf, 2)
+    assert registered.code == 0
+    before = memory(pid, "VmRSS")
+    for _ in range(100):
+        sender.send_message(0, 77, b"e" * MiB)
+    assert sender.call("ping", pnn=0)["pnn"] == 0  # node 0 has delivered them all
+    grown = memory(pid, "VmHWM") - before
+    log = c.log_path(0)
+    assert "does not read its replies" in log.read_text(), "the client was not dropped"
+    with pytest.raises((ConnectionError, AssertionError), match="closed|reset"):
+        read_replies(deaf, 100)  # what was sent before the drop, then the end
+    deaf.close()
+    assert grown < 150 * MiB, f"node 0 grew by {grown / MiB:.0f} MiB"
+
+
+def test_frames_from_a_peer_outside_the_view_are_capped(tmp_path: Path) -> None:
+    """A node link that is up one way only: what it sends is held up to `max queued`.
+
+    The test process is node 2, authenticated, but nobody listens at node
+    2's address, so node 0 never has its link to it and keeps node 2's
+    frames for later. 150 frames of 1 MiB: node 0 drops the connection past
+    64 MiB. Before the fix node 0 held all of them (peak +150 MiB).
+    """
+    c = start_two_of_three("tcp", tmp_path / "c")
+    try:
+        pid = c.pids[0]
+        before = memory(pid, "VmRSS")
+        link = NodeLink([c.address(p) for p in range(3)], 2, c.port, cluster_key(c))
+
+        async def flood() -> int:
+            reader, writer = await link.connect(0, b"")
+            sent = 0
+            try:
+                for _ in range(150):
+                    writer.write(frame(b"f" * MiB))
+                    await writer.drain()
+                    sent += 1
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+            return sent
+
+        sent = asyncio.run(flood())
+        grown = memory(pid, "VmHWM") - before
+        log = c.log_path(0).read_text()
+        assert "bytes sent before it is in our view" in log, f"sent {sent} frames, not dropped"
+        assert grown < 150 * MiB, f"node 0 grew by {grown / MiB:.0f} MiB"
+        c.wait_healthy(30, nodes=[0, 1])
+    finally:
+        c.down()
