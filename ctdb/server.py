@@ -156,7 +156,7 @@ class Session:
         if queued + len(data) > self.output_cap:
             self.node.stats["clients_dropped"] += 1
             log.warning(
-                "dropping client (pid %s): it does not read its replies "
+                "dropping client (pid %s): it does not read what it is sent "
                 "(%d bytes queued, %d more to send, cap %d)",
                 self.pid,
                 queued,
