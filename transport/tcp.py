@@ -19,6 +19,16 @@ is removed after `keepalive_interval * keepalive_limit` seconds without any
 frame from it, and a handshake must finish within the same time. Idle
 outgoing connections carry an empty keepalive frame every `keepalive_interval`.
 
+Bounded buffers: a peer that stops reading (SIGSTOP, a hung host) while we
+keep sending would make our memory grow with everything we queue for it. Past
+`max_queued` bytes queued for one peer (`[transport] max queued`, 64 MiB by
+default) beyond the largest single frame on that link (a recovery push may
+legitimately be that large), the peer's link is dropped with one log line:
+it reconnects, and recovery sorts out what it missed, as it would after the
+keepalive expiry that would come anyway. `drain()` waits while any link is
+above HIGH_WATER, so bulk senders do not pile up frames in the first place.
+Frames a peer sends before it is in our view are held up to the same bound.
+
 Wire format: 4-byte big-endian length, then the payload (followed by its MAC
 with `authenticate_frames`); an empty payload is a keepalive.
 """
@@ -51,6 +61,8 @@ log = logging.getLogger("transport.tcp")
 
 MAX_MESSAGE = 256 * 1024 * 1024
 HIGH_WATER = 4 * 1024 * 1024
+#: Default bytes queued for one peer (beyond its largest frame) before its link is dropped.
+DEFAULT_MAX_QUEUED = 64 * 1024 * 1024
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 1.0
 #: Handshakes one node address may have in progress at once (a peer needs one).
@@ -85,8 +97,10 @@ class _Incoming(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         #: Frames that arrived before the peer entered our view (our outgoing
         #: connection to it is not up yet); delivered once it does, so that a
-        #: message is only ever seen from a member we can answer.
+        #: message is only ever seen from a member we can answer. At most
+        #: `owner.max_queued` bytes of them.
         self.early: list[bytes] | None = []
+        self.early_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -139,6 +153,16 @@ class _Incoming(asyncio.Protocol):
             if not frame:
                 continue
             if self.early is not None:
+                self.early_bytes += len(frame)
+                if self.early_bytes > self.owner.max_queued:
+                    log.warning(
+                        "dropping connection from node %s: more than %d bytes sent before "
+                        "it is in our view",
+                        self.src,
+                        self.owner.max_queued,
+                    )
+                    self.close()
+                    return
                 self.early.append(frame)
             else:
                 self.owner.on_message(cast(int, self.src), frame)
@@ -205,6 +229,8 @@ class _Outgoing(asyncio.Protocol):
         self.handshake = Initiator(owner._settings, owner.pnn, dst)
         self.sealer: FrameSealer | None = None
         self.last_tx = time.monotonic()
+        #: the largest frame queued on this link so far (see `write`)
+        self.largest = 0
         self._resume: asyncio.Future[None] | None = None
         loop = asyncio.get_running_loop()
         #: Resolves when the peer has proved the key (or fails with HandshakeError).
@@ -217,13 +243,30 @@ class _Outgoing(asyncio.Protocol):
         self.transport.write(self.handshake.hello())
 
     def write(self, payload: bytes) -> None:
-        assert self.transport is not None
+        """Queue a frame; drop the link if the peer has stopped taking them.
+
+        A peer may be working through one big frame (a recovery push) for a
+        while: the bound is `max_queued` beyond the largest frame of the link.
+        """
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return
         if self.sealer is None:
-            self.transport.writelines((_LEN.pack(len(payload)), payload))
+            transport.writelines((_LEN.pack(len(payload)), payload))
         else:
             tag = self.sealer.seal(payload)
-            self.transport.writelines((_LEN.pack(len(payload) + TAG_SIZE), payload, tag))
+            transport.writelines((_LEN.pack(len(payload) + TAG_SIZE), payload, tag))
         self.last_tx = time.monotonic()
+        self.largest = max(self.largest, len(payload))
+        queued = transport.get_write_buffer_size()
+        if queued > self.owner.max_queued + self.largest:
+            log.warning(
+                "node %d is not reading: %d bytes queued for it, dropping its link",
+                self.dst,
+                queued,
+            )
+            transport.abort()  # connection_lost then drops the peer from the view
 
     def data_received(self, data: bytes) -> None:
         """The peer writes only its challenge on our connection."""
@@ -284,6 +327,7 @@ class TcpTransport(Transport):
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._settings = Settings(options.cluster_key, options.authenticate_frames)
+        self.max_queued = int(options.extra.get("max queued", DEFAULT_MAX_QUEUED))
         self._pnn_by_address = self._address_map(nodes)
         self._handshakes: dict[str, int] = {}
         #: address -> (when its last refusal was logged, refusals not logged since)
@@ -340,6 +384,11 @@ class TcpTransport(Transport):
             self.send(pnn, payload)
 
     async def drain(self) -> None:
+        """Wait until every link's queued output is below HIGH_WATER (or the link is gone).
+
+        A peer that never reads does not hold this up for ever: its link is
+        dropped at `max_queued`, or when its keepalives stop.
+        """
         for out in list(self._out.values()):
             await out.wait_writable()
 

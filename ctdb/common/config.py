@@ -75,6 +75,12 @@ TUNABLES: dict[str, Tunable] = {
     "WaitForQuorum": Tunable(
         1, 0, 1, "1: requests wait during recovery / without quorum; 0: fail at once"
     ),
+    "MaxLockWaiters": Tunable(
+        1000,
+        1,
+        1_000_000,
+        "requests that may wait for one locked record; one more fails with BUSY",
+    ),
     "VacuumInterval": Tunable(
         10.0, 0.05, 86400.0, "seconds between rounds that remove deletion markers"
     ),

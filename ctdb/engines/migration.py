@@ -17,7 +17,11 @@ node which missed recoveries, without an old copy beating a newer write.
 
 Records can be locked by a client (`fetch_lock`). A call for a locked record
 waits at its dmaster until the lock is released; then remote callers go
-first, which keeps a record shared between busy nodes moving fairly.
+first, which keeps a record shared between busy nodes moving fairly. At most
+MaxLockWaiters requests of a node's clients wait for one record, whether for
+its lock or for it to arrive (one more fails with BUSY), and a node's calls
+wait at the dmaster once however often it re-sends them, so a record locked
+for long holds bounded queues.
 
 A lock lives in the generation it was granted in. A recovery pulls every
 node's records, merges them and pushes the result back; a write made in
@@ -74,6 +78,8 @@ class MigrationEngine:
         self.transactions = transactions
         self._keys: dict[tuple[int, bytes], KeyState] = {}
         self._calls_out: dict[tuple[int, bytes], asyncio.Future[None]] = {}
+        #: requests of our clients in `acquire`, by record (at most MaxLockWaiters)
+        self._acquiring: dict[tuple[int, bytes], int] = {}
         #: locks a freeze took away, by record: their holders get a clear error
         self._voided: dict[tuple[int, bytes], object] = {}
         self.vacuum = Vacuum(self)
@@ -189,6 +195,26 @@ class MigrationEngine:
         `session` until `release`.
         """
         node = self.node
+        ref = (db.id, key)
+        acquiring = self._acquiring.get(ref, 0)
+        limit = int(node.tunable("MaxLockWaiters"))
+        if acquiring >= limit:
+            raise CtdbError(
+                ErrorCode.BUSY, f"record {key!r} is busy: {limit} requests already wait for it"
+            )
+        self._acquiring[ref] = acquiring + 1
+        try:
+            return await self._acquire(db, key, session, lock)
+        finally:
+            if self._acquiring[ref] > 1:
+                self._acquiring[ref] -= 1
+            else:
+                del self._acquiring[ref]
+
+    async def _acquire(
+        self, db: Database, key: bytes, session: object, lock: bool
+    ) -> Record | None:
+        node = self.node
         deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
         while True:
             await node.wait_serving(deadline)
@@ -258,7 +284,10 @@ class MigrationEngine:
         if self.is_dmaster(db, key, rec):
             ks = self._keys.get((db.id, key))
             if ks is not None and ks.holder is not None:
-                ks.remote.append(call)
+                # One hand-over answers all of a node's calls: a re-sent one
+                # (RETRY_INTERVAL) must not queue again.
+                if all(queued.origin != call.origin for queued in ks.remote):
+                    ks.remote.append(call)
                 return
             self._give_away(db, key, rec, call.origin)
             return

@@ -8,7 +8,14 @@ when it delivers its own message: by then every surviving member has it (or,
 if the sender fails first, no survivor does).
 
 Locks are FIFO queues of owners `(pnn, session id)`, identical everywhere:
-the head holds the lock. When a client disconnects its node broadcasts a
+the head holds the lock. A queue is bounded (MaxLockWaiters): a lock request
+or a write that would queue past it fails with BUSY. Queues are replicated
+state, so that decision is taken where it can be the same everywhere: at
+apply time, against the bound the origin put in the message. Deciding at
+the origin before broadcasting could not be exact (other nodes' requests
+already in the stream are not applied there yet), and each member applying
+its own tunable would let members that set it differently disagree on a
+queue. When a client disconnects its node broadcasts a
 release; when a node leaves the view every member drops its owners at the
 same position in the stream, so lock hand-over after a failure needs no
 recovery round.
@@ -49,6 +56,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.merge import Mark, freshest_copy, from_wire, same_copy, to_wire
 from ctdb.engines.transactions import Transaction, next_version
@@ -243,9 +251,13 @@ class OrderedEngine:
                 self._send_barrier()
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
-        return self._submit(
-            "store", {"db": db.id, "key": key, "value": value, "owner": self._owner(session)}
-        )
+        owner = self._owner(session)
+        args = {"db": db.id, "key": key, "value": value, "owner": owner, "waiters": self._waiters()}
+        return self._submit("store", args)
+
+    def _waiters(self) -> int:
+        """The queue bound our lock requests and writes carry (see the module docstring)."""
+        return int(self.node.tunable("MaxLockWaiters"))
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         owner = self._owner(session)
@@ -256,13 +268,16 @@ class OrderedEngine:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._lock_waiters[(owner, db.id, key)] = fut
         deadline = self._deadline()
+        args = {"db": db.id, "key": key, "owner": owner, "waiters": self._waiters()}
         try:
-            await self._submit("lock", {"db": db.id, "key": key, "owner": owner}, deadline)
+            await self._submit("lock", args, deadline)
             result: bytes | None = await _until(
                 fut, deadline, f"record {key!r} stayed locked by another client"
             )
             self._granted.add((owner, db.id, key))
             return result
+        except QueueFull:
+            raise  # never queued: nothing to withdraw
         except CtdbError:
             # Our place in the queue (or the lock itself, granted a moment
             # too late) must not outlive the request: withdraw it, in order.
@@ -487,6 +502,7 @@ class OrderedEngine:
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         if q is not None and q.holder is not None and q.holder != owner:
             # Someone holds the record: the write takes its turn in the queue.
+            _check_room(q, args, key)
             q.entries.append((owner, "store", bytes(args["value"])))
             return
         self._write(db, key, bytes(args["value"]), origin)
@@ -495,10 +511,8 @@ class OrderedEngine:
         db, key = self._db(args["db"]), bytes(args["key"])
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self._locks.setdefault((db.id, key), LockQueue())
-        # Idempotent: a request whose first copy outlived a resync (see
-        # _release_orphans) is the same request, not a second place in line.
-        if not any(e[0] == owner and e[1] == "lock" for e in q.entries):
-            q.entries.append((owner, "lock", None))
+        _check_room(q, args, key)
+        q.entries.append((owner, "lock", None))
         self._advance(db, key, q)
 
     def _apply_unlock(self, origin: int, args: dict[str, Any]) -> None:
@@ -803,6 +817,22 @@ class OrderedEngine:
             self._broadcast("release", {"owner": owner})
         for owner, dbid, key in sorted(unwanted):
             self._broadcast("withdraw", {"db": dbid, "key": key, "owner": owner})
+
+
+class QueueFull(CtdbError):
+    """A record's lock queue is at its bound: the request was not queued."""
+
+
+def _check_room(q: LockQueue, args: dict[str, Any], key: bytes) -> None:
+    """Refuse to queue past the bound the origin sent (the same on every member).
+
+    The holder does not count: `waiters` requests may wait behind it.
+    """
+    limit = int(args.get("waiters") or TUNABLES["MaxLockWaiters"].default)
+    if len(q.entries) > limit:
+        raise QueueFull(
+            ErrorCode.BUSY, f"record {key!r} is busy: {limit} requests already wait for it"
+        )
 
 
 #: Writes, acknowledged only once stable (see the module docstring).

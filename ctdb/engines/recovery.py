@@ -159,6 +159,9 @@ class Step:
             "replace_all": replace_all,
             "base": self.base,
         }
+        # A whole database goes to each target: queue it only once the links
+        # have sent what is already queued (a stuck peer is dropped, not waited for).
+        await self.node.transport.drain()
         await _on_all(self.node, targets, "push", args)
 
     async def persistent(self, dbid: int, epochs: dict[int, int], marks: dict[int, Mark]) -> int:

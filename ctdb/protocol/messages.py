@@ -33,7 +33,7 @@ from typing import Annotated, Any, ClassVar
 
 import msgpack
 
-from ctdb.common.config import WIRE_SIZES
+from ctdb.common.config import TUNABLES, WIRE_SIZES
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import schema
 from ctdb.protocol.schema import (
@@ -69,6 +69,8 @@ DB_KIND = text(choices=("volatile", "persistent", "replicated"))
 WIRE_RECORDS = schema.RECORDS
 #: A lock owner: (pnn, session id on that node).
 OWNER = row(PNN, U64)
+#: How many requests may wait for one record (the MaxLockWaiters tunable's range).
+WAITERS = schema.integer(int(TUNABLES["MaxLockWaiters"].lo), int(TUNABLES["MaxLockWaiters"].hi))
 TX_READS = list_of(row(KEY, RSN))
 TX_WRITES = list_of(row(KEY, nullable(VALUE)))
 NUMBER = schema.number(-1e308, 1e308)
@@ -190,8 +192,11 @@ CONTROLS: dict[str, ControlSpec] = {
 
 #: Every operation of the ordered stream (`OrderedEngine._apply_<op>`), one row each.
 ORDERED: dict[str, Check] = {
-    "store": struct({"db": DB_ID, "key": KEY, "value": VALUE, "owner": OWNER}),
-    "lock": struct({"db": DB_ID, "key": KEY, "owner": OWNER}),
+    # `waiters`: the origin's MaxLockWaiters, which every member applies alike
+    "store": struct(
+        {"db": DB_ID, "key": KEY, "value": VALUE, "owner": OWNER}, {"waiters": WAITERS}
+    ),
+    "lock": struct({"db": DB_ID, "key": KEY, "owner": OWNER}, {"waiters": WAITERS}),
     "unlock": struct({"db": DB_ID, "key": KEY, "owner": OWNER, "value": nullable(VALUE)}),
     "release": struct({"owner": OWNER}),
     "commit": struct({"db": DB_ID, "reads": TX_READS, "writes": TX_WRITES}),

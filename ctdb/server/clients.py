@@ -17,6 +17,11 @@ A client that sends garbage gets an error reply (or, when the stream cannot
 be resynchronised, a closed connection) and nobody else notices. A client
 that disconnects loses its record locks, open transactions and message
 registrations.
+
+A client that does not read its replies cannot make the daemon's memory grow
+(see `Session`): reading from it pauses while its replies pile up or while
+too many of its requests wait, and one whose queued output still passes a
+hard cap is dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ import contextlib
 import inspect
 import logging
 import os
+import socket
+import struct as cstruct
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -71,8 +79,39 @@ def admin(required: dict[str, Check] | None = None) -> Check:
     return struct(required or {}, ON_NODE)
 
 
+MiB = 1024 * 1024
+#: Reading from a client pauses while more than HIGH_WATER bytes of its
+#: replies wait to be sent, and resumes below LOW_WATER.
+HIGH_WATER = 1 * MiB
+LOW_WATER = 256 * 1024
+#: Requests of one client running at once (waiting for a record, a lock or
+#: the cluster); past this, reading from it pauses until some finish.
+MAX_IN_FLIGHT = 32
+#: Output queued for one client past which it is dropped (at least two of
+#: the largest replies, MaxFrameSize).
+OUTPUT_CAP = 64 * MiB
+
+
 class Session:
-    """One connected client."""
+    """One connected client, and the bounds on what it can make us hold.
+
+    Back-pressure, not errors: requests are taken from the socket only
+    while the client's queued replies are below HIGH_WATER and fewer than
+    MAX_IN_FLIGHT of its requests are running; otherwise the socket is not
+    read (the client's own writes block) until it reads or requests finish.
+    So a client that never reads makes us hold at most HIGH_WATER plus the
+    replies of its running requests, plus one socket read of decoded requests.
+
+    What cannot wait is capped instead. A reply larger than MaxFrameSize
+    becomes a TOO_BIG error (no client could read it). Replies of requests
+    already running and messages pushed to registered srvids arrive whether
+    or not the client reads; when they would take its queued output past
+    the cap (`output_cap`), the client is dropped with a log line, as CTDB
+    drops a client whose queue passes MaxQueueDropMsg. Dropping messages
+    instead would leave a client waiting for ever for a message it will
+    never get, and not knowing it; a dropped client notices, reconnects and
+    registers again.
+    """
 
     def __init__(self, server: ClientServer, transport: asyncio.Transport) -> None:
         self.server = server
@@ -83,6 +122,14 @@ class Session:
         self.transactions: dict[int, Transaction] = {}
         self.srvids: set[int] = set()
         self.closed = False
+        #: requests read from the socket and not yet run (the rest of one read)
+        self.backlog: deque[protocol.Request | CtdbError] = deque()
+        self.writing_paused = False
+        self.reading = True
+        self.max_reply = int(self.node.tunable("MaxFrameSize"))
+        self.output_cap = max(OUTPUT_CAP, 2 * self.max_reply)
+        self.pid = _peer_pid(transport)
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
 
     # -- helpers used by the handlers ---------------------------------------------
 
@@ -98,26 +145,91 @@ class Session:
             raise CtdbError(ErrorCode.NOT_FOUND, f"no open transaction {txid}") from None
 
     def on_message(self, srvid: int, src: int, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(protocol.encode_event(srvid, src, data))
+        self.write(protocol.encode_event(srvid, src, data))
+
+    # -- output and flow control ------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue `data` for the client, or drop the client if that passes the cap."""
+        if self.closed or self.transport.is_closing():
+            return
+        queued = self.transport.get_write_buffer_size()
+        if queued + len(data) > self.output_cap:
+            self.node.stats["clients_dropped"] += 1
+            log.warning(
+                "dropping client (pid %s): it does not read what it is sent "
+                "(%d bytes queued, %d more to send, cap %d)",
+                self.pid,
+                queued,
+                len(data),
+                self.output_cap,
+            )
+            self.transport.abort()
+            return
+        self.transport.write(data)
+
+    def _reply(self, reqid: int, result: Any) -> bytes:
+        data = protocol.encode_reply(reqid, result)
+        if len(data) > self.max_reply:
+            error = CtdbError(
+                ErrorCode.TOO_BIG,
+                f"reply of {len(data)} bytes exceeds MaxFrameSize ({self.max_reply})",
+            )
+            return protocol.encode_error(reqid, error)
+        return data
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._set_reading(False)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.pump()
+
+    def _busy(self) -> bool:
+        return self.writing_paused or len(self.tasks) >= MAX_IN_FLIGHT
+
+    def _set_reading(self, on: bool) -> None:
+        if on == self.reading or self.transport.is_closing():
+            return
+        self.reading = on
+        if on:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     # -- request handling ---------------------------------------------------------
 
     def handle(self, requests: list[protocol.Request | CtdbError]) -> None:
+        self.backlog.extend(requests)
+        self.pump()
+
+    def pump(self) -> None:
+        """Run the requests read so far while the client's bounds allow, then read more."""
         out: list[bytes] = []
-        for req in requests:
+        size = 0
+        while self.backlog and not self.closed and not self._busy():
+            if size >= HIGH_WATER:  # let the transport say whether the client keeps up
+                self.write(b"".join(out))
+                out, size = [], 0
+                continue
+            req = self.backlog.popleft()
             if isinstance(req, CtdbError):
                 reqid = getattr(req, "reqid", 0)
-                if reqid:
-                    out.append(protocol.encode_error(reqid, req))
-                    continue
-                # No request id to answer: the client is broken; tell it why and hang up.
-                self.transport.write(b"".join(out) + protocol.encode_error(0, req))
-                self.transport.close()
-                return
-            out.append(self._run(req))
+                if not reqid:
+                    # No request id to answer: the client is broken; tell it why and hang up.
+                    self.write(b"".join(out) + protocol.encode_error(0, req))
+                    self.backlog.clear()
+                    self.transport.close()
+                    return
+                data = protocol.encode_error(reqid, req)
+            else:
+                data = self._run(req)
+            out.append(data)
+            size += len(data)
         if out:
-            self.transport.write(b"".join(out))
+            self.write(b"".join(out))
+        self._set_reading(not self.backlog and not self._busy())
 
     def _run(self, req: protocol.Request) -> bytes:
         """Run one request; returns the reply bytes now, or b"" if it went async."""
@@ -136,9 +248,9 @@ class Session:
             if inspect.iscoroutine(result):
                 task = asyncio.get_running_loop().create_task(self._finish(req.reqid, result))
                 self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                task.add_done_callback(self._finished)
                 return b""
-            return protocol.encode_reply(req.reqid, result)
+            return self._reply(req.reqid, result)
         except CtdbError as exc:
             return protocol.encode_error(req.reqid, exc)
         except Exception as exc:
@@ -147,7 +259,7 @@ class Session:
 
     async def _finish(self, reqid: int, coro: Any) -> None:
         try:
-            data = protocol.encode_reply(reqid, await coro)
+            data = self._reply(reqid, await coro)
         except CtdbError as exc:
             data = protocol.encode_error(reqid, exc)
         except asyncio.CancelledError:
@@ -155,14 +267,19 @@ class Session:
         except Exception as exc:
             log.exception("operation failed")
             data = protocol.encode_error(reqid, _internal(exc))
+        self.write(data)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
         if not self.closed:
-            self.transport.write(data)
+            self.pump()
 
     def close(self) -> None:
         """The client went away: release everything it held."""
         if self.closed:
             return
         self.closed = True
+        self.backlog.clear()
         for task in list(self.tasks):
             task.cancel()
         self.node.records.release_all(self)
@@ -178,6 +295,17 @@ class Session:
 
 def _internal(exc: Exception) -> CtdbError:
     return CtdbError(ErrorCode.IO, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _peer_pid(transport: asyncio.Transport) -> int | None:
+    """The client's pid (SO_PEERCRED), to name it in log lines."""
+    sock = transport.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, cstruct.calcsize("3i"))
+    except (AttributeError, OSError):
+        return None
+    pid: int = cstruct.unpack("3i", creds)[0]
+    return pid
 
 
 class _Protocol(asyncio.Protocol):
@@ -196,10 +324,18 @@ class _Protocol(asyncio.Protocol):
             requests = self.decoder.feed(data)
         except CtdbError as exc:
             log.warning("closing client connection: %s", exc)
-            self.session.transport.write(protocol.encode_error(0, exc))
+            self.session.write(protocol.encode_error(0, exc))
             self.session.transport.close()
             return
         self.session.handle(requests)
+
+    def pause_writing(self) -> None:
+        assert self.session is not None
+        self.session.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self.session is not None
+        self.session.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None:

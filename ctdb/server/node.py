@@ -70,6 +70,8 @@ INVALID_GENERATION = 1
 BAN_AFTER_FAILURES = 3
 #: In the state directory: the latest recovery epoch this node took part in.
 EPOCH_FILE = "recovery.epoch"
+#: Controls whose reply can be a whole database: sent once the links have room.
+BULK_REPLIES = frozenset({"pull", "traverse"})
 
 
 class NodeFlags(IntFlag):
@@ -475,6 +477,8 @@ class Node:
         except Exception as exc:
             log.exception("control %s from node %d failed", msg.op, src)
             reply = ControlReply(msg.reqid, int(ErrorCode.IO), f"{type(exc).__name__}: {exc}")
+        if msg.op in BULK_REPLIES:
+            await self.transport.drain()  # back-pressure: see transport.base.Transport.drain
         if src in self.transport.view or src == self.pnn:
             self.send(src, reply)
 
