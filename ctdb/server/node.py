@@ -70,6 +70,10 @@ INVALID_GENERATION = 1
 BAN_AFTER_FAILURES = 3
 #: In the state directory: the latest recovery epoch this node took part in.
 EPOCH_FILE = "recovery.epoch"
+#: Migration messages held while this node finishes its part of a recovery
+#: that a peer has finished already (see `_dispatch`); past it they are
+#: dropped, as messages of another generation are (calls are re-sent).
+MAX_DEFERRED = 10_000
 #: Controls whose reply can be a whole database: sent once the links have room.
 BULK_REPLIES = frozenset({"pull", "traverse"})
 
@@ -136,6 +140,7 @@ class Node:
         #: the latest recovery this node took part in (durable: see ctdb.storage.durable)
         self.epoch = read_counter(self._epoch_file)
         self._frozen_generation = INVALID_GENERATION
+        self._deferred: list[tuple[int, Message]] = []
         self._frozen_at = time.monotonic()
         self.flags = 0  # this node's own administrative flags
         self._ban_timer: asyncio.TimerHandle | None = None
@@ -439,6 +444,13 @@ class Node:
         self._recovery_wanted.set()
 
     def _dispatch(self, src: int, msg: Message) -> None:
+        if isinstance(msg, Call | DmasterRequest | DmasterReply) and self._early(msg.generation):
+            # A peer that thawed before us already works in the generation
+            # we are about to enter: a record it handed over must not be
+            # dropped (its copy already names us dmaster).
+            if len(self._deferred) < MAX_DEFERRED:
+                self._deferred.append((src, msg))
+            return
         if isinstance(msg, Call):
             self.migration.on_call(msg)
         elif isinstance(msg, DmasterRequest):
@@ -734,7 +746,17 @@ class Node:
 
     # -- recovery: what every node does when told -------------------------------------
 
+    def _early(self, generation: int) -> bool:
+        """A migration message of the generation this node is about to thaw into."""
+        return (
+            self.recovery_mode is RecoveryMode.RECOVERY
+            and generation == self._frozen_generation
+            and generation != self.generation
+        )
+
     def _freeze(self, generation: int) -> None:
+        if generation != self._frozen_generation:
+            self._deferred.clear()  # held for a generation that will not start
         self._frozen_generation = generation
         if self.recovery_mode is not RecoveryMode.RECOVERY:
             self._frozen_at = time.monotonic()
@@ -883,6 +905,9 @@ class Node:
         }
         self.migration.reset()
         self._announce()
+        deferred, self._deferred = self._deferred, []
+        for src, msg in deferred:
+            self._handle(src, msg)
 
     # -- controls any node or tool may send --------------------------------------------
 
