@@ -345,7 +345,10 @@ class Node:
             # Bounded like a remote control: a recovery must never wait for
             # ever on its own push. Failures look the same as a remote's.
             try:
-                return await asyncio.wait_for(self._run_control(self.pnn, op, args or {}), timeout)
+                result = self._start_control(self.pnn, op, args or {})
+                if isinstance(result, Awaitable):  # only these need bounding (and a task)
+                    result = await asyncio.wait_for(result, timeout)
+                return result
             except TimeoutError:
                 raise CtdbError(
                     ErrorCode.TIMEOUT, f"node {pnn} (this one) did not finish {op} in {timeout:g}s"
@@ -494,11 +497,15 @@ class Node:
         if src in self.transport.view or src == self.pnn:
             self.send(src, reply)
 
-    async def _run_control(self, src: int, op: str, args: dict[str, Any]) -> Any:
+    def _start_control(self, src: int, op: str, args: dict[str, Any]) -> Any:
+        """Run a control's handler: its result, or an awaitable of it."""
         handler = self._handlers.get(op)
         if handler is None:
             raise CtdbError(ErrorCode.NOT_SUPPORTED, f"unknown control {op!r}")
-        result = handler(src, args)
+        return handler(src, args)
+
+    async def _run_control(self, src: int, op: str, args: dict[str, Any]) -> Any:
+        result = self._start_control(src, op, args)
         if isinstance(result, Awaitable):
             result = await result
         return result
