@@ -209,8 +209,9 @@ class OrderedEngine:
         barrier, and is applied here by the time the barrier is delivered.
         """
         node = self.node
-        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
-        await self._barrier()
+        deadline = self._deadline()
+        await node.wait_serving(deadline)
+        await self._barrier(deadline)
         q = self._locks.get((db.id, key))
         if q is None or q.holder in (None, self._owner(session)):
             return live_value(db.local.get(key))
@@ -226,14 +227,14 @@ class OrderedEngine:
             raise
         return value
 
-    async def _barrier(self) -> None:
+    async def _barrier(self, deadline: float) -> None:
         """Reads share barriers: at most one in flight and one collecting readers."""
         fut = self._open_barrier
         if fut is None:
             fut = self._open_barrier = asyncio.get_running_loop().create_future()
             if self._barrier_in_flight is None:
                 self._send_barrier()
-        await asyncio.shield(fut)
+        await _until(fut, deadline, "the read's ordering barrier was not delivered in time")
 
     def _send_barrier(self) -> None:
         fut, self._open_barrier = self._open_barrier, None
@@ -390,6 +391,13 @@ class OrderedEngine:
                 fut.set_exception(error)
             del self._pending[seq]
         self._unstable.clear()
+        if self._barrier_in_flight is not None:
+            # Failed above; it may never be delivered. Readers that gathered
+            # behind it would wait for it for ever: they fail alike.
+            self._barrier_in_flight = None
+            waiting, self._open_barrier = self._open_barrier, None
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(error)
 
     def _apply(self, msg: Ordered) -> None:
         try:

@@ -145,8 +145,12 @@ class Workload:
             elif kind == "vincr":
                 await self.locked_update(node, session, key, unique, rng)
             elif kind == "pread":
-                # What the server's `fetch` does on a persistent database.
+                # What the server's `fetch` does on a persistent database
+                # (ctdb.server.clients._local_read): the local copy, once serving.
                 op = h.invoke(client, hkey(PERSISTENT, key), Kind.READ_ANY)
+                if not node.serving:
+                    loop = asyncio.get_running_loop()
+                    await node.wait_serving(loop.time() + node.tunable("CallTimeout"))
                 h.ok(op, text(live_value(p.local.get(key.encode()))))
             elif kind == "ptx":
                 keys = sorted(set(rng.sample(KEYS, rng.choice([1, 2]))))
