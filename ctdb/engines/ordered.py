@@ -122,6 +122,9 @@ class OrderedEngine:
         self.synced = False
         self.view: View = node.transport.view
         self._round: SyncRound | None = None
+        #: members still waiting for snapshots of the last plan (view id, member -> db
+        #: names): the same on every member, whose own round may be over already
+        self._catching_up: tuple[int, dict[int, set[str]]] = (0, {})
         #: operations delivered while this node waits for its snapshot
         self._backlog: list[Ordered] = []
         #: configuration events (forced recoveries, node flag changes) applied
@@ -628,8 +631,10 @@ class OrderedEngine:
                 )
             self.synced = False
             self._round = None
-        elif joined or not self.synced or self._round is not None:
-            # A round cut short by a departure starts again with the new view.
+        elif joined or not self.synced or self._round is not None or self._behind(view, left):
+            # A round cut short by a departure starts again with the new view,
+            # also where it was over: a member still waiting for a departed
+            # source's snapshot needs everyone's offer again.
             self._start_round(view)
         else:
             # Members in sync went through one more quorate view (see
@@ -695,6 +700,7 @@ class OrderedEngine:
             }
 
         needs = needs_of(me)
+        self._catching_up = (r.view_id, {p: needs_of(p) for p in r.members if needs_of(p)})
         r.awaiting = needs
         if not self.synced:
             # What members in sync applied up to here is in the snapshots we
@@ -756,7 +762,16 @@ class OrderedEngine:
                 self._barrier_in_flight = None
         self._backlog.clear()
 
+    def _behind(self, view: View, left: set[int]) -> bool:
+        return bool(left) and any(p in view for p in self._catching_up[1])
+
     def _on_snapshot(self, msg: Ordered) -> None:
+        view_id, behind = self._catching_up
+        if msg.args.get("view_id") == view_id:
+            for p in list(behind):
+                behind[p].discard(str(msg.args["name"]))
+                if not behind[p]:
+                    del behind[p]
         r = self._round
         if r is None or r.plan is None or msg.args.get("view_id") != r.view_id:
             return
