@@ -94,6 +94,14 @@ class LockQueue:
 
 
 @dataclass
+class Barriers:
+    """Read barriers: the one in flight and the one collecting readers."""
+
+    open: asyncio.Future[Any] | None = None
+    in_flight: asyncio.Future[Any] | None = None
+
+
+@dataclass
 class SyncRound:
     """The state-transfer round started by a view change that added members."""
 
@@ -132,8 +140,8 @@ class OrderedEngine:
         self.recoveries = 0
         #: every member's administrative flags, as agreed in the stream
         self.flags: dict[int, int] = {node.pnn: 0}
-        self._open_barrier: asyncio.Future[Any] | None = None
-        self._barrier_in_flight: asyncio.Future[Any] | None = None
+        #: read barriers ("sync" broadcasts): see _fetch_ordered
+        self._barriers = Barriers()
         #: our commits delivered but not yet stable: seq -> (future, result,
         #: the other members that delivered it with us)
         self._unstable: dict[int, tuple[asyncio.Future[Any], Any, set[int]]] = {}
@@ -232,27 +240,42 @@ class OrderedEngine:
 
     async def _barrier(self, deadline: float) -> None:
         """Reads share barriers: at most one in flight and one collecting readers."""
-        fut = self._open_barrier
+        b = self._barriers
+        fut = b.open
         if fut is None:
-            fut = self._open_barrier = asyncio.get_running_loop().create_future()
-            if self._barrier_in_flight is None:
-                self._send_barrier()
+            fut = b.open = asyncio.get_running_loop().create_future()
+            if b.in_flight is None:
+                self._send_barrier(b)
         await _until(fut, deadline, "the read's ordering barrier was not delivered in time")
 
-    def _send_barrier(self) -> None:
-        fut, self._open_barrier = self._open_barrier, None
+    def _send_barrier(self, b: Barriers) -> None:
+        fut, b.open = b.open, None
         assert fut is not None
-        self._barrier_in_flight = fut
+        b.in_flight = fut
         seq = next(self._seq)
         self._pending[seq] = fut
+        fut.add_done_callback(lambda done: self._barrier_done(b, seq, done))
         self.node.stats["read_barriers"] += 1
         self.node.transport.broadcast(encode(Ordered(self.node.pnn, seq, "sync", {})))
 
+    def _barrier_done(self, b: Barriers, seq: int, fut: asyncio.Future[Any]) -> None:
+        """The next barrier goes out; if this one failed, its waiting readers fail alike."""
+        self._pending.pop(seq, None)
+        self._unstable.pop(seq, None)
+        b.in_flight = None
+        waiting = b.open
+        if waiting is None:
+            return
+        error = None if fut.cancelled() else fut.exception()
+        if error is None:
+            self._send_barrier(b)
+        else:
+            b.open = None
+            if not waiting.done():
+                waiting.set_exception(error)
+
     def _apply_sync(self, origin: int, args: dict[str, Any]) -> None:
-        if origin == self.node.pnn:
-            self._barrier_in_flight = None
-            if self._open_barrier is not None:
-                self._send_barrier()
+        """A read barrier: its origin's readers go on once it is delivered."""
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
         owner = self._owner(session)
@@ -394,13 +417,6 @@ class OrderedEngine:
                 fut.set_exception(error)
             del self._pending[seq]
         self._unstable.clear()
-        if self._barrier_in_flight is not None:
-            # Failed above; it may never be delivered. Readers that gathered
-            # behind it would wait for it for ever: they fail alike.
-            self._barrier_in_flight = None
-            waiting, self._open_barrier = self._open_barrier, None
-            if waiting is not None and not waiting.done():
-                waiting.set_exception(error)
 
     def _apply(self, msg: Ordered) -> None:
         try:
@@ -758,8 +774,6 @@ class OrderedEngine:
                 fut.set_exception(
                     CtdbError(ErrorCode.RETRY, "not applied: this node was out of sync")
                 )
-            if msg.op == "sync":
-                self._barrier_in_flight = None
         self._backlog.clear()
 
     def _behind(self, view: View, left: set[int]) -> bool:
