@@ -279,6 +279,7 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
             offer = {
                 "view_id": t.view.view_id,
                 "synced": False,
+                "damaged": False,
                 "epoch": 0,
                 "flags": STOPPED,
                 "dbs": [],

@@ -77,15 +77,18 @@ def persistent_source(seqnums: Mapping[int, int]) -> int:
     return max(sorted(seqnums), key=lambda pnn: seqnums[pnn])
 
 
-def freshest_copy(marks: Mapping[int, tuple[int, int]]) -> int:
+def freshest_copy(marks: Mapping[int, tuple[int, bool, int]]) -> int:
     """vs: when no member is in sync, whose copy a database is taken from.
 
-    A mark is (epoch, sequence number). A member's epoch grows with every
-    quorate view it went through in sync, so the highest epoch followed the
-    stream longest; every write it acknowledged was stable, i.e. applied by
-    all members of its view, so members sharing the highest epoch hold the
-    same acknowledged writes and the sequence number, then the lowest pnn,
-    only settle what nobody acknowledged.
+    A mark is (epoch, sound, sequence number). A member's epoch grows with
+    every quorate view it went through in sync, so the highest epoch followed
+    the stream longest; every write it acknowledged was stable, i.e. applied
+    by all members of its view, so sound members sharing the highest epoch
+    hold the same acknowledged writes and the sequence number, then the
+    lowest pnn, only settle what nobody acknowledged. A member whose local
+    write failed (not sound) left the group without the operation it could
+    not apply, which the others then acknowledged, and its files may have
+    lost more: at the same epoch a sound copy is taken first.
     """
     return max(sorted(marks), key=lambda pnn: marks[pnn])
 

@@ -128,6 +128,9 @@ class OrderedEngine:
         self._sessions: dict[int, object] = {}
         self._session_ids = itertools.count(1)
         self.synced = False
+        #: a local write failed since our copies were last in sync: they may
+        #: lack or have lost anything (see `freshest_copy` in engines.merge)
+        self.damaged = False
         self.view: View = node.transport.view
         self._round: SyncRound | None = None
         #: members still waiting for snapshots of the last plan (view id, member -> db
@@ -398,14 +401,23 @@ class OrderedEngine:
         ):
             self._backlog.append(msg)
             if len(self._backlog) > MAX_BACKLOG:
-                self.resync(f"more than {MAX_BACKLOG} operations queued while waiting to sync")
+                self.resync(
+                    f"more than {MAX_BACKLOG} operations queued while waiting to sync",
+                    damaged=False,
+                )
             return
         self._apply(msg)
 
-    def resync(self, why: str) -> None:
-        """Our replica can no longer follow the stream: rejoin for a state transfer."""
+    def resync(self, why: str, *, damaged: bool = True) -> None:
+        """Our replica can no longer follow the stream: rejoin for a state transfer.
+
+        `damaged`: a local write failed, so our copies are suspect, not just
+        behind; until a state transfer replaces them they are taken only
+        where no member offers a sound copy of the same epoch.
+        """
         log.error("leaving the group and rejoining: %s", why)
         self.synced = False
+        self.damaged = self.damaged or damaged
         self._drop_backlog()
         self._fail_pending(CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}"))
         self.node.on_ordered_state()
@@ -665,6 +677,7 @@ class OrderedEngine:
         offer = {
             "view_id": view.view_id,
             "synced": self.synced,
+            "damaged": self.damaged,
             "epoch": self.node.epoch,
             "flags": self.node.flags,
             "dbs": [
@@ -699,7 +712,10 @@ class OrderedEngine:
             if in_sync:
                 plan[name] = in_sync[0]
             else:
-                marks = {p: (epochs[p], mark[0]) for p, (_, mark) in holders.items()}
+                marks = {
+                    p: (epochs[p], not r.offers[p]["damaged"], mark[0])
+                    for p, (_, mark) in holders.items()
+                }
                 plan[name] = freshest_copy(marks)
         r.plan = plan
         r.epoch = max(epochs.values()) + 1
@@ -815,6 +831,7 @@ class OrderedEngine:
         self.node.set_epoch(self._round.epoch)
         self._round = None
         self.synced = True
+        self.damaged = False
         backlog, self._backlog = self._backlog, []
         for msg in backlog:
             self._apply(msg)

@@ -213,6 +213,7 @@ ORDERED: dict[str, Check] = {
         {
             "view_id": U64,
             "synced": BOOL,
+            "damaged": BOOL,
             "epoch": U64,
             "flags": FLAGS,
             "dbs": list_of(row(DB_NAME, DB_KIND, U64, HISTORY)),
