@@ -21,6 +21,8 @@ from typing import Any
 #: The pnn whose code is running (None: the simulator or the network).
 NODE: contextvars.ContextVar[int | None] = contextvars.ContextVar("sim_node", default=None)
 
+#: The virtual clock's step, as time.monotonic's on Linux.
+CLOCK_RESOLUTION = 1e-9
 #: A schedule lasts seconds of virtual time; far beyond that it is livelocked.
 MAX_VIRTUAL_TIME = 900.0
 MAX_LOOP_TURNS = 3_000_000
@@ -138,6 +140,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
+        now = self._vclock[0]
+        if now < when < now + CLOCK_RESOLUTION:
+            # A real clock moves on between two turns; this one moves only to
+            # timers, and one closer than a float step of the clock would fire
+            # with no time passing: a wait for "the rest of a deadline" then
+            # repeats for ever (simulator seed tcp 6177).
+            when = now + CLOCK_RESOLUTION
         kind = _TimerHandle if self._stopped else asyncio.TimerHandle
         timer = kind(when, callback, args, self, context)
         heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
