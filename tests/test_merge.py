@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ctdb.engines.merge import (
     VolatilePlan,
+    freshest_copy,
     from_wire,
     merge_volatile,
     newest_epoch_members,
@@ -219,3 +220,20 @@ def test_merging_only_changed_keys_gives_what_a_full_merge_gives(
         assert {k: (r.rsn, r.value) for k, r in result.items()} == {
             k: (r.rsn, r.value) for k, r in full.items()
         }
+
+
+@pytest.mark.parametrize(
+    ("marks", "source"),
+    [
+        # (epoch, sound, sequence number) per member
+        ({0: (3, True, 5), 1: (4, True, 1)}, 1),  # the epoch first
+        ({0: (4, False, 9), 2: (4, True, 1)}, 2),  # then a sound copy over a damaged one
+        ({0: (4, True, 5), 1: (4, True, 7)}, 1),  # then the sequence number
+        ({1: (4, True, 5), 2: (4, True, 5)}, 1),  # then the lowest pnn
+        ({0: (5, False, 0), 1: (4, True, 9)}, 0),  # a damaged copy of a later epoch still wins
+    ],
+)
+def test_freshest_copy_ranks_epoch_then_soundness_then_sequence(
+    marks: dict[int, tuple[int, bool, int]], source: int
+) -> None:
+    assert freshest_copy(marks) == source
