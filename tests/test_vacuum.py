@@ -23,6 +23,8 @@ from tools.cluster import LocalCluster
 ROUNDS = 10
 KEYS_PER_ROUND = 10_000
 IN_FLIGHT = 200
+#: What one round's deletion markers take at least, kept (see the test).
+MARKERS_PER_ROUND = KEYS_PER_ROUND * (24 + 6 + 24)
 
 
 async def _create_and_delete(socket: str, db: str, round_no: int) -> None:
@@ -83,9 +85,12 @@ def test_keys_created_and_deleted_for_ever_keep_the_file_bounded(
         asyncio.run(_create_and_delete(c.socket(r % c.size), db, r))
         _wait_vacuumed(files)
         sizes.append([f.stat().st_size for f in files])
-    # After a few rounds the freed space is reused: no file grows past the
-    # largest one of round 4 (without vacuuming every round would add its 10,000 deletion markers).
-    assert max(sizes[-1]) <= max(sizes[3]), sizes
+    # After a few rounds the freed space is reused. TDB still expands its
+    # file in steps now and then (free space is fragmented), but over the
+    # last six rounds (60,000 keys) by less than one round's deletion markers
+    # would take without vacuuming: 10,000 x (a 24-byte TDB record header +
+    # key + CTDB's 24-byte header) > MARKERS_PER_ROUND bytes.
+    assert max(sizes[-1]) - max(sizes[3]) < MARKERS_PER_ROUND, sizes
     with c.client(1) as cl:
         for r in (0, ROUNDS - 1):
             assert cl.fetch(db, f"r{r}-k7") is None  # no delete undone
