@@ -266,7 +266,6 @@ class OrderedEngine:
     def _barrier_done(self, b: Barriers, seq: int, fut: asyncio.Future[Any]) -> None:
         """The next barrier goes out; if this one failed, its waiting readers fail alike."""
         self._pending.pop(seq, None)
-        self._unstable.pop(seq, None)
         b.in_flight = None
         waiting = b.open
         if waiting is None:
