@@ -27,6 +27,8 @@ class Host(Protocol):
     dbs: dict[int, Database]
     #: recoveries (tcp) or quorate views (vs) this node took part in; see merge
     epoch: int
+    #: the highest epoch number handed out where this node saw it
+    epoch_numbered: int
     generation: int
     leader: int
     vnnmap: list[int]
@@ -61,6 +63,8 @@ class Host(Protocol):
     def db_by_name(self, name: str) -> Database: ...
 
     def set_epoch(self, epoch: int) -> None: ...
+
+    def number_epoch(self, epoch: int) -> None: ...
 
     def request_recovery(self) -> None: ...
 

@@ -418,6 +418,9 @@ class OrderedEngine:
         """
         log.error("leaving the group and rejoining: %s", why)
         self.synced = False
+        # A round in progress must not put us back in sync with the copy
+        # that just failed: the view change of our rejoin starts a new one.
+        self._round = None
         self.damaged = self.damaged or damaged
         self._drop_backlog()
         self._fail_pending(CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}"))
@@ -601,9 +604,12 @@ class OrderedEngine:
     def _advance(self, db: Database, key: bytes, q: LockQueue) -> None:
         """Apply queued writes at the head, then tell a new local holder it has the lock."""
         while q.entries and q.entries[0][1] == "store":
-            owner, _, value = q.entries.popleft()
+            # Written before it leaves the queue: if the write fails, the
+            # store is still queued when this node's copy is next used.
+            owner, _, value = q.entries[0]
             assert value is not None
             self._write(db, key, value, owner[0])
+            q.entries.popleft()
         holder = q.holder
         if holder is None:
             self._locks.pop((db.id, key), None)
@@ -621,10 +627,15 @@ class OrderedEngine:
                 self._broadcast("withdraw", {"db": db.id, "key": key, "owner": holder})
 
     def _purge(self, gone: Any) -> None:
+        """Drop the lock requests of owners `gone`; their queued writes stay.
+
+        A queue whose head is a write is advanced too: only a write that
+        failed half-way through an earlier advance leaves one there.
+        """
         for (dbid, key), q in list(self._locks.items()):
             before = len(q.entries)
             q.entries = deque(e for e in q.entries if not gone(e[0]) or e[1] == "store")
-            if len(q.entries) != before:
+            if len(q.entries) != before or q.holder is None:
                 self._advance(self._db(dbid), key, q)
 
     # -- membership -------------------------------------------------------------------------
@@ -660,10 +671,14 @@ class OrderedEngine:
                 )
             self.synced = False
             self._round = None
-        elif joined or not self.synced or self._round is not None or self._behind(view, left):
-            # A round cut short by a departure starts again with the new view,
-            # also where it was over: a member still waiting for a departed
-            # source's snapshot needs everyone's offer again.
+        elif joined or not self.synced or self._round is not None or self._behind(view):
+            # A round cut short by a view change starts again with the new
+            # view, also where it was over: a member still waiting for a
+            # snapshot (from a departed source, or sent in the old view and
+            # now delivered in the new one, where its round ignores it)
+            # needs everyone's offer again. Whether anyone still waits is
+            # known alike everywhere (`_catching_up`), so every member
+            # decides alike.
             self._start_round(view)
         else:
             # Members in sync went through one more quorate view (see
@@ -680,6 +695,7 @@ class OrderedEngine:
             "synced": self.synced,
             "damaged": self.damaged,
             "epoch": self.node.epoch,
+            "numbered": self.node.epoch_numbered,
             "flags": self.node.flags,
             "dbs": [
                 [db.name, db.kind.value, db.seqnum(), db.history()] for db in self.node.dbs.values()
@@ -719,7 +735,11 @@ class OrderedEngine:
                 }
                 plan[name] = freshest_copy(marks)
         r.plan = plan
-        r.epoch = max(epochs.values()) + 1
+        # Numbered above every epoch any member saw handed out, and
+        # remembered as handed out even by members that will not finish
+        # the round: a later round elsewhere must number above it.
+        r.epoch = max(max(int(o["numbered"]), epochs[p]) for p, o in r.offers.items()) + 1
+        self.node.number_epoch(r.epoch)
         self.flags = {p: int(o.get("flags", 0)) for p, o in r.offers.items()}
         me = self.node.pnn
 
@@ -793,8 +813,8 @@ class OrderedEngine:
                 )
         self._backlog.clear()
 
-    def _behind(self, view: View, left: set[int]) -> bool:
-        return bool(left) and any(p in view for p in self._catching_up[1])
+    def _behind(self, view: View) -> bool:
+        return any(p in view for p in self._catching_up[1])
 
     def _on_snapshot(self, msg: Ordered) -> None:
         view_id, behind = self._catching_up
@@ -829,6 +849,13 @@ class OrderedEngine:
 
     def _finish_round(self) -> None:
         assert self._round is not None
+        # The copy we now hold may come from a member whose purge at an
+        # earlier view change failed half-way (it resynced, and the plan
+        # took its copy all the same, as the freshest): departed owners
+        # must not keep their locks, and writes queued behind them must
+        # not be lost. Members that followed the view changes hold no such
+        # entries, so this changes nothing there.
+        self._purge(lambda o: o[0] not in self.view)
         self.node.set_epoch(self._round.epoch)
         self._round = None
         self.synced = True
@@ -836,6 +863,8 @@ class OrderedEngine:
         backlog, self._backlog = self._backlog, []
         for msg in backlog:
             self._apply(msg)
+            if not self.synced:
+                return  # applying it failed: we resync (see _apply)
         self._release_orphans()
         log.info("in sync in view %s", list(self.view.members))
         self.node.on_ordered_state()

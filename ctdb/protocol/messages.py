@@ -215,6 +215,7 @@ ORDERED: dict[str, Check] = {
             "synced": BOOL,
             "damaged": BOOL,
             "epoch": U64,
+            "numbered": U64,
             "flags": FLAGS,
             "dbs": list_of(row(DB_NAME, DB_KIND, U64, HISTORY)),
         }

@@ -70,6 +70,8 @@ INVALID_GENERATION = 1
 BAN_AFTER_FAILURES = 3
 #: In the state directory: the latest recovery epoch this node took part in.
 EPOCH_FILE = "recovery.epoch"
+#: In the state directory: the highest epoch number this node saw handed out.
+EPOCH_NUMBERED_FILE = "recovery.epoch-numbered"
 #: Migration messages held while this node finishes its part of a recovery
 #: that a peer has finished already (see `_dispatch`); past it they are
 #: dropped, as messages of another generation are (calls are re-sent).
@@ -139,6 +141,9 @@ class Node:
         self._epoch_file = state_dir / EPOCH_FILE
         #: the latest recovery this node took part in (durable: see ctdb.storage.durable)
         self.epoch = read_counter(self._epoch_file)
+        self._epoch_numbered_file = state_dir / EPOCH_NUMBERED_FILE
+        #: the highest epoch number handed out where this node saw it (durable)
+        self.epoch_numbered = max(self.epoch, read_counter(self._epoch_numbered_file))
         self._frozen_generation = INVALID_GENERATION
         self._deferred: list[tuple[int, Message]] = []
         self._frozen_at = time.monotonic()
@@ -164,6 +169,10 @@ class Node:
         self._serving = asyncio.Event()
         self._recovery_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: vs: the task leaving and rejoining the group, and whether another
+        #: resync was asked for while it ran (see `rejoin`)
+        self._rejoining: asyncio.Task[None] | None = None
+        self._rejoin_again = False
         self._lock_fd: int | None = None
         self.shutdown_requested = asyncio.Event()
         #: Runs bulk work (recovery's pulls, merges and pushes of whole
@@ -197,9 +206,10 @@ class Node:
         self._tasks.append(asyncio.create_task(self._vacuum_loop()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = self._tasks + ([self._rejoining] if self._rejoining is not None else [])
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             try:
                 await task
             except (asyncio.CancelledError, Exception):
@@ -241,9 +251,22 @@ class Node:
         Durable (ctdb.storage.durable): after any restart, recovery must still tell
         the copies that missed something from those that did not.
         """
+        self.number_epoch(epoch)
         if epoch != self.epoch:
             write_counter(self._epoch_file, epoch)
             self.epoch = epoch
+
+    def number_epoch(self, epoch: int) -> None:
+        """Remember, durably, that epoch number `epoch` was handed out.
+
+        vs numbers a new epoch above every number its members saw, also
+        those of rounds a member planned but did not finish: an epoch is
+        then never numbered twice, on two sides of a partition (see
+        merge.freshest_copy).
+        """
+        if epoch > self.epoch_numbered:
+            write_counter(self._epoch_numbered_file, epoch)
+            self.epoch_numbered = epoch
 
     def in_generation(self, generation: int) -> bool:
         """Messages between nodes count only within the generation that sent them.
@@ -646,13 +669,21 @@ class Node:
                 log.exception("vacuum round failed")
 
     def rejoin(self) -> None:
-        """vs: our replica cannot follow the stream: leave the group, rejoin, resync."""
+        """vs: our replica cannot follow the stream: leave the group, rejoin, resync.
 
-        async def again() -> None:
+        One rejoin at a time: overlapping leaves and joins of one group
+        member would interleave. A resync asked for while one runs leaves
+        and joins once more, so the others see it in a view change.
+        """
+        self._rejoin_again = True
+        if self._rejoining is None or self._rejoining.done():
+            self._rejoining = asyncio.get_running_loop().create_task(self._rejoin())
+
+    async def _rejoin(self) -> None:
+        while self._rejoin_again:
+            self._rejoin_again = False
             await self.transport.stop()
             await self.transport.start()
-
-        self._tasks.append(asyncio.get_running_loop().create_task(again()))
 
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None:
         old = self.flags
