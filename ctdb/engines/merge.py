@@ -138,11 +138,13 @@ class VolatilePlan:
 
     Every member that received the previous recovery's copy (`base`) and
     kept track since holds that copy plus the keys it changed: `holders`
-    send only those keys. The others (restarted, rejoining, wiped) send
-    everything they have. `provider`, a holder, adds its current copy of
-    every key someone reported, which stands for the unchanged base copy of
-    that key on all holders. Holders then receive the merged keys only; the
-    others the provider's whole database once the merge is applied to it.
+    name those keys (written or removed) and each sends its copy of every
+    key any holder named, since holders may differ there. The others
+    (restarted, rejoining, wiped) send everything they have; for a key only
+    they have, `provider`, a holder, adds its copy, which stands for the
+    unchanged base copy of that key on all holders. Holders then receive
+    the merged keys only; the others the provider's whole database once the
+    merge is applied to it.
     Without any holder (first recovery, whole cluster restarted) everybody
     sends and receives everything.
     """

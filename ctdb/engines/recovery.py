@@ -186,20 +186,29 @@ class Step:
             records = await self.node.offload(lambda: _merged(copies))
             await self._push(self.members, dbid, records, replace_all=True)
             return sum(len(r) for r in pulled) + len(records) * len(self.members)
-        changed = await asyncio.gather(
-            *(self._pull(p, dbid, changed=True) for p in plan.holders),
-            *(self._pull(p, dbid) for p in plan.others),
+        args = {"db_id": dbid, "generation": self.generation}
+        reported, full = await asyncio.gather(
+            asyncio.gather(*(_control(self.node, p, "changed", args) for p in plan.holders)),
+            asyncio.gather(*(self._pull(p, dbid) for p in plan.others)),
         )
-        copies = dict(zip(plan.holders + plan.others, changed, strict=True))
-        keys = sorted({rec[0] for copy in copies.values() for rec in copy})
-        if keys:
-            copies[plan.provider] = await self._pull(plan.provider, dbid, keys=keys)
+        # A key some holder changed (wrote, or removed: a vacuum may have
+        # reached only some nodes) may differ between holders: every holder
+        # sends its copy. A key only the others have is unchanged on every
+        # holder, and the provider's copy stands for all of theirs.
+        changed = sorted({bytes(k) for keys in reported for k in keys})
+        seen = set(changed)
+        extra = sorted({rec[0] for copy in full for rec in copy} - seen)
+        wanted = {p: changed + extra if p == plan.provider else changed for p in plan.holders}
+        wanted = {p: keys for p, keys in wanted.items() if keys}
+        pulled = await asyncio.gather(*(self._pull(p, dbid, keys=k) for p, k in wanted.items()))
+        copies = dict(zip(plan.others, full, strict=True))
+        copies.update(zip(wanted, pulled, strict=True))
         diff = await self.node.offload(lambda: _merged(copies))
-        moved = sum(len(r) for r in changed) + len(keys)
+        moved = sum(len(copy) for copy in copies.values())
         await self._push(plan.holders, dbid, diff, replace_all=False)
         moved += len(diff) * len(plan.holders)
         if plan.others:
-            full = await self._pull(plan.provider, dbid)
-            await self._push(plan.others, dbid, full, replace_all=True)
-            moved += len(full) * (1 + len(plan.others))
+            whole = await self._pull(plan.provider, dbid)
+            await self._push(plan.others, dbid, whole, replace_all=True)
+            moved += len(whole) * (1 + len(plan.others))
         return moved

@@ -122,12 +122,11 @@ CONTROLS: dict[str, ControlSpec] = {
         ),
     ),
     "pull": ControlSpec(
-        struct(
-            {"db_id": DB_ID, "generation": GENERATION},
-            {"changed": BOOL, "keys": list_of(STORED_KEY)},
-        ),
+        struct({"db_id": DB_ID, "generation": GENERATION}, {"keys": list_of(STORED_KEY)}),
         WIRE_RECORDS,
     ),
+    # the keys written or removed since the copy the last recovery distributed
+    "changed": ControlSpec(struct({"db_id": DB_ID, "generation": GENERATION}), list_of(STORED_KEY)),
     "push": ControlSpec(
         struct(
             {

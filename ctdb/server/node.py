@@ -881,16 +881,18 @@ class Node:
         return {"kind": db.kind.value, "seqnum": 0, "history": b"", "base": base}
 
     async def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
-        """Our copy of a database: all of it, the keys changed since its base, or `keys`."""
+        """Our copy of a database: all of it, or the records of `keys` we hold."""
         self._check_generation(args)
         db = self.db(int(args["db_id"]))
-        if args.get("changed"):
-            keys = list(db.local.changed or ())
-        elif args.get("keys") is not None:
-            keys = [bytes(k) for k in args["keys"]]
-        else:
+        if args.get("keys") is None:
             return await self._bulk(lambda: to_wire(db.local.items()))
+        keys = [bytes(k) for k in args["keys"]]
         return await self._bulk(lambda: to_wire(db.local.items_of(keys)))
+
+    def ctl_changed(self, src: int, args: dict[str, Any]) -> list[bytes]:
+        """The keys we wrote or removed since our base copy (see merge.VolatilePlan)."""
+        self._check_generation(args)
+        return sorted(self.db(int(args["db_id"])).local.changed or ())
 
     async def ctl_push(self, src: int, args: dict[str, Any]) -> None:
         """Install records recovery merged (all of them, or the ones that changed)."""
