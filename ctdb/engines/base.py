@@ -24,6 +24,13 @@ class RecordEngine(Protocol):
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         """The record's value (None if missing); waits while another client holds it."""
 
+    def settled(self, db: Database, key: bytes) -> Awaitable[None] | None:
+        """None if a local read of the key may be answered now; else when it may.
+
+        A write this node applied may not yet be held where it would survive
+        a failure (vs: by every member); reading it then is a dirty read.
+        """
+
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
         """Write a volatile record (an empty value deletes it)."""
 

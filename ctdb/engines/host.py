@@ -29,6 +29,8 @@ class Host(Protocol):
     epoch: int
     #: the highest epoch number handed out where this node saw it
     epoch_numbered: int
+    #: which run of the daemon this is (durable, grows at every start)
+    incarnation: int
     generation: int
     leader: int
     vnnmap: list[int]

@@ -117,10 +117,17 @@ class SyncRound:
     awaiting: set[str] = field(default_factory=set)
 
 
+#: A write in the stream: (origin, seq, the members of the view it was applied in).
+Write = tuple[int, int, frozenset[int]]
+
+
 class OrderedEngine:
     def __init__(self, node: Host) -> None:
         self.node = node
-        self._seq = itertools.count(1)
+        # Above every seq an earlier run of this node used: an `applied`
+        # message about that run, delivered late, must not make one of
+        # this run's writes look stable.
+        self._seq = itertools.count((node.incarnation << 32) + 1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._locks: dict[tuple[int, bytes], LockQueue] = {}
         #: local lock waiters: owner -> future resolved when it becomes holder
@@ -135,9 +142,10 @@ class OrderedEngine:
         self.damaged = False
         self.view: View = node.transport.view
         self._round: SyncRound | None = None
-        #: members still waiting for snapshots of the last plan (view id, member -> db
-        #: names): the same on every member, whose own round may be over already
-        self._catching_up: tuple[int, dict[int, set[str]]] = (0, {})
+        #: members that have yet to say they installed the snapshots of the
+        #: last plan (view id, members): the same on every member, whose own
+        #: round may be over already
+        self._catching_up: tuple[int, set[int]] = (0, set())
         #: operations delivered while this node waits for its snapshot
         self._backlog: list[Ordered] = []
         #: configuration events (forced recoveries, node flag changes) applied
@@ -147,13 +155,23 @@ class OrderedEngine:
         self.flags: dict[int, int] = {node.pnn: 0}
         #: read barriers ("sync" broadcasts): see _fetch_ordered
         self._barriers = Barriers()
-        #: our commits delivered but not yet stable: seq -> (future, result,
-        #: the other members that delivered it with us)
-        self._unstable: dict[int, tuple[asyncio.Future[Any], Any, set[int]]] = {}
-        #: member -> highest seq of ours it applied (its `applied` messages)
-        self._applied_by: dict[int, int] = {}
-        #: origin -> highest seq of theirs we applied and have yet to confirm
+        #: our writes delivered but not yet stable: seq -> (future, result,
+        #: the members that delivered it with us)
+        self._unstable: dict[int, tuple[asyncio.Future[Any], Any, frozenset[int]]] = {}
+        #: member -> origin -> the highest seq of that origin's writes the
+        #: member applied (its `applied` messages; ours as we apply them)
+        self._applied_by: dict[int, dict[int, int]] = {}
+        #: origin -> highest seq of theirs we applied and have yet to announce
         self._to_confirm: dict[int, int] = {}
+        #: the write being applied, which `_write` marks the keys it writes with
+        self._applying: Write | None = None
+        #: (db id, key) -> the latest write to it that is not yet stable
+        self._dirty: dict[tuple[int, bytes], Write] = {}
+        #: dirty keys and our unstable writes as of the last plan (see `_plan_done`)
+        self._pre_plan: dict[tuple[int, bytes], Write] = {}
+        self._pre_plan_seqs: set[int] = set()
+        #: readers waiting for a key's writes to become stable (see `settled`)
+        self._settle_waiters: list[tuple[tuple[int, bytes], asyncio.Future[None]]] = []
         #: db id -> keys that hold a deletion marker (vacuuming candidates)
         self._markers: dict[int, set[bytes]] = {}
 
@@ -210,8 +228,13 @@ class OrderedEngine:
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         q = self._locks.get((db.id, key))
         holder = q.holder if q is not None else None
-        if self.node.serving and (
-            holder == self._owner(session) or (holder is None and self.node.tunable("LocalReads"))
+        if (
+            self.node.serving
+            and (db.id, key) not in self._dirty
+            and (
+                holder == self._owner(session)
+                or (holder is None and self.node.tunable("LocalReads"))
+            )
         ):
             self.node.stats["fetch_local"] += 1
             return live_value(db.local.get(key))
@@ -230,6 +253,9 @@ class OrderedEngine:
         await self._barrier(deadline)
         q = self._locks.get((db.id, key))
         if q is None or q.holder in (None, self._owner(session)):
+            pending = self.settled(db, key)
+            if pending is not None:
+                await _until(pending, deadline, f"a write to {key!r} was not stable in time")
             return live_value(db.local.get(key))
         # Someone else holds the record: wait for it, as migration would.
         value = await self.lock(db, key, session)
@@ -397,6 +423,9 @@ class OrderedEngine:
         if msg.op == "snapshot":
             self._on_snapshot(msg)
             return
+        if msg.op == "synced":
+            self._on_synced(msg)
+            return
         if not self.synced or (
             self._round is not None and self._round.plan is not None and self._needs_snapshot()
         ):
@@ -433,8 +462,15 @@ class OrderedEngine:
                 fut.set_exception(error)
             del self._pending[seq]
         self._unstable.clear()
+        waiters, self._settle_waiters = self._settle_waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(error)
 
     def _apply(self, msg: Ordered) -> None:
+        write = (msg.origin, msg.seq, frozenset(self.members))
+        if msg.op in STABLE_OPS:
+            self._applying = write
         try:
             result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
             error = None
@@ -446,11 +482,13 @@ class OrderedEngine:
             log.exception("applying %s from node %d failed", msg.op, msg.origin)
             self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
             return
+        finally:
+            self._applying = None
         self.node.stats["ordered_applied"] += 1
         stable = msg.op in STABLE_OPS and error is None
+        if stable:
+            self._confirm(msg.origin, msg.seq)
         if msg.origin != self.node.pnn:
-            if stable:
-                self._confirm(msg.origin, msg.seq)
             return
         fut = self._pending.get(msg.seq)
         if fut is None or fut.done():
@@ -458,39 +496,84 @@ class OrderedEngine:
         if error is not None:
             fut.set_exception(error)
         elif stable:
-            others = {p for p in self.members if p != self.node.pnn}
-            self._unstable[msg.seq] = (fut, result, others)
+            self._unstable[msg.seq] = (fut, result, write[2])
             self._check_stable()
         else:
             fut.set_result(result)
 
-    # -- stability: acknowledge a commit only once every member applied it --------
+    # -- stability: a write counts once every member applied it ----------------------
 
     def _confirm(self, origin: int, seq: int) -> None:
-        """Tell `origin` we applied its operations up to `seq` (once per loop turn)."""
+        """Note that we applied `origin`'s writes up to `seq`; tell everyone once per loop turn."""
+        mine = self._applied_by.setdefault(self.node.pnn, {})
+        mine[origin] = max(seq, mine.get(origin, seq))
         if not self._to_confirm:
             asyncio.get_running_loop().call_soon(self._send_confirmations)
         self._to_confirm[origin] = max(seq, self._to_confirm.get(origin, seq))
 
     def _send_confirmations(self) -> None:
         pending, self._to_confirm = self._to_confirm, {}
-        for origin, seq in pending.items():
-            msg = Ordered(self.node.pnn, 0, "applied", {"upto": seq})
-            self.node.transport.send(origin, encode(msg))
+        if pending:
+            upto = [[origin, seq] for origin, seq in sorted(pending.items())]
+            msg = Ordered(self.node.pnn, 0, "applied", {"upto": upto})
+            self.node.transport.broadcast(encode(msg))
 
     def _on_applied(self, msg: Ordered) -> None:
-        upto = int(msg.args["upto"])
-        self._applied_by[msg.origin] = max(upto, self._applied_by.get(msg.origin, upto))
+        if msg.origin == self.node.pnn:
+            return  # noted as we applied them
+        seen = self._applied_by.setdefault(msg.origin, {})
+        for origin, seq in msg.args["upto"]:
+            seen[int(origin)] = max(int(seq), seen.get(int(origin), 0))
         self._check_stable()
 
+    def _stable(self, write: Write) -> bool:
+        """Every member of the write's view that is still with us applied it.
+
+        Members that left since no longer count (see the module docstring).
+        """
+        origin, seq, members = write
+        return all(
+            self._applied_by.get(p, {}).get(origin, 0) >= seq for p in members if p in self.view
+        )
+
     def _check_stable(self) -> None:
-        members = set(self.members)
-        for seq, (fut, result, others) in list(self._unstable.items()):
-            # Members that left since no longer count (see the module docstring).
-            if all(self._applied_by.get(p, 0) >= seq for p in others & members):
+        me = self.node.pnn
+        for seq, (fut, result, members) in list(self._unstable.items()):
+            if self._stable((me, seq, members)):
                 del self._unstable[seq]
                 if not fut.done():
                     fut.set_result(result)
+        if self._dirty:
+            self._dirty = {ref: w for ref, w in self._dirty.items() if not self._stable(w)}
+        if self._settle_waiters:
+            waiters, self._settle_waiters = self._settle_waiters, []
+            for ref, fut in waiters:
+                if fut.done():
+                    continue
+                if ref in self._dirty:
+                    self._settle_waiters.append((ref, fut))
+                else:
+                    fut.set_result(None)
+
+    def settled(self, db: Database, key: bytes) -> asyncio.Future[None] | None:
+        """None if the key holds only stable writes here; else a future resolved when it does.
+
+        We apply a write before every member has: until they all have, a
+        failure can still take it back (a round after a lost quorum may take
+        a copy without it), so a local read must not return it: that would
+        be a dirty read.
+        """
+        ref = (db.id, key)
+        if ref not in self._dirty:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settle_waiters.append((ref, fut))
+        return fut
+
+    def _touched(self, db: Database, key: bytes) -> None:
+        """The write being applied wrote `key`: not stable until every member applied it."""
+        if self._applying is not None:
+            self._dirty[(db.id, key)] = self._applying
 
     def _db(self, dbid: int) -> Database:
         return self.node.db(int(dbid))
@@ -498,6 +581,7 @@ class OrderedEngine:
     def _write(self, db: Database, key: bytes, value: bytes, origin: int) -> None:
         old = db.local.get(key)
         db.local.put(key, Record((old.rsn if old else 0) + 1, origin, value))
+        self._touched(db, key)
         if not value:
             self._markers.setdefault(db.id, set()).add(key)
 
@@ -586,6 +670,8 @@ class OrderedEngine:
         db = self._db(args["db"])
         seqnum, records = next_version(db, args["reads"], args["writes"], origin)
         db.local.write_batch(Database.commit_puts(records))
+        for key in records:
+            self._touched(db, key)
         return seqnum
 
     def _apply_attach(self, origin: int, args: dict[str, Any]) -> None:
@@ -654,7 +740,7 @@ class OrderedEngine:
             except Exception as exc:  # as in _apply: our replica may now differ
                 log.exception("releasing the locks of departed nodes failed")
                 failure = f"releasing departed nodes' locks failed: {type(exc).__name__}: {exc}"
-        self._applied_by = {p: s for p, s in self._applied_by.items() if p in view}
+        self._applied_by = {p: seen for p, seen in self._applied_by.items() if p in view}
         if self.node.pnn not in view:
             self._fail_pending(CtdbError(ErrorCode.RETRY, "left the group"))
         elif not self.quorate:
@@ -753,7 +839,10 @@ class OrderedEngine:
             }
 
         needs = needs_of(me)
-        self._catching_up = (r.view_id, {p: needs_of(p) for p in r.members if needs_of(p)})
+        self._catching_up = (r.view_id, {p for p in r.members if needs_of(p)})
+        self._pre_plan, self._pre_plan_seqs = dict(self._dirty), set(self._unstable)
+        if not self._catching_up[1]:
+            self._plan_done()  # every member holds the same copies already
         r.awaiting = needs
         if not self.synced:
             # What members in sync applied up to here is in the snapshots we
@@ -798,6 +887,13 @@ class OrderedEngine:
                 for (dbid, key), q in self._locks.items()
                 if dbid == db.id
             ],
+            # Stability is state too: the receiver must not read as stable
+            # what is not stable yet (see `_plan_done`).
+            "dirty": [
+                [key, w[0], w[1], sorted(w[2])]
+                for (dbid, key), w in self._dirty.items()
+                if dbid == db.id
+            ],
         }
         msg = Ordered(self.node.pnn, next(self._seq), "snapshot", snap)
         self.node.transport.broadcast(encode(msg))
@@ -816,13 +912,34 @@ class OrderedEngine:
     def _behind(self, view: View) -> bool:
         return any(p in view for p in self._catching_up[1])
 
-    def _on_snapshot(self, msg: Ordered) -> None:
+    def _on_synced(self, msg: Ordered) -> None:
+        """A member installed every snapshot of the plan it needed."""
         view_id, behind = self._catching_up
-        if msg.args.get("view_id") == view_id:
-            for p in list(behind):
-                behind[p].discard(str(msg.args["name"]))
-                if not behind[p]:
-                    del behind[p]
+        if msg.args["view_id"] == view_id and msg.origin in behind:
+            behind.discard(msg.origin)
+            if not behind:
+                self._plan_done()
+
+    def _plan_done(self) -> None:
+        """Every member now holds the plan's copies: what they held is stable.
+
+        A write applied before the plan (on members in sync, or in the copy
+        a snapshot brought) is held by every member once the last member
+        that needed snapshots said it installed them (`synced`, the same
+        position everywhere), though no member that took a snapshot ever
+        confirms the writes in it.
+        """
+        for ref, write in self._pre_plan.items():
+            if self._dirty.get(ref) == write:
+                del self._dirty[ref]
+        for seq in self._pre_plan_seqs & set(self._unstable):
+            fut, result, _ = self._unstable.pop(seq)
+            if not fut.done():
+                fut.set_result(result)
+        self._pre_plan, self._pre_plan_seqs = {}, set()
+        self._check_stable()
+
+    def _on_snapshot(self, msg: Ordered) -> None:
         r = self._round
         if r is None or r.plan is None or msg.args.get("view_id") != r.view_id:
             return
@@ -843,6 +960,11 @@ class OrderedEngine:
             q = LockQueue(deque(((int(e[0]), int(e[1])), str(e[2]), e[3]) for e in entries))
             self._locks[(db.id, bytes(key))] = q
             self._advance(db, bytes(key), q)
+        for stale in [ref for ref in self._dirty if ref[0] == db.id]:
+            del self._dirty[stale]
+        for key, origin, seq, members in msg.args["dirty"]:
+            write = (int(origin), int(seq), frozenset(int(p) for p in members))
+            self._dirty[(db.id, bytes(key))] = self._pre_plan[(db.id, bytes(key))] = write
         r.awaiting.discard(name)
         if not r.awaiting:
             self._finish_round()
@@ -857,6 +979,10 @@ class OrderedEngine:
         # entries, so this changes nothing there.
         self._purge(lambda o: o[0] not in self.view)
         self.node.set_epoch(self._round.epoch)
+        view_id, behind = self._catching_up
+        if view_id == self._round.view_id and self.node.pnn in behind:
+            msg = Ordered(self.node.pnn, 0, "synced", {"view_id": view_id})
+            self.node.transport.broadcast(encode(msg))
         self._round = None
         self.synced = True
         self.damaged = False

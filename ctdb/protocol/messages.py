@@ -206,8 +206,8 @@ ORDERED: dict[str, Check] = {
     "recover": EMPTY,
     "flags": struct({"flags": FLAGS}),
     "sync": EMPTY,
-    # sent to one member: the sender applied the addressee's operations up to `upto`
-    "applied": struct({"upto": U64}),
+    # the sender applied each origin's writes up to its seq
+    "applied": struct({"upto": list_of(row(PNN, U64))}),
     "offer": struct(
         {
             "view_id": U64,
@@ -219,6 +219,8 @@ ORDERED: dict[str, Check] = {
             "dbs": list_of(row(DB_NAME, DB_KIND, U64, HISTORY)),
         }
     ),
+    # the sender installed every snapshot it needed in the round of `view_id`
+    "synced": struct({"view_id": U64}),
     "snapshot": struct(
         {
             "view_id": U64,
@@ -233,6 +235,9 @@ ORDERED: dict[str, Check] = {
                     list_of(row(PNN, U64, text(choices=("lock", "store")), nullable(VALUE))),
                 )
             ),
+            # the source's keys whose latest write is not stable yet:
+            # [key, origin, seq, members of the view it was applied in]
+            "dirty": list_of(row(STORED_KEY, PNN, U64, list_of(PNN))),
         },
     ),
 }

@@ -461,21 +461,8 @@ WRITE = struct({"db": DB, "key": KEY, "value": VALUE})
 def _fetch(s: Session, args: dict[str, Any]) -> Any:
     db, key = s.database(args), args["key"]
     if db.replicated:
-        return _local_read(s, lambda: live_value(db.local.get(key)))
+        return s.node.read_local(db, key, lambda: live_value(db.local.get(key)))
     return s.node.records.fetch(db, key, s)
-
-
-def _local_read(s: Session, read: Callable[[], Any]) -> Any:
-    """Persistent data is read from the local copy, but not while a recovery rewrites it."""
-    if s.node.serving:
-        return read()
-
-    async def when_serving() -> Any:
-        loop = asyncio.get_running_loop()
-        await s.node.wait_serving(loop.time() + s.node.tunable("CallTimeout"))
-        return read()
-
-    return when_serving()
 
 
 def _volatile(s: Session, args: dict[str, Any]) -> Database:
@@ -537,7 +524,7 @@ def _trans_start(s: Session, args: dict[str, Any]) -> int:
 @op("trans_fetch", struct({"tx": TX, "key": KEY}))
 def _trans_fetch(s: Session, args: dict[str, Any]) -> Any:
     tx, key = s.transaction(args), args["key"]
-    return _local_read(s, lambda: tx.fetch(key))
+    return s.node.read_local(tx.db, key, lambda: tx.fetch(key))
 
 
 @op("trans_store", struct({"tx": TX, "key": KEY, "value": VALUE}))

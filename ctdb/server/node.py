@@ -72,6 +72,8 @@ BAN_AFTER_FAILURES = 3
 EPOCH_FILE = "recovery.epoch"
 #: In the state directory: the highest epoch number this node saw handed out.
 EPOCH_NUMBERED_FILE = "recovery.epoch-numbered"
+#: In the state directory: how many times this node's daemon has started.
+INCARNATION_FILE = "incarnation"
 #: Migration messages held while this node finishes its part of a recovery
 #: that a peer has finished already (see `_dispatch`); past it they are
 #: dropped, as messages of another generation are (calls are re-sent).
@@ -144,6 +146,10 @@ class Node:
         self._epoch_numbered_file = state_dir / EPOCH_NUMBERED_FILE
         #: the highest epoch number handed out where this node saw it (durable)
         self.epoch_numbered = max(self.epoch, read_counter(self._epoch_numbered_file))
+        incarnation_file = state_dir / INCARNATION_FILE
+        #: this run of the daemon, counted durably (see ctdb.engines.ordered)
+        self.incarnation = read_counter(incarnation_file) + 1
+        write_counter(incarnation_file, self.incarnation)
         self._frozen_generation = INVALID_GENERATION
         self._deferred: list[tuple[int, Message]] = []
         self._frozen_at = time.monotonic()
@@ -317,6 +323,30 @@ class Node:
             self._serving.clear()
         self.generation = generation
         self._announce()
+
+    def read_local(self, db: Database, key: bytes, read: Callable[[], Any]) -> Any:
+        """Run `read` of the local copy (persistent data): not while a recovery rewrites
+        it, nor while the key's latest write may still be taken back (see
+        RecordEngine.settled). Returns its result, or an awaitable of it."""
+        pending = self.records.settled(db, key) if self.serving else None
+        if self.serving and pending is None:
+            return read()
+
+        async def when_settled() -> Any:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.tunable("CallTimeout")
+            await self.wait_serving(deadline)
+            waiting = pending if pending is not None else self.records.settled(db, key)
+            if waiting is not None:
+                try:
+                    await asyncio.wait_for(waiting, max(deadline - loop.time(), 0))
+                except TimeoutError:
+                    raise CtdbError(
+                        ErrorCode.TIMEOUT, f"the latest write to {key!r} did not become stable"
+                    ) from None
+            return read()
+
+        return when_settled()
 
     async def wait_serving(self, deadline: float) -> None:
         """Wait until this node serves, or fail at once when WaitForQuorum is 0."""

@@ -145,13 +145,11 @@ class Workload:
             elif kind == "vincr":
                 await self.locked_update(node, session, key, unique, rng)
             elif kind == "pread":
-                # What the server's `fetch` does on a persistent database
-                # (ctdb.server.clients._local_read): the local copy, once serving.
+                # What the server's `fetch` does on a persistent database.
                 op = h.invoke(client, hkey(PERSISTENT, key), Kind.READ_ANY)
-                if not node.serving:
-                    loop = asyncio.get_running_loop()
-                    await node.wait_serving(loop.time() + node.tunable("CallTimeout"))
-                h.ok(op, text(live_value(p.local.get(key.encode()))))
+                raw = key.encode()
+                read = node.read_local(p, raw, lambda: live_value(p.local.get(raw)))
+                h.ok(op, text(await call(read)))
             elif kind == "ptx":
                 keys = sorted(set(rng.sample(KEYS, rng.choice([1, 2]))))
                 tx = node.transactions.begin(p)
