@@ -24,11 +24,18 @@ class RecordEngine(Protocol):
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         """The record's value (None if missing); waits while another client holds it."""
 
-    def settled(self, db: Database, key: bytes) -> Awaitable[None] | None:
-        """None if a local read of the key may be answered now; else when it may.
+    def settled(self, db: Database, key: bytes) -> bool:
+        """Whether a local read of the key may be answered now.
 
         A write this node applied may not yet be held where it would survive
         a failure (vs: by every member); reading it then is a dirty read.
+        """
+
+    async def settle(self, db: Database, key: bytes, deadline: float) -> None:
+        """Wait until this node serves and the key is settled; TIMEOUT at `deadline`.
+
+        Returns in the loop turn that found it settled, so a read right
+        after it sees no newer write.
         """
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:

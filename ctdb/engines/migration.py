@@ -93,9 +93,13 @@ class MigrationEngine:
             return live_value(rec)
         return self._fetch_slow(db, key, session)
 
-    def settled(self, db: Database, key: bytes) -> None:
+    def settled(self, db: Database, key: bytes) -> bool:
         """Records are written only where they are acknowledged (the dmaster, or a commit
         prepared on every node): what the local copy holds is settled."""
+        return True
+
+    async def settle(self, db: Database, key: bytes, deadline: float) -> None:
+        await self.node.wait_serving(deadline)
 
     async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=False))

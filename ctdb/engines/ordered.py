@@ -230,7 +230,7 @@ class OrderedEngine:
         holder = q.holder if q is not None else None
         if (
             self.node.serving
-            and (db.id, key) not in self._dirty
+            and self.settled(db, key)
             and (
                 holder == self._owner(session)
                 or (holder is None and self.node.tunable("LocalReads"))
@@ -253,9 +253,7 @@ class OrderedEngine:
         await self._barrier(deadline)
         q = self._locks.get((db.id, key))
         if q is None or q.holder in (None, self._owner(session)):
-            pending = self.settled(db, key)
-            if pending is not None:
-                await _until(pending, deadline, f"a write to {key!r} was not stable in time")
+            await self.settle(db, key, deadline)
             return live_value(db.local.get(key))
         # Someone else holds the record: wait for it, as migration would.
         value = await self.lock(db, key, session)
@@ -462,10 +460,12 @@ class OrderedEngine:
                 fut.set_exception(error)
             del self._pending[seq]
         self._unstable.clear()
+        # Readers waiting for a write to settle look again: wait_serving
+        # tells them why they cannot read now.
         waiters, self._settle_waiters = self._settle_waiters, []
         for _, fut in waiters:
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_result(None)
 
     def _apply(self, msg: Ordered) -> None:
         write = (msg.origin, msg.seq, frozenset(self.members))
@@ -555,20 +555,24 @@ class OrderedEngine:
                 else:
                     fut.set_result(None)
 
-    def settled(self, db: Database, key: bytes) -> asyncio.Future[None] | None:
-        """None if the key holds only stable writes here; else a future resolved when it does.
+    def settled(self, db: Database, key: bytes) -> bool:
+        """The key holds only stable writes here.
 
         We apply a write before every member has: until they all have, a
         failure can still take it back (a round after a lost quorum may take
         a copy without it), so a local read must not return it: that would
         be a dirty read.
         """
-        ref = (db.id, key)
-        if ref not in self._dirty:
-            return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._settle_waiters.append((ref, fut))
-        return fut
+        return (db.id, key) not in self._dirty
+
+    async def settle(self, db: Database, key: bytes, deadline: float) -> None:
+        while True:
+            await self.node.wait_serving(deadline)
+            if self.settled(db, key):
+                return
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._settle_waiters.append(((db.id, key), fut))
+            await _until(fut, deadline, f"a write to {key!r} did not become stable in time")
 
     def _touched(self, db: Database, key: bytes) -> None:
         """The write being applied wrote `key`: not stable until every member applied it."""

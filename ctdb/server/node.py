@@ -328,22 +328,12 @@ class Node:
         """Run `read` of the local copy (persistent data): not while a recovery rewrites
         it, nor while the key's latest write may still be taken back (see
         RecordEngine.settled). Returns its result, or an awaitable of it."""
-        pending = self.records.settled(db, key) if self.serving else None
-        if self.serving and pending is None:
+        if self.serving and self.records.settled(db, key):
             return read()
 
         async def when_settled() -> Any:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.tunable("CallTimeout")
-            await self.wait_serving(deadline)
-            waiting = pending if pending is not None else self.records.settled(db, key)
-            if waiting is not None:
-                try:
-                    await asyncio.wait_for(waiting, max(deadline - loop.time(), 0))
-                except TimeoutError:
-                    raise CtdbError(
-                        ErrorCode.TIMEOUT, f"the latest write to {key!r} did not become stable"
-                    ) from None
+            await self.records.settle(db, key, loop.time() + self.tunable("CallTimeout"))
             return read()
 
         return when_settled()
