@@ -281,6 +281,7 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
                 "synced": False,
                 "damaged": False,
                 "epoch": 0,
+                "numbered": 0,
                 "flags": STOPPED,
                 "dbs": [],
             }
