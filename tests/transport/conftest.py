@@ -123,6 +123,20 @@ class ProcessMember(Member):
         self._done: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader = asyncio.create_task(self._read())
 
+    @classmethod
+    async def spawn(cls, pnn: int, argv: list[str], stderr: Path) -> ProcessMember:
+        """Start a member process (`member.py` or a command wrapping it) from the repo."""
+        with open(stderr, "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                cwd=REPO,
+                limit=1 << 20,
+            )
+        return cls(pnn, proc, stderr)
+
     async def _read(self) -> None:
         assert self.proc.stdout is not None
         while True:
@@ -270,18 +284,9 @@ class Cluster:
             ]
             if self.corosync is not None and self.corosync.isolate:
                 argv = ["nsenter", "-t", str(self.corosync.holder_pid), "--net", "--", *argv]
-            stderr_path = self.tmp / f"member{pnn}.stderr"
-            with open(stderr_path, "wb") as err:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=err,
-                    cwd=REPO,
-                    limit=1 << 20,
-                )
-            self.pids.append(proc.pid)
-            self.members.append(ProcessMember(pnn, proc, stderr_path))
+            spawned = await ProcessMember.spawn(pnn, argv, self.tmp / f"member{pnn}.stderr")
+            self.pids.append(spawned.proc.pid)
+            self.members.append(spawned)
         for member in self.members:
             assert isinstance(member, ProcessMember)
             await member.ready(30)

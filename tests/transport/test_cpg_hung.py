@@ -23,7 +23,6 @@ import pytest
 from tests.transport.conftest import (
     MEMBER,
     PYTHON,
-    REPO,
     Cluster,
     Member,
     ProcessMember,
@@ -55,18 +54,8 @@ class HungCluster(Cluster):
             "--extra", f"group={self.group}",
         ]  # fmt: skip
         argv = ["nsenter", "-t", str(self.corosync.holder_pid), "--net", "--", *argv]
-        stderr = self.tmp / f"member{pnn}.stderr"
-        with open(stderr, "wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                cwd=REPO,
-                limit=1 << 20,
-            )
-        self.pids.append(proc.pid)
-        member = ProcessMember(pnn, proc, stderr)
+        member = await ProcessMember.spawn(pnn, argv, self.tmp / f"member{pnn}.stderr")
+        self.pids.append(member.proc.pid)
         self.members.append(member)
         await member.ready(TIMEOUT)
         return member

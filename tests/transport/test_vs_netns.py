@@ -49,7 +49,6 @@ from tests.transport.conftest import ProcessMember, wait_until
 from tools import netns
 from transport.corosync import render_config
 
-REPO = Path(__file__).resolve().parents[2]
 MEMBER = Path(__file__).resolve().with_name("member.py")
 PYTHON = sys.executable
 N = 3
@@ -143,17 +142,7 @@ class VsNet:
             ],
             private_run=True,
         )
-        stderr_path = self.tmp / f"member{i}.stderr"
-        with open(stderr_path, "wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                cwd=REPO,
-                limit=1 << 20,
-            )
-        member = ProcessMember(i, proc, stderr_path)
+        member = await ProcessMember.spawn(i, argv, self.tmp / f"member{i}.stderr")
         self.members.append(member)
         return member
 
