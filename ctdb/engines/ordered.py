@@ -37,12 +37,17 @@ Agreed delivery at the origin does not mean every member has the message:
 if the origin fails (or is cut off) right after delivering its own write,
 the survivors may never see it. So a write (store, store_unlock, commit,
 wipe) is acknowledged to its client only once it is stable: every other
-member of the view has applied it and said so (an `applied` message straight
-to the origin, one per burst), or left a view that keeps quorum (virtual
-synchrony: a survivor of the view change delivered what we did). A view
-without quorum fails what is not yet stable. This is what lets a write
-survive the loss of any single node, volatile ones included, and costs
-one more message from each member per burst of writes.
+member of the view has applied it and said so (an `applied` message every
+member broadcasts, one per burst, naming the highest seq it applied of each
+origin), or left a view that keeps quorum (virtual synchrony: a survivor of
+the view change delivered what we did). A view without quorum fails what is
+not yet stable. This is what lets a write survive the loss of any single
+node, volatile ones included, and costs one broadcast from each member per
+burst of writes. Since every member knows what is stable, no local read
+returns a write that is not (`settled`): it waits until it is, within
+CallTimeout. A state transfer carries which keys are not stable yet, and
+once every member said it installed the snapshots it needed (`synced`),
+what anyone held before the plan is stable (`_plan_done`).
 
 Every client request ends within CallTimeout, with its result or an error;
 a node whose local apply fails (I/O error, disk full) leaves the group and
@@ -571,8 +576,13 @@ class OrderedEngine:
             if self.settled(db, key):
                 return
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._settle_waiters.append(((db.id, key), fut))
-            await _until(fut, deadline, f"a write to {key!r} did not become stable in time")
+            waiter = ((db.id, key), fut)
+            self._settle_waiters.append(waiter)
+            try:
+                await _until(fut, deadline, f"a write to {key!r} did not become stable in time")
+            finally:
+                if not fut.done():  # timed out: nobody is left to wake
+                    self._settle_waiters.remove(waiter)
 
     def _touched(self, db: Database, key: bytes) -> None:
         """The write being applied wrote `key`: not stable until every member applied it."""
@@ -745,6 +755,13 @@ class OrderedEngine:
                 log.exception("releasing the locks of departed nodes failed")
                 failure = f"releasing departed nodes' locks failed: {type(exc).__name__}: {exc}"
         self._applied_by = {p: seen for p, seen in self._applied_by.items() if p in view}
+        behind = self._catching_up[1]
+        if left & behind:
+            # A member that left will not say it installed its snapshots;
+            # if it was the last one, the survivors hold the plan's copies.
+            behind -= left
+            if not behind and self.quorate and self.node.pnn in view:
+                self._plan_done()
         if self.node.pnn not in view:
             self._fail_pending(CtdbError(ErrorCode.RETRY, "left the group"))
         elif not self.quorate:

@@ -912,7 +912,10 @@ class Node:
     def ctl_changed(self, src: int, args: dict[str, Any]) -> list[bytes]:
         """The keys we wrote or removed since our base copy (see merge.VolatilePlan)."""
         self._check_generation(args)
-        return sorted(self.db(int(args["db_id"])).local.changed or ())
+        changed = self.db(int(args["db_id"])).local.changed
+        if changed is None:  # not tracking: recovery must not take that for "nothing"
+            raise CtdbError(ErrorCode.RETRY, "this node does not track its changes")
+        return sorted(changed)
 
     async def ctl_push(self, src: int, args: dict[str, Any]) -> None:
         """Install records recovery merged (all of them, or the ones that changed)."""
