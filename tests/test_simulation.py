@@ -63,6 +63,8 @@ FOUND = [
     ("vs", 8606),  # dirty read of a commit that failed and was rolled back
     ("vs", 22242),
     ("vs", 1387),
+    ("vs", 91395),  # acknowledged commit lost: a joiner still catching up did not count
+    ("vs", 76634),  # (the same, volatile)
     ("tcp", 21475),  # a key nobody was dmaster of after a vacuum cut short by a crash
 ]
 

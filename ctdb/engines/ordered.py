@@ -536,6 +536,10 @@ class OrderedEngine:
 
         Members that left since no longer count (see the module docstring).
         """
+        if self._round is not None or any(p in self.view for p in self._catching_up[1]):
+            # A member of the view that is still catching up does not hold
+            # it yet (the snapshot it waits for does): a joiner counts too.
+            return False
         origin, seq, members = write
         return all(
             self._applied_by.get(p, {}).get(origin, 0) >= seq for p in members if p in self.view
@@ -768,9 +772,6 @@ class OrderedEngine:
             self._fail_pending(
                 CtdbError(ErrorCode.NO_QUORUM, f"view {list(view.members)} has no quorum")
             )
-        else:
-            # Survivors delivered what we delivered in the old view.
-            self._check_stable()
         if not self.quorate:
             if self.synced:
                 log.warning(
@@ -791,6 +792,10 @@ class OrderedEngine:
             # Members in sync went through one more quorate view (see
             # merge.freshest_copy); all of them, at this same position.
             self.node.set_epoch(self.node.epoch + 1)
+        if self.quorate and self.node.pnn in view:
+            # Survivors delivered what we delivered in the old view; joiners
+            # hold it once the round just started is done (see `_stable`).
+            self._check_stable()
         self.node.on_ordered_state()
         if failure is not None:
             self.resync(failure)
