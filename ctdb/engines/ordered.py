@@ -473,9 +473,9 @@ class OrderedEngine:
                 fut.set_result(None)
 
     def _apply(self, msg: Ordered) -> None:
-        write = (msg.origin, msg.seq, frozenset(self.members))
-        if msg.op in STABLE_OPS:
-            self._applying = write
+        members = frozenset(self.members) if msg.op in STABLE_OPS else None
+        if members is not None:
+            self._applying = (msg.origin, msg.seq, members)
         try:
             result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
             error = None
@@ -490,7 +490,7 @@ class OrderedEngine:
         finally:
             self._applying = None
         self.node.stats["ordered_applied"] += 1
-        stable = msg.op in STABLE_OPS and error is None
+        stable = members is not None and error is None
         if stable:
             self._confirm(msg.origin, msg.seq)
         if msg.origin != self.node.pnn:
@@ -501,7 +501,8 @@ class OrderedEngine:
         if error is not None:
             fut.set_exception(error)
         elif stable:
-            self._unstable[msg.seq] = (fut, result, write[2])
+            assert members is not None
+            self._unstable[msg.seq] = (fut, result, members)
             self._check_stable()
         else:
             fut.set_result(result)
@@ -536,7 +537,7 @@ class OrderedEngine:
 
         Members that left since no longer count (see the module docstring).
         """
-        if self._round is not None or any(p in self.view for p in self._catching_up[1]):
+        if self._round is not None or self._behind(self.view):
             # A member of the view that is still catching up does not hold
             # it yet (the snapshot it waits for does): a joiner counts too.
             return False

@@ -196,8 +196,7 @@ class Step:
         # sends its copy. A key only the others have is unchanged on every
         # holder, and the provider's copy stands for all of theirs.
         changed = sorted({bytes(k) for keys in reported for k in keys})
-        seen = set(changed)
-        extra = sorted({rec[0] for copy in full for rec in copy} - seen)
+        extra = sorted({rec[0] for copy in full for rec in copy} - set(changed))
         wanted = {p: changed + extra if p == plan.provider else changed for p in plan.holders}
         wanted = {p: keys for p, keys in wanted.items() if keys}
         pulled = await asyncio.gather(*(self._pull(p, dbid, keys=k) for p, k in wanted.items()))
