@@ -66,6 +66,7 @@ FOUND = [
     ("vs", 91395),  # acknowledged commit lost: a joiner still catching up did not count
     ("vs", 76634),  # (the same, volatile)
     ("tcp", 21475),  # a key nobody was dmaster of after a vacuum cut short by a crash
+    ("tcp", 51058),  # a key nobody was dmaster of: two members cut apart during a recovery
 ]
 
 

@@ -943,7 +943,15 @@ class Node:
 
     def ctl_set_vnnmap(self, src: int, args: dict[str, Any]) -> None:
         self._check_generation(args)
-        self.vnnmap = [int(p) for p in args["vnnmap"]]
+        vnnmap = [int(p) for p in args["vnnmap"]]
+        # A member we lost since the freeze left no trace here: it was not in
+        # our old vnnmap, so its departure froze nothing. Migration messages
+        # to it would vanish without a view change (tcp 51058: a record sent
+        # across a cut had no dmaster afterwards), so this generation must not start.
+        unseen = [p for p in vnnmap if p not in self.transport.view]
+        if unseen:
+            raise CtdbError(ErrorCode.RETRY, f"node {self.pnn} no longer sees nodes {unseen}")
+        self.vnnmap = vnnmap
         self.leader = int(args["leader"])
         self._configure_lease()
         # Written after the pushes: it certifies that our copies hold every
