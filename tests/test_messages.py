@@ -20,7 +20,8 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.ordered import OrderedEngine
 from ctdb.protocol import messages as m
 from ctdb.protocol.schema import Limits
-from ctdb.server.node import Node
+from ctdb.server.admin import NodeControls
+from ctdb.server.leader import LeaderRecovery
 from tools import wiregen
 
 NODES = ["n0", "n1", "n2"]
@@ -117,8 +118,12 @@ def test_bytes_and_strings_stay_apart() -> None:
 
 
 def test_every_control_handler_has_a_schema_row_and_every_row_a_handler() -> None:
-    handlers = {name.removeprefix("ctl_") for name, _ in inspect.getmembers(Node)}
-    handlers = {n for n in handlers if hasattr(Node, f"ctl_{n}")}
+    handlers = {
+        name.removeprefix("ctl_")
+        for part in (NodeControls, LeaderRecovery)
+        for name, _ in inspect.getmembers(part)
+        if name.startswith("ctl_")
+    }
     assert handlers == set(m.CONTROLS)
 
 

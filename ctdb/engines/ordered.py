@@ -61,7 +61,7 @@ import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
@@ -126,9 +126,20 @@ class SyncRound:
 Write = tuple[int, int, frozenset[int]]
 
 
+class StreamListener(Protocol):
+    """Who runs the engine (ctdb.server.stream) and mirrors its state for CTDB's tools."""
+
+    def on_ordered_state(self) -> None:
+        """Our sync or quorum state, a generation or the agreed flags changed."""
+
+    def rejoin(self) -> None:
+        """Leave the group and join again, for a state transfer."""
+
+
 class OrderedEngine:
-    def __init__(self, node: Host) -> None:
+    def __init__(self, node: Host, listener: StreamListener) -> None:
         self.node = node
+        self.listener = listener
         # Above every seq an earlier run of this node used: an `applied`
         # message about that run, delivered late, must not make one of
         # this run's writes look stable.
@@ -393,7 +404,7 @@ class OrderedEngine:
 
     def _apply_recover(self, origin: int, args: dict[str, Any]) -> None:
         self.recoveries += 1
-        self.node.on_ordered_state()
+        self.listener.on_ordered_state()
 
     def announce_flags(self, flags: int) -> None:
         """Our flags changed (stop, ban, ...): every member learns it at one position.
@@ -406,7 +417,7 @@ class OrderedEngine:
     def _apply_flags(self, origin: int, args: dict[str, Any]) -> None:
         self.flags[origin] = int(args["flags"])
         self.recoveries += 1  # a new generation, as a CTDB recovery would give
-        self.node.on_ordered_state()
+        self.listener.on_ordered_state()
 
     async def traverse(self, db: Database) -> list[list[bytes]]:
         """Every node holds every record: a local traverse is the whole database."""
@@ -456,8 +467,8 @@ class OrderedEngine:
         self.damaged = self.damaged or damaged
         self._drop_backlog()
         self._fail_pending(CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}"))
-        self.node.on_ordered_state()
-        self.node.rejoin()
+        self.listener.on_ordered_state()
+        self.listener.rejoin()
 
     def _fail_pending(self, error: CtdbError) -> None:
         for seq, fut in list(self._pending.items()):
@@ -797,7 +808,7 @@ class OrderedEngine:
             # Survivors delivered what we delivered in the old view; joiners
             # hold it once the round just started is done (see `_stable`).
             self._check_stable()
-        self.node.on_ordered_state()
+        self.listener.on_ordered_state()
         if failure is not None:
             self.resync(failure)
 
@@ -1020,7 +1031,7 @@ class OrderedEngine:
                 return  # applying it failed: we resync (see _apply)
         self._release_orphans()
         log.info("in sync in view %s", list(self.view.members))
-        self.node.on_ordered_state()
+        self.listener.on_ordered_state()
 
     def _release_orphans(self) -> None:
         """Release what our clients hold or wait for in the queues but no longer want.

@@ -301,7 +301,7 @@ class Faults:
 
         async def recover() -> None:
             try:
-                await call(node.ctl_recover(-1, {}))
+                await call(node.admin.ctl_recover(-1, {}))
             except CtdbError as exc:
                 self.log(f"recover on node {pnn}: {why(exc)}")
 

@@ -1,0 +1,175 @@
+"""The controls any node or tool may send to a node, on either kind of cluster.
+
+`ctdbtool` reaches them through the local daemon (`ctdb.server.clients`),
+which forwards them to the node they name; nodes send them to each other
+(attach everywhere, ban a failing node, the tcp two-phase commit). The
+steps of a tcp recovery are controls too, answered by `ctdb.server.leader`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from ctdb.common.config import parse_tunable, read_nodes
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.server.state import INACTIVE, NodeFlags
+from ctdb.storage.database import DbKind
+
+if TYPE_CHECKING:
+    from ctdb.server.membership import ServerNode
+
+log = logging.getLogger("ctdb.server.admin")
+
+
+class NodeControls:
+    def __init__(self, node: ServerNode) -> None:
+        self.node = node
+        self._ban_timer: asyncio.TimerHandle | None = None
+
+    def ctl_ping(self, src: int, args: dict[str, Any]) -> int:
+        return self.node.pnn
+
+    def ctl_pnn(self, src: int, args: dict[str, Any]) -> int:
+        return self.node.pnn
+
+    def ctl_uptime(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        return {
+            "started": node.started,
+            "uptime": time.time() - node.started,
+            "last_recovery": node.last_recovery,
+        }
+
+    def ctl_status(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        return self.node.status()
+
+    def ctl_getdbmap(self, src: int, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [db.info() for db in sorted(self.node.dbs.values(), key=lambda d: d.name)]
+
+    def ctl_attach(self, src: int, args: dict[str, Any]) -> int:
+        return self.node.attach(str(args["name"]), DbKind.parse(str(args["kind"]))).id
+
+    def ctl_getdbseqnum(self, src: int, args: dict[str, Any]) -> int:
+        return self.node.db(int(args["db_id"])).seqnum()
+
+    def ctl_statistics(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.node.stats)
+
+    def ctl_listvars(self, src: int, args: dict[str, Any]) -> dict[str, float]:
+        return dict(self.node.tunables)
+
+    def ctl_getvar(self, src: int, args: dict[str, Any]) -> float:
+        name = str(args.get("name"))
+        if name not in self.node.tunables:
+            raise CtdbError(ErrorCode.NOT_FOUND, f"unknown tunable {name!r}")
+        return self.node.tunables[name]
+
+    def ctl_setvar(self, src: int, args: dict[str, Any]) -> None:
+        node = self.node
+        name = str(args.get("name"))
+        node.tunables[name] = parse_tunable(name, args.get("value"))
+        if name in ("KeepaliveInterval", "KeepaliveLimit"):
+            node.transport.set_keepalive(
+                node.tunable("KeepaliveInterval"), int(node.tunable("KeepaliveLimit"))
+            )
+            node.configure_lease()
+
+    def ctl_tx_commit(self, src: int, args: dict[str, Any]) -> Awaitable[int]:
+        db = self.node.db(int(args["db_id"]))
+        return self.node.transactions.coordinate(db, args["reads"], args["writes"])
+
+    def ctl_tx_prepare(self, src: int, args: dict[str, Any]) -> None:
+        db = self.node.db(int(args["db_id"]))
+        self.node.transactions.prepare(
+            db, args["records"], int(args["commit_id"]), int(args["generation"])
+        )
+
+    def ctl_tx_finish(self, src: int, args: dict[str, Any]) -> None:
+        db = self.node.db(int(args["db_id"]))
+        self.node.transactions.finish(db, int(args["commit_id"]), bool(args["commit"]))
+
+    def ctl_traverse(self, src: int, args: dict[str, Any]) -> list[list[bytes]]:
+        """The records this node is authoritative for (all of them if replicated)."""
+        db = self.node.db(int(args["db_id"]))
+        return [
+            [key, rec.value]
+            for key, rec in db.live_items()
+            if db.replicated or rec.dmaster == self.node.pnn
+        ]
+
+    def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
+        """Volatile databases only: persistent ones are wiped by a transaction."""
+        node = self.node
+        db = node.db(int(args["db_id"]))
+        if db.replicated:
+            raise CtdbError(ErrorCode.INVALID, f"{db.name} is {db.kind.value}: wipe by transaction")
+        if not node.serving or args["generation"] != node.generation:
+            # A recovery started since: it may push back what we would wipe.
+            raise CtdbError(ErrorCode.RETRY, "recovery in progress: retry the wipe")
+        db.local.clear()
+
+    async def ctl_recover(self, src: int, args: dict[str, Any]) -> None:
+        """Force a recovery and return once it has finished, as `ctdb recover` does."""
+        node = self.node
+        if node.flags & INACTIVE:
+            state = NodeFlags.describe(node.flags & INACTIVE)
+            raise CtdbError(
+                ErrorCode.RETRY,
+                f"node {node.pnn} is {state} and takes no part in recoveries: "
+                "run recover on an active node",
+            )
+        timeout = node.tunable("RecoverTimeout")
+        try:
+            await asyncio.wait_for(node.membership.recover(), timeout)
+        except TimeoutError:
+            raise CtdbError(
+                ErrorCode.TIMEOUT,
+                f"the recovery did not finish within RecoverTimeout ({timeout:g}s)",
+            ) from None
+
+    def ctl_setflags(self, src: int, args: dict[str, Any]) -> int:
+        self.node.set_flags(int(args.get("set", 0)), int(args.get("clear", 0)))
+        return self.node.flags
+
+    def ctl_ban(self, src: int, args: dict[str, Any]) -> None:
+        node = self.node
+        seconds = float(args.get("seconds", 0))
+        if self._ban_timer is not None:
+            self._ban_timer.cancel()
+            self._ban_timer = None
+        if seconds <= 0:
+            node.set_flags(clear_bits=NodeFlags.BANNED)
+            return
+        node.set_flags(set_bits=NodeFlags.BANNED)
+        self._ban_timer = asyncio.get_running_loop().call_later(
+            seconds, node.set_flags, 0, NodeFlags.BANNED
+        )
+
+    def ctl_reloadnodes(self, src: int, args: dict[str, Any]) -> list[str]:
+        """Re-read the nodes file: new nodes may be appended; existing ones must stay."""
+        node = self.node
+        if node.nodes_file is None:
+            raise CtdbError(ErrorCode.NOT_SUPPORTED, "this node was started without a nodes file")
+        nodes = read_nodes(node.nodes_file)
+        if nodes[: len(node.nodes)] != node.nodes:
+            raise CtdbError(
+                ErrorCode.INVALID,
+                f"{node.nodes_file} changes or removes existing nodes; only appending is "
+                "supported (pnns must stay stable)",
+            )
+        added = nodes[len(node.nodes) :]
+        if added:
+            log.info("reloadnodes: adding %s", added)
+            node.nodes[:] = nodes
+            node.configure_lease()
+            node.transport.update_nodes(nodes)
+            node.membership.request_recovery()
+        return added
+
+    def ctl_shutdown(self, src: int, args: dict[str, Any]) -> None:
+        log.info("shutdown requested by node %d", src)
+        self.node.shutdown_requested.set()

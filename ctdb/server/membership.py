@@ -1,0 +1,118 @@
+"""What differs between a tcp and a vs node, behind one interface.
+
+A node on a point-to-point transport (`ctdb.server.leader`) keeps replicas
+apart and heals them by recovery: a leader freezes every member, merges
+their copies and thaws them into a new generation, and a lease tells a
+member that it may still serve. A node on a virtually synchronous
+transport (`ctdb.server.stream`) applies one ordered stream that every
+member shares, so the stream itself agrees on generations, flags and state
+transfers. `ctdb.server.node.Node` holds one `Membership` and never asks
+which kind it is.
+
+The parts of the daemon see the node through `ServerNode`, a typing
+Protocol as `ctdb.engines.host.Host` is for the engines: `node.py` imports
+the parts, so they must not import it back (no import cycles, see the
+import-linter contracts in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, Protocol
+
+from ctdb.engines.base import RecordEngine
+from ctdb.engines.host import Host
+from ctdb.engines.transactions import TransactionEngine
+from ctdb.protocol.messages import Message, NodeState
+from ctdb.server.lease import Lease
+from ctdb.server.lockfile import ClusterLockFile
+from ctdb.server.state import ControlHandler, RecoveryMode
+from transport.base import View
+
+
+class Membership(Protocol):
+    @property
+    def engine(self) -> RecordEngine:
+        """The record engine this kind of cluster runs."""
+
+    def controls(self) -> dict[str, ControlHandler]:
+        """The controls only this kind of cluster answers (a tcp recovery's steps)."""
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """Loops that run as long as the node does."""
+
+    async def stop(self) -> None:
+        """The node stops: end what runs beside the loops, before the databases close."""
+
+    def confirmed(self) -> bool:
+        """Whether the rest of the cluster still counts on us serving (tcp: the lease)."""
+
+    def check(self, msg: Message) -> None:
+        """Raise DecodeError for an engine message this kind of cluster never sends."""
+
+    def on_message(self, src: int, msg: Message) -> None:
+        """An engine message (migration or ordered) from `src`."""
+
+    def on_view(self, view: View) -> None:
+        """The transport's view changed."""
+
+    def local_failure(self) -> None:
+        """A local write failed half-way: our copies are suspect."""
+
+    def peer_flags(self, pnn: int) -> int:
+        """A connected peer's administrative flags, as this kind of cluster knows them."""
+
+    def flags_changed(self, old: int, new: int) -> None:
+        """Our own administrative flags changed."""
+
+    async def vacuum(self) -> None:
+        """One vacuuming round: remove deletion markers nobody can need any more."""
+
+    async def recover(self) -> None:
+        """A forced recovery (`ctdbtool recover`): return once it has finished."""
+
+    def request_recovery(self) -> None:
+        """Something changed that a recovery must take into account."""
+
+
+class ServerNode(Host, Protocol):
+    """What the parts of the daemon use of `ctdb.server.node.Node`, beyond `Host`."""
+
+    membership: Membership
+    recovery_mode: RecoveryMode
+    #: set while recovery_mode is NORMAL
+    serving_event: asyncio.Event
+    #: when the recovery in progress (or the last one) began
+    frozen_at: float
+    last_recovery: dict[str, float]
+    started: float
+    tunables: dict[str, float]
+    nodes_file: Path | None
+    transactions: TransactionEngine
+    #: the latest state each connected peer announced
+    peers: dict[int, NodeState]
+    lease: Lease
+    lock_file: ClusterLockFile | None
+    rng: random.Random
+    shutdown_requested: asyncio.Event
+
+    def handle(self, src: int, msg: Message) -> None: ...
+
+    def announce(self) -> None: ...
+
+    def node_flags(self, pnn: int) -> int: ...
+
+    def active_members(self) -> list[int]: ...
+
+    def have_quorum(self) -> bool: ...
+
+    def lease_holds(self) -> bool: ...
+
+    def configure_lease(self) -> None: ...
+
+    def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...

@@ -1,0 +1,136 @@
+"""A node on a virtually synchronous transport: the ordered stream agrees on everything.
+
+Every member applies the same stream (`ctdb.engines.ordered`), in which view
+changes, forced recoveries and flag changes all have one position. So the
+generation, the vnnmap, the leader and every member's flags are derived
+from the stream alike on every member, with no leader's recovery and no
+lease; a member that cannot follow (a failed write) leaves the group and
+rejoins through a state transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from ctdb.engines.ordered import OrderedEngine
+from ctdb.protocol.messages import Call, DecodeError, DmasterReply, DmasterRequest, Message, Ordered
+from ctdb.server.state import INACTIVE, ControlHandler, RecoveryMode
+from transport.base import View
+
+if TYPE_CHECKING:
+    from ctdb.server.membership import ServerNode
+
+
+class StreamMembership:
+    def __init__(self, node: ServerNode) -> None:
+        self.node = node
+        self.engine = OrderedEngine(node, self)
+        #: the task leaving and rejoining the group, and whether another
+        #: resync was asked for while it ran (see `rejoin`)
+        self._rejoining: asyncio.Task[None] | None = None
+        self._rejoin_again = False
+
+    def controls(self) -> dict[str, ControlHandler]:
+        return {}
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        return []
+
+    async def stop(self) -> None:
+        if self._rejoining is not None:
+            self._rejoining.cancel()
+            try:
+                await self._rejoining
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def confirmed(self) -> bool:
+        return True  # the stream itself says whether we serve (`on_ordered_state`)
+
+    def check(self, msg: Message) -> None:
+        if isinstance(msg, Call | DmasterRequest | DmasterReply):
+            raise DecodeError("a record migration on a virtually synchronous cluster")
+
+    def on_message(self, src: int, msg: Message) -> None:
+        if isinstance(msg, Ordered):
+            self.engine.on_ordered(msg)
+
+    def on_view(self, view: View) -> None:
+        self.node.frozen_at = time.monotonic()  # a recovery begins at every view change
+        self.engine.on_view(view)
+
+    def local_failure(self) -> None:
+        self.engine.resync("a local write failed")
+
+    def peer_flags(self, pnn: int) -> int:
+        return self.engine.flags.get(pnn, 0)  # agreed through the ordered stream
+
+    def flags_changed(self, old: int, new: int) -> None:
+        self.engine.announce_flags(new)
+
+    async def vacuum(self) -> None:
+        self.engine.vacuum()
+
+    async def recover(self) -> None:
+        """Replicas cannot diverge: a forced recovery is an ordered marker that
+        starts a new generation when it is delivered."""
+        await self.engine.recover()
+
+    def request_recovery(self) -> None:
+        """Nothing to ask: the view change that any change of membership brings
+        is a recovery already, at the same position on every member."""
+
+    # -- what the ordered engine tells us ---------------------------------------------
+
+    def on_ordered_state(self) -> None:
+        """The ordered engine changed sync/quorum state: mirror it in CTDB's terms."""
+        node, engine = self.node, self.engine
+        view = engine.view
+        # Agreed by every member: the view plus the forced recoveries since.
+        generation = (view.view_id << 16) + engine.recoveries
+        if engine.serving:
+            if node.recovery_mode is RecoveryMode.RECOVERY or generation != node.generation:
+                # A view change or forced recovery completed: what CTDB calls
+                # a recovery. It began at the view change that started this
+                # view (`on_view`) or, for a marker in the stream (forced
+                # recover, flags), took no time beyond its delivery.
+                marker = (
+                    node.recovery_mode is RecoveryMode.NORMAL
+                    and generation >> 16 == node.generation >> 16
+                )
+                began = time.monotonic() if marker else node.frozen_at
+                node.last_recovery = {
+                    "duration": time.monotonic() - began,
+                    "finished": time.time(),
+                }
+            members = engine.members
+            node.vnnmap = [p for p in members if not node.node_flags(p) & INACTIVE]
+            node.leader = members[0]
+            node.recovery_mode = RecoveryMode.NORMAL
+            node.serving_event.set()
+        elif node.recovery_mode is RecoveryMode.NORMAL:
+            node.frozen_at = time.monotonic()
+            node.recovery_mode = RecoveryMode.RECOVERY
+            node.serving_event.clear()
+        node.generation = generation
+        node.announce()
+
+    def rejoin(self) -> None:
+        """Our replica cannot follow the stream: leave the group, rejoin, resync.
+
+        One rejoin at a time: overlapping leaves and joins of one group
+        member would interleave. A resync asked for while one runs leaves
+        and joins once more, so the others see it in a view change.
+        """
+        self._rejoin_again = True
+        if self._rejoining is None or self._rejoining.done():
+            self._rejoining = asyncio.get_running_loop().create_task(self._rejoin())
+
+    async def _rejoin(self) -> None:
+        while self._rejoin_again:
+            self._rejoin_again = False
+            await self.node.transport.stop()
+            await self.node.transport.start()
