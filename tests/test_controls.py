@@ -16,7 +16,7 @@ LIMITS = m.wire_limits(["n0", "n1", "n2"])
 
 def channel() -> tuple[ControlChannel, list[tuple[int, m.Message]]]:
     sent: list[tuple[int, m.Message]] = []
-    return ControlChannel(lambda pnn, msg: sent.append((pnn, msg)), LIMITS), sent
+    return ControlChannel(0, lambda pnn, msg: sent.append((pnn, msg)), LIMITS), sent
 
 
 async def _asked(op: str = "ping", pnn: int = 1) -> tuple[ControlChannel, Any, int]:
@@ -83,5 +83,54 @@ def test_a_call_without_a_reply_times_out_and_leaves_nothing_pending() -> None:
             await ch.call(1, "ping", {}, timeout=0.05)
         assert info.value.code == ErrorCode.TIMEOUT
         assert not ch._pending
+
+    asyncio.run(scenario())
+
+
+# -- the answering end ---------------------------------------------------------------------
+
+
+def test_the_answering_end_replies_with_the_result_or_the_error_code() -> None:
+    async def fails(src: int, args: dict[str, Any]) -> None:
+        raise CtdbError(ErrorCode.BUSY, f"busy for node {src}")
+
+    def breaks(src: int, args: dict[str, Any]) -> None:
+        raise ZeroDivisionError("a bug in a handler")
+
+    async def scenario() -> None:
+        ch, _ = channel()
+        ch.handlers = {"pnn": lambda src, args: 0, "fails": fails, "breaks": breaks}
+        assert await ch.reply_to(2, m.Control(7, "pnn", {})) == m.ControlReply(7, 0, 0)
+        reply = await ch.reply_to(2, m.Control(8, "fails", {}))
+        assert reply == m.ControlReply(8, int(ErrorCode.BUSY), "busy for node 2")
+        reply = await ch.reply_to(2, m.Control(9, "breaks", {}))
+        assert reply.code == ErrorCode.IO and "ZeroDivisionError" in reply.result
+        reply = await ch.reply_to(2, m.Control(10, "nonesuch", {}))
+        assert reply.code == ErrorCode.NOT_SUPPORTED and "nonesuch" in reply.result
+
+    asyncio.run(scenario())
+
+
+def test_a_control_a_node_sends_itself_is_bounded_and_fails_as_a_remote_one() -> None:
+    async def hangs(src: int, args: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    def breaks(src: int, args: dict[str, Any]) -> None:
+        raise ZeroDivisionError("a bug in a handler")
+
+    async def scenario() -> None:
+        ch, sent = channel()
+        ch.handlers = {"pnn": lambda src, args: src, "hangs": hangs, "breaks": breaks}
+        assert await ch.run_here("pnn", {}, timeout=1) == 0  # answered as sent by node 0
+        with pytest.raises(CtdbError) as info:
+            await ch.run_here("hangs", {}, timeout=0.05)
+        assert info.value.code == ErrorCode.TIMEOUT
+        with pytest.raises(CtdbError) as info:
+            await ch.run_here("breaks", {}, timeout=1)
+        assert info.value.code == ErrorCode.IO
+        with pytest.raises(CtdbError) as info:
+            await ch.run_here("nonesuch", {}, timeout=1)
+        assert info.value.code == ErrorCode.NOT_SUPPORTED
+        assert not sent  # nothing went over the network
 
     asyncio.run(scenario())

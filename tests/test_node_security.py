@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from ctdb.protocol.messages import Control, encode
-from ctdb.server.node import NodeFlags
+from ctdb.server.state import NodeFlags
 from tests.conftest import start_cluster, unique
 from tools.cluster import LocalCluster
 from transport.framing import frame

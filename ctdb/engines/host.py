@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ctdb.protocol.messages import Message
 from ctdb.storage.database import Database, DbKind
+from ctdb.storage.durable import Epochs
 from transport.base import Transport
 
 
@@ -25,12 +26,9 @@ class Host(Protocol):
     nodes: list[str]
     #: every database this node has attached, by id
     dbs: dict[int, Database]
-    #: recoveries (tcp) or quorate views (vs) this node took part in; see merge
-    epoch: int
-    #: the highest epoch number handed out where this node saw it
-    epoch_numbered: int
-    #: which run of the daemon this is (durable, grows at every start)
-    incarnation: int
+    #: the recoveries (tcp) or quorate views (vs) this node took part in, and
+    #: which run of the daemon this is (durable; see merge)
+    epochs: Epochs
     generation: int
     leader: int
     vnnmap: list[int]
@@ -63,9 +61,5 @@ class Host(Protocol):
     def db(self, dbid: int) -> Database: ...
 
     def db_by_name(self, name: str) -> Database: ...
-
-    def set_epoch(self, epoch: int) -> None: ...
-
-    def number_epoch(self, epoch: int) -> None: ...
 
     def request_recovery(self) -> None: ...

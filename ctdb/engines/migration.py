@@ -262,7 +262,7 @@ class MigrationEngine:
 
     def next_rsn(self, old: Record | None) -> int:
         """The RSN of the next version: above the old one and stamped with the epoch."""
-        return max((old.rsn if old else 0) + 1, self.node.epoch << 32)
+        return max((old.rsn if old else 0) + 1, self.node.epochs.epoch << 32)
 
     def write(self, db: Database, key: bytes, value: bytes) -> Record:
         """Update a record this node is dmaster of (the caller checked that)."""

@@ -143,7 +143,7 @@ class OrderedEngine:
         # Above every seq an earlier run of this node used: an `applied`
         # message about that run, delivered late, must not make one of
         # this run's writes look stable.
-        self._seq = itertools.count((node.incarnation << 32) + 1)
+        self._seq = itertools.count((node.epochs.incarnation << 32) + 1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._locks: dict[tuple[int, bytes], LockQueue] = {}
         #: local lock waiters: owner -> future resolved when it becomes holder
@@ -803,7 +803,7 @@ class OrderedEngine:
         else:
             # Members in sync went through one more quorate view (see
             # merge.freshest_copy); all of them, at this same position.
-            self.node.set_epoch(self.node.epoch + 1)
+            self.node.epochs.set(self.node.epochs.epoch + 1)
         if self.quorate and self.node.pnn in view:
             # Survivors delivered what we delivered in the old view; joiners
             # hold it once the round just started is done (see `_stable`).
@@ -818,8 +818,8 @@ class OrderedEngine:
             "view_id": view.view_id,
             "synced": self.synced,
             "damaged": self.damaged,
-            "epoch": self.node.epoch,
-            "numbered": self.node.epoch_numbered,
+            "epoch": self.node.epochs.epoch,
+            "numbered": self.node.epochs.numbered,
             "flags": self.node.flags,
             "dbs": [
                 [db.name, db.kind.value, db.seqnum(), db.history()] for db in self.node.dbs.values()
@@ -863,7 +863,7 @@ class OrderedEngine:
         # remembered as handed out even by members that will not finish
         # the round: a later round elsewhere must number above it.
         r.epoch = max(max(int(o["numbered"]), epochs[p]) for p, o in r.offers.items()) + 1
-        self.node.number_epoch(r.epoch)
+        self.node.epochs.number(r.epoch)
         self.flags = {p: int(o.get("flags", 0)) for p, o in r.offers.items()}
         me = self.node.pnn
 
@@ -1016,7 +1016,7 @@ class OrderedEngine:
         # not be lost. Members that followed the view changes hold no such
         # entries, so this changes nothing there.
         self._purge(lambda o: o[0] not in self.view)
-        self.node.set_epoch(self._round.epoch)
+        self.node.epochs.set(self._round.epoch)
         view_id, behind = self._catching_up
         if view_id == self._round.view_id and self.node.pnn in behind:
             msg = Ordered(self.node.pnn, 0, "synced", {"view_id": view_id})

@@ -45,7 +45,28 @@ class NodeControls:
         }
 
     def ctl_status(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
-        return self.node.status()
+        """What `ctdb status` shows: every node's flags, generation, vnnmap, leader."""
+        node = self.node
+        return {
+            "pnn": node.pnn,
+            "nodes": [
+                {
+                    "pnn": p,
+                    "address": addr,
+                    "flags": int(node.node_flags(p)),
+                    "state": NodeFlags.describe(node.node_flags(p)),
+                    "this_node": p == node.pnn,
+                }
+                for p, addr in enumerate(node.nodes)
+            ],
+            "generation": node.generation,
+            "recovery_mode": node.recovery_mode.name,
+            "leader": node.leader,
+            "vnnmap": list(node.vnnmap),
+            "transport": node.transport.name,
+            # With a lock file only the leader can tell; asking must not take it.
+            "quorum": node.have_quorum() if node.lock_file is None else node.serving,
+        }
 
     def ctl_getdbmap(self, src: int, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [db.info() for db in sorted(self.node.dbs.values(), key=lambda d: d.name)]

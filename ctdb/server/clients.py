@@ -45,7 +45,7 @@ from ctdb.protocol import client as protocol
 from ctdb.protocol import messages, schema
 from ctdb.protocol.schema import EMPTY, KEY, PNN, U64, VALUE, Check, Limits, struct, text
 from ctdb.server.node import Node as ClusterNode
-from ctdb.server.node import NodeFlags
+from ctdb.server.state import NodeFlags
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import live_value
 

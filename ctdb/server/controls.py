@@ -1,4 +1,4 @@
-"""Request/reply between daemons on top of one-way transport messages.
+"""Request/reply between daemons on top of one-way transport messages, both ends.
 
 A control is sent with a fresh request id and completes when the matching
 reply arrives, when its timeout expires, or when the target leaves the view
@@ -9,27 +9,39 @@ A reply is matched by request id *and* sender: a reply from a node that was
 not asked, or to a request that is no longer pending (it timed out), is
 ignored. A reply whose result does not fit the op (`messages.check_reply`)
 fails the call and raises `DecodeError`, so the node cuts that peer's link.
+
+The answering end runs the handler a part of the daemon registered for the
+op (`ctdb.server.state.control_handlers`) and replies with its result or
+its error code; a control a node sends itself runs directly, bounded and
+failing the same way as a remote one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.messages import Control, ControlReply, DecodeError, Message, check_reply
 from ctdb.protocol.schema import Limits
+from ctdb.server.state import ControlHandler
+
+log = logging.getLogger("ctdb.server.controls")
 
 
 class ControlChannel:
-    def __init__(self, send: Callable[[int, Message], None], limits: Limits) -> None:
+    def __init__(self, pnn: int, send: Callable[[int, Message], None], limits: Limits) -> None:
+        self._pnn = pnn
         self._send = send
         self._limits = limits
         self._ids = itertools.count(1)
         #: reqid -> (target pnn, op, future)
         self._pending: dict[int, tuple[int, str, asyncio.Future[Any]]] = {}
+        #: op -> the handler that answers it here
+        self.handlers: dict[str, ControlHandler] = {}
 
     async def call(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float = 10.0
@@ -67,3 +79,44 @@ class ControlChannel:
         for target, _, fut in self._pending.values():
             if target == pnn and not fut.done():
                 fut.set_exception(CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} disconnected"))
+
+    # -- the answering end -------------------------------------------------------------
+
+    async def run_here(self, op: str, args: dict[str, Any], timeout: float) -> Any:
+        """A control this node sends itself: bounded like a remote one (a recovery
+        must never wait for ever on its own push), failing the same way."""
+        try:
+            result = self._start(self._pnn, op, args)
+            if isinstance(result, Awaitable):  # only these need bounding (and a task)
+                result = await asyncio.wait_for(result, timeout)
+            return result
+        except TimeoutError:
+            raise CtdbError(
+                ErrorCode.TIMEOUT,
+                f"node {self._pnn} (this one) did not finish {op} in {timeout:g}s",
+            ) from None
+        except CtdbError:
+            raise
+        except Exception as exc:
+            log.exception("control %s on this node failed", op)
+            raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
+
+    async def reply_to(self, src: int, msg: Control) -> ControlReply:
+        """The reply to a control `src` sent us: its handler's result or error code."""
+        try:
+            result = self._start(src, msg.op, msg.args)
+            if isinstance(result, Awaitable):
+                result = await result
+            return ControlReply(msg.reqid, 0, result)
+        except CtdbError as exc:
+            return ControlReply(msg.reqid, int(exc.code), exc.message)
+        except Exception as exc:
+            log.exception("control %s from node %d failed", msg.op, src)
+            return ControlReply(msg.reqid, int(ErrorCode.IO), f"{type(exc).__name__}: {exc}")
+
+    def _start(self, src: int, op: str, args: dict[str, Any]) -> Any:
+        """Run a control's handler: its result, or an awaitable of it."""
+        handler = self.handlers.get(op)
+        if handler is None:
+            raise CtdbError(ErrorCode.NOT_SUPPORTED, f"unknown control {op!r}")
+        return handler(src, args)

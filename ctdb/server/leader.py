@@ -311,7 +311,7 @@ class LeaderRecovery:
         # After any earlier attempt's push: its sequence numbers are the real ones.
         info = await self._bulk(lambda: {db.name: _recovery_info(db) for db in dbs})
         return {
-            "epoch": node.epoch,
+            "epoch": node.epochs.epoch,
             "generation": node.generation,
             "view": list(node.transport.view.members),
             "dbs": info,
@@ -374,7 +374,7 @@ class LeaderRecovery:
         node.configure_lease()
         # Written after the pushes: it certifies that our copies hold every
         # commit acknowledged up to this recovery.
-        node.set_epoch(int(args["epoch"]))
+        node.epochs.set(int(args["epoch"]))
 
     async def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
         node = self.node

@@ -57,18 +57,12 @@ from ctdb.server.state import (
 )
 from ctdb.server.stream import StreamMembership
 from ctdb.storage.database import Database, DbKind
-from ctdb.storage.durable import read_counter, write_counter
+from ctdb.storage.durable import Epochs
 from ctdb.storage.placement import db_id
 from transport.base import Transport, View
 
 log = logging.getLogger("ctdb.server.node")
 
-#: In the state directory: the latest recovery epoch this node took part in.
-EPOCH_FILE = "recovery.epoch"
-#: In the state directory: the highest epoch number this node saw handed out.
-EPOCH_NUMBERED_FILE = "recovery.epoch-numbered"
-#: In the state directory: how many times this node's daemon has started.
-INCARNATION_FILE = "incarnation"
 #: Controls whose reply can be a whole database: sent once the links have room.
 BULK_REPLIES = frozenset({"pull", "traverse"})
 
@@ -110,16 +104,8 @@ class Node:
         self.lease = Lease(pnn, len(nodes))
         self._lease_duration = 0.0
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._epoch_file = state_dir / EPOCH_FILE
-        #: the latest recovery this node took part in (durable: see ctdb.storage.durable)
-        self.epoch = read_counter(self._epoch_file)
-        self._epoch_numbered_file = state_dir / EPOCH_NUMBERED_FILE
-        #: the highest epoch number handed out where this node saw it (durable)
-        self.epoch_numbered = max(self.epoch, read_counter(self._epoch_numbered_file))
-        incarnation_file = state_dir / INCARNATION_FILE
-        #: this run of the daemon, counted durably (see ctdb.engines.ordered)
-        self.incarnation = read_counter(incarnation_file) + 1
-        write_counter(incarnation_file, self.incarnation)
+        #: recovery epochs and this run's number (durable: see ctdb.storage.durable)
+        self.epochs = Epochs(state_dir)
 
         self.dbs: dict[int, Database] = {}
         self.stats: Counter[str] = Counter()
@@ -137,9 +123,9 @@ class Node:
         #: what node messages are checked against (see ctdb.protocol.messages)
         self.wire_limits = wire_limits(self.nodes)
         self.guard = PeerGuard(pnn, transport, self.stats)
-        self.controls = ControlChannel(self.send, self.wire_limits)
+        self.controls = ControlChannel(pnn, self.send, self.wire_limits)
         self.admin = NodeControls(self)
-        self._handlers = control_handlers(self.admin) | self.membership.controls()
+        self.controls.handlers = control_handlers(self.admin) | self.membership.controls()
         self._tasks: list[asyncio.Task[None]] = []
         self.shutdown_requested = asyncio.Event()
         #: srvid -> callbacks of local clients registered for it
@@ -196,29 +182,6 @@ class Node:
             and not self.flags & INACTIVE
             and self.membership.confirmed()
         )
-
-    def set_epoch(self, epoch: int) -> None:
-        """The latest recovery (tcp) or quorate view (vs) our copies are current for.
-
-        Durable (ctdb.storage.durable): after any restart, recovery must still tell
-        the copies that missed something from those that did not.
-        """
-        self.number_epoch(epoch)
-        if epoch != self.epoch:
-            write_counter(self._epoch_file, epoch)
-            self.epoch = epoch
-
-    def number_epoch(self, epoch: int) -> None:
-        """Remember, durably, that epoch number `epoch` was handed out.
-
-        vs numbers a new epoch above every number its members saw, also
-        those of rounds a member planned but did not finish: an epoch is
-        then never numbered twice, on two sides of a partition (see
-        merge.freshest_copy).
-        """
-        if epoch > self.epoch_numbered:
-            write_counter(self._epoch_numbered_file, epoch)
-            self.epoch_numbered = epoch
 
     def in_generation(self, generation: int) -> bool:
         """Messages between nodes count only within the generation that sent them.
@@ -299,22 +262,7 @@ class Node:
         if timeout is None:
             timeout = self.tunable("CallTimeout")
         if pnn == self.pnn:
-            # Bounded like a remote control: a recovery must never wait for
-            # ever on its own push. Failures look the same as a remote's.
-            try:
-                result = self._start_control(self.pnn, op, args or {})
-                if isinstance(result, Awaitable):  # only these need bounding (and a task)
-                    result = await asyncio.wait_for(result, timeout)
-                return result
-            except TimeoutError:
-                raise CtdbError(
-                    ErrorCode.TIMEOUT, f"node {pnn} (this one) did not finish {op} in {timeout:g}s"
-                ) from None
-            except CtdbError:
-                raise
-            except Exception as exc:
-                log.exception("control %s on this node failed", op)
-                raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
+            return await self.controls.run_here(op, args or {}, timeout)
         if pnn not in self.transport.view:
             raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
         return await self.controls.call(pnn, op, args, timeout)
@@ -409,31 +357,11 @@ class Node:
             self.transport.send(msg.pnn, self._state_payload())
 
     async def _answer_control(self, src: int, msg: Control) -> None:
-        try:
-            result = await self._run_control(src, msg.op, msg.args)
-            reply = ControlReply(msg.reqid, 0, result)
-        except CtdbError as exc:
-            reply = ControlReply(msg.reqid, int(exc.code), exc.message)
-        except Exception as exc:
-            log.exception("control %s from node %d failed", msg.op, src)
-            reply = ControlReply(msg.reqid, int(ErrorCode.IO), f"{type(exc).__name__}: {exc}")
+        reply = await self.controls.reply_to(src, msg)
         if msg.op in BULK_REPLIES:
             await self.transport.drain()  # back-pressure: see transport.base.Transport.drain
         if src in self.transport.view or src == self.pnn:
             self.send(src, reply)
-
-    def _start_control(self, src: int, op: str, args: dict[str, Any]) -> Any:
-        """Run a control's handler: its result, or an awaitable of it."""
-        handler = self._handlers.get(op)
-        if handler is None:
-            raise CtdbError(ErrorCode.NOT_SUPPORTED, f"unknown control {op!r}")
-        return handler(src, args)
-
-    async def _run_control(self, src: int, op: str, args: dict[str, Any]) -> Any:
-        result = self._start_control(src, op, args)
-        if isinstance(result, Awaitable):
-            result = await result
-        return result
 
     def _on_view(self, view: View) -> None:
         log.info("view %d: nodes %s", view.view_id, list(view.members))
@@ -462,28 +390,6 @@ class Node:
         if self.lock_file is not None:
             return self.lock_file.hold()
         return 2 * len(self.transport.view.members) > len(self.nodes)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "pnn": self.pnn,
-            "nodes": [
-                {
-                    "pnn": p,
-                    "address": addr,
-                    "flags": int(self.node_flags(p)),
-                    "state": NodeFlags.describe(self.node_flags(p)),
-                    "this_node": p == self.pnn,
-                }
-                for p, addr in enumerate(self.nodes)
-            ],
-            "generation": self.generation,
-            "recovery_mode": self.recovery_mode.name,
-            "leader": self.leader,
-            "vnnmap": list(self.vnnmap),
-            "transport": self.transport.name,
-            # With a lock file only the leader can tell; asking must not take it.
-            "quorum": self.have_quorum() if self.lock_file is None else self.serving,
-        }
 
     def _state_payload(self) -> bytes:
         stamp = asyncio.get_running_loop().time()

@@ -1,11 +1,11 @@
 """Small facts a node must still know after a crash, written atomically and fsync'd.
 
-Today that is the recovery epoch: recovery trusts only the copies of the
-nodes that took part in the latest recovery (see `ctdb.engines.merge`), so a node
+The recovery epoch above all: recovery trusts only the copies of the nodes
+that took part in the latest recovery (see `ctdb.engines.merge`), so a node
 that restarts must remember which recovery it last took part in. If it
 forgot (an epoch kept in memory), a node that was hung through the latest
 recoveries would look as current as the restarted ones and its stale copy
-could win.
+could win. `Epochs` holds that and the two counters beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ import os
 from pathlib import Path
 
 from ctdb.common.errors import CtdbError, ErrorCode
+
+#: In the state directory: the latest recovery epoch this node took part in.
+EPOCH_FILE = "recovery.epoch"
+#: In the state directory: the highest epoch number this node saw handed out.
+EPOCH_NUMBERED_FILE = "recovery.epoch-numbered"
+#: In the state directory: how many times this node's daemon has started.
+INCARNATION_FILE = "incarnation"
 
 
 def read_counter(path: Path) -> int:
@@ -46,3 +53,39 @@ def write_counter(path: Path, value: int) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+class Epochs:
+    """A node's durable counters, in its state directory; opening them counts a start."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._epoch_file = state_dir / EPOCH_FILE
+        #: the latest recovery (tcp) or quorate view (vs) our copies are current for
+        self.epoch = read_counter(self._epoch_file)
+        self._numbered_file = state_dir / EPOCH_NUMBERED_FILE
+        #: the highest epoch number handed out where this node saw it
+        self.numbered = max(self.epoch, read_counter(self._numbered_file))
+        incarnation_file = state_dir / INCARNATION_FILE
+        #: this run of the daemon (see ctdb.engines.ordered)
+        self.incarnation = read_counter(incarnation_file) + 1
+        write_counter(incarnation_file, self.incarnation)
+
+    def set(self, epoch: int) -> None:
+        """Our copies are now current for `epoch`: after any restart, recovery
+        must still tell the copies that missed something from those that did not."""
+        self.number(epoch)
+        if epoch != self.epoch:
+            write_counter(self._epoch_file, epoch)
+            self.epoch = epoch
+
+    def number(self, epoch: int) -> None:
+        """Remember that epoch number `epoch` was handed out.
+
+        vs numbers a new epoch above every number its members saw, also
+        those of rounds a member planned but did not finish: an epoch is
+        then never numbered twice, on two sides of a partition (see
+        merge.freshest_copy).
+        """
+        if epoch > self.numbered:
+            write_counter(self._numbered_file, epoch)
+            self.numbered = epoch
