@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.ordered import OrderedEngine
+from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.protocol import messages as m
 from ctdb.protocol.schema import Limits
 from ctdb.server.admin import NodeControls

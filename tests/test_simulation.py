@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from ctdb.engines import migration, ordered, transactions
+from ctdb.engines import migration, transactions
+from ctdb.engines.ordered import engine as ordered
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS
 from tools.sim.schedule import simulate

@@ -3,7 +3,7 @@
 Two engines implement them with the same client-visible semantics:
 `ctdb.engines.migration.MigrationEngine` (point-to-point transports: dmaster
 migration, leader-driven recovery, two-phase commit) and
-`ctdb.engines.ordered.OrderedEngine` (virtually synchronous transports: every node
+`ctdb.engines.ordered.engine.OrderedEngine` (virtually synchronous transports: every node
 applies the same totally ordered stream of operations). The node picks one
 from its transport's capabilities.
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ctdb.engines.ordered import OrderedEngine
+from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.protocol.messages import Call, DecodeError, DmasterReply, DmasterRequest, Message, Ordered
 from ctdb.server.state import INACTIVE, ControlHandler, RecoveryMode
 from transport.base import View

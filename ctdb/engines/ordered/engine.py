@@ -1,58 +1,5 @@
-"""Records over a virtually synchronous transport: one ordered stream, no replies.
-
-Every write, lock request, unlock and commit is broadcast as an `Ordered`
-message; every node applies the stream in the same agreed order, so every
-node holds the same records and the same lock queues, and nobody needs to
-ask anybody anything. The node that sent an operation answers its client
-when it delivers its own message: by then every surviving member has it (or,
-if the sender fails first, no survivor does).
-
-Locks are FIFO queues of owners `(pnn, session id)`, identical everywhere:
-the head holds the lock. A queue is bounded (MaxLockWaiters): a lock request
-or a write that would queue past it fails with BUSY. Queues are replicated
-state, so that decision is taken where it can be the same everywhere: at
-apply time, against the bound the origin put in the message. Deciding at
-the origin before broadcasting could not be exact (other nodes' requests
-already in the stream are not applied there yet), and each member applying
-its own tunable would let members that set it differently disagree on a
-queue. When a client disconnects its node broadcasts a
-release; when a node leaves the view every member drops its owners at the
-same position in the stream, so lock hand-over after a failure needs no
-recovery round.
-
-Joins are the only event needing data: at a view change that adds members,
-every member broadcasts an offer (is it in sync? which databases at which
-sequence numbers?). Once all offers of the view are delivered each node
-computes the same plan: each database comes from the lowest in-sync member
-holding it, or, when nobody is in sync (the whole cluster restarted, quorum
-was lost), from the freshest copy (`merge.freshest_copy`: the highest epoch,
-then a copy whose files saw no failed write, then the highest sequence
-number). Sources broadcast a snapshot
-taken at that position; members that need it queue later operations until
-the snapshot is applied. Quorum (a majority of configured nodes) is enforced
-here because CPG does not: a member of a minority view is out of sync and
-serves nothing.
-
-Agreed delivery at the origin does not mean every member has the message:
-if the origin fails (or is cut off) right after delivering its own write,
-the survivors may never see it. So a write (store, store_unlock, commit,
-wipe) is acknowledged to its client only once it is stable: every other
-member of the view has applied it and said so (an `applied` message every
-member broadcasts, one per burst, naming the highest seq it applied of each
-origin), or left a view that keeps quorum (virtual synchrony: a survivor of
-the view change delivered what we did). A view without quorum fails what is
-not yet stable. This is what lets a write survive the loss of any single
-node, volatile ones included, and costs one broadcast from each member per
-burst of writes. Since every member knows what is stable, no local read
-returns a write that is not (`settled`): it waits until it is, within
-CallTimeout. A state transfer carries which keys are not stable yet, and
-once every member said it installed the snapshots it needed (`synced`),
-what anyone held before the plan is stable (`_plan_done`).
-
-Every client request ends within CallTimeout, with its result or an error;
-a node whose local apply fails (I/O error, disk full) leaves the group and
-rejoins through a state transfer instead of carrying on diverged.
-"""
+"""The ordered engine: client operations, the stream's appliers, view changes
+and state-transfer rounds (the design is in the package docstring)."""
 
 from __future__ import annotations
 
@@ -60,12 +7,14 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.merge import Mark, freshest_copy, from_wire, same_copy, to_wire
+from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
+from ctdb.engines.ordered.locks import LockQueue, Owner, QueueFull, check_room
+from ctdb.engines.ordered.stability import STABLE_OPS, Stability
+from ctdb.engines.ordered.sync import SyncRound, make_plan
 from ctdb.engines.transactions import Transaction, next_version
 from ctdb.protocol.messages import Ordered, encode
 from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
@@ -84,21 +33,6 @@ MAX_BACKLOG = 100_000
 #: Markers proposed per database in one vacuum message.
 VACUUM_BATCH = 1000
 
-Owner = tuple[int, int]  # (pnn, session id)
-
-
-@dataclass
-class LockQueue:
-    """Owners waiting for a record, head first; pending plain writes queue here too."""
-
-    entries: deque[tuple[Owner, str, bytes | None]] = field(default_factory=deque)
-
-    @property
-    def holder(self) -> Owner | None:
-        if self.entries and self.entries[0][1] == "lock":
-            return self.entries[0][0]
-        return None
-
 
 @dataclass
 class Barriers:
@@ -106,24 +40,6 @@ class Barriers:
 
     open: asyncio.Future[Any] | None = None
     in_flight: asyncio.Future[Any] | None = None
-
-
-@dataclass
-class SyncRound:
-    """The state-transfer round started by a view change that added members."""
-
-    view_id: int
-    members: tuple[int, ...]
-    offers: dict[int, dict[str, Any]] = field(default_factory=dict)
-    #: db name -> source pnn, once every offer is in
-    plan: dict[str, int] | None = None
-    #: the epoch every member adopts when the round completes
-    epoch: int = 0
-    awaiting: set[str] = field(default_factory=set)
-
-
-#: A write in the stream: (origin, seq, the members of the view it was applied in).
-Write = tuple[int, int, frozenset[int]]
 
 
 class StreamListener(Protocol):
@@ -171,23 +87,8 @@ class OrderedEngine:
         self.flags: dict[int, int] = {node.pnn: 0}
         #: read barriers ("sync" broadcasts): see _fetch_ordered
         self._barriers = Barriers()
-        #: our writes delivered but not yet stable: seq -> (future, result,
-        #: the members that delivered it with us)
-        self._unstable: dict[int, tuple[asyncio.Future[Any], Any, frozenset[int]]] = {}
-        #: member -> origin -> the highest seq of that origin's writes the
-        #: member applied (its `applied` messages; ours as we apply them)
-        self._applied_by: dict[int, dict[int, int]] = {}
-        #: origin -> highest seq of theirs we applied and have yet to announce
-        self._to_confirm: dict[int, int] = {}
-        #: the write being applied, which `_write` marks the keys it writes with
-        self._applying: Write | None = None
-        #: (db id, key) -> the latest write to it that is not yet stable
-        self._dirty: dict[tuple[int, bytes], Write] = {}
-        #: dirty keys and our unstable writes as of the last plan (see `_plan_done`)
-        self._pre_plan: dict[tuple[int, bytes], Write] = {}
-        self._pre_plan_seqs: set[int] = set()
-        #: readers waiting for a key's writes to become stable (see `settled`)
-        self._settle_waiters: list[tuple[tuple[int, bytes], asyncio.Future[None]]] = []
+        #: which writes every member holds (see stability.py)
+        self.stability = Stability(node.pnn, self._send)
         #: db id -> keys that hold a deletion marker (vacuuming candidates)
         self._markers: dict[int, set[bytes]] = {}
 
@@ -239,7 +140,7 @@ class OrderedEngine:
             return await _until(fut, deadline, f"{op} was not delivered in time: outcome unknown")
         finally:
             self._pending.pop(seq, None)
-            self._unstable.pop(seq, None)
+            self.stability.unstable.pop(seq, None)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         q = self._locks.get((db.id, key))
@@ -429,7 +330,8 @@ class OrderedEngine:
 
     def on_ordered(self, msg: Ordered) -> None:
         if msg.op == "applied":
-            self._on_applied(msg)
+            if self.stability.on_applied(msg):
+                self._check_stable()
             return
         if msg.op == "offer":
             self._on_offer(msg)
@@ -475,18 +377,12 @@ class OrderedEngine:
             if not fut.done():
                 fut.set_exception(error)
             del self._pending[seq]
-        self._unstable.clear()
-        # Readers waiting for a write to settle look again: wait_serving
-        # tells them why they cannot read now.
-        waiters, self._settle_waiters = self._settle_waiters, []
-        for _, fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        self.stability.drop()
 
     def _apply(self, msg: Ordered) -> None:
         members = frozenset(self.members) if msg.op in STABLE_OPS else None
         if members is not None:
-            self._applying = (msg.origin, msg.seq, members)
+            self.stability.applying = (msg.origin, msg.seq, members)
         try:
             result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
             error = None
@@ -499,11 +395,11 @@ class OrderedEngine:
             self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
             return
         finally:
-            self._applying = None
+            self.stability.applying = None
         self.node.stats["ordered_applied"] += 1
         stable = members is not None and error is None
         if stable:
-            self._confirm(msg.origin, msg.seq)
+            self.stability.confirm(msg.origin, msg.seq)
         if msg.origin != self.node.pnn:
             return
         fut = self._pending.get(msg.seq)
@@ -513,68 +409,19 @@ class OrderedEngine:
             fut.set_exception(error)
         elif stable:
             assert members is not None
-            self._unstable[msg.seq] = (fut, result, members)
+            self.stability.unstable[msg.seq] = (fut, result, members)
             self._check_stable()
         else:
             fut.set_result(result)
 
     # -- stability: a write counts once every member applied it ----------------------
 
-    def _confirm(self, origin: int, seq: int) -> None:
-        """Note that we applied `origin`'s writes up to `seq`; tell everyone once per loop turn."""
-        mine = self._applied_by.setdefault(self.node.pnn, {})
-        mine[origin] = max(seq, mine.get(origin, seq))
-        if not self._to_confirm:
-            asyncio.get_running_loop().call_soon(self._send_confirmations)
-        self._to_confirm[origin] = max(seq, self._to_confirm.get(origin, seq))
-
-    def _send_confirmations(self) -> None:
-        pending, self._to_confirm = self._to_confirm, {}
-        if pending:
-            upto = [[origin, seq] for origin, seq in sorted(pending.items())]
-            msg = Ordered(self.node.pnn, 0, "applied", {"upto": upto})
-            self.node.transport.broadcast(encode(msg))
-
-    def _on_applied(self, msg: Ordered) -> None:
-        if msg.origin == self.node.pnn:
-            return  # noted as we applied them
-        seen = self._applied_by.setdefault(msg.origin, {})
-        for origin, seq in msg.args["upto"]:
-            seen[int(origin)] = max(int(seq), seen.get(int(origin), 0))
-        self._check_stable()
-
-    def _stable(self, write: Write) -> bool:
-        """Every member of the write's view that is still with us applied it.
-
-        Members that left since no longer count (see the module docstring).
-        """
-        if self._round is not None or self._behind(self.view):
-            # A member of the view that is still catching up does not hold
-            # it yet (the snapshot it waits for does): a joiner counts too.
-            return False
-        origin, seq, members = write
-        return all(
-            self._applied_by.get(p, {}).get(origin, 0) >= seq for p in members if p in self.view
-        )
+    def _send(self, msg: Ordered) -> None:
+        self.node.transport.broadcast(encode(msg))
 
     def _check_stable(self) -> None:
-        me = self.node.pnn
-        for seq, (fut, result, members) in list(self._unstable.items()):
-            if self._stable((me, seq, members)):
-                del self._unstable[seq]
-                if not fut.done():
-                    fut.set_result(result)
-        if self._dirty:
-            self._dirty = {ref: w for ref, w in self._dirty.items() if not self._stable(w)}
-        if self._settle_waiters:
-            waiters, self._settle_waiters = self._settle_waiters, []
-            for ref, fut in waiters:
-                if fut.done():
-                    continue
-                if ref in self._dirty:
-                    self._settle_waiters.append((ref, fut))
-                else:
-                    fut.set_result(None)
+        settling = self._round is not None or self._behind(self.view)
+        self.stability.check(self.view, settling)
 
     def settled(self, db: Database, key: bytes) -> bool:
         """The key holds only stable writes here.
@@ -584,26 +431,20 @@ class OrderedEngine:
         a copy without it), so a local read must not return it: that would
         be a dirty read.
         """
-        return (db.id, key) not in self._dirty
+        return (db.id, key) not in self.stability.dirty
 
     async def settle(self, db: Database, key: bytes, deadline: float) -> None:
         while True:
             await self.node.wait_serving(deadline)
             if self.settled(db, key):
                 return
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiter = ((db.id, key), fut)
-            self._settle_waiters.append(waiter)
+            waiter = self.stability.wait((db.id, key))
+            fut = waiter[1]
             try:
                 await _until(fut, deadline, f"a write to {key!r} did not become stable in time")
             finally:
                 if not fut.done():  # timed out: nobody is left to wake
-                    self._settle_waiters.remove(waiter)
-
-    def _touched(self, db: Database, key: bytes) -> None:
-        """The write being applied wrote `key`: not stable until every member applied it."""
-        if self._applying is not None:
-            self._dirty[(db.id, key)] = self._applying
+                    self.stability.waiters.remove(waiter)
 
     def _db(self, dbid: int) -> Database:
         return self.node.db(int(dbid))
@@ -611,7 +452,7 @@ class OrderedEngine:
     def _write(self, db: Database, key: bytes, value: bytes, origin: int) -> None:
         old = db.local.get(key)
         db.local.put(key, Record((old.rsn if old else 0) + 1, origin, value))
-        self._touched(db, key)
+        self.stability.touched((db.id, key))
         if not value:
             self._markers.setdefault(db.id, set()).add(key)
 
@@ -659,7 +500,7 @@ class OrderedEngine:
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         if q is not None and q.holder is not None and q.holder != owner:
             # Someone holds the record: the write takes its turn in the queue.
-            _check_room(q, args, key)
+            check_room(q, args, key)
             q.entries.append((owner, "store", bytes(args["value"])))
             return
         self._write(db, key, bytes(args["value"]), origin)
@@ -668,7 +509,7 @@ class OrderedEngine:
         db, key = self._db(args["db"]), bytes(args["key"])
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self._locks.setdefault((db.id, key), LockQueue())
-        _check_room(q, args, key)
+        check_room(q, args, key)
         q.entries.append((owner, "lock", None))
         self._advance(db, key, q)
 
@@ -701,7 +542,7 @@ class OrderedEngine:
         seqnum, records = next_version(db, args["reads"], args["writes"], origin)
         db.local.write_batch(Database.commit_puts(records))
         for key in records:
-            self._touched(db, key)
+            self.stability.touched((db.id, key))
         return seqnum
 
     def _apply_attach(self, origin: int, args: dict[str, Any]) -> None:
@@ -770,7 +611,7 @@ class OrderedEngine:
             except Exception as exc:  # as in _apply: our replica may now differ
                 log.exception("releasing the locks of departed nodes failed")
                 failure = f"releasing departed nodes' locks failed: {type(exc).__name__}: {exc}"
-        self._applied_by = {p: seen for p, seen in self._applied_by.items() if p in view}
+        self.stability.forget(view)
         behind = self._catching_up[1]
         if left & behind:
             # A member that left will not say it installed its snapshots;
@@ -840,45 +681,14 @@ class OrderedEngine:
         if set(r.offers) != set(r.members):
             return
         # Every member now computes the same plan from the same offers.
-        synced = sorted(p for p, o in r.offers.items() if o["synced"])
-        #: db name -> member -> (kind, (sequence number, history))
-        holdings: dict[str, dict[int, tuple[str, Mark]]] = {}
-        for p, o in r.offers.items():
-            for name, kind, seqnum, history in o["dbs"]:
-                holdings.setdefault(name, {})[p] = (kind, (int(seqnum), bytes(history)))
-        epochs = {p: int(o["epoch"]) for p, o in r.offers.items()}
-        plan: dict[str, int] = {}
-        for name, holders in sorted(holdings.items()):
-            in_sync = [p for p in synced if p in holders]
-            if in_sync:
-                plan[name] = in_sync[0]
-            else:
-                marks = {
-                    p: (epochs[p], not r.offers[p]["damaged"], mark[0])
-                    for p, (_, mark) in holders.items()
-                }
-                plan[name] = freshest_copy(marks)
-        r.plan = plan
-        # Numbered above every epoch any member saw handed out, and
-        # remembered as handed out even by members that will not finish
-        # the round: a later round elsewhere must number above it.
-        r.epoch = max(max(int(o["numbered"]), epochs[p]) for p, o in r.offers.items()) + 1
+        plan = make_plan(r.offers)
+        r.plan, r.epoch = plan.sources, plan.epoch
         self.node.epochs.number(r.epoch)
-        self.flags = {p: int(o.get("flags", 0)) for p, o in r.offers.items()}
+        self.flags = plan.flags
         me = self.node.pnn
-
-        def needs_of(p: int) -> set[str]:
-            """A member out of sync needs every database; one in sync, those it lacks."""
-            offer = r.offers[p]
-            return {
-                name
-                for name, src in plan.items()
-                if src != p and (not offer["synced"] or p not in holdings[name])
-            }
-
-        needs = needs_of(me)
-        self._catching_up = (r.view_id, {p for p in r.members if needs_of(p)})
-        self._pre_plan, self._pre_plan_seqs = dict(self._dirty), set(self._unstable)
+        needs = plan.needs[me]
+        self._catching_up = (r.view_id, {p for p in r.members if plan.needs[p]})
+        self.stability.mark_plan()
         if not self._catching_up[1]:
             self._plan_done()  # every member holds the same copies already
         r.awaiting = needs
@@ -890,15 +700,11 @@ class OrderedEngine:
             # learns that now.
             self._drop_backlog()
         # Sources send what others need, as of this position in the stream.
-        receivers: dict[str, list[int]] = {}
-        for p in r.members:
-            for name in needs_of(p):
-                receivers.setdefault(name, []).append(p)
-        for name, src in plan.items():
-            if src == me and name in receivers:
+        for name, src in plan.sources.items():
+            receivers = plan.receivers(name, r.members)
+            if src == me and receivers:
                 db = self.node.db_by_name(name)
-                offered = [holdings[name].get(p, ("", (0, b"")))[1] for p in receivers[name]]
-                self._send_snapshot(r, db, offered)
+                self._send_snapshot(r, db, plan.offered(name, receivers))
         if not needs:
             self._finish_round()
 
@@ -929,7 +735,7 @@ class OrderedEngine:
             # what is not stable yet (see `_plan_done`).
             "dirty": [
                 [key, w[0], w[1], sorted(w[2])]
-                for (dbid, key), w in self._dirty.items()
+                for (dbid, key), w in self.stability.dirty.items()
                 if dbid == db.id
             ],
         }
@@ -959,22 +765,8 @@ class OrderedEngine:
                 self._plan_done()
 
     def _plan_done(self) -> None:
-        """Every member now holds the plan's copies: what they held is stable.
-
-        A write applied before the plan (on members in sync, or in the copy
-        a snapshot brought) is held by every member once the last member
-        that needed snapshots said it installed them (`synced`, the same
-        position everywhere), though no member that took a snapshot ever
-        confirms the writes in it.
-        """
-        for ref, write in self._pre_plan.items():
-            if self._dirty.get(ref) == write:
-                del self._dirty[ref]
-        for seq in self._pre_plan_seqs & set(self._unstable):
-            fut, result, _ = self._unstable.pop(seq)
-            if not fut.done():
-                fut.set_result(result)
-        self._pre_plan, self._pre_plan_seqs = {}, set()
+        """Every member now holds the plan's copies (see Stability.plan_done)."""
+        self.stability.plan_done()
         self._check_stable()
 
     def _on_snapshot(self, msg: Ordered) -> None:
@@ -998,11 +790,12 @@ class OrderedEngine:
             q = LockQueue(deque(((int(e[0]), int(e[1])), str(e[2]), e[3]) for e in entries))
             self._locks[(db.id, bytes(key))] = q
             self._advance(db, bytes(key), q)
-        for stale in [ref for ref in self._dirty if ref[0] == db.id]:
-            del self._dirty[stale]
+        dirty = self.stability.dirty
+        for stale in [ref for ref in dirty if ref[0] == db.id]:
+            del dirty[stale]
         for key, origin, seq, members in msg.args["dirty"]:
             write = (int(origin), int(seq), frozenset(int(p) for p in members))
-            self._dirty[(db.id, bytes(key))] = self._pre_plan[(db.id, bytes(key))] = write
+            dirty[(db.id, bytes(key))] = self.stability.pre_plan[(db.id, bytes(key))] = write
         r.awaiting.discard(name)
         if not r.awaiting:
             self._finish_round()
@@ -1065,26 +858,6 @@ class OrderedEngine:
             self._broadcast("release", {"owner": owner})
         for owner, dbid, key in sorted(unwanted):
             self._broadcast("withdraw", {"db": dbid, "key": key, "owner": owner})
-
-
-class QueueFull(CtdbError):
-    """A record's lock queue is at its bound: the request was not queued."""
-
-
-def _check_room(q: LockQueue, args: dict[str, Any], key: bytes) -> None:
-    """Refuse to queue past the bound the origin sent (the same on every member).
-
-    The holder does not count: `waiters` requests may wait behind it.
-    """
-    limit = int(args.get("waiters") or TUNABLES["MaxLockWaiters"].default)
-    if len(q.entries) > limit:
-        raise QueueFull(
-            ErrorCode.BUSY, f"record {key!r} is busy: {limit} requests already wait for it"
-        )
-
-
-#: Writes, acknowledged only once stable (see the module docstring).
-STABLE_OPS = frozenset({"commit", "store", "unlock", "wipe"})
 
 
 async def _until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:

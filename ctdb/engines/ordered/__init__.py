@@ -1,0 +1,60 @@
+"""Records over a virtually synchronous transport: one ordered stream, no replies.
+
+Every write, lock request, unlock and commit is broadcast as an `Ordered`
+message; every node applies the stream in the same agreed order, so every
+node holds the same records and the same lock queues, and nobody needs to
+ask anybody anything. The node that sent an operation answers its client
+when it delivers its own message: by then every surviving member has it (or,
+if the sender fails first, no survivor does).
+
+Locks are FIFO queues of owners `(pnn, session id)`, identical everywhere:
+the head holds the lock. A queue is bounded (MaxLockWaiters): a lock request
+or a write that would queue past it fails with BUSY. Queues are replicated
+state, so that decision is taken where it can be the same everywhere: at
+apply time, against the bound the origin put in the message. Deciding at
+the origin before broadcasting could not be exact (other nodes' requests
+already in the stream are not applied there yet), and each member applying
+its own tunable would let members that set it differently disagree on a
+queue. When a client disconnects its node broadcasts a
+release; when a node leaves the view every member drops its owners at the
+same position in the stream, so lock hand-over after a failure needs no
+recovery round.
+
+Joins are the only event needing data: at a view change that adds members,
+every member broadcasts an offer (is it in sync? which databases at which
+sequence numbers?). Once all offers of the view are delivered each node
+computes the same plan: each database comes from the lowest in-sync member
+holding it, or, when nobody is in sync (the whole cluster restarted, quorum
+was lost), from the freshest copy (`merge.freshest_copy`: the highest epoch,
+then a copy whose files saw no failed write, then the highest sequence
+number). Sources broadcast a snapshot
+taken at that position; members that need it queue later operations until
+the snapshot is applied. Quorum (a majority of configured nodes) is enforced
+here because CPG does not: a member of a minority view is out of sync and
+serves nothing.
+
+Agreed delivery at the origin does not mean every member has the message:
+if the origin fails (or is cut off) right after delivering its own write,
+the survivors may never see it. So a write (store, store_unlock, commit,
+wipe) is acknowledged to its client only once it is stable: every other
+member of the view has applied it and said so (an `applied` message every
+member broadcasts, one per burst, naming the highest seq it applied of each
+origin), or left a view that keeps quorum (virtual synchrony: a survivor of
+the view change delivered what we did). A view without quorum fails what is
+not yet stable. This is what lets a write survive the loss of any single
+node, volatile ones included, and costs one broadcast from each member per
+burst of writes. Since every member knows what is stable, no local read
+returns a write that is not (`settled`): it waits until it is, within
+CallTimeout. A state transfer carries which keys are not stable yet, and
+once every member said it installed the snapshots it needed (`synced`),
+what anyone held before the plan is stable (`_plan_done`).
+
+The package: `engine.py` (the engine: client operations, the stream's
+appliers, view changes and state-transfer rounds), `stability.py` (which
+writes every member holds), `plan.py` (the state-transfer plan, a pure
+function of the offers) and `locks.py` (the replicated lock queues).
+
+Every client request ends within CallTimeout, with its result or an error;
+a node whose local apply fails (I/O error, disk full) leaves the group and
+rejoins through a state transfer instead of carrying on diverged.
+"""

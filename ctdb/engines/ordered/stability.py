@@ -1,0 +1,153 @@
+"""Stability: a write counts once every member of the view has applied it.
+
+Agreed delivery at the origin does not mean every member has the message,
+so each member tells the others (an `applied` message, one per burst) the
+highest seq of each origin it applied, and every member can tell which
+writes every member holds. Until then a write is not acknowledged to its
+client (`unstable`) and no local read returns it (`dirty`): a failure can
+still take it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ctdb.protocol.messages import Ordered
+from transport.base import View
+
+#: A write in the stream: (origin, seq, the members of the view it was applied in).
+Write = tuple[int, int, frozenset[int]]
+#: A record: (database id, key).
+Ref = tuple[int, bytes]
+
+#: Writes, acknowledged only once stable (see the package docstring).
+STABLE_OPS = frozenset({"commit", "store", "unlock", "wipe"})
+
+
+class Stability:
+    def __init__(self, pnn: int, broadcast: Callable[[Ordered], None]) -> None:
+        self._pnn = pnn
+        self._broadcast = broadcast
+        #: our writes delivered but not yet stable: seq -> (future, result,
+        #: the members that delivered it with us)
+        self.unstable: dict[int, tuple[asyncio.Future[Any], Any, frozenset[int]]] = {}
+        #: member -> origin -> the highest seq of that origin's writes the
+        #: member applied (its `applied` messages; ours as we apply them)
+        self.applied_by: dict[int, dict[int, int]] = {}
+        #: origin -> highest seq of theirs we applied and have yet to announce
+        self._to_confirm: dict[int, int] = {}
+        #: the write being applied, which `touched` marks the keys it writes with
+        self.applying: Write | None = None
+        #: record -> the latest write to it that is not yet stable
+        self.dirty: dict[Ref, Write] = {}
+        #: dirty keys and our unstable writes as of the last plan (see `plan_done`)
+        self.pre_plan: dict[Ref, Write] = {}
+        self.pre_plan_seqs: set[int] = set()
+        #: readers waiting for a key's writes to become stable
+        self.waiters: list[tuple[Ref, asyncio.Future[None]]] = []
+
+    def confirm(self, origin: int, seq: int) -> None:
+        """Note that we applied `origin`'s writes up to `seq`; tell everyone once per loop turn."""
+        mine = self.applied_by.setdefault(self._pnn, {})
+        mine[origin] = max(seq, mine.get(origin, seq))
+        if not self._to_confirm:
+            asyncio.get_running_loop().call_soon(self._send_confirmations)
+        self._to_confirm[origin] = max(seq, self._to_confirm.get(origin, seq))
+
+    def _send_confirmations(self) -> None:
+        pending, self._to_confirm = self._to_confirm, {}
+        if pending:
+            upto = [[origin, seq] for origin, seq in sorted(pending.items())]
+            self._broadcast(Ordered(self._pnn, 0, "applied", {"upto": upto}))
+
+    def on_applied(self, msg: Ordered) -> bool:
+        """A member's `applied` message; whether it may have made anything stable."""
+        if msg.origin == self._pnn:
+            return False  # noted as we applied them
+        seen = self.applied_by.setdefault(msg.origin, {})
+        for origin, seq in msg.args["upto"]:
+            seen[int(origin)] = max(int(seq), seen.get(int(origin), 0))
+        return True
+
+    def forget(self, view: View) -> None:
+        """Members that left no longer count."""
+        self.applied_by = {p: seen for p, seen in self.applied_by.items() if p in view}
+
+    def stable(self, write: Write, view: View, settling: bool) -> bool:
+        """Every member of the write's view that is still with us applied it.
+
+        `settling`: a state transfer is in progress, or a member of the view
+        still catches up: it does not hold the write yet (the snapshot it
+        waits for does), so nothing is stable until it does.
+        """
+        if settling:
+            return False
+        origin, seq, members = write
+        return all(self.applied_by.get(p, {}).get(origin, 0) >= seq for p in members if p in view)
+
+    def check(self, view: View, settling: bool) -> None:
+        """Acknowledge our writes, and wake the readers of keys, that are stable now."""
+        me = self._pnn
+        for seq, (fut, result, members) in list(self.unstable.items()):
+            if self.stable((me, seq, members), view, settling):
+                del self.unstable[seq]
+                if not fut.done():
+                    fut.set_result(result)
+        if self.dirty:
+            self.dirty = {
+                ref: w for ref, w in self.dirty.items() if not self.stable(w, view, settling)
+            }
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for ref, fut in waiters:
+                if fut.done():
+                    continue
+                if ref in self.dirty:
+                    self.waiters.append((ref, fut))
+                else:
+                    fut.set_result(None)
+
+    def touched(self, ref: Ref) -> None:
+        """The write being applied wrote `ref`: not stable until every member applied it."""
+        if self.applying is not None:
+            self.dirty[ref] = self.applying
+
+    def wait(self, ref: Ref) -> tuple[Ref, asyncio.Future[None]]:
+        """A waiter woken once `ref` holds only stable writes (or on `drop`)."""
+        waiter = (ref, asyncio.get_running_loop().create_future())
+        self.waiters.append(waiter)
+        return waiter
+
+    def drop(self) -> None:
+        """Our pending writes failed: none of them will be acknowledged. Readers
+        waiting for a write to settle look again (wait_serving tells them why
+        they cannot read now)."""
+        self.unstable.clear()
+        waiters, self.waiters = self.waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def mark_plan(self) -> None:
+        """A state-transfer plan was made: remember what was unstable at it."""
+        self.pre_plan, self.pre_plan_seqs = dict(self.dirty), set(self.unstable)
+
+    def plan_done(self) -> None:
+        """Every member now holds the plan's copies: what they held is stable.
+
+        A write applied before the plan (on members in sync, or in the copy
+        a snapshot brought) is held by every member once the last member
+        that needed snapshots said it installed them (`synced`, the same
+        position everywhere), though no member that took a snapshot ever
+        confirms the writes in it.
+        """
+        for ref, write in self.pre_plan.items():
+            if self.dirty.get(ref) == write:
+                del self.dirty[ref]
+        for seq in self.pre_plan_seqs & set(self.unstable):
+            fut, result, _ = self.unstable.pop(seq)
+            if not fut.done():
+                fut.set_result(result)
+        self.pre_plan, self.pre_plan_seqs = {}, set()

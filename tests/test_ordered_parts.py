@@ -1,0 +1,163 @@
+"""The ordered engine's pure parts, without a stream or a socket: the
+state-transfer plan every member computes from the offers, and the
+stability bookkeeping that decides when a write may be acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ctdb.engines.ordered.stability import Stability, Write
+from ctdb.engines.ordered.sync import NO_COPY, make_plan
+from ctdb.protocol.messages import Ordered
+from transport.base import View
+
+
+def offer(
+    *,
+    synced: bool,
+    dbs: dict[str, tuple[int, bytes]],
+    epoch: int = 1,
+    numbered: int = 1,
+    damaged: bool = False,
+    flags: int = 0,
+) -> dict[str, Any]:
+    return {
+        "synced": synced,
+        "damaged": damaged,
+        "epoch": epoch,
+        "numbered": numbered,
+        "flags": flags,
+        "dbs": [[name, "persistent", seq, hist] for name, (seq, hist) in dbs.items()],
+    }
+
+
+# -- the plan ---------------------------------------------------------------------------
+
+
+def test_a_joiner_takes_every_database_from_the_lowest_member_in_sync() -> None:
+    offers = {
+        0: offer(synced=True, dbs={"a": (5, b"x"), "b": (2, b"y")}, epoch=4, numbered=6),
+        1: offer(synced=True, dbs={"a": (5, b"x"), "b": (2, b"y")}, epoch=4, numbered=4),
+        2: offer(synced=False, dbs={"a": (3, b"old")}, epoch=2, numbered=2, flags=0x20),
+    }
+    plan = make_plan(offers)
+    assert plan.sources == {"a": 0, "b": 0}
+    assert plan.needs == {0: set(), 1: set(), 2: {"a", "b"}}
+    assert plan.epoch == 7  # above every number any member saw handed out
+    assert plan.flags == {0: 0, 1: 0, 2: 0x20}
+    assert plan.receivers("a", (0, 1, 2)) == [2]
+    assert plan.offered("a", [2]) == [(3, b"old")]
+    assert plan.offered("b", [2]) == [NO_COPY]  # it holds no copy of b
+
+
+def test_a_member_in_sync_needs_only_the_databases_it_lacks() -> None:
+    offers = {
+        0: offer(synced=True, dbs={"a": (1, b"")}),
+        1: offer(synced=True, dbs={"b": (1, b"")}),
+    }
+    plan = make_plan(offers)
+    assert plan.sources == {"a": 0, "b": 1}
+    assert plan.needs == {0: {"b"}, 1: {"a"}}
+    assert plan.receivers("b", (0, 1)) == [0]
+
+
+@pytest.mark.parametrize(
+    ("marks", "source"),
+    [
+        # (epoch, damaged, sequence number) per member -> the copy taken
+        ({0: (3, False, 1), 1: (4, False, 0)}, 1),  # the highest epoch first
+        ({0: (4, True, 9), 1: (4, False, 2)}, 1),  # then a copy without failed writes
+        ({0: (4, False, 2), 1: (4, False, 9)}, 1),  # then the highest sequence number
+        ({0: (4, False, 9), 1: (4, False, 9)}, 0),  # a tie: the lowest member
+    ],
+)
+def test_with_nobody_in_sync_the_freshest_copy_wins(
+    marks: dict[int, tuple[int, bool, int]], source: int
+) -> None:
+    offers = {
+        p: offer(synced=False, dbs={"a": (seq, b"")}, epoch=epoch, numbered=epoch, damaged=bad)
+        for p, (epoch, bad, seq) in marks.items()
+    }
+    plan = make_plan(offers)
+    assert plan.sources == {"a": source}
+    other = 1 - source
+    assert plan.needs == {source: set(), other: {"a"}}
+
+
+# -- stability ----------------------------------------------------------------------------
+
+
+def test_a_write_is_stable_once_every_member_of_its_view_still_here_applied_it() -> None:
+    sent: list[Ordered] = []
+    s = Stability(0, sent.append)
+    write: Write = (0, 7, frozenset({0, 1, 2}))
+    view = View(3, (0, 1, 2))
+    s.applied_by = {0: {0: 7}, 1: {0: 7}, 2: {0: 6}}
+    assert not s.stable(write, view, settling=False)  # node 2 has not applied it
+    assert s.stable(write, View(4, (0, 1)), settling=False)  # node 2 left: it no longer counts
+    s.applied_by[2] = {0: 9}
+    assert s.stable(write, view, settling=False)
+    assert not s.stable(write, view, settling=True)  # a joiner catching up counts too
+
+
+def test_check_acknowledges_stable_writes_and_wakes_their_readers() -> None:
+    async def scenario() -> None:
+        s = Stability(0, lambda msg: None)
+        view = View(1, (0, 1))
+        loop = asyncio.get_running_loop()
+        ack: asyncio.Future[Any] = loop.create_future()
+        s.unstable[5] = (ack, "result", frozenset({0, 1}))
+        s.applying = (0, 5, frozenset({0, 1}))
+        s.touched((1, b"k"))
+        s.applying = None
+        s.touched((1, b"other"))  # outside an apply: nothing is marked
+        assert s.dirty == {(1, b"k"): (0, 5, frozenset({0, 1}))}
+        ref, reader = s.wait((1, b"k"))
+        s.applied_by = {0: {0: 5}, 1: {0: 4}}
+        s.check(view, settling=False)
+        assert not ack.done() and not reader.done()
+        s.applied_by[1] = {0: 5}
+        s.check(view, settling=False)
+        assert ack.result() == "result" and reader.done()
+        assert not s.dirty and not s.unstable and not s.waiters
+
+    asyncio.run(scenario())
+
+
+def test_applied_counters_go_out_once_per_loop_turn() -> None:
+    async def scenario() -> None:
+        sent: list[Ordered] = []
+        s = Stability(2, sent.append)
+        s.confirm(1, 10)
+        s.confirm(0, 3)
+        s.confirm(1, 12)
+        assert not sent  # not before the loop turns
+        await asyncio.sleep(0)
+        assert [(m.origin, m.op, m.args) for m in sent] == [
+            (2, "applied", {"upto": [[0, 3], [1, 12]]})
+        ]
+        assert s.applied_by[2] == {1: 12, 0: 3}
+        # Another member's counters are noted; our own echo is not news.
+        assert s.on_applied(Ordered(1, 0, "applied", {"upto": [[2, 4]]}))
+        assert not s.on_applied(sent[0])
+        assert s.applied_by[1] == {2: 4}
+
+    asyncio.run(scenario())
+
+
+def test_a_plan_makes_what_was_unstable_at_it_stable_once_everyone_synced() -> None:
+    async def scenario() -> None:
+        s = Stability(0, lambda msg: None)
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        s.unstable[3] = (ack, 1, frozenset({0, 1}))
+        s.dirty[(1, b"k")] = (1, 8, frozenset({0, 1}))
+        s.mark_plan()
+        s.dirty[(1, b"j")] = (1, 9, frozenset({0, 1}))  # written after the plan
+        s.plan_done()
+        assert ack.result() == 1
+        assert s.dirty == {(1, b"j"): (1, 9, frozenset({0, 1}))}
+
+    asyncio.run(scenario())
