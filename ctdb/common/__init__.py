@@ -1,1 +1,4 @@
-"""What every part of pyctdb shares: error codes, configuration and tunables, key files."""
+"""What every part of pyctdb shares: error codes (`errors`), configuration
+and tunables (`config`), key files. Imports nothing of pyctdb: it is the
+bottom layer.
+"""
