@@ -11,6 +11,7 @@ rejoins through a state transfer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -18,10 +19,15 @@ from typing import TYPE_CHECKING, Any
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.protocol.messages import Call, DecodeError, DmasterReply, DmasterRequest, Message, Ordered
 from ctdb.server.state import INACTIVE, ControlHandler, RecoveryMode
-from transport.base import View
+from transport.base import TransportError, View
 
 if TYPE_CHECKING:
     from ctdb.server.membership import ServerNode
+
+log = logging.getLogger("ctdb.server.stream")
+
+#: Seconds between attempts to join the group again after a resync's join failed.
+REJOIN_RETRY = 1.0
 
 
 class StreamMembership:
@@ -130,7 +136,16 @@ class StreamMembership:
             self._rejoining = asyncio.get_running_loop().create_task(self._rejoin())
 
     async def _rejoin(self) -> None:
+        transport = self.node.transport
         while self._rejoin_again:
             self._rejoin_again = False
-            await self.node.transport.stop()
-            await self.node.transport.start()
+            await transport.stop()
+            # Out of the group, a node serves nothing and nobody will ask it
+            # back: a join that fails (corosync restarting) is tried again.
+            while True:
+                try:
+                    await transport.start()
+                    break
+                except TransportError as exc:
+                    log.warning("joining the group again failed: %s; retrying", exc)
+                    await asyncio.sleep(REJOIN_RETRY)
