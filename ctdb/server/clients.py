@@ -1,57 +1,60 @@
-"""The daemon's client socket: sessions, argument checking and operation dispatch.
-
-This is the thin I/O shell around `ctdb.protocol.client` (framing and parsing) and
-`ctdb.server.node` (the logic). Each operation is a handler that either returns its
-result at once (the fast path: a record this node holds, a status query) or
-returns a coroutine that the session runs as a task, so one slow request
-(a record migrating from another node) never holds up the others.
+"""What a client may ask the daemon: one handler per operation, each with the
+schema of its arguments.
 
 Every operation is registered with the schema of its arguments (`op`), and
-the arguments are checked against it before the handler runs: types,
-ranges (a pnn names a node), sizes (keys within MaxKeySize, values within
-MaxValueSize) and no unknown names. Those checks are at least as strict as
-the ones other nodes apply to node messages (`ctdb.protocol.messages`), so nothing a
-client sends can make this node send a peer something it refuses.
+the arguments are checked against it before the handler runs (by the session
+that read the request, `ctdb.server.sessions`): types, ranges (a pnn names a
+node), sizes (keys within MaxKeySize, values within MaxValueSize) and no
+unknown names. Those checks are at least as strict as the ones other nodes
+apply to node messages (`ctdb.protocol.messages`), so nothing a client sends
+can make this node send a peer something it refuses.
 
-A client that sends garbage gets an error reply (or, when the stream cannot
-be resynchronised, a closed connection) and nobody else notices. A client
-that disconnects loses its record locks, open transactions and message
-registrations.
-
-A client that does not read its replies cannot make the daemon's memory grow
-(see `Session`): reading from it pauses while its replies pile up or while
-too many of its requests wait, and one whose queued output still passes a
-hard cap is dropped.
+A handler returns its result, or a coroutine of it (see `sessions.Session`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import inspect
-import logging
-import os
-import socket
-import struct as cstruct
 import time
-from collections import deque
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.transactions import Transaction
 from ctdb.protocol import client as protocol
 from ctdb.protocol import messages, schema
-from ctdb.protocol.schema import EMPTY, KEY, PNN, U64, VALUE, Check, Limits, struct, text
-from ctdb.server.node import Node as ClusterNode
+from ctdb.protocol.schema import EMPTY, KEY, PNN, U64, VALUE, Check, struct, text
+from ctdb.server.node import Node
 from ctdb.server.state import NodeFlags
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import live_value
 
-log = logging.getLogger("ctdb.server.clients")
 
-Handler = Callable[["Session", dict[str, Any]], Any]
+class ClientSession(Protocol):
+    """What a handler uses of the session that runs it (`sessions.Session`).
+
+    The session itself is the owner of the record locks its client takes.
+    """
+
+    node: Node
+    #: the client said hello in a protocol version we speak
+    greeted: bool
+    #: its open persistent transactions, by id
+    transactions: dict[int, Transaction]
+    #: the message ids it registered for
+    srvids: set[int]
+
+    def database(self, args: dict[str, Any]) -> Database:
+        """The database `args["db"]` names (by name or id)."""
+
+    def transaction(self, args: dict[str, Any]) -> Transaction:
+        """The open transaction `args["tx"]` names."""
+
+    def on_message(self, srvid: int, src: int, data: bytes) -> None:
+        """Push a message sent to one of its srvids."""
+
+
+Handler = Callable[[ClientSession, dict[str, Any]], Any]
 #: op name -> (handler, schema of its arguments)
 OPS: dict[str, tuple[Handler, Check]] = {}
 
@@ -79,311 +82,11 @@ def admin(required: dict[str, Check] | None = None) -> Check:
     return struct(required or {}, ON_NODE)
 
 
-MiB = 1024 * 1024
-#: Reading from a client pauses while more than HIGH_WATER bytes of its
-#: replies wait to be sent, and resumes below LOW_WATER.
-HIGH_WATER = 1 * MiB
-LOW_WATER = 256 * 1024
-#: Requests of one client running at once (waiting for a record, a lock or
-#: the cluster); past this, reading from it pauses until some finish.
-MAX_IN_FLIGHT = 32
-#: Output queued for one client past which it is dropped (at least two of
-#: the largest replies, MaxFrameSize).
-OUTPUT_CAP = 64 * MiB
-
-
-class Session:
-    """One connected client, and the bounds on what it can make us hold.
-
-    Back-pressure, not errors: requests are taken from the socket only
-    while the client's queued replies are below HIGH_WATER and fewer than
-    MAX_IN_FLIGHT of its requests are running; otherwise the socket is not
-    read (the client's own writes block) until it reads or requests finish.
-    So a client that never reads makes us hold at most HIGH_WATER plus the
-    replies of its running requests, plus one socket read of decoded requests.
-
-    What cannot wait is capped instead. A reply larger than MaxFrameSize
-    becomes a TOO_BIG error (no client could read it). Replies of requests
-    already running and messages pushed to registered srvids arrive whether
-    or not the client reads; when they would take its queued output past
-    the cap (`output_cap`), the client is dropped with a log line, as CTDB
-    drops a client whose queue passes MaxQueueDropMsg. Dropping messages
-    instead would leave a client waiting for ever for a message it will
-    never get, and not knowing it; a dropped client notices, reconnects and
-    registers again.
-    """
-
-    def __init__(self, server: ClientServer, transport: asyncio.Transport) -> None:
-        self.server = server
-        self.node = server.node
-        self.transport = transport
-        self.greeted = False
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.transactions: dict[int, Transaction] = {}
-        self.srvids: set[int] = set()
-        self.closed = False
-        #: requests read from the socket and not yet run (the rest of one read)
-        self.backlog: deque[protocol.Request | CtdbError] = deque()
-        self.writing_paused = False
-        self.reading = True
-        self.max_reply = int(self.node.tunable("MaxFrameSize"))
-        self.output_cap = max(OUTPUT_CAP, 2 * self.max_reply)
-        self.pid = _peer_pid(transport)
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
-
-    # -- helpers used by the handlers ---------------------------------------------
-
-    def database(self, args: dict[str, Any]) -> Database:
-        ref = args["db"]
-        return self.node.db(ref) if isinstance(ref, int) else self.node.db_by_name(ref)
-
-    def transaction(self, args: dict[str, Any]) -> Transaction:
-        txid = args["tx"]
-        try:
-            return self.transactions[txid]
-        except KeyError:
-            raise CtdbError(ErrorCode.NOT_FOUND, f"no open transaction {txid}") from None
-
-    def on_message(self, srvid: int, src: int, data: bytes) -> None:
-        self.write(protocol.encode_event(srvid, src, data))
-
-    # -- output and flow control ------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        """Queue `data` for the client, or drop the client if that passes the cap."""
-        if self.closed or self.transport.is_closing():
-            return
-        queued = self.transport.get_write_buffer_size()
-        if queued + len(data) > self.output_cap:
-            self.node.stats["clients_dropped"] += 1
-            log.warning(
-                "dropping client (pid %s): it does not read what it is sent "
-                "(%d bytes queued, %d more to send, cap %d)",
-                self.pid,
-                queued,
-                len(data),
-                self.output_cap,
-            )
-            self.transport.abort()
-            return
-        self.transport.write(data)
-
-    def _reply(self, reqid: int, result: Any) -> bytes:
-        data = protocol.encode_reply(reqid, result)
-        if len(data) > self.max_reply:
-            error = CtdbError(
-                ErrorCode.TOO_BIG,
-                f"reply of {len(data)} bytes exceeds MaxFrameSize ({self.max_reply})",
-            )
-            return protocol.encode_error(reqid, error)
-        return data
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        self._set_reading(False)
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self.pump()
-
-    def _busy(self) -> bool:
-        return self.writing_paused or len(self.tasks) >= MAX_IN_FLIGHT
-
-    def _set_reading(self, on: bool) -> None:
-        if on == self.reading or self.transport.is_closing():
-            return
-        self.reading = on
-        if on:
-            self.transport.resume_reading()
-        else:
-            self.transport.pause_reading()
-
-    # -- request handling ---------------------------------------------------------
-
-    def handle(self, requests: list[protocol.Request | CtdbError]) -> None:
-        self.backlog.extend(requests)
-        self.pump()
-
-    def pump(self) -> None:
-        """Run the requests read so far while the client's bounds allow, then read more."""
-        out: list[bytes] = []
-        size = 0
-        while self.backlog and not self.closed and not self._busy():
-            if size >= HIGH_WATER:  # let the transport say whether the client keeps up
-                self.write(b"".join(out))
-                out, size = [], 0
-                continue
-            req = self.backlog.popleft()
-            if isinstance(req, CtdbError):
-                reqid = getattr(req, "reqid", 0)
-                if not reqid:
-                    # No request id to answer: the client is broken; tell it why and hang up.
-                    self.write(b"".join(out) + protocol.encode_error(0, req))
-                    self.backlog.clear()
-                    self.transport.close()
-                    return
-                data = protocol.encode_error(reqid, req)
-            else:
-                data = self._run(req)
-            out.append(data)
-            size += len(data)
-        if out:
-            self.write(b"".join(out))
-        self._set_reading(not self.backlog and not self._busy())
-
-    def _run(self, req: protocol.Request) -> bytes:
-        """Run one request; returns the reply bytes now, or b"" if it went async."""
-        self.node.stats["client_requests"] += 1
-        try:
-            if not self.greeted and req.op != "hello":
-                raise CtdbError(ErrorCode.PROTOCOL, "the first request must be 'hello'")
-            entry = OPS.get(req.op)
-            if entry is None:
-                raise CtdbError(
-                    ErrorCode.NOT_SUPPORTED, f"unknown operation {schema.short(req.op)}"
-                )
-            handler, check = entry
-            check(req.args, self.server.limits)
-            result = handler(self, req.args)
-            if inspect.iscoroutine(result):
-                task = asyncio.get_running_loop().create_task(self._finish(req.reqid, result))
-                self.tasks.add(task)
-                task.add_done_callback(self._finished)
-                return b""
-            return self._reply(req.reqid, result)
-        except CtdbError as exc:
-            return protocol.encode_error(req.reqid, exc)
-        except Exception as exc:
-            log.exception("operation %s failed", req.op)
-            return protocol.encode_error(req.reqid, _internal(exc))
-
-    async def _finish(self, reqid: int, coro: Any) -> None:
-        try:
-            data = self._reply(reqid, await coro)
-        except CtdbError as exc:
-            data = protocol.encode_error(reqid, exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("operation failed")
-            data = protocol.encode_error(reqid, _internal(exc))
-        self.write(data)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not self.closed:
-            self.pump()
-
-    def close(self) -> None:
-        """The client went away: release everything it held."""
-        if self.closed:
-            return
-        self.closed = True
-        self.backlog.clear()
-        for task in list(self.tasks):
-            task.cancel()
-        self.node.records.release_all(self)
-        self.transactions.clear()
-        for srvid in self.srvids:
-            callbacks = self.node.srvids.get(srvid, [])
-            if self.on_message in callbacks:
-                callbacks.remove(self.on_message)
-            if not callbacks:
-                self.node.srvids.pop(srvid, None)
-        self.server.sessions.discard(self)
-
-
-def _internal(exc: Exception) -> CtdbError:
-    return CtdbError(ErrorCode.IO, f"internal error: {type(exc).__name__}: {exc}")
-
-
-def _peer_pid(transport: asyncio.Transport) -> int | None:
-    """The client's pid (SO_PEERCRED), to name it in log lines."""
-    sock = transport.get_extra_info("socket")
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, cstruct.calcsize("3i"))
-    except (AttributeError, OSError):
-        return None
-    pid: int = cstruct.unpack("3i", creds)[0]
-    return pid
-
-
-class _Protocol(asyncio.Protocol):
-    def __init__(self, server: ClientServer) -> None:
-        self.server = server
-        self.decoder = protocol.RequestDecoder(int(server.node.tunable("MaxFrameSize")))
-        self.session: Session | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.session = Session(self.server, cast(asyncio.Transport, transport))
-        self.server.sessions.add(self.session)
-
-    def data_received(self, data: bytes) -> None:
-        assert self.session is not None
-        try:
-            requests = self.decoder.feed(data)
-        except CtdbError as exc:
-            log.warning("closing client connection: %s", exc)
-            self.session.write(protocol.encode_error(0, exc))
-            self.session.transport.close()
-            return
-        self.session.handle(requests)
-
-    def pause_writing(self) -> None:
-        assert self.session is not None
-        self.session.pause_writing()
-
-    def resume_writing(self) -> None:
-        assert self.session is not None
-        self.session.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is not None:
-            self.session.close()
-
-
-class ClientServer:
-    def __init__(self, node: ClusterNode, path: Path, mode: int = 0o600) -> None:
-        self.node = node
-        self.path = path
-        self.mode = mode
-        self.sessions: set[Session] = set()
-        #: what client arguments are checked against: this node's current tunables
-        self.limits = Limits(node.nodes, node.tunables)
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
-        old_umask = os.umask(0o077)
-        try:
-            self._server = await asyncio.get_running_loop().create_unix_server(
-                lambda: _Protocol(self), str(self.path)
-            )
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, self.mode)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for session in list(self.sessions):
-                session.transport.abort()
-                session.close()
-            # uvloop waits for every connection to be gone; never hang shutdown on it.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
-        if self.path.exists():
-            self.path.unlink()
-
-
 # -- operations ---------------------------------------------------------------------------
 
 
 @op("hello", struct({"version": schema.U32}))
-def _hello(s: Session, args: dict[str, Any]) -> dict[str, Any]:
+def _hello(s: ClientSession, args: dict[str, Any]) -> dict[str, Any]:
     version = args["version"]
     if version != protocol.VERSION:
         raise CtdbError(
@@ -394,7 +97,7 @@ def _hello(s: Session, args: dict[str, Any]) -> dict[str, Any]:
     return {"version": protocol.VERSION, "pnn": s.node.pnn, "nodes": len(s.node.nodes)}
 
 
-def _target(s: Session, args: dict[str, Any]) -> int:
+def _target(s: ClientSession, args: dict[str, Any]) -> int:
     """The node an admin operation addresses (`-n PNN`), this one by default."""
     pnn: int | None = args.get("pnn")
     return s.node.pnn if pnn is None else pnn
@@ -403,7 +106,7 @@ def _target(s: Session, args: dict[str, Any]) -> int:
 def _remote_or_local(control: str) -> Handler:
     """An admin query: answered here, or forwarded to node `pnn` like `ctdb -n PNN`."""
 
-    def handler(s: Session, args: dict[str, Any]) -> Any:
+    def handler(s: ClientSession, args: dict[str, Any]) -> Any:
         control_args = {name: value for name, value in args.items() if name != "pnn"}
         return s.node.control(_target(s, args), control, control_args)
 
@@ -424,7 +127,7 @@ for _name, _args in {
 
 
 @op("recover", admin())
-def _recover(s: Session, args: dict[str, Any]) -> Any:
+def _recover(s: ClientSession, args: dict[str, Any]) -> Any:
     """Returns when the recovery has finished (the node bounds it by RecoverTimeout)."""
     node = s.node
     timeout = max(node.tunable("CallTimeout"), node.tunable("RecoverTimeout") + 1)
@@ -432,7 +135,7 @@ def _recover(s: Session, args: dict[str, Any]) -> Any:
 
 
 @op("ping", admin())
-async def _ping(s: Session, args: dict[str, Any]) -> dict[str, Any]:
+async def _ping(s: ClientSession, args: dict[str, Any]) -> dict[str, Any]:
     """Round trip to node `pnn` measured inside the daemon, as `ctdb ping` does."""
     target = _target(s, args)
     started = time.perf_counter()  # uvloop's loop.time() has only millisecond resolution
@@ -441,12 +144,12 @@ async def _ping(s: Session, args: dict[str, Any]) -> dict[str, Any]:
 
 
 @op("listnodes")
-def _listnodes(s: Session, args: dict[str, Any]) -> list[dict[str, Any]]:
+def _listnodes(s: ClientSession, args: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"pnn": p, "address": a} for p, a in enumerate(s.node.nodes)]
 
 
 @op("attach", struct({"name": messages.DB_NAME}, {"kind": text(32)}))
-async def _attach(s: Session, args: dict[str, Any]) -> dict[str, Any]:
+async def _attach(s: ClientSession, args: dict[str, Any]) -> dict[str, Any]:
     kind = DbKind.parse(args.get("kind") or "volatile")
     db = await s.node.records.attach(args["name"], kind)
     return db.info()
@@ -458,14 +161,14 @@ WRITE = struct({"db": DB, "key": KEY, "value": VALUE})
 
 
 @op("fetch", ON_RECORD)
-def _fetch(s: Session, args: dict[str, Any]) -> Any:
+def _fetch(s: ClientSession, args: dict[str, Any]) -> Any:
     db, key = s.database(args), args["key"]
     if db.replicated:
         return s.node.read_local(db, key, lambda: live_value(db.local.get(key)))
     return s.node.records.fetch(db, key, s)
 
 
-def _volatile(s: Session, args: dict[str, Any]) -> Database:
+def _volatile(s: ClientSession, args: dict[str, Any]) -> Database:
     db = s.database(args)
     if db.replicated:
         raise CtdbError(
@@ -476,38 +179,38 @@ def _volatile(s: Session, args: dict[str, Any]) -> Database:
 
 
 @op("store", WRITE)
-def _store(s: Session, args: dict[str, Any]) -> Any:
+def _store(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.records.store(_volatile(s, args), args["key"], args["value"], s)
 
 
 @op("delete", ON_RECORD)
-def _delete(s: Session, args: dict[str, Any]) -> Any:
+def _delete(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.records.store(_volatile(s, args), args["key"], b"", s)
 
 
 @op("fetch_lock", ON_RECORD)
-def _fetch_lock(s: Session, args: dict[str, Any]) -> Any:
+def _fetch_lock(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.records.lock(_volatile(s, args), args["key"], s)
 
 
 @op("unlock", ON_RECORD)
-def _unlock(s: Session, args: dict[str, Any]) -> Any:
+def _unlock(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.records.unlock(_volatile(s, args), args["key"], s, None)
 
 
 @op("store_unlock", WRITE)
-def _store_unlock(s: Session, args: dict[str, Any]) -> Any:
+def _store_unlock(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.records.unlock(_volatile(s, args), args["key"], s, args["value"])
 
 
 @op("traverse", ON_DB)
-async def _traverse(s: Session, args: dict[str, Any]) -> list[list[bytes]]:
+async def _traverse(s: ClientSession, args: dict[str, Any]) -> list[list[bytes]]:
     """Every live record of the database, from every node that holds some."""
     return await s.node.records.traverse(s.database(args))
 
 
 @op("getdbseqnum", ON_DB)
-def _getdbseqnum(s: Session, args: dict[str, Any]) -> int:
+def _getdbseqnum(s: ClientSession, args: dict[str, Any]) -> int:
     return s.database(args).seqnum()
 
 
@@ -515,35 +218,35 @@ def _getdbseqnum(s: Session, args: dict[str, Any]) -> int:
 
 
 @op("trans_start", ON_DB)
-def _trans_start(s: Session, args: dict[str, Any]) -> int:
+def _trans_start(s: ClientSession, args: dict[str, Any]) -> int:
     tx = s.node.transactions.begin(s.database(args))
     s.transactions[tx.id] = tx
     return tx.id
 
 
 @op("trans_fetch", struct({"tx": TX, "key": KEY}))
-def _trans_fetch(s: Session, args: dict[str, Any]) -> Any:
+def _trans_fetch(s: ClientSession, args: dict[str, Any]) -> Any:
     tx, key = s.transaction(args), args["key"]
     return s.node.read_local(tx.db, key, lambda: tx.fetch(key))
 
 
 @op("trans_store", struct({"tx": TX, "key": KEY, "value": VALUE}))
-def _trans_store(s: Session, args: dict[str, Any]) -> None:
+def _trans_store(s: ClientSession, args: dict[str, Any]) -> None:
     s.transaction(args).writes[args["key"]] = args["value"]
 
 
 @op("trans_delete", struct({"tx": TX, "key": KEY}))
-def _trans_delete(s: Session, args: dict[str, Any]) -> None:
+def _trans_delete(s: ClientSession, args: dict[str, Any]) -> None:
     s.transaction(args).writes[args["key"]] = None
 
 
 @op("trans_cancel", struct({"tx": TX}))
-def _trans_cancel(s: Session, args: dict[str, Any]) -> None:
+def _trans_cancel(s: ClientSession, args: dict[str, Any]) -> None:
     s.transactions.pop(s.transaction(args).id)
 
 
 @op("trans_commit", struct({"tx": TX}))
-async def _trans_commit(s: Session, args: dict[str, Any]) -> int:
+async def _trans_commit(s: ClientSession, args: dict[str, Any]) -> int:
     tx = s.transactions.pop(s.transaction(args).id)
     return await s.node.records.commit(tx)
 
@@ -552,19 +255,19 @@ async def _trans_commit(s: Session, args: dict[str, Any]) -> int:
 
 
 @op("wipedb", ON_DB)
-async def _wipedb(s: Session, args: dict[str, Any]) -> None:
+async def _wipedb(s: ClientSession, args: dict[str, Any]) -> None:
     await s.node.records.wipe(s.database(args))
 
 
 @op("backupdb", ON_DB)
-async def _backupdb(s: Session, args: dict[str, Any]) -> dict[str, Any]:
+async def _backupdb(s: ClientSession, args: dict[str, Any]) -> dict[str, Any]:
     db = s.database(args)
     records = await _traverse(s, args)
     return {"name": db.name, "kind": db.kind.value, "seqnum": db.seqnum(), "records": records}
 
 
 @op("restoredb", struct({"db": DB, "records": schema.key_values(min_key=1)}))
-async def _restoredb(s: Session, args: dict[str, Any]) -> int:
+async def _restoredb(s: ClientSession, args: dict[str, Any]) -> int:
     """Replace a database's contents with a backup (a transaction for persistent ones).
 
     Each record was checked like a client's store (a non-empty key within
@@ -594,7 +297,7 @@ SRVID = struct({"srvid": U64})
 
 
 @op("register_srvid", SRVID)
-def _register_srvid(s: Session, args: dict[str, Any]) -> None:
+def _register_srvid(s: ClientSession, args: dict[str, Any]) -> None:
     srvid = args["srvid"]
     if srvid not in s.srvids:
         s.srvids.add(srvid)
@@ -602,7 +305,7 @@ def _register_srvid(s: Session, args: dict[str, Any]) -> None:
 
 
 @op("deregister_srvid", SRVID)
-def _deregister_srvid(s: Session, args: dict[str, Any]) -> None:
+def _deregister_srvid(s: ClientSession, args: dict[str, Any]) -> None:
     srvid = args["srvid"]
     if srvid in s.srvids:
         s.srvids.discard(srvid)
@@ -613,7 +316,7 @@ def _deregister_srvid(s: Session, args: dict[str, Any]) -> None:
 
 
 @op("send_message", struct({"srvid": U64, "data": messages.CLIENT_DATA}, ON_NODE))
-def _send_message(s: Session, args: dict[str, Any]) -> None:
+def _send_message(s: ClientSession, args: dict[str, Any]) -> None:
     """To node `pnn`'s clients, or to every connected node's without one."""
     s.node.send_message(args.get("pnn"), args["srvid"], args["data"])
 
@@ -627,7 +330,7 @@ _FLAG_OPS = {
 
 
 def _flag_op(set_bits: int, clear_bits: int) -> Handler:
-    def handler(s: Session, args: dict[str, Any]) -> Any:
+    def handler(s: ClientSession, args: dict[str, Any]) -> Any:
         return s.node.control(_target(s, args), "setflags", {"set": set_bits, "clear": clear_bits})
 
     return handler
@@ -642,17 +345,17 @@ BAN_SECONDS = schema.number(0, schema.U32_MAX, above=True)
 
 
 @op("ban", admin({"seconds": BAN_SECONDS}))
-def _ban(s: Session, args: dict[str, Any]) -> Any:
+def _ban(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.control(_target(s, args), "ban", {"seconds": args["seconds"]})
 
 
 @op("unban", admin())
-def _unban(s: Session, args: dict[str, Any]) -> Any:
+def _unban(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.control(_target(s, args), "ban", {"seconds": 0})
 
 
 @op("reloadnodes")
-async def _reloadnodes(s: Session, args: dict[str, Any]) -> dict[str, Any]:
+async def _reloadnodes(s: ClientSession, args: dict[str, Any]) -> dict[str, Any]:
     """Every connected node re-reads its nodes file, this one last (as CTDB does)."""
     node = s.node
     others = [p for p in node.transport.view.members if p != node.pnn]
@@ -663,5 +366,5 @@ async def _reloadnodes(s: Session, args: dict[str, Any]) -> dict[str, Any]:
 
 
 @op("shutdown", admin())
-def _shutdown(s: Session, args: dict[str, Any]) -> Any:
+def _shutdown(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.control(_target(s, args), "shutdown", {})

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ctdb.common import config as config_mod
 from ctdb.common.errors import CtdbError
-from ctdb.server.clients import ClientServer
 from ctdb.server.node import Node
+from ctdb.server.sessions import ClientServer
 from transport.base import TransportError, TransportOptions, transport_class
 
 log = logging.getLogger("ctdbd")

@@ -1,0 +1,342 @@
+"""The daemon's client socket: connections, flow control, and running requests.
+
+The thin I/O shell around `ctdb.protocol.client` (framing and parsing) and
+the operation table of `ctdb.server.clients` (what each request does). A
+handler either returns its result at once (the fast path: a record this
+node holds, a status query) or returns a coroutine that the session runs as
+a task, so one slow request (a record migrating from another node) never
+holds up the others.
+
+A client that sends garbage gets an error reply (or, when the stream cannot
+be resynchronised, a closed connection) and nobody else notices. A client
+that disconnects loses its record locks, open transactions and message
+registrations.
+
+A client that does not read its replies cannot make the daemon's memory grow
+(see `Session`): reading from it pauses while its replies pile up or while
+too many of its requests wait, and one whose queued output still passes a
+hard cap is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import socket
+import struct as cstruct
+from collections import deque
+from pathlib import Path
+from typing import Any, cast
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.transactions import Transaction
+from ctdb.protocol import client as protocol
+from ctdb.protocol import schema
+from ctdb.protocol.schema import Limits
+from ctdb.server.clients import OPS
+from ctdb.server.node import Node
+from ctdb.storage.database import Database
+
+log = logging.getLogger("ctdb.server.sessions")
+
+MiB = 1024 * 1024
+#: Reading from a client pauses while more than HIGH_WATER bytes of its
+#: replies wait to be sent, and resumes below LOW_WATER.
+HIGH_WATER = 1 * MiB
+LOW_WATER = 256 * 1024
+#: Requests of one client running at once (waiting for a record, a lock or
+#: the cluster); past this, reading from it pauses until some finish.
+MAX_IN_FLIGHT = 32
+#: Output queued for one client past which it is dropped (at least two of
+#: the largest replies, MaxFrameSize).
+OUTPUT_CAP = 64 * MiB
+
+
+class Session:
+    """One connected client, and the bounds on what it can make us hold.
+
+    Back-pressure, not errors: requests are taken from the socket only
+    while the client's queued replies are below HIGH_WATER and fewer than
+    MAX_IN_FLIGHT of its requests are running; otherwise the socket is not
+    read (the client's own writes block) until it reads or requests finish.
+    So a client that never reads makes us hold at most HIGH_WATER plus the
+    replies of its running requests, plus one socket read of decoded requests.
+
+    What cannot wait is capped instead. A reply larger than MaxFrameSize
+    becomes a TOO_BIG error (no client could read it). Replies of requests
+    already running and messages pushed to registered srvids arrive whether
+    or not the client reads; when they would take its queued output past
+    the cap (`output_cap`), the client is dropped with a log line, as CTDB
+    drops a client whose queue passes MaxQueueDropMsg. Dropping messages
+    instead would leave a client waiting for ever for a message it will
+    never get, and not knowing it; a dropped client notices, reconnects and
+    registers again.
+    """
+
+    def __init__(self, server: ClientServer, transport: asyncio.Transport) -> None:
+        self.server = server
+        self.node = server.node
+        self.transport = transport
+        self.greeted = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.transactions: dict[int, Transaction] = {}
+        self.srvids: set[int] = set()
+        self.closed = False
+        #: requests read from the socket and not yet run (the rest of one read)
+        self.backlog: deque[protocol.Request | CtdbError] = deque()
+        self.writing_paused = False
+        self.reading = True
+        self.max_reply = int(self.node.tunable("MaxFrameSize"))
+        self.output_cap = max(OUTPUT_CAP, 2 * self.max_reply)
+        self.pid = _peer_pid(transport)
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+
+    # -- helpers used by the handlers ---------------------------------------------
+
+    def database(self, args: dict[str, Any]) -> Database:
+        ref = args["db"]
+        return self.node.db(ref) if isinstance(ref, int) else self.node.db_by_name(ref)
+
+    def transaction(self, args: dict[str, Any]) -> Transaction:
+        txid = args["tx"]
+        try:
+            return self.transactions[txid]
+        except KeyError:
+            raise CtdbError(ErrorCode.NOT_FOUND, f"no open transaction {txid}") from None
+
+    def on_message(self, srvid: int, src: int, data: bytes) -> None:
+        self.write(protocol.encode_event(srvid, src, data))
+
+    # -- output and flow control ------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue `data` for the client, or drop the client if that passes the cap."""
+        if self.closed or self.transport.is_closing():
+            return
+        queued = self.transport.get_write_buffer_size()
+        if queued + len(data) > self.output_cap:
+            self.node.stats["clients_dropped"] += 1
+            log.warning(
+                "dropping client (pid %s): it does not read what it is sent "
+                "(%d bytes queued, %d more to send, cap %d)",
+                self.pid,
+                queued,
+                len(data),
+                self.output_cap,
+            )
+            self.transport.abort()
+            return
+        self.transport.write(data)
+
+    def _reply(self, reqid: int, result: Any) -> bytes:
+        data = protocol.encode_reply(reqid, result)
+        if len(data) > self.max_reply:
+            error = CtdbError(
+                ErrorCode.TOO_BIG,
+                f"reply of {len(data)} bytes exceeds MaxFrameSize ({self.max_reply})",
+            )
+            return protocol.encode_error(reqid, error)
+        return data
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._set_reading(False)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.pump()
+
+    def _busy(self) -> bool:
+        return self.writing_paused or len(self.tasks) >= MAX_IN_FLIGHT
+
+    def _set_reading(self, on: bool) -> None:
+        if on == self.reading or self.transport.is_closing():
+            return
+        self.reading = on
+        if on:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    # -- request handling ---------------------------------------------------------
+
+    def handle(self, requests: list[protocol.Request | CtdbError]) -> None:
+        self.backlog.extend(requests)
+        self.pump()
+
+    def pump(self) -> None:
+        """Run the requests read so far while the client's bounds allow, then read more."""
+        out: list[bytes] = []
+        size = 0
+        while self.backlog and not self.closed and not self._busy():
+            if size >= HIGH_WATER:  # let the transport say whether the client keeps up
+                self.write(b"".join(out))
+                out, size = [], 0
+                continue
+            req = self.backlog.popleft()
+            if isinstance(req, CtdbError):
+                reqid = getattr(req, "reqid", 0)
+                if not reqid:
+                    # No request id to answer: the client is broken; tell it why and hang up.
+                    self.write(b"".join(out) + protocol.encode_error(0, req))
+                    self.backlog.clear()
+                    self.transport.close()
+                    return
+                data = protocol.encode_error(reqid, req)
+            else:
+                data = self._run(req)
+            out.append(data)
+            size += len(data)
+        if out:
+            self.write(b"".join(out))
+        self._set_reading(not self.backlog and not self._busy())
+
+    def _run(self, req: protocol.Request) -> bytes:
+        """Run one request; returns the reply bytes now, or b"" if it went async."""
+        self.node.stats["client_requests"] += 1
+        try:
+            if not self.greeted and req.op != "hello":
+                raise CtdbError(ErrorCode.PROTOCOL, "the first request must be 'hello'")
+            entry = OPS.get(req.op)
+            if entry is None:
+                raise CtdbError(
+                    ErrorCode.NOT_SUPPORTED, f"unknown operation {schema.short(req.op)}"
+                )
+            handler, check = entry
+            check(req.args, self.server.limits)
+            result = handler(self, req.args)
+            if inspect.iscoroutine(result):
+                task = asyncio.get_running_loop().create_task(self._finish(req.reqid, result))
+                self.tasks.add(task)
+                task.add_done_callback(self._finished)
+                return b""
+            return self._reply(req.reqid, result)
+        except CtdbError as exc:
+            return protocol.encode_error(req.reqid, exc)
+        except Exception as exc:
+            log.exception("operation %s failed", req.op)
+            return protocol.encode_error(req.reqid, _internal(exc))
+
+    async def _finish(self, reqid: int, coro: Any) -> None:
+        try:
+            data = self._reply(reqid, await coro)
+        except CtdbError as exc:
+            data = protocol.encode_error(reqid, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("operation failed")
+            data = protocol.encode_error(reqid, _internal(exc))
+        self.write(data)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not self.closed:
+            self.pump()
+
+    def close(self) -> None:
+        """The client went away: release everything it held."""
+        if self.closed:
+            return
+        self.closed = True
+        self.backlog.clear()
+        for task in list(self.tasks):
+            task.cancel()
+        self.node.records.release_all(self)
+        self.transactions.clear()
+        for srvid in self.srvids:
+            callbacks = self.node.srvids.get(srvid, [])
+            if self.on_message in callbacks:
+                callbacks.remove(self.on_message)
+            if not callbacks:
+                self.node.srvids.pop(srvid, None)
+        self.server.sessions.discard(self)
+
+
+def _internal(exc: Exception) -> CtdbError:
+    return CtdbError(ErrorCode.IO, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _peer_pid(transport: asyncio.Transport) -> int | None:
+    """The client's pid (SO_PEERCRED), to name it in log lines."""
+    sock = transport.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, cstruct.calcsize("3i"))
+    except (AttributeError, OSError):
+        return None
+    pid: int = cstruct.unpack("3i", creds)[0]
+    return pid
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, server: ClientServer) -> None:
+        self.server = server
+        self.decoder = protocol.RequestDecoder(int(server.node.tunable("MaxFrameSize")))
+        self.session: Session | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session = Session(self.server, cast(asyncio.Transport, transport))
+        self.server.sessions.add(self.session)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.session is not None
+        try:
+            requests = self.decoder.feed(data)
+        except CtdbError as exc:
+            log.warning("closing client connection: %s", exc)
+            self.session.write(protocol.encode_error(0, exc))
+            self.session.transport.close()
+            return
+        self.session.handle(requests)
+
+    def pause_writing(self) -> None:
+        assert self.session is not None
+        self.session.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self.session is not None
+        self.session.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+class ClientServer:
+    def __init__(self, node: Node, path: Path, mode: int = 0o600) -> None:
+        self.node = node
+        self.path = path
+        self.mode = mode
+        self.sessions: set[Session] = set()
+        #: what client arguments are checked against: this node's current tunables
+        self.limits = Limits(node.nodes, node.tunables)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        old_umask = os.umask(0o077)
+        try:
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                lambda: _Protocol(self), str(self.path)
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self.mode)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for session in list(self.sessions):
+                session.transport.abort()
+                session.close()
+            # uvloop waits for every connection to be gone; never hang shutdown on it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+        if self.path.exists():
+            self.path.unlink()
