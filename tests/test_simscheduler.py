@@ -11,8 +11,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tools.sim.scheduler import SimScheduler
 from transport.base import TransportOptions, View
-from transport.memory import MemoryNetwork, MemoryTransport, SimScheduler
+from transport.memory import MemoryNetwork, MemoryTransport
 
 Event = tuple[str, int, object]
 
