@@ -6,6 +6,8 @@ sent. Every command below is launched `--runs` times, taking turns
 (`bench.foundation.bench_oneshot`), so each sees the same machine load:
 
 * `python -c pass`: the floor any Python tool pays;
+* `python -c "import socket, msgpack"`: the floor of any Python client of
+  the daemon's protocol;
 * `python -c "import click"`, `python -c "import ctdb.client"`: where the
   time goes (the argument parser, the client library);
 * `ctdbtool pnn` and `ctdbtool status` against a local pyctdb cluster
@@ -55,6 +57,7 @@ def commands(pyctdb_socket: str) -> dict[str, list[str]]:
     tool = ctdbtool_cmd() + ["--socket", pyctdb_socket]
     return {
         "python -c pass": [sys.executable, "-c", "pass"],
+        "import socket, msgpack": [sys.executable, "-c", "import socket, msgpack"],
         "import click": [sys.executable, "-c", "import click"],
         "import ctdb.client": [sys.executable, "-c", "import ctdb.client"],
         "ctdbtool pnn": [*tool, "pnn"],
@@ -146,9 +149,10 @@ def write_summary(path: Path, r: dict[str, Any]) -> None:
         f"Target: `ctdbtool pnn` p50 <= {target['ratio']:g}x Samba's `ctdb pnn` p50: "
         f"{target['value']:.2f}x, {'met' if target['met'] else '**not met**'}.",
         "",
-        "`import click` and `import ctdb.client` are bare interpreters importing only that "
-        "module: what the argument parser and the client library cost on their own "
-        "(they share some of the standard library, so they do not add up).",
+        "The `import` rows are bare interpreters importing only those modules: "
+        "`socket, msgpack` is what any Python client of the daemon's protocol loads, "
+        "`click` and `ctdb.client` are what the argument parser and the client library "
+        "cost on their own (they share some of the standard library, so they do not add up).",
         "",
     ]
     path.write_text("\n".join(lines))
