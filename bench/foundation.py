@@ -401,7 +401,15 @@ def bench_oneshot(cmds: list[list[str]], n: int, env: dict[str, str]) -> list[di
             if i:  # the first launch warms the page cache
                 w.append(wall)
     return [
-        {"cmd": cmd, "runs": n, "p50_s": pct(w, 50), "min_s": min(w), "max_s": max(w)}
+        {
+            "cmd": cmd,
+            "runs": n,
+            "p50_s": pct(w, 50),
+            "p90_s": pct(w, 90),
+            "min_s": min(w),
+            "max_s": max(w),
+            "walls_s": w,
+        }
         for cmd, w in zip(cmds, walls, strict=True)
     ]
 
@@ -561,7 +569,7 @@ def fmt(v: float | None, unit: str) -> str:
     return f"{v:,.0f} {unit}"
 
 
-def _load_warning(machine: dict[str, Any]) -> list[str]:
+def load_warning(machine: dict[str, Any]) -> list[str]:
     """A note when other work shared the CPUs: throughput and tails suffer first."""
     load = max(machine["loadavg_at_start"][0], machine["loadavg"][0])
     if load < 0.5 * (machine["cpus"] or 1):
@@ -586,7 +594,7 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "",
         f"Command: `{results['command']}`",
         "",
-        *_load_warning(results["machine"]),
+        *load_warning(results["machine"]),
         "| metric | value | baseline | ratio | target | met? |",
         "|---|---|---|---|---|---|",
     ]
