@@ -1,6 +1,7 @@
 """The ordered engine's pure parts, without a stream or a socket: the
-state-transfer plan every member computes from the offers, and the
-stability bookkeeping that decides when a write may be acknowledged."""
+state-transfer plan every member computes from the offers, the stability
+bookkeeping that decides when a write may be acknowledged, and the
+replicated lock queues."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from ctdb.common.errors import ErrorCode
+from ctdb.engines.ordered.locks import LockQueue, QueueFull
 from ctdb.engines.ordered.stability import Stability, Write
 from ctdb.engines.ordered.sync import NO_COPY, make_plan
 from ctdb.protocol.messages import Ordered
@@ -161,3 +164,45 @@ def test_a_plan_makes_what_was_unstable_at_it_stable_once_everyone_synced() -> N
         assert s.dirty == {(1, b"j"): (1, 9, frozenset({0, 1}))}
 
     asyncio.run(scenario())
+
+
+# -- lock queues -------------------------------------------------------------------------
+
+
+def test_a_lock_queue_is_a_fifo_whose_head_holds_and_whose_stores_wait_in_line() -> None:
+    q = LockQueue()
+    bound = {"waiters": 8}
+    a, b, c = (0, 1), (1, 1), (2, 1)
+    q.queue(a, None, bound, b"k")
+    q.queue(b, b"from b", bound, b"k")  # a store behind a holder waits its turn
+    q.queue(c, None, bound, b"k")
+    assert q.holder == a and q.head_store() is None
+    q.pop()  # a unlocks
+    assert q.holder is None and q.head_store() == (b, b"from b")
+    q.pop()  # the store was written
+    assert q.holder == c
+    assert LockQueue.from_wire(q.to_wire()) == q  # as a state transfer carries it
+
+
+def test_withdraw_and_purge_drop_lock_requests_but_never_a_queued_store() -> None:
+    q = LockQueue()
+    bound = {"waiters": 8}
+    a, b = (0, 1), (1, 1)
+    q.queue(a, None, bound, b"k")
+    q.queue(b, None, bound, b"k")
+    q.queue(b, b"v", bound, b"k")
+    q.withdraw(b)
+    assert [(o, kind) for o, kind, _ in q.entries] == [(a, "lock"), (b, "store")]
+    assert q.purge(lambda owner: owner[0] == 0)  # node 0 left
+    assert q.head_store() == (b, b"v") and q.holder is None
+    assert not q.purge(lambda owner: owner[0] == 1)  # its store stays
+
+
+def test_a_queue_refuses_past_the_bound_its_origin_sent() -> None:
+    q = LockQueue()
+    q.queue((0, 1), None, {"waiters": 1}, b"k")  # the holder does not count
+    q.queue((0, 2), None, {"waiters": 1}, b"k")
+    with pytest.raises(QueueFull) as info:
+        q.queue((0, 3), None, {"waiters": 1}, b"k")
+    assert info.value.code == ErrorCode.BUSY
+    assert len(q.entries) == 2  # nothing queued

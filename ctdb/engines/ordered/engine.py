@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
-from ctdb.engines.ordered.locks import LockQueue, Owner, QueueFull, check_room
+from ctdb.engines.ordered.locks import LockQueue, Owner, QueueFull
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.ordered.sync import SyncRound, make_plan
 from ctdb.engines.transactions import Transaction, next_version
@@ -500,8 +500,7 @@ class OrderedEngine:
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         if q is not None and q.holder is not None and q.holder != owner:
             # Someone holds the record: the write takes its turn in the queue.
-            check_room(q, args, key)
-            q.entries.append((owner, "store", bytes(args["value"])))
+            q.queue(owner, bytes(args["value"]), args, key)
             return
         self._write(db, key, bytes(args["value"]), origin)
 
@@ -509,8 +508,7 @@ class OrderedEngine:
         db, key = self._db(args["db"]), bytes(args["key"])
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self._locks.setdefault((db.id, key), LockQueue())
-        check_room(q, args, key)
-        q.entries.append((owner, "lock", None))
+        q.queue(owner, None, args, key)
         self._advance(db, key, q)
 
     def _apply_unlock(self, origin: int, args: dict[str, Any]) -> None:
@@ -521,7 +519,7 @@ class OrderedEngine:
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
         if args.get("value") is not None:
             self._write(db, key, bytes(args["value"]), origin)
-        q.entries.popleft()
+        q.pop()
         self._advance(db, key, q)
 
     def _apply_withdraw(self, origin: int, args: dict[str, Any]) -> None:
@@ -530,7 +528,7 @@ class OrderedEngine:
         owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self._locks.get((db.id, key))
         if q is not None:
-            q.entries = deque(e for e in q.entries if e[0] != owner or e[1] != "lock")
+            q.withdraw(owner)
             self._advance(db, key, q)
 
     def _apply_release(self, origin: int, args: dict[str, Any]) -> None:
@@ -560,13 +558,12 @@ class OrderedEngine:
 
     def _advance(self, db: Database, key: bytes, q: LockQueue) -> None:
         """Apply queued writes at the head, then tell a new local holder it has the lock."""
-        while q.entries and q.entries[0][1] == "store":
+        while (head := q.head_store()) is not None:
             # Written before it leaves the queue: if the write fails, the
             # store is still queued when this node's copy is next used.
-            owner, _, value = q.entries[0]
-            assert value is not None
+            owner, value = head
             self._write(db, key, value, owner[0])
-            q.entries.popleft()
+            q.pop()
         holder = q.holder
         if holder is None:
             self._locks.pop((db.id, key), None)
@@ -583,16 +580,14 @@ class OrderedEngine:
                 # locked for good.
                 self._broadcast("withdraw", {"db": db.id, "key": key, "owner": holder})
 
-    def _purge(self, gone: Any) -> None:
+    def _purge(self, gone: Callable[[Owner], bool]) -> None:
         """Drop the lock requests of owners `gone`; their queued writes stay.
 
         A queue whose head is a write is advanced too: only a write that
         failed half-way through an earlier advance leaves one there.
         """
         for (dbid, key), q in list(self._locks.items()):
-            before = len(q.entries)
-            q.entries = deque(e for e in q.entries if not gone(e[0]) or e[1] == "store")
-            if len(q.entries) != before or q.holder is None:
+            if q.purge(gone) or q.holder is None:
                 self._advance(self._db(dbid), key, q)
 
     # -- membership -------------------------------------------------------------------------
@@ -727,9 +722,7 @@ class OrderedEngine:
             # Lock queues are replicated state like the records: a joiner
             # without them would reject the holder's unlock.
             "locks": [
-                [key, [[o[0], o[1], kind, value] for o, kind, value in q.entries]]
-                for (dbid, key), q in self._locks.items()
-                if dbid == db.id
+                [key, q.to_wire()] for (dbid, key), q in self._locks.items() if dbid == db.id
             ],
             # Stability is state too: the receiver must not read as stable
             # what is not stable yet (see `_plan_done`).
@@ -787,7 +780,7 @@ class OrderedEngine:
         for stale in [k for k in self._locks if k[0] == db.id]:
             del self._locks[stale]
         for key, entries in msg.args.get("locks", []):
-            q = LockQueue(deque(((int(e[0]), int(e[1])), str(e[2]), e[3]) for e in entries))
+            q = LockQueue.from_wire(entries)
             self._locks[(db.id, bytes(key))] = q
             self._advance(db, bytes(key), q)
         dirty = self.stability.dirty

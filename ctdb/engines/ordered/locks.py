@@ -9,6 +9,7 @@ message (see the package docstring).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,17 +19,64 @@ from ctdb.common.errors import CtdbError, ErrorCode
 Owner = tuple[int, int]  # (pnn, session id)
 
 
+#: A place in a queue: (owner, "lock" or "store", the value a queued store writes).
+Entry = tuple[Owner, str, bytes | None]
+
+
 @dataclass
 class LockQueue:
-    """Owners waiting for a record, head first; pending plain writes queue here too."""
+    """Owners waiting for a record, head first; pending plain writes queue here too.
 
-    entries: deque[tuple[Owner, str, bytes | None]] = field(default_factory=deque)
+    Every transition is pure and the same on every member; the engine
+    writes the records (a queued store is written before it leaves the
+    queue, see `head_store`) and tells its own clients.
+    """
+
+    entries: deque[Entry] = field(default_factory=deque)
 
     @property
     def holder(self) -> Owner | None:
         if self.entries and self.entries[0][1] == "lock":
             return self.entries[0][0]
         return None
+
+    def queue(self, owner: Owner, value: bytes | None, args: dict[str, Any], key: bytes) -> None:
+        """Join the queue: a lock request (`value` None) or a store behind a holder.
+
+        Raises QueueFull past the bound the origin sent (`args["waiters"]`).
+        """
+        check_room(self, args, key)
+        self.entries.append((owner, "lock" if value is None else "store", value))
+
+    def head_store(self) -> tuple[Owner, bytes] | None:
+        """The store at the head, which the engine writes and then `pop`s."""
+        if self.entries and self.entries[0][1] == "store":
+            owner, _, value = self.entries[0]
+            assert value is not None
+            return owner, value
+        return None
+
+    def pop(self) -> None:
+        """The head leaves: an unlock, or a queued store that was written."""
+        self.entries.popleft()
+
+    def withdraw(self, owner: Owner) -> None:
+        """`owner` gives up its lock requests (its queued stores stay)."""
+        self.entries = deque(e for e in self.entries if e[0] != owner or e[1] != "lock")
+
+    def purge(self, gone: Callable[[Owner], bool]) -> bool:
+        """Drop the lock requests of owners `gone` (their stores stay); whether any went."""
+        before = len(self.entries)
+        self.entries = deque(e for e in self.entries if not gone(e[0]) or e[1] == "store")
+        return len(self.entries) != before
+
+    def to_wire(self) -> list[list[Any]]:
+        """The queue as a state transfer carries it (see `from_wire`)."""
+        return [[o[0], o[1], kind, value] for o, kind, value in self.entries]
+
+    @classmethod
+    def from_wire(cls, entries: list[list[Any]]) -> LockQueue:
+        return cls(deque(((int(e[0]), int(e[1])), str(e[2]), e[3]) for e in entries))
 
 
 class QueueFull(CtdbError):
