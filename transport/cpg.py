@@ -1,5 +1,10 @@
 """The virtual-synchrony transport ("vs") on corosync's CPG.
 
+This module is the I/O shell: the CPG handle, its fd, the output queue and
+flow control, reconnects, keepalives. The state machine every member runs
+over the agreed stream (views, joins, merges, expulsions) is pure code in
+`transport.cpg_group`.
+
 Why it is built this way
 ------------------------
 
@@ -78,24 +83,29 @@ import copy
 import itertools
 import logging
 import os
-import struct
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import msgpack
 
 from transport import libcpg
 from transport.base import Capabilities, Transport, TransportError, TransportOptions, View
+from transport.cpg_group import (
+    BROADCAST,
+    F_MORE,
+    HDR,
+    K_ALIVE,
+    K_BYE,
+    K_DATA,
+    K_EXPEL,
+    K_HELLO,
+    Event,
+    Group,
+    Member,
+)
 
 log = logging.getLogger("transport.cpg")
-
-# Wire header of every CPG message: kind, flags, logical id, destination pnn.
-_HDR = struct.Struct("<BBHi")
-K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL = 1, 2, 3, 4, 5, 6, 7
-F_MORE = 1  # more fragments of this message follow
-BROADCAST = -1
 
 DEFAULT_CHUNK = 64 * 1024
 DEFAULT_HIGH_WATER = 8 * 1024 * 1024
@@ -108,53 +118,7 @@ TRY_AGAIN_DELAY = 0.001
 #: backlog (one that was stopped) keeps its timers and keepalives running.
 DISPATCH_BATCH = 256
 
-Member = tuple[int, int]  # CPG member: (nodeid, pid)
-Logical = tuple[int, int, int]  # logical member: (nodeid, pid, lid)
-
 _lids = itertools.count(1)
-
-
-@dataclass
-class _State:
-    """What every synced member agrees on at a given stream position."""
-
-    members: dict[Logical, int] = field(default_factory=dict)  # -> pnn
-    view_id: int = 0
-    view: tuple[int, ...] = ()
-    synced: set[Member] = field(default_factory=set)
-    # joiner -> snapshot at its join position, until its STATE is delivered
-    pending: dict[Member, dict[str, Any]] = field(default_factory=dict)
-    # processes expelled for silence, until corosync reports that they left
-    expelled: set[Member] = field(default_factory=set)
-
-    def snapshot(self) -> dict[str, Any]:
-        """A msgpack-able copy; pending joiners' snapshots are nested one level deep."""
-        return {
-            "members": [[n, p, lid, pnn] for (n, p, lid), pnn in sorted(self.members.items())],
-            "view_id": self.view_id,
-            "view": list(self.view),
-            "synced": [list(m) for m in sorted(self.synced)],
-            "pending": [[list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())],
-            "expelled": [list(m) for m in sorted(self.expelled)],
-        }
-
-    @classmethod
-    def restore(cls, snap: dict[str, Any]) -> _State:
-        return cls(
-            members={(n, p, lid): pnn for n, p, lid, pnn in snap["members"]},
-            view_id=snap["view_id"],
-            view=tuple(snap["view"]),
-            synced={(m[0], m[1]) for m in snap["synced"]},
-            pending={(m[0], m[1]): s for m, s in snap["pending"]},
-            expelled={(m[0], m[1]) for m in snap["expelled"]},
-        )
-
-
-# Events recorded from the CPG callbacks and processed after cpg_dispatch returns.
-# (group, members, left, joined, joined by a partition merge: reason NODEUP)
-_Confchg = tuple[str, list[Member], list[Member], list[Member], list[Member]]
-_Deliver = tuple[str, Member, bytes]
-_Event = _Confchg | _Deliver
 
 
 class _Connection:
@@ -171,29 +135,19 @@ class _Connection:
         self.handle: libcpg.CpgHandle | None = None
         self.fd: int | None = None
         self.me: Member = (0, os.getpid())
-        self.joined = False  # our own join confchg was seen
-        self.synced = False
-        self.state = _State()
-        self.cpg_members: list[Member] = []
-        self.buffer: list[_Event] = []  # while waiting for STATE
-        self.base_snapshot_members: list[Member] = []
-        self.active: set[int] = set()  # lids whose HELLO was delivered
-        self.fragments: dict[Logical, list[bytes]] = {}
-        self.peek_fragments: dict[Logical, list[bytes]] = {}
+        #: our logical members, lid -> pnn (the group's state machine sees these)
+        self.local: dict[int, int] = {}
+        #: the group's state as this process follows it, from the join of the current handle
+        self.machine: Group | None = None
         self.outq: deque[bytes] = deque()
         self.out_bytes = 0
         self.retry: asyncio.TimerHandle | None = None
         self.drained = asyncio.Event()
         self.drained.set()
         self.high_water = DEFAULT_HIGH_WATER
-        self.events: list[_Event] = []
+        self.events: list[Event] = []
         self.reconnect_task: asyncio.Task[None] | None = None
         self.closed = False
-        #: partition merge in progress: members whose MERGE we still wait for
-        self.merge_expect: set[Member] | None = None
-        self.merge_view_id = 0
-        #: the members that had state when the merge began
-        self.merge_members: set[Member] = set()
         #: liveness: loop time each CPG member (ourselves included) was last delivered
         self.heard: dict[Member, float] = {}
         #: members we multicast an EXPEL for, until it is applied or they leave
@@ -223,7 +177,7 @@ class _Connection:
         try:
             self.me = (handle.local_nodeid(), os.getpid())
             atomic = handle.max_atomic_msgsize()
-            self.chunk = max(1024, min(self.want_chunk, atomic - _HDR.size - 64))
+            self.chunk = max(1024, min(self.want_chunk, atomic - HDR.size - 64))
             handle.join(self.group)
             fd = handle.fd()
         except BaseException:
@@ -231,14 +185,7 @@ class _Connection:
             raise
         self.handle = handle
         self.fd = fd
-        self.joined = False
-        self.synced = False
-        self.state = _State()
-        self.buffer = []
-        self.fragments = {}
-        self.peek_fragments = {}
-        self.active = set()
-        self.merge_expect = None
+        self.machine = Group(self.me, self, self.local)
         self.heard = {}
         self.expelling = set()
         self.loop.add_reader(fd, self._on_readable)
@@ -250,6 +197,7 @@ class _Connection:
 
     def attach(self, t: CpgTransport) -> None:
         self.transports[t.lid] = t
+        self.local[t.lid] = t.pnn
         if self.handle is not None:
             self._hello(t)
 
@@ -257,7 +205,9 @@ class _Connection:
         """Remove a logical member; the last one closes the connection."""
         if self.transports.pop(t.lid, None) is None:
             return
-        self.active.discard(t.lid)
+        del self.local[t.lid]
+        if self.machine is not None:
+            self.machine.active.discard(t.lid)
         if self.handle is not None:
             # Even if our HELLO is still in flight: FIFO puts the BYE after it.
             self._enqueue(K_BYE, t.lid, BROADCAST, b"")
@@ -330,8 +280,7 @@ class _Connection:
 
     def _restart(self, first_attempt: float = RECONNECT_INTERVAL) -> None:
         self._drop_handle()
-        self.active.clear()
-        self.synced = False
+        self.machine = None
         for t in list(self.transports.values()):
             t._go_solo()
         if self.reconnect_task is None:
@@ -374,7 +323,11 @@ class _Connection:
         if self.quiet:
             self._enqueue(K_ALIVE, 0, BROADCAST, b"")
         self.quiet = True
-        if self.synced and now - self.heard.get(self.me, now) <= limit:
+        if (
+            self.machine is not None
+            and self.machine.synced
+            and now - self.heard.get(self.me, now) <= limit
+        ):
             # Only while our own messages come back: when they do not, the
             # ring itself stalls, and corosync's token timeout decides.
             self._expel_silent(now, limit)
@@ -382,13 +335,14 @@ class _Connection:
             self.ticker = self.loop.call_later(interval, self._tick)
 
     def _expel_silent(self, now: float, limit: float) -> None:
-        st = self.state
-        for m in self.cpg_members:
-            if m == self.me or m in st.expelled or m in self.expelling:
+        machine = self.machine
+        assert machine is not None
+        for m in machine.cpg_members:
+            if m == self.me or m in machine.state.expelled or m in self.expelling:
                 continue
             silent = now - self.heard.setdefault(m, now)
             if silent > limit:
-                pnns = sorted(pnn for lm, pnn in st.members.items() if (lm[0], lm[1]) == m)
+                pnns = machine.pnns_of(m)
                 log.warning(
                     "group %r: member %s (pnn %s) silent for %.1fs (stopped or blocked): "
                     "expelling it",
@@ -413,13 +367,13 @@ class _Connection:
         chunk = self.chunk
         n = len(payload)
         if n <= chunk:
-            self.outq.append(_HDR.pack(kind, 0, lid, dest) + payload)
+            self.outq.append(HDR.pack(kind, 0, lid, dest) + payload)
             self.out_bytes += n
         else:
             view = memoryview(payload)
             for off in range(0, n, chunk):
                 more = F_MORE if off + chunk < n else 0
-                self.outq.append(_HDR.pack(kind, more, lid, dest) + view[off : off + chunk])
+                self.outq.append(HDR.pack(kind, more, lid, dest) + view[off : off + chunk])
             self.out_bytes += n
         if self.out_bytes >= self.high_water:
             self.drained.clear()
@@ -444,7 +398,7 @@ class _Connection:
                 self._lost(exc)
                 return
             q.popleft()
-            self.out_bytes -= len(item) - _HDR.size
+            self.out_bytes -= len(item) - HDR.size
         if self.out_bytes < self.high_water:
             self.drained.set()
         else:
@@ -494,186 +448,37 @@ class _Connection:
                     # (corosync re-forming it), so nobody could be heard.
                     self.heard = dict.fromkeys(self.heard, now)
                 self.heard[ev[1]] = now
-            self._event(ev)
+            assert self.machine is not None  # set with the handle
+            self.machine.event(ev)
         if more and self.handle is handle:
             # Leave the loop a turn (timers, our own keepalives), then go on.
             self.loop.call_soon(self._on_readable)
 
-    def _event(self, ev: _Event) -> None:
-        if not self.joined:
-            if len(ev) == 5 and self.me in ev[3]:  # our own join confchg
-                _, members, _left, joined, _merged = ev
-                self.joined = True
-                self.cpg_members = list(members)
-                self.heard = dict.fromkeys(members, self.loop.time())
-                if set(members) == set(joined):
-                    # Every member is new: we found the group's state together.
-                    self.state = _State(synced=set(members))
-                    self.synced = True
-                else:
-                    self.base_snapshot_members = list(members)
+    # -- what the group's state machine asks of us (transport.cpg_group.GroupPort) --
+
+    def multicast(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
+        self._enqueue(kind, lid, dest, payload)
+
+    def deliver(self, lid: int, src: int, payload: bytes) -> None:
+        t = self.transports.get(lid)
+        if t is not None:
+            t._deliver(src, payload)
+
+    def new_view(self, lid: int, view: View, *, first: bool) -> None:
+        t = self.transports.get(lid)
+        if t is None:
             return
-        if not self.synced:
-            self.buffer.append(ev)
-            if len(ev) == 3:
-                if self._peek_expel(ev):
-                    # Expelled before our STATE was sent, nobody sends it now.
-                    self._expelled()
-                    return
-                body = self._peek_state(ev)
-                if body is not None:
-                    self._install(body)
-            else:
-                self.cpg_members = list(ev[1])
-                self._track_confchg(ev[2], ev[3])
-            return
-        self._apply(ev)
-
-    def _peek_expel(self, ev: _Deliver) -> bool:
-        """Is `ev` an EXPEL naming this process (joiner side)?"""
-        msg = ev[2]
-        if len(msg) < _HDR.size or _HDR.unpack_from(msg)[0] != K_EXPEL:
-            return False
-        return tuple(msgpack.unpackb(msg[_HDR.size :])) == self.me
-
-    def _peek_state(self, ev: _Deliver) -> dict[str, Any] | None:
-        """The STATE addressed to us, if `ev` is one (joiner side)."""
-        msg = ev[2]
-        if len(msg) < _HDR.size:
-            return None
-        kind, flags, _lid, _dest = _HDR.unpack_from(msg)
-        if kind != K_STATE:
-            return None
-        sender = (ev[1][0], ev[1][1], _lid)
-        if flags & F_MORE:
-            self.peek_fragments.setdefault(sender, []).append(msg[_HDR.size :])
-            return None
-        whole = b"".join([*self.peek_fragments.pop(sender, []), msg[_HDR.size :]])
-        body: dict[str, Any] = msgpack.unpackb(whole, strict_map_key=False)
-        if tuple(body["target"]) != self.me:
-            return None
-        return body
-
-    def _install(self, body: dict[str, Any]) -> None:
-        """Adopt the leader's snapshot (taken at our join) and replay what followed."""
-        snap = body["snapshot"]
-        self.state = _State.restore(snap)
-        self.cpg_members = list(self.base_snapshot_members)
-        self.synced = True
-        # Partial messages in flight at our join: complete them like everyone else.
-        self.fragments = {(n, p, lid): list(parts) for n, p, lid, parts in snap["fragments"]}
-        self.peek_fragments = {}
-        buffered, self.buffer = self.buffer, []
-        log.debug("%s: state transfer received, replaying %d events", self.me, len(buffered))
-        for ev in buffered:
-            self._apply(ev)
-
-    def _apply(self, ev: _Event) -> None:
-        if len(ev) == 5:
-            self._apply_confchg(ev[1], ev[2], ev[3], ev[4])
+        if first:
+            t._activate(view)
         else:
-            self._apply_message(ev[1], ev[2])
+            t._new_view(view)
 
-    def _reassemble(self, sender: Logical, flags: int, msg: bytes) -> bytes | None:
-        """Collect fragments per logical sender (FIFO per sender makes this enough)."""
-        if flags & F_MORE:
-            self.fragments.setdefault(sender, []).append(msg[_HDR.size :])
-            return None
-        parts = self.fragments.pop(sender, None)
-        if parts is None:
-            return msg[_HDR.size :]
-        parts.append(msg[_HDR.size :])
-        return b"".join(parts)
+    def expelled(self) -> None:
+        self._expelled()
 
-    def _apply_message(self, src: Member, msg: bytes) -> None:
-        if len(msg) < _HDR.size or src in self.state.expelled:
-            return  # an expelled process no longer counts, whatever it sends
-        kind, flags, lid, dest = _HDR.unpack_from(msg)
-        sender = (src[0], src[1], lid)
-        payload = self._reassemble(sender, flags, msg)
-        if payload is None:
-            return
-        st = self.state
-        if kind == K_DATA:
-            pnn = st.members.get(sender)
-            if pnn is None:
-                return
-            for t in list(self.transports.values()):
-                if t.lid in self.active and (dest == BROADCAST or dest == t.pnn):
-                    t._deliver(pnn, payload)
-        elif kind == K_HELLO:
-            body = msgpack.unpackb(payload)
-            st.view_id = max(st.view_id, int(body["last_view_id"]))
-            st.members[sender] = int(body["pnn"])
-            self._recompute()
-            if src == self.me and lid in self.transports and lid not in self.active:
-                self.active.add(lid)
-                self.transports[lid]._activate(View(st.view_id, st.view))
-        elif kind == K_BYE:
-            if st.members.pop(sender, None) is not None:
-                self._recompute()
-        elif kind == K_MERGE:
-            self._on_merge(src, msgpack.unpackb(payload, strict_map_key=False))
-        elif kind == K_EXPEL:
-            self._on_expel(src, tuple(msgpack.unpackb(payload)))
-        elif kind == K_STATE:
-            body = msgpack.unpackb(payload, strict_map_key=False)
-            target = (body["target"][0], body["target"][1])
-            if target in self.cpg_members:
-                st.synced.add(target)
-            st.pending.pop(target, None)
-
-    def _apply_confchg(
-        self,
-        members: list[Member],
-        left: list[Member],
-        joined: list[Member],
-        merged: list[Member],
+    def members_changed(
+        self, members: list[Member], left: list[Member], joined: list[Member]
     ) -> None:
-        st = self.state
-        self.cpg_members = list(members)
-        self._track_confchg(left, joined)
-        if self.merge_expect is not None:
-            self.merge_expect &= set(members)  # a member lost mid-merge sends nothing
-        gone = set(left)
-        st.expelled -= gone  # it may come back: as a fresh member
-        changed = False
-        for lm in [lm for lm in st.members if (lm[0], lm[1]) in gone]:
-            del st.members[lm]
-            changed = True
-        for lm in [lm for lm in self.fragments if (lm[0], lm[1]) in gone]:
-            del self.fragments[lm]
-        for m in gone:
-            st.synced.discard(m)
-            st.pending.pop(m, None)
-        if changed:
-            self._recompute()
-        if merged:
-            self._start_merge(members, joined, merged)
-        # Members of a partition we merge with are not joiners: they have state.
-        new = [j for j in joined if j != self.me and j not in merged]
-        for j in new:
-            snap = st.snapshot()
-            snap["fragments"] = [[*lm, parts] for lm, parts in sorted(self.fragments.items())]
-            st.pending[j] = snap
-        if self.merge_expect is not None:
-            self._finish_merge()
-        # A new joiner gets its snapshot; after a departure (maybe of the old
-        # leader) every still-pending joiner gets it again (duplicates are ignored).
-        self._send_states(sorted(st.pending) if left else new)
-
-    def _send_states(self, targets: list[Member]) -> None:
-        """The leader (lowest synced member) sends pending joiners their snapshots."""
-        st = self.state
-        present = [m for m in sorted(st.synced) if m in self.cpg_members]
-        if not present or present[0] != self.me:
-            return
-        for target in targets:
-            if target in self.cpg_members and target in st.pending:
-                body = msgpack.packb({"target": list(target), "snapshot": st.pending[target]})
-                self._enqueue(K_STATE, 0, BROADCAST, body)
-
-    def _track_confchg(self, left: list[Member], joined: list[Member]) -> None:
         """Liveness bookkeeping: a new member starts heard, a departed one is forgotten."""
         now = self.loop.time()
         for m in left:
@@ -682,122 +487,8 @@ class _Connection:
         for m in joined:
             self.heard[m] = now
 
-    # -- expulsion of silent members -------------------------------------------
-
-    def _on_expel(self, src: Member, target: tuple[Any, ...]) -> None:
-        """An EXPEL at its stream position: the same decision on every member.
-
-        Only a member that holds the group's state may expel (a synced one,
-        or during a partition merge any member of the merging sides, since
-        each side counts only its own as synced until the MERGEs arrive).
-        """
-        if len(target) != 2 or src == target:
-            return
-        merging = self.merge_expect is not None and src in self.merge_members
-        if src not in self.state.synced and not merging:
-            return
-        victim: Member = (int(target[0]), int(target[1]))
-        if self._mark_expelled(victim):
-            self._after_expel(victim)
-
-    def _mark_expelled(self, m: Member) -> bool:
-        """Drop process `m` from the state as if it had left; False if nothing to do."""
-        st = self.state
-        if m in st.expelled or m not in self.cpg_members:
-            return False
-        st.expelled.add(m)
-        st.synced.discard(m)
-        st.pending.pop(m, None)
-        for lm in [lm for lm in st.members if (lm[0], lm[1]) == m]:
-            del st.members[lm]
-        for lm in [lm for lm in self.fragments if (lm[0], lm[1]) == m]:
-            del self.fragments[lm]
-        self.expelling.discard(m)
-        if self.merge_expect is not None:
-            self.merge_expect.discard(m)
-        return True
-
-    def _after_expel(self, m: Member) -> None:
-        if m == self.me:
-            self._expelled()
-            return
-        self._recompute()
-        if self.merge_expect is not None:
-            self._finish_merge()
-        # The expelled process may have been the leader a joiner waits for.
-        self._send_states(sorted(self.state.pending))
-
-    # -- partition merges ------------------------------------------------------
-    #
-    # When partitions that formed apart meet again, corosync lists the other
-    # side's members as joined with reason NODEUP. Each side has its own
-    # logical members and view ids, so at that position every synced member
-    # multicasts its own logical members (MERGE). Once every expected MERGE
-    # is delivered, all members hold the same union and install one view with
-    # the same id: max of all sides' ids, plus one.
-
-    def _start_merge(
-        self, members: list[Member], joined: list[Member], merged: list[Member]
-    ) -> None:
-        fresh = {j for j in joined if j not in merged}
-        st = self.state
-        self.merge_members = {m for m in members if m not in fresh}
-        # Our side's expelled processes send nothing; the other side learns
-        # about them from our MERGE.
-        self.merge_expect = self.merge_members - st.expelled
-        self.merge_view_id = st.view_id
-        mine = [[*lm, pnn] for lm, pnn in sorted(st.members.items()) if (lm[0], lm[1]) == self.me]
-        body = msgpack.packb(
-            {
-                "members": mine,
-                "view_id": st.view_id,
-                "expelled": [list(m) for m in sorted(st.expelled)],
-            }
-        )
-        self._enqueue(K_MERGE, 0, BROADCAST, body)
-
-    def _on_merge(self, src: Member, body: dict[str, Any]) -> None:
-        if self.merge_expect is None or src not in self.merge_expect:
-            return
-        st = self.state
-        newly_expelled = False
-        for n, p in body.get("expelled", []):
-            if self._mark_expelled((n, p)):
-                if (n, p) == self.me:
-                    self._expelled()
-                    return
-                newly_expelled = True
-        for n, p, lid, pnn in body["members"]:
-            st.members[(n, p, lid)] = pnn
-        st.synced.add(src)
-        self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
-        self.merge_expect.discard(src)
-        self._finish_merge()
-        if newly_expelled:
-            self._send_states(sorted(st.pending))
-
-    def _finish_merge(self) -> None:
-        if self.merge_expect:
-            return
-        self.merge_expect = None
-        st = self.state
-        st.view_id = max(st.view_id, self.merge_view_id)
-        st.view = ()  # force a new view, the same one on every member
-        self._recompute()
-
-    def _recompute(self) -> None:
-        if self.merge_expect is not None:
-            return  # views wait until the merge completes
-        st = self.state
-        view = tuple(sorted(set(st.members.values())))
-        if view == st.view:
-            return
-        st.view_id += 1
-        st.view = view
-        v = View(st.view_id, view)
-        for t in list(self.transports.values()):
-            if t.lid in self.active:
-                t._new_view(v)
+    def expel_applied(self, member: Member) -> None:
+        self.expelling.discard(member)
 
 
 class CpgTransport(Transport):

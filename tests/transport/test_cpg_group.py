@@ -1,0 +1,173 @@
+"""The CPG group's state machine (transport.cpg_group) without corosync.
+
+A small in-test bus plays corosync: one agreed order of deliveries and
+configuration changes, delivered to the processes in the group at each
+position. Every process runs the real `Group` machine; the checks are the
+virtual-synchrony promises the vs transport makes: the same views with the
+same ids at the same positions everywhere, joiners brought up to date by a
+state transfer, silent members expelled everywhere at once, and partitions
+merged into one view."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import msgpack
+
+from transport.base import View
+from transport.cpg_group import BROADCAST, HDR, K_DATA, K_EXPEL, K_HELLO, Event, Group, Member
+
+GROUP = "g"
+
+
+class Proc:
+    """One process on the bus with one logical member, and what it was told."""
+
+    def __init__(self, bus: Bus, nodeid: int, pnn: int) -> None:
+        self.bus = bus
+        self.me: Member = (nodeid, 1000 + nodeid)
+        self.pnn = pnn
+        self.lid = 1
+        self.machine = Group(self.me, self, {self.lid: pnn})
+        self.views: list[View] = []
+        self.delivered: list[tuple[int, bytes]] = []
+        self.was_expelled = False
+
+    # -- GroupPort ---------------------------------------------------------------------
+    def multicast(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
+        self.bus.send(self.me, HDR.pack(kind, 0, lid, dest) + payload)
+
+    def deliver(self, lid: int, src: int, payload: bytes) -> None:
+        self.delivered.append((src, payload))
+
+    def new_view(self, lid: int, view: View, *, first: bool) -> None:
+        self.views.append(view)
+
+    def expelled(self) -> None:
+        self.was_expelled = True
+
+    def members_changed(
+        self, members: list[Member], left: list[Member], joined: list[Member]
+    ) -> None:
+        pass
+
+    def expel_applied(self, member: Member) -> None:
+        pass
+
+    def hello(self) -> None:
+        body = msgpack.packb({"pnn": self.pnn, "last_view_id": 0})
+        self.multicast(K_HELLO, self.lid, BROADCAST, body)
+
+
+class Bus:
+    """corosync, reduced to one agreed order of events."""
+
+    def __init__(self) -> None:
+        self.members: list[Proc] = []
+        #: the processes the next event is delivered to
+        self.current: list[Proc] = []
+        #: (event for every recipient, or per recipient, the members after it)
+        self.queue: deque[tuple[dict[Member, Event] | Event, list[Proc]]] = deque()
+
+    def send(self, src: Member, msg: bytes) -> None:
+        self.queue.append(((GROUP, src, msg), []))
+
+    def confchg(self, members: list[Proc], left: list[Proc], joined: list[Proc]) -> None:
+        mems = [p.me for p in members]
+        ev: Event = (GROUP, mems, [p.me for p in left], [p.me for p in joined], [])
+        self.queue.append((ev, members))
+
+    def join(self, p: Proc) -> None:
+        self.confchg([*self.members, p], [], [p])
+        self.members = [*self.members, p]
+        p.hello()  # sent at connect: delivered after the join
+
+    def run(self) -> None:
+        while self.queue:
+            ev, after = self.queue.popleft()
+            if after:
+                self.current = after
+            for p in list(self.current):
+                p.machine.event(ev[p.me] if isinstance(ev, dict) else ev)
+
+
+def three() -> tuple[Bus, list[Proc]]:
+    bus = Bus()
+    procs = [Proc(bus, n, pnn=n) for n in range(3)]
+    for p in procs:
+        bus.join(p)
+    bus.run()
+    return bus, procs
+
+
+def test_members_joining_one_by_one_end_with_the_same_views_everywhere() -> None:
+    _, procs = three()
+    final = View(procs[0].views[-1].view_id, (0, 1, 2))
+    assert all(p.views[-1] == final for p in procs)
+    assert all(p.machine.synced for p in procs)
+    # Joiners got the state transfer: the same agreed state as the founder.
+    assert all(p.machine.state.snapshot() == procs[0].machine.state.snapshot() for p in procs)
+    # The founder saw every view since its own; the others from their join on.
+    assert [v.members for v in procs[0].views] == [(0,), (0, 1), (0, 1, 2)]
+    assert [v.members for v in procs[2].views] == [(0, 1, 2)]
+
+
+def test_a_broadcast_reaches_every_member_with_its_senders_pnn() -> None:
+    bus, procs = three()
+    procs[1].multicast(K_DATA, 1, BROADCAST, b"hello")
+    procs[2].multicast(K_DATA, 1, 0, b"to node 0 only")
+    bus.run()
+    assert procs[0].delivered == [(1, b"hello"), (2, b"to node 0 only")]
+    assert procs[1].delivered == procs[2].delivered == [(1, b"hello")]
+
+
+def test_a_departure_gives_every_survivor_the_same_view_at_the_same_position() -> None:
+    bus, procs = three()
+    bus.confchg(procs[:2], [procs[2]], [])
+    procs[0].multicast(K_DATA, 1, BROADCAST, b"after")
+    bus.run()
+    for p in procs[:2]:
+        assert p.views[-1].members == (0, 1)
+        assert p.delivered == [(0, b"after")]
+    assert procs[0].views[-1] == procs[1].views[-1]
+
+
+def test_an_expelled_member_leaves_every_view_and_learns_it_from_its_own_backlog() -> None:
+    bus, procs = three()
+    victim = procs[2]
+    procs[0].multicast(K_EXPEL, 0, BROADCAST, msgpack.packb(list(victim.me)))
+    # What it sends after its EXPEL is ignored, also a HELLO that would add it back.
+    victim.multicast(K_DATA, 1, BROADCAST, b"too late")
+    victim.hello()
+    bus.run()
+    assert procs[0].views[-1] == procs[1].views[-1]
+    assert procs[0].views[-1].members == (0, 1)
+    assert victim.was_expelled
+    assert not procs[0].delivered and not procs[1].delivered
+
+
+def test_two_groups_formed_apart_merge_into_one_view_with_a_higher_id() -> None:
+    left, right = Bus(), Bus()
+    a, b = Proc(left, 0, 0), Proc(left, 1, 1)
+    c = Proc(right, 2, 2)
+    for p in (a, b):
+        left.join(p)
+    left.run()
+    right.join(c)
+    right.run()
+    ids = [a.views[-1].view_id, c.views[-1].view_id]
+    merged = Bus()
+    merged.members = merged.current = [a, b, c]
+    for p in (a, b, c):
+        p.bus = merged
+    everyone = [a.me, b.me, c.me]
+    per: dict[Member, Event] = {
+        a.me: (GROUP, everyone, [], [c.me], [c.me]),
+        b.me: (GROUP, everyone, [], [c.me], [c.me]),
+        c.me: (GROUP, everyone, [], [a.me, b.me], [a.me, b.me]),
+    }
+    merged.queue.append((per, [a, b, c]))
+    merged.run()
+    assert a.views[-1] == b.views[-1] == c.views[-1]
+    assert a.views[-1].members == (0, 1, 2)
+    assert a.views[-1].view_id > max(ids)

@@ -1,0 +1,423 @@
+"""The state machine every member of a CPG group runs over the agreed stream.
+
+Pure code: events in (CPG deliveries and configuration changes, in the order
+corosync agreed on), calls out through a `GroupPort` (multicast a message,
+deliver one to a local logical member, report a view, say that this process
+was expelled). No handle, no socket, no clock: `transport.cpg` runs it on
+corosync, and tests run it on hand-made event streams. The design (logical
+members, views at stream positions, state transfer to joiners, partition
+merges, expulsion of silent members, fragmentation) is in `transport.cpg`'s
+docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgpack
+
+from transport.base import View
+
+log = logging.getLogger("transport.cpg")
+
+# Wire header of every CPG message: kind, flags, logical id, destination pnn.
+HDR = struct.Struct("<BBHi")
+K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL = 1, 2, 3, 4, 5, 6, 7
+F_MORE = 1  # more fragments of this message follow
+BROADCAST = -1
+
+Member = tuple[int, int]  # CPG member: (nodeid, pid)
+Logical = tuple[int, int, int]  # logical member: (nodeid, pid, lid)
+
+# Events as the CPG callbacks report them.
+# (group, members, left, joined, joined by a partition merge: reason NODEUP)
+Confchg = tuple[str, list[Member], list[Member], list[Member], list[Member]]
+Deliver = tuple[str, Member, bytes]
+Event = Confchg | Deliver
+
+
+@dataclass
+class Agreed:
+    """What every synced member agrees on at a given stream position."""
+
+    members: dict[Logical, int] = field(default_factory=dict)  # -> pnn
+    view_id: int = 0
+    view: tuple[int, ...] = ()
+    synced: set[Member] = field(default_factory=set)
+    # joiner -> snapshot at its join position, until its STATE is delivered
+    pending: dict[Member, dict[str, Any]] = field(default_factory=dict)
+    # processes expelled for silence, until corosync reports that they left
+    expelled: set[Member] = field(default_factory=set)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A msgpack-able copy; pending joiners' snapshots are nested one level deep."""
+        return {
+            "members": [[n, p, lid, pnn] for (n, p, lid), pnn in sorted(self.members.items())],
+            "view_id": self.view_id,
+            "view": list(self.view),
+            "synced": [list(m) for m in sorted(self.synced)],
+            "pending": [[list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())],
+            "expelled": [list(m) for m in sorted(self.expelled)],
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> Agreed:
+        return cls(
+            members={(n, p, lid): pnn for n, p, lid, pnn in snap["members"]},
+            view_id=snap["view_id"],
+            view=tuple(snap["view"]),
+            synced={(m[0], m[1]) for m in snap["synced"]},
+            pending={(m[0], m[1]): s for m, s in snap["pending"]},
+            expelled={(m[0], m[1]) for m in snap["expelled"]},
+        )
+
+
+class GroupPort(Protocol):
+    """What the machine asks of the connection that runs it."""
+
+    def multicast(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
+        """Send a message into the group's agreed stream."""
+
+    def deliver(self, lid: int, src: int, payload: bytes) -> None:
+        """Hand a DATA payload from pnn `src` to our logical member `lid`."""
+
+    def new_view(self, lid: int, view: View, *, first: bool) -> None:
+        """Our logical member `lid` has a new view (`first`: its HELLO was just delivered)."""
+
+    def expelled(self) -> None:
+        """The group dropped this process: start over as a fresh member."""
+
+    def members_changed(
+        self, members: list[Member], left: list[Member], joined: list[Member]
+    ) -> None:
+        """CPG membership changed (liveness bookkeeping)."""
+
+    def expel_applied(self, member: Member) -> None:
+        """An EXPEL of `member` took effect: stop asking for it."""
+
+
+class Group:
+    """This process's copy of the group state, fed the agreed stream.
+
+    `local` holds our own logical members (lid -> pnn); `active` those whose
+    HELLO has been delivered, which see views and messages from then on.
+    """
+
+    def __init__(self, me: Member, port: GroupPort, local: dict[int, int]) -> None:
+        self.me = me
+        self.port = port
+        self.local = local
+        self.active: set[int] = set()
+        self.joined = False  # our own join confchg was seen
+        self.synced = False
+        self.state = Agreed()
+        self.cpg_members: list[Member] = []
+        self.buffer: list[Event] = []  # while waiting for STATE
+        self.base_snapshot_members: list[Member] = []
+        self.fragments: dict[Logical, list[bytes]] = {}
+        self.peek_fragments: dict[Logical, list[bytes]] = {}
+        #: partition merge in progress: members whose MERGE we still wait for
+        self.merge_expect: set[Member] | None = None
+        self.merge_view_id = 0
+        #: the members that had state when the merge began
+        self.merge_members: set[Member] = set()
+
+    def pnns_of(self, m: Member) -> list[int]:
+        """The pnns of process `m`'s logical members, for log lines."""
+        return sorted(pnn for lm, pnn in self.state.members.items() if (lm[0], lm[1]) == m)
+
+    # -- input ----------------------------------------------------------------
+
+    def event(self, ev: Event) -> None:
+        if not self.joined:
+            if len(ev) == 5 and self.me in ev[3]:  # our own join confchg
+                _, members, _left, joined, _merged = ev
+                self.joined = True
+                self.cpg_members = list(members)
+                self.port.members_changed(list(members), [], list(members))
+                if set(members) == set(joined):
+                    # Every member is new: we found the group's state together.
+                    self.state = Agreed(synced=set(members))
+                    self.synced = True
+                else:
+                    self.base_snapshot_members = list(members)
+            return
+        if not self.synced:
+            self.buffer.append(ev)
+            if len(ev) == 3:
+                if self._peek_expel(ev):
+                    # Expelled before our STATE was sent, nobody sends it now.
+                    self.port.expelled()
+                    return
+                body = self._peek_state(ev)
+                if body is not None:
+                    self._install(body)
+            else:
+                self.cpg_members = list(ev[1])
+                self.port.members_changed(list(ev[1]), ev[2], ev[3])
+            return
+        self._apply(ev)
+
+    def _peek_expel(self, ev: Deliver) -> bool:
+        """Is `ev` an EXPEL naming this process (joiner side)?"""
+        msg = ev[2]
+        if len(msg) < HDR.size or HDR.unpack_from(msg)[0] != K_EXPEL:
+            return False
+        return tuple(msgpack.unpackb(msg[HDR.size :])) == self.me
+
+    def _peek_state(self, ev: Deliver) -> dict[str, Any] | None:
+        """The STATE addressed to us, if `ev` is one (joiner side)."""
+        msg = ev[2]
+        if len(msg) < HDR.size:
+            return None
+        kind, flags, _lid, _dest = HDR.unpack_from(msg)
+        if kind != K_STATE:
+            return None
+        sender = (ev[1][0], ev[1][1], _lid)
+        if flags & F_MORE:
+            self.peek_fragments.setdefault(sender, []).append(msg[HDR.size :])
+            return None
+        whole = b"".join([*self.peek_fragments.pop(sender, []), msg[HDR.size :]])
+        body: dict[str, Any] = msgpack.unpackb(whole, strict_map_key=False)
+        if tuple(body["target"]) != self.me:
+            return None
+        return body
+
+    def _install(self, body: dict[str, Any]) -> None:
+        """Adopt the leader's snapshot (taken at our join) and replay what followed."""
+        snap = body["snapshot"]
+        self.state = Agreed.restore(snap)
+        self.cpg_members = list(self.base_snapshot_members)
+        self.synced = True
+        # Partial messages in flight at our join: complete them like everyone else.
+        self.fragments = {(n, p, lid): list(parts) for n, p, lid, parts in snap["fragments"]}
+        self.peek_fragments = {}
+        buffered, self.buffer = self.buffer, []
+        log.debug("%s: state transfer received, replaying %d events", self.me, len(buffered))
+        for ev in buffered:
+            self._apply(ev)
+
+    def _apply(self, ev: Event) -> None:
+        if len(ev) == 5:
+            self._apply_confchg(ev[1], ev[2], ev[3], ev[4])
+        else:
+            self._apply_message(ev[1], ev[2])
+
+    def _reassemble(self, sender: Logical, flags: int, msg: bytes) -> bytes | None:
+        """Collect fragments per logical sender (FIFO per sender makes this enough)."""
+        if flags & F_MORE:
+            self.fragments.setdefault(sender, []).append(msg[HDR.size :])
+            return None
+        parts = self.fragments.pop(sender, None)
+        if parts is None:
+            return msg[HDR.size :]
+        parts.append(msg[HDR.size :])
+        return b"".join(parts)
+
+    def _apply_message(self, src: Member, msg: bytes) -> None:
+        if len(msg) < HDR.size or src in self.state.expelled:
+            return  # an expelled process no longer counts, whatever it sends
+        kind, flags, lid, dest = HDR.unpack_from(msg)
+        sender = (src[0], src[1], lid)
+        payload = self._reassemble(sender, flags, msg)
+        if payload is None:
+            return
+        st = self.state
+        if kind == K_DATA:
+            pnn = st.members.get(sender)
+            if pnn is None:
+                return
+            for local, local_pnn in list(self.local.items()):
+                if local in self.active and (dest == BROADCAST or dest == local_pnn):
+                    self.port.deliver(local, pnn, payload)
+        elif kind == K_HELLO:
+            body = msgpack.unpackb(payload)
+            st.view_id = max(st.view_id, int(body["last_view_id"]))
+            st.members[sender] = int(body["pnn"])
+            self._recompute()
+            if src == self.me and lid in self.local and lid not in self.active:
+                self.active.add(lid)
+                self.port.new_view(lid, View(st.view_id, st.view), first=True)
+        elif kind == K_BYE:
+            if st.members.pop(sender, None) is not None:
+                self._recompute()
+        elif kind == K_MERGE:
+            self._on_merge(src, msgpack.unpackb(payload, strict_map_key=False))
+        elif kind == K_EXPEL:
+            self._on_expel(src, tuple(msgpack.unpackb(payload)))
+        elif kind == K_STATE:
+            body = msgpack.unpackb(payload, strict_map_key=False)
+            target = (body["target"][0], body["target"][1])
+            if target in self.cpg_members:
+                st.synced.add(target)
+            st.pending.pop(target, None)
+
+    def _apply_confchg(
+        self,
+        members: list[Member],
+        left: list[Member],
+        joined: list[Member],
+        merged: list[Member],
+    ) -> None:
+        st = self.state
+        self.cpg_members = list(members)
+        self.port.members_changed(list(members), left, joined)
+        if self.merge_expect is not None:
+            self.merge_expect &= set(members)  # a member lost mid-merge sends nothing
+        gone = set(left)
+        st.expelled -= gone  # it may come back: as a fresh member
+        changed = False
+        for lm in [lm for lm in st.members if (lm[0], lm[1]) in gone]:
+            del st.members[lm]
+            changed = True
+        for lm in [lm for lm in self.fragments if (lm[0], lm[1]) in gone]:
+            del self.fragments[lm]
+        for m in gone:
+            st.synced.discard(m)
+            st.pending.pop(m, None)
+        if changed:
+            self._recompute()
+        if merged:
+            self._start_merge(members, joined, merged)
+        # Members of a partition we merge with are not joiners: they have state.
+        new = [j for j in joined if j != self.me and j not in merged]
+        for j in new:
+            snap = st.snapshot()
+            snap["fragments"] = [[*lm, parts] for lm, parts in sorted(self.fragments.items())]
+            st.pending[j] = snap
+        if self.merge_expect is not None:
+            self._finish_merge()
+        # A new joiner gets its snapshot; after a departure (maybe of the old
+        # leader) every still-pending joiner gets it again (duplicates are ignored).
+        self._send_states(sorted(st.pending) if left else new)
+
+    def _send_states(self, targets: list[Member]) -> None:
+        """The leader (lowest synced member) sends pending joiners their snapshots."""
+        st = self.state
+        present = [m for m in sorted(st.synced) if m in self.cpg_members]
+        if not present or present[0] != self.me:
+            return
+        for target in targets:
+            if target in self.cpg_members and target in st.pending:
+                body = msgpack.packb({"target": list(target), "snapshot": st.pending[target]})
+                self.port.multicast(K_STATE, 0, BROADCAST, body)
+
+    # -- expulsion of silent members -------------------------------------------
+
+    def _on_expel(self, src: Member, target: tuple[Any, ...]) -> None:
+        """An EXPEL at its stream position: the same decision on every member.
+
+        Only a member that holds the group's state may expel (a synced one,
+        or during a partition merge any member of the merging sides, since
+        each side counts only its own as synced until the MERGEs arrive).
+        """
+        if len(target) != 2 or src == target:
+            return
+        merging = self.merge_expect is not None and src in self.merge_members
+        if src not in self.state.synced and not merging:
+            return
+        victim: Member = (int(target[0]), int(target[1]))
+        if self._mark_expelled(victim):
+            self._after_expel(victim)
+
+    def _mark_expelled(self, m: Member) -> bool:
+        """Drop process `m` from the state as if it had left; False if nothing to do."""
+        st = self.state
+        if m in st.expelled or m not in self.cpg_members:
+            return False
+        st.expelled.add(m)
+        st.synced.discard(m)
+        st.pending.pop(m, None)
+        for lm in [lm for lm in st.members if (lm[0], lm[1]) == m]:
+            del st.members[lm]
+        for lm in [lm for lm in self.fragments if (lm[0], lm[1]) == m]:
+            del self.fragments[lm]
+        self.port.expel_applied(m)
+        if self.merge_expect is not None:
+            self.merge_expect.discard(m)
+        return True
+
+    def _after_expel(self, m: Member) -> None:
+        if m == self.me:
+            self.port.expelled()
+            return
+        self._recompute()
+        if self.merge_expect is not None:
+            self._finish_merge()
+        # The expelled process may have been the leader a joiner waits for.
+        self._send_states(sorted(self.state.pending))
+
+    # -- partition merges ------------------------------------------------------
+    #
+    # When partitions that formed apart meet again, corosync lists the other
+    # side's members as joined with reason NODEUP. Each side has its own
+    # logical members and view ids, so at that position every synced member
+    # multicasts its own logical members (MERGE). Once every expected MERGE
+    # is delivered, all members hold the same union and install one view with
+    # the same id: max of all sides' ids, plus one.
+
+    def _start_merge(
+        self, members: list[Member], joined: list[Member], merged: list[Member]
+    ) -> None:
+        fresh = {j for j in joined if j not in merged}
+        st = self.state
+        self.merge_members = {m for m in members if m not in fresh}
+        # Our side's expelled processes send nothing; the other side learns
+        # about them from our MERGE.
+        self.merge_expect = self.merge_members - st.expelled
+        self.merge_view_id = st.view_id
+        mine = [[*lm, pnn] for lm, pnn in sorted(st.members.items()) if (lm[0], lm[1]) == self.me]
+        body = msgpack.packb(
+            {
+                "members": mine,
+                "view_id": st.view_id,
+                "expelled": [list(m) for m in sorted(st.expelled)],
+            }
+        )
+        self.port.multicast(K_MERGE, 0, BROADCAST, body)
+
+    def _on_merge(self, src: Member, body: dict[str, Any]) -> None:
+        if self.merge_expect is None or src not in self.merge_expect:
+            return
+        st = self.state
+        newly_expelled = False
+        for n, p in body.get("expelled", []):
+            if self._mark_expelled((n, p)):
+                if (n, p) == self.me:
+                    self.port.expelled()
+                    return
+                newly_expelled = True
+        for n, p, lid, pnn in body["members"]:
+            st.members[(n, p, lid)] = pnn
+        st.synced.add(src)
+        self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
+        self.merge_expect.discard(src)
+        self._finish_merge()
+        if newly_expelled:
+            self._send_states(sorted(st.pending))
+
+    def _finish_merge(self) -> None:
+        if self.merge_expect:
+            return
+        self.merge_expect = None
+        st = self.state
+        st.view_id = max(st.view_id, self.merge_view_id)
+        st.view = ()  # force a new view, the same one on every member
+        self._recompute()
+
+    def _recompute(self) -> None:
+        if self.merge_expect is not None:
+            return  # views wait until the merge completes
+        st = self.state
+        view = tuple(sorted(set(st.members.values())))
+        if view == st.view:
+            return
+        st.view_id += 1
+        st.view = view
+        v = View(st.view_id, view)
+        for lid in list(self.local):
+            if lid in self.active:
+                self.port.new_view(lid, v, first=False)
