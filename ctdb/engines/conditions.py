@@ -197,7 +197,8 @@ def _max_entries(record: RecordView, new: Entry, limit: int) -> Conflict | None:
 # share_mode: Samba's open semantics.
 
 #: Payload of a share_mode entry: access_mask u32, share_access u32 (little-endian),
-#: the NT values of the open (SMB2 CREATE's DesiredAccess and ShareAccess).
+#: the NT values of the open (SMB2 CREATE's DesiredAccess and ShareAccess) with
+#: generic rights already mapped to specific ones, as smbd stores them.
 SHARE_MODE = struct.Struct("<II")
 
 FILE_READ_DATA = 0x0001
@@ -237,7 +238,9 @@ def share_conflict(
     the other does not share write, read/execute while the other does not
     share read, or delete while the other does not share delete (checked
     in both directions). Samba applies it to the same process's own opens
-    too, so the owner does not matter here.
+    too, so the owner does not matter here. (Samba also passes over the
+    opens of disconnected durable handles and of dead processes; here the
+    entries of a client or node that is gone are removed instead.)
     """
     if not entry_access & _DATA_ACCESS or not access_mask & _DATA_ACCESS:
         return False
@@ -285,14 +288,13 @@ def byte_range_valid(start: int, size: int) -> bool:
 def byte_range_overlap(start1: int, size1: int, start2: int, size2: int) -> bool:
     """Samba's byte_range_overlap() (source3/locking/brlock.c, [MS-FSA] 2.1.4.10).
 
-    The range {0, 0} overlaps nothing. A range's last byte is start + size - 1
-    (an invalid range runs to 2**64 - 1), so a zero-size range at s > 0 has
-    its last byte at s - 1: it overlaps a range only strictly inside it
-    (start < s < start + size), never another zero-size range, never a
-    range that starts or ends at s.
+    A range's last byte is start + size - 1 (an invalid range runs to
+    2**64 - 1), so a zero-size range at s has its last byte at s - 1: it
+    overlaps a range only strictly inside it (start < s < start + size),
+    never another zero-size range, never a range that starts or ends at s.
+    Samba tests for {0, 0} first because its last byte wraps to 2**64 - 1
+    in C; with Python's integers it is -1, which overlaps nothing as is.
     """
-    if (start1 == 0 and size1 == 0) or (start2 == 0 and size2 == 0):
-        return False
     last1 = start1 + size1 - 1 if byte_range_valid(start1, size1) else U64_MAX
     last2 = start2 + size2 - 1 if byte_range_valid(start2, size2) else U64_MAX
     return not (start1 > last2 or start2 > last1)
@@ -344,7 +346,11 @@ def _byte_range(record: RecordView, new: Entry, arg: None) -> Conflict | None:
 
     As Samba's brl_lock_windows_default(): the new range must be valid
     (else NT_STATUS_INVALID_LOCK_RANGE, here INVALID), then brl_conflict()
-    runs against every held lock; held ranges are not re-validated.
+    runs against every held lock; held ranges are not re-validated. Samba
+    drops a conflicting lock whose process is dead; here the entries of a
+    client or node that is gone are removed instead. POSIX-flavour locks
+    (brl_lock_posix: same context never conflicts, ranges split and merge)
+    are not modelled: an append cannot rewrite the entries it stacks on.
     """
     lock = Lock.of(new, None)
     if not byte_range_valid(lock.start, lock.size):
