@@ -27,6 +27,7 @@ from ctdb.engines.conditions import (
     WRITE_LOCK,
     Conflict,
     RecordView,
+    byte_range_overlap,
     byte_range_payload,
     check_request,
     condition,
@@ -246,6 +247,25 @@ def test_byte_range_table(
     assert (result is not None) == conflict
     if result is not None:
         assert result.index == 0 and "lock not granted" in result.reason
+
+
+def bytes_overlap(start1: int, size1: int, start2: int, size2: int) -> bool:
+    """The table's rule by counting bytes: ranges share a byte; a zero-size
+    range overlaps a range it lies strictly inside."""
+    if size1 == 0 and size2 == 0:
+        return False
+    if size1 == 0:
+        return start2 < start1 < start2 + size2
+    if size2 == 0:
+        return start1 < start2 < start1 + size1
+    return bool(set(range(start1, start1 + size1)) & set(range(start2, start2 + size2)))
+
+
+@given(st.integers(0, 12), st.integers(0, 12), st.integers(0, 12), st.integers(0, 12))
+def test_byte_range_overlap_counts_bytes(start1: int, size1: int, start2: int, size2: int) -> None:
+    assert byte_range_overlap(start1, size1, start2, size2) == bytes_overlap(
+        start1, size1, start2, size2
+    )
 
 
 def test_byte_range_against_many_locks() -> None:
