@@ -1,7 +1,8 @@
 """What an engine needs of the node it runs in.
 
-The engines sit below the daemon: `ctdb.server.node.Node` creates them and
-hands itself in, and they call back into it (send a message, run a control
+The engines sit below the daemon: the node's membership (`ctdb.server.leader`
+on tcp, `ctdb.server.stream` on vs) creates them and hands the node
+(`ctdb.server.node.Node`) in, and they call back into it (send a message, run a control
 on a peer, wait until the node serves). Naming that surface here, as a
 typing Protocol, keeps the dependency one-way (engines never import the
 server: see the import-linter contracts in pyproject.toml) and says in one
@@ -32,7 +33,7 @@ class Host(Protocol):
     generation: int
     leader: int
     vnnmap: list[int]
-    #: this node's own administrative flags (ctdb.server.node.NodeFlags)
+    #: this node's own administrative flags (ctdb.server.state.NodeFlags)
     flags: int
     stats: Counter[str]
     transport: Transport

@@ -61,7 +61,7 @@ from ctdb.protocol.schema import (
 DB_ID = U32
 GENERATION = U64  # vs generations are (view id << 16) + recoveries: wider than CTDB's u32
 RSN = U64
-#: CTDB's node flags (see ctdb.server.node.NodeFlags): DISCONNECTED..BANNED, STOPPED.
+#: CTDB's node flags (see ctdb.server.state.NodeFlags): DISCONNECTED..BANNED, STOPPED.
 FLAGS = schema.bits(0x01 | 0x02 | 0x04 | 0x08 | 0x20)
 DB_NAME = text(255, min_len=1)
 DB_KIND = text(choices=("volatile", "persistent", "replicated"))
