@@ -86,6 +86,9 @@ def _decode_empty(data: bytes) -> None:
 
 
 def _encode_empty(value: None) -> bytes:
+    """Refuses a value: a daemon bug, not something to drop on the floor."""
+    if value is not None:
+        raise CtdbError(ErrorCode.INVALID, f"control takes no data, got {value!r}")
     return b""
 
 
