@@ -20,7 +20,7 @@ import struct
 from dataclasses import astuple, dataclass, fields
 from typing import Any, ClassVar
 
-from ctdb.protocol.ctdb_types import LtdbHeader, RecData, SockAddr, _invalid, _Reader
+from ctdb.protocol.ctdb_types import LtdbHeader, Reader, RecData, SockAddr, invalid
 
 _U32 = struct.Struct("<I")
 
@@ -43,7 +43,7 @@ class TraverseStart:
 
     @classmethod
     def decode(cls, data: bytes) -> TraverseStart:
-        r = _Reader(data, "traverse_start")
+        r = Reader(data, "traverse_start")
         db_id, reqid, srvid = r.unpack(_TRAVERSE_START)
         r.done()
         return cls(db_id, reqid, srvid)
@@ -70,11 +70,11 @@ class TraverseStartExt:
 
     @classmethod
     def decode(cls, data: bytes) -> TraverseStartExt:
-        r = _Reader(data, "traverse_start_ext")
+        r = Reader(data, "traverse_start_ext")
         db_id, reqid, srvid, empty = r.unpack(_TRAVERSE_START_EXT)
         r.done()
         if empty not in (0, 1):
-            raise _invalid(f"traverse_start_ext withemptyrecords byte is {empty}, not 0 or 1")
+            raise invalid(f"traverse_start_ext withemptyrecords byte is {empty}, not 0 or 1")
         return cls(db_id, reqid, srvid, bool(empty))
 
 
@@ -83,7 +83,7 @@ def traverse_record(reqid: int, key: bytes, value: bytes) -> bytes:
     data is the raw TDB value, ltdb header first (ctdb_traverse.c). An
     empty key would read as the end marker, so it is refused."""
     if not key:
-        raise _invalid("a traversed record needs a non-empty key")
+        raise invalid("a traversed record needs a non-empty key")
     return RecData(reqid, key, value).encode()
 
 
@@ -121,7 +121,7 @@ class KeyData:
 
     @classmethod
     def decode(cls, data: bytes) -> KeyData:
-        r = _Reader(data, "key_data")
+        r = Reader(data, "key_data")
         (db_id,) = r.unpack(_KEY_DATA)
         header = LtdbHeader.decode(r.take(LtdbHeader.SIZE))
         key = r.take(r.u32())
@@ -146,7 +146,7 @@ class PidSrvid:
 
     @classmethod
     def decode(cls, data: bytes) -> PidSrvid:
-        r = _Reader(data, "pid_srvid")
+        r = Reader(data, "pid_srvid")
         pid, srvid = r.unpack(_PID_SRVID)
         r.done()
         return cls(pid, srvid)
@@ -165,7 +165,7 @@ class Connection:
 
     @classmethod
     def decode(cls, data: bytes) -> Connection:
-        r = _Reader(data, "connection")
+        r = Reader(data, "connection")
         src, dst = r.take(28), r.take(28)
         r.done()
         return cls(SockAddr.decode(src), SockAddr.decode(dst))
@@ -199,7 +199,7 @@ class PublicIpList:
 
     @classmethod
     def decode(cls, data: bytes) -> PublicIpList:
-        r = _Reader(data, "public ip list")
+        r = Reader(data, "public ip list")
         ips = []
         for _ in range(r.count(_PUBLIC_IP.size)):
             pnn, addr = r.unpack(_PUBLIC_IP)
@@ -224,7 +224,7 @@ class Iface:
     def encode(self) -> bytes:
         raw = self.name.encode()
         if len(raw) > 17 or b"\0" in raw:
-            raise _invalid(f"interface name {self.name!r} does not fit 17 bytes without NUL")
+            raise invalid(f"interface name {self.name!r} does not fit 17 bytes without NUL")
         return _IFACE.pack(raw, self.link_state, self.references)
 
 
@@ -240,14 +240,14 @@ class IfaceList:
 
     @classmethod
     def decode(cls, data: bytes) -> IfaceList:
-        r = _Reader(data, "iface list")
+        r = Reader(data, "iface list")
         ifaces = []
         for _ in range(r.count(_IFACE.size)):
             raw, link_state, references = r.unpack(_IFACE)
             try:
                 name = raw[:17].split(b"\0", 1)[0].decode()
             except UnicodeDecodeError as exc:
-                raise _invalid(f"interface name is not UTF-8: {exc}") from None
+                raise invalid(f"interface name is not UTF-8: {exc}") from None
             ifaces.append(Iface(name, link_state, references))
         r.done()
         return cls(tuple(ifaces))
@@ -335,7 +335,7 @@ class Statistics:
                 flat += astuple(value)
             elif isinstance(default, tuple):
                 if len(value) != len(default):
-                    raise _invalid(f"statistics {f.name} needs {len(default)} values")
+                    raise invalid(f"statistics {f.name} needs {len(default)} values")
                 flat += value
             else:
                 flat.append(value)
@@ -343,7 +343,7 @@ class Statistics:
 
     @classmethod
     def decode(cls, data: bytes) -> Statistics:
-        r = _Reader(data, "statistics")
+        r = Reader(data, "statistics")
         values = iter(r.unpack(_STATISTICS))
         r.done()
         out: dict[str, Any] = {}
@@ -390,12 +390,12 @@ class TunableList:
 
     def encode(self) -> bytes:
         if len(self.values) != len(self.FIELDS):
-            raise _invalid(f"tunable list needs {len(self.FIELDS)} values, got {len(self.values)}")
+            raise invalid(f"tunable list needs {len(self.FIELDS)} values, got {len(self.values)}")
         return struct.pack(f"<{len(self.values)}I", *self.values)
 
     @classmethod
     def decode(cls, data: bytes) -> TunableList:
-        r = _Reader(data, "tunable list")
+        r = Reader(data, "tunable list")
         values = tuple(r.u32() for _ in cls.FIELDS)
         r.done()
         return cls(values)

@@ -35,12 +35,12 @@ from ctdb.protocol.ctdb_control_structs import (
 from ctdb.protocol.ctdb_types import (
     DbidMap,
     NodeMap,
+    Reader,
     RecBuffer,
     Tunable,
     Uptime,
     VarList,
     VnnMap,
-    _Reader,
     decode_cstring,
     decode_stringn,
     encode_cstring,
@@ -97,7 +97,7 @@ def _scalar(what: str, fmt: str, encode: Callable[[int], bytes]) -> Codec[int]:
     layout = struct.Struct(fmt)
 
     def decode(data: bytes) -> int:
-        r = _Reader(data, what)
+        r = Reader(data, what)
         (value,) = r.unpack(layout)
         r.done()
         return int(value)
@@ -108,7 +108,7 @@ def _scalar(what: str, fmt: str, encode: Callable[[int], bytes]) -> Codec[int]:
 def _decode_db_seqnum_request(data: bytes) -> int:
     """GET_DB_SEQNUM's 8 bytes: db_id, then a u32 Samba writes as 0 and its
     own puller skips without looking; the real daemon insists on 8 bytes."""
-    r = _Reader(data, "GET_DB_SEQNUM request")
+    r = Reader(data, "GET_DB_SEQNUM request")
     db_id = r.u32()
     r.u32()
     r.done()

@@ -25,11 +25,11 @@ _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 
 
-def _invalid(message: str) -> CtdbError:
+def invalid(message: str) -> CtdbError:
     return CtdbError(ErrorCode.INVALID, message)
 
 
-class _Reader:
+class Reader:
     """A cursor over one struct's bytes that refuses to read past the end
     and, at `done`, refuses bytes left over."""
 
@@ -40,7 +40,7 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if n > len(self.data) - self.pos:
-            raise _invalid(
+            raise invalid(
                 f"{self.what} truncated: needs {n} more bytes at offset {self.pos}, "
                 f"has {len(self.data) - self.pos}"
             )
@@ -58,14 +58,14 @@ class _Reader:
         """A u32 count of fixed-size items, refused if the rest cannot hold them."""
         n = self.u32()
         if n * item_size > len(self.data) - self.pos:
-            raise _invalid(
+            raise invalid(
                 f"{self.what} claims {n} entries, too many for its {len(self.data)} bytes"
             )
         return n
 
     def done(self) -> None:
         if self.pos != len(self.data):
-            raise _invalid(f"{self.what} has {len(self.data) - self.pos} trailing bytes")
+            raise invalid(f"{self.what} has {len(self.data) - self.pos} trailing bytes")
 
 
 # -- scalars and strings ------------------------------------------------------------------
@@ -76,7 +76,7 @@ def encode_u32(value: int) -> bytes:
 
 
 def decode_u32(data: bytes, what: str = "uint32") -> int:
-    r = _Reader(data, what)
+    r = Reader(data, what)
     value = r.u32()
     r.done()
     return value
@@ -96,18 +96,18 @@ def encode_cstring(text: str) -> bytes:
     in every length (`ctdb_string_len`, protocol_basic.c)."""
     raw = text.encode()
     if b"\0" in raw:
-        raise _invalid("a CTDB string cannot hold a NUL byte")
+        raise invalid("a CTDB string cannot hold a NUL byte")
     return raw + b"\0"
 
 
 def decode_cstring(data: bytes, what: str = "string") -> str:
     """DB_ATTACH's name, GETDBPATH's path...: exactly one NUL, at the end."""
     if not data.endswith(b"\0") or b"\0" in data[:-1]:
-        raise _invalid(f"{what} must be one NUL-terminated string")
+        raise invalid(f"{what} must be one NUL-terminated string")
     try:
         return data[:-1].decode()
     except UnicodeDecodeError as exc:
-        raise _invalid(f"{what} is not UTF-8: {exc}") from None
+        raise invalid(f"{what} is not UTF-8: {exc}") from None
 
 
 def encode_stringn(text: str) -> bytes:
@@ -117,7 +117,7 @@ def encode_stringn(text: str) -> bytes:
 
 
 def decode_stringn(data: bytes, what: str = "stringn") -> str:
-    r = _Reader(data, what)
+    r = Reader(data, what)
     text = decode_cstring(r.take(r.u32()), what)
     r.done()
     return text
@@ -144,7 +144,7 @@ class LtdbHeader:
 
     @classmethod
     def decode(cls, data: bytes) -> LtdbHeader:
-        r = _Reader(data, "ltdb header")
+        r = Reader(data, "ltdb header")
         rsn, dmaster, reserved1, flags = r.unpack(_LTDB_HEADER)
         r.done()
         return cls(rsn, dmaster, flags, reserved1)
@@ -153,7 +153,7 @@ class LtdbHeader:
     def split(cls, value: bytes) -> tuple[LtdbHeader, bytes]:
         """A stored value (or a record's data) as header and user data."""
         if len(value) < cls.SIZE:
-            raise _invalid(f"value of {len(value)} bytes has no 24-byte ltdb header")
+            raise invalid(f"value of {len(value)} bytes has no 24-byte ltdb header")
         return cls.decode(value[: cls.SIZE]), bytes(value[cls.SIZE :])
 
 
@@ -179,18 +179,18 @@ class RecData:
 
     @classmethod
     def decode(cls, data: bytes) -> RecData:
-        r = _Reader(data, "rec_data")
+        r = Reader(data, "rec_data")
         rec = cls._read(r)
         r.done()
         return rec
 
     @classmethod
-    def _read(cls, r: _Reader) -> RecData:
+    def _read(cls, r: Reader) -> RecData:
         length, reqid, keylen, datalen = r.unpack(_REC_DATA)
         if length != _REC_DATA.size + keylen + datalen:
             # Samba's old walker steps by `length`, the new one by the two
             # lengths; only a record where they agree means the same to both.
-            raise _invalid(f"rec_data length {length} is not 16 + {keylen} + {datalen}")
+            raise invalid(f"rec_data length {length} is not 16 + {keylen} + {datalen}")
         return cls(reqid, r.take(keylen), r.take(datalen))
 
 
@@ -213,7 +213,7 @@ class RecBuffer:
 
     @classmethod
     def decode(cls, data: bytes) -> RecBuffer:
-        r = _Reader(data, "rec_buffer")
+        r = Reader(data, "rec_buffer")
         db_id = r.u32()
         count = r.count(_REC_DATA.size)
         records = tuple(RecData._read(r) for _ in range(count))
@@ -247,14 +247,14 @@ class SockAddr:
     @classmethod
     def decode(cls, data: bytes) -> SockAddr:
         if len(data) != _SOCK_ADDR_SIZE:
-            raise _invalid(f"sock_addr is {_SOCK_ADDR_SIZE} bytes, got {len(data)}")
+            raise invalid(f"sock_addr is {_SOCK_ADDR_SIZE} bytes, got {len(data)}")
         (family,) = struct.unpack_from("<H", data)
         (port,) = struct.unpack_from("!H", data, 2)
         if family == socket.AF_INET:
             return cls(str(ipaddress.IPv4Address(data[4:8])), port)
         if family == socket.AF_INET6:
             return cls(str(ipaddress.IPv6Address(data[8:24])), port)
-        raise _invalid(f"sock_addr family {family} is neither AF_INET nor AF_INET6")
+        raise invalid(f"sock_addr family {family} is neither AF_INET nor AF_INET6")
 
 
 _NODE = struct.Struct("<II28s")
@@ -283,7 +283,7 @@ class NodeMap:
 
     @classmethod
     def decode(cls, data: bytes) -> NodeMap:
-        r = _Reader(data, "node map")
+        r = Reader(data, "node map")
         nodes = []
         for _ in range(r.count(_NODE.size)):
             pnn, flags, addr = r.unpack(_NODE)
@@ -307,7 +307,7 @@ class VnnMap:
 
     @classmethod
     def decode(cls, data: bytes) -> VnnMap:
-        r = _Reader(data, "vnn map")
+        r = Reader(data, "vnn map")
         generation = r.u32()
         size = r.count(_U32.size)
         vnn = tuple(r.u32() for _ in range(size))
@@ -337,7 +337,7 @@ class DbidMap:
 
     @classmethod
     def decode(cls, data: bytes) -> DbidMap:
-        r = _Reader(data, "dbid map")
+        r = Reader(data, "dbid map")
         dbs = tuple(Dbid(*r.unpack(_DBID)) for _ in range(r.count(_DBID.size)))
         r.done()
         return cls(dbs)
@@ -367,7 +367,7 @@ class Uptime:
 
     @classmethod
     def decode(cls, data: bytes) -> Uptime:
-        r = _Reader(data, "uptime")
+        r = Reader(data, "uptime")
         v = r.unpack(_UPTIME)
         r.done()
         return cls((v[0], v[1]), (v[2], v[3]), (v[4], v[5]), (v[6], v[7]))
@@ -392,7 +392,7 @@ class Tunable:
 
     @classmethod
     def decode(cls, data: bytes) -> Tunable:
-        r = _Reader(data, "tunable")
+        r = Reader(data, "tunable")
         value, length = r.unpack(_TUNABLE)
         name = decode_cstring(r.take(length), "tunable name")
         r.done()
@@ -412,13 +412,13 @@ class VarList:
 
     def encode(self) -> bytes:
         if any(":" in name for name in self.names):
-            raise _invalid("a tunable name cannot contain ':'")
+            raise invalid("a tunable name cannot contain ':'")
         raw = encode_cstring(":".join(self.names))
         return _U32.pack(len(raw)) + raw
 
     @classmethod
     def decode(cls, data: bytes) -> VarList:
-        r = _Reader(data, "var list")
+        r = Reader(data, "var list")
         text = decode_cstring(r.take(r.u32()), "var list")
         r.done()
         return cls(tuple(name for name in text.split(":") if name))
