@@ -41,6 +41,7 @@ state dir = /var/lib/x
 [server]
 run dir = run
 socket mode = 0660
+ctdb socket = samba/ctdbd.socket
 [logging]
 level = debug
 file = log/ctdbd.log
@@ -61,6 +62,7 @@ MaxKeySize = 1024
     assert cfg.run_dir == tmp_path / "run"  # relative to the config file
     assert cfg.socket_path == tmp_path / "run" / config.SOCKET_NAME
     assert cfg.socket_mode == 0o660
+    assert cfg.ctdb_socket_path == tmp_path / "samba" / "ctdbd.socket"
     assert cfg.log_level == "DEBUG"
     assert cfg.log_file == tmp_path / "log" / "ctdbd.log"
     assert cfg.cluster_lock == tmp_path / "lockfile"
@@ -76,6 +78,7 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     assert cfg.port == config.DEFAULT_PORT
     assert cfg.state_dir == tmp_path / "state"
     assert cfg.run_dir == tmp_path / "run"
+    assert cfg.ctdb_socket_path == tmp_path / "run" / config.CTDB_SOCKET_NAME
     assert cfg.log_file is None and cfg.cluster_lock is None
     assert cfg.tunables == {}
     assert cfg.socket_mode == 0o600

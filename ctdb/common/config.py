@@ -18,6 +18,8 @@ from ctdb.common.keyfile import load_key
 
 DEFAULT_PORT = 4379
 SOCKET_NAME = "ctdbd.socket"
+#: CTDB's own client protocol (Samba's `ctdb` tool, smbd): a second socket.
+CTDB_SOCKET_NAME = "ctdb.socket"
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class Config:
     log_file: Path | None = None
     cluster_lock: Path | None = None
     socket_mode: int = 0o600
+    #: `[server] ctdb socket`: where CTDB's own protocol is served (default: in run dir)
+    ctdb_socket: Path | None = None
     #: `[cluster] key file` and the key in it (None: node links are unauthenticated).
     key_file: Path | None = None
     cluster_key: bytes | None = None
@@ -125,6 +129,10 @@ class Config:
     @property
     def socket_path(self) -> Path:
         return self.run_dir / SOCKET_NAME
+
+    @property
+    def ctdb_socket_path(self) -> Path:
+        return self.ctdb_socket or self.run_dir / CTDB_SOCKET_NAME
 
     @property
     def address(self) -> str:
@@ -188,6 +196,7 @@ def load(path: Path) -> Config:
         authenticate_frames = parser.getboolean("cluster", "authenticate frames", fallback=False)
     except ValueError as exc:
         raise CtdbError(ErrorCode.INVALID, f"config {path}: {exc}") from exc
+    ctdb_socket = get("server", "ctdb socket")
     key_option = get("cluster", "key file")
     key_file = rel(key_option) if key_option else None
     if authenticate_frames and key_file is None:
@@ -206,6 +215,7 @@ def load(path: Path) -> Config:
         log_file=rel(log_file) if log_file else None,
         cluster_lock=rel(lock) if lock else None,
         socket_mode=mode,
+        ctdb_socket=rel(ctdb_socket) if ctdb_socket else None,
         key_file=key_file,
         cluster_key=load_key(key_file) if key_file else None,
         authenticate_frames=authenticate_frames,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ctdb.common import config as config_mod
 from ctdb.common.errors import CtdbError
+from ctdb.server.ctdb_sessions import CtdbProtocolServer
 from ctdb.server.node import Node
 from ctdb.server.sessions import ClientServer
 from transport.base import TransportError, TransportOptions, transport_class
@@ -67,24 +68,28 @@ async def run(cfg: config_mod.Config) -> None:
         nodes_file=cfg.nodes_file,
     )
     server = ClientServer(node, cfg.socket_path, cfg.socket_mode)
+    samba_door = CtdbProtocolServer(node, cfg.ctdb_socket_path, cfg.socket_mode)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.shutdown_requested.set)
     pidfile = cfg.run_dir / "ctdbd.pid"
     await node.start()
     await server.start()
+    await samba_door.start()
     pidfile.write_text(f"{os.getpid()}\n")
     log.info(
-        "node %d (%s) up: transport %s, socket %s",
+        "node %d (%s) up: transport %s, socket %s, CTDB-protocol socket %s",
         cfg.pnn,
         cfg.address,
         cfg.transport,
         cfg.socket_path,
+        cfg.ctdb_socket_path,
     )
     try:
         await node.shutdown_requested.wait()
         log.info("shutting down")
     finally:
+        await samba_door.stop()
         await server.stop()
         await node.stop()
         pidfile.unlink(missing_ok=True)

@@ -1,0 +1,242 @@
+"""CTDB's own client protocol (Samba 4.17), served on a second Unix socket.
+
+Samba's `ctdb` tool, CTDB's test programs and smbd speak CTDB's binary
+protocol, not ours (`ctdb/protocol/ctdb_wire.py` decodes it, sans-IO). This
+is the thin shell that serves it: one session per connection, each packet
+answered at once. So far it answers what every `ctdb` command sends first
+and the commands that need nothing else (`ctdb pnn`, `ping`, `uptime`,
+`listvars`, `getvar`): GET_PNN, PING, UPTIME, GET_RECMODE, GET_RUNSTATE,
+LIST_TUNABLES, GET_TUNABLE, REGISTER_SRVID and DEREGISTER_SRVID.
+
+Every other request gets what ctdbd gives a request it cannot serve: a
+control reply with status -1 and no data, a call reply with status -1
+(logged once per kind, so a client probing many controls does not flood the
+log). A request is never left unanswered, since Samba's clients wait for
+every reply; a stream that cannot be framed (bad length, magic or version)
+is closed, which they notice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from ctdb.common.config import TUNABLES
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol.ctdb_controls import codec_for
+from ctdb.protocol.ctdb_types import Uptime, VarList
+from ctdb.protocol.ctdb_wire import (
+    BadPacket,
+    Control,
+    Header,
+    Operation,
+    Packet,
+    PacketDecoder,
+    ReplyCall,
+    ReplyControl,
+    ReqCall,
+    ReqControl,
+)
+from ctdb.server.node import Node
+
+log = logging.getLogger("ctdb.server.ctdb_sessions")
+
+#: CTDB's run state RUNNING (ctdb_protocol.h `enum ctdb_runstate`).
+RUNSTATE_RUNNING = 5
+#: What ctdbd answers a request it cannot serve.
+FAILED = -1
+
+#: (session, decoded request data) -> (status, reply value for the codec)
+Handler = Callable[["CtdbSession", Any], tuple[int, Any]]
+
+
+def _timeval(t: float) -> tuple[int, int]:
+    sec = int(t)
+    return sec, int((t - sec) * 1_000_000)
+
+
+def _pnn(s: CtdbSession, _: None) -> tuple[int, Any]:
+    return s.node.pnn, None
+
+
+def _ping(s: CtdbSession, _: None) -> tuple[int, Any]:
+    return len(s.server.sessions), None  # ctdbd answers its number of clients
+
+
+def _uptime(s: CtdbSession, _: None) -> tuple[int, Any]:
+    node = s.node
+    last = node.last_recovery
+    finished = float(last.get("finished", 0.0))
+    started = finished - float(last.get("duration", 0.0)) if finished else 0.0
+    up = Uptime(
+        _timeval(time.time()), _timeval(node.started), _timeval(started), _timeval(finished)
+    )
+    return 0, up
+
+
+def _recmode(s: CtdbSession, _: None) -> tuple[int, Any]:
+    return int(s.node.recovery_mode), None
+
+
+def _runstate(s: CtdbSession, _: None) -> tuple[int, Any]:
+    return 0, RUNSTATE_RUNNING
+
+
+def _u32_tunables(node: Node) -> dict[str, int]:
+    """The tunables CTDB's protocol can carry: its values are u32, so ours
+    with fractions (seconds as floats) are not offered rather than rounded."""
+    return {
+        name: int(value)
+        for name, value in node.tunables.items()
+        if TUNABLES[name].integral and 0 <= value <= 0xFFFFFFFF
+    }
+
+
+def _list_tunables(s: CtdbSession, _: None) -> tuple[int, Any]:
+    return 0, VarList(tuple(_u32_tunables(s.node)))
+
+
+def _get_tunable(s: CtdbSession, name: str) -> tuple[int, Any]:
+    value = _u32_tunables(s.node).get(name)
+    if value is None:
+        raise CtdbError(ErrorCode.NOT_FOUND, f"no tunable {name!r} CTDB's protocol can carry")
+    return 0, value
+
+
+HANDLERS: dict[Control, Handler] = {
+    Control.GET_PNN: _pnn,
+    Control.PING: _ping,
+    Control.UPTIME: _uptime,
+    Control.GET_RECMODE: _recmode,
+    Control.GET_RUNSTATE: _runstate,
+    Control.LIST_TUNABLES: _list_tunables,
+    Control.GET_TUNABLE: _get_tunable,
+}
+
+
+class CtdbSession(asyncio.Protocol):
+    """One Samba client connection (`ctdb`, a test program, an smbd)."""
+
+    def __init__(self, server: CtdbProtocolServer) -> None:
+        self.server = server
+        self.node = server.node
+        self.decoder = PacketDecoder(int(self.node.tunable("MaxFrameSize")))
+        self.transport: asyncio.Transport | None = None
+        #: message ids the client registered for (messages are not delivered yet)
+        self.srvids: set[int] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.sessions.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        try:
+            packets = self.decoder.feed(data)
+        except CtdbError as exc:
+            log.warning("closing a CTDB-protocol client: %s", exc.message)
+            self.transport.close()
+            return
+        for packet in packets:
+            reply = self._answer(packet)
+            if reply is not None:
+                self.transport.write(reply)
+
+    def _answer(self, packet: Packet | BadPacket) -> bytes | None:
+        if isinstance(packet, BadPacket):
+            self.server.once(f"bad {packet.operation}", f"malformed packet: {packet.message}")
+            return self._failure(packet.header, packet.operation)
+        if isinstance(packet, ReqControl):
+            return self._control(packet)
+        if isinstance(packet, ReqCall):
+            self.server.once("call", "record calls (REQ_CALL) are not served yet")
+            return self._failure(packet.header, Operation.REQ_CALL)
+        name = type(packet).__name__
+        self.server.once(name, f"{name} is not served yet: dropped")
+        return None
+
+    def _reply_header(self, request: Header) -> Header:
+        return Header(request.reqid, request.srcnode, self.node.pnn, self.node.generation)
+
+    def _failure(self, request: Header, operation: int) -> bytes | None:
+        header = self._reply_header(request)
+        if operation == Operation.REQ_CONTROL:
+            return ReplyControl(header, FAILED).encode()
+        if operation == Operation.REQ_CALL:
+            return ReplyCall(header, FAILED).encode()
+        return None  # nobody waits for an answer to anything else
+
+    def _control(self, req: ReqControl) -> bytes | None:
+        header = self._reply_header(req.header)
+        try:
+            codec = codec_for(req.opcode)
+            value = codec.request.decode(req.data)
+            if req.opcode in (Control.REGISTER_SRVID, Control.DEREGISTER_SRVID):
+                register = req.opcode == Control.REGISTER_SRVID
+                (self.srvids.add if register else self.srvids.discard)(req.srvid)
+                status, result = 0, None
+            else:
+                handler = HANDLERS.get(Control(req.opcode))
+                if handler is None:
+                    name = Control(req.opcode).name
+                    raise CtdbError(ErrorCode.NOT_SUPPORTED, f"CTDB control {name}")
+                status, result = handler(self, value)
+            data = b"" if codec.result_in_status else codec.reply.encode(result)
+        except CtdbError as exc:
+            self.server.once(f"control {req.opcode}", f"not served: {exc.message}")
+            status, data = FAILED, b""
+        if req.noreply:
+            return None
+        return ReplyControl(header, status, data).encode()
+
+
+class CtdbProtocolServer:
+    """Listens on the CTDB-protocol socket (`[server] ctdb socket`)."""
+
+    def __init__(self, node: Node, path: Path, mode: int = 0o600) -> None:
+        self.node = node
+        self.path = path
+        self.mode = mode
+        self.sessions: set[CtdbSession] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._said: set[str] = set()
+
+    def once(self, kind: str, message: str) -> None:
+        """Log what this daemon does not serve, once per kind of request."""
+        if kind not in self._said:
+            self._said.add(kind)
+            log.info("CTDB protocol: %s", message)
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        old_umask = os.umask(0o077)
+        try:
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                lambda: CtdbSession(self), str(self.path)
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self.mode)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for session in list(self.sessions):
+                if session.transport is not None:
+                    session.transport.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+        if self.path.exists():
+            self.path.unlink()

@@ -1,0 +1,68 @@
+"""Samba's own `ctdb` tool (Debian's, unmodified) against pyctdb's daemons.
+
+Each daemon serves CTDB's client protocol on a second socket
+(`ctdb/server/ctdb_sessions.py`); the tool finds it through CTDB_SOCKET.
+What it serves so far must give the tool's real output; what it does not
+must make the tool fail at once with its own error, never hang.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from ctdb.common.config import CTDB_SOCKET_NAME
+from tools.cluster import LocalCluster
+
+CTDB = shutil.which("ctdb") or "/usr/bin/ctdb"
+
+pytestmark = pytest.mark.skipif(
+    not os.access(CTDB, os.X_OK), reason="Samba's ctdb tool is not installed (Debian: ctdb)"
+)
+
+
+def samba_ctdb(cluster: LocalCluster, pnn: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CTDB_SOCKET=str(cluster.node_dir(pnn) / CTDB_SOCKET_NAME))
+    return subprocess.run(
+        [CTDB, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_ctdb_pnn_ping_and_uptime_answer_on_every_node(cluster: LocalCluster) -> None:
+    for pnn in range(cluster.size):
+        out = samba_ctdb(cluster, pnn, "pnn")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == str(pnn)
+        ping = samba_ctdb(cluster, pnn, "ping")
+        assert ping.returncode == 0, ping.stderr
+        assert re.match(rf"response from {pnn} time=[0-9.]+ sec", ping.stdout), ping.stdout
+        up = samba_ctdb(cluster, pnn, "uptime")
+        assert up.returncode == 0, up.stderr
+        assert f"Current time of node {pnn}" in up.stdout
+        assert "Duration of last recovery/failover" in up.stdout
+
+
+def test_ctdb_listvars_and_getvar_read_the_daemons_tunables(cluster: LocalCluster) -> None:
+    listed = samba_ctdb(cluster, 0, "listvars")
+    assert listed.returncode == 0, listed.stderr
+    values = dict(re.findall(r"^(\w+)\s+= (\d+)$", listed.stdout, re.MULTILINE))
+    assert values["KeepaliveLimit"] == "5"  # the default
+    got = samba_ctdb(cluster, 1, "getvar", "MaxKeySize")
+    assert got.returncode == 0, got.stderr
+    assert re.fullmatch(r"MaxKeySize\s+= 65536\n", got.stdout)
+    missing = samba_ctdb(cluster, 1, "getvar", "NoSuchTunable")
+    assert missing.returncode != 0 and "No such tunable" in missing.stdout + missing.stderr
+
+
+def test_a_command_not_served_yet_fails_at_once_with_the_tools_own_error(
+    cluster: LocalCluster,
+) -> None:
+    out = samba_ctdb(cluster, 0, "status")  # needs GET_NODEMAP: not served yet
+    assert out.returncode != 0
+    assert "Control GET_NODEMAP failed" in out.stderr
+    # The daemon is still fine afterwards.
+    assert samba_ctdb(cluster, 0, "pnn").stdout.strip() == "0"
