@@ -16,6 +16,7 @@ import subprocess
 import pytest
 
 from ctdb.common.config import CTDB_SOCKET_NAME
+from tests.conftest import run_ctdbtool
 from tools.cluster import LocalCluster
 
 CTDB = shutil.which("ctdb") or "/usr/bin/ctdb"
@@ -58,11 +59,28 @@ def test_ctdb_listvars_and_getvar_read_the_daemons_tunables(cluster: LocalCluste
     assert missing.returncode != 0 and "No such tunable" in missing.stdout + missing.stderr
 
 
+def test_ctdb_status_shows_every_node_the_generation_and_the_leader(cluster: LocalCluster) -> None:
+    out = samba_ctdb(cluster, 1, "status")  # also waits for the leader's message
+    assert out.returncode == 0, out.stderr
+    assert "Number of nodes:3" in out.stdout
+    for pnn in range(cluster.size):
+        address = re.escape(cluster.address(pnn))
+        assert re.search(rf"^pnn:{pnn} {address}\s+OK", out.stdout, re.MULTILINE)
+    assert "(THIS NODE)" in out.stdout.splitlines()[2]  # pnn 1's line
+    assert "Recovery mode:NORMAL (0)" in out.stdout
+    assert re.search(r"^Leader:0$", out.stdout, re.MULTILINE)
+    ours = run_ctdbtool(cluster.socket(1), "--json", "status").json()
+    assert f"Generation:{ours['generation']}" in out.stdout
+    machine = samba_ctdb(cluster, 2, "-X", "status")
+    assert machine.returncode == 0, machine.stderr
+    assert machine.stdout.splitlines()[3] == "|2|" + cluster.address(2) + "|0|0|0|0|0|0|0|0|Y|"
+
+
 def test_a_command_not_served_yet_fails_at_once_with_the_tools_own_error(
     cluster: LocalCluster,
 ) -> None:
-    out = samba_ctdb(cluster, 0, "status")  # needs GET_NODEMAP: not served yet
+    out = samba_ctdb(cluster, 0, "statistics")  # STATISTICS: not served yet
     assert out.returncode != 0
-    assert "Control GET_NODEMAP failed" in out.stderr
+    assert "Control STATISTICS failed" in out.stderr
     # The daemon is still fine afterwards.
     assert samba_ctdb(cluster, 0, "pnn").stdout.strip() == "0"

@@ -5,8 +5,10 @@ protocol, not ours (`ctdb/protocol/ctdb_wire.py` decodes it, sans-IO). This
 is the thin shell that serves it: one session per connection, each packet
 answered at once. So far it answers what every `ctdb` command sends first
 and the commands that need nothing else (`ctdb pnn`, `ping`, `uptime`,
-`listvars`, `getvar`): GET_PNN, PING, UPTIME, GET_RECMODE, GET_RUNSTATE,
-LIST_TUNABLES, GET_TUNABLE, REGISTER_SRVID and DEREGISTER_SRVID.
+`listvars`, `getvar`, `status`): GET_PNN, PING, UPTIME, GET_RECMODE,
+GET_RUNSTATE, LIST_TUNABLES, GET_TUNABLE, GET_NODEMAP, GETVNNMAP,
+GET_IFACES, REGISTER_SRVID and DEREGISTER_SRVID, and the leader's message
+(CTDB_SRVID_LEADER, at registration and every second).
 
 Every other request gets what ctdbd gives a request it cannot serve: a
 control reply with status -1 and no data, a call reply with status -1
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +32,11 @@ from typing import Any, cast
 
 from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol.ctdb_control_structs import IfaceList
 from ctdb.protocol.ctdb_controls import codec_for
-from ctdb.protocol.ctdb_types import Uptime, VarList
+from ctdb.protocol.ctdb_types import NodeAndFlags, NodeMap, SockAddr, Uptime, VarList, VnnMap
 from ctdb.protocol.ctdb_wire import (
+    CURRENT_NODE,
     BadPacket,
     Control,
     Header,
@@ -42,6 +47,7 @@ from ctdb.protocol.ctdb_wire import (
     ReplyControl,
     ReqCall,
     ReqControl,
+    ReqMessage,
 )
 from ctdb.server.node import Node
 
@@ -49,6 +55,14 @@ log = logging.getLogger("ctdb.server.ctdb_sessions")
 
 #: CTDB's run state RUNNING (ctdb_protocol.h `enum ctdb_runstate`).
 RUNSTATE_RUNNING = 5
+#: Where the leader says who it is, every second (protocol.h; ctdb_recoverd.c):
+#: `ctdb status` and `recover` wait for it.
+SRVID_LEADER = 0xF101000000000000
+LEADER_INTERVAL = 1.0
+#: Controls about the whole cluster, or that every pyctdb node answers alike
+#: (no network interfaces): answered here whichever node they name. Any other
+#: control for another node fails: forwarding is not built yet.
+ANY_NODE = frozenset({Control.GET_NODEMAP, Control.GETVNNMAP, Control.GET_IFACES})
 #: What ctdbd answers a request it cannot serve.
 FAILED = -1
 
@@ -88,6 +102,23 @@ def _runstate(s: CtdbSession, _: None) -> tuple[int, Any]:
     return 0, RUNSTATE_RUNNING
 
 
+def _nodemap(s: CtdbSession, _: None) -> tuple[int, Any]:
+    node = s.node
+    nodes = tuple(
+        NodeAndFlags(p, node.node_flags(p), SockAddr(address))
+        for p, address in enumerate(node.nodes)
+    )
+    return 0, NodeMap(nodes)
+
+
+def _vnnmap(s: CtdbSession, _: None) -> tuple[int, Any]:
+    return 0, VnnMap(s.node.generation, tuple(s.node.vnnmap))
+
+
+def _ifaces(s: CtdbSession, _: None) -> tuple[int, Any]:
+    return 0, IfaceList()  # pyctdb manages no public addresses
+
+
 def _u32_tunables(node: Node) -> dict[str, int]:
     """The tunables CTDB's protocol can carry: its values are u32, so ours
     with fractions (seconds as floats) are not offered rather than rounded."""
@@ -117,6 +148,9 @@ HANDLERS: dict[Control, Handler] = {
     Control.GET_RUNSTATE: _runstate,
     Control.LIST_TUNABLES: _list_tunables,
     Control.GET_TUNABLE: _get_tunable,
+    Control.GET_NODEMAP: _nodemap,
+    Control.GETVNNMAP: _vnnmap,
+    Control.GET_IFACES: _ifaces,
 }
 
 
@@ -177,12 +211,18 @@ class CtdbSession(asyncio.Protocol):
 
     def _control(self, req: ReqControl) -> bytes | None:
         header = self._reply_header(req.header)
+        leader_now = False
         try:
             codec = codec_for(req.opcode)
             value = codec.request.decode(req.data)
+            dest = req.header.destnode
+            if dest not in (CURRENT_NODE, self.node.pnn) and req.opcode not in ANY_NODE:
+                raise CtdbError(ErrorCode.NOT_SUPPORTED, f"controls for node {dest} (forwarding)")
             if req.opcode in (Control.REGISTER_SRVID, Control.DEREGISTER_SRVID):
                 register = req.opcode == Control.REGISTER_SRVID
                 (self.srvids.add if register else self.srvids.discard)(req.srvid)
+                # After the reply: a client installs its handler only then.
+                leader_now = register and req.srvid == SRVID_LEADER
                 status, result = 0, None
             else:
                 handler = HANDLERS.get(Control(req.opcode))
@@ -194,9 +234,14 @@ class CtdbSession(asyncio.Protocol):
         except CtdbError as exc:
             self.server.once(f"control {req.opcode}", f"not served: {exc.message}")
             status, data = FAILED, b""
-        if req.noreply:
-            return None
-        return ReplyControl(header, status, data).encode()
+        reply = b"" if req.noreply else ReplyControl(header, status, data).encode()
+        if leader_now:
+            reply += self.server.leader_message()
+        return reply or None
+
+    def send_leader(self) -> None:
+        if SRVID_LEADER in self.srvids and self.transport is not None:
+            self.transport.write(self.server.leader_message())
 
 
 class CtdbProtocolServer:
@@ -209,6 +254,7 @@ class CtdbProtocolServer:
         self.sessions: set[CtdbSession] = set()
         self._server: asyncio.AbstractServer | None = None
         self._said: set[str] = set()
+        self._leader_task: asyncio.Task[None] | None = None
 
     def once(self, kind: str, message: str) -> None:
         """Log what this daemon does not serve, once per kind of request."""
@@ -216,7 +262,23 @@ class CtdbProtocolServer:
             self._said.add(kind)
             log.info("CTDB protocol: %s", message)
 
+    def leader_message(self) -> bytes:
+        """Who leads, as CTDB's recovery daemon tells its clients (nothing while
+        nobody does: the tool then waits, as it would for ctdbd)."""
+        leader = self.node.leader
+        if leader < 0:
+            return b""
+        header = Header(0, CURRENT_NODE, self.node.pnn, self.node.generation)
+        return ReqMessage(header, SRVID_LEADER, struct.pack("<I", leader)).encode()
+
+    async def _announce_leader(self) -> None:
+        while True:
+            await asyncio.sleep(LEADER_INTERVAL)
+            for session in list(self.sessions):
+                session.send_leader()
+
     async def start(self) -> None:
+        self._leader_task = asyncio.get_running_loop().create_task(self._announce_leader())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
@@ -230,6 +292,11 @@ class CtdbProtocolServer:
         os.chmod(self.path, self.mode)
 
     async def stop(self) -> None:
+        if self._leader_task is not None:
+            self._leader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leader_task
+            self._leader_task = None
         if self._server is not None:
             self._server.close()
             for session in list(self.sessions):
