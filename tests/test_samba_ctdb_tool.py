@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from ctdb.common.config import CTDB_SOCKET_NAME
-from tests.conftest import run_ctdbtool
+from tests.conftest import run_ctdbtool, unique
 from tools.cluster import LocalCluster
 
 CTDB = shutil.which("ctdb") or "/usr/bin/ctdb"
@@ -84,3 +84,23 @@ def test_a_command_not_served_yet_fails_at_once_with_the_tools_own_error(
     assert "Control STATISTICS failed" in out.stderr
     # The daemon is still fine afterwards.
     assert samba_ctdb(cluster, 0, "pnn").stdout.strip() == "0"
+
+
+def test_ctdb_getdbmap_and_getdbseqnum_see_the_daemons_databases(cluster: LocalCluster) -> None:
+    volatile, persistent = unique("samba_v"), unique("samba_p")
+    run_ctdbtool(cluster.socket(0), "attach", volatile)
+    run_ctdbtool(cluster.socket(0), "attach", persistent, "persistent")
+    run_ctdbtool(cluster.socket(0), "pstore", persistent, "k", "v")
+    out = samba_ctdb(cluster, 2, "getdbmap")
+    assert out.returncode == 0, out.stderr
+    ours = {db["name"]: db for db in run_ctdbtool(cluster.socket(2), "--json", "getdbmap").json()}
+    for name in (volatile, persistent):
+        line = next(line for line in out.stdout.splitlines() if f" name:{name} " in line)
+        assert f"dbid:0x{ours[name]['id']:08x}" in line
+        assert f"path:{ours[name]['path']}" in line
+        assert line.endswith(" PERSISTENT") == (name == persistent)
+    seq = samba_ctdb(cluster, 1, "getdbseqnum", persistent)
+    assert seq.returncode == 0, seq.stderr
+    assert int(seq.stdout.strip(), 16) == 1  # one commit
+    missing = samba_ctdb(cluster, 1, "getdbseqnum", unique("absent"))
+    assert missing.returncode != 0 and "No database matching" in missing.stdout + missing.stderr

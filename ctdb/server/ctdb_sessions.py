@@ -5,10 +5,11 @@ protocol, not ours (`ctdb/protocol/ctdb_wire.py` decodes it, sans-IO). This
 is the thin shell that serves it: one session per connection, each packet
 answered at once. So far it answers what every `ctdb` command sends first
 and the commands that need nothing else (`ctdb pnn`, `ping`, `uptime`,
-`listvars`, `getvar`, `status`): GET_PNN, PING, UPTIME, GET_RECMODE,
-GET_RUNSTATE, LIST_TUNABLES, GET_TUNABLE, GET_NODEMAP, GETVNNMAP,
-GET_IFACES, REGISTER_SRVID and DEREGISTER_SRVID, and the leader's message
-(CTDB_SRVID_LEADER, at registration and every second).
+`listvars`, `getvar`, `status`, `getdbmap`, `getdbseqnum`): GET_PNN, PING,
+UPTIME, GET_RECMODE, GET_RUNSTATE, LIST_TUNABLES, GET_TUNABLE, GET_NODEMAP,
+GETVNNMAP, GET_IFACES, GET_DBMAP, GET_DBNAME, GETDBPATH, DB_GET_HEALTH,
+GET_DB_SEQNUM, REGISTER_SRVID and DEREGISTER_SRVID, and the leader's
+message (CTDB_SRVID_LEADER, at registration and every second).
 
 Every other request gets what ctdbd gives a request it cannot serve: a
 control reply with status -1 and no data, a call reply with status -1
@@ -34,7 +35,16 @@ from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.ctdb_control_structs import IfaceList
 from ctdb.protocol.ctdb_controls import codec_for
-from ctdb.protocol.ctdb_types import NodeAndFlags, NodeMap, SockAddr, Uptime, VarList, VnnMap
+from ctdb.protocol.ctdb_types import (
+    Dbid,
+    DbidMap,
+    NodeAndFlags,
+    NodeMap,
+    SockAddr,
+    Uptime,
+    VarList,
+    VnnMap,
+)
 from ctdb.protocol.ctdb_wire import (
     CURRENT_NODE,
     BadPacket,
@@ -50,6 +60,7 @@ from ctdb.protocol.ctdb_wire import (
     ReqMessage,
 )
 from ctdb.server.node import Node
+from ctdb.storage.database import DbKind
 
 log = logging.getLogger("ctdb.server.ctdb_sessions")
 
@@ -119,6 +130,32 @@ def _ifaces(s: CtdbSession, _: None) -> tuple[int, Any]:
     return 0, IfaceList()  # pyctdb manages no public addresses
 
 
+#: ctdb_dbid flags (protocol.h, struct ctdb_dbid)
+DB_FLAGS = {DbKind.VOLATILE: 0x00, DbKind.PERSISTENT: 0x01, DbKind.REPLICATED: 0x08}
+
+
+def _dbmap(s: CtdbSession, _: None) -> tuple[int, Any]:
+    dbs = sorted(s.node.dbs.values(), key=lambda db: db.name)
+    return 0, DbidMap(tuple(Dbid(db.id, DB_FLAGS[db.kind]) for db in dbs))
+
+
+def _dbname(s: CtdbSession, db_id: int) -> tuple[int, Any]:
+    return 0, s.node.db(db_id).name
+
+
+def _dbpath(s: CtdbSession, db_id: int) -> tuple[int, Any]:
+    return 0, str(s.node.db(db_id).path)
+
+
+def _db_health(s: CtdbSession, db_id: int) -> tuple[int, Any]:
+    s.node.db(db_id)  # NOT_FOUND for an unknown id
+    return 0, None  # healthy: a failed write resyncs (vs) or recovers (tcp) the node
+
+
+def _db_seqnum(s: CtdbSession, db_id: int) -> tuple[int, Any]:
+    return 0, s.node.db(db_id).seqnum()
+
+
 def _u32_tunables(node: Node) -> dict[str, int]:
     """The tunables CTDB's protocol can carry: its values are u32, so ours
     with fractions (seconds as floats) are not offered rather than rounded."""
@@ -151,6 +188,11 @@ HANDLERS: dict[Control, Handler] = {
     Control.GET_NODEMAP: _nodemap,
     Control.GETVNNMAP: _vnnmap,
     Control.GET_IFACES: _ifaces,
+    Control.GET_DBMAP: _dbmap,
+    Control.GET_DBNAME: _dbname,
+    Control.GETDBPATH: _dbpath,
+    Control.DB_GET_HEALTH: _db_health,
+    Control.GET_DB_SEQNUM: _db_seqnum,
 }
 
 
