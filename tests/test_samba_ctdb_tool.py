@@ -104,3 +104,16 @@ def test_ctdb_getdbmap_and_getdbseqnum_see_the_daemons_databases(cluster: LocalC
     assert int(seq.stdout.strip(), 16) == 1  # one commit
     missing = samba_ctdb(cluster, 1, "getdbseqnum", unique("absent"))
     assert missing.returncode != 0 and "No database matching" in missing.stdout + missing.stderr
+
+
+def test_ctdb_setvar_changes_the_tunable_our_own_tool_reads(cluster: LocalCluster) -> None:
+    try:
+        out = samba_ctdb(cluster, 2, "setvar", "MaxLockWaiters", "777")
+        assert out.returncode == 0, out.stderr
+        ours = run_ctdbtool(cluster.socket(2), "getvar", "MaxLockWaiters")
+        assert "777" in ours.stdout
+        bad = samba_ctdb(cluster, 2, "setvar", "MaxLockWaiters", "0")  # below its range
+        assert bad.returncode != 0
+        assert "777" in run_ctdbtool(cluster.socket(2), "getvar", "MaxLockWaiters").stdout
+    finally:  # the cluster is shared by the module's tests
+        run_ctdbtool(cluster.socket(2), "setvar", "MaxLockWaiters", "1000")

@@ -5,11 +5,13 @@ protocol, not ours (`ctdb/protocol/ctdb_wire.py` decodes it, sans-IO). This
 is the thin shell that serves it: one session per connection, each packet
 answered at once. So far it answers what every `ctdb` command sends first
 and the commands that need nothing else (`ctdb pnn`, `ping`, `uptime`,
-`listvars`, `getvar`, `status`, `getdbmap`, `getdbseqnum`): GET_PNN, PING,
-UPTIME, GET_RECMODE, GET_RUNSTATE, LIST_TUNABLES, GET_TUNABLE, GET_NODEMAP,
-GETVNNMAP, GET_IFACES, GET_DBMAP, GET_DBNAME, GETDBPATH, DB_GET_HEALTH,
-GET_DB_SEQNUM, REGISTER_SRVID and DEREGISTER_SRVID, and the leader's
-message (CTDB_SRVID_LEADER, at registration and every second).
+`listvars`, `getvar`, `setvar`, `status`, `getdbmap`, `getdbseqnum`):
+GET_PNN, PING, UPTIME, GET_RECMODE, GET_RUNSTATE, LIST_TUNABLES,
+GET_TUNABLE, SET_TUNABLE, GET_NODEMAP, GETVNNMAP, GET_IFACES, GET_DBMAP,
+GET_DBNAME, GETDBPATH, DB_GET_HEALTH, GET_DB_SEQNUM, REGISTER_SRVID and
+DEREGISTER_SRVID, and the leader's message (CTDB_SRVID_LEADER, at
+registration and every second). Controls for another node than this one
+are not forwarded yet (they fail), except those every node answers alike.
 
 Every other request gets what ctdbd gives a request it cannot serve: a
 control reply with status -1 and no data, a call reply with status -1
@@ -41,6 +43,7 @@ from ctdb.protocol.ctdb_types import (
     NodeAndFlags,
     NodeMap,
     SockAddr,
+    Tunable,
     Uptime,
     VarList,
     VnnMap,
@@ -166,6 +169,16 @@ def _u32_tunables(node: Node) -> dict[str, int]:
     }
 
 
+def _set_tunable(s: CtdbSession, tunable: Tunable) -> tuple[int, Any]:
+    if tunable.name not in _u32_tunables(s.node):
+        raise CtdbError(
+            ErrorCode.NOT_FOUND, f"no tunable {tunable.name!r} CTDB's protocol can carry"
+        )
+    # As `ctdbtool setvar` on this node: checked against the tunable's range.
+    s.node.admin.ctl_setvar(s.node.pnn, {"name": tunable.name, "value": tunable.value})
+    return 0, None
+
+
 def _list_tunables(s: CtdbSession, _: None) -> tuple[int, Any]:
     return 0, VarList(tuple(_u32_tunables(s.node)))
 
@@ -185,6 +198,7 @@ HANDLERS: dict[Control, Handler] = {
     Control.GET_RUNSTATE: _runstate,
     Control.LIST_TUNABLES: _list_tunables,
     Control.GET_TUNABLE: _get_tunable,
+    Control.SET_TUNABLE: _set_tunable,
     Control.GET_NODEMAP: _nodemap,
     Control.GETVNNMAP: _vnnmap,
     Control.GET_IFACES: _ifaces,
