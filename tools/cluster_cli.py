@@ -90,11 +90,15 @@ def up(
 
 
 def _print_sockets(c: LocalCluster) -> None:
+    from ctdb.common.config import CTDB_SOCKET_NAME
+
     for pnn in range(c.size):
         click.echo(f"node {pnn}: {c.address(pnn)}  socket {c.socket(pnn)}  log {c.log_path(pnn)}")
     if c.cluster_key:
         click.echo(f"cluster key: {c.key_path}")
     click.echo(f"use: CTDB_SOCKET={c.socket(0)} ctdbtool status")
+    samba_door = c.node_dir(0) / CTDB_SOCKET_NAME
+    click.echo(f"or Samba's own tool (a few commands so far): CTDB_SOCKET={samba_door} ctdb status")
 
 
 @cluster.command()
