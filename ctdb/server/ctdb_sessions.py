@@ -290,6 +290,9 @@ class CtdbSession(asyncio.Protocol):
         except CtdbError as exc:
             self.server.once(f"control {req.opcode}", f"not served: {exc.message}")
             status, data = FAILED, b""
+        except Exception:  # a bug must cost this request, not the connection
+            log.exception("CTDB control %d failed", req.opcode)
+            status, data = FAILED, b""
         reply = b"" if req.noreply else ReplyControl(header, status, data).encode()
         if leader_now:
             reply += self.server.leader_message()
