@@ -11,11 +11,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 
 import pytest
 
 from ctdb.common.config import CTDB_SOCKET_NAME
+from ctdb.protocol.ctdb_wire import (
+    CURRENT_NODE,
+    Header,
+    ReplyCall,
+    ReplyControl,
+    ReqCall,
+    ReqControl,
+    decode_packet,
+)
 from tests.conftest import run_ctdbtool, unique
 from tools.cluster import LocalCluster
 
@@ -117,3 +127,34 @@ def test_ctdb_setvar_changes_the_tunable_our_own_tool_reads(cluster: LocalCluste
         assert "777" in run_ctdbtool(cluster.socket(2), "getvar", "MaxLockWaiters").stdout
     finally:  # the cluster is shared by the module's tests
         run_ctdbtool(cluster.socket(2), "setvar", "MaxLockWaiters", "1000")
+
+
+def _exchange(cluster: LocalCluster, pnn: int, data: bytes) -> bytes:
+    """Send raw bytes to node `pnn`'s CTDB-protocol socket; what comes back until it
+    has answered one packet or closed."""
+    path = str(cluster.node_dir(pnn) / CTDB_SOCKET_NAME)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(path)
+        sock.sendall(data)
+        got = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return got
+            got += chunk
+            if len(got) >= 4 and len(got) >= int.from_bytes(got[:4], "little"):
+                return got
+
+
+def test_bad_packets_get_a_failing_status_or_a_closed_connection(cluster: LocalCluster) -> None:
+    header = Header(reqid=7, destnode=CURRENT_NODE, srcnode=0)
+    unknown = _exchange(cluster, 0, ReqControl(header, opcode=9999).encode())
+    reply = decode_packet(unknown)
+    assert isinstance(reply, ReplyControl) and reply.status == -1 and reply.header.reqid == 7
+    call = _exchange(cluster, 0, ReqCall(header, 0, 0x12345678, 0, b"key").encode())
+    answer = decode_packet(call)
+    assert isinstance(answer, ReplyCall) and answer.status == -1
+    # Garbage that cannot be framed: the daemon closes this connection only.
+    assert _exchange(cluster, 0, b"\xff" * 64) == b""
+    assert samba_ctdb(cluster, 0, "pnn").stdout.strip() == "0"
