@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import struct
 import time
 from collections.abc import Callable
@@ -62,6 +61,7 @@ from ctdb.protocol.ctdb_wire import (
     ReqControl,
     ReqMessage,
 )
+from ctdb.server import unixsocket
 from ctdb.server.node import Node
 from ctdb.storage.database import DbKind
 
@@ -338,17 +338,7 @@ class CtdbProtocolServer:
 
     async def start(self) -> None:
         self._leader_task = asyncio.get_running_loop().create_task(self._announce_leader())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
-        old_umask = os.umask(0o077)
-        try:
-            self._server = await asyncio.get_running_loop().create_unix_server(
-                lambda: CtdbSession(self), str(self.path)
-            )
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, self.mode)
+        self._server = await unixsocket.listen(self.path, self.mode, lambda: CtdbSession(self))
 
     async def stop(self) -> None:
         if self._leader_task is not None:
@@ -357,12 +347,8 @@ class CtdbProtocolServer:
                 await self._leader_task
             self._leader_task = None
         if self._server is not None:
-            self._server.close()
             for session in list(self.sessions):
                 if session.transport is not None:
                     session.transport.abort()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            await unixsocket.close(self._server, self.path)
             self._server = None
-        if self.path.exists():
-            self.path.unlink()

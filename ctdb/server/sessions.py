@@ -21,10 +21,8 @@ hard cap is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
-import os
 import socket
 import struct as cstruct
 from collections import deque
@@ -36,6 +34,7 @@ from ctdb.engines.transactions import Transaction
 from ctdb.protocol import client as protocol
 from ctdb.protocol import schema
 from ctdb.protocol.schema import Limits
+from ctdb.server import unixsocket
 from ctdb.server.clients import OPS
 from ctdb.server.node import Node
 from ctdb.storage.database import Database
@@ -316,27 +315,12 @@ class ClientServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
-        old_umask = os.umask(0o077)
-        try:
-            self._server = await asyncio.get_running_loop().create_unix_server(
-                lambda: _Protocol(self), str(self.path)
-            )
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, self.mode)
+        self._server = await unixsocket.listen(self.path, self.mode, lambda: _Protocol(self))
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
             for session in list(self.sessions):
                 session.transport.abort()
                 session.close()
-            # uvloop waits for every connection to be gone; never hang shutdown on it.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            await unixsocket.close(self._server, self.path)
             self._server = None
-        if self.path.exists():
-            self.path.unlink()

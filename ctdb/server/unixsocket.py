@@ -1,0 +1,40 @@
+"""The daemon's listening Unix sockets: created private, removed on the way out.
+
+Both client doors (our protocol, `sessions.py`; CTDB's, `ctdb_sessions.py`)
+listen the same way: only the socket's owner may connect unless
+`[server] socket mode` says otherwise, and a stale socket left by a crash is
+replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+async def listen(
+    path: Path, mode: int, protocol: Callable[[], asyncio.Protocol]
+) -> asyncio.AbstractServer:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    old_umask = os.umask(0o077)  # never reachable by others, not even for a moment
+    try:
+        server = await asyncio.get_running_loop().create_unix_server(protocol, str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    return server
+
+
+async def close(server: asyncio.AbstractServer, path: Path) -> None:
+    """Stop listening (the caller aborts its connections first) and remove the socket."""
+    server.close()
+    # uvloop waits for every connection to be gone; never hang shutdown on it.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.wait_closed(), 1.0)
+    if path.exists():
+        path.unlink()
