@@ -74,6 +74,14 @@ TUNABLES: dict[str, Tunable] = {
         "vs transport: 1 reads the local replica without an ordering barrier "
         "(faster, may miss a write acknowledged on another node a moment ago)",
     ),
+    "StableVolatileWrites": Tunable(
+        0,
+        0,
+        1,
+        "vs transport: 1 acknowledges a volatile write only once every member applied it, "
+        "so it survives the loss of its node (one more broadcast round); 0 loses it with "
+        "its node, as CTDB and the tcp engine do",
+    ),
     "WaitForQuorum": Tunable(
         1, 0, 1, "1: requests wait during recovery / without quorum; 0: fail at once"
     ),
@@ -94,6 +102,13 @@ TUNABLES: dict[str, Tunable] = {
 WIRE_SIZES: dict[str, float] = {
     name: TUNABLES[name].hi for name in ("MaxFrameSize", "MaxKeySize", "MaxValueSize")
 }
+
+#: Entry lists (ctdb.storage.entries), bounds fixed by the format: at most
+#: this many entries in one record (no open file has more opens nor
+#: byte-range locks in practice, and it bounds the work of every condition)...
+MAX_ENTRIES = 1024
+#: ... and this many bytes in one entry's payload.
+MAX_ENTRY_PAYLOAD = 4096
 
 
 def tunable_default(name: str) -> float:

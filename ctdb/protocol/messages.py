@@ -33,7 +33,7 @@ from typing import Annotated, Any, ClassVar
 
 import msgpack
 
-from ctdb.common.config import TUNABLES, WIRE_SIZES
+from ctdb.common.config import MAX_ENTRIES, MAX_ENTRY_PAYLOAD, TUNABLES, WIRE_SIZES
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import schema
 from ctdb.protocol.schema import (
@@ -87,6 +87,33 @@ CLIENT_DATA = schema.blob(int(WIRE_SIZES["MaxFrameSize"]))
 TUNABLE_VALUE = schema.one_of(NUMBER, text(64))
 #: Plain-data results forwarded to a client as they are (status, statistics...).
 SHOWN = ANY
+#: An entry's payload (ctdb.storage.entries).
+PAYLOAD = schema.blob(MAX_ENTRY_PAYLOAD)
+#: A function run on a record where it lives (ctdb.engines.record_calls), as plain data.
+RECORD_CALL = schema.one_of(
+    struct(
+        {
+            "fn": text(choices=("append",)),
+            "condition": text(64),
+            "arg": nullable(schema.one_of(U64, text(20))),
+            "owner": OWNER,
+            "payload": PAYLOAD,
+        }
+    ),
+    struct({"fn": text(choices=("remove",)), "owner": OWNER, "match": nullable(PAYLOAD)}),
+    struct({"fn": text(choices=("read",))}),
+)
+#: What a record call answers (ctdb.engines.record_calls.run): which keys depends on the call.
+RECORD_ANSWER = struct(
+    {"rsn": RSN},
+    {
+        "appended": BOOL,
+        "index": nullable(schema.integer(0, MAX_ENTRIES)),
+        "reason": text(1024),
+        "entries": list_of(row(PNN, U64, PAYLOAD)),
+        "removed": schema.integer(0, MAX_ENTRIES),
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -192,12 +219,17 @@ CONTROLS: dict[str, ControlSpec] = {
 #: Every operation of the ordered stream (`OrderedEngine._apply_<op>`), one row each.
 ORDERED: dict[str, Check] = {
     # `waiters`: the origin's MaxLockWaiters, which every member applies alike
+    # `stable`: acknowledge only once every member applied it (StableVolatileWrites)
     "store": struct(
-        {"db": DB_ID, "key": KEY, "value": VALUE, "owner": OWNER}, {"waiters": WAITERS}
+        {"db": DB_ID, "key": KEY, "value": VALUE, "owner": OWNER},
+        {"waiters": WAITERS, "stable": BOOL},
     ),
     "lock": struct({"db": DB_ID, "key": KEY, "owner": OWNER}, {"waiters": WAITERS}),
-    "unlock": struct({"db": DB_ID, "key": KEY, "owner": OWNER, "value": nullable(VALUE)}),
+    "unlock": struct(
+        {"db": DB_ID, "key": KEY, "owner": OWNER, "value": nullable(VALUE)}, {"stable": BOOL}
+    ),
     "release": struct({"owner": OWNER}),
+    "call": struct({"db": DB_ID, "key": KEY, "call": RECORD_CALL}, {"stable": BOOL}),
     "commit": struct({"db": DB_ID, "reads": TX_READS, "writes": TX_WRITES}),
     "attach": struct({"name": DB_NAME, "kind": DB_KIND}),
     "wipe": struct({"db": DB_ID}),
@@ -364,6 +396,37 @@ class NodeState:
     seen: Annotated[dict[int, float], schema.map_of(PNN, STAMP)]
 
 
+@dataclass(slots=True)
+class RecordCall:
+    """Run a function on a volatile record at its dmaster; the result goes to `origin`.
+
+    Routed like `Call` (lmaster, then dmaster), but the record stays where
+    it is: only `RecordCallReply` comes back. `reqid` is the origin's, so a
+    re-sent call gets the reply its first sending would have had.
+    """
+
+    TYPE: ClassVar[int] = 9
+    db_id: DbId
+    key: Key
+    generation: Generation
+    origin: Pnn
+    reqid: ReqId
+    hops: Annotated[int, U32]
+    call: Annotated[dict[str, Any], RECORD_CALL]
+
+
+@dataclass(slots=True)
+class RecordCallReply:
+    """The dmaster's answer to a `RecordCall`: `code` 0 and the answer, or an error."""
+
+    TYPE: ClassVar[int] = 10
+    reqid: ReqId
+    generation: Generation
+    code: Annotated[int, schema.integer(0, 65535)]  # 0 = success, else an ErrorCode
+    message: Annotated[str, text(1024)]
+    answer: Annotated[dict[str, Any] | None, nullable(RECORD_ANSWER)]
+
+
 Message = (
     Control
     | ControlReply
@@ -373,6 +436,8 @@ Message = (
     | ClientMessage
     | Ordered
     | NodeState
+    | RecordCall
+    | RecordCallReply
 )
 MESSAGE_TYPES: tuple[type[Message], ...] = typing.get_args(Message)
 

@@ -45,15 +45,12 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ctdb.common.config import MAX_ENTRIES
+from ctdb.common.config import MAX_ENTRY_PAYLOAD as MAX_PAYLOAD
 from ctdb.common.errors import CtdbError, ErrorCode
 
 MAGIC = b"CTEL"
 VERSION = 1
-#: The most entries one record may hold: no open file has more opens nor
-#: byte-range locks in practice, and it bounds the work of every condition.
-MAX_ENTRIES = 1024
-#: The largest payload of one entry, in bytes.
-MAX_PAYLOAD = 4096
 PNN_MAX = 2**32 - 1
 CLIENT_MAX = 2**64 - 1
 

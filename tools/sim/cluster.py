@@ -62,6 +62,7 @@ class SimCluster:
         size: int = 3,
         *,
         keep_stopped: bool = False,
+        stable_volatile: bool = False,
     ) -> None:
         if mode not in ("tcp", "vs"):
             raise ValueError("mode is 'tcp' (point-to-point) or 'vs' (total order)")
@@ -70,6 +71,9 @@ class SimCluster:
         self.loop = loop
         self.seed = seed
         self.mode = mode
+        #: vs: volatile writes are acknowledged once stable (StableVolatileWrites)
+        self.stable_volatile = stable_volatile
+        self.tunables = {**SIM_TUNABLES, "StableVolatileWrites": int(stable_volatile)}
         self.size = size
         self.log = log
         self.addresses = [f"sim{p}" for p in range(size)]
@@ -113,7 +117,7 @@ class SimCluster:
             self.addresses,
             transport,
             self.state_dir(pnn),
-            tunables=SIM_TUNABLES,
+            tunables=self.tunables,
             seed=self.seed * 1000 + pnn * 10 + self.incarnation[pnn],
         )
         node.offload = _inline

@@ -13,10 +13,14 @@ on its dmaster only, so a crash, a cut or a hang long enough to be noticed
 may take the newest version with it: such a fault opens a *loss window*,
 closed once the cluster is whole and serving again, in which the checker
 lets each volatile key fall back to an earlier value (or to missing). Over
-vs every member holds every record, so only the loss of every quorate
+vs a volatile write is acknowledged on its origin's delivery and may be lost
+with its origin in the same way, so the same faults open a window; with
+StableVolatileWrites=1 (every strict schedule, half of the others) every
+member holds every acknowledged write, so only the loss of every quorate
 majority (nobody left in sync) opens one. Nothing else may lose anything:
-admin recoveries, short hangs, delays, I/O errors, and on vs a single
-crash or a minority partition. Persistent data has no loss window at all.
+admin recoveries, short hangs, delays, I/O errors, and on vs with stable
+writes a single crash or a minority partition. Persistent data has no loss
+window at all.
 
 A liveness rule completes the safety checks: once a majority of nodes runs,
 is fully connected and has a healthy disk, with no fault event for
@@ -58,9 +62,10 @@ FAULTS = {
     "io_error": 1,
 }
 
-#: Faults after which nothing may be lost (over vs, a hang never loses data;
-#: over tcp only a short one). A share of schedules draws only from these,
-#: so that a loss they cause is never excused by a loss window.
+#: Faults after which nothing may be lost (over vs, with stable volatile
+#: writes, a hang never loses data; over tcp only a short one). A share of
+#: schedules draws only from these, so that a loss they cause is never
+#: excused by a loss window.
 STRICT = {
     "tcp": {"recover": 4, "hang": 2, "delay": 1, "io_error": 1},
     "vs": {k: w for k, w in FAULTS.items() if k != "majority_restart"},
@@ -206,8 +211,8 @@ class Faults:
         self._track_quorum()
 
     def lossy(self, cause: str) -> Window | None:
-        """Open a loss window if this fault may lose volatile data (tcp only)."""
-        if self.cluster.mode != "tcp":
+        """Open a loss window if this fault may lose volatile data (see the module docstring)."""
+        if self.cluster.mode == "vs" and self.cluster.stable_volatile:
             return None
         window = Window(cause, self.now)
         self.windows.append(window)

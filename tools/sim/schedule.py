@@ -97,16 +97,19 @@ async def run_schedule(
 
     rng = random.Random(seed)  # the fault plan's: nothing else draws from it
     failed_tasks = _watch_tasks(loop, complain)
-    cluster = SimCluster(seed, mode, log, keep_stopped=keep_stopped)
+    outcome.strict = kinds is None and rng.random() < STRICT_SHARE
+    # Drawn apart from the fault plan, so that a seed's faults stay what they were.
+    stable = mode == "vs" and (outcome.strict or random.Random(seed * 31 + 7).random() < 0.5)
+    cluster = SimCluster(seed, mode, log, keep_stopped=keep_stopped, stable_volatile=stable)
     history = History()
     try:
+        log(f"StableVolatileWrites={int(stable)}")
         for pnn in range(cluster.size):
             await cluster.start_node(pnn)
         if not await cluster.settle(30):
             complain(f"cluster never became healthy at start: {cluster.describe()}")
             return
         workload = Workload(cluster, history, loop.time() + DURATION, log, complain)
-        outcome.strict = kinds is None and rng.random() < STRICT_SHARE
         if kinds is None:
             kinds = STRICT[mode] if outcome.strict else FAULTS
         planned = plan(rng, mode, kinds, outcome.strict, DURATION, cluster.size)

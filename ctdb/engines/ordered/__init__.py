@@ -35,23 +35,30 @@ serves nothing.
 
 Agreed delivery at the origin does not mean every member has the message:
 if the origin fails (or is cut off) right after delivering its own write,
-the survivors may never see it. So a write (store, store_unlock, commit,
-wipe) is acknowledged to its client only once it is stable: every other
-member of the view has applied it and said so (an `applied` message every
-member broadcasts, one per burst, naming the highest seq it applied of each
+the survivors may never see it. So a persistent commit (and a wipe) is
+acknowledged to its client only once it is stable: every other member of
+the view has applied it and said so (an `applied` message every member
+broadcasts, one per burst, naming the highest seq it applied of each
 origin), or left a view that keeps quorum (virtual synchrony: a survivor of
 the view change delivered what we did). A view without quorum fails what is
-not yet stable. This is what lets a write survive the loss of any single
-node, volatile ones included, and costs one broadcast from each member per
-burst of writes. Since every member knows what is stable, no local read
+not yet stable. Since every member knows what is stable, no local read
 returns a write that is not (`settled`): it waits until it is, within
 CallTimeout. A state transfer carries which keys are not stable yet, and
 once every member said it installed the snapshots it needed (`synced`),
 what anyone held before the plan is stable (`_plan_done`).
 
+A volatile write (store, store_unlock, a record call) is acknowledged on
+its agreed delivery at the origin, and may be lost with its origin, as a
+volatile record is lost with its dmaster in CTDB and in the tcp engine:
+the same semantics on both transports, at the cost of one delivery. The
+tunable StableVolatileWrites=1 makes the origin ask for stability in the
+message (`"stable"`), so that every member treats the write alike: it then
+survives the loss of any single node, for one more broadcast round per
+burst (measured in bench.foundation: store 2.2x slower with one client).
+
 The package: `engine.py` (the engine: client operations, the stream's
 appliers, view changes and state-transfer rounds), `stability.py` (which
-writes every member holds), `plan.py` (the state-transfer plan, a pure
+writes every member holds), `sync.py` (the state-transfer plan, a pure
 function of the offers) and `locks.py` (the replicated lock queues).
 
 Every client request ends within CallTimeout, with its result or an error;

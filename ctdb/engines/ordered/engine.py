@@ -225,7 +225,17 @@ class OrderedEngine:
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
         owner = self._owner(session)
         args = {"db": db.id, "key": key, "value": value, "owner": owner, "waiters": self._waiters()}
-        return self._submit("store", args)
+        return self._submit("store", self._volatile_write(args))
+
+    def _volatile_write(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Ask for stability if this node's StableVolatileWrites says so.
+
+        The origin decides, in the message, so that every member treats the
+        write alike (whether reads of its key wait for it to become stable).
+        """
+        if self.node.tunable("StableVolatileWrites"):
+            args["stable"] = True
+        return args
 
     def _waiters(self) -> int:
         """The queue bound our lock requests and writes carry (see the module docstring)."""
@@ -264,7 +274,8 @@ class OrderedEngine:
         if q is None or q.holder != owner:
             self._granted.discard((owner, db.id, key))  # a grant a state transfer undid
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
-        await self._submit("unlock", {"db": db.id, "key": key, "owner": owner, "value": value})
+        args = {"db": db.id, "key": key, "owner": owner, "value": value}
+        await self._submit("unlock", self._volatile_write(args))
         self._granted.discard((owner, db.id, key))
 
     def release_all(self, session: object) -> None:
@@ -380,7 +391,8 @@ class OrderedEngine:
         self.stability.drop()
 
     def _apply(self, msg: Ordered) -> None:
-        members = frozenset(self.members) if msg.op in STABLE_OPS else None
+        stable_op = msg.op in STABLE_OPS or msg.args.get("stable", False)
+        members = frozenset(self.members) if stable_op else None
         if members is not None:
             self.stability.applying = (msg.origin, msg.seq, members)
         try:

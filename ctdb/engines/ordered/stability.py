@@ -22,8 +22,9 @@ Write = tuple[int, int, frozenset[int]]
 #: A record: (database id, key).
 Ref = tuple[int, bytes]
 
-#: Writes, acknowledged only once stable (see the package docstring).
-STABLE_OPS = frozenset({"commit", "store", "unlock", "wipe"})
+#: Writes acknowledged only once stable (see the package docstring); a
+#: volatile write is when its origin asks (`"stable"` in its arguments).
+STABLE_OPS = frozenset({"commit", "wipe"})
 
 
 class Stability:
