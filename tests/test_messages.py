@@ -96,7 +96,7 @@ def test_every_ordered_op_round_trips(op: str, data: st.DataObject) -> None:
 
 
 def test_every_message_type_has_a_distinct_type_number() -> None:
-    assert len({c.TYPE for c in m.MESSAGE_TYPES}) == len(m.MESSAGE_TYPES) == 8
+    assert len({c.TYPE for c in m.MESSAGE_TYPES}) == len(m.MESSAGE_TYPES) == 10
 
 
 def test_wire_layout_is_type_then_fields_in_order() -> None:
@@ -189,7 +189,12 @@ BAD: list[tuple[bytes, str]] = [
         "Control.push.args.records[0]: must be a list of 4 items",
     ),
     (
-        packed(1, 1, "set_vnnmap", {"generation": 1, "vnnmap": [], "leader": 0, "epoch": 1}),
+        packed(
+            1,
+            1,
+            "set_vnnmap",
+            {"generation": 1, "vnnmap": [], "leader": 0, "epoch": 1, "incarnations": []},
+        ),
         "set_vnnmap.args.vnnmap: needs at least 1 items",
     ),
     (packed(1, 1, "ban", {"seconds": float("nan")}), "Control.ban.args.seconds: must be finite"),
@@ -266,7 +271,13 @@ def test_sizes_are_checked_against_the_ceilings_every_node_shares() -> None:
 
 def test_reply_results_are_checked_against_the_op_asked() -> None:
     db = {"kind": "persistent", "seqnum": 4, "history": b"h" * 16, "base": None}
-    frozen = {"epoch": 3, "generation": 7, "view": [0, 1], "dbs": {"secrets.tdb": db}}
+    frozen = {
+        "epoch": 3,
+        "incarnation": 2,
+        "generation": 7,
+        "view": [0, 1],
+        "dbs": {"secrets.tdb": db},
+    }
     good = m.ControlReply(1, 0, frozen)
     assert m.check_reply("freeze", good, LIMITS) == good.result
     for bad in [

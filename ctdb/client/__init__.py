@@ -16,13 +16,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ctdb.client.blocking import Client, RecordLock, Transaction
-from ctdb.client.operations import DEFAULT_SOCKET, Message, default_socket
+from ctdb.client.operations import DEFAULT_SOCKET, Appended, Entries, Entry, Message, default_socket
 
 if TYPE_CHECKING:
     from ctdb.client.aio import AsyncClient, AsyncTransaction
 
 __all__ = [
     "DEFAULT_SOCKET",
+    "Appended",
+    "Entries",
+    "Entry",
     "AsyncClient",
     "AsyncTransaction",
     "Client",

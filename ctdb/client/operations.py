@@ -106,6 +106,98 @@ def getdbseqnum(db: str) -> Op[int]:
     return Op("getdbseqnum", {"db": db})
 
 
+# -- entry lists (conditional append) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a record's entry list: its owner (pnn, client id) and payload."""
+
+    pnn: int
+    client: int
+    payload: bytes
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        return (self.pnn, self.client)
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """A record's entry list as it is where the record lives, and its RSN."""
+
+    rsn: int
+    entries: list[Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What `cond_append` did.
+
+    `appended`: the entry is in the list, at `index` (it was there already
+    if this client had appended the same payload before). Otherwise the
+    condition did not hold: `reason` says why, `index` names the blocking
+    entry (None if no single one), and `entries` is the list it was
+    evaluated on. `rsn` is the record's RSN after the call, `owner` this
+    client's owner id.
+    """
+
+    appended: bool
+    rsn: int
+    owner: tuple[int, int]
+    index: int | None = None
+    reason: str | None = None
+    entries: list[Entry] | None = None
+
+
+def _entries(wire: Any) -> list[Entry]:
+    return [Entry(int(p), int(c), bytes(payload)) for p, c, payload in wire]
+
+
+def _appended(answer: dict[str, Any]) -> Appended:
+    wire = answer.get("entries")
+    return Appended(
+        appended=bool(answer["appended"]),
+        rsn=int(answer["rsn"]),
+        owner=(int(answer["owner"][0]), int(answer["owner"][1])),
+        index=answer.get("index"),
+        reason=answer.get("reason"),
+        entries=None if wire is None else _entries(wire),
+    )
+
+
+def cond_append(
+    db: str, key: Key, payload: Key, condition: str = "always", arg: int | str | None = None
+) -> Op[Appended]:
+    """Append an entry owned by this client if `condition` (with `arg`) holds.
+
+    Conditions: always, empty, rsn_equals N, max_entries N, share_mode,
+    byte_range (see ctdb.engines.conditions). The record does not move.
+    """
+    args: dict[str, Any] = {"db": db, "key": to_bytes(key), "condition": condition}
+    args["payload"] = to_bytes(payload)
+    if arg is not None:
+        args["arg"] = arg
+    return Op("cond_append", args, _appended)
+
+
+def entries(db: str, key: Key) -> Op[Entries]:
+    """The record's entries and RSN, read where the record lives."""
+
+    def shape(answer: dict[str, Any]) -> Entries:
+        return Entries(int(answer["rsn"]), _entries(answer["entries"]))
+
+    return Op("entries", {"db": db, "key": to_bytes(key)}, shape)
+
+
+def remove_entries(db: str, key: Key, match: Key | None = None) -> Op[int]:
+    """Remove this client's entries (only those with payload `match`); how many went."""
+    args: dict[str, Any] = {"db": db, "key": to_bytes(key)}
+    if match is not None:
+        args["match"] = to_bytes(match)
+    return Op("remove_entries", args, lambda answer: int(answer["removed"]))
+
+
 # -- persistent transactions ---------------------------------------------------------
 
 

@@ -13,9 +13,11 @@ local read) answers without creating a task.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
+from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
 from ctdb.storage.database import Database, DbKind
 
@@ -50,6 +52,13 @@ class RecordEngine(Protocol):
     def release_all(self, session: object) -> None:
         """`session` disconnected: drop its locks and queued lock requests."""
 
+    def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
+        """Run `call` (append, remove, read entries) where the record lives; its answer.
+
+        The record does not move (tcp: it runs at the dmaster; vs: on every
+        member at one position of the stream). See ctdb.engines.record_calls.
+        """
+
     def commit(self, tx: Transaction) -> Awaitable[int]:
         """Commit a persistent transaction everywhere; returns the new sequence number."""
 
@@ -61,3 +70,10 @@ class RecordEngine(Protocol):
 
     def wipe(self, db: Database) -> Awaitable[None]:
         """Remove every record of `db` on every node."""
+
+
+async def resolved(result: Any) -> Any:
+    """The result of an engine method, awaited if it is an awaitable."""
+    if inspect.isawaitable(result):
+        return await result
+    return result

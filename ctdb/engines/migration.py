@@ -36,11 +36,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.base import resolved
+from ctdb.engines.dmaster_calls import DmasterCalls
+from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.vacuum import Vacuum
 from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest
 from ctdb.storage.database import Database, DbKind
@@ -83,6 +85,8 @@ class MigrationEngine:
         #: locks a freeze took away, by record: their holders get a clear error
         self._voided: dict[tuple[int, bytes], object] = {}
         self.vacuum = Vacuum(self)
+        #: conditional appends and their kin, run at the dmaster
+        self.calls = DmasterCalls(self)
 
     # -- the record operations a client asks for (see ctdb.engines.base) -----------
 
@@ -141,7 +145,10 @@ class MigrationEngine:
     ) -> None:
         node = self.node
         await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
-        await _resolved(self.unlock(db, key, session, value))
+        await resolved(self.unlock(db, key, session, value))
+
+    def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
+        return self.calls.call(db, key, call)
 
     async def commit(self, tx: Transaction) -> int:
         return await self.transactions.commit(tx)
@@ -256,6 +263,15 @@ class MigrationEngine:
                 if db is not None:
                     self._wake(db, key, ks)
 
+    def locked(self, db: Database, key: bytes) -> bool:
+        """A client holds the record here (fetch_lock)."""
+        ks = self._keys.get((db.id, key))
+        return ks is not None and ks.holder is not None
+
+    def hops_left(self, hops: int) -> bool:
+        """A call bounced this often is dropped: the vnnmap it follows is stale."""
+        return hops <= 4 * len(self.node.nodes) + 8
+
     def locked_by(self, db: Database, key: bytes, session: object) -> bool:
         ks = self._keys.get((db.id, key))
         return ks is not None and ks.holder is session
@@ -299,7 +315,7 @@ class MigrationEngine:
                 return
             self._give_away(db, key, rec, call.origin)
             return
-        if call.hops > 4 * len(node.nodes) + 8:
+        if not self.hops_left(call.hops):
             log.warning("dropping call for %r after %d hops", key, call.hops)
             return
         lm = lmaster(key, node.vnnmap)
@@ -442,10 +458,3 @@ class MigrationEngine:
         ks.waiters.clear()
         if ks.idle:
             self._keys.pop((db.id, key), None)
-
-
-async def _resolved(result: Any) -> Any:
-    """A result that may still be an awaitable (see ctdb.engines.base)."""
-    if isinstance(result, Awaitable):
-        return await result
-    return result

@@ -138,6 +138,15 @@ def may_hold_entries(rec: Record) -> bool:
     return rec.value[: len(MAGIC)] == MAGIC
 
 
+def owner(call: RecordCall) -> Owner | None:
+    """Whose entries the call changes (None: it changes nothing)."""
+    if isinstance(call, Append):
+        return call.entry.owner
+    if isinstance(call, Remove):
+        return call.owner
+    return None
+
+
 def _owned(entry: Entry, owner: Owner, match: bytes | None) -> bool:
     return entry.owner == owner and (match is None or entry.payload == match)
 

@@ -7,7 +7,9 @@ merge each volatile database (newest RSN per key, from every member: RSNs
 carry the epoch), take each persistent database from the node with the
 highest sequence number among the nodes of the latest epoch (a rejoining
 node's copy may be stale), push the result where it is missing, install
-the new vnnmap and generation (the epoch stored durably), and thaw. Any
+the new vnnmap and generation (the epoch stored durably; every member then
+removes the entry-list entries of nodes that left or restarted, see
+`ctdb.engines.dmaster_calls`), and thaw. Any
 failure aborts the attempt; the caller retries with a fresh generation, so
 a half-done recovery never serves requests.
 
@@ -114,11 +116,18 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
             marks = {p: (int(i["seqnum"]), bytes(i["history"])) for p, i in infos.items()}
             moved += await step.persistent(dbid, epochs, marks)
 
+    incarnations = [[p, int(r["incarnation"])] for p, r in frozen.items()]
     await _on_all(
         node,
         members,
         "set_vnnmap",
-        {"generation": generation, "vnnmap": members, "leader": node.pnn, "epoch": epoch},
+        {
+            "generation": generation,
+            "vnnmap": members,
+            "leader": node.pnn,
+            "epoch": epoch,
+            "incarnations": incarnations,
+        },
     )
     await _on_all(node, members, "thaw", {"generation": generation})
     log.info(

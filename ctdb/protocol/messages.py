@@ -132,6 +132,8 @@ CONTROLS: dict[str, ControlSpec] = {
         struct(
             {
                 "epoch": U64,
+                # which run of the daemon this is (ctdb.storage.durable.Epochs)
+                "incarnation": U64,
                 "generation": GENERATION,
                 "view": list_of(PNN),
                 "dbs": schema.map_of(
@@ -176,6 +178,8 @@ CONTROLS: dict[str, ControlSpec] = {
                 "vnnmap": list_of(PNN, min_len=1),
                 "leader": PNN,
                 "epoch": U64,
+                # the runs of the members: entries of any other are purged
+                "incarnations": list_of(row(PNN, U64)),
             }
         ),
         NONE,

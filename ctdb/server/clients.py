@@ -14,12 +14,13 @@ A handler returns its result, or a coroutine of it (see `sessions.Session`).
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.base import resolved
+from ctdb.engines.record_calls import Append, Owner, Read, RecordCall, Remove
 from ctdb.engines.transactions import Transaction
 from ctdb.protocol import client as protocol
 from ctdb.protocol import messages, schema
@@ -27,6 +28,7 @@ from ctdb.protocol.schema import EMPTY, KEY, PNN, U64, VALUE, Check, struct, tex
 from ctdb.server.node import Node
 from ctdb.server.state import NodeFlags
 from ctdb.storage.database import Database, DbKind
+from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import live_value
 
 
@@ -43,6 +45,10 @@ class ClientSession(Protocol):
     transactions: dict[int, Transaction]
     #: the message ids it registered for
     srvids: set[int]
+    #: who it is in entry lists (None until it first appends)
+    entry_owner: Owner | None
+    #: the records it appended to (db id, key): their entries go when it goes
+    appended: set[tuple[int, bytes]]
 
     def database(self, args: dict[str, Any]) -> Database:
         """The database `args["db"]` names (by name or id)."""
@@ -214,6 +220,59 @@ def _getdbseqnum(s: ClientSession, args: dict[str, Any]) -> int:
     return s.database(args).seqnum()
 
 
+# -- entry lists: conditional append (ctdb.engines.record_calls) -------------------------
+
+#: A condition's argument: an integer, or its decimal text (from a command line).
+CONDITION_ARG = schema.nullable(schema.one_of(U64, text(20)))
+
+
+def _owner(s: ClientSession) -> Owner:
+    if s.entry_owner is None:
+        s.entry_owner = s.node.owners.new_client()
+    return s.entry_owner
+
+
+def _call(s: ClientSession, args: dict[str, Any], call: RecordCall) -> Any:
+    """Run `call` on the record; the answer names the client's owner id."""
+    db, key = _volatile(s, args), args["key"]
+    owner = _owner(s)
+    if not isinstance(call, Read):
+        s.appended.add((db.id, key))
+    result = s.node.records.call(db, key, call)
+    if isinstance(result, dict):
+        return {**result, "owner": list(owner)}
+    return _with_owner(result, owner)
+
+
+async def _with_owner(result: Any, owner: Owner) -> dict[str, Any]:
+    return {**(await result), "owner": list(owner)}
+
+
+@op(
+    "cond_append",
+    struct(
+        {"db": DB, "key": KEY, "condition": text(64), "payload": messages.PAYLOAD},
+        {"arg": CONDITION_ARG},
+    ),
+)
+def _cond_append(s: ClientSession, args: dict[str, Any]) -> Any:
+    """Append an entry if the named condition holds (CTDB_REQ_CONDITIONAL_APPEND)."""
+    entry = Entry(*_owner(s), args["payload"])
+    return _call(s, args, Append(args["condition"], args.get("arg"), entry))
+
+
+@op("entries", ON_RECORD)
+def _entries(s: ClientSession, args: dict[str, Any]) -> Any:
+    """The record's RSN and entries, read where it lives (it does not move)."""
+    return _call(s, args, Read())
+
+
+@op("remove_entries", struct({"db": DB, "key": KEY}, {"match": messages.PAYLOAD}))
+def _remove_entries(s: ClientSession, args: dict[str, Any]) -> Any:
+    """Remove this client's entries (only those with payload `match`, if given)."""
+    return _call(s, args, Remove(_owner(s), args.get("match")))
+
+
 # -- persistent transactions ------------------------------------------------------------
 
 
@@ -285,9 +344,7 @@ async def _restoredb(s: ClientSession, args: dict[str, Any]) -> int:
         return len(records)
     await _wipedb(s, {"db": args["db"]})
     for key, value in records:
-        result = s.node.records.store(db, key, value, s)
-        if inspect.isawaitable(result):
-            await result
+        await resolved(s.node.records.store(db, key, value, s))
     return len(records)
 
 

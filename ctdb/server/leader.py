@@ -26,7 +26,16 @@ from ctdb.engines import recovery
 from ctdb.engines.merge import from_wire, to_wire
 from ctdb.engines.migration import MigrationEngine
 from ctdb.engines.vacuum import Vacuum
-from ctdb.protocol.messages import Call, DecodeError, DmasterReply, DmasterRequest, Message, Ordered
+from ctdb.protocol.messages import (
+    Call,
+    DecodeError,
+    DmasterReply,
+    DmasterRequest,
+    Message,
+    Ordered,
+    RecordCall,
+    RecordCallReply,
+)
 from ctdb.server.state import (
     INACTIVE,
     INVALID_GENERATION,
@@ -82,7 +91,10 @@ class LeaderRecovery:
             raise DecodeError("an ordered operation on a point-to-point cluster")
 
     def on_message(self, src: int, msg: Message) -> None:
-        if not isinstance(msg, Call | DmasterRequest | DmasterReply):
+        if isinstance(msg, RecordCallReply):
+            self.engine.calls.on_reply(msg)
+            return
+        if not isinstance(msg, Call | DmasterRequest | DmasterReply | RecordCall):
             return  # `check` let nothing else through
         if self._early(msg.generation):
             # A peer that thawed before us already works in the generation
@@ -92,6 +104,8 @@ class LeaderRecovery:
                 self._deferred.append((src, msg))
         elif isinstance(msg, Call):
             self.engine.on_call(msg)
+        elif isinstance(msg, RecordCall):
+            self.engine.calls.on_call(msg)
         elif isinstance(msg, DmasterRequest):
             self.engine.on_dmaster_request(msg)
         else:
@@ -312,6 +326,7 @@ class LeaderRecovery:
         info = await self._bulk(lambda: {db.name: _recovery_info(db) for db in dbs})
         return {
             "epoch": node.epochs.epoch,
+            "incarnation": node.epochs.incarnation,
             "generation": node.generation,
             "view": list(node.transport.view.members),
             "dbs": info,
@@ -375,6 +390,8 @@ class LeaderRecovery:
         # Written after the pushes: it certifies that our copies hold every
         # commit acknowledged up to this recovery.
         node.epochs.set(int(args["epoch"]))
+        # Stamped with the new epoch, so the purge outranks every older copy.
+        self.engine.calls.purge({int(p): int(inc) for p, inc in args["incarnations"]})
 
     async def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
         node = self.node

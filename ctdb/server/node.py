@@ -47,6 +47,7 @@ from ctdb.server.leader import LeaderRecovery
 from ctdb.server.lease import Lease
 from ctdb.server.lockfile import ClusterLockFile
 from ctdb.server.membership import Membership
+from ctdb.server.owners import Owners
 from ctdb.server.peerguard import PeerGuard
 from ctdb.server.state import (
     INACTIVE,
@@ -125,6 +126,8 @@ class Node:
         self.guard = PeerGuard(pnn, transport, self.stats)
         self.controls = ControlChannel(pnn, self.send, self.wire_limits)
         self.admin = NodeControls(self)
+        #: entry owners: client ids, and the removal of departed clients' entries
+        self.owners = Owners(self)
         self.controls.handlers = control_handlers(self.admin) | self.membership.controls()
         self._tasks: list[asyncio.Task[None]] = []
         self.shutdown_requested = asyncio.Event()
@@ -153,6 +156,7 @@ class Node:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        await self.owners.stop()
         await self.membership.stop()
         await self.transport.stop()
         for db in self.dbs.values():

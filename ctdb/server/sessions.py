@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.record_calls import Owner
 from ctdb.engines.transactions import Transaction
 from ctdb.protocol import client as protocol
 from ctdb.protocol import schema
@@ -83,6 +84,8 @@ class Session:
         self.tasks: set[asyncio.Task[None]] = set()
         self.transactions: dict[int, Transaction] = {}
         self.srvids: set[int] = set()
+        self.entry_owner: Owner | None = None
+        self.appended: set[tuple[int, bytes]] = set()
         self.closed = False
         #: requests read from the socket and not yet run (the rest of one read)
         self.backlog: deque[protocol.Request | CtdbError] = deque()
@@ -245,6 +248,8 @@ class Session:
         for task in list(self.tasks):
             task.cancel()
         self.node.records.release_all(self)
+        if self.entry_owner is not None and self.appended:
+            self.node.owners.gone(self.entry_owner, self.appended)
         self.transactions.clear()
         for srvid in self.srvids:
             callbacks = self.node.srvids.get(srvid, [])

@@ -17,7 +17,16 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ctdb.engines.ordered.engine import OrderedEngine
-from ctdb.protocol.messages import Call, DecodeError, DmasterReply, DmasterRequest, Message, Ordered
+from ctdb.protocol.messages import (
+    Call,
+    DecodeError,
+    DmasterReply,
+    DmasterRequest,
+    Message,
+    Ordered,
+    RecordCall,
+    RecordCallReply,
+)
 from ctdb.server.state import INACTIVE, ControlHandler, RecoveryMode
 from transport.base import TransportError, View
 
@@ -57,7 +66,7 @@ class StreamMembership:
         return True  # the stream itself says whether we serve (`on_ordered_state`)
 
     def check(self, msg: Message) -> None:
-        if isinstance(msg, Call | DmasterRequest | DmasterReply):
+        if isinstance(msg, Call | DmasterRequest | DmasterReply | RecordCall | RecordCallReply):
             raise DecodeError("a record migration on a virtually synchronous cluster")
 
     def on_message(self, src: int, msg: Message) -> None:

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import record_calls
 from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
 from ctdb.engines.ordered.locks import LockQueue, Owner, QueueFull
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.ordered.sync import SyncRound, make_plan
+from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction, next_version
 from ctdb.protocol.messages import Ordered, encode
 from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
+from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import Record, live_value
 from ctdb.storage.placement import db_id
 from transport.base import View
@@ -292,6 +295,43 @@ class OrderedEngine:
         """An ordered operation nobody waits for."""
         self.node.transport.broadcast(encode(Ordered(self.node.pnn, next(self._seq), op, args)))
 
+    def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
+        """One ordered operation; every member runs the call at its position."""
+        record_calls.check(call)
+        args = {"db": db.id, "key": key, "call": record_calls.to_wire(call)}
+        return self._submit("call", self._volatile_write(args))
+
+    def _apply_call(self, origin: int, args: dict[str, Any]) -> dict[str, Any]:
+        db, key = self._db(args["db"]), bytes(args["key"])
+        call = record_calls.from_wire(args["call"])
+        owner = record_calls.owner(call)
+        if owner is not None and owner[0] != origin:
+            raise CtdbError(ErrorCode.INVALID, f"node {origin} acts for another node's client")
+        q = self._locks.get((db.id, key))
+        if q is not None and q.holder is not None:
+            raise CtdbError(ErrorCode.BUSY, f"record {key!r} is locked with fetch_lock")
+        outcome = record_calls.run(call, db.local.get(key))
+        if outcome.value is None:
+            return outcome.answer
+        return outcome.with_rsn(self._write(db, key, outcome.value, origin).rsn)
+
+    def _purge_entries(self, gone: Callable[[Entry], bool]) -> None:
+        """Remove the entries of owners `gone` from every volatile record.
+
+        Every member does it at the same position in the stream (a view
+        change) with the same `gone`, and writes as the lowest member, so
+        the replicas stay identical.
+        """
+        writer = min(self.members)
+        for db in list(self.node.dbs.values()):
+            if db.replicated:
+                continue
+            for key, rec in list(db.local.items()):
+                if record_calls.may_hold_entries(rec):
+                    value = record_calls.purge(rec, gone)
+                    if value is not None:
+                        self._write(db, key, value, writer)
+
     async def commit(self, tx: Transaction) -> int:
         if not tx.writes:
             return tx.db.seqnum()
@@ -461,12 +501,14 @@ class OrderedEngine:
     def _db(self, dbid: int) -> Database:
         return self.node.db(int(dbid))
 
-    def _write(self, db: Database, key: bytes, value: bytes, origin: int) -> None:
+    def _write(self, db: Database, key: bytes, value: bytes, origin: int) -> Record:
         old = db.local.get(key)
-        db.local.put(key, Record((old.rsn if old else 0) + 1, origin, value))
+        rec = Record((old.rsn if old else 0) + 1, origin, value)
+        db.local.put(key, rec)
         self.stability.touched((db.id, key))
         if not value:
             self._markers.setdefault(db.id, set()).add(key)
+        return rec
 
     # -- vacuuming: every replica drops the same markers at the same position ----------
 
@@ -615,8 +657,10 @@ class OrderedEngine:
         if left:
             try:
                 self._purge(lambda o: o[0] in left)
+                if view.members:
+                    self._purge_entries(lambda e: e.pnn in left)
             except Exception as exc:  # as in _apply: our replica may now differ
-                log.exception("releasing the locks of departed nodes failed")
+                log.exception("releasing the locks and entries of departed nodes failed")
                 failure = f"releasing departed nodes' locks failed: {type(exc).__name__}: {exc}"
         self.stability.forget(view)
         behind = self._catching_up[1]
@@ -814,6 +858,7 @@ class OrderedEngine:
         # not be lost. Members that followed the view changes hold no such
         # entries, so this changes nothing there.
         self._purge(lambda o: o[0] not in self.view)
+        self._purge_entries(lambda e: e.pnn not in self.view)
         self.node.epochs.set(self._round.epoch)
         view_id, behind = self._catching_up
         if view_id == self._round.view_id and self.node.pnn in behind:

@@ -1,0 +1,192 @@
+"""Record calls over a point-to-point transport: run at the dmaster, answer the caller (tcp).
+
+A conditional append (and its kin, `ctdb.engines.record_calls`) must not
+migrate the record: contended entry lists are the whole point, and a record
+that moves to every caller is a lock that moves. So the caller sends a
+`RecordCall` along the path a migration `Call` takes (the lmaster, which
+knows the dmaster, then the dmaster; a node that turns out not to be the
+dmaster bounces it back to the lmaster), the dmaster runs the function on
+its copy, writes the result as the dmaster writes any update, and sends a
+`RecordCallReply` straight back: one request, one reply.
+
+A call whose reply does not come within RETRY_INTERVAL is sent again with
+the same request id (messages of an aborted generation are dropped, so a
+call can vanish); calls are idempotent (see record_calls), so a call that
+ran once and lost its reply gives the same answer the second time. The
+dmaster runs a call only while it serves its current generation, as every
+write (migration's module docstring); a call for a record a client holds
+with `fetch_lock` fails with BUSY rather than wait behind a lock of unknown
+length.
+
+When owners disappear their entries go (`purge`): a recovery tells every
+member which nodes are in the new generation and which run of each
+(`incarnation`); each member removes, from the records it is dmaster of,
+the entries of nodes that left or restarted. Client ids carry the run of
+the node that issued them in their high 32 bits (`ctdb.server.owners`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import record_calls
+from ctdb.engines.record_calls import RecordCall
+from ctdb.protocol.messages import RecordCall as RecordCallMsg
+from ctdb.protocol.messages import RecordCallReply
+from ctdb.storage.database import Database
+from ctdb.storage.entries import Entry
+from ctdb.storage.ltdb import Record
+from ctdb.storage.placement import lmaster
+
+if TYPE_CHECKING:
+    from ctdb.engines.host import Host
+
+log = logging.getLogger("ctdb.engines.dmaster_calls")
+
+#: Re-send a call after this long without a reply.
+RETRY_INTERVAL = 0.5
+
+
+class Dmaster(Protocol):
+    """What record calls need of the migration engine that holds the records."""
+
+    node: Host
+
+    def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool: ...
+
+    def locked(self, db: Database, key: bytes) -> bool: ...
+
+    def write(self, db: Database, key: bytes, value: bytes) -> Record: ...
+
+    def hops_left(self, hops: int) -> bool: ...
+
+
+class DmasterCalls:
+    def __init__(self, engine: Dmaster) -> None:
+        self.engine = engine
+        self.node = engine.node
+        self._reqids = itertools.count(1)
+        #: our calls waiting for their reply, by request id
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: the owners the last purge kept (pnn -> incarnation); None before the first
+        self._owners: dict[int, int] | None = None
+
+    def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
+        """The call's answer, at once when we are the record's dmaster."""
+        record_calls.check(call)
+        if self.node.serving and self.engine.is_dmaster(db, key, db.local.get(key)):
+            return self._run(db, key, call)
+        return self._call_remote(db, key, call)
+
+    def _run(self, db: Database, key: bytes, call: RecordCall) -> dict[str, Any]:
+        if self.engine.locked(db, key):
+            raise CtdbError(ErrorCode.BUSY, f"record {key!r} is locked with fetch_lock")
+        outcome = record_calls.run(call, db.local.get(key))
+        if outcome.value is None:
+            return outcome.answer
+        return outcome.with_rsn(self.engine.write(db, key, outcome.value).rsn)
+
+    async def _call_remote(self, db: Database, key: bytes, call: RecordCall) -> dict[str, Any]:
+        node = self.node
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + node.tunable("CallTimeout")
+        reqid = next(self._reqids)
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._waiting[reqid] = fut
+        wire = record_calls.to_wire(call)
+        try:
+            while True:
+                await node.wait_serving(deadline)
+                if self.engine.is_dmaster(db, key, db.local.get(key)):
+                    return self._run(db, key, call)  # the record came to us meanwhile
+                node.stats["record_calls_sent"] += 1
+                msg = RecordCallMsg(db.id, key, node.generation, node.pnn, reqid, 0, wire)
+                node.send(lmaster(key, node.vnnmap), msg)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise CtdbError(ErrorCode.TIMEOUT, f"no answer to a call on {key!r} in time")
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.shield(fut), min(remaining, RETRY_INTERVAL)
+                    )
+                except TimeoutError:
+                    continue
+        finally:
+            self._waiting.pop(reqid, None)
+
+    # -- messages from other nodes ---------------------------------------------------
+
+    def on_call(self, msg: RecordCallMsg) -> None:
+        node = self.node
+        db = node.dbs.get(msg.db_id)
+        if db is None or not node.in_generation(msg.generation):
+            return
+        rec = db.local.get(msg.key)
+        if self.engine.is_dmaster(db, msg.key, rec):
+            if not node.serving:
+                return  # our lease is being renewed: the caller sends it again
+            answer, code, message = None, 0, ""
+            try:
+                answer = self._run(db, msg.key, record_calls.from_wire(msg.call))
+            except CtdbError as exc:
+                code, message = int(exc.code), exc.message[:1024]
+            node.send(msg.origin, RecordCallReply(msg.reqid, msg.generation, code, message, answer))
+            return
+        if not self.engine.hops_left(msg.hops):
+            log.warning("dropping a record call for %r after %d hops", msg.key, msg.hops)
+            return
+        msg.hops += 1
+        lm = lmaster(msg.key, node.vnnmap)
+        if lm == node.pnn:
+            assert rec is not None  # the lmaster without a record is the dmaster
+            node.send(rec.dmaster, msg)
+        else:
+            node.send(lm, msg)
+
+    def on_reply(self, msg: RecordCallReply) -> None:
+        """The answer to one of our calls (from any generation: it ran where the record was)."""
+        fut = self._waiting.get(msg.reqid)
+        if fut is None or fut.done():
+            return
+        if msg.code:
+            fut.set_exception(CtdbError(msg.code, msg.message))
+        else:
+            assert msg.answer is not None
+            fut.set_result(msg.answer)
+
+    # -- owners that are gone ------------------------------------------------------------
+
+    def purge(self, owners: Mapping[int, int]) -> int:
+        """Remove the entries of owners not in `owners` (pnn -> incarnation) from the
+        records we are dmaster of; returns how many records changed.
+
+        Called by recovery on every member with the same `owners`, while frozen.
+        Skipped when nobody left or restarted since the last purge.
+        """
+        previous = self._owners
+        self._owners = dict(owners)
+        if previous is not None and all(owners.get(p) == inc for p, inc in previous.items()):
+            return 0
+
+        def gone(entry: Entry) -> bool:
+            return owners.get(entry.pnn) != entry.client >> 32
+
+        changed = 0
+        for db in list(self.node.dbs.values()):
+            if db.replicated:
+                continue
+            for key, rec in list(db.local.items()):
+                if rec.dmaster != self.node.pnn or not record_calls.may_hold_entries(rec):
+                    continue
+                value = record_calls.purge(rec, gone)
+                if value is not None:
+                    self.engine.write(db, key, value)
+                    changed += 1
+        if changed:
+            log.info("removed the entries of departed owners from %d records", changed)
+        return changed

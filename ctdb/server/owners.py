@@ -1,0 +1,93 @@
+"""Entry owners: who a client is in an entry list, and what goes when it goes.
+
+An entry (`ctdb.storage.entries`) belongs to `(pnn, client id)`. A client
+id is unique over every run of this node: the high 32 bits are the run
+(`Epochs.incarnation`, durable), the low 32 bits count the clients of that
+run. So a node that restarts never hands a new client an id whose entries
+another node still holds, and recovery can tell the entries of a past run
+from those of the current one (`ctdb.engines.dmaster_calls.purge`).
+
+A client that disconnects has its entries removed: its session remembers
+every record it appended to, and on close one `Remove` call per record runs
+in the background, retried until the cluster takes it (a recovery or a lost
+quorum only delays it) or the node stops. A node that leaves takes its
+clients' entries with it: the engines purge those (vs at the view change,
+tcp in recovery), so nothing here needs to survive a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Protocol
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.base import RecordEngine, resolved
+from ctdb.engines.record_calls import Owner, Remove
+from ctdb.storage.database import Database
+from ctdb.storage.durable import Epochs
+
+
+class OwnersHost(Protocol):
+    """What owners need of their node (`ctdb.server.node.Node`)."""
+
+    pnn: int
+    epochs: Epochs
+    dbs: dict[int, Database]
+    records: RecordEngine
+
+
+log = logging.getLogger("ctdb.server.owners")
+
+#: Errors after which a removal is tried again: the cluster is between
+#: generations, without quorum, or slow. Anything else is final.
+TRANSIENT = {ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM, ErrorCode.DISCONNECTED}
+#: Seconds between attempts of a removal the cluster did not take.
+RETRY_DELAY = 0.5
+
+
+class Owners:
+    def __init__(self, node: OwnersHost) -> None:
+        self.node = node
+        self._clients = itertools.count(1)
+        #: removals of departed clients' entries still running
+        self.removals: set[asyncio.Task[None]] = set()
+
+    def new_client(self) -> Owner:
+        """The owner a newly connected client appends as."""
+        client = next(self._clients)
+        if client >= 1 << 32:
+            raise CtdbError(ErrorCode.BUSY, "this run of the daemon has no client ids left")
+        return (self.node.pnn, (self.node.epochs.incarnation << 32) | client)
+
+    def gone(self, owner: Owner, records: set[tuple[int, bytes]]) -> None:
+        """A client disconnected: remove its entries from `records` (db id, key)."""
+        for dbid, key in sorted(records):
+            task = asyncio.get_running_loop().create_task(self._remove(owner, dbid, key))
+            self.removals.add(task)
+            task.add_done_callback(self.removals.discard)
+
+    async def _remove(self, owner: Owner, dbid: int, key: bytes) -> None:
+        while True:
+            db = self.node.dbs.get(dbid)
+            if db is None:
+                return  # detached (never today; the entries went with it)
+            try:
+                await resolved(self.node.records.call(db, key, Remove(owner)))
+                return
+            except CtdbError as exc:
+                if exc.code not in TRANSIENT:
+                    log.warning(
+                        "could not remove the entries of departed client %s from %r: %s",
+                        owner,
+                        key,
+                        exc,
+                    )
+                    return
+            await asyncio.sleep(RETRY_DELAY)
+
+    async def stop(self) -> None:
+        for task in list(self.removals):
+            task.cancel()
+        await asyncio.gather(*self.removals, return_exceptions=True)

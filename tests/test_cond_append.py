@@ -1,0 +1,194 @@
+"""Conditional append on real daemons, both transports: the same answers everywhere."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from ctdb.client import Client
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.conditions import (
+    FILE_READ_DATA,
+    FILE_SHARE_READ,
+    FILE_WRITE_DATA,
+    WRITE_LOCK,
+    byte_range_payload,
+    share_mode_payload,
+)
+from ctdb.storage.placement import lmaster
+from tests.conftest import unique
+from tools.cluster import LocalCluster
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `check` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_lock_by_empty_condition_has_one_winner_on_every_node(cluster: LocalCluster) -> None:
+    db = unique()
+    clients = [cluster.client(p) for p in range(3)]
+    try:
+        clients[0].attach(db)
+        results = [c.cond_append(db, "R1", f"node{i}", "empty") for i, c in enumerate(clients)]
+        winners = [r for r in results if r.appended]
+        assert len(winners) == 1
+        for r in results:
+            if not r.appended:
+                assert r.reason and r.entries is not None
+                assert [e.owner for e in r.entries] == [winners[0].owner]
+        views = [c.entries(db, "R1") for c in clients]
+        assert all(v == views[0] for v in views)
+        assert [e.owner for e in views[0].entries] == [winners[0].owner]
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_fifo_queue_order_is_the_same_on_every_node(cluster: LocalCluster) -> None:
+    db = unique()
+    clients = [cluster.client(p % 3) for p in range(6)]
+    try:
+        clients[0].attach(db)
+        barrier = threading.Barrier(len(clients))
+        owners: dict[tuple[int, int], Client] = {}
+
+        def join(c: Client) -> None:
+            barrier.wait()
+            r = c.cond_append(db, "queue", b"waiting", "always")
+            assert r.appended
+            owners[r.owner] = c
+
+        threads = [threading.Thread(target=join, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(owners) == len(clients)
+        views = [c.entries(db, "queue") for c in clients[:3]]
+        assert all(v == views[0] for v in views)
+        assert sorted(e.owner for e in views[0].entries) == sorted(owners)
+        # The head leaves: everyone sees the same next holder.
+        head = views[0].entries[0].owner
+        assert owners[head].remove_entries(db, "queue") == 1
+        after = [c.entries(db, "queue") for c in clients[:3]]
+        assert all(v == after[0] for v in after)
+        assert [e.owner for e in after[0].entries] == [e.owner for e in views[0].entries[1:]]
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_rsn_equals_and_max_entries(cluster: LocalCluster) -> None:
+    db = unique()
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        c0.attach(db)
+        first = c0.cond_append(db, "k", b"a", "rsn_equals", 0)
+        assert first.appended and first.index == 0
+        stale = c1.cond_append(db, "k", b"b", "rsn_equals", 0)
+        assert not stale.appended and stale.rsn == first.rsn
+        fresh = c1.cond_append(db, "k", b"b", "rsn_equals", str(first.rsn))
+        assert fresh.appended and fresh.index == 1
+        full = c0.cond_append(db, "k", b"c", "max_entries", 2)
+        assert not full.appended
+        # Appending what this client already holds is idempotent.
+        again = c0.cond_append(db, "k", b"a", "always")
+        assert again.appended and again.index == 0 and again.rsn == fresh.rsn
+
+
+def test_share_modes_and_byte_ranges_follow_samba(cluster: LocalCluster) -> None:
+    db = unique()
+    with cluster.client(0) as c0, cluster.client(2) as c2:
+        c0.attach(db)
+        reader = share_mode_payload(FILE_READ_DATA, FILE_SHARE_READ)
+        writer = share_mode_payload(FILE_WRITE_DATA, FILE_SHARE_READ)
+        assert c0.cond_append(db, "file", reader, "share_mode").appended
+        assert c2.cond_append(db, "file", reader, "share_mode").appended
+        denied = c2.cond_append(db, "file", writer, "share_mode")
+        assert not denied.appended and denied.index == 0
+        lock = byte_range_payload(0, 100, WRITE_LOCK)
+        assert c0.cond_append(db, "brl", lock, "byte_range").appended
+        overlapping = byte_range_payload(50, 10, WRITE_LOCK)
+        assert not c2.cond_append(db, "brl", overlapping, "byte_range").appended
+        beyond = byte_range_payload(100, 10, WRITE_LOCK)
+        assert c2.cond_append(db, "brl", beyond, "byte_range").appended
+
+
+def test_bad_requests_get_clear_errors(cluster: LocalCluster) -> None:
+    db = unique()
+    with cluster.client(1) as c:
+        c.attach(db)
+        with pytest.raises(CtdbError) as unknown:
+            c.cond_append(db, "k", b"x", "no_such_condition")
+        assert unknown.value.code == ErrorCode.NOT_SUPPORTED
+        with pytest.raises(CtdbError) as bad_arg:
+            c.cond_append(db, "k", b"x", "max_entries", "many")
+        assert bad_arg.value.code == ErrorCode.INVALID
+        with pytest.raises(CtdbError) as bad_payload:
+            c.cond_append(db, "k", b"short", "share_mode")
+        assert bad_payload.value.code == ErrorCode.INVALID
+        c.store(db, "plain", b"not an entry list")
+        with pytest.raises(CtdbError) as not_entries:
+            c.cond_append(db, "plain", b"x", "always")
+        assert not_entries.value.code == ErrorCode.INVALID
+        with pytest.raises(CtdbError) as unknown_db:
+            c.entries(unique("missing"), "k")
+        assert unknown_db.value.code == ErrorCode.NOT_FOUND
+        # The daemon serves on.
+        assert c.cond_append(db, "k", b"x", "always").appended
+
+
+def test_a_disconnected_client_loses_its_entries(cluster: LocalCluster) -> None:
+    db = unique()
+    with cluster.client(0) as keeper, cluster.client(1) as watcher:
+        keeper.attach(db)
+        leaving = cluster.client(2)
+        assert leaving.cond_append(db, "lock", b"mine", "empty").appended
+        assert keeper.cond_append(db, "queue", b"k", "always").appended
+        assert leaving.cond_append(db, "queue", b"l", "always").appended
+        leaving.close()
+        wait_for(
+            lambda: not watcher.entries(db, "lock").entries,
+            what="the departed client's lock entry to go",
+        )
+        wait_for(
+            lambda: [e.payload for e in watcher.entries(db, "queue").entries] == [b"k"],
+            what="the departed client's queue entry to go",
+        )
+        assert watcher.cond_append(db, "lock", b"next", "empty").appended
+
+
+def test_a_killed_node_loses_its_entries_and_the_queue_moves_on(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """On tcp the list lives at its dmaster (the key's lmaster: appends never
+    migrate it), and a volatile record dies with its dmaster as in CTDB; so
+    the key is one node 0 masters, and node 2 only holds entries."""
+    cluster = cluster_factory()
+    db = unique()
+    key = next(k for k in (f"R{i}".encode() for i in range(100)) if lmaster(k, [0, 1, 2]) == 0)
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        c0.attach(db)
+        doomed = cluster.client(2)
+        assert doomed.cond_append(db, key, b"2", "always").appended
+        assert c0.cond_append(db, key, b"0", "always").appended
+        assert c1.cond_append(db, key, b"1", "always").appended
+        cluster.kill_node(2)
+        doomed.close()
+
+        def queue() -> list[bytes]:
+            try:
+                return [e.payload for e in c0.entries(db, key).entries]
+            except CtdbError as exc:
+                if exc.code in (ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM):
+                    return []
+                raise
+
+        wait_for(lambda: queue() == [b"0", b"1"], what="node 2's entry to be purged")
+        assert [e.payload for e in c1.entries(db, key).entries] == [b"0", b"1"]
