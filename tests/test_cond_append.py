@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import msgpack
 import pytest
 
 from ctdb.client import Client
@@ -18,6 +19,7 @@ from ctdb.engines.conditions import (
     byte_range_payload,
     share_mode_payload,
 )
+from ctdb.protocol.client import ENTRY_HEAD_SRVID
 from ctdb.storage.placement import lmaster
 from tests.conftest import unique
 from tools.cluster import LocalCluster
@@ -80,6 +82,10 @@ def test_fifo_queue_order_is_the_same_on_every_node(cluster: LocalCluster) -> No
         after = [c.entries(db, "queue") for c in clients[:3]]
         assert all(v == after[0] for v in after)
         assert [e.owner for e in after[0].entries] == [e.owner for e in views[0].entries[1:]]
+        # The next in line is told, on its own node.
+        notice = owners[after[0].entries[0].owner].wait_message(timeout=30)
+        assert notice.srvid == ENTRY_HEAD_SRVID
+        assert msgpack.unpackb(notice.data)[1] == b"queue"
     finally:
         for c in clients:
             c.close()
@@ -162,6 +168,10 @@ def test_a_disconnected_client_loses_its_entries(cluster: LocalCluster) -> None:
             what="the departed client's queue entry to go",
         )
         assert watcher.cond_append(db, "lock", b"next", "empty").appended
+        # An administrator removes another client's entries by owner id.
+        held = watcher.entries(db, "lock").entries[0]
+        assert keeper.remove_entries(db, "lock", owner=held.owner) == 1
+        assert not watcher.entries(db, "lock").entries
 
 
 def test_a_killed_node_loses_its_entries_and_the_queue_moves_on(

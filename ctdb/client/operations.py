@@ -190,11 +190,18 @@ def entries(db: str, key: Key) -> Op[Entries]:
     return Op("entries", {"db": db, "key": to_bytes(key)}, shape)
 
 
-def remove_entries(db: str, key: Key, match: Key | None = None) -> Op[int]:
-    """Remove this client's entries (only those with payload `match`); how many went."""
+def remove_entries(
+    db: str, key: Key, match: Key | None = None, owner: tuple[int, int] | None = None
+) -> Op[int]:
+    """Remove this client's entries (only those with payload `match`); how many went.
+
+    `owner` (pnn, client id) removes another client's instead (administration).
+    """
     args: dict[str, Any] = {"db": db, "key": to_bytes(key)}
     if match is not None:
         args["match"] = to_bytes(match)
+    if owner is not None:
+        args["owner"] = list(owner)
     return Op("remove_entries", args, lambda answer: int(answer["removed"]))
 
 

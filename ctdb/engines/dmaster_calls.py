@@ -86,10 +86,19 @@ class DmasterCalls:
     def _run(self, db: Database, key: bytes, call: RecordCall) -> dict[str, Any]:
         if self.engine.locked(db, key):
             raise CtdbError(ErrorCode.BUSY, f"record {key!r} is locked with fetch_lock")
-        outcome = record_calls.run(call, db.local.get(key))
+        before = db.local.get(key)
+        outcome = record_calls.run(call, before)
         if outcome.value is None:
             return outcome.answer
-        return outcome.with_rsn(self.engine.write(db, key, outcome.value).rsn)
+        return outcome.with_rsn(self._write(db, key, before, outcome.value).rsn)
+
+    def _write(self, db: Database, key: bytes, before: Record | None, value: bytes) -> Record:
+        """Write a changed entry list; a new first entry's owner is told."""
+        rec = self.engine.write(db, key, value)
+        head = record_calls.new_head(before, value)
+        if head is not None:
+            self.node.entry_head(head, db.id, key)
+        return rec
 
     async def _call_remote(self, db: Database, key: bytes, call: RecordCall) -> dict[str, Any]:
         node = self.node
@@ -185,7 +194,7 @@ class DmasterCalls:
                     continue
                 value = record_calls.purge(rec, gone)
                 if value is not None:
-                    self.engine.write(db, key, value)
+                    self._write(db, key, rec, value)
                     changed += 1
         if changed:
             log.info("removed the entries of departed owners from %d records", changed)

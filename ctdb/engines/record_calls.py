@@ -133,18 +133,24 @@ def purge(rec: Record, gone: Callable[[Entry], bool]) -> bytes | None:
     return encode_entries(kept)
 
 
+def new_head(before: Record | None, after: bytes) -> Owner | None:
+    """The owner whose entry became the first of the list, if a removal made one.
+
+    Who holds a FIFO lock changed: that owner is told (`Host.entry_head`).
+    """
+    try:
+        old = decode_entries(before.value) if before is not None else []
+        new = decode_entries(after)
+    except CtdbError:
+        return None
+    if not new or (old and old[0].owner == new[0].owner):
+        return None
+    return new[0].owner
+
+
 def may_hold_entries(rec: Record) -> bool:
     """A cheap test before `purge`: only entry lists start with the magic."""
     return rec.value[: len(MAGIC)] == MAGIC
-
-
-def owner(call: RecordCall) -> Owner | None:
-    """Whose entries the call changes (None: it changes nothing)."""
-    if isinstance(call, Append):
-        return call.entry.owner
-    if isinstance(call, Remove):
-        return call.owner
-    return None
 
 
 def _owned(entry: Entry, owner: Owner, match: bytes | None) -> bool:

@@ -33,6 +33,11 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 EVENT_REQID = 0
 #: Operation names are short words; a longer one is refused before it is looked up.
 MAX_OP_LENGTH = 64
+#: The srvid of the message a client gets when its entry becomes the first of
+#: a record's entry list (a FIFO lock's next holder): data is the msgpack of
+#: `[db id, key]`. A hint, not a promise: a recovery can lose one, so a
+#: waiter also re-reads the list now and then.
+ENTRY_HEAD_SRVID = 0xF300_0000_0000_0000
 
 
 @dataclass(slots=True)

@@ -228,7 +228,7 @@ CONDITION_ARG = schema.nullable(schema.one_of(U64, text(20)))
 
 def _owner(s: ClientSession) -> Owner:
     if s.entry_owner is None:
-        s.entry_owner = s.node.owners.new_client()
+        s.entry_owner = s.node.owners.new_client(s.on_message)
     return s.entry_owner
 
 
@@ -267,10 +267,19 @@ def _entries(s: ClientSession, args: dict[str, Any]) -> Any:
     return _call(s, args, Read())
 
 
-@op("remove_entries", struct({"db": DB, "key": KEY}, {"match": messages.PAYLOAD}))
+@op(
+    "remove_entries",
+    struct({"db": DB, "key": KEY}, {"match": messages.PAYLOAD, "owner": messages.OWNER}),
+)
 def _remove_entries(s: ClientSession, args: dict[str, Any]) -> Any:
-    """Remove this client's entries (only those with payload `match`, if given)."""
-    return _call(s, args, Remove(_owner(s), args.get("match")))
+    """Remove this client's entries (only those with payload `match`, if given).
+
+    With `owner` (pnn, client id), another client's: an administrator's
+    clean-up (`ctdbtool unappend --owner`); the socket is the owner's only.
+    """
+    wire = args.get("owner")
+    owner = _owner(s) if wire is None else (int(wire[0]), int(wire[1]))
+    return _call(s, args, Remove(owner, args.get("match")))
 
 
 # -- persistent transactions ------------------------------------------------------------

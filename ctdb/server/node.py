@@ -26,10 +26,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from ctdb.common.config import tunable_defaults
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.base import RecordEngine
 from ctdb.engines.transactions import TransactionEngine
+from ctdb.protocol.client import ENTRY_HEAD_SRVID
 from ctdb.protocol.messages import (
     ClientMessage,
     Control,
@@ -126,13 +129,13 @@ class Node:
         self.guard = PeerGuard(pnn, transport, self.stats)
         self.controls = ControlChannel(pnn, self.send, self.wire_limits)
         self.admin = NodeControls(self)
-        #: entry owners: client ids, and the removal of departed clients' entries
-        self.owners = Owners(self)
         self.controls.handlers = control_handlers(self.admin) | self.membership.controls()
         self._tasks: list[asyncio.Task[None]] = []
         self.shutdown_requested = asyncio.Event()
         #: srvid -> callbacks of local clients registered for it
         self.srvids: dict[int, list[Callable[[int, int, bytes], None]]] = {}
+        #: entry owners: client ids, head notices, the removal of departed clients' entries
+        self.owners = Owners(self)
         transport.on_message = self._on_transport_message
         transport.on_view = self._on_view
         self.configure_lease()
@@ -459,6 +462,15 @@ class Node:
         for callback in list(self.srvids.get(srvid, ())):
             callback(srvid, src, data)
         self.stats["messages_delivered"] += 1
+
+    def entry_head(self, owner: tuple[int, int], db_id: int, key: bytes) -> None:
+        """`owner` now holds the first entry of a list: tell it, on its node."""
+        pnn, client = owner
+        data = msgpack.packb([client, db_id, key])
+        if pnn == self.pnn:
+            self.deliver_message(ENTRY_HEAD_SRVID, self.pnn, data)
+        elif pnn in self.transport.view:
+            self.send(pnn, ClientMessage(ENTRY_HEAD_SRVID, data, self.pnn))
 
     def send_message(self, target: int | None, srvid: int, data: bytes) -> None:
         """To one node's clients, or with `target` None to every connected node's."""

@@ -20,11 +20,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Protocol
+
+import msgpack
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.base import RecordEngine, resolved
 from ctdb.engines.record_calls import Owner, Remove
+from ctdb.protocol.client import ENTRY_HEAD_SRVID
 from ctdb.storage.database import Database
 from ctdb.storage.durable import Epochs
 
@@ -36,6 +40,8 @@ class OwnersHost(Protocol):
     epochs: Epochs
     dbs: dict[int, Database]
     records: RecordEngine
+    #: srvid -> callbacks of the local clients registered for it
+    srvids: dict[int, list[Callable[[int, int, bytes], None]]]
 
 
 log = logging.getLogger("ctdb.server.owners")
@@ -47,22 +53,43 @@ TRANSIENT = {ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM, ErrorCode.
 RETRY_DELAY = 0.5
 
 
+#: Pushes a message to one client: (srvid, source pnn, data).
+Push = Callable[[int, int, bytes], None]
+
+
 class Owners:
     def __init__(self, node: OwnersHost) -> None:
         self.node = node
         self._clients = itertools.count(1)
+        #: connected clients that own entries, by client id
+        self._push: dict[int, Push] = {}
         #: removals of departed clients' entries still running
         self.removals: set[asyncio.Task[None]] = set()
+        node.srvids.setdefault(ENTRY_HEAD_SRVID, []).append(self._on_head)
 
-    def new_client(self) -> Owner:
-        """The owner a newly connected client appends as."""
+    def new_client(self, push: Push) -> Owner:
+        """The owner a client appends as; `push` tells it when its entry comes first."""
         client = next(self._clients)
         if client >= 1 << 32:
             raise CtdbError(ErrorCode.BUSY, "this run of the daemon has no client ids left")
-        return (self.node.pnn, (self.node.epochs.incarnation << 32) | client)
+        client |= self.node.epochs.incarnation << 32
+        self._push[client] = push
+        return (self.node.pnn, client)
+
+    def _on_head(self, srvid: int, src: int, data: bytes) -> None:
+        """A record's first entry is now one of our clients' (Node.entry_head)."""
+        try:
+            client, dbid, key = msgpack.unpackb(data)
+            push = self._push.get(client)
+            notice = msgpack.packb([dbid, key])
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return  # not from a node (a client may send to any srvid): ignore
+        if push is not None:
+            push(ENTRY_HEAD_SRVID, src, notice)
 
     def gone(self, owner: Owner, records: set[tuple[int, bytes]]) -> None:
         """A client disconnected: remove its entries from `records` (db id, key)."""
+        self._push.pop(owner[1], None)
         for dbid, key in sorted(records):
             task = asyncio.get_running_loop().create_task(self._remove(owner, dbid, key))
             self.removals.add(task)

@@ -248,7 +248,7 @@ class Session:
         for task in list(self.tasks):
             task.cancel()
         self.node.records.release_all(self)
-        if self.entry_owner is not None and self.appended:
+        if self.entry_owner is not None:
             self.node.owners.gone(self.entry_owner, self.appended)
         self.transactions.clear()
         for srvid in self.srvids:

@@ -16,7 +16,7 @@ from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
 from ctdb.engines.ordered.locks import LockQueue, Owner, QueueFull
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.ordered.sync import SyncRound, make_plan
-from ctdb.engines.record_calls import RecordCall
+from ctdb.engines.record_calls import Append, RecordCall
 from ctdb.engines.transactions import Transaction, next_version
 from ctdb.protocol.messages import Ordered, encode
 from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
@@ -304,16 +304,26 @@ class OrderedEngine:
     def _apply_call(self, origin: int, args: dict[str, Any]) -> dict[str, Any]:
         db, key = self._db(args["db"]), bytes(args["key"])
         call = record_calls.from_wire(args["call"])
-        owner = record_calls.owner(call)
-        if owner is not None and owner[0] != origin:
-            raise CtdbError(ErrorCode.INVALID, f"node {origin} acts for another node's client")
+        if isinstance(call, Append) and call.entry.pnn != origin:
+            raise CtdbError(ErrorCode.INVALID, f"node {origin} appends for another node's client")
         q = self._locks.get((db.id, key))
         if q is not None and q.holder is not None:
             raise CtdbError(ErrorCode.BUSY, f"record {key!r} is locked with fetch_lock")
-        outcome = record_calls.run(call, db.local.get(key))
+        before = db.local.get(key)
+        outcome = record_calls.run(call, before)
         if outcome.value is None:
             return outcome.answer
-        return outcome.with_rsn(self._write(db, key, outcome.value, origin).rsn)
+        return outcome.with_rsn(self._write_entries(db, key, before, outcome.value, origin).rsn)
+
+    def _write_entries(
+        self, db: Database, key: bytes, before: Record | None, value: bytes, origin: int
+    ) -> Record:
+        """Write a changed entry list; a new first entry's owner, if one of ours, is told."""
+        rec = self._write(db, key, value, origin)
+        head = record_calls.new_head(before, value)
+        if head is not None and head[0] == self.node.pnn:
+            self.node.entry_head(head, db.id, key)
+        return rec
 
     def _purge_entries(self, gone: Callable[[Entry], bool]) -> None:
         """Remove the entries of owners `gone` from every volatile record.
@@ -330,7 +340,7 @@ class OrderedEngine:
                 if record_calls.may_hold_entries(rec):
                     value = record_calls.purge(rec, gone)
                     if value is not None:
-                        self._write(db, key, value, writer)
+                        self._write_entries(db, key, rec, value, writer)
 
     async def commit(self, tx: Transaction) -> int:
         if not tx.writes:
