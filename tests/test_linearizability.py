@@ -197,3 +197,80 @@ def test_minimization_keeps_the_delete_a_read_of_missing_came_from() -> None:
         (Kind.RMW, "b"),
         (Kind.READ, None),
     ]
+
+
+# -- entry lists (conditional append) ---------------------------------------------------
+
+
+Cond = tuple[str, int | None]
+
+
+def APPEND(i: float, r: float, payload: str, cond: Cond, answer: str | None) -> Op:  # noqa: N802
+    o = op(Kind.APPEND, i, r, payload)
+    o.arg, o.answer = cond, answer
+    return o
+
+
+def ENTRIES(i: float, r: float, answer: str) -> Op:  # noqa: N802
+    o = op(Kind.ENTRIES, i, r)
+    o.answer = answer
+    return o
+
+
+def REMOVE(i: float, r: float, client: str, answer: str | None) -> Op:  # noqa: N802
+    o = op(Kind.REMOVE, i, r)
+    o.arg, o.answer = client, answer
+    return o
+
+
+def PURGE(i: float, r: float, pnn: int) -> Op:  # noqa: N802
+    o = op(Kind.PURGE, i, r)
+    o.arg = pnn
+    return o
+
+
+ALWAYS, EMPTY = ("always", None), ("empty", None)
+
+
+def test_entry_lists_sequential() -> None:
+    assert linearizable(
+        [
+            APPEND(0, 1, "c1@0.1", EMPTY, "appended 0"),
+            APPEND(2, 3, "c2@1.1", EMPTY, "conflict c1@0.1"),
+            APPEND(4, 5, "c2@1.2", ALWAYS, "appended 1"),
+            ENTRIES(6, 7, "c1@0.1 c2@1.2"),
+            REMOVE(8, 9, "c1@0", "removed 1"),
+            ENTRIES(10, 11, "c2@1.2"),
+            APPEND(12, 13, "c3@2.1", ("max_entries", 1), "conflict c2@1.2"),
+            APPEND(14, 15, "c3@2.2", ("max_entries", 2), "appended 1"),
+        ]
+    )
+    # Two winners of one exclusive lock.
+    assert not linearizable(
+        [
+            APPEND(0, 1, "c1@0.1", EMPTY, "appended 0"),
+            APPEND(2, 3, "c2@1.1", EMPTY, "appended 0"),
+        ]
+    )
+    # A removal that removed nothing of what the client holds.
+    assert not linearizable(
+        [APPEND(0, 1, "c1@0.1", ALWAYS, "appended 0"), REMOVE(2, 3, "c1@0", "removed 0")]
+    )
+
+
+def test_concurrent_appends_take_either_order_but_one() -> None:
+    a = APPEND(0, 3, "c1@0.1", ALWAYS, "appended 0")
+    b = APPEND(1, 2, "c2@1.1", ALWAYS, "appended 1")
+    assert linearizable([a, b, ENTRIES(4, 5, "c1@0.1 c2@1.1")])
+    assert not linearizable([a, b, ENTRIES(4, 5, "c2@1.1 c1@0.1")])
+
+
+def test_unknown_append_is_optional_and_entries_go_only_in_a_purge_window() -> None:
+    unknown = APPEND(0, INF, "c1@0.1", ALWAYS, None)
+    assert linearizable([unknown, ENTRIES(2, 3, "")])
+    assert linearizable([unknown, ENTRIES(2, 3, "c1@0.1")])
+    held = APPEND(0, 1, "c1@0.1", ALWAYS, "appended 0")
+    assert not linearizable([held, ENTRIES(4, 5, "")])
+    assert linearizable([held, PURGE(2, 6, 0), ENTRIES(4, 5, "")])
+    # A purge takes only its node's clients' entries.
+    assert not linearizable([held, PURGE(2, 6, 1), ENTRIES(4, 5, "")])

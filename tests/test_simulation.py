@@ -12,13 +12,14 @@ the seeds that found the losses of issue 8.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ctdb.engines import migration, transactions
+from ctdb.engines import conditions, migration, transactions
 from ctdb.engines.ordered import engine as ordered
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS
@@ -143,3 +144,17 @@ def test_a_node_dropping_committed_records_is_caught(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(transactions.TransactionEngine, "prepare", lossy)
     assert _caught("tcp", "p database differs between nodes")
     assert _caught("tcp", "key p:")
+
+
+@pytest.mark.parametrize("mode", ["tcp", "vs"])
+def test_a_broken_condition_is_caught(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An off-by-one in `max_entries` (one entry too many) breaks the entry lists'
+    history: the simulator's own model of the conditions disagrees."""
+    original = conditions.REGISTRY["max_entries"]
+
+    def lenient(record: conditions.RecordView, new: Any, limit: int) -> Any:
+        return original.check(record, new, limit + 1)
+
+    broken = dataclasses.replace(original, check=lenient)
+    monkeypatch.setitem(conditions.REGISTRY, "max_entries", broken)
+    assert _caught(mode, "key v:q")

@@ -41,7 +41,7 @@ from typing import Any
 from ctdb.common.errors import CtdbError
 from tools.sim.cluster import LATENCY, SimCluster
 from tools.sim.history import History, Kind
-from tools.sim.workload import KEYS, VOLATILE, Session, call, hkey, text, why
+from tools.sim.workload import ENTRY_KEYS, KEYS, VOLATILE, Session, call, hkey, text, why
 
 #: Seconds a fully connected, healthy majority may take to serve.
 LIVENESS = 3.0
@@ -200,6 +200,9 @@ class Faults:
         self._tasks: list[asyncio.Task[None]] = []
         self._quorum_window: Window | None = None
         self._liveness_reported = False
+        #: (nodes, since when, why): faults after which those nodes may have
+        #: left the view or the vnnmap, so their clients' entries may be purged
+        self.departures: list[tuple[list[int], float, str]] = []
 
     @property
     def now(self) -> float:
@@ -217,6 +220,10 @@ class Faults:
         window = Window(cause, self.now)
         self.windows.append(window)
         return window
+
+    def departing(self, pnns: list[int], cause: str) -> None:
+        """Nodes `pnns` may leave the view or the vnnmap from now on (see `purge_ops`)."""
+        self.departures.append((list(pnns), self.now, cause))
 
     def skip(self, fault: Fault, why: str) -> None:
         self.counts["skipped"] += 1
@@ -281,6 +288,7 @@ class Faults:
             return
         self.counts[fault.kind] += 1
         window = self.lossy(f"{fault.kind} of nodes {pnns}")
+        self.departing(pnns, f"{fault.kind} of nodes {pnns}")
         self._moving.update(pnns)  # nobody else touches them meanwhile
         for pnn in pnns:
             self._moving.discard(pnn)
@@ -334,6 +342,8 @@ class Faults:
         self.counts["hang"] += 1
         self.counts["hang_short" if short else "hang_long"] += 1
         window = None if short else self.lossy(f"node {pnn} stopped for {duration:.2f}s")
+        if not short:
+            self.departing([pnn], f"node {pnn} stopped for {duration:.2f}s")
         self._busy.add("hang")
         end = self.now + duration
         self.cluster.stop_node(pnn)
@@ -362,12 +372,14 @@ class Faults:
         end: Callable[[], None],
         duration: float,
         lossy: bool,
+        nodes: list[int],
     ) -> None:
         if "network" in self._busy:
             self.skip(fault, "another network fault is in place")
             return
         self.counts[fault.kind] += 1
         window = self.lossy(name) if lossy else None
+        self.departing(nodes, name)
         self._busy.add("network")
         start()
         self.event(f"fault: {name} for {duration:.3f}s")
@@ -389,6 +401,7 @@ class Faults:
             self.network.heal,
             duration,
             lossy=True,
+            nodes=[alone],
         )
 
     async def _nontransitive(self, fault: Fault, pair: list[int], duration: float) -> None:
@@ -401,6 +414,7 @@ class Faults:
             lambda: self.network.restore(a, b),
             duration,
             lossy=True,
+            nodes=[a, b],
         )
 
     async def _oneway(self, fault: Fault, src: int, dst: int, duration: float) -> None:
@@ -413,6 +427,7 @@ class Faults:
             lambda: self.network.restore(src, dst),
             duration,
             lossy=noticed,
+            nodes=[src, dst],
         )
 
     async def _delay(
@@ -446,6 +461,8 @@ class Faults:
             return
         disk = self.cluster.disks[pnn]
         self.counts["io_error"] += 1
+        # vs: a failed write makes the node leave the group and rejoin.
+        self.departing([pnn], f"I/O errors on node {pnn}")
         self._busy.add("disk")
         disk.failure_rate = rate
         self.event(f"fault: node {pnn} fails {rate:.0%} of TDB writes for {duration:.2f}s")
@@ -473,6 +490,7 @@ class Faults:
             await asyncio.sleep(0.01)
         if locked.is_set() and self._present(joiner):
             window = self.lossy(f"crash of node {joiner}")
+            self.departing([joiner], f"crash of node {joiner}")
             await self._kill(joiner)
             await asyncio.sleep(down)
             await self._start(joiner)
@@ -581,6 +599,19 @@ class Faults:
         """
         for window in self.windows:
             stop = window.end if window.end is not None else end
-            for key in KEYS:
+            for key in KEYS + ENTRY_KEYS:
                 for _ in range(LOSSES_PER_WINDOW):
                     self.history.loss(hkey(VOLATILE, key), window.start, stop, window.cause)
+
+    def purge_ops(self, end: float) -> None:
+        """Record in the history, on every entry list, that the clients' entries of
+        a node a fault touched may be purged from then on (until `end`).
+
+        A node purged once may rejoin, its clients append again and it may
+        leave again, so each departure allows a few purges.
+        """
+        for pnns, start, cause in self.departures:
+            for pnn in pnns:
+                for key in ENTRY_KEYS:
+                    for _ in range(LOSSES_PER_WINDOW):
+                        self.history.purge(hkey(VOLATILE, key), pnn, start, end, cause)

@@ -31,6 +31,24 @@ class Kind(StrEnum):
     #: it had before (or to missing), as CTDB loses a volatile record whose
     #: dmaster crashed or was cut off
     LOSS = "loss"
+    #: entry lists (conditional append): append `value` if the condition `arg`
+    #: holds; `answer` is "appended <index>" or "conflict <entries>"
+    APPEND = "append"
+    #: remove the entries of client `arg`; `answer` is "removed <n>"
+    REMOVE = "remove"
+    #: read the entry list; `answer` is the entries
+    ENTRIES = "entries"
+    #: not a client's: a window in which the entries of node `arg`'s clients
+    #: may be purged (the node left the view, or recovery excluded it)
+    PURGE = "purge"
+
+
+#: Operations that change a record; one that failed may still have taken effect.
+WRITES = (Kind.WRITE, Kind.RMW, Kind.APPEND, Kind.REMOVE)
+#: Reads; one that failed is forgotten.
+READS = (Kind.READ, Kind.READ_ANY, Kind.ENTRIES)
+#: The model's windows, not the clients' operations.
+WINDOWS = (Kind.LOSS, Kind.PURGE)
 
 
 @dataclass
@@ -46,6 +64,10 @@ class Op:
     #: RMW: the value it read
     old: str | None = None
     note: str = ""
+    #: APPEND: (condition, argument); REMOVE: the client; PURGE: the node
+    arg: object = None
+    #: what an entry-list operation answered (see Kind)
+    answer: str | None = None
 
     @property
     def known(self) -> bool:
@@ -58,6 +80,13 @@ class Op:
             what = f"rmw {self.old!r} -> {self.value!r}"
         elif self.kind is Kind.LOSS:
             what = "loss (may reset to an earlier value)"
+        elif self.kind is Kind.PURGE:
+            what = f"purge (node {self.arg}'s clients' entries may go)"
+        elif self.kind in (Kind.APPEND, Kind.REMOVE, Kind.ENTRIES):
+            detail = f" {self.value!r} if {self.arg}" if self.kind is Kind.APPEND else ""
+            if self.kind is Kind.REMOVE:
+                detail = f" of {self.arg}"
+            what = f"{self.kind.value}{detail} -> {self.answer!r}"
         else:
             what = f"{self.kind.value} {self.value!r}"
         note = f"  ({self.note})" if self.note else ""
@@ -80,21 +109,27 @@ class History:
         self.ops.append(op)
         return op
 
-    def ok(self, op: Op, value: str | None = None) -> None:
+    def ok(self, op: Op, value: str | None = None, answer: str | None = None) -> None:
         """The operation completed; for a read, with the value it returned."""
         op.response = self.now()
         if op.kind in (Kind.READ, Kind.READ_ANY):
             op.value = value
+        op.answer = answer
 
     def failed(self, op: Op, note: str) -> None:
         """An error: a read is forgotten, a write may or may not have happened."""
-        if op.kind in (Kind.READ, Kind.READ_ANY):
+        if op.kind in READS:
             self.ops.remove(op)
             return
         op.note = note
 
     def loss(self, key: str, start: float, end: float, cause: str) -> Op:
         op = Op(next(self._ids), "fault", key, Kind.LOSS, None, start, end, note=cause)
+        self.ops.append(op)
+        return op
+
+    def purge(self, key: str, pnn: int, start: float, end: float, cause: str) -> Op:
+        op = Op(next(self._ids), "fault", key, Kind.PURGE, None, start, end, note=cause, arg=pnn)
         self.ops.append(op)
         return op
 

@@ -14,6 +14,14 @@ those (a local read that lags), and a LOSS may reset the register to one
 of them or to missing. Reads and RMWs name the exact value they saw, and
 every write writes a value of its own, so a lost or invented write shows.
 
+Entry lists (conditional append) use the same search with a second model:
+the state is the list of entries, an append answers "appended at i" or
+"conflict" exactly as its condition says on that list, a removal answers
+how many entries went, a read the whole list; a PURGE window lets the
+entries of one node's clients go (its node left the view or the vnnmap).
+That model is written here, apart from `ctdb.engines.conditions`, so that a
+wrong condition in the daemon shows as a history the model rejects.
+
 A failing history is shrunk to a minimal failing sub-history (no single
 operation can be removed and still fail), keeping with every read the
 write it read from, and printed.
@@ -24,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tools.sim.history import Kind, Op
+from tools.sim.history import WINDOWS, Kind, Op
 
 #: (current value, earlier values or None when the history needs none)
 State = tuple[str | None, frozenset[str | None] | None]
@@ -58,8 +66,68 @@ def step(state: State, op: Op) -> Iterator[State]:
         for earlier in sorted(past | {None}, key=_order):
             if earlier != cur:
                 yield earlier, past | {cur}
+    elif kind is Kind.APPEND:
+        new, answer = _append(cur, str(op.value), op.arg)
+        if not op.known or answer == op.answer:
+            yield (new, _with(past, cur)) if new != cur else state
+    elif kind is Kind.REMOVE:
+        entries = _entries(cur)
+        kept = [e for e in entries if _client_of(e) != op.arg]
+        new = _joined(kept)
+        if not op.known or f"removed {len(entries) - len(kept)}" == op.answer:
+            yield (new, _with(past, cur)) if new != cur else state
+    elif kind is Kind.ENTRIES:
+        if op.answer == (cur or ""):
+            yield state
+    elif kind is Kind.PURGE:
+        yield state
+        new = _joined([e for e in _entries(cur) if _node_of(e) != op.arg])
+        if new != cur:
+            yield new, _with(past, cur)
     else:  # pragma: no cover - Kind is closed
         raise ValueError(kind)
+
+
+# The entry-list model, written apart from ctdb.engines (so that a bug there
+# is not copied into the model): a record's state is its entries' payloads,
+# space-separated, in list order (None: no entries). A payload is
+# `<client>.<n>` and a client `c<i>@<pnn>`, which names the owner and its node.
+
+
+def _entries(state: str | None) -> list[str]:
+    return state.split(" ") if state else []
+
+
+def _joined(entries: list[str]) -> str | None:
+    return " ".join(entries) or None
+
+
+def _client_of(payload: str) -> str:
+    return payload.rsplit(".", 1)[0]
+
+
+def _node_of(payload: str) -> int:
+    return int(_client_of(payload).rsplit("@", 1)[1])
+
+
+def _append(cur: str | None, payload: str, cond: object) -> tuple[str | None, str]:
+    """The state after appending `payload` under `cond` (name, argument), and the answer."""
+    entries = _entries(cur)
+    if payload in entries:  # the same owner and payload: appended already
+        return cur, f"appended {entries.index(payload)}"
+    assert isinstance(cond, tuple)
+    name, arg = cond
+    if name == "always":
+        holds = True
+    elif name == "empty":
+        holds = not entries
+    elif name == "max_entries":
+        holds = len(entries) < arg
+    else:  # pragma: no cover - the workload's conditions
+        raise ValueError(name)
+    if not holds:
+        return cur, f"conflict {cur or ''}"
+    return _joined([*entries, payload]), f"appended {len(entries)}"
 
 
 def _with(past: frozenset[str | None] | None, value: str | None) -> frozenset[str | None] | None:
@@ -129,13 +197,17 @@ def _closure(ops: list[Op], drop: Op) -> list[Op]:
     lost = [drop]
     while lost:
         op = lost.pop()
-        if op.kind not in (Kind.WRITE, Kind.RMW):
+        if op.kind not in (Kind.WRITE, Kind.RMW, Kind.APPEND):
             continue
         for other in ops:
             if other.id in gone:
                 continue
-            saw = other.old if other.kind is Kind.RMW else other.value
-            if other.kind in (Kind.READ, Kind.READ_ANY, Kind.RMW) and saw == op.value:
+            if op.kind is Kind.APPEND:
+                saw_it = op.value in (other.answer or "").split(" ")
+            else:
+                saw = other.old if other.kind is Kind.RMW else other.value
+                saw_it = other.kind in (Kind.READ, Kind.READ_ANY, Kind.RMW) and saw == op.value
+            if saw_it:
                 gone.add(other.id)
                 lost.append(other)
     return [o for o in ops if o.id not in gone]
@@ -143,27 +215,27 @@ def _closure(ops: list[Op], drop: Op) -> list[Op]:
 
 def minimize(ops: list[Op]) -> list[Op]:
     """A failing sub-history from which no client operation can be dropped (with
-    what read from it). Loss windows stay: they are the model's, not the clients'."""
+    what read from it). Loss and purge windows stay: they are the model's, not the clients'."""
     current = sorted(ops, key=lambda o: (o.invoke, o.id))
     shrunk = True
     while shrunk:
         shrunk = False
         for op in reversed(current):
-            if op.kind is Kind.LOSS:
+            if op.kind in WINDOWS:
                 continue
             smaller = _closure(current, op)
             if not linearizable(smaller):
                 current = smaller
                 shrunk = True
                 break
-    # Show only the loss windows that overlap what is left.
-    clients = [o for o in current if o.kind is not Kind.LOSS]
+    # Show only the windows that overlap what is left.
+    clients = [o for o in current if o.kind not in WINDOWS]
     if not clients:
         return current
     start = min(o.invoke for o in clients)
     end = max(o.response if o.known else o.invoke for o in clients)
     return [
-        o for o in current if o.kind is not Kind.LOSS or (o.invoke <= end and o.response >= start)
+        o for o in current if o.kind not in WINDOWS or (o.invoke <= end and o.response >= start)
     ]
 
 
@@ -181,7 +253,7 @@ class Violation:
         shown: list[tuple[str, int]] = []
         for op in self.counterexample:
             text = op.describe()
-            if shown and shown[-1][0] == text and op.kind is Kind.LOSS:
+            if shown and shown[-1][0] == text and op.kind in WINDOWS:
                 shown[-1] = (text, shown[-1][1] + 1)  # the same window's steps
             else:
                 shown.append((text, 1))

@@ -132,6 +132,7 @@ async def run_schedule(
             complain(f"cluster did not settle after the faults: {cluster.describe()}")
             return
         faults.loss_ops(loop.time())
+        faults.purge_ops(loop.time())
         await _final_reads(workload, complain)
         _compare_replicas(cluster, complain)
         for violation in linearizability.check(history.by_key()):

@@ -5,8 +5,12 @@ deadline and records each in the `History`: volatile stores, deletes,
 linearizable fetches and increments under `fetch_lock`/`store_unlock`
 (read-modify-write), persistent local reads (`pfetch`: may lag, never
 invent), blind transactions over one or two keys and increments in
-transactions. Every write writes a value of its own (`<client>.<n>`), so
-the checker can tell every write apart.
+transactions; and on entry lists (other keys of the volatile database)
+conditional appends under `always`, `empty` or `max_entries N`, removals of
+the client's own entries and reads of the list, as record calls. Every
+write writes a value of its own (`<client>.<n>`), so the checker can tell
+every write apart; an entry's payload is such a value too, so the checker
+knows whose entry it is and on which node its client runs.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ctdb.common.errors import CtdbError
+from ctdb.engines.record_calls import Append, Read, RecordCall, Remove
 from ctdb.server.node import Node
 from ctdb.storage.database import DbKind
+from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import live_value
 from tools.sim.cluster import SimCluster
 from tools.sim.history import History, Kind, Op
@@ -26,6 +32,8 @@ from tools.sim.storage import TDB_ERR_IO
 
 VOLATILE, PERSISTENT = "v", "p"
 KEYS = [f"k{i}" for i in range(4)]
+#: Volatile keys that hold entry lists (conditional append) only.
+ENTRY_KEYS = ["q0", "q1"]
 
 #: operation -> weight
 MIX = {
@@ -36,7 +44,12 @@ MIX = {
     "pread": 3,
     "ptx": 2,
     "pincr": 3,
+    "qappend": 3,
+    "qremove": 1,
+    "qread": 1,
 }
+#: The conditions entry-list appends use, with their argument's range.
+CONDITIONS = [("always", None), ("empty", None), ("max_entries", (1, 3))]
 
 
 class Session:
@@ -44,6 +57,8 @@ class Session:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: who it is in entry lists, once it has appended: (pnn, client id)
+        self.owner: tuple[int, int] | None = None
 
 
 async def call(result: Any) -> Any:
@@ -107,7 +122,8 @@ class Workload:
                 kind = rng.choices(kinds, weights)[0]
                 serial += 1
                 self.busy[name] = (f"{kind} (#{serial})", loop.time())
-                await self.one(node, session, kind, rng.choice(KEYS), f"{name}.{serial}", rng)
+                key = rng.choice(ENTRY_KEYS if kind.startswith("q") else KEYS)
+                await self.one(node, session, kind, key, f"{name}.{serial}", rng)
                 del self.busy[name]
                 await asyncio.sleep(rng.uniform(0, 0.06))
         finally:
@@ -164,6 +180,8 @@ class Workload:
                     raise
                 for each in ops:
                     h.ok(each)
+            elif kind in ("qappend", "qremove", "qread"):
+                await self.entries_op(node, session, kind, key, unique, rng)
             elif kind == "pincr":
                 tx = node.transactions.begin(p)
                 now = h.now()
@@ -185,6 +203,34 @@ class Workload:
             if isinstance(exc, RuntimeError) and not _io_error(exc):
                 self.complain(f"{client} {kind} {key}: unexpected {exc!r}")
 
+    async def entries_op(
+        self, node: Node, session: Session, kind: str, key: str, unique: str, rng: random.Random
+    ) -> None:
+        """An append (payload `unique`), a removal of our entries, or a read of the list."""
+        h, v, raw = self.history, node.db_by_name(VOLATILE), key.encode()
+        if session.owner is None:
+            session.owner = node.owners.new_client(lambda srvid, src, data: None)
+        name, bounds = rng.choice(CONDITIONS)
+        arg = None if bounds is None else rng.randint(*bounds)
+        request: RecordCall
+        if kind == "qappend":
+            op = h.invoke(session.name, hkey(VOLATILE, key), Kind.APPEND, unique)
+            op.arg = (name, arg)
+            request = Append(name, arg, Entry(*session.owner, unique.encode()))
+        elif kind == "qremove":
+            op = h.invoke(session.name, hkey(VOLATILE, key), Kind.REMOVE)
+            op.arg = session.name
+            request = Remove(session.owner)
+        else:
+            op = h.invoke(session.name, hkey(VOLATILE, key), Kind.ENTRIES)
+            request = Read()
+        try:
+            answer = await call(node.records.call(v, raw, request))
+        except BaseException as exc:
+            h.failed(op, why(exc))
+            raise
+        h.ok(op, answer=_answer(kind, answer))
+
     async def locked_update(
         self, node: Node, session: Session, key: str, unique: str, rng: random.Random
     ) -> None:
@@ -205,6 +251,16 @@ class Workload:
             h.failed(op, why(exc))
             raise
         h.ok(op)
+
+
+def _answer(kind: str, answer: dict[str, Any]) -> str:
+    """A record call's answer as the history writes it (see tools.sim.history.Kind)."""
+    listed = " ".join(bytes(e[2]).decode() for e in answer.get("entries", ()))
+    if kind == "qappend":
+        return f"appended {answer['index']}" if answer["appended"] else f"conflict {listed}"
+    if kind == "qremove":
+        return f"removed {answer['removed']}"
+    return listed
 
 
 def why(exc: BaseException) -> str:
