@@ -146,6 +146,11 @@ def test_bad_requests_get_clear_errors(cluster: LocalCluster) -> None:
         with pytest.raises(CtdbError) as unknown_db:
             c.entries(unique("missing"), "k")
         assert unknown_db.value.code == ErrorCode.NOT_FOUND
+        persistent = unique("persistent")
+        c.attach(persistent, "persistent")
+        with pytest.raises(CtdbError) as not_volatile:
+            c.cond_append(persistent, "k", b"x", "always")
+        assert not_volatile.value.code == ErrorCode.NOT_SUPPORTED
         # The daemon serves on.
         assert c.cond_append(db, "k", b"x", "always").appended
 
