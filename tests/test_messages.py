@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.ordered.engine import OrderedEngine
+from ctdb.engines.ordered.replica import Replica
 from ctdb.protocol import messages as m
 from ctdb.protocol.schema import Limits
 from ctdb.server.admin import NodeControls
@@ -131,7 +132,10 @@ def test_every_ordered_op_has_a_schema_row_and_every_row_an_applier() -> None:
     special = {"applied", "offer", "snapshot", "synced"}  # handled before the _apply_<op> dispatch
     appliers = {n.removeprefix("_apply_") for n in dir(OrderedEngine) if n.startswith("_apply_")}
     appliers.discard("")  # _apply itself
-    assert appliers | special == set(m.ORDERED)
+    in_replica = {n.removeprefix("_apply_") for n in dir(Replica) if n.startswith("_apply_")}
+    assert in_replica == Replica.OPS
+    assert not appliers & in_replica
+    assert appliers | in_replica | special == set(m.ORDERED)
 
 
 # -- what is refused, and why ------------------------------------------------------------------

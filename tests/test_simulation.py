@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ctdb.engines import conditions, migration, transactions
-from ctdb.engines.ordered import engine as ordered
+from ctdb.engines.ordered import replica
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS
 from tools.sim.schedule import simulate
@@ -120,13 +120,13 @@ def test_a_lost_store_unlock_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_replica_skipping_writes_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """vs: one node that does not apply stores from the ordered stream diverges."""
-    original = ordered.OrderedEngine._apply_store
+    original = replica.Replica._apply_store
 
     def skipping(self: Any, origin: int, args: dict[str, Any]) -> None:
-        if self.node.pnn != 2:
+        if self.pnn != 2:
             original(self, origin, args)
 
-    monkeypatch.setattr(ordered.OrderedEngine, "_apply_store", skipping)
+    monkeypatch.setattr(replica.Replica, "_apply_store", skipping)
     caught = _caught("vs", "differs between nodes")
     assert caught and any("not linearizable" in v for v in _caught("vs", "key v:"))
 

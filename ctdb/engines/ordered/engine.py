@@ -14,14 +14,15 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
 from ctdb.engines.ordered.locks import LockQueue, Owner, QueueFull
+from ctdb.engines.ordered.replica import FirstEntry, Granted, Replica, Written
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.ordered.sync import SyncRound, make_plan
-from ctdb.engines.record_calls import Append, RecordCall
-from ctdb.engines.transactions import Transaction, next_version
+from ctdb.engines.record_calls import RecordCall
+from ctdb.engines.transactions import Transaction
 from ctdb.protocol.messages import Ordered, encode
-from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
+from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
-from ctdb.storage.ltdb import Record, live_value
+from ctdb.storage.ltdb import live_value
 from ctdb.storage.placement import db_id
 from transport.base import View
 
@@ -64,7 +65,8 @@ class OrderedEngine:
         # this run's writes look stable.
         self._seq = itertools.count((node.epochs.incarnation << 32) + 1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._locks: dict[tuple[int, bytes], LockQueue] = {}
+        #: the replicated state: records, lock queues, entry lists, markers
+        self.replica = Replica(node.pnn, node, node.stats)
         #: local lock waiters: owner -> future resolved when it becomes holder
         self._lock_waiters: dict[tuple[Owner, int, bytes], asyncio.Future[Any]] = {}
         #: locks our clients were told they hold (fetch_lock answered, not yet unlocked)
@@ -92,8 +94,6 @@ class OrderedEngine:
         self._barriers = Barriers()
         #: which writes every member holds (see stability.py)
         self.stability = Stability(node.pnn, self._send)
-        #: db id -> keys that hold a deletion marker (vacuuming candidates)
-        self._markers: dict[int, set[bytes]] = {}
 
     # -- identity of local clients --------------------------------------------------
 
@@ -146,7 +146,7 @@ class OrderedEngine:
             self.stability.unstable.pop(seq, None)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
-        q = self._locks.get((db.id, key))
+        q = self.replica.locks.get((db.id, key))
         holder = q.holder if q is not None else None
         if (
             self.node.serving
@@ -171,7 +171,7 @@ class OrderedEngine:
         deadline = self._deadline()
         await node.wait_serving(deadline)
         await self._barrier(deadline)
-        q = self._locks.get((db.id, key))
+        q = self.replica.locks.get((db.id, key))
         if q is None or q.holder in (None, self._owner(session)):
             await self.settle(db, key, deadline)
             return live_value(db.local.get(key))
@@ -246,7 +246,7 @@ class OrderedEngine:
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         owner = self._owner(session)
-        q = self._locks.get((db.id, key))
+        q = self.replica.locks.get((db.id, key))
         if q is not None and q.holder == owner:
             self._granted.add((owner, db.id, key))
             return live_value(db.local.get(key))
@@ -273,7 +273,7 @@ class OrderedEngine:
 
     async def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
         owner = self._owner(session)
-        q = self._locks.get((db.id, key))
+        q = self.replica.locks.get((db.id, key))
         if q is None or q.holder != owner:
             self._granted.discard((owner, db.id, key))  # a grant a state transfer undid
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
@@ -288,7 +288,7 @@ class OrderedEngine:
         self._sessions.pop(sid, None)
         owner = (self.node.pnn, sid)
         self._granted = {g for g in self._granted if g[0] != owner}
-        if any(e[0] == owner for q in self._locks.values() for e in q.entries):
+        if any(e[0] == owner for q in self.replica.locks.values() for e in q.entries):
             self._broadcast("release", {"owner": owner})
 
     def _broadcast(self, op: str, args: dict[str, Any]) -> None:
@@ -300,47 +300,6 @@ class OrderedEngine:
         record_calls.check(call)
         args = {"db": db.id, "key": key, "call": record_calls.to_wire(call)}
         return self._submit("call", self._volatile_write(args))
-
-    def _apply_call(self, origin: int, args: dict[str, Any]) -> dict[str, Any]:
-        db, key = self._db(args["db"]), bytes(args["key"])
-        call = record_calls.from_wire(args["call"])
-        if isinstance(call, Append) and call.entry.pnn != origin:
-            raise CtdbError(ErrorCode.INVALID, f"node {origin} appends for another node's client")
-        q = self._locks.get((db.id, key))
-        if q is not None and q.holder is not None:
-            raise CtdbError(ErrorCode.BUSY, f"record {key!r} is locked with fetch_lock")
-        before = db.local.get(key)
-        outcome = record_calls.run(call, before)
-        if outcome.value is None:
-            return outcome.answer
-        return outcome.with_rsn(self._write_entries(db, key, before, outcome.value, origin).rsn)
-
-    def _write_entries(
-        self, db: Database, key: bytes, before: Record | None, value: bytes, origin: int
-    ) -> Record:
-        """Write a changed entry list; a new first entry's owner, if one of ours, is told."""
-        rec = self._write(db, key, value, origin)
-        head = record_calls.new_head(before, value)
-        if head is not None and head[0] == self.node.pnn:
-            self.node.entry_head(head, db.id, key)
-        return rec
-
-    def _purge_entries(self, gone: Callable[[Entry], bool]) -> None:
-        """Remove the entries of owners `gone` from every volatile record.
-
-        Every member does it at the same position in the stream (a view
-        change) with the same `gone`, and writes as the lowest member, so
-        the replicas stay identical.
-        """
-        writer = min(self.members)
-        for db in list(self.node.dbs.values()):
-            if db.replicated:
-                continue
-            for key, rec in list(db.local.items()):
-                if record_calls.may_hold_entries(rec):
-                    value = record_calls.purge(rec, gone)
-                    if value is not None:
-                        self._write_entries(db, key, rec, value, writer)
 
     async def commit(self, tx: Transaction) -> int:
         if not tx.writes:
@@ -446,7 +405,10 @@ class OrderedEngine:
         if members is not None:
             self.stability.applying = (msg.origin, msg.seq, members)
         try:
-            result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
+            if msg.op in Replica.OPS:
+                result = self.replica.apply(msg.origin, msg.op, msg.args)
+            else:
+                result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
             error = None
         except CtdbError as exc:
             result, error = None, exc
@@ -454,9 +416,11 @@ class OrderedEngine:
             # Our replica may now differ from everyone else's (I/O error,
             # disk full, a bug): never carry on with it.
             log.exception("applying %s from node %d failed", msg.op, msg.origin)
+            self._act()
             self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
             return
         finally:
+            self._act()
             self.stability.applying = None
         self.node.stats["ordered_applied"] += 1
         stable = members is not None and error is None
@@ -511,15 +475,6 @@ class OrderedEngine:
     def _db(self, dbid: int) -> Database:
         return self.node.db(int(dbid))
 
-    def _write(self, db: Database, key: bytes, value: bytes, origin: int) -> Record:
-        old = db.local.get(key)
-        rec = Record((old.rsn if old else 0) + 1, origin, value)
-        db.local.put(key, rec)
-        self.stability.touched((db.id, key))
-        if not value:
-            self._markers.setdefault(db.id, set()).add(key)
-        return rec
-
     # -- vacuuming: every replica drops the same markers at the same position ----------
 
     def vacuum(self) -> None:
@@ -531,128 +486,57 @@ class OrderedEngine:
         """
         if not self.serving or self.members[0] != self.node.pnn:
             return
-        for dbid, keys in list(self._markers.items()):
+        for dbid, keys in list(self.replica.markers.items()):
             db = self.node.dbs.get(dbid)
             if db is None:
-                del self._markers[dbid]
+                del self.replica.markers[dbid]
                 continue
             batch = []
             for key in list(itertools.islice(keys, VACUUM_BATCH)):
                 rec = db.local.get(key)
                 if rec is None or not rec.deleted:
                     keys.discard(key)
-                elif (dbid, key) not in self._locks:
+                elif (dbid, key) not in self.replica.locks:
                     batch.append([key, rec.rsn])
             if batch:
                 self._broadcast("vacuum", {"db": dbid, "records": batch})
 
-    def _apply_vacuum(self, origin: int, args: dict[str, Any]) -> None:
-        db = self._db(args["db"])
-        keys = self._markers.get(db.id, set())
-        for raw_key, rsn in args["records"]:
-            key = bytes(raw_key)
-            rec = db.local.get(key)
-            idle = (db.id, key) not in self._locks
-            if rec is not None and rec.deleted and rec.rsn == rsn and idle:
-                db.local.remove(key)
-                self.node.stats["vacuumed"] += 1
-            keys.discard(key)
+    def _act(self) -> None:
+        """Do what applying the stream left for this node to do (replica effects)."""
+        effects, self.replica.effects = self.replica.effects, []
+        for effect in effects:
+            if isinstance(effect, Written):
+                self.stability.touched(effect.ref)
+            elif isinstance(effect, FirstEntry):
+                self.node.entry_head(effect.owner, *effect.ref)
+            else:
+                self._granted_here(effect)
 
-    def _apply_store(self, origin: int, args: dict[str, Any]) -> None:
-        db, key = self._db(args["db"]), bytes(args["key"])
-        q = self._locks.get((db.id, key))
-        owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
-        if q is not None and q.holder is not None and q.holder != owner:
-            # Someone holds the record: the write takes its turn in the queue.
-            q.queue(owner, bytes(args["value"]), args, key)
-            return
-        self._write(db, key, bytes(args["value"]), origin)
-
-    def _apply_lock(self, origin: int, args: dict[str, Any]) -> None:
-        db, key = self._db(args["db"]), bytes(args["key"])
-        owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
-        q = self._locks.setdefault((db.id, key), LockQueue())
-        q.queue(owner, None, args, key)
-        self._advance(db, key, q)
-
-    def _apply_unlock(self, origin: int, args: dict[str, Any]) -> None:
-        db, key = self._db(args["db"]), bytes(args["key"])
-        owner = (int(args["owner"][0]), int(args["owner"][1]))
-        q = self._locks.get((db.id, key))
-        if q is None or q.holder != owner:
-            raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
-        if args.get("value") is not None:
-            self._write(db, key, bytes(args["value"]), origin)
-        q.pop()
-        self._advance(db, key, q)
-
-    def _apply_withdraw(self, origin: int, args: dict[str, Any]) -> None:
-        """A lock request gave up (timed out): drop it from that record's queue."""
-        db, key = self._db(args["db"]), bytes(args["key"])
-        owner = (int(args["owner"][0]), int(args["owner"][1]))
-        q = self._locks.get((db.id, key))
-        if q is not None:
-            q.withdraw(owner)
-            self._advance(db, key, q)
-
-    def _apply_release(self, origin: int, args: dict[str, Any]) -> None:
-        owner = (int(args["owner"][0]), int(args["owner"][1]))
-        self._purge(lambda o: o == owner)
-
-    def _apply_commit(self, origin: int, args: dict[str, Any]) -> int:
-        db = self._db(args["db"])
-        seqnum, records = next_version(db, args["reads"], args["writes"], origin)
-        db.local.write_batch(Database.commit_puts(records))
-        for key in records:
-            self.stability.touched((db.id, key))
-        return seqnum
-
-    def _apply_attach(self, origin: int, args: dict[str, Any]) -> None:
-        self.node.attach(str(args["name"]), DbKind.parse(str(args["kind"])))
-
-    def _apply_wipe(self, origin: int, args: dict[str, Any]) -> None:
-        db = self._db(args["db"])
-        keep: dict[bytes, Record | None] = {}
-        if db.replicated:  # the sequence number and the history only move forward
-            seqnum = db.seqnum() + 1
-            keep[SEQNUM_KEY] = Database.seqnum_record(seqnum, origin)
-            keep[HISTORY_KEY] = db.history_record(seqnum, origin, [(b"", b"wipe")])
-        db.local.write_batch(keep, replace_all=True)
-        self._markers.pop(db.id, None)
-
-    def _advance(self, db: Database, key: bytes, q: LockQueue) -> None:
-        """Apply queued writes at the head, then tell a new local holder it has the lock."""
-        while (head := q.head_store()) is not None:
-            # Written before it leaves the queue: if the write fails, the
-            # store is still queued when this node's copy is next used.
-            owner, value = head
-            self._write(db, key, value, owner[0])
-            q.pop()
-        holder = q.holder
-        if holder is None:
-            self._locks.pop((db.id, key), None)
-            return
-        if holder[0] == self.node.pnn:
-            mine = (holder, db.id, key)
-            fut = self._lock_waiters.get(mine)
-            if fut is not None:
-                if not fut.done():
-                    fut.set_result(live_value(db.local.get(key)))
-            elif mine not in self._granted:
-                # Nobody here wants it any more: a fetch_lock that failed, or
-                # one whose grant a state transfer undid. Held, it would stay
-                # locked for good.
-                self._broadcast("withdraw", {"db": db.id, "key": key, "owner": holder})
+    def _granted_here(self, grant: Granted) -> None:
+        """One of our clients now holds a lock: answer its fetch_lock, or give it back."""
+        dbid, key = grant.ref
+        mine = (grant.owner, dbid, key)
+        fut = self._lock_waiters.get(mine)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(grant.value)
+        elif mine not in self._granted:
+            # Nobody here wants it any more: a fetch_lock that failed, or
+            # one whose grant a state transfer undid. Held, it would stay
+            # locked for good.
+            self._broadcast("withdraw", {"db": dbid, "key": key, "owner": grant.owner})
 
     def _purge(self, gone: Callable[[Owner], bool]) -> None:
-        """Drop the lock requests of owners `gone`; their queued writes stay.
+        try:
+            self.replica.purge_locks(gone)
+        finally:
+            self._act()
 
-        A queue whose head is a write is advanced too: only a write that
-        failed half-way through an earlier advance leaves one there.
-        """
-        for (dbid, key), q in list(self._locks.items()):
-            if q.purge(gone) or q.holder is None:
-                self._advance(self._db(dbid), key, q)
+    def _purge_entries(self, gone: Callable[[Entry], bool]) -> None:
+        try:
+            self.replica.purge_entries(gone, min(self.members))
+        finally:
+            self._act()
 
     # -- membership -------------------------------------------------------------------------
 
@@ -788,7 +672,7 @@ class OrderedEngine:
             # Lock queues are replicated state like the records: a joiner
             # without them would reject the holder's unlock.
             "locks": [
-                [key, q.to_wire()] for (dbid, key), q in self._locks.items() if dbid == db.id
+                [key, q.to_wire()] for (dbid, key), q in self.replica.locks.items() if dbid == db.id
             ],
             # Stability is state too: the receiver must not read as stable
             # what is not stable yet (see `_plan_done`).
@@ -840,15 +724,18 @@ class OrderedEngine:
             records = from_wire(msg.args["records"])
             db.local.write_batch(records, replace_all=True)
             if not db.replicated:
-                self._markers[db.id] = {k for k, rec in records.items() if rec.deleted}
+                self.replica.markers[db.id] = {k for k, rec in records.items() if rec.deleted}
         self.recoveries = int(msg.args.get("recoveries", self.recoveries))
         # Lock queues are state too: take the donor's.
-        for stale in [k for k in self._locks if k[0] == db.id]:
-            del self._locks[stale]
+        for stale in [k for k in self.replica.locks if k[0] == db.id]:
+            del self.replica.locks[stale]
         for key, entries in msg.args.get("locks", []):
             q = LockQueue.from_wire(entries)
-            self._locks[(db.id, bytes(key))] = q
-            self._advance(db, bytes(key), q)
+            self.replica.locks[(db.id, bytes(key))] = q
+            try:
+                self.replica.advance(db, bytes(key), q)
+            finally:
+                self._act()
         dirty = self.stability.dirty
         for stale in [ref for ref in dirty if ref[0] == db.id]:
             del dirty[stale]
@@ -900,11 +787,11 @@ class OrderedEngine:
         # Grants the state we took over does not show were never stable: the
         # client hears NOT_LOCKED at its unlock.
         self._granted = {
-            g for g in self._granted if (q := self._locks.get(g[1:])) and q.holder == g[0]
+            g for g in self._granted if (q := self.replica.locks.get(g[1:])) and q.holder == g[0]
         }
         gone: set[Owner] = set()
         unwanted: set[tuple[Owner, int, bytes]] = set()
-        for (dbid, key), q in self._locks.items():
+        for (dbid, key), q in self.replica.locks.items():
             for owner, kind, _ in q.entries:
                 if owner[0] != me:
                     continue
