@@ -69,6 +69,7 @@ FOUND = [
     ("vs", 76634),  # (the same, volatile)
     ("tcp", 21475),  # a key nobody was dmaster of after a vacuum cut short by a crash
     ("tcp", 51058),  # a key nobody was dmaster of: two members cut apart during a recovery
+    ("tcp", 1598),  # an append re-sent across a recovery that purged it took effect twice
 ]
 
 

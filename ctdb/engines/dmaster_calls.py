@@ -10,9 +10,14 @@ its copy, writes the result as the dmaster writes any update, and sends a
 `RecordCallReply` straight back: one request, one reply.
 
 A call whose reply does not come within RETRY_INTERVAL is sent again with
-the same request id (messages of an aborted generation are dropped, so a
-call can vanish); calls are idempotent (see record_calls), so a call that
-ran once and lost its reply gives the same answer the second time. The
+the same request id. Within one generation that is safe: calls are
+idempotent (see record_calls), and nothing but a call changes an entry list
+between two of them. Across a recovery it is not: the call may have run
+before it, and the recovery may have purged what it did (its node was cut
+off for a while), so running it again would make one request take effect
+twice. A call that changes the list and is still unanswered when the
+generation changes therefore fails with TIMEOUT (outcome unknown, as a vs
+request that times out); a read is simply sent again. The
 dmaster runs a call only while it serves its current generation, as every
 write (migration's module docstring); a call for a record a client holds
 with `fetch_lock` fails with BUSY rather than wait behind a lock of unknown
@@ -108,11 +113,22 @@ class DmasterCalls:
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._waiting[reqid] = fut
         wire = record_calls.to_wire(call)
+        sent_in: int | None = None  # the generation we last sent it in
+        changes = record_calls.changes(call)
         try:
             while True:
                 await node.wait_serving(deadline)
+                if changes and sent_in is not None and node.generation != sent_in:
+                    # It may have run before the recovery, and what it did may
+                    # since have changed (a purge): running it again would
+                    # make one request take effect twice.
+                    raise CtdbError(
+                        ErrorCode.TIMEOUT,
+                        f"a recovery cut a call on {key!r} short: its outcome is unknown",
+                    )
                 if self.engine.is_dmaster(db, key, db.local.get(key)):
                     return self._run(db, key, call)  # the record came to us meanwhile
+                sent_in = node.generation
                 node.stats["record_calls_sent"] += 1
                 msg = RecordCallMsg(db.id, key, node.generation, node.pnn, reqid, 0, wire)
                 node.send(lmaster(key, node.vnnmap), msg)

@@ -148,6 +148,11 @@ def new_head(before: Record | None, after: bytes) -> Owner | None:
     return new[0].owner
 
 
+def changes(call: RecordCall) -> bool:
+    """Whether the call may change the record (running it twice is then not the same)."""
+    return not isinstance(call, Read)
+
+
 def may_hold_entries(rec: Record) -> bool:
     """A cheap test before `purge`: only entry lists start with the magic."""
     return rec.value[: len(MAGIC)] == MAGIC
