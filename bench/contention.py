@@ -92,7 +92,7 @@ DB = "bench_contention"
 TRANSPORTS = ("tcp", "vs")
 VARIANTS = ("fetch_lock", "append_spin", "append_fifo")
 VARIANT_LABELS = {
-    "fetch_lock": "fetch_lock (record migration)",
+    "fetch_lock": "fetch_lock (tcp: record migration; vs: ordered lock queue)",
     "append_spin": "cond_append 'empty', retry",
     "append_fifo": "cond_append 'always', FIFO + head message",
 }
@@ -649,10 +649,10 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
 # -- output -----------------------------------------------------------------------------
 
 SAMBA_NOTE = (
-    "Samba's real ctdbd is not measured: pyctdb's client library does not yet speak "
-    "CTDB's own client protocol for records (fetch_lock, calls), and Samba's ctdbd has no "
-    "conditional append at all, so this workload cannot run against it yet (issue 11 "
-    "defers it to the issue on CTDB's client protocol)."
+    "Samba's real ctdbd is not measured: pyctdb does not yet speak CTDB's own client "
+    "protocol for records (fetch_lock, record calls), so this workload cannot drive Samba's "
+    "ctdbd yet, and conditional append exists only in pyctdb. Issue 11 defers the side by "
+    "side run to the issue on CTDB's client protocol."
 )
 
 
@@ -662,6 +662,19 @@ def ms(x: float | None) -> str:
 
 def rate(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
+
+
+def busy_note(machine: dict[str, Any]) -> list[str]:
+    """Other work shared the CPUs: every configuration is one window, so say so."""
+    if not load_warning(machine):
+        return []
+    return [
+        f"**Busy host**: 1-minute load average {machine['loadavg_at_start'][0]:.1f} at start, "
+        f"{machine['loadavg'][0]:.1f} at end, on {machine['cpus']} CPUs (daemons, corosync "
+        "and this driver share them, with other work). Each configuration is one window: "
+        "rates may swing up to 2x between runs and tails (p99) are pessimistic.",
+        "",
+    ]
 
 
 def write_summary(path: Path, results: dict[str, Any]) -> None:
@@ -676,7 +689,7 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "",
         f"Command: `{results['command']}`",
         "",
-        *load_warning(results["machine"]),
+        *busy_note(results["machine"]),
         "One key, clients spread over the nodes used (client i on node i mod n); each "
         "acquisition takes the lock, increments a counter under it and releases it. "
         "Ratios are against tcp `fetch_lock` at the same nodes x clients.",
@@ -723,13 +736,15 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "",
         "## Every configuration",
         "",
-        "attempts = lock requests per acquisition (refusals included); driver CPU = this "
+        "attempts = lock requests per acquisition (refusals included); req/acq = every "
+        "request per acquisition (fetch_lock: lock, store_unlock; an append lock: append, "
+        "fetch, store, remove, plus refused appends); driver CPU = this "
         "process's share of one core (all clients run in it); daemons' CPU per acquisition "
         "adds up every ctdbd (and the private corosync on vs).",
         "",
         "| transport | lock | nodes | clients | acq/s | ratio | p50 ms | p99 ms | per client "
-        "min..max | attempts | counter ok | driver CPU | daemons ms CPU/acq | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "min..max | attempts | req/acq | counter ok | driver CPU | daemons ms CPU/acq | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ratio_of = {
         (x["transport"], x["variant"], x["nodes"], x["clients"]): x["ratio"]
@@ -741,7 +756,7 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
                 if "error" in r:
                     lines.append(
                         f"| {transport} | {variant} | {r['nodes']} | {r['clients']} | "
-                        f"failed: {r['error']} |||||||||"
+                        f"failed: {r['error']} ||||||||||"
                     )
                     continue
                 ratio = ratio_of[(transport, variant, r["nodes"], r["clients"])]
@@ -751,7 +766,8 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
                     f"{rate(r['per_s'])} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
                     f"{ms(r['p50_s'])} | {ms(r['p99_s'])} | "
                     f"{r['per_client_min']}..{r['per_client_max']} | "
-                    f"{'-' if att is None else f'{att:.1f}'} | {r['counter_ok']} | "
+                    f"{'-' if att is None else f'{att:.1f}'} | "
+                    f"{r['requests'] / max(1, r['acquisitions']):.1f} | {r['counter_ok']} | "
                     f"{r['driver_cpu_fraction']:.0%} | "
                     f"{ms(r['servers_cpu_per_acquisition_s'])} | "
                     f"{', '.join(f'{k} {v}' for k, v in r['errors'].items()) or '-'} |"
