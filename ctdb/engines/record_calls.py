@@ -143,8 +143,8 @@ def new_head(before: Record | None, after: bytes) -> Owner | None:
         new = decode_entries(after)
     except CtdbError:
         return None
-    if not new or (old and old[0].owner == new[0].owner):
-        return None
+    if not old or not new or old[0].owner == new[0].owner:
+        return None  # an append to an empty list: its client knows from the answer
     return new[0].owner
 
 
