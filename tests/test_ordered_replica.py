@@ -103,8 +103,12 @@ def test_entry_lists_and_the_purge_of_a_departed_node(replicas: list[Replica]) -
         wire = {"db": dbid, "key": b"q", "call": record_calls.to_wire(c)}
         return apply_all(replicas, origin, "call", wire)
 
+    for r in replicas:
+        r.effects.clear()
     first = call(1, Append("empty", None, Entry(1, 5, b"a")))
     assert first[0] == first[1] and first[0]["appended"]
+    # The appender of a first entry knows from the answer: nobody is told.
+    assert not any(isinstance(e, FirstEntry) for r in replicas for e in r.effects)
     assert not call(0, Append("empty", None, Entry(0, 3, b"b")))[0]["appended"]
     call(0, Append("always", None, Entry(0, 3, b"b")))
     with pytest.raises(CtdbError):  # a node may append only for its own clients
