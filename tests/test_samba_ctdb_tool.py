@@ -116,6 +116,33 @@ def test_ctdb_getdbmap_and_getdbseqnum_see_the_daemons_databases(cluster: LocalC
     assert missing.returncode != 0 and "No database matching" in missing.stdout + missing.stderr
 
 
+def test_ctdb_attach_creates_the_database_on_every_node(cluster: LocalCluster) -> None:
+    """The tool attaches, then opens the daemon's file itself with the flags the
+    daemon reports (DB_OPEN_FLAGS): our tool keeps reading and writing it."""
+    volatile, persistent, replicated = unique("sv"), unique("sp"), unique("sr")
+    for name, kind in (
+        (volatile, ()),
+        (persistent, ("persistent",)),
+        (replicated, ("replicated",)),
+    ):
+        out = samba_ctdb(cluster, 1, "attach", name, *kind)
+        assert out.returncode == 0, out.stderr
+    for pnn in range(cluster.size):
+        ours = {
+            db["name"]: db for db in run_ctdbtool(cluster.socket(pnn), "--json", "getdbmap").json()
+        }
+        assert ours[volatile]["kind"] == "volatile"
+        assert ours[persistent]["kind"] == "persistent"
+        assert ours[replicated]["kind"] == "replicated"
+    run_ctdbtool(cluster.socket(0), "writekey", volatile, "k", "v")
+    assert samba_ctdb(cluster, 2, "attach", volatile).returncode == 0  # again: the same id
+    assert run_ctdbtool(cluster.socket(1), "readkey", volatile, "k").stdout.strip().endswith("[v]")
+    # Another kind under an attached name is refused, as ctdbd refuses it.
+    wrong = samba_ctdb(cluster, 0, "attach", volatile, "persistent")
+    assert wrong.returncode != 0
+    assert "failed" in wrong.stdout + wrong.stderr
+
+
 def test_ctdb_setvar_changes_the_tunable_our_own_tool_reads(cluster: LocalCluster) -> None:
     try:
         out = samba_ctdb(cluster, 2, "setvar", "MaxLockWaiters", "777")

@@ -5,10 +5,13 @@ protocol, not ours (`ctdb/protocol/ctdb_wire.py` decodes it, sans-IO). This
 is the thin shell that serves it: one session per connection, each packet
 answered at once. So far it answers what every `ctdb` command sends first
 and the commands that need nothing else (`ctdb pnn`, `ping`, `uptime`,
-`listvars`, `getvar`, `setvar`, `status`, `getdbmap`, `getdbseqnum`):
-GET_PNN, PING, UPTIME, GET_RECMODE, GET_RUNSTATE, LIST_TUNABLES,
-GET_TUNABLE, SET_TUNABLE, GET_NODEMAP, GETVNNMAP, GET_IFACES, GET_DBMAP,
-GET_DBNAME, GETDBPATH, DB_GET_HEALTH, GET_DB_SEQNUM, REGISTER_SRVID and
+`listvars`, `getvar`, `setvar`, `status`, `getdbmap`, `getdbseqnum`,
+`attach`): GET_PNN, PING, UPTIME, GET_RECMODE, GET_RUNSTATE,
+LIST_TUNABLES, GET_TUNABLE, SET_TUNABLE, GET_NODEMAP, GETVNNMAP,
+GET_IFACES, GET_DBMAP, GET_DBNAME, GETDBPATH, DB_GET_HEALTH, GET_DB_SEQNUM,
+DB_ATTACH, DB_ATTACH_PERSISTENT, DB_ATTACH_REPLICATED (answered once every
+node attached), DB_OPEN_FLAGS (the flags the daemon's own handle has, which
+a client opening the file uses verbatim), REGISTER_SRVID and
 DEREGISTER_SRVID, and the leader's message (CTDB_SRVID_LEADER, at
 registration and every second). Controls for another node than this one
 are not forwarded yet (they fail), except those every node answers alike.
@@ -80,8 +83,9 @@ ANY_NODE = frozenset({Control.GET_NODEMAP, Control.GETVNNMAP, Control.GET_IFACES
 #: What ctdbd answers a request it cannot serve.
 FAILED = -1
 
-#: (session, decoded request data) -> (status, reply value for the codec)
-Handler = Callable[["CtdbSession", Any], tuple[int, Any]]
+#: (session, decoded request data) -> (status, reply value for the codec), or a
+#: coroutine of it for a control that needs the cluster (attach)
+Handler = Callable[["CtdbSession", Any], Any]
 
 
 def _timeval(t: float) -> tuple[int, int]:
@@ -159,6 +163,30 @@ def _db_seqnum(s: CtdbSession, db_id: int) -> tuple[int, Any]:
     return 0, s.node.db(db_id).seqnum()
 
 
+def _attach(kind: DbKind) -> Handler:
+    """DB_ATTACH and kin: attach on every node; the database's id.
+
+    As ctdbd: attaching a name already attached as another kind fails (-1).
+    """
+
+    async def handler(s: CtdbSession, name: str) -> tuple[int, Any]:
+        node = s.node
+        existing = next((db for db in node.dbs.values() if db.name == name), None)
+        if existing is not None and existing.kind is not kind:
+            raise CtdbError(
+                ErrorCode.EXISTS, f"database {name} is {existing.kind.value}, not {kind.value}"
+            )
+        db = await node.records.attach(name, kind)
+        return 0, db.id
+
+    return handler
+
+
+def _open_flags(s: CtdbSession, db_id: int) -> tuple[int, Any]:
+    """The TDB flags a client must open the database's file with (it uses them verbatim)."""
+    return 0, s.node.db(db_id).local.tdb_flags
+
+
 def _u32_tunables(node: Node) -> dict[str, int]:
     """The tunables CTDB's protocol can carry: its values are u32, so ours
     with fractions (seconds as floats) are not offered rather than rounded."""
@@ -207,6 +235,10 @@ HANDLERS: dict[Control, Handler] = {
     Control.GETDBPATH: _dbpath,
     Control.DB_GET_HEALTH: _db_health,
     Control.GET_DB_SEQNUM: _db_seqnum,
+    Control.DB_ATTACH: _attach(DbKind.VOLATILE),
+    Control.DB_ATTACH_PERSISTENT: _attach(DbKind.PERSISTENT),
+    Control.DB_ATTACH_REPLICATED: _attach(DbKind.REPLICATED),
+    Control.DB_OPEN_FLAGS: _open_flags,
 }
 
 
@@ -220,6 +252,8 @@ class CtdbSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         #: message ids the client registered for (messages are not delivered yet)
         self.srvids: set[int] = set()
+        #: controls still waiting for the cluster (attach)
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -227,6 +261,8 @@ class CtdbSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.sessions.discard(self)
+        for task in self.tasks:
+            task.cancel()
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -285,18 +321,45 @@ class CtdbSession(asyncio.Protocol):
                 if handler is None:
                     name = Control(req.opcode).name
                     raise CtdbError(ErrorCode.NOT_SUPPORTED, f"CTDB control {name}")
-                status, result = handler(self, value)
+                outcome = handler(self, value)
+                if asyncio.iscoroutine(outcome):
+                    self._later(req, header, outcome)
+                    return None
+                status, result = outcome
             data = b"" if codec.result_in_status else codec.reply.encode(result)
-        except CtdbError as exc:
-            self.server.once(f"control {req.opcode}", f"not served: {exc.message}")
-            status, data = FAILED, b""
-        except Exception:  # a bug must cost this request, not the connection
-            log.exception("CTDB control %d failed", req.opcode)
-            status, data = FAILED, b""
+        except Exception as exc:
+            status, data = self._failed(req, exc)
         reply = b"" if req.noreply else ReplyControl(header, status, data).encode()
         if leader_now:
             reply += self.server.leader_message()
         return reply or None
+
+    def _failed(self, req: ReqControl, exc: Exception) -> tuple[int, bytes]:
+        """A control that failed answers -1 with no data, as ctdbd's do."""
+        if isinstance(exc, CtdbError):
+            self.server.once(f"control {req.opcode}", f"not served: {exc.message}")
+        else:  # a bug must cost this request, not the connection
+            log.error("CTDB control %d failed", req.opcode, exc_info=exc)
+        return FAILED, b""
+
+    def _later(self, req: ReqControl, header: Header, outcome: Any) -> None:
+        """Answer a control that waits for the cluster once it is done."""
+
+        async def answer() -> None:
+            try:
+                status, result = await outcome
+                codec = codec_for(req.opcode)
+                data = b"" if codec.result_in_status else codec.reply.encode(result)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                status, data = self._failed(req, exc)
+            if not req.noreply and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(ReplyControl(header, status, data).encode())
+
+        task = asyncio.get_running_loop().create_task(answer())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def send_leader(self) -> None:
         if SRVID_LEADER in self.srvids and self.transport is not None:

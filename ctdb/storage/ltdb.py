@@ -125,6 +125,8 @@ class LocalDb:
         self.path = path
         self.persistent = persistent
         flags = tdb.DEFAULT if persistent else tdb.NOSYNC | TDB_MUTEX_LOCKING
+        #: what another process must open the file with (CTDB's DB_OPEN_FLAGS)
+        self.tdb_flags = flags
         existing = path.exists()
         if existing and not persistent:
             path.unlink()
