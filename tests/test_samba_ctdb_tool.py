@@ -143,6 +143,23 @@ def test_ctdb_attach_creates_the_database_on_every_node(cluster: LocalCluster) -
     assert "failed" in wrong.stdout + wrong.stderr
 
 
+def test_ctdb_catdb_lists_every_nodes_records(cluster: LocalCluster) -> None:
+    volatile, persistent = unique("cv"), unique("cp")
+    run_ctdbtool(cluster.socket(0), "attach", volatile)
+    run_ctdbtool(cluster.socket(0), "attach", persistent, "persistent")
+    for pnn in range(cluster.size):  # on tcp each node becomes dmaster of its key
+        run_ctdbtool(cluster.socket(pnn), "writekey", volatile, f"key{pnn}", f"value{pnn}")
+    run_ctdbtool(cluster.socket(2), "pstore", persistent, "pk", "pv")
+    out = samba_ctdb(cluster, 1, "catdb", volatile)
+    assert out.returncode == 0, out.stderr
+    dumped = re.findall(r'key\(\d+\) = "([^"]*)"\n.*?data\(\d+\) = "([^"]*)"', out.stdout, re.S)
+    assert dumped == [(f"key{p}", f"value{p}") for p in range(cluster.size)]
+    assert f"Dumped {cluster.size} records" in out.stdout
+    out = samba_ctdb(cluster, 0, "catdb", persistent)
+    assert out.returncode == 0, out.stderr
+    assert 'key(2) = "pk"' in out.stdout and 'data(2) = "pv"' in out.stdout
+
+
 def test_ctdb_setvar_changes_the_tunable_our_own_tool_reads(cluster: LocalCluster) -> None:
     try:
         out = samba_ctdb(cluster, 2, "setvar", "MaxLockWaiters", "777")

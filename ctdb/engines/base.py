@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
 from ctdb.storage.database import Database, DbKind
+from ctdb.storage.ltdb import Record
 
 
 class RecordEngine(Protocol):
@@ -65,8 +66,8 @@ class RecordEngine(Protocol):
     def attach(self, name: str, kind: DbKind) -> Awaitable[Database]:
         """Attach a database on every node."""
 
-    def traverse(self, db: Database) -> Awaitable[list[list[bytes]]]:
-        """Every live record as [key, value], sorted by key."""
+    def traverse(self, db: Database) -> Awaitable[list[tuple[bytes, Record]]]:
+        """Every live record with its header (RSN, dmaster), sorted by key."""
 
     def wipe(self, db: Database) -> Awaitable[None]:
         """Remove every record of `db` on every node."""

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.base import resolved
 from ctdb.engines.dmaster_calls import DmasterCalls
+from ctdb.engines.merge import from_wire
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.vacuum import Vacuum
 from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest
@@ -170,16 +171,15 @@ class MigrationEngine:
         args = {"db_id": db.id, "generation": node.generation}
         await asyncio.gather(*(node.control(p, "wipe", args) for p in node.vnnmap))
 
-    async def traverse(self, db: Database) -> list[list[bytes]]:
+    async def traverse(self, db: Database) -> list[tuple[bytes, Record]]:
+        """Each member sends the records it is dmaster of (a replicated database: ours)."""
         node = self.node
         await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
-        if db.replicated:
-            result: list[list[bytes]] = await node.control(node.pnn, "traverse", {"db_id": db.id})
-            return result
+        members = [node.pnn] if db.replicated else node.vnnmap
         parts = await asyncio.gather(
-            *(node.control(p, "traverse", {"db_id": db.id}) for p in node.vnnmap)
+            *(node.control(p, "traverse", {"db_id": db.id}) for p in members)
         )
-        return sorted((rec for part in parts for rec in part), key=lambda r: r[0])
+        return sorted(from_wire(rec for part in parts for rec in part).items())
 
     # -- the machinery behind them -------------------------------------------
 

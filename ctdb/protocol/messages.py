@@ -201,7 +201,7 @@ CONTROLS: dict[str, ControlSpec] = {
         list_of(struct({"id": DB_ID, "name": DB_NAME, "kind": DB_KIND, "path": text(4096)})),
     ),
     "getdbseqnum": ControlSpec(struct({"db_id": DB_ID}), U64),
-    "traverse": ControlSpec(struct({"db_id": DB_ID}), schema.key_values()),
+    "traverse": ControlSpec(struct({"db_id": DB_ID}), WIRE_RECORDS),
     "wipe": ControlSpec(struct({"db_id": DB_ID, "generation": GENERATION}), NONE),
     # queries and administration (a tool's `-n PNN`)
     "ping": ControlSpec(EMPTY, PNN),

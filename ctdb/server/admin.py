@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.common.config import parse_tunable, read_nodes
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.merge import to_wire
 from ctdb.server.state import INACTIVE, NodeFlags
 from ctdb.storage.database import DbKind
 
@@ -113,14 +114,14 @@ class NodeControls:
         db = self.node.db(int(args["db_id"]))
         self.node.transactions.finish(db, int(args["commit_id"]), bool(args["commit"]))
 
-    def ctl_traverse(self, src: int, args: dict[str, Any]) -> list[list[bytes]]:
-        """The records this node is authoritative for (all of them if replicated)."""
+    def ctl_traverse(self, src: int, args: dict[str, Any]) -> list[Any]:
+        """The live records this node is authoritative for (all of them if replicated)."""
         db = self.node.db(int(args["db_id"]))
-        return [
-            [key, rec.value]
+        return to_wire(
+            (key, rec)
             for key, rec in db.live_items()
             if db.replicated or rec.dmaster == self.node.pnn
-        ]
+        )
 
     def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
         """Volatile databases only: persistent ones are wiped by a transaction."""

@@ -212,7 +212,7 @@ def _store_unlock(s: ClientSession, args: dict[str, Any]) -> Any:
 @op("traverse", ON_DB)
 async def _traverse(s: ClientSession, args: dict[str, Any]) -> list[list[bytes]]:
     """Every live record of the database, from every node that holds some."""
-    return await s.node.records.traverse(s.database(args))
+    return [[key, rec.value] for key, rec in await s.node.records.traverse(s.database(args))]
 
 
 @op("getdbseqnum", ON_DB)

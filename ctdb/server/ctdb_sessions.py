@@ -6,12 +6,13 @@ is the thin shell that serves it: one session per connection, each packet
 answered at once. So far it answers what every `ctdb` command sends first
 and the commands that need nothing else (`ctdb pnn`, `ping`, `uptime`,
 `listvars`, `getvar`, `setvar`, `status`, `getdbmap`, `getdbseqnum`,
-`attach`): GET_PNN, PING, UPTIME, GET_RECMODE, GET_RUNSTATE,
+`attach`, `catdb`): GET_PNN, PING, UPTIME, GET_RECMODE, GET_RUNSTATE,
 LIST_TUNABLES, GET_TUNABLE, SET_TUNABLE, GET_NODEMAP, GETVNNMAP,
 GET_IFACES, GET_DBMAP, GET_DBNAME, GETDBPATH, DB_GET_HEALTH, GET_DB_SEQNUM,
 DB_ATTACH, DB_ATTACH_PERSISTENT, DB_ATTACH_REPLICATED (answered once every
 node attached), DB_OPEN_FLAGS (the flags the daemon's own handle has, which
-a client opening the file uses verbatim), REGISTER_SRVID and
+a client opening the file uses verbatim), TRAVERSE_START and
+TRAVERSE_START_EXT (`ctdb catdb`, smbd's traverses), REGISTER_SRVID and
 DEREGISTER_SRVID, and the leader's message (CTDB_SRVID_LEADER, at
 registration and every second). Controls for another node than this one
 are not forwarded yet (they fail), except those every node answers alike.
@@ -37,13 +38,15 @@ from typing import Any, cast
 
 from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol.ctdb_control_structs import IfaceList
+from ctdb.protocol.ctdb_control_structs import IfaceList, TraverseStart, TraverseStartExt
 from ctdb.protocol.ctdb_controls import codec_for
 from ctdb.protocol.ctdb_types import (
     Dbid,
     DbidMap,
+    LtdbHeader,
     NodeAndFlags,
     NodeMap,
+    RecData,
     SockAddr,
     Tunable,
     Uptime,
@@ -84,7 +87,8 @@ ANY_NODE = frozenset({Control.GET_NODEMAP, Control.GETVNNMAP, Control.GET_IFACES
 FAILED = -1
 
 #: (session, decoded request data) -> (status, reply value for the codec), or a
-#: coroutine of it for a control that needs the cluster (attach)
+#: coroutine of it for a control that needs the cluster (attach, traverse),
+#: which may add the bytes to send after the reply
 Handler = Callable[["CtdbSession", Any], Any]
 
 
@@ -182,6 +186,27 @@ def _attach(kind: DbKind) -> Handler:
     return handler
 
 
+def _traverse(s: CtdbSession, start: TraverseStart | TraverseStartExt) -> Any:
+    """TRAVERSE_START(_EXT): every live record of the database, from every node,
+    as one message each to the client's srvid, then an empty record; after
+    the control's reply, which smbd must read first. A traverse that cannot
+    run (no quorum) fails the control instead of ending as if empty."""
+
+    async def handler() -> tuple[int, Any, bytes]:
+        node = s.node
+        records = await node.records.traverse(node.db(start.db_id))
+        header = Header(0, CURRENT_NODE, node.pnn, node.generation)
+        messages = [
+            RecData(start.reqid, key, LtdbHeader(rec.rsn, rec.dmaster).encode() + rec.value)
+            for key, rec in records
+        ]
+        messages.append(RecData(start.reqid, b"", b""))  # the end
+        after = b"".join(ReqMessage(header, start.srvid, m.encode()).encode() for m in messages)
+        return 0, None, after
+
+    return handler()
+
+
 def _open_flags(s: CtdbSession, db_id: int) -> tuple[int, Any]:
     """The TDB flags a client must open the database's file with (it uses them verbatim)."""
     return 0, s.node.db(db_id).local.tdb_flags
@@ -239,6 +264,8 @@ HANDLERS: dict[Control, Handler] = {
     Control.DB_ATTACH_PERSISTENT: _attach(DbKind.PERSISTENT),
     Control.DB_ATTACH_REPLICATED: _attach(DbKind.REPLICATED),
     Control.DB_OPEN_FLAGS: _open_flags,
+    Control.TRAVERSE_START: _traverse,
+    Control.TRAVERSE_START_EXT: _traverse,
 }
 
 
@@ -346,16 +373,20 @@ class CtdbSession(asyncio.Protocol):
         """Answer a control that waits for the cluster once it is done."""
 
         async def answer() -> None:
+            after = b""  # what follows the reply (a traverse's records)
             try:
-                status, result = await outcome
+                status, result, *rest = await outcome
                 codec = codec_for(req.opcode)
                 data = b"" if codec.result_in_status else codec.reply.encode(result)
+                after = rest[0] if rest else b""
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 status, data = self._failed(req, exc)
-            if not req.noreply and self.transport is not None and not self.transport.is_closing():
-                self.transport.write(ReplyControl(header, status, data).encode())
+            if self.transport is None or self.transport.is_closing():
+                return
+            reply = b"" if req.noreply else ReplyControl(header, status, data).encode()
+            self.transport.write(reply + after)
 
         task = asyncio.get_running_loop().create_task(answer())
         self.tasks.add(task)

@@ -22,7 +22,7 @@ from ctdb.engines.transactions import Transaction
 from ctdb.protocol.messages import Ordered, encode
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
-from ctdb.storage.ltdb import live_value
+from ctdb.storage.ltdb import Record, live_value
 from ctdb.storage.placement import db_id
 from transport.base import View
 
@@ -340,11 +340,11 @@ class OrderedEngine:
         self.recoveries += 1  # a new generation, as a CTDB recovery would give
         self.listener.on_ordered_state()
 
-    async def traverse(self, db: Database) -> list[list[bytes]]:
+    async def traverse(self, db: Database) -> list[tuple[bytes, Record]]:
         """Every node holds every record: a local traverse is the whole database."""
         node = self.node
         await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
-        return _live(db)
+        return sorted(db.live_items())
 
     # -- the ordered stream --------------------------------------------------------------
 
@@ -814,7 +814,3 @@ async def _until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
         return await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0))
     except TimeoutError:
         raise CtdbError(ErrorCode.TIMEOUT, what) from None
-
-
-def _live(db: Database) -> list[list[bytes]]:
-    return sorted(([k, r.value] for k, r in db.live_items()), key=lambda kv: kv[0])
