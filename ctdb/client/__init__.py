@@ -4,7 +4,7 @@ Two front ends with the same operations: `Client` (blocking, one request at
 a time, what scripts and the admin tool want) and `AsyncClient` (asyncio,
 any number of requests in flight on one connection, what a busy service
 wants). Each operation is defined once, in `operations` (what it sends,
-what it returns); `connection` is the protocol state of one connection; the
+what it returns; `entry_locks`: locks and FIFO queues on entry lists); `connection` is the protocol state of one connection; the
 front ends only move bytes. Errors arrive as `CtdbError` with the daemon's
 stable code.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ctdb.client.blocking import Client, RecordLock, Transaction
+from ctdb.client.entry_locks import Ticket
 from ctdb.client.operations import DEFAULT_SOCKET, Appended, Entries, Entry, Message, default_socket
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "Client",
     "Message",
     "RecordLock",
+    "Ticket",
     "Transaction",
     "default_socket",
 ]
