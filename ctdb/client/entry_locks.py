@@ -99,9 +99,10 @@ def _append(db: str, key: bytes, payload: bytes, condition: str, deadline: float
             answer: Appended = yield ops.cond_append(db, key, payload, condition)
             return answer
         except CtdbError as exc:
-            if exc.code not in TRANSIENT or time.monotonic() + pause > deadline:
+            left = deadline - time.monotonic()
+            if exc.code not in TRANSIENT or left <= 0:
                 raise
-        yield Sleep(pause)
+        yield Sleep(min(pause, left))
         pause = min(pause * 2, 0.5)
 
 
@@ -120,9 +121,10 @@ def lock(
         if answer.appended:
             assert answer.index is not None
             return Ticket(db, key, mine, answer.owner, answer.index)
-        if time.monotonic() + pause > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise CtdbError(ErrorCode.TIMEOUT, f"lock {key!r} not taken in time")
-        yield Sleep(pause)
+        yield Sleep(min(pause, left))
         pause = min(pause * 2, 0.2)
 
 
