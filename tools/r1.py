@@ -96,9 +96,9 @@ def free_port(addresses: list[str]) -> int:
     raise RuntimeError("no free port found")
 
 
-def start_cluster(directory: Path, transport: str, say: Callable[[str], None]) -> LocalCluster:
+def new_cluster(directory: Path, transport: str) -> LocalCluster:
     base = f"127.{random.randint(10, 250)}.{random.randint(0, 250)}"
-    cluster = LocalCluster(
+    return LocalCluster(
         directory,
         size=3,
         transport=transport,
@@ -106,9 +106,6 @@ def start_cluster(directory: Path, transport: str, say: Callable[[str], None]) -
         base=base,
         log_level="WARNING",
     )
-    say(f"starting a 3-node {transport} cluster on {base}.1-3 in {directory}")
-    cluster.up(timeout=60)
-    return cluster
 
 
 def owners_by_name(contenders: list[Contender]) -> dict[tuple[int, int], str]:
@@ -179,7 +176,9 @@ def run(transport: str, key: bytes, say: Callable[[str], None]) -> dict[str, Any
     cluster: LocalCluster | None = None
     contenders: list[Contender] = []
     try:
-        cluster = start_cluster(directory, transport, say)
+        cluster = new_cluster(directory, transport)
+        say(f"starting a 3-node {transport} cluster on {cluster.base}.1-3 in {directory}")
+        cluster.up(timeout=60)  # after the assignment: an interrupted start is cleaned up too
         home = lmaster(key, [0, 1, 2])
         contenders = [Contender(p, cluster.client(p, timeout=WAIT)) for p in range(3)]
         contenders[0].client.attach(DB)
