@@ -192,3 +192,16 @@ def test_asyncio_tasks_sharing_connections_exclude_each_other(cluster: LocalClus
     assert most == 1
     assert total == rounds * 9
     assert left == []
+
+
+def test_head_messages_do_not_pile_up(cluster: LocalCluster) -> None:
+    """The daemon tells every appender that starts a list; the helpers drop those."""
+    db = unique()
+    with cluster.client(1) as c:
+        c.attach(db)
+        for _ in range(20):
+            with c.lock(db, "P"):
+                pass
+            with c.queue_lock(db, "P"):
+                pass
+        assert len(c.messages) <= 2, c.messages

@@ -134,15 +134,19 @@ class AsyncClient:
         deadline = loop.time() + step.seconds
         others: list[Message] = []
         try:
-            while (left := deadline - loop.time()) > 0:
-                try:
-                    message = await asyncio.wait_for(self.messages.get(), left)
-                except TimeoutError:
+            while True:
+                if not self.messages.empty():
+                    message = self.messages.get_nowait()
+                elif (left := deadline - loop.time()) <= 0:
                     return None
+                else:
+                    try:
+                        message = await asyncio.wait_for(self.messages.get(), left)
+                    except TimeoutError:
+                        return None
                 if message.srvid == step.srvid:
                     return message
                 others.append(message)
-            return None
         finally:
             for message in others:
                 self.messages.put_nowait(message)

@@ -17,6 +17,10 @@ connection's entries when it closes, and a node's when the node leaves.
   a list lives at its dmaster and dies with that node, like any volatile
   record), it queues again, at the end.
 
+The lock helpers consume the head messages this connection receives
+(`Client.messages`): a caller that also waits for them itself should use
+a connection of its own for that.
+
 Each acquisition appends its own payload (`token()` unless given), so two
 acquisitions on one connection (tasks of one `AsyncClient`) are two
 entries and exclude each other; with equal payloads they would be one
@@ -116,6 +120,7 @@ def lock(
     key, mine = to_bytes(name), to_bytes(payload) if payload is not None else token()
     deadline = _deadline(timeout)
     pause = 0.005
+    yield from _forget_notices()
     while True:
         answer = yield from _append(db, key, mine, "empty", deadline)
         if answer.appended:
@@ -131,6 +136,7 @@ def lock(
 def enqueue(db: str, name: Key, payload: Key | None = None) -> Plan[Ticket]:
     """Join the FIFO queue of lock `name` (append under `always`); the ticket says where."""
     key, mine = to_bytes(name), to_bytes(payload) if payload is not None else token()
+    yield from _forget_notices()
     answer = yield from _append(db, key, mine, "always", _deadline(None))
     assert answer.index is not None
     return Ticket(db, key, mine, answer.owner, answer.index)
@@ -191,6 +197,18 @@ def queue_lock(
     """Hold the FIFO lock `name`: `enqueue`, then `wait_turn`."""
     ticket = yield from enqueue(db, name, payload)
     return (yield from wait_turn(ticket, timeout, recheck))
+
+
+def _forget_notices() -> Plan[None]:
+    """Drop the head messages this client has received so far.
+
+    The daemon also tells an appender whose entry starts a list, which its
+    append's answer said already; unread, those would pile up in the
+    client's messages, one per lock taken. Dropped at each acquisition,
+    they stay few, and a waiter is not woken by one about an old turn.
+    """
+    while (yield Listen(ENTRY_HEAD_SRVID, 0)) is not None:
+        pass
 
 
 def _names(notice: Message, key: bytes) -> bool:
