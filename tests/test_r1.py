@@ -30,10 +30,12 @@ def our_processes(directory: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("transport", ["tcp", "vs"])
-def test_r1_hands_the_lock_over_after_a_kill(transport: str) -> None:
+@pytest.mark.parametrize(
+    ("transport", "options"), [("tcp", []), ("tcp", ["--spare-home"]), ("vs", [])]
+)
+def test_r1_hands_the_lock_over_after_a_kill(transport: str, options: list[str]) -> None:
     done = subprocess.run(
-        [PYTHON, "-m", "tools.r1", "--transport", transport, "--json"],
+        [PYTHON, "-m", "tools.r1", "--transport", transport, "--json", *options],
         capture_output=True,
         text=True,
         timeout=300,
@@ -52,8 +54,11 @@ def test_r1_hands_the_lock_over_after_a_kill(transport: str) -> None:
     assert summary["next"] != summary["last"]
     assert summary["decided_ms"] > 0 and summary["handover_after_kill_ms"] > 0
     assert summary["handover_after_release_ms"] > 0
-    if transport == "vs":
+    if transport == "vs" or options:
+        # vs: every node holds the list; tcp --spare-home: the holder is not its home.
         assert summary["queue_lost"] is False
+    else:
+        assert summary["queue_lost"] == (summary["winner"] == summary["home"])
     if not summary["queue_lost"]:
         assert summary["next_in_line"] is True and summary["next"] == order[1]
     story = done.stderr

@@ -19,11 +19,14 @@ If the holder's node is also that home node, the kill takes the whole
 queue with it: the waiters find their entries gone and queue again, in
 whatever order their re-appends arrive, so the lock still passes on but
 FIFO order across the failure is not kept. On tcp the client on the home
-node also answers its own append locally and so tends to win the race;
-`--key` picks another key (another home). On vs every node holds the list
-and the queue survives any one node.
+node also answers its own append locally and so nearly always wins the
+race, and the kill then loses the queue: that is the tcp answer to Dake's
+scenario. `--spare-home` lets the client on the home node queue after the
+other two instead, so the holder is elsewhere and the queue survives its
+kill on tcp too. On vs every node holds the list and the queue survives
+any one node.
 
-    python -m tools.r1 [--transport tcp|vs] [--key R1] [--json]
+    python -m tools.r1 [--transport tcp|vs] [--key R1] [--spare-home] [--json]
 """
 
 from __future__ import annotations
@@ -171,7 +174,9 @@ def how(c: Contender) -> str:
     return "told by the head message" if c.held.told else "found by re-reading the list"
 
 
-def run(transport: str, key: bytes, say: Callable[[str], None]) -> dict[str, Any]:
+def run(
+    transport: str, key: bytes, say: Callable[[str], None], spare_home: bool = False
+) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="ctdb-r1-"))
     cluster: LocalCluster | None = None
     contenders: list[Contender] = []
@@ -187,8 +192,18 @@ def run(transport: str, key: bytes, say: Callable[[str], None]) -> dict[str, Any
         else:
             say("vs: every node holds the list")
 
-        say(f"A, B and C request lock {key.decode()} at the same moment")
-        race(contenders, key)
+        spared = spare_home and transport == "tcp"
+        if spared:
+            racing = [c for c in contenders if c.pnn != home]
+            say(
+                f"{' and '.join(c.name for c in racing)} request lock {key.decode()} at the "
+                f"same moment; {NAMES[home]}, on the list's home, queues after them"
+            )
+            race(racing, key)
+            race([contenders[home]], key)
+        else:
+            say(f"A, B and C request lock {key.decode()} at the same moment")
+            race(contenders, key)
         names = owners_by_name(contenders)
         queues = {c.name: queue_seen(c, key, names) for c in contenders}
         for c in contenders:
@@ -197,10 +212,9 @@ def run(transport: str, key: bytes, say: Callable[[str], None]) -> dict[str, Any
         order = queues["A"]
         holder = next(c for c in contenders if c.name == order[0])
         decided = holder.queued_after
-        say(
-            f"first winner decided {decided * 1000:.1f} ms after the start "
-            f"(all three queued after {max(c.queued_after for c in contenders) * 1000:.1f} ms)"
-        )
+        slowest = max(c.queued_after for c in contenders)
+        all_queued = "" if spared else f" (all three queued after {slowest * 1000:.1f} ms)"
+        say(f"first winner decided {decided * 1000:.1f} ms after the start{all_queued}")
 
         waiters = [c for c in contenders if c is not holder]
         threads = [threading.Thread(target=wait_turn, args=(c,), daemon=True) for c in waiters]
@@ -242,6 +256,7 @@ def run(transport: str, key: bytes, say: Callable[[str], None]) -> dict[str, Any
             "transport": transport,
             "key": key.decode(),
             "home": NAMES[home] if transport == "tcp" else None,
+            "spare_home": spared,
             "queues": queues,
             "winner": holder.name,
             "decided_ms": decided * 1000,
@@ -274,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=["tcp", "vs"], default="tcp")
     parser.add_argument("--key", default="R1", help="the lock's name (default R1)")
     parser.add_argument(
+        "--spare-home",
+        action="store_true",
+        help="tcp: the client on the list's home node queues after the other two "
+        "(so the holder is not the home, and the FIFO hand-over shows on tcp too)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="the story on stderr, a JSON summary on stdout"
     )
     ns = parser.parse_args(argv)
@@ -286,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        summary = run(ns.transport, ns.key.encode(), say)
+        summary = run(ns.transport, ns.key.encode(), say, ns.spare_home)
     except KeyboardInterrupt:
         say("interrupted; the cluster is stopped")
         return 130
