@@ -4,8 +4,9 @@ Two front ends with the same operations: `Client` (blocking, one request at
 a time, what scripts and the admin tool want) and `AsyncClient` (asyncio,
 any number of requests in flight on one connection, what a busy service
 wants). Each operation is defined once, in `operations` (what it sends,
-what it returns); `connection` is the protocol state of one connection; the
-front ends only move bytes. Errors arrive as `CtdbError` with the daemon's
+what it returns) or, for the locks and FIFO queues built on entry lists,
+in `entry_locks`; `connection` is the protocol state of one connection;
+the front ends only move bytes. Errors arrive as `CtdbError` with the daemon's
 stable code.
 
 Depends on `ctdb.protocol.client` and `ctdb.common.errors` only, never on the daemon.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ctdb.client.blocking import Client, RecordLock, Transaction
+from ctdb.client.entry_locks import Ticket
 from ctdb.client.operations import DEFAULT_SOCKET, Appended, Entries, Entry, Message, default_socket
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ __all__ = [
     "Client",
     "Message",
     "RecordLock",
+    "Ticket",
     "Transaction",
     "default_socket",
 ]

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from ctdb.client import entry_locks
 from ctdb.client import operations as ops
 from ctdb.client.blocking import RecordLock
 from ctdb.client.connection import Connection
-from ctdb.client.operations import Key, Message, Op, Plan, Sleep, default_socket
+from ctdb.client.entry_locks import Ticket
+from ctdb.client.operations import Key, Listen, Message, Op, Plan, Sleep, default_socket
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import client as protocol
 
@@ -121,9 +123,33 @@ class AsyncClient:
                 await asyncio.sleep(step.seconds)
                 continue
             try:
-                result = await self.run(step)
+                result = await (self._listen(step) if isinstance(step, Listen) else self.run(step))
             except CtdbError as exc:
                 error = exc
+
+    async def _listen(self, step: Listen) -> Message | None:
+        """The first message to `step.srvid` within `step.seconds`; others go back in
+        the queue (behind any that came meanwhile)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + step.seconds
+        others: list[Message] = []
+        try:
+            while True:
+                if not self.messages.empty():
+                    message = self.messages.get_nowait()
+                elif (left := deadline - loop.time()) <= 0:
+                    return None
+                else:
+                    try:
+                        message = await asyncio.wait_for(self.messages.get(), left)
+                    except TimeoutError:
+                        return None
+                if message.srvid == step.srvid:
+                    return message
+                others.append(message)
+        finally:
+            for message in others:
+                self.messages.put_nowait(message)
 
     def _on_data(self, data: bytes) -> None:
         for event in self._conn.receive(data):
@@ -176,6 +202,30 @@ class AsyncClient:
             await self.store_unlock(db, key, lock.value)
         else:
             await self.unlock(db, key)
+
+    enqueue = _awaitable_plan(entry_locks.enqueue)
+    wait_turn = _awaitable_plan(entry_locks.wait_turn)
+    release = _awaitable(entry_locks.release)
+
+    @asynccontextmanager
+    async def lock(self, db: str, name: Key, timeout: float | None = 60.0) -> AsyncIterator[Ticket]:
+        """`async with client.lock(db, name):` holds the exclusive lock `name`."""
+        ticket = await self.follow(entry_locks.lock(db, name, timeout))
+        try:
+            yield ticket
+        finally:
+            await self.release(ticket)
+
+    @asynccontextmanager
+    async def queue_lock(
+        self, db: str, name: Key, timeout: float | None = 60.0
+    ) -> AsyncIterator[Ticket]:
+        """`async with client.queue_lock(db, name):` holds the FIFO lock `name`."""
+        ticket = await self.follow(entry_locks.queue_lock(db, name, timeout))
+        try:
+            yield ticket
+        finally:
+            await self.release(ticket)
 
     async def transaction(self, db: str) -> AsyncTransaction:
         return AsyncTransaction(self, await self.run(ops.trans_start(db)))

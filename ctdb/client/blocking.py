@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from ctdb.client import entry_locks
 from ctdb.client import operations as ops
 from ctdb.client.connection import Connection, Event
-from ctdb.client.operations import Key, Message, Op, Plan, Sleep, default_socket, to_bytes
+from ctdb.client.entry_locks import Ticket
+from ctdb.client.operations import Key, Listen, Message, Op, Plan, Sleep, default_socket, to_bytes
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import client as protocol
 
@@ -113,9 +115,35 @@ class Client:
                 time.sleep(step.seconds)
                 continue
             try:
-                result = self.run(step)
+                result = self._listen(step) if isinstance(step, Listen) else self.run(step)
             except CtdbError as exc:
                 error = exc
+
+    def _listen(self, step: Listen) -> Message | None:
+        for message in self.messages:
+            if message.srvid == step.srvid:
+                self.messages.remove(message)
+                return message
+        deadline = time.monotonic() + step.seconds
+        old = self._sock.gettimeout()
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(left)
+                try:
+                    event = self._next_event()
+                except CtdbError as exc:
+                    if exc.code == ErrorCode.TIMEOUT:
+                        return None
+                    raise
+                if isinstance(event, CtdbError):
+                    raise event
+                if isinstance(event, Message):
+                    if event.srvid == step.srvid:
+                        return event
+                    self.messages.append(event)
+            return None
+        finally:
+            self._sock.settimeout(old)
 
     def _next_event(self) -> Event:
         while not self._events:
@@ -162,6 +190,29 @@ class Client:
             self.store_unlock(db, key, lock.value)
         else:
             self.unlock(db, key)
+
+    enqueue = _blocking_plan(entry_locks.enqueue)
+    wait_turn = _blocking_plan(entry_locks.wait_turn)
+    release = _blocking(entry_locks.release)
+
+    @contextmanager
+    def lock(self, db: str, name: Key, timeout: float | None = 60.0) -> Iterator[Ticket]:
+        """`with client.lock(db, name):` holds the exclusive lock `name` (`entry_locks.lock`)."""
+        ticket = self.follow(entry_locks.lock(db, name, timeout))
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)
+
+    @contextmanager
+    def queue_lock(self, db: str, name: Key, timeout: float | None = 60.0) -> Iterator[Ticket]:
+        """`with client.queue_lock(db, name):` holds the FIFO lock `name`, fairly
+        (`entry_locks.queue_lock`)."""
+        ticket = self.follow(entry_locks.queue_lock(db, name, timeout))
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)
 
     def transaction(self, db: str) -> Transaction:
         return Transaction(self, self.run(ops.trans_start(db)))

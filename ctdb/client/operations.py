@@ -238,10 +238,23 @@ class Sleep:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """A pause of up to `seconds` that a message to `srvid` ends early.
+
+    The plan receives that message (taken off the client's messages), or
+    None when the time ran out; messages to other srvids stay queued for
+    the caller. A message is a hint to look again, never proof of anything.
+    """
+
+    srvid: int
+    seconds: float
+
+
 #: An operation made of several requests: it yields each request (or a
 #: pause) and receives its result, or has its error thrown in. Both front
 #: ends run plans, so the logic lives here once.
-Plan = Generator[Op[Any] | Sleep, Any, T]
+Plan = Generator[Op[Any] | Sleep | Listen, Any, T]
 
 
 def transact(db: str, writes: Writes, attempts: int = 50) -> Plan[int]:
