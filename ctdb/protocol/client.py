@@ -36,8 +36,12 @@ MAX_OP_LENGTH = 64
 #: The srvid of the message a client gets when its entry becomes the first of
 #: a record's entry list (a FIFO lock's next holder): data is the msgpack of
 #: `[db id, key]`. A hint, not a promise: a recovery can lose one, so a
-#: waiter also re-reads the list now and then.
-ENTRY_HEAD_SRVID = 0xF300_0000_0000_0000
+#: waiter also re-reads the list now and then. Its top byte, 0xE1, is in no
+#: range CTDB or Samba use (ctdb_protocol.h: 0xF1..0xFE for the daemon's
+#: own, where 0xF3 is RELEASE_IP that smbd registers; 0xEE, 0xDE, 0xCE,
+#: 0xBE, 0xAE for services, tests and traverses; 0x00 for process ids),
+#: so that a Samba client registered for one of those never receives it.
+ENTRY_HEAD_SRVID = 0xE100_0000_0000_0000
 
 
 @dataclass(slots=True)
