@@ -70,6 +70,7 @@ FOUND = [
     ("tcp", 21475),  # a key nobody was dmaster of after a vacuum cut short by a crash
     ("tcp", 51058),  # a key nobody was dmaster of: two members cut apart during a recovery
     ("tcp", 1598),  # an append re-sent across a recovery that purged it took effect twice
+    ("vs", 6080),  # a minority view purged the majority's entries, and its copy was taken
 ]
 
 

@@ -551,7 +551,11 @@ class OrderedEngine:
         if left:
             try:
                 self._purge(lambda o: o[0] in left)
-                if view.members:
+                if self.quorate:
+                    # Not in a minority view: its copy may still be the one a
+                    # later round takes (when nobody is in sync), and the
+                    # majority's clients' entries must not have gone from it.
+                    # A round purges whoever is not in its view (_finish_round).
                     self._purge_entries(lambda e: e.pnn in left)
             except Exception as exc:  # as in _apply: our replica may now differ
                 log.exception("releasing the locks and entries of departed nodes failed")
