@@ -3,11 +3,11 @@
 A conditional append (and its kin, `ctdb.engines.record_calls`) must not
 migrate the record: contended entry lists are the whole point, and a record
 that moves to every caller is a lock that moves. So the caller sends a
-`RecordCall` along the path a migration `Call` takes (the lmaster, which
+`RemoteCall` along the path a migration `Call` takes (the lmaster, which
 knows the dmaster, then the dmaster; a node that turns out not to be the
 dmaster bounces it back to the lmaster), the dmaster runs the function on
 its copy, writes the result as the dmaster writes any update, and sends a
-`RecordCallReply` straight back: one request, one reply.
+`RemoteCallReply` straight back: one request, one reply.
 
 A call whose reply does not come within RETRY_INTERVAL is sent again with
 the same request id. Within one generation that is safe: calls are
@@ -41,8 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.record_calls import RecordCall
-from ctdb.protocol.messages import RecordCall as RecordCallMsg
-from ctdb.protocol.messages import RecordCallReply
+from ctdb.protocol.messages import RemoteCall, RemoteCallReply
 from ctdb.storage.database import Database
 from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import Record
@@ -68,7 +67,7 @@ class Dmaster(Protocol):
 
     def write(self, db: Database, key: bytes, value: bytes) -> Record: ...
 
-    def hops_left(self, hops: int) -> bool: ...
+    def forward(self, call: RemoteCall, rec: Record | None) -> None: ...
 
 
 class DmasterCalls:
@@ -130,7 +129,7 @@ class DmasterCalls:
                     return self._run(db, key, call)  # the record came to us meanwhile
                 sent_in = node.generation
                 node.stats["record_calls_sent"] += 1
-                msg = RecordCallMsg(db.id, key, node.generation, node.pnn, reqid, 0, wire)
+                msg = RemoteCall(db.id, key, node.generation, node.pnn, reqid, 0, wire)
                 node.send(lmaster(key, node.vnnmap), msg)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -146,7 +145,7 @@ class DmasterCalls:
 
     # -- messages from other nodes ---------------------------------------------------
 
-    def on_call(self, msg: RecordCallMsg) -> None:
+    def on_call(self, msg: RemoteCall) -> None:
         node = self.node
         db = node.dbs.get(msg.db_id)
         if db is None or not node.in_generation(msg.generation):
@@ -160,20 +159,11 @@ class DmasterCalls:
                 answer = self._run(db, msg.key, record_calls.from_wire(msg.call))
             except CtdbError as exc:
                 code, message = int(exc.code), exc.message[:1024]
-            node.send(msg.origin, RecordCallReply(msg.reqid, msg.generation, code, message, answer))
+            node.send(msg.origin, RemoteCallReply(msg.reqid, msg.generation, code, message, answer))
             return
-        if not self.engine.hops_left(msg.hops):
-            log.warning("dropping a record call for %r after %d hops", msg.key, msg.hops)
-            return
-        msg.hops += 1
-        lm = lmaster(msg.key, node.vnnmap)
-        if lm == node.pnn:
-            assert rec is not None  # the lmaster without a record is the dmaster
-            node.send(rec.dmaster, msg)
-        else:
-            node.send(lm, msg)
+        self.engine.forward(msg, rec)
 
-    def on_reply(self, msg: RecordCallReply) -> None:
+    def on_reply(self, msg: RemoteCallReply) -> None:
         """The answer to one of our calls (from any generation: it ran where the record was)."""
         fut = self._waiting.get(msg.reqid)
         if fut is None or fut.done():

@@ -45,7 +45,7 @@ from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.merge import from_wire
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.vacuum import Vacuum
-from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest
+from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest, RemoteCall
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record, live_value
 from ctdb.storage.placement import lmaster
@@ -268,10 +268,6 @@ class MigrationEngine:
         ks = self._keys.get((db.id, key))
         return ks is not None and ks.holder is not None
 
-    def hops_left(self, hops: int) -> bool:
-        """A call bounced this often is dropped: the vnnmap it follows is stale."""
-        return hops <= 4 * len(self.node.nodes) + 8
-
     def locked_by(self, db: Database, key: bytes, session: object) -> bool:
         ks = self._keys.get((db.id, key))
         return ks is not None and ks.holder is session
@@ -315,10 +311,21 @@ class MigrationEngine:
                 return
             self._give_away(db, key, rec, call.origin)
             return
-        if not self.hops_left(call.hops):
-            log.warning("dropping call for %r after %d hops", key, call.hops)
+        self.forward(call, rec)
+
+    def forward(self, call: Call | RemoteCall, rec: Record | None) -> None:
+        """A call reached a node that is not the record's dmaster: on towards it.
+
+        The lmaster sends it to the dmaster it knows of; anyone else to the
+        lmaster. A call bounced too often is dropped: the vnnmap it follows
+        is stale, and its sender tries again in the next generation.
+        """
+        node = self.node
+        if call.hops > 4 * len(node.nodes) + 8:
+            name = type(call).__name__
+            log.warning("dropping %s for %r after %d hops", name, call.key, call.hops)
             return
-        lm = lmaster(key, node.vnnmap)
+        lm = lmaster(call.key, node.vnnmap)
         call.hops += 1
         if lm == node.pnn:
             assert rec is not None  # the lmaster without a record is the dmaster

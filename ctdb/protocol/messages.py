@@ -401,11 +401,11 @@ class NodeState:
 
 
 @dataclass(slots=True)
-class RecordCall:
+class RemoteCall:
     """Run a function on a volatile record at its dmaster; the result goes to `origin`.
 
     Routed like `Call` (lmaster, then dmaster), but the record stays where
-    it is: only `RecordCallReply` comes back. `reqid` is the origin's, so a
+    it is: only `RemoteCallReply` comes back. `reqid` is the origin's, so a
     re-sent call gets the reply its first sending would have had.
     """
 
@@ -420,8 +420,8 @@ class RecordCall:
 
 
 @dataclass(slots=True)
-class RecordCallReply:
-    """The dmaster's answer to a `RecordCall`: `code` 0 and the answer, or an error."""
+class RemoteCallReply:
+    """The dmaster's answer to a `RemoteCall`: `code` 0 and the answer, or an error."""
 
     TYPE: ClassVar[int] = 10
     reqid: ReqId
@@ -440,8 +440,8 @@ Message = (
     | ClientMessage
     | Ordered
     | NodeState
-    | RecordCall
-    | RecordCallReply
+    | RemoteCall
+    | RemoteCallReply
 )
 MESSAGE_TYPES: tuple[type[Message], ...] = typing.get_args(Message)
 

@@ -33,8 +33,8 @@ from ctdb.protocol.messages import (
     DmasterRequest,
     Message,
     Ordered,
-    RecordCall,
-    RecordCallReply,
+    RemoteCall,
+    RemoteCallReply,
 )
 from ctdb.server.state import (
     INACTIVE,
@@ -91,10 +91,10 @@ class LeaderRecovery:
             raise DecodeError("an ordered operation on a point-to-point cluster")
 
     def on_message(self, src: int, msg: Message) -> None:
-        if isinstance(msg, RecordCallReply):
+        if isinstance(msg, RemoteCallReply):
             self.engine.calls.on_reply(msg)
             return
-        if not isinstance(msg, Call | DmasterRequest | DmasterReply | RecordCall):
+        if not isinstance(msg, Call | DmasterRequest | DmasterReply | RemoteCall):
             return  # `check` let nothing else through
         if self._early(msg.generation):
             # A peer that thawed before us already works in the generation
@@ -104,7 +104,7 @@ class LeaderRecovery:
                 self._deferred.append((src, msg))
         elif isinstance(msg, Call):
             self.engine.on_call(msg)
-        elif isinstance(msg, RecordCall):
+        elif isinstance(msg, RemoteCall):
             self.engine.calls.on_call(msg)
         elif isinstance(msg, DmasterRequest):
             self.engine.on_dmaster_request(msg)

@@ -24,8 +24,8 @@ from ctdb.protocol.messages import (
     DmasterRequest,
     Message,
     Ordered,
-    RecordCall,
-    RecordCallReply,
+    RemoteCall,
+    RemoteCallReply,
 )
 from ctdb.server.state import INACTIVE, ControlHandler, RecoveryMode
 from transport.base import TransportError, View
@@ -66,7 +66,7 @@ class StreamMembership:
         return True  # the stream itself says whether we serve (`on_ordered_state`)
 
     def check(self, msg: Message) -> None:
-        if isinstance(msg, Call | DmasterRequest | DmasterReply | RecordCall | RecordCallReply):
+        if isinstance(msg, Call | DmasterRequest | DmasterReply | RemoteCall | RemoteCallReply):
             raise DecodeError("a record migration on a virtually synchronous cluster")
 
     def on_message(self, src: int, msg: Message) -> None:
