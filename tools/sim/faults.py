@@ -596,22 +596,37 @@ class Faults:
         Each recovery in a window may pick another surviving copy: the record
         can fall back, then come forward again when the node holding the newer
         copy rejoins. `LOSSES_PER_WINDOW` such steps cover that.
+
+        On entry lists (whose histories also carry purge windows, and whose
+        states branch more) the windows are merged into one, from the first
+        fault to `end`, with the same number of steps: a search over every
+        order of many windows would not end.
         """
         for window in self.windows:
             stop = window.end if window.end is not None else end
-            for key in KEYS + ENTRY_KEYS:
+            for key in KEYS:
                 for _ in range(LOSSES_PER_WINDOW):
                     self.history.loss(hkey(VOLATILE, key), window.start, stop, window.cause)
+        if self.windows:
+            first = min(w.start for w in self.windows)
+            causes = "; ".join(w.cause for w in self.windows)
+            for key in ENTRY_KEYS:
+                for _ in range(LOSSES_PER_WINDOW):
+                    self.history.loss(hkey(VOLATILE, key), first, end, causes)
 
     def purge_ops(self, end: float) -> None:
         """Record in the history, on every entry list, that the clients' entries of
-        a node a fault touched may be purged from then on (until `end`).
-
-        A node purged once may rejoin, its clients append again and it may
-        leave again, so each departure allows a few purges.
+        a node a fault touched may be purged from its first such fault on (until
+        `end`): once per departure, at most `LOSSES_PER_WINDOW` times (a node
+        purged may rejoin, its clients append again, and it may leave again).
         """
+        departures: dict[int, list[tuple[float, str]]] = {}
         for pnns, start, cause in self.departures:
             for pnn in pnns:
-                for key in ENTRY_KEYS:
-                    for _ in range(LOSSES_PER_WINDOW):
-                        self.history.purge(hkey(VOLATILE, key), pnn, start, end, cause)
+                departures.setdefault(pnn, []).append((start, cause))
+        for pnn, faults in sorted(departures.items()):
+            first = min(start for start, _ in faults)
+            causes = "; ".join(cause for _, cause in faults)
+            for key in ENTRY_KEYS:
+                for _ in range(min(len(faults), LOSSES_PER_WINDOW)):
+                    self.history.purge(hkey(VOLATILE, key), pnn, first, end, causes)
