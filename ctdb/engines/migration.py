@@ -99,12 +99,24 @@ class MigrationEngine:
         return self._fetch_slow(db, key, session)
 
     def settled(self, db: Database, key: bytes) -> bool:
-        """Records are written only where they are acknowledged (the dmaster, or a commit
-        prepared on every node): what the local copy holds is settled."""
-        return True
+        """A volatile record is written only where it is acknowledged (its dmaster);
+        a persistent one may hold a commit not every node has made yet
+        (transactions.TransactionEngine.settled)."""
+        return not db.replicated or self.transactions.settled(db, key)
 
     async def settle(self, db: Database, key: bytes, deadline: float) -> None:
-        await self.node.wait_serving(deadline)
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.node.wait_serving(deadline)
+            if self.settled(db, key):
+                return
+            remaining = deadline - loop.time()
+            try:
+                await asyncio.wait_for(self.transactions.wait_settled(db, key), max(remaining, 0))
+            except TimeoutError:
+                raise CtdbError(
+                    ErrorCode.TIMEOUT, f"a commit of {key!r} was not made on every node in time"
+                ) from None
 
     async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=False))

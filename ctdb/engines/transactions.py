@@ -11,6 +11,13 @@ every active node confirmed its commit, so an acknowledged transaction
 survives the loss of any node. A commit cut short by a failure is answered
 with an error, and recovery makes it all-or-nothing: it takes the copy with
 the highest sequence number among the nodes of the latest epoch.
+
+So a commit one node has made may still be taken back, until every node has
+made it: a node that had not (it hung) can be the copy the next recovery
+takes. Until the leader says every node committed (`tx_settled`), or a
+recovery has given every node one copy, the keys a commit wrote are
+unsettled here, and no read of them returns (`settled`, `wait_settled`):
+reads only ever return committed data.
 """
 
 from __future__ import annotations
@@ -82,8 +89,13 @@ class TransactionEngine:
         self.node = node
         self._ids = itertools.count(1)
         self._commit_locks: dict[int, asyncio.Lock] = {}
-        #: db id -> commit id of the transaction prepared on this node.
-        self._prepared: dict[int, int] = {}
+        #: db id -> (commit id, keys) of the transaction prepared on this node.
+        self._prepared: dict[int, tuple[int, list[bytes]]] = {}
+        #: (db id, key) -> the commit that wrote it here, not yet made on every node
+        self._unsettled: dict[tuple[int, bytes], int] = {}
+        self._settle_waiters: list[tuple[tuple[int, bytes], asyncio.Future[None]]] = []
+        #: tx_settled announcements on their way (kept from the garbage collector)
+        self._announcing: set[asyncio.Task[Any]] = set()
 
     def begin(self, db: Database) -> Transaction:
         if not db.replicated:
@@ -140,6 +152,8 @@ class TransactionEngine:
                 p, exc = failed[0]
                 raise CtdbError(ErrorCode.RETRY, f"commit aborted: node {p} failed: {exc}")
             lost = [p for p, r in zip(members, done, strict=True) if isinstance(r, BaseException)]
+            if not lost:
+                self._announce_settled(db, commit_id, members)
             if lost:
                 # A node that did not confirm may have been frozen and dropped
                 # its prepared copy: the commit may now exist on only some
@@ -152,6 +166,20 @@ class TransactionEngine:
                     "retry the transaction (it re-validates what it read)",
                 )
             return seqnum
+
+    def _announce_settled(self, db: Database, commit_id: int, members: list[int]) -> None:
+        """Every node committed: their readers may see it (not awaited by the client)."""
+        args = {"db_id": db.id, "commit_id": commit_id}
+        for p in members:
+            task = asyncio.get_running_loop().create_task(self._settled_on(p, args))
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+
+    async def _settled_on(self, pnn: int, args: dict[str, Any]) -> None:
+        try:
+            await self.node.control(pnn, "tx_settled", args)
+        except CtdbError:
+            pass  # its readers wait for the next recovery, which settles everything
 
     # -- on every node -------------------------------------------------------------
 
@@ -169,10 +197,11 @@ class TransactionEngine:
             db.local.prepare(puts)
         except Exception as exc:
             raise CtdbError(ErrorCode.IO, f"prepare failed on node {self.node.pnn}: {exc}") from exc
-        self._prepared[db.id] = commit_id
+        self._prepared[db.id] = (commit_id, list(puts))
 
     def finish(self, db: Database, commit_id: int, commit: bool) -> None:
-        if self._prepared.get(db.id) != commit_id:
+        prepared = self._prepared.get(db.id)
+        if prepared is None or prepared[0] != commit_id:
             if commit:
                 # A freeze cancelled it: confirming would let the leader
                 # acknowledge a commit this node does not have.
@@ -181,8 +210,45 @@ class TransactionEngine:
         del self._prepared[db.id]
         if commit:
             db.local.commit_prepared()
+            for key in prepared[1]:
+                self._unsettled[(db.id, key)] = commit_id
         else:
             db.local.cancel_prepared()
+
+    def settled(self, db: Database, key: bytes) -> bool:
+        """No commit that wrote `key` here may still be taken back."""
+        return (db.id, key) not in self._unsettled
+
+    def on_settled(self, db: Database, commit_id: int) -> None:
+        """The leader says every node made commit `commit_id`."""
+        self._unsettled = {
+            ref: c for ref, c in self._unsettled.items() if ref[0] != db.id or c != commit_id
+        }
+        self._wake()
+
+    def settle_all(self) -> None:
+        """A recovery gave every node the same copy: nothing is unsettled any more."""
+        self._unsettled.clear()
+        self._wake()
+
+    async def wait_settled(self, db: Database, key: bytes) -> None:
+        """Until `key` is settled here, or something may have changed (a freeze)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = ((db.id, key), fut)
+        self._settle_waiters.append(waiter)
+        try:
+            await fut
+        finally:
+            if waiter in self._settle_waiters:
+                self._settle_waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiting, self._settle_waiters = self._settle_waiters, []
+        for ref, fut in waiting:
+            if ref in self._unsettled:
+                self._settle_waiters.append((ref, fut))
+            elif not fut.done():
+                fut.set_result(None)
 
     def cancel_all(self) -> None:
         """Freeze: a prepared but unfinished commit is abandoned; recovery decides."""
@@ -191,3 +257,9 @@ class TransactionEngine:
             del self._prepared[dbid]
             if db is not None:
                 db.local.cancel_prepared()
+        # Readers waiting for a commit to settle look again: they wait for
+        # this node to serve, and the recovery settles everything.
+        for _, fut in self._settle_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._settle_waiters.clear()

@@ -114,6 +114,10 @@ class NodeControls:
         db = self.node.db(int(args["db_id"]))
         self.node.transactions.finish(db, int(args["commit_id"]), bool(args["commit"]))
 
+    def ctl_tx_settled(self, src: int, args: dict[str, Any]) -> None:
+        db = self.node.db(int(args["db_id"]))
+        self.node.transactions.on_settled(db, int(args["commit_id"]))
+
     def ctl_traverse(self, src: int, args: dict[str, Any]) -> list[Any]:
         """The live records this node is authoritative for (all of them if replicated)."""
         db = self.node.db(int(args["db_id"]))

@@ -411,6 +411,7 @@ class LeaderRecovery:
             "finished": time.time(),
         }
         self.engine.reset()
+        node.transactions.settle_all()
         node.announce()
         deferred, self._deferred = self._deferred, []
         for src, msg in deferred:

@@ -1,0 +1,91 @@
+"""tcp: a commit one node has made is not read there until every node has made it.
+
+The leader's two-phase commit finishes node by node. A node that committed
+while another had not yet (it hung) holds a commit the next recovery may
+take back, if that recovery takes the hung node's copy; a read of it would
+be a dirty read. `TransactionEngine` keeps such keys unsettled until the
+leader says every node committed (`tx_settled`) or a recovery gave every
+node one copy. The engine is driven here directly, without a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctdb.engines.merge import to_wire
+from ctdb.engines.transactions import TransactionEngine, next_version
+from ctdb.storage.database import Database, DbKind
+
+
+class Node:
+    """What the transaction engine reads of its node when it is not the leader."""
+
+    pnn = 1
+    generation = 7
+    serving = True
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database.open(tmp_path, "p", DbKind.PERSISTENT, 1)
+    yield database
+    database.local.close()
+
+
+def prepared(engine: TransactionEngine, db: Database, commit_id: int, value: bytes) -> None:
+    _, records = next_version(db, [], [[b"k", value]], 0)
+    engine.prepare(db, to_wire(records.items()), commit_id, Node.generation)
+
+
+def test_a_key_is_unsettled_from_its_local_commit_until_every_node_made_it(db: Database) -> None:
+    engine = TransactionEngine(Node())  # type: ignore[arg-type]
+    assert engine.settled(db, b"k")
+    prepared(engine, db, 1, b"v1")
+    assert engine.settled(db, b"k")  # prepared only: reads see the committed value
+    engine.finish(db, 1, commit=True)
+    assert not engine.settled(db, b"k")
+    engine.on_settled(db, 2)  # another commit's word changes nothing
+    assert not engine.settled(db, b"k")
+    engine.on_settled(db, 1)
+    assert engine.settled(db, b"k")
+
+
+def test_a_recovery_settles_everything_and_a_cancelled_commit_is_never_unsettled(
+    db: Database,
+) -> None:
+    engine = TransactionEngine(Node())  # type: ignore[arg-type]
+    prepared(engine, db, 1, b"v1")
+    engine.finish(db, 1, commit=True)
+    engine.settle_all()
+    assert engine.settled(db, b"k")
+    prepared(engine, db, 2, b"v2")
+    engine.finish(db, 2, commit=False)
+    assert engine.settled(db, b"k")
+
+
+def test_a_waiting_reader_wakes_when_the_key_settles_or_a_freeze_comes(db: Database) -> None:
+    async def scenario() -> list[Any]:
+        engine = TransactionEngine(Node())  # type: ignore[arg-type]
+        prepared(engine, db, 1, b"v1")
+        engine.finish(db, 1, commit=True)
+        first = asyncio.ensure_future(engine.wait_settled(db, b"k"))
+        await asyncio.sleep(0)
+        woke = [first.done()]
+        engine.on_settled(db, 1)
+        await asyncio.sleep(0)
+        woke.append(first.done())
+        prepared(engine, db, 2, b"v2")
+        engine.finish(db, 2, commit=True)
+        second = asyncio.ensure_future(engine.wait_settled(db, b"k"))
+        await asyncio.sleep(0)
+        engine.cancel_all()  # a freeze: the reader looks again (and waits to serve)
+        await asyncio.sleep(0)
+        woke.append(second.done())
+        return woke
+
+    assert asyncio.run(scenario()) == [False, True, True]
