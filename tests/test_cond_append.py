@@ -151,6 +151,10 @@ def test_bad_requests_get_clear_errors(cluster: LocalCluster) -> None:
         with pytest.raises(CtdbError) as not_volatile:
             c.cond_append(persistent, "k", b"x", "always")
         assert not_volatile.value.code == ErrorCode.NOT_SUPPORTED
+        # Nobody listens in on the nodes' notices of who comes first.
+        with pytest.raises(CtdbError) as reserved:
+            c.register_srvid(ENTRY_HEAD_SRVID)
+        assert reserved.value.code == ErrorCode.INVALID
         # The daemon serves on.
         assert c.cond_append(db, "k", b"x", "always").appended
 

@@ -370,6 +370,10 @@ SRVID = struct({"srvid": U64})
 @op("register_srvid", SRVID)
 def _register_srvid(s: ClientSession, args: dict[str, Any]) -> None:
     srvid = args["srvid"]
+    if srvid == protocol.ENTRY_HEAD_SRVID:
+        # Nodes tell each other whose entry came first there; each client
+        # hears only of its own (ctdb.server.owners).
+        raise CtdbError(ErrorCode.INVALID, f"srvid {srvid:#x} is reserved for entry-list notices")
     if srvid not in s.srvids:
         s.srvids.add(srvid)
         s.node.srvids.setdefault(srvid, []).append(s.on_message)

@@ -47,8 +47,15 @@ class OwnersHost(Protocol):
 log = logging.getLogger("ctdb.server.owners")
 
 #: Errors after which a removal is tried again: the cluster is between
-#: generations, without quorum, or slow. Anything else is final.
-TRANSIENT = {ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM, ErrorCode.DISCONNECTED}
+#: generations, without quorum or slow, or a client holds the record with
+#: fetch_lock for a moment. Anything else is final.
+TRANSIENT = {
+    ErrorCode.RETRY,
+    ErrorCode.TIMEOUT,
+    ErrorCode.NO_QUORUM,
+    ErrorCode.DISCONNECTED,
+    ErrorCode.BUSY,
+}
 #: Seconds between attempts of a removal the cluster did not take.
 RETRY_DELAY = 0.5
 
