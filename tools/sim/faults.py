@@ -47,6 +47,8 @@ from tools.sim.workload import ENTRY_KEYS, KEYS, VOLATILE, Session, call, hkey, 
 LIVENESS = 3.0
 #: How often a volatile record may change its surviving copy within a loss window.
 LOSSES_PER_WINDOW = 3
+#: How often, at most, one node's clients' entries may be purged from one entry list.
+MAX_PURGES = 9
 
 #: fault kind -> weight
 FAULTS = {
@@ -617,8 +619,10 @@ class Faults:
     def purge_ops(self, end: float) -> None:
         """Record in the history, on every entry list, that the clients' entries of
         a node a fault touched may be purged from its first such fault on (until
-        `end`): once per departure, at most `LOSSES_PER_WINDOW` times (a node
-        purged may rejoin, its clients append again, and it may leave again).
+        `end`), `LOSSES_PER_WINDOW` times per fault on it: a node purged may
+        rejoin, its clients append again, and it may leave again, also within
+        one fault (I/O errors make a vs node leave and rejoin at each failed
+        write). At most `MAX_PURGES` times, which keeps the search finite.
         """
         departures: dict[int, list[tuple[float, str]]] = {}
         for pnns, start, cause in self.departures:
@@ -628,5 +632,5 @@ class Faults:
             first = min(start for start, _ in faults)
             causes = "; ".join(cause for _, cause in faults)
             for key in ENTRY_KEYS:
-                for _ in range(min(len(faults), LOSSES_PER_WINDOW)):
+                for _ in range(min(len(faults) * LOSSES_PER_WINDOW, MAX_PURGES)):
                     self.history.purge(hkey(VOLATILE, key), pnn, first, end, causes)

@@ -237,13 +237,19 @@ def _closure(ops: list[Op], drop: Op) -> list[Op]:
 
 def minimize(ops: list[Op]) -> list[Op]:
     """A failing sub-history from which no client operation can be dropped (with
-    what read from it). Loss and purge windows stay: they are the model's, not the clients'."""
+    what read from it). Loss and purge windows stay: they are the model's, not the clients'.
+
+    On an entry list only reads are dropped: dropping a removal (or an append,
+    whose index later appends count on) can make the rest fail for a reason
+    the real history did not have.
+    """
     current = sorted(ops, key=lambda o: (o.invoke, o.id))
+    entry_list = any(o.kind in (Kind.APPEND, Kind.REMOVE) for o in current)
     shrunk = True
     while shrunk:
         shrunk = False
         for op in reversed(current):
-            if op.kind in WINDOWS:
+            if op.kind in WINDOWS or (entry_list and op.kind is not Kind.ENTRIES):
                 continue
             smaller = _closure(current, op)
             if not linearizable(smaller):
