@@ -20,7 +20,7 @@ from ctdb.engines.conditions import (
     share_mode_payload,
 )
 from ctdb.protocol.client import ENTRY_HEAD_SRVID
-from ctdb.storage.placement import lmaster
+from ctdb.storage.placement import db_id, lmaster
 from tests.conftest import unique
 from tools.cluster import LocalCluster
 
@@ -33,11 +33,14 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "cond
         time.sleep(0.05)
 
 
-def test_lock_by_empty_condition_has_one_winner_on_every_node(cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("kind", ["volatile", "persistent"])
+def test_lock_by_empty_condition_has_one_winner_on_every_node(
+    cluster: LocalCluster, kind: str
+) -> None:
     db = unique()
     clients = [cluster.client(p) for p in range(3)]
     try:
-        clients[0].attach(db)
+        clients[0].attach(db, kind)
         results = [c.cond_append(db, "R1", f"node{i}", "empty") for i, c in enumerate(clients)]
         winners = [r for r in results if r.appended]
         assert len(winners) == 1
@@ -53,11 +56,12 @@ def test_lock_by_empty_condition_has_one_winner_on_every_node(cluster: LocalClus
             c.close()
 
 
-def test_fifo_queue_order_is_the_same_on_every_node(cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("kind", ["volatile", "persistent"])
+def test_fifo_queue_order_is_the_same_on_every_node(cluster: LocalCluster, kind: str) -> None:
     db = unique()
     clients = [cluster.client(p % 3) for p in range(6)]
     try:
-        clients[0].attach(db)
+        clients[0].attach(db, kind)
         barrier = threading.Barrier(len(clients))
         owners: dict[tuple[int, int], Client] = {}
 
@@ -146,11 +150,6 @@ def test_bad_requests_get_clear_errors(cluster: LocalCluster) -> None:
         with pytest.raises(CtdbError) as unknown_db:
             c.entries(unique("missing"), "k")
         assert unknown_db.value.code == ErrorCode.NOT_FOUND
-        persistent = unique("persistent")
-        c.attach(persistent, "persistent")
-        with pytest.raises(CtdbError) as not_volatile:
-            c.cond_append(persistent, "k", b"x", "always")
-        assert not_volatile.value.code == ErrorCode.NOT_SUPPORTED
         # Nobody listens in on the nodes' notices of who comes first.
         with pytest.raises(CtdbError) as reserved:
             c.register_srvid(ENTRY_HEAD_SRVID)
@@ -159,10 +158,11 @@ def test_bad_requests_get_clear_errors(cluster: LocalCluster) -> None:
         assert c.cond_append(db, "k", b"x", "always").appended
 
 
-def test_a_disconnected_client_loses_its_entries(cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("kind", ["volatile", "persistent"])
+def test_a_disconnected_client_loses_its_entries(cluster: LocalCluster, kind: str) -> None:
     db = unique()
     with cluster.client(0) as keeper, cluster.client(1) as watcher:
-        keeper.attach(db)
+        keeper.attach(db, kind)
         leaving = cluster.client(2)
         assert leaving.cond_append(db, "lock", b"mine", "empty").appended
         assert keeper.cond_append(db, "queue", b"k", "always").appended
@@ -211,3 +211,45 @@ def test_a_killed_node_loses_its_entries_and_the_queue_moves_on(
 
         wait_for(lambda: queue() == [b"0", b"1"], what="node 2's entry to be purged")
         assert [e.payload for e in c1.entries(db, key).entries] == [b"0", b"1"]
+
+
+def test_a_persistent_list_outlives_any_node(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """Each append to a persistent list is a commit every node made before its
+    answer, so the list survives the kill -9 of the node a volatile list would
+    die with (the key's home, which also holds an entry). Its clients' entries
+    are purged, the next in line is told, and the node, restarted, holds the
+    survivors' list."""
+    cluster = cluster_factory()
+    db = unique()
+    key = next(k for k in (f"R{i}".encode() for i in range(100)) if lmaster(k, [0, 1, 2]) == 0)
+    with cluster.client(1) as c1, cluster.client(2) as c2:
+        c1.attach(db, "persistent")
+        doomed = cluster.client(0)
+        assert doomed.cond_append(db, key, b"0", "always").appended
+        assert c1.cond_append(db, key, b"1", "always").appended
+        assert c2.cond_append(db, key, b"2", "always").appended
+        cluster.kill_node(0)
+        doomed.close()
+
+        def queue(c: Client) -> list[bytes]:
+            try:
+                return [e.payload for e in c.entries(db, key).entries]
+            except CtdbError as exc:
+                if exc.code in (ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM):
+                    return []
+                raise
+
+        wait_for(lambda: queue(c1) == [b"1", b"2"], what="node 0's entry to be purged")
+        assert queue(c2) == [b"1", b"2"]
+        notice = c1.wait_message(timeout=30)
+        assert notice.srvid == ENTRY_HEAD_SRVID
+        assert msgpack.unpackb(notice.data) == [db_id(db), key]
+        cluster.start_node(0)
+        cluster.wait_healthy(timeout=60)
+        with cluster.client(0) as c0:
+            # Its recovery must not have left node 2 out (and purged its
+            # entry) for having met node 1 first.
+            wait_for(lambda: queue(c0) == [b"1", b"2"], what="the restarted node's copy")
+            assert c0.entries(db, key) == c1.entries(db, key) == c2.entries(db, key)

@@ -8,6 +8,7 @@ import math
 import threading
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,6 +64,7 @@ def run_client(
             ops.append(op)
 
 
+@pytest.mark.parametrize("kind", ["volatile", "persistent"])
 @given(programs)
 @settings(
     max_examples=4,
@@ -70,12 +72,12 @@ def run_client(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_concurrent_entry_lists_are_linearizable(
-    cluster: LocalCluster, program: list[list[Step]]
+    cluster: LocalCluster, kind: str, program: list[list[Step]]
 ) -> None:
     db = unique()
     clients = [cluster.client(i % 3) for i in range(CLIENTS)]
     try:
-        clients[0].attach(db)
+        clients[0].attach(db, kind)
         ops: list[Op] = []
         lock = threading.Lock()
         threads = [

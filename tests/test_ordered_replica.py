@@ -145,3 +145,32 @@ def test_a_call_on_a_record_held_with_fetch_lock_is_busy(replicas: list[Replica]
         with pytest.raises(CtdbError) as busy:
             r.apply(1, "call", wire)
         assert busy.value.code == ErrorCode.BUSY
+
+
+def test_a_persistent_entry_list_moves_the_sequence_number(replicas: list[Replica]) -> None:
+    """In a persistent database every change of a list, a purge included, is a
+    transaction: recovery compares copies by sequence number and history."""
+    apply_all(replicas, 0, "attach", {"name": "p", "kind": "persistent"})
+    dbid = next(iter(replicas[0].databases.dbs))
+    db = replicas[0].databases.db(dbid)
+
+    def call(origin: int, c: record_calls.RecordCall) -> list[Any]:
+        wire = {"db": dbid, "key": b"q", "call": record_calls.to_wire(c)}
+        return apply_all(replicas, origin, "call", wire)
+
+    call(0, Append("always", None, Entry(0, 3, b"a")))
+    call(1, Append("always", None, Entry(1, 5, b"b")))
+    assert db.seqnum() == 2
+    assert call(1, Append("always", None, Entry(1, 5, b"b")))[0]["index"] == 1  # idempotent
+    call(1, Read())
+    assert db.seqnum() == 2  # neither wrote
+    history = db.history()
+    for r in replicas:
+        r.effects.clear()
+        r.purge_entries(lambda e: e.pnn == 0, writer=1)
+    assert db.seqnum() == 3 and db.history() != history
+    assert FirstEntry((1, 5), (dbid, b"q")) in replicas[1].effects
+    assert not any(isinstance(e, FirstEntry) for e in replicas[0].effects)
+    assert call(0, Read())[0]["entries"] == [[1, 5, b"b"]]
+    files = [dict(r.databases.db(dbid).local.items()) for r in replicas]
+    assert files[0] == files[1]

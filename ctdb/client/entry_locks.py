@@ -14,8 +14,8 @@ connection's entries when it closes, and a node's when the node leaves.
   entry becomes the first, so it need not poll. The message is a hint: it
   may come late, or not at all if its sender died, so a waiter also
   re-reads the list every `recheck` seconds. If its entry vanished (on tcp
-  a list lives at its dmaster and dies with that node, like any volatile
-  record), it queues again, at the end.
+  a volatile list lives at its dmaster and dies with that node, like any
+  volatile record; a persistent one does not), it queues again, at the end.
 
 The lock helpers consume the head messages this connection receives
 (`Client.messages`): a caller that also waits for them itself should use

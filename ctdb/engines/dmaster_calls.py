@@ -43,7 +43,6 @@ from ctdb.engines import record_calls
 from ctdb.engines.record_calls import RecordCall
 from ctdb.protocol.messages import RemoteCall, RemoteCallReply
 from ctdb.storage.database import Database
-from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import lmaster
 
@@ -188,20 +187,15 @@ class DmasterCalls:
         if previous is not None and all(owners.get(p) == inc for p, inc in previous.items()):
             return 0
 
-        def gone(entry: Entry) -> bool:
-            return owners.get(entry.pnn) != entry.client >> 32
-
         changed = 0
         for db in list(self.node.dbs.values()):
             if db.replicated:
-                continue
-            for key, rec in list(db.local.items()):
-                if rec.dmaster != self.node.pnn or not record_calls.may_hold_entries(rec):
-                    continue
-                value = record_calls.purge(rec, gone)
-                if value is not None:
-                    self._write(db, key, rec, value)
-                    changed += 1
+                continue  # persistent_calls.purge
+            ours = ((k, r) for k, r in db.local.items() if r.dmaster == self.node.pnn)
+            lists = record_calls.purged(ours, record_calls.departed(owners))
+            for key, (before, value) in lists.items():
+                self._write(db, key, before, value)
+            changed += len(lists)
         if changed:
             log.info("removed the entries of departed owners from %d records", changed)
         return changed

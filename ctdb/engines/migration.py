@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import persistent_calls
 from ctdb.engines.base import resolved
 from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.merge import from_wire
@@ -161,6 +162,8 @@ class MigrationEngine:
         await resolved(self.unlock(db, key, session, value))
 
     def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
+        if db.replicated:
+            return persistent_calls.call(self, db, key, call)
         return self.calls.call(db, key, call)
 
     async def commit(self, tx: Transaction) -> int:

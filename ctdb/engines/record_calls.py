@@ -12,7 +12,10 @@ answer: the tcp engine at the record's dmaster (one request, one reply, no
 migration), the ordered engine on every member at the call's position in
 the stream. So `run` is pure: a record in, the value to write (if any) and
 the client's answer out. The engine writes the value (bumping the RSN its
-own way) and puts the new RSN into the answer.
+own way) and puts the new RSN into the answer. In a persistent database
+the write is a transaction, which moves the database's sequence number:
+over tcp a one-key commit (`persistent_calls`), over vs a stable ordered
+operation.
 
 A call may reach its record twice (tcp re-sends a call whose reply a
 recovery lost), so every call is idempotent: an owner's entry equal to one
@@ -23,7 +26,7 @@ once; a client that wants two equal entries makes their payloads differ.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +134,31 @@ def purge(rec: Record, gone: Callable[[Entry], bool]) -> bytes | None:
     if len(kept) == len(entries):
         return None
     return encode_entries(kept)
+
+
+def purged(
+    records: Iterable[tuple[bytes, Record]], gone: Callable[[Entry], bool]
+) -> dict[bytes, tuple[Record, bytes]]:
+    """The entry lists among `records` that lose entries of owners `gone`:
+    key -> (the record, its value without them)."""
+    changed = {}
+    for key, rec in records:
+        if may_hold_entries(rec):
+            value = purge(rec, gone)
+            if value is not None:
+                changed[key] = (rec, value)
+    return changed
+
+
+def departed(owners: Mapping[int, int]) -> Callable[[Entry], bool]:
+    """Whether an entry's owner is gone: its node is not among `owners` (pnn ->
+    incarnation), or has restarted since (a client id carries its node's run
+    in its high 32 bits, `ctdb.server.owners`)."""
+
+    def gone(entry: Entry) -> bool:
+        return owners.get(entry.pnn) != entry.client >> 32
+
+    return gone
 
 
 def new_head(before: Record | None, after: bytes) -> Owner | None:

@@ -235,11 +235,6 @@ def _owner(s: ClientSession) -> Owner:
 def _call(s: ClientSession, args: dict[str, Any], call: RecordCall) -> Any:
     """Run `call` on the record; the answer names the client's owner id."""
     db, key = s.database(args), args["key"]
-    if db.replicated:
-        raise CtdbError(
-            ErrorCode.NOT_SUPPORTED,
-            f"database {db.name} is {db.kind.value}: entry lists live in volatile databases",
-        )
     owner = _owner(s)
     if not isinstance(call, Read):
         s.appended.add((db.id, key))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines import recovery
+from ctdb.engines import persistent_calls, recovery
 from ctdb.engines.merge import from_wire, to_wire
 from ctdb.engines.migration import MigrationEngine
 from ctdb.engines.vacuum import Vacuum
@@ -70,6 +70,8 @@ class LeaderRecovery:
         self._frozen_generation = INVALID_GENERATION
         self._deferred: list[tuple[int, Message]] = []
         self._wanted = asyncio.Event()
+        #: since when a member we would recover hears from nodes we do not
+        self._connecting_since: float | None = None
         #: Recovery's whole-database work runs off the event loop (see `_bulk`).
         self._bulk_lock = threading.Lock()
 
@@ -203,6 +205,8 @@ class LeaderRecovery:
                     log.warning("lost quorum: freezing")
                     self._freeze(INVALID_GENERATION)
                 continue
+            if self._still_connecting():
+                continue
             try:
                 await recovery.recover(node, node.active_members(), node.rng)
                 node.stats["recoveries"] += 1
@@ -264,6 +268,35 @@ class LeaderRecovery:
             node.transactions.cancel_all()
             self.engine.freeze()
             node.announce()
+
+    def _still_connecting(self) -> bool:
+        """A member hears from nodes we have not met: give our links to them one
+        KeepaliveInterval to come up before we recover without them.
+
+        A node a recovery leaves out is gone for the new generation: its
+        clients' entries are purged (`ctdb.engines.record_calls.departed`).
+        A node that has just started meets its peers one by one, and as the
+        lowest it leads at once: recovering over the first peers it met would
+        purge the entries of a node that never left. The wait is bounded,
+        so a link that stays cut (a partition that is not transitive) only
+        delays the recovery.
+        """
+        node = self.node
+        peers = [p for p in node.active_members() if p != node.pnn]
+        # A peer whose state has not reached us yet may hear from anyone.
+        missing = {p for p in peers if p not in node.peers}
+        heard = {q for p in peers if (peer := node.peers.get(p)) for q in peer.seen}
+        # A vnnmap member we no longer see has left (the others notice a
+        # moment later): nothing to wait for.
+        missing |= heard - set(node.transport.view.members) - set(node.vnnmap)
+        if not missing:
+            self._connecting_since = None
+            return False
+        now = asyncio.get_running_loop().time()
+        if self._connecting_since is None:
+            self._connecting_since = now
+            log.info("waiting for links: members see nodes we have not met (%s)", sorted(missing))
+        return now - self._connecting_since < node.tunable("KeepaliveInterval")
 
     def _check_vote(self, leader: int) -> None:
         """Follow one leader at a time, so that two leaders never serve at once.
@@ -391,7 +424,9 @@ class LeaderRecovery:
         # commit acknowledged up to this recovery.
         node.epochs.set(int(args["epoch"]))
         # Stamped with the new epoch, so the purge outranks every older copy.
-        self.engine.calls.purge({int(p): int(inc) for p, inc in args["incarnations"]})
+        owners = {int(p): int(inc) for p, inc in args["incarnations"]}
+        self.engine.calls.purge(owners)
+        persistent_calls.purge(node, owners, node.leader)
 
     async def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
         node = self.node

@@ -5,7 +5,7 @@ id is unique over every run of this node: the high 32 bits are the run
 (`Epochs.incarnation`, durable), the low 32 bits count the clients of that
 run. So a node that restarts never hands a new client an id whose entries
 another node still holds, and recovery can tell the entries of a past run
-from those of the current one (`ctdb.engines.dmaster_calls.purge`).
+from those of the current one (`ctdb.engines.record_calls.departed`).
 
 A client that disconnects has its entries removed: its session remembers
 every record it appended to, and on close one `Remove` call per record runs

@@ -41,7 +41,17 @@ from typing import Any
 from ctdb.common.errors import CtdbError
 from tools.sim.cluster import LATENCY, SimCluster
 from tools.sim.history import History, Kind
-from tools.sim.workload import ENTRY_KEYS, KEYS, VOLATILE, Session, call, hkey, text, why
+from tools.sim.workload import (
+    ENTRY_KEYS,
+    KEYS,
+    PERSISTENT,
+    VOLATILE,
+    Session,
+    call,
+    hkey,
+    text,
+    why,
+)
 
 #: Seconds a fully connected, healthy majority may take to serve.
 LIVENESS = 3.0
@@ -617,12 +627,13 @@ class Faults:
                     self.history.loss(hkey(VOLATILE, key), first, end, causes)
 
     def purge_ops(self, end: float) -> None:
-        """Record in the history, on every entry list, that the clients' entries of
-        a node a fault touched may be purged from its first such fault on (until
-        `end`), `LOSSES_PER_WINDOW` times per fault on it: a node purged may
-        rejoin, its clients append again, and it may leave again, also within
-        one fault (I/O errors make a vs node leave and rejoin at each failed
-        write). At most `MAX_PURGES` times, which keeps the search finite.
+        """Record in the history, on every entry list (volatile and persistent),
+        that the clients' entries of a node a fault touched may be purged from
+        its first such fault on (until `end`), `LOSSES_PER_WINDOW` times per
+        fault on it: a node purged may rejoin, its clients append again, and
+        it may leave again, also within one fault (I/O errors make a vs node
+        leave and rejoin at each failed write). At most `MAX_PURGES` times,
+        which keeps the search finite.
         """
         departures: dict[int, list[tuple[float, str]]] = {}
         for pnns, start, cause in self.departures:
@@ -631,6 +642,6 @@ class Faults:
         for pnn, faults in sorted(departures.items()):
             first = min(start for start, _ in faults)
             causes = "; ".join(cause for _, cause in faults)
-            for key in ENTRY_KEYS:
+            for key in [hkey(db, k) for db in (VOLATILE, PERSISTENT) for k in ENTRY_KEYS]:
                 for _ in range(min(len(faults) * LOSSES_PER_WINDOW, MAX_PURGES)):
-                    self.history.purge(hkey(VOLATILE, key), pnn, first, end, causes)
+                    self.history.purge(key, pnn, first, end, causes)

@@ -5,9 +5,10 @@ deadline and records each in the `History`: volatile stores, deletes,
 linearizable fetches and increments under `fetch_lock`/`store_unlock`
 (read-modify-write), persistent local reads (`pfetch`: may lag, never
 invent), blind transactions over one or two keys and increments in
-transactions; and on entry lists (other keys of the volatile database)
-conditional appends under `always`, `empty` or `max_entries N`, removals of
-the client's own entries and reads of the list, as record calls. Every
+transactions; and on entry lists (other keys, of the volatile or the
+persistent database) conditional appends under `always`, `empty` or
+`max_entries N`, removals of the client's own entries and reads of the
+list, as record calls. Every
 write writes a value of its own (`<client>.<n>`), so the checker can tell
 every write apart; an entry's payload is such a value too, so the checker
 knows whose entry it is and on which node its client runs.
@@ -59,6 +60,10 @@ class Session:
         self.name = name
         #: who it is in entry lists, once it has appended: (pnn, client id)
         self.owner: tuple[int, int] | None = None
+        #: picks the database of each entry-list operation, apart from the
+        #: client's other draws (which stay as they were before lists could
+        #: be persistent, and so do the schedules of earlier seeds)
+        self.lists = random.Random(name)
 
 
 async def call(result: Any) -> Any:
@@ -181,7 +186,9 @@ class Workload:
                 for each in ops:
                     h.ok(each)
             elif kind in ("qappend", "qremove", "qread"):
-                await self.entries_op(node, session, kind, key, unique, rng)
+                dbname = session.lists.choice([VOLATILE, PERSISTENT])
+                name, key = key, hkey(dbname, key)  # the log names the database too
+                await self.entries_op(node, session, kind, dbname, name, unique, rng)
             elif kind == "pincr":
                 tx = node.transactions.begin(p)
                 now = h.now()
@@ -204,28 +211,36 @@ class Workload:
                 self.complain(f"{client} {kind} {key}: unexpected {exc!r}")
 
     async def entries_op(
-        self, node: Node, session: Session, kind: str, key: str, unique: str, rng: random.Random
+        self,
+        node: Node,
+        session: Session,
+        kind: str,
+        dbname: str,
+        key: str,
+        unique: str,
+        rng: random.Random,
     ) -> None:
         """An append (payload `unique`), a removal of our entries, or a read of the list."""
-        h, v, raw = self.history, node.db_by_name(VOLATILE), key.encode()
+        h, raw = self.history, key.encode()
+        db, where = node.db_by_name(dbname), hkey(dbname, key)
         if session.owner is None:
             session.owner = node.owners.new_client(lambda srvid, src, data: None)
         name, bounds = rng.choice(CONDITIONS)
         arg = None if bounds is None else rng.randint(*bounds)
         request: RecordCall
         if kind == "qappend":
-            op = h.invoke(session.name, hkey(VOLATILE, key), Kind.APPEND, unique)
+            op = h.invoke(session.name, where, Kind.APPEND, unique)
             op.arg = (name, arg)
             request = Append(name, arg, Entry(*session.owner, unique.encode()))
         elif kind == "qremove":
-            op = h.invoke(session.name, hkey(VOLATILE, key), Kind.REMOVE)
+            op = h.invoke(session.name, where, Kind.REMOVE)
             op.arg = session.name
             request = Remove(session.owner)
         else:
-            op = h.invoke(session.name, hkey(VOLATILE, key), Kind.ENTRIES)
+            op = h.invoke(session.name, where, Kind.ENTRIES)
             request = Read()
         try:
-            answer = await call(node.records.call(v, raw, request))
+            answer = await call(node.records.call(db, raw, request))
         except BaseException as exc:
             h.failed(op, why(exc))
             raise

@@ -296,9 +296,15 @@ class OrderedEngine:
         self.node.transport.broadcast(encode(Ordered(self.node.pnn, next(self._seq), op, args)))
 
     def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
-        """One ordered operation; every member runs the call at its position."""
+        """One ordered operation; every member runs the call at its position.
+
+        On a replicated database it is a commit, acknowledged once stable.
+        """
         record_calls.check(call)
-        args = {"db": db.id, "key": key, "call": record_calls.to_wire(call)}
+        args: dict[str, Any] = {"db": db.id, "key": key, "call": record_calls.to_wire(call)}
+        if db.replicated:
+            args["stable"] = True
+            return self._submit("call", args)
         return self._submit("call", self._volatile_write(args))
 
     async def commit(self, tx: Transaction) -> int:

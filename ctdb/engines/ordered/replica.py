@@ -123,12 +123,17 @@ class Replica:
         self.write(db, key, bytes(args["value"]), origin)
 
     def _apply_commit(self, origin: int, args: dict[str, Any]) -> int:
-        db = self._db(args["db"])
-        seqnum, records = next_version(db, args["reads"], args["writes"], origin)
+        return self.commit(self._db(args["db"]), args["reads"], args["writes"], origin)[0]
+
+    def commit(
+        self, db: Database, reads: list[Any], writes: list[Any], origin: int
+    ) -> tuple[int, dict[bytes, Record]]:
+        """A transaction on a replicated database: the new sequence number and records."""
+        seqnum, records = next_version(db, reads, writes, origin)
         db.local.write_batch(Database.commit_puts(records))
         for key in records:
             self.effects.append(Written((db.id, key)))
-        return seqnum
+        return seqnum, records
 
     def _apply_attach(self, origin: int, args: dict[str, Any]) -> None:
         self.databases.attach(str(args["name"]), DbKind.parse(str(args["kind"])))
@@ -232,25 +237,37 @@ class Replica:
     def _write_entries(
         self, db: Database, key: bytes, before: Record | None, value: bytes, origin: int
     ) -> Record:
-        """Write a changed entry list; a new first entry's owner, if one of ours, is told."""
-        rec = self.write(db, key, value, origin)
+        """Write a changed entry list; a new first entry's owner, if one of ours, is told.
+
+        In a replicated database the write is a one-key transaction, so that
+        the sequence number and the history, which recovery compares, move.
+        """
+        if db.replicated:
+            rec = self.commit(db, [], [[key, value]], origin)[1][key]
+        else:
+            rec = self.write(db, key, value, origin)
+        self._told(db, key, before, value)
+        return rec
+
+    def _told(self, db: Database, key: bytes, before: Record | None, value: bytes) -> None:
         head = record_calls.new_head(before, value)
         if head is not None and head[0] == self.pnn:
             self.effects.append(FirstEntry(head, (db.id, key)))
-        return rec
 
     def purge_entries(self, gone: Callable[[Entry], bool], writer: int) -> None:
-        """Remove the entries of owners `gone` from every volatile record.
+        """Remove the entries of owners `gone` from every record of every database.
 
         Every member does it at the same position in the stream (a view
         change) with the same `gone`, and writes as the same `writer`, so
-        the replicas stay identical.
+        the replicas stay identical; in a replicated database all of it is
+        one transaction.
         """
         for db in list(self.databases.dbs.values()):
-            if db.replicated:
+            changed = record_calls.purged(db.local.items(), gone)
+            if db.replicated and changed:
+                self.commit(db, [], [[key, value] for key, (_, value) in changed.items()], writer)
+                for key, (before, value) in changed.items():
+                    self._told(db, key, before, value)
                 continue
-            for key, rec in list(db.local.items()):
-                if record_calls.may_hold_entries(rec):
-                    value = record_calls.purge(rec, gone)
-                    if value is not None:
-                        self._write_entries(db, key, rec, value, writer)
+            for key, (before, value) in changed.items():
+                self._write_entries(db, key, before, value, writer)

@@ -1,0 +1,102 @@
+"""Record calls on a replicated database over tcp: one-key transactions.
+
+Every node holds every record of a persistent (or replicated) database, and
+a write to it is a transaction the leader commits on every node with a
+two-phase commit (`ctdb.engines.transactions`). A conditional append there
+is such a transaction. The node runs the call on its own copy, once no
+commit that wrote the key may still be taken back here (no dirty read:
+`MigrationEngine.settle`), and if the list changes it commits the new value
+with the RSN it read as the read set. The client is answered only once
+every node has made the commit, so the entry survives any node's failure:
+unlike a volatile list, this one does not die with its dmaster.
+
+A commit that lost a race (BUSY: the record changed since it was read)
+never ran anywhere, so the call runs again on the newer value. Any other
+failure goes to the client as a transaction's would: its outcome may be
+unknown, and the call is idempotent for a retry.
+
+Owners that are gone are purged by every member at the end of a recovery
+(`purge`, from `set_vnnmap`). All members hold one copy of each replicated
+database then (the recovery pushed it to whoever differed), so the same
+purge gives the same copy, with the same sequence number and history,
+everywhere; a member that misses it is given the purged copy by the next
+recovery, whose epoch it lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import record_calls
+from ctdb.engines.record_calls import RecordCall
+from ctdb.engines.transactions import TransactionEngine, next_version
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import Record
+
+if TYPE_CHECKING:
+    from ctdb.engines.host import Host
+
+
+class Committer(Protocol):
+    """What a persistent record call needs of the tcp engine."""
+
+    node: Host
+    transactions: TransactionEngine
+
+    async def settle(self, db: Database, key: bytes, deadline: float) -> None: ...
+
+
+async def call(engine: Committer, db: Database, key: bytes, request: RecordCall) -> dict[str, Any]:
+    """Run `request` on the record as a one-key transaction; its answer."""
+    record_calls.check(request)
+    node = engine.node
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + node.tunable("CallTimeout")
+    while True:
+        await engine.settle(db, key, deadline)
+        before = db.local.get(key)
+        outcome = record_calls.run(request, before)
+        if outcome.value is None:
+            return outcome.answer
+        tx = engine.transactions.begin(db)
+        tx.reads[key] = before.rsn if before is not None else 0
+        tx.writes[key] = outcome.value
+        try:
+            await engine.transactions.commit(tx)
+        except CtdbError as exc:
+            if exc.code != ErrorCode.BUSY or loop.time() >= deadline:
+                raise
+            continue  # another commit changed the record first: run the call again
+        head = record_calls.new_head(before, outcome.value)
+        if head is not None:
+            node.entry_head(head, db.id, key)
+        return outcome.with_rsn(tx.reads[key] + 1)
+
+
+def purge(node: Host, owners: Mapping[int, int], writer: int) -> int:
+    """Remove the entries of departed owners from every replicated database, one
+    transaction per database, stamped as `writer`'s (the recovery leader, the
+    same on every member); returns how many records changed.
+
+    Our clients whose entry now comes first are told.
+    """
+    changed = 0
+    for db in list(node.dbs.values()):
+        if not db.replicated:
+            continue
+        lists = record_calls.purged(db.local.items(), record_calls.departed(owners))
+        if not lists:
+            continue
+        _, records = next_version(db, [], [[k, value] for k, (_, value) in lists.items()], writer)
+        # Each node's copy names itself in the header, as its commits do.
+        mine = {k: Record(r.rsn, node.pnn, r.value) for k, r in records.items()}
+        db.local.write_batch(Database.commit_puts(mine))
+        changed += len(lists)
+        for key, (before, value) in lists.items():
+            head = record_calls.new_head(before, value)
+            if head is not None and head[0] == node.pnn:
+                node.entry_head(head, db.id, key)
+    return changed
