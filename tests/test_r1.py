@@ -31,7 +31,8 @@ def our_processes(directory: str) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("transport", "options"), [("tcp", []), ("tcp", ["--spare-home"]), ("vs", [])]
+    ("transport", "options"),
+    [("tcp", []), ("tcp", ["--spare-home"]), ("tcp", ["--persistent"]), ("vs", [])],
 )
 def test_r1_hands_the_lock_over_after_a_kill(transport: str, options: list[str]) -> None:
     done = subprocess.run(
@@ -55,7 +56,8 @@ def test_r1_hands_the_lock_over_after_a_kill(transport: str, options: list[str])
     assert summary["decided_ms"] > 0 and summary["handover_after_kill_ms"] > 0
     assert summary["handover_after_release_ms"] > 0
     if transport == "vs" or options:
-        # vs: every node holds the list; tcp --spare-home: the holder is not its home.
+        # vs and --persistent: every node holds the list; tcp --spare-home: the
+        # holder is not its home.
         assert summary["queue_lost"] is False
     else:
         assert summary["queue_lost"] == (summary["winner"] == summary["home"])

@@ -24,9 +24,11 @@ race, and the kill then loses the queue: that is the tcp answer to Dake's
 scenario. `--spare-home` lets the client on the home node queue after the
 other two instead, so the holder is elsewhere and the queue survives its
 kill on tcp too. On vs every node holds the list and the queue survives
-any one node.
+any one node. `--persistent` keeps the lock in a persistent database, where
+every change of the list is a commit every node makes: the queue survives
+the kill on tcp as well, wherever the holder ran, for a commit per change.
 
-    python -m tools.r1 [--transport tcp|vs] [--key R1] [--spare-home] [--json]
+    python -m tools.r1 [--transport tcp|vs] [--key R1] [--spare-home] [--persistent] [--json]
 """
 
 from __future__ import annotations
@@ -175,7 +177,11 @@ def how(c: Contender) -> str:
 
 
 def run(
-    transport: str, key: bytes, say: Callable[[str], None], spare_home: bool = False
+    transport: str,
+    key: bytes,
+    say: Callable[[str], None],
+    spare_home: bool = False,
+    persistent: bool = False,
 ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="ctdb-r1-"))
     cluster: LocalCluster | None = None
@@ -186,8 +192,10 @@ def run(
         cluster.up(timeout=60)  # after the assignment: an interrupted start is cleaned up too
         home = lmaster(key, [0, 1, 2])
         contenders = [Contender(p, cluster.client(p, timeout=WAIT)) for p in range(3)]
-        contenders[0].client.attach(DB)
-        if transport == "tcp":
+        contenders[0].client.attach(DB, "persistent" if persistent else "volatile")
+        if persistent:
+            say(f"{transport}: every node holds the list (persistent: each change is a commit)")
+        elif transport == "tcp":
             say(f"tcp: {key.decode()}'s list lives at node {NAMES[home]} (lmaster of the key)")
         else:
             say("vs: every node holds the list")
@@ -220,7 +228,7 @@ def run(
         threads = [threading.Thread(target=wait_turn, args=(c,), daemon=True) for c in waiters]
         for t in threads:
             t.start()
-        queue_lost = transport == "tcp" and holder.pnn == home
+        queue_lost = transport == "tcp" and holder.pnn == home and not persistent
         if queue_lost:
             say(
                 f"tcp limitation: the holder's node {holder.name} is also the list's home; "
@@ -257,6 +265,7 @@ def run(
             "key": key.decode(),
             "home": NAMES[home] if transport == "tcp" else None,
             "spare_home": spared,
+            "persistent": persistent,
             "queues": queues,
             "winner": holder.name,
             "decided_ms": decided * 1000,
@@ -283,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog=(
             "tcp limitation: a list lives at its key's lmaster; if the holder runs there, "
             "the kill loses the queue and the waiters queue again (FIFO order is not kept "
-            "across that failure). vs keeps the queue on every node."
+            "across that failure). vs keeps the queue on every node, and so does a "
+            "persistent list (--persistent) on both transports."
         ),
     )
     parser.add_argument("--transport", choices=["tcp", "vs"], default="tcp")
@@ -293,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="tcp: the client on the list's home node queues after the other two "
         "(so the holder is not the home, and the FIFO hand-over shows on tcp too)",
+    )
+    parser.add_argument(
+        "--persistent",
+        action="store_true",
+        help="keep the lock in a persistent database: every change of the list is a "
+        "commit on every node, so the queue survives any one node on tcp too",
     )
     parser.add_argument(
         "--json", action="store_true", help="the story on stderr, a JSON summary on stdout"
@@ -307,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        summary = run(ns.transport, ns.key.encode(), say, ns.spare_home)
+        summary = run(ns.transport, ns.key.encode(), say, ns.spare_home, ns.persistent)
     except KeyboardInterrupt:
         say("interrupted; the cluster is stopped")
         return 130
