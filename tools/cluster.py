@@ -184,6 +184,11 @@ class LocalCluster:
     def down(self) -> None:
         for pnn in list(self.pids):
             self.stop_node(pnn)
+        # A daemon whose PID an interrupt kept start_node from recording.
+        for pnn in range(self.size):
+            for pid in _our_children(self.config_path(pnn)):
+                self.pids[pnn] = pid
+                self.stop_node(pnn)
         if self._corosync is not None:
             self._corosync.stop()
             self._corosync = None
@@ -284,6 +289,21 @@ def _is_our_process(pid: int, config: Path) -> bool:
     if stat.rsplit(")", 1)[1].split()[0] == "Z":
         return False
     return str(config).encode() in cmdline
+
+
+def _our_children(config: Path) -> list[int]:
+    """The live ctdbds this process started with `config`."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me and _is_our_process(int(entry.name), config):
+            found.append(int(entry.name))
+    return found
 
 
 def _reap(pid: int) -> None:
