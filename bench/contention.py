@@ -20,7 +20,11 @@ releases it. The locks:
   counter is a plain volatile record (fetch, store);
 * `append_fifo`: `cond_append(key, "always")`; the head of the list holds,
   the others wait for the ENTRY_HEAD_SRVID message (a hint: after
-  HINT_TIMEOUT without it the waiter re-reads `entries`).
+  HINT_TIMEOUT without it the waiter re-reads `entries`);
+* `append_fifo_persistent`: the same FIFO lock on a list in a persistent
+  database, which survives any one node on both transports: each append
+  and removal is a commit every node makes (tcp: the leader's two-phase
+  commit; vs: a stable ordered operation).
 
 Each runs on tcp and on vs. Reported per configuration: acquisitions/s,
 acquire latency p50/p99, fairness (per-client counts, min/max), whether the
@@ -89,12 +93,15 @@ from tools.cluster import LocalCluster  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "contention"
 DB = "bench_contention"
+#: The persistent database of `append_fifo_persistent`'s lists (the counter stays in DB).
+PDB = "bench_contention_persistent"
 TRANSPORTS = ("tcp", "vs")
-VARIANTS = ("fetch_lock", "append_spin", "append_fifo")
+VARIANTS = ("fetch_lock", "append_spin", "append_fifo", "append_fifo_persistent")
 VARIANT_LABELS = {
     "fetch_lock": "fetch_lock (tcp: record migration; vs: ordered lock queue)",
     "append_spin": "cond_append 'empty', retry",
     "append_fifo": "cond_append 'always', FIFO + head message",
+    "append_fifo_persistent": "the same FIFO lock, list in a persistent database",
 }
 #: The reference of every ratio: tcp fetch_lock at the same configuration.
 REFERENCE = ("tcp", "fetch_lock")
@@ -232,7 +239,7 @@ async def append_spin_round(
 
 
 async def append_fifo_round(
-    c: AsyncClient, key: bytes, counter: bytes, t: Tally, deadline: float
+    c: AsyncClient, key: bytes, counter: bytes, t: Tally, deadline: float, db: str = DB
 ) -> None:
     """cond_append 'always'; wait to be the head; increment; remove_entries.
 
@@ -247,7 +254,7 @@ async def append_fifo_round(
         t.attempts += 1
         t.requests += 1
         try:
-            r = await c.cond_append(DB, key, b"queued", "always")
+            r = await c.cond_append(db, key, b"queued", "always")
         except CtdbError as exc:
             if exc.code not in TRANSIENT:
                 raise
@@ -259,7 +266,7 @@ async def append_fifo_round(
             except TimeoutError:
                 t.fallbacks += 1
                 t.requests += 1
-                now = await c.entries(DB, key)
+                now = await c.entries(db, key)
                 if now.entries and now.entries[0].owner == r.owner:
                     break
                 continue
@@ -268,7 +275,7 @@ async def append_fifo_round(
         held = clock()
         await increment(c, counter, t)
         t.requests += 1
-        await c.remove_entries(DB, key)
+        await c.remove_entries(db, key)
         t.latencies.append(held - t0)
         t.acquisitions += 1
 
@@ -385,6 +392,7 @@ async def contend(
     key, counter = placed(b"lock-" + tag, 0), placed(b"counter-" + tag, 0)
     if variant == "fetch_lock":
         counter = key  # the locked record is the counter
+    lock_db = PDB if variant == "append_fifo_persistent" else DB
 
     async def round_(c: AsyncClient, i: int, t: Tally, deadline: float) -> None:
         if variant == "fetch_lock":
@@ -392,7 +400,7 @@ async def contend(
         elif variant == "append_spin":
             await append_spin_round(c, key, counter, t, deadline)
         else:
-            await append_fifo_round(c, key, counter, t, deadline)
+            await append_fifo_round(c, key, counter, t, deadline, lock_db)
 
     sockets = [cluster.socket(i % nodes) for i in range(clients)]
     tallies, cpu = await drive(sockets, round_, seconds, server_pids(cluster))
@@ -400,7 +408,7 @@ async def contend(
     check = await AsyncClient.connect(cluster.socket(0))
     try:
         final = int(await check.fetch(DB, counter) or b"0")
-        left = (await check.entries(DB, key)).entries if variant != "fetch_lock" else []
+        left = (await check.entries(lock_db, key)).entries if variant != "fetch_lock" else []
     finally:
         await check.close()
     r.update(
@@ -545,6 +553,7 @@ async def bench_transport(cluster: LocalCluster, plan: Plan) -> dict[str, Any]:
     c = await AsyncClient.connect(cluster.socket(0))
     try:
         await c.attach(DB)
+        await c.attach(PDB, "persistent")
     finally:
         await c.close()
     say(f"  baselines: ping x{plan.pings} local and to node 1, unlocked increments")
@@ -820,9 +829,11 @@ STYLE = {
     ("tcp", "fetch_lock"): ("tab:blue", "-", "o"),
     ("tcp", "append_spin"): ("tab:orange", "-", "s"),
     ("tcp", "append_fifo"): ("tab:green", "-", "^"),
+    ("tcp", "append_fifo_persistent"): ("tab:purple", "-", "v"),
     ("vs", "fetch_lock"): ("tab:blue", "--", "o"),
     ("vs", "append_spin"): ("tab:orange", "--", "s"),
     ("vs", "append_fifo"): ("tab:green", "--", "^"),
+    ("vs", "append_fifo_persistent"): ("tab:purple", "--", "v"),
 }
 
 
