@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from ctdb.engines.conditions import (
     byte_range_payload,
     share_mode_payload,
 )
+from ctdb.protocol import client as protocol
 from ctdb.protocol.client import ENTRY_HEAD_SRVID
 from ctdb.storage.placement import db_id, lmaster
 from tests.conftest import unique
@@ -253,3 +255,37 @@ def test_a_persistent_list_outlives_any_node(
             # entry) for having met node 1 first.
             wait_for(lambda: queue(c0) == [b"1", b"2"], what="the restarted node's copy")
             assert c0.entries(db, key) == c1.entries(db, key) == c2.entries(db, key)
+
+
+@pytest.mark.parametrize("kind", ["volatile", "persistent"])
+def test_a_client_that_leaves_mid_append_leaves_no_entry(cluster: LocalCluster, kind: str) -> None:
+    """Clients that hang up right after sending appends (to lists whose home is
+    another node) leave nothing behind: the daemon removes their entries only
+    once those appends have ended, so none lands after its removal."""
+    db = unique()
+    with cluster.client(0) as watcher:
+        watcher.attach(db, kind)
+        keys = [f"L{i}".encode() for i in range(6)]
+        for n in range(4):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(cluster.socket(1))
+            requests = [protocol.encode_request(1, "hello", {"version": protocol.VERSION})]
+            requests += [
+                protocol.encode_request(
+                    2 + i,
+                    "cond_append",
+                    {"db": db, "key": k, "condition": "always", "payload": b"%d" % n},
+                )
+                for i, k in enumerate(keys)
+            ]
+            sock.sendall(b"".join(requests))
+            # Hang up once the first append is answered: the others are on their way.
+            decoder, answered = protocol.ReplyDecoder(1 << 20), 0
+            while answered < 2:
+                answered += len(decoder.feed(sock.recv(1 << 16)))
+            sock.close()
+
+        def lists() -> list[list[bytes]]:
+            return [[e.payload for e in watcher.entries(db, k).entries] for k in keys]
+
+        wait_for(lambda: not any(lists()), what="the departed clients' entries to go")

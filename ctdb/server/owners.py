@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import msgpack
@@ -94,15 +94,26 @@ class Owners:
         if push is not None:
             push(ENTRY_HEAD_SRVID, src, notice)
 
-    def gone(self, owner: Owner, records: set[tuple[int, bytes]]) -> None:
-        """A client disconnected: remove its entries from `records` (db id, key)."""
+    def gone(
+        self,
+        owner: Owner,
+        records: set[tuple[int, bytes]],
+        running: Collection[asyncio.Task[None]] = (),
+    ) -> None:
+        """A client disconnected: remove its entries from `records` (db id, key),
+        once its calls still `running` have ended (they may append)."""
         self._push.pop(owner[1], None)
         for dbid, key in sorted(records):
-            task = asyncio.get_running_loop().create_task(self._remove(owner, dbid, key))
+            removal = self._remove(owner, dbid, key, set(running))
+            task = asyncio.get_running_loop().create_task(removal)
             self.removals.add(task)
             task.add_done_callback(self.removals.discard)
 
-    async def _remove(self, owner: Owner, dbid: int, key: bytes) -> None:
+    async def _remove(
+        self, owner: Owner, dbid: int, key: bytes, running: set[asyncio.Task[None]]
+    ) -> None:
+        if running:
+            await asyncio.wait(running)
         while True:
             db = self.node.dbs.get(dbid)
             if db is None:

@@ -53,6 +53,9 @@ MAX_IN_FLIGHT = 32
 #: Output queued for one client past which it is dropped (at least two of
 #: the largest replies, MaxFrameSize).
 OUTPUT_CAP = 64 * MiB
+#: Requests that may change an entry list: a client's disconnection waits
+#: for them before removing its entries (`Session.close`).
+ENTRY_CHANGES = frozenset({"cond_append", "remove_entries"})
 
 
 class Session:
@@ -82,6 +85,8 @@ class Session:
         self.transport = transport
         self.greeted = False
         self.tasks: set[asyncio.Task[None]] = set()
+        #: the running requests that may change an entry list (see `close`)
+        self.entry_changes: set[asyncio.Task[None]] = set()
         self.transactions: dict[int, Transaction] = {}
         self.srvids: set[int] = set()
         self.entry_owner: Owner | None = None
@@ -213,6 +218,8 @@ class Session:
             if inspect.iscoroutine(result):
                 task = asyncio.get_running_loop().create_task(self._finish(req.reqid, result))
                 self.tasks.add(task)
+                if req.op in ENTRY_CHANGES:
+                    self.entry_changes.add(task)
                 task.add_done_callback(self._finished)
                 return b""
             return self._reply(req.reqid, result)
@@ -232,10 +239,18 @@ class Session:
         except Exception as exc:
             log.exception("operation failed")
             data = protocol.encode_error(reqid, _internal(exc))
+        if self.closed:
+            # The client left while this ran, and the cancellation did not
+            # stop it (asyncio.wait_for in 3.11 may return a result it had
+            # just received instead of raising): a lock granted now would
+            # have no holder to release it.
+            self.node.records.release_all(self)
+            return
         self.write(data)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
+        self.entry_changes.discard(task)
         if not self.closed:
             self.pump()
 
@@ -245,11 +260,15 @@ class Session:
             return
         self.closed = True
         self.backlog.clear()
-        for task in list(self.tasks):
+        # A change of an entry list runs to its end: cancelled, it could
+        # still take effect (a call on its way to the dmaster, a commit at
+        # the leader) after the removal of the client's entries, and leave
+        # one behind for good. The removal waits for them.
+        for task in list(self.tasks - self.entry_changes):
             task.cancel()
         self.node.records.release_all(self)
         if self.entry_owner is not None:
-            self.node.owners.gone(self.entry_owner, self.appended)
+            self.node.owners.gone(self.entry_owner, self.appended, set(self.entry_changes))
         self.transactions.clear()
         for srvid in self.srvids:
             callbacks = self.node.srvids.get(srvid, [])
