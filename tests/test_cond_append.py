@@ -35,6 +35,34 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "cond
         time.sleep(0.05)
 
 
+def homed_at(pnn: int) -> bytes:
+    """A key whose lmaster (on tcp, a volatile list's home) is node `pnn`."""
+    return next(k for k in (f"R{i}".encode() for i in range(100)) if lmaster(k, [0, 1, 2]) == pnn)
+
+
+def queue_then_kill(
+    cluster: LocalCluster, db: str, key: bytes, doomed: int, rest: dict[int, Client]
+) -> None:
+    """A client of node `doomed` appends first, then the clients of `rest` (by
+    node) in order, each with its node's pnn as payload; then node `doomed` is
+    killed with SIGKILL."""
+    victim = cluster.client(doomed)
+    for pnn, c in {doomed: victim, **rest}.items():
+        assert c.cond_append(db, key, b"%d" % pnn, "always").appended
+    cluster.kill_node(doomed)
+    victim.close()
+
+
+def payloads(c: Client, db: str, key: bytes) -> list[bytes]:
+    """The list's payloads as `c`'s node sees it; [] while the cluster recovers."""
+    try:
+        return [e.payload for e in c.entries(db, key).entries]
+    except CtdbError as exc:
+        if exc.code in (ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM):
+            return []
+        raise
+
+
 @pytest.mark.parametrize("kind", ["volatile", "persistent"])
 def test_lock_by_empty_condition_has_one_winner_on_every_node(
     cluster: LocalCluster, kind: str
@@ -193,26 +221,12 @@ def test_a_killed_node_loses_its_entries_and_the_queue_moves_on(
     the key is one node 0 masters, and node 2 only holds entries."""
     cluster = cluster_factory()
     db = unique()
-    key = next(k for k in (f"R{i}".encode() for i in range(100)) if lmaster(k, [0, 1, 2]) == 0)
+    key = homed_at(0)
     with cluster.client(0) as c0, cluster.client(1) as c1:
         c0.attach(db)
-        doomed = cluster.client(2)
-        assert doomed.cond_append(db, key, b"2", "always").appended
-        assert c0.cond_append(db, key, b"0", "always").appended
-        assert c1.cond_append(db, key, b"1", "always").appended
-        cluster.kill_node(2)
-        doomed.close()
-
-        def queue() -> list[bytes]:
-            try:
-                return [e.payload for e in c0.entries(db, key).entries]
-            except CtdbError as exc:
-                if exc.code in (ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM):
-                    return []
-                raise
-
-        wait_for(lambda: queue() == [b"0", b"1"], what="node 2's entry to be purged")
-        assert [e.payload for e in c1.entries(db, key).entries] == [b"0", b"1"]
+        queue_then_kill(cluster, db, key, 2, {0: c0, 1: c1})
+        wait_for(lambda: payloads(c0, db, key) == [b"0", b"1"], what="node 2's entry to go")
+        assert payloads(c1, db, key) == [b"0", b"1"]
 
 
 def test_a_persistent_list_outlives_any_node(
@@ -225,26 +239,12 @@ def test_a_persistent_list_outlives_any_node(
     survivors' list."""
     cluster = cluster_factory()
     db = unique()
-    key = next(k for k in (f"R{i}".encode() for i in range(100)) if lmaster(k, [0, 1, 2]) == 0)
+    key = homed_at(0)
     with cluster.client(1) as c1, cluster.client(2) as c2:
         c1.attach(db, "persistent")
-        doomed = cluster.client(0)
-        assert doomed.cond_append(db, key, b"0", "always").appended
-        assert c1.cond_append(db, key, b"1", "always").appended
-        assert c2.cond_append(db, key, b"2", "always").appended
-        cluster.kill_node(0)
-        doomed.close()
-
-        def queue(c: Client) -> list[bytes]:
-            try:
-                return [e.payload for e in c.entries(db, key).entries]
-            except CtdbError as exc:
-                if exc.code in (ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM):
-                    return []
-                raise
-
-        wait_for(lambda: queue(c1) == [b"1", b"2"], what="node 0's entry to be purged")
-        assert queue(c2) == [b"1", b"2"]
+        queue_then_kill(cluster, db, key, 0, {1: c1, 2: c2})
+        wait_for(lambda: payloads(c1, db, key) == [b"1", b"2"], what="node 0's entry to be purged")
+        assert payloads(c2, db, key) == [b"1", b"2"]
         notice = c1.wait_message(timeout=30)
         assert notice.srvid == ENTRY_HEAD_SRVID
         assert msgpack.unpackb(notice.data) == [db_id(db), key]
@@ -253,7 +253,7 @@ def test_a_persistent_list_outlives_any_node(
         with cluster.client(0) as c0:
             # Its recovery must not have left node 2 out (and purged its
             # entry) for having met node 1 first.
-            wait_for(lambda: queue(c0) == [b"1", b"2"], what="the restarted node's copy")
+            wait_for(lambda: payloads(c0, db, key) == [b"1", b"2"], what="node 0's copy")
             assert c0.entries(db, key) == c1.entries(db, key) == c2.entries(db, key)
 
 
