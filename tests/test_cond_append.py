@@ -289,3 +289,24 @@ def test_a_client_that_leaves_mid_append_leaves_no_entry(cluster: LocalCluster, 
             return [[e.payload for e in watcher.entries(db, k).entries] for k in keys]
 
         wait_for(lambda: not any(lists()), what="the departed clients' entries to go")
+
+
+def test_a_restarted_cluster_keeps_no_entry_of_its_past_clients(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """A persistent list outlives the whole cluster; the entries of clients of
+    the daemons' previous runs do not (they carry the run in their owner id)."""
+    cluster = cluster_factory()
+    db = unique()
+    c = cluster.client(1)
+    c.attach(db, "persistent")
+    assert c.cond_append(db, "L", b"old", "always").appended
+    for pnn in range(3):
+        cluster.kill_node(pnn)  # before the client's hang-up could remove anything
+    c.close()
+    for pnn in range(3):
+        cluster.start_node(pnn)
+    cluster.wait_healthy(timeout=60)
+    with cluster.client(2) as fresh:
+        assert fresh.cond_append(db, "L", b"new", "always").appended
+        wait_for(lambda: payloads(fresh, db, b"L") == [b"new"], what="the old entry to go")

@@ -253,6 +253,7 @@ ORDERED: dict[str, Check] = {
             "damaged": BOOL,
             "epoch": U64,
             "numbered": U64,
+            "incarnation": U64,
             "flags": FLAGS,
             "dbs": list_of(row(DB_NAME, DB_KIND, U64, HISTORY)),
         }

@@ -616,6 +616,7 @@ class OrderedEngine:
             "damaged": self.damaged,
             "epoch": self.node.epochs.epoch,
             "numbered": self.node.epochs.numbered,
+            "incarnation": self.node.epochs.incarnation,
             "flags": self.node.flags,
             "dbs": [
                 [db.name, db.kind.value, db.seqnum(), db.history()] for db in self.node.dbs.values()
@@ -763,9 +764,12 @@ class OrderedEngine:
         # took its copy all the same, as the freshest): departed owners
         # must not keep their locks, and writes queued behind them must
         # not be lost. Members that followed the view changes hold no such
-        # entries, so this changes nothing there.
+        # entries, so this changes nothing there. Entries go by incarnation:
+        # after the whole cluster restarted, a persistent list still holds
+        # the entries of clients of the members' previous runs.
+        incarnations = {p: int(o["incarnation"]) for p, o in self._round.offers.items()}
         self._purge(lambda o: o[0] not in self.view)
-        self._purge_entries(lambda e: e.pnn not in self.view)
+        self._purge_entries(record_calls.departed(incarnations))
         self.node.epochs.set(self._round.epoch)
         view_id, behind = self._catching_up
         if view_id == self._round.view_id and self.node.pnn in behind:
