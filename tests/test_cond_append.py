@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -310,3 +311,42 @@ def test_a_restarted_cluster_keeps_no_entry_of_its_past_clients(
     with cluster.client(2) as fresh:
         assert fresh.cond_append(db, "L", b"new", "always").appended
         wait_for(lambda: payloads(fresh, db, b"L") == [b"new"], what="the old entry to go")
+
+
+def test_a_node_left_out_fences_its_entry_owners(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """Node 2 hangs; the others carry on without it and purge its client's entry,
+    so the lock that entry held passes on. When node 2 continues, its client must
+    not go on believing it holds the lock: its connection is closed with the
+    reason, and its next request says so."""
+    cluster = cluster_factory(tunables={"KeepaliveInterval": 0.2, "KeepaliveLimit": 3})
+    db = unique()
+    with cluster.client(0) as c0:
+        c0.attach(db, "persistent")
+        c2 = cluster.client(2)
+        try:
+            assert c2.cond_append(db, "L", b"2", "empty").appended  # c2 holds lock L
+            cluster.signal_node(2, signal.SIGSTOP)
+            try:
+
+                def took_over() -> bool:
+                    try:
+                        return c0.cond_append(db, "L", b"0", "empty").appended
+                    except CtdbError as exc:
+                        if exc.code in (ErrorCode.RETRY, ErrorCode.TIMEOUT, ErrorCode.NO_QUORUM):
+                            return False
+                        raise
+
+                wait_for(took_over, what="node 0's client to take lock L")
+            finally:
+                cluster.signal_node(2, signal.SIGCONT)
+            with pytest.raises(CtdbError) as fenced:
+                wait_for(lambda: payloads(c2, db, b"L") == [], what="node 2 to fence c2")
+            assert fenced.value.code == ErrorCode.DISCONNECTED
+            assert "out of the cluster" in fenced.value.message
+        finally:
+            c2.close()
+        cluster.wait_healthy(timeout=60)
+        with cluster.client(2) as again:
+            assert payloads(again, db, b"L") == [b"0"]

@@ -59,6 +59,9 @@ class ClientSession(Protocol):
     def on_message(self, srvid: int, src: int, data: bytes) -> None:
         """Push a message sent to one of its srvids."""
 
+    def fence(self, why: str) -> None:
+        """Close the connection, telling the client why."""
+
 
 Handler = Callable[[ClientSession, dict[str, Any]], Any]
 #: op name -> (handler, schema of its arguments)
@@ -228,7 +231,7 @@ CONDITION_ARG = schema.nullable(schema.one_of(U64, text(20)))
 
 def _owner(s: ClientSession) -> Owner:
     if s.entry_owner is None:
-        s.entry_owner = s.node.owners.new_client(s.on_message)
+        s.entry_owner = s.node.owners.new_client(s.on_message, s.fence)
     return s.entry_owner
 
 

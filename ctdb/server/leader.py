@@ -72,6 +72,8 @@ class LeaderRecovery:
         self._wanted = asyncio.Event()
         #: since when a member we would recover hears from nodes we do not
         self._connecting_since: float | None = None
+        #: this run of the daemon served a generation (its clients may own entries)
+        self._served = False
         #: Recovery's whole-database work runs off the event loop (see `_bulk`).
         self._bulk_lock = threading.Lock()
 
@@ -420,6 +422,9 @@ class LeaderRecovery:
         node.vnnmap = vnnmap
         node.leader = int(args["leader"])
         node.configure_lease()
+        # Recoveries ran without us (our epoch is not the latest) since we
+        # last served: they purged our clients' entries.
+        left_out = self._served and int(args["epoch"]) > node.epochs.epoch + 1
         # Written after the pushes: it certifies that our copies hold every
         # commit acknowledged up to this recovery.
         node.epochs.set(int(args["epoch"]))
@@ -427,6 +432,8 @@ class LeaderRecovery:
         owners = {int(p): int(inc) for p, inc in args["incarnations"]}
         self.engine.calls.purge(owners)
         persistent_calls.purge(node, owners, node.leader)
+        if left_out:
+            node.owners.fence_all()
 
     async def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
         node = self.node
@@ -439,6 +446,7 @@ class LeaderRecovery:
             raise CtdbError(ErrorCode.RETRY, f"node {node.pnn} became inactive")
         node.generation = self._frozen_generation
         node.recovery_mode = RecoveryMode.NORMAL
+        self._served = True
         node.lease.new_generation()
         node.serving_event.set()
         node.last_recovery = {

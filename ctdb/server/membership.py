@@ -29,6 +29,7 @@ from ctdb.engines.transactions import TransactionEngine
 from ctdb.protocol.messages import Message, NodeState
 from ctdb.server.lease import Lease
 from ctdb.server.lockfile import ClusterLockFile
+from ctdb.server.owners import Owners
 from ctdb.server.state import ControlHandler, RecoveryMode
 from transport.base import View
 
@@ -96,6 +97,8 @@ class ServerNode(Host, Protocol):
     peers: dict[int, NodeState]
     lease: Lease
     lock_file: ClusterLockFile | None
+    #: entry owners (conditional append): who to fence after we were left out
+    owners: Owners
     rng: random.Random
     shutdown_requested: asyncio.Event
 

@@ -13,6 +13,13 @@ in the background, retried until the cluster takes it (a recovery or a lost
 quorum only delays it) or the node stops. A node that leaves takes its
 clients' entries with it: the engines purge those (vs at the view change,
 tcp in recovery), so nothing here needs to survive a crash.
+
+A node that was out of the cluster for a while (tcp: recoveries ran without
+it; vs: views without it) comes back with its clients connected, but the
+others have purged their entries meanwhile: a client may believe it still
+holds a lock that is now someone else's. Such clients are fenced
+(`fence_all`): their connections are closed, with the reason, so that
+their next request tells them, and they queue again on a new connection.
 """
 
 from __future__ import annotations
@@ -62,37 +69,53 @@ RETRY_DELAY = 0.5
 
 #: Pushes a message to one client: (srvid, source pnn, data).
 Push = Callable[[int, int, bytes], None]
+#: Closes one client's connection, telling it why.
+Fence = Callable[[str], None]
 
 
 class Owners:
     def __init__(self, node: OwnersHost) -> None:
         self.node = node
-        self._clients = itertools.count(1)
-        #: connected clients that own entries, by client id
-        self._push: dict[int, Push] = {}
+        self._ids = itertools.count(1)
+        #: connected clients that own entries, by client id: how to tell them
+        #: their entry came first, and how to fence them
+        self._clients: dict[int, tuple[Push, Fence]] = {}
         #: removals of departed clients' entries still running
         self.removals: set[asyncio.Task[None]] = set()
         node.srvids.setdefault(ENTRY_HEAD_SRVID, []).append(self._on_head)
 
-    def new_client(self, push: Push) -> Owner:
-        """The owner a client appends as; `push` tells it when its entry comes first."""
-        client = next(self._clients)
+    def new_client(self, push: Push, fence: Fence) -> Owner:
+        """The owner a client appends as; `push` tells it when its entry comes
+        first, `fence` closes its connection (`fence_all`)."""
+        client = next(self._ids)
         if client >= 1 << 32:
             raise CtdbError(ErrorCode.BUSY, "this run of the daemon has no client ids left")
         client |= self.node.epochs.incarnation << 32
-        self._push[client] = push
+        self._clients[client] = (push, fence)
         return (self.node.pnn, client)
+
+    def fence_all(self) -> None:
+        """We were out of the cluster: our clients' entries may have been purged."""
+        if self._clients:
+            log.warning(
+                "fencing %d entry owners: this node was out of the cluster", len(self._clients)
+            )
+        for _, fence in list(self._clients.values()):
+            fence(
+                "this node was out of the cluster, which may have purged the entries "
+                "of this connection: reconnect and append again"
+            )
 
     def _on_head(self, srvid: int, src: int, data: bytes) -> None:
         """A record's first entry is now one of our clients' (Node.entry_head)."""
         try:
             client, dbid, key = msgpack.unpackb(data)
-            push = self._push.get(client)
+            known = self._clients.get(client)
             notice = msgpack.packb([dbid, key])
         except (ValueError, TypeError, msgpack.UnpackException):
             return  # not from a node (a client may send to any srvid): ignore
-        if push is not None:
-            push(ENTRY_HEAD_SRVID, src, notice)
+        if known is not None:
+            known[0](ENTRY_HEAD_SRVID, src, notice)
 
     def gone(
         self,
@@ -102,7 +125,7 @@ class Owners:
     ) -> None:
         """A client disconnected: remove its entries from `records` (db id, key),
         once its calls still `running` have ended (they may append)."""
-        self._push.pop(owner[1], None)
+        self._clients.pop(owner[1], None)
         for dbid, key in sorted(records):
             removal = self._remove(owner, dbid, key, set(running))
             task = asyncio.get_running_loop().create_task(removal)

@@ -117,6 +117,11 @@ class Session:
     def on_message(self, srvid: int, src: int, data: bytes) -> None:
         self.write(protocol.encode_event(srvid, src, data))
 
+    def fence(self, why: str) -> None:
+        """Close the connection, telling the client why (`Owners.fence_all`)."""
+        self.write(protocol.encode_error(0, CtdbError(ErrorCode.DISCONNECTED, why)))
+        self.transport.close()
+
     # -- output and flow control ------------------------------------------------------
 
     def write(self, data: bytes) -> None:

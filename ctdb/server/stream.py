@@ -133,6 +133,9 @@ class StreamMembership:
         node.generation = generation
         node.announce()
 
+    def fence_owners(self) -> None:
+        self.node.owners.fence_all()
+
     def rejoin(self) -> None:
         """Our replica cannot follow the stream: leave the group, rejoin, resync.
 

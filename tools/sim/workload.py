@@ -224,7 +224,7 @@ class Workload:
         h, raw = self.history, key.encode()
         db, where = node.db_by_name(dbname), hkey(dbname, key)
         if session.owner is None:
-            session.owner = node.owners.new_client(lambda srvid, src, data: None)
+            session.owner = node.owners.new_client(lambda *message: None, lambda why: None)
         name, bounds = rng.choice(CONDITIONS)
         arg = None if bounds is None else rng.randint(*bounds)
         request: RecordCall

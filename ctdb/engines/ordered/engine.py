@@ -55,6 +55,9 @@ class StreamListener(Protocol):
     def rejoin(self) -> None:
         """Leave the group and join again, for a state transfer."""
 
+    def fence_owners(self) -> None:
+        """We were out of the group: the others purged our clients' entries."""
+
 
 class OrderedEngine:
     def __init__(self, node: Host, listener: StreamListener) -> None:
@@ -74,6 +77,8 @@ class OrderedEngine:
         self._sessions: dict[int, object] = {}
         self._session_ids = itertools.count(1)
         self.synced = False
+        #: this run completed a round (its clients may own entries)
+        self._served = False
         #: a local write failed since our copies were last in sync: they may
         #: lack or have lost anything (see `freshest_copy` in engines.merge)
         self.damaged = False
@@ -772,6 +777,11 @@ class OrderedEngine:
         self._purge_entries(record_calls.departed(incarnations))
         self.node.epochs.set(self._round.epoch)
         view_id, behind = self._catching_up
+        if self._served and view_id == self._round.view_id and self.node.pnn in behind:
+            # We took the others' copies: views without us have passed,
+            # and their purges took our clients' entries.
+            self.listener.fence_owners()
+        self._served = True
         if view_id == self._round.view_id and self.node.pnn in behind:
             msg = Ordered(self.node.pnn, 0, "synced", {"view_id": view_id})
             self.node.transport.broadcast(encode(msg))
