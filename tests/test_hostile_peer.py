@@ -282,6 +282,7 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
                 "damaged": False,
                 "epoch": 0,
                 "numbered": 0,
+                "incarnation": 1,
                 "flags": STOPPED,
                 "dbs": [],
             }
