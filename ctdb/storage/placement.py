@@ -50,28 +50,27 @@ def _rot(x: int, k: int) -> int:
     return ((x << k) | (x >> (32 - k))) & _MASK
 
 
+#: lookup3's rotations; step i changes word i mod 3 (a, b, c) using the word before it
+_MIX_ROTATIONS = (4, 6, 8, 16, 19, 4)
+#: `final` steps on c, a, b, c, a, b, c, each using the word before it
+_FINAL_ROTATIONS = (14, 11, 25, 16, 4, 14, 24)
+
+
 def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
-    a = ((a - c) & _MASK) ^ _rot(c, 4)
-    c = (c + b) & _MASK
-    b = ((b - a) & _MASK) ^ _rot(a, 6)
-    a = (a + c) & _MASK
-    c = ((c - b) & _MASK) ^ _rot(b, 8)
-    b = (b + a) & _MASK
-    a = ((a - c) & _MASK) ^ _rot(c, 16)
-    c = (c + b) & _MASK
-    b = ((b - a) & _MASK) ^ _rot(a, 19)
-    a = (a + c) & _MASK
-    c = ((c - b) & _MASK) ^ _rot(b, 4)
-    b = (b + a) & _MASK
-    return a, b, c
+    """x -= s; x ^= rot(s, r); s += next, for x = a, b, c, a, b, c (s: the word before x)."""
+    w = [a, b, c]
+    for i, r in enumerate(_MIX_ROTATIONS):
+        x, s = i % 3, (i + 2) % 3
+        w[x] = ((w[x] - w[s]) & _MASK) ^ _rot(w[s], r)
+        w[s] = (w[s] + w[(i + 1) % 3]) & _MASK
+    return w[0], w[1], w[2]
 
 
 def _final(a: int, b: int, c: int) -> int:
-    c = ((c ^ b) - _rot(b, 14)) & _MASK
-    a = ((a ^ c) - _rot(c, 11)) & _MASK
-    b = ((b ^ a) - _rot(a, 25)) & _MASK
-    c = ((c ^ b) - _rot(b, 16)) & _MASK
-    a = ((a ^ c) - _rot(c, 4)) & _MASK
-    b = ((b ^ a) - _rot(a, 14)) & _MASK
-    c = ((c ^ b) - _rot(b, 24)) & _MASK
-    return c
+    """x ^= s; x -= rot(s, r), for x = c, a, b, c, a, b, c (s: the word before x)."""
+    w = [a, b, c]
+    for i, r in enumerate(_FINAL_ROTATIONS):
+        x = (i + 2) % 3
+        s = (x + 2) % 3
+        w[x] = ((w[x] ^ w[s]) - _rot(w[s], r)) & _MASK
+    return w[2]
