@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.record_calls import RecordCall
-from ctdb.engines.transactions import TransactionEngine, next_version
+from ctdb.engines.transactions import TransactionEngine, local_puts, next_version
 from ctdb.storage.database import Database
-from ctdb.storage.ltdb import Record
 
 if TYPE_CHECKING:
     from ctdb.engines.host import Host
@@ -91,9 +90,7 @@ def purge(node: Host, owners: Mapping[int, int], writer: int) -> int:
         if not lists:
             continue
         _, records = next_version(db, [], [[k, value] for k, (_, value) in lists.items()], writer)
-        # Each node's copy names itself in the header, as its commits do.
-        mine = {k: Record(r.rsn, node.pnn, r.value) for k, r in records.items()}
-        db.local.write_batch(Database.commit_puts(mine))
+        db.local.write_batch(local_puts(records, node.pnn))
         changed += len(lists)
         for key, (before, value) in lists.items():
             head = record_calls.new_head(before, value)

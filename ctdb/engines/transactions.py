@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,12 @@ def next_version(
     change = [(key, rec.value) for key, rec in records.items() if key != SEQNUM_KEY]
     records[HISTORY_KEY] = db.history_record(seqnum, writer, change)
     return seqnum, records
+
+
+def local_puts(records: Mapping[bytes, Record], pnn: int) -> dict[bytes, Record | None]:
+    """What a commit's `records` write into node `pnn`'s file: each node's copy
+    names itself in the header, as its own writes do."""
+    return Database.commit_puts({k: Record(r.rsn, pnn, r.value) for k, r in records.items()})
 
 
 @dataclass
@@ -188,11 +195,7 @@ class TransactionEngine:
             raise CtdbError(ErrorCode.RETRY, "generation changed during commit")
         if db.id in self._prepared:
             raise CtdbError(ErrorCode.BUSY, f"database {db.name} has a commit in progress")
-        # Each node's copy names itself in the header, as its own writes do.
-        pnn = self.node.pnn
-        puts = Database.commit_puts(
-            {k: Record(r.rsn, pnn, r.value) for k, r in from_wire(records).items()}
-        )
+        puts = local_puts(from_wire(records), self.node.pnn)
         try:
             db.local.prepare(puts)
         except Exception as exc:

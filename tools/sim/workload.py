@@ -24,7 +24,7 @@ from typing import Any
 from ctdb.common.errors import CtdbError
 from ctdb.engines.record_calls import Append, Read, RecordCall, Remove
 from ctdb.server.node import Node
-from ctdb.storage.database import DbKind
+from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import live_value
 from tools.sim.cluster import SimCluster
@@ -187,8 +187,10 @@ class Workload:
                     h.ok(each)
             elif kind in ("qappend", "qremove", "qread"):
                 dbname = session.lists.choice([VOLATILE, PERSISTENT])
-                name, key = key, hkey(dbname, key)  # the log names the database too
-                await self.entries_op(node, session, kind, dbname, name, unique, rng)
+                listed, key = key, hkey(dbname, key)  # the history's name, in the log too
+                await self.entries_op(
+                    node, session, kind, node.db_by_name(dbname), listed, key, unique, rng
+                )
             elif kind == "pincr":
                 tx = node.transactions.begin(p)
                 now = h.now()
@@ -215,14 +217,15 @@ class Workload:
         node: Node,
         session: Session,
         kind: str,
-        dbname: str,
+        db: Database,
         key: str,
+        where: str,
         unique: str,
         rng: random.Random,
     ) -> None:
-        """An append (payload `unique`), a removal of our entries, or a read of the list."""
+        """An append (payload `unique`), a removal of our entries, or a read of the
+        list `key` of `db`, which the history calls `where`."""
         h, raw = self.history, key.encode()
-        db, where = node.db_by_name(dbname), hkey(dbname, key)
         if session.owner is None:
             session.owner = node.owners.new_client(lambda *message: None, lambda why: None)
         name, bounds = rng.choice(CONDITIONS)

@@ -777,12 +777,13 @@ class OrderedEngine:
         self._purge_entries(record_calls.departed(incarnations))
         self.node.epochs.set(self._round.epoch)
         view_id, behind = self._catching_up
-        if self._served and view_id == self._round.view_id and self.node.pnn in behind:
-            # We took the others' copies: views without us have passed,
-            # and their purges took our clients' entries.
+        took_copies = view_id == self._round.view_id and self.node.pnn in behind
+        if took_copies and self._served:
+            # Views without us have passed, and their purges took our
+            # clients' entries.
             self.listener.fence_owners()
         self._served = True
-        if view_id == self._round.view_id and self.node.pnn in behind:
+        if took_copies:
             msg = Ordered(self.node.pnn, 0, "synced", {"view_id": view_id})
             self.node.transport.broadcast(encode(msg))
         self._round = None
