@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,7 @@ from ctdb.client import AsyncClient, Client, operations
 from ctdb.client.aio import AsyncTransaction
 from ctdb.client.blocking import Transaction
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import client as protocol
 from tests.conftest import unique
 from tools.cluster import LocalCluster
 
@@ -78,3 +83,47 @@ def test_the_async_client_does_what_the_blocking_one_does(cluster: LocalCluster)
         assert c.fetch(vdb, "counter") == b"1"
         assert c.fetch(pdb, "a") is None
         assert c.fetch(pdb, "b") == b"2"
+
+
+def _silent_daemon(path: str) -> tuple[socket.socket, threading.Thread]:
+    """A daemon that answers `hello`, then reads requests and never answers them."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the hello
+            conn.sendall(protocol.encode_reply(1, {"version": protocol.VERSION, "pnn": 0}))
+            while conn.recv(65536):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_the_blocking_client_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    """Each receive is bounded by the client's timeout (a kernel timeout on the
+    socket, not Python's polling one): a daemon that never answers costs the
+    caller the timeout, then TIMEOUT, not a hang."""
+    path = str(tmp_path / "silent.socket")
+    listener, thread = _silent_daemon(path)
+    try:
+        with Client(path, timeout=0.3) as c:
+            started = time.monotonic()
+            with pytest.raises(CtdbError) as err:
+                c.fetch("db", "k")
+            took = time.monotonic() - started
+            assert err.value.code == ErrorCode.TIMEOUT
+            assert 0.25 <= took < 10
+            started = time.monotonic()
+            with pytest.raises(CtdbError) as err:
+                c.wait_message(timeout=0.2)
+            assert err.value.code == ErrorCode.TIMEOUT
+            assert 0.15 <= time.monotonic() - started < 10
+    finally:
+        listener.close()
+        thread.join(10)
+    assert not thread.is_alive()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -51,6 +52,24 @@ def _in_transaction(op: Callable[Concatenate[int, P], Op[T]]) -> Callable[Concat
     return method
 
 
+def _set_kernel_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Bound each send and receive on `sock` with SO_SNDTIMEO/SO_RCVTIMEO.
+
+    Rather than Python's socket timeouts, which put the socket in
+    non-blocking mode and poll() before every send and every receive: two
+    system calls more per request, a tenth of a local fetch's round trip.
+    A kernel timeout that expires makes the call fail with EAGAIN.
+    """
+    if seconds is None:
+        sec, usec = 0, 0  # a zero timeval: no timeout
+    else:
+        micros = max(1, int(seconds * 1e6))  # never zero, which would mean "no timeout"
+        sec, usec = divmod(micros, 1_000_000)
+    timeval = struct.pack("@ll", sec, usec)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
 class Client:
     """Blocking client. Not thread-safe: use one per thread."""
 
@@ -65,6 +84,9 @@ class Client:
             raise CtdbError(
                 ErrorCode.DISCONNECTED, f"cannot connect to ctdbd at {self.path}: {exc.strerror}"
             ) from exc
+        self._timeout = timeout
+        self._sock.settimeout(None)
+        _set_kernel_timeout(self._sock, timeout)
         self._conn = Connection()
         self._events: deque[Event] = deque()
         self.messages: deque[Message] = deque()
@@ -125,10 +147,9 @@ class Client:
                 self.messages.remove(message)
                 return message
         deadline = time.monotonic() + step.seconds
-        old = self._sock.gettimeout()
         try:
             while (left := deadline - time.monotonic()) > 0:
-                self._sock.settimeout(left)
+                _set_kernel_timeout(self._sock, left)
                 try:
                     event = self._next_event()
                 except CtdbError as exc:
@@ -143,14 +164,14 @@ class Client:
                     self.messages.append(event)
             return None
         finally:
-            self._sock.settimeout(old)
+            _set_kernel_timeout(self._sock, self._timeout)
 
     def _next_event(self) -> Event:
         while not self._events:
             try:
                 # 64 KiB: a 1 MiB buffer costs two page faults per reply.
                 data = self._sock.recv(65536)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):
                 raise CtdbError(ErrorCode.TIMEOUT, "ctdbd did not answer in time") from None
             except OSError as exc:
                 raise CtdbError(ErrorCode.DISCONNECTED, f"ctdbd connection lost: {exc}") from exc
@@ -220,8 +241,7 @@ class Client:
     transact = _blocking_plan(ops.transact)
 
     def wait_message(self, timeout: float = 10.0) -> Message:
-        old = self._sock.gettimeout()
-        self._sock.settimeout(timeout)
+        _set_kernel_timeout(self._sock, timeout)
         try:
             while not self.messages:
                 event = self._next_event()
@@ -230,7 +250,7 @@ class Client:
                 if isinstance(event, Message):
                     self.messages.append(event)
         finally:
-            self._sock.settimeout(old)
+            _set_kernel_timeout(self._sock, self._timeout)
         return self.messages.popleft()
 
 

@@ -107,6 +107,10 @@ class Node:
         self.peers: dict[int, NodeState] = {}
         self.lease = Lease(pnn, len(nodes))
         self._lease_duration = 0.0
+        #: the event loop's clock, which lease stamps are read on; bound to
+        #: the running loop at `start` (asyncio.get_running_loop costs a
+        #: getpid system call, and every local fetch checks the lease)
+        self.now: Callable[[], float] = lambda: asyncio.get_running_loop().time()
         state_dir.mkdir(parents=True, exist_ok=True)
         #: recovery epochs and this run's number (durable: see ctdb.storage.durable)
         self.epochs = Epochs(state_dir)
@@ -144,6 +148,7 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
+        self.now = asyncio.get_running_loop().time
         await self.transport.start()
         self.transport.set_keepalive(
             self.tunable("KeepaliveInterval"), int(self.tunable("KeepaliveLimit"))
@@ -200,7 +205,7 @@ class Node:
 
     def lease_holds(self) -> bool:
         """tcp: the other members confirmed lately that we still serve their generation."""
-        return self.lease.holds(asyncio.get_running_loop().time(), self._lease_duration)
+        return self.lease.holds(self.now(), self._lease_duration)
 
     def configure_lease(self) -> None:
         interval, limit = self.tunable("KeepaliveInterval"), self.tunable("KeepaliveLimit")
@@ -353,7 +358,7 @@ class Node:
             self.membership.on_message(src, msg)
 
     def _on_state(self, msg: NodeState) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self.now()
         self.peers[msg.pnn] = msg
         same_generation = (
             msg.generation == self.generation
