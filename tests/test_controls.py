@@ -16,7 +16,18 @@ LIMITS = m.wire_limits(["n0", "n1", "n2"])
 
 def channel() -> tuple[ControlChannel, list[tuple[int, m.Message]]]:
     sent: list[tuple[int, m.Message]] = []
-    return ControlChannel(0, lambda pnn, msg: sent.append((pnn, msg)), LIMITS), sent
+
+    async def drained() -> None:
+        pass
+
+    ch = ControlChannel(
+        0,
+        lambda pnn, msg: sent.append((pnn, msg)),
+        LIMITS,
+        connected=lambda pnn: pnn in (1, 2),
+        drain=drained,
+    )
+    return ch, sent
 
 
 async def _asked(op: str = "ping", pnn: int = 1) -> tuple[ControlChannel, Any, int]:

@@ -25,8 +25,6 @@ from transport.base import Transport
 class Host(Protocol):
     pnn: int
     nodes: list[str]
-    #: every database this node has attached, by id
-    dbs: dict[int, Database]
     #: the recoveries (tcp) or quorate views (vs) this node took part in, and
     #: which run of the daemon this is (durable; see merge)
     epochs: Epochs
@@ -39,6 +37,11 @@ class Host(Protocol):
     transport: Transport
     #: runs a blocking function off the event loop (a thread; inline in the simulator)
     offload: Callable[[Callable[[], Any]], Awaitable[Any]]
+
+    @property
+    def dbs(self) -> dict[int, Database]:
+        """Every database this node has attached, by id."""
+        ...
 
     @property
     def serving(self) -> bool: ...

@@ -98,7 +98,7 @@ class NodeControls:
             node.transport.set_keepalive(
                 node.tunable("KeepaliveInterval"), int(node.tunable("KeepaliveLimit"))
             )
-            node.configure_lease()
+            node.liveness.configure_lease()
 
     def ctl_tx_commit(self, src: int, args: dict[str, Any]) -> Awaitable[int]:
         db = self.node.db(int(args["db_id"]))
@@ -191,7 +191,7 @@ class NodeControls:
         if added:
             log.info("reloadnodes: adding %s", added)
             node.nodes[:] = nodes
-            node.configure_lease()
+            node.liveness.configure_lease()
             node.transport.update_nodes(nodes)
             node.membership.request_recovery()
         return added

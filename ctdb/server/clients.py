@@ -25,6 +25,7 @@ from ctdb.engines.transactions import Transaction
 from ctdb.protocol import client as protocol
 from ctdb.protocol import messages, schema
 from ctdb.protocol.schema import EMPTY, KEY, PNN, U64, VALUE, Check, struct, text
+from ctdb.server import serving
 from ctdb.server.node import Node
 from ctdb.server.state import NodeFlags
 from ctdb.storage.database import Database, DbKind
@@ -173,7 +174,7 @@ WRITE = struct({"db": DB, "key": KEY, "value": VALUE})
 def _fetch(s: ClientSession, args: dict[str, Any]) -> Any:
     db, key = s.database(args), args["key"]
     if db.replicated:
-        return s.node.read_local(db, key, lambda: live_value(db.local.get(key)))
+        return serving.read_local(s.node, db, key, lambda: live_value(db.local.get(key)))
     return s.node.records.fetch(db, key, s)
 
 
@@ -298,7 +299,7 @@ def _trans_start(s: ClientSession, args: dict[str, Any]) -> int:
 @op("trans_fetch", struct({"tx": TX, "key": KEY}))
 def _trans_fetch(s: ClientSession, args: dict[str, Any]) -> Any:
     tx, key = s.transaction(args), args["key"]
-    return s.node.read_local(tx.db, key, lambda: tx.fetch(key))
+    return serving.read_local(s.node, tx.db, key, lambda: tx.fetch(key))
 
 
 @op("trans_store", struct({"tx": TX, "key": KEY, "value": VALUE}))
@@ -374,7 +375,7 @@ def _register_srvid(s: ClientSession, args: dict[str, Any]) -> None:
         raise CtdbError(ErrorCode.INVALID, f"srvid {srvid:#x} is reserved for entry-list notices")
     if srvid not in s.srvids:
         s.srvids.add(srvid)
-        s.node.srvids.setdefault(srvid, []).append(s.on_message)
+        s.node.messaging.register(srvid, s.on_message)
 
 
 @op("deregister_srvid", SRVID)
@@ -382,16 +383,13 @@ def _deregister_srvid(s: ClientSession, args: dict[str, Any]) -> None:
     srvid = args["srvid"]
     if srvid in s.srvids:
         s.srvids.discard(srvid)
-        callbacks = s.node.srvids.get(srvid, [])
-        callbacks.remove(s.on_message)
-        if not callbacks:
-            s.node.srvids.pop(srvid, None)
+        s.node.messaging.deregister(srvid, s.on_message)
 
 
 @op("send_message", struct({"srvid": U64, "data": messages.CLIENT_DATA}, ON_NODE))
 def _send_message(s: ClientSession, args: dict[str, Any]) -> None:
     """To node `pnn`'s clients, or to every connected node's without one."""
-    s.node.send_message(args.get("pnn"), args["srvid"], args["data"])
+    s.node.messaging.send(args.get("pnn"), args["srvid"], args["data"])
 
 
 _FLAG_OPS = {

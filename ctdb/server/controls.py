@@ -32,16 +32,43 @@ from ctdb.server.state import ControlHandler
 log = logging.getLogger("ctdb.server.controls")
 
 
+#: Controls whose reply can be a whole database: sent once the links have room.
+BULK_REPLIES = frozenset({"pull", "traverse"})
+
+
 class ControlChannel:
-    def __init__(self, pnn: int, send: Callable[[int, Message], None], limits: Limits) -> None:
+    def __init__(
+        self,
+        pnn: int,
+        send: Callable[[int, Message], None],
+        limits: Limits,
+        *,
+        connected: Callable[[int], bool],
+        drain: Callable[[], Awaitable[None]],
+    ) -> None:
+        """`send` a message to a node; whether a node is `connected` (in the
+        transport's view); `drain` waits until the links have room (see
+        transport.base.Transport.drain)."""
         self._pnn = pnn
         self._send = send
         self._limits = limits
+        self._connected = connected
+        self._drain = drain
         self._ids = itertools.count(1)
+        #: answers to other nodes' controls still being worked out
+        self._answering: set[asyncio.Task[None]] = set()
         #: reqid -> (target pnn, op, future)
         self._pending: dict[int, tuple[int, str, asyncio.Future[Any]]] = {}
         #: op -> the handler that answers it here
         self.handlers: dict[str, ControlHandler] = {}
+
+    async def run(self, pnn: int, op: str, args: dict[str, Any] | None, timeout: float) -> Any:
+        """Run a control on `pnn` (directly when it is this node)."""
+        if pnn == self._pnn:
+            return await self.run_here(op, args or {}, timeout)
+        if not self._connected(pnn):
+            raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
+        return await self.call(pnn, op, args, timeout)
 
     async def call(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float = 10.0
@@ -100,6 +127,19 @@ class ControlChannel:
         except Exception as exc:
             log.exception("control %s on this node failed", op)
             raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
+
+    def answer(self, src: int, msg: Control) -> None:
+        """Work out the reply to a control `src` sent us, and send it."""
+        task = asyncio.get_running_loop().create_task(self._answer(src, msg))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, src: int, msg: Control) -> None:
+        reply = await self.reply_to(src, msg)
+        if msg.op in BULK_REPLIES:
+            await self._drain()
+        if self._connected(src) or src == self._pnn:
+            self._send(src, reply)
 
     async def reply_to(self, src: int, msg: Control) -> ControlReply:
         """The reply to a control `src` sent us: its handler's result or error code."""

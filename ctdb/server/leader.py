@@ -88,7 +88,7 @@ class LeaderRecovery:
         await self._bulk(lambda: None)
 
     def confirmed(self) -> bool:
-        return self.node.lease_holds()
+        return self.node.liveness.lease_holds()
 
     def check(self, msg: Message) -> None:
         if isinstance(msg, Ordered):
@@ -121,7 +121,7 @@ class LeaderRecovery:
         if lost or (node.leader >= 0 and node.leader not in view):
             log.warning("nodes %s left the view: freezing until recovery", lost or [node.leader])
             self._freeze(INVALID_GENERATION)
-        node.announce()
+        node.liveness.announce()
         self._wanted.set()
 
     def local_failure(self) -> None:
@@ -135,7 +135,7 @@ class LeaderRecovery:
         self._wanted.set()
 
     def peer_flags(self, pnn: int) -> int:
-        state = self.node.peers.get(pnn)
+        state = self.node.liveness.peers.get(pnn)
         return state.flags if state else 0
 
     def flags_changed(self, old: int, new: int) -> None:
@@ -170,7 +170,7 @@ class LeaderRecovery:
         if node.active_members() != node.vnnmap or node.leader != node.pnn:
             return True
         for p in node.vnnmap:
-            state = node.peers.get(p)
+            state = node.liveness.peers.get(p)
             if (
                 p != node.pnn
                 and state is not None
@@ -269,7 +269,7 @@ class LeaderRecovery:
             node.serving_event.clear()
             node.transactions.cancel_all()
             self.engine.freeze()
-            node.announce()
+            node.liveness.announce()
 
     def _still_connecting(self) -> bool:
         """A member hears from nodes we have not met: give our links to them one
@@ -286,8 +286,8 @@ class LeaderRecovery:
         node = self.node
         peers = [p for p in node.active_members() if p != node.pnn]
         # A peer whose state has not reached us yet may hear from anyone.
-        missing = {p for p in peers if p not in node.peers}
-        heard = {q for p in peers if (peer := node.peers.get(p)) for q in peer.seen}
+        missing = {p for p in peers if p not in node.liveness.peers}
+        heard = {q for p in peers if (peer := node.liveness.peers.get(p)) for q in peer.seen}
         # A vnnmap member we no longer see has left (the others notice a
         # moment later): nothing to wait for.
         missing |= heard - set(node.transport.view.members) - set(node.vnnmap)
@@ -319,7 +319,7 @@ class LeaderRecovery:
                 ErrorCode.RETRY,
                 f"node {node.pnn} follows node {active[0] if active else '-'}, not node {leader}",
             )
-        current = node.peers.get(node.leader)
+        current = node.liveness.peers.get(node.leader)
         if (
             node.leader not in (-1, leader)
             and current is not None
@@ -421,7 +421,7 @@ class LeaderRecovery:
             raise CtdbError(ErrorCode.RETRY, f"node {node.pnn} no longer sees nodes {unseen}")
         node.vnnmap = vnnmap
         node.leader = int(args["leader"])
-        node.configure_lease()
+        node.liveness.configure_lease()
         # Recoveries ran without us (our epoch is not the latest) since we
         # last served: they purged our clients' entries.
         left_out = self._served and int(args["epoch"]) > node.epochs.epoch + 1
@@ -447,7 +447,7 @@ class LeaderRecovery:
         node.generation = self._frozen_generation
         node.recovery_mode = RecoveryMode.NORMAL
         self._served = True
-        node.lease.new_generation()
+        node.liveness.lease.new_generation()
         node.serving_event.set()
         node.last_recovery = {
             "duration": time.monotonic() - node.frozen_at,
@@ -455,7 +455,7 @@ class LeaderRecovery:
         }
         self.engine.reset()
         node.transactions.settle_all()
-        node.announce()
+        node.liveness.announce()
         deferred, self._deferred = self._deferred, []
         for src, msg in deferred:
             node.handle(src, msg)

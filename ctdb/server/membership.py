@@ -18,20 +18,24 @@ import-linter contracts in pyproject.toml).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
+from ctdb.common.errors import CtdbError
 from ctdb.engines.base import RecordEngine
 from ctdb.engines.host import Host
 from ctdb.engines.transactions import TransactionEngine
-from ctdb.protocol.messages import Message, NodeState
-from ctdb.server.lease import Lease
+from ctdb.protocol.messages import Message
+from ctdb.server.liveness import Liveness
 from ctdb.server.lockfile import ClusterLockFile
 from ctdb.server.owners import Owners
 from ctdb.server.state import ControlHandler, RecoveryMode
 from transport.base import View
+
+log = logging.getLogger("ctdb.server.membership")
 
 
 class Membership(Protocol):
@@ -79,6 +83,19 @@ class Membership(Protocol):
         """Something changed that a recovery must take into account."""
 
 
+async def vacuum_rounds(membership: Membership, interval: Callable[[], float]) -> None:
+    """Deletion markers are removed once no node can undo their delete: a round
+    every VacuumInterval, for as long as the node runs."""
+    while True:
+        await asyncio.sleep(interval())
+        try:
+            await membership.vacuum()
+        except CtdbError as exc:
+            log.info("vacuum deferred: %s", exc)
+        except Exception:  # a failed delete leaves the marker: the next round retries
+            log.exception("vacuum round failed")
+
+
 class ServerNode(Host, Protocol):
     """What the parts of the daemon use of `ctdb.server.node.Node`, beyond `Host`."""
 
@@ -93,9 +110,7 @@ class ServerNode(Host, Protocol):
     tunables: dict[str, float]
     nodes_file: Path | None
     transactions: TransactionEngine
-    #: the latest state each connected peer announced
-    peers: dict[int, NodeState]
-    lease: Lease
+    liveness: Liveness
     lock_file: ClusterLockFile | None
     #: entry owners (conditional append): who to fence after we were left out
     owners: Owners
@@ -104,16 +119,10 @@ class ServerNode(Host, Protocol):
 
     def handle(self, src: int, msg: Message) -> None: ...
 
-    def announce(self) -> None: ...
-
     def node_flags(self, pnn: int) -> int: ...
 
     def active_members(self) -> list[int]: ...
 
     def have_quorum(self) -> bool: ...
-
-    def lease_holds(self) -> bool: ...
-
-    def configure_lease(self) -> None: ...
 
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None: ...

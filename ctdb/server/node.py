@@ -7,7 +7,10 @@ know from `ctdb status`: node flags, generation, recovery mode, leader and
 vnnmap. How that state changes depends on the transport, and that part is a
 `Membership` (`ctdb.server.membership`): a leader's recoveries on tcp, the
 ordered stream on vs. Controls are answered by `ctdb.server.admin` and by
-the membership.
+the membership. The rest is in parts the node holds: its databases
+(`databases`), the state announcements and the lease (`liveness`), messages
+between clients (`messaging`), control calls to peers (`controls`) and the
+wait for the node to serve (`serving`).
 
 Serving rule: requests are answered only in recovery mode NORMAL, which a
 node reaches only through a recovery (tcp: run by a leader that holds the
@@ -26,13 +29,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from ctdb.common.config import tunable_defaults
-from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.base import RecordEngine
 from ctdb.engines.transactions import TransactionEngine
-from ctdb.protocol.client import ENTRY_HEAD_SRVID
 from ctdb.protocol.messages import (
     ClientMessage,
     Control,
@@ -46,12 +45,15 @@ from ctdb.protocol.messages import (
 )
 from ctdb.server.admin import NodeControls
 from ctdb.server.controls import ControlChannel
+from ctdb.server.databases import Databases
 from ctdb.server.leader import LeaderRecovery
-from ctdb.server.lease import Lease
+from ctdb.server.liveness import Liveness
 from ctdb.server.lockfile import ClusterLockFile
-from ctdb.server.membership import Membership
+from ctdb.server.membership import Membership, vacuum_rounds
+from ctdb.server.messaging import Messaging
 from ctdb.server.owners import Owners
 from ctdb.server.peerguard import PeerGuard
+from ctdb.server.serving import wait_serving
 from ctdb.server.state import (
     INACTIVE,
     INVALID_GENERATION,
@@ -62,13 +64,9 @@ from ctdb.server.state import (
 from ctdb.server.stream import StreamMembership
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.durable import Epochs
-from ctdb.storage.placement import db_id
 from transport.base import Transport, View
 
 log = logging.getLogger("ctdb.server.node")
-
-#: Controls whose reply can be a whole database: sent once the links have room.
-BULK_REPLIES = frozenset({"pull", "traverse"})
 
 
 class Node:
@@ -104,9 +102,6 @@ class Node:
         self.frozen_at = time.monotonic()
         self.last_recovery: dict[str, float] = {}
         self.flags = 0  # this node's own administrative flags
-        self.peers: dict[int, NodeState] = {}
-        self.lease = Lease(pnn, len(nodes))
-        self._lease_duration = 0.0
         #: the event loop's clock, which lease stamps are read on; bound to
         #: the running loop at `start` (asyncio.get_running_loop costs a
         #: getpid system call, and every local fetch checks the lease)
@@ -115,7 +110,7 @@ class Node:
         #: recovery epochs and this run's number (durable: see ctdb.storage.durable)
         self.epochs = Epochs(state_dir)
 
-        self.dbs: dict[int, Database] = {}
+        self.dbs = Databases(state_dir, pnn)
         self.stats: Counter[str] = Counter()
         #: Runs bulk work (recovery's pulls, merges and pushes of whole
         #: databases) off the event loop. The simulation runs it inline to
@@ -131,19 +126,25 @@ class Node:
         #: what node messages are checked against (see ctdb.protocol.messages)
         self.wire_limits = wire_limits(self.nodes)
         self.guard = PeerGuard(pnn, transport, self.stats)
-        self.controls = ControlChannel(pnn, self.send, self.wire_limits)
+        self.controls = ControlChannel(
+            pnn,
+            self.send,
+            self.wire_limits,
+            connected=lambda p: p in transport.view,
+            drain=transport.drain,
+        )
         self.admin = NodeControls(self)
         self.controls.handlers = control_handlers(self.admin) | self.membership.controls()
         self._tasks: list[asyncio.Task[None]] = []
         self.shutdown_requested = asyncio.Event()
-        #: srvid -> callbacks of local clients registered for it
-        self.srvids: dict[int, list[Callable[[int, int, bytes], None]]] = {}
+        self.messaging = Messaging(self)
+        self.liveness = Liveness(self)
         #: entry owners: client ids, head notices, the removal of departed clients' entries
         self.owners = Owners(self)
         transport.on_message = self._on_transport_message
         transport.on_view = self._on_view
-        self.configure_lease()
-        self._reopen_persistent()
+        self.liveness.configure_lease()
+        self.dbs.reopen_persistent()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -153,34 +154,20 @@ class Node:
         self.transport.set_keepalive(
             self.tunable("KeepaliveInterval"), int(self.tunable("KeepaliveLimit"))
         )
-        loops = [*self.membership.background(), self._state_announcer(), self._vacuum_loop()]
+        loops = [*self.membership.background(), self.liveness.run()]
+        loops.append(vacuum_rounds(self.membership, lambda: self.tunable("VacuumInterval")))
         self._tasks.extend(asyncio.create_task(loop) for loop in loops)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.owners.stop()
         await self.membership.stop()
         await self.transport.stop()
-        for db in self.dbs.values():
-            db.local.close()
+        self.dbs.close()
         if self.lock_file is not None:
             self.lock_file.release()
-
-    def _reopen_persistent(self) -> None:
-        """Persistent databases survive restarts: attach every file found on disk."""
-        directory = self.state_dir / DbKind.PERSISTENT.value
-        if not directory.is_dir():
-            return
-        suffix = f".{self.pnn}"
-        for path in sorted(directory.iterdir()):
-            if path.name.endswith(suffix):
-                self.attach(path.name[: -len(suffix)], DbKind.PERSISTENT)
 
     # -- small helpers the engines use --------------------------------------------
 
@@ -203,62 +190,8 @@ class Node:
         """
         return generation == self.generation and self.recovery_mode is RecoveryMode.NORMAL
 
-    def lease_holds(self) -> bool:
-        """tcp: the other members confirmed lately that we still serve their generation."""
-        return self.lease.holds(self.now(), self._lease_duration)
-
-    def configure_lease(self) -> None:
-        interval, limit = self.tunable("KeepaliveInterval"), self.tunable("KeepaliveLimit")
-        self._lease_duration = interval * (limit - 1)  # under the detection time: ctdb.server.lease
-        leader = None if self.lock_file is None else self.leader
-        self.lease.configure(len(self.nodes), leader)
-
-    def read_local(self, db: Database, key: bytes, read: Callable[[], Any]) -> Any:
-        """Run `read` of the local copy (persistent data): not while a recovery rewrites
-        it, nor while the key's latest write may still be taken back (see
-        RecordEngine.settled). Returns its result, or an awaitable of it."""
-        if self.serving and self.records.settled(db, key):
-            return read()
-
-        async def when_settled() -> Any:
-            loop = asyncio.get_running_loop()
-            await self.records.settle(db, key, loop.time() + self.tunable("CallTimeout"))
-            return read()
-
-        return when_settled()
-
     async def wait_serving(self, deadline: float) -> None:
-        """Wait until this node serves, or fail at once when WaitForQuorum is 0."""
-        loop = asyncio.get_running_loop()
-        while not self.serving:
-            remaining = deadline - loop.time()
-            if not self.tunable("WaitForQuorum") or remaining <= 0:
-                raise self._not_serving_error()
-            if self.serving_event.is_set():
-                # NORMAL mode but inactive by our own flags (stopped, banned).
-                await asyncio.sleep(min(0.05, remaining))
-                continue
-            try:
-                await asyncio.wait_for(self.serving_event.wait(), remaining)
-            except TimeoutError:
-                raise self._not_serving_error() from None
-
-    def _not_serving_error(self) -> CtdbError:
-        if self.flags & INACTIVE:
-            state = NodeFlags.describe(self.flags & INACTIVE)
-            return CtdbError(ErrorCode.RETRY, f"node {self.pnn} is {state}: not serving")
-        if not self.have_quorum():
-            return CtdbError(
-                ErrorCode.NO_QUORUM,
-                f"node {self.pnn} is in a partition without quorum: writes are refused",
-            )
-        if self.recovery_mode is RecoveryMode.NORMAL:
-            return CtdbError(
-                ErrorCode.RETRY,
-                f"node {self.pnn} has not heard lately that the cluster still counts it in: "
-                "not serving until it does",
-            )
-        return CtdbError(ErrorCode.RETRY, "recovery in progress: retry")
+        await wait_serving(self, deadline)
 
     def send(self, pnn: int, msg: Message) -> None:
         if pnn == self.pnn:
@@ -273,11 +206,7 @@ class Node:
         """Run a control on `pnn` (directly when it is this node)."""
         if timeout is None:
             timeout = self.tunable("CallTimeout")
-        if pnn == self.pnn:
-            return await self.controls.run_here(op, args or {}, timeout)
-        if pnn not in self.transport.view:
-            raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
-        return await self.controls.call(pnn, op, args, timeout)
+        return await self.controls.run(pnn, op, args, timeout)
 
     def request_recovery(self) -> None:
         self.membership.request_recovery()
@@ -285,45 +214,17 @@ class Node:
     # -- databases --------------------------------------------------------------------
 
     def attach(self, name: str, kind: DbKind) -> Database:
-        dbid = db_id(name)
-        db = self.dbs.get(dbid)
-        if db is not None:
-            if db.name != name:
-                raise CtdbError(ErrorCode.EXISTS, f"database id clash: {name} and {db.name}")
-            if db.kind is not kind:
-                raise CtdbError(ErrorCode.EXISTS, f"database {name} is attached as {db.kind.value}")
-            return db
-        db = Database.open(self.state_dir, name, kind, self.pnn)
-        self.dbs[db.id] = db
-        log.info("attached %s database %s (id 0x%08x)", kind.value, name, db.id)
-        return db
+        return self.dbs.attach(name, kind)
 
     def db(self, dbid: int) -> Database:
-        try:
-            return self.dbs[dbid]
-        except KeyError:
-            raise CtdbError(ErrorCode.NOT_FOUND, f"unknown database id 0x{dbid:08x}") from None
+        return self.dbs.by_id(dbid)
 
     def db_by_name(self, name: str) -> Database:
-        db = self.dbs.get(db_id(name))
-        if db is None or db.name != name:
-            raise CtdbError(ErrorCode.NOT_FOUND, f"unknown database {name!r} (attach it first)")
-        return db
+        return self.dbs.by_name(name)
 
     async def attach_everywhere(self, name: str, kind: DbKind) -> Database:
-        """A client attaches: attach here and on every connected node."""
-        db = self.attach(name, kind)
         others = [p for p in self.transport.view.members if p != self.pnn]
-        results = await asyncio.gather(
-            *(self.control(p, "attach", {"name": name, "kind": kind.value}) for p in others),
-            return_exceptions=True,
-        )
-        for p, r in zip(others, results, strict=True):
-            if isinstance(r, CtdbError) and r.code == ErrorCode.EXISTS:
-                raise r
-            if isinstance(r, BaseException):
-                log.warning("attach %s on node %d failed: %s (recovery will retry)", name, p, r)
-        return db
+        return await self.dbs.attach_everywhere(name, kind, others, self.control)
 
     # -- transport events ------------------------------------------------------------
 
@@ -347,40 +248,19 @@ class Node:
 
     def _dispatch(self, src: int, msg: Message) -> None:
         if isinstance(msg, Control):
-            asyncio.get_running_loop().create_task(self._answer_control(src, msg))
+            self.controls.answer(src, msg)
         elif isinstance(msg, ControlReply):
             self.controls.on_reply(src, msg)
         elif isinstance(msg, ClientMessage):
-            self.deliver_message(msg.srvid, msg.src, msg.data)
+            self.messaging.deliver(msg.srvid, msg.src, msg.data)
         elif isinstance(msg, NodeState):
-            self._on_state(msg)
+            self.liveness.on_state(msg)
         else:
             self.membership.on_message(src, msg)
 
-    def _on_state(self, msg: NodeState) -> None:
-        now = self.now()
-        self.peers[msg.pnn] = msg
-        same_generation = (
-            msg.generation == self.generation
-            and not msg.recovery_mode
-            and self.recovery_mode is RecoveryMode.NORMAL
-        )
-        if self.lease.on_state(msg.pnn, msg.stamp, msg.seen.get(self.pnn), same_generation, now):
-            self.transport.send(msg.pnn, self._state_payload())
-
-    async def _answer_control(self, src: int, msg: Control) -> None:
-        reply = await self.controls.reply_to(src, msg)
-        if msg.op in BULK_REPLIES:
-            await self.transport.drain()  # back-pressure: see transport.base.Transport.drain
-        if src in self.transport.view or src == self.pnn:
-            self.send(src, reply)
-
     def _on_view(self, view: View) -> None:
         log.info("view %d: nodes %s", view.view_id, list(view.members))
-        for pnn in list(self.peers):
-            if pnn not in view:
-                del self.peers[pnn]
-                self.lease.forget(pnn)
+        self.liveness.on_view(view)
         for pnn in range(len(self.nodes)):
             if pnn not in view:
                 self.controls.fail_node(pnn)
@@ -403,87 +283,14 @@ class Node:
             return self.lock_file.hold()
         return 2 * len(self.transport.view.members) > len(self.nodes)
 
-    def _state_payload(self) -> bytes:
-        stamp = asyncio.get_running_loop().time()
-        return encode(
-            NodeState(
-                self.pnn,
-                self.flags,
-                self.generation,
-                int(self.recovery_mode),
-                self.leader,
-                stamp,
-                dict(self.lease.seen),
-            )
-        )
-
-    def announce(self) -> None:
-        payload = self._state_payload()
-        for pnn in self.transport.view.members:
-            if pnn != self.pnn:
-                self.transport.send(pnn, payload)
-
-    async def _state_announcer(self) -> None:
-        """Peers learn our state on change and twice every KeepaliveInterval.
-
-        Twice: our lease (ctdb.server.lease) runs from our stamp as a peer
-        echoes it in its next announcement, so the confirmation lags by up
-        to two announcement periods plus two transit times. Announcing once
-        an interval, that lag reached the whole lease at KeepaliveLimit 3
-        (two intervals), and the node stopped serving for moments at random
-        (simulator seeds tcp 4998, 5026, 5594).
-
-        Failure detection is the transport's: tcp counts silent links, vs
-        expels a member that stops reading (corosync keeps such a process in
-        the group for ever; see transport/cpg.py).
-        """
-        while True:
-            await asyncio.sleep(self.tunable("KeepaliveInterval") / 2)
-            self.announce()
-
-    async def _vacuum_loop(self) -> None:
-        """Deletion markers are removed once no node can undo their delete."""
-        while True:
-            await asyncio.sleep(self.tunable("VacuumInterval"))
-            try:
-                await self.membership.vacuum()
-            except CtdbError as exc:
-                log.info("vacuum deferred: %s", exc)
-            except Exception:  # a failed delete leaves the marker: the next round retries
-                log.exception("vacuum round failed")
-
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None:
         old = self.flags
         self.flags = (self.flags | set_bits) & ~clear_bits
         if self.flags != old:
             log.info("node flags now %s", NodeFlags.describe(self.flags))
             self.membership.flags_changed(old, self.flags)
-            self.announce()
+            self.liveness.announce()
             self.membership.request_recovery()
 
-    # -- messaging between clients -------------------------------------------------------
-
-    def deliver_message(self, srvid: int, src: int, data: bytes) -> None:
-        for callback in list(self.srvids.get(srvid, ())):
-            callback(srvid, src, data)
-        self.stats["messages_delivered"] += 1
-
     def entry_head(self, owner: tuple[int, int], db_id: int, key: bytes) -> None:
-        """`owner` now holds the first entry of a list: tell it, on its node."""
-        pnn, client = owner
-        data = msgpack.packb([client, db_id, key])
-        if pnn == self.pnn:
-            self.deliver_message(ENTRY_HEAD_SRVID, self.pnn, data)
-        elif pnn in self.transport.view:
-            self.send(pnn, ClientMessage(ENTRY_HEAD_SRVID, data, self.pnn))
-
-    def send_message(self, target: int | None, srvid: int, data: bytes) -> None:
-        """To one node's clients, or with `target` None to every connected node's."""
-        if target is not None and not 0 <= target < len(self.nodes):
-            raise CtdbError(ErrorCode.NOT_FOUND, f"no node with pnn {target}")
-        msg = ClientMessage(srvid, data, self.pnn)
-        targets = self.transport.view.members if target is None else (target,)
-        for pnn in targets:
-            if pnn != self.pnn and pnn not in self.transport.view:
-                raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
-            self.send(pnn, msg)
+        self.messaging.entry_head(owner, db_id, key)

@@ -36,6 +36,7 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.base import RecordEngine, resolved
 from ctdb.engines.record_calls import Owner, Remove
 from ctdb.protocol.client import ENTRY_HEAD_SRVID
+from ctdb.server.messaging import Messaging
 from ctdb.storage.database import Database
 from ctdb.storage.durable import Epochs
 
@@ -45,10 +46,11 @@ class OwnersHost(Protocol):
 
     pnn: int
     epochs: Epochs
-    dbs: dict[int, Database]
     records: RecordEngine
-    #: srvid -> callbacks of the local clients registered for it
-    srvids: dict[int, list[Callable[[int, int, bytes], None]]]
+    messaging: Messaging
+
+    @property
+    def dbs(self) -> dict[int, Database]: ...
 
 
 log = logging.getLogger("ctdb.server.owners")
@@ -82,7 +84,7 @@ class Owners:
         self._clients: dict[int, tuple[Push, Fence]] = {}
         #: removals of departed clients' entries still running
         self.removals: set[asyncio.Task[None]] = set()
-        node.srvids.setdefault(ENTRY_HEAD_SRVID, []).append(self._on_head)
+        node.messaging.register(ENTRY_HEAD_SRVID, self._on_head)
 
     def new_client(self, push: Push, fence: Fence) -> Owner:
         """The owner a client appends as; `push` tells it when its entry comes

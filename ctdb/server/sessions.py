@@ -276,11 +276,7 @@ class Session:
             self.node.owners.gone(self.entry_owner, self.appended, set(self.entry_changes))
         self.transactions.clear()
         for srvid in self.srvids:
-            callbacks = self.node.srvids.get(srvid, [])
-            if self.on_message in callbacks:
-                callbacks.remove(self.on_message)
-            if not callbacks:
-                self.node.srvids.pop(srvid, None)
+            self.node.messaging.deregister(srvid, self.on_message)
         self.server.sessions.discard(self)
 
 

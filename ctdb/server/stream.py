@@ -131,7 +131,7 @@ class StreamMembership:
             node.recovery_mode = RecoveryMode.RECOVERY
             node.serving_event.clear()
         node.generation = generation
-        node.announce()
+        node.liveness.announce()
 
     def fence_owners(self) -> None:
         self.node.owners.fence_all()

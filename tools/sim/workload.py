@@ -23,6 +23,7 @@ from typing import Any
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines.record_calls import Append, Read, RecordCall, Remove
+from ctdb.server import serving
 from ctdb.server.node import Node
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
@@ -169,7 +170,7 @@ class Workload:
                 # What the server's `fetch` does on a persistent database.
                 op = h.invoke(client, hkey(PERSISTENT, key), Kind.READ_ANY)
                 raw = key.encode()
-                read = node.read_local(p, raw, lambda: live_value(p.local.get(raw)))
+                read = serving.read_local(node, p, raw, lambda: live_value(p.local.get(raw)))
                 h.ok(op, text(await call(read)))
             elif kind == "ptx":
                 keys = sorted(set(rng.sample(KEYS, rng.choice([1, 2]))))

@@ -64,7 +64,8 @@ Effect = Granted | FirstEntry | Written
 class Databases(Protocol):
     """The node's databases, as the replica reads and attaches them."""
 
-    dbs: dict[int, Database]
+    @property
+    def dbs(self) -> dict[int, Database]: ...
 
     def db(self, dbid: int) -> Database: ...
 

@@ -1,0 +1,114 @@
+"""What the nodes tell each other twice a keepalive interval, and the lease it renews.
+
+Every node announces its state (`NodeState`: flags, generation, recovery
+mode, leader) on every change and twice every KeepaliveInterval. Peers read
+these announcements for each other's flags and for whom each follows (the
+leader's election and its checks use `peers`); on tcp each announcement also
+echoes the stamps its sender received, which renews the receiver's serving
+lease (`ctdb.server.lease`). Failure detection is not here: it is the
+transport's (tcp counts silent links, vs expels a member that stops reading).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from ctdb.protocol.messages import NodeState, encode
+from ctdb.server.lease import Lease
+from ctdb.server.lockfile import ClusterLockFile
+from ctdb.server.state import RecoveryMode
+from transport.base import Transport, View
+
+
+class LivenessHost(Protocol):
+    pnn: int
+    nodes: list[str]
+    flags: int
+    generation: int
+    recovery_mode: RecoveryMode
+    leader: int
+    transport: Transport
+    lock_file: ClusterLockFile | None
+    #: the event loop's clock (`Node.now`)
+    now: Callable[[], float]
+
+    def tunable(self, name: str) -> float: ...
+
+
+class Liveness:
+    def __init__(self, node: LivenessHost) -> None:
+        self.node = node
+        #: the latest state each connected peer announced
+        self.peers: dict[int, NodeState] = {}
+        self.lease = Lease(node.pnn, len(node.nodes))
+        self._lease_duration = 0.0
+
+    def lease_holds(self) -> bool:
+        """tcp: the other members confirmed lately that we still serve their generation."""
+        return self.lease.holds(self.node.now(), self._lease_duration)
+
+    def configure_lease(self) -> None:
+        """Take the current tunables, node count and cluster lock into account."""
+        node = self.node
+        interval, limit = node.tunable("KeepaliveInterval"), node.tunable("KeepaliveLimit")
+        self._lease_duration = interval * (limit - 1)  # under the detection time: ctdb.server.lease
+        leader = None if node.lock_file is None else node.leader
+        self.lease.configure(len(node.nodes), leader)
+
+    def payload(self) -> bytes:
+        """Our state as a peer should see it now, with the stamps we echo."""
+        node = self.node
+        return encode(
+            NodeState(
+                node.pnn,
+                node.flags,
+                node.generation,
+                int(node.recovery_mode),
+                node.leader,
+                node.now(),
+                dict(self.lease.seen),
+            )
+        )
+
+    def announce(self) -> None:
+        payload = self.payload()
+        transport = self.node.transport
+        for pnn in transport.view.members:
+            if pnn != self.node.pnn:
+                transport.send(pnn, payload)
+
+    async def run(self) -> None:
+        """Peers learn our state on change and twice every KeepaliveInterval.
+
+        Twice: our lease (ctdb.server.lease) runs from our stamp as a peer
+        echoes it in its next announcement, so the confirmation lags by up
+        to two announcement periods plus two transit times. Announcing once
+        an interval, that lag reached the whole lease at KeepaliveLimit 3
+        (two intervals), and the node stopped serving for moments at random
+        (simulator seeds tcp 4998, 5026, 5594).
+        """
+        while True:
+            await asyncio.sleep(self.node.tunable("KeepaliveInterval") / 2)
+            self.announce()
+
+    def on_state(self, msg: NodeState) -> None:
+        node = self.node
+        self.peers[msg.pnn] = msg
+        same_generation = (
+            msg.generation == node.generation
+            and not msg.recovery_mode
+            and node.recovery_mode is RecoveryMode.NORMAL
+        )
+        if self.lease.on_state(
+            msg.pnn, msg.stamp, msg.seen.get(node.pnn), same_generation, node.now()
+        ):
+            node.transport.send(msg.pnn, self.payload())
+
+    def on_view(self, view: View) -> None:
+        """Forget what peers that left announced: they must announce again."""
+        for pnn in list(self.peers):
+            if pnn not in view:
+                del self.peers[pnn]
+                self.lease.forget(pnn)
