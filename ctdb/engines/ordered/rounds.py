@@ -1,0 +1,382 @@
+"""View changes and state-transfer rounds of the ordered engine.
+
+A view change is delivered at the same position of the stream on every
+member, so each member decides the same: purge what departed members held,
+and, when someone joined or is behind, run a round. In a round every member
+offers what it holds (`ctdb.engines.ordered.sync`: the offers and the plan
+every member computes from them alike); the plan's sources broadcast
+snapshots of the databases others need, with the lock queues and the
+stability state that go with them; a member that installed its snapshots
+says so (`synced`), and applies what it queued meanwhile.
+
+`Rounds` is a part of `OrderedEngine` and works on its state: `RoundsHost`
+says which (the replica, stability, the backlog, the local clients' locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import record_calls
+from ctdb.engines.host import Host
+from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
+from ctdb.engines.ordered.locks import LockQueue, Owner
+from ctdb.engines.ordered.replica import Replica
+from ctdb.engines.ordered.stability import Stability
+from ctdb.engines.ordered.sync import SyncRound, make_plan
+from ctdb.protocol.messages import Ordered, encode
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.entries import Entry
+from transport.base import View
+
+log = logging.getLogger("ctdb.engines.ordered")
+
+
+class StreamListener(Protocol):
+    """Who runs the engine (ctdb.server.stream) and mirrors its state for CTDB's tools."""
+
+    def on_ordered_state(self) -> None:
+        """Our sync or quorum state, a generation or the agreed flags changed."""
+
+    def rejoin(self) -> None:
+        """Leave the group and join again, for a state transfer."""
+
+    def fence_owners(self) -> None:
+        """We were out of the group: the others purged our clients' entries."""
+
+
+class RoundsHost(Protocol):
+    """What a round reads and changes of its engine (`ctdb.engines.ordered.engine`)."""
+
+    node: Host
+    listener: StreamListener
+    view: View
+    replica: Replica
+    stability: Stability
+    synced: bool
+    damaged: bool
+    recoveries: int
+    flags: dict[int, int]
+    seq: itertools.count[int]
+    #: operations delivered while this node waits for its snapshot
+    backlog: list[Ordered]
+    #: locks our clients were told they hold, and their waiting fetch_locks
+    granted: set[tuple[Owner, int, bytes]]
+    lock_waiters: dict[tuple[Owner, int, bytes], asyncio.Future[Any]]
+    #: our connected clients, by their id
+    sessions: dict[int, object]
+
+    @property
+    def quorate(self) -> bool: ...
+
+    def apply(self, msg: Ordered) -> None: ...
+
+    def act(self) -> None: ...
+
+    def broadcast(self, op: str, args: dict[str, Any]) -> None: ...
+
+    def purge(self, gone: Callable[[Owner], bool]) -> None: ...
+
+    def purge_entries(self, gone: Callable[[Entry], bool]) -> None: ...
+
+    def fail_pending(self, error: CtdbError) -> None: ...
+
+    def drop_backlog(self) -> None: ...
+
+    def check_stable(self) -> None: ...
+
+    def resync(self, why: str, *, damaged: bool = True) -> None: ...
+
+
+class Rounds:
+    def __init__(self, engine: RoundsHost) -> None:
+        self.engine = engine
+        #: the round in progress, if any
+        self.round: SyncRound | None = None
+        #: members that have yet to say they installed the snapshots of the
+        #: last plan (view id, members): the same on every member, whose own
+        #: round may be over already
+        self.catching_up: tuple[int, set[int]] = (0, set())
+        #: this run completed a round (its clients may own entries)
+        self.served = False
+
+    def on_view(self, view: View) -> None:
+        """Handle a view change at its position in the stream (same on every member)."""
+        e = self.engine
+        old = e.view
+        e.view = view
+        e.recoveries = 0
+        left = set(old.members) - set(view.members)
+        joined = set(view.members) - set(old.members)
+        failure = None
+        if left:
+            try:
+                e.purge(lambda o: o[0] in left)
+                if e.quorate:
+                    # Not in a minority view: its copy may still be the one a
+                    # later round takes (when nobody is in sync), and the
+                    # majority's clients' entries must not have gone from it.
+                    # A round purges whoever is not in its view (_finish_round).
+                    e.purge_entries(lambda entry: entry.pnn in left)
+            except Exception as exc:  # as in _apply: our replica may now differ
+                log.exception("releasing the locks and entries of departed nodes failed")
+                failure = f"releasing departed nodes' locks failed: {type(exc).__name__}: {exc}"
+        e.stability.forget(view)
+        behind = self.catching_up[1]
+        if left & behind:
+            # A member that left will not say it installed its snapshots;
+            # if it was the last one, the survivors hold the plan's copies.
+            behind -= left
+            if not behind and e.quorate and e.node.pnn in view:
+                self._plan_done()
+        if e.node.pnn not in view:
+            e.fail_pending(CtdbError(ErrorCode.RETRY, "left the group"))
+        elif not e.quorate:
+            e.fail_pending(
+                CtdbError(ErrorCode.NO_QUORUM, f"view {list(view.members)} has no quorum")
+            )
+        if not e.quorate:
+            if e.synced:
+                log.warning(
+                    "view %s has no quorum: out of sync until it is regained", list(view.members)
+                )
+            e.synced = False
+            self.round = None
+        elif joined or not e.synced or self.round is not None or self.behind(view):
+            # A round cut short by a view change starts again with the new
+            # view, also where it was over: a member still waiting for a
+            # snapshot (from a departed source, or sent in the old view and
+            # now delivered in the new one, where its round ignores it)
+            # needs everyone's offer again. Whether anyone still waits is
+            # known alike everywhere (`_catching_up`), so every member
+            # decides alike.
+            self._start_round(view)
+        else:
+            # Members in sync went through one more quorate view (see
+            # merge.freshest_copy); all of them, at this same position.
+            e.node.epochs.set(e.node.epochs.epoch + 1)
+        if e.quorate and e.node.pnn in view:
+            # Survivors delivered what we delivered in the old view; joiners
+            # hold it once the round just started is done (see `_stable`).
+            e.check_stable()
+        e.listener.on_ordered_state()
+        if failure is not None:
+            e.resync(failure)
+
+    def _start_round(self, view: View) -> None:
+        e = self.engine
+        self.round = SyncRound(view.view_id, view.members)
+        offer = {
+            "view_id": view.view_id,
+            "synced": e.synced,
+            "damaged": e.damaged,
+            "epoch": e.node.epochs.epoch,
+            "numbered": e.node.epochs.numbered,
+            "incarnation": e.node.epochs.incarnation,
+            "flags": e.node.flags,
+            "dbs": [
+                [db.name, db.kind.value, db.seqnum(), db.history()] for db in e.node.dbs.values()
+            ],
+        }
+        msg = Ordered(e.node.pnn, next(e.seq), "offer", offer)
+        e.node.transport.broadcast(encode(msg))
+
+    def awaiting_snapshots(self) -> bool:
+        """The round has its plan, and we still wait for snapshots it gives us."""
+        r = self.round
+        return r is not None and r.plan is not None and bool(r.awaiting)
+
+    def on_offer(self, msg: Ordered) -> None:
+        e = self.engine
+        r = self.round
+        if r is None or msg.args.get("view_id") != r.view_id or r.plan is not None:
+            return
+        r.offers[msg.origin] = msg.args
+        if set(r.offers) != set(r.members):
+            return
+        # Every member now computes the same plan from the same offers.
+        plan = make_plan(r.offers)
+        r.plan, r.epoch = plan.sources, plan.epoch
+        e.node.epochs.number(r.epoch)
+        e.flags = plan.flags
+        me = e.node.pnn
+        needs = plan.needs[me]
+        self.catching_up = (r.view_id, {p for p in r.members if plan.needs[p]})
+        e.stability.mark_plan()
+        if not self.catching_up[1]:
+            self._plan_done()  # every member holds the same copies already
+        r.awaiting = needs
+        if not e.synced:
+            # What members in sync applied up to here is in the snapshots we
+            # are about to get; what only members out of sync saw (sent while
+            # cut off, or while nobody was in sync) was applied nowhere, and
+            # stays so even where that member is now the source: its sender
+            # learns that now.
+            e.drop_backlog()
+        # Sources send what others need, as of this position in the stream.
+        for name, src in plan.sources.items():
+            receivers = plan.receivers(name, r.members)
+            if src == me and receivers:
+                db = e.node.db_by_name(name)
+                self._send_snapshot(r, db, plan.offered(name, receivers))
+        if not needs:
+            self._finish_round()
+
+    def _send_snapshot(self, r: SyncRound, db: Database, offered: list[Mark]) -> None:
+        """Broadcast our copy of `db` as of this position in the stream.
+
+        A persistent copy every receiver already holds (a restarted node that
+        missed no commit: merge.same_copy against our copy *now*, so nothing
+        applied since the offers is missed) is sent as a token, not records.
+        """
+        e = self.engine
+        mark = (db.seqnum(), db.history())
+        unchanged = db.kind is DbKind.PERSISTENT and all(same_copy(m, mark) for m in offered)
+        snap = {
+            "view_id": r.view_id,
+            "name": db.name,
+            "kind": db.kind.value,
+            "unchanged": unchanged,
+            "records": [] if unchanged else to_wire(db.local.items()),
+            "recoveries": e.recoveries,
+            # Lock queues are replicated state like the records: a joiner
+            # without them would reject the holder's unlock.
+            "locks": [
+                [key, q.to_wire()] for (dbid, key), q in e.replica.locks.items() if dbid == db.id
+            ],
+            # Stability is state too: the receiver must not read as stable
+            # what is not stable yet (see `_plan_done`).
+            "dirty": [
+                [key, w[0], w[1], sorted(w[2])]
+                for (dbid, key), w in e.stability.dirty.items()
+                if dbid == db.id
+            ],
+        }
+        msg = Ordered(e.node.pnn, next(e.seq), "snapshot", snap)
+        e.node.transport.broadcast(encode(msg))
+
+    def behind(self, view: View) -> bool:
+        return any(p in view for p in self.catching_up[1])
+
+    def on_synced(self, msg: Ordered) -> None:
+        """A member installed every snapshot of the plan it needed."""
+        view_id, behind = self.catching_up
+        if msg.args["view_id"] == view_id and msg.origin in behind:
+            behind.discard(msg.origin)
+            if not behind:
+                self._plan_done()
+
+    def _plan_done(self) -> None:
+        """Every member now holds the plan's copies (see Stability.plan_done)."""
+        e = self.engine
+        e.stability.plan_done()
+        e.check_stable()
+
+    def on_snapshot(self, msg: Ordered) -> None:
+        e = self.engine
+        r = self.round
+        if r is None or r.plan is None or msg.args.get("view_id") != r.view_id:
+            return
+        name = str(msg.args["name"])
+        if name not in r.awaiting:
+            return
+        db = e.node.attach(name, DbKind.parse(str(msg.args["kind"])))
+        if not msg.args.get("unchanged"):
+            records = from_wire(msg.args["records"])
+            db.local.write_batch(records, replace_all=True)
+            if not db.replicated:
+                e.replica.markers[db.id] = {k for k, rec in records.items() if rec.deleted}
+        e.recoveries = int(msg.args.get("recoveries", e.recoveries))
+        # Lock queues are state too: take the donor's.
+        for stale in [k for k in e.replica.locks if k[0] == db.id]:
+            del e.replica.locks[stale]
+        for key, entries in msg.args.get("locks", []):
+            q = LockQueue.from_wire(entries)
+            e.replica.locks[(db.id, bytes(key))] = q
+            try:
+                e.replica.advance(db, bytes(key), q)
+            finally:
+                e.act()
+        dirty = e.stability.dirty
+        for stale in [ref for ref in dirty if ref[0] == db.id]:
+            del dirty[stale]
+        for key, origin, seq, members in msg.args["dirty"]:
+            write = (int(origin), int(seq), frozenset(int(p) for p in members))
+            dirty[(db.id, bytes(key))] = e.stability.pre_plan[(db.id, bytes(key))] = write
+        r.awaiting.discard(name)
+        if not r.awaiting:
+            self._finish_round()
+
+    def _finish_round(self) -> None:
+        e = self.engine
+        assert self.round is not None
+        # The copy we now hold may come from a member whose purge at an
+        # earlier view change failed half-way (it resynced, and the plan
+        # took its copy all the same, as the freshest): departed owners
+        # must not keep their locks, and writes queued behind them must
+        # not be lost. Members that followed the view changes hold no such
+        # entries, so this changes nothing there. Entries go by incarnation:
+        # after the whole cluster restarted, a persistent list still holds
+        # the entries of clients of the members' previous runs.
+        incarnations = {p: int(o["incarnation"]) for p, o in self.round.offers.items()}
+        e.purge(lambda o: o[0] not in e.view)
+        e.purge_entries(record_calls.departed(incarnations))
+        e.node.epochs.set(self.round.epoch)
+        view_id, behind = self.catching_up
+        took_copies = view_id == self.round.view_id and e.node.pnn in behind
+        if took_copies and self.served:
+            # Views without us have passed, and their purges took our
+            # clients' entries.
+            e.listener.fence_owners()
+        self.served = True
+        if took_copies:
+            msg = Ordered(e.node.pnn, 0, "synced", {"view_id": view_id})
+            e.node.transport.broadcast(encode(msg))
+        self.round = None
+        e.synced = True
+        e.damaged = False
+        backlog, e.backlog = e.backlog, []
+        for msg in backlog:
+            e.apply(msg)
+            if not e.synced:
+                return  # applying it failed: we resync (see _apply)
+        self._release_orphans()
+        log.info("in sync in view %s", list(e.view.members))
+        e.listener.on_ordered_state()
+
+    def _release_orphans(self) -> None:
+        """Release what our clients hold or wait for in the queues but no longer want.
+
+        While we were out of sync our releases and withdrawals were dropped
+        with the backlog (or never delivered), but the lock queues we are
+        now in sync with may still hold them: the locks of clients that
+        disconnected, and the places in line of fetch_locks that failed
+        (a lock nobody waits for and nobody was told they hold would stay
+        locked for good once it reaches the head).
+        """
+        e = self.engine
+        me = e.node.pnn
+        # Grants the state we took over does not show were never stable: the
+        # client hears NOT_LOCKED at its unlock.
+        e.granted = {g for g in e.granted if (q := e.replica.locks.get(g[1:])) and q.holder == g[0]}
+        gone: set[Owner] = set()
+        unwanted: set[tuple[Owner, int, bytes]] = set()
+        for (dbid, key), q in e.replica.locks.items():
+            for owner, kind, _ in q.entries:
+                if owner[0] != me:
+                    continue
+                if owner[1] not in e.sessions:
+                    gone.add(owner)
+                elif kind == "lock":
+                    mine = (owner, dbid, key)
+                    if mine not in e.lock_waiters and mine not in e.granted:
+                        unwanted.add(mine)
+        for owner in sorted(gone):
+            e.broadcast("release", {"owner": owner})
+        for owner, dbid, key in sorted(unwanted):
+            e.broadcast("withdraw", {"db": dbid, "key": key, "owner": owner})
