@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol.messages import Control, ControlReply, DecodeError, Message, check_reply
+from ctdb.protocol.message_codec import DecodeError, check_reply
+from ctdb.protocol.messages import Control, ControlReply, Message
 from ctdb.protocol.schema import Limits
 from ctdb.server.state import ControlHandler
 

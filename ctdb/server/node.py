@@ -33,17 +33,8 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.base import RecordEngine
 from ctdb.engines.transactions import TransactionEngine
 from ctdb.protocol.client import ENTRY_HEAD_SRVID
-from ctdb.protocol.messages import (
-    ClientMessage,
-    Control,
-    ControlReply,
-    DecodeError,
-    Message,
-    NodeState,
-    decode,
-    encode,
-    wire_limits,
-)
+from ctdb.protocol.message_codec import DecodeError, decode, encode, wire_limits
+from ctdb.protocol.messages import ClientMessage, Control, ControlReply, Message, NodeState
 from ctdb.server.admin import NodeControls
 from ctdb.server.controls import ControlChannel
 from ctdb.server.leader import LeaderRecovery
