@@ -119,7 +119,7 @@ class Node:
             else LeaderRecovery(self)
         )
         self.records: RecordEngine = self.membership.engine
-        #: what node messages are checked against (see ctdb.protocol.messages)
+        #: what node messages are checked against (see ctdb.protocol.message_codec)
         self.wire_limits = wire_limits(self.nodes)
         self.guard = PeerGuard(pnn, transport, self.stats)
         self.controls = ControlChannel(pnn, self.send, self.wire_limits)
