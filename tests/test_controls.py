@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import message_codec as codec
 from ctdb.protocol import messages as m
 from ctdb.server.controls import ControlChannel
 
-LIMITS = m.wire_limits(["n0", "n1", "n2"])
+LIMITS = codec.wire_limits(["n0", "n1", "n2"])
 
 
 def channel() -> tuple[ControlChannel, list[tuple[int, m.Message]]]:
@@ -67,7 +68,7 @@ def test_a_reply_to_a_request_that_does_not_exist_is_ignored() -> None:
 def test_a_malformed_result_fails_the_call_and_is_a_protocol_violation() -> None:
     async def scenario() -> None:
         ch, task, reqid = await _asked("freeze")
-        with pytest.raises(m.DecodeError, match="reply to freeze"):
+        with pytest.raises(codec.DecodeError, match="reply to freeze"):
             ch.on_reply(1, m.ControlReply(reqid, 0, {"epoch": "three"}))
         with pytest.raises(CtdbError) as info:
             await task

@@ -20,11 +20,9 @@ from ctdb.protocol.ctdb_control_structs import (
     Iface,
     IfaceList,
     KeyData,
-    LatencyCounter,
     PidSrvid,
     PublicIp,
     PublicIpList,
-    Statistics,
     TraverseStart,
     TraverseStartExt,
     TunableList,
@@ -33,21 +31,20 @@ from ctdb.protocol.ctdb_control_structs import (
     traverse_record,
 )
 from ctdb.protocol.ctdb_controls import CONTROLS, HEALTH, NONE, codec_for
+from ctdb.protocol.ctdb_opcodes import Control
+from ctdb.protocol.ctdb_records import LtdbHeader, RecBuffer, RecData
+from ctdb.protocol.ctdb_statistics import LatencyCounter, Statistics
 from ctdb.protocol.ctdb_types import (
     Dbid,
     DbidMap,
-    LtdbHeader,
     NodeAndFlags,
     NodeMap,
-    RecBuffer,
-    RecData,
     SockAddr,
     Tunable,
     Uptime,
     VarList,
     VnnMap,
 )
-from ctdb.protocol.ctdb_wire import Control
 
 
 def hx(text: str) -> bytes:

@@ -1,4 +1,4 @@
-"""CTDB control structs (ctdb.protocol.ctdb_types) against bytes written out by hand.
+"""CTDB structs (ctdb_types, ctdb_scalars, ctdb_records) against bytes written out by hand.
 
 Expected bytes follow the spec's §4 offsets and protocol_types.c, written as
 little-endian hex here, never produced by the code under test.
@@ -14,19 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol.ctdb_types import (
-    Dbid,
-    DbidMap,
-    LtdbHeader,
-    NodeAndFlags,
-    NodeMap,
-    RecBuffer,
-    RecData,
-    SockAddr,
-    Tunable,
-    Uptime,
-    VarList,
-    VnnMap,
+from ctdb.protocol.ctdb_records import LtdbHeader, RecBuffer, RecData
+from ctdb.protocol.ctdb_scalars import (
     decode_cstring,
     decode_stringn,
     decode_u32,
@@ -35,6 +24,17 @@ from ctdb.protocol.ctdb_types import (
     encode_stringn,
     encode_u32,
     encode_u64,
+)
+from ctdb.protocol.ctdb_types import (
+    Dbid,
+    DbidMap,
+    NodeAndFlags,
+    NodeMap,
+    SockAddr,
+    Tunable,
+    Uptime,
+    VarList,
+    VnnMap,
 )
 
 

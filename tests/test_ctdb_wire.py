@@ -15,13 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol.ctdb_opcodes import CURRENT_NODE, NULL_FUNC, Control, Operation
 from ctdb.protocol.ctdb_wire import (
-    CURRENT_NODE,
-    NULL_FUNC,
     BadPacket,
-    Control,
     Header,
-    Operation,
     Packet,
     PacketDecoder,
     ReplyCall,

@@ -25,6 +25,7 @@ import pytest
 
 from ctdb.client import Client
 from ctdb.common.errors import CtdbError
+from ctdb.protocol import message_codec as codec
 from ctdb.protocol import messages as m
 from tests.conftest import random_base, random_port, unique
 from tools.cluster import LocalCluster
@@ -113,7 +114,7 @@ def log_lines(c: LocalCluster, pnn: int, text: str) -> int:
 
 # -- tcp: a bad message cuts the link -----------------------------------------------------------
 
-STATE = m.encode(m.NodeState(FAKE, STOPPED, 1, 0, -1, 0.0, {}))
+STATE = codec.encode(m.NodeState(FAKE, STOPPED, 1, 0, -1, 0.0, {}))
 
 BAD: list[tuple[str, bytes]] = [
     ("not msgpack", b"\xc1\xc1"),
@@ -124,15 +125,18 @@ BAD: list[tuple[str, bytes]] = [
         packed(3, 1, 2**40, 9, 2, 0),
     ),
     ("a Call from pnn 7 of 3", packed(3, 1, b"k", 9, 7, 0)),
-    ("a key above the largest MaxKeySize", m.encode(m.Call(1, b"k" * (2**20 + 1), 9, FAKE, 0))),
-    ("a NodeState speaking for node 1", m.encode(m.NodeState(1, 0x08, 5, 0, 1, 0.0, {}))),
-    ("a ClientMessage claiming node 0 sent it", m.encode(m.ClientMessage(5, b"x", 0))),
-    ("a control with an unknown op", m.encode(m.Control(1, "frobnicate", {}))),
+    ("a key above the largest MaxKeySize", codec.encode(m.Call(1, b"k" * (2**20 + 1), 9, FAKE, 0))),
+    ("a NodeState speaking for node 1", codec.encode(m.NodeState(1, 0x08, 5, 0, 1, 0.0, {}))),
+    ("a ClientMessage claiming node 0 sent it", codec.encode(m.ClientMessage(5, b"x", 0))),
+    ("a control with an unknown op", codec.encode(m.Control(1, "frobnicate", {}))),
     ("setflags BANNED as text", packed(1, 1, "setflags", {"set": "BANNED"})),
-    ("a ban of NaN seconds", m.encode(m.Control(1, "ban", {"seconds": math.nan}))),
-    ("shutdown with an argument", m.encode(m.Control(1, "shutdown", {"now": True}))),
-    ("a push without its records", m.encode(m.Control(1, "push", {"db_id": 1, "generation": 2}))),
-    ("an ordered operation on tcp", m.encode(m.Ordered(FAKE, 1, "sync", {}))),
+    ("a ban of NaN seconds", codec.encode(m.Control(1, "ban", {"seconds": math.nan}))),
+    ("shutdown with an argument", codec.encode(m.Control(1, "shutdown", {"now": True}))),
+    (
+        "a push without its records",
+        codec.encode(m.Control(1, "push", {"db_id": 1, "generation": 2})),
+    ),
+    ("an ordered operation on tcp", codec.encode(m.Ordered(FAKE, 1, "sync", {}))),
     ("a msgpack extension type", packed(2, 1, 0, msgpack.ExtType(1, b""))),
     ("an array announcing 4G items", b"\xdd\xff\xff\xff\xff"),
 ]
@@ -153,7 +157,7 @@ async def _open(link: NodeLink, target: int) -> tuple[asyncio.StreamReader, asyn
 
 async def _ping(link: NodeLink, writer: asyncio.StreamWriter, reqid: int) -> bool:
     link.pongs.add(reqid)
-    writer.write(frame(m.encode(m.Control(reqid, "ping", {}))))
+    writer.write(frame(codec.encode(m.Control(reqid, "ping", {}))))
     deadline = time.monotonic() + 20
     while reqid in link.pongs and time.monotonic() < deadline:
         link.pong.clear()
@@ -231,9 +235,9 @@ def test_replies_nobody_asked_for_are_ignored(two_of_three: LocalCluster) -> Non
             reqid = 0
             while thread.is_alive():
                 batch = [
-                    frame(m.encode(m.ControlReply(reqid + k, 5, "forged"))) for k in range(200)
+                    frame(codec.encode(m.ControlReply(reqid + k, 5, "forged"))) for k in range(200)
                 ]
-                batch.append(frame(m.encode(m.ControlReply(reqid + 1, 0, {"epoch": "x"}))))
+                batch.append(frame(codec.encode(m.ControlReply(reqid + 1, 0, {"epoch": "x"}))))
                 writer.write(b"".join(batch))
                 reqid = (reqid + 200) % 5000
                 await asyncio.sleep(0.01)
@@ -263,9 +267,11 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
     nodes = [c.address(p) for p in range(3)]
     # (a sync barrier from node 2 is valid here: vs is where ordered operations live)
     bad = [payload for what, payload in BAD if what != "an ordered operation on tcp"] + [
-        m.encode(m.Ordered(FAKE, 1, "store", {"db": 1, "key": 5, "value": b"v", "owner": [2, 1]})),
-        m.encode(m.Ordered(1, 1, "sync", {})),  # speaking for node 1
-        m.encode(m.Ordered(FAKE, 1, "vacuum", {"db": 1, "records": [[b"k", -1]]})),
+        codec.encode(
+            m.Ordered(FAKE, 1, "store", {"db": 1, "key": 5, "value": b"v", "owner": [2, 1]})
+        ),
+        codec.encode(m.Ordered(1, 1, "sync", {})),  # speaking for node 1
+        codec.encode(m.Ordered(FAKE, 1, "vacuum", {"db": 1, "records": [[b"k", -1]]})),
         packed(7, FAKE, 1, "store", {"db": 1, "key": b"k", "value": b"v", "owner": [2, 1], "x": 1}),
     ]
 
@@ -286,7 +292,7 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
                 "flags": STOPPED,
                 "dbs": [],
             }
-            t.broadcast(m.encode(m.Ordered(FAKE, 1, "offer", offer)))
+            t.broadcast(codec.encode(m.Ordered(FAKE, 1, "offer", offer)))
             await asyncio.sleep(1)
             for i, payload in enumerate(bad):
                 t.broadcast(payload)

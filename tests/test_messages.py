@@ -16,17 +16,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ctdb.common.config import WIRE_SIZES
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.ordered.replica import Replica
+from ctdb.protocol import message_codec as codec
 from ctdb.protocol import messages as m
+from ctdb.protocol.op_schemas import CONTROLS, ORDERED
 from ctdb.protocol.schema import Limits
 from ctdb.server.admin import NodeControls
 from ctdb.server.leader import LeaderRecovery
 from tools import wiregen
 
 NODES = ["n0", "n1", "n2"]
-LIMITS = m.wire_limits(NODES)
+LIMITS = codec.wire_limits(NODES)
 
 
 class HypothesisSource:
@@ -57,7 +60,7 @@ def valid_message(data: st.DataObject, cls: type[m.Message] | None = None) -> m.
 
 
 def sender_of(msg: m.Message) -> int | None:
-    form = m.layout(type(msg))
+    form = codec.layout(type(msg))
     return None if form.sender is None else getattr(msg, form.names[form.sender])
 
 
@@ -68,32 +71,32 @@ def sender_of(msg: m.Message) -> int | None:
 @settings(max_examples=400, deadline=None)
 def test_every_valid_message_round_trips(data: st.DataObject) -> None:
     msg = valid_message(data)
-    back = m.decode(m.encode(msg), LIMITS, sender_of(msg))
+    back = codec.decode(codec.encode(msg), LIMITS, sender_of(msg))
     assert type(back) is type(msg)
     assert back == msg
 
 
-@pytest.mark.parametrize("op", sorted(m.CONTROLS))
+@pytest.mark.parametrize("op", sorted(CONTROLS))
 @given(data=st.data())
 @settings(max_examples=8, deadline=None)
 def test_every_control_op_round_trips(op: str, data: st.DataObject) -> None:
     src = HypothesisSource(data)
-    args = wiregen.value(m.CONTROLS[op].args, src, LIMITS)
+    args = wiregen.value(CONTROLS[op].args, src, LIMITS)
     msg = m.Control(src.integer(0, 2**64 - 1), op, args)
-    assert m.decode(m.encode(msg), LIMITS, 1) == msg
-    result = wiregen.value(m.CONTROLS[op].result, src, LIMITS)
-    reply = m.decode(m.encode(m.ControlReply(msg.reqid, 0, result)), LIMITS, 1)
+    assert codec.decode(codec.encode(msg), LIMITS, 1) == msg
+    result = wiregen.value(CONTROLS[op].result, src, LIMITS)
+    reply = codec.decode(codec.encode(m.ControlReply(msg.reqid, 0, result)), LIMITS, 1)
     assert isinstance(reply, m.ControlReply)
-    assert m.check_reply(op, reply, LIMITS) == result
+    assert codec.check_reply(op, reply, LIMITS) == result
 
 
-@pytest.mark.parametrize("op", sorted(m.ORDERED))
+@pytest.mark.parametrize("op", sorted(ORDERED))
 @given(data=st.data())
 @settings(max_examples=8, deadline=None)
 def test_every_ordered_op_round_trips(op: str, data: st.DataObject) -> None:
     src = HypothesisSource(data)
-    msg = m.Ordered(2, src.integer(0, 2**64 - 1), op, wiregen.value(m.ORDERED[op], src, LIMITS))
-    assert m.decode(m.encode(msg), LIMITS, 2) == msg
+    msg = m.Ordered(2, src.integer(0, 2**64 - 1), op, wiregen.value(ORDERED[op], src, LIMITS))
+    assert codec.decode(codec.encode(msg), LIMITS, 2) == msg
 
 
 def test_every_message_type_has_a_distinct_type_number() -> None:
@@ -102,17 +105,17 @@ def test_every_message_type_has_a_distinct_type_number() -> None:
 
 def test_wire_layout_is_type_then_fields_in_order() -> None:
     msg = m.Call(db_id=5, key=b"k", generation=9, origin=2, hops=1)
-    assert msgpack.unpackb(m.encode(msg), raw=False) == [3, 5, b"k", 9, 2, 1]
+    assert msgpack.unpackb(codec.encode(msg), raw=False) == [3, 5, b"k", 9, 2, 1]
     names = [f.name for f in dataclasses.fields(m.Call)]
     assert names == ["db_id", "key", "generation", "origin", "hops"]
 
 
 def test_bytes_and_strings_stay_apart() -> None:
     msg = m.Control(1, "getvar", {"name": "MaxKeySize"})
-    back = m.decode(m.encode(msg), LIMITS)
+    back = codec.decode(codec.encode(msg), LIMITS)
     assert isinstance(back, m.Control) and isinstance(back.args["name"], str)
-    with pytest.raises(m.DecodeError, match=r"getvar\.args\.name: must be a string, not bytes"):
-        m.decode(m.encode(m.Control(1, "getvar", {"name": b"MaxKeySize"})), LIMITS)
+    with pytest.raises(codec.DecodeError, match=r"getvar\.args\.name: must be a string, not bytes"):
+        codec.decode(codec.encode(m.Control(1, "getvar", {"name": b"MaxKeySize"})), LIMITS)
 
 
 # -- the tables cover every handler ------------------------------------------------------------
@@ -125,7 +128,7 @@ def test_every_control_handler_has_a_schema_row_and_every_row_a_handler() -> Non
         for name, _ in inspect.getmembers(part)
         if name.startswith("ctl_")
     }
-    assert handlers == set(m.CONTROLS)
+    assert handlers == set(CONTROLS)
 
 
 def test_every_ordered_op_has_a_schema_row_and_every_row_an_applier() -> None:
@@ -135,7 +138,7 @@ def test_every_ordered_op_has_a_schema_row_and_every_row_an_applier() -> None:
     in_replica = {n.removeprefix("_apply_") for n in dir(Replica) if n.startswith("_apply_")}
     assert in_replica == Replica.OPS
     assert not appliers & in_replica
-    assert appliers | in_replica | special == set(m.ORDERED)
+    assert appliers | in_replica | special == set(ORDERED)
 
 
 # -- what is refused, and why ------------------------------------------------------------------
@@ -225,8 +228,8 @@ BAD: list[tuple[bytes, str]] = [
 
 @pytest.mark.parametrize(("data", "why"), BAD, ids=[why for _, why in BAD])
 def test_malformed_messages_raise_decode_error_saying_why(data: bytes, why: str) -> None:
-    with pytest.raises(m.DecodeError) as info:
-        m.decode(data, LIMITS, 0)
+    with pytest.raises(codec.DecodeError) as info:
+        codec.decode(data, LIMITS, 0)
     assert why in info.value.message
     assert info.value.code == ErrorCode.PROTOCOL
     assert isinstance(info.value, CtdbError)
@@ -241,33 +244,33 @@ def test_malformed_messages_raise_decode_error_saying_why(data: bytes, why: str)
     ],
 )
 def test_a_node_cannot_speak_for_another(msg: m.Message, sender: int, field: str) -> None:
-    with pytest.raises(m.DecodeError, match=field):
-        m.decode(m.encode(msg), LIMITS, sender)
-    assert m.decode(m.encode(msg), LIMITS, sender_of(msg)) == msg
+    with pytest.raises(codec.DecodeError, match=field):
+        codec.decode(codec.encode(msg), LIMITS, sender)
+    assert codec.decode(codec.encode(msg), LIMITS, sender_of(msg)) == msg
 
 
 def test_a_forwarded_call_keeps_its_origin() -> None:
     """A Call's origin is the node that wants the record, not the one forwarding it."""
     msg = m.Call(1, b"k", 9, origin=0, hops=2)
-    assert m.decode(m.encode(msg), LIMITS, 2) == msg
+    assert codec.decode(codec.encode(msg), LIMITS, 2) == msg
 
 
 def test_pnn_checks_follow_the_nodes_list() -> None:
     nodes = ["a", "b"]
-    limits = m.wire_limits(nodes)
-    data = m.encode(m.Call(1, b"k", 9, origin=2, hops=0))
-    with pytest.raises(m.DecodeError, match="no node with pnn 2"):
-        m.decode(data, limits)
+    limits = codec.wire_limits(nodes)
+    data = codec.encode(m.Call(1, b"k", 9, origin=2, hops=0))
+    with pytest.raises(codec.DecodeError, match="no node with pnn 2"):
+        codec.decode(data, limits)
     nodes.append("c")  # reloadnodes appends in place
-    assert m.decode(data, limits) == m.Call(1, b"k", 9, 2, 0)
+    assert codec.decode(data, limits) == m.Call(1, b"k", 9, 2, 0)
 
 
 def test_sizes_are_checked_against_the_ceilings_every_node_shares() -> None:
-    ceiling = int(m.WIRE_SIZES["MaxValueSize"])
+    ceiling = int(WIRE_SIZES["MaxValueSize"])
     ok = m.DmasterReply(1, b"k", 9, 1, b"v" * ceiling)
-    assert m.decode(m.encode(ok), LIMITS) == ok
-    with pytest.raises(m.DecodeError, match="exceeds MaxValueSize"):
-        m.decode(m.encode(m.DmasterReply(1, b"k", 9, 1, b"v" * (ceiling + 1))), LIMITS)
+    assert codec.decode(codec.encode(ok), LIMITS) == ok
+    with pytest.raises(codec.DecodeError, match="exceeds MaxValueSize"):
+        codec.decode(codec.encode(m.DmasterReply(1, b"k", 9, 1, b"v" * (ceiling + 1))), LIMITS)
 
 
 # -- control replies -------------------------------------------------------------------------
@@ -283,7 +286,7 @@ def test_reply_results_are_checked_against_the_op_asked() -> None:
         "dbs": {"secrets.tdb": db},
     }
     good = m.ControlReply(1, 0, frozen)
-    assert m.check_reply("freeze", good, LIMITS) == good.result
+    assert codec.check_reply("freeze", good, LIMITS) == good.result
     for bad in [
         frozen | {"epoch": "3"},
         {k: v for k, v in frozen.items() if k != "epoch"},
@@ -292,13 +295,13 @@ def test_reply_results_are_checked_against_the_op_asked() -> None:
         frozen | {"dbs": {"secrets.tdb": db | {"kind": "eternal"}}},
         [1, 2],
     ]:
-        with pytest.raises(m.DecodeError, match="reply to freeze"):
-            m.check_reply("freeze", m.ControlReply(1, 0, bad), LIMITS)
-    with pytest.raises(m.DecodeError, match="reply to pull: \\[0\\]"):
-        m.check_reply("pull", m.ControlReply(1, 0, [[b"k", 1, 0]]), LIMITS)
-    with pytest.raises(m.DecodeError, match="error reply to ping carries no message"):
-        m.check_reply("ping", m.ControlReply(1, int(ErrorCode.IO), None), LIMITS)
-    assert m.check_reply("ping", m.ControlReply(1, int(ErrorCode.IO), "disk on fire"), LIMITS)
+        with pytest.raises(codec.DecodeError, match="reply to freeze"):
+            codec.check_reply("freeze", m.ControlReply(1, 0, bad), LIMITS)
+    with pytest.raises(codec.DecodeError, match="reply to pull: \\[0\\]"):
+        codec.check_reply("pull", m.ControlReply(1, 0, [[b"k", 1, 0]]), LIMITS)
+    with pytest.raises(codec.DecodeError, match="error reply to ping carries no message"):
+        codec.check_reply("ping", m.ControlReply(1, int(ErrorCode.IO), None), LIMITS)
+    assert codec.check_reply("ping", m.ControlReply(1, int(ErrorCode.IO), "disk on fire"), LIMITS)
 
 
 # -- anything else -------------------------------------------------------------------------------
@@ -306,13 +309,13 @@ def test_reply_results_are_checked_against_the_op_asked() -> None:
 
 def _decode_or_decode_error(data: bytes, sender: int | None) -> None:
     try:
-        msg = m.decode(data, LIMITS, sender)
-    except m.DecodeError:
+        msg = codec.decode(data, LIMITS, sender)
+    except codec.DecodeError:
         return
     assert dataclasses.is_dataclass(msg)
     # whatever was accepted round-trips (compared encoded: a NaN result is not == itself)
-    again = m.encode(msg)
-    assert m.encode(m.decode(again, LIMITS, sender)) == again
+    again = codec.encode(msg)
+    assert codec.encode(codec.decode(again, LIMITS, sender)) == again
 
 
 @given(st.binary(max_size=200), st.one_of(st.none(), st.integers(0, 2)))
@@ -351,7 +354,7 @@ def test_random_well_formed_msgpack_gives_a_message_or_decode_error(
 def test_mutated_valid_messages_give_a_message_or_decode_error(data: st.DataObject) -> None:
     """One field of a valid message replaced by anything: the closest misses."""
     msg = valid_message(data)
-    items = msgpack.unpackb(m.encode(msg), raw=False, strict_map_key=False)
+    items = msgpack.unpackb(codec.encode(msg), raw=False, strict_map_key=False)
     where = data.draw(st.integers(1, len(items) - 1))
     target = items
     # descend into the args map now and then, to hit the op rows' fields
@@ -364,8 +367,8 @@ def test_mutated_valid_messages_give_a_message_or_decode_error(data: st.DataObje
 def test_limits_are_shared_references() -> None:
     sizes = {"MaxKeySize": 4, "MaxValueSize": 4}
     limits = Limits(["a"], sizes)
-    data = m.encode(m.Call(1, b"12345", 9, 0, 0))
-    with pytest.raises(m.DecodeError, match="exceeds MaxKeySize \\(4\\)"):
-        m.decode(data, limits)
+    data = codec.encode(m.Call(1, b"12345", 9, 0, 0))
+    with pytest.raises(codec.DecodeError, match="exceeds MaxKeySize \\(4\\)"):
+        codec.decode(data, limits)
     sizes["MaxKeySize"] = 5
-    assert m.decode(data, limits).key == b"12345"  # type: ignore[union-attr]
+    assert codec.decode(data, limits).key == b"12345"  # type: ignore[union-attr]

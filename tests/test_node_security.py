@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from ctdb.protocol.messages import Control, encode
+from ctdb.protocol.message_codec import encode
+from ctdb.protocol.messages import Control
 from ctdb.server.state import NodeFlags
 from tests.conftest import start_cluster, unique
 from tools.cluster import LocalCluster

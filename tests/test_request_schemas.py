@@ -15,16 +15,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctdb.common.config import tunable_defaults
+from ctdb.common.config import WIRE_SIZES, tunable_defaults
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol import messages
+from ctdb.protocol import message_codec as codec
+from ctdb.protocol.message_fields import DB_NAME
+from ctdb.protocol.op_schemas import CONTROLS
 from ctdb.protocol.schema import Limits
 from ctdb.server import clients as server
 from tools import wiregen
 
 NODES = ["n0", "n1", "n2"]
 LIMITS = Limits(NODES, tunable_defaults())
-WIRE = messages.wire_limits(NODES)
+WIRE = codec.wire_limits(NODES)
 
 #: client operations forwarded as the control of the same name
 FORWARDED = ["pnn", "uptime", "status", "getdbmap", "statistics", "listvars", "getvar", "setvar"]
@@ -48,7 +50,7 @@ def test_forwarded_arguments_fit_the_control_the_other_node_checks(op: str) -> N
     for seed in range(50):
         args = valid_args(op, seed)
         args.pop("pnn", None)
-        messages.CONTROLS[op].args(args, WIRE)
+        CONTROLS[op].args(args, WIRE)
 
 
 def test_ban_seconds_a_client_may_give_fit_the_ban_control() -> None:
@@ -56,13 +58,13 @@ def test_ban_seconds_a_client_may_give_fit_the_ban_control() -> None:
     for seed in range(200):
         args = valid_args("ban", seed)
         assert args["seconds"] > 0
-        messages.CONTROLS["ban"].args({"seconds": args["seconds"]}, WIRE)
+        CONTROLS["ban"].args({"seconds": args["seconds"]}, WIRE)
 
 
 def test_what_a_client_may_store_every_node_accepts() -> None:
     """The client limits' upper bounds are the node-message ceilings."""
     for name in ("MaxKeySize", "MaxValueSize"):
-        assert messages.WIRE_SIZES[name] >= LIMITS.sizes[name]
+        assert WIRE_SIZES[name] >= LIMITS.sizes[name]
 
 
 ANYTHING = st.recursive(
@@ -168,9 +170,10 @@ def test_limits_follow_the_tunables() -> None:
 
 
 def test_map_of_checks_every_key_and_value() -> None:
-    from ctdb.protocol import schema
+    from ctdb.protocol.schema_combinators import map_of, struct
+    from ctdb.protocol.schema_scalars import U64
 
-    check = schema.map_of(messages.DB_NAME, schema.struct({"seqnum": schema.U64}))
+    check = map_of(DB_NAME, struct({"seqnum": U64}))
     check({"a": {"seqnum": 1}, "b": {"seqnum": 2}}, WIRE)
     with pytest.raises(CtdbError, match=r"^INVALID: b: missing argument 'seqnum'$"):
         check({"a": {"seqnum": 1}, "b": {}}, WIRE)

@@ -17,8 +17,8 @@ import subprocess
 import pytest
 
 from ctdb.common.config import CTDB_SOCKET_NAME
+from ctdb.protocol.ctdb_opcodes import CURRENT_NODE
 from ctdb.protocol.ctdb_wire import (
-    CURRENT_NODE,
     Header,
     ReplyCall,
     ReplyControl,

@@ -56,7 +56,7 @@ from ctdb.client import Client
 from ctdb.common.config import tunable_default
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import client as protocol
-from ctdb.protocol import messages
+from ctdb.protocol import message_codec, messages
 from ctdb.storage.placement import db_id
 from tools.cluster import LocalCluster
 from tools.fuzzframes import ClientFrames, Frame, NodeFrames
@@ -331,7 +331,7 @@ class NodeLink:
         self.nodes = nodes
         self.pnn = pnn
         self.port = port
-        self.limits = messages.wire_limits(nodes)
+        self.limits = message_codec.wire_limits(nodes)
         self.inbound: dict[int, int] = {}  # daemon pnn -> number of its connections so far
         self.inbound_changed = asyncio.Event()
         self.pongs: set[int] = set()
@@ -412,8 +412,8 @@ class NodeLink:
 
     def _on_frame(self, peer: int, payload: bytes) -> None:
         try:
-            msg = messages.decode(payload, self.limits, peer)
-        except messages.DecodeError as exc:
+            msg = message_codec.decode(payload, self.limits, peer)
+        except message_codec.DecodeError as exc:
             self.problems.append(f"node {peer} sent an invalid message: {exc}")
             return
         if isinstance(msg, messages.ControlReply):

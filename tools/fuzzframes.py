@@ -26,7 +26,8 @@ import msgpack
 from ctdb.common.config import parse_tunable, tunable_defaults
 from ctdb.common.errors import CtdbError
 from ctdb.protocol import client as protocol
-from ctdb.protocol import messages
+from ctdb.protocol import message_codec, messages
+from ctdb.protocol.op_schemas import CONTROLS, ORDERED
 from ctdb.protocol.schema import Limits
 from ctdb.server import clients as server
 from ctdb.storage.placement import db_id
@@ -305,21 +306,21 @@ class NodeFrames:
         self, rng: random.Random, nodes: list[str], pnn: int, protected_dbs: set[int]
     ) -> None:
         self.rng = rng
-        self.limits = messages.wire_limits(nodes)
+        self.limits = message_codec.wire_limits(nodes)
         self.pnn = pnn
         self.protected_dbs = protected_dbs
         self.src = wiregen.RandomSource(rng)
-        self.ops = sorted(set(messages.CONTROLS) | set(messages.ORDERED))
+        self.ops = sorted(set(CONTROLS) | set(ORDERED))
 
     def state(self) -> bytes:
         """The fake node's NodeState: stopped, so recovery never waits for it."""
-        return frame(messages.encode(messages.NodeState(self.pnn, STOPPED, 1, 0, -1, 0.0, {})))
+        return frame(message_codec.encode(messages.NodeState(self.pnn, STOPPED, 1, 0, -1, 0.0, {})))
 
     def ping(self, reqid: int) -> bytes:
-        return frame(messages.encode(messages.Control(reqid, "ping", {})))
+        return frame(message_codec.encode(messages.Control(reqid, "ping", {})))
 
     def _valid(self) -> bytes:
-        return messages.encode(wiregen.any_message(self.src, self.limits, self.pnn))
+        return message_codec.encode(wiregen.any_message(self.src, self.limits, self.pnn))
 
     def valid_on_tcp(self, msg: messages.Message) -> bool:
         """The node's rules beyond decoding (an ordered op has no place on tcp)."""
@@ -349,8 +350,8 @@ class NodeFrames:
                 ok = True  # an empty frame is the link's keepalive: never decoded
             else:
                 try:
-                    msg = messages.decode(payload, self.limits, self.pnn)
-                except messages.DecodeError:
+                    msg = message_codec.decode(payload, self.limits, self.pnn)
+                except message_codec.DecodeError:
                     ok = False
                 else:
                     if self.harmful(msg):

@@ -213,7 +213,7 @@ def to_wire(call: RecordCall) -> dict[str, Any]:
 
 
 def from_wire(wire: dict[str, Any]) -> RecordCall:
-    """The call a checked message carries (`ctdb.protocol.messages.RECORD_CALL`)."""
+    """The call a checked message carries (`ctdb.protocol.message_fields.RECORD_CALL`)."""
     fn = wire["fn"]
     if fn == "read":
         return Read()

@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol.schema import unpack
+from ctdb.protocol.bounded_msgpack import unpack
 from transport.framing import FrameReader, FrameTooLarge, frame
 
 VERSION = 1

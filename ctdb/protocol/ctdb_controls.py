@@ -27,20 +27,14 @@ from ctdb.protocol.ctdb_control_structs import (
     KeyData,
     PidSrvid,
     PublicIpList,
-    Statistics,
     TraverseStart,
     TraverseStartExt,
     TunableList,
 )
-from ctdb.protocol.ctdb_types import (
-    DbidMap,
-    NodeMap,
+from ctdb.protocol.ctdb_opcodes import Control
+from ctdb.protocol.ctdb_records import RecBuffer
+from ctdb.protocol.ctdb_scalars import (
     Reader,
-    RecBuffer,
-    Tunable,
-    Uptime,
-    VarList,
-    VnnMap,
     decode_cstring,
     decode_stringn,
     encode_cstring,
@@ -49,7 +43,8 @@ from ctdb.protocol.ctdb_types import (
     encode_u32,
     encode_u64,
 )
-from ctdb.protocol.ctdb_wire import Control
+from ctdb.protocol.ctdb_statistics import Statistics
+from ctdb.protocol.ctdb_types import DbidMap, NodeMap, Tunable, Uptime, VarList, VnnMap
 
 T = TypeVar("T")
 

@@ -23,8 +23,17 @@ from ctdb.engines.base import resolved
 from ctdb.engines.record_calls import Append, Owner, Read, RecordCall, Remove
 from ctdb.engines.transactions import Transaction
 from ctdb.protocol import client as protocol
-from ctdb.protocol import messages, schema
-from ctdb.protocol.schema import EMPTY, KEY, PNN, U64, VALUE, Check, struct, text
+from ctdb.protocol.message_fields import (
+    CLIENT_DATA,
+    DB_ID,
+    DB_NAME,
+    OWNER,
+    PAYLOAD,
+    TUNABLE_VALUE,
+)
+from ctdb.protocol.schema import U32_MAX, Check
+from ctdb.protocol.schema_combinators import EMPTY, key_values, nullable, one_of, struct
+from ctdb.protocol.schema_scalars import KEY, PNN, U32, U64, VALUE, number, text
 from ctdb.server import serving
 from ctdb.server.node import Node
 from ctdb.server.state import NodeFlags
@@ -82,7 +91,7 @@ def op(name: str, args: Check = EMPTY) -> Callable[[Handler], Handler]:
 # -- argument schemas --------------------------------------------------------------------
 
 #: A database, by name or by id.
-DB = schema.one_of(messages.DB_NAME, messages.DB_ID)
+DB = one_of(DB_NAME, DB_ID)
 TX = U64
 #: Admin operations address node `pnn` (`ctdbtool -n PNN`); this one when absent.
 ON_NODE = {"pnn": PNN}
@@ -95,7 +104,7 @@ def admin(required: dict[str, Check] | None = None) -> Check:
 # -- operations ---------------------------------------------------------------------------
 
 
-@op("hello", struct({"version": schema.U32}))
+@op("hello", struct({"version": U32}))
 def _hello(s: ClientSession, args: dict[str, Any]) -> dict[str, Any]:
     version = args["version"]
     if version != protocol.VERSION:
@@ -131,7 +140,7 @@ for _name, _args in {
     "statistics": admin(),
     "listvars": admin(),
     "getvar": admin({"name": text(64)}),
-    "setvar": admin({"name": text(64), "value": messages.TUNABLE_VALUE}),
+    "setvar": admin({"name": text(64), "value": TUNABLE_VALUE}),
 }.items():
     op(_name, _args)(_remote_or_local(_name))
 
@@ -158,7 +167,7 @@ def _listnodes(s: ClientSession, args: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"pnn": p, "address": a} for p, a in enumerate(s.node.nodes)]
 
 
-@op("attach", struct({"name": messages.DB_NAME}, {"kind": text(32)}))
+@op("attach", struct({"name": DB_NAME}, {"kind": text(32)}))
 async def _attach(s: ClientSession, args: dict[str, Any]) -> dict[str, Any]:
     kind = DbKind.parse(args.get("kind") or "volatile")
     db = await s.node.records.attach(args["name"], kind)
@@ -227,7 +236,7 @@ def _getdbseqnum(s: ClientSession, args: dict[str, Any]) -> int:
 # -- entry lists: conditional append (ctdb.engines.record_calls) -------------------------
 
 #: A condition's argument: an integer, or its decimal text (from a command line).
-CONDITION_ARG = schema.nullable(schema.one_of(U64, text(20)))
+CONDITION_ARG = nullable(one_of(U64, text(20)))
 
 
 def _owner(s: ClientSession) -> Owner:
@@ -255,7 +264,7 @@ async def _with_owner(result: Any, owner: Owner) -> dict[str, Any]:
 @op(
     "cond_append",
     struct(
-        {"db": DB, "key": KEY, "condition": text(64), "payload": messages.PAYLOAD},
+        {"db": DB, "key": KEY, "condition": text(64), "payload": PAYLOAD},
         {"arg": CONDITION_ARG},
     ),
 )
@@ -273,7 +282,7 @@ def _entries(s: ClientSession, args: dict[str, Any]) -> Any:
 
 @op(
     "remove_entries",
-    struct({"db": DB, "key": KEY}, {"match": messages.PAYLOAD, "owner": messages.OWNER}),
+    struct({"db": DB, "key": KEY}, {"match": PAYLOAD, "owner": OWNER}),
 )
 def _remove_entries(s: ClientSession, args: dict[str, Any]) -> Any:
     """Remove this client's entries (only those with payload `match`, if given).
@@ -338,7 +347,7 @@ async def _backupdb(s: ClientSession, args: dict[str, Any]) -> dict[str, Any]:
     return {"name": db.name, "kind": db.kind.value, "seqnum": db.seqnum(), "records": records}
 
 
-@op("restoredb", struct({"db": DB, "records": schema.key_values(min_key=1)}))
+@op("restoredb", struct({"db": DB, "records": key_values(min_key=1)}))
 async def _restoredb(s: ClientSession, args: dict[str, Any]) -> int:
     """Replace a database's contents with a backup (a transaction for persistent ones).
 
@@ -386,7 +395,7 @@ def _deregister_srvid(s: ClientSession, args: dict[str, Any]) -> None:
         s.node.messaging.deregister(srvid, s.on_message)
 
 
-@op("send_message", struct({"srvid": U64, "data": messages.CLIENT_DATA}, ON_NODE))
+@op("send_message", struct({"srvid": U64, "data": CLIENT_DATA}, ON_NODE))
 def _send_message(s: ClientSession, args: dict[str, Any]) -> None:
     """To node `pnn`'s clients, or to every connected node's without one."""
     s.node.messaging.send(args.get("pnn"), args["srvid"], args["data"])
@@ -412,7 +421,7 @@ for _name, (_set, _clear) in _FLAG_OPS.items():
 
 
 #: A ban lasts a finite, positive time (CTDB's is a u32 of seconds).
-BAN_SECONDS = schema.number(0, schema.U32_MAX, above=True)
+BAN_SECONDS = number(0, U32_MAX, above=True)
 
 
 @op("ban", admin({"seconds": BAN_SECONDS}))

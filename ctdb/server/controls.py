@@ -7,7 +7,7 @@ stall recovery).
 
 A reply is matched by request id *and* sender: a reply from a node that was
 not asked, or to a request that is no longer pending (it timed out), is
-ignored. A reply whose result does not fit the op (`messages.check_reply`)
+ignored. A reply whose result does not fit the op (`message_codec.check_reply`)
 fails the call and raises `DecodeError`, so the node cuts that peer's link.
 
 The answering end runs the handler a part of the daemon registered for the
@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol.messages import Control, ControlReply, DecodeError, Message, check_reply
+from ctdb.protocol.message_codec import DecodeError, check_reply
+from ctdb.protocol.messages import Control, ControlReply, Message
 from ctdb.protocol.schema import Limits
 from ctdb.server.state import ControlHandler
 

@@ -40,13 +40,13 @@ from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.ctdb_control_structs import IfaceList, TraverseStart, TraverseStartExt
 from ctdb.protocol.ctdb_controls import codec_for
+from ctdb.protocol.ctdb_opcodes import CURRENT_NODE, Control, Operation
+from ctdb.protocol.ctdb_records import LtdbHeader, RecData
 from ctdb.protocol.ctdb_types import (
     Dbid,
     DbidMap,
-    LtdbHeader,
     NodeAndFlags,
     NodeMap,
-    RecData,
     SockAddr,
     Tunable,
     Uptime,
@@ -54,11 +54,8 @@ from ctdb.protocol.ctdb_types import (
     VnnMap,
 )
 from ctdb.protocol.ctdb_wire import (
-    CURRENT_NODE,
     BadPacket,
-    Control,
     Header,
-    Operation,
     Packet,
     PacketDecoder,
     ReplyCall,

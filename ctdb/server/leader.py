@@ -26,9 +26,9 @@ from ctdb.engines import persistent_calls, recovery
 from ctdb.engines.merge import from_wire, to_wire
 from ctdb.engines.migration import MigrationEngine
 from ctdb.engines.vacuum import Vacuum
+from ctdb.protocol.message_codec import DecodeError
 from ctdb.protocol.messages import (
     Call,
-    DecodeError,
     DmasterReply,
     DmasterRequest,
     Message,

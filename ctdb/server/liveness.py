@@ -15,7 +15,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from ctdb.protocol.messages import NodeState, encode
+from ctdb.protocol.message_codec import encode
+from ctdb.protocol.messages import NodeState
 from ctdb.server.lease import Lease
 from ctdb.server.lockfile import ClusterLockFile
 from ctdb.server.state import RecoveryMode

@@ -32,17 +32,8 @@ from typing import Any
 from ctdb.common.config import tunable_defaults
 from ctdb.engines.base import RecordEngine
 from ctdb.engines.transactions import TransactionEngine
-from ctdb.protocol.messages import (
-    ClientMessage,
-    Control,
-    ControlReply,
-    DecodeError,
-    Message,
-    NodeState,
-    decode,
-    encode,
-    wire_limits,
-)
+from ctdb.protocol.message_codec import DecodeError, decode, encode, wire_limits
+from ctdb.protocol.messages import ClientMessage, Control, ControlReply, Message, NodeState
 from ctdb.server.admin import NodeControls
 from ctdb.server.controls import ControlChannel
 from ctdb.server.databases import Databases
@@ -123,7 +114,7 @@ class Node:
             else LeaderRecovery(self)
         )
         self.records: RecordEngine = self.membership.engine
-        #: what node messages are checked against (see ctdb.protocol.messages)
+        #: what node messages are checked against (see ctdb.protocol.message_codec)
         self.wire_limits = wire_limits(self.nodes)
         self.guard = PeerGuard(pnn, transport, self.stats)
         self.controls = ControlChannel(

@@ -1,6 +1,6 @@
 """What a node does with a message a peer should never have sent.
 
-A node message that fails its checks (`messages.decode`, `check_reply`)
+A node message that fails its checks (`message_codec.decode`, `check_reply`)
 means the sender is broken or hostile, so the message is dropped whole,
 never half-handled. On a point-to-point transport the link to the sender is
 cut (`Transport.drop_peer`; the peer may connect again, as a fixed or

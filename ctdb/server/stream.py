@@ -17,9 +17,9 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ctdb.engines.ordered.engine import OrderedEngine
+from ctdb.protocol.message_codec import DecodeError
 from ctdb.protocol.messages import (
     Call,
-    DecodeError,
     DmasterReply,
     DmasterRequest,
     Message,

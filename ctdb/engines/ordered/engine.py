@@ -19,7 +19,8 @@ from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
-from ctdb.protocol.messages import Ordered, encode
+from ctdb.protocol.message_codec import encode
+from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import Record, live_value

@@ -29,7 +29,8 @@ from ctdb.engines.ordered.locks import LockQueue, Owner
 from ctdb.engines.ordered.replica import Replica
 from ctdb.engines.ordered.stability import Stability
 from ctdb.engines.ordered.sync import SyncRound, make_plan
-from ctdb.protocol.messages import Ordered, encode
+from ctdb.protocol.message_codec import encode
+from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
 from transport.base import View

@@ -1,0 +1,168 @@
+"""Node messages to bytes and back, checked field by field (no I/O).
+
+Every message is encoded as a msgpack array `[type, field, field, ...]` in
+field order, so adding a message means adding a dataclass with a new `TYPE`
+(`ctdb.protocol.messages`) and nothing here.
+
+Nothing a peer sends is trusted. `decode` checks every field against its
+annotation (an `Annotated` check, or the plain type), the arguments of a
+`Control` and of an `Ordered` operation against the op's row in `CONTROLS` /
+`ORDERED` (`ctdb.protocol.op_schemas`), and that a field naming the sender
+(`SENDER`) is the node the transport says sent it. `check_reply` does the
+same for a control's result, which depends on the op that was asked. So no
+handler (`Node.ctl_*`, `OrderedEngine._apply_*`, `MigrationEngine.on_*`)
+ever sees a wrong type, a missing key, a pnn outside the nodes list or a key
+above the size limits. Sizes are checked against the largest limits any
+node may set (`config.WIRE_SIZES`), so every node decides alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgpack
+
+from ctdb.common.config import WIRE_SIZES
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import schema
+from ctdb.protocol.bounded_msgpack import unpack
+from ctdb.protocol.message_fields import CLIENT_DATA, NUMBER
+from ctdb.protocol.messages import MESSAGE_TYPES, ControlReply, Message
+from ctdb.protocol.op_schemas import CONTROLS
+from ctdb.protocol.schema import Check, Limits
+from ctdb.protocol.schema_scalars import ANY, BOOL, MAP, integer, text
+
+
+class DecodeError(CtdbError):
+    """A node message that is not valid: the sender breaks the protocol."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.PROTOCOL, message)
+
+
+def wire_limits(nodes: Sequence[object]) -> Limits:
+    """What node messages are checked against: the nodes list and the size ceilings."""
+    return Limits(nodes, WIRE_SIZES)
+
+
+#: The check for a field annotated with a plain type.
+_PLAIN: dict[object, Check] = {
+    int: integer(-(2**63), schema.U64_MAX),  # what msgpack carries
+    bytes: CLIENT_DATA,
+    str: text(4096),
+    bool: BOOL,
+    float: NUMBER,
+    Any: ANY,
+    dict[str, Any]: MAP,  # then checked by the op's row in the class's ARGS
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to check one message class, worked out once from its annotations."""
+
+    cls: type
+    names: tuple[str, ...]
+    checks: tuple[Check, ...]
+    sender: int | None  # index of the field naming the sender
+    op: int | None  # index of `op` when the class has an ARGS table
+    args: int | None
+
+    def first_invalid(self, values: list[Any], limits: Limits) -> str:
+        for name, check, value in zip(self.names, self.checks, values, strict=True):
+            try:
+                check(value, limits)
+            except schema.SchemaError:
+                return name
+        return "?"
+
+
+def _build_layout(cls: type) -> Layout:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = [f.name for f in dataclasses.fields(cls)]
+    checks = []
+    for name in names:
+        hint = hints[name]
+        if typing.get_origin(hint) is Annotated:
+            checks.append(hint.__metadata__[0])
+        else:
+            checks.append(_PLAIN[hint])
+    sender = getattr(cls, "SENDER", None)
+    has_ops = hasattr(cls, "ARGS")
+    return Layout(
+        cls,
+        tuple(names),
+        tuple(checks),
+        names.index(sender) if sender else None,
+        names.index("op") if has_ops else None,
+        names.index("args") if has_ops else None,
+    )
+
+
+_LAYOUTS: dict[int, Layout] = {cls.TYPE: _build_layout(cls) for cls in MESSAGE_TYPES}
+_FIELDS = {layout.cls: layout.names for layout in _LAYOUTS.values()}
+
+
+def layout(cls: type[Message]) -> Layout:
+    """The fields of message class `cls` and their checks (for tools and tests)."""
+    return _LAYOUTS[cls.TYPE]
+
+
+def encode(msg: Message) -> bytes:
+    names = _FIELDS[type(msg)]
+    return msgpack.packb([msg.TYPE, *[getattr(msg, n) for n in names]], use_bin_type=True)
+
+
+def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:
+    """A checked message from `sender`'s bytes, or `DecodeError` saying what is wrong."""
+    try:
+        items = unpack(data)
+    except Exception as exc:
+        raise DecodeError(f"undecodable node message: {type(exc).__name__}: {exc}") from None
+    if type(items) is not list or not items or type(items[0]) is not int:
+        raise DecodeError("a node message is an array starting with its type number")
+    form = _LAYOUTS.get(items[0])
+    if form is None:
+        raise DecodeError(f"unknown node message type {items[0]}")
+    name = form.cls.__name__
+    if len(items) != len(form.names) + 1:
+        raise DecodeError(f"{name} needs {len(form.names)} fields, got {len(items) - 1}")
+    values = items[1:]
+    try:
+        for check, value in zip(form.checks, values, strict=True):
+            check(value, limits)
+    except schema.SchemaError as exc:
+        # which field failed is worked out only on this error path
+        raise DecodeError(f"{name}.{exc.at(form.first_invalid(values, limits)).message}") from None
+    if form.op is not None:
+        assert form.args is not None
+        op = values[form.op]
+        args_check = form.cls.ARGS.get(op)  # type: ignore[attr-defined]
+        if args_check is None:
+            raise DecodeError(f"{name}: unknown op {schema.short(op)}")
+        try:
+            args_check(values[form.args], limits)
+        except schema.SchemaError as exc:
+            raise DecodeError(f"{name}.{exc.at(f'{op}.args').message}") from None
+    if sender is not None and form.sender is not None and values[form.sender] != sender:
+        field = form.names[form.sender]
+        raise DecodeError(f"{name}.{field} is {values[form.sender]}, but node {sender} sent it")
+    msg: Message = form.cls(*values)
+    return msg
+
+
+def check_reply(op: str, reply: ControlReply, limits: Limits) -> Any:
+    """The result of a reply to control `op`, checked; `DecodeError` if malformed."""
+    if reply.code:
+        if type(reply.result) is not str:
+            raise DecodeError(f"error reply to {op} carries no message")
+        return reply.result
+    try:
+        CONTROLS[op].result(reply.result, limits)
+    except schema.SchemaError as exc:
+        raise DecodeError(f"reply to {op}: {exc.message}") from None
+    return reply.result
