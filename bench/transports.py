@@ -736,6 +736,7 @@ class Pair:
 async def idle_member(ns: argparse.Namespace) -> None:
     """A third CPG member that only receives (and drops) everything: 3-process cost."""
     from transport import libcpg
+    from transport.libcpg_abi import Dispatch
 
     conf = json.loads(ns.conf)
     loop = asyncio.get_running_loop()
@@ -753,7 +754,7 @@ async def idle_member(ns: argparse.Namespace) -> None:
     h = libcpg.CpgHandle(lambda *a: None, lambda *a: None)
     h.join(conf["group"])
     fd = h.fd()
-    loop.add_reader(fd, h.dispatch, libcpg.Dispatch.CS_DISPATCH_ALL)
+    loop.add_reader(fd, h.dispatch, Dispatch.CS_DISPATCH_ALL)
     await done.wait()
     loop.remove_reader(fd)
     h.finalize()

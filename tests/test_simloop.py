@@ -13,7 +13,8 @@ import contextvars
 
 from tools.sim.loop import NODE, VirtualTimeLoop
 from transport.base import TransportOptions, View
-from transport.memory import MemoryNetwork, MemoryTransport
+from transport.memory import MemoryTransport
+from transport.memory_network import MemoryNetwork
 
 
 def node_context(pnn: int) -> contextvars.Context:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from tools.sim.scheduler import SimScheduler
 from transport.base import TransportOptions, View
-from transport.memory import MemoryNetwork, MemoryTransport
+from transport.memory import MemoryTransport
+from transport.memory_network import MemoryNetwork
 
 Event = tuple[str, int, object]
 

@@ -1,15 +1,8 @@
 """A small, typed ctypes binding of corosync's libcpg (``libcpg.so.4``).
 
 Why ctypes: Debian ships no Python binding for CPG, and we need only a
-handful of calls.  The layouts below follow corosync 3.x
-``include/corosync/cpg.h`` and ``corotypes.h``:
-
-* ``cpg_handle_t`` is a ``uint64_t``;
-* ``struct cpg_name { uint32_t length; char value[128]; }``;
-* ``struct cpg_address { uint32_t nodeid, pid, reason; }``;
-* ``cpg_callbacks_t { deliver_fn; confchg_fn; }`` (corosync 3 dropped the
-  third ``groups_get`` member);
-* callbacks take ``size_t`` lengths.
+handful of calls. The C declarations it rests on (corosync 3.x struct
+layouts, error codes, prototypes) are in `transport.libcpg_abi`.
 
 `CpgHandle.mcast` and `CpgHandle.dispatch` (except with
 `CS_DISPATCH_BLOCKING`, never used by the transport) do not block.  The other
@@ -24,79 +17,26 @@ libcpg keeps raw pointers to them.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import enum
 import select
 from collections.abc import Callable
 from dataclasses import dataclass
 
-CPG_MAX_NAME_LENGTH = 128
+from transport.libcpg_abi import (
+    CONFCHG_FN,
+    CPG_MAX_NAME_LENGTH,
+    DELIVER_FN,
+    CpgAddressStruct,
+    CpgCallbacksStruct,
+    CpgNameStruct,
+    CsError,
+    Dispatch,
+    Guarantee,
+    IoVecStruct,
+    load,
+)
+
 #: multicasts between two checks that the IPC socket has room (see `CpgHandle.mcast`)
 _SENDS_PER_CHECK = 32
-
-
-class CsError(enum.IntEnum):
-    """corosync's ``cs_error_t``."""
-
-    CS_OK = 1
-    CS_ERR_LIBRARY = 2
-    CS_ERR_VERSION = 3
-    CS_ERR_INIT = 4
-    CS_ERR_TIMEOUT = 5
-    CS_ERR_TRY_AGAIN = 6
-    CS_ERR_INVALID_PARAM = 7
-    CS_ERR_NO_MEMORY = 8
-    CS_ERR_BAD_HANDLE = 9
-    CS_ERR_BUSY = 10
-    CS_ERR_ACCESS = 11
-    CS_ERR_NOT_EXIST = 12
-    CS_ERR_NAME_TOO_LONG = 13
-    CS_ERR_EXIST = 14
-    CS_ERR_NO_SPACE = 15
-    CS_ERR_INTERRUPT = 16
-    CS_ERR_NAME_NOT_FOUND = 17
-    CS_ERR_NO_RESOURCES = 18
-    CS_ERR_NOT_SUPPORTED = 19
-    CS_ERR_BAD_OPERATION = 20
-    CS_ERR_FAILED_OPERATION = 21
-    CS_ERR_MESSAGE_ERROR = 22
-    CS_ERR_QUEUE_FULL = 23
-    CS_ERR_QUEUE_NOT_AVAILABLE = 24
-    CS_ERR_BAD_FLAGS = 25
-    CS_ERR_TOO_BIG = 26
-    CS_ERR_NO_SECTIONS = 27
-    CS_ERR_CONTEXT_NOT_FOUND = 28
-    CS_ERR_TOO_MANY_GROUPS = 30
-    CS_ERR_SECURITY = 100
-
-
-class Dispatch(enum.IntEnum):
-    """``cs_dispatch_flags_t``."""
-
-    CS_DISPATCH_ONE = 1
-    CS_DISPATCH_ALL = 2
-    CS_DISPATCH_BLOCKING = 3
-    CS_DISPATCH_ONE_NONBLOCKING = 4
-
-
-class Guarantee(enum.IntEnum):
-    """``cpg_guarantee_t``: corosync implements only FIFO (== AGREED) and AGREED."""
-
-    CPG_TYPE_UNORDERED = 0
-    CPG_TYPE_FIFO = 1
-    CPG_TYPE_AGREED = 2
-    CPG_TYPE_SAFE = 3
-
-
-class Reason(enum.IntEnum):
-    """``cpg_reason_t``: why a member appears in a joined/left list."""
-
-    CPG_REASON_UNDEFINED = 0
-    CPG_REASON_JOIN = 1
-    CPG_REASON_LEAVE = 2
-    CPG_REASON_NODEDOWN = 3
-    CPG_REASON_NODEUP = 4
-    CPG_REASON_PROCDOWN = 5
 
 
 class CpgError(Exception):
@@ -115,44 +55,6 @@ class CpgError(Exception):
     def try_again(self) -> bool:
         """True for the one transient error: corosync's queue is full, retry later."""
         return self.code == CsError.CS_ERR_TRY_AGAIN
-
-
-class _CpgName(ctypes.Structure):
-    _fields_ = [("length", ctypes.c_uint32), ("value", ctypes.c_char * CPG_MAX_NAME_LENGTH)]
-
-
-class _CpgAddress(ctypes.Structure):
-    _fields_ = [("nodeid", ctypes.c_uint32), ("pid", ctypes.c_uint32), ("reason", ctypes.c_uint32)]
-
-
-class _IoVec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-_DELIVER_FN = ctypes.CFUNCTYPE(
-    None,
-    ctypes.c_uint64,
-    ctypes.POINTER(_CpgName),
-    ctypes.c_uint32,
-    ctypes.c_uint32,
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-)
-_CONFCHG_FN = ctypes.CFUNCTYPE(
-    None,
-    ctypes.c_uint64,
-    ctypes.POINTER(_CpgName),
-    ctypes.POINTER(_CpgAddress),
-    ctypes.c_size_t,
-    ctypes.POINTER(_CpgAddress),
-    ctypes.c_size_t,
-    ctypes.POINTER(_CpgAddress),
-    ctypes.c_size_t,
-)
-
-
-class _CpgCallbacks(ctypes.Structure):
-    _fields_ = [("cpg_deliver_fn", _DELIVER_FN), ("cpg_confchg_fn", _CONFCHG_FN)]
 
 
 @dataclass(frozen=True)
@@ -176,56 +78,10 @@ ConfchgCallback = Callable[[str, list[CpgAddress], list[CpgAddress], list[CpgAdd
 """(group, members, left, joined)"""
 
 
-_lib: ctypes.CDLL | None = None
-
-
-def _load() -> ctypes.CDLL:
-    """Load libcpg once, lazily, so importing this module never fails."""
-    global _lib
-    if _lib is None:
-        name = ctypes.util.find_library("cpg") or "libcpg.so.4"
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            lib = ctypes.CDLL("libcpg.so.4")
-        h = ctypes.c_uint64
-        u32p = ctypes.POINTER(ctypes.c_uint32)
-        lib.cpg_initialize.argtypes = [ctypes.POINTER(h), ctypes.POINTER(_CpgCallbacks)]
-        lib.cpg_finalize.argtypes = [h]
-        lib.cpg_fd_get.argtypes = [h, ctypes.POINTER(ctypes.c_int)]
-        lib.cpg_dispatch.argtypes = [h, ctypes.c_int]
-        lib.cpg_join.argtypes = [h, ctypes.POINTER(_CpgName)]
-        lib.cpg_leave.argtypes = [h, ctypes.POINTER(_CpgName)]
-        lib.cpg_mcast_joined.argtypes = [h, ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_uint]
-        lib.cpg_local_get.argtypes = [h, u32p]
-        lib.cpg_max_atomic_msgsize_get.argtypes = [h, u32p]
-        lib.cpg_membership_get.argtypes = [
-            h,
-            ctypes.POINTER(_CpgName),
-            ctypes.POINTER(_CpgAddress),
-            ctypes.POINTER(ctypes.c_int),
-        ]
-        for fn in (
-            lib.cpg_initialize,
-            lib.cpg_finalize,
-            lib.cpg_fd_get,
-            lib.cpg_dispatch,
-            lib.cpg_join,
-            lib.cpg_leave,
-            lib.cpg_mcast_joined,
-            lib.cpg_local_get,
-            lib.cpg_max_atomic_msgsize_get,
-            lib.cpg_membership_get,
-        ):
-            fn.restype = ctypes.c_int
-        _lib = lib
-    return _lib
-
-
 def available() -> bool:
     """Is libcpg loadable on this machine at all?"""
     try:
-        _load()
+        load()
     except OSError:
         return False
     return True
@@ -236,21 +92,21 @@ def _check(func: str, rc: int) -> None:
         raise CpgError(func, rc)
 
 
-def _name(group: str) -> _CpgName:
+def _name(group: str) -> CpgNameStruct:
     raw = group.encode()
     if len(raw) > CPG_MAX_NAME_LENGTH:
         raise ValueError(f"CPG group name longer than {CPG_MAX_NAME_LENGTH} bytes: {group!r}")
-    n = _CpgName()
+    n = CpgNameStruct()
     n.length = len(raw)
     n.value = raw
     return n
 
 
-def _addresses(ptr: ctypes._Pointer[_CpgAddress], count: int) -> list[CpgAddress]:
+def _addresses(ptr: ctypes._Pointer[CpgAddressStruct], count: int) -> list[CpgAddress]:
     return [CpgAddress(ptr[i].nodeid, ptr[i].pid, ptr[i].reason) for i in range(count)]
 
 
-def _group(ptr: ctypes._Pointer[_CpgName]) -> str:
+def _group(ptr: ctypes._Pointer[CpgNameStruct]) -> str:
     n = ptr.contents
     return bytes(n.value[: n.length]).decode(errors="replace")
 
@@ -268,15 +124,15 @@ class CpgHandle:
         on_deliver: DeliverCallback | None = None,
         on_confchg: ConfchgCallback | None = None,
     ) -> None:
-        self._lib = _load()
+        self._lib = load()
         self.on_deliver = on_deliver
         self.on_confchg = on_confchg
         self._pending_exc: BaseException | None = None
         # Keep the CFUNCTYPE objects (and the struct pointing at them) alive for
         # the handle's lifetime: libcpg stores the raw function pointers.
-        self._deliver_cb = _DELIVER_FN(self._deliver)
-        self._confchg_cb = _CONFCHG_FN(self._confchg)
-        self._callbacks = _CpgCallbacks(self._deliver_cb, self._confchg_cb)
+        self._deliver_cb = DELIVER_FN(self._deliver)
+        self._confchg_cb = CONFCHG_FN(self._confchg)
+        self._callbacks = CpgCallbacksStruct(self._deliver_cb, self._confchg_cb)
         handle = ctypes.c_uint64(0)
         rc = self._lib.cpg_initialize(ctypes.byref(handle), ctypes.byref(self._callbacks))
         _check("cpg_initialize", rc)
@@ -289,7 +145,7 @@ class CpgHandle:
     def _deliver(
         self,
         handle: int,
-        group: ctypes._Pointer[_CpgName],
+        group: ctypes._Pointer[CpgNameStruct],
         nodeid: int,
         pid: int,
         msg: int | None,
@@ -306,12 +162,12 @@ class CpgHandle:
     def _confchg(
         self,
         handle: int,
-        group: ctypes._Pointer[_CpgName],
-        members: ctypes._Pointer[_CpgAddress],
+        group: ctypes._Pointer[CpgNameStruct],
+        members: ctypes._Pointer[CpgAddressStruct],
         n_members: int,
-        left: ctypes._Pointer[_CpgAddress],
+        left: ctypes._Pointer[CpgAddressStruct],
         n_left: int,
-        joined: ctypes._Pointer[_CpgAddress],
+        joined: ctypes._Pointer[CpgAddressStruct],
         n_joined: int,
     ) -> None:
         try:
@@ -364,7 +220,7 @@ class CpgHandle:
         _check("cpg_leave", self._lib.cpg_leave(self._h(), ctypes.byref(_name(group))))
 
     def membership(self, group: str) -> list[CpgAddress]:
-        arr = (_CpgAddress * 128)()
+        arr = (CpgAddressStruct * 128)()
         count = ctypes.c_int(128)
         _check(
             "cpg_membership_get",
@@ -397,7 +253,7 @@ class CpgHandle:
             if not self._writable.poll(0):
                 raise CpgError("cpg_mcast_joined", CsError.CS_ERR_TRY_AGAIN)
             self._sends_unchecked = 0
-        iov = (_IoVec * len(parts))()
+        iov = (IoVecStruct * len(parts))()
         for i, part in enumerate(parts):
             # c_char_p points into the bytes object itself: no copy; `parts`
             # keeps the objects alive for the duration of the call.

@@ -28,7 +28,8 @@ import pytest
 
 from tests.transport.member import Event, Recorder, execute
 from transport.base import Capabilities, TransportOptions, transport_class
-from transport.memory import MemoryNetwork, MemoryTransport
+from transport.memory import MemoryTransport
+from transport.memory_network import MemoryNetwork
 
 REPO = Path(__file__).resolve().parents[2]
 MEMBER = Path(__file__).resolve().with_name("member.py")

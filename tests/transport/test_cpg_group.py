@@ -15,7 +15,8 @@ from collections import deque
 import msgpack
 
 from transport.base import View
-from transport.cpg_group import BROADCAST, HDR, K_DATA, K_EXPEL, K_HELLO, Event, Group, Member
+from transport.cpg_group import Group
+from transport.cpg_wire import BROADCAST, HDR, K_DATA, K_EXPEL, K_HELLO, Event, Member
 
 GROUP = "g"
 

@@ -22,7 +22,8 @@ from ctdb.server.node import Node
 from tools.sim.loop import NODE, VirtualTimeLoop
 from tools.sim.storage import Disk, SimLocalDb
 from transport.base import TransportOptions
-from transport.memory import MemoryNetwork, MemoryTransport
+from transport.memory import MemoryTransport
+from transport.memory_network import MemoryNetwork
 
 #: Fast failure detection (0.3 s) and short timeouts keep schedules short.
 SIM_TUNABLES = {

@@ -4,8 +4,9 @@ Everything random (latencies, which in-flight messages a crash loses) comes
 from its one `random.Random(seed)`, and ties are broken by insertion order,
 so a run is a pure function of the seed and can be replayed exactly; the
 optional trace lets a test prove that. The network runs on it through
-`transport.memory.Scheduler`. (The cluster simulator itself runs real nodes
-on an asyncio loop with a virtual clock instead: `tools/sim/loop.py`.)
+`transport.memory_links.Scheduler`. (The cluster simulator itself runs
+real nodes on an asyncio loop with a virtual clock instead:
+`tools/sim/loop.py`.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,244 @@
+"""The traffic of the one CPG member a process has: out, in, and who is alive.
+
+Why a module of its own: `transport.cpg_connection.Connection` decides when
+the process is a member at all (joining, losing corosync, being expelled,
+reconnecting) and what the group's state machine asks of it; this base class
+moves its messages while it is one. Out: payloads cut into chunks of at most
+``cpg_max_atomic_msgsize``, queued while corosync answers TRY_AGAIN, with a
+high-water mark for `drain()`. In: CPG callbacks turned into events for the
+state machine (`transport.cpg_group`), dispatched in bounded batches. Alive:
+a small ALIVE when idle, and an EXPEL for a member silent too long. Why each
+is done this way is in `transport.cpg`'s docstring.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from transport import libcpg
+from transport.base import TransportOptions
+from transport.cpg_group import Group
+from transport.cpg_wire import BROADCAST, F_MORE, HDR, K_ALIVE, K_EXPEL, K_HELLO, Event, Member
+from transport.libcpg_abi import Reason
+
+if TYPE_CHECKING:
+    from transport.cpg import CpgTransport
+
+log = logging.getLogger("transport.cpg")
+
+DEFAULT_HIGH_WATER = 8 * 1024 * 1024
+TRY_AGAIN_DELAY = 0.001
+#: CPG events handled per event-loop turn: a process catching up on a long
+#: backlog (one that was stopped) keeps its timers and keepalives running.
+DISPATCH_BATCH = 256
+
+
+class CpgStream(abc.ABC):
+    """The handle, output queue, event intake and liveness of one CPG member."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, group: str, chunk: int) -> None:
+        self.loop = loop
+        self.group = group
+        self.want_chunk = chunk
+        self.chunk = chunk
+        self.transports: dict[int, CpgTransport] = {}
+        self.handle: libcpg.CpgHandle | None = None
+        self.fd: int | None = None
+        self.me: Member = (0, os.getpid())
+        #: the group's state as this process follows it, from the join of the current handle
+        self.machine: Group | None = None
+        self.outq: deque[bytes] = deque()
+        self.out_bytes = 0
+        self.retry: asyncio.TimerHandle | None = None
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.high_water = DEFAULT_HIGH_WATER
+        self.events: list[Event] = []
+        #: liveness: loop time each CPG member (ourselves included) was last delivered
+        self.heard: dict[Member, float] = {}
+        #: members we multicast an EXPEL for, until it is applied or they leave
+        self.expelling: set[Member] = set()
+        self.ticker: asyncio.TimerHandle | None = None
+        self.last_tick = 0.0
+        self.quiet = True  # nothing multicast since the last tick
+
+    @abc.abstractmethod
+    def _lost(self, why: object) -> None:
+        """A call to corosync failed: it is gone (`Connection` goes solo and reconnects)."""
+
+    def _drop_handle(self) -> None:
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
+        if self.fd is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.fd)
+            self.fd = None
+        if self.handle is not None:
+            self.handle.finalize()
+            self.handle = None
+        self.outq.clear()
+        self.out_bytes = 0
+        self.drained.set()
+
+    # -- liveness ---------------------------------------------------------------
+
+    def _keepalive(self) -> tuple[float, float]:
+        """(tick interval, silence after which a member is expelled), from the options."""
+        opts = [t.options for t in self.transports.values()] or [TransportOptions()]
+        interval = min(o.keepalive_interval for o in opts)
+        return interval, min(o.keepalive_interval * o.keepalive_limit for o in opts)
+
+    def _tick(self) -> None:
+        """Every keepalive interval: say we are alive if idle, and expel the silent."""
+        now = self.loop.time()
+        interval, limit = self._keepalive()
+        if now - self.last_tick > 2 * interval:
+            # We were the silent one (stopped, or a long synchronous step):
+            # what we have not read yet says nothing about the others.
+            self.heard = dict.fromkeys(self.heard, now)
+        self.last_tick = now
+        if self.quiet:
+            self._enqueue(K_ALIVE, 0, BROADCAST, b"")
+        self.quiet = True
+        if (
+            self.machine is not None
+            and self.machine.synced
+            and now - self.heard.get(self.me, now) <= limit
+        ):
+            # Only while our own messages come back: when they do not, the
+            # ring itself stalls, and corosync's token timeout decides.
+            self._expel_silent(now, limit)
+        if self.handle is not None:
+            self.ticker = self.loop.call_later(interval, self._tick)
+
+    def _expel_silent(self, now: float, limit: float) -> None:
+        machine = self.machine
+        assert machine is not None
+        for m in machine.cpg_members:
+            if m == self.me or m in machine.state.expelled or m in self.expelling:
+                continue
+            silent = now - self.heard.setdefault(m, now)
+            if silent > limit:
+                pnns = machine.pnns_of(m)
+                log.warning(
+                    "group %r: member %s (pnn %s) silent for %.1fs (stopped or blocked): "
+                    "expelling it",
+                    self.group,
+                    m,
+                    ",".join(map(str, pnns)) or "none",
+                    silent,
+                )
+                self.expelling.add(m)
+                self._enqueue(K_EXPEL, 0, BROADCAST, msgpack.packb(list(m)))
+
+    # -- output ---------------------------------------------------------------
+
+    def _hello(self, t: CpgTransport) -> None:
+        body = msgpack.packb({"pnn": t.pnn, "last_view_id": t.view.view_id})
+        self._enqueue(K_HELLO, t.lid, BROADCAST, body)
+
+    def _enqueue(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
+        if self.handle is None:
+            return
+        self.quiet = False
+        chunk = self.chunk
+        n = len(payload)
+        if n <= chunk:
+            self.outq.append(HDR.pack(kind, 0, lid, dest) + payload)
+            self.out_bytes += n
+        else:
+            view = memoryview(payload)
+            for off in range(0, n, chunk):
+                more = F_MORE if off + chunk < n else 0
+                self.outq.append(HDR.pack(kind, more, lid, dest) + view[off : off + chunk])
+            self.out_bytes += n
+        if self.out_bytes >= self.high_water:
+            self.drained.clear()
+        if self.retry is None:
+            self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        """Hand queued chunks to corosync until it says TRY_AGAIN."""
+        self.retry = None
+        handle = self.handle
+        q = self.outq
+        while q and handle is not None:
+            item = q[0]
+            try:
+                handle.mcast(item)
+            except libcpg.CpgError as exc:
+                if exc.try_again:
+                    if final:
+                        raise
+                    self.retry = self.loop.call_later(TRY_AGAIN_DELAY, self._flush)
+                    break
+                self._lost(exc)
+                return
+            q.popleft()
+            self.out_bytes -= len(item) - HDR.size
+        if self.out_bytes < self.high_water:
+            self.drained.set()
+        else:
+            self.drained.clear()
+
+    # -- input ----------------------------------------------------------------
+
+    def _cb_deliver(self, group: str, nodeid: int, pid: int, msg: bytes) -> None:
+        self.events.append((group, (nodeid, pid), msg))
+
+    def _cb_confchg(
+        self,
+        group: str,
+        members: list[libcpg.CpgAddress],
+        left: list[libcpg.CpgAddress],
+        joined: list[libcpg.CpgAddress],
+    ) -> None:
+        self.events.append(
+            (
+                group,
+                [a.member for a in members],
+                [a.member for a in left],
+                [a.member for a in joined],
+                [a.member for a in joined if a.reason == Reason.CPG_REASON_NODEUP],
+            )
+        )
+
+    def _on_readable(self) -> None:
+        handle = self.handle
+        if handle is None:
+            return
+        try:
+            more = handle.dispatch_some(DISPATCH_BATCH)
+        except libcpg.CpgError as exc:
+            self.events.clear()
+            self._lost(exc)
+            return
+        events, self.events = self.events, []
+        now = self.loop.time()
+        limit = self._keepalive()[1]
+        for ev in events:
+            if self.handle is not handle:
+                break  # lost, expelled or closed while processing
+            if len(ev) == 3:
+                if ev[1] == self.me and now - self.heard.get(self.me, now) > limit:
+                    # Our own messages were held up too: the ring stalled
+                    # (corosync re-forming it), so nobody could be heard.
+                    self.heard = dict.fromkeys(self.heard, now)
+                self.heard[ev[1]] = now
+            assert self.machine is not None  # set with the handle
+            self.machine.event(ev)
+        if more and self.handle is handle:
+            # Leave the loop a turn (timers, our own keepalives), then go on.
+            self.loop.call_soon(self._on_readable)

@@ -1,0 +1,66 @@
+"""What the members of a CPG group send each other and agree on.
+
+Why a module of its own: the I/O shell (`transport.cpg_connection`) writes
+these messages and the pure state machine (`transport.cpg_group`) reads
+them, so their vocabulary lives apart from both: the header every message
+carries and the message kinds, how members are named, the events corosync's
+callbacks report, and the agreed state that a joiner receives as its
+snapshot (STATE).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+# Wire header of every CPG message: kind, flags, logical id, destination pnn.
+HDR = struct.Struct("<BBHi")
+K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL = 1, 2, 3, 4, 5, 6, 7
+F_MORE = 1  # more fragments of this message follow
+BROADCAST = -1
+
+Member = tuple[int, int]  # CPG member: (nodeid, pid)
+Logical = tuple[int, int, int]  # logical member: (nodeid, pid, lid)
+
+# Events as the CPG callbacks report them.
+# (group, members, left, joined, joined by a partition merge: reason NODEUP)
+Confchg = tuple[str, list[Member], list[Member], list[Member], list[Member]]
+Deliver = tuple[str, Member, bytes]
+Event = Confchg | Deliver
+
+
+@dataclass
+class Agreed:
+    """What every synced member agrees on at a given stream position."""
+
+    members: dict[Logical, int] = field(default_factory=dict)  # -> pnn
+    view_id: int = 0
+    view: tuple[int, ...] = ()
+    synced: set[Member] = field(default_factory=set)
+    # joiner -> snapshot at its join position, until its STATE is delivered
+    pending: dict[Member, dict[str, Any]] = field(default_factory=dict)
+    # processes expelled for silence, until corosync reports that they left
+    expelled: set[Member] = field(default_factory=set)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A msgpack-able copy; pending joiners' snapshots are nested one level deep."""
+        return {
+            "members": [[n, p, lid, pnn] for (n, p, lid), pnn in sorted(self.members.items())],
+            "view_id": self.view_id,
+            "view": list(self.view),
+            "synced": [list(m) for m in sorted(self.synced)],
+            "pending": [[list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())],
+            "expelled": [list(m) for m in sorted(self.expelled)],
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> Agreed:
+        return cls(
+            members={(n, p, lid): pnn for n, p, lid, pnn in snap["members"]},
+            view_id=snap["view_id"],
+            view=tuple(snap["view"]),
+            synced={(m[0], m[1]) for m in snap["synced"]},
+            pending={(m[0], m[1]): s for m, s in snap["pending"]},
+            expelled={(m[0], m[1]) for m in snap["expelled"]},
+        )

@@ -1,0 +1,304 @@
+"""Who reaches whom on the simulated network, and the views that follow.
+
+Why a module of its own: this is where the two modes of
+`transport.memory_network.MemoryNetwork` differ. FIFO mode (like tcp) gives
+every endpoint its own view, installed behind the last message it gets from
+a departed peer; VS mode (like corosync's CPG) runs a sequencer that puts
+every message and view change into one order and flushes before it installs
+a view. The faults that change who reaches whom are injected one layer up,
+in `transport.memory_network`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from transport.base import View
+from transport.memory_links import SEQUENCER, LinkLayer, Scheduler, show_payload
+
+if TYPE_CHECKING:
+    from transport.memory import MemoryTransport
+
+
+@dataclass
+class _PendingView:
+    """FIFO mode: a view an endpoint installs once `markers` links have drained."""
+
+    members: frozenset[int]
+    markers: int
+
+
+class ViewLayer(LinkLayer):
+    """The topology of a `MemoryNetwork` and the views each mode makes of it."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler | None,
+        *,
+        seed: int,
+        total_order: bool,
+        latency: tuple[float, float],
+    ) -> None:
+        super().__init__(scheduler, seed=seed, latency=latency)
+        self.total_order = total_order
+        self._alive: set[int] = set()
+        self._groups: list[frozenset[int]] | None = None
+        #: Pairs cut on their own (`cut`, or a one-way loss once detected).
+        self._split: set[frozenset[int]] = set()
+        #: Hung endpoints, with the token of their detection timer.
+        self._hung: dict[int, object] = {}
+        #: Hung endpoints their peers have given up on (FIFO mode).
+        self._isolated: set[int] = set()
+        # FIFO mode: per-endpoint queue of views waiting for removal markers.
+        self._pending_views: dict[int, deque[_PendingView]] = {}
+        # VS mode: the sequencer's state.
+        self._installed: dict[int, View] = {}
+        self._next_view_id = 1
+        self._awaiting: set[int] | None = None  # flush acks still missing
+        self._flushed: set[int] = set()
+        # Dead members whose removal is not ordered yet, with their last view.
+        self._departed: dict[int, View] = {}
+
+    # -- topology -------------------------------------------------------------
+
+    @property
+    def members(self) -> frozenset[int]:
+        """Endpoints currently attached and alive."""
+        return frozenset(self._alive)
+
+    def connected(self, a: int, b: int) -> bool:
+        if a == b:
+            return True
+        if self._groups is not None and not any(a in g and b in g for g in self._groups):
+            return False
+        return frozenset((a, b)) not in self._split and not {a, b} & self._isolated
+
+    def _reachable(self, pnn: int) -> frozenset[int]:
+        return frozenset(p for p in self._alive if self.connected(pnn, p))
+
+    def _cliques(self) -> dict[int, frozenset[int]]:
+        """VS mode: groups whose members all reach each other, greedily by pnn.
+
+        Totem forms a ring only of processors that can all talk; with a
+        non-transitive cut a node reachable from both sides joins one.
+        """
+        groups: dict[int, frozenset[int]] = {}
+        for p in sorted(self._alive):
+            if p in groups:
+                continue
+            group = [p]
+            for q in sorted(self._alive):
+                if q not in groups and q not in group and all(self.connected(q, m) for m in group):
+                    group.append(q)
+            for m in group:
+                groups[m] = frozenset(group)
+        return groups
+
+    def link_ok(self, a: int, b: int) -> bool:
+        """`a` and `b` are connected and nothing between them is held back."""
+        return self.connected(a, b) and (a, b) not in self._held and (b, a) not in self._held
+
+    def _connections(self) -> set[tuple[int, int]]:
+        return {(a, b) for a in self._alive for b in self._alive if self.connected(a, b)}
+
+    def _topology_changed(self, cut: set[tuple[int, int]]) -> None:
+        if self.total_order:
+            self._vs_reconcile()
+        else:
+            self._fifo_topology_changed(cut, removed_from=set())
+
+    def _arrive(self, src: int, dst: int, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if dst == SEQUENCER:
+            self._sequence(src, item)
+            return
+        ep = self._endpoints.get(dst)
+        if ep is None or ep._dead:
+            return
+        if kind == "msg":
+            origin, payload = item[1], item[2]
+            if self._tracing:
+                self._record(f"deliver {origin}->{dst} {show_payload(payload)}")
+            ep.on_message(origin, payload)
+        elif kind == "marker":
+            pending = self._pending_views.get(dst)
+            if pending:
+                for pv in pending:
+                    if pv.markers > 0 and item[1] is pv:
+                        pv.markers -= 1
+                        break
+                self._fifo_install(dst)
+        elif kind == "view":
+            view = item[1]
+            self._record(f"view {dst} {view.view_id} {list(view.members)}")
+            ep._vs_install(view)
+        elif kind == "flush":
+            ep._held_mode = True
+            self._enqueue(dst, SEQUENCER, ("flush_ok",), 0, dst)
+
+    # -- FIFO mode ------------------------------------------------------------
+
+    def _fifo_topology_changed(self, cut: set[tuple[int, int]], removed_from: set[int]) -> None:
+        """Queue a view for every endpoint whose reachable set changed.
+
+        A view that drops peer P waits for a marker sent behind P's last
+        surviving message on the (P, me) link, so the view change comes after
+        whatever part of P's stream this endpoint gets, as over TCP.
+        """
+        for key in cut:
+            chan = self._channels.get(key)
+            if chan is not None:
+                self._cut(chan)
+        for pnn in sorted(self._alive):
+            ep = self._endpoints[pnn]
+            queue = self._pending_views.setdefault(pnn, deque())
+            latest = queue[-1].members if queue else frozenset(ep.view.members)
+            target = self._reachable(pnn)
+            if target == latest:
+                continue
+            pv = _PendingView(target, 0)
+            queue.append(pv)
+            for gone in sorted(latest - target):
+                pv.markers += 1
+                self._enqueue(gone, pnn, ("marker", pv), 0, gone)
+            if pv.markers == 0:
+                self._call_later(0.0, self._fifo_install, pnn, at=pnn)
+
+    def _fifo_install(self, pnn: int) -> None:
+        queue = self._pending_views.get(pnn)
+        ep = self._endpoints.get(pnn)
+        if not queue or ep is None or ep._dead:
+            return
+        while queue and queue[0].markers == 0:
+            pv = queue.popleft()
+            if frozenset(ep.view.members) != pv.members:
+                ep._set_view(set(pv.members))
+                self._record(f"view {pnn} {ep.view.view_id} {list(ep.view.members)}")
+
+    def _fifo_send(self, src: int, dst: int, payload: bytes) -> None:
+        if dst not in self._alive or not self.connected(src, dst):
+            return
+        self._enqueue(src, dst, ("msg", src, payload), len(payload), src)
+
+    # -- VS mode --------------------------------------------------------------
+
+    def _vs_submit(self, src: int, item: tuple[Any, ...], size: int) -> None:
+        self._enqueue(src, SEQUENCER, item, size, src)
+
+    def _sequence(self, src: int, item: tuple[Any, ...]) -> None:
+        """The sequencer: one global order for messages, flush acks and views."""
+        kind = item[0]
+        if kind == "flush_ok":
+            if self._awaiting is not None and src in self._awaiting:
+                self._awaiting.discard(src)
+                self._flushed.add(src)
+            self._vs_try_complete()
+            return
+        view = self._departed.get(src) or self._installed.get(src)
+        if view is None:
+            return
+        # Only members still in that very view get it: not a restarted
+        # incarnation of a dead member, not members that moved on.
+        recipients = [
+            d for d in view.members if d in self._alive and self._installed.get(d) is view
+        ]
+        if kind == "bcast":
+            payload = item[1]
+            if self._tracing:
+                self._record(f"order {src} {show_payload(payload)}")
+            for dst in recipients:
+                self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
+        elif kind == "send":
+            dst, payload = item[1], item[2]
+            if dst in recipients:
+                if self._tracing:
+                    self._record(f"order {src}->{dst} {show_payload(payload)}")
+                self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
+        if src in self._departed:
+            self._vs_try_complete()
+
+    def _vs_targets(self) -> dict[int, frozenset[int]]:
+        return self._cliques()
+
+    def _vs_changed(self) -> set[int]:
+        changed = {
+            p
+            for p, t in self._vs_targets().items()
+            if p not in self._installed or frozenset(self._installed[p].members) != t
+        }
+        # A departed member changes every view it was in.
+        for view in self._departed.values():
+            changed |= {p for p in view.members if p in self._alive}
+        return changed
+
+    def _vs_reconcile(self) -> None:
+        """Start a flush if some member's view must change and none is running."""
+        if self._awaiting is not None:
+            self._vs_extend_flush()
+            self._vs_try_complete()
+            return
+        if not self._vs_changed():
+            self._vs_drop_departed()
+            return
+        self._awaiting = set()
+        self._flushed = set()
+        self._vs_extend_flush()
+        self._vs_try_complete()
+
+    def _vs_extend_flush(self) -> None:
+        assert self._awaiting is not None
+        for pnn in sorted(self._vs_changed()):
+            if pnn in self._installed and pnn not in self._flushed and pnn not in self._awaiting:
+                self._awaiting.add(pnn)
+                if pnn in self._hung:
+                    self._flush_ok_for(self._endpoints[pnn])
+                else:
+                    self._enqueue(SEQUENCER, pnn, ("flush",), 0, pnn)
+
+    def _flush_ok_for(self, ep: MemoryTransport) -> None:
+        """corosync acknowledges a flush for a stopped member: it sends nothing more."""
+        ep._held_mode = True
+        self._enqueue(ep.pnn, SEQUENCER, ("flush_ok",), 0, ep.pnn)
+
+    def _vs_drop_departed(self) -> None:
+        for gone in list(self._departed):
+            if not self._in_flight(gone):
+                del self._departed[gone]
+
+    def _in_flight(self, pnn: int) -> bool:
+        chan = self._channels.get((pnn, SEQUENCER))
+        return chan is not None and any(not p.dropped for p in chan.queue)
+
+    def _vs_try_complete(self) -> None:
+        """Install the next views once every survivor has flushed and every
+        departed member's surviving messages have been ordered."""
+        if self._awaiting is None or self._awaiting:
+            return
+        if any(self._in_flight(gone) for gone in self._departed):
+            return
+        self._vs_extend_flush()
+        if self._awaiting:
+            return
+        # A dead member's restarted incarnation joins in a later view, so that
+        # the others always see the departure (its state is gone).
+        gone = set(self._departed)
+        changed = (self._vs_changed() | (self._flushed & self._alive)) - gone
+        targets = {p: t - gone for p, t in self._vs_targets().items() if p not in gone}
+        self._departed.clear()
+        self._awaiting = None
+        self._flushed = set()
+        ids: dict[frozenset[int], View] = {}
+        for pnn in sorted(changed):
+            members = targets[pnn]
+            view = ids.get(members)
+            if view is None:
+                view = ids[members] = View(self._next_view_id, tuple(sorted(members)))
+                self._next_view_id += 1
+                self._record(f"order view {view.view_id} {list(view.members)}")
+            self._installed[pnn] = view
+            self._enqueue(SEQUENCER, pnn, ("view", view), 0, pnn)
+        # Reality may have moved on while we flushed.
+        if self._vs_changed():
+            self._vs_reconcile()
