@@ -12,10 +12,16 @@ GET_IFACES, GET_DBMAP, GET_DBNAME, GETDBPATH, DB_GET_HEALTH, GET_DB_SEQNUM,
 DB_ATTACH, DB_ATTACH_PERSISTENT, DB_ATTACH_REPLICATED (answered once every
 node attached), DB_OPEN_FLAGS (the flags the daemon's own handle has, which
 a client opening the file uses verbatim), TRAVERSE_START and
-TRAVERSE_START_EXT (`ctdb catdb`, smbd's traverses), REGISTER_SRVID and
-DEREGISTER_SRVID, and the leader's message (CTDB_SRVID_LEADER, at
-registration and every second). Controls for another node than this one
-are not forwarded yet (they fail), except those every node answers alike.
+TRAVERSE_START_EXT (`ctdb catdb`, smbd's traverses), and the leader's
+message (CTDB_SRVID_LEADER, at registration and every second).
+
+Messaging as ctdbd's: REGISTER_SRVID and DEREGISTER_SRVID (which fails for
+a srvid the client did not register), REQ_MESSAGE to one node, this one or
+every connected node (the sender's included), delivered to every client
+registered there for the srvid or for CTDB_SRVID_ALL. The srvids are the
+node's (`ctdb.server.messaging`), shared with the clients of our own
+protocol. Controls for another node than this one are not forwarded yet
+(they fail), except those every node answers alike.
 
 Every other request gets what ctdbd gives a request it cannot serve: a
 control reply with status -1 and no data, a call reply with status -1
@@ -32,15 +38,24 @@ import contextlib
 import logging
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol.client import ENTRY_HEAD_SRVID
 from ctdb.protocol.ctdb_control_structs import IfaceList, TraverseStart, TraverseStartExt
 from ctdb.protocol.ctdb_controls import codec_for
-from ctdb.protocol.ctdb_opcodes import CURRENT_NODE, Control, Operation
+from ctdb.protocol.ctdb_opcodes import (
+    BROADCAST_ACTIVE,
+    BROADCAST_ALL,
+    BROADCAST_CONNECTED,
+    CURRENT_NODE,
+    Control,
+    Operation,
+)
 from ctdb.protocol.ctdb_records import LtdbHeader, RecData
 from ctdb.protocol.ctdb_types import (
     Dbid,
@@ -82,6 +97,9 @@ LEADER_INTERVAL = 1.0
 ANY_NODE = frozenset({Control.GET_NODEMAP, Control.GETVNNMAP, Control.GET_IFACES})
 #: What ctdbd answers a request it cannot serve.
 FAILED = -1
+#: destnodes of a message for every connected node, this one included (ctdbd
+#: sends to all, active or connected nodes; pyctdb's messages go to the connected)
+BROADCASTS = frozenset({BROADCAST_ALL, BROADCAST_ACTIVE, BROADCAST_CONNECTED})
 
 #: (session, decoded request data) -> (status, reply value for the codec), or a
 #: coroutine of it for a control that needs the cluster (attach, traverse),
@@ -274,8 +292,8 @@ class CtdbSession(asyncio.Protocol):
         self.node = server.node
         self.decoder = PacketDecoder(int(self.node.tunable("MaxFrameSize")))
         self.transport: asyncio.Transport | None = None
-        #: message ids the client registered for (messages are not delivered yet)
-        self.srvids: set[int] = set()
+        #: message ids the client registered for, each as often as it did
+        self.srvids: Counter[int] = Counter()
         #: controls still waiting for the cluster (attach)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -287,6 +305,17 @@ class CtdbSession(asyncio.Protocol):
         self.server.sessions.discard(self)
         for task in self.tasks:
             task.cancel()
+        for srvid, times in self.srvids.items():
+            for _ in range(times):
+                self.node.messaging.deregister(srvid, self.on_message)
+        self.srvids.clear()
+
+    def on_message(self, srvid: int, src: int, data: bytes) -> None:
+        """A message for a srvid this client registered (or CTDB_SRVID_ALL)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        header = Header(0, CURRENT_NODE, self.node.pnn, self.node.generation)
+        self.transport.write(ReqMessage(header, srvid, data).encode())
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -310,9 +339,25 @@ class CtdbSession(asyncio.Protocol):
         if isinstance(packet, ReqCall):
             self.server.once("call", "record calls (REQ_CALL) are not served yet")
             return self._failure(packet.header, Operation.REQ_CALL)
+        if isinstance(packet, ReqMessage):
+            self._message(packet)
+            return None
         name = type(packet).__name__
         self.server.once(name, f"{name} is not served yet: dropped")
         return None
+
+    def _message(self, msg: ReqMessage) -> None:
+        """Send a client's message on: to one node's listeners, or every node's.
+
+        As ctdbd: nobody answers a message, so one that cannot go anywhere
+        (an unknown or disconnected node) is dropped, and logged once.
+        """
+        dest = msg.header.destnode
+        target = None if dest in BROADCASTS else self.node.pnn if dest == CURRENT_NODE else dest
+        try:
+            self.node.messaging.send(target, msg.srvid, msg.data)
+        except CtdbError as exc:
+            self.server.once(f"message to {dest}", f"message dropped: {exc.message}")
 
     def _reply_header(self, request: Header) -> Header:
         return Header(request.reqid, request.srcnode, self.node.pnn, self.node.generation)
@@ -334,11 +379,13 @@ class CtdbSession(asyncio.Protocol):
             dest = req.header.destnode
             if dest not in (CURRENT_NODE, self.node.pnn) and req.opcode not in ANY_NODE:
                 raise CtdbError(ErrorCode.NOT_SUPPORTED, f"controls for node {dest} (forwarding)")
-            if req.opcode in (Control.REGISTER_SRVID, Control.DEREGISTER_SRVID):
-                register = req.opcode == Control.REGISTER_SRVID
-                (self.srvids.add if register else self.srvids.discard)(req.srvid)
+            if req.opcode == Control.REGISTER_SRVID:
+                self._register(req.srvid)
                 # After the reply: a client installs its handler only then.
-                leader_now = register and req.srvid == SRVID_LEADER
+                leader_now = req.srvid == SRVID_LEADER
+                status, result = 0, None
+            elif req.opcode == Control.DEREGISTER_SRVID:
+                self._deregister(req.srvid)
                 status, result = 0, None
             else:
                 handler = HANDLERS.get(Control(req.opcode))
@@ -357,6 +404,22 @@ class CtdbSession(asyncio.Protocol):
         if leader_now:
             reply += self.server.leader_message()
         return reply or None
+
+    def _register(self, srvid: int) -> None:
+        if srvid == ENTRY_HEAD_SRVID:
+            # Nodes tell each other whose entry came first there (ctdb.server.owners).
+            raise CtdbError(ErrorCode.INVALID, f"srvid {srvid:#x} is reserved")
+        self.srvids[srvid] += 1
+        self.node.messaging.register(srvid, self.on_message)
+
+    def _deregister(self, srvid: int) -> None:
+        if not self.srvids[srvid]:
+            del self.srvids[srvid]
+            raise CtdbError(ErrorCode.NOT_FOUND, f"srvid {srvid:#x} is not registered")
+        self.srvids[srvid] -= 1
+        if not self.srvids[srvid]:
+            del self.srvids[srvid]
+        self.node.messaging.deregister(srvid, self.on_message)
 
     def _failed(self, req: ReqControl, exc: Exception) -> tuple[int, bytes]:
         """A control that failed answers -1 with no data, as ctdbd's do."""

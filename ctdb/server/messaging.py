@@ -22,6 +22,9 @@ from transport.base import Transport
 
 #: a listener: (srvid, sending node, data)
 Listener = Callable[[int, int, bytes], None]
+#: CTDB_SRVID_ALL: a listener on it hears every message for a client, whatever
+#: its srvid (ctdb_protocol.h; Samba's daemon dispatches to both)
+SRVID_ALL = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class MessagingHost(Protocol):
@@ -49,8 +52,13 @@ class Messaging:
             self._listeners.pop(srvid, None)
 
     def deliver(self, srvid: int, src: int, data: bytes) -> None:
-        """To this node's listeners on `srvid` (a message from node `src`)."""
-        for listener in list(self._listeners.get(srvid, ())):
+        """To this node's listeners on `srvid` and on SRVID_ALL (a message from
+        node `src`). The notices of entry lists are the daemon's own: nobody
+        hears them on SRVID_ALL."""
+        listeners = list(self._listeners.get(srvid, ()))
+        if srvid not in (SRVID_ALL, ENTRY_HEAD_SRVID):
+            listeners += self._listeners.get(SRVID_ALL, ())
+        for listener in listeners:
             listener(srvid, src, data)
         self.node.stats["messages_delivered"] += 1
 
