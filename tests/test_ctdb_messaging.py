@@ -58,7 +58,7 @@ class CtdbClient:
     def control(self, opcode: Control, srvid: int = 0) -> int:
         self.reqid += 1
         self.sock.sendall(ReqControl(Header(self.reqid), opcode, srvid=srvid).encode())
-        kept = []
+        kept: list[Packet] = []
         while True:
             packet = self._next()
             if isinstance(packet, ReplyControl) and packet.header.reqid == self.reqid:
