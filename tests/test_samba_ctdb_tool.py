@@ -37,7 +37,11 @@ pytestmark = pytest.mark.skipif(
 
 
 def samba_ctdb(cluster: LocalCluster, pnn: int, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CTDB_SOCKET=str(cluster.node_dir(pnn) / CTDB_SOCKET_NAME))
+    env = dict(
+        os.environ,
+        CTDB_SOCKET=str(cluster.node_dir(pnn) / CTDB_SOCKET_NAME),
+        CTDB_BASE=str(cluster.directory),  # its nodes file, for `ctdb listnodes`
+    )
     return subprocess.run(
         [CTDB, *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -89,11 +93,66 @@ def test_ctdb_status_shows_every_node_the_generation_and_the_leader(cluster: Loc
 def test_a_command_not_served_yet_fails_at_once_with_the_tools_own_error(
     cluster: LocalCluster,
 ) -> None:
-    out = samba_ctdb(cluster, 0, "statistics")  # STATISTICS: not served yet
+    out = samba_ctdb(cluster, 0, "getdebug")  # GET_DEBUG: not served
     assert out.returncode != 0
-    assert "Control STATISTICS failed" in out.stderr
+    assert "Control GET_DEBUG failed" in out.stderr
     # The daemon is still fine afterwards.
     assert samba_ctdb(cluster, 0, "pnn").stdout.strip() == "0"
+
+
+def test_ctdb_statistics_shows_what_the_daemon_counts(cluster: LocalCluster) -> None:
+    out = samba_ctdb(cluster, 1, "statistics")
+    assert out.returncode == 0, out.stderr
+    assert "Statistics collected since" in out.stdout
+    counted = dict(re.findall(r"^ (\w+) +(\d+)$", out.stdout, re.M))
+    assert int(counted["num_clients"]) >= 1  # the tool itself
+    assert int(counted["client_packets_recv"]) >= 1
+    assert counted["frozen"] == counted["recovering"] == "0"
+
+
+def test_ctdb_getpid_getcapabilities_and_process_exists(cluster: LocalCluster) -> None:
+    assert samba_ctdb(cluster, 1, "getpid").stdout.strip() == str(cluster.pids[1])
+    caps = samba_ctdb(cluster, 1, "getcapabilities").stdout.split()
+    assert caps == ["LEADER:", "YES", "LMASTER:", "YES"]
+    # PROCESS_EXISTS answers for the node's own clients, as ctdbd's does:
+    # this test's connection to the door is one.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as held:
+        held.connect(str(cluster.node_dir(1) / CTDB_SOCKET_NAME))
+        mine = samba_ctdb(cluster, 1, "process-exists", str(os.getpid()))
+        assert mine.returncode == 0 and f"PID {os.getpid()} exists" in mine.stdout
+        # ...registered for no srvid (CHECK_PID_SRVID)
+        assert samba_ctdb(cluster, 1, "process-exists", str(os.getpid()), "7").returncode == 1
+    gone = samba_ctdb(cluster, 1, "process-exists", "999999")
+    assert gone.returncode == 1 and "does not exist" in gone.stdout
+
+
+def test_controls_for_another_node_are_forwarded_to_it(cluster: LocalCluster) -> None:
+    """`ctdb -n N` on one node's door: the control runs on node N."""
+    for pnn in range(3):
+        out = samba_ctdb(cluster, 0, "-n", str(pnn), "getpid")
+        assert out.stdout.strip() == str(cluster.pids[pnn]), out.stderr
+    up = samba_ctdb(cluster, 0, "-n", "2", "uptime")
+    assert up.returncode == 0 and "Current time of node 2" in up.stdout
+
+
+def test_ctdb_recover_completes_with_a_new_generation(cluster: LocalCluster) -> None:
+    def generation() -> str:
+        out = samba_ctdb(cluster, 2, "status")
+        found = re.search(r"^Generation:(\d+)$", out.stdout, re.M)
+        assert found, out.stdout + out.stderr
+        return found.group(1)
+
+    before = generation()
+    out = samba_ctdb(cluster, 2, "recover")
+    assert out.returncode == 0, out.stderr
+    assert generation() != before
+    cluster.wait_healthy(timeout=60)
+
+
+def test_ctdb_listnodes_reads_the_nodes_file_cluster_up_writes(cluster: LocalCluster) -> None:
+    out = samba_ctdb(cluster, 0, "listnodes")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [cluster.address(p) for p in range(3)]
 
 
 def test_ctdb_getdbmap_and_getdbseqnum_see_the_daemons_databases(cluster: LocalCluster) -> None:

@@ -97,8 +97,11 @@ def _print_sockets(c: LocalCluster) -> None:
     if c.cluster_key:
         click.echo(f"cluster key: {c.key_path}")
     click.echo(f"use: CTDB_SOCKET={c.socket(0)} ctdbtool status")
-    samba_door = c.node_dir(0) / CTDB_SOCKET_NAME
-    click.echo(f"or Samba's own tool (a few commands so far): CTDB_SOCKET={samba_door} ctdb status")
+    for pnn in range(c.size):
+        door = c.node_dir(pnn) / CTDB_SOCKET_NAME
+        click.echo(f"Samba's ctdb, node {pnn}: CTDB_BASE={c.directory} CTDB_SOCKET={door} ctdb status")
+    click.echo("(CTDB_BASE holds the nodes file `ctdb listnodes` reads; smb.conf of a clustered")
+    click.echo(" smbd on node N: clustering = yes, ctdbd socket = that node's CTDB_SOCKET)")
 
 
 @cluster.command()

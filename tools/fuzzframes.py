@@ -296,6 +296,7 @@ NODE_PRIVILEGED = {
     "tx_commit",
     "attach",
     "reloadnodes",
+    "ctdb_control",
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ctdb.protocol import schema
 from ctdb.protocol.message_fields import (
+    CLIENT_DATA,
     DB_ID,
     DB_KIND,
     DB_NAME,
@@ -43,6 +44,7 @@ from ctdb.protocol.schema_scalars import (
     U32,
     U64,
     VALUE,
+    integer,
     number,
     text,
 )
@@ -152,6 +154,12 @@ CONTROLS: dict[str, ControlSpec] = {
     "ban": ControlSpec(struct({"seconds": number(0, schema.U32_MAX)}), NONE),
     "reloadnodes": ControlSpec(EMPTY, list_of(text(255))),
     "shutdown": ControlSpec(EMPTY, NONE),
+    # a control of CTDB's protocol a Samba client sent for another node
+    # (ctdb.server.ctdb_sessions): run by that node's door
+    "ctdb_control": ControlSpec(
+        struct({"opcode": U32, "srvid": U64, "data": CLIENT_DATA}),
+        struct({"status": integer(-(2**31), 2**31 - 1), "data": CLIENT_DATA}),
+    ),
 }
 
 #: Every operation of the ordered stream (`OrderedEngine._apply_<op>`), one row each.

@@ -3,32 +3,33 @@
 Samba's `ctdb` tool, CTDB's test programs and smbd speak CTDB's binary
 protocol, not ours (`ctdb/protocol/ctdb_wire.py` decodes it, sans-IO). This
 is the thin shell that serves it: one session per connection, each packet
-answered at once. So far it answers what every `ctdb` command sends first
-and the commands that need nothing else (`ctdb pnn`, `ping`, `uptime`,
-`listvars`, `getvar`, `setvar`, `status`, `getdbmap`, `getdbseqnum`,
-`attach`, `catdb`): GET_PNN, PING, UPTIME, GET_RECMODE, GET_RUNSTATE,
-LIST_TUNABLES, GET_TUNABLE, SET_TUNABLE, GET_NODEMAP, GETVNNMAP,
-GET_IFACES, GET_DBMAP, GET_DBNAME, GETDBPATH, DB_GET_HEALTH, GET_DB_SEQNUM,
-DB_ATTACH, DB_ATTACH_PERSISTENT, DB_ATTACH_REPLICATED (answered once every
-node attached), DB_OPEN_FLAGS (the flags the daemon's own handle has, which
-a client opening the file uses verbatim), TRAVERSE_START and
-TRAVERSE_START_EXT (`ctdb catdb`, smbd's traverses), and the leader's
-message (CTDB_SRVID_LEADER, at registration and every second).
+answered at once or, when it needs the cluster, once that is done. What
+each control does is in `ctdb.server.ctdb_handlers` (the `ctdb` commands
+`pnn`, `ping`, `uptime`, `statistics`, `listvars`, `getvar`, `setvar`,
+`status`, `nodestatus`, `getdbmap`, `getdbseqnum`, `attach`, `catdb`,
+`getpid`, `getcapabilities`, `process-exists`, `recover`, and what smbd
+asks at start-up and per connection); the leader's message
+(CTDB_SRVID_LEADER) goes to its listeners at registration and every second.
+
+A control for another node is forwarded to that node's door over the node
+links (a `ctdb_control` node control) and answered as it answers there, as
+ctdbd forwards it; those bound to the client's own connection (srvid
+registrations, traverses) are not.
 
 Messaging as ctdbd's: REGISTER_SRVID and DEREGISTER_SRVID (which fails for
 a srvid the client did not register), REQ_MESSAGE to one node, this one or
 every connected node (the sender's included), delivered to every client
 registered there for the srvid or for CTDB_SRVID_ALL. The srvids are the
 node's (`ctdb.server.messaging`), shared with the clients of our own
-protocol. Controls for another node than this one are not forwarded yet
-(they fail), except those every node answers alike.
+protocol.
 
 Every other request gets what ctdbd gives a request it cannot serve: a
 control reply with status -1 and no data, a call reply with status -1
-(logged once per kind, so a client probing many controls does not flood the
-log). A request is never left unanswered, since Samba's clients wait for
-every reply; a stream that cannot be framed (bad length, magic or version)
-is closed, which they notice at once.
+(REQ_CALL, record migration for clients that share the TDB files, is not
+served yet), logged once per kind, so a client probing many controls does
+not flood the log. A request is never left unanswered, since Samba's
+clients wait for every reply; a stream that cannot be framed (bad length,
+magic or version) is closed, which they notice at once.
 """
 
 from __future__ import annotations
@@ -37,17 +38,13 @@ import asyncio
 import contextlib
 import logging
 import struct
-import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, cast
 
-from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.client import ENTRY_HEAD_SRVID
-from ctdb.protocol.ctdb_control_structs import IfaceList, TraverseStart, TraverseStartExt
-from ctdb.protocol.ctdb_controls import codec_for
 from ctdb.protocol.ctdb_opcodes import (
     BROADCAST_ACTIVE,
     BROADCAST_ALL,
@@ -55,18 +52,6 @@ from ctdb.protocol.ctdb_opcodes import (
     CURRENT_NODE,
     Control,
     Operation,
-)
-from ctdb.protocol.ctdb_records import LtdbHeader, RecData
-from ctdb.protocol.ctdb_types import (
-    Dbid,
-    DbidMap,
-    NodeAndFlags,
-    NodeMap,
-    SockAddr,
-    Tunable,
-    Uptime,
-    VarList,
-    VnnMap,
 )
 from ctdb.protocol.ctdb_wire import (
     BadPacket,
@@ -78,210 +63,31 @@ from ctdb.protocol.ctdb_wire import (
     ReqCall,
     ReqControl,
     ReqMessage,
+    UnknownPacket,
 )
 from ctdb.server import unixsocket
+from ctdb.server.ctdb_handlers import FAILED, SESSION_BOUND, Outcome, run_control
 from ctdb.server.node import Node
-from ctdb.storage.database import DbKind
 
 log = logging.getLogger("ctdb.server.ctdb_sessions")
 
-#: CTDB's run state RUNNING (ctdb_protocol.h `enum ctdb_runstate`).
-RUNSTATE_RUNNING = 5
 #: Where the leader says who it is, every second (protocol.h; ctdb_recoverd.c):
 #: `ctdb status` and `recover` wait for it.
 SRVID_LEADER = 0xF101000000000000
 LEADER_INTERVAL = 1.0
 #: Controls about the whole cluster, or that every pyctdb node answers alike
-#: (no network interfaces): answered here whichever node they name. Any other
-#: control for another node fails: forwarding is not built yet.
+#: (no network interfaces): answered here whichever node they name. Other
+#: controls for another node are forwarded to that node's door.
 ANY_NODE = frozenset({Control.GET_NODEMAP, Control.GETVNNMAP, Control.GET_IFACES})
-#: What ctdbd answers a request it cannot serve.
-FAILED = -1
 #: destnodes of a message for every connected node, this one included (ctdbd
 #: sends to all, active or connected nodes; pyctdb's messages go to the connected)
 BROADCASTS = frozenset({BROADCAST_ALL, BROADCAST_ACTIVE, BROADCAST_CONNECTED})
 
-#: (session, decoded request data) -> (status, reply value for the codec), or a
-#: coroutine of it for a control that needs the cluster (attach, traverse),
-#: which may add the bytes to send after the reply
-Handler = Callable[["CtdbSession", Any], Any]
 
-
-def _timeval(t: float) -> tuple[int, int]:
-    sec = int(t)
-    return sec, int((t - sec) * 1_000_000)
-
-
-def _pnn(s: CtdbSession, _: None) -> tuple[int, Any]:
-    return s.node.pnn, None
-
-
-def _ping(s: CtdbSession, _: None) -> tuple[int, Any]:
-    return len(s.server.sessions), None  # ctdbd answers its number of clients
-
-
-def _uptime(s: CtdbSession, _: None) -> tuple[int, Any]:
-    node = s.node
-    last = node.last_recovery
-    finished = float(last.get("finished", 0.0))
-    started = finished - float(last.get("duration", 0.0)) if finished else 0.0
-    up = Uptime(
-        _timeval(time.time()), _timeval(node.started), _timeval(started), _timeval(finished)
-    )
-    return 0, up
-
-
-def _recmode(s: CtdbSession, _: None) -> tuple[int, Any]:
-    return int(s.node.recovery_mode), None
-
-
-def _runstate(s: CtdbSession, _: None) -> tuple[int, Any]:
-    return 0, RUNSTATE_RUNNING
-
-
-def _nodemap(s: CtdbSession, _: None) -> tuple[int, Any]:
-    node = s.node
-    nodes = tuple(
-        NodeAndFlags(p, node.node_flags(p), SockAddr(address))
-        for p, address in enumerate(node.nodes)
-    )
-    return 0, NodeMap(nodes)
-
-
-def _vnnmap(s: CtdbSession, _: None) -> tuple[int, Any]:
-    return 0, VnnMap(s.node.generation, tuple(s.node.vnnmap))
-
-
-def _ifaces(s: CtdbSession, _: None) -> tuple[int, Any]:
-    return 0, IfaceList()  # pyctdb manages no public addresses
-
-
-#: ctdb_dbid flags (protocol.h, struct ctdb_dbid)
-DB_FLAGS = {DbKind.VOLATILE: 0x00, DbKind.PERSISTENT: 0x01, DbKind.REPLICATED: 0x08}
-
-
-def _dbmap(s: CtdbSession, _: None) -> tuple[int, Any]:
-    dbs = sorted(s.node.dbs.values(), key=lambda db: db.name)
-    return 0, DbidMap(tuple(Dbid(db.id, DB_FLAGS[db.kind]) for db in dbs))
-
-
-def _dbname(s: CtdbSession, db_id: int) -> tuple[int, Any]:
-    return 0, s.node.db(db_id).name
-
-
-def _dbpath(s: CtdbSession, db_id: int) -> tuple[int, Any]:
-    return 0, str(s.node.db(db_id).path)
-
-
-def _db_health(s: CtdbSession, db_id: int) -> tuple[int, Any]:
-    s.node.db(db_id)  # NOT_FOUND for an unknown id
-    return 0, None  # healthy: a failed write resyncs (vs) or recovers (tcp) the node
-
-
-def _db_seqnum(s: CtdbSession, db_id: int) -> tuple[int, Any]:
-    return 0, s.node.db(db_id).seqnum()
-
-
-def _attach(kind: DbKind) -> Handler:
-    """DB_ATTACH and kin: attach on every node; the database's id.
-
-    As ctdbd: attaching a name already attached as another kind fails (-1).
-    """
-
-    async def handler(s: CtdbSession, name: str) -> tuple[int, Any]:
-        node = s.node
-        existing = next((db for db in node.dbs.values() if db.name == name), None)
-        if existing is not None and existing.kind is not kind:
-            raise CtdbError(
-                ErrorCode.EXISTS, f"database {name} is {existing.kind.value}, not {kind.value}"
-            )
-        db = await node.records.attach(name, kind)
-        return 0, db.id
-
-    return handler
-
-
-def _traverse(s: CtdbSession, start: TraverseStart | TraverseStartExt) -> Any:
-    """TRAVERSE_START(_EXT): every live record of the database, from every node,
-    as one message each to the client's srvid, then an empty record; after
-    the control's reply, which smbd must read first. A traverse that cannot
-    run (no quorum) fails the control instead of ending as if empty."""
-
-    async def handler() -> tuple[int, Any, bytes]:
-        node = s.node
-        records = await node.records.traverse(node.db(start.db_id))
-        header = Header(0, CURRENT_NODE, node.pnn, node.generation)
-        messages = [
-            RecData(start.reqid, key, LtdbHeader(rec.rsn, rec.dmaster).encode() + rec.value)
-            for key, rec in records
-        ]
-        messages.append(RecData(start.reqid, b"", b""))  # the end
-        after = b"".join(ReqMessage(header, start.srvid, m.encode()).encode() for m in messages)
-        return 0, None, after
-
-    return handler()
-
-
-def _open_flags(s: CtdbSession, db_id: int) -> tuple[int, Any]:
-    """The TDB flags a client must open the database's file with (it uses them verbatim)."""
-    return 0, s.node.db(db_id).local.tdb_flags
-
-
-def _u32_tunables(node: Node) -> dict[str, int]:
-    """The tunables CTDB's protocol can carry: its values are u32, so ours
-    with fractions (seconds as floats) are not offered rather than rounded."""
-    return {
-        name: int(value)
-        for name, value in node.tunables.items()
-        if TUNABLES[name].integral and 0 <= value <= 0xFFFFFFFF
-    }
-
-
-def _set_tunable(s: CtdbSession, tunable: Tunable) -> tuple[int, Any]:
-    if tunable.name not in _u32_tunables(s.node):
-        raise CtdbError(
-            ErrorCode.NOT_FOUND, f"no tunable {tunable.name!r} CTDB's protocol can carry"
-        )
-    # As `ctdbtool setvar` on this node: checked against the tunable's range.
-    s.node.admin.ctl_setvar(s.node.pnn, {"name": tunable.name, "value": tunable.value})
-    return 0, None
-
-
-def _list_tunables(s: CtdbSession, _: None) -> tuple[int, Any]:
-    return 0, VarList(tuple(_u32_tunables(s.node)))
-
-
-def _get_tunable(s: CtdbSession, name: str) -> tuple[int, Any]:
-    value = _u32_tunables(s.node).get(name)
-    if value is None:
-        raise CtdbError(ErrorCode.NOT_FOUND, f"no tunable {name!r} CTDB's protocol can carry")
-    return 0, value
-
-
-HANDLERS: dict[Control, Handler] = {
-    Control.GET_PNN: _pnn,
-    Control.PING: _ping,
-    Control.UPTIME: _uptime,
-    Control.GET_RECMODE: _recmode,
-    Control.GET_RUNSTATE: _runstate,
-    Control.LIST_TUNABLES: _list_tunables,
-    Control.GET_TUNABLE: _get_tunable,
-    Control.SET_TUNABLE: _set_tunable,
-    Control.GET_NODEMAP: _nodemap,
-    Control.GETVNNMAP: _vnnmap,
-    Control.GET_IFACES: _ifaces,
-    Control.GET_DBMAP: _dbmap,
-    Control.GET_DBNAME: _dbname,
-    Control.GETDBPATH: _dbpath,
-    Control.DB_GET_HEALTH: _db_health,
-    Control.GET_DB_SEQNUM: _db_seqnum,
-    Control.DB_ATTACH: _attach(DbKind.VOLATILE),
-    Control.DB_ATTACH_PERSISTENT: _attach(DbKind.PERSISTENT),
-    Control.DB_ATTACH_REPLICATED: _attach(DbKind.REPLICATED),
-    Control.DB_OPEN_FLAGS: _open_flags,
-    Control.TRAVERSE_START: _traverse,
-    Control.TRAVERSE_START_EXT: _traverse,
-}
+def _operation(packet: Packet | BadPacket) -> int:
+    if isinstance(packet, BadPacket | UnknownPacket):
+        return packet.operation
+    return int(packet.OPERATION)
 
 
 class CtdbSession(asyncio.Protocol):
@@ -292,6 +98,8 @@ class CtdbSession(asyncio.Protocol):
         self.node = server.node
         self.decoder = PacketDecoder(int(self.node.tunable("MaxFrameSize")))
         self.transport: asyncio.Transport | None = None
+        #: the client's process id (SO_PEERCRED), for PROCESS_EXISTS and CHECK_PID_SRVID
+        self.pid: int | None = None
         #: message ids the client registered for, each as often as it did
         self.srvids: Counter[int] = Counter()
         #: controls still waiting for the cluster (attach)
@@ -299,6 +107,7 @@ class CtdbSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.pid = unixsocket.peer_pid(transport)
         self.server.sessions.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -315,7 +124,7 @@ class CtdbSession(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         header = Header(0, CURRENT_NODE, self.node.pnn, self.node.generation)
-        self.transport.write(ReqMessage(header, srvid, data).encode())
+        self._write(ReqMessage(header, srvid, data).encode())
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -326,9 +135,15 @@ class CtdbSession(asyncio.Protocol):
             self.transport.close()
             return
         for packet in packets:
+            self.server.packets[_operation(packet)] += 1
             reply = self._answer(packet)
             if reply is not None:
-                self.transport.write(reply)
+                self._write(reply)
+
+    def _write(self, data: bytes, packets: int = 1) -> None:
+        assert self.transport is not None
+        self.server.sent += packets
+        self.transport.write(data)
 
     def _answer(self, packet: Packet | BadPacket) -> bytes | None:
         if isinstance(packet, BadPacket):
@@ -374,36 +189,32 @@ class CtdbSession(asyncio.Protocol):
         header = self._reply_header(req.header)
         leader_now = False
         try:
-            codec = codec_for(req.opcode)
-            value = codec.request.decode(req.data)
             dest = req.header.destnode
-            if dest not in (CURRENT_NODE, self.node.pnn) and req.opcode not in ANY_NODE:
-                raise CtdbError(ErrorCode.NOT_SUPPORTED, f"controls for node {dest} (forwarding)")
-            if req.opcode == Control.REGISTER_SRVID:
+            here = dest in (CURRENT_NODE, self.node.pnn) or req.opcode in ANY_NODE
+            if req.opcode == Control.REGISTER_SRVID and here:
                 self._register(req.srvid)
                 # After the reply: a client installs its handler only then.
                 leader_now = req.srvid == SRVID_LEADER
-                status, result = 0, None
-            elif req.opcode == Control.DEREGISTER_SRVID:
+                status, data, after = 0, b"", b""
+            elif req.opcode == Control.DEREGISTER_SRVID and here:
                 self._deregister(req.srvid)
-                status, result = 0, None
-            else:
-                handler = HANDLERS.get(Control(req.opcode))
-                if handler is None:
-                    name = Control(req.opcode).name
-                    raise CtdbError(ErrorCode.NOT_SUPPORTED, f"CTDB control {name}")
-                outcome = handler(self, value)
-                if asyncio.iscoroutine(outcome):
+                status, data, after = 0, b"", b""
+            elif here:
+                outcome = run_control(self.server, req.opcode, req.data)
+                if isinstance(outcome, Awaitable):
                     self._later(req, header, outcome)
                     return None
-                status, result = outcome
-            data = b"" if codec.result_in_status else codec.reply.encode(result)
+                status, data, after = outcome
+            else:
+                self._later(req, header, self.server.forward(dest, req))
+                return None
         except Exception as exc:
-            status, data = self._failed(req, exc)
+            status, data, after = FAILED, b"", b""
+            self._failed(req, exc)
         reply = b"" if req.noreply else ReplyControl(header, status, data).encode()
         if leader_now:
             reply += self.server.leader_message()
-        return reply or None
+        return (reply + after) or None
 
     def _register(self, srvid: int) -> None:
         if srvid == ENTRY_HEAD_SRVID:
@@ -421,32 +232,26 @@ class CtdbSession(asyncio.Protocol):
             del self.srvids[srvid]
         self.node.messaging.deregister(srvid, self.on_message)
 
-    def _failed(self, req: ReqControl, exc: Exception) -> tuple[int, bytes]:
-        """A control that failed answers -1 with no data, as ctdbd's do."""
-        if isinstance(exc, CtdbError):
-            self.server.once(f"control {req.opcode}", f"not served: {exc.message}")
-        else:  # a bug must cost this request, not the connection
-            log.error("CTDB control %d failed", req.opcode, exc_info=exc)
-        return FAILED, b""
+    def _failed(self, req: ReqControl, exc: Exception) -> None:
+        """Log a control that failed (it answers -1 with no data, as ctdbd's do)."""
+        self.server.failed(req.opcode, exc)
 
-    def _later(self, req: ReqControl, header: Header, outcome: Any) -> None:
+    def _later(self, req: ReqControl, header: Header, outcome: Awaitable[Outcome]) -> None:
         """Answer a control that waits for the cluster once it is done."""
 
         async def answer() -> None:
-            after = b""  # what follows the reply (a traverse's records)
             try:
-                status, result, *rest = await outcome
-                codec = codec_for(req.opcode)
-                data = b"" if codec.result_in_status else codec.reply.encode(result)
-                after = rest[0] if rest else b""
+                status, data, after = await outcome
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                status, data = self._failed(req, exc)
+                status, data, after = FAILED, b"", b""
+                self._failed(req, exc)
             if self.transport is None or self.transport.is_closing():
                 return
             reply = b"" if req.noreply else ReplyControl(header, status, data).encode()
-            self.transport.write(reply + after)
+            if reply or after:
+                self._write(reply + after)
 
         task = asyncio.get_running_loop().create_task(answer())
         self.tasks.add(task)
@@ -454,7 +259,7 @@ class CtdbSession(asyncio.Protocol):
 
     def send_leader(self) -> None:
         if SRVID_LEADER in self.srvids and self.transport is not None:
-            self.transport.write(self.server.leader_message())
+            self._write(self.server.leader_message())
 
 
 class CtdbProtocolServer:
@@ -467,7 +272,57 @@ class CtdbProtocolServer:
         self.sessions: set[CtdbSession] = set()
         self._server: asyncio.AbstractServer | None = None
         self._said: set[str] = set()
+        #: packets clients sent, by operation, and packets sent to clients
+        #: (for STATISTICS)
+        self.packets: Counter[int] = Counter()
+        self.sent = 0
         self._leader_task: asyncio.Task[None] | None = None
+        #: forced recoveries asked for with SET_RECMODE (`ctdb recover`)
+        self._recoveries: set[asyncio.Task[None]] = set()
+        # Controls other nodes' doors forward to this one.
+        node.controls.handlers["ctdb_control"] = self._forwarded
+
+    def failed(self, opcode: int, exc: Exception) -> None:
+        """Log a control that failed: once per kind if it is not served, in
+        full if it is a bug (which costs that request, not the connection)."""
+        if isinstance(exc, CtdbError):
+            self.once(f"control {opcode}", f"not served: {exc.message}")
+        else:
+            log.error("CTDB control %d failed", opcode, exc_info=exc)
+
+    async def forward(self, dest: int, req: ReqControl) -> Outcome:
+        """Run a client's control on node `dest`'s door, as ctdbd forwards it."""
+        if req.opcode in SESSION_BOUND:
+            raise CtdbError(ErrorCode.NOT_SUPPORTED, f"control {req.opcode} for another node")
+        args = {"opcode": req.opcode, "srvid": req.srvid, "data": req.data}
+        result = await self.node.control(dest, "ctdb_control", args)
+        return int(result["status"]), bytes(result["data"]), b""
+
+    async def _forwarded(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        """A control a client of node `src` sent for this node."""
+        opcode = int(args["opcode"])
+        try:
+            if opcode in SESSION_BOUND:
+                raise CtdbError(ErrorCode.NOT_SUPPORTED, f"control {opcode} from another node")
+            outcome = run_control(self, opcode, bytes(args["data"]))
+            status, data, _ = await outcome if isinstance(outcome, Awaitable) else outcome
+        except Exception as exc:
+            self.failed(opcode, exc)
+            status, data = FAILED, b""
+        return {"status": status, "data": data}
+
+    def recover_later(self) -> None:
+        node = self.node
+
+        async def recover() -> None:
+            try:
+                await node.admin.ctl_recover(node.pnn, {})
+            except CtdbError as exc:
+                log.warning("recovery asked for by a CTDB client failed: %s", exc.message)
+
+        task = asyncio.get_running_loop().create_task(recover())
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
 
     def once(self, kind: str, message: str) -> None:
         """Log what this daemon does not serve, once per kind of request."""

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import socket
-import struct as cstruct
 from collections import deque
 from pathlib import Path
 from typing import Any, cast
@@ -98,7 +96,7 @@ class Session:
         self.reading = True
         self.max_reply = int(self.node.tunable("MaxFrameSize"))
         self.output_cap = max(OUTPUT_CAP, 2 * self.max_reply)
-        self.pid = _peer_pid(transport)
+        self.pid = unixsocket.peer_pid(transport)
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
 
     # -- helpers used by the handlers ---------------------------------------------
@@ -282,17 +280,6 @@ class Session:
 
 def _internal(exc: Exception) -> CtdbError:
     return CtdbError(ErrorCode.IO, f"internal error: {type(exc).__name__}: {exc}")
-
-
-def _peer_pid(transport: asyncio.Transport) -> int | None:
-    """The client's pid (SO_PEERCRED), to name it in log lines."""
-    sock = transport.get_extra_info("socket")
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, cstruct.calcsize("3i"))
-    except (AttributeError, OSError):
-        return None
-    pid: int = cstruct.unpack("3i", creds)[0]
-    return pid
 
 
 class _Protocol(asyncio.Protocol):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,3 +40,14 @@ async def close(server: asyncio.AbstractServer, path: Path) -> None:
         await asyncio.wait_for(server.wait_closed(), 1.0)
     if path.exists():
         path.unlink()
+
+
+def peer_pid(transport: asyncio.BaseTransport) -> int | None:
+    """The connected client's pid (SO_PEERCRED)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (AttributeError, OSError):
+        return None
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
