@@ -99,7 +99,8 @@ def _print_sockets(c: LocalCluster) -> None:
     click.echo(f"use: CTDB_SOCKET={c.socket(0)} ctdbtool status")
     for pnn in range(c.size):
         door = c.node_dir(pnn) / CTDB_SOCKET_NAME
-        click.echo(f"Samba's ctdb, node {pnn}: CTDB_BASE={c.directory} CTDB_SOCKET={door} ctdb status")
+        env = f"CTDB_BASE={c.directory} CTDB_SOCKET={door}"
+        click.echo(f"Samba's ctdb, node {pnn}: {env} ctdb status")
     click.echo("(CTDB_BASE holds the nodes file `ctdb listnodes` reads; smb.conf of a clustered")
     click.echo(" smbd on node N: clustering = yes, ctdbd socket = that node's CTDB_SOCKET)")
 
