@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
 
 from tools.sim.loop import NODE, VirtualTimeLoop
 from transport.base import TransportOptions, View
@@ -138,3 +139,30 @@ def test_vs_expels_a_stopped_member_unless_told_to_keep_it() -> None:
             loop.run_until_complete(main())
         finally:
             loop.close()
+
+
+def _ran(interleave: random.Random | None) -> list[tuple[int, int]]:
+    """The order in which ten callbacks of each of three nodes, made in turn, ran."""
+    ran: list[tuple[int, int]] = []
+    loop = VirtualTimeLoop(interleave)
+    try:
+        for i in range(10):
+            for pnn in range(3):
+                loop.call_soon(ran.append, (pnn, i), context=node_context(pnn))
+        loop.run_until_complete(asyncio.sleep(0.1))
+    finally:
+        loop.close()
+    return ran
+
+
+def test_interleaving_reorders_nodes_but_never_one_nodes_callbacks() -> None:
+    made = [(pnn, i) for i in range(10) for pnn in range(3)]
+    assert _ran(None) == made  # without interleaving: creation order
+    orders = [_ran(random.Random(seed)) for seed in range(5)]
+    for ran in orders:
+        assert sorted(ran) == sorted(made)
+        for pnn in range(3):  # each node's callbacks in the order they were made
+            assert [i for p, i in ran if p == pnn] == list(range(10))
+    assert any(ran != made for ran in orders)
+    assert len({tuple(ran) for ran in orders}) > 1  # the seed decides
+    assert _ran(random.Random(3)) == orders[3]  # and decides alike every time

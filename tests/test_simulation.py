@@ -23,7 +23,7 @@ from ctdb.engines import conditions, migration, transactions
 from ctdb.engines.ordered import replica
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS
-from tools.sim.schedule import simulate
+from tools.sim.schedule import Variant, simulate
 
 SEEDS_PER_MODE = 500
 #: Fault-free schedules a deliberately broken engine is run on.
@@ -76,11 +76,13 @@ FOUND = [
 
 @pytest.mark.parametrize(("mode", "seed"), FOUND)
 def test_seeds_that_found_bugs_pass(mode: str, seed: int) -> None:
-    outcome = simulate(seed, mode)
-    assert outcome.ok, (
-        f"python -m tools.simulate --mode {mode} --seed {seed} -v",
-        outcome.violations,
-    )
+    """As they were found (callbacks in creation order), and interleaved."""
+    for variant, flag in ((Variant(fifo=True), " --fifo"), (Variant(), "")):
+        outcome = simulate(seed, mode, variant=variant)
+        assert outcome.ok, (
+            f"python -m tools.simulate --mode {mode} --seed {seed}{flag} -v",
+            outcome.violations,
+        )
 
 
 @pytest.mark.parametrize("mode", ["tcp", "vs"])

@@ -17,7 +17,7 @@ import sys
 
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS
-from tools.sim.schedule import simulate
+from tools.sim.schedule import Variant, simulate
 
 
 def _seeds(text: str) -> range:
@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         "(the vs transport did not expel such members before issue 8's fix)",
     )
     parser.add_argument(
+        "--fifo",
+        action="store_true",
+        help="run ready callbacks in creation order instead of interleaving the nodes' "
+        "(how schedules ran before 2026-12-03: replays seeds recorded then)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -79,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         "-v", "--verbose", action="store_true", help="print the event trace, with the daemons' log"
     )
     ns = parser.parse_args(argv)
+    variant = Variant(keep_stopped=ns.vs_keeps_stopped, fifo=ns.fifo)
     logging.basicConfig(level=logging.CRITICAL)
     if ns.seed is not None:
-        outcome = simulate(
-            ns.seed, ns.mode, ns.faults, logs=ns.verbose, keep_stopped=ns.vs_keeps_stopped
-        )
+        outcome = simulate(ns.seed, ns.mode, ns.faults, logs=ns.verbose, variant=variant)
         if ns.verbose:
             print("\n".join(outcome.trace))
         faults = ", ".join(f"{k} {n}" for k, n in sorted(outcome.faults.items()))
@@ -97,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # stops the campaign early with the summary of what ran.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    summary = campaign(
-        seeds, ns.mode, kinds=ns.faults, jobs=max(1, ns.jobs), keep_stopped=ns.vs_keeps_stopped
-    )
+    summary = campaign(seeds, ns.mode, kinds=ns.faults, jobs=max(1, ns.jobs), variant=variant)
     print(summary.report(max(1, ns.jobs)))
     return 1 if summary.failures else 0
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from tools.sim.cluster import remove_files
-from tools.sim.schedule import Outcome, simulate
+from tools.sim.schedule import DEFAULT_VARIANT, Outcome, Variant, simulate
 
 
 @dataclass
@@ -73,9 +73,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def _run(job: tuple[int, str, dict[str, int] | None, bool]) -> Result:
-    seed, mode, kinds, keep_stopped = job
-    outcome: Outcome = simulate(seed, mode, kinds, keep_stopped=keep_stopped)
+def _run(job: tuple[int, str, dict[str, int] | None, Variant]) -> Result:
+    seed, mode, kinds, variant = job
+    outcome: Outcome = simulate(seed, mode, kinds, variant=variant)
     return Result(
         seed,
         outcome.violations,
@@ -106,9 +106,9 @@ def results(
     mode: str,
     kinds: dict[str, int] | None,
     jobs: int,
-    keep_stopped: bool = False,
+    variant: Variant = DEFAULT_VARIANT,
 ) -> Iterator[Result]:
-    work = ((seed, mode, kinds, keep_stopped) for seed in seeds)
+    work = ((seed, mode, kinds, variant) for seed in seeds)
     if jobs <= 1:
         yield from map(_run, work)
         return
@@ -123,14 +123,14 @@ def campaign(
     *,
     kinds: dict[str, int] | None = None,
     jobs: int = 1,
-    keep_stopped: bool = False,
+    variant: Variant = DEFAULT_VARIANT,
     progress: TextIO | None = sys.stderr,
 ) -> Summary:
     summary = Summary(mode)
     started = time.perf_counter()
     total = len(seeds)
     try:
-        work = results(seeds, mode, kinds, jobs, keep_stopped)
+        work = results(seeds, mode, kinds, jobs, variant)
         _collect(summary, work, total, started, progress)
     except KeyboardInterrupt:
         # Stopped early: what ran so far still deserves its summary.

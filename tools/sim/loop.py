@@ -6,7 +6,9 @@ whose `NODE` is its pnn (its tasks, its timers, and every delivery the
 memory transport makes to it), so `stop(pnn)` can park that node's
 callbacks exactly as SIGSTOP parks a process, and `cont(pnn)` runs them,
 late, in their original order. Everything else (other nodes, the network,
-the simulator itself) keeps running meanwhile.
+the simulator itself) keeps running meanwhile. Given a seeded generator,
+the loop also interleaves the ready callbacks of different nodes in an
+order drawn from it (`_Interleaved`), as a scheduler interleaves processes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import heapq
+import random
 import selectors
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -111,14 +115,51 @@ class _TimerHandle(_Gated, asyncio.TimerHandle):
     __slots__ = ()
 
 
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop whose `time()` is virtual and whose nodes can be stopped."""
+class _Interleaved(deque[asyncio.Handle]):
+    """The loop's ready queue, taken in a seeded order across nodes.
 
-    def __init__(self) -> None:
+    Nodes are separate processes: which of two ready nodes runs first is
+    the operating system's choice, and a bug that needs one order must not
+    hide behind insertion order. So each `popleft` (the only way asyncio
+    takes a callback to run) picks a node at random among those with a
+    ready callback, and runs that node's oldest one. Within a node the
+    order stays first-in first-out, which asyncio promises and the daemon's
+    code relies on; the simulator and the network (no node) count as one
+    more party.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self._rng = rng
+
+    def popleft(self) -> asyncio.Handle:
+        first: dict[int | None, int] = {}  # party -> index of its oldest handle
+        for i, handle in enumerate(self):
+            party = handle._context.get(NODE)  # type: ignore[attr-defined]
+            if party not in first:
+                first[party] = i
+        if len(first) < 2:
+            return super().popleft()
+        index = first[self._rng.choice(list(first))]
+        handle = self[index]
+        del self[index]
+        return handle
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop whose `time()` is virtual and whose nodes can be stopped.
+
+    With `interleave`, ready callbacks of different nodes run in an order
+    drawn from it (`_Interleaved`) rather than in the order they were made.
+    """
+
+    def __init__(self, interleave: random.Random | None = None) -> None:
         self._vclock = [0.0]
         self.virtual_selector = _VirtualSelector(self._vclock)
         super().__init__(self.virtual_selector)
         self._stopped: dict[int, list[asyncio.Handle]] = {}
+        if interleave is not None:
+            self._ready = _Interleaved(interleave)
 
     def time(self) -> float:
         return self._vclock[0]

@@ -270,16 +270,33 @@ class _TraceLogs(logging.Handler):
         self.trace.append(f"{self.loop.time():.6f}   {who}{record.name}: {record.getMessage()}")
 
 
+@dataclass(frozen=True)
+class Variant:
+    """How a schedule runs, beyond its seed and its faults."""
+
+    #: vs: the group keeps a stopped member for ever, as corosync alone does
+    keep_stopped: bool = False
+    #: ready callbacks run in the order they were made, nodes' callbacks not
+    #: interleaved (`loop._Interleaved`): how every schedule ran before
+    #: interleaving existed, to replay a seed recorded then
+    fifo: bool = False
+
+
+#: schedules as campaigns run them
+DEFAULT_VARIANT = Variant()
+
+
 def simulate(
     seed: int,
     mode: str,
     kinds: dict[str, int] | None = None,
     *,
     logs: bool = False,
-    keep_stopped: bool = False,
+    variant: Variant = DEFAULT_VARIANT,
 ) -> Outcome:
     """Run one schedule on a fresh virtual-time loop (`logs`: daemon logs in the trace)."""
-    loop = VirtualTimeLoop()
+    # Its own generator: the fault plan's draws stay what they were.
+    loop = VirtualTimeLoop(None if variant.fifo else random.Random(seed * 1_000_003 + 17))
     outcome = Outcome(seed, mode)
     handler = _TraceLogs(loop, outcome.trace)
     loggers = [logging.getLogger(name) for name in ("ctdb", "transport")]
@@ -289,7 +306,9 @@ def simulate(
             logger.setLevel(logging.INFO)
             logger.propagate = False
     with simulated_storage():
-        main = loop.create_task(run_schedule(seed, mode, outcome, kinds, keep_stopped=keep_stopped))
+        main = loop.create_task(
+            run_schedule(seed, mode, outcome, kinds, keep_stopped=variant.keep_stopped)
+        )
         try:
             loop.run_until_complete(main)
         except SimulationStuck as exc:
