@@ -8,11 +8,11 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
+from ctdb.engines.ordered.barriers import ReadBarriers, until
 from ctdb.engines.ordered.locks import Owner, QueueFull
 from ctdb.engines.ordered.replica import FirstEntry, Granted, Replica, Written
 from ctdb.engines.ordered.rounds import Rounds, StreamListener
@@ -37,14 +37,6 @@ log = logging.getLogger("ctdb.engines.ordered")
 MAX_BACKLOG = 100_000
 #: Markers proposed per database in one vacuum message.
 VACUUM_BATCH = 1000
-
-
-@dataclass
-class Barriers:
-    """Read barriers: the one in flight and the one collecting readers."""
-
-    open: asyncio.Future[Any] | None = None
-    in_flight: asyncio.Future[Any] | None = None
 
 
 class OrderedEngine:
@@ -78,8 +70,8 @@ class OrderedEngine:
         self.recoveries = 0
         #: every member's administrative flags, as agreed in the stream
         self.flags: dict[int, int] = {node.pnn: 0}
-        #: read barriers ("sync" broadcasts): see _fetch_ordered
-        self._barriers = Barriers()
+        #: read barriers ("sync" broadcasts): see barriers.py
+        self._barriers = ReadBarriers(self._send_barrier, self._forget)
         #: which writes every member holds (see stability.py)
         self.stability = Stability(node.pnn, self._send)
 
@@ -128,7 +120,7 @@ class OrderedEngine:
         node.stats["ordered_sent"] += 1
         try:
             node.transport.broadcast(encode(Ordered(node.pnn, seq, op, args)))
-            return await _until(fut, deadline, f"{op} was not delivered in time: outcome unknown")
+            return await until(fut, deadline, f"{op} was not delivered in time: outcome unknown")
         finally:
             self._pending.pop(seq, None)
             self.stability.unstable.pop(seq, None)
@@ -158,7 +150,7 @@ class OrderedEngine:
         node = self.node
         deadline = self._deadline()
         await node.wait_serving(deadline)
-        await self._barrier(deadline)
+        await self._barriers.wait(deadline)
         q = self.replica.locks.get((db.id, key))
         if q is None or q.holder in (None, self._owner(session)):
             await self.settle(db, key, deadline)
@@ -175,40 +167,15 @@ class OrderedEngine:
             raise
         return value
 
-    async def _barrier(self, deadline: float) -> None:
-        """Reads share barriers: at most one in flight and one collecting readers."""
-        b = self._barriers
-        fut = b.open
-        if fut is None:
-            fut = b.open = asyncio.get_running_loop().create_future()
-            if b.in_flight is None:
-                self._send_barrier(b)
-        await _until(fut, deadline, "the read's ordering barrier was not delivered in time")
-
-    def _send_barrier(self, b: Barriers) -> None:
-        fut, b.open = b.open, None
-        assert fut is not None
-        b.in_flight = fut
+    def _send_barrier(self, fut: asyncio.Future[Any]) -> int:
         seq = next(self.seq)
         self._pending[seq] = fut
-        fut.add_done_callback(lambda done: self._barrier_done(b, seq, done))
         self.node.stats["read_barriers"] += 1
         self.node.transport.broadcast(encode(Ordered(self.node.pnn, seq, "sync", {})))
+        return seq
 
-    def _barrier_done(self, b: Barriers, seq: int, fut: asyncio.Future[Any]) -> None:
-        """The next barrier goes out; if this one failed, its waiting readers fail alike."""
+    def _forget(self, seq: int) -> None:
         self._pending.pop(seq, None)
-        b.in_flight = None
-        waiting = b.open
-        if waiting is None:
-            return
-        error = None if fut.cancelled() else fut.exception()
-        if error is None:
-            self._send_barrier(b)
-        else:
-            b.open = None
-            if not waiting.done():
-                waiting.set_exception(error)
 
     def _apply_sync(self, origin: int, args: dict[str, Any]) -> None:
         """A read barrier: its origin's readers go on once it is delivered."""
@@ -244,7 +211,7 @@ class OrderedEngine:
         args = {"db": db.id, "key": key, "owner": owner, "waiters": self._waiters()}
         try:
             await self._submit("lock", args, deadline)
-            result: bytes | None = await _until(
+            result: bytes | None = await until(
                 fut, deadline, f"record {key!r} stayed locked by another client"
             )
             self.granted.add((owner, db.id, key))
@@ -459,7 +426,7 @@ class OrderedEngine:
             waiter = self.stability.wait((db.id, key))
             fut = waiter[1]
             try:
-                await _until(fut, deadline, f"a write to {key!r} did not become stable in time")
+                await until(fut, deadline, f"a write to {key!r} did not become stable in time")
             finally:
                 if not fut.done():  # timed out: nobody is left to wake
                     self.stability.waiters.remove(waiter)
@@ -546,12 +513,3 @@ class OrderedEngine:
                     CtdbError(ErrorCode.RETRY, "not applied: this node was out of sync")
                 )
         self.backlog.clear()
-
-
-async def _until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
-    """Wait for `fut` until `deadline` (loop time), then fail with TIMEOUT."""
-    remaining = deadline - asyncio.get_running_loop().time()
-    try:
-        return await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0))
-    except TimeoutError:
-        raise CtdbError(ErrorCode.TIMEOUT, what) from None
