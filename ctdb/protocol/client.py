@@ -11,7 +11,7 @@ The first request must be `hello` with the client's protocol `version`; the
 daemon answers with its own version and pnn or refuses with `PROTOCOL`.
 
 Decoding checks the frame's shape only; each operation's arguments are
-checked against its schema by the server (`ctdb.server.clients.op`). Whatever bytes
+checked against its schema by the server (`ctdb.server.client_ops.op`). Whatever bytes
 arrive, the decoders return requests or raise/return `CtdbError`, nothing
 else, and allocate nothing a peer announces (a length is checked against
 the maximum before a byte of the frame is buffered).
