@@ -1,6 +1,6 @@
 """Client operations' argument schemas (no I/O).
 
-Every operation of the client socket has a schema (`ctdb.server.clients.op`). These
+Every operation of the client socket has a schema (`ctdb.server.client_ops.op`). These
 tests check that valid arguments pass, anything else gives a `CtdbError`
 (never another exception), and that what a client may ask a node to forward
 always fits the control the other node checks it against.
