@@ -25,6 +25,7 @@ from ctdb.protocol import messages as m
 from ctdb.protocol.op_schemas import CONTROLS, ORDERED
 from ctdb.protocol.schema import Limits
 from ctdb.server.admin import NodeControls
+from ctdb.server.ctdb_sessions import CtdbProtocolServer
 from ctdb.server.leader import LeaderRecovery
 from tools import wiregen
 
@@ -124,7 +125,7 @@ def test_bytes_and_strings_stay_apart() -> None:
 def test_every_control_handler_has_a_schema_row_and_every_row_a_handler() -> None:
     handlers = {
         name.removeprefix("ctl_")
-        for part in (NodeControls, LeaderRecovery)
+        for part in (NodeControls, LeaderRecovery, CtdbProtocolServer)
         for name, _ in inspect.getmembers(part)
         if name.startswith("ctl_")
     }
@@ -134,7 +135,6 @@ def test_every_control_handler_has_a_schema_row_and_every_row_a_handler() -> Non
 def test_every_ordered_op_has_a_schema_row_and_every_row_an_applier() -> None:
     special = {"applied", "offer", "snapshot", "synced"}  # handled before the _apply_<op> dispatch
     appliers = {n.removeprefix("_apply_") for n in dir(OrderedEngine) if n.startswith("_apply_")}
-    appliers.discard("")  # _apply itself
     in_replica = {n.removeprefix("_apply_") for n in dir(Replica) if n.startswith("_apply_")}
     assert in_replica == Replica.OPS
     assert not appliers & in_replica

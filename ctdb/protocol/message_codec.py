@@ -19,8 +19,9 @@ node may set (`config.WIRE_SIZES`), so every node decides alike.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -104,7 +105,16 @@ def _build_layout(cls: type) -> Layout:
 
 
 _LAYOUTS: dict[int, Layout] = {cls.TYPE: _build_layout(cls) for cls in MESSAGE_TYPES}
-_FIELDS = {layout.cls: layout.names for layout in _LAYOUTS.values()}
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Message], tuple[Any, ...]]:
+    """A message's field values in wire order, read in one call (attrgetter
+    returns a tuple only for two names or more)."""
+    get = operator.attrgetter(*names)
+    return get if len(names) > 1 else lambda msg: (get(msg),)
+
+
+_FIELDS = {layout.cls: _getter(layout.names) for layout in _LAYOUTS.values()}
 
 
 def layout(cls: type[Message]) -> Layout:
@@ -113,8 +123,7 @@ def layout(cls: type[Message]) -> Layout:
 
 
 def encode(msg: Message) -> bytes:
-    names = _FIELDS[type(msg)]
-    return msgpack.packb([msg.TYPE, *[getattr(msg, n) for n in names]], use_bin_type=True)
+    return msgpack.packb([msg.TYPE, *_FIELDS[type(msg)](msg)], use_bin_type=True)
 
 
 def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:

@@ -68,6 +68,7 @@ from ctdb.protocol.ctdb_wire import (
 from ctdb.server import unixsocket
 from ctdb.server.ctdb_handlers import FAILED, SESSION_BOUND, Outcome, run_control
 from ctdb.server.node import Node
+from ctdb.server.state import control_handlers
 
 log = logging.getLogger("ctdb.server.ctdb_sessions")
 
@@ -279,8 +280,8 @@ class CtdbProtocolServer:
         self._leader_task: asyncio.Task[None] | None = None
         #: forced recoveries asked for with SET_RECMODE (`ctdb recover`)
         self._recoveries: set[asyncio.Task[None]] = set()
-        # Controls other nodes' doors forward to this one.
-        node.controls.handlers["ctdb_control"] = self._forwarded
+        # Controls other nodes' doors forward to this one (ctl_ctdb_control).
+        node.controls.handlers |= control_handlers(self)
 
     def failed(self, opcode: int, exc: Exception) -> None:
         """Log a control that failed: once per kind if it is not served, in
@@ -298,7 +299,7 @@ class CtdbProtocolServer:
         result = await self.node.control(dest, "ctdb_control", args)
         return int(result["status"]), bytes(result["data"]), b""
 
-    async def _forwarded(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+    async def ctl_ctdb_control(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
         """A control a client of node `src` sent for this node."""
         opcode = int(args["opcode"])
         try:
