@@ -37,3 +37,10 @@ extras="fast"
 .venv/bin/pip install -q --disable-pip-version-check \
     --config-settings editable_mode=compat -e ".[$extras]" >&2
 .venv/bin/python -c 'import tdb, msgpack, click' >&2
+# CTDB's own test programs, built from the Debian source of the installed
+# ctdb (about a minute, once; cached outside the checkout). A machine that
+# cannot build them still runs the suite: only the tests of those programs skip.
+if [ "$want_test" = 1 ]; then
+    tools/build_ctdb_tests.sh >/dev/null ||
+        echo "setup: CTDB's test programs could not be built; the tests that run them skip" >&2
+fi
