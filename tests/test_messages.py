@@ -26,7 +26,7 @@ from ctdb.protocol.op_schemas import CONTROLS, ORDERED
 from ctdb.protocol.schema import Limits
 from ctdb.server.admin import NodeControls
 from ctdb.server.ctdb_sessions import CtdbProtocolServer
-from ctdb.server.leader import LeaderRecovery
+from ctdb.server.recovery_member import RecoveryMember
 from tools import wiregen
 
 NODES = ["n0", "n1", "n2"]
@@ -125,7 +125,7 @@ def test_bytes_and_strings_stay_apart() -> None:
 def test_every_control_handler_has_a_schema_row_and_every_row_a_handler() -> None:
     handlers = {
         name.removeprefix("ctl_")
-        for part in (NodeControls, LeaderRecovery, CtdbProtocolServer)
+        for part in (NodeControls, RecoveryMember, CtdbProtocolServer)
         for name, _ in inspect.getmembers(part)
         if name.startswith("ctl_")
     }

@@ -9,23 +9,20 @@ write, a flag that makes us inactive. The lowest active node leads, while
 it has quorum (a majority of configured nodes, or the cluster lock file);
 a lease (`ctdb.server.lease`) stops a member that the others may already
 have recovered without. The record engine is dmaster migration
-(`ctdb.engines.migration`).
+(`ctdb.engines.migration`); what a member does in each step of a recovery
+is in `ctdb.server.recovery_member`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines import persistent_calls, recovery
-from ctdb.engines.merge import from_wire, to_wire
+from ctdb.engines import recovery
 from ctdb.engines.migration import MigrationEngine
-from ctdb.engines.vacuum import Vacuum
 from ctdb.protocol.message_codec import DecodeError
 from ctdb.protocol.messages import (
     Call,
@@ -36,6 +33,7 @@ from ctdb.protocol.messages import (
     RemoteCall,
     RemoteCallReply,
 )
+from ctdb.server.recovery_member import RecoveryMember
 from ctdb.server.state import (
     INACTIVE,
     INVALID_GENERATION,
@@ -43,49 +41,37 @@ from ctdb.server.state import (
     RecoveryMode,
     control_handlers,
 )
-from ctdb.storage.database import Database
-from ctdb.storage.ltdb import Record
 from transport.base import View
 
 if TYPE_CHECKING:
     from ctdb.server.membership import ServerNode
 
 log = logging.getLogger("ctdb.server.leader")
-T = TypeVar("T")
 
 #: Recoveries a node's storage may make fail in a row, over at least
 #: RecoverTimeout, before it is banned.
 BAN_AFTER_FAILURES = 3
-#: Migration messages held while this node finishes its part of a recovery
-#: that a peer has finished already (see `on_message`); past it they are
-#: dropped, as messages of another generation are (calls are re-sent).
-MAX_DEFERRED = 10_000
 
 
 class LeaderRecovery:
     def __init__(self, node: ServerNode) -> None:
         self.node = node
         self.engine = MigrationEngine(node, node.transactions)
-        #: the generation the leader froze us for; a recovery step of any other is stale
-        self._frozen_generation = INVALID_GENERATION
-        self._deferred: list[tuple[int, Message]] = []
+        #: our part in the leader's recoveries (the steps, as controls)
+        self.member = RecoveryMember(node, self.engine)
         self._wanted = asyncio.Event()
         #: since when a member we would recover hears from nodes we do not
         self._connecting_since: float | None = None
-        #: this run of the daemon served a generation (its clients may own entries)
-        self._served = False
-        #: Recovery's whole-database work runs off the event loop (see `_bulk`).
-        self._bulk_lock = threading.Lock()
 
     def controls(self) -> dict[str, ControlHandler]:
-        return control_handlers(self)
+        return control_handlers(self.member)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         return [self._recovery_daemon()]
 
     async def stop(self) -> None:
         # A cancelled pull or push goes on in its thread: close nothing under it.
-        await self._bulk(lambda: None)
+        await self.member.bulk(lambda: None)
 
     def confirmed(self) -> bool:
         return self.node.liveness.lease_holds()
@@ -100,13 +86,9 @@ class LeaderRecovery:
             return
         if not isinstance(msg, Call | DmasterRequest | DmasterReply | RemoteCall):
             return  # `check` let nothing else through
-        if self._early(msg.generation):
-            # A peer that thawed before us already works in the generation
-            # we are about to enter: a record it handed over must not be
-            # dropped (its copy already names us dmaster).
-            if len(self._deferred) < MAX_DEFERRED:
-                self._deferred.append((src, msg))
-        elif isinstance(msg, Call):
+        if self.member.defer_if_early(src, msg, msg.generation):
+            return
+        if isinstance(msg, Call):
             self.engine.on_call(msg)
         elif isinstance(msg, RemoteCall):
             self.engine.calls.on_call(msg)
@@ -120,7 +102,7 @@ class LeaderRecovery:
         lost = [p for p in node.vnnmap if p not in view]
         if lost or (node.leader >= 0 and node.leader not in view):
             log.warning("nodes %s left the view: freezing until recovery", lost or [node.leader])
-            self._freeze(INVALID_GENERATION)
+            self.member.freeze(INVALID_GENERATION)
         node.liveness.announce()
         self._wanted.set()
 
@@ -131,7 +113,7 @@ class LeaderRecovery:
         for db in self.node.dbs.values():
             if not db.replicated:
                 db.base = None
-        self._freeze(INVALID_GENERATION)
+        self.member.freeze(INVALID_GENERATION)
         self._wanted.set()
 
     def peer_flags(self, pnn: int) -> int:
@@ -140,7 +122,7 @@ class LeaderRecovery:
 
     def flags_changed(self, old: int, new: int) -> None:
         if new & INACTIVE and not old & INACTIVE:
-            self._freeze(INVALID_GENERATION)
+            self.member.freeze(INVALID_GENERATION)
 
     async def vacuum(self) -> None:
         await self.engine.vacuum.run()
@@ -149,7 +131,7 @@ class LeaderRecovery:
         """Freeze; the leader's loop notices and recovers; wait for the new generation."""
         node = self.node
         before = node.generation
-        self._freeze(INVALID_GENERATION)
+        self.member.freeze(INVALID_GENERATION)
         self._wanted.set()
         while node.recovery_mode is RecoveryMode.RECOVERY or node.generation == before:
             await node.serving_event.wait()
@@ -196,7 +178,7 @@ class LeaderRecovery:
                 # lock file. It recovers next.
                 if node.leader == node.pnn and node.recovery_mode is RecoveryMode.NORMAL:
                     log.info("stepping down as leader")
-                    self._freeze(INVALID_GENERATION)
+                    self.member.freeze(INVALID_GENERATION)
                 if node.lock_file is not None:
                     node.lock_file.release()
                 continue
@@ -205,7 +187,7 @@ class LeaderRecovery:
             if not node.have_quorum():
                 if node.recovery_mode is RecoveryMode.NORMAL:
                     log.warning("lost quorum: freezing")
-                    self._freeze(INVALID_GENERATION)
+                    self.member.freeze(INVALID_GENERATION)
                 continue
             if self._still_connecting():
                 continue
@@ -247,30 +229,6 @@ class LeaderRecovery:
         except CtdbError as exc:
             log.warning("could not ban node %d: %s", pnn, exc)
 
-    # -- what every member does when the leader tells it ---------------------------------
-
-    def _early(self, generation: int) -> bool:
-        """A migration message of the generation this node is about to thaw into."""
-        node = self.node
-        return (
-            node.recovery_mode is RecoveryMode.RECOVERY
-            and generation == self._frozen_generation
-            and generation != node.generation
-        )
-
-    def _freeze(self, generation: int) -> None:
-        node = self.node
-        if generation != self._frozen_generation:
-            self._deferred.clear()  # held for a generation that will not start
-        self._frozen_generation = generation
-        if node.recovery_mode is not RecoveryMode.RECOVERY:
-            node.frozen_at = time.monotonic()
-            node.recovery_mode = RecoveryMode.RECOVERY
-            node.serving_event.clear()
-            node.transactions.cancel_all()
-            self.engine.freeze()
-            node.liveness.announce()
-
     def _still_connecting(self) -> bool:
         """A member hears from nodes we have not met: give our links to them one
         KeepaliveInterval to come up before we recover without them.
@@ -299,177 +257,3 @@ class LeaderRecovery:
             self._connecting_since = now
             log.info("waiting for links: members see nodes we have not met (%s)", sorted(missing))
         return now - self._connecting_since < node.tunable("KeepaliveInterval")
-
-    def _check_vote(self, leader: int) -> None:
-        """Follow one leader at a time, so that two leaders never serve at once.
-
-        Views are each node's own: with the link 0-1 cut and both linked to
-        2, node 0 sees {0, 2} and node 1 sees {1, 2}, both majorities. Node
-        2 lets only the lowest active node it sees recover it, and not while
-        the leader of its current generation is still connected and has not
-        stepped down (a leader steps down, frozen, as soon as it sees a lower
-        node). So at most one of 0 and 1 can gather a majority.
-        """
-        node = self.node
-        if leader == node.pnn:
-            return
-        active = node.active_members()
-        if not active or active[0] != leader:
-            raise CtdbError(
-                ErrorCode.RETRY,
-                f"node {node.pnn} follows node {active[0] if active else '-'}, not node {leader}",
-            )
-        current = node.liveness.peers.get(node.leader)
-        if (
-            node.leader not in (-1, leader)
-            and current is not None
-            and current.leader == node.leader
-            and not current.recovery_mode
-            and not current.flags & INACTIVE
-        ):
-            raise CtdbError(
-                ErrorCode.RETRY,
-                f"node {node.pnn} still follows node {node.leader}, which has not stepped down",
-            )
-
-    async def _bulk(self, work: Callable[[], T]) -> T:
-        """Recovery's whole-database work, off the event loop and one at a time.
-
-        Off the loop so that keepalives keep flowing (the frozen node touches
-        no database meanwhile). A recovery attempt that timed out cannot stop
-        its thread; the next attempt's pull or push waits for it instead of
-        sharing the handle.
-        """
-
-        def locked() -> T:
-            with self._bulk_lock:
-                return work()
-
-        result: T = await self.node.offload(locked)
-        return result
-
-    def _check_generation(self, args: dict[str, Any]) -> None:
-        if args.get("generation") != self._frozen_generation:
-            raise CtdbError(ErrorCode.RETRY, "recovery step from a superseded generation")
-
-    async def ctl_freeze(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
-        node = self.node
-        self._check_vote(src)
-        self._freeze(int(args["generation"]))
-        dbs = list(node.dbs.values())
-        # After any earlier attempt's push: its sequence numbers are the real ones.
-        info = await self._bulk(lambda: {db.name: _recovery_info(db) for db in dbs})
-        return {
-            "epoch": node.epochs.epoch,
-            "incarnation": node.epochs.incarnation,
-            "generation": node.generation,
-            "view": list(node.transport.view.members),
-            "dbs": info,
-        }
-
-    async def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
-        """Our copy of a database: all of it, or the records of `keys` we hold."""
-        self._check_generation(args)
-        db = self.node.db(int(args["db_id"]))
-        if args.get("keys") is None:
-            return await self._bulk(lambda: to_wire(db.local.items()))
-        keys = [bytes(k) for k in args["keys"]]
-        return await self._bulk(lambda: to_wire(db.local.items_of(keys)))
-
-    def ctl_changed(self, src: int, args: dict[str, Any]) -> list[bytes]:
-        """The keys we wrote or removed since our base copy (see merge.VolatilePlan)."""
-        self._check_generation(args)
-        changed = self.node.db(int(args["db_id"])).local.changed
-        if changed is None:  # not tracking: recovery must not take that for "nothing"
-            raise CtdbError(ErrorCode.RETRY, "this node does not track its changes")
-        return sorted(changed)
-
-    async def ctl_push(self, src: int, args: dict[str, Any]) -> None:
-        """Install records recovery merged (all of them, or the ones that changed)."""
-        self._check_generation(args)
-        db = self.node.db(int(args["db_id"]))
-        wire, replace_all = args["records"], bool(args["replace_all"])
-
-        def install() -> dict[bytes, Record]:
-            records = from_wire(wire)  # decoding 100k records takes a while: not on the loop
-            db.local.write_batch(records, replace_all=replace_all)
-            return records
-
-        records = await self._bulk(install)
-        if not db.replicated:
-            # Our copy is now the one this recovery distributes: track from here.
-            db.base = (int(args["base"][0]), int(args["base"][1]))
-            db.local.track_changes()
-            self.engine.vacuum.note_all(db, records)
-
-    def ctl_vacuum(self, src: int, args: dict[str, Any]) -> int:
-        """The key's lmaster removes deletion markers: drop our copies first (engines.vacuum)."""
-        if not self.node.in_generation(int(args["generation"])):
-            raise CtdbError(ErrorCode.RETRY, "vacuum from another generation")
-        return Vacuum.drop_copies(self.node.db(int(args["db_id"])), args["records"])
-
-    def ctl_set_vnnmap(self, src: int, args: dict[str, Any]) -> None:
-        node = self.node
-        self._check_generation(args)
-        vnnmap = [int(p) for p in args["vnnmap"]]
-        # A member we lost since the freeze left no trace here: it was not in
-        # our old vnnmap, so its departure froze nothing. Migration messages
-        # to it would vanish without a view change (tcp 51058: a record sent
-        # across a cut had no dmaster afterwards), so this generation must not start.
-        unseen = [p for p in vnnmap if p not in node.transport.view]
-        if unseen:
-            raise CtdbError(ErrorCode.RETRY, f"node {node.pnn} no longer sees nodes {unseen}")
-        node.vnnmap = vnnmap
-        node.leader = int(args["leader"])
-        node.liveness.configure_lease()
-        # Recoveries ran without us (our epoch is not the latest) since we
-        # last served: they purged our clients' entries.
-        left_out = self._served and int(args["epoch"]) > node.epochs.epoch + 1
-        # Written after the pushes: it certifies that our copies hold every
-        # commit acknowledged up to this recovery.
-        node.epochs.set(int(args["epoch"]))
-        # Stamped with the new epoch, so the purge outranks every older copy.
-        owners = {int(p): int(inc) for p, inc in args["incarnations"]}
-        self.engine.calls.purge(owners)
-        persistent_calls.purge(node, owners, node.leader)
-        if left_out:
-            node.owners.fence_all()
-
-    async def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
-        node = self.node
-        self._check_generation(args)
-        # A pull or push of an abandoned recovery attempt may still be running
-        # in its thread: serve nothing until it is done.
-        await self._bulk(lambda: None)
-        self._check_generation(args)
-        if node.flags & INACTIVE:
-            raise CtdbError(ErrorCode.RETRY, f"node {node.pnn} became inactive")
-        node.generation = self._frozen_generation
-        node.recovery_mode = RecoveryMode.NORMAL
-        self._served = True
-        node.liveness.lease.new_generation()
-        node.serving_event.set()
-        node.last_recovery = {
-            "duration": time.monotonic() - node.frozen_at,
-            "finished": time.time(),
-        }
-        self.engine.reset()
-        node.transactions.settle_all()
-        node.liveness.announce()
-        deferred, self._deferred = self._deferred, []
-        for src, msg in deferred:
-            node.handle(src, msg)
-
-
-def _recovery_info(db: Database) -> dict[str, Any]:
-    """What the recovery plans (ctdb.engines.merge) need to know about our copy."""
-    if db.replicated:
-        return {
-            "kind": db.kind.value,
-            "seqnum": db.seqnum(),
-            "history": db.history(),
-            "base": None,
-        }
-    tracked = db.base is not None and db.local.changed is not None
-    base = db.base if tracked else None
-    return {"kind": db.kind.value, "seqnum": 0, "history": b"", "base": base}

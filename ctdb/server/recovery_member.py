@@ -1,0 +1,265 @@
+"""What a member does when a leader recovers it: the recovery's steps, as controls.
+
+A tcp recovery (`ctdb.engines.recovery`) is driven by the leader and done
+by every active member: freeze (stop serving, answer what our copies are),
+pull (send our records), changed (the keys we wrote since our base copy),
+push (install the merged records), set_vnnmap (the new generation's map,
+epoch and purge), thaw (serve the new generation). Each step names the
+generation it belongs to, and a step of another generation than the one
+the leader froze us for is refused: attempts cut short never mix.
+
+A member follows one leader at a time (`_check_vote`), does its
+whole-database work off the event loop and one attempt at a time (`bulk`),
+and holds the migration messages of the generation it is about to enter
+that peers which thawed first already send (`defer_if_early`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import persistent_calls
+from ctdb.engines.merge import from_wire, to_wire
+from ctdb.engines.migration import MigrationEngine
+from ctdb.engines.vacuum import Vacuum
+from ctdb.protocol.messages import Message
+from ctdb.server.state import INACTIVE, INVALID_GENERATION, RecoveryMode
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import Record
+
+if TYPE_CHECKING:
+    from ctdb.server.membership import ServerNode
+
+log = logging.getLogger("ctdb.server.leader")
+T = TypeVar("T")
+
+#: Migration messages held while this node finishes its part of a recovery
+#: that a peer has finished already (see `defer_if_early`); past it they are
+#: dropped, as messages of another generation are (calls are re-sent).
+MAX_DEFERRED = 10_000
+
+
+class RecoveryMember:
+    def __init__(self, node: ServerNode, engine: MigrationEngine) -> None:
+        self.node = node
+        self.engine = engine
+        #: the generation the leader froze us for; a recovery step of any other is stale
+        self._frozen_generation = INVALID_GENERATION
+        self._deferred: list[tuple[int, Message]] = []
+        #: this run of the daemon served a generation (its clients may own entries)
+        self._served = False
+        #: Recovery's whole-database work runs off the event loop (see `bulk`).
+        self._bulk_lock = threading.Lock()
+
+    def defer_if_early(self, src: int, msg: Message, generation: int) -> bool:
+        """Hold a migration message of the generation we are about to thaw into.
+
+        A peer that thawed before us already works in it: a record it handed
+        over must not be dropped (its copy already names us dmaster).
+        """
+        if not self._early(generation):
+            return False
+        if len(self._deferred) < MAX_DEFERRED:
+            self._deferred.append((src, msg))
+        return True
+
+    def _early(self, generation: int) -> bool:
+        """A migration message of the generation this node is about to thaw into."""
+        node = self.node
+        return (
+            node.recovery_mode is RecoveryMode.RECOVERY
+            and generation == self._frozen_generation
+            and generation != node.generation
+        )
+
+    def freeze(self, generation: int) -> None:
+        node = self.node
+        if generation != self._frozen_generation:
+            self._deferred.clear()  # held for a generation that will not start
+        self._frozen_generation = generation
+        if node.recovery_mode is not RecoveryMode.RECOVERY:
+            node.frozen_at = time.monotonic()
+            node.recovery_mode = RecoveryMode.RECOVERY
+            node.serving_event.clear()
+            node.transactions.cancel_all()
+            self.engine.freeze()
+            node.liveness.announce()
+
+    def _check_vote(self, leader: int) -> None:
+        """Follow one leader at a time, so that two leaders never serve at once.
+
+        Views are each node's own: with the link 0-1 cut and both linked to
+        2, node 0 sees {0, 2} and node 1 sees {1, 2}, both majorities. Node
+        2 lets only the lowest active node it sees recover it, and not while
+        the leader of its current generation is still connected and has not
+        stepped down (a leader steps down, frozen, as soon as it sees a lower
+        node). So at most one of 0 and 1 can gather a majority.
+        """
+        node = self.node
+        if leader == node.pnn:
+            return
+        active = node.active_members()
+        if not active or active[0] != leader:
+            raise CtdbError(
+                ErrorCode.RETRY,
+                f"node {node.pnn} follows node {active[0] if active else '-'}, not node {leader}",
+            )
+        current = node.liveness.peers.get(node.leader)
+        if (
+            node.leader not in (-1, leader)
+            and current is not None
+            and current.leader == node.leader
+            and not current.recovery_mode
+            and not current.flags & INACTIVE
+        ):
+            raise CtdbError(
+                ErrorCode.RETRY,
+                f"node {node.pnn} still follows node {node.leader}, which has not stepped down",
+            )
+
+    async def bulk(self, work: Callable[[], T]) -> T:
+        """Recovery's whole-database work, off the event loop and one at a time.
+
+        Off the loop so that keepalives keep flowing (the frozen node touches
+        no database meanwhile). A recovery attempt that timed out cannot stop
+        its thread; the next attempt's pull or push waits for it instead of
+        sharing the handle.
+        """
+
+        def locked() -> T:
+            with self._bulk_lock:
+                return work()
+
+        result: T = await self.node.offload(locked)
+        return result
+
+    def _check_generation(self, args: dict[str, Any]) -> None:
+        if args.get("generation") != self._frozen_generation:
+            raise CtdbError(ErrorCode.RETRY, "recovery step from a superseded generation")
+
+    async def ctl_freeze(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        self._check_vote(src)
+        self.freeze(int(args["generation"]))
+        dbs = list(node.dbs.values())
+        # After any earlier attempt's push: its sequence numbers are the real ones.
+        info = await self.bulk(lambda: {db.name: _recovery_info(db) for db in dbs})
+        return {
+            "epoch": node.epochs.epoch,
+            "incarnation": node.epochs.incarnation,
+            "generation": node.generation,
+            "view": list(node.transport.view.members),
+            "dbs": info,
+        }
+
+    async def ctl_pull(self, src: int, args: dict[str, Any]) -> list[Any]:
+        """Our copy of a database: all of it, or the records of `keys` we hold."""
+        self._check_generation(args)
+        db = self.node.db(int(args["db_id"]))
+        if args.get("keys") is None:
+            return await self.bulk(lambda: to_wire(db.local.items()))
+        keys = [bytes(k) for k in args["keys"]]
+        return await self.bulk(lambda: to_wire(db.local.items_of(keys)))
+
+    def ctl_changed(self, src: int, args: dict[str, Any]) -> list[bytes]:
+        """The keys we wrote or removed since our base copy (see merge.VolatilePlan)."""
+        self._check_generation(args)
+        changed = self.node.db(int(args["db_id"])).local.changed
+        if changed is None:  # not tracking: recovery must not take that for "nothing"
+            raise CtdbError(ErrorCode.RETRY, "this node does not track its changes")
+        return sorted(changed)
+
+    async def ctl_push(self, src: int, args: dict[str, Any]) -> None:
+        """Install records recovery merged (all of them, or the ones that changed)."""
+        self._check_generation(args)
+        db = self.node.db(int(args["db_id"]))
+        wire, replace_all = args["records"], bool(args["replace_all"])
+
+        def install() -> dict[bytes, Record]:
+            records = from_wire(wire)  # decoding 100k records takes a while: not on the loop
+            db.local.write_batch(records, replace_all=replace_all)
+            return records
+
+        records = await self.bulk(install)
+        if not db.replicated:
+            # Our copy is now the one this recovery distributes: track from here.
+            db.base = (int(args["base"][0]), int(args["base"][1]))
+            db.local.track_changes()
+            self.engine.vacuum.note_all(db, records)
+
+    def ctl_vacuum(self, src: int, args: dict[str, Any]) -> int:
+        """The key's lmaster removes deletion markers: drop our copies first (engines.vacuum)."""
+        if not self.node.in_generation(int(args["generation"])):
+            raise CtdbError(ErrorCode.RETRY, "vacuum from another generation")
+        return Vacuum.drop_copies(self.node.db(int(args["db_id"])), args["records"])
+
+    def ctl_set_vnnmap(self, src: int, args: dict[str, Any]) -> None:
+        node = self.node
+        self._check_generation(args)
+        vnnmap = [int(p) for p in args["vnnmap"]]
+        # A member we lost since the freeze left no trace here: it was not in
+        # our old vnnmap, so its departure froze nothing. Migration messages
+        # to it would vanish without a view change (tcp 51058: a record sent
+        # across a cut had no dmaster afterwards), so this generation must not start.
+        unseen = [p for p in vnnmap if p not in node.transport.view]
+        if unseen:
+            raise CtdbError(ErrorCode.RETRY, f"node {node.pnn} no longer sees nodes {unseen}")
+        node.vnnmap = vnnmap
+        node.leader = int(args["leader"])
+        node.liveness.configure_lease()
+        # Recoveries ran without us (our epoch is not the latest) since we
+        # last served: they purged our clients' entries.
+        left_out = self._served and int(args["epoch"]) > node.epochs.epoch + 1
+        # Written after the pushes: it certifies that our copies hold every
+        # commit acknowledged up to this recovery.
+        node.epochs.set(int(args["epoch"]))
+        # Stamped with the new epoch, so the purge outranks every older copy.
+        owners = {int(p): int(inc) for p, inc in args["incarnations"]}
+        self.engine.calls.purge(owners)
+        persistent_calls.purge(node, owners, node.leader)
+        if left_out:
+            node.owners.fence_all()
+
+    async def ctl_thaw(self, src: int, args: dict[str, Any]) -> None:
+        node = self.node
+        self._check_generation(args)
+        # A pull or push of an abandoned recovery attempt may still be running
+        # in its thread: serve nothing until it is done.
+        await self.bulk(lambda: None)
+        self._check_generation(args)
+        if node.flags & INACTIVE:
+            raise CtdbError(ErrorCode.RETRY, f"node {node.pnn} became inactive")
+        node.generation = self._frozen_generation
+        node.recovery_mode = RecoveryMode.NORMAL
+        self._served = True
+        node.liveness.lease.new_generation()
+        node.serving_event.set()
+        node.last_recovery = {
+            "duration": time.monotonic() - node.frozen_at,
+            "finished": time.time(),
+        }
+        self.engine.reset()
+        node.transactions.settle_all()
+        node.liveness.announce()
+        deferred, self._deferred = self._deferred, []
+        for src, msg in deferred:
+            node.handle(src, msg)
+
+
+def _recovery_info(db: Database) -> dict[str, Any]:
+    """What the recovery plans (ctdb.engines.merge) need to know about our copy."""
+    if db.replicated:
+        return {
+            "kind": db.kind.value,
+            "seqnum": db.seqnum(),
+            "history": db.history(),
+            "base": None,
+        }
+    tracked = db.base is not None and db.local.changed is not None
+    base = db.base if tracked else None
+    return {"kind": db.kind.value, "seqnum": 0, "history": b"", "base": base}
