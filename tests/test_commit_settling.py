@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import transactions
 from ctdb.engines.merge import to_wire
 from ctdb.engines.transactions import TransactionEngine, next_version
 from ctdb.storage.database import Database, DbKind
@@ -89,3 +91,65 @@ def test_a_waiting_reader_wakes_when_the_key_settles_or_a_freeze_comes(db: Datab
         return woke
 
     assert asyncio.run(scenario()) == [False, True, True]
+
+
+class Leader(Node):
+    """A leader whose `tx_settled` controls fail `failures` times before one lands."""
+
+    pnn = 0
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[tuple[int, dict[str, Any]]] = []
+        self.transport = type("T", (), {"view": {0, 1, 2}})()
+
+    def in_generation(self, generation: int) -> bool:
+        return generation == self.generation
+
+    async def control(self, pnn: int, op: str, args: dict[str, Any]) -> None:
+        assert op == "tx_settled"
+        self.sent.append((pnn, dict(args)))
+        if self.failures:
+            self.failures -= 1
+            raise CtdbError(ErrorCode.TIMEOUT, "node 1 did not answer tx_settled")
+
+
+def test_a_settled_announcement_is_repeated_until_the_node_hears_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once told nothing, a node would keep the keys unsettled and its readers
+    would wait until the next recovery (seen under load: TIMEOUT in trans_fetch)."""
+    monkeypatch.setattr(transactions, "SETTLED_RETRY", 0)
+    leader = Leader(failures=3)
+    engine = TransactionEngine(leader)  # type: ignore[arg-type]
+    args = {"db_id": 1, "commit_id": 9, "generation": Node.generation}
+    asyncio.run(engine._settled_on(1, args))
+    assert leader.sent == [(1, args)] * 4  # three failures, then heard
+
+
+def test_a_settled_announcement_stops_when_the_generation_ends() -> None:
+    leader = Leader(failures=10)
+    engine = TransactionEngine(leader)  # type: ignore[arg-type]
+    args = {"db_id": 1, "commit_id": 9, "generation": Node.generation}
+    leader.generation = Node.generation + 1  # a recovery since: it settled everything
+    asyncio.run(engine._settled_on(1, args))
+    assert leader.sent == [(1, args)]
+
+
+def test_a_reader_that_registers_after_the_key_settled_is_not_left_waiting(
+    db: Database,
+) -> None:
+    """The reader saw the key unsettled, and its wait runs a loop turn later (a
+    task: asyncio.wait_for makes one); a settle in between must not be lost.
+    (Seen as TIMEOUT in trans_fetch with nothing left unsettled.)"""
+
+    async def scenario() -> None:
+        engine = TransactionEngine(Node())  # type: ignore[arg-type]
+        prepared(engine, db, 1, b"v1")
+        engine.finish(db, 1, commit=True)
+        assert not engine.settled(db, b"k")  # what the reader checked
+        waiting = asyncio.ensure_future(engine.wait_settled(db, b"k"))  # not started yet
+        engine.on_settled(db, 1)  # settles before the wait registers
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(scenario())

@@ -37,6 +37,9 @@ from ctdb.storage.ltdb import Record, live_value
 if TYPE_CHECKING:
     from ctdb.engines.host import Host
 
+#: Seconds between attempts to tell a node that a commit is settled.
+SETTLED_RETRY = 0.2
+
 log = logging.getLogger("ctdb.engines.transactions")
 
 
@@ -176,17 +179,27 @@ class TransactionEngine:
 
     def _announce_settled(self, db: Database, commit_id: int, members: list[int]) -> None:
         """Every node committed: their readers may see it (not awaited by the client)."""
-        args = {"db_id": db.id, "commit_id": commit_id}
+        args = {"db_id": db.id, "commit_id": commit_id, "generation": self.node.generation}
         for p in members:
             task = asyncio.get_running_loop().create_task(self._settled_on(p, args))
             self._announcing.add(task)
             task.add_done_callback(self._announcing.discard)
 
     async def _settled_on(self, pnn: int, args: dict[str, Any]) -> None:
-        try:
-            await self.node.control(pnn, "tx_settled", args)
-        except CtdbError:
-            pass  # its readers wait for the next recovery, which settles everything
+        """Tell `pnn`, until it has heard: a node that has not keeps the keys
+        unsettled, and its readers wait, as long as nothing else settles them.
+        Only within the generation: a node that leaves it ends with a
+        recovery, which settles everything (and ignores a late announcement)."""
+        node = self.node
+        while True:
+            try:
+                await node.control(pnn, "tx_settled", args)
+                return
+            except CtdbError as exc:
+                if not node.in_generation(args["generation"]) or pnn not in node.transport.view:
+                    return
+                log.info("commit %d settled, node %d not told: %s", args["commit_id"], pnn, exc)
+            await asyncio.sleep(SETTLED_RETRY)
 
     # -- on every node -------------------------------------------------------------
 
@@ -235,7 +248,14 @@ class TransactionEngine:
         self._wake()
 
     async def wait_settled(self, db: Database, key: bytes) -> None:
-        """Until `key` is settled here, or something may have changed (a freeze)."""
+        """Until `key` is settled here, or something may have changed (a freeze).
+
+        Checked again here, not only by the caller: a caller that wraps this
+        in a task (asyncio.wait_for does) runs it a loop turn later, and the
+        key may have settled in between, with nobody left to wake it.
+        """
+        if self.settled(db, key):
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = ((db.id, key), fut)
         self._settle_waiters.append(waiter)

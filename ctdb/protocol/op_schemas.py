@@ -129,7 +129,9 @@ CONTROLS: dict[str, ControlSpec] = {
     ),
     "tx_finish": ControlSpec(struct({"db_id": DB_ID, "commit_id": U64, "commit": BOOL}), NONE),
     # every node made the commit: readers may see what it wrote
-    "tx_settled": ControlSpec(struct({"db_id": DB_ID, "commit_id": U64}), NONE),
+    "tx_settled": ControlSpec(
+        struct({"db_id": DB_ID, "commit_id": U64, "generation": GENERATION}), NONE
+    ),
     # databases
     "attach": ControlSpec(struct({"name": DB_NAME, "kind": DB_KIND}), DB_ID),
     "getdbmap": ControlSpec(

@@ -115,6 +115,10 @@ class NodeControls:
         self.node.transactions.finish(db, int(args["commit_id"]), bool(args["commit"]))
 
     def ctl_tx_settled(self, src: int, args: dict[str, Any]) -> None:
+        # Commit ids are the leader's: one of another generation (a late
+        # announcement, a new leader counting from 1) names another commit.
+        if not self.node.in_generation(int(args["generation"])):
+            return
         db = self.node.db(int(args["db_id"]))
         self.node.transactions.on_settled(db, int(args["commit_id"]))
 
