@@ -44,6 +44,7 @@ from ctdb.protocol.ctdb_types import (
 from ctdb.protocol.ctdb_wire import Header, ReqMessage
 from ctdb.server.node import Node
 from ctdb.storage.database import DbKind
+from transport.corosync import pid_alive
 
 
 class DoorClient(Protocol):
@@ -143,7 +144,7 @@ def _capabilities(door: Door, _: None) -> tuple[int, Any]:
 def _process_exists(door: Door, pid: int) -> tuple[int, Any]:
     """0 if a client connected here runs as `pid` and that process is alive
     (a g_lock holder's liveness check), else -1: ctdbd's rule."""
-    if not any(c.pid == pid for c in door.sessions) or not _alive(pid):
+    if not any(c.pid == pid for c in door.sessions) or not pid_alive(pid):
         return FAILED, None
     return 0, None
 
@@ -153,16 +154,6 @@ def _check_pid_srvid(door: Door, which: PidSrvid) -> tuple[int, Any]:
     if any(c.pid == which.pid and which.srvid in c.srvids for c in door.sessions):
         return 0, None
     return FAILED, None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    return True
 
 
 def _tcp_client(door: Door, _: Any) -> tuple[int, Any]:
