@@ -128,6 +128,14 @@ async def run_schedule(
         monitor.cancel()
         outcome.faults.update(faults.counts)
         outcome.ops, outcome.failed = workload.ops, workload.failed
+        if not planned:
+            # Nothing went wrong: every request must end as it would on a
+            # healthy cluster. BUSY is an answer (a transaction lost a race,
+            # a lock queue was full); TIMEOUT or RETRY would mean a request
+            # that waited for nothing (seen: a lost wake-up of a persistent read).
+            unexpected = {e: n for e, n in workload.errors.items() if e != "BUSY"}
+            if unexpected:
+                complain(f"requests failed without any fault: {unexpected}")
         if not settled:
             complain(f"cluster did not settle after the faults: {cluster.describe()}")
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,8 @@ class Workload:
         self._clients = 0
         self.ops = 0
         self.failed = 0
+        #: how requests failed: error code (or exception type) -> count
+        self.errors: Counter[str] = Counter()
         self.tasks: list[asyncio.Task[None]] = []
         #: client name -> (what it is doing, since when), while it waits for a reply
         self.busy: dict[str, tuple[str, float]] = {}
@@ -195,7 +198,9 @@ class Workload:
             elif kind == "pincr":
                 tx = node.transactions.begin(p)
                 now = h.now()
-                old = text(tx.fetch(key.encode()))
+                raw = key.encode()
+                # What the server's `trans_fetch` does: wait while the key is unsettled.
+                old = text(await call(serving.read_local(node, p, raw, lambda: tx.fetch(raw))))
                 op = h.invoke(client, hkey(PERSISTENT, key), Kind.RMW, unique, old=old)
                 op.invoke = now
                 tx.writes[key.encode()] = unique.encode()
@@ -207,6 +212,7 @@ class Workload:
             self.log(f"{client} {kind} {key} ok")
         except (CtdbError, RuntimeError) as exc:
             self.failed += 1
+            self.errors[why(exc)] += 1
             if op is not None:
                 h.failed(op, why(exc))
             self.log(f"{client} {kind} {key} {why(exc)}")
