@@ -26,8 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from ctdb.common.config import CTDB_SOCKET_NAME
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import client as protocol
+from ctdb.protocol.ctdb_opcodes import Control
+from ctdb.protocol.ctdb_wire import Header, ReplyControl, ReqControl, decode_packet
 from tests.conftest import unique
 from tests.test_hostile_peer import start_two_of_three
 from tools.cluster import LocalCluster
@@ -213,6 +216,35 @@ def test_client_that_never_reads_its_messages_is_dropped(
     with pytest.raises((ConnectionError, AssertionError), match="closed|reset"):
         read_replies(deaf, 150)  # what was sent before the drop, then the end
     deaf.close()
+    assert grown < 110 * MiB, f"node 0 grew by {grown / MiB:.0f} MiB"
+
+
+@tcp_only
+def test_ctdb_protocol_client_that_never_reads_its_messages_is_dropped(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """The same on the CTDB-protocol door: a Samba client that registered a
+    srvid and never reads is dropped past 64 MiB queued, not fed for ever."""
+    c = cluster_factory(size=2)
+    pid = c.pids[0]
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deaf.settimeout(30)
+    deaf.connect(str(c.node_dir(0) / CTDB_SOCKET_NAME))
+    deaf.sendall(ReqControl(Header(1), Control.REGISTER_SRVID, srvid=77).encode())
+    reply = decode_packet(deaf.recv(4096))
+    assert isinstance(reply, ReplyControl) and reply.status == 0
+    sender = c.client(1)
+    before = memory(pid, "VmRSS")
+    for _ in range(150):
+        sender.send_message(0, 77, b"e" * MiB)
+    assert sender.call("ping", pnn=0)["pnn"] == 0  # node 0 has delivered them all
+    grown = memory(pid, "VmHWM") - before
+    assert "dropping a CTDB-protocol client" in c.log_path(0).read_text()
+    received = 0
+    while chunk := deaf.recv(1 << 20):  # what was sent before the drop, then the end
+        received += len(chunk)
+    deaf.close()
+    assert received < 100 * MiB
     assert grown < 110 * MiB, f"node 0 grew by {grown / MiB:.0f} MiB"
 
 

@@ -68,6 +68,7 @@ from ctdb.protocol.ctdb_wire import (
 from ctdb.server import unixsocket
 from ctdb.server.ctdb_handlers import FAILED, SESSION_BOUND, Outcome, run_control
 from ctdb.server.node import Node
+from ctdb.server.sessions import OUTPUT_CAP
 from ctdb.server.state import control_handlers
 
 log = logging.getLogger("ctdb.server.ctdb_sessions")
@@ -103,8 +104,10 @@ class CtdbSession(asyncio.Protocol):
         self.pid: int | None = None
         #: message ids the client registered for, each as often as it did
         self.srvids: Counter[int] = Counter()
-        #: controls still waiting for the cluster (attach)
+        #: controls still waiting for the cluster (attach, traverse, forwarded ones)
         self.tasks: set[asyncio.Task[None]] = set()
+        #: what may wait to be sent to the client before it is dropped
+        self.output_cap = max(OUTPUT_CAP, 2 * int(self.node.tunable("MaxFrameSize")))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -141,9 +144,28 @@ class CtdbSession(asyncio.Protocol):
             if reply is not None:
                 self._write(reply)
 
-    def _write(self, data: bytes, packets: int = 1) -> None:
+    def _write(self, data: bytes) -> None:
+        """Queue `data` for the client, or drop a client that does not read.
+
+        Messages to its srvids arrive whether or not it reads, so what may
+        wait for it is capped as for our own clients (`sessions.Session`);
+        ctdbd drops such a client too (MaxQueueDropMsg).
+        """
         assert self.transport is not None
-        self.server.sent += packets
+        if self.transport.is_closing():
+            return
+        queued = self.transport.get_write_buffer_size()
+        if queued + len(data) > self.output_cap:
+            log.warning(
+                "dropping a CTDB-protocol client (pid %s): %d bytes wait for it, cap %d",
+                self.pid,
+                queued,
+                self.output_cap,
+            )
+            self.node.stats["clients_dropped"] += 1
+            self.transport.abort()
+            return
+        self.server.sent += 1
         self.transport.write(data)
 
     def _answer(self, packet: Packet | BadPacket) -> bytes | None:
