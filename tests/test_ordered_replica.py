@@ -174,3 +174,23 @@ def test_a_persistent_entry_list_moves_the_sequence_number(replicas: list[Replic
     assert call(0, Read())[0]["entries"] == [[1, 5, b"b"]]
     files = [dict(r.databases.db(dbid).local.items()) for r in replicas]
     assert files[0] == files[1]
+
+
+def test_vacuum_proposes_idle_markers_and_every_replica_drops_them(
+    replicas: list[Replica],
+) -> None:
+    dbid = attach(replicas)
+    owner = {"owner": [0, 1]}
+    for key in (b"a", b"b", b"c"):
+        apply_all(replicas, 0, "store", {"db": dbid, "key": key, "value": b"v", **owner})
+        apply_all(replicas, 0, "store", {"db": dbid, "key": key, "value": b"", **owner})
+    apply_all(replicas, 0, "store", {"db": dbid, "key": b"c", "value": b"back", **owner})
+    apply_all(replicas, 0, "lock", {"db": dbid, "key": b"b", "owner": [0, 2]})
+    # a: a marker nobody holds; b: locked, not now; c: written again, no marker
+    (proposal,) = replicas[0].vacuum_proposals(batch=10)
+    assert proposal == (dbid, [[b"a", 2]])
+    assert replicas[0].markers[dbid] == {b"a", b"b"}
+    apply_all(replicas, 0, "vacuum", {"db": dbid, "records": proposal[1]})
+    for r in replicas:
+        assert r.databases.db(dbid).local.get(b"a") is None
+        assert r.databases.db(dbid).local.get(b"b") is not None

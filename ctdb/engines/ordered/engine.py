@@ -445,20 +445,8 @@ class OrderedEngine:
         """
         if not self.serving or self.members[0] != self.node.pnn:
             return
-        for dbid, keys in list(self.replica.markers.items()):
-            db = self.node.dbs.get(dbid)
-            if db is None:
-                del self.replica.markers[dbid]
-                continue
-            batch = []
-            for key in list(itertools.islice(keys, VACUUM_BATCH)):
-                rec = db.local.get(key)
-                if rec is None or not rec.deleted:
-                    keys.discard(key)
-                elif (dbid, key) not in self.replica.locks:
-                    batch.append([key, rec.rsn])
-            if batch:
-                self.broadcast("vacuum", {"db": dbid, "records": batch})
+        for dbid, records in self.replica.vacuum_proposals(VACUUM_BATCH):
+            self.broadcast("vacuum", {"db": dbid, "records": records})
 
     def act(self) -> None:
         """Do what applying the stream left for this node to do (replica effects)."""

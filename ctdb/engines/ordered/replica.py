@@ -16,6 +16,7 @@ go straight to them, in stream order.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,27 @@ class Replica:
             keep[HISTORY_KEY] = db.history_record(seqnum, origin, [(b"", b"wipe")])
         db.local.write_batch(keep, replace_all=True)
         self.markers.pop(db.id, None)
+
+    def vacuum_proposals(self, batch: int) -> list[tuple[int, list[list[Any]]]]:
+        """Deletion markers to propose for removal: up to `batch` per database,
+        as (db id, [[key, rsn], ...]), leaving out a record someone holds or
+        waits for; candidates that are no markers any more are forgotten."""
+        proposals = []
+        for dbid, keys in list(self.markers.items()):
+            db = self.databases.dbs.get(dbid)
+            if db is None:
+                del self.markers[dbid]
+                continue
+            records = []
+            for key in list(itertools.islice(keys, batch)):
+                rec = db.local.get(key)
+                if rec is None or not rec.deleted:
+                    keys.discard(key)
+                elif (dbid, key) not in self.locks:
+                    records.append([key, rec.rsn])
+            if records:
+                proposals.append((dbid, records))
+        return proposals
 
     def _apply_vacuum(self, origin: int, args: dict[str, Any]) -> None:
         db = self._db(args["db"])
