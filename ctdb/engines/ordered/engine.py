@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.ordered.barriers import ReadBarriers, until
+from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import Owner, QueueFull
-from ctdb.engines.ordered.replica import FirstEntry, Granted, Replica, Written
+from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
 from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.record_calls import RecordCall
@@ -50,12 +51,8 @@ class OrderedEngine:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         #: the replicated state: records, lock queues, entry lists, markers
         self.replica = Replica(node.pnn, node, node.stats)
-        #: local lock waiters: owner -> future resolved when it becomes holder
-        self.lock_waiters: dict[tuple[Owner, int, bytes], asyncio.Future[Any]] = {}
-        #: locks our clients were told they hold (fetch_lock answered, not yet unlocked)
-        self.granted: set[tuple[Owner, int, bytes]] = set()
-        self.sessions: dict[int, object] = {}
-        self._session_ids = itertools.count(1)
+        #: what our clients hold and wait for in the lock queues
+        self.clients = LocalClients(node.pnn, self.replica, self.broadcast)
         self.synced = False
         #: a local write failed since our copies were last in sync: they may
         #: lack or have lost anything (see `freshest_copy` in engines.merge)
@@ -74,16 +71,6 @@ class OrderedEngine:
         self._barriers = ReadBarriers(self._send_barrier, self._forget)
         #: which writes every member holds (see stability.py)
         self.stability = Stability(node.pnn, self._send)
-
-    # -- identity of local clients --------------------------------------------------
-
-    def _owner(self, session: object) -> Owner:
-        sid = getattr(session, "_ordered_id", None)
-        if sid is None:
-            sid = next(self._session_ids)
-            session._ordered_id = sid  # type: ignore[attr-defined]
-            self.sessions[sid] = session
-        return (self.node.pnn, sid)
 
     # -- serving state ---------------------------------------------------------------
 
@@ -132,7 +119,7 @@ class OrderedEngine:
             self.node.serving
             and self.settled(db, key)
             and (
-                holder == self._owner(session)
+                holder == self.clients.owner(session)
                 or (holder is None and self.node.tunable("LocalReads"))
             )
         ):
@@ -152,7 +139,7 @@ class OrderedEngine:
         await node.wait_serving(deadline)
         await self._barriers.wait(deadline)
         q = self.replica.locks.get((db.id, key))
-        if q is None or q.holder in (None, self._owner(session)):
+        if q is None or q.holder in (None, self.clients.owner(session)):
             await self.settle(db, key, deadline)
             return live_value(db.local.get(key))
         # Someone else holds the record: wait for it, as migration would.
@@ -161,8 +148,8 @@ class OrderedEngine:
             await self.unlock(db, key, session, None)
         except CtdbError:
             # The client asked for a read, not a lock: it must not keep one.
-            owner = self._owner(session)
-            self.granted.discard((owner, db.id, key))
+            owner = self.clients.owner(session)
+            self.clients.granted.discard((owner, db.id, key))
             self.broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
             raise
         return value
@@ -181,7 +168,7 @@ class OrderedEngine:
         """A read barrier: its origin's readers go on once it is delivered."""
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
-        owner = self._owner(session)
+        owner = self.clients.owner(session)
         args = {"db": db.id, "key": key, "value": value, "owner": owner, "waiters": self._waiters()}
         return self._submit("store", self._volatile_write(args))
 
@@ -200,13 +187,13 @@ class OrderedEngine:
         return int(self.node.tunable("MaxLockWaiters"))
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
-        owner = self._owner(session)
+        owner = self.clients.owner(session)
         q = self.replica.locks.get((db.id, key))
         if q is not None and q.holder == owner:
-            self.granted.add((owner, db.id, key))
+            self.clients.granted.add((owner, db.id, key))
             return live_value(db.local.get(key))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.lock_waiters[(owner, db.id, key)] = fut
+        self.clients.lock_waiters[(owner, db.id, key)] = fut
         deadline = self._deadline()
         args = {"db": db.id, "key": key, "owner": owner, "waiters": self._waiters()}
         try:
@@ -214,7 +201,7 @@ class OrderedEngine:
             result: bytes | None = await until(
                 fut, deadline, f"record {key!r} stayed locked by another client"
             )
-            self.granted.add((owner, db.id, key))
+            self.clients.granted.add((owner, db.id, key))
             return result
         except QueueFull:
             raise  # never queued: nothing to withdraw
@@ -224,27 +211,20 @@ class OrderedEngine:
             self.broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
             raise
         finally:
-            self.lock_waiters.pop((owner, db.id, key), None)
+            self.clients.lock_waiters.pop((owner, db.id, key), None)
 
     async def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
-        owner = self._owner(session)
+        owner = self.clients.owner(session)
         q = self.replica.locks.get((db.id, key))
         if q is None or q.holder != owner:
-            self.granted.discard((owner, db.id, key))  # a grant a state transfer undid
+            self.clients.granted.discard((owner, db.id, key))  # a grant a state transfer undid
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
         args = {"db": db.id, "key": key, "owner": owner, "value": value}
         await self._submit("unlock", self._volatile_write(args))
-        self.granted.discard((owner, db.id, key))
+        self.clients.granted.discard((owner, db.id, key))
 
     def release_all(self, session: object) -> None:
-        sid = getattr(session, "_ordered_id", None)
-        if sid is None:
-            return
-        self.sessions.pop(sid, None)
-        owner = (self.node.pnn, sid)
-        self.granted = {g for g in self.granted if g[0] != owner}
-        if any(e[0] == owner for q in self.replica.locks.values() for e in q.entries):
-            self.broadcast("release", {"owner": owner})
+        self.clients.release_all(session)
 
     def broadcast(self, op: str, args: dict[str, Any]) -> None:
         """An ordered operation nobody waits for."""
@@ -457,21 +437,7 @@ class OrderedEngine:
             elif isinstance(effect, FirstEntry):
                 self.node.entry_head(effect.owner, *effect.ref)
             else:
-                self._granted_here(effect)
-
-    def _granted_here(self, grant: Granted) -> None:
-        """One of our clients now holds a lock: answer its fetch_lock, or give it back."""
-        dbid, key = grant.ref
-        mine = (grant.owner, dbid, key)
-        fut = self.lock_waiters.get(mine)
-        if fut is not None:
-            if not fut.done():
-                fut.set_result(grant.value)
-        elif mine not in self.granted:
-            # Nobody here wants it any more: a fetch_lock that failed, or
-            # one whose grant a state transfer undid. Held, it would stay
-            # locked for good.
-            self.broadcast("withdraw", {"db": dbid, "key": key, "owner": grant.owner})
+                self.clients.on_granted(effect)
 
     def purge(self, gone: Callable[[Owner], bool]) -> None:
         try:

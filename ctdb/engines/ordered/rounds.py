@@ -15,7 +15,6 @@ says which (the replica, stability, the backlog, the local clients' locks).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.host import Host
 from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
+from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import LockQueue, Owner
 from ctdb.engines.ordered.replica import Replica
 from ctdb.engines.ordered.stability import Stability
@@ -66,11 +66,8 @@ class RoundsHost(Protocol):
     seq: itertools.count[int]
     #: operations delivered while this node waits for its snapshot
     backlog: list[Ordered]
-    #: locks our clients were told they hold, and their waiting fetch_locks
-    granted: set[tuple[Owner, int, bytes]]
-    lock_waiters: dict[tuple[Owner, int, bytes], asyncio.Future[Any]]
-    #: our connected clients, by their id
-    sessions: dict[int, object]
+    #: what our clients hold and wait for in the lock queues
+    clients: LocalClients
 
     @property
     def quorate(self) -> bool: ...
@@ -346,38 +343,6 @@ class Rounds:
             e.apply(msg)
             if not e.synced:
                 return  # applying it failed: we resync (see _apply)
-        self._release_orphans()
+        e.clients.release_orphans()
         log.info("in sync in view %s", list(e.view.members))
         e.listener.on_ordered_state()
-
-    def _release_orphans(self) -> None:
-        """Release what our clients hold or wait for in the queues but no longer want.
-
-        While we were out of sync our releases and withdrawals were dropped
-        with the backlog (or never delivered), but the lock queues we are
-        now in sync with may still hold them: the locks of clients that
-        disconnected, and the places in line of fetch_locks that failed
-        (a lock nobody waits for and nobody was told they hold would stay
-        locked for good once it reaches the head).
-        """
-        e = self.engine
-        me = e.node.pnn
-        # Grants the state we took over does not show were never stable: the
-        # client hears NOT_LOCKED at its unlock.
-        e.granted = {g for g in e.granted if (q := e.replica.locks.get(g[1:])) and q.holder == g[0]}
-        gone: set[Owner] = set()
-        unwanted: set[tuple[Owner, int, bytes]] = set()
-        for (dbid, key), q in e.replica.locks.items():
-            for owner, kind, _ in q.entries:
-                if owner[0] != me:
-                    continue
-                if owner[1] not in e.sessions:
-                    gone.add(owner)
-                elif kind == "lock":
-                    mine = (owner, dbid, key)
-                    if mine not in e.lock_waiters and mine not in e.granted:
-                        unwanted.add(mine)
-        for owner in sorted(gone):
-            e.broadcast("release", {"owner": owner})
-        for owner, dbid, key in sorted(unwanted):
-            e.broadcast("withdraw", {"db": dbid, "key": key, "owner": owner})

@@ -1,0 +1,105 @@
+"""What this node's clients hold, and wait for, in the replicated lock queues.
+
+The lock queues are replicated state (`replica.py`): every member holds the
+same queue of owners (pnn, client id) per record. Which of those owners are
+clients connected here, which of them wait for a `fetch_lock` to be
+answered and which were told they hold a lock is this node's alone, and it
+decides what this node must do when the stream grants a lock or a state
+transfer replaces the queues: answer the waiting client, or give back a
+lock that nobody here wants any more (it would stay locked for good).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from ctdb.engines.ordered.locks import Owner
+from ctdb.engines.ordered.replica import Granted, Replica
+
+#: (owner, db id, key): one client's claim on one record
+Claim = tuple[Owner, int, bytes]
+
+
+class LocalClients:
+    def __init__(
+        self, pnn: int, replica: Replica, broadcast: Callable[[str, dict[str, Any]], None]
+    ) -> None:
+        self.pnn = pnn
+        self.replica = replica
+        #: sends an ordered operation nobody waits for (a release, a withdrawal)
+        self.broadcast = broadcast
+        #: connected clients, by their id
+        self.sessions: dict[int, object] = {}
+        self._ids = itertools.count(1)
+        #: fetch_locks waiting to be granted: resolved with the record's value
+        self.lock_waiters: dict[Claim, asyncio.Future[Any]] = {}
+        #: locks our clients were told they hold (fetch_lock answered, not yet unlocked)
+        self.granted: set[Claim] = set()
+
+    def owner(self, session: object) -> Owner:
+        """Who `session` is in the lock queues (an id given at its first request)."""
+        sid = getattr(session, "_ordered_id", None)
+        if sid is None:
+            sid = next(self._ids)
+            session._ordered_id = sid  # type: ignore[attr-defined]
+            self.sessions[sid] = session
+        return (self.pnn, sid)
+
+    def release_all(self, session: object) -> None:
+        """A client left: whatever it holds or waits for is released, in order."""
+        sid = getattr(session, "_ordered_id", None)
+        if sid is None:
+            return
+        self.sessions.pop(sid, None)
+        owner = (self.pnn, sid)
+        self.granted = {g for g in self.granted if g[0] != owner}
+        if any(e[0] == owner for q in self.replica.locks.values() for e in q.entries):
+            self.broadcast("release", {"owner": owner})
+
+    def on_granted(self, grant: Granted) -> None:
+        """One of our clients now holds a lock: answer its fetch_lock, or give it back."""
+        dbid, key = grant.ref
+        mine = (grant.owner, dbid, key)
+        fut = self.lock_waiters.get(mine)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(grant.value)
+        elif mine not in self.granted:
+            # Nobody here wants it any more: a fetch_lock that failed, or
+            # one whose grant a state transfer undid. Held, it would stay
+            # locked for good.
+            self.broadcast("withdraw", {"db": dbid, "key": key, "owner": grant.owner})
+
+    def release_orphans(self) -> None:
+        """Release what our clients hold or wait for in the queues but no longer want.
+
+        While we were out of sync our releases and withdrawals were dropped
+        with the backlog (or never delivered), but the lock queues we are
+        now in sync with may still hold them: the locks of clients that
+        disconnected, and the places in line of fetch_locks that failed
+        (a lock nobody waits for and nobody was told they hold would stay
+        locked for good once it reaches the head).
+        """
+        locks = self.replica.locks
+        # Grants the state we took over does not show were never stable: the
+        # client hears NOT_LOCKED at its unlock.
+        self.granted = {g for g in self.granted if (q := locks.get(g[1:])) and q.holder == g[0]}
+        gone: set[Owner] = set()
+        unwanted: set[Claim] = set()
+        for (dbid, key), q in locks.items():
+            for owner, kind, _ in q.entries:
+                if owner[0] != self.pnn:
+                    continue
+                if owner[1] not in self.sessions:
+                    gone.add(owner)
+                elif kind == "lock":
+                    mine = (owner, dbid, key)
+                    if mine not in self.lock_waiters and mine not in self.granted:
+                        unwanted.add(mine)
+        for owner in sorted(gone):
+            self.broadcast("release", {"owner": owner})
+        for owner, dbid, key in sorted(unwanted):
+            self.broadcast("withdraw", {"db": dbid, "key": key, "owner": owner})
