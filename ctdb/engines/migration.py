@@ -1,12 +1,9 @@
 """Volatile records over a point-to-point transport: CTDB's dmaster migration.
 
-A record is served only by its dmaster, the node holding the authoritative
-copy. A node that needs a record it does not hold sends a `Call` to the
-key's lmaster; the lmaster knows the dmaster and forwards the call there; the
-dmaster gives the record up through the lmaster (`DmasterRequest`), which
-records the new dmaster and hands the record over (`DmasterReply`). Because
-every step goes through the lmaster and each link is FIFO, a call the lmaster
-forwards always reaches a node that holds, or is about to hold, the record.
+A record is served only by its dmaster; a node that needs it asks the key's
+lmaster, which forwards the call to the dmaster, which hands the record over
+through the lmaster (the routing and hand-over decisions, pure, are in
+`ctdb.engines.handover`).
 
 Every hand-over bumps the RSN and the giver keeps its copy, so if a hand-over
 is cut short by a recovery the newest copy still exists somewhere and the
@@ -40,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines import persistent_calls
+from ctdb.engines import handover, persistent_calls
 from ctdb.engines.base import resolved
 from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.merge import from_wire
@@ -199,10 +196,7 @@ class MigrationEngine:
     # -- the machinery behind them -------------------------------------------
 
     def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool:
-        if rec is None:
-            # Nobody has ever written it: the lmaster holds the empty record.
-            return lmaster(key, self.node.vnnmap) == self.node.pnn
-        return rec.dmaster == self.node.pnn
+        return handover.is_dmaster(self.node.pnn, key, rec, self.node.vnnmap)
 
     def try_local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
         """The fast path: (True, record) if it can be served now without waiting."""
@@ -329,37 +323,25 @@ class MigrationEngine:
         self.forward(call, rec)
 
     def forward(self, call: Call | RemoteCall, rec: Record | None) -> None:
-        """A call reached a node that is not the record's dmaster: on towards it.
-
-        The lmaster sends it to the dmaster it knows of; anyone else to the
-        lmaster. A call bounced too often is dropped: the vnnmap it follows
-        is stale, and its sender tries again in the next generation.
-        """
+        """A call reached a node that is not the record's dmaster: on towards it."""
         node = self.node
-        if call.hops > 4 * len(node.nodes) + 8:
+        if call.hops > handover.max_hops(len(node.nodes)):
             name = type(call).__name__
             log.warning("dropping %s for %r after %d hops", name, call.key, call.hops)
             return
-        lm = lmaster(call.key, node.vnnmap)
         call.hops += 1
-        if lm == node.pnn:
-            assert rec is not None  # the lmaster without a record is the dmaster
-            node.send(rec.dmaster, call)
-        else:
-            node.send(lm, call)
+        node.send(handover.next_hop(node.pnn, call.key, rec, node.vnnmap), call)
 
     def _give_away(self, db: Database, key: bytes, rec: Record | None, to: int) -> None:
-        if to == self.node.pnn:
+        node = self.node
+        if to == node.pnn:
             return
         rsn = self.next_rsn(rec)
-        value = rec.value if rec else b""
-        db.local.put(key, Record(rsn, to, value))
-        lm = lmaster(key, self.node.vnnmap)
-        gen = self.node.generation
-        if lm == self.node.pnn:
-            self.node.send(to, DmasterReply(db.id, key, gen, rsn, value))
-        else:
-            self.node.send(lm, DmasterRequest(db.id, key, gen, to, rsn, value))
+        kept, dest, msg = handover.give_away(
+            node.pnn, db.id, key, rec, to, rsn, node.vnnmap, node.generation
+        )
+        db.local.put(key, kept)
+        node.send(dest, msg)
 
     def on_dmaster_request(self, msg: DmasterRequest) -> None:
         """At the lmaster: note the new dmaster, then hand the record over."""
@@ -367,24 +349,20 @@ class MigrationEngine:
         db = node.dbs.get(msg.db_id)
         if db is None or not node.in_generation(msg.generation):
             return
-        rec = Record(msg.rsn, msg.new_dmaster, msg.value)
+        rec, reply = handover.at_lmaster(node.pnn, msg)
         db.local.put(msg.key, rec)
-        if msg.new_dmaster == node.pnn:
+        if reply is None:
             self.vacuum.note(db, msg.key, rec)
             self._arrived(db, msg.key)
         else:
-            node.send(
-                msg.new_dmaster,
-                DmasterReply(msg.db_id, msg.key, msg.generation, msg.rsn, msg.value),
-            )
+            node.send(msg.new_dmaster, reply)
 
     def on_dmaster_reply(self, msg: DmasterReply) -> None:
         node = self.node
         db = node.dbs.get(msg.db_id)
         if db is None or not node.in_generation(msg.generation):
             return
-        old = db.local.get(msg.key)
-        if old is None or old.rsn <= msg.rsn:
+        if handover.takes_reply(db.local.get(msg.key), msg.rsn):
             rec = Record(msg.rsn, node.pnn, msg.value)
             db.local.put(msg.key, rec)
             self.vacuum.note(db, msg.key, rec)
