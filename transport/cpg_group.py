@@ -199,7 +199,10 @@ class Group:
                     self.port.deliver(local, pnn, payload)
         elif kind == K_HELLO:
             body = msgpack.unpackb(payload)
-            st.view_id = max(st.view_id, int(body["last_view_id"]))
+            # Every view the joiner gets comes after the last one it saw
+            # (its own solo view, if its corosync died): also its first view
+            # here, which during a merge is not a new view id of the group's.
+            st.view_id = max(st.view_id, int(body["last_view_id"]) + 1)
             st.members[sender] = int(body["pnn"])
             self._recompute()
             if src == self.me and lid in self.local and lid not in self.active:

@@ -33,6 +33,8 @@ class Proc:
         self.views: list[View] = []
         self.delivered: list[tuple[int, bytes]] = []
         self.was_expelled = False
+        #: the id of the last view this process saw before it (re)joined
+        self.last_view_id = 0
 
     # -- GroupPort ---------------------------------------------------------------------
     def multicast(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
@@ -56,7 +58,7 @@ class Proc:
         pass
 
     def hello(self) -> None:
-        body = msgpack.packb({"pnn": self.pnn, "last_view_id": 0})
+        body = msgpack.packb({"pnn": self.pnn, "last_view_id": self.last_view_id})
         self.multicast(K_HELLO, self.lid, BROADCAST, body)
 
 
@@ -172,3 +174,36 @@ def test_two_groups_formed_apart_merge_into_one_view_with_a_higher_id() -> None:
     assert a.views[-1] == b.views[-1] == c.views[-1]
     assert a.views[-1].members == (0, 1, 2)
     assert a.views[-1].view_id > max(ids)
+
+
+def test_a_member_whose_hello_comes_during_a_merge_never_sees_a_view_id_again() -> None:
+    """A process that saw view 9 before (its corosync was killed, it went
+    solo) reconnects and founds a group of its own; its ring merges with the
+    others' before its HELLO is delivered. Its first view must come after 9,
+    or it sees id 9 twice (seen in test_vs_netns: view ids [1, 2, 3, 4, 4, 5])."""
+    left = Bus()
+    a, b = Proc(left, 0, 0), Proc(left, 1, 1)
+    for p in (a, b):
+        left.join(p)
+    left.run()
+    merged = Bus()
+    d = Proc(merged, 3, 3)
+    d.last_view_id = 9
+    for p in (a, b):
+        p.bus = merged
+    # d founds its own group alone, and its ring merges with the others'
+    # before its HELLO (sent at connect) is delivered.
+    merged.queue.append(((GROUP, [d.me], [], [d.me], []), [d]))
+    everyone = [a.me, b.me, d.me]
+    per: dict[Member, Event] = {
+        a.me: (GROUP, everyone, [], [d.me], [d.me]),
+        b.me: (GROUP, everyone, [], [d.me], [d.me]),
+        d.me: (GROUP, everyone, [], [a.me, b.me], [a.me, b.me]),
+    }
+    merged.queue.append((per, [a, b, d]))
+    d.hello()
+    merged.run()
+    ids = [v.view_id for v in d.views]
+    assert ids and ids[0] > 9 and ids == sorted(set(ids)), ids
+    assert a.views[-1] == b.views[-1] == d.views[-1]
+    assert a.views[-1].members == (0, 1, 3)
