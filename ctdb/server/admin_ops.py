@@ -10,9 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.base import resolved
-from ctdb.protocol import client as protocol
 from ctdb.protocol.message_fields import CLIENT_DATA, TUNABLE_VALUE
 from ctdb.protocol.schema import U32_MAX
 from ctdb.protocol.schema_combinators import key_values, struct
@@ -119,13 +117,9 @@ SRVID = struct({"srvid": U64})
 @op("register_srvid", SRVID)
 def _register_srvid(s: ClientSession, args: dict[str, Any]) -> None:
     srvid = args["srvid"]
-    if srvid == protocol.ENTRY_HEAD_SRVID:
-        # Nodes tell each other whose entry came first there; each client
-        # hears only of its own (ctdb.server.owners).
-        raise CtdbError(ErrorCode.INVALID, f"srvid {srvid:#x} is reserved for entry-list notices")
     if srvid not in s.srvids:
+        s.node.messaging.register_client(srvid, s.on_message)
         s.srvids.add(srvid)
-        s.node.messaging.register(srvid, s.on_message)
 
 
 @op("deregister_srvid", SRVID)

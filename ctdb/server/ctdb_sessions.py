@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol.client import ENTRY_HEAD_SRVID
 from ctdb.protocol.ctdb_opcodes import (
     BROADCAST_ACTIVE,
     BROADCAST_ALL,
@@ -145,28 +144,16 @@ class CtdbSession(asyncio.Protocol):
                 self._write(reply)
 
     def _write(self, data: bytes) -> None:
-        """Queue `data` for the client, or drop a client that does not read.
-
-        Messages to its srvids arrive whether or not it reads, so what may
-        wait for it is capped as for our own clients (`sessions.Session`);
-        ctdbd drops such a client too (MaxQueueDropMsg).
-        """
+        """Queue `data` for the client, or drop a client that does not read
+        (messages to its srvids arrive whether or not it reads)."""
         assert self.transport is not None
         if self.transport.is_closing():
             return
-        queued = self.transport.get_write_buffer_size()
-        if queued + len(data) > self.output_cap:
-            log.warning(
-                "dropping a CTDB-protocol client (pid %s): %d bytes wait for it, cap %d",
-                self.pid,
-                queued,
-                self.output_cap,
-            )
+        who = f"a CTDB-protocol client (pid {self.pid})"
+        if unixsocket.write_capped(self.transport, data, self.output_cap, who):
+            self.server.sent += 1
+        else:
             self.node.stats["clients_dropped"] += 1
-            self.transport.abort()
-            return
-        self.server.sent += 1
-        self.transport.write(data)
 
     def _answer(self, packet: Packet | BadPacket) -> bytes | None:
         if isinstance(packet, BadPacket):
@@ -240,11 +227,8 @@ class CtdbSession(asyncio.Protocol):
         return (reply + after) or None
 
     def _register(self, srvid: int) -> None:
-        if srvid == ENTRY_HEAD_SRVID:
-            # Nodes tell each other whose entry came first there (ctdb.server.owners).
-            raise CtdbError(ErrorCode.INVALID, f"srvid {srvid:#x} is reserved")
+        self.node.messaging.register_client(srvid, self.on_message)
         self.srvids[srvid] += 1
-        self.node.messaging.register(srvid, self.on_message)
 
     def _deregister(self, srvid: int) -> None:
         if not self.srvids[srvid]:

@@ -44,6 +44,17 @@ class Messaging:
     def register(self, srvid: int, listener: Listener) -> None:
         self._listeners.setdefault(srvid, []).append(listener)
 
+    def register_client(self, srvid: int, listener: Listener) -> None:
+        """A client's registration, of either protocol: not for a srvid the
+        daemon keeps for itself."""
+        if srvid == ENTRY_HEAD_SRVID:
+            # Nodes tell each other whose entry came first there; each client
+            # hears only of its own (ctdb.server.owners).
+            raise CtdbError(
+                ErrorCode.INVALID, f"srvid {srvid:#x} is reserved for entry-list notices"
+            )
+        self.register(srvid, listener)
+
     def deregister(self, srvid: int, listener: Listener) -> None:
         listeners = self._listeners.get(srvid, [])
         if listener in listeners:

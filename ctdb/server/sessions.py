@@ -126,20 +126,9 @@ class Session:
         """Queue `data` for the client, or drop the client if that passes the cap."""
         if self.closed or self.transport.is_closing():
             return
-        queued = self.transport.get_write_buffer_size()
-        if queued + len(data) > self.output_cap:
+        who = f"client (pid {self.pid})"
+        if not unixsocket.write_capped(self.transport, data, self.output_cap, who):
             self.node.stats["clients_dropped"] += 1
-            log.warning(
-                "dropping client (pid %s): it does not read what it is sent "
-                "(%d bytes queued, %d more to send, cap %d)",
-                self.pid,
-                queued,
-                len(data),
-                self.output_cap,
-            )
-            self.transport.abort()
-            return
-        self.transport.write(data)
 
     def _reply(self, reqid: int, result: Any) -> bytes:
         data = protocol.encode_reply(reqid, result)

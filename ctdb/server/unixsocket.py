@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger("ctdb.server.unixsocket")
 
 
 async def listen(
@@ -51,3 +54,27 @@ def peer_pid(transport: asyncio.BaseTransport) -> int | None:
         return None
     pid: int = struct.unpack("3i", creds)[0]
     return pid
+
+
+def write_capped(transport: asyncio.Transport, data: bytes, cap: int, who: str) -> bool:
+    """Queue `data`, or drop the client (False) if what waits for it would pass `cap`.
+
+    Back-pressure cannot hold what arrives whether or not the client reads
+    (replies of running requests, messages to its srvids): a client that
+    lets it pile up is dropped with a log line, as ctdbd drops one past
+    MaxQueueDropMsg. `who` names it in that line.
+    """
+    queued = transport.get_write_buffer_size()
+    if queued + len(data) > cap:
+        log.warning(
+            "dropping %s: it does not read what it is sent "
+            "(%d bytes queued, %d more to send, cap %d)",
+            who,
+            queued,
+            len(data),
+            cap,
+        )
+        transport.abort()
+        return False
+    transport.write(data)
+    return True
