@@ -149,6 +149,18 @@ def test_an_expelled_member_leaves_every_view_and_learns_it_from_its_own_backlog
     assert not procs[0].delivered and not procs[1].delivered
 
 
+def merge(one: list[Proc], other: list[Proc]) -> tuple[dict[Member, Event], list[Proc]]:
+    """The confchg of two rings that meet: each side sees the other's members
+    join, as merged ones (corosync's NODEUP)."""
+    everyone = [p.me for p in one + other]
+    per: dict[Member, Event] = {}
+    for side, far in ((one, other), (other, one)):
+        joined = [p.me for p in far]
+        for p in side:
+            per[p.me] = (GROUP, everyone, [], joined, joined)
+    return per, one + other
+
+
 def test_two_groups_formed_apart_merge_into_one_view_with_a_higher_id() -> None:
     left, right = Bus(), Bus()
     a, b = Proc(left, 0, 0), Proc(left, 1, 1)
@@ -163,13 +175,7 @@ def test_two_groups_formed_apart_merge_into_one_view_with_a_higher_id() -> None:
     merged.members = merged.current = [a, b, c]
     for p in (a, b, c):
         p.bus = merged
-    everyone = [a.me, b.me, c.me]
-    per: dict[Member, Event] = {
-        a.me: (GROUP, everyone, [], [c.me], [c.me]),
-        b.me: (GROUP, everyone, [], [c.me], [c.me]),
-        c.me: (GROUP, everyone, [], [a.me, b.me], [a.me, b.me]),
-    }
-    merged.queue.append((per, [a, b, c]))
+    merged.queue.append(merge([a, b], [c]))
     merged.run()
     assert a.views[-1] == b.views[-1] == c.views[-1]
     assert a.views[-1].members == (0, 1, 2)
@@ -194,13 +200,7 @@ def test_a_member_whose_hello_comes_during_a_merge_never_sees_a_view_id_again() 
     # d founds its own group alone, and its ring merges with the others'
     # before its HELLO (sent at connect) is delivered.
     merged.queue.append(((GROUP, [d.me], [], [d.me], []), [d]))
-    everyone = [a.me, b.me, d.me]
-    per: dict[Member, Event] = {
-        a.me: (GROUP, everyone, [], [d.me], [d.me]),
-        b.me: (GROUP, everyone, [], [d.me], [d.me]),
-        d.me: (GROUP, everyone, [], [a.me, b.me], [a.me, b.me]),
-    }
-    merged.queue.append((per, [a, b, d]))
+    merged.queue.append(merge([a, b], [d]))
     d.hello()
     merged.run()
     ids = [v.view_id for v in d.views]
