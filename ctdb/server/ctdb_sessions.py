@@ -101,6 +101,8 @@ class CtdbSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         #: the client's process id (SO_PEERCRED), for PROCESS_EXISTS and CHECK_PID_SRVID
         self.pid: int | None = None
+        #: how log lines name it
+        self.who = "a CTDB-protocol client"
         #: message ids the client registered for, each as often as it did
         self.srvids: Counter[int] = Counter()
         #: controls still waiting for the cluster (attach, traverse, forwarded ones)
@@ -111,6 +113,7 @@ class CtdbSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.pid = unixsocket.peer_pid(transport)
+        self.who = f"a CTDB-protocol client (pid {self.pid})"
         self.server.sessions.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -149,8 +152,7 @@ class CtdbSession(asyncio.Protocol):
         assert self.transport is not None
         if self.transport.is_closing():
             return
-        who = f"a CTDB-protocol client (pid {self.pid})"
-        if unixsocket.write_capped(self.transport, data, self.output_cap, who):
+        if unixsocket.write_capped(self.transport, data, self.output_cap, self.who):
             self.server.sent += 1
         else:
             self.node.stats["clients_dropped"] += 1

@@ -97,6 +97,8 @@ class Session:
         self.max_reply = int(self.node.tunable("MaxFrameSize"))
         self.output_cap = max(OUTPUT_CAP, 2 * self.max_reply)
         self.pid = unixsocket.peer_pid(transport)
+        #: how log lines name it
+        self.who = f"client (pid {self.pid})"
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
 
     # -- helpers used by the handlers ---------------------------------------------
@@ -126,8 +128,7 @@ class Session:
         """Queue `data` for the client, or drop the client if that passes the cap."""
         if self.closed or self.transport.is_closing():
             return
-        who = f"client (pid {self.pid})"
-        if not unixsocket.write_capped(self.transport, data, self.output_cap, who):
+        if not unixsocket.write_capped(self.transport, data, self.output_cap, self.who):
             self.node.stats["clients_dropped"] += 1
 
     def _reply(self, reqid: int, result: Any) -> bytes:
