@@ -5,7 +5,6 @@ are in rounds.py)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from ctdb.engines.ordered.barriers import ReadBarriers, until
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import Owner, QueueFull
 from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
+from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.record_calls import RecordCall
@@ -44,11 +44,6 @@ class OrderedEngine:
     def __init__(self, node: Host, listener: StreamListener) -> None:
         self.node = node
         self.listener = listener
-        # Above every seq an earlier run of this node used: an `applied`
-        # message about that run, delivered late, must not make one of
-        # this run's writes look stable.
-        self.seq = itertools.count((node.epochs.incarnation << 32) + 1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
         #: the replicated state: records, lock queues, entry lists, markers
         self.replica = Replica(node.pnn, node, node.stats)
         #: what our clients hold and wait for in the lock queues
@@ -67,10 +62,12 @@ class OrderedEngine:
         self.recoveries = 0
         #: every member's administrative flags, as agreed in the stream
         self.flags: dict[int, int] = {node.pnn: 0}
-        #: read barriers ("sync" broadcasts): see barriers.py
-        self._barriers = ReadBarriers(self._send_barrier, self._forget)
         #: which writes every member holds (see stability.py)
         self.stability = Stability(node.pnn, self._send)
+        #: our own operations in the stream, until they are delivered
+        self.requests = Requests(node, self.stability)
+        #: read barriers ("sync" broadcasts): see barriers.py
+        self._barriers = ReadBarriers(self.requests.send_barrier, self.requests.forget)
 
     # -- serving state ---------------------------------------------------------------
 
@@ -92,25 +89,11 @@ class OrderedEngine:
         return asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
 
     async def _submit(self, op: str, args: dict[str, Any], deadline: float | None = None) -> Any:
-        """Broadcast `op` and wait for its result, at most until `deadline`.
-
-        A request that times out may still be applied later (it is in the
-        stream): the client hears TIMEOUT, which means "unknown outcome".
-        """
-        node = self.node
+        """`op` in the stream once this node serves; its result (see Requests.submit)."""
         if deadline is None:
             deadline = self._deadline()
-        await node.wait_serving(deadline)
-        seq = next(self.seq)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = fut
-        node.stats["ordered_sent"] += 1
-        try:
-            node.transport.broadcast(encode(Ordered(node.pnn, seq, op, args)))
-            return await until(fut, deadline, f"{op} was not delivered in time: outcome unknown")
-        finally:
-            self._pending.pop(seq, None)
-            self.stability.unstable.pop(seq, None)
+        await self.node.wait_serving(deadline)
+        return await self.requests.submit(op, args, deadline)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         q = self.replica.locks.get((db.id, key))
@@ -153,16 +136,6 @@ class OrderedEngine:
             self.broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
             raise
         return value
-
-    def _send_barrier(self, fut: asyncio.Future[Any]) -> int:
-        seq = next(self.seq)
-        self._pending[seq] = fut
-        self.node.stats["read_barriers"] += 1
-        self.node.transport.broadcast(encode(Ordered(self.node.pnn, seq, "sync", {})))
-        return seq
-
-    def _forget(self, seq: int) -> None:
-        self._pending.pop(seq, None)
 
     def _apply_sync(self, origin: int, args: dict[str, Any]) -> None:
         """A read barrier: its origin's readers go on once it is delivered."""
@@ -228,7 +201,7 @@ class OrderedEngine:
 
     def broadcast(self, op: str, args: dict[str, Any]) -> None:
         """An ordered operation nobody waits for."""
-        self.node.transport.broadcast(encode(Ordered(self.node.pnn, next(self.seq), op, args)))
+        self.requests.broadcast(op, args)
 
     def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
         """One ordered operation; every member runs the call at its position.
@@ -294,14 +267,7 @@ class OrderedEngine:
             if self.stability.on_applied(msg):
                 self.check_stable()
             return
-        if msg.op == "offer":
-            self.rounds.on_offer(msg)
-            return
-        if msg.op == "snapshot":
-            self.rounds.on_snapshot(msg)
-            return
-        if msg.op == "synced":
-            self.rounds.on_synced(msg)
+        if self.rounds.on_message(msg):
             return
         if not self.synced or self.rounds.awaiting_snapshots():
             self.backlog.append(msg)
@@ -327,16 +293,11 @@ class OrderedEngine:
         self.rounds.round = None
         self.damaged = self.damaged or damaged
         self.drop_backlog()
-        self.fail_pending(CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}"))
+        self.requests.fail_all(
+            CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}")
+        )
         self.listener.on_ordered_state()
         self.listener.rejoin()
-
-    def fail_pending(self, error: CtdbError) -> None:
-        for seq, fut in list(self._pending.items()):
-            if not fut.done():
-                fut.set_exception(error)
-            del self._pending[seq]
-        self.stability.drop()
 
     def apply(self, msg: Ordered) -> None:
         stable_op = msg.op in STABLE_OPS or msg.args.get("stable", False)
@@ -362,22 +323,10 @@ class OrderedEngine:
             self.act()
             self.stability.applying = None
         self.node.stats["ordered_applied"] += 1
-        stable = members is not None and error is None
-        if stable:
+        if members is not None and error is None:
             self.stability.confirm(msg.origin, msg.seq)
-        if msg.origin != self.node.pnn:
-            return
-        fut = self._pending.get(msg.seq)
-        if fut is None or fut.done():
-            return
-        if error is not None:
-            fut.set_exception(error)
-        elif stable:
-            assert members is not None
-            self.stability.unstable[msg.seq] = (fut, result, members)
+        if self.requests.deliver(msg, result, error, members):
             self.check_stable()
-        else:
-            fut.set_result(result)
 
     # -- stability: a write counts once every member applied it ----------------------
 
@@ -399,20 +348,7 @@ class OrderedEngine:
         return (db.id, key) not in self.stability.dirty
 
     async def settle(self, db: Database, key: bytes, deadline: float) -> None:
-        while True:
-            await self.node.wait_serving(deadline)
-            if self.settled(db, key):
-                return
-            waiter = self.stability.wait((db.id, key))
-            fut = waiter[1]
-            try:
-                await until(fut, deadline, f"a write to {key!r} did not become stable in time")
-            finally:
-                if not fut.done():  # timed out: nobody is left to wake
-                    self.stability.waiters.remove(waiter)
-
-    def _db(self, dbid: int) -> Database:
-        return self.node.db(int(dbid))
+        await self.stability.settle((db.id, key), deadline, self.node.wait_serving)
 
     # -- vacuuming: every replica drops the same markers at the same position ----------
 
@@ -458,12 +394,5 @@ class OrderedEngine:
         self.rounds.on_view(view)
 
     def drop_backlog(self) -> None:
-        for msg in self.backlog:
-            if msg.origin != self.node.pnn:
-                continue
-            fut = self._pending.pop(msg.seq, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(
-                    CtdbError(ErrorCode.RETRY, "not applied: this node was out of sync")
-                )
+        self.requests.drop(self.backlog)
         self.backlog.clear()

@@ -15,7 +15,6 @@ says which (the replica, stability, the backlog, the local clients' locks).
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import LockQueue, Owner
 from ctdb.engines.ordered.replica import Replica
+from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.stability import Stability
 from ctdb.engines.ordered.sync import SyncRound, make_plan
 from ctdb.protocol.message_codec import encode
@@ -63,7 +63,8 @@ class RoundsHost(Protocol):
     damaged: bool
     recoveries: int
     flags: dict[int, int]
-    seq: itertools.count[int]
+    #: our own operations in the stream, until they are delivered
+    requests: Requests
     #: operations delivered while this node waits for its snapshot
     backlog: list[Ordered]
     #: what our clients hold and wait for in the lock queues
@@ -81,8 +82,6 @@ class RoundsHost(Protocol):
     def purge(self, gone: Callable[[Owner], bool]) -> None: ...
 
     def purge_entries(self, gone: Callable[[Entry], bool]) -> None: ...
-
-    def fail_pending(self, error: CtdbError) -> None: ...
 
     def drop_backlog(self) -> None: ...
 
@@ -102,6 +101,18 @@ class Rounds:
         self.catching_up: tuple[int, set[int]] = (0, set())
         #: this run completed a round (its clients may own entries)
         self.served = False
+
+    def on_message(self, msg: Ordered) -> bool:
+        """Take a round's own messages (offer, snapshot, synced); False for any other."""
+        if msg.op == "offer":
+            self.on_offer(msg)
+        elif msg.op == "snapshot":
+            self.on_snapshot(msg)
+        elif msg.op == "synced":
+            self.on_synced(msg)
+        else:
+            return False
+        return True
 
     def on_view(self, view: View) -> None:
         """Handle a view change at its position in the stream (same on every member)."""
@@ -133,9 +144,9 @@ class Rounds:
             if not behind and e.quorate and e.node.pnn in view:
                 self._plan_done()
         if e.node.pnn not in view:
-            e.fail_pending(CtdbError(ErrorCode.RETRY, "left the group"))
+            e.requests.fail_all(CtdbError(ErrorCode.RETRY, "left the group"))
         elif not e.quorate:
-            e.fail_pending(
+            e.requests.fail_all(
                 CtdbError(ErrorCode.NO_QUORUM, f"view {list(view.members)} has no quorum")
             )
         if not e.quorate:
@@ -181,8 +192,7 @@ class Rounds:
                 [db.name, db.kind.value, db.seqnum(), db.history()] for db in e.node.dbs.values()
             ],
         }
-        msg = Ordered(e.node.pnn, next(e.seq), "offer", offer)
-        e.node.transport.broadcast(encode(msg))
+        e.requests.broadcast("offer", offer)
 
     def awaiting_snapshots(self) -> bool:
         """The round has its plan, and we still wait for snapshots it gives us."""
@@ -255,8 +265,7 @@ class Rounds:
                 if dbid == db.id
             ],
         }
-        msg = Ordered(e.node.pnn, next(e.seq), "snapshot", snap)
-        e.node.transport.broadcast(encode(msg))
+        e.requests.broadcast("snapshot", snap)
 
     def behind(self, view: View) -> bool:
         return any(p in view for p in self.catching_up[1])

@@ -11,9 +11,10 @@ still take it back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ctdb.engines.ordered.barriers import until
 from ctdb.protocol.messages import Ordered
 from transport.base import View
 
@@ -120,6 +121,23 @@ class Stability:
         waiter = (ref, asyncio.get_running_loop().create_future())
         self.waiters.append(waiter)
         return waiter
+
+    async def settle(
+        self, ref: Ref, deadline: float, wait_serving: Callable[[float], Awaitable[None]]
+    ) -> None:
+        """Return once this node serves and `ref` holds only stable writes (TIMEOUT at
+        `deadline`), in the loop turn that found it so: a read right after sees no newer write."""
+        while True:
+            await wait_serving(deadline)
+            if ref not in self.dirty:
+                return
+            waiter = self.wait(ref)
+            fut = waiter[1]
+            try:
+                await until(fut, deadline, f"a write to {ref[1]!r} did not become stable in time")
+            finally:
+                if not fut.done():  # timed out: nobody is left to wake
+                    self.waiters.remove(waiter)
 
     def drop(self) -> None:
         """Our pending writes failed: none of them will be acknowledged. Readers
