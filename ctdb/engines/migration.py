@@ -20,6 +20,12 @@ its lock or for it to arrive (one more fails with BUSY), and a node's calls
 wait at the dmaster once however often it re-sends them, so a record locked
 for long holds bounded queues.
 
+Samba's clients share the volatile files and write a record in place while
+this node is its dmaster (`ctdb.engines.shared_calls` brings records here for
+them): every read-decide-write of a record here runs under its chain lock,
+taken without waiting (`ctdb.engines.chains`), so a client's write is never
+lost between the two and a client holding a lock never stalls the daemon.
+
 A lock lives in the generation it was granted in. A recovery pulls every
 node's records, merges them and pushes the result back; a write made in
 between would be overwritten by the push after its client was told it
@@ -39,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import handover, persistent_calls
 from ctdb.engines.base import resolved
+from ctdb.engines.chains import ChainGate, shared
 from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.merge import from_wire
 from ctdb.engines.record_calls import RecordCall
@@ -83,6 +90,8 @@ class MigrationEngine:
         self._acquiring: dict[tuple[int, bytes], int] = {}
         #: locks a freeze took away, by record: their holders get a clear error
         self._voided: dict[tuple[int, bytes], object] = {}
+        #: work on records Samba's clients share, under their chain locks
+        self.chains = ChainGate(node.stats)
         self.vacuum = Vacuum(self)
         #: conditional appends and their kin, run at the dmaster
         self.calls = DmasterCalls(self)
@@ -121,14 +130,40 @@ class MigrationEngine:
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
         ok, _ = self.try_local(db, key, session)
-        if ok:
-            self.write(db, key, value)
+        if ok and self._write_now(db, key, value):
             return None
         return self._store_slow(db, key, value, session)
 
     async def _store_slow(self, db: Database, key: bytes, value: bytes, session: object) -> None:
-        await self.acquire(db, key, session, lock=False)
-        self.write(db, key, value)
+        while True:
+            await self.acquire(db, key, session, lock=False)
+            if await self._write_when_free(db, key, value, session):
+                return
+
+    def _write_now(self, db: Database, key: bytes, value: bytes) -> bool:
+        """Write a record we are dmaster of, unless a client holds its chain (False)."""
+        if shared(db) and not db.local.try_lock_chain(key):
+            return False
+        try:
+            self.write(db, key, value)
+        finally:
+            self.chains.release(db, key)
+        return True
+
+    async def _write_when_free(
+        self, db: Database, key: bytes, value: bytes, session: object
+    ) -> bool:
+        """Write once no Samba client holds the record's chain, if `acquire`'s
+        answer still holds then (False: the record moved or a freeze came)."""
+        deadline = asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
+        await self.chains.hold(db, key, deadline)
+        try:
+            if not self.try_local(db, key, session)[0]:
+                return False
+            self.write(db, key, value)
+            return True
+        finally:
+            self.chains.release(db, key)
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=True))
@@ -146,10 +181,23 @@ class MigrationEngine:
             # Our lease is being renewed (a freeze would have voided the
             # lock): write only once we serve again, or fail.
             return self._unlock_when_serving(db, key, session, value)
-        if value is not None:
-            self.write(db, key, value)
+        if value is not None and not self._write_now(db, key, value):
+            return self._unlock_soon(db, key, session, value)
         self.release(db, key, session)
         return None
+
+    async def _unlock_soon(self, db: Database, key: bytes, session: object, value: bytes) -> None:
+        """`unlock` once no Samba client holds the record's chain (still locked meanwhile)."""
+        deadline = asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
+        await self.chains.hold(db, key, deadline)
+        try:
+            if self.locked_by(db, key, session) and self.node.serving:
+                self.write(db, key, value)
+                self.release(db, key, session)
+                return
+        finally:
+            self.chains.release(db, key)
+        await resolved(self.unlock(db, key, session, value))  # voided, or not serving
 
     async def _unlock_when_serving(
         self, db: Database, key: bytes, session: object, value: bytes | None
@@ -202,7 +250,12 @@ class MigrationEngine:
         """The fast path: (True, record) if it can be served now without waiting."""
         if not self.node.serving:
             return False, None
-        rec = db.local.get(key)
+        if shared(db) and not db.local.try_lock_chain(key):
+            return False, None  # a Samba client holds it: the slow path waits
+        try:
+            rec = db.local.get(key)
+        finally:
+            self.chains.release(db, key)
         if not self.is_dmaster(db, key, rec):
             return False, None
         ks = self._keys.get((db.id, key))
@@ -242,7 +295,9 @@ class MigrationEngine:
         deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
         while True:
             await node.wait_serving(deadline)
-            rec = db.local.get(key)
+            rec = await self._read(db, key, deadline)
+            if not node.serving:
+                continue  # a freeze came while a client held the chain
             if self.is_dmaster(db, key, rec):
                 ks = self._keys.get((db.id, key))
                 if ks is None or ks.holder is None or ks.holder is session:
@@ -255,10 +310,25 @@ class MigrationEngine:
             else:
                 await self._fetch_remote(db, key, deadline)
 
+    async def _read(self, db: Database, key: bytes, deadline: float) -> Record | None:
+        """The local copy, read once no Samba client holds its chain."""
+        await self.chains.hold(db, key, deadline)
+        try:
+            return db.local.get(key)
+        finally:
+            self.chains.release(db, key)
+
     def release(self, db: Database, key: bytes, session: object) -> None:
         ks = self._keys[(db.id, key)]
         ks.holder = None
         self._wake(db, key, ks)
+
+    def drop_lock(self, db: Database, key: bytes, session: object) -> None:
+        """Release `session`'s lock if it still holds it, and forget a voided one."""
+        if self.locked_by(db, key, session):
+            self.release(db, key, session)
+        elif self._voided.get((db.id, key)) is session:
+            del self._voided[(db.id, key)]
 
     def release_all(self, session: object) -> None:
         """A client went away: drop every lock it held (the record stays here)."""
@@ -304,10 +374,13 @@ class MigrationEngine:
     # -- messages from other nodes -------------------------------------------
 
     def on_call(self, call: Call) -> None:
-        node = self.node
-        db = node.dbs.get(call.db_id)
-        if db is None or not node.in_generation(call.generation):
-            return
+        db = self.node.dbs.get(call.db_id)
+        if db is not None and self.node.in_generation(call.generation):
+            self.chains.run(db, call.key, lambda: self._serve_call(db, call))
+
+    def _serve_call(self, db: Database, call: Call) -> None:
+        if not self.node.in_generation(call.generation):
+            return  # it waited for a chain across a recovery
         key = call.key
         rec = db.local.get(key)
         if self.is_dmaster(db, key, rec):
@@ -345,9 +418,13 @@ class MigrationEngine:
 
     def on_dmaster_request(self, msg: DmasterRequest) -> None:
         """At the lmaster: note the new dmaster, then hand the record over."""
+        db = self.node.dbs.get(msg.db_id)
+        if db is not None and self.node.in_generation(msg.generation):
+            self.chains.run(db, msg.key, lambda: self._note_dmaster(db, msg))
+
+    def _note_dmaster(self, db: Database, msg: DmasterRequest) -> None:
         node = self.node
-        db = node.dbs.get(msg.db_id)
-        if db is None or not node.in_generation(msg.generation):
+        if not node.in_generation(msg.generation):
             return
         rec, reply = handover.at_lmaster(node.pnn, msg)
         db.local.put(msg.key, rec)
@@ -358,9 +435,13 @@ class MigrationEngine:
             node.send(msg.new_dmaster, reply)
 
     def on_dmaster_reply(self, msg: DmasterReply) -> None:
+        db = self.node.dbs.get(msg.db_id)
+        if db is not None and self.node.in_generation(msg.generation):
+            self.chains.run(db, msg.key, lambda: self._take_record(db, msg))
+
+    def _take_record(self, db: Database, msg: DmasterReply) -> None:
         node = self.node
-        db = node.dbs.get(msg.db_id)
-        if db is None or not node.in_generation(msg.generation):
+        if not node.in_generation(msg.generation):
             return
         if handover.takes_reply(db.local.get(msg.key), msg.rsn):
             rec = Record(msg.rsn, node.pnn, msg.value)
@@ -432,6 +513,23 @@ class MigrationEngine:
             if fut in waiters:
                 waiters.remove(fut)
 
+    def _serve_remote(self, db: Database, key: bytes) -> None:
+        """Hand the record to the first node that asked while it was locked here."""
+        ks = self._keys.get((db.id, key))
+        if ks is None or ks.holder is not None or not ks.remote:
+            return  # a recovery cleared the calls, or a local client took it first
+        call = ks.remote.popleft()
+        rec = db.local.get(key)
+        if self.is_dmaster(db, key, rec):
+            self._give_away(db, key, rec, call.origin)
+        # Calls queued behind it now find us no longer dmaster: re-route them.
+        pending = list(ks.remote)
+        ks.remote.clear()
+        for other in pending:
+            self.on_call(other)
+        if ks.idle:
+            self._keys.pop((db.id, key), None)
+
     def _arrived(self, db: Database, key: bytes) -> None:
         fut = self._calls_out.pop((db.id, key), None)
         if fut is not None and not fut.done():
@@ -443,15 +541,7 @@ class MigrationEngine:
     def _wake(self, db: Database, key: bytes, ks: KeyState) -> None:
         """The record became free: remote callers first, then local waiters re-check."""
         if ks.holder is None and ks.remote:
-            call = ks.remote.popleft()
-            rec = db.local.get(key)
-            if self.is_dmaster(db, key, rec):
-                self._give_away(db, key, rec, call.origin)
-            # Calls queued behind it now find us no longer dmaster: re-route them.
-            pending = list(ks.remote)
-            ks.remote.clear()
-            for other in pending:
-                self.on_call(other)
+            self.chains.run(db, key, lambda: self._serve_remote(db, key))
         for fut in ks.waiters:
             if not fut.done():
                 fut.set_result(None)

@@ -141,8 +141,8 @@ class LocalDb:
             raise CtdbError(ErrorCode.IO, f"cannot open {path}: {exc}") from exc
         #: the chain locks Samba's clients take too, on this very handle
         self.chains = ChainLocks(self._tdb, path)
-        #: this process holds every chain (`try_lock_all`)
-        self.whole_locked = False
+        #: how often this process locked the whole file (`try_lock_all`), nested
+        self._whole = 0
         #: While a two-phase commit is prepared: the committed value of every
         #: key it writes (None: absent). The open TDB transaction shows its
         #: own uncommitted writes to this handle; readers must not see them.
@@ -163,7 +163,7 @@ class LocalDb:
 
     def close(self) -> None:
         self.chains.close()
-        self.whole_locked = False
+        self._whole = 0
         self._tdb.close()
 
     def try_lock_chain(self, key: bytes) -> bool:
@@ -174,16 +174,23 @@ class LocalDb:
     def unlock_chain(self, key: bytes) -> None:
         self.chains.unlock(key)
 
+    @property
+    def whole_locked(self) -> bool:
+        """This process holds every chain (`try_lock_all`)."""
+        return self._whole > 0
+
     def try_lock_all(self) -> bool:
-        """Lock every chain unless another process holds one; True if held now."""
-        if not self.whole_locked:
-            self.whole_locked = self.chains.try_lock_all()
-        return self.whole_locked
+        """Lock every chain unless another process holds one; True if held now.
+        Nests: each success needs its `unlock_all`."""
+        if self._whole or self.chains.try_lock_all():
+            self._whole += 1
+            return True
+        return False
 
     def unlock_all(self) -> None:
-        if self.whole_locked:
-            self.whole_locked = False
+        if self._whole == 1:
             self.chains.unlock_all()
+        self._whole = max(self._whole - 1, 0)
 
     def get(self, key: bytes) -> Record | None:
         data = self._read(key)
