@@ -50,7 +50,7 @@ def test_work_on_a_held_record_waits_in_order_and_other_records_go_on(
     db: Database, holder: Holder
 ) -> None:
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats)
+    gate = ChainGate(stats, lambda: True)
     done: list[str] = []
 
     def work(name: str, key: bytes) -> None:
@@ -82,7 +82,7 @@ def test_hold_returns_with_the_chain_once_free_and_times_out_while_held(
     db: Database, holder: Holder
 ) -> None:
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats)
+    gate = ChainGate(stats, lambda: True)
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -137,3 +137,33 @@ def test_a_freeze_holds_every_volatile_file_once_no_client_holds_a_chain(
         asyncio.run(scenario())
     finally:
         persistent.local.close()
+
+
+def test_during_a_recovery_waiting_work_leaves_the_file_alone(db: Database, holder: Holder) -> None:
+    """A recovery's bulk work owns the handles (in its thread): retries wait for
+    the node to be in a generation again, even once the client let go."""
+    in_generation = True
+    asked: list[bool] = []
+
+    def ready() -> bool:
+        asked.append(in_generation)
+        return in_generation
+
+    gate = ChainGate(Counter(), ready)
+    done: list[str] = []
+
+    async def scenario() -> None:
+        nonlocal in_generation
+        assert holder.ask("lock", b"k") == "locked"
+        gate.run(db, b"k", lambda: done.append("handed over"))
+        in_generation = False
+        assert holder.ask("unlock", b"k") == "unlocked"
+        await _until(lambda: asked.count(False) >= 3)  # three retries went by
+        assert done == [] and gate.waiting() == 1
+        assert holder.ask("lock", b"k") == "locked"  # ...without taking the chain
+        assert holder.ask("unlock", b"k") == "unlocked"
+        in_generation = True
+        await _until(lambda: gate.waiting() == 0)
+        assert done == ["handed over"]
+
+    asyncio.run(scenario())

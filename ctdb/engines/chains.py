@@ -19,6 +19,11 @@ each link being FIFO), and nothing else.
 
 Persistent and replicated files are not written in place by clients (their
 writes go through transactions), so their work runs at once.
+
+A retry touches the file only while the node is in a generation (`ready`):
+during a recovery the handles belong to its bulk work, which runs in
+another thread (TDB handles are not thread-safe), and work that waited
+belongs to the generation the recovery ends anyway.
 """
 
 from __future__ import annotations
@@ -48,9 +53,11 @@ def shared(db: Database) -> bool:
 class ChainGate:
     """Runs work on shared records under their chain lock, requeued while a client holds it."""
 
-    def __init__(self, stats: Counter[str]) -> None:
+    def __init__(self, stats: Counter[str], ready: Callable[[], bool]) -> None:
         #: the node's counters: "chain_waits" counts work that found a chain held
         self.stats = stats
+        #: whether the files may be touched now (not during a recovery)
+        self.ready = ready
         #: work that waits for a chain, by record, in arrival order
         self._waiting: dict[tuple[int, bytes], deque[Callable[[], None]]] = {}
         self._timers: dict[tuple[int, bytes], asyncio.TimerHandle] = {}
@@ -89,7 +96,7 @@ class ChainGate:
         self._timers.pop(ref, None)
         queue = self._waiting[ref]
         try:
-            if not db.local.try_lock_chain(key):
+            if not self.ready() or not db.local.try_lock_chain(key):
                 self._later(db, key, min(2 * delay, MAX_RETRY))
                 return
         except CtdbError as exc:  # the file closed under us (the node stops)
@@ -121,7 +128,7 @@ class ChainGate:
         self.stats["chain_waits"] += 1
         loop = asyncio.get_running_loop()
         delay = FIRST_RETRY
-        while not db.local.try_lock_chain(key):
+        while not (self.ready() and db.local.try_lock_chain(key)):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
