@@ -23,7 +23,13 @@ import pytest
 import tdb
 
 from ctdb.common.config import CTDB_SOCKET_NAME
-from ctdb.protocol.ctdb_opcodes import CURRENT_NODE, FETCH_FUNC, IMMEDIATE_MIGRATION, NULL_FUNC
+from ctdb.protocol.ctdb_opcodes import (
+    CURRENT_NODE,
+    FETCH_FUNC,
+    FETCH_WITH_HEADER_FUNC,
+    IMMEDIATE_MIGRATION,
+    NULL_FUNC,
+)
 from ctdb.protocol.ctdb_wire import Header, ReplyCall, ReqCall, decode_packet
 from ctdb.storage.ltdb import TDB_MUTEX_LOCKING, Record
 from tests.chain_holder import Holder
@@ -218,6 +224,12 @@ def test_a_call_is_answered_within_call_timeout_and_a_client_may_leave_mid_call(
         client.ask("unlock", b"slow")
     fetched = _ask(cluster, 1, _call(db_id, b"slow", FETCH_FUNC))
     assert fetched.status == 0 and fetched.data == b"data"
+    with_header = _ask(cluster, 2, _call(db_id, b"slow", FETCH_WITH_HEADER_FUNC))
+    assert with_header.status == 0
+    rec = Record.unpack(with_header.data)
+    assert rec.dmaster == 2 and rec.value == b"data"
+    unknown = _ask(cluster, 2, _call(db_id, b"slow", 0x12345678))  # no such call id
+    assert unknown.status == -1 and unknown.data == b""
     assert samba_ctdb(cluster, 2, "readkey", volatile, "slow").stdout == "Data: size:4 ptr:[data]\n"
 
 
