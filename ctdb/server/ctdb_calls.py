@@ -33,7 +33,8 @@ Not served, and why:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import logging
+from collections.abc import Awaitable, Callable
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.migration import MigrationEngine
@@ -41,9 +42,14 @@ from ctdb.engines.shared_calls import migrate_here
 from ctdb.protocol.ctdb_opcodes import FETCH_FUNC, FETCH_WITH_HEADER_FUNC, NULL_FUNC
 from ctdb.protocol.ctdb_wire import ReqCall
 from ctdb.server.node import Node
+from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 
+log = logging.getLogger("ctdb.server.ctdb_calls")
+
 CALL_IDS = frozenset({NULL_FUNC, FETCH_FUNC, FETCH_WITH_HEADER_FUNC})
+#: what ctdbd answers a call it cannot run
+FAILED = -1
 
 
 class NotServed(CtdbError):
@@ -54,9 +60,35 @@ class NotServed(CtdbError):
         self.kind = kind
 
 
-def start(node: Node, req: ReqCall) -> Awaitable[bytes]:
-    """The reply data of `req`, once the record is here; NotServed at once
-    for a call that cannot be served."""
+def answer(
+    node: Node, req: ReqCall, once: Callable[[str, str], None]
+) -> tuple[int, bytes] | Awaitable[tuple[int, bytes]]:
+    """REQ_CALL's status and reply data: at once if it cannot be served, else
+    once the record is here. `once(kind, message)` logs a kind of failure once."""
+    try:
+        engine, db = _servable(node, req)
+    except NotServed as exc:
+        once(f"call {exc.kind}", exc.message)
+        return FAILED, b""
+
+    async def answered() -> tuple[int, bytes]:
+        try:
+            migrated = migrate_here(engine, db, req.key)
+            rec = await asyncio.wait_for(migrated, node.tunable("CallTimeout"))
+            return 0, reply_data(req.callid, rec)
+        except TimeoutError:
+            once("call timeout", f"a record call on {req.key!r} timed out (CallTimeout)")
+        except CtdbError as exc:
+            once(f"call failed {exc.code}", f"a record call failed: {exc.message}")
+        except Exception as exc:  # a bug costs this call, not the connection
+            log.error("a record call failed", exc_info=exc)
+        return FAILED, b""
+
+    return answered()
+
+
+def _servable(node: Node, req: ReqCall) -> tuple[MigrationEngine, Database]:
+    """The engine and database that serve `req`; NotServed if it cannot be served."""
     db = node.dbs.get(req.db_id)
     if db is None:
         raise NotServed("unknown db", f"a call on unknown database id 0x{req.db_id:08x}")
@@ -77,16 +109,7 @@ def start(node: Node, req: ReqCall) -> Awaitable[bytes]:
         raise NotServed(f"call id {req.callid:#x}", f"call id {req.callid:#x} is not served")
     if not req.key:
         raise NotServed("empty key", "a call with an empty key")
-
-    async def served() -> bytes:
-        timeout = node.tunable("CallTimeout")
-        try:
-            rec = await asyncio.wait_for(migrate_here(engine, db, req.key), timeout)
-        except TimeoutError:
-            raise CtdbError(ErrorCode.TIMEOUT, f"record {req.key!r} did not come in time") from None
-        return reply_data(req.callid, rec)
-
-    return served()
+    return engine, db
 
 
 def reply_data(callid: int, rec: Record) -> bytes:

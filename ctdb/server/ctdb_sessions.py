@@ -193,27 +193,16 @@ class CtdbSession(asyncio.Protocol):
     def _call(self, req: ReqCall) -> bytes | None:
         """REQ_CALL: -1 at once if it cannot be served, else answered once the record is here."""
         header = self._reply_header(req.header)
-        try:
-            served = ctdb_calls.start(self.node, req)
-        except ctdb_calls.NotServed as exc:
-            self.server.once(f"call {exc.kind}", exc.message)
-            return ReplyCall(header, FAILED).encode()
+        outcome = ctdb_calls.answer(self.node, req, self.server.once)
+        if not isinstance(outcome, Awaitable):
+            return ReplyCall(header, *outcome).encode()
 
-        async def answer() -> None:
-            try:
-                status, data = 0, await served
-            except asyncio.CancelledError:
-                raise
-            except CtdbError as exc:
-                status, data = FAILED, b""
-                self.server.once(f"call failed {exc.code}", f"a record call failed: {exc.message}")
-            except Exception as exc:
-                status, data = FAILED, b""
-                log.error("a record call failed", exc_info=exc)
+        async def reply(outcome: Awaitable[tuple[int, bytes]]) -> None:
+            status, data = await outcome
             if self.transport is not None and not self.transport.is_closing():
                 self._write(ReplyCall(header, status, data).encode())
 
-        self._spawn(answer())
+        self._spawn(reply(outcome))
         return None
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
