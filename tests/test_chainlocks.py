@@ -79,6 +79,9 @@ def test_lock_all_waits_for_no_chain_and_keeps_every_other_process_out(
     assert volatile.get(b"a") is None and volatile.get(b"b") == Record(2, 0, b"2")
     volatile.write_batch({b"c": Record(3, 0, b"3")}, replace_all=True)
     assert dict(volatile.items()) == {b"c": Record(3, 0, b"3")}
+    assert volatile.try_lock_all()  # nested: each needs its unlock_all
+    volatile.unlock_all()
+    assert volatile.whole_locked and holder.ask("lock", b"k") == "busy"
     volatile.unlock_all()
     assert not volatile.whole_locked
     assert holder.ask("lock", b"k") == "locked"
