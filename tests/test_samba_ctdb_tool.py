@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -261,3 +262,26 @@ def test_bad_packets_get_a_failing_status_or_a_closed_connection(cluster: LocalC
     # Garbage that cannot be framed: the daemon closes this connection only.
     assert _exchange(cluster, 0, b"\xff" * 64) == b""
     assert samba_ctdb(cluster, 0, "pnn").stdout.strip() == "0"
+
+
+def test_record_calls_that_are_not_served_fail_at_once(
+    cluster: LocalCluster, transport: str
+) -> None:
+    """REQ_CALL on a persistent database (any transport), and on any database
+    over vs, where a write in place would bypass the ordered stream: -1 at
+    once, and Samba's tool fails with its own error instead of waiting."""
+    volatile, persistent = unique("cv"), unique("cp")
+    run_ctdbtool(cluster.socket(0), "attach", volatile)
+    run_ctdbtool(cluster.socket(0), "attach", persistent, "persistent")
+    ours = {db["name"]: db for db in run_ctdbtool(cluster.socket(1), "--json", "getdbmap").json()}
+    unserved = [persistent] + ([volatile] if transport == "vs" else [])
+    for name in unserved:
+        header = Header(reqid=11, destnode=CURRENT_NODE, srcnode=1)
+        started = time.monotonic()
+        raw = _exchange(cluster, 1, ReqCall(header, 1, ours[name]["id"], 0xFF000001, b"k").encode())
+        answer = decode_packet(raw)
+        assert isinstance(answer, ReplyCall) and answer.status == -1 and answer.data == b""
+        assert time.monotonic() - started < 5.0
+    if transport == "vs":
+        out = samba_ctdb(cluster, 1, "writekey", volatile, "k", "v")
+        assert out.returncode != 0 and "Failed to lock record" in out.stderr

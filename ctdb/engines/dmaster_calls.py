@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
+from ctdb.engines.chains import ChainGate
 from ctdb.engines.record_calls import RecordCall
 from ctdb.protocol.messages import RemoteCall, RemoteCallReply
 from ctdb.storage.database import Database
@@ -59,6 +60,8 @@ class Dmaster(Protocol):
     """What record calls need of the migration engine that holds the records."""
 
     node: Host
+    #: a call from another node runs under the record's chain lock, as a hand-over
+    chains: ChainGate
 
     def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool: ...
 
@@ -145,10 +148,14 @@ class DmasterCalls:
     # -- messages from other nodes ---------------------------------------------------
 
     def on_call(self, msg: RemoteCall) -> None:
+        db = self.node.dbs.get(msg.db_id)
+        if db is not None and self.node.in_generation(msg.generation):
+            self.engine.chains.run(db, msg.key, lambda: self._serve(db, msg))
+
+    def _serve(self, db: Database, msg: RemoteCall) -> None:
         node = self.node
-        db = node.dbs.get(msg.db_id)
-        if db is None or not node.in_generation(msg.generation):
-            return
+        if not node.in_generation(msg.generation):
+            return  # it waited for a client's chain lock across a recovery
         rec = db.local.get(msg.key)
         if self.engine.is_dmaster(db, msg.key, rec):
             if not node.serving:

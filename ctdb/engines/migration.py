@@ -3,7 +3,8 @@
 A record is served only by its dmaster; a node that needs it asks the key's
 lmaster, which forwards the call to the dmaster, which hands the record over
 through the lmaster (the routing and hand-over decisions, pure, are in
-`ctdb.engines.handover`).
+`ctdb.engines.handover`; what this node does with the other nodes' messages
+is in `ctdb.engines.migration_messages`).
 
 Every hand-over bumps the RSN and the giver keeps its copy, so if a hand-over
 is cut short by a recovery the newest copy still exists somewhere and the
@@ -20,6 +21,12 @@ its lock or for it to arrive (one more fails with BUSY), and a node's calls
 wait at the dmaster once however often it re-sends them, so a record locked
 for long holds bounded queues.
 
+Samba's clients share the volatile files and write a record in place while
+this node is its dmaster (`ctdb.engines.shared_calls` brings records here for
+them): every read-decide-write of a record here runs under its chain lock,
+taken without waiting (`ctdb.engines.chains`), so a client's write is never
+lost between the two and a client holding a lock never stalls the daemon.
+
 A lock lives in the generation it was granted in. A recovery pulls every
 node's records, merges them and pushes the result back; a write made in
 between would be overwritten by the push after its client was told it
@@ -32,18 +39,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines import handover, persistent_calls
+from ctdb.engines import persistent_calls
 from ctdb.engines.base import resolved
+from ctdb.engines.chains import ChainGate, shared
 from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.merge import from_wire
+from ctdb.engines.migration_messages import HandoverMessages, KeyState
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.vacuum import Vacuum
-from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest, RemoteCall
+from ctdb.protocol.messages import Call
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record, live_value
 from ctdb.storage.placement import lmaster
@@ -59,20 +66,7 @@ log = logging.getLogger("ctdb.engines.migration")
 RETRY_INTERVAL = 0.5
 
 
-@dataclass
-class KeyState:
-    """Local bookkeeping for one record: its lock holder and who waits for it."""
-
-    holder: object | None = None
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-    remote: deque[Call] = field(default_factory=deque)
-
-    @property
-    def idle(self) -> bool:
-        return self.holder is None and not self.waiters and not self.remote
-
-
-class MigrationEngine:
+class MigrationEngine(HandoverMessages):
     def __init__(self, node: Host, transactions: TransactionEngine) -> None:
         self.node = node
         #: persistent databases commit through it (the leader's two-phase commit)
@@ -83,6 +77,8 @@ class MigrationEngine:
         self._acquiring: dict[tuple[int, bytes], int] = {}
         #: locks a freeze took away, by record: their holders get a clear error
         self._voided: dict[tuple[int, bytes], object] = {}
+        #: work on records Samba's clients share, under their chain locks
+        self.chains = ChainGate(node.stats, lambda: node.in_generation(node.generation))
         self.vacuum = Vacuum(self)
         #: conditional appends and their kin, run at the dmaster
         self.calls = DmasterCalls(self)
@@ -121,14 +117,40 @@ class MigrationEngine:
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
         ok, _ = self.try_local(db, key, session)
-        if ok:
-            self.write(db, key, value)
+        if ok and self._write_now(db, key, value):
             return None
         return self._store_slow(db, key, value, session)
 
     async def _store_slow(self, db: Database, key: bytes, value: bytes, session: object) -> None:
-        await self.acquire(db, key, session, lock=False)
-        self.write(db, key, value)
+        while True:
+            await self.acquire(db, key, session, lock=False)
+            if await self._write_when_free(db, key, value, session):
+                return
+
+    def _write_now(self, db: Database, key: bytes, value: bytes) -> bool:
+        """Write a record we are dmaster of, unless a client holds its chain (False)."""
+        if shared(db) and not db.local.try_lock_chain(key):
+            return False
+        try:
+            self.write(db, key, value)
+        finally:
+            self.chains.release(db, key)
+        return True
+
+    async def _write_when_free(
+        self, db: Database, key: bytes, value: bytes, session: object
+    ) -> bool:
+        """Write once no Samba client holds the record's chain, if `acquire`'s
+        answer still holds then (False: the record moved or a freeze came)."""
+        deadline = asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
+        await self.chains.hold(db, key, deadline)
+        try:
+            if not self.try_local(db, key, session)[0]:
+                return False
+            self.write(db, key, value)
+            return True
+        finally:
+            self.chains.release(db, key)
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=True))
@@ -146,10 +168,23 @@ class MigrationEngine:
             # Our lease is being renewed (a freeze would have voided the
             # lock): write only once we serve again, or fail.
             return self._unlock_when_serving(db, key, session, value)
-        if value is not None:
-            self.write(db, key, value)
+        if value is not None and not self._write_now(db, key, value):
+            return self._unlock_soon(db, key, session, value)
         self.release(db, key, session)
         return None
+
+    async def _unlock_soon(self, db: Database, key: bytes, session: object, value: bytes) -> None:
+        """`unlock` once no Samba client holds the record's chain (still locked meanwhile)."""
+        deadline = asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
+        await self.chains.hold(db, key, deadline)
+        try:
+            if self.locked_by(db, key, session) and self.node.serving:
+                self.write(db, key, value)
+                self.release(db, key, session)
+                return
+        finally:
+            self.chains.release(db, key)
+        await resolved(self.unlock(db, key, session, value))  # voided, or not serving
 
     async def _unlock_when_serving(
         self, db: Database, key: bytes, session: object, value: bytes | None
@@ -195,14 +230,16 @@ class MigrationEngine:
 
     # -- the machinery behind them -------------------------------------------
 
-    def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool:
-        return handover.is_dmaster(self.node.pnn, key, rec, self.node.vnnmap)
-
     def try_local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
         """The fast path: (True, record) if it can be served now without waiting."""
         if not self.node.serving:
             return False, None
-        rec = db.local.get(key)
+        if shared(db) and not db.local.try_lock_chain(key):
+            return False, None  # a Samba client holds it: the slow path waits
+        try:
+            rec = db.local.get(key)
+        finally:
+            self.chains.release(db, key)
         if not self.is_dmaster(db, key, rec):
             return False, None
         ks = self._keys.get((db.id, key))
@@ -242,7 +279,9 @@ class MigrationEngine:
         deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
         while True:
             await node.wait_serving(deadline)
-            rec = db.local.get(key)
+            rec = await self._read(db, key, deadline)
+            if not node.serving:
+                continue  # a freeze came while a client held the chain
             if self.is_dmaster(db, key, rec):
                 ks = self._keys.get((db.id, key))
                 if ks is None or ks.holder is None or ks.holder is session:
@@ -255,10 +294,26 @@ class MigrationEngine:
             else:
                 await self._fetch_remote(db, key, deadline)
 
+    async def _read(self, db: Database, key: bytes, deadline: float) -> Record | None:
+        """The local copy, read once no Samba client holds its chain (None, unread,
+        if a recovery began meanwhile: the caller waits for it)."""
+        await self.chains.hold(db, key, deadline)
+        try:
+            return db.local.get(key) if self.node.serving else None
+        finally:
+            self.chains.release(db, key)
+
     def release(self, db: Database, key: bytes, session: object) -> None:
         ks = self._keys[(db.id, key)]
         ks.holder = None
         self._wake(db, key, ks)
+
+    def drop_lock(self, db: Database, key: bytes, session: object) -> None:
+        """Release `session`'s lock if it still holds it, and forget a voided one."""
+        if self.locked_by(db, key, session):
+            self.release(db, key, session)
+        elif self._voided.get((db.id, key)) is session:
+            del self._voided[(db.id, key)]
 
     def release_all(self, session: object) -> None:
         """A client went away: drop every lock it held (the record stays here)."""
@@ -281,10 +336,6 @@ class MigrationEngine:
         ks = self._keys.get((db.id, key))
         return ks is not None and ks.holder is session
 
-    def next_rsn(self, old: Record | None) -> int:
-        """The RSN of the next version: above the old one and stamped with the epoch."""
-        return max((old.rsn if old else 0) + 1, self.node.epochs.epoch << 32)
-
     def write(self, db: Database, key: bytes, value: bytes) -> Record:
         """Update a record this node is dmaster of (the caller checked that)."""
         rec = Record(self.next_rsn(db.local.get(key)), self.node.pnn, value)
@@ -296,77 +347,6 @@ class MigrationEngine:
         """Nobody holds, waits for or is fetching the record here."""
         ks = self._keys.get((db.id, key))
         return (ks is None or ks.idle) and (db.id, key) not in self._calls_out
-
-    def hand_over(self, db: Database, key: bytes, rec: Record, to: int) -> None:
-        """Migrate a record we are dmaster of to `to`, unasked (vacuuming)."""
-        self._give_away(db, key, rec, to)
-
-    # -- messages from other nodes -------------------------------------------
-
-    def on_call(self, call: Call) -> None:
-        node = self.node
-        db = node.dbs.get(call.db_id)
-        if db is None or not node.in_generation(call.generation):
-            return
-        key = call.key
-        rec = db.local.get(key)
-        if self.is_dmaster(db, key, rec):
-            ks = self._keys.get((db.id, key))
-            if ks is not None and ks.holder is not None:
-                # One hand-over answers all of a node's calls: a re-sent one
-                # (RETRY_INTERVAL) must not queue again.
-                if all(queued.origin != call.origin for queued in ks.remote):
-                    ks.remote.append(call)
-                return
-            self._give_away(db, key, rec, call.origin)
-            return
-        self.forward(call, rec)
-
-    def forward(self, call: Call | RemoteCall, rec: Record | None) -> None:
-        """A call reached a node that is not the record's dmaster: on towards it."""
-        node = self.node
-        if call.hops > handover.max_hops(len(node.nodes)):
-            name = type(call).__name__
-            log.warning("dropping %s for %r after %d hops", name, call.key, call.hops)
-            return
-        call.hops += 1
-        node.send(handover.next_hop(node.pnn, call.key, rec, node.vnnmap), call)
-
-    def _give_away(self, db: Database, key: bytes, rec: Record | None, to: int) -> None:
-        node = self.node
-        if to == node.pnn:
-            return
-        rsn = self.next_rsn(rec)
-        kept, dest, msg = handover.give_away(
-            node.pnn, db.id, key, rec, to, rsn, node.vnnmap, node.generation
-        )
-        db.local.put(key, kept)
-        node.send(dest, msg)
-
-    def on_dmaster_request(self, msg: DmasterRequest) -> None:
-        """At the lmaster: note the new dmaster, then hand the record over."""
-        node = self.node
-        db = node.dbs.get(msg.db_id)
-        if db is None or not node.in_generation(msg.generation):
-            return
-        rec, reply = handover.at_lmaster(node.pnn, msg)
-        db.local.put(msg.key, rec)
-        if reply is None:
-            self.vacuum.note(db, msg.key, rec)
-            self._arrived(db, msg.key)
-        else:
-            node.send(msg.new_dmaster, reply)
-
-    def on_dmaster_reply(self, msg: DmasterReply) -> None:
-        node = self.node
-        db = node.dbs.get(msg.db_id)
-        if db is None or not node.in_generation(msg.generation):
-            return
-        if handover.takes_reply(db.local.get(msg.key), msg.rsn):
-            rec = Record(msg.rsn, node.pnn, msg.value)
-            db.local.put(msg.key, rec)
-            self.vacuum.note(db, msg.key, rec)
-        self._arrived(db, msg.key)
 
     # -- recovery hooks --------------------------------------------------------
 
@@ -431,30 +411,3 @@ class MigrationEngine:
         finally:
             if fut in waiters:
                 waiters.remove(fut)
-
-    def _arrived(self, db: Database, key: bytes) -> None:
-        fut = self._calls_out.pop((db.id, key), None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-        ks = self._keys.get((db.id, key))
-        if ks is not None:
-            self._wake(db, key, ks)
-
-    def _wake(self, db: Database, key: bytes, ks: KeyState) -> None:
-        """The record became free: remote callers first, then local waiters re-check."""
-        if ks.holder is None and ks.remote:
-            call = ks.remote.popleft()
-            rec = db.local.get(key)
-            if self.is_dmaster(db, key, rec):
-                self._give_away(db, key, rec, call.origin)
-            # Calls queued behind it now find us no longer dmaster: re-route them.
-            pending = list(ks.remote)
-            ks.remote.clear()
-            for other in pending:
-                self.on_call(other)
-        for fut in ks.waiters:
-            if not fut.done():
-                fut.set_result(None)
-        ks.waiters.clear()
-        if ks.idle:
-            self._keys.pop((db.id, key), None)

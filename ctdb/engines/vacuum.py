@@ -13,6 +13,13 @@ their calls come to the lmaster; and when the lmaster holds nothing, it is
 the dmaster by definition), so no write can slip in between. A marker held
 by another dmaster is first handed to the lmaster, as a migration.
 
+Samba's clients delete a record by writing a header-only value in place
+and telling the daemon (SCHEDULE_FOR_DELETION: `suggest`); they may write a
+marker back to life at any moment. So each marker is checked and removed,
+or handed over, under its chain lock, taken without waiting: a record a
+client holds waits for the next round, and a node that cannot check its
+copy fails the round for the lmaster (which then keeps its markers).
+
 Only while every configured node is in the vnnmap: a node that is away
 could come back with an older copy, which a removed marker would no longer
 outrank. A vacuum cut short by a recovery or a failure leaves the marker
@@ -27,7 +34,8 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from ctdb.common.errors import CtdbError
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.chains import shared
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import lmaster
@@ -63,6 +71,11 @@ class Vacuum:
         if rec.deleted and rec.dmaster == self.node.pnn and not db.replicated:
             self.candidates.setdefault(db.id, set()).add(key)
 
+    def suggest(self, db: Database, key: bytes) -> None:
+        """A client says it deleted `key` (SCHEDULE_FOR_DELETION): check it next round."""
+        if not db.replicated:
+            self.candidates.setdefault(db.id, set()).add(key)
+
     def note_all(self, db: Database, records: Mapping[bytes, Record | None]) -> None:
         for key, rec in records.items():
             if rec is not None:
@@ -95,16 +108,21 @@ class Vacuum:
         node, engine = self.node, self.engine
         batch: list[tuple[bytes, int]] = []
         for key in list(itertools.islice(keys, BATCH)):
-            rec = self._marker(db, key)
-            if rec is None:
-                keys.discard(key)
-            elif not engine.idle(db, key):
-                continue  # locked or wanted: later
-            elif lmaster(key, node.vnnmap) != node.pnn:
-                keys.discard(key)  # the lmaster takes over (it notes the marker on arrival)
-                engine.hand_over(db, key, rec, lmaster(key, node.vnnmap))
-            else:
-                batch.append((key, rec.rsn))
+            if not _try_lock(db, key):
+                continue  # a client holds it: later
+            try:
+                rec = self._marker(db, key)
+                if rec is None:
+                    keys.discard(key)
+                elif not engine.idle(db, key):
+                    continue  # locked or wanted: later
+                elif lmaster(key, node.vnnmap) != node.pnn:
+                    keys.discard(key)  # the lmaster takes over (it notes the marker on arrival)
+                    engine.hand_over(db, key, rec, lmaster(key, node.vnnmap))
+                else:
+                    batch.append((key, rec.rsn))
+            finally:
+                _unlock(db, key)
         if not batch:
             return 0
         generation = node.generation
@@ -118,22 +136,48 @@ class Vacuum:
         removed = 0
         if node.in_generation(generation):
             for key, rsn in batch:
-                rec = self._marker(db, key)
-                if rec is not None and rec.rsn == rsn and engine.idle(db, key):
-                    db.local.remove(key)
-                    removed += 1
-                keys.discard(key)
+                if not _try_lock(db, key):
+                    continue  # a client holds it: the next round checks it again
+                try:
+                    rec = self._marker(db, key)
+                    if rec is not None and rec.rsn == rsn and engine.idle(db, key):
+                        db.local.remove(key)
+                        removed += 1
+                    keys.discard(key)
+                finally:
+                    _unlock(db, key)
         node.stats["vacuumed"] += removed
         return removed
 
     @staticmethod
     def drop_copies(db: Database, records: list[list[object]]) -> int:
-        """At every other node: drop our copy of each key unless it is newer than the marker."""
-        dropped = 0
+        """At every other node: drop our copy of each key unless it is newer than the marker.
+
+        RETRY if a client held one of them: the lmaster must then keep its
+        markers, since a copy we could not check might outlive them.
+        """
+        dropped = busy = 0
         for raw_key, raw_rsn in records:
             key, rsn = bytes(raw_key), int(raw_rsn)  # type: ignore[call-overload]
-            rec = db.local.get(key)
-            if rec is not None and rec.rsn <= rsn:
-                db.local.remove(key)
-                dropped += 1
+            if not _try_lock(db, key):
+                busy += 1
+                continue
+            try:
+                rec = db.local.get(key)
+                if rec is not None and rec.rsn <= rsn:
+                    db.local.remove(key)
+                    dropped += 1
+            finally:
+                _unlock(db, key)
+        if busy:
+            raise CtdbError(ErrorCode.RETRY, f"clients held {busy} of the records to vacuum")
         return dropped
+
+
+def _try_lock(db: Database, key: bytes) -> bool:
+    return not shared(db) or db.local.try_lock_chain(key)
+
+
+def _unlock(db: Database, key: bytes) -> None:
+    if shared(db):
+        db.local.unlock_chain(key)

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 
 from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.migration import MigrationEngine
 from ctdb.protocol.ctdb_control_structs import (
     IfaceList,
+    KeyData,
     PidSrvid,
     PublicIpList,
     TraverseStart,
@@ -266,6 +268,20 @@ def _traverse(door: Door, start: TraverseStart | TraverseStartExt) -> Any:
     return handler()
 
 
+def _schedule_for_deletion(door: Door, which: KeyData) -> tuple[int, Any]:
+    """A client deleted a record in place (a header-only value): a hint for vacuuming.
+
+    The client still holds the record's chain lock while it waits for this
+    reply (ctdb's `deletekey`), so the record is not touched here: the next
+    vacuuming round checks it under the lock (`ctdb.engines.vacuum`).
+    """
+    db = door.node.db(which.db_id)
+    engine = door.node.records
+    if isinstance(engine, MigrationEngine):
+        engine.vacuum.suggest(db, which.key)
+    return 0, None
+
+
 def _open_flags(door: Door, db_id: int) -> tuple[int, Any]:
     """The TDB flags a client must open the database's file with (it uses them verbatim)."""
     return 0, door.node.db(db_id).local.tdb_flags
@@ -331,6 +347,7 @@ HANDLERS: dict[Control, Handler] = {
     Control.DB_ATTACH_PERSISTENT: _attach(DbKind.PERSISTENT),
     Control.DB_ATTACH_REPLICATED: _attach(DbKind.REPLICATED),
     Control.DB_OPEN_FLAGS: _open_flags,
+    Control.SCHEDULE_FOR_DELETION: _schedule_for_deletion,
     Control.TRAVERSE_START: _traverse,
     Control.TRAVERSE_START_EXT: _traverse,
 }

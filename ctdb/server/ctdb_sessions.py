@@ -23,13 +23,17 @@ registered there for the srvid or for CTDB_SRVID_ALL. The srvids are the
 node's (`ctdb.server.messaging`), shared with the clients of our own
 protocol.
 
+REQ_CALL, which clients sharing the volatile TDB files send to have a
+record migrated here, is served over tcp (`ctdb.server.ctdb_calls`) and
+answered when the record is here, within CallTimeout.
+
 Every other request gets what ctdbd gives a request it cannot serve: a
 control reply with status -1 and no data, a call reply with status -1
-(REQ_CALL, record migration for clients that share the TDB files, is not
-served yet), logged once per kind, so a client probing many controls does
-not flood the log. A request is never left unanswered, since Samba's
-clients wait for every reply; a stream that cannot be framed (bad length,
-magic or version) is closed, which they notice at once.
+(REQ_CALL on the vs transport or a persistent database), logged once per
+kind, so a client probing many controls does not flood the log. A request
+is never left unanswered, since Samba's clients wait for every reply; a
+stream that cannot be framed (bad length, magic or version) is closed,
+which they notice at once.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import contextlib
 import logging
 import struct
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,7 +68,7 @@ from ctdb.protocol.ctdb_wire import (
     ReqMessage,
     UnknownPacket,
 )
-from ctdb.server import unixsocket
+from ctdb.server import ctdb_calls, unixsocket
 from ctdb.server.ctdb_handlers import FAILED, SESSION_BOUND, Outcome, run_control
 from ctdb.server.node import Node
 from ctdb.server.sessions import OUTPUT_CAP
@@ -105,7 +109,8 @@ class CtdbSession(asyncio.Protocol):
         self.who = "a CTDB-protocol client"
         #: message ids the client registered for, each as often as it did
         self.srvids: Counter[int] = Counter()
-        #: controls still waiting for the cluster (attach, traverse, forwarded ones)
+        #: requests still waiting for the cluster (attach, traverse, forwarded
+        #: controls, record calls)
         self.tasks: set[asyncio.Task[None]] = set()
         #: what may wait to be sent to the client before it is dropped
         self.output_cap = max(OUTPUT_CAP, 2 * int(self.node.tunable("MaxFrameSize")))
@@ -164,8 +169,7 @@ class CtdbSession(asyncio.Protocol):
         if isinstance(packet, ReqControl):
             return self._control(packet)
         if isinstance(packet, ReqCall):
-            self.server.once("call", "record calls (REQ_CALL) are not served yet")
-            return self._failure(packet.header, Operation.REQ_CALL)
+            return self._call(packet)
         if isinstance(packet, ReqMessage):
             self._message(packet)
             return None
@@ -185,6 +189,27 @@ class CtdbSession(asyncio.Protocol):
             self.node.messaging.send(target, msg.srvid, msg.data)
         except CtdbError as exc:
             self.server.once(f"message to {dest}", f"message dropped: {exc.message}")
+
+    def _call(self, req: ReqCall) -> bytes | None:
+        """REQ_CALL: -1 at once if it cannot be served, else answered once the record is here."""
+        header = self._reply_header(req.header)
+        outcome = ctdb_calls.answer(self.node, req, self.server.once)
+        if not isinstance(outcome, Awaitable):
+            return ReplyCall(header, *outcome).encode()
+
+        async def reply(outcome: Awaitable[tuple[int, bytes]]) -> None:
+            status, data = await outcome
+            if self.transport is not None and not self.transport.is_closing():
+                self._write(ReplyCall(header, status, data).encode())
+
+        self._spawn(reply(outcome))
+        return None
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work for this client; cancelled if it goes away."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _reply_header(self, request: Header) -> Header:
         return Header(request.reqid, request.srcnode, self.node.pnn, self.node.generation)
@@ -262,9 +287,7 @@ class CtdbSession(asyncio.Protocol):
             if reply or after:
                 self._write(reply + after)
 
-        task = asyncio.get_running_loop().create_task(answer())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._spawn(answer())
 
     def send_leader(self) -> None:
         if SRVID_LEADER in self.srvids and self.transport is not None:

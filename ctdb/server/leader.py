@@ -72,6 +72,7 @@ class LeaderRecovery:
     async def stop(self) -> None:
         # A cancelled pull or push goes on in its thread: close nothing under it.
         await self.member.bulk(lambda: None)
+        self.engine.chains.close()  # work waiting for clients' chain locks: never done
 
     def confirmed(self) -> bool:
         return self.node.liveness.lease_holds()

@@ -11,11 +11,14 @@ the leader froze us for is refused: attempts cut short never mix.
 A member follows one leader at a time (`_check_vote`), does its
 whole-database work off the event loop and one attempt at a time (`bulk`),
 and holds the migration messages of the generation it is about to enter
-that peers which thawed first already send (`defer_if_early`).
+that peers which thawed first already send (`defer_if_early`). From its
+answer to the freeze until thaw it holds its volatile files whole, so that
+Samba's clients do not write in place under a recovery (`frozen_files`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -28,6 +31,7 @@ from ctdb.engines.merge import from_wire, to_wire
 from ctdb.engines.migration import MigrationEngine
 from ctdb.engines.vacuum import Vacuum
 from ctdb.protocol.messages import Message
+from ctdb.server.frozen_files import FrozenFiles
 from ctdb.server.state import INACTIVE, INVALID_GENERATION, RecoveryMode
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
@@ -42,6 +46,9 @@ T = TypeVar("T")
 #: that a peer has finished already (see `defer_if_early`); past it they are
 #: dropped, as messages of another generation are (calls are re-sent).
 MAX_DEFERRED = 10_000
+#: The share of the leader's timeout for a freeze that a member may spend
+#: waiting for clients to release the chain locks of its volatile files.
+FREEZE_SHARE = 0.8
 
 
 class RecoveryMember:
@@ -55,6 +62,8 @@ class RecoveryMember:
         self._served = False
         #: Recovery's whole-database work runs off the event loop (see `bulk`).
         self._bulk_lock = threading.Lock()
+        #: the volatile files held whole from the leader's freeze to thaw
+        self.files = FrozenFiles(node.dbs, node.stats)
 
     def defer_if_early(self, src: int, msg: Message, generation: int) -> bool:
         """Hold a migration message of the generation we are about to thaw into.
@@ -145,7 +154,19 @@ class RecoveryMember:
     async def ctl_freeze(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
         node = self.node
         self._check_vote(src)
-        self.freeze(int(args["generation"]))
+        generation = int(args["generation"])
+        self.freeze(generation)
+        # No client writes in place from here to thaw. The locks are taken on
+        # this thread, once no earlier attempt's bulk work uses the handles.
+        await self.bulk(lambda: None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FREEZE_SHARE * node.tunable("RecoverTimeout")
+        await self.files.hold(deadline)
+        if node.recovery_mode is not RecoveryMode.RECOVERY:
+            self.files.release()  # thawed meanwhile: clients write in place again
+            raise CtdbError(ErrorCode.RETRY, "this node thawed while it froze")
+        if generation != self._frozen_generation:
+            raise CtdbError(ErrorCode.RETRY, "a newer recovery froze this node meanwhile")
         dbs = list(node.dbs.values())
         # After any earlier attempt's push: its sequence numbers are the real ones.
         info = await self.bulk(lambda: {db.name: _recovery_info(db) for db in dbs})
@@ -236,6 +257,7 @@ class RecoveryMember:
             raise CtdbError(ErrorCode.RETRY, f"node {node.pnn} became inactive")
         node.generation = self._frozen_generation
         node.recovery_mode = RecoveryMode.NORMAL
+        self.files.release()
         self._served = True
         node.liveness.lease.new_generation()
         node.serving_event.set()

@@ -21,6 +21,7 @@ from pathlib import Path
 import tdb
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.storage.chainlocks import ChainLocks
 
 HEADER = struct.Struct("<QIIII")
 HEADER_SIZE = HEADER.size  # 24
@@ -138,6 +139,10 @@ class LocalDb:
             self._tdb = tdb.Tdb(str(path), hash_size, flags, open_flags, 0o600)
         except (OSError, RuntimeError) as exc:
             raise CtdbError(ErrorCode.IO, f"cannot open {path}: {exc}") from exc
+        #: the chain locks Samba's clients take too, on this very handle
+        self.chains = ChainLocks(self._tdb, path)
+        #: how often this process locked the whole file (`try_lock_all`), nested
+        self._whole = 0
         #: While a two-phase commit is prepared: the committed value of every
         #: key it writes (None: absent). The open TDB transaction shows its
         #: own uncommitted writes to this handle; readers must not see them.
@@ -157,7 +162,35 @@ class LocalDb:
             raise CorruptFile(self.path, exc.message) from None
 
     def close(self) -> None:
+        self.chains.close()
+        self._whole = 0
         self._tdb.close()
+
+    def try_lock_chain(self, key: bytes) -> bool:
+        """Lock `key`'s chain unless another process holds it. Release it with
+        `unlock_chain` before the next `await`: the lock belongs to the thread."""
+        return self.chains.try_lock(key)
+
+    def unlock_chain(self, key: bytes) -> None:
+        self.chains.unlock(key)
+
+    @property
+    def whole_locked(self) -> bool:
+        """This process holds every chain (`try_lock_all`)."""
+        return self._whole > 0
+
+    def try_lock_all(self) -> bool:
+        """Lock every chain unless another process holds one; True if held now.
+        Nests: each success needs its `unlock_all`."""
+        if self._whole or self.chains.try_lock_all():
+            self._whole += 1
+            return True
+        return False
+
+    def unlock_all(self) -> None:
+        if self._whole == 1:
+            self.chains.unlock_all()
+        self._whole = max(self._whole - 1, 0)
 
     def get(self, key: bytes) -> Record | None:
         data = self._read(key)
@@ -217,8 +250,25 @@ class LocalDb:
         `None` removes the key; `replace_all` first wipes the file, which is
         how recovery installs a database pulled from another node.
         """
+        if self.whole_locked:
+            self._write_in_place(puts, replace_all=replace_all)
+            return
         self._prepare(puts, replace_all=replace_all)
         self._tdb.transaction_commit()
+
+    def _write_in_place(self, puts: Mapping[bytes, Record | None], *, replace_all: bool) -> None:
+        """`write_batch` under the whole-file lock, which TDB transactions refuse."""
+        if self.persistent:
+            raise CtdbError(ErrorCode.IO, f"{self.path} is durable: written by transaction only")
+        t = self._tdb
+        if replace_all:
+            t.clear()
+        for key, rec in puts.items():
+            if rec is None:
+                if key in t:
+                    t.delete(key)
+            else:
+                t.store(key, rec.pack(), tdb.REPLACE)
 
     # Two-phase commit for persistent transactions: prepare writes everything
     # and fsyncs the recovery area, so the final commit cannot fail for space.

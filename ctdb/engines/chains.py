@@ -1,0 +1,148 @@
+"""Engine work on records Samba's clients share: under their chain lock, never waiting.
+
+A volatile database's file is shared with Samba's clients (smbd, the `ctdb`
+tool, CTDB's test programs), which lock a record's hash chain and write the
+record in place while this node is its dmaster. The engine must read,
+decide and write such a record under the same lock, or a client's write
+could land between its read and its write and be lost (a hand-over would
+carry the old value away). And it must never wait for the lock on the event
+loop: a client may hold it while it waits for this very daemon (ctdb's
+`deletekey` waits for SCHEDULE_FOR_DELETION's reply under the lock; smbd
+asks for one record while holding another), and python-tdb blocks holding
+the GIL. As ctdbd does (`ctdb_ltdb_lock_requeue`), a busy chain requeues
+the work and tries again a few milliseconds later.
+
+Work for one record runs in the order it came, also when some of it had to
+wait: a hand-over message waiting for the chain holds back the messages
+about the same record that follow it (the migration's reasoning relies on
+each link being FIFO), and nothing else.
+
+Persistent and replicated files are not written in place by clients (their
+writes go through transactions), so their work runs at once.
+
+A retry touches the file only while the node is in a generation (`ready`):
+during a recovery the handles belong to its bulk work, which runs in
+another thread (TDB handles are not thread-safe), and work that waited
+belongs to the generation the recovery ends anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.storage.database import Database
+
+log = logging.getLogger("ctdb.engines.chains")
+
+#: First retry of a busy chain, in seconds; each further one waits twice as
+#: long, up to MAX_RETRY (clients hold chain locks for microseconds, unless
+#: they wait for something).
+FIRST_RETRY = 0.002
+MAX_RETRY = 0.05
+
+
+def shared(db: Database) -> bool:
+    """Whether Samba's clients may write the database's records in place."""
+    return not db.replicated
+
+
+class ChainGate:
+    """Runs work on shared records under their chain lock, requeued while a client holds it."""
+
+    def __init__(self, stats: Counter[str], ready: Callable[[], bool]) -> None:
+        #: the node's counters: "chain_waits" counts work that found a chain held
+        self.stats = stats
+        #: whether the files may be touched now (not during a recovery)
+        self.ready = ready
+        #: work that waits for a chain, by record, in arrival order
+        self._waiting: dict[tuple[int, bytes], deque[Callable[[], None]]] = {}
+        self._timers: dict[tuple[int, bytes], asyncio.TimerHandle] = {}
+
+    def waiting(self) -> int:
+        """Records whose work waits for a client to release a chain lock."""
+        return len(self._waiting)
+
+    def run(self, db: Database, key: bytes, work: Callable[[], None]) -> None:
+        """Run `work` holding `key`'s chain lock: now, or once no client holds it,
+        after the work for the same record that waits already."""
+        if not shared(db):
+            work()
+            return
+        ref = (db.id, key)
+        queue = self._waiting.get(ref)
+        if queue is not None:
+            queue.append(work)
+            return
+        if db.local.try_lock_chain(key):
+            try:
+                work()
+            finally:
+                db.local.unlock_chain(key)
+            return
+        self._waiting[ref] = deque([work])
+        self.stats["chain_waits"] += 1
+        self._later(db, key, FIRST_RETRY)
+
+    def _later(self, db: Database, key: bytes, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers[(db.id, key)] = loop.call_later(delay, self._retry, db, key, delay)
+
+    def _retry(self, db: Database, key: bytes, delay: float) -> None:
+        ref = (db.id, key)
+        self._timers.pop(ref, None)
+        queue = self._waiting[ref]
+        try:
+            if not self.ready() or not db.local.try_lock_chain(key):
+                self._later(db, key, min(2 * delay, MAX_RETRY))
+                return
+        except CtdbError as exc:  # the file closed under us (the node stops)
+            log.info("dropping %d requests on %r: %s", len(queue), key, exc.message)
+            del self._waiting[ref]
+            return
+        try:
+            while queue:  # work it queues for the same record runs here too
+                work = queue.popleft()
+                try:
+                    work()
+                except Exception:
+                    log.exception("requeued work on record %r failed", key)
+        finally:
+            db.local.unlock_chain(key)
+            del self._waiting[ref]
+
+    async def hold(self, db: Database, key: bytes, deadline: float) -> None:
+        """Return holding `key`'s chain lock, once no client holds it.
+
+        The caller must `unlock_chain` before its next `await` (the lock
+        belongs to this thread, and a client must not wait on us for long).
+        TIMEOUT if a client still holds it at `deadline` (loop time).
+        """
+        if not shared(db):
+            return
+        if db.local.try_lock_chain(key):
+            return
+        self.stats["chain_waits"] += 1
+        loop = asyncio.get_running_loop()
+        delay = FIRST_RETRY
+        while not (self.ready() and db.local.try_lock_chain(key)):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(2 * delay, MAX_RETRY)
+
+    def release(self, db: Database, key: bytes) -> None:
+        """End what `hold` began (nothing for files clients do not share)."""
+        if shared(db):
+            db.local.unlock_chain(key)
+
+    def close(self) -> None:
+        """The node stops: forget the work that waits."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._waiting.clear()

@@ -1,0 +1,179 @@
+"""What the dmaster migration does on this node for other nodes' messages (tcp).
+
+The half of `ctdb.engines.migration.MigrationEngine` that answers the node
+messages of a hand-over (the decisions themselves, pure, are in
+`ctdb.engines.handover`): a `Call` served (the record given away) or sent
+on towards the dmaster, the lmaster noting the new dmaster
+(`DmasterRequest`), the record arriving (`DmasterReply`), and the calls that
+queued while a client held the record, served when it is free (`_wake`).
+
+Each of them reads, decides and writes a record that Samba's clients may be
+writing in place, so each runs under the record's chain lock, requeued in
+order while a client holds it (`ctdb.engines.chains`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ctdb.engines import handover
+from ctdb.engines.chains import ChainGate
+from ctdb.engines.vacuum import Vacuum
+from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest, RemoteCall
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import Record
+
+if TYPE_CHECKING:
+    from ctdb.engines.host import Host
+
+log = logging.getLogger("ctdb.engines.migration")
+
+
+@dataclass
+class KeyState:
+    """Local bookkeeping for one record: its lock holder and who waits for it."""
+
+    holder: object | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    remote: deque[Call] = field(default_factory=deque)
+
+    @property
+    def idle(self) -> bool:
+        return self.holder is None and not self.waiters and not self.remote
+
+
+class HandoverMessages:
+    """The message half of the migration engine (its state is the engine's)."""
+
+    node: Host
+    chains: ChainGate
+    vacuum: Vacuum
+    _keys: dict[tuple[int, bytes], KeyState]
+    _calls_out: dict[tuple[int, bytes], asyncio.Future[None]]
+
+    def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool:
+        return handover.is_dmaster(self.node.pnn, key, rec, self.node.vnnmap)
+
+    def next_rsn(self, old: Record | None) -> int:
+        """The RSN of the next version: above the old one and stamped with the epoch."""
+        return max((old.rsn if old else 0) + 1, self.node.epochs.epoch << 32)
+
+    def hand_over(self, db: Database, key: bytes, rec: Record, to: int) -> None:
+        """Migrate a record we are dmaster of to `to`, unasked (vacuuming)."""
+        self._give_away(db, key, rec, to)
+
+    def on_call(self, call: Call) -> None:
+        db = self.node.dbs.get(call.db_id)
+        if db is not None and self.node.in_generation(call.generation):
+            self.chains.run(db, call.key, lambda: self._serve_call(db, call))
+
+    def _serve_call(self, db: Database, call: Call) -> None:
+        if not self.node.in_generation(call.generation):
+            return  # it waited for a chain across a recovery
+        key = call.key
+        rec = db.local.get(key)
+        if self.is_dmaster(db, key, rec):
+            ks = self._keys.get((db.id, key))
+            if ks is not None and ks.holder is not None:
+                # One hand-over answers all of a node's calls: a re-sent one
+                # (RETRY_INTERVAL) must not queue again.
+                if all(queued.origin != call.origin for queued in ks.remote):
+                    ks.remote.append(call)
+                return
+            self._give_away(db, key, rec, call.origin)
+            return
+        self.forward(call, rec)
+
+    def forward(self, call: Call | RemoteCall, rec: Record | None) -> None:
+        """A call reached a node that is not the record's dmaster: on towards it."""
+        node = self.node
+        if call.hops > handover.max_hops(len(node.nodes)):
+            name = type(call).__name__
+            log.warning("dropping %s for %r after %d hops", name, call.key, call.hops)
+            return
+        call.hops += 1
+        node.send(handover.next_hop(node.pnn, call.key, rec, node.vnnmap), call)
+
+    def _give_away(self, db: Database, key: bytes, rec: Record | None, to: int) -> None:
+        node = self.node
+        if to == node.pnn:
+            return
+        rsn = self.next_rsn(rec)
+        kept, dest, msg = handover.give_away(
+            node.pnn, db.id, key, rec, to, rsn, node.vnnmap, node.generation
+        )
+        db.local.put(key, kept)
+        node.send(dest, msg)
+
+    def on_dmaster_request(self, msg: DmasterRequest) -> None:
+        """At the lmaster: note the new dmaster, then hand the record over."""
+        db = self.node.dbs.get(msg.db_id)
+        if db is not None and self.node.in_generation(msg.generation):
+            self.chains.run(db, msg.key, lambda: self._note_dmaster(db, msg))
+
+    def _note_dmaster(self, db: Database, msg: DmasterRequest) -> None:
+        node = self.node
+        if not node.in_generation(msg.generation):
+            return
+        rec, reply = handover.at_lmaster(node.pnn, msg)
+        db.local.put(msg.key, rec)
+        if reply is None:
+            self.vacuum.note(db, msg.key, rec)
+            self._arrived(db, msg.key)
+        else:
+            node.send(msg.new_dmaster, reply)
+
+    def on_dmaster_reply(self, msg: DmasterReply) -> None:
+        db = self.node.dbs.get(msg.db_id)
+        if db is not None and self.node.in_generation(msg.generation):
+            self.chains.run(db, msg.key, lambda: self._take_record(db, msg))
+
+    def _take_record(self, db: Database, msg: DmasterReply) -> None:
+        node = self.node
+        if not node.in_generation(msg.generation):
+            return
+        if handover.takes_reply(db.local.get(msg.key), msg.rsn):
+            rec = Record(msg.rsn, node.pnn, msg.value)
+            db.local.put(msg.key, rec)
+            self.vacuum.note(db, msg.key, rec)
+        self._arrived(db, msg.key)
+
+    def _serve_remote(self, db: Database, key: bytes) -> None:
+        """Hand the record to the first node that asked while it was locked here."""
+        ks = self._keys.get((db.id, key))
+        if ks is None or ks.holder is not None or not ks.remote:
+            return  # a recovery cleared the calls, or a local client took it first
+        call = ks.remote.popleft()
+        rec = db.local.get(key)
+        if self.is_dmaster(db, key, rec):
+            self._give_away(db, key, rec, call.origin)
+        # Calls queued behind it now find us no longer dmaster: re-route them.
+        pending = list(ks.remote)
+        ks.remote.clear()
+        for other in pending:
+            self.on_call(other)
+        if ks.idle:
+            self._keys.pop((db.id, key), None)
+
+    def _arrived(self, db: Database, key: bytes) -> None:
+        fut = self._calls_out.pop((db.id, key), None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        ks = self._keys.get((db.id, key))
+        if ks is not None:
+            self._wake(db, key, ks)
+
+    def _wake(self, db: Database, key: bytes, ks: KeyState) -> None:
+        """The record became free: remote callers first, then local waiters re-check."""
+        if ks.holder is None and ks.remote:
+            self.chains.run(db, key, lambda: self._serve_remote(db, key))
+        for fut in ks.waiters:
+            if not fut.done():
+                fut.set_result(None)
+        ks.waiters.clear()
+        if ks.idle:
+            self._keys.pop((db.id, key), None)

@@ -1,0 +1,169 @@
+"""The daemon's work on records Samba's clients share waits for their chain locks
+without ever blocking (ctdb.engines.chains), and a freeze holds the files whole
+(ctdb.server.frozen_files); another process holds the locks, as a client would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.chains import ChainGate
+from ctdb.server.frozen_files import FrozenFiles
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.ltdb import Record
+from tests.chain_holder import Holder
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    volatile = Database.open(tmp_path, "shared.tdb", DbKind.VOLATILE, 0)
+    try:
+        yield volatile
+    finally:
+        volatile.local.close()
+
+
+@pytest.fixture
+def holder(db: Database) -> Iterator[Holder]:
+    client = Holder(db.path, db.local.tdb_flags)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Yield to the loop until `condition()` holds (the gate's retries run meanwhile)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_work_on_a_held_record_waits_in_order_and_other_records_go_on(
+    db: Database, holder: Holder
+) -> None:
+    stats: Counter[str] = Counter()
+    gate = ChainGate(stats, lambda: True)
+    done: list[str] = []
+
+    def work(name: str, key: bytes) -> None:
+        # The gate holds the chain while the work runs: the client is kept out.
+        assert holder.ask("lock", key) == "busy"
+        db.local.put(key, Record(len(done) + 1, 0, name.encode()))
+        done.append(name)
+
+    async def scenario() -> None:
+        gate.run(db, b"free", lambda: work("at once", b"free"))
+        assert done == ["at once"]
+        assert holder.ask("lock", b"held") == "locked"
+        gate.run(db, b"held", lambda: work("first", b"held"))
+        gate.run(db, b"held", lambda: work("second", b"held"))
+        gate.run(db, b"other", lambda: work("other record", b"other"))
+        assert done == ["at once", "other record"]
+        assert gate.waiting() == 1 and stats["chain_waits"] == 1
+        assert holder.ask("unlock", b"held") == "unlocked"
+        await _until(lambda: gate.waiting() == 0)
+        assert done == ["at once", "other record", "first", "second"]
+        # ...and the gate let go of the chain afterwards.
+        assert holder.ask("lock", b"held") == "locked"
+        assert holder.ask("unlock", b"held") == "unlocked"
+
+    asyncio.run(scenario())
+
+
+def test_hold_returns_with_the_chain_once_free_and_times_out_while_held(
+    db: Database, holder: Holder
+) -> None:
+    stats: Counter[str] = Counter()
+    gate = ChainGate(stats, lambda: True)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        assert holder.ask("lock", b"k") == "locked"
+        started = loop.time()
+        with pytest.raises(CtdbError) as info:
+            await gate.hold(db, b"k", started + 0.2)
+        assert info.value.code == ErrorCode.TIMEOUT
+        assert 0.2 <= loop.time() - started < 2.0
+        waiting = loop.create_task(gate.hold(db, b"k", loop.time() + 10))
+        await _until(lambda: stats["chain_waits"] == 2)
+        assert not waiting.done()  # still held by the client
+        assert holder.ask("unlock", b"k") == "unlocked"
+        await waiting
+        assert holder.ask("lock", b"k") == "busy"  # ours now
+        gate.release(db, b"k")
+        assert holder.ask("lock", b"k") == "locked"
+        assert holder.ask("unlock", b"k") == "unlocked"
+
+    asyncio.run(scenario())
+
+
+def test_a_freeze_holds_every_volatile_file_once_no_client_holds_a_chain(
+    tmp_path: Path, db: Database, holder: Holder
+) -> None:
+    persistent = Database.open(tmp_path, "durable.tdb", DbKind.PERSISTENT, 0)
+    stats: Counter[str] = Counter()
+    files = FrozenFiles({db.id: db, persistent.id: persistent}, stats)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        assert holder.ask("lock", b"k") == "locked"
+        with pytest.raises(CtdbError) as info:
+            await files.hold(loop.time() + 0.1)
+        assert info.value.code == ErrorCode.IO and "shared.tdb" in info.value.message
+        freezing = loop.create_task(files.hold(loop.time() + 10))
+        await _until(lambda: stats["freeze_waits"] == 2)
+        assert not freezing.done() and not files.held()
+        assert holder.ask("unlock", b"k") == "unlocked"
+        await freezing
+        assert files.held() and db.local.whole_locked
+        assert not persistent.local.whole_locked  # clients do not write it in place
+        assert holder.ask("lock", b"k") == "busy"
+        db.local.write_batch({b"k": Record(1, 0, b"pushed")})  # a push, under the lock
+        files.release()
+        assert not db.local.whole_locked
+        assert holder.ask("lock", b"k") == "locked"
+        assert holder.ask("read", b"k") == Record(1, 0, b"pushed").pack().hex()
+        assert holder.ask("unlock", b"k") == "unlocked"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        persistent.local.close()
+
+
+def test_during_a_recovery_waiting_work_leaves_the_file_alone(db: Database, holder: Holder) -> None:
+    """A recovery's bulk work owns the handles (in its thread): retries wait for
+    the node to be in a generation again, even once the client let go."""
+    in_generation = True
+    asked: list[bool] = []
+
+    def ready() -> bool:
+        asked.append(in_generation)
+        return in_generation
+
+    gate = ChainGate(Counter(), ready)
+    done: list[str] = []
+
+    async def scenario() -> None:
+        nonlocal in_generation
+        assert holder.ask("lock", b"k") == "locked"
+        gate.run(db, b"k", lambda: done.append("handed over"))
+        in_generation = False
+        assert holder.ask("unlock", b"k") == "unlocked"
+        await _until(lambda: asked.count(False) >= 3)  # three retries went by
+        assert done == [] and gate.waiting() == 1
+        assert holder.ask("lock", b"k") == "locked"  # ...without taking the chain
+        assert holder.ask("unlock", b"k") == "unlocked"
+        in_generation = True
+        await _until(lambda: gate.waiting() == 0)
+        assert done == ["handed over"]
+
+    asyncio.run(scenario())

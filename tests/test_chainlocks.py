@@ -1,0 +1,108 @@
+"""Chain locks on the daemon's own TDB handle (libtdb through ctypes), against
+another process holding them as Samba's clients do."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tdb
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.storage.chainlocks import ChainLocks
+from ctdb.storage.ltdb import LocalDb, Record
+from tests.chain_holder import Holder
+
+
+@pytest.fixture
+def volatile(tmp_path: Path) -> Iterator[LocalDb]:
+    db = LocalDb(tmp_path / "shared.tdb.0", persistent=False)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def holder(volatile: LocalDb) -> Iterator[Holder]:
+    other = Holder(volatile.path, volatile.tdb_flags)
+    try:
+        yield other
+    finally:
+        other.close()
+
+
+def test_a_chain_another_process_holds_is_refused_at_once_and_granted_once_released(
+    volatile: LocalDb, holder: Holder
+) -> None:
+    assert holder.ask("lock", b"key") == "locked"
+    assert not volatile.try_lock_chain(b"key")
+    assert volatile.try_lock_chain(b"another key")  # another chain is free
+    volatile.unlock_chain(b"another key")
+    assert holder.ask("unlock", b"key") == "unlocked"
+    assert volatile.try_lock_chain(b"key")
+    # ...and now the other process is refused while we hold it
+    assert holder.ask("lock", b"key") == "busy"
+    volatile.unlock_chain(b"key")
+    assert holder.ask("lock", b"key") == "locked"
+
+
+def test_chain_locks_nest_on_our_handle_and_our_own_reads_and_writes_pass(
+    volatile: LocalDb, holder: Holder
+) -> None:
+    assert volatile.try_lock_chain(b"k") and volatile.try_lock_chain(b"k")
+    volatile.put(b"k", Record(7, 0, b"v"))  # under our own lock: no wait
+    assert volatile.get(b"k") == Record(7, 0, b"v")
+    volatile.unlock_chain(b"k")
+    assert holder.ask("lock", b"k") == "busy"  # still held once
+    volatile.unlock_chain(b"k")
+    assert holder.ask("lock", b"k") == "locked"
+    assert holder.ask("unlock", b"k") == "unlocked"
+
+
+def test_lock_all_waits_for_no_chain_and_keeps_every_other_process_out(
+    volatile: LocalDb, holder: Holder
+) -> None:
+    assert holder.ask("lock", b"k") == "locked"
+    assert not volatile.try_lock_all()
+    assert not volatile.whole_locked
+    assert holder.ask("unlock", b"k") == "unlocked"
+    assert volatile.try_lock_all() and volatile.whole_locked
+    assert holder.ask("lock", b"k") == "busy"
+    assert holder.ask("lockall") == "busy"
+    # Our own handle still reads and writes, and a batch goes in without a
+    # transaction (which TDB refuses under the whole-file lock).
+    volatile.put(b"a", Record(1, 0, b"1"))
+    volatile.write_batch({b"a": None, b"b": Record(2, 0, b"2")})
+    assert volatile.get(b"a") is None and volatile.get(b"b") == Record(2, 0, b"2")
+    volatile.write_batch({b"c": Record(3, 0, b"3")}, replace_all=True)
+    assert dict(volatile.items()) == {b"c": Record(3, 0, b"3")}
+    assert volatile.try_lock_all()  # nested: each needs its unlock_all
+    volatile.unlock_all()
+    assert volatile.whole_locked and holder.ask("lock", b"k") == "busy"
+    volatile.unlock_all()
+    assert not volatile.whole_locked
+    assert holder.ask("lock", b"k") == "locked"
+    assert holder.ask("read", b"c") == Record(3, 0, b"3").pack().hex()
+    assert holder.ask("unlock", b"k") == "unlocked"
+
+
+def test_a_handle_that_is_not_the_files_is_refused(tmp_path: Path, volatile: LocalDb) -> None:
+    other = tdb.Tdb(str(tmp_path / "other.tdb"), 0, tdb.DEFAULT, os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(CtdbError) as info:
+            ChainLocks(other, volatile.path)
+        assert info.value.code == ErrorCode.IO
+        assert "layout" in info.value.message
+    finally:
+        other.close()
+
+
+def test_a_closed_file_refuses_chain_locks(tmp_path: Path) -> None:
+    db = LocalDb(tmp_path / "closing.tdb.0", persistent=False)
+    db.close()
+    with pytest.raises(CtdbError) as info:
+        db.try_lock_chain(b"k")
+    assert "closed" in info.value.message
