@@ -4,6 +4,8 @@ another process holding them as Samba's clients do."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +108,27 @@ def test_a_closed_file_refuses_chain_locks(tmp_path: Path) -> None:
     with pytest.raises(CtdbError) as info:
         db.try_lock_chain(b"k")
     assert "closed" in info.value.message
+
+
+def test_a_file_closed_while_locked_whole_leaves_other_files_lockable(tmp_path: Path) -> None:
+    """A node that stops during a freeze closes its files holding them whole.
+    libtdb unmaps the mutexes without unlocking them, and a robust mutex left
+    on the thread's list made the next chain lock on any file crash the
+    process (found by the simulator: tcp seed 12 crashes a frozen node).
+    Run in a child process, so that a crash fails this test only."""
+    script = f"""
+from pathlib import Path
+from ctdb.storage.ltdb import LocalDb
+a = LocalDb(Path({str(tmp_path / "a.0")!r}), persistent=False)
+b = LocalDb(Path({str(tmp_path / "b.0")!r}), persistent=False)
+assert a.try_lock_all()
+a.close()
+assert b.try_lock_chain(b"key")
+b.unlock_chain(b"key")
+b.close()
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stdout == "ok\n", (done.returncode, done.stderr[-500:])

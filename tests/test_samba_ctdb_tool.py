@@ -285,3 +285,12 @@ def test_record_calls_that_are_not_served_fail_at_once(
     if transport == "vs":
         out = samba_ctdb(cluster, 1, "writekey", volatile, "k", "v")
         assert out.returncode != 0 and "Failed to lock record" in out.stderr
+        # A record written through pyctdb on this very node names no node
+        # its dmaster, so Samba's tool asks (and fails) instead of writing it
+        # in place, outside the ordered stream, on node 1 alone.
+        run_ctdbtool(cluster.socket(1), "writekey", volatile, "w", "ordered")
+        out = samba_ctdb(cluster, 1, "writekey", volatile, "w", "in-place")
+        assert out.returncode != 0 and "Failed to lock record" in out.stderr
+        for pnn in (0, 1):
+            read = run_ctdbtool(cluster.socket(pnn), "--json", "readkey", volatile, "w").json()
+            assert read["value"] == "ordered"

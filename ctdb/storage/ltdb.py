@@ -29,6 +29,11 @@ HEADER_SIZE = HEADER.size  # 24
 TDB_MUTEX_LOCKING = 4096
 #: Measured: the default hash size is ~7x slower than this at 100k records.
 DEFAULT_HASH_SIZE = 100003
+#: The dmaster of a record no node is dmaster of (CTDB_UNKNOWN_PNN): a
+#: volatile record over vs, where every member holds every record and every
+#: write must enter the ordered stream. Samba's clients write a record in
+#: place only where its header names their node, so they must ask instead.
+NO_DMASTER = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +167,14 @@ class LocalDb:
             raise CorruptFile(self.path, exc.message) from None
 
     def close(self) -> None:
+        # Release the whole-file lock first: libtdb unmaps the mutex area at
+        # close without unlocking, and a robust mutex still held there stays
+        # on this thread's robust list, which the next lock walks (a crash in
+        # the simulator, where killed nodes live on in one process).
+        if self._whole:
+            self.chains.unlock_all()
+            self._whole = 0
         self.chains.close()
-        self._whole = 0
         self._tdb.close()
 
     def try_lock_chain(self, key: bytes) -> bool:

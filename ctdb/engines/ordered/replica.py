@@ -29,7 +29,7 @@ from ctdb.engines.record_calls import Append
 from ctdb.engines.transactions import next_version
 from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
 from ctdb.storage.entries import Entry
-from ctdb.storage.ltdb import Record, live_value
+from ctdb.storage.ltdb import NO_DMASTER, Record, live_value
 
 #: A record: (database id, key).
 Ref = tuple[int, bytes]
@@ -107,7 +107,10 @@ class Replica:
 
     def write(self, db: Database, key: bytes, value: bytes, origin: int) -> Record:
         old = db.local.get(key)
-        rec = Record((old.rsn if old else 0) + 1, origin, value)
+        # A persistent record names its writer; a volatile one names nobody,
+        # so that Samba's clients on this node never write it in place.
+        dmaster = origin if db.replicated else NO_DMASTER
+        rec = Record((old.rsn if old else 0) + 1, dmaster, value)
         db.local.put(key, rec)
         self.effects.append(Written((db.id, key)))
         if not value:
