@@ -95,7 +95,7 @@ def test_with_nobody_in_sync_the_freshest_copy_wins(
 
 def test_a_write_is_stable_once_every_member_of_its_view_still_here_applied_it() -> None:
     sent: list[Ordered] = []
-    s = Stability(0, sent.append)
+    s = Stability(0, sent.append, lambda: 3)
     write: Write = (0, 7, frozenset({0, 1, 2}))
     view = View(3, (0, 1, 2))
     s.applied_by = {0: {0: 7}, 1: {0: 7}, 2: {0: 6}}
@@ -106,9 +106,22 @@ def test_a_write_is_stable_once_every_member_of_its_view_still_here_applied_it()
     assert not s.stable(write, view, settling=True)  # a joiner catching up counts too
 
 
+def test_a_write_whose_remaining_holders_are_a_minority_of_the_cluster_is_not_stable() -> None:
+    """vs seed 1049952: applied in {0, 1}, node 0 failed to apply it and left;
+    in the view {1, 2} node 1 alone holds it, and a hang of node 1 would let
+    {0, 2} go on without it: it waits for node 2 to get it (plan_done)."""
+    s = Stability(1, lambda msg: None, lambda: 3)
+    write: Write = (1, 5, frozenset({0, 1}))
+    s.applied_by = {1: {1: 5}}
+    assert not s.stable(write, View(21, (1, 2)), settling=False)
+    assert not s.stable(write, View(24, (1,)), settling=False)
+    s.applied_by[0] = {1: 5}
+    assert s.stable(write, View(20, (0, 1)), settling=False)  # two of three hold it
+
+
 def test_check_acknowledges_stable_writes_and_wakes_their_readers() -> None:
     async def scenario() -> None:
-        s = Stability(0, lambda msg: None)
+        s = Stability(0, lambda msg: None, lambda: 3)
         view = View(1, (0, 1))
         loop = asyncio.get_running_loop()
         ack: asyncio.Future[Any] = loop.create_future()
@@ -133,7 +146,7 @@ def test_check_acknowledges_stable_writes_and_wakes_their_readers() -> None:
 def test_applied_counters_go_out_once_per_loop_turn() -> None:
     async def scenario() -> None:
         sent: list[Ordered] = []
-        s = Stability(2, sent.append)
+        s = Stability(2, sent.append, lambda: 3)
         s.confirm(1, 10)
         s.confirm(0, 3)
         s.confirm(1, 12)
@@ -153,7 +166,7 @@ def test_applied_counters_go_out_once_per_loop_turn() -> None:
 
 def test_a_plan_makes_what_was_unstable_at_it_stable_once_everyone_synced() -> None:
     async def scenario() -> None:
-        s = Stability(0, lambda msg: None)
+        s = Stability(0, lambda msg: None, lambda: 3)
         ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         s.unstable[3] = (ack, 1, frozenset({0, 1}))
         s.dirty[(1, b"k")] = (1, 8, frozenset({0, 1}))

@@ -559,8 +559,20 @@ class Faults:
             self.windows.append(self._quorum_window)
 
     def _quorate(self) -> bool:
+        """A majority of nodes runs, is connected and writes its files.
+
+        A node whose disk fails cannot hold the stream's writes (it leaves
+        the group and comes back damaged), so it does not count: a crash of
+        another node meanwhile leaves a single holder, as two crashes would
+        (vs seed 1019342: node 0's disk failing, node 1 crashed, then node 2,
+        the last holder, restarted: the write is gone with every copy).
+        """
         size = self.cluster.size
-        up = [p for p in range(size) if self.cluster.running(p)]
+        up = [
+            p
+            for p in range(size)
+            if self.cluster.running(p) and not self.cluster.disks[p].failure_rate
+        ]
         for n in range(size // 2 + 1, len(up) + 1):
             for group in itertools.combinations(up, n):
                 if all(self.network.link_ok(a, b) for a, b in itertools.combinations(group, 2)):

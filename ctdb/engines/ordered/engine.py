@@ -63,7 +63,7 @@ class OrderedEngine:
         #: every member's administrative flags, as agreed in the stream
         self.flags: dict[int, int] = {node.pnn: 0}
         #: which writes every member holds (see stability.py)
-        self.stability = Stability(node.pnn, self._send)
+        self.stability = Stability(node.pnn, self._send, lambda: len(node.nodes))
         #: our own operations in the stream, until they are delivered
         self.requests = Requests(node, self.stability)
         #: read barriers ("sync" broadcasts): see barriers.py

@@ -99,6 +99,8 @@ class Rounds:
         #: last plan (view id, members): the same on every member, whose own
         #: round may be over already
         self.catching_up: tuple[int, set[int]] = (0, set())
+        #: the members of the last plan's view (each holds the plan's copies once synced)
+        self.plan_members: frozenset[int] = frozenset()
         #: this run completed a round (its clients may own entries)
         self.served = False
 
@@ -139,9 +141,17 @@ class Rounds:
         behind = self.catching_up[1]
         if left & behind:
             # A member that left will not say it installed its snapshots;
-            # if it was the last one, the survivors hold the plan's copies.
+            # if it was the last one, the survivors hold the plan's copies:
+            # enough once they are a majority of the cluster (see
+            # Stability.stable), else the next plan's round must finish.
             behind -= left
-            if not behind and e.quorate and e.node.pnn in view:
+            holders = self.plan_members & set(view.members)
+            if (
+                not behind
+                and e.quorate
+                and e.node.pnn in view
+                and 2 * len(holders) > len(e.node.nodes)
+            ):
                 self._plan_done()
         if e.node.pnn not in view:
             e.requests.fail_all(CtdbError(ErrorCode.RETRY, "left the group"))
@@ -215,6 +225,7 @@ class Rounds:
         me = e.node.pnn
         needs = plan.needs[me]
         self.catching_up = (r.view_id, {p for p in r.members if plan.needs[p]})
+        self.plan_members = frozenset(r.members)
         e.stability.mark_plan()
         if not self.catching_up[1]:
             self._plan_done()  # every member holds the same copies already
