@@ -40,7 +40,10 @@ acknowledged to its client only once it is stable: every other member of
 the view has applied it and said so (an `applied` message every member
 broadcasts, one per burst, naming the highest seq it applied of each
 origin), or left a view that keeps quorum (virtual synchrony: a survivor of
-the view change delivered what we did). A view without quorum fails what is
+the view change delivered what we did), as long as the members that still
+hold it are a majority of the cluster (otherwise a later state transfer
+must first give it to others: a majority that goes on without its holders
+would not have it). A view without quorum fails what is
 not yet stable. Since every member knows what is stable, no local read
 returns a write that is not (`settled`): it waits until it is, within
 CallTimeout. A state transfer carries which keys are not stable yet, and
