@@ -37,14 +37,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def samba_ctdb(cluster: LocalCluster, pnn: int, *args: str) -> subprocess.CompletedProcess[str]:
+def samba_ctdb(
+    cluster: LocalCluster, pnn: int, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(
         os.environ,
         CTDB_SOCKET=str(cluster.node_dir(pnn) / CTDB_SOCKET_NAME),
         CTDB_BASE=str(cluster.directory),  # its nodes file, for `ctdb listnodes`
     )
     return subprocess.run(
-        [CTDB, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        [CTDB, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -233,7 +241,7 @@ def test_ctdb_setvar_changes_the_tunable_our_own_tool_reads(cluster: LocalCluste
         run_ctdbtool(cluster.socket(2), "setvar", "MaxLockWaiters", "1000")
 
 
-def _exchange(cluster: LocalCluster, pnn: int, data: bytes) -> bytes:
+def exchange(cluster: LocalCluster, pnn: int, data: bytes) -> bytes:
     """Send raw bytes to node `pnn`'s CTDB-protocol socket; what comes back until it
     has answered one packet or closed."""
     path = str(cluster.node_dir(pnn) / CTDB_SOCKET_NAME)
@@ -253,14 +261,14 @@ def _exchange(cluster: LocalCluster, pnn: int, data: bytes) -> bytes:
 
 def test_bad_packets_get_a_failing_status_or_a_closed_connection(cluster: LocalCluster) -> None:
     header = Header(reqid=7, destnode=CURRENT_NODE, srcnode=0)
-    unknown = _exchange(cluster, 0, ReqControl(header, opcode=9999).encode())
+    unknown = exchange(cluster, 0, ReqControl(header, opcode=9999).encode())
     reply = decode_packet(unknown)
     assert isinstance(reply, ReplyControl) and reply.status == -1 and reply.header.reqid == 7
-    call = _exchange(cluster, 0, ReqCall(header, 0, 0x12345678, 0, b"key").encode())
+    call = exchange(cluster, 0, ReqCall(header, 0, 0x12345678, 0, b"key").encode())
     answer = decode_packet(call)
     assert isinstance(answer, ReplyCall) and answer.status == -1
     # Garbage that cannot be framed: the daemon closes this connection only.
-    assert _exchange(cluster, 0, b"\xff" * 64) == b""
+    assert exchange(cluster, 0, b"\xff" * 64) == b""
     assert samba_ctdb(cluster, 0, "pnn").stdout.strip() == "0"
 
 
@@ -278,7 +286,7 @@ def test_record_calls_that_are_not_served_fail_at_once(
     for name in unserved:
         header = Header(reqid=11, destnode=CURRENT_NODE, srcnode=1)
         started = time.monotonic()
-        raw = _exchange(cluster, 1, ReqCall(header, 1, ours[name]["id"], 0xFF000001, b"k").encode())
+        raw = exchange(cluster, 1, ReqCall(header, 1, ours[name]["id"], 0xFF000001, b"k").encode())
         answer = decode_packet(raw)
         assert isinstance(answer, ReplyCall) and answer.status == -1 and answer.data == b""
         assert time.monotonic() - started < 5.0
@@ -294,3 +302,7 @@ def test_record_calls_that_are_not_served_fail_at_once(
         for pnn in (0, 1):
             read = run_ctdbtool(cluster.socket(pnn), "--json", "readkey", volatile, "w").json()
             assert read["value"] == "ordered"
+        # A persistent transaction locks g_lock.tdb through REQ_CALL first.
+        started = time.monotonic()
+        out = samba_ctdb(cluster, 1, "pstore", persistent, "k", "v")
+        assert out.returncode != 0 and time.monotonic() - started < 30

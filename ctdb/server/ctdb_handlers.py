@@ -44,6 +44,7 @@ from ctdb.protocol.ctdb_types import (
     VnnMap,
 )
 from ctdb.protocol.ctdb_wire import Header, ReqMessage
+from ctdb.server.ctdb_transactions import trans3_commit
 from ctdb.server.node import Node
 from ctdb.storage.database import DbKind
 from transport.corosync import pid_alive
@@ -343,6 +344,7 @@ HANDLERS: dict[Control, Handler] = {
     Control.GETDBPATH: _dbpath,
     Control.DB_GET_HEALTH: _db_health,
     Control.GET_DB_SEQNUM: _db_seqnum,
+    Control.TRANS3_COMMIT: trans3_commit,
     Control.DB_ATTACH: _attach(DbKind.VOLATILE),
     Control.DB_ATTACH_PERSISTENT: _attach(DbKind.PERSISTENT),
     Control.DB_ATTACH_REPLICATED: _attach(DbKind.REPLICATED),
