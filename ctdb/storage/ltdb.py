@@ -271,6 +271,10 @@ class LocalDb:
         """`write_batch` under the whole-file lock, which TDB transactions refuse."""
         if self.persistent:
             raise CtdbError(ErrorCode.IO, f"{self.path} is durable: written by transaction only")
+        self._apply(puts, replace_all=replace_all)
+
+    def _apply(self, puts: Mapping[bytes, Record | None], *, replace_all: bool) -> None:
+        """Write `puts` (None: delete), after emptying the file if `replace_all`."""
         t = self._tdb
         if replace_all:
             t.clear()
@@ -295,14 +299,7 @@ class LocalDb:
         t = self._tdb
         t.transaction_start()
         try:
-            if replace_all:
-                t.clear()
-            for key, rec in puts.items():
-                if rec is None:
-                    if key in t:
-                        t.delete(key)
-                else:
-                    t.store(key, rec.pack(), tdb.REPLACE)
+            self._apply(puts, replace_all=replace_all)
             t.transaction_prepare_commit()
         except BaseException:
             t.transaction_cancel()
