@@ -200,7 +200,14 @@ BAD: list[tuple[bytes, str]] = [
             1,
             1,
             "set_vnnmap",
-            {"generation": 1, "vnnmap": [], "leader": 0, "epoch": 1, "incarnations": []},
+            {
+                "generation": 1,
+                "vnnmap": [],
+                "leader": 0,
+                "epoch": 1,
+                "served": 0,
+                "incarnations": [],
+            },
         ),
         "set_vnnmap.args.vnnmap: needs at least 1 items",
     ),
@@ -281,6 +288,7 @@ def test_reply_results_are_checked_against_the_op_asked() -> None:
     frozen = {
         "epoch": 3,
         "incarnation": 2,
+        "served": 2,
         "generation": 7,
         "view": [0, 1],
         "dbs": {"secrets.tdb": db},

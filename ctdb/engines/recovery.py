@@ -92,6 +92,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
             raise CtdbError(ErrorCode.RETRY, f"node {p} does not see nodes {sorted(unseen)} yet")
     epochs = {p: int(r["epoch"]) for p, r in frozen.items()}
     epoch = max(epochs.values()) + 1
+    served = max(int(r["served"]) for r in frozen.values())
 
     # Every node attaches every database any node has.
     wanted: dict[str, str] = {}
@@ -126,6 +127,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
             "vnnmap": members,
             "leader": node.pnn,
             "epoch": epoch,
+            "served": served,
             "incarnations": incarnations,
         },
     )

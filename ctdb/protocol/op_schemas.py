@@ -68,6 +68,9 @@ CONTROLS: dict[str, ControlSpec] = {
                 "epoch": U64,
                 # which run of the daemon this is (ctdb.storage.durable.Epochs)
                 "incarnation": U64,
+                # the epoch of the last generation this run served (a restarted
+                # run: its durable epoch, that of the last recovery it took part in)
+                "served": U64,
                 "generation": GENERATION,
                 "view": list_of(PNN),
                 "dbs": map_of(
@@ -112,6 +115,9 @@ CONTROLS: dict[str, ControlSpec] = {
                 "vnnmap": list_of(PNN, min_len=1),
                 "leader": PNN,
                 "epoch": U64,
+                # the newest generation a member served: a member that served
+                # an older one since it last served was left out of this one
+                "served": U64,
                 # the runs of the members: entries of any other are purged
                 "incarnations": list_of(row(PNN, U64)),
             }

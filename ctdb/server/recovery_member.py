@@ -58,8 +58,9 @@ class RecoveryMember:
         #: the generation the leader froze us for; a recovery step of any other is stale
         self._frozen_generation = INVALID_GENERATION
         self._deferred: list[tuple[int, Message]] = []
-        #: this run of the daemon served a generation (its clients may own entries)
-        self._served = False
+        #: the epoch of the last generation this run of the daemon served
+        #: (None: none yet, so its clients own no entries)
+        self._served_epoch: int | None = None
         #: Recovery's whole-database work runs off the event loop (see `bulk`).
         self._bulk_lock = threading.Lock()
         #: the volatile files held whole from the leader's freeze to thaw
@@ -173,6 +174,9 @@ class RecoveryMember:
         return {
             "epoch": node.epochs.epoch,
             "incarnation": node.epochs.incarnation,
+            # A restarted run has served nothing yet, but its durable epoch
+            # may be that of a generation the others missed (they purged).
+            "served": node.epochs.epoch if self._served_epoch is None else self._served_epoch,
             "generation": node.generation,
             "view": list(node.transport.view.members),
             "dbs": info,
@@ -233,9 +237,11 @@ class RecoveryMember:
         node.vnnmap = vnnmap
         node.leader = int(args["leader"])
         node.liveness.configure_lease()
-        # Recoveries ran without us (our epoch is not the latest) since we
-        # last served: they purged our clients' entries.
-        left_out = self._served and int(args["epoch"]) > node.epochs.epoch + 1
+        # A generation was served without us since we last served: its
+        # recovery purged our clients' entries. (Not "the epoch moved by more
+        # than one": an attempt that set some members' epochs and then failed
+        # moves it too, with nothing served and nobody purged.)
+        left_out = self._served_epoch is not None and int(args["served"]) > self._served_epoch
         # Written after the pushes: it certifies that our copies hold every
         # commit acknowledged up to this recovery.
         node.epochs.set(int(args["epoch"]))
@@ -258,7 +264,7 @@ class RecoveryMember:
         node.generation = self._frozen_generation
         node.recovery_mode = RecoveryMode.NORMAL
         self.files.release()
-        self._served = True
+        self._served_epoch = node.epochs.epoch
         node.liveness.lease.new_generation()
         node.serving_event.set()
         node.last_recovery = {
