@@ -50,6 +50,19 @@ def shared(db: Database) -> bool:
     return not db.replicated
 
 
+def try_hold(db: Database, key: bytes) -> bool:
+    """Take `key`'s chain lock now unless a client holds it (False); a file
+    clients do not share has nothing to take. Release it with `release`
+    before the next `await`."""
+    return not shared(db) or db.local.try_lock_chain(key)
+
+
+def release(db: Database, key: bytes) -> None:
+    """End what `try_hold` or `ChainGate.hold` began."""
+    if shared(db):
+        db.local.unlock_chain(key)
+
+
 class ChainGate:
     """Runs work on shared records under their chain lock, requeued while a client holds it."""
 
@@ -117,7 +130,7 @@ class ChainGate:
     async def hold(self, db: Database, key: bytes, deadline: float) -> None:
         """Return holding `key`'s chain lock, once no client holds it.
 
-        The caller must `unlock_chain` before its next `await` (the lock
+        The caller must `release` it before its next `await` (the lock
         belongs to this thread, and a client must not wait on us for long).
         TIMEOUT if a client still holds it at `deadline` (loop time).
         """
@@ -134,11 +147,6 @@ class ChainGate:
                 raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
             await asyncio.sleep(min(delay, remaining))
             delay = min(2 * delay, MAX_RETRY)
-
-    def release(self, db: Database, key: bytes) -> None:
-        """End what `hold` began (nothing for files clients do not share)."""
-        if shared(db):
-            db.local.unlock_chain(key)
 
     def close(self) -> None:
         """The node stops: forget the work that waits."""

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import persistent_calls
 from ctdb.engines.base import resolved
-from ctdb.engines.chains import ChainGate, shared
+from ctdb.engines.chains import ChainGate, release, try_hold
 from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.merge import from_wire
 from ctdb.engines.migration_messages import HandoverMessages, KeyState
@@ -129,12 +129,12 @@ class MigrationEngine(HandoverMessages):
 
     def _write_now(self, db: Database, key: bytes, value: bytes) -> bool:
         """Write a record we are dmaster of, unless a client holds its chain (False)."""
-        if shared(db) and not db.local.try_lock_chain(key):
+        if not try_hold(db, key):
             return False
         try:
             self.write(db, key, value)
         finally:
-            self.chains.release(db, key)
+            release(db, key)
         return True
 
     async def _write_when_free(
@@ -150,7 +150,7 @@ class MigrationEngine(HandoverMessages):
             self.write(db, key, value)
             return True
         finally:
-            self.chains.release(db, key)
+            release(db, key)
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=True))
@@ -183,7 +183,7 @@ class MigrationEngine(HandoverMessages):
                 self.release(db, key, session)
                 return
         finally:
-            self.chains.release(db, key)
+            release(db, key)
         await resolved(self.unlock(db, key, session, value))  # voided, or not serving
 
     async def _unlock_when_serving(
@@ -234,12 +234,12 @@ class MigrationEngine(HandoverMessages):
         """The fast path: (True, record) if it can be served now without waiting."""
         if not self.node.serving:
             return False, None
-        if shared(db) and not db.local.try_lock_chain(key):
+        if not try_hold(db, key):
             return False, None  # a Samba client holds it: the slow path waits
         try:
             rec = db.local.get(key)
         finally:
-            self.chains.release(db, key)
+            release(db, key)
         if not self.is_dmaster(db, key, rec):
             return False, None
         ks = self._keys.get((db.id, key))
@@ -301,7 +301,7 @@ class MigrationEngine(HandoverMessages):
         try:
             return db.local.get(key) if self.node.serving else None
         finally:
-            self.chains.release(db, key)
+            release(db, key)
 
     def release(self, db: Database, key: bytes, session: object) -> None:
         ks = self._keys[(db.id, key)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ctdb.engines.chains import release
 from ctdb.engines.migration import MigrationEngine
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
@@ -41,7 +42,7 @@ async def migrate_here(engine: MigrationEngine, db: Database, key: bytes) -> Rec
             try:
                 rec = _installed(engine, db, key, token)
             finally:
-                engine.chains.release(db, key)
+                release(db, key)
         finally:
             engine.drop_lock(db, key, token)
         if rec is not None:

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.chains import shared
+from ctdb.engines.chains import release, try_hold
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import lmaster
@@ -108,7 +108,7 @@ class Vacuum:
         node, engine = self.node, self.engine
         batch: list[tuple[bytes, int]] = []
         for key in list(itertools.islice(keys, BATCH)):
-            if not _try_lock(db, key):
+            if not try_hold(db, key):
                 continue  # a client holds it: later
             try:
                 rec = self._marker(db, key)
@@ -122,7 +122,7 @@ class Vacuum:
                 else:
                     batch.append((key, rec.rsn))
             finally:
-                _unlock(db, key)
+                release(db, key)
         if not batch:
             return 0
         generation = node.generation
@@ -136,7 +136,7 @@ class Vacuum:
         removed = 0
         if node.in_generation(generation):
             for key, rsn in batch:
-                if not _try_lock(db, key):
+                if not try_hold(db, key):
                     continue  # a client holds it: the next round checks it again
                 try:
                     rec = self._marker(db, key)
@@ -145,7 +145,7 @@ class Vacuum:
                         removed += 1
                     keys.discard(key)
                 finally:
-                    _unlock(db, key)
+                    release(db, key)
         node.stats["vacuumed"] += removed
         return removed
 
@@ -159,7 +159,7 @@ class Vacuum:
         dropped = busy = 0
         for raw_key, raw_rsn in records:
             key, rsn = bytes(raw_key), int(raw_rsn)  # type: ignore[call-overload]
-            if not _try_lock(db, key):
+            if not try_hold(db, key):
                 busy += 1
                 continue
             try:
@@ -168,16 +168,7 @@ class Vacuum:
                     db.local.remove(key)
                     dropped += 1
             finally:
-                _unlock(db, key)
+                release(db, key)
         if busy:
             raise CtdbError(ErrorCode.RETRY, f"clients held {busy} of the records to vacuum")
         return dropped
-
-
-def _try_lock(db: Database, key: bytes) -> bool:
-    return not shared(db) or db.local.try_lock_chain(key)
-
-
-def _unlock(db: Database, key: bytes) -> None:
-    if shared(db):
-        db.local.unlock_chain(key)
