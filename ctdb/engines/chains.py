@@ -50,6 +50,20 @@ def shared(db: Database) -> bool:
     return not db.replicated
 
 
+async def poll(take: Callable[[], bool], deadline: float) -> bool:
+    """Call `take` until it succeeds (True) or `deadline` (loop time) passes
+    (False), waiting FIRST_RETRY, then twice as long each time up to MAX_RETRY."""
+    loop = asyncio.get_running_loop()
+    delay = FIRST_RETRY
+    while not take():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(2 * delay, MAX_RETRY)
+    return True
+
+
 def try_hold(db: Database, key: bytes) -> bool:
     """Take `key`'s chain lock now unless a client holds it (False); a file
     clients do not share has nothing to take. Release it with `release`
@@ -139,14 +153,8 @@ class ChainGate:
         if db.local.try_lock_chain(key):
             return
         self.stats["chain_waits"] += 1
-        loop = asyncio.get_running_loop()
-        delay = FIRST_RETRY
-        while not (self.ready() and db.local.try_lock_chain(key)):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(2 * delay, MAX_RETRY)
+        if not await poll(lambda: self.ready() and db.local.try_lock_chain(key), deadline):
+            raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
 
     def close(self) -> None:
         """The node stops: forget the work that waits."""

@@ -28,12 +28,11 @@ its thread (`RecoveryMember.bulk` is awaited first).
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Mapping
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.chains import FIRST_RETRY, MAX_RETRY, shared
+from ctdb.engines.chains import poll, shared
 from ctdb.storage.database import Database
 
 
@@ -60,22 +59,16 @@ class FrozenFiles:
         if self._try_hold():
             return
         self.stats["freeze_waits"] += 1
-        loop = asyncio.get_running_loop()
-        delay = FIRST_RETRY
-        while not self._try_hold():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                busy = sorted(
-                    db.name for db in self.dbs.values() if shared(db) and db.id not in self._held
-                )
-                # IO, as a failing disk: the leader bans a node that fails to
-                # freeze recovery after recovery, as CTDB bans it, so that a
-                # client holding a lock for good cannot stop the cluster.
-                raise CtdbError(
-                    ErrorCode.IO, f"clients kept records locked in {', '.join(busy)}: not frozen"
-                )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(2 * delay, MAX_RETRY)
+        if not await poll(self._try_hold, deadline):
+            busy = sorted(
+                db.name for db in self.dbs.values() if shared(db) and db.id not in self._held
+            )
+            # IO, as a failing disk: the leader bans a node that fails to
+            # freeze recovery after recovery, as CTDB bans it, so that a
+            # client holding a lock for good cannot stop the cluster.
+            raise CtdbError(
+                ErrorCode.IO, f"clients kept records locked in {', '.join(busy)}: not frozen"
+            )
 
     def release(self) -> None:
         """Thaw: clients may write in place again."""
