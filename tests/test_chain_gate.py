@@ -22,6 +22,7 @@ from tests.chain_holder import Holder
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
     volatile = Database.open(tmp_path, "shared.tdb", DbKind.VOLATILE, 0)
+    volatile.shared = True  # a Samba client attached it (ctdb_handlers._share)
     try:
         yield volatile
     finally:
@@ -137,6 +138,35 @@ def test_a_freeze_holds_every_volatile_file_once_no_client_holds_a_chain(
         asyncio.run(scenario())
     finally:
         persistent.local.close()
+
+
+def test_a_file_no_samba_client_attached_costs_no_chain_lock(
+    tmp_path: Path, db: Database, holder: Holder
+) -> None:
+    """Until a Samba client attaches a volatile database, nobody else takes
+    its locks: the gate runs work without them, and a freeze leaves it be."""
+    private = Database.open(tmp_path, "private.tdb", DbKind.VOLATILE, 0)
+    other = Holder(private.path, private.local.tdb_flags)
+    stats: Counter[str] = Counter()
+    gate = ChainGate(stats, lambda: True)
+    files = FrozenFiles({private.id: private}, stats)
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        gate.run(private, b"k", lambda: seen.append(other.ask("lock", b"k")))
+        assert seen == ["locked"] and other.ask("unlock", b"k") == "unlocked"
+        await files.hold(asyncio.get_running_loop().time() + 1)
+        assert files.held() and not private.local.whole_locked
+        private.shared = True
+        assert not files.held()  # a freeze from now on holds it too
+        gate.run(private, b"k", lambda: seen.append(other.ask("lock", b"k")))
+        assert seen == ["locked", "busy"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        other.close()
+        private.local.close()
 
 
 def test_during_a_recovery_waiting_work_leaves_the_file_alone(db: Database, holder: Holder) -> None:

@@ -18,7 +18,9 @@ about the same record that follow it (the migration's reasoning relies on
 each link being FIFO), and nothing else.
 
 Persistent and replicated files are not written in place by clients (their
-writes go through transactions), so their work runs at once.
+writes go through transactions), so their work runs at once; so does the
+work on a volatile file that no Samba client has attached (`Database.shared`):
+nobody else takes its locks, and each lock is a few microseconds of ctypes.
 
 A retry touches the file only while the node is in a generation (`ready`):
 during a recovery the handles belong to its bulk work, which runs in
@@ -47,7 +49,7 @@ MAX_RETRY = 0.05
 
 def shared(db: Database) -> bool:
     """Whether Samba's clients may write the database's records in place."""
-    return not db.replicated
+    return db.shared
 
 
 async def poll(take: Callable[[], bool], deadline: float) -> bool:

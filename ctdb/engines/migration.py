@@ -116,9 +116,13 @@ class MigrationEngine(HandoverMessages):
         return live_value(await self.acquire(db, key, session, lock=False))
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
-        ok, _ = self.try_local(db, key, session)
-        if ok and self._write_now(db, key, value):
-            return None
+        if self.node.serving and try_hold(db, key):
+            try:
+                if self._local(db, key, session)[0]:
+                    self.write(db, key, value)
+                    return None
+            finally:
+                release(db, key)
         return self._store_slow(db, key, value, session)
 
     async def _store_slow(self, db: Database, key: bytes, value: bytes, session: object) -> None:
@@ -145,7 +149,7 @@ class MigrationEngine(HandoverMessages):
         deadline = asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
         await self.chains.hold(db, key, deadline)
         try:
-            if not self.try_local(db, key, session)[0]:
+            if not self._local(db, key, session)[0]:
                 return False
             self.write(db, key, value)
             return True
@@ -232,14 +236,16 @@ class MigrationEngine(HandoverMessages):
 
     def try_local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
         """The fast path: (True, record) if it can be served now without waiting."""
-        if not self.node.serving:
-            return False, None
-        if not try_hold(db, key):
+        if not self.node.serving or not try_hold(db, key):
             return False, None  # a Samba client holds it: the slow path waits
         try:
-            rec = db.local.get(key)
+            return self._local(db, key, session)
         finally:
             release(db, key)
+
+    def _local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
+        """`try_local` under the record's chain lock."""
+        rec = db.local.get(key)
         if not self.is_dmaster(db, key, rec):
             return False, None
         ks = self._keys.get((db.id, key))

@@ -130,30 +130,48 @@ class ControlChannel:
             raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
 
     def answer(self, src: int, msg: Control) -> None:
-        """Work out the reply to a control `src` sent us, and send it."""
-        task = asyncio.get_running_loop().create_task(self._answer(src, msg))
+        """Work out the reply to a control `src` sent us, and send it: at once
+        when its handler answers at once (a ping costs no task, and no extra
+        turn of the loop for the task's done callback)."""
+        outcome = self._outcome(src, msg)
+        if isinstance(outcome, ControlReply) and msg.op not in BULK_REPLIES:
+            self._deliver(src, outcome)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(src, msg, outcome))
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
 
-    async def _answer(self, src: int, msg: Control) -> None:
-        reply = await self.reply_to(src, msg)
+    async def _answer(self, src: int, msg: Control, outcome: ControlReply | Awaitable[Any]) -> None:
+        reply = await self._settle(src, msg, outcome)
         if msg.op in BULK_REPLIES:
             await self._drain()
+        self._deliver(src, reply)
+
+    def _deliver(self, src: int, reply: ControlReply) -> None:
         if self._connected(src) or src == self._pnn:
             self._send(src, reply)
 
     async def reply_to(self, src: int, msg: Control) -> ControlReply:
         """The reply to a control `src` sent us: its handler's result or error code."""
+        return await self._settle(src, msg, self._outcome(src, msg))
+
+    def _outcome(self, src: int, msg: Control) -> ControlReply | Awaitable[Any]:
+        """The reply, if the handler has it now; else the awaitable that will."""
         try:
             result = self._start(src, msg.op, msg.args)
-            if _awaitable(result):
-                result = await result
-            return ControlReply(msg.reqid, 0, result)
-        except CtdbError as exc:
-            return ControlReply(msg.reqid, int(exc.code), exc.message)
         except Exception as exc:
-            log.exception("control %s from node %d failed", msg.op, src)
-            return ControlReply(msg.reqid, int(ErrorCode.IO), f"{type(exc).__name__}: {exc}")
+            return _failed(src, msg, exc)
+        return result if _awaitable(result) else ControlReply(msg.reqid, 0, result)
+
+    async def _settle(
+        self, src: int, msg: Control, outcome: ControlReply | Awaitable[Any]
+    ) -> ControlReply:
+        if isinstance(outcome, ControlReply):
+            return outcome
+        try:
+            return ControlReply(msg.reqid, 0, await outcome)
+        except Exception as exc:
+            return _failed(src, msg, exc)
 
     def _start(self, src: int, op: str, args: dict[str, Any]) -> Any:
         """Run a control's handler: its result, or an awaitable of it."""
@@ -161,6 +179,14 @@ class ControlChannel:
         if handler is None:
             raise CtdbError(ErrorCode.NOT_SUPPORTED, f"unknown control {op!r}")
         return handler(src, args)
+
+
+def _failed(src: int, msg: Control, exc: Exception) -> ControlReply:
+    """A failed control's reply: its error code, or IO for a bug (logged)."""
+    if isinstance(exc, CtdbError):
+        return ControlReply(msg.reqid, int(exc.code), exc.message)
+    log.exception("control %s from node %d failed", msg.op, src)
+    return ControlReply(msg.reqid, int(ErrorCode.IO), f"{type(exc).__name__}: {exc}")
 
 
 def _awaitable(result: Any) -> bool:

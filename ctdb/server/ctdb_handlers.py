@@ -11,6 +11,7 @@ client's does.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter
@@ -46,7 +47,8 @@ from ctdb.protocol.ctdb_types import (
 from ctdb.protocol.ctdb_wire import Header, ReqMessage
 from ctdb.server.ctdb_transactions import trans3_commit
 from ctdb.server.node import Node
-from ctdb.storage.database import DbKind
+from ctdb.server.state import RecoveryMode
+from ctdb.storage.database import Database, DbKind
 from transport.corosync import pid_alive
 
 
@@ -216,8 +218,23 @@ def _dbname(door: Door, db_id: int) -> tuple[int, Any]:
     return 0, door.node.db(db_id).name
 
 
-def _dbpath(door: Door, db_id: int) -> tuple[int, Any]:
-    return 0, str(door.node.db(db_id).path)
+async def _dbpath(door: Door, db_id: int) -> tuple[int, Any]:
+    db = door.node.db(db_id)
+    await _share(door.node, db)
+    return 0, str(db.path)
+
+
+async def _share(node: Node, db: Database) -> None:
+    """A Samba client may open `db`'s file from now on: the engine takes its
+    chain locks from here (`Database.shared`). Not during a recovery, whose
+    freeze did not hold the file whole: as ctdbd defers an attach then, the
+    reply waits for the recovery to end."""
+    if db.shared or db.replicated:
+        return
+    if node.recovery_mode is not RecoveryMode.NORMAL:
+        loop = asyncio.get_running_loop()
+        await node.wait_serving(loop.time() + node.tunable("CallTimeout"))
+    db.shared = True
 
 
 def _db_health(door: Door, db_id: int) -> tuple[int, Any]:
@@ -243,6 +260,7 @@ def _attach(kind: DbKind) -> Handler:
                 ErrorCode.EXISTS, f"database {name} is {existing.kind.value}, not {kind.value}"
             )
         db = await node.records.attach(name, kind)
+        await _share(node, db)
         return 0, db.id
 
     return handler

@@ -50,6 +50,12 @@ class Database:
     #: Volatile: the recovery (epoch, generation) whose pushed copy this one
     #: started from; with `local.changed` it says what differs from that copy.
     base: tuple[int, int] | None = field(default=None, init=False)
+    #: Volatile: a Samba client may have the file open and write records in
+    #: place (set when one attaches it or asks its path through CTDB's
+    #: protocol; never cleared while the daemon runs). Only then does the
+    #: engine take chain locks, which cost a daemon without such clients a
+    #: third of its time per local write (`ctdb.engines.chains`).
+    shared: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.id = db_id(self.name)
