@@ -1,0 +1,307 @@
+"""CPU per operation of this checkout's daemons against an older revision's, same run.
+
+Throughput on a shared 2-core machine swings by a fifth from run to run;
+the CPU time the daemons spend per operation, with the daemons pinned to
+one CPU and the client to another, repeats within a few percent. So this
+benchmark answers "did the daemon get slower than revision X?" by running
+both checkouts side by side: a worktree of `--base` (default: b7714d4,
+before the acknowledged-write fixes of issue 8), then this checkout, in
+alternating order, `--rounds` times, each a fresh 3-node tcp cluster on
+loopback, with three workloads:
+
+* `ping`: a control from node 0 to node 1 and back (client -> 0 -> 1 -> 0);
+* `ring`: CTDB's fetch_ring, each increment migrates the record to the next
+  node (fetch_lock, +1, store_unlock, on nodes 0, 1, 2, 0, ...);
+* `store`: one client storing 100 local volatile records in turn.
+
+The figure is the CPU time of all three daemons (every thread, from
+/proc/PID/task/*/schedstat) divided by the operations, the median of three
+windows per round, then the median over rounds; ratios are head / base
+(above 1: this checkout costs more). Rates are reported too, but only the
+CPU figures are steady enough to compare.
+
+    .venv/bin/python -m bench.cpu_per_op [--base REV] [--rounds 3] [--quick] [--out DIR]
+
+Writes results.json, cpu_per_op.png and summary.md into --out; progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "bench" / "results" / "cpu_per_op"
+DEFAULT_BASE = "b7714d4"
+WORKLOADS = ("ping", "ring", "store")
+#: operations per measurement window (quick: a tenth)
+OPS = {"ping": 3000, "ring": 1500, "store": 6000}
+
+
+def say(msg: str) -> None:
+    print(f"[cpu_per_op {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- the worker: runs inside one checkout (its tools.cluster and ctdb.client) ------------
+
+
+def worker(tree: str, base: str, port: int, scale: float) -> dict[str, Any]:
+    """Measure the workloads on a cluster of the checkout on PYTHONPATH (`tree`).
+
+    Uses only what every revision since b7714d4 offers: LocalCluster(dir, size,
+    transport, port, base, log_level), up/client/pids/down, and the client's
+    attach/store/fetch_lock/store_unlock/call."""
+    from tools.cluster import LocalCluster  # the checkout's own
+
+    workdir = Path(tempfile.mkdtemp(prefix="ctdb-bench-cpu-"))
+    cluster = LocalCluster(
+        workdir / "cluster", size=3, transport="tcp", port=port, base=base, log_level="WARNING"
+    )
+    cluster.up(timeout=60)
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:  # daemons on one CPU, this client on another
+            for pnn in range(3):
+                for task in Path(f"/proc/{cluster.pids[pnn]}/task").iterdir():
+                    os.sched_setaffinity(int(task.name), {cpus[-1]})
+            os.sched_setaffinity(0, {cpus[0]})
+        return _measure(cluster, scale)
+    finally:
+        cluster.down()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def _measure(cluster: Any, scale: float) -> dict[str, Any]:
+    db = "bench_cpu"
+    clients = [cluster.client(p) for p in range(3)]
+    try:
+        clients[0].attach(db)
+        clients[0].store(db, b"ring", b"0")
+
+        def cpu_ns() -> int:
+            total = 0
+            for pnn in range(3):
+                for task in Path(f"/proc/{cluster.pids[pnn]}/task").iterdir():
+                    try:
+                        total += int((task / "schedstat").read_text().split()[0])
+                    except FileNotFoundError:  # a thread that ended meanwhile
+                        pass
+            return total
+
+        def run(work: str, n: int) -> None:
+            for i in range(n):
+                if work == "ping":
+                    clients[0].call("ping", pnn=1)
+                elif work == "ring":
+                    c = clients[i % 3]
+                    value = int(c.fetch_lock(db, b"ring") or b"0")
+                    c.store_unlock(db, b"ring", b"%d" % (value + 1))
+                else:
+                    clients[0].store(db, b"k%d" % (i % 100), b"v")
+
+        out: dict[str, Any] = {}
+        for work in WORKLOADS:
+            n = max(30, int(OPS[work] * scale))
+            run(work, max(10, n // 10))  # warm up: the records are where they will be
+            cpu, rates = [], []
+            for _ in range(3):
+                t0, c0 = time.perf_counter(), cpu_ns()
+                run(work, n)
+                cpu.append((cpu_ns() - c0) / n / 1000)
+                rates.append(n / (time.perf_counter() - t0))
+            out[work] = {"ops": n, "cpu_us_per_op": statistics.median(cpu), "per_s": max(rates)}
+        return out
+    finally:
+        for c in clients:
+            c.close()
+
+
+# -- the driver: checkouts, rounds, outputs ------------------------------------------------
+
+
+def _worktree(rev: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="ctdb-bench-base-")) / "tree"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def _run_worker(tree: Path, base: str, port: int, scale: float) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree)]
+        + ["--worker-base", base, "--worker-port", str(port), "--worker-scale", str(scale)],
+        env=env,
+        cwd=tempfile.gettempdir(),  # not a checkout: PYTHONPATH decides which code runs
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker for {tree} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run(ns: argparse.Namespace) -> dict[str, Any]:
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", ns.base],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    scale = 0.1 if ns.quick else 1.0
+    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    load_at_start = os.getloadavg()[0]
+    say(f"worktree of {rev} (base) beside this checkout ({head})")
+    base_tree = _worktree(rev)
+    trees = {"base": base_tree, "head": REPO}
+    samples: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
+    try:
+        for r in range(ns.rounds):
+            order = ["base", "head"] if r % 2 == 0 else ["head", "base"]
+            for i, name in enumerate(order):
+                say(f"round {r + 1}/{ns.rounds}: {name}")
+                sample = _run_worker(trees[name], f"127.0.{86 + i}", ns.port + 10 * i, scale)
+                samples[name].append(sample)
+                say("  " + ", ".join(f"{w} {sample[w]['cpu_us_per_op']:.1f} us" for w in WORKLOADS))
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)],
+            check=False,
+            capture_output=True,
+        )
+    figures: dict[str, Any] = {}
+    for work in WORKLOADS:
+        entry: dict[str, Any] = {}
+        for name in ("base", "head"):
+            cpu = [s[work]["cpu_us_per_op"] for s in samples[name]]
+            rate = [s[work]["per_s"] for s in samples[name]]
+            entry[name] = {
+                "cpu_us_per_op": statistics.median(cpu),
+                "cpu_us_per_op_rounds": cpu,
+                "per_s": statistics.median(rate),
+            }
+        entry["cpu_ratio_head_to_base"] = (
+            entry["head"]["cpu_us_per_op"] / entry["base"]["cpu_us_per_op"]
+        )
+        entry["rate_ratio_head_to_base"] = entry["head"]["per_s"] / entry["base"]["per_s"]
+        figures[work] = entry
+    return {
+        "started": started,
+        "command": "python -m bench.cpu_per_op " + " ".join(sys.argv[1:]),
+        "base": rev,
+        "head": head,
+        "rounds": ns.rounds,
+        "quick": ns.quick,
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": load_at_start,
+        "loadavg_at_end": os.getloadavg()[0],
+        "figures": figures,
+    }
+
+
+def write_summary(path: Path, results: dict[str, Any]) -> None:
+    lines = [
+        "# CPU per operation: this checkout against an older revision",
+        "",
+        f"{results['started']} - base `{results['base']}`, head `{results['head']}`, "
+        f"{results['rounds']} rounds{' (quick)' if results['quick'] else ''}, "
+        f"{results['cpus']} CPUs, load {results['loadavg_at_start']:.1f} at start and "
+        f"{results['loadavg_at_end']:.1f} at end",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "| workload | base CPU/op | head CPU/op | head/base | base rate | head rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for work, e in results["figures"].items():
+        lines.append(
+            f"| {work} | {e['base']['cpu_us_per_op']:.1f} us | {e['head']['cpu_us_per_op']:.1f} us"
+            f" | {e['cpu_ratio_head_to_base']:.2f}x | {e['base']['per_s']:,.0f}/s"
+            f" | {e['head']['per_s']:,.0f}/s |"
+        )
+    lines += [
+        "",
+        "CPU is that of the three daemons together, per operation (lower is better); "
+        "above 1.00x the head costs more than the base. Rates swing with the machine's "
+        "load and are shown for orientation only.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot(path: Path, results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    works = list(results["figures"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(works))
+    base = [results["figures"][w]["base"]["cpu_us_per_op"] for w in works]
+    head = [results["figures"][w]["head"]["cpu_us_per_op"] for w in works]
+    ax.bar([x - 0.2 for x in xs], base, width=0.4, label=f"base {results['base']}")
+    ax.bar([x + 0.2 for x in xs], head, width=0.4, label=f"head {results['head']}")
+    for x, w in zip(xs, works, strict=True):
+        ratio = results["figures"][w]["cpu_ratio_head_to_base"]
+        ax.annotate(f"{ratio:.2f}x", (x + 0.2, head[x]), ha="center", va="bottom")
+    ax.set_xticks(list(xs), works)
+    ax.set_ylabel("daemon CPU per operation (us), 3 daemons")
+    ax.set_title("CPU per operation, same run")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.cpu_per_op",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Writes results.json, cpu_per_op.png and summary.md; progress goes to stderr.",
+    )
+    p.add_argument("--base", default=DEFAULT_BASE, help=f"revision to compare ({DEFAULT_BASE})")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each checkout once (3)")
+    p.add_argument("--quick", action="store_true", help="a tenth of the operations")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    p.add_argument("--port", type=int, default=39800, help="first cluster port (39800)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker-base", help=argparse.SUPPRESS)
+    p.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-scale", type=float, help=argparse.SUPPRESS)
+    ns = p.parse_args(argv)
+    if ns.worker:
+        print(json.dumps(worker(ns.worker, ns.worker_base, ns.worker_port, ns.worker_scale)))
+        return 0
+    results = run(ns)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    (ns.out / "results.json").write_text(json.dumps(results, indent=2))
+    write_summary(ns.out / "summary.md", results)
+    plot(ns.out / "cpu_per_op.png", results)
+    say(f"wrote {ns.out}/results.json, summary.md, cpu_per_op.png")
+    print((ns.out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

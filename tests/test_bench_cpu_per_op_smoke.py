@@ -1,0 +1,54 @@
+"""Smoke test of the CPU-per-operation benchmark: `--quick` against HEAD itself
+(a revision every clone has) runs both checkouts and writes every output with
+sane numbers; no timing is asserted, and the base's worktree is removed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _worktrees() -> list[str]:
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list", "--porcelain"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [line for line in out.splitlines() if line.startswith("worktree ")]
+
+
+def test_cpu_per_op_quick_against_head(tmp_path: Path) -> None:
+    before = _worktrees()
+    out = tmp_path / "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cpu_per_op", "--quick", "--rounds", "1"]
+        + ["--base", "HEAD", "--port", "39840", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _worktrees() == before  # the base's worktree is gone again
+    r = json.loads((out / "results.json").read_text())
+    assert r["base"] == r["head"] and r["rounds"] == 1
+    assert set(r["figures"]) == {"ping", "ring", "store"}
+    for work, e in r["figures"].items():
+        for side in ("base", "head"):
+            cpu = e[side]["cpu_us_per_op"]
+            assert math.isfinite(cpu) and 0 < cpu < 100_000, (work, side, cpu)
+            assert e[side]["per_s"] > 0, (work, side)
+        ratio = e["head"]["cpu_us_per_op"] / e["base"]["cpu_us_per_op"]
+        assert e["cpu_ratio_head_to_base"] == ratio, work
+    assert (out / "cpu_per_op.png").stat().st_size > 0
+    assert "| ring |" in (out / "summary.md").read_text()
