@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class Run:
 
     returncodes: list[int]
     outputs: list[str]
+    #: The time limit passed before every instance had exited (those left were killed).
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -55,7 +58,11 @@ class Run:
 def run_on_cluster(
     name: str, sockets: list[Path], seconds: int, *args: str, timeout: float = 120.0
 ) -> Run:
-    """Run program `name` on every node at once (node i through `sockets[i]`)."""
+    """Run program `name` on every node at once (node i through `sockets[i]`).
+
+    An instance still running `timeout` seconds after the start is killed
+    (its output so far is kept, its return code is negative) and the run
+    says `timed_out`, rather than raise."""
     path = program(name)
     if path is None:
         raise FileNotFoundError(f"{name} is not built: run tools/build_ctdb_tests.sh")
@@ -69,9 +76,16 @@ def run_on_cluster(
         for sock in sockets
     ]
     outputs, codes = [], []
+    deadline = time.monotonic() + timeout
+    timed_out = False
     try:
         for proc in procs:
-            out, _ = proc.communicate(timeout=timeout)
+            try:
+                out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                proc.kill()
+                out, _ = proc.communicate()
             outputs.append(out)
             codes.append(proc.returncode)
     finally:
@@ -79,4 +93,4 @@ def run_on_cluster(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return Run(codes, outputs)
+    return Run(codes, outputs, timed_out)
