@@ -63,18 +63,21 @@ class Vacuum:
     def __init__(self, engine: Holder) -> None:
         self.engine = engine
         self.node = engine.node
-        #: db id -> keys whose marker this node holds as dmaster
-        self.candidates: dict[int, set[bytes]] = {}
+        #: db id -> keys whose marker this node holds as dmaster, in the order
+        #: noted (a dict, not a set: a set of bytes iterates in an order that
+        #: changes with each process's hash seed, and a simulated schedule
+        #: must replay alike in any process)
+        self.candidates: dict[int, dict[bytes, None]] = {}
 
     def note(self, db: Database, key: bytes, rec: Record) -> None:
         """A record this node now holds changed: remember it if it is our marker."""
         if rec.deleted and rec.dmaster == self.node.pnn and not db.replicated:
-            self.candidates.setdefault(db.id, set()).add(key)
+            self.candidates.setdefault(db.id, {})[key] = None
 
     def suggest(self, db: Database, key: bytes) -> None:
         """A client says it deleted `key` (SCHEDULE_FOR_DELETION): check it next round."""
         if not db.replicated:
-            self.candidates.setdefault(db.id, set()).add(key)
+            self.candidates.setdefault(db.id, {})[key] = None
 
     def note_all(self, db: Database, records: Mapping[bytes, Record | None]) -> None:
         for key, rec in records.items():
@@ -104,7 +107,7 @@ class Vacuum:
             return None
         return rec
 
-    async def _run_db(self, db: Database, keys: set[bytes]) -> int:
+    async def _run_db(self, db: Database, keys: dict[bytes, None]) -> int:
         node, engine = self.node, self.engine
         batch: list[tuple[bytes, int]] = []
         for key in list(itertools.islice(keys, BATCH)):
@@ -113,11 +116,11 @@ class Vacuum:
             try:
                 rec = self._marker(db, key)
                 if rec is None:
-                    keys.discard(key)
+                    keys.pop(key, None)
                 elif not engine.idle(db, key):
                     continue  # locked or wanted: later
                 elif lmaster(key, node.vnnmap) != node.pnn:
-                    keys.discard(key)  # the lmaster takes over (it notes the marker on arrival)
+                    keys.pop(key, None)  # the lmaster takes over (it notes the marker on arrival)
                     engine.hand_over(db, key, rec, lmaster(key, node.vnnmap))
                 else:
                     batch.append((key, rec.rsn))
@@ -143,7 +146,7 @@ class Vacuum:
                     if rec is not None and rec.rsn == rsn and engine.idle(db, key):
                         db.local.remove(key)
                         removed += 1
-                    keys.discard(key)
+                    keys.pop(key, None)
                 finally:
                     release(db, key)
         node.stats["vacuumed"] += removed

@@ -86,8 +86,11 @@ class Replica:
         self.stats = stats
         #: lock queues, by record; a record nobody holds or waits for has none
         self.locks: dict[Ref, LockQueue] = {}
-        #: db id -> keys that hold a deletion marker (vacuuming candidates)
-        self.markers: dict[int, set[bytes]] = {}
+        #: db id -> keys that hold a deletion marker (vacuuming candidates), in
+        #: the order noted (not a set: a set of bytes iterates in an order
+        #: that changes with each process's hash seed; replicas must propose
+        #: alike, and a simulated schedule must replay alike in any process)
+        self.markers: dict[int, dict[bytes, None]] = {}
         #: what this node must act on, in the order it arose (see the module docstring)
         self.effects: list[Effect] = []
 
@@ -114,7 +117,7 @@ class Replica:
         db.local.put(key, rec)
         self.effects.append(Written((db.id, key)))
         if not value:
-            self.markers.setdefault(db.id, set()).add(key)
+            self.markers.setdefault(db.id, {})[key] = None
         return rec
 
     def _apply_store(self, origin: int, args: dict[str, Any]) -> None:
@@ -167,7 +170,7 @@ class Replica:
             for key in list(itertools.islice(keys, batch)):
                 rec = db.local.get(key)
                 if rec is None or not rec.deleted:
-                    keys.discard(key)
+                    keys.pop(key, None)
                 elif (dbid, key) not in self.locks:
                     records.append([key, rec.rsn])
             if records:
@@ -176,7 +179,7 @@ class Replica:
 
     def _apply_vacuum(self, origin: int, args: dict[str, Any]) -> None:
         db = self._db(args["db"])
-        keys = self.markers.get(db.id, set())
+        keys = self.markers.get(db.id, {})
         for raw_key, rsn in args["records"]:
             key = bytes(raw_key)
             rec = db.local.get(key)
@@ -184,7 +187,7 @@ class Replica:
             if rec is not None and rec.deleted and rec.rsn == rsn and idle:
                 db.local.remove(key)
                 self.stats["vacuumed"] += 1
-            keys.discard(key)
+            keys.pop(key, None)
 
     # -- record locks: FIFO queues, the head holds ---------------------------------------
 

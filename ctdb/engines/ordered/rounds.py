@@ -308,7 +308,7 @@ class Rounds:
             records = from_wire(msg.args["records"])
             db.local.write_batch(records, replace_all=True)
             if not db.replicated:
-                e.replica.markers[db.id] = {k for k, rec in records.items() if rec.deleted}
+                e.replica.markers[db.id] = {k: None for k, rec in records.items() if rec.deleted}
         e.recoveries = int(msg.args.get("recoveries", e.recoveries))
         # Lock queues are state too: take the donor's.
         for stale in [k for k in e.replica.locks if k[0] == db.id]:
