@@ -153,3 +153,45 @@ def test_a_reader_that_registers_after_the_key_settled_is_not_left_waiting(
         await asyncio.wait_for(waiting, 5)
 
     asyncio.run(scenario())
+
+
+class Coordinator(Node):
+    """The leader of three members; node 2's commit fails after its prepare
+    succeeded (an I/O error in tdb_transaction_commit, as a clustered smbd once
+    provoked), every other control works on this node's own engine."""
+
+    pnn = 0
+    leader = 0
+    vnnmap = [0, 1, 2]
+
+    def __init__(self, engine_db: Database) -> None:
+        self.db = engine_db
+        self.engine: TransactionEngine | None = None
+        self.forced = 0
+
+    async def control(self, pnn: int, op: str, args: dict[str, Any]) -> None:
+        assert self.engine is not None
+        if op == "tx_prepare" and pnn == 0:
+            self.engine.prepare(self.db, args["records"], args["commit_id"], args["generation"])
+        elif op == "tx_finish" and pnn == 0:
+            self.engine.finish(self.db, args["commit_id"], args["commit"])
+        elif op == "tx_finish" and pnn == 2 and args["commit"]:
+            raise CtdbError(ErrorCode.IO, "tdb_transaction_commit failed on node 2")
+
+    def force_recovery(self) -> None:
+        self.forced += 1
+
+
+def test_a_commit_some_member_failed_to_make_is_not_acknowledged_and_recovers_now(
+    db: Database,
+) -> None:
+    """The others made the commit and node 2 did not: nothing else would bring a
+    recovery soon (the members look unchanged), so node 2 would serve its old
+    copy while the others serve the new one. The leader recovers at once."""
+    leader = Coordinator(db)
+    engine = leader.engine = TransactionEngine(leader)  # type: ignore[arg-type]
+    with pytest.raises(CtdbError) as failed:
+        asyncio.run(engine.coordinate(db, [], [[b"k", b"v1"]]))
+    assert failed.value.code == ErrorCode.RETRY and "outcome unknown" in failed.value.message
+    assert leader.forced == 1
+    assert db.local.get(b"k") is not None  # made here: the recovery decides

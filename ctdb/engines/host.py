@@ -66,7 +66,8 @@ class Host(Protocol):
 
     def db_by_name(self, name: str) -> Database: ...
 
-    def request_recovery(self) -> None: ...
+    def force_recovery(self) -> None:
+        """Recover although the membership looks unchanged (see Membership)."""
 
     def entry_head(self, owner: tuple[int, int], db_id: int, key: bytes) -> None:
         """Tell `owner` (pnn, client id) its entry is now first in the record's list."""

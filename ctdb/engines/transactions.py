@@ -166,10 +166,13 @@ class TransactionEngine:
                 self._announce_settled(db, commit_id, members)
             if lost:
                 # A node that did not confirm may have been frozen and dropped
-                # its prepared copy: the commit may now exist on only some
-                # nodes, and the next recovery decides. Never acknowledge that.
-                log.warning("commit %d: nodes %s did not confirm", commit_id, lost)
-                node.request_recovery()
+                # its prepared copy, or failed to commit it (an I/O error): the
+                # commit may now exist on only some nodes. Never acknowledge
+                # that; a recovery decides, now (nothing else may bring one
+                # soon: the members look unchanged), and gives every node the
+                # copy with the highest sequence number.
+                log.warning("commit %d: nodes %s did not confirm: recovering", commit_id, lost)
+                node.force_recovery()
                 raise CtdbError(
                     ErrorCode.RETRY,
                     f"commit outcome unknown: node {lost[0]} did not confirm; "

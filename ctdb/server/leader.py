@@ -140,6 +140,12 @@ class LeaderRecovery:
     def request_recovery(self) -> None:
         self._wanted.set()
 
+    def force_recovery(self) -> None:
+        """As `ctdbtool recover`, without waiting: freeze, so that the leader's
+        loop (this node's or another's, seeing us frozen) recovers."""
+        self.member.freeze(INVALID_GENERATION)
+        self._wanted.set()
+
     # -- the leader's loop -----------------------------------------------------------
 
     def _leader_candidate(self) -> bool:

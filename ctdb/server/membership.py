@@ -82,6 +82,10 @@ class Membership(Protocol):
     def request_recovery(self) -> None:
         """Something changed that a recovery must take into account."""
 
+    def force_recovery(self) -> None:
+        """Recover although the membership looks unchanged: a commit that some
+        members may lack (`TransactionEngine.coordinate`). Does not wait."""
+
 
 async def vacuum_rounds(membership: Membership, interval: Callable[[], float]) -> None:
     """Deletion markers are removed once no node can undo their delete: a round

@@ -199,8 +199,8 @@ class Node:
             timeout = self.tunable("CallTimeout")
         return await self.controls.run(pnn, op, args, timeout)
 
-    def request_recovery(self) -> None:
-        self.membership.request_recovery()
+    def force_recovery(self) -> None:
+        self.membership.force_recovery()
 
     # -- databases --------------------------------------------------------------------
 

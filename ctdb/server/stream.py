@@ -98,6 +98,10 @@ class StreamMembership:
         """Nothing to ask: the view change that any change of membership brings
         is a recovery already, at the same position on every member."""
 
+    def force_recovery(self) -> None:
+        """Nothing to force: a commit is one ordered operation, and a member
+        whose apply fails leaves and rejoins by state transfer (`local_failure`)."""
+
     # -- what the ordered engine tells us ---------------------------------------------
 
     def on_ordered_state(self) -> None:
