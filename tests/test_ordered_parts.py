@@ -12,9 +12,11 @@ import pytest
 
 from ctdb.common.errors import ErrorCode
 from ctdb.engines.ordered.locks import LockQueue, QueueFull
+from ctdb.engines.ordered.rounds import split_new_databases
 from ctdb.engines.ordered.stability import Stability, Write
 from ctdb.engines.ordered.sync import NO_COPY, make_plan
 from ctdb.protocol.messages import Ordered
+from ctdb.storage.placement import db_id
 from transport.base import View
 
 
@@ -91,6 +93,26 @@ def test_with_nobody_in_sync_the_freshest_copy_wins(
 
 
 # -- stability ----------------------------------------------------------------------------
+
+
+def test_a_joiner_keeps_what_the_stream_did_to_a_database_attached_after_the_offers() -> None:
+    """No offer names it, so no snapshot carries it; members in sync applied it."""
+    new, old = db_id("new"), db_id("old")
+    backlog = [
+        Ordered(1, 1, "store", {"db": old, "key": b"a"}),  # in old's snapshot
+        Ordered(1, 2, "attach", {"name": "new", "kind": "volatile"}),
+        Ordered(2, 1, "lock", {"db": new, "key": b"k"}),
+        Ordered(1, 3, "attach", {"name": "old", "kind": "persistent"}),  # offered: a no-op
+        Ordered(2, 2, "unlock", {"db": new, "key": b"k", "value": b"v"}),
+        Ordered(0, 1, "recover", {}),
+    ]
+    offers = {0: offer(synced=False, dbs={}), 1: offer(synced=True, dbs={"old": (3, b"h")})}
+    kept, dropped = split_new_databases(backlog, offers)
+    assert kept == [backlog[1], backlog[2], backlog[4]]
+    assert dropped == [backlog[0], backlog[3], backlog[5]]
+    # With nobody in sync, nobody applied them: all are dropped.
+    offers[1] = offer(synced=False, dbs={"old": (3, b"h")})
+    assert split_new_databases(backlog, offers) == ([], backlog)
 
 
 def test_a_write_is_stable_once_every_member_of_its_view_still_here_applied_it() -> None:

@@ -113,8 +113,19 @@ def results(
         yield from map(_run, work)
         return
     # fork: workers inherit the imported modules; each schedule is independent.
-    with multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
+    pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init)
+    try:
         yield from pool.imap_unordered(_run, work, chunksize=4)
+        # Done: let the workers finish on their own. The pool's __exit__
+        # would terminate them, and a worker signalled while it waited for
+        # the task queue's lock once stayed there, with the campaign
+        # joining it for ever.
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 def campaign(

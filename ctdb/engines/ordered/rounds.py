@@ -33,6 +33,7 @@ from ctdb.protocol.message_codec import encode
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
+from ctdb.storage.placement import db_id
 from transport.base import View
 
 log = logging.getLogger("ctdb.engines.ordered")
@@ -235,8 +236,13 @@ class Rounds:
             # are about to get; what only members out of sync saw (sent while
             # cut off, or while nobody was in sync) was applied nowhere, and
             # stays so even where that member is now the source: its sender
-            # learns that now.
+            # learns that now. Except a database attached since the members
+            # made their offers: no offer names it, so no snapshot carries it,
+            # and members in sync hold what the stream did to it since the
+            # view change, which we apply too, after the snapshots.
+            kept, e.backlog = split_new_databases(e.backlog, r.offers)
             e.drop_backlog()
+            e.backlog = kept
         # Sources send what others need, as of this position in the stream.
         for name, src in plan.sources.items():
             receivers = plan.receivers(name, r.members)
@@ -366,3 +372,28 @@ class Rounds:
         e.clients.release_orphans()
         log.info("in sync in view %s", list(e.view.members))
         e.listener.on_ordered_state()
+
+
+def split_new_databases(
+    backlog: list[Ordered], offers: dict[int, Any]
+) -> tuple[list[Ordered], list[Ordered]]:
+    """`backlog` as (the operations on databases no offer names, attached in the
+    stream since the view change, if members in sync applied them; the rest).
+
+    (vs campaign seed 3216605: a member in sync applied a client's attach after
+    it had made its offer, the joiners dropped it with their backlog, and the
+    client's writes to the new database were applied on that member only.)"""
+    if not any(offer["synced"] for offer in offers.values()):
+        return [], backlog  # nobody applied them: dropped like the rest
+    offered = {entry[0] for offer in offers.values() for entry in offer["dbs"]}
+    new: set[int] = set()
+    kept, rest = [], []
+    for msg in backlog:
+        if msg.op == "attach" and msg.args["name"] not in offered:
+            new.add(db_id(msg.args["name"]))
+            kept.append(msg)
+        elif msg.args.get("db") in new:
+            kept.append(msg)
+        else:
+            rest.append(msg)
+    return kept, rest
