@@ -289,6 +289,7 @@ def test_reply_results_are_checked_against_the_op_asked() -> None:
         "epoch": 3,
         "incarnation": 2,
         "served": 2,
+        "thawed": 2,
         "generation": 7,
         "view": [0, 1],
         "dbs": {"secrets.tdb": db},

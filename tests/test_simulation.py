@@ -78,6 +78,7 @@ FOUND = [
     ("tcp", 1598),  # an append re-sent across a recovery that purged it took effect twice
     ("vs", 6080),  # a minority view purged the majority's entries, and its copy was taken
     ("vs", 3216605),  # a database attached after its member's offer: joiners dropped it
+    ("tcp", 3244027),  # acknowledged commit lost: a hung leader's stored epoch matched theirs
 ]
 
 

@@ -54,25 +54,37 @@ def merge_volatile(copies: Mapping[int, Mapping[bytes, Record]]) -> dict[bytes, 
 def persistent_source(seqnums: Mapping[int, int]) -> int:
     """The node whose persistent copy recovery distributes: highest sequence number.
 
-    Called with the nodes of the latest epoch only (`newest_epoch_members`).
-    Why that copy holds every acknowledged commit, whatever restarted:
+    Called with the nodes that served the latest epoch only
+    (`newest_epoch_members` of each node's durable *thawed* epoch). Why that
+    copy holds every acknowledged commit, whatever restarted:
 
-    * A recovery pushes one copy to every member, then stores the new epoch
-      durably on each member (`ctdb.storage.durable`). A member's epoch E therefore
+    * A recovery pushes one copy to every member, stores the new epoch on
+      each, then thaws them; a member stores the epoch it thaws in durably
+      (`ctdb.storage.durable.Epochs.thaw`). A member's thawed epoch E
       certifies: "my copy is the one recovery E distributed, plus the commits
       I applied since".
     * A commit in epoch E is acknowledged only after every member of E's
-      vnnmap committed it (fsync'd). Every node that stored epoch E is such a
-      member, so each of them holds every commit acknowledged in epoch E, in
-      the order the leader serialised them; they differ at most by the last,
-      unacknowledged commit, which the highest sequence number settles
-      (all-or-nothing becomes all).
-    * A node with an older epoch missed a recovery, and any commits after it:
-      its sequence number means nothing next to the others' (it may even
-      hold a commit nobody acknowledged at a number the others also reached),
-      so it is not asked. A node that crashed and restarted keeps its epoch
-      and its fsync'd file, so it still counts; one that was hung (SIGSTOP)
-      while the others recovered has an older epoch, however long it slept.
+      vnnmap committed it (fsync'd), and only once they all thawed in E. Every
+      node that thawed in E is such a member, so each of them holds every
+      commit acknowledged in epoch E, in the order the leader serialised
+      them; they differ at most by the last, unacknowledged commit, which the
+      highest sequence number settles (all-or-nothing becomes all).
+    * Thawed, not stored: a leader stopped in the middle of its recovery may
+      have stored that recovery's epoch on some members (itself) and not
+      thawed them, while the others, meanwhile, recovered and served a
+      generation they numbered the same (tcp seed 3244027: a hung leader's
+      own stored epoch 3 beside the others' served 3, all at sequence number
+      8, and its copy without their last acknowledged commit was taken). Two
+      served generations never share a number: each recovery numbers above
+      the epochs its members stored, and the members of two quorate
+      generations overlap.
+    * A node with an older thawed epoch missed a recovery, and any commits
+      after it: its sequence number means nothing next to the others' (it may
+      even hold a commit nobody acknowledged at a number the others also
+      reached), so it is not asked. A node that crashed and restarted keeps
+      its thawed epoch and its fsync'd file, so it still counts; one that was
+      hung (SIGSTOP) while the others recovered has an older one, however long
+      it slept.
     """
     return max(sorted(seqnums), key=lambda pnn: seqnums[pnn])
 

@@ -91,6 +91,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
         if unseen:
             raise CtdbError(ErrorCode.RETRY, f"node {p} does not see nodes {sorted(unseen)} yet")
     epochs = {p: int(r["epoch"]) for p, r in frozen.items()}
+    thawed = {p: int(r["thawed"]) for p, r in frozen.items()}
     epoch = max(epochs.values()) + 1
     served = max(int(r["served"]) for r in frozen.values())
 
@@ -115,7 +116,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
             moved += await step.volatile(dbid, {p: _base(i["base"]) for p, i in infos.items()})
         else:
             marks = {p: (int(i["seqnum"]), bytes(i["history"])) for p, i in infos.items()}
-            moved += await step.persistent(dbid, epochs, marks)
+            moved += await step.persistent(dbid, thawed, marks)
 
     incarnations = [[p, int(r["incarnation"])] for p, r in frozen.items()]
     await _on_all(
@@ -175,11 +176,11 @@ class Step:
         await self.node.transport.drain()
         await _on_all(self.node, targets, "push", args)
 
-    async def persistent(self, dbid: int, epochs: dict[int, int], marks: dict[int, Mark]) -> int:
-        # Only the nodes of the latest epoch count: a rejoining node may
-        # hold a commit nobody acknowledged, with a sequence number as
+    async def persistent(self, dbid: int, thawed: dict[int, int], marks: dict[int, Mark]) -> int:
+        # Only the nodes that served the latest epoch count: a rejoining node
+        # may hold a commit nobody acknowledged, with a sequence number as
         # high as the commits it missed (see merge.persistent_source).
-        current = newest_epoch_members(epochs)
+        current = newest_epoch_members(thawed)
         source = persistent_source({p: marks[p][0] for p in current})
         targets = persistent_targets(marks, source)
         if not targets:

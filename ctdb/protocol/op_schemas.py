@@ -71,6 +71,9 @@ CONTROLS: dict[str, ControlSpec] = {
                 # the epoch of the last generation this run served (a restarted
                 # run: its durable epoch, that of the last recovery it took part in)
                 "served": U64,
+                # the epoch of the last generation this node served, durable
+                # across restarts (what its persistent copies can hold)
+                "thawed": U64,
                 "generation": GENERATION,
                 "view": list_of(PNN),
                 "dbs": map_of(

@@ -177,6 +177,8 @@ class RecoveryMember:
             # A restarted run has served nothing yet, but its durable epoch
             # may be that of a generation the others missed (they purged).
             "served": node.epochs.epoch if self._served_epoch is None else self._served_epoch,
+            # What our persistent copies can hold (merge.persistent_source).
+            "thawed": node.epochs.thawed,
             "generation": node.generation,
             "view": list(node.transport.view.members),
             "dbs": info,
@@ -265,6 +267,7 @@ class RecoveryMember:
         node.recovery_mode = RecoveryMode.NORMAL
         self.files.release()
         self._served_epoch = node.epochs.epoch
+        node.epochs.thaw()
         node.liveness.lease.new_generation()
         node.serving_event.set()
         node.last_recovery = {

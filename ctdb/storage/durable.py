@@ -19,6 +19,8 @@ from ctdb.common.errors import CtdbError, ErrorCode
 EPOCH_FILE = "recovery.epoch"
 #: In the state directory: the highest epoch number this node saw handed out.
 EPOCH_NUMBERED_FILE = "recovery.epoch-numbered"
+#: In the state directory (tcp): the epoch of the last generation this node served.
+EPOCH_THAWED_FILE = "recovery.epoch-thawed"
 #: In the state directory: how many times this node's daemon has started.
 INCARNATION_FILE = "incarnation"
 
@@ -65,6 +67,10 @@ class Epochs:
         self._numbered_file = state_dir / EPOCH_NUMBERED_FILE
         #: the highest epoch number handed out where this node saw it
         self.numbered = max(self.epoch, read_counter(self._numbered_file))
+        self._thawed_file = state_dir / EPOCH_THAWED_FILE
+        #: tcp: the epoch of the last generation this node served; unlike
+        #: `epoch`, never that of a recovery cut short after it stored its epoch
+        self.thawed = read_counter(self._thawed_file)
         incarnation_file = state_dir / INCARNATION_FILE
         #: this run of the daemon (see ctdb.engines.ordered)
         self.incarnation = read_counter(incarnation_file) + 1
@@ -77,6 +83,12 @@ class Epochs:
         if epoch != self.epoch:
             write_counter(self._epoch_file, epoch)
             self.epoch = epoch
+
+    def thaw(self) -> None:
+        """tcp: we serve the generation of `epoch` from now on (see merge.persistent_source)."""
+        if self.epoch != self.thawed:
+            write_counter(self._thawed_file, self.epoch)
+            self.thawed = self.epoch
 
     def number(self, epoch: int) -> None:
         """Remember that epoch number `epoch` was handed out.
