@@ -45,6 +45,8 @@ CTDB = shutil.which("ctdb") or "/usr/bin/ctdb"
 PASSWORD = "pyctdb-smb"
 #: NTSTATUS of an open that conflicts with another open's share mode
 STATUS_SHARING_VIOLATION = 0xC0000043
+#: NTSTATUS of a read or write into a range another open has locked
+STATUS_FILE_LOCK_CONFLICT = 0xC0000054
 
 
 def _missing_tools() -> str | None:
@@ -76,6 +78,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: All three smbd run on this host and share one directory: locks the
+#: kernel holds on the files (fcntl byte ranges, flock share modes) would
+#: show one smbd's locks to the others by themselves. They are off, so
+#: share modes and byte-range locks reach another node only through
+#: pyctdb's locking.tdb and brlock.tdb.
 SMB_CONF = """\
 [global]
 clustering = yes
@@ -103,6 +110,9 @@ log file = {d}/log.%m
 [share]
 path = {share}
 read only = no
+kernel share modes = no
+posix locking = no
+kernel oplocks = no
 """
 
 
@@ -342,3 +352,45 @@ def _record_calls(cluster: LocalCluster, pnn: int) -> int:
     found = re.search(r"^ client\n\s+req_call\s+(\d+)$", out.stdout, re.MULTILINE)
     assert found, out.stdout
     return int(found.group(1))
+
+
+def test_a_byte_range_lock_through_node_0_holds_off_writes_through_node_1(
+    samba: SambaCluster | None, share_on: Any
+) -> None:
+    ready(samba)
+    from smbprotocol.exceptions import SMBResponseException
+    from smbprotocol.open import LockFlags, SMB2LockElement
+
+    def byte_range(offset: int, length: int, *flags: LockFlags) -> SMB2LockElement:
+        element = SMB2LockElement()
+        element["offset"] = offset
+        element["length"] = length
+        for flag in flags:
+            element["flags"].set_flag(flag)
+        return element
+
+    name = f"b{uuid.uuid4().hex[:8]}.txt"
+    ours = share_on(0).open(name, write=True, share_write=True)
+    theirs = share_on(1).open(name, write=True, share_write=True)
+    assert ours.write(b"x" * 100, 0) == 100
+    assert theirs.write(b"y" * 10, 0) == 10  # node 1's smbd reads (and caches) no locks
+    ours.lock(
+        [
+            byte_range(
+                0,
+                50,
+                LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK,
+                LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY,
+            )
+        ]
+    )
+    # At once: the brlock.tdb record left node 1 for node 0, which moved
+    # node 1's sequence number, so its smbd reads the locks afresh.
+    with pytest.raises(SMBResponseException) as refused:
+        theirs.write(b"z" * 10, 0)
+    assert refused.value.status == STATUS_FILE_LOCK_CONFLICT
+    assert theirs.write(b"z" * 10, 60) == 10  # outside the range
+    ours.lock([byte_range(0, 50, LockFlags.SMB2_LOCKFLAG_UNLOCK)])
+    assert theirs.write(b"z" * 10, 0) == 10
+    ours.close()
+    theirs.close()
