@@ -111,7 +111,11 @@ class SeqnumWatch:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            moved = self.moved()
+            try:
+                moved = self.moved()
+            except Exception as exc:  # a bug costs this round, not the watch
+                log.error("looking at TDB sequence numbers failed", exc_info=exc)
+                continue
             if not moved:
                 continue
             others = [p for p in self.node.active_members() if p != self.node.pnn]

@@ -311,7 +311,6 @@ class CtdbProtocolServer:
         self.packets: Counter[int] = Counter()
         self.sent = 0
         self._leader_task: asyncio.Task[None] | None = None
-        #: TDB sequence numbers smbd watches, kept moving cluster-wide
         self.seqnums = SeqnumWatch(node)
         #: forced recoveries asked for with SET_RECMODE (`ctdb recover`)
         self._recoveries: set[asyncio.Task[None]] = set()
