@@ -70,3 +70,23 @@ def test_a_change_on_one_node_moves_the_number_where_a_client_watches(
     assert out.returncode == 0, out.stderr
     wait_until(lambda: node2() > before2, timeout=5)
     assert node1() == before1
+
+
+def test_a_persistent_database_moves_by_its_own_commits_only(cluster: LocalCluster) -> None:
+    """smbd asks ENABLE_SEQNUM for the persistent registry.tdb too. Every node
+    commits every transaction itself, which moves its number; an UPDATE_SEQNUM
+    is not applied there, since it could land while a commit is prepared
+    (an open TDB transaction) and make it fail (`ctdb_seqnum`)."""
+    name = f"pseq_{os.urandom(5).hex()}"
+    assert samba_ctdb(cluster, 0, "attach", name, "persistent").returncode == 0
+    db_id = int(str(db_info(cluster, 0, name)["id"]), 0)
+    for pnn in range(cluster.size):
+        assert control(cluster, pnn, Control.ENABLE_SEQNUM, db_id).status == 0
+    numbers = [seqnum_of(cluster, pnn, name, db_id) for pnn in range(cluster.size)]
+    before = [n() for n in numbers]
+    out = samba_ctdb(cluster, 2, "pstore", name, "k", "v")
+    assert out.returncode == 0, out.stderr
+    after = [n() for n in numbers]
+    assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+    assert control(cluster, 1, Control.UPDATE_SEQNUM, db_id).status == 0
+    assert numbers[1]() == after[1]

@@ -22,6 +22,17 @@ does three things, and so does this module:
   node had a change of its own to send: ctdbd drops that one).
 
 Like ctdbd's, a change is seen elsewhere up to about one interval late.
+
+Only volatile databases are watched and bumped. smbd asks ENABLE_SEQNUM
+for the persistent registry.tdb too (REG_TDB_FLAGS is TDB_SEQNUM): there
+the flag is set, so every node's own commit of every transaction bumps its
+number, and nothing more is needed. Bumping it on UPDATE_SEQNUM would even
+be harmful: pyctdb holds a persistent commit prepared (an open TDB
+transaction) across the wait for the other nodes, and a write to the
+header through that handle meanwhile makes the commit fail (libtdb:
+"transaction already prepared, write not allowed", then TDB_ERR_IO at
+commit), which smbd, seeing its database sequence number unchanged, then
+retries for ever. ctdbd commits synchronously, so it never meets this.
 """
 
 from __future__ import annotations
@@ -62,13 +73,16 @@ class SeqnumWatch:
         self._task: asyncio.Task[None] | None = None
 
     def enable(self, db_id: int) -> None:
-        """ENABLE_SEQNUM: TDB_SEQNUM on the daemon's handle, and watch it."""
-        local = self.node.db(db_id).local
+        """ENABLE_SEQNUM: TDB_SEQNUM on the daemon's handle, and watch a
+        volatile database's number."""
+        db = self.node.db(db_id)
+        local = db.local
         if not local.tdb_flags & TDB_SEQNUM:
             handle = _handle(local)
-            handle.enable_seqnum()
+            handle.enable_seqnum()  # a flag on the handle: no I/O
             local.tdb_flags |= TDB_SEQNUM
-        self.seen.setdefault(db_id, self._seqnum(local))
+        if not db.replicated:
+            self.seen.setdefault(db_id, self._seqnum(local))
 
     def update(self, db_id: int) -> None:
         """UPDATE_SEQNUM from another node: a record there changed.
@@ -76,7 +90,10 @@ class SeqnumWatch:
         The bump is not sent back; a change made here since the last look
         still is (ctdbd takes the bumped number as seen either way, which
         loses such a change until the next one)."""
-        local = self.node.db(db_id).local
+        db = self.node.db(db_id)
+        if db.replicated:
+            return  # see the module's note on persistent databases
+        local = db.local
         before = self._seqnum(local)
         _handle(local).increment_seqnum_nonblock()
         if self.seen.get(db_id) == before:
