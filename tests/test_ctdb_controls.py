@@ -150,6 +150,7 @@ ROWS: list[tuple[Control, Any, bytes, Any, bytes]] = [
     (Control.DEREGISTER_SRVID, None, b"", None, b""),
     (Control.GET_DBNAME, 0x7A19D84D, LOCKING, "locking.tdb", b"locking.tdb\0"),
     (Control.ENABLE_SEQNUM, 0x7A19D84D, LOCKING, None, b""),
+    (Control.UPDATE_SEQNUM, 0x7A19D84D, LOCKING, None, b""),
     (Control.GET_PID, None, b"", None, b""),
     (Control.GET_PNN, None, b"", None, b""),
     (Control.TCP_CLIENT, TCP_CLIENT, SMB_SERVER + SMB_CLIENT, None, b""),

@@ -9,7 +9,8 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 pkgs=(python3-tdb python3-venv corosync libcpg4 iproute2)
-[ "$want_test" = 1 ] && pkgs+=(ctdb tdb-tools)
+# samba/smbclient: tests/test_samba_smbd.py runs three clustered smbd
+[ "$want_test" = 1 ] && pkgs+=(ctdb tdb-tools samba smbclient)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -17,11 +18,30 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2
     apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    # Services the packages would start (smbd and nmbd bind ports 445/139
+    # for good): none are wanted, the tests start their own daemons. A
+    # policy-rc.d that refuses every start is in place during the install
+    # unless the machine has one already.
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    status=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+        status=$?
+    if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    [ "$status" = 0 ] || exit "$status"
 fi
 # The Debian corosync package starts a system daemon that needs a real
 # cluster config; we run private ones, so keep the system unit from failing.
 systemctl disable --now corosync >/dev/null 2>&1 || true
+# Nor system Samba daemons (installed with policy-rc.d above, but a machine
+# that had samba before may run them).
+for unit in smbd nmbd samba-ad-dc; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+done
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv

@@ -169,6 +169,9 @@ CONTROLS: dict[Control, ControlCodec] = {
     Control.DEREGISTER_SRVID: ControlCodec(NONE, NONE),
     Control.GET_DBNAME: ControlCodec(DB_ID, CSTRING),
     Control.ENABLE_SEQNUM: ControlCodec(DB_ID, NONE),
+    # node to node (ctdbd: NOREPLY, to every active node): a record of the
+    # database changed there, bump this node's TDB sequence number
+    Control.UPDATE_SEQNUM: ControlCodec(DB_ID, NONE),
     # status = the daemon's pid
     Control.GET_PID: _status(NONE),
     # status = this node's pnn; every client's first request

@@ -70,6 +70,7 @@ class Control(IntEnum):
     DEREGISTER_SRVID = 24
     GET_DBNAME = 25
     ENABLE_SEQNUM = 26
+    UPDATE_SEQNUM = 27
     GET_PID = 30
     GET_PNN = 35
     TCP_CLIENT = 44

@@ -3,10 +3,10 @@
 One function per control: the decoded request in, a status and a value for
 the control's codec (`ctdb.protocol.ctdb_controls`) out, or a coroutine of
 them for a control that needs the cluster (attach, traverse). They see the
-door (`Door`: this node, its CTDB clients and its counters), never one
+door (`ctdb_door.Door`: this node, its CTDB clients and its counters), never one
 client's connection, so a control forwarded from another node's door
 (`run_control`, `ctdb.server.ctdb_sessions`) runs here exactly as a local
-client's does.
+client's does. The controls only smbd sends are in `ctdb_handlers_smbd`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
@@ -24,8 +23,6 @@ from ctdb.engines.migration import MigrationEngine
 from ctdb.protocol.ctdb_control_structs import (
     IfaceList,
     KeyData,
-    PidSrvid,
-    PublicIpList,
     TraverseStart,
     TraverseStartExt,
 )
@@ -45,45 +42,18 @@ from ctdb.protocol.ctdb_types import (
     VnnMap,
 )
 from ctdb.protocol.ctdb_wire import Header, ReqMessage
+from ctdb.server.ctdb_door import Door
+from ctdb.server.ctdb_handlers_smbd import SMBD_HANDLERS
 from ctdb.server.ctdb_transactions import trans3_commit
 from ctdb.server.node import Node
 from ctdb.server.state import RecoveryMode
 from ctdb.storage.database import Database, DbKind
-from transport.corosync import pid_alive
-
-
-class DoorClient(Protocol):
-    """A client connected to the door, as PROCESS_EXISTS and CHECK_PID_SRVID see it."""
-
-    @property
-    def pid(self) -> int | None: ...
-
-    @property
-    def srvids(self) -> Counter[int]: ...
-
-
-class Door(Protocol):
-    """The CTDB-protocol door of one node (`ctdb_sessions.CtdbProtocolServer`)."""
-
-    node: Node
-    #: packets clients sent, by operation, and packets sent to clients
-    packets: Counter[int]
-    sent: int
-
-    @property
-    def sessions(self) -> Collection[DoorClient]: ...
-
-    def recover_later(self) -> None:
-        """Start a forced recovery of the cluster, without waiting for it."""
-
 
 #: a control's outcome: status, reply data, and bytes to send after the reply
 Outcome = tuple[int, bytes, bytes]
 
 #: CTDB's run state RUNNING (ctdb_protocol.h `enum ctdb_runstate`).
 RUNSTATE_RUNNING = 5
-#: What ctdbd answers a request it cannot serve.
-FAILED = -1
 #: CTDB_CAP_DEFAULT (protocol.h): every pyctdb node may lead and be an lmaster.
 CAP_DEFAULT = 0x00030003
 
@@ -144,31 +114,6 @@ def _pid(door: Door, _: None) -> tuple[int, Any]:
 
 def _capabilities(door: Door, _: None) -> tuple[int, Any]:
     return 0, CAP_DEFAULT
-
-
-def _process_exists(door: Door, pid: int) -> tuple[int, Any]:
-    """0 if a client connected here runs as `pid` and that process is alive
-    (a g_lock holder's liveness check), else -1: ctdbd's rule."""
-    if not any(c.pid == pid for c in door.sessions) or not pid_alive(pid):
-        return FAILED, None
-    return 0, None
-
-
-def _check_pid_srvid(door: Door, which: PidSrvid) -> tuple[int, Any]:
-    """0 if a client connected here as `pid` registered `srvid` (smbd's serverid_exists)."""
-    if any(c.pid == which.pid and which.srvid in c.srvids for c in door.sessions):
-        return 0, None
-    return FAILED, None
-
-
-def _tcp_client(door: Door, _: Any) -> tuple[int, Any]:
-    """smbd tells which SMB connection it serves, for public-address failover:
-    pyctdb manages no public addresses, so there is nothing to remember."""
-    return 0, None
-
-
-def _public_ips(door: Door, _: None) -> tuple[int, Any]:
-    return 0, PublicIpList()
 
 
 def _set_recmode(door: Door, mode: int) -> tuple[int, Any]:
@@ -344,10 +289,6 @@ HANDLERS: dict[Control, Handler] = {
     Control.STATISTICS: _statistics,
     Control.GET_PID: _pid,
     Control.GET_CAPABILITIES: _capabilities,
-    Control.PROCESS_EXISTS: _process_exists,
-    Control.CHECK_PID_SRVID: _check_pid_srvid,
-    Control.TCP_CLIENT: _tcp_client,
-    Control.GET_PUBLIC_IPS: _public_ips,
     Control.GET_RECMODE: _recmode,
     Control.SET_RECMODE: _set_recmode,
     Control.GET_RUNSTATE: _runstate,
@@ -370,6 +311,7 @@ HANDLERS: dict[Control, Handler] = {
     Control.SCHEDULE_FOR_DELETION: _schedule_for_deletion,
     Control.TRAVERSE_START: _traverse,
     Control.TRAVERSE_START_EXT: _traverse,
+    **SMBD_HANDLERS,
 }
 
 

@@ -69,7 +69,9 @@ from ctdb.protocol.ctdb_wire import (
     UnknownPacket,
 )
 from ctdb.server import ctdb_calls, unixsocket
-from ctdb.server.ctdb_handlers import FAILED, SESSION_BOUND, Outcome, run_control
+from ctdb.server.ctdb_door import FAILED
+from ctdb.server.ctdb_handlers import SESSION_BOUND, Outcome, run_control
+from ctdb.server.ctdb_seqnum import SeqnumWatch
 from ctdb.server.node import Node
 from ctdb.server.sessions import OUTPUT_CAP
 from ctdb.server.state import control_handlers
@@ -309,6 +311,7 @@ class CtdbProtocolServer:
         self.packets: Counter[int] = Counter()
         self.sent = 0
         self._leader_task: asyncio.Task[None] | None = None
+        self.seqnums = SeqnumWatch(node)
         #: forced recoveries asked for with SET_RECMODE (`ctdb recover`)
         self._recoveries: set[asyncio.Task[None]] = set()
         # Controls other nodes' doors forward to this one (ctl_ctdb_control).
@@ -379,6 +382,7 @@ class CtdbProtocolServer:
 
     async def start(self) -> None:
         self._leader_task = asyncio.get_running_loop().create_task(self._announce_leader())
+        self.seqnums.start()
         self._server = await unixsocket.listen(self.path, self.mode, lambda: CtdbSession(self))
 
     async def stop(self) -> None:
@@ -387,6 +391,7 @@ class CtdbProtocolServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._leader_task
             self._leader_task = None
+        await self.seqnums.stop()
         if self._server is not None:
             for session in list(self.sessions):
                 if session.transport is not None:

@@ -39,7 +39,7 @@ from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database
 
 
 class Door(Protocol):
-    """The door a control came through (`ctdb_handlers.Door`): its node."""
+    """The door a control came through (`ctdb_door.Door`): its node."""
 
     node: Node
 
