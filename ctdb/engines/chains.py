@@ -44,7 +44,7 @@ log = logging.getLogger("ctdb.engines.chains")
 #: seconds. Clients hold chain locks for microseconds unless they wait for
 #: something, but a client in a loop takes the lock again at once: CTDB's
 #: `transaction_loop` on three nodes (g_lock pollers holding the record's
-#: chain across a PROCESS_EXISTS) made 15-34 commits in 4 s when retries
+#: chain across a PROCESS_EXISTS) made 13-34 commits in 4 s when retries
 #: backed off to 50 ms, 49-72 at a steady 2 ms. A retry is one non-blocking
 #: lock call, so polling costs next to nothing while it lasts.
 RETRY = 0.002
