@@ -82,7 +82,9 @@ class SeqnumWatch:
             handle.enable_seqnum()  # a flag on the handle: no I/O
             local.tdb_flags |= TDB_SEQNUM
         if not db.replicated:
-            self.seen.setdefault(db_id, self._seqnum(local))
+            # -1 while not serving (see `update`): the next look sends one
+            # UPDATE_SEQNUM too many at most.
+            self.seen.setdefault(db_id, self._seqnum(local) if self.node.serving else -1)
 
     def update(self, db_id: int) -> None:
         """UPDATE_SEQNUM from another node: a record there changed.
@@ -91,8 +93,11 @@ class SeqnumWatch:
         still is (ctdbd takes the bumped number as seen either way, which
         loses such a change until the next one)."""
         db = self.node.db(db_id)
-        if db.replicated:
-            return  # see the module's note on persistent databases
+        if db.replicated or not self.node.serving:
+            # Persistent: see the module's note. Not serving: a recovery's
+            # bulk work may be using the handle in its thread (TDB handles
+            # are not thread-safe), and the recovery moves what it changes.
+            return
         local = db.local
         before = self._seqnum(local)
         _handle(local).increment_seqnum_nonblock()
@@ -104,7 +109,10 @@ class SeqnumWatch:
         return int(_handle(local).seqnum)
 
     def moved(self) -> list[int]:
-        """The databases whose number moved since the last look (now seen)."""
+        """The databases whose number moved since the last look (now seen);
+        none while the node does not serve (see `update`)."""
+        if not self.node.serving:
+            return []
         moved = []
         for db_id, last in list(self.seen.items()):
             db = self.node.dbs.get(db_id)
