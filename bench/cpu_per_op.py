@@ -31,6 +31,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def worker(tree: str, base: str, port: int, scale: float) -> dict[str, Any]:
         return _measure(cluster, scale)
     finally:
         cluster.down()
-        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _measure(cluster: Any, scale: float) -> dict[str, Any]:
@@ -189,6 +190,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             check=False,
             capture_output=True,
         )
+        shutil.rmtree(base_tree.parent, ignore_errors=True)
     figures: dict[str, Any] = {}
     for work in WORKLOADS:
         entry: dict[str, Any] = {}

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,13 @@ def _worktrees() -> list[str]:
     return [line for line in out.splitlines() if line.startswith("worktree ")]
 
 
+def _base_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("ctdb-bench-base-*"))
+
+
 def test_cpu_per_op_quick_against_head(tmp_path: Path) -> None:
     before = _worktrees()
+    base_dirs = _base_dirs()
     out = tmp_path / "cpu"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.cpu_per_op", "--quick", "--rounds", "1"]
@@ -40,6 +46,7 @@ def test_cpu_per_op_quick_against_head(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _worktrees() == before  # the base's worktree is gone again
+    assert _base_dirs() == base_dirs  # and the directory it was made in
     r = json.loads((out / "results.json").read_text())
     assert r["base"] == r["head"] and r["rounds"] == 1
     assert set(r["figures"]) == {"ping", "ring", "store"}
