@@ -30,6 +30,11 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
+        if not buf and len(data) >= 4:
+            # The usual case, one whole frame in one read: no buffering.
+            (size,) = LENGTH.unpack_from(data)
+            if size + 4 == len(data) and size <= self.max_size:
+                return [data[4:]]
         buf += data
         frames: list[bytes] = []
         pos = 0

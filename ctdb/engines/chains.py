@@ -50,11 +50,6 @@ log = logging.getLogger("ctdb.engines.chains")
 RETRY = 0.002
 
 
-def shared(db: Database) -> bool:
-    """Whether Samba's clients may write the database's records in place."""
-    return db.shared
-
-
 async def poll(take: Callable[[], bool], deadline: float) -> bool:
     """Call `take` every RETRY seconds until it succeeds (True) or `deadline`
     (loop time) passes (False)."""
@@ -71,12 +66,12 @@ def try_hold(db: Database, key: bytes) -> bool:
     """Take `key`'s chain lock now unless a client holds it (False); a file
     clients do not share has nothing to take. Release it with `release`
     before the next `await`."""
-    return not shared(db) or db.local.try_lock_chain(key)
+    return not db.shared or db.local.try_lock_chain(key)
 
 
 def release(db: Database, key: bytes) -> None:
     """End what `try_hold` or `ChainGate.hold` began."""
-    if shared(db):
+    if db.shared:
         db.local.unlock_chain(key)
 
 
@@ -99,7 +94,7 @@ class ChainGate:
     def run(self, db: Database, key: bytes, work: Callable[[], None]) -> None:
         """Run `work` holding `key`'s chain lock: now, or once no client holds it,
         after the work for the same record that waits already."""
-        if not shared(db):
+        if not db.shared:
             work()
             return
         ref = (db.id, key)
@@ -151,7 +146,7 @@ class ChainGate:
         belongs to this thread, and a client must not wait on us for long).
         TIMEOUT if a client still holds it at `deadline` (loop time).
         """
-        if not shared(db):
+        if not db.shared:
             return
         if db.local.try_lock_chain(key):
             return

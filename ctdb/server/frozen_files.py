@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.chains import poll, shared
+from ctdb.engines.chains import poll
 from ctdb.storage.database import Database
 
 
@@ -46,11 +46,11 @@ class FrozenFiles:
 
     def held(self) -> bool:
         """Every shared file is held (a database attached since is not)."""
-        return all(db.id in self._held for db in self.dbs.values() if shared(db))
+        return all(db.id in self._held for db in self.dbs.values() if db.shared)
 
     def _try_hold(self) -> bool:
         for db in self.dbs.values():
-            if shared(db) and db.id not in self._held and db.local.try_lock_all():
+            if db.shared and db.id not in self._held and db.local.try_lock_all():
                 self._held[db.id] = db
         return self.held()
 
@@ -61,7 +61,7 @@ class FrozenFiles:
         self.stats["freeze_waits"] += 1
         if not await poll(self._try_hold, deadline):
             busy = sorted(
-                db.name for db in self.dbs.values() if shared(db) and db.id not in self._held
+                db.name for db in self.dbs.values() if db.shared and db.id not in self._held
             )
             # IO, as a failing disk: the leader bans a node that fails to
             # freeze recovery after recovery, as CTDB bans it, so that a

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import recovery
@@ -52,6 +52,9 @@ log = logging.getLogger("ctdb.server.leader")
 #: RecoverTimeout, before it is banned.
 BAN_AFTER_FAILURES = 3
 
+#: The messages of a record migration, which count only in their generation.
+Migrating = Call | DmasterRequest | DmasterReply | RemoteCall
+
 
 class LeaderRecovery:
     def __init__(self, node: ServerNode) -> None:
@@ -62,6 +65,13 @@ class LeaderRecovery:
         self._wanted = asyncio.Event()
         #: since when a member we would recover hears from nodes we do not
         self._connecting_since: float | None = None
+        #: the engine's handler of each migration message (`on_message`)
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Call: self.engine.on_call,
+            RemoteCall: self.engine.calls.on_call,
+            DmasterRequest: self.engine.on_dmaster_request,
+            DmasterReply: self.engine.on_dmaster_reply,
+        }
 
     def controls(self) -> dict[str, ControlHandler]:
         return control_handlers(self.member)
@@ -82,21 +92,15 @@ class LeaderRecovery:
             raise DecodeError("an ordered operation on a point-to-point cluster")
 
     def on_message(self, src: int, msg: Message) -> None:
-        if isinstance(msg, RemoteCallReply):
+        if type(msg) is RemoteCallReply:
             self.engine.calls.on_reply(msg)
             return
-        if not isinstance(msg, Call | DmasterRequest | DmasterReply | RemoteCall):
+        handler = self._handlers.get(type(msg))
+        if handler is None:
             return  # `check` let nothing else through
-        if self.member.defer_if_early(src, msg, msg.generation):
-            return
-        if isinstance(msg, Call):
-            self.engine.on_call(msg)
-        elif isinstance(msg, RemoteCall):
-            self.engine.calls.on_call(msg)
-        elif isinstance(msg, DmasterRequest):
-            self.engine.on_dmaster_request(msg)
-        else:
-            self.engine.on_dmaster_reply(msg)
+        routed = cast(Migrating, msg)
+        if not self.member.defer_if_early(src, routed, routed.generation):
+            handler(routed)
 
     def on_view(self, view: View) -> None:
         node = self.node
