@@ -4,7 +4,8 @@ A record is served only by its dmaster; a node that needs it asks the key's
 lmaster, which forwards the call to the dmaster, which hands the record over
 through the lmaster (the routing and hand-over decisions, pure, are in
 `ctdb.engines.handover`; what this node does with the other nodes' messages
-is in `ctdb.engines.migration_messages`).
+is in `ctdb.engines.migration_messages`, and how a client's request waits
+for a record in `ctdb.engines.acquisition`).
 
 Every hand-over bumps the RSN and the giver keeps its copy, so if a hand-over
 is cut short by a recovery the newest copy still exists somewhere and the
@@ -43,17 +44,16 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import persistent_calls
+from ctdb.engines.acquisition import Acquisition
 from ctdb.engines.base import resolved
 from ctdb.engines.chains import ChainGate, release, try_hold
 from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.merge import from_wire
-from ctdb.engines.migration_messages import HandoverMessages, KeyState
+from ctdb.engines.migration_messages import KeyState
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.vacuum import Vacuum
-from ctdb.protocol.messages import Call
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record, live_value
-from ctdb.storage.placement import lmaster
 
 if TYPE_CHECKING:
     from ctdb.engines.host import Host
@@ -61,12 +61,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ctdb.engines.migration")
 
-#: Re-send a call after this long without the record arriving (messages of an
-#: aborted generation are dropped, so a call can vanish).
-RETRY_INTERVAL = 0.5
 
-
-class MigrationEngine(HandoverMessages):
+class MigrationEngine(Acquisition):
     def __init__(self, node: Host, transactions: TransactionEngine) -> None:
         self.node = node
         #: persistent databases commit through it (the leader's two-phase commit)
@@ -253,69 +249,6 @@ class MigrationEngine(HandoverMessages):
             return False, None
         return True, rec
 
-    async def acquire(
-        self, db: Database, key: bytes, session: object, *, lock: bool
-    ) -> Record | None:
-        """Make this node dmaster of `key` with no other client holding it.
-
-        Returns the current record; with `lock` the record stays locked for
-        `session` until `release`.
-        """
-        node = self.node
-        ref = (db.id, key)
-        acquiring = self._acquiring.get(ref, 0)
-        limit = int(node.tunable("MaxLockWaiters"))
-        if acquiring >= limit:
-            raise CtdbError(
-                ErrorCode.BUSY, f"record {key!r} is busy: {limit} requests already wait for it"
-            )
-        self._acquiring[ref] = acquiring + 1
-        try:
-            return await self._acquire(db, key, session, lock)
-        finally:
-            if self._acquiring[ref] > 1:
-                self._acquiring[ref] -= 1
-            else:
-                del self._acquiring[ref]
-
-    async def _acquire(
-        self, db: Database, key: bytes, session: object, lock: bool
-    ) -> Record | None:
-        node = self.node
-        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
-        while True:
-            if not node.serving:
-                await node.wait_serving(deadline)
-            if try_hold(db, key):  # the usual case: read at once, no await
-                try:
-                    rec = db.local.get(key)
-                finally:
-                    release(db, key)
-            else:
-                rec = await self._read(db, key, deadline)
-                if not node.serving:
-                    continue  # a freeze came while a client held the chain
-            if self.is_dmaster(db, key, rec):
-                ks = self._keys.get((db.id, key))
-                if ks is None or ks.holder is None or ks.holder is session:
-                    if lock:
-                        self._state(db, key).holder = session
-                        if self._voided.get((db.id, key)) is session:
-                            del self._voided[(db.id, key)]
-                    return rec
-                await self._wait(ks.waiters, deadline, key)
-            else:
-                await self._fetch_remote(db, key, deadline)
-
-    async def _read(self, db: Database, key: bytes, deadline: float) -> Record | None:
-        """The local copy, read once no Samba client holds its chain (None, unread,
-        if a recovery began meanwhile: the caller waits for it)."""
-        await self.chains.hold(db, key, deadline)
-        try:
-            return db.local.get(key) if self.node.serving else None
-        finally:
-            release(db, key)
-
     def release(self, db: Database, key: bytes, session: object) -> None:
         ks = self._keys[(db.id, key)]
         ks.holder = None
@@ -384,56 +317,3 @@ class MigrationEngine(HandoverMessages):
                     fut.set_result(None)
             ks.waiters.clear()
         self._keys = {ref: ks for ref, ks in self._keys.items() if not ks.idle}
-
-    # -- internals --------------------------------------------------------------
-
-    def _state(self, db: Database, key: bytes) -> KeyState:
-        ks = self._keys.get((db.id, key))
-        if ks is None:
-            ks = self._keys[(db.id, key)] = KeyState()
-        return ks
-
-    async def _fetch_remote(self, db: Database, key: bytes, deadline: float) -> None:
-        """Ask for the record (one call per key at a time) and wait for it."""
-        node = self.node
-        loop = asyncio.get_running_loop()
-        fut = self._calls_out.get((db.id, key))
-        if fut is None or fut.done():
-            fut = loop.create_future()
-            self._calls_out[(db.id, key)] = fut
-            node.stats["calls_sent"] += 1
-            node.send(lmaster(key, node.vnnmap), Call(db.id, key, node.generation, node.pnn, 0))
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} did not arrive in time")
-        # Wait on a future of our own: a cancelled client must not cancel the
-        # call that other requests for the record wait on too (what
-        # asyncio.shield does, at a fraction of the cost of shield + wait_for).
-        waiter = loop.create_future()
-        fut.add_done_callback(lambda _: _settle(waiter))
-        # Unanswered by then, the call is given up: the next turn of
-        # `_acquire` sends a fresh one.
-        timer = loop.call_later(min(remaining, RETRY_INTERVAL), _settle, fut)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-
-    async def _wait(self, waiters: list[asyncio.Future[None]], deadline: float, key: bytes) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(fut)
-        remaining = deadline - asyncio.get_running_loop().time()
-        try:
-            await asyncio.wait_for(fut, max(remaining, 0))
-        except TimeoutError:
-            raise CtdbError(
-                ErrorCode.TIMEOUT, f"record {key!r} stayed locked by another client"
-            ) from None
-        finally:
-            if fut in waiters:
-                waiters.remove(fut)
-
-
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

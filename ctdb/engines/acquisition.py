@@ -1,0 +1,147 @@
+"""How a client's request gets a record to itself here: the waiting half of the migration.
+
+`MigrationEngine.acquire` makes this node the record's dmaster with no other
+client of ours holding it, and optionally locks it for the asking client.
+Until then the request waits: for the node to serve (a recovery), for a
+Samba client's chain lock, for the record to arrive from its dmaster (one
+`Call` per record at a time, re-sent after RETRY_INTERVAL, since messages of
+an aborted generation are dropped), or for another client's lock. At most
+MaxLockWaiters requests wait for one record (one more fails with BUSY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.chains import release, try_hold
+from ctdb.engines.migration_messages import HandoverMessages, KeyState
+from ctdb.protocol.messages import Call
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import Record
+from ctdb.storage.placement import lmaster
+
+#: Re-send a call after this long without the record arriving (messages of an
+#: aborted generation are dropped, so a call can vanish).
+RETRY_INTERVAL = 0.5
+
+
+class Acquisition(HandoverMessages):
+    """The engine's waiting for records (its state is the engine's)."""
+
+    _acquiring: dict[tuple[int, bytes], int]
+    _voided: dict[tuple[int, bytes], object]
+
+    async def acquire(
+        self, db: Database, key: bytes, session: object, *, lock: bool
+    ) -> Record | None:
+        """Make this node dmaster of `key` with no other client holding it.
+
+        Returns the current record; with `lock` the record stays locked for
+        `session` until `release`.
+        """
+        node = self.node
+        ref = (db.id, key)
+        acquiring = self._acquiring.get(ref, 0)
+        limit = int(node.tunable("MaxLockWaiters"))
+        if acquiring >= limit:
+            raise CtdbError(
+                ErrorCode.BUSY, f"record {key!r} is busy: {limit} requests already wait for it"
+            )
+        self._acquiring[ref] = acquiring + 1
+        try:
+            return await self._acquire(db, key, session, lock)
+        finally:
+            if self._acquiring[ref] > 1:
+                self._acquiring[ref] -= 1
+            else:
+                del self._acquiring[ref]
+
+    async def _acquire(
+        self, db: Database, key: bytes, session: object, lock: bool
+    ) -> Record | None:
+        node = self.node
+        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
+        while True:
+            if not node.serving:
+                await node.wait_serving(deadline)
+            if try_hold(db, key):  # the usual case: read at once, no await
+                try:
+                    rec = db.local.get(key)
+                finally:
+                    release(db, key)
+            else:
+                rec = await self._read(db, key, deadline)
+                if not node.serving:
+                    continue  # a freeze came while a client held the chain
+            if self.is_dmaster(db, key, rec):
+                ks = self._keys.get((db.id, key))
+                if ks is None or ks.holder is None or ks.holder is session:
+                    if lock:
+                        self._state(db, key).holder = session
+                        if self._voided.get((db.id, key)) is session:
+                            del self._voided[(db.id, key)]
+                    return rec
+                await self._wait(ks.waiters, deadline, key)
+            else:
+                await self._fetch_remote(db, key, deadline)
+
+    async def _read(self, db: Database, key: bytes, deadline: float) -> Record | None:
+        """The local copy, read once no Samba client holds its chain (None, unread,
+        if a recovery began meanwhile: the caller waits for it)."""
+        await self.chains.hold(db, key, deadline)
+        try:
+            return db.local.get(key) if self.node.serving else None
+        finally:
+            release(db, key)
+
+    def _state(self, db: Database, key: bytes) -> KeyState:
+        ks = self._keys.get((db.id, key))
+        if ks is None:
+            ks = self._keys[(db.id, key)] = KeyState()
+        return ks
+
+    async def _fetch_remote(self, db: Database, key: bytes, deadline: float) -> None:
+        """Ask for the record (one call per key at a time) and wait for it."""
+        node = self.node
+        loop = asyncio.get_running_loop()
+        fut = self._calls_out.get((db.id, key))
+        if fut is None or fut.done():
+            fut = loop.create_future()
+            self._calls_out[(db.id, key)] = fut
+            node.stats["calls_sent"] += 1
+            node.send(lmaster(key, node.vnnmap), Call(db.id, key, node.generation, node.pnn, 0))
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} did not arrive in time")
+        # Wait on a future of our own: a cancelled client must not cancel the
+        # call that other requests for the record wait on too (what
+        # asyncio.shield does, at a fraction of the cost of shield + wait_for).
+        waiter = loop.create_future()
+        fut.add_done_callback(lambda _: _settle(waiter))
+        # Unanswered by then, the call is given up: the next turn of
+        # `_acquire` sends a fresh one.
+        timer = loop.call_later(min(remaining, RETRY_INTERVAL), _settle, fut)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
+    async def _wait(self, waiters: list[asyncio.Future[None]], deadline: float, key: bytes) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(fut, max(remaining, 0))
+        except TimeoutError:
+            raise CtdbError(
+                ErrorCode.TIMEOUT, f"record {key!r} stayed locked by another client"
+            ) from None
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
