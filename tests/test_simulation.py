@@ -79,6 +79,7 @@ FOUND = [
     ("vs", 6080),  # a minority view purged the majority's entries, and its copy was taken
     ("vs", 3216605),  # a database attached after its member's offer: joiners dropped it
     ("tcp", 3244027),  # acknowledged commit lost: a hung leader's stored epoch matched theirs
+    ("tcp", 3234633),  # liveness: a healthy node banned for a failure a stopped leader read late
 ]
 
 

@@ -163,6 +163,10 @@ CONTROLS: dict[str, ControlSpec] = {
     "setflags": ControlSpec(struct({}, {"set": FLAGS, "clear": FLAGS}), FLAGS),
     # seconds 0 lifts a ban
     "ban": ControlSpec(struct({"seconds": number(0, schema.U32_MAX)}), NONE),
+    # the leader's ban of a member whose storage keeps failing recoveries
+    "ban_failing": ControlSpec(
+        struct({"seconds": number(0, schema.U32_MAX), "failures": integer(1, 1000)}), BOOL
+    ),
     "reloadnodes": ControlSpec(EMPTY, list_of(text(255))),
     "shutdown": ControlSpec(EMPTY, NONE),
     # a control of CTDB's protocol a Samba client sent for another node

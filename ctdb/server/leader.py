@@ -229,16 +229,21 @@ class LeaderRecovery:
 
     async def _ban_culprit(self, pnn: int) -> None:
         seconds = self.node.tunable("RecoveryBanPeriod")
-        log.error(
-            "node %d failed %d recoveries in a row: banning it for %gs",
-            pnn,
-            BAN_AFTER_FAILURES,
-            seconds,
-        )
+        args = {"seconds": seconds, "failures": BAN_AFTER_FAILURES}
         try:
-            await self.node.control(pnn, "ban", {"seconds": seconds})
+            banned = await self.node.control(pnn, "ban_failing", args)
         except CtdbError as exc:
             log.warning("could not ban node %d: %s", pnn, exc)
+            return
+        if banned:
+            log.error(
+                "node %d failed %d recoveries in a row: banned it for %gs",
+                pnn,
+                BAN_AFTER_FAILURES,
+                seconds,
+            )
+        else:
+            log.warning("node %d has served since its recovery failures: not banned", pnn)
 
     def _still_connecting(self) -> bool:
         """A member hears from nodes we have not met: give our links to them one

@@ -58,6 +58,8 @@ class RecoveryMember:
         #: the generation the leader froze us for; a recovery step of any other is stale
         self._frozen_generation = INVALID_GENERATION
         self._deferred: list[tuple[int, Message]] = []
+        #: recovery steps our storage failed since we last thawed (`ctl_ban_failing`)
+        self._storage_failures = 0
         #: the epoch of the last generation this run of the daemon served
         #: (None: none yet, so its clients own no entries)
         self._served_epoch: int | None = None
@@ -145,7 +147,13 @@ class RecoveryMember:
             with self._bulk_lock:
                 return work()
 
-        result: T = await self.node.offload(locked)
+        try:
+            result: T = await self.node.offload(locked)
+        except CtdbError:
+            raise
+        except Exception:
+            self._storage_failures += 1  # an I/O error: the leader sees IO
+            raise
         return result
 
     def _check_generation(self, args: dict[str, Any]) -> None:
@@ -162,7 +170,12 @@ class RecoveryMember:
         await self.bulk(lambda: None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FREEZE_SHARE * node.tunable("RecoverTimeout")
-        await self.files.hold(deadline)
+        try:
+            await self.files.hold(deadline)
+        except CtdbError as exc:
+            if exc.code == ErrorCode.IO:  # a client would not let go of a chain
+                self._storage_failures += 1
+            raise
         if node.recovery_mode is not RecoveryMode.RECOVERY:
             self.files.release()  # thawed meanwhile: clients write in place again
             raise CtdbError(ErrorCode.RETRY, "this node thawed while it froze")
@@ -266,6 +279,7 @@ class RecoveryMember:
         node.generation = self._frozen_generation
         node.recovery_mode = RecoveryMode.NORMAL
         self.files.release()
+        self._storage_failures = 0
         self._served_epoch = node.epochs.epoch
         node.epochs.thaw()
         node.liveness.lease.new_generation()
@@ -280,6 +294,27 @@ class RecoveryMember:
         deferred, self._deferred = self._deferred, []
         for src, msg in deferred:
             node.handle(src, msg)
+
+    async def ctl_ban_failing(self, src: int, args: dict[str, Any]) -> bool:
+        """Ban this node if its storage failed the leader's recoveries in a row (True).
+
+        The leader counts the failures of its own attempts, and a success of
+        its own ends the row. But a leader that was stopped for a while may
+        read the failure of an attempt long gone, after this node served a
+        generation with the others meanwhile (tcp seed 3234633: a healthy
+        node banned for 30 s). Only this node knows whether its storage has
+        worked since: it counts its failures since it last thawed.
+        """
+        node = self.node
+        if self._storage_failures < int(args["failures"]):
+            log.info(
+                "not banned by node %d: %d recovery failures here since this node last served",
+                src,
+                self._storage_failures,
+            )
+            return False
+        await node.control(node.pnn, "ban", {"seconds": args["seconds"]})
+        return True
 
 
 def _recovery_info(db: Database) -> dict[str, Any]:

@@ -1,0 +1,108 @@
+"""A node whose storage keeps failing recoveries is banned; one whose storage
+works again is not.
+
+As CTDB does, the tcp leader bans a member that made BAN_AFTER_FAILURES
+recoveries in a row fail with an I/O error over at least RecoverTimeout,
+and the others recover without it. The member confirms the row itself
+(`RecoveryMember.ctl_ban_failing`): a leader stopped for a while may read
+an old failure late (tcp seed 3234633, in test_simulation's FOUND list).
+
+Runs the real `Node` code on the simulated network (tools/sim), whose
+disks fail writes on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ctdb.engines.base import resolved
+from ctdb.server.leader import BAN_AFTER_FAILURES
+from ctdb.server.state import NodeFlags
+from ctdb.storage.database import DbKind
+from tools.sim.cluster import SimCluster
+from tools.sim.loop import VirtualTimeLoop
+from tools.sim.storage import simulated_storage
+
+
+def _run(scenario: Callable[[SimCluster], Coroutine[Any, Any, None]]) -> None:
+    async def main() -> None:
+        cluster = SimCluster(11, "tcp", lambda line: None)
+        try:
+            for pnn in range(3):
+                await cluster.start_node(pnn)
+            assert await cluster.settle(10), cluster.describe()
+            await scenario(cluster)
+        finally:
+            await cluster.close()
+
+    loop = VirtualTimeLoop()
+    try:
+        with simulated_storage():
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+async def _failing_recovery(cluster: SimCluster) -> None:
+    """Records written on node 0, then node 2's disk fails and a recovery
+    starts: each attempt pushes them to node 2, and fails there."""
+
+    async def store() -> None:
+        node = cluster.nodes[0]
+        db = await node.records.attach("ban_test", DbKind.VOLATILE)
+        for i in range(10):
+            await resolved(node.records.store(db, b"k%d" % i, b"v", object()))
+
+    await cluster.run_on(0, store())
+    cluster.disks[2].failure_rate = 1.0
+    cluster.nodes[0].force_recovery()
+
+
+async def _until(cluster: SimCluster, done: Callable[[], bool], timeout: float) -> bool:
+    deadline = cluster.loop.time() + timeout
+    while cluster.loop.time() < deadline:
+        if done():
+            return True
+        await asyncio.sleep(0.05)
+    return done()
+
+
+def test_a_member_whose_storage_keeps_failing_is_banned_and_the_others_serve() -> None:
+    async def scenario(cluster: SimCluster) -> None:
+        started = cluster.loop.time()
+        await _failing_recovery(cluster)
+        node2 = cluster.nodes[2]
+        assert await _until(cluster, lambda: bool(node2.flags & NodeFlags.BANNED), 20), (
+            cluster.describe()
+        )
+        recover_timeout = cluster.tunables["RecoverTimeout"]
+        assert cluster.loop.time() - started >= recover_timeout  # a row, not one bad moment
+        assert cluster.disks[2].errors, "the ban must come from the failing writes"
+
+        def others_serve_without_it() -> bool:
+            return all(
+                cluster.nodes[p].serving and cluster.nodes[p].vnnmap == [0, 1] for p in (0, 1)
+            )
+
+        assert await _until(cluster, others_serve_without_it, 10), cluster.describe()
+
+    _run(scenario)
+
+
+def test_a_member_that_served_since_its_failures_refuses_the_ban() -> None:
+    async def scenario(cluster: SimCluster) -> None:
+        node2 = cluster.nodes[2]
+        # Its storage failed the steps of earlier recoveries, then worked again
+        # and it served: the row is broken, whatever a late leader counted.
+        await _failing_recovery(cluster)
+        assert await _until(cluster, lambda: bool(cluster.disks[2].errors), 10)
+        cluster.disks[2].failure_rate = 0.0
+        assert await cluster.settle(20), cluster.describe()
+        args = {"seconds": 30.0, "failures": BAN_AFTER_FAILURES}
+        banned = await cluster.run_on(0, cluster.nodes[0].control(2, "ban_failing", args))
+        assert banned is False
+        assert not node2.flags & NodeFlags.BANNED
+
+    _run(scenario)
