@@ -13,36 +13,11 @@ disks fail writes on demand.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
-
 from ctdb.engines.base import resolved
 from ctdb.server.leader import BAN_AFTER_FAILURES
 from ctdb.server.state import NodeFlags
 from ctdb.storage.database import DbKind
-from tools.sim.cluster import SimCluster
-from tools.sim.loop import VirtualTimeLoop
-from tools.sim.storage import simulated_storage
-
-
-def _run(scenario: Callable[[SimCluster], Coroutine[Any, Any, None]]) -> None:
-    async def main() -> None:
-        cluster = SimCluster(11, "tcp", lambda line: None)
-        try:
-            for pnn in range(3):
-                await cluster.start_node(pnn)
-            assert await cluster.settle(10), cluster.describe()
-            await scenario(cluster)
-        finally:
-            await cluster.close()
-
-    loop = VirtualTimeLoop()
-    try:
-        with simulated_storage():
-            loop.run_until_complete(main())
-    finally:
-        loop.close()
+from tools.sim.cluster import SimCluster, run_scenario
 
 
 async def _failing_recovery(cluster: SimCluster) -> None:
@@ -60,21 +35,12 @@ async def _failing_recovery(cluster: SimCluster) -> None:
     cluster.nodes[0].force_recovery()
 
 
-async def _until(cluster: SimCluster, done: Callable[[], bool], timeout: float) -> bool:
-    deadline = cluster.loop.time() + timeout
-    while cluster.loop.time() < deadline:
-        if done():
-            return True
-        await asyncio.sleep(0.05)
-    return done()
-
-
 def test_a_member_whose_storage_keeps_failing_is_banned_and_the_others_serve() -> None:
     async def scenario(cluster: SimCluster) -> None:
         started = cluster.loop.time()
         await _failing_recovery(cluster)
         node2 = cluster.nodes[2]
-        assert await _until(cluster, lambda: bool(node2.flags & NodeFlags.BANNED), 20), (
+        assert await cluster.until(lambda: bool(node2.flags & NodeFlags.BANNED), 20), (
             cluster.describe()
         )
         recover_timeout = cluster.tunables["RecoverTimeout"]
@@ -86,9 +52,9 @@ def test_a_member_whose_storage_keeps_failing_is_banned_and_the_others_serve() -
                 cluster.nodes[p].serving and cluster.nodes[p].vnnmap == [0, 1] for p in (0, 1)
             )
 
-        assert await _until(cluster, others_serve_without_it, 10), cluster.describe()
+        assert await cluster.until(others_serve_without_it, 10), cluster.describe()
 
-    _run(scenario)
+    run_scenario("tcp", scenario)
 
 
 def test_a_member_that_served_since_its_failures_refuses_the_ban() -> None:
@@ -97,7 +63,7 @@ def test_a_member_that_served_since_its_failures_refuses_the_ban() -> None:
         # Its storage failed the steps of earlier recoveries, then worked again
         # and it served: the row is broken, whatever a late leader counted.
         await _failing_recovery(cluster)
-        assert await _until(cluster, lambda: bool(cluster.disks[2].errors), 10)
+        assert await cluster.until(lambda: bool(cluster.disks[2].errors), 10)
         cluster.disks[2].failure_rate = 0.0
         assert await cluster.settle(20), cluster.describe()
         args = {"seconds": 30.0, "failures": BAN_AFTER_FAILURES}
@@ -105,4 +71,4 @@ def test_a_member_that_served_since_its_failures_refuses_the_ban() -> None:
         assert banned is False
         assert not node2.flags & NodeFlags.BANNED
 
-    _run(scenario)
+    run_scenario("tcp", scenario)

@@ -8,42 +8,30 @@ from __future__ import annotations
 
 import asyncio
 
-from tools.sim.cluster import SimCluster
-from tools.sim.loop import VirtualTimeLoop
+from tools.sim.cluster import SimCluster, run_scenario
 from transport.base import TransportError
 
 
 def test_a_resync_whose_join_fails_joins_again_and_serves() -> None:
-    async def scenario() -> None:
-        cluster = SimCluster(5, "vs", lambda line: None)
-        try:
-            for pnn in range(3):
-                await cluster.start_node(pnn)
-            assert await cluster.settle(10), cluster.describe()
-            node = cluster.nodes[2]
-            transport = node.transport
-            join = transport.start
-            failures: list[float] = []
+    async def scenario(cluster: SimCluster) -> None:
+        node = cluster.nodes[2]
+        transport = node.transport
+        join = transport.start
+        failures: list[float] = []
 
-            async def flaky_start() -> None:
-                if len(failures) < 2:
-                    failures.append(asyncio.get_running_loop().time())
-                    raise TransportError("corosync is restarting")
-                await join()
+        async def flaky_start() -> None:
+            if len(failures) < 2:
+                failures.append(asyncio.get_running_loop().time())
+                raise TransportError("corosync is restarting")
+            await join()
 
-            transport.start = flaky_start  # type: ignore[method-assign]
-            await cluster.run_on(2, _resync(cluster))
-            assert await cluster.settle(30), cluster.describe()
-            assert len(failures) == 2, "the join must have failed twice before it worked"
-            assert failures[1] - failures[0] >= 0.5  # retried after a pause, not in a spin
-        finally:
-            await cluster.close()
+        transport.start = flaky_start  # type: ignore[method-assign]
+        await cluster.run_on(2, _resync(cluster))
+        assert await cluster.settle(30), cluster.describe()
+        assert len(failures) == 2, "the join must have failed twice before it worked"
+        assert failures[1] - failures[0] >= 0.5  # retried after a pause, not in a spin
 
-    loop = VirtualTimeLoop()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    run_scenario("vs", scenario, seed=5)
 
 
 async def _resync(cluster: SimCluster) -> None:

@@ -15,7 +15,7 @@ import asyncio
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import release, try_hold
-from ctdb.engines.migration_messages import HandoverMessages, KeyState
+from ctdb.engines.migration_messages import HandoverMessages
 from ctdb.protocol.messages import Call
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
@@ -56,6 +56,15 @@ class Acquisition(HandoverMessages):
                 self._acquiring[ref] -= 1
             else:
                 del self._acquiring[ref]
+                # Nobody here waits for it any more, once this step is done.
+                asyncio.get_running_loop().call_soon(self._unreserve, db, key)
+
+    def _unreserve(self, db: Database, key: bytes) -> None:
+        """The record is no longer kept for our clients: serve the calls that queued."""
+        ks = self._keys.get((db.id, key))
+        if ks is not None and ks.reserved:
+            ks.reserved = False
+            self._wake(db, key, ks)
 
     async def _acquire(
         self, db: Database, key: bytes, session: object, lock: bool
@@ -81,6 +90,14 @@ class Acquisition(HandoverMessages):
                         self._state(db, key).holder = session
                         if self._voided.get((db.id, key)) is session:
                             del self._voided[(db.id, key)]
+                    if ks is not None and ks.reserved:
+                        # Ours now. The calls that queued go on when the lock
+                        # is released, or else after the rest of this
+                        # request's step (a store writes in it).
+                        if lock:
+                            ks.reserved = False
+                        else:
+                            asyncio.get_running_loop().call_soon(self._unreserve, db, key)
                     return rec
                 await self._wait(ks.waiters, deadline, key)
             else:
@@ -94,12 +111,6 @@ class Acquisition(HandoverMessages):
             return db.local.get(key) if self.node.serving else None
         finally:
             release(db, key)
-
-    def _state(self, db: Database, key: bytes) -> KeyState:
-        ks = self._keys.get((db.id, key))
-        if ks is None:
-            ks = self._keys[(db.id, key)] = KeyState()
-        return ks
 
     async def _fetch_remote(self, db: Database, key: bytes, deadline: float) -> None:
         """Ask for the record (one call per key at a time) and wait for it."""

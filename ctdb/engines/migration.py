@@ -312,6 +312,7 @@ class MigrationEngine(Acquisition):
         self._calls_out.clear()
         for ks in self._keys.values():
             ks.remote.clear()
+            ks.reserved = False
             for fut in ks.waiters:
                 if not fut.done():
                     fut.set_result(None)

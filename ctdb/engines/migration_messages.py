@@ -40,10 +40,16 @@ class KeyState:
     holder: object | None = None
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     remote: deque[Call] = field(default_factory=deque)
+    #: The record arrived for our clients, and none of them has had it yet:
+    #: calls from other nodes queue until one has (`Acquisition.acquire`).
+    #: Handed on at once, it would leave before the client that fetched it
+    #: ran, which would fetch it again: a migration storm (7.6 calls per
+    #: acquisition with three contending nodes).
+    reserved: bool = False
 
     @property
     def idle(self) -> bool:
-        return self.holder is None and not self.waiters and not self.remote
+        return self.holder is None and not self.waiters and not self.remote and not self.reserved
 
 
 class HandoverMessages:
@@ -54,6 +60,7 @@ class HandoverMessages:
     vacuum: Vacuum
     _keys: dict[tuple[int, bytes], KeyState]
     _calls_out: dict[tuple[int, bytes], asyncio.Future[None]]
+    _acquiring: dict[tuple[int, bytes], int]
 
     def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool:
         return handover.is_dmaster(self.node.pnn, key, rec, self.node.vnnmap)
@@ -78,7 +85,7 @@ class HandoverMessages:
         rec = db.local.get(key)
         if self.is_dmaster(db, key, rec):
             ks = self._keys.get((db.id, key))
-            if ks is not None and ks.holder is not None:
+            if ks is not None and (ks.holder is not None or ks.reserved):
                 # One hand-over answers all of a node's calls: a re-sent one
                 # (RETRY_INTERVAL) must not queue again.
                 if all(queued.origin != call.origin for queued in ks.remote):
@@ -145,7 +152,7 @@ class HandoverMessages:
     def _serve_remote(self, db: Database, key: bytes) -> None:
         """Hand the record to the first node that asked while it was locked here."""
         ks = self._keys.get((db.id, key))
-        if ks is None or ks.holder is not None or not ks.remote:
+        if ks is None or ks.holder is not None or ks.reserved or not ks.remote:
             return  # a recovery cleared the calls, or a local client took it first
         call = ks.remote.popleft()
         rec = db.local.get(key)
@@ -163,9 +170,17 @@ class HandoverMessages:
         fut = self._calls_out.pop((db.id, key), None)
         if fut is not None and not fut.done():
             fut.set_result(None)
+        if self._acquiring.get((db.id, key)):
+            self._state(db, key).reserved = True  # for the clients that wait for it
         ks = self._keys.get((db.id, key))
         if ks is not None:
             self._wake(db, key, ks)
+
+    def _state(self, db: Database, key: bytes) -> KeyState:
+        ks = self._keys.get((db.id, key))
+        if ks is None:
+            ks = self._keys[(db.id, key)] = KeyState()
+        return ks
 
     def _wake(self, db: Database, key: bytes, ks: KeyState) -> None:
         """The record became free: remote callers first, then local waiters re-check."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from ctdb.server.node import Node
 from tools.sim.loop import NODE, VirtualTimeLoop
-from tools.sim.storage import Disk, SimLocalDb
+from tools.sim.storage import Disk, SimLocalDb, simulated_storage
 from transport.base import TransportOptions
 from transport.memory import MemoryTransport
 from transport.memory_network import MemoryNetwork
@@ -179,9 +179,13 @@ class SimCluster:
         return len({n.generation for n in nodes if n is not None}) == 1
 
     async def settle(self, timeout: float) -> bool:
+        return await self.until(self.healthy, timeout)
+
+    async def until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Whether `done()` became true within `timeout` (virtual) seconds."""
         deadline = self.loop.time() + timeout
         while self.loop.time() < deadline:
-            if self.healthy():
+            if done():
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -210,6 +214,30 @@ class SimCluster:
             SimLocalDb.disks.pop(self.state_dir(pnn), None)
         shutil.rmtree(self.root, ignore_errors=True)
         _ROOTS.discard(self.root)
+
+
+def run_scenario(
+    mode: str, scenario: Callable[[SimCluster], Coroutine[Any, Any, None]], seed: int = 11
+) -> None:
+    """Run `scenario` on a settled 3-node cluster in virtual time, with disks
+    that fail on demand (`Disk.failure_rate`); for scripted tests."""
+
+    async def main() -> None:
+        cluster = SimCluster(seed, mode, lambda line: None)
+        try:
+            for pnn in range(cluster.size):
+                await cluster.start_node(pnn)
+            assert await cluster.settle(10), cluster.describe()
+            await scenario(cluster)
+        finally:
+            await cluster.close()
+
+    loop = VirtualTimeLoop()
+    try:
+        with simulated_storage():
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 #: Directories of the clusters alive in this process.
