@@ -21,7 +21,7 @@ from tools.cluster import LocalCluster
 
 #: Requests a client never sends by name: the handshake and the per-transaction
 #: steps, which `Transaction` offers as its own methods.
-_NOT_CLIENT_METHODS = {"trans_start", "trans_fetch", "trans_store", "trans_delete"}
+_NOT_CLIENT_METHODS = {"trans_start", "trans_fetch", "trans_store", "trans_delete", "trans_write"}
 _NOT_CLIENT_METHODS |= {"trans_commit", "trans_cancel"}
 
 

@@ -176,6 +176,21 @@ def test_ptrans_from_stdin(ctdbtool: Tool) -> None:
     assert bad.returncode != 0 and "line 1" in bad.stderr
 
 
+def test_ptrans_of_identical_records_commits_nothing(ctdbtool: Tool) -> None:
+    db = unique("pt")
+    ctdbtool("attach", db, "persistent")
+    lines = "".join(f'"k{i}" "v{i}"\n' for i in range(200)) + '"gone"\n'
+    first = ctdbtool("--json", "ptrans", db, input=lines).json()["seqnum"]
+    # The same records again, through another node: as Samba, nothing to commit.
+    again = ctdbtool("--json", "ptrans", db, input=lines, node=2).json()["seqnum"]
+    assert again == first == int(ctdbtool("getdbseqnum", db).stdout, 16)
+    changed = lines.replace('"v7"', '"seven"')
+    assert ctdbtool("--json", "ptrans", db, input=changed).json()["seqnum"] == first + 1
+    for node in range(3):
+        assert ctdbtool("--json", "pfetch", db, "k7", node=node).json()["value"] == "seven"
+        assert ctdbtool("--json", "pfetch", db, "k8", node=node).json()["value"] == "v8"
+
+
 def test_statistics(ctdbtool: Tool) -> None:
     stats = ctdbtool("--json", "statistics").json()
     assert isinstance(stats, dict) and stats.get("client_requests", 0) > 0

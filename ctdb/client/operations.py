@@ -224,6 +224,11 @@ def trans_delete(tx: int, key: Key) -> Op[None]:
     return Op("trans_delete", {"tx": tx, "key": to_bytes(key)})
 
 
+def trans_write(tx: int, writes: list[tuple[bytes, bytes | None]]) -> Op[None]:
+    """Several writes in one request (None deletes)."""
+    return Op("trans_write", {"tx": tx, "writes": [list(w) for w in writes]})
+
+
 def trans_commit(tx: int) -> Op[int]:
     """Commit on every node; the database's new sequence number."""
     return Op("trans_commit", {"tx": tx})
@@ -266,10 +271,13 @@ def transact(db: str, writes: Writes, attempts: int = 50) -> Plan[int]:
     recovery; after `attempts` the last error is raised. Returns the
     database's new sequence number.
     """
+    batches = _batches(
+        [(to_bytes(k), None if v is None else to_bytes(v)) for k, v in writes.items()]
+    )
     for attempt in range(attempts):
         tx = yield trans_start(db)
-        for key, value in writes.items():
-            yield trans_delete(tx, key) if value is None else trans_store(tx, key, value)
+        for batch in batches:
+            yield trans_write(tx, batch)
         try:
             seqnum: int = yield trans_commit(tx)
             return seqnum
@@ -278,6 +286,26 @@ def transact(db: str, writes: Writes, attempts: int = 50) -> Plan[int]:
                 raise
             yield Sleep(min(0.05, 0.01 * (attempt + 1)))
     raise ValueError("attempts must be at least 1")
+
+
+#: What one `trans_write` request carries at most, in bytes of keys and values:
+#: far below any MaxFrameSize, and few round trips for a big transaction.
+BATCH_BYTES = 1 << 20
+
+
+def _batches(
+    writes: list[tuple[bytes, bytes | None]],
+) -> list[list[tuple[bytes, bytes | None]]]:
+    batches: list[list[tuple[bytes, bytes | None]]] = [[]]
+    size = 0
+    for key, value in writes:
+        cost = len(key) + len(value or b"") + 16
+        if batches[-1] and size + cost > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append((key, value))
+        size += cost
+    return batches
 
 
 # -- messaging ---------------------------------------------------------------------------

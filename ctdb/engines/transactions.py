@@ -93,6 +93,34 @@ class Transaction:
         self.reads.setdefault(key, rec.rsn if rec else 0)
         return live_value(rec)
 
+    def drop_unchanged(self) -> None:
+        """Writes of what a key already holds here become reads of it.
+
+        Rewriting identical records then commits nothing, as with Samba,
+        whose client skips them (`ptrans` of the same 10,000 records took
+        1.65 s). Still serializable: the commit validates the read, so a key
+        changed meanwhile fails it (BUSY), as the write would have been
+        ordered after that change; with no write left, `check_reads` does.
+        Run by each engine's commit.
+        """
+        for key, value in list(self.writes.items()):
+            rec = self.db.local.get(key)
+            if live_value(rec) == value:
+                del self.writes[key]
+                self.reads.setdefault(key, rec.rsn if rec else 0)
+
+    def check_reads(self) -> None:
+        """BUSY if a key this transaction read has changed here since.
+
+        What a commit with nothing to write validates: a counter that another
+        commit already moved to the value this one would write must not count
+        as this one's increment.
+        """
+        for key, rsn in self.reads.items():
+            rec = self.db.local.get(key)
+            if (rec.rsn if rec else 0) != rsn:
+                raise CtdbError(ErrorCode.BUSY, f"{key!r} changed since this transaction read it")
+
 
 class TransactionEngine:
     def __init__(self, node: Host) -> None:
@@ -117,7 +145,9 @@ class TransactionEngine:
     async def commit(self, tx: Transaction) -> int:
         """Commit through the leader; returns the database's new sequence number."""
         node = self.node
+        tx.drop_unchanged()
         if not tx.writes:
+            tx.check_reads()
             return tx.db.seqnum()
         await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
         writes = [[k, v] for k, v in tx.writes.items()]

