@@ -47,11 +47,15 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
+def _no_failure() -> None:
+    raise AssertionError("no work here fails")
+
+
 def test_work_on_a_held_record_waits_in_order_and_other_records_go_on(
     db: Database, holder: Holder
 ) -> None:
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats, lambda: True)
+    gate = ChainGate(stats, lambda: True, _no_failure)
     done: list[str] = []
 
     def work(name: str, key: bytes) -> None:
@@ -83,7 +87,7 @@ def test_hold_returns_with_the_chain_once_free_and_times_out_while_held(
     db: Database, holder: Holder
 ) -> None:
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats, lambda: True)
+    gate = ChainGate(stats, lambda: True, _no_failure)
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -148,7 +152,7 @@ def test_a_file_no_samba_client_attached_costs_no_chain_lock(
     private = Database.open(tmp_path, "private.tdb", DbKind.VOLATILE, 0)
     other = Holder(private.path, private.local.tdb_flags)
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats, lambda: True)
+    gate = ChainGate(stats, lambda: True, _no_failure)
     files = FrozenFiles({private.id: private}, stats)
     seen: list[str] = []
 
@@ -179,7 +183,7 @@ def test_during_a_recovery_waiting_work_leaves_the_file_alone(db: Database, hold
         asked.append(in_generation)
         return in_generation
 
-    gate = ChainGate(Counter(), ready)
+    gate = ChainGate(Counter(), ready, _no_failure)
     done: list[str] = []
 
     async def scenario() -> None:
@@ -195,5 +199,29 @@ def test_during_a_recovery_waiting_work_leaves_the_file_alone(db: Database, hold
         in_generation = True
         await _until(lambda: gate.waiting() == 0)
         assert done == ["handed over"]
+
+    asyncio.run(scenario())
+
+
+def test_requeued_work_that_fails_reports_it_and_the_rest_still_runs(
+    db: Database, holder: Holder
+) -> None:
+    """A write that failed half-way (I/O error) makes the node's copies suspect:
+    the node is told (`Node.local_failure`: a recovery), as for a message
+    handler that fails outside the gate."""
+    failures: list[str] = []
+    gate = ChainGate(Counter(), lambda: True, lambda: failures.append("failed"))
+    done: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("simulated I/O error in store")
+
+    async def scenario() -> None:
+        assert holder.ask("lock", b"k") == "locked"
+        gate.run(db, b"k", broken)
+        gate.run(db, b"k", lambda: done.append("next"))
+        assert holder.ask("unlock", b"k") == "unlocked"
+        await _until(lambda: gate.waiting() == 0)
+        assert failures == ["failed"] and done == ["next"]
 
     asyncio.run(scenario())

@@ -80,6 +80,7 @@ FOUND = [
     ("vs", 3216605),  # a database attached after its member's offer: joiners dropped it
     ("tcp", 3244027),  # acknowledged commit lost: a hung leader's stored epoch matched theirs
     ("tcp", 3234633),  # liveness: a healthy node banned for a failure a stopped leader read late
+    ("tcp", 3526429),  # a hand-over after a reserved record's clients failed outside any guard
 ]
 
 

@@ -12,6 +12,7 @@ MaxLockWaiters requests wait for one record (one more fails with BUSY).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import release, try_hold
@@ -20,6 +21,8 @@ from ctdb.protocol.messages import Call
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import lmaster
+
+log = logging.getLogger("ctdb.engines.migration")
 
 #: Re-send a call after this long without the record arriving (messages of an
 #: aborted generation are dropped, so a call can vanish).
@@ -64,7 +67,11 @@ class Acquisition(HandoverMessages):
         ks = self._keys.get((db.id, key))
         if ks is not None and ks.reserved:
             ks.reserved = False
-            self._wake(db, key, ks)
+            try:
+                self._wake(db, key, ks)  # may hand the record over: a write
+            except Exception:
+                log.exception("handing on %r failed", key)
+                self.node.local_failure()
 
     async def _acquire(
         self, db: Database, key: bytes, session: object, lock: bool

@@ -78,11 +78,18 @@ def release(db: Database, key: bytes) -> None:
 class ChainGate:
     """Runs work on shared records under their chain lock, requeued while a client holds it."""
 
-    def __init__(self, stats: Counter[str], ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stats: Counter[str],
+        ready: Callable[[], bool],
+        failed: Callable[[], None],
+    ) -> None:
         #: the node's counters: "chain_waits" counts work that found a chain held
         self.stats = stats
         #: whether the files may be touched now (not during a recovery)
         self.ready = ready
+        #: requeued work raised (a write failed half-way): the node's copies are suspect
+        self.failed = failed
         #: work that waits for a chain, by record, in arrival order
         self._waiting: dict[tuple[int, bytes], deque[Callable[[], None]]] = {}
         self._timers: dict[tuple[int, bytes], asyncio.TimerHandle] = {}
@@ -135,6 +142,7 @@ class ChainGate:
                     work()
                 except Exception:
                     log.exception("requeued work on record %r failed", key)
+                    self.failed()
         finally:
             db.local.unlock_chain(key)
             del self._waiting[ref]

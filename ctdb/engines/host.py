@@ -69,5 +69,8 @@ class Host(Protocol):
     def force_recovery(self) -> None:
         """Recover although the membership looks unchanged (see Membership)."""
 
+    def local_failure(self) -> None:
+        """A local write failed half-way (I/O error, disk full): our copies are suspect."""
+
     def entry_head(self, owner: tuple[int, int], db_id: int, key: bytes) -> None:
         """Tell `owner` (pnn, client id) its entry is now first in the record's list."""

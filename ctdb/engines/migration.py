@@ -74,7 +74,9 @@ class MigrationEngine(Acquisition):
         #: locks a freeze took away, by record: their holders get a clear error
         self._voided: dict[tuple[int, bytes], object] = {}
         #: work on records Samba's clients share, under their chain locks
-        self.chains = ChainGate(node.stats, lambda: node.in_generation(node.generation))
+        self.chains = ChainGate(
+            node.stats, lambda: node.in_generation(node.generation), node.local_failure
+        )
         self.vacuum = Vacuum(self)
         #: conditional appends and their kin, run at the dmaster
         self.calls = DmasterCalls(self)

@@ -204,6 +204,10 @@ class Node:
     def force_recovery(self) -> None:
         self.membership.force_recovery()
 
+    def local_failure(self) -> None:
+        """A write failed half-way (I/O error, disk full): our copies are suspect."""
+        self.membership.local_failure()
+
     # -- databases --------------------------------------------------------------------
 
     def attach(self, name: str, kind: DbKind) -> Database:
@@ -236,8 +240,7 @@ class Node:
             self._dispatch(src, msg)
         except Exception:
             log.exception("handling %s from node %d failed", type(msg).__name__, src)
-            # A write failed half-way (I/O error, disk full): our copies are suspect.
-            self.membership.local_failure()
+            self.local_failure()
 
     def _dispatch(self, src: int, msg: Message) -> None:
         # By exact type, one lookup per message (the classes are final):
