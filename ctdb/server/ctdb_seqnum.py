@@ -41,25 +41,14 @@ import asyncio
 import contextlib
 import logging
 import struct
-from typing import Any
 
 from ctdb.protocol.ctdb_opcodes import Control
 from ctdb.server.node import Node
-from ctdb.storage.ltdb import LocalDb
 
 log = logging.getLogger("ctdb.server.ctdb_seqnum")
 
-#: tdb.h TDB_SEQNUM
-TDB_SEQNUM = 0x80
 #: ctdbd's SeqnumInterval default, in seconds
 SEQNUM_INTERVAL = 1.0
-
-
-def _handle(local: LocalDb) -> Any:
-    # ltdb.LocalDb has no sequence-number calls of its own (ctdb/storage is
-    # not this module's to change): use its python-tdb handle, the one
-    # handle this process has on the file.
-    return local._tdb
 
 
 class SeqnumWatch:
@@ -77,14 +66,11 @@ class SeqnumWatch:
         volatile database's number."""
         db = self.node.db(db_id)
         local = db.local
-        if not local.tdb_flags & TDB_SEQNUM:
-            handle = _handle(local)
-            handle.enable_seqnum()  # a flag on the handle: no I/O
-            local.tdb_flags |= TDB_SEQNUM
+        local.enable_tdb_seqnum()
         if not db.replicated:
             # -1 while not serving (see `update`): the next look sends one
             # UPDATE_SEQNUM too many at most.
-            self.seen.setdefault(db_id, self._seqnum(local) if self.node.serving else -1)
+            self.seen.setdefault(db_id, local.tdb_seqnum if self.node.serving else -1)
 
     def update(self, db_id: int) -> None:
         """UPDATE_SEQNUM from another node: a record there changed.
@@ -99,14 +85,10 @@ class SeqnumWatch:
             # are not thread-safe), and the recovery moves what it changes.
             return
         local = db.local
-        before = self._seqnum(local)
-        _handle(local).increment_seqnum_nonblock()
+        before = local.tdb_seqnum
+        local.bump_tdb_seqnum()
         if self.seen.get(db_id) == before:
-            self.seen[db_id] = self._seqnum(local)
-
-    @staticmethod
-    def _seqnum(local: LocalDb) -> int:
-        return int(_handle(local).seqnum)
+            self.seen[db_id] = local.tdb_seqnum
 
     def moved(self) -> list[int]:
         """The databases whose number moved since the last look (now seen);
@@ -119,7 +101,7 @@ class SeqnumWatch:
             if db is None:
                 del self.seen[db_id]
                 continue
-            now = self._seqnum(db.local)
+            now = db.local.tdb_seqnum
             if now != last:
                 self.seen[db_id] = now
                 moved.append(db_id)

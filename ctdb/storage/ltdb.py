@@ -27,6 +27,8 @@ HEADER = struct.Struct("<QIIII")
 HEADER_SIZE = HEADER.size  # 24
 #: TDB_MUTEX_LOCKING; python-tdb exposes no constant for it.
 TDB_MUTEX_LOCKING = 4096
+#: tdb.h TDB_SEQNUM
+TDB_SEQNUM = 0x80
 #: Measured: the default hash size is ~7x slower than this at 100k records.
 DEFAULT_HASH_SIZE = 100003
 #: The dmaster of a record no node is dmaster of (CTDB_UNKNOWN_PNN): a
@@ -184,6 +186,23 @@ class LocalDb:
 
     def unlock_chain(self, key: bytes) -> None:
         self.chains.unlock(key)
+
+    # -- TDB's own sequence number, which Samba's clients watch (ENABLE_SEQNUM) --
+
+    def enable_tdb_seqnum(self) -> None:
+        """From now on this handle's writes bump the file's number (TDB_SEQNUM):
+        a flag on the handle, no I/O."""
+        if not self.tdb_flags & TDB_SEQNUM:
+            self._tdb.enable_seqnum()
+            self.tdb_flags |= TDB_SEQNUM
+
+    @property
+    def tdb_seqnum(self) -> int:
+        return int(self._tdb.seqnum)
+
+    def bump_tdb_seqnum(self) -> None:
+        """Tell the file's watchers that something changed (another node wrote)."""
+        self._tdb.increment_seqnum_nonblock()
 
     @property
     def whole_locked(self) -> bool:
