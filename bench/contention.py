@@ -403,8 +403,12 @@ async def contend(
             await append_fifo_round(c, key, counter, t, deadline, lock_db)
 
     sockets = [cluster.socket(i % nodes) for i in range(clients)]
+    calls_before = await calls_sent(cluster)
     tallies, cpu = await drive(sockets, round_, seconds, server_pids(cluster))
     r = summarize(tallies, cpu)
+    calls = await calls_sent(cluster) - calls_before
+    # tcp: a Call asks for a record to migrate here (vs moves no record: 0)
+    r["migrations_per_acquisition"] = calls / r["acquisitions"] if r["acquisitions"] else None
     check = await AsyncClient.connect(cluster.socket(0))
     try:
         final = int(await check.fetch(DB, counter) or b"0")
@@ -419,6 +423,18 @@ async def contend(
         entries_left=len(left),
     )
     return r
+
+
+async def calls_sent(cluster: LocalCluster) -> int:
+    """Record migrations the nodes asked for so far (each node's `calls_sent`)."""
+    total = 0
+    for pnn in range(cluster.size):
+        c = await AsyncClient.connect(cluster.socket(pnn))
+        try:
+            total += int((await c.call("statistics")).get("calls_sent", 0))
+        finally:
+            await c.close()
+    return total
 
 
 async def uncontended(
@@ -745,15 +761,17 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "",
         "## Every configuration",
         "",
-        "attempts = lock requests per acquisition (refusals included); req/acq = every "
+        "attempts = lock requests per acquisition (refusals included); migr/acq = record "
+        "migrations the nodes asked for (Calls) per acquisition, tcp only; req/acq = every "
         "request per acquisition (fetch_lock: lock, store_unlock; an append lock: append, "
         "fetch, store, remove, plus refused appends); driver CPU = this "
         "process's share of one core (all clients run in it); daemons' CPU per acquisition "
         "adds up every ctdbd (and the private corosync on vs).",
         "",
         "| transport | lock | nodes | clients | acq/s | ratio | p50 ms | p99 ms | per client "
-        "min..max | attempts | req/acq | counter ok | driver CPU | daemons ms CPU/acq | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "min..max | attempts | migr/acq | req/acq | counter ok | driver CPU | "
+        "daemons ms CPU/acq | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ratio_of = {
         (x["transport"], x["variant"], x["nodes"], x["clients"]): x["ratio"]
@@ -765,17 +783,19 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
                 if "error" in r:
                     lines.append(
                         f"| {transport} | {variant} | {r['nodes']} | {r['clients']} | "
-                        f"failed: {r['error']} ||||||||||"
+                        f"failed: {r['error']} |||||||||||"
                     )
                     continue
                 ratio = ratio_of[(transport, variant, r["nodes"], r["clients"])]
                 att = r["attempts_per_acquisition"]
+                mig = r.get("migrations_per_acquisition")
                 lines.append(
                     f"| {transport} | {variant} | {r['nodes']} | {r['clients']} | "
                     f"{rate(r['per_s'])} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
                     f"{ms(r['p50_s'])} | {ms(r['p99_s'])} | "
                     f"{r['per_client_min']}..{r['per_client_max']} | "
                     f"{'-' if att is None else f'{att:.1f}'} | "
+                    f"{'-' if mig is None else f'{mig:.2f}'} | "
                     f"{r['requests'] / max(1, r['acquisitions']):.1f} | {r['counter_ok']} | "
                     f"{r['driver_cpu_fraction']:.0%} | "
                     f"{ms(r['servers_cpu_per_acquisition_s'])} | "

@@ -50,6 +50,11 @@ def test_contention_quick(tmp_path: Path) -> None:
                 assert len(x["per_client"]) == x["clients"], where
                 assert x["counter"] == x["acquisitions"] and x["counter_ok"], where
                 assert 0 < x["driver_cpu_fraction"] and x["servers_cpu_fraction"] > 0, where
+                migrations = x["migrations_per_acquisition"]
+                if transport == "vs":
+                    assert migrations == 0, where  # no record migrates over vs
+                elif variant == "fetch_lock" and x["nodes"] > 1:
+                    assert migrations > 0, where
         assert len(data["uncontended"]) == 2 * len(plan.clients)
         for x in data["uncontended"]:
             assert x["appends_per_s"] > 0, (transport, x)

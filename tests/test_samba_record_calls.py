@@ -183,6 +183,35 @@ def test_a_client_holding_the_chain_holds_the_hand_over_back_and_nothing_else(
     assert client.ask("unlock", b"k") == "unlocked"
 
 
+def test_our_clients_lock_keeps_samba_clients_out_of_the_record(
+    cluster: LocalCluster, volatile: str, holder_on: Callable[[int], Holder]
+) -> None:
+    """A record one of our clients holds (fetch_lock) is this node's, and a
+    Samba client would write it in place: the daemon holds its chain for our
+    client until the lock ends, so the Samba client waits instead."""
+    assert samba_ctdb(cluster, 0, "writekey", volatile, "k", "v").returncode == 0
+    samba = holder_on(0)
+    ours = cluster.client(0)
+    try:
+        assert ours.fetch_lock(volatile, b"k") == b"v"
+        assert samba.ask("lock", b"k") == "busy"
+        ours.store_unlock(volatile, b"k", b"ours")
+        assert samba.ask("lock", b"k") == "locked"
+        rec = read_record(samba, b"k")
+        assert rec is not None and rec.value == b"ours" and rec.dmaster == 0
+        assert samba.ask("unlock", b"k") == "unlocked"
+        # A client that leaves holding the lock lets go of the chain too.
+        assert ours.fetch_lock(volatile, b"k") == b"ours"
+        assert samba.ask("lock", b"k") == "busy"
+    finally:
+        ours.close()
+    wait_until(lambda: samba.ask("lock", b"k") == "locked")
+    assert samba.ask("unlock", b"k") == "unlocked"
+    assert run_ctdbtool(cluster.socket(0), "--json", "readkey", volatile, "k").json()["value"] == (
+        "ours"
+    )
+
+
 def _call(db_id: int, key: bytes, callid: int) -> ReqCall:
     return ReqCall(Header(9, CURRENT_NODE, 0), IMMEDIATE_MIGRATION, db_id, callid, key)
 

@@ -81,43 +81,51 @@ class Acquisition(HandoverMessages):
         while True:
             if not node.serving:
                 await node.wait_serving(deadline)
-            if try_hold(db, key):  # the usual case: read at once, no await
-                try:
-                    rec = db.local.get(key)
-                finally:
-                    release(db, key)
-            else:
-                rec = await self._read(db, key, deadline)
+            if not try_hold(db, key):  # a Samba client holds the record's chain
+                await self.chains.hold(db, key, deadline)
+            # Holding the chain (of a file Samba's clients share): no await until
+            # it is released, unless a lock granted here keeps it (`KeyState.chain`).
+            keep = False
+            try:
                 if not node.serving:
                     continue  # a freeze came while a client held the chain
-            if self.is_dmaster(db, key, rec):
-                ks = self._keys.get((db.id, key))
-                if ks is None or ks.holder is None or ks.holder is session:
-                    if lock:
-                        self._state(db, key).holder = session
-                        if self._voided.get((db.id, key)) is session:
-                            del self._voided[(db.id, key)]
-                    if ks is not None and ks.reserved:
-                        # Ours now. The calls that queued go on when the lock
-                        # is released, or else after the rest of this
-                        # request's step (a store writes in it).
+                rec = db.local.get(key)
+                if not self.is_dmaster(db, key, rec):
+                    waiters = None
+                else:
+                    ks = self._keys.get((db.id, key))
+                    if ks is None or ks.holder is None or ks.holder is session:
                         if lock:
-                            ks.reserved = False
-                        else:
-                            asyncio.get_running_loop().call_soon(self._unreserve, db, key)
-                    return rec
-                await self._wait(ks.waiters, deadline, key)
-            else:
+                            keep = self._grant(db, key, session)
+                        if ks is not None and ks.reserved:
+                            # Ours now. The calls that queued go on when the lock
+                            # is released, or else after the rest of this
+                            # request's step (a store writes in it).
+                            if lock:
+                                ks.reserved = False
+                            else:
+                                asyncio.get_running_loop().call_soon(self._unreserve, db, key)
+                        return rec
+                    waiters = ks.waiters
+            finally:
+                if not keep:
+                    release(db, key)
+            if waiters is None:
                 await self._fetch_remote(db, key, deadline)
+            else:
+                await self._wait(waiters, deadline, key)
 
-    async def _read(self, db: Database, key: bytes, deadline: float) -> Record | None:
-        """The local copy, read once no Samba client holds its chain (None, unread,
-        if a recovery began meanwhile: the caller waits for it)."""
-        await self.chains.hold(db, key, deadline)
-        try:
-            return db.local.get(key) if self.node.serving else None
-        finally:
-            release(db, key)
+    def _grant(self, db: Database, key: bytes, session: object) -> bool:
+        """Lock the record for `session`; whether the lock keeps the chain it
+        was granted under (a file Samba's clients share: they must not write
+        the record in place while one of our clients holds it)."""
+        ks = self._state(db, key)
+        keep = db.shared and not ks.chain
+        ks.holder = session
+        ks.chain = ks.chain or keep
+        if self._voided.get((db.id, key)) is session:
+            del self._voided[(db.id, key)]
+        return keep
 
     async def _fetch_remote(self, db: Database, key: bytes, deadline: float) -> None:
         """Ask for the record (one call per key at a time) and wait for it."""

@@ -253,7 +253,7 @@ class MigrationEngine(Acquisition):
 
     def release(self, db: Database, key: bytes, session: object) -> None:
         ks = self._keys[(db.id, key)]
-        ks.holder = None
+        _unhold(db, key, ks)
         self._wake(db, key, ks)
 
     def drop_lock(self, db: Database, key: bytes, session: object) -> None:
@@ -270,10 +270,12 @@ class MigrationEngine(Acquisition):
                 del self._voided[ref]
         for (dbid, key), ks in list(self._keys.items()):
             if ks.holder is session:
-                ks.holder = None
                 db = self.node.dbs.get(dbid)
-                if db is not None:
-                    self._wake(db, key, ks)
+                if db is None:
+                    ks.holder = None
+                    continue
+                _unhold(db, key, ks)
+                self._wake(db, key, ks)
 
     def locked(self, db: Database, key: bytes) -> bool:
         """A client holds the record here (fetch_lock)."""
@@ -303,7 +305,11 @@ class MigrationEngine(Acquisition):
         for ref, ks in self._keys.items():
             if ks.holder is not None:
                 self._voided[ref] = ks.holder
-                ks.holder = None
+                db = self.node.dbs.get(ref[0])
+                if db is None:
+                    ks.holder = None
+                else:
+                    _unhold(db, ref[1], ks)
         self.reset()
 
     def reset(self) -> None:
@@ -320,3 +326,11 @@ class MigrationEngine(Acquisition):
                     fut.set_result(None)
             ks.waiters.clear()
         self._keys = {ref: ks for ref, ks in self._keys.items() if not ks.idle}
+
+
+def _unhold(db: Database, key: bytes, ks: KeyState) -> None:
+    """The record's lock ends, and the chain it kept with it (`KeyState.chain`)."""
+    ks.holder = None
+    if ks.chain:
+        ks.chain = False
+        release(db, key)

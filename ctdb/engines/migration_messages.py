@@ -46,6 +46,9 @@ class KeyState:
     #: ran, which would fetch it again: a migration storm (7.6 calls per
     #: acquisition with three contending nodes).
     reserved: bool = False
+    #: The holder's lock holds the record's chain too (a file Samba's clients
+    #: share): they wait for our client instead of writing the record in place.
+    chain: bool = False
 
     @property
     def idle(self) -> bool:
