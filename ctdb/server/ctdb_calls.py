@@ -25,9 +25,13 @@ Not served, and why:
   client left in its file, under the chain lock, and broadcasts it as one
   ordered write, so every member applies it before the next holder reads,
   and marks its copy as nobody's (a dmaster no node has). Until then vs
-  answers -1. Note that the vs engine writes dmaster = the writing node
-  today, so a Samba client on that node finds the record "its own" and
-  writes in place without asking: that has to change with the design.
+  answers -1. Tried (2026-12-03): lending worked for `ctdb` readkey,
+  writekey, deletekey, `fetch_ring` and `fetch_loop_key`, but
+  `transaction_loop` deadlocked the daemon. Clients that hold a lent
+  record's chain may wait for the daemon (g_lock holders ask PROCESS_EXISTS
+  under it), while the vs engine applies the stream with blocking TDB
+  calls. The apply would have to stall the stream (and the view changes in
+  it) while a client holds a chain it needs, as the tcp engine requeues.
 """
 
 from __future__ import annotations
