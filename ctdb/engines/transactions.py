@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,16 @@ SETTLED_RETRY = 0.2
 log = logging.getLogger("ctdb.engines.transactions")
 
 
+def check_reads(db: Database, reads: Iterable[Any]) -> None:
+    """BUSY if a record read at version `rsn` (each (key, rsn) of `reads`) has changed since."""
+    for key, rsn in reads:
+        rec = db.local.get(bytes(key))
+        if (rec.rsn if rec else 0) != rsn:
+            raise CtdbError(
+                ErrorCode.BUSY, f"transaction conflict on {bytes(key)!r}: changed since read, retry"
+            )
+
+
 def next_version(
     db: Database, reads: list[Any], writes: list[Any], writer: int
 ) -> tuple[int, dict[bytes, Record]]:
@@ -53,12 +63,7 @@ def next_version(
     Raises BUSY if a record read has changed since; returns the new sequence
     number and the records, the sequence number and history records included.
     """
-    for key, rsn in reads:
-        rec = db.local.get(bytes(key))
-        if (rec.rsn if rec else 0) != rsn:
-            raise CtdbError(
-                ErrorCode.BUSY, f"transaction conflict on {bytes(key)!r}: changed since read, retry"
-            )
+    check_reads(db, reads)
     seqnum = db.seqnum() + 1
     records: dict[bytes, Record] = {}
     for key, value in writes:
@@ -116,10 +121,7 @@ class Transaction:
         commit already moved to the value this one would write must not count
         as this one's increment.
         """
-        for key, rsn in self.reads.items():
-            rec = self.db.local.get(key)
-            if (rec.rsn if rec else 0) != rsn:
-                raise CtdbError(ErrorCode.BUSY, f"{key!r} changed since this transaction read it")
+        check_reads(self.db, self.reads.items())
 
 
 class TransactionEngine:
