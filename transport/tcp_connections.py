@@ -106,6 +106,7 @@ class Incoming(asyncio.Protocol):
             self.close()
             return
         opener = self.opener
+        src: int = self.src  # type: ignore[assignment]  # set by the handshake above
         for frame in frames:
             if self.closing:  # the node dropped this peer for an earlier frame
                 return
@@ -131,7 +132,7 @@ class Incoming(asyncio.Protocol):
                     return
                 self.early.append(frame)
             else:
-                self.owner.on_message(cast(int, self.src), frame)
+                self.owner.on_message(src, frame)
 
     def _handshake_step(self, data: bytes) -> bytes:
         """Feed the handshake; returns the bytes that follow it once it succeeded."""

@@ -83,12 +83,13 @@ class Acquisition(HandoverMessages):
                 await node.wait_serving(deadline)
             if not try_hold(db, key):  # a Samba client holds the record's chain
                 await self.chains.hold(db, key, deadline)
+                if not node.serving:  # a freeze came meanwhile
+                    release(db, key)
+                    continue
             # Holding the chain (of a file Samba's clients share): no await until
             # it is released, unless a lock granted here keeps it (`KeyState.chain`).
             keep = False
             try:
-                if not node.serving:
-                    continue  # a freeze came while a client held the chain
                 rec = db.local.get(key)
                 if not self.is_dmaster(db, key, rec):
                     waiters = None

@@ -35,6 +35,8 @@ from ctdb.protocol.message_fields import CLIENT_DATA, NUMBER
 from ctdb.protocol.messages import MESSAGE_TYPES, ControlReply, Message
 from ctdb.protocol.op_schemas import CONTROLS
 from ctdb.protocol.schema import Check, Limits
+from ctdb.protocol.schema_inline import FieldsCheck
+from ctdb.protocol.schema_inline import fields as inline_fields
 from ctdb.protocol.schema_scalars import ANY, BOOL, MAP, integer, text
 
 
@@ -72,6 +74,8 @@ class Layout:
     sender: int | None  # index of the field naming the sender
     op: int | None  # index of `op` when the class has an ARGS table
     args: int | None
+    #: all of `checks` in one call (`schema_inline`)
+    check_all: FieldsCheck
 
     def first_invalid(self, values: list[Any], limits: Limits) -> str:
         for name, check, value in zip(self.names, self.checks, values, strict=True):
@@ -101,6 +105,7 @@ def _build_layout(cls: type) -> Layout:
         names.index(sender) if sender else None,
         names.index("op") if has_ops else None,
         names.index("args") if has_ops else None,
+        inline_fields(checks),
     )
 
 
@@ -142,8 +147,7 @@ def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:
         raise DecodeError(f"{name} needs {len(form.names)} fields, got {len(items) - 1}")
     values = items[1:]
     try:
-        for check, value in zip(form.checks, values, strict=True):
-            check(value, limits)
+        form.check_all(values, limits)
     except schema.SchemaError as exc:
         # which field failed is worked out only on this error path
         raise DecodeError(f"{name}.{exc.at(form.first_invalid(values, limits)).message}") from None

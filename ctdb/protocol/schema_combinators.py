@@ -21,6 +21,7 @@ from ctdb.protocol.schema import (
     short,
     type_name,
 )
+from ctdb.protocol.schema_inline import struct as inline_struct
 from ctdb.protocol.schema_scalars import STORED_KEY, U32, U64, VALUE, sized
 
 
@@ -107,7 +108,18 @@ def struct(required: Mapping[str, Check], optional: Mapping[str, Check] | None =
     An unknown key is an error, so a misspelt argument is reported rather
     than silently ignored. An optional key may be nil, which handlers read
     as absent (`args.get(name)`); clients send `pnn=None` for "this node".
+    Every request's arguments pass here: the usual case runs written out
+    (`schema_inline`), the rest as composed.
     """
+    composed = composed_struct(required, optional)
+    opt = dict(optional or {})
+    return described(inline_struct(required, composed) or composed, "struct", dict(required), opt)
+
+
+def composed_struct(
+    required: Mapping[str, Check], optional: Mapping[str, Check] | None = None
+) -> Check:
+    """`struct` as a call per field: what it says in every case."""
     req = tuple(required.items())
     opt = dict(optional or {})
     names = ", ".join(sorted([*required, *opt])) or "none"
@@ -138,7 +150,7 @@ def struct(required: Mapping[str, Check], optional: Mapping[str, Check] | None =
                 except SchemaError as exc:
                     raise exc.at(name) from None
 
-    return described(check, "struct", dict(required), opt)
+    return check
 
 
 #: No arguments at all.

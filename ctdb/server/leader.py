@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import recovery
 from ctdb.engines.migration import MigrationEngine
-from ctdb.protocol.message_codec import DecodeError
 from ctdb.protocol.messages import (
     Call,
     DmasterReply,
@@ -87,9 +86,9 @@ class LeaderRecovery:
     def confirmed(self) -> bool:
         return self.node.liveness.lease_holds()
 
-    def check(self, msg: Message) -> None:
-        if isinstance(msg, Ordered):
-            raise DecodeError("an ordered operation on a point-to-point cluster")
+    refused: Mapping[type[Message], str] = {
+        Ordered: "an ordered operation on a point-to-point cluster"
+    }
 
     def on_message(self, src: int, msg: Message) -> None:
         if type(msg) is RemoteCallReply:
@@ -98,7 +97,7 @@ class LeaderRecovery:
         handler = self._handlers.get(type(msg))
         if handler is None:
             return  # `check` let nothing else through
-        routed = cast(Migrating, msg)
+        routed: Migrating = msg  # type: ignore[assignment]  # `_handlers` holds only these
         if not self.member.defer_if_early(src, routed, routed.generation):
             handler(routed)
 

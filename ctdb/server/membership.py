@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,8 +55,9 @@ class Membership(Protocol):
     def confirmed(self) -> bool:
         """Whether the rest of the cluster still counts on us serving (tcp: the lease)."""
 
-    def check(self, msg: Message) -> None:
-        """Raise DecodeError for an engine message this kind of cluster never sends."""
+    #: Engine messages this kind of cluster never sends, by class, and why
+    #: they are refused (the sender breaks the protocol).
+    refused: Mapping[type[Message], str]
 
     def on_message(self, src: int, msg: Message) -> None:
         """An engine message (migration or ordered) from `src`."""

@@ -132,7 +132,7 @@ class Node:
         self.liveness = Liveness(self)
         #: entry owners: client ids, head notices, the removal of departed clients' entries
         self.owners = Owners(self)
-        #: the handler of each message type the node itself answers (`_dispatch`)
+        #: the handler of each message type the node itself answers (`handle`)
         self._routes = self._route_table()
         transport.on_message = self._on_transport_message
         transport.on_view = self._on_view
@@ -228,28 +228,30 @@ class Node:
     def _on_transport_message(self, src: int, payload: bytes) -> None:
         try:
             msg = decode(payload, self.wire_limits, src)
-            self.membership.check(msg)
         except DecodeError as exc:
             self.guard.reject(src, exc)
+            return
+        refused = self.membership.refused.get(type(msg))
+        if refused is not None:
+            self.guard.reject(src, DecodeError(refused))
             return
         self.handle(src, msg)
 
     def handle(self, src: int, msg: Message) -> None:
-        """Run a message's handler: a local failure must not take the node down with it."""
+        """Run a message's handler: a local failure must not take the node down with it.
+
+        Routed by exact type, one lookup per message (the classes are final):
+        a chain of isinstance checks cost every record message nine calls.
+        """
         try:
-            self._dispatch(src, msg)
+            route = self._routes.get(type(msg))
+            if route is None:
+                self.membership.on_message(src, msg)
+            else:
+                route(src, msg)
         except Exception:
             log.exception("handling %s from node %d failed", type(msg).__name__, src)
             self.local_failure()
-
-    def _dispatch(self, src: int, msg: Message) -> None:
-        # By exact type, one lookup per message (the classes are final):
-        # a chain of isinstance checks cost every record message nine calls.
-        route = self._routes.get(type(msg))
-        if route is None:
-            self.membership.on_message(src, msg)
-        else:
-            route(src, msg)
 
     def _route_table(self) -> dict[type, Callable[[int, Any], None]]:
         return {

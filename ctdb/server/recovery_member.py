@@ -74,20 +74,16 @@ class RecoveryMember:
         A peer that thawed before us already works in it: a record it handed
         over must not be dropped (its copy already names us dmaster).
         """
-        if not self._early(generation):
+        node = self.node
+        if (
+            node.recovery_mode is not RecoveryMode.RECOVERY
+            or generation != self._frozen_generation
+            or generation == node.generation
+        ):
             return False
         if len(self._deferred) < MAX_DEFERRED:
             self._deferred.append((src, msg))
         return True
-
-    def _early(self, generation: int) -> bool:
-        """A migration message of the generation this node is about to thaw into."""
-        node = self.node
-        return (
-            node.recovery_mode is RecoveryMode.RECOVERY
-            and generation == self._frozen_generation
-            and generation != node.generation
-        )
 
     def freeze(self, generation: int) -> None:
         node = self.node

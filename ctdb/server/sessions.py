@@ -21,10 +21,10 @@ hard cap is dropped.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections import deque
 from pathlib import Path
+from types import CoroutineType
 from typing import Any, cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
@@ -149,6 +149,7 @@ class Session:
         self.writing_paused = False
         self.pump()
 
+    @property
     def _busy(self) -> bool:
         return self.writing_paused or len(self.tasks) >= MAX_IN_FLIGHT
 
@@ -171,7 +172,7 @@ class Session:
         """Run the requests read so far while the client's bounds allow, then read more."""
         out: list[bytes] = []
         size = 0
-        while self.backlog and not self.closed and not self._busy():
+        while self.backlog and not self.closed and not self._busy:
             if size >= HIGH_WATER:  # let the transport say whether the client keeps up
                 self.write(b"".join(out))
                 out, size = [], 0
@@ -188,11 +189,13 @@ class Session:
                 data = protocol.encode_error(reqid, req)
             else:
                 data = self._run(req)
+                if not data:  # it went async: `_finish` writes its reply
+                    continue
             out.append(data)
             size += len(data)
         if out:
             self.write(b"".join(out))
-        self._set_reading(not self.backlog and not self._busy())
+        self._set_reading(not self.backlog and not self._busy)
 
     def _run(self, req: protocol.Request) -> bytes:
         """Run one request; returns the reply bytes now, or b"" if it went async."""
@@ -208,7 +211,7 @@ class Session:
             handler, check = entry
             check(req.args, self.server.limits)
             result = handler(self, req.args)
-            if inspect.iscoroutine(result):
+            if isinstance(result, CoroutineType):
                 task = asyncio.get_running_loop().create_task(self._finish(req.reqid, result))
                 self.tasks.add(task)
                 if req.op in ENTRY_CHANGES:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ctdb.engines.ordered.engine import OrderedEngine
-from ctdb.protocol.message_codec import DecodeError
 from ctdb.protocol.messages import (
     Call,
     DmasterReply,
@@ -65,9 +64,10 @@ class StreamMembership:
     def confirmed(self) -> bool:
         return True  # the stream itself says whether we serve (`on_ordered_state`)
 
-    def check(self, msg: Message) -> None:
-        if isinstance(msg, Call | DmasterRequest | DmasterReply | RemoteCall | RemoteCallReply):
-            raise DecodeError("a record migration on a virtually synchronous cluster")
+    refused: Mapping[type[Message], str] = dict.fromkeys(
+        (Call, DmasterRequest, DmasterReply, RemoteCall, RemoteCallReply),
+        "a record migration on a virtually synchronous cluster",
+    )
 
     def on_message(self, src: int, msg: Message) -> None:
         if isinstance(msg, Ordered):

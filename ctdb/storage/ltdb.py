@@ -223,15 +223,12 @@ class LocalDb:
         self._whole = max(self._whole - 1, 0)
 
     def get(self, key: bytes) -> Record | None:
-        data = self._read(key)
-        return None if data is None else Record.unpack(data)
-
-    def _read(self, key: bytes) -> bytes | None:
         """Committed data only, also while a prepared commit is open."""
         if self._committed is not None and key in self._committed:
-            return self._committed[key]
-        data: bytes | None = self._tdb.get(key)
-        return data
+            data = self._committed[key]
+        else:
+            data = self._tdb.get(key)
+        return None if data is None else Record.unpack(data)
 
     def put(self, key: bytes, record: Record) -> None:
         self._tdb.store(key, record.pack(), tdb.REPLACE)
@@ -253,10 +250,7 @@ class LocalDb:
         if self._committed is not None:
             # Keys the prepared commit deletes are still committed data.
             keys += [k for k, v in self._committed.items() if v is not None and k not in self._tdb]
-        for key in keys:
-            data = self._read(key)
-            if data is not None:
-                yield key, Record.unpack(data)
+        yield from self.items_of(keys)
 
     def items_of(self, keys: Iterable[bytes]) -> Iterator[tuple[bytes, Record]]:
         """The records of `keys` that exist."""

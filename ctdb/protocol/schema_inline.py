@@ -1,0 +1,113 @@
+"""Checks written out as one function, for the messages every operation carries.
+
+A composed schema costs a Python call per field, and every node message and
+client request is checked: on a migration that was a fifth of the daemon's
+Python calls. For a fixed list of fields (a node message's layout) and for
+a `struct` (a client request's arguments) this module writes one function
+in which each scalar field's condition is inline (`type(v) is int and
+0 <= v <= 4294967295`).
+
+The inline conditions only ever say "accepted": a value that fails one,
+and a field that has no inline form, goes to the field's own check, which
+accepts it or raises the error it always raised. So a written-out check
+accepts and refuses exactly what the composed one does
+(`tests/test_schema_inline.py` compares them on generated and mutated
+values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ctdb.protocol.schema import Check, Limits, shape_of
+
+#: What a written-out check of a field list looks like.
+FieldsCheck = Callable[[Sequence[Any], Limits], None]
+
+
+def condition(check: Check, v: str) -> str | None:
+    """A Python expression over variable `v` (and `limits`, `sizes`) that is
+    true only for values `check` accepts; None if there is none worth inlining."""
+    kind, *p = shape_of(check)
+    if kind == "int":
+        lo, hi = p
+        return f"(type({v}) is int and {lo} <= {v} <= {hi})"
+    if kind == "pnn":
+        return f"(type({v}) is int and 0 <= {v} < len(limits.nodes))"
+    if kind == "bits":
+        return f"(type({v}) is int and {v} >= 0 and not {v} & {~p[0]})"
+    if kind == "bool":
+        return f"(type({v}) is bool)"
+    if kind == "text":
+        lo, hi, choices = p
+        inside = f" and {v} in {tuple(choices)!r}" if choices else ""
+        return f"(type({v}) is str and {lo} <= len({v}) <= {hi}{inside})"
+    if kind == "blob":
+        return f"(type({v}) is bytes and len({v}) <= {p[0]})"
+    if kind == "sized":
+        tunable, min_len = p
+        return f"(type({v}) is bytes and {min_len} <= len({v}) <= sizes[{tunable!r}])"
+    if kind == "none":
+        return f"({v} is None)"
+    if kind == "any":
+        return "True"
+    if kind == "nullable":
+        inner = condition(p[0], v)
+        return None if inner is None else f"({v} is None or {inner})"
+    if kind == "one_of":
+        parts = [part for c in p[0] if (part := condition(c, v)) is not None]
+        return "(" + " or ".join(parts) + ")" if len(parts) == len(p[0]) else None
+    return None
+
+
+def _function(name: str, body: list[str], env: dict[str, Any]) -> Any:
+    source = "\n".join([f"def {name}(value, limits):", *(f"    {line}" for line in body)])
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<schema_inline {name}>", "exec"), env, namespace)  # noqa: S102
+    return namespace[name]
+
+
+def fields(checks: Sequence[Check]) -> FieldsCheck:
+    """One check for a list of exactly `len(checks)` values, field i by checks[i]."""
+    names = [f"v{i}" for i in range(len(checks))]
+    env: dict[str, Any] = {f"c{i}": c for i, c in enumerate(checks)}
+    body = [f"{', '.join(names)}{',' if len(names) == 1 else ''} = value", "sizes = limits.sizes"]
+    for i, check in enumerate(checks):
+        cond = condition(check, f"v{i}")
+        if cond == "True":
+            continue
+        call = f"c{i}(v{i}, limits)"
+        body.append(call if cond is None else f"if not {cond}: {call}")
+    if not checks:
+        body = ["pass"]
+    fn: FieldsCheck = _function("check_fields", body, env)
+    return fn
+
+
+def struct(required: Mapping[str, Check], composed: Check) -> Check | None:
+    """`composed` (a struct check of `required` and optional fields) for the
+    common case, a map of exactly the required keys, each passing its inline
+    condition; everything else goes to `composed`. None if a required field
+    has no inline condition."""
+    conds = [condition(c, f"v{i}") for i, c in enumerate(required.values())]
+    if None in conds:
+        return None
+    body = [
+        f"if type(value) is dict and len(value) == {len(required)}:",
+        "    sizes = limits.sizes",
+    ]
+    for i, name in enumerate(required):
+        body.append(f"    v{i} = value.get({name!r}, MISSING)")
+    if required:
+        tests = " and ".join(f"v{i} is not MISSING and {c}" for i, c in enumerate(conds))
+        body.append(f"    if {tests}:")
+        body.append("        return")
+    else:
+        body.append("    return")
+    body.append("composed(value, limits)")
+    check: Check = _function("check_struct", body, {"composed": composed, "MISSING": _MISSING})
+    return check
+
+
+_MISSING = object()
