@@ -142,28 +142,29 @@ def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:
     form = _LAYOUTS.get(items[0])
     if form is None:
         raise DecodeError(f"unknown node message type {items[0]}")
-    name = form.cls.__name__
     if len(items) != len(form.names) + 1:
+        name = form.cls.__name__
         raise DecodeError(f"{name} needs {len(form.names)} fields, got {len(items) - 1}")
     values = items[1:]
     try:
         form.check_all(values, limits)
     except schema.SchemaError as exc:
         # which field failed is worked out only on this error path
-        raise DecodeError(f"{name}.{exc.at(form.first_invalid(values, limits)).message}") from None
+        where = exc.at(form.first_invalid(values, limits)).message
+        raise DecodeError(f"{form.cls.__name__}.{where}") from None
     if form.op is not None:
         assert form.args is not None
         op = values[form.op]
         args_check = form.cls.ARGS.get(op)  # type: ignore[attr-defined]
         if args_check is None:
-            raise DecodeError(f"{name}: unknown op {schema.short(op)}")
+            raise DecodeError(f"{form.cls.__name__}: unknown op {schema.short(op)}")
         try:
             args_check(values[form.args], limits)
         except schema.SchemaError as exc:
-            raise DecodeError(f"{name}.{exc.at(f'{op}.args').message}") from None
+            raise DecodeError(f"{form.cls.__name__}.{exc.at(f'{op}.args').message}") from None
     if sender is not None and form.sender is not None and values[form.sender] != sender:
-        field = form.names[form.sender]
-        raise DecodeError(f"{name}.{field} is {values[form.sender]}, but node {sender} sent it")
+        where = f"{form.cls.__name__}.{form.names[form.sender]}"
+        raise DecodeError(f"{where} is {values[form.sender]}, but node {sender} sent it")
     msg: Message = form.cls(*values)
     return msg
 
