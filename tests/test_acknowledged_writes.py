@@ -138,7 +138,12 @@ def test_increments_acknowledged_during_forced_recoveries_are_kept(
     one client per node and no hold time, as in the issue, 2 of 4 15-s runs
     lost one increment. vs passed 3 of 3.
     """
-    c = cluster_factory(size=3)
+    increments_under_recoveries(cluster_factory(size=3), transport, in_place=False)
+
+
+def increments_under_recoveries(c: LocalCluster, transport: str, *, in_place: bool) -> None:
+    """The workload and checks of the test above; `in_place`: the clients use
+    the records this node holds in their own process (`ctdb.client.in_place`)."""
     db, key = unique("ctr"), "counter"
     with c.client(0) as cl:
         cl.attach(db)
@@ -149,7 +154,7 @@ def test_increments_acknowledged_during_forced_recoveries_are_kept(
 
     def incrementer(pnn: int, seed: int) -> None:
         rng = random.Random(seed)
-        cl = c.client(pnn, timeout=30)
+        cl = c.client(pnn, timeout=30, in_place=in_place)
         try:
             while not stop.is_set():
                 try:
@@ -165,7 +170,7 @@ def test_increments_acknowledged_during_forced_recoveries_are_kept(
                     with lock:
                         counts["errors"] += 1
                     cl.close()
-                    cl = c.client(pnn, timeout=30)
+                    cl = c.client(pnn, timeout=30, in_place=in_place)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
             crashed.append(exc)
         finally:
@@ -198,7 +203,7 @@ def test_increments_acknowledged_during_forced_recoveries_are_kept(
             t.join(60)
     assert not any(t.is_alive() for t in threads), "a client thread hung"
     assert not crashed, crashed
-    print(f"{transport}: {counts}, {recovers[0]} forced recoveries")
+    print(f"{transport} (in place: {in_place}): {counts}, {recovers[0]} forced recoveries")
     try:
         c.wait_healthy(30)
     except TimeoutError as exc:

@@ -200,8 +200,8 @@ class LocalCluster:
 
     # -- health ---------------------------------------------------------------------------
 
-    def client(self, pnn: int, timeout: float | None = 60.0) -> Client:
-        return Client(self.socket(pnn), timeout=timeout)
+    def client(self, pnn: int, timeout: float | None = 60.0, *, in_place: bool = False) -> Client:
+        return Client(self.socket(pnn), timeout=timeout, in_place=in_place)
 
     def status(self, pnn: int) -> dict[str, Any]:
         with self.client(pnn, timeout=5.0) as c:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from ctdb.client import entry_locks
 from ctdb.client import operations as ops
@@ -15,6 +15,9 @@ from ctdb.client.entry_locks import Ticket
 from ctdb.client.operations import Key, Listen, Message, Op, Plan, Sleep, default_socket
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import client as protocol
+
+if TYPE_CHECKING:  # imported when used: it loads libtdb
+    from ctdb.client.in_place import InPlaceRecords
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -66,7 +69,12 @@ class _Protocol(asyncio.Protocol):
 class AsyncClient:
     """asyncio client: `await AsyncClient.connect(path)`, then the same operations as `Client`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, in_place: bool = False) -> None:
+        self._in_place: InPlaceRecords | None = None
+        if in_place:  # see `Client`
+            from ctdb.client.in_place import InPlaceRecords
+
+            self._in_place = InPlaceRecords()
         self._transport: asyncio.Transport | None = None
         self._conn = Connection()
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -74,8 +82,9 @@ class AsyncClient:
         self.pnn = -1
 
     @classmethod
-    async def connect(cls, path: str | None = None) -> AsyncClient:
-        self = cls()
+    async def connect(cls, path: str | None = None, *, in_place: bool = False) -> AsyncClient:
+        """Connect to the daemon at `path`; `in_place` as for `Client`."""
+        self = cls(in_place=in_place)
         loop = asyncio.get_running_loop()
         target = path or default_socket()
         try:
@@ -90,6 +99,8 @@ class AsyncClient:
         return self
 
     async def close(self) -> None:
+        if self._in_place is not None:
+            self._in_place.release_all()
         if self._transport is not None:
             self._transport.close()
 
@@ -98,6 +109,14 @@ class AsyncClient:
         return await self.run(Op(op, args))
 
     async def run(self, op: Op[T]) -> T:
+        here = self._in_place
+        if here is not None and op.local is not None:
+            db = op.args["db"]
+            if not here.knows(db):
+                here.learn(db, await self.run(ops.in_place(db)))
+            done, result = op.local(here)
+            if done:
+                return result  # type: ignore[no-any-return]
         if self._transport is None or self._transport.is_closing():
             raise CtdbError(ErrorCode.DISCONNECTED, "ctdbd connection is closed")
         reqid, frame = self._conn.request(op)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ctdb.common.errors import CtdbError, ErrorCode
+
+if TYPE_CHECKING:
+    from ctdb.client.in_place import InPlaceRecords
 
 T = TypeVar("T")
 Key = bytes | str
@@ -38,11 +41,17 @@ def _as_is(result: Any) -> Any:
 
 @dataclass(slots=True)  # not frozen: one is built per request, and frozen costs a microsecond
 class Op(Generic[T]):
-    """One request: the operation, its arguments, and how its result is shaped."""
+    """One request: the operation, its arguments, and how its result is shaped.
+
+    `local`, for record operations of a volatile database: how to do it in
+    the client's process when this node holds the record
+    (`ctdb.client.in_place`); it answers (done, result).
+    """
 
     name: str
     args: dict[str, Any]
     shape: Callable[[Any], T] = _as_is
+    local: Callable[[InPlaceRecords], tuple[bool, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,12 +73,14 @@ def attach(name: str, kind: str = "volatile") -> Op[dict[str, Any]]:
 
 def fetch(db: str, key: Key) -> Op[bytes | None]:
     """The record's value, or None if it does not exist."""
-    return Op("fetch", {"db": db, "key": to_bytes(key)})
+    k = to_bytes(key)
+    return Op("fetch", {"db": db, "key": k}, local=lambda here: here.fetch(db, k))
 
 
 def store(db: str, key: Key, value: Key) -> Op[None]:
     """Write a volatile record."""
-    return Op("store", {"db": db, "key": to_bytes(key), "value": to_bytes(value)})
+    k, v = to_bytes(key), to_bytes(value)
+    return Op("store", {"db": db, "key": k, "value": v}, local=lambda here: here.store(db, k, v))
 
 
 def delete(db: str, key: Key) -> Op[None]:
@@ -79,21 +90,30 @@ def delete(db: str, key: Key) -> Op[None]:
 
 def fetch_lock(db: str, key: Key) -> Op[bytes | None]:
     """Lock a volatile record for this client and return its value."""
-    return Op("fetch_lock", {"db": db, "key": to_bytes(key)})
+    k = to_bytes(key)
+    return Op("fetch_lock", {"db": db, "key": k}, local=lambda here: here.fetch_lock(db, k))
 
 
 def store_unlock(db: str, key: Key, value: Key) -> Op[None]:
     """Write the record this client locked, then release the lock."""
-    return Op("store_unlock", {"db": db, "key": to_bytes(key), "value": to_bytes(value)})
+    k, v = to_bytes(key), to_bytes(value)
+    args = {"db": db, "key": k, "value": v}
+    return Op("store_unlock", args, local=lambda here: here.store_unlock(db, k, v))
 
 
 def unlock(db: str, key: Key) -> Op[None]:
     """Release the lock without writing."""
-    return Op("unlock", {"db": db, "key": to_bytes(key)})
+    k = to_bytes(key)
+    return Op("unlock", {"db": db, "key": k}, local=lambda here: here.unlock(db, k))
 
 
 def _pairs(records: Any) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in records]
+
+
+def in_place(db: str) -> Op[dict[str, Any] | None]:
+    """What using the database's records in this process takes (`ctdb.client.in_place`)."""
+    return Op("in_place", {"db": db})
 
 
 def traverse(db: str) -> Op[list[tuple[bytes, bytes]]]:

@@ -11,7 +11,6 @@ client's does. The controls only smbd sends are in `ctdb_handlers_smbd`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -46,8 +45,8 @@ from ctdb.server.ctdb_door import Door
 from ctdb.server.ctdb_handlers_smbd import SMBD_HANDLERS
 from ctdb.server.ctdb_transactions import trans3_commit
 from ctdb.server.node import Node
-from ctdb.server.state import RecoveryMode
-from ctdb.storage.database import Database, DbKind
+from ctdb.server.serving import share
+from ctdb.storage.database import DbKind
 
 #: a control's outcome: status, reply data, and bytes to send after the reply
 Outcome = tuple[int, bytes, bytes]
@@ -165,21 +164,8 @@ def _dbname(door: Door, db_id: int) -> tuple[int, Any]:
 
 async def _dbpath(door: Door, db_id: int) -> tuple[int, Any]:
     db = door.node.db(db_id)
-    await _share(door.node, db)
+    await share(door.node, db)
     return 0, str(db.path)
-
-
-async def _share(node: Node, db: Database) -> None:
-    """A Samba client may open `db`'s file from now on: the engine takes its
-    chain locks from here (`Database.shared`). Not during a recovery, whose
-    freeze did not hold the file whole: as ctdbd defers an attach then, the
-    reply waits for the recovery to end."""
-    if db.shared or db.replicated:
-        return
-    if node.recovery_mode is not RecoveryMode.NORMAL:
-        loop = asyncio.get_running_loop()
-        await node.wait_serving(loop.time() + node.tunable("CallTimeout"))
-    db.shared = True
 
 
 def _db_health(door: Door, db_id: int) -> tuple[int, Any]:
@@ -205,7 +191,7 @@ def _attach(kind: DbKind) -> Handler:
                 ErrorCode.EXISTS, f"database {name} is {existing.kind.value}, not {kind.value}"
             )
         db = await node.records.attach(name, kind)
-        await _share(node, db)
+        await share(node, db)
         return 0, db.id
 
     return handler

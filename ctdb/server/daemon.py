@@ -19,6 +19,8 @@ from ctdb.common import config as config_mod
 from ctdb.common.errors import CtdbError
 from ctdb.server.ctdb_sessions import CtdbProtocolServer
 from ctdb.server.node import Node
+from ctdb.server.serving_file import FILE_NAME as SERVING_FILE
+from ctdb.server.serving_file import ServingFile
 from ctdb.server.sessions import ClientServer
 from transport.base import TransportError, TransportOptions, transport_class
 
@@ -67,6 +69,8 @@ async def run(cfg: config_mod.Config) -> None:
         cluster_lock=cfg.cluster_lock,
         nodes_file=cfg.nodes_file,
     )
+    # Before any volatile file is recreated: clients of a previous run stop using theirs.
+    node.serving_file = ServingFile(cfg.state_dir / SERVING_FILE)
     server = ClientServer(node, cfg.socket_path, cfg.socket_mode)
     samba_door = CtdbProtocolServer(node, cfg.ctdb_socket_path, cfg.socket_mode)
     loop = asyncio.get_running_loop()

@@ -86,6 +86,7 @@ class LeaderRecovery:
     def confirmed(self) -> bool:
         return self.node.liveness.lease_holds()
 
+    records_in_place = True
     refused: Mapping[type[Message], str] = {
         Ordered: "an ordered operation on a point-to-point cluster"
     }
@@ -123,6 +124,12 @@ class LeaderRecovery:
     def peer_flags(self, pnn: int) -> int:
         state = self.node.liveness.peers.get(pnn)
         return state.flags if state else 0
+
+    def in_place_until(self) -> float:
+        node = self.node
+        if node.recovery_mode is not RecoveryMode.NORMAL or node.flags & INACTIVE:
+            return 0.0
+        return node.liveness.lease_until()
 
     def flags_changed(self, old: int, new: int) -> None:
         if new & INACTIVE and not old & INACTIVE:

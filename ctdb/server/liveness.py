@@ -45,10 +45,21 @@ class Liveness:
         self.peers: dict[int, NodeState] = {}
         self.lease = Lease(node.pnn, len(node.nodes))
         self._lease_duration = 0.0
+        #: called when the lease may have changed (`Node.publish_serving`)
+        self.lease_changed: Callable[[], None] = lambda: None
 
     def lease_holds(self) -> bool:
         """tcp: the other members confirmed lately that we still serve their generation."""
         return self.lease.holds(self.node.now(), self._lease_duration)
+
+    def lease_until(self) -> float:
+        """When the lease ends, on the loop clock, unless it is renewed."""
+        return self.lease.since + self._lease_duration
+
+    def new_generation(self) -> None:
+        """Confirmations of the generation we left no longer count."""
+        self.lease.new_generation()
+        self.lease_changed()
 
     def configure_lease(self) -> None:
         """Take the current tunables, node count and cluster lock into account."""
@@ -57,6 +68,7 @@ class Liveness:
         self._lease_duration = interval * (limit - 1)  # under the detection time: ctdb.server.lease
         leader = None if node.lock_file is None else node.leader
         self.lease.configure(len(node.nodes), leader)
+        self.lease_changed()
 
     def payload(self) -> bytes:
         """Our state as a peer should see it now, with the stamps we echo."""
@@ -93,6 +105,7 @@ class Liveness:
         while True:
             await asyncio.sleep(self.node.tunable("KeepaliveInterval") / 2)
             self.announce()
+            self.lease_changed()  # renewed or not, the clients' copy stays current
 
     def on_state(self, msg: NodeState) -> None:
         node = self.node
@@ -106,6 +119,7 @@ class Liveness:
             msg.pnn, msg.stamp, msg.seen.get(node.pnn), same_generation, node.now()
         ):
             node.transport.send(msg.pnn, self.payload())
+        self.lease_changed()
 
     def on_view(self, view: View) -> None:
         """Forget what peers that left announced: they must announce again."""
@@ -113,3 +127,4 @@ class Liveness:
             if pnn not in view:
                 del self.peers[pnn]
                 self.lease.forget(pnn)
+        self.lease_changed()

@@ -55,6 +55,8 @@ class Membership(Protocol):
     def confirmed(self) -> bool:
         """Whether the rest of the cluster still counts on us serving (tcp: the lease)."""
 
+    #: Whether clients may use records in place (`in_place_until`): tcp only.
+    records_in_place: bool
     #: Engine messages this kind of cluster never sends, by class, and why
     #: they are refused (the sender breaks the protocol).
     refused: Mapping[type[Message], str]
@@ -70,6 +72,10 @@ class Membership(Protocol):
 
     def peer_flags(self, pnn: int) -> int:
         """A connected peer's administrative flags, as this kind of cluster knows them."""
+
+    def in_place_until(self) -> float:
+        """Until when (loop clock) clients may use this node's records in place
+        (`ctdb.protocol.serving_state`): 0 when they may not."""
 
     def flags_changed(self, old: int, new: int) -> None:
         """Our own administrative flags changed."""
@@ -131,3 +137,5 @@ class ServerNode(Host, Protocol):
     def have_quorum(self) -> bool: ...
 
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None: ...
+
+    def publish_serving(self) -> None: ...

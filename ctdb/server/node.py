@@ -45,6 +45,7 @@ from ctdb.server.messaging import Messaging
 from ctdb.server.owners import Owners
 from ctdb.server.peerguard import PeerGuard
 from ctdb.server.serving import wait_serving
+from ctdb.server.serving_file import ServingFile
 from ctdb.server.state import (
     INACTIVE,
     INVALID_GENERATION,
@@ -130,6 +131,10 @@ class Node:
         self.shutdown_requested = asyncio.Event()
         self.messaging = Messaging(self)
         self.liveness = Liveness(self)
+        #: what clients that use records in place read (`ctdb.protocol.serving_state`);
+        #: the daemon opens it at start-up, the simulator has none
+        self.serving_file: ServingFile | None = None
+        self.liveness.lease_changed = self.publish_serving
         #: entry owners: client ids, head notices, the removal of departed clients' entries
         self.owners = Owners(self)
         #: the handler of each message type the node itself answers (`handle`)
@@ -158,6 +163,8 @@ class Node:
         await self.owners.stop()
         await self.membership.stop()
         await self.transport.stop()
+        if self.serving_file is not None:
+            self.serving_file.close()
         self.dbs.close()
         if self.lock_file is not None:
             self.lock_file.release()
@@ -174,6 +181,12 @@ class Node:
             and not self.flags & INACTIVE
             and self.membership.confirmed()
         )
+
+    def publish_serving(self) -> None:
+        """Tell clients that use records in place until when they may."""
+        if self.serving_file is not None:
+            until = self.membership.in_place_until()
+            self.serving_file.publish(until, self.now(), self.epochs.epoch, self.epochs.incarnation)
 
     def in_generation(self, generation: int) -> bool:
         """Messages between nodes count only within the generation that sent them.
@@ -291,6 +304,7 @@ class Node:
         self.flags = (self.flags | set_bits) & ~clear_bits
         if self.flags != old:
             log.info("node flags now %s", NodeFlags.describe(self.flags))
+            self.publish_serving()
             self.membership.flags_changed(old, self.flags)
             self.liveness.announce()
             self.membership.request_recovery()

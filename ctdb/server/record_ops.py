@@ -91,6 +91,25 @@ def _store_unlock(s: ClientSession, args: dict[str, Any]) -> Any:
     return s.node.records.unlock(_volatile(s, args), args["key"], s, args["value"])
 
 
+@op("in_place", ON_DB)
+async def _in_place(s: ClientSession, args: dict[str, Any]) -> dict[str, Any] | None:
+    """What a client needs to use the records of a volatile database in place
+    (`ctdb.client.in_place`); None where it may not (vs, other kinds)."""
+    db = s.database(args)
+    if db.kind is not DbKind.VOLATILE or not s.node.membership.records_in_place:
+        return None
+    await serving.share(s.node, db)
+    serving_file = s.node.serving_file
+    if serving_file is None:
+        return None
+    return {
+        "path": str(db.path),
+        "tdb_flags": db.local.tdb_flags,
+        "serving": str(serving_file.path),
+        "pnn": s.node.pnn,
+    }
+
+
 @op("traverse", ON_DB)
 async def traverse(s: ClientSession, args: dict[str, Any]) -> list[list[bytes]]:
     """Every live record of the database, from every node that holds some."""

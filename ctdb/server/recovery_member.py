@@ -93,6 +93,7 @@ class RecoveryMember:
         if node.recovery_mode is not RecoveryMode.RECOVERY:
             node.frozen_at = time.monotonic()
             node.recovery_mode = RecoveryMode.RECOVERY
+            node.publish_serving()  # in-place clients stop before the files are held
             node.serving_event.clear()
             node.transactions.cancel_all()
             self.engine.freeze()
@@ -278,7 +279,7 @@ class RecoveryMember:
         self._storage_failures = 0
         self._served_epoch = node.epochs.epoch
         node.epochs.thaw()
-        node.liveness.lease.new_generation()
+        node.liveness.new_generation()
         node.serving_event.set()
         node.last_recovery = {
             "duration": time.monotonic() - node.frozen_at,

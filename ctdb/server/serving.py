@@ -52,6 +52,19 @@ async def wait_serving(node: ServingHost, deadline: float) -> None:
             raise not_serving_error(node) from None
 
 
+async def share(node: ServingHost, db: Database) -> None:
+    """A client in another process may open `db`'s file from now on (Samba's,
+    or ours using records in place): the engine takes its chain locks from
+    here (`Database.shared`). Not during a recovery, whose freeze did not
+    hold the file whole: as ctdbd defers an attach then, the reply waits for
+    the recovery to end."""
+    if db.shared or db.replicated:
+        return
+    if node.recovery_mode is not RecoveryMode.NORMAL:
+        await wait_serving(node, asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+    db.shared = True
+
+
 def not_serving_error(node: ServingHost) -> CtdbError:
     if node.flags & INACTIVE:
         state = NodeFlags.describe(node.flags & INACTIVE)

@@ -64,6 +64,7 @@ class StreamMembership:
     def confirmed(self) -> bool:
         return True  # the stream itself says whether we serve (`on_ordered_state`)
 
+    records_in_place = False
     refused: Mapping[type[Message], str] = dict.fromkeys(
         (Call, DmasterRequest, DmasterReply, RemoteCall, RemoteCallReply),
         "a record migration on a virtually synchronous cluster",
@@ -82,6 +83,9 @@ class StreamMembership:
 
     def peer_flags(self, pnn: int) -> int:
         return self.engine.flags.get(pnn, 0)  # agreed through the ordered stream
+
+    def in_place_until(self) -> float:
+        return 0.0  # every write enters the ordered stream: never in place
 
     def flags_changed(self, old: int, new: int) -> None:
         self.engine.announce_flags(new)
