@@ -23,6 +23,8 @@ from tools.cluster import LocalCluster
 #: steps, which `Transaction` offers as its own methods.
 _NOT_CLIENT_METHODS = {"trans_start", "trans_fetch", "trans_store", "trans_delete", "trans_write"}
 _NOT_CLIENT_METHODS |= {"trans_commit", "trans_cancel"}
+#: asked by the front ends themselves when a client uses records in place
+_NOT_CLIENT_METHODS |= {"in_place"}
 
 
 def _public(cls: type) -> set[str]:

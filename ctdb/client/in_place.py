@@ -34,7 +34,6 @@ import mmap
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,42 +107,43 @@ def _open_serving(path: str) -> mmap.mmap:
     return found
 
 
-@dataclass(eq=False)
 class InPlaceDb:
     """One volatile database's file, as the daemon of node `pnn` described it
     to one client (the file's user while it holds a chain, see `_File`)."""
 
-    path: str
-    tdb_flags: int
-    serving_path: str
-    pnn: int
-    #: the daemon's run the file belongs to (0: not known yet)
-    run: int = 0
+    def __init__(self, path: str, tdb_flags: int, serving_path: str, pnn: int) -> None:
+        self.path = path
+        self.tdb_flags = tdb_flags
+        self.pnn = pnn
+        self._serving = _open_serving(serving_path)
+        #: the daemon's run our file belongs to (0: none open yet)
+        self._run = 0
+        #: the RSN of each record held locked here, as read under its chain
+        self._rsn: dict[bytes, int] = {}
 
-    def _serving(self) -> serving_state.ServingState | None:
-        """The node's published state if records may be used in place now
-        (in the file opened for the daemon's current run)."""
-        state = serving_state.read(_open_serving(self.serving_path))
-        if state.until <= time.monotonic() or state.run != self.run:
+    def _state(self) -> serving_state.ServingState | None:
+        """The node's published state if our file may be used now: the node
+        serves, and the file is the one of its current run."""
+        state = serving_state.read(self._serving)
+        if state.until <= time.monotonic() or state.run != self._run:
             return None
         return state
 
     def _enter(self) -> _File | None:
         """The file, ours to use now; None: ask the daemon."""
-        state = serving_state.read(_open_serving(self.serving_path))
-        if state.until <= time.monotonic():
-            return None
-        if state.run != self.run:
-            # A daemon that restarted recreated its files: open the new one
-            # (unless another client still works in the old one).
+        file = _FILES.get(self.path) if self._run else None
+        if file is None:
+            # First use, or a daemon that restarted recreated its files: open the
+            # file of its current run (unless another client still works in the old one).
+            state = serving_state.read(self._serving)
+            if state.until <= time.monotonic():
+                return None
             old = _FILES.get(self.path)
             if old is not None and not old.enter(self):
                 return None
             _forget_file(self.path)
-            self.run = state.run
-        file = _FILES.get(self.path)
-        if file is None:
             file = _FILES[self.path] = _File(self.path, self.tdb_flags)
+            self._run = state.run
         return file if file.enter(self) else None
 
     def lock(self, key: bytes) -> tuple[bool, bytes | None]:
@@ -171,27 +171,35 @@ class InPlaceDb:
         """Under the record's chain: (True, value) if this node serves and is its
         dmaster. A freezing daemon has said by now that it does not serve, or
         waits for the chain we hold."""
-        if self._serving() is None:
+        state = serving_state.read(self._serving)
+        if state.until <= time.monotonic():
+            return False, None
+        if state.run != self._run:
+            self._run = 0  # the daemon restarted: reopen at the next use
             return False, None
         data = file.handle.get(key)
         if data is None:
             return False, None
         rec = Record.unpack(data)
-        return (True, rec.value or None) if rec.dmaster == self.pnn else (False, None)
+        if rec.dmaster != self.pnn:
+            return False, None
+        self._rsn[key] = rec.rsn  # nobody can change it while we hold the chain
+        return True, rec.value or None
 
     def store_locked(self, key: bytes, value: bytes) -> None:
         """Write the record `lock` holds, then release it."""
         file = _FILES[self.path]
         try:
-            state = self._serving()
+            old = self._rsn.pop(key, None)
+            if old is None:  # locked twice here, and the inner unlock forgot it
+                old = Record.unpack(file.handle.get(key)).rsn
+            state = self._state()
             if state is None:
                 raise CtdbError(
                     ErrorCode.RETRY,
                     f"node {self.pnn} stopped serving while {key!r} was locked: nothing written",
                 )
-            data = file.handle.get(key)
-            old = Record.unpack(data) if data is not None else None
-            rsn = max((old.rsn if old else 0) + 1, state.epoch << 32)
+            rsn = max(old + 1, state.epoch << 32)
             file.handle.store(key, Record(rsn, self.pnn, value).pack(), tdb.REPLACE)
         finally:
             file.chains.unlock(key)
@@ -199,6 +207,7 @@ class InPlaceDb:
 
     def unlock(self, key: bytes) -> None:
         file = _FILES[self.path]
+        self._rsn.pop(key, None)
         try:
             file.chains.unlock(key)
         finally:

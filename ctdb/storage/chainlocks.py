@@ -80,6 +80,16 @@ class ChainLocks:
     def __init__(self, handle: object, path: Path) -> None:
         self.path = path
         self._ctx: int | None = _context(handle, path)
+        lib = _lib()
+        self._calls = {
+            name: getattr(lib, name)
+            for name in (
+                "tdb_chainlock_nonblock",
+                "tdb_chainunlock",
+                "tdb_lockall_nonblock",
+                "tdb_unlockall",
+            )
+        }
 
     def close(self) -> None:
         """The handle is about to close (which releases every lock it holds)."""
@@ -90,7 +100,7 @@ class ChainLocks:
         if self._ctx is None:
             raise CtdbError(ErrorCode.IO, f"{self.path} is closed")
         ctypes.set_errno(0)
-        if getattr(_lib(), name)(self._ctx, *args) == 0:
+        if self._calls[name](self._ctx, *args) == 0:
             return True
         err = ctypes.get_errno()
         if err in _BUSY:
