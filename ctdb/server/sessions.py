@@ -247,8 +247,8 @@ class Session:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self.entry_changes.discard(task)
-        if not self.closed:
-            self.pump()
+        if not self.closed and (self.backlog or not self.reading):
+            self.pump()  # requests that waited for this one's slot, or reading stopped
 
     def close(self) -> None:
         """The client went away: release everything it held."""
