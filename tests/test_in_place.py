@@ -129,6 +129,29 @@ def test_clients_of_one_process_never_hold_a_record_together(
 
 
 @tcp_only
+def test_a_lock_in_place_is_the_clients_as_through_the_daemon(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """Locking a record the client holds gives it again (the daemon's rule:
+    the lock is the connection's); a store under the lock nests; one
+    `store_unlock` releases the record for everyone else."""
+    c = cluster_factory(size=3)
+    db, key = unique("ip"), b"k"
+    with c.client(0, in_place=True) as fast, c.client(0, timeout=5) as plain:
+        fast.attach(db)
+        fast.store(db, key, b"1")  # through the daemon: the record is new
+        assert fast.fetch_lock(db, key) == b"1"
+        assert fast.fetch_lock(db, key) == b"1"
+        fast.store(db, key, b"2")
+        assert fast.fetch(db, key) == b"2"
+        fast.store_unlock(db, key, b"3")
+        # Taken through the daemon (another connection): no chain left locked.
+        assert plain.fetch_lock(db, key) == b"3"
+        plain.store_unlock(db, key, b"4")
+        assert fast.fetch(db, key) == b"4"
+
+
+@tcp_only
 def test_increments_in_place_during_forced_recoveries_are_kept(
     cluster_factory: Callable[..., LocalCluster], transport: str
 ) -> None:

@@ -59,9 +59,13 @@ class _File:
     time uses a file in place (`enter`); another asks the daemon meanwhile.
     """
 
-    def __init__(self, path: str, tdb_flags: int) -> None:
+    def __init__(self, path: str, tdb_flags: int, run: int) -> None:
         self.handle: Any = tdb.Tdb(path, 0, tdb_flags & ~_CLEAR_IF_FIRST, os.O_RDWR)
         self.chains = ChainLocks(self.handle, Path(path))
+        #: the daemon's run that created the file (a restarted daemon recreates it)
+        self.run = run
+        #: the daemon has restarted since: reopen once nobody uses it
+        self.stale = False
         self._guard = threading.Lock()
         self._user: object | None = None
         self._depth = 0
@@ -73,6 +77,15 @@ class _File:
                 return False
             self._user = user
             self._depth += 1
+            return True
+
+    def claim(self, user: object) -> bool:
+        """`enter`, only if nobody (not even `user`) is using the file."""
+        with self._guard:
+            if self._user is not None:
+                return False
+            self._user = user
+            self._depth = 1
             return True
 
     def leave(self) -> None:
@@ -90,12 +103,6 @@ _FILES: dict[str, _File] = {}
 _SERVING: dict[str, mmap.mmap] = {}
 
 
-def _forget_file(path: str) -> None:
-    found = _FILES.pop(path, None)
-    if found is not None:
-        found.close()
-
-
 def _open_serving(path: str) -> mmap.mmap:
     found = _SERVING.get(path)
     if found is None:
@@ -108,43 +115,49 @@ def _open_serving(path: str) -> mmap.mmap:
 
 
 class InPlaceDb:
-    """One volatile database's file, as the daemon of node `pnn` described it
-    to one client (the file's user while it holds a chain, see `_File`)."""
+    """One volatile database's file, as the daemon of node `pnn` described it,
+    used by one client (`owner`: the file's user while it holds a chain)."""
 
-    def __init__(self, path: str, tdb_flags: int, serving_path: str, pnn: int) -> None:
+    def __init__(
+        self, path: str, tdb_flags: int, serving_path: str, pnn: int, owner: object
+    ) -> None:
         self.path = path
         self.tdb_flags = tdb_flags
         self.pnn = pnn
+        self.owner = owner
         self._serving = _open_serving(serving_path)
-        #: the daemon's run our file belongs to (0: none open yet)
-        self._run = 0
         #: the RSN of each record held locked here, as read under its chain
         self._rsn: dict[bytes, int] = {}
 
-    def _state(self) -> serving_state.ServingState | None:
-        """The node's published state if our file may be used now: the node
-        serves, and the file is the one of its current run."""
-        state = serving_state.read(self._serving)
-        if state.until <= time.monotonic() or state.run != self._run:
-            return None
-        return state
-
     def _enter(self) -> _File | None:
         """The file, ours to use now; None: ask the daemon."""
-        file = _FILES.get(self.path) if self._run else None
-        if file is None:
-            # First use, or a daemon that restarted recreated its files: open the
-            # file of its current run (unless another client still works in the old one).
+        file = _FILES.get(self.path)
+        if file is None or file.stale:
+            # First use, or a daemon that restarted recreated its files: open
+            # the file of its current run, unless a client still uses the old one.
+            if file is not None and not file.claim(self.owner):
+                return None
             state = serving_state.read(self._serving)
             if state.until <= time.monotonic():
+                if file is not None:
+                    file.leave()
                 return None
-            old = _FILES.get(self.path)
-            if old is not None and not old.enter(self):
-                return None
-            _forget_file(self.path)
-            file = _FILES[self.path] = _File(self.path, self.tdb_flags)
-            self._run = state.run
-        return file if file.enter(self) else None
+            if file is not None:
+                del _FILES[self.path]
+                file.close()
+            file = _FILES[self.path] = _File(self.path, self.tdb_flags, state.run)
+        return file if file.enter(self.owner) else None
+
+    def _state(self, file: _File) -> serving_state.ServingState | None:
+        """The node's published state if `file` may be used now: the node
+        serves, and the file is the one of its current run."""
+        state = serving_state.read(self._serving)
+        if state.until <= time.monotonic():
+            return None
+        if state.run != file.run:
+            file.stale = True
+            return None
+        return state
 
     def lock(self, key: bytes) -> tuple[bool, bytes | None]:
         """(True, value) holding the record's chain; (False, None): ask the daemon."""
@@ -171,11 +184,7 @@ class InPlaceDb:
         """Under the record's chain: (True, value) if this node serves and is its
         dmaster. A freezing daemon has said by now that it does not serve, or
         waits for the chain we hold."""
-        state = serving_state.read(self._serving)
-        if state.until <= time.monotonic():
-            return False, None
-        if state.run != self._run:
-            self._run = 0  # the daemon restarted: reopen at the next use
+        if self._state(file) is None:
             return False, None
         data = file.handle.get(key)
         if data is None:
@@ -186,6 +195,11 @@ class InPlaceDb:
         self._rsn[key] = rec.rsn  # nobody can change it while we hold the chain
         return True, rec.value or None
 
+    def value(self, key: bytes) -> bytes | None:
+        """The value of a record held locked here."""
+        data = _FILES[self.path].handle.get(key)
+        return None if data is None else Record.unpack(data).value or None
+
     def store_locked(self, key: bytes, value: bytes) -> None:
         """Write the record `lock` holds, then release it."""
         file = _FILES[self.path]
@@ -193,7 +207,7 @@ class InPlaceDb:
             old = self._rsn.pop(key, None)
             if old is None:  # locked twice here, and the inner unlock forgot it
                 old = Record.unpack(file.handle.get(key)).rsn
-            state = self._state()
+            state = self._state(file)
             if state is None:
                 raise CtdbError(
                     ErrorCode.RETRY,
@@ -233,7 +247,9 @@ class InPlaceRecords:
     the daemon's `in_place` reply, once per database) and what it holds locked.
 
     Each method answers (True, result) when done here, and (False, None)
-    when the front end must send the operation to the daemon.
+    when the front end must send the operation to the daemon. As through the
+    daemon, a lock belongs to the client: locking a record it holds already
+    gives the record again.
     """
 
     def __init__(self) -> None:
@@ -246,10 +262,14 @@ class InPlaceRecords:
 
     def learn(self, db: str, info: dict[str, Any] | None) -> None:
         """The daemon's `in_place` reply for `db` (None: never in place)."""
-        self._dbs[db] = (
-            None
-            if info is None
-            else InPlaceDb(info["path"], int(info["tdb_flags"]), info["serving"], int(info["pnn"]))
+        if info is None:
+            self._dbs[db] = None
+            return
+        path = info["path"]
+        # One per file, whatever names the client uses for the database.
+        same = next((d for d in self._dbs.values() if d is not None and d.path == path), None)
+        self._dbs[db] = same or InPlaceDb(
+            path, int(info["tdb_flags"]), info["serving"], int(info["pnn"]), self
         )
 
     def fetch(self, db: str, key: bytes) -> tuple[bool, bytes | None]:
@@ -264,6 +284,8 @@ class InPlaceRecords:
         local = self._dbs.get(db)
         if local is None:
             return False, None
+        if (db, key) in self._held:
+            return True, local.value(key)
         found = local.lock(key)
         if found[0]:
             self._held.add((db, key))
