@@ -18,7 +18,7 @@ from ctdb.protocol import message_codec as codec
 from ctdb.protocol import schema_inline
 from ctdb.protocol.op_schemas import CONTROLS, ORDERED
 from ctdb.protocol.schema import Check, Limits, SchemaError, shape_of
-from ctdb.protocol.schema_combinators import composed_struct
+from ctdb.protocol.schema_combinators import composed_list_of, composed_struct
 from ctdb.protocol.schema_scalars import PNN, U32, integer, text
 from ctdb.server import clients as server
 from tools import wiregen
@@ -34,33 +34,39 @@ ODD: list[Any] = [
 ]  # fmt: skip
 
 
-def _structs(check: Check) -> Iterator[Check]:
+def _walk(check: Check) -> Iterator[Check]:
+    """`check` and every check inside it."""
+    yield check
     kind, *p = shape_of(check)
     if kind == "struct":
-        yield check
         for inner in [*p[0].values(), *p[1].values()]:
-            yield from _structs(inner)
+            yield from _walk(inner)
     elif kind in ("nullable", "list"):
-        yield from _structs(p[0])
+        yield from _walk(p[0])
     elif kind in ("one_of", "row"):
         for inner in p[0]:
-            yield from _structs(inner)
+            yield from _walk(inner)
     elif kind == "map_of":
-        yield from _structs(p[1])
+        yield from _walk(p[1])
 
 
-def _all_structs() -> list[Check]:
+def _all(kind: str) -> list[Check]:
+    """Every check of shape `kind` in the request, control and ordered tables
+    and the node messages' fields."""
     roots = [check for _, check in server.OPS.values()]
     roots += [spec.args for spec in CONTROLS.values()] + [spec.result for spec in CONTROLS.values()]
     roots += list(ORDERED.values())
+    roots += [c for form in codec._LAYOUTS.values() for c in form.checks]
     found: dict[int, Check] = {}
     for root in roots:
-        for check in _structs(root):
-            found[id(check)] = check
+        for check in _walk(root):
+            if shape_of(check)[0] == kind:
+                found[id(check)] = check
     return list(found.values())
 
 
-STRUCTS = _all_structs()
+STRUCTS = _all("struct")
+ROW_LISTS = [c for c in _all("list") if shape_of(shape_of(c)[1])[0] == "row"]
 LAYOUTS = sorted(codec._LAYOUTS.values(), key=lambda form: form.cls.__name__)
 
 
@@ -81,7 +87,7 @@ def _composed_fields(checks: tuple[Check, ...]) -> Any:
 
 
 def test_there_is_something_to_compare() -> None:
-    assert len(STRUCTS) > 50 and len(LAYOUTS) >= 10
+    assert len(STRUCTS) > 50 and len(LAYOUTS) >= 10 and len(ROW_LISTS) >= 5
 
 
 @pytest.mark.parametrize("form", LAYOUTS, ids=lambda form: form.cls.__name__)
@@ -114,6 +120,23 @@ def test_a_struct_written_out_decides_as_the_composed_one(data: st.DataObject) -
             value[name] = data.draw(st.sampled_from(ODD))
     assert _outcome(check, value) == _outcome(composed, value)
     assert _outcome(check, [value]) == _outcome(composed, [value])
+
+
+@given(data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_a_list_of_rows_written_out_decides_as_the_composed_one(data: st.DataObject) -> None:
+    check = data.draw(st.sampled_from(ROW_LISTS))
+    _, item, min_len = shape_of(check)
+    composed = composed_list_of(item, min_len)
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    value = wiregen.value(check, wiregen.RandomSource(rng), LIMITS)
+    assert _outcome(check, value) is None
+    if value and data.draw(st.booleans()):
+        row = value[data.draw(st.integers(0, len(value) - 1))]
+        row[data.draw(st.integers(0, len(row) - 1))] = data.draw(st.sampled_from(ODD))
+    else:
+        value.append(data.draw(st.sampled_from(ODD + [[b"k", 1], [b"k"], []])))
+    assert _outcome(check, value) == _outcome(composed, value)
 
 
 @pytest.mark.parametrize(

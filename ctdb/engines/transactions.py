@@ -98,8 +98,9 @@ class Transaction:
         self.reads.setdefault(key, rec.rsn if rec else 0)
         return live_value(rec)
 
-    def drop_unchanged(self) -> None:
-        """Writes of what a key already holds here become reads of it.
+    def drop_unchanged(self) -> dict[bytes, int]:
+        """Writes of what a key already holds here become reads of it; returns
+        the reads made before (what a commit with nothing left to write checks).
 
         Rewriting identical records then commits nothing, as with Samba,
         whose client skips them (`ptrans` of the same 10,000 records took
@@ -108,20 +109,23 @@ class Transaction:
         ordered after that change; with no write left, `check_reads` does.
         Run by each engine's commit.
         """
+        earlier = dict(self.reads)
         for key, value in list(self.writes.items()):
             rec = self.db.local.get(key)
             if live_value(rec) == value:
                 del self.writes[key]
                 self.reads.setdefault(key, rec.rsn if rec else 0)
+        return earlier
 
-    def check_reads(self) -> None:
-        """BUSY if a key this transaction read has changed here since.
+    def check_reads(self, reads: Mapping[bytes, int]) -> None:
+        """BUSY if a key of `reads` has changed here since it was read.
 
         What a commit with nothing to write validates: a counter that another
         commit already moved to the value this one would write must not count
-        as this one's increment.
+        as this one's increment. (The reads `drop_unchanged` just made hold
+        by construction.)
         """
-        check_reads(self.db, self.reads.items())
+        check_reads(self.db, reads.items())
 
 
 class TransactionEngine:
@@ -147,9 +151,9 @@ class TransactionEngine:
     async def commit(self, tx: Transaction) -> int:
         """Commit through the leader; returns the database's new sequence number."""
         node = self.node
-        tx.drop_unchanged()
+        earlier = tx.drop_unchanged()
         if not tx.writes:
-            tx.check_reads()
+            tx.check_reads(earlier)
             return tx.db.seqnum()
         await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
         writes = [[k, v] for k, v in tx.writes.items()]

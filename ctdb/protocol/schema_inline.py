@@ -110,4 +110,30 @@ def struct(required: Mapping[str, Check], composed: Check) -> Check | None:
     return check
 
 
+def rows(items: Sequence[Check], min_len: int, composed: Check) -> Check | None:
+    """`composed` (a list, of at least `min_len` rows of `items`) with every
+    row checked in one loop (a transaction's 10,000 writes: a call per cell
+    cost more than the commit); any failure goes to `composed`, which says
+    what is wrong. None if an item has no inline condition."""
+    conds = [cond for i, c in enumerate(items) if (cond := condition(c, f"v{i}")) is not None]
+    if len(conds) != len(items):
+        return None
+    names = ", ".join(f"v{i}" for i in range(len(items))) + ("," if len(items) == 1 else "")
+    body = [
+        f"if type(value) is list and len(value) >= {min_len}:",
+        "    sizes = limits.sizes",
+        "    for item in value:",
+        f"        if type(item) is not list or len(item) != {len(items)}:",
+        "            break",
+        f"        {names} = item",
+        f"        if not ({' and '.join(conds)}):",
+        "            break",
+        "    else:",
+        "        return",
+        "composed(value, limits)",
+    ]
+    check: Check = _function("check_rows", body, {"composed": composed})
+    return check
+
+
 _MISSING = object()

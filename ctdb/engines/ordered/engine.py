@@ -216,9 +216,9 @@ class OrderedEngine:
         return self._submit("call", self._volatile_write(args))
 
     async def commit(self, tx: Transaction) -> int:
-        tx.drop_unchanged()
+        earlier = tx.drop_unchanged()
         if not tx.writes:
-            tx.check_reads()
+            tx.check_reads(earlier)
             return tx.db.seqnum()
         reads = [[k, rsn] for k, rsn in tx.reads.items()]
         writes = [[k, v] for k, v in tx.writes.items()]
