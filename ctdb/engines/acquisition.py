@@ -59,8 +59,10 @@ class Acquisition(HandoverMessages):
                 self._acquiring[ref] -= 1
             else:
                 del self._acquiring[ref]
-                # Nobody here waits for it any more, once this step is done.
-                asyncio.get_running_loop().call_soon(self._unreserve, db, key)
+                ks = self._keys.get(ref)
+                if ks is not None and ks.reserved:
+                    # Nobody here waits for it any more, once this step is done.
+                    asyncio.get_running_loop().call_soon(self._unreserve, db, key)
 
     def _unreserve(self, db: Database, key: bytes) -> None:
         """The record is no longer kept for our clients: serve the calls that queued."""
