@@ -82,8 +82,10 @@ class Owners:
         #: connected clients that own entries, by client id: how to tell them
         #: their entry came first, and how to fence them
         self._clients: dict[int, tuple[Push, Fence]] = {}
-        #: removals of departed clients' entries still running
-        self.removals: set[asyncio.Task[None]] = set()
+        #: removals of departed clients' entries still running, in the order
+        #: begun (a set would cancel them in the order of their addresses,
+        #: and a simulated schedule must replay alike in any process)
+        self.removals: dict[asyncio.Task[None], None] = {}
         node.messaging.register(ENTRY_HEAD_SRVID, self._on_head)
 
     def new_client(self, push: Push, fence: Fence) -> Owner:
@@ -131,8 +133,8 @@ class Owners:
         for dbid, key in sorted(records):
             removal = self._remove(owner, dbid, key, set(running))
             task = asyncio.get_running_loop().create_task(removal)
-            self.removals.add(task)
-            task.add_done_callback(self.removals.discard)
+            self.removals[task] = None
+            task.add_done_callback(lambda done: self.removals.pop(done, None))
 
     async def _remove(
         self, owner: Owner, dbid: int, key: bytes, running: set[asyncio.Task[None]]

@@ -92,7 +92,10 @@ class SimCluster:
             SimLocalDb.disks[self.state_dir(p)] = disk
         self.nodes: dict[int, Node] = {}
         self.incarnation = dict.fromkeys(range(size), 0)
-        self.tasks: dict[int, set[asyncio.Task[Any]]] = {p: set() for p in range(size)}
+        #: each node's tasks, in the order spawned (a dict, not a set: a set of
+        #: tasks iterates in the order of their addresses, which depends on
+        #: what the process ran before, and a crash cancels them in that order)
+        self.tasks: dict[int, dict[asyncio.Task[Any], None]] = {p: {} for p in range(size)}
         self._contexts: dict[int, contextvars.Context] = {}
         self._lives: dict[int, Life] = {}
 
@@ -159,8 +162,9 @@ class SimCluster:
     def spawn(self, pnn: int, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as code of node `pnn` (cancelled when it crashes)."""
         task = self.loop.create_task(coro, context=self._contexts[pnn].copy())
-        self.tasks[pnn].add(task)
-        task.add_done_callback(self.tasks[pnn].discard)
+        spawned = self.tasks[pnn]
+        spawned[task] = None
+        task.add_done_callback(lambda done: spawned.pop(done, None))
         return task
 
     async def run_on(self, pnn: int, coro: Coroutine[Any, Any, Any]) -> Any:
