@@ -97,7 +97,7 @@ class LeaderRecovery:
             return
         handler = self._handlers.get(type(msg))
         if handler is None:
-            return  # `check` let nothing else through
+            return  # `refused` let nothing else through
         routed: Migrating = msg  # type: ignore[assignment]  # `_handlers` holds only these
         if not self.member.defer_if_early(src, routed, routed.generation):
             handler(routed)
