@@ -209,10 +209,9 @@ class Client:
     # -- the operations (ctdb.client.operations) ---------------------------------------
 
     attach = _blocking(ops.attach)
-    delete = _blocking(ops.delete)
-
     fetch = _blocking(ops.fetch)
     store = _blocking(ops.store)
+    delete = _blocking(ops.delete)
     fetch_lock = _blocking(ops.fetch_lock)
     store_unlock = _blocking(ops.store_unlock)
     unlock = _blocking(ops.unlock)

@@ -42,10 +42,7 @@ import tdb
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import serving_state
 from ctdb.storage.chainlocks import ChainLocks
-from ctdb.storage.ltdb import Record
-
-#: TDB_CLEAR_IF_FIRST: never ours to ask for (a client alone with the file would wipe it)
-_CLEAR_IF_FIRST = 1
+from ctdb.storage.ltdb import Record, next_rsn
 
 
 class _File:
@@ -60,7 +57,8 @@ class _File:
     """
 
     def __init__(self, path: str, tdb_flags: int, run: int) -> None:
-        self.handle: Any = tdb.Tdb(path, 0, tdb_flags & ~_CLEAR_IF_FIRST, os.O_RDWR)
+        # Never CLEAR_IF_FIRST: a client alone with the file would wipe it.
+        self.handle: Any = tdb.Tdb(path, 0, tdb_flags & ~tdb.CLEAR_IF_FIRST, os.O_RDWR)
         self.chains = ChainLocks(self.handle, Path(path))
         #: the daemon's run that created the file (a restarted daemon recreates it)
         self.run = run
@@ -213,7 +211,7 @@ class InPlaceDb:
                     ErrorCode.RETRY,
                     f"node {self.pnn} stopped serving while {key!r} was locked: nothing written",
                 )
-            rsn = max(old + 1, state.epoch << 32)
+            rsn = next_rsn(old, state.epoch)
             file.handle.store(key, Record(rsn, self.pnn, value).pack(), tdb.REPLACE)
         finally:
             file.chains.unlock(key)

@@ -25,7 +25,7 @@ from ctdb.engines.chains import ChainGate
 from ctdb.engines.vacuum import Vacuum
 from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest, RemoteCall
 from ctdb.storage.database import Database
-from ctdb.storage.ltdb import Record
+from ctdb.storage.ltdb import Record, next_rsn
 
 if TYPE_CHECKING:
     from ctdb.engines.host import Host
@@ -70,7 +70,7 @@ class HandoverMessages:
 
     def next_rsn(self, old: Record | None) -> int:
         """The RSN of the next version: above the old one and stamped with the epoch."""
-        return max((old.rsn if old else 0) + 1, self.node.epochs.epoch << 32)
+        return next_rsn(old.rsn if old else 0, self.node.epochs.epoch)
 
     def hand_over(self, db: Database, key: bytes, rec: Record, to: int) -> None:
         """Migrate a record we are dmaster of to `to`, unasked (vacuuming)."""

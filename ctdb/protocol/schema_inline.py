@@ -61,6 +61,17 @@ def condition(check: Check, v: str) -> str | None:
     return None
 
 
+def _conditions(checks: Sequence[Check]) -> list[str] | None:
+    """The conditions of `checks` over v0, v1, ...; None unless every one has one."""
+    conds: list[str] = []
+    for i, check in enumerate(checks):
+        cond = condition(check, f"v{i}")
+        if cond is None:
+            return None
+        conds.append(cond)
+    return conds
+
+
 def _function(name: str, body: list[str], env: dict[str, Any]) -> Any:
     source = "\n".join([f"def {name}(value, limits):", *(f"    {line}" for line in body)])
     namespace: dict[str, Any] = {}
@@ -90,8 +101,8 @@ def struct(required: Mapping[str, Check], composed: Check) -> Check | None:
     common case, a map of exactly the required keys, each passing its inline
     condition; everything else goes to `composed`. None if a required field
     has no inline condition."""
-    conds = [condition(c, f"v{i}") for i, c in enumerate(required.values())]
-    if None in conds:
+    conds = _conditions(list(required.values()))
+    if conds is None:
         return None
     body = [
         f"if type(value) is dict and len(value) == {len(required)}:",
@@ -115,8 +126,8 @@ def rows(items: Sequence[Check], min_len: int, composed: Check) -> Check | None:
     row checked in one loop (a transaction's 10,000 writes: a call per cell
     cost more than the commit); any failure goes to `composed`, which says
     what is wrong. None if an item has no inline condition."""
-    conds = [cond for i, c in enumerate(items) if (cond := condition(c, f"v{i}")) is not None]
-    if len(conds) != len(items):
+    conds = _conditions(items)
+    if conds is None:
         return None
     names = ", ".join(f"v{i}" for i in range(len(items))) + ("," if len(items) == 1 else "")
     body = [

@@ -56,6 +56,11 @@ Migrating = Call | DmasterRequest | DmasterReply | RemoteCall
 
 
 class LeaderRecovery:
+    records_in_place = True
+    refused: Mapping[type[Message], str] = {
+        Ordered: "an ordered operation on a point-to-point cluster"
+    }
+
     def __init__(self, node: ServerNode) -> None:
         self.node = node
         self.engine = MigrationEngine(node, node.transactions)
@@ -85,11 +90,6 @@ class LeaderRecovery:
 
     def confirmed(self) -> bool:
         return self.node.liveness.lease_holds()
-
-    records_in_place = True
-    refused: Mapping[type[Message], str] = {
-        Ordered: "an ordered operation on a point-to-point cluster"
-    }
 
     def on_message(self, src: int, msg: Message) -> None:
         if type(msg) is RemoteCallReply:

@@ -96,12 +96,14 @@ async def _in_place(s: ClientSession, args: dict[str, Any]) -> dict[str, Any] | 
     """What a client needs to use the records of a volatile database in place
     (`ctdb.client.in_place`); None where it may not (vs, other kinds)."""
     db = s.database(args)
-    if db.kind is not DbKind.VOLATILE or not s.node.membership.records_in_place:
+    serving_file = s.node.serving_file
+    if (
+        db.kind is not DbKind.VOLATILE
+        or not s.node.membership.records_in_place
+        or serving_file is None
+    ):
         return None
     await serving.share(s.node, db)
-    serving_file = s.node.serving_file
-    if serving_file is None:
-        return None
     return {
         "path": str(db.path),
         "tdb_flags": db.local.tdb_flags,

@@ -39,6 +39,12 @@ REJOIN_RETRY = 1.0
 
 
 class StreamMembership:
+    records_in_place = False
+    refused: Mapping[type[Message], str] = dict.fromkeys(
+        (Call, DmasterRequest, DmasterReply, RemoteCall, RemoteCallReply),
+        "a record migration on a virtually synchronous cluster",
+    )
+
     def __init__(self, node: ServerNode) -> None:
         self.node = node
         self.engine = OrderedEngine(node, self)
@@ -63,12 +69,6 @@ class StreamMembership:
 
     def confirmed(self) -> bool:
         return True  # the stream itself says whether we serve (`on_ordered_state`)
-
-    records_in_place = False
-    refused: Mapping[type[Message], str] = dict.fromkeys(
-        (Call, DmasterRequest, DmasterReply, RemoteCall, RemoteCallReply),
-        "a record migration on a virtually synchronous cluster",
-    )
 
     def on_message(self, src: int, msg: Message) -> None:
         if isinstance(msg, Ordered):

@@ -60,6 +60,13 @@ class Record:
         return cls(rsn, dmaster, data[HEADER_SIZE:], flags)
 
 
+def next_rsn(old_rsn: int, epoch: int) -> int:
+    """The RSN of a record's next version written by its dmaster: above the
+    old one and stamped with the epoch (the daemon's writes and a client's in
+    place alike)."""
+    return max(old_rsn + 1, epoch << 32)
+
+
 def live_value(rec: Record | None) -> bytes | None:
     """What a client reads: a missing record and a deletion marker are both None."""
     return None if rec is None or rec.deleted else rec.value
