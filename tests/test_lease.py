@@ -75,3 +75,19 @@ def test_five_nodes_need_two_peers() -> None:
     lease.on_state(2, stamp=1.0, echo=8.0, same_generation=True, now=10.0)
     assert lease.holds(11.9, DURATION)  # runs from the older of the two: 8.0
     assert not lease.holds(12.1, DURATION)
+
+
+def test_an_echo_sent_while_serving_grants_a_lease_that_outlives_a_departure() -> None:
+    """What a recovery that leaves a node out must wait for (ctdb.engines.recovery)."""
+    lease = Lease(2, 3)
+    lease.on_state(1, stamp=100.0, echo=None, same_generation=True, now=10.0)
+    assert lease.echoes(serving=False, duration=DURATION) == {1: 100.0}
+    assert lease.granted_for(10.0) == {}  # a frozen node's echo confirms nothing
+    lease.on_state(1, stamp=101.0, echo=None, same_generation=True, now=11.0)
+    assert lease.echoes(serving=True, duration=DURATION) == {1: 101.0}
+    # The peer's lease runs from its stamp, sent before 11.0 on our clock.
+    assert lease.granted_for(12.0) == {1: 3.0}
+    lease.forget(1)  # it left our view, but may still serve on what we echoed
+    assert lease.echoes(serving=True, duration=DURATION) == {}
+    assert lease.granted_for(14.0) == {1: 1.0}
+    assert lease.granted_for(15.0) == {}

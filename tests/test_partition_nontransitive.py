@@ -40,7 +40,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,7 +193,35 @@ def judge(history: dict[str, Increment], value: str) -> tuple[list[str], list[st
     return problems, rolled_back, split
 
 
-def test_non_transitive_cut_has_at_most_one_serving_side(ctdb: NetnsCtdb) -> None:
+def cut_both_ways(net: NetnsCluster, node0_starts: threading.Event) -> None:
+    """Both nodes notice within a keepalive of each other."""
+    node0_starts.set()
+    time.sleep(1.0)
+    net.cut_link(0, 1)
+
+
+def cut_one_way_then_both(net: NetnsCluster, node0_starts: threading.Event) -> None:
+    """Node 0 stops hearing node 1 a while before node 1 stops hearing node 0.
+
+    So node 0 drops node 1 and recovers with node 2 while node 1, the
+    counter's dmaster (only its client increments until the cut), still
+    serves its old generation on the lease node 2 confirmed moments before
+    (ctdb.server.lease). Node 0's client starts once both ways are cut, so
+    that its requests cannot take the record from node 1 before the
+    recovery. A recovery that did not wait for that lease to run out let
+    both sides serve the counter.
+    """
+    time.sleep(1.0)
+    net.cut_oneway(1, 0)
+    time.sleep(0.3)  # half the detection time (KeepaliveInterval 0.2 x 3)
+    net.cut_link(0, 1)
+    node0_starts.set()
+
+
+@pytest.mark.parametrize("cut", [cut_both_ways, cut_one_way_then_both])
+def test_non_transitive_cut_has_at_most_one_serving_side(
+    ctdb: NetnsCtdb, cut: Callable[[NetnsCluster, threading.Event], None]
+) -> None:
     vdb, pdb, key = f"vol_{uuid.uuid4().hex[:6]}", f"per_{uuid.uuid4().hex[:6]}", "counter"
     with ctdb.client(0) as c:
         c.attach(vdb)
@@ -208,8 +236,12 @@ def test_non_transitive_cut_has_at_most_one_serving_side(ctdb: NetnsCtdb) -> Non
     committed: list[str] = []
     crashed: list[BaseException] = []
 
+    node0_starts = threading.Event()
+
     def incrementer(pnn: int) -> None:
         try:
+            if pnn == 0:
+                node0_starts.wait()
             cl = ctdb.client(pnn, timeout=15)
             seq = 0
             while not stop.is_set():
@@ -255,12 +287,12 @@ def test_non_transitive_cut_has_at_most_one_serving_side(ctdb: NetnsCtdb) -> Non
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
-        ctdb.net.cut_link(0, 1)
+        cut(ctdb.net, node0_starts)
         time.sleep(CUT_FOR)
         ctdb.net.heal_link(0, 1)
         time.sleep(1.0)
     finally:
+        node0_starts.set()
         stop.set()
         sampler.stop.set()
         for t in threads:

@@ -525,19 +525,27 @@ class NetnsCluster:
         bridge and dropped by every receiver: no RST, no ICMP, no
         link-down.  Only the two node namespaces are touched.
         """
-        for a, b in ((i, j), (j, i)):
-            _ip(
-                "neigh",
-                "replace",
-                self.address(b),
-                "lladdr",
-                _NOWHERE_MAC,
-                "nud",
-                "permanent",
-                "dev",
-                NODE_IF,
-                ns=self.ns(a),
-            )
+        self.cut_oneway(i, j)
+        self.cut_oneway(j, i)
+
+    def cut_oneway(self, i: int, j: int) -> None:
+        """Silently drop what node `i` sends node `j` (`cut_link`'s way, one side).
+
+        Node `j` stops hearing `i` while `i` still hears `j` (its TCP data
+        arrives; only `i`'s acknowledgements are lost). ``heal_link`` undoes it.
+        """
+        _ip(
+            "neigh",
+            "replace",
+            self.address(j),
+            "lladdr",
+            _NOWHERE_MAC,
+            "nud",
+            "permanent",
+            "dev",
+            NODE_IF,
+            ns=self.ns(i),
+        )
 
     def heal_link(self, i: int, j: int) -> None:
         """Undo ``cut_link(i, j)``: the nodes resolve each other by ARP again."""

@@ -84,6 +84,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
     log.info("recovery: generation %d over nodes %s", generation, members)
     replies = await _on_all(node, members, "freeze", {"generation": generation})
     frozen = dict(zip(members, replies, strict=True))
+    leases_known_at = asyncio.get_running_loop().time()
     for p, reply in frozen.items():
         # Migration assumes every member can reach every other; views are
         # each node's own opinion and differ while connections come up.
@@ -132,6 +133,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
             "incarnations": incarnations,
         },
     )
+    await _leases_run_out(frozen, leases_known_at)
     await _on_all(node, members, "thaw", {"generation": generation})
     log.info(
         "recovery: generation %d done in %.3fs (%d records moved)",
@@ -139,6 +141,32 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
         time.monotonic() - started,
         moved,
     )
+
+
+async def _leases_run_out(frozen: dict[int, Any], known_at: float) -> None:
+    """Wait until no node we leave out may still serve on a member's confirmation.
+
+    A node left out of this recovery may not know it yet: a member that
+    still heard from it (a partition that is not transitive) confirmed its
+    lease of the old generation moments ago (`ctdb.server.lease`). Thawing
+    the new generation before that lease runs out would let both serve the
+    same records. The wait is counted from when the members reported
+    (`known_at`), which is after they computed it, so it errs long.
+    """
+    left = {
+        int(pnn): float(seconds)
+        for reply in frozen.values()
+        for pnn, seconds in reply["leases"]
+        if int(pnn) not in frozen
+    }
+    if not left:
+        return
+    wait = max(left.values()) - (asyncio.get_running_loop().time() - known_at)
+    if wait > 0:
+        log.info(
+            "recovery: waiting %.3fs for the leases of nodes %s to run out", wait, sorted(left)
+        )
+        await asyncio.sleep(wait)
 
 
 def _base(value: Any) -> tuple[int, int] | None:

@@ -76,6 +76,9 @@ CONTROLS: dict[str, ControlSpec] = {
                 "thawed": U64,
                 "generation": GENERATION,
                 "view": list_of(PNN),
+                # [peer, seconds]: how long a lease of that peer may still
+                # rest on our confirmations (ctdb.server.lease)
+                "leases": list_of(row(PNN, number(0, schema.U32_MAX))),
                 "dbs": map_of(
                     DB_NAME,
                     struct(

@@ -20,6 +20,16 @@ after every stamp it ever echoed, so our lease has run out before anyone
 recovers without us. What must confirm the lease: a majority of the
 configured nodes (this one included) or, with a cluster lock file, the
 leader that holds the lock.
+
+That argument holds only if whoever recovers without us stopped hearing
+from us. It does not when the partition is not transitive: with the link
+0-1 cut, node 0 drops node 1 and recovers with node 2, which still hears
+node 1 and confirmed its lease a moment ago; node 1 drops node 0 only a
+keepalive later, and serves its old generation meanwhile (seen: acknowledged
+increments lost, tests/test_partition_nontransitive.py). So every node also
+remembers the leases it granted (`granted`), and a recovery does not thaw a
+generation that leaves out a node before every lease its members granted
+that node has run out (`ctdb.engines.recovery`).
 """
 
 from __future__ import annotations
@@ -32,6 +42,10 @@ class Lease:
         self.pnn = pnn
         #: the latest stamp received from each peer (echoed in our NodeState)
         self.seen: dict[int, float] = {}
+        #: when (our clock) each stamp in `seen` arrived
+        self._received: dict[int, float] = {}
+        #: peer -> until when (our clock) a lease of its may rest on our echoes
+        self.granted: dict[int, float] = {}
         #: peer -> our stamp it echoed while serving our generation
         self._confirmed: dict[int, float] = {}
         #: peers heard serving our generation since it began
@@ -58,6 +72,7 @@ class Lease:
         trip instead of waiting a keepalive interval.
         """
         self.seen[src] = stamp
+        self._received[src] = now
         if not same_generation:
             return False
         if echo is not None:
@@ -68,9 +83,30 @@ class Lease:
         self._current.add(src)
         return first
 
+    def echoes(self, serving: bool, duration: float) -> dict[int, float]:
+        """The stamps our next NodeState echoes; `serving`: it says we serve (NORMAL).
+
+        Only an echo from a node that serves confirms a lease, so only then
+        do we grant one: the peer's lease runs from its stamp, which it sent
+        before we received it, so it ends before `received + duration` on
+        our clock (the clocks of both hosts run at the same rate).
+        """
+        if serving:
+            for pnn, at in self._received.items():
+                self.granted[pnn] = max(self.granted.get(pnn, at), at + duration)
+        return dict(self.seen)
+
+    def granted_for(self, now: float) -> dict[int, float]:
+        """Peer -> for how many more seconds a lease of its may rest on our echoes."""
+        return {pnn: until - now for pnn, until in self.granted.items() if until > now}
+
     def forget(self, pnn: int) -> None:
-        """The peer left our view: it confirms nothing until it is back."""
+        """The peer left our view: it confirms nothing until it is back.
+
+        What we granted it stays: the peer may still be serving on it.
+        """
         self.seen.pop(pnn, None)
+        self._received.pop(pnn, None)
         self._confirmed.pop(pnn, None)
         self._current.discard(pnn)
         self._update()

@@ -56,6 +56,10 @@ class Liveness:
         """When the lease ends, on the loop clock, unless it is renewed."""
         return self.lease.since + self._lease_duration
 
+    def leases_granted(self) -> list[list[float]]:
+        """[peer, seconds] for every peer whose lease may still rest on our echoes."""
+        return [[pnn, left] for pnn, left in self.lease.granted_for(self.node.now()).items()]
+
     def new_generation(self) -> None:
         """Confirmations of the generation we left no longer count."""
         self.lease.new_generation()
@@ -81,7 +85,7 @@ class Liveness:
                 int(node.recovery_mode),
                 node.leader,
                 node.now(),
-                dict(self.lease.seen),
+                self.lease.echoes(node.recovery_mode is RecoveryMode.NORMAL, self._lease_duration),
             )
         )
 

@@ -191,6 +191,8 @@ class RecoveryMember:
             "thawed": node.epochs.thawed,
             "generation": node.generation,
             "view": list(node.transport.view.members),
+            # Frozen, we grant no more: these leases end within these seconds.
+            "leases": node.liveness.leases_granted(),
             "dbs": info,
         }
 
