@@ -136,9 +136,17 @@ class MemoryNetwork(ViewLayer):
         self._record(f"partition {sorted(sorted(g) for g in new)}")
         self._topology_changed(old_connected - self._connections())
 
-    def cut(self, a: int, b: int) -> None:
-        """Cut the link between `a` and `b` (both ways) while both keep their others."""
+    def cut(self, a: int, b: int, noticed_late: tuple[int, float] | None = None) -> None:
+        """Cut the link between `a` and `b` (both ways) while both keep their others.
+
+        `noticed_late` = (endpoint, seconds): that end drops the other so
+        much later than the other end drops it (FIFO mode). Over TCP each
+        end notices a silent link on its own keepalive timer, so one may
+        act (recover without the other) while the other still serves.
+        """
         old_connected = self._connections()
+        if noticed_late is not None and not self.total_order:
+            self._notice_late[noticed_late[0]] = noticed_late[1]
         self._split.add(frozenset((a, b)))
         self._record(f"cut {a}-{b}")
         self._topology_changed(old_connected - self._connections())
@@ -170,6 +178,8 @@ class MemoryNetwork(ViewLayer):
     def restore(self, a: int, b: int) -> None:
         """Undo `cut` / `cut_oneway` between `a` and `b`."""
         self._record(f"restore {a}-{b}")
+        self._notice_late.pop(a, None)
+        self._notice_late.pop(b, None)
         self._release_held({(a, b), (b, a)})
         if frozenset((a, b)) in self._split:
             self._split.discard(frozenset((a, b)))
@@ -186,6 +196,7 @@ class MemoryNetwork(ViewLayer):
         """Undo every partition and cut (a hung node stays cut off until it resumes)."""
         self._groups = None
         self._split.clear()
+        self._notice_late.clear()
         self._release_held(list(self._held))
         self._record("heal")
         self._topology_changed(set())

@@ -28,6 +28,8 @@ class _PendingView:
 
     members: frozenset[int]
     markers: int
+    #: not installed before this time (`MemoryNetwork.cut`'s `noticed_late`)
+    not_before: float = 0.0
 
 
 class ViewLayer(LinkLayer):
@@ -53,6 +55,9 @@ class ViewLayer(LinkLayer):
         self._isolated: set[int] = set()
         # FIFO mode: per-endpoint queue of views waiting for removal markers.
         self._pending_views: dict[int, deque[_PendingView]] = {}
+        # FIFO mode: endpoint -> how much later than the others it notices
+        # the next peer it loses (one shot; see `MemoryNetwork.cut`).
+        self._notice_late: dict[int, float] = {}
         # VS mode: the sequencer's state.
         self._installed: dict[int, View] = {}
         self._next_view_id = 1
@@ -159,6 +164,8 @@ class ViewLayer(LinkLayer):
             if target == latest:
                 continue
             pv = _PendingView(target, 0)
+            if latest - target and pnn in self._notice_late:
+                pv.not_before = self.time() + self._notice_late.pop(pnn)
             queue.append(pv)
             for gone in sorted(latest - target):
                 pv.markers += 1
@@ -172,6 +179,9 @@ class ViewLayer(LinkLayer):
         if not queue or ep is None or ep._dead:
             return
         while queue and queue[0].markers == 0:
+            if queue[0].not_before > self.time():
+                self._call_later(queue[0].not_before - self.time(), self._fifo_install, pnn, at=pnn)
+                return
             pv = queue.popleft()
             if frozenset(ep.view.members) != pv.members:
                 ep._set_view(set(pv.members))

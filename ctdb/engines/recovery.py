@@ -133,7 +133,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
             "incarnations": incarnations,
         },
     )
-    await _leases_run_out(frozen, leases_known_at)
+    await _leases_run_out(node, frozen, generation, leases_known_at)
     await _on_all(node, members, "thaw", {"generation": generation})
     log.info(
         "recovery: generation %d done in %.3fs (%d records moved)",
@@ -143,7 +143,9 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
     )
 
 
-async def _leases_run_out(frozen: dict[int, Any], known_at: float) -> None:
+async def _leases_run_out(
+    node: Host, frozen: dict[int, Any], generation: int, known_at: float
+) -> None:
     """Wait until no node we leave out may still serve on a member's confirmation.
 
     A node left out of this recovery may not know it yet: a member that
@@ -152,21 +154,36 @@ async def _leases_run_out(frozen: dict[int, Any], known_at: float) -> None:
     the new generation before that lease runs out would let both serve the
     same records. The wait is counted from when the members reported
     (`known_at`), which is after they computed it, so it errs long.
+
+    A node we can still reach (stopped, banned) need not be waited for: once
+    it has frozen for our generation it serves nothing until a recovery
+    thaws it, so we freeze it and stop waiting as soon as it says so.
     """
-    left = {
-        int(pnn): float(seconds)
-        for reply in frozen.values()
-        for pnn, seconds in reply["leases"]
-        if int(pnn) not in frozen
-    }
+    left: dict[int, float] = {}
+    for reply in frozen.values():
+        for pnn, seconds in reply["leases"]:
+            if int(pnn) not in frozen:
+                left[int(pnn)] = max(left.get(int(pnn), 0.0), float(seconds))
     if not left:
         return
-    wait = max(left.values()) - (asyncio.get_running_loop().time() - known_at)
-    if wait > 0:
-        log.info(
-            "recovery: waiting %.3fs for the leases of nodes %s to run out", wait, sorted(left)
-        )
-        await asyncio.sleep(wait)
+    loop = asyncio.get_running_loop()
+
+    async def fence(pnn: int, until: float) -> None:
+        try:
+            await node.control(
+                pnn, "freeze", {"generation": generation}, timeout=max(until - loop.time(), 0.0)
+            )
+            return
+        except (CtdbError, TimeoutError):
+            pass
+        await asyncio.sleep(until - loop.time())
+
+    log.info(
+        "recovery: nodes %s left out may still serve for up to %.3fs: freezing them or waiting",
+        sorted(left),
+        max(left.values()),
+    )
+    await asyncio.gather(*(fence(pnn, known_at + seconds) for pnn, seconds in left.items()))
 
 
 def _base(value: Any) -> tuple[int, int] | None:

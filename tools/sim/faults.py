@@ -147,7 +147,12 @@ def _params(rng: random.Random, kind: str, mode: str, strict: bool, size: int) -
     if kind == "partition":
         return {"alone": rng.choice(nodes), "duration": rng.uniform(0.2, 2.0)}
     if kind == "nontransitive":
-        return {"pair": sorted(rng.sample(nodes, 2)), "duration": rng.uniform(0.2, 2.0)}
+        params = {"pair": sorted(rng.sample(nodes, 2)), "duration": rng.uniform(0.2, 2.0)}
+        # Drawn aside, so that the schedules of the seeds found before stay what they were.
+        aside = random.Random(f"nontransitive {params}")
+        if aside.random() < 0.5:  # one end notices later (its keepalive timer's phase)
+            params["late"] = [aside.choice(params["pair"]), aside.uniform(0.01, 0.3)]
+        return params
     if kind == "oneway":
         src, dst = rng.sample(nodes, 2)
         return {"src": src, "dst": dst, "duration": rng.uniform(0.05, 1.0)}
@@ -416,13 +421,18 @@ class Faults:
             nodes=[alone],
         )
 
-    async def _nontransitive(self, fault: Fault, pair: list[int], duration: float) -> None:
-        """Two nodes cannot talk, yet both talk to the third."""
+    async def _nontransitive(
+        self, fault: Fault, pair: list[int], duration: float, late: list[Any] | None = None
+    ) -> None:
+        """Two nodes cannot talk, yet both talk to the third; `late`: [node, seconds]
+        that node notices the cut later than the other."""
         a, b = pair
+        noticed_late = None if late is None else (int(late[0]), float(late[1]))
         await self._network_fault(
             fault,
-            f"cut {a}-{b} (non-transitive)",
-            lambda: self.network.cut(a, b),
+            f"cut {a}-{b} (non-transitive)"
+            + ("" if late is None else f", node {late[0]} notices {late[1]:.3f}s later"),
+            lambda: self.network.cut(a, b, noticed_late),
             lambda: self.network.restore(a, b),
             duration,
             lossy=True,

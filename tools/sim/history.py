@@ -68,6 +68,9 @@ class Op:
     arg: object = None
     #: what an entry-list operation answered (see Kind)
     answer: str | None = None
+    #: RMW under a record lock: from when `fetch_lock` returned to when
+    #: `store_unlock` was sent (`tools.sim.split_brain`)
+    held: tuple[float, float] | None = None
 
     @property
     def known(self) -> bool:

@@ -4,7 +4,8 @@ What must hold whatever the faults did (see `faults` for which losses CTDB
 semantics allow):
 
 * each key's history is linearizable (`linearizability`), with loss
-  windows for volatile keys where a fault may lose them;
+  windows for volatile keys where a fault may lose them, and no loss
+  window hides two sides serving one key at once (`split_brain`);
 * after the faults end the cluster settles (every node serves, one
   generation) and every node then reads the same value of every key: final
   linearizable reads through every node are part of the history;
@@ -26,7 +27,7 @@ from typing import Any
 from ctdb.common.errors import CtdbError
 from ctdb.storage.database import SEQNUM_KEY
 from ctdb.storage.ltdb import live_value
-from tools.sim import linearizability
+from tools.sim import linearizability, split_brain
 from tools.sim.cluster import LIFE, SimCluster, crashed
 from tools.sim.faults import FAULTS, STRICT, Faults, plan
 from tools.sim.history import History, Kind
@@ -145,6 +146,8 @@ async def run_schedule(
         _compare_replicas(cluster, complain)
         for violation in linearizability.check(history.by_key()):
             complain(violation.describe())
+        for split in split_brain.check(history.by_key()):
+            complain(split)
     finally:
         _unhandled(failed_tasks, complain)
         outcome.virtual_time = loop.time()
