@@ -292,6 +292,7 @@ def test_reply_results_are_checked_against_the_op_asked() -> None:
         "thawed": 2,
         "generation": 7,
         "view": [0, 1],
+        "leases": [[2, 0.4]],
         "dbs": {"secrets.tdb": db},
     }
     good = m.ControlReply(1, 0, frozen)
@@ -300,6 +301,8 @@ def test_reply_results_are_checked_against_the_op_asked() -> None:
         frozen | {"epoch": "3"},
         {k: v for k, v in frozen.items() if k != "epoch"},
         frozen | {"view": [0, 5]},
+        frozen | {"leases": [[2, -1.0]]},
+        frozen | {"leases": [[2]]},
         frozen | {"dbs": {"secrets.tdb": db | {"base": [1]}}},
         frozen | {"dbs": {"secrets.tdb": db | {"kind": "eternal"}}},
         [1, 2],
