@@ -9,18 +9,18 @@ of one side discarded afterwards. This check tells the two apart.
 A client holds a record's lock from when `fetch_lock` returned to when it
 sent `store_unlock`, and the daemon held it for that client over a longer
 span (it granted before the client heard, it released after the store
-arrived). So if the spans of two increments that were both acknowledged
-overlap, two nodes served the record at the same time: each ack says its
-node still served the generation it granted the lock in (a recovery in
-between fails the store). Rolled-back versions never overlap this way:
+arrived). If the spans of two acknowledged increments overlap, and each
+was granted and acknowledged in one view of its node, two nodes served the
+record at the same time. Rolled-back versions never overlap this way:
 their node stopped serving before the survivors' node started.
 
-A hold during which the holder's node was stopped (SIGSTOP) is not
-recorded: on vs a member that froze in time keeps its lock, and if every
-other member restarted meanwhile (losing the volatile records, as CTDB
-does) its state is the one that survives and its store is acknowledged
-(simulator seed vs 243). That is a loss window's business, not two sides
-serving at once.
+Holds across a view change of the holder's node are not checked. On vs a
+lock survives its holder's node leaving and coming back when the members
+that released it lost their state meanwhile (a crash): that node's state,
+lock included, is the one that goes on, and the store is acknowledged in
+the new view (simulator seeds vs 243, 4203834: a stopped or partitioned
+holder, the others restarted). That is a loss window's business, not two
+sides serving at once.
 """
 
 from __future__ import annotations
