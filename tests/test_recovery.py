@@ -360,6 +360,17 @@ def test_a_stopped_node_is_frozen_rather_than_waited_for(
     wait_for("vnnmap [0, 1, 2]", lambda: recovered(c, [0, 1, 2]), 15.0)
 
 
+def test_a_killed_node_is_not_waited_for(make_cluster: Callable[..., LocalCluster]) -> None:
+    """A node that died is out of every member's view, so none reports a
+    lease it confirmed it (`Liveness.leases_granted`) and the recovery does
+    not wait: with a 10 s lease, waiting made kill -9 take 3-4 s with the
+    default tunables."""
+    c = make_cluster(KeepaliveInterval=5.0, KeepaliveLimit=3)
+    c.kill_node(2)
+    _, took = wait_for("vnnmap [0, 1]", lambda: recovered(c, [0, 1]), 8.0)
+    assert took < 5.0, f"the recovery without the killed node took {took:.1f}s"
+
+
 def test_stop_continue_flags_and_vnnmap(cluster: LocalCluster) -> None:
     c = cluster
     db = _name("vol")

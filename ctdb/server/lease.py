@@ -29,7 +29,10 @@ keepalive later, and serves its old generation meanwhile (seen: acknowledged
 increments lost, tests/test_partition_nontransitive.py). So every node also
 remembers the leases it granted (`granted`), and a recovery does not thaw a
 generation that leaves out a node before every lease its members granted
-that node has run out (`ctdb.engines.recovery`).
+that node has run out, or it has frozen that node (`ctdb.engines.recovery`).
+Only members that still have the node in their view count
+(`Liveness.leases_granted`): a node that died, or dropped them, rests on
+none of their echoes.
 """
 
 from __future__ import annotations

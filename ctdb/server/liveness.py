@@ -57,8 +57,18 @@ class Liveness:
         return self.lease.since + self._lease_duration
 
     def leases_granted(self) -> list[list[float]]:
-        """[peer, seconds] for every peer whose lease may still rest on our echoes."""
-        return [[pnn, left] for pnn, left in self.lease.granted_for(self.node.now()).items()]
+        """[peer, seconds] for every peer in our view whose lease may still rest on our echoes.
+
+        A peer that left our view counts on none of our echoes any more: we
+        dropped it for its silence, which lasted longer than any lease (see
+        `ctdb.server.lease`), or it closed the connection, because it died
+        (kill -9: the others must not wait out its lease to recover) or
+        because it dropped us, and a node forgets the confirmations of a peer
+        it drops (`Lease.forget`).
+        """
+        view = self.node.transport.view
+        granted = self.lease.granted_for(self.node.now())
+        return [[pnn, left] for pnn, left in granted.items() if pnn in view]
 
     def new_generation(self) -> None:
         """Confirmations of the generation we left no longer count."""
