@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from tools.sim.campaign import campaign
+from tools.sim.campaign import STOP, campaign
 from tools.sim.faults import FAULTS
 from tools.sim.schedule import Variant, simulate
 
@@ -35,7 +35,11 @@ def _kinds(text: str) -> dict[str, int]:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    """The first Ctrl-C or SIGTERM ends the campaign after the schedule in
+    progress (`campaign.STOP`); a second one interrupts at once."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
+    STOP.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = ns.seeds if ns.seeds is not None else range(ns.schedules)
     # Ctrl-C or SIGTERM (also for a campaign started in the background)
     # stops the campaign early with the summary of what ran.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     summary = campaign(seeds, ns.mode, kinds=ns.faults, jobs=max(1, ns.jobs), variant=variant)
     print(summary.report(max(1, ns.jobs)))

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -128,6 +129,12 @@ def results(
         pool.join()
 
 
+#: Set to stop a running campaign after the schedules in progress (see
+#: `tools.simulate`): a KeyboardInterrupt raised at a random point can land
+#: in a weakref callback or a destructor, where Python prints and drops it.
+STOP = threading.Event()
+
+
 def campaign(
     seeds: range,
     mode: str,
@@ -161,6 +168,8 @@ def _collect(
 ) -> None:
     for done, result in enumerate(results, 1):
         summary.add(result)
+        if STOP.is_set():
+            raise KeyboardInterrupt
         if result.violations and progress is not None:
             first = result.violations[0].splitlines()[0]
             progress.write(f"\rseed {result.seed}: FAILED: {first}\n")
