@@ -249,6 +249,25 @@ def test_non_transitive_cut() -> None:
     assert views(eps) == [(0, 1, 2)] * 3
 
 
+def test_one_end_of_a_cut_may_notice_it_late() -> None:
+    """`noticed_late`: node 1 keeps node 0 in its view for that long, while
+    node 0 has dropped it at once and nothing crosses the cut either way."""
+    sched, net, eps, logs = make_cluster(3, 2)
+    net.cut(0, 1, noticed_late=(1, 0.25))
+    sched.run_for(0.1)
+    assert views(eps) == [(0, 2), (0, 1, 2), (0, 1, 2)]
+    eps[1].send(0, b"lost")
+    sched.run_for(0.2)
+    assert views(eps)[1] == (1, 2)
+    assert ("msg", 1, b"lost") not in logs[0]
+    net.restore(0, 1)
+    sched.run_until_idle()
+    assert views(eps) == [(0, 1, 2)] * 3
+    net.cut(0, 1)  # the lag was for one cut only
+    sched.run_for(0.05)
+    assert views(eps) == [(0, 2), (1, 2), (0, 1, 2)]
+
+
 def test_one_way_loss_is_held_until_detected() -> None:
     """Restored before the keepalive limit, a one-way loss only delays traffic;
     after it, the pair is cut and what waited is lost."""
