@@ -114,3 +114,37 @@ def test_a_lower_pnn_arriving_later_gets_the_lock(tmp_path: Path) -> None:
         assert lock_is_held(lock)
     finally:
         c.down()
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_leader_keeps_the_lock_until_the_leases_it_confirmed_ran_out(
+    tmp_path: Path,
+) -> None:
+    """With the lock a follower's lease rests on the leader's echoes alone, and
+    a stopped leader is left out of the next recovery, where it could report
+    them: it hands the lock over only once they have run out
+    (`LeaderRecovery._lock_leases_pending`). Bounded both ways: never before
+    the lease (2 s here) after the stop, and well within the test's timeout."""
+    lock = tmp_path / "shared" / "cluster.lock"
+    lock.parent.mkdir()
+    lease = 2.0
+    c = start_cluster(
+        tmp_path, "tcp", cluster_lock=lock, tunables={"KeepaliveInterval": 1.0, "KeepaliveLimit": 3}
+    )
+    try:
+        assert c.status(0)["leader"] == 0
+        with c.client(1) as cl:
+            stopped = time.monotonic()
+            cl.call("stop", pnn=0)
+        wait_for(
+            lambda: c.status(1)["leader"] == 1 and c.status(1)["vnnmap"] == [1, 2],
+            30,
+            "node 1 to lead [1, 2]",
+        )
+        took = time.monotonic() - stopped
+        assert took > lease - 0.6, f"node 1 led after {took:.2f}s, before node 0's grants ran out"
+        with c.client(0) as cl:
+            cl.call("continue")
+        wait_for(lambda: c.status(2)["vnnmap"] == [0, 1, 2], 30, "node 0 back")
+    finally:
+        c.down()

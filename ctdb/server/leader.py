@@ -196,7 +196,7 @@ class LeaderRecovery:
                 if node.leader == node.pnn and node.recovery_mode is RecoveryMode.NORMAL:
                     log.info("stepping down as leader")
                     self.member.freeze(INVALID_GENERATION)
-                if node.lock_file is not None:
+                if node.lock_file is not None and not self._lock_leases_pending():
                     node.lock_file.release()
                 continue
             if not self._needs_recovery():
@@ -250,6 +250,17 @@ class LeaderRecovery:
             )
         else:
             log.warning("node %d has served since its recovery failures: not banned", pnn)
+
+    def _lock_leases_pending(self) -> bool:
+        """With a cluster lock file a follower's lease rests on the leader's
+        echoes alone (`ctdb.server.lease`). A leader that steps down because
+        it was stopped or banned is left out of the next recovery, so the
+        next leader cannot learn what it confirmed: it keeps the lock until
+        those leases have run out (at most a lease; it confirms no more,
+        frozen). One that steps down for a lower node takes part in that
+        node's recovery and reports them there."""
+        node = self.node
+        return bool(node.flags & INACTIVE) and node.liveness.confirms_anyone()
 
     def _still_connecting(self) -> bool:
         """A member hears from nodes we have not met: give our links to them one

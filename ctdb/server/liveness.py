@@ -70,6 +70,10 @@ class Liveness:
         granted = self.lease.granted_for(self.node.now())
         return [[pnn, left] for pnn, left in granted.items() if pnn in view]
 
+    def confirms_anyone(self) -> bool:
+        """Whether some peer's lease may still rest on our echoes."""
+        return bool(self.lease.granted_for(self.node.now()))
+
     def new_generation(self) -> None:
         """Confirmations of the generation we left no longer count."""
         self.lease.new_generation()
