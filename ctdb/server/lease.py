@@ -33,6 +33,17 @@ that node has run out, or it has frozen that node (`ctdb.engines.recovery`).
 Only members that still have the node in their view count
 (`Liveness.leases_granted`): a node that died, or dropped them, rests on
 none of their echoes.
+
+Not covered (known):
+
+* Every node must run the same KeepaliveInterval and KeepaliveLimit: a
+  grant is sized with the granter's lease and the holder keeps its own, so
+  after `setvar` on one node only a lease may outlast what its granters
+  account for. (The fix: NodeState carries the sender's lease, and a
+  confirmation lasts the shorter of the two.)
+* A member that drops a peer itself (its queue overflowed, or it sent a
+  malformed frame) stops reporting it at once; the peer learns of the drop
+  from the reset, and could serve out its lease if the reset is lost.
 """
 
 from __future__ import annotations
