@@ -275,34 +275,28 @@ def test_bad_packets_get_a_failing_status_or_a_closed_connection(cluster: LocalC
 def test_record_calls_that_are_not_served_fail_at_once(
     cluster: LocalCluster, transport: str
 ) -> None:
-    """REQ_CALL on a persistent database (any transport), and on any database
-    over vs, where a write in place would bypass the ordered stream: -1 at
-    once, and Samba's tool fails with its own error instead of waiting."""
+    """REQ_CALL on a persistent database: -1 at once (every node holds every
+    record; writes go through transactions). On a volatile one it is served
+    on both transports; over vs a record our clients wrote names no node its
+    dmaster, so Samba's tool asks for it instead of writing in place outside
+    the ordered stream, and what it writes reaches every node."""
     volatile, persistent = unique("cv"), unique("cp")
     run_ctdbtool(cluster.socket(0), "attach", volatile)
     run_ctdbtool(cluster.socket(0), "attach", persistent, "persistent")
     ours = {db["name"]: db for db in run_ctdbtool(cluster.socket(1), "--json", "getdbmap").json()}
-    unserved = [persistent] + ([volatile] if transport == "vs" else [])
-    for name in unserved:
-        header = Header(reqid=11, destnode=CURRENT_NODE, srcnode=1)
-        started = time.monotonic()
-        raw = exchange(cluster, 1, ReqCall(header, 1, ours[name]["id"], 0xFF000001, b"k").encode())
-        answer = decode_packet(raw)
-        assert isinstance(answer, ReplyCall) and answer.status == -1 and answer.data == b""
-        assert time.monotonic() - started < 5.0
-    if transport == "vs":
-        out = samba_ctdb(cluster, 1, "writekey", volatile, "k", "v")
-        assert out.returncode != 0 and "Failed to lock record" in out.stderr
-        # A record written through pyctdb on this very node names no node
-        # its dmaster, so Samba's tool asks (and fails) instead of writing it
-        # in place, outside the ordered stream, on node 1 alone.
-        run_ctdbtool(cluster.socket(1), "writekey", volatile, "w", "ordered")
-        out = samba_ctdb(cluster, 1, "writekey", volatile, "w", "in-place")
-        assert out.returncode != 0 and "Failed to lock record" in out.stderr
-        for pnn in (0, 1):
-            read = run_ctdbtool(cluster.socket(pnn), "--json", "readkey", volatile, "w").json()
-            assert read["value"] == "ordered"
-        # A persistent transaction locks g_lock.tdb through REQ_CALL first.
-        started = time.monotonic()
-        out = samba_ctdb(cluster, 1, "pstore", persistent, "k", "v")
-        assert out.returncode != 0 and time.monotonic() - started < 30
+    header = Header(reqid=11, destnode=CURRENT_NODE, srcnode=1)
+    started = time.monotonic()
+    call = ReqCall(header, 1, ours[persistent]["id"], 0xFF000001, b"k")
+    raw = exchange(cluster, 1, call.encode())
+    answer = decode_packet(raw)
+    assert isinstance(answer, ReplyCall) and answer.status == -1 and answer.data == b""
+    assert time.monotonic() - started < 5.0
+    run_ctdbtool(cluster.socket(1), "writekey", volatile, "w", "ordered")
+    out = samba_ctdb(cluster, 1, "writekey", volatile, "w", "in-place")
+    assert out.returncode == 0, out.stderr
+    for pnn in range(3):
+        read = run_ctdbtool(cluster.socket(pnn), "--json", "readkey", volatile, "w").json()
+        assert read["value"] == "in-place"
+    # A persistent transaction locks g_lock.tdb through REQ_CALL first.
+    assert samba_ctdb(cluster, 1, "pstore", persistent, "k", "v").returncode == 0
+    assert samba_ctdb(cluster, 2, "pfetch", persistent, "k").stdout == "v\n"

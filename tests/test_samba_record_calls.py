@@ -1,12 +1,14 @@
-"""Samba's record clients on a tcp cluster: REQ_CALL, chain locks, the freeze.
+"""Samba's record clients on both transports: REQ_CALL, chain locks, the freeze.
 
 Samba's `ctdb` tool (readkey, writekey, deletekey) opens each node's
 volatile TDB file itself, takes the record's chain lock and works in place
 when the node is the record's dmaster; otherwise it asks the daemon with
-REQ_CALL to bring the record here (`ctdb/server/ctdb_calls.py`). A client
-holding a chain lock never stops the daemon: work on that record waits for
-it, nothing else does (`ctdb/engines/chains.py`). Over vs, REQ_CALL is not
-served (tests/test_samba_ctdb_tool.py checks the -1).
+REQ_CALL to bring the record here (`ctdb/server/ctdb_calls.py`): over tcp
+by migrating it, over vs by lending it through its replicated lock and
+taking it back, with what was written in place, when another node wants it
+(`ctdb/engines/ordered/samba_grants.py`). A client holding a chain lock
+never stops the daemon: work on that record waits for it, nothing else does
+(`ctdb/engines/chains.py`, `ctdb/engines/ordered/stream_gate.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ctdb.protocol.ctdb_opcodes import (
     NULL_FUNC,
 )
 from ctdb.protocol.ctdb_wire import Header, ReplyCall, ReqCall, decode_packet
-from ctdb.storage.ltdb import TDB_MUTEX_LOCKING, Record
+from ctdb.storage.ltdb import NO_DMASTER, TDB_MUTEX_LOCKING, Record
 from tests.chain_holder import Holder
 from tests.conftest import run_ctdbtool, unique
 from tests.test_samba_ctdb_tool import CTDB, samba_ctdb
@@ -45,9 +47,9 @@ pytestmark = pytest.mark.skipif(
 VOLATILE_FLAGS = tdb.NOSYNC | TDB_MUTEX_LOCKING
 
 
-@pytest.fixture(scope="module")
-def transport() -> str:
-    return "tcp"  # vs does not serve REQ_CALL
+@pytest.fixture(scope="module", params=["tcp", "vs"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def db_info(cluster: LocalCluster, pnn: int, name: str) -> dict[str, object]:
@@ -155,7 +157,7 @@ def test_samba_deletekey_deletes_for_everyone(cluster: LocalCluster, volatile: s
 
 
 def test_a_client_holding_the_chain_holds_the_hand_over_back_and_nothing_else(
-    cluster: LocalCluster, volatile: str, holder_on: Callable[[int], Holder]
+    cluster: LocalCluster, volatile: str, holder_on: Callable[[int], Holder], transport: str
 ) -> None:
     assert samba_ctdb(cluster, 0, "writekey", volatile, "k", "v").returncode == 0
     client = holder_on(0)
@@ -179,17 +181,36 @@ def test_a_client_holding_the_chain_holds_the_hand_over_back_and_nothing_else(
     assert out == "Data: size:1 ptr:[v]\n"
     assert client.ask("lock", b"k") == "locked"
     moved = read_record(client, b"k")
-    assert moved is not None and moved.dmaster == 1  # node 0's copy names the new dmaster
+    # Node 0's copy names the new dmaster (tcp), or nobody: lent elsewhere (vs).
+    assert moved is not None and moved.dmaster == (1 if transport == "tcp" else NO_DMASTER)
     assert client.ask("unlock", b"k") == "unlocked"
 
 
 def test_our_clients_lock_keeps_samba_clients_out_of_the_record(
-    cluster: LocalCluster, volatile: str, holder_on: Callable[[int], Holder]
+    cluster: LocalCluster, volatile: str, holder_on: Callable[[int], Holder], transport: str
 ) -> None:
     """A record one of our clients holds (fetch_lock) is this node's, and a
     Samba client would write it in place: the daemon holds its chain for our
-    client until the lock ends, so the Samba client waits instead."""
+    client until the lock ends, so the Samba client waits instead (tcp). Over
+    vs the record names no dmaster, so Samba's write asks for it and waits in
+    the record's lock queue behind ours."""
     assert samba_ctdb(cluster, 0, "writekey", volatile, "k", "v").returncode == 0
+    if transport == "vs":
+        ours = cluster.client(0)
+        try:
+            assert ours.fetch_lock(volatile, b"k") == b"v"
+            lends = stats(cluster, 0).get("samba_lends", 0)
+            writer = samba_ctdb_started(cluster, 0, "writekey", volatile, "k", "samba")
+            wait_until(lambda: stats(cluster, 0).get("samba_lends", 0) > lends)
+            ours.store_unlock(volatile, b"k", b"ours")
+        finally:
+            ours.close()
+        _, err = finished(writer, 30)
+        assert writer.returncode == 0, err
+        for pnn in range(3):  # ours first, then Samba's, on every node
+            read = run_ctdbtool(cluster.socket(pnn), "--json", "readkey", volatile, "k").json()
+            assert read["value"] == "samba"
+        return
     samba = holder_on(0)
     ours = cluster.client(0)
     try:
@@ -263,13 +284,30 @@ def test_a_call_is_answered_within_call_timeout_and_a_client_may_leave_mid_call(
 
 
 def test_recovery_freezes_only_once_clients_let_go_and_thaws_the_files(
-    cluster: LocalCluster, volatile: str, holder_on: Callable[[int], Holder]
+    cluster: LocalCluster, volatile: str, holder_on: Callable[[int], Holder], transport: str
 ) -> None:
     """The freeze holds every volatile file whole (no in-place write during
-    recovery); it waits, without blocking the daemon, for a client's lock."""
+    recovery); it waits, without blocking the daemon, for a client's lock.
+    Over vs there is no freeze: a view change is handled with every shared
+    file held whole, and waits for a client's lock in the same way."""
     assert samba_ctdb(cluster, 1, "writekey", volatile, "f", "before").returncode == 0
     client = holder_on(1)
     assert client.ask("lock", b"f") == "locked"
+    if transport == "vs":
+        stalls = stats(cluster, 1).get("stream_stalls", 0)
+        cluster.kill_node(2)
+        try:
+            wait_until(lambda: stats(cluster, 1).get("stream_stalls", 0) > stalls)
+            assert samba_ctdb(cluster, 1, "ping").returncode == 0  # the daemon still answers
+            assert client.ask("unlock", b"f") == "unlocked"
+        finally:
+            cluster.start_node(2)
+        cluster.wait_healthy(timeout=60)
+        assert client.ask("lock", b"f") == "locked"  # the view change let go of the file
+        assert client.ask("unlock", b"f") == "unlocked"
+        out = samba_ctdb(cluster, 2, "readkey", volatile, "f")
+        assert out.stdout == "Data: size:6 ptr:[before]\n"
+        return
     waits = stats(cluster, 1).get("freeze_waits", 0)
     recover = samba_ctdb_started(cluster, 2, "recover")
     try:

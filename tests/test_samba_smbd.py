@@ -1,16 +1,12 @@
-"""A clustered Samba: three smbd (Debian's, `clustering = yes`) on a tcp cluster.
+"""A clustered Samba: three smbd (Debian's, `clustering = yes`) on either transport.
 
 Each smbd talks to its own node's daemon through CTDB's protocol
 (`ctdbd socket`) and serves one directory that all three share. smbd keeps
 its clustered databases there: the open files and share modes
-(`locking.tdb`, volatile: records migrate with REQ_CALL to the node whose
-smbd locks them), the sessions (`smbXsrv_*`), and the users (`passdb.tdb`,
-persistent: the user added through node 0 logs in on every node).
-
-Over vs smbd does not work: REQ_CALL is answered -1 there
-(`ctdb/server/ctdb_calls.py`), and smbd's `ctdbd_migrate` ignores a
-REPLY_CALL's status, so its first fetch_locked retries the migration in a
-tight loop for ever (smbd, and even `smbpasswd -a`, never get going).
+(`locking.tdb`, volatile: REQ_CALL brings a record to the node whose smbd
+locks it, migrated over tcp, lent through its replicated lock over vs), the
+sessions (`smbXsrv_*`), and the users (`passdb.tdb`, persistent: the user
+added through node 0 logs in on every node).
 
 smbd, smbpasswd and the `smbprotocol` client are installed by
 `tools/setup.sh --test` (with Samba's `ctdb` tool, which reads the daemons'
@@ -188,10 +184,12 @@ class SambaCluster:
     user: str
 
 
-@pytest.fixture(scope="module")
-def samba(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaCluster | None]:
-    """Three smbd on a tcp cluster; None if what they need is not installed
-    (each test then fails, saying so)."""
+@pytest.fixture(scope="module", params=["tcp", "vs"])
+def samba(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[SambaCluster | None]:
+    """Three smbd on a cluster of each transport; None if what they need is
+    not installed (each test then fails, saying so)."""
     if _missing_tools():
         yield None
         return
@@ -199,7 +197,7 @@ def samba(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaCluster | N
     cluster: LocalCluster | None = None
     smbds: list[Smbd] = []
     try:
-        cluster = start_cluster(directory, "tcp")
+        cluster = start_cluster(directory, str(request.param))
         share = directory / "share"
         share.mkdir()
         share.chmod(0o777)

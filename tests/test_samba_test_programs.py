@@ -6,7 +6,9 @@ built. `message_ring` passes messages around the ring of nodes through the
 CTDB-protocol door (cluster_wait's join and sync messages, srvid
 registrations, REQ_MESSAGE to one node and to every connected one);
 `fetch_ring` and `fetch_loop_key` move one record between the nodes with
-REQ_CALL and write it in place (tcp only: vs does not serve REQ_CALL).
+REQ_CALL and write it in place (over vs the record is lent through its
+replicated lock and taken back with what was written:
+`ctdb.engines.ordered.samba_grants`).
 """
 
 from __future__ import annotations
@@ -54,9 +56,6 @@ def test_fetch_ring_passes_one_record_around_every_node_and_loses_no_update(
     run = ctdb_test_programs.run_on_cluster(
         "fetch_ring", sockets, 3, "-D", unique("fetch_ring"), "-k", "testkey", "-i"
     )
-    if transport == "vs":  # not yet: REQ_CALL is refused, and the program says so
-        assert all(run.returncodes), run.outputs
-        return
     assert run.ok, run.outputs
     assert len(run.rates) == 3 and all(rate > 0 for rate in run.rates), run.outputs
     for output in run.outputs:
@@ -79,8 +78,6 @@ def test_fetch_loop_key_increments_one_record_from_every_node(
     before exit, so the robust mutex is never released); Samba's ctdbd is
     left the same way. Nothing else may use that key, or freeze that node.
     """
-    if transport == "vs":
-        pytest.skip("REQ_CALL is not served on vs (tests/test_samba_ctdb_tool.py)")
     cluster = cluster_factory()
     sockets = [cluster.node_dir(p) / CTDB_SOCKET_NAME for p in range(3)]
     run = ctdb_test_programs.run_on_cluster(
@@ -107,9 +104,6 @@ def test_transaction_loop_commits_from_every_node_and_loses_no_commit(
     run = ctdb_test_programs.run_on_cluster(
         "transaction_loop", sockets, 3, "-T", "persistent", "-D", db, "-k", "counters"
     )
-    if transport == "vs":  # not yet: g_lock.tdb needs REQ_CALL, which vs refuses
-        assert all(run.returncodes), run.outputs
-        return
     assert run.ok, run.outputs
     own = {}
     for output in run.outputs:

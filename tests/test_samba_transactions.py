@@ -1,11 +1,11 @@
-"""Samba's persistent transactions on a tcp cluster: g_lock.tdb and TRANS3_COMMIT.
+"""Samba's persistent transactions on both transports: g_lock.tdb and TRANS3_COMMIT.
 
 Samba's `ctdb pstore`, `ptrans` and `pdelete` lock `g_lock.tdb` in place
 (REQ_CALL), read the node's persistent TDB file themselves and send what
 they write in one TRANS3_COMMIT (`ctdb/server/ctdb_transactions.py`), which
-the engine commits on every node or none. Over vs g_lock.tdb cannot be
-used (REQ_CALL is refused), so these commands fail at once there
-(tests/test_samba_ctdb_tool.py).
+the engine commits on every node or none. Over vs the g_lock record is
+lent to the node's Samba clients through its replicated lock
+(`ctdb/engines/ordered/samba_grants.py`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def transport() -> str:
-    return "tcp"  # vs does not serve REQ_CALL, which g_lock.tdb needs
+@pytest.fixture(scope="module", params=["tcp", "vs"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def pfetch(cluster: LocalCluster, pnn: int, db: str, key: str) -> str:

@@ -152,6 +152,8 @@ CONTROLS: dict[str, ControlSpec] = {
     ),
     "getdbseqnum": ControlSpec(struct({"db_id": DB_ID}), U64),
     "traverse": ControlSpec(struct({"db_id": DB_ID}), WIRE_RECORDS),
+    # vs: the records of a database lent to the node's Samba clients, as they left them
+    "lent": ControlSpec(struct({"db_id": DB_ID}), WIRE_RECORDS),
     "wipe": ControlSpec(struct({"db_id": DB_ID, "generation": GENERATION}), NONE),
     # queries and administration (a tool's `-n PNN`)
     "ping": ControlSpec(EMPTY, PNN),

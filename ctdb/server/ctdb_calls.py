@@ -1,37 +1,21 @@
 """REQ_CALL on the CTDB-protocol door: a record brought here for Samba's clients.
 
-Served for volatile databases over tcp (`ctdb.engines.shared_calls`): the
-record is migrated here, the call id runs on it (NULL_FUNC: no data;
-FETCH_FUNC: its value; FETCH_WITH_HEADER_FUNC: CTDB's 24-byte header and
-the value) and the reply says status 0. What cannot be served is answered
--1 at once, as ctdbd answers a call it cannot run (an unknown database gets
--1 too, where ctdbd would leave the client waiting): so is anything not
-done within CallTimeout. A client that goes away mid-call cancels it; the
-record stays wherever the migration got it to.
+Served for volatile databases. Over tcp the record is migrated here
+(`ctdb.engines.shared_calls`); over vs, where every node holds every record
+and every write enters the ordered stream, it is lent to this node's Samba
+clients through the record's replicated lock and taken back, with what they
+wrote in place, when another request wants it
+(`ctdb.engines.ordered.samba_grants`). Then the call id runs on it
+(NULL_FUNC: no data; FETCH_FUNC: its value; FETCH_WITH_HEADER_FUNC: CTDB's
+24-byte header and the value) and the reply says status 0. What cannot be
+served is answered -1 at once, as ctdbd answers a call it cannot run (an
+unknown database gets -1 too, where ctdbd would leave the client waiting):
+so is anything not done within CallTimeout. A client that goes away
+mid-call cancels it; the record stays wherever the migration got it to.
 
-Not served, and why:
-
-* Persistent and replicated databases: every node holds every record and
-  writes go through transactions; clients read their local copy without
-  asking (ctdbd runs REQ_CALL there only for read-only delegations).
-* The vs engine. There every node applies one ordered stream and holds
-  every record; a client writing in place would change one node's copy
-  outside the stream, and the others would never see it. The design it
-  would take: REQ_CALL enters this node's request for the record's
-  replicated lock queue (`ctdb.engines.ordered.locks`) into the stream and
-  replies once that request heads the queue; only then does the file show
-  dmaster == this node. When the lock is to move (another request is next,
-  or the holder's node leaves the view), this node first reads the value the
-  client left in its file, under the chain lock, and broadcasts it as one
-  ordered write, so every member applies it before the next holder reads,
-  and marks its copy as nobody's (a dmaster no node has). Until then vs
-  answers -1. Tried (2026-12-03): lending worked for `ctdb` readkey,
-  writekey, deletekey, `fetch_ring` and `fetch_loop_key`, but
-  `transaction_loop` deadlocked the daemon. Clients that hold a lent
-  record's chain may wait for the daemon (g_lock holders ask PROCESS_EXISTS
-  under it), while the vs engine applies the stream with blocking TDB
-  calls. The apply would have to stall the stream (and the view changes in
-  it) while a client holds a chain it needs, as the tcp engine requeues.
+Persistent and replicated databases are not served: every node holds every
+record and writes go through transactions; clients read their local copy
+without asking (ctdbd runs REQ_CALL there only for read-only delegations).
 """
 
 from __future__ import annotations
@@ -42,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.migration import MigrationEngine
+from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.shared_calls import migrate_here
 from ctdb.protocol.ctdb_opcodes import FETCH_FUNC, FETCH_WITH_HEADER_FUNC, NULL_FUNC
 from ctdb.protocol.ctdb_wire import ReqCall
@@ -77,7 +62,10 @@ def answer(
 
     async def answered() -> tuple[int, bytes]:
         try:
-            migrated = migrate_here(engine, db, req.key)
+            if isinstance(engine, MigrationEngine):
+                migrated = migrate_here(engine, db, req.key)
+            else:
+                migrated = engine.samba.migrate_here(db, req.key)
             rec = await asyncio.wait_for(migrated, node.tunable("CallTimeout"))
             return 0, reply_data(req.callid, rec)
         except TimeoutError:
@@ -91,18 +79,13 @@ def answer(
     return answered()
 
 
-def _servable(node: Node, req: ReqCall) -> tuple[MigrationEngine, Database]:
+def _servable(node: Node, req: ReqCall) -> tuple[MigrationEngine | OrderedEngine, Database]:
     """The engine and database that serve `req`; NotServed if it cannot be served."""
     db = node.dbs.get(req.db_id)
     if db is None:
         raise NotServed("unknown db", f"a call on unknown database id 0x{req.db_id:08x}")
     engine = node.records
-    if not isinstance(engine, MigrationEngine):
-        raise NotServed(
-            "vs",
-            "record calls are not served on the vs transport: a client's write in place "
-            "would bypass the ordered stream (see ctdb.server.ctdb_calls)",
-        )
+    assert isinstance(engine, MigrationEngine | OrderedEngine)
     if db.replicated:
         raise NotServed(
             f"{db.kind.value}",

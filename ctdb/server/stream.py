@@ -16,6 +16,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ctdb.engines.merge import to_wire
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.protocol.messages import (
     Call,
@@ -54,7 +55,13 @@ class StreamMembership:
         self._rejoin_again = False
 
     def controls(self) -> dict[str, ControlHandler]:
-        return {}
+        return {"lent": self._ctl_lent}
+
+    async def _ctl_lent(self, src: int, args: dict[str, Any]) -> list[Any]:
+        """The records of a database lent to our Samba clients (a traverse elsewhere)."""
+        node = self.node
+        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
+        return to_wire(await self.engine.samba.lent_records(node.db(int(args["db_id"])), deadline))
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         return []

@@ -11,13 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
+from ctdb.engines.chains import poll
+from ctdb.engines.merge import from_wire
 from ctdb.engines.ordered.barriers import ReadBarriers, until
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import Owner, QueueFull
 from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
 from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import Rounds, StreamListener
+from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
+from ctdb.engines.ordered.stream_gate import StreamGate, give_back, try_take
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
 from ctdb.protocol.message_codec import encode
@@ -48,6 +52,10 @@ class OrderedEngine:
         self.replica = Replica(node.pnn, node, node.stats)
         #: what our clients hold and wait for in the lock queues
         self.clients = LocalClients(node.pnn, self.replica, self.broadcast)
+        #: records lent to Samba's clients here, for writes in place (REQ_CALL)
+        self.samba = SambaGrants(self)
+        #: the stream's events, each handled once the shared chains it touches are free
+        self.gate = StreamGate(node.dbs, self.replica.locks, node.stats)
         self.synced = False
         #: a local write failed since our copies were last in sync: they may
         #: lack or have lost anything (see `freshest_copy` in engines.merge)
@@ -105,9 +113,14 @@ class OrderedEngine:
                 holder == self.clients.owner(session)
                 or (holder is None and self.node.tunable("LocalReads"))
             )
+            and (not db.shared or db.local.try_lock_chain(key))
         ):
             self.node.stats["fetch_local"] += 1
-            return live_value(db.local.get(key))
+            try:
+                return live_value(db.local.get(key))
+            finally:
+                if db.shared:
+                    db.local.unlock_chain(key)
         return self._fetch_ordered(db, key, session)
 
     async def _fetch_ordered(self, db: Database, key: bytes, session: object) -> bytes | None:
@@ -124,7 +137,7 @@ class OrderedEngine:
         q = self.replica.locks.get((db.id, key))
         if q is None or q.holder in (None, self.clients.owner(session)):
             await self.settle(db, key, deadline)
-            return live_value(db.local.get(key))
+            return await self._read(db, key, deadline)
         # Someone else holds the record: wait for it, as migration would.
         value = await self.lock(db, key, session)
         try:
@@ -136,6 +149,18 @@ class OrderedEngine:
             self.broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
             raise
         return value
+
+    async def _read(self, db: Database, key: bytes, deadline: float) -> bytes | None:
+        """Our copy's value; in a file Samba's clients share, under the record's
+        chain, never waiting for it on the loop (see `stream_gate`)."""
+        if not db.shared:
+            return live_value(db.local.get(key))
+        if not await poll(lambda: db.local.try_lock_chain(key), deadline):
+            raise CtdbError(ErrorCode.TIMEOUT, f"a Samba client kept the record {key!r} locked")
+        try:
+            return live_value(db.local.get(key))
+        finally:
+            db.local.unlock_chain(key)
 
     def _apply_sync(self, origin: int, args: dict[str, Any]) -> None:
         """A read barrier: its origin's readers go on once it is delivered."""
@@ -164,7 +189,7 @@ class OrderedEngine:
         q = self.replica.locks.get((db.id, key))
         if q is not None and q.holder == owner:
             self.clients.granted.add((owner, db.id, key))
-            return live_value(db.local.get(key))
+            return await self._read(db, key, self._deadline())
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.clients.lock_waiters[(owner, db.id, key)] = fut
         deadline = self._deadline()
@@ -259,12 +284,30 @@ class OrderedEngine:
     async def traverse(self, db: Database) -> list[tuple[bytes, Record]]:
         """Every node holds every record: a local traverse is the whole database."""
         node = self.node
-        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
-        return sorted(db.live_items())
+        deadline = self._deadline()
+        await node.wait_serving(deadline)
+        if not db.shared:
+            return sorted(db.live_items())
+        # Records lent to Samba's clients elsewhere hold what they wrote in
+        # place, which our copy does not have yet.
+        others = [p for p in self.members if p != node.pnn]
+        parts = await asyncio.gather(*(node.control(p, "lent", {"db_id": db.id}) for p in others))
+        if not await poll(db.local.try_lock_all, deadline):
+            raise CtdbError(ErrorCode.TIMEOUT, f"Samba's clients kept records of {db.name} locked")
+        try:
+            records = dict(db.local.items())
+        finally:
+            db.local.unlock_all()
+        for part in parts:
+            records.update(from_wire(part))
+        return sorted((key, rec) for key, rec in records.items() if not rec.deleted)
 
     # -- the ordered stream --------------------------------------------------------------
 
     def on_ordered(self, msg: Ordered) -> None:
+        self.gate.enter(msg, self._on_ordered)
+
+    def _on_ordered(self, msg: Ordered) -> None:
         if msg.op == "applied":
             if self.stability.on_applied(msg):
                 self.check_stable()
@@ -361,9 +404,18 @@ class OrderedEngine:
         marker removed at one position is removed on every replica and no
         node is left with a copy it could bring back.
         """
-        if not self.serving or self.members[0] != self.node.pnn:
+        if not self.serving or self.members[0] != self.node.pnn or self.gate.stalled:
             return
-        for dbid, records in self.replica.vacuum_proposals(VACUUM_BATCH):
+        # Proposals read the markers' records: in shared files, only while
+        # no Samba client holds a chain (the next pass tries again).
+        taken = try_take([(db, None) for db in self.node.dbs.values() if db.shared])
+        if taken is None:
+            return
+        try:
+            proposals = self.replica.vacuum_proposals(VACUUM_BATCH)
+        finally:
+            give_back(taken)
+        for dbid, records in proposals:
             self.broadcast("vacuum", {"db": dbid, "records": records})
 
     def act(self) -> None:
@@ -376,6 +428,7 @@ class OrderedEngine:
                 self.node.entry_head(effect.owner, *effect.ref)
             else:
                 self.clients.on_granted(effect)
+        self.samba.after_apply()
 
     def purge(self, gone: Callable[[Owner], bool]) -> None:
         try:
@@ -393,7 +446,7 @@ class OrderedEngine:
 
     def on_view(self, view: View) -> None:
         """Handle a view change at its position in the stream (same on every member)."""
-        self.rounds.on_view(view)
+        self.gate.enter(view, self.rounds.on_view)
 
     def drop_backlog(self) -> None:
         self.requests.drop(self.backlog)

@@ -195,8 +195,9 @@ class Replica:
         db, key = self._db(args["db"]), bytes(args["key"])
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self.locks.setdefault((db.id, key), LockQueue())
+        before = q.holder
         q.queue(owner, None, args, key)
-        self.advance(db, key, q)
+        self.advance(db, key, q, before)
 
     def _apply_unlock(self, origin: int, args: dict[str, Any]) -> None:
         db, key = self._db(args["db"]), bytes(args["key"])
@@ -215,15 +216,20 @@ class Replica:
         owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self.locks.get((db.id, key))
         if q is not None:
+            before = q.holder
             q.withdraw(owner)
-            self.advance(db, key, q)
+            self.advance(db, key, q, before)
 
     def _apply_release(self, origin: int, args: dict[str, Any]) -> None:
         owner = (int(args["owner"][0]), int(args["owner"][1]))
         self.purge_locks(lambda o: o == owner)
 
-    def advance(self, db: Database, key: bytes, q: LockQueue) -> None:
-        """Apply queued writes at the head, then tell a new local holder it has the lock."""
+    def advance(self, db: Database, key: bytes, q: LockQueue, before: Owner | None = None) -> None:
+        """Apply queued writes at the head, then tell a new local holder it has the lock.
+
+        `before`: who held it before the change; a holder that stays is not
+        told again (and the record is not read: `stream_gate` relies on it).
+        """
         while (head := q.head_store()) is not None:
             # Written before it leaves the queue: if the write fails, the
             # store is still queued when this node's copy is next used.
@@ -234,7 +240,7 @@ class Replica:
         if holder is None:
             self.locks.pop((db.id, key), None)
             return
-        if holder[0] == self.pnn:
+        if holder[0] == self.pnn and holder != before:
             self.effects.append(Granted(holder, (db.id, key), live_value(db.local.get(key))))
 
     def purge_locks(self, gone: Callable[[Owner], bool]) -> None:
@@ -244,8 +250,9 @@ class Replica:
         failed half-way through an earlier advance leaves one there.
         """
         for (dbid, key), q in list(self.locks.items()):
+            before = q.holder
             if q.purge(gone) or q.holder is None:
-                self.advance(self._db(dbid), key, q)
+                self.advance(self._db(dbid), key, q, before)
 
     # -- entry lists (conditional append) ------------------------------------------------
 

@@ -27,6 +27,7 @@ from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import LockQueue, Owner
 from ctdb.engines.ordered.replica import Replica
 from ctdb.engines.ordered.requests import Requests
+from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import Stability
 from ctdb.engines.ordered.sync import SyncRound, make_plan
 from ctdb.protocol.message_codec import encode
@@ -70,6 +71,7 @@ class RoundsHost(Protocol):
     backlog: list[Ordered]
     #: what our clients hold and wait for in the lock queues
     clients: LocalClients
+    samba: SambaGrants
 
     @property
     def quorate(self) -> bool: ...
@@ -267,7 +269,7 @@ class Rounds:
             "name": db.name,
             "kind": db.kind.value,
             "unchanged": unchanged,
-            "records": [] if unchanged else to_wire(db.local.items()),
+            "records": [] if unchanged else to_wire(e.samba.published_items(db)),
             "recoveries": e.recoveries,
             # Lock queues are replicated state like the records: a joiner
             # without them would reject the holder's unlock.

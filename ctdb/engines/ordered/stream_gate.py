@@ -1,0 +1,183 @@
+"""The ordered stream, applied only under the chains it touches in files Samba's clients share.
+
+Samba's clients lock a record's hash chain in this node's volatile file to
+look at its header, and write the record in place while it is lent to this
+node (`ctdb.engines.ordered.samba_grants`). Applying the stream reads and
+writes those files, and libtdb would wait for a chain a client holds on the
+event loop, holding the GIL, while the client may be waiting for this very
+daemon (a g_lock holder asks PROCESS_EXISTS under the record's chain): a
+deadlock. So each event of the stream (an ordered message or a view
+change) is handled only once this node holds, without waiting, what it may
+touch in shared files (`needs`): the record's chain for an operation on one
+record, every chain of every shared file for anything that may touch many
+(a state transfer, a view change's purge). A chain a client holds stalls
+the stream here: that event and every later one wait, in their order, and
+are tried again every `chains.RETRY`, as the tcp engine requeues work.
+
+Stalling changes nothing the other members can tell apart from a slow
+member: every member still handles the same events in the same order, only
+later. Files no Samba client uses (`Database.shared`) are never locked, so
+the simulator and our own clients' databases see no difference at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ctdb.engines.chains import RETRY
+from ctdb.engines.ordered.locks import LockQueue
+from ctdb.protocol.messages import Ordered
+from ctdb.storage.database import Database
+
+log = logging.getLogger("ctdb.engines.ordered")
+
+#: operations on the one record their `db` and `key` name
+RECORD_OPS = frozenset({"store", "lock", "unlock", "withdraw", "call"})
+#: operations that read or write no record
+NO_RECORDS = frozenset({"applied", "sync", "attach", "flags", "recover"})
+
+Ref = tuple[int, bytes]
+#: what an event needs held: (file, key) for one chain, (file, None) for all of them
+Need = tuple[Database, bytes | None]
+
+
+def needs(
+    event: object, dbs: Mapping[int, Database], locked: Mapping[Ref, LockQueue]
+) -> list[Need]:
+    """The chains of shared files that handling `event` may touch.
+
+    `locked`: the replicated lock queues by (db id, key); a release purges
+    its owner from them, so it touches those records only.
+    """
+    if isinstance(event, Ordered):
+        if event.op in NO_RECORDS:
+            return []
+        args = event.args
+        if event.op in RECORD_OPS:
+            db = _shared(dbs, args.get("db"))
+            key = args.get("key")
+            if db is None or not isinstance(key, bytes):
+                return []  # nothing shared (an unknown one fails alike everywhere)
+            q = locked.get((db.id, key))
+            holder = q.holder if q is not None else None
+            if holder is not None and holder != _owner(args) and event.op != "unlock":
+                # It only queues behind the holder (or fails BUSY): the file
+                # is not touched, so another node asking for a record lent
+                # here does not wait for our clients to let go of its chain.
+                return []
+            return [(db, key)]
+        if event.op == "release":
+            # Only a record whose holder goes changes hands (and is read).
+            owner = _owner(args)
+            return [
+                (db, key)
+                for (dbid, key), q in locked.items()
+                if q.holder in (None, owner) and (db := dbs.get(dbid)) is not None and db.shared
+            ]
+        if event.op == "vacuum":
+            db = _shared(dbs, args.get("db"))
+            if db is None:
+                return []
+            return [(db, bytes(key)) for key, _ in args.get("records", [])]
+    # A view change, a round's message, a wipe: anything, anywhere.
+    return [(db, None) for db in dbs.values() if db.shared]
+
+
+def _shared(dbs: Mapping[int, Database], dbid: object) -> Database | None:
+    db = dbs.get(dbid) if isinstance(dbid, int) else None
+    return db if db is not None and db.shared else None
+
+
+def _owner(args: Mapping[str, Any]) -> tuple[int, int] | None:
+    owner = args.get("owner")
+    if isinstance(owner, list | tuple) and len(owner) == 2:
+        return (owner[0], owner[1])
+    return None
+
+
+def try_take(held: list[Need]) -> list[Need] | None:
+    """Take every chain in `held` without waiting: the ones taken, or None
+    (and none kept) if a client holds one."""
+    taken: list[Need] = []
+    for db, key in held:
+        ok = db.local.try_lock_all() if key is None else db.local.try_lock_chain(key)
+        if not ok:
+            give_back(taken)
+            return None
+        taken.append((db, key))
+    return taken
+
+
+def give_back(taken: list[Need]) -> None:
+    for db, key in reversed(taken):
+        if key is None:
+            db.local.unlock_all()
+        else:
+            db.local.unlock_chain(key)
+
+
+class StreamGate:
+    """Hands the stream's events on in order, each under the chains it needs."""
+
+    def __init__(
+        self, dbs: Mapping[int, Database], locked: Mapping[Ref, LockQueue], stats: Counter[str]
+    ) -> None:
+        self.dbs = dbs
+        self.locked = locked
+        #: the node's counters: "stream_stalls" counts events a client's chain held up
+        self.stats = stats
+        #: events waiting behind one that found a chain held, with their handlers
+        self._waiting: deque[tuple[object, Callable[[Any], None]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self._waiting)
+
+    def enter(self, event: object, handle: Callable[[Any], None]) -> None:
+        """Handle `event` now if nothing waits and its chains are free, else queue it."""
+        if self._waiting or not self._run(event, handle):
+            if not self._waiting:
+                self.stats["stream_stalls"] += 1
+            self._waiting.append((event, handle))
+            self._arm()
+
+    def _run(self, event: object, handle: Callable[[Any], None]) -> bool:
+        taken = try_take(needs(event, self.dbs, self.locked))
+        if taken is None:
+            return False
+        try:
+            handle(event)
+        finally:
+            give_back(taken)
+        return True
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(RETRY, self._retry)
+
+    def _retry(self) -> None:
+        self._timer = None
+        while self._waiting:
+            event, handle = self._waiting.popleft()
+            try:
+                ran = self._run(event, handle)
+            except BaseException:
+                if self._waiting:  # the events behind it must not wait for ever
+                    self._arm()
+                raise
+            if not ran:
+                self._waiting.appendleft((event, handle))
+                self._arm()
+                return
+
+    def clear(self) -> None:
+        """Forget what waits (the node stops)."""
+        self._waiting.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
