@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
-from ctdb.engines.chains import poll
-from ctdb.engines.merge import from_wire
 from ctdb.engines.ordered.barriers import ReadBarriers, until
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import Owner, QueueFull
@@ -21,7 +19,7 @@ from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
-from ctdb.engines.ordered.stream_gate import StreamGate, give_back, try_take
+from ctdb.engines.ordered.stream_gate import StreamGate, read_value
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
 from ctdb.protocol.message_codec import encode
@@ -137,7 +135,7 @@ class OrderedEngine:
         q = self.replica.locks.get((db.id, key))
         if q is None or q.holder in (None, self.clients.owner(session)):
             await self.settle(db, key, deadline)
-            return await self._read(db, key, deadline)
+            return await read_value(db, key, deadline)
         # Someone else holds the record: wait for it, as migration would.
         value = await self.lock(db, key, session)
         try:
@@ -149,18 +147,6 @@ class OrderedEngine:
             self.broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
             raise
         return value
-
-    async def _read(self, db: Database, key: bytes, deadline: float) -> bytes | None:
-        """Our copy's value; in a file Samba's clients share, under the record's
-        chain, never waiting for it on the loop (see `stream_gate`)."""
-        if not db.shared:
-            return live_value(db.local.get(key))
-        if not await poll(lambda: db.local.try_lock_chain(key), deadline):
-            raise CtdbError(ErrorCode.TIMEOUT, f"a Samba client kept the record {key!r} locked")
-        try:
-            return live_value(db.local.get(key))
-        finally:
-            db.local.unlock_chain(key)
 
     def _apply_sync(self, origin: int, args: dict[str, Any]) -> None:
         """A read barrier: its origin's readers go on once it is delivered."""
@@ -189,7 +175,7 @@ class OrderedEngine:
         q = self.replica.locks.get((db.id, key))
         if q is not None and q.holder == owner:
             self.clients.granted.add((owner, db.id, key))
-            return await self._read(db, key, self._deadline())
+            return await read_value(db, key, self._deadline())
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.clients.lock_waiters[(owner, db.id, key)] = fut
         deadline = self._deadline()
@@ -288,19 +274,7 @@ class OrderedEngine:
         await node.wait_serving(deadline)
         if not db.shared:
             return sorted(db.live_items())
-        # Records lent to Samba's clients elsewhere hold what they wrote in
-        # place, which our copy does not have yet.
-        others = [p for p in self.members if p != node.pnn]
-        parts = await asyncio.gather(*(node.control(p, "lent", {"db_id": db.id}) for p in others))
-        if not await poll(db.local.try_lock_all, deadline):
-            raise CtdbError(ErrorCode.TIMEOUT, f"Samba's clients kept records of {db.name} locked")
-        try:
-            records = dict(db.local.items())
-        finally:
-            db.local.unlock_all()
-        for part in parts:
-            records.update(from_wire(part))
-        return sorted((key, rec) for key, rec in records.items() if not rec.deleted)
+        return await self.samba.traverse(db, deadline)
 
     # -- the ordered stream --------------------------------------------------------------
 
@@ -404,18 +378,12 @@ class OrderedEngine:
         marker removed at one position is removed on every replica and no
         node is left with a copy it could bring back.
         """
-        if not self.serving or self.members[0] != self.node.pnn or self.gate.stalled:
+        if not self.serving or self.members[0] != self.node.pnn:
             return
         # Proposals read the markers' records: in shared files, only while
         # no Samba client holds a chain (the next pass tries again).
-        taken = try_take([(db, None) for db in self.node.dbs.values() if db.shared])
-        if taken is None:
-            return
-        try:
-            proposals = self.replica.vacuum_proposals(VACUUM_BATCH)
-        finally:
-            give_back(taken)
-        for dbid, records in proposals:
+        proposals = self.gate.try_whole(lambda: self.replica.vacuum_proposals(VACUUM_BATCH))
+        for dbid, records in proposals or []:
             self.broadcast("vacuum", {"db": dbid, "records": records})
 
     def act(self) -> None:

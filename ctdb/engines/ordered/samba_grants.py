@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
 from ctdb.engines.host import Host
+from ctdb.engines.merge import from_wire
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Replica
 from ctdb.storage.database import Database
@@ -68,6 +69,9 @@ class LendingEngine(Protocol):
     node: Host
     replica: Replica
     clients: LocalClients
+
+    @property
+    def members(self) -> list[int]: ...
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None: ...
 
@@ -209,6 +213,23 @@ class SambaGrants:
             log.warning("giving back %r lent to Samba's clients failed: %s", key, exc.message)
 
     # -- what a traverse sees ------------------------------------------------------------
+
+    async def traverse(self, db: Database, deadline: float) -> list[tuple[bytes, Record]]:
+        """The live records of shared `db`: our copy, and what Samba's clients
+        wrote in place on the records lent to other nodes, which our copy
+        does not have yet."""
+        node = self.engine.node
+        others = [p for p in self.engine.members if p != node.pnn]
+        parts = await asyncio.gather(*(node.control(p, "lent", {"db_id": db.id}) for p in others))
+        if not await poll(db.local.try_lock_all, deadline):
+            raise CtdbError(ErrorCode.TIMEOUT, f"Samba's clients kept records of {db.name} locked")
+        try:
+            records = dict(db.local.items())
+        finally:
+            db.local.unlock_all()
+        for part in parts:
+            records.update(from_wire(part))
+        return sorted((key, rec) for key, rec in records.items() if not rec.deleted)
 
     async def lent_records(self, db: Database, deadline: float) -> list[tuple[bytes, Record]]:
         """The records of `db` lent here, as our clients left them (deleted ones too)."""

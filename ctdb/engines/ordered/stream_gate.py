@@ -26,12 +26,14 @@ import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from ctdb.engines.chains import RETRY
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.chains import RETRY, poll
 from ctdb.engines.ordered.locks import LockQueue
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database
+from ctdb.storage.ltdb import live_value
 
 log = logging.getLogger("ctdb.engines.ordered")
 
@@ -41,6 +43,7 @@ RECORD_OPS = frozenset({"store", "lock", "unlock", "withdraw", "call"})
 NO_RECORDS = frozenset({"applied", "sync", "attach", "flags", "recover"})
 
 Ref = tuple[int, bytes]
+T = TypeVar("T")
 #: what an event needs held: (file, key) for one chain, (file, None) for all of them
 Need = tuple[Database, bytes | None]
 
@@ -120,6 +123,19 @@ def give_back(taken: list[Need]) -> None:
             db.local.unlock_chain(key)
 
 
+async def read_value(db: Database, key: bytes, deadline: float) -> bytes | None:
+    """Our copy's value; in a shared file under the record's chain, never
+    waiting for it on the loop."""
+    if not db.shared:
+        return live_value(db.local.get(key))
+    if not await poll(lambda: db.local.try_lock_chain(key), deadline):
+        raise CtdbError(ErrorCode.TIMEOUT, f"a Samba client kept the record {key!r} locked")
+    try:
+        return live_value(db.local.get(key))
+    finally:
+        db.local.unlock_chain(key)
+
+
 class StreamGate:
     """Hands the stream's events on in order, each under the chains it needs."""
 
@@ -145,6 +161,19 @@ class StreamGate:
                 self.stats["stream_stalls"] += 1
             self._waiting.append((event, handle))
             self._arm()
+
+    def try_whole(self, read: Callable[[], T]) -> T | None:
+        """`read()` now, with every shared file held whole; None if a client
+        holds a chain or the stream is stalled."""
+        if self._waiting:
+            return None
+        taken = try_take([(db, None) for db in self.dbs.values() if db.shared])
+        if taken is None:
+            return None
+        try:
+            return read()
+        finally:
+            give_back(taken)
 
     def _run(self, event: object, handle: Callable[[Any], None]) -> bool:
         taken = try_take(needs(event, self.dbs, self.locked))

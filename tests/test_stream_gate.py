@@ -1,0 +1,155 @@
+"""The vs engine applies its stream only under the chains each event touches in
+files Samba's clients share (ctdb.engines.ordered.stream_gate): what each event
+needs, and a stall that keeps the stream's order; another process holds the
+locks, as a client would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctdb.engines.ordered.locks import LockQueue
+from ctdb.engines.ordered.stream_gate import StreamGate, needs
+from ctdb.protocol.messages import Ordered
+from ctdb.storage.database import Database, DbKind
+from tests.chain_holder import Holder
+from tests.test_chain_gate import _until
+from transport.base import View
+
+
+@pytest.fixture
+def dbs(tmp_path: Path) -> Iterator[dict[int, Database]]:
+    shared = Database.open(tmp_path, "shared.tdb", DbKind.VOLATILE, 0)
+    shared.shared = True  # a Samba client attached it
+    private = Database.open(tmp_path, "private.tdb", DbKind.VOLATILE, 0)
+    try:
+        yield {shared.id: shared, private.id: private}
+    finally:
+        shared.local.close()
+        private.local.close()
+
+
+def _by_name(dbs: dict[int, Database], name: str) -> Database:
+    return next(db for db in dbs.values() if db.name == name)
+
+
+@pytest.fixture
+def holder(dbs: dict[int, Database]) -> Iterator[Holder]:
+    shared = _by_name(dbs, "shared.tdb")
+    client = Holder(shared.path, shared.local.tdb_flags)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _op(op: str, **args: Any) -> Ordered:
+    return Ordered(1, 7, op, args)
+
+
+def test_what_each_event_needs(dbs: dict[int, Database]) -> None:
+    shared, private = _by_name(dbs, "shared.tdb"), _by_name(dbs, "private.tdb")
+    held = LockQueue()
+    held.entries.append(((2, 5), "lock", None))
+    orphan = LockQueue()  # a store left at the head by a failed write
+    orphan.entries.append(((2, 6), "store", b"v"))
+    locked = {(shared.id, b"held"): held, (shared.id, b"orphan"): orphan}
+    free_store = _op("store", db=shared.id, key=b"k", value=b"v", owner=[1, 1])
+    assert needs(free_store, dbs, locked) == [(shared, b"k")]
+    # A file no Samba client uses is never locked.
+    assert needs(_op("store", db=private.id, key=b"k", owner=[1, 1]), dbs, locked) == []
+    # Queuing behind another holder (or failing BUSY) touches no file...
+    for op in ("lock", "store", "withdraw", "call"):
+        assert needs(_op(op, db=shared.id, key=b"held", owner=[1, 1]), dbs, locked) == []
+    # ...the holder's own unlock or withdrawal does, and so does any unlock.
+    assert needs(_op("unlock", db=shared.id, key=b"held", owner=[2, 5]), dbs, locked) == [
+        (shared, b"held")
+    ]
+    assert needs(_op("withdraw", db=shared.id, key=b"held", owner=[2, 5]), dbs, locked) == [
+        (shared, b"held")
+    ]
+    assert needs(_op("unlock", db=shared.id, key=b"held", owner=[1, 1]), dbs, locked) == [
+        (shared, b"held")
+    ]
+    # A release changes hands only where its owner holds (or nobody does).
+    assert needs(_op("release", owner=[2, 5]), dbs, locked) == [
+        (shared, b"held"),
+        (shared, b"orphan"),
+    ]
+    assert needs(_op("release", owner=[3, 1]), dbs, locked) == [(shared, b"orphan")]
+    vacuum = _op("vacuum", db=shared.id, records=[[b"a", 3], [b"b", 4]])
+    assert needs(vacuum, dbs, locked) == [(shared, b"a"), (shared, b"b")]
+    for op in ("applied", "sync", "attach", "flags", "recover"):
+        assert needs(_op(op), dbs, locked) == []
+    # A view change, a round's message, a wipe: every shared file, whole.
+    assert needs(View(3, (0, 1, 2)), dbs, locked) == [(shared, None)]
+    assert needs(_op("snapshot", name="shared.tdb"), dbs, locked) == [(shared, None)]
+    assert needs(_op("wipe", db=private.id), dbs, locked) == [(shared, None)]
+
+
+def test_a_held_chain_stalls_the_stream_in_order_and_lets_go_afterwards(
+    dbs: dict[int, Database], holder: Holder
+) -> None:
+    shared = _by_name(dbs, "shared.tdb")
+    stats: Counter[str] = Counter()
+    gate = StreamGate(dbs, {}, stats)
+    handled: list[str] = []
+
+    def handle(event: object) -> None:
+        name = event.op if isinstance(event, Ordered) else "view"
+        if isinstance(event, Ordered) and event.op == "store":
+            assert holder.ask("lock", b"k") == "busy"  # the gate holds it meanwhile
+        handled.append(name)
+
+    async def scenario() -> None:
+        gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handle)
+        assert handled == ["store"] and not gate.stalled
+        assert holder.ask("lock", b"k") == "locked"
+        gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handle)
+        # Later events wait behind it, even ones that need nothing.
+        gate.enter(_op("applied"), handle)
+        gate.enter(View(4, (0, 1)), handle)
+        assert handled == ["store"] and gate.stalled and stats["stream_stalls"] == 1
+        assert gate.try_whole(lambda: "read") is None
+        assert holder.ask("unlock", b"k") == "unlocked"
+        await _until(lambda: not gate.stalled)
+        assert handled == ["store", "store", "applied", "view"]
+        assert holder.ask("lock", b"k") == "locked"  # nothing kept
+        assert holder.ask("unlock", b"k") == "unlocked"
+        assert gate.try_whole(lambda: "read") == "read"
+        assert holder.ask("lockall") == "locked"  # and the whole file let go too
+        assert holder.ask("unlockall") == "unlocked"
+
+    asyncio.run(scenario())
+
+
+def test_an_event_that_fails_does_not_leave_the_ones_behind_it_waiting(
+    dbs: dict[int, Database], holder: Holder
+) -> None:
+    shared = _by_name(dbs, "shared.tdb")
+    gate = StreamGate(dbs, {}, Counter())
+    handled: list[int] = []
+
+    def handle(event: object) -> None:
+        assert isinstance(event, Ordered)
+        if event.seq == 1:
+            raise RuntimeError("a bug in one handler")
+        handled.append(event.seq)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[object] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+        assert holder.ask("lock", b"k") == "locked"
+        for seq in (1, 2):
+            gate.enter(Ordered(0, seq, "store", {"db": shared.id, "key": b"k"}), handle)
+        assert holder.ask("unlock", b"k") == "unlocked"
+        await _until(lambda: not gate.stalled)
+        assert handled == [2] and len(errors) == 1
+
+    asyncio.run(scenario())
