@@ -19,6 +19,20 @@ dmaster (`ltdb.NO_DMASTER`) until a record is lent:
    every member applies before the next holder reads, and the header names
    nobody again.
 
+3. Revoke: when the stream takes the lock from us without our unlock (we
+   left the view and the others purged it, or a state transfer replaced
+   our copy), the header names nobody again at once, so our clients stop
+   writing in place and ask.
+
+Our own clients see what Samba's clients wrote: a read or lock of a record
+someone else holds goes through the lock queue (`OrderedEngine._fetch_ordered`),
+which takes the record back first, and a traverse asks every node for what
+it has lent (`traverse`, the `lent` control). A record stays lent until it
+is wanted elsewhere, as a record stays with its dmaster in CTDB; meanwhile a
+record call of ours on it (conditional append) fails BUSY, as on any locked
+record. The stream itself touches a shared file only under the chains it
+needs (`stream_gate`), so a client holding a chain never blocks the daemon.
+
 What is not covered, as with CTDB's own volatile databases: a value written
 in place and not yet taken back is only in this node's file, so it is lost
 if this node fails or leaves the group first (its lock is purged, the
@@ -163,7 +177,16 @@ class SambaGrants:
                 # our clients must stop writing in place.
                 del self.lent[ref]
                 db = engine.node.dbs.get(ref[0])
-                if db is not None and ref not in self._busy:
+                if db is None or ref in self._busy:
+                    continue  # (a taking back in progress sees it)
+                # At once if we can (always at a view change: the gate
+                # holds every shared file whole then).
+                if db.local.try_lock_chain(ref[1]):
+                    try:
+                        self._unname(db, ref[1])
+                    finally:
+                        db.local.unlock_chain(ref[1])
+                else:
                     self._start(ref, self._revoke(db, ref[1]))
             elif len(q.entries) > 1 and ref not in self._busy:
                 db = engine.node.dbs.get(ref[0])
@@ -182,7 +205,8 @@ class SambaGrants:
             await poll(lambda: db.local.try_lock_chain(key), float("inf"))
         try:
             if self.lent.get((db.id, key)) is not lent:
-                return  # the stream took it away meanwhile
+                self._unname(db, key)  # the stream took it away meanwhile
+                return
             rec = db.local.get(key)
             value = rec.value if rec is not None else b""
             db.local.put(key, Record(lent.rsn, NO_DMASTER, value))
@@ -197,13 +221,16 @@ class SambaGrants:
         is with a node that leaves the cluster)."""
         await poll(lambda: db.local.try_lock_chain(key), float("inf"))
         try:
-            if (db.id, key) in self.lent:
-                return  # lent again meanwhile
-            rec = db.local.get(key)
-            if rec is not None and rec.dmaster == self.engine.node.pnn:
-                db.local.put(key, Record(rec.rsn, NO_DMASTER, rec.value))
+            if (db.id, key) not in self.lent:  # (or lent again meanwhile)
+                self._unname(db, key)
         finally:
             db.local.unlock_chain(key)
+
+    def _unname(self, db: Database, key: bytes) -> None:
+        """Under the record's chain: our file stops naming us its dmaster."""
+        rec = db.local.get(key)
+        if rec is not None and rec.dmaster == self.engine.node.pnn:
+            db.local.put(key, Record(rec.rsn, NO_DMASTER, rec.value))
 
     async def _give_back(self, db: Database, key: bytes, value: bytes | None) -> None:
         try:
