@@ -67,6 +67,7 @@ class StreamMembership:
         return []
 
     async def stop(self) -> None:
+        self.engine.gate.clear()  # events waiting for a client's chain: never handled
         if self._rejoining is not None:
             self._rejoining.cancel()
             try:
