@@ -29,9 +29,9 @@ each sees the same machine load:
 
 Each run uses a database of its own. A program that fails on a daemon (an
 instance exits non-zero or times out, or a check fails) is reported as
-failing with its error, never left out; pyctdb over vs answers REQ_CALL
-with -1, so fetch_ring, fetch_loop_key and transaction_loop (whose g_lock
-is a fetch_lock on g_lock.tdb) fail there.
+failing with its error, never left out. Over vs a record a program asks
+for with REQ_CALL is lent to its node through the record's replicated lock
+(`ctdb.engines.ordered.samba_grants`).
 
     .venv/bin/python -m bench.samba_programs [--seconds 5] [--rounds 3] [--quick] [--out DIR]
 
@@ -487,11 +487,9 @@ def write_summary(path: Path, r: dict[str, Any]) -> None:
         "Checks: `fetch_ring`'s final record holds its updates in ring order on every node; "
         "every node's copy of `transaction_loop`'s record holds each node's acknowledged "
         "count (a lost commit is a failure); `fetch_loop_key`'s shared counter never goes "
-        "back on any node. pyctdb over vs answers REQ_CALL with -1, so the three programs "
-        "that migrate a record fail there: `fetch_loop_key` at its first fetch_lock, "
-        "`transaction_loop` at its first g_lock (it never gets as far as TRANS3_COMMIT), "
-        "`fetch_ring` at the end of its time limit (the node that starts the ring fails at "
-        "once, the others wait for a message that never comes).",
+        "back on any node. Over vs, REQ_CALL lends the record to the asking node through "
+        "its replicated lock, and takes it back, with what was written in place, when "
+        "another node asks.",
         "",
     ]
     path.write_text("\n".join(lines))

@@ -272,7 +272,7 @@ def test_bad_packets_get_a_failing_status_or_a_closed_connection(cluster: LocalC
     assert samba_ctdb(cluster, 0, "pnn").stdout.strip() == "0"
 
 
-def test_record_calls_that_are_not_served_fail_at_once(
+def test_record_calls_fail_at_once_on_persistent_databases_and_are_served_on_volatile_ones(
     cluster: LocalCluster, transport: str
 ) -> None:
     """REQ_CALL on a persistent database: -1 at once (every node holds every

@@ -31,11 +31,6 @@ pytestmark = pytest.mark.skipif(
 TDB_SEQNUM = 0x80
 
 
-@pytest.fixture(scope="module")
-def transport() -> str:
-    return "tcp"  # `ctdb writekey` needs REQ_CALL, which vs does not serve
-
-
 def control(cluster: LocalCluster, pnn: int, opcode: Control, db_id: int) -> ReplyControl:
     header = Header(reqid=1, destnode=CURRENT_NODE, srcnode=pnn)
     raw = exchange(cluster, pnn, ReqControl(header, opcode, struct.pack("<I", db_id)).encode())
