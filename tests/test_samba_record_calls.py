@@ -322,3 +322,30 @@ def test_recovery_freezes_only_once_clients_let_go_and_thaws_the_files(
     assert client.ask("lock", b"f") == "locked"  # thawed: the file is free again
     assert client.ask("unlock", b"f") == "unlocked"
     assert samba_ctdb(cluster, 0, "readkey", volatile, "f").stdout == "Data: size:6 ptr:[before]\n"
+
+
+def test_a_record_whose_node_died_is_served_again_with_what_left_that_node(
+    cluster: LocalCluster, volatile: str
+) -> None:
+    """A volatile record's writes in place on a node that dies before the
+    record leaves it are lost with it, as with ctdbd (over vs: the record's
+    lock is purged with the node, and the others hold what was taken back);
+    the record is not stuck: the survivors read and write it, and the node
+    that comes back reads the survivors' value."""
+    assert samba_ctdb(cluster, 1, "writekey", volatile, "k", "left").returncode == 0
+    out = samba_ctdb(cluster, 2, "readkey", volatile, "k")  # the record leaves node 1
+    assert out.stdout == "Data: size:4 ptr:[left]\n"
+    assert samba_ctdb(cluster, 0, "writekey", volatile, "k", "stayed").returncode == 0
+    cluster.kill_node(0)
+    try:
+        cluster.wait_healthy(timeout=60, nodes=[1, 2])
+        assert samba_ctdb(cluster, 1, "readkey", volatile, "k").stdout == (
+            "Data: size:4 ptr:[left]\n"
+        )
+        assert samba_ctdb(cluster, 2, "writekey", volatile, "k", "again").returncode == 0
+    finally:
+        cluster.start_node(0)
+    cluster.wait_healthy(timeout=60)
+    assert samba_ctdb(cluster, 0, "readkey", volatile, "k").stdout == "Data: size:5 ptr:[again]\n"
+    read = run_ctdbtool(cluster.socket(1), "--json", "readkey", volatile, "k").json()
+    assert read["value"] == "again"
