@@ -97,6 +97,11 @@ def test_ctdb_status_shows_every_node_the_generation_and_the_leader(cluster: Loc
     machine = samba_ctdb(cluster, 2, "-X", "status")
     assert machine.returncode == 0, machine.stderr
     assert machine.stdout.splitlines()[3] == "|2|" + cluster.address(2) + "|0|0|0|0|0|0|0|0|Y|"
+    node = samba_ctdb(cluster, 1, "nodestatus")  # exits non-zero unless this node is OK
+    assert node.returncode == 0, node.stderr
+    assert re.match(rf"pnn:1 {re.escape(cluster.address(1))}\s+OK \(THIS NODE\)$", node.stdout)
+    every = samba_ctdb(cluster, 0, "nodestatus", "all")
+    assert every.returncode == 0 and every.stdout.count(" OK") == cluster.size
 
 
 def test_a_command_not_served_yet_fails_at_once_with_the_tools_own_error(
