@@ -176,7 +176,11 @@ class StreamGate:
             give_back(taken)
 
     def _run(self, event: object, handle: Callable[[Any], None]) -> bool:
-        taken = try_take(needs(event, self.dbs, self.locked))
+        need = needs(event, self.dbs, self.locked)
+        if not need:  # the usual case: no Samba client shares what it touches
+            handle(event)
+            return True
+        taken = try_take(need)
         if taken is None:
             return False
         try:
