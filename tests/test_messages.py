@@ -27,6 +27,7 @@ from ctdb.protocol.schema import Limits
 from ctdb.server.admin import NodeControls
 from ctdb.server.ctdb_sessions import CtdbProtocolServer
 from ctdb.server.recovery_member import RecoveryMember
+from ctdb.server.stream import StreamMembership
 from tools import wiregen
 
 NODES = ["n0", "n1", "n2"]
@@ -125,7 +126,7 @@ def test_bytes_and_strings_stay_apart() -> None:
 def test_every_control_handler_has_a_schema_row_and_every_row_a_handler() -> None:
     handlers = {
         name.removeprefix("ctl_")
-        for part in (NodeControls, RecoveryMember, CtdbProtocolServer)
+        for part in (NodeControls, RecoveryMember, StreamMembership, CtdbProtocolServer)
         for name, _ in inspect.getmembers(part)
         if name.startswith("ctl_")
     }

@@ -27,7 +27,7 @@ from ctdb.protocol.messages import (
     RemoteCall,
     RemoteCallReply,
 )
-from ctdb.server.state import INACTIVE, ControlHandler, RecoveryMode
+from ctdb.server.state import INACTIVE, ControlHandler, RecoveryMode, control_handlers
 from transport.base import TransportError, View
 
 if TYPE_CHECKING:
@@ -55,9 +55,9 @@ class StreamMembership:
         self._rejoin_again = False
 
     def controls(self) -> dict[str, ControlHandler]:
-        return {"lent": self._ctl_lent}
+        return control_handlers(self)
 
-    async def _ctl_lent(self, src: int, args: dict[str, Any]) -> list[Any]:
+    async def ctl_lent(self, src: int, args: dict[str, Any]) -> list[Any]:
         """The records of a database lent to our Samba clients (a traverse elsewhere)."""
         node = self.node
         deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
