@@ -86,10 +86,12 @@ def test_what_each_event_needs(dbs: dict[int, Database]) -> None:
     assert needs(vacuum, dbs, locked) == [(shared, b"a"), (shared, b"b")]
     for op in ("applied", "sync", "attach", "flags", "recover"):
         assert needs(_op(op), dbs, locked) == []
-    # A view change, a round's message, a wipe: every shared file, whole.
+    # A view change, a round's message: every shared file, whole.
     assert needs(View(3, (0, 1, 2)), dbs, locked) == [(shared, None)]
     assert needs(_op("snapshot", name="shared.tdb"), dbs, locked) == [(shared, None)]
-    assert needs(_op("wipe", db=private.id), dbs, locked) == [(shared, None)]
+    # A commit or a wipe: its database, whole (a file no client shares: nothing).
+    assert needs(_op("wipe", db=shared.id), dbs, locked) == [(shared, None)]
+    assert needs(_op("commit", db=private.id, reads=[], writes=[]), dbs, locked) == []
 
 
 def test_a_held_chain_stalls_the_stream_in_order_and_lets_go_afterwards(

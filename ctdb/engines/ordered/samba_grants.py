@@ -13,8 +13,8 @@ dmaster (`ltdb.NO_DMASTER`) until a record is lent:
    is answered. Samba's clients then write in place, under their chain lock.
 2. Take back, when the record is wanted elsewhere: another request queued
    behind our lock (`after_apply` sees it at its position in the stream),
-   after at least HOLD_MIN, so that the client that asked gets to use the
-   record first. Under the chain lock (a client working on it finishes
+   once a client wrote it or HOLD_MIN has passed, so that the client that
+   asked gets to use the record first. Under the chain lock (a client working on it finishes
    first), the value our clients left becomes one ordered unlock that
    every member applies before the next holder reads, and the header names
    nobody again.
@@ -61,8 +61,9 @@ from ctdb.storage.ltdb import NO_DMASTER, Record
 log = logging.getLogger("ctdb.engines.ordered")
 
 #: A record lent here stays at least this long (seconds) before it is taken
-#: back for another request: the client that asked for it must get to use
-#: it, or two nodes' clients could take it from each other for ever.
+#: back for another request, unless a client has written it meanwhile: the
+#: client that asked for it must get to use it, or two nodes' clients could
+#: take it from each other for ever.
 HOLD_MIN = 0.005
 
 Ref = tuple[int, bytes]
@@ -198,21 +199,28 @@ class SambaGrants:
         lent = self.lent.get((db.id, key))
         if lent is None:
             return
-        await asyncio.sleep(max(0.0, lent.since + HOLD_MIN - loop.time()))
-        # Never given up: the record is the clients' until they let go of it.
-        if not db.local.try_lock_chain(key):
-            self.engine.node.stats["chain_waits"] += 1
-            await poll(lambda: db.local.try_lock_chain(key), float("inf"))
-        try:
-            if self.lent.get((db.id, key)) is not lent:
-                self._unname(db, key)  # the stream took it away meanwhile
-                return
-            rec = db.local.get(key)
-            value = rec.value if rec is not None else b""
-            db.local.put(key, Record(lent.rsn, NO_DMASTER, value))
-            del self.lent[(db.id, key)]
-        finally:
-            db.local.unlock_chain(key)
+        waited = False
+        while True:
+            # Never given up: the record is the clients' until they let go of it.
+            if not db.local.try_lock_chain(key):
+                if not waited:
+                    self.engine.node.stats["chain_waits"] += 1
+                    waited = True
+                await poll(lambda: db.local.try_lock_chain(key), float("inf"))
+            try:
+                if self.lent.get((db.id, key)) is not lent:
+                    self._unname(db, key)  # the stream took it away meanwhile
+                    return
+                rec = db.local.get(key)
+                value = rec.value if rec is not None else b""
+                early = lent.since + HOLD_MIN - loop.time()
+                if early <= 0 or value != lent.value:  # (or a client used it already)
+                    db.local.put(key, Record(lent.rsn, NO_DMASTER, value))
+                    del self.lent[(db.id, key)]
+                    break
+            finally:
+                db.local.unlock_chain(key)
+            await asyncio.sleep(early)
         await self._give_back(db, key, value if value != lent.value else None)
 
     async def _revoke(self, db: Database, key: bytes) -> None:

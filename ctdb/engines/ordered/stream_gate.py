@@ -86,7 +86,11 @@ def needs(
             if db is None:
                 return []
             return [(db, bytes(key)) for key, _ in args.get("records", [])]
-    # A view change, a round's message, a wipe: anything, anywhere.
+        if "db" in args:  # a commit, a wipe: that database, whole
+            db = _shared(dbs, args["db"])
+            return [] if db is None else [(db, None)]
+    # A view change or a round's message (offers, snapshots, the backlog
+    # applied after them): anything, anywhere.
     return [(db, None) for db in dbs.values() if db.shared]
 
 
