@@ -48,6 +48,10 @@ def holder(dbs: dict[int, Database]) -> Iterator[Holder]:
         client.close()
 
 
+def _not_stuck(why: str) -> None:
+    raise AssertionError(f"not stuck here: {why}")
+
+
 def _op(op: str, **args: Any) -> Ordered:
     return Ordered(1, 7, op, args)
 
@@ -99,7 +103,7 @@ def test_a_held_chain_stalls_the_stream_in_order_and_lets_go_afterwards(
 ) -> None:
     shared = _by_name(dbs, "shared.tdb")
     stats: Counter[str] = Counter()
-    gate = StreamGate(dbs, {}, stats)
+    gate = StreamGate(dbs, {}, stats, lambda: 60.0, _not_stuck)
     handled: list[str] = []
 
     def handle(event: object) -> None:
@@ -134,7 +138,7 @@ def test_an_event_that_fails_does_not_leave_the_ones_behind_it_waiting(
     dbs: dict[int, Database], holder: Holder
 ) -> None:
     shared = _by_name(dbs, "shared.tdb")
-    gate = StreamGate(dbs, {}, Counter())
+    gate = StreamGate(dbs, {}, Counter(), lambda: 60.0, _not_stuck)
     handled: list[int] = []
 
     def handle(event: object) -> None:
@@ -153,5 +157,33 @@ def test_an_event_that_fails_does_not_leave_the_ones_behind_it_waiting(
         assert holder.ask("unlock", b"k") == "unlocked"
         await _until(lambda: not gate.stalled)
         assert handled == [2] and len(errors) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_stalled_past_the_limit_is_given_up_and_says_which_file(
+    dbs: dict[int, Database], holder: Holder
+) -> None:
+    """The node must then leave the group (its members wait for what it
+    applies) and come back once the files are free (`files_free`)."""
+    shared = _by_name(dbs, "shared.tdb")
+    stats: Counter[str] = Counter()
+    stuck: list[str] = []
+    gate = StreamGate(dbs, {}, stats, lambda: 0.05, stuck.append)
+    handled: list[object] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        assert holder.ask("lock", b"k") == "locked"
+        assert not gate.files_free()
+        started = loop.time()
+        gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handled.append)
+        gate.enter(_op("applied"), handled.append)
+        await _until(lambda: bool(stuck))
+        assert loop.time() - started >= 0.05
+        assert stuck == ["a client has held a chain in shared.tdb too long"]
+        assert not gate.stalled and handled == [] and stats["stream_stuck"] == 1
+        assert holder.ask("unlock", b"k") == "unlocked"
+        assert gate.files_free()
 
     asyncio.run(scenario())

@@ -168,6 +168,13 @@ class StreamMembership:
         while self._rejoin_again:
             self._rejoin_again = False
             await transport.stop()
+            # A view change needs every file Samba's clients share held
+            # whole (`stream_gate`): while a client holds a chain, stay out
+            # rather than stall a group that waits for what we apply.
+            if not self.engine.gate.files_free():
+                log.warning("waiting for Samba's clients to let go of their chains to rejoin")
+                while not self.engine.gate.files_free():
+                    await asyncio.sleep(REJOIN_RETRY)
             # Out of the group, a node serves nothing and nobody will ask it
             # back: a join that fails (corosync restarting) is tried again.
             while True:

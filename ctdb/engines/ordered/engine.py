@@ -53,7 +53,13 @@ class OrderedEngine:
         #: records lent to Samba's clients here, for writes in place (REQ_CALL)
         self.samba = SambaGrants(self)
         #: the stream's events, each handled once the shared chains it touches are free
-        self.gate = StreamGate(node.dbs, self.replica.locks, node.stats)
+        self.gate = StreamGate(
+            node.dbs,
+            self.replica.locks,
+            node.stats,
+            lambda: node.tunable("RecoverTimeout"),
+            lambda why: self.resync(why, damaged=False),
+        )
         self.synced = False
         #: a local write failed since our copies were last in sync: they may
         #: lack or have lost anything (see `freshest_copy` in engines.merge)

@@ -144,14 +144,25 @@ class StreamGate:
     """Hands the stream's events on in order, each under the chains it needs."""
 
     def __init__(
-        self, dbs: Mapping[int, Database], locked: Mapping[Ref, LockQueue], stats: Counter[str]
+        self,
+        dbs: Mapping[int, Database],
+        locked: Mapping[Ref, LockQueue],
+        stats: Counter[str],
+        limit: Callable[[], float],
+        stuck: Callable[[str], None],
     ) -> None:
         self.dbs = dbs
         self.locked = locked
         #: the node's counters: "stream_stalls" counts events a client's chain held up
         self.stats = stats
+        #: how long (seconds) the stream may stall before `stuck(why)` is called
+        #: (and what waits is dropped): the node must then leave the group,
+        #: whose other members wait for it to apply what they send
+        self.limit = limit
+        self.stuck = stuck
         #: events waiting behind one that found a chain held, with their handlers
         self._waiting: deque[tuple[object, Callable[[Any], None]]] = deque()
+        self._since = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -163,8 +174,13 @@ class StreamGate:
         if self._waiting or not self._run(event, handle):
             if not self._waiting:
                 self.stats["stream_stalls"] += 1
+                self._since = asyncio.get_running_loop().time()
             self._waiting.append((event, handle))
             self._arm()
+
+    def files_free(self) -> bool:
+        """No client holds a chain in a shared file right now."""
+        return self.try_whole(lambda: True) is True
 
     def try_whole(self, read: Callable[[], T]) -> T | None:
         """`read()` now, with every shared file held whole; None if a client
@@ -209,6 +225,12 @@ class StreamGate:
                 raise
             if not ran:
                 self._waiting.appendleft((event, handle))
+                if asyncio.get_running_loop().time() - self._since > self.limit():
+                    self.stats["stream_stuck"] += 1
+                    self.clear()
+                    names = sorted(db.name for db, _ in needs(event, self.dbs, self.locked))
+                    self.stuck(f"a client has held a chain in {', '.join(names)} too long")
+                    return
                 self._arm()
                 return
 
