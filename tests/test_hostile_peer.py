@@ -114,7 +114,7 @@ def log_lines(c: LocalCluster, pnn: int, text: str) -> int:
 
 # -- tcp: a bad message cuts the link -----------------------------------------------------------
 
-STATE = codec.encode(m.NodeState(FAKE, STOPPED, 1, 0, -1, 0.0, {}))
+STATE = codec.encode(m.NodeState(FAKE, STOPPED, 1, 0, -1, 0.0, {}, 4.0))
 
 BAD: list[tuple[str, bytes]] = [
     ("not msgpack", b"\xc1\xc1"),
@@ -126,7 +126,7 @@ BAD: list[tuple[str, bytes]] = [
     ),
     ("a Call from pnn 7 of 3", packed(3, 1, b"k", 9, 7, 0)),
     ("a key above the largest MaxKeySize", codec.encode(m.Call(1, b"k" * (2**20 + 1), 9, FAKE, 0))),
-    ("a NodeState speaking for node 1", codec.encode(m.NodeState(1, 0x08, 5, 0, 1, 0.0, {}))),
+    ("a NodeState speaking for node 1", codec.encode(m.NodeState(1, 0x08, 5, 0, 1, 0.0, {}, 4.0))),
     ("a ClientMessage claiming node 0 sent it", codec.encode(m.ClientMessage(5, b"x", 0))),
     ("a control with an unknown op", codec.encode(m.Control(1, "frobnicate", {}))),
     ("setflags BANNED as text", packed(1, 1, "setflags", {"set": "BANNED"})),

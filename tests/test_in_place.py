@@ -21,7 +21,7 @@ from ctdb.client import AsyncClient, Client
 from ctdb.common.errors import CtdbError
 from ctdb.protocol import serving_state
 from ctdb.protocol.serving_state import NOT_SERVING, ServingState
-from tests.conftest import unique
+from tests.conftest import run_ctdbtool, unique
 from tests.test_acknowledged_writes import (
     increments_under_recoveries,
     logs,
@@ -166,8 +166,9 @@ SLOW_LEASE = {"KeepaliveInterval": 0.4, "KeepaliveLimit": 3}
 
 
 @tcp_only
+@pytest.mark.parametrize("node0_limit", [None, 20], ids=["same tunables", "node 0 set apart"])
 def test_a_stopped_daemon_stops_its_clients_at_the_end_of_its_lease(
-    cluster_factory: Callable[..., LocalCluster],
+    cluster_factory: Callable[..., LocalCluster], node0_limit: int | None
 ) -> None:
     """SIGSTOP node 0 while a client increments in place there.
 
@@ -175,8 +176,14 @@ def test_a_stopped_daemon_stops_its_clients_at_the_end_of_its_lease(
     here, before nodes 1 and 2 recover without it); after that it asks the
     stopped daemon and gets no answer. Acknowledging writes in place after
     the others took the record over would lose them when node 0 returns.
+
+    With KeepaliveLimit 20 set on node 0 alone (a 7.6 s lease of its own),
+    node 0's lease still ends with the others' 0.8 s, which they announce:
+    they drop it after 1.2 s of silence whatever it runs.
     """
     c = cluster_factory(size=3, tunables=SLOW_LEASE)
+    if node0_limit is not None:
+        run_ctdbtool(c.socket(0), "setvar", "KeepaliveLimit", str(node0_limit))
     db, key = unique("ip"), b"counter"
     with c.client(0) as cl:
         cl.attach(db)

@@ -173,11 +173,13 @@ BAD: list[tuple[bytes, str]] = [
     (packed(4, 1, b"k", 9, 7, 1, b"v"), "DmasterRequest.new_dmaster"),
     (packed(5, 1, b"k", 9, 1, 5), "DmasterReply.value: must be bytes, not int"),
     (packed(6, -1, b"d", 0), "ClientMessage.srvid"),
-    (packed(8, 0, 0x40, 1, 0, -1, 0.0, {}), "NodeState.flags: 0x40 has bits outside"),
-    (packed(8, 0, 0, 1, 2, -1, 0.0, {}), "NodeState.recovery_mode"),
-    (packed(8, 0, 0, 1, 0, -2, 0.0, {}), "NodeState.leader"),
-    (packed(8, 0, 0, 1, 0, -1, -1.0, {}), "NodeState.stamp"),
-    (packed(8, 0, 0, 1, 0, -1, 0.0, {7: 1.0}), "NodeState.seen"),
+    (packed(8, 0, 0x40, 1, 0, -1, 0.0, {}, 4.0), "NodeState.flags: 0x40 has bits outside"),
+    (packed(8, 0, 0, 1, 2, -1, 0.0, {}, 4.0), "NodeState.recovery_mode"),
+    (packed(8, 0, 0, 1, 0, -2, 0.0, {}, 4.0), "NodeState.leader"),
+    (packed(8, 0, 0, 1, 0, -1, -1.0, {}, 4.0), "NodeState.stamp"),
+    (packed(8, 0, 0, 1, 0, -1, 0.0, {7: 1.0}, 4.0), "NodeState.seen"),
+    (packed(8, 0, 0, 1, 0, -1, 0.0, {}, 0.0), "NodeState.lease"),
+    (packed(8, 0, 0, 1, 0, -1, 0.0, {}, 1e7), "NodeState.lease"),
     (packed(2, 1, -3, None), "ControlReply.code"),
     # sizes
     (packed(3, 1, b"k" * (2**20 + 1), 9, 2, 1), "Call.key: 1048577 bytes exceeds MaxKeySize"),
@@ -246,7 +248,7 @@ def test_malformed_messages_raise_decode_error_saying_why(data: bytes, why: str)
 @pytest.mark.parametrize(
     ("msg", "sender", "field"),
     [
-        (m.NodeState(1, 0, 5, 0, 0, 0.0, {}), 2, "NodeState.pnn is 1, but node 2 sent it"),
+        (m.NodeState(1, 0, 5, 0, 0, 0.0, {}, 4.0), 2, "NodeState.pnn is 1, but node 2 sent it"),
         (m.ClientMessage(7, b"hi", 0), 1, "ClientMessage.src is 0, but node 1 sent it"),
         (m.Ordered(0, 1, "sync", {}), 2, "Ordered.origin is 0, but node 2 sent it"),
     ],

@@ -315,7 +315,9 @@ class NodeFrames:
 
     def state(self) -> bytes:
         """The fake node's NodeState: stopped, so recovery never waits for it."""
-        return frame(message_codec.encode(messages.NodeState(self.pnn, STOPPED, 1, 0, -1, 0.0, {})))
+        return frame(
+            message_codec.encode(messages.NodeState(self.pnn, STOPPED, 1, 0, -1, 0.0, {}, 4.0))
+        )
 
     def ping(self, reqid: int) -> bytes:
         return frame(message_codec.encode(messages.Control(reqid, "ping", {})))

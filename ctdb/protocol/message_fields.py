@@ -51,6 +51,9 @@ RECOVERY_BASE = row(U64, GENERATION)
 VACUUMED = list_of(row(STORED_KEY, RSN))
 #: A node's monotonic clock reading (see ctdb.server.lease).
 STAMP = number(0, 1e308)
+#: How long a node's lease lasts, in seconds: KeepaliveInterval x
+#: (KeepaliveLimit - 1), whose largest values give under 3.6e6.
+LEASE_SECONDS = number(0, 3.6e6, above=True)
 #: What a client message carries: anything that fits in the largest frame.
 CLIENT_DATA = blob(int(WIRE_SIZES["MaxFrameSize"]))
 TUNABLE_VALUE = one_of(NUMBER, text(64))

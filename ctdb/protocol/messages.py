@@ -28,6 +28,7 @@ from ctdb.protocol.message_fields import (
     DB_ID,
     FLAGS,
     GENERATION,
+    LEASE_SECONDS,
     RECORD_ANSWER,
     RECORD_CALL,
     RSN,
@@ -143,8 +144,8 @@ class NodeState:
     """What a node tells every peer about itself, on change and with each keepalive.
 
     `stamp` is the sender's clock when it sent this, `seen` the latest stamp
-    it received from each peer: echoed stamps confirm a node's lease to serve
-    (see `ctdb.server.lease`).
+    it received from each peer: echoed stamps confirm a node's lease to serve,
+    and `lease` is how long the sender's lease lasts (see `ctdb.server.lease`).
     """
 
     TYPE: ClassVar[int] = 8
@@ -156,6 +157,7 @@ class NodeState:
     leader: Annotated[int, pnn_or(-1)]
     stamp: Annotated[float, STAMP]
     seen: Annotated[dict[int, float], map_of(PNN, STAMP)]
+    lease: Annotated[float, LEASE_SECONDS]
 
 
 @dataclass(slots=True)

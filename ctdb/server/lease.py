@@ -34,13 +34,15 @@ Only members that still have the node in their view count
 (`Liveness.leases_granted`): a node that died, or dropped them, rests on
 none of their echoes.
 
+Nodes may run different KeepaliveInterval and KeepaliveLimit (`setvar` is
+per node): every NodeState says how long its sender's lease lasts. A node's
+lease lasts no longer than the shortest its peers announce, which is under
+each peer's own detection time, and a grant is sized with the lease its
+holder announced (`durations`). A peer that lowers its tunables is heeded
+from its next NodeState, half a keepalive interval later at most.
+
 Not covered (known):
 
-* Every node must run the same KeepaliveInterval and KeepaliveLimit: a
-  grant is sized with the granter's lease and the holder keeps its own, so
-  after `setvar` on one node only a lease may outlast what its granters
-  account for. (The fix: NodeState carries the sender's lease, and a
-  confirmation lasts the shorter of the two.)
 * A member that drops a peer itself (its queue overflowed, or it sent a
   malformed frame) stops reporting it at once; the peer learns of the drop
   from the reset, and could serve out its lease if the reset is lost.
@@ -64,6 +66,8 @@ class Lease:
         self._confirmed: dict[int, float] = {}
         #: peers heard serving our generation since it began
         self._current: set[int] = set()
+        #: how long each peer's own lease lasts, as it announced
+        self.durations: dict[int, float] = {}
         self._nodes = nodes
         self._leader: int | None = None
         #: the stamp the lease runs from (see `holds`): kept up to date on
@@ -77,7 +81,13 @@ class Lease:
         self._update()
 
     def on_state(
-        self, src: int, stamp: float, echo: float | None, same_generation: bool, now: float
+        self,
+        src: int,
+        stamp: float,
+        echo: float | None,
+        same_generation: bool,
+        now: float,
+        lease: float,
     ) -> bool:
         """A peer's NodeState arrived; True if it is the first of our generation from `src`.
 
@@ -87,6 +97,7 @@ class Lease:
         """
         self.seen[src] = stamp
         self._received[src] = now
+        self.durations[src] = lease
         if not same_generation:
             return False
         if echo is not None:
@@ -102,12 +113,14 @@ class Lease:
 
         Only an echo from a node that serves confirms a lease, so only then
         do we grant one: the peer's lease runs from its stamp, which it sent
-        before we received it, so it ends before `received + duration` on
-        our clock (the clocks of both hosts run at the same rate).
+        before we received it, so it ends before `received + its duration`
+        on our clock (the clocks of both hosts run at the same rate). Its
+        duration is what it announced, or ours if that is longer.
         """
         if serving:
             for pnn, at in self._received.items():
-                self.granted[pnn] = max(self.granted.get(pnn, at), at + duration)
+                until = at + max(duration, self.durations.get(pnn, duration))
+                self.granted[pnn] = max(self.granted.get(pnn, at), until)
         return dict(self.seen)
 
     def granted_for(self, now: float) -> dict[int, float]:
@@ -119,6 +132,7 @@ class Lease:
 
         What we granted it stays: the peer may still be serving on it.
         """
+        self.durations.pop(pnn, None)
         self.seen.pop(pnn, None)
         self._received.pop(pnn, None)
         self._confirmed.pop(pnn, None)
@@ -131,8 +145,12 @@ class Lease:
         self._current.clear()
         self._update()
 
+    def duration(self, own: float) -> float:
+        """How long our lease lasts: `own` (our tunables), or less if a peer's is shorter."""
+        return min(own, *self.durations.values()) if self.durations else own
+
     def holds(self, now: float, duration: float) -> bool:
-        return now - duration < self.since
+        return now - self.duration(duration) < self.since
 
     def _update(self) -> None:
         if self._leader is not None:

@@ -54,7 +54,7 @@ class Liveness:
 
     def lease_until(self) -> float:
         """When the lease ends, on the loop clock, unless it is renewed."""
-        return self.lease.since + self._lease_duration
+        return self.lease.since + self.lease.duration(self._lease_duration)
 
     def leases_granted(self) -> list[list[float]]:
         """[peer, seconds] for every peer in our view whose lease may still rest on our echoes.
@@ -100,6 +100,7 @@ class Liveness:
                 node.leader,
                 node.now(),
                 self.lease.echoes(node.recovery_mode is RecoveryMode.NORMAL, self._lease_duration),
+                self._lease_duration,
             )
         )
 
@@ -134,7 +135,7 @@ class Liveness:
             and node.recovery_mode is RecoveryMode.NORMAL
         )
         if self.lease.on_state(
-            msg.pnn, msg.stamp, msg.seen.get(node.pnn), same_generation, node.now()
+            msg.pnn, msg.stamp, msg.seen.get(node.pnn), same_generation, node.now(), msg.lease
         ):
             node.transport.send(msg.pnn, self.payload())
         self.lease_changed()
