@@ -68,6 +68,8 @@ class Lease:
         self._current: set[int] = set()
         #: how long each peer's own lease lasts, as it announced
         self.durations: dict[int, float] = {}
+        #: the shortest of them (checked on every request: kept up to date)
+        self._shortest = math.inf
         self._nodes = nodes
         self._leader: int | None = None
         #: the stamp the lease runs from (see `holds`): kept up to date on
@@ -97,7 +99,9 @@ class Lease:
         """
         self.seen[src] = stamp
         self._received[src] = now
-        self.durations[src] = lease
+        if self.durations.get(src) != lease:
+            self.durations[src] = lease
+            self._shortest = min(self.durations.values())
         if not same_generation:
             return False
         if echo is not None:
@@ -132,7 +136,8 @@ class Lease:
 
         What we granted it stays: the peer may still be serving on it.
         """
-        self.durations.pop(pnn, None)
+        if self.durations.pop(pnn, None) is not None:
+            self._shortest = min(self.durations.values(), default=math.inf)
         self.seen.pop(pnn, None)
         self._received.pop(pnn, None)
         self._confirmed.pop(pnn, None)
@@ -147,7 +152,7 @@ class Lease:
 
     def duration(self, own: float) -> float:
         """How long our lease lasts: `own` (our tunables), or less if a peer's is shorter."""
-        return min(own, *self.durations.values()) if self.durations else own
+        return min(own, self._shortest)
 
     def holds(self, now: float, duration: float) -> bool:
         return now - self.duration(duration) < self.since
