@@ -55,6 +55,7 @@ from ctdb.engines.host import Host
 from ctdb.engines.merge import from_wire
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Replica
+from ctdb.engines.ordered.stream_gate import read_record
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 
@@ -123,12 +124,7 @@ class SambaGrants:
             await asyncio.shield(task)
         # Our clients may be working on it already, and one may hold its
         # chain while it waits for us: read it without waiting on the loop.
-        if not await poll(lambda: db.local.try_lock_chain(key), deadline):
-            raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
-        try:
-            rec = db.local.get(key)
-        finally:
-            db.local.unlock_chain(key)
+        rec = await read_record(db, key, deadline)
         return rec or Record(0, self.engine.node.pnn, b"")
 
     def _start(self, ref: Ref, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -272,12 +268,7 @@ class SambaGrants:
         for dbid, key in list(self.lent):
             if dbid != db.id:
                 continue
-            if not await poll(lambda k=key: db.local.try_lock_chain(k), deadline):  # type: ignore[misc]
-                raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
-            try:
-                rec = db.local.get(key)
-            finally:
-                db.local.unlock_chain(key)
+            rec = await read_record(db, key, deadline)
             if rec is not None:
                 found.append((key, rec))
         return found
