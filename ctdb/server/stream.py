@@ -68,6 +68,7 @@ class StreamMembership:
 
     async def stop(self) -> None:
         self.engine.gate.clear()  # events waiting for a client's chain: never handled
+        self.engine.samba.stop()
         if self._rejoining is not None:
             self._rejoining.cancel()
             try:

@@ -58,7 +58,7 @@ class OrderedEngine:
             self.replica.locks,
             node.stats,
             lambda: node.tunable("RecoverTimeout"),
-            lambda why: self.resync(why, damaged=False),
+            lambda why, damaged: self.resync(why, damaged=damaged),
         )
         self.synced = False
         #: a local write failed since our copies were last in sync: they may
@@ -318,6 +318,7 @@ class OrderedEngine:
         self.rounds.round = None
         self.damaged = self.damaged or damaged
         self.drop_backlog()
+        self.samba.revoke_all()
         self.requests.fail_all(
             CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}")
         )

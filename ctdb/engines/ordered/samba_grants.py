@@ -7,38 +7,49 @@ its header names this node as dmaster; otherwise they ask with REQ_CALL
 record and every write must enter the ordered stream, so the file names no
 dmaster (`ltdb.NO_DMASTER`) until a record is lent:
 
-1. Lend: REQ_CALL takes the record's replicated lock (`locks.LockQueue`)
-   for this node's Samba side, one owner per node (`session`); once the
-   stream grants it, the header of our copy names this node, and the call
-   is answered. Samba's clients then write in place, under their chain lock.
+1. Lend, only while this node serves (in sync, in a quorate view): REQ_CALL
+   takes the record's replicated lock (`locks.LockQueue`) for this node's
+   Samba side, one owner per node (`session`); once the stream grants it,
+   the header of our copy names this node, and the call is answered.
+   Samba's clients then write in place, under their chain lock.
 2. Take back, when the record is wanted elsewhere: another request queued
    behind our lock (`after_apply` sees it at its position in the stream),
    once a client wrote it or HOLD_MIN has passed, so that the client that
-   asked gets to use the record first. Under the chain lock (a client working on it finishes
-   first), the value our clients left becomes one ordered unlock that
-   every member applies before the next holder reads, and the header names
-   nobody again.
+   asked gets to use the record first. Under the chain lock (a client
+   working on it finishes first) our file goes back to the stream's copy,
+   naming nobody, and what the clients left becomes one ordered unlock that
+   every member applies before the next holder reads. The unlock is sent
+   again until it is applied or the lock is no longer ours: a lock we hold
+   and never give back would stay locked for good.
+3. Revoke: when the stream takes the lock from us without our unlock (the
+   others purged it, a state transfer replaced our copy), or this node stops
+   serving (a minority view, a resync, a stop), our file goes back to the
+   stream's copy at once, naming nobody, so our clients stop writing in
+   place and ask; what they wrote meanwhile is lost. A lock still ours in
+   the queues is released once we serve again (`LocalClients.release_orphans`).
 
-3. Revoke: when the stream takes the lock from us without our unlock (we
-   left the view and the others purged it, or a state transfer replaced
-   our copy), the header names nobody again at once, so our clients stop
-   writing in place and ask.
+Our file thus always holds the stream's copy of every record except the
+ones lent here right now, and a state transfer this node sends carries
+those as lent (`published_items`): no replica takes up a write the others
+may never see.
 
 Our own clients see what Samba's clients wrote: a read or lock of a record
 someone else holds goes through the lock queue (`OrderedEngine._fetch_ordered`),
 which takes the record back first, and a traverse asks every node for what
-it has lent (`traverse`, the `lent` control). A record stays lent until it
-is wanted elsewhere, as a record stays with its dmaster in CTDB; meanwhile a
-record call of ours on it (conditional append) fails BUSY, as on any locked
-record. The stream itself touches a shared file only under the chains it
-needs (`stream_gate`), so a client holding a chain never blocks the daemon.
+it has lent or is giving back (`traverse`, the `lent` control). A record
+stays lent until it is wanted elsewhere, as a record stays with its dmaster
+in CTDB; meanwhile a record call of ours on it (conditional append) fails
+BUSY, as on any locked record. The stream itself touches a shared file only
+under the chains it needs (`stream_gate`), so a client holding a chain
+never blocks the daemon.
 
 What is not covered, as with CTDB's own volatile databases: a value written
 in place and not yet taken back is only in this node's file, so it is lost
-if this node fails or leaves the group first (its lock is purged, the
-others keep the value they have). A state transfer this node sends meanwhile
-carries the value as lent, not the one in the file (`published_items`), so
-that no replica takes up a write the others may never see.
+if this node fails or leaves the group first. Between a network cut and the
+view change that tells this node it is in a minority (corosync's token
+timeout and consensus), its clients may still write in place while the
+majority, past its own view change, grants the record elsewhere: both sides
+detect the cut after the same timeouts, and the minority's writes are lost.
 """
 
 from __future__ import annotations
@@ -66,17 +77,24 @@ log = logging.getLogger("ctdb.engines.ordered")
 #: client that asked for it must get to use it, or two nodes' clients could
 #: take it from each other for ever.
 HOLD_MIN = 0.005
+#: Pause (seconds) before an unlock that failed (no quorum, a resync under
+#: way) is sent again.
+GIVE_BACK_RETRY = 0.05
 
 Ref = tuple[int, bytes]
 
 
 @dataclass
 class Lent:
-    """A record lent to this node's Samba clients: its copy as the stream left it."""
+    """A record lent to this node's Samba clients."""
 
-    rsn: int
-    value: bytes
+    #: our copy as the stream left it (None: it had none)
+    record: Record | None
     since: float
+
+    @property
+    def value(self) -> bytes:
+        return self.record.value if self.record is not None else b""
 
 
 class LendingEngine(Protocol):
@@ -85,9 +103,13 @@ class LendingEngine(Protocol):
     node: Host
     replica: Replica
     clients: LocalClients
+    synced: bool
 
     @property
     def members(self) -> list[int]: ...
+
+    @property
+    def quorate(self) -> bool: ...
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None: ...
 
@@ -107,8 +129,24 @@ class SambaGrants:
         self.session = SambaSide()
         #: records lent here, whose header names this node
         self.lent: dict[Ref, Lent] = {}
-        #: lending or taking back in progress, by record (one at a time each)
+        #: records taken back whose unlock is not applied yet: what it carries
+        self.returning: dict[Ref, Record] = {}
+        #: lending, taking back or revoking in progress, by record (one at a time each)
         self._busy: dict[Ref, asyncio.Task[None]] = {}
+
+    @property
+    def may_lend(self) -> bool:
+        """This node serves: in sync, in a quorate view."""
+        return self.engine.synced and self.engine.quorate
+
+    def _ours(self, ref: Ref) -> bool:
+        """Our Samba side holds the record's lock in the stream's queues."""
+        q = self.engine.replica.locks.get(ref)
+        return q is not None and q.holder == self.engine.clients.owner(self.session)
+
+    def _running(self, ref: Ref) -> bool:
+        task = self._busy.get(ref)
+        return task is not None and not task.done()
 
     # -- lending (REQ_CALL) ----------------------------------------------------------
 
@@ -116,16 +154,29 @@ class SambaGrants:
         """The record, with this node named dmaster in its header, once lent here."""
         ref = (db.id, key)
         deadline = asyncio.get_running_loop().time() + self.engine.node.tunable("CallTimeout")
-        while ref not in self.lent:
-            task = self._busy.get(ref)
-            if task is None or task.done():  # (a done task leaves `_busy` a moment later)
-                task = self._start(ref, self._lend(db, key, deadline))
-            # Shared by the calls for the record: one that leaves cancels nothing.
-            await asyncio.shield(task)
-        # Our clients may be working on it already, and one may hold its
-        # chain while it waits for us: read it without waiting on the loop.
-        rec = await read_record(db, key, deadline)
-        return rec or Record(0, self.engine.node.pnn, b"")
+        while True:
+            while ref not in self.lent:
+                task = self._busy.get(ref)
+                if task is None or task.done():  # (a done task leaves `_busy` a moment later)
+                    task = self._start(ref, self._lend(db, key, deadline))
+                # Shared by the calls for the record: one that leaves cancels nothing.
+                await asyncio.shield(task)
+            # Our clients may be working on it already, and one may hold its
+            # chain while it waits for us: never wait for it on the loop.
+            if not await poll(lambda: db.local.try_lock_chain(key), deadline):
+                raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
+            try:
+                lent = self.lent.get(ref)
+                if lent is None:
+                    continue  # taken back meanwhile: ask again
+                rec = db.local.get(key)
+                if rec is None or rec.dmaster != self.engine.node.pnn:
+                    # The stream rewrote it under our lock (a wipe): lend that.
+                    lent.record = None if rec is None else _unnamed(rec)
+                    rec = self._name(db, key, lent)
+                return rec
+            finally:
+                db.local.unlock_chain(key)
 
     def _start(self, ref: Ref, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
@@ -147,18 +198,33 @@ class SambaGrants:
     async def _lend(self, db: Database, key: bytes, deadline: float) -> None:
         engine = self.engine
         engine.node.stats["samba_lends"] += 1
+        await engine.node.wait_serving(deadline)
         await engine.lock(db, key, self.session)
         if not await poll(lambda: db.local.try_lock_chain(key), deadline):
             await self._give_back(db, key, None)
             raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
         try:
-            rec = db.local.get(key) or Record(0, NO_DMASTER, b"")
-            db.local.put(key, Record(rec.rsn, engine.node.pnn, rec.value))
+            ref = (db.id, key)
+            if not (self.may_lend and self._ours(ref)):
+                # Revoked while we waited (this node stopped serving): a
+                # lock still ours goes back once we serve (release_orphans).
+                self._disown(ref)
+                raise CtdbError(ErrorCode.RETRY, f"record {key!r} was taken back while lent")
+            rec = db.local.get(key)
+            lent = Lent(None if rec is None else _unnamed(rec), asyncio.get_running_loop().time())
+            self._name(db, key, lent)
+            self.lent[ref] = lent
         finally:
             db.local.unlock_chain(key)
-        self.lent[(db.id, key)] = Lent(rec.rsn, rec.value, asyncio.get_running_loop().time())
 
-    # -- taking back ------------------------------------------------------------------
+    def _name(self, db: Database, key: bytes, lent: Lent) -> Record:
+        """Under the record's chain: our file names us its dmaster."""
+        rsn = lent.record.rsn if lent.record is not None else 0
+        rec = Record(rsn, self.engine.node.pnn, lent.value)
+        db.local.put(key, rec)
+        return rec
+
+    # -- taking back and revoking ----------------------------------------------------------
 
     def after_apply(self) -> None:
         """After each operation the stream delivered: take back what is wanted
@@ -166,33 +232,69 @@ class SambaGrants:
         if not self.lent:
             return
         engine = self.engine
-        owner = engine.clients.owner(self.session)
+        if not self.may_lend:
+            self.revoke_all()
+            return
         for ref in list(self.lent):
             q = engine.replica.locks.get(ref)
-            if q is None or q.holder != owner:
-                # Purged (we left the view) or replaced by a state transfer:
-                # our clients must stop writing in place.
-                del self.lent[ref]
-                db = engine.node.dbs.get(ref[0])
-                if db is None or ref in self._busy:
-                    continue  # (a taking back in progress sees it)
-                # At once if we can (always at a view change: the gate
-                # holds every shared file whole then).
-                if db.local.try_lock_chain(ref[1]):
-                    try:
-                        self._unname(db, ref[1])
-                    finally:
-                        db.local.unlock_chain(ref[1])
-                else:
-                    self._start(ref, self._revoke(db, ref[1]))
-            elif len(q.entries) > 1 and ref not in self._busy:
+            if not self._ours(ref):
+                # Purged or replaced by a state transfer: our clients must
+                # stop writing in place.
+                self._revoke(ref)
+            elif q is not None and len(q.entries) > 1 and not self._running(ref):
                 db = engine.node.dbs.get(ref[0])
                 if db is not None:
                     self._start(ref, self._take_back(db, ref[1]))
 
+    def revoke_all(self) -> None:
+        """This node stops serving: nothing stays lent (see the module docstring)."""
+        for ref in list(self.lent):
+            self._revoke(ref)
+
+    def _revoke(self, ref: Ref) -> None:
+        lent = self.lent.pop(ref)
+        self._disown(ref)
+        db = self.engine.node.dbs.get(ref[0])
+        if db is None or self._running(ref):
+            return  # (a taking back in progress sees it)
+        # At once if we can (always at a view change: the gate holds every
+        # shared file whole then).
+        if db.local.try_lock_chain(ref[1]):
+            try:
+                self._restore(db, ref[1], lent)
+            finally:
+                db.local.unlock_chain(ref[1])
+        else:
+            self._start(ref, self._restore_later(db, ref[1], lent))
+
+    def _disown(self, ref: Ref) -> None:
+        """Nobody here holds the record any more: a lock still ours in the
+        queues is released once we serve again (LocalClients.release_orphans)."""
+        self.engine.clients.granted.discard((self.engine.clients.owner(self.session), *ref))
+
+    async def _restore_later(self, db: Database, key: bytes, lent: Lent) -> None:
+        await poll(lambda: db.local.try_lock_chain(key), float("inf"))
+        try:
+            if (db.id, key) not in self.lent:  # (or lent again meanwhile)
+                self._restore(db, key, lent)
+        finally:
+            db.local.unlock_chain(key)
+
+    def _restore(self, db: Database, key: bytes, lent: Lent) -> None:
+        """Under the record's chain: our file goes back to the stream's copy,
+        unless the stream rewrote it since (a state transfer, a wipe)."""
+        rec = db.local.get(key)
+        if rec is None or rec.dmaster != self.engine.node.pnn:
+            return
+        if lent.record is None:
+            db.local.remove(key)
+        else:
+            db.local.put(key, lent.record)
+
     async def _take_back(self, db: Database, key: bytes) -> None:
         loop = asyncio.get_running_loop()
-        lent = self.lent.get((db.id, key))
+        ref = (db.id, key)
+        lent = self.lent.get(ref)
         if lent is None:
             return
         waited = False
@@ -204,51 +306,58 @@ class SambaGrants:
                     waited = True
                 await poll(lambda: db.local.try_lock_chain(key), float("inf"))
             try:
-                if self.lent.get((db.id, key)) is not lent:
-                    self._unname(db, key)  # the stream took it away meanwhile
+                if self.lent.get(ref) is not lent:
+                    self._restore(db, key, lent)  # revoked meanwhile
                     return
                 rec = db.local.get(key)
-                value = rec.value if rec is not None else b""
+                if rec is None or rec.dmaster != self.engine.node.pnn:
+                    value = None  # the stream rewrote it (a wipe): nothing to give back
+                else:
+                    value = rec.value if rec.value != lent.value else None
                 early = lent.since + HOLD_MIN - loop.time()
-                if early <= 0 or value != lent.value:  # (or a client used it already)
-                    db.local.put(key, Record(lent.rsn, NO_DMASTER, value))
-                    del self.lent[(db.id, key)]
+                if early <= 0 or value is not None:  # (or a client used it already)
+                    self._restore(db, key, lent)
+                    del self.lent[ref]
                     break
             finally:
                 db.local.unlock_chain(key)
             await asyncio.sleep(early)
-        await self._give_back(db, key, value if value != lent.value else None)
-
-    async def _revoke(self, db: Database, key: bytes) -> None:
-        """The stream took the record from us: our file stops naming us its
-        dmaster (what our clients wrote since is lost, as a volatile record
-        is with a node that leaves the cluster)."""
-        await poll(lambda: db.local.try_lock_chain(key), float("inf"))
+        if value is not None:
+            rsn = lent.record.rsn if lent.record is not None else 0
+            self.returning[ref] = Record(rsn, NO_DMASTER, value)
         try:
-            if (db.id, key) not in self.lent:  # (or lent again meanwhile)
-                self._unname(db, key)
+            await self._give_back(db, key, value)
         finally:
-            db.local.unlock_chain(key)
-
-    def _unname(self, db: Database, key: bytes) -> None:
-        """Under the record's chain: our file stops naming us its dmaster."""
-        rec = db.local.get(key)
-        if rec is not None and rec.dmaster == self.engine.node.pnn:
-            db.local.put(key, Record(rec.rsn, NO_DMASTER, rec.value))
+            self.returning.pop(ref, None)
 
     async def _give_back(self, db: Database, key: bytes, value: bytes | None) -> None:
-        try:
-            await self.engine.unlock(db, key, self.session, value)
-        except CtdbError as exc:
-            # Resyncing or purged: the lock went with our copy.
-            log.warning("giving back %r lent to Samba's clients failed: %s", key, exc.message)
+        """Unlock, with what our clients wrote; again until applied or no longer ours."""
+        ref = (db.id, key)
+        warned = False
+        while self._ours(ref):
+            try:
+                await self.engine.unlock(db, key, self.session, value)
+                return
+            except CtdbError as exc:
+                if exc.code == ErrorCode.NOT_LOCKED:
+                    return  # the lock went with our copy (purged, replaced)
+                if not warned:
+                    log.warning("giving back %r lent to Samba's clients: %s", key, exc.message)
+                    warned = True
+            await asyncio.sleep(GIVE_BACK_RETRY)
+
+    def stop(self) -> None:
+        """The daemon stops: nothing stays lent, nothing is sent."""
+        self.revoke_all()
+        for task in list(self._busy.values()):
+            task.cancel()
 
     # -- what a traverse sees ------------------------------------------------------------
 
     async def traverse(self, db: Database, deadline: float) -> list[tuple[bytes, Record]]:
         """The live records of shared `db`: our copy, and what Samba's clients
-        wrote in place on the records lent to other nodes, which our copy
-        does not have yet."""
+        wrote in place, here and on the records lent to other nodes, which
+        the stream does not carry yet."""
         node = self.engine.node
         others = [p for p in self.engine.members if p != node.pnn]
         parts = await asyncio.gather(*(node.control(p, "lent", {"db_id": db.id}) for p in others))
@@ -258,20 +367,25 @@ class SambaGrants:
             records = dict(db.local.items())
         finally:
             db.local.unlock_all()
+        records.update(self._returning_of(db))
         for part in parts:
             records.update(from_wire(part))
         return sorted((key, rec) for key, rec in records.items() if not rec.deleted)
 
     async def lent_records(self, db: Database, deadline: float) -> list[tuple[bytes, Record]]:
-        """The records of `db` lent here, as our clients left them (deleted ones too)."""
-        found = []
+        """The records of `db` lent here, as our clients left them, and the
+        ones we are giving back (deleted ones too)."""
+        found = dict(self._returning_of(db))
         for dbid, key in list(self.lent):
             if dbid != db.id:
                 continue
             rec = await read_record(db, key, deadline)
             if rec is not None:
-                found.append((key, rec))
-        return found
+                found[key] = rec
+        return list(found.items())
+
+    def _returning_of(self, db: Database) -> Iterator[tuple[bytes, Record]]:
+        return ((key, rec) for (dbid, key), rec in self.returning.items() if dbid == db.id)
 
     # -- what a state transfer from here carries --------------------------------------
 
@@ -279,4 +393,11 @@ class SambaGrants:
         """Our copy of `db` as the stream made it: a record lent here as it was lent."""
         for key, rec in db.local.items():
             lent = self.lent.get((db.id, key))
-            yield key, rec if lent is None else Record(lent.rsn, NO_DMASTER, lent.value)
+            if lent is None:
+                yield key, rec
+            elif lent.record is not None:
+                yield key, lent.record
+
+
+def _unnamed(rec: Record) -> Record:
+    return Record(rec.rsn, NO_DMASTER, rec.value, rec.flags)

@@ -120,11 +120,18 @@ def try_take(held: list[Need]) -> list[Need] | None:
 
 
 def give_back(taken: list[Need]) -> None:
+    """Release what `try_take` took: every lock, even when one release fails."""
+    failure: BaseException | None = None
     for db, key in reversed(taken):
-        if key is None:
-            db.local.unlock_all()
-        else:
-            db.local.unlock_chain(key)
+        try:
+            if key is None:
+                db.local.unlock_all()
+            else:
+                db.local.unlock_chain(key)
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 async def read_record(db: Database, key: bytes, deadline: float) -> Record | None:
@@ -154,17 +161,19 @@ class StreamGate:
         locked: Mapping[Ref, LockQueue],
         stats: Counter[str],
         limit: Callable[[], float],
-        stuck: Callable[[str], None],
+        resync: Callable[[str, bool], None],
     ) -> None:
         self.dbs = dbs
         self.locked = locked
         #: the node's counters: "stream_stalls" counts events a client's chain held up
         self.stats = stats
-        #: how long (seconds) the stream may stall before `stuck(why)` is called
-        #: (and what waits is dropped): the node must then leave the group,
-        #: whose other members wait for it to apply what they send
+        #: how long (seconds) the stream may stall before the node resyncs (and
+        #: what waits is dropped): it must then leave the group, whose other
+        #: members wait for it to apply what they send
         self.limit = limit
-        self.stuck = stuck
+        #: leave the group and rejoin for a state transfer: (why, whether our
+        #: copy may be damaged: an event was dropped half-handled)
+        self.resync = resync
         #: events waiting behind one that found a chain held, with their handlers
         self._waiting: deque[tuple[object, Callable[[Any], None]]] = deque()
         self._since = 0.0
@@ -176,7 +185,7 @@ class StreamGate:
 
     def enter(self, event: object, handle: Callable[[Any], None]) -> None:
         """Handle `event` now if nothing waits and its chains are free, else queue it."""
-        if self._waiting or not self._run(event, handle):
+        if self._waiting or not self._run_or_resync(event, handle):
             if not self._waiting:
                 self.stats["stream_stalls"] += 1
                 self._since = asyncio.get_running_loop().time()
@@ -200,6 +209,18 @@ class StreamGate:
         finally:
             give_back(taken)
 
+    def _run_or_resync(self, event: object, handle: Callable[[Any], None]) -> bool:
+        """`_run`; an event that fails past the engine's own handling (a lock
+        call, a bug) is dropped with everything behind it, and the node
+        resyncs: its copy may lack what the event did."""
+        try:
+            return self._run(event, handle)
+        except Exception as exc:
+            log.exception("handling %s failed", type(event).__name__)
+            self.clear()
+            self.resync(f"handling {type(event).__name__} failed: {exc}", True)
+            return True
+
     def _run(self, event: object, handle: Callable[[Any], None]) -> bool:
         need = needs(event, self.dbs, self.locked)
         if not need:  # the usual case: no Samba client shares what it touches
@@ -220,24 +241,21 @@ class StreamGate:
 
     def _retry(self) -> None:
         self._timer = None
+        now = asyncio.get_running_loop().time()
         while self._waiting:
             event, handle = self._waiting.popleft()
-            try:
-                ran = self._run(event, handle)
-            except BaseException:
-                if self._waiting:  # the events behind it must not wait for ever
-                    self._arm()
-                raise
-            if not ran:
-                self._waiting.appendleft((event, handle))
-                if asyncio.get_running_loop().time() - self._since > self.limit():
-                    self.stats["stream_stuck"] += 1
-                    self.clear()
-                    names = sorted(db.name for db, _ in needs(event, self.dbs, self.locked))
-                    self.stuck(f"a client has held a chain in {', '.join(names)} too long")
-                    return
-                self._arm()
+            if self._run_or_resync(event, handle):
+                self._since = now  # the next one's stall starts now
+                continue
+            self._waiting.appendleft((event, handle))
+            if now - self._since > self.limit():
+                self.stats["stream_stuck"] += 1
+                self.clear()
+                names = sorted(db.name for db, _ in needs(event, self.dbs, self.locked))
+                self.resync(f"a client has held a chain in {', '.join(names)} too long", False)
                 return
+            self._arm()
+            return
 
     def clear(self) -> None:
         """Forget what waits (the node stops)."""

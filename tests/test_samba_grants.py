@@ -1,0 +1,287 @@
+"""Lending records to Samba's clients over vs (ctdb.engines.ordered.samba_grants),
+alone: one node's replica fed a stream by hand, a client that writes in place
+(this process, as Samba's clients write the shared file), and the faults a
+review found: a minority view, an unlock that fails, a snapshot taken while a
+record is given back, a record that did not exist, a wipe under a lent record.
+
+The stream here is synchronous: `apply` runs an operation on the replica and
+does what the engine does after it (answer grants, then `after_apply`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.ordered.local_clients import LocalClients
+from ctdb.engines.ordered.replica import Granted, Replica
+from ctdb.engines.ordered.samba_grants import SambaGrants
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import NO_DMASTER, Record
+from tests.chain_holder import Holder
+from tests.test_chain_gate import _until
+from tests.test_ordered_replica import Dbs
+
+PNN = 0
+OTHER = (1, 1)  # a client of node 1, in the lock queues
+
+
+class Node:
+    """What lending reads of the node: its pnn, databases, tunables, stats."""
+
+    def __init__(self, dbs: Dbs, engine: Engine) -> None:
+        self.pnn = PNN
+        self.stats: Counter[str] = Counter()
+        self._dbs = dbs
+        self.engine = engine
+
+    @property
+    def dbs(self) -> dict[int, Database]:
+        return self._dbs.dbs
+
+    def tunable(self, name: str) -> float:
+        return {"CallTimeout": 0.5}[name]
+
+    async def wait_serving(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not (self.engine.synced and self.engine.quorate):
+            if loop.time() > deadline:
+                raise CtdbError(ErrorCode.TIMEOUT, "not serving")
+            await asyncio.sleep(0.005)
+
+
+class Engine:
+    """The ordered engine's part that lending uses, over a hand-fed stream."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dbs = Dbs(directory, PNN)
+        self.node = Node(self.dbs, self)
+        self.replica = Replica(PNN, self.dbs, self.node.stats)
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.clients = LocalClients(
+            PNN, self.replica, lambda op, args: self.sent.append((op, args))
+        )
+        self.synced = True
+        self.quorate = True
+        self.members = [0, 1, 2]
+        #: unlocks of ours that fail before one is applied (no quorum, say)
+        self.failing_unlocks = 0
+        self.samba = SambaGrants(cast(Any, self))
+
+    def apply(self, origin: int, op: str, args: dict[str, Any]) -> None:
+        try:
+            self.replica.apply(origin, op, args)
+        finally:
+            effects, self.replica.effects = self.replica.effects, []
+            for effect in effects:
+                if isinstance(effect, Granted):
+                    self.clients.on_granted(effect)
+            self.samba.after_apply()
+
+    async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
+        owner = self.clients.owner(session)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.clients.lock_waiters[(owner, db.id, key)] = fut
+        try:
+            self.apply(PNN, "lock", {"db": db.id, "key": key, "owner": list(owner)})
+            value: bytes | None = await fut
+        finally:
+            del self.clients.lock_waiters[(owner, db.id, key)]
+        self.clients.granted.add((owner, db.id, key))
+        return value
+
+    async def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
+        await asyncio.sleep(0)
+        if self.failing_unlocks:
+            self.failing_unlocks -= 1
+            raise CtdbError(ErrorCode.TIMEOUT, "no quorum")
+        owner = self.clients.owner(session)
+        self.apply(PNN, "unlock", {"db": db.id, "key": key, "owner": list(owner), "value": value})
+        self.clients.granted.discard((owner, db.id, key))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    made = Engine(tmp_path)
+    made.apply(PNN, "attach", {"name": "shared.tdb", "kind": "volatile"})
+    db = made.dbs.dbs[next(iter(made.dbs.dbs))]
+    db.shared = True
+    try:
+        yield made
+    finally:
+        db.local.close()
+
+
+def _db(engine: Engine) -> Database:
+    return next(iter(engine.dbs.dbs.values()))
+
+
+def _store(engine: Engine, key: bytes, value: bytes) -> None:
+    """A write through the stream, by a client of node 1."""
+    db = _db(engine)
+    engine.apply(1, "store", {"db": db.id, "key": key, "value": value, "owner": list(OTHER)})
+
+
+def _write_in_place(db: Database, key: bytes, value: bytes) -> None:
+    """What a Samba client does with a record its header says is ours."""
+    rec = db.local.get(key)
+    assert rec is not None and rec.dmaster == PNN, "written in place only while lent here"
+    db.local.put(key, Record(rec.rsn, PNN, value))
+
+
+def _run(scenario: Callable[[], Any]) -> None:
+    asyncio.run(scenario())
+
+
+def test_a_lent_record_is_written_in_place_and_taken_back_for_another_request(
+    engine: Engine,
+) -> None:
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+
+    async def scenario() -> None:
+        rec = await engine.samba.migrate_here(db, b"k")
+        assert (rec.dmaster, rec.value) == (PNN, b"v0")
+        _write_in_place(db, b"k", b"v1")
+        engine.apply(1, "lock", {"db": db.id, "key": b"k", "owner": list(OTHER)})
+        await _until(lambda: engine.replica.locks[(db.id, b"k")].holder == OTHER)
+        got = db.local.get(b"k")
+        assert got is not None and (got.value, got.dmaster) == (b"v1", NO_DMASTER)
+        assert got.rsn == 2  # one more than the stream's copy, as on every replica
+        assert not engine.samba.lent and not engine.samba.returning
+
+    _run(scenario)
+
+
+def test_a_minority_view_revokes_what_is_lent_and_lends_nothing_until_it_serves(
+    engine: Engine,
+) -> None:
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+    samba_owner = engine.clients.owner(engine.samba.session)
+
+    async def scenario() -> None:
+        await engine.samba.migrate_here(db, b"k")
+        _write_in_place(db, b"k", b"written in the minority")
+        # The view lost its quorum (what `Rounds.on_view` then runs: a purge, then act).
+        engine.quorate = False
+        engine.synced = False
+        engine.samba.after_apply()
+        assert not engine.samba.lent
+        got = db.local.get(b"k")
+        assert got == Record(1, NO_DMASTER, b"v0"), "our file is back to the stream's copy"
+        assert (samba_owner, db.id, b"k") not in engine.clients.granted
+        with pytest.raises(CtdbError) as failed:
+            await engine.samba.migrate_here(db, b"k")
+        assert failed.value.code == ErrorCode.TIMEOUT
+        assert db.local.get(b"k") == Record(1, NO_DMASTER, b"v0")
+        # Serving again, the lock the queues still give our Samba side goes back.
+        engine.quorate = engine.synced = True
+        engine.clients.release_orphans()
+        assert ("withdraw", {"db": db.id, "key": b"k", "owner": samba_owner}) in engine.sent
+
+    _run(scenario)
+
+
+def test_a_revoked_record_a_client_holds_is_restored_once_the_client_lets_go(
+    engine: Engine,
+) -> None:
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+    client = Holder(db.path, db.local.tdb_flags)
+
+    async def scenario() -> None:
+        await engine.samba.migrate_here(db, b"k")
+        _write_in_place(db, b"k", b"v1")
+        assert client.ask("lock", b"k") == "locked"
+        engine.samba.revoke_all()
+        assert not engine.samba.lent
+        await asyncio.sleep(0.05)  # (the restoring polls the chain meanwhile)
+        held = Record.unpack(bytes.fromhex(client.ask("read", b"k")))
+        assert (held.dmaster, held.value) == (PNN, b"v1"), "a held chain is not written"
+        assert client.ask("unlock", b"k") == "unlocked"
+        await _until(lambda: db.local.get(b"k") == Record(1, NO_DMASTER, b"v0"))
+
+    try:
+        _run(scenario)
+    finally:
+        client.close()
+
+
+def test_an_unlock_that_fails_is_sent_again_until_the_stream_applies_it(engine: Engine) -> None:
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+    engine.failing_unlocks = 3
+    seen: list[list[tuple[bytes, Record]]] = []
+
+    async def scenario() -> None:
+        await engine.samba.migrate_here(db, b"k")
+        _write_in_place(db, b"k", b"v1")
+        engine.apply(1, "lock", {"db": db.id, "key": b"k", "owner": list(OTHER)})
+        await _until(lambda: bool(engine.samba.returning))
+        # Meanwhile a state transfer from here carries the stream's copy, a
+        # traverse (here or elsewhere) what the clients wrote.
+        seen.append(list(engine.samba.published_items(db)))
+        assert await engine.samba.lent_records(db, 1e9) == [(b"k", Record(1, NO_DMASTER, b"v1"))]
+        await _until(lambda: engine.replica.locks[(db.id, b"k")].holder == OTHER, timeout=5)
+        assert engine.failing_unlocks == 0
+        assert db.local.get(b"k") == Record(2, NO_DMASTER, b"v1")
+        assert not engine.samba.returning
+
+    _run(scenario)
+    assert seen == [[(b"k", Record(1, NO_DMASTER, b"v0"))]]
+
+
+def test_a_snapshot_from_a_lending_node_carries_the_stream_s_copy(engine: Engine) -> None:
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+
+    async def scenario() -> None:
+        await engine.samba.migrate_here(db, b"k")
+        await engine.samba.migrate_here(db, b"missing")
+        _write_in_place(db, b"k", b"v1")
+        _write_in_place(db, b"missing", b"new")
+        assert list(engine.samba.published_items(db)) == [(b"k", Record(1, NO_DMASTER, b"v0"))]
+
+    _run(scenario)
+
+
+def test_a_record_lent_while_missing_and_given_back_unchanged_leaves_nothing(
+    engine: Engine,
+) -> None:
+    db = _db(engine)
+
+    async def scenario() -> None:
+        rec = await engine.samba.migrate_here(db, b"k")
+        assert (rec.rsn, rec.dmaster, rec.value) == (0, PNN, b"")
+        engine.apply(1, "lock", {"db": db.id, "key": b"k", "owner": list(OTHER)})
+        await _until(lambda: engine.replica.locks[(db.id, b"k")].holder == OTHER)
+        assert db.local.get(b"k") is None
+
+    _run(scenario)
+
+
+def test_a_wipe_under_a_lent_record_lends_the_wiped_record(engine: Engine) -> None:
+    """Samba's client would otherwise find no header naming us after its
+    REQ_CALL, and ask again for ever."""
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+
+    async def scenario() -> None:
+        await engine.samba.migrate_here(db, b"k")
+        engine.apply(1, "wipe", {"db": db.id})
+        assert db.local.get(b"k") is None
+        rec = await engine.samba.migrate_here(db, b"k")
+        assert (rec.rsn, rec.dmaster, rec.value) == (0, PNN, b"")
+        _write_in_place(db, b"k", b"after the wipe")
+        engine.apply(1, "lock", {"db": db.id, "key": b"k", "owner": list(OTHER)})
+        await _until(lambda: engine.replica.locks[(db.id, b"k")].holder == OTHER)
+        # As on a replica that never had the record: the unlock wrote it first.
+        assert db.local.get(b"k") == Record(1, NO_DMASTER, b"after the wipe")
+
+    _run(scenario)
