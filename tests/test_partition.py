@@ -25,6 +25,7 @@ killed earlier runs.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -34,10 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tdb
 
 from ctdb.client import Client
-from ctdb.common.config import SOCKET_NAME
+from ctdb.common.config import CTDB_SOCKET_NAME, SOCKET_NAME
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.storage.ltdb import TDB_MUTEX_LOCKING
+from tests.chain_holder import Holder
+from tests.conftest import run_ctdbtool
+from tests.test_samba_ctdb_tool import CTDB
+from tests.test_samba_record_calls import read_record
 from tools import netns
 from tools.netns import NetnsCluster
 from transport.corosync import render_config
@@ -331,3 +338,60 @@ def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -
     for key, v in expected_p.items():
         assert per[key] == v.encode(), key
     assert per["minority"] is None
+
+
+def test_a_cut_nodes_samba_clients_stop_writing_in_place_and_the_majority_value_wins(
+    ctdb: NetnsCtdb,
+) -> None:
+    """A record Samba's clients on node 2 use in place (tcp: node 2 is its
+    dmaster; vs: it is lent to node 2) must not be written there any more
+    once the majority serves without node 2: the majority takes it over,
+    and a client on each side believing it holds the record (a g_lock,
+    smbd's share modes) would break mutual exclusion; what the minority
+    wrote would vanish at the heal. So by then the file on node 2 is held
+    whole (a freeze) or no longer names node 2 as the record's dmaster."""
+    if not os.access(CTDB, os.X_OK):
+        pytest.skip("Samba's ctdb tool is not installed (Debian: ctdb)")
+    wait, heal_wait = WAIT[ctdb.transport], HEAL_WAIT[ctdb.transport]
+    name = f"samba_{uuid.uuid4().hex[:6]}"
+    assert samba_tool(ctdb, 0, "attach", name).returncode == 0
+    out = samba_tool(ctdb, 2, "writekey", name, "k", "from node 2")
+    assert out.returncode == 0, out.stderr
+    dbs = run_ctdbtool(ctdb.socket(2), "--json", "getdbmap").json()
+    path = next(db["path"] for db in dbs if db["name"] == name)
+    client = Holder(Path(path), tdb.NOSYNC | TDB_MUTEX_LOCKING)
+    try:
+        assert client.ask("lock", b"k") == "locked"
+        rec = read_record(client, b"k")
+        assert rec is not None and (rec.dmaster, rec.value) == (2, b"from node 2"), "in place"
+        assert client.ask("unlock", b"k") == "unlocked"
+
+        ctdb.net.cut(2)
+        wait_for("nodes 0 and 1 to serve without 2", lambda: healthy(ctdb, [0, 1]), wait, ctdb)
+        out = samba_tool(ctdb, 0, "writekey", name, "k", "from the majority")
+        assert out.returncode == 0, out.stderr
+        # Node 2's clients: held out of the file, or sent to the daemon.
+        if client.ask("lock", b"k") == "locked":
+            left = read_record(client, b"k")
+            assert client.ask("unlock", b"k") == "unlocked"
+            assert left is None or left.dmaster != 2, f"node 2 would still write {left} in place"
+    finally:
+        client.close()
+    ctdb.net.heal(2)
+    wait_for("all three nodes healthy again", lambda: healthy(ctdb, [0, 1, 2]), heal_wait, ctdb)
+    for i in range(SIZE):
+        out = samba_tool(ctdb, i, "readkey", name, "k")
+        assert out.returncode == 0, out.stderr
+        assert "from the majority" in out.stdout, (i, out.stdout)
+
+
+def samba_tool(ctdb: NetnsCtdb, i: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """Samba's `ctdb ARGS` against node i's daemon (from the host: its socket is on disk)."""
+    env = dict(
+        os.environ,
+        CTDB_SOCKET=str(ctdb.node_dir(i) / "ctdb" / CTDB_SOCKET_NAME),
+        CTDB_BASE=str(ctdb.node_dir(i) / "ctdb"),  # its nodes file
+    )
+    return subprocess.run(
+        [CTDB, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )

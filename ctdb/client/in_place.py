@@ -98,6 +98,9 @@ class _File:
 
 
 _FILES: dict[str, _File] = {}
+#: held while a thread opens or reopens a file: two threads of a process
+#: that both found it unopened would open it twice (libtdb refuses: EBUSY)
+_OPENING = threading.Lock()
 _SERVING: dict[str, mmap.mmap] = {}
 
 
@@ -129,21 +132,22 @@ class InPlaceDb:
 
     def _enter(self) -> _File | None:
         """The file, ours to use now; None: ask the daemon."""
-        file = _FILES.get(self.path)
-        if file is None or file.stale:
-            # First use, or a daemon that restarted recreated its files: open
-            # the file of its current run, unless a client still uses the old one.
-            if file is not None and not file.claim(self.owner):
-                return None
-            state = serving_state.read(self._serving)
-            if state.until <= time.monotonic():
+        with _OPENING:
+            file = _FILES.get(self.path)
+            if file is None or file.stale:
+                # First use, or a daemon that restarted recreated its files: open
+                # the file of its current run, unless a client still uses the old one.
+                if file is not None and not file.claim(self.owner):
+                    return None
+                state = serving_state.read(self._serving)
+                if state.until <= time.monotonic():
+                    if file is not None:
+                        file.leave()
+                    return None
                 if file is not None:
-                    file.leave()
-                return None
-            if file is not None:
-                del _FILES[self.path]
-                file.close()
-            file = _FILES[self.path] = _File(self.path, self.tdb_flags, state.run)
+                    del _FILES[self.path]
+                    file.close()
+                file = _FILES[self.path] = _File(self.path, self.tdb_flags, state.run)
         return file if file.enter(self.owner) else None
 
     def _state(self, file: _File) -> serving_state.ServingState | None:

@@ -32,6 +32,7 @@ from ctdb.protocol.messages import (
     RemoteCall,
     RemoteCallReply,
 )
+from ctdb.server.frozen_files import InPlaceGuard
 from ctdb.server.recovery_member import RecoveryMember
 from ctdb.server.state import (
     INACTIVE,
@@ -66,6 +67,10 @@ class LeaderRecovery:
         self.engine = MigrationEngine(node, node.transactions)
         #: our part in the leader's recoveries (the steps, as controls)
         self.member = RecoveryMember(node, self.engine)
+        #: Samba's clients write in place only while ours may (`in_place_until`)
+        self.in_place = InPlaceGuard(
+            node.dbs, node.stats, self.in_place_until, self.member.bulk_lock
+        )
         self._wanted = asyncio.Event()
         #: since when a member we would recover hears from nodes we do not
         self._connecting_since: float | None = None
@@ -86,6 +91,7 @@ class LeaderRecovery:
     async def stop(self) -> None:
         # A cancelled pull or push goes on in its thread: close nothing under it.
         await self.member.bulk(lambda: None)
+        self.in_place.stop()
         self.engine.chains.close()  # work waiting for clients' chain locks: never done
 
     def confirmed(self) -> bool:
@@ -124,6 +130,9 @@ class LeaderRecovery:
     def peer_flags(self, pnn: int) -> int:
         state = self.node.liveness.peers.get(pnn)
         return state.flags if state else 0
+
+    def in_place_changed(self) -> None:
+        self.in_place.update()
 
     def in_place_until(self) -> float:
         node = self.node

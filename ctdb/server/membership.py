@@ -77,6 +77,10 @@ class Membership(Protocol):
         """Until when (loop clock) clients may use this node's records in place
         (`ctdb.protocol.serving_state`): 0 when they may not."""
 
+    def in_place_changed(self) -> None:
+        """`in_place_until` may have changed: Samba's clients, who cannot be
+        told, must follow it too (tcp: `frozen_files.InPlaceGuard`)."""
+
     def flags_changed(self, old: int, new: int) -> None:
         """Our own administrative flags changed."""
 

@@ -187,6 +187,7 @@ class Node:
         if self.serving_file is not None:
             until = self.membership.in_place_until()
             self.serving_file.publish(until, self.now(), self.epochs.epoch, self.epochs.incarnation)
+        self.membership.in_place_changed()
 
     def in_generation(self, generation: int) -> bool:
         """Messages between nodes count only within the generation that sent them.

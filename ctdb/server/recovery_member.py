@@ -64,7 +64,7 @@ class RecoveryMember:
         #: (None: none yet, so its clients own no entries)
         self._served_epoch: int | None = None
         #: Recovery's whole-database work runs off the event loop (see `bulk`).
-        self._bulk_lock = threading.Lock()
+        self.bulk_lock = threading.Lock()
         #: the volatile files held whole from the leader's freeze to thaw
         self.files = FrozenFiles(node.dbs, node.stats)
 
@@ -141,7 +141,7 @@ class RecoveryMember:
         """
 
         def locked() -> T:
-            with self._bulk_lock:
+            with self.bulk_lock:
                 return work()
 
         try:

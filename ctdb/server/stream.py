@@ -96,6 +96,9 @@ class StreamMembership:
     def in_place_until(self) -> float:
         return 0.0  # every write enters the ordered stream: never in place
 
+    def in_place_changed(self) -> None:
+        pass  # Samba's clients write in place only what is lent (samba_grants)
+
     def flags_changed(self, old: int, new: int) -> None:
         self.engine.announce_flags(new)
 
