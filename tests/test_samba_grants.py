@@ -44,12 +44,16 @@ class Node:
     def dbs(self) -> dict[int, Database]:
         return self._dbs.dbs
 
+    @property
+    def serving(self) -> bool:
+        return self.engine.synced and self.engine.quorate and not self.engine.stopped
+
     def tunable(self, name: str) -> float:
         return {"CallTimeout": 0.5}[name]
 
     async def wait_serving(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        while not (self.engine.synced and self.engine.quorate):
+        while not self.serving:
             if loop.time() > deadline:
                 raise CtdbError(ErrorCode.TIMEOUT, "not serving")
             await asyncio.sleep(0.005)
@@ -68,6 +72,8 @@ class Engine:
         )
         self.synced = True
         self.quorate = True
+        #: stopped or banned (the node's own flags): in the stream, not serving
+        self.stopped = False
         self.members = [0, 1, 2]
         #: unlocks of ours that fail before one is applied (no quorum, say)
         self.failing_unlocks = 0
@@ -95,7 +101,17 @@ class Engine:
         self.clients.granted.add((owner, db.id, key))
         return value
 
-    async def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
+    async def unlock(
+        self,
+        db: Database,
+        key: bytes,
+        session: object,
+        value: bytes | None,
+        *,
+        serving: bool = True,
+    ) -> None:
+        if serving:
+            await self.node.wait_serving(asyncio.get_running_loop().time() + 0.5)
         await asyncio.sleep(0)
         if self.failing_unlocks:
             self.failing_unlocks -= 1
@@ -283,5 +299,28 @@ def test_a_wipe_under_a_lent_record_lends_the_wiped_record(engine: Engine) -> No
         await _until(lambda: engine.replica.locks[(db.id, b"k")].holder == OTHER)
         # As on a replica that never had the record: the unlock wrote it first.
         assert db.local.get(b"k") == Record(1, NO_DMASTER, b"after the wipe")
+
+    _run(scenario)
+
+
+def test_a_stopped_node_gives_back_what_is_lent_at_once_with_what_was_written(
+    engine: Engine,
+) -> None:
+    """As a stopped ctdbd is frozen: nothing is lent any more, and the record
+    is served elsewhere meanwhile, with what the clients wrote (the unlock
+    does not wait for this node to serve: it still follows the stream)."""
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+
+    async def scenario() -> None:
+        await engine.samba.migrate_here(db, b"k")
+        _write_in_place(db, b"k", b"v1")
+        engine.stopped = True
+        engine.samba.after_apply()  # (what the flags' delivery runs)
+        await _until(lambda: (db.id, b"k") not in engine.replica.locks)
+        assert db.local.get(b"k") == Record(2, NO_DMASTER, b"v1")
+        assert not engine.samba.lent
+        with pytest.raises(CtdbError):
+            await engine.samba.migrate_here(db, b"k")
 
     _run(scenario)

@@ -350,3 +350,32 @@ def test_a_record_whose_node_died_is_served_again_with_what_left_that_node(
     assert samba_ctdb(cluster, 0, "readkey", volatile, "k").stdout == "Data: size:5 ptr:[again]\n"
     read = run_ctdbtool(cluster.socket(1), "--json", "readkey", volatile, "k").json()
     assert read["value"] == "again"
+
+
+def test_a_stopped_node_lets_go_of_the_records_its_clients_used(
+    cluster: LocalCluster, volatile: str, transport: str
+) -> None:
+    """A stopped node serves nothing (as a stopped ctdbd is frozen): its
+    Samba clients stop writing in place, and a record they used is served
+    elsewhere at once, not once the node continues. Over vs with what they
+    wrote (the node gives it back); over tcp, as with ctdbd, a recovery
+    leaves an inactive node's copies out, so the record may be lost."""
+    assert samba_ctdb(cluster, 1, "writekey", volatile, "k", "from node 1").returncode == 0
+    with cluster.client(1) as cl:
+        cl.call("stop", pnn=1)
+    try:
+        started = time.monotonic()
+        read = samba_ctdb(cluster, 0, "readkey", volatile, "k")
+        assert read.returncode == 0, read
+        if transport == "vs":
+            assert read.stdout == "Data: size:11 ptr:[from node 1]\n", read
+        out = samba_ctdb(cluster, 2, "writekey", volatile, "k", "from node 2")
+        assert out.returncode == 0, out.stderr
+        assert time.monotonic() - started < 20
+    finally:
+        with cluster.client(1) as cl:
+            cl.call("continue")
+    cluster.wait_healthy(timeout=60)
+    for pnn in range(3):
+        read = samba_ctdb(cluster, pnn, "readkey", volatile, "k")
+        assert read.stdout == "Data: size:11 ptr:[from node 2]\n", (pnn, read)

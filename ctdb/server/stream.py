@@ -152,6 +152,8 @@ class StreamMembership:
             node.serving_event.clear()
         node.generation = generation
         node.liveness.announce()
+        # Whether Samba's clients may go on using what is lent to them.
+        engine.samba.after_apply()
 
     def fence_owners(self) -> None:
         self.node.owners.fence_all()

@@ -100,11 +100,15 @@ class OrderedEngine:
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
 
-    async def _submit(self, op: str, args: dict[str, Any], deadline: float | None = None) -> Any:
-        """`op` in the stream once this node serves; its result (see Requests.submit)."""
+    async def _submit(
+        self, op: str, args: dict[str, Any], deadline: float | None = None, *, serving: bool = True
+    ) -> Any:
+        """`op` in the stream once this node serves (`serving`: else at once);
+        its result (see Requests.submit)."""
         if deadline is None:
             deadline = self._deadline()
-        await self.node.wait_serving(deadline)
+        if serving:
+            await self.node.wait_serving(deadline)
         return await self.requests.submit(op, args, deadline)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
@@ -203,14 +207,24 @@ class OrderedEngine:
         finally:
             self.clients.lock_waiters.pop((owner, db.id, key), None)
 
-    async def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> None:
+    async def unlock(
+        self,
+        db: Database,
+        key: bytes,
+        session: object,
+        value: bytes | None,
+        *,
+        serving: bool = True,
+    ) -> None:
+        """`serving` False: sent without waiting for this node to serve (a
+        stopped node gives back what its Samba clients held)."""
         owner = self.clients.owner(session)
         q = self.replica.locks.get((db.id, key))
         if q is None or q.holder != owner:
             self.clients.granted.discard((owner, db.id, key))  # a grant a state transfer undid
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
         args = {"db": db.id, "key": key, "owner": owner, "value": value}
-        await self._submit("unlock", self._volatile_write(args))
+        await self._submit("unlock", self._volatile_write(args), serving=serving)
         self.clients.granted.discard((owner, db.id, key))
 
     def release_all(self, session: object) -> None:

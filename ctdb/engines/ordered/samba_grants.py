@@ -7,7 +7,8 @@ its header names this node as dmaster; otherwise they ask with REQ_CALL
 record and every write must enter the ordered stream, so the file names no
 dmaster (`ltdb.NO_DMASTER`) until a record is lent:
 
-1. Lend, only while this node serves (in sync, in a quorate view): REQ_CALL
+1. Lend, only while this node serves (in sync, in a quorate view, not
+   stopped or banned): REQ_CALL
    takes the record's replicated lock (`locks.LockQueue`) for this node's
    Samba side, one owner per node (`session`); once the stream grants it,
    the header of our copy names this node, and the call is answered.
@@ -21,12 +22,16 @@ dmaster (`ltdb.NO_DMASTER`) until a record is lent:
    every member applies before the next holder reads. The unlock is sent
    again until it is applied or the lock is no longer ours: a lock we hold
    and never give back would stay locked for good.
+   A node that stops serving while it still follows the stream (stopped,
+   banned, a round for a joiner under way) takes back everything at once,
+   as a stopped ctdbd is frozen: the record is served elsewhere meanwhile.
 3. Revoke: when the stream takes the lock from us without our unlock (the
-   others purged it, a state transfer replaced our copy), or this node stops
-   serving (a minority view, a resync, a stop), our file goes back to the
-   stream's copy at once, naming nobody, so our clients stop writing in
-   place and ask; what they wrote meanwhile is lost. A lock still ours in
-   the queues is released once we serve again (`LocalClients.release_orphans`).
+   others purged it, a state transfer replaced our copy), or this node no
+   longer follows the stream (a minority view, a resync, a stop of the
+   daemon), our file goes back to the stream's copy at once, naming
+   nobody, so our clients stop writing in place and ask; what they wrote
+   meanwhile is lost. A lock still ours in the queues is released once we
+   serve again (`LocalClients.release_orphans`).
 
 Our file thus always holds the stream's copy of every record except the
 ones lent here right now, and a state transfer this node sends carries
@@ -114,7 +119,13 @@ class LendingEngine(Protocol):
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None: ...
 
     async def unlock(
-        self, db: Database, key: bytes, session: object, value: bytes | None
+        self,
+        db: Database,
+        key: bytes,
+        session: object,
+        value: bytes | None,
+        *,
+        serving: bool = True,
     ) -> None: ...
 
 
@@ -135,9 +146,14 @@ class SambaGrants:
         self._busy: dict[Ref, asyncio.Task[None]] = {}
 
     @property
-    def may_lend(self) -> bool:
-        """This node serves: in sync, in a quorate view."""
+    def in_stream(self) -> bool:
+        """In sync, in a quorate view: what we send, every member applies."""
         return self.engine.synced and self.engine.quorate
+
+    @property
+    def may_lend(self) -> bool:
+        """This node serves: in the stream, not stopped or banned, no round under way."""
+        return self.in_stream and self.engine.node.serving
 
     def _ours(self, ref: Ref) -> bool:
         """Our Samba side holds the record's lock in the stream's queues."""
@@ -232,16 +248,17 @@ class SambaGrants:
         if not self.lent:
             return
         engine = self.engine
-        if not self.may_lend:
+        if not self.in_stream:
             self.revoke_all()
             return
+        urgent = not self.may_lend  # stopped, banned, or a round under way: all goes back
         for ref in list(self.lent):
             q = engine.replica.locks.get(ref)
             if not self._ours(ref):
                 # Purged or replaced by a state transfer: our clients must
                 # stop writing in place.
                 self._revoke(ref)
-            elif q is not None and len(q.entries) > 1 and not self._running(ref):
+            elif q is not None and (urgent or len(q.entries) > 1) and not self._running(ref):
                 db = engine.node.dbs.get(ref[0])
                 if db is not None:
                     self._start(ref, self._take_back(db, ref[1]))
@@ -314,7 +331,7 @@ class SambaGrants:
                     value = None  # the stream rewrote it (a wipe): nothing to give back
                 else:
                     value = rec.value if rec.value != lent.value else None
-                early = lent.since + HOLD_MIN - loop.time()
+                early = lent.since + HOLD_MIN - loop.time() if self.may_lend else 0.0
                 if early <= 0 or value is not None:  # (or a client used it already)
                     self._restore(db, key, lent)
                     del self.lent[ref]
@@ -336,7 +353,9 @@ class SambaGrants:
         warned = False
         while self._ours(ref):
             try:
-                await self.engine.unlock(db, key, self.session, value)
+                # Not waiting for this node to serve while every member
+                # applies what it sends: a stopped node gives back too.
+                await self.engine.unlock(db, key, self.session, value, serving=not self.in_stream)
                 return
             except CtdbError as exc:
                 if exc.code == ErrorCode.NOT_LOCKED:
