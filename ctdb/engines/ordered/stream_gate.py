@@ -172,7 +172,7 @@ class StreamGate:
         #: members wait for it to apply what they send
         self.limit = limit
         #: leave the group and rejoin for a state transfer: (why, whether our
-        #: copy may be damaged: an event was dropped half-handled)
+        #: copy may be damaged)
         self.resync = resync
         #: events waiting behind one that found a chain held, with their handlers
         self._waiting: deque[tuple[object, Callable[[Any], None]]] = deque()
@@ -185,7 +185,7 @@ class StreamGate:
 
     def enter(self, event: object, handle: Callable[[Any], None]) -> None:
         """Handle `event` now if nothing waits and its chains are free, else queue it."""
-        if self._waiting or not self._run_or_resync(event, handle):
+        if self._waiting or not self._run(event, handle):
             if not self._waiting:
                 self.stats["stream_stalls"] += 1
                 self._since = asyncio.get_running_loop().time()
@@ -209,31 +209,33 @@ class StreamGate:
         finally:
             give_back(taken)
 
-    def _run_or_resync(self, event: object, handle: Callable[[Any], None]) -> bool:
-        """`_run`; an event that fails past the engine's own handling (a lock
-        call, a bug) is dropped with everything behind it, and the node
-        resyncs: its copy may lack what the event did."""
-        try:
-            return self._run(event, handle)
-        except Exception as exc:
-            log.exception("handling %s failed", type(event).__name__)
-            self.clear()
-            self.resync(f"handling {type(event).__name__} failed: {exc}", True)
-            return True
-
     def _run(self, event: object, handle: Callable[[Any], None]) -> bool:
         need = needs(event, self.dbs, self.locked)
         if not need:  # the usual case: no Samba client shares what it touches
             handle(event)
             return True
-        taken = try_take(need)
+        try:
+            taken = try_take(need)
+        except CtdbError as exc:
+            self._locking_failed(exc)  # (the event is dropped, with what waits)
+            return True
         if taken is None:
             return False
         try:
             handle(event)
         finally:
-            give_back(taken)
+            try:
+                give_back(taken)
+            except CtdbError as exc:
+                self._locking_failed(exc)
         return True
+
+    def _locking_failed(self, exc: CtdbError) -> None:
+        """libtdb failed a lock call (not a held chain): this node cannot
+        apply the stream to its shared files any more; it resyncs."""
+        log.error("chain locks of a shared file failed: %s", exc.message)
+        self.clear()
+        self.resync(f"chain locks of a shared file failed: {exc.message}", False)
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -244,7 +246,14 @@ class StreamGate:
         now = asyncio.get_running_loop().time()
         while self._waiting:
             event, handle = self._waiting.popleft()
-            if self._run_or_resync(event, handle):
+            try:
+                ran = self._run(event, handle)
+            except BaseException:
+                if self._waiting:  # the events behind it must not wait for ever
+                    self._since = now
+                    self._arm()
+                raise
+            if ran:
                 self._since = now  # the next one's stall starts now
                 continue
             self._waiting.appendleft((event, handle))
