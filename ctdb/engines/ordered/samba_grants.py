@@ -219,19 +219,26 @@ class SambaGrants:
         if not await poll(lambda: db.local.try_lock_chain(key), deadline):
             await self._give_back(db, key, None)
             raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
+        ref = (db.id, key)
+        lend = self.may_lend and self._ours(ref)
         try:
-            ref = (db.id, key)
-            if not (self.may_lend and self._ours(ref)):
-                # Revoked while we waited (this node stopped serving): a
-                # lock still ours goes back once we serve (release_orphans).
-                self._disown(ref)
-                raise CtdbError(ErrorCode.RETRY, f"record {key!r} was taken back while lent")
-            rec = db.local.get(key)
-            lent = Lent(None if rec is None else _unnamed(rec), asyncio.get_running_loop().time())
-            self._name(db, key, lent)
-            self.lent[ref] = lent
+            if lend:
+                rec = db.local.get(key)
+                now = asyncio.get_running_loop().time()
+                lent = Lent(None if rec is None else _unnamed(rec), now)
+                self._name(db, key, lent)
+                self.lent[ref] = lent
         finally:
             db.local.unlock_chain(key)
+        if not lend:
+            # This node stopped serving while we waited: what follows the
+            # stream gives the lock back now; what does not releases it
+            # once it serves again (LocalClients.release_orphans).
+            if self.in_stream:
+                await self._give_back(db, key, None)
+            else:
+                self._disown(ref)
+            raise CtdbError(ErrorCode.RETRY, f"node {engine.node.pnn} stopped serving")
 
     def _name(self, db: Database, key: bytes, lent: Lent) -> Record:
         """Under the record's chain: our file names us its dmaster."""
