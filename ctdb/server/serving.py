@@ -34,6 +34,8 @@ class ServingHost(Protocol):
 
     def have_quorum(self) -> bool: ...
 
+    def publish_serving(self) -> None: ...
+
 
 async def wait_serving(node: ServingHost, deadline: float) -> None:
     """Wait until `node` serves, or fail at once when WaitForQuorum is 0."""
@@ -63,6 +65,7 @@ async def share(node: ServingHost, db: Database) -> None:
     if node.recovery_mode is not RecoveryMode.NORMAL:
         await wait_serving(node, asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
     db.shared = True
+    node.publish_serving()  # held too if in-place use has ended (`frozen_files.InPlaceGuard`)
 
 
 def not_serving_error(node: ServingHost) -> CtdbError:
