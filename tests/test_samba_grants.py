@@ -18,6 +18,7 @@ from typing import Any, cast
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
 from ctdb.engines.ordered.samba_grants import SambaGrants
@@ -242,8 +243,10 @@ def test_an_unlock_that_fails_is_sent_again_until_the_stream_applies_it(engine: 
         await _until(lambda: bool(engine.samba.returning))
         # Meanwhile a state transfer from here carries the stream's copy, a
         # traverse (here or elsewhere) what the clients wrote.
-        seen.append(list(engine.samba.published_items(db)))
-        assert await engine.samba.lent_records(db, 1e9) == [(b"k", Record(1, NO_DMASTER, b"v1"))]
+        seen.append(list(samba_views.published_items(engine.samba, db)))
+        assert await samba_views.lent_records(engine.samba, db, 1e9) == [
+            (b"k", Record(1, NO_DMASTER, b"v1"))
+        ]
         await _until(lambda: engine.replica.locks[(db.id, b"k")].holder == OTHER, timeout=5)
         assert engine.failing_unlocks == 0
         assert db.local.get(b"k") == Record(2, NO_DMASTER, b"v1")
@@ -262,7 +265,9 @@ def test_a_snapshot_from_a_lending_node_carries_the_stream_s_copy(engine: Engine
         await engine.samba.migrate_here(db, b"missing")
         _write_in_place(db, b"k", b"v1")
         _write_in_place(db, b"missing", b"new")
-        assert list(engine.samba.published_items(db)) == [(b"k", Record(1, NO_DMASTER, b"v0"))]
+        assert list(samba_views.published_items(engine.samba, db)) == [
+            (b"k", Record(1, NO_DMASTER, b"v0"))
+        ]
 
     _run(scenario)
 

@@ -17,6 +17,7 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ctdb.engines.merge import to_wire
+from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.protocol.messages import (
     Call,
@@ -61,7 +62,8 @@ class StreamMembership:
         """The records of a database lent to our Samba clients (a traverse elsewhere)."""
         node = self.node
         deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
-        return to_wire(await self.engine.samba.lent_records(node.db(int(args["db_id"])), deadline))
+        db = node.db(int(args["db_id"]))
+        return to_wire(await samba_views.lent_records(self.engine.samba, db, deadline))
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         return []

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
+from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.barriers import ReadBarriers, until
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import Owner, QueueFull
@@ -294,7 +295,7 @@ class OrderedEngine:
         await node.wait_serving(deadline)
         if not db.shared:
             return sorted(db.live_items())
-        return await self.samba.traverse(db, deadline)
+        return await samba_views.traverse(self.samba, db, deadline)
 
     # -- the ordered stream --------------------------------------------------------------
 

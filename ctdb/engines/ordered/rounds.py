@@ -23,6 +23,7 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.host import Host
 from ctdb.engines.merge import Mark, from_wire, same_copy, to_wire
+from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import LockQueue, Owner
 from ctdb.engines.ordered.replica import Replica
@@ -269,7 +270,7 @@ class Rounds:
             "name": db.name,
             "kind": db.kind.value,
             "unchanged": unchanged,
-            "records": [] if unchanged else to_wire(e.samba.published_items(db)),
+            "records": [] if unchanged else to_wire(samba_views.published_items(e.samba, db)),
             "recoveries": e.recoveries,
             # Lock queues are replicated state like the records: a joiner
             # without them would reject the holder's unlock.

@@ -35,13 +35,13 @@ dmaster (`ltdb.NO_DMASTER`) until a record is lent:
 
 Our file thus always holds the stream's copy of every record except the
 ones lent here right now, and a state transfer this node sends carries
-those as lent (`published_items`): no replica takes up a write the others
-may never see.
+those as lent (`samba_views.published_items`): no replica takes up a write
+the others may never see.
 
 Our own clients see what Samba's clients wrote: a read or lock of a record
 someone else holds goes through the lock queue (`OrderedEngine._fetch_ordered`),
 which takes the record back first, and a traverse asks every node for what
-it has lent or is giving back (`traverse`, the `lent` control). A record
+it has lent or is giving back (`samba_views`). A record
 stays lent until it is wanted elsewhere, as a record stays with its dmaster
 in CTDB; meanwhile a record call of ours on it (conditional append) fails
 BUSY, as on any locked record. The stream itself touches a shared file only
@@ -61,17 +61,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
 from ctdb.engines.host import Host
-from ctdb.engines.merge import from_wire
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Replica
-from ctdb.engines.ordered.stream_gate import read_record
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 
@@ -377,52 +375,6 @@ class SambaGrants:
         self.revoke_all()
         for task in list(self._busy.values()):
             task.cancel()
-
-    # -- what a traverse sees ------------------------------------------------------------
-
-    async def traverse(self, db: Database, deadline: float) -> list[tuple[bytes, Record]]:
-        """The live records of shared `db`: our copy, and what Samba's clients
-        wrote in place, here and on the records lent to other nodes, which
-        the stream does not carry yet."""
-        node = self.engine.node
-        others = [p for p in self.engine.members if p != node.pnn]
-        parts = await asyncio.gather(*(node.control(p, "lent", {"db_id": db.id}) for p in others))
-        if not await poll(db.local.try_lock_all, deadline):
-            raise CtdbError(ErrorCode.TIMEOUT, f"Samba's clients kept records of {db.name} locked")
-        try:
-            records = dict(db.local.items())
-        finally:
-            db.local.unlock_all()
-        records.update(self._returning_of(db))
-        for part in parts:
-            records.update(from_wire(part))
-        return sorted((key, rec) for key, rec in records.items() if not rec.deleted)
-
-    async def lent_records(self, db: Database, deadline: float) -> list[tuple[bytes, Record]]:
-        """The records of `db` lent here, as our clients left them, and the
-        ones we are giving back (deleted ones too)."""
-        found = dict(self._returning_of(db))
-        for dbid, key in list(self.lent):
-            if dbid != db.id:
-                continue
-            rec = await read_record(db, key, deadline)
-            if rec is not None:
-                found[key] = rec
-        return list(found.items())
-
-    def _returning_of(self, db: Database) -> Iterator[tuple[bytes, Record]]:
-        return ((key, rec) for (dbid, key), rec in self.returning.items() if dbid == db.id)
-
-    # -- what a state transfer from here carries --------------------------------------
-
-    def published_items(self, db: Database) -> Iterator[tuple[bytes, Record]]:
-        """Our copy of `db` as the stream made it: a record lent here as it was lent."""
-        for key, rec in db.local.items():
-            lent = self.lent.get((db.id, key))
-            if lent is None:
-                yield key, rec
-            elif lent.record is not None:
-                yield key, lent.record
 
 
 def _unnamed(rec: Record) -> Record:

@@ -1,0 +1,73 @@
+"""What the rest of the cluster sees of records lent to Samba's clients over vs.
+
+A record lent to a node's Samba clients (`samba_grants`) is written in
+place in that node's file only, until it is taken back: a traverse must
+ask every node for what it has lent or is giving back (the `lent`
+control), and a state transfer from the lending node must carry the
+stream's copy instead, so that no replica takes up a write the others may
+never see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.chains import poll
+from ctdb.engines.merge import from_wire
+from ctdb.engines.ordered.samba_grants import SambaGrants
+from ctdb.engines.ordered.stream_gate import read_record
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import Record
+
+
+async def traverse(
+    grants: SambaGrants, db: Database, deadline: float
+) -> list[tuple[bytes, Record]]:
+    """The live records of shared `db`: our copy, and what Samba's clients
+    wrote in place, here and on the records lent to other nodes, which the
+    stream does not carry yet."""
+    node = grants.engine.node
+    others = [p for p in grants.engine.members if p != node.pnn]
+    parts = await asyncio.gather(*(node.control(p, "lent", {"db_id": db.id}) for p in others))
+    if not await poll(db.local.try_lock_all, deadline):
+        raise CtdbError(ErrorCode.TIMEOUT, f"Samba's clients kept records of {db.name} locked")
+    try:
+        records = dict(db.local.items())
+    finally:
+        db.local.unlock_all()
+    records.update(_returning(grants, db))
+    for part in parts:
+        records.update(from_wire(part))
+    return sorted((key, rec) for key, rec in records.items() if not rec.deleted)
+
+
+async def lent_records(
+    grants: SambaGrants, db: Database, deadline: float
+) -> list[tuple[bytes, Record]]:
+    """The records of `db` lent here, as our clients left them, and the
+    ones we are giving back (deleted ones too): the `lent` control."""
+    found = dict(_returning(grants, db))
+    for dbid, key in list(grants.lent):
+        if dbid != db.id:
+            continue
+        rec = await read_record(db, key, deadline)
+        if rec is not None:
+            found[key] = rec
+    return list(found.items())
+
+
+def _returning(grants: SambaGrants, db: Database) -> Iterator[tuple[bytes, Record]]:
+    return ((key, rec) for (dbid, key), rec in grants.returning.items() if dbid == db.id)
+
+
+def published_items(grants: SambaGrants, db: Database) -> Iterator[tuple[bytes, Record]]:
+    """Our copy of `db` as the stream made it, for a state transfer: a record
+    lent here as it was lent."""
+    for key, rec in db.local.items():
+        lent = grants.lent.get((db.id, key))
+        if lent is None:
+            yield key, rec
+        elif lent.record is not None:
+            yield key, lent.record
