@@ -114,9 +114,12 @@ class InPlaceGuard:
         self.bulk_lock = bulk_lock
         self._timer: asyncio.TimerHandle | None = None
         self._holding: asyncio.Task[bool] | None = None
+        self._stopped = False
 
     def update(self) -> None:
         """`until` changed (the lease was renewed or ran out, a freeze or thaw)."""
+        if self._stopped:
+            return  # (the node stops: its files are about to close)
         loop = asyncio.get_running_loop()
         if self._timer is not None:
             self._timer.cancel()
@@ -152,6 +155,7 @@ class InPlaceGuard:
             self.bulk_lock.release()
 
     def stop(self) -> None:
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
         if self._holding is not None:

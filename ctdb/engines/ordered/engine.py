@@ -183,9 +183,7 @@ class OrderedEngine:
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         owner = self.clients.owner(session)
-        q = self.replica.locks.get((db.id, key))
-        if q is not None and q.holder == owner:
-            self.clients.granted.add((owner, db.id, key))
+        if self.clients.holds(owner, db.id, key):
             return await read_value(db, key, self._deadline())
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.clients.lock_waiters[(owner, db.id, key)] = fut

@@ -48,6 +48,18 @@ class LocalClients:
             self.sessions[sid] = session
         return (self.pnn, sid)
 
+    def holds(self, owner: Owner, dbid: int, key: bytes) -> bool:
+        """`owner` holds the record and was told so: locking it again needs no stream.
+
+        Heading the queue is not enough: a grant nobody here was told of (a
+        fetch_lock that gave up, a lock a state transfer gave back) has a
+        withdrawal on its way, and a new request must be ordered after it,
+        or the withdrawal would take the lock from a client that was just
+        told it holds it.
+        """
+        q = self.replica.locks.get((dbid, key))
+        return q is not None and q.holder == owner and (owner, dbid, key) in self.granted
+
     def release_all(self, session: object) -> None:
         """A client left: whatever it holds or waits for is released, in order."""
         sid = getattr(session, "_ordered_id", None)

@@ -116,6 +116,8 @@ class LendingEngine(Protocol):
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None: ...
 
+    def resync(self, why: str, *, damaged: bool = True) -> None: ...
+
     async def unlock(
         self,
         db: Database,
@@ -173,8 +175,13 @@ class SambaGrants:
                 task = self._busy.get(ref)
                 if task is None or task.done():  # (a done task leaves `_busy` a moment later)
                     task = self._start(ref, self._lend(db, key, deadline))
-                # Shared by the calls for the record: one that leaves cancels nothing.
-                await asyncio.shield(task)
+                # Shared by the calls for the record: one that leaves cancels
+                # nothing. (A taking back may wait for quorum past our deadline.)
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), max(remaining, 0))
+                except TimeoutError:
+                    raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} not lent in time") from None
             # Our clients may be working on it already, and one may hold its
             # chain while it waits for us: never wait for it on the loop.
             if not await poll(lambda: db.local.try_lock_chain(key), deadline):
@@ -266,7 +273,9 @@ class SambaGrants:
             elif q is not None and (urgent or len(q.entries) > 1) and not self._running(ref):
                 db = engine.node.dbs.get(ref[0])
                 if db is not None:
-                    self._start(ref, self._take_back(db, ref[1]))
+                    # The entry goes with the task: a revoke before it runs
+                    # leaves the restoring to it (`_revoke`).
+                    self._start(ref, self._take_back(db, ref[1], self.lent[ref]))
 
     def revoke_all(self) -> None:
         """This node stops serving: nothing stays lent (see the module docstring)."""
@@ -281,13 +290,19 @@ class SambaGrants:
             return  # (a taking back in progress sees it)
         # At once if we can (always at a view change: the gate holds every
         # shared file whole then).
-        if db.local.try_lock_chain(ref[1]):
-            try:
-                self._restore(db, ref[1], lent)
-            finally:
-                db.local.unlock_chain(ref[1])
-        else:
-            self._start(ref, self._restore_later(db, ref[1], lent))
+        try:
+            if db.local.try_lock_chain(ref[1]):
+                try:
+                    self._restore(db, ref[1], lent)
+                finally:
+                    db.local.unlock_chain(ref[1])
+                return
+        except CtdbError as exc:
+            # The file failed under us: whoever revokes goes on (a resync
+            # replaces our copies).
+            log.warning("revoking %r from Samba's clients: %s", ref[1], exc.message)
+            return
+        self._start(ref, self._restore_later(db, ref[1], lent))
 
     def _disown(self, ref: Ref) -> None:
         """Nobody here holds the record any more: a lock still ours in the
@@ -313,12 +328,32 @@ class SambaGrants:
         else:
             db.local.put(key, lent.record)
 
-    async def _take_back(self, db: Database, key: bytes) -> None:
+    async def _take_back(self, db: Database, key: bytes, lent: Lent) -> None:
+        ref = (db.id, key)
+        try:
+            taken, value = await self._collect(db, key, lent)
+        except CtdbError as exc:
+            # Our shared file failed under us (not a held chain): our copy is
+            # suspect, and what our clients wrote is lost with it.
+            self.lent.pop(ref, None)
+            self.engine.resync(f"taking back {key!r} from Samba's clients failed: {exc.message}")
+            return
+        if not taken:
+            return  # revoked meanwhile
+        if value is not None:
+            rsn = lent.record.rsn if lent.record is not None else 0
+            self.returning[ref] = Record(rsn, NO_DMASTER, value)
+        try:
+            await self._give_back(db, key, value)
+        finally:
+            self.returning.pop(ref, None)
+
+    async def _collect(self, db: Database, key: bytes, lent: Lent) -> tuple[bool, bytes | None]:
+        """Under the record's chain, our file back at the stream's copy:
+        (True, what our clients left, None if nothing new), or (False, None)
+        if the record was revoked meanwhile."""
         loop = asyncio.get_running_loop()
         ref = (db.id, key)
-        lent = self.lent.get(ref)
-        if lent is None:
-            return
         waited = False
         while True:
             # Never given up: the record is the clients' until they let go of it.
@@ -330,7 +365,7 @@ class SambaGrants:
             try:
                 if self.lent.get(ref) is not lent:
                     self._restore(db, key, lent)  # revoked meanwhile
-                    return
+                    return False, None
                 rec = db.local.get(key)
                 if rec is None or rec.dmaster != self.engine.node.pnn:
                     value = None  # the stream rewrote it (a wipe): nothing to give back
@@ -340,17 +375,10 @@ class SambaGrants:
                 if early <= 0 or value is not None:  # (or a client used it already)
                     self._restore(db, key, lent)
                     del self.lent[ref]
-                    break
+                    return True, value
             finally:
                 db.local.unlock_chain(key)
             await asyncio.sleep(early)
-        if value is not None:
-            rsn = lent.record.rsn if lent.record is not None else 0
-            self.returning[ref] = Record(rsn, NO_DMASTER, value)
-        try:
-            await self._give_back(db, key, value)
-        finally:
-            self.returning.pop(ref, None)
 
     async def _give_back(self, db: Database, key: bytes, value: bytes | None) -> None:
         """Unlock, with what our clients wrote; again until applied or no longer ours."""

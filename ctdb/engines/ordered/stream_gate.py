@@ -110,12 +110,16 @@ def try_take(held: list[Need]) -> list[Need] | None:
     """Take every chain in `held` without waiting: the ones taken, or None
     (and none kept) if a client holds one."""
     taken: list[Need] = []
-    for db, key in held:
-        ok = db.local.try_lock_all() if key is None else db.local.try_lock_chain(key)
-        if not ok:
-            give_back(taken)
-            return None
-        taken.append((db, key))
+    try:
+        for db, key in held:
+            ok = db.local.try_lock_all() if key is None else db.local.try_lock_chain(key)
+            if not ok:
+                give_back(taken)
+                return None
+            taken.append((db, key))
+    except BaseException:
+        give_back(taken)  # (a lock call failed: keep none)
+        raise
     return taken
 
 
