@@ -29,10 +29,19 @@ def shared(tmp_path: Path) -> Iterator[Database]:
         db.local.close()
 
 
+@pytest.fixture
+def client(shared: Database) -> Iterator[Holder]:
+    """Another process with the file open, as a Samba client."""
+    made = Holder(shared.path, shared.local.tdb_flags)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
 def test_files_are_held_from_the_end_of_in_place_use_until_it_is_allowed_again(
-    shared: Database,
+    shared: Database, client: Holder
 ) -> None:
-    client = Holder(shared.path, shared.local.tdb_flags)
     stats: Counter[str] = Counter()
     bulk = threading.Lock()
     until = [0.0]
@@ -71,16 +80,12 @@ def test_files_are_held_from_the_end_of_in_place_use_until_it_is_allowed_again(
         finally:
             guard.stop()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        client.close()
+    asyncio.run(scenario())
     assert not shared.local.whole_locked
 
 
-def test_the_guards_hold_and_a_freezes_hold_nest(shared: Database) -> None:
+def test_the_guards_hold_and_a_freezes_hold_nest(shared: Database, client: Holder) -> None:
     """Either ends without ending the other."""
-    client = Holder(shared.path, shared.local.tdb_flags)
     until = [0.0]
 
     async def scenario() -> None:
@@ -99,7 +104,4 @@ def test_the_guards_hold_and_a_freezes_hold_nest(shared: Database) -> None:
         finally:
             guard.stop()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        client.close()
+    asyncio.run(scenario())
