@@ -10,13 +10,15 @@ as safe as the daemons make it.
 
     python -m tests.samba_like_client TDB_PATH CTDB_SOCKET PNN DB_ID KEYHEX SECONDS
 
-prints one JSON line: {"increments": n, "calls": REQ_CALLs sent}.
+prints one JSON line: {"increments": n, "calls": REQ_CALLs sent,
+"daemon_gone": whether its daemon went away, which ends the loop early}.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import sys
 import time
@@ -32,6 +34,8 @@ from ctdb.storage.ltdb import TDB_MUTEX_LOCKING, Record
 #: how long one REQ_CALL may take before the client gives up (ctdbd answers
 #: within CallTimeout, a failing status included)
 CALL_LIMIT = 60.0
+#: how often (seconds) the loop looks whether the daemon is still there
+WATCH = 0.01
 
 
 def _call(sock: socket.socket, reqid: int, db_id: int, key: bytes) -> None:
@@ -50,6 +54,18 @@ def _call(sock: socket.socket, reqid: int, db_id: int, key: bytes) -> None:
         raise ConnectionError(f"unexpected answer {reply!r}")
 
 
+def _closed(sock: socket.socket) -> bool:
+    """The daemon closed our connection (it died): smbd, whose event loop
+    watches that socket, exits then."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 def run(path: Path, ctdb_socket: str, pnn: int, db_id: int, key: bytes, seconds: float) -> None:
     handle = tdb.Tdb(str(path), 0, tdb.NOSYNC | TDB_MUTEX_LOCKING, os.O_RDWR)
     chains = ChainLocks(handle, path)
@@ -57,8 +73,14 @@ def run(path: Path, ctdb_socket: str, pnn: int, db_id: int, key: bytes, seconds:
     sock.settimeout(CALL_LIMIT)
     sock.connect(ctdb_socket)
     increments = calls = 0
+    gone = False
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    watched = time.monotonic()
+    while time.monotonic() < end and not gone:
+        if time.monotonic() - watched > WATCH:
+            gone, watched = _closed(sock), time.monotonic()
+            if gone:
+                break
         while True:
             # Samba waits in tdb_chainlock; a frozen node holds every chain.
             while not chains.try_lock(key):
@@ -69,12 +91,19 @@ def run(path: Path, ctdb_socket: str, pnn: int, db_id: int, key: bytes, seconds:
                 break
             chains.unlock(key)
             calls += 1
-            _call(sock, calls, db_id, key)
+            try:
+                _call(sock, calls, db_id, key)
+            except OSError:  # (ConnectionError too) smbd exits when its ctdbd does
+                gone = True
+                break
+        if gone:
+            break
+        assert rec is not None
         value = int(rec.value or b"0") + 1
         handle[key] = Record(rec.rsn, pnn, b"%d" % value).pack()
         chains.unlock(key)
         increments += 1
-    print(json.dumps({"increments": increments, "calls": calls}), flush=True)
+    print(json.dumps({"increments": increments, "calls": calls, "daemon_gone": gone}), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ faults: forced recoveries on random nodes on both transports (tcp: the
 freeze holds every file whole, the pull takes what was written in place);
 over vs also a node stopped and continued, which takes back what it lent
 (tcp leaves a stopped node's copies out of recovery, as ctdbd does, so its
-records may be lost there: `test_samba_record_calls`)."""
+records may be lost there: `test_samba_record_calls`); and a node killed,
+which may lose only what its own clients wrote."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,10 +56,8 @@ def _fault(cluster: LocalCluster, transport: str, rng: random.Random, done: list
         done.append(f"recover {pnn}")
 
 
-def test_samba_clients_increments_in_place_survive_recoveries(
-    cluster: LocalCluster, transport: str
-) -> None:
-    name = unique("inc")
+def _start_clients(cluster: LocalCluster, name: str) -> list[subprocess.Popen[str]]:
+    """One Samba-like client per node, incrementing KEY of `name` for SECONDS."""
     for pnn in range(cluster.size):  # each node's file is now shared with its client
         out = samba_ctdb(cluster, pnn, "attach", name)
         assert out.returncode == 0, out.stderr
@@ -80,12 +80,12 @@ def test_samba_clients_increments_in_place_survive_recoveries(
                 cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         )
-    faults: list[str] = []
-    rng = random.Random(12)
+    return clients
+
+
+def _results(clients: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    """What each client made, once they have all finished (killed if not within a minute)."""
     try:
-        while any(c.poll() is None for c in clients):
-            _fault(cluster, transport, rng, faults)
-            time.sleep(0.2)
         results = [c.communicate(timeout=60) for c in clients]
     finally:
         for c in clients:
@@ -94,13 +94,62 @@ def test_samba_clients_increments_in_place_survive_recoveries(
                 c.communicate()
     for c, (_, err) in zip(clients, results, strict=True):
         assert c.returncode == 0, err
-    made = [json.loads(out) for out, _ in results]
+    return [json.loads(out) for out, _ in results]
+
+
+def _counter_everywhere(cluster: LocalCluster, name: str) -> int:
+    """The counter, the same on every node (Samba's `ctdb readkey` and our client)."""
+    values = set()
+    for pnn in range(cluster.size):
+        read = samba_ctdb(cluster, pnn, "readkey", name, KEY.decode())
+        assert read.returncode == 0, read
+        with cluster.client(pnn) as cl:
+            ours = int(cl.fetch(name, KEY) or b"0")
+        assert read.stdout == f"Data: size:{len(str(ours))} ptr:[{ours}]\n", (pnn, read, ours)
+        values.add(ours)
+    assert len(values) == 1, values
+    return values.pop()
+
+
+def test_samba_clients_increments_in_place_survive_recoveries(
+    cluster: LocalCluster, transport: str
+) -> None:
+    name = unique("inc")
+    clients = _start_clients(cluster, name)
+    faults: list[str] = []
+    rng = random.Random(12)
+    try:
+        while any(c.poll() is None for c in clients):
+            _fault(cluster, transport, rng, faults)
+            time.sleep(0.2)
+    finally:
+        made = _results(clients)
     total = sum(m["increments"] for m in made)
     print(f"{transport}: {made}, {len(faults)} faults: {faults}")
     assert len(faults) >= 5 and all(m["increments"] > 0 for m in made)
     cluster.wait_healthy(timeout=60)
-    for pnn in range(cluster.size):
-        read = samba_ctdb(cluster, pnn, "readkey", name, KEY.decode())
-        assert read.stdout == f"Data: size:{len(str(total))} ptr:[{total}]\n", (pnn, read, made)
-        with cluster.client(pnn) as cl:
-            assert cl.fetch(name, KEY) == str(total).encode()
+    assert _counter_everywhere(cluster, name) == total, made
+
+
+def test_a_node_killed_under_samba_clients_loses_only_what_its_own_clients_wrote(
+    cluster: LocalCluster, transport: str
+) -> None:
+    """kill -9 of node 2 while the three clients increment: what node 2's
+    clients wrote in place since the record last left it is lost, as a
+    volatile record is with its dmaster in CTDB; nothing the survivors'
+    clients wrote is, and every node ends with the same counter."""
+    name = unique("kill")
+    clients = _start_clients(cluster, name)
+    try:
+        time.sleep(SECONDS / 3)
+        cluster.kill_node(2)
+    finally:
+        made = _results(clients)
+    cluster.start_node(2)
+    cluster.wait_healthy(timeout=60)
+    final = _counter_everywhere(cluster, name)
+    survivors = made[0]["increments"] + made[1]["increments"]
+    total = survivors + made[2]["increments"]
+    print(f"{transport}: {made}, counter {final}, lost {total - final}")
+    assert made[0]["increments"] > 0 and made[1]["increments"] > 0
+    assert survivors <= final <= total, made
