@@ -38,7 +38,7 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-SECONDS = 6.0
+SECONDS = 4.0
 KEY = b"counter"
 
 
