@@ -417,3 +417,49 @@ def test_a_shared_file_that_fails_under_a_taking_back_resyncs_the_node(engine: E
         assert len(engine.resyncs) == 1, "no loop of takings back"
 
     _run(scenario)
+
+
+def test_a_file_failing_under_a_taking_back_does_not_keep_the_lock_for_good(
+    engine: Engine,
+) -> None:
+    """The others never saw our unlock, so the copy we take over may still
+    show our Samba side at the head: once we serve again, it is withdrawn.
+    (Found by the second review: the claim stayed, nobody gave it back.)"""
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+    samba_owner = engine.clients.owner(engine.samba.session)
+
+    async def scenario() -> None:
+        await engine.samba.migrate_here(db, b"k")
+        db.local.chains.close()
+        engine.apply(1, "lock", {"db": db.id, "key": b"k", "owner": list(OTHER)})
+        await _until(lambda: bool(engine.resyncs))
+        assert engine.replica.locks[(db.id, b"k")].holder == samba_owner
+        engine.quorate = engine.synced = True
+        engine.clients.release_orphans()
+        assert ("withdraw", {"db": db.id, "key": b"k", "owner": samba_owner}) in engine.sent
+
+    _run(scenario)
+
+
+def test_a_revoke_whose_file_fails_while_in_the_stream_resyncs_the_node(engine: Engine) -> None:
+    """Else our file would go on naming us, and our clients write in place a
+    record whose lock has moved on. (Found by the second review.)"""
+    db = _db(engine)
+    _store(engine, b"k", b"v0")
+    samba_owner = engine.clients.owner(engine.samba.session)
+
+    def failing_put(key: bytes, rec: Record) -> None:
+        raise CtdbError(ErrorCode.IO, "disk full")
+
+    async def scenario() -> None:
+        await engine.samba.migrate_here(db, b"k")
+        real_put = db.local.put
+        db.local.put = failing_put  # type: ignore[method-assign,assignment]
+        try:
+            engine.apply(0, "withdraw", {"db": db.id, "key": b"k", "owner": list(samba_owner)})
+        finally:
+            db.local.put = real_put  # type: ignore[method-assign]
+        assert not engine.samba.lent and len(engine.resyncs) == 1
+
+    _run(scenario)

@@ -58,7 +58,14 @@ class LocalClients:
         told it holds it.
         """
         q = self.replica.locks.get((dbid, key))
-        return q is not None and q.holder == owner and (owner, dbid, key) in self.granted
+        if q is None or q.holder != owner:
+            return False
+        claim = (owner, dbid, key)
+        # (or granted a moment ago: its fetch_lock has yet to record it)
+        waiter = self.lock_waiters.get(claim)
+        return claim in self.granted or (
+            waiter is not None and waiter.done() and not waiter.cancelled()
+        )
 
     def release_all(self, session: object) -> None:
         """A client left: whatever it holds or waits for is released, in order."""

@@ -298,9 +298,11 @@ class SambaGrants:
                     db.local.unlock_chain(ref[1])
                 return
         except CtdbError as exc:
-            # The file failed under us: whoever revokes goes on (a resync
-            # replaces our copies).
+            # The file failed under us: whoever revokes goes on, and a resync
+            # replaces our copies (unless one is under way already).
             log.warning("revoking %r from Samba's clients: %s", ref[1], exc.message)
+            if self.in_stream:
+                self.engine.resync(f"revoking {ref[1]!r} from Samba's clients: {exc.message}")
             return
         self._start(ref, self._restore_later(db, ref[1], lent))
 
@@ -335,7 +337,8 @@ class SambaGrants:
         except CtdbError as exc:
             # Our shared file failed under us (not a held chain): our copy is
             # suspect, and what our clients wrote is lost with it.
-            self.lent.pop(ref, None)
+            if self.lent.pop(ref, None) is not None:
+                self._disown(ref)  # (the lock goes back once we serve again)
             self.engine.resync(f"taking back {key!r} from Samba's clients failed: {exc.message}")
             return
         if not taken:
