@@ -36,7 +36,12 @@ class Stream:
     def broadcast(self, op: str, args: dict[str, Any]) -> None:
         self.sent.append((op, args))
 
-    async def _submit(self, op: str, args: dict[str, Any], deadline: float) -> Any:
+    def _volatile_write(self, args: dict[str, Any]) -> dict[str, Any]:
+        return args
+
+    async def _submit(
+        self, op: str, args: dict[str, Any], deadline: float | None = None, *, serving: bool = True
+    ) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.submitted.append((op, args, fut))
         return await fut
@@ -55,8 +60,25 @@ class Stream:
             fut.set_result(self.apply(0, op, args))
         self.submitted.clear()
 
+    def apply_sent(self) -> None:
+        """What this node broadcast and nobody waits for (withdrawals), in order."""
+        sent, self.sent = self.sent, []
+        for op, args in sent:
+            self.apply(0, op, args)
+
     def lock(self, session: object) -> Any:
         return OrderedEngine.lock(self, self.db, b"k", session)  # type: ignore[arg-type]
+
+    def unlock(self, session: object) -> Any:
+        return OrderedEngine.unlock(self, self.db, b"k", session, None)  # type: ignore[arg-type]
+
+
+#: clients of nodes 1 and 2, in the queues
+H, X = (1, 1), (2, 1)
+
+
+def _request(owner: tuple[int, int], stream: Stream) -> dict[str, Any]:
+    return {"db": stream.db.id, "key": b"k", "owner": list(owner), "waiters": 10}
 
 
 class Session:
@@ -82,7 +104,76 @@ def test_a_second_fetch_lock_of_a_session_just_granted_nests(tmp_path: Path) -> 
         await first
         await second
         q = stream.replica.locks[(stream.db.id, b"k")]
-        assert list(q.entries) == [(owner, "lock", None)]
+        assert [(o, kind) for o, kind, _, _ in q.entries] == [(owner, "lock")]
         assert (owner, stream.db.id, b"k") in stream.clients.granted
+
+    asyncio.run(scenario())
+
+
+def test_a_retry_is_not_answered_by_the_grant_of_the_request_it_withdrew(tmp_path: Path) -> None:
+    """C's fetch_lock times out (its withdrawal W1 is on its way) and C asks
+    again at once; H's unlock, ordered before W1, grants C's first request.
+    That grant must not answer the retry: W1 then hands the lock to X, and C
+    would be told it holds a record X holds. (Found by the second review.)"""
+
+    async def scenario() -> None:
+        stream = Stream(tmp_path)
+        session = Session()
+        owner = stream.clients.owner(session)
+        stream.apply(1, "lock", _request(H, stream))
+        first = asyncio.ensure_future(stream.lock(session))
+        await asyncio.sleep(0)
+        stream.apply_submitted()  # [H, C]
+        stream.apply(2, "lock", _request(X, stream))  # [H, C, X]
+        first.cancel()  # (gives up, as at its deadline: W1)
+        try:
+            await first
+        except asyncio.CancelledError:
+            pass
+        stream.broadcast("withdraw", {"db": stream.db.id, "key": b"k", "owner": owner, "req": 1})
+        retry = asyncio.ensure_future(stream.lock(session))
+        await asyncio.sleep(0)  # its request is sent
+        stream.apply(1, "unlock", {"db": stream.db.id, "key": b"k", "owner": list(H)})
+        stream.apply_sent()  # W1
+        stream.apply_submitted()  # the retry's request, behind X
+        await asyncio.sleep(0)
+        assert not retry.done(), "told it holds the record X holds"
+        assert stream.replica.locks[(stream.db.id, b"k")].holder == X
+        stream.apply(2, "unlock", {"db": stream.db.id, "key": b"k", "owner": list(X)})
+        await asyncio.wait_for(retry, 1)
+        assert stream.replica.locks[(stream.db.id, b"k")].holder == owner
+
+    asyncio.run(scenario())
+
+
+def test_an_old_request_of_a_client_at_the_head_is_withdrawn_not_taken_for_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """A state transfer leaves C's old request at the head while C's new
+    fetch_lock waits to be sent: the old one is withdrawn, the new one is
+    granted on its own, and C's unlock lets X have the record. (Found by the
+    second review: the queue held C twice, and after C's unlock the second
+    entry held the lock with nobody told.)"""
+
+    async def scenario() -> None:
+        stream = Stream(tmp_path)
+        session = Session()
+        owner = stream.clients.owner(session)
+        got = asyncio.ensure_future(stream.lock(session))
+        await asyncio.sleep(0)
+        held = stream.submitted.pop()  # (waits for the node to serve)
+        stream.apply(0, "lock", {**_request(owner, stream), "req": 99})  # the old request
+        stream.clients.release_orphans()
+        stream.submitted.append(held)
+        stream.apply_submitted()  # [C(old), C(new)]
+        stream.apply_sent()  # the old one withdrawn
+        await asyncio.wait_for(got, 1)
+        stream.apply(2, "lock", _request(X, stream))  # [C(new), X]
+        unlocking = asyncio.ensure_future(stream.unlock(session))
+        await asyncio.sleep(0)
+        stream.apply_submitted()
+        await unlocking
+        stream.apply_sent()
+        assert stream.replica.locks[(stream.db.id, b"k")].holder == X
 
     asyncio.run(scenario())

@@ -227,7 +227,7 @@ def test_withdraw_and_purge_drop_lock_requests_but_never_a_queued_store() -> Non
     q.queue(b, None, bound, b"k")
     q.queue(b, b"v", bound, b"k")
     q.withdraw(b)
-    assert [(o, kind) for o, kind, _ in q.entries] == [(a, "lock"), (b, "store")]
+    assert [(o, kind) for o, kind, _, _ in q.entries] == [(a, "lock"), (b, "store")]
     assert q.purge(lambda owner: owner[0] == 0)  # node 0 left
     assert q.head_store() == (b, b"v") and q.holder is None
     assert not q.purge(lambda owner: owner[0] == 1)  # its store stays

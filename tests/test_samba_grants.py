@@ -111,14 +111,17 @@ class Engine:
             got = db.local.get(key)
             return got.value if got is not None else None
         self.deliver()  # what this node broadcast before is ordered before this request
+        claim = (owner, db.id, key)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.clients.lock_waiters[(owner, db.id, key)] = fut
+        self.clients.lock_waiters[claim] = fut
+        req = self.clients.new_request(claim)
         try:
-            self.apply(PNN, "lock", {"db": db.id, "key": key, "owner": list(owner)})
+            self.apply(PNN, "lock", {"db": db.id, "key": key, "owner": list(owner), "req": req})
             value: bytes | None = await fut
         finally:
-            del self.clients.lock_waiters[(owner, db.id, key)]
-        self.clients.granted.add((owner, db.id, key))
+            del self.clients.lock_waiters[claim]
+            del self.clients.waiting_req[claim]
+        self.clients.granted[claim] = req
         return value
 
     async def unlock(
@@ -138,7 +141,7 @@ class Engine:
             raise CtdbError(ErrorCode.TIMEOUT, "no quorum")
         owner = self.clients.owner(session)
         self.apply(PNN, "unlock", {"db": db.id, "key": key, "owner": list(owner), "value": value})
-        self.clients.granted.discard((owner, db.id, key))
+        self.clients.granted.pop((owner, db.id, key), None)
 
 
 @pytest.fixture
@@ -219,7 +222,8 @@ def test_a_minority_view_revokes_what_is_lent_and_lends_nothing_until_it_serves(
         # Serving again, the lock the queues still give our Samba side goes back.
         engine.quorate = engine.synced = True
         engine.clients.release_orphans()
-        assert ("withdraw", {"db": db.id, "key": b"k", "owner": samba_owner}) in engine.sent
+        withdrawal = {"db": db.id, "key": b"k", "owner": samba_owner, "req": 1}
+        assert ("withdraw", withdrawal) in engine.sent
 
     _run(scenario)
 
@@ -437,7 +441,8 @@ def test_a_file_failing_under_a_taking_back_does_not_keep_the_lock_for_good(
         assert engine.replica.locks[(db.id, b"k")].holder == samba_owner
         engine.quorate = engine.synced = True
         engine.clients.release_orphans()
-        assert ("withdraw", {"db": db.id, "key": b"k", "owner": samba_owner}) in engine.sent
+        withdrawal = {"db": db.id, "key": b"k", "owner": samba_owner, "req": 1}
+        assert ("withdraw", withdrawal) in engine.sent
 
     _run(scenario)
 

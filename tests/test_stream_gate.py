@@ -59,9 +59,9 @@ def _op(op: str, **args: Any) -> Ordered:
 def test_what_each_event_needs(dbs: dict[int, Database]) -> None:
     shared, private = _by_name(dbs, "shared.tdb"), _by_name(dbs, "private.tdb")
     held = LockQueue()
-    held.entries.append(((2, 5), "lock", None))
+    held.entries.append(((2, 5), "lock", None, 1))
     orphan = LockQueue()  # a store left at the head by a failed write
-    orphan.entries.append(((2, 6), "store", b"v"))
+    orphan.entries.append(((2, 6), "store", b"v", None))
     locked = {(shared.id, b"held"): held, (shared.id, b"orphan"): orphan}
     free_store = _op("store", db=shared.id, key=b"k", value=b"v", owner=[1, 1])
     assert needs(free_store, dbs, locked) == [(shared, b"k")]

@@ -190,7 +190,8 @@ ORDERED: dict[str, Check] = {
         {"db": DB_ID, "key": KEY, "value": VALUE, "owner": OWNER},
         {"waiters": WAITERS, "stable": BOOL},
     ),
-    "lock": struct({"db": DB_ID, "key": KEY, "owner": OWNER}, {"waiters": WAITERS}),
+    # `req`: the request's id, which a grant and a withdrawal name (see locks.Entry)
+    "lock": struct({"db": DB_ID, "key": KEY, "owner": OWNER}, {"waiters": WAITERS, "req": U64}),
     "unlock": struct(
         {"db": DB_ID, "key": KEY, "owner": OWNER, "value": nullable(VALUE)}, {"stable": BOOL}
     ),
@@ -199,7 +200,7 @@ ORDERED: dict[str, Check] = {
     "commit": struct({"db": DB_ID, "reads": TX_READS, "writes": TX_WRITES}),
     "attach": struct({"name": DB_NAME, "kind": DB_KIND}),
     "wipe": struct({"db": DB_ID}),
-    "withdraw": struct({"db": DB_ID, "key": KEY, "owner": OWNER}),
+    "withdraw": struct({"db": DB_ID, "key": KEY, "owner": OWNER}, {"req": U64}),
     "vacuum": struct({"db": DB_ID, "records": VACUUMED}),
     "recover": EMPTY,
     "flags": struct({"flags": FLAGS}),
@@ -231,7 +232,15 @@ ORDERED: dict[str, Check] = {
             "locks": list_of(
                 row(
                     STORED_KEY,
-                    list_of(row(PNN, U64, text(choices=("lock", "store")), nullable(VALUE))),
+                    list_of(
+                        row(
+                            PNN,
+                            U64,
+                            text(choices=("lock", "store")),
+                            nullable(VALUE),
+                            nullable(U64),
+                        )
+                    ),
                 )
             ),
             # the source's keys whose latest write is not stable yet:

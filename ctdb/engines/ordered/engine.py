@@ -13,7 +13,7 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.barriers import ReadBarriers, until
-from ctdb.engines.ordered.local_clients import LocalClients
+from ctdb.engines.ordered.local_clients import LocalClients, withdrawal
 from ctdb.engines.ordered.locks import Owner, QueueFull
 from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
 from ctdb.engines.ordered.requests import Requests
@@ -153,9 +153,9 @@ class OrderedEngine:
             await self.unlock(db, key, session, None)
         except CtdbError:
             # The client asked for a read, not a lock: it must not keep one.
-            owner = self.clients.owner(session)
-            self.clients.granted.discard((owner, db.id, key))
-            self.broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
+            claim = (self.clients.owner(session), db.id, key)
+            req = self.clients.granted.pop(claim, None)
+            self.broadcast("withdraw", withdrawal(claim, req))
             raise
         return value
 
@@ -185,26 +185,29 @@ class OrderedEngine:
         owner = self.clients.owner(session)
         if self.clients.holds(owner, db.id, key):
             return await read_value(db, key, self._deadline())
+        claim = (owner, db.id, key)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.clients.lock_waiters[(owner, db.id, key)] = fut
+        self.clients.lock_waiters[claim] = fut
+        req = self.clients.new_request(claim)
         deadline = self._deadline()
-        args = {"db": db.id, "key": key, "owner": owner, "waiters": self._waiters()}
+        args = {"db": db.id, "key": key, "owner": owner, "waiters": self._waiters(), "req": req}
         try:
             await self._submit("lock", args, deadline)
             result: bytes | None = await until(
                 fut, deadline, f"record {key!r} stayed locked by another client"
             )
-            self.clients.granted.add((owner, db.id, key))
+            self.clients.granted[claim] = req
             return result
         except QueueFull:
             raise  # never queued: nothing to withdraw
         except CtdbError:
             # Our place in the queue (or the lock itself, granted a moment
             # too late) must not outlive the request: withdraw it, in order.
-            self.broadcast("withdraw", {"db": db.id, "key": key, "owner": owner})
+            self.broadcast("withdraw", withdrawal(claim, req))
             raise
         finally:
-            self.clients.lock_waiters.pop((owner, db.id, key), None)
+            self.clients.lock_waiters.pop(claim, None)
+            self.clients.waiting_req.pop(claim, None)
 
     async def unlock(
         self,
@@ -220,11 +223,11 @@ class OrderedEngine:
         owner = self.clients.owner(session)
         q = self.replica.locks.get((db.id, key))
         if q is None or q.holder != owner:
-            self.clients.granted.discard((owner, db.id, key))  # a grant a state transfer undid
+            self.clients.granted.pop((owner, db.id, key), None)  # a grant a state transfer undid
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
         args = {"db": db.id, "key": key, "owner": owner, "value": value}
         await self._submit("unlock", self._volatile_write(args), serving=serving)
-        self.clients.granted.discard((owner, db.id, key))
+        self.clients.granted.pop((owner, db.id, key), None)
 
     def release_all(self, session: object) -> None:
         self.clients.release_all(session)

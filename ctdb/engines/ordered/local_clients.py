@@ -36,8 +36,17 @@ class LocalClients:
         self._ids = itertools.count(1)
         #: fetch_locks waiting to be granted: resolved with the record's value
         self.lock_waiters: dict[Claim, asyncio.Future[Any]] = {}
-        #: locks our clients were told they hold (fetch_lock answered, not yet unlocked)
-        self.granted: set[Claim] = set()
+        #: the id of each waiting fetch_lock's request (see `locks.Entry`)
+        self.waiting_req: dict[Claim, int] = {}
+        self._reqs = itertools.count(1)
+        #: locks our clients were told they hold (fetch_lock answered, not
+        #: yet unlocked), with the id of the request that was granted
+        self.granted: dict[Claim, int | None] = {}
+
+    def new_request(self, claim: Claim) -> int:
+        """An id for a new lock request of `claim`, which now waits for it."""
+        req = self.waiting_req[claim] = next(self._reqs)
+        return req
 
     def owner(self, session: object) -> Owner:
         """Who `session` is in the lock queues (an id given at its first request)."""
@@ -74,7 +83,7 @@ class LocalClients:
             return
         self.sessions.pop(sid, None)
         owner = (self.pnn, sid)
-        self.granted = {g for g in self.granted if g[0] != owner}
+        self.granted = {g: r for g, r in self.granted.items() if g[0] != owner}
         if any(e[0] == owner for q in self.replica.locks.values() for e in q.entries):
             self.broadcast("release", {"owner": owner})
 
@@ -83,14 +92,15 @@ class LocalClients:
         dbid, key = grant.ref
         mine = (grant.owner, dbid, key)
         fut = self.lock_waiters.get(mine)
-        if fut is not None:
+        if fut is not None and mine in self.waiting_req and self.waiting_req[mine] == grant.req:
             if not fut.done():
                 fut.set_result(grant.value)
-        elif mine not in self.granted:
-            # Nobody here wants it any more: a fetch_lock that failed, or
-            # one whose grant a state transfer undid. Held, it would stay
-            # locked for good.
-            self.broadcast("withdraw", {"db": dbid, "key": key, "owner": grant.owner})
+        elif mine not in self.granted or self.granted[mine] != grant.req:
+            # Nobody here wants this request any more: a fetch_lock that
+            # failed (its client may have asked again since: the grant is
+            # not for that newer request), or one whose grant a state
+            # transfer undid. Held, it would stay locked for good.
+            self.broadcast("withdraw", withdrawal(mine, grant.req))
 
     def release_orphans(self) -> None:
         """Release what our clients hold or wait for in the queues but no longer want.
@@ -105,20 +115,35 @@ class LocalClients:
         locks = self.replica.locks
         # Grants the state we took over does not show were never stable: the
         # client hears NOT_LOCKED at its unlock.
-        self.granted = {g for g in self.granted if (q := locks.get(g[1:])) and q.holder == g[0]}
+        self.granted = {
+            g: r
+            for g, r in self.granted.items()
+            if (q := locks.get(g[1:])) is not None and q.head == (g[0], r)
+        }
         gone: set[Owner] = set()
-        unwanted: set[Claim] = set()
+        unwanted: set[tuple[Claim, int | None]] = set()
         for (dbid, key), q in locks.items():
-            for owner, kind, _ in q.entries:
+            for owner, kind, _, req in q.entries:
                 if owner[0] != self.pnn:
                     continue
                 if owner[1] not in self.sessions:
                     gone.add(owner)
                 elif kind == "lock":
                     mine = (owner, dbid, key)
-                    if mine not in self.lock_waiters and mine not in self.granted:
-                        unwanted.add(mine)
+                    waited = mine in self.waiting_req and self.waiting_req[mine] == req
+                    held = mine in self.granted and self.granted[mine] == req
+                    if not waited and not held:
+                        unwanted.add((mine, req))
         for owner in sorted(gone):
             self.broadcast("release", {"owner": owner})
-        for owner, dbid, key in sorted(unwanted):
-            self.broadcast("withdraw", {"db": dbid, "key": key, "owner": owner})
+        for mine, req in sorted(unwanted, key=lambda u: (u[0], u[1] or 0)):
+            self.broadcast("withdraw", withdrawal(mine, req))
+
+
+def withdrawal(claim: Claim, req: int | None) -> dict[str, Any]:
+    """A withdrawal of `claim`'s request `req` (None: all of them)."""
+    owner, dbid, key = claim
+    args: dict[str, Any] = {"db": dbid, "key": key, "owner": owner}
+    if req is not None:
+        args["req"] = req
+    return args

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
-from ctdb.engines.ordered.locks import LockQueue, Owner
+from ctdb.engines.ordered.locks import Head, LockQueue, Owner
 from ctdb.engines.record_calls import Append
 from ctdb.engines.transactions import next_version
 from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database, DbKind
@@ -42,6 +42,8 @@ class Granted:
     owner: Owner
     ref: Ref
     value: bytes | None
+    #: the lock request granted (its id, as the owner's node numbered it)
+    req: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +197,7 @@ class Replica:
         db, key = self._db(args["db"]), bytes(args["key"])
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self.locks.setdefault((db.id, key), LockQueue())
-        before = q.holder
+        before = q.head
         q.queue(owner, None, args, key)
         self.advance(db, key, q, before)
 
@@ -216,32 +218,36 @@ class Replica:
         owner = (int(args["owner"][0]), int(args["owner"][1]))
         q = self.locks.get((db.id, key))
         if q is not None:
-            before = q.holder
-            q.withdraw(owner)
+            before = q.head
+            req = args.get("req")
+            q.withdraw(owner, None if req is None else int(req))
             self.advance(db, key, q, before)
 
     def _apply_release(self, origin: int, args: dict[str, Any]) -> None:
         owner = (int(args["owner"][0]), int(args["owner"][1]))
         self.purge_locks(lambda o: o == owner)
 
-    def advance(self, db: Database, key: bytes, q: LockQueue, before: Owner | None = None) -> None:
+    def advance(self, db: Database, key: bytes, q: LockQueue, before: Head | None = None) -> None:
         """Apply queued writes at the head, then tell a new local holder it has the lock.
 
-        `before`: who held it before the change; a holder that stays is not
-        told again (and the record is not read: `stream_gate` relies on it).
+        `before`: the request that held it before the change; one that stays
+        is not told again (and the record is not read: `stream_gate` relies
+        on it).
         """
-        while (head := q.head_store()) is not None:
+        while (store := q.head_store()) is not None:
             # Written before it leaves the queue: if the write fails, the
             # store is still queued when this node's copy is next used.
-            owner, value = head
+            owner, value = store
             self.write(db, key, value, owner[0])
             q.pop()
-        holder = q.holder
-        if holder is None:
+        head = q.head
+        if head is None:
             self.locks.pop((db.id, key), None)
             return
-        if holder[0] == self.pnn and holder != before:
-            self.effects.append(Granted(holder, (db.id, key), live_value(db.local.get(key))))
+        holder, req = head
+        if holder[0] == self.pnn and head != before:
+            found = live_value(db.local.get(key))
+            self.effects.append(Granted(holder, (db.id, key), found, req))
 
     def purge_locks(self, gone: Callable[[Owner], bool]) -> None:
         """Drop the lock requests of owners `gone`; their queued writes stay.
@@ -250,7 +256,7 @@ class Replica:
         failed half-way through an earlier advance leaves one there.
         """
         for (dbid, key), q in list(self.locks.items()):
-            before = q.holder
+            before = q.head
             if q.purge(gone) or q.holder is None:
                 self.advance(self._db(dbid), key, q, before)
 

@@ -309,7 +309,7 @@ class SambaGrants:
     def _disown(self, ref: Ref) -> None:
         """Nobody here holds the record any more: a lock still ours in the
         queues is released once we serve again (LocalClients.release_orphans)."""
-        self.engine.clients.granted.discard((self.engine.clients.owner(self.session), *ref))
+        self.engine.clients.granted.pop((self.engine.clients.owner(self.session), *ref), None)
 
     async def _restore_later(self, db: Database, key: bytes, lent: Lent) -> None:
         await poll(lambda: db.local.try_lock_chain(key), float("inf"))
