@@ -116,8 +116,9 @@ class MigrationEngine(Acquisition):
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
         if self.node.serving and try_hold(db, key):
             try:
-                if self._local(db, key, session)[0]:
-                    self.write(db, key, value)
+                mine, rec = self._local(db, key, session)
+                if mine:
+                    self._write_over(db, key, rec, value)
                     return None
             finally:
                 release(db, key)
@@ -147,9 +148,10 @@ class MigrationEngine(Acquisition):
         deadline = asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
         await self.chains.hold(db, key, deadline)
         try:
-            if not self._local(db, key, session)[0]:
+            mine, rec = self._local(db, key, session)
+            if not mine:
                 return False
-            self.write(db, key, value)
+            self._write_over(db, key, rec, value)
             return True
         finally:
             release(db, key)
@@ -288,7 +290,11 @@ class MigrationEngine(Acquisition):
 
     def write(self, db: Database, key: bytes, value: bytes) -> Record:
         """Update a record this node is dmaster of (the caller checked that)."""
-        rec = Record(self.next_rsn(db.local.get(key)), self.node.pnn, value)
+        return self._write_over(db, key, db.local.get(key), value)
+
+    def _write_over(self, db: Database, key: bytes, old: Record | None, value: bytes) -> Record:
+        """`write`, given the record as read under the same chain lock."""
+        rec = Record(self.next_rsn(old), self.node.pnn, value)
         db.local.put(key, rec)
         self.vacuum.note(db, key, rec)
         return rec
