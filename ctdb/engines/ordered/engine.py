@@ -147,10 +147,11 @@ class OrderedEngine:
         if q is None or q.holder in (None, self.clients.owner(session)):
             await self.settle(db, key, deadline)
             return await read_value(db, key, deadline)
-        # Someone else holds the record: wait for it, as migration would.
-        value = await self.lock(db, key, session)
+        # Someone else holds the record: wait for it, as migration would
+        # (within the read's own deadline, not one more per step).
+        value = await self.lock(db, key, session, deadline)
         try:
-            await self.unlock(db, key, session, None)
+            await self.unlock(db, key, session, None, deadline=deadline)
         except CtdbError:
             # The client asked for a read, not a lock: it must not keep one.
             claim = (self.clients.owner(session), db.id, key)
@@ -181,15 +182,18 @@ class OrderedEngine:
         """The queue bound our lock requests and writes carry (see the module docstring)."""
         return int(self.node.tunable("MaxLockWaiters"))
 
-    async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
+    async def lock(
+        self, db: Database, key: bytes, session: object, deadline: float | None = None
+    ) -> bytes | None:
+        if deadline is None:
+            deadline = self._deadline()
         owner = self.clients.owner(session)
         if self.clients.holds(owner, db.id, key):
-            return await read_value(db, key, self._deadline())
+            return await read_value(db, key, deadline)
         claim = (owner, db.id, key)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.clients.lock_waiters[claim] = fut
         req = self.clients.new_request(claim)
-        deadline = self._deadline()
         args = {"db": db.id, "key": key, "owner": owner, "waiters": self._waiters(), "req": req}
         try:
             await self._submit("lock", args, deadline)
@@ -217,6 +221,7 @@ class OrderedEngine:
         value: bytes | None,
         *,
         serving: bool = True,
+        deadline: float | None = None,
     ) -> None:
         """`serving` False: sent without waiting for this node to serve (a
         stopped node gives back what its Samba clients held)."""
@@ -226,7 +231,7 @@ class OrderedEngine:
             self.clients.granted.pop((owner, db.id, key), None)  # a grant a state transfer undid
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
         args = {"db": db.id, "key": key, "owner": owner, "value": value}
-        await self._submit("unlock", self._volatile_write(args), serving=serving)
+        await self._submit("unlock", self._volatile_write(args), deadline, serving=serving)
         self.clients.granted.pop((owner, db.id, key), None)
 
     def release_all(self, session: object) -> None:

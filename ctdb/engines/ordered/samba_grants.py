@@ -55,6 +55,11 @@ view change that tells this node it is in a minority (corosync's token
 timeout and consensus), its clients may still write in place while the
 majority, past its own view change, grants the record elsewhere: both sides
 detect the cut after the same timeouts, and the minority's writes are lost.
+A wipe ordered between a taking back and its unlock does not wipe what the
+unlock carries: it lands after the wipe, as a write ordered after it would.
+A shared file that fails under lending (python-tdb's RuntimeError, a chain
+call's CtdbError) resyncs the node: its copies are replaced, and a lock
+still ours in the queues goes back once it serves again.
 """
 
 from __future__ import annotations
@@ -142,6 +147,9 @@ class SambaGrants:
         self.lent: dict[Ref, Lent] = {}
         #: records taken back whose unlock is not applied yet: what it carries
         self.returning: dict[Ref, Record] = {}
+        #: records revoked whose file may still name us (its chain was busy):
+        #: as the stream left them, for a state transfer (`samba_views`)
+        self.restoring: dict[Ref, Lent] = {}
         #: lending, taking back or revoking in progress, by record (one at a time each)
         self._busy: dict[Ref, asyncio.Task[None]] = {}
 
@@ -193,7 +201,7 @@ class SambaGrants:
                 rec = db.local.get(key)
                 if rec is None or rec.dmaster != self.engine.node.pnn:
                     # The stream rewrote it under our lock (a wipe): lend that.
-                    lent.record = None if rec is None else _unnamed(rec)
+                    lent.record = None if rec is None else unnamed(rec)
                     rec = self._name(db, key, lent)
                 return rec
             finally:
@@ -230,9 +238,15 @@ class SambaGrants:
             if lend:
                 rec = db.local.get(key)
                 now = asyncio.get_running_loop().time()
-                lent = Lent(None if rec is None else _unnamed(rec), now)
+                lent = Lent(None if rec is None else unnamed(rec), now)
                 self._name(db, key, lent)
                 self.lent[ref] = lent
+        except Exception as exc:
+            # Granted, and nobody here will use it: the lock goes back once
+            # we serve again, with copies a state transfer replaced.
+            self._disown(ref)
+            why = self._file_failed(f"lending {key!r} to Samba's clients", exc)
+            raise CtdbError(ErrorCode.IO, why) from None
         finally:
             db.local.unlock_chain(key)
         if not lend:
@@ -265,6 +279,9 @@ class SambaGrants:
             return
         urgent = not self.may_lend  # stopped, banned, or a round under way: all goes back
         for ref in list(self.lent):
+            lent = self.lent.get(ref)
+            if lent is None:
+                continue  # revoked by a resync that a failing file started this pass
             q = engine.replica.locks.get(ref)
             if not self._ours(ref):
                 # Purged or replaced by a state transfer: our clients must
@@ -275,7 +292,7 @@ class SambaGrants:
                 if db is not None:
                     # The entry goes with the task: a revoke before it runs
                     # leaves the restoring to it (`_revoke`).
-                    self._start(ref, self._take_back(db, ref[1], self.lent[ref]))
+                    self._start(ref, self._take_back(db, ref[1], lent))
 
     def revoke_all(self) -> None:
         """This node stops serving: nothing stays lent (see the module docstring)."""
@@ -283,11 +300,16 @@ class SambaGrants:
             self._revoke(ref)
 
     def _revoke(self, ref: Ref) -> None:
-        lent = self.lent.pop(ref)
+        lent = self.lent.pop(ref, None)
+        if lent is None:
+            return  # (a resync this revoke started revoked everything already)
         self._disown(ref)
         db = self.engine.node.dbs.get(ref[0])
-        if db is None or self._running(ref):
-            return  # (a taking back in progress sees it)
+        if db is None:
+            return
+        self.restoring[ref] = lent
+        if self._running(ref):
+            return  # (a taking back in progress restores it)
         # At once if we can (always at a view change: the gate holds every
         # shared file whole then).
         try:
@@ -297,14 +319,23 @@ class SambaGrants:
                 finally:
                     db.local.unlock_chain(ref[1])
                 return
-        except CtdbError as exc:
-            # The file failed under us: whoever revokes goes on, and a resync
-            # replaces our copies (unless one is under way already).
-            log.warning("revoking %r from Samba's clients: %s", ref[1], exc.message)
-            if self.in_stream:
-                self.engine.resync(f"revoking {ref[1]!r} from Samba's clients: {exc.message}")
+        except Exception as exc:
+            # Whoever revokes goes on (a view change, a resync, a stop).
+            self._file_failed(f"revoking {ref[1]!r} from Samba's clients", exc)
             return
         self._start(ref, self._restore_later(db, ref[1], lent))
+
+    def _file_failed(self, what: str, exc: Exception) -> str:
+        """Our shared file failed under us (python-tdb raises RuntimeError, the
+        chain calls CtdbError): our copies are suspect, and what our clients
+        wrote in place is lost with them. A resync replaces them, unless one
+        is under way already. Returns why, for the caller's error."""
+        detail = exc.message if isinstance(exc, CtdbError) else f"{type(exc).__name__}: {exc}"
+        why = f"{what} failed: {detail}"
+        log.warning("%s", why)
+        if self.engine.synced:
+            self.engine.resync(why)
+        return why
 
     def _disown(self, ref: Ref) -> None:
         """Nobody here holds the record any more: a lock still ours in the
@@ -314,14 +345,21 @@ class SambaGrants:
     async def _restore_later(self, db: Database, key: bytes, lent: Lent) -> None:
         await poll(lambda: db.local.try_lock_chain(key), float("inf"))
         try:
-            if (db.id, key) not in self.lent:  # (or lent again meanwhile)
-                self._restore(db, key, lent)
+            self._restore(db, key, lent)
+        except Exception as exc:
+            self._file_failed(f"revoking {key!r} from Samba's clients", exc)
         finally:
             db.local.unlock_chain(key)
 
     def _restore(self, db: Database, key: bytes, lent: Lent) -> None:
         """Under the record's chain: our file goes back to the stream's copy,
-        unless the stream rewrote it since (a state transfer, a wipe)."""
+        unless the stream rewrote it since (a state transfer, a wipe).
+
+        (Never while the record is lent again: lending waits for the task
+        that restores it, `_busy`.)"""
+        if self.restoring.get((db.id, key)) is lent:
+            # Done, or failed (the caller resyncs: a node out of sync sends no state).
+            del self.restoring[(db.id, key)]
         rec = db.local.get(key)
         if rec is None or rec.dmaster != self.engine.node.pnn:
             return
@@ -334,12 +372,11 @@ class SambaGrants:
         ref = (db.id, key)
         try:
             taken, value = await self._collect(db, key, lent)
-        except CtdbError as exc:
-            # Our shared file failed under us (not a held chain): our copy is
-            # suspect, and what our clients wrote is lost with it.
+        except Exception as exc:  # the file failed under us, not a held chain
             if self.lent.pop(ref, None) is not None:
                 self._disown(ref)  # (the lock goes back once we serve again)
-            self.engine.resync(f"taking back {key!r} from Samba's clients failed: {exc.message}")
+            self.restoring.pop(ref, None)
+            self._file_failed(f"taking back {key!r} from Samba's clients", exc)
             return
         if not taken:
             return  # revoked meanwhile
@@ -408,5 +445,6 @@ class SambaGrants:
             task.cancel()
 
 
-def _unnamed(rec: Record) -> Record:
+def unnamed(rec: Record) -> Record:
+    """`rec` as the stream holds it: naming no dmaster."""
     return Record(rec.rsn, NO_DMASTER, rec.value, rec.flags)

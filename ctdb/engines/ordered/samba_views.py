@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
 from ctdb.engines.merge import from_wire
-from ctdb.engines.ordered.samba_grants import SambaGrants
+from ctdb.engines.ordered.samba_grants import SambaGrants, unnamed
 from ctdb.engines.ordered.stream_gate import read_record
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
@@ -48,13 +48,16 @@ async def lent_records(
 ) -> list[tuple[bytes, Record]]:
     """The records of `db` lent here, as our clients left them, and the
     ones we are giving back (deleted ones too): the `lent` control."""
-    found = dict(_returning(grants, db))
-    for dbid, key in list(grants.lent):
+    found = {}
+    for (dbid, key), lent in list(grants.lent.items()):
         if dbid != db.id:
             continue
         rec = await read_record(db, key, deadline)
-        if rec is not None:
+        # Taken back while we read: our file went back to the stream's copy,
+        # and what was written is in `returning` or applied.
+        if rec is not None and grants.lent.get((dbid, key)) is lent:
             found[key] = rec
+    found.update(_returning(grants, db))
     return list(found.items())
 
 
@@ -64,10 +67,18 @@ def _returning(grants: SambaGrants, db: Database) -> Iterator[tuple[bytes, Recor
 
 def published_items(grants: SambaGrants, db: Database) -> Iterator[tuple[bytes, Record]]:
     """Our copy of `db` as the stream made it, for a state transfer: a record
-    lent here as it was lent."""
+    whose header names us (lent here, or revoked and not yet restored) as
+    it was lent, never what Samba's clients wrote in place."""
+    if db.replicated:
+        yield from db.local.items()  # (never lent: a persistent record names its writer)
+        return
+    pnn = grants.engine.node.pnn
     for key, rec in db.local.items():
-        lent = grants.lent.get((db.id, key))
+        if rec.dmaster != pnn:
+            yield key, rec  # the stream's copy
+            continue
+        lent = grants.lent.get((db.id, key)) or grants.restoring.get((db.id, key))
         if lent is None:
-            yield key, rec
+            yield key, unnamed(rec)  # (nothing else names us: never lend it elsewhere)
         elif lent.record is not None:
             yield key, lent.record
