@@ -16,7 +16,7 @@ dmaster (`ltdb.NO_DMASTER`) until a record is lent:
 2. Take back, when the record is wanted elsewhere: another request queued
    behind our lock (`after_apply` sees it at its position in the stream),
    once a client wrote it or HOLD_MIN has passed, so that the client that
-   asked gets to use the record first. Under the chain lock (a client
+   asked gets to use the record first (`samba_returns` holds this part). Under the chain lock (a client
    working on it finishes first) our file goes back to the stream's copy,
    naming nobody, and what the clients left becomes one ordered unlock that
    every member applies before the next holder reads. The unlock is sent
@@ -65,112 +65,27 @@ still ours in the queues goes back once it serves again.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
-from ctdb.engines.host import Host
-from ctdb.engines.ordered.local_clients import LocalClients
-from ctdb.engines.ordered.replica import Replica
+from ctdb.engines.ordered.samba_returns import LendingEngine, Lent, Returns, unnamed
 from ctdb.storage.database import Database
-from ctdb.storage.ltdb import NO_DMASTER, Record
-
-log = logging.getLogger("ctdb.engines.ordered")
-
-#: A record lent here stays at least this long (seconds) before it is taken
-#: back for another request, unless a client has written it meanwhile: the
-#: client that asked for it must get to use it, or two nodes' clients could
-#: take it from each other for ever.
-HOLD_MIN = 0.005
-#: Pause (seconds) before an unlock that failed (no quorum, a resync under
-#: way) is sent again.
-GIVE_BACK_RETRY = 0.05
-
-Ref = tuple[int, bytes]
-
-
-@dataclass
-class Lent:
-    """A record lent to this node's Samba clients."""
-
-    #: our copy as the stream left it (None: it had none)
-    record: Record | None
-    since: float
-
-    @property
-    def value(self) -> bytes:
-        return self.record.value if self.record is not None else b""
-
-
-class LendingEngine(Protocol):
-    """What lending needs of the ordered engine."""
-
-    node: Host
-    replica: Replica
-    clients: LocalClients
-    synced: bool
-
-    @property
-    def members(self) -> list[int]: ...
-
-    @property
-    def quorate(self) -> bool: ...
-
-    async def lock(self, db: Database, key: bytes, session: object) -> bytes | None: ...
-
-    def resync(self, why: str, *, damaged: bool = True) -> None: ...
-
-    async def unlock(
-        self,
-        db: Database,
-        key: bytes,
-        session: object,
-        value: bytes | None,
-        *,
-        serving: bool = True,
-    ) -> None: ...
+from ctdb.storage.ltdb import Record
 
 
 class SambaSide:
     """This node's Samba clients, as one client of the lock queues (a session)."""
 
 
-class SambaGrants:
+class SambaGrants(Returns):
     def __init__(self, engine: LendingEngine) -> None:
+        # (what each holds: see `Returns`)
         self.engine = engine
-        #: this node's Samba clients, as one owner in the lock queues
         self.session = SambaSide()
-        #: records lent here, whose header names this node
-        self.lent: dict[Ref, Lent] = {}
-        #: records taken back whose unlock is not applied yet: what it carries
-        self.returning: dict[Ref, Record] = {}
-        #: records revoked whose file may still name us (its chain was busy):
-        #: as the stream left them, for a state transfer (`samba_views`)
-        self.restoring: dict[Ref, Lent] = {}
-        #: lending, taking back or revoking in progress, by record (one at a time each)
-        self._busy: dict[Ref, asyncio.Task[None]] = {}
-
-    @property
-    def in_stream(self) -> bool:
-        """In sync, in a quorate view: what we send, every member applies."""
-        return self.engine.synced and self.engine.quorate
-
-    @property
-    def may_lend(self) -> bool:
-        """This node serves: in the stream, not stopped or banned, no round under way."""
-        return self.in_stream and self.engine.node.serving
-
-    def _ours(self, ref: Ref) -> bool:
-        """Our Samba side holds the record's lock in the stream's queues."""
-        q = self.engine.replica.locks.get(ref)
-        return q is not None and q.holder == self.engine.clients.owner(self.session)
-
-    def _running(self, ref: Ref) -> bool:
-        task = self._busy.get(ref)
-        return task is not None and not task.done()
+        self.lent = {}
+        self.returning = {}
+        self.restoring = {}
+        self._busy = {}
 
     # -- lending (REQ_CALL) ----------------------------------------------------------
 
@@ -206,23 +121,6 @@ class SambaGrants:
                 return rec
             finally:
                 db.local.unlock_chain(key)
-
-    def _start(self, ref: Ref, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
-        self._busy[ref] = task
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        for ref, busy in list(self._busy.items()):
-            if busy is task:
-                del self._busy[ref]
-        if not task.cancelled() and task.exception() is not None:
-            # The callers of a lending saw it (shield); a taking back has none.
-            log.warning("lending to Samba's clients: %s", task.exception())
-        # A request may have queued while this ran (before the record counted
-        # as lent): nothing else would look again.
-        self.after_apply()
 
     async def _lend(self, db: Database, key: bytes, deadline: float) -> None:
         engine = self.engine
@@ -266,185 +164,8 @@ class SambaGrants:
         db.local.put(key, rec)
         return rec
 
-    # -- taking back and revoking ----------------------------------------------------------
-
-    def after_apply(self) -> None:
-        """After each operation the stream delivered: take back what is wanted
-        elsewhere, and forget what the stream no longer lends us."""
-        if not self.lent:
-            return
-        engine = self.engine
-        if not self.in_stream:
-            self.revoke_all()
-            return
-        urgent = not self.may_lend  # stopped, banned, or a round under way: all goes back
-        for ref in list(self.lent):
-            lent = self.lent.get(ref)
-            if lent is None:
-                continue  # revoked by a resync that a failing file started this pass
-            q = engine.replica.locks.get(ref)
-            if not self._ours(ref):
-                # Purged or replaced by a state transfer: our clients must
-                # stop writing in place.
-                self._revoke(ref)
-            elif q is not None and (urgent or len(q.entries) > 1) and not self._running(ref):
-                db = engine.node.dbs.get(ref[0])
-                if db is not None:
-                    # The entry goes with the task: a revoke before it runs
-                    # leaves the restoring to it (`_revoke`).
-                    self._start(ref, self._take_back(db, ref[1], lent))
-
-    def revoke_all(self) -> None:
-        """This node stops serving: nothing stays lent (see the module docstring)."""
-        for ref in list(self.lent):
-            self._revoke(ref)
-
-    def _revoke(self, ref: Ref) -> None:
-        lent = self.lent.pop(ref, None)
-        if lent is None:
-            return  # (a resync this revoke started revoked everything already)
-        self._disown(ref)
-        db = self.engine.node.dbs.get(ref[0])
-        if db is None:
-            return
-        self.restoring[ref] = lent
-        if self._running(ref):
-            return  # (a taking back in progress restores it)
-        # At once if we can (always at a view change: the gate holds every
-        # shared file whole then).
-        try:
-            if db.local.try_lock_chain(ref[1]):
-                try:
-                    self._restore(db, ref[1], lent)
-                finally:
-                    db.local.unlock_chain(ref[1])
-                return
-        except Exception as exc:
-            # Whoever revokes goes on (a view change, a resync, a stop).
-            self._file_failed(f"revoking {ref[1]!r} from Samba's clients", exc)
-            return
-        self._start(ref, self._restore_later(db, ref[1], lent))
-
-    def _file_failed(self, what: str, exc: Exception) -> str:
-        """Our shared file failed under us (python-tdb raises RuntimeError, the
-        chain calls CtdbError): our copies are suspect, and what our clients
-        wrote in place is lost with them. A resync replaces them, unless one
-        is under way already. Returns why, for the caller's error."""
-        detail = exc.message if isinstance(exc, CtdbError) else f"{type(exc).__name__}: {exc}"
-        why = f"{what} failed: {detail}"
-        log.warning("%s", why)
-        if self.engine.synced:
-            self.engine.resync(why)
-        return why
-
-    def _disown(self, ref: Ref) -> None:
-        """Nobody here holds the record any more: a lock still ours in the
-        queues is released once we serve again (LocalClients.release_orphans)."""
-        self.engine.clients.granted.pop((self.engine.clients.owner(self.session), *ref), None)
-
-    async def _restore_later(self, db: Database, key: bytes, lent: Lent) -> None:
-        await poll(lambda: db.local.try_lock_chain(key), float("inf"))
-        try:
-            self._restore(db, key, lent)
-        except Exception as exc:
-            self._file_failed(f"revoking {key!r} from Samba's clients", exc)
-        finally:
-            db.local.unlock_chain(key)
-
-    def _restore(self, db: Database, key: bytes, lent: Lent) -> None:
-        """Under the record's chain: our file goes back to the stream's copy,
-        unless the stream rewrote it since (a state transfer, a wipe).
-
-        (Never while the record is lent again: lending waits for the task
-        that restores it, `_busy`.)"""
-        if self.restoring.get((db.id, key)) is lent:
-            # Done, or failed (the caller resyncs: a node out of sync sends no state).
-            del self.restoring[(db.id, key)]
-        rec = db.local.get(key)
-        if rec is None or rec.dmaster != self.engine.node.pnn:
-            return
-        if lent.record is None:
-            db.local.remove(key)
-        else:
-            db.local.put(key, lent.record)
-
-    async def _take_back(self, db: Database, key: bytes, lent: Lent) -> None:
-        ref = (db.id, key)
-        try:
-            taken, value = await self._collect(db, key, lent)
-        except Exception as exc:  # the file failed under us, not a held chain
-            if self.lent.pop(ref, None) is not None:
-                self._disown(ref)  # (the lock goes back once we serve again)
-            self.restoring.pop(ref, None)
-            self._file_failed(f"taking back {key!r} from Samba's clients", exc)
-            return
-        if not taken:
-            return  # revoked meanwhile
-        if value is not None:
-            rsn = lent.record.rsn if lent.record is not None else 0
-            self.returning[ref] = Record(rsn, NO_DMASTER, value)
-        try:
-            await self._give_back(db, key, value)
-        finally:
-            self.returning.pop(ref, None)
-
-    async def _collect(self, db: Database, key: bytes, lent: Lent) -> tuple[bool, bytes | None]:
-        """Under the record's chain, our file back at the stream's copy:
-        (True, what our clients left, None if nothing new), or (False, None)
-        if the record was revoked meanwhile."""
-        loop = asyncio.get_running_loop()
-        ref = (db.id, key)
-        waited = False
-        while True:
-            # Never given up: the record is the clients' until they let go of it.
-            if not db.local.try_lock_chain(key):
-                if not waited:
-                    self.engine.node.stats["chain_waits"] += 1
-                    waited = True
-                await poll(lambda: db.local.try_lock_chain(key), float("inf"))
-            try:
-                if self.lent.get(ref) is not lent:
-                    self._restore(db, key, lent)  # revoked meanwhile
-                    return False, None
-                rec = db.local.get(key)
-                if rec is None or rec.dmaster != self.engine.node.pnn:
-                    value = None  # the stream rewrote it (a wipe): nothing to give back
-                else:
-                    value = rec.value if rec.value != lent.value else None
-                early = lent.since + HOLD_MIN - loop.time() if self.may_lend else 0.0
-                if early <= 0 or value is not None:  # (or a client used it already)
-                    self._restore(db, key, lent)
-                    del self.lent[ref]
-                    return True, value
-            finally:
-                db.local.unlock_chain(key)
-            await asyncio.sleep(early)
-
-    async def _give_back(self, db: Database, key: bytes, value: bytes | None) -> None:
-        """Unlock, with what our clients wrote; again until applied or no longer ours."""
-        ref = (db.id, key)
-        warned = False
-        while self._ours(ref):
-            try:
-                # Not waiting for this node to serve while every member
-                # applies what it sends: a stopped node gives back too.
-                await self.engine.unlock(db, key, self.session, value, serving=not self.in_stream)
-                return
-            except CtdbError as exc:
-                if exc.code == ErrorCode.NOT_LOCKED:
-                    return  # the lock went with our copy (purged, replaced)
-                if not warned:
-                    log.warning("giving back %r lent to Samba's clients: %s", key, exc.message)
-                    warned = True
-            await asyncio.sleep(GIVE_BACK_RETRY)
-
     def stop(self) -> None:
         """The daemon stops: nothing stays lent, nothing is sent."""
         self.revoke_all()
         for task in list(self._busy.values()):
             task.cancel()
-
-
-def unnamed(rec: Record) -> Record:
-    """`rec` as the stream holds it: naming no dmaster."""
-    return Record(rec.rsn, NO_DMASTER, rec.value, rec.flags)

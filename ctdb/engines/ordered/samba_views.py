@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
 from ctdb.engines.merge import from_wire
-from ctdb.engines.ordered.samba_grants import SambaGrants, unnamed
+from ctdb.engines.ordered.samba_grants import SambaGrants
+from ctdb.engines.ordered.samba_returns import unnamed
 from ctdb.engines.ordered.stream_gate import read_record
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
