@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.ordered import samba_views
-from ctdb.engines.ordered.barriers import ReadBarriers, until
+from ctdb.engines.ordered.barriers import until
 from ctdb.engines.ordered.local_clients import LocalClients, withdrawal
 from ctdb.engines.ordered.locks import Owner, QueueFull
+from ctdb.engines.ordered.reads import Reads
 from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
 from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import Rounds, StreamListener
@@ -27,7 +28,7 @@ from ctdb.protocol.message_codec import encode
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
-from ctdb.storage.ltdb import Record, live_value
+from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import db_id
 from transport.base import View
 
@@ -78,9 +79,9 @@ class OrderedEngine:
         #: which writes every member holds (see stability.py)
         self.stability = Stability(node.pnn, self._send, lambda: len(node.nodes))
         #: our own operations in the stream, until they are delivered
-        self.requests = Requests(node, self.stability)
-        #: read barriers ("sync" broadcasts): see barriers.py
-        self._barriers = ReadBarriers(self.requests.send_barrier, self.requests.forget)
+        self.requests: Requests = Requests(node, self.stability)
+        #: reads: local where that is linearizable, else after a read barrier
+        self.reads = Reads(self)
 
     # -- serving state ---------------------------------------------------------------
 
@@ -98,7 +99,7 @@ class OrderedEngine:
 
     # -- client operations -------------------------------------------------------------
 
-    def _deadline(self) -> float:
+    def deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
 
     async def _submit(
@@ -107,58 +108,13 @@ class OrderedEngine:
         """`op` in the stream once this node serves (`serving`: else at once);
         its result (see Requests.submit)."""
         if deadline is None:
-            deadline = self._deadline()
+            deadline = self.deadline()
         if serving:
             await self.node.wait_serving(deadline)
         return await self.requests.submit(op, args, deadline)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
-        q = self.replica.locks.get((db.id, key))
-        holder = q.holder if q is not None else None
-        if (
-            self.node.serving
-            and self.settled(db, key)
-            and (
-                holder == self.clients.owner(session)
-                or (holder is None and self.node.tunable("LocalReads"))
-            )
-            and (not db.shared or db.local.try_lock_chain(key))
-        ):
-            self.node.stats["fetch_local"] += 1
-            try:
-                return live_value(db.local.get(key))
-            finally:
-                if db.shared:
-                    db.local.unlock_chain(key)
-        return self._fetch_ordered(db, key, session)
-
-    async def _fetch_ordered(self, db: Database, key: bytes, session: object) -> bytes | None:
-        """A linearizable read: wait for a barrier sent after the read arrived.
-
-        Totem assigns sequence numbers on a circulating token, so a write
-        acknowledged anywhere before this read began is ordered before the
-        barrier, and is applied here by the time the barrier is delivered.
-        """
-        node = self.node
-        deadline = self._deadline()
-        await node.wait_serving(deadline)
-        await self._barriers.wait(deadline)
-        q = self.replica.locks.get((db.id, key))
-        if q is None or q.holder in (None, self.clients.owner(session)):
-            await self.settle(db, key, deadline)
-            return await read_value(db, key, deadline)
-        # Someone else holds the record: wait for it, as migration would
-        # (within the read's own deadline, not one more per step).
-        value = await self.lock(db, key, session, deadline)
-        try:
-            await self.unlock(db, key, session, None, deadline=deadline)
-        except CtdbError:
-            # The client asked for a read, not a lock: it must not keep one.
-            claim = (self.clients.owner(session), db.id, key)
-            req = self.clients.granted.pop(claim, None)
-            self.broadcast("withdraw", withdrawal(claim, req))
-            raise
-        return value
+        return self.reads.fetch(db, key, session)
 
     def _apply_sync(self, origin: int, args: dict[str, Any]) -> None:
         """A read barrier: its origin's readers go on once it is delivered."""
@@ -186,7 +142,7 @@ class OrderedEngine:
         self, db: Database, key: bytes, session: object, deadline: float | None = None
     ) -> bytes | None:
         if deadline is None:
-            deadline = self._deadline()
+            deadline = self.deadline()
         owner = self.clients.owner(session)
         if self.clients.holds(owner, db.id, key):
             return await read_value(db, key, deadline)
@@ -297,7 +253,7 @@ class OrderedEngine:
     async def traverse(self, db: Database) -> list[tuple[bytes, Record]]:
         """Every node holds every record: a local traverse is the whole database."""
         node = self.node
-        deadline = self._deadline()
+        deadline = self.deadline()
         await node.wait_serving(deadline)
         if not db.shared:
             return sorted(db.live_items())

@@ -16,12 +16,13 @@ dmaster (`ltdb.NO_DMASTER`) until a record is lent:
 2. Take back, when the record is wanted elsewhere: another request queued
    behind our lock (`after_apply` sees it at its position in the stream),
    once a client wrote it or HOLD_MIN has passed, so that the client that
-   asked gets to use the record first (`samba_returns` holds this part). Under the chain lock (a client
+   asked gets to use the record first. Under the chain lock (a client
    working on it finishes first) our file goes back to the stream's copy,
    naming nobody, and what the clients left becomes one ordered unlock that
    every member applies before the next holder reads. The unlock is sent
    again until it is applied or the lock is no longer ours: a lock we hold
-   and never give back would stay locked for good.
+   and never give back would stay locked for good. (Taking back and
+   revoking are in `samba_returns`.)
    A node that stops serving while it still follows the stream (stopped,
    banned, a round for a joiner under way) takes back everything at once,
    as a stopped ctdbd is frozen: the record is served elsewhere meanwhile.
@@ -39,7 +40,7 @@ those as lent (`samba_views.published_items`): no replica takes up a write
 the others may never see.
 
 Our own clients see what Samba's clients wrote: a read or lock of a record
-someone else holds goes through the lock queue (`OrderedEngine._fetch_ordered`),
+someone else holds goes through the lock queue (`reads.Reads`),
 which takes the record back first, and a traverse asks every node for what
 it has lent or is giving back (`samba_views`). A record
 stays lent until it is wanted elsewhere, as a record stays with its dmaster

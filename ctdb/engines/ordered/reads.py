@@ -1,0 +1,114 @@
+"""Reads of the ordered engine's records (`OrderedEngine.fetch`).
+
+Every member applies the same stream, so a read may be answered from this
+node's copy only where that cannot miss an acknowledged write: the key
+holds only stable writes here and either our client holds its lock or
+`LocalReads` allows local reads of a record nobody holds. Any other read
+waits for a barrier broadcast after it arrived (`barriers.py`): a
+linearizable read at the cost of a round through the stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ctdb.common.errors import CtdbError
+from ctdb.engines.host import Host
+from ctdb.engines.ordered.barriers import ReadBarriers
+from ctdb.engines.ordered.local_clients import LocalClients, withdrawal
+from ctdb.engines.ordered.replica import Replica
+from ctdb.engines.ordered.requests import Requests
+from ctdb.engines.ordered.stream_gate import read_value
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import live_value
+
+
+class ReadsHost(Protocol):
+    """What reads use of their engine (`ctdb.engines.ordered.engine`)."""
+
+    node: Host
+    replica: Replica
+    clients: LocalClients
+    requests: Requests
+
+    def deadline(self) -> float: ...
+
+    def settled(self, db: Database, key: bytes) -> bool: ...
+
+    async def settle(self, db: Database, key: bytes, deadline: float) -> None: ...
+
+    async def lock(
+        self, db: Database, key: bytes, session: object, deadline: float | None = None
+    ) -> bytes | None: ...
+
+    async def unlock(
+        self,
+        db: Database,
+        key: bytes,
+        session: object,
+        value: bytes | None,
+        *,
+        serving: bool = True,
+        deadline: float | None = None,
+    ) -> None: ...
+
+    def broadcast(self, op: str, args: dict[str, Any]) -> None: ...
+
+
+class Reads:
+    def __init__(self, engine: ReadsHost) -> None:
+        self.engine = engine
+        #: read barriers ("sync" broadcasts): see barriers.py
+        self.barriers = ReadBarriers(engine.requests.send_barrier, engine.requests.forget)
+
+    def fetch(self, db: Database, key: bytes, session: object) -> Any:
+        """The record's value now when this node may answer alone, else a
+        coroutine that answers once a barrier is delivered."""
+        e = self.engine
+        q = e.replica.locks.get((db.id, key))
+        holder = q.holder if q is not None else None
+        if (
+            e.node.serving
+            and e.settled(db, key)
+            and (
+                holder == e.clients.owner(session)
+                or (holder is None and e.node.tunable("LocalReads"))
+            )
+            and (not db.shared or db.local.try_lock_chain(key))
+        ):
+            e.node.stats["fetch_local"] += 1
+            try:
+                return live_value(db.local.get(key))
+            finally:
+                if db.shared:
+                    db.local.unlock_chain(key)
+        return self._ordered(db, key, session)
+
+    async def _ordered(self, db: Database, key: bytes, session: object) -> bytes | None:
+        """A linearizable read: wait for a barrier sent after the read arrived.
+
+        Totem assigns sequence numbers on a circulating token, so a write
+        acknowledged anywhere before this read began is ordered before the
+        barrier, and is applied here by the time the barrier is delivered.
+        """
+        e = self.engine
+        node = e.node
+        deadline = e.deadline()
+        await node.wait_serving(deadline)
+        await self.barriers.wait(deadline)
+        q = e.replica.locks.get((db.id, key))
+        if q is None or q.holder in (None, e.clients.owner(session)):
+            await e.settle(db, key, deadline)
+            return await read_value(db, key, deadline)
+        # Someone else holds the record: wait for it, as migration would
+        # (within the read's own deadline, not one more per step).
+        value = await e.lock(db, key, session, deadline)
+        try:
+            await e.unlock(db, key, session, None, deadline=deadline)
+        except CtdbError:
+            # The client asked for a read, not a lock: it must not keep one.
+            claim = (e.clients.owner(session), db.id, key)
+            req = e.clients.granted.pop(claim, None)
+            e.broadcast("withdraw", withdrawal(claim, req))
+            raise
+        return value
