@@ -27,7 +27,7 @@ class Stream:
         self.submitted: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
         self.db = self.dbs.attach("t.tdb", DbKind.VOLATILE)
 
-    def _deadline(self) -> float:
+    def deadline(self) -> float:
         return asyncio.get_running_loop().time() + 5.0
 
     def _waiters(self) -> int:
