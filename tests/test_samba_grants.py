@@ -578,3 +578,25 @@ def test_a_snapshot_sent_while_a_revoked_record_waits_for_its_chain_carries_the_
         _run(scenario)
     finally:
         client.close()
+
+
+def test_a_lend_whose_chain_lock_call_fails_gives_the_lock_back_once_it_serves_again(
+    engine: Engine,
+) -> None:
+    """The same when libtdb's chain lock call fails right after the grant
+    (found by the review of the previous fix: that call was outside it)."""
+    db = _db(engine)
+    samba_owner = engine.clients.owner(engine.samba.session)
+
+    async def scenario() -> None:
+        db.local.chains.close()  # libtdb's lock calls now fail (not a held chain)
+        with pytest.raises(CtdbError) as failed:
+            await engine.samba.migrate_here(db, b"k")
+        assert failed.value.code == ErrorCode.IO
+        assert len(engine.resyncs) == 1 and not engine.samba.lent
+        engine.quorate = engine.synced = True
+        engine.clients.release_orphans()
+        withdrawal = {"db": db.id, "key": b"k", "owner": samba_owner, "req": 1}
+        assert ("withdraw", withdrawal) in engine.sent
+
+    _run(scenario)

@@ -204,7 +204,8 @@ class Client:
     def _bound(self, seconds: float | None) -> None:
         """How long a send, and the wait for what the daemon sends, may take."""
         _set_kernel_timeout(self._sock, seconds)
-        self._wait_ms = -1 if seconds is None else max(1, int(seconds * 1000))
+        # (poll() takes a C int of milliseconds: some 24 days at most)
+        self._wait_ms = -1 if seconds is None else min(max(1, int(seconds * 1000)), 2**31 - 1)
 
     def _next_event(self) -> Event:
         while not self._events:

@@ -69,7 +69,7 @@ import asyncio
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
-from ctdb.engines.ordered.samba_returns import LendingEngine, Lent, Returns, unnamed
+from ctdb.engines.ordered.samba_returns import LendingEngine, Lent, Ref, Returns, unnamed
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 
@@ -108,7 +108,11 @@ class SambaGrants(Returns):
                     raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} not lent in time") from None
             # Our clients may be working on it already, and one may hold its
             # chain while it waits for us: never wait for it on the loop.
-            if not await poll(lambda: db.local.try_lock_chain(key), deadline):
+            try:
+                held = await poll(lambda: db.local.try_lock_chain(key), deadline)
+            except Exception as exc:
+                raise self._lending_failed(ref, exc) from None
+            if not held:
                 raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
             try:
                 lent = self.lent.get(ref)
@@ -120,6 +124,8 @@ class SambaGrants(Returns):
                     lent.record = None if rec is None else unnamed(rec)
                     rec = self._name(db, key, lent)
                 return rec
+            except Exception as exc:
+                raise self._lending_failed(ref, exc) from None
             finally:
                 db.local.unlock_chain(key)
 
@@ -128,10 +134,14 @@ class SambaGrants(Returns):
         engine.node.stats["samba_lends"] += 1
         await engine.node.wait_serving(deadline)
         await engine.lock(db, key, self.session)
-        if not await poll(lambda: db.local.try_lock_chain(key), deadline):
+        ref = (db.id, key)
+        try:
+            held = await poll(lambda: db.local.try_lock_chain(key), deadline)
+        except Exception as exc:
+            raise self._lending_failed(ref, exc) from None
+        if not held:
             await self._give_back(db, key, None)
             raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
-        ref = (db.id, key)
         lend = self.may_lend and self._ours(ref)
         try:
             if lend:
@@ -141,11 +151,7 @@ class SambaGrants(Returns):
                 self._name(db, key, lent)
                 self.lent[ref] = lent
         except Exception as exc:
-            # Granted, and nobody here will use it: the lock goes back once
-            # we serve again, with copies a state transfer replaced.
-            self._disown(ref)
-            why = self._file_failed(f"lending {key!r} to Samba's clients", exc)
-            raise CtdbError(ErrorCode.IO, why) from None
+            raise self._lending_failed(ref, exc) from None
         finally:
             db.local.unlock_chain(key)
         if not lend:
@@ -157,6 +163,16 @@ class SambaGrants(Returns):
             else:
                 self._disown(ref)
             raise CtdbError(ErrorCode.RETRY, f"node {engine.node.pnn} stopped serving")
+
+    def _lending_failed(self, ref: Ref, exc: Exception) -> CtdbError:
+        """Our shared file failed while lending `ref`: the lock (granted, or
+        lent already) goes back once we serve again, with copies a resync
+        replaced. Returns the error for the call."""
+        self.lent.pop(ref, None)
+        self._disown(ref)
+        return CtdbError(
+            ErrorCode.IO, self._file_failed(f"lending {ref[1]!r} to Samba's clients", exc)
+        )
 
     def _name(self, db: Database, key: bytes, lent: Lent) -> Record:
         """Under the record's chain: our file names us its dmaster."""

@@ -187,6 +187,7 @@ class Returns:
                 return
         except Exception as exc:
             # Whoever revokes goes on (a view change, a resync, a stop).
+            self.restoring.pop(ref, None)
             self._file_failed(f"revoking {ref[1]!r} from Samba's clients", exc)
             return
         self._start(ref, self._restore_later(db, ref[1], lent))
@@ -209,13 +210,15 @@ class Returns:
         self.engine.clients.granted.pop((self.engine.clients.owner(self.session), *ref), None)
 
     async def _restore_later(self, db: Database, key: bytes, lent: Lent) -> None:
-        await poll(lambda: db.local.try_lock_chain(key), float("inf"))
         try:
-            self._restore(db, key, lent)
+            await poll(lambda: db.local.try_lock_chain(key), float("inf"))
+            try:
+                self._restore(db, key, lent)
+            finally:
+                db.local.unlock_chain(key)
         except Exception as exc:
+            self.restoring.pop((db.id, key), None)
             self._file_failed(f"revoking {key!r} from Samba's clients", exc)
-        finally:
-            db.local.unlock_chain(key)
 
     def _restore(self, db: Database, key: bytes, lent: Lent) -> None:
         """Under the record's chain: our file goes back to the stream's copy,
