@@ -10,6 +10,7 @@ does what the engine does after it (answer grants, then `after_apply`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -509,18 +510,26 @@ def test_a_taking_back_whose_file_raises_resyncs_once_and_does_not_loop(engine: 
     _run(scenario)
 
 
+@pytest.mark.parametrize("failure", ["write", "chain lock call"])
 def test_a_lend_whose_file_fails_gives_the_lock_back_once_it_serves_again(
-    engine: Engine,
+    engine: Engine, failure: str
 ) -> None:
-    """Granted, then naming us in the file fails: the call fails with IO and
-    the lock is released once the node serves again (before, it stayed ours
-    in every queue for good; third review, seen on a full disk)."""
+    """Granted, then the file fails: naming us in it (python-tdb's
+    RuntimeError, seen on a full disk), or libtdb's chain lock call right
+    after the grant (found by the review of the first fix). The call fails
+    with IO and the lock is released once the node serves again (before, it
+    stayed ours in every queue for good; third review)."""
     db = _db(engine)
     samba_owner = engine.clients.owner(engine.samba.session)
 
     async def scenario() -> None:
-        with _FailingPut(db), pytest.raises(CtdbError) as failed:
-            await engine.samba.migrate_here(db, b"k")
+        with contextlib.ExitStack() as failing:
+            if failure == "write":
+                failing.enter_context(_FailingPut(db))
+            else:
+                db.local.chains.close()  # libtdb's lock calls now fail (not a held chain)
+            with pytest.raises(CtdbError) as failed:
+                await engine.samba.migrate_here(db, b"k")
         assert failed.value.code == ErrorCode.IO
         assert len(engine.resyncs) == 1 and not engine.samba.lent
         engine.quorate = engine.synced = True
@@ -578,25 +587,3 @@ def test_a_snapshot_sent_while_a_revoked_record_waits_for_its_chain_carries_the_
         _run(scenario)
     finally:
         client.close()
-
-
-def test_a_lend_whose_chain_lock_call_fails_gives_the_lock_back_once_it_serves_again(
-    engine: Engine,
-) -> None:
-    """The same when libtdb's chain lock call fails right after the grant
-    (found by the review of the previous fix: that call was outside it)."""
-    db = _db(engine)
-    samba_owner = engine.clients.owner(engine.samba.session)
-
-    async def scenario() -> None:
-        db.local.chains.close()  # libtdb's lock calls now fail (not a held chain)
-        with pytest.raises(CtdbError) as failed:
-            await engine.samba.migrate_here(db, b"k")
-        assert failed.value.code == ErrorCode.IO
-        assert len(engine.resyncs) == 1 and not engine.samba.lent
-        engine.quorate = engine.synced = True
-        engine.clients.release_orphans()
-        withdrawal = {"db": db.id, "key": b"k", "owner": samba_owner, "req": 1}
-        assert ("withdraw", withdrawal) in engine.sent
-
-    _run(scenario)
