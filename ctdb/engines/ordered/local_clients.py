@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from ctdb.engines.host import Host
 from ctdb.engines.ordered.locks import Owner
 from ctdb.engines.ordered.replica import Granted, Replica
+from ctdb.storage.database import Database
 
 #: (owner, db id, key): one client's claim on one record
 Claim = tuple[Owner, int, bytes]
@@ -147,3 +149,27 @@ def withdrawal(claim: Claim, req: int | None) -> dict[str, Any]:
     if req is not None:
         args["req"] = req
     return args
+
+
+class LockingEngine(Protocol):
+    """The ordered engine as the parts that lock records for this node's
+    clients see it (`reads`, `samba_grants`): `OrderedEngine.lock`/`unlock`."""
+
+    node: Host
+    replica: Replica
+    clients: LocalClients
+
+    async def lock(
+        self, db: Database, key: bytes, session: object, deadline: float | None = None
+    ) -> bytes | None: ...
+
+    async def unlock(
+        self,
+        db: Database,
+        key: bytes,
+        session: object,
+        value: bytes | None,
+        *,
+        serving: bool = True,
+        deadline: float | None = None,
+    ) -> None: ...

@@ -13,22 +13,17 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError
-from ctdb.engines.host import Host
 from ctdb.engines.ordered.barriers import ReadBarriers
-from ctdb.engines.ordered.local_clients import LocalClients, withdrawal
-from ctdb.engines.ordered.replica import Replica
+from ctdb.engines.ordered.local_clients import LockingEngine, withdrawal
 from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.stream_gate import read_value
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import live_value
 
 
-class ReadsHost(Protocol):
+class ReadsHost(LockingEngine, Protocol):
     """What reads use of their engine (`ctdb.engines.ordered.engine`)."""
 
-    node: Host
-    replica: Replica
-    clients: LocalClients
     requests: Requests
 
     def deadline(self) -> float: ...
@@ -36,21 +31,6 @@ class ReadsHost(Protocol):
     def settled(self, db: Database, key: bytes) -> bool: ...
 
     async def settle(self, db: Database, key: bytes, deadline: float) -> None: ...
-
-    async def lock(
-        self, db: Database, key: bytes, session: object, deadline: float | None = None
-    ) -> bytes | None: ...
-
-    async def unlock(
-        self,
-        db: Database,
-        key: bytes,
-        session: object,
-        value: bytes | None,
-        *,
-        serving: bool = True,
-        deadline: float | None = None,
-    ) -> None: ...
 
     def broadcast(self, op: str, args: dict[str, Any]) -> None: ...
 

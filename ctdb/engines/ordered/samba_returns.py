@@ -19,9 +19,7 @@ from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
-from ctdb.engines.host import Host
-from ctdb.engines.ordered.local_clients import LocalClients
-from ctdb.engines.ordered.replica import Replica
+from ctdb.engines.ordered.local_clients import LockingEngine
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 
@@ -53,12 +51,9 @@ class Lent:
         return self.record.value if self.record is not None else b""
 
 
-class LendingEngine(Protocol):
+class LendingEngine(LockingEngine, Protocol):
     """What lending needs of the ordered engine."""
 
-    node: Host
-    replica: Replica
-    clients: LocalClients
     synced: bool
 
     @property
@@ -67,19 +62,7 @@ class LendingEngine(Protocol):
     @property
     def quorate(self) -> bool: ...
 
-    async def lock(self, db: Database, key: bytes, session: object) -> bytes | None: ...
-
     def resync(self, why: str, *, damaged: bool = True) -> None: ...
-
-    async def unlock(
-        self,
-        db: Database,
-        key: bytes,
-        session: object,
-        value: bytes | None,
-        *,
-        serving: bool = True,
-    ) -> None: ...
 
 
 class Returns:
