@@ -174,6 +174,16 @@ def _write_in_place(db: Database, key: bytes, value: bytes) -> None:
     db.local.put(key, Record(rec.rsn, PNN, value))
 
 
+def _serves_again_and_withdraws(engine: Engine, db: Database, key: bytes) -> None:
+    """Once the node serves again, the lock the queues still give our Samba
+    side (its first request) is withdrawn."""
+    engine.quorate = engine.synced = True
+    engine.clients.release_orphans()
+    samba_owner = engine.clients.owner(engine.samba.session)
+    withdrawal = {"db": db.id, "key": key, "owner": samba_owner, "req": 1}
+    assert ("withdraw", withdrawal) in engine.sent
+
+
 def _run(scenario: Callable[[], Any]) -> None:
     asyncio.run(scenario())
 
@@ -221,10 +231,7 @@ def test_a_minority_view_revokes_what_is_lent_and_lends_nothing_until_it_serves(
         assert failed.value.code == ErrorCode.TIMEOUT
         assert db.local.get(b"k") == Record(1, NO_DMASTER, b"v0")
         # Serving again, the lock the queues still give our Samba side goes back.
-        engine.quorate = engine.synced = True
-        engine.clients.release_orphans()
-        withdrawal = {"db": db.id, "key": b"k", "owner": samba_owner, "req": 1}
-        assert ("withdraw", withdrawal) in engine.sent
+        _serves_again_and_withdraws(engine, db, b"k")
 
     _run(scenario)
 
@@ -440,10 +447,7 @@ def test_a_file_failing_under_a_taking_back_does_not_keep_the_lock_for_good(
         engine.apply(1, "lock", {"db": db.id, "key": b"k", "owner": list(OTHER)})
         await _until(lambda: bool(engine.resyncs))
         assert engine.replica.locks[(db.id, b"k")].holder == samba_owner
-        engine.quorate = engine.synced = True
-        engine.clients.release_orphans()
-        withdrawal = {"db": db.id, "key": b"k", "owner": samba_owner, "req": 1}
-        assert ("withdraw", withdrawal) in engine.sent
+        _serves_again_and_withdraws(engine, db, b"k")
 
     _run(scenario)
 
@@ -520,7 +524,6 @@ def test_a_lend_whose_file_fails_gives_the_lock_back_once_it_serves_again(
     with IO and the lock is released once the node serves again (before, it
     stayed ours in every queue for good; third review)."""
     db = _db(engine)
-    samba_owner = engine.clients.owner(engine.samba.session)
 
     async def scenario() -> None:
         with contextlib.ExitStack() as failing:
@@ -532,10 +535,7 @@ def test_a_lend_whose_file_fails_gives_the_lock_back_once_it_serves_again(
                 await engine.samba.migrate_here(db, b"k")
         assert failed.value.code == ErrorCode.IO
         assert len(engine.resyncs) == 1 and not engine.samba.lent
-        engine.quorate = engine.synced = True
-        engine.clients.release_orphans()
-        withdrawal = {"db": db.id, "key": b"k", "owner": samba_owner, "req": 1}
-        assert ("withdraw", withdrawal) in engine.sent
+        _serves_again_and_withdraws(engine, db, b"k")
 
     _run(scenario)
 
