@@ -6,12 +6,12 @@ sent. Every command below is launched `--runs` times, taking turns
 (`bench.foundation.bench_oneshot`), so each sees the same machine load:
 
 * `python -c pass`: the floor any Python tool pays;
-* `python -c "import socket, msgpack"`: the floor of any Python client of
-  the daemon's protocol;
-* `python -c "import click"`, `python -c "import ctdb.client"`: where the
-  time goes (the argument parser, the client library);
+* `python -c "import _socket, msgpack"`: the floor of any Python client of
+  the daemon's protocol, what `ctdbtool pnn` loads (`tools/ctdbtool/quick.py`);
+* `python -c "import click"`, `python -c "import ctdb.client"`: what every
+  other command loads (the argument parser, the client library);
 * `ctdbtool pnn` and `ctdbtool status` against a local pyctdb cluster
-  (`--nodes`, on loopback);
+  (`--nodes`, on loopback), through the installed script when there is one;
 * Samba's `ctdb pnn` against Samba's own ctdbd (`tools/samba_ctdbd.py`),
   the baseline. (`ctdb status` waits about a second for the leader's
   broadcast, so it measures no start-up and is left out.)
@@ -57,7 +57,7 @@ def commands(pyctdb_socket: str) -> dict[str, list[str]]:
     tool = ctdbtool_cmd() + ["--socket", pyctdb_socket]
     return {
         "python -c pass": [sys.executable, "-c", "pass"],
-        "import socket, msgpack": [sys.executable, "-c", "import socket, msgpack"],
+        "import _socket, msgpack": [sys.executable, "-c", "import _socket, msgpack"],
         "import click": [sys.executable, "-c", "import click"],
         "import ctdb.client": [sys.executable, "-c", "import ctdb.client"],
         "ctdbtool pnn": [*tool, "pnn"],
@@ -150,9 +150,10 @@ def write_summary(path: Path, r: dict[str, Any]) -> None:
         f"{target['value']:.2f}x, {'met' if target['met'] else '**not met**'}.",
         "",
         "The `import` rows are bare interpreters importing only those modules: "
-        "`socket, msgpack` is what any Python client of the daemon's protocol loads, "
-        "`click` and `ctdb.client` are what the argument parser and the client library "
-        "cost on their own (they share some of the standard library, so they do not add up).",
+        "`_socket, msgpack` is the least any Python client of the daemon's protocol loads "
+        "(and what `ctdbtool pnn` loads), `click` and `ctdb.client` are what the argument "
+        "parser and the client library of every other command cost on their own (they "
+        "share some of the standard library, so they do not add up).",
         "",
     ]
     path.write_text("\n".join(lines))

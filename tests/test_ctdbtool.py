@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ctdb.common.errors import ErrorCode
-from tests.conftest import REPO, ToolResult, random_port, run_ctdbtool, unique
+from tests.conftest import PYTHON, REPO, ToolResult, random_port, run_ctdbtool, unique
 from tools.cluster import LocalCluster
 
 Tool = Callable[..., ToolResult]
@@ -58,6 +58,22 @@ def test_pnn(ctdbtool: Tool) -> None:
     assert ctdbtool("pnn", node=2).stdout.strip() == "2"
     assert ctdbtool("-n", "1", "pnn").stdout.strip() == "1"
     assert ctdbtool("--json", "pnn", node=1).json() == {"pnn": 1}
+
+
+def test_a_pnn_launch_loads_neither_click_nor_the_client(cluster: LocalCluster) -> None:
+    """What makes `ctdbtool pnn` cheap to launch (`tools/ctdbtool/quick.py`)."""
+    heavy = ("click", "ctdb.client", "ctdb.protocol.client", "socket", "typing", "dataclasses")
+    launch = (
+        "import sys\n"
+        f"sys.argv = ['ctdbtool', '--socket', {cluster.socket(2)!r}, 'pnn']\n"
+        "from tools.ctdbtool import main\n"
+        "main()\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", launch], capture_output=True, text=True, cwd=REPO, timeout=60, check=True
+    ).stdout
+    assert out.splitlines() == ["2", "[]"]
 
 
 def test_ping(ctdbtool: Tool) -> None:

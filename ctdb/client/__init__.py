@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from ctdb.client.blocking import Client, RecordLock, Transaction
 from ctdb.client.entry_locks import Ticket
-from ctdb.client.operations import DEFAULT_SOCKET, Appended, Entries, Entry, Message, default_socket
+from ctdb.client.operations import Appended, Entries, Entry, Message
+from ctdb.common.client_socket import DEFAULT_SOCKET, default_socket
 
 if TYPE_CHECKING:
     from ctdb.client.aio import AsyncClient, AsyncTransaction

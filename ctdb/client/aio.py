@@ -12,7 +12,8 @@ from ctdb.client import operations as ops
 from ctdb.client.blocking import RecordLock
 from ctdb.client.connection import Connection
 from ctdb.client.entry_locks import Ticket
-from ctdb.client.operations import Key, Listen, Message, Op, Plan, Sleep, default_socket
+from ctdb.client.operations import Key, Listen, Message, Op, Plan, Sleep
+from ctdb.common.client_socket import default_socket
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import client as protocol
 

@@ -15,7 +15,8 @@ from ctdb.client import entry_locks
 from ctdb.client import operations as ops
 from ctdb.client.connection import Connection, Event
 from ctdb.client.entry_locks import Ticket
-from ctdb.client.operations import Key, Listen, Message, Op, Plan, Sleep, default_socket, to_bytes
+from ctdb.client.operations import Key, Listen, Message, Op, Plan, Sleep, to_bytes
+from ctdb.common.client_socket import default_socket
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import client as protocol
 

@@ -9,7 +9,6 @@ accepted and encoded as UTF-8.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -23,12 +22,6 @@ T = TypeVar("T")
 Key = bytes | str
 #: Writes of one transaction: key -> value (None deletes). Keys all bytes or all str.
 Writes = Mapping[bytes, Key | None] | Mapping[str, Key | None]
-
-DEFAULT_SOCKET = "/var/run/ctdb/ctdbd.socket"
-
-
-def default_socket() -> str:
-    return os.environ.get("CTDB_SOCKET") or DEFAULT_SOCKET
 
 
 def to_bytes(data: Key) -> bytes:
