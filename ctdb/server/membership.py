@@ -31,6 +31,7 @@ from ctdb.engines.transactions import TransactionEngine
 from ctdb.protocol.messages import Message
 from ctdb.server.liveness import Liveness
 from ctdb.server.lockfile import ClusterLockFile
+from ctdb.server.node_messages import NodeMessages
 from ctdb.server.owners import Owners
 from ctdb.server.state import ControlHandler, RecoveryMode
 from transport.base import View
@@ -131,8 +132,8 @@ class ServerNode(Host, Protocol):
     owners: Owners
     rng: random.Random
     shutdown_requested: asyncio.Event
-
-    def handle(self, src: int, msg: Message) -> None: ...
+    #: what other nodes send, routed (`Node.messages`)
+    messages: NodeMessages
 
     def node_flags(self, pnn: int) -> int: ...
 

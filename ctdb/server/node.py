@@ -8,9 +8,10 @@ vnnmap. How that state changes depends on the transport, and that part is a
 `Membership` (`ctdb.server.membership`): a leader's recoveries on tcp, the
 ordered stream on vs. Controls are answered by `ctdb.server.admin` and by
 the membership. The rest is in parts the node holds: its databases
-(`databases`), the state announcements and the lease (`liveness`), messages
-between clients (`messaging`), control calls to peers (`controls`) and the
-wait for the node to serve (`serving`).
+(`databases`), what other nodes send (`node_messages`), the state
+announcements and the lease (`liveness`), messages between clients
+(`messaging`), control calls to peers (`controls`) and the wait for the node
+to serve (`serving`).
 
 Serving rule: requests are answered only in recovery mode NORMAL, which a
 node reaches only through a recovery (tcp: run by a leader that holds the
@@ -32,7 +33,7 @@ from typing import Any
 from ctdb.common.config import tunable_defaults
 from ctdb.engines.base import RecordEngine
 from ctdb.engines.transactions import TransactionEngine
-from ctdb.protocol.message_codec import DecodeError, decode, encode, wire_limits
+from ctdb.protocol.message_codec import encode, wire_limits
 from ctdb.protocol.messages import ClientMessage, Control, ControlReply, Message, NodeState
 from ctdb.server.admin import NodeControls
 from ctdb.server.controls import ControlChannel
@@ -42,6 +43,7 @@ from ctdb.server.liveness import Liveness
 from ctdb.server.lockfile import ClusterLockFile
 from ctdb.server.membership import Membership, vacuum_rounds
 from ctdb.server.messaging import Messaging
+from ctdb.server.node_messages import NodeMessages
 from ctdb.server.owners import Owners
 from ctdb.server.peerguard import PeerGuard
 from ctdb.server.serving import wait_serving
@@ -117,7 +119,6 @@ class Node:
         self.records: RecordEngine = self.membership.engine
         #: what node messages are checked against (see ctdb.protocol.message_codec)
         self.wire_limits = wire_limits(self.nodes)
-        self.guard = PeerGuard(pnn, transport, self.stats)
         self.controls = ControlChannel(
             pnn,
             self.send,
@@ -137,9 +138,21 @@ class Node:
         self.liveness.lease_changed = self.publish_serving
         #: entry owners: client ids, head notices, the removal of departed clients' entries
         self.owners = Owners(self)
-        #: the handler of each message type the node itself answers (`handle`)
-        self._routes = self._route_table()
-        transport.on_message = self._on_transport_message
+        #: what other nodes send: decoded, checked and routed (`node_messages`)
+        self.messages = NodeMessages(
+            self.wire_limits,
+            PeerGuard(pnn, transport, self.stats),
+            {
+                Control: self.controls.answer,
+                ControlReply: self.controls.on_reply,
+                ClientMessage: lambda _src, m: self.messaging.deliver(m.srvid, m.src, m.data),
+                NodeState: lambda _src, m: self.liveness.on_state(m),
+            },
+            self.membership.refused,
+            self.membership.on_message,
+            self.local_failure,
+        )
+        transport.on_message = self.messages.on_payload
         transport.on_view = self._on_view
         self.liveness.configure_lease()
         self.dbs.reopen_persistent()
@@ -203,7 +216,7 @@ class Node:
     def send(self, pnn: int, msg: Message) -> None:
         if pnn == self.pnn:
             # Local delivery goes through the loop so handlers never re-enter.
-            asyncio.get_running_loop().call_soon(self.handle, self.pnn, msg)
+            asyncio.get_running_loop().call_soon(self.messages.handle, self.pnn, msg)
             return
         self.transport.send(pnn, encode(msg))
 
@@ -238,42 +251,6 @@ class Node:
         return await self.dbs.attach_everywhere(name, kind, others, self.control)
 
     # -- transport events ------------------------------------------------------------
-
-    def _on_transport_message(self, src: int, payload: bytes) -> None:
-        try:
-            msg = decode(payload, self.wire_limits, src)
-        except DecodeError as exc:
-            self.guard.reject(src, exc)
-            return
-        refused = self.membership.refused.get(type(msg))
-        if refused is not None:
-            self.guard.reject(src, DecodeError(refused))
-            return
-        self.handle(src, msg)
-
-    def handle(self, src: int, msg: Message) -> None:
-        """Run a message's handler: a local failure must not take the node down with it.
-
-        Routed by exact type, one lookup per message (the classes are final):
-        a chain of isinstance checks cost every record message nine calls.
-        """
-        try:
-            route = self._routes.get(type(msg))
-            if route is None:
-                self.membership.on_message(src, msg)
-            else:
-                route(src, msg)
-        except Exception:
-            log.exception("handling %s from node %d failed", type(msg).__name__, src)
-            self.local_failure()
-
-    def _route_table(self) -> dict[type, Callable[[int, Any], None]]:
-        return {
-            Control: self.controls.answer,
-            ControlReply: self.controls.on_reply,
-            ClientMessage: lambda _src, msg: self.messaging.deliver(msg.srvid, msg.src, msg.data),
-            NodeState: lambda _src, msg: self.liveness.on_state(msg),
-        }
 
     def _on_view(self, view: View) -> None:
         log.info("view %d: nodes %s", view.view_id, list(view.members))

@@ -292,7 +292,7 @@ class RecoveryMember:
         node.liveness.announce()
         deferred, self._deferred = self._deferred, []
         for src, msg in deferred:
-            node.handle(src, msg)
+            node.messages.handle(src, msg)
 
     async def ctl_ban_failing(self, src: int, args: dict[str, Any]) -> bool:
         """Ban this node if its storage failed the leader's recoveries in a row (True).
