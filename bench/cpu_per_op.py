@@ -20,6 +20,12 @@ windows per round, then the median over rounds; ratios are head / base
 (above 1: this checkout costs more). Rates are reported too, but only the
 CPU figures are steady enough to compare.
 
+A last window of each workload counts the bytecode instructions the
+daemons' event loops run per operation, per function (`bench/opcount`, a
+`sitecustomize` on the daemons' path): a count that does not depend on the
+machine's load, which says where a difference in CPU comes from, file by
+file. Native code (msgpack, TDB, system calls) is not in it.
+
     .venv/bin/python -m bench.cpu_per_op [--base REV] [--rounds 3] [--quick] [--out DIR]
 
 Writes results.json, cpu_per_op.png and summary.md into --out; progress to stderr.
@@ -29,14 +35,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +56,13 @@ DEFAULT_BASE = "b7714d4"
 WORKLOADS = ("ping", "ring", "store")
 #: operations per measurement window (quick: a tenth)
 OPS = {"ping": 3000, "ring": 1500, "store": 6000}
+#: operations of the counted window, a fraction of OPS: counting is slow
+COUNTED = 0.1
+#: the folder of the instruction counter, and the variable that turns it on
+OPCOUNT = REPO / "bench" / "opcount"
+OPCOUNT_DIR = "CTDB_BENCH_OPCOUNT"
+#: files listed per workload in the summary, by the size of their difference
+TOP_FILES = 8
 
 
 def say(msg: str) -> None:
@@ -119,11 +136,54 @@ def _measure(cluster: Any, scale: float) -> dict[str, Any]:
                 run(work, n)
                 cpu.append((cpu_ns() - c0) / n / 1000)
                 rates.append(n / (time.perf_counter() - t0))
-            out[work] = {"ops": n, "cpu_us_per_op": statistics.median(cpu), "per_s": max(rates)}
+            m = max(10, int(n * COUNTED))
+            counts = _instructions(cluster, functools.partial(run, work, m))
+            out[work] = {
+                "ops": n,
+                "cpu_us_per_op": statistics.median(cpu),
+                "per_s": max(rates),
+                "instructions_per_op": sum(counts.values()) / m,
+                "instructions_by_file": _by_file(counts, m),
+            }
         return out
     finally:
         for c in clients:
             c.close()
+
+
+def _instructions(cluster: Any, work: Callable[[], None]) -> Counter[str]:
+    """The instructions the daemons' event loops ran for `work`, per function."""
+    out = Path(os.environ[OPCOUNT_DIR])
+    for old in out.iterdir():
+        old.unlink()
+    pids = [cluster.pids[pnn] for pnn in range(3)]
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+    _wait_for([out / f"on.{pid}" for pid in pids])
+    work()
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)
+    _wait_for([out / f"{pid}.json" for pid in pids])
+    total: Counter[str] = Counter()
+    for pid in pids:
+        total.update(json.loads((out / f"{pid}.json").read_text()))
+    return total
+
+
+def _wait_for(paths: list[Path], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        if time.monotonic() > deadline:
+            missing = [p.name for p in paths if not p.exists()]
+            raise RuntimeError(f"the daemons' instruction counter did not answer: {missing}")
+        time.sleep(0.01)
+
+
+def _by_file(counts: Counter[str], ops: int) -> dict[str, float]:
+    files: Counter[str] = Counter()
+    for function, n in counts.items():
+        files[function.split(":", 1)[0]] += n
+    return {name: round(n / ops, 1) for name, n in files.most_common()}
 
 
 # -- the driver: checkouts, rounds, outputs ------------------------------------------------
@@ -140,7 +200,17 @@ def _worktree(rev: str) -> Path:
 
 
 def _run_worker(tree: Path, base: str, port: int, scale: float) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    counted = tempfile.mkdtemp(prefix="ctdb-bench-opcount-")
+    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{OPCOUNT}", **{OPCOUNT_DIR: counted})
+    try:
+        return _worker_process(tree, base, port, scale, env)
+    finally:
+        shutil.rmtree(counted, ignore_errors=True)
+
+
+def _worker_process(
+    tree: Path, base: str, port: int, scale: float, env: dict[str, str]
+) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree)]
         + ["--worker-base", base, "--worker-port", str(port), "--worker-scale", str(scale)],
@@ -183,7 +253,14 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                 say(f"round {r + 1}/{ns.rounds}: {name}")
                 sample = _run_worker(trees[name], f"127.0.{86 + i}", ns.port + 10 * i, scale)
                 samples[name].append(sample)
-                say("  " + ", ".join(f"{w} {sample[w]['cpu_us_per_op']:.1f} us" for w in WORKLOADS))
+                say(
+                    "  "
+                    + ", ".join(
+                        f"{w} {sample[w]['cpu_us_per_op']:.1f} us, "
+                        f"{sample[w]['instructions_per_op']:,.0f} instructions"
+                        for w in WORKLOADS
+                    )
+                )
     finally:
         subprocess.run(
             ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)],
@@ -197,13 +274,20 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         for name in ("base", "head"):
             cpu = [s[work]["cpu_us_per_op"] for s in samples[name]]
             rate = [s[work]["per_s"] for s in samples[name]]
+            instructions = [s[work]["instructions_per_op"] for s in samples[name]]
             entry[name] = {
                 "cpu_us_per_op": statistics.median(cpu),
                 "cpu_us_per_op_rounds": cpu,
                 "per_s": statistics.median(rate),
+                "instructions_per_op": statistics.median(instructions),
+                "instructions_per_op_rounds": instructions,
+                "instructions_by_file": samples[name][0][work]["instructions_by_file"],
             }
         entry["cpu_ratio_head_to_base"] = (
             entry["head"]["cpu_us_per_op"] / entry["base"]["cpu_us_per_op"]
+        )
+        entry["instructions_ratio_head_to_base"] = (
+            entry["head"]["instructions_per_op"] / entry["base"]["instructions_per_op"]
         )
         entry["rate_ratio_head_to_base"] = entry["head"]["per_s"] / entry["base"]["per_s"]
         figures[work] = entry
@@ -247,7 +331,32 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "above 1.00x the head costs more than the base. Rates swing with the machine's "
         "load and are shown for orientation only.",
         "",
+        "## Bytecode instructions per operation (the daemons' event loops)",
+        "",
+        "| workload | base | head | head/base |",
+        "|---|---|---|---|",
     ]
+    for work, e in results["figures"].items():
+        lines.append(
+            f"| {work} | {e['base']['instructions_per_op']:,.0f} "
+            f"| {e['head']['instructions_per_op']:,.0f} "
+            f"| {e['instructions_ratio_head_to_base']:.2f}x |"
+        )
+    for work, e in results["figures"].items():
+        base, head = e["base"]["instructions_by_file"], e["head"]["instructions_by_file"]
+        files = sorted(set(base) | set(head), key=lambda f: -abs(head.get(f, 0) - base.get(f, 0)))
+        lines += [
+            "",
+            f"{work}: the {TOP_FILES} files whose instructions per operation changed most "
+            "(a file that was split or renamed shows as one gone and one new)",
+            "",
+            "| file | base | head | change |",
+            "|---|---|---|---|",
+        ]
+        for f in files[:TOP_FILES]:
+            b, h = base.get(f, 0.0), head.get(f, 0.0)
+            lines.append(f"| `{f}` | {b:,.0f} | {h:,.0f} | {h - b:+,.0f} |")
+    lines.append("")
     path.write_text("\n".join(lines))
 
 
@@ -258,19 +367,24 @@ def plot(path: Path, results: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     works = list(results["figures"])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     xs = range(len(works))
-    base = [results["figures"][w]["base"]["cpu_us_per_op"] for w in works]
-    head = [results["figures"][w]["head"]["cpu_us_per_op"] for w in works]
-    ax.bar([x - 0.2 for x in xs], base, width=0.4, label=f"base {results['base']}")
-    ax.bar([x + 0.2 for x in xs], head, width=0.4, label=f"head {results['head']}")
-    for x, w in zip(xs, works, strict=True):
-        ratio = results["figures"][w]["cpu_ratio_head_to_base"]
-        ax.annotate(f"{ratio:.2f}x", (x + 0.2, head[x]), ha="center", va="bottom")
-    ax.set_xticks(list(xs), works)
-    ax.set_ylabel("daemon CPU per operation (us), 3 daemons")
-    ax.set_title("CPU per operation, same run")
-    ax.legend()
+    panels = [
+        ("cpu_us_per_op", "cpu_ratio_head_to_base", "daemon CPU per operation (us)"),
+        ("instructions_per_op", "instructions_ratio_head_to_base", "instructions per operation"),
+    ]
+    for ax, (figure, ratio_of, label) in zip(axes, panels, strict=True):
+        base = [results["figures"][w]["base"][figure] for w in works]
+        head = [results["figures"][w]["head"][figure] for w in works]
+        ax.bar([x - 0.2 for x in xs], base, width=0.4, label=f"base {results['base']}")
+        ax.bar([x + 0.2 for x in xs], head, width=0.4, label=f"head {results['head']}")
+        for x, w in zip(xs, works, strict=True):
+            ratio = results["figures"][w][ratio_of]
+            ax.annotate(f"{ratio:.2f}x", (x + 0.2, head[x]), ha="center", va="bottom")
+        ax.set_xticks(list(xs), works)
+        ax.set_ylabel(f"{label}, 3 daemons")
+        ax.legend()
+    fig.suptitle("Per operation, both revisions in the same run")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
