@@ -8,6 +8,7 @@ prints a pnn it was given or steps aside. Against real daemons it runs in
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -76,9 +77,13 @@ def fake_daemon(tmp_path: Path) -> Iterator[Callable[[Reply], str]]:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(path)
         server.listen(1)
+        server.settimeout(10)  # a test that never connects must not leave the thread behind
 
         def serve() -> None:
-            conn, _ = server.accept()
+            try:
+                conn, _ = server.accept()
+            except OSError:  # timed out, or closed by the fixture
+                return
             with conn:
                 conn.recv(4096)
                 reply(conn)
@@ -155,3 +160,24 @@ def test_without_a_daemon_the_full_tool_reports_the_error(tmp_path: Path) -> Non
     assert result.returncode == ErrorCode.DISCONNECTED, result
     assert result.stdout == ""
     assert result.stderr.startswith("ctdbtool: DISCONNECTED: cannot connect to ctdbd at ")
+
+
+def test_a_reader_that_left_gets_exit_status_1_and_no_traceback(
+    fake_daemon: Callable[[Reply], str],
+) -> None:
+    """As click does for every other command (`ctdbtool pnn | true` in a script)."""
+    path = fake_daemon(_reply([1, 0, {"version": 1, "pnn": 3}]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [PYTHON, "-m", "tools.ctdbtool", "--socket", path, "pnn"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (1, "")

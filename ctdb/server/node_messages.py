@@ -22,23 +22,27 @@ from ctdb.protocol.messages import Message
 from ctdb.protocol.schema import Limits
 from ctdb.server.peerguard import PeerGuard
 
+#: the node's logger, as before this module was split from node.py (log filters keep working)
 log = logging.getLogger("ctdb.server.node")
 
-Handler = Callable[[int, Any], None]
+#: what answers a message: (sender, message)
+Route = Callable[[int, Any], None]
 
 
 class NodeMessages:
+    """The transport's `on_message`: one node's decoding, checking and routing of peer messages."""
+
     def __init__(
         self,
         limits: Limits,
         guard: PeerGuard,
-        routes: Mapping[type[Message], Handler],
+        routes: Mapping[type[Message], Route],
         refused: Mapping[type[Message], str],
-        otherwise: Handler,
+        otherwise: Route,
         local_failure: Callable[[], None],
     ) -> None:
         self._limits = limits
-        self.guard = guard
+        self._guard = guard
         #: Routed by exact type, one lookup per message (the classes are
         #: final): a chain of isinstance checks cost every record message nine calls.
         self._routes = routes
@@ -51,11 +55,11 @@ class NodeMessages:
         try:
             msg = decode(payload, self._limits, src)
         except DecodeError as exc:
-            self.guard.reject(src, exc)
+            self._guard.reject(src, exc)
             return
         refused = self._refused.get(type(msg))
         if refused is not None:
-            self.guard.reject(src, DecodeError(refused))
+            self._guard.reject(src, DecodeError(refused))
             return
         self.handle(src, msg)
 

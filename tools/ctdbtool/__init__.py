@@ -16,8 +16,12 @@ from tools.ctdbtool.quick import answer
 
 
 def main() -> None:
-    if answer(sys.argv[1:]):
-        return
+    try:
+        if answer(sys.argv[1:]):
+            return
+    except KeyboardInterrupt:  # as click says it
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
     from tools.ctdbtool.commands import cli
 
     cli()

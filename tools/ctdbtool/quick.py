@@ -20,6 +20,8 @@ asking twice is harmless.
 from __future__ import annotations
 
 import _socket  # not `socket`, which loads enum and selectors
+import os
+import sys
 
 import msgpack
 
@@ -45,7 +47,11 @@ def answer(argv: list[str]) -> bool:
     pnn = ask_pnn(path)
     if pnn is None:
         return False
-    print(pnn)
+    try:
+        print(pnn, flush=True)
+    except BrokenPipeError:  # the reader left: exit 1 quietly, as click does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     return True
 
 
