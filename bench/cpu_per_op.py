@@ -92,13 +92,13 @@ def worker(tree: str, base: str, port: int, scale: float) -> dict[str, Any]:
                 for task in Path(f"/proc/{cluster.pids[pnn]}/task").iterdir():
                     os.sched_setaffinity(int(task.name), {cpus[-1]})
             os.sched_setaffinity(0, {cpus[0]})
-        return _measure(cluster, scale)
+        return _measure(cluster, scale, str(Path(tree).resolve()))
     finally:
         cluster.down()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _measure(cluster: Any, scale: float) -> dict[str, Any]:
+def _measure(cluster: Any, scale: float, tree: str) -> dict[str, Any]:
     db = "bench_cpu"
     clients = [cluster.client(p) for p in range(3)]
     try:
@@ -143,7 +143,7 @@ def _measure(cluster: Any, scale: float) -> dict[str, Any]:
                 "cpu_us_per_op": statistics.median(cpu),
                 "per_s": max(rates),
                 "instructions_per_op": sum(counts.values()) / m,
-                "instructions_by_file": _by_file(counts, m),
+                "instructions_by_file": _by_file(counts, m, tree),
             }
         return out
     finally:
@@ -159,10 +159,12 @@ def _instructions(cluster: Any, work: Callable[[], None]) -> Counter[str]:
     pids = [cluster.pids[pnn] for pnn in range(3)]
     for pid in pids:
         os.kill(pid, signal.SIGUSR1)
-    _wait_for([out / f"on.{pid}" for pid in pids])
-    work()
-    for pid in pids:
-        os.kill(pid, signal.SIGUSR2)
+    try:
+        _wait_for([out / f"on.{pid}" for pid in pids])
+        work()
+    finally:  # a counting daemon runs thirty times slower
+        for pid in pids:
+            os.kill(pid, signal.SIGUSR2)
     _wait_for([out / f"{pid}.json" for pid in pids])
     total: Counter[str] = Counter()
     for pid in pids:
@@ -179,14 +181,28 @@ def _wait_for(paths: list[Path], timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def _by_file(counts: Counter[str], ops: int) -> dict[str, float]:
+def _by_file(counts: Counter[str], ops: int, tree: str) -> dict[str, float]:
+    """Instructions per operation by file: the checkout's by their path in
+    it, the rest (the standard library, packages) as `(python) dir/file.py`."""
     files: Counter[str] = Counter()
     for function, n in counts.items():
-        files[function.split(":", 1)[0]] += n
+        path = function.rsplit(":", 1)[0]
+        if path.startswith(tree + os.sep):
+            name = os.path.relpath(path, tree)
+        else:
+            name = "(python) " + "/".join(path.split(os.sep)[-2:])
+        files[name] += n
     return {name: round(n / ops, 1) for name, n in files.most_common()}
 
 
 # -- the driver: checkouts, rounds, outputs ------------------------------------------------
+
+
+def _median_by_file(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each file's median over the rounds (absent from a round: 0)."""
+    files = {f for r in rounds for f in r}
+    medians = {f: statistics.median(r.get(f, 0.0) for r in rounds) for f in files}
+    return dict(sorted(medians.items(), key=lambda item: -item[1]))
 
 
 def _worktree(rev: str) -> Path:
@@ -281,7 +297,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                 "per_s": statistics.median(rate),
                 "instructions_per_op": statistics.median(instructions),
                 "instructions_per_op_rounds": instructions,
-                "instructions_by_file": samples[name][0][work]["instructions_by_file"],
+                "instructions_by_file": _median_by_file(
+                    [s[work]["instructions_by_file"] for s in samples[name]]
+                ),
             }
         entry["cpu_ratio_head_to_base"] = (
             entry["head"]["cpu_us_per_op"] / entry["base"]["cpu_us_per_op"]

@@ -2,11 +2,13 @@
 
 `bench.cpu_per_op` puts this folder on its daemons' PYTHONPATH, with
 CTDB_BENCH_OPCOUNT naming a directory: SIGUSR1 starts counting and writes
-`on.PID` there, SIGUSR2 stops and writes `PID.json`, `{"file.py:function":
+`on.PID` there, SIGUSR2 stops and writes `PID.json`, `{"/path/file.py:Class.function":
 instructions}`. Unlike CPU time, an instruction count does not depend on
 how busy the machine is, so two revisions compare to the instruction, and
 per function. Only the main thread (the event loop) is counted; counting
-makes it about thirty times slower while it lasts.
+makes it about thirty times slower while it lasts, so the timers that fire
+meanwhile (state announcements, vacuuming) are counted too: a little noise,
+which the benchmark's medians over rounds absorb.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ _counts: Counter[str] = Counter()
 def _count(frame: FrameType, event: str, arg: object) -> Tracer:
     if event == "opcode":
         code = frame.f_code
-        _counts[f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}"] += 1
+        _counts[f"{code.co_filename}:{code.co_qualname}"] += 1
     return _count
 
 
