@@ -22,9 +22,11 @@ CPU figures are steady enough to compare.
 
 A last window of each workload counts the bytecode instructions the
 daemons' event loops run per operation, per function (`bench/opcount`, a
-`sitecustomize` on the daemons' path): a count that does not depend on the
-machine's load, which says where a difference in CPU comes from, file by
-file. Native code (msgpack, TDB, system calls) is not in it.
+`sitecustomize` on the daemons' path): a count that moves little with the
+machine's load (only through the timers that fire while a daemon counts;
+rounds agree within a few percent), which says where a difference in CPU
+comes from, file by file. Native code (msgpack, TDB, system calls) is not
+in it.
 
     .venv/bin/python -m bench.cpu_per_op [--base REV] [--rounds 3] [--quick] [--out DIR]
 

@@ -3,9 +3,9 @@
 `bench.cpu_per_op` puts this folder on its daemons' PYTHONPATH, with
 CTDB_BENCH_OPCOUNT naming a directory: SIGUSR1 starts counting and writes
 `on.PID` there, SIGUSR2 stops and writes `PID.json`, `{"/path/file.py:Class.function":
-instructions}`. Unlike CPU time, an instruction count does not depend on
-how busy the machine is, so two revisions compare to the instruction, and
-per function. Only the main thread (the event loop) is counted; counting
+instructions}`. Unlike CPU time, an instruction count hardly depends on
+how busy the machine is, so two revisions compare closely, and per
+function. Only the main thread (the event loop) is counted; counting
 makes it about thirty times slower while it lasts, so the timers that fire
 meanwhile (state announcements, vacuuming) are counted too: a little noise,
 which the benchmark's medians over rounds absorb.
