@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol import packing
 from ctdb.protocol.bounded_msgpack import unpack
 from transport.framing import FrameReader, FrameTooLarge, frame
 
@@ -59,7 +58,7 @@ class Reply:
 
 
 def pack(obj: Any) -> bytes:
-    return frame(msgpack.packb(obj, use_bin_type=True))
+    return frame(packing.pack(obj))
 
 
 def encode_request(reqid: int, op: str, args: dict[str, Any]) -> bytes:

@@ -25,11 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import msgpack
-
 from ctdb.common.config import WIRE_SIZES
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol import schema
+from ctdb.protocol import packing, schema
 from ctdb.protocol.bounded_msgpack import unpack
 from ctdb.protocol.message_fields import CLIENT_DATA, NUMBER
 from ctdb.protocol.messages import MESSAGE_TYPES, ControlReply, Message
@@ -128,7 +126,7 @@ def layout(cls: type[Message]) -> Layout:
 
 
 def encode(msg: Message) -> bytes:
-    return msgpack.packb([msg.TYPE, *_FIELDS[type(msg)](msg)], use_bin_type=True)
+    return packing.pack([msg.TYPE, *_FIELDS[type(msg)](msg)])
 
 
 def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:

@@ -33,6 +33,7 @@ from ctdb.protocol.messages import (
     RemoteCallReply,
 )
 from ctdb.server.frozen_files import InPlaceGuard
+from ctdb.server.node_messages import Route
 from ctdb.server.recovery_member import RecoveryMember
 from ctdb.server.state import (
     INACTIVE,
@@ -74,12 +75,13 @@ class LeaderRecovery:
         self._wanted = asyncio.Event()
         #: since when a member we would recover hears from nodes we do not
         self._connecting_since: float | None = None
-        #: the engine's handler of each migration message (`on_message`)
-        self._handlers: dict[type, Callable[[Any], None]] = {
-            Call: self.engine.on_call,
-            RemoteCall: self.engine.calls.on_call,
-            DmasterRequest: self.engine.on_dmaster_request,
-            DmasterReply: self.engine.on_dmaster_reply,
+        engine = self.engine
+        self.routes: Mapping[type[Message], Route] = {
+            Call: self._in_generation(engine.on_call),
+            RemoteCall: self._in_generation(engine.calls.on_call),
+            DmasterRequest: self._in_generation(engine.on_dmaster_request),
+            DmasterReply: self._in_generation(engine.on_dmaster_reply),
+            RemoteCallReply: lambda _src, msg: engine.calls.on_reply(msg),
         }
 
     def controls(self) -> dict[str, ControlHandler]:
@@ -97,16 +99,20 @@ class LeaderRecovery:
     def confirmed(self) -> bool:
         return self.node.liveness.lease_holds()
 
-    def on_message(self, src: int, msg: Message) -> None:
-        if type(msg) is RemoteCallReply:
-            self.engine.calls.on_reply(msg)
-            return
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            return  # `refused` let nothing else through
-        routed: Migrating = msg  # type: ignore[assignment]  # `_handlers` holds only these
-        if not self.member.defer_if_early(src, routed, routed.generation):
-            handler(routed)
+    def _in_generation(self, handler: Callable[[Any], None]) -> Route:
+        """The route of a migration message: to `handler`, unless it belongs to
+        the generation we are about to thaw into (`RecoveryMember.defer_if_early`)."""
+        node, member = self.node, self.member
+
+        def route(src: int, msg: Migrating) -> None:
+            # Checked here first: the only mode in which a message may be early.
+            if node.recovery_mode is RecoveryMode.RECOVERY and member.defer_if_early(
+                src, msg, msg.generation
+            ):
+                return
+            handler(msg)
+
+        return route
 
     def on_view(self, view: View) -> None:
         node = self.node

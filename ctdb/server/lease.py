@@ -54,8 +54,10 @@ import math
 
 
 class Lease:
-    def __init__(self, pnn: int, nodes: int) -> None:
+    def __init__(self, pnn: int, nodes: int, own: float) -> None:
         self.pnn = pnn
+        #: how long our lease lasts by our own tunables (see `configure`)
+        self._own = own
         #: the latest stamp received from each peer (echoed in our NodeState)
         self.seen: dict[int, float] = {}
         #: when (our clock) each stamp in `seen` arrived
@@ -72,14 +74,17 @@ class Lease:
         self._shortest = math.inf
         self._nodes = nodes
         self._leader: int | None = None
-        #: the stamp the lease runs from (see `holds`): kept up to date on
-        #: every change, so that the check on each request is one comparison
+        #: the stamp the lease runs from, and when it ends (our clock; see
+        #: `holds`): kept up to date on every change, so that the check on
+        #: each request is one comparison
         self.since = -math.inf
+        self.until = -math.inf
         self._update()
 
-    def configure(self, nodes: int, leader: int | None) -> None:
-        """Who must confirm: a majority of `nodes`, or (`leader` not None) that leader."""
-        self._nodes, self._leader = nodes, leader
+    def configure(self, nodes: int, leader: int | None, own: float) -> None:
+        """Who must confirm: a majority of `nodes`, or (`leader` not None) that
+        leader; `own`: how long our lease lasts by our tunables."""
+        self._nodes, self._leader, self._own = nodes, leader, own
         self._update()
 
     def on_state(
@@ -102,6 +107,7 @@ class Lease:
         if self.durations.get(src) != lease:
             self.durations[src] = lease
             self._shortest = min(self.durations.values())
+            self._update_until()
         if not same_generation:
             return False
         if echo is not None:
@@ -150,12 +156,9 @@ class Lease:
         self._current.clear()
         self._update()
 
-    def duration(self, own: float) -> float:
-        """How long our lease lasts: `own` (our tunables), or less if a peer's is shorter."""
-        return min(own, self._shortest)
-
-    def holds(self, now: float, duration: float) -> bool:
-        return now - self.duration(duration) < self.since
+    def holds(self, now: float) -> bool:
+        """Whether we may serve at `now` (our clock)."""
+        return now < self.until
 
     def _update(self) -> None:
         if self._leader is not None:
@@ -163,10 +166,14 @@ class Lease:
                 self.since = math.inf
             else:
                 self.since = self._confirmed.get(self._leader, -math.inf)
-            return
-        needed = self._nodes // 2  # peers that make a majority with us
-        if needed == 0:
+        elif self._nodes // 2 == 0:  # no peer needed for a majority
             self.since = math.inf
-            return
-        stamps = sorted(self._confirmed.values(), reverse=True)
-        self.since = stamps[needed - 1] if len(stamps) >= needed else -math.inf
+        else:
+            needed = self._nodes // 2  # peers that make a majority with us
+            stamps = sorted(self._confirmed.values(), reverse=True)
+            self.since = stamps[needed - 1] if len(stamps) >= needed else -math.inf
+        self._update_until()
+
+    def _update_until(self) -> None:
+        """The lease lasts our own duration, or less if a peer's is shorter."""
+        self.until = self.since + min(self._own, self._shortest)

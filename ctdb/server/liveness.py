@@ -43,18 +43,18 @@ class Liveness:
         self.node = node
         #: the latest state each connected peer announced
         self.peers: dict[int, NodeState] = {}
-        self.lease = Lease(node.pnn, len(node.nodes))
         self._lease_duration = 0.0
+        self.lease = Lease(node.pnn, len(node.nodes), self._lease_duration)
         #: called when the lease may have changed (`Node.publish_serving`)
         self.lease_changed: Callable[[], None] = lambda: None
 
     def lease_holds(self) -> bool:
         """tcp: the other members confirmed lately that we still serve their generation."""
-        return self.lease.holds(self.node.now(), self._lease_duration)
+        return self.lease.holds(self.node.now())
 
     def lease_until(self) -> float:
         """When the lease ends, on the loop clock, unless it is renewed."""
-        return self.lease.since + self.lease.duration(self._lease_duration)
+        return self.lease.until
 
     def leases_granted(self) -> list[list[float]]:
         """[peer, seconds] for every peer in our view whose lease may still rest on our echoes.
@@ -85,7 +85,7 @@ class Liveness:
         interval, limit = node.tunable("KeepaliveInterval"), node.tunable("KeepaliveLimit")
         self._lease_duration = interval * (limit - 1)  # under the detection time: ctdb.server.lease
         leader = None if node.lock_file is None else node.leader
-        self.lease.configure(len(node.nodes), leader)
+        self.lease.configure(len(node.nodes), leader, self._lease_duration)
         self.lease_changed()
 
     def payload(self) -> bytes:

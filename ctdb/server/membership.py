@@ -31,7 +31,7 @@ from ctdb.engines.transactions import TransactionEngine
 from ctdb.protocol.messages import Message
 from ctdb.server.liveness import Liveness
 from ctdb.server.lockfile import ClusterLockFile
-from ctdb.server.node_messages import NodeMessages
+from ctdb.server.node_messages import NodeMessages, Route
 from ctdb.server.owners import Owners
 from ctdb.server.state import ControlHandler, RecoveryMode
 from transport.base import View
@@ -62,8 +62,8 @@ class Membership(Protocol):
     #: they are refused (the sender breaks the protocol).
     refused: Mapping[type[Message], str]
 
-    def on_message(self, src: int, msg: Message) -> None:
-        """An engine message (migration or ordered) from `src`."""
+    #: Who answers the engine messages (migration or ordered) of this kind of cluster.
+    routes: Mapping[type[Message], Route]
 
     def on_view(self, view: View) -> None:
         """The transport's view changed."""

@@ -147,9 +147,9 @@ class Node:
                 ControlReply: self.controls.on_reply,
                 ClientMessage: lambda _src, m: self.messaging.deliver(m.srvid, m.src, m.data),
                 NodeState: lambda _src, m: self.liveness.on_state(m),
+                **self.membership.routes,
             },
             self.membership.refused,
-            self.membership.on_message,
             self.local_failure,
         )
         transport.on_message = self.messages.on_payload

@@ -5,10 +5,10 @@ configuration sets (`ctdb.protocol.message_codec`). What does not decode,
 and what the membership refuses on this transport (a vs node takes no
 leader's recovery messages), goes to the peer guard, which counts and
 reports the peer, instead of to a handler. The node names the parts that
-answer which message types (`routes`); every other message belongs to the
-membership (the record engine, recovery or the stream). A handler that
-fails is a local failure of this node, never a crash: the node freezes and
-asks for a recovery.
+answer which message types (`routes`: its own, and the membership's record
+engine messages); every message type is either routed or refused. A
+handler that fails is a local failure of this node, never a crash: the node
+freezes and asks for a recovery.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ctdb.protocol.message_codec import DecodeError, decode
-from ctdb.protocol.messages import Message
+from ctdb.protocol.messages import MESSAGE_TYPES, Message
 from ctdb.protocol.schema import Limits
 from ctdb.server.peerguard import PeerGuard
 
@@ -38,17 +38,25 @@ class NodeMessages:
         guard: PeerGuard,
         routes: Mapping[type[Message], Route],
         refused: Mapping[type[Message], str],
-        otherwise: Route,
         local_failure: Callable[[], None],
     ) -> None:
+        unanswered = set(MESSAGE_TYPES) - set(routes) - set(refused)
+        if unanswered:
+            names = sorted(cls.__name__ for cls in unanswered)
+            raise ValueError(f"node messages neither routed nor refused: {names}")
         self._limits = limits
         self._guard = guard
         #: Routed by exact type, one lookup per message (the classes are
-        #: final): a chain of isinstance checks cost every record message nine calls.
-        self._routes = routes
-        self._refused = refused
-        self._otherwise = otherwise
+        #: final): a chain of isinstance checks cost every record message nine
+        #: calls. A refused type's route is the peer guard.
+        self._routes: dict[type[Message], Route] = {
+            **{cls: self._refuse(why) for cls, why in refused.items()},
+            **routes,
+        }
         self._local_failure = local_failure
+
+    def _refuse(self, why: str) -> Route:
+        return lambda src, _msg: self._guard.reject(src, DecodeError(why))
 
     def on_payload(self, src: int, payload: bytes) -> None:
         """The transport's callback: one payload from node `src`."""
@@ -57,16 +65,12 @@ class NodeMessages:
         except DecodeError as exc:
             self._guard.reject(src, exc)
             return
-        refused = self._refused.get(type(msg))
-        if refused is not None:
-            self._guard.reject(src, DecodeError(refused))
-            return
         self.handle(src, msg)
 
     def handle(self, src: int, msg: Message) -> None:
         """Run a message's handler: a local failure must not take the node down with it."""
         try:
-            self._routes.get(type(msg), self._otherwise)(src, msg)
+            self._routes[type(msg)](src, msg)
         except Exception:
             log.exception("handling %s from node %d failed", type(msg).__name__, src)
             self._local_failure()

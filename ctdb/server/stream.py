@@ -28,6 +28,7 @@ from ctdb.protocol.messages import (
     RemoteCall,
     RemoteCallReply,
 )
+from ctdb.server.node_messages import Route
 from ctdb.server.state import INACTIVE, ControlHandler, RecoveryMode, control_handlers
 from transport.base import TransportError, View
 
@@ -50,6 +51,10 @@ class StreamMembership:
     def __init__(self, node: ServerNode) -> None:
         self.node = node
         self.engine = OrderedEngine(node, self)
+        engine = self.engine
+        self.routes: Mapping[type[Message], Route] = {
+            Ordered: lambda _src, msg: engine.on_ordered(msg)
+        }
         #: the task leaving and rejoining the group, and whether another
         #: resync was asked for while it ran (see `rejoin`)
         self._rejoining: asyncio.Task[None] | None = None
@@ -80,10 +85,6 @@ class StreamMembership:
 
     def confirmed(self) -> bool:
         return True  # the stream itself says whether we serve (`on_ordered_state`)
-
-    def on_message(self, src: int, msg: Message) -> None:
-        if isinstance(msg, Ordered):
-            self.engine.on_ordered(msg)
 
     def on_view(self, view: View) -> None:
         self.node.frozen_at = time.monotonic()  # a recovery begins at every view change

@@ -38,8 +38,16 @@ DEFAULT_HASH_SIZE = 100003
 NO_DMASTER = 0xFFFFFFFF
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
+    """One version of a record: its CTDB header fields and its value.
+
+    A value, never changed once made (a new version is a new `Record`). Not
+    frozen only because a frozen dataclass sets each field through
+    `object.__setattr__`, four calls per record read: records are read and
+    made several times per migration step.
+    """
+
     rsn: int
     dmaster: int
     value: bytes
