@@ -48,6 +48,7 @@ from ctdb.engines.acquisition import Acquisition
 from ctdb.engines.base import resolved
 from ctdb.engines.chains import ChainGate, release, try_hold
 from ctdb.engines.dmaster_calls import DmasterCalls
+from ctdb.engines.handover import is_dmaster
 from ctdb.engines.merge import from_wire
 from ctdb.engines.migration_messages import KeyState
 from ctdb.engines.record_calls import RecordCall
@@ -84,10 +85,14 @@ class MigrationEngine(Acquisition):
     # -- the record operations a client asks for (see ctdb.engines.base) -----------
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
-        ok, rec = self.try_local(db, key, session)
-        if ok:
-            self.node.stats["fetch_local"] += 1
-            return live_value(rec)
+        if self.node.serving and try_hold(db, key):  # (`try_local`, written out: every fetch)
+            try:
+                mine, rec = self._local(db, key, session)
+            finally:
+                release(db, key)
+            if mine:
+                self.node.stats["fetch_local"] += 1
+                return live_value(rec)
         return self._fetch_slow(db, key, session)
 
     def settled(self, db: Database, key: bytes) -> bool:
@@ -246,7 +251,7 @@ class MigrationEngine(Acquisition):
     def _local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
         """`try_local` under the record's chain lock."""
         rec = db.local.get(key)
-        if not self.is_dmaster(db, key, rec):
+        if not is_dmaster(self.node.pnn, key, rec, self.node.vnnmap):
             return False, None
         ks = self._keys.get((db.id, key))
         if ks is not None and ks.holder is not None and ks.holder is not session:

@@ -61,6 +61,14 @@ def condition(check: Check, v: str) -> str | None:
     return None
 
 
+def _refuses_none(check: Check) -> bool:
+    """Whether `condition(check, v)` is false for None (it starts with a type test)."""
+    kind, *p = shape_of(check)
+    if kind == "one_of":
+        return all(_refuses_none(c) for c in p[0])
+    return kind in ("int", "pnn", "bits", "bool", "text", "blob", "sized")
+
+
 def _conditions(checks: Sequence[Check]) -> list[str] | None:
     """The conditions of `checks` over v0, v1, ...; None unless every one has one."""
     conds: list[str] = []
@@ -108,10 +116,18 @@ def struct(required: Mapping[str, Check], composed: Check) -> Check | None:
         f"if type(value) is dict and len(value) == {len(required)}:",
         "    sizes = limits.sizes",
     ]
-    for i, name in enumerate(required):
-        body.append(f"    v{i} = value.get({name!r}, MISSING)")
+    # A missing field reads as None, which most conditions refuse anyway;
+    # only those that may accept None tell it apart from a missing field.
+    tests_of = []
+    for i, (name, field_check) in enumerate(required.items()):
+        if _refuses_none(field_check):
+            body.append(f"    v{i} = value.get({name!r})")
+            tests_of.append(conds[i])
+        else:
+            body.append(f"    v{i} = value.get({name!r}, MISSING)")
+            tests_of.append(f"v{i} is not MISSING and {conds[i]}")
     if required:
-        tests = " and ".join(f"v{i} is not MISSING and {c}" for i, c in enumerate(conds))
+        tests = " and ".join(tests_of)
         body.append(f"    if {tests}:")
         body.append("        return")
     else:

@@ -105,7 +105,7 @@ class Session:
 
     def database(self, args: dict[str, Any]) -> Database:
         ref = args["db"]
-        return self.node.db(ref) if isinstance(ref, int) else self.node.db_by_name(ref)
+        return self.node.dbs.by_id(ref) if type(ref) is int else self.node.dbs.by_name(ref)
 
     def transaction(self, args: dict[str, Any]) -> Transaction:
         txid = args["tx"]
@@ -149,7 +149,6 @@ class Session:
         self.writing_paused = False
         self.pump()
 
-    @property
     def _busy(self) -> bool:
         return self.writing_paused or len(self.tasks) >= MAX_IN_FLIGHT
 
@@ -172,13 +171,17 @@ class Session:
         """Run the requests read so far while the client's bounds allow, then read more."""
         out: list[bytes] = []
         size = 0
-        while self.backlog and not self.closed and not self._busy:
+        while self.backlog and not self.closed and not self._busy():
             if size >= HIGH_WATER:  # let the transport say whether the client keeps up
                 self.write(b"".join(out))
                 out, size = [], 0
                 continue
             req = self.backlog.popleft()
-            if isinstance(req, CtdbError):
+            if isinstance(req, protocol.Request):
+                data = self._run(req)
+                if not data:  # it went async: `_finish` writes its reply
+                    continue
+            else:
                 reqid = getattr(req, "reqid", 0)
                 if not reqid:
                     # No request id to answer: the client is broken; tell it why and hang up.
@@ -187,15 +190,13 @@ class Session:
                     self.transport.close()
                     return
                 data = protocol.encode_error(reqid, req)
-            else:
-                data = self._run(req)
-                if not data:  # it went async: `_finish` writes its reply
-                    continue
             out.append(data)
             size += len(data)
         if out:
-            self.write(b"".join(out))
-        self._set_reading(not self.backlog and not self._busy)
+            self.write(out[0] if len(out) == 1 else b"".join(out))
+        reading = not self.backlog and not self._busy()
+        if reading is not self.reading:
+            self._set_reading(reading)
 
     def _run(self, req: protocol.Request) -> bytes:
         """Run one request; returns the reply bytes now, or b"" if it went async."""
