@@ -85,7 +85,8 @@ class MigrationEngine(Acquisition):
     # -- the record operations a client asks for (see ctdb.engines.base) -----------
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
-        if self.node.serving and try_hold(db, key):  # (`try_local`, written out: every fetch)
+        # The fast path: a record served here now, without waiting.
+        if self.node.serving and try_hold(db, key):  # else a Samba client holds it: wait
             try:
                 mine, rec = self._local(db, key, session)
             finally:
@@ -239,17 +240,10 @@ class MigrationEngine(Acquisition):
 
     # -- the machinery behind them -------------------------------------------
 
-    def try_local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
-        """The fast path: (True, record) if it can be served now without waiting."""
-        if not self.node.serving or not try_hold(db, key):
-            return False, None  # a Samba client holds it: the slow path waits
-        try:
-            return self._local(db, key, session)
-        finally:
-            release(db, key)
-
     def _local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
-        """`try_local` under the record's chain lock."""
+        """Whether the record can be served now, and the record (read under its chain lock).
+
+        Not `self.is_dmaster`: this runs on every fetch, one call fewer."""
         rec = db.local.get(key)
         if not is_dmaster(self.node.pnn, key, rec, self.node.vnnmap):
             return False, None

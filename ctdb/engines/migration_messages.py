@@ -78,12 +78,12 @@ class HandoverMessages:
 
     def on_call(self, call: Call) -> None:
         db = self.node.dbs.get(call.db_id)
-        if db is not None:
+        if db is not None and self.node.in_generation(call.generation):
             self.chains.run(db, call.key, lambda: self._serve_call(db, call))
 
     def _serve_call(self, db: Database, call: Call) -> None:
         if not self.node.in_generation(call.generation):
-            return  # of another generation, or it waited for a chain across a recovery
+            return  # it waited for a chain across a recovery
         key = call.key
         rec = db.local.get(key)
         if self.is_dmaster(db, key, rec):
@@ -122,7 +122,7 @@ class HandoverMessages:
     def on_dmaster_request(self, msg: DmasterRequest) -> None:
         """At the lmaster: note the new dmaster, then hand the record over."""
         db = self.node.dbs.get(msg.db_id)
-        if db is not None:
+        if db is not None and self.node.in_generation(msg.generation):
             self.chains.run(db, msg.key, lambda: self._note_dmaster(db, msg))
 
     def _note_dmaster(self, db: Database, msg: DmasterRequest) -> None:
@@ -139,7 +139,7 @@ class HandoverMessages:
 
     def on_dmaster_reply(self, msg: DmasterReply) -> None:
         db = self.node.dbs.get(msg.db_id)
-        if db is not None:
+        if db is not None and self.node.in_generation(msg.generation):
             self.chains.run(db, msg.key, lambda: self._take_record(db, msg))
 
     def _take_record(self, db: Database, msg: DmasterReply) -> None:

@@ -1,4 +1,4 @@
-"""msgpack out: every frame and node message we send is packed here.
+"""msgpack out: the client frames and node messages we send are packed here.
 
 `msgpack.packb` makes a new `Packer` for each call, which allocates a
 256 KiB buffer: three quarters of the cost of packing a node message (1.7 µs
@@ -27,7 +27,11 @@ def pack(obj: Any) -> bytes:
     packer = getattr(_local, "packer", None)
     if packer is None:
         packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    data: bytes = packer.pack(obj)
+    try:
+        data: bytes = packer.pack(obj)
+    except BaseException:  # its buffer may have grown before the error
+        _local.packer = None
+        raise
     if len(data) >= KEEP_BELOW:
         _local.packer = None
     return data

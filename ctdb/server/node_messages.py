@@ -7,8 +7,9 @@ leader's recovery messages), goes to the peer guard, which counts and
 reports the peer, instead of to a handler. The node names the parts that
 answer which message types (`routes`: its own, and the membership's record
 engine messages); every message type is either routed or refused. A
-handler that fails is a local failure of this node, never a crash: the node
-freezes and asks for a recovery.
+handler that fails (the guard's refusal of a type included) is a local
+failure of this node, never a crash: the node freezes and asks for a
+recovery.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ class NodeMessages:
         local_failure: Callable[[], None],
     ) -> None:
         unanswered = set(MESSAGE_TYPES) - set(routes) - set(refused)
-        if unanswered:
-            names = sorted(cls.__name__ for cls in unanswered)
-            raise ValueError(f"node messages neither routed nor refused: {names}")
+        both = set(routes) & set(refused)
+        if unanswered or both:
+            names = sorted(cls.__name__ for cls in unanswered | both)
+            raise ValueError(f"node messages not either routed or refused: {names}")
         self._limits = limits
         self._guard = guard
         #: Routed by exact type, one lookup per message (the classes are

@@ -195,7 +195,7 @@ class Session:
         if out:
             self.write(out[0] if len(out) == 1 else b"".join(out))
         reading = not self.backlog and not self._busy()
-        if reading is not self.reading:
+        if reading != self.reading:
             self._set_reading(reading)
 
     def _run(self, req: protocol.Request) -> bytes:

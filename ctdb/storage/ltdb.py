@@ -45,7 +45,7 @@ class Record:
     A value, never changed once made (a new version is a new `Record`). Not
     frozen only because a frozen dataclass sets each field through
     `object.__setattr__`, four calls per record read: records are read and
-    made several times per migration step.
+    made several times per migration step. So it is not hashable either.
     """
 
     rsn: int

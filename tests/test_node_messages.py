@@ -1,0 +1,76 @@
+"""How a node routes what its peers send (`ctdb.server.node_messages`), without sockets:
+every message type goes to exactly one place, refused types to the peer guard."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from ctdb.protocol.message_codec import encode, wire_limits
+from ctdb.protocol.messages import MESSAGE_TYPES, Call, Message, Ordered
+from ctdb.server.node_messages import NodeMessages
+from ctdb.server.peerguard import PeerGuard
+
+
+class _Transport:
+    """What the peer guard uses of a transport: it records the links it cuts."""
+
+    def __init__(self) -> None:
+        self.dropped: list[int] = []
+
+    def drop_peer(self, pnn: int) -> None:
+        self.dropped.append(pnn)
+
+
+def _messages(
+    routes: dict[type[Message], Any], refused: dict[type[Message], str]
+) -> tuple[NodeMessages, _Transport, list[str]]:
+    transport = _Transport()
+    failures: list[str] = []
+    guard = PeerGuard(0, transport, Counter())  # type: ignore[arg-type]
+    messages = NodeMessages(
+        wire_limits(["n0", "n1", "n2"]), guard, routes, refused, lambda: failures.append("x")
+    )
+    return messages, transport, failures
+
+
+def _all_routed_to(seen: list[tuple[int, Message]]) -> dict[type[Message], Any]:
+    return {cls: lambda src, msg: seen.append((src, msg)) for cls in MESSAGE_TYPES}
+
+
+def test_a_message_type_neither_routed_nor_refused_is_a_construction_error() -> None:
+    routes = _all_routed_to([])
+    del routes[Call]
+    with pytest.raises(ValueError, match="Call"):
+        _messages(routes, {})
+
+
+def test_a_message_type_both_routed_and_refused_is_a_construction_error() -> None:
+    with pytest.raises(ValueError, match="Ordered"):
+        _messages(_all_routed_to([]), {Ordered: "not here"})
+
+
+def test_a_routed_message_reaches_its_handler_and_a_refused_one_cuts_the_link() -> None:
+    seen: list[tuple[int, Message]] = []
+    routes = _all_routed_to(seen)
+    del routes[Ordered]
+    messages, transport, failures = _messages(routes, {Ordered: "not on tcp"})
+    call = Call(7, b"key", 3, 1, 0)
+    messages.on_payload(1, encode(call))
+    assert seen == [(1, call)] and transport.dropped == []
+    messages.on_payload(2, encode(Ordered(2, 1, "sync", {})))
+    assert seen == [(1, call)]  # not handled
+    assert transport.dropped == [2] and failures == []
+
+
+def test_a_handler_that_raises_is_a_local_failure_not_a_crash() -> None:
+    def broken(src: int, msg: Message) -> None:
+        raise RuntimeError("disk full")
+
+    routes = _all_routed_to([])
+    routes[Call] = broken
+    messages, transport, failures = _messages(routes, {})
+    messages.on_payload(1, encode(Call(7, b"key", 3, 1, 0)))
+    assert failures == ["x"] and transport.dropped == []
