@@ -18,7 +18,7 @@ from ctdb.protocol import message_codec as codec
 from ctdb.protocol import schema_inline
 from ctdb.protocol.op_schemas import CONTROLS, ORDERED
 from ctdb.protocol.schema import Check, Limits, SchemaError, shape_of
-from ctdb.protocol.schema_combinators import composed_list_of, composed_struct
+from ctdb.protocol.schema_combinators import composed_list_of, composed_struct, row
 from ctdb.protocol.schema_scalars import PNN, U32, integer, text
 from ctdb.server import clients as server
 from tools import wiregen
@@ -140,11 +140,16 @@ def test_a_list_of_rows_written_out_decides_as_the_composed_one(data: st.DataObj
 
 
 @pytest.mark.parametrize(
-    "check", [U32, PNN, integer(-5, 5), text(8, min_len=2), text(choices=("a", "b"))]
+    "check",
+    [U32, PNN, integer(-5, 5), text(8, min_len=2), text(choices=("a", "b")), row(PNN, U32)],
 )
-def test_a_scalar_condition_holds_only_for_accepted_values(check: Check) -> None:
+def test_a_condition_holds_only_for_accepted_values(check: Check) -> None:
     cond = schema_inline.condition(check, "v")
     assert cond is not None
-    for v in ODD + ["a", "b", "ab", -5, 5, -6, 6]:
+    rows: list[Any] = [[0, 0], [2, 2**32 - 1], [3, 0], [0, 2**32], [0], [0, 0, 0], (0, 0)]
+    held = 0
+    for v in ODD + ["a", "b", "ab", -5, 5, -6, 6] + rows:
         inline = eval(cond, {"limits": LIMITS, "sizes": LIMITS.sizes, "v": v})  # noqa: S307
         assert not inline or _outcome(check, v) is None, v
+        held += bool(inline)
+    assert held  # and it holds for some: it is not merely always false

@@ -124,7 +124,8 @@ def struct(required: Mapping[str, Check], optional: Mapping[str, Check] | None =
     """
     composed = composed_struct(required, optional)
     opt = dict(optional or {})
-    return described(inline_struct(required, composed) or composed, "struct", dict(required), opt)
+    inline = inline_struct(required, opt, composed)
+    return described(inline or composed, "struct", dict(required), opt)
 
 
 def composed_struct(

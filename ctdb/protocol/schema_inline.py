@@ -58,6 +58,12 @@ def condition(check: Check, v: str) -> str | None:
     if kind == "one_of":
         parts = [part for c in p[0] if (part := condition(c, v)) is not None]
         return "(" + " or ".join(parts) + ")" if len(parts) == len(p[0]) else None
+    if kind == "row":
+        items = [condition(c, f"{v}[{i}]") for i, c in enumerate(p[0])]
+        if None in items:
+            return None
+        tests = "".join(f" and {c}" for c in items)
+        return f"(type({v}) is list and len({v}) == {len(items)}{tests})"
     return None
 
 
@@ -66,14 +72,14 @@ def _refuses_none(check: Check) -> bool:
     kind, *p = shape_of(check)
     if kind == "one_of":
         return all(_refuses_none(c) for c in p[0])
-    return kind in ("int", "pnn", "bits", "bool", "text", "blob", "sized")
+    return kind in ("int", "pnn", "bits", "bool", "text", "blob", "sized", "row")
 
 
-def _conditions(checks: Sequence[Check]) -> list[str] | None:
-    """The conditions of `checks` over v0, v1, ...; None unless every one has one."""
+def _conditions(checks: Sequence[Check], prefix: str = "v") -> list[str] | None:
+    """The conditions of `checks` over v0, v1, ... (`prefix`); None unless every one has one."""
     conds: list[str] = []
     for i, check in enumerate(checks):
-        cond = condition(check, f"v{i}")
+        cond = condition(check, f"{prefix}{i}")
         if cond is None:
             return None
         conds.append(cond)
@@ -104,18 +110,19 @@ def fields(checks: Sequence[Check]) -> FieldsCheck:
     return fn
 
 
-def struct(required: Mapping[str, Check], composed: Check) -> Check | None:
-    """`composed` (a struct check of `required` and optional fields) for the
-    common case, a map of exactly the required keys, each passing its inline
-    condition; everything else goes to `composed`. None if a required field
-    has no inline condition."""
+def struct(
+    required: Mapping[str, Check], optional: Mapping[str, Check], composed: Check
+) -> Check | None:
+    """`composed` (a struct check of `required` and `optional` fields) for the
+    usual case, every required field and any optional ones (an optional one
+    may be nil), each passing its inline condition, and no other key;
+    everything else goes to `composed`. None if a field has no inline
+    condition."""
     conds = _conditions(list(required.values()))
-    if conds is None:
+    opt_conds = _conditions(list(optional.values()), "o")
+    if conds is None or opt_conds is None or set(required) & set(optional):
         return None
-    body = [
-        f"if type(value) is dict and len(value) == {len(required)}:",
-        "    sizes = limits.sizes",
-    ]
+    body = ["if type(value) is dict:", "    sizes = limits.sizes"]
     # A missing field reads as None, which most conditions refuse anyway;
     # only those that may accept None tell it apart from a missing field.
     tests_of = []
@@ -126,12 +133,18 @@ def struct(required: Mapping[str, Check], composed: Check) -> Check | None:
         else:
             body.append(f"    v{i} = value.get({name!r}, MISSING)")
             tests_of.append(f"v{i} is not MISSING and {conds[i]}")
-    if required:
-        tests = " and ".join(tests_of)
-        body.append(f"    if {tests}:")
-        body.append("        return")
-    else:
-        body.append("    return")
+    body.append(f"    if {' and '.join(tests_of) or 'True'}:")
+    body.append(f"        seen = {len(required)}")
+    for j, name in enumerate(optional):
+        body += [
+            f"        o{j} = value.get({name!r}, MISSING)",
+            f"        if o{j} is not MISSING:",
+            f"            if not (o{j} is None or {opt_conds[j]}):",
+            "                return composed(value, limits)",
+            "            seen += 1",
+        ]
+    body.append("        if seen == len(value):  # no key but these")
+    body.append("            return")
     body.append("composed(value, limits)")
     check: Check = _function("check_struct", body, {"composed": composed, "MISSING": _MISSING})
     return check
