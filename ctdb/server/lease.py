@@ -161,18 +161,19 @@ class Lease:
         return now < self.until
 
     def _update(self) -> None:
+        self.since = self._confirmed_since()
+        self._update_until()
+
+    def _confirmed_since(self) -> float:
         if self._leader is not None:
             if self._leader == self.pnn:
-                self.since = math.inf
-            else:
-                self.since = self._confirmed.get(self._leader, -math.inf)
-        elif self._nodes // 2 == 0:  # no peer needed for a majority
-            self.since = math.inf
-        else:
-            needed = self._nodes // 2  # peers that make a majority with us
-            stamps = sorted(self._confirmed.values(), reverse=True)
-            self.since = stamps[needed - 1] if len(stamps) >= needed else -math.inf
-        self._update_until()
+                return math.inf
+            return self._confirmed.get(self._leader, -math.inf)
+        needed = self._nodes // 2  # peers that make a majority with us
+        if needed == 0:
+            return math.inf
+        stamps = sorted(self._confirmed.values(), reverse=True)
+        return stamps[needed - 1] if len(stamps) >= needed else -math.inf
 
     def _update_until(self) -> None:
         """The lease lasts our own duration, or less if a peer's is shorter."""

@@ -193,10 +193,8 @@ class Session:
             out.append(data)
             size += len(data)
         if out:
-            self.write(out[0] if len(out) == 1 else b"".join(out))
-        reading = not self.backlog and not self._busy()
-        if reading != self.reading:
-            self._set_reading(reading)
+            self.write(b"".join(out))  # one reply: join returns it as it is
+        self._set_reading(not self.backlog and not self._busy())
 
     def _run(self, req: protocol.Request) -> bytes:
         """Run one request; returns the reply bytes now, or b"" if it went async."""
