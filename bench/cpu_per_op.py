@@ -6,8 +6,8 @@ one CPU and the client to another, repeats within a few percent. So this
 benchmark answers "did the daemon get slower than revision X?" by running
 both checkouts side by side: a worktree of `--base` (default: b7714d4,
 before the acknowledged-write fixes of issue 8), then this checkout, in
-alternating order, `--rounds` times, each a fresh 3-node tcp cluster on
-loopback, with three workloads:
+alternating order, `--rounds` times, each a fresh 3-node cluster on
+loopback (`--transport tcp` or `vs`), with three workloads:
 
 * `ping`: a control from node 0 to node 1 and back (client -> 0 -> 1 -> 0);
 * `ring`: CTDB's fetch_ring, each increment migrates the record to the next
@@ -20,6 +20,13 @@ windows per round, then the median over rounds; ratios are head / base
 (above 1: this checkout costs more). Rates are reported too, but only the
 CPU figures are steady enough to compare.
 
+On vs both checkouts use one corosync: the one running on the host, or
+else one the benchmark starts as the head's `LocalCluster` would (knet,
+aes256 + sha256 with a fresh key). Each checkout's own `LocalCluster`
+would otherwise start the corosync its revision configures, and the
+difference measured would be corosync's (b7714d4 ran udpu without crypto,
+which alone makes a vs ping three times faster).
+
 A last window of each workload counts the bytecode instructions the
 daemons' event loops run per operation, per function (`bench/opcount`, a
 `sitecustomize` on the daemons' path): a count that moves little with the
@@ -28,7 +35,8 @@ rounds agree within a few percent), which says where a difference in CPU
 comes from, file by file. Native code (msgpack, TDB, system calls) is not
 in it.
 
-    .venv/bin/python -m bench.cpu_per_op [--base REV] [--rounds 3] [--quick] [--out DIR]
+    .venv/bin/python -m bench.cpu_per_op [--base REV] [--rounds 3] [--quick]
+        [--transport tcp|vs] [--out DIR]
 
 Writes results.json, cpu_per_op.png and summary.md into --out; progress to stderr.
 """
@@ -36,6 +44,7 @@ Writes results.json, cpu_per_op.png and summary.md into --out; progress to stder
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -48,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +83,7 @@ def say(msg: str) -> None:
 # -- the worker: runs inside one checkout (its tools.cluster and ctdb.client) ------------
 
 
-def worker(tree: str, base: str, port: int, scale: float) -> dict[str, Any]:
+def worker(tree: str, transport: str, base: str, port: int, scale: float) -> dict[str, Any]:
     """Measure the workloads on a cluster of the checkout on PYTHONPATH (`tree`).
 
     Uses only what every revision since b7714d4 offers: LocalCluster(dir, size,
@@ -84,7 +93,7 @@ def worker(tree: str, base: str, port: int, scale: float) -> dict[str, Any]:
 
     workdir = Path(tempfile.mkdtemp(prefix="ctdb-bench-cpu-"))
     cluster = LocalCluster(
-        workdir / "cluster", size=3, transport="tcp", port=port, base=base, log_level="WARNING"
+        workdir / "cluster", size=3, transport=transport, port=port, base=base, log_level="WARNING"
     )
     cluster.up(timeout=60)
     try:
@@ -217,21 +226,23 @@ def _worktree(rev: str) -> Path:
     return path
 
 
-def _run_worker(tree: Path, base: str, port: int, scale: float) -> dict[str, Any]:
+def _run_worker(tree: Path, ns: argparse.Namespace, base: str, port: int) -> dict[str, Any]:
     counted = tempfile.mkdtemp(prefix="ctdb-bench-opcount-")
     env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{OPCOUNT}", **{OPCOUNT_DIR: counted})
+    scale = 0.1 if ns.quick else 1.0
     try:
-        return _worker_process(tree, base, port, scale, env)
+        return _worker_process(tree, ns.transport, base, port, scale, env)
     finally:
         shutil.rmtree(counted, ignore_errors=True)
 
 
 def _worker_process(
-    tree: Path, base: str, port: int, scale: float, env: dict[str, str]
+    tree: Path, transport: str, base: str, port: int, scale: float, env: dict[str, str]
 ) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree)]
-        + ["--worker-base", base, "--worker-port", str(port), "--worker-scale", str(scale)],
+        + ["--transport", transport, "--worker-base", base, "--worker-port", str(port)]
+        + ["--worker-scale", str(scale)],
         env=env,
         cwd=tempfile.gettempdir(),  # not a checkout: PYTHONPATH decides which code runs
         capture_output=True,
@@ -244,23 +255,31 @@ def _worker_process(
     return result
 
 
-def run(ns: argparse.Namespace) -> dict[str, Any]:
-    rev = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", ns.base],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    scale = 0.1 if ns.quick else 1.0
-    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    load_at_start = os.getloadavg()[0]
-    say(f"worktree of {rev} (base) beside this checkout ({head})")
+@contextlib.contextmanager
+def _shared_corosync() -> Iterator[None]:
+    """The corosync both checkouts' vs clusters use (see the module docstring)."""
+    from ctdb.common.keyfile import COROSYNC_KEY_SIZE, create_key
+    from transport.corosync import PrivateCorosync, corosync_running
+
+    if corosync_running():
+        say("vs: using the corosync already running on this host")
+        yield
+        return
+    directory = Path(tempfile.mkdtemp(prefix="ctdb-bench-corosync-"))
+    key = directory / "authkey"
+    create_key(key, COROSYNC_KEY_SIZE)
+    corosync = PrivateCorosync(directory / "corosync", token_ms=1000, authkey=key)
+    corosync.start()
+    say(f"vs: started a corosync for both checkouts (pid {corosync.pid})")
+    try:
+        yield
+    finally:
+        corosync.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _rounds(ns: argparse.Namespace, rev: str) -> dict[str, list[dict[str, Any]]]:
+    """Each checkout once per round, alternating which goes first."""
     base_tree = _worktree(rev)
     trees = {"base": base_tree, "head": REPO}
     samples: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
@@ -269,7 +288,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             order = ["base", "head"] if r % 2 == 0 else ["head", "base"]
             for i, name in enumerate(order):
                 say(f"round {r + 1}/{ns.rounds}: {name}")
-                sample = _run_worker(trees[name], f"127.0.{86 + i}", ns.port + 10 * i, scale)
+                sample = _run_worker(trees[name], ns, f"127.0.{86 + i}", ns.port + 10 * i)
                 samples[name].append(sample)
                 say(
                     "  "
@@ -286,6 +305,29 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             capture_output=True,
         )
         shutil.rmtree(base_tree.parent, ignore_errors=True)
+    return samples
+
+
+def run(ns: argparse.Namespace) -> dict[str, Any]:
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", ns.base],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    load_at_start = os.getloadavg()[0]
+    say(f"worktree of {rev} (base) beside this checkout ({head})")
+    with contextlib.ExitStack() as stack:
+        if ns.transport == "vs":
+            stack.enter_context(_shared_corosync())
+        samples = _rounds(ns, rev)
     figures: dict[str, Any] = {}
     for work in WORKLOADS:
         entry: dict[str, Any] = {}
@@ -314,6 +356,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     return {
         "started": started,
         "command": "python -m bench.cpu_per_op " + " ".join(sys.argv[1:]),
+        "transport": ns.transport,
         "base": rev,
         "head": head,
         "rounds": ns.rounds,
@@ -329,7 +372,8 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
     lines = [
         "# CPU per operation: this checkout against an older revision",
         "",
-        f"{results['started']} - base `{results['base']}`, head `{results['head']}`, "
+        f"{results['started']} - transport `{results['transport']}`, "
+        f"base `{results['base']}`, head `{results['head']}`, "
         f"{results['rounds']} rounds{' (quick)' if results['quick'] else ''}, "
         f"{results['cpus']} CPUs, load {results['loadavg_at_start']:.1f} at start and "
         f"{results['loadavg_at_end']:.1f} at end",
@@ -419,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default=DEFAULT_BASE, help=f"revision to compare ({DEFAULT_BASE})")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each checkout once (3)")
     p.add_argument("--quick", action="store_true", help="a tenth of the operations")
+    p.add_argument("--transport", choices=["tcp", "vs"], default="tcp", help="(tcp)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     p.add_argument("--port", type=int, default=39800, help="first cluster port (39800)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -427,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-scale", type=float, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.worker:
-        print(json.dumps(worker(ns.worker, ns.worker_base, ns.worker_port, ns.worker_scale)))
+        print(
+            json.dumps(
+                worker(ns.worker, ns.transport, ns.worker_base, ns.worker_port, ns.worker_scale)
+            )
+        )
         return 0
     results = run(ns)
     ns.out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The ordered engine's pure parts, without a stream or a socket: the
 state-transfer plan every member computes from the offers, the stability
-bookkeeping that decides when a write may be acknowledged, and the
-replicated lock queues."""
+bookkeeping that decides when a write may be acknowledged, the replicated
+lock queues, and the bounded wait every request makes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from ctdb.common.errors import ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.ordered.barriers import until
 from ctdb.engines.ordered.locks import LockQueue, QueueFull
 from ctdb.engines.ordered.rounds import split_new_databases
 from ctdb.engines.ordered.stability import Stability, Write
@@ -241,3 +242,47 @@ def test_a_queue_refuses_past_the_bound_its_origin_sent() -> None:
         q.queue((0, 3), None, {"waiters": 1}, b"k")
     assert info.value.code == ErrorCode.BUSY
     assert len(q.entries) == 2  # nothing queued
+
+
+# -- the bounded wait ----------------------------------------------------------------------
+
+
+def test_until_returns_the_outcome_of_a_future_resolved_in_time() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        ok, failed = loop.create_future(), loop.create_future()
+        loop.call_soon(ok.set_result, b"value")
+        loop.call_soon(failed.set_exception, CtdbError(ErrorCode.RETRY, "left the group"))
+        deadline = loop.time() + 5
+        assert await until(ok, deadline, "ok") == b"value"
+        with pytest.raises(CtdbError) as info:
+            await until(failed, deadline, "failed")
+        assert info.value.code == ErrorCode.RETRY
+        # done already: its outcome, even past the deadline
+        assert await until(ok, loop.time() - 1, "late") == b"value"
+
+    asyncio.run(scenario())
+
+
+def test_until_times_out_at_the_deadline_and_leaves_the_future_to_others() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        started = loop.time()
+        with pytest.raises(CtdbError) as info:
+            await until(fut, started + 0.05, "the barrier was not delivered")
+        assert info.value.code == ErrorCode.TIMEOUT
+        assert "the barrier was not delivered" in info.value.message
+        assert loop.time() >= started + 0.05
+        assert not fut.done()  # another reader may still wait for it
+        # a waiter cancelled (its client went away) does not cancel it either
+        waiting = asyncio.ensure_future(until(fut, loop.time() + 5, "cancelled"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not fut.done()
+        fut.set_result(1)
+        assert await until(fut, loop.time() + 5, "after") == 1
+
+    asyncio.run(scenario())

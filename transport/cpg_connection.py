@@ -83,7 +83,8 @@ class Connection(CpgStream):
         self.expelling = set()
         self.loop.add_reader(fd, self._on_readable)
         self.last_tick = self.loop.time()
-        self.ticker = self.loop.call_later(self._keepalive()[0], self._tick)
+        interval, self.silence_limit = self._keepalive()
+        self.ticker = self.loop.call_later(interval, self._tick)
         log.debug("joined CPG group %r as %s", self.group, self.me)
         for t in self.transports.values():
             self._hello(t)

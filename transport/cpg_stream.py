@@ -68,6 +68,10 @@ class CpgStream(abc.ABC):
         self.expelling: set[Member] = set()
         self.ticker: asyncio.TimerHandle | None = None
         self.last_tick = 0.0
+        #: the silence after which a member is expelled, as of the last tick
+        #: (the options change at run time with `setvar`; a tick later is soon
+        #: enough, and every delivered message needs it)
+        self.silence_limit = self._keepalive()[1]
         self.quiet = True  # nothing multicast since the last tick
 
     @abc.abstractmethod
@@ -104,6 +108,7 @@ class CpgStream(abc.ABC):
         """Every keepalive interval: say we are alive if idle, and expel the silent."""
         now = self.loop.time()
         interval, limit = self._keepalive()
+        self.silence_limit = limit
         if now - self.last_tick > 2 * interval:
             # We were the silent one (stopped, or a long synchronous step):
             # what we have not read yet says nothing about the others.
@@ -227,7 +232,7 @@ class CpgStream(abc.ABC):
             return
         events, self.events = self.events, []
         now = self.loop.time()
-        limit = self._keepalive()[1]
+        limit = self.silence_limit
         for ev in events:
             if self.handle is not handle:
                 break  # lost, expelled or closed while processing

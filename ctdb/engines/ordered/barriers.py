@@ -22,12 +22,31 @@ from ctdb.common.errors import CtdbError, ErrorCode
 
 
 async def until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
-    """Wait for `fut` until `deadline` (loop time), then fail with TIMEOUT."""
-    remaining = deadline - asyncio.get_running_loop().time()
-    try:
-        return await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0))
-    except TimeoutError:
-        raise CtdbError(ErrorCode.TIMEOUT, what) from None
+    """Wait for `fut` until `deadline` (loop time), then fail with TIMEOUT.
+
+    `fut` itself is never cancelled (others may wait for it: a shared
+    barrier; a lock grant that must be withdrawn). What
+    `asyncio.wait_for(asyncio.shield(fut))` does, for a fifth of the work:
+    every request waits here once, on every node.
+    """
+    if not fut.done():
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        timer = loop.call_at(deadline, wake)
+        fut.add_done_callback(wake)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            fut.remove_done_callback(wake)
+        if not fut.done():
+            raise CtdbError(ErrorCode.TIMEOUT, what)
+    return fut.result()
 
 
 class ReadBarriers:
