@@ -42,14 +42,16 @@ def condition(check: Check, v: str) -> str | None:
     if kind == "text":
         lo, hi, choices = p
         inside = f" and {v} in {tuple(choices)!r}" if choices else ""
-        return f"(type({v}) is str and {lo} <= len({v}) <= {hi}{inside})"
+        return f"(type({v}) is str and {_length(v, lo, hi)}{inside})"
     if kind == "blob":
         return f"(type({v}) is bytes and len({v}) <= {p[0]})"
     if kind == "sized":
         tunable, min_len = p
-        return f"(type({v}) is bytes and {min_len} <= len({v}) <= sizes[{tunable!r}])"
+        return f"(type({v}) is bytes and {_length(v, min_len, f'sizes[{tunable!r}]')})"
     if kind == "none":
         return f"({v} is None)"
+    if kind == "map":
+        return f"(type({v}) is dict)"
     if kind == "any":
         return "True"
     if kind == "nullable":
@@ -67,12 +69,17 @@ def condition(check: Check, v: str) -> str | None:
     return None
 
 
+def _length(v: str, lo: int, hi: object) -> str:
+    """`lo <= len(v) <= hi`, without the lower bound when it is 0."""
+    return f"len({v}) <= {hi}" if lo == 0 else f"{lo} <= len({v}) <= {hi}"
+
+
 def _refuses_none(check: Check) -> bool:
     """Whether `condition(check, v)` is false for None (it starts with a type test)."""
     kind, *p = shape_of(check)
     if kind == "one_of":
         return all(_refuses_none(c) for c in p[0])
-    return kind in ("int", "pnn", "bits", "bool", "text", "blob", "sized", "row")
+    return kind in ("int", "pnn", "bits", "bool", "text", "blob", "sized", "row", "map")
 
 
 def _conditions(checks: Sequence[Check], prefix: str = "v") -> list[str] | None:
