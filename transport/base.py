@@ -9,7 +9,10 @@ exactly what a backend promises and nothing more:
 * every backend: `send` is reliable and FIFO per (sender, receiver) pair while
   both stay in the view; `broadcast` reaches every member of the current view,
   the sender included, FIFO per sender.
-* `total_order`: every member delivers broadcasts in one agreed order.
+* `total_order`: every member delivers broadcasts in one agreed order, and a
+  `send` takes its place in that order too: a message a node sends after
+  some member delivered broadcast B is delivered after B (a read barrier a
+  node sends to itself relies on it).
 * `virtual_synchrony`: a view change is delivered at the same position in the
   message stream on every surviving member, and a message sent in view V is
   delivered in V to all survivors of V or to none.

@@ -75,6 +75,14 @@ class Member:
     async def kill(self) -> None:
         raise NotImplementedError
 
+    def hold(self) -> None:
+        """Stop the member's process (SIGSTOP): what is sent to it waits, unread."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Let a held member go on (SIGCONT)."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -102,6 +110,13 @@ class LocalMember(Member):
     async def kill(self) -> None:
         self.transport.network.crash(self.pnn)
         await self._cancel()
+
+    def hold(self) -> None:
+        """Nothing to stop: an in-process member's deliveries run on the test's
+        own loop (the memory network's sequencer orders sends by construction)."""
+
+    def release(self) -> None:
+        """See `hold`."""
 
     async def _cancel(self) -> None:
         for task in list(self._tasks):
@@ -188,6 +203,13 @@ class ProcessMember(Member):
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGKILL)
         await self.proc.wait()
+
+    def hold(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def release(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     async def close(self) -> None:
         if self.proc.returncode is None and self.proc.stdin is not None:

@@ -161,6 +161,48 @@ def test_total_order_across_concurrent_broadcasters(cluster: Cluster) -> None:
     run(cluster, body)
 
 
+def test_a_send_takes_its_place_in_the_total_order(cluster: Cluster) -> None:
+    """What a read barrier relies on: a message a node sends (here to itself)
+    after some member delivered broadcast B is delivered after B, even when
+    the sender has not read B yet (it was stopped while B went round)."""
+    cluster.require("total_order")
+    rounds, burst = 5, 2000  # more than a member reads in one turn of its loop
+
+    async def body() -> None:
+        members = await cluster.start(N)
+        await formed(members)
+        for r in range(1, rounds + 1):
+            members[2].hold()
+            try:
+                await members[0].command({"cmd": "broadcast", "prefix": f"w{r}", "count": burst})
+                at_1 = burst * r
+                await wait_until(
+                    lambda: len(members[1].msgs()) == at_1,  # noqa: B023 (awaited here)
+                    TIMEOUT,
+                    lambda: f"{at_1} broadcasts at node 1; have {len(members[1].msgs())}",  # noqa: B023
+                )
+                # node 2 reads this command and the broadcasts at once when it goes on
+                await members[2].command(
+                    {"cmd": "send", "dst": 2, "prefix": "b", "start": r}, wait=False
+                )
+            finally:
+                members[2].release()
+            at_2 = (burst + 1) * r
+            await wait_until(
+                lambda: len(members[2].msgs()) == at_2,  # noqa: B023 (awaited here)
+                TIMEOUT,
+                lambda: f"{at_2} messages at node 2; have {len(members[2].msgs())}",  # noqa: B023
+            )
+        order = labels(members[2].msgs())
+        for r in range(1, rounds + 1):
+            barrier = order.index(f"b:{r}")
+            late = [w for w in numbered(f"w{r}", burst) if order.index(w) > barrier]
+            assert not late, f"b:{r} was delivered at node 2 before {late[:5]}"
+        assert members[0].msgs(prefix="b") == members[1].msgs(prefix="b") == []
+
+    run(cluster, body)
+
+
 def test_large_messages_arrive_intact(cluster: Cluster) -> None:
     size = 1024 * 1024
     if cluster.capabilities.max_message_size < size:

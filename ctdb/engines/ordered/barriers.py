@@ -1,10 +1,11 @@
 """Read barriers: how a read over the ordered stream is made linearizable, cheaply.
 
 A read that cannot be served from the local copy waits for a barrier: an
-ordered `sync` message of its own node, sent after the read arrived. Totem
-assigns sequence numbers on a circulating token, so a write acknowledged
-anywhere before the read began is ordered before the barrier, and applied
-here by the time the barrier is delivered.
+ordered `sync` message its node sends to itself after the read arrived.
+Totem assigns sequence numbers on a circulating token, to a message for one
+member as to a broadcast, so a write acknowledged anywhere before the read
+began is ordered before the barrier, and applied here by the time the
+barrier is delivered.
 
 Readers share barriers: at most one is in flight and one collects the
 readers that arrive meanwhile, so any number of concurrent reads costs two
