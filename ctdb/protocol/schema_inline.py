@@ -129,9 +129,11 @@ def struct(
     opt_conds = _conditions(list(optional.values()), "o")
     if conds is None or opt_conds is None or set(required) & set(optional):
         return None
-    body = ["if type(value) is dict:", "    sizes = limits.sizes"]
-    # A missing field reads as None, which most conditions refuse anyway;
-    # only those that may accept None tell it apart from a missing field.
+    # No other key: one subset test of the keys, in C. A missing field then
+    # reads as None, which most conditions refuse anyway; only those that
+    # may accept None tell it apart from a missing required field, and an
+    # optional one may be missing or nil alike.
+    body = ["if type(value) is dict and value.keys() <= KEYS:", "    sizes = limits.sizes"]
     tests_of = []
     for i, (name, field_check) in enumerate(required.items()):
         if _refuses_none(field_check):
@@ -140,20 +142,14 @@ def struct(
         else:
             body.append(f"    v{i} = value.get({name!r}, MISSING)")
             tests_of.append(f"v{i} is not MISSING and {conds[i]}")
-    body.append(f"    if {' and '.join(tests_of) or 'True'}:")
-    body.append(f"        seen = {len(required)}")
     for j, name in enumerate(optional):
-        body += [
-            f"        o{j} = value.get({name!r}, MISSING)",
-            f"        if o{j} is not MISSING:",
-            f"            if not (o{j} is None or {opt_conds[j]}):",
-            "                return composed(value, limits)",
-            "            seen += 1",
-        ]
-    body.append("        if seen == len(value):  # no key but these")
-    body.append("            return")
+        body.append(f"    o{j} = value.get({name!r})")
+        tests_of.append(f"(o{j} is None or {opt_conds[j]})")
+    body.append(f"    if {' and '.join(tests_of) or 'True'}:")
+    body.append("        return")
     body.append("composed(value, limits)")
-    check: Check = _function("check_struct", body, {"composed": composed, "MISSING": _MISSING})
+    env = {"composed": composed, "MISSING": _MISSING, "KEYS": frozenset(required) | set(optional)}
+    check: Check = _function("check_struct", body, env)
     return check
 
 
