@@ -12,7 +12,9 @@ loopback (`--transport tcp` or `vs`), with three workloads:
 * `ping`: a control from node 0 to node 1 and back (client -> 0 -> 1 -> 0);
 * `ring`: CTDB's fetch_ring, each increment migrates the record to the next
   node (fetch_lock, +1, store_unlock, on nodes 0, 1, 2, 0, ...);
-* `store`: one client storing 100 local volatile records in turn.
+* `store`: one client storing 100 local volatile records in turn;
+* `fetch`: the same client reading them back (on vs through a read
+  barrier: a message in the agreed order).
 
 The figure is the CPU time of all three daemons (every thread, from
 /proc/PID/task/*/schedstat) divided by the operations, the median of three
@@ -64,9 +66,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "cpu_per_op"
 DEFAULT_BASE = "b7714d4"
-WORKLOADS = ("ping", "ring", "store")
+WORKLOADS = ("ping", "ring", "store", "fetch")
 #: operations per measurement window (quick: a tenth)
-OPS = {"ping": 3000, "ring": 1500, "store": 6000}
+OPS = {"ping": 3000, "ring": 1500, "store": 6000, "fetch": 6000}
 #: operations of the counted window, a fraction of OPS: counting is slow
 COUNTED = 0.1
 #: the folder of the instruction counter, and the variable that turns it on
@@ -88,7 +90,7 @@ def worker(tree: str, transport: str, base: str, port: int, scale: float) -> dic
 
     Uses only what every revision since b7714d4 offers: LocalCluster(dir, size,
     transport, port, base, log_level), up/client/pids/down, and the client's
-    attach/store/fetch_lock/store_unlock/call."""
+    attach/store/fetch/fetch_lock/store_unlock/call."""
     from tools.cluster import LocalCluster  # the checkout's own
 
     workdir = Path(tempfile.mkdtemp(prefix="ctdb-bench-cpu-"))
@@ -134,8 +136,10 @@ def _measure(cluster: Any, scale: float, tree: str) -> dict[str, Any]:
                     c = clients[i % 3]
                     value = int(c.fetch_lock(db, b"ring") or b"0")
                     c.store_unlock(db, b"ring", b"%d" % (value + 1))
-                else:
+                elif work == "store":
                     clients[0].store(db, b"k%d" % (i % 100), b"v")
+                else:
+                    clients[0].fetch(db, b"k%d" % (i % 100))
 
         out: dict[str, Any] = {}
         for work in WORKLOADS:

@@ -1,17 +1,21 @@
 """Smoke test of the CPU-per-operation benchmark: `--quick` against HEAD itself
 (a revision every clone has) runs both checkouts and writes every output with
-sane numbers; no timing is asserted, and the base's worktree is removed."""
+sane numbers; no timing is asserted, and the base's worktree is removed (and
+on vs the corosync the benchmark started for both checkouts)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from transport.corosync import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,13 +36,14 @@ def _base_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("ctdb-bench-base-*"))
 
 
-def test_cpu_per_op_quick_against_head(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "vs"])
+def test_cpu_per_op_quick_against_head(transport: str, tmp_path: Path) -> None:
     before = _worktrees()
     base_dirs = _base_dirs()
     out = tmp_path / "cpu"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.cpu_per_op", "--quick", "--rounds", "1"]
-        + ["--base", "HEAD", "--port", "39840", "--out", str(out)],
+        + ["--transport", transport, "--base", "HEAD", "--port", "39840", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -47,9 +52,15 @@ def test_cpu_per_op_quick_against_head(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _worktrees() == before  # the base's worktree is gone again
     assert _base_dirs() == base_dirs  # and the directory it was made in
+    started = re.search(r"started a corosync for both checkouts \(pid (\d+)\)", proc.stderr)
+    if started is not None:
+        assert not pid_alive(int(started.group(1)))  # stopped again
+    if transport == "vs":  # one corosync for both checkouts, either way
+        assert started is not None or "using the corosync already running" in proc.stderr
     r = json.loads((out / "results.json").read_text())
+    assert r["transport"] == transport
     assert r["base"] == r["head"] and r["rounds"] == 1
-    assert set(r["figures"]) == {"ping", "ring", "store"}
+    assert set(r["figures"]) == {"ping", "ring", "store", "fetch"}
     for work, e in r["figures"].items():
         for side in ("base", "head"):
             cpu = e[side]["cpu_us_per_op"]

@@ -277,7 +277,8 @@ class Cluster:
                 f"{self.backend} does not claim {guarantee} (capabilities: {self.capabilities})"
             )
 
-    async def start(self, n: int) -> list[Member]:
+    async def start(self, n: int, keepalive: float = 0.2) -> list[Member]:
+        """`n` members; a process member expels a peer silent for 5 x `keepalive` s."""
         if self.network is not None:
             nodes = [f"mem{i}" for i in range(n)]
             for pnn in range(n):
@@ -301,7 +302,7 @@ class Cluster:
                 "--port",
                 str(port),
                 "--keepalive",
-                "0.2",
+                str(keepalive),
                 "--extra",
                 f"group={group}",
             ]
