@@ -193,10 +193,10 @@ def test_a_send_takes_its_place_in_the_total_order(cluster: Cluster) -> None:
                 TIMEOUT,
                 lambda: f"{at_2} messages at node 2; have {len(members[2].msgs())}",  # noqa: B023
             )
-        order = labels(members[2].msgs())
+        position = {label: i for i, label in enumerate(labels(members[2].msgs()))}
         for r in range(1, rounds + 1):
-            barrier = order.index(f"b:{r}")
-            late = [w for w in numbered(f"w{r}", burst) if order.index(w) > barrier]
+            barrier = position[f"b:{r}"]
+            late = [w for w in numbered(f"w{r}", burst) if position[w] > barrier]
             assert not late, f"b:{r} was delivered at node 2 before {late[:5]}"
         assert members[0].msgs(prefix="b") == members[1].msgs(prefix="b") == []
 
