@@ -7,7 +7,7 @@ benchmark answers "did the daemon get slower than revision X?" by running
 both checkouts side by side: a worktree of `--base` (default: b7714d4,
 before the acknowledged-write fixes of issue 8), then this checkout, in
 alternating order, `--rounds` times, each a fresh 3-node cluster on
-loopback (`--transport tcp` or `vs`), with three workloads:
+loopback (`--transport tcp` or `vs`), with four workloads:
 
 * `ping`: a control from node 0 to node 1 and back (client -> 0 -> 1 -> 0);
 * `ring`: CTDB's fetch_ring, each increment migrates the record to the next
