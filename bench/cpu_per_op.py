@@ -262,17 +262,15 @@ def _worker_process(
 @contextlib.contextmanager
 def _shared_corosync() -> Iterator[None]:
     """The corosync both checkouts' vs clusters use (see the module docstring)."""
-    from ctdb.common.keyfile import COROSYNC_KEY_SIZE, create_key
-    from transport.corosync import PrivateCorosync, corosync_running
+    from tools.cluster import private_corosync
+    from transport.corosync import corosync_running
 
     if corosync_running():
         say("vs: using the corosync already running on this host")
         yield
         return
     directory = Path(tempfile.mkdtemp(prefix="ctdb-bench-corosync-"))
-    key = directory / "authkey"
-    create_key(key, COROSYNC_KEY_SIZE)
-    corosync = PrivateCorosync(directory / "corosync", token_ms=1000, authkey=key)
+    corosync = private_corosync(directory)
     corosync.start()
     say(f"vs: started a corosync for both checkouts (pid {corosync.pid})")
     try:

@@ -26,7 +26,10 @@ from ctdb.client import Client
 from ctdb.common.config import DEFAULT_PORT, SOCKET_NAME
 from ctdb.common.errors import CtdbError
 from ctdb.common.keyfile import COROSYNC_KEY_SIZE, create_key
-from transport.corosync import pid_alive
+from transport.corosync import PrivateCorosync, corosync_running, pid_alive
+
+#: the key of a private corosync, in the cluster's directory
+COROSYNC_AUTHKEY = "corosync.authkey"
 
 STATE_FILE = "cluster.json"
 
@@ -69,10 +72,6 @@ class LocalCluster:
     @property
     def key_path(self) -> Path:
         return self.directory / "cluster.key"
-
-    @property
-    def corosync_authkey_path(self) -> Path:
-        return self.directory / "corosync.authkey"
 
     def write_configs(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -139,16 +138,10 @@ class LocalCluster:
         return proc.pid
 
     def _ensure_corosync(self, say: Callable[[str], None]) -> None:
-        from transport.corosync import PrivateCorosync, corosync_running
-
         if corosync_running():
             say("using the corosync already running on this host")
             return
-        if not self.corosync_authkey_path.exists():
-            create_key(self.corosync_authkey_path, COROSYNC_KEY_SIZE)
-        self._corosync = PrivateCorosync(
-            self.directory / "corosync", token_ms=1000, authkey=self.corosync_authkey_path
-        )
+        self._corosync = private_corosync(self.directory)
         self._corosync.start()
         self.corosync_pid = self._corosync.pid
         say(f"started a private corosync (pid {self.corosync_pid})")
@@ -277,6 +270,16 @@ class LocalCluster:
             pids={int(k): v for k, v in data["pids"].items()},
             corosync_pid=data.get("corosync_pid"),
         )
+
+
+def private_corosync(directory: Path) -> PrivateCorosync:
+    """The corosync a cluster in `directory` starts when none runs (not started
+    yet): its state in DIR/corosync, knet encrypted with DIR/corosync.authkey,
+    made if missing. `bench.cpu_per_op` runs both of its checkouts on one."""
+    key = directory / COROSYNC_AUTHKEY
+    if not key.exists():
+        create_key(key, COROSYNC_KEY_SIZE)
+    return PrivateCorosync(directory / "corosync", token_ms=1000, authkey=key)
 
 
 def _is_our_process(pid: int, config: Path) -> bool:
