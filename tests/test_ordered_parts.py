@@ -1,11 +1,14 @@
 """The ordered engine's pure parts, without a stream or a socket: the
 state-transfer plan every member computes from the offers, the stability
-bookkeeping that decides when a write may be acknowledged, the replicated
-lock queues, and the bounded wait every request makes."""
+bookkeeping that decides when a write may be acknowledged, this node's
+requests from sending to their answer, the replicated lock queues, and the
+bounded waits on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from collections.abc import Hashable
 from typing import Any
 
 import pytest
@@ -13,9 +16,11 @@ import pytest
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.ordered.barriers import until
 from ctdb.engines.ordered.locks import LockQueue, QueueFull
+from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import split_new_databases
 from ctdb.engines.ordered.stability import Stability, Write
 from ctdb.engines.ordered.sync import NO_COPY, make_plan
+from ctdb.engines.ordered.waiting import Waiting
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.placement import db_id
 from transport.base import View
@@ -116,9 +121,28 @@ def test_a_joiner_keeps_what_the_stream_did_to_a_database_attached_after_the_off
     assert split_new_databases(backlog, offers) == ([], backlog)
 
 
+class Recorded:
+    """An `Answers` that keeps what it is told, in order: (key, result or error code)."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[Hashable, Any]] = []
+
+    def answer(self, key: Hashable, result: Any) -> None:
+        self.told.append((key, result))
+
+    def fail(self, key: Hashable, error: CtdbError) -> None:
+        self.told.append((key, error.code))
+
+
+def stability(pnn: int, sent: list[Ordered] | None = None) -> tuple[Stability, Recorded, list[Any]]:
+    """A Stability of a 3-node cluster with its answers and its deferred callbacks."""
+    told, later = Recorded(), list[Any]()
+    s = Stability(pnn, (sent if sent is not None else []).append, lambda: 3, told, later.append)
+    return s, told, later
+
+
 def test_a_write_is_stable_once_every_member_of_its_view_still_here_applied_it() -> None:
-    sent: list[Ordered] = []
-    s = Stability(0, sent.append, lambda: 3)
+    s, _, _ = stability(0)
     write: Write = (0, 7, frozenset({0, 1, 2}))
     view = View(3, (0, 1, 2))
     s.applied_by = {0: {0: 7}, 1: {0: 7}, 2: {0: 6}}
@@ -133,7 +157,7 @@ def test_a_write_whose_remaining_holders_are_a_minority_of_the_cluster_is_not_st
     """vs seed 1049952: applied in {0, 1}, node 0 failed to apply it and left;
     in the view {1, 2} node 1 alone holds it, and a hang of node 1 would let
     {0, 2} go on without it: it waits for node 2 to get it (plan_done)."""
-    s = Stability(1, lambda msg: None, lambda: 3)
+    s, _, _ = stability(1)
     write: Write = (1, 5, frozenset({0, 1}))
     s.applied_by = {1: {1: 5}}
     assert not s.stable(write, View(21, (1, 2)), settling=False)
@@ -143,61 +167,148 @@ def test_a_write_whose_remaining_holders_are_a_minority_of_the_cluster_is_not_st
 
 
 def test_check_acknowledges_stable_writes_and_wakes_their_readers() -> None:
-    async def scenario() -> None:
-        s = Stability(0, lambda msg: None, lambda: 3)
-        view = View(1, (0, 1))
-        loop = asyncio.get_running_loop()
-        ack: asyncio.Future[Any] = loop.create_future()
-        s.unstable[5] = (ack, "result", frozenset({0, 1}))
-        s.applying = (0, 5, frozenset({0, 1}))
-        s.touched((1, b"k"))
-        s.applying = None
-        s.touched((1, b"other"))  # outside an apply: nothing is marked
-        assert s.dirty == {(1, b"k"): (0, 5, frozenset({0, 1}))}
-        ref, reader = s.wait((1, b"k"))
-        s.applied_by = {0: {0: 5}, 1: {0: 4}}
-        s.check(view, settling=False)
-        assert not ack.done() and not reader.done()
-        s.applied_by[1] = {0: 5}
-        s.check(view, settling=False)
-        assert ack.result() == "result" and reader.done()
-        assert not s.dirty and not s.unstable and not s.waiters
-
-    asyncio.run(scenario())
+    s, told, _ = stability(0)
+    view = View(1, (0, 1))
+    s.unstable[5] = ("result", frozenset({0, 1}))
+    s.applying = (0, 5, frozenset({0, 1}))
+    s.touched((1, b"k"))
+    s.applying = None
+    s.touched((1, b"other"))  # outside an apply: nothing is marked
+    assert s.dirty == {(1, b"k"): (0, 5, frozenset({0, 1}))}
+    s.wait("reader", (1, b"k"))
+    s.wait("gave up", (1, b"k"))
+    s.unwait("gave up")
+    s.applied_by = {0: {0: 5}, 1: {0: 4}}
+    s.check(view, settling=False)
+    assert told.told == []
+    s.applied_by[1] = {0: 5}
+    s.check(view, settling=False)
+    assert told.told == [(5, "result"), ("reader", None)]
+    assert not s.dirty and not s.unstable and not s.waiters
 
 
-def test_applied_counters_go_out_once_per_loop_turn() -> None:
-    async def scenario() -> None:
-        sent: list[Ordered] = []
-        s = Stability(2, sent.append, lambda: 3)
-        s.confirm(1, 10)
-        s.confirm(0, 3)
-        s.confirm(1, 12)
-        assert not sent  # not before the loop turns
-        await asyncio.sleep(0)
-        assert [(m.origin, m.op, m.args) for m in sent] == [
-            (2, "applied", {"upto": [[0, 3], [1, 12]]})
-        ]
-        assert s.applied_by[2] == {1: 12, 0: 3}
-        # Another member's counters are noted; our own echo is not news.
-        assert s.on_applied(Ordered(1, 0, "applied", {"upto": [[2, 4]]}))
-        assert not s.on_applied(sent[0])
-        assert s.applied_by[1] == {2: 4}
-
-    asyncio.run(scenario())
+def test_applied_counters_go_out_once_per_burst() -> None:
+    sent: list[Ordered] = []
+    s, _, later = stability(2, sent)
+    s.confirm(1, 10)
+    s.confirm(0, 3)
+    s.confirm(1, 12)
+    assert not sent and len(later) == 1  # once the burst is handled
+    later.pop()()
+    assert [(m.origin, m.op, m.args) for m in sent] == [(2, "applied", {"upto": [[0, 3], [1, 12]]})]
+    assert s.applied_by[2] == {1: 12, 0: 3}
+    # Another member's counters are noted; our own echo is not news.
+    assert s.on_applied(Ordered(1, 0, "applied", {"upto": [[2, 4]]}))
+    assert not s.on_applied(sent[0])
+    assert s.applied_by[1] == {2: 4}
 
 
 def test_a_plan_makes_what_was_unstable_at_it_stable_once_everyone_synced() -> None:
+    s, told, _ = stability(0)
+    s.unstable[3] = (1, frozenset({0, 1}))
+    s.dirty[(1, b"k")] = (1, 8, frozenset({0, 1}))
+    s.mark_plan()
+    s.unstable[4] = (2, frozenset({0, 1}))  # delivered after the plan
+    s.dirty[(1, b"j")] = (1, 9, frozenset({0, 1}))  # written after the plan
+    s.plan_done()
+    assert told.told == [(3, 1)]
+    assert s.dirty == {(1, b"j"): (1, 9, frozenset({0, 1}))}
+    assert list(s.unstable) == [4]
+
+
+# -- this node's requests in the stream ---------------------------------------------------
+
+
+def requests(pnn: int = 0) -> tuple[Requests, Stability, Recorded]:
+    s, told, _ = stability(pnn)
+    return Requests(pnn, 7, s, told, Counter()), s, told
+
+
+def test_a_request_is_answered_when_the_stream_delivers_it_to_its_origin() -> None:
+    r, _, told = requests(0)
+    msg = r.message("store", {"k": 1})
+    assert msg.origin == 0 and msg.seq == (7 << 32) + 1  # above any earlier run's numbers
+    other = Ordered(1, msg.seq, "store", {})  # the same number from another node
+    assert not r.deliver(other, "theirs", None, None)
+    assert not r.deliver(msg, "result", None, None)
+    assert told.told == [(msg.seq, "result")]
+    assert not r.pending
+    # Delivered twice (it cannot be) or after its waiter gave up: nobody is told.
+    assert not r.deliver(msg, "again", None, None)
+    late = r.message("lock", {})
+    r.forget(late.seq)
+    r.deliver(late, "late", None, None)
+    assert told.told == [(msg.seq, "result")]
+    assert r.unanswered("release", {}).seq not in r.pending
+
+
+def test_a_failed_request_is_answered_with_its_error() -> None:
+    r, _, told = requests()
+    msg = r.message("lock", {})
+    r.deliver(msg, None, CtdbError(ErrorCode.BUSY, "queue full"), None)
+    assert told.told == [(msg.seq, ErrorCode.BUSY)]
+
+
+def test_a_write_that_must_be_stable_is_answered_only_once_it_is() -> None:
+    r, s, told = requests(0)
+    msg = r.message("commit", {})
+    assert r.deliver(msg, 42, None, frozenset({0, 1}))  # the caller checks stability now
+    assert told.told == [] and s.unstable == {msg.seq: (42, frozenset({0, 1}))}
+    s.applied_by = {0: {0: msg.seq}, 1: {0: msg.seq}}
+    s.check(View(1, (0, 1)), settling=False)
+    assert told.told == [(msg.seq, 42)]
+
+
+def test_leaving_the_stream_fails_every_request_delivered_or_not() -> None:
+    r, s, told = requests(0)
+    waiting, unstable = r.message("store", {}), r.message("commit", {})
+    r.deliver(unstable, 3, None, frozenset({0, 1}))
+    s.wait("reader", (1, b"k"))
+    r.fail_all(CtdbError(ErrorCode.RETRY, "left the group"))
+    assert told.told == [
+        (waiting.seq, ErrorCode.RETRY),
+        (unstable.seq, ErrorCode.RETRY),
+        ("reader", None),  # it looks again, and learns why it cannot read
+    ]
+    assert not r.pending and not s.unstable and not s.waiters
+
+
+def test_a_dropped_backlog_fails_only_our_requests_in_it() -> None:
+    r, _, told = requests(0)
+    ours, kept = r.message("store", {}), r.message("store", {})
+    r.drop([Ordered(1, ours.seq, "store", {}), ours])
+    assert told.told == [(ours.seq, ErrorCode.RETRY)]
+    assert r.pending == {kept.seq}
+
+
+def test_a_read_barrier_is_a_request_answered_with_nothing() -> None:
+    r, _, told = requests(0)
+    msg = r.barrier()
+    assert (msg.op, msg.args) == ("sync", {}) and r.stats["read_barriers"] == 1
+    r.deliver(msg, None, None, None)
+    assert told.told == [(msg.seq, None)]
+
+
+def test_waiting_turns_answers_into_outcomes_within_a_deadline() -> None:
     async def scenario() -> None:
-        s = Stability(0, lambda msg: None, lambda: 3)
-        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        s.unstable[3] = (ack, 1, frozenset({0, 1}))
-        s.dirty[(1, b"k")] = (1, 8, frozenset({0, 1}))
-        s.mark_plan()
-        s.dirty[(1, b"j")] = (1, 9, frozenset({0, 1}))  # written after the plan
-        s.plan_done()
-        assert ack.result() == 1
-        assert s.dirty == {(1, b"j"): (1, 9, frozenset({0, 1}))}
+        loop = asyncio.get_running_loop()
+        w = Waiting()
+        fut = w.expect(1)
+        loop.call_soon(w.answer, 1, "done")
+        assert await w.until(1, fut, loop.time() + 5, "one") == "done"
+        fut = w.expect(2)
+        loop.call_soon(w.fail, 2, CtdbError(ErrorCode.RETRY, "left the group"))
+        with pytest.raises(CtdbError) as info:
+            await w.until(2, fut, loop.time() + 5, "two")
+        assert info.value.code == ErrorCode.RETRY
+        fut = w.expect(3)
+        started = loop.time()
+        with pytest.raises(CtdbError) as info:
+            await w.until(3, fut, started + 0.05, "three was not delivered")
+        assert info.value.code == ErrorCode.TIMEOUT and "three" in info.value.message
+        assert loop.time() >= started + 0.05
+        w.answer(3, "late")  # nobody waits: nothing happens
+        assert fut.exception() is not None
 
     asyncio.run(scenario())
 

@@ -22,6 +22,7 @@ from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.ordered.stream_gate import StreamGate, read_value
+from ctdb.engines.ordered.waiting import Waiting
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
 from ctdb.protocol.message_codec import encode
@@ -76,10 +77,20 @@ class OrderedEngine:
         self.recoveries = 0
         #: every member's administrative flags, as agreed in the stream
         self.flags: dict[int, int] = {node.pnn: 0}
+        #: who waits for an answer of the parts below, until when
+        self.waiting = Waiting()
         #: which writes every member holds (see stability.py)
-        self.stability = Stability(node.pnn, self._send, lambda: len(node.nodes))
+        self.stability = Stability(
+            node.pnn,
+            self._send,
+            lambda: len(node.nodes),
+            self.waiting,
+            lambda callback: asyncio.get_running_loop().call_soon(callback),
+        )
         #: our own operations in the stream, until they are delivered
-        self.requests: Requests = Requests(node, self.stability)
+        self.requests = Requests(
+            node.pnn, node.epochs.incarnation, self.stability, self.waiting, node.stats
+        )
         #: reads: local where that is linearizable, else after a read barrier
         self.reads = Reads(self)
 
@@ -111,7 +122,27 @@ class OrderedEngine:
             deadline = self.deadline()
         if serving:
             await self.node.wait_serving(deadline)
-        return await self.requests.submit(op, args, deadline)
+        msg = self.requests.message(op, args)
+        fut = self.waiting.expect(msg.seq)
+        try:
+            self._send(msg)
+            return await self.waiting.until(
+                msg.seq, fut, deadline, f"{op} was not delivered in time: outcome unknown"
+            )
+        finally:
+            self.requests.forget(msg.seq)
+
+    def send_barrier(self, fut: asyncio.Future[Any]) -> int:
+        """A read barrier (see barriers.py) that resolves `fut` when delivered: its seq."""
+        msg = self.requests.barrier()
+        self.waiting.expect(msg.seq, fut)
+        self.node.transport.send(self.node.pnn, encode(msg))
+        return msg.seq
+
+    def forget(self, seq: int) -> None:
+        """Nobody waits for our operation `seq` any more."""
+        self.requests.forget(seq)
+        self.waiting.forget(seq)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         return self.reads.fetch(db, key, session)
@@ -195,7 +226,7 @@ class OrderedEngine:
 
     def broadcast(self, op: str, args: dict[str, Any]) -> None:
         """An ordered operation nobody waits for."""
-        self.requests.broadcast(op, args)
+        self._send(self.requests.unanswered(op, args))
 
     def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
         """One ordered operation; every member runs the call at its position.
@@ -351,7 +382,23 @@ class OrderedEngine:
         return (db.id, key) not in self.stability.dirty
 
     async def settle(self, db: Database, key: bytes, deadline: float) -> None:
-        await self.stability.settle((db.id, key), deadline, self.node.wait_serving)
+        """Return once this node serves and the key holds only stable writes
+        (TIMEOUT at `deadline`), in the loop turn that found it so: a read
+        right after sees no newer write."""
+        ref = (db.id, key)
+        while True:
+            await self.node.wait_serving(deadline)
+            if ref not in self.stability.dirty:
+                return
+            token = object()
+            fut = self.waiting.expect(token)
+            self.stability.wait(token, ref)
+            try:
+                await self.waiting.until(
+                    token, fut, deadline, f"a write to {key!r} did not become stable in time"
+                )
+            finally:
+                self.stability.unwait(token)
 
     # -- vacuuming: every replica drops the same markers at the same position ----------
 

@@ -10,12 +10,12 @@ linearizable read at the cost of a round through the stream.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.local_clients import LockingEngine, withdrawal
-from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.stream_gate import read_value
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import live_value
@@ -24,9 +24,11 @@ from ctdb.storage.ltdb import live_value
 class ReadsHost(LockingEngine, Protocol):
     """What reads use of their engine (`ctdb.engines.ordered.engine`)."""
 
-    requests: Requests
-
     def deadline(self) -> float: ...
+
+    def send_barrier(self, fut: asyncio.Future[Any]) -> int: ...
+
+    def forget(self, seq: int) -> None: ...
 
     def settled(self, db: Database, key: bytes) -> bool: ...
 
@@ -39,7 +41,7 @@ class Reads:
     def __init__(self, engine: ReadsHost) -> None:
         self.engine = engine
         #: read barriers ("sync" broadcasts): see barriers.py
-        self.barriers = ReadBarriers(engine.requests.send_barrier, engine.requests.forget)
+        self.barriers = ReadBarriers(engine.send_barrier, engine.forget)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         """The record's value now when this node may answer alone, else a

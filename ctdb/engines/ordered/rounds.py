@@ -206,7 +206,7 @@ class Rounds:
                 [db.name, db.kind.value, db.seqnum(), db.history()] for db in e.node.dbs.values()
             ],
         }
-        e.requests.broadcast("offer", offer)
+        e.broadcast("offer", offer)
 
     def awaiting_snapshots(self) -> bool:
         """The round has its plan, and we still wait for snapshots it gives us."""
@@ -285,7 +285,7 @@ class Rounds:
                 if dbid == db.id
             ],
         }
-        e.requests.broadcast("snapshot", snap)
+        e.broadcast("snapshot", snap)
 
     def behind(self, view: View) -> bool:
         return any(p in view for p in self.catching_up[1])

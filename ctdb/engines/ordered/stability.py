@@ -5,16 +5,17 @@ so each member tells the others (an `applied` message, one per burst) the
 highest seq of each origin it applied, and every member can tell which
 writes every member holds. Until then a write is not acknowledged to its
 client (`unstable`) and no local read returns it (`dirty`): a failure can
-still take it back.
+still take it back. No I/O and no event loop: what becomes stable is
+answered through an `Answers`, the `applied` messages go to a broadcast
+callback, and a burst ends when the driver's `soon` runs its callback.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
-from ctdb.engines.ordered.barriers import until
+from ctdb.engines.ordered.answers import Answers
 from ctdb.protocol.messages import Ordered
 from transport.base import View
 
@@ -30,15 +31,23 @@ STABLE_OPS = frozenset({"commit", "wipe"})
 
 class Stability:
     def __init__(
-        self, pnn: int, broadcast: Callable[[Ordered], None], configured: Callable[[], int]
+        self,
+        pnn: int,
+        broadcast: Callable[[Ordered], None],
+        configured: Callable[[], int],
+        answers: Answers,
+        soon: Callable[[Callable[[], None]], object],
     ) -> None:
         self._pnn = pnn
         self._broadcast = broadcast
         #: how many nodes the cluster has (its nodes file)
         self._configured = configured
-        #: our writes delivered but not yet stable: seq -> (future, result,
-        #: the members that delivered it with us)
-        self.unstable: dict[int, tuple[asyncio.Future[Any], Any, frozenset[int]]] = {}
+        self._answers = answers
+        #: runs a callback once what is being handled now is done (the loop's call_soon)
+        self._soon = soon
+        #: our writes delivered but not yet stable: seq -> (result, the
+        #: members that delivered it with us)
+        self.unstable: dict[int, tuple[Any, frozenset[int]]] = {}
         #: member -> origin -> the highest seq of that origin's writes the
         #: member applied (its `applied` messages; ours as we apply them)
         self.applied_by: dict[int, dict[int, int]] = {}
@@ -51,15 +60,15 @@ class Stability:
         #: dirty keys and our unstable writes as of the last plan (see `plan_done`)
         self.pre_plan: dict[Ref, Write] = {}
         self.pre_plan_seqs: set[int] = set()
-        #: readers waiting for a key's writes to become stable
-        self.waiters: list[tuple[Ref, asyncio.Future[None]]] = []
+        #: readers waiting for a key's writes to become stable: their key -> the record
+        self.waiters: dict[Hashable, Ref] = {}
 
     def confirm(self, origin: int, seq: int) -> None:
         """Note that we applied `origin`'s writes up to `seq`; tell everyone once per loop turn."""
         mine = self.applied_by.setdefault(self._pnn, {})
         mine[origin] = max(seq, mine.get(origin, seq))
         if not self._to_confirm:
-            asyncio.get_running_loop().call_soon(self._send_confirmations)
+            self._soon(self._send_confirmations)
         self._to_confirm[origin] = max(seq, self._to_confirm.get(origin, seq))
 
     def _send_confirmations(self) -> None:
@@ -109,62 +118,41 @@ class Stability:
     def check(self, view: View, settling: bool) -> None:
         """Acknowledge our writes, and wake the readers of keys, that are stable now."""
         me = self._pnn
-        for seq, (fut, result, members) in list(self.unstable.items()):
+        for seq, (result, members) in list(self.unstable.items()):
             if self.stable((me, seq, members), view, settling):
                 del self.unstable[seq]
-                if not fut.done():
-                    fut.set_result(result)
+                self._answers.answer(seq, result)
         if self.dirty:
             self.dirty = {
                 ref: w for ref, w in self.dirty.items() if not self.stable(w, view, settling)
             }
         if self.waiters:
-            waiters, self.waiters = self.waiters, []
-            for ref, fut in waiters:
-                if fut.done():
-                    continue
-                if ref in self.dirty:
-                    self.waiters.append((ref, fut))
-                else:
-                    fut.set_result(None)
+            for key, ref in list(self.waiters.items()):
+                if ref not in self.dirty:
+                    del self.waiters[key]
+                    self._answers.answer(key, None)
 
     def touched(self, ref: Ref) -> None:
         """The write being applied wrote `ref`: not stable until every member applied it."""
         if self.applying is not None:
             self.dirty[ref] = self.applying
 
-    def wait(self, ref: Ref) -> tuple[Ref, asyncio.Future[None]]:
-        """A waiter woken once `ref` holds only stable writes (or on `drop`)."""
-        waiter = (ref, asyncio.get_running_loop().create_future())
-        self.waiters.append(waiter)
-        return waiter
+    def wait(self, key: Hashable, ref: Ref) -> None:
+        """`key`'s waiter is answered (None) once `ref` holds only stable
+        writes, or on `drop`; it calls `unwait(key)` if it gives up first."""
+        self.waiters[key] = ref
 
-    async def settle(
-        self, ref: Ref, deadline: float, wait_serving: Callable[[float], Awaitable[None]]
-    ) -> None:
-        """Return once this node serves and `ref` holds only stable writes (TIMEOUT at
-        `deadline`), in the loop turn that found it so: a read right after sees no newer write."""
-        while True:
-            await wait_serving(deadline)
-            if ref not in self.dirty:
-                return
-            waiter = self.wait(ref)
-            fut = waiter[1]
-            try:
-                await until(fut, deadline, f"a write to {ref[1]!r} did not become stable in time")
-            finally:
-                if not fut.done():  # timed out: nobody is left to wake
-                    self.waiters.remove(waiter)
+    def unwait(self, key: Hashable) -> None:
+        self.waiters.pop(key, None)
 
     def drop(self) -> None:
         """Our pending writes failed: none of them will be acknowledged. Readers
         waiting for a write to settle look again (wait_serving tells them why
         they cannot read now)."""
         self.unstable.clear()
-        waiters, self.waiters = self.waiters, []
-        for _, fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        waiters, self.waiters = self.waiters, {}
+        for key in waiters:
+            self._answers.answer(key, None)
 
     def mark_plan(self) -> None:
         """A state-transfer plan was made: remember what was unstable at it."""
@@ -182,8 +170,7 @@ class Stability:
         for ref, write in self.pre_plan.items():
             if self.dirty.get(ref) == write:
                 del self.dirty[ref]
-        for seq in self.pre_plan_seqs & set(self.unstable):
-            fut, result, _ = self.unstable.pop(seq)
-            if not fut.done():
-                fut.set_result(result)
+        for seq in sorted(self.pre_plan_seqs & self.unstable.keys()):
+            result, _ = self.unstable.pop(seq)
+            self._answers.answer(seq, result)
         self.pre_plan, self.pre_plan_seqs = {}, set()
