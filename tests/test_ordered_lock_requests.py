@@ -12,6 +12,7 @@ from typing import Any
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
+from ctdb.engines.ordered.waiting import Waiting
 from ctdb.storage.database import DbKind
 from tests.test_ordered_replica import Dbs
 
@@ -23,7 +24,8 @@ class Stream:
         self.dbs = Dbs(directory, 0)
         self.replica = Replica(0, self.dbs, Counter())
         self.sent: list[tuple[str, dict[str, Any]]] = []
-        self.clients = LocalClients(0, self.replica, self.broadcast)
+        self.waiting = Waiting()
+        self.clients = LocalClients(0, self.replica, self.broadcast, self.waiting)
         self.submitted: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
         self.db = self.dbs.attach("t.tdb", DbKind.VOLATILE)
 

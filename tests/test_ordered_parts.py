@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.ordered.barriers import until
+from ctdb.engines.ordered.answers import Answers
+from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.locks import LockQueue, QueueFull
 from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import split_new_databases
@@ -240,6 +241,7 @@ def test_a_request_is_answered_when_the_stream_delivers_it_to_its_origin() -> No
     r.deliver(late, "late", None, None)
     assert told.told == [(msg.seq, "result")]
     assert r.unanswered("release", {}).seq not in r.pending
+    r.forget(late.seq)  # twice: harmless
 
 
 def test_a_failed_request_is_answered_with_its_error() -> None:
@@ -278,15 +280,50 @@ def test_a_dropped_backlog_fails_only_our_requests_in_it() -> None:
     ours, kept = r.message("store", {}), r.message("store", {})
     r.drop([Ordered(1, ours.seq, "store", {}), ours])
     assert told.told == [(ours.seq, ErrorCode.RETRY)]
-    assert r.pending == {kept.seq}
+    assert list(r.pending) == [kept.seq]
 
 
-def test_a_read_barrier_is_a_request_answered_with_nothing() -> None:
-    r, _, told = requests(0)
-    msg = r.barrier()
-    assert (msg.op, msg.args) == ("sync", {}) and r.stats["read_barriers"] == 1
-    r.deliver(msg, None, None, None)
-    assert told.told == [(msg.seq, None)]
+# -- read barriers -----------------------------------------------------------------------
+
+
+def barriers() -> tuple[ReadBarriers, Requests, list[Ordered], Recorded]:
+    """Read barriers over a node's requests: the barriers sent, the readers' answers."""
+    r, _, _ = requests(0)
+    sent: list[Ordered] = []
+    readers = Recorded()
+
+    def send(to: Answers) -> int:
+        sent.append(r.barrier(to))
+        return sent[-1].seq
+
+    return ReadBarriers(send, readers), r, sent, readers
+
+
+def test_readers_share_barriers_one_in_flight_and_one_collecting() -> None:
+    b, r, sent, readers = barriers()
+    b.join("a")
+    assert len(sent) == 1 and (sent[0].op, sent[0].args) == ("sync", {})
+    b.join("b")
+    b.join("c")  # they ride the next barrier: the first may be ordered before their reads
+    b.leave("c")  # gave up: nobody answers it
+    assert len(sent) == 1
+    r.deliver(sent[0], None, None, None)
+    assert readers.told == [("a", None)] and len(sent) == 2  # the next one went out
+    r.deliver(sent[1], None, None, None)
+    assert readers.told == [("a", None), ("b", None)]
+    assert len(sent) == 2 and r.stats["read_barriers"] == 2
+    b.join("d")  # nothing in flight: a new barrier at once
+    assert len(sent) == 3
+
+
+def test_a_failed_barrier_fails_its_readers_and_those_waiting_for_the_next() -> None:
+    b, r, sent, readers = barriers()
+    b.join("a")
+    b.join("b")
+    r.fail_all(CtdbError(ErrorCode.NO_QUORUM, "no quorum"))
+    assert readers.told == [("a", ErrorCode.NO_QUORUM), ("b", ErrorCode.NO_QUORUM)]
+    b.join("c")  # a later reader gets a barrier of its own
+    assert len(sent) == 2 and sent[1].seq in r.pending
 
 
 def test_waiting_turns_answers_into_outcomes_within_a_deadline() -> None:
@@ -295,20 +332,24 @@ def test_waiting_turns_answers_into_outcomes_within_a_deadline() -> None:
         w = Waiting()
         fut = w.expect(1)
         loop.call_soon(w.answer, 1, "done")
-        assert await w.until(1, fut, loop.time() + 5, "one") == "done"
+        assert await w.until(fut, loop.time() + 5, "one") == "done"
         fut = w.expect(2)
         loop.call_soon(w.fail, 2, CtdbError(ErrorCode.RETRY, "left the group"))
         with pytest.raises(CtdbError) as info:
-            await w.until(2, fut, loop.time() + 5, "two")
+            await w.until(fut, loop.time() + 5, "two")
         assert info.value.code == ErrorCode.RETRY
         fut = w.expect(3)
         started = loop.time()
         with pytest.raises(CtdbError) as info:
-            await w.until(3, fut, started + 0.05, "three was not delivered")
+            await w.until(fut, started + 0.05, "three was not delivered")
         assert info.value.code == ErrorCode.TIMEOUT and "three" in info.value.message
         assert loop.time() >= started + 0.05
+        newer = w.expect(3)  # the key waited for again (a client asks anew)
+        w.forget(3, fut)  # the old waiter's clean-up leaves the new one alone
+        w.answer(3, "again")
+        assert newer.result() == "again"
+        w.forget(3, newer)
         w.answer(3, "late")  # nobody waits: nothing happens
-        assert fut.exception() is not None
 
     asyncio.run(scenario())
 
@@ -353,47 +394,3 @@ def test_a_queue_refuses_past_the_bound_its_origin_sent() -> None:
         q.queue((0, 3), None, {"waiters": 1}, b"k")
     assert info.value.code == ErrorCode.BUSY
     assert len(q.entries) == 2  # nothing queued
-
-
-# -- the bounded wait ----------------------------------------------------------------------
-
-
-def test_until_returns_the_outcome_of_a_future_resolved_in_time() -> None:
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        ok, failed = loop.create_future(), loop.create_future()
-        loop.call_soon(ok.set_result, b"value")
-        loop.call_soon(failed.set_exception, CtdbError(ErrorCode.RETRY, "left the group"))
-        deadline = loop.time() + 5
-        assert await until(ok, deadline, "ok") == b"value"
-        with pytest.raises(CtdbError) as info:
-            await until(failed, deadline, "failed")
-        assert info.value.code == ErrorCode.RETRY
-        # done already: its outcome, even past the deadline
-        assert await until(ok, loop.time() - 1, "late") == b"value"
-
-    asyncio.run(scenario())
-
-
-def test_until_times_out_at_the_deadline_and_leaves_the_future_to_others() -> None:
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        started = loop.time()
-        with pytest.raises(CtdbError) as info:
-            await until(fut, started + 0.05, "the barrier was not delivered")
-        assert info.value.code == ErrorCode.TIMEOUT
-        assert "the barrier was not delivered" in info.value.message
-        assert loop.time() >= started + 0.05
-        assert not fut.done()  # another reader may still wait for it
-        # a waiter cancelled (its client went away) does not cancel it either
-        waiting = asyncio.ensure_future(until(fut, loop.time() + 5, "cancelled"))
-        await asyncio.sleep(0)
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert not fut.done()
-        fut.set_result(1)
-        assert await until(fut, loop.time() + 5, "after") == 1
-
-    asyncio.run(scenario())

@@ -23,6 +23,7 @@ from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
 from ctdb.engines.ordered.samba_grants import SambaGrants
+from ctdb.engines.ordered.waiting import Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 from tests.chain_holder import Holder
@@ -73,8 +74,9 @@ class Engine:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.delivered = 0
         self.resyncs: list[str] = []
+        self.waiting = Waiting()
         self.clients = LocalClients(
-            PNN, self.replica, lambda op, args: self.sent.append((op, args))
+            PNN, self.replica, lambda op, args: self.sent.append((op, args)), self.waiting
         )
         self.synced = True
         self.quorate = True
@@ -113,15 +115,14 @@ class Engine:
             return got.value if got is not None else None
         self.deliver()  # what this node broadcast before is ordered before this request
         claim = (owner, db.id, key)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.clients.lock_waiters[claim] = fut
+        fut = self.waiting.expect(claim)
         req = self.clients.new_request(claim)
         try:
             self.apply(PNN, "lock", {"db": db.id, "key": key, "owner": list(owner), "req": req})
             value: bytes | None = await fut
         finally:
-            del self.clients.lock_waiters[claim]
-            del self.clients.waiting_req[claim]
+            self.waiting.forget(claim, fut)
+            self.clients.done_waiting(claim)
         self.clients.granted[claim] = req
         return value
 

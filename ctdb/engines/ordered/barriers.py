@@ -7,89 +7,68 @@ member as to a broadcast, so a write acknowledged anywhere before the read
 began is ordered before the barrier, and applied here by the time the
 barrier is delivered.
 
-Readers share barriers: at most one is in flight and one collects the
-readers that arrive meanwhile, so any number of concurrent reads costs two
-broadcasts. If a barrier fails (the node left the group, lost quorum), the
-readers waiting for the next one fail alike rather than wait for nothing.
+Readers share barriers: at most one is in flight and the readers that
+arrive meanwhile ride the next one, sent when it is delivered, so any
+number of concurrent reads costs two barriers. If a barrier fails (the node
+left the group, lost quorum), the readers waiting for the next one fail
+alike rather than wait for nothing.
+
+No I/O and no event loop: a reader is known by a key, its answer goes to
+an `Answers`, and `send` sends a barrier whose delivery answers this
+object under the barrier's seq.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
-from ctdb.common.errors import CtdbError, ErrorCode
-
-
-async def until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
-    """Wait for `fut` until `deadline` (loop time), then fail with TIMEOUT.
-
-    `fut` itself is never cancelled (others may wait for it: a shared
-    barrier; a lock grant that must be withdrawn). What
-    `asyncio.wait_for(asyncio.shield(fut))` does, for a fifth of the work:
-    every request waits here once, on every node.
-    """
-    if not fut.done():
-        loop = asyncio.get_running_loop()
-        woken = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        timer = loop.call_at(deadline, wake)
-        fut.add_done_callback(wake)
-        try:
-            await woken
-        finally:
-            timer.cancel()
-            fut.remove_done_callback(wake)
-        if not fut.done():
-            raise CtdbError(ErrorCode.TIMEOUT, what)
-    return fut.result()
+from ctdb.common.errors import CtdbError
+from ctdb.engines.ordered.answers import Answers
 
 
 class ReadBarriers:
-    def __init__(
-        self, send: Callable[[asyncio.Future[Any]], int], forget: Callable[[int], None]
-    ) -> None:
-        """`send(fut)` broadcasts a barrier that resolves `fut` when it is
-        delivered and returns its sequence number; `forget(seq)` drops it
-        from the requests still pending."""
+    def __init__(self, send: Callable[[Answers], int], answers: Answers) -> None:
+        """`send(self)` sends a barrier that answers `self` under its seq
+        once delivered, and returns that seq; readers hear from `answers`."""
         self._send_one = send
-        self._forget = forget
-        #: the barrier collecting readers, not sent yet
-        self._open: asyncio.Future[Any] | None = None
-        #: the barrier sent and not delivered yet
-        self._in_flight: asyncio.Future[Any] | None = None
+        self._answers = answers
+        #: the barrier in flight (its seq) and the readers riding it
+        self._in_flight: int | None = None
+        self._riding: dict[Hashable, None] = {}
+        #: readers waiting for the next barrier
+        self._next: dict[Hashable, None] = {}
 
-    async def wait(self, deadline: float) -> None:
-        fut = self._open
-        if fut is None:
-            fut = self._open = asyncio.get_running_loop().create_future()
-            if self._in_flight is None:
-                self._send()
-        await until(fut, deadline, "the read's ordering barrier was not delivered in time")
-
-    def _send(self) -> None:
-        fut, self._open = self._open, None
-        assert fut is not None
-        self._in_flight = fut
-        seq = self._send_one(fut)
-        fut.add_done_callback(lambda done: self._done(seq, done))
-
-    def _done(self, seq: int, fut: asyncio.Future[Any]) -> None:
-        """The next barrier goes out; if this one failed, its waiting readers fail alike."""
-        self._forget(seq)
-        self._in_flight = None
-        waiting = self._open
-        if waiting is None:
-            return
-        error = None if fut.cancelled() else fut.exception()
-        if error is None:
-            self._send()
+    def join(self, reader: Hashable) -> None:
+        """`reader` is answered (None) once a barrier sent after now is delivered."""
+        if self._in_flight is None:
+            self._riding[reader] = None
+            self._in_flight = self._send_one(self)
         else:
-            self._open = None
-            if not waiting.done():
-                waiting.set_exception(error)
+            self._next[reader] = None
+
+    def leave(self, reader: Hashable) -> None:
+        """`reader` gave up (its deadline): nobody answers it."""
+        self._riding.pop(reader, None)
+        self._next.pop(reader, None)
+
+    def answer(self, key: Hashable, result: Any) -> None:
+        """Our barrier `key` was delivered: its readers go on, the next one goes out."""
+        if key != self._in_flight:
+            return
+        riding, self._riding = self._riding, {}
+        self._in_flight = None
+        for reader in riding:
+            self._answers.answer(reader, None)
+        if self._next:
+            self._riding, self._next = self._next, {}
+            self._in_flight = self._send_one(self)
+
+    def fail(self, key: Hashable, error: CtdbError) -> None:
+        """Our barrier `key` failed: its readers and the next one's fail alike."""
+        if key != self._in_flight:
+            return
+        readers = [*self._riding, *self._next]
+        self._riding, self._next, self._in_flight = {}, {}, None
+        for reader in readers:
+            self._answers.fail(reader, error)

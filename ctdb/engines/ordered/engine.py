@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.ordered import samba_views
-from ctdb.engines.ordered.barriers import until
+from ctdb.engines.ordered.answers import Answers
 from ctdb.engines.ordered.local_clients import LocalClients, withdrawal
 from ctdb.engines.ordered.locks import Owner, QueueFull
 from ctdb.engines.ordered.reads import Reads
@@ -51,8 +51,10 @@ class OrderedEngine:
         self.listener = listener
         #: the replicated state: records, lock queues, entry lists, markers
         self.replica = Replica(node.pnn, node, node.stats)
+        #: who waits for an answer of the parts below, until when
+        self.waiting = Waiting()
         #: what our clients hold and wait for in the lock queues
-        self.clients = LocalClients(node.pnn, self.replica, self.broadcast)
+        self.clients = LocalClients(node.pnn, self.replica, self.broadcast, self.waiting)
         #: records lent to Samba's clients here, for writes in place (REQ_CALL)
         self.samba = SambaGrants(self)
         #: the stream's events, each handled once the shared chains it touches are free
@@ -77,8 +79,6 @@ class OrderedEngine:
         self.recoveries = 0
         #: every member's administrative flags, as agreed in the stream
         self.flags: dict[int, int] = {node.pnn: 0}
-        #: who waits for an answer of the parts below, until when
-        self.waiting = Waiting()
         #: which writes every member holds (see stability.py)
         self.stability = Stability(
             node.pnn,
@@ -127,22 +127,17 @@ class OrderedEngine:
         try:
             self._send(msg)
             return await self.waiting.until(
-                msg.seq, fut, deadline, f"{op} was not delivered in time: outcome unknown"
+                fut, deadline, f"{op} was not delivered in time: outcome unknown"
             )
         finally:
+            self.waiting.forget(msg.seq, fut)
             self.requests.forget(msg.seq)
 
-    def send_barrier(self, fut: asyncio.Future[Any]) -> int:
-        """A read barrier (see barriers.py) that resolves `fut` when delivered: its seq."""
-        msg = self.requests.barrier()
-        self.waiting.expect(msg.seq, fut)
+    def send_barrier(self, to: Answers) -> int:
+        """A read barrier (see barriers.py) that answers `to` when delivered: its seq."""
+        msg = self.requests.barrier(to)
         self.node.transport.send(self.node.pnn, encode(msg))
         return msg.seq
-
-    def forget(self, seq: int) -> None:
-        """Nobody waits for our operation `seq` any more."""
-        self.requests.forget(seq)
-        self.waiting.forget(seq)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         return self.reads.fetch(db, key, session)
@@ -178,13 +173,12 @@ class OrderedEngine:
         if self.clients.holds(owner, db.id, key):
             return await read_value(db, key, deadline)
         claim = (owner, db.id, key)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.clients.lock_waiters[claim] = fut
+        fut = self.waiting.expect(claim)
         req = self.clients.new_request(claim)
         args = {"db": db.id, "key": key, "owner": owner, "waiters": self._waiters(), "req": req}
         try:
             await self._submit("lock", args, deadline)
-            result: bytes | None = await until(
+            result: bytes | None = await self.waiting.until(
                 fut, deadline, f"record {key!r} stayed locked by another client"
             )
             self.clients.granted[claim] = req
@@ -197,8 +191,8 @@ class OrderedEngine:
             self.broadcast("withdraw", withdrawal(claim, req))
             raise
         finally:
-            self.clients.lock_waiters.pop(claim, None)
-            self.clients.waiting_req.pop(claim, None)
+            self.waiting.forget(claim, fut)
+            self.clients.done_waiting(claim)
 
     async def unlock(
         self,
@@ -395,9 +389,10 @@ class OrderedEngine:
             self.stability.wait(token, ref)
             try:
                 await self.waiting.until(
-                    token, fut, deadline, f"a write to {key!r} did not become stable in time"
+                    fut, deadline, f"a write to {key!r} did not become stable in time"
                 )
             finally:
+                self.waiting.forget(token, fut)
                 self.stability.unwait(token)
 
     # -- vacuuming: every replica drops the same markers at the same position ----------

@@ -11,12 +11,12 @@ lock that nobody here wants any more (it would stay locked for good).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ctdb.engines.host import Host
+from ctdb.engines.ordered.answers import Answers
 from ctdb.engines.ordered.locks import Owner
 from ctdb.engines.ordered.replica import Granted, Replica
 from ctdb.storage.database import Database
@@ -27,28 +27,41 @@ Claim = tuple[Owner, int, bytes]
 
 class LocalClients:
     def __init__(
-        self, pnn: int, replica: Replica, broadcast: Callable[[str, dict[str, Any]], None]
+        self,
+        pnn: int,
+        replica: Replica,
+        broadcast: Callable[[str, dict[str, Any]], None],
+        answers: Answers,
     ) -> None:
         self.pnn = pnn
         self.replica = replica
         #: sends an ordered operation nobody waits for (a release, a withdrawal)
         self.broadcast = broadcast
+        #: hears a waiting fetch_lock's grant, under its claim, with the record's value
+        self.answers = answers
         #: connected clients, by their id
         self.sessions: dict[int, object] = {}
         self._ids = itertools.count(1)
-        #: fetch_locks waiting to be granted: resolved with the record's value
-        self.lock_waiters: dict[Claim, asyncio.Future[Any]] = {}
         #: the id of each waiting fetch_lock's request (see `locks.Entry`)
         self.waiting_req: dict[Claim, int] = {}
+        #: waiting fetch_locks whose grant was answered, not yet told to
+        #: their client (`granted` once it was)
+        self.answered: dict[Claim, int] = {}
         self._reqs = itertools.count(1)
         #: locks our clients were told they hold (fetch_lock answered, not
         #: yet unlocked), with the id of the request that was granted
         self.granted: dict[Claim, int | None] = {}
 
     def new_request(self, claim: Claim) -> int:
-        """An id for a new lock request of `claim`, which now waits for it."""
+        """An id for a new lock request of `claim`, which now waits for it:
+        its grant is answered under `claim`."""
         req = self.waiting_req[claim] = next(self._reqs)
         return req
+
+    def done_waiting(self, claim: Claim) -> None:
+        """`claim`'s fetch_lock ended (told it holds the lock, or failed)."""
+        self.waiting_req.pop(claim, None)
+        self.answered.pop(claim, None)
 
     def owner(self, session: object) -> Owner:
         """Who `session` is in the lock queues (an id given at its first request)."""
@@ -73,10 +86,7 @@ class LocalClients:
             return False
         claim = (owner, dbid, key)
         # (or granted a moment ago: its fetch_lock has yet to record it)
-        waiter = self.lock_waiters.get(claim)
-        return claim in self.granted or (
-            waiter is not None and waiter.done() and not waiter.cancelled()
-        )
+        return claim in self.granted or claim in self.answered
 
     def release_all(self, session: object) -> None:
         """A client left: whatever it holds or waits for is released, in order."""
@@ -93,10 +103,10 @@ class LocalClients:
         """One of our clients now holds a lock: answer its fetch_lock, or give it back."""
         dbid, key = grant.ref
         mine = (grant.owner, dbid, key)
-        fut = self.lock_waiters.get(mine)
-        if fut is not None and mine in self.waiting_req and self.waiting_req[mine] == grant.req:
-            if not fut.done():
-                fut.set_result(grant.value)
+        if mine in self.waiting_req and self.waiting_req[mine] == grant.req:
+            if mine not in self.answered:
+                self.answered[mine] = grant.req
+                self.answers.answer(mine, grant.value)
         elif mine not in self.granted or self.granted[mine] != grant.req:
             # Nobody here wants this request any more: a fetch_lock that
             # failed (its client may have asked again since: the grant is

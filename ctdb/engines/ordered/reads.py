@@ -10,13 +10,14 @@ linearizable read at the cost of a round through the stream.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError
+from ctdb.engines.ordered.answers import Answers
 from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.local_clients import LockingEngine, withdrawal
 from ctdb.engines.ordered.stream_gate import read_value
+from ctdb.engines.ordered.waiting import Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import live_value
 
@@ -26,9 +27,9 @@ class ReadsHost(LockingEngine, Protocol):
 
     def deadline(self) -> float: ...
 
-    def send_barrier(self, fut: asyncio.Future[Any]) -> int: ...
+    waiting: Waiting
 
-    def forget(self, seq: int) -> None: ...
+    def send_barrier(self, to: Answers) -> int: ...
 
     def settled(self, db: Database, key: bytes) -> bool: ...
 
@@ -41,7 +42,7 @@ class Reads:
     def __init__(self, engine: ReadsHost) -> None:
         self.engine = engine
         #: read barriers ("sync" broadcasts): see barriers.py
-        self.barriers = ReadBarriers(engine.send_barrier, engine.forget)
+        self.barriers = ReadBarriers(engine.send_barrier, engine.waiting)
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
         """The record's value now when this node may answer alone, else a
@@ -77,7 +78,7 @@ class Reads:
         node = e.node
         deadline = e.deadline()
         await node.wait_serving(deadline)
-        await self.barriers.wait(deadline)
+        await self._barrier(deadline)
         q = e.replica.locks.get((db.id, key))
         if q is None or q.holder in (None, e.clients.owner(session)):
             await e.settle(db, key, deadline)
@@ -94,3 +95,17 @@ class Reads:
             e.broadcast("withdraw", withdrawal(claim, req))
             raise
         return value
+
+    async def _barrier(self, deadline: float) -> None:
+        """Return once a barrier sent after now was delivered here."""
+        reader = object()
+        waiting = self.engine.waiting
+        fut = waiting.expect(reader)
+        self.barriers.join(reader)
+        try:
+            await waiting.until(
+                fut, deadline, "the read's ordering barrier was not delivered in time"
+            )
+        finally:
+            waiting.forget(reader, fut)
+            self.barriers.leave(reader)

@@ -45,18 +45,20 @@ class Requests:
         self.answers = answers
         self.stats = stats
         self.seq = itertools.count((incarnation << 32) + 1)
-        #: our operations someone waits for that were not delivered yet
-        self.pending: set[int] = set()
+        #: our operations someone waits for that were not delivered yet,
+        #: with who hears the answer (`answers`, or a read barrier's own)
+        self.pending: dict[int, Answers] = {}
 
-    def message(self, op: str, args: dict[str, Any]) -> Ordered:
-        """An operation whose delivery someone waits for, under its `seq`.
+    def message(self, op: str, args: dict[str, Any], to: Answers | None = None) -> Ordered:
+        """An operation whose delivery someone waits for, under its `seq`:
+        `to` (default `answers`) hears the answer.
 
         A request whose waiter gives up may still be applied later (it is
         in the stream): its client hears TIMEOUT, which means "unknown
         outcome".
         """
         seq = next(self.seq)
-        self.pending.add(seq)
+        self.pending[seq] = to or self.answers
         self.stats["ordered_sent"] += 1
         return Ordered(self.pnn, seq, op, args)
 
@@ -64,8 +66,8 @@ class Requests:
         """An operation nobody waits for."""
         return Ordered(self.pnn, next(self.seq), op, args)
 
-    def barrier(self) -> Ordered:
-        """A read barrier (see barriers.py), answered with None when delivered.
+    def barrier(self, to: Answers) -> Ordered:
+        """A read barrier (see barriers.py): `to` hears None when it is delivered.
 
         For this node alone: it takes its place in the agreed order like a
         broadcast (the transport's total order covers sends), and nobody
@@ -73,11 +75,11 @@ class Requests:
         and apply one message per read.
         """
         self.stats["read_barriers"] += 1
-        return self.message("sync", {})
+        return self.message("sync", {}, to)
 
     def forget(self, seq: int) -> None:
         """Nobody waits for `seq` any more (answered, or its waiter gave up)."""
-        self.pending.discard(seq)
+        self.pending.pop(seq, None)
         self.stability.unstable.pop(seq, None)
 
     def deliver(
@@ -89,31 +91,32 @@ class Requests:
         waits on until every member holds it; returns True when it was put
         to wait, so that the caller checks whether it already is.
         """
-        if msg.origin != self.pnn or msg.seq not in self.pending:
+        if msg.origin != self.pnn:
             return False
-        self.pending.discard(msg.seq)
+        to = self.pending.pop(msg.seq, None)
+        if to is None:
+            return False
         if error is not None:
-            self.answers.fail(msg.seq, error)
+            to.fail(msg.seq, error)
         elif members is not None:
             self.stability.unstable[msg.seq] = (result, members)
             return True
         else:
-            self.answers.answer(msg.seq, result)
+            to.answer(msg.seq, result)
         return False
 
     def fail_all(self, error: CtdbError) -> None:
         """This node left the stream: nothing it waits for will be delivered,
         or become stable."""
-        for seq in sorted(self.pending | self.stability.unstable.keys()):
-            self.answers.fail(seq, error)
-        self.pending.clear()
+        pending, self.pending = self.pending, {}
+        for seq in sorted(pending.keys() | self.stability.unstable.keys()):
+            pending.get(seq, self.answers).fail(seq, error)
         self.stability.drop()
 
     def drop(self, backlog: Iterable[Ordered]) -> None:
         """Our operations in a backlog thrown away were never applied here."""
+        error = CtdbError(ErrorCode.RETRY, "not applied: this node was out of sync")
         for msg in backlog:
-            if msg.origin == self.pnn and msg.seq in self.pending:
-                self.pending.discard(msg.seq)
-                self.answers.fail(
-                    msg.seq, CtdbError(ErrorCode.RETRY, "not applied: this node was out of sync")
-                )
+            to = self.pending.pop(msg.seq, None) if msg.origin == self.pnn else None
+            if to is not None:
+                to.fail(msg.seq, error)

@@ -1,9 +1,10 @@
 """The waiters of the ordered engine's answers, on the event loop (the driver's side of `Answers`).
 
 A waiter registers a future under its key before what answers it can
-happen (`expect`), then waits for it until a deadline (`until`). The
-future is the waiter's alone, so the deadline fails it directly: one
-timer, and the waiting task wakes in the loop turn after the answer.
+happen (`expect`), waits for it until a deadline (`until`) and, however
+that ends, `forget`s it. The future is the waiter's alone, so the deadline
+fails it directly: one timer, and the waiting task wakes in the loop turn
+after the answer.
 """
 
 from __future__ import annotations
@@ -19,32 +20,28 @@ class Waiting:
     def __init__(self) -> None:
         self._futures: dict[Hashable, asyncio.Future[Any]] = {}
 
-    def expect(self, key: Hashable, fut: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
-        """A future (`fut`, or a new one) for the answer to `key`."""
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
+    def expect(self, key: Hashable) -> asyncio.Future[Any]:
+        """A future for the answer to `key`, which only its caller waits for."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futures[key] = fut
         return fut
 
-    def forget(self, key: Hashable) -> None:
-        """Nobody waits for `key` any more."""
-        self._futures.pop(key, None)
+    def forget(self, key: Hashable, fut: asyncio.Future[Any]) -> None:
+        """`fut` no longer waits for `key` (a newer waiter of the key stays)."""
+        if self._futures.get(key) is fut:
+            del self._futures[key]
 
-    async def until(
-        self, key: Hashable, fut: asyncio.Future[Any], deadline: float, what: str
-    ) -> Any:
+    @staticmethod
+    async def until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
         """`fut`'s answer, or TIMEOUT (`what`) at `deadline` (loop time).
 
-        Only for a future nobody else waits for: cancelling the waiting task
-        cancels it, and the deadline fails it (a shared one waits with
-        `barriers.until`)."""
-        timer = asyncio.get_running_loop().call_at(deadline, _expire, fut, what)
+        Only for a future nobody else waits for (`expect`'s): cancelling the
+        waiting task cancels it, and the deadline fails it."""
+        timer = fut.get_loop().call_at(deadline, _expire, fut, what)
         try:
             return await fut
         finally:
             timer.cancel()
-            if self._futures.get(key) is fut:
-                del self._futures[key]
 
     def answer(self, key: Hashable, result: Any) -> None:
         fut = self._futures.pop(key, None)
