@@ -12,7 +12,7 @@ from typing import Any
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
-from ctdb.engines.ordered.waiting import Waiting
+from ctdb.engines.waiting import Waiting
 from ctdb.storage.database import DbKind
 from tests.test_ordered_replica import Dbs
 

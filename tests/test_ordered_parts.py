@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.ordered.answers import Answers
+from ctdb.engines.answers import Answers
 from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.locks import LockQueue, QueueFull
 from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import split_new_databases
 from ctdb.engines.ordered.stability import Stability, Write
 from ctdb.engines.ordered.sync import NO_COPY, make_plan
-from ctdb.engines.ordered.waiting import Waiting
+from ctdb.engines.waiting import Waiting
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.placement import db_id
 from transport.base import View

@@ -23,7 +23,7 @@ from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
 from ctdb.engines.ordered.samba_grants import SambaGrants
-from ctdb.engines.ordered.waiting import Waiting
+from ctdb.engines.waiting import Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 from tests.chain_holder import Holder

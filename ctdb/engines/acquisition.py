@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import release, try_hold
-from ctdb.engines.migration_messages import HandoverMessages
+from ctdb.engines.migration_messages import CallOut, HandoverMessages
+from ctdb.engines.waiting import Waiting
 from ctdb.protocol.messages import Call
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
@@ -34,6 +36,8 @@ class Acquisition(HandoverMessages):
 
     _acquiring: dict[tuple[int, bytes], int]
     _voided: dict[tuple[int, bytes], object]
+    #: the futures and deadlines of our clients' waiting requests (`answers`, seen from here)
+    waiting: Waiting
 
     async def acquire(
         self, db: Database, key: bytes, session: object, *, lock: bool
@@ -134,43 +138,40 @@ class Acquisition(HandoverMessages):
         """Ask for the record (one call per key at a time) and wait for it."""
         node = self.node
         loop = asyncio.get_running_loop()
-        fut = self._calls_out.get((db.id, key))
-        if fut is None or fut.done():
-            fut = loop.create_future()
-            self._calls_out[(db.id, key)] = fut
+        ref = (db.id, key)
+        out = self._calls_out.get(ref)
+        if out is None or out.given_up:
+            out = self._calls_out[ref] = CallOut()
             node.stats["calls_sent"] += 1
             node.send(lmaster(key, node.vnnmap), Call(db.id, key, node.generation, node.pnn, 0))
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} did not arrive in time")
-        # Wait on a future of our own: a cancelled client must not cancel the
-        # call that other requests for the record wait on too (what
-        # asyncio.shield does, at a fraction of the cost of shield + wait_for).
-        waiter = loop.create_future()
-        fut.add_done_callback(lambda _: _settle(waiter))
+        waiter = object()
+        fut = self.waiting.expect(waiter)
+        out.waiters[waiter] = None
         # Unanswered by then, the call is given up: the next turn of
         # `_acquire` sends a fresh one.
-        timer = loop.call_later(min(remaining, RETRY_INTERVAL), _settle, fut)
+        timer = loop.call_later(min(remaining, RETRY_INTERVAL), self._give_up, out)
         try:
-            await waiter
+            await fut
         finally:
             timer.cancel()
+            self.waiting.forget(waiter, fut)
+            out.waiters.pop(waiter, None)
 
-    async def _wait(self, waiters: list[asyncio.Future[None]], deadline: float, key: bytes) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(fut)
-        remaining = deadline - asyncio.get_running_loop().time()
+    def _give_up(self, out: CallOut) -> None:
+        out.given_up = True
+        out.end(self.waiting)
+
+    async def _wait(self, waiters: dict[Hashable, None], deadline: float, key: bytes) -> None:
+        waiter = object()
+        fut = self.waiting.expect(waiter)
+        waiters[waiter] = None
         try:
-            await asyncio.wait_for(fut, max(remaining, 0))
-        except TimeoutError:
-            raise CtdbError(
-                ErrorCode.TIMEOUT, f"record {key!r} stayed locked by another client"
-            ) from None
+            await self.waiting.until(
+                fut, deadline, f"record {key!r} stayed locked by another client"
+            )
         finally:
-            if fut in waiters:
-                waiters.remove(fut)
-
-
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+            self.waiting.forget(waiter, fut)
+            waiters.pop(waiter, None)

@@ -50,9 +50,10 @@ from ctdb.engines.chains import ChainGate, release, try_hold
 from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.handover import is_dmaster
 from ctdb.engines.merge import from_wire
-from ctdb.engines.migration_messages import KeyState
+from ctdb.engines.migration_messages import CallOut, KeyState
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.vacuum import Vacuum
+from ctdb.engines.waiting import Waiting
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record, live_value
 
@@ -69,7 +70,10 @@ class MigrationEngine(Acquisition):
         #: persistent databases commit through it (the leader's two-phase commit)
         self.transactions = transactions
         self._keys: dict[tuple[int, bytes], KeyState] = {}
-        self._calls_out: dict[tuple[int, bytes], asyncio.Future[None]] = {}
+        #: the calls we sent for records, until they arrive
+        self._calls_out: dict[tuple[int, bytes], CallOut] = {}
+        #: our clients' requests waiting for a record, until when
+        self.waiting = self.answers = Waiting()
         #: requests of our clients in `acquire`, by record (at most MaxLockWaiters)
         self._acquiring: dict[tuple[int, bytes], int] = {}
         #: locks a freeze took away, by record: their holders get a clear error
@@ -319,17 +323,15 @@ class MigrationEngine(Acquisition):
 
     def reset(self) -> None:
         """Recovery: outstanding calls belong to a dead generation; waiters re-check."""
-        for fut in self._calls_out.values():
-            if not fut.done():
-                fut.set_result(None)
-        self._calls_out.clear()
+        calls, self._calls_out = self._calls_out, {}
+        for out in calls.values():
+            out.end(self.answers)
         for ks in self._keys.values():
             ks.remote.clear()
             ks.reserved = False
-            for fut in ks.waiters:
-                if not fut.done():
-                    fut.set_result(None)
-            ks.waiters.clear()
+            waiters, ks.waiters = ks.waiters, {}
+            for waiter in waiters:
+                self.answers.answer(waiter, None)
         self._keys = {ref: ks for ref, ks in self._keys.items() if not ks.idle}
 
 

@@ -14,13 +14,14 @@ order while a client holds it (`ctdb.engines.chains`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ctdb.engines import handover
+from ctdb.engines.answers import Answers
 from ctdb.engines.chains import ChainGate
 from ctdb.engines.vacuum import Vacuum
 from ctdb.protocol.messages import Call, DmasterReply, DmasterRequest, RemoteCall
@@ -38,7 +39,8 @@ class KeyState:
     """Local bookkeeping for one record: its lock holder and who waits for it."""
 
     holder: object | None = None
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: our clients' requests waiting for the holder to let go (answered None)
+    waiters: dict[Hashable, None] = field(default_factory=dict)
     remote: deque[Call] = field(default_factory=deque)
     #: The record arrived for our clients, and none of them has had it yet:
     #: calls from other nodes queue until one has (`Acquisition.acquire`).
@@ -55,14 +57,34 @@ class KeyState:
         return self.holder is None and not self.waiters and not self.remote and not self.reserved
 
 
+@dataclass
+class CallOut:
+    """A `Call` we sent for a record, until the record arrives."""
+
+    #: our clients' requests waiting for the record (answered None when it
+    #: arrives, or when the call is given up)
+    waiters: dict[Hashable, None] = field(default_factory=dict)
+    #: unanswered for too long (a call of an aborted generation is dropped):
+    #: the next request sends another
+    given_up: bool = False
+
+    def end(self, answers: Answers) -> None:
+        """Its waiters look again (the record is here, or the call is given up)."""
+        waiters, self.waiters = self.waiters, {}
+        for waiter in waiters:
+            answers.answer(waiter, None)
+
+
 class HandoverMessages:
     """The message half of the migration engine (its state is the engine's)."""
 
     node: Host
     chains: ChainGate
     vacuum: Vacuum
+    #: where our clients' waiting requests are answered
+    answers: Answers
     _keys: dict[tuple[int, bytes], KeyState]
-    _calls_out: dict[tuple[int, bytes], asyncio.Future[None]]
+    _calls_out: dict[tuple[int, bytes], CallOut]
     _acquiring: dict[tuple[int, bytes], int]
 
     def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool:
@@ -170,9 +192,9 @@ class HandoverMessages:
             self._keys.pop((db.id, key), None)
 
     def _arrived(self, db: Database, key: bytes) -> None:
-        fut = self._calls_out.pop((db.id, key), None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        out = self._calls_out.pop((db.id, key), None)
+        if out is not None:
+            out.end(self.answers)
         if self._acquiring.get((db.id, key)):
             self._state(db, key).reserved = True  # for the clients that wait for it
         ks = self._keys.get((db.id, key))
@@ -189,9 +211,8 @@ class HandoverMessages:
         """The record became free: remote callers first, then local waiters re-check."""
         if ks.holder is None and ks.remote:
             self.chains.run(db, key, lambda: self._serve_remote(db, key))
-        for fut in ks.waiters:
-            if not fut.done():
-                fut.set_result(None)
-        ks.waiters.clear()
+        waiters, ks.waiters = ks.waiters, {}
+        for waiter in waiters:
+            self.answers.answer(waiter, None)
         if ks.idle:
             self._keys.pop((db.id, key), None)

@@ -66,6 +66,10 @@ are delivered), `rounds.py` (view changes and state-transfer rounds),
 clients hold in it), `barriers.py` (linearizable reads), `stability.py`
 (which writes every member holds), `sync.py` (the state-transfer plan, a
 pure function of the offers) and `locks.py` (the replicated lock queues).
+Only `engine.py` (with `reads.py`) waits: `requests`, `stability`,
+`barriers` and `local_clients` hold no futures and no timers; they answer
+whoever waits by key through `ctdb.engines.answers`, and the engine's
+`Waiting` turns the answers into the outcomes its coroutines await.
 
 Every client request ends within CallTimeout, with its result or an error;
 a node whose local apply fails (I/O error, disk full) leaves the group and

@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ctdb.common.errors import CtdbError
-from ctdb.engines.ordered.answers import Answers
+from ctdb.engines.answers import Answers
 
 
 class ReadBarriers:

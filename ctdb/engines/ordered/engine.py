@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
+from ctdb.engines.answers import Answers
 from ctdb.engines.ordered import samba_views
-from ctdb.engines.ordered.answers import Answers
 from ctdb.engines.ordered.local_clients import LocalClients, withdrawal
 from ctdb.engines.ordered.locks import Owner, QueueFull
 from ctdb.engines.ordered.reads import Reads
@@ -22,9 +22,9 @@ from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.ordered.stream_gate import StreamGate, read_value
-from ctdb.engines.ordered.waiting import Waiting
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
+from ctdb.engines.waiting import Waiting
 from ctdb.protocol.message_codec import encode
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind

@@ -15,8 +15,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ctdb.engines.answers import Answers
 from ctdb.engines.host import Host
-from ctdb.engines.ordered.answers import Answers
 from ctdb.engines.ordered.locks import Owner
 from ctdb.engines.ordered.replica import Granted, Replica
 from ctdb.storage.database import Database

@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError
-from ctdb.engines.ordered.answers import Answers
+from ctdb.engines.answers import Answers
 from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.local_clients import LockingEngine, withdrawal
 from ctdb.engines.ordered.stream_gate import read_value
-from ctdb.engines.ordered.waiting import Waiting
+from ctdb.engines.waiting import Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import live_value
 

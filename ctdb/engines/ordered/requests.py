@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.ordered.answers import Answers
+from ctdb.engines.answers import Answers
 from ctdb.engines.ordered.stability import Stability
 from ctdb.protocol.messages import Ordered
 

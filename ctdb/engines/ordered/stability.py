@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from ctdb.engines.ordered.answers import Answers
+from ctdb.engines.answers import Answers
 from ctdb.protocol.messages import Ordered
 from transport.base import View
 

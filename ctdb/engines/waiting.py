@@ -1,4 +1,4 @@
-"""The waiters of the ordered engine's answers, on the event loop (the driver's side of `Answers`).
+"""The waiters of an engine's answers, on the event loop (the driver's side of `Answers`).
 
 A waiter registers a future under its key before what answers it can
 happen (`expect`), waits for it until a deadline (`until`) and, however
