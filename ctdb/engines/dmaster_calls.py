@@ -42,6 +42,7 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.chains import ChainGate
 from ctdb.engines.record_calls import RecordCall
+from ctdb.engines.waiting import Waiting
 from ctdb.protocol.messages import RemoteCall, RemoteCallReply
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
@@ -62,6 +63,8 @@ class Dmaster(Protocol):
     node: Host
     #: a call from another node runs under the record's chain lock, as a hand-over
     chains: ChainGate
+    #: our calls waiting for their reply, by request id
+    waiting: Waiting
 
     def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool: ...
 
@@ -77,8 +80,6 @@ class DmasterCalls:
         self.engine = engine
         self.node = engine.node
         self._reqids = itertools.count(1)
-        #: our calls waiting for their reply, by request id
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         #: the owners the last purge kept (pnn -> incarnation); None before the first
         self._owners: dict[int, int] | None = None
 
@@ -110,9 +111,9 @@ class DmasterCalls:
         node = self.node
         loop = asyncio.get_running_loop()
         deadline = loop.time() + node.tunable("CallTimeout")
-        reqid = next(self._reqids)
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._waiting[reqid] = fut
+        # Keys of this engine's waiters: ("call", reqid) cannot be a record's waiter.
+        waiter = ("call", next(self._reqids))
+        fut = self.engine.waiting.expect(waiter)
         wire = record_calls.to_wire(call)
         sent_in: int | None = None  # the generation we last sent it in
         changes = record_calls.changes(call)
@@ -131,19 +132,18 @@ class DmasterCalls:
                     return self._run(db, key, call)  # the record came to us meanwhile
                 sent_in = node.generation
                 node.stats["record_calls_sent"] += 1
-                msg = RemoteCall(db.id, key, node.generation, node.pnn, reqid, 0, wire)
+                msg = RemoteCall(db.id, key, node.generation, node.pnn, waiter[1], 0, wire)
                 node.send(lmaster(key, node.vnnmap), msg)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise CtdbError(ErrorCode.TIMEOUT, f"no answer to a call on {key!r} in time")
-                try:
-                    return await asyncio.wait_for(
-                        asyncio.shield(fut), min(remaining, RETRY_INTERVAL)
-                    )
-                except TimeoutError:
-                    continue
+                # (asyncio.wait leaves `fut` waiting for a reply to any of the sends)
+                await asyncio.wait((fut,), timeout=min(remaining, RETRY_INTERVAL))
+                if fut.done():
+                    answer: dict[str, Any] = fut.result()
+                    return answer
         finally:
-            self._waiting.pop(reqid, None)
+            self.engine.waiting.forget(waiter, fut)
 
     # -- messages from other nodes ---------------------------------------------------
 
@@ -171,14 +171,11 @@ class DmasterCalls:
 
     def on_reply(self, msg: RemoteCallReply) -> None:
         """The answer to one of our calls (from any generation: it ran where the record was)."""
-        fut = self._waiting.get(msg.reqid)
-        if fut is None or fut.done():
-            return
+        waiter = ("call", msg.reqid)
         if msg.code:
-            fut.set_exception(CtdbError(msg.code, msg.message))
+            self.engine.waiting.fail(waiter, CtdbError(msg.code, msg.message))
         else:
-            assert msg.answer is not None
-            fut.set_result(msg.answer)
+            self.engine.waiting.answer(waiter, msg.answer)
 
     # -- owners that are gone ------------------------------------------------------------
 
