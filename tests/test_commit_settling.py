@@ -22,6 +22,7 @@ from ctdb.engines import transactions
 from ctdb.engines.merge import to_wire
 from ctdb.engines.transactions import TransactionEngine, next_version
 from ctdb.storage.database import Database, DbKind
+from tests.test_ordered_parts import Recorded
 
 
 class Node:
@@ -70,27 +71,28 @@ def test_a_recovery_settles_everything_and_a_cancelled_commit_is_never_unsettled
     assert engine.settled(db, b"k")
 
 
-def test_a_waiting_reader_wakes_when_the_key_settles_or_a_freeze_comes(db: Database) -> None:
-    async def scenario() -> list[Any]:
-        engine = TransactionEngine(Node())  # type: ignore[arg-type]
-        prepared(engine, db, 1, b"v1")
-        engine.finish(db, 1, commit=True)
-        first = asyncio.ensure_future(engine.wait_settled(db, b"k"))
-        await asyncio.sleep(0)
-        woke = [first.done()]
-        engine.on_settled(db, 1)
-        await asyncio.sleep(0)
-        woke.append(first.done())
-        prepared(engine, db, 2, b"v2")
-        engine.finish(db, 2, commit=True)
-        second = asyncio.ensure_future(engine.wait_settled(db, b"k"))
-        await asyncio.sleep(0)
-        engine.cancel_all()  # a freeze: the reader looks again (and waits to serve)
-        await asyncio.sleep(0)
-        woke.append(second.done())
-        return woke
-
-    assert asyncio.run(scenario()) == [False, True, True]
+def test_a_waiting_reader_is_answered_when_the_key_settles_or_a_freeze_comes(
+    db: Database,
+) -> None:
+    told = Recorded()
+    engine = TransactionEngine(Node())  # type: ignore[arg-type]
+    # A reader that saw the key unsettled and registers after it settled is
+    # answered at once, not left waiting (seen as TIMEOUT in trans_fetch when
+    # the wait ran in a task, a loop turn after the check).
+    engine.wait_settled("settled already", db, b"k", told)
+    prepared(engine, db, 1, b"v1")
+    engine.finish(db, 1, commit=True)
+    engine.wait_settled("first", db, b"k", told)
+    engine.wait_settled("gave up", db, b"k", told)
+    engine.unwait("gave up")
+    assert told.told == [("settled already", None)]
+    engine.on_settled(db, 1)
+    assert told.told[1:] == [("first", None)]
+    prepared(engine, db, 2, b"v2")
+    engine.finish(db, 2, commit=True)
+    engine.wait_settled("second", db, b"k", told)
+    engine.cancel_all()  # a freeze: the reader looks again (and waits to serve)
+    assert told.told[2:] == [("second", None)]
 
 
 class Leader(Node):
@@ -134,25 +136,6 @@ def test_a_settled_announcement_stops_when_the_generation_ends() -> None:
     leader.generation = Node.generation + 1  # a recovery since: it settled everything
     asyncio.run(engine._settled_on(1, args))
     assert leader.sent == [(1, args)]
-
-
-def test_a_reader_that_registers_after_the_key_settled_is_not_left_waiting(
-    db: Database,
-) -> None:
-    """The reader saw the key unsettled, and its wait runs a loop turn later (a
-    task: asyncio.wait_for makes one); a settle in between must not be lost.
-    (Seen as TIMEOUT in trans_fetch with nothing left unsettled.)"""
-
-    async def scenario() -> None:
-        engine = TransactionEngine(Node())  # type: ignore[arg-type]
-        prepared(engine, db, 1, b"v1")
-        engine.finish(db, 1, commit=True)
-        assert not engine.settled(db, b"k")  # what the reader checked
-        waiting = asyncio.ensure_future(engine.wait_settled(db, b"k"))  # not started yet
-        engine.on_settled(db, 1)  # settles before the wait registers
-        await asyncio.wait_for(waiting, 5)
-
-    asyncio.run(scenario())
 
 
 class Coordinator(Node):

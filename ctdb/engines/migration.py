@@ -107,18 +107,20 @@ class MigrationEngine(Acquisition):
         return not db.replicated or self.transactions.settled(db, key)
 
     async def settle(self, db: Database, key: bytes, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self.node.wait_serving(deadline)
             if self.settled(db, key):
                 return
-            remaining = deadline - loop.time()
+            waiter = object()
+            fut = self.waiting.expect(waiter)
+            self.transactions.wait_settled(waiter, db, key, self.waiting)
             try:
-                await asyncio.wait_for(self.transactions.wait_settled(db, key), max(remaining, 0))
-            except TimeoutError:
-                raise CtdbError(
-                    ErrorCode.TIMEOUT, f"a commit of {key!r} was not made on every node in time"
-                ) from None
+                await self.waiting.until(
+                    fut, deadline, f"a commit of {key!r} was not made on every node in time"
+                )
+            finally:
+                self.waiting.forget(waiter, fut)
+                self.transactions.unwait(waiter)
 
     async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=False))

@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.answers import Answers
 from ctdb.engines.merge import from_wire, to_wire
 from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database
 from ctdb.storage.ltdb import Record, live_value
@@ -137,7 +138,8 @@ class TransactionEngine:
         self._prepared: dict[int, tuple[int, list[bytes]]] = {}
         #: (db id, key) -> the commit that wrote it here, not yet made on every node
         self._unsettled: dict[tuple[int, bytes], int] = {}
-        self._settle_waiters: list[tuple[tuple[int, bytes], asyncio.Future[None]]] = []
+        #: readers waiting for a key to settle: their key -> (the record, who answers them)
+        self._settle_waiters: dict[Hashable, tuple[tuple[int, bytes], Answers]] = {}
         #: tx_settled announcements on their way (kept from the garbage collector)
         self._announcing: set[asyncio.Task[Any]] = set()
 
@@ -286,31 +288,23 @@ class TransactionEngine:
         self._unsettled.clear()
         self._wake()
 
-    async def wait_settled(self, db: Database, key: bytes) -> None:
-        """Until `key` is settled here, or something may have changed (a freeze).
-
-        Checked again here, not only by the caller: a caller that wraps this
-        in a task (asyncio.wait_for does) runs it a loop turn later, and the
-        key may have settled in between, with nobody left to wake it.
-        """
+    def wait_settled(self, waiter: Hashable, db: Database, key: bytes, to: Answers) -> None:
+        """`to` answers `waiter` (None) once `key` is settled here, or once
+        something may have changed (a freeze); at once if it is settled now.
+        The waiter calls `unwait` if it gives up first."""
         if self.settled(db, key):
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = ((db.id, key), fut)
-        self._settle_waiters.append(waiter)
-        try:
-            await fut
-        finally:
-            if waiter in self._settle_waiters:
-                self._settle_waiters.remove(waiter)
+            to.answer(waiter, None)
+        else:
+            self._settle_waiters[waiter] = ((db.id, key), to)
+
+    def unwait(self, waiter: Hashable) -> None:
+        self._settle_waiters.pop(waiter, None)
 
     def _wake(self) -> None:
-        waiting, self._settle_waiters = self._settle_waiters, []
-        for ref, fut in waiting:
-            if ref in self._unsettled:
-                self._settle_waiters.append((ref, fut))
-            elif not fut.done():
-                fut.set_result(None)
+        for waiter, (ref, to) in list(self._settle_waiters.items()):
+            if ref not in self._unsettled:
+                del self._settle_waiters[waiter]
+                to.answer(waiter, None)
 
     def cancel_all(self) -> None:
         """Freeze: a prepared but unfinished commit is abandoned; recovery decides."""
@@ -321,7 +315,6 @@ class TransactionEngine:
                 db.local.cancel_prepared()
         # Readers waiting for a commit to settle look again: they wait for
         # this node to serve, and the recovery settles everything.
-        for _, fut in self._settle_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._settle_waiters.clear()
+        waiters, self._settle_waiters = self._settle_waiters, {}
+        for waiter, (_, to) in waiters.items():
+            to.answer(waiter, None)
