@@ -17,6 +17,7 @@ from ctdb.server.frozen_files import FrozenFiles
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record
 from tests.chain_holder import Holder
+from tests.clocks import LoopClock
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_work_on_a_held_record_waits_in_order_and_other_records_go_on(
     db: Database, holder: Holder
 ) -> None:
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats, lambda: True, _no_failure)
+    gate = ChainGate(stats, lambda: True, _no_failure, LoopClock())
     done: list[str] = []
 
     def work(name: str, key: bytes) -> None:
@@ -87,7 +88,7 @@ def test_hold_returns_with_the_chain_once_free_and_times_out_while_held(
     db: Database, holder: Holder
 ) -> None:
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats, lambda: True, _no_failure)
+    gate = ChainGate(stats, lambda: True, _no_failure, LoopClock())
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -152,7 +153,7 @@ def test_a_file_no_samba_client_attached_costs_no_chain_lock(
     private = Database.open(tmp_path, "private.tdb", DbKind.VOLATILE, 0)
     other = Holder(private.path, private.local.tdb_flags)
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats, lambda: True, _no_failure)
+    gate = ChainGate(stats, lambda: True, _no_failure, LoopClock())
     files = FrozenFiles({private.id: private}, stats)
     seen: list[str] = []
 
@@ -183,7 +184,7 @@ def test_during_a_recovery_waiting_work_leaves_the_file_alone(db: Database, hold
         asked.append(in_generation)
         return in_generation
 
-    gate = ChainGate(Counter(), ready, _no_failure)
+    gate = ChainGate(Counter(), ready, _no_failure, LoopClock())
     done: list[str] = []
 
     async def scenario() -> None:
@@ -210,7 +211,7 @@ def test_requeued_work_that_fails_reports_it_and_the_rest_still_runs(
     the node is told (`Node.local_failure`: a recovery), as for a message
     handler that fails outside the gate."""
     failures: list[str] = []
-    gate = ChainGate(Counter(), lambda: True, lambda: failures.append("failed"))
+    gate = ChainGate(Counter(), lambda: True, lambda: failures.append("failed"), LoopClock())
     done: list[str] = []
 
     def broken() -> None:

@@ -35,7 +35,7 @@ OTHER = (1, 1)  # a client of node 1, in the lock queues
 
 
 class Node:
-    """What lending reads of the node: its pnn, databases, tunables, stats."""
+    """What lending reads of the node: its pnn, databases, tunables, stats, clock."""
 
     def __init__(self, dbs: Dbs, engine: Engine) -> None:
         self.pnn = PNN
@@ -53,6 +53,9 @@ class Node:
 
     def tunable(self, name: str) -> float:
         return {"CallTimeout": 0.5}[name]
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     async def wait_serving(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()

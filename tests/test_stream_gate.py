@@ -1,11 +1,10 @@
 """The vs engine applies its stream only under the chains each event touches in
 files Samba's clients share (ctdb.engines.ordered.stream_gate): what each event
 needs, and a stall that keeps the stream's order; another process holds the
-locks, as a client would."""
+locks, as a client would, and the test moves the gate's clock itself."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from ctdb.engines.chains import RETRY
 from ctdb.engines.ordered.locks import LockQueue
 from ctdb.engines.ordered.stream_gate import StreamGate, needs
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from tests.chain_holder import Holder
-from tests.test_chain_gate import _until
+from tests.clocks import ManualClock
 from transport.base import View
 
 
@@ -103,7 +103,8 @@ def test_a_held_chain_stalls_the_stream_in_order_and_lets_go_afterwards(
 ) -> None:
     shared = _by_name(dbs, "shared.tdb")
     stats: Counter[str] = Counter()
-    gate = StreamGate(dbs, {}, stats, lambda: 60.0, _not_stuck)
+    clock = ManualClock()
+    gate = StreamGate(dbs, {}, stats, lambda: 60.0, _not_stuck, clock)
     handled: list[str] = []
 
     def handle(event: object) -> None:
@@ -112,35 +113,37 @@ def test_a_held_chain_stalls_the_stream_in_order_and_lets_go_afterwards(
             assert holder.ask("lock", b"k") == "busy"  # the gate holds it meanwhile
         handled.append(name)
 
-    async def scenario() -> None:
-        gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handle)
-        assert handled == ["store"] and not gate.stalled
-        assert holder.ask("lock", b"k") == "locked"
-        gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handle)
-        # Later events wait behind it, even ones that need nothing.
-        gate.enter(_op("applied"), handle)
-        gate.enter(View(4, (0, 1)), handle)
-        assert handled == ["store"] and gate.stalled and stats["stream_stalls"] == 1
-        assert gate.try_whole(lambda: "read") is None
-        assert holder.ask("unlock", b"k") == "unlocked"
-        await _until(lambda: not gate.stalled)
-        assert handled == ["store", "store", "applied", "view"]
-        assert holder.ask("lock", b"k") == "locked"  # nothing kept
-        assert holder.ask("unlock", b"k") == "unlocked"
-        assert gate.try_whole(lambda: "read") == "read"
-        assert holder.ask("lockall") == "locked"  # and the whole file let go too
-        assert holder.ask("unlockall") == "unlocked"
-
-    asyncio.run(scenario())
+    gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handle)
+    assert handled == ["store"] and not gate.stalled
+    assert holder.ask("lock", b"k") == "locked"
+    gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handle)
+    # Later events wait behind it, even ones that need nothing.
+    gate.enter(_op("applied"), handle)
+    gate.enter(View(4, (0, 1)), handle)
+    assert handled == ["store"] and gate.stalled and stats["stream_stalls"] == 1
+    assert gate.try_whole(lambda: "read") is None
+    clock.advance(RETRY)  # tried again: still held
+    assert handled == ["store"] and gate.stalled and clock.pending() == 1
+    assert holder.ask("unlock", b"k") == "unlocked"
+    clock.advance(RETRY)
+    assert not gate.stalled and clock.pending() == 0
+    assert handled == ["store", "store", "applied", "view"]
+    assert holder.ask("lock", b"k") == "locked"  # nothing kept
+    assert holder.ask("unlock", b"k") == "unlocked"
+    assert gate.try_whole(lambda: "read") == "read"
+    assert holder.ask("lockall") == "locked"  # and the whole file let go too
+    assert holder.ask("unlockall") == "unlocked"
 
 
 def test_an_event_that_fails_does_not_leave_the_ones_behind_it_waiting(
     dbs: dict[int, Database], holder: Holder
 ) -> None:
-    """A handler's exception goes to the loop (the simulator reports it as
-    a daemon's fault), and the events behind it are still handled."""
+    """A handler's exception goes to whoever runs the timer (the loop; the
+    simulator reports it as a daemon's fault), and the events behind it are
+    still handled."""
     shared = _by_name(dbs, "shared.tdb")
-    gate = StreamGate(dbs, {}, Counter(), lambda: 60.0, _not_stuck)
+    clock = ManualClock()
+    gate = StreamGate(dbs, {}, Counter(), lambda: 60.0, _not_stuck, clock)
     handled: list[int] = []
 
     def handle(event: object) -> None:
@@ -149,18 +152,15 @@ def test_an_event_that_fails_does_not_leave_the_ones_behind_it_waiting(
             raise RuntimeError("a bug in one handler")
         handled.append(event.seq)
 
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        errors: list[object] = []
-        loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
-        assert holder.ask("lock", b"k") == "locked"
-        for seq in (1, 2):
-            gate.enter(Ordered(0, seq, "store", {"db": shared.id, "key": b"k"}), handle)
-        assert holder.ask("unlock", b"k") == "unlocked"
-        await _until(lambda: not gate.stalled)
-        assert handled == [2] and len(errors) == 1
-
-    asyncio.run(scenario())
+    assert holder.ask("lock", b"k") == "locked"
+    for seq in (1, 2):
+        gate.enter(Ordered(0, seq, "store", {"db": shared.id, "key": b"k"}), handle)
+    assert holder.ask("unlock", b"k") == "unlocked"
+    with pytest.raises(RuntimeError):
+        clock.advance(RETRY)
+    assert handled == [] and gate.stalled
+    clock.advance(RETRY)
+    assert handled == [2] and not gate.stalled
 
 
 def test_a_lock_call_that_fails_drops_what_waits_and_resyncs_the_node(
@@ -170,17 +170,14 @@ def test_a_lock_call_that_fails_drops_what_waits_and_resyncs_the_node(
     gone). The node can no longer apply the stream to that file."""
     shared = _by_name(dbs, "shared.tdb")
     resyncs: list[tuple[str, bool]] = []
-    gate = StreamGate(dbs, {}, Counter(), lambda: 60.0, lambda *why: resyncs.append(why))
+    clock = ManualClock()
+    gate = StreamGate(dbs, {}, Counter(), lambda: 60.0, lambda *why: resyncs.append(why), clock)
     handled: list[object] = []
-
-    async def scenario() -> None:
-        shared.local.chains.close()
-        gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handled.append)
-        assert handled == [] and not gate.stalled
-        assert len(resyncs) == 1 and resyncs[0][1] is False
-        assert resyncs[0][0].startswith("chain locks of a shared file failed")
-
-    asyncio.run(scenario())
+    shared.local.chains.close()
+    gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handled.append)
+    assert handled == [] and not gate.stalled and clock.pending() == 0
+    assert len(resyncs) == 1 and resyncs[0][1] is False
+    assert resyncs[0][0].startswith("chain locks of a shared file failed")
 
 
 def test_a_stall_is_timed_from_when_the_event_before_it_got_through(
@@ -190,28 +187,27 @@ def test_a_stall_is_timed_from_when_the_event_before_it_got_through(
     not given up because it stalled often."""
     shared = _by_name(dbs, "shared.tdb")
     limit = 0.3
+    clock = ManualClock()
     at: dict[str, float] = {}
 
     def stuck(why: str, damaged: bool) -> None:
-        at["stuck"] = asyncio.get_running_loop().time()
+        at["stuck"] = clock.now()
 
     def handle(event: object) -> None:
-        at["first"] = asyncio.get_running_loop().time()
+        at.setdefault("first", clock.now())
 
-    gate = StreamGate(dbs, {}, Counter(), lambda: limit, stuck)
-
-    async def scenario() -> None:
-        assert holder.ask("lock", b"k1") == "locked"
-        gate.enter(_op("store", db=shared.id, key=b"k1", owner=[1, 1]), handle)
-        gate.enter(_op("store", db=shared.id, key=b"k2", owner=[1, 1]), handle)
-        await asyncio.sleep(limit * 2 / 3)
-        assert holder.ask("lock", b"k2") == "locked"
-        assert holder.ask("unlock", b"k1") == "unlocked"
-        await _until(lambda: "stuck" in at)
-        assert at["stuck"] - at["first"] >= limit - 0.01
-        assert holder.ask("unlock", b"k2") == "unlocked"
-
-    asyncio.run(scenario())
+    gate = StreamGate(dbs, {}, Counter(), lambda: limit, stuck, clock)
+    assert holder.ask("lock", b"k1") == "locked"
+    gate.enter(_op("store", db=shared.id, key=b"k1", owner=[1, 1]), handle)
+    gate.enter(_op("store", db=shared.id, key=b"k2", owner=[1, 1]), handle)
+    clock.advance(0.2)  # two thirds of the limit on k1
+    assert holder.ask("lock", b"k2") == "locked"
+    assert holder.ask("unlock", b"k1") == "unlocked"
+    clock.advance(limit)  # k1 got through at the next retry: k2 is timed from there
+    assert "stuck" not in at and at["first"] == pytest.approx(0.2 + RETRY, abs=RETRY)
+    clock.advance(limit)
+    assert at["stuck"] - at["first"] == pytest.approx(limit, abs=RETRY)
+    assert holder.ask("unlock", b"k2") == "unlocked"
 
 
 def test_a_stream_stalled_past_the_limit_is_given_up_and_says_which_file(
@@ -222,21 +218,18 @@ def test_a_stream_stalled_past_the_limit_is_given_up_and_says_which_file(
     shared = _by_name(dbs, "shared.tdb")
     stats: Counter[str] = Counter()
     stuck: list[str] = []
-    gate = StreamGate(dbs, {}, stats, lambda: 0.05, lambda why, _damaged: stuck.append(why))
+    clock = ManualClock()
+    gate = StreamGate(dbs, {}, stats, lambda: 0.05, lambda why, _damaged: stuck.append(why), clock)
     handled: list[object] = []
-
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        assert holder.ask("lock", b"k") == "locked"
-        assert not gate.files_free()
-        started = loop.time()
-        gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handled.append)
-        gate.enter(_op("applied"), handled.append)
-        await _until(lambda: bool(stuck))
-        assert loop.time() - started >= 0.05
-        assert stuck == ["a client has held a chain in shared.tdb too long"]
-        assert not gate.stalled and handled == [] and stats["stream_stuck"] == 1
-        assert holder.ask("unlock", b"k") == "unlocked"
-        assert gate.files_free()
-
-    asyncio.run(scenario())
+    assert holder.ask("lock", b"k") == "locked"
+    assert not gate.files_free()
+    gate.enter(_op("store", db=shared.id, key=b"k", owner=[1, 1]), handled.append)
+    gate.enter(_op("applied"), handled.append)
+    clock.advance(0.04)
+    assert not stuck
+    clock.advance(0.02 + RETRY)
+    assert stuck == ["a client has held a chain in shared.tdb too long"]
+    assert not gate.stalled and handled == [] and stats["stream_stuck"] == 1
+    assert clock.pending() == 0  # nothing left to retry
+    assert holder.ask("unlock", b"k") == "unlocked"
+    assert gate.files_free()

@@ -66,7 +66,7 @@ class Acquisition(HandoverMessages):
                 ks = self._keys.get(ref)
                 if ks is not None and ks.reserved:
                     # Nobody here waits for it any more, once this step is done.
-                    asyncio.get_running_loop().call_soon(self._unreserve, db, key)
+                    self.node.call_soon(self._unreserve, db, key)
 
     def _unreserve(self, db: Database, key: bytes) -> None:
         """The record is no longer kept for our clients: serve the calls that queued."""
@@ -83,7 +83,7 @@ class Acquisition(HandoverMessages):
         self, db: Database, key: bytes, session: object, lock: bool
     ) -> Record | None:
         node = self.node
-        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
+        deadline = node.now() + node.tunable("CallTimeout")
         while True:
             if not node.serving:
                 await node.wait_serving(deadline)
@@ -111,7 +111,7 @@ class Acquisition(HandoverMessages):
                             if lock:
                                 ks.reserved = False
                             else:
-                                asyncio.get_running_loop().call_soon(self._unreserve, db, key)
+                                self.node.call_soon(self._unreserve, db, key)
                         return rec
                     waiters = ks.waiters
             finally:

@@ -36,6 +36,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.host import Cancellable, Clock
 from ctdb.storage.database import Database
 
 log = logging.getLogger("ctdb.engines.chains")
@@ -83,6 +84,7 @@ class ChainGate:
         stats: Counter[str],
         ready: Callable[[], bool],
         failed: Callable[[], None],
+        clock: Clock,
     ) -> None:
         #: the node's counters: "chain_waits" counts work that found a chain held
         self.stats = stats
@@ -92,7 +94,8 @@ class ChainGate:
         self.failed = failed
         #: work that waits for a chain, by record, in arrival order
         self._waiting: dict[tuple[int, bytes], deque[Callable[[], None]]] = {}
-        self._timers: dict[tuple[int, bytes], asyncio.TimerHandle] = {}
+        self.clock = clock
+        self._timers: dict[tuple[int, bytes], Cancellable] = {}
 
     def waiting(self) -> int:
         """Records whose work waits for a client to release a chain lock."""
@@ -120,8 +123,7 @@ class ChainGate:
         self._later(db, key)
 
     def _later(self, db: Database, key: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        self._timers[(db.id, key)] = loop.call_later(RETRY, self._retry, db, key)
+        self._timers[(db.id, key)] = self.clock.call_later(RETRY, self._retry, db, key)
 
     def _retry(self, db: Database, key: bytes) -> None:
         ref = (db.id, key)

@@ -22,7 +22,24 @@ from ctdb.storage.durable import Epochs
 from transport.base import Transport
 
 
-class Host(Protocol):
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The event loop's clock and timers, as an engine's parts use them: the
+    daemon's loop, the simulator's virtual one, or a test's hand-driven clock."""
+
+    def now(self) -> float: ...
+
+    def call_later(
+        self, delay: float, callback: Callable[..., object], *args: Any
+    ) -> Cancellable: ...
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> object: ...
+
+
+class Host(Clock, Protocol):
     pnn: int
     nodes: list[str]
     #: the recoveries (tcp) or quorate views (vs) this node took part in, and

@@ -80,7 +80,7 @@ class MigrationEngine(Acquisition):
         self._voided: dict[tuple[int, bytes], object] = {}
         #: work on records Samba's clients share, under their chain locks
         self.chains = ChainGate(
-            node.stats, lambda: node.in_generation(node.generation), node.local_failure
+            node.stats, lambda: node.in_generation(node.generation), node.local_failure, node
         )
         self.vacuum = Vacuum(self)
         #: conditional appends and their kin, run at the dmaster
@@ -157,7 +157,7 @@ class MigrationEngine(Acquisition):
     ) -> bool:
         """Write once no Samba client holds the record's chain, if `acquire`'s
         answer still holds then (False: the record moved or a freeze came)."""
-        deadline = asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
+        deadline = self.node.now() + self.node.tunable("CallTimeout")
         await self.chains.hold(db, key, deadline)
         try:
             mine, rec = self._local(db, key, session)
@@ -191,7 +191,7 @@ class MigrationEngine(Acquisition):
 
     async def _unlock_soon(self, db: Database, key: bytes, session: object, value: bytes) -> None:
         """`unlock` once no Samba client holds the record's chain (still locked meanwhile)."""
-        deadline = asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
+        deadline = self.node.now() + self.node.tunable("CallTimeout")
         await self.chains.hold(db, key, deadline)
         try:
             if self.locked_by(db, key, session) and self.node.serving:
@@ -206,7 +206,7 @@ class MigrationEngine(Acquisition):
         self, db: Database, key: bytes, session: object, value: bytes | None
     ) -> None:
         node = self.node
-        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
         await resolved(self.unlock(db, key, session, value))
 
     def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
@@ -230,14 +230,14 @@ class MigrationEngine(Acquisition):
                 tx.writes[key] = None
             await self.commit(tx)
             return
-        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
         args = {"db_id": db.id, "generation": node.generation}
         await asyncio.gather(*(node.control(p, "wipe", args) for p in node.vnnmap))
 
     async def traverse(self, db: Database) -> list[tuple[bytes, Record]]:
         """Each member sends the records it is dmaster of (a replicated database: ours)."""
         node = self.node
-        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
         members = [node.pnn] if db.replicated else node.vnnmap
         parts = await asyncio.gather(
             *(node.control(p, "traverse", {"db_id": db.id}) for p in members)

@@ -84,7 +84,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
     log.info("recovery: generation %d over nodes %s", generation, members)
     replies = await _on_all(node, members, "freeze", {"generation": generation})
     frozen = dict(zip(members, replies, strict=True))
-    leases_known_at = asyncio.get_running_loop().time()
+    leases_known_at = node.now()
     for p, reply in frozen.items():
         # Migration assumes every member can reach every other; views are
         # each node's own opinion and differ while connections come up.

@@ -157,7 +157,7 @@ class TransactionEngine:
         if not tx.writes:
             tx.check_reads(earlier)
             return tx.db.seqnum()
-        await node.wait_serving(asyncio.get_running_loop().time() + node.tunable("CallTimeout"))
+        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
         writes = [[k, v] for k, v in tx.writes.items()]
         reads = [[k, rsn] for k, rsn in tx.reads.items()]
         args = {"db_id": tx.db.id, "reads": reads, "writes": writes}

@@ -32,6 +32,7 @@ from typing import Any
 
 from ctdb.common.config import tunable_defaults
 from ctdb.engines.base import RecordEngine
+from ctdb.engines.host import Cancellable
 from ctdb.engines.transactions import TransactionEngine
 from ctdb.protocol.message_codec import encode, wire_limits
 from ctdb.protocol.messages import ClientMessage, Control, ControlReply, Message, NodeState
@@ -96,10 +97,15 @@ class Node:
         self.frozen_at = time.monotonic()
         self.last_recovery: dict[str, float] = {}
         self.flags = 0  # this node's own administrative flags
-        #: the event loop's clock, which lease stamps are read on; bound to
-        #: the running loop at `start` (asyncio.get_running_loop costs a
-        #: getpid system call, and every local fetch checks the lease)
+        #: the event loop's clock (which lease stamps are read on) and timers
+        #: (`engines.host.Clock`); bound to the running loop at `start`
+        #: (asyncio.get_running_loop costs a getpid system call, and every
+        #: local fetch checks the lease)
         self.now: Callable[[], float] = lambda: asyncio.get_running_loop().time()
+        self.call_later: Callable[..., Cancellable] = lambda *a: (
+            asyncio.get_running_loop().call_later(*a)
+        )
+        self.call_soon: Callable[..., object] = lambda *a: asyncio.get_running_loop().call_soon(*a)
         state_dir.mkdir(parents=True, exist_ok=True)
         #: recovery epochs and this run's number (durable: see ctdb.storage.durable)
         self.epochs = Epochs(state_dir)
@@ -160,7 +166,8 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        self.now = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        self.now, self.call_later, self.call_soon = loop.time, loop.call_later, loop.call_soon
         await self.transport.start()
         self.transport.set_keepalive(
             self.tunable("KeepaliveInterval"), int(self.tunable("KeepaliveLimit"))

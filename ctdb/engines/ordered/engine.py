@@ -4,7 +4,6 @@ are in rounds.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -64,6 +63,7 @@ class OrderedEngine:
             node.stats,
             lambda: node.tunable("RecoverTimeout"),
             lambda why, damaged: self.resync(why, damaged=damaged),
+            node,
         )
         self.synced = False
         #: a local write failed since our copies were last in sync: they may
@@ -85,7 +85,7 @@ class OrderedEngine:
             self._send,
             lambda: len(node.nodes),
             self.waiting,
-            lambda callback: asyncio.get_running_loop().call_soon(callback),
+            node.call_soon,
         )
         #: our own operations in the stream, until they are delivered
         self.requests = Requests(
@@ -111,7 +111,7 @@ class OrderedEngine:
     # -- client operations -------------------------------------------------------------
 
     def deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self.node.tunable("CallTimeout")
+        return self.node.now() + self.node.tunable("CallTimeout")
 
     async def _submit(
         self, op: str, args: dict[str, Any], deadline: float | None = None, *, serving: bool = True

@@ -93,7 +93,7 @@ class SambaGrants(Returns):
     async def migrate_here(self, db: Database, key: bytes) -> Record:
         """The record, with this node named dmaster in its header, once lent here."""
         ref = (db.id, key)
-        deadline = asyncio.get_running_loop().time() + self.engine.node.tunable("CallTimeout")
+        deadline = self.engine.node.now() + self.engine.node.tunable("CallTimeout")
         while True:
             while ref not in self.lent:
                 task = self._busy.get(ref)
@@ -101,7 +101,7 @@ class SambaGrants(Returns):
                     task = self._start(ref, self._lend(db, key, deadline))
                 # Shared by the calls for the record: one that leaves cancels
                 # nothing. (A taking back may wait for quorum past our deadline.)
-                remaining = deadline - asyncio.get_running_loop().time()
+                remaining = deadline - self.engine.node.now()
                 try:
                     await asyncio.wait_for(asyncio.shield(task), max(remaining, 0))
                 except TimeoutError:
@@ -146,8 +146,7 @@ class SambaGrants(Returns):
         try:
             if lend:
                 rec = db.local.get(key)
-                now = asyncio.get_running_loop().time()
-                lent = Lent(None if rec is None else unnamed(rec), now)
+                lent = Lent(None if rec is None else unnamed(rec), self.engine.node.now())
                 self._name(db, key, lent)
                 self.lent[ref] = lent
         except Exception as exc:

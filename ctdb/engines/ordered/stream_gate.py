@@ -22,7 +22,6 @@ the simulator and our own clients' databases see no difference at all.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import RETRY, poll
+from ctdb.engines.host import Cancellable, Clock
 from ctdb.engines.ordered.locks import LockQueue
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database
@@ -166,6 +166,7 @@ class StreamGate:
         stats: Counter[str],
         limit: Callable[[], float],
         resync: Callable[[str, bool], None],
+        clock: Clock,
     ) -> None:
         self.dbs = dbs
         self.locked = locked
@@ -180,8 +181,9 @@ class StreamGate:
         self.resync = resync
         #: events waiting behind one that found a chain held, with their handlers
         self._waiting: deque[tuple[object, Callable[[Any], None]]] = deque()
+        self.clock = clock
         self._since = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
 
     @property
     def stalled(self) -> bool:
@@ -192,7 +194,7 @@ class StreamGate:
         if self._waiting or not self._run(event, handle):
             if not self._waiting:
                 self.stats["stream_stalls"] += 1
-                self._since = asyncio.get_running_loop().time()
+                self._since = self.clock.now()
             self._waiting.append((event, handle))
             self._arm()
 
@@ -243,11 +245,11 @@ class StreamGate:
 
     def _arm(self) -> None:
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(RETRY, self._retry)
+            self._timer = self.clock.call_later(RETRY, self._retry)
 
     def _retry(self) -> None:
         self._timer = None
-        now = asyncio.get_running_loop().time()
+        now = self.clock.now()
         while self._waiting:
             event, handle = self._waiting.popleft()
             try:
