@@ -1,6 +1,7 @@
 """The daemon's work on records Samba's clients share waits for their chain locks
 without ever blocking (ctdb.engines.chains), and a freeze holds the files whole
-(ctdb.server.frozen_files); another process holds the locks, as a client would."""
+(ctdb.server.frozen_files); another process holds the locks, as a client would.
+The gate's retries run on a clock the test moves (`tests.clocks.ManualClock`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.chains import ChainGate, release
+from ctdb.engines.chains import RETRY, ChainGate, release
 from ctdb.server.frozen_files import FrozenFiles
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record
 from tests.chain_holder import Holder
-from tests.clocks import LoopClock
+from tests.clocks import LoopClock, ManualClock
 
 
 @pytest.fixture
@@ -56,7 +57,8 @@ def test_work_on_a_held_record_waits_in_order_and_other_records_go_on(
     db: Database, holder: Holder
 ) -> None:
     stats: Counter[str] = Counter()
-    gate = ChainGate(stats, lambda: True, _no_failure, LoopClock())
+    clock = ManualClock()
+    gate = ChainGate(stats, lambda: True, _no_failure, clock)
     done: list[str] = []
 
     def work(name: str, key: bytes) -> None:
@@ -65,23 +67,23 @@ def test_work_on_a_held_record_waits_in_order_and_other_records_go_on(
         db.local.put(key, Record(len(done) + 1, 0, name.encode()))
         done.append(name)
 
-    async def scenario() -> None:
-        gate.run(db, b"free", lambda: work("at once", b"free"))
-        assert done == ["at once"]
-        assert holder.ask("lock", b"held") == "locked"
-        gate.run(db, b"held", lambda: work("first", b"held"))
-        gate.run(db, b"held", lambda: work("second", b"held"))
-        gate.run(db, b"other", lambda: work("other record", b"other"))
-        assert done == ["at once", "other record"]
-        assert gate.waiting() == 1 and stats["chain_waits"] == 1
-        assert holder.ask("unlock", b"held") == "unlocked"
-        await _until(lambda: gate.waiting() == 0)
-        assert done == ["at once", "other record", "first", "second"]
-        # ...and the gate let go of the chain afterwards.
-        assert holder.ask("lock", b"held") == "locked"
-        assert holder.ask("unlock", b"held") == "unlocked"
-
-    asyncio.run(scenario())
+    gate.run(db, b"free", lambda: work("at once", b"free"))
+    assert done == ["at once"] and clock.pending() == 0
+    assert holder.ask("lock", b"held") == "locked"
+    gate.run(db, b"held", lambda: work("first", b"held"))
+    gate.run(db, b"held", lambda: work("second", b"held"))
+    gate.run(db, b"other", lambda: work("other record", b"other"))
+    assert done == ["at once", "other record"]
+    assert gate.waiting() == 1 and stats["chain_waits"] == 1
+    clock.advance(RETRY)  # still held: tried again later
+    assert gate.waiting() == 1 and clock.pending() == 1
+    assert holder.ask("unlock", b"held") == "unlocked"
+    clock.advance(RETRY)
+    assert gate.waiting() == 0 and clock.pending() == 0
+    assert done == ["at once", "other record", "first", "second"]
+    # ...and the gate let go of the chain afterwards.
+    assert holder.ask("lock", b"held") == "locked"
+    assert holder.ask("unlock", b"held") == "unlocked"
 
 
 def test_hold_returns_with_the_chain_once_free_and_times_out_while_held(
@@ -184,24 +186,21 @@ def test_during_a_recovery_waiting_work_leaves_the_file_alone(db: Database, hold
         asked.append(in_generation)
         return in_generation
 
-    gate = ChainGate(Counter(), ready, _no_failure, LoopClock())
+    clock = ManualClock()
+    gate = ChainGate(Counter(), ready, _no_failure, clock)
     done: list[str] = []
-
-    async def scenario() -> None:
-        nonlocal in_generation
-        assert holder.ask("lock", b"k") == "locked"
-        gate.run(db, b"k", lambda: done.append("handed over"))
-        in_generation = False
-        assert holder.ask("unlock", b"k") == "unlocked"
-        await _until(lambda: asked.count(False) >= 3)  # three retries went by
-        assert done == [] and gate.waiting() == 1
-        assert holder.ask("lock", b"k") == "locked"  # ...without taking the chain
-        assert holder.ask("unlock", b"k") == "unlocked"
-        in_generation = True
-        await _until(lambda: gate.waiting() == 0)
-        assert done == ["handed over"]
-
-    asyncio.run(scenario())
+    assert holder.ask("lock", b"k") == "locked"
+    gate.run(db, b"k", lambda: done.append("handed over"))
+    in_generation = False
+    assert holder.ask("unlock", b"k") == "unlocked"
+    clock.advance(3.5 * RETRY)
+    assert asked == [False, False, False]  # three retries went by...
+    assert done == [] and gate.waiting() == 1
+    assert holder.ask("lock", b"k") == "locked"  # ...without taking the chain
+    assert holder.ask("unlock", b"k") == "unlocked"
+    in_generation = True
+    clock.advance(RETRY)
+    assert gate.waiting() == 0 and done == ["handed over"]
 
 
 def test_requeued_work_that_fails_reports_it_and_the_rest_still_runs(
@@ -211,18 +210,16 @@ def test_requeued_work_that_fails_reports_it_and_the_rest_still_runs(
     the node is told (`Node.local_failure`: a recovery), as for a message
     handler that fails outside the gate."""
     failures: list[str] = []
-    gate = ChainGate(Counter(), lambda: True, lambda: failures.append("failed"), LoopClock())
+    clock = ManualClock()
+    gate = ChainGate(Counter(), lambda: True, lambda: failures.append("failed"), clock)
     done: list[str] = []
 
     def broken() -> None:
         raise RuntimeError("simulated I/O error in store")
 
-    async def scenario() -> None:
-        assert holder.ask("lock", b"k") == "locked"
-        gate.run(db, b"k", broken)
-        gate.run(db, b"k", lambda: done.append("next"))
-        assert holder.ask("unlock", b"k") == "unlocked"
-        await _until(lambda: gate.waiting() == 0)
-        assert failures == ["failed"] and done == ["next"]
-
-    asyncio.run(scenario())
+    assert holder.ask("lock", b"k") == "locked"
+    gate.run(db, b"k", broken)
+    gate.run(db, b"k", lambda: done.append("next"))
+    assert holder.ask("unlock", b"k") == "unlocked"
+    clock.advance(RETRY)
+    assert gate.waiting() == 0 and failures == ["failed"] and done == ["next"]
