@@ -1,25 +1,25 @@
-"""The ordered engine: client operations and the stream's appliers (the
-design is in the package docstring; view changes and state-transfer rounds
-are in rounds.py)."""
+"""The ordered engine: what clients ask of it (the design is in the package
+docstring; the stream's side, applying what is delivered, is in applier.py;
+view changes and state-transfer rounds are in rounds.py)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.answers import Answers
 from ctdb.engines.ordered import samba_views
+from ctdb.engines.ordered.applier import StreamApplier
 from ctdb.engines.ordered.local_clients import LocalClients, withdrawal
-from ctdb.engines.ordered.locks import Owner, QueueFull
+from ctdb.engines.ordered.locks import QueueFull
 from ctdb.engines.ordered.reads import Reads
-from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
+from ctdb.engines.ordered.replica import Replica
 from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
-from ctdb.engines.ordered.stability import STABLE_OPS, Stability
+from ctdb.engines.ordered.stability import Stability
 from ctdb.engines.ordered.stream_gate import StreamGate, read_value
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
@@ -27,7 +27,6 @@ from ctdb.engines.waiting import Waiting
 from ctdb.protocol.message_codec import encode
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
-from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import db_id
 from transport.base import View
@@ -37,14 +36,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ctdb.engines.ordered")
 
-#: Operations a node out of sync queues while it waits for its snapshot; past
-#: this it gives up on the round and rejoins the group.
-MAX_BACKLOG = 100_000
 #: Markers proposed per database in one vacuum message.
 VACUUM_BATCH = 1000
 
 
-class OrderedEngine:
+class OrderedEngine(StreamApplier):
     def __init__(self, node: Host, listener: StreamListener) -> None:
         self.node = node
         self.listener = listener
@@ -95,10 +91,6 @@ class OrderedEngine:
         self.reads = Reads(self)
 
     # -- serving state ---------------------------------------------------------------
-
-    @property
-    def members(self) -> list[int]:
-        return list(self.view.members)
 
     @property
     def quorate(self) -> bool:
@@ -284,86 +276,7 @@ class OrderedEngine:
             return sorted(db.live_items())
         return await samba_views.traverse(self.samba, db, deadline)
 
-    # -- the ordered stream --------------------------------------------------------------
-
-    def on_ordered(self, msg: Ordered) -> None:
-        self.gate.enter(msg, self._on_ordered)
-
-    def _on_ordered(self, msg: Ordered) -> None:
-        if msg.op == "applied":
-            if self.stability.on_applied(msg):
-                self.check_stable()
-            return
-        if self.rounds.on_message(msg):
-            return
-        if not self.synced or self.rounds.awaiting_snapshots():
-            self.backlog.append(msg)
-            if len(self.backlog) > MAX_BACKLOG:
-                self.resync(
-                    f"more than {MAX_BACKLOG} operations queued while waiting to sync",
-                    damaged=False,
-                )
-            return
-        self.apply(msg)
-
-    def resync(self, why: str, *, damaged: bool = True) -> None:
-        """Our replica can no longer follow the stream: rejoin for a state transfer.
-
-        `damaged`: a local write failed, so our copies are suspect, not just
-        behind; until a state transfer replaces them they are taken only
-        where no member offers a sound copy of the same epoch.
-        """
-        log.error("leaving the group and rejoining: %s", why)
-        self.synced = False
-        # A round in progress must not put us back in sync with the copy
-        # that just failed: the view change of our rejoin starts a new one.
-        self.rounds.round = None
-        self.damaged = self.damaged or damaged
-        self.drop_backlog()
-        self.samba.revoke_all()
-        self.requests.fail_all(
-            CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}")
-        )
-        self.listener.on_ordered_state()
-        self.listener.rejoin()
-
-    def apply(self, msg: Ordered) -> None:
-        stable_op = msg.op in STABLE_OPS or msg.args.get("stable", False)
-        members = frozenset(self.members) if stable_op else None
-        if members is not None:
-            self.stability.applying = (msg.origin, msg.seq, members)
-        try:
-            if msg.op in Replica.OPS:
-                result = self.replica.apply(msg.origin, msg.op, msg.args)
-            else:
-                result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
-            error = None
-        except CtdbError as exc:
-            result, error = None, exc
-        except Exception as exc:
-            # Our replica may now differ from everyone else's (I/O error,
-            # disk full, a bug): never carry on with it.
-            log.exception("applying %s from node %d failed", msg.op, msg.origin)
-            self.act()
-            self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
-            return
-        finally:
-            self.act()
-            self.stability.applying = None
-        self.node.stats["ordered_applied"] += 1
-        if members is not None and error is None:
-            self.stability.confirm(msg.origin, msg.seq)
-        if self.requests.deliver(msg, result, error, members):
-            self.check_stable()
-
-    # -- stability: a write counts once every member applied it ----------------------
-
-    def _send(self, msg: Ordered) -> None:
-        self.node.transport.broadcast(encode(msg))
-
-    def check_stable(self) -> None:
-        settling = self.rounds.round is not None or self.rounds.behind(self.view)
-        self.stability.check(self.view, settling)
+    # -- reads wait for stable writes ------------------------------------------------
 
     def settled(self, db: Database, key: bytes) -> bool:
         """The key holds only stable writes here.
@@ -411,37 +324,3 @@ class OrderedEngine:
         proposals = self.gate.try_whole(lambda: self.replica.vacuum_proposals(VACUUM_BATCH))
         for dbid, records in proposals or []:
             self.broadcast("vacuum", {"db": dbid, "records": records})
-
-    def act(self) -> None:
-        """Do what applying the stream left for this node to do (replica effects)."""
-        effects, self.replica.effects = self.replica.effects, []
-        for effect in effects:
-            if isinstance(effect, Written):
-                self.stability.touched(effect.ref)
-            elif isinstance(effect, FirstEntry):
-                self.node.entry_head(effect.owner, *effect.ref)
-            else:
-                self.clients.on_granted(effect)
-        self.samba.after_apply()
-
-    def purge(self, gone: Callable[[Owner], bool]) -> None:
-        try:
-            self.replica.purge_locks(gone)
-        finally:
-            self.act()
-
-    def purge_entries(self, gone: Callable[[Entry], bool]) -> None:
-        try:
-            self.replica.purge_entries(gone, min(self.members))
-        finally:
-            self.act()
-
-    # -- membership (the rest is in rounds.py) ------------------------------------------
-
-    def on_view(self, view: View) -> None:
-        """Handle a view change at its position in the stream (same on every member)."""
-        self.gate.enter(view, self.rounds.on_view)
-
-    def drop_backlog(self) -> None:
-        self.requests.drop(self.backlog)
-        self.backlog.clear()

@@ -1,0 +1,175 @@
+"""The stream's side of the ordered engine: every delivered operation and view
+change handled in the stream's order (under the chains it touches: the
+gate), what applying leaves this node to do (answer a grant, mark a write
+unstable, tell an entry's owner it is first), and leaving the group when
+this replica can no longer follow.
+
+A mixin of `OrderedEngine` (engine.py: the client side), as the tcp engine
+keeps its message half (`migration_messages`) apart from its waiting half.
+Nothing here waits: it runs inside the transport's delivery callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.ordered.local_clients import LocalClients
+from ctdb.engines.ordered.locks import Owner
+from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
+from ctdb.engines.ordered.requests import Requests
+from ctdb.engines.ordered.rounds import Rounds, StreamListener
+from ctdb.engines.ordered.samba_grants import SambaGrants
+from ctdb.engines.ordered.stability import STABLE_OPS, Stability
+from ctdb.engines.ordered.stream_gate import StreamGate
+from ctdb.protocol.message_codec import encode
+from ctdb.protocol.messages import Ordered
+from ctdb.storage.entries import Entry
+from transport.base import View
+
+if TYPE_CHECKING:
+    from ctdb.engines.host import Host
+
+log = logging.getLogger("ctdb.engines.ordered")
+
+#: Operations a node out of sync queues while it waits for its snapshot; past
+#: this it gives up on the round and rejoins the group.
+MAX_BACKLOG = 100_000
+
+
+class StreamApplier:
+    """Applies the stream (the engine's state is the engine's: see engine.py)."""
+
+    node: Host
+    listener: StreamListener
+    view: View
+    replica: Replica
+    clients: LocalClients
+    samba: SambaGrants
+    gate: StreamGate
+    rounds: Rounds
+    stability: Stability
+    requests: Requests
+    #: operations delivered while this node waits for its snapshot
+    backlog: list[Ordered]
+    synced: bool
+    damaged: bool
+
+    @property
+    def members(self) -> list[int]:
+        return list(self.view.members)
+
+    def on_ordered(self, msg: Ordered) -> None:
+        self.gate.enter(msg, self._on_ordered)
+
+    def _on_ordered(self, msg: Ordered) -> None:
+        if msg.op == "applied":
+            if self.stability.on_applied(msg):
+                self.check_stable()
+            return
+        if self.rounds.on_message(msg):
+            return
+        if not self.synced or self.rounds.awaiting_snapshots():
+            self.backlog.append(msg)
+            if len(self.backlog) > MAX_BACKLOG:
+                self.resync(
+                    f"more than {MAX_BACKLOG} operations queued while waiting to sync",
+                    damaged=False,
+                )
+            return
+        self.apply(msg)
+
+    def resync(self, why: str, *, damaged: bool = True) -> None:
+        """Our replica can no longer follow the stream: rejoin for a state transfer.
+
+        `damaged`: a local write failed, so our copies are suspect, not just
+        behind; until a state transfer replaces them they are taken only
+        where no member offers a sound copy of the same epoch.
+        """
+        log.error("leaving the group and rejoining: %s", why)
+        self.synced = False
+        # A round in progress must not put us back in sync with the copy
+        # that just failed: the view change of our rejoin starts a new one.
+        self.rounds.round = None
+        self.damaged = self.damaged or damaged
+        self.drop_backlog()
+        self.samba.revoke_all()
+        self.requests.fail_all(
+            CtdbError(ErrorCode.RETRY, f"node {self.node.pnn} is resyncing: {why}")
+        )
+        self.listener.on_ordered_state()
+        self.listener.rejoin()
+
+    def apply(self, msg: Ordered) -> None:
+        stable_op = msg.op in STABLE_OPS or msg.args.get("stable", False)
+        members = frozenset(self.members) if stable_op else None
+        if members is not None:
+            self.stability.applying = (msg.origin, msg.seq, members)
+        try:
+            if msg.op in Replica.OPS:
+                result = self.replica.apply(msg.origin, msg.op, msg.args)
+            else:
+                result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
+            error = None
+        except CtdbError as exc:
+            result, error = None, exc
+        except Exception as exc:
+            # Our replica may now differ from everyone else's (I/O error,
+            # disk full, a bug): never carry on with it.
+            log.exception("applying %s from node %d failed", msg.op, msg.origin)
+            self.act()
+            self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            self.act()
+            self.stability.applying = None
+        self.node.stats["ordered_applied"] += 1
+        if members is not None and error is None:
+            self.stability.confirm(msg.origin, msg.seq)
+        if self.requests.deliver(msg, result, error, members):
+            self.check_stable()
+
+    # -- what applying leaves to do -------------------------------------------------------
+
+    def _send(self, msg: Ordered) -> None:
+        self.node.transport.broadcast(encode(msg))
+
+    def check_stable(self) -> None:
+        settling = self.rounds.round is not None or self.rounds.behind(self.view)
+        self.stability.check(self.view, settling)
+
+    def act(self) -> None:
+        """Do what applying the stream left for this node to do (replica effects)."""
+        effects, self.replica.effects = self.replica.effects, []
+        for effect in effects:
+            if isinstance(effect, Written):
+                self.stability.touched(effect.ref)
+            elif isinstance(effect, FirstEntry):
+                self.node.entry_head(effect.owner, *effect.ref)
+            else:
+                self.clients.on_granted(effect)
+        self.samba.after_apply()
+
+    def purge(self, gone: Callable[[Owner], bool]) -> None:
+        try:
+            self.replica.purge_locks(gone)
+        finally:
+            self.act()
+
+    def purge_entries(self, gone: Callable[[Entry], bool]) -> None:
+        try:
+            self.replica.purge_entries(gone, min(self.members))
+        finally:
+            self.act()
+
+    # -- membership (the rest is in rounds.py) ------------------------------------------
+
+    def on_view(self, view: View) -> None:
+        """Handle a view change at its position in the stream (same on every member)."""
+        self.gate.enter(view, self.rounds.on_view)
+
+    def drop_backlog(self) -> None:
+        self.requests.drop(self.backlog)
+        self.backlog.clear()
