@@ -11,7 +11,6 @@ MaxLockWaiters requests wait for one record (one more fails with BUSY).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Hashable
 
@@ -137,14 +136,13 @@ class Acquisition(HandoverMessages):
     async def _fetch_remote(self, db: Database, key: bytes, deadline: float) -> None:
         """Ask for the record (one call per key at a time) and wait for it."""
         node = self.node
-        loop = asyncio.get_running_loop()
         ref = (db.id, key)
         out = self._calls_out.get(ref)
         if out is None or out.given_up:
             out = self._calls_out[ref] = CallOut()
             node.stats["calls_sent"] += 1
             node.send(lmaster(key, node.vnnmap), Call(db.id, key, node.generation, node.pnn, 0))
-        remaining = deadline - loop.time()
+        remaining = deadline - node.now()
         if remaining <= 0:
             raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} did not arrive in time")
         waiter = object()
@@ -152,7 +150,7 @@ class Acquisition(HandoverMessages):
         out.waiters[waiter] = None
         # Unanswered by then, the call is given up: the next turn of
         # `_acquire` sends a fresh one.
-        timer = loop.call_later(min(remaining, RETRY_INTERVAL), self._give_up, out)
+        timer = node.call_later(min(remaining, RETRY_INTERVAL), self._give_up, out)
         try:
             await fut
         finally:

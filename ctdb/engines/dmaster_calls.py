@@ -63,7 +63,7 @@ class Dmaster(Protocol):
     node: Host
     #: a call from another node runs under the record's chain lock, as a hand-over
     chains: ChainGate
-    #: our calls waiting for their reply, by request id
+    #: the engine's waiting requests: our calls wait for their reply here
     waiting: Waiting
 
     def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool: ...
@@ -109,8 +109,7 @@ class DmasterCalls:
 
     async def _call_remote(self, db: Database, key: bytes, call: RecordCall) -> dict[str, Any]:
         node = self.node
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + node.tunable("CallTimeout")
+        deadline = node.now() + node.tunable("CallTimeout")
         # Keys of this engine's waiters: ("call", reqid) cannot be a record's waiter.
         waiter = ("call", next(self._reqids))
         fut = self.engine.waiting.expect(waiter)
@@ -134,7 +133,7 @@ class DmasterCalls:
                 node.stats["record_calls_sent"] += 1
                 msg = RemoteCall(db.id, key, node.generation, node.pnn, waiter[1], 0, wire)
                 node.send(lmaster(key, node.vnnmap), msg)
-                remaining = deadline - loop.time()
+                remaining = deadline - node.now()
                 if remaining <= 0:
                     raise CtdbError(ErrorCode.TIMEOUT, f"no answer to a call on {key!r} in time")
                 # (asyncio.wait leaves `fut` waiting for a reply to any of the sends)
