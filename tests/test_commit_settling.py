@@ -22,7 +22,7 @@ from ctdb.engines import transactions
 from ctdb.engines.merge import to_wire
 from ctdb.engines.transactions import TransactionEngine, next_version
 from ctdb.storage.database import Database, DbKind
-from tests.test_ordered_parts import Recorded
+from tests.recording import Recorded
 
 
 class Node:

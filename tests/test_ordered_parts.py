@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Hashable
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from ctdb.engines.ordered.sync import NO_COPY, make_plan
 from ctdb.engines.waiting import Waiting
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.placement import db_id
+from tests.recording import Recorded
 from transport.base import View
 
 
@@ -120,19 +120,6 @@ def test_a_joiner_keeps_what_the_stream_did_to_a_database_attached_after_the_off
     # With nobody in sync, nobody applied them: all are dropped.
     offers[1] = offer(synced=False, dbs={"old": (3, b"h")})
     assert split_new_databases(backlog, offers) == ([], backlog)
-
-
-class Recorded:
-    """An `Answers` that keeps what it is told, in order: (key, result or error code)."""
-
-    def __init__(self) -> None:
-        self.told: list[tuple[Hashable, Any]] = []
-
-    def answer(self, key: Hashable, result: Any) -> None:
-        self.told.append((key, result))
-
-    def fail(self, key: Hashable, error: CtdbError) -> None:
-        self.told.append((key, error.code))
 
 
 def stability(pnn: int, sent: list[Ordered] | None = None) -> tuple[Stability, Recorded, list[Any]]:
