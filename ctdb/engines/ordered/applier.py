@@ -142,7 +142,9 @@ class StreamApplier:
 
     def act(self) -> None:
         """Do what applying the stream left for this node to do (replica effects)."""
-        effects, self.replica.effects = self.replica.effects, []
+        effects = self.replica.effects
+        if effects:
+            self.replica.effects = []
         for effect in effects:
             if isinstance(effect, Written):
                 self.stability.touched(effect.ref)

@@ -191,6 +191,13 @@ class StreamGate:
 
     def enter(self, event: object, handle: Callable[[Any], None]) -> None:
         """Handle `event` now if nothing waits and its chains are free, else queue it."""
+        if not self._waiting and type(event) is Ordered and event.op in RECORD_OPS:
+            # The usual case, first: one record in a file no Samba client
+            # shares (what `needs` says of it, without its other cases).
+            db = self.dbs.get(event.args["db"])  # (decoding checked it is there)
+            if db is None or not db.shared:
+                handle(event)
+                return
         if self._waiting or not self._run(event, handle):
             if not self._waiting:
                 self.stats["stream_stalls"] += 1
