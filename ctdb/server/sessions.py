@@ -24,10 +24,10 @@ import asyncio
 import logging
 from collections import deque
 from pathlib import Path
-from types import CoroutineType
 from typing import Any, cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.base import pending
 from ctdb.engines.record_calls import Owner
 from ctdb.engines.transactions import Transaction
 from ctdb.protocol import client as protocol
@@ -210,7 +210,7 @@ class Session:
             handler, check = entry
             check(req.args, self.server.limits)
             result = handler(self, req.args)
-            if isinstance(result, CoroutineType):
+            if pending(result):
                 task = asyncio.get_running_loop().create_task(self._finish(req.reqid, result))
                 self.tasks.add(task)
                 if req.op in ENTRY_CHANGES:
