@@ -23,6 +23,7 @@ from ctdb.engines.ordered.sync import NO_COPY, make_plan
 from ctdb.engines.waiting import Waiting
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.placement import db_id
+from tests.clocks import ManualClock
 from tests.recording import Recorded
 from transport.base import View
 
@@ -122,11 +123,13 @@ def test_a_joiner_keeps_what_the_stream_did_to_a_database_attached_after_the_off
     assert split_new_databases(backlog, offers) == ([], backlog)
 
 
-def stability(pnn: int, sent: list[Ordered] | None = None) -> tuple[Stability, Recorded, list[Any]]:
+def stability(
+    pnn: int, sent: list[Ordered] | None = None
+) -> tuple[Stability, Recorded, ManualClock]:
     """A Stability of a 3-node cluster with its answers and its deferred callbacks."""
-    told, later = Recorded(), list[Any]()
-    s = Stability(pnn, (sent if sent is not None else []).append, lambda: 3, told, later.append)
-    return s, told, later
+    told, clock = Recorded(), ManualClock()
+    s = Stability(pnn, (sent if sent is not None else []).append, lambda: 3, told, clock)
+    return s, told, clock
 
 
 def test_a_write_is_stable_once_every_member_of_its_view_still_here_applied_it() -> None:
@@ -177,12 +180,12 @@ def test_check_acknowledges_stable_writes_and_wakes_their_readers() -> None:
 
 def test_applied_counters_go_out_once_per_burst() -> None:
     sent: list[Ordered] = []
-    s, _, later = stability(2, sent)
+    s, _, clock = stability(2, sent)
     s.confirm(1, 10)
     s.confirm(0, 3)
     s.confirm(1, 12)
-    assert not sent and len(later) == 1  # once the burst is handled
-    later.pop()()
+    assert not sent and clock.pending() == 1  # once the burst is handled
+    clock.advance(0)
     assert [(m.origin, m.op, m.args) for m in sent] == [(2, "applied", {"upto": [[0, 3], [1, 12]]})]
     assert s.applied_by[2] == {1: 12, 0: 3}
     # Another member's counters are noted; our own echo is not news.

@@ -37,6 +37,8 @@ class Waiting:
 
         Only for a future nobody else waits for (`expect`'s): cancelling the
         waiting task cancels it, and the deadline fails it."""
+        if fut.done():  # answered already (a lock granted as its request was applied)
+            return fut.result()
         timer = fut.get_loop().call_at(deadline, _expire, fut, what)
         try:
             return await fut

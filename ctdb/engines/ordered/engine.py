@@ -81,7 +81,7 @@ class OrderedEngine(StreamApplier):
             self._send,
             lambda: len(node.nodes),
             self.waiting,
-            node.call_soon,
+            node,
         )
         #: our own operations in the stream, until they are delivered
         self.requests = Requests(

@@ -7,7 +7,7 @@ writes every member holds. Until then a write is not acknowledged to its
 client (`unstable`) and no local read returns it (`dirty`): a failure can
 still take it back. No I/O and no event loop: what becomes stable is
 answered through an `Answers`, the `applied` messages go to a broadcast
-callback, and a burst ends when the driver's `soon` runs its callback.
+callback, and a burst ends when the clock's `call_soon` runs its callback.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ctdb.engines.answers import Answers
+from ctdb.engines.host import Clock
 from ctdb.protocol.messages import Ordered
 from transport.base import View
 
@@ -36,15 +37,15 @@ class Stability:
         broadcast: Callable[[Ordered], None],
         configured: Callable[[], int],
         answers: Answers,
-        soon: Callable[[Callable[[], None]], object],
+        clock: Clock,
     ) -> None:
         self._pnn = pnn
         self._broadcast = broadcast
         #: how many nodes the cluster has (its nodes file)
         self._configured = configured
         self._answers = answers
-        #: runs a callback once what is being handled now is done (the loop's call_soon)
-        self._soon = soon
+        #: its call_soon runs a callback once what is being handled now is done
+        self._clock = clock
         #: our writes delivered but not yet stable: seq -> (result, the
         #: members that delivered it with us)
         self.unstable: dict[int, tuple[Any, frozenset[int]]] = {}
@@ -68,7 +69,7 @@ class Stability:
         mine = self.applied_by.setdefault(self._pnn, {})
         mine[origin] = max(seq, mine.get(origin, seq))
         if not self._to_confirm:
-            self._soon(self._send_confirmations)
+            self._clock.call_soon(self._send_confirmations)
         self._to_confirm[origin] = max(seq, self._to_confirm.get(origin, seq))
 
     def _send_confirmations(self) -> None:
