@@ -340,6 +340,18 @@ def test_waiting_turns_answers_into_outcomes_within_a_deadline() -> None:
         assert newer.result() == "again"
         w.forget(3, newer)
         w.answer(3, "late")  # nobody waits: nothing happens
+        # A wait under a key of its own: registered before, forgotten after.
+        registered: dict[object, None] = {}
+
+        def answer_all() -> None:
+            for key in list(registered):
+                w.answer(key, "seen")
+
+        loop.call_soon(answer_all)
+        assert await w.wait(registered.setdefault, registered.pop, loop.time() + 5, "x") == "seen"
+        with pytest.raises(CtdbError) as info:
+            await w.wait(registered.setdefault, registered.pop, loop.time() + 0.01, "nobody")
+        assert info.value.code == ErrorCode.TIMEOUT and not registered
 
     asyncio.run(scenario())
 

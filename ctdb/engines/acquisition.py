@@ -163,13 +163,9 @@ class Acquisition(HandoverMessages):
         out.end(self.waiting)
 
     async def _wait(self, waiters: dict[Hashable, None], deadline: float, key: bytes) -> None:
-        waiter = object()
-        fut = self.waiting.expect(waiter)
-        waiters[waiter] = None
-        try:
-            await self.waiting.until(
-                fut, deadline, f"record {key!r} stayed locked by another client"
-            )
-        finally:
-            self.waiting.forget(waiter, fut)
-            waiters.pop(waiter, None)
+        await self.waiting.wait(
+            waiters.setdefault,  # (a waiter's value is None)
+            lambda waiter: waiters.pop(waiter, None),
+            deadline,
+            f"record {key!r} stayed locked by another client",
+        )

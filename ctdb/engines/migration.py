@@ -111,16 +111,12 @@ class MigrationEngine(Acquisition):
             await self.node.wait_serving(deadline)
             if self.settled(db, key):
                 return
-            waiter = object()
-            fut = self.waiting.expect(waiter)
-            self.transactions.wait_settled(waiter, db, key, self.waiting)
-            try:
-                await self.waiting.until(
-                    fut, deadline, f"a commit of {key!r} was not made on every node in time"
-                )
-            finally:
-                self.waiting.forget(waiter, fut)
-                self.transactions.unwait(waiter)
+            await self.waiting.wait(
+                lambda waiter: self.transactions.wait_settled(waiter, db, key, self.waiting),
+                self.transactions.unwait,
+                deadline,
+                f"a commit of {key!r} was not made on every node in time",
+            )
 
     async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=False))

@@ -10,7 +10,7 @@ after the answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
@@ -44,6 +44,25 @@ class Waiting:
             return await fut
         finally:
             timer.cancel()
+
+    async def wait(
+        self,
+        register: Callable[[Hashable], None],
+        unregister: Callable[[Hashable], None],
+        deadline: float,
+        what: str,
+    ) -> Any:
+        """Wait, under a key of its own, for an answer from a part that
+        `register(key)` tells to give it and `unregister(key)` to forget it
+        (however the wait ends); TIMEOUT (`what`) at `deadline`."""
+        key = object()
+        fut = self.expect(key)
+        register(key)
+        try:
+            return await self.until(fut, deadline, what)
+        finally:
+            self.forget(key, fut)
+            unregister(key)
 
     def answer(self, key: Hashable, result: Any) -> None:
         fut = self._futures.pop(key, None)

@@ -297,16 +297,12 @@ class OrderedEngine(StreamApplier):
             await self.node.wait_serving(deadline)
             if ref not in self.stability.dirty:
                 return
-            token = object()
-            fut = self.waiting.expect(token)
-            self.stability.wait(token, ref)
-            try:
-                await self.waiting.until(
-                    fut, deadline, f"a write to {key!r} did not become stable in time"
-                )
-            finally:
-                self.waiting.forget(token, fut)
-                self.stability.unwait(token)
+            await self.waiting.wait(
+                lambda waiter: self.stability.wait(waiter, ref),
+                self.stability.unwait,
+                deadline,
+                f"a write to {key!r} did not become stable in time",
+            )
 
     # -- vacuuming: every replica drops the same markers at the same position ----------
 

@@ -98,14 +98,9 @@ class Reads:
 
     async def _barrier(self, deadline: float) -> None:
         """Return once a barrier sent after now was delivered here."""
-        reader = object()
-        waiting = self.engine.waiting
-        fut = waiting.expect(reader)
-        self.barriers.join(reader)
-        try:
-            await waiting.until(
-                fut, deadline, "the read's ordering barrier was not delivered in time"
-            )
-        finally:
-            waiting.forget(reader, fut)
-            self.barriers.leave(reader)
+        await self.engine.waiting.wait(
+            self.barriers.join,
+            self.barriers.leave,
+            deadline,
+            "the read's ordering barrier was not delivered in time",
+        )
