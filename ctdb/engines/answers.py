@@ -5,7 +5,8 @@ and with what; they hold no futures and no timers. Over vs: `Requests` (an
 operation delivered, or failed), `Stability` (a write now stable; a key
 whose writes settled), the read barriers and the lock grants of
 `LocalClients`; over tcp: a record arriving, or freed by its holder
-(`migration_messages`). Each waiter is known by a key (an operation's seq,
+(`migration_messages`), a record call's reply (`dmaster_calls`), a commit
+made on every node (`transactions`). Each waiter is known by a key (an operation's seq,
 a claim, or a token its waiter chose), and its answer goes to an
 `Answers`: on the daemon's event loop that is `waiting.Waiting`, which owns
 the futures and the deadlines; a test records the answers in a list.

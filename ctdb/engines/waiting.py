@@ -57,8 +57,8 @@ class Waiting:
         (however the wait ends); TIMEOUT (`what`) at `deadline`."""
         key = object()
         fut = self.expect(key)
-        register(key)
         try:
+            register(key)
             return await self.until(fut, deadline, what)
         finally:
             self.forget(key, fut)
