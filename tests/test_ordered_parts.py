@@ -35,14 +35,13 @@ def offer(
     epoch: int = 1,
     numbered: int = 1,
     damaged: bool = False,
-    flags: int = 0,
 ) -> dict[str, Any]:
     return {
         "synced": synced,
         "damaged": damaged,
         "epoch": epoch,
         "numbered": numbered,
-        "flags": flags,
+        "flags": 0,
         "dbs": [[name, "persistent", seq, hist] for name, (seq, hist) in dbs.items()],
     }
 
@@ -54,13 +53,12 @@ def test_a_joiner_takes_every_database_from_the_lowest_member_in_sync() -> None:
     offers = {
         0: offer(synced=True, dbs={"a": (5, b"x"), "b": (2, b"y")}, epoch=4, numbered=6),
         1: offer(synced=True, dbs={"a": (5, b"x"), "b": (2, b"y")}, epoch=4, numbered=4),
-        2: offer(synced=False, dbs={"a": (3, b"old")}, epoch=2, numbered=2, flags=0x20),
+        2: offer(synced=False, dbs={"a": (3, b"old")}, epoch=2, numbered=2),
     }
     plan = make_plan(offers)
     assert plan.sources == {"a": 0, "b": 0}
     assert plan.needs == {0: set(), 1: set(), 2: {"a", "b"}}
     assert plan.epoch == 7  # above every number any member saw handed out
-    assert plan.flags == {0: 0, 1: 0, 2: 0x20}
     assert plan.receivers("a", (0, 1, 2)) == [2]
     assert plan.offered("a", [2]) == [(3, b"old")]
     assert plan.offered("b", [2]) == [NO_COPY]  # it holds no copy of b

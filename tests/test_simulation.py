@@ -81,6 +81,7 @@ FOUND = [
     ("tcp", 3244027),  # acknowledged commit lost: a hung leader's stored epoch matched theirs
     ("tcp", 3234633),  # liveness: a healthy node banned for a failure a stopped leader read late
     ("tcp", 3526429),  # a hand-over after a reserved record's clients failed outside any guard
+    ("vs", 8615281),  # two generations in one view: a joiner dropped a forced recovery
 ]
 
 

@@ -228,7 +228,6 @@ ORDERED: dict[str, Check] = {
             "kind": DB_KIND,
             "unchanged": BOOL,
             "records": WIRE_RECORDS,
-            "recoveries": U32,
             "locks": list_of(
                 row(
                     STORED_KEY,

@@ -38,6 +38,14 @@ log = logging.getLogger("ctdb.engines.ordered")
 #: this it gives up on the round and rejoins the group.
 MAX_BACKLOG = 100_000
 
+#: Configuration events, not database state: every member of a view applies
+#: them at their position in the stream, in sync or not, so all count the same
+#: generation and agree on each other's flags. (vs campaign seed 8615281: a
+#: joiner dropped a forced recovery with its backlog and took the count from a
+#: snapshot sent before it, while the members in sync counted it: two
+#: generations in one view, forever.)
+CONFIGURATION = frozenset({"recover", "flags"})
+
 
 class StreamApplier:
     """Applies the stream (the engine's state is the engine's: see engine.py)."""
@@ -71,7 +79,7 @@ class StreamApplier:
             return
         if self.rounds.on_message(msg):
             return
-        if not self.synced or self.rounds.awaiting_snapshots():
+        if msg.op not in CONFIGURATION and (not self.synced or self.rounds.awaiting_snapshots()):
             self.backlog.append(msg)
             if len(self.backlog) > MAX_BACKLOG:
                 self.resync(

@@ -219,13 +219,16 @@ class Rounds:
         if r is None or msg.args.get("view_id") != r.view_id or r.plan is not None:
             return
         r.offers[msg.origin] = msg.args
+        # Its flags as of its offer, until a later change in the stream (which
+        # every member applies, in sync or not: applier.CONFIGURATION).
+        e.flags[msg.origin] = int(msg.args["flags"])
         if set(r.offers) != set(r.members):
             return
         # Every member now computes the same plan from the same offers.
         plan = make_plan(r.offers)
         r.plan, r.epoch = plan.sources, plan.epoch
         e.node.epochs.number(r.epoch)
-        e.flags = plan.flags
+        e.flags = {p: e.flags[p] for p in r.members}
         me = e.node.pnn
         needs = plan.needs[me]
         self.catching_up = (r.view_id, {p for p in r.members if plan.needs[p]})
@@ -271,7 +274,6 @@ class Rounds:
             "kind": db.kind.value,
             "unchanged": unchanged,
             "records": [] if unchanged else to_wire(samba_views.published_items(e.samba, db)),
-            "recoveries": e.recoveries,
             # Lock queues are replicated state like the records: a joiner
             # without them would reject the holder's unlock.
             "locks": [
@@ -318,7 +320,6 @@ class Rounds:
             db.local.write_batch(records, replace_all=True)
             if not db.replicated:
                 e.replica.markers[db.id] = {k: None for k, rec in records.items() if rec.deleted}
-        e.recoveries = int(msg.args.get("recoveries", e.recoveries))
         # Lock queues are state too: take the donor's.
         for stale in [k for k in e.replica.locks if k[0] == db.id]:
             del e.replica.locks[stale]

@@ -38,8 +38,6 @@ class Plan:
     sources: dict[str, int]
     #: above every epoch number any member saw handed out
     epoch: int
-    #: every member's administrative flags, as it offered them
-    flags: dict[int, int]
     #: member -> the databases it needs a snapshot of
     needs: dict[int, set[str]]
     #: db name -> member -> the (sequence number, history) it offered
@@ -92,5 +90,4 @@ def make_plan(offers: dict[int, dict[str, Any]]) -> Plan:
     # as handed out even by members that will not finish the round: a
     # later round elsewhere must number above it.
     epoch = max(max(int(o["numbered"]), epochs[p]) for p, o in offers.items()) + 1
-    flags = {p: int(o.get("flags", 0)) for p, o in offers.items()}
-    return Plan(sources, epoch, flags, needs, marks)
+    return Plan(sources, epoch, needs, marks)
