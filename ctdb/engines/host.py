@@ -69,6 +69,9 @@ class Host(Clock, Protocol):
 
     def send(self, pnn: int, msg: Message) -> None: ...
 
+    def broadcast(self, msg: Message, to: int | None = None) -> None:
+        """Through the transport (vs: in the agreed order) to every member, or to `to`."""
+
     async def control(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
     ) -> Any: ...

@@ -32,7 +32,6 @@ from typing import Any
 
 from ctdb.common.config import tunable_defaults
 from ctdb.engines.base import RecordEngine
-from ctdb.engines.host import Cancellable
 from ctdb.engines.transactions import TransactionEngine
 from ctdb.protocol.message_codec import encode, wire_limits
 from ctdb.protocol.messages import ClientMessage, Control, ControlReply, Message, NodeState
@@ -97,15 +96,12 @@ class Node:
         self.frozen_at = time.monotonic()
         self.last_recovery: dict[str, float] = {}
         self.flags = 0  # this node's own administrative flags
-        #: the event loop's clock (which lease stamps are read on) and timers
-        #: (`engines.host.Clock`); bound to the running loop at `start`
-        #: (asyncio.get_running_loop costs a getpid system call, and every
-        #: local fetch checks the lease)
-        self.now: Callable[[], float] = lambda: asyncio.get_running_loop().time()
-        self.call_later: Callable[..., Cancellable] = lambda *a: (
-            asyncio.get_running_loop().call_later(*a)
-        )
-        self.call_soon: Callable[..., object] = lambda *a: asyncio.get_running_loop().call_soon(*a)
+        #: the clock (which lease stamps are read on) and timers of the loop
+        #: the node is made in (`engines.host.Clock`): the daemon's, or the
+        #: simulator's virtual one. Bound once: asyncio.get_running_loop
+        #: costs a getpid system call, and every local fetch checks the lease.
+        loop = asyncio.get_running_loop()
+        self.now, self.call_later, self.call_soon = loop.time, loop.call_later, loop.call_soon
         state_dir.mkdir(parents=True, exist_ok=True)
         #: recovery epochs and this run's number (durable: see ctdb.storage.durable)
         self.epochs = Epochs(state_dir)
@@ -166,8 +162,6 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.now, self.call_later, self.call_soon = loop.time, loop.call_later, loop.call_soon
         await self.transport.start()
         self.transport.set_keepalive(
             self.tunable("KeepaliveInterval"), int(self.tunable("KeepaliveLimit"))
@@ -223,9 +217,16 @@ class Node:
     def send(self, pnn: int, msg: Message) -> None:
         if pnn == self.pnn:
             # Local delivery goes through the loop so handlers never re-enter.
-            asyncio.get_running_loop().call_soon(self.messages.handle, self.pnn, msg)
+            self.call_soon(self.messages.handle, self.pnn, msg)
             return
         self.transport.send(pnn, encode(msg))
+
+    def broadcast(self, msg: Message, to: int | None = None) -> None:
+        """Via the transport to every member, us too, or to `to` (vs: in the agreed order)."""
+        if to is None:
+            self.transport.broadcast(encode(msg))
+        else:
+            self.transport.send(to, encode(msg))
 
     async def control(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float | None = None

@@ -24,7 +24,6 @@ from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.ordered.stream_gate import StreamGate
-from ctdb.protocol.message_codec import encode
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.entries import Entry
 from transport.base import View
@@ -142,7 +141,7 @@ class StreamApplier:
     # -- what applying leaves to do -------------------------------------------------------
 
     def _send(self, msg: Ordered) -> None:
-        self.node.transport.broadcast(encode(msg))
+        self.node.broadcast(msg)
 
     def check_stable(self) -> None:
         settling = self.rounds.round is not None or self.rounds.behind(self.view)

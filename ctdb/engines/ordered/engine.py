@@ -24,7 +24,6 @@ from ctdb.engines.ordered.stream_gate import StreamGate, read_value
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
 from ctdb.engines.waiting import Waiting
-from ctdb.protocol.message_codec import encode
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record
@@ -128,7 +127,7 @@ class OrderedEngine(StreamApplier):
     def send_barrier(self, to: Answers) -> int:
         """A read barrier (see barriers.py) that answers `to` when delivered: its seq."""
         msg = self.requests.barrier(to)
-        self.node.transport.send(self.node.pnn, encode(msg))
+        self.node.broadcast(msg, to=self.node.pnn)
         return msg.seq
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:

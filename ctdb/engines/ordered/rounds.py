@@ -31,7 +31,6 @@ from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import Stability
 from ctdb.engines.ordered.sync import SyncRound, make_plan
-from ctdb.protocol.message_codec import encode
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
@@ -364,7 +363,7 @@ class Rounds:
         self.served = True
         if took_copies:
             msg = Ordered(e.node.pnn, 0, "synced", {"view_id": view_id})
-            e.node.transport.broadcast(encode(msg))
+            e.node.broadcast(msg)
         self.round = None
         e.synced = True
         e.damaged = False
