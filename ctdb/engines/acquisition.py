@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
+from dataclasses import dataclass
+from enum import Enum
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import release, try_hold
@@ -28,6 +30,32 @@ log = logging.getLogger("ctdb.engines.migration")
 #: Re-send a call after this long without the record arriving (messages of an
 #: aborted generation are dropped, so a call can vanish).
 RETRY_INTERVAL = 0.5
+
+
+class Need(Enum):
+    """What a request waits for before it looks at the record again."""
+
+    SERVING = "the node to serve (a recovery to end)"
+    CHAIN = "a Samba client to release the record's chain lock"
+    RECORD = "the record to arrive from its dmaster"
+
+
+@dataclass(frozen=True)
+class LockedBy:
+    """Another of our clients holds the record: wait among its `waiters`."""
+
+    waiters: dict[Hashable, None]
+
+
+@dataclass(frozen=True)
+class Got:
+    """This node is the record's dmaster and the request has it (locked if asked)."""
+
+    record: Record | None
+
+
+#: What one step of a request comes to (`Acquisition._step`).
+Step = Need | LockedBy | Got
 
 
 class Acquisition(HandoverMessages):
@@ -81,45 +109,60 @@ class Acquisition(HandoverMessages):
     async def _acquire(
         self, db: Database, key: bytes, session: object, lock: bool
     ) -> Record | None:
+        """Take steps (`_step`) until one gets the record, waiting for what each needs."""
         node = self.node
         deadline = node.now() + node.tunable("CallTimeout")
+        chain_held = False
         while True:
-            if not node.serving:
+            step = self._step(db, key, session, lock, chain_held)
+            chain_held = False
+            if isinstance(step, Got):
+                return step.record
+            if step is Need.SERVING:
                 await node.wait_serving(deadline)
-            if not try_hold(db, key):  # a Samba client holds the record's chain
+            elif step is Need.CHAIN:
                 await self.chains.hold(db, key, deadline)
-                if not node.serving:  # a freeze came meanwhile
-                    release(db, key)
-                    continue
-            # Holding the chain (of a file Samba's clients share): no await until
-            # it is released, unless a lock granted here keeps it (`KeyState.chain`).
-            keep = False
-            try:
-                rec = db.local.get(key)
-                if not self.is_dmaster(db, key, rec):
-                    waiters = None
-                else:
-                    ks = self._keys.get((db.id, key))
-                    if ks is None or ks.holder is None or ks.holder is session:
-                        if lock:
-                            keep = self._grant(db, key, session)
-                        if ks is not None and ks.reserved:
-                            # Ours now. The calls that queued go on when the lock
-                            # is released, or else after the rest of this
-                            # request's step (a store writes in it).
-                            if lock:
-                                ks.reserved = False
-                            else:
-                                self.node.call_soon(self._unreserve, db, key)
-                        return rec
-                    waiters = ks.waiters
-            finally:
-                if not keep:
-                    release(db, key)
-            if waiters is None:
+                chain_held = True  # the next step starts under it, with no await between
+            elif step is Need.RECORD:
                 await self._fetch_remote(db, key, deadline)
             else:
-                await self._wait(waiters, deadline, key)
+                await self._wait(step.waiters, deadline, key)
+
+    def _step(
+        self, db: Database, key: bytes, session: object, lock: bool, chain_held: bool
+    ) -> Step:
+        """One look at the record, and what the request does next: nothing
+        here waits. `chain_held`: the last step waited for the chain and the
+        gate took it for us. The chain is released before this returns,
+        unless a lock granted here keeps it (`KeyState.chain`)."""
+        if not self.node.serving:
+            if chain_held:
+                release(db, key)  # a freeze came while we waited for the chain
+            return Need.SERVING
+        if not chain_held and not try_hold(db, key):
+            return Need.CHAIN  # a Samba client holds the record's chain
+        keep = False
+        try:
+            rec = db.local.get(key)
+            if not self.is_dmaster(db, key, rec):
+                return Need.RECORD
+            ks = self._keys.get((db.id, key))
+            if ks is not None and ks.holder is not None and ks.holder is not session:
+                return LockedBy(ks.waiters)
+            if lock:
+                keep = self._grant(db, key, session)
+            if ks is not None and ks.reserved:
+                # Ours now. The calls that queued go on when the lock is
+                # released, or else after the rest of this request's step
+                # (a store writes in it).
+                if lock:
+                    ks.reserved = False
+                else:
+                    self.node.call_soon(self._unreserve, db, key)
+            return Got(rec)
+        finally:
+            if not keep:
+                release(db, key)
 
     def _grant(self, db: Database, key: bytes, session: object) -> bool:
         """Lock the record for `session`; whether the lock keeps the chain it
