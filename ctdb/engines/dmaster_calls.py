@@ -108,41 +108,28 @@ class DmasterCalls:
         return rec
 
     async def _call_remote(self, db: Database, key: bytes, call: RecordCall) -> dict[str, Any]:
+        """Steps of a `RemoteCallOut` until one runs the call here or a reply comes."""
         node = self.node
         deadline = node.now() + node.tunable("CallTimeout")
+        out = RemoteCallOut(self, db, key, call, next(self._reqids))
         # Keys of this engine's waiters: ("call", reqid) cannot be a record's waiter.
-        waiter = ("call", next(self._reqids))
-        fut = self.engine.waiting.expect(waiter)
-        wire = record_calls.to_wire(call)
-        sent_in: int | None = None  # the generation we last sent it in
-        changes = record_calls.changes(call)
+        fut = self.engine.waiting.expect(out.waiter)
         try:
             while True:
                 await node.wait_serving(deadline)
-                if changes and sent_in is not None and node.generation != sent_in:
-                    # It may have run before the recovery, and what it did may
-                    # since have changed (a purge): running it again would
-                    # make one request take effect twice.
-                    raise CtdbError(
-                        ErrorCode.TIMEOUT,
-                        f"a recovery cut a call on {key!r} short: its outcome is unknown",
-                    )
-                if self.engine.is_dmaster(db, key, db.local.get(key)):
-                    return self._run(db, key, call)  # the record came to us meanwhile
-                sent_in = node.generation
-                node.stats["record_calls_sent"] += 1
-                msg = RemoteCall(db.id, key, node.generation, node.pnn, waiter[1], 0, wire)
-                node.send(lmaster(key, node.vnnmap), msg)
+                answer = out.step()
+                if answer is not None:
+                    return answer  # the record came to us meanwhile
                 remaining = deadline - node.now()
                 if remaining <= 0:
                     raise CtdbError(ErrorCode.TIMEOUT, f"no answer to a call on {key!r} in time")
                 # (asyncio.wait leaves `fut` waiting for a reply to any of the sends)
                 await asyncio.wait((fut,), timeout=min(remaining, RETRY_INTERVAL))
                 if fut.done():
-                    answer: dict[str, Any] = fut.result()
-                    return answer
+                    reply: dict[str, Any] = fut.result()
+                    return reply
         finally:
-            self.engine.waiting.forget(waiter, fut)
+            self.engine.waiting.forget(out.waiter, fut)
 
     # -- messages from other nodes ---------------------------------------------------
 
@@ -202,3 +189,44 @@ class DmasterCalls:
         if changed:
             log.info("removed the entries of departed owners from %d records", changed)
         return changed
+
+
+class RemoteCallOut:
+    """One of our clients' calls on a record elsewhere, from send to answer.
+
+    Nothing here waits: each `step` (once the node serves: on the first
+    try and after each RETRY_INTERVAL without a reply) runs the call here if
+    the record came to us, sends it (again, with the same request id), or
+    fails it if a recovery cut it short; the reply answers `waiter` in the
+    engine's `Waiting` (`DmasterCalls.on_reply`).
+    """
+
+    def __init__(
+        self, calls: DmasterCalls, db: Database, key: bytes, call: RecordCall, reqid: int
+    ) -> None:
+        self._calls = calls
+        self.db, self.key, self.call = db, key, call
+        self.waiter = ("call", reqid)
+        self._wire = record_calls.to_wire(call)
+        self._changes = record_calls.changes(call)
+        #: the generation we last sent it in
+        self.sent_in: int | None = None
+
+    def step(self) -> dict[str, Any] | None:
+        """The answer if the call ran here; None once it is sent (wait for the reply)."""
+        calls, node = self._calls, self._calls.node
+        db, key = self.db, self.key
+        if self._changes and self.sent_in is not None and node.generation != self.sent_in:
+            # It may have run before the recovery, and what it did may since
+            # have changed (a purge): running it again would make one request
+            # take effect twice.
+            raise CtdbError(
+                ErrorCode.TIMEOUT, f"a recovery cut a call on {key!r} short: its outcome is unknown"
+            )
+        if calls.engine.is_dmaster(db, key, db.local.get(key)):
+            return calls._run(db, key, self.call)
+        self.sent_in = node.generation
+        node.stats["record_calls_sent"] += 1
+        msg = RemoteCall(db.id, key, node.generation, node.pnn, self.waiter[1], 0, self._wire)
+        node.send(lmaster(key, node.vnnmap), msg)
+        return None

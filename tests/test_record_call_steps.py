@@ -1,0 +1,105 @@
+"""tcp: a client's record call on a record elsewhere, step by step and without a
+loop (`dmaster_calls.RemoteCallOut`): sent to the record's lmaster with one
+request id however often it is re-sent, run here instead once the record
+came to us, and failed rather than re-sent across a recovery when running
+it twice would not be the same (a read is simply sent again)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.dmaster_calls import DmasterCalls, RemoteCallOut
+from ctdb.engines.record_calls import Append, Read, RecordCall
+from ctdb.protocol.messages import RemoteCall
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.entries import Entry
+from ctdb.storage.ltdb import Record
+from ctdb.storage.placement import lmaster
+
+KEY = b"list"
+VNNMAP = [0, 1, 2]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    volatile = Database.open(tmp_path, "lists.tdb", DbKind.VOLATILE, 0)
+    try:
+        yield volatile
+    finally:
+        volatile.local.close()
+
+
+class Engine(SimpleNamespace):
+    """The migration engine as record calls see it; `here`: we are the dmaster."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, RemoteCall]] = []
+        node = SimpleNamespace(
+            pnn=0,
+            vnnmap=VNNMAP,
+            generation=5,
+            stats=Counter(),
+            send=lambda pnn, msg: self.sent.append((pnn, msg)),
+            entry_head=lambda owner, db_id, key: None,
+        )
+        super().__init__(node=node, here=False)
+
+    def is_dmaster(self, db: Database, key: bytes, rec: Record | None) -> bool:
+        return bool(self.here)
+
+    def locked(self, db: Database, key: bytes) -> bool:
+        return False
+
+    def write(self, db: Database, key: bytes, value: bytes) -> Record:
+        rec = Record(7, 0, value)
+        db.local.put(key, rec)
+        return rec
+
+
+def out_for(db: Database, call: RecordCall) -> tuple[Engine, RemoteCallOut]:
+    engine = Engine()
+    return engine, RemoteCallOut(DmasterCalls(cast(Any, engine)), db, KEY, call, 42)
+
+
+def test_a_call_goes_to_the_lmaster_with_one_request_id_however_often_it_is_sent(
+    db: Database,
+) -> None:
+    engine, out = out_for(db, Append("always", None, Entry(0, 3, b"a")))
+    assert out.step() is None and out.step() is None  # sent, then sent again
+    to = lmaster(KEY, VNNMAP)
+    assert [(pnn, msg.reqid, msg.generation) for pnn, msg in engine.sent] == [(to, 42, 5)] * 2
+    assert out.waiter == ("call", 42) and out.sent_in == 5
+
+
+def test_a_call_runs_here_once_the_record_came_to_us(db: Database) -> None:
+    engine, out = out_for(db, Append("always", None, Entry(0, 3, b"a")))
+    assert out.step() is None
+    engine.here = True
+    answer = out.step()
+    assert answer is not None and answer["appended"]
+    assert len(engine.sent) == 1  # not sent again
+    assert db.local.get(KEY) is not None  # written here, as the dmaster writes
+
+
+def test_across_a_recovery_a_change_fails_with_unknown_outcome_and_a_read_is_sent_again(
+    db: Database,
+) -> None:
+    engine, out = out_for(db, Append("always", None, Entry(0, 3, b"a")))
+    assert out.step() is None
+    engine.node.generation = 6
+    with pytest.raises(CtdbError) as failed:
+        out.step()
+    assert failed.value.code == ErrorCode.TIMEOUT and len(engine.sent) == 1
+
+    engine, out = out_for(db, Read())
+    assert out.step() is None
+    engine.node.generation = 6
+    assert out.step() is None
+    assert [msg.generation for _, msg in engine.sent] == [5, 6]
