@@ -1,0 +1,197 @@
+"""vs: state-transfer rounds of real `OrderedEngine`s, without a loop or corosync.
+
+The test is the group: it hands each member its views and delivers what the
+members broadcast, in one total order, to the members of the sender's view
+(encoded and decoded as on the wire, so every message is checked as a
+peer's). What it checks is what every member must agree on at each
+position of the stream, whoever was in sync when the view changed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from ctdb.common.config import tunable_defaults
+from ctdb.engines.ordered.engine import OrderedEngine
+from ctdb.protocol.message_codec import decode, encode, wire_limits
+from ctdb.protocol.messages import Message, Ordered
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.durable import Epochs
+from tests.clocks import ManualClock
+from tests.test_ordered_replica import Dbs
+from transport.base import View
+
+NODES = ["n0", "n1", "n2"]
+STOPPED = 0x20
+
+
+class Member(Dbs):
+    """One node as its engine sees it (`engines.host.Host`), and the engine."""
+
+    def __init__(self, directory: Path, pnn: int, group: Group) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(directory, pnn)
+        self.group = group
+        self.nodes = NODES
+        self.stats: Counter[str] = Counter()
+        self.epochs = Epochs(directory)
+        self.flags = 0
+        self.tunables = tunable_defaults()
+        self.now = group.clock.now
+        self.call_later = group.clock.call_later
+        self.call_soon = group.clock.call_soon
+        #: what the engine reads of the transport: the view it starts in
+        self.transport = type("Transport", (), {"view": View(0, ())})()
+        self.view = View(0, ())
+        self.engine = OrderedEngine(cast(Any, self), cast(Any, self))
+
+    # -- what the engine asks of its node ------------------------------------------
+
+    def tunable(self, name: str) -> float:
+        return self.tunables[name]
+
+    def broadcast(self, msg: Message, to: int | None = None) -> None:
+        self.group.sent.append((self.pnn, self.view, encode(msg), to))
+
+    def attach(self, name: str, kind: DbKind) -> Database:
+        for db in self.dbs.values():
+            if db.name == name:
+                return db  # (a file is opened once per process)
+        return super().attach(name, kind)
+
+    def db_by_name(self, name: str) -> Database:
+        return next(db for db in self.dbs.values() if db.name == name)
+
+    def entry_head(self, owner: tuple[int, int], db_id: int, key: bytes) -> None:
+        pass
+
+    # -- what the engine tells its listener (`ctdb.server.stream`) -------------------
+
+    def on_ordered_state(self) -> None:
+        pass
+
+    def rejoin(self) -> None:
+        raise AssertionError(f"node {self.pnn} left the group")
+
+    def fence_owners(self) -> None:
+        pass
+
+    def close(self) -> None:
+        for db in self.dbs.values():
+            db.local.close()
+
+
+class Group:
+    """Views and one total order of delivery, as virtual synchrony gives them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.clock = ManualClock()
+        #: (sender, its view when it sent, the bytes, one receiver or all)
+        self.sent: list[tuple[int, View, bytes, int | None]] = []
+        self.members: dict[int, Member] = {}
+        self._view_ids = iter(range(1, 1000))
+
+    def start(self, pnn: int) -> Member:
+        """Node `pnn` (re)starts: a new engine over the files it kept."""
+        old = self.members.pop(pnn, None)
+        if old is not None:
+            old.close()
+        member = self.members[pnn] = Member(self.directory / str(pnn), pnn, self)
+        return member
+
+    def view(self, *members: int) -> View:
+        """A view change for `members`, at this position of their stream."""
+        view = View(next(self._view_ids), members)
+        for pnn in members:
+            self.members[pnn].view = view
+            self.members[pnn].engine.on_view(view)
+        return view
+
+    def deliver(self) -> None:
+        """Deliver everything sent, in order, to the members of its sender's view."""
+        limits = wire_limits(NODES)
+        while self.sent:
+            sender, view, data, to = self.sent.pop(0)
+            for pnn in view.members:
+                member = self.members[pnn]
+                if member.view == view and to in (None, pnn):
+                    msg = decode(data, limits, sender)
+                    assert isinstance(msg, Ordered)
+                    member.engine.on_ordered(msg)
+            self.clock.advance(0)  # what applying left for the loop (confirmations)
+
+    def agreed(self, pnns: list[int]) -> set[tuple[int, tuple[tuple[int, int], ...]]]:
+        """Each member's (forced recoveries, flags) in the current view."""
+        return {
+            (self.members[p].engine.recoveries, tuple(sorted(self.members[p].engine.flags.items())))
+            for p in pnns
+        }
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[Group]:
+    made = Group(tmp_path)
+    try:
+        yield made
+    finally:
+        for member in made.members.values():
+            member.close()
+
+
+def test_members_in_and_out_of_sync_count_the_same_forced_recoveries(group: Group) -> None:
+    """vs campaign seed 8615281: node 0 in sync lacks a volatile database that
+    only node 2 (out of sync) holds; node 1 restarted. A forced recovery sent
+    before the view change is delivered after it. Every member must count it
+    (a generation is the view and the recoveries since), also the members
+    out of sync, which used to drop it with their backlog and take a count
+    from a snapshot sent before it: two generations in one view, for good."""
+    for pnn in (0, 1, 2):
+        group.start(pnn).attach("p", DbKind.PERSISTENT)
+    group.members[2].attach("v", DbKind.VOLATILE)
+    group.view(0, 1)
+    group.view(2)  # alone: no quorum, out of sync
+    group.deliver()
+    assert group.members[0].engine.synced and group.members[1].engine.synced
+    assert not group.members[2].engine.synced
+
+    group.start(1).attach("p", DbKind.PERSISTENT)  # restarted: out of sync
+    group.members[0].engine.broadcast("recover", {})  # sent in the old view...
+    sent_before = group.sent.pop()
+    group.view(0, 1, 2)
+    group.sent.insert(
+        0, (0, group.members[0].view, sent_before[2], None)
+    )  # ...delivered in the new
+    group.deliver()
+
+    assert all(group.members[p].engine.synced for p in (0, 1, 2))
+    assert {group.members[p].engine.rounds.round for p in (0, 1, 2)} == {None}
+    assert group.agreed([0, 1, 2]) == {(1, ((0, 0), (1, 0), (2, 0)))}
+    assert all("v" in {db.name for db in group.members[p].dbs.values()} for p in (0, 1, 2))
+
+    group.members[1].engine.broadcast("recover", {})
+    group.deliver()
+    assert group.agreed([0, 1, 2]) == {(2, ((0, 0), (1, 0), (2, 0)))}
+
+
+def test_a_flag_change_between_its_members_offer_and_the_plan_is_kept(group: Group) -> None:
+    """A member's flags come from its offer, then from the flag changes it
+    announces later in the stream: one announced after its offer but before
+    the last offer (the plan) used to be overwritten by the offer's."""
+    for pnn in (0, 1, 2):
+        group.start(pnn)
+    group.view(0, 1, 2)
+    # Node 1's offer first, then its flag change, then the other offers.
+    offers = {entry[0]: entry for entry in group.sent}
+    group.sent = [offers[1]]
+    group.members[1].flags = STOPPED
+    group.members[1].engine.announce_flags(STOPPED)
+    group.sent += [offers[0], offers[2]]
+    group.deliver()
+    assert all(group.members[p].engine.synced for p in (0, 1, 2))
+    assert group.agreed([0, 1, 2]) == {(1, ((0, 0), (1, STOPPED), (2, 0)))}
