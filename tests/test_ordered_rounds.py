@@ -86,6 +86,10 @@ class Member(Dbs):
             db.local.close()
 
 
+class Session:
+    """A client connected to a node (the engine names it in the lock queues)."""
+
+
 class Group:
     """Views and one total order of delivery, as virtual synchrony gives them."""
 
@@ -106,7 +110,9 @@ class Group:
         return member
 
     def view(self, *members: int) -> View:
-        """A view change for `members`, at this position of their stream."""
+        """A view change for `members`, at this position of their stream
+        (what they sent before it must have been delivered: `deliver`)."""
+        assert not [s for s in self.sent if s[0] in members], "deliver what was sent first"
         view = View(next(self._view_ids), members)
         for pnn in members:
             self.members[pnn].view = view
@@ -195,3 +201,43 @@ def test_a_flag_change_between_its_members_offer_and_the_plan_is_kept(group: Gro
     group.deliver()
     assert all(group.members[p].engine.synced for p in (0, 1, 2))
     assert group.agreed([0, 1, 2]) == {(1, ((0, 0), (1, STOPPED), (2, 0)))}
+
+
+def test_a_joiner_takes_the_lock_queues_and_applies_the_holders_unlock(group: Group) -> None:
+    """Issue 8's third loss, without a loop: a client of node 0 holds a lock
+    while node 2 joins; the lock queues are replicated state, so the joiner
+    takes them with its snapshot and applies the holder's unlock (it used to
+    reject it: the new value on nodes 0 and 1, the old one on node 2, for good)."""
+    for pnn in (0, 1, 2):
+        group.start(pnn)
+    group.view(0, 1, 2)
+    group.deliver()
+    zero = group.members[0].engine
+    zero.broadcast("attach", {"name": "v", "kind": "volatile"})
+    group.deliver()
+    db = group.members[0].db_by_name("v")
+    zero.broadcast("store", {"db": db.id, "key": b"k", "value": b"old", "owner": [0, 1]})
+    group.deliver()
+    group.view(0, 1)  # node 2 goes
+
+    owner = zero.clients.owner(Session())  # a client of node 0 ...
+    claim = (owner, db.id, b"k")
+    req = zero.clients.new_request(claim)  # ... asks for the lock
+    zero.broadcast("lock", {"db": db.id, "key": b"k", "owner": list(owner), "req": req})
+    group.deliver()
+    assert zero.clients.answered == {claim: req}  # granted: its fetch_lock is answered
+    zero.clients.granted[claim] = req
+    zero.clients.done_waiting(claim)
+
+    group.start(2)  # restarted: its volatile copy is gone
+    group.view(0, 1, 2)
+    group.deliver()
+    assert all(group.members[p].engine.synced for p in (0, 1, 2))
+    unlock = {"db": db.id, "key": b"k", "owner": list(owner), "value": b"new"}
+    zero.broadcast("unlock", unlock)
+    group.deliver()
+    for pnn in (0, 1, 2):
+        member = group.members[pnn]
+        rec = member.db_by_name("v").local.get(b"k")
+        assert rec is not None and rec.value == b"new", pnn
+        assert (db.id, b"k") not in member.engine.replica.locks, pnn
