@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.answers import Answers
 from ctdb.engines.merge import from_wire, to_wire
+from ctdb.engines.two_phase import TwoPhaseCommit
 from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database
 from ctdb.storage.ltdb import Record, live_value
 
@@ -174,48 +175,29 @@ class TransactionEngine:
         lock = self._commit_locks.setdefault(db.id, asyncio.Lock())
         async with lock:
             seqnum, new = next_version(db, reads, writes, node.pnn)
-            records = to_wire(new.items())
             members = list(node.vnnmap)
-            generation = node.generation
             commit_id = next(self._ids)
-            prepare = {
-                "db_id": db.id,
-                "records": records,
-                "commit_id": commit_id,
-                "generation": generation,
-            }
-            results = await asyncio.gather(
-                *(node.control(p, "tx_prepare", prepare) for p in members), return_exceptions=True
+            tpc = TwoPhaseCommit(db.id, commit_id, node.generation, members, to_wire(new.items()))
+            prepared = await asyncio.gather(
+                *(node.control(p, "tx_prepare", tpc.prepare) for p in members),
+                return_exceptions=True,
             )
-            failed = [
-                (p, r)
-                for p, r in zip(members, results, strict=True)
-                if isinstance(r, BaseException)
-            ]
-            finish = {"db_id": db.id, "commit_id": commit_id, "commit": not failed}
-            done = await asyncio.gather(
+            finish = tpc.prepared(list(prepared))
+            finished = await asyncio.gather(
                 *(node.control(p, "tx_finish", finish) for p in members), return_exceptions=True
             )
-            if failed:
-                p, exc = failed[0]
-                raise CtdbError(ErrorCode.RETRY, f"commit aborted: node {p} failed: {exc}")
-            lost = [p for p, r in zip(members, done, strict=True) if isinstance(r, BaseException)]
-            if not lost:
+            verdict = tpc.finished(list(finished))
+            if verdict.settled:
                 self._announce_settled(db, commit_id, members)
-            if lost:
-                # A node that did not confirm may have been frozen and dropped
-                # its prepared copy, or failed to commit it (an I/O error): the
-                # commit may now exist on only some nodes. Never acknowledge
-                # that; a recovery decides, now (nothing else may bring one
-                # soon: the members look unchanged), and gives every node the
-                # copy with the highest sequence number.
-                log.warning("commit %d: nodes %s did not confirm: recovering", commit_id, lost)
-                node.force_recovery()
-                raise CtdbError(
-                    ErrorCode.RETRY,
-                    f"commit outcome unknown: node {lost[0]} did not confirm; "
-                    "retry the transaction (it re-validates what it read)",
+            if verdict.unconfirmed:
+                log.warning(
+                    "commit %d: nodes %s did not confirm: recovering",
+                    commit_id,
+                    verdict.unconfirmed,
                 )
+                node.force_recovery()
+            if verdict.error is not None:
+                raise verdict.error
             return seqnum
 
     def _announce_settled(self, db: Database, commit_id: int, members: list[int]) -> None:
