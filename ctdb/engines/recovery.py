@@ -9,7 +9,8 @@ highest sequence number among the nodes of the latest epoch (a rejoining
 node's copy may be stale), push the result where it is missing, install
 the new vnnmap and generation (the epoch stored durably; every member then
 removes the entry-list entries of nodes that left or restarted, see
-`ctdb.engines.dmaster_calls`), and thaw. Any
+`ctdb.engines.dmaster_calls`), and thaw. What to do is worked out from
+the members' replies to the freeze, without I/O (`recovery_plan`). Any
 failure aborts the attempt; the caller retries with a fresh generation, so
 a half-done recovery never serves requests.
 
@@ -29,7 +30,8 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError
+from ctdb.engines import recovery_plan
 from ctdb.engines.merge import (
     Mark,
     from_wire,
@@ -83,57 +85,23 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
     generation = rng.randrange(2, 2**31)
     log.info("recovery: generation %d over nodes %s", generation, members)
     replies = await _on_all(node, members, "freeze", {"generation": generation})
-    frozen = dict(zip(members, replies, strict=True))
     leases_known_at = node.now()
-    for p, reply in frozen.items():
-        # Migration assumes every member can reach every other; views are
-        # each node's own opinion and differ while connections come up.
-        unseen = set(members) - set(reply["view"])
-        if unseen:
-            raise CtdbError(ErrorCode.RETRY, f"node {p} does not see nodes {sorted(unseen)} yet")
-    epochs = {p: int(r["epoch"]) for p, r in frozen.items()}
-    thawed = {p: int(r["thawed"]) for p, r in frozen.items()}
-    epoch = max(epochs.values()) + 1
-    served = max(int(r["served"]) for r in frozen.values())
-
-    # Every node attaches every database any node has.
-    wanted: dict[str, str] = {}
-    for reply in frozen.values():
-        for name, info in reply["dbs"].items():
-            wanted.setdefault(name, info["kind"])
-    for p, reply in frozen.items():
-        for name, kind in wanted.items():
-            if name not in reply["dbs"]:
-                await _control(node, p, "attach", {"name": name, "kind": kind})
-
-    step = Step(node, members, generation, (epoch, generation))
-    moved = 0
-    for name, kind in sorted(wanted.items()):
-        dbid = node.db_by_name(name).id
-        # A database a member has just attached is empty there.
-        empty = {"seqnum": 0, "history": b"", "base": None}
-        infos = {p: r["dbs"].get(name, empty) for p, r in frozen.items()}
-        if kind == "volatile":
-            moved += await step.volatile(dbid, {p: _base(i["base"]) for p, i in infos.items()})
-        else:
-            marks = {p: (int(i["seqnum"]), bytes(i["history"])) for p, i in infos.items()}
-            moved += await step.persistent(dbid, thawed, marks)
-
-    incarnations = [[p, int(r["incarnation"])] for p, r in frozen.items()]
-    await _on_all(
-        node,
-        members,
-        "set_vnnmap",
-        {
-            "generation": generation,
-            "vnnmap": members,
-            "leader": node.pnn,
-            "epoch": epoch,
-            "served": served,
-            "incarnations": incarnations,
-        },
+    todo = recovery_plan.plan(
+        members, generation, node.pnn, dict(zip(members, replies, strict=True))
     )
-    await _leases_run_out(node, frozen, generation, leases_known_at)
+    # Every node attaches every database any node has.
+    for p, name, kind in todo.attaches:
+        await _control(node, p, "attach", {"name": name, "kind": kind})
+    step = Step(node, members, generation, (todo.epoch, generation))
+    moved = 0
+    for db in todo.databases:
+        dbid = node.db_by_name(db.name).id
+        if db.kind == "volatile":
+            moved += await step.volatile(dbid, db.bases)
+        else:
+            moved += await step.persistent(dbid, todo.thawed, db.marks)
+    await _on_all(node, members, "set_vnnmap", todo.vnnmap)
+    await _leases_run_out(node, todo.left_out, generation, leases_known_at)
     await _on_all(node, members, "thaw", {"generation": generation})
     log.info(
         "recovery: generation %d done in %.3fs (%d records moved)",
@@ -144,7 +112,7 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
 
 
 async def _leases_run_out(
-    node: Host, frozen: dict[int, Any], generation: int, known_at: float
+    node: Host, left: dict[int, float], generation: int, known_at: float
 ) -> None:
     """Wait until no node we leave out may still serve on a member's confirmation.
 
@@ -152,18 +120,14 @@ async def _leases_run_out(
     still heard from it (a partition that is not transitive) confirmed its
     lease of the old generation moments ago (`ctdb.server.lease`). Thawing
     the new generation before that lease runs out would let both serve the
-    same records. The wait is counted from when the members reported
-    (`known_at`), which is after they computed it, so it errs long.
+    same records. `left`: those nodes and how long their leases may last,
+    counted from when the members reported (`known_at`), which is after
+    they computed it, so it errs long.
 
     A node we can still reach (stopped, banned) need not be waited for: once
     it has frozen for our generation it serves nothing until a recovery
     thaws it, so we freeze it and stop waiting as soon as it says so.
     """
-    left: dict[int, float] = {}
-    for reply in frozen.values():
-        for pnn, seconds in reply["leases"]:
-            if int(pnn) not in frozen:
-                left[int(pnn)] = max(left.get(int(pnn), 0.0), float(seconds))
     if not left:
         return
     loop = asyncio.get_running_loop()
@@ -184,10 +148,6 @@ async def _leases_run_out(
         max(left.values()),
     )
     await asyncio.gather(*(fence(pnn, known_at + seconds) for pnn, seconds in left.items()))
-
-
-def _base(value: Any) -> tuple[int, int] | None:
-    return None if value is None else (int(value[0]), int(value[1]))
 
 
 class Step:
