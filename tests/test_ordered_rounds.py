@@ -241,3 +241,32 @@ def test_a_joiner_takes_the_lock_queues_and_applies_the_holders_unlock(group: Gr
         rec = member.db_by_name("v").local.get(b"k")
         assert rec is not None and rec.value == b"new", pnn
         assert (db.id, b"k") not in member.engine.replica.locks, pnn
+
+
+def test_a_joiner_keeps_what_the_stream_did_to_a_database_attached_after_the_offers(
+    group: Group,
+) -> None:
+    """vs campaign seed 3216605, without a loop: a client attaches a database
+    and writes to it while a joiner waits for its round. No offer names the
+    database, so no snapshot carries it; the members in sync applied both,
+    and the joiner must too, after its snapshots (it used to drop them with
+    the rest of its backlog: the writes were on the members in sync only)."""
+    for pnn in (0, 1, 2):
+        group.start(pnn).attach("p", DbKind.PERSISTENT)
+    group.view(0, 1)
+    group.deliver()
+    group.view(0, 1, 2)
+    offers = {entry[0]: entry for entry in group.sent}
+    group.sent = [offers[0]]
+    group.deliver()
+    zero = group.members[0].engine
+    zero.broadcast("attach", {"name": "n", "kind": "volatile"})
+    group.deliver()
+    new = group.members[0].db_by_name("n")
+    zero.broadcast("store", {"db": new.id, "key": b"k", "value": b"w", "owner": [0, 1]})
+    group.sent += [offers[1], offers[2]]
+    group.deliver()
+    assert all(group.members[p].engine.synced for p in (0, 1, 2))
+    for pnn in (0, 1, 2):
+        rec = group.members[pnn].db_by_name("n").local.get(b"k")
+        assert rec is not None and rec.value == b"w", pnn
