@@ -20,7 +20,11 @@ The figure is the CPU time of all three daemons (every thread, from
 /proc/PID/task/*/schedstat) divided by the operations, the median of three
 windows per round, then the median over rounds; ratios are head / base
 (above 1: this checkout costs more). Rates are reported too, but only the
-CPU figures are steady enough to compare.
+CPU figures are steady enough to compare. On vs the same is measured of
+corosync (its CPU time and the times its threads went to sleep, per
+operation): the CPU it spends per operation grows with the time the
+operation takes, so on a loaded machine a daemon that costs more also
+makes corosync cost more.
 
 On vs both checkouts use one corosync: the one running on the host, or
 else one the benchmark starts as the head's `LocalCluster` would (knet,
@@ -85,7 +89,9 @@ def say(msg: str) -> None:
 # -- the worker: runs inside one checkout (its tools.cluster and ctdb.client) ------------
 
 
-def worker(tree: str, transport: str, base: str, port: int, scale: float) -> dict[str, Any]:
+def worker(
+    tree: str, transport: str, base: str, port: int, scale: float, corosync: int | None
+) -> dict[str, Any]:
     """Measure the workloads on a cluster of the checkout on PYTHONPATH (`tree`).
 
     Uses only what every revision since b7714d4 offers: LocalCluster(dir, size,
@@ -105,28 +111,50 @@ def worker(tree: str, transport: str, base: str, port: int, scale: float) -> dic
                 for task in Path(f"/proc/{cluster.pids[pnn]}/task").iterdir():
                     os.sched_setaffinity(int(task.name), {cpus[-1]})
             os.sched_setaffinity(0, {cpus[0]})
-        return _measure(cluster, scale, str(Path(tree).resolve()))
+        return _measure(cluster, scale, str(Path(tree).resolve()), corosync)
     finally:
         cluster.down()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _measure(cluster: Any, scale: float, tree: str) -> dict[str, Any]:
+def _find_corosync() -> int | None:
+    """The corosync running on this host, if there is one and only one."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "corosync":
+                found.append(int(entry.name))
+    return found[0] if len(found) == 1 else None
+
+
+def _tasks(pid: int, name: str) -> Iterator[str]:
+    """`name` (schedstat, status) of each thread of `pid`."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            yield (task / name).read_text()
+
+
+def _cpu_ns(pids: list[int]) -> int:
+    return sum(int(stat.split()[0]) for pid in pids for stat in _tasks(pid, "schedstat"))
+
+
+def _sleeps(pid: int) -> int:
+    """How often the threads of `pid` went to sleep (voluntary context switches)."""
+    return sum(
+        int(line.split()[1])
+        for status in _tasks(pid, "status")
+        for line in status.splitlines()
+        if line.startswith("voluntary_ctxt_switches")
+    )
+
+
+def _measure(cluster: Any, scale: float, tree: str, corosync: int | None) -> dict[str, Any]:
     db = "bench_cpu"
     clients = [cluster.client(p) for p in range(3)]
+    daemons = [cluster.pids[p] for p in range(3)]
     try:
         clients[0].attach(db)
         clients[0].store(db, b"ring", b"0")
-
-        def cpu_ns() -> int:
-            total = 0
-            for pnn in range(3):
-                for task in Path(f"/proc/{cluster.pids[pnn]}/task").iterdir():
-                    try:
-                        total += int((task / "schedstat").read_text().split()[0])
-                    except FileNotFoundError:  # a thread that ended meanwhile
-                        pass
-            return total
 
         def run(work: str, n: int) -> None:
             for i in range(n):
@@ -145,18 +173,25 @@ def _measure(cluster: Any, scale: float, tree: str) -> dict[str, Any]:
         for work in WORKLOADS:
             n = max(30, int(OPS[work] * scale))
             run(work, max(10, n // 10))  # warm up: the records are where they will be
-            cpu, rates = [], []
+            cpu, rates, coro_cpu, coro_sleeps = [], [], [], []
             for _ in range(3):
-                t0, c0 = time.perf_counter(), cpu_ns()
+                c0 = _cpu_ns(daemons)
+                k0 = (_cpu_ns([corosync]), _sleeps(corosync)) if corosync else (0, 0)
+                t0 = time.perf_counter()
                 run(work, n)
-                cpu.append((cpu_ns() - c0) / n / 1000)
                 rates.append(n / (time.perf_counter() - t0))
+                cpu.append((_cpu_ns(daemons) - c0) / n / 1000)
+                if corosync:
+                    coro_cpu.append((_cpu_ns([corosync]) - k0[0]) / n / 1000)
+                    coro_sleeps.append((_sleeps(corosync) - k0[1]) / n)
             m = max(10, int(n * COUNTED))
             counts = _instructions(cluster, functools.partial(run, work, m))
             out[work] = {
                 "ops": n,
                 "cpu_us_per_op": statistics.median(cpu),
                 "per_s": max(rates),
+                "corosync_cpu_us_per_op": statistics.median(coro_cpu) if coro_cpu else None,
+                "corosync_sleeps_per_op": statistics.median(coro_sleeps) if coro_sleeps else None,
                 "instructions_per_op": sum(counts.values()) / m,
                 "instructions_by_file": _by_file(counts, m, tree),
             }
@@ -230,23 +265,32 @@ def _worktree(rev: str) -> Path:
     return path
 
 
-def _run_worker(tree: Path, ns: argparse.Namespace, base: str, port: int) -> dict[str, Any]:
+def _run_worker(
+    tree: Path, ns: argparse.Namespace, base: str, port: int, corosync: int | None
+) -> dict[str, Any]:
     counted = tempfile.mkdtemp(prefix="ctdb-bench-opcount-")
     env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{OPCOUNT}", **{OPCOUNT_DIR: counted})
     scale = 0.1 if ns.quick else 1.0
     try:
-        return _worker_process(tree, ns.transport, base, port, scale, env)
+        return _worker_process(tree, ns.transport, base, port, scale, corosync, env)
     finally:
         shutil.rmtree(counted, ignore_errors=True)
 
 
 def _worker_process(
-    tree: Path, transport: str, base: str, port: int, scale: float, env: dict[str, str]
+    tree: Path,
+    transport: str,
+    base: str,
+    port: int,
+    scale: float,
+    corosync: int | None,
+    env: dict[str, str],
 ) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree)]
         + ["--transport", transport, "--worker-base", base, "--worker-port", str(port)]
-        + ["--worker-scale", str(scale)],
+        + ["--worker-scale", str(scale)]
+        + ([] if corosync is None else ["--worker-corosync", str(corosync)]),
         env=env,
         cwd=tempfile.gettempdir(),  # not a checkout: PYTHONPATH decides which code runs
         capture_output=True,
@@ -260,27 +304,30 @@ def _worker_process(
 
 
 @contextlib.contextmanager
-def _shared_corosync() -> Iterator[None]:
-    """The corosync both checkouts' vs clusters use (see the module docstring)."""
+def _shared_corosync() -> Iterator[int | None]:
+    """The corosync both checkouts' vs clusters use (see the module docstring):
+    its pid, None if it runs already and cannot be told apart from another."""
     from tools.cluster import private_corosync
     from transport.corosync import corosync_running
 
     if corosync_running():
         say("vs: using the corosync already running on this host")
-        yield
+        yield _find_corosync()
         return
     directory = Path(tempfile.mkdtemp(prefix="ctdb-bench-corosync-"))
     corosync = private_corosync(directory)
     corosync.start()
     say(f"vs: started a corosync for both checkouts (pid {corosync.pid})")
     try:
-        yield
+        yield corosync.pid
     finally:
         corosync.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _rounds(ns: argparse.Namespace, rev: str) -> dict[str, list[dict[str, Any]]]:
+def _rounds(
+    ns: argparse.Namespace, rev: str, corosync: int | None
+) -> dict[str, list[dict[str, Any]]]:
     """Each checkout once per round, alternating which goes first."""
     base_tree = _worktree(rev)
     trees = {"base": base_tree, "head": REPO}
@@ -290,7 +337,7 @@ def _rounds(ns: argparse.Namespace, rev: str) -> dict[str, list[dict[str, Any]]]
             order = ["base", "head"] if r % 2 == 0 else ["head", "base"]
             for i, name in enumerate(order):
                 say(f"round {r + 1}/{ns.rounds}: {name}")
-                sample = _run_worker(trees[name], ns, f"127.0.{86 + i}", ns.port + 10 * i)
+                sample = _run_worker(trees[name], ns, f"127.0.{86 + i}", ns.port + 10 * i, corosync)
                 samples[name].append(sample)
                 say(
                     "  "
@@ -327,9 +374,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     load_at_start = os.getloadavg()[0]
     say(f"worktree of {rev} (base) beside this checkout ({head})")
     with contextlib.ExitStack() as stack:
-        if ns.transport == "vs":
-            stack.enter_context(_shared_corosync())
-        samples = _rounds(ns, rev)
+        corosync = stack.enter_context(_shared_corosync()) if ns.transport == "vs" else None
+        samples = _rounds(ns, rev, corosync)
     figures: dict[str, Any] = {}
     for work in WORKLOADS:
         entry: dict[str, Any] = {}
@@ -337,10 +383,14 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             cpu = [s[work]["cpu_us_per_op"] for s in samples[name]]
             rate = [s[work]["per_s"] for s in samples[name]]
             instructions = [s[work]["instructions_per_op"] for s in samples[name]]
+            coro = [s[work]["corosync_cpu_us_per_op"] for s in samples[name]]
+            sleeps = [s[work]["corosync_sleeps_per_op"] for s in samples[name]]
             entry[name] = {
                 "cpu_us_per_op": statistics.median(cpu),
                 "cpu_us_per_op_rounds": cpu,
                 "per_s": statistics.median(rate),
+                "corosync_cpu_us_per_op": None if None in coro else statistics.median(coro),
+                "corosync_sleeps_per_op": None if None in sleeps else statistics.median(sleeps),
                 "instructions_per_op": statistics.median(instructions),
                 "instructions_per_op_rounds": instructions,
                 "instructions_by_file": _median_by_file(
@@ -396,6 +446,7 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "CPU is that of the three daemons together, per operation (lower is better); "
         "above 1.00x the head costs more than the base. Rates swing with the machine's "
         "load and are shown for orientation only.",
+        *_corosync_lines(results),
         "",
         "## Bytecode instructions per operation (the daemons' event loops)",
         "",
@@ -424,6 +475,30 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
             lines.append(f"| `{f}` | {b:,.0f} | {h:,.0f} | {h - b:+,.0f} |")
     lines.append("")
     path.write_text("\n".join(lines))
+
+
+def _corosync_lines(results: dict[str, Any]) -> list[str]:
+    """vs: what corosync spent per operation, under each checkout's daemons."""
+    figures = results["figures"]
+    if any(
+        e[n]["corosync_cpu_us_per_op"] is None for e in figures.values() for n in ("base", "head")
+    ):
+        return []
+    lines = [
+        "",
+        "## corosync per operation (vs)",
+        "",
+        "| workload | base CPU/op | head CPU/op | base sleeps/op | head sleeps/op |",
+        "|---|---|---|---|---|",
+    ]
+    for work, e in figures.items():
+        b, h = e["base"], e["head"]
+        lines.append(
+            f"| {work} | {b['corosync_cpu_us_per_op']:.0f} us"
+            f" | {h['corosync_cpu_us_per_op']:.0f} us"
+            f" | {b['corosync_sleeps_per_op']:.1f} | {h['corosync_sleeps_per_op']:.1f} |"
+        )
+    return lines
 
 
 def plot(path: Path, results: dict[str, Any]) -> None:
@@ -472,11 +547,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-base", help=argparse.SUPPRESS)
     p.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-scale", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--worker-corosync", type=int, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.worker:
         print(
             json.dumps(
-                worker(ns.worker, ns.transport, ns.worker_base, ns.worker_port, ns.worker_scale)
+                worker(
+                    ns.worker,
+                    ns.transport,
+                    ns.worker_base,
+                    ns.worker_port,
+                    ns.worker_scale,
+                    ns.worker_corosync,
+                )
             )
         )
         return 0

@@ -66,7 +66,15 @@ def test_cpu_per_op_quick_against_head(transport: str, tmp_path: Path) -> None:
             cpu = e[side]["cpu_us_per_op"]
             assert math.isfinite(cpu) and 0 < cpu < 100_000, (work, side, cpu)
             assert e[side]["per_s"] > 0, (work, side)
+            coro = e[side]["corosync_cpu_us_per_op"]
+            if started is not None:  # what the corosync it started spent per operation
+                assert coro is not None and coro > 0 and e[side]["corosync_sleeps_per_op"] > 0
+            elif transport == "tcp":
+                assert coro is None
         ratio = e["head"]["cpu_us_per_op"] / e["base"]["cpu_us_per_op"]
         assert e["cpu_ratio_head_to_base"] == ratio, work
     assert (out / "cpu_per_op.png").stat().st_size > 0
-    assert "| ring |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| ring |" in summary
+    if started is not None or transport == "tcp":
+        assert ("corosync per operation" in summary) == (transport == "vs")
