@@ -142,6 +142,8 @@ def test_a_record_elsewhere_is_asked_for_and_one_locked_by_another_client_waited
     assert not chain_free(holder)  # still the first client's lock
     # The holder itself asks again (a fetch under its own lock): it has it.
     assert isinstance(e._step(db, KEY, first, lock=False, chain_held=False), Got)
+    e.release(db, KEY, first)
+    assert chain_free(holder)
 
 
 def test_a_record_kept_for_our_clients_goes_back_to_the_queued_calls_after_the_step(
@@ -168,3 +170,5 @@ def test_a_record_kept_for_our_clients_goes_back_to_the_queued_calls_after_the_s
     # A lock: they go on when it is released.
     assert not reserved() and e.locked_by(db, KEY, session)
     assert clock.pending() == 0
+    e.release(db, KEY, session)
+    assert chain_free(holder)

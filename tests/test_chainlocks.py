@@ -132,3 +132,31 @@ print("ok")
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0 and done.stdout == "ok\n", (done.returncode, done.stderr[-500:])
+
+
+def test_a_file_closed_holding_chains_leaves_other_files_lockable(tmp_path: Path) -> None:
+    """libtdb's close unmaps a file's mutexes without unlocking them, and a
+    robust mutex left locked stays on the thread's robust list: the next
+    chain lock on any file wrote through that stale link and crashed the
+    process (a test that closed a file while an engine's lock kept its chain
+    made later tests crash in their chain locks). So closing releases the
+    chains still held, nested ones too. In a child process, so that a crash
+    fails this test only."""
+    script = f"""
+from pathlib import Path
+from ctdb.storage.ltdb import LocalDb
+a = LocalDb(Path({str(tmp_path / "a.0")!r}), persistent=False)
+b = LocalDb(Path({str(tmp_path / "b.0")!r}), persistent=False)  # mapped elsewhere
+assert a.try_lock_chain(b"k") and a.try_lock_chain(b"k") and a.try_lock_chain(b"j")
+a.close()
+for key in (b"x", b"y"):
+    assert b.try_lock_chain(key)
+b.unlock_chain(b"x")
+b.unlock_chain(b"y")
+b.close()
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stdout == "ok\n", (done.returncode, done.stderr[-500:])

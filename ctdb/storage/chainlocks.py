@@ -24,6 +24,7 @@ loop), and never across an `await`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -80,6 +81,8 @@ class ChainLocks:
     def __init__(self, handle: object, path: Path) -> None:
         self.path = path
         self._ctx: int | None = _context(handle, path)
+        #: the chains this handle holds, by key, with how deep (locks nest)
+        self._held: dict[bytes, int] = {}
         lib = _lib()
         self._calls = {
             name: getattr(lib, name)
@@ -92,7 +95,19 @@ class ChainLocks:
         }
 
     def close(self) -> None:
-        """The handle is about to close (which releases every lock it holds)."""
+        """The handle is about to close: release the chains it still holds.
+
+        libtdb's close unmaps a mutex file's mutexes without unlocking them,
+        and a robust mutex left locked stays linked into this thread's
+        robust list: the next chain lock on any file writes through that
+        stale link, into unmapped memory or into another file's mapping
+        (`tests/test_chainlocks.py`; a process that lives on after closing
+        a file: the simulator, the tests, a client).
+        """
+        for key, depth in list(self._held.items()):
+            for _ in range(depth):
+                with contextlib.suppress(CtdbError):  # nothing better to do while closing
+                    self.unlock(key)
         self._ctx = None
 
     def _call(self, name: str, *args: object) -> bool:
@@ -110,10 +125,16 @@ class ChainLocks:
 
     def try_lock(self, key: bytes) -> bool:
         """Lock `key`'s hash chain if nobody else holds it (nested locks count)."""
-        return self._call("tdb_chainlock_nonblock", _TdbData(key, len(key)))
+        if not self._call("tdb_chainlock_nonblock", _TdbData(key, len(key))):
+            return False
+        self._held[key] = self._held.get(key, 0) + 1
+        return True
 
     def unlock(self, key: bytes) -> None:
         self._call("tdb_chainunlock", _TdbData(key, len(key)))
+        depth = self._held.pop(key, 0) - 1
+        if depth > 0:
+            self._held[key] = depth
 
     def try_lock_all(self) -> bool:
         """Lock every chain (CTDB's freeze), if no other process holds any."""
