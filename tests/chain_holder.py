@@ -19,11 +19,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import tdb
 
 from ctdb.storage.chainlocks import ChainLocks
+from ctdb.storage.database import Database, DbKind
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +95,24 @@ class Holder:
 
 if __name__ == "__main__":
     serve(Path(sys.argv[1]), int(sys.argv[2]))
+
+
+@contextmanager
+def shared_volatile(directory: Path) -> Iterator[Database]:
+    """A volatile database whose file a Samba client attached (`Database.shared`)."""
+    db = Database.open(directory, "shared.tdb", DbKind.VOLATILE, 0)
+    db.shared = True  # (ctdb_handlers._share)
+    try:
+        yield db
+    finally:
+        db.local.close()
+
+
+@contextmanager
+def holding(db: Database) -> Iterator[Holder]:
+    """Another process with `db`'s file open, locking chains as Samba's clients do."""
+    client = Holder(db.path, db.local.tdb_flags)
+    try:
+        yield client
+    finally:
+        client.close()

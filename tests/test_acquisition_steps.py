@@ -18,9 +18,9 @@ import pytest
 from ctdb.engines.acquisition import Got, LockedBy, Need
 from ctdb.engines.chains import try_hold
 from ctdb.engines.migration import MigrationEngine
-from ctdb.storage.database import Database, DbKind
+from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
-from tests.chain_holder import Holder
+from tests.chain_holder import Holder, holding, shared_volatile
 from tests.clocks import ManualClock
 
 KEY = b"record"
@@ -29,21 +29,14 @@ ME, PEER = 0, 1
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    volatile = Database.open(tmp_path, "shared.tdb", DbKind.VOLATILE, ME)
-    volatile.shared = True  # a Samba client attached it
-    try:
+    with shared_volatile(tmp_path) as volatile:
         yield volatile
-    finally:
-        volatile.local.close()
 
 
 @pytest.fixture
 def holder(db: Database) -> Iterator[Holder]:
-    client = Holder(db.path, db.local.tdb_flags)
-    try:
+    with holding(db) as client:
         yield client
-    finally:
-        client.close()
 
 
 class Node(SimpleNamespace):

@@ -17,27 +17,20 @@ from ctdb.engines.chains import RETRY, ChainGate, release
 from ctdb.server.frozen_files import FrozenFiles
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record
-from tests.chain_holder import Holder
+from tests.chain_holder import Holder, holding, shared_volatile
 from tests.clocks import LoopClock, ManualClock
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    volatile = Database.open(tmp_path, "shared.tdb", DbKind.VOLATILE, 0)
-    volatile.shared = True  # a Samba client attached it (ctdb_handlers._share)
-    try:
+    with shared_volatile(tmp_path) as volatile:
         yield volatile
-    finally:
-        volatile.local.close()
 
 
 @pytest.fixture
 def holder(db: Database) -> Iterator[Holder]:
-    client = Holder(db.path, db.local.tdb_flags)
-    try:
+    with holding(db) as client:
         yield client
-    finally:
-        client.close()
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -14,29 +14,21 @@ from pathlib import Path
 import pytest
 
 from ctdb.server.frozen_files import FrozenFiles, InPlaceGuard
-from ctdb.storage.database import Database, DbKind
-from tests.chain_holder import Holder
+from ctdb.storage.database import Database
+from tests.chain_holder import Holder, holding, shared_volatile
 from tests.test_chain_gate import _until
 
 
 @pytest.fixture
 def shared(tmp_path: Path) -> Iterator[Database]:
-    db = Database.open(tmp_path, "shared.tdb", DbKind.VOLATILE, 0)
-    db.shared = True
-    try:
+    with shared_volatile(tmp_path) as db:
         yield db
-    finally:
-        db.local.close()
 
 
 @pytest.fixture
 def client(shared: Database) -> Iterator[Holder]:
-    """Another process with the file open, as a Samba client."""
-    made = Holder(shared.path, shared.local.tdb_flags)
-    try:
+    with holding(shared) as made:
         yield made
-    finally:
-        made.close()
 
 
 def test_files_are_held_from_the_end_of_in_place_use_until_it_is_allowed_again(
