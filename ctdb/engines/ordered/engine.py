@@ -247,7 +247,13 @@ class OrderedEngine(StreamApplier):
         await self._submit("wipe", {"db": db.id})
 
     async def recover(self) -> None:
-        await self._submit("recover", {})
+        """A marker in the stream: a new generation where it is delivered. It is
+        applied by members out of sync too (`applier.CONFIGURATION`), so it may
+        land in a round: return once this node serves again, as `ctdb recover`
+        returns once the recovery is over."""
+        deadline = self.deadline()
+        await self._submit("recover", {}, deadline)
+        await self.node.wait_serving(deadline)
 
     def _apply_recover(self, origin: int, args: dict[str, Any]) -> None:
         self.recoveries += 1
