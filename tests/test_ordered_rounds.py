@@ -156,7 +156,8 @@ def test_members_in_and_out_of_sync_count_the_same_forced_recoveries(group: Grou
     before the view change is delivered after it. Every member must count it
     (a generation is the view and the recoveries since), also the members
     out of sync, which used to drop it with their backlog and take a count
-    from a snapshot sent before it: two generations in one view, for good."""
+    from a snapshot (in the seed: two generations in one view, for good;
+    here, with that code, no member ends up counting it)."""
     for pnn in (0, 1, 2):
         group.start(pnn).attach("p", DbKind.PERSISTENT)
     group.members[2].attach("v", DbKind.VOLATILE)
