@@ -18,6 +18,7 @@ from ctdb.engines.record_calls import Append, Read, Remove
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import live_value
+from ctdb.storage.placement import db_id
 
 
 class Dbs:
@@ -31,9 +32,11 @@ class Dbs:
         return self.dbs[dbid]
 
     def attach(self, name: str, kind: DbKind) -> Database:
-        db = Database.open(self.directory, name, kind, self.pnn)
-        self.dbs.setdefault(db.id, db)
-        return self.dbs[db.id]
+        existing = self.dbs.get(db_id(name))
+        if existing is not None:
+            return existing  # (a process opens a TDB file once)
+        db = self.dbs[db_id(name)] = Database.open(self.directory, name, kind, self.pnn)
+        return db
 
 
 @pytest.fixture

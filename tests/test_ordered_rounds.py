@@ -58,12 +58,6 @@ class Member(Dbs):
     def broadcast(self, msg: Message, to: int | None = None) -> None:
         self.group.sent.append((self.pnn, self.view, encode(msg), to))
 
-    def attach(self, name: str, kind: DbKind) -> Database:
-        for db in self.dbs.values():
-            if db.name == name:
-                return db  # (a file is opened once per process)
-        return super().attach(name, kind)
-
     def db_by_name(self, name: str) -> Database:
         return next(db for db in self.dbs.values() if db.name == name)
 
