@@ -81,8 +81,8 @@ class ChainLocks:
     def __init__(self, handle: object, path: Path) -> None:
         self.path = path
         self._ctx: int | None = _context(handle, path)
-        #: the chains this handle holds, by key, with how deep (locks nest)
-        self._held: dict[bytes, int] = {}
+        #: the keys of the chains this handle holds, once per lock (locks nest)
+        self._held: list[bytes] = []
         lib = _lib()
         self._calls = {
             name: getattr(lib, name)
@@ -104,10 +104,9 @@ class ChainLocks:
         (`tests/test_chainlocks.py`; a process that lives on after closing
         a file: the simulator, the tests, a client).
         """
-        for key, depth in list(self._held.items()):
-            for _ in range(depth):
-                with contextlib.suppress(CtdbError):  # nothing better to do while closing
-                    self.unlock(key)
+        for key in reversed(self._held):
+            with contextlib.suppress(CtdbError):  # nothing better to do while closing
+                self.unlock(key)
         self._ctx = None
 
     def _call(self, name: str, *args: object) -> bool:
@@ -127,14 +126,13 @@ class ChainLocks:
         """Lock `key`'s hash chain if nobody else holds it (nested locks count)."""
         if not self._call("tdb_chainlock_nonblock", _TdbData(key, len(key))):
             return False
-        self._held[key] = self._held.get(key, 0) + 1
+        self._held.append(key)
         return True
 
     def unlock(self, key: bytes) -> None:
         self._call("tdb_chainunlock", _TdbData(key, len(key)))
-        depth = self._held.pop(key, 0) - 1
-        if depth > 0:
-            self._held[key] = depth
+        if key in self._held:
+            self._held.remove(key)
 
     def try_lock_all(self) -> bool:
         """Lock every chain (CTDB's freeze), if no other process holds any."""
