@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import recovery
 from ctdb.engines.migration import MigrationEngine
+from ctdb.engines.recovery_flow import NodeFailed
 from ctdb.protocol.messages import (
     Call,
     DmasterReply,
@@ -227,7 +228,7 @@ class LeaderRecovery:
                 await recovery.recover(node, node.active_members(), node.rng)
                 node.stats["recoveries"] += 1
                 culprits.clear()
-            except recovery.NodeFailed as exc:
+            except NodeFailed as exc:
                 log.warning("recovery failed: %s; retrying", exc)
                 if exc.code == ErrorCode.IO:
                     now = asyncio.get_running_loop().time()

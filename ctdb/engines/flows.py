@@ -1,0 +1,52 @@
+"""Flows: work of several waits, written as a generator that a driver runs.
+
+A recovery freezes every member, pulls copies, merges them, pushes the
+result and thaws; each step waits for replies. Written as a coroutine, its
+decisions and its waits are one thing, and only a loop with live peers can
+test it. Written as a generator, the flow only decides: it yields what it
+needs next (an effect: a plain, comparable value), and is resumed with the
+outcome, or has the effect's exception raised at its `yield`. `drive`
+carries the effects out on the event loop; a test resumes the flow by hand
+with made-up outcomes (`tests/test_recovery_flow.py`), so every decision is
+checked without a loop, a socket or a peer, and a simulated cluster runs the
+very same flow.
+
+The tcp engine's record requests use the other shape of the same idea (a
+`_step` that looks at the record and says what to wait for, run in a loop):
+those repeat one look until it succeeds, where a flow goes through phases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+E = TypeVar("E")
+
+#: A flow that yields effects of type E and returns a T.
+Flow = Generator[E, Any, T]
+
+
+async def drive(flow: Flow[E, T], carry_out: Callable[[E], Awaitable[Any]]) -> T:
+    """Run `flow` to its end, carrying out each effect it yields; its result.
+
+    An effect that fails has its exception raised inside the flow, which may
+    handle it. However the drive ends (cancelled too), the flow is closed,
+    so its `finally` clauses run.
+    """
+    try:
+        outcome: Any = None
+        failure: Exception | None = None
+        while True:
+            try:
+                effect = flow.send(outcome) if failure is None else flow.throw(failure)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            try:
+                outcome, failure = await carry_out(effect), None
+            except Exception as exc:
+                outcome, failure = None, exc
+    finally:
+        flow.close()

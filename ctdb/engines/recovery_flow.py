@@ -1,0 +1,210 @@
+"""What the leader's recovery does, step by step, as a flow (tcp).
+
+After any membership change the leader rebuilds a consistent cluster, as
+CTDB's recovery master does: freeze every active node (recovery mode
+RECOVERY, new generation pending), make every node attach every database,
+merge each volatile database (newest RSN per key, from every member: RSNs
+carry the epoch), take each persistent database from the node with the
+highest sequence number among the nodes of the latest epoch (a rejoining
+node's copy may be stale), push the result where it is missing, install
+the new vnnmap and generation (the epoch stored durably; every member then
+removes the entry-list entries of nodes that left or restarted, see
+`ctdb.engines.dmaster_calls`), wait for the leases of nodes left out, and
+thaw. What to do is worked out from the members' replies to the freeze
+(`recovery_plan`).
+
+A recovery moves only what differs (the plans are in `ctdb.engines.merge`): a
+persistent database goes only to members whose copy may differ from the
+source's, and a volatile one is merged from the keys changed since the
+previous recovery plus the full copies of members that missed it. A
+forced recover, or the loss of a node, therefore costs time in proportion
+to what changed, not to what exists.
+
+The flow decides and yields what it waits for (`ctdb.engines.flows`):
+a control, controls sent at once to several members, a merge, a drain of the links, the
+time, the leases' end. `ctdb.engines.recovery` carries them out; the tests
+answer them by hand (`tests/test_recovery_flow.py`). A control that fails
+raises `NodeFailed` at the flow's `yield` and ends it: nothing after it is
+sent, and no member thaws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ctdb.common.errors import CtdbError
+from ctdb.engines import recovery_plan
+from ctdb.engines.flows import Flow
+from ctdb.engines.merge import (
+    Mark,
+    newest_epoch_members,
+    persistent_source,
+    persistent_targets,
+    volatile_plan,
+)
+from ctdb.storage.placement import db_id
+
+
+class NodeFailed(CtdbError):
+    """A recovery step failed on node `pnn` (the leader bans a node that keeps failing)."""
+
+    def __init__(self, pnn: int, op: str, error: CtdbError) -> None:
+        super().__init__(error.code, f"{op} on node {pnn}: {error.message}")
+        self.pnn = pnn
+
+
+@dataclass(frozen=True)
+class Control:
+    """Send one control; the outcome is its reply."""
+
+    pnn: int
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Controls:
+    """Send these controls at once; the outcome is their replies, in order."""
+
+    calls: list[Control]
+
+    @staticmethod
+    def on_all(members: list[int], op: str, args: dict[str, Any]) -> Controls:
+        return Controls([Control(p, op, args) for p in members])
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Merge pulled copies of a volatile database (member -> wire records):
+    the merged wire records."""
+
+    copies: dict[int, list[Any]]
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Return once the links have sent what is queued: a whole database goes
+    to each target of a push, queued only then (a stuck peer is dropped, not
+    waited for)."""
+
+
+@dataclass(frozen=True)
+class Now:
+    """The current time."""
+
+
+NOW = Now()
+
+
+@dataclass(frozen=True)
+class LeasesRunOut:
+    """Return once no node in `left` may still serve: each has frozen for
+    `generation`, or its lease (seconds, counted from `known_at`) ran out
+    (`recovery._leases_run_out`)."""
+
+    left: dict[int, float]
+    generation: int
+    known_at: float
+
+
+Effect = Control | Controls | Merge | Drain | Now | LeasesRunOut
+
+
+def recovery(members: list[int], generation: int, leader: int) -> Flow[Effect, int]:
+    """One recovery of `members` under `generation`: the records it moved."""
+    replies = yield Controls.on_all(members, "freeze", {"generation": generation})
+    known_at = yield NOW
+    todo = recovery_plan.plan(members, generation, leader, dict(zip(members, replies, strict=True)))
+    # Every node attaches every database any node has.
+    for p, name, kind in todo.attaches:
+        yield Control(p, "attach", {"name": name, "kind": kind})
+    moves = Moves(members, generation, leader, (todo.epoch, generation))
+    moved = 0
+    for db in todo.databases:
+        if db.kind == "volatile":
+            moved += yield from moves.volatile(db_id(db.name), db.bases)
+        else:
+            moved += yield from moves.persistent(db_id(db.name), todo.thawed, db.marks)
+    yield Controls.on_all(members, "set_vnnmap", todo.vnnmap)
+    if todo.left_out:
+        yield LeasesRunOut(todo.left_out, generation, known_at)
+    yield Controls.on_all(members, "thaw", {"generation": generation})
+    return moved
+
+
+class Moves:
+    """Pulls, merges and pushes of one recovery; each flow returns the records moved."""
+
+    def __init__(
+        self, members: list[int], generation: int, leader: int, base: tuple[int, int]
+    ) -> None:
+        self.members = members
+        self.generation = generation
+        self.leader = leader
+        self.base = list(base)
+
+    def _pull(self, pnn: int, dbid: int, **what: Any) -> Control:
+        return Control(pnn, "pull", {"db_id": dbid, "generation": self.generation, **what})
+
+    def _push(
+        self, targets: list[int], dbid: int, records: list[Any], *, replace_all: bool
+    ) -> Flow[Effect, None]:
+        args = {
+            "db_id": dbid,
+            "generation": self.generation,
+            "records": records,
+            "replace_all": replace_all,
+            "base": self.base,
+        }
+        yield Drain()
+        yield Controls.on_all(targets, "push", args)
+
+    def persistent(
+        self, dbid: int, thawed: dict[int, int], marks: dict[int, Mark]
+    ) -> Flow[Effect, int]:
+        # Only the nodes that served the latest epoch count: a rejoining node
+        # may hold a commit nobody acknowledged, with a sequence number as
+        # high as the commits it missed (see merge.persistent_source).
+        current = newest_epoch_members(thawed)
+        source = persistent_source({p: marks[p][0] for p in current})
+        targets = persistent_targets(marks, source)
+        if not targets:
+            return 0
+        records = yield self._pull(source, dbid)
+        yield from self._push(targets, dbid, records, replace_all=True)
+        return len(records) * len(targets)
+
+    def volatile(self, dbid: int, bases: dict[int, tuple[int, int] | None]) -> Flow[Effect, int]:
+        plan = volatile_plan(bases, self.leader)
+        if plan.provider is None:
+            pulled = yield Controls([self._pull(p, dbid) for p in plan.others])
+            records = yield Merge(dict(zip(plan.others, pulled, strict=True)))
+            yield from self._push(self.members, dbid, records, replace_all=True)
+            return sum(len(r) for r in pulled) + len(records) * len(self.members)
+        args = {"db_id": dbid, "generation": self.generation}
+        replies = yield Controls(
+            [Control(p, "changed", args) for p in plan.holders]
+            + [self._pull(p, dbid) for p in plan.others]
+        )
+        reported, full = replies[: len(plan.holders)], replies[len(plan.holders) :]
+        # A key some holder changed (wrote, or removed: a vacuum may have
+        # reached only some nodes) may differ between holders: every holder
+        # sends its copy. A key only the others have is unchanged on every
+        # holder, and the provider's copy stands for all of theirs.
+        changed = sorted({bytes(k) for keys in reported for k in keys})
+        extra = sorted({rec[0] for copy in full for rec in copy} - set(changed))
+        wanted = {p: changed + extra if p == plan.provider else changed for p in plan.holders}
+        wanted = {p: keys for p, keys in wanted.items() if keys}
+        pulled = yield Controls([self._pull(p, dbid, keys=k) for p, k in wanted.items()])
+        copies = dict(zip(plan.others, full, strict=True))
+        copies.update(zip(wanted, pulled, strict=True))
+        diff = yield Merge(copies)
+        moved = sum(len(copy) for copy in copies.values())
+        yield from self._push(plan.holders, dbid, diff, replace_all=False)
+        moved += len(diff) * len(plan.holders)
+        if plan.others:
+            whole = yield self._pull(plan.provider, dbid)
+            yield from self._push(plan.others, dbid, whole, replace_all=True)
+            moved += len(whole) * (1 + len(plan.others))
+        return moved
