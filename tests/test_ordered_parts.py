@@ -318,26 +318,31 @@ def test_waiting_turns_answers_into_outcomes_within_a_deadline() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         w = Waiting()
-        fut = w.expect(1)
+        wait = w.expect(1)
         loop.call_soon(w.answer, 1, "done")
-        assert await w.until(fut, loop.time() + 5, "one") == "done"
-        fut = w.expect(2)
+        assert await w.until(wait, loop.time() + 5, "one") == "done"
+        wait = w.expect(2)
         loop.call_soon(w.fail, 2, CtdbError(ErrorCode.RETRY, "left the group"))
         with pytest.raises(CtdbError) as info:
-            await w.until(fut, loop.time() + 5, "two")
+            await w.until(wait, loop.time() + 5, "two")
         assert info.value.code == ErrorCode.RETRY
-        fut = w.expect(3)
+        wait = w.expect(3)
         started = loop.time()
         with pytest.raises(CtdbError) as info:
-            await w.until(fut, started + 0.05, "three was not delivered")
+            await w.until(wait, started + 0.05, "three was not delivered")
         assert info.value.code == ErrorCode.TIMEOUT and "three" in info.value.message
         assert loop.time() >= started + 0.05
         newer = w.expect(3)  # the key waited for again (a client asks anew)
-        w.forget(3, fut)  # the old waiter's clean-up leaves the new one alone
+        w.forget(3, wait)  # the old waiter's clean-up leaves the new one alone
         w.answer(3, "again")
-        assert newer.result() == "again"
+        assert newer.outcome() == "again"
         w.forget(3, newer)
         w.answer(3, "late")  # nobody waits: nothing happens
+        # Waiting at most a while fails nothing: the answer may still come.
+        wait = w.expect(4)
+        assert not await Waiting.settled(wait, 0.01)
+        loop.call_soon(w.answer, 4, "later")
+        assert await Waiting.settled(wait, 5) and wait.outcome() == "later"
         # A wait under a key of its own: registered before, forgotten after.
         registered: dict[object, None] = {}
 
@@ -352,6 +357,19 @@ def test_waiting_turns_answers_into_outcomes_within_a_deadline() -> None:
         assert info.value.code == ErrorCode.TIMEOUT and not registered
 
     asyncio.run(scenario())
+
+
+def test_an_answer_given_before_anyone_awaits_it_is_kept_without_a_loop() -> None:
+    """The parts answer with no event loop running; the waiter reads it later."""
+    w = Waiting()
+    wait = w.expect("k")
+    assert not wait.done
+    w.fail("k", CtdbError(ErrorCode.NOT_LOCKED, "gone"))
+    w.answer("k", "too late")  # the first answer counts
+    assert wait.done
+    with pytest.raises(CtdbError) as info:
+        wait.outcome()
+    assert info.value.code == ErrorCode.NOT_LOCKED
 
 
 # -- lock queues -------------------------------------------------------------------------

@@ -55,6 +55,10 @@ class Member(Dbs):
     def tunable(self, name: str) -> float:
         return self.tunables[name]
 
+    @property
+    def serving(self) -> bool:
+        return self.engine.serving
+
     def broadcast(self, msg: Message, to: int | None = None) -> None:
         self.group.sent.append((self.pnn, self.view, encode(msg), to))
 
@@ -113,10 +117,12 @@ class Group:
             self.members[pnn].engine.on_view(view)
         return view
 
-    def deliver(self) -> None:
-        """Deliver everything sent, in order, to the members of its sender's view."""
+    def deliver(self, count: int | None = None) -> None:
+        """Deliver everything sent (or its first `count` messages), in order,
+        to the members of its sender's view."""
         limits = wire_limits(NODES)
-        while self.sent:
+        while self.sent and count != 0:
+            count = None if count is None else count - 1
             sender, view, data, to = self.sent.pop(0)
             for pnn in view.members:
                 member = self.members[pnn]

@@ -118,13 +118,14 @@ class Engine:
             return got.value if got is not None else None
         self.deliver()  # what this node broadcast before is ordered before this request
         claim = (owner, db.id, key)
-        fut = self.waiting.expect(claim)
+        wait = self.waiting.expect(claim)
         req = self.clients.new_request(claim)
         try:
             self.apply(PNN, "lock", {"db": db.id, "key": key, "owner": list(owner), "req": req})
-            value: bytes | None = await fut
+            await Waiting.settled(wait)
+            value: bytes | None = wait.outcome()
         finally:
-            self.waiting.forget(claim, fut)
+            self.waiting.forget(claim, wait)
             self.clients.done_waiting(claim)
         self.clients.granted[claim] = req
         return value

@@ -189,16 +189,16 @@ class Acquisition(HandoverMessages):
         if remaining <= 0:
             raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} did not arrive in time")
         waiter = object()
-        fut = self.waiting.expect(waiter)
+        wait = self.waiting.expect(waiter)
         out.waiters[waiter] = None
         # Unanswered by then, the call is given up: the next turn of
         # `_acquire` sends a fresh one.
         timer = node.call_later(min(remaining, RETRY_INTERVAL), self._give_up, out)
         try:
-            await fut
+            await Waiting.settled(wait)
         finally:
             timer.cancel()
-            self.waiting.forget(waiter, fut)
+            self.waiting.forget(waiter, wait)
             out.waiters.pop(waiter, None)
 
     def _give_up(self, out: CallOut) -> None:

@@ -32,7 +32,6 @@ the node that issued them in their high 32 bits (`ctdb.server.owners`).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Mapping
@@ -113,7 +112,7 @@ class DmasterCalls:
         deadline = node.now() + node.tunable("CallTimeout")
         out = RemoteCallOut(self, db, key, call, next(self._reqids))
         # Keys of this engine's waiters: ("call", reqid) cannot be a record's waiter.
-        fut = self.engine.waiting.expect(out.waiter)
+        wait = self.engine.waiting.expect(out.waiter)
         try:
             while True:
                 await node.wait_serving(deadline)
@@ -123,13 +122,12 @@ class DmasterCalls:
                 remaining = deadline - node.now()
                 if remaining <= 0:
                     raise CtdbError(ErrorCode.TIMEOUT, f"no answer to a call on {key!r} in time")
-                # (asyncio.wait leaves `fut` waiting for a reply to any of the sends)
-                await asyncio.wait((fut,), timeout=min(remaining, RETRY_INTERVAL))
-                if fut.done():
-                    reply: dict[str, Any] = fut.result()
+                # (`wait` stays, waiting for a reply to any of the sends)
+                if await Waiting.settled(wait, min(remaining, RETRY_INTERVAL)):
+                    reply: dict[str, Any] = wait.outcome()
                     return reply
         finally:
-            self.engine.waiting.forget(out.waiter, fut)
+            self.engine.waiting.forget(out.waiter, wait)
 
     # -- messages from other nodes ---------------------------------------------------
 

@@ -1,49 +1,129 @@
-"""The waiters of an engine's answers, on the event loop (the driver's side of `Answers`).
+"""The waiters of an engine's answers (the driver's side of `Answers`).
 
-A waiter registers a future under its key before what answers it can
-happen (`expect`), waits for it until a deadline (`until`) and, however
-that ends, `forget`s it. The future is the waiter's alone, so the deadline
-fails it directly: one timer, and the waiting task wakes in the loop turn
-after the answer.
+A waiter registers under its key before what answers it can happen
+(`expect`: its own `Wait`), waits for the answer until a deadline (`until`)
+and, however that ends, `forget`s it. A `Wait` holds the answer once given
+(`done`), so the part that answers needs no event loop, nor does a test
+that reads the answer (`Wait.outcome`); `until` makes a future only when the
+answer is not there yet, the deadline fails that future directly, and the
+waiting task wakes in the loop turn after the answer.
+
+A flow (`ctdb.engines.flows`) waits by yielding an `Answer`, which its
+driver carries out with `until`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import flows
+
+
+class Wait:
+    """One waiter's answer: given or not yet (`done`), and who awaits it."""
+
+    __slots__ = ("done", "error", "future", "result")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.result: Any = None
+        self.error: CtdbError | None = None
+        #: set while `until` awaits the answer
+        self.future: asyncio.Future[None] | None = None
+
+    def settle(self, result: Any, error: CtdbError | None) -> None:
+        """The answer (the first one counts)."""
+        if self.done:
+            return
+        self.done, self.result, self.error = True, result, error
+        if self.future is not None and not self.future.done():
+            self.future.set_result(None)
+
+    def outcome(self) -> Any:
+        """The answer given: its result, or its error raised."""
+        assert self.done
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A flow's effect: `wait`'s answer, or TIMEOUT (`what`) at `deadline`."""
+
+    wait: Wait
+    deadline: float
+    what: str
 
 
 class Waiting:
     def __init__(self) -> None:
-        self._futures: dict[Hashable, asyncio.Future[Any]] = {}
+        self._waits: dict[Hashable, Wait] = {}
 
-    def expect(self, key: Hashable) -> asyncio.Future[Any]:
-        """A future for the answer to `key`, which only its caller waits for."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._futures[key] = fut
-        return fut
+    def expect(self, key: Hashable) -> Wait:
+        """The answer to `key`, which only its caller waits for."""
+        wait = self._waits[key] = Wait()
+        return wait
 
-    def forget(self, key: Hashable, fut: asyncio.Future[Any]) -> None:
-        """`fut` no longer waits for `key` (a newer waiter of the key stays)."""
-        if self._futures.get(key) is fut:
-            del self._futures[key]
+    def forget(self, key: Hashable, wait: Wait) -> None:
+        """`wait` no longer waits for `key` (a newer waiter of the key stays)."""
+        if self._waits.get(key) is wait:
+            del self._waits[key]
 
     @staticmethod
-    async def until(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
-        """`fut`'s answer, or TIMEOUT (`what`) at `deadline` (loop time).
+    async def until(wait: Wait, deadline: float, what: str) -> Any:
+        """`wait`'s answer, or TIMEOUT (`what`) at `deadline` (loop time).
 
-        Only for a future nobody else waits for (`expect`'s): cancelling the
-        waiting task cancels it, and the deadline fails it."""
-        if fut.done():  # answered already (a lock granted as its request was applied)
-            return fut.result()
-        timer = fut.get_loop().call_at(deadline, _expire, fut, what)
+        Only for a wait nobody else awaits (`expect`'s)."""
+        if not wait.done:  # else answered already (a lock granted as its request was applied)
+            loop = asyncio.get_running_loop()
+            wait.future = loop.create_future()
+            timer = loop.call_at(deadline, wait.settle, None, CtdbError(ErrorCode.TIMEOUT, what))
+            try:
+                await wait.future
+            finally:
+                timer.cancel()
+                wait.future = None
+        return wait.outcome()
+
+    @staticmethod
+    async def settled(wait: Wait, timeout: float | None = None) -> bool:
+        """Whether `wait` has its answer, after waiting at most `timeout`
+        seconds for it (None: as long as it takes, for a wait that something
+        else is bound to answer). Unlike `until`, running out fails nothing."""
+        if not wait.done:
+            wait.future = asyncio.get_running_loop().create_future()
+            try:
+                if timeout is None:
+                    await wait.future
+                else:
+                    await asyncio.wait((wait.future,), timeout=timeout)
+            finally:
+                wait.future = None
+        return wait.done
+
+    def registered(
+        self,
+        register: Callable[[Hashable], None],
+        unregister: Callable[[Hashable], None],
+        deadline: float,
+        what: str,
+    ) -> flows.Flow[Answer, Any]:
+        """Wait, under a key of its own, for an answer from a part that
+        `register(key)` tells to give it and `unregister(key)` to forget it
+        (however the wait ends); TIMEOUT (`what`) at `deadline`."""
+        key = object()
+        wait = self.expect(key)
         try:
-            return await fut
+            register(key)
+            return (yield Answer(wait, deadline, what))
         finally:
-            timer.cancel()
+            self.forget(key, wait)
+            unregister(key)
 
     async def wait(
         self,
@@ -52,29 +132,20 @@ class Waiting:
         deadline: float,
         what: str,
     ) -> Any:
-        """Wait, under a key of its own, for an answer from a part that
-        `register(key)` tells to give it and `unregister(key)` to forget it
-        (however the wait ends); TIMEOUT (`what`) at `deadline`."""
-        key = object()
-        fut = self.expect(key)
-        try:
-            register(key)
-            return await self.until(fut, deadline, what)
-        finally:
-            self.forget(key, fut)
-            unregister(key)
+        """`registered`, on the event loop."""
+        return await flows.drive(self.registered(register, unregister, deadline, what), answered)
 
     def answer(self, key: Hashable, result: Any) -> None:
-        fut = self._futures.pop(key, None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
+        wait = self._waits.pop(key, None)
+        if wait is not None:
+            wait.settle(result, None)
 
     def fail(self, key: Hashable, error: CtdbError) -> None:
-        fut = self._futures.pop(key, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(error)
+        wait = self._waits.pop(key, None)
+        if wait is not None:
+            wait.settle(None, error)
 
 
-def _expire(fut: asyncio.Future[Any], what: str) -> None:
-    if not fut.done():
-        fut.set_exception(CtdbError(ErrorCode.TIMEOUT, what))
+async def answered(effect: Answer) -> Any:
+    """Carry out an `Answer` on the event loop."""
+    return await Waiting.until(effect.wait, effect.deadline, effect.what)

@@ -4,13 +4,16 @@ view changes and state-transfer rounds are in rounds.py)."""
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines import record_calls
+from ctdb.engines import flows, record_calls
 from ctdb.engines.answers import Answers
-from ctdb.engines.ordered import samba_views
+from ctdb.engines.flows import Flow
+from ctdb.engines.ordered import samba_views, waits
 from ctdb.engines.ordered.applier import StreamApplier
 from ctdb.engines.ordered.local_clients import LocalClients, withdrawal
 from ctdb.engines.ordered.locks import QueueFull
@@ -20,10 +23,11 @@ from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import Stability
-from ctdb.engines.ordered.stream_gate import StreamGate, read_value
+from ctdb.engines.ordered.stream_gate import StreamGate
+from ctdb.engines.ordered.waits import Effect
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
-from ctdb.engines.waiting import Waiting
+from ctdb.engines.waiting import Answer, Waiting
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
     from ctdb.engines.host import Host
 
 log = logging.getLogger("ctdb.engines.ordered")
+
+T = TypeVar("T")
 
 #: Markers proposed per database in one vacuum message.
 VACUUM_BATCH = 1000
@@ -88,6 +94,7 @@ class OrderedEngine(StreamApplier):
         )
         #: reads: local where that is linearizable, else after a read barrier
         self.reads = Reads(self)
+        self._carry_out = functools.partial(waits.carry_out, node)
 
     # -- serving state ---------------------------------------------------------------
 
@@ -104,24 +111,28 @@ class OrderedEngine(StreamApplier):
     def deadline(self) -> float:
         return self.node.now() + self.node.tunable("CallTimeout")
 
-    async def _submit(
+    def run(self, flow: Flow[Effect, T]) -> Awaitable[T]:
+        """Carry out a client's flow (see waits.py) on the event loop."""
+        return flows.drive(flow, self._carry_out)
+
+    def submitting(
         self, op: str, args: dict[str, Any], deadline: float | None = None, *, serving: bool = True
-    ) -> Any:
+    ) -> Flow[Effect, Any]:
         """`op` in the stream once this node serves (`serving`: else at once);
         its result (see Requests.submit)."""
         if deadline is None:
             deadline = self.deadline()
         if serving:
-            await self.node.wait_serving(deadline)
+            yield from waits.serving(self.node, deadline)
         msg = self.requests.message(op, args)
-        fut = self.waiting.expect(msg.seq)
+        wait = self.waiting.expect(msg.seq)
         try:
             self._send(msg)
-            return await self.waiting.until(
-                fut, deadline, f"{op} was not delivered in time: outcome unknown"
+            return (
+                yield Answer(wait, deadline, f"{op} was not delivered in time: outcome unknown")
             )
         finally:
-            self.waiting.forget(msg.seq, fut)
+            self.waiting.forget(msg.seq, wait)
             self.requests.forget(msg.seq)
 
     def send_barrier(self, to: Answers) -> int:
@@ -137,9 +148,12 @@ class OrderedEngine(StreamApplier):
         """A read barrier: its origin's readers go on once it is delivered."""
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
+        return self.run(self.storing(db, key, value, session))
+
+    def storing(self, db: Database, key: bytes, value: bytes, session: object) -> Flow[Effect, Any]:
         owner = self.clients.owner(session)
         args = {"db": db.id, "key": key, "value": value, "owner": owner, "waiters": self._waiters()}
-        return self._submit("store", self._volatile_write(args))
+        return (yield from self.submitting("store", self._volatile_write(args)))
 
     def _volatile_write(self, args: dict[str, Any]) -> dict[str, Any]:
         """Ask for stability if this node's StableVolatileWrites says so.
@@ -158,19 +172,25 @@ class OrderedEngine(StreamApplier):
     async def lock(
         self, db: Database, key: bytes, session: object, deadline: float | None = None
     ) -> bytes | None:
+        return await self.run(self.locking(db, key, session, deadline))
+
+    def locking(
+        self, db: Database, key: bytes, session: object, deadline: float | None = None
+    ) -> Flow[Effect, bytes | None]:
+        """Our client's place in the record's lock queue, then the lock: the value."""
         if deadline is None:
             deadline = self.deadline()
         owner = self.clients.owner(session)
         if self.clients.holds(owner, db.id, key):
-            return await read_value(db, key, deadline)
+            return (yield from waits.read(db, key, deadline))
         claim = (owner, db.id, key)
-        fut = self.waiting.expect(claim)
+        wait = self.waiting.expect(claim)
         req = self.clients.new_request(claim)
         args = {"db": db.id, "key": key, "owner": owner, "waiters": self._waiters(), "req": req}
         try:
-            await self._submit("lock", args, deadline)
-            result: bytes | None = await self.waiting.until(
-                fut, deadline, f"record {key!r} stayed locked by another client"
+            yield from self.submitting("lock", args, deadline)
+            result: bytes | None = yield Answer(
+                wait, deadline, f"record {key!r} stayed locked by another client"
             )
             self.clients.granted[claim] = req
             return result
@@ -182,7 +202,7 @@ class OrderedEngine(StreamApplier):
             self.broadcast("withdraw", withdrawal(claim, req))
             raise
         finally:
-            self.waiting.forget(claim, fut)
+            self.waiting.forget(claim, wait)
             self.clients.done_waiting(claim)
 
     async def unlock(
@@ -195,7 +215,21 @@ class OrderedEngine(StreamApplier):
         serving: bool = True,
         deadline: float | None = None,
     ) -> None:
-        """`serving` False: sent without waiting for this node to serve (a
+        await self.run(self.unlocking(db, key, session, value, serving=serving, deadline=deadline))
+
+    def unlocking(
+        self,
+        db: Database,
+        key: bytes,
+        session: object,
+        value: bytes | None,
+        *,
+        serving: bool = True,
+        deadline: float | None = None,
+    ) -> Flow[Effect, None]:
+        """The unlock (with `value` written, unless None) in the stream.
+
+        `serving` False: sent without waiting for this node to serve (a
         stopped node gives back what its Samba clients held)."""
         owner = self.clients.owner(session)
         q = self.replica.locks.get((db.id, key))
@@ -203,7 +237,7 @@ class OrderedEngine(StreamApplier):
             self.clients.granted.pop((owner, db.id, key), None)  # a grant a state transfer undid
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
         args = {"db": db.id, "key": key, "owner": owner, "value": value}
-        await self._submit("unlock", self._volatile_write(args), deadline, serving=serving)
+        yield from self.submitting("unlock", self._volatile_write(args), deadline, serving=serving)
         self.clients.granted.pop((owner, db.id, key), None)
 
     def release_all(self, session: object) -> None:
@@ -222,8 +256,8 @@ class OrderedEngine(StreamApplier):
         args: dict[str, Any] = {"db": db.id, "key": key, "call": record_calls.to_wire(call)}
         if db.replicated:
             args["stable"] = True
-            return self._submit("call", args)
-        return self._submit("call", self._volatile_write(args))
+            return self.run(self.submitting("call", args))
+        return self.run(self.submitting("call", self._volatile_write(args)))
 
     async def commit(self, tx: Transaction) -> int:
         earlier = tx.drop_unchanged()
@@ -232,19 +266,19 @@ class OrderedEngine(StreamApplier):
             return tx.db.seqnum()
         reads = [[k, rsn] for k, rsn in tx.reads.items()]
         writes = [[k, v] for k, v in tx.writes.items()]
-        result: int = await self._submit(
-            "commit", {"db": tx.db.id, "reads": reads, "writes": writes}
+        result: int = await self.run(
+            self.submitting("commit", {"db": tx.db.id, "reads": reads, "writes": writes})
         )
         return result
 
     async def attach(self, name: str, kind: DbKind) -> Database:
         existing = self.node.dbs.get(db_id(name))
         if existing is None:
-            await self._submit("attach", {"name": name, "kind": kind.value})
+            await self.run(self.submitting("attach", {"name": name, "kind": kind.value}))
         return self.node.attach(name, kind)
 
     async def wipe(self, db: Database) -> None:
-        await self._submit("wipe", {"db": db.id})
+        await self.run(self.submitting("wipe", {"db": db.id}))
 
     async def recover(self) -> None:
         """A marker in the stream: a new generation where it is delivered. It is
@@ -252,7 +286,7 @@ class OrderedEngine(StreamApplier):
         land in a round: return once this node serves again, as `ctdb recover`
         returns once the recovery is over."""
         deadline = self.deadline()
-        await self._submit("recover", {}, deadline)
+        await self.run(self.submitting("recover", {}, deadline))
         await self.node.wait_serving(deadline)
 
     def _apply_recover(self, origin: int, args: dict[str, Any]) -> None:
@@ -294,15 +328,18 @@ class OrderedEngine(StreamApplier):
         return (db.id, key) not in self.stability.dirty
 
     async def settle(self, db: Database, key: bytes, deadline: float) -> None:
+        await self.run(self.settling(db, key, deadline))
+
+    def settling(self, db: Database, key: bytes, deadline: float) -> Flow[Effect, None]:
         """Return once this node serves and the key holds only stable writes
         (TIMEOUT at `deadline`), in the loop turn that found it so: a read
         right after sees no newer write."""
         ref = (db.id, key)
         while True:
-            await self.node.wait_serving(deadline)
+            yield from waits.serving(self.node, deadline)
             if ref not in self.stability.dirty:
                 return
-            await self.waiting.wait(
+            yield from self.waiting.registered(
                 lambda waiter: self.stability.wait(waiter, ref),
                 self.stability.unwait,
                 deadline,

@@ -10,16 +10,21 @@ linearizable read at the cost of a round through the stream.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines.answers import Answers
+from ctdb.engines.flows import Flow
+from ctdb.engines.ordered import waits
 from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.local_clients import LockingEngine, withdrawal
-from ctdb.engines.ordered.stream_gate import read_value
+from ctdb.engines.ordered.waits import Effect
 from ctdb.engines.waiting import Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import live_value
+
+T = TypeVar("T")
 
 
 class ReadsHost(LockingEngine, Protocol):
@@ -33,7 +38,24 @@ class ReadsHost(LockingEngine, Protocol):
 
     def settled(self, db: Database, key: bytes) -> bool: ...
 
-    async def settle(self, db: Database, key: bytes, deadline: float) -> None: ...
+    def settling(self, db: Database, key: bytes, deadline: float) -> Flow[Effect, None]: ...
+
+    def locking(
+        self, db: Database, key: bytes, session: object, deadline: float | None = None
+    ) -> Flow[Effect, bytes | None]: ...
+
+    def unlocking(
+        self,
+        db: Database,
+        key: bytes,
+        session: object,
+        value: bytes | None,
+        *,
+        serving: bool = True,
+        deadline: float | None = None,
+    ) -> Flow[Effect, None]: ...
+
+    def run(self, flow: Flow[Effect, T]) -> Awaitable[T]: ...
 
     def broadcast(self, op: str, args: dict[str, Any]) -> None: ...
 
@@ -67,7 +89,10 @@ class Reads:
                     db.local.unlock_chain(key)
         return self._ordered(db, key, session)
 
-    async def _ordered(self, db: Database, key: bytes, session: object) -> bytes | None:
+    def _ordered(self, db: Database, key: bytes, session: object) -> Awaitable[bytes | None]:
+        return self.engine.run(self.ordered(db, key, session))
+
+    def ordered(self, db: Database, key: bytes, session: object) -> Flow[Effect, bytes | None]:
         """A linearizable read: wait for a barrier sent after the read arrived.
 
         Totem assigns sequence numbers on a circulating token, so a write
@@ -75,19 +100,23 @@ class Reads:
         barrier, and is applied here by the time the barrier is delivered.
         """
         e = self.engine
-        node = e.node
         deadline = e.deadline()
-        await node.wait_serving(deadline)
-        await self._barrier(deadline)
+        yield from waits.serving(e.node, deadline)
+        yield from e.waiting.registered(
+            self.barriers.join,
+            self.barriers.leave,
+            deadline,
+            "the read's ordering barrier was not delivered in time",
+        )
         q = e.replica.locks.get((db.id, key))
         if q is None or q.holder in (None, e.clients.owner(session)):
-            await e.settle(db, key, deadline)
-            return await read_value(db, key, deadline)
+            yield from e.settling(db, key, deadline)
+            return (yield from waits.read(db, key, deadline))
         # Someone else holds the record: wait for it, as migration would
         # (within the read's own deadline, not one more per step).
-        value = await e.lock(db, key, session, deadline)
+        value = yield from e.locking(db, key, session, deadline)
         try:
-            await e.unlock(db, key, session, None, deadline=deadline)
+            yield from e.unlocking(db, key, session, None, deadline=deadline)
         except CtdbError:
             # The client asked for a read, not a lock: it must not keep one.
             claim = (e.clients.owner(session), db.id, key)
@@ -95,12 +124,3 @@ class Reads:
             e.broadcast("withdraw", withdrawal(claim, req))
             raise
         return value
-
-    async def _barrier(self, deadline: float) -> None:
-        """Return once a barrier sent after now was delivered here."""
-        await self.engine.waiting.wait(
-            self.barriers.join,
-            self.barriers.leave,
-            deadline,
-            "the read's ordering barrier was not delivered in time",
-        )
