@@ -59,7 +59,8 @@ message (`"stable"`), so that every member treats the write alike: it then
 survives the loss of any single node, for one more broadcast round per
 burst (measured in bench.foundation: store 2.2x slower with one client).
 
-The package: `engine.py` (the engine: client operations), `applier.py`
+The package: `engine.py` (the engine: client operations; `waits.py`,
+what they wait for), `applier.py`
 (the stream's side: delivered operations and views applied in order),
 `requests.py` (this node's operations in the stream until they are
 delivered), `rounds.py` (view changes and state-transfer rounds),
@@ -67,11 +68,12 @@ delivered), `rounds.py` (view changes and state-transfer rounds),
 clients hold in it), `barriers.py` (linearizable reads), `stability.py`
 (which writes every member holds), `sync.py` (the state-transfer plan, a
 pure function of the offers) and `locks.py` (the replicated lock queues).
-Only `engine.py`, `reads.py` and the Samba lending modules wait:
+A client's operation (`engine.py`, `reads.py`) is a flow that yields what
+it waits for (`waits.py`); only the Samba lending modules are coroutines.
 `requests`, `stability`, `barriers` and `local_clients` hold no futures
 and no timers; they answer whoever waits by key through
-`ctdb.engines.answers`, and the engine's `Waiting` turns the answers into
-the outcomes its coroutines await.
+`ctdb.engines.answers`, into the engine's `Waiting`, which keeps each
+answer until the flow waiting for it reads it.
 
 Every client request ends within CallTimeout, with its result or an error;
 a node whose local apply fails (I/O error, disk full) leaves the group and
