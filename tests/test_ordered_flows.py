@@ -20,18 +20,20 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.ordered.locks import QueueFull
-from ctdb.engines.ordered.waits import Effect, Serving
+from ctdb.engines.ordered.waits import Chain, Effect, Pause, Serving
 from ctdb.engines.waiting import Answer
 from ctdb.storage.database import Database
+from tests.clocks import ManualClock
 from tests.test_ordered_rounds import Group, Session
 
 
 class Resumed:
     """A flow resumed by hand: `effect` is what it waits for now; once it
-    ended, `result` or `error` says how."""
+    ended, `result` or `error` says how. A pause moves `clock` on."""
 
-    def __init__(self, flow: Flow[Effect, Any]) -> None:
+    def __init__(self, flow: Flow[Effect, Any], clock: ManualClock | None = None) -> None:
         self.flow = flow
+        self.clock = clock
         self.effect: Effect | None = None
         self.ended = False
         self.result: Any = None
@@ -52,6 +54,16 @@ class Resumed:
         effect = self.effect
         if isinstance(effect, Serving):
             raise AssertionError("waits for its node to serve")
+        if isinstance(effect, Chain):
+            if not effect.db.local.try_lock_chain(effect.key):
+                return False  # a client holds it
+            self._go(lambda: self.flow.send(True))
+            return True
+        if isinstance(effect, Pause):
+            assert self.clock is not None
+            self.clock.advance(effect.seconds)
+            self._go(lambda: self.flow.send(None))
+            return True
         assert isinstance(effect, Answer), effect
         if not effect.wait.done:
             return False
@@ -78,9 +90,9 @@ def run(group: Group, *flows: Resumed) -> None:
         moved = any(f.resume() for f in flows if not f.ended)
 
 
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[Group]:
-    made = Group(tmp_path)
+def three_engines(directory: Path) -> Iterator[Group]:
+    """Nodes 0, 1 and 2 in one view, in sync, with the volatile database "v"."""
+    made = Group(directory)
     try:
         for pnn in (0, 1, 2):
             made.start(pnn)
@@ -92,6 +104,11 @@ def group(tmp_path: Path) -> Iterator[Group]:
     finally:
         for member in made.members.values():
             member.close()
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[Group]:
+    yield from three_engines(tmp_path)
 
 
 def engine(group: Group, pnn: int) -> OrderedEngine:

@@ -1,18 +1,24 @@
 """The ordered engine's `lock` against its lock queues, one node, the stream
-fed by hand: the real `OrderedEngine.lock` and `LocalClients` over a
-`Replica`, with `_submit` held until the test applies what was sent."""
+fed by hand: the real `OrderedEngine.locking` and `LocalClients` over a
+`Replica`, with `submitting` held until the test applies what was sent."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from ctdb.engines import flows
+from ctdb.engines.flows import Flow
+from ctdb.engines.ordered import waits
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
-from ctdb.engines.waiting import Waiting
+from ctdb.engines.ordered.waits import Effect
+from ctdb.engines.waiting import Answer, Wait, Waiting
 from ctdb.storage.database import DbKind
 from tests.test_ordered_replica import Dbs
 
@@ -26,7 +32,7 @@ class Stream:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.waiting = Waiting()
         self.clients = LocalClients(0, self.replica, self.broadcast, self.waiting)
-        self.submitted: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
+        self.submitted: list[tuple[str, dict[str, Any], Wait]] = []
         self.db = self.dbs.attach("t.tdb", DbKind.VOLATILE)
 
     def deadline(self) -> float:
@@ -41,12 +47,18 @@ class Stream:
     def _volatile_write(self, args: dict[str, Any]) -> dict[str, Any]:
         return args
 
-    async def _submit(
+    def submitting(
         self, op: str, args: dict[str, Any], deadline: float | None = None, *, serving: bool = True
-    ) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.submitted.append((op, args, fut))
-        return await fut
+    ) -> Flow[Effect, Any]:
+        wait = Wait()
+        self.submitted.append((op, args, wait))
+        return (yield Answer(wait, self.deadline(), f"{op} was not applied"))
+
+    def run(self, flow: Flow[Effect, Any]) -> Awaitable[Any]:
+        return flows.drive(flow, functools.partial(waits.carry_out, cast(Any, None)))
+
+    locking = OrderedEngine.locking
+    unlocking = OrderedEngine.unlocking
 
     def apply(self, origin: int, op: str, args: dict[str, Any]) -> Any:
         try:
@@ -58,8 +70,8 @@ class Stream:
                     self.clients.on_granted(effect)
 
     def apply_submitted(self) -> None:
-        for op, args, fut in self.submitted:
-            fut.set_result(self.apply(0, op, args))
+        for op, args, wait in self.submitted:
+            wait.settle(self.apply(0, op, args), None)
         self.submitted.clear()
 
     def apply_sent(self) -> None:
@@ -68,11 +80,11 @@ class Stream:
         for op, args in sent:
             self.apply(0, op, args)
 
-    def lock(self, session: object) -> Any:
-        return OrderedEngine.lock(self, self.db, b"k", session)  # type: ignore[arg-type]
+    def lock(self, session: object) -> Awaitable[Any]:
+        return self.run(self.locking(self.db, b"k", session))  # type: ignore[misc]
 
-    def unlock(self, session: object) -> Any:
-        return OrderedEngine.unlock(self, self.db, b"k", session, None)  # type: ignore[arg-type]
+    def unlock(self, session: object) -> Awaitable[Any]:
+        return self.run(self.unlocking(self.db, b"k", session, None))  # type: ignore[misc]
 
 
 #: clients of nodes 1 and 2, in the queues

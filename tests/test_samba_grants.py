@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.ordered import samba_views
+from ctdb.engines import flows
+from ctdb.engines.flows import Flow
+from ctdb.engines.ordered import samba_views, waits
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
 from ctdb.engines.ordered.samba_grants import SambaGrants
-from ctdb.engines.waiting import Waiting
+from ctdb.engines.ordered.waits import Effect, Pause
+from ctdb.engines.waiting import Answer, Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 from tests.chain_holder import Holder
@@ -31,6 +35,7 @@ from tests.test_chain_gate import _until
 from tests.test_ordered_replica import Dbs
 
 PNN = 0
+T = TypeVar("T")
 OTHER = (1, 1)  # a client of node 1, in the lock queues
 
 
@@ -111,9 +116,14 @@ class Engine:
         self.synced = False
         self.samba.revoke_all()
 
-    async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
+    def run(self, flow: Flow[Effect, T]) -> Awaitable[T]:
+        return flows.drive(flow, functools.partial(waits.carry_out, cast(Any, self.node)))
+
+    def locking(
+        self, db: Database, key: bytes, session: object, deadline: float | None = None
+    ) -> Flow[Effect, bytes | None]:
         owner = self.clients.owner(session)
-        if self.clients.holds(owner, db.id, key):  # (what OrderedEngine.lock does)
+        if self.clients.holds(owner, db.id, key):  # (what OrderedEngine.locking does)
             got = db.local.get(key)
             return got.value if got is not None else None
         self.deliver()  # what this node broadcast before is ordered before this request
@@ -122,15 +132,14 @@ class Engine:
         req = self.clients.new_request(claim)
         try:
             self.apply(PNN, "lock", {"db": db.id, "key": key, "owner": list(owner), "req": req})
-            await Waiting.settled(wait)
-            value: bytes | None = wait.outcome()
+            value: bytes | None = yield Answer(wait, self.node.now() + 0.5, "not granted")
         finally:
             self.waiting.forget(claim, wait)
             self.clients.done_waiting(claim)
         self.clients.granted[claim] = req
         return value
 
-    async def unlock(
+    def unlocking(
         self,
         db: Database,
         key: bytes,
@@ -138,10 +147,11 @@ class Engine:
         value: bytes | None,
         *,
         serving: bool = True,
-    ) -> None:
+        deadline: float | None = None,
+    ) -> Flow[Effect, None]:
         if serving:
-            await self.node.wait_serving(asyncio.get_running_loop().time() + 0.5)
-        await asyncio.sleep(0)
+            yield from waits.serving(cast(Any, self.node), self.node.now() + 0.5)
+        yield Pause(0)
         if self.failing_unlocks:
             self.failing_unlocks -= 1
             raise CtdbError(ErrorCode.TIMEOUT, "no quorum")

@@ -12,17 +12,21 @@ lock that nobody here wants any more (it would stay locked for good).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from ctdb.engines.answers import Answers
+from ctdb.engines.flows import Flow
 from ctdb.engines.host import Host
 from ctdb.engines.ordered.locks import Owner
 from ctdb.engines.ordered.replica import Granted, Replica
+from ctdb.engines.ordered.waits import Effect
 from ctdb.storage.database import Database
 
 #: (owner, db id, key): one client's claim on one record
 Claim = tuple[Owner, int, bytes]
+
+T = TypeVar("T")
 
 
 class LocalClients:
@@ -163,17 +167,18 @@ def withdrawal(claim: Claim, req: int | None) -> dict[str, Any]:
 
 class LockingEngine(Protocol):
     """The ordered engine as the parts that lock records for this node's
-    clients see it (`reads`, `samba_grants`): `OrderedEngine.lock`/`unlock`."""
+    clients see it (`reads`, `samba_grants`): the flows of
+    `OrderedEngine.locking`/`unlocking`, and their driver."""
 
     node: Host
     replica: Replica
     clients: LocalClients
 
-    async def lock(
+    def locking(
         self, db: Database, key: bytes, session: object, deadline: float | None = None
-    ) -> bytes | None: ...
+    ) -> Flow[Effect, bytes | None]: ...
 
-    async def unlock(
+    def unlocking(
         self,
         db: Database,
         key: bytes,
@@ -182,4 +187,6 @@ class LockingEngine(Protocol):
         *,
         serving: bool = True,
         deadline: float | None = None,
-    ) -> None: ...
+    ) -> Flow[Effect, None]: ...
+
+    def run(self, flow: Flow[Effect, T]) -> Awaitable[T]: ...

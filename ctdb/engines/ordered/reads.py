@@ -11,7 +11,7 @@ linearizable read at the cost of a round through the stream.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines.answers import Answers
@@ -23,8 +23,6 @@ from ctdb.engines.ordered.waits import Effect
 from ctdb.engines.waiting import Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import live_value
-
-T = TypeVar("T")
 
 
 class ReadsHost(LockingEngine, Protocol):
@@ -39,23 +37,6 @@ class ReadsHost(LockingEngine, Protocol):
     def settled(self, db: Database, key: bytes) -> bool: ...
 
     def settling(self, db: Database, key: bytes, deadline: float) -> Flow[Effect, None]: ...
-
-    def locking(
-        self, db: Database, key: bytes, session: object, deadline: float | None = None
-    ) -> Flow[Effect, bytes | None]: ...
-
-    def unlocking(
-        self,
-        db: Database,
-        key: bytes,
-        session: object,
-        value: bytes | None,
-        *,
-        serving: bool = True,
-        deadline: float | None = None,
-    ) -> Flow[Effect, None]: ...
-
-    def run(self, flow: Flow[Effect, T]) -> Awaitable[T]: ...
 
     def broadcast(self, op: str, args: dict[str, Any]) -> None: ...
 

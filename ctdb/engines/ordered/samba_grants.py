@@ -66,10 +66,13 @@ still ours in the queues goes back once it serves again.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.chains import poll
+from ctdb.engines.flows import Flow
+from ctdb.engines.ordered import waits
 from ctdb.engines.ordered.samba_returns import LendingEngine, Lent, Ref, Returns, unnamed
+from ctdb.engines.ordered.waits import Chain, Effect
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 
@@ -87,6 +90,7 @@ class SambaGrants(Returns):
         self.returning = {}
         self.restoring = {}
         self._busy = {}
+        self.spawn = lambda work: asyncio.ensure_future(engine.run(work))
 
     # -- lending (REQ_CALL) ----------------------------------------------------------
 
@@ -98,49 +102,60 @@ class SambaGrants(Returns):
             while ref not in self.lent:
                 task = self._busy.get(ref)
                 if task is None or task.done():  # (a done task leaves `_busy` a moment later)
-                    task = self._start(ref, self._lend(db, key, deadline))
+                    task = self._start(ref, self.lending(db, key, deadline))
                 # Shared by the calls for the record: one that leaves cancels
                 # nothing. (A taking back may wait for quorum past our deadline.)
                 remaining = deadline - self.engine.node.now()
                 try:
-                    await asyncio.wait_for(asyncio.shield(task), max(remaining, 0))
+                    # (on the event loop, a job is a task)
+                    shared = asyncio.shield(cast("asyncio.Future[None]", task))
+                    await asyncio.wait_for(shared, max(remaining, 0))
                 except TimeoutError:
                     raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} not lent in time") from None
-            # Our clients may be working on it already, and one may hold its
-            # chain while it waits for us: never wait for it on the loop.
-            try:
-                held = await poll(lambda: db.local.try_lock_chain(key), deadline)
-            except Exception as exc:
-                raise self._lending_failed(ref, exc) from None
-            if not held:
-                raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
-            try:
-                lent = self.lent.get(ref)
-                if lent is None:
-                    continue  # taken back meanwhile: ask again
-                rec = db.local.get(key)
-                if rec is None or rec.dmaster != self.engine.node.pnn:
-                    # The stream rewrote it under our lock (a wipe): lend that.
-                    lent.record = None if rec is None else unnamed(rec)
-                    rec = self._name(db, key, lent)
+            rec = await self.engine.run(self.handing(db, key, deadline))
+            if rec is not None:
                 return rec
-            except Exception as exc:
-                raise self._lending_failed(ref, exc) from None
-            finally:
-                db.local.unlock_chain(key)
 
-    async def _lend(self, db: Database, key: bytes, deadline: float) -> None:
-        engine = self.engine
-        engine.node.stats["samba_lends"] += 1
-        await engine.node.wait_serving(deadline)
-        await engine.lock(db, key, self.session)
+    def handing(self, db: Database, key: bytes, deadline: float) -> Flow[Effect, Record | None]:
+        """A record lent here, as its header names us, read under its chain;
+        None if it was taken back meanwhile (ask again)."""
         ref = (db.id, key)
+        # Our clients may be working on it already, and one may hold its
+        # chain while it waits for us: never wait for it on the loop.
         try:
-            held = await poll(lambda: db.local.try_lock_chain(key), deadline)
+            held = yield Chain(db, key, deadline)
         except Exception as exc:
             raise self._lending_failed(ref, exc) from None
         if not held:
-            await self._give_back(db, key, None)
+            raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
+        try:
+            lent = self.lent.get(ref)
+            if lent is None:
+                return None
+            rec = db.local.get(key)
+            if rec is None or rec.dmaster != self.engine.node.pnn:
+                # The stream rewrote it under our lock (a wipe): lend that.
+                lent.record = None if rec is None else unnamed(rec)
+                rec = self._name(db, key, lent)
+            return rec
+        except Exception as exc:
+            raise self._lending_failed(ref, exc) from None
+        finally:
+            db.local.unlock_chain(key)
+
+    def lending(self, db: Database, key: bytes, deadline: float) -> Flow[Effect, None]:
+        """Take the record's lock for our Samba side and name us in our copy's header."""
+        engine = self.engine
+        engine.node.stats["samba_lends"] += 1
+        yield from waits.serving(engine.node, deadline)
+        yield from engine.locking(db, key, self.session)
+        ref = (db.id, key)
+        try:
+            held = yield Chain(db, key, deadline)
+        except Exception as exc:
+            raise self._lending_failed(ref, exc) from None
+        if not held:
+            yield from self.giving_back(db, key, None)
             raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
         lend = self.may_lend and self._ours(ref)
         try:
@@ -158,7 +173,7 @@ class SambaGrants(Returns):
             # stream gives the lock back now; what does not releases it
             # once it serves again (LocalClients.release_orphans).
             if self.in_stream:
-                await self._give_back(db, key, None)
+                yield from self.giving_back(db, key, None)
             else:
                 self._disown(ref)
             raise CtdbError(ErrorCode.RETRY, f"node {engine.node.pnn} stopped serving")

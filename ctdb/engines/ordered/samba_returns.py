@@ -11,15 +11,16 @@ the design is in `samba_grants`' docstring.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.chains import poll
+from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.local_clients import LockingEngine
+from ctdb.engines.ordered.waits import Chain, Effect, Pause
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 
@@ -51,6 +52,20 @@ class Lent:
         return self.record.value if self.record is not None else b""
 
 
+class Job(Protocol):
+    """A flow running on its own (what `asyncio.Task` offers of it)."""
+
+    def done(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def exception(self) -> BaseException | None: ...
+
+    def cancel(self) -> bool: ...
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None: ...
+
+
 class LendingEngine(LockingEngine, Protocol):
     """What lending needs of the ordered engine."""
 
@@ -79,7 +94,10 @@ class Returns:
     #: as the stream left them, for a state transfer (`samba_views`)
     restoring: dict[Ref, Lent]
     #: lending, taking back or revoking in progress, by record (one at a time each)
-    _busy: dict[Ref, asyncio.Task[None]]
+    _busy: dict[Ref, Job]
+    #: runs one of these flows as a job of its own: a task on the event loop
+    #: (a test runs them by hand)
+    spawn: Callable[[Flow[Effect, None]], Job]
 
     @property
     def in_stream(self) -> bool:
@@ -100,13 +118,13 @@ class Returns:
         task = self._busy.get(ref)
         return task is not None and not task.done()
 
-    def _start(self, ref: Ref, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
+    def _start(self, ref: Ref, work: Flow[Effect, None]) -> Job:
+        task = self.spawn(work)
         self._busy[ref] = task
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: Job) -> None:
         for ref, busy in list(self._busy.items()):
             if busy is task:
                 del self._busy[ref]
@@ -141,7 +159,7 @@ class Returns:
                 if db is not None:
                     # The entry goes with the task: a revoke before it runs
                     # leaves the restoring to it (`_revoke`).
-                    self._start(ref, self._take_back(db, ref[1], lent))
+                    self._start(ref, self.taking_back(db, ref[1], lent))
 
     def revoke_all(self) -> None:
         """This node stops serving: nothing stays lent (see the module docstring)."""
@@ -173,7 +191,7 @@ class Returns:
             self.restoring.pop(ref, None)
             self._file_failed(f"revoking {ref[1]!r} from Samba's clients", exc)
             return
-        self._start(ref, self._restore_later(db, ref[1], lent))
+        self._start(ref, self.restoring_later(db, ref[1], lent))
 
     def _file_failed(self, what: str, exc: Exception) -> str:
         """Our shared file failed under us (python-tdb raises RuntimeError, the
@@ -192,9 +210,10 @@ class Returns:
         queues is released once we serve again (LocalClients.release_orphans)."""
         self.engine.clients.granted.pop((self.engine.clients.owner(self.session), *ref), None)
 
-    async def _restore_later(self, db: Database, key: bytes, lent: Lent) -> None:
+    def restoring_later(self, db: Database, key: bytes, lent: Lent) -> Flow[Effect, None]:
+        """`_restore` once the client holding the record's chain lets go."""
         try:
-            await poll(lambda: db.local.try_lock_chain(key), float("inf"))
+            yield Chain(db, key, math.inf)
             try:
                 self._restore(db, key, lent)
             finally:
@@ -220,10 +239,11 @@ class Returns:
         else:
             db.local.put(key, lent.record)
 
-    async def _take_back(self, db: Database, key: bytes, lent: Lent) -> None:
+    def taking_back(self, db: Database, key: bytes, lent: Lent) -> Flow[Effect, None]:
+        """The record lent here goes back to the stream, with what our clients wrote."""
         ref = (db.id, key)
         try:
-            taken, value = await self._collect(db, key, lent)
+            taken, value = yield from self.collecting(db, key, lent)
         except Exception as exc:  # the file failed under us, not a held chain
             if self.lent.pop(ref, None) is not None:
                 self._disown(ref)  # (the lock goes back once we serve again)
@@ -236,15 +256,16 @@ class Returns:
             rsn = lent.record.rsn if lent.record is not None else 0
             self.returning[ref] = Record(rsn, NO_DMASTER, value)
         try:
-            await self._give_back(db, key, value)
+            yield from self.giving_back(db, key, value)
         finally:
             self.returning.pop(ref, None)
 
-    async def _collect(self, db: Database, key: bytes, lent: Lent) -> tuple[bool, bytes | None]:
+    def collecting(
+        self, db: Database, key: bytes, lent: Lent
+    ) -> Flow[Effect, tuple[bool, bytes | None]]:
         """Under the record's chain, our file back at the stream's copy:
         (True, what our clients left, None if nothing new), or (False, None)
         if the record was revoked meanwhile."""
-        loop = asyncio.get_running_loop()
         ref = (db.id, key)
         waited = False
         while True:
@@ -253,7 +274,7 @@ class Returns:
                 if not waited:
                     self.engine.node.stats["chain_waits"] += 1
                     waited = True
-                await poll(lambda: db.local.try_lock_chain(key), float("inf"))
+                yield Chain(db, key, math.inf)
             try:
                 if self.lent.get(ref) is not lent:
                     self._restore(db, key, lent)  # revoked meanwhile
@@ -263,16 +284,16 @@ class Returns:
                     value = None  # the stream rewrote it (a wipe): nothing to give back
                 else:
                     value = rec.value if rec.value != lent.value else None
-                early = lent.since + HOLD_MIN - loop.time() if self.may_lend else 0.0
+                early = lent.since + HOLD_MIN - self.engine.node.now() if self.may_lend else 0.0
                 if early <= 0 or value is not None:  # (or a client used it already)
                     self._restore(db, key, lent)
                     del self.lent[ref]
                     return True, value
             finally:
                 db.local.unlock_chain(key)
-            await asyncio.sleep(early)
+            yield Pause(early)
 
-    async def _give_back(self, db: Database, key: bytes, value: bytes | None) -> None:
+    def giving_back(self, db: Database, key: bytes, value: bytes | None) -> Flow[Effect, None]:
         """Unlock, with what our clients wrote; again until applied or no longer ours."""
         ref = (db.id, key)
         warned = False
@@ -280,7 +301,9 @@ class Returns:
             try:
                 # Not waiting for this node to serve while every member
                 # applies what it sends: a stopped node gives back too.
-                await self.engine.unlock(db, key, self.session, value, serving=not self.in_stream)
+                yield from self.engine.unlocking(
+                    db, key, self.session, value, serving=not self.in_stream
+                )
                 return
             except CtdbError as exc:
                 if exc.code == ErrorCode.NOT_LOCKED:
@@ -288,7 +311,7 @@ class Returns:
                 if not warned:
                     log.warning("giving back %r lent to Samba's clients: %s", key, exc.message)
                     warned = True
-            await asyncio.sleep(GIVE_BACK_RETRY)
+            yield Pause(GIVE_BACK_RETRY)
 
 
 def unnamed(rec: Record) -> Record:

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
 from ctdb.engines.merge import from_wire
+from ctdb.engines.ordered import waits
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.samba_returns import unnamed
-from ctdb.engines.ordered.stream_gate import read_record
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 
@@ -53,7 +53,7 @@ async def lent_records(
     for (dbid, key), lent in list(grants.lent.items()):
         if dbid != db.id:
             continue
-        rec = await read_record(db, key, deadline)
+        rec = await grants.engine.run(waits.read_record(db, key, deadline))
         # Taken back while we read: our file went back to the stream's copy,
         # and what was written is in `returning` or applied.
         if rec is not None and grants.lent.get((dbid, key)) is lent:

@@ -27,13 +27,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.chains import RETRY, poll
+from ctdb.common.errors import CtdbError
+from ctdb.engines.chains import RETRY
 from ctdb.engines.host import Cancellable, Clock
 from ctdb.engines.ordered.locks import LockQueue
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database
-from ctdb.storage.ltdb import Record, live_value
 
 log = logging.getLogger("ctdb.engines.ordered")
 
@@ -136,24 +135,6 @@ def give_back(taken: list[Need]) -> None:
             failure = failure or exc
     if failure is not None:
         raise failure
-
-
-async def read_record(db: Database, key: bytes, deadline: float) -> Record | None:
-    """Our copy of the record; in a shared file under its chain, never
-    waiting for it on the loop."""
-    if not db.shared:
-        return db.local.get(key)
-    if not await poll(lambda: db.local.try_lock_chain(key), deadline):
-        raise CtdbError(ErrorCode.TIMEOUT, f"a Samba client kept the record {key!r} locked")
-    try:
-        return db.local.get(key)
-    finally:
-        db.local.unlock_chain(key)
-
-
-async def read_value(db: Database, key: bytes, deadline: float) -> bytes | None:
-    """Our copy's value (see `read_record`)."""
-    return live_value(await read_record(db, key, deadline))
 
 
 class StreamGate:

@@ -3,23 +3,33 @@
 A client's operation (engine.py, reads.py) is a flow (`ctdb.engines.flows`):
 it decides and sends, then yields what it waits for: this node to serve
 (`Serving`), an answer (`waiting.Answer`: its operation delivered, its lock
-granted, a write stable, a read barrier delivered) or a record of a file
-Samba's clients share (`SharedRead`, under the record's chain lock). The
-parts that answer (requests, local_clients, stability, barriers) need no
-loop, so a test resumes a flow by hand once the group delivered what it
-sent (`tests/test_ordered_flows.py`); `carry_out` waits on the event loop.
+granted, a write stable, a read barrier delivered), the chain lock of a
+record in a file Samba's clients share (`Chain`) or a pause (`Pause`).
+Lending records to Samba's clients (samba_grants.py, samba_returns.py)
+is made of flows too. The parts that answer (requests, local_clients,
+stability, barriers) need no loop, so a test resumes a flow by hand once
+the group delivered what it sent (`tests/test_ordered_flows.py`);
+`carry_out` waits on the event loop.
+
+A chain lock cannot wake the loop when a client lets go of it (a TDB
+mutex or fcntl lock has no file descriptor to watch), so `carry_out` tries
+it every `chains.RETRY` seconds; never blocking in it keeps the daemon
+serving while a client holds a chain. (CTDB blocks in a helper process
+that takes the lock and tells ctdbd through a pipe.)
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.chains import poll
 from ctdb.engines.flows import Flow
-from ctdb.engines.ordered.stream_gate import read_value
 from ctdb.engines.waiting import Answer, Waiting
 from ctdb.storage.database import Database
-from ctdb.storage.ltdb import live_value
+from ctdb.storage.ltdb import Record, live_value
 
 if TYPE_CHECKING:
     from ctdb.engines.host import Host
@@ -34,16 +44,21 @@ class Serving:
 
 
 @dataclass(frozen=True)
-class SharedRead:
-    """Our copy's value of a record in a file Samba's clients share: read
-    under its chain lock, which a client may hold for a while."""
+class Chain:
+    """Take the chain lock of `key` in a file Samba's clients share once no
+    client holds it: True, or False at `deadline` (math.inf: never)."""
 
     db: Database
     key: bytes
     deadline: float
 
 
-Effect = Serving | Answer | SharedRead
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
+
+
+Effect = Serving | Answer | Chain | Pause
 
 
 def serving(node: Host, deadline: float) -> Flow[Effect, None]:
@@ -53,11 +68,21 @@ def serving(node: Host, deadline: float) -> Flow[Effect, None]:
 
 
 def read(db: Database, key: bytes, deadline: float) -> Flow[Effect, bytes | None]:
-    """Our copy's value: at once from a file of our own."""
+    """Our copy's value (see `read_record`)."""
+    return live_value((yield from read_record(db, key, deadline)))
+
+
+def read_record(db: Database, key: bytes, deadline: float) -> Flow[Effect, Record | None]:
+    """Our copy of the record: at once from a file of our own, under the
+    record's chain from a shared one."""
     if not db.shared:
-        return live_value(db.local.get(key))
-    value: bytes | None = yield SharedRead(db, key, deadline)
-    return value
+        return db.local.get(key)
+    if not (yield Chain(db, key, deadline)):
+        raise CtdbError(ErrorCode.TIMEOUT, f"a Samba client kept the record {key!r} locked")
+    try:
+        return db.local.get(key)
+    finally:
+        db.local.unlock_chain(key)
 
 
 async def carry_out(node: Host, effect: Effect) -> Any:
@@ -65,4 +90,7 @@ async def carry_out(node: Host, effect: Effect) -> Any:
         return await Waiting.until(effect.wait, effect.deadline, effect.what)
     if isinstance(effect, Serving):
         return await node.wait_serving(effect.deadline)
-    return await read_value(effect.db, effect.key, effect.deadline)
+    if isinstance(effect, Chain):
+        db, key = effect.db, effect.key
+        return await poll(lambda: db.local.try_lock_chain(key), effect.deadline)
+    return await asyncio.sleep(effect.seconds)

@@ -1,0 +1,166 @@
+"""vs: records lent to Samba's clients, over three real engines, resumed by hand.
+
+Lending (`engines/ordered/samba_grants.py`) and taking back
+(`samba_returns.py`) are flows; the jobs lending spawns are run by the test
+instead of the event loop. Node 0's file is shared with its Samba clients,
+who write in place while the record is lent; the group of
+`test_ordered_rounds` delivers what the engines broadcast. What is checked
+is what every member holds after a record went back to the stream.
+(`tests/test_samba_grants.py` covers the faults, on one engine and a loop.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctdb.engines.flows import Flow
+from ctdb.engines.ordered.samba_returns import HOLD_MIN
+from ctdb.engines.ordered.waits import Effect, Pause
+from ctdb.storage.database import Database
+from ctdb.storage.ltdb import NO_DMASTER, Record
+from tests.test_ordered_flows import Resumed, db, engine, queue, run, three_engines, values
+from tests.test_ordered_rounds import Group, Session
+
+KEY = b"k"
+
+
+class HandJob:
+    """A flow lending spawned, run by the test (what lending uses of a task)."""
+
+    def __init__(self, flow: Flow[Effect, None], group: Group) -> None:
+        self.resumed = Resumed(flow, group.clock)
+        self._callbacks: list[Callable[[Any], object]] = []
+
+    def done(self) -> bool:
+        return self.resumed.ended
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return self.resumed.error
+
+    def cancel(self) -> bool:
+        raise AssertionError("nothing is cancelled here")
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        self._callbacks.append(fn)
+
+    def step(self) -> bool:
+        moved = not self.done() and self.resumed.resume()
+        if moved and self.done():
+            for fn in self._callbacks:
+                fn(self)
+        return moved
+
+
+@pytest.fixture
+def jobs(group: Group) -> list[HandJob]:
+    """Node 0 shares its file with its Samba clients; the jobs its lending starts."""
+    db(group, 0).shared = True
+    started: list[HandJob] = []
+
+    def spawn(flow: Flow[Effect, None]) -> HandJob:
+        job = HandJob(flow, group)
+        started.append(job)
+        return job
+
+    engine(group, 0).samba.spawn = spawn
+    return started
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[Group]:
+    yield from three_engines(tmp_path)
+
+
+def settle(group: Group, jobs: list[HandJob], *flows: Resumed) -> None:
+    """Deliver, resume and step until nothing moves."""
+    moved = True
+    while moved:
+        group.deliver()
+        moved = any(f.resume() for f in flows if not f.ended)
+        moved = any([job.step() for job in jobs]) or moved
+
+
+def lent_here(group: Group, jobs: list[HandJob], value: bytes) -> Database:
+    """`KEY` (stored as `value` by a client of node 1) lent to node 0's Samba clients."""
+    store = Resumed(engine(group, 1).storing(db(group, 1), KEY, value, Session()))
+    run(group, store)
+    lending = Resumed(engine(group, 0).samba.lending(db(group, 0), KEY, 10.0), group.clock)
+    settle(group, jobs, lending)
+    assert lending.ended and lending.error is None
+    shared = db(group, 0)
+    rec = shared.local.get(KEY)
+    assert rec is not None and rec.dmaster == 0 and rec.value == value  # ours, in place
+    return shared
+
+
+def write_in_place(shared: Database, value: bytes) -> None:
+    """What a Samba client does with a record whose header names its node."""
+    assert shared.local.try_lock_chain(KEY)
+    try:
+        rec = shared.local.get(KEY)
+        assert rec is not None and rec.dmaster == 0
+        shared.local.put(KEY, Record(rec.rsn, 0, value))
+    finally:
+        shared.local.unlock_chain(KEY)
+
+
+def test_a_record_taken_back_brings_what_samba_clients_wrote_to_every_member(
+    group: Group, jobs: list[HandJob]
+) -> None:
+    shared = lent_here(group, jobs, b"v0")
+    write_in_place(shared, b"in place")
+    assert values(group, KEY) == {b"v0", b"in place"}  # only node 0 has it yet
+
+    asking = Resumed(engine(group, 1).locking(db(group, 1), KEY, Session()))
+    settle(group, jobs, asking)
+    assert asking.ended and asking.result == b"in place"
+    assert values(group, KEY) == {b"in place"}
+    rec = shared.local.get(KEY)
+    assert rec is not None and rec.dmaster == NO_DMASTER  # no longer lent: clients ask
+    assert not engine(group, 0).samba.lent and len(jobs) == 1
+
+
+def test_an_unchanged_record_stays_lent_a_moment_before_it_goes_back(
+    group: Group, jobs: list[HandJob]
+) -> None:
+    """The client that asked for it must get to use it: a record nobody
+    wrote goes back only HOLD_MIN after it was lent."""
+    lent_here(group, jobs, b"v0")
+    asking = Resumed(engine(group, 2).locking(db(group, 2), KEY, Session()))
+    group.deliver()
+    assert len(jobs) == 1  # the taking back started...
+    taking_back = jobs[0].resumed
+    assert isinstance(taking_back.effect, Pause)  # ...and waits
+    assert 0 < taking_back.effect.seconds <= HOLD_MIN
+    assert engine(group, 0).samba.lent
+    before = group.clock.now()
+    settle(group, jobs, asking)
+    assert group.clock.now() - before >= HOLD_MIN * 0.99
+    assert asking.ended and asking.result == b"v0"
+    assert values(group, KEY) == {b"v0"}
+    assert len(queue(group, KEY)) == 1  # every member agrees who holds it now
+
+
+def test_a_view_change_revokes_what_is_lent_and_what_was_written_in_place_is_lost(
+    group: Group, jobs: list[HandJob]
+) -> None:
+    """A node cut off stops lending at once: its clients must ask again,
+    and a write in place the others never saw does not come back."""
+    shared = lent_here(group, jobs, b"v0")
+    write_in_place(shared, b"never seen")
+    group.view(0)  # node 0 alone: a minority
+    group.view(1, 2)
+    group.deliver()
+    rec = shared.local.get(KEY)
+    assert rec is not None and rec.dmaster == NO_DMASTER and rec.value == b"v0"
+    assert not engine(group, 0).samba.lent
+    reading = Resumed(engine(group, 1).reads.ordered(db(group, 1), KEY, Session()))
+    settle(group, jobs, reading)
+    assert reading.ended and reading.result == b"v0"
