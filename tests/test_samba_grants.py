@@ -26,7 +26,7 @@ from ctdb.engines.ordered import samba_views, waits
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
 from ctdb.engines.ordered.samba_grants import SambaGrants
-from ctdb.engines.ordered.waits import Effect, Pause
+from ctdb.engines.ordered.waits import Effect, Pause, Serving
 from ctdb.engines.waiting import Answer, Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
@@ -150,7 +150,8 @@ class Engine:
         deadline: float | None = None,
     ) -> Flow[Effect, None]:
         if serving:
-            yield from waits.serving(cast(Any, self.node), self.node.now() + 0.5)
+            if not self.node.serving:
+                yield Serving(self.node.now() + 0.5)
         yield Pause(0)
         if self.failing_unlocks:
             self.failing_unlocks -= 1

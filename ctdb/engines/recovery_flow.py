@@ -54,7 +54,7 @@ class NodeFailed(CtdbError):
         self.pnn = pnn
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Control:
     """Send one control; the outcome is its reply."""
 
@@ -63,7 +63,7 @@ class Control:
     args: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Controls:
     """Send these controls at once; the outcome is their replies, in order."""
 
@@ -74,7 +74,7 @@ class Controls:
         return Controls([Control(p, op, args) for p in members])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Merge:
     """Merge pulled copies of a volatile database (member -> wire records):
     the merged wire records."""
@@ -82,14 +82,14 @@ class Merge:
     copies: dict[int, list[Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Drain:
     """Return once the links have sent what is queued: a whole database goes
     to each target of a push, queued only then (a stuck peer is dropped, not
     waited for)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Now:
     """The current time."""
 
@@ -97,7 +97,7 @@ class Now:
 NOW = Now()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LeasesRunOut:
     """Return once no node in `left` may still serve: each has frozen for
     `generation`, or its lease (seconds, counted from `known_at`) ran out

@@ -51,7 +51,7 @@ class Wait:
         return self.result
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answer:
     """A flow's effect: `wait`'s answer, or TIMEOUT (`what`) at `deadline`."""
 

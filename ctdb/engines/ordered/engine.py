@@ -24,7 +24,7 @@ from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import Stability
 from ctdb.engines.ordered.stream_gate import StreamGate
-from ctdb.engines.ordered.waits import Effect
+from ctdb.engines.ordered.waits import Effect, Serving
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
 from ctdb.engines.waiting import Answer, Waiting
@@ -122,8 +122,8 @@ class OrderedEngine(StreamApplier):
         its result (see Requests.submit)."""
         if deadline is None:
             deadline = self.deadline()
-        if serving:
-            yield from waits.serving(self.node, deadline)
+        if serving and not self.node.serving:
+            yield Serving(deadline)
         msg = self.requests.message(op, args)
         wait = self.waiting.expect(msg.seq)
         try:
@@ -336,7 +336,8 @@ class OrderedEngine(StreamApplier):
         right after sees no newer write."""
         ref = (db.id, key)
         while True:
-            yield from waits.serving(self.node, deadline)
+            if not self.node.serving:
+                yield Serving(deadline)
             if ref not in self.stability.dirty:
                 return
             yield from self.waiting.registered(

@@ -19,7 +19,7 @@ from ctdb.engines.flows import Flow
 from ctdb.engines.ordered import waits
 from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.local_clients import LockingEngine, withdrawal
-from ctdb.engines.ordered.waits import Effect
+from ctdb.engines.ordered.waits import Effect, Serving
 from ctdb.engines.waiting import Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import live_value
@@ -82,7 +82,8 @@ class Reads:
         """
         e = self.engine
         deadline = e.deadline()
-        yield from waits.serving(e.node, deadline)
+        if not e.node.serving:
+            yield Serving(deadline)
         yield from e.waiting.registered(
             self.barriers.join,
             self.barriers.leave,

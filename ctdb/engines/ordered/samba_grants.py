@@ -70,9 +70,8 @@ from typing import cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.flows import Flow
-from ctdb.engines.ordered import waits
 from ctdb.engines.ordered.samba_returns import LendingEngine, Lent, Ref, Returns, unnamed
-from ctdb.engines.ordered.waits import Chain, Effect
+from ctdb.engines.ordered.waits import Chain, Effect, Serving
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 
@@ -147,7 +146,8 @@ class SambaGrants(Returns):
         """Take the record's lock for our Samba side and name us in our copy's header."""
         engine = self.engine
         engine.node.stats["samba_lends"] += 1
-        yield from waits.serving(engine.node, deadline)
+        if not engine.node.serving:
+            yield Serving(deadline)
         yield from engine.locking(db, key, self.session)
         ref = (db.id, key)
         try:

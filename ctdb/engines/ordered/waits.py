@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ctdb.engines.host import Host
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Serving:
     """This node serves again (a round ended, quorum came back), or an
     error at `deadline` (`Host.wait_serving`)."""
@@ -43,7 +43,7 @@ class Serving:
     deadline: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Chain:
     """Take the chain lock of `key` in a file Samba's clients share once no
     client holds it: True, or False at `deadline` (math.inf: never)."""
@@ -53,18 +53,12 @@ class Chain:
     deadline: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Pause:
     seconds: float
 
 
 Effect = Serving | Answer | Chain | Pause
-
-
-def serving(node: Host, deadline: float) -> Flow[Effect, None]:
-    """Go on once this node serves."""
-    if not node.serving:
-        yield Serving(deadline)
 
 
 def read(db: Database, key: bytes, deadline: float) -> Flow[Effect, bytes | None]:
