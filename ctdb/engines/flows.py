@@ -36,17 +36,16 @@ async def drive(flow: Flow[E, T], carry_out: Callable[[E], Awaitable[Any]]) -> T
     so its `finally` clauses run.
     """
     try:
-        outcome: Any = None
-        failure: Exception | None = None
+        effect = next(flow)
         while True:
             try:
-                effect = flow.send(outcome) if failure is None else flow.throw(failure)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            try:
-                outcome, failure = await carry_out(effect), None
+                outcome = await carry_out(effect)
             except Exception as exc:
-                outcome, failure = None, exc
+                effect = flow.throw(exc)
+            else:
+                effect = flow.send(outcome)
+    except StopIteration as done:
+        result: T = done.value
+        return result
     finally:
         flow.close()

@@ -82,7 +82,7 @@ class Waiting:
         if not wait.done:  # else answered already (a lock granted as its request was applied)
             loop = asyncio.get_running_loop()
             wait.future = loop.create_future()
-            timer = loop.call_at(deadline, wait.settle, None, CtdbError(ErrorCode.TIMEOUT, what))
+            timer = loop.call_at(deadline, _expire, wait, what)
             try:
                 await wait.future
             finally:
@@ -149,3 +149,7 @@ class Waiting:
 async def answered(effect: Answer) -> Any:
     """Carry out an `Answer` on the event loop."""
     return await Waiting.until(effect.wait, effect.deadline, effect.what)
+
+
+def _expire(wait: Wait, what: str) -> None:
+    wait.settle(None, CtdbError(ErrorCode.TIMEOUT, what))

@@ -63,6 +63,8 @@ Effect = Serving | Answer | Chain | Pause
 
 def read(db: Database, key: bytes, deadline: float) -> Flow[Effect, bytes | None]:
     """Our copy's value (see `read_record`)."""
+    if not db.shared:
+        return live_value(db.local.get(key))
     return live_value((yield from read_record(db, key, deadline)))
 
 
