@@ -13,7 +13,9 @@ unlike a volatile list, this one does not die with its dmaster.
 A commit that lost a race (BUSY: the record changed since it was read)
 never ran anywhere, so the call runs again on the newer value. Any other
 failure goes to the client as a transaction's would: its outcome may be
-unknown, and the call is idempotent for a retry.
+unknown, and the call is idempotent for a retry. The call's course is a
+flow (`calling`, see `ctdb.engines.flows`), answered by hand in
+`tests/test_persistent_call_flow.py`.
 
 Owners that are gone are purged by every member at the end of a recovery
 (`purge`, from `set_vnnmap`). All members hold one copy of each replicated
@@ -25,14 +27,15 @@ recovery, whose epoch it lacks.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines import record_calls
+from ctdb.engines import flows, record_calls
+from ctdb.engines.flows import Flow
 from ctdb.engines.record_calls import RecordCall
-from ctdb.engines.transactions import TransactionEngine, local_puts, next_version
+from ctdb.engines.transactions import Transaction, TransactionEngine, local_puts, next_version
 from ctdb.storage.database import Database
 
 if TYPE_CHECKING:
@@ -48,14 +51,46 @@ class Committer(Protocol):
     async def settle(self, db: Database, key: bytes, deadline: float) -> None: ...
 
 
+@dataclass(slots=True)
+class Settled:
+    """Go on once no commit that wrote `key` may still be taken back here."""
+
+    db: Database
+    key: bytes
+    deadline: float
+
+
+@dataclass(slots=True)
+class Committed:
+    """`tx` committed on every node (its outcome: the new sequence number)."""
+
+    tx: Transaction
+
+
+Effect = Settled | Committed
+
+
 async def call(engine: Committer, db: Database, key: bytes, request: RecordCall) -> dict[str, Any]:
     """Run `request` on the record as a one-key transaction; its answer."""
     record_calls.check(request)
+    deadline = engine.node.now() + engine.node.tunable("CallTimeout")
+
+    async def carry_out(effect: Effect) -> Any:
+        if isinstance(effect, Settled):
+            return await engine.settle(effect.db, effect.key, effect.deadline)
+        return await engine.transactions.commit(effect.tx)
+
+    return await flows.drive(calling(engine, db, key, request, deadline), carry_out)
+
+
+def calling(
+    engine: Committer, db: Database, key: bytes, request: RecordCall, deadline: float
+) -> Flow[Effect, dict[str, Any]]:
+    """`call`'s course: run the call on our settled copy, commit what it
+    changes, run it again if another commit changed the record first."""
     node = engine.node
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + node.tunable("CallTimeout")
     while True:
-        await engine.settle(db, key, deadline)
+        yield Settled(db, key, deadline)
         before = db.local.get(key)
         outcome = record_calls.run(request, before)
         if outcome.value is None:
@@ -64,9 +99,9 @@ async def call(engine: Committer, db: Database, key: bytes, request: RecordCall)
         tx.reads[key] = before.rsn if before is not None else 0
         tx.writes[key] = outcome.value
         try:
-            await engine.transactions.commit(tx)
+            yield Committed(tx)
         except CtdbError as exc:
-            if exc.code != ErrorCode.BUSY or loop.time() >= deadline:
+            if exc.code != ErrorCode.BUSY or node.now() >= deadline:
                 raise
             continue  # another commit changed the record first: run the call again
         head = record_calls.new_head(before, outcome.value)
