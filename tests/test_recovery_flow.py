@@ -15,10 +15,9 @@ import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import flows
+from ctdb.engines.controls import Control, Controls
 from ctdb.engines.recovery_flow import (
     NOW,
-    Control,
-    Controls,
     Drain,
     Effect,
     LeasesRunOut,

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines import flows
+from ctdb.engines.controls import Control, Controls
 from ctdb.engines.merge import from_wire, merge_volatile, to_wire
 from ctdb.engines.recovery_flow import (
     NOW,
-    Control,
-    Controls,
     Drain,
     Effect,
     LeasesRunOut,

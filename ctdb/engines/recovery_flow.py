@@ -35,6 +35,7 @@ from typing import Any
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines import recovery_plan
+from ctdb.engines.controls import Control, Controls
 from ctdb.engines.flows import Flow
 from ctdb.engines.merge import (
     Mark,
@@ -52,26 +53,6 @@ class NodeFailed(CtdbError):
     def __init__(self, pnn: int, op: str, error: CtdbError) -> None:
         super().__init__(error.code, f"{op} on node {pnn}: {error.message}")
         self.pnn = pnn
-
-
-@dataclass(slots=True)
-class Control:
-    """Send one control; the outcome is its reply."""
-
-    pnn: int
-    op: str
-    args: dict[str, Any]
-
-
-@dataclass(slots=True)
-class Controls:
-    """Send these controls at once; the outcome is their replies, in order."""
-
-    calls: list[Control]
-
-    @staticmethod
-    def on_all(members: list[int], op: str, args: dict[str, Any]) -> Controls:
-        return Controls([Control(p, op, args) for p in members])
 
 
 @dataclass(slots=True)

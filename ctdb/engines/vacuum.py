@@ -23,7 +23,9 @@ copy fails the round for the lmaster (which then keeps its markers).
 Only while every configured node is in the vnnmap: a node that is away
 could come back with an older copy, which a removed marker would no longer
 outrank. A vacuum cut short by a recovery or a failure leaves the marker
-where it was; the next round tries again.
+where it was; the next round tries again. A round is a flow
+(`ctdb.engines.flows`) that yields the controls it sends, answered by hand
+in `tests/test_vacuum_round.py`.
 """
 
 from __future__ import annotations
@@ -32,10 +34,13 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import flows
 from ctdb.engines.chains import release, try_hold
+from ctdb.engines.controls import Controls
+from ctdb.engines.flows import Flow
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import lmaster
@@ -85,7 +90,17 @@ class Vacuum:
                 self.note(db, key, rec)
 
     async def run(self) -> int:
-        """One round over every database; returns the markers removed."""
+        """One round over every database (`round`); returns the markers removed."""
+        return await flows.drive(self.round(), self._send)
+
+    async def _send(self, effect: Controls) -> list[Any]:
+        node = self.node
+        return list(
+            await asyncio.gather(*(node.control(c.pnn, c.op, c.args) for c in effect.calls))
+        )
+
+    def round(self) -> Flow[Controls, int]:
+        """One round over every database, as a flow: the markers removed."""
         node = self.node
         everyone = list(range(len(node.nodes)))
         removed = 0
@@ -97,7 +112,7 @@ class Vacuum:
             if db is None or not keys:
                 self.candidates.pop(dbid, None)
                 continue
-            removed += await self._run_db(db, keys)
+            removed += yield from self._db_round(db, keys)
         return removed
 
     def _marker(self, db: Database, key: bytes) -> Record | None:
@@ -107,7 +122,7 @@ class Vacuum:
             return None
         return rec
 
-    async def _run_db(self, db: Database, keys: dict[bytes, None]) -> int:
+    def _db_round(self, db: Database, keys: dict[bytes, None]) -> Flow[Controls, int]:
         node, engine = self.node, self.engine
         batch: list[tuple[bytes, int]] = []
         for key in list(itertools.islice(keys, BATCH)):
@@ -132,7 +147,7 @@ class Vacuum:
         others = [p for p in node.vnnmap if p != node.pnn]
         args = {"db_id": db.id, "generation": generation, "records": [list(r) for r in batch]}
         try:
-            await asyncio.gather(*(node.control(p, "vacuum", args) for p in others))
+            yield Controls.on_all(others, "vacuum", args)
         except (CtdbError, TimeoutError) as exc:  # a failed round only delays the vacuum
             log.info("vacuum of %s deferred: %s", db.name, exc)
             return 0

@@ -1,0 +1,32 @@
+"""The controls a tcp flow sends to other nodes and waits for (`ctdb.engines.flows`).
+
+One control (`Control`: the outcome is its reply) or several at once
+(`Controls`: their replies, in order). Each flow's driver sends them with
+`Host.control`; what a failure means is the flow's to say (a recovery
+fails with the node that failed, a vacuum round defers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Control:
+    """Send one control; the outcome is its reply."""
+
+    pnn: int
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Controls:
+    """Send these controls at once; the outcome is their replies, in order."""
+
+    calls: list[Control]
+
+    @staticmethod
+    def on_all(members: list[int], op: str, args: dict[str, Any]) -> Controls:
+        return Controls([Control(p, op, args) for p in members])
