@@ -119,7 +119,7 @@ class OrderedEngine(StreamApplier):
         self, op: str, args: dict[str, Any], deadline: float | None = None, *, serving: bool = True
     ) -> Flow[Effect, Any]:
         """`op` in the stream once this node serves (`serving`: else at once);
-        its result (see Requests.submit)."""
+        its result (see `Requests.deliver`)."""
         if deadline is None:
             deadline = self.deadline()
         if serving and not self.node.serving:
