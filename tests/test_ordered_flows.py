@@ -24,29 +24,25 @@ from ctdb.engines.ordered.waits import Chain, Effect, Pause, Serving
 from ctdb.engines.waiting import Answer
 from ctdb.storage.database import Database
 from tests.clocks import ManualClock
+from tests.flow_steps import Stepped
 from tests.test_ordered_rounds import Group, Session
 
 
-class Resumed:
-    """A flow resumed by hand: `effect` is what it waits for now; once it
-    ended, `result` or `error` says how. A pause moves `clock` on."""
+class Resumed(Stepped[Effect]):
+    """A client's flow resumed as its driver would: once it ended, `result`
+    or `error` says how. A pause moves `clock` on."""
 
     def __init__(self, flow: Flow[Effect, Any], clock: ManualClock | None = None) -> None:
-        self.flow = flow
         self.clock = clock
-        self.effect: Effect | None = None
-        self.ended = False
-        self.result: Any = None
         self.error: CtdbError | None = None
-        self._go(lambda: next(flow))
+        super().__init__(flow)
 
-    def _go(self, step: Callable[[], Effect]) -> None:
+    def _go(self, step: Callable[[], Effect]) -> Effect | None:
         try:
-            self.effect = step()
-        except StopIteration as done:
-            self.effect, self.ended, self.result = None, True, done.value
+            return super()._go(step)
         except CtdbError as exc:
             self.effect, self.ended, self.error = None, True, exc
+            return None
 
     def resume(self) -> bool:
         """Give the flow what its driver would once the answer is there:
@@ -57,28 +53,27 @@ class Resumed:
         if isinstance(effect, Chain):
             if not effect.db.local.try_lock_chain(effect.key):
                 return False  # a client holds it
-            self._go(lambda: self.flow.send(True))
+            self.answer(True)
             return True
         if isinstance(effect, Pause):
             assert self.clock is not None
             self.clock.advance(effect.seconds)
-            self._go(lambda: self.flow.send(None))
+            self.answer()
             return True
         assert isinstance(effect, Answer), effect
         if not effect.wait.done:
             return False
         if effect.wait.error is not None:
-            error = effect.wait.error
-            self._go(lambda: self.flow.throw(error))
+            self.fail(effect.wait.error)
         else:
-            self._go(lambda: self.flow.send(effect.wait.result))
+            self.answer(effect.wait.result)
         return True
 
     def time_out(self) -> None:
         """Its deadline passed (what `Waiting.until` raises then)."""
         effect = self.effect
         assert isinstance(effect, Answer) and not effect.wait.done
-        self._go(lambda: self.flow.throw(CtdbError(ErrorCode.TIMEOUT, effect.what)))
+        self.fail(CtdbError(ErrorCode.TIMEOUT, effect.what))
 
 
 def run(group: Group, *flows: Resumed) -> None:

@@ -18,6 +18,7 @@ from ctdb.engines.transactions import Transaction
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry, decode_entries
 from ctdb.storage.ltdb import Record
+from tests.flow_steps import Stepped
 
 DEADLINE = 10.0
 
@@ -51,25 +52,9 @@ def db(tmp_path: Path) -> Iterator[Database]:
         made.local.close()
 
 
-class Run:
+class Run(Stepped[Effect]):
     def __init__(self, engine: Engine, db: Database, request: RecordCall) -> None:
-        self.flow = calling(cast(Any, engine), db, b"k", request, DEADLINE)
-        self.effect: Effect | None = next(self.flow)
-        self.result: dict[str, Any] | None = None
-
-    def answer(self, outcome: Any = None) -> Effect | None:
-        try:
-            self.effect = self.flow.send(outcome)
-        except StopIteration as done:
-            self.effect, self.result = None, done.value
-        return self.effect
-
-    def fail(self, error: CtdbError) -> Effect | None:
-        try:
-            self.effect = self.flow.throw(error)
-        except StopIteration as done:
-            self.effect, self.result = None, done.value
-        return self.effect
+        super().__init__(calling(cast(Any, engine), db, b"k", request, DEADLINE))
 
 
 def entries(value: bytes) -> list[bytes]:

@@ -26,55 +26,19 @@ from ctdb.engines.recovery_flow import (
     recovery,
 )
 from ctdb.storage.placement import db_id
+from tests.flow_steps import Stepped
+from tests.test_recovery_plan import persistent, reply, volatile
 
 MEMBERS = [0, 1, 2]
 GEN = 77
 
 
-def reply(
-    *,
-    epoch: int = 3,
-    thawed: int = 3,
-    leases: tuple[tuple[int, float], ...] = (),
-    dbs: dict[str, Any] | None = None,
-    view: tuple[int, ...] = (0, 1, 2),
-) -> dict[str, Any]:
-    """A member's reply to the freeze (as `recovery_member` gives it)."""
-    return {
-        "epoch": epoch,
-        "incarnation": 1,
-        "served": epoch,
-        "thawed": thawed,
-        "generation": 9,
-        "view": list(view),
-        "leases": [list(lease) for lease in leases],
-        "dbs": dbs or {},
-    }
-
-
-def volatile(base: tuple[int, int] | None) -> dict[str, Any]:
-    return {"kind": "volatile", "seqnum": 0, "history": b"", "base": base}
-
-
-def persistent(seqnum: int, history: bytes) -> dict[str, Any]:
-    return {"kind": "persistent", "seqnum": seqnum, "history": history, "base": None}
-
-
-class Run:
-    """A flow resumed by hand: `effect` is what it waits for now."""
+class Run(Stepped[Effect]):
+    """The recovery of `members`, resumed by hand."""
 
     def __init__(self, members: list[int] = MEMBERS, leader: int = 0) -> None:
         self.members = members
-        self.flow = recovery(members, GEN, leader)
-        self.effect: Effect | None = next(self.flow)
-        self.result: int | None = None
-
-    def answer(self, outcome: Any = None) -> Effect | None:
-        try:
-            self.effect = self.flow.send(outcome)
-        except StopIteration as done:
-            self.effect, self.result = None, done.value
-        return self.effect
+        super().__init__(recovery(members, GEN, leader))
 
     def frozen(self, replies: dict[int, dict[str, Any]], now: float = 100.0) -> Effect | None:
         assert self.effect == Controls.on_all(self.members, "freeze", {"generation": GEN})
@@ -238,7 +202,7 @@ def test_a_failed_control_ends_the_recovery_before_any_member_thaws() -> None:
     assert isinstance(run.effect, Controls) and run.effect.calls[0].op == "pull"
     failure = NodeFailed(2, "pull", CtdbError(ErrorCode.IO, "disk gone"))
     with pytest.raises(NodeFailed) as ended:
-        run.flow.throw(failure)
+        run.fail(failure)
     assert ended.value.pnn == 2 and ended.value.code == ErrorCode.IO
     with pytest.raises(StopIteration):
         next(run.flow)  # nothing more: no set_vnnmap, no thaw
