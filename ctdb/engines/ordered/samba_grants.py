@@ -121,11 +121,7 @@ class SambaGrants(Returns):
         ref = (db.id, key)
         # Our clients may be working on it already, and one may hold its
         # chain while it waits for us: never wait for it on the loop.
-        try:
-            held = yield Chain(db, key, deadline)
-        except Exception as exc:
-            raise self._lending_failed(ref, exc) from None
-        if not held:
+        if not (yield from self._chain(db, key, deadline)):
             raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
         try:
             lent = self.lent.get(ref)
@@ -150,11 +146,7 @@ class SambaGrants(Returns):
             yield Serving(deadline)
         yield from engine.locking(db, key, self.session)
         ref = (db.id, key)
-        try:
-            held = yield Chain(db, key, deadline)
-        except Exception as exc:
-            raise self._lending_failed(ref, exc) from None
-        if not held:
+        if not (yield from self._chain(db, key, deadline)):
             yield from self.giving_back(db, key, None)
             raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
         lend = self.may_lend and self._ours(ref)
@@ -177,6 +169,15 @@ class SambaGrants(Returns):
             else:
                 self._disown(ref)
             raise CtdbError(ErrorCode.RETRY, f"node {engine.node.pnn} stopped serving")
+
+    def _chain(self, db: Database, key: bytes, deadline: float) -> Flow[Effect, bool]:
+        """The record's chain lock once no client holds it (False at
+        `deadline`); a file that fails under it fails the lending."""
+        try:
+            held: bool = yield Chain(db, key, deadline)
+        except Exception as exc:
+            raise self._lending_failed((db.id, key), exc) from None
+        return held
 
     def _lending_failed(self, ref: Ref, exc: Exception) -> CtdbError:
         """Our shared file failed while lending `ref`: the lock (granted, or
