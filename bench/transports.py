@@ -60,6 +60,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ctdb.common.allocator import steady_heap
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "transports"
 SIZES = [16, 256, 4096, 65536, 1 << 20]
@@ -578,6 +580,9 @@ async def self_delivery(ep: CpgEndpoint, plan: Plan) -> dict[str, Any]:
 def worker_main(ns: argparse.Namespace) -> int:
     import uvloop
 
+    if json.loads(ns.conf).get("heap") == "steady":
+        steady_heap()  # as ctdbd does at start; the raw baseline too, so that ratios compare code
+
     prof_dir = os.environ.get("BENCH_TRANSPORTS_PROFILE")
     if not prof_dir:
         uvloop.run(worker(ns))
@@ -1023,6 +1028,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, "-m", "bench.transports", *sys.argv[1:]]),
         "quick": ns.quick,
         "vs_mode": ns.vs_mode,
+        "heap": ns.heap,
         "sizes": sizes,
         "plan": asdict(plan),
         "corosync": {"transport": "knet", "token_ms": TOKEN_MS, "isolated": True},
@@ -1033,7 +1039,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     cs = None
     per_round: dict[str, list[dict[str, Any]]] = {}
     try:
-        base = {"plan": asdict(plan), "sizes": sizes}
+        base = {"plan": asdict(plan), "sizes": sizes, "heap": ns.heap}
         for kind in [k for _ in range(ns.rounds) for k in ns.only]:
             conf = dict(base)
             prefix: list[str] = []
@@ -1135,7 +1141,13 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
         "Throughput: A streams for a fixed time with `drain()`, B counts. "
         f"`vs` uses `{results['vs_mode']}` (one agreed-order CPG mcast per message, "
         "the other member filters it out); `cpg` is bare libcpg mcast ping-pong. "
-        f"corosync: private, isolated netns, knet on 127.0.0.1, token {TOKEN_MS} ms.",
+        f"corosync: private, isolated netns, knet on 127.0.0.1, token {TOKEN_MS} ms. "
+        + (
+            "Every worker sets glibc's heap as ctdbd does (`ctdb.common.allocator`)."
+            if results.get("heap") == "steady"
+            else "glibc's heap left at its defaults (`--heap default`): large-frame "
+            "figures then depend on heap layout by a factor of 3-5."
+        ),
         "",
         "| backend | size | RTT p50 (us) | RTT p99 (us) | msg/s | MB/s |",
         "|---|---:|---:|---:|---:|---:|",
@@ -1385,6 +1397,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="run the backends this many times, interleaved; report per-figure medians",
+    )
+    parser.add_argument(
+        "--heap",
+        choices=["steady", "default"],
+        default="steady",
+        help="glibc heap settings of every worker: as ctdbd sets them (default), or glibc's "
+        "own defaults, under which large-frame streams vary 3-5x with heap layout",
     )
     parser.add_argument("--worker", choices=[*KINDS, "idle"], help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["a", "b", "idle"], help=argparse.SUPPRESS)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ctdb.common import config as config_mod
+from ctdb.common.allocator import steady_heap
 from ctdb.common.errors import CtdbError
 from ctdb.server.ctdb_sessions import CtdbProtocolServer
 from ctdb.server.node import Node
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctdbd: {exc.message}", file=sys.stderr)
         return 2
     _setup_logging(cfg)
+    if not steady_heap():
+        log.info("no glibc mallopt: heap left at the C library's defaults")
     try:
         if ns.no_uvloop:
             asyncio.run(run(cfg))
