@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from ctdb.engines.effects import Pause
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.samba_returns import HOLD_MIN
-from ctdb.engines.ordered.waits import Effect, Pause
+from ctdb.engines.ordered.waits import Effect
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 from tests.test_ordered_flows import Resumed, db, engine, queue, run, three_engines, values

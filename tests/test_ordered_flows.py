@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.effects import Chain, Pause, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.ordered.locks import QueueFull
-from ctdb.engines.ordered.waits import Chain, Effect, Pause, Serving
+from ctdb.engines.ordered.waits import Effect
 from ctdb.engines.waiting import Answer
 from ctdb.storage.database import Database
 from tests.clocks import ManualClock

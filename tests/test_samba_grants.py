@@ -21,12 +21,13 @@ import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import flows
+from ctdb.engines.effects import Pause, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered import samba_views, waits
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.replica import Granted, Replica
 from ctdb.engines.ordered.samba_grants import SambaGrants
-from ctdb.engines.ordered.waits import Effect, Pause, Serving
+from ctdb.engines.ordered.waits import Effect
 from ctdb.engines.waiting import Answer, Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record

@@ -6,9 +6,10 @@ ordered stream for vs (`ordered/`).
 
 A request decides without I/O: a step looks at the state and says what it
 needs next (`acquisition`, `dmaster_calls`), or a flow (`flows`: a
-generator) yields what it waits for and is resumed with the outcome (the
-recovery, persistent record calls, vacuum rounds, every vs client
-operation and lending to Samba's clients); a thin
+generator) yields what it waits for (`effects`, or the engine's own) and
+is resumed with the outcome (the recovery, persistent record calls,
+vacuum rounds, every client operation of either engine that may wait,
+and lending to Samba's clients); a thin
 driver does the waiting on the event loop, and tests do it by hand.
 
 Engines see their node only through `host.Host`. They may import storage,

@@ -34,7 +34,7 @@ class RecordEngine(Protocol):
         a failure (vs: by every member); reading it then is a dirty read.
         """
 
-    async def settle(self, db: Database, key: bytes, deadline: float) -> None:
+    def settle(self, db: Database, key: bytes, deadline: float) -> Awaitable[None]:
         """Wait until this node serves and the key is settled; TIMEOUT at `deadline`.
 
         Returns in the loop turn that found it settled, so a read right

@@ -8,8 +8,12 @@ fails with the node that failed, a vacuum round defers).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ctdb.engines.host import Host
 
 
 @dataclass(slots=True)
@@ -30,3 +34,9 @@ class Controls:
     @staticmethod
     def on_all(members: list[int], op: str, args: dict[str, Any]) -> Controls:
         return Controls([Control(p, op, args) for p in members])
+
+
+async def send(node: Host, effect: Controls) -> list[Any]:
+    """Carry out `effect` with the node's controls: the replies, in order;
+    the first failure is raised."""
+    return list(await asyncio.gather(*(node.control(c.pnn, c.op, c.args) for c in effect.calls)))

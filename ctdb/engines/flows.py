@@ -37,6 +37,31 @@ async def drive(flow: Flow[E, T], carry_out: Callable[[E], Awaitable[Any]]) -> T
     """
     try:
         effect = next(flow)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    return await _rest(flow, effect, carry_out)
+
+
+def started(flow: Flow[E, T], carry_out: Callable[[E], Awaitable[Any]]) -> T | Awaitable[T]:
+    """Run `flow` until it first waits: its result if it never does, else a
+    coroutine that drives the rest.
+
+    A request's fast path (a record served here, no client in the way) so
+    costs no coroutine and no task; callers tell the two apart with
+    `ctdb.engines.base.pending`.
+    """
+    try:
+        effect = next(flow)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    return _rest(flow, effect, carry_out)
+
+
+async def _rest(flow: Flow[E, T], effect: E, carry_out: Callable[[E], Awaitable[Any]]) -> T:
+    """`drive`, from the flow's first effect on."""
+    try:
         while True:
             try:
                 outcome = await carry_out(effect)

@@ -38,18 +38,18 @@ writing: the client takes the lock again and redoes its update.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines import persistent_calls
+from ctdb.engines import flows, migration_flows, persistent_calls
 from ctdb.engines.acquisition import Acquisition
-from ctdb.engines.base import resolved
-from ctdb.engines.chains import ChainGate, release, try_hold
+from ctdb.engines.chains import ChainGate, release
 from ctdb.engines.dmaster_calls import DmasterCalls
+from ctdb.engines.flows import Flow
 from ctdb.engines.handover import is_dmaster
-from ctdb.engines.merge import from_wire
 from ctdb.engines.migration_messages import CallOut, KeyState
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.vacuum import Vacuum
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     from ctdb.engines.transactions import Transaction, TransactionEngine
 
 log = logging.getLogger("ctdb.engines.migration")
+
+T = TypeVar("T")
 
 
 class MigrationEngine(Acquisition):
@@ -85,20 +87,13 @@ class MigrationEngine(Acquisition):
         self.vacuum = Vacuum(self)
         #: conditional appends and their kin, run at the dmaster
         self.calls = DmasterCalls(self)
+        self._carry_out = functools.partial(migration_flows.carry_out, self)
 
     # -- the record operations a client asks for (see ctdb.engines.base) -----------
+    # Each is a flow of migration_flows.py, run here as far as it goes at once.
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
-        # The fast path: a record served here now, without waiting.
-        if self.node.serving and try_hold(db, key):  # else a Samba client holds it: wait
-            try:
-                mine, rec = self._local(db, key, session)
-            finally:
-                release(db, key)
-            if mine:
-                self.node.stats["fetch_local"] += 1
-                return live_value(rec)
-        return self._fetch_slow(db, key, session)
+        return flows.started(migration_flows.fetching(self, db, key, session), self._carry_out)
 
     def settled(self, db: Database, key: bytes) -> bool:
         """A volatile record is written only where it is acknowledged (its dmaster);
@@ -106,68 +101,23 @@ class MigrationEngine(Acquisition):
         (transactions.TransactionEngine.settled)."""
         return not db.replicated or self.transactions.settled(db, key)
 
-    async def settle(self, db: Database, key: bytes, deadline: float) -> None:
-        while True:
-            await self.node.wait_serving(deadline)
-            if self.settled(db, key):
-                return
-            await self.waiting.wait(
-                lambda waiter: self.transactions.wait_settled(waiter, db, key, self.waiting),
-                self.transactions.unwait,
-                deadline,
-                f"a commit of {key!r} was not made on every node in time",
-            )
-
-    async def _fetch_slow(self, db: Database, key: bytes, session: object) -> bytes | None:
-        return live_value(await self.acquire(db, key, session, lock=False))
+    def settle(self, db: Database, key: bytes, deadline: float) -> Awaitable[None]:
+        return self.run(migration_flows.settling(self, db, key, deadline))
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
-        if self.node.serving and try_hold(db, key):
-            try:
-                mine, rec = self._local(db, key, session)
-                if mine:
-                    self._write_over(db, key, rec, value)
-                    return None
-            finally:
-                release(db, key)
-        return self._store_slow(db, key, value, session)
-
-    async def _store_slow(self, db: Database, key: bytes, value: bytes, session: object) -> None:
-        while True:
-            await self.acquire(db, key, session, lock=False)
-            if await self._write_when_free(db, key, value, session):
-                return
-
-    def _write_now(self, db: Database, key: bytes, value: bytes) -> bool:
-        """Write a record we are dmaster of, unless a client holds its chain (False)."""
-        if not try_hold(db, key):
-            return False
-        try:
-            self.write(db, key, value)
-        finally:
-            release(db, key)
-        return True
-
-    async def _write_when_free(
-        self, db: Database, key: bytes, value: bytes, session: object
-    ) -> bool:
-        """Write once no Samba client holds the record's chain, if `acquire`'s
-        answer still holds then (False: the record moved or a freeze came)."""
-        deadline = self.node.now() + self.node.tunable("CallTimeout")
-        await self.chains.hold(db, key, deadline)
-        try:
-            mine, rec = self._local(db, key, session)
-            if not mine:
-                return False
-            self._write_over(db, key, rec, value)
-            return True
-        finally:
-            release(db, key)
+        flow = migration_flows.storing(self, db, key, value, session)
+        return flows.started(flow, self._carry_out)
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=True))
 
     def unlock(self, db: Database, key: bytes, session: object, value: bytes | None) -> Any:
+        flow = migration_flows.unlocking(self, db, key, session, value)
+        return flows.started(flow, self._carry_out)
+
+    def check_lock(self, db: Database, key: bytes, session: object) -> None:
+        """RETRY if a recovery voided `session`'s lock (said once), NOT_LOCKED
+        if it holds none."""
         if self._voided.get((db.id, key)) is session:
             del self._voided[(db.id, key)]
             raise CtdbError(
@@ -176,34 +126,6 @@ class MigrationEngine(Acquisition):
             )
         if not self.locked_by(db, key, session):
             raise CtdbError(ErrorCode.NOT_LOCKED, f"record {key!r} is not locked by this client")
-        if not self.node.serving:
-            # Our lease is being renewed (a freeze would have voided the
-            # lock): write only once we serve again, or fail.
-            return self._unlock_when_serving(db, key, session, value)
-        if value is not None and not self._write_now(db, key, value):
-            return self._unlock_soon(db, key, session, value)
-        self.release(db, key, session)
-        return None
-
-    async def _unlock_soon(self, db: Database, key: bytes, session: object, value: bytes) -> None:
-        """`unlock` once no Samba client holds the record's chain (still locked meanwhile)."""
-        deadline = self.node.now() + self.node.tunable("CallTimeout")
-        await self.chains.hold(db, key, deadline)
-        try:
-            if self.locked_by(db, key, session) and self.node.serving:
-                self.write(db, key, value)
-                self.release(db, key, session)
-                return
-        finally:
-            release(db, key)
-        await resolved(self.unlock(db, key, session, value))  # voided, or not serving
-
-    async def _unlock_when_serving(
-        self, db: Database, key: bytes, session: object, value: bytes | None
-    ) -> None:
-        node = self.node
-        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
-        await resolved(self.unlock(db, key, session, value))
 
     def call(self, db: Database, key: bytes, call: RecordCall) -> Any:
         if db.replicated:
@@ -216,33 +138,23 @@ class MigrationEngine(Acquisition):
     async def attach(self, name: str, kind: DbKind) -> Database:
         return await self.node.attach_everywhere(name, kind)
 
-    async def wipe(self, db: Database) -> None:
-        node = self.node
-        if db.replicated:
-            # A transaction deleting everything: all nodes or none, and the
-            # sequence number moves forward so recovery cannot undo the wipe.
-            tx = self.transactions.begin(db)
-            for key, _ in await self.traverse(db):
-                tx.writes[key] = None
-            await self.commit(tx)
-            return
-        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
-        args = {"db_id": db.id, "generation": node.generation}
-        await asyncio.gather(*(node.control(p, "wipe", args) for p in node.vnnmap))
+    def wipe(self, db: Database) -> Awaitable[None]:
+        return self.run(migration_flows.wiping(self, db))
 
-    async def traverse(self, db: Database) -> list[tuple[bytes, Record]]:
-        """Each member sends the records it is dmaster of (a replicated database: ours)."""
-        node = self.node
-        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
-        members = [node.pnn] if db.replicated else node.vnnmap
-        parts = await asyncio.gather(
-            *(node.control(p, "traverse", {"db_id": db.id}) for p in members)
-        )
-        return sorted(from_wire(rec for part in parts for rec in part).items())
+    def traverse(self, db: Database) -> Awaitable[list[tuple[bytes, Record]]]:
+        return self.run(migration_flows.traversing(self, db))
+
+    def run(self, flow: Flow[migration_flows.Effect, T]) -> Awaitable[T]:
+        """Carry out a flow of migration_flows.py on the event loop."""
+        return flows.drive(flow, self._carry_out)
+
+    def deadline(self) -> float:
+        """When a request that starts now times out."""
+        return self.node.now() + self.node.tunable("CallTimeout")
 
     # -- the machinery behind them -------------------------------------------
 
-    def _local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
+    def local(self, db: Database, key: bytes, session: object) -> tuple[bool, Record | None]:
         """Whether the record can be served now, and the record (read under its chain lock).
 
         Not `self.is_dmaster`: this runs on every fetch, one call fewer."""
@@ -291,9 +203,9 @@ class MigrationEngine(Acquisition):
 
     def write(self, db: Database, key: bytes, value: bytes) -> Record:
         """Update a record this node is dmaster of (the caller checked that)."""
-        return self._write_over(db, key, db.local.get(key), value)
+        return self.write_over(db, key, db.local.get(key), value)
 
-    def _write_over(self, db: Database, key: bytes, old: Record | None, value: bytes) -> Record:
+    def write_over(self, db: Database, key: bytes, old: Record | None, value: bytes) -> Record:
         """`write`, given the record as read under the same chain lock."""
         rec = Record(self.next_rsn(old), self.node.pnn, value)
         db.local.put(key, rec)

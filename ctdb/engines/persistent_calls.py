@@ -27,7 +27,7 @@ recovery, whose epoch it lacks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,7 +48,7 @@ class Committer(Protocol):
     node: Host
     transactions: TransactionEngine
 
-    async def settle(self, db: Database, key: bytes, deadline: float) -> None: ...
+    def settle(self, db: Database, key: bytes, deadline: float) -> Awaitable[None]: ...
 
 
 @dataclass(slots=True)

@@ -20,25 +20,33 @@ leaves again only through a hand-over, which takes the chain lock too
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable
 
 from ctdb.engines.chains import release
+from ctdb.engines.flows import Flow
 from ctdb.engines.migration import MigrationEngine
+from ctdb.engines.migration_flows import Acquired, Effect, holding
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 
 
-async def migrate_here(engine: MigrationEngine, db: Database, key: bytes) -> Record:
+def migrate_here(engine: MigrationEngine, db: Database, key: bytes) -> Awaitable[Record]:
     """Make this node the dmaster of `key` (volatile `db`) with the record in its
     file; the record as stored. TIMEOUT after CallTimeout, BUSY when too many
     requests already wait for the record."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + engine.node.tunable("CallTimeout")
+    return engine.run(migrating_here(engine, db, key, engine.deadline()))
+
+
+def migrating_here(
+    engine: MigrationEngine, db: Database, key: bytes, deadline: float
+) -> Flow[Effect, Record]:
+    """`migrate_here`'s course: the record locked for this request, then,
+    under its chain, in the file as ours; again if a freeze came between."""
     token = object()  # this request, as the engine's lock holder
     while True:
-        await engine.acquire(db, key, token, lock=True)
+        yield Acquired(db, key, token, True)
         try:
-            await engine.chains.hold(db, key, deadline)
+            yield from holding(db, key, deadline)
             try:
                 rec = _installed(engine, db, key, token)
             finally:

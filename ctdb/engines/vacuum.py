@@ -30,14 +30,13 @@ in `tests/test_vacuum_round.py`.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines import flows
+from ctdb.engines import controls, flows
 from ctdb.engines.chains import release, try_hold
 from ctdb.engines.controls import Controls
 from ctdb.engines.flows import Flow
@@ -91,13 +90,7 @@ class Vacuum:
 
     async def run(self) -> int:
         """One round over every database (`round`); returns the markers removed."""
-        return await flows.drive(self.round(), self._send)
-
-    async def _send(self, effect: Controls) -> list[Any]:
-        node = self.node
-        return list(
-            await asyncio.gather(*(node.control(c.pnn, c.op, c.args) for c in effect.calls))
-        )
+        return await flows.drive(self.round(), lambda effect: controls.send(self.node, effect))
 
     def round(self) -> Flow[Controls, int]:
         """One round over every database, as a flow: the markers removed."""

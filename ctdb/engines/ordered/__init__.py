@@ -69,7 +69,8 @@ clients hold in it), `barriers.py` (linearizable reads), `stability.py`
 (which writes every member holds), `sync.py` (the state-transfer plan, a
 pure function of the offers) and `locks.py` (the replicated lock queues).
 A client's operation (`engine.py`, `reads.py`) is a flow that yields what
-it waits for (`waits.py`); only the Samba lending modules are coroutines.
+it waits for (`waits.py`), and so is lending records to Samba's clients
+(`samba_grants.py`, `samba_returns.py`).
 `requests`, `stability`, `barriers` and `local_clients` hold no futures
 and no timers; they answer whoever waits by key through
 `ctdb.engines.answers`, into the engine's `Waiting`, which keeps each

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import flows, record_calls
 from ctdb.engines.answers import Answers
+from ctdb.engines.effects import Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered import samba_views, waits
 from ctdb.engines.ordered.applier import StreamApplier
@@ -24,7 +25,7 @@ from ctdb.engines.ordered.rounds import Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import Stability
 from ctdb.engines.ordered.stream_gate import StreamGate
-from ctdb.engines.ordered.waits import Effect, Serving
+from ctdb.engines.ordered.waits import Effect
 from ctdb.engines.record_calls import RecordCall
 from ctdb.engines.transactions import Transaction
 from ctdb.engines.waiting import Answer, Waiting

@@ -15,11 +15,12 @@ from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines.answers import Answers
+from ctdb.engines.effects import Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered import waits
 from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.local_clients import LockingEngine, withdrawal
-from ctdb.engines.ordered.waits import Effect, Serving
+from ctdb.engines.ordered.waits import Effect
 from ctdb.engines.waiting import Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import live_value

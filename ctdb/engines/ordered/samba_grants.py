@@ -69,9 +69,10 @@ import asyncio
 from typing import cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.effects import Chain, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.samba_returns import LendingEngine, Lent, Ref, Returns, unnamed
-from ctdb.engines.ordered.waits import Chain, Effect, Serving
+from ctdb.engines.ordered.waits import Effect
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 

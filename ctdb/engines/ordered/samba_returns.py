@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.effects import Chain, Pause
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.local_clients import LockingEngine
-from ctdb.engines.ordered.waits import Chain, Effect, Pause
+from ctdb.engines.ordered.waits import Effect
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 

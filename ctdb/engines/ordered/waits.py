@@ -11,21 +11,18 @@ stability, barriers) need no loop, so a test resumes a flow by hand once
 the group delivered what it sent (`tests/test_ordered_flows.py`);
 `carry_out` waits on the event loop.
 
-A chain lock cannot wake the loop when a client lets go of it (a TDB
-mutex or fcntl lock has no file descriptor to watch), so `carry_out` tries
-it every `chains.RETRY` seconds; never blocking in it keeps the daemon
-serving while a client holds a chain. (CTDB blocks in a helper process
-that takes the lock and tells ctdbd through a pipe.)
+The effects both engines' flows wait for are in `ctdb.engines.effects`,
+which says why a chain lock is polled.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
+from ctdb.engines.effects import Chain, Pause, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.waiting import Answer, Waiting
 from ctdb.storage.database import Database
@@ -33,29 +30,6 @@ from ctdb.storage.ltdb import Record, live_value
 
 if TYPE_CHECKING:
     from ctdb.engines.host import Host
-
-
-@dataclass(slots=True)
-class Serving:
-    """This node serves again (a round ended, quorum came back), or an
-    error at `deadline` (`Host.wait_serving`)."""
-
-    deadline: float
-
-
-@dataclass(slots=True)
-class Chain:
-    """Take the chain lock of `key` in a file Samba's clients share once no
-    client holds it: True, or False at `deadline` (math.inf: never)."""
-
-    db: Database
-    key: bytes
-    deadline: float
-
-
-@dataclass(slots=True)
-class Pause:
-    seconds: float
 
 
 Effect = Serving | Answer | Chain | Pause

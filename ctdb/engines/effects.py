@@ -1,0 +1,43 @@
+"""What a client's flow waits for, whichever engine runs it (`ctdb.engines.flows`).
+
+This node to serve (`Serving`), the chain lock of a record in a file
+Samba's clients share (`Chain`), or a pause (`Pause`). An answer from a
+part of the engine is `waiting.Answer`; what only one engine waits for
+is declared beside its flows (`migration_flows`, `ordered.waits`), and each
+engine's driver carries its effects out.
+
+A chain lock cannot wake the loop when a client lets go of it (a TDB
+mutex or fcntl lock has no file descriptor to watch), so a driver tries it
+every `chains.RETRY` seconds; never blocking in it keeps the daemon
+serving while a client holds a chain. (CTDB blocks in a helper process
+that takes the lock and tells ctdbd through a pipe.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ctdb.storage.database import Database
+
+
+@dataclass(slots=True)
+class Serving:
+    """This node serves again (a recovery or a round ended, quorum came
+    back), or an error at `deadline` (`Host.wait_serving`)."""
+
+    deadline: float
+
+
+@dataclass(slots=True)
+class Chain:
+    """Take the chain lock of `key` in a file Samba's clients share once no
+    client holds it: True, or False at `deadline` (math.inf: never)."""
+
+    db: Database
+    key: bytes
+    deadline: float
+
+
+@dataclass(slots=True)
+class Pause:
+    seconds: float
