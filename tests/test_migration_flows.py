@@ -90,7 +90,7 @@ async def never(effect: Effect) -> None:
 def test_a_store_of_a_record_served_here_ends_at_once(db: Database, holder: Holder) -> None:
     db.local.put(KEY, Record(3, ME, b"old"))
     e, node = engine()
-    result = flows.started(storing(e, db, KEY, b"new", object()), never)
+    result = e.store(db, KEY, b"new", object())
     assert result is None and not pending(result)
     rec = db.local.get(KEY)
     assert rec is not None and rec.value == b"new" and rec.rsn > 3 and rec.dmaster == ME
@@ -123,8 +123,11 @@ def test_a_store_waits_for_a_chain_a_client_holds_and_times_out_if_it_keeps_it(
     db.local.put(KEY, Record(3, ME, b"old"))
     e, node = engine()
     assert holder.ask("lock", KEY) == "locked"
+    # The engine could not take the chain at once: the request goes the long way.
+    later = e.store(db, KEY, b"new", object())
+    assert pending(later)
+    later.close()
     run = Stepped(storing(e, db, KEY, b"new", object()))
-    # The fast path could not take the chain: the request goes the long way.
     assert isinstance(run.effect, Acquired)
     assert holder.ask("unlock", KEY) == "unlocked"
     got = acquired(e, run.effect)

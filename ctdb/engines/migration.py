@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import flows, migration_flows, persistent_calls
 from ctdb.engines.acquisition import Acquisition
-from ctdb.engines.chains import ChainGate, release
+from ctdb.engines.chains import ChainGate, release, try_hold
 from ctdb.engines.dmaster_calls import DmasterCalls
 from ctdb.engines.flows import Flow
 from ctdb.engines.handover import is_dmaster
@@ -90,10 +90,19 @@ class MigrationEngine(Acquisition):
         self._carry_out = functools.partial(migration_flows.carry_out, self)
 
     # -- the record operations a client asks for (see ctdb.engines.base) -----------
-    # Each is a flow of migration_flows.py, run here as far as it goes at once.
+    # What waits is a flow of migration_flows.py; a record served here is
+    # read or written at once, the usual case, without one.
 
     def fetch(self, db: Database, key: bytes, session: object) -> Any:
-        return flows.started(migration_flows.fetching(self, db, key, session), self._carry_out)
+        if self.node.serving and try_hold(db, key):  # else a Samba client holds it: wait
+            try:
+                mine, rec = self.local(db, key, session)
+            finally:
+                release(db, key)
+            if mine:
+                self.node.stats["fetch_local"] += 1
+                return live_value(rec)
+        return self.run(migration_flows.fetching(db, key, session))
 
     def settled(self, db: Database, key: bytes) -> bool:
         """A volatile record is written only where it is acknowledged (its dmaster);
@@ -105,8 +114,15 @@ class MigrationEngine(Acquisition):
         return self.run(migration_flows.settling(self, db, key, deadline))
 
     def store(self, db: Database, key: bytes, value: bytes, session: object) -> Any:
-        flow = migration_flows.storing(self, db, key, value, session)
-        return flows.started(flow, self._carry_out)
+        if self.node.serving and try_hold(db, key):
+            try:
+                mine, rec = self.local(db, key, session)
+                if mine:
+                    self.write_over(db, key, rec, value)
+                    return None
+            finally:
+                release(db, key)
+        return self.run(migration_flows.storing(self, db, key, value, session))
 
     async def lock(self, db: Database, key: bytes, session: object) -> bytes | None:
         return live_value(await self.acquire(db, key, session, lock=True))

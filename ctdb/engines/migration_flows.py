@@ -1,9 +1,9 @@
 """tcp: a client's record operations as flows (`ctdb.engines.flows`).
 
-Each operation first tries what it can do at once, which is the usual
-case: the record is served here, no client of ours holds it and no Samba
-client holds its chain. `flows.started` runs it that far without a
-coroutine. What it waits for otherwise it yields: the record brought here
+The usual case needs no flow: the record is served here, no client of
+ours holds it and no Samba client holds its chain, and `MigrationEngine`
+reads or writes it at once (an unlock runs its flow that far with
+`flows.started`, without a coroutine). What a flow waits for it yields: the record brought here
 and held by nobody else (`Acquired`, the stepped request of
 `ctdb.engines.acquisition`), a record's chain (`Chain`), this node to serve
 (`Serving`), a commit to be made everywhere (`waiting.Answer`, `Committed`)
@@ -83,33 +83,17 @@ class Acquired:
 Effect = Acquired | Chain | Serving | Answer | Controls | Committed
 
 
-def fetching(
-    engine: Engine, db: Database, key: bytes, session: object
-) -> Flow[Effect, bytes | None]:
-    """The record's value: read here if served here, else once it came."""
-    if engine.node.serving and try_hold(db, key):  # else a Samba client holds it: wait
-        try:
-            mine, rec = engine.local(db, key, session)
-        finally:
-            release(db, key)
-        if mine:
-            engine.node.stats["fetch_local"] += 1
-            return live_value(rec)
+def fetching(db: Database, key: bytes, session: object) -> Flow[Effect, bytes | None]:
+    """The record's value once it is here (`MigrationEngine.fetch` reads
+    one served here at once)."""
     return live_value((yield Acquired(db, key, session, False)))
 
 
 def storing(
     engine: Engine, db: Database, key: bytes, value: bytes, session: object
 ) -> Flow[Effect, None]:
-    """Write the record here, bringing it here first if need be."""
-    if engine.node.serving and try_hold(db, key):
-        try:
-            mine, rec = engine.local(db, key, session)
-            if mine:
-                engine.write_over(db, key, rec, value)
-                return
-        finally:
-            release(db, key)
+    """Bring the record here and write it (`MigrationEngine.store` writes
+    one served here at once)."""
     while True:
         yield Acquired(db, key, session, False)
         yield from holding(db, key, engine.deadline())
