@@ -19,9 +19,12 @@ import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import transactions
+from ctdb.engines.controls import Control
+from ctdb.engines.effects import Pause
 from ctdb.engines.merge import to_wire
 from ctdb.engines.transactions import TransactionEngine, next_version
 from ctdb.storage.database import Database, DbKind
+from tests.flow_steps import Stepped
 from tests.recording import Recorded
 
 
@@ -96,46 +99,45 @@ def test_a_waiting_reader_is_answered_when_the_key_settles_or_a_freeze_comes(
 
 
 class Leader(Node):
-    """A leader whose `tx_settled` controls fail `failures` times before one lands."""
+    """What telling a node that a commit settled reads of the leader."""
 
     pnn = 0
 
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.sent: list[tuple[int, dict[str, Any]]] = []
+    def __init__(self) -> None:
         self.transport = type("T", (), {"view": {0, 1, 2}})()
 
     def in_generation(self, generation: int) -> bool:
         return generation == self.generation
 
-    async def control(self, pnn: int, op: str, args: dict[str, Any]) -> None:
-        assert op == "tx_settled"
-        self.sent.append((pnn, dict(args)))
-        if self.failures:
-            self.failures -= 1
-            raise CtdbError(ErrorCode.TIMEOUT, "node 1 did not answer tx_settled")
+
+NOT_HEARD = CtdbError(ErrorCode.TIMEOUT, "node 1 did not answer tx_settled")
 
 
-def test_a_settled_announcement_is_repeated_until_the_node_hears_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_settled_announcement_is_repeated_until_the_node_hears_it() -> None:
     """Once told nothing, a node would keep the keys unsettled and its readers
     would wait until the next recovery (seen under load: TIMEOUT in trans_fetch)."""
-    monkeypatch.setattr(transactions, "SETTLED_RETRY", 0)
-    leader = Leader(failures=3)
-    engine = TransactionEngine(leader)  # type: ignore[arg-type]
+    engine = TransactionEngine(Leader())  # type: ignore[arg-type]
     args = {"db_id": 1, "commit_id": 9, "generation": Node.generation}
-    asyncio.run(engine._settled_on(1, args))
-    assert leader.sent == [(1, args)] * 4  # three failures, then heard
+    run = Stepped(engine.telling_settled(1, args))
+    for _ in range(3):
+        assert run.effect == Control(1, "tx_settled", args)
+        assert run.fail(NOT_HEARD) == Pause(transactions.SETTLED_RETRY)
+        run.answer()
+    assert run.effect == Control(1, "tx_settled", args)
+    assert run.answer() is None and run.ended  # heard
 
 
-def test_a_settled_announcement_stops_when_the_generation_ends() -> None:
-    leader = Leader(failures=10)
+def test_a_settled_announcement_stops_when_the_generation_ends_or_the_node_leaves() -> None:
+    leader = Leader()
     engine = TransactionEngine(leader)  # type: ignore[arg-type]
     args = {"db_id": 1, "commit_id": 9, "generation": Node.generation}
     leader.generation = Node.generation + 1  # a recovery since: it settled everything
-    asyncio.run(engine._settled_on(1, args))
-    assert leader.sent == [(1, args)]
+    run = Stepped(engine.telling_settled(1, args))
+    assert run.fail(NOT_HEARD) is None and run.ended
+    leader.generation = Node.generation
+    leader.transport.view = {0, 2}  # type: ignore[attr-defined]
+    gone = Stepped(engine.telling_settled(1, args))
+    assert gone.fail(NOT_HEARD) is None and gone.ended
 
 
 class Coordinator(Node):

@@ -27,16 +27,28 @@ class Control:
 
 @dataclass(slots=True)
 class Controls:
-    """Send these controls at once; the outcome is their replies, in order."""
+    """Send these controls at once; the outcome is their replies, in order.
+
+    With `failures`, a control that fails has its exception in its reply's
+    place (a two-phase commit hears every member out); else the first
+    failure fails the effect."""
 
     calls: list[Control]
+    failures: bool = False
 
     @staticmethod
-    def on_all(members: list[int], op: str, args: dict[str, Any]) -> Controls:
-        return Controls([Control(p, op, args) for p in members])
+    def on_all(
+        members: list[int], op: str, args: dict[str, Any], *, failures: bool = False
+    ) -> Controls:
+        return Controls([Control(p, op, args) for p in members], failures)
 
 
-async def send(node: Host, effect: Controls) -> list[Any]:
-    """Carry out `effect` with the node's controls: the replies, in order;
-    the first failure is raised."""
-    return list(await asyncio.gather(*(node.control(c.pnn, c.op, c.args) for c in effect.calls)))
+async def send(node: Host, effect: Control | Controls) -> Any:
+    """Carry out `effect` with the node's controls: the reply, or the replies in order."""
+    if isinstance(effect, Control):
+        return await node.control(effect.pnn, effect.op, effect.args)
+    replies = asyncio.gather(
+        *(node.control(c.pnn, c.op, c.args) for c in effect.calls),
+        return_exceptions=effect.failures,
+    )
+    return list(await replies)

@@ -25,12 +25,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import controls, flows
 from ctdb.engines.answers import Answers
+from ctdb.engines.controls import Control, Controls
+from ctdb.engines.effects import Pause, Serving
+from ctdb.engines.flows import Flow
 from ctdb.engines.merge import from_wire, to_wire
 from ctdb.engines.two_phase import TwoPhaseCommit
 from ctdb.storage.database import HISTORY_KEY, SEQNUM_KEY, Database
@@ -38,6 +42,19 @@ from ctdb.storage.ltdb import Record, live_value
 
 if TYPE_CHECKING:
     from ctdb.engines.host import Host
+
+
+@dataclass(slots=True)
+class Announce:
+    """Tell each of `members`, in the background, that a commit is settled
+    (`telling_settled`; `args`: the `tx_settled` control's)."""
+
+    members: list[int]
+    args: dict[str, Any]
+
+
+#: What the commit flows wait for (`ctdb.engines.flows`).
+Effect = Serving | Control | Controls | Pause | Announce
 
 #: Seconds between attempts to tell a node that a commit is settled.
 SETTLED_RETRY = 0.2
@@ -151,78 +168,90 @@ class TransactionEngine:
             )
         return Transaction(next(self._ids), db)
 
-    async def commit(self, tx: Transaction) -> int:
-        """Commit through the leader; returns the database's new sequence number."""
+    def commit(self, tx: Transaction) -> Awaitable[int]:
+        """Commit through the leader (`committing`); the database's new sequence number."""
+        return flows.drive(self.committing(tx), self._carry_out)
+
+    def committing(self, tx: Transaction) -> Flow[Effect, int]:
         node = self.node
         earlier = tx.drop_unchanged()
         if not tx.writes:
             tx.check_reads(earlier)
             return tx.db.seqnum()
-        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
+        if not node.serving:
+            yield Serving(node.now() + node.tunable("CallTimeout"))
         writes = [[k, v] for k, v in tx.writes.items()]
         reads = [[k, rsn] for k, rsn in tx.reads.items()]
         args = {"db_id": tx.db.id, "reads": reads, "writes": writes}
-        result: int = await node.control(node.leader, "tx_commit", args)
+        result: int = yield Control(node.leader, "tx_commit", args)
         return result
 
     # -- at the leader -------------------------------------------------------------
 
     async def coordinate(self, db: Database, reads: list[Any], writes: list[Any]) -> int:
-        """Run one commit: validate the read set, prepare everywhere, commit everywhere."""
+        """Run one commit (`coordinating`), one per database at a time."""
+        lock = self._commit_locks.setdefault(db.id, asyncio.Lock())
+        async with lock:
+            return await flows.drive(self.coordinating(db, reads, writes), self._carry_out)
+
+    def coordinating(self, db: Database, reads: list[Any], writes: list[Any]) -> Flow[Effect, int]:
+        """Validate the read set, prepare everywhere, commit everywhere: the
+        new sequence number (the decisions are `two_phase.TwoPhaseCommit`'s)."""
         node = self.node
         if node.leader != node.pnn or not node.serving:
             raise CtdbError(ErrorCode.RETRY, "not the leader or in recovery: retry the commit")
-        lock = self._commit_locks.setdefault(db.id, asyncio.Lock())
-        async with lock:
-            seqnum, new = next_version(db, reads, writes, node.pnn)
-            members = list(node.vnnmap)
-            commit_id = next(self._ids)
-            tpc = TwoPhaseCommit(db.id, commit_id, node.generation, members, to_wire(new.items()))
-            prepared = await asyncio.gather(
-                *(node.control(p, "tx_prepare", tpc.prepare) for p in members),
-                return_exceptions=True,
+        seqnum, new = next_version(db, reads, writes, node.pnn)
+        members = list(node.vnnmap)
+        commit_id = next(self._ids)
+        tpc = TwoPhaseCommit(db.id, commit_id, node.generation, members, to_wire(new.items()))
+        prepared = yield Controls.on_all(members, "tx_prepare", tpc.prepare, failures=True)
+        finish = tpc.prepared(prepared)
+        finished = yield Controls.on_all(members, "tx_finish", finish, failures=True)
+        verdict = tpc.finished(finished)
+        if verdict.settled:
+            # Every node committed: their readers may see it (not awaited by the client).
+            args = {"db_id": db.id, "commit_id": commit_id, "generation": node.generation}
+            yield Announce(members, args)
+        if verdict.unconfirmed:
+            log.warning(
+                "commit %d: nodes %s did not confirm: recovering", commit_id, verdict.unconfirmed
             )
-            finish = tpc.prepared(list(prepared))
-            finished = await asyncio.gather(
-                *(node.control(p, "tx_finish", finish) for p in members), return_exceptions=True
-            )
-            verdict = tpc.finished(list(finished))
-            if verdict.settled:
-                self._announce_settled(db, commit_id, members)
-            if verdict.unconfirmed:
-                log.warning(
-                    "commit %d: nodes %s did not confirm: recovering",
-                    commit_id,
-                    verdict.unconfirmed,
-                )
-                node.force_recovery()
-            if verdict.error is not None:
-                raise verdict.error
-            return seqnum
+            node.force_recovery()
+        if verdict.error is not None:
+            raise verdict.error
+        return seqnum
 
-    def _announce_settled(self, db: Database, commit_id: int, members: list[int]) -> None:
-        """Every node committed: their readers may see it (not awaited by the client)."""
-        args = {"db_id": db.id, "commit_id": commit_id, "generation": self.node.generation}
-        for p in members:
-            task = asyncio.get_running_loop().create_task(self._settled_on(p, args))
-            self._announcing.add(task)
-            task.add_done_callback(self._announcing.discard)
-
-    async def _settled_on(self, pnn: int, args: dict[str, Any]) -> None:
-        """Tell `pnn`, until it has heard: a node that has not keeps the keys
-        unsettled, and its readers wait, as long as nothing else settles them.
-        Only within the generation: a node that leaves it ends with a
-        recovery, which settles everything (and ignores a late announcement)."""
+    def telling_settled(self, pnn: int, args: dict[str, Any]) -> Flow[Effect, None]:
+        """Tell `pnn` that a commit is settled, until it has heard: a node that
+        has not keeps the keys unsettled, and its readers wait, as long as
+        nothing else settles them. Only within the generation: a node that
+        leaves it ends with a recovery, which settles everything (and
+        ignores a late announcement)."""
         node = self.node
         while True:
             try:
-                await node.control(pnn, "tx_settled", args)
+                yield Control(pnn, "tx_settled", args)
                 return
             except CtdbError as exc:
                 if not node.in_generation(args["generation"]) or pnn not in node.transport.view:
                     return
                 log.info("commit %d settled, node %d not told: %s", args["commit_id"], pnn, exc)
-            await asyncio.sleep(SETTLED_RETRY)
+            yield Pause(SETTLED_RETRY)
+
+    async def _carry_out(self, effect: Effect) -> Any:
+        if isinstance(effect, Serving):
+            return await self.node.wait_serving(effect.deadline)
+        if isinstance(effect, Control | Controls):
+            return await controls.send(self.node, effect)
+        if isinstance(effect, Pause):
+            return await asyncio.sleep(effect.seconds)
+        loop = asyncio.get_running_loop()
+        for pnn in effect.members:
+            telling = flows.drive(self.telling_settled(pnn, effect.args), self._carry_out)
+            task = loop.create_task(telling)
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+        return None
 
     # -- on every node -------------------------------------------------------------
 
