@@ -17,12 +17,16 @@ from typing import Any
 
 import pytest
 
-from ctdb.engines.effects import Pause
+from ctdb.engines.controls import Controls
+from ctdb.engines.effects import AllChains, Chain, Pause
 from ctdb.engines.flows import Flow
+from ctdb.engines.merge import to_wire
+from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.samba_returns import HOLD_MIN
 from ctdb.engines.ordered.waits import Effect
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
+from tests.chain_holder import holding
 from tests.test_ordered_flows import Resumed, db, engine, queue, run, three_engines, values
 from tests.test_ordered_rounds import Group, Session
 
@@ -165,3 +169,40 @@ def test_a_view_change_revokes_what_is_lent_and_what_was_written_in_place_is_los
     reading = Resumed(engine(group, 1).reads.ordered(db(group, 1), KEY, Session()))
     settle(group, jobs, reading)
     assert reading.ended and reading.result == b"v0"
+
+
+def test_a_traverse_elsewhere_sees_what_samba_clients_wrote_in_place_here(
+    group: Group, jobs: list[HandJob]
+) -> None:
+    """The stream does not carry a write in place until the record goes back:
+    a traverse asks every other member what it lent (the `lent` control)."""
+    shared = lent_here(group, jobs, b"v0")
+    write_in_place(shared, b"in place")
+    theirs = db(group, 1)
+    theirs.shared = True  # (no client of node 1 holds anything)
+    traverse = Resumed(engine(group, 1).traversing(theirs), group.clock)
+    assert traverse.effect == Controls.on_all([0, 2], "lent", {"db_id": theirs.id})
+    replies = []
+    with holding(theirs) as elsewhere:
+        for pnn in (0, 2):  # each member's `lent` control, as its daemon runs it
+            lent = Resumed(samba_views.lent_records(engine(group, pnn).samba, db(group, pnn), 10.0))
+            if pnn == 0:  # the record is read under its chain: a Samba client may hold it
+                assert lent.effect == Chain(shared, KEY, 10.0)
+            run(group, lent)
+            assert lent.ended and lent.error is None
+            replies.append(to_wire(lent.result))
+        assert replies[1] == []  # node 2 lent nothing
+        whole = traverse.answer(replies)
+        assert isinstance(whole, AllChains) and whole.db is theirs
+        assert theirs.local.try_lock_all()  # as the driver's poll leaves it
+        assert traverse.answer(True) is None and traverse.ended
+        assert elsewhere.ask("lockall") == "locked"  # the traverse let go of every chain
+        assert elsewhere.ask("unlockall") == "unlocked"
+    assert traverse.result == [(KEY, Record(mine(theirs).rsn, 0, b"in place"))]
+    assert mine(theirs).value == b"v0"  # node 1's own copy: the stream's
+
+
+def mine(database: Database) -> Record:
+    rec = database.local.get(KEY)
+    assert rec is not None
+    return rec

@@ -267,3 +267,14 @@ def test_a_request_whose_delivery_times_out_forgets_it_and_may_still_be_applied(
     assert not e.requests.pending
     group.deliver()
     assert values(group, b"k") == {b"late"}
+
+
+def test_a_recover_marker_gives_every_member_a_new_generation_and_returns_once_serving(
+    group: Group,
+) -> None:
+    before = [engine(group, pnn).recoveries for pnn in range(3)]
+    recover = Resumed(engine(group, 2).recovering())
+    assert isinstance(recover.effect, Answer)  # its marker, until delivered
+    run(group, recover)
+    assert recover.ended and recover.error is None
+    assert [engine(group, pnn).recoveries for pnn in range(3)] == [n + 1 for n in before]

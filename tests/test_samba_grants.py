@@ -292,7 +292,7 @@ def test_an_unlock_that_fails_is_sent_again_until_the_stream_applies_it(engine: 
         # Meanwhile a state transfer from here carries the stream's copy, a
         # traverse (here or elsewhere) what the clients wrote.
         seen.append(list(samba_views.published_items(engine.samba, db)))
-        assert await samba_views.lent_records(engine.samba, db, 1e9) == [
+        assert await engine.run(samba_views.lent_records(engine.samba, db, 1e9)) == [
             (b"k", Record(1, NO_DMASTER, b"v1"))
         ]
         await _until(lambda: engine.replica.locks[(db.id, b"k")].holder == OTHER, timeout=5)

@@ -1,7 +1,8 @@
 """What a client's flow waits for, whichever engine runs it (`ctdb.engines.flows`).
 
 This node to serve (`Serving`), the chain lock of a record in a file
-Samba's clients share (`Chain`), or a pause (`Pause`). An answer from a
+Samba's clients share (`Chain`) or every chain of it (`AllChains`), or a
+pause (`Pause`). An answer from a
 part of the engine is `waiting.Answer`; what only one engine waits for
 is declared beside its flows (`migration_flows`, `ordered.waits`), and each
 engine's driver carries its effects out.
@@ -35,6 +36,15 @@ class Chain:
 
     db: Database
     key: bytes
+    deadline: float
+
+
+@dataclass(slots=True)
+class AllChains:
+    """Take every chain of `db`'s file (a whole-file read) once no client
+    holds one: True, or False at `deadline`."""
+
+    db: Database
     deadline: float
 
 

@@ -68,7 +68,9 @@ class StreamMembership:
         node = self.node
         deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout")
         db = node.db(int(args["db_id"]))
-        return to_wire(await samba_views.lent_records(self.engine.samba, db, deadline))
+        return to_wire(
+            await self.engine.run(samba_views.lent_records(self.engine.samba, db, deadline))
+        )
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         return []

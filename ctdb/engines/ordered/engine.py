@@ -281,14 +281,18 @@ class OrderedEngine(StreamApplier):
     async def wipe(self, db: Database) -> None:
         await self.run(self.submitting("wipe", {"db": db.id}))
 
-    async def recover(self) -> None:
+    def recover(self) -> Awaitable[None]:
+        return self.run(self.recovering())
+
+    def recovering(self) -> Flow[Effect, None]:
         """A marker in the stream: a new generation where it is delivered. It is
         applied by members out of sync too (`applier.CONFIGURATION`), so it may
         land in a round: return once this node serves again, as `ctdb recover`
         returns once the recovery is over."""
         deadline = self.deadline()
-        await self.run(self.submitting("recover", {}, deadline))
-        await self.node.wait_serving(deadline)
+        yield from self.submitting("recover", {}, deadline)
+        if not self.node.serving:
+            yield Serving(deadline)
 
     def _apply_recover(self, origin: int, args: dict[str, Any]) -> None:
         self.recoveries += 1
@@ -307,14 +311,17 @@ class OrderedEngine(StreamApplier):
         self.recoveries += 1  # a new generation, as a CTDB recovery would give
         self.listener.on_ordered_state()
 
-    async def traverse(self, db: Database) -> list[tuple[bytes, Record]]:
+    def traverse(self, db: Database) -> Awaitable[list[tuple[bytes, Record]]]:
+        return self.run(self.traversing(db))
+
+    def traversing(self, db: Database) -> Flow[Effect, list[tuple[bytes, Record]]]:
         """Every node holds every record: a local traverse is the whole database."""
-        node = self.node
         deadline = self.deadline()
-        await node.wait_serving(deadline)
+        if not self.node.serving:
+            yield Serving(deadline)
         if not db.shared:
             return sorted(db.live_items())
-        return await samba_views.traverse(self.samba, db, deadline)
+        return (yield from samba_views.traversing(self.samba, db, deadline))
 
     # -- reads wait for stable writes ------------------------------------------------
 

@@ -10,29 +10,31 @@ never see.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.chains import poll
+from ctdb.engines.controls import Controls
+from ctdb.engines.effects import AllChains
+from ctdb.engines.flows import Flow
 from ctdb.engines.merge import from_wire
 from ctdb.engines.ordered import waits
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.samba_returns import unnamed
+from ctdb.engines.ordered.waits import Effect
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 
 
-async def traverse(
+def traversing(
     grants: SambaGrants, db: Database, deadline: float
-) -> list[tuple[bytes, Record]]:
+) -> Flow[Effect, list[tuple[bytes, Record]]]:
     """The live records of shared `db`: our copy, and what Samba's clients
     wrote in place, here and on the records lent to other nodes, which the
     stream does not carry yet."""
     node = grants.engine.node
     others = [p for p in grants.engine.members if p != node.pnn]
-    parts = await asyncio.gather(*(node.control(p, "lent", {"db_id": db.id}) for p in others))
-    if not await poll(db.local.try_lock_all, deadline):
+    parts = yield Controls.on_all(others, "lent", {"db_id": db.id})
+    if not (yield AllChains(db, deadline)):
         raise CtdbError(ErrorCode.TIMEOUT, f"Samba's clients kept records of {db.name} locked")
     try:
         records = dict(db.local.items())
@@ -44,16 +46,16 @@ async def traverse(
     return sorted((key, rec) for key, rec in records.items() if not rec.deleted)
 
 
-async def lent_records(
+def lent_records(
     grants: SambaGrants, db: Database, deadline: float
-) -> list[tuple[bytes, Record]]:
+) -> Flow[Effect, list[tuple[bytes, Record]]]:
     """The records of `db` lent here, as our clients left them, and the
     ones we are giving back (deleted ones too): the `lent` control."""
     found = {}
     for (dbid, key), lent in list(grants.lent.items()):
         if dbid != db.id:
             continue
-        rec = await grants.engine.run(waits.read_record(db, key, deadline))
+        rec = yield from waits.read_record(db, key, deadline)
         # Taken back while we read: our file went back to the stream's copy,
         # and what was written is in `returning` or applied.
         if rec is not None and grants.lent.get((dbid, key)) is lent:

@@ -4,7 +4,8 @@ A client's operation (engine.py, reads.py) is a flow (`ctdb.engines.flows`):
 it decides and sends, then yields what it waits for: this node to serve
 (`Serving`), an answer (`waiting.Answer`: its operation delivered, its lock
 granted, a write stable, a read barrier delivered), the chain lock of a
-record in a file Samba's clients share (`Chain`) or a pause (`Pause`).
+record in a file Samba's clients share (`Chain`, or `AllChains` for a
+traverse), other members' replies (`Controls`) or a pause (`Pause`).
 Lending records to Samba's clients (samba_grants.py, samba_returns.py)
 is made of flows too. The parts that answer (requests, local_clients,
 stability, barriers) need no loop, so a test resumes a flow by hand once
@@ -21,8 +22,10 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import controls
 from ctdb.engines.chains import poll
-from ctdb.engines.effects import Chain, Pause, Serving
+from ctdb.engines.controls import Controls
+from ctdb.engines.effects import AllChains, Chain, Pause, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.waiting import Answer, Waiting
 from ctdb.storage.database import Database
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from ctdb.engines.host import Host
 
 
-Effect = Serving | Answer | Chain | Pause
+Effect = Serving | Answer | Chain | AllChains | Controls | Pause
 
 
 def read(db: Database, key: bytes, deadline: float) -> Flow[Effect, bytes | None]:
@@ -63,4 +66,8 @@ async def carry_out(node: Host, effect: Effect) -> Any:
     if isinstance(effect, Chain):
         db, key = effect.db, effect.key
         return await poll(lambda: db.local.try_lock_chain(key), effect.deadline)
+    if isinstance(effect, AllChains):
+        return await poll(effect.db.local.try_lock_all, effect.deadline)
+    if isinstance(effect, Controls):
+        return await controls.send(node, effect)
     return await asyncio.sleep(effect.seconds)
