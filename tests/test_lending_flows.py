@@ -23,7 +23,7 @@ from ctdb.engines.flows import Flow
 from ctdb.engines.merge import to_wire
 from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.samba_returns import HOLD_MIN
-from ctdb.engines.ordered.waits import Effect
+from ctdb.engines.ordered.waits import Effect, Joined
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 from tests.chain_holder import holding
@@ -206,3 +206,36 @@ def mine(database: Database) -> Record:
     rec = database.local.get(KEY)
     assert rec is not None
     return rec
+
+
+def test_the_calls_for_a_record_share_one_lending_and_get_it_named_ours(
+    group: Group, jobs: list[HandJob]
+) -> None:
+    """Samba's clients on node 0 ask for a record (REQ_CALL) twice at once."""
+    run(group, Resumed(engine(group, 1).storing(db(group, 1), KEY, b"v0", Session())))
+    grants = engine(group, 0).samba
+    first = Resumed(grants.migrating_here(db(group, 0), KEY, 10.0), group.clock)
+    second = Resumed(grants.migrating_here(db(group, 0), KEY, 10.0), group.clock)
+    assert isinstance(first.effect, Joined) and isinstance(second.effect, Joined)
+    assert first.effect.job is second.effect.job and len(jobs) == 1
+    settle(group, jobs, first, second)
+    assert first.ended and second.ended and first.error is None and second.error is None
+    assert first.result == second.result == db(group, 0).local.get(KEY)
+    assert first.result.dmaster == 0 and first.result.value == b"v0"  # ours, in place
+    assert len(jobs) == 1
+
+
+def test_a_record_the_stream_rewrote_while_lent_is_handed_out_named_ours_again(
+    group: Group, jobs: list[HandJob]
+) -> None:
+    """A wipe in the stream deletes the record in our file under the lending's lock."""
+    run(group, Resumed(engine(group, 1).storing(db(group, 1), KEY, b"v0", Session())))
+    grants, shared = engine(group, 0).samba, db(group, 0)
+    call = Resumed(grants.migrating_here(shared, KEY, 10.0), group.clock)
+    settle(group, jobs)  # the lending, not yet the call
+    assert grants.lent and isinstance(call.effect, Joined)
+    shared.local.remove(KEY)  # what applying the wipe leaves
+    settle(group, jobs, call)
+    assert call.ended and call.error is None
+    assert call.result == shared.local.get(KEY)
+    assert call.result.dmaster == 0 and call.result.value == b""

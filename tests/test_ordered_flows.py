@@ -21,7 +21,7 @@ from ctdb.engines.effects import Chain, Pause, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.ordered.locks import QueueFull
-from ctdb.engines.ordered.waits import Effect
+from ctdb.engines.ordered.waits import Effect, Joined
 from ctdb.engines.waiting import Answer
 from ctdb.storage.database import Database
 from tests.clocks import ManualClock
@@ -55,6 +55,16 @@ class Resumed(Stepped[Effect]):
             if not effect.db.local.try_lock_chain(effect.key):
                 return False  # a client holds it
             self.answer(True)
+            return True
+        if isinstance(effect, Joined):
+            if not effect.job.done():
+                return False
+            error = effect.job.exception()
+            if error is None:
+                self.answer()
+            else:
+                assert isinstance(error, Exception)
+                self.fail(error)
             return True
         if isinstance(effect, Pause):
             assert self.clock is not None

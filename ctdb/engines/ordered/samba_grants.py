@@ -66,13 +66,13 @@ still ours in the queues goes back once it serves again.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from collections.abc import Awaitable
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.effects import Chain, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.samba_returns import LendingEngine, Lent, Ref, Returns, unnamed
-from ctdb.engines.ordered.waits import Effect
+from ctdb.engines.ordered.waits import Effect, Joined
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 
@@ -94,25 +94,22 @@ class SambaGrants(Returns):
 
     # -- lending (REQ_CALL) ----------------------------------------------------------
 
-    async def migrate_here(self, db: Database, key: bytes) -> Record:
+    def migrate_here(self, db: Database, key: bytes) -> Awaitable[Record]:
+        deadline = self.engine.node.now() + self.engine.node.tunable("CallTimeout")
+        return self.engine.run(self.migrating_here(db, key, deadline))
+
+    def migrating_here(self, db: Database, key: bytes, deadline: float) -> Flow[Effect, Record]:
         """The record, with this node named dmaster in its header, once lent here."""
         ref = (db.id, key)
-        deadline = self.engine.node.now() + self.engine.node.tunable("CallTimeout")
         while True:
             while ref not in self.lent:
-                task = self._busy.get(ref)
-                if task is None or task.done():  # (a done task leaves `_busy` a moment later)
-                    task = self._start(ref, self.lending(db, key, deadline))
-                # Shared by the calls for the record: one that leaves cancels
-                # nothing. (A taking back may wait for quorum past our deadline.)
-                remaining = deadline - self.engine.node.now()
-                try:
-                    # (on the event loop, a job is a task)
-                    shared = asyncio.shield(cast("asyncio.Future[None]", task))
-                    await asyncio.wait_for(shared, max(remaining, 0))
-                except TimeoutError:
-                    raise CtdbError(ErrorCode.TIMEOUT, f"record {key!r} not lent in time") from None
-            rec = await self.engine.run(self.handing(db, key, deadline))
+                job = self._busy.get(ref)
+                if job is None or job.done():  # (a done job leaves `_busy` a moment later)
+                    job = self._start(ref, self.lending(db, key, deadline))
+                # Shared by the calls for the record. (A taking back may wait
+                # for quorum past our deadline.)
+                yield Joined(job, deadline, f"record {key!r} not lent in time")
+            rec = yield from self.handing(db, key, deadline)
             if rec is not None:
                 return rec
 

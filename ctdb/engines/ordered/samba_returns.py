@@ -15,13 +15,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.effects import Chain, Pause
 from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.local_clients import LockingEngine
-from ctdb.engines.ordered.waits import Effect
+from ctdb.engines.ordered.waits import Effect, Job
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import NO_DMASTER, Record
 
@@ -51,20 +51,6 @@ class Lent:
     @property
     def value(self) -> bytes:
         return self.record.value if self.record is not None else b""
-
-
-class Job(Protocol):
-    """A flow running on its own (what `asyncio.Task` offers of it)."""
-
-    def done(self) -> bool: ...
-
-    def cancelled(self) -> bool: ...
-
-    def exception(self) -> BaseException | None: ...
-
-    def cancel(self) -> bool: ...
-
-    def add_done_callback(self, fn: Callable[[Any], object]) -> None: ...
 
 
 class LendingEngine(LockingEngine, Protocol):

@@ -5,7 +5,8 @@ it decides and sends, then yields what it waits for: this node to serve
 (`Serving`), an answer (`waiting.Answer`: its operation delivered, its lock
 granted, a write stable, a read barrier delivered), the chain lock of a
 record in a file Samba's clients share (`Chain`, or `AllChains` for a
-traverse), other members' replies (`Controls`) or a pause (`Pause`).
+traverse), other members' replies (`Controls`), a job others wait for too
+(`Joined`: a record's lending) or a pause (`Pause`).
 Lending records to Samba's clients (samba_grants.py, samba_returns.py)
 is made of flows too. The parts that answer (requests, local_clients,
 stability, barriers) need no loop, so a test resumes a flow by hand once
@@ -19,7 +20,9 @@ which says why a chain lock is polled.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import controls
@@ -35,7 +38,32 @@ if TYPE_CHECKING:
     from ctdb.engines.host import Host
 
 
-Effect = Serving | Answer | Chain | AllChains | Controls | Pause
+class Job(Protocol):
+    """A flow running on its own (what `asyncio.Task` offers of it)."""
+
+    def done(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def exception(self) -> BaseException | None: ...
+
+    def cancel(self) -> bool: ...
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None: ...
+
+
+@dataclass(slots=True)
+class Joined:
+    """`job` done (a record's lending, which every call for the record
+    waits for): its error raised, TIMEOUT (`what`) at `deadline`. Leaving
+    cancels nothing: the job is the other callers' too."""
+
+    job: Job
+    deadline: float
+    what: str
+
+
+Effect = Serving | Answer | Chain | AllChains | Controls | Joined | Pause
 
 
 def read(db: Database, key: bytes, deadline: float) -> Flow[Effect, bytes | None]:
@@ -70,4 +98,10 @@ async def carry_out(node: Host, effect: Effect) -> Any:
         return await poll(effect.db.local.try_lock_all, effect.deadline)
     if isinstance(effect, Controls):
         return await controls.send(node, effect)
+    if isinstance(effect, Joined):
+        job = cast("asyncio.Future[None]", effect.job)  # (on the event loop, a job is a task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job), max(effect.deadline - node.now(), 0))
+        except TimeoutError:
+            raise CtdbError(ErrorCode.TIMEOUT, effect.what) from None
     return await asyncio.sleep(effect.seconds)
