@@ -16,11 +16,11 @@ import pytest
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import flows
 from ctdb.engines.controls import Control, Controls
+from ctdb.engines.effects import Pause
 from ctdb.engines.recovery_flow import (
     NOW,
     Drain,
     Effect,
-    LeasesRunOut,
     Merge,
     NodeFailed,
     recovery,
@@ -83,13 +83,35 @@ def test_a_recovery_freezes_everyone_then_installs_the_generation_and_thaws() ->
 
 def test_the_thaw_waits_for_the_leases_of_nodes_left_out() -> None:
     """Node 1 confirmed node 2's lease moments ago: the new generation may
-    not thaw before that lease runs out, counted from when the replies came."""
+    not thaw before that lease runs out, counted from when the replies came,
+    unless node 2 says it froze for this generation before that."""
     members = [0, 1]
     run = Run(members)
-    run.frozen({0: reply(), 1: reply(leases=((2, 0.6),))}, now=100.0)
+    run.frozen({0: reply(), 1: reply(leases=((2, 0.75),))}, now=100.0)
     assert isinstance(run.effect, Controls) and run.effect.calls[0].op == "set_vnnmap"
-    assert run.answer([None, None]) == LeasesRunOut({2: 0.6}, GEN, 100.0)
+    assert run.answer([None, None]) == NOW
+    fence = run.answer(100.25)
+    assert fence == Controls([Control(2, "freeze", {"generation": GEN}, timeout=0.5)], True)
+    unreachable = CtdbError(ErrorCode.TIMEOUT, "node 2 did not answer")
+    assert run.answer([unreachable]) == NOW
+    assert run.answer(100.5) == Pause(0.25)  # until 100.75
     assert run.answer() == Controls.on_all(members, "thaw", {"generation": GEN})
+
+
+def test_a_node_left_out_that_freezes_for_the_new_generation_is_not_waited_for() -> None:
+    members = [0, 1]
+    run = Run(members)
+    run.frozen({0: reply(), 1: reply(leases=((2, 0.75), (3, 0.25)))}, now=100.0)
+    run.answer([None, None])
+    fences = run.answer(100.0)
+    assert isinstance(fences, Controls) and fences.failures
+    assert [(c.pnn, c.op, c.timeout) for c in fences.calls] == [
+        (2, "freeze", 0.75),
+        (3, "freeze", 0.25),
+    ]
+    unreachable = CtdbError(ErrorCode.TIMEOUT, "node 3 did not answer")
+    assert run.answer([None, unreachable]) == NOW  # node 2 froze: only node 3's lease counts
+    assert run.answer(100.5) == Controls.on_all(members, "thaw", {"generation": GEN})
 
 
 def test_databases_a_member_lacks_are_attached_one_at_a_time_before_any_record_moves() -> None:

@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Control:
-    """Send one control; the outcome is its reply."""
+    """Send one control; the outcome is its reply (TIMEOUT after `timeout`
+    seconds, None: the driver's bound for the op)."""
 
     pnn: int
     op: str
     args: dict[str, Any]
+    timeout: float | None = None
 
 
 @dataclass(slots=True)
@@ -46,9 +48,9 @@ class Controls:
 async def send(node: Host, effect: Control | Controls) -> Any:
     """Carry out `effect` with the node's controls: the reply, or the replies in order."""
     if isinstance(effect, Control):
-        return await node.control(effect.pnn, effect.op, effect.args)
+        return await node.control(effect.pnn, effect.op, effect.args, effect.timeout)
     replies = asyncio.gather(
-        *(node.control(c.pnn, c.op, c.args) for c in effect.calls),
+        *(node.control(c.pnn, c.op, c.args, c.timeout) for c in effect.calls),
         return_exceptions=effect.failures,
     )
     return list(await replies)

@@ -21,21 +21,24 @@ forced recover, or the loss of a node, therefore costs time in proportion
 to what changed, not to what exists.
 
 The flow decides and yields what it waits for (`ctdb.engines.flows`):
-a control, controls sent at once to several members, a merge, a drain of the links, the
-time, the leases' end. `ctdb.engines.recovery` carries them out; the tests
-answer them by hand (`tests/test_recovery_flow.py`). A control that fails
-raises `NodeFailed` at the flow's `yield` and ends it: nothing after it is
-sent, and no member thaws.
+a control, controls sent at once to several members, a merge, a drain of
+the links, the time, a pause (until the leases of nodes left out end).
+`ctdb.engines.recovery` carries them out; the tests answer them by hand
+(`tests/test_recovery_flow.py`). A control that fails raises `NodeFailed`
+at the flow's `yield` and ends it: nothing after it is sent, and no member
+thaws.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines import recovery_plan
 from ctdb.engines.controls import Control, Controls
+from ctdb.engines.effects import Pause
 from ctdb.engines.flows import Flow
 from ctdb.engines.merge import (
     Mark,
@@ -45,6 +48,8 @@ from ctdb.engines.merge import (
     volatile_plan,
 )
 from ctdb.storage.placement import db_id
+
+log = logging.getLogger("ctdb.engines.recovery")
 
 
 class NodeFailed(CtdbError):
@@ -78,18 +83,7 @@ class Now:
 NOW = Now()
 
 
-@dataclass(slots=True)
-class LeasesRunOut:
-    """Return once no node in `left` may still serve: each has frozen for
-    `generation`, or its lease (seconds, counted from `known_at`) ran out
-    (`recovery._leases_run_out`)."""
-
-    left: dict[int, float]
-    generation: int
-    known_at: float
-
-
-Effect = Control | Controls | Merge | Drain | Now | LeasesRunOut
+Effect = Control | Controls | Merge | Drain | Now | Pause
 
 
 def recovery(members: list[int], generation: int, leader: int) -> Flow[Effect, int]:
@@ -109,9 +103,47 @@ def recovery(members: list[int], generation: int, leader: int) -> Flow[Effect, i
             moved += yield from moves.persistent(db_id(db.name), todo.thawed, db.marks)
     yield Controls.on_all(members, "set_vnnmap", todo.vnnmap)
     if todo.left_out:
-        yield LeasesRunOut(todo.left_out, generation, known_at)
+        yield from leases_run_out(todo.left_out, generation, known_at)
     yield Controls.on_all(members, "thaw", {"generation": generation})
     return moved
+
+
+def leases_run_out(left: dict[int, float], generation: int, known_at: float) -> Flow[Effect, None]:
+    """Return once no node in `left` may still serve on a member's confirmation.
+
+    A node left out of this recovery may not know it yet: a member that
+    still heard from it (a partition that is not transitive) confirmed its
+    lease of the old generation moments ago (`ctdb.server.lease`). Thawing
+    the new generation before that lease runs out would let both serve the
+    same records. `left`: those nodes and how long their leases may last,
+    counted from when the members reported (`known_at`), which is after
+    they computed it, so it errs long.
+
+    A node we can still reach (stopped, banned) need not be waited for: once
+    it has frozen for our generation it serves nothing until a recovery
+    thaws it, so we freeze it, and wait only for the leases of the nodes
+    that did not say so before theirs ran out.
+    """
+    log.info(
+        "recovery: nodes %s left out may still serve for up to %.3fs: freezing them or waiting",
+        sorted(left),
+        max(left.values()),
+    )
+    now = yield NOW
+    fences = [
+        Control(p, "freeze", {"generation": generation}, timeout=max(known_at + s - now, 0.0))
+        for p, s in left.items()
+    ]
+    replies = yield Controls(fences, failures=True)
+    unfenced = [
+        known_at + left[c.pnn]
+        for c, reply in zip(fences, replies, strict=True)
+        if isinstance(reply, BaseException)
+    ]
+    if unfenced:
+        now = yield NOW
+        if max(unfenced) > now:
+            yield Pause(max(unfenced) - now)
 
 
 class Moves:
