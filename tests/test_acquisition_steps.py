@@ -99,7 +99,7 @@ def test_a_node_that_does_not_serve_waits_and_gives_back_a_chain_the_gate_took(
     node.serving = False
     e = engine_on(node)
     assert e._step(db, KEY, object(), lock=True, chain_held=False) is Need.SERVING
-    assert try_hold(db, KEY)  # as ChainGate.hold leaves it for the next step
+    assert try_hold(db, KEY)  # as the driver's wait for the chain leaves it for the next step
     assert not chain_free(holder)
     assert e._step(db, KEY, object(), lock=True, chain_held=True) is Need.SERVING
     assert chain_free(holder)

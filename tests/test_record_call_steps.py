@@ -15,13 +15,16 @@ from typing import Any, cast
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.engines.dmaster_calls import DmasterCalls, RemoteCallOut
+from ctdb.engines.dmaster_calls import RETRY_INTERVAL, DmasterCalls, RemoteCallOut
+from ctdb.engines.effects import Serving
 from ctdb.engines.record_calls import Append, Read, RecordCall
+from ctdb.engines.waiting import Heard, Waiting
 from ctdb.protocol.messages import RemoteCall
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import lmaster
+from tests.flow_steps import Stepped
 
 KEY = b"list"
 VNNMAP = [0, 1, 2]
@@ -103,3 +106,44 @@ def test_across_a_recovery_a_change_fails_with_unknown_outcome_and_a_read_is_sen
     engine.node.generation = 6
     assert out.step() is None
     assert [msg.generation for _, msg in engine.sent] == [5, 6]
+
+
+class Calling(Engine):
+    """The engine a call's flow runs on: a clock, CallTimeout, its waiters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = 0.0
+        self.waiting = Waiting()
+        self.node.serving = True
+        self.node.now = lambda: self.clock
+        self.node.tunable = lambda name: {"CallTimeout": 30.0}[name]
+
+
+def test_a_call_elsewhere_waits_for_its_reply_and_is_sent_again_meanwhile(
+    db: Database,
+) -> None:
+    engine = Calling()
+    calls = DmasterCalls(cast(Any, engine))
+    run = Stepped(calls.calling_remote(db, KEY, Read()))
+    heard = run.effect
+    assert isinstance(heard, Heard) and heard.seconds == RETRY_INTERVAL
+    assert len(engine.sent) == 1
+    engine.clock += RETRY_INTERVAL
+    assert run.answer(False) == Heard(heard.wait, RETRY_INTERVAL)  # the same wait, sent again
+    assert len(engine.sent) == 2 and engine.sent[0][1].reqid == engine.sent[1][1].reqid
+    engine.node.serving = False  # a recovery: a read waits, then goes again
+    engine.clock += RETRY_INTERVAL
+    assert run.answer(False) == Serving(30.0)
+    engine.node.serving = True
+    assert isinstance(run.answer(), Heard) and len(engine.sent) == 3
+    engine.waiting.answer(("call", engine.sent[0][1].reqid), {"entries": []})
+    assert run.answer(True) is None and run.result == {"entries": []}
+    late = Stepped(calls.calling_remote(db, KEY, Read()))
+    assert isinstance(late.effect, Heard)
+    engine.clock += 29.75
+    assert late.answer(False) == Heard(late.effect.wait, 0.25)  # no look past the deadline
+    engine.clock += 0.25
+    with pytest.raises(CtdbError) as err:  # nothing came within CallTimeout
+        late.answer(False)
+    assert err.value.code == ErrorCode.TIMEOUT

@@ -12,14 +12,18 @@ MaxLockWaiters requests wait for one record (one more fails with BUSY).
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import flows
 from ctdb.engines.chains import release, try_hold
+from ctdb.engines.effects import Chain, Serving
+from ctdb.engines.flows import Flow
 from ctdb.engines.migration_messages import CallOut, HandoverMessages
-from ctdb.engines.waiting import Waiting
+from ctdb.engines.waiting import Answer, Heard, Waiting
 from ctdb.protocol.messages import Call
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
@@ -46,6 +50,12 @@ class LockedBy:
 
     waiters: dict[Hashable, None]
 
+    def join(self, waiter: Hashable) -> None:
+        self.waiters[waiter] = None
+
+    def leave(self, waiter: Hashable) -> None:
+        self.waiters.pop(waiter, None)
+
 
 @dataclass(frozen=True)
 class Got:
@@ -57,6 +67,9 @@ class Got:
 #: What one step of a request comes to (`Acquisition._step`).
 Step = Need | LockedBy | Got
 
+#: What a request waits for between steps (`Acquisition.acquiring`, a flow).
+Effect = Serving | Chain | Heard | Answer
+
 
 class Acquisition(HandoverMessages):
     """The engine's waiting for records (its state is the engine's)."""
@@ -65,15 +78,21 @@ class Acquisition(HandoverMessages):
     _voided: dict[tuple[int, bytes], object]
     #: the futures and deadlines of our clients' waiting requests (`answers`, seen from here)
     waiting: Waiting
+    #: the engine's driver of flows (migration_flows.carry_out)
+    _carry_out: Callable[[Any], Awaitable[Any]]
 
-    async def acquire(
+    def acquire(
         self, db: Database, key: bytes, session: object, *, lock: bool
-    ) -> Record | None:
-        """Make this node dmaster of `key` with no other client holding it.
+    ) -> Awaitable[Record | None]:
+        """Make this node dmaster of `key` with no other client holding it
+        (`acquiring`): the current record; with `lock` the record stays
+        locked for `session` until `release`."""
+        return flows.drive(self.acquiring(db, key, session, lock=lock), self._carry_out)
 
-        Returns the current record; with `lock` the record stays locked for
-        `session` until `release`.
-        """
+    def acquiring(
+        self, db: Database, key: bytes, session: object, *, lock: bool
+    ) -> Flow[Effect, Record | None]:
+        """Take steps (`_step`) until one gets the record, waiting for what each needs."""
         node = self.node
         ref = (db.id, key)
         acquiring = self._acquiring.get(ref, 0)
@@ -84,7 +103,30 @@ class Acquisition(HandoverMessages):
             )
         self._acquiring[ref] = acquiring + 1
         try:
-            return await self._acquire(db, key, session, lock)
+            deadline = node.now() + node.tunable("CallTimeout")
+            chain_held = False
+            while True:
+                step = self._step(db, key, session, lock, chain_held)
+                chain_held = False
+                if isinstance(step, Got):
+                    return step.record
+                if step is Need.SERVING:
+                    yield Serving(deadline)
+                elif step is Need.CHAIN:
+                    if not (yield Chain(db, key, deadline)):
+                        raise CtdbError(
+                            ErrorCode.TIMEOUT, f"a client held the record {key!r} too long"
+                        )
+                    chain_held = True  # the next step starts under it, with nothing between
+                elif step is Need.RECORD:
+                    yield from self._fetching_remote(db, key, deadline)
+                else:
+                    yield from self.waiting.registered(
+                        step.join,
+                        step.leave,
+                        deadline,
+                        f"record {key!r} stayed locked by another client",
+                    )
         finally:
             if self._acquiring[ref] > 1:
                 self._acquiring[ref] -= 1
@@ -105,28 +147,6 @@ class Acquisition(HandoverMessages):
             except Exception:
                 log.exception("handing on %r failed", key)
                 self.node.local_failure()
-
-    async def _acquire(
-        self, db: Database, key: bytes, session: object, lock: bool
-    ) -> Record | None:
-        """Take steps (`_step`) until one gets the record, waiting for what each needs."""
-        node = self.node
-        deadline = node.now() + node.tunable("CallTimeout")
-        chain_held = False
-        while True:
-            step = self._step(db, key, session, lock, chain_held)
-            chain_held = False
-            if isinstance(step, Got):
-                return step.record
-            if step is Need.SERVING:
-                await node.wait_serving(deadline)
-            elif step is Need.CHAIN:
-                await self.chains.hold(db, key, deadline)
-                chain_held = True  # the next step starts under it, with no await between
-            elif step is Need.RECORD:
-                await self._fetch_remote(db, key, deadline)
-            else:
-                await self._wait(step.waiters, deadline, key)
 
     def _step(
         self, db: Database, key: bytes, session: object, lock: bool, chain_held: bool
@@ -176,7 +196,7 @@ class Acquisition(HandoverMessages):
             del self._voided[(db.id, key)]
         return keep
 
-    async def _fetch_remote(self, db: Database, key: bytes, deadline: float) -> None:
+    def _fetching_remote(self, db: Database, key: bytes, deadline: float) -> Flow[Effect, None]:
         """Ask for the record (one call per key at a time) and wait for it."""
         node = self.node
         ref = (db.id, key)
@@ -191,24 +211,15 @@ class Acquisition(HandoverMessages):
         waiter = object()
         wait = self.waiting.expect(waiter)
         out.waiters[waiter] = None
-        # Unanswered by then, the call is given up: the next turn of
-        # `_acquire` sends a fresh one.
-        timer = node.call_later(min(remaining, RETRY_INTERVAL), self._give_up, out)
         try:
-            await Waiting.settled(wait)
+            if not (yield Heard(wait, min(remaining, RETRY_INTERVAL))):
+                # Unanswered by then, the call is given up: the next step
+                # sends a fresh one.
+                self._give_up(out)
         finally:
-            timer.cancel()
             self.waiting.forget(waiter, wait)
             out.waiters.pop(waiter, None)
 
     def _give_up(self, out: CallOut) -> None:
         out.given_up = True
         out.end(self.waiting)
-
-    async def _wait(self, waiters: dict[Hashable, None], deadline: float, key: bytes) -> None:
-        await self.waiting.wait(
-            waiters.setdefault,  # (a waiter's value is None)
-            lambda waiter: waiters.pop(waiter, None),
-            deadline,
-            f"record {key!r} stayed locked by another client",
-        )

@@ -35,7 +35,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable
 
-from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError
 from ctdb.engines.host import Cancellable, Clock
 from ctdb.storage.database import Database
 
@@ -71,7 +71,7 @@ def try_hold(db: Database, key: bytes) -> bool:
 
 
 def release(db: Database, key: bytes) -> None:
-    """End what `try_hold` or `ChainGate.hold` began."""
+    """End what `try_hold` began, or a driver's wait for an `effects.Chain`."""
     if db.shared:
         db.local.unlock_chain(key)
 
@@ -148,21 +148,6 @@ class ChainGate:
         finally:
             db.local.unlock_chain(key)
             del self._waiting[ref]
-
-    async def hold(self, db: Database, key: bytes, deadline: float) -> None:
-        """Return holding `key`'s chain lock, once no client holds it.
-
-        The caller must `release` it before its next `await` (the lock
-        belongs to this thread, and a client must not wait on us for long).
-        TIMEOUT if a client still holds it at `deadline` (loop time).
-        """
-        if not db.shared:
-            return
-        if db.local.try_lock_chain(key):
-            return
-        self.stats["chain_waits"] += 1
-        if not await poll(lambda: self.ready() and db.local.try_lock_chain(key), deadline):
-            raise CtdbError(ErrorCode.TIMEOUT, f"a client held the record {key!r} too long")
 
     def close(self) -> None:
         """The node stops: forget the work that waits."""

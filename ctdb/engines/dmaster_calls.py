@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import record_calls
 from ctdb.engines.chains import ChainGate
+from ctdb.engines.effects import Serving
+from ctdb.engines.flows import Flow
 from ctdb.engines.record_calls import RecordCall
-from ctdb.engines.waiting import Waiting
+from ctdb.engines.waiting import Heard, Waiting
 from ctdb.protocol.messages import RemoteCall, RemoteCallReply
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
@@ -54,6 +56,8 @@ log = logging.getLogger("ctdb.engines.dmaster_calls")
 
 #: Re-send a call after this long without a reply.
 RETRY_INTERVAL = 0.5
+
+T = TypeVar("T")
 
 
 class Dmaster(Protocol):
@@ -73,6 +77,9 @@ class Dmaster(Protocol):
 
     def forward(self, call: RemoteCall, rec: Record | None) -> None: ...
 
+    def run(self, flow: Flow[Any, T]) -> Awaitable[T]:
+        """Carry out a flow on the event loop."""
+
 
 class DmasterCalls:
     def __init__(self, engine: Dmaster) -> None:
@@ -87,7 +94,7 @@ class DmasterCalls:
         record_calls.check(call)
         if self.node.serving and self.engine.is_dmaster(db, key, db.local.get(key)):
             return self._run(db, key, call)
-        return self._call_remote(db, key, call)
+        return self.engine.run(self.calling_remote(db, key, call))
 
     def _run(self, db: Database, key: bytes, call: RecordCall) -> dict[str, Any]:
         if self.engine.locked(db, key):
@@ -106,7 +113,9 @@ class DmasterCalls:
             self.node.entry_head(head, db.id, key)
         return rec
 
-    async def _call_remote(self, db: Database, key: bytes, call: RecordCall) -> dict[str, Any]:
+    def calling_remote(
+        self, db: Database, key: bytes, call: RecordCall
+    ) -> Flow[Serving | Heard, dict[str, Any]]:
         """Steps of a `RemoteCallOut` until one runs the call here or a reply comes."""
         node = self.node
         deadline = node.now() + node.tunable("CallTimeout")
@@ -115,7 +124,8 @@ class DmasterCalls:
         wait = self.engine.waiting.expect(out.waiter)
         try:
             while True:
-                await node.wait_serving(deadline)
+                if not node.serving:
+                    yield Serving(deadline)
                 answer = out.step()
                 if answer is not None:
                     return answer  # the record came to us meanwhile
@@ -123,7 +133,7 @@ class DmasterCalls:
                 if remaining <= 0:
                     raise CtdbError(ErrorCode.TIMEOUT, f"no answer to a call on {key!r} in time")
                 # (`wait` stays, waiting for a reply to any of the sends)
-                if await Waiting.settled(wait, min(remaining, RETRY_INTERVAL)):
+                if (yield Heard(wait, min(remaining, RETRY_INTERVAL))):
                     reply: dict[str, Any] = wait.outcome()
                     return reply
         finally:

@@ -18,6 +18,7 @@ voided a lock).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +30,7 @@ from ctdb.engines.effects import Chain, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.merge import from_wire
 from ctdb.engines.persistent_calls import Committed
-from ctdb.engines.waiting import Answer, answered
+from ctdb.engines.waiting import Answer, Heard, answered
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record, live_value
 
@@ -64,9 +65,9 @@ class Engine(Protocol):
 
     def settled(self, db: Database, key: bytes) -> bool: ...
 
-    async def acquire(
+    def acquire(
         self, db: Database, key: bytes, session: object, *, lock: bool
-    ) -> Record | None: ...
+    ) -> Awaitable[Record | None]: ...
 
 
 @dataclass(slots=True)
@@ -80,7 +81,7 @@ class Acquired:
     lock: bool
 
 
-Effect = Acquired | Chain | Serving | Answer | Controls | Committed
+Effect = Acquired | Chain | Serving | Answer | Heard | Controls | Committed
 
 
 def fetching(db: Database, key: bytes, session: object) -> Flow[Effect, bytes | None]:
@@ -188,7 +189,7 @@ async def carry_out(engine: Engine, effect: Effect) -> Any:
         return await poll(lambda: ready() and db.local.try_lock_chain(key), effect.deadline)
     if isinstance(effect, Serving):
         return await engine.node.wait_serving(effect.deadline)
-    if isinstance(effect, Answer):
+    if isinstance(effect, Answer | Heard):
         return await answered(effect)
     if isinstance(effect, Controls):
         return await controls.send(engine.node, effect)

@@ -9,7 +9,8 @@ answer is not there yet, the deadline fails that future directly, and the
 waiting task wakes in the loop turn after the answer.
 
 A flow (`ctdb.engines.flows`) waits by yielding an `Answer`, which its
-driver carries out with `until`.
+driver carries out with `until`, or a `Heard` for a bounded look that
+fails nothing (`settled`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ class Answer:
     wait: Wait
     deadline: float
     what: str
+
+
+@dataclass(slots=True)
+class Heard:
+    """A flow's effect: whether `wait` has its answer after at most `seconds`;
+    running out fails nothing (`Waiting.settled`)."""
+
+    wait: Wait
+    seconds: float
 
 
 class Waiting:
@@ -146,8 +156,10 @@ class Waiting:
             wait.settle(None, error)
 
 
-async def answered(effect: Answer) -> Any:
-    """Carry out an `Answer` on the event loop."""
+async def answered(effect: Answer | Heard) -> Any:
+    """Carry out an `Answer` or a `Heard` on the event loop."""
+    if isinstance(effect, Heard):
+        return await Waiting.settled(effect.wait, effect.seconds)
     return await Waiting.until(effect.wait, effect.deadline, effect.what)
 
 
