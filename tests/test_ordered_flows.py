@@ -22,8 +22,10 @@ from ctdb.engines.flows import Flow
 from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.engines.ordered.locks import QueueFull
 from ctdb.engines.ordered.waits import Effect, Joined
+from ctdb.engines.transactions import Transaction
 from ctdb.engines.waiting import Answer
-from ctdb.storage.database import Database
+from ctdb.storage.database import Database, DbKind
+from ctdb.storage.ltdb import live_value
 from tests.clocks import ManualClock
 from tests.flow_steps import Stepped
 from tests.test_ordered_rounds import Group, Session
@@ -288,3 +290,32 @@ def test_a_recover_marker_gives_every_member_a_new_generation_and_returns_once_s
     run(group, recover)
     assert recover.ended and recover.error is None
     assert [engine(group, pnn).recoveries for pnn in range(3)] == [n + 1 for n in before]
+
+
+def test_commits_of_one_attached_database_are_validated_where_the_stream_delivers_them(
+    group: Group,
+) -> None:
+    attach = Resumed(engine(group, 1).attaching("p.tdb", DbKind.PERSISTENT))
+    run(group, attach)
+    assert attach.ended and attach.error is None
+    dbs = {pnn: group.members[pnn].db_by_name("p.tdb") for pnn in group.members}
+    # Two clients on two nodes read the same key, then both write it.
+    first, second = Transaction(1, dbs[1]), Transaction(2, dbs[2])
+    for tx, value in ((first, b"one"), (second, b"two")):
+        assert tx.fetch(b"k") is None
+        tx.writes[b"k"] = value
+    commits = [Resumed(engine(group, 1).committing(first))]
+    commits.append(Resumed(engine(group, 2).committing(second)))
+    run(group, *commits)
+    assert all(c.ended for c in commits)
+    lost = [c for c in commits if c.error is not None]
+    assert len(lost) == 1 and lost[0].error is not None and lost[0].error.code == ErrorCode.BUSY
+    won = b"one" if commits[0].error is None else b"two"
+    assert {live_value(d.local.get(b"k")) for d in dbs.values()} == {won}
+    assert len({d.seqnum() for d in dbs.values()}) == 1
+    # Writing what the key holds commits nothing: nothing is sent.
+    same = Transaction(3, dbs[0])
+    same.fetch(b"k")
+    same.writes[b"k"] = won
+    unchanged = Resumed(engine(group, 0).committing(same))
+    assert unchanged.ended and unchanged.result == dbs[0].seqnum() and not group.sent

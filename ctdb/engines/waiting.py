@@ -135,16 +135,6 @@ class Waiting:
             self.forget(key, wait)
             unregister(key)
 
-    async def wait(
-        self,
-        register: Callable[[Hashable], None],
-        unregister: Callable[[Hashable], None],
-        deadline: float,
-        what: str,
-    ) -> Any:
-        """`registered`, on the event loop."""
-        return await flows.drive(self.registered(register, unregister, deadline, what), answered)
-
     def answer(self, key: Hashable, result: Any) -> None:
         wait = self._waits.pop(key, None)
         if wait is not None:

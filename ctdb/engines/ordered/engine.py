@@ -260,22 +260,29 @@ class OrderedEngine(StreamApplier):
             return self.run(self.submitting("call", args))
         return self.run(self.submitting("call", self._volatile_write(args)))
 
-    async def commit(self, tx: Transaction) -> int:
+    def commit(self, tx: Transaction) -> Awaitable[int]:
+        return self.run(self.committing(tx))
+
+    def committing(self, tx: Transaction) -> Flow[Effect, int]:
+        """The transaction in the stream, validated where it is delivered:
+        the new sequence number (nothing to write: nothing sent)."""
         earlier = tx.drop_unchanged()
         if not tx.writes:
             tx.check_reads(earlier)
             return tx.db.seqnum()
         reads = [[k, rsn] for k, rsn in tx.reads.items()]
         writes = [[k, v] for k, v in tx.writes.items()]
-        result: int = await self.run(
-            self.submitting("commit", {"db": tx.db.id, "reads": reads, "writes": writes})
-        )
+        args = {"db": tx.db.id, "reads": reads, "writes": writes}
+        result: int = yield from self.submitting("commit", args)
         return result
 
-    async def attach(self, name: str, kind: DbKind) -> Database:
-        existing = self.node.dbs.get(db_id(name))
-        if existing is None:
-            await self.run(self.submitting("attach", {"name": name, "kind": kind.value}))
+    def attach(self, name: str, kind: DbKind) -> Awaitable[Database]:
+        return self.run(self.attaching(name, kind))
+
+    def attaching(self, name: str, kind: DbKind) -> Flow[Effect, Database]:
+        """A database every member attaches at one position of the stream."""
+        if self.node.dbs.get(db_id(name)) is None:
+            yield from self.submitting("attach", {"name": name, "kind": kind.value})
         return self.node.attach(name, kind)
 
     async def wipe(self, db: Database) -> None:
