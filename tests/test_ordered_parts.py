@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines import flows
 from ctdb.engines.answers import Answers
 from ctdb.engines.ordered.barriers import ReadBarriers
 from ctdb.engines.ordered.locks import LockQueue, QueueFull
@@ -20,7 +21,7 @@ from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import split_new_databases
 from ctdb.engines.ordered.stability import Stability, Write
 from ctdb.engines.ordered.sync import NO_COPY, make_plan
-from ctdb.engines.waiting import Waiting
+from ctdb.engines.waiting import Waiting, answered
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.placement import db_id
 from tests.clocks import ManualClock
@@ -351,9 +352,11 @@ def test_waiting_turns_answers_into_outcomes_within_a_deadline() -> None:
                 w.answer(key, "seen")
 
         loop.call_soon(answer_all)
-        assert await w.wait(registered.setdefault, registered.pop, loop.time() + 5, "x") == "seen"
+        seen = w.registered(registered.setdefault, registered.pop, loop.time() + 5, "x")
+        assert await flows.drive(seen, answered) == "seen"
         with pytest.raises(CtdbError) as info:
-            await w.wait(registered.setdefault, registered.pop, loop.time() + 0.01, "nobody")
+            nobody = w.registered(registered.setdefault, registered.pop, loop.time() + 0.01, "y")
+            await flows.drive(nobody, answered)
         assert info.value.code == ErrorCode.TIMEOUT and not registered
 
     asyncio.run(scenario())
