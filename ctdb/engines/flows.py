@@ -11,9 +11,9 @@ with made-up outcomes (`tests/test_recovery_flow.py`), so every decision is
 checked without a loop, a socket or a peer, and a simulated cluster runs the
 very same flow.
 
-The tcp engine's record requests use the other shape of the same idea (a
-`_step` that looks at the record and says what to wait for, run in a loop):
-those repeat one look until it succeeds, where a flow goes through phases.
+A request that repeats one look until it succeeds (the tcp engine's wait
+for a record) is a flow of steps: a `_step` looks at the record once and
+says what to wait for, and the flow yields that and looks again.
 """
 
 from __future__ import annotations
