@@ -154,7 +154,9 @@ class Coordinator(Node):
         self.engine: TransactionEngine | None = None
         self.forced = 0
 
-    async def control(self, pnn: int, op: str, args: dict[str, Any]) -> None:
+    async def control(
+        self, pnn: int, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> None:
         assert self.engine is not None
         if op == "tx_prepare" and pnn == 0:
             self.engine.prepare(self.db, args["records"], args["commit_id"], args["generation"])

@@ -48,9 +48,9 @@ class Controls:
 async def send(node: Host, effect: Control | Controls) -> Any:
     """Carry out `effect` with the node's controls: the reply, or the replies in order."""
     if isinstance(effect, Control):
-        return await node.control(effect.pnn, effect.op, effect.args, effect.timeout)
+        return await node.control(effect.pnn, effect.op, effect.args, timeout=effect.timeout)
     replies = asyncio.gather(
-        *(node.control(c.pnn, c.op, c.args, c.timeout) for c in effect.calls),
+        *(node.control(c.pnn, c.op, c.args, timeout=c.timeout) for c in effect.calls),
         return_exceptions=effect.failures,
     )
     return list(await replies)
