@@ -181,6 +181,8 @@ def wiping(engine: Engine, db: Database) -> Flow[Effect, None]:
 
 async def carry_out(engine: Engine, effect: Effect) -> Any:
     """The tcp engine's driver: wait on the event loop for what a flow yields."""
+    if isinstance(effect, Answer | Heard):  # (the most frequent first: a record's arrival)
+        return await answered(effect)
     if isinstance(effect, Acquired):
         return await engine.acquire(effect.db, effect.key, effect.session, lock=effect.lock)
     if isinstance(effect, Chain):
@@ -189,8 +191,6 @@ async def carry_out(engine: Engine, effect: Effect) -> Any:
         return await poll(lambda: ready() and db.local.try_lock_chain(key), effect.deadline)
     if isinstance(effect, Serving):
         return await engine.node.wait_serving(effect.deadline)
-    if isinstance(effect, Answer | Heard):
-        return await answered(effect)
     if isinstance(effect, Controls):
         return await controls.send(engine.node, effect)
     return await engine.transactions.commit(effect.tx)
