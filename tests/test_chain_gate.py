@@ -97,7 +97,7 @@ def test_the_tcp_drivers_wait_for_a_chain_takes_it_once_free_and_gives_up_at_the
         started = loop.time()
         assert await carry_out(engine, Chain(db, b"k", started + 0.2)) is False
         assert 0.2 <= loop.time() - started < 2.0
-        waiting = loop.create_task(carry_out(engine, Chain(db, b"k", loop.time() + 10)))
+        waiting = asyncio.ensure_future(carry_out(engine, Chain(db, b"k", loop.time() + 10)))
         await _until(lambda: stats["chain_waits"] == 2)
         assert not waiting.done()  # still held by the client
         assert holder.ask("unlock", b"k") == "unlocked"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.rounds import split_new_databases
 from ctdb.engines.ordered.stability import Stability, Write
 from ctdb.engines.ordered.sync import NO_COPY, make_plan
-from ctdb.engines.waiting import Waiting, answered
+from ctdb.engines.waiting import Answer, Waiting
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.placement import db_id
 from tests.clocks import ManualClock
@@ -353,13 +354,18 @@ def test_waiting_turns_answers_into_outcomes_within_a_deadline() -> None:
 
         loop.call_soon(answer_all)
         seen = w.registered(registered.setdefault, registered.pop, loop.time() + 5, "x")
-        assert await flows.drive(seen, answered) == "seen"
+        assert await flows.drive(seen, until) == "seen"
         with pytest.raises(CtdbError) as info:
             nobody = w.registered(registered.setdefault, registered.pop, loop.time() + 0.01, "y")
-            await flows.drive(nobody, answered)
+            await flows.drive(nobody, until)
         assert info.value.code == ErrorCode.TIMEOUT and not registered
 
     asyncio.run(scenario())
+
+
+def until(effect: Answer) -> Awaitable[Any]:
+    """How a driver carries out an `Answer`."""
+    return Waiting.until(effect.wait, effect.deadline, effect.what)
 
 
 def test_an_answer_given_before_anyone_awaits_it_is_kept_without_a_loop() -> None:

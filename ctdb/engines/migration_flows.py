@@ -30,7 +30,7 @@ from ctdb.engines.effects import Chain, Serving
 from ctdb.engines.flows import Flow
 from ctdb.engines.merge import from_wire
 from ctdb.engines.persistent_calls import Committed
-from ctdb.engines.waiting import Answer, Heard, answered
+from ctdb.engines.waiting import Answer, Heard, Waiting
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record, live_value
 
@@ -179,18 +179,22 @@ def wiping(engine: Engine, db: Database) -> Flow[Effect, None]:
     yield Controls.on_all(node.vnnmap, "wipe", {"db_id": db.id, "generation": node.generation})
 
 
-async def carry_out(engine: Engine, effect: Effect) -> Any:
-    """The tcp engine's driver: wait on the event loop for what a flow yields."""
-    if isinstance(effect, Answer | Heard):  # (the most frequent first: a record's arrival)
-        return await answered(effect)
+def carry_out(engine: Engine, effect: Effect) -> Awaitable[Any]:
+    """The tcp engine's driver: what to await on the event loop for what a
+    flow yields (the awaitable itself: no coroutine of its own around it, a
+    frame less on every wait of a migration)."""
+    if isinstance(effect, Heard):  # (the most frequent first: a record's arrival)
+        return Waiting.settled(effect.wait, effect.seconds)
+    if isinstance(effect, Answer):
+        return Waiting.until(effect.wait, effect.deadline, effect.what)
     if isinstance(effect, Acquired):
-        return await engine.acquire(effect.db, effect.key, effect.session, lock=effect.lock)
+        return engine.acquire(effect.db, effect.key, effect.session, lock=effect.lock)
     if isinstance(effect, Chain):
         engine.node.stats["chain_waits"] += 1
         db, key, ready = effect.db, effect.key, engine.chains.ready
-        return await poll(lambda: ready() and db.local.try_lock_chain(key), effect.deadline)
+        return poll(lambda: ready() and db.local.try_lock_chain(key), effect.deadline)
     if isinstance(effect, Serving):
-        return await engine.node.wait_serving(effect.deadline)
+        return engine.node.wait_serving(effect.deadline)
     if isinstance(effect, Controls):
-        return await controls.send(engine.node, effect)
-    return await engine.transactions.commit(effect.tx)
+        return controls.send(engine.node, effect)
+    return engine.transactions.commit(effect.tx)

@@ -10,7 +10,7 @@ waiting task wakes in the loop turn after the answer.
 
 A flow (`ctdb.engines.flows`) waits by yielding an `Answer`, which its
 driver carries out with `until`, or a `Heard` for a bounded look that
-fails nothing (`settled`).
+fails nothing, carried out with `settled`.
 """
 
 from __future__ import annotations
@@ -146,13 +146,6 @@ class Waiting:
         wait = self._waits.pop(key, None)
         if wait is not None:
             wait.settle(None, error)
-
-
-async def answered(effect: Answer | Heard) -> Any:
-    """Carry out an `Answer` or a `Heard` on the event loop."""
-    if isinstance(effect, Heard):
-        return await Waiting.settled(effect.wait, effect.seconds)
-    return await Waiting.until(effect.wait, effect.deadline, effect.what)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
