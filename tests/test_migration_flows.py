@@ -221,6 +221,45 @@ def test_a_freeze_while_an_unlock_waits_voids_the_lock_and_writes_nothing(
     assert again.value.code == ErrorCode.NOT_LOCKED
 
 
+def test_an_unlock_waits_for_a_chain_a_samba_client_took_after_the_lock_was_granted(
+    db: Database, holder: Holder
+) -> None:
+    """A lock granted before a Samba client attached the file keeps no chain:
+    the unlock's write waits for the client, never blocking the daemon, and
+    writes nothing if a freeze voided the lock meanwhile."""
+    db.local.put(KEY, Record(3, ME, b"old"))
+    (e, node), session = engine(), object()
+    db.shared = False  # nobody shares the file yet
+    locked(e, db, session)
+    db.shared = True  # a Samba client attaches it, and locks the record's chain
+    assert holder.ask("lock", KEY) == "locked"
+    run = Stepped(unlocking(e, db, KEY, session, b"new"))
+    assert run.effect == Chain(db, KEY, DEADLINE)
+    assert holder.ask("unlock", KEY) == "unlocked"
+    assert db.local.try_lock_chain(KEY)  # as the driver's poll leaves it
+    assert run.answer(True) is None and run.ended
+    rec = db.local.get(KEY)
+    assert rec is not None and rec.value == b"new" and not e.locked_by(db, KEY, session)
+    assert chain_free(holder)
+
+    db.shared = False
+    locked(e, db, session)
+    db.shared = True
+    assert holder.ask("lock", KEY) == "locked"
+    again = Stepped(unlocking(e, db, KEY, session, b"newer"))
+    assert isinstance(again.effect, Chain)
+    node.dbs = {db.id: db}
+    e.freeze()
+    assert holder.ask("unlock", KEY) == "unlocked"
+    assert db.local.try_lock_chain(KEY)
+    with pytest.raises(CtdbError) as err:
+        again.answer(True)
+    assert err.value.code == ErrorCode.RETRY
+    rec = db.local.get(KEY)
+    assert rec is not None and rec.value == b"new"
+    assert chain_free(holder)
+
+
 def test_a_traverse_waits_to_serve_and_gathers_every_members_records(db: Database) -> None:
     e, node = engine()
     node.serving = False

@@ -113,18 +113,28 @@ def unlocking(
     """Write `value` (None: nothing) under `session`'s lock and release it;
     RETRY if a recovery voided the lock, NOT_LOCKED if it never held one.
 
-    No client is in the way of the write: a lock on a record of a file
-    Samba's clients share keeps the record's chain (`Acquisition._grant`)."""
+    A lock on a record of a file Samba's clients share keeps the record's
+    chain (`Acquisition._grant`), so the write takes it at once; not so a
+    lock granted before a Samba client attached the file, which waits
+    here for the chain as any write does (never blocking the daemon)."""
+    node = engine.node
     while True:
         engine.check_lock(db, key, session)
-        if engine.node.serving:
-            break
-        # Our lease is being renewed (a freeze would have voided the lock):
-        # write only once we serve again, or fail.
-        yield Serving(engine.deadline())
-    if value is not None:
-        engine.write(db, key, value)
-    engine.release(db, key, session)
+        if not node.serving:
+            # Our lease is being renewed (a freeze would have voided the
+            # lock): write only once we serve again, or fail.
+            yield Serving(engine.deadline())
+            continue
+        if value is not None:
+            yield from holding(db, key, engine.deadline())
+            try:
+                if not (engine.locked_by(db, key, session) and node.serving):
+                    continue  # a freeze came while a client held the chain: look again
+                engine.write(db, key, value)
+            finally:
+                release(db, key)
+        engine.release(db, key, session)
+        return
 
 
 def holding(db: Database, key: bytes, deadline: float) -> Flow[Effect, None]:
