@@ -3,12 +3,13 @@
 The usual case needs no flow: the record is served here, no client of
 ours holds it and no Samba client holds its chain, and `MigrationEngine`
 reads or writes it at once (an unlock runs its flow that far with
-`flows.started`, without a coroutine). What a flow waits for it yields: the record brought here
-and held by nobody else (`Acquired`, the stepped request of
-`ctdb.engines.acquisition`), a record's chain (`Chain`), this node to serve
-(`Serving`), a commit to be made everywhere (`waiting.Answer`, `Committed`)
-or other nodes' replies (`Controls`). `tests/test_migration_flows.py`
-resumes them by hand.
+`flows.started`, without a coroutine). What a flow waits for it yields:
+the record brought here and held by nobody else (`Acquired`: the flow of
+`ctdb.engines.acquisition`, whose own waits, `waiting.Heard` among them,
+go through the same driver), a record's chain (`Chain`), this node to
+serve (`Serving`), a commit to be made everywhere (`waiting.Answer`,
+`Committed`) or other nodes' replies (`Controls`).
+`tests/test_migration_flows.py` resumes them by hand.
 
 A write is made only under the record's chain lock and only while this
 node serves the record: whatever the wait was, the flow looks again under
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from ctdb.engines.chains import ChainGate
     from ctdb.engines.host import Host
     from ctdb.engines.transactions import TransactionEngine
-    from ctdb.engines.waiting import Waiting
 
 
 class Engine(Protocol):
