@@ -348,7 +348,7 @@ def test_a_stopped_node_is_frozen_rather_than_waited_for(
 ) -> None:
     """A recovery that leaves out a node it can still reach freezes it instead
     of waiting out the lease the others confirmed it (tcp:
-    `ctdb.engines.recovery._leases_run_out`). With these tunables that lease
+    `ctdb.engines.recovery_flow.leases_run_out`). With these tunables that lease
     is 10 s; waiting it out made `stop` take 4 s with the defaults."""
     c = make_cluster(KeepaliveInterval=5.0, KeepaliveLimit=3)
     with c.client(0) as cl:

@@ -43,7 +43,7 @@ class RecoveryPlan:
     #: what every member installs before it thaws (`set_vnnmap`)
     vnnmap: dict[str, Any]
     #: nodes left out that a member confirmed a lease to, and for how long it may
-    #: still run: the thaw waits for them (`recovery._leases_run_out`)
+    #: still run: the thaw waits for them (`recovery_flow.leases_run_out`)
     left_out: dict[int, float]
 
 
