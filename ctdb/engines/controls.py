@@ -9,6 +9,8 @@ fails with the node that failed, a vacuum round defers).
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,12 +47,21 @@ class Controls:
         return Controls([Control(p, op, args) for p in members], failures)
 
 
-async def send(node: Host, effect: Control | Controls) -> Any:
-    """Carry out `effect` with the node's controls: the reply, or the replies in order."""
+async def send(
+    node: Host,
+    effect: Control | Controls,
+    one: Callable[[Control], Awaitable[Any]] | None = None,
+) -> Any:
+    """Carry out `effect`: the reply, or the replies in order. Each control
+    goes through `one` (default: the node's `control`, with its timeout);
+    the recovery's driver passes its own, which bounds and labels failures."""
+    if one is None:
+        one = functools.partial(_control, node)
     if isinstance(effect, Control):
-        return await node.control(effect.pnn, effect.op, effect.args, timeout=effect.timeout)
-    replies = asyncio.gather(
-        *(node.control(c.pnn, c.op, c.args, timeout=c.timeout) for c in effect.calls),
-        return_exceptions=effect.failures,
-    )
+        return await one(effect)
+    replies = asyncio.gather(*(one(c) for c in effect.calls), return_exceptions=effect.failures)
     return list(await replies)
+
+
+def _control(node: Host, control: Control) -> Awaitable[Any]:
+    return node.control(control.pnn, control.op, control.args, timeout=control.timeout)

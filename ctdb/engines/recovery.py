@@ -13,13 +13,14 @@ so a half-done recovery never serves requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.errors import CtdbError
-from ctdb.engines import flows
+from ctdb.engines import controls, flows
 from ctdb.engines.controls import Control, Controls
 from ctdb.engines.effects import Pause
 from ctdb.engines.merge import from_wire, merge_volatile, to_wire
@@ -59,13 +60,8 @@ async def recover(node: Host, members: list[int], rng: random.Random) -> None:
 
 
 async def _carry_out(node: Host, effect: Effect) -> Any:
-    if isinstance(effect, Control):
-        return await _control(node, effect)
-    if isinstance(effect, Controls):
-        replies = asyncio.gather(
-            *(_control(node, c) for c in effect.calls), return_exceptions=effect.failures
-        )
-        return list(await replies)
+    if isinstance(effect, Control | Controls):
+        return await controls.send(node, effect, functools.partial(_control, node))
     if isinstance(effect, Merge):
         # Off the event loop: a large merge must not stop the keepalives.
         copies = effect.copies
