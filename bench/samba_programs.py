@@ -318,7 +318,7 @@ def run_once(program: str, backend: Backend, seconds: int, tag: str) -> dict[str
     return entry
 
 
-def _start(workdir: Path) -> dict[str, Backend]:
+def start_backends(workdir: Path) -> dict[str, Backend]:
     """The three clusters, started side by side (start-up is not measured)."""
     starters: dict[str, Callable[[], Backend]] = {
         "samba ctdbd": lambda: _samba(workdir),
@@ -345,7 +345,7 @@ def _start(workdir: Path) -> dict[str, Backend]:
 
 def measure(seconds: int, rounds: int, workdir: Path) -> dict[str, dict[str, list[Any]]]:
     """daemon -> program -> one entry per round (rate None: that run failed)."""
-    backends = _start(workdir)
+    backends = start_backends(workdir)
     try:
         results: dict[str, dict[str, list[Any]]] = {d: {p: [] for p in PROGRAMS} for d in DAEMONS}
         for r in range(rounds):

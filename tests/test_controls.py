@@ -33,9 +33,8 @@ def channel() -> tuple[ControlChannel, list[tuple[int, m.Message]]]:
 
 async def _asked(op: str = "ping", pnn: int = 1) -> tuple[ControlChannel, Any, int]:
     ch, sent = channel()
-    task = asyncio.create_task(ch.call(pnn, op, {}, timeout=5))
-    await asyncio.sleep(0)
-    ((target, msg),) = sent
+    task = ch.call(pnn, op, {}, timeout=5)
+    ((target, msg),) = sent  # sent at once, not on the loop's next turn
     assert target == pnn and isinstance(msg, m.Control)
     return ch, task, msg.reqid
 
@@ -94,6 +93,34 @@ def test_a_call_without_a_reply_times_out_and_leaves_nothing_pending() -> None:
         with pytest.raises(CtdbError) as info:
             await ch.call(1, "ping", {}, timeout=0.05)
         assert info.value.code == ErrorCode.TIMEOUT
+        assert not ch._pending
+
+    asyncio.run(scenario())
+
+
+def test_a_call_given_up_by_its_caller_leaves_nothing_pending() -> None:
+    async def scenario() -> None:
+        ch, task, reqid = await _asked()
+        waiter = asyncio.ensure_future(asyncio.wait_for(task, 0.01))
+        with pytest.raises(TimeoutError):
+            await waiter
+        await asyncio.sleep(0)  # the future's done callbacks run on the next turn
+        assert task.cancelled() and not ch._pending
+        ch.on_reply(1, m.ControlReply(reqid, 0, 1))  # too late: ignored
+
+    asyncio.run(scenario())
+
+
+def test_a_control_that_cannot_be_sent_leaves_nothing_pending() -> None:
+    async def scenario() -> None:
+        def refuses(pnn: int, msg: m.Message) -> None:
+            raise CtdbError(ErrorCode.DISCONNECTED, "link gone")
+
+        ch, _ = channel()
+        ch._send = refuses
+        with pytest.raises(CtdbError):
+            ch.call(1, "ping", {})
+        await asyncio.sleep(0)
         assert not ch._pending
 
     asyncio.run(scenario())

@@ -18,7 +18,8 @@ import time
 import pytest
 
 from ctdb.common.config import CTDB_SOCKET_NAME
-from ctdb.protocol.ctdb_opcodes import CURRENT_NODE
+from ctdb.protocol.ctdb_controls import codec_for
+from ctdb.protocol.ctdb_opcodes import CURRENT_NODE, Control
 from ctdb.protocol.ctdb_wire import (
     Header,
     ReplyCall,
@@ -147,6 +148,25 @@ def test_controls_for_another_node_are_forwarded_to_it(cluster: LocalCluster) ->
         assert out.stdout.strip() == str(cluster.pids[pnn]), out.stderr
     up = samba_ctdb(cluster, 0, "-n", "2", "uptime")
     assert up.returncode == 0 and "Current time of node 2" in up.stdout
+
+
+def test_a_forwarded_control_that_waits_or_fails_answers_as_on_its_node(
+    cluster: LocalCluster,
+) -> None:
+    """DB_ATTACH for node 2, sent to node 0's door, waits for the attach on
+    every node and answers its id; GET_DBNAME of an unknown id, forwarded,
+    answers -1 as the node itself would."""
+    name = unique("fwd")
+    attach = codec_for(Control.DB_ATTACH).request.encode(name)
+    raw = exchange(cluster, 0, ReqControl(Header(21, 2), int(Control.DB_ATTACH), attach).encode())
+    reply = decode_packet(raw)
+    assert isinstance(reply, ReplyControl) and reply.status == 0, reply
+    ours = {db["name"]: db for db in run_ctdbtool(cluster.socket(2), "--json", "getdbmap").json()}
+    assert codec_for(Control.DB_ATTACH).reply.decode(reply.data) == ours[name]["id"]
+    unknown = codec_for(Control.GET_DBNAME).request.encode(0x0BADDB1D)
+    raw = exchange(cluster, 0, ReqControl(Header(22, 2), int(Control.GET_DBNAME), unknown).encode())
+    reply = decode_packet(raw)
+    assert isinstance(reply, ReplyControl) and reply.status == -1 and reply.header.reqid == 22
 
 
 def test_ctdb_recover_completes_with_a_new_generation(cluster: LocalCluster) -> None:

@@ -150,7 +150,7 @@ def _status(request: Codec[Any]) -> ControlCodec:
 
 # -- the table: every opcode of `Control`, in protocol.h order -----------------------------
 
-CONTROLS: dict[Control, ControlCodec] = {
+CONTROLS: dict[int, ControlCodec] = {
     # status 0 if a connected client has this peer pid, else -1
     Control.PROCESS_EXISTS: _status(PID),
     Control.STATISTICS: ControlCodec(NONE, _of(Statistics)),
@@ -211,7 +211,7 @@ CONTROLS: dict[Control, ControlCodec] = {
 def codec_for(opcode: int) -> ControlCodec:
     """The codecs of `opcode`, or NOT_SUPPORTED for one this daemon does not
     serve (the front door answers those with status −1, as ctdbd does)."""
-    try:
-        return CONTROLS[Control(opcode)]
-    except (ValueError, KeyError):
-        raise CtdbError(ErrorCode.NOT_SUPPORTED, f"unsupported CTDB control {opcode}") from None
+    codec = CONTROLS.get(opcode)  # an IntEnum key is found by its number
+    if codec is None:
+        raise CtdbError(ErrorCode.NOT_SUPPORTED, f"unsupported CTDB control {opcode}")
+    return codec

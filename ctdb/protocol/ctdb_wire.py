@@ -47,7 +47,7 @@ ALIGNMENT = 8  # CTDB_DS_ALIGNMENT (protocol_packet.c)
 DEFAULT_MAX_PACKET = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Header:
     """The header fields a packet chooses; length, magic, version and
     operation follow from the packet itself."""
@@ -93,7 +93,7 @@ class _Packet:
 _REQ_CALL = struct.Struct("<6I")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReqCall(_Packet):
     """Client → daemon: run `callid` on a record (`ctdb_req_call_old`,
     ctdb_protocol.h:61-70; protocol_call.c). Body: flags, db_id, callid,
@@ -125,7 +125,7 @@ class ReqCall(_Packet):
 _REPLY_CALL = struct.Struct("<iI")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReplyCall(_Packet):
     """Daemon → client: the result of a REQ_CALL (`ctdb_reply_call_old`,
     ctdb_protocol.h:72-77). smbd reads empty `data` as "no such record"."""
@@ -149,7 +149,7 @@ class ReplyCall(_Packet):
 _REQ_MESSAGE = struct.Struct("<QI")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReqMessage(_Packet):
     """A message to a srvid, in both directions (`ctdb_req_message_old`,
     ctdb_protocol.h:105-110). The data is opaque to the daemon."""
@@ -173,7 +173,7 @@ class ReqMessage(_Packet):
 _REQ_CONTROL = struct.Struct("<IIQIII")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReqControl(_Packet):
     """Client → daemon: a control (`ctdb_req_control_old`,
     ctdb_protocol.h:112-121). Body: opcode, pad, srvid, client_id, flags,
@@ -206,7 +206,7 @@ class ReqControl(_Packet):
 _REPLY_CONTROL = struct.Struct("<iII")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReplyControl(_Packet):
     """Daemon → client: a control's result (`ctdb_reply_control_old`,
     ctdb_protocol.h:123-129). Body: status, datalen, errorlen, data, errmsg.
@@ -237,7 +237,7 @@ class ReplyControl(_Packet):
         return cls(header, status, data, errmsg)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UnknownPacket:
     """A well-framed packet of an operation this codec does not model
     (REQ_DMASTER, REPLY_ERROR, a tunnel, a number never assigned...). The

@@ -76,9 +76,13 @@ class ControlChannel:
             raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
         return self.call(pnn, op, args, timeout)
 
-    async def call(
+    def call(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float = 10.0
-    ) -> Any:
+    ) -> asyncio.Future[Any]:
+        """Send the control now; the future has its result (or error) once the
+        reply comes, the timeout passes or `pnn` leaves. A future, not a
+        coroutine: every control (pings among them) saves a frame, and a
+        caller may hand it on without a task. Cancelling it forgets the call."""
         reqid = next(self._ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -86,12 +90,18 @@ class ControlChannel:
         # A timer that fails the future, not asyncio.wait_for: the same bound
         # for a third of the cost, paid by every control (pings among them).
         timer = loop.call_later(timeout, _time_out, fut, pnn, op, timeout)
-        try:
-            self._send(pnn, Control(reqid, op, args or {}))
-            return await fut
-        finally:
+
+        def forget(_: asyncio.Future[Any]) -> None:
             timer.cancel()
             self._pending.pop(reqid, None)
+
+        fut.add_done_callback(forget)
+        try:
+            self._send(pnn, Control(reqid, op, args or {}))
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut
 
     def on_reply(self, src: int, msg: ControlReply) -> None:
         entry = self._pending.get(msg.reqid)

@@ -268,7 +268,7 @@ def _get_tunable(door: Door, name: str) -> tuple[int, Any]:
     return 0, value
 
 
-HANDLERS: dict[Control, Handler] = {
+HANDLERS: dict[int, Handler] = {
     Control.GET_PNN: _pnn,
     Control.PING: _ping,
     Control.UPTIME: _uptime,
@@ -321,7 +321,7 @@ def run_control(door: Door, opcode: int, data: bytes) -> Outcome | Awaitable[Out
     """
     codec = codec_for(opcode)
     value = codec.request.decode(data)
-    handler = HANDLERS.get(Control(opcode))
+    handler = HANDLERS.get(opcode)  # an IntEnum key is found by its number
     if handler is None:
         raise CtdbError(ErrorCode.NOT_SUPPORTED, f"CTDB control {Control(opcode).name}")
     outcome = handler(door, value)

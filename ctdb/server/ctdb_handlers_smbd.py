@@ -54,7 +54,7 @@ def _update_seqnum(door: Door, db_id: int) -> tuple[int, Any]:
     return 0, None
 
 
-SMBD_HANDLERS: dict[Control, Any] = {
+SMBD_HANDLERS: dict[int, Any] = {
     Control.PROCESS_EXISTS: _process_exists,
     Control.CHECK_PID_SRVID: _check_pid_srvid,
     Control.TCP_CLIENT: _tcp_client,

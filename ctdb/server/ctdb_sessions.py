@@ -333,18 +333,35 @@ class CtdbProtocolServer:
         result = await self.node.control(dest, "ctdb_control", args)
         return int(result["status"]), bytes(result["data"]), b""
 
-    async def ctl_ctdb_control(self, src: int, args: dict[str, Any]) -> dict[str, Any]:
-        """A control a client of node `src` sent for this node."""
+    def ctl_ctdb_control(
+        self, src: int, args: dict[str, Any]
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """A control a client of node `src` sent for this node: answered at
+        once when its handler answers at once (a forwarded ping costs no
+        task here), else once it is done."""
         opcode = int(args["opcode"])
         try:
             if opcode in SESSION_BOUND:
                 raise CtdbError(ErrorCode.NOT_SUPPORTED, f"control {opcode} from another node")
             outcome = run_control(self, opcode, bytes(args["data"]))
-            status, data, _ = await outcome if isinstance(outcome, Awaitable) else outcome
         except Exception as exc:
-            self.failed(opcode, exc)
-            status, data = FAILED, b""
+            return self._forwarded_failure(opcode, exc)
+        if isinstance(outcome, Awaitable):
+            return self._forwarded_later(opcode, outcome)
+        status, data, _ = outcome
         return {"status": status, "data": data}
+
+    async def _forwarded_later(self, opcode: int, outcome: Awaitable[Outcome]) -> dict[str, Any]:
+        try:
+            status, data, _ = await outcome
+        except Exception as exc:
+            return self._forwarded_failure(opcode, exc)
+        return {"status": status, "data": data}
+
+    def _forwarded_failure(self, opcode: int, exc: Exception) -> dict[str, Any]:
+        """A forwarded control that failed answers -1 with no data, as ctdbd's do."""
+        self.failed(opcode, exc)
+        return {"status": FAILED, "data": b""}
 
     def recover_later(self) -> None:
         node = self.node
