@@ -76,6 +76,12 @@ def test_cluster_up_vs_runs_an_encrypted_corosync(tmp_path: Path) -> None:
             assert line in conf, conf
         log = (directory / "corosync" / "corosync.log").read_text()
         assert "crypto_nss.so has been loaded" in log, log[-2000:]
+        # Not corosync's real-time default, which preempts the daemons at
+        # every one of its wake-ups (README, "corosync's scheduling").
+        corosync = LocalCluster.load(directory).corosync_pid
+        assert corosync is not None
+        threads = [int(t) for t in os.listdir(f"/proc/{corosync}/task")]
+        assert threads and all(os.sched_getscheduler(t) == os.SCHED_OTHER for t in threads)
     finally:
         if (directory / "cluster.json").exists():
             LocalCluster.load(directory).down()  # by PID: works across namespaces

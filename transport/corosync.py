@@ -105,6 +105,11 @@ logging {{
 
 system {{
     state_dir: {directory}
+    # corosync's default: every thread SCHED_RR at priority 99, which on a
+    # machine whose few CPUs it shares with the daemons preempts them at
+    # each of the dozens of wake-ups one ordered message costs it (README,
+    # "corosync's scheduling"). Instead the highest ordinary priority.
+    sched_rr: no
 }}
 
 uidgid {{
