@@ -296,14 +296,18 @@ def decode_packet(packet: bytes) -> Packet | BadPacket:
     """One whole packet, exactly as long as its length field says."""
     if len(packet) < HEADER.size:
         raise CtdbError(ErrorCode.PROTOCOL, f"{len(packet)} bytes are shorter than a header")
-    length, magic, version, generation, operation, destnode, srcnode, reqid = HEADER.unpack_from(
-        packet
-    )
+    length, magic, version = struct.unpack_from("<3I", packet)
     _check_identity(magic, version)
     if length != len(packet):
         raise CtdbError(ErrorCode.PROTOCOL, f"length field says {length}, packet has {len(packet)}")
+    return _decode_framed(bytes(packet))
+
+
+def _decode_framed(packet: bytes) -> Packet | BadPacket:
+    """`decode_packet` of a packet whose length, magic and version are checked."""
+    _, _, _, generation, operation, destnode, srcnode, reqid = HEADER.unpack_from(packet)
     header = Header(reqid, destnode, srcnode, generation)
-    body = bytes(packet[HEADER.size :])
+    body = packet[HEADER.size :]
     decoder = _DECODERS.get(operation)
     if decoder is None:
         return UnknownPacket(header, operation, body)
@@ -350,6 +354,16 @@ class PacketDecoder:
         if self._failed is not None:
             raise self._failed
         buf = self._buf
+        if not buf and len(data) >= 12:
+            # The usual case, one whole packet in one read: no buffering.
+            length, magic, version = struct.unpack_from("<3I", data)
+            if length == len(data) and HEADER.size <= length <= self.max_packet:
+                try:
+                    _check_identity(magic, version)
+                except CtdbError as exc:
+                    self._failed = exc
+                    raise
+                return [_decode_framed(bytes(data))]
         buf += data
         out: list[Packet | BadPacket] = []
         pos = 0
@@ -360,7 +374,7 @@ class PacketDecoder:
                 _check_identity(magic, version)
                 if len(buf) - pos < length:
                     break
-                out.append(decode_packet(bytes(buf[pos : pos + length])))
+                out.append(_decode_framed(bytes(buf[pos : pos + length])))
                 pos += length
             if 4 <= len(buf) - pos < 12:  # the length alone can already be refused
                 (length,) = struct.unpack_from("<I", buf, pos)
