@@ -94,6 +94,13 @@ TUNABLES: dict[str, Tunable] = {
     "VacuumInterval": Tunable(
         10.0, 0.05, 86400.0, "seconds between rounds that remove deletion markers"
     ),
+    "StickyPindown": Tunable(
+        0.0,
+        0.0,
+        0.4,
+        "tcp: seconds a record migrated to this node for its clients stays before "
+        "another node's call takes it (0: handed on once a client has had it)",
+    ),
 }
 
 #: The size limits node messages are checked against: the largest value any

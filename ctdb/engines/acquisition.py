@@ -11,7 +11,6 @@ MaxLockWaiters requests wait for one record (one more fails with BUSY).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum
@@ -28,8 +27,6 @@ from ctdb.protocol.messages import Call
 from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import lmaster
-
-log = logging.getLogger("ctdb.engines.migration")
 
 #: Re-send a call after this long without the record arriving (messages of an
 #: aborted generation are dropped, so a call can vanish).
@@ -142,11 +139,7 @@ class Acquisition(HandoverMessages):
         ks = self._keys.get((db.id, key))
         if ks is not None and ks.reserved:
             ks.reserved = False
-            try:
-                self._wake(db, key, ks)  # may hand the record over: a write
-            except Exception:
-                log.exception("handing on %r failed", key)
-                self.node.local_failure()
+            self._wake_later(db, key, ks)  # may hand the record over: a write
 
     def _step(
         self, db: Database, key: bytes, session: object, lock: bool, chain_held: bool

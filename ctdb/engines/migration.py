@@ -255,6 +255,9 @@ class MigrationEngine(Acquisition):
         for ks in self._keys.values():
             ks.remote.clear()
             ks.reserved = False
+            if ks.pinned is not None:
+                ks.pinned.cancel()
+                ks.pinned = None
             waiters, ks.waiters = ks.waiters, {}
             for waiter in waiters:
                 self.answers.answer(waiter, None)

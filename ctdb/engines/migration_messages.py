@@ -29,7 +29,7 @@ from ctdb.storage.database import Database
 from ctdb.storage.ltdb import Record, next_rsn
 
 if TYPE_CHECKING:
-    from ctdb.engines.host import Host
+    from ctdb.engines.host import Cancellable, Host
 
 log = logging.getLogger("ctdb.engines.migration")
 
@@ -51,10 +51,26 @@ class KeyState:
     #: The holder's lock holds the record's chain too (a file Samba's clients
     #: share): they wait for our client instead of writing the record in place.
     chain: bool = False
+    #: The record migrated here for our clients less than StickyPindown ago:
+    #: calls from other nodes queue until this timer ends the pin (CTDB's
+    #: sticky records), so a node's clients take a contended record several
+    #: times per visit instead of once.
+    pinned: Cancellable | None = None
 
     @property
     def idle(self) -> bool:
-        return self.holder is None and not self.waiters and not self.remote and not self.reserved
+        return (
+            self.holder is None
+            and not self.waiters
+            and not self.remote
+            and not self.reserved
+            and self.pinned is None
+        )
+
+    @property
+    def keeps(self) -> bool:
+        """Calls from other nodes wait: the record is locked, reserved or pinned here."""
+        return self.holder is not None or self.reserved or self.pinned is not None
 
 
 @dataclass
@@ -110,7 +126,7 @@ class HandoverMessages:
         rec = db.local.get(key)
         if self.is_dmaster(db, key, rec):
             ks = self._keys.get((db.id, key))
-            if ks is not None and (ks.holder is not None or ks.reserved):
+            if ks is not None and ks.keeps:
                 # One hand-over answers all of a node's calls: a re-sent one
                 # (RETRY_INTERVAL) must not queue again.
                 if all(queued.origin != call.origin for queued in ks.remote):
@@ -177,7 +193,7 @@ class HandoverMessages:
     def _serve_remote(self, db: Database, key: bytes) -> None:
         """Hand the record to the first node that asked while it was locked here."""
         ks = self._keys.get((db.id, key))
-        if ks is None or ks.holder is not None or ks.reserved or not ks.remote:
+        if ks is None or ks.keeps or not ks.remote:
             return  # a recovery cleared the calls, or a local client took it first
         call = ks.remote.popleft()
         rec = db.local.get(key)
@@ -197,15 +213,38 @@ class HandoverMessages:
             out.end(self.answers)
         if self._acquiring.get((db.id, key)):
             self._state(db, key).reserved = True  # for the clients that wait for it
+        pindown = self.node.tunable("StickyPindown")
+        if pindown > 0 and (out is not None or self._acquiring.get((db.id, key))):
+            pinned = self._state(db, key)
+            if pinned.pinned is not None:
+                pinned.pinned.cancel()
+            pinned.pinned = self.node.call_later(pindown, self._unpin, db, key)
         ks = self._keys.get((db.id, key))
         if ks is not None:
             self._wake(db, key, ks)
+
+    def _unpin(self, db: Database, key: bytes) -> None:
+        """The record's pin ends: the calls that queued meanwhile go on."""
+        ks = self._keys.get((db.id, key))
+        if ks is None:
+            return
+        ks.pinned = None
+        self._wake_later(db, key, ks)
 
     def _state(self, db: Database, key: bytes) -> KeyState:
         ks = self._keys.get((db.id, key))
         if ks is None:
             ks = self._keys[(db.id, key)] = KeyState()
         return ks
+
+    def _wake_later(self, db: Database, key: bytes, ks: KeyState) -> None:
+        """`_wake` from a timer or a later turn of the loop, where no handler
+        catches: a hand-over that fails to write is a local failure."""
+        try:
+            self._wake(db, key, ks)
+        except Exception:
+            log.exception("handing on %r failed", key)
+            self.node.local_failure()
 
     def _wake(self, db: Database, key: bytes, ks: KeyState) -> None:
         """The record became free: remote callers first, then local waiters re-check."""

@@ -64,6 +64,7 @@ class SimCluster:
         *,
         keep_stopped: bool = False,
         stable_volatile: bool = False,
+        sticky_pindown: float = 0.0,
     ) -> None:
         if mode not in ("tcp", "vs"):
             raise ValueError("mode is 'tcp' (point-to-point) or 'vs' (total order)")
@@ -74,7 +75,11 @@ class SimCluster:
         self.mode = mode
         #: vs: volatile writes are acknowledged once stable (StableVolatileWrites)
         self.stable_volatile = stable_volatile
-        self.tunables = {**SIM_TUNABLES, "StableVolatileWrites": int(stable_volatile)}
+        self.tunables = {
+            **SIM_TUNABLES,
+            "StableVolatileWrites": int(stable_volatile),
+            "StickyPindown": sticky_pindown,
+        }
         self.size = size
         self.log = log
         self.addresses = [f"sim{p}" for p in range(size)]

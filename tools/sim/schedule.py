@@ -54,6 +54,8 @@ OP_LIMIT = 10.0
 SETTLE = 30.0
 #: The share of schedules drawing only faults that may lose nothing.
 STRICT_SHARE = 0.3
+#: StickyPindown of a tcp schedule (seconds), one drawn per seed
+PINDOWNS = (0.0, 0.0, 0.002, 0.02)
 
 
 @dataclass
@@ -101,10 +103,17 @@ async def run_schedule(
     outcome.strict = kinds is None and rng.random() < STRICT_SHARE
     # Drawn apart from the fault plan, so that a seed's faults stay what they were.
     stable = mode == "vs" and (outcome.strict or random.Random(seed * 31 + 7).random() < 0.5)
-    cluster = SimCluster(seed, mode, log, keep_stopped=keep_stopped, stable_volatile=stable)
+    # tcp: half the schedules pin migrated records (StickyPindown), a short
+    # and a long pin, so that queued calls meet recoveries and faults too.
+    pindown = random.Random(seed * 37 + 11).choice(PINDOWNS) if mode == "tcp" else 0.0
+    cluster = SimCluster(
+        seed, mode, log, keep_stopped=keep_stopped, stable_volatile=stable, sticky_pindown=pindown
+    )
     history = History()
     try:
         log(f"StableVolatileWrites={int(stable)}")
+        if pindown:
+            log(f"StickyPindown={pindown}")
         for pnn in range(cluster.size):
             await cluster.start_node(pnn)
         if not await cluster.settle(30):
