@@ -18,7 +18,7 @@ and each round, set on every node with `setvar`:
 * `ring`: each client in turn, nodes 0, 1, 2, 0, ... (the record must move
   at every step; what CTDB's fetch_ring does): increments/s.
 
-    .venv/bin/python -m bench.sticky [--pins 0,0.002,0.01] [--clients 3]
+    .venv/bin/python -m bench.sticky [--pins 0,2,10] [--clients 3]
         [--seconds 4] [--rounds 2] [--quick] [--out DIR]
 
 Writes results.json, sticky.png and summary.md into --out; progress goes to
@@ -145,7 +145,7 @@ def measure(ns: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 runs[str(pin)]["contended"].append(c)
                 runs[str(pin)]["ring"].append(g)
                 say(
-                    f"round {r + 1}, pin {pin * 1e3:g} ms: {c['per_s']:,.0f} increments/s, "
+                    f"round {r + 1}, pin {pin} ms: {c['per_s']:,.0f} increments/s, "
                     f"{c['calls_per_acquisition']:.2f} calls/acquisition, fairness "
                     f"{c['fairness']:.2f}, p50 {c['p50_us']:.0f} us, p99 {c['p99_us']:.0f} us; "
                     f"ring {g['per_s']:,.0f}/s"
@@ -214,7 +214,7 @@ def write_summary(path: Path, r: dict[str, Any]) -> None:
     ]
     for pin, s in r["summary"].items():
         lines.append(
-            f"| {float(pin) * 1e3:g} ms | {s['per_s']:,.0f} ({s['ratio']:.2f}x) | "
+            f"| {pin} ms | {s['per_s']:,.0f} ({s['ratio']:.2f}x) | "
             f"{s['calls_per_acquisition']:.2f} | {s['fairness']:.2f} | "
             f"{s['p50_us']:.0f} / {s['p99_us']:.0f} | {s['ring_per_s']:,.0f} "
             f"({s['ring_ratio']:.2f}x) | {'ok' if s['counters_ok'] else 'WRONG'} |"
@@ -230,7 +230,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     pins = list(r["summary"])
-    labels = [f"{float(p) * 1e3:g} ms" for p in pins]
+    labels = [f"{p} ms" for p in pins]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     for ax, field, title in (
         (axes[0], "per_s", "contended increments/s"),
@@ -256,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pins",
-        type=lambda s: [float(x) for x in s.split(",")],
-        default=[0.0, 0.002, 0.01],
-        help="StickyPindown values in seconds, the first the baseline (0,0.002,0.01)",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[0, 2, 10],
+        help="StickyPindown values in milliseconds, the first the baseline (0,2,10)",
     )
     parser.add_argument("--clients", type=int, default=3, help="contending clients (3)")
     parser.add_argument("--seconds", type=float, default=4.0, help="window per run (4)")

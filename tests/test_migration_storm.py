@@ -56,9 +56,9 @@ def test_contending_nodes_migrate_a_record_about_once_per_acquisition() -> None:
     run_scenario("tcp", scenario)
 
 
-def _set_pindown(cluster: SimCluster, seconds: float) -> None:
+def _set_pindown(cluster: SimCluster, ms: int) -> None:
     for node in cluster.nodes.values():
-        node.tunables["StickyPindown"] = seconds  # as `setvar` sets it
+        node.tunables["StickyPindown"] = ms  # as `setvar` sets it
 
 
 def test_a_pinned_record_serves_several_acquisitions_per_visit() -> None:
@@ -66,7 +66,7 @@ def test_a_pinned_record_serves_several_acquisitions_per_visit() -> None:
     there that long, so each visit serves several of their acquisitions."""
 
     async def scenario(cluster: SimCluster) -> None:
-        _set_pindown(cluster, 0.02)
+        _set_pindown(cluster, 20)
         await cluster.run_on(0, cluster.nodes[0].attach_everywhere("sticky", DbKind.VOLATILE))
 
         async def increments(pnn: int) -> None:
@@ -95,7 +95,7 @@ def test_a_pinned_record_serves_several_acquisitions_per_visit() -> None:
 def test_a_call_for_a_pinned_record_is_served_when_the_pin_ends() -> None:
     async def scenario(cluster: SimCluster) -> None:
         pindown = 0.2
-        _set_pindown(cluster, pindown)
+        _set_pindown(cluster, 200)
         await cluster.run_on(0, cluster.nodes[0].attach_everywhere("pin", DbKind.VOLATILE))
         loop = asyncio.get_running_loop()
 

@@ -95,11 +95,11 @@ TUNABLES: dict[str, Tunable] = {
         10.0, 0.05, 86400.0, "seconds between rounds that remove deletion markers"
     ),
     "StickyPindown": Tunable(
-        0.0,
-        0.0,
-        0.4,
-        "tcp: seconds a record migrated to this node for its clients stays before "
-        "another node's call takes it (0: handed on once a client has had it)",
+        0,
+        0,
+        400,
+        "tcp: milliseconds (as CTDB's) a record migrated to this node for its clients "
+        "stays before another node's call takes it (0: handed on once a client has had it)",
     ),
 }
 

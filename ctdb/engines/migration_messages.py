@@ -213,7 +213,7 @@ class HandoverMessages:
             out.end(self.answers)
         if self._acquiring.get((db.id, key)):
             self._state(db, key).reserved = True  # for the clients that wait for it
-        pindown = self.node.tunable("StickyPindown")
+        pindown = self.node.tunable("StickyPindown") / 1000  # milliseconds, as CTDB's
         if pindown > 0 and (out is not None or self._acquiring.get((db.id, key))):
             pinned = self._state(db, key)
             if pinned.pinned is not None:

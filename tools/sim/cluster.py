@@ -64,7 +64,7 @@ class SimCluster:
         *,
         keep_stopped: bool = False,
         stable_volatile: bool = False,
-        sticky_pindown: float = 0.0,
+        sticky_pindown: int = 0,
     ) -> None:
         if mode not in ("tcp", "vs"):
             raise ValueError("mode is 'tcp' (point-to-point) or 'vs' (total order)")

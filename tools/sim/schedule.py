@@ -54,8 +54,8 @@ OP_LIMIT = 10.0
 SETTLE = 30.0
 #: The share of schedules drawing only faults that may lose nothing.
 STRICT_SHARE = 0.3
-#: StickyPindown of a tcp schedule (seconds), one drawn per seed
-PINDOWNS = (0.0, 0.0, 0.002, 0.02)
+#: StickyPindown of a tcp schedule (milliseconds), one drawn per seed
+PINDOWNS = (0, 0, 2, 20)
 
 
 @dataclass
@@ -105,7 +105,7 @@ async def run_schedule(
     stable = mode == "vs" and (outcome.strict or random.Random(seed * 31 + 7).random() < 0.5)
     # tcp: half the schedules pin migrated records (StickyPindown), a short
     # and a long pin, so that queued calls meet recoveries and faults too.
-    pindown = random.Random(seed * 37 + 11).choice(PINDOWNS) if mode == "tcp" else 0.0
+    pindown = random.Random(seed * 37 + 11).choice(PINDOWNS) if mode == "tcp" else 0
     cluster = SimCluster(
         seed, mode, log, keep_stopped=keep_stopped, stable_volatile=stable, sticky_pindown=pindown
     )
