@@ -66,9 +66,10 @@ class ControlChannel:
     def run(self, pnn: int, op: str, args: dict[str, Any] | None, timeout: float) -> Awaitable[Any]:
         """Run a control on `pnn` (directly when it is this node).
 
-        Not a coroutine itself: it hands over the one that does the work
-        (a local ping costs one coroutine less); a node not connected fails
-        when it is called.
+        Not a coroutine itself: it hands over what does the work (this
+        node's handler, or the future of a control already sent), so a
+        ping costs no coroutine of its own; a node not connected fails when
+        it is called.
         """
         if pnn == self._pnn:
             return self.run_here(op, args or {}, timeout)
