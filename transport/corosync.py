@@ -108,7 +108,7 @@ system {{
     # corosync's default: every thread SCHED_RR at priority 99, which on a
     # machine whose few CPUs it shares with the daemons preempts them at
     # each of the dozens of wake-ups one ordered message costs it (README,
-    # "corosync's scheduling"). Instead the highest ordinary priority.
+    # "corosync's scheduling"). Instead an ordinary process (nice 0).
     sched_rr: no
 }}
 
