@@ -78,14 +78,15 @@ def _calls(admin: list[Client]) -> int:
     return sum(int(a.call("statistics").get("calls_sent", 0)) for a in admin)
 
 
-def contended(cluster: LocalCluster, admin: list[Client], clients: int, seconds: float) -> dict:
+def contended(
+    cluster: LocalCluster, admin: list[Client], clients: int, seconds: float
+) -> dict[str, Any]:
     before, calls = _counter(admin), _calls(admin)
-    out: Any = mp.get_context("fork").Queue()
+    ctx = mp.get_context("fork")
+    out: Any = ctx.Queue()
     start = time.time() + 0.5
     procs = [
-        mp.get_context("fork").Process(
-            target=_loop, args=(cluster.socket(i % 3), start, seconds, out)
-        )
+        ctx.Process(target=_loop, args=(cluster.socket(i % 3), start, seconds, out))
         for i in range(clients)
     ]
     for p in procs:
@@ -107,7 +108,7 @@ def contended(cluster: LocalCluster, admin: list[Client], clients: int, seconds:
     }
 
 
-def ring(admin: list[Client], seconds: float) -> dict:
+def ring(admin: list[Client], seconds: float) -> dict[str, Any]:
     """Nodes take the record in turn: every step migrates it."""
     before = _counter(admin)
     n = 0
@@ -120,7 +121,7 @@ def ring(admin: list[Client], seconds: float) -> dict:
     return {"per_s": n / seconds, "counter_ok": _counter(admin) - before == n}
 
 
-def measure(ns: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure(ns: argparse.Namespace, workdir: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     base = "127.0.153"
     cluster = LocalCluster(
         workdir / "tcp",
@@ -133,7 +134,7 @@ def measure(ns: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     admin = [cluster.client(p) for p in range(3)]
     try:
         admin[0].attach(DB)
-        runs: dict[str, dict[str, list[dict]]] = {
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
             str(pin): {"contended": [], "ring": []} for pin in ns.pins
         }
         for r in range(ns.rounds):
