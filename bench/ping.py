@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.foundation import load_warning, machine_info
+from bench.foundation import load_warning, machine_info, pct
 from bench.samba_programs import DAEMONS, Backend, start_backends
 from ctdb.protocol.ctdb_opcodes import CURRENT_NODE, Control
 from ctdb.protocol.ctdb_wire import Header, PacketDecoder, ReplyControl, ReqControl
@@ -131,11 +131,10 @@ def placed(placement: str, backend: Backend) -> Iterator[None]:
 
 
 def _stats(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
     return {
-        "p50_us": statistics.median(ordered) * 1e6,
-        "p99_us": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e6,
-        "per_s": len(ordered) / sum(ordered),
+        "p50_us": pct(times, 50) * 1e6,
+        "p99_us": pct(times, 99) * 1e6,
+        "per_s": len(times) / sum(times),
     }
 
 

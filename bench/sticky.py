@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.foundation import free_port, load_warning, machine_info
+from bench.foundation import free_port, load_warning, machine_info, pct
 from ctdb.client import Client
 from tools.cluster import LocalCluster
 
@@ -66,8 +66,7 @@ def _loop(socket: str, start: float, seconds: float, out: Any) -> None:
             value = int(c.fetch_lock(DB, KEY) or b"0")
             latencies.append(time.perf_counter() - t0)
             c.store_unlock(DB, KEY, b"%d" % (value + 1))
-    latencies.sort()
-    out.put((len(latencies), latencies[len(latencies) // 2], latencies[int(0.99 * len(latencies))]))
+    out.put((len(latencies), pct(latencies, 50), pct(latencies, 99)))
 
 
 def _counter(admin: list[Client]) -> int:
