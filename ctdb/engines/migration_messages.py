@@ -211,10 +211,11 @@ class HandoverMessages:
         out = self._calls_out.pop((db.id, key), None)
         if out is not None:
             out.end(self.answers)
-        if self._acquiring.get((db.id, key)):
+        acquiring = self._acquiring.get((db.id, key))
+        if acquiring:
             self._state(db, key).reserved = True  # for the clients that wait for it
         pindown = self.node.tunable("StickyPindown") / 1000  # milliseconds, as CTDB's
-        if pindown > 0 and (out is not None or self._acquiring.get((db.id, key))):
+        if pindown > 0 and (out is not None or acquiring):
             pinned = self._state(db, key)
             if pinned.pinned is not None:
                 pinned.pinned.cancel()
