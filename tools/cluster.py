@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -270,6 +272,20 @@ class LocalCluster:
             pids={int(k): v for k, v in data["pids"].items()},
             corosync_pid=data.get("corosync_pid"),
         )
+
+
+def free_port(addresses: list[str]) -> int:
+    """A TCP port free on every node address, for a cluster beside others."""
+    for _ in range(50):
+        port = random.randint(20000, 60000)
+        try:
+            for address in addresses:
+                with socket.socket() as s:
+                    s.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port found")
 
 
 def private_corosync(directory: Path) -> PrivateCorosync:

@@ -38,7 +38,6 @@ import json
 import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -52,7 +51,7 @@ from typing import Any
 from ctdb.client import Client, Ticket
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.storage.placement import lmaster
-from tools.cluster import LocalCluster
+from tools.cluster import LocalCluster, free_port
 
 NAMES = "ABC"
 #: How the survivors learn of the kill here, and how that differs from losing a machine.
@@ -85,20 +84,6 @@ class Contender:
     @property
     def name(self) -> str:
         return NAMES[self.pnn]
-
-
-def free_port(addresses: list[str]) -> int:
-    """A TCP port free on every node address."""
-    for _ in range(50):
-        port = random.randint(20000, 60000)
-        try:
-            for address in addresses:
-                with socket.socket() as s:
-                    s.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port found")
 
 
 def new_cluster(directory: Path, transport: str) -> LocalCluster:

@@ -1,0 +1,494 @@
+"""Faults against real daemons, checked from outside: no acknowledged write is lost.
+
+The simulator (`tools.simulate`) explores interleavings of the cluster logic
+on a simulated network; this campaign is its counterpart with nothing
+simulated: three real `ctdbd` processes on loopback, clients of
+`ctdb.client` incrementing counters through them, and a fault every few
+seconds that a user could inflict: kill -9 of a daemon (restarted later),
+SIGSTOP of one (a hang, long enough or not to be expelled), `ctdbtool
+recover`, kill -9 of a majority. Each client keeps one counter and knows
+what it was told: the value last acknowledged, and how many increments
+since then ended without an answer (in doubt: they may or may not have
+happened). A read of the counter, during the run on any node and at the
+end on every node, must lie between the two:
+
+    acknowledged <= value <= acknowledged + in doubt
+
+Below is a lost acknowledged write; above, a write that nobody made.
+
+What is checked follows what the design promises (README, Architecture):
+persistent counters (a transaction per increment) survive every fault here,
+majority kills included (every acknowledged commit is on every active
+node's disk). Volatile counters (`fetch_lock` / `store_unlock`) survive
+recoveries and hangs that end before the node is expelled on both
+transports; a node's death or expulsion may take the volatile records it
+held with it, as in CTDB, except over vs with `StableVolatileWrites = 1`,
+where they survive any single failure. Volatile counters are therefore
+checked only where the fault plan stays inside that promise, and the
+summary says whether they were.
+
+    python -m tools.chaos [--transport tcp|vs] [--duration 60] [--seed N]
+                          [--faults kill,hang,recover,majority] [--json]
+
+Exit status 1 if any read broke the rule (each violation is printed with
+the client's history around it), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ctdb.client import Client
+from ctdb.common.errors import CtdbError, ErrorCode
+from tools.cluster import LocalCluster, free_port
+
+PERSISTENT_DB = "chaos_persistent.tdb"
+VOLATILE_DB = "chaos_volatile.tdb"
+FAULTS = ("kill", "hang", "recover", "majority")
+#: Failure detection in 0.6 s, so that a hang of a second is an expulsion.
+TUNABLES = {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3}
+#: How long a client waits for one answer before it counts the request in doubt.
+CALL_TIMEOUT = 15.0
+
+
+def error_name(exc: Exception) -> str:
+    if isinstance(exc, CtdbError):
+        return exc.code.name if isinstance(exc.code, ErrorCode) else str(exc.code)
+    return type(exc).__name__
+
+
+@dataclass
+class Violation:
+    counter: str
+    where: str  # "during the run on node N" or "at the end on node N"
+    value: int
+    floor: int
+    ceiling: int
+    history: list[str]
+
+
+class SharedCounter:
+    """A counter several clients increment; what they were told bounds what a read may see.
+
+    Every increment adds one, so the value counts the increments that happened.
+    A read that starts after `acknowledged` increments were acknowledged must
+    see at least that many (none lost), and no read may see more than the
+    increments started by the time it returned (none invented): acknowledged,
+    in doubt (ended without an answer) and still in flight.
+    """
+
+    def __init__(self, name: str, db: str) -> None:
+        self.name, self.db = name, db
+        self.acknowledged = self.in_doubt = self.in_flight = 0
+        self.errors: Counter[str] = Counter()
+        self.history: deque[str] = deque(maxlen=16)
+        self._lock = threading.Lock()
+
+    def floor(self) -> int:
+        with self._lock:
+            return self.acknowledged
+
+    def ceiling(self) -> int:
+        with self._lock:
+            return self.acknowledged + self.in_doubt + self.in_flight
+
+    def started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def ended(self, outcome: str, event: str, exc: Exception | None = None) -> None:
+        """`outcome`: acknowledged, refused (it did not happen) or in doubt."""
+        with self._lock:
+            if exc is not None:
+                self.errors[error_name(exc)] += 1
+            self.in_flight -= 1
+            if outcome == "acknowledged":
+                self.acknowledged += 1
+            elif outcome == "in doubt":
+                self.in_doubt += 1
+            self.history.append(event)
+
+    def failed(self, exc: Exception, event: str) -> None:
+        with self._lock:
+            self.errors[error_name(exc)] += 1
+            self.history.append(f"{event}: {exc}")
+
+
+@dataclass
+class Plan:
+    transport: str
+    duration: float
+    faults: tuple[str, ...]
+    seed: int
+    clients_per_node: int = 1
+    #: counters per database; every client increments one drawn at random each time
+    keys: int = 2
+
+    @property
+    def volatile_promised(self) -> bool:
+        """Whether the design promises the volatile counters under these faults."""
+        if self.transport == "vs":
+            return "majority" not in self.faults
+        return set(self.faults) <= {"recover"}
+
+    @property
+    def tunables(self) -> dict[str, float]:
+        extra = {"StableVolatileWrites": 1} if self.transport == "vs" else {}
+        return {**TUNABLES, **extra}
+
+
+class Campaign:
+    """The cluster, its clients and the fault loop of one run."""
+
+    def __init__(self, cluster: LocalCluster, plan: Plan, say: Callable[[str], None]) -> None:
+        self.cluster, self.plan, self.say = cluster, plan, say
+        self.rng = random.Random(plan.seed)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.violations: list[Violation] = []
+        self.faults: Counter[str] = Counter()
+        self.counters: list[SharedCounter] = []
+        self.down: set[int] = set()  # killed, not restarted yet
+        self.hung: set[int] = set()
+
+    # -- clients -----------------------------------------------------------------------
+
+    def connect(self, home: int, rng: random.Random) -> Client:
+        """A client of `home`, or of another node while `home` is down."""
+        order = [home] + rng.sample(range(self.cluster.size), self.cluster.size)
+        last: Exception | None = None
+        for pnn in order:
+            if self.stop.is_set():
+                break
+            try:
+                return self.cluster.client(pnn, timeout=CALL_TIMEOUT)
+            except CtdbError as exc:
+                last = exc
+        raise CtdbError(ErrorCode.DISCONNECTED, f"no node to connect to ({last})")
+
+    def read(
+        self, counter: SharedCounter, where: str, promised: bool, fetch: Callable[[str, str], Any]
+    ) -> int:
+        """`fetch(db, key)` the counter and check it: not above the ceiling, and not
+        below the floor if that is `promised`."""
+        floor = counter.floor()
+        value = int(fetch(counter.db, counter.name) or b"0")
+        ceiling = counter.ceiling()
+        if value > ceiling or (promised and value < floor):
+            found = Violation(counter.name, where, value, floor, ceiling, list(counter.history))
+            with self.lock:
+                self.violations.append(found)
+            self.say(f"VIOLATION {counter.name}: read {value} {where}, bounds {floor}..{ceiling}")
+        return value
+
+    def client_loop(
+        self,
+        counters: list[SharedCounter],
+        home: int,
+        rng: random.Random,
+        increment: Callable[[Client, SharedCounter], None],
+    ) -> None:
+        """Increment a counter drawn at random until told to stop; reconnect after errors."""
+        client: Client | None = None
+        while not self.stop.is_set():
+            try:
+                if client is None:
+                    client = self.connect(home, rng)
+                increment(client, rng.choice(counters))
+            except (CtdbError, OSError):
+                if client is not None:
+                    client.close()
+                client = None
+                self.stop.wait(0.05)
+        if client is not None:
+            client.close()
+
+    def persistent_client(self, client: Client, counter: SharedCounter) -> None:
+        """One increment in a transaction: read (checked), write, commit."""
+        committing = False
+        try:
+            tx = client.transaction(PERSISTENT_DB)
+            where = f"during the run on node {client.pnn}"
+            value = self.read(counter, where, True, lambda _db, key: tx.fetch(key))
+            tx.store(counter.name, str(value + 1))
+            counter.started()
+            committing = True
+            tx.commit()
+            counter.ended("acknowledged", f"node {client.pnn}: {value} -> {value + 1}")
+        except (CtdbError, OSError) as exc:
+            if committing:
+                # BUSY: the commit's read set was stale, so it did not happen.
+                refused = isinstance(exc, CtdbError) and exc.code == ErrorCode.BUSY
+                outcome = "refused" if refused else "in doubt"
+                counter.ended(outcome, f"commit failed: {exc}", exc)
+            else:
+                counter.failed(exc, "transaction failed")
+            raise
+
+    def volatile_client(self, client: Client, counter: SharedCounter) -> None:
+        """One increment under `fetch_lock` (its value checked), stored by `store_unlock`."""
+        storing = False
+        try:
+            where = f"during the run on node {client.pnn}"
+            promised = self.plan.volatile_promised
+            value = self.read(counter, where, promised, client.fetch_lock)
+            counter.started()
+            storing = True
+            client.store_unlock(counter.db, counter.name, str(value + 1))
+            counter.ended("acknowledged", f"node {client.pnn}: {value} -> {value + 1}")
+        except (CtdbError, OSError) as exc:
+            if storing:
+                counter.ended("in doubt", f"store_unlock failed: {exc}", exc)
+            else:
+                counter.failed(exc, "fetch_lock failed")
+            raise
+
+    # -- faults ------------------------------------------------------------------------
+
+    def alive(self) -> list[int]:
+        return [p for p in range(self.cluster.size) if p not in self.down]
+
+    def inject(self) -> None:
+        kind = self.rng.choice(self.plan.faults)
+        self.faults[kind] += 1
+        c = self.cluster
+        if kind == "kill":
+            victim = self.rng.choice(self.alive())
+            self.say(f"fault: kill -9 node {victim}")
+            c.kill_node(victim)
+            self.down.add(victim)
+            self.stop.wait(self.rng.uniform(0.2, 3.0))
+            self.restart(victim)
+        elif kind == "majority":
+            victims = self.rng.sample(self.alive(), 2)
+            self.say(f"fault: kill -9 nodes {victims}")
+            for victim in victims:
+                c.kill_node(victim)
+                self.down.add(victim)
+            self.stop.wait(self.rng.uniform(0.2, 3.0))
+            for victim in victims:
+                self.restart(victim)
+        elif kind == "hang":
+            victim = self.rng.choice(self.alive())
+            # Short hangs end before KeepaliveInterval x KeepaliveLimit; long ones are expelled.
+            seconds = self.rng.choice([0.2, 0.4, 1.0, 2.5])
+            self.say(f"fault: SIGSTOP node {victim} for {seconds}s")
+            self.hung.add(victim)
+            c.signal_node(victim, signal.SIGSTOP)
+            self.stop.wait(seconds)
+            c.signal_node(victim, signal.SIGCONT)
+            self.hung.discard(victim)
+        elif kind == "recover":
+            via = self.rng.choice(self.alive())
+            self.say(f"fault: recover through node {via}")
+            try:
+                with c.client(via, timeout=30.0) as admin:
+                    admin.call("recover")
+            except CtdbError as exc:
+                self.say(f"  recover: {exc}")
+
+    def restart(self, pnn: int) -> None:
+        self.cluster.start_node(pnn)
+        self.down.discard(pnn)
+
+    def settle(self, timeout: float) -> bool:
+        try:
+            self.cluster.wait_healthy(timeout)
+            return True
+        except TimeoutError as exc:
+            self.say(f"not healthy: {exc}")
+            return False
+
+    # -- the run -----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        c = self.cluster
+        with c.client(0) as admin:
+            admin.attach(PERSISTENT_DB, "persistent")
+            admin.attach(VOLATILE_DB, "volatile")
+        threads = []
+        workloads = ((PERSISTENT_DB, self.persistent_client), (VOLATILE_DB, self.volatile_client))
+        for db, body in workloads:
+            counters = [SharedCounter(f"counter{k}", db) for k in range(self.plan.keys)]
+            self.counters += counters
+            for pnn in range(c.size):
+                for i in range(self.plan.clients_per_node):
+                    rng = random.Random(f"{self.plan.seed}/{db}/{pnn}/{i}")
+                    args = (counters, pnn, rng, body)
+                    threads.append(threading.Thread(target=self.client_loop, args=args))
+        for t in threads:
+            t.start()
+        started = time.monotonic()
+        unhealthy = 0
+        try:
+            while time.monotonic() - started < self.plan.duration:
+                self.stop.wait(self.rng.uniform(0.5, 2.0))
+                self.inject()
+                # One fault at a time: the promises are about single failures.
+                if not self.settle(60.0):
+                    unhealthy += 1
+                    break
+                self.say(f"{time.monotonic() - started:5.1f}s: {self.progress()}")
+        finally:
+            for pnn in list(self.hung):
+                c.signal_node(pnn, signal.SIGCONT)
+            for pnn in list(self.down):
+                self.restart(pnn)
+        healthy = self.settle(60.0)
+        self.stop.set()
+        for t in threads:
+            t.join(CALL_TIMEOUT * 2)
+        finals = self.final_reads() if healthy else {}
+        return self.summary(time.monotonic() - started, healthy and not unhealthy, finals)
+
+    def progress(self) -> str:
+        done = sum(counter.acknowledged for counter in self.counters)
+        return f"{done} increments acknowledged, {len(self.violations)} violations"
+
+    def final_reads(self) -> dict[str, list[int]]:
+        """Every counter on every node, after the faults, once the cluster is healthy.
+
+        Every node must read the same value, and within the bounds.
+        """
+        finals: dict[str, list[int]] = {}
+        for pnn in range(self.cluster.size):
+            with self.cluster.client(pnn, timeout=30.0) as reader:
+                for counter in self.counters:
+                    promised = counter.db == PERSISTENT_DB or self.plan.volatile_promised
+                    where = f"at the end on node {pnn}"
+                    value = self.read(counter, where, promised, reader.fetch)
+                    finals.setdefault(f"{counter.db}/{counter.name}", []).append(value)
+        for name, values in finals.items():
+            if len(set(values)) > 1:
+                self.violations.append(
+                    Violation(name, "the nodes disagree at the end", values[0], 0, 0, [])
+                )
+                self.say(f"VIOLATION {name}: the nodes read {values}")
+        return finals
+
+    def summary(
+        self, seconds: float, healthy: bool, finals: dict[str, list[int]]
+    ) -> dict[str, Any]:
+        errors: Counter[str] = Counter()
+        for counter in self.counters:
+            errors.update(counter.errors)
+        return {
+            "transport": self.plan.transport,
+            "seed": self.plan.seed,
+            "seconds": round(seconds, 1),
+            "faults": dict(self.faults),
+            "volatile_checked": self.plan.volatile_promised,
+            "healthy_at_end": healthy,
+            "increments": {
+                f"{c.db}/{c.name}": {"acknowledged": c.acknowledged, "in_doubt": c.in_doubt}
+                for c in self.counters
+            },
+            "errors": dict(errors),
+            "final_values": finals,
+            "violations": [asdict(v) for v in self.violations],
+        }
+
+
+def new_cluster(directory: Path, plan: Plan) -> LocalCluster:
+    base = f"127.{random.randint(10, 250)}.{random.randint(0, 250)}"
+    return LocalCluster(
+        directory,
+        size=3,
+        transport=plan.transport,
+        port=free_port([f"{base}.{i + 1}" for i in range(3)]),
+        base=base,
+        tunables=plan.tunables,
+        log_level="WARNING",
+    )
+
+
+def run_campaign(
+    plan: Plan, say: Callable[[str], None], keep: Path | None = None
+) -> dict[str, Any]:
+    """One campaign on a fresh cluster in a temporary directory (kept at `keep` on failure)."""
+    directory = Path(tempfile.mkdtemp(prefix="pyctdb-chaos-"))
+    cluster = new_cluster(directory / "cluster", plan)
+    result: dict[str, Any] = {}
+    try:
+        cluster.up(progress=say)
+        result = Campaign(cluster, plan, say).run()
+        return result
+    finally:
+        for pnn in range(cluster.size):
+            cluster.signal_node(pnn, signal.SIGCONT)
+        cluster.down()
+        failed = not result or result["violations"] or not result["healthy_at_end"]
+        if failed and keep is not None:
+            shutil.copytree(directory, keep, dirs_exist_ok=True)
+            say(f"logs kept in {keep}")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.chaos",
+        description="Inject faults into a local 3-node cluster of real daemons while clients "
+        "increment counters, and check that no acknowledged increment is lost and none "
+        "appears that nobody made.",
+    )
+    parser.add_argument("--transport", choices=["tcp", "vs"], default="tcp")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the fault plan")
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"comma-separated fault kinds among {', '.join(FAULTS)} (default: all)",
+    )
+    parser.add_argument(
+        "--clients-per-node", type=int, default=1, help="clients per node and workload"
+    )
+    parser.add_argument("--keys", type=int, default=2, help="counters per workload")
+    parser.add_argument("--keep", type=Path, help="copy the cluster's logs here on failure")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ns = parser.parse_args(argv)
+    faults = tuple(f for f in ns.faults.split(",") if f)
+    unknown = set(faults) - set(FAULTS)
+    if unknown or not faults:
+        parser.error(f"unknown fault kinds: {', '.join(sorted(unknown)) or '(none given)'}")
+    seed = ns.seed if ns.seed is not None else random.randrange(1 << 30)
+    plan = Plan(ns.transport, ns.duration, faults, seed, ns.clients_per_node, ns.keys)
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    say(f"chaos: transport {plan.transport}, seed {seed}, faults {','.join(faults)}")
+    result = run_campaign(plan, say, ns.keep)
+    if ns.json:
+        print(json.dumps(result, indent=2))
+    else:
+        total = sum(c["acknowledged"] for c in result["increments"].values())
+        print(
+            f"{plan.transport} seed {seed}: {result['seconds']}s, faults {result['faults']}, "
+            f"{total} increments acknowledged, errors {result['errors']}, volatile "
+            f"{'checked' if result['volatile_checked'] else 'not promised under these faults'}"
+        )
+        for v in result["violations"]:
+            print(
+                f"VIOLATION {v['counter']}: read {v['value']} {v['where']}, bounds "
+                f"{v['floor']}..{v['ceiling']}; history: {v['history']}"
+            )
+        if not result["healthy_at_end"]:
+            print("the cluster did not become healthy after the faults")
+    return 1 if result["violations"] or not result["healthy_at_end"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
