@@ -28,28 +28,26 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.foundation import bench_oneshot, ctdbtool_cmd, free_port, load_warning, machine_info
+from bench import report
+from bench.foundation import bench_oneshot, ctdbtool_cmd, load_warning, machine_info
+from tools.cluster import free_port
 from tools.samba_ctdbd import CTDB as SAMBA_CTDB
 from tools.samba_ctdbd import SambaCluster
 from tools.samba_ctdbd import available as samba_available
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "results" / "cli_startup"
 TARGET_RATIO = 3.0
 BASELINE = "samba ctdb pnn"
 
 
-def say(msg: str) -> None:
-    print(f"[cli_startup {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("cli_startup")
 
 
 def commands(pyctdb_socket: str) -> dict[str, list[str]]:
@@ -191,27 +189,17 @@ def plot(path: Path, r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.cli_startup",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Writes results.json, cli_startup.png and summary.md; progress goes to stderr.",
-    )
+    parser = report.parser("cli_startup", __doc__)
     parser.add_argument("--runs", type=int, default=30, help="launches per command (30)")
     parser.add_argument("--nodes", type=int, choices=[1, 3], default=1, help="cluster size (1)")
     parser.add_argument("--quick", action="store_true", help="5 launches per command")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     parser.add_argument(
         "--base", default="127.0.79", help="first three octets of pyctdb's addresses (127.0.79)"
     )
     ns = parser.parse_args(argv)
 
     results = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(ns.out / "cli_startup.png", results)
-    write_summary(ns.out / "summary.md", results)
-    say(f"wrote {ns.out}/results.json, cli_startup.png, summary.md")
-    print((ns.out / "summary.md").read_text())
+    report.write(ns.out, "cli_startup", results, write_summary, plot)
     return 0
 
 

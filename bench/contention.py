@@ -55,7 +55,6 @@ import argparse
 import asyncio
 import datetime as dt
 import functools
-import json
 import multiprocessing as mp
 import os
 import random
@@ -78,9 +77,9 @@ if str(REPO) not in sys.path:
 import msgpack  # noqa: E402
 import uvloop  # noqa: E402
 
+from bench import report  # noqa: E402
 from bench.foundation import (  # noqa: E402
     echo_server_main,
-    free_port,
     load_warning,
     machine_info,
     pct,
@@ -89,9 +88,8 @@ from ctdb.client import AsyncClient  # noqa: E402
 from ctdb.common.errors import CtdbError, ErrorCode  # noqa: E402
 from ctdb.protocol.client import ENTRY_HEAD_SRVID  # noqa: E402
 from ctdb.storage.placement import lmaster  # noqa: E402
-from tools.cluster import LocalCluster  # noqa: E402
+from tools.cluster import LocalCluster, free_port  # noqa: E402
 
-DEFAULT_OUT = REPO / "bench" / "results" / "contention"
 DB = "bench_contention"
 #: The persistent database of `append_fifo_persistent`'s lists (the counter stays in DB).
 PDB = "bench_contention_persistent"
@@ -129,8 +127,7 @@ def placed(name: bytes, pnn: int) -> bytes:
     raise AssertionError("no key found")  # cannot happen with 3 nodes
 
 
-def say(msg: str) -> None:
-    print(f"[contention {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("contention")
 
 
 @dataclass(frozen=True)
@@ -1041,13 +1038,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.contention",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Writes results.json, contention.png and summary.md; progress goes to stderr.",
-    )
+    parser = report.parser("contention", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small grid, short windows")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     parser.add_argument(
         "--transports",
         type=lambda s: s.split(","),
@@ -1059,12 +1051,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--transports: tcp first, then optionally vs")
 
     results = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    plot(ns.out / "contention.png", results)
-    write_summary(ns.out / "summary.md", results)
-    say(f"done in {results['duration_s']:.1f} s; wrote results.json, contention.png, summary.md")
-    print((ns.out / "summary.md").read_text())
+    say(f"done in {results['duration_s']:.1f} s")
+    report.write(ns.out, "contention", results, write_summary, plot)
     return 0
 
 

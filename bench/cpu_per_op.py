@@ -82,6 +82,8 @@ OPCOUNT_DIR = "CTDB_BENCH_OPCOUNT"
 TOP_FILES = 8
 
 
+# Not bench.report's progress() and write(): this file also runs as the worker
+# inside an older checkout (PYTHONPATH), which may have no bench.report.
 def say(msg: str) -> None:
     print(f"[cpu_per_op {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

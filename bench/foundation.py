@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -40,16 +39,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import report
+from tools.cluster import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "results" / "foundation"
 DB = "bench_foundation"
 VALUE_SIZE = 64
 N_KEYS = 1000
 N_CLIENTS = 8
 
 
-def say(msg: str) -> None:
-    print(f"[foundation {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("foundation")
 
 
 @dataclass(frozen=True)
@@ -415,25 +415,6 @@ def bench_oneshot(cmds: list[list[str]], n: int, env: dict[str, str]) -> list[di
 
 
 # -- plumbing --------------------------------------------------------------------------------
-
-
-def free_port(addresses: list[str]) -> int:
-    """A TCP port that is free on every node address (tried a few times)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((addresses[0], 0))
-            port = s.getsockname()[1]
-        ok = True
-        for addr in addresses:
-            with socket.socket() as s:
-                try:
-                    s.bind((addr, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return port
-    raise RuntimeError("no free port found")
 
 
 def machine_info() -> dict[str, Any]:
@@ -897,13 +878,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.foundation",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Writes results.json, foundation.png and summary.md; progress goes to stderr.",
-    )
+    parser = report.parser("foundation", __doc__)
     parser.add_argument("--quick", action="store_true", help="small counts: whole run < 30 s")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     parser.add_argument("--transport", choices=["tcp", "vs"], default="tcp")
     parser.add_argument(
         "--base", default="127.0.77", help="first three octets of node addresses (127.0.77)"
@@ -912,21 +888,14 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
 
     results = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    plot(ns.out / "foundation.png", results)
-    write_summary(ns.out / "summary.md", results)
-    say(
-        f"done in {results['duration_s']:.1f} s; wrote {ns.out}/results.json, "
-        "foundation.png, summary.md"
-    )
+    say(f"done in {results['duration_s']:.1f} s")
     for e in results["metrics"].values():
         if e["met"] is not None:
             say(
                 f"  {'MET ' if e['met'] else 'MISS'} {e['label']}: {fmt(e['value'], e['unit'])}"
                 f" (target {e['target_op']} {fmt(e['target'], e['unit'])})"
             )
-    print((ns.out / "summary.md").read_text())
+    report.write(ns.out, "foundation", results, write_summary, plot)
     return 0
 
 

@@ -42,7 +42,6 @@ import argparse
 import concurrent.futures
 import datetime as dt
 import itertools
-import json
 import multiprocessing as mp
 import os
 import re
@@ -56,17 +55,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.foundation import free_port, load_warning, machine_info, pct
+from bench import report
+from bench.foundation import load_warning, machine_info, pct
 from ctdb.client import Client
 from ctdb.common.config import CTDB_SOCKET_NAME
 from ctdb.common.errors import CtdbError, ErrorCode
 from tools import ctdb_test_programs
-from tools.cluster import LocalCluster
+from tools.cluster import LocalCluster, free_port
 from tools.samba_ctdbd import SambaCluster, random_base
 from tools.samba_ctdbd import available as samba_available
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "results" / "in_place"
 NODES = 3
 BASELINE = "samba ctdbd"
 SAMBA_CLIENT = "pyctdb, Samba's client"
@@ -84,8 +83,7 @@ GRACE = 60.0
 PROGRAM_GRACE = 10.0
 
 
-def say(msg: str) -> None:
-    print(f"[in_place {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("in_place")
 
 
 def keys_for(workload: str, clients: int) -> list[str]:
@@ -539,27 +537,18 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.in_place",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = report.parser("in_place", __doc__)
     parser.add_argument("--seconds", type=int, default=5, help="window of each measurement (5)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, median reported (3)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1 s windows, 1 round, 1 and 3 clients"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     ns = parser.parse_args(argv)
     ns.clients = (1, 3, 6)
     if ns.quick:
         ns.seconds, ns.rounds, ns.clients = 1, 1, (1, 3)
     r = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(r, indent=2))
-    write_summary(ns.out / "summary.md", r)
-    plot(ns.out / "in_place.png", r)
-    say(f"wrote {ns.out}/results.json, summary.md, in_place.png")
+    report.write(ns.out, "in_place", r, write_summary, plot)
     return 0
 
 

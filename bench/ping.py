@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import socket
@@ -50,6 +49,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.foundation import load_warning, machine_info, pct
 from bench.samba_programs import DAEMONS, Backend, start_backends
 from ctdb.protocol.ctdb_opcodes import CURRENT_NODE, Control
@@ -57,7 +57,6 @@ from ctdb.protocol.ctdb_wire import Header, PacketDecoder, ReplyControl, ReqCont
 from tools.samba_ctdbd import available as samba_available
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "results" / "ping"
 #: where the control goes: node 0 itself, or node 1 through node 0
 TARGETS = {"local": CURRENT_NODE, "node 1": 1}
 PLACEMENTS = ("unpinned", "one CPU", "two CPUs")
@@ -65,8 +64,7 @@ PLACEMENTS = ("unpinned", "one CPU", "two CPUs")
 WARMUP = 200
 
 
-def say(msg: str) -> None:
-    print(f"[ping {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("ping")
 
 
 def round_trips(path: Path, dest: int, n: int) -> list[float]:
@@ -270,27 +268,17 @@ def plot(path: Path, r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.ping",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Writes results.json, ping.png and summary.md; progress goes to stderr.",
-    )
+    parser = report.parser("ping", __doc__)
     parser.add_argument("--pings", type=int, default=3000, help="round trips measured (3000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, daemons in turn (3)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 100 pings, 1 round (overrides both)"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     ns = parser.parse_args(argv)
     if ns.quick:
         ns.pings, ns.rounds = 100, 1
     r = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(r, indent=2))
-    write_summary(ns.out / "summary.md", r)
-    plot(ns.out / "ping.png", r)
-    say(f"wrote {ns.out}/results.json, summary.md, ping.png")
-    print((ns.out / "summary.md").read_text())
+    report.write(ns.out, "ping", r, write_summary, plot)
     return 0
 
 

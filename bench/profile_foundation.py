@@ -35,11 +35,11 @@ from bench.foundation import (
     N_KEYS,
     REPO,
     concurrent,
-    free_port,
     keys,
     say,
     value,
 )
+from tools.cluster import free_port
 
 DEFAULT_OUT = REPO / "bench" / "results" / "foundation"
 

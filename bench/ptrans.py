@@ -47,14 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.foundation import ctdbtool_cmd, free_port, load_warning, machine_info
+from bench import report
+from bench.foundation import ctdbtool_cmd, load_warning, machine_info
 from ctdb.common.config import CTDB_SOCKET_NAME
+from tools.cluster import free_port
 from tools.samba_ctdbd import CTDB as SAMBA_CTDB
 from tools.samba_ctdbd import SambaCluster
 from tools.samba_ctdbd import available as samba_available
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "results" / "ptrans"
 NODES = 3
 PYCTDB_BASE = "127.0.154"
 CONFIGS = ("samba ctdbd", "pyctdb", "pyctdb + samba ctdb")
@@ -66,8 +67,7 @@ TARGET_RATIO = 2.0  # issue 13: (b) on pyctdb <= 2x Samba's ctdbd
 TIMEOUT = 600.0
 
 
-def say(msg: str) -> None:
-    print(f"[ptrans {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("ptrans")
 
 
 @dataclass(frozen=True)
@@ -401,9 +401,9 @@ def plot(path: Path, r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.ptrans",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    parser = report.parser(
+        "ptrans",
+        __doc__,
         epilog="Times (a) the first ptrans of N records into a fresh persistent database, "
         "(b) the very same records again (nothing to commit), (c) 1%% of the values changed, "
         "on Samba's ctdbd with `ctdb`, on pyctdb with `ctdbtool` and on pyctdb with Samba's "
@@ -415,17 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1,000 records, 1 round (overrides both)"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     ns = parser.parse_args(argv)
     if ns.quick:
         ns.records, ns.rounds = 1_000, 1
     r = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(r, indent=2) + "\n")
-    write_summary(ns.out / "summary.md", r)
-    plot(ns.out / "ptrans.png", r)
-    say(f"wrote {ns.out}/results.json, summary.md, ptrans.png")
-    print((ns.out / "summary.md").read_text())
+    report.write(ns.out, "ptrans", r, write_summary, plot)
     return 0
 
 

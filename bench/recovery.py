@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import datetime as dt
 import functools
-import json
 import os
 import platform
 import random
@@ -62,6 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import report  # noqa: E402
 from ctdb.client import AsyncClient  # noqa: E402
 from ctdb.common.errors import CtdbError, ErrorCode  # noqa: E402
 from ctdb.storage.ltdb import DEFAULT_HASH_SIZE, TDB_MUTEX_LOCKING, Record  # noqa: E402
@@ -71,15 +71,13 @@ from tools.samba_ctdbd import CTDB as SAMBA_CTDB  # noqa: E402
 from tools.samba_ctdbd import SambaCluster, SambaCtdbError  # noqa: E402
 from tools.samba_ctdbd import available as samba_available  # noqa: E402
 
-DEFAULT_OUT = REPO / "bench" / "results" / "recovery"
 VALUE_SIZE = 64
 DEFAULT_TUNABLES = {"KeepaliveInterval": 1.0, "KeepaliveLimit": 5}
 TUNED = {"KeepaliveInterval": 0.1, "KeepaliveLimit": 3}
 DISCONNECTED = 0x01
 
 
-def say(msg: str) -> None:
-    print(f"[recovery {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("recovery")
 
 
 @dataclass(frozen=True)
@@ -1452,7 +1450,6 @@ def plot_side(ax3: Any, ax4: Any, r: dict[str, Any]) -> None:
 
 def run(ns: argparse.Namespace) -> dict[str, Any]:
     plan = Plan.make(ns.quick)
-    ns.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     clusters = Clusters(workdir)
     results: dict[str, Any] = {"quick": ns.quick, "machine": machine_info(), "plan": vars(plan)}
@@ -1484,9 +1481,6 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     results["elapsed_s"] = time.monotonic() - started
     results["targets"] = evaluate(results)
     results["side_ratios"] = side_ratios(results)
-    (ns.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(ns.out / "recovery.png", results)
-    write_summary(ns.out / "summary.md", results)
     for t in results["targets"]:
         say(f"target: {t['name']}: {ms(t['measured_s'])} -> {verdict(t)}")
     for t in results["side_ratios"]:
@@ -1495,24 +1489,19 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             f"pyctdb/ctdbd: {t['name']}: {ms(t['pyctdb_s'])} / {ms(t['ctdbd_s'])} = {ratio}"
             + ("" if t["target_ratio"] is None else f" -> {ratio_verdict(t)}")
         )
-    say(f"wrote {ns.out}/results.json, recovery.png, summary.md in {results['elapsed_s']:.0f}s")
+    say(f"done in {results['elapsed_s']:.0f}s")
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.recovery",
-        description="Failure detection and recovery timings of a 3-node ctdbd cluster, "
-        "with a raw python-tdb baseline measured in the same run.",
-    )
+    parser = report.parser("recovery", __doc__)
     parser.add_argument(
         "--quick",
         action="store_true",
         help="one repetition, 1k/10k volatile, 1k persistent, 2k records next to Samba",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     ns = parser.parse_args(argv)
-    run(ns)
+    report.write(ns.out, "recovery", run(ns), write_summary, plot)
     return 0
 
 

@@ -45,7 +45,6 @@ import argparse
 import concurrent.futures
 import datetime as dt
 import itertools
-import json
 import os
 import re
 import shutil
@@ -59,23 +58,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.foundation import free_port, load_warning, machine_info
+from bench import report
+from bench.foundation import load_warning, machine_info
 from ctdb.common.config import CTDB_SOCKET_NAME
 from tools import ctdb_test_programs
+from tools.cluster import free_port
 from tools.ctdb_test_programs import Run
 from tools.samba_ctdbd import SambaCluster
 from tools.samba_ctdbd import available as samba_available
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "results" / "samba_programs"
 NODES = 3
 DAEMONS = ("samba ctdbd", "pyctdb tcp", "pyctdb vs")
 #: A run still going this long after its time limit is killed and reported as timed out.
 GRACE = 60.0
 
 
-def say(msg: str) -> None:
-    print(f"[samba_programs {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("samba_programs")
 
 
 @dataclass
@@ -528,27 +527,17 @@ def plot(path: Path, r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.samba_programs",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Writes results.json, samba_programs.png and summary.md; progress goes to stderr.",
-    )
+    parser = report.parser("samba_programs", __doc__)
     parser.add_argument("--seconds", type=int, default=5, help="time limit of each run (5)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per program and daemon (3)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 2 s runs, 1 round (overrides both)"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     ns = parser.parse_args(argv)
     if ns.quick:
         ns.seconds, ns.rounds = 2, 1
     r = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(r, indent=2))
-    write_summary(ns.out / "summary.md", r)
-    plot(ns.out / "samba_programs.png", r)
-    say(f"wrote {ns.out}/results.json, summary.md, samba_programs.png")
-    print((ns.out / "summary.md").read_text())
+    report.write(ns.out, "samba_programs", r, write_summary, plot)
     return 0
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -40,18 +39,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.foundation import free_port, load_warning, machine_info, pct
+from bench import report
+from bench.foundation import load_warning, machine_info, pct
 from ctdb.client import Client
-from tools.cluster import LocalCluster
+from tools.cluster import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "results" / "sticky"
 DB = "sticky"
 KEY = b"counter"
 
 
-def say(msg: str) -> None:
-    print(f"[sticky {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("sticky")
 
 
 def _loop(socket: str, start: float, seconds: float, out: Any) -> None:
@@ -249,11 +247,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sticky",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Writes results.json, sticky.png and summary.md; progress goes to stderr.",
-    )
+    parser = report.parser("sticky", __doc__)
     parser.add_argument(
         "--pins",
         type=lambda s: [int(x) for x in s.split(",")],
@@ -264,17 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="window per run (4)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, every pin each (2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s windows, 1 round")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     ns = parser.parse_args(argv)
     if ns.quick:
         ns.seconds, ns.rounds = 1.0, 1
     r = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(r, indent=2))
-    write_summary(ns.out / "summary.md", r)
-    plot(ns.out / "sticky.png", r)
-    say(f"wrote {ns.out}/results.json, summary.md, sticky.png")
-    print((ns.out / "summary.md").read_text())
+    report.write(ns.out, "sticky", r, write_summary, plot)
     return 0
 
 

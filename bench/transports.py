@@ -60,10 +60,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from ctdb.common.allocator import steady_heap
+from tools.cluster import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "bench" / "results" / "transports"
 SIZES = [16, 256, 4096, 65536, 1 << 20]
 KINDS = ["raw", "tcp", "tcp-key", "tcp-mac", "cpg", "vs"]
 TCP_KINDS = ("tcp", "tcp-key", "tcp-mac")
@@ -87,8 +88,7 @@ _U64 = struct.Struct("!Q")
 _LEN = struct.Struct("!I")
 
 
-def say(msg: str) -> None:
-    print(f"[transports {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = report.progress("transports")
 
 
 @dataclass(frozen=True)
@@ -765,26 +765,6 @@ async def idle_member(ns: argparse.Namespace) -> None:
     h.finalize()
 
 
-def free_port(addresses: list[str]) -> int:
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
-        socks: list[socket.socket] = []
-        try:
-            for addr in addresses:
-                s = socket.socket()
-                socks.append(s)
-                s.bind((addr, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port")
-
-
 def machine_info() -> dict[str, Any]:
     import msgpack
     import uvloop
@@ -1361,13 +1341,8 @@ def plot(path: Path, results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.transports",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Writes results.json, transports.png and summary.md; progress goes to stderr.",
-    )
+    parser = report.parser("transports", __doc__)
     parser.add_argument("--quick", action="store_true", help="short budgets: whole run < 40 s")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     parser.add_argument(
         "--sweep",
         action=argparse.BooleanOptionalAction,
@@ -1420,15 +1395,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("corosync CPG clients must be root (or allowed by uidgid)")
 
     results = run(ns)
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(ns.out / "transports.png", results)
-    write_summary(ns.out / "summary.md", results)
-    say(
-        f"done in {results['duration_s']:.1f} s; wrote {ns.out}/results.json, "
-        "transports.png, summary.md"
-    )
-    print((ns.out / "summary.md").read_text())
+    say(f"done in {results['duration_s']:.1f} s")
+    report.write(ns.out, "transports", results, write_summary, plot)
     return 0
 
 

@@ -49,6 +49,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ctdb.client import Client
@@ -342,15 +343,15 @@ class Campaign:
                     unhealthy += 1
                     break
                 self.say(f"{time.monotonic() - started:5.1f}s: {self.progress()}")
-        finally:
             for pnn in list(self.hung):
                 c.signal_node(pnn, signal.SIGCONT)
             for pnn in list(self.down):
                 self.restart(pnn)
-        healthy = self.settle(60.0)
-        self.stop.set()
-        for t in threads:
-            t.join(CALL_TIMEOUT * 2)
+            healthy = self.settle(60.0)
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join(CALL_TIMEOUT * 2)
         finals = self.final_reads() if healthy else {}
         return self.summary(time.monotonic() - started, healthy and not unhealthy, finals)
 
@@ -469,8 +470,16 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    def interrupted(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     say(f"chaos: transport {plan.transport}, seed {seed}, faults {','.join(faults)}")
-    result = run_campaign(plan, say, ns.keep)
+    try:
+        result = run_campaign(plan, say, ns.keep)
+    except KeyboardInterrupt:
+        say("interrupted; the cluster is stopped")
+        return 130
     if ns.json:
         print(json.dumps(result, indent=2))
     else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -275,16 +274,23 @@ class LocalCluster:
 
 
 def free_port(addresses: list[str]) -> int:
-    """A TCP port free on every node address, for a cluster beside others."""
-    for _ in range(50):
-        port = random.randint(20000, 60000)
+    """A TCP port free on every one of `addresses` right now (for a cluster beside others)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port: int = probe.getsockname()[1]
+        taken: list[socket.socket] = []
         try:
             for address in addresses:
-                with socket.socket() as s:
-                    s.bind((address, port))
+                s = socket.socket()
+                taken.append(s)
+                s.bind((address, port))
+            return port
         except OSError:
             continue
-        return port
+        finally:
+            for s in taken:
+                s.close()
     raise RuntimeError("no free port found")
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.transport.member import Event, Recorder, execute
+from tools.cluster import free_port
 from transport.base import Capabilities, TransportOptions, transport_class
 from transport.memory import MemoryTransport
 from transport.memory_network import MemoryNetwork
@@ -223,27 +223,6 @@ class ProcessMember(Member):
             self.proc.send_signal(signal.SIGKILL)
             await self.proc.wait()
         await asyncio.gather(self._reader, return_exceptions=True)
-
-
-def free_port(addresses: list[str]) -> int:
-    """A TCP port that is free on every one of `addresses` right now."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
-        socks = []
-        try:
-            for addr in addresses:
-                s = socket.socket()
-                socks.append(s)
-                s.bind((addr, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port")
 
 
 @dataclass

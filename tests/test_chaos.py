@@ -1,0 +1,99 @@
+"""`python -m tools.chaos`: its checker, and a short campaign on each transport.
+
+The checker's tests show that it can fail (a lost or an invented increment
+is a violation); the campaigns run real daemons through kills, hangs,
+recoveries (and on tcp majority kills) and must end with no violation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ctdb.common.errors import CtdbError, ErrorCode
+from tests.conftest import PYTHON, REPO
+from tools.chaos import PERSISTENT_DB, VOLATILE_DB, Campaign, Plan, SharedCounter
+from tools.cluster import LocalCluster
+
+
+def campaign(tmp_path: Path) -> Campaign:
+    plan = Plan("tcp", 1.0, ("recover",), seed=1)
+    return Campaign(LocalCluster(tmp_path), plan, say=lambda _message: None)
+
+
+def counter_at(acknowledged: int, in_doubt: int = 0, in_flight: int = 0) -> SharedCounter:
+    counter = SharedCounter("counter0", PERSISTENT_DB)
+    for outcome, times in (("acknowledged", acknowledged), ("in doubt", in_doubt)):
+        for _ in range(times):
+            counter.started()
+            counter.ended(outcome, outcome)
+    for _ in range(in_flight):
+        counter.started()
+    return counter
+
+
+def reads(value: int) -> Callable[[str, str], bytes]:
+    return lambda _db, _key: str(value).encode()
+
+
+def test_a_read_below_what_was_acknowledged_is_a_lost_write(tmp_path: Path) -> None:
+    c = campaign(tmp_path)
+    counter = counter_at(acknowledged=5)
+    assert c.read(counter, "here", True, reads(5)) == 5
+    assert not c.violations
+    c.read(counter, "there", True, reads(4))
+    assert [(v.value, v.floor, v.ceiling, v.where) for v in c.violations] == [(4, 5, 5, "there")]
+
+
+def test_a_loss_the_design_allows_is_not_a_violation(tmp_path: Path) -> None:
+    c = campaign(tmp_path)
+    c.read(counter_at(acknowledged=5), "here", False, reads(0))
+    assert not c.violations
+
+
+def test_a_read_above_what_was_started_is_an_invented_write(tmp_path: Path) -> None:
+    c = campaign(tmp_path)
+    # In doubt and in flight may or may not have happened: up to 5 + 1 + 1.
+    counter = counter_at(acknowledged=5, in_doubt=1, in_flight=1)
+    c.read(counter, "here", True, reads(7))
+    assert not c.violations
+    c.read(counter, "here", False, reads(8))
+    assert [(v.value, v.ceiling) for v in c.violations] == [(8, 7)]
+
+
+def test_a_refused_commit_raises_no_bound(tmp_path: Path) -> None:
+    counter = counter_at(acknowledged=2)
+    counter.started()
+    counter.ended("refused", "commit failed", CtdbError(ErrorCode.BUSY, "conflict"))
+    assert (counter.floor(), counter.ceiling()) == (2, 2)
+    assert counter.errors == {"BUSY": 1}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("transport", "faults"), [("tcp", "kill,hang,recover,majority"), ("vs", "kill,hang,recover")]
+)
+def test_a_short_campaign_keeps_every_acknowledged_increment(transport: str, faults: str) -> None:
+    done = subprocess.run(
+        [PYTHON, "-m", "tools.chaos", "--transport", transport, "--faults", faults]
+        + ["--duration", "5", "--seed", "11", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    result = json.loads(done.stdout)
+    assert result["violations"] == [] and result["healthy_at_end"]
+    assert sum(result["faults"].values()) >= 2
+    # On vs with StableVolatileWrites the volatile counters are promised too.
+    assert result["volatile_checked"] == (transport == "vs")
+    for db in (PERSISTENT_DB, VOLATILE_DB):
+        done_here = [v["acknowledged"] for k, v in result["increments"].items() if k.startswith(db)]
+        assert sum(done_here) > 0, result
+    for values in result["final_values"].values():
+        assert len(set(values)) == 1
