@@ -183,9 +183,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
         f"({r['nodes']}-node clusters, {r['runs']} launches each)"
     )
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -688,9 +688,7 @@ def plot(path: Path, results: dict[str, Any]) -> None:
         f"{results['machine']['cpus']} CPUs, {results['started']})",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 # -- the run ---------------------------------------------------------------------------------

@@ -262,9 +262,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title(f"warm CTDB_CONTROL_PING, median of {r['rounds']} rounds ({r['started']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

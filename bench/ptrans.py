@@ -395,9 +395,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
     )
     ax.legend(fontsize=8)
     ax.margins(y=0.2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1392,9 +1392,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
     ax2.set_title("Recovery duration vs records (3 nodes)")
     ax2.legend(fontsize=7)
     plot_side(ax3, ax4, r)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def plot_side(ax3: Any, ax4: Any, r: dict[str, Any]) -> None:

@@ -57,3 +57,12 @@ def write(out: Path, name: str, results: dict[str, Any], summary: Writer, plot: 
     plot(out / f"{name}.png", results)
     progress(name)(f"wrote {out}/results.json, summary.md, {name}.png")
     print((out / "summary.md").read_text())
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write and free a matplotlib figure (the PNG every benchmark leaves)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

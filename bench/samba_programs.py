@@ -521,9 +521,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
             ax.annotate(label, (i, rates[i]), ha="center", va="bottom", fontsize=8)
         ax.margins(y=0.25)
     fig.suptitle(f"CTDB's test programs, 3 nodes, median of {r['rounds']} rounds ({r['started']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

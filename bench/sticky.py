@@ -241,9 +241,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
         ax.set_xlabel("StickyPindown")
         ax.set_title(title)
     fig.suptitle(f"StickyPindown, {r['clients']} clients on 3 tcp nodes ({r['started']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

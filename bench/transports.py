@@ -1335,9 +1335,7 @@ def plot(path: Path, results: dict[str, Any]) -> None:
     ax2.grid(True, axis="y", which="both", alpha=0.3)
     ax2.legend(fontsize=8)
     fig.suptitle(f"transports, {results['machine']['cpus']} CPUs, {results['date']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
