@@ -2,7 +2,8 @@
 
 The checker's tests show that it can fail (a lost or an invented increment
 is a violation); the campaigns run real daemons through kills, hangs,
-recoveries (and on tcp majority kills) and must end with no violation.
+recoveries, full disks (and on tcp majority kills) and must end with no
+violation.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def test_a_refused_commit_raises_no_bound(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    ("transport", "faults"), [("tcp", "kill,hang,recover,majority"), ("vs", "kill,hang,recover")]
+    ("transport", "faults"),
+    [("tcp", "kill,hang,recover,majority,disk-full"), ("vs", "kill,hang,recover,disk-full")],
 )
 def test_a_short_campaign_keeps_every_acknowledged_increment(transport: str, faults: str) -> None:
     done = subprocess.run(

@@ -6,29 +6,34 @@ simulated: three real `ctdbd` processes on loopback, clients of
 `ctdb.client` incrementing counters through them, and a fault every few
 seconds that a user could inflict: kill -9 of a daemon (restarted later),
 SIGSTOP of one (a hang, long enough or not to be expelled), `ctdbtool
-recover`, kill -9 of a majority. Each client keeps one counter and knows
-what it was told: the value last acknowledged, and how many increments
-since then ended without an answer (in doubt: they may or may not have
-happened). A read of the counter, during the run on any node and at the
-end on every node, must lie between the two:
+recover`, kill -9 of a majority, a full disk under one node's databases
+(with `--faults ...,disk-full`). Clients on every node increment shared
+counters, and each counter knows what its clients were told: how many
+increments were acknowledged, how many ended without an answer (in doubt:
+they may or may not have happened) and how many are in flight. A read of a
+counter, during the run on any node and at the end on every node, must lie
+between what was acknowledged when the read started and every increment
+started by the time it returned:
 
-    acknowledged <= value <= acknowledged + in doubt
+    acknowledged <= value <= acknowledged + in doubt + in flight
 
-Below is a lost acknowledged write; above, a write that nobody made.
+Below is a lost acknowledged write; above, a write that nobody made. Each
+persistent increment also writes a record of its own, and every one that
+was acknowledged must be on every node at the end; and at the end every
+node must read the same value.
 
 What is checked follows what the design promises (README, Architecture):
 persistent counters (a transaction per increment) survive every fault here,
 majority kills included (every acknowledged commit is on every active
 node's disk). Volatile counters (`fetch_lock` / `store_unlock`) survive
-recoveries and hangs that end before the node is expelled on both
-transports; a node's death or expulsion may take the volatile records it
-held with it, as in CTDB, except over vs with `StableVolatileWrites = 1`,
-where they survive any single failure. Volatile counters are therefore
-checked only where the fault plan stays inside that promise, and the
+recoveries on both transports; a node's death, expulsion or failing disk
+may take the volatile records it held with it, as in CTDB, except over vs
+with `StableVolatileWrites = 1`, where they survive any single failure.
+Volatile counters are therefore checked only where the fault plan stays inside that promise, and the
 summary says whether they were.
 
     python -m tools.chaos [--transport tcp|vs] [--duration 60] [--seed N]
-                          [--faults kill,hang,recover,majority] [--no-settle]
+                          [--faults kill,hang,recover,majority,disk-full] [--no-settle]
                           [--in-place] [--json]
 
 By default the cluster heals after each fault before the next (the volatile
@@ -43,10 +48,12 @@ the client's history around it), 0 otherwise.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -64,11 +71,21 @@ from tools.cluster import LocalCluster, free_port
 
 PERSISTENT_DB = "chaos_persistent.tdb"
 VOLATILE_DB = "chaos_volatile.tdb"
-FAULTS = ("kill", "hang", "recover", "majority")
+FAULTS = ("kill", "hang", "recover", "majority", "disk-full")
+#: what runs unless --faults says otherwise (disk-full needs root, for its tmpfs mounts)
+DEFAULT_FAULTS = ("kill", "hang", "recover", "majority")
+#: size of each node's state directory (a tmpfs) when disk-full is among the faults
+STATE_DISK = "32m"
 #: Failure detection in 0.6 s, so that a hang of a second is an expulsion.
 TUNABLES = {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3}
+#: the payload of each increment's log record: big enough that a full disk shows soon
+LOG_VALUE = b"x" * 200
 #: How long a client waits for one answer before it counts the request in doubt.
 CALL_TIMEOUT = 15.0
+
+
+def log_key(counter: SharedCounter, value: int) -> str:
+    return f"{counter.name}/{value}"
 
 
 def error_name(exc: Exception) -> str:
@@ -102,6 +119,8 @@ class SharedCounter:
         self.acknowledged = self.in_doubt = self.in_flight = 0
         self.errors: Counter[str] = Counter()
         self.history: deque[str] = deque(maxlen=16)
+        #: the values acknowledged increments wrote (their log records must stay)
+        self.written: list[int] = []
         self._lock = threading.Lock()
 
     def floor(self) -> int:
@@ -116,14 +135,15 @@ class SharedCounter:
         with self._lock:
             self.in_flight += 1
 
-    def ended(self, outcome: str, event: str, exc: Exception | None = None) -> None:
-        """`outcome`: acknowledged, refused (it did not happen) or in doubt."""
+    def ended(self, outcome: str, event: str, exc: Exception | None = None, wrote: int = 0) -> None:
+        """`outcome`: acknowledged (it wrote `wrote`), refused (it did not happen) or in doubt."""
         with self._lock:
             if exc is not None:
                 self.errors[error_name(exc)] += 1
             self.in_flight -= 1
             if outcome == "acknowledged":
                 self.acknowledged += 1
+                self.written.append(wrote)
             elif outcome == "in doubt":
                 self.in_doubt += 1
             self.history.append(event)
@@ -235,10 +255,15 @@ class Campaign:
             where = f"during the run on node {client.pnn}"
             value = self.read(counter, where, True, lambda _db, key: tx.fetch(key))
             tx.store(counter.name, str(value + 1))
+            # A record per increment, so that the database grows (a full disk
+            # then fails commits) and each acknowledged one can be looked for.
+            tx.store(log_key(counter, value + 1), LOG_VALUE)
             counter.started()
             committing = True
             tx.commit()
-            counter.ended("acknowledged", f"node {client.pnn}: {value} -> {value + 1}")
+            counter.ended(
+                "acknowledged", f"node {client.pnn}: {value} -> {value + 1}", None, value + 1
+            )
         except (CtdbError, OSError) as exc:
             if committing:
                 # BUSY: the commit's read set was stale, so it did not happen.
@@ -259,7 +284,9 @@ class Campaign:
             counter.started()
             storing = True
             client.store_unlock(counter.db, counter.name, str(value + 1))
-            counter.ended("acknowledged", f"node {client.pnn}: {value} -> {value + 1}")
+            counter.ended(
+                "acknowledged", f"node {client.pnn}: {value} -> {value + 1}", None, value + 1
+            )
         except (CtdbError, OSError) as exc:
             if storing:
                 counter.ended("in doubt", f"store_unlock failed: {exc}", exc)
@@ -310,6 +337,20 @@ class Campaign:
                     admin.call("recover")
             except CtdbError as exc:
                 self.say(f"  recover: {exc}")
+        elif kind == "disk-full":
+            victim = self.rng.choice(self.alive())
+            seconds = self.rng.uniform(0.5, 3.0)
+            self.say(f"fault: node {victim}'s disk full for {seconds:.1f}s")
+            filler = state_dir(c, victim) / "chaos-filler"
+            fill(filler)
+            self.stop.wait(seconds)
+            filler.unlink()
+            if not c.alive(victim):
+                # An operator restarts a daemon that gave up on its disk.
+                self.say(f"  node {victim} exited on the full disk; restarting it")
+                self.faults["exited on a full disk"] += 1
+                c.pids.pop(victim, None)
+                self.restart(victim)
 
     def restart(self, pnn: int) -> None:
         self.cluster.start_node(pnn)
@@ -382,6 +423,7 @@ class Campaign:
                     where = f"at the end on node {pnn}"
                     value = self.read(counter, where, promised, reader.fetch)
                     finals.setdefault(f"{counter.db}/{counter.name}", []).append(value)
+                self.check_logs(pnn, {k: v for k, v in reader.traverse(PERSISTENT_DB)})
         for name, values in finals.items():
             if len(set(values)) > 1:
                 self.violations.append(
@@ -389,6 +431,18 @@ class Campaign:
                 )
                 self.say(f"VIOLATION {name}: the nodes read {values}")
         return finals
+
+    def check_logs(self, pnn: int, records: dict[bytes, bytes]) -> None:
+        """Every acknowledged persistent increment's log record is on node `pnn`."""
+        for counter in self.counters:
+            if counter.db != PERSISTENT_DB:
+                continue
+            missing = [v for v in counter.written if log_key(counter, v).encode() not in records]
+            if missing:
+                where = f"log records of acknowledged commits missing on node {pnn}"
+                found = Violation(counter.name, where, missing[0], len(missing), 0, [])
+                self.violations.append(found)
+                self.say(f"VIOLATION {counter.name}: {where}: {missing[:10]}")
 
     def summary(
         self, seconds: float, healthy: bool, finals: dict[str, list[int]]
@@ -426,6 +480,42 @@ def new_cluster(directory: Path, plan: Plan) -> LocalCluster:
     )
 
 
+def state_dir(cluster: LocalCluster, pnn: int) -> Path:
+    """Where node `pnn` keeps its databases (`[database] state dir`)."""
+    return cluster.node_dir(pnn) / "state"
+
+
+def fill(path: Path) -> None:
+    """Write `path` until its file system is full."""
+    chunk = b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    return
+                chunk = chunk[: len(chunk) // 2]
+
+
+def mount_small_disks(cluster: LocalCluster, say: Callable[[str], None]) -> list[Path]:
+    """A tmpfs of STATE_DISK as every node's state directory, so that one can fill up."""
+    mounted = []
+    for pnn in range(cluster.size):
+        where = state_dir(cluster, pnn)
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={STATE_DISK},mode=700", "tmpfs", str(where)],
+            check=True,
+            capture_output=True,
+        )
+        mounted.append(where)
+    say(f"every node's state directory is a tmpfs of {STATE_DISK}")
+    return mounted
+
+
 def run_campaign(
     plan: Plan, say: Callable[[str], None], keep: Path | None = None
 ) -> dict[str, Any]:
@@ -433,7 +523,10 @@ def run_campaign(
     directory = Path(tempfile.mkdtemp(prefix="pyctdb-chaos-"))
     cluster = new_cluster(directory / "cluster", plan)
     result: dict[str, Any] = {}
+    mounted: list[Path] = []
     try:
+        if "disk-full" in plan.faults:
+            mounted = mount_small_disks(cluster, say)
         cluster.up(progress=say)
         result = Campaign(cluster, plan, say).run()
         return result
@@ -445,6 +538,8 @@ def run_campaign(
         if failed and keep is not None:
             shutil.copytree(directory, keep, dirs_exist_ok=True)
             say(f"logs kept in {keep}")
+        for where in mounted:
+            subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -460,8 +555,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault plan")
     parser.add_argument(
         "--faults",
-        default=",".join(FAULTS),
-        help=f"comma-separated fault kinds among {', '.join(FAULTS)} (default: all)",
+        default=",".join(DEFAULT_FAULTS),
+        help=f"comma-separated fault kinds among {', '.join(FAULTS)} (default: "
+        f"{','.join(DEFAULT_FAULTS)}; disk-full mounts a {STATE_DISK} tmpfs as every "
+        "node's state directory, and needs root)",
     )
     parser.add_argument(
         "--clients-per-node", type=int, default=1, help="clients per node and workload"
