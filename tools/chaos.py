@@ -239,6 +239,11 @@ class Campaign:
             try:
                 if client is None:
                     client = self.connect(home, rng)
+                    # As Samba's clients do when they connect: a node that
+                    # restarted may not know a volatile database yet, and one
+                    # whose every holder died is attached anew.
+                    client.attach(PERSISTENT_DB, "persistent")
+                    client.attach(VOLATILE_DB, "volatile")
                 increment(client, rng.choice(counters))
             except (CtdbError, OSError):
                 if client is not None:
@@ -423,7 +428,7 @@ class Campaign:
                     try:
                         records = dict(reader.traverse(db))
                     except CtdbError as exc:
-                        # A database some client attached stays attached on every node.
+                        # Clients attach both as they connect: every node has them.
                         where = f"at the end on node {pnn}: {exc}"
                         self.violations.append(Violation(db, where, 0, 0, 0, []))
                         self.say(f"VIOLATION {db}: {where}")
