@@ -27,18 +27,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tdb
 
-from ctdb.client import Client
-from ctdb.common.config import CTDB_SOCKET_NAME, SOCKET_NAME
+from ctdb.common.config import CTDB_SOCKET_NAME
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.storage.ltdb import TDB_MUTEX_LOCKING
 from tests.chain_holder import Holder
@@ -46,8 +43,7 @@ from tests.conftest import run_ctdbtool
 from tests.test_samba_ctdb_tool import CTDB
 from tests.test_samba_record_calls import read_record
 from tools import netns
-from tools.netns import NetnsCluster
-from transport.corosync import render_config
+from tools.netns_ctdb import SIZE, NetnsCtdb, healthy, netns_ctdb, wait_for
 
 OK, WHY = netns.available()
 pytestmark = [
@@ -55,175 +51,12 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-PORT = 4379
-SIZE = 3
-#: Fast keepalives on both. tcp: they are the failure detector. vs: corosync's
-#: token is; ctdbd's keepalives only expel *hung* members, and must not fire
-#: during the ~2.1 s ring stall a cut causes (everyone is silent then).
-TUNABLES: dict[str, dict[str, float]] = {
-    "tcp": {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3},
-    "vs": {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3},
-}
-TOKEN_MS = 300
 TRANSPORTS = ["tcp", "vs"]
 #: Per transport: how long to wait for the cut to be noticed / for the heal,
 #: and the bound on detection (tcp: keepalive 0.2 s x 3 plus recovery).
 WAIT = {"tcp": 10.0, "vs": 20.0}
 HEAL_WAIT = {"tcp": 20.0, "vs": 30.0}
 DETECT_BOUND = {"tcp": 0.2 * 3 + 1.0 + 1.0, "vs": 5.0}
-
-
-class NetnsCtdb:
-    """One ctdbd (and for vs one corosync) per namespace, configured by this test."""
-
-    def __init__(self, net: NetnsCluster, transport: str) -> None:
-        self.net = net
-        self.transport = transport
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.corosyncs: dict[int, subprocess.Popen[bytes]] = {}
-        self.group = f"ctdbpart{uuid.uuid4().hex[:10]}"
-
-    def node_dir(self, i: int) -> Path:
-        return self.net.node_dir(i)
-
-    def socket(self, i: int) -> str:
-        return str(self.node_dir(i) / "ctdb" / SOCKET_NAME)
-
-    def log(self, i: int) -> Path:
-        return self.node_dir(i) / "ctdb" / "ctdbd.log"
-
-    def write_configs(self) -> None:
-        addresses = self.net.addresses()
-        for i in range(self.net.n):
-            d = self.node_dir(i) / "ctdb"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "nodes").write_text("".join(f"{a}\n" for a in addresses))
-            lines = [
-                "[cluster]",
-                f"transport = {self.transport}",
-                f"nodes = {d / 'nodes'}",
-                f"address = {addresses[i]}",
-                f"port = {PORT}",
-                "[database]",
-                f"state dir = {d / 'db'}",
-                "[server]",
-                f"run dir = {d}",
-                "[logging]",
-                f"file = {self.log(i)}",
-                "level = INFO",
-            ]
-            if self.transport == "vs":
-                lines += ["[transport]", f"group = {self.group}"]
-            tunables = TUNABLES[self.transport]
-            lines += ["[tunables]"] + [f"{k} = {v}" for k, v in tunables.items()]
-            (d / "ctdb.conf").write_text("\n".join(lines) + "\n")
-
-    def start(self, i: int) -> None:
-        err = open(self.node_dir(i) / "ctdb" / "ctdbd.stderr", "ab")
-        try:
-            self.procs[i] = self.net.popen(
-                i,
-                [
-                    sys.executable,
-                    "-m",
-                    "ctdb.server.daemon",
-                    "--config",
-                    str(self.node_dir(i) / "ctdb" / "ctdb.conf"),
-                ],
-                private_run=self.transport == "vs",
-                stdout=err,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO,
-            )
-        finally:
-            err.close()
-
-    # -- corosync (vs only) ----------------------------------------------------
-    def start_corosync(self, i: int) -> None:
-        state = self.node_dir(i) / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        conf = state / "corosync.conf"
-        conf.write_text(render_config(state, token_ms=TOKEN_MS, nodes=self.net.addresses()))
-        with open(state / "corosync.stderr", "ab") as out:
-            self.corosyncs[i] = self.net.popen(
-                i,
-                ["corosync", "-f", "-c", str(conf)],
-                private_run=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def votes(self, i: int) -> int | None:
-        """Total votes node i's corosync counts (None: not answering)."""
-        r = self.net.run(i, ["corosync-quorumtool", "-s"], private_run=True, timeout=10)
-        for line in r.stdout.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Total votes":
-                return int(value)
-        return None
-
-    def wait_votes(self, want: int, timeout: float = 20.0) -> float:
-        start = time.monotonic()
-        while (got := [self.votes(i) for i in range(self.net.n)]) != [want] * self.net.n:
-            if time.monotonic() - start > timeout:
-                raise AssertionError(f"corosync votes {got}, want {want}\n{self.logs()}")
-            time.sleep(0.1)
-        return time.monotonic() - start
-
-    def stop(self) -> None:
-        for procs in (self.procs, self.corosyncs):
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in procs.values():
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-
-    def client(self, i: int, timeout: float = 20.0) -> Client:
-        return Client(self.socket(i), timeout=timeout)
-
-    def status(self, i: int) -> dict[str, Any]:
-        with self.client(i, timeout=5.0) as c:
-            result: dict[str, Any] = c.call("status")
-            return result
-
-    def logs(self) -> str:
-        out = []
-        for i in range(self.net.n):
-            paths = [self.log(i), self.node_dir(i) / "ctdb" / "ctdbd.stderr"]
-            if self.transport == "vs":
-                paths.append(self.node_dir(i) / "state" / "corosync.log")
-            for path in paths:
-                if path.exists():
-                    out.append(f"--- node {i}: {path.name} ---")
-                    out += path.read_text(errors="replace").splitlines()[-25:]
-        return "\n".join(out)
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float, ctdb: NetnsCtdb) -> float:
-    start = time.monotonic()
-    last: Exception | None = None
-    while time.monotonic() - start < timeout:
-        try:
-            if cond():
-                return time.monotonic() - start
-        except (CtdbError, OSError) as exc:
-            last = exc
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last})\n{ctdb.logs()}")
-
-
-def healthy(ctdb: NetnsCtdb, nodes: list[int]) -> bool:
-    sts = [ctdb.status(i) for i in nodes]
-    return len({st["generation"] for st in sts}) == 1 and all(
-        st["recovery_mode"] == "NORMAL" and st["vnnmap"] == nodes for st in sts
-    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -234,22 +67,8 @@ def _sweep() -> Iterator[None]:
 
 @pytest.fixture(params=TRANSPORTS)
 def ctdb(request: pytest.FixtureRequest) -> Iterator[NetnsCtdb]:
-    net = NetnsCluster(SIZE, prefix=netns.unique_prefix(f"p{uuid.uuid4().hex[:6]}"))
-    with net:  # down() kills everything in our namespaces, removes namespaces and dirs
-        cluster = NetnsCtdb(net, str(request.param))
-        try:
-            if cluster.transport == "vs":
-                for i in range(SIZE):
-                    cluster.start_corosync(i)
-                took = cluster.wait_votes(SIZE)
-                print(f"corosync ring of {SIZE} formed after {took:.2f}s")
-            cluster.write_configs()
-            for i in range(SIZE):
-                cluster.start(i)
-            wait_for("all three nodes healthy", lambda: healthy(cluster, [0, 1, 2]), 30, cluster)
-            yield cluster
-        finally:
-            cluster.stop()
+    with netns_ctdb(str(request.param), "p") as cluster:
+        yield cluster
 
 
 def test_cut_node_loses_quorum_majority_serves_then_all_agree(ctdb: NetnsCtdb) -> None:

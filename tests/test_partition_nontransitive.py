@@ -48,9 +48,9 @@ import pytest
 
 from ctdb.client import AsyncClient
 from ctdb.common.errors import CtdbError
-from tests.test_partition import SIZE, NetnsCtdb, healthy, wait_for
 from tools import netns
 from tools.netns import NetnsCluster
+from tools.netns_ctdb import SIZE, NetnsCtdb, healthy, netns_ctdb, wait_for
 
 OK, WHY = netns.available()
 pytestmark = [
@@ -71,17 +71,8 @@ def _sweep() -> Iterator[None]:
 
 @pytest.fixture
 def ctdb() -> Iterator[NetnsCtdb]:
-    net = NetnsCluster(SIZE, prefix=netns.unique_prefix(f"n{uuid.uuid4().hex[:6]}"))
-    with net:  # down() kills everything in our namespaces, removes namespaces and dirs
-        cluster = NetnsCtdb(net, "tcp")
-        try:
-            cluster.write_configs()
-            for i in range(SIZE):
-                cluster.start(i)
-            wait_for("all three nodes healthy", lambda: healthy(cluster, [0, 1, 2]), 30, cluster)
-            yield cluster
-        finally:
-            cluster.stop()
+    with netns_ctdb("tcp", "n") as cluster:
+        yield cluster
 
 
 class Sampler:

@@ -63,15 +63,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from ctdb.client import Client
 from ctdb.common.errors import CtdbError, ErrorCode
 from tools.cluster import LocalCluster, free_port
+from tools.netns_ctdb import NetnsCtdb, netns_ctdb
 
 PERSISTENT_DB = "chaos_persistent.tdb"
 VOLATILE_DB = "chaos_volatile.tdb"
-FAULTS = ("kill", "hang", "recover", "majority", "disk-full")
+FAULTS = ("kill", "hang", "recover", "majority", "disk-full", "cut", "link", "oneway")
+#: faults of the network, which need the cluster in network namespaces (--netns)
+NET_FAULTS = ("cut", "link", "oneway")
 #: what runs unless --faults says otherwise (disk-full needs root, for its tmpfs mounts)
 DEFAULT_FAULTS = ("kill", "hang", "recover", "majority")
 #: size of each node's state directory (a tmpfs) when disk-full is among the faults
@@ -168,12 +171,15 @@ class Plan:
     #: volatile clients use records in place as Samba's do (tcp)
     in_place: bool = False
     log_level: str = "WARNING"
+    #: the cluster in network namespaces (tools.netns_ctdb), for the network faults
+    netns: bool = False
 
     @property
     def volatile_promised(self) -> bool:
         """Whether the design promises the volatile counters under these faults."""
         if self.transport == "vs" and self.settle:
-            return "majority" not in self.faults
+            # Any single failure; a cut link or a one-way cut is not one node's.
+            return not set(self.faults) & {"majority", "link", "oneway"}
         return set(self.faults) <= {"recover"}
 
     @property
@@ -182,10 +188,32 @@ class Plan:
         return {**TUNABLES, **extra}
 
 
+class Nodes(Protocol):
+    """What a campaign does to a cluster: `tools.cluster.LocalCluster` on loopback,
+    or `tools.netns_ctdb.NetnsCtdb` in network namespaces."""
+
+    @property
+    def size(self) -> int: ...
+
+    def client(self, pnn: int, timeout: float | None = ..., *, in_place: bool = ...) -> Client: ...
+
+    def alive(self, pnn: int) -> bool: ...
+
+    def signal_node(self, pnn: int, sig: int) -> None: ...
+
+    def kill_node(self, pnn: int) -> None: ...
+
+    def start_node(self, pnn: int) -> object: ...
+
+    def node_dir(self, pnn: int) -> Path: ...
+
+    def wait_healthy(self, timeout: float = ...) -> None: ...
+
+
 class Campaign:
     """The cluster, its clients and the fault loop of one run."""
 
-    def __init__(self, cluster: LocalCluster, plan: Plan, say: Callable[[str], None]) -> None:
+    def __init__(self, cluster: Nodes, plan: Plan, say: Callable[[str], None]) -> None:
         self.cluster, self.plan, self.say = cluster, plan, say
         self.rng = random.Random(plan.seed)
         self.stop = threading.Event()
@@ -355,8 +383,32 @@ class Campaign:
                 # An operator restarts a daemon that gave up on its disk.
                 self.say(f"  node {victim} exited on the full disk; restarting it")
                 self.faults["exited on a full disk"] += 1
-                c.pids.pop(victim, None)
                 self.restart(victim)
+
+        elif kind in NET_FAULTS:
+            self.cut_network(kind)
+
+    def cut_network(self, kind: str) -> None:
+        """Cut one node off, a link both ways or one way, for a while (real packet loss)."""
+        assert isinstance(self.cluster, NetnsCtdb)
+        net = self.cluster.net
+        seconds = self.rng.uniform(0.3, 4.0)
+        if kind == "cut":
+            victim = self.rng.randrange(self.cluster.size)
+            self.say(f"fault: node {victim} cut off for {seconds:.1f}s")
+            net.cut(victim)
+            self.stop.wait(seconds)
+            net.heal(victim)
+            return
+        i, j = self.rng.sample(range(self.cluster.size), 2)
+        if kind == "link":
+            self.say(f"fault: link {i}-{j} cut for {seconds:.1f}s")
+            net.cut_link(i, j)
+        else:
+            self.say(f"fault: what node {i} sends node {j} lost for {seconds:.1f}s")
+            net.cut_oneway(i, j)
+        self.stop.wait(seconds)
+        net.heal_link(i, j)
 
     def restart(self, pnn: int) -> None:
         self.cluster.start_node(pnn)
@@ -496,7 +548,7 @@ def new_cluster(directory: Path, plan: Plan) -> LocalCluster:
     )
 
 
-def state_dir(cluster: LocalCluster, pnn: int) -> Path:
+def state_dir(cluster: Nodes, pnn: int) -> Path:
     """Where node `pnn` keeps its databases (`[database] state dir`)."""
     return cluster.node_dir(pnn) / "state"
 
@@ -536,6 +588,8 @@ def run_campaign(
     plan: Plan, say: Callable[[str], None], keep: Path | None = None
 ) -> dict[str, Any]:
     """One campaign on a fresh cluster in a temporary directory (kept at `keep` on failure)."""
+    if plan.netns:
+        return run_in_namespaces(plan, say, keep)
     directory = Path(tempfile.mkdtemp(prefix="pyctdb-chaos-"))
     cluster = new_cluster(directory / "cluster", plan)
     result: dict[str, Any] = {}
@@ -557,6 +611,26 @@ def run_campaign(
         for where in mounted:
             subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_in_namespaces(
+    plan: Plan, say: Callable[[str], None], keep: Path | None = None
+) -> dict[str, Any]:
+    """One campaign on a cluster in network namespaces (`tools.netns_ctdb`)."""
+    with netns_ctdb(plan.transport, "chaos", plan.tunables) as cluster:
+        say(f"{cluster.size} nodes in network namespaces, healthy")
+        result: dict[str, Any] = {}
+        try:
+            result = Campaign(cluster, plan, say).run()
+            return result
+        finally:
+            for pnn in range(cluster.size):
+                cluster.signal_node(pnn, signal.SIGCONT)
+            failed = not result or result["violations"] or not result["healthy_at_end"]
+            if failed and keep is not None:
+                for pnn in range(cluster.size):
+                    shutil.copytree(cluster.node_dir(pnn), keep / f"node{pnn}", dirs_exist_ok=True)
+                say(f"logs kept in {keep}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -593,6 +667,13 @@ def main(argv: list[str] | None = None) -> int:
         help="clients use volatile records in place when their node holds them, as "
         "Samba's clients do (tcp)",
     )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="run the cluster in network namespaces of its own (needs root), which allows "
+        "the network faults: cut (a node cut off), link (two nodes cannot reach each "
+        "other, both can reach the third) and oneway (one node's packets to another lost)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="the daemons' log level (WARNING)")
     parser.add_argument("--keep", type=Path, help="copy the cluster's logs here on failure")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -601,6 +682,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(faults) - set(FAULTS)
     if unknown or not faults:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown)) or '(none given)'}")
+    if set(faults) & set(NET_FAULTS) and not ns.netns:
+        parser.error(f"{', '.join(NET_FAULTS)} need --netns")
+    if "disk-full" in faults and ns.netns:
+        parser.error("disk-full is not available with --netns")
     seed = ns.seed if ns.seed is not None else random.randrange(1 << 30)
     plan = Plan(
         ns.transport,
@@ -612,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         ns.settle,
         ns.in_place,
         ns.log_level,
+        ns.netns,
     )
 
     def say(message: str) -> None:
