@@ -1,22 +1,13 @@
 """A real network partition: three ctdbd in three network namespaces.
 
-tools/netns.py builds a private LAN (one bridge, one veth per node); each
-daemon listens on its namespace's address on port 4379 and keeps its client
-socket in the node's directory under /tmp, so the test (in the host's
-network namespace) talks to every daemon through an ordinary Unix socket.
-`cut(2)` silently drops node 2's packets (no RST, no link-down): the
-survivors must notice (tcp: keepalive timeout; vs: corosync's token), the
-isolated node must stop accepting writes (it has no quorum), and after
-`heal(2)` all three must agree on every record again.
-
-The test runs on both transports.  For "vs" every namespace also runs its
-own corosync (udpu, nodelist of the three namespace addresses, token 300 ms,
-as in tests/transport/test_vs_netns.py), and every ctdbd is started with
-``private_run=True`` so that it reaches its own node's corosync; its client
-socket stays in ``node_dir(i)/ctdb`` on disk, which the host can reach (the
-private /run and /dev/shm cannot be seen from outside).  With three nodes
-corosync notices a cut host after ~2.1 s (token 300 + 650 ms coefficient,
-then 1.2 x consensus), so the vs waits are longer.
+`tools.netns_ctdb` starts the cluster on the private LAN of `tools.netns`
+(each daemon in its own namespace, its client socket on disk where the test
+reaches it; for vs a corosync per namespace). `cut(2)` silently drops node
+2's packets (no RST, no link-down): the survivors must notice (tcp:
+keepalive timeout; vs: corosync's token, ~2.1 s, so the vs waits are
+longer), the isolated node must stop accepting writes (it has no quorum),
+and after `heal(2)` all three must agree on every record again. The tests
+run on both transports.
 
 Everything (daemons, namespaces, directories) is removed even on failure:
 the cluster is a context manager and a module fixture sweeps leftovers of
