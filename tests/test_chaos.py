@@ -9,6 +9,7 @@ violation.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,14 @@ import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from tests.conftest import PYTHON, REPO
-from tools.chaos import PERSISTENT_DB, VOLATILE_DB, Campaign, Plan, SharedCounter
+from tools.chaos import (
+    PERSISTENT_DB,
+    SAMBA_CTDB,
+    VOLATILE_DB,
+    Campaign,
+    Plan,
+    SharedCounter,
+)
 from tools.cluster import LocalCluster
 
 
@@ -80,8 +88,10 @@ def test_a_refused_commit_raises_no_bound(tmp_path: Path) -> None:
     [("tcp", "kill,hang,recover,majority,disk-full"), ("vs", "kill,hang,recover,disk-full")],
 )
 def test_a_short_campaign_keeps_every_acknowledged_increment(transport: str, faults: str) -> None:
+    # Samba's own tool writes too where it is installed (the README's test set-up installs it).
+    samba = ["--samba"] if os.access(SAMBA_CTDB, os.X_OK) else []
     done = subprocess.run(
-        [PYTHON, "-m", "tools.chaos", "--transport", transport, "--faults", faults]
+        [PYTHON, "-m", "tools.chaos", "--transport", transport, "--faults", faults, *samba]
         + ["--duration", "5", "--seed", "11", "--json"],
         capture_output=True,
         text=True,
@@ -99,3 +109,5 @@ def test_a_short_campaign_keeps_every_acknowledged_increment(transport: str, fau
         assert sum(done_here) > 0, result
     for values in result["final_values"].values():
         assert len(set(values)) == 1
+    if samba:
+        assert sum(w["acknowledged"] for w in result["samba_writes"].values()) > 0, result

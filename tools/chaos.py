@@ -34,12 +34,16 @@ summary says whether they were.
 
     python -m tools.chaos [--transport tcp|vs] [--duration 60] [--seed N]
                           [--faults kill,hang,recover,majority,disk-full] [--no-settle]
-                          [--in-place] [--json]
+                          [--in-place] [--netns] [--samba] [--json]
 
 By default the cluster heals after each fault before the next (the volatile
 promises are about single failures); `--no-settle` lets faults land in the
 recoveries of the ones before. `--in-place` makes the volatile clients use
-records in place, as Samba's clients do, on tcp.
+records in place, as Samba's clients do, on tcp. `--netns` runs the cluster
+in network namespaces and allows network faults (cut, link, oneway).
+`--samba` adds a writer per node that uses Samba's own `ctdb pstore`
+through the CTDB protocol, 1, 2, 3, ... on a key of its own, checked with
+`ctdb pfetch` on any node during the run and on every node at the end.
 
 Exit status 1 if any read broke the rule (each violation is printed with
 the client's history around it), 0 otherwise.
@@ -50,6 +54,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import random
 import shutil
 import signal
@@ -66,6 +71,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from ctdb.client import Client
+from ctdb.common.config import CTDB_SOCKET_NAME
 from ctdb.common.errors import CtdbError, ErrorCode
 from tools.cluster import LocalCluster, free_port
 from tools.netns_ctdb import NetnsCtdb, netns_ctdb
@@ -83,6 +89,8 @@ STATE_DISK = "32m"
 TUNABLES = {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3}
 #: the payload of each increment's log record: big enough that a full disk shows soon
 LOG_VALUE = b"x" * 200
+#: Samba's own command-line tool (Debian package ctdb), for --samba
+SAMBA_CTDB = shutil.which("ctdb") or "/usr/bin/ctdb"
 #: How long a client waits for one answer before it counts the request in doubt.
 CALL_TIMEOUT = 15.0
 
@@ -173,6 +181,8 @@ class Plan:
     log_level: str = "WARNING"
     #: the cluster in network namespaces (tools.netns_ctdb), for the network faults
     netns: bool = False
+    #: a writer per node with Samba's `ctdb pstore` (and `pfetch` reads)
+    samba: bool = False
 
     @property
     def volatile_promised(self) -> bool:
@@ -186,6 +196,21 @@ class Plan:
     def tunables(self) -> dict[str, float]:
         extra = {"StableVolatileWrites": 1} if self.transport == "vs" else {}
         return {**TUNABLES, **extra}
+
+
+class Register:
+    """A key that one writer sets to 1, 2, 3, ... with Samba's `ctdb pstore`.
+
+    A read must lie between the last value acknowledged when it started
+    (none lost) and the last value started by the time it returned (none
+    invented): the writer goes on to the next value whatever the outcome.
+    """
+
+    def __init__(self, pnn: int) -> None:
+        self.name = f"samba{pnn}"
+        self.acknowledged = self.started = 0
+        self.errors: Counter[str] = Counter()
+        self.history: deque[str] = deque(maxlen=16)
 
 
 class Nodes(Protocol):
@@ -221,6 +246,7 @@ class Campaign:
         self.violations: list[Violation] = []
         self.faults: Counter[str] = Counter()
         self.counters: list[SharedCounter] = []
+        self.registers: list[Register] = []
         self.down: set[int] = set()  # killed, not restarted yet
         self.hung: set[int] = set()
 
@@ -327,6 +353,65 @@ class Campaign:
             else:
                 counter.failed(exc, "fetch_lock failed")
             raise
+
+    def samba(self, pnn: int, *args: str) -> subprocess.CompletedProcess[str]:
+        """Samba's `ctdb ARGS` against node `pnn`'s CTDB socket."""
+        if isinstance(self.cluster, NetnsCtdb):
+            socket = base = self.cluster.node_dir(pnn) / "ctdb"
+        else:
+            assert isinstance(self.cluster, LocalCluster)
+            socket, base = self.cluster.node_dir(pnn), self.cluster.directory
+        env = dict(os.environ, CTDB_SOCKET=str(socket / CTDB_SOCKET_NAME), CTDB_BASE=str(base))
+        return subprocess.run(
+            [SAMBA_CTDB, "-t", str(int(CALL_TIMEOUT)), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CALL_TIMEOUT * 2,
+            check=False,
+        )
+
+    def samba_writer(self, register: Register, home: int, rng: random.Random) -> None:
+        """`ctdb pstore` 1, 2, 3, ... through node `home` (another while it is down);
+        now and then `ctdb pfetch` on any node, checked against what was acknowledged."""
+        while not self.stop.is_set():
+            pnn = home if self.cluster.alive(home) else rng.randrange(self.cluster.size)
+            register.started += 1
+            value = register.started
+            try:
+                done = self.samba(pnn, "pstore", PERSISTENT_DB, register.name, str(value))
+            except subprocess.TimeoutExpired:
+                register.errors["timeout"] += 1
+                continue
+            if done.returncode == 0:
+                register.acknowledged = value
+                register.history.append(f"node {pnn}: {value} acknowledged")
+            else:
+                register.errors[f"pstore exit {done.returncode}"] += 1
+                register.history.append(f"node {pnn}: {value} failed: {done.stderr.strip()}")
+                self.stop.wait(0.05)
+            if value % 4 == 0:
+                self.samba_read(register, rng.randrange(self.cluster.size), "during the run")
+
+    def samba_read(self, register: Register, pnn: int, when: str) -> int | None:
+        """`ctdb pfetch` of the register on node `pnn`, checked; None if it failed."""
+        floor = register.acknowledged
+        try:
+            done = self.samba(pnn, "pfetch", PERSISTENT_DB, register.name)
+        except subprocess.TimeoutExpired:
+            return None
+        if done.returncode != 0:
+            register.errors[f"pfetch exit {done.returncode}"] += 1
+            return None
+        value = int(done.stdout.strip() or "0")
+        ceiling = register.started
+        if not floor <= value <= ceiling:
+            where = f"ctdb pfetch {when} on node {pnn}"
+            found = Violation(register.name, where, value, floor, ceiling, list(register.history))
+            with self.lock:
+                self.violations.append(found)
+            self.say(f"VIOLATION {register.name}: read {value} {where}, bounds {floor}..{ceiling}")
+        return value
 
     # -- faults ------------------------------------------------------------------------
 
@@ -439,6 +524,12 @@ class Campaign:
                     rng = random.Random(f"{self.plan.seed}/{db}/{pnn}/{i}")
                     args = (counters, pnn, rng, body)
                     threads.append(threading.Thread(target=self.client_loop, args=args))
+        if self.plan.samba:
+            for pnn in range(c.size):
+                register = Register(pnn)
+                self.registers.append(register)
+                writer = (register, pnn, random.Random(f"{self.plan.seed}/samba/{pnn}"))
+                threads.append(threading.Thread(target=self.samba_writer, args=writer))
         for t in threads:
             t.start()
         started = time.monotonic()
@@ -492,6 +583,15 @@ class Campaign:
                         where = f"at the end on node {pnn}"
                         value = self.read(counter, where, promised, reader.fetch)
                         finals.setdefault(f"{db}/{counter.name}", []).append(value)
+        for register in self.registers:
+            for pnn in range(self.cluster.size):
+                read = self.samba_read(register, pnn, "at the end")
+                if read is None:
+                    where = f"ctdb pfetch failed at the end on node {pnn}"
+                    self.violations.append(Violation(register.name, where, 0, 0, 0, []))
+                    self.say(f"VIOLATION {register.name}: {where}")
+                    continue
+                finals.setdefault(f"{PERSISTENT_DB}/{register.name}", []).append(read)
         for name, values in finals.items():
             if len(set(values)) > 1:
                 self.violations.append(
@@ -518,6 +618,8 @@ class Campaign:
         errors: Counter[str] = Counter()
         for counter in self.counters:
             errors.update(counter.errors)
+        for register in self.registers:
+            errors.update(register.errors)
         return {
             "transport": self.plan.transport,
             "seed": self.plan.seed,
@@ -528,6 +630,10 @@ class Campaign:
             "increments": {
                 f"{c.db}/{c.name}": {"acknowledged": c.acknowledged, "in_doubt": c.in_doubt}
                 for c in self.counters
+            },
+            "samba_writes": {
+                f"{PERSISTENT_DB}/{r.name}": {"acknowledged": r.acknowledged, "started": r.started}
+                for r in self.registers
             },
             "errors": dict(errors),
             "final_values": finals,
@@ -674,6 +780,12 @@ def main(argv: list[str] | None = None) -> int:
         "the network faults: cut (a node cut off), link (two nodes cannot reach each "
         "other, both can reach the third) and oneway (one node's packets to another lost)",
     )
+    parser.add_argument(
+        "--samba",
+        action="store_true",
+        help="also a writer per node with Samba's `ctdb pstore` through the CTDB protocol, "
+        "its values checked with `ctdb pfetch` (needs Samba's ctdb tool)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="the daemons' log level (WARNING)")
     parser.add_argument("--keep", type=Path, help="copy the cluster's logs here on failure")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -684,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown)) or '(none given)'}")
     if set(faults) & set(NET_FAULTS) and not ns.netns:
         parser.error(f"{', '.join(NET_FAULTS)} need --netns")
+    if ns.samba and not os.access(SAMBA_CTDB, os.X_OK):
+        parser.error(f"--samba needs Samba's ctdb tool ({SAMBA_CTDB}; Debian: ctdb)")
     if "disk-full" in faults and ns.netns:
         parser.error("disk-full is not available with --netns")
     seed = ns.seed if ns.seed is not None else random.randrange(1 << 30)
@@ -698,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         ns.in_place,
         ns.log_level,
         ns.netns,
+        ns.samba,
     )
 
     def say(message: str) -> None:
