@@ -238,7 +238,9 @@ def healthy(ctdb: NetnsCtdb, nodes: list[int]) -> bool:
 def netns_ctdb(
     transport: str, tag: str, tunables: dict[str, float] | None = None
 ) -> Iterator[NetnsCtdb]:
-    """A healthy cluster of SIZE nodes in fresh namespaces; everything removed on exit."""
+    """A healthy cluster of SIZE nodes in fresh namespaces; everything removed on exit
+    (and first what a killed earlier run left behind)."""
+    netns.sweep_stale()
     net = NetnsCluster(SIZE, prefix=netns.unique_prefix(f"{tag}{uuid.uuid4().hex[:6]}"))
     with net:  # down() kills everything in our namespaces, removes namespaces and dirs
         cluster = NetnsCtdb(net, transport, tunables)
