@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from ctdb.common import config as config_mod
@@ -41,6 +43,10 @@ def _setup_logging(cfg: config_mod.Config) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.log_level)
+
+
+#: seconds a shutdown may take before the daemon goes without what has not stopped
+SHUTDOWN_LIMIT = 5.0
 
 
 async def run(cfg: config_mod.Config) -> None:
@@ -94,10 +100,40 @@ async def run(cfg: config_mod.Config) -> None:
         await node.shutdown_requested.wait()
         log.info("shutting down")
     finally:
-        await samba_door.stop()
-        await server.stop()
-        await node.stop()
+        steps: list[Step] = [
+            ("the CTDB socket", samba_door.stop),
+            ("the client socket", server.stop),
+            ("the node", node.stop),
+        ]
+        await _stop_within(SHUTDOWN_LIMIT, steps)
         pidfile.unlink(missing_ok=True)
+
+
+#: One part of the shutdown: what it stops, and how.
+Step = tuple[str, Callable[[], Awaitable[None]]]
+
+
+async def _stop_within(seconds: float, steps: Sequence[Step]) -> None:
+    """Run the shutdown `steps` in order, all within `seconds`: a daemon told to
+    stop stops. A step that overruns is logged with what every task was doing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    for name, stop in steps:
+        try:
+            await asyncio.wait_for(stop(), max(deadline - loop.time(), 0.0))
+        except TimeoutError:
+            stacks = []
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    out = io.StringIO()
+                    task.print_stack(limit=8, file=out)
+                    stacks.append(out.getvalue())
+            log.error(
+                "shutdown: stopping %s took more than %.0fs; tasks:\n%s",
+                name,
+                seconds,
+                "\n".join(stacks),
+            )
 
 
 def _log_link_security(cfg: config_mod.Config) -> None:
