@@ -748,7 +748,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--transport", choices=["tcp", "vs"], default="tcp")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the fault plan")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the fault plan: which faults, on which nodes, for how long (real "
+        "daemons keep their own timing, so a seed does not replay a run exactly)",
+    )
     parser.add_argument(
         "--faults",
         default=",".join(DEFAULT_FAULTS),
