@@ -3,6 +3,8 @@ every message type goes to exactly one place, refused types to the peer guard.""
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections import Counter
 from typing import Any
 
@@ -74,3 +76,27 @@ def test_a_handler_that_raises_is_a_local_failure_not_a_crash() -> None:
     messages, transport, failures = _messages(routes, {})
     messages.on_payload(1, encode(Call(7, b"key", 3, 1, 0)))
     assert failures == ["x"] and transport.dropped == []
+
+
+def test_a_failing_disk_is_logged_in_one_line_and_a_bug_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk fails every message that writes until it is freed: one line
+    each, not a traceback each; anything else is a bug and keeps its traceback."""
+
+    def full(src: int, msg: Message) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def bug(src: int, msg: Message) -> None:
+        raise KeyError("oops")
+
+    routes = _all_routed_to([])
+    routes[Call], routes[Ordered] = full, bug
+    messages, _, failures = _messages(routes, {})
+    with caplog.at_level(logging.ERROR, logger="ctdb.server.node"):
+        messages.on_payload(1, encode(Call(7, b"key", 3, 1, 0)))
+        messages.on_payload(1, encode(Ordered(1, 1, "sync", {})))
+    disk, crash = caplog.records
+    assert "No space left on device" in disk.getMessage() and disk.exc_info is None
+    assert crash.exc_info is not None and crash.exc_info[0] is KeyError
+    assert failures == ["x", "x"]

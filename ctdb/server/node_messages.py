@@ -73,6 +73,11 @@ class NodeMessages:
         """Run a message's handler: a local failure must not take the node down with it."""
         try:
             self._routes[type(msg)](src, msg)
+        except OSError as exc:
+            # The disk, not the code (ENOSPC, EIO): one line, no traceback; a
+            # full disk fails every message that writes until it is freed.
+            log.error("handling %s from node %d failed: %s", type(msg).__name__, src, exc)
+            self._local_failure()
         except Exception:
             log.exception("handling %s from node %d failed", type(msg).__name__, src)
             self._local_failure()
