@@ -134,6 +134,16 @@ class Transport(abc.ABC):
         """
         return None
 
+    def confirmed_until(self) -> float | None:
+        """Loop time until which this member cannot have been dropped from the
+        group without knowing it yet; None if the backend's view says it all.
+
+        On a broadcast medium a process that was stopped may have been
+        expelled meanwhile and learn it only when it reaches the expel in its
+        backlog (`transport.cpg_stream.CpgStream.confirmed_until`).
+        """
+        return None
+
     def set_keepalive(self, interval: float, limit: int) -> None:
         """Change failure-detection timing at run time (`ctdbtool setvar`)."""
         self.options.keepalive_interval = interval

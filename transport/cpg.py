@@ -170,6 +170,10 @@ class CpgTransport(Transport):
     def broadcast(self, payload: bytes) -> None:
         self._out(BROADCAST, payload)
 
+    def confirmed_until(self) -> float | None:
+        conn = self._conn
+        return 0.0 if conn is None or self._solo else conn.confirmed_until()
+
     async def drain(self) -> None:
         conn = self._conn
         while conn is not None and not self._solo and conn.out_bytes >= conn.high_water:

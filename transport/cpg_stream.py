@@ -73,6 +73,10 @@ class CpgStream(abc.ABC):
         #: enough, and every delivered message needs it)
         self.silence_limit = self._keepalive()[1]
         self.quiet = True  # nothing multicast since the last tick
+        #: loop time each message we handed to corosync was sent, until it comes back
+        self.own_sent: deque[float] = deque()
+        #: when the latest of our messages that came back was sent (see `confirmed_until`)
+        self.confirmed_sent: float | None = None
 
     @abc.abstractmethod
     def _lost(self, why: object) -> None:
@@ -95,8 +99,27 @@ class CpgStream(abc.ABC):
         self.outq.clear()
         self.out_bytes = 0
         self.drained.set()
+        self.own_sent.clear()
+        self.confirmed_sent = None
 
     # -- liveness ---------------------------------------------------------------
+
+    def confirmed_until(self) -> float:
+        """Loop time until which no member can have expelled us yet.
+
+        A member expels us once it has delivered nothing of ours for the
+        silence limit, and none delivers a message before we sent it: so
+        while the latest message of ours that came back was sent less than
+        the limit ago (less one tick, the others' ticks and clocks), we are
+        in the group and what we applied is all it acknowledged. A process
+        that was stopped for longer may have been expelled and learns it
+        only when it reaches the expel in its backlog; until one of its own
+        messages sent since comes back, it must not answer from its copy.
+        """
+        if self.confirmed_sent is None:
+            return 0.0
+        interval, limit = self._keepalive()
+        return self.confirmed_sent + limit - interval
 
     def _keepalive(self) -> tuple[float, float]:
         """(tick interval, silence after which a member is expelled), from the options."""
@@ -192,6 +215,7 @@ class CpgStream(abc.ABC):
                 self._lost(exc)
                 return
             q.popleft()
+            self.own_sent.append(self.loop.time())
             self.out_bytes -= len(item) - HDR.size
         if self.out_bytes < self.high_water:
             self.drained.set()
@@ -237,10 +261,13 @@ class CpgStream(abc.ABC):
             if self.handle is not handle:
                 break  # lost, expelled or closed while processing
             if len(ev) == 3:
-                if ev[1] == self.me and now - self.heard.get(self.me, now) > limit:
-                    # Our own messages were held up too: the ring stalled
-                    # (corosync re-forming it), so nobody could be heard.
-                    self.heard = dict.fromkeys(self.heard, now)
+                if ev[1] == self.me:
+                    if now - self.heard.get(self.me, now) > limit:
+                        # Our own messages were held up too: the ring stalled
+                        # (corosync re-forming it), so nobody could be heard.
+                        self.heard = dict.fromkeys(self.heard, now)
+                    if self.own_sent:
+                        self.confirmed_sent = self.own_sent.popleft()
                 self.heard[ev[1]] = now
             assert self.machine is not None  # set with the handle
             self.machine.event(ev)

@@ -86,7 +86,13 @@ class StreamMembership:
                 pass
 
     def confirmed(self) -> bool:
-        return True  # the stream itself says whether we serve (`on_ordered_state`)
+        """The stream says whether we serve (`on_ordered_state`); the transport,
+        whether we may have been expelled without knowing it yet (a stopped
+        process that resumes answers nothing from its copy until it knows:
+        `tools.chaos --netns`, vs seed 503, read a persistent counter 31
+        commits old on a node resumed after a 1 s SIGSTOP)."""
+        until = self.node.transport.confirmed_until()
+        return until is None or self.node.now() < until
 
     def on_view(self, view: View) -> None:
         self.node.frozen_at = time.monotonic()  # a recovery begins at every view change
