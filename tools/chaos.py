@@ -274,10 +274,11 @@ class Campaign:
         value = int(fetch(counter.db, counter.name) or b"0")
         ceiling = counter.ceiling()
         if value > ceiling or (promised and value < floor):
-            found = Violation(counter.name, where, value, floor, ceiling, list(counter.history))
+            name = f"{counter.db}/{counter.name}"
+            found = Violation(name, where, value, floor, ceiling, list(counter.history))
             with self.lock:
                 self.violations.append(found)
-            self.say(f"VIOLATION {counter.name}: read {value} {where}, bounds {floor}..{ceiling}")
+            self.say(f"VIOLATION {name}: read {value} {where}, bounds {floor}..{ceiling}")
         return value
 
     def client_loop(
@@ -712,7 +713,9 @@ def run_campaign(
         cluster.down()
         failed = not result or result["violations"] or not result["healthy_at_end"]
         if failed and keep is not None:
-            shutil.copytree(directory, keep, dirs_exist_ok=True)
+            shutil.copytree(
+                directory, keep, ignore=shutil.ignore_patterns("*.socket"), dirs_exist_ok=True
+            )
             say(f"logs kept in {keep}")
         for where in mounted:
             subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
@@ -735,7 +738,12 @@ def run_in_namespaces(
             failed = not result or result["violations"] or not result["healthy_at_end"]
             if failed and keep is not None:
                 for pnn in range(cluster.size):
-                    shutil.copytree(cluster.node_dir(pnn), keep / f"node{pnn}", dirs_exist_ok=True)
+                    shutil.copytree(
+                        cluster.node_dir(pnn),
+                        keep / f"node{pnn}",
+                        ignore=shutil.ignore_patterns("*.socket"),
+                        dirs_exist_ok=True,
+                    )
                 say(f"logs kept in {keep}")
 
 
