@@ -172,7 +172,9 @@ class CpgTransport(Transport):
 
     def confirmed_until(self) -> float | None:
         conn = self._conn
-        return 0.0 if conn is None or self._solo else conn.confirmed_until()
+        # Solo (corosync lost, or not started): our view is ourselves, and no
+        # group can drop us; it says it all.
+        return None if conn is None or self._solo else conn.confirmed_until()
 
     async def drain(self) -> None:
         conn = self._conn
