@@ -71,14 +71,12 @@ class CpgStream(abc.ABC):
         #: the silence after which a member is expelled, as of the last tick
         #: (the options change at run time with `setvar`; a tick later is soon
         #: enough, and every delivered message needs it)
-        interval, self.silence_limit = self._keepalive()
+        self.silence_limit = self._keepalive()[1]
         self.quiet = True  # nothing multicast since the last tick
         #: loop time each message we handed to corosync was sent, until it comes back
         self.own_sent: deque[float] = deque()
-        #: how long after sending a message that came back we are sure to be a
-        #: member (see `confirmed_until`), as of the last tick
-        self.lease = self.silence_limit - interval
-        self.lease_end = 0.0
+        #: when the latest of our messages that came back was sent (see `confirmed_until`)
+        self.confirmed_sent: float | None = None
 
     @abc.abstractmethod
     def _lost(self, why: object) -> None:
@@ -102,7 +100,7 @@ class CpgStream(abc.ABC):
         self.out_bytes = 0
         self.drained.set()
         self.own_sent.clear()
-        self.lease_end = 0.0
+        self.confirmed_sent = None
 
     # -- liveness ---------------------------------------------------------------
 
@@ -118,7 +116,10 @@ class CpgStream(abc.ABC):
         only when it reaches the expel in its backlog; until one of its own
         messages sent since comes back, it must not answer from its copy.
         """
-        return self.lease_end
+        if self.confirmed_sent is None:
+            return 0.0
+        interval, limit = self._keepalive()
+        return self.confirmed_sent + limit - interval
 
     def _keepalive(self) -> tuple[float, float]:
         """(tick interval, silence after which a member is expelled), from the options."""
@@ -131,7 +132,6 @@ class CpgStream(abc.ABC):
         now = self.loop.time()
         interval, limit = self._keepalive()
         self.silence_limit = limit
-        self.lease = limit - interval
         if now - self.last_tick > 2 * interval:
             # We were the silent one (stopped, or a long synchronous step):
             # what we have not read yet says nothing about the others.
@@ -267,7 +267,7 @@ class CpgStream(abc.ABC):
                         # (corosync re-forming it), so nobody could be heard.
                         self.heard = dict.fromkeys(self.heard, now)
                     if self.own_sent:
-                        self.lease_end = self.own_sent.popleft() + self.lease
+                        self.confirmed_sent = self.own_sent.popleft()
                 self.heard[ev[1]] = now
             assert self.machine is not None  # set with the handle
             self.machine.event(ev)
