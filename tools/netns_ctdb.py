@@ -121,19 +121,7 @@ class NetnsCtdb:
 
     # -- corosync (vs only) ----------------------------------------------------
     def start_corosync(self, i: int) -> None:
-        state = self.node_dir(i) / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        conf = state / "corosync.conf"
-        conf.write_text(render_config(state, token_ms=TOKEN_MS, nodes=self.net.addresses()))
-        with open(state / "corosync.stderr", "ab") as out:
-            self.corosyncs[i] = self.net.popen(
-                i,
-                ["corosync", "-f", "-c", str(conf)],
-                private_run=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.corosyncs[i] = start_corosync(self.net, i)
 
     def votes(self, i: int) -> int | None:
         """Total votes node i's corosync counts (None: not answering)."""
@@ -212,6 +200,25 @@ class NetnsCtdb:
                     out.append(f"--- node {i}: {path.name} ---")
                     out += path.read_text(errors="replace").splitlines()[-25:]
         return "\n".join(out)
+
+
+def start_corosync(net: NetnsCluster, i: int) -> subprocess.Popen[bytes]:
+    """Node i's own corosync (udpu over the namespaces' addresses, token TOKEN_MS),
+    in its private /run; its configuration, written once, stays for restarts."""
+    state = net.node_dir(i) / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    conf = state / "corosync.conf"
+    if not conf.exists():
+        conf.write_text(render_config(state, token_ms=TOKEN_MS, nodes=net.addresses()))
+    with open(state / "corosync.stderr", "ab") as out:
+        return net.popen(
+            i,
+            ["corosync", "-f", "-c", str(conf)],
+            private_run=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for(what: str, cond: Callable[[], Any], timeout: float, ctdb: NetnsCtdb) -> float:

@@ -47,12 +47,11 @@ import pytest
 
 from tests.transport.conftest import ProcessMember, wait_until
 from tools import netns
-from transport.corosync import render_config
+from tools.netns_ctdb import start_corosync
 
 MEMBER = Path(__file__).resolve().with_name("member.py")
 PYTHON = sys.executable
 N = 3
-TOKEN_MS = 300
 TIMEOUT = 20.0
 VICTIM_STREAM = 3000
 MERGE_TIMEOUT = 8.0
@@ -72,23 +71,8 @@ class VsNet:
         self.group = f"vsnetns{int(time.time() * 1000) % 10**9}"
 
     # -- corosync ------------------------------------------------------------
-    def conf(self, i: int) -> Path:
-        return self.net.node_dir(i) / "state" / "corosync.conf"
-
     def start_corosync(self, i: int) -> None:
-        state = self.net.node_dir(i) / "state"
-        conf = self.conf(i)
-        if not conf.exists():
-            conf.write_text(render_config(state, token_ms=TOKEN_MS, nodes=self.net.addresses()))
-        with open(state / "corosync.stderr", "ab") as out:
-            self.daemons[i] = self.net.popen(
-                i,
-                ["corosync", "-f", "-c", str(conf)],
-                private_run=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.daemons[i] = start_corosync(self.net, i)
 
     def kill_corosync(self, i: int) -> None:
         proc = self.daemons[i]
