@@ -123,18 +123,9 @@ class NetnsCtdb:
     def start_corosync(self, i: int) -> None:
         self.corosyncs[i] = start_corosync(self.net, i)
 
-    def votes(self, i: int) -> int | None:
-        """Total votes node i's corosync counts (None: not answering)."""
-        r = self.net.run(i, ["corosync-quorumtool", "-s"], private_run=True, timeout=10)
-        for line in r.stdout.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Total votes":
-                return int(value)
-        return None
-
     def wait_votes(self, want: int, timeout: float = 20.0) -> float:
         start = time.monotonic()
-        while (got := [self.votes(i) for i in range(self.net.n)]) != [want] * self.net.n:
+        while (got := [votes(self.net, i) for i in range(self.net.n)]) != [want] * self.net.n:
             if time.monotonic() - start > timeout:
                 raise AssertionError(f"corosync votes {got}, want {want}\n{self.logs()}")
             time.sleep(0.1)
@@ -219,6 +210,16 @@ def start_corosync(net: NetnsCluster, i: int) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def votes(net: NetnsCluster, i: int) -> int | None:
+    """Total votes node i's corosync counts (None: not answering)."""
+    r = net.run(i, ["corosync-quorumtool", "-s"], private_run=True, timeout=10)
+    for line in r.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Total votes":
+            return int(value)
+    return None
 
 
 def wait_for(what: str, cond: Callable[[], Any], timeout: float, ctdb: NetnsCtdb) -> float:

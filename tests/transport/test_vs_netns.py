@@ -47,7 +47,7 @@ import pytest
 
 from tests.transport.conftest import ProcessMember, wait_until
 from tools import netns
-from tools.netns_ctdb import start_corosync
+from tools.netns_ctdb import start_corosync, votes
 
 MEMBER = Path(__file__).resolve().with_name("member.py")
 PYTHON = sys.executable
@@ -79,18 +79,9 @@ class VsNet:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
-    def votes(self, i: int) -> int | None:
-        """Total votes node i's corosync counts (None: not answering)."""
-        r = self.net.run(i, ["corosync-quorumtool", "-s"], private_run=True, timeout=10)
-        for line in r.stdout.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Total votes":
-                return int(value)
-        return None
-
     def wait_votes(self, want: dict[int, int], timeout: float = TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
-        while (got := {i: self.votes(i) for i in want}) != want:
+        while (got := {i: votes(self.net, i) for i in want}) != want:
             if time.monotonic() > deadline:
                 raise AssertionError(f"corosync votes {got}, want {want}; {self.logs()}")
             time.sleep(0.1)
