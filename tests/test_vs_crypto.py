@@ -28,6 +28,7 @@ from ctdb.common.keyfile import COROSYNC_KEY_SIZE, create_key
 from tests.conftest import REPO, random_base, random_port
 from tools import netns
 from tools.cluster import LocalCluster
+from tools.netns_ctdb import votes
 from transport.corosync import render_config
 
 pytestmark = [
@@ -94,19 +95,9 @@ def test_crypto_needs_knet() -> None:
     assert "crypto_cipher: none" in plain and "transport: udpu" in plain
 
 
-def quorum_votes(net: netns.NetnsCluster, i: int) -> int | None:
-    """Total votes host i's corosync counts (None: not answering)."""
-    r = net.run(i, ["corosync-quorumtool", "-s"], private_run=True, timeout=10)
-    for line in r.stdout.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Total votes":
-            return int(value)
-    return None
-
-
 def wait_votes(net: netns.NetnsCluster, want: dict[int, int], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while (got := {i: quorum_votes(net, i) for i in want}) != want:
+    while (got := {i: votes(net, i) for i in want}) != want:
         if time.monotonic() > deadline:
             raise AssertionError(f"corosync votes {got}, want {want}")
         time.sleep(0.2)
@@ -150,7 +141,7 @@ def test_a_host_with_another_authkey_cannot_join_the_ring(tmp_path: Path) -> Non
         while not all("Digest does not match" in log(i) for i in (0, 2)):
             assert time.monotonic() < deadline, "hosts 0 and 2 did not both log a bad digest"
             time.sleep(0.2)
-        assert {quorum_votes(net, i) for i in range(3)} == {2, 1}
+        assert {votes(net, i) for i in range(3)} == {2, 1}
         daemons[2].terminate()
         daemons[2].wait(10)
         start(2, shared)
