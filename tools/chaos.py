@@ -708,18 +708,21 @@ def run_campaign(
         result = Campaign(cluster, plan, say).run()
         return result
     finally:
-        for pnn in range(cluster.size):
-            cluster.signal_node(pnn, signal.SIGCONT)
-        cluster.down()
-        failed = not result or result["violations"] or not result["healthy_at_end"]
-        if failed and keep is not None:
-            shutil.copytree(
-                directory, keep, ignore=shutil.ignore_patterns("*.socket"), dirs_exist_ok=True
-            )
-            say(f"logs kept in {keep}")
-        for where in mounted:
-            subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
-        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            for pnn in range(cluster.size):
+                cluster.signal_node(pnn, signal.SIGCONT)
+            cluster.down()
+            failed = not result or result["violations"] or not result["healthy_at_end"]
+            if failed and keep is not None:
+                shutil.copytree(
+                    directory, keep, ignore=shutil.ignore_patterns("*.socket"), dirs_exist_ok=True
+                )
+                say(f"logs kept in {keep}")
+        finally:
+            # Whatever failed above, no tmpfs and no directory is left behind.
+            for where in mounted:
+                subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_in_namespaces(
