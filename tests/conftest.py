@@ -192,3 +192,13 @@ def ctdbtool(cluster: LocalCluster) -> Callable[..., ToolResult]:
         return run_ctdbtool(cluster.socket(node), *args, **kwargs)
 
     return run
+
+
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m ARGS` (a benchmark) in this checkout, which must exit 0;
+    the smoke tests of bench/ then read what it wrote."""
+    proc = subprocess.run(
+        [PYTHON, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

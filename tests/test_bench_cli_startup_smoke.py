@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import run_bench
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def test_cli_startup_quick(tmp_path: Path) -> None:
     out = tmp_path / "cli_startup"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli_startup", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(["bench.cli_startup", "--quick", "--out", str(out)], timeout=170)
     r = json.loads((out / "results.json").read_text())
     from bench.cli_startup import BASELINE, commands
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import run_bench
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -20,14 +18,7 @@ def test_contention_quick(tmp_path: Path) -> None:
     from bench.contention import TRANSPORTS, VARIANTS, Plan
 
     out = tmp_path / "contention"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.contention", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_bench(["bench.contention", "--quick", "--out", str(out)], timeout=220)
     assert "[contention" in proc.stderr  # progress goes to stderr
     assert (out / "contention.png").stat().st_size > 10_000
     summary = (out / "summary.md").read_text()

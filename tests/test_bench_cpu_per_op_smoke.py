@@ -9,12 +9,12 @@ import json
 import math
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_bench
 from transport.corosync import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,15 +41,11 @@ def test_cpu_per_op_quick_against_head(transport: str, tmp_path: Path) -> None:
     before = _worktrees()
     base_dirs = _base_dirs()
     out = tmp_path / "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.cpu_per_op", "--quick", "--rounds", "1"]
+    proc = run_bench(
+        ["bench.cpu_per_op", "--quick", "--rounds", "1"]
         + ["--transport", transport, "--base", "HEAD", "--port", "39840", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=230,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert _worktrees() == before  # the base's worktree is gone again
     assert _base_dirs() == base_dirs  # and the directory it was made in
     started = re.search(r"started a corosync for both checkouts \(pid (\d+)\)", proc.stderr)

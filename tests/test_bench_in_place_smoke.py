@@ -7,16 +7,13 @@ counter of the pyctdb Python rows ends at the increments acknowledged."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_bench
 from tools import ctdb_test_programs
 from tools.samba_ctdbd import available as samba_available
-
-REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -31,14 +28,7 @@ def test_in_place_quick(tmp_path: Path) -> None:
     from bench.in_place import BASELINE, IN_PLACE, ROWS, VIA_DAEMON, WORKLOADS
 
     out = tmp_path / "in_place"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.in_place", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_bench(["bench.in_place", "--quick", "--out", str(out)], timeout=240)
     assert "[in_place" in proc.stderr  # progress goes to stderr
     assert (out / "in_place.png").stat().st_size > 0
     summary = (out / "summary.md").read_text()

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_bench
 from tools.samba_ctdbd import available as samba_available
 
-REPO = Path(__file__).resolve().parent.parent
 DAEMONS = ("samba ctdbd", "pyctdb tcp", "pyctdb vs")
 
 pytestmark = [
@@ -24,14 +22,7 @@ pytestmark = [
 
 def test_ping_quick(tmp_path: Path) -> None:
     out = tmp_path / "ping"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.ping", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(["bench.ping", "--quick", "--out", str(out)], timeout=280)
     r = json.loads((out / "results.json").read_text())
     placements = ["unpinned", "one CPU", "two CPUs"][: 3 if (os.cpu_count() or 1) >= 2 else 2]
     assert r["placements"] == placements

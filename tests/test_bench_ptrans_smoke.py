@@ -7,15 +7,13 @@ timing is asserted beyond being positive."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_bench
 from tools.samba_ctdbd import available as samba_available
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIGS = ("samba ctdbd", "pyctdb", "pyctdb + samba ctdb")
 PHASES = ("first", "identical", "changed")
 
@@ -27,14 +25,7 @@ pytestmark = [
 
 def test_ptrans_quick(tmp_path: Path) -> None:
     out = tmp_path / "ptrans"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.ptrans", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(["bench.ptrans", "--quick", "--out", str(out)], timeout=240)
     r = json.loads((out / "results.json").read_text())
     assert r["records"] == 1000 and r["rounds"] == 1
     assert list(r["summary"]) == list(CONFIGS)

@@ -7,16 +7,13 @@ which CI has: without Samba's ctdbd the benchmark says so and skips it.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import run_bench
 from tools.samba_ctdbd import available as samba_available
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,14 +24,7 @@ def _positive(where: str, value: Any) -> None:
 
 def test_quick_run_writes_every_metric(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.recovery", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_bench(["bench.recovery", "--quick", "--out", str(out)], timeout=280)
     assert "[recovery" in proc.stderr  # progress goes to stderr
     assert (out / "recovery.png").stat().st_size > 1000
     summary = (out / "summary.md").read_text()

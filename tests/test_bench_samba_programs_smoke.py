@@ -9,16 +9,14 @@ over tcp (vs answers REQ_CALL and TRANS3_COMMIT with -1)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_bench
 from tools import ctdb_test_programs
 from tools.samba_ctdbd import available as samba_available
 
-REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = ("message_ring", "fetch_ring", "transaction_loop", "fetch_loop_key")
 DAEMONS = ("samba ctdbd", "pyctdb tcp", "pyctdb vs")
 
@@ -33,14 +31,7 @@ pytestmark = [
 
 def test_samba_programs_quick(tmp_path: Path) -> None:
     out = tmp_path / "samba_programs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.samba_programs", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(["bench.samba_programs", "--quick", "--out", str(out)], timeout=280)
     r = json.loads((out / "results.json").read_text())
     assert list(r["summary"]) == list(PROGRAMS)
     for program in PROGRAMS:

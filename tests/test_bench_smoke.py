@@ -5,32 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import run_bench
 
 
 def test_foundation_quick(tmp_path: Path) -> None:
     out = tmp_path / "foundation"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.foundation",
-            "--quick",
-            "--out",
-            str(out),
-            "--base",
-            "127.0.78",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(["bench.foundation", "--quick", "--out", str(out), "--base", "127.0.78"], timeout=120)
     results = json.loads((out / "results.json").read_text())
     from bench.foundation import BASELINE_LABELS, METRICS
 

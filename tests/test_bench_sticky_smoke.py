@@ -4,27 +4,18 @@ keeps every increment, and a pin cuts the calls per acquisition."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import run_bench
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def test_sticky_quick(tmp_path: Path) -> None:
     out = tmp_path / "sticky"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.sticky", "--quick", "--pins", "0,10", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(["bench.sticky", "--quick", "--pins", "0,10", "--out", str(out)], timeout=280)
     r = json.loads((out / "results.json").read_text())
     assert list(r["summary"]) == ["0", "10"]
     unpinned, pinned = r["summary"]["0"], r["summary"]["10"]

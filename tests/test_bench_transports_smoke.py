@@ -7,13 +7,11 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import run_bench
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="corosync CPG clients must be root"),
@@ -30,14 +28,7 @@ def positive(value: object) -> bool:
 
 def test_transports_quick(tmp_path: Path) -> None:
     out = tmp_path / "transports"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.transports", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(["bench.transports", "--quick", "--out", str(out)], timeout=180)
     from bench.transports import BASELINE_OF, KINDS, SIZES
 
     results = json.loads((out / "results.json").read_text())
