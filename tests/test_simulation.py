@@ -29,6 +29,7 @@ from ctdb.engines.ordered import replica
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS
 from tools.sim.schedule import Variant, simulate
+from transport.memory import MemoryTransport
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS_PER_MODE = 500
@@ -87,8 +88,14 @@ FOUND = [
 
 @pytest.mark.parametrize(("mode", "seed"), FOUND)
 def test_seeds_that_found_bugs_pass(mode: str, seed: int) -> None:
-    """As they were found (callbacks in creation order), and interleaved."""
-    for variant, flag in ((Variant(fifo=True), " --fifo"), (Variant(), "")):
+    """As they were found (callbacks in creation order; or interleaved, clients
+    inside their node), and as campaigns run schedules now."""
+    variants = (
+        (Variant(fifo=True), " --fifo"),
+        (Variant(apart=False), " --clients-inside"),
+        (Variant(), ""),
+    )
+    for variant, flag in variants:
         outcome = simulate(seed, mode, variant=variant)
         assert outcome.ok, (
             f"python -m tools.simulate --mode {mode} --seed {seed}{flag} -v",
@@ -219,3 +226,28 @@ def test_a_broken_condition_is_caught(mode: str, monkeypatch: pytest.MonkeyPatch
     broken = dataclasses.replace(original, check=lenient)
     monkeypatch.setitem(conditions.REGISTRY, "max_entries", broken)
     assert _caught(mode, ":q")  # an entry list, volatile (v:) or persistent (p:)
+
+
+#: vs schedules of hangs alone in which a member resumed after its expel gets
+#: a persistent read before it reaches the expel in its backlog.
+RESUMED_READ_SEEDS = [13000005, 13000022, 13000049]
+
+
+def test_a_resumed_member_answering_from_its_stale_copy_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """vs: without its lease (`confirmed_until`) a member resumed after the others
+    expelled it answers a persistent read from its copy, older than commits
+    they acknowledged meanwhile: `tools.chaos` found it on real daemons
+    (FOUND.md); the simulator finds it since clients run apart from their node."""
+    for seed in RESUMED_READ_SEEDS:
+        outcome = simulate(seed, "vs", {"hang": 1})
+        assert outcome.ok, (seed, outcome.violations)
+    monkeypatch.setattr(MemoryTransport, "confirmed_until", lambda self: None)
+    caught = [
+        v
+        for seed in RESUMED_READ_SEEDS
+        for v in simulate(seed, "vs", {"hang": 1}).violations
+        if v.startswith("key p:") and "not linearizable" in v
+    ]
+    assert caught

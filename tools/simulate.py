@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         "(how schedules ran before 2026-12-03: replays seeds recorded then)",
     )
     parser.add_argument(
+        "--clients-inside",
+        action="store_true",
+        help="clients run inside their node, a resumed node handles its queued traffic "
+        "first, and long hangs are drawn as before 2026-12-05: replays seeds recorded then",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "-v", "--verbose", action="store_true", help="print the event trace, with the daemons' log"
     )
     ns = parser.parse_args(argv)
-    variant = Variant(keep_stopped=ns.vs_keeps_stopped, fifo=ns.fifo)
+    variant = Variant(keep_stopped=ns.vs_keeps_stopped, fifo=ns.fifo, apart=not ns.clients_inside)
     logging.basicConfig(level=logging.CRITICAL)
     if ns.seed is not None:
         outcome = simulate(ns.seed, ns.mode, ns.faults, logs=ns.verbose, variant=variant)

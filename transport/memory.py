@@ -52,6 +52,11 @@ class MemoryTransport(Transport):
         self._held: list[tuple[tuple[Any, ...], int]] = []
         #: Deliveries to this endpoint run in the context it joined in.
         self._context: contextvars.Context | None = None
+        #: VS mode: when the latest of our broadcasts (or ticks) that came back
+        #: was sent, and whether we broadcast nothing since the last tick
+        #: (see `confirmed_until`)
+        self._confirmed_sent: float | None = None
+        self._quiet = True
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -61,7 +66,10 @@ class MemoryTransport(Transport):
             self._dead = False
             self._attached = True
             self._context = contextvars.copy_context()
+            self._confirmed_sent = None
             self.network.attach(self)
+            if self._leased:
+                self._tick()
 
     def leave(self) -> None:
         """Synchronous `stop()`: a graceful departure, everything sent is delivered."""
@@ -98,7 +106,8 @@ class MemoryTransport(Transport):
             return
         payload = bytes(payload)
         if self.network.total_order:
-            self._vs_out(("bcast", payload), len(payload))
+            self._quiet = False
+            self._vs_out(("bcast", payload, self.network.time()), len(payload))
             return
         for pnn in self.view.members:
             self.network._fifo_send(self.pnn, pnn, payload)
@@ -109,6 +118,51 @@ class MemoryTransport(Transport):
             self._outstanding += size
         else:
             self.network._vs_submit(self.pnn, item, size)
+
+    # -- VS mode: may we have been expelled without knowing it yet? ------------
+
+    @property
+    def _leased(self) -> bool:
+        """VS mode on an event loop. Not over FIFO (tcp's engine keeps its own
+        lease), nor under a `Scheduler`: transport-level tests run those until
+        no event is left, which periodic ticks would never allow, and nothing
+        there asks for a lease."""
+        return self.network.total_order and self.network.scheduler is None
+
+    def _tick(self) -> None:
+        """Every keepalive interval, a tick to ourselves through the sequencer
+        when we broadcast nothing since the last one, as the vs transport's
+        keepalive: it keeps `confirmed_until` current while we are idle. A
+        stopped node's ticks stop with it (they run in its context)."""
+        if not self._attached or self._dead:
+            return
+        if self._quiet:
+            self._vs_out(("tick", self.network.time()), 0)
+        self._quiet = True
+        self.network._call_later(self.options.keepalive_interval, self._tick, at=self.pnn)
+
+    def _came_back(self, sent: float) -> None:
+        """One of our broadcasts or ticks, sent at `sent`, was delivered to us."""
+        if self._confirmed_sent is None or sent > self._confirmed_sent:
+            self._confirmed_sent = sent
+
+    def confirmed_until(self) -> float | None:
+        """VS mode: the lease of `transport.cpg_stream.CpgStream.confirmed_until`.
+
+        The network expels a stopped member after the keepalive silence, and
+        the member learns it only when it reaches that view among what was
+        queued for it; until then it must not answer from its copy. Nobody
+        can have expelled it before its latest message that came back was
+        sent, so that time plus the silence, less one interval, is safe. With
+        none, or in a view of itself alone, nothing is confirmed (unless the
+        cluster has one node); over FIFO (tcp) the engine keeps its own lease.
+        """
+        if not self._leased or len(self.nodes) == 1:
+            return None
+        if self._confirmed_sent is None or self.view.members == (self.pnn,):
+            return 0.0
+        interval, limit = self.options.keepalive_interval, self.options.keepalive_limit
+        return self._confirmed_sent + interval * (limit - 1)
 
     def _vs_install(self, view: View) -> None:
         """A view from the sequencer: install it, then release held messages,

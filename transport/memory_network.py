@@ -41,7 +41,10 @@ Faults beyond crashes and clean partitions, for the simulator
   takes part in the membership protocol). Stopping the process itself is
   the event loop's business: every delivery to an endpoint runs in the
   `contextvars` context the endpoint joined in, so a loop can hold back the
-  callbacks of one stopped node (see `tools/sim/loop.py`).
+  callbacks of one stopped node (see `tools/sim/loop.py`). As over corosync,
+  a resumed member learns that it was expelled only when it reaches that
+  view among what was queued for it; until then the transport's lease
+  (`MemoryTransport.confirmed_until`, kept by ticks) says it may not serve.
 * `slow(pnn, latency)`: a latency spike on one node's links.
 
 The network runs on a seeded virtual-time `Scheduler` when given one (a run

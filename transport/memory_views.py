@@ -126,7 +126,11 @@ class ViewLayer(LinkLayer):
             origin, payload = item[1], item[2]
             if self._tracing:
                 self._record(f"deliver {origin}->{dst} {show_payload(payload)}")
+            if origin == dst and len(item) > 3:
+                ep._came_back(item[3])  # a broadcast of ours, with when it was sent
             ep.on_message(origin, payload)
+        elif kind == "tick":
+            ep._came_back(item[1])
         elif kind == "marker":
             pending = self._pending_views.get(dst)
             if pending:
@@ -215,11 +219,14 @@ class ViewLayer(LinkLayer):
             d for d in view.members if d in self._alive and self._installed.get(d) is view
         ]
         if kind == "bcast":
-            payload = item[1]
+            payload, sent = item[1], item[2]
             if self._tracing:
                 self._record(f"order {src} {show_payload(payload)}")
             for dst in recipients:
-                self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
+                self._enqueue(SEQUENCER, dst, ("msg", src, payload, sent), 0, dst)
+        elif kind == "tick":
+            if src in recipients:  # to its sender only: see MemoryTransport._tick
+                self._enqueue(SEQUENCER, src, item, 0, src)
         elif kind == "send":
             dst, payload = item[1], item[2]
             if dst in recipients:

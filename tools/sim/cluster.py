@@ -35,6 +35,8 @@ SIM_TUNABLES = {
     "VacuumInterval": 0.2,
 }
 LATENCY = (0.0001, 0.002)
+#: how long a silent node lasts before the others drop it (seconds)
+EXPEL = SIM_TUNABLES["KeepaliveInterval"] * SIM_TUNABLES["KeepaliveLimit"]
 
 
 class Life:
@@ -63,6 +65,7 @@ class SimCluster:
         size: int = 3,
         *,
         keep_stopped: bool = False,
+        spread_backlog: bool = True,
         stable_volatile: bool = False,
         sticky_pindown: int = 0,
     ) -> None:
@@ -73,6 +76,10 @@ class SimCluster:
         self.loop = loop
         self.seed = seed
         self.mode = mode
+        #: a resumed node's queued traffic is spread among its other parked
+        #: work (`VirtualTimeLoop.cont_node`); False: it runs first, as
+        #: schedules did before 2026-12-05
+        self.spread_backlog = spread_backlog
         #: vs: volatile writes are acknowledged once stable (StableVolatileWrites)
         self.stable_volatile = stable_volatile
         self.tunables = {
@@ -153,9 +160,13 @@ class SimCluster:
 
     def cont_node(self, pnn: int) -> None:
         """SIGCONT."""
-        self.loop.cont_node(pnn)
+        self.loop.cont_node(pnn, backlog=self._delivery if self.spread_backlog else None)
         self.network.resume(pnn)
         self.log(f"continue node {pnn}")
+
+    def _delivery(self, handle: asyncio.Handle) -> bool:
+        """Whether a parked callback is the network delivering to its node."""
+        return getattr(handle._callback, "__self__", None) is self.network  # type: ignore[attr-defined]
 
     def stopped(self, pnn: int) -> bool:
         return self.loop.is_stopped(pnn)

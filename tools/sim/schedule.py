@@ -82,13 +82,9 @@ async def run_schedule(
     outcome: Outcome,
     kinds: dict[str, int] | None = None,
     *,
-    keep_stopped: bool = False,
+    variant: Variant,
 ) -> None:
-    """Start a cluster, run clients under the seed's faults, settle, check.
-
-    `keep_stopped` (vs): the group keeps a stopped member for ever, as with
-    corosync alone, instead of the vs transport expelling it.
-    """
+    """Start a cluster, run clients under the seed's faults, settle, check."""
     loop = asyncio.get_running_loop()
 
     def log(event: str) -> None:
@@ -106,8 +102,15 @@ async def run_schedule(
     # tcp: half the schedules pin migrated records (StickyPindown), a short
     # and a long pin, so that queued calls meet recoveries and faults too.
     pindown = random.Random(seed * 37 + 11).choice(PINDOWNS) if mode == "tcp" else 0
+    apart = variant.clients_apart
     cluster = SimCluster(
-        seed, mode, log, keep_stopped=keep_stopped, stable_volatile=stable, sticky_pindown=pindown
+        seed,
+        mode,
+        log,
+        keep_stopped=variant.keep_stopped,
+        spread_backlog=apart,
+        stable_volatile=stable,
+        sticky_pindown=pindown,
     )
     history = History()
     try:
@@ -119,10 +122,10 @@ async def run_schedule(
         if not await cluster.settle(30):
             complain(f"cluster never became healthy at start: {cluster.describe()}")
             return
-        workload = Workload(cluster, history, loop.time() + DURATION, log, complain)
+        workload = Workload(cluster, history, loop.time() + DURATION, log, complain, apart=apart)
         if kinds is None:
             kinds = STRICT[mode] if outcome.strict else FAULTS
-        planned = plan(rng, mode, kinds, outcome.strict, DURATION, cluster.size)
+        planned = plan(rng, mode, kinds, outcome.strict, DURATION, cluster.size, resume_early=apart)
         log(f"faults: {', '.join(kinds)}" + (" (nothing may be lost)" if outcome.strict else ""))
         for fault in planned:
             log(f"plan: {fault.describe()}")
@@ -298,8 +301,18 @@ class Variant:
     keep_stopped: bool = False
     #: ready callbacks run in the order they were made, nodes' callbacks not
     #: interleaved (`loop._Interleaved`): how every schedule ran before
-    #: interleaving existed, to replay a seed recorded then
+    #: interleaving existed, to replay a seed recorded then (implies `apart`
+    #: False)
     fifo: bool = False
+    #: clients are processes of their own, whose requests wait for a stopped
+    #: node and may be handled before the traffic queued for it, and half the
+    #: long hangs end while clients still run; False: clients inside their
+    #: node, as schedules ran before 2026-12-05, to replay a seed recorded then
+    apart: bool = True
+
+    @property
+    def clients_apart(self) -> bool:
+        return self.apart and not self.fifo
 
 
 #: schedules as campaigns run them
@@ -326,9 +339,7 @@ def simulate(
             logger.setLevel(logging.INFO)
             logger.propagate = False
     with simulated_storage():
-        main = loop.create_task(
-            run_schedule(seed, mode, outcome, kinds, keep_stopped=variant.keep_stopped)
-        )
+        main = loop.create_task(run_schedule(seed, mode, outcome, kinds, variant=variant))
         try:
             loop.run_until_complete(main)
         except SimulationStuck as exc:

@@ -3,24 +3,30 @@
 A client runs a random mix of operations on a few keys until the workload's
 deadline and records each in the `History`: volatile stores, deletes,
 linearizable fetches and increments under `fetch_lock`/`store_unlock`
-(read-modify-write), persistent local reads (`pfetch`: may lag, never
-invent), blind transactions over one or two keys and increments in
-transactions; and on entry lists (other keys, of the volatile or the
-persistent database) conditional appends under `always`, `empty` or
-`max_entries N`, removals of the client's own entries and reads of the
-list, as record calls. Every
+(read-modify-write), persistent local reads (`pfetch`, linearizable too: a
+node answers from its copy only while it knows it is current), blind
+transactions over one or two keys and increments in transactions; and on
+entry lists (other keys, of the volatile or the persistent database)
+conditional appends under `always`, `empty` or `max_entries N`, removals of
+the client's own entries and reads of the list, as record calls. Every
 write writes a value of its own (`<client>.<n>`), so the checker can tell
 every write apart; an entry's payload is such a value too, so the checker
 knows whose entry it is and on which node its client runs.
+
+A client is a process of its own (`Workload.start_client`): it goes on
+while its node is stopped, and each request runs as the node's code, so a
+request sent to a stopped node waits and may be handled before what the
+network queued for the node meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines.record_calls import Append, Read, RecordCall, Remove
@@ -32,6 +38,8 @@ from ctdb.storage.ltdb import live_value
 from tools.sim.cluster import SimCluster
 from tools.sim.history import History, Kind, Op
 from tools.sim.storage import TDB_ERR_IO
+
+T = TypeVar("T")
 
 VOLATILE, PERSISTENT = "v", "p"
 KEYS = [f"k{i}" for i in range(4)]
@@ -92,8 +100,12 @@ class Workload:
         deadline: float,
         log: Callable[[str], None],
         complain: Callable[[str], None],
+        *,
+        apart: bool = True,
     ) -> None:
         self.cluster = cluster
+        #: clients run as processes of their own (`start_client`)
+        self.apart = apart
         self.history = history
         self.deadline = deadline
         self.log = log
@@ -113,7 +125,14 @@ class Workload:
         self._clients += 1
         name = f"c{self._clients}@{pnn}"
         rng = random.Random(self.cluster.seed * 1009 + self._clients)
-        task = self.cluster.spawn(pnn, self._run(pnn, name, rng))
+        if self.apart:
+            # A process of its own: it runs on while its node is stopped, and
+            # only its requests wait for the node (`_request`).
+            task = asyncio.get_running_loop().create_task(
+                self._run(pnn, name, rng), context=contextvars.Context()
+            )
+        else:
+            task = self.cluster.spawn(pnn, self._run(pnn, name, rng))
         self.tasks.append(task)
         return task
 
@@ -125,18 +144,37 @@ class Workload:
         serial = 0
         try:
             # As a Samba process does when it opens a database: attach it.
-            while loop.time() < self.deadline and not await self.attach(node, session):
-                await asyncio.sleep(0.05)
             while loop.time() < self.deadline:
+                if not self._connected(pnn, node):
+                    return
+                if await self._request(pnn, self.attach(node, session)):
+                    break
+                await asyncio.sleep(0.05)
+            while loop.time() < self.deadline and self._connected(pnn, node):
                 kind = rng.choices(kinds, weights)[0]
                 serial += 1
                 self.busy[name] = (f"{kind} (#{serial})", loop.time())
                 key = rng.choice(ENTRY_KEYS if kind.startswith("q") else KEYS)
-                await self.one(node, session, kind, key, f"{name}.{serial}", rng)
+                await self._request(
+                    pnn, self.one(node, session, kind, key, f"{name}.{serial}", rng)
+                )
                 del self.busy[name]
                 await asyncio.sleep(rng.uniform(0, 0.06))
         finally:
             self.busy.pop(name, None)
+
+    def _connected(self, pnn: int, node: Node) -> bool:
+        """A client's connection ends with the incarnation of its node it was made to."""
+        return self.cluster.nodes.get(pnn) is node
+
+    async def _request(self, pnn: int, handling: Coroutine[Any, Any, T]) -> T:
+        """A request as the node handles it: its code, which waits while the
+        node is stopped (a request sent meanwhile may be handled before the
+        traffic queued for the node: `tools.sim.loop.VirtualTimeLoop.cont_node`)
+        and dies with it (the client then ends too)."""
+        if not self.apart:
+            return await handling
+        return await self.cluster.spawn(pnn, handling)
 
     async def attach(self, node: Node, session: Session) -> bool:
         try:
@@ -171,7 +209,7 @@ class Workload:
                 await self.locked_update(node, session, key, unique, rng)
             elif kind == "pread":
                 # What the server's `fetch` does on a persistent database.
-                op = h.invoke(client, hkey(PERSISTENT, key), Kind.READ_ANY)
+                op = h.invoke(client, hkey(PERSISTENT, key), Kind.READ)
                 raw = key.encode()
                 read = serving.read_local(node, p, raw, lambda: live_value(p.local.get(raw)))
                 h.ok(op, text(await call(read)))
