@@ -60,11 +60,11 @@ Why it is built this way
   memory, without bound, and delivers all of it if the process continues.
   Left alone, such a member would stay in every view (a sync round would wait
   for it) and could be the member a joiner waits for.  So every process
-  multicasts a small ALIVE when it has sent nothing else for
-  ``keepalive_interval``, and a synced member that hears nothing from another
-  for ``keepalive_interval * keepalive_limit`` (while its own messages still
-  come back: otherwise the ring itself stalls, and corosync's token timeout
-  decides) multicasts EXPEL.  At EXPEL's position every member drops that
+  multicasts a small ALIVE every ``keepalive_interval`` (carrying the silence
+  after which it expels, which the others' leases need), and a synced member
+  that hears nothing from another for ``keepalive_interval * keepalive_limit``
+  (while its own messages still come back: otherwise the ring itself
+  stalls, and corosync's token timeout decides) multicasts EXPEL.  At EXPEL's position every member drops that
   process as if it had left, ignores whatever it sends later, and hands the
   fact to joiners in their snapshot.  The expelled process, when it runs
   again, reaches its own EXPEL in its backlog, reports a view of itself alone,

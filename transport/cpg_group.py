@@ -23,12 +23,14 @@ from transport.cpg_wire import (
     BROADCAST,
     F_MORE,
     HDR,
+    K_ALIVE,
     K_BYE,
     K_DATA,
     K_EXPEL,
     K_HELLO,
     K_MERGE,
     K_STATE,
+    SILENCE,
     Agreed,
     Deliver,
     Event,
@@ -61,6 +63,9 @@ class GroupPort(Protocol):
 
     def expel_applied(self, member: Member) -> None:
         """An EXPEL of `member` took effect: stop asking for it."""
+
+    def silence_announced(self, member: Member, seconds: float) -> None:
+        """`member` expels a member silent for `seconds` (its ALIVE says so)."""
 
 
 class Group:
@@ -215,6 +220,9 @@ class Group:
             self._on_merge(src, msgpack.unpackb(payload, strict_map_key=False))
         elif kind == K_EXPEL:
             self._on_expel(src, tuple(msgpack.unpackb(payload)))
+        elif kind == K_ALIVE:
+            if len(payload) == SILENCE.size:
+                self.port.silence_announced(src, SILENCE.unpack(payload)[0])
         elif kind == K_STATE:
             body = msgpack.unpackb(payload, strict_map_key=False)
             target = (body["target"][0], body["target"][1])

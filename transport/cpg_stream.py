@@ -7,7 +7,8 @@ moves its messages while it is one. Out: payloads cut into chunks of at most
 ``cpg_max_atomic_msgsize``, queued while corosync answers TRY_AGAIN, with a
 high-water mark for `drain()`. In: CPG callbacks turned into events for the
 state machine (`transport.cpg_group`), dispatched in bounded batches. Alive:
-a small ALIVE when idle, and an EXPEL for a member silent too long. Why each
+a small ALIVE every tick (with the silence after which we expel), and an
+EXPEL for a member silent too long. Why each
 is done this way is in `transport.cpg`'s docstring.
 """
 
@@ -26,7 +27,17 @@ import msgpack
 from transport import libcpg
 from transport.base import TransportOptions
 from transport.cpg_group import Group
-from transport.cpg_wire import BROADCAST, F_MORE, HDR, K_ALIVE, K_EXPEL, K_HELLO, Event, Member
+from transport.cpg_wire import (
+    BROADCAST,
+    F_MORE,
+    HDR,
+    K_ALIVE,
+    K_EXPEL,
+    K_HELLO,
+    SILENCE,
+    Event,
+    Member,
+)
 from transport.libcpg_abi import Reason
 
 if TYPE_CHECKING:
@@ -72,7 +83,8 @@ class CpgStream(abc.ABC):
         #: (the options change at run time with `setvar`; a tick later is soon
         #: enough, and every delivered message needs it)
         self.silence_limit = self._keepalive()[1]
-        self.quiet = True  # nothing multicast since the last tick
+        #: the silence after which each other member expels, as its ALIVE said
+        self.silences: dict[Member, float] = {}
         #: loop time each message we handed to corosync was sent, until it comes back
         self.own_sent: deque[float] = deque()
         #: when the latest of our messages that came back was sent (see `confirmed_until`)
@@ -101,24 +113,30 @@ class CpgStream(abc.ABC):
         self.drained.set()
         self.own_sent.clear()
         self.confirmed_sent = None
+        self.silences.clear()
 
     # -- liveness ---------------------------------------------------------------
 
     def confirmed_until(self) -> float:
         """Loop time until which no member can have expelled us yet.
 
-        A member expels us once it has delivered nothing of ours for the
+        A member expels us once it has delivered nothing of ours for its
         silence limit, and none delivers a message before we sent it: so
         while the latest message of ours that came back was sent less than
-        the limit ago (less one tick, the others' ticks and clocks), we are
-        in the group and what we applied is all it acknowledged. A process
-        that was stopped for longer may have been expelled and learns it
-        only when it reaches the expel in its backlog; until one of its own
-        messages sent since comes back, it must not answer from its copy.
+        the shortest limit among the members ago (less one tick, for their
+        ticks and clocks), we are in the group and what we applied is all it
+        acknowledged. A process that was stopped for longer may have been
+        expelled and learns it only when it reaches the expel in its
+        backlog; until one of its own messages sent since comes back, it
+        must not answer from its copy. Each member announces its limit in
+        every ALIVE (`ctdbtool setvar` may give members different ones); one
+        not heard from yet counts with ours.
         """
         if self.confirmed_sent is None:
             return 0.0
         interval, limit = self._keepalive()
+        if self.silences:
+            limit = min(limit, *self.silences.values())
         return self.confirmed_sent + limit - interval
 
     def _keepalive(self) -> tuple[float, float]:
@@ -137,9 +155,8 @@ class CpgStream(abc.ABC):
             # what we have not read yet says nothing about the others.
             self.heard = dict.fromkeys(self.heard, now)
         self.last_tick = now
-        if self.quiet:
-            self._enqueue(K_ALIVE, 0, BROADCAST, b"")
-        self.quiet = True
+        # Every tick, not only when idle: it also tells the others our limit.
+        self._enqueue(K_ALIVE, 0, BROADCAST, SILENCE.pack(limit))
         if (
             self.machine is not None
             and self.machine.synced
@@ -180,7 +197,6 @@ class CpgStream(abc.ABC):
     def _enqueue(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
         if self.handle is None:
             return
-        self.quiet = False
         chunk = self.chunk
         n = len(payload)
         if n <= chunk:

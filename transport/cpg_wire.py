@@ -18,6 +18,9 @@ from typing import Any
 HDR = struct.Struct("<BBHi")
 K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL = 1, 2, 3, 4, 5, 6, 7
 F_MORE = 1  # more fragments of this message follow
+#: ALIVE's payload: the silence (seconds) after which its sender expels a
+#: member, which the others' leases depend on (`CpgStream.confirmed_until`)
+SILENCE = struct.Struct("<d")
 BROADCAST = -1
 
 Member = tuple[int, int]  # CPG member: (nodeid, pid)

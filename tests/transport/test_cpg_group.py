@@ -16,7 +16,17 @@ import msgpack
 
 from transport.base import View
 from transport.cpg_group import Group
-from transport.cpg_wire import BROADCAST, HDR, K_DATA, K_EXPEL, K_HELLO, Event, Member
+from transport.cpg_wire import (
+    BROADCAST,
+    HDR,
+    K_ALIVE,
+    K_DATA,
+    K_EXPEL,
+    K_HELLO,
+    SILENCE,
+    Event,
+    Member,
+)
 
 GROUP = "g"
 
@@ -33,6 +43,8 @@ class Proc:
         self.views: list[View] = []
         self.delivered: list[tuple[int, bytes]] = []
         self.was_expelled = False
+        #: what each member's ALIVE said of the silence after which it expels
+        self.silences: dict[Member, float] = {}
         #: the id of the last view this process saw before it (re)joined
         self.last_view_id = 0
 
@@ -56,6 +68,9 @@ class Proc:
 
     def expel_applied(self, member: Member) -> None:
         pass
+
+    def silence_announced(self, member: Member, seconds: float) -> None:
+        self.silences[member] = seconds
 
     def hello(self) -> None:
         body = msgpack.packb({"pnn": self.pnn, "last_view_id": self.last_view_id})
@@ -147,6 +162,19 @@ def test_an_expelled_member_leaves_every_view_and_learns_it_from_its_own_backlog
     assert procs[0].views[-1].members == (0, 1)
     assert victim.was_expelled
     assert not procs[0].delivered and not procs[1].delivered
+
+
+def test_every_member_learns_the_silence_after_which_each_other_expels() -> None:
+    """A member's lease depends on the shortest expel silence in the group
+    (`CpgStream.confirmed_until`): ALIVE carries it; an empty one (as sent
+    before it did) says nothing."""
+    bus, procs = three()
+    procs[0].multicast(K_ALIVE, 0, BROADCAST, SILENCE.pack(0.3))
+    procs[1].multicast(K_ALIVE, 0, BROADCAST, b"")
+    procs[1].multicast(K_ALIVE, 0, BROADCAST, SILENCE.pack(5.0))
+    bus.run()
+    for p in procs:
+        assert p.silences == {procs[0].me: 0.3, procs[1].me: 5.0}
 
 
 def merge(one: list[Proc], other: list[Proc]) -> tuple[dict[Member, Event], list[Proc]]:
