@@ -487,8 +487,9 @@ def test_persistent_reads_during_recoveries_return_committed_values(
 
 
 @vs_only
+@pytest.mark.parametrize("own_limit", [None, 50], ids=["same_limits", "node2_expels_later"])
 def test_a_resumed_member_reads_no_commit_older_than_one_acknowledged_while_it_was_stopped(
-    cluster_factory: Callable[..., LocalCluster], transport: str
+    cluster_factory: Callable[..., LocalCluster], transport: str, own_limit: int | None
 ) -> None:
     """SIGSTOP node 2; the others expel it and acknowledge a commit without it;
     a read sent to node 2 while it is stopped is answered once it resumes.
@@ -499,8 +500,14 @@ def test_a_resumed_member_reads_no_commit_older_than_one_acknowledged_while_it_w
     from its copy in its first turn: the value before the commit (found by
     `tools.chaos --netns`, vs seed 503; here 7 of 8 runs). It must answer
     the committed value, or an error, never the older one.
+
+    `node2_expels_later`: node 2 alone waits 50 ticks before it expels (setvar);
+    its lease must still end by the others' shorter silence, which they
+    announce, not by its own (a lease by its own would last 10 s here).
     """
     c = cluster_factory(size=3, tunables=FAST)
+    if own_limit is not None:
+        run_ctdbtool(c.socket(2), "setvar", "KeepaliveLimit", str(own_limit))
     pdb, vdb = unique("per"), unique("vol")
     with c.client(0) as admin:
         admin.attach(pdb, "persistent")
