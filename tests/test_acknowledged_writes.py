@@ -541,6 +541,8 @@ def test_a_resumed_member_reads_no_commit_older_than_one_acknowledged_while_it_w
         thread.join(40)
     finally:
         reader.close()
-    assert answer and answer[0] != b"old", f"node 2 answered {answer} after the commit of 'new'"
+    assert answer and answer[0] != b"old", (
+        f"node 2 answered {answer} after the commit of 'new'\n{logs(c, 60)}"
+    )
     c.wait_healthy(30)
     assert read_everywhere(c, "pfetch", pdb, "k") == ["new"] * 3

@@ -64,9 +64,10 @@ Why it is built this way
   after which it expels, which the others' leases need), and a synced member
   that hears nothing from another for ``keepalive_interval * keepalive_limit``
   (while its own messages still come back: otherwise the ring itself
-  stalls, and corosync's token timeout decides) multicasts EXPEL.  At EXPEL's position every member drops that
-  process as if it had left, ignores whatever it sends later, and hands the
-  fact to joiners in their snapshot.  The expelled process, when it runs
+  stalls, and corosync's token timeout decides) multicasts EXPEL.  At
+  EXPEL's position every member drops that process as if it had left,
+  ignores whatever it sends later, and hands the fact to joiners in their
+  snapshot.  The expelled process, when it runs
   again, reaches its own EXPEL in its backlog, reports a view of itself alone,
   drops its connection (and with it the backlog) and joins again: a fresh
   member with a state transfer.  corosync's leave of the old connection

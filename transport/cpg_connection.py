@@ -208,7 +208,6 @@ class Connection(CpgStream):
         now = self.loop.time()
         for m in left:
             self.heard.pop(m, None)
-            self.silences.pop(m, None)
             self.expelling.discard(m)
         for m in joined:
             self.heard[m] = now
@@ -217,11 +216,9 @@ class Connection(CpgStream):
         self.expelling.discard(member)
 
     def silence_announced(self, member: Member, seconds: float) -> None:
-        if member == self.me or self.silences.get(member) == seconds:
-            return
-        self.silences[member] = seconds
+        """Say so when a member would expel us whenever we are idle."""
         interval = self._keepalive()[0]
-        if seconds <= interval:
+        if member != self.me and seconds <= interval:
             log.warning(
                 "group %r: member %s expels after %.2fs of silence, no more than our "
                 "keepalive interval (%.2fs): it will expel us whenever we are idle, and our "

@@ -65,7 +65,7 @@ class GroupPort(Protocol):
         """An EXPEL of `member` took effect: stop asking for it."""
 
     def silence_announced(self, member: Member, seconds: float) -> None:
-        """`member` expels a member silent for `seconds` (its ALIVE says so)."""
+        """`member` says it expels a member silent for `seconds` (a new value)."""
 
 
 class Group:
@@ -209,6 +209,8 @@ class Group:
             # here, which during a merge is not a new view id of the group's.
             st.view_id = max(st.view_id, int(body["last_view_id"]) + 1)
             st.members[sender] = int(body["pnn"])
+            if "silence" in body:
+                self._silence(src, float(body["silence"]))
             self._recompute()
             if src == self.me and lid in self.local and lid not in self.active:
                 self.active.add(lid)
@@ -222,13 +224,18 @@ class Group:
             self._on_expel(src, tuple(msgpack.unpackb(payload)))
         elif kind == K_ALIVE:
             if len(payload) == SILENCE.size:
-                self.port.silence_announced(src, SILENCE.unpack(payload)[0])
+                self._silence(src, SILENCE.unpack(payload)[0])
         elif kind == K_STATE:
             body = msgpack.unpackb(payload, strict_map_key=False)
             target = (body["target"][0], body["target"][1])
             if target in self.cpg_members:
                 st.synced.add(target)
             st.pending.pop(target, None)
+
+    def _silence(self, member: Member, seconds: float) -> None:
+        if self.state.silences.get(member) != seconds:
+            self.state.silences[member] = seconds
+            self.port.silence_announced(member, seconds)
 
     def _apply_confchg(
         self,
@@ -253,6 +260,7 @@ class Group:
         for m in gone:
             st.synced.discard(m)
             st.pending.pop(m, None)
+            st.silences.pop(m, None)
         if changed:
             self._recompute()
         if merged:
@@ -350,6 +358,7 @@ class Group:
                 "members": mine,
                 "view_id": st.view_id,
                 "expelled": [list(m) for m in sorted(st.expelled)],
+                "silence": st.silences.get(self.me),
             }
         )
         self.port.multicast(K_MERGE, 0, BROADCAST, body)
@@ -367,6 +376,8 @@ class Group:
                 newly_expelled = True
         for n, p, lid, pnn in body["members"]:
             st.members[(n, p, lid)] = pnn
+        if body.get("silence") is not None:
+            self._silence(src, float(body["silence"]))
         st.synced.add(src)
         self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
         self.merge_expect.discard(src)

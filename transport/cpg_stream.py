@@ -83,8 +83,6 @@ class CpgStream(abc.ABC):
         #: (the options change at run time with `setvar`; a tick later is soon
         #: enough, and every delivered message needs it)
         self.silence_limit = self._keepalive()[1]
-        #: the silence after which each other member expels, as its ALIVE said
-        self.silences: dict[Member, float] = {}
         #: loop time each message we handed to corosync was sent, until it comes back
         self.own_sent: deque[float] = deque()
         #: when the latest of our messages that came back was sent (see `confirmed_until`)
@@ -113,7 +111,6 @@ class CpgStream(abc.ABC):
         self.drained.set()
         self.own_sent.clear()
         self.confirmed_sent = None
-        self.silences.clear()
 
     # -- liveness ---------------------------------------------------------------
 
@@ -129,14 +126,14 @@ class CpgStream(abc.ABC):
         expelled and learns it only when it reaches the expel in its
         backlog; until one of its own messages sent since comes back, it
         must not answer from its copy. Each member announces its limit in
-        every ALIVE (`ctdbtool setvar` may give members different ones); one
-        not heard from yet counts with ours.
+        its HELLO and every ALIVE (`ctdbtool setvar` may give members
+        different ones), and a joiner gets them all in its snapshot.
         """
         if self.confirmed_sent is None:
             return 0.0
         interval, limit = self._keepalive()
-        if self.silences:
-            limit = min(limit, *self.silences.values())
+        if self.machine is not None:
+            limit = min([limit, *self.machine.state.silences.values()])
         return self.confirmed_sent + limit - interval
 
     def _keepalive(self) -> tuple[float, float]:
@@ -191,7 +188,9 @@ class CpgStream(abc.ABC):
     # -- output ---------------------------------------------------------------
 
     def _hello(self, t: CpgTransport) -> None:
-        body = msgpack.packb({"pnn": t.pnn, "last_view_id": t.view.view_id})
+        body = msgpack.packb(
+            {"pnn": t.pnn, "last_view_id": t.view.view_id, "silence": self._keepalive()[1]}
+        )
         self._enqueue(K_HELLO, t.lid, BROADCAST, body)
 
     def _enqueue(self, kind: int, lid: int, dest: int, payload: bytes) -> None:

@@ -45,6 +45,9 @@ class Agreed:
     pending: dict[Member, dict[str, Any]] = field(default_factory=dict)
     # processes expelled for silence, until corosync reports that they left
     expelled: set[Member] = field(default_factory=set)
+    # the silence after which each process expels another, as its HELLO or
+    # latest ALIVE said (the members' leases depend on the shortest)
+    silences: dict[Member, float] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
         """A msgpack-able copy; pending joiners' snapshots are nested one level deep."""
@@ -55,6 +58,7 @@ class Agreed:
             "synced": [list(m) for m in sorted(self.synced)],
             "pending": [[list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())],
             "expelled": [list(m) for m in sorted(self.expelled)],
+            "silences": [[n, p, s] for (n, p), s in sorted(self.silences.items())],
         }
 
     @classmethod
@@ -66,4 +70,5 @@ class Agreed:
             synced={(m[0], m[1]) for m in snap["synced"]},
             pending={(m[0], m[1]): s for m, s in snap["pending"]},
             expelled={(m[0], m[1]) for m in snap["expelled"]},
+            silences={(n, p): s for n, p, s in snap.get("silences", [])},
         )

@@ -53,10 +53,8 @@ class MemoryTransport(Transport):
         #: Deliveries to this endpoint run in the context it joined in.
         self._context: contextvars.Context | None = None
         #: VS mode: when the latest of our broadcasts (or ticks) that came back
-        #: was sent, and whether we broadcast nothing since the last tick
-        #: (see `confirmed_until`)
+        #: was sent (see `confirmed_until`)
         self._confirmed_sent: float | None = None
-        self._quiet = True
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -106,7 +104,6 @@ class MemoryTransport(Transport):
             return
         payload = bytes(payload)
         if self.network.total_order:
-            self._quiet = False
             self._vs_out(("bcast", payload, self.network.time()), len(payload))
             return
         for pnn in self.view.members:
@@ -130,15 +127,13 @@ class MemoryTransport(Transport):
         return self.network.total_order and self.network.scheduler is None
 
     def _tick(self) -> None:
-        """Every keepalive interval, a tick to ourselves through the sequencer
-        when we broadcast nothing since the last one, as the vs transport's
-        keepalive: it keeps `confirmed_until` current while we are idle. A
-        stopped node's ticks stop with it (they run in its context)."""
+        """Every keepalive interval a tick to ourselves through the sequencer,
+        as the vs transport's ALIVE: it keeps `confirmed_until` current (one
+        skipped after a broadcast would let the lease lapse by a latency).
+        A stopped node's ticks stop with it (they run in its context)."""
         if not self._attached or self._dead:
             return
-        if self._quiet:
-            self._vs_out(("tick", self.network.time()), 0)
-        self._quiet = True
+        self._vs_out(("tick", self.network.time()), 0)
         self.network._call_later(self.options.keepalive_interval, self._tick, at=self.pnn)
 
     def _came_back(self, sent: float) -> None:

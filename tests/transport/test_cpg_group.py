@@ -43,8 +43,10 @@ class Proc:
         self.views: list[View] = []
         self.delivered: list[tuple[int, bytes]] = []
         self.was_expelled = False
-        #: what each member's ALIVE said of the silence after which it expels
+        #: what the machine told of the silence after which each member expels
         self.silences: dict[Member, float] = {}
+        #: what our HELLO says of ours (None: nothing, as before HELLO carried it)
+        self.silence: float | None = None
         #: the id of the last view this process saw before it (re)joined
         self.last_view_id = 0
 
@@ -73,8 +75,10 @@ class Proc:
         self.silences[member] = seconds
 
     def hello(self) -> None:
-        body = msgpack.packb({"pnn": self.pnn, "last_view_id": self.last_view_id})
-        self.multicast(K_HELLO, self.lid, BROADCAST, body)
+        body: dict[str, float] = {"pnn": self.pnn, "last_view_id": self.last_view_id}
+        if self.silence is not None:
+            body["silence"] = self.silence
+        self.multicast(K_HELLO, self.lid, BROADCAST, msgpack.packb(body))
 
 
 class Bus:
@@ -166,15 +170,29 @@ def test_an_expelled_member_leaves_every_view_and_learns_it_from_its_own_backlog
 
 def test_every_member_learns_the_silence_after_which_each_other_expels() -> None:
     """A member's lease depends on the shortest expel silence in the group
-    (`CpgStream.confirmed_until`): ALIVE carries it; an empty one (as sent
-    before it did) says nothing."""
+    (`CpgStream.confirmed_until`): HELLO and ALIVE carry it (an empty ALIVE,
+    as sent before they did, says nothing), a joiner gets all of it in its
+    snapshot, and a member that leaves takes its own along."""
     bus, procs = three()
     procs[0].multicast(K_ALIVE, 0, BROADCAST, SILENCE.pack(0.3))
     procs[1].multicast(K_ALIVE, 0, BROADCAST, b"")
     procs[1].multicast(K_ALIVE, 0, BROADCAST, SILENCE.pack(5.0))
     bus.run()
+    said = {procs[0].me: 0.3, procs[1].me: 5.0}
     for p in procs:
-        assert p.silences == {procs[0].me: 0.3, procs[1].me: 5.0}
+        assert p.machine.state.silences == said
+        assert p.silences == said  # each new value told to the port once
+    joiner = Proc(bus, 3, pnn=3)
+    joiner.silence = 2.0
+    bus.join(joiner)
+    bus.run()
+    for p in [*procs, joiner]:
+        assert p.machine.synced
+        assert p.machine.state.silences == {**said, joiner.me: 2.0}
+    bus.confchg(procs[1:] + [joiner], [procs[0]], [])
+    bus.members = procs[1:] + [joiner]
+    bus.run()
+    assert joiner.machine.state.silences == {procs[1].me: 5.0, joiner.me: 2.0}
 
 
 def merge(one: list[Proc], other: list[Proc]) -> tuple[dict[Member, Event], list[Proc]]:

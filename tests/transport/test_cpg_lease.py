@@ -3,8 +3,9 @@
 A member may answer from its copy only while nobody can have expelled it:
 until the send time of its latest message that came back plus the shortest
 silence after which any member expels, less one tick. Members announce that
-silence in their ALIVEs, so `setvar` on one node cannot make the lease
-outlive its expel (tools.chaos found stale reads when the lease was wrong).
+silence (HELLO, ALIVE; `Agreed.silences`), so `setvar` on one node cannot
+make the lease outlive an expel (tools.chaos found stale reads when the
+lease was wrong).
 """
 
 from __future__ import annotations
@@ -16,13 +17,27 @@ from collections.abc import Iterator
 import pytest
 
 from transport.cpg_connection import Connection
+from transport.cpg_group import Group
+from transport.cpg_wire import BROADCAST, HDR, K_ALIVE, SILENCE, Member
 
 
 @pytest.fixture
 def conn() -> Iterator[Connection]:
     loop = asyncio.new_event_loop()
-    yield Connection(loop, "lease-test", 1024)  # no transports: default options (1 s x 5)
+    c = Connection(loop, "lease-test", 1024)  # no transports: default options (1 s x 5)
+    c.machine = Group(c.me, c, {})
+    founders = [c.me, (2, 20), (3, 30), (4, 40)]
+    c.machine.event(("lease-test", founders, [], founders, []))  # the group, founded together
+    yield c
     loop.close()
+
+
+def alive(conn: Connection, member: Member, seconds: float) -> None:
+    """`member`'s ALIVE, delivered."""
+    assert conn.machine is not None
+    conn.machine.event(
+        ("lease-test", member, HDR.pack(K_ALIVE, 0, 0, BROADCAST) + SILENCE.pack(seconds))
+    )
 
 
 def test_nothing_is_confirmed_before_a_message_of_ours_came_back(conn: Connection) -> None:
@@ -35,16 +50,15 @@ def test_the_shortest_silence_announced_by_a_member_bounds_the_lease(
     conn: Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn.confirmed_sent = 100.0
-    conn.silence_announced((2, 20), 8.0)  # longer than ours: ours still bounds it
+    alive(conn, (2, 20), 8.0)  # longer than ours: ours still bounds it
     assert conn.confirmed_until() == pytest.approx(104.0)
-    conn.silence_announced((3, 30), 3.0)
-    assert conn.confirmed_until() == pytest.approx(102.0)
-    conn.silence_announced(conn.me, 0.5)  # our own ALIVE, come back: not another member's
+    alive(conn, (3, 30), 3.0)
     assert conn.confirmed_until() == pytest.approx(102.0)
     # The member that expels soonest left: the lease is as long as the rest allow.
-    conn.members_changed([conn.me, (2, 20)], left=[(3, 30)], joined=[])
+    assert conn.machine is not None
+    conn.machine.event(("lease-test", [conn.me, (2, 20), (4, 40)], [(3, 30)], [], []))
     assert conn.confirmed_until() == pytest.approx(104.0)
     with caplog.at_level(logging.WARNING, logger="transport.cpg"):
-        conn.silence_announced((4, 40), 0.3)  # below our tick: we are expelled when idle
-    assert conn.confirmed_until() < conn.confirmed_sent
+        alive(conn, (4, 40), 0.3)  # below our tick: we are expelled whenever idle
+    assert conn.confirmed_until() < 100.0
     assert "same KeepaliveInterval and KeepaliveLimit" in caplog.text
