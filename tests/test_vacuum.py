@@ -20,7 +20,7 @@ from ctdb.client import AsyncClient
 from tests.conftest import unique
 from tools.cluster import LocalCluster
 
-ROUNDS = 10
+ROUNDS = 8
 KEYS_PER_ROUND = 10_000
 IN_FLIGHT = 200
 #: What one round's deletion markers take at least, kept (see the test).
@@ -87,7 +87,7 @@ def test_keys_created_and_deleted_for_ever_keep_the_file_bounded(
         sizes.append([f.stat().st_size for f in files])
     # After a few rounds the freed space is reused. TDB still expands its
     # file in steps now and then (free space is fragmented), but over the
-    # last six rounds (60,000 keys) by less than one round's deletion markers
+    # last four rounds (40,000 keys) by less than one round's deletion markers
     # would take without vacuuming: 10,000 x (a 24-byte TDB record header +
     # key + CTDB's 24-byte header) > MARKERS_PER_ROUND bytes.
     assert max(sizes[-1]) - max(sizes[3]) < MARKERS_PER_ROUND, sizes
