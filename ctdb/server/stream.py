@@ -99,7 +99,7 @@ class StreamMembership:
         and renewed its lease, for a group that moved on without us (the
         chaos test, vs seed 11, read a counter 357 commits old so)."""
         transport = self.node.transport
-        if self.engine.view != transport.view:
+        if self.engine.view is not transport.view:  # it applies the very View reported
             return False
         until = transport.confirmed_until()
         return until is None or self.node.now() < until
