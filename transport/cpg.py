@@ -67,10 +67,10 @@ Why it is built this way
   stalls, and corosync's token timeout decides) multicasts EXPEL.  At
   EXPEL's position every member drops that process as if it had left,
   ignores whatever it sends later, and hands the fact to joiners in their
-  snapshot.  The expelled process, when it runs
-  again, reaches its own EXPEL in its backlog, reports a view of itself alone,
-  drops its connection (and with it the backlog) and joins again: a fresh
-  member with a state transfer.  corosync's leave of the old connection
+  snapshot.  The expelled process, when it runs again, reaches its own EXPEL
+  in its backlog, reports a view of itself alone, drops its connection (and
+  with it the backlog) and joins again: a fresh member with a state
+  transfer.  corosync's leave of the old connection
   clears it from the expelled set on every member.
 
 * **corosync failure.**  A dispatch/mcast error or a hang-up on the fd means

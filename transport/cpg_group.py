@@ -14,6 +14,7 @@ partition merges, expulsion of silent members, fragmentation) is in
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Protocol
 
 import msgpack
@@ -209,8 +210,7 @@ class Group:
             # here, which during a merge is not a new view id of the group's.
             st.view_id = max(st.view_id, int(body["last_view_id"]) + 1)
             st.members[sender] = int(body["pnn"])
-            if "silence" in body:
-                self._silence(src, float(body["silence"]))
+            self._silence(src, body.get("silence"))
             self._recompute()
             if src == self.me and lid in self.local and lid not in self.active:
                 self.active.add(lid)
@@ -232,7 +232,14 @@ class Group:
                 st.synced.add(target)
             st.pending.pop(target, None)
 
-    def _silence(self, member: Member, seconds: float) -> None:
+    def _silence(self, member: Member, seconds: object) -> None:
+        """Record what `member` said of its expel silence; nothing (a member
+        from before it was said) or nonsense says nothing."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            return
+        if not 0 < seconds < math.inf:
+            return
+        seconds = float(seconds)
         if self.state.silences.get(member) != seconds:
             self.state.silences[member] = seconds
             self.port.silence_announced(member, seconds)
@@ -376,8 +383,7 @@ class Group:
                 newly_expelled = True
         for n, p, lid, pnn in body["members"]:
             st.members[(n, p, lid)] = pnn
-        if body.get("silence") is not None:
-            self._silence(src, float(body["silence"]))
+        self._silence(src, body.get("silence"))
         st.synced.add(src)
         self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
         self.merge_expect.discard(src)

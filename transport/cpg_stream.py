@@ -8,8 +8,8 @@ moves its messages while it is one. Out: payloads cut into chunks of at most
 high-water mark for `drain()`. In: CPG callbacks turned into events for the
 state machine (`transport.cpg_group`), dispatched in bounded batches. Alive:
 a small ALIVE every tick (with the silence after which we expel), and an
-EXPEL for a member silent too long. Why each
-is done this way is in `transport.cpg`'s docstring.
+EXPEL for a member silent too long. Why each is done this way is in
+`transport.cpg`'s docstring.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ merged into one view."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import msgpack
@@ -177,6 +178,8 @@ def test_every_member_learns_the_silence_after_which_each_other_expels() -> None
     procs[0].multicast(K_ALIVE, 0, BROADCAST, SILENCE.pack(0.3))
     procs[1].multicast(K_ALIVE, 0, BROADCAST, b"")
     procs[1].multicast(K_ALIVE, 0, BROADCAST, SILENCE.pack(5.0))
+    for nonsense in (-1.0, 0.0, math.nan, math.inf):  # said nothing
+        procs[2].multicast(K_ALIVE, 0, BROADCAST, SILENCE.pack(nonsense))
     bus.run()
     said = {procs[0].me: 0.3, procs[1].me: 5.0}
     for p in procs:
