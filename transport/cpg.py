@@ -176,9 +176,8 @@ class CpgTransport(Transport):
         if len(self.nodes) == 1:
             return None  # a cluster of one: nobody can commit without us
         # Solo (expelled, corosync lost, not joined yet): no group confirms
-        # anything, and the engine may not have applied our view of ourselves
-        # alone yet (a view change waits for Samba's clients' chains):
-        # `tools.chaos` vs seed 626 read a persistent key 73 commits old then.
+        # anything, even while the connection we share with other logical
+        # members has a lease of its own.
         return 0.0 if conn is None or self._solo else conn.confirmed_until()
 
     async def drain(self) -> None:
