@@ -16,8 +16,10 @@ import signal
 import sys
 
 from tools.sim.campaign import STOP, campaign
-from tools.sim.faults import FAULTS
+from tools.sim.faults import FAULTS, SAMBA_FAULTS
 from tools.sim.schedule import Variant, simulate
+
+ALL_FAULTS = {**FAULTS, **SAMBA_FAULTS}
 
 
 def _seeds(text: str) -> range:
@@ -28,9 +30,10 @@ def _seeds(text: str) -> range:
 def _kinds(text: str) -> dict[str, int]:
     kinds = {}
     for name in text.split(","):
-        if name not in FAULTS:
-            raise argparse.ArgumentTypeError(f"unknown fault {name!r} (one of {', '.join(FAULTS)})")
-        kinds[name] = FAULTS[name]
+        if name not in ALL_FAULTS:
+            known = ", ".join(ALL_FAULTS)
+            raise argparse.ArgumentTypeError(f"unknown fault {name!r} (one of {known})")
+        kinds[name] = ALL_FAULTS[name]
     return kinds
 
 
@@ -65,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--faults",
         type=_kinds,
-        help=f"only these fault kinds, comma-separated ({', '.join(FAULTS)})",
+        help=f"only these fault kinds, comma-separated ({', '.join(ALL_FAULTS)}; "
+        "chain_hold: a client of another process holds a record's chain, and the "
+        "nodes' files are shared as with Samba's clients)",
     )
     parser.add_argument(
         "--vs-keeps-stopped",
@@ -86,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         "first, and long hangs are drawn as before 2026-12-05: replays seeds recorded then",
     )
     parser.add_argument(
+        "--no-samba",
+        action="store_true",
+        help="no schedule has Samba's clients sharing the nodes' files and holding chains "
+        "(before 2026-12-06 none had: replays seeds recorded then)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -95,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         "-v", "--verbose", action="store_true", help="print the event trace, with the daemons' log"
     )
     ns = parser.parse_args(argv)
-    variant = Variant(keep_stopped=ns.vs_keeps_stopped, fifo=ns.fifo, apart=not ns.clients_inside)
+    variant = Variant(
+        keep_stopped=ns.vs_keeps_stopped,
+        fifo=ns.fifo,
+        apart=not ns.clients_inside,
+        samba=not ns.no_samba,
+    )
     logging.basicConfig(level=logging.CRITICAL)
     if ns.seed is not None:
         outcome = simulate(ns.seed, ns.mode, ns.faults, logs=ns.verbose, variant=variant)

@@ -68,6 +68,7 @@ class SimCluster:
         spread_backlog: bool = True,
         stable_volatile: bool = False,
         sticky_pindown: int = 0,
+        samba: bool = False,
     ) -> None:
         if mode not in ("tcp", "vs"):
             raise ValueError("mode is 'tcp' (point-to-point) or 'vs' (total order)")
@@ -82,6 +83,10 @@ class SimCluster:
         self.spread_backlog = spread_backlog
         #: vs: volatile writes are acknowledged once stable (StableVolatileWrites)
         self.stable_volatile = stable_volatile
+        #: clients of other processes (Samba's) share the nodes' files: the
+        #: workload's clients attach as they do, and may hold chains
+        #: (`faults.Faults._chain_hold`, `storage.Disk.held`)
+        self.samba = samba
         self.tunables = {
             **SIM_TUNABLES,
             "StableVolatileWrites": int(stable_volatile),

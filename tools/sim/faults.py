@@ -18,8 +18,9 @@ with its origin in the same way, so the same faults open a window; with
 StableVolatileWrites=1 (every strict schedule, half of the others) every
 member holds every acknowledged write, so only the loss of every quorate
 majority (nobody left in sync) opens one. Nothing else may lose anything:
-admin recoveries, short hangs, delays, I/O errors, and on vs with stable
-writes a single crash or a minority partition. Persistent data has no loss
+admin recoveries, short hangs, delays, I/O errors, chains that Samba's
+clients hold, and on vs with stable writes a single crash or a minority
+partition. Persistent data has no loss
 window at all.
 
 A liveness rule completes the safety checks: once a majority of nodes runs,
@@ -39,8 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctdb.common.errors import CtdbError
+from ctdb.storage.placement import db_id
 from tools.sim.cluster import EXPEL, LATENCY, SimCluster
 from tools.sim.history import History, Kind
+from tools.sim.storage import SimLocalDb
 from tools.sim.workload import (
     ENTRY_KEYS,
     KEYS,
@@ -74,6 +77,10 @@ FAULTS = {
     "io_error": 1,
 }
 
+#: Faults of the schedules in which Samba's clients share the nodes' files
+#: (`SimCluster.samba`), on top of the others.
+SAMBA_FAULTS = {"chain_hold": 2}
+
 #: Faults after which nothing may be lost (over vs, with stable volatile
 #: writes, a hang never loses data; over tcp only a short one). A share of
 #: schedules draws only from these, so that a loss they cause is never
@@ -82,6 +89,12 @@ STRICT = {
     "tcp": {"recover": 4, "hang": 2, "delay": 1, "io_error": 1},
     "vs": {k: w for k, w in FAULTS.items() if k != "majority_restart"},
 }
+
+
+def kinds_of(mode: str, strict: bool, samba: bool) -> dict[str, int]:
+    """The faults a schedule draws from: a held chain loses nothing."""
+    kinds = STRICT[mode] if strict else FAULTS
+    return {**kinds, **SAMBA_FAULTS} if samba else kinds
 
 
 @dataclass
@@ -199,6 +212,12 @@ def _params(rng: random.Random, kind: str, mode: str, strict: bool, size: int) -
             "rate": rng.uniform(0.3, 1.0),
             "duration": rng.uniform(0.02, 0.4),
         }
+    if kind == "chain_hold":
+        # Mostly as long as a Samba client works on a record in place; now and
+        # then longer than a vs node's stream may wait (RecoverTimeout, 2 s).
+        held = rng.uniform(0.01, 0.3) if rng.random() < 0.7 else rng.uniform(0.5, 3.0)
+        # A key of None: every chain of the file, as a traverse holds them.
+        return {"pnn": rng.choice(nodes), "key": rng.choice([*KEYS, None]), "duration": held}
     raise ValueError(f"unknown fault {kind!r}")
 
 
@@ -516,6 +535,41 @@ class Faults:
             self.event(f"fault: node {pnn} writes again")
         finally:
             self._busy.discard("disk")
+
+    async def _chain_hold(self, fault: Fault, pnn: int, key: str | None, duration: float) -> None:
+        """A client of another process (Samba's smbd) holds a volatile record's
+        chain in the node's file (the daemon shares only volatile files, see
+        `Database.shared`), or every chain (`key` None: a traverse): the
+        node's own work on those records, and anything that needs the whole
+        file (a freeze, a vs view change), waits for it. The client may take
+        the chain while the node is stopped."""
+        if not self._present(pnn):
+            self.skip(fault, f"node {pnn} is down")
+            return
+        database = self.cluster.nodes[pnn].dbs.get(db_id(VOLATILE))
+        if database is None or not database.shared:
+            self.skip(fault, f"no client of node {pnn} has attached {VOLATILE}")
+            return
+        local = database.local
+        raw = None if key is None else key.encode()
+        assert isinstance(local, SimLocalDb)
+        if local.whole_locked or (local.own_chains if raw is None else raw in local.own_chains):
+            self.skip(fault, f"node {pnn} holds {'a' if raw is None else 'that'} chain")
+            return
+        self.counts["chain_hold"] += 1
+        if self.cluster.mode == "vs" and duration > 1.0:
+            # A stream that waits too long makes the node leave and rejoin.
+            self.departing([pnn], f"a chain of node {pnn} held for {duration:.2f}s")
+        local.others[raw] += 1
+        what = "every chain of v" if key is None else f"the chain of {hkey(VOLATILE, key)}"
+        self.event(f"fault: a client of node {pnn} holds {what}")
+        try:
+            await asyncio.sleep(duration)
+        finally:
+            local.others[raw] -= 1
+            if local.others[raw] <= 0:
+                del local.others[raw]
+            self.event(f"fault: the client of node {pnn} lets go of {what}")
 
     async def _lock_join(
         self, fault: Fault, holder: int, joiner: int, key: str, down: float, hold: float

@@ -29,7 +29,7 @@ from ctdb.storage.database import SEQNUM_KEY
 from ctdb.storage.ltdb import live_value
 from tools.sim import linearizability, split_brain
 from tools.sim.cluster import LIFE, SimCluster, crashed
-from tools.sim.faults import FAULTS, STRICT, Faults, plan
+from tools.sim.faults import Faults, kinds_of, plan
 from tools.sim.history import History, Kind
 from tools.sim.loop import NODE, SimulationStuck, VirtualTimeLoop
 from tools.sim.storage import CrashedProcessWrite, simulated_storage
@@ -102,6 +102,11 @@ async def run_schedule(
     # tcp: half the schedules pin migrated records (StickyPindown), a short
     # and a long pin, so that queued calls meet recoveries and faults too.
     pindown = random.Random(seed * 37 + 11).choice(PINDOWNS) if mode == "tcp" else 0
+    # Drawn apart too; asking for the fault asks for the clients that cause it.
+    if kinds is None:
+        samba = variant.samba and random.Random(seed * 41 + 3).random() < 0.5
+    else:
+        samba = "chain_hold" in kinds
     apart = variant.clients_apart
     cluster = SimCluster(
         seed,
@@ -111,12 +116,15 @@ async def run_schedule(
         spread_backlog=apart,
         stable_volatile=stable,
         sticky_pindown=pindown,
+        samba=samba,
     )
     history = History()
     try:
         log(f"StableVolatileWrites={int(stable)}")
         if pindown:
             log(f"StickyPindown={pindown}")
+        if samba:
+            log("Samba's clients share the files")
         for pnn in range(cluster.size):
             await cluster.start_node(pnn)
         if not await cluster.settle(30):
@@ -124,7 +132,7 @@ async def run_schedule(
             return
         workload = Workload(cluster, history, loop.time() + DURATION, log, complain, apart=apart)
         if kinds is None:
-            kinds = STRICT[mode] if outcome.strict else FAULTS
+            kinds = kinds_of(mode, outcome.strict, samba)
         planned = plan(rng, mode, kinds, outcome.strict, DURATION, cluster.size, resume_early=apart)
         log(f"faults: {', '.join(kinds)}" + (" (nothing may be lost)" if outcome.strict else ""))
         for fault in planned:
@@ -309,6 +317,10 @@ class Variant:
     #: long hangs end while clients still run; False: clients inside their
     #: node, as schedules ran before 2026-12-05, to replay a seed recorded then
     apart: bool = True
+    #: half the schedules have Samba's clients share the nodes' files, and
+    #: hold chains in them (`faults.SAMBA_FAULTS`); False: none, as schedules
+    #: ran before 2026-12-06, to replay a seed recorded then
+    samba: bool = True
 
     @property
     def clients_apart(self) -> bool:

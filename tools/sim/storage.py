@@ -11,7 +11,12 @@ installed from outside the product code for the duration of a simulation
 * a `Disk` per node that can make TDB writes fail (`store`, `delete`,
   `clear`, `transaction_prepare_commit` raise the error python-tdb raises
   for TDB_ERR_IO), so the simulator can check what a node does when its
-  local storage refuses a write.
+  local storage refuses a write;
+* chains that clients of other processes (Samba's) hold in a file
+  (`SimLocalDb.others`): the node's own attempts to lock such a chain, or
+  the whole file, fail as libtdb's non-blocking locks would. Every node
+  lives in one process, where real chain locks would not conflict (POSIX
+  locks belong to a process).
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ class _FaultyTdb:
 
 
 class SimLocalDb(LocalDb):
-    """`LocalDb` with a small hash table, writing through the node's `Disk`."""
+    """`LocalDb` with a small hash table, writing through the node's `Disk`,
+    whose chains clients of other processes may hold (`others`)."""
 
     #: state directory of a simulated node -> its disk
     disks: ClassVar[dict[Path, Disk]] = {}
@@ -96,6 +102,36 @@ class SimLocalDb(LocalDb):
         disk = self.disks.get(path.parent.parent)
         if disk is not None:
             self._tdb = _FaultyTdb(self._tdb, disk)
+        #: the chains this node holds now, so that no other process takes one
+        self.own_chains: Counter[bytes] = Counter()
+        #: the chains clients of other processes hold in this file (None: every
+        #: chain, as a traverse holds them); a node that restarts opens a new
+        #: file, which they do not hold
+        self.others: Counter[bytes | None] = Counter()
+
+    def held_elsewhere(self, key: bytes | None) -> bool:
+        """Another process holds `key`'s chain (None: any chain of this file)."""
+        others = self.others
+        if not others:
+            return False
+        return key is None or key in others or None in others
+
+    def try_lock_chain(self, key: bytes) -> bool:
+        if self.held_elsewhere(key) or not super().try_lock_chain(key):
+            return False
+        self.own_chains[key] += 1
+        return True
+
+    def unlock_chain(self, key: bytes) -> None:
+        super().unlock_chain(key)
+        self.own_chains[key] -= 1
+        if self.own_chains[key] <= 0:
+            del self.own_chains[key]
+
+    def try_lock_all(self) -> bool:
+        if not self.whole_locked and self.held_elsewhere(None):
+            return False
+        return super().try_lock_all()
 
 
 @contextlib.contextmanager

@@ -180,6 +180,10 @@ class Workload:
         try:
             await call(node.records.attach(VOLATILE, DbKind.VOLATILE))
             await call(node.records.attach(PERSISTENT, DbKind.PERSISTENT))
+            if self.cluster.samba:
+                # As Samba's clients attach through the CTDB door: from now on
+                # the node takes the chain locks they take (`Database.shared`).
+                await serving.share(node, node.db_by_name(VOLATILE))
         except CtdbError as exc:
             self.log(f"{session.name} attach: {why(exc)}")
             return False
