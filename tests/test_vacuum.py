@@ -1,6 +1,6 @@
 """Vacuuming: a database whose keys come and go stays bounded on disk, and no delete is undone.
 
-Real daemons on both transports. 100,000 keys are created and deleted, in
+Real daemons on both transports. 80,000 keys are created and deleted, in
 rounds of 10,000; deletion markers are vacuumed once every node has them
 (VacuumInterval 0.3 s here), so the TDB file stops growing: the space the
 vacuumed markers held is reused by the next round's records.
