@@ -91,6 +91,26 @@ def test_lock_all_waits_for_no_chain_and_keeps_every_other_process_out(
     assert holder.ask("unlock", b"k") == "unlocked"
 
 
+@pytest.mark.parametrize("what", ["lock", "lockall"])
+def test_a_chain_a_killed_client_held_is_granted(volatile: LocalDb, what: str) -> None:
+    """A Samba client killed while it holds a chain (or the whole file) must
+    not wedge the daemon: the mutex is robust, and libtdb makes it consistent
+    again for the next locker."""
+    holder = Holder(volatile.path, volatile.tdb_flags)
+    try:
+        assert holder.ask(what, b"k" if what == "lock" else None) == "locked"
+        assert not volatile.try_lock_chain(b"k")
+    finally:
+        holder.proc.kill()
+        holder.close()
+    assert volatile.try_lock_chain(b"k")
+    volatile.put(b"k", Record(1, 0, b"v"))
+    volatile.unlock_chain(b"k")
+    assert volatile.try_lock_all()
+    volatile.unlock_all()
+    assert volatile.get(b"k") == Record(1, 0, b"v")
+
+
 def test_a_handle_that_is_not_the_files_is_refused(tmp_path: Path, volatile: LocalDb) -> None:
     other = tdb.Tdb(str(tmp_path / "other.tdb"), 0, tdb.DEFAULT, os.O_RDWR | os.O_CREAT)
     try:
