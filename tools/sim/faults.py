@@ -17,7 +17,8 @@ vs a volatile write is acknowledged on its origin's delivery and may be lost
 with its origin in the same way, so the same faults open a window; with
 StableVolatileWrites=1 (every strict schedule, half of the others) every
 member holds every acknowledged write, so only the loss of every quorate
-majority (nobody left in sync) opens one. Nothing else may lose anything:
+majority of holders (nobody left in sync; a node that restarted holds
+nothing until it serves again) opens one. Nothing else may lose anything:
 admin recoveries, short hangs, delays, I/O errors, chains that Samba's
 clients hold, and on vs with stable writes a single crash or a minority
 partition. Persistent data has no loss
@@ -261,6 +262,11 @@ class Faults:
         #: (nodes, since when, why): faults after which those nodes may have
         #: left the view or the vnnmap, so their clients' entries may be purged
         self.departures: list[tuple[list[int], float, str]] = []
+        #: vs: the nodes that hold every acknowledged volatile write: a node
+        #: that restarted holds none until it serves again (its state
+        #: transfer done), which a stalled member may hold up for seconds
+        #: (`_chain_hold`), so a second crash meanwhile leaves fewer holders
+        self.holders = set(range(cluster.size))
 
     @property
     def now(self) -> float:
@@ -322,6 +328,7 @@ class Faults:
         return self._present(pnn) and not self.cluster.stopped(pnn)
 
     async def _kill(self, pnn: int) -> None:
+        self.holders.discard(pnn)
         self._moving.add(pnn)
         try:
             await self.cluster.crash_node(pnn)
@@ -645,19 +652,27 @@ class Faults:
             self.windows.append(self._quorum_window)
 
     def _quorate(self) -> bool:
-        """A majority of nodes runs, is connected and writes its files.
+        """A majority of nodes holds the data, runs, is connected and writes
+        its files.
 
         A node whose disk fails cannot hold the stream's writes (it leaves
         the group and comes back damaged), so it does not count: a crash of
         another node meanwhile leaves a single holder, as two crashes would
         (vs seed 1019342: node 0's disk failing, node 1 crashed, then node 2,
-        the last holder, restarted: the write is gone with every copy).
+        the last holder, restarted: the write is gone with every copy). Nor
+        does a node that restarted and does not serve yet (`holders`; vs
+        seed 21003152: node 2 restarted and waited for a snapshot from node
+        0, stalled by a Samba client's chain, when node 1 crashed: node 0,
+        the last holder, then left to resync, and nodes 1 and 2 went on from
+        their empty files).
         """
         size = self.cluster.size
         up = [
             p
             for p in range(size)
-            if self.cluster.running(p) and not self.cluster.disks[p].failure_rate
+            if p in self.holders
+            and self.cluster.running(p)
+            and not self.cluster.disks[p].failure_rate
         ]
         for n in range(size // 2 + 1, len(up) + 1):
             for group in itertools.combinations(up, n):
@@ -672,6 +687,14 @@ class Faults:
         since = 0.0
         while True:
             await asyncio.sleep(0.1)
+            serving = {
+                p
+                for p, node in self.cluster.nodes.items()
+                if node.serving and p not in self._moving
+            }
+            if serving - self.holders:
+                self.holders |= serving
+                self._track_quorum()
             if self.cluster.healthy():
                 for window in self.windows:
                     if window.closing and window.end is None:
