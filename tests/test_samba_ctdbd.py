@@ -47,4 +47,3 @@ def test_writekey_on_node0_readkey_on_node2_then_down(samba: SambaCluster) -> No
     samba.down()  # ctdbd and the helpers it forked, nothing else
     assert samba.pids == {}
     assert all(_node_processes(pid, d) == [] for pid, d in started.values())
-

@@ -20,11 +20,13 @@ Event = tuple[str, int, object]
 
 
 def make_cluster(
-    n: int, seed: int, *, total_order: bool = False, trace: bool = False
+    n: int, seed: int, *, total_order: bool = False, trace: bool = False, agreed_only: bool = False
 ) -> tuple[SimScheduler, MemoryNetwork, list[MemoryTransport], list[list[Event]]]:
     """N joined transports on a fresh simulated network, each logging what it sees."""
     sched = SimScheduler(seed, trace=trace)
-    net = MemoryNetwork(sched, total_order=total_order, latency=(0.001, 0.010))
+    net = MemoryNetwork(
+        sched, total_order=total_order, latency=(0.001, 0.010), agreed_only=agreed_only
+    )
     nodes = [f"n{i}" for i in range(n)]
     eps: list[MemoryTransport] = []
     logs: list[list[Event]] = []
@@ -159,6 +161,48 @@ def test_vs_crash_all_or_nothing(seed: int) -> None:
     for src in range(2):
         got = [p for kind, s, p in logs[0] if kind == "msg" and s == src]
         assert got == [f"{src}:{i}".encode() for i in range(30)]
+
+
+def _crash_after_own_delivery(seed: int) -> tuple[list[list[Event]], int]:
+    """Agreed order: node 2 broadcasts, then crashes at a random moment."""
+    sched, net, eps, logs = make_cluster(3, seed, total_order=True, agreed_only=True)
+    for i in range(10):
+        eps[2].broadcast(f"2:{i}".encode())
+        eps[0].broadcast(f"0:{i}".encode())
+    sched.run_for(sched.random.uniform(0, 0.02))
+    own = [p for kind, s, p in logs[2] if kind == "msg" and s == 2]
+    net.crash(2)
+    sched.run_until_idle()
+    return logs, len(own)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_vs_agreed_only_survivors_agree_on_a_prefix(seed: int) -> None:
+    """With `agreed_only`, survivors that go on together still deliver the
+    same stream, in which the crashed node's messages are a prefix of what it
+    sent, and their own messages are all there."""
+    logs, _ = _crash_after_own_delivery(seed)
+    full = [next(i for i, e in enumerate(log) if e[2] == (0, 1, 2)) for log in logs[:2]]
+    tails = [log[i:] for log, i in zip(logs, full, strict=False)]
+    assert tails[0] == tails[1]
+    got = [p for kind, s, p in tails[0] if kind == "msg" and s == 2]
+    assert got == [f"2:{i}".encode() for i in range(len(got))]
+    assert [p for kind, s, p in tails[0] if kind == "msg" and s == 0] == [
+        f"0:{i}".encode() for i in range(10)
+    ]
+
+
+def test_vs_agreed_only_a_sender_may_deliver_what_the_survivors_never_get() -> None:
+    """What the stability acks are for: the crashed sender delivered (and
+    could have acknowledged) messages that no survivor ever delivers."""
+    lost = []
+    for seed in range(300):  # rare: the sender's own link must be the faster one
+        logs, own = _crash_after_own_delivery(seed)
+        got = sum(1 for kind, s, _p in logs[0] if kind == "msg" and s == 2)
+        if got < own:
+            lost.append(seed)
+    assert lost
 
 
 def test_partition_and_heal() -> None:

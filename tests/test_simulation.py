@@ -93,8 +93,11 @@ def test_seeds_that_found_bugs_pass(mode: str, seed: int) -> None:
     """As they were found (callbacks in creation order; or interleaved, clients
     inside their node; no Samba clients), and as campaigns run schedules now."""
     variants = (
-        (Variant(fifo=True, samba=False), " --fifo --no-samba"),
-        (Variant(apart=False, samba=False), " --clients-inside --no-samba"),
+        (Variant(fifo=True, samba=False, agreed=False), " --fifo --no-samba --all-or-none"),
+        (
+            Variant(apart=False, samba=False, agreed=False),
+            " --clients-inside --no-samba --all-or-none",
+        ),
         (Variant(), ""),
     )
     for variant, flag in variants:

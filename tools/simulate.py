@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         "(before 2026-12-06 none had: replays seeds recorded then)",
     )
     parser.add_argument(
+        "--all-or-none",
+        action="store_true",
+        help="vs: every survivor of a crash or a split gets the last messages of the nodes "
+        "it parts from (before 2026-12-06 it did: replays seeds recorded then)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         fifo=ns.fifo,
         apart=not ns.clients_inside,
         samba=not ns.no_samba,
+        agreed=not ns.all_or_none,
     )
     logging.basicConfig(level=logging.CRITICAL)
     if ns.seed is not None:

@@ -50,6 +50,8 @@ class _Packet:
     item: tuple[Any, ...]
     size: int
     owner: int  # pnn whose back-pressure budget this packet counts against
+    #: VS mode: the message's place in the sequencer's one order (-1: not a message)
+    order: int = -1
     dropped: bool = False
 
 
@@ -88,6 +90,8 @@ class LinkLayer(abc.ABC):
         #: the network was made in, never in a (possibly stopped) endpoint's.
         self._context = contextvars.copy_context()
         self._channels: dict[tuple[int, int], _Channel] = {}
+        #: VS mode: the latest place in the sequencer's order each endpoint got
+        self._delivered: dict[int, int] = {}
 
     # -- clock ----------------------------------------------------------------
 
@@ -129,7 +133,9 @@ class LinkLayer(abc.ABC):
             chan = self._channels[key] = _Channel()
         return chan
 
-    def _enqueue(self, src: int, dst: int, item: tuple[Any, ...], size: int, owner: int) -> None:
+    def _enqueue(
+        self, src: int, dst: int, item: tuple[Any, ...], size: int, owner: int, order: int = -1
+    ) -> None:
         """Put `item` on the (src, dst) link with random latency, FIFO with what is queued."""
         chan = self._channel(src, dst)
         now = self.time()
@@ -138,7 +144,7 @@ class LinkLayer(abc.ABC):
         chan.last_at = at
         seq = chan.next_seq
         chan.next_seq += 1
-        chan.queue.append(_Packet(seq, item, size, owner))
+        chan.queue.append(_Packet(seq, item, size, owner, order))
         if size:
             ep = self._endpoints.get(owner)
             if ep is not None:
@@ -155,6 +161,8 @@ class LinkLayer(abc.ABC):
             packet = chan.queue.popleft()
             self._release(packet)
             if not packet.dropped:
+                if packet.order >= 0:
+                    self._delivered[dst] = packet.order
                 self._arrive(src, dst, packet.item)
 
     def _release(self, packet: _Packet) -> None:

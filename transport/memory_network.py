@@ -18,7 +18,11 @@ per network:
     surviving member acknowledges after its last message of the old view and
     holds new messages until it installs the new view, so a message sent in
     view V is delivered in V to all survivors of V (a crashed sender's
-    in-flight tail is cut at one point for everybody: all or none).
+    in-flight tail is cut at one point for everybody: all or none). With
+    `agreed_only` (the simulator's), as corosync's agreed order allows, a
+    crash or a split may also take from the members that go on together
+    the last messages of those they part from, which the senders delivered
+    themselves (`ViewLayer._agreed_cut`).
 
 Faults beyond crashes and clean partitions, for the simulator
 (`tools/sim`):
@@ -92,10 +96,17 @@ class MemoryNetwork(ViewLayer):
         total_order: bool = False,
         latency: tuple[float, float] = (0.0001, 0.001),
         expel_stopped: bool = True,
+        agreed_only: bool = False,
     ) -> None:
         if latency[0] < 0 or latency[1] < latency[0]:
             raise ValueError(f"bad latency range {latency!r}")
-        super().__init__(scheduler, seed=seed, total_order=total_order, latency=latency)
+        super().__init__(
+            scheduler,
+            seed=seed,
+            total_order=total_order,
+            latency=latency,
+            agreed_only=agreed_only,
+        )
         #: VS mode: a stopped member leaves the views after `detect_after`, as
         #: the vs transport expels a member that stops reading; False models
         #: corosync alone, which keeps such a process in the group for ever.
@@ -276,6 +287,8 @@ class MemoryNetwork(ViewLayer):
                 self._awaiting.discard(pnn)
             if pnn in self._installed:
                 self._departed[pnn] = self._installed.pop(pnn)
+            if not graceful:
+                self._agreed_cut()
             self._vs_reconcile()
         else:
             cut = {(pnn, p) for p in self._alive} if not graceful else set()

@@ -42,9 +42,17 @@ class ViewLayer(LinkLayer):
         seed: int,
         total_order: bool,
         latency: tuple[float, float],
+        agreed_only: bool = False,
     ) -> None:
         super().__init__(scheduler, seed=seed, latency=latency)
         self.total_order = total_order
+        #: VS mode: members that go on together may lose the last messages of
+        #: those they part from, which their senders delivered (`_agreed_cut`)
+        self.agreed_only = agreed_only
+        self._next_order = 0
+        #: (origin, member): the member lost a suffix of the origin's messages,
+        #: so it gets no more of them until it installs its next view
+        self._cut_off: set[tuple[int, int]] = set()
         self._alive: set[int] = set()
         self._groups: list[frozenset[int]] | None = None
         #: Pairs cut on their own (`cut`, or a one-way loss once detected).
@@ -110,6 +118,7 @@ class ViewLayer(LinkLayer):
 
     def _topology_changed(self, cut: set[tuple[int, int]]) -> None:
         if self.total_order:
+            self._agreed_cut()
             self._vs_reconcile()
         else:
             self._fifo_topology_changed(cut, removed_from=set())
@@ -216,14 +225,18 @@ class ViewLayer(LinkLayer):
         # Only members still in that very view get it: not a restarted
         # incarnation of a dead member, not members that moved on.
         recipients = [
-            d for d in view.members if d in self._alive and self._installed.get(d) is view
+            d
+            for d in view.members
+            if d in self._alive and self._installed.get(d) is view and (src, d) not in self._cut_off
         ]
+        order = self._next_order
+        self._next_order += 1
         if kind == "bcast":
             payload, sent = item[1], item[2]
             if self._tracing:
                 self._record(f"order {src} {show_payload(payload)}")
             for dst in recipients:
-                self._enqueue(SEQUENCER, dst, ("msg", src, payload, sent), 0, dst)
+                self._enqueue(SEQUENCER, dst, ("msg", src, payload, sent), 0, dst, order)
         elif kind == "tick":
             if src in recipients:  # to its sender only: see MemoryTransport._tick
                 self._enqueue(SEQUENCER, src, item, 0, src)
@@ -232,9 +245,50 @@ class ViewLayer(LinkLayer):
             if dst in recipients:
                 if self._tracing:
                     self._record(f"order {src}->{dst} {show_payload(payload)}")
-                self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst)
+                self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst, order)
         if src in self._departed:
             self._vs_try_complete()
+
+    def _agreed_cut(self) -> None:
+        """What members that go on together may lose of those they part from.
+
+        corosync delivers in agreed order: a member delivers a message once
+        it holds every message before it, not once everyone holds it. So the
+        sender of a message may deliver it (and its daemon acknowledge
+        what it carried) while members it is cut off from, or that outlive
+        it, never receive it; virtual synchrony only promises that members
+        installing the same next view delivered the same messages. Here:
+        for each group of members that still reach each other, the messages
+        from outside the group that none of them delivered yet lose a random
+        suffix of the sequencer's order, the same for every member of the
+        group (their own and each other's messages all arrive).
+        """
+        if not self.agreed_only:
+            return
+        groups = {frozenset(g) for g in self._cliques().values()}
+        for group in sorted(groups, key=min):
+            floor = max(self._delivered.get(p, -1) for p in group)
+            outside = [
+                (p, packet)
+                for p in sorted(group)
+                if (chan := self._channels.get((SEQUENCER, p))) is not None
+                for packet in chan.queue
+                if not packet.dropped
+                and packet.order > floor
+                and packet.item[0] == "msg"
+                and packet.item[1] not in group
+            ]
+            orders = sorted({packet.order for _, packet in outside})
+            keep = self.random.randint(0, len(orders)) if orders else 0
+            if keep == len(orders):
+                continue
+            self._record(f"lose to {sorted(group)} from order {orders[keep]} on")
+            for p, packet in outside:
+                if packet.order >= orders[keep]:
+                    packet.dropped = True
+                    self._release(packet)
+                    # nothing later from that sender either: no gap in its stream
+                    self._cut_off.add((packet.item[1], p))
 
     def _vs_targets(self) -> dict[int, frozenset[int]]:
         return self._cliques()
@@ -315,6 +369,7 @@ class ViewLayer(LinkLayer):
                 self._next_view_id += 1
                 self._record(f"order view {view.view_id} {list(view.members)}")
             self._installed[pnn] = view
+            self._cut_off = {(a, b) for a, b in self._cut_off if b != pnn}
             self._enqueue(SEQUENCER, pnn, ("view", view), 0, pnn)
         # Reality may have moved on while we flushed.
         if self._vs_changed():

@@ -69,6 +69,7 @@ class SimCluster:
         stable_volatile: bool = False,
         sticky_pindown: int = 0,
         samba: bool = False,
+        agreed_only: bool = False,
     ) -> None:
         if mode not in ("tcp", "vs"):
             raise ValueError("mode is 'tcp' (point-to-point) or 'vs' (total order)")
@@ -101,6 +102,7 @@ class SimCluster:
             latency=LATENCY,
             # vs: corosync alone keeps a stopped member; the vs transport expels it.
             expel_stopped=not keep_stopped,
+            agreed_only=agreed_only,
         )
         self.root = Path(tempfile.mkdtemp(prefix=f"ctdbsim{seed}-", dir=_scratch()))
         _ROOTS.add(self.root)

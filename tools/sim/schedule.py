@@ -117,6 +117,7 @@ async def run_schedule(
         stable_volatile=stable,
         sticky_pindown=pindown,
         samba=samba,
+        agreed_only=variant.agreed,
     )
     history = History()
     try:
@@ -321,6 +322,11 @@ class Variant:
     #: hold chains in them (`faults.SAMBA_FAULTS`); False: none, as schedules
     #: ran before 2026-12-06, to replay a seed recorded then
     samba: bool = True
+    #: vs: a crash or a split may take from the members that go on together
+    #: the last messages of those they part from, which the senders
+    #: delivered (corosync's agreed order, `ViewLayer._agreed_cut`); False:
+    #: all or none, as schedules ran before 2026-12-06
+    agreed: bool = True
 
     @property
     def clients_apart(self) -> bool:
