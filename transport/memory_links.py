@@ -134,13 +134,22 @@ class LinkLayer(abc.ABC):
         return chan
 
     def _enqueue(
-        self, src: int, dst: int, item: tuple[Any, ...], size: int, owner: int, order: int = -1
+        self,
+        src: int,
+        dst: int,
+        item: tuple[Any, ...],
+        size: int,
+        owner: int,
+        order: int = -1,
+        *,
+        fastest: bool = False,
     ) -> None:
-        """Put `item` on the (src, dst) link with random latency, FIFO with what is queued."""
+        """Put `item` on the (src, dst) link with random latency, FIFO with what is
+        queued; `fastest`: the link's lowest latency."""
         chan = self._channel(src, dst)
         now = self.time()
         lo, hi = self._slow.get(src) or self._slow.get(dst) or self.latency
-        at = max(now + self.random.uniform(lo, hi), chan.last_at)
+        at = max(now + self.random.uniform(lo, lo if fastest else hi), chan.last_at)
         chan.last_at = at
         seq = chan.next_seq
         chan.next_seq += 1
