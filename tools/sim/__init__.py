@@ -9,7 +9,8 @@ The package is a test tool beside `tests/`, not part of what `ctdbd` imports.
 It may import anything of `ctdb` and `transport`; nothing there imports it.
 
 * `loop`      the virtual-time event loop, which can stop one node (SIGSTOP)
-* `storage`   TDB files for simulated nodes: small hash tables, injected I/O errors
+* `storage`   TDB files for simulated nodes: small hash tables, injected I/O errors,
+              chains that other processes (Samba's clients) hold
 * `cluster`   starting, crashing, hanging and cutting off simulated nodes
 * `history`   what simulated clients did, as invoke/response records
 * `workload`  the simulated clients
