@@ -239,8 +239,8 @@ class ViewLayer(LinkLayer):
                 # Agreed order: the sender delivers its own message once it is
                 # ordered; the others once it has reached them.
                 own = self.agreed_only and dst == src
-                item = ("msg", src, payload, sent)
-                self._enqueue(SEQUENCER, dst, item, 0, dst, order, fastest=own)
+                msg = ("msg", src, payload, sent)
+                self._enqueue(SEQUENCER, dst, msg, 0, dst, order, fastest=own)
         elif kind == "tick":
             if src in recipients:  # to its sender only: see MemoryTransport._tick
                 self._enqueue(SEQUENCER, src, item, 0, src)
