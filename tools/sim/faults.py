@@ -564,8 +564,8 @@ class Faults:
             self.skip(fault, f"node {pnn} holds {'a' if raw is None else 'that'} chain")
             return
         self.counts["chain_hold"] += 1
-        if self.cluster.mode == "vs" and duration > 1.0:
-            # A stream that waits too long makes the node leave and rejoin.
+        if self.cluster.mode == "vs" and duration > self.cluster.tunables["RecoverTimeout"]:
+            # A stream that waits that long makes the node leave and rejoin.
             self.departing([pnn], f"a chain of node {pnn} held for {duration:.2f}s")
         local.others[raw] += 1
         what = "every chain of v" if key is None else f"the chain of {hkey(VOLATILE, key)}"
