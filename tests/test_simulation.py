@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from ctdb.engines import conditions, migration, transactions
-from ctdb.engines.ordered import replica
+from ctdb.engines.ordered import engine, replica
 from ctdb.server import stream
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS, SAMBA_FAULTS
@@ -290,3 +290,26 @@ def test_a_member_serving_a_view_its_engine_has_not_applied_is_caught(
             if v.startswith("key p:") and "not linearizable" in v
         ]
         assert caught, seed
+
+
+#: vs schedules of crashes in which a node crashed right after delivering its
+#: own volatile write, which no survivor got (`faults._at_delivery`)
+AT_DELIVERY_SEEDS = (138, 164)
+
+
+def test_volatile_writes_acknowledged_before_they_are_stable_are_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """vs with StableVolatileWrites=1: a volatile write acknowledged on its
+    origin's delivery (not once every member applied it) is lost when the
+    origin crashes before the others got it, which corosync's agreed order
+    allows and the memory network now does (`ViewLayer._agreed_cut`). The
+    simulator finds it since half its crashes strike right after the node
+    delivered its own broadcast."""
+    for seed in AT_DELIVERY_SEEDS:
+        outcome = simulate(seed, "vs", {"crash": 1})
+        assert outcome.ok, (seed, outcome.violations)
+    monkeypatch.setattr(engine.OrderedEngine, "_volatile_write", lambda self, args: args)
+    for seed in AT_DELIVERY_SEEDS:
+        violations = simulate(seed, "vs", {"crash": 1}).violations
+        assert any(v.startswith("key v:") and "not linearizable" in v for v in violations), seed

@@ -66,7 +66,7 @@ the fault injection and endpoints attaching and departing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from transport.base import Capabilities, TransportError
@@ -258,6 +258,16 @@ class MemoryNetwork(ViewLayer):
             self._slow.pop(pnn, None)
         else:
             self._slow[pnn] = latency
+
+    def after_own_delivery(self, pnn: int, callback: Callable[[], None] | None) -> None:
+        """VS mode: call `callback` once `pnn` has delivered its next own broadcast
+        (None: no longer). The simulator crashes a node there: the moment its
+        daemon may have acknowledged what that message carried, which its
+        peers may not have yet (see `agreed_only`)."""
+        if callback is None:
+            self._after_own.pop(pnn, None)
+        else:
+            self._after_own[pnn] = callback
 
     def crash(self, pnn: int) -> None:
         """Make endpoint `pnn` vanish abruptly: it delivers and sends nothing more."""

@@ -12,6 +12,7 @@ in `transport.memory_network`.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ class ViewLayer(LinkLayer):
         #: (origin, member): the member lost a suffix of the origin's messages,
         #: so it gets no more of them until it installs its next view
         self._cut_off: set[tuple[int, int]] = set()
+        #: VS mode: what to call once an endpoint next delivers its own broadcast
+        self._after_own: dict[int, Callable[[], None]] = {}
         self._alive: set[int] = set()
         self._groups: list[frozenset[int]] | None = None
         #: Pairs cut on their own (`cut`, or a one-way loss once detected).
@@ -138,6 +141,8 @@ class ViewLayer(LinkLayer):
             if origin == dst and len(item) > 3:
                 ep._came_back(item[3])  # a broadcast of ours, with when it was sent
             ep.on_message(origin, payload)
+            if origin == dst and (after := self._after_own.pop(dst, None)) is not None:
+                after()
         elif kind == "tick":
             ep._came_back(item[1])
         elif kind == "marker":

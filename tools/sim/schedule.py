@@ -134,7 +134,16 @@ async def run_schedule(
         workload = Workload(cluster, history, loop.time() + DURATION, log, complain, apart=apart)
         if kinds is None:
             kinds = kinds_of(mode, outcome.strict, samba)
-        planned = plan(rng, mode, kinds, outcome.strict, DURATION, cluster.size, resume_early=apart)
+        planned = plan(
+            rng,
+            mode,
+            kinds,
+            outcome.strict,
+            DURATION,
+            cluster.size,
+            resume_early=apart,
+            at_delivery=variant.agreed and mode == "vs",
+        )
         log(f"faults: {', '.join(kinds)}" + (" (nothing may be lost)" if outcome.strict else ""))
         for fault in planned:
             log(f"plan: {fault.describe()}")
