@@ -303,7 +303,7 @@ def test_volatile_writes_acknowledged_before_they_are_stable_are_caught(
     """vs with StableVolatileWrites=1: a volatile write acknowledged on its
     origin's delivery (not once every member applied it) is lost when the
     origin crashes before the others got it, which corosync's agreed order
-    allows and the memory network now does (`ViewLayer._agreed_cut`). The
+    allows and the memory network now does (`ViewLayer._lose_suffix`). The
     simulator finds it since half its crashes strike right after the node
     delivered its own broadcast."""
     for seed in AT_DELIVERY_SEEDS:

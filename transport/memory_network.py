@@ -22,7 +22,7 @@ per network:
     `agreed_only` (the simulator's), as corosync's agreed order allows, a
     crash or a split may also take from the members that go on together
     the last messages of those they part from, which the senders delivered
-    themselves (`ViewLayer._agreed_cut`).
+    themselves (`ViewLayer._lose_suffix`).
 
 Faults beyond crashes and clean partitions, for the simulator
 (`tools/sim`):
@@ -298,7 +298,7 @@ class MemoryNetwork(ViewLayer):
             if pnn in self._installed:
                 self._departed[pnn] = self._installed.pop(pnn)
             if not graceful:
-                self._agreed_cut()
+                self._crash_cut(pnn)
             self._vs_reconcile()
         else:
             cut = {(pnn, p) for p in self._alive} if not graceful else set()

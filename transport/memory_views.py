@@ -48,7 +48,7 @@ class ViewLayer(LinkLayer):
         super().__init__(scheduler, seed=seed, latency=latency)
         self.total_order = total_order
         #: VS mode: members that go on together may lose the last messages of
-        #: those they part from, which their senders delivered (`_agreed_cut`)
+        #: those they part from, which their senders delivered (`_lose_suffix`)
         self.agreed_only = agreed_only
         self._next_order = 0
         #: (origin, member): the member lost a suffix of the origin's messages,
@@ -121,7 +121,6 @@ class ViewLayer(LinkLayer):
 
     def _topology_changed(self, cut: set[tuple[int, int]]) -> None:
         if self.total_order:
-            self._agreed_cut()
             self._vs_reconcile()
         else:
             self._fifo_topology_changed(cut, removed_from=set())
@@ -258,46 +257,68 @@ class ViewLayer(LinkLayer):
         if src in self._departed:
             self._vs_try_complete()
 
-    def _agreed_cut(self) -> None:
-        """What members that go on together may lose of those they part from.
+    def _lose_suffix(self, group: frozenset[int], kept: frozenset[int]) -> None:
+        """Agreed order, not more: members `group`, which go on together, lose
+        the same random suffix of the messages of senders not in `kept` that
+        none of them has delivered yet.
 
-        corosync delivers in agreed order: a member delivers a message once
-        it holds every message before it, not once everyone holds it. So the
-        sender of a message may deliver it (and its daemon acknowledge
-        what it carried) while members it is cut off from, or that outlive
-        it, never receive it; virtual synchrony only promises that members
-        installing the same next view delivered the same messages. Here:
-        for each group of members that still reach each other, the messages
-        from outside the group that none of them delivered yet lose a random
-        suffix of the sequencer's order, the same for every member of the
-        group (their own and each other's messages all arrive).
+        corosync delivers a message once a member holds every message before
+        it, not once every member holds it. So a sender may deliver its
+        message (and its daemon acknowledge what it carried) while members it
+        parts from never get it; virtual synchrony only promises that members
+        that install the same next view delivered the same messages. A
+        member that lost a sender's suffix gets nothing more from it until
+        its next view, so no sender's stream has a gap.
         """
+        floor = max(self._delivered.get(p, -1) for p in group)
+        outside = [
+            (p, packet)
+            for p in sorted(group)
+            if (chan := self._channels.get((SEQUENCER, p))) is not None
+            for packet in chan.queue
+            if not packet.dropped
+            and packet.order > floor
+            and packet.item[0] == "msg"
+            and packet.item[1] not in kept
+        ]
+        orders = sorted({packet.order for _, packet in outside})
+        keep = self.random.randint(0, len(orders)) if orders else 0
+        if keep == len(orders):
+            return
+        self._record(f"lose to {sorted(group)} from order {orders[keep]} on")
+        for _, packet in outside:
+            if packet.order >= orders[keep]:
+                packet.dropped = True
+                self._release(packet)
+        # The cut is one point of the order for all of them: what those
+        # senders have yet to get ordered (a crashed one's last messages)
+        # comes after it.
+        for sender in (set(self._endpoints) | set(self._departed)) - kept:
+            for p in group:
+                self._cut_off.add((sender, p))
+
+    def _crash_cut(self, pnn: int) -> None:
+        """A crashed sender's messages on their way: what no survivor got yet may
+        be lost, the same for every group of survivors that still talk."""
+        if self.agreed_only:
+            for group in {frozenset(g) for g in self._cliques().values()}:
+                self._lose_suffix(group, frozenset(self._alive))
+
+    def _parting_cut(self, changed: set[int], targets: dict[int, frozenset[int]]) -> None:
+        """Members that go from one view into the same next one may lose what
+        the members they part from sent (a split, an expel). Decided here, when
+        the views are final: a cut healed before they changed loses nothing,
+        as totem retransmits within a ring that stays whole."""
         if not self.agreed_only:
             return
-        groups = {frozenset(g) for g in self._cliques().values()}
-        for group in sorted(groups, key=min):
-            floor = max(self._delivered.get(p, -1) for p in group)
-            outside = [
-                (p, packet)
-                for p in sorted(group)
-                if (chan := self._channels.get((SEQUENCER, p))) is not None
-                for packet in chan.queue
-                if not packet.dropped
-                and packet.order > floor
-                and packet.item[0] == "msg"
-                and packet.item[1] not in group
-            ]
-            orders = sorted({packet.order for _, packet in outside})
-            keep = self.random.randint(0, len(orders)) if orders else 0
-            if keep == len(orders):
-                continue
-            self._record(f"lose to {sorted(group)} from order {orders[keep]} on")
-            for p, packet in outside:
-                if packet.order >= orders[keep]:
-                    packet.dropped = True
-                    self._release(packet)
-                    # nothing later from that sender either: no gap in its stream
-                    self._cut_off.add((packet.item[1], p))
+        groups: dict[tuple[int, frozenset[int]], set[int]] = {}
+        for pnn in changed:
+            old = self._installed.get(pnn)
+            if old is not None:
+                groups.setdefault((old.view_id, targets[pnn]), set()).add(pnn)
+        for (_, new), members in sorted(groups.items(), key=lambda item: min(item[1])):
+            group = frozenset(members)
+            self._lose_suffix(group, new)
 
     def _vs_targets(self) -> dict[int, frozenset[int]]:
         return self._cliques()
@@ -369,6 +390,7 @@ class ViewLayer(LinkLayer):
         self._departed.clear()
         self._awaiting = None
         self._flushed = set()
+        self._parting_cut(changed, targets)
         ids: dict[frozenset[int], View] = {}
         for pnn in sorted(changed):
             members = targets[pnn]

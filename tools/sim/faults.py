@@ -17,8 +17,8 @@ vs a volatile write is acknowledged on its origin's delivery and may be lost
 with its origin in the same way, so the same faults open a window; with
 StableVolatileWrites=1 (every strict schedule, half of the others) every
 member holds every acknowledged write, so only the loss of every quorate
-majority of holders (nobody left in sync; a node that restarted holds
-nothing until it serves again) opens one. Nothing else may lose anything:
+majority of holders (nobody left in sync; a node that restarted, or
+whose disk failed, holds nothing until it serves again) opens one. Nothing else may lose anything:
 admin recoveries, short hangs, delays, I/O errors, chains that Samba's
 clients hold, and on vs with stable writes a single crash or a minority
 partition. Persistent data has no loss
@@ -279,9 +279,10 @@ class Faults:
         #: left the view or the vnnmap, so their clients' entries may be purged
         self.departures: list[tuple[list[int], float, str]] = []
         #: vs: the nodes that hold every acknowledged volatile write: a node
-        #: that restarted holds none until it serves again (its state
-        #: transfer done), which a stalled member may hold up for seconds
-        #: (`_chain_hold`), so a second crash meanwhile leaves fewer holders
+        #: that restarted, or whose disk failed, holds none until it serves
+        #: again (its state transfer done), which a stalled member may hold
+        #: up for seconds (`_chain_hold`), so a crash meanwhile leaves fewer
+        #: holders
         self.holders = set(range(cluster.size))
 
     @property
@@ -556,6 +557,8 @@ class Faults:
             return
         disk = self.cluster.disks[pnn]
         self.counts["io_error"] += 1
+        # vs: it may leave and come back with damaged copies (vs seed 30006979).
+        self.holders.discard(pnn)
         # vs: a failed write makes the node leave the group and rejoin.
         self.departing([pnn], f"I/O errors on node {pnn}")
         self._busy.add("disk")

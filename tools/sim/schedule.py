@@ -333,7 +333,7 @@ class Variant:
     samba: bool = True
     #: vs: a crash or a split may take from the members that go on together
     #: the last messages of those they part from, which the senders
-    #: delivered (corosync's agreed order, `ViewLayer._agreed_cut`); False:
+    #: delivered (corosync's agreed order, `ViewLayer._lose_suffix`); False:
     #: all or none, as schedules ran before 2026-12-06
     agreed: bool = True
 
