@@ -272,7 +272,7 @@ class ViewLayer(LinkLayer):
         """
         floor = max(self._delivered.get(p, -1) for p in group)
         outside = [
-            (p, packet)
+            packet
             for p in sorted(group)
             if (chan := self._channels.get((SEQUENCER, p))) is not None
             for packet in chan.queue
@@ -281,12 +281,12 @@ class ViewLayer(LinkLayer):
             and packet.item[0] == "msg"
             and packet.item[1] not in kept
         ]
-        orders = sorted({packet.order for _, packet in outside})
+        orders = sorted({packet.order for packet in outside})
         keep = self.random.randint(0, len(orders)) if orders else 0
         if keep == len(orders):
             return
         self._record(f"lose to {sorted(group)} from order {orders[keep]} on")
-        for _, packet in outside:
+        for packet in outside:
             if packet.order >= orders[keep]:
                 packet.dropped = True
                 self._release(packet)
