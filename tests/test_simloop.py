@@ -252,3 +252,79 @@ def test_vs_memory_lease_lapses_while_stopped_and_returns_with_a_tick() -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def _cut_off_member(seed: int, heal_after: float | None) -> dict[str, object]:
+    """Three vs members on a network whose ring re-forms 0.2 s after a cut;
+    the link 0-2 is cut (and restored after `heal_after`), and member 0
+    broadcasts during the cut. What each saw, and when."""
+    seen: dict[str, object] = {"views": [], "got": []}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        net = MemoryNetwork(seed=seed, total_order=True, ring_timeout=0.2)
+        options = TransportOptions(keepalive_interval=0.1, keepalive_limit=5)
+        eps = []
+        for pnn in range(3):
+            ep = MemoryTransport(pnn, ["a", "b", "c"], options, network=net)
+
+            def on_view(view: View, pnn: int = pnn) -> None:
+                seen["views"].append((pnn, view.members, loop.time()))  # type: ignore[attr-defined]
+
+            def on_message(src: int, payload: bytes, pnn: int = pnn) -> None:
+                seen["got"].append((pnn, payload, loop.time()))  # type: ignore[attr-defined]
+
+            ep.on_view, ep.on_message = on_view, on_message
+            await loop.create_task(ep.start(), context=node_context(pnn))
+            eps.append(ep)
+        await asyncio.sleep(1)  # idle: only ticks
+        seen["views"].clear()  # type: ignore[attr-defined]
+        seen["cut"] = loop.time()
+        net.cut(0, 2)
+        seen["lease2"] = eps[2].confirmed_until()
+        await asyncio.sleep(0.05)
+        eps[0].broadcast(b"during the cut")
+        if heal_after is not None:
+            await asyncio.sleep(heal_after - 0.05)
+            net.restore(0, 2)
+        await asyncio.sleep(1)
+        seen["lease2 after"] = eps[2].confirmed_until()
+
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return seen
+
+
+def test_vs_memory_cut_changes_views_only_once_every_cut_off_lease_ran_out() -> None:
+    """As corosync: a cut breaks the ring, which then orders nothing and
+    changes no view until it re-forms (`MemoryNetwork.ring_timeout`, its
+    token and consensus timeouts). The member cut off can no longer renew
+    its lease, and it runs out before the others' view leaves it out
+    (`transport.base.lease_timing`): tools.simulate, vs seed 40067098, found
+    a stale read when views changed at once."""
+    for seed in range(6):
+        seen = _cut_off_member(seed, heal_after=None)
+        cut, lease = seen["cut"], seen["lease2"]
+        assert isinstance(cut, float) and isinstance(lease, float)
+        views = seen["views"]
+        assert isinstance(views, list)
+        without_2 = [t for pnn, members, t in views if pnn in (0, 1) and 2 not in members]
+        assert len(without_2) == 2, views
+        assert lease < cut + 0.2 <= min(without_2), (lease, cut, views)
+        assert (2, (2,)) in [(pnn, members) for pnn, members, _ in views]
+        # The broadcast waited for the ring; it reached member 1 in the old view.
+        got = [(pnn, t) for pnn, payload, t in seen["got"] if payload == b"during the cut"]  # type: ignore[attr-defined]
+        assert 1 in dict(got) and dict(got)[1] >= cut + 0.2, got
+
+
+def test_vs_memory_cut_healed_before_the_ring_timeout_changes_nothing() -> None:
+    for seed in range(6):
+        seen = _cut_off_member(seed, heal_after=0.1)
+        assert seen["views"] == []
+        got = sorted(pnn for pnn, payload, _ in seen["got"] if payload == b"during the cut")  # type: ignore[attr-defined]
+        assert got == [0, 1, 2]
+        after = seen["lease2 after"]
+        assert isinstance(after, float) and after > seen["cut"] + 1  # type: ignore[operator]

@@ -91,13 +91,13 @@ FOUND = [
 @pytest.mark.parametrize(("mode", "seed"), FOUND)
 def test_seeds_that_found_bugs_pass(mode: str, seed: int) -> None:
     """As they were found (callbacks in creation order; or interleaved, clients
-    inside their node; no Samba clients), and as campaigns run schedules now."""
+    inside their node; no Samba clients; views changed at once), and as
+    campaigns run schedules now."""
+    old = " --no-samba --all-or-none --instant-views"
     variants = (
-        (Variant(fifo=True, samba=False, agreed=False), " --fifo --no-samba --all-or-none"),
-        (
-            Variant(apart=False, samba=False, agreed=False),
-            " --clients-inside --no-samba --all-or-none",
-        ),
+        (Variant(fifo=True, samba=False, agreed=False, reform=False), " --fifo" + old),
+        (Variant(apart=False, samba=False, agreed=False, reform=False), " --clients-inside" + old),
+        (Variant(reform=False), " --instant-views"),
         (Variant(), ""),
     )
     for variant, flag in variants:
@@ -106,6 +106,20 @@ def test_seeds_that_found_bugs_pass(mode: str, seed: int) -> None:
             f"python -m tools.simulate --mode {mode} --seed {seed}{flag} -v",
             outcome.violations,
         )
+
+
+#: vs seeds of a stale read by a member cut off from the others, found while
+#: the network changed views at once. That was the model's error as much as
+#: the lease's: corosync re-forms its ring only after its timeouts, and the
+#: lease now ends before (`transport.base.lease_timing`). With
+#: `--instant-views` they still fail, as any lease would.
+FOUND_WITH_VIEWS_AT_ONCE = [40067098, 40099512]
+
+
+@pytest.mark.parametrize("seed", FOUND_WITH_VIEWS_AT_ONCE)
+def test_a_member_cut_off_reads_nothing_stale_once_the_ring_re_forms(seed: int) -> None:
+    outcome = simulate(seed, "vs")
+    assert outcome.ok, (f"python -m tools.simulate --mode vs --seed {seed} -v", outcome.violations)
 
 
 @pytest.mark.parametrize("mode", ["tcp", "vs"])
@@ -293,8 +307,10 @@ def test_a_member_serving_a_view_its_engine_has_not_applied_is_caught(
 
 
 #: vs schedules of crashes in which a node crashed right after delivering its
-#: own volatile write, which no survivor got (`faults._at_delivery`)
+#: own volatile write, which no survivor got (`faults._at_delivery`), as they
+#: ran when found (`--instant-views`: ticks as often as before)
 AT_DELIVERY_SEEDS = (138, 164)
+AS_FOUND = Variant(reform=False)
 
 
 def test_volatile_writes_acknowledged_before_they_are_stable_are_caught(
@@ -307,9 +323,9 @@ def test_volatile_writes_acknowledged_before_they_are_stable_are_caught(
     simulator finds it since half its crashes strike right after the node
     delivered its own broadcast."""
     for seed in AT_DELIVERY_SEEDS:
-        outcome = simulate(seed, "vs", {"crash": 1})
+        outcome = simulate(seed, "vs", {"crash": 1}, variant=AS_FOUND)
         assert outcome.ok, (seed, outcome.violations)
     monkeypatch.setattr(engine.OrderedEngine, "_volatile_write", lambda self, args: args)
     for seed in AT_DELIVERY_SEEDS:
-        violations = simulate(seed, "vs", {"crash": 1}).violations
+        violations = simulate(seed, "vs", {"crash": 1}, variant=AS_FOUND).violations
         assert any(v.startswith("key v:") and "not linearizable" in v for v in violations), seed

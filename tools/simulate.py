@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         "it parts from (before 2026-12-06 it did: replays seeds recorded then)",
     )
     parser.add_argument(
+        "--instant-views",
+        action="store_true",
+        help="vs: a network cut changes the views at once, not after corosync's token and "
+        "consensus timeouts (until 2026-12-06 it did: replays seeds recorded then)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         apart=not ns.clients_inside,
         samba=not ns.no_samba,
         agreed=not ns.all_or_none,
+        reform=not ns.instant_views,
     )
     logging.basicConfig(level=logging.CRITICAL)
     if ns.seed is not None:

@@ -162,6 +162,32 @@ class Transport(abc.ABC):
         self.on_view(self.view)
 
 
+#: Of the time corosync takes to re-form its ring without a member, the share
+#: a vs lease may last: the rest covers a token rotation (the last token the
+#: others saw may precede the one that carried our message) and the ticks'
+#: scheduling.
+RING_SHARE = 0.75
+
+
+def lease_timing(interval: float, silence: float, reform: float | None) -> tuple[float, float]:
+    """(how long after sending a message that came back a vs member is sure
+    it is still in the group, how often it must send one to stay sure).
+
+    The daemons expel a member silent for `silence`, checked every
+    `interval`, so the lease ends one interval before. The network may also
+    cut the member off, and corosync then leaves it out of the ring after
+    `reform` (`transport.libcmap.RingTimeouts.reform`; None where nothing
+    re-forms a ring behind the daemons' backs), which with corosync's
+    defaults comes sooner: the lease ends before that too, and the member
+    ticks three times per lease so that an idle member's lease never lapses.
+    """
+    lease, tick = silence - interval, interval
+    if reform:
+        lease = min(lease, RING_SHARE * reform)
+        tick = min(interval, lease / 3)
+    return lease, tick
+
+
 _REGISTRY: dict[str, str] = {
     "tcp": "transport.tcp:TcpTransport",
     "vs": "transport.cpg:CpgTransport",

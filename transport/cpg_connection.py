@@ -73,6 +73,7 @@ class Connection(CpgStream):
             self.chunk = max(1024, min(self.want_chunk, atomic - HDR.size - 64))
             handle.join(self.group)
             fd = handle.fd()
+            self.reform = self._reform_time()
         except BaseException:
             handle.finalize()
             raise
@@ -83,8 +84,8 @@ class Connection(CpgStream):
         self.expelling = set()
         self.loop.add_reader(fd, self._on_readable)
         self.last_tick = self.loop.time()
-        interval, self.silence_limit = self._keepalive()
-        self.ticker = self.loop.call_later(interval, self._tick)
+        self.silence_limit = self._keepalive()[1]
+        self.ticker = self.loop.call_later(self._lease_timing()[1], self._tick)
         log.debug("joined CPG group %r as %s", self.group, self.me)
         for t in self.transports.values():
             self._hello(t)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from transport import libcpg
-from transport.base import TransportOptions
+from transport import libcmap, libcpg
+from transport.base import TransportOptions, lease_timing
 from transport.cpg_group import Group
 from transport.cpg_wire import (
     BROADCAST,
@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("transport.cpg")
 
 DEFAULT_HIGH_WATER = 8 * 1024 * 1024
+#: the ring's re-forming time assumed when corosync will not tell its own: a
+#: token of 0.45 s with the default consensus, shorter than anyone runs
+DEFAULT_REFORM = 1.0
 TRY_AGAIN_DELAY = 0.001
 #: CPG events handled per event-loop turn: a process catching up on a long
 #: backlog (one that was stopped) keeps its timers and keepalives running.
@@ -87,6 +90,9 @@ class CpgStream(abc.ABC):
         self.own_sent: deque[float] = deque()
         #: when the latest of our messages that came back was sent (see `confirmed_until`)
         self.confirmed_sent: float | None = None
+        #: how long corosync takes to re-form its ring without a member the
+        #: network cut off (`transport.libcmap`), read at each connect
+        self.reform: float = DEFAULT_REFORM
 
     @abc.abstractmethod
     def _lost(self, why: object) -> None:
@@ -128,13 +134,39 @@ class CpgStream(abc.ABC):
         must not answer from its copy. Each member announces its limit in
         its HELLO and every ALIVE (`ctdbtool setvar` may give members
         different ones), and a joiner gets them all in its snapshot.
+
+        corosync may leave us out sooner, without the daemons: when the
+        network cuts this node off, the others' ring re-forms without it
+        after the token and consensus timeouts (`transport.libcmap`). Our
+        message was ordered while the ring still held us, so that ring
+        re-forms no sooner than that time after it, and the lease ends
+        before that too (`transport.base.lease_timing`; tools.simulate, vs
+        seed 40067098: a member stopped for 0.14 s across such a cut
+        answered a read from its old copy after the others had committed).
         """
         if self.confirmed_sent is None:
             return 0.0
+        return self.confirmed_sent + self._lease_timing()[0]
+
+    def _lease_timing(self) -> tuple[float, float]:
+        """(lease, tick period) for the shortest silence any member announced."""
         interval, limit = self._keepalive()
         if self.machine is not None:
             limit = min([limit, *self.machine.state.silences.values()])
-        return self.confirmed_sent + limit - interval
+        return lease_timing(interval, limit, self.reform)
+
+    def _reform_time(self) -> float:
+        """corosync's re-forming time (`transport.libcmap`), or a short one assumed."""
+        try:
+            return libcmap.ring_timeouts().reform
+        except (OSError, libcpg.CpgError) as exc:
+            log.warning(
+                "cannot read corosync's token and consensus timeouts (%s): "
+                "assuming its ring re-forms within %.1fs",
+                exc,
+                DEFAULT_REFORM,
+            )
+            return DEFAULT_REFORM
 
     def _keepalive(self) -> tuple[float, float]:
         """(tick interval, silence after which a member is expelled), from the options."""
@@ -163,7 +195,7 @@ class CpgStream(abc.ABC):
             # ring itself stalls, and corosync's token timeout decides.
             self._expel_silent(now, limit)
         if self.handle is not None:
-            self.ticker = self.loop.call_later(interval, self._tick)
+            self.ticker = self.loop.call_later(self._lease_timing()[1], self._tick)
 
     def _expel_silent(self, now: float, limit: float) -> None:
         machine = self.machine

@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 from typing import Any
 
-from transport.base import Transport, TransportError, TransportOptions, View
+from transport.base import Transport, TransportError, TransportOptions, View, lease_timing
 from transport.memory_network import MAX_MESSAGE, MemoryNetwork
 
 HIGH_WATER = 4 * 1024 * 1024
@@ -134,7 +134,13 @@ class MemoryTransport(Transport):
         if not self._attached or self._dead:
             return
         self._vs_out(("tick", self.network.time()), 0)
-        self.network._call_later(self.options.keepalive_interval, self._tick, at=self.pnn)
+        self.network._call_later(self._lease_timing()[1], self._tick, at=self.pnn)
+
+    def _lease_timing(self) -> tuple[float, float]:
+        """(lease, tick period): `transport.base.lease_timing` for our tunables
+        and the network's ring re-forming time."""
+        interval, limit = self.options.keepalive_interval, self.options.keepalive_limit
+        return lease_timing(interval, interval * limit, self.network.ring_timeout or None)
 
     def _came_back(self, sent: float) -> None:
         """One of our broadcasts or ticks, sent at `sent`, was delivered to us."""
@@ -145,19 +151,19 @@ class MemoryTransport(Transport):
         """VS mode: the lease of `transport.cpg_stream.CpgStream.confirmed_until`.
 
         The network expels a stopped member after the keepalive silence, and
-        the member learns it only when it reaches that view among what was
-        queued for it; until then it must not answer from its copy. Nobody
-        can have expelled it before its latest message that came back was
-        sent, so that time plus the silence, less one interval, is safe. With
-        none, or in a view of itself alone, nothing is confirmed (unless the
-        cluster has one node); over FIFO (tcp) the engine keeps its own lease.
+        a cut after its `ring_timeout`; the member learns it only when it
+        reaches that view among what was queued for it, and until then it
+        must not answer from its copy. Nobody can have left it out before
+        its latest message that came back was sent, so that time plus the
+        lease of `transport.base.lease_timing` is safe. With none, or in a
+        view of itself alone, nothing is confirmed (unless the cluster has
+        one node); over FIFO (tcp) the engine keeps its own lease.
         """
         if not self._leased or len(self.nodes) == 1:
             return None
         if self._confirmed_sent is None or self.view.members == (self.pnn,):
             return 0.0
-        interval, limit = self.options.keepalive_interval, self.options.keepalive_limit
-        return self._confirmed_sent + interval * (limit - 1)
+        return self._confirmed_sent + self._lease_timing()[0]
 
     def _vs_install(self, view: View) -> None:
         """A view from the sequencer: install it, then release held messages,

@@ -30,7 +30,11 @@ Faults beyond crashes and clean partitions, for the simulator
 * `cut(a, b)`: one pair cannot talk while both still talk to others, which
   builds non-transitive partitions ({0,2} and {1,2} connected, 0-1 cut).
   FIFO mode gives each endpoint its own view, as TCP does; VS mode, like
-  totem, installs views of groups whose members all reach each other.
+  totem, installs views of groups whose members all reach each other. With
+  a `ring_timeout` (the simulator's), VS mode changes views only after a
+  cut has lasted that long, as corosync re-forms its ring after its token
+  and consensus timeouts, and orders nothing in the broken view meanwhile
+  (`ViewLayer._vs_stalled`).
 * `cut_oneway(src, dst)`: an asymmetric loss. Over TCP the sender's data is
   retransmitted until the receiver's keepalive gives up, so FIFO mode holds
   the link's traffic (nothing lost yet) and, after `detect_after` seconds,
@@ -97,6 +101,7 @@ class MemoryNetwork(ViewLayer):
         latency: tuple[float, float] = (0.0001, 0.001),
         expel_stopped: bool = True,
         agreed_only: bool = False,
+        ring_timeout: float = 0.0,
     ) -> None:
         if latency[0] < 0 or latency[1] < latency[0]:
             raise ValueError(f"bad latency range {latency!r}")
@@ -106,6 +111,7 @@ class MemoryNetwork(ViewLayer):
             total_order=total_order,
             latency=latency,
             agreed_only=agreed_only,
+            ring_timeout=ring_timeout,
         )
         #: VS mode: a stopped member leaves the views after `detect_after`, as
         #: the vs transport expels a member that stops reading; False models

@@ -44,9 +44,21 @@ class ViewLayer(LinkLayer):
         total_order: bool,
         latency: tuple[float, float],
         agreed_only: bool = False,
+        ring_timeout: float = 0.0,
     ) -> None:
         super().__init__(scheduler, seed=seed, latency=latency)
         self.total_order = total_order
+        #: VS mode: how long a view that a cut broke stalls before the views
+        #: change (`_vs_stalled`); 0: at once
+        self.ring_timeout = ring_timeout
+        #: VS mode: ids of views a cut broke (their members no longer all
+        #: reach each other) ...
+        self._broken: set[int] = set()
+        #: ... and of those still stalled, with the token of their timer
+        self._stalls: dict[int, object] = {}
+        #: VS mode: what members of a stalled view sent meanwhile, by view id
+        self._parked: dict[int, list[tuple[int, tuple[Any, ...]]]] = {}
+        self._unparking = False
         #: VS mode: members that go on together may lose the last messages of
         #: those they part from, which their senders delivered (`_lose_suffix`)
         self.agreed_only = agreed_only
@@ -85,11 +97,14 @@ class ViewLayer(LinkLayer):
         return frozenset(self._alive)
 
     def connected(self, a: int, b: int) -> bool:
-        if a == b:
-            return True
+        return a == b or (self._linked(a, b) and not {a, b} & self._isolated)
+
+    def _linked(self, a: int, b: int) -> bool:
+        """The network carries traffic between `a` and `b`, whatever their
+        processes do (a stopped one stays in corosync's ring)."""
         if self._groups is not None and not any(a in g and b in g for g in self._groups):
             return False
-        return frozenset((a, b)) not in self._split and not {a, b} & self._isolated
+        return frozenset((a, b)) not in self._split
 
     def _reachable(self, pnn: int) -> frozenset[int]:
         return frozenset(p for p in self._alive if self.connected(pnn, p))
@@ -226,6 +241,9 @@ class ViewLayer(LinkLayer):
         view = self._departed.get(src) or self._installed.get(src)
         if view is None:
             return
+        if view.view_id in self._stalls:
+            self._parked.setdefault(view.view_id, []).append((src, item))
+            return
         # Only members still in that very view get it: not a restarted
         # incarnation of a dead member, not members that moved on.
         recipients = [
@@ -254,7 +272,7 @@ class ViewLayer(LinkLayer):
                 if self._tracing:
                     self._record(f"order {src}->{dst} {show_payload(payload)}")
                 self._enqueue(SEQUENCER, dst, ("msg", src, payload), 0, dst, order)
-        if src in self._departed:
+        if src in self._departed and not self._unparking:
             self._vs_try_complete()
 
     def _lose_suffix(self, group: frozenset[int], kept: frozenset[int]) -> None:
@@ -334,8 +352,61 @@ class ViewLayer(LinkLayer):
             changed |= {p for p in view.members if p in self._alive}
         return changed
 
+    def _vs_stalled(self) -> bool:
+        """Is some view broken by a cut less than `ring_timeout` ago?
+
+        corosync does not notice a cut at once: the ring's token is lost,
+        declared so after the token timeout, and the silent members are
+        counted as failed after the consensus timeout. Meanwhile the ring
+        orders nothing (what its members send waits here) and no view
+        changes; a cut that heals before then changes nothing. A member's
+        lease relies on it (`transport.base.lease_timing`). Crashes and
+        expels are not cuts: corosync learns of a dead process from its own
+        node at once, and an expel is a message in the ring.
+        """
+        if self.ring_timeout <= 0:
+            return False
+        members: dict[int, list[int]] = {}
+        for p, view in self._installed.items():
+            if p in self._alive:
+                members.setdefault(view.view_id, []).append(p)
+        for view_id, group in members.items():
+            if all(self._linked(a, b) for a in group for b in group):
+                self._broken.discard(view_id)
+                self._stalls.pop(view_id, None)
+            elif view_id not in self._broken:
+                self._broken.add(view_id)
+                token = self._stalls[view_id] = object()
+                self._record(f"ring of view {view_id} broken")
+                self._call_later(self.ring_timeout, self._stall_over, view_id, token)
+        for view_id in self._broken - set(members):
+            self._broken.discard(view_id)
+            self._stalls.pop(view_id, None)
+        self._unpark()
+        return bool(self._stalls)
+
+    def _stall_over(self, view_id: int, token: object) -> None:
+        if self._stalls.get(view_id) is token:
+            del self._stalls[view_id]
+            self._record(f"ring of view {view_id} re-forms")
+            self._vs_reconcile()
+
+    def _unpark(self) -> None:
+        """Order what members of views no longer stalled sent meanwhile, in the
+        order it came (in their old view: the flush comes after)."""
+        ready = [v for v in self._parked if v not in self._stalls]
+        items = [entry for v in ready for entry in self._parked.pop(v)]
+        self._unparking = True
+        try:
+            for src, item in items:
+                self._sequence(src, item)
+        finally:
+            self._unparking = False
+
     def _vs_reconcile(self) -> None:
         """Start a flush if some member's view must change and none is running."""
+        if self._vs_stalled():
+            return  # the stall's timer (or the heal) comes back here
         if self._awaiting is not None:
             self._vs_extend_flush()
             self._vs_try_complete()
@@ -375,6 +446,8 @@ class ViewLayer(LinkLayer):
     def _vs_try_complete(self) -> None:
         """Install the next views once every survivor has flushed and every
         departed member's surviving messages have been ordered."""
+        if (self._stalls or self._parked) and self._vs_stalled():
+            return
         if self._awaiting is None or self._awaiting:
             return
         if any(self._in_flight(gone) for gone in self._departed):

@@ -35,8 +35,9 @@ SIM_TUNABLES = {
     "VacuumInterval": 0.2,
 }
 LATENCY = (0.0001, 0.002)
+INTERVAL = SIM_TUNABLES["KeepaliveInterval"]
 #: how long a silent node lasts before the others drop it (seconds)
-EXPEL = SIM_TUNABLES["KeepaliveInterval"] * SIM_TUNABLES["KeepaliveLimit"]
+EXPEL = INTERVAL * SIM_TUNABLES["KeepaliveLimit"]
 
 
 class Life:
@@ -70,6 +71,7 @@ class SimCluster:
         sticky_pindown: int = 0,
         samba: bool = False,
         agreed_only: bool = False,
+        ring_timeout: float = 0.0,
     ) -> None:
         if mode not in ("tcp", "vs"):
             raise ValueError("mode is 'tcp' (point-to-point) or 'vs' (total order)")
@@ -103,6 +105,7 @@ class SimCluster:
             # vs: corosync alone keeps a stopped member; the vs transport expels it.
             expel_stopped=not keep_stopped,
             agreed_only=agreed_only,
+            ring_timeout=ring_timeout,
         )
         self.root = Path(tempfile.mkdtemp(prefix=f"ctdbsim{seed}-", dir=_scratch()))
         _ROOTS.add(self.root)

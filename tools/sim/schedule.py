@@ -28,7 +28,7 @@ from ctdb.common.errors import CtdbError
 from ctdb.storage.database import SEQNUM_KEY
 from ctdb.storage.ltdb import live_value
 from tools.sim import linearizability, split_brain
-from tools.sim.cluster import LIFE, SimCluster, crashed
+from tools.sim.cluster import EXPEL, INTERVAL, LIFE, SimCluster, crashed
 from tools.sim.faults import Faults, kinds_of, plan
 from tools.sim.history import History, Kind
 from tools.sim.loop import NODE, SimulationStuck, VirtualTimeLoop
@@ -107,6 +107,10 @@ async def run_schedule(
         samba = variant.samba and random.Random(seed * 41 + 3).random() < 0.5
     else:
         samba = "chain_hold" in kinds
+    # vs: corosync's ring re-forms after a cut sooner or later than the
+    # daemons' lease of their silence runs out (with corosync's defaults and a
+    # 1 s token, 2.2 s and up against 4 s; tools.netns_ctdb: 2.1 s).
+    reform = random.Random(seed * 43 + 5).uniform(0.3, 1.5) * (EXPEL - INTERVAL)
     apart = variant.clients_apart
     cluster = SimCluster(
         seed,
@@ -118,6 +122,7 @@ async def run_schedule(
         sticky_pindown=pindown,
         samba=samba,
         agreed_only=variant.agreed,
+        ring_timeout=reform if variant.reform and mode == "vs" else 0.0,
     )
     history = History()
     try:
@@ -336,6 +341,11 @@ class Variant:
     #: delivered (corosync's agreed order, `ViewLayer._lose_suffix`); False:
     #: all or none, as schedules ran before 2026-12-06
     agreed: bool = True
+    #: vs: a cut changes the views only once it has lasted the ring's
+    #: re-forming time (corosync's token and consensus timeouts,
+    #: `MemoryNetwork.ring_timeout`); False: at once, as schedules ran until
+    #: 2026-12-06 (seeds up to 41,088,070)
+    reform: bool = True
 
     @property
     def clients_apart(self) -> bool:
