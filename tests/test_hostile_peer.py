@@ -287,6 +287,7 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
                 "synced": False,
                 "damaged": False,
                 "epoch": 0,
+                "position": 0,
                 "numbered": 0,
                 "incarnation": 1,
                 "flags": STOPPED,

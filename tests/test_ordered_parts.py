@@ -37,11 +37,13 @@ def offer(
     epoch: int = 1,
     numbered: int = 1,
     damaged: bool = False,
+    position: int = 0,
 ) -> dict[str, Any]:
     return {
         "synced": synced,
         "damaged": damaged,
         "epoch": epoch,
+        "position": position,
         "numbered": numbered,
         "flags": 0,
         "dbs": [[name, "persistent", seq, hist] for name, (seq, hist) in dbs.items()],
@@ -80,19 +82,29 @@ def test_a_member_in_sync_needs_only_the_databases_it_lacks() -> None:
 @pytest.mark.parametrize(
     ("marks", "source"),
     [
-        # (epoch, damaged, sequence number) per member -> the copy taken
-        ({0: (3, False, 1), 1: (4, False, 0)}, 1),  # the highest epoch first
-        ({0: (4, True, 9), 1: (4, False, 2)}, 1),  # then a copy without failed writes
-        ({0: (4, False, 2), 1: (4, False, 9)}, 1),  # then the highest sequence number
-        ({0: (4, False, 9), 1: (4, False, 9)}, 0),  # a tie: the lowest member
+        # (epoch, damaged, position, sequence number) per member -> the copy taken
+        ({0: (3, False, 7, 1), 1: (4, False, 0, 0)}, 1),  # the highest epoch first
+        ({0: (4, True, 7, 9), 1: (4, False, 0, 2)}, 1),  # then a copy without failed writes
+        # then the longest part of the epoch's stream: a volatile write moves
+        # no sequence number (vs seed 40044864)
+        ({0: (4, False, 3, 2), 1: (4, False, 5, 2)}, 1),
+        ({0: (4, False, 5, 2), 1: (4, False, 5, 9)}, 1),  # then the highest sequence number
+        ({0: (4, False, 5, 9), 1: (4, False, 5, 9)}, 0),  # a tie: the lowest member
     ],
 )
 def test_with_nobody_in_sync_the_freshest_copy_wins(
-    marks: dict[int, tuple[int, bool, int]], source: int
+    marks: dict[int, tuple[int, bool, int, int]], source: int
 ) -> None:
     offers = {
-        p: offer(synced=False, dbs={"a": (seq, b"")}, epoch=epoch, numbered=epoch, damaged=bad)
-        for p, (epoch, bad, seq) in marks.items()
+        p: offer(
+            synced=False,
+            dbs={"a": (seq, b"")},
+            epoch=epoch,
+            numbered=epoch,
+            damaged=bad,
+            position=position,
+        )
+        for p, (epoch, bad, position, seq) in marks.items()
     }
     plan = make_plan(offers)
     assert plan.sources == {"a": source}

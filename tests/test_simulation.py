@@ -85,6 +85,7 @@ FOUND = [
     ("tcp", 3234633),  # liveness: a healthy node banned for a failure a stopped leader read late
     ("tcp", 3526429),  # a hand-over after a reserved record's clients failed outside any guard
     ("vs", 8615281),  # two generations in one view: a joiner dropped a forced recovery
+    ("vs", 40044864),  # volatile write lost: a stalled member's copy taken over its origin's
 ]
 
 

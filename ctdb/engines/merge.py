@@ -89,18 +89,25 @@ def persistent_source(seqnums: Mapping[int, int]) -> int:
     return max(sorted(seqnums), key=lambda pnn: seqnums[pnn])
 
 
-def freshest_copy(marks: Mapping[int, tuple[int, bool, int]]) -> int:
+def freshest_copy(marks: Mapping[int, tuple[int, bool, int, int]]) -> int:
     """vs: when no member is in sync, whose copy a database is taken from.
 
-    A mark is (epoch, sound, sequence number). A member's epoch grows with
-    every quorate view it went through in sync, so the highest epoch followed
-    the stream longest; every write it acknowledged was stable, i.e. applied
-    by all members of its view, so sound members sharing the highest epoch
-    hold the same acknowledged writes and the sequence number, then the
-    lowest pnn, only settle what nobody acknowledged. A member whose local
-    write failed (not sound) left the group without the operation it could
-    not apply, which the others then acknowledged, and its files may have
-    lost more: at the same epoch a sound copy is taken first.
+    A mark is (epoch, sound, position, sequence number). A member's epoch
+    grows with every quorate view it went through in sync, so the highest
+    epoch followed the stream longest. A member whose local write failed
+    (not sound) left the group without the operation it could not apply,
+    which the others then acknowledged, and its files may have lost more: at
+    the same epoch a sound copy is taken first. Among those, the position
+    (operations applied in sync since the epoch began) decides: members of
+    one epoch applied prefixes of one total order, so the longest prefix
+    holds every write any of them applied. That matters for what was
+    acknowledged before it was stable (a volatile write with
+    StableVolatileWrites=0, acknowledged on its origin's delivery): members
+    stalled by Samba's clients, which left to resync, hold less of the
+    epoch than the origin (tools.simulate, vs seed 40044864, took a stalled
+    member's copy when only the epoch and the sequence number counted, and
+    a volatile write does not move the sequence number). The sequence
+    number, then the lowest pnn, settle the rest.
     """
     return max(sorted(marks), key=lambda pnn: marks[pnn])
 

@@ -213,6 +213,7 @@ ORDERED: dict[str, Check] = {
             "synced": BOOL,
             "damaged": BOOL,
             "epoch": U64,
+            "position": U64,
             "numbered": U64,
             "incarnation": U64,
             "flags": FLAGS,

@@ -17,8 +17,9 @@ vs a volatile write is acknowledged on its origin's delivery and may be lost
 with its origin in the same way, so the same faults open a window; with
 StableVolatileWrites=1 (every strict schedule, half of the others) every
 member holds every acknowledged write, so only the loss of every quorate
-majority of holders (nobody left in sync; a node that restarted, or
-whose disk failed, holds nothing until it serves again) opens one. Nothing else may lose anything:
+majority of holders (nobody left in sync; a node that restarted, whose
+disk failed, or that the serving members' view left out, holds nothing
+until it serves again) opens one. Nothing else may lose anything:
 admin recoveries, short hangs, delays, I/O errors, chains that Samba's
 clients hold, and on vs with stable writes a single crash or a minority
 partition. Persistent data has no loss
@@ -279,10 +280,10 @@ class Faults:
         #: left the view or the vnnmap, so their clients' entries may be purged
         self.departures: list[tuple[list[int], float, str]] = []
         #: vs: the nodes that hold every acknowledged volatile write: a node
-        #: that restarted, or whose disk failed, holds none until it serves
-        #: again (its state transfer done), which a stalled member may hold
-        #: up for seconds (`_chain_hold`), so a crash meanwhile leaves fewer
-        #: holders
+        #: that restarted, or whose disk failed, or that a serving member's
+        #: view left out, holds none until it serves again (its state
+        #: transfer done), which a stalled member may hold up for seconds
+        #: (`_chain_hold`), so a crash meanwhile leaves fewer holders
         self.holders = set(range(cluster.size))
 
     @property
@@ -692,7 +693,11 @@ class Faults:
         seed 21003152: node 2 restarted and waited for a snapshot from node
         0, stalled by a Samba client's chain, when node 1 crashed: node 0,
         the last holder, then left to resync, and nodes 1 and 2 went on from
-        their empty files).
+        their empty files), nor one a serving member's view left out until
+        it serves again (vs seed 42003733: node 2 cut off, then node 0
+        crashed; node 1, the last holder, was stalled by a Samba client's
+        chain, so node 2 never caught up, and when node 1 left to resync,
+        nodes 0 and 2 went on from node 2's old copy).
         """
         size = self.cluster.size
         up = [
@@ -720,8 +725,18 @@ class Faults:
                 for p, node in self.cluster.nodes.items()
                 if node.serving and p not in self._moving
             }
-            if serving - self.holders:
-                self.holders |= serving
+            holders = self.holders | serving
+            if self.cluster.mode == "vs":
+                # Left out of a serving member's view (a minority partition,
+                # an expel), a node misses what that view acknowledges.
+                holders -= {
+                    q
+                    for p in serving
+                    for q in range(size)
+                    if q not in self.cluster.nodes[p].transport.view.members
+                }
+            if holders != self.holders:
+                self.holders = holders
                 self._track_quorum()
             if self.cluster.healthy():
                 for window in self.windows:

@@ -26,8 +26,9 @@ sequence numbers?). Once all offers of the view are delivered each node
 computes the same plan: each database comes from the lowest in-sync member
 holding it, or, when nobody is in sync (the whole cluster restarted, quorum
 was lost), from the freshest copy (`merge.freshest_copy`: the highest epoch,
-then a copy whose files saw no failed write, then the highest sequence
-number). Sources broadcast a snapshot
+then a copy whose files saw no failed write, then the longest part of the
+epoch's stream applied, then the highest sequence number). Sources
+broadcast a snapshot
 taken at that position; members that need it queue later operations until
 the snapshot is applied. Quorum (a majority of configured nodes) is enforced
 here because CPG does not: a member of a minority view is out of sync and

@@ -63,6 +63,7 @@ class StreamApplier:
     backlog: list[Ordered]
     synced: bool
     damaged: bool
+    position: int
 
     @property
     def members(self) -> list[int]:
@@ -133,6 +134,8 @@ class StreamApplier:
             self.act()
             self.stability.applying = None
         self.node.stats["ordered_applied"] += 1
+        if self.synced:
+            self.position += 1
         if members is not None and error is None:
             self.stability.confirm(msg.origin, msg.seq)
         if self.requests.deliver(msg, result, error, members):

@@ -71,6 +71,10 @@ class OrderedEngine(StreamApplier):
         #: a local write failed since our copies were last in sync: they may
         #: lack or have lost anything (see `freshest_copy` in engines.merge)
         self.damaged = False
+        #: operations applied in sync since our epoch began: members of one
+        #: epoch applied prefixes of one order, so the longest holds every
+        #: write any of them applied (see `freshest_copy` in engines.merge)
+        self.position = 0
         self.view: View = node.transport.view
         #: view changes and state-transfer rounds
         self.rounds = Rounds(self)

@@ -63,6 +63,7 @@ class RoundsHost(Protocol):
     stability: Stability
     synced: bool
     damaged: bool
+    position: int
     recoveries: int
     flags: dict[int, int]
     #: our own operations in the stream, until they are delivered
@@ -182,6 +183,7 @@ class Rounds:
             # Members in sync went through one more quorate view (see
             # merge.freshest_copy); all of them, at this same position.
             e.node.epochs.set(e.node.epochs.epoch + 1)
+            e.position = 0
         if e.quorate and e.node.pnn in view:
             # Survivors delivered what we delivered in the old view; joiners
             # hold it once the round just started is done (see `_stable`).
@@ -198,6 +200,7 @@ class Rounds:
             "synced": e.synced,
             "damaged": e.damaged,
             "epoch": e.node.epochs.epoch,
+            "position": max(e.position, 0),
             "numbered": e.node.epochs.numbered,
             "incarnation": e.node.epochs.incarnation,
             "flags": e.node.flags,
@@ -248,6 +251,7 @@ class Rounds:
             kept, e.backlog = split_new_databases(e.backlog, r.offers)
             e.drop_backlog()
             e.backlog = kept
+            r.carried = len(kept)
         # Sources send what others need, as of this position in the stream.
         for name, src in plan.sources.items():
             receivers = plan.receivers(name, r.members)
@@ -354,6 +358,9 @@ class Rounds:
         e.purge(lambda o: o[0] not in e.view)
         e.purge_entries(record_calls.departed(incarnations))
         e.node.epochs.set(self.round.epoch)
+        # The epoch begins at the plan: what we carried from before it,
+        # members in sync applied before it.
+        e.position = -self.round.carried
         view_id, behind = self.catching_up
         took_copies = view_id == self.round.view_id and e.node.pnn in behind
         if took_copies and self.served:

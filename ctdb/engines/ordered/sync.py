@@ -30,6 +30,9 @@ class SyncRound:
     #: the epoch every member adopts when the round completes
     epoch: int = 0
     awaiting: set[str] = field(default_factory=set)
+    #: operations from before the plan we apply after our snapshots
+    #: (`rounds.split_new_databases`)
+    carried: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,9 @@ def make_plan(offers: dict[int, dict[str, Any]]) -> Plan:
     Each database comes from the lowest member in sync that holds it, or,
     when nobody in sync holds it (the whole cluster restarted, quorum was
     lost), from the freshest copy (`merge.freshest_copy`: the highest epoch,
-    then a copy whose files saw no failed write, then the highest sequence
-    number). A member out of sync needs every database; one in sync, those
-    it lacks.
+    then a copy whose files saw no failed write, then the longest part of
+    the epoch's stream applied, then the highest sequence number). A member
+    out of sync needs every database; one in sync, those it lacks.
     """
     synced = sorted(p for p, o in offers.items() if o["synced"])
     marks: dict[str, dict[int, Mark]] = {}
@@ -75,7 +78,8 @@ def make_plan(offers: dict[int, dict[str, Any]]) -> Plan:
             sources[name] = in_sync[0]
         else:
             fresh = {
-                p: (epochs[p], not offers[p]["damaged"], mark[0]) for p, mark in holders.items()
+                p: (epochs[p], not offers[p]["damaged"], int(offers[p]["position"]), mark[0])
+                for p, mark in holders.items()
             }
             sources[name] = freshest_copy(fresh)
     needs = {
