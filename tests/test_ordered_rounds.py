@@ -271,3 +271,44 @@ def test_a_joiner_keeps_what_the_stream_did_to_a_database_attached_after_the_off
     for pnn in (0, 1, 2):
         rec = group.members[pnn].db_by_name("n").local.get(b"k")
         assert rec is not None and rec.value == b"w", pnn
+
+
+def test_with_nobody_in_sync_the_member_that_applied_most_of_the_epoch_is_taken(
+    group: Group,
+) -> None:
+    """vs campaign seed 40044864, without a loop: a volatile write acknowledged
+    on its origin's delivery (StableVolatileWrites=0) that the two other
+    members never applied (stalled by Samba's clients, they left). When
+    nobody is in sync, epochs and sequence numbers tie (a volatile write
+    moves none), and the member that applied the longest part of the epoch
+    is taken. Read barriers, which only their own node delivers, do not
+    count: node 0 sends three."""
+    for pnn in (0, 1, 2):
+        group.start(pnn)
+    group.view(0, 1, 2)
+    group.deliver()
+    two = group.members[2].engine
+    two.broadcast("attach", {"name": "v", "kind": "volatile"})
+    group.deliver()
+    db = group.members[2].db_by_name("v")
+    two.broadcast("store", {"db": db.id, "key": b"k", "value": b"w", "owner": [2, 1]})
+    sender, view, data, _ = group.sent.pop()
+    group.sent.append((sender, view, data, 2))  # delivered to its origin only
+    for _ in range(3):
+        group.members[0].engine.broadcast("sync", {})
+        sender, view, data, _ = group.sent.pop()
+        group.sent.append((sender, view, data, 0))
+    group.deliver()
+    positions = {p: group.members[p].engine.position for p in (0, 1, 2)}
+    assert positions[2] == positions[0] + 1 == positions[1] + 1, positions
+    for pnn in (0, 1, 2):
+        group.view(pnn)  # each alone: out of quorum, out of sync
+    assert not any(group.members[p].engine.synced for p in (0, 1, 2))
+
+    group.view(0, 1, 2)
+    group.deliver()
+    for pnn in (0, 1, 2):
+        assert group.members[pnn].engine.synced
+        rec = group.members[pnn].db_by_name("v").local.get(b"k")
+        assert rec is not None and rec.value == b"w", pnn
+        assert group.members[pnn].engine.position == 0  # a new epoch begins

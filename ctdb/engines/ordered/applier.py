@@ -44,6 +44,10 @@ MAX_BACKLOG = 100_000
 #: snapshot sent before it, while the members in sync counted it: two
 #: generations in one view, forever.)
 CONFIGURATION = frozenset({"recover", "flags"})
+#: operations only their origin delivers (a read barrier goes to its own node
+#: alone): not part of the epoch's stream every member applies, so they do
+#: not count in `position`
+OWN_ONLY = frozenset({"sync"})
 
 
 class StreamApplier:
@@ -134,7 +138,7 @@ class StreamApplier:
             self.act()
             self.stability.applying = None
         self.node.stats["ordered_applied"] += 1
-        if self.synced:
+        if self.synced and msg.op not in OWN_ONLY:
             self.position += 1
         if members is not None and error is None:
             self.stability.confirm(msg.origin, msg.seq)
