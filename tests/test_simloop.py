@@ -264,12 +264,14 @@ def _cut_off_member(seed: int, heal_after: float | None) -> dict[str, object]:
         loop = asyncio.get_running_loop()
         net = MemoryNetwork(seed=seed, total_order=True, ring_timeout=0.2)
         options = TransportOptions(keepalive_interval=0.1, keepalive_limit=5)
-        eps = []
+        eps: list[MemoryTransport] = []
         for pnn in range(3):
             ep = MemoryTransport(pnn, ["a", "b", "c"], options, network=net)
 
             def on_view(view: View, pnn: int = pnn) -> None:
                 seen["views"].append((pnn, view.members, loop.time()))  # type: ignore[attr-defined]
+                if pnn == 2:  # the send time of its latest tick that came back
+                    seen["confirmed2"] = eps[2]._confirmed_sent
 
             def on_message(src: int, payload: bytes, pnn: int = pnn) -> None:
                 seen["got"].append((pnn, payload, loop.time()))  # type: ignore[attr-defined]
@@ -315,9 +317,15 @@ def test_vs_memory_cut_changes_views_only_once_every_cut_off_lease_ran_out() -> 
         assert len(without_2) == 2, views
         assert lease < cut + 0.2 <= min(without_2), (lease, cut, views)
         assert (2, (2,)) in [(pnn, members) for pnn, members, _ in views]
-        # The broadcast waited for the ring; it reached member 1 in the old view.
+        # Nothing member 2 sent after the cut came back before it saw itself
+        # alone: the broken ring ordered none of it.
+        confirmed = seen["confirmed2"]
+        assert isinstance(confirmed, float) and confirmed < cut, (confirmed, cut)
+        # The broadcast waited for the ring: member 1 got it in the new view.
         got = [(pnn, t) for pnn, payload, t in seen["got"] if payload == b"during the cut"]  # type: ignore[attr-defined]
-        assert 1 in dict(got) and dict(got)[1] >= cut + 0.2, got
+        assert sorted(pnn for pnn, _ in got) == [0, 1], got
+        view_01 = min(t for pnn, members, t in views if pnn == 1 and members == (0, 1))
+        assert dict(got)[1] > view_01, (got, views)
 
 
 def test_vs_memory_cut_healed_before_the_ring_timeout_changes_nothing() -> None:

@@ -20,6 +20,15 @@ HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = HIGH_WATER // 2
 
 
+def _size(item: tuple[Any, ...]) -> int:
+    """The payload bytes of a VS item (what `_vs_out` counts against back-pressure)."""
+    if item[0] == "bcast":
+        return len(item[1])
+    if item[0] == "send":
+        return len(item[2])
+    return 0
+
+
 class MemoryTransport(Transport):
     """A `Transport` on a `MemoryNetwork` (by default the one named in
     `options.extra["network"]`, or "default")."""
@@ -164,6 +173,15 @@ class MemoryTransport(Transport):
         if self._confirmed_sent is None or self.view.members == (self.pnn,):
             return 0.0
         return self._confirmed_sent + self._lease_timing()[0]
+
+    def _not_ordered(self, items: list[tuple[Any, ...]]) -> None:
+        """VS mode: what we sent that a broken ring never ordered: it goes out
+        after our next view, before what we held since (see
+        `ViewLayer._stall_over`)."""
+        self._held_mode = True
+        again = [(item, _size(item)) for item in items]
+        self._held[0:0] = again
+        self._outstanding += sum(size for _, size in again)
 
     def _vs_install(self, view: View) -> None:
         """A view from the sequencer: install it, then release held messages,

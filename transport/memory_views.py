@@ -386,14 +386,31 @@ class ViewLayer(LinkLayer):
         return bool(self._stalls)
 
     def _stall_over(self, view_id: int, token: object) -> None:
-        if self._stalls.get(view_id) is token:
-            del self._stalls[view_id]
-            self._record(f"ring of view {view_id} re-forms")
-            self._vs_reconcile()
+        """The cut lasted: the ring re-forms without the members it cut off.
+
+        What its members sent meanwhile was never ordered in the broken
+        ring, and corosync orders it in the new one, after the view change:
+        it goes back to its senders, ahead of what they hold for their next
+        view. (Ordered in the old view, a member cut off would get back a
+        tick it sent after the cut, and its lease with it, before it learns
+        that it is alone.)
+        """
+        if self._stalls.get(view_id) is not token:
+            return
+        del self._stalls[view_id]
+        self._record(f"ring of view {view_id} re-forms")
+        unordered: dict[int, list[tuple[Any, ...]]] = {}
+        for src, item in self._parked.pop(view_id, []):
+            unordered.setdefault(src, []).append(item)
+        for src, items in unordered.items():
+            ep = self._endpoints.get(src)
+            if ep is not None and src in self._alive:
+                ep._not_ordered(items)
+        self._vs_reconcile()
 
     def _unpark(self) -> None:
-        """Order what members of views no longer stalled sent meanwhile, in the
-        order it came (in their old view: the flush comes after)."""
+        """Order what members of views a cut no longer breaks sent meanwhile,
+        in the order it came: the ring went on (a cut healed in time)."""
         ready = [v for v in self._parked if v not in self._stalls]
         items = [entry for v in ready for entry in self._parked.pop(v)]
         self._unparking = True
