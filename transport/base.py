@@ -184,7 +184,8 @@ def lease_timing(interval: float, silence: float, reform: float | None) -> tuple
     lease, tick = silence - interval, interval
     if reform:
         lease = min(lease, RING_SHARE * reform)
-        tick = min(interval, lease / 3)
+        if lease > 0:  # (never a tick of no time, whatever the inputs)
+            tick = min(interval, lease / 3)
     return lease, tick
 
 
