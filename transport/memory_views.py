@@ -317,10 +317,23 @@ class ViewLayer(LinkLayer):
 
     def _crash_cut(self, pnn: int) -> None:
         """A crashed sender's messages on their way: what no survivor got yet may
-        be lost, the same for every group of survivors that still talk."""
-        if self.agreed_only:
-            for group in {frozenset(g) for g in self._cliques().values()}:
-                self._lose_suffix(group, frozenset(self._alive))
+        be lost, the same suffix for every survivor.
+
+        The same for all, not per group of survivors that talk right now:
+        which of them go into the same next view is decided only when the
+        views are (a cut may heal first, all the more while a broken ring
+        waits to re-form), and members that do must have delivered the same
+        messages. Groups that part may still lose different suffixes of
+        what is left (`_parting_cut`). (vs seed 44091179: a crash during a
+        cut lost node 1's last commit for node 0's side only, the cut
+        healed, and nodes 0 and 2 went into one view, one with the commit,
+        one without.)
+        """
+        view = self._departed.get(pnn)
+        if self.agreed_only and view is not None:
+            survivors = frozenset(p for p in self._alive if self._installed.get(p) is view)
+            if survivors:
+                self._lose_suffix(survivors, frozenset(self._alive))
 
     def _parting_cut(self, changed: set[int], targets: dict[int, frozenset[int]]) -> None:
         """Members that go from one view into the same next one may lose what
