@@ -725,7 +725,9 @@ class Faults:
                 for p, node in self.cluster.nodes.items()
                 if node.serving and p not in self._moving
             }
-            holders = self.holders | serving
+            # Serving while its disk fails, a node may leave at its next write
+            # with damaged copies and never catch up (vs seed 45006710).
+            holders = self.holders | {p for p in serving if not self.cluster.disks[p].failure_rate}
             if self.cluster.mode == "vs":
                 # Left out of a serving member's view (a minority partition,
                 # an expel), a node misses what that view acknowledges.
