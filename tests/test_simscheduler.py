@@ -241,6 +241,31 @@ def test_vs_a_crash_during_a_cut_that_heals_in_time_loses_the_same_for_all(seed:
     assert tails[0] == tails[1]
 
 
+def test_vs_a_restarted_member_sends_nothing_its_old_run_left_in_a_broken_ring() -> None:
+    """What a broken ring held back of a member that crashed is its old run's:
+    a new run that joins before the ring re-forms must not send it as its own."""
+    for seed in range(10):
+        sched, net, eps, logs = make_cluster(3, seed, total_order=True, ring_timeout=0.05)
+        net.cut(0, 1)  # the ring is broken: what node 2 sends now waits
+        for i in range(5):
+            eps[2].broadcast(f"old:{i}".encode())
+        sched.run_for(0.02)
+        net.crash(2)
+        new = MemoryTransport(2, ["n0", "n1", "n2"], TransportOptions(), network=net)
+        got: list[tuple[int, bytes]] = []
+
+        def on_message(src: int, payload: bytes, got: list[tuple[int, bytes]] = got) -> None:
+            got.append((src, payload))
+
+        new.on_message = on_message
+        new.join()
+        sched.run_until_idle()
+        assert eps[0].view.members == new.view.members == (0, 2)  # 0-1 still cut
+        old = [f"old:{i}".encode() for i in range(5)]
+        stale = [p for log in logs[:2] for kind, _, p in log if kind == "msg" and p in old]
+        assert not [m for m in got if m[1] in old] and not stale, (seed, got, stale)
+
+
 def test_partition_and_heal() -> None:
     for total_order in (False, True):
         sched, net, eps, logs = make_cluster(4, 3, total_order=total_order)

@@ -321,6 +321,10 @@ class MemoryNetwork(ViewLayer):
             up = self._channels.get((ep.pnn, SEQUENCER))
             if up is not None:
                 self._drop_from(up, 0)
+            # Nor what a broken ring held back of it (`_vs_stalled`): it would
+            # go out again as the new incarnation's.
+            for parked in self._parked.values():
+                parked[:] = [entry for entry in parked if entry[0] != ep.pnn]
         self._endpoints[ep.pnn] = ep
         self._alive.add(ep.pnn)
         self._record(f"attach {ep.pnn}")
