@@ -132,6 +132,23 @@ class Group:
                     member.engine.on_ordered(msg)
             self.clock.advance(0)  # what applying left for the loop (confirmations)
 
+    def three_with_volatile(self, by: int) -> Database:
+        """Nodes 0-2, started, in one view and in sync, with the volatile
+        database "v" attached through node `by`."""
+        for pnn in (0, 1, 2):
+            self.start(pnn)
+        self.view(0, 1, 2)
+        self.deliver()
+        self.members[by].engine.broadcast("attach", {"name": "v", "kind": "volatile"})
+        self.deliver()
+        return self.members[by].db_by_name("v")
+
+    def only_to(self, pnn: int) -> None:
+        """The last message sent goes to `pnn` alone (as a send in the agreed
+        order, or as a broadcast the others never deliver)."""
+        sender, view, data, _ = self.sent.pop()
+        self.sent.append((sender, view, data, pnn))
+
     def agreed(self, pnns: list[int]) -> set[tuple[int, tuple[tuple[int, int], ...]]]:
         """Each member's (forced recoveries, flags) in the current view."""
         return {
@@ -209,14 +226,8 @@ def test_a_joiner_takes_the_lock_queues_and_applies_the_holders_unlock(group: Gr
     while node 2 joins; the lock queues are replicated state, so the joiner
     takes them with its snapshot and applies the holder's unlock (it used to
     reject it: the new value on nodes 0 and 1, the old one on node 2, for good)."""
-    for pnn in (0, 1, 2):
-        group.start(pnn)
-    group.view(0, 1, 2)
-    group.deliver()
+    db = group.three_with_volatile(by=0)
     zero = group.members[0].engine
-    zero.broadcast("attach", {"name": "v", "kind": "volatile"})
-    group.deliver()
-    db = group.members[0].db_by_name("v")
     zero.broadcast("store", {"db": db.id, "key": b"k", "value": b"old", "owner": [0, 1]})
     group.deliver()
     group.view(0, 1)  # node 2 goes
@@ -283,21 +294,14 @@ def test_with_nobody_in_sync_the_member_that_applied_most_of_the_epoch_is_taken(
     moves none), and the member that applied the longest part of the epoch
     is taken. Read barriers, which only their own node delivers, do not
     count: node 0 sends three."""
-    for pnn in (0, 1, 2):
-        group.start(pnn)
-    group.view(0, 1, 2)
-    group.deliver()
-    two = group.members[2].engine
-    two.broadcast("attach", {"name": "v", "kind": "volatile"})
-    group.deliver()
-    db = group.members[2].db_by_name("v")
-    two.broadcast("store", {"db": db.id, "key": b"k", "value": b"w", "owner": [2, 1]})
-    sender, view, data, _ = group.sent.pop()
-    group.sent.append((sender, view, data, 2))  # delivered to its origin only
+    db = group.three_with_volatile(by=2)
+    group.members[2].engine.broadcast(
+        "store", {"db": db.id, "key": b"k", "value": b"w", "owner": [2, 1]}
+    )
+    group.only_to(2)  # delivered to its origin only
     for _ in range(3):
         group.members[0].engine.broadcast("sync", {})
-        sender, view, data, _ = group.sent.pop()
-        group.sent.append((sender, view, data, 0))
+        group.only_to(0)
     group.deliver()
     positions = {p: group.members[p].engine.position for p in (0, 1, 2)}
     assert positions[2] == positions[0] + 1 == positions[1] + 1, positions
