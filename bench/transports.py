@@ -339,11 +339,11 @@ class CpgEndpoint(Endpoint):
                 raise RuntimeError("cpg: peers never joined")
             await asyncio.sleep(0.005)
 
-    def _deliver(self, group: str, nodeid: int, pid: int, msg: bytes) -> None:
+    def _deliver(self, nodeid: int, pid: int, msg: bytes) -> None:
         if pid != self.pid or nodeid != self.nodeid:
             self.handler(msg)
 
-    def _confchg(self, group: str, members: Any, left: Any, joined: Any) -> None:
+    def _confchg(self, members: Any, left: Any, joined: Any) -> None:
         self.members = [m.member for m in members]
 
     def _readable(self) -> None:
@@ -557,7 +557,7 @@ async def self_delivery(ep: CpgEndpoint, plan: Plan) -> dict[str, Any]:
     fut: asyncio.Future[None] | None = None
     mine = bytes([b"M"[0]]) + b"m" * 15
 
-    def own(group: str, nodeid: int, pid: int, msg: bytes) -> None:
+    def own(nodeid: int, pid: int, msg: bytes) -> None:
         if pid == ep.pid and fut is not None and not fut.done():
             fut.set_result(None)
 

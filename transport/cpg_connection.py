@@ -84,7 +84,7 @@ class Connection(CpgStream):
         self.expelling = set()
         self.loop.add_reader(fd, self._on_readable)
         self.last_tick = self.loop.time()
-        self.silence_limit = self._keepalive()[1]
+        self.keepalive = self._keepalive()
         self.ticker = self.loop.call_later(self._lease_timing()[1], self._tick)
         log.debug("joined CPG group %r as %s", self.group, self.me)
         for t in self.transports.values():

@@ -102,9 +102,12 @@ class Group:
     # -- input ----------------------------------------------------------------
 
     def event(self, ev: Event) -> None:
+        if self.synced:  # the usual case, first
+            self._apply(ev)
+            return
         if not self.joined:
-            if len(ev) == 5 and self.me in ev[3]:  # our own join confchg
-                _, members, _left, joined, _merged = ev
+            if len(ev) == 4 and self.me in ev[2]:  # our own join confchg
+                members, _left, joined, _merged = ev
                 self.joined = True
                 self.cpg_members = list(members)
                 self.port.members_changed(list(members), [], list(members))
@@ -115,38 +118,35 @@ class Group:
                 else:
                     self.base_snapshot_members = list(members)
             return
-        if not self.synced:
-            self.buffer.append(ev)
-            if len(ev) == 3:
-                if self._peek_expel(ev):
-                    # Expelled before our STATE was sent, nobody sends it now.
-                    self.port.expelled()
-                    return
-                body = self._peek_state(ev)
-                if body is not None:
-                    self._install(body)
-            else:
-                self.cpg_members = list(ev[1])
-                self.port.members_changed(list(ev[1]), ev[2], ev[3])
-            return
-        self._apply(ev)
+        self.buffer.append(ev)
+        if len(ev) == 2:
+            if self._peek_expel(ev):
+                # Expelled before our STATE was sent, nobody sends it now.
+                self.port.expelled()
+                return
+            body = self._peek_state(ev)
+            if body is not None:
+                self._install(body)
+        else:
+            self.cpg_members = list(ev[0])
+            self.port.members_changed(list(ev[0]), ev[1], ev[2])
 
     def _peek_expel(self, ev: Deliver) -> bool:
         """Is `ev` an EXPEL naming this process (joiner side)?"""
-        msg = ev[2]
+        msg = ev[1]
         if len(msg) < HDR.size or HDR.unpack_from(msg)[0] != K_EXPEL:
             return False
         return tuple(msgpack.unpackb(msg[HDR.size :])) == self.me
 
     def _peek_state(self, ev: Deliver) -> dict[str, Any] | None:
         """The STATE addressed to us, if `ev` is one (joiner side)."""
-        msg = ev[2]
+        msg = ev[1]
         if len(msg) < HDR.size:
             return None
         kind, flags, _lid, _dest = HDR.unpack_from(msg)
         if kind != K_STATE:
             return None
-        sender = (ev[1][0], ev[1][1], _lid)
+        sender = (ev[0][0], ev[0][1], _lid)
         if flags & F_MORE:
             self.peek_fragments.setdefault(sender, []).append(msg[HDR.size :])
             return None
@@ -171,10 +171,10 @@ class Group:
             self._apply(ev)
 
     def _apply(self, ev: Event) -> None:
-        if len(ev) == 5:
-            self._apply_confchg(ev[1], ev[2], ev[3], ev[4])
+        if len(ev) == 2:
+            self._apply_message(ev[0], ev[1])
         else:
-            self._apply_message(ev[1], ev[2])
+            self._apply_confchg(ev[0], ev[1], ev[2], ev[3])
 
     def _reassemble(self, sender: Logical, flags: int, msg: bytes) -> bytes | None:
         """Collect fragments per logical sender (FIFO per sender makes this enough)."""
@@ -192,17 +192,21 @@ class Group:
             return  # an expelled process no longer counts, whatever it sends
         kind, flags, lid, dest = HDR.unpack_from(msg)
         sender = (src[0], src[1], lid)
-        payload = self._reassemble(sender, flags, msg)
-        if payload is None:
-            return
+        if flags or self.fragments:
+            payload = self._reassemble(sender, flags, msg)
+            if payload is None:
+                return
+        else:  # the usual case: a whole message, nobody's fragments pending
+            payload = msg[HDR.size :]
         st = self.state
         if kind == K_DATA:
             pnn = st.members.get(sender)
             if pnn is None:
                 return
+            active, port = self.active, self.port
             for local, local_pnn in list(self.local.items()):
-                if local in self.active and (dest == BROADCAST or dest == local_pnn):
-                    self.port.deliver(local, pnn, payload)
+                if local in active and (dest == BROADCAST or dest == local_pnn):
+                    port.deliver(local, pnn, payload)
         elif kind == K_HELLO:
             body = msgpack.unpackb(payload)
             # Every view the joiner gets comes after the last one it saw

@@ -82,10 +82,14 @@ class CpgStream(abc.ABC):
         self.expelling: set[Member] = set()
         self.ticker: asyncio.TimerHandle | None = None
         self.last_tick = 0.0
-        #: the silence after which a member is expelled, as of the last tick
-        #: (the options change at run time with `setvar`; a tick later is soon
-        #: enough, and every delivered message needs it)
-        self.silence_limit = self._keepalive()[1]
+        #: (tick interval, silence after which a member is expelled) as of the
+        #: last tick: the options change at run time with `setvar`, a tick
+        #: later is soon enough, and every delivered message and every check
+        #: of our lease needs them
+        self.keepalive = self._keepalive()
+        #: `lease_timing` of the inputs it was last worked out for
+        self.timing_of: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.timing = (0.0, 0.0)
         #: loop time each message we handed to corosync was sent, until it comes back
         self.own_sent: deque[float] = deque()
         #: when the latest of our messages that came back was sent (see `confirmed_until`)
@@ -150,10 +154,14 @@ class CpgStream(abc.ABC):
 
     def _lease_timing(self) -> tuple[float, float]:
         """(lease, tick period) for the shortest silence any member announced."""
-        interval, limit = self._keepalive()
-        if self.machine is not None:
-            limit = min([limit, *self.machine.state.silences.values()])
-        return lease_timing(interval, limit, self.reform)
+        interval, limit = self.keepalive
+        machine = self.machine
+        if machine is not None and machine.state.silences:
+            limit = min(limit, *machine.state.silences.values())
+        inputs = (interval, limit, self.reform)
+        if inputs != self.timing_of:
+            self.timing_of, self.timing = inputs, lease_timing(*inputs)
+        return self.timing
 
     def _reform_time(self) -> float:
         """corosync's re-forming time (`transport.libcmap`), or a short one assumed."""
@@ -177,8 +185,7 @@ class CpgStream(abc.ABC):
     def _tick(self) -> None:
         """Every keepalive interval: say we are alive if idle, and expel the silent."""
         now = self.loop.time()
-        interval, limit = self._keepalive()
-        self.silence_limit = limit
+        interval, limit = self.keepalive = self._keepalive()
         if now - self.last_tick > 2 * interval:
             # We were the silent one (stopped, or a long synchronous step):
             # what we have not read yet says nothing about the others.
@@ -271,19 +278,17 @@ class CpgStream(abc.ABC):
 
     # -- input ----------------------------------------------------------------
 
-    def _cb_deliver(self, group: str, nodeid: int, pid: int, msg: bytes) -> None:
-        self.events.append((group, (nodeid, pid), msg))
+    def _cb_deliver(self, nodeid: int, pid: int, msg: bytes) -> None:
+        self.events.append(((nodeid, pid), msg))
 
     def _cb_confchg(
         self,
-        group: str,
         members: list[libcpg.CpgAddress],
         left: list[libcpg.CpgAddress],
         joined: list[libcpg.CpgAddress],
     ) -> None:
         self.events.append(
             (
-                group,
                 [a.member for a in members],
                 [a.member for a in left],
                 [a.member for a in joined],
@@ -303,21 +308,24 @@ class CpgStream(abc.ABC):
             return
         events, self.events = self.events, []
         now = self.loop.time()
-        limit = self.silence_limit
+        limit = self.keepalive[1]
+        machine = self.machine
+        assert machine is not None  # set with the handle
+        me = self.me
         for ev in events:
             if self.handle is not handle:
                 break  # lost, expelled or closed while processing
-            if len(ev) == 3:
-                if ev[1] == self.me:
-                    if now - self.heard.get(self.me, now) > limit:
+            if len(ev) == 2:
+                src = ev[0]
+                if src == me:
+                    if now - self.heard.get(me, now) > limit:
                         # Our own messages were held up too: the ring stalled
                         # (corosync re-forming it), so nobody could be heard.
                         self.heard = dict.fromkeys(self.heard, now)
                     if self.own_sent:
                         self.confirmed_sent = self.own_sent.popleft()
-                self.heard[ev[1]] = now
-            assert self.machine is not None  # set with the handle
-            self.machine.event(ev)
+                self.heard[src] = now
+            machine.event(ev)
         if more and self.handle is handle:
             # Leave the loop a turn (timers, our own keepalives), then go on.
             self.loop.call_soon(self._on_readable)

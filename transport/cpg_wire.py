@@ -26,10 +26,11 @@ BROADCAST = -1
 Member = tuple[int, int]  # CPG member: (nodeid, pid)
 Logical = tuple[int, int, int]  # logical member: (nodeid, pid, lid)
 
-# Events as the CPG callbacks report them.
-# (group, members, left, joined, joined by a partition merge: reason NODEUP)
-Confchg = tuple[str, list[Member], list[Member], list[Member], list[Member]]
-Deliver = tuple[str, Member, bytes]
+# Events as the CPG callbacks report them (the group is the connection's).
+# (members, left, joined, joined by a partition merge: reason NODEUP)
+Confchg = tuple[list[Member], list[Member], list[Member], list[Member]]
+# (sender, message)
+Deliver = tuple[Member, bytes]
 Event = Confchg | Deliver
 
 

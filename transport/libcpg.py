@@ -71,11 +71,11 @@ class CpgAddress:
         return (self.nodeid, self.pid)
 
 
-DeliverCallback = Callable[[str, int, int, bytes], None]
-"""(group, nodeid, pid, message)"""
+DeliverCallback = Callable[[int, int, bytes], None]
+"""(nodeid, pid, message)"""
 
-ConfchgCallback = Callable[[str, list[CpgAddress], list[CpgAddress], list[CpgAddress]], None]
-"""(group, members, left, joined)"""
+ConfchgCallback = Callable[[list[CpgAddress], list[CpgAddress], list[CpgAddress]], None]
+"""(members, left, joined)"""
 
 
 def available() -> bool:
@@ -102,13 +102,16 @@ def _name(group: str) -> CpgNameStruct:
     return n
 
 
+def _ignore(*args: object) -> None:
+    """A callback a handle was not given."""
+
+
+#: (bound once: it runs for every delivered message)
+_string_at = ctypes.string_at
+
+
 def _addresses(ptr: ctypes._Pointer[CpgAddressStruct], count: int) -> list[CpgAddress]:
     return [CpgAddress(ptr[i].nodeid, ptr[i].pid, ptr[i].reason) for i in range(count)]
-
-
-def _group(ptr: ctypes._Pointer[CpgNameStruct]) -> str:
-    n = ptr.contents
-    return bytes(n.value[: n.length]).decode(errors="replace")
 
 
 class CpgHandle:
@@ -116,13 +119,14 @@ class CpgHandle:
 
     `on_deliver` and `on_confchg` are called from inside `dispatch`.  Exceptions
     they raise cannot cross the C frame, so they are stored and re-raised by
-    `dispatch` after libcpg returns.
+    `dispatch` after libcpg returns.  They are not told the group: a handle
+    in this project joins one.
     """
 
     def __init__(
         self,
-        on_deliver: DeliverCallback | None = None,
-        on_confchg: ConfchgCallback | None = None,
+        on_deliver: DeliverCallback = _ignore,
+        on_confchg: ConfchgCallback = _ignore,
     ) -> None:
         self._lib = load()
         self.on_deliver = on_deliver
@@ -139,22 +143,15 @@ class CpgHandle:
         self._handle: int | None = handle.value
         self._writable: select.poll | None = None
         self._sends_unchecked = 0
+        self._iov = IoVecStruct()
 
     # -- callbacks (run inside cpg_dispatch) -------------------------------
 
     def _deliver(
-        self,
-        handle: int,
-        group: ctypes._Pointer[CpgNameStruct],
-        nodeid: int,
-        pid: int,
-        msg: int | None,
-        msg_len: int,
+        self, handle: int, group: int | None, nodeid: int, pid: int, msg: int | None, size: int
     ) -> None:
         try:
-            data = ctypes.string_at(msg, msg_len) if msg and msg_len else b""
-            if self.on_deliver is not None:
-                self.on_deliver(_group(group), nodeid, pid, data)
+            self.on_deliver(nodeid, pid, _string_at(msg, size) if msg and size else b"")
         except BaseException as exc:  # noqa: BLE001 - must not unwind through C
             if self._pending_exc is None:
                 self._pending_exc = exc
@@ -171,13 +168,11 @@ class CpgHandle:
         n_joined: int,
     ) -> None:
         try:
-            if self.on_confchg is not None:
-                self.on_confchg(
-                    _group(group),
-                    _addresses(members, n_members),
-                    _addresses(left, n_left),
-                    _addresses(joined, n_joined),
-                )
+            self.on_confchg(
+                _addresses(members, n_members),
+                _addresses(left, n_left),
+                _addresses(joined, n_joined),
+            )
         except BaseException as exc:  # noqa: BLE001 - must not unwind through C
             if self._pending_exc is None:
                 self._pending_exc = exc
@@ -253,15 +248,21 @@ class CpgHandle:
             if not self._writable.poll(0):
                 raise CpgError("cpg_mcast_joined", CsError.CS_ERR_TRY_AGAIN)
             self._sends_unchecked = 0
-        iov = (IoVecStruct * len(parts))()
-        for i, part in enumerate(parts):
-            # c_char_p points into the bytes object itself: no copy; `parts`
-            # keeps the objects alive for the duration of the call.
-            iov[i].iov_base = ctypes.cast(ctypes.c_char_p(part), ctypes.c_void_p)
-            iov[i].iov_len = len(part)
+        # An iovec's base points into the bytes object itself (no copy), and
+        # the struct keeps a reference to it (see `IoVecStruct`).
+        iov: IoVecStruct | ctypes.Array[IoVecStruct]
+        if len(parts) == 1:  # the transport's case: one reused iovec
+            iov = self._iov
+            iov.iov_base = parts[0]
+            iov.iov_len = len(parts[0])
+        else:
+            iov = (IoVecStruct * len(parts))()
+            for i, part in enumerate(parts):
+                iov[i].iov_base = part
+                iov[i].iov_len = len(part)
         _check(
             "cpg_mcast_joined",
-            self._lib.cpg_mcast_joined(self._h(), int(guarantee), iov, len(parts)),
+            self._lib.cpg_mcast_joined(self._h(), guarantee, iov, len(parts)),
         )
         self._sends_unchecked += 1
 

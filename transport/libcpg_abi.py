@@ -98,13 +98,19 @@ class CpgAddressStruct(ctypes.Structure):
 
 
 class IoVecStruct(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+    # `c_char_p`, not `void *`: assigning a bytes object stores a pointer to
+    # its own buffer and keeps the object alive with the struct, without the
+    # cast per multicast that a `c_void_p` field needs.
+    _fields_ = [("iov_base", ctypes.c_char_p), ("iov_len", ctypes.c_size_t)]
 
 
+#: The group's name comes as a plain address, never read: a handle here joins
+#: one group, and a `POINTER(CpgNameStruct)` argument cost every delivered
+#: message a ctypes pointer object.
 DELIVER_FN = ctypes.CFUNCTYPE(
     None,
     ctypes.c_uint64,
-    ctypes.POINTER(CpgNameStruct),
+    ctypes.c_void_p,
     ctypes.c_uint32,
     ctypes.c_uint32,
     ctypes.c_void_p,

@@ -167,7 +167,7 @@ def test_binding_smoke(corosync: PrivateCorosync) -> None:
     changes: list[list[libcpg.CpgAddress]] = []
     with corosync.netns():
         h = libcpg.CpgHandle(
-            lambda g, n, p, m: got.append((n, p, m)), lambda g, m, left, j: changes.append(m)
+            lambda n, p, m: got.append((n, p, m)), lambda m, left, j: changes.append(m)
         )
     try:
         assert h.local_nodeid() == 1

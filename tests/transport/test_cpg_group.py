@@ -29,8 +29,6 @@ from transport.cpg_wire import (
     Member,
 )
 
-GROUP = "g"
-
 
 class Proc:
     """One process on the bus with one logical member, and what it was told."""
@@ -93,11 +91,11 @@ class Bus:
         self.queue: deque[tuple[dict[Member, Event] | Event, list[Proc]]] = deque()
 
     def send(self, src: Member, msg: bytes) -> None:
-        self.queue.append(((GROUP, src, msg), []))
+        self.queue.append(((src, msg), []))
 
     def confchg(self, members: list[Proc], left: list[Proc], joined: list[Proc]) -> None:
         mems = [p.me for p in members]
-        ev: Event = (GROUP, mems, [p.me for p in left], [p.me for p in joined], [])
+        ev: Event = (mems, [p.me for p in left], [p.me for p in joined], [])
         self.queue.append((ev, members))
 
     def join(self, p: Proc) -> None:
@@ -206,7 +204,7 @@ def merge(one: list[Proc], other: list[Proc]) -> tuple[dict[Member, Event], list
     for side, far in ((one, other), (other, one)):
         joined = [p.me for p in far]
         for p in side:
-            per[p.me] = (GROUP, everyone, [], joined, joined)
+            per[p.me] = (everyone, [], joined, joined)
     return per, one + other
 
 
@@ -248,7 +246,7 @@ def test_a_member_whose_hello_comes_during_a_merge_never_sees_a_view_id_again() 
         p.bus = merged
     # d founds its own group alone, and its ring merges with the others'
     # before its HELLO (sent at connect) is delivered.
-    merged.queue.append(((GROUP, [d.me], [], [d.me], []), [d]))
+    merged.queue.append((([d.me], [], [d.me], []), [d]))
     merged.queue.append(merge([a, b], [d]))
     d.hello()
     merged.run()

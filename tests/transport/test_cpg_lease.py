@@ -33,7 +33,7 @@ def conn() -> Iterator[Connection]:
     c.reform = 20.0  # a ring that re-forms slowly: the silences decide
     c.machine = Group(c.me, c, {})
     founders = [c.me, (2, 20), (3, 30), (4, 40)]
-    c.machine.event(("lease-test", founders, [], founders, []))  # the group, founded together
+    c.machine.event((founders, [], founders, []))  # the group, founded together
     yield c
     loop.close()
 
@@ -41,9 +41,7 @@ def conn() -> Iterator[Connection]:
 def alive(conn: Connection, member: Member, seconds: float) -> None:
     """`member`'s ALIVE, delivered."""
     assert conn.machine is not None
-    conn.machine.event(
-        ("lease-test", member, HDR.pack(K_ALIVE, 0, 0, BROADCAST) + SILENCE.pack(seconds))
-    )
+    conn.machine.event((member, HDR.pack(K_ALIVE, 0, 0, BROADCAST) + SILENCE.pack(seconds)))
 
 
 def test_nothing_is_confirmed_before_a_message_of_ours_came_back(conn: Connection) -> None:
@@ -62,7 +60,7 @@ def test_the_shortest_silence_announced_by_a_member_bounds_the_lease(
     assert conn.confirmed_until() == pytest.approx(102.0)
     # The member that expels soonest left: the lease is as long as the rest allow.
     assert conn.machine is not None
-    conn.machine.event(("lease-test", [conn.me, (2, 20), (4, 40)], [(3, 30)], [], []))
+    conn.machine.event(([conn.me, (2, 20), (4, 40)], [(3, 30)], [], []))
     assert conn.confirmed_until() == pytest.approx(104.0)
     with caplog.at_level(logging.WARNING, logger="transport.cpg"):
         alive(conn, (4, 40), 0.3)  # below our tick: we are expelled whenever idle
