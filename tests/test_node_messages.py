@@ -12,6 +12,7 @@ import pytest
 
 from ctdb.protocol.message_codec import encode, wire_limits
 from ctdb.protocol.messages import MESSAGE_TYPES, Call, Message, Ordered
+from ctdb.server import node_messages
 from ctdb.server.node_messages import NodeMessages
 from ctdb.server.peerguard import PeerGuard
 
@@ -29,11 +30,12 @@ class _Transport:
 def _messages(
     routes: dict[type[Message], Any], refused: dict[type[Message], str]
 ) -> tuple[NodeMessages, _Transport, list[str]]:
+    """Node 0's."""
     transport = _Transport()
     failures: list[str] = []
     guard = PeerGuard(0, transport, Counter())  # type: ignore[arg-type]
     messages = NodeMessages(
-        wire_limits(["n0", "n1", "n2"]), guard, routes, refused, lambda: failures.append("x")
+        wire_limits(["n0", "n1", "n2"]), guard, routes, refused, lambda: failures.append("x"), 0
     )
     return messages, transport, failures
 
@@ -100,3 +102,45 @@ def test_a_failing_disk_is_logged_in_one_line_and_a_bug_with_its_traceback(
     assert "No space left on device" in disk.getMessage() and disk.exc_info is None
     assert crash.exc_info is not None and crash.exc_info[0] is KeyError
     assert failures == ["x", "x"]
+
+
+def test_our_own_message_is_decoded_as_it_is_sent_and_not_again_at_delivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[int, Message]] = []
+    messages, transport, _ = _messages(_all_routed_to(seen), {})
+    sync = Ordered(0, 1, "sync", {})
+    payload = encode(sync)
+    messages.expect_own(payload)
+    assert seen == []
+    decoded: list[bytes] = []
+    real = node_messages.decode
+
+    def counted(data: bytes, *args: Any) -> Message:
+        decoded.append(data)
+        return real(data, *args)
+
+    monkeypatch.setattr(node_messages, "decode", counted)
+    messages.on_payload(0, bytes(payload))  # the transport's copy of the bytes
+    assert seen == [(0, sync)] and decoded == []
+    # Once only: the same bytes delivered again (sent twice, say) are decoded.
+    messages.on_payload(0, bytes(payload))
+    assert seen == [(0, sync), (0, sync)] and decoded == [payload]
+    # Another node's identical bytes never take ours: they are decoded, and
+    # refused (the message says node 0 sent it).
+    messages.expect_own(payload)
+    messages.on_payload(1, payload)
+    assert transport.dropped == [1] and len(seen) == 2
+
+
+def test_our_own_message_that_fails_its_checks_is_still_refused_at_delivery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[tuple[int, Message]] = []
+    messages, _, failures = _messages(_all_routed_to(seen), {})
+    bad = encode(Ordered(0, 1, "store", {"db": "not a number", "key": b"k"}))
+    messages.expect_own(bad)
+    with caplog.at_level(logging.ERROR):
+        messages.on_payload(0, bad)
+    assert seen == [] and failures == []
+    assert "own message failed its checks" in caplog.text

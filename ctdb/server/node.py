@@ -153,7 +153,11 @@ class Node:
             },
             self.membership.refused,
             self.local_failure,
+            pnn,
         )
+        #: whether the transport orders our own messages too, before it
+        #: delivers them back (`NodeMessages.expect_own`)
+        self.ordered_own = transport.capabilities.total_order
         transport.on_message = self.messages.on_payload
         transport.on_view = self._on_view
         self.liveness.configure_lease()
@@ -223,10 +227,13 @@ class Node:
 
     def broadcast(self, msg: Message, to: int | None = None) -> None:
         """Via the transport to every member, us too, or to `to` (vs: in the agreed order)."""
+        payload = encode(msg)
         if to is None:
-            self.transport.broadcast(encode(msg))
+            self.transport.broadcast(payload)
         else:
-            self.transport.send(to, encode(msg))
+            self.transport.send(to, payload)
+        if self.ordered_own and to in (None, self.pnn):
+            self.messages.expect_own(payload)
 
     async def control(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
