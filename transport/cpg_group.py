@@ -25,6 +25,7 @@ from transport.cpg_wire import (
     F_MORE,
     HDR,
     K_ALIVE,
+    K_BATCH,
     K_BYE,
     K_DATA,
     K_EXPEL,
@@ -37,6 +38,7 @@ from transport.cpg_wire import (
     Event,
     Logical,
     Member,
+    unbatch,
 )
 
 log = logging.getLogger("transport.cpg")
@@ -199,14 +201,19 @@ class Group:
         else:  # the usual case: a whole message, nobody's fragments pending
             payload = msg[HDR.size :]
         st = self.state
-        if kind == K_DATA:
+        if kind == K_DATA or kind == K_BATCH:
             pnn = st.members.get(sender)
             if pnn is None:
+                return
+            items = [payload] if kind == K_DATA else unbatch(payload)
+            if items is None:
+                log.warning("group %s: a malformed BATCH from %s, dropped", self.me, sender)
                 return
             active, port = self.active, self.port
             for local, local_pnn in list(self.local.items()):
                 if local in active and (dest == BROADCAST or dest == local_pnn):
-                    port.deliver(local, pnn, payload)
+                    for item in items:
+                        port.deliver(local, pnn, item)
         elif kind == K_HELLO:
             body = msgpack.unpackb(payload)
             # Every view the joiner gets comes after the last one it saw
