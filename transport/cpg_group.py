@@ -25,7 +25,6 @@ from transport.cpg_wire import (
     F_MORE,
     HDR,
     K_ALIVE,
-    K_BATCH,
     K_BYE,
     K_DATA,
     K_EXPEL,
@@ -38,7 +37,6 @@ from transport.cpg_wire import (
     Event,
     Logical,
     Member,
-    unbatch,
 )
 
 log = logging.getLogger("transport.cpg")
@@ -201,19 +199,14 @@ class Group:
         else:  # the usual case: a whole message, nobody's fragments pending
             payload = msg[HDR.size :]
         st = self.state
-        if kind == K_DATA or kind == K_BATCH:
+        if kind == K_DATA:
             pnn = st.members.get(sender)
             if pnn is None:
-                return
-            items = [payload] if kind == K_DATA else unbatch(payload)
-            if items is None:
-                log.warning("group %s: a malformed BATCH from %s, dropped", self.me, sender)
                 return
             active, port = self.active, self.port
             for local, local_pnn in list(self.local.items()):
                 if local in active and (dest == BROADCAST or dest == local_pnn):
-                    for item in items:
-                        port.deliver(local, pnn, item)
+                    port.deliver(local, pnn, payload)
         elif kind == K_HELLO:
             body = msgpack.unpackb(payload)
             # Every view the joiner gets comes after the last one it saw

@@ -31,16 +31,12 @@ from transport.cpg_wire import (
     BROADCAST,
     F_MORE,
     HDR,
-    ITEM,
     K_ALIVE,
-    K_BATCH,
-    K_DATA,
     K_EXPEL,
     K_HELLO,
     SILENCE,
     Event,
     Member,
-    batch,
 )
 from transport.libcpg_abi import Reason
 
@@ -74,13 +70,6 @@ class CpgStream(abc.ABC):
         #: the group's state as this process follows it, from the join of the current handle
         self.machine: Group | None = None
         self.outq: deque[bytes] = deque()
-        #: DATA payloads held while ours are under way (see `_enqueue`), all
-        #: from logical member and to destination `held_to`, and the size
-        #: of their BATCH body
-        self.held: list[bytes] = []
-        self.held_to = (0, BROADCAST)
-        self.held_size = 0
-        #: bytes queued or held, not yet handed to corosync (see `drain`)
         self.out_bytes = 0
         self.retry: asyncio.TimerHandle | None = None
         self.drained = asyncio.Event()
@@ -128,8 +117,6 @@ class CpgStream(abc.ABC):
             self.handle.finalize()
             self.handle = None
         self.outq.clear()
-        self.held.clear()
-        self.held_size = 0
         self.out_bytes = 0
         self.drained.set()
         self.own_sent.clear()
@@ -246,34 +233,10 @@ class CpgStream(abc.ABC):
         self._enqueue(K_HELLO, t.lid, BROADCAST, body)
 
     def _enqueue(self, kind: int, lid: int, dest: int, payload: bytes) -> None:
-        """Queue a message, and send it now unless corosync asked us to wait.
-
-        A DATA payload sent while one of ours is still on its way back to us
-        is held instead, and sent with the others held meanwhile, as one
-        BATCH, once all of ours came back (`_release_held`): under load one
-        CPG message then carries what a loop turn's requests sent, and
-        corosync (which spends more CPU per message than the daemons) handles
-        one message instead of one per request. A request that finds nothing
-        of ours under way goes at once: a lone client waits for nothing.
-        Everything else (HELLO, BYE, ALIVE, ...) goes after what is held, so
-        the order of our messages never changes.
-        """
         if self.handle is None:
             return
-        n = len(payload)
-        if kind == K_DATA and self.own_sent and n <= self.chunk // 4:
-            if self.held and (
-                (lid, dest) != self.held_to or self.held_size + ITEM.size + n > self.chunk
-            ):
-                self._release_held()
-            self.held.append(payload)
-            self.held_to = (lid, dest)
-            self.held_size += ITEM.size + n
-            self.out_bytes += n
-            return
-        if self.held:
-            self._release_held()
         chunk = self.chunk
+        n = len(payload)
         if n <= chunk:
             self.outq.append(HDR.pack(kind, 0, lid, dest) + payload)
             self.out_bytes += n
@@ -283,21 +246,6 @@ class CpgStream(abc.ABC):
                 more = F_MORE if off + chunk < n else 0
                 self.outq.append(HDR.pack(kind, more, lid, dest) + view[off : off + chunk])
             self.out_bytes += n
-        if self.out_bytes >= self.high_water:
-            self.drained.clear()
-        if self.retry is None:
-            self._flush()
-
-    def _release_held(self) -> None:
-        """Queue what `_enqueue` held as one message (a BATCH of two or more)."""
-        held, self.held = self.held, []
-        lid, dest = self.held_to
-        self.held_size = 0
-        if len(held) == 1:
-            self.outq.append(HDR.pack(K_DATA, 0, lid, dest) + held[0])
-        else:
-            self.outq.append(HDR.pack(K_BATCH, 0, lid, dest) + batch(held))
-            self.out_bytes += ITEM.size * len(held)
         if self.out_bytes >= self.high_water:
             self.drained.clear()
         if self.retry is None:
@@ -378,8 +326,6 @@ class CpgStream(abc.ABC):
                         self.confirmed_sent = self.own_sent.popleft()
                 self.heard[src] = now
             machine.event(ev)
-        if self.held and not self.own_sent and self.handle is handle:
-            self._release_held()
         if more and self.handle is handle:
             # Leave the loop a turn (timers, our own keepalives), then go on.
             self.loop.call_soon(self._on_readable)

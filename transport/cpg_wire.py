@@ -17,36 +17,11 @@ from typing import Any
 # Wire header of every CPG message: kind, flags, logical id, destination pnn.
 HDR = struct.Struct("<BBHi")
 K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL = 1, 2, 3, 4, 5, 6, 7
-#: several DATA payloads of one logical member to one destination, each
-#: after its length (`ITEM`), sent as one CPG message (`CpgStream._enqueue`)
-K_BATCH = 8
-ITEM = struct.Struct("<I")
 F_MORE = 1  # more fragments of this message follow
 #: ALIVE's payload: the silence (seconds) after which its sender expels a
 #: member, which the others' leases depend on (`CpgStream.confirmed_until`)
 SILENCE = struct.Struct("<d")
 BROADCAST = -1
-
-
-def batch(payloads: list[bytes]) -> bytes:
-    """The body of a BATCH of `payloads`."""
-    return b"".join([part for p in payloads for part in (ITEM.pack(len(p)), p)])
-
-
-def unbatch(body: bytes) -> list[bytes] | None:
-    """The payloads of a BATCH body; None if it is not one (no part of it counts)."""
-    items, off, end = [], 0, len(body)
-    while off < end:
-        if end - off < ITEM.size:
-            return None
-        (n,) = ITEM.unpack_from(body, off)
-        off += ITEM.size
-        if n > end - off:
-            return None
-        items.append(body[off : off + n])
-        off += n
-    return items
-
 
 Member = tuple[int, int]  # CPG member: (nodeid, pid)
 Logical = tuple[int, int, int]  # logical member: (nodeid, pid, lid)

@@ -21,15 +21,12 @@ from transport.cpg_wire import (
     BROADCAST,
     HDR,
     K_ALIVE,
-    K_BATCH,
     K_DATA,
     K_EXPEL,
     K_HELLO,
     SILENCE,
     Event,
     Member,
-    batch,
-    unbatch,
 )
 
 
@@ -143,38 +140,6 @@ def test_a_broadcast_reaches_every_member_with_its_senders_pnn() -> None:
     bus.run()
     assert procs[0].delivered == [(1, b"hello"), (2, b"to node 0 only")]
     assert procs[1].delivered == procs[2].delivered == [(1, b"hello")]
-
-
-def test_a_batch_delivers_its_payloads_in_order_between_what_came_before_and_after() -> None:
-    bus, procs = three()
-    procs[1].multicast(K_DATA, 1, BROADCAST, b"before")
-    procs[1].multicast(K_BATCH, 1, BROADCAST, batch([b"one", b"", b"three"]))
-    procs[2].multicast(K_BATCH, 1, 0, batch([b"to 0", b"to 0 again"]))
-    procs[1].multicast(K_DATA, 1, BROADCAST, b"after")
-    bus.run()
-    sent = [(1, b"before"), (1, b"one"), (1, b""), (1, b"three")]
-    assert procs[0].delivered == [*sent, (2, b"to 0"), (2, b"to 0 again"), (1, b"after")]
-    assert procs[1].delivered == procs[2].delivered == [*sent, (1, b"after")]
-
-
-def test_a_malformed_batch_delivers_none_of_its_payloads() -> None:
-    bus, procs = three()
-    whole = batch([b"one", b"two"])
-    procs[1].multicast(K_BATCH, 1, BROADCAST, whole[:-1])  # its last payload cut short
-    procs[1].multicast(K_DATA, 1, BROADCAST, b"next")
-    bus.run()
-    assert all(p.delivered == [(1, b"next")] for p in procs)
-
-
-def test_batch_bodies_round_trip_and_a_cut_one_is_refused() -> None:
-    payloads = [b"", b"x", bytes(range(256)) * 3]
-    body = batch(payloads)
-    assert unbatch(body) == payloads
-    assert unbatch(b"") == []
-    # Cut between two payloads, it is a shorter batch; anywhere else, nothing.
-    between = {4: payloads[:1], 9: payloads[:2]}
-    for cut in range(1, len(body)):
-        assert unbatch(body[:cut]) == between.get(cut), cut
 
 
 def test_a_departure_gives_every_survivor_the_same_view_at_the_same_position() -> None:
