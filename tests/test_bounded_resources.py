@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from ctdb.client import Client
 from ctdb.common.config import CTDB_SOCKET_NAME
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import client as protocol
@@ -189,6 +190,18 @@ def test_peer_that_stops_reading_is_dropped(cluster_factory: Callable[..., Local
     c.wait_healthy(60)
 
 
+def send_paced(sender: Client, n: int) -> None:
+    """`n` messages of 1 MiB from node 1 to srvid 77 on node 0, a ping after
+    every 16: node 0 has read each batch before the next goes. Back to back,
+    node 1 may queue more than its link's bound for node 0 while node 0 is
+    busy, and drops the link (a full suite run saw "node 0 is not
+    connected"): a bound of its own, not the one under test."""
+    for i in range(n):
+        sender.send_message(0, 77, b"e" * MiB)
+        if i % 16 == 15:
+            sender.call("ping", pnn=0)
+
+
 @tcp_only
 def test_client_that_never_reads_its_messages_is_dropped(
     cluster_factory: Callable[..., LocalCluster],
@@ -207,8 +220,7 @@ def test_client_that_never_reads_its_messages_is_dropped(
     hello, registered = read_replies(deaf, 2)
     assert registered.code == 0
     before = memory(pid, "VmRSS")
-    for _ in range(150):
-        sender.send_message(0, 77, b"e" * MiB)
+    send_paced(sender, 150)
     assert sender.call("ping", pnn=0)["pnn"] == 0  # node 0 has delivered them all
     grown = memory(pid, "VmHWM") - before
     log = c.log_path(0)
@@ -235,8 +247,7 @@ def test_ctdb_protocol_client_that_never_reads_its_messages_is_dropped(
     assert isinstance(reply, ReplyControl) and reply.status == 0
     sender = c.client(1)
     before = memory(pid, "VmRSS")
-    for _ in range(150):
-        sender.send_message(0, 77, b"e" * MiB)
+    send_paced(sender, 150)
     assert sender.call("ping", pnn=0)["pnn"] == 0  # node 0 has delivered them all
     grown = memory(pid, "VmHWM") - before
     assert "dropping a CTDB-protocol client" in c.log_path(0).read_text()
