@@ -81,6 +81,8 @@ class Group:
         self.port = port
         self.local = local
         self.active: set[int] = set()
+        #: active members whose first view waits for a merge to complete
+        self.first_view_due: set[int] = set()
         self.joined = False  # our own join confchg was seen
         self.synced = False
         self.state = Agreed()
@@ -218,7 +220,13 @@ class Group:
             self._recompute()
             if src == self.me and lid in self.local and lid not in self.active:
                 self.active.add(lid)
-                self.port.new_view(lid, View(st.view_id, st.view), first=True)
+                if self.merge_expect is None:
+                    self.port.new_view(lid, View(st.view_id, st.view), first=True)
+                else:
+                    # Our HELLO came during a merge: the view it would give
+                    # now is this side's, which nobody installs once the
+                    # merge is done. Our first view is the merged one.
+                    self.first_view_due.add(lid)
         elif kind == K_BYE:
             if st.members.pop(sender, None) is not None:
                 self._recompute()
@@ -416,4 +424,6 @@ class Group:
         v = View(st.view_id, view)
         for lid in list(self.local):
             if lid in self.active:
-                self.port.new_view(lid, v, first=False)
+                first = lid in self.first_view_due
+                self.first_view_due.discard(lid)
+                self.port.new_view(lid, v, first=first)

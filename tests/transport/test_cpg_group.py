@@ -10,10 +10,12 @@ merged into one view."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 
 import msgpack
+import pytest
 
 from transport.base import View
 from transport.cpg_group import Group
@@ -254,3 +256,48 @@ def test_a_member_whose_hello_comes_during_a_merge_never_sees_a_view_id_again() 
     assert ids and ids[0] > 9 and ids == sorted(set(ids)), ids
     assert a.views[-1] == b.views[-1] == d.views[-1]
     assert a.views[-1].members == (0, 1, 3)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["hello", "merge", "state"])))
+def test_a_joiner_whose_ring_merges_before_its_state_sees_only_views_the_others_see(
+    order: tuple[str, ...],
+) -> None:
+    """Node 2 joins node 0's ring while node 1 is cut off on its own; the
+    rings merge around node 2's HELLO and the STATE node 0 sends it, in any
+    order (chaos, vs seed 1305: node 2 reported view 17 as [0, 2] while
+    nodes 0 and 1 installed 17 as [0, 1, 2], and served a stale persistent
+    copy). Every view names its receiver, one view id is one membership
+    everywhere, and all end in the same view."""
+    side_a, side_b = Bus(), Bus()
+    p0, p1 = Proc(side_a, 0, 0), Proc(side_b, 1, 1)
+    side_a.join(p0)
+    side_a.run()
+    side_b.join(p1)
+    side_b.run()
+    bus = Bus()
+    p0.bus = p1.bus = bus
+    p2 = Proc(bus, 2, 2)
+    # node 2 joins node 0's ring; node 0 sends it the STATE at once
+    join: Event = ([p0.me, p2.me], [], [p2.me], [])
+    for p in (p0, p2):
+        p.machine.event(join)
+    bus.current = [p0, p2]
+    state = bus.queue.popleft()
+    body = msgpack.packb({"pnn": 2, "last_view_id": 0})
+    hello: Event = (p2.me, HDR.pack(K_HELLO, 0, 1, BROADCAST) + body)
+    items: dict[str, tuple[dict[Member, Event] | Event, list[Proc]]] = {
+        "hello": (hello, []),
+        "merge": merge([p0, p2], [p1]),
+        "state": state,
+    }
+    for name in order:
+        bus.queue.append(items[name])
+    before = {p.pnn: len(p.views) for p in (p0, p1, p2)}  # each side's views so far
+    bus.run()
+    seen: dict[int, tuple[int, ...]] = {}
+    for p in (p0, p1, p2):
+        for v in p.views[before[p.pnn] :]:
+            assert p.pnn in v.members, (p.pnn, v)
+            assert seen.setdefault(v.view_id, v.members) == v.members, (p.pnn, v, seen)
+    assert p0.views[-1] == p1.views[-1] == p2.views[-1]
+    assert p2.views[-1].members == (0, 1, 2)
