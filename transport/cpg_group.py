@@ -81,7 +81,8 @@ class Group:
         self.port = port
         self.local = local
         self.active: set[int] = set()
-        #: active members whose first view waits for a merge to complete
+        #: our members whose HELLO came during a merge: active, with their
+        #: first view, once it completes
         self.first_view_due: set[int] = set()
         self.joined = False  # our own join confchg was seen
         self.synced = False
@@ -219,13 +220,14 @@ class Group:
             self._silence(src, body.get("silence"))
             self._recompute()
             if src == self.me and lid in self.local and lid not in self.active:
-                self.active.add(lid)
                 if self.merge_expect is None:
+                    self.active.add(lid)
                     self.port.new_view(lid, View(st.view_id, st.view), first=True)
                 else:
                     # Our HELLO came during a merge: the view it would give
                     # now is this side's, which nobody installs once the
-                    # merge is done. Our first view is the merged one.
+                    # merge is done. Our first view is the merged one, and
+                    # what the group delivers before it is not for us.
                     self.first_view_due.add(lid)
         elif kind == K_BYE:
             if st.members.pop(sender, None) is not None:
@@ -423,7 +425,9 @@ class Group:
         st.view = view
         v = View(st.view_id, view)
         for lid in list(self.local):
-            if lid in self.active:
-                first = lid in self.first_view_due
+            if lid in self.first_view_due:
                 self.first_view_due.discard(lid)
-                self.port.new_view(lid, v, first=first)
+                self.active.add(lid)
+                self.port.new_view(lid, v, first=True)
+            elif lid in self.active:
+                self.port.new_view(lid, v, first=False)

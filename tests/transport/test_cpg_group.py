@@ -285,13 +285,17 @@ def test_a_joiner_whose_ring_merges_before_its_state_sees_only_views_the_others_
     state = bus.queue.popleft()
     body = msgpack.packb({"pnn": 2, "last_view_id": 0})
     hello: Event = (p2.me, HDR.pack(K_HELLO, 0, 1, BROADCAST) + body)
+    data: Event = (p0.me, HDR.pack(K_DATA, 0, 1, BROADCAST) + b"during the merge")
     items: dict[str, tuple[dict[Member, Event] | Event, list[Proc]]] = {
         "hello": (hello, []),
         "merge": merge([p0, p2], [p1]),
         "state": state,
     }
-    for name in order:
+    for i, name in enumerate(order):
         bus.queue.append(items[name])
+        if {"merge", "hello"} <= set(order[: i + 1]) and name != "state":
+            # node 0 sends once both are out, before the MERGEs end the merge
+            bus.queue.append((data, []))
     before = {p.pnn: len(p.views) for p in (p0, p1, p2)}  # each side's views so far
     bus.run()
     seen: dict[int, tuple[int, ...]] = {}
@@ -301,3 +305,6 @@ def test_a_joiner_whose_ring_merges_before_its_state_sees_only_views_the_others_
             assert seen.setdefault(v.view_id, v.members) == v.members, (p.pnn, v, seen)
     assert p0.views[-1] == p1.views[-1] == p2.views[-1]
     assert p2.views[-1].members == (0, 1, 2)
+    # What came before node 2's first view is not delivered to it.
+    got_it = (0, b"during the merge") in p2.delivered
+    assert got_it == (len(p2.views) > 1), (p2.views, p2.delivered)
