@@ -25,10 +25,19 @@ with a NUL, which the client bumps in every commit it sends and re-reads to
 tell a commit that failed from one whose answer was lost. It is written
 here like any record. pyctdb's own sequence number (the same name without
 the NUL, `ctdb getdbseqnum`) moves with every commit, whoever sent it.
+
+So a failed commit is answered only once this node serves again (within
+CallTimeout): the client re-reads that record from this node's file at
+once, and a node that just lost its quorum may hold there a commit it
+applied but the others never got. Read then, it says "committed", and the
+client reports a commit that the group's next round takes back (chaos, vs
+seed 1312: `ctdb pstore` acknowledged 216, every node read 215). Once the
+node serves again, its file is the group's, and the record tells the truth.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
@@ -75,7 +84,17 @@ def trans3_commit(door: Door, buffer: RecBuffer) -> Awaitable[tuple[int, Any]]:
                 tx.reads[rec.key] = _version_read(db, rec.key, header.rsn, value)
             tx.writes[rec.key] = value or None  # empty data: a deletion
         if tx.writes:
-            await node.records.commit(tx)
+            try:
+                await node.records.commit(tx)
+            except CtdbError:
+                await _serving_again(node)
+                raise
         return 0, None
 
     return handler()
+
+
+async def _serving_again(node: Node) -> None:
+    """Return once `node` serves, or at CallTimeout (see the module docstring)."""
+    with contextlib.suppress(CtdbError):
+        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
