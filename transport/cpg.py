@@ -42,7 +42,9 @@ Why it is built this way
   in a confchg whose joined members carry reason NODEUP. They have state, so
   instead of a STATE every synced member multicasts its own logical members
   (MERGE); once all are delivered every member installs the union as one
-  view whose id is the highest of both sides plus one.
+  view whose id is the highest of both sides plus one.  A logical member
+  whose HELLO comes during a merge gets that view as its first one, and
+  nothing the group delivers before it (chaos, vs seed 1305).
 
 * **Fragmentation.**  Payloads are cut into chunks (default 64 KiB, never
   above ``cpg_max_atomic_msgsize``) so corosync never fragments for us and a
