@@ -4,7 +4,8 @@ Samba's client re-reads its sequence number record from the node's file as
 soon as a commit fails, to tell a failed commit from one whose answer was
 lost (`ctdb/server/ctdb_transactions.py`). A node that just lost its quorum
 may hold there a commit the others never got; read then, it says
-"committed". These tests run the handler against a stand-in node whose
+"committed". So the answer waits until the node serves again, however long
+that takes. These tests run the handler against a stand-in node whose
 commit fails and whose serving the test controls, so the order of the
 answer and the node's return is exact.
 """
@@ -25,10 +26,12 @@ from ctdb.server.ctdb_transactions import trans3_commit
 class LostQuorumNode:
     """What the handler uses of a node whose commit fails for lack of quorum."""
 
-    def __init__(self, *, comes_back: bool) -> None:
+    def __init__(self, *, waits_in_vain: int = 0) -> None:
         self.events: list[str] = []
         self.back = asyncio.Event()
-        self.comes_back = comes_back
+        #: how many of the handler's waits end before the node serves again
+        self.waits_in_vain = waits_in_vain
+        self.serving = False
         self.transactions = SimpleNamespace(
             begin=lambda db: SimpleNamespace(reads={}, writes={}, db=db)
         )
@@ -49,13 +52,15 @@ class LostQuorumNode:
 
     def tunable(self, name: str) -> float:
         assert name == "CallTimeout"
-        return 5.0
+        return 0.01
 
     async def wait_serving(self, deadline: float) -> None:
         self.events.append("waiting to serve")
-        if not self.comes_back:
+        if self.waits_in_vain:
+            self.waits_in_vain -= 1
             raise CtdbError(ErrorCode.TIMEOUT, "not serving")
         await self.back.wait()
+        self.serving = True
         self.events.append("serving")
 
 
@@ -66,7 +71,7 @@ def _commit_of_one_record() -> RecBuffer:
 
 def test_a_failed_commit_is_answered_once_the_node_serves_again() -> None:
     async def body() -> None:
-        node = LostQuorumNode(comes_back=True)
+        node = LostQuorumNode()
         answer = asyncio.ensure_future(
             trans3_commit(SimpleNamespace(node=node), _commit_of_one_record())
         )  # type: ignore[arg-type]
@@ -83,13 +88,42 @@ def test_a_failed_commit_is_answered_once_the_node_serves_again() -> None:
     asyncio.run(body())
 
 
-def test_a_node_that_does_not_serve_again_in_time_answers_the_commits_own_error() -> None:
+def test_the_answer_waits_past_call_timeout_until_the_node_serves_again() -> None:
+    """A node out of the group for longer than CallTimeout still holds the
+    commit in its file: an answer then would be read as "committed" (the
+    case the first fix of vs seed 1312 left open)."""
+
     async def body() -> None:
-        node = LostQuorumNode(comes_back=False)
+        node = LostQuorumNode(waits_in_vain=3)
+        answer = asyncio.ensure_future(
+            trans3_commit(SimpleNamespace(node=node), _commit_of_one_record())
+        )  # type: ignore[arg-type]
+        while node.events.count("waiting to serve") < 4:  # three in vain, then the last
+            assert not answer.done()  # the client cannot re-read its record yet
+            await asyncio.sleep(0.001)
+        assert node.events == ["commit failed"] + ["waiting to serve"] * 4
+        assert not answer.done()
+        node.back.set()
         with pytest.raises(CtdbError) as failed:
-            door: Any = SimpleNamespace(node=node)
-            await trans3_commit(door, _commit_of_one_record())
+            await answer
         assert failed.value.code is ErrorCode.NO_QUORUM
-        assert node.events == ["commit failed", "waiting to serve"]
+        assert node.events[-1] == "serving"
+
+    asyncio.run(body())
+
+
+def test_a_client_that_goes_away_ends_the_wait() -> None:
+    async def body() -> None:
+        node = LostQuorumNode(waits_in_vain=1)
+        answer = asyncio.ensure_future(
+            trans3_commit(SimpleNamespace(node=node), _commit_of_one_record())
+        )  # type: ignore[arg-type]
+        while node.events.count("waiting to serve") < 2:
+            assert not answer.done()
+            await asyncio.sleep(0.001)
+        answer.cancel()  # what the session does when its client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await answer
+        assert node.events == ["commit failed", "waiting to serve", "waiting to serve"]
 
     asyncio.run(body())

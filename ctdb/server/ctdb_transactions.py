@@ -26,18 +26,25 @@ tell a commit that failed from one whose answer was lost. It is written
 here like any record. pyctdb's own sequence number (the same name without
 the NUL, `ctdb getdbseqnum`) moves with every commit, whoever sent it.
 
-So a failed commit is answered only once this node serves again (within
-CallTimeout): the client re-reads that record from this node's file at
-once, and a node that just lost its quorum may hold there a commit it
-applied but the others never got. Read then, it says "committed", and the
-client reports a commit that the group's next round takes back (chaos, vs
-seed 1312: `ctdb pstore` acknowledged 216, every node read 215). Once the
-node serves again, its file is the group's, and the record tells the truth.
+So a failed commit is answered only once this node serves again: the
+client re-reads that record from this node's file at once, and a node that
+just lost its quorum may hold there a commit it applied but the others
+never got. Read then, it says "committed", and the client reports a commit
+that the group's next round takes back (chaos, vs seed 1312: `ctdb pstore`
+acknowledged 216, every node read 215). Once the node serves again, its
+file is the group's, and the record tells the truth.
+
+However long that takes: any answer before it may be read as "committed".
+Samba's clients wait as they do against ctdbd, whose frozen node holds
+every chain lock, so that their re-read itself waits for the recovery.
+`ctdb pstore` gives up at its own time limit, without re-reading (a
+control that times out is an error, not a failed commit); smbd waits; a
+client that goes away ends the wait (its session cancels it).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
@@ -95,6 +102,10 @@ def trans3_commit(door: Door, buffer: RecBuffer) -> Awaitable[tuple[int, Any]]:
 
 
 async def _serving_again(node: Node) -> None:
-    """Return once `node` serves, or at CallTimeout (see the module docstring)."""
-    with contextlib.suppress(CtdbError):
-        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
+    """Return once `node` serves (see the module docstring)."""
+    while not node.serving:
+        step = node.tunable("CallTimeout")
+        try:
+            await node.wait_serving(node.now() + step)
+        except CtdbError:  # the step ended, or WaitForQuorum 0 refused at once
+            await asyncio.sleep(step / 10)
