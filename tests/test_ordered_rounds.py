@@ -9,6 +9,7 @@ position of the stream, whoever was in sync when the view changed.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,9 @@ class Member(Dbs):
     @property
     def serving(self) -> bool:
         return self.engine.serving
+
+    def serving_until(self) -> float:
+        return math.inf  # no lease: the test is the group
 
     def broadcast(self, msg: Message, to: int | None = None) -> None:
         self.group.sent.append((self.pnn, self.view, encode(msg), to))

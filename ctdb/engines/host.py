@@ -63,6 +63,10 @@ class Host(Clock, Protocol):
     @property
     def serving(self) -> bool: ...
 
+    def serving_until(self) -> float:
+        """Until when `serving` may hold without news from the others (the
+        lease: a stalled ring, a stopped transport); inf: no such end."""
+
     def tunable(self, name: str) -> float: ...
 
     def in_generation(self, generation: int) -> bool: ...

@@ -100,6 +100,9 @@ class LeaderRecovery:
     def confirmed(self) -> bool:
         return self.node.liveness.lease_holds()
 
+    def confirmed_until(self) -> float:
+        return self.node.liveness.lease_until()
+
     def _in_generation(self, handler: Callable[[Any], None]) -> Route:
         """The route of a migration message: to `handler`, unless it belongs to
         the generation we are about to thaw into (`RecoveryMember.defer_if_early`)."""

@@ -56,6 +56,10 @@ class Membership(Protocol):
     def confirmed(self) -> bool:
         """Whether the rest of the cluster still counts on us serving (tcp: the lease)."""
 
+    def confirmed_until(self) -> float:
+        """Until when (loop clock) `confirmed` holds unless we hear from the
+        others: the lease's end (inf: no end)."""
+
     #: Whether clients may use records in place (`in_place_until`): tcp only.
     records_in_place: bool
     #: Engine messages this kind of cluster never sends, by class, and why

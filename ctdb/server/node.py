@@ -200,6 +200,10 @@ class Node:
             and self.membership.confirmed()
         )
 
+    def serving_until(self) -> float:
+        """Until when we serve unless we hear from the others (the lease); inf: no end."""
+        return self.membership.confirmed_until()
+
     def publish_serving(self) -> None:
         """Tell clients that use records in place until when they may."""
         if self.serving_file is not None:

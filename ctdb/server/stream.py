@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,10 @@ class StreamMembership:
             return False
         until = transport.confirmed_until()
         return until is None or self.node.now() < until
+
+    def confirmed_until(self) -> float:
+        until = self.node.transport.confirmed_until()
+        return math.inf if until is None else until
 
     def on_view(self, view: View) -> None:
         self.node.frozen_at = time.monotonic()  # a recovery begins at every view change

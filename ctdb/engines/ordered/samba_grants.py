@@ -91,6 +91,7 @@ class SambaGrants(Returns):
         self.restoring = {}
         self._busy = {}
         self.spawn = lambda work: asyncio.ensure_future(engine.run(work))
+        self.lease_watch = None
 
     # -- lending (REQ_CALL) ----------------------------------------------------------
 
@@ -196,6 +197,9 @@ class SambaGrants(Returns):
 
     def stop(self) -> None:
         """The daemon stops: nothing stays lent, nothing is sent."""
+        if self.lease_watch is not None:
+            self.lease_watch.cancel()
+            self.lease_watch = None
         self.revoke_all()
         for task in list(self._busy.values()):
             task.cancel()
