@@ -49,13 +49,18 @@ BUSY, as on any locked record. The stream itself touches a shared file only
 under the chains it needs (`stream_gate`), so a client holding a chain
 never blocks the daemon.
 
+Nor does anything stay lent past this node's lease (`Returns._watch_lease`):
+the lease ends before the others can go on without us, and a node cut off
+may hear of its minority view much later (a cut between two nodes left one
+in its old view a second after the others had moved on: chaos vs seed
+1320), so at the lease's end, unless it was renewed, everything lent goes
+back, and Samba's clients ask, and wait.
+
 What is not covered, as with CTDB's own volatile databases: a value written
 in place and not yet taken back is only in this node's file, so it is lost
-if this node fails or leaves the group first. Between a network cut and the
-view change that tells this node it is in a minority (corosync's token
-timeout and consensus), its clients may still write in place while the
-majority, past its own view change, grants the record elsewhere: both sides
-detect the cut after the same timeouts, and the minority's writes are lost.
+if this node fails or leaves the group first. A daemon that hangs (SIGSTOP)
+cannot take anything back: its Samba clients go on with what is lent while
+the others move on, until it runs again and its lease's end is past.
 A wipe ordered between a taking back and its unlock does not wipe what the
 unlock carries: it lands after the wipe, as a write ordered after it would.
 A shared file that fails under lending (python-tdb's RuntimeError, a chain
