@@ -13,14 +13,19 @@ answer and the node's return is exact.
 from __future__ import annotations
 
 import asyncio
+import struct
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol.ctdb_opcodes import Control
 from ctdb.protocol.ctdb_records import LtdbHeader, RecBuffer, RecData
-from ctdb.server.ctdb_transactions import trans3_commit
+from ctdb.protocol.ctdb_wire import Header, ReqControl
+from ctdb.server.ctdb_sessions import CtdbSession
+from ctdb.server.ctdb_transactions import CLIENT_SEQNUM_KEY, UnknownOutcome, trans3_commit
+from ctdb.storage.ltdb import Record
 
 
 class LostQuorumNode:
@@ -36,8 +41,10 @@ class LostQuorumNode:
             begin=lambda db: SimpleNamespace(reads={}, writes={}, db=db)
         )
         self.records = SimpleNamespace(commit=self._commit)
+        #: the node's file once it serves again: key -> Record
+        self.file: dict[bytes, Record] = {}
         self._db = SimpleNamespace(
-            replicated=True, name="p.tdb", local=SimpleNamespace(get=lambda key: None)
+            replicated=True, name="p.tdb", local=SimpleNamespace(get=self.file.get)
         )
 
     async def _commit(self, tx: Any) -> int:
@@ -67,6 +74,18 @@ class LostQuorumNode:
 def _commit_of_one_record() -> RecBuffer:
     data = LtdbHeader(1, 0, 0).encode() + b"v"
     return RecBuffer(0x3A43C5A8, (RecData(0, b"counter", data),))
+
+
+def _samba_commit(seqnum_read: int) -> RecBuffer:
+    """What `ctdb pstore` sends: its record, and its sequence number record one up."""
+    seqnum = LtdbHeader(seqnum_read + 1, 1, 0).encode() + struct.pack("<Q", seqnum_read + 1)
+    return RecBuffer(
+        0x3A43C5A8,
+        (
+            RecData(0, b"counter", LtdbHeader(5, 1, 0).encode() + b"156"),
+            RecData(0, CLIENT_SEQNUM_KEY, seqnum),
+        ),
+    )
 
 
 def test_a_failed_commit_is_answered_once_the_node_serves_again() -> None:
@@ -127,3 +146,77 @@ def test_a_client_that_goes_away_ends_the_wait() -> None:
         assert node.events == ["commit failed", "waiting to serve", "waiting to serve"]
 
     asyncio.run(body())
+
+
+def _answer_once_back(node: LostQuorumNode, buffer: RecBuffer) -> BaseException:
+    """What the handler raises for `buffer`, the node serving again at once."""
+
+    async def body() -> BaseException:
+        node.back.set()
+        try:
+            await trans3_commit(SimpleNamespace(node=node), buffer)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            return exc
+        raise AssertionError("the commit succeeded")
+
+    return asyncio.run(body())
+
+
+def test_a_record_moved_to_where_the_failed_commit_would_put_it_closes_the_connection() -> None:
+    """vs chaos seed 1342: node 1 lost its quorum under `ctdb pstore` of 156,
+    gave back the client's g_lock, and another client's commit moved the
+    sequence number record one up meanwhile. Answered, the client would have
+    re-read it and counted its own commit done (it then read 155)."""
+    node = LostQuorumNode()
+    node.file[CLIENT_SEQNUM_KEY] = Record(41, 0, struct.pack("<Q", 41))  # another's commit
+    raised = _answer_once_back(node, _samba_commit(seqnum_read=40))
+    assert isinstance(raised, UnknownOutcome), raised
+
+
+def test_a_record_where_the_client_read_it_gets_the_commits_own_error() -> None:
+    node = LostQuorumNode()
+    node.file[CLIENT_SEQNUM_KEY] = Record(40, 0, struct.pack("<Q", 40))  # as the client read it
+    raised = _answer_once_back(node, _samba_commit(seqnum_read=40))
+    assert isinstance(raised, CtdbError) and not isinstance(raised, UnknownOutcome), raised
+    assert raised.code is ErrorCode.NO_QUORUM
+
+
+class RecordingTransport:
+    """The client's end as the session sees it: what was written, whether closed."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_the_session_closes_the_connection_of_an_unknown_outcome_and_answers_nothing() -> None:
+    async def body() -> RecordingTransport:
+        node = SimpleNamespace(tunable=lambda name: 1 << 20, pnn=0, generation=1)
+        server = SimpleNamespace(node=node, failed=lambda opcode, exc: None)
+        session = CtdbSession(server)  # type: ignore[arg-type]
+        transport = RecordingTransport()
+        session.transport = transport  # type: ignore[assignment]
+
+        async def outcome() -> Any:
+            raise UnknownOutcome("the record stands where the commit would have put it")
+
+        req = ReqControl(Header(7), Control.TRANS3_COMMIT)
+        session._later(req, Header(7), outcome())
+        while session.tasks:
+            await asyncio.sleep(0)
+        return transport
+
+    transport = asyncio.run(body())
+    assert transport.closed and not transport.written

@@ -72,6 +72,7 @@ from ctdb.server import ctdb_calls, unixsocket
 from ctdb.server.ctdb_door import FAILED
 from ctdb.server.ctdb_handlers import SESSION_BOUND, Outcome, run_control
 from ctdb.server.ctdb_seqnum import SeqnumWatch
+from ctdb.server.ctdb_transactions import UnknownOutcome
 from ctdb.server.node import Node
 from ctdb.server.sessions import OUTPUT_CAP
 from ctdb.server.state import control_handlers
@@ -280,6 +281,13 @@ class CtdbSession(asyncio.Protocol):
                 status, data, after = await outcome
             except asyncio.CancelledError:
                 raise
+            except UnknownOutcome as exc:
+                # Any answer would be misread (`ctdb_transactions`): the client
+                # sees its daemon go away, an error it does not second-guess.
+                log.warning("closing %s: %s", self.who, exc.message)
+                if self.transport is not None:
+                    self.transport.close()
+                return
             except Exception as exc:
                 status, data, after = FAILED, b"", b""
                 self._failed(req, exc)

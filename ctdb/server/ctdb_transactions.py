@@ -40,6 +40,17 @@ every chain lock, so that their re-read itself waits for the recovery.
 `ctdb pstore` gives up at its own time limit, without re-reading (a
 control that times out is an error, not a failed commit); smbd waits; a
 client that goes away ends the wait (its session cancels it).
+
+And the re-read tells the truth only if no other client committed in
+between, which its g_lock should have made sure of. A node that lost its
+quorum gives back what was lent to its Samba clients, that g_lock too, and
+the others go on: another client's commit moves the record one up as well
+(chaos, vs seed 1342: `ctdb pstore` of 156 acknowledged on node 1, which
+then read 155). So when the node serves again and the record stands one
+above what the client read, nothing can tell it whose commit that was:
+its connection is closed instead of answered (`UnknownOutcome`), as if
+the daemon had died, which Samba's clients take as an error without
+re-reading (`ctdb pstore` fails; smbd exits and is started again).
 """
 
 from __future__ import annotations
@@ -62,6 +73,16 @@ class Door(Protocol):
 
 #: Records only the engine writes.
 RESERVED = frozenset({SEQNUM_KEY, HISTORY_KEY})
+#: The sequence number record of Samba's clients (see the module docstring).
+CLIENT_SEQNUM_KEY = SEQNUM_KEY + b"\0"
+
+
+class UnknownOutcome(CtdbError):
+    """A failed commit whose client would read the wrong outcome from its
+    file: its session closes the connection instead of answering."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.TIMEOUT, message)
 
 
 def _version_read(db: Database, key: bytes, rsn: int, value: bytes) -> int:
@@ -93,12 +114,24 @@ def trans3_commit(door: Door, buffer: RecBuffer) -> Awaitable[tuple[int, Any]]:
         if tx.writes:
             try:
                 await node.records.commit(tx)
-            except CtdbError:
+            except CtdbError as exc:
                 await _serving_again(node)
+                if _reread_says_committed(db, tx.writes.get(CLIENT_SEQNUM_KEY)):
+                    raise UnknownOutcome(
+                        f"the commit failed ({exc}), but {db.name}'s sequence number"
+                        " record stands where it would have put it"
+                    ) from exc
                 raise
         return 0, None
 
     return handler()
+
+
+def _reread_says_committed(db: Database, written: bytes | None) -> bool:
+    """Whether the client's sequence number record in our file now holds
+    what its failed commit would have written (None: it wrote none)."""
+    current = db.local.get(CLIENT_SEQNUM_KEY)
+    return written is not None and current is not None and current.value == written
 
 
 async def _serving_again(node: Node) -> None:
