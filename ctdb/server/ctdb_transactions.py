@@ -26,36 +26,35 @@ tell a commit that failed from one whose answer was lost. It is written
 here like any record. pyctdb's own sequence number (the same name without
 the NUL, `ctdb getdbseqnum`) moves with every commit, whoever sent it.
 
-So a failed commit is answered only once this node serves again: the
-client re-reads that record from this node's file at once, and a node that
-just lost its quorum may hold there a commit it applied but the others
-never got. Read then, it says "committed", and the client reports a commit
-that the group's next round takes back (chaos, vs seed 1312: `ctdb pstore`
-acknowledged 216, every node read 215). Once the node serves again, its
-file is the group's, and the record tells the truth.
+The client re-reads that record from this node's file as soon as a commit
+fails, and the record can mislead it two ways:
 
-However long that takes: any answer before it may be read as "committed".
-Samba's clients wait as they do against ctdbd, whose frozen node holds
-every chain lock, so that their re-read itself waits for the recovery.
-`ctdb pstore` gives up at its own time limit, without re-reading (a
-control that times out is an error, not a failed commit); smbd waits; a
-client that goes away ends the wait (its session cancels it).
+* a node that just lost its quorum may hold there a commit it applied but
+  the others never got: read then, it says "committed", and the group's
+  next round takes the commit back (chaos, vs seed 1312: `ctdb pstore`
+  acknowledged 216, every node read 215);
+* the re-read is sound only if no other client committed in between, which
+  its g_lock should make sure of; but a node that lost its quorum gives back
+  what was lent to its Samba clients, that g_lock too, and the others go
+  on: another client's commit moves the record one up as well (chaos, vs
+  seed 1342: `ctdb pstore` of 156 acknowledged on node 1, which then read
+  155).
 
-And the re-read tells the truth only if no other client committed in
-between, which its g_lock should have made sure of. A node that lost its
-quorum gives back what was lent to its Samba clients, that g_lock too, and
-the others go on: another client's commit moves the record one up as well
-(chaos, vs seed 1342: `ctdb pstore` of 156 acknowledged on node 1, which
-then read 155). So when the node serves again and the record stands one
-above what the client read, nothing can tell it whose commit that was:
-its connection is closed instead of answered (`UnknownOutcome`), as if
-the daemon had died, which Samba's clients take as an error without
-re-reading (`ctdb pstore` fails; smbd exits and is started again).
+So a failed commit waits for the node to serve again, up to CallTimeout:
+its file is then the group's, and the first way is gone. Then, if the
+record stands where the failed commit would have put it (a commit of
+another client's, or one of its own the file may yet lose), nothing can
+tell the client whose commit that was, and its connection is closed
+instead of answered (`UnknownOutcome`), as if the daemon had died: Samba's
+clients take that as an error without re-reading (`ctdb pstore` fails;
+smbd exits and is started again). Otherwise the record is where the
+client read it, the commit's own error is answered, and the client sends
+the commit again, as against ctdbd.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
@@ -135,10 +134,6 @@ def _reread_says_committed(db: Database, written: bytes | None) -> bool:
 
 
 async def _serving_again(node: Node) -> None:
-    """Return once `node` serves (see the module docstring)."""
-    while not node.serving:
-        step = node.tunable("CallTimeout")
-        try:
-            await node.wait_serving(node.now() + step)
-        except CtdbError:  # the step ended, or WaitForQuorum 0 refused at once
-            await asyncio.sleep(step / 10)
+    """Wait for `node` to serve again, up to CallTimeout (see the module docstring)."""
+    with contextlib.suppress(CtdbError):
+        await node.wait_serving(node.now() + node.tunable("CallTimeout"))
