@@ -43,8 +43,9 @@ fails, and the record can mislead it two ways:
 So a failed commit waits for the node to serve again, up to CallTimeout:
 its file is then the group's, and the first way is gone. Then, if the
 record stands where the failed commit would have put it (a commit of
-another client's, or one of its own the file may yet lose), nothing can
-tell the client whose commit that was, and its connection is closed
+another client's, one of its own the file may yet lose, or one of its own
+that the others did apply), nothing can tell the client whose commit that
+was, and its connection is closed
 instead of answered (`UnknownOutcome`), as if the daemon had died: Samba's
 clients take that as an error without re-reading (`ctdb pstore` fails;
 smbd exits and is started again). Otherwise the record is where the
