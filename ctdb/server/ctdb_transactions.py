@@ -45,12 +45,11 @@ its file is then the group's, and the first way is gone. Then, if the
 record stands where the failed commit would have put it (a commit of
 another client's, one of its own the file may yet lose, or one of its own
 that the others did apply), nothing can tell the client whose commit that
-was, and its connection is closed
-instead of answered (`UnknownOutcome`), as if the daemon had died: Samba's
-clients take that as an error without re-reading (`ctdb pstore` fails;
-smbd exits and is started again). Otherwise the record is where the
-client read it, the commit's own error is answered, and the client sends
-the commit again, as against ctdbd.
+was, and its connection is closed instead of answered (`UnknownOutcome`),
+as if the daemon had died: Samba's clients take that as an error without
+re-reading (`ctdb pstore` fails; smbd exits and is started again).
+Otherwise the record is where the client read it, the commit's own error
+is answered, and the client sends the commit again, as against ctdbd.
 """
 
 from __future__ import annotations
