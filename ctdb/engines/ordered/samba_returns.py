@@ -126,8 +126,9 @@ class Returns:
         self.after_apply()
 
     def after_apply(self) -> None:
-        """After each operation the stream delivered: take back what is wanted
-        elsewhere, and forget what the stream no longer lends us."""
+        """After each operation the stream delivered, and at our lease's end:
+        take back what is wanted elsewhere (everything, if we do not serve),
+        and forget what the stream no longer lends us."""
         if not self.lent:
             return
         engine = self.engine
