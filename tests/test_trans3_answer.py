@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
 
@@ -89,12 +90,15 @@ def _samba_commit(seqnum_read: int) -> RecBuffer:
     )
 
 
+def _commit(node: LostQuorumNode, buffer: RecBuffer) -> Awaitable[tuple[int, Any]]:
+    """The handler's answer to `buffer`, sent through a door of `node`."""
+    return trans3_commit(SimpleNamespace(node=node), buffer)  # type: ignore[arg-type]
+
+
 def test_a_failed_commit_is_answered_once_the_node_serves_again() -> None:
     async def body() -> None:
         node = LostQuorumNode()
-        answer = asyncio.ensure_future(
-            trans3_commit(SimpleNamespace(node=node), _commit_of_one_record())
-        )  # type: ignore[arg-type]
+        answer = asyncio.ensure_future(_commit(node, _commit_of_one_record()))
         for _ in range(5):
             await asyncio.sleep(0)
         assert node.events == ["commit failed", "waiting to serve"]
@@ -111,9 +115,7 @@ def test_a_failed_commit_is_answered_once_the_node_serves_again() -> None:
 def test_a_client_that_goes_away_ends_the_wait() -> None:
     async def body() -> None:
         node = LostQuorumNode()
-        answer = asyncio.ensure_future(
-            trans3_commit(SimpleNamespace(node=node), _commit_of_one_record())
-        )  # type: ignore[arg-type]
+        answer = asyncio.ensure_future(_commit(node, _commit_of_one_record()))
         while node.events.count("waiting to serve") < 1:
             await asyncio.sleep(0.001)
         answer.cancel()  # what the session does when its client disconnects
@@ -131,7 +133,7 @@ def _answer(node: LostQuorumNode, buffer: RecBuffer) -> BaseException:
     async def body() -> BaseException:
         node.back.set()
         try:
-            await trans3_commit(SimpleNamespace(node=node), buffer)  # type: ignore[arg-type]
+            await _commit(node, buffer)
         except Exception as exc:  # noqa: BLE001 - the test looks at it
             return exc
         raise AssertionError("the commit succeeded")

@@ -221,8 +221,7 @@ class Group:
             self._recompute()
             if src == self.me and lid in self.local and lid not in self.active:
                 if self.merge_expect is None:
-                    self.active.add(lid)
-                    self.port.new_view(lid, View(st.view_id, st.view), first=True)
+                    self._activate(lid, View(st.view_id, st.view))
                 else:
                     # Our HELLO came during a merge: the view it would give
                     # now is this side's, which nobody installs once the
@@ -245,6 +244,11 @@ class Group:
             if target in self.cpg_members:
                 st.synced.add(target)
             st.pending.pop(target, None)
+
+    def _activate(self, lid: int, view: View) -> None:
+        """Our member `lid` is in the group from `view`, its first view, on."""
+        self.active.add(lid)
+        self.port.new_view(lid, view, first=True)
 
     def _silence(self, member: Member, seconds: object) -> None:
         """Record what `member` said of its expel silence; nothing (a member
@@ -427,7 +431,6 @@ class Group:
         for lid in list(self.local):
             if lid in self.first_view_due:
                 self.first_view_due.discard(lid)
-                self.active.add(lid)
-                self.port.new_view(lid, v, first=True)
+                self._activate(lid, v)
             elif lid in self.active:
                 self.port.new_view(lid, v, first=False)
