@@ -78,12 +78,12 @@ def _outcome(check: Any, value: Any) -> tuple[int, str] | None:
     return None
 
 
-def _composed_fields(checks: tuple[Check, ...]) -> Any:
-    def check(values: list[Any], limits: Limits) -> None:
-        for inner, value in zip(checks, values, strict=True):
-            inner(value, limits)
-
-    return check
+def _decoded(form: codec.Layout, values: list[Any], sender: int | None) -> Any:
+    """What the field-by-field path makes of `values`: the message, or its error."""
+    try:
+        return codec.checked(form, values, LIMITS, sender)
+    except codec.DecodeError as exc:
+        return exc.message
 
 
 def test_there_is_something_to_compare() -> None:
@@ -92,14 +92,20 @@ def test_there_is_something_to_compare() -> None:
 
 @pytest.mark.parametrize("form", LAYOUTS, ids=lambda form: form.cls.__name__)
 def test_a_layout_written_out_decides_as_its_field_checks(form: codec.Layout) -> None:
+    """`accept` takes every valid message itself, and of the rest only what
+    the field-by-field path takes too, as the same message."""
     rng = random.Random(form.cls.__name__)
-    composed = _composed_fields(form.checks)
+    src = wiregen.RandomSource(rng)
     for _ in range(200):
-        values = [wiregen.value(c, wiregen.RandomSource(rng), LIMITS) for c in form.checks]
-        assert _outcome(form.check_all, values) is None
+        sender = rng.randrange(len(LIMITS.nodes))
+        msg = wiregen.message(form.cls, src, LIMITS, sender)
+        values = list(codec._FIELDS[form.cls](msg))
+        assert form.accept([msg.TYPE, *values], LIMITS, sender) == msg
         i = rng.randrange(len(values))
         values[i] = rng.choice(ODD)
-        assert _outcome(form.check_all, values) == _outcome(composed, values)
+        for who in (None, sender, (sender + 1) % len(LIMITS.nodes)):
+            fast = form.accept([msg.TYPE, *values], LIMITS, who)
+            assert fast is None or fast == _decoded(form, values, who)
 
 
 @given(data=st.data())

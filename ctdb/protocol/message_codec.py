@@ -33,8 +33,8 @@ from ctdb.protocol.message_fields import CLIENT_DATA, NUMBER
 from ctdb.protocol.messages import MESSAGE_TYPES, ControlReply, Message
 from ctdb.protocol.op_schemas import CONTROLS
 from ctdb.protocol.schema import Check, Limits
-from ctdb.protocol.schema_inline import FieldsCheck
-from ctdb.protocol.schema_inline import fields as inline_fields
+from ctdb.protocol.schema_inline import Accept
+from ctdb.protocol.schema_inline import accept as inline_accept
 from ctdb.protocol.schema_scalars import ANY, BOOL, MAP, integer, text
 
 
@@ -72,16 +72,8 @@ class Layout:
     sender: int | None  # index of the field naming the sender
     op: int | None  # index of `op` when the class has an ARGS table
     args: int | None
-    #: all of `checks` in one call (`schema_inline`)
-    check_all: FieldsCheck
-
-    def first_invalid(self, values: list[Any], limits: Limits) -> str:
-        for name, check, value in zip(self.names, self.checks, values, strict=True):
-            try:
-                check(value, limits)
-            except schema.SchemaError:
-                return name
-        return "?"
+    #: the whole check and the message in one call, in the usual case (`schema_inline`)
+    accept: Accept
 
 
 def _build_layout(cls: type) -> Layout:
@@ -94,17 +86,11 @@ def _build_layout(cls: type) -> Layout:
             checks.append(hint.__metadata__[0])
         else:
             checks.append(_PLAIN[hint])
-    sender = getattr(cls, "SENDER", None)
-    has_ops = hasattr(cls, "ARGS")
-    return Layout(
-        cls,
-        tuple(names),
-        tuple(checks),
-        names.index(sender) if sender else None,
-        names.index("op") if has_ops else None,
-        names.index("args") if has_ops else None,
-        inline_fields(checks),
-    )
+    sender = names.index(cls.SENDER) if hasattr(cls, "SENDER") else None
+    ops = (names.index("op"), names.index("args")) if hasattr(cls, "ARGS") else None
+    op, args = ops or (None, None)
+    accept = inline_accept(checks, cls, sender, ops)
+    return Layout(cls, tuple(names), tuple(checks), sender, op, args, accept)
 
 
 _LAYOUTS: dict[int, Layout] = {cls.TYPE: _build_layout(cls) for cls in MESSAGE_TYPES}
@@ -143,13 +129,20 @@ def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:
     if len(items) != len(form.names) + 1:
         name = form.cls.__name__
         raise DecodeError(f"{name} needs {len(form.names)} fields, got {len(items) - 1}")
-    values = items[1:]
-    try:
-        form.check_all(values, limits)
-    except schema.SchemaError as exc:
-        # which field failed is worked out only on this error path
-        where = exc.at(form.first_invalid(values, limits)).message
-        raise DecodeError(f"{form.cls.__name__}.{where}") from None
+    msg: Message | None = form.accept(items, limits, sender)
+    if msg is None:
+        msg = checked(form, items[1:], limits, sender)
+    return msg
+
+
+def checked(form: Layout, values: list[Any], limits: Limits, sender: int | None) -> Message:
+    """`decode` field by field: what `form.accept` leaves to it (an error, or a
+    value only a field's own check accepts), with the error saying where."""
+    for name, check, value in zip(form.names, form.checks, values, strict=True):
+        try:
+            check(value, limits)
+        except schema.SchemaError as exc:
+            raise DecodeError(f"{form.cls.__name__}.{exc.at(name).message}") from None
     if form.op is not None:
         assert form.args is not None
         op = values[form.op]
