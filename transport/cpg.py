@@ -73,7 +73,12 @@ Why it is built this way
   in its backlog, reports a view of itself alone, drops its connection (and
   with it the backlog) and joins again: a fresh member with a state
   transfer.  corosync's leave of the old connection
-  clears it from the expelled set on every member.
+  clears it from the expelled set on every member.  When every process
+  with the state is hung, nobody may expel them and nobody sends a joiner
+  its state: a joiner that hears none of the processes older than itself
+  for that silence multicasts FOUND, and at its position the joiners it saw
+  found the state anew while every other process starts over (the rules
+  that make every process decide alike are in `transport.cpg_group`).
 
 * **corosync failure.**  A dispatch/mcast error or a hang-up on the fd means
   the daemon is gone: every transport reports a view of only itself, and the

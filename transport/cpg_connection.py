@@ -82,6 +82,8 @@ class Connection(CpgStream):
         self.machine = Group(self.me, self, self.local)
         self.heard = {}
         self.expelling = set()
+        self.joined_at = self.loop.time()
+        self.founding = False
         self.loop.add_reader(fd, self._on_readable)
         self.last_tick = self.loop.time()
         self.keepalive = self._keepalive()
@@ -155,6 +157,14 @@ class Connection(CpgStream):
         # corosync is alive: the only wait is for it to process our leave.
         self._restart(first_attempt=REJOIN_DELAY)
 
+    def start_over(self, why: str) -> None:
+        """Leave the group and join it again as a fresh member (the group's
+        state machine asks: see its founding, `transport.cpg_group`)."""
+        if self.handle is None or self.closed:
+            return
+        log.warning("group %r: %s; reporting solo views and joining again", self.group, why)
+        self._restart(first_attempt=REJOIN_DELAY)
+
     def _restart(self, first_attempt: float = RECONNECT_INTERVAL) -> None:
         self._drop_handle()
         self.machine = None
@@ -201,6 +211,10 @@ class Connection(CpgStream):
 
     def expelled(self) -> None:
         self._expelled()
+
+    def founded(self) -> None:
+        for t in self.transports.values():
+            self._hello(t)
 
     def members_changed(
         self, members: list[Member], left: list[Member], joined: list[Member]

@@ -28,6 +28,7 @@ from transport.cpg_wire import (
     K_BYE,
     K_DATA,
     K_EXPEL,
+    K_FOUND,
     K_HELLO,
     K_MERGE,
     K_STATE,
@@ -57,6 +58,12 @@ class GroupPort(Protocol):
     def expelled(self) -> None:
         """The group dropped this process: start over as a fresh member."""
 
+    def start_over(self, why: str) -> None:
+        """Leave the group and join it again as a fresh member (`why`: for the log)."""
+
+    def founded(self) -> None:
+        """We found the group's state anew (FOUND): announce our logical members again."""
+
     def members_changed(
         self, members: list[Member], left: list[Member], joined: list[Member]
     ) -> None:
@@ -85,6 +92,9 @@ class Group:
         #: first view, once it completes
         self.first_view_due: set[int] = set()
         self.joined = False  # our own join confchg was seen
+        #: joiner: the processes in the group before our join that are still
+        #: in it; one of them sends our state (see `_joiner_found`)
+        self.older: set[Member] = set()
         self.synced = False
         self.state = Agreed()
         self.cpg_members: list[Member] = []
@@ -113,6 +123,7 @@ class Group:
                 members, _left, joined, _merged = ev
                 self.joined = True
                 self.cpg_members = list(members)
+                self.older = set(members) - set(joined)
                 self.port.members_changed(list(members), [], list(members))
                 if set(members) == set(joined):
                     # Every member is new: we found the group's state together.
@@ -127,11 +138,16 @@ class Group:
                 # Expelled before our STATE was sent, nobody sends it now.
                 self.port.expelled()
                 return
+            found = self._peek_found(ev)
+            if found is not None:
+                self._joiner_found(*found)
+                return
             body = self._peek_state(ev)
             if body is not None:
                 self._install(body)
         else:
             self.cpg_members = list(ev[0])
+            self.older -= set(ev[1])
             self.port.members_changed(list(ev[0]), ev[1], ev[2])
 
     def _peek_expel(self, ev: Deliver) -> bool:
@@ -235,6 +251,10 @@ class Group:
             self._on_merge(src, msgpack.unpackb(payload, strict_map_key=False))
         elif kind == K_EXPEL:
             self._on_expel(src, tuple(msgpack.unpackb(payload)))
+        elif kind == K_FOUND:
+            merging = self.merge_expect is not None and src in self.merge_members
+            if src not in st.synced and not merging:
+                self.port.start_over(f"member {src} founded the group's state anew")
         elif kind == K_ALIVE:
             if len(payload) == SILENCE.size:
                 self._silence(src, SILENCE.unpack(payload)[0])
@@ -358,6 +378,53 @@ class Group:
         # The expelled process may have been the leader a joiner waits for.
         self._send_states(sorted(self.state.pending))
 
+    # -- founding the state anew ------------------------------------------------
+    #
+    # A joiner's state comes from the group's synced members. If every
+    # process that was in the group before it joined is stopped (they were
+    # all that held the state: the others died and restarted), nobody sends
+    # it, and no synced member is left to expel them. So a joiner that has
+    # heard none of them for the silence limit (the I/O shell's timing)
+    # multicasts FOUND: the processes it saw in the group, and which of them
+    # were older than itself. At FOUND's position every process decides the
+    # same way whether it takes effect: when its sender still has no state.
+    # Then the processes it saw, less the older ones, found the state
+    # afresh (their logical members announce themselves again), and every
+    # other process, every one that had state included, starts over as a
+    # fresh member. A synced process knows whether the sender has state; a
+    # joiner that FOUND lists sees everything since the sender wrote it, so
+    # only a STATE, EXPEL or merge there could have changed that, and then
+    # it starts over rather than guess (leaving is the same for everyone).
+
+    def _peek_found(self, ev: Deliver) -> tuple[set[Member], set[Member]] | None:
+        """(the processes a FOUND saw, the older ones among them), if `ev` is one."""
+        msg = ev[1]
+        if len(msg) < HDR.size or HDR.unpack_from(msg)[0] != K_FOUND:
+            return None
+        return _found_body(msg[HDR.size :])
+
+    def _joiner_found(self, seen: set[Member], older: set[Member]) -> None:
+        founders = seen - older
+        if self.me not in founders:
+            self.port.start_over("another member founded the group's state anew without us")
+            return
+        if any(_may_give_state(ev) for ev in self.buffer[:-1]):
+            self.port.start_over("a member founded the group's state anew, but may have had it")
+            return
+        present = founders & set(self.cpg_members)
+        self.state = Agreed(synced=present, expelled=set(self.cpg_members) - present)
+        self.synced = True
+        self.buffer = []
+        self.fragments = {}
+        self.peek_fragments = {}
+        log.warning(
+            "%s: founded the group's state anew with %s, without %s (silent)",
+            self.me,
+            sorted(present),
+            sorted(older),
+        )
+        self.port.founded()
+
     # -- partition merges ------------------------------------------------------
     #
     # When partitions that formed apart meet again, corosync lists the other
@@ -434,3 +501,18 @@ class Group:
                 self._activate(lid, v)
             elif lid in self.active:
                 self.port.new_view(lid, v, first=False)
+
+
+def _found_body(payload: bytes) -> tuple[set[Member], set[Member]]:
+    body = msgpack.unpackb(payload)
+    seen = {(int(n), int(p)) for n, p in body["members"]}
+    return seen, {(int(n), int(p)) for n, p in body["older"]}
+
+
+def _may_give_state(ev: Event) -> bool:
+    """Whether a joiner's buffered `ev` may have given a FOUND's sender state
+    or expelled it: a STATE, EXPEL or MERGE, or a merge of partitions."""
+    if len(ev) == 4:
+        return bool(ev[3])
+    msg = ev[1]
+    return len(msg) >= HDR.size and HDR.unpack_from(msg)[0] in (K_STATE, K_EXPEL, K_MERGE)

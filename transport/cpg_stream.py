@@ -33,6 +33,7 @@ from transport.cpg_wire import (
     HDR,
     K_ALIVE,
     K_EXPEL,
+    K_FOUND,
     K_HELLO,
     SILENCE,
     Event,
@@ -80,6 +81,9 @@ class CpgStream(abc.ABC):
         self.heard: dict[Member, float] = {}
         #: members we multicast an EXPEL for, until it is applied or they leave
         self.expelling: set[Member] = set()
+        #: loop time of our latest join, and whether we sent a FOUND since
+        self.joined_at = 0.0
+        self.founding = False
         self.ticker: asyncio.TimerHandle | None = None
         self.last_tick = 0.0
         #: (tick interval, silence after which a member is expelled) as of the
@@ -193,14 +197,14 @@ class CpgStream(abc.ABC):
         self.last_tick = now
         # Every tick, not only when idle: it also tells the others our limit.
         self._enqueue(K_ALIVE, 0, BROADCAST, SILENCE.pack(limit))
-        if (
-            self.machine is not None
-            and self.machine.synced
-            and now - self.heard.get(self.me, now) <= limit
-        ):
+        machine = self.machine
+        if machine is not None and now - self.heard.get(self.me, now) <= limit:
             # Only while our own messages come back: when they do not, the
             # ring itself stalls, and corosync's token timeout decides.
-            self._expel_silent(now, limit)
+            if machine.synced:
+                self._expel_silent(now, limit)
+            elif machine.joined:
+                self._found_if_abandoned(now, limit)
         if self.handle is not None:
             self.ticker = self.loop.call_later(self._lease_timing()[1], self._tick)
 
@@ -223,6 +227,30 @@ class CpgStream(abc.ABC):
                 )
                 self.expelling.add(m)
                 self._enqueue(K_EXPEL, 0, BROADCAST, msgpack.packb(list(m)))
+
+    def _found_if_abandoned(self, now: float, limit: float) -> None:
+        """A joiner whose state nobody sends: every process in the group before
+        us silent since our join, for longer than `limit` (see the founding in
+        `transport.cpg_group`)."""
+        machine = self.machine
+        assert machine is not None
+        if self.founding or now - self.joined_at <= limit:
+            return
+        if any(now - self.heard.setdefault(m, now) <= limit for m in machine.older):
+            return
+        log.warning(
+            "group %r: no state transfer, and every member that was in the group before us "
+            "(%s) silent for more than %.1fs (stopped or blocked): founding its state anew",
+            self.group,
+            ", ".join(map(str, sorted(machine.older))) or "none left",
+            limit,
+        )
+        self.founding = True
+        body = {
+            "members": [list(m) for m in machine.cpg_members],
+            "older": [list(m) for m in sorted(machine.older)],
+        }
+        self._enqueue(K_FOUND, 0, BROADCAST, msgpack.packb(body))
 
     # -- output ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 
 # Wire header of every CPG message: kind, flags, logical id, destination pnn.
 HDR = struct.Struct("<BBHi")
-K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL = 1, 2, 3, 4, 5, 6, 7
+K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL, K_FOUND = 1, 2, 3, 4, 5, 6, 7, 8
 F_MORE = 1  # more fragments of this message follow
 #: ALIVE's payload: the silence (seconds) after which its sender expels a
 #: member, which the others' leases depend on (`CpgStream.confirmed_until`)

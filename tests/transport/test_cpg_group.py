@@ -25,6 +25,7 @@ from transport.cpg_wire import (
     K_ALIVE,
     K_DATA,
     K_EXPEL,
+    K_FOUND,
     K_HELLO,
     SILENCE,
     Event,
@@ -35,15 +36,17 @@ from transport.cpg_wire import (
 class Proc:
     """One process on the bus with one logical member, and what it was told."""
 
-    def __init__(self, bus: Bus, nodeid: int, pnn: int) -> None:
+    def __init__(self, bus: Bus, nodeid: int, pnn: int, pid: int | None = None) -> None:
         self.bus = bus
-        self.me: Member = (nodeid, 1000 + nodeid)
+        self.me: Member = (nodeid, 1000 + nodeid if pid is None else pid)
         self.pnn = pnn
         self.lid = 1
         self.machine = Group(self.me, self, {self.lid: pnn})
         self.views: list[View] = []
         self.delivered: list[tuple[int, bytes]] = []
         self.was_expelled = False
+        #: why the machine asked this process to start over, if it did
+        self.started_over: str | None = None
         #: what the machine told of the silence after which each member expels
         self.silences: dict[Member, float] = {}
         #: what our HELLO says of ours (None: nothing, as before HELLO carried it)
@@ -63,6 +66,19 @@ class Proc:
 
     def expelled(self) -> None:
         self.was_expelled = True
+
+    def start_over(self, why: str) -> None:
+        self.started_over = why
+        self.bus.leave(self)
+
+    def founded(self) -> None:
+        self.hello()
+
+    def found(self) -> None:
+        """Multicast FOUND as the I/O shell does when every older process is silent."""
+        m = self.machine
+        body = {"members": [list(x) for x in m.cpg_members], "older": [list(x) for x in m.older]}
+        self.multicast(K_FOUND, 0, BROADCAST, msgpack.packb(body))
 
     def members_changed(
         self, members: list[Member], left: list[Member], joined: list[Member]
@@ -91,6 +107,8 @@ class Bus:
         self.current: list[Proc] = []
         #: (event for every recipient, or per recipient, the members after it)
         self.queue: deque[tuple[dict[Member, Event] | Event, list[Proc]]] = deque()
+        #: stopped processes: what corosync queued for each while it does not read
+        self.stopped: dict[Member, list[Event]] = {}
 
     def send(self, src: Member, msg: bytes) -> None:
         self.queue.append(((src, msg), []))
@@ -105,13 +123,31 @@ class Bus:
         self.members = [*self.members, p]
         p.hello()  # sent at connect: delivered after the join
 
+    def leave(self, p: Proc) -> None:
+        """`p`'s process leaves the group (it starts over, or dies)."""
+        rest = [q for q in self.members if q is not p]
+        self.confchg(rest, [p], [])
+        self.members = rest
+
     def run(self) -> None:
         while self.queue:
             ev, after = self.queue.popleft()
             if after:
                 self.current = after
             for p in list(self.current):
-                p.machine.event(ev[p.me] if isinstance(ev, dict) else ev)
+                one = ev[p.me] if isinstance(ev, dict) else ev
+                if p.me in self.stopped:
+                    self.stopped[p.me].append(one)
+                elif p.started_over is None:
+                    p.machine.event(one)
+
+    def resume(self, p: Proc) -> None:
+        """A stopped process reads its backlog, then what follows."""
+        backlog = self.stopped.pop(p.me)
+        for ev in backlog:
+            if p.started_over is None and not p.was_expelled:
+                p.machine.event(ev)
+        self.run()
 
 
 def three() -> tuple[Bus, list[Proc]]:
@@ -308,3 +344,104 @@ def test_a_joiner_whose_ring_merges_before_its_state_sees_only_views_the_others_
     # What came before node 2's first view is not delivered to it.
     got_it = (0, b"during the merge") in p2.delivered
     assert got_it == (len(p2.views) > 1), (p2.views, p2.delivered)
+
+
+# -- founding the state anew: every process that could send it is stopped -------------
+
+
+def _restart_under_a_stopped_member() -> tuple[Bus, Proc, list[Proc]]:
+    """Nodes 0 and 1 die while node 2 is stopped, and come back as new
+    processes: node 2, stopped, is the only one left with the group's state."""
+    bus, (p0, p1, p2) = three()
+    bus.stopped[p2.me] = []
+    bus.confchg([p2], [p0, p1], [])
+    bus.members = [p2]
+    joiners = [Proc(bus, 10, pnn=0), Proc(bus, 11, pnn=1)]
+    for j in joiners:
+        bus.join(j)
+    bus.run()
+    assert not any(j.machine.synced for j in joiners)  # nobody sends their STATE
+    return bus, p2, joiners
+
+
+def test_joiners_whose_older_members_are_all_stopped_found_the_state_anew() -> None:
+    """(vs, chaos-like: SIGSTOP node 2, kill -9 and restart nodes 0 and 1: the
+    restarted daemons exited with "no view within 11.2s".)"""
+    bus, p2, (j0, j1) = _restart_under_a_stopped_member()
+    assert j0.machine.older == {p2.me}
+    assert j1.machine.older == {p2.me, j0.me}
+    j0.found()
+    bus.run()
+    for j in (j0, j1):
+        assert j.machine.synced and j.started_over is None
+        assert j.views[-1].members == (0, 1)
+        assert j.machine.state.expelled == {p2.me}
+    assert j0.views[-1] == j1.views[-1]
+    assert j0.machine.state.snapshot() == j1.machine.state.snapshot()
+    # Node 2 resumes: it sends the joiners their STATEs late (ignored: it is
+    # expelled), reaches the FOUND in its backlog and starts over.
+    p2.multicast(K_DATA, 1, BROADCAST, b"from the stopped one")
+    bus.resume(p2)
+    assert p2.started_over is not None
+    assert not j0.delivered and not j1.delivered
+    # It joins again as a fresh process, and the founders' leader brings it in.
+    bus.run()
+    back = Proc(bus, 2, pnn=2, pid=5000)  # a new process: corosync names it anew
+    bus.join(back)
+    bus.run()
+    assert back.machine.synced
+    assert j0.views[-1] == j1.views[-1] == back.views[-1]
+    assert back.views[-1].members == (0, 1, 2)
+
+
+def test_a_found_sent_by_a_joiner_that_got_its_state_meanwhile_changes_nothing() -> None:
+    bus, procs = three()
+    j = Proc(bus, 3, pnn=3)
+    bus.join(j)
+    bus.run()  # its STATE arrives
+    assert j.machine.synced
+    j.found()  # written before the STATE came
+    before = [p.machine.state.snapshot() for p in [*procs, j]]
+    bus.run()
+    assert [p.machine.state.snapshot() for p in [*procs, j]] == before
+    assert all(p.started_over is None for p in [*procs, j])
+
+
+def test_processes_with_state_start_over_at_a_found_from_a_process_without() -> None:
+    """Whoever has state when a FOUND takes effect starts over (here, every
+    synced process: a joiner that judged them all silent), the founders being
+    the processes its sender saw, less the older ones."""
+    bus, procs = three()
+    j = Proc(bus, 3, pnn=3)
+    bus.stopped = {p.me: [] for p in procs}  # nobody sends its STATE
+    bus.join(j)
+    bus.run()
+    j.found()
+    bus.run()
+    assert j.machine.synced and j.views[-1].members == (3,)
+    for p in procs:
+        bus.resume(p)
+        assert p.started_over is not None
+
+
+def test_a_joiner_the_found_does_not_name_starts_over() -> None:
+    bus, p2, (j0, j1) = _restart_under_a_stopped_member()
+    j0.found()  # written before the next joiner came
+    late = Proc(bus, 12, pnn=2)
+    found = bus.queue.pop()
+    bus.join(late)
+    bus.queue.append(found)
+    bus.run()
+    assert late.started_over is not None
+    assert j0.machine.synced and j1.machine.synced
+    assert j0.views[-1].members == (0, 1)
+    assert late.me not in j0.machine.state.synced
+
+
+def test_a_joiner_that_saw_an_expel_since_its_join_starts_over_rather_than_guess() -> None:
+    bus, p2, (j0, j1) = _restart_under_a_stopped_member()
+    j1.multicast(K_EXPEL, 0, BROADCAST, msgpack.packb(list(j0.me)))  # not synced: no effect
+    j0.found()
+    bus.run()
+    # j0 saw the EXPEL too, and cannot tell whether it took effect for those with state
+    assert j0.started_over is not None and j1.started_over is not None
