@@ -142,7 +142,7 @@ class Plan:
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(seconds=0.4, nodes=(1, 3), clients=(1, 4), pings=200)
+            return cls(seconds=0.2, nodes=(1, 3), clients=(1, 4), pings=200)
         return cls(seconds=3.0, nodes=(1, 2, 3), clients=(1, 4, 16), pings=2000)
 
 

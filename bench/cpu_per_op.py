@@ -71,7 +71,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "cpu_per_op"
 DEFAULT_BASE = "b7714d4"
 WORKLOADS = ("ping", "ring", "store", "fetch")
-#: operations per measurement window (quick: a tenth)
+#: operations per measurement window (quick: a twentieth)
 OPS = {"ping": 3000, "ring": 1500, "store": 6000, "fetch": 6000}
 #: operations of the counted window, a fraction of OPS: counting is slow
 COUNTED = 0.1
@@ -272,7 +272,7 @@ def _run_worker(
 ) -> dict[str, Any]:
     counted = tempfile.mkdtemp(prefix="ctdb-bench-opcount-")
     env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{OPCOUNT}", **{OPCOUNT_DIR: counted})
-    scale = 0.1 if ns.quick else 1.0
+    scale = 0.05 if ns.quick else 1.0
     try:
         return _worker_process(tree, ns.transport, base, port, scale, corosync, env)
     finally:
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--base", default=DEFAULT_BASE, help=f"revision to compare ({DEFAULT_BASE})")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each checkout once (3)")
-    p.add_argument("--quick", action="store_true", help="a tenth of the operations")
+    p.add_argument("--quick", action="store_true", help="a twentieth of the operations")
     p.add_argument("--transport", choices=["tcp", "vs"], default="tcp", help="(tcp)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     p.add_argument("--port", type=int, default=39800, help="first cluster port (39800)")

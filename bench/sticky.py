@@ -255,10 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3, help="contending clients (3)")
     parser.add_argument("--seconds", type=float, default=4.0, help="window per run (4)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, every pin each (2)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 s windows, 1 round")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 s windows, 1 round")
     ns = parser.parse_args(argv)
     if ns.quick:
-        ns.seconds, ns.rounds = 1.0, 1
+        ns.seconds, ns.rounds = 0.5, 1
     r = run(ns)
     report.write(ns.out, "sticky", r, write_summary, plot)
     return 0

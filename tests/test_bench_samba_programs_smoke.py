@@ -1,10 +1,11 @@
 """Smoke test of the CTDB test-programs benchmark: its quick mode (one round of
-2-second runs) of the four programs against Samba's ctdbd and both pyctdb
-transports writes every output, and every program on every daemon is either
-measured or reported as failing with its error, never left out. Rates are
-only asserted non-zero where the daemon serves what the program needs:
-message_ring everywhere, the REQ_CALL programs on Samba's ctdbd and pyctdb
-over tcp (vs answers REQ_CALL and TRANS3_COMMIT with -1)."""
+1-second runs, 2 s for the two programs whose rate needs them) of the four
+programs against Samba's ctdbd and both pyctdb transports writes every
+output, and every program on every daemon is either measured or reported as
+failing with its error, never left out. Rates are only asserted non-zero
+where the daemon serves what the program needs: message_ring everywhere, the
+REQ_CALL programs on Samba's ctdbd and pyctdb over tcp (vs answers REQ_CALL
+and TRANS3_COMMIT with -1)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_samba_programs_quick(tmp_path: Path) -> None:
         assert ring[daemon]["median_rate"] > 0, r["runs"][daemon]["message_ring"]
     for program in ("fetch_ring", "transaction_loop", "fetch_loop_key"):
         assert r["summary"][program]["samba ctdbd"]["median_rate"] > 0, r["runs"]["samba ctdbd"]
-    # pyctdb over tcp serves them all (its commits may all starve in a 2-second run: a
+    # pyctdb over tcp serves them all (its commits may all starve in a 1-second run: a
     # rate of 0 is a rate, a lost commit or a failed run is not)
     for program in ("fetch_ring", "transaction_loop", "fetch_loop_key"):
         assert r["summary"][program]["pyctdb tcp"]["median_rate"] is not None, r["runs"][
