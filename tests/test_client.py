@@ -155,3 +155,35 @@ def test_the_blocking_client_sleeps_once_per_request_not_twice(cluster: LocalClu
             c.store(db, "k", "v")
         per_request = (_sleeps() - before) / n
     assert per_request <= 1.25, f"{per_request:.2f} sleeps per request"
+
+
+def test_async_tasks_listening_for_one_srvid_are_all_woken_by_a_message() -> None:
+    """Two tasks on one AsyncClient wait for the same srvid (entry-list head
+    messages): one message wakes both, since it is a hint for each to look
+    again; a message to another srvid stays queued; one that came before a
+    task listened is taken at once, and a listen of 0 s never waits."""
+
+    async def main() -> None:
+        client = AsyncClient()
+        srvid, other = 0xF00, 0xBAA
+
+        async def listen(seconds: float) -> object:
+            return await client.follow(_listen_once(srvid, seconds))
+
+        waiters = [asyncio.create_task(listen(30)) for _ in range(2)]
+        await asyncio.sleep(0)  # both are listening
+        client._on_data(protocol.encode_event(other, 1, b"for someone else"))
+        client._on_data(protocol.encode_event(srvid, 2, b"look again"))
+        heard = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+        assert [m.data for m in heard] == [b"look again", b"look again"]  # type: ignore[attr-defined]
+        assert client.messages.qsize() == 1
+        client._on_data(protocol.encode_event(srvid, 2, b"early"))
+        assert await asyncio.wait_for(listen(30), 5) is not None
+        assert await listen(0) is None
+        assert (await client.messages.get()).srvid == other
+
+    asyncio.run(main())
+
+
+def _listen_once(srvid: int, seconds: float) -> operations.Plan[object]:
+    return (yield operations.Listen(srvid, seconds))

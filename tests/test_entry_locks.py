@@ -161,8 +161,6 @@ def test_asyncio_tasks_sharing_connections_exclude_each_other(cluster: LocalClus
     """Two tasks on one AsyncClient are two acquisitions (distinct payloads), not one.
 
     Three rounds: equal payloads would let both tasks hold from the first one.
-    (A turn here mostly waits for the waiter's 0.5 s re-read: a head message
-    goes to whichever task on the connection listens first, often a sibling.)
     """
     db, rounds = unique(), 3
 

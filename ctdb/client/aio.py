@@ -80,6 +80,8 @@ class AsyncClient:
         self._conn = Connection()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        #: srvid -> the `_listen`s waiting for a message to it
+        self._listeners: dict[int, list[asyncio.Future[Message]]] = {}
         self.pnn = -1
 
     @classmethod
@@ -148,35 +150,51 @@ class AsyncClient:
                 error = exc
 
     async def _listen(self, step: Listen) -> Message | None:
-        """The first message to `step.srvid` within `step.seconds`; others go back in
-        the queue (behind any that came meanwhile)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + step.seconds
-        others: list[Message] = []
+        """The first message to `step.srvid` within `step.seconds`, or None.
+
+        One that came before is taken from the queue (the others stay, in
+        order). Then the wait is registered for the srvid: a message to it
+        wakes every task listening for it (a hint to each to look again,
+        `Listen`), so that tasks sharing the connection never take each
+        other's (two tasks waiting for their turns on entry lists each
+        waited out its re-read period when a sibling had taken its head
+        message off the queue).
+        """
+        found: Message | None = None
+        kept: list[Message] = []
+        while not self.messages.empty():
+            message = self.messages.get_nowait()
+            if found is None and message.srvid == step.srvid:
+                found = message
+            else:
+                kept.append(message)
+        for message in kept:
+            self.messages.put_nowait(message)
+        if found is not None or step.seconds <= 0:
+            return found
+        heard: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        listeners = self._listeners.setdefault(step.srvid, [])
+        listeners.append(heard)
         try:
-            while True:
-                if not self.messages.empty():
-                    message = self.messages.get_nowait()
-                elif (left := deadline - loop.time()) <= 0:
-                    return None
-                else:
-                    try:
-                        message = await asyncio.wait_for(self.messages.get(), left)
-                    except TimeoutError:
-                        return None
-                if message.srvid == step.srvid:
-                    return message
-                others.append(message)
+            return await asyncio.wait_for(heard, step.seconds)
+        except TimeoutError:
+            return None
         finally:
-            for message in others:
-                self.messages.put_nowait(message)
+            if heard in listeners:
+                listeners.remove(heard)
+            if not listeners and self._listeners.get(step.srvid) is listeners:
+                del self._listeners[step.srvid]
 
     def _on_data(self, data: bytes) -> None:
         for event in self._conn.receive(data):
             if isinstance(event, CtdbError):
                 self._fail_all(event)
             elif isinstance(event, Message):
-                self.messages.put_nowait(event)
+                waiting = [f for f in self._listeners.pop(event.srvid, []) if not f.done()]
+                for heard in waiting:
+                    heard.set_result(event)
+                if not waiting:
+                    self.messages.put_nowait(event)
             else:
                 waiter = self._pending.get(event.reqid)
                 if waiter is None or waiter.done():
