@@ -243,3 +243,41 @@ def test_fresh_node_joins_while_a_member_is_hung(
     h.resume(hung)
     h.healthy([0, 1, 2, 3])
     assert_reads(h, [0, 1, 2, 3], vol, per, data)
+
+
+def test_a_node_restarted_under_the_last_member_with_state_comes_up_and_keeps_the_commit(
+    hung_cluster: Callable[..., HungCluster],
+) -> None:
+    """Node 2 stops and is expelled; nodes 0 and 1 commit without it; both are
+    killed, and node 0 alone restarts. Node 2's stopped process is then the
+    only member of the CPG group with its state, and nobody may expel it:
+    node 0 must still come up (alone, without quorum; before, its daemon
+    exited with "no view within ...s"). Once node 2 runs again, nodes 0 and
+    2 must serve the commit node 2 never saw, and node 1 gets it too."""
+    h = hung_cluster(3)
+    per = f"per_{uuid.uuid4().hex[:8]}"
+    with h.c.client(0) as cl:
+        cl.attach(per, "persistent")
+        cl.transact(per, {b"before": b"b"})
+    h.pause(2)
+    wait_for(
+        "nodes 0 and 1 to expel node 2",
+        lambda: all(flags_seen_by(h, p, 2) & DISCONNECTED for p in (0, 1)),
+    )
+    h.healthy([0, 1])
+    with h.c.client(0) as cl:
+        cl.transact(per, {b"acked": b"while 2 hung"})
+    h.kill(0)
+    h.kill(1)
+    h.start(0)
+    wait_for("node 0 to serve its status alone", lambda: h.c.status(0)["pnn"] == 0)
+    assert h.c.alive(0)
+
+    h.resume(2)
+    h.healthy([0, 2])
+    h.start(1)
+    h.healthy([0, 1, 2])
+    for pnn in range(3):
+        with h.c.client(pnn) as cl:
+            assert cl.fetch(per, b"acked") == b"while 2 hung", pnn
+            assert cl.fetch(per, b"before") == b"b", pnn
