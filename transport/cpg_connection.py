@@ -140,29 +140,17 @@ class Connection(CpgStream):
         )
         self._restart()
 
-    def _expelled(self) -> None:
-        """The group dropped this process for silence: start over as a fresh member.
+    def start_over(self, why: str) -> None:
+        """Leave the group and join it again as a fresh member (the group's
+        state machine asks: we were expelled, or see its founding).
 
         Dropping the handle also discards whatever corosync queued for us
         while we were not reading; the new join brings a state transfer.
         """
         if self.handle is None or self.closed:
             return
-        log.warning(
-            "group %r expelled this process (silent for more than %.1fs: stopped or "
-            "blocked); reporting solo views and joining again",
-            self.group,
-            self._keepalive()[1],
-        )
-        # corosync is alive: the only wait is for it to process our leave.
-        self._restart(first_attempt=REJOIN_DELAY)
-
-    def start_over(self, why: str) -> None:
-        """Leave the group and join it again as a fresh member (the group's
-        state machine asks: see its founding, `transport.cpg_group`)."""
-        if self.handle is None or self.closed:
-            return
         log.warning("group %r: %s; reporting solo views and joining again", self.group, why)
+        # corosync is alive: the only wait is for it to process our leave.
         self._restart(first_attempt=REJOIN_DELAY)
 
     def _restart(self, first_attempt: float = RECONNECT_INTERVAL) -> None:
@@ -210,7 +198,10 @@ class Connection(CpgStream):
             t._new_view(view)
 
     def expelled(self) -> None:
-        self._expelled()
+        self.start_over(
+            f"the group expelled this process (silent for more than "
+            f"{self._keepalive()[1]:.1f}s: stopped or blocked)"
+        )
 
     def founded(self) -> None:
         for t in self.transports.values():

@@ -153,7 +153,7 @@ class Group:
     def _peek_expel(self, ev: Deliver) -> bool:
         """Is `ev` an EXPEL naming this process (joiner side)?"""
         msg = ev[1]
-        if len(msg) < HDR.size or HDR.unpack_from(msg)[0] != K_EXPEL:
+        if _kind(msg) != K_EXPEL:
             return False
         return tuple(msgpack.unpackb(msg[HDR.size :])) == self.me
 
@@ -252,8 +252,7 @@ class Group:
         elif kind == K_EXPEL:
             self._on_expel(src, tuple(msgpack.unpackb(payload)))
         elif kind == K_FOUND:
-            merging = self.merge_expect is not None and src in self.merge_members
-            if src not in st.synced and not merging:
+            if not self._has_state(src):
                 self.port.start_over(f"member {src} founded the group's state anew")
         elif kind == K_ALIVE:
             if len(payload) == SILENCE.size:
@@ -338,18 +337,20 @@ class Group:
     def _on_expel(self, src: Member, target: tuple[Any, ...]) -> None:
         """An EXPEL at its stream position: the same decision on every member.
 
-        Only a member that holds the group's state may expel (a synced one,
-        or during a partition merge any member of the merging sides, since
-        each side counts only its own as synced until the MERGEs arrive).
+        Only a member that holds the group's state may expel.
         """
-        if len(target) != 2 or src == target:
-            return
-        merging = self.merge_expect is not None and src in self.merge_members
-        if src not in self.state.synced and not merging:
+        if len(target) != 2 or src == target or not self._has_state(src):
             return
         victim: Member = (int(target[0]), int(target[1]))
         if self._mark_expelled(victim):
             self._after_expel(victim)
+
+    def _has_state(self, m: Member) -> bool:
+        """Whether process `m` holds the group's state: a synced one, or during
+        a partition merge any member of the merging sides (each side counts
+        only its own as synced until the MERGEs arrive)."""
+        merging = self.merge_expect is not None and m in self.merge_members
+        return m in self.state.synced or merging
 
     def _mark_expelled(self, m: Member) -> bool:
         """Drop process `m` from the state as if it had left; False if nothing to do."""
@@ -399,7 +400,7 @@ class Group:
     def _peek_found(self, ev: Deliver) -> tuple[set[Member], set[Member]] | None:
         """(the processes a FOUND saw, the older ones among them), if `ev` is one."""
         msg = ev[1]
-        if len(msg) < HDR.size or HDR.unpack_from(msg)[0] != K_FOUND:
+        if _kind(msg) != K_FOUND:
             return None
         return _found_body(msg[HDR.size :])
 
@@ -514,5 +515,9 @@ def _may_give_state(ev: Event) -> bool:
     or expelled it: a STATE, EXPEL or MERGE, or a merge of partitions."""
     if len(ev) == 4:
         return bool(ev[3])
-    msg = ev[1]
-    return len(msg) >= HDR.size and HDR.unpack_from(msg)[0] in (K_STATE, K_EXPEL, K_MERGE)
+    return _kind(ev[1]) in (K_STATE, K_EXPEL, K_MERGE)
+
+
+def _kind(msg: bytes) -> int | None:
+    """A message's kind from its header; None if it is too short to have one."""
+    return HDR.unpack_from(msg)[0] if len(msg) >= HDR.size else None
