@@ -92,7 +92,7 @@ def test_a_short_campaign_keeps_every_acknowledged_increment(transport: str, fau
     samba = ["--samba"] if os.access(SAMBA_CTDB, os.X_OK) else []
     done = subprocess.run(
         [PYTHON, "-m", "tools.chaos", "--transport", transport, "--faults", faults, *samba]
-        + ["--duration", "5", "--seed", "11", "--json"],
+        + ["--duration", "5", "--min-faults", "2", "--seed", "11", "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -32,7 +32,7 @@ with `StableVolatileWrites = 1`, where they survive any single failure.
 Volatile counters are therefore checked only where the fault plan stays inside that promise, and the
 summary says whether they were.
 
-    python -m tools.chaos [--transport tcp|vs] [--duration 60] [--seed N]
+    python -m tools.chaos [--transport tcp|vs] [--duration 60] [--min-faults N] [--seed N]
                           [--faults kill,hang,recover,majority,disk-full] [--no-settle]
                           [--in-place] [--netns] [--samba] [--json]
 
@@ -183,6 +183,8 @@ class Plan:
     netns: bool = False
     #: a writer per node with Samba's `ctdb pstore` (and `pfetch` reads)
     samba: bool = False
+    #: faults injected even if the duration is over (a slow heal must not shorten the plan)
+    min_faults: int = 0
 
     @property
     def volatile_promised(self) -> bool:
@@ -535,10 +537,14 @@ class Campaign:
             t.start()
         started = time.monotonic()
         unhealthy = 0
+        injected = 0
         try:
-            while time.monotonic() - started < self.plan.duration:
+            while (
+                time.monotonic() - started < self.plan.duration or injected < self.plan.min_faults
+            ):
                 self.stop.wait(self.rng.uniform(0.5, 2.0))
                 self.inject()
+                injected += 1
                 # One fault at a time: the volatile promises are about single failures.
                 if self.plan.settle and not self.settle(60.0):
                     unhealthy += 1
@@ -760,6 +766,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=["tcp", "vs"], default="tcp")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults")
     parser.add_argument(
+        "--min-faults",
+        type=int,
+        default=0,
+        help="inject at least this many faults, even past --duration (each heal can take "
+        "seconds, so a short duration alone may leave room for one fault only)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -830,6 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         ns.log_level,
         ns.netns,
         ns.samba,
+        ns.min_faults,
     )
 
     def say(message: str) -> None:
