@@ -14,6 +14,7 @@ port, so these tests can run next to other people's on the same machine.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import random
@@ -36,6 +37,39 @@ PYTHON = sys.executable
 
 #: Transports the cluster fixtures run on: every cluster test runs on each.
 TRANSPORTS = ["tcp", "vs"]
+
+
+#: unshare(2)'s flags for a new mount and a new network namespace (linux/sched.h).
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each parallel worker (pytest-xdist) network and mount namespaces of its own.
+
+    Why: a worker's vs clusters share one private corosync. corosync refuses
+    to start while another holds its lock file in /run, and CPG reaches it
+    through an abstract socket, one set per network namespace; so two workers
+    on one host would collide. With its own network namespace and its own
+    /run a worker has its own loopback (127.0.0.0/8) and its own corosync, and
+    nothing it starts can reach the host's network. Both namespaces go when
+    the worker and what it started have exited.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise pytest.UsageError(
+            f"parallel tests need namespaces of their own per worker: unshare: "
+            f"{os.strerror(err)} (run as root, or serially with -n 0)"
+        )
+    for command in (
+        ["mount", "--make-rprivate", "/"],
+        ["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", "/run"],
+        ["ip", "link", "set", "lo", "up"],
+    ):
+        subprocess.run(command, check=True)
 
 
 def random_base() -> str:
