@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 
 from ctdb.client import Client
+from ctdb.common.config import TUNABLES as DEFAULTS
 from ctdb.common.errors import CtdbError, ErrorCode
 from tests.conftest import random_base, random_port, unique
 from tools.cluster import LocalCluster
+
+#: What a start-up stall costs (the clusters here run with the defaults).
+RECOVER_TIMEOUT = DEFAULTS["RecoverTimeout"].default
 
 
 def run_threads(targets: list[Callable[[], None]], timeout: float = 120.0) -> None:
@@ -312,7 +316,7 @@ def test_messages_to_one_node_and_to_all(cluster: LocalCluster) -> None:
 
 
 def test_cluster_forms_without_a_recovery_timeout(tmp_path: Path, transport: str) -> None:
-    """A fresh cluster must form in well under RecoverTimeout (5 s).
+    """A fresh cluster must form in under RecoverTimeout (5 s).
 
     Regression check for a lost control reply at start-up: a node can receive a
     peer's `freeze` on the peer's incoming connection before its own outgoing
@@ -339,4 +343,7 @@ def test_cluster_forms_without_a_recovery_timeout(tmp_path: Path, transport: str
             line for text in logs.values() for line in text.splitlines() if "did not answer" in line
         ]
         assert not timeouts, f"attempt {attempt}: cluster took {took:.1f}s to form: {timeouts}"
-        assert took < 3.0, f"attempt {attempt}: cluster took {took:.1f}s to form"
+        # The race costs a whole RecoverTimeout on top of a normal start, so
+        # a start within one shows it did not hit; a tighter bound would
+        # measure the machine's load (3.9 s seen with two workers and more).
+        assert took < RECOVER_TIMEOUT, f"attempt {attempt}: cluster took {took:.1f}s to form"
