@@ -122,7 +122,8 @@ def start_cluster(directory: Path, transport: str, size: int = 3, **kwargs: Any)
 
 @pytest.fixture(scope="session")
 def host_corosync() -> Iterator[None]:
-    """One private corosync on 127.0.0.1 shared by every vs cluster of the session.
+    """One private corosync on 127.0.0.1 shared by every vs cluster of the session
+    (of the worker, in a parallel run: each has its own, `pytest_configure`).
 
     Each cluster uses its own CPG group (named after its port), so clusters
     do not see each other; `LocalCluster` finds this daemon running and does
