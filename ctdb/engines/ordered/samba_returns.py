@@ -139,7 +139,7 @@ class Returns:
         # One look at the lease for this and for the watch below: with two, a
         # lease that ended between them kept everything lent with no watch
         # left, and Samba's `ctdb pfetch` read a replaced value in place
-        # (tests/test_samba_lent_lease.py, about one run in fifty under load).
+        # (tests/test_samba_lent_lease.py, a few runs in a hundred under load).
         until, now = engine.node.serving_until(), engine.node.now()
         urgent = not self.may_lend or now >= until
         for ref in list(self.lent):
