@@ -433,12 +433,13 @@ def test_what_is_lent_goes_back_when_the_lease_ends_without_a_word_from_the_stre
 def test_a_lease_that_ends_while_the_record_is_looked_at_still_takes_it_back(
     engine: Engine,
 ) -> None:
-    """The watch fired a moment before the lease's end (the loop's clock and
-    the node's differ by a little): `serving` still said yes, then the watch
-    found the end passed and armed nothing. Nothing else came (corosync was
-    stopped), so the record stayed lent, and Samba's `ctdb pfetch` read a
-    value the others had replaced (tests/test_samba_lent_lease.py under
-    load). Whatever the looks say, the record goes back soon after the end."""
+    """The watch fired a moment before the lease's end (asyncio runs a timer
+    due within its clock's resolution): `serving` still said yes, then the
+    watch looked at the clock again, found the end passed and armed nothing.
+    Nothing else came (corosync was stopped), so the record stayed lent, and
+    Samba's `ctdb pfetch` read a value the others had replaced
+    (tests/test_samba_lent_lease.py under load). Whatever the looks say,
+    the record goes back soon after the end."""
     db = _db(engine)
     _store(engine, b"k", b"v0")
 
