@@ -26,6 +26,7 @@ from ctdb.engines.transactions import Transaction
 from ctdb.engines.waiting import Answer
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import live_value
+from ctdb.storage.placement import db_id
 from tests.clocks import ManualClock
 from tests.flow_steps import Stepped
 from tests.test_ordered_rounds import Group, Session
@@ -175,6 +176,17 @@ def test_a_stable_store_is_answered_only_once_every_member_applied_it(group: Gro
     assert not store.resume()
     run(group, store)
     assert store.ended and store.error is None
+
+
+def test_an_attach_is_answered_only_once_every_member_applied_it(group: Group) -> None:
+    """Then a client of any member may use the database, as over tcp."""
+    attach = Resumed(engine(group, 0).attaching("w", DbKind.PERSISTENT))
+    group.deliver(1)  # the attach only: the members' `applied` notices are still to come
+    assert all(m.dbs.get(db_id("w")) is not None for m in group.members.values())
+    assert not attach.resume()
+    run(group, attach)
+    assert attach.ended and attach.error is None
+    assert attach.result.name == "w"
 
 
 def test_a_write_waits_while_its_node_does_not_serve(group: Group) -> None:

@@ -27,7 +27,10 @@ Ref = tuple[int, bytes]
 
 #: Writes acknowledged only once stable (see the package docstring); a
 #: volatile write is when its origin asks (`"stable"` in its arguments).
-STABLE_OPS = frozenset({"commit", "wipe"})
+#: An attach too: once it returns, a client of any member may use the
+#: database, as over tcp, where every node attaches it before the answer
+#: (a client on another node found it unknown, under load, in the suite).
+STABLE_OPS = frozenset({"commit", "wipe", "attach"})
 
 
 class Stability:
