@@ -19,14 +19,11 @@ the old one (with the lease's watch removed, it does).
 Real daemons in network namespaces (`tools.netns_ctdb`), a corosync per
 namespace, Samba's own `ctdb` tool.
 
-It runs alone (`solo`), after the parallel part of the suite. Beside
-another worker it failed in two of four full parallel runs (node 0 read
-"old"); a loop of the scenario under a simulator campaign caught it with
-logs twice in about 90 runs: the lease's watch fired a moment before the
-lease's end, `serving` still said yes, and a second look at the clock
-found the end passed and armed no new watch, so the record stayed lent
-(fixed in `Returns.after_apply`, with a test in tests/test_samba_grants.py).
-It stays alone until runs beside another worker show the fix holds there.
+Beside another test worker it failed in two of four full parallel runs
+(node 0 read "old"): the lease's watch fired a moment before the lease's
+end, `serving` still said yes, and a second look at the clock found the end
+passed and armed no new watch, so the record stayed lent (fixed in
+`Returns.after_apply`, with a test in tests/test_samba_grants.py).
 """
 
 from __future__ import annotations
@@ -47,7 +44,6 @@ from tools.netns_ctdb import NetnsCtdb, healthy, netns_ctdb, wait_for
 CTDB = shutil.which("ctdb") or "/usr/bin/ctdb"
 OK, WHY = netns.available()
 pytestmark = [
-    pytest.mark.solo,
     pytest.mark.skipif(not OK, reason=f"network namespaces unavailable: {WHY}"),
     pytest.mark.skipif(not os.access(CTDB, os.X_OK), reason="Samba's ctdb tool is not installed"),
     pytest.mark.timeout(180),
