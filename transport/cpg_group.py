@@ -184,6 +184,7 @@ class Group:
         # Partial messages in flight at our join: complete them like everyone else.
         self.fragments = {(n, p, lid): list(parts) for n, p, lid, parts in snap["fragments"]}
         self.peek_fragments = {}
+        self._resume_merge(snap.get("merge"))
         buffered, self.buffer = self.buffer, []
         log.debug("%s: state transfer received, replaying %d events", self.me, len(buffered))
         for ev in buffered:
@@ -314,6 +315,7 @@ class Group:
         for j in new:
             snap = st.snapshot()
             snap["fragments"] = [[*lm, parts] for lm, parts in sorted(self.fragments.items())]
+            snap["merge"] = self._merge_in_progress()
             st.pending[j] = snap
         if self.merge_expect is not None:
             self._finish_merge()
@@ -455,6 +457,33 @@ class Group:
             }
         )
         self.port.multicast(K_MERGE, 0, BROADCAST, body)
+
+    def _merge_in_progress(self) -> dict[str, Any] | None:
+        """What a joiner's snapshot says of a merge not yet complete at its
+        join: the MERGEs still to come, the processes of the merging sides,
+        the highest view id so far.
+
+        The joiner replays the rest of the merge from its buffer as every
+        member does; without this it ignored the MERGEs, kept one side's
+        members and reported views nobody else had (chaos, vs seed 1463: a
+        node restarted during a partition merge reported view 19 as [0, 1]
+        where the others installed [0, 1, 2], and Samba's pfetch read a
+        persistent record 16 commits old there).
+        """
+        if self.merge_expect is None:
+            return None
+        return {
+            "expect": [list(m) for m in sorted(self.merge_expect)],
+            "members": [list(m) for m in sorted(self.merge_members)],
+            "view_id": self.merge_view_id,
+        }
+
+    def _resume_merge(self, merge: dict[str, Any] | None) -> None:
+        if merge is None:
+            return
+        self.merge_expect = {(int(n), int(p)) for n, p in merge["expect"]}
+        self.merge_members = {(int(n), int(p)) for n, p in merge["members"]}
+        self.merge_view_id = int(merge["view_id"])
 
     def _on_merge(self, src: Member, body: dict[str, Any]) -> None:
         if self.merge_expect is None or src not in self.merge_expect:

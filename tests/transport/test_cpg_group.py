@@ -346,6 +346,70 @@ def test_a_joiner_whose_ring_merges_before_its_state_sees_only_views_the_others_
     assert got_it == (len(p2.views) > 1), (p2.views, p2.delivered)
 
 
+def _two_sides_and_a_joiner() -> tuple[Bus, Proc, Proc, Proc]:
+    """Node 0 and node 1 each alone in a ring of its own (formed apart), both
+    now on one bus, and node 2, not joined yet."""
+    side_a, side_b = Bus(), Bus()
+    p0, p1 = Proc(side_a, 0, 0), Proc(side_b, 1, 1)
+    for side, p in ((side_a, p0), (side_b, p1)):
+        side.join(p)
+        side.run()
+    bus = Bus()
+    p0.bus = p1.bus = bus
+    p2 = Proc(bus, 2, 2)
+    bus.members = bus.current = [p0, p1, p2]
+    return bus, p0, p1, p2
+
+
+def _one_membership_per_view_id_and_one_last_view(procs: list[Proc], since: dict[int, int]) -> None:
+    seen: dict[int, tuple[int, ...]] = {}
+    for p in procs:
+        for v in p.views[since.get(p.pnn, 0) :]:
+            assert p.pnn in v.members, (p.pnn, v)
+            assert seen.setdefault(v.view_id, v.members) == v.members, (p.pnn, v, seen)
+    assert all(p.machine.synced for p in procs)
+    assert len({p.views[-1] for p in procs}) == 1, [p.views[-1] for p in procs]
+    assert procs[0].views[-1].members == (0, 1, 2)
+
+
+@pytest.mark.parametrize("merges_before_the_join", [0, 1])
+def test_a_joiner_whose_join_comes_during_a_merge_takes_part_in_it(
+    merges_before_the_join: int,
+) -> None:
+    """The rings of nodes 0 and 1 merge; node 2 joins before every MERGE is
+    delivered. Its snapshot carries the merge in progress, and it finishes
+    it from its buffer with the others (chaos, vs seed 1463: a node
+    restarted during a merge ignored the MERGEs and reported view 19 as
+    [0, 1] where the others installed [0, 1, 2]; Samba's pfetch read a
+    persistent record 16 commits old there)."""
+    bus, p0, p1, p2 = _two_sides_and_a_joiner()
+    since = {p.pnn: len(p.views) for p in (p0, p1)}
+    per, _ = merge([p0], [p1])
+    for p in (p0, p1):
+        p.machine.event(per[p.me])  # each multicasts its MERGE
+    join: Event = ([p0.me, p1.me, p2.me], [], [p2.me], [])
+    bus.queue.insert(merges_before_the_join, (join, [p0, p1, p2]))
+    p2.hello()
+    bus.run()
+    _one_membership_per_view_id_and_one_last_view([p0, p1, p2], since)
+
+
+def test_a_joiner_whose_join_is_reported_with_a_merge_takes_part_in_it() -> None:
+    """The same when corosync reports node 2's join in the confchg of the merge."""
+    bus, p0, p1, p2 = _two_sides_and_a_joiner()
+    since = {p.pnn: len(p.views) for p in (p0, p1)}
+    everyone = [p0.me, p1.me, p2.me]
+    per: dict[Member, Event] = {
+        p0.me: (everyone, [], [p1.me, p2.me], [p1.me]),
+        p1.me: (everyone, [], [p0.me, p2.me], [p0.me]),
+        p2.me: (everyone, [], [p1.me, p2.me], [p1.me]),
+    }
+    bus.queue.append((per, [p0, p1, p2]))
+    p2.hello()
+    bus.run()
+    _one_membership_per_view_id_and_one_last_view([p0, p1, p2], since)
+
+
 # -- founding the state anew: every process that could send it is stopped -------------
 
 
