@@ -104,7 +104,14 @@ class Group:
         self.peek_fragments: dict[Logical, list[bytes]] = {}
         #: partition merge in progress: members whose MERGE we still wait for
         self.merge_expect: set[Member] | None = None
+        #: our side's view id when the merge began
         self.merge_view_id = 0
+        #: the view id each MERGE said its sender's side had, and the
+        #: processes a MERGE named expelled: one side may take a MERGE from
+        #: a process before another side's MERGE says it was expelled there
+        #: (the others ignored it), so its id counts only if nobody did
+        self.merge_ids: dict[Member, int] = {}
+        self.merge_disowned: set[Member] = set()
         #: the members that had state when the merge began
         self.merge_members: set[Member] = set()
 
@@ -149,6 +156,13 @@ class Group:
             self.cpg_members = list(ev[0])
             self.older -= set(ev[1])
             self.port.members_changed(list(ev[0]), ev[1], ev[2])
+            if ev[3] and not self.older:
+                # Our ring merged with another, and nobody who could send us
+                # a state is left on our side: the other side counts us as
+                # one that has state and waits for a MERGE we cannot send.
+                self.port.start_over(
+                    "a partition merged with ours while nobody could give us state"
+                )
 
     def _peek_expel(self, ev: Deliver) -> bool:
         """Is `ev` an EXPEL naming this process (joiner side)?"""
@@ -468,6 +482,7 @@ class Group:
         # about them from our MERGE.
         self.merge_expect = self.merge_members - st.expelled
         self.merge_view_id = st.view_id
+        self.merge_ids, self.merge_disowned = {}, set()
         mine = [[*lm, pnn] for lm, pnn in sorted(st.members.items()) if (lm[0], lm[1]) == self.me]
         body = msgpack.packb(
             {
@@ -482,7 +497,7 @@ class Group:
     def _merge_in_progress(self) -> dict[str, Any] | None:
         """What a joiner's snapshot says of a merge not yet complete at its
         join: the MERGEs still to come, the processes of the merging sides,
-        the highest view id so far.
+        the view ids so far and who was named expelled.
 
         The joiner replays the rest of the merge from its buffer as every
         member does; without this it ignored the MERGEs, kept one side's
@@ -497,6 +512,8 @@ class Group:
             "expect": [list(m) for m in sorted(self.merge_expect)],
             "members": [list(m) for m in sorted(self.merge_members)],
             "view_id": self.merge_view_id,
+            "ids": [[*m, v] for m, v in sorted(self.merge_ids.items())],
+            "disowned": [list(m) for m in sorted(self.merge_disowned)],
         }
 
     def _resume_merge(self, merge: dict[str, Any] | None) -> None:
@@ -505,6 +522,8 @@ class Group:
         self.merge_expect = {(int(n), int(p)) for n, p in merge["expect"]}
         self.merge_members = {(int(n), int(p)) for n, p in merge["members"]}
         self.merge_view_id = int(merge["view_id"])
+        self.merge_ids = {(int(n), int(p)): int(v) for n, p, v in merge["ids"]}
+        self.merge_disowned = {(int(n), int(p)) for n, p in merge["disowned"]}
 
     def _on_merge(self, src: Member, body: dict[str, Any]) -> None:
         if self.merge_expect is None or src not in self.merge_expect:
@@ -512,6 +531,7 @@ class Group:
         st = self.state
         newly_expelled = False
         for n, p in body.get("expelled", []):
+            self.merge_disowned.add((n, p))
             if self._mark_expelled((n, p)):
                 if (n, p) == self.me:
                     self.port.expelled()
@@ -521,7 +541,7 @@ class Group:
             st.members[(n, p, lid)] = pnn
         self._silence(src, body.get("silence"))
         st.synced.add(src)
-        self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
+        self.merge_ids[src] = int(body["view_id"])
         self.merge_expect.discard(src)
         self._finish_merge()
         if newly_expelled:
@@ -532,7 +552,8 @@ class Group:
             return
         self.merge_expect = None
         st = self.state
-        st.view_id = max(st.view_id, self.merge_view_id)
+        ids = [v for m, v in self.merge_ids.items() if m not in self.merge_disowned]
+        st.view_id = max(st.view_id, self.merge_view_id, *ids)
         st.view = ()  # force a new view, the same one on every member
         self._recompute()
 
