@@ -33,18 +33,29 @@ Why it is built this way
   member) multicasts it (STATE).  The joiner buffers the stream from its join
   until its STATE arrives, then replays the buffer from the snapshot, so it
   ends up with exactly the state of the old members.  If the leader dies
-  before the STATE is delivered, the next leader resends it.  The first
-  members of a group (a confchg where every member is new) start from the
-  empty state.
+  before the STATE is delivered, the next leader resends it.  The joiner
+  takes a STATE only if the group counts it (a leader expelled before its
+  STATE's position is ignored by the others, so by the joiner too: it
+  tries the snapshot on a copy of its machine first).  The first members
+  of a group (a confchg where every member is new) start from the empty
+  state.
 
 * **Partition merges.**  Groups that formed apart (a cut host healed, a
   restarted corosync whose member reconnected before its ring merged) meet
   in a confchg whose joined members carry reason NODEUP. They have state, so
   instead of a STATE every synced member multicasts its own logical members
   (MERGE); once all are delivered every member installs the union as one
-  view whose id is the highest of both sides plus one.  A logical member
-  whose HELLO comes during a merge gets that view as its first one, and
-  nothing the group delivers before it (chaos, vs seed 1305).
+  view whose id is the highest of both sides plus one (not counting the
+  id of a process either side expelled).  A logical member whose HELLO
+  comes during a merge gets that view as its first one, and nothing the
+  group delivers before it (chaos, vs seed 1305).  A process that joins
+  during a merge gets the merge in progress with its snapshot and
+  finishes it with the others (chaos, vs seed 1463); a joiner whose side
+  has nobody left to give it state when its ring merges joins again.
+  Not handled yet: a process stopped across two merges of the same two
+  sides may send its MERGE for the first during the second, and the sides
+  then install one membership under two view ids
+  (tests/transport/test_cpg_group_explorer.py).
 
 * **Fragmentation.**  Payloads are cut into chunks (default 64 KiB, never
   above ``cpg_max_atomic_msgsize``) so corosync never fragments for us and a
