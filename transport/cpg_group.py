@@ -106,14 +106,15 @@ class Group:
         self.merge_expect: set[Member] | None = None
         #: our side's view id when the merge began
         self.merge_view_id = 0
-        #: the view id each MERGE said its sender's side had, and the
-        #: processes a MERGE named expelled: one side may take a MERGE from
-        #: a process before another side's MERGE says it was expelled there
-        #: (the others ignored it), so its id counts only if nobody did
+        #: the view id each MERGE said its sender's side had
         self.merge_ids: dict[Member, int] = {}
-        self.merge_disowned: set[Member] = set()
+        #: each MERGE's sender's counts of merges (`Agreed.merges`)
+        self.merge_counts: dict[Member, dict[str, int]] = {}
         #: the members that had state when the merge began
         self.merge_members: set[Member] = set()
+        #: which merge this is: who merges, and how many merges of the same
+        #: processes came before (`_merge_tag`)
+        self.merge_tag: list[Any] = []
 
     def pnns_of(self, m: Member) -> list[int]:
         """The pnns of process `m`'s logical members, for log lines."""
@@ -482,10 +483,13 @@ class Group:
         # about them from our MERGE.
         self.merge_expect = self.merge_members - st.expelled
         self.merge_view_id = st.view_id
-        self.merge_ids, self.merge_disowned = {}, set()
+        self.merge_ids, self.merge_counts = {}, {}
+        self.merge_tag = _merge_tag(st, self.merge_members)
         mine = [[*lm, pnn] for lm, pnn in sorted(st.members.items()) if (lm[0], lm[1]) == self.me]
         body = msgpack.packb(
             {
+                "tag": self.merge_tag,
+                "merges": sorted(st.merges.items()),
                 "members": mine,
                 "view_id": st.view_id,
                 "expelled": [list(m) for m in sorted(st.expelled)],
@@ -497,7 +501,7 @@ class Group:
     def _merge_in_progress(self) -> dict[str, Any] | None:
         """What a joiner's snapshot says of a merge not yet complete at its
         join: the MERGEs still to come, the processes of the merging sides,
-        the view ids so far and who was named expelled.
+        the view ids and counts of merges the MERGEs so far brought.
 
         The joiner replays the rest of the merge from its buffer as every
         member does; without this it ignored the MERGEs, kept one side's
@@ -513,7 +517,8 @@ class Group:
             "members": [list(m) for m in sorted(self.merge_members)],
             "view_id": self.merge_view_id,
             "ids": [[*m, v] for m, v in sorted(self.merge_ids.items())],
-            "disowned": [list(m) for m in sorted(self.merge_disowned)],
+            "tag": self.merge_tag,
+            "counts": [[*m, sorted(c.items())] for m, c in sorted(self.merge_counts.items())],
         }
 
     def _resume_merge(self, merge: dict[str, Any] | None) -> None:
@@ -523,15 +528,19 @@ class Group:
         self.merge_members = {(int(n), int(p)) for n, p in merge["members"]}
         self.merge_view_id = int(merge["view_id"])
         self.merge_ids = {(int(n), int(p)): int(v) for n, p, v in merge["ids"]}
-        self.merge_disowned = {(int(n), int(p)) for n, p in merge["disowned"]}
+        self.merge_tag = merge["tag"]
+        self.merge_counts = {
+            (int(n), int(p)): {str(k): int(v) for k, v in c} for n, p, c in merge["counts"]
+        }
 
     def _on_merge(self, src: Member, body: dict[str, Any]) -> None:
         if self.merge_expect is None or src not in self.merge_expect:
             return
+        if body.get("tag") != self.merge_tag:
+            return  # a MERGE for an earlier merge, sent late by a process that lagged
         st = self.state
         newly_expelled = False
         for n, p in body.get("expelled", []):
-            self.merge_disowned.add((n, p))
             if self._mark_expelled((n, p)):
                 if (n, p) == self.me:
                     self.port.expelled()
@@ -542,6 +551,7 @@ class Group:
         self._silence(src, body.get("silence"))
         st.synced.add(src)
         self.merge_ids[src] = int(body["view_id"])
+        self.merge_counts[src] = {str(k): int(n) for k, n in body.get("merges", [])}
         self.merge_expect.discard(src)
         self._finish_merge()
         if newly_expelled:
@@ -552,8 +562,10 @@ class Group:
             return
         self.merge_expect = None
         st = self.state
-        ids = [v for m, v in self.merge_ids.items() if m not in self.merge_disowned]
-        st.view_id = max(st.view_id, self.merge_view_id, *ids)
+        st.view_id = max(st.view_id, self.merge_view_id, *self.merge_ids.values())
+        for counts in self.merge_counts.values():  # every side ends with every side's
+            for key, n in counts.items():
+                st.merges[key] = max(st.merges.get(key, 0), n)
         st.view = ()  # force a new view, the same one on every member
         self._recompute()
 
@@ -573,6 +585,22 @@ class Group:
                 self._activate(lid, v)
             elif lid in self.active:
                 self.port.new_view(lid, v, first=False)
+
+
+def _merge_tag(st: Agreed, merging: set[Member]) -> list[Any]:
+    """The name every side gives a merge alike: the processes that merge
+    with state, and how many merges of the same processes each has seen,
+    this one included.
+
+    A process that was stopped across two merges of the same processes
+    reads its backlog and sends its MERGE for the first while the second
+    runs; taken for its MERGE of the second, its old view id made the sides
+    install one membership under two view ids (explorer seeds 858, 1906).
+    """
+    names = sorted([n, p] for n, p in merging)
+    key = msgpack.packb(names).hex()
+    st.merges[key] = st.merges.get(key, 0) + 1
+    return [names, st.merges[key]]
 
 
 class _Quiet:

@@ -49,6 +49,9 @@ class Agreed:
     # the silence after which each process expels another, as its HELLO or
     # latest ALIVE said (the members' leases depend on the shortest)
     silences: dict[Member, float] = field(default_factory=dict)
+    #: how many merges of each set of processes this state has seen (see
+    #: `transport.cpg_group`: a MERGE names the merge it answers)
+    merges: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
         """A msgpack-able copy; pending joiners' snapshots are nested one level deep."""
@@ -60,6 +63,7 @@ class Agreed:
             "pending": [[list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())],
             "expelled": [list(m) for m in sorted(self.expelled)],
             "silences": [[n, p, s] for (n, p), s in sorted(self.silences.items())],
+            "merges": [[sides, n] for sides, n in sorted(self.merges.items())],
         }
 
     @classmethod
@@ -72,4 +76,5 @@ class Agreed:
             pending={(m[0], m[1]): s for m, s in snap["pending"]},
             expelled={(m[0], m[1]) for m in snap["expelled"]},
             silences={(n, p): s for n, p, s in snap.get("silences", [])},
+            merges={str(sides): int(n) for sides, n in snap.get("merges", [])},
         )
