@@ -50,7 +50,10 @@ class Agreed:
     # latest ALIVE said (the members' leases depend on the shortest)
     silences: dict[Member, float] = field(default_factory=dict)
     #: how many merges of each set of processes this state has seen (see
-    #: `transport.cpg_group`: a MERGE names the merge it answers)
+    #: `transport.cpg_group`: a MERGE names the merge it answers). One entry
+    #: per partition merge, kept for good: a process of the set may come
+    #: back from a partition with its count, so no side can drop it alone;
+    #: merges are rare, an entry is a few hundred bytes.
     merges: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
