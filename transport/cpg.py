@@ -45,17 +45,17 @@ Why it is built this way
   in a confchg whose joined members carry reason NODEUP. They have state, so
   instead of a STATE every synced member multicasts its own logical members
   (MERGE); once all are delivered every member installs the union as one
-  view whose id is the highest of both sides plus one.  A logical member whose HELLO
-  comes during a merge gets that view as its first one, and nothing the
-  group delivers before it (chaos, vs seed 1305).  A process that joins
-  during a merge gets the merge in progress with its snapshot and
-  finishes it with the others (chaos, vs seed 1463); a joiner whose side
-  has nobody left to give it state when its ring merges joins again.  A
-  MERGE names the merge it answers (the processes that merge, and how many
-  merges of them came before), so that one a stopped process sends late
-  for an earlier merge of the same processes is not taken for its MERGE
-  of this one.
-  These came from tests/transport/test_cpg_group_explorer.py.
+  view whose id is the highest of both sides plus one.  A logical member
+  whose HELLO comes during a merge gets that view as its first one, and
+  nothing the group delivers before it (chaos, vs seed 1305).  A process
+  that joins during a merge gets the merge in progress with its snapshot
+  and finishes it with the others (chaos, vs seed 1463); a joiner whose
+  side has nobody left to give it state when its ring merges joins again.
+  A MERGE names the merge it answers (the processes that merge, and how
+  many merges of them came before), so that one a stopped process sends
+  late for an earlier merge of the same processes is not taken for its
+  MERGE of this one.  The last two came from
+  tests/transport/test_cpg_group_explorer.py.
 
 * **Fragmentation.**  Payloads are cut into chunks (default 64 KiB, never
   above ``cpg_max_atomic_msgsize``) so corosync never fragments for us and a

@@ -104,12 +104,10 @@ class Group:
         self.peek_fragments: dict[Logical, list[bytes]] = {}
         #: partition merge in progress: members whose MERGE we still wait for
         self.merge_expect: set[Member] | None = None
-        #: our side's view id when the merge began
+        #: the highest view id of the sides whose MERGE came so far (ours too)
         self.merge_view_id = 0
-        #: the view id each MERGE said its sender's side had
-        self.merge_ids: dict[Member, int] = {}
-        #: each MERGE's sender's counts of merges (`Agreed.merges`)
-        self.merge_counts: dict[Member, dict[str, int]] = {}
+        #: the highest counts of merges (`Agreed.merges`) those MERGEs brought
+        self.merge_counts: dict[str, int] = {}
         #: the members that had state when the merge began
         self.merge_members: set[Member] = set()
         #: which merge this is: who merges, and how many merges of the same
@@ -483,7 +481,7 @@ class Group:
         # about them from our MERGE.
         self.merge_expect = self.merge_members - st.expelled
         self.merge_view_id = st.view_id
-        self.merge_ids, self.merge_counts = {}, {}
+        self.merge_counts = {}
         self.merge_tag = _merge_tag(st, self.merge_members)
         mine = [[*lm, pnn] for lm, pnn in sorted(st.members.items()) if (lm[0], lm[1]) == self.me]
         body = msgpack.packb(
@@ -516,9 +514,8 @@ class Group:
             "expect": [list(m) for m in sorted(self.merge_expect)],
             "members": [list(m) for m in sorted(self.merge_members)],
             "view_id": self.merge_view_id,
-            "ids": [[*m, v] for m, v in sorted(self.merge_ids.items())],
             "tag": self.merge_tag,
-            "counts": [[*m, sorted(c.items())] for m, c in sorted(self.merge_counts.items())],
+            "counts": sorted(self.merge_counts.items()),
         }
 
     def _resume_merge(self, merge: dict[str, Any] | None) -> None:
@@ -527,11 +524,8 @@ class Group:
         self.merge_expect = {(int(n), int(p)) for n, p in merge["expect"]}
         self.merge_members = {(int(n), int(p)) for n, p in merge["members"]}
         self.merge_view_id = int(merge["view_id"])
-        self.merge_ids = {(int(n), int(p)): int(v) for n, p, v in merge["ids"]}
         self.merge_tag = merge["tag"]
-        self.merge_counts = {
-            (int(n), int(p)): {str(k): int(v) for k, v in c} for n, p, c in merge["counts"]
-        }
+        self.merge_counts = {str(key): int(n) for key, n in merge["counts"]}
 
     def _on_merge(self, src: Member, body: dict[str, Any]) -> None:
         if self.merge_expect is None or src not in self.merge_expect:
@@ -550,8 +544,9 @@ class Group:
             st.members[(n, p, lid)] = pnn
         self._silence(src, body.get("silence"))
         st.synced.add(src)
-        self.merge_ids[src] = int(body["view_id"])
-        self.merge_counts[src] = {str(k): int(n) for k, n in body.get("merges", [])}
+        self.merge_view_id = max(self.merge_view_id, int(body["view_id"]))
+        for key, n in body.get("merges", []):
+            self.merge_counts[str(key)] = max(self.merge_counts.get(str(key), 0), int(n))
         self.merge_expect.discard(src)
         self._finish_merge()
         if newly_expelled:
@@ -562,10 +557,9 @@ class Group:
             return
         self.merge_expect = None
         st = self.state
-        st.view_id = max(st.view_id, self.merge_view_id, *self.merge_ids.values())
-        for counts in self.merge_counts.values():  # every side ends with every side's
-            for key, n in counts.items():
-                st.merges[key] = max(st.merges.get(key, 0), n)
+        st.view_id = max(st.view_id, self.merge_view_id)
+        for key, n in self.merge_counts.items():  # every side ends with every side's
+            st.merges[key] = max(st.merges.get(key, 0), n)
         st.view = ()  # force a new view, the same one on every member
         self._recompute()
 

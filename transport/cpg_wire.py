@@ -66,7 +66,7 @@ class Agreed:
             "pending": [[list(m), {**s, "pending": []}] for m, s in sorted(self.pending.items())],
             "expelled": [list(m) for m in sorted(self.expelled)],
             "silences": [[n, p, s] for (n, p), s in sorted(self.silences.items())],
-            "merges": [[sides, n] for sides, n in sorted(self.merges.items())],
+            "merges": [[key, n] for key, n in sorted(self.merges.items())],
         }
 
     @classmethod
@@ -79,5 +79,5 @@ class Agreed:
             pending={(m[0], m[1]): s for m, s in snap["pending"]},
             expelled={(m[0], m[1]) for m in snap["expelled"]},
             silences={(n, p): s for n, p, s in snap.get("silences", [])},
-            merges={str(sides): int(n) for sides, n in snap.get("merges", [])},
+            merges={str(key): int(n) for key, n in snap.get("merges", [])},
         )
