@@ -130,16 +130,27 @@ class Bus:
         self.members = rest
 
     def run(self) -> None:
-        while self.queue:
-            ev, after = self.queue.popleft()
-            if after:
-                self.current = after
-            for p in list(self.current):
-                one = ev[p.me] if isinstance(ev, dict) else ev
-                if p.me in self.stopped:
-                    self.stopped[p.me].append(one)
-                elif p.started_over is None:
-                    p.machine.event(one)
+        while self.step():
+            pass
+
+    def step(self) -> bool:
+        """Deliver the next event; False if there was none."""
+        if not self.queue:
+            return False
+        ev, after = self.queue.popleft()
+        if after or is_confchg(ev):  # (the last process may leave: after it, nobody)
+            self.current = after
+        for p in list(self.current):
+            one = ev[p.me] if isinstance(ev, dict) else ev
+            if p.me in self.stopped:
+                self.stopped[p.me].append(one)
+            elif self.reads(p):
+                p.machine.event(one)
+        return True
+
+    def reads(self, p: Proc) -> bool:
+        """Whether `p` still reads the group (one that was told to start over does not)."""
+        return p.started_over is None
 
     def resume(self, p: Proc) -> None:
         """A stopped process reads its backlog, then what follows."""
@@ -148,6 +159,10 @@ class Bus:
             if p.started_over is None and not p.was_expelled:
                 p.machine.event(ev)
         self.run()
+
+
+def is_confchg(ev: object) -> bool:
+    return isinstance(ev, dict) or (isinstance(ev, tuple) and len(ev) == 4)
 
 
 def three() -> tuple[Bus, list[Proc]]:

@@ -31,7 +31,7 @@ import random
 import msgpack
 import pytest
 
-from tests.transport.test_cpg_group import Bus, Proc
+from tests.transport.test_cpg_group import Bus, Proc, is_confchg
 from transport.cpg_wire import BROADCAST, K_DATA, K_EXPEL, Event, Member
 
 PNNS = 4
@@ -46,20 +46,9 @@ class Ring(Bus):
         #: the world's stopped processes and what they have yet to read
         self.stopped = stopped
 
-    def step(self) -> bool:
-        """Deliver the next event of this ring; False if there was none."""
-        if not self.queue:
-            return False
-        ev, after = self.queue.popleft()
-        if after or _is_confchg(ev):  # (a ring's last process may leave it)
-            self.current = after
-        for p in list(self.current):
-            one = ev[p.me] if isinstance(ev, dict) else ev
-            if p.me in self.stopped:
-                self.stopped[p.me].append(one)
-            elif p.started_over is None and not p.was_expelled:
-                p.machine.event(one)
-        return True
+    def reads(self, p: Proc) -> bool:
+        """An expelled process reads no more either: its shell starts over."""
+        return p.started_over is None and not p.was_expelled
 
 
 class World:
@@ -136,7 +125,7 @@ class World:
             new.current = list(side)
             current = ring.current
             for i, (ev, after) in enumerate(pending):
-                current = after if after or _is_confchg(ev) else current  # as `step` says
+                current = after if after or is_confchg(ev) else current  # as `step` says
                 to = [p for p in current if p in side]
                 sender = _sender(ev)
                 crosses = i < crossed or sender is None or any(sender == p.me for p in side)
@@ -283,10 +272,6 @@ class World:
             self.merge(self.rings[0], self.rings[1])
         for ring in list(self.rings):
             self.drain(ring)
-
-
-def _is_confchg(ev: object) -> bool:
-    return isinstance(ev, dict) or (isinstance(ev, tuple) and len(ev) == 4)
 
 
 def _sender(ev: object) -> Member | None:
