@@ -98,6 +98,10 @@ class CpgStream(abc.ABC):
         self.own_sent: deque[float] = deque()
         #: when the latest of our messages that came back was sent (see `confirmed_until`)
         self.confirmed_sent: float | None = None
+        #: what `confirmed_until` returns, worked out again after each batch
+        #: of events and each tick (`_renew_lease`), not at each of the
+        #: several checks every client request makes
+        self.lease_until = 0.0
         #: how long corosync takes to re-form its ring without a member the
         #: network cut off (`transport.libcmap`), read at each connect
         self.reform: float = DEFAULT_REFORM
@@ -125,6 +129,7 @@ class CpgStream(abc.ABC):
         self.drained.set()
         self.own_sent.clear()
         self.confirmed_sent = None
+        self.lease_until = 0.0
 
     # -- liveness ---------------------------------------------------------------
 
@@ -151,10 +156,19 @@ class CpgStream(abc.ABC):
         before that too (`transport.base.lease_timing`; tools.simulate, vs
         seed 40067098: a member stopped for 0.14 s across such a cut
         answered a read from its old copy after the others had committed).
+
+        What it depends on changes only as events are handled (our message
+        came back, a member announced its limit) and at a tick (our own
+        options), so it is worked out then (`_renew_lease`). A check in the
+        middle of a batch of events sees the lease as of the batch's start,
+        all of which is handled at one loop time: as a check made just
+        before the batch would.
         """
-        if self.confirmed_sent is None:
-            return 0.0
-        return self.confirmed_sent + self._lease_timing()[0]
+        return self.lease_until
+
+    def _renew_lease(self) -> None:
+        sent = self.confirmed_sent
+        self.lease_until = 0.0 if sent is None else sent + self._lease_timing()[0]
 
     def _lease_timing(self) -> tuple[float, float]:
         """(lease, tick period) for the shortest silence any member announced."""
@@ -190,6 +204,7 @@ class CpgStream(abc.ABC):
         """Every keepalive interval: say we are alive if idle, and expel the silent."""
         now = self.loop.time()
         interval, limit = self.keepalive = self._keepalive()
+        self._renew_lease()
         if now - self.last_tick > 2 * interval:
             # We were the silent one (stopped, or a long synchronous step):
             # what we have not read yet says nothing about the others.
@@ -354,6 +369,7 @@ class CpgStream(abc.ABC):
                         self.confirmed_sent = self.own_sent.popleft()
                 self.heard[src] = now
             machine.event(ev)
+        self._renew_lease()
         if more and self.handle is handle:
             # Leave the loop a turn (timers, our own keepalives), then go on.
             self.loop.call_soon(self._on_readable)

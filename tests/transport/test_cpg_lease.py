@@ -22,7 +22,7 @@ import pytest
 from transport.corosync import PrivateCorosync, enter_netns
 from transport.cpg_connection import Connection
 from transport.cpg_group import Group
-from transport.cpg_wire import BROADCAST, HDR, K_ALIVE, SILENCE, Member
+from transport.cpg_wire import BROADCAST, HDR, K_ALIVE, SILENCE, Event, Member
 from transport.libcmap import ring_timeouts
 
 
@@ -38,29 +38,41 @@ def conn() -> Iterator[Connection]:
     loop.close()
 
 
+def handled(conn: Connection, *events: Event) -> None:
+    """`events` delivered in one batch, as `CpgStream._on_readable` hands them on."""
+    assert conn.machine is not None
+    for ev in events:
+        conn.machine.event(ev)
+    conn._renew_lease()
+
+
+def came_back(conn: Connection, sent: float) -> None:
+    """Our message sent at loop time `sent` was delivered back to us."""
+    conn.confirmed_sent = sent
+    handled(conn)
+
+
 def alive(conn: Connection, member: Member, seconds: float) -> None:
     """`member`'s ALIVE, delivered."""
-    assert conn.machine is not None
-    conn.machine.event((member, HDR.pack(K_ALIVE, 0, 0, BROADCAST) + SILENCE.pack(seconds)))
+    handled(conn, (member, HDR.pack(K_ALIVE, 0, 0, BROADCAST) + SILENCE.pack(seconds)))
 
 
 def test_nothing_is_confirmed_before_a_message_of_ours_came_back(conn: Connection) -> None:
     assert conn.confirmed_until() == 0.0
-    conn.confirmed_sent = 100.0
+    came_back(conn, 100.0)
     assert conn.confirmed_until() == pytest.approx(104.0)  # 100 + 5 s - one 1 s tick
 
 
 def test_the_shortest_silence_announced_by_a_member_bounds_the_lease(
     conn: Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    conn.confirmed_sent = 100.0
+    came_back(conn, 100.0)
     alive(conn, (2, 20), 8.0)  # longer than ours: ours still bounds it
     assert conn.confirmed_until() == pytest.approx(104.0)
     alive(conn, (3, 30), 3.0)
     assert conn.confirmed_until() == pytest.approx(102.0)
     # The member that expels soonest left: the lease is as long as the rest allow.
-    assert conn.machine is not None
-    conn.machine.event(([conn.me, (2, 20), (4, 40)], [(3, 30)], [], []))
+    handled(conn, ([conn.me, (2, 20), (4, 40)], [(3, 30)], [], []))
     assert conn.confirmed_until() == pytest.approx(104.0)
     with caplog.at_level(logging.WARNING, logger="transport.cpg"):
         alive(conn, (4, 40), 0.3)  # below our tick: we are expelled whenever idle
@@ -69,9 +81,10 @@ def test_the_shortest_silence_announced_by_a_member_bounds_the_lease(
 
 
 def test_the_ring_re_forming_sooner_than_any_expel_bounds_the_lease(conn: Connection) -> None:
-    conn.confirmed_sent = 100.0
+    came_back(conn, 100.0)
     assert conn._lease_timing()[1] == 1.0  # ticks every keepalive interval
     conn.reform = 2.2  # corosync's defaults: token 1 s, consensus 1.2 s
+    handled(conn)
     assert conn.confirmed_until() == pytest.approx(101.65)  # three quarters of it
     # Three ticks per lease, so that an idle member's lease does not lapse.
     assert conn._lease_timing()[1] == pytest.approx(0.55)
