@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import msgpack
@@ -22,6 +23,7 @@ import msgpack
 from transport.base import View
 from transport.cpg_wire import (
     BROADCAST,
+    F_BATCH,
     F_MORE,
     HDR,
     K_ALIVE,
@@ -38,6 +40,7 @@ from transport.cpg_wire import (
     Event,
     Logical,
     Member,
+    batch_items,
 )
 
 log = logging.getLogger("transport.cpg")
@@ -246,7 +249,7 @@ class Group:
             return  # an expelled process no longer counts, whatever it sends
         kind, flags, lid, dest = HDR.unpack_from(msg)
         sender = (src[0], src[1], lid)
-        if flags or self.fragments:
+        if flags & F_MORE or self.fragments:
             payload = self._reassemble(sender, flags, msg)
             if payload is None:
                 return
@@ -257,10 +260,7 @@ class Group:
             pnn = st.members.get(sender)
             if pnn is None:
                 return
-            active, port = self.active, self.port
-            for local, local_pnn in list(self.local.items()):
-                if local in active and (dest == BROADCAST or dest == local_pnn):
-                    port.deliver(local, pnn, payload)
+            self._deliver(pnn, batch_items(payload) if flags & F_BATCH else ((dest, payload),))
         elif kind == K_HELLO:
             body = msgpack.unpackb(payload)
             # Every view the joiner gets comes after the last one it saw
@@ -298,6 +298,16 @@ class Group:
             if target in self.cpg_members:
                 st.synced.add(target)
             st.pending.pop(target, None)
+
+    def _deliver(self, pnn: int, items: Iterable[tuple[int, bytes]]) -> None:
+        """DATA payloads from node `pnn`, (destination, payload) in order, each
+        to our active members it is for."""
+        active, port = self.active, self.port
+        targets = list(self.local.items())
+        for dest, payload in items:
+            for local, local_pnn in targets:
+                if local in active and (dest == BROADCAST or dest == local_pnn):
+                    port.deliver(local, pnn, payload)
 
     def _activate(self, lid: int, view: View) -> None:
         """Our member `lid` is in the group from `view`, its first view, on."""

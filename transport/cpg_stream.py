@@ -29,9 +29,12 @@ from transport.base import TransportOptions, lease_timing
 from transport.cpg_group import Group
 from transport.cpg_wire import (
     BROADCAST,
+    F_BATCH,
     F_MORE,
     HDR,
+    ITEM,
     K_ALIVE,
+    K_DATA,
     K_EXPEL,
     K_FOUND,
     K_HELLO,
@@ -72,6 +75,12 @@ class CpgStream(abc.ABC):
         self.machine: Group | None = None
         self.outq: deque[bytes] = deque()
         self.out_bytes = 0
+        #: DATA payloads of this loop turn, until they go out as one message
+        #: (`_close_batch`): (destination, payload), all of logical member `batch_lid`
+        self.batch: list[tuple[int, bytes]] = []
+        self.batch_lid = 0
+        self.batch_bytes = 0
+        self.batch_due: asyncio.Handle | None = None
         self.retry: asyncio.TimerHandle | None = None
         self.drained = asyncio.Event()
         self.drained.set()
@@ -126,6 +135,11 @@ class CpgStream(abc.ABC):
             self.handle = None
         self.outq.clear()
         self.out_bytes = 0
+        self.batch.clear()
+        self.batch_bytes = 0
+        if self.batch_due is not None:
+            self.batch_due.cancel()
+            self.batch_due = None
         self.drained.set()
         self.own_sent.clear()
         self.confirmed_sent = None
@@ -280,6 +294,10 @@ class CpgStream(abc.ABC):
             return
         chunk = self.chunk
         n = len(payload)
+        if kind == K_DATA and n + ITEM.size <= chunk:
+            self._add_to_batch(lid, dest, payload)
+            return
+        self._close_batch()  # (what was sent before goes first)
         if n <= chunk:
             self.outq.append(HDR.pack(kind, 0, lid, dest) + payload)
             self.out_bytes += n
@@ -294,9 +312,51 @@ class CpgStream(abc.ABC):
         if self.retry is None:
             self._flush()
 
+    def _add_to_batch(self, lid: int, dest: int, payload: bytes) -> None:
+        """Queue a small DATA payload to go out with the others of this loop
+        turn (a daemon answering many clients sends many in one turn)."""
+        size = ITEM.size + len(payload)
+        if self.batch and (lid != self.batch_lid or self.batch_bytes + size > self.chunk):
+            self._close_batch()
+        self.batch_lid = lid
+        self.batch.append((dest, payload))
+        self.batch_bytes += size
+        self.out_bytes += len(payload)
+        if self.out_bytes >= self.high_water:
+            self.drained.clear()
+        if self.batch_due is None:
+            self.batch_due = self.loop.call_soon(self._send_batch)
+
+    def _send_batch(self) -> None:
+        self.batch_due = None
+        if self.retry is None:
+            self._flush()  # (which closes the batch)
+        else:
+            self._close_batch()
+
+    def _close_batch(self) -> None:
+        """Queue the batch as one message: a plain DATA message if it holds one."""
+        batch = self.batch
+        if not batch:
+            return
+        lid = self.batch_lid
+        if len(batch) == 1:
+            dest, payload = batch[0]
+            self.outq.append(HDR.pack(K_DATA, 0, lid, dest) + payload)
+        else:
+            parts = [HDR.pack(K_DATA, F_BATCH, lid, BROADCAST)]
+            for dest, payload in batch:
+                parts += (ITEM.pack(dest, len(payload)), payload)
+            self.outq.append(b"".join(parts))
+            # (what `_flush` takes off `out_bytes` for it counts the headers)
+            self.out_bytes += ITEM.size * len(batch)
+        self.batch = []
+        self.batch_bytes = 0
+
     def _flush(self, final: bool = False) -> None:
         """Hand queued chunks to corosync until it says TRY_AGAIN."""
         self.retry = None
+        self._close_batch()
         handle = self.handle
         q = self.outq
         while q and handle is not None:

@@ -18,6 +18,12 @@ from typing import Any
 HDR = struct.Struct("<BBHi")
 K_HELLO, K_DATA, K_STATE, K_BYE, K_MERGE, K_ALIVE, K_EXPEL, K_FOUND = 1, 2, 3, 4, 5, 6, 7, 8
 F_MORE = 1  # more fragments of this message follow
+#: a DATA message that holds several, sent in one loop turn: each is its
+#: ITEM header (destination pnn, length) and its payload. One CPG message
+#: instead of several costs the sender one call into corosync, corosync one
+#: message to order and hand to every member, and every member one dispatch.
+F_BATCH = 2
+ITEM = struct.Struct("<iI")
 #: ALIVE's payload: the silence (seconds) after which its sender expels a
 #: member, which the others' leases depend on (`CpgStream.confirmed_until`)
 SILENCE = struct.Struct("<d")
@@ -81,3 +87,19 @@ class Agreed:
             silences={(n, p): s for n, p, s in snap.get("silences", [])},
             merges={str(key): int(n) for key, n in snap.get("merges", [])},
         )
+
+
+def batch_items(payload: bytes) -> list[tuple[int, bytes]]:
+    """The (destination, payload) pairs of an F_BATCH message's payload, in
+    order; a malformed tail (none of our processes sends one) is dropped,
+    alike on every member, since every member reads the same bytes."""
+    items: list[tuple[int, bytes]] = []
+    off, end = 0, len(payload)
+    while off + ITEM.size <= end:
+        dest, n = ITEM.unpack_from(payload, off)
+        off += ITEM.size
+        if off + n > end:
+            break
+        items.append((dest, payload[off : off + n]))
+        off += n
+    return items

@@ -26,6 +26,7 @@ from transport import libcpg
 from transport.base import TransportOptions, View, transport_class
 from transport.corosync import PrivateCorosync, cleanup_stale_shm
 from transport.cpg import CpgTransport
+from transport.cpg_wire import HDR, K_DATA
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="corosync CPG needs root (clients must be root or in uidgid)"
@@ -312,6 +313,48 @@ def test_send_reaches_only_destination(corosync: PrivateCorosync) -> None:
             assert recs[0].msgs() == [(2, b"marker")]
             assert recs[1].msgs() == [(1, b"to self"), (2, b"marker")]
             assert recs[2].msgs() == [(0, b"for two"), (2, b"marker")]
+        finally:
+            await stop_all(ts)
+
+    run(corosync, body)
+
+
+def test_what_one_loop_turn_sends_goes_out_as_one_cpg_message(
+    corosync: PrivateCorosync,
+) -> None:
+    """A daemon answering many clients sends many small messages in one
+    turn: they cost corosync and every member one message, not one each,
+    and still arrive in order, each only where it was sent."""
+
+    async def body() -> None:
+        ts = make("batch", [0, 1, 2])
+        recs = [Recorder(t) for t in ts]
+        try:
+            for t in ts:
+                await t.start()
+            await until(lambda: all(t.view.members == (0, 1, 2) for t in ts))
+            conn = ts[0]._conn
+            assert conn is not None and conn.handle is not None
+            calls: list[bytes] = []  # DATA messages (not the ticks' ALIVEs)
+            real_mcast = conn.handle.mcast
+
+            def counting_mcast(*parts: bytes, **kw: Any) -> None:
+                msg = b"".join(parts)
+                if HDR.unpack_from(msg)[0] == K_DATA:
+                    calls.append(msg)
+                real_mcast(*parts, **kw)
+
+            conn.handle.mcast = counting_mcast  # type: ignore[method-assign]
+            ts[0].broadcast(b"first")
+            ts[0].send(2, b"for two")
+            ts[0].send(0, b"to self")
+            ts[0].broadcast(b"last")
+            assert calls == []  # nothing sent before the turn ends
+            await until(lambda: all((0, b"last") in r.msgs() for r in recs))
+            assert len(calls) == 1
+            assert recs[0].msgs() == [(0, b"first"), (0, b"to self"), (0, b"last")]
+            assert recs[1].msgs() == [(0, b"first"), (0, b"last")]
+            assert recs[2].msgs() == [(0, b"first"), (0, b"for two"), (0, b"last")]
         finally:
             await stop_all(ts)
 
