@@ -63,6 +63,15 @@ Why it is built this way
   sender, so reassembly is a per-sender list; a sender that dies mid-message
   leaves the same incomplete prefix on every survivor, which all drop.
 
+* **Batches.**  A daemon answering many clients sends many small messages
+  in one event-loop turn, and each CPG message costs a synchronous call
+  into corosync, a message for corosync to order and hand to every local
+  member, and a dispatch on each.  So the first small DATA message of a
+  turn goes at once (a lone request waits for nothing), and the turn's
+  others go together at its end as one message (flag F_BATCH), each with its
+  destination; every member's group machine delivers them in order, as it
+  would one by one.  Anything else sent meanwhile goes after the batch.
+
 * **No flow control in corosync.**  ``cpg_mcast_joined`` returns
   ``CS_ERR_TRY_AGAIN`` when its queue is full; chunks then wait in our queue
   and are retried from the event loop; `drain()` waits below a high-water mark.

@@ -4,8 +4,9 @@ Why a module of its own: `transport.cpg_connection.Connection` decides when
 the process is a member at all (joining, losing corosync, being expelled,
 reconnecting) and what the group's state machine asks of it; this base class
 moves its messages while it is one. Out: payloads cut into chunks of at most
-``cpg_max_atomic_msgsize``, queued while corosync answers TRY_AGAIN, with a
-high-water mark for `drain()`. In: CPG callbacks turned into events for the
+``cpg_max_atomic_msgsize``, small ones of one loop turn sent together,
+queued while corosync answers TRY_AGAIN, with a high-water mark for
+`drain()`. In: CPG callbacks turned into events for the
 state machine (`transport.cpg_group`), dispatched in bounded batches. Alive:
 a small ALIVE every tick (with the silence after which we expel), and an
 EXPEL for a member silent too long. Why each is done this way is in
@@ -295,8 +296,12 @@ class CpgStream(abc.ABC):
         chunk = self.chunk
         n = len(payload)
         if kind == K_DATA and n + ITEM.size <= chunk:
-            self._add_to_batch(lid, dest, payload)
-            return
+            if self.batch_due is not None:
+                self._add_to_batch(lid, dest, payload)
+                return
+            # The first of a loop turn goes at once (a lone request has
+            # nothing to wait for); the turn's others go together at its end.
+            self.batch_due = self.loop.call_soon(self._send_batch)
         self._close_batch()  # (what was sent before goes first)
         if n <= chunk:
             self.outq.append(HDR.pack(kind, 0, lid, dest) + payload)
@@ -314,7 +319,8 @@ class CpgStream(abc.ABC):
 
     def _add_to_batch(self, lid: int, dest: int, payload: bytes) -> None:
         """Queue a small DATA payload to go out with the others of this loop
-        turn (a daemon answering many clients sends many in one turn)."""
+        turn (a daemon answering many clients sends many in one turn): at
+        its end (`_send_batch`), or before anything else queued after it."""
         size = ITEM.size + len(payload)
         if self.batch and (lid != self.batch_lid or self.batch_bytes + size > self.chunk):
             self._close_batch()
@@ -324,8 +330,6 @@ class CpgStream(abc.ABC):
         self.out_bytes += len(payload)
         if self.out_bytes >= self.high_water:
             self.drained.clear()
-        if self.batch_due is None:
-            self.batch_due = self.loop.call_soon(self._send_batch)
 
     def _send_batch(self) -> None:
         self.batch_due = None

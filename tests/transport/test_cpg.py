@@ -319,12 +319,13 @@ def test_send_reaches_only_destination(corosync: PrivateCorosync) -> None:
     run(corosync, body)
 
 
-def test_what_one_loop_turn_sends_goes_out_as_one_cpg_message(
+def test_what_one_loop_turn_sends_goes_out_in_two_cpg_messages(
     corosync: PrivateCorosync,
 ) -> None:
     """A daemon answering many clients sends many small messages in one
-    turn: they cost corosync and every member one message, not one each,
-    and still arrive in order, each only where it was sent."""
+    turn: but for the first, they cost corosync and every member one
+    message, not one each, and still arrive in order, each only where it
+    was sent."""
 
     async def body() -> None:
         ts = make("batch", [0, 1, 2])
@@ -346,15 +347,18 @@ def test_what_one_loop_turn_sends_goes_out_as_one_cpg_message(
 
             conn.handle.mcast = counting_mcast  # type: ignore[method-assign]
             ts[0].broadcast(b"first")
+            assert len(calls) == 1  # the first of a turn goes at once
+            ts[0].broadcast(b"second")
             ts[0].send(2, b"for two")
             ts[0].send(0, b"to self")
             ts[0].broadcast(b"last")
-            assert calls == []  # nothing sent before the turn ends
+            assert len(calls) == 1  # the others wait for the turn's end
             await until(lambda: all((0, b"last") in r.msgs() for r in recs))
-            assert len(calls) == 1
-            assert recs[0].msgs() == [(0, b"first"), (0, b"to self"), (0, b"last")]
-            assert recs[1].msgs() == [(0, b"first"), (0, b"last")]
-            assert recs[2].msgs() == [(0, b"first"), (0, b"for two"), (0, b"last")]
+            assert len(calls) == 2  # and go out as one
+            everyone = [(0, b"first"), (0, b"second")]
+            assert recs[0].msgs() == [*everyone, (0, b"to self"), (0, b"last")]
+            assert recs[1].msgs() == [*everyone, (0, b"last")]
+            assert recs[2].msgs() == [*everyone, (0, b"for two"), (0, b"last")]
         finally:
             await stop_all(ts)
 
