@@ -66,11 +66,13 @@ Why it is built this way
 * **Batches.**  A daemon answering many clients sends many small messages
   in one event-loop turn, and each CPG message costs a synchronous call
   into corosync, a message for corosync to order and hand to every local
-  member, and a dispatch on each.  So the first small DATA message of a
-  turn goes at once (a lone request waits for nothing), and the turn's
-  others go together at its end as one message (flag F_BATCH), each with its
-  destination; every member's group machine delivers them in order, as it
-  would one by one.  Anything else sent meanwhile goes after the batch.
+  member, and a dispatch on each.  So, as Nagle's algorithm does in TCP,
+  while a message of ours is on its way (sent, not yet delivered back) the
+  small DATA messages wait for the end of the loop turn and go together as
+  one message (flag F_BATCH), each with its destination; every member's
+  group machine delivers them in order, as it would one by one.  With none
+  on its way (a lone request, a migration ring) one goes at once.  Anything
+  else sent meanwhile goes after the batch.
 
 * **No flow control in corosync.**  ``cpg_mcast_joined`` returns
   ``CS_ERR_TRY_AGAIN`` when its queue is full; chunks then wait in our queue

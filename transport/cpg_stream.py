@@ -295,13 +295,13 @@ class CpgStream(abc.ABC):
             return
         chunk = self.chunk
         n = len(payload)
-        if kind == K_DATA and n + ITEM.size <= chunk:
-            if self.batch_due is not None:
-                self._add_to_batch(lid, dest, payload)
-                return
-            # The first of a loop turn goes at once (a lone request has
-            # nothing to wait for); the turn's others go together at its end.
-            self.batch_due = self.loop.call_soon(self._send_batch)
+        if kind == K_DATA and n + ITEM.size <= chunk and (self.own_sent or self.outq or self.batch):
+            # Nagle's rule: while a message of ours is on its way (sent, not
+            # yet delivered back), a small one waits to go out with the
+            # others of this loop turn at its end; with none on its way (a
+            # lone request), it goes at once.
+            self._add_to_batch(lid, dest, payload)
+            return
         self._close_batch()  # (what was sent before goes first)
         if n <= chunk:
             self.outq.append(HDR.pack(kind, 0, lid, dest) + payload)
@@ -330,6 +330,8 @@ class CpgStream(abc.ABC):
         self.out_bytes += len(payload)
         if self.out_bytes >= self.high_water:
             self.drained.clear()
+        if self.batch_due is None:
+            self.batch_due = self.loop.call_soon(self._send_batch)
 
     def _send_batch(self) -> None:
         self.batch_due = None

@@ -323,9 +323,9 @@ def test_what_one_loop_turn_sends_goes_out_in_two_cpg_messages(
     corosync: PrivateCorosync,
 ) -> None:
     """A daemon answering many clients sends many small messages in one
-    turn: but for the first, they cost corosync and every member one
-    message, not one each, and still arrive in order, each only where it
-    was sent."""
+    turn: while one of ours is on its way, the others cost corosync and
+    every member one message, not one each, and still arrive in order, each
+    only where it was sent."""
 
     async def body() -> None:
         ts = make("batch", [0, 1, 2])
@@ -346,13 +346,14 @@ def test_what_one_loop_turn_sends_goes_out_in_two_cpg_messages(
                 real_mcast(*parts, **kw)
 
             conn.handle.mcast = counting_mcast  # type: ignore[method-assign]
+            await until(lambda: not conn.own_sent)  # (a tick's ALIVE came back)
             ts[0].broadcast(b"first")
-            assert len(calls) == 1  # the first of a turn goes at once
+            assert len(calls) == 1  # with nothing of ours on its way, at once
             ts[0].broadcast(b"second")
             ts[0].send(2, b"for two")
             ts[0].send(0, b"to self")
             ts[0].broadcast(b"last")
-            assert len(calls) == 1  # the others wait for the turn's end
+            assert len(calls) == 1  # the first on its way: the others wait for the turn's end
             await until(lambda: all((0, b"last") in r.msgs() for r in recs))
             assert len(calls) == 2  # and go out as one
             everyone = [(0, b"first"), (0, b"second")]
