@@ -108,10 +108,11 @@ class CpgStream(abc.ABC):
         self.own_sent: deque[float] = deque()
         #: when the latest of our messages that came back was sent (see `confirmed_until`)
         self.confirmed_sent: float | None = None
-        #: what `confirmed_until` returns, worked out again after each batch
-        #: of events and each tick (`_renew_lease`), not at each of the
-        #: several checks every client request makes
+        #: what `confirmed_until` returns, worked out again at the first
+        #: check after a batch of events or a tick (`lease_stale`), not at
+        #: each of the several checks every client request makes
         self.lease_until = 0.0
+        self.lease_stale = False
         #: how long corosync takes to re-form its ring without a member the
         #: network cut off (`transport.libcmap`), read at each connect
         self.reform: float = DEFAULT_REFORM
@@ -145,6 +146,7 @@ class CpgStream(abc.ABC):
         self.own_sent.clear()
         self.confirmed_sent = None
         self.lease_until = 0.0
+        self.lease_stale = False
 
     # -- liveness ---------------------------------------------------------------
 
@@ -174,16 +176,16 @@ class CpgStream(abc.ABC):
 
         What it depends on changes only as events are handled (our message
         came back, a member announced its limit) and at a tick (our own
-        options), so it is worked out then (`_renew_lease`). A check in the
-        middle of a batch of events sees the lease as of the batch's start,
-        all of which is handled at one loop time: as a check made just
-        before the batch would.
+        options), so it is worked out again only at the first check after
+        those. A later check in the same batch of events sees the lease as
+        of that first one: the batch is handled at one loop time, as if the
+        check came then.
         """
+        if self.lease_stale:
+            self.lease_stale = False
+            sent = self.confirmed_sent
+            self.lease_until = 0.0 if sent is None else sent + self._lease_timing()[0]
         return self.lease_until
-
-    def _renew_lease(self) -> None:
-        sent = self.confirmed_sent
-        self.lease_until = 0.0 if sent is None else sent + self._lease_timing()[0]
 
     def _lease_timing(self) -> tuple[float, float]:
         """(lease, tick period) for the shortest silence any member announced."""
@@ -219,7 +221,7 @@ class CpgStream(abc.ABC):
         """Every keepalive interval: say we are alive if idle, and expel the silent."""
         now = self.loop.time()
         interval, limit = self.keepalive = self._keepalive()
-        self._renew_lease()
+        self.lease_stale = True
         if now - self.last_tick > 2 * interval:
             # We were the silent one (stopped, or a long synchronous step):
             # what we have not read yet says nothing about the others.
@@ -302,7 +304,8 @@ class CpgStream(abc.ABC):
             # lone request), it goes at once.
             self._add_to_batch(lid, dest, payload)
             return
-        self._close_batch()  # (what was sent before goes first)
+        if self.batch:
+            self._close_batch()  # (what was sent before goes first)
         if n <= chunk:
             self.outq.append(HDR.pack(kind, 0, lid, dest) + payload)
             self.out_bytes += n
@@ -362,7 +365,8 @@ class CpgStream(abc.ABC):
     def _flush(self, final: bool = False) -> None:
         """Hand queued chunks to corosync until it says TRY_AGAIN."""
         self.retry = None
-        self._close_batch()
+        if self.batch:
+            self._close_batch()
         handle = self.handle
         q = self.outq
         while q and handle is not None:
@@ -435,7 +439,7 @@ class CpgStream(abc.ABC):
                         self.confirmed_sent = self.own_sent.popleft()
                 self.heard[src] = now
             machine.event(ev)
-        self._renew_lease()
+        self.lease_stale = True
         if more and self.handle is handle:
             # Leave the loop a turn (timers, our own keepalives), then go on.
             self.loop.call_soon(self._on_readable)

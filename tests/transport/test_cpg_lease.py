@@ -43,7 +43,7 @@ def handled(conn: Connection, *events: Event) -> None:
     assert conn.machine is not None
     for ev in events:
         conn.machine.event(ev)
-    conn._renew_lease()
+    conn.lease_stale = True
 
 
 def came_back(conn: Connection, sent: float) -> None:
