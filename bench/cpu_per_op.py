@@ -14,7 +14,10 @@ loopback (`--transport tcp` or `vs`), with four workloads:
   node (fetch_lock, +1, store_unlock, on nodes 0, 1, 2, 0, ...);
 * `store`: one client storing 100 local volatile records in turn;
 * `fetch`: the same client reading them back (on vs through a read
-  barrier: a message in the agreed order).
+  barrier: a message in the agreed order);
+* `crowd`: eight clients on node 0 storing at once (threads of this
+  process, each waiting on its own socket), where operations overlap and
+  the vs transport sends the small messages of one loop turn together.
 
 The figure is the CPU time of all three daemons (every thread, from
 /proc/PID/task/*/schedstat) divided by the operations, the median of three
@@ -61,6 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -70,9 +74,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "cpu_per_op"
 DEFAULT_BASE = "b7714d4"
-WORKLOADS = ("ping", "ring", "store", "fetch")
+WORKLOADS = ("ping", "ring", "store", "fetch", "crowd")
 #: operations per measurement window (quick: a twentieth)
-OPS = {"ping": 3000, "ring": 1500, "store": 6000, "fetch": 6000}
+OPS = {"ping": 3000, "ring": 1500, "store": 6000, "fetch": 6000, "crowd": 8000}
+#: clients of the `crowd` workload
+CROWD = 8
 #: operations of the counted window, a fraction of OPS: counting is slow
 COUNTED = 0.1
 #: the folder of the instruction counter, and the variable that turns it on
@@ -153,12 +159,16 @@ def _sleeps(pid: int) -> int:
 def _measure(cluster: Any, scale: float, tree: str, corosync: int | None) -> dict[str, Any]:
     db = "bench_cpu"
     clients = [cluster.client(p) for p in range(3)]
+    crowd = [cluster.client(0) for _ in range(CROWD)]
     daemons = [cluster.pids[p] for p in range(3)]
     try:
         clients[0].attach(db)
         clients[0].store(db, b"ring", b"0")
 
         def run(work: str, n: int) -> None:
+            if work == "crowd":
+                _crowd_stores(crowd, db, n)
+                return
             for i in range(n):
                 if work == "ping":
                     clients[0].call("ping", pnn=1)
@@ -199,8 +209,22 @@ def _measure(cluster: Any, scale: float, tree: str, corosync: int | None) -> dic
             }
         return out
     finally:
-        for c in clients:
+        for c in clients + crowd:
             c.close()
+
+
+def _crowd_stores(clients: list[Any], db: str, n: int) -> None:
+    """`n` stores, the clients storing at once, each its own 100 records in turn."""
+
+    def store(k: int) -> None:
+        for i in range(k, n, len(clients)):
+            clients[k].store(db, b"c%d-%d" % (k, i % 100), b"v")
+
+    threads = [threading.Thread(target=store, args=(k,)) for k in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _instructions(cluster: Any, work: Callable[[], None]) -> Counter[str]:

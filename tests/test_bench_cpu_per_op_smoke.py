@@ -56,7 +56,7 @@ def test_cpu_per_op_quick_against_head(transport: str, tmp_path: Path) -> None:
     r = json.loads((out / "results.json").read_text())
     assert r["transport"] == transport
     assert r["base"] == r["head"] and r["rounds"] == 1
-    assert set(r["figures"]) == {"ping", "ring", "store", "fetch"}
+    assert set(r["figures"]) == {"ping", "ring", "store", "fetch", "crowd"}
     for work, e in r["figures"].items():
         for side in ("base", "head"):
             cpu = e[side]["cpu_us_per_op"]
