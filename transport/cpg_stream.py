@@ -30,7 +30,6 @@ from transport.base import TransportOptions, lease_timing
 from transport.cpg_group import Group
 from transport.cpg_wire import (
     BROADCAST,
-    F_BATCH,
     F_MORE,
     HDR,
     ITEM,
@@ -42,6 +41,7 @@ from transport.cpg_wire import (
     SILENCE,
     Event,
     Member,
+    batch_message,
 )
 from transport.libcpg_abi import Reason
 
@@ -353,10 +353,7 @@ class CpgStream(abc.ABC):
             dest, payload = batch[0]
             self.outq.append(HDR.pack(K_DATA, 0, lid, dest) + payload)
         else:
-            parts = [HDR.pack(K_DATA, F_BATCH, lid, BROADCAST)]
-            for dest, payload in batch:
-                parts += (ITEM.pack(dest, len(payload)), payload)
-            self.outq.append(b"".join(parts))
+            self.outq.append(batch_message(lid, batch))
             # (what `_flush` takes off `out_bytes` for it counts the headers)
             self.out_bytes += ITEM.size * len(batch)
         self.batch = []

@@ -89,6 +89,15 @@ class Agreed:
         )
 
 
+def batch_message(lid: int, items: list[tuple[int, bytes]]) -> bytes:
+    """One DATA message of logical member `lid` holding `items`, (destination,
+    payload) in order (`batch_items` reads them back)."""
+    parts = [HDR.pack(K_DATA, F_BATCH, lid, BROADCAST)]
+    for dest, payload in items:
+        parts += (ITEM.pack(dest, len(payload)), payload)
+    return b"".join(parts)
+
+
 def batch_items(payload: bytes) -> list[tuple[int, bytes]]:
     """The (destination, payload) pairs of an F_BATCH message's payload, in
     order; a malformed tail (none of our processes sends one) is dropped,

@@ -99,11 +99,9 @@ class StreamMembership:
         chains, and meanwhile an expelled transport may have joined again
         and renewed its lease, for a group that moved on without us (the
         chaos test, vs seed 11, read a counter 357 commits old so)."""
-        transport = self.node.transport
-        if self.engine.view is not transport.view:  # it applies the very View reported
+        if self.engine.view is not self.node.transport.view:  # it applies the very View reported
             return False
-        until = transport.confirmed_until()  # (each client request asks several times)
-        return until is None or self.node.now() < until
+        return self.node.now() < self.confirmed_until()
 
     def confirmed_until(self) -> float:
         until = self.node.transport.confirmed_until()

@@ -21,9 +21,7 @@ from transport.base import View
 from transport.cpg_group import Group
 from transport.cpg_wire import (
     BROADCAST,
-    F_BATCH,
     HDR,
-    ITEM,
     K_ALIVE,
     K_DATA,
     K_EXPEL,
@@ -32,6 +30,7 @@ from transport.cpg_wire import (
     SILENCE,
     Event,
     Member,
+    batch_message,
 )
 
 
@@ -197,19 +196,10 @@ def test_a_broadcast_reaches_every_member_with_its_senders_pnn() -> None:
     assert procs[1].delivered == procs[2].delivered == [(1, b"hello")]
 
 
-def batch(lid: int, items: list[tuple[int, bytes]]) -> bytes:
-    """One DATA message holding `items` (destination, payload), as the I/O shell
-    sends what one loop turn multicast (`CpgStream._close_batch`)."""
-    parts = [HDR.pack(K_DATA, F_BATCH, lid, BROADCAST)]
-    for dest, payload in items:
-        parts += [ITEM.pack(dest, len(payload)), payload]
-    return b"".join(parts)
-
-
 def test_a_batch_is_delivered_as_its_messages_would_be_one_by_one() -> None:
     bus, procs = three()
     items = [(BROADCAST, b"one"), (2, b"for node 2"), (BROADCAST, b""), (0, b"for node 0")]
-    bus.send(procs[1].me, batch(1, items))
+    bus.send(procs[1].me, batch_message(1, items))
     procs[2].multicast(K_DATA, 1, BROADCAST, b"after")
     bus.run()
     assert procs[0].delivered == [(1, b"one"), (1, b""), (1, b"for node 0"), (2, b"after")]
@@ -219,7 +209,7 @@ def test_a_batch_is_delivered_as_its_messages_would_be_one_by_one() -> None:
 
 def test_a_batch_cut_short_delivers_its_whole_messages_alike_everywhere() -> None:
     bus, procs = three()
-    whole = batch(1, [(BROADCAST, b"kept"), (BROADCAST, b"cut short")])
+    whole = batch_message(1, [(BROADCAST, b"kept"), (BROADCAST, b"cut short")])
     bus.send(procs[1].me, whole[:-3])
     bus.run()
     assert all(p.delivered == [(1, b"kept")] for p in procs)
