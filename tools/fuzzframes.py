@@ -26,7 +26,7 @@ import msgpack
 from ctdb.common.config import parse_tunable, tunable_defaults
 from ctdb.common.errors import CtdbError
 from ctdb.protocol import client as protocol
-from ctdb.protocol import message_codec, messages
+from ctdb.protocol import compact_ops, message_codec, messages
 from ctdb.protocol.op_schemas import CONTROLS, ORDERED
 from ctdb.protocol.schema import Limits
 from ctdb.server import clients as server
@@ -153,7 +153,8 @@ def _damage_structure(rng: random.Random, items: list[Any], ops: list[str]) -> s
 
 
 def _mutate(rng: random.Random, payload: bytes, ops: list[str]) -> tuple[str, bytes]:
-    if rng.randrange(3) == 0:
+    # A compact ordered operation (`compact_ops`) has no structure to damage but its bytes.
+    if rng.randrange(3) == 0 or payload[:1] == bytes([compact_ops.MARK]):
         return _damage_bytes(rng, payload)
     items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     what = _damage_structure(rng, items, ops)

@@ -2,7 +2,10 @@
 
 Every message is encoded as a msgpack array `[type, field, field, ...]` in
 field order, so adding a message means adding a dataclass with a new `TYPE`
-(`ctdb.protocol.messages`) and nothing here.
+(`ctdb.protocol.messages`) and nothing here. The exceptions are the ordered
+stream's stores, lock requests and unlocks, which every member decodes and
+which go in a fixed binary layout when their arguments fit it
+(`compact_ops`): they decode to the same messages, checked alike.
 
 Nothing a peer sends is trusted. `decode` checks every field against its
 annotation (an `Annotated` check, or the plain type), the arguments of a
@@ -27,10 +30,10 @@ from typing import Annotated, Any
 
 from ctdb.common.config import WIRE_SIZES
 from ctdb.common.errors import CtdbError, ErrorCode
-from ctdb.protocol import packing, schema
+from ctdb.protocol import compact_ops, packing, schema
 from ctdb.protocol.bounded_msgpack import unpack
 from ctdb.protocol.message_fields import CLIENT_DATA, NUMBER
-from ctdb.protocol.messages import MESSAGE_TYPES, ControlReply, Message
+from ctdb.protocol.messages import MESSAGE_TYPES, ControlReply, Message, Ordered
 from ctdb.protocol.op_schemas import CONTROLS
 from ctdb.protocol.schema import Check, Limits
 from ctdb.protocol.schema_inline import Accept
@@ -93,6 +96,9 @@ def _build_layout(cls: type) -> Layout:
     return Layout(cls, tuple(names), tuple(checks), sender, op, args, accept)
 
 
+#: the first byte of the hottest ordered operations' fixed layout (`compact_ops`)
+_COMPACT = bytes([compact_ops.MARK])
+
 _LAYOUTS: dict[int, Layout] = {cls.TYPE: _build_layout(cls) for cls in MESSAGE_TYPES}
 
 
@@ -112,11 +118,20 @@ def layout(cls: type[Message]) -> Layout:
 
 
 def encode(msg: Message) -> bytes:
+    if type(msg) is Ordered:
+        data = compact_ops.encode(msg)
+        if data is not None:
+            return data
     return packing.pack([msg.TYPE, *_FIELDS[type(msg)](msg)])
 
 
 def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:
     """A checked message from `sender`'s bytes, or `DecodeError` saying what is wrong."""
+    if data[:1] == _COMPACT:
+        try:
+            return compact_ops.decode(data, limits, sender)
+        except compact_ops.CompactError as exc:
+            raise DecodeError(exc.message) from None
     try:
         items = unpack(data)
     except Exception as exc:
