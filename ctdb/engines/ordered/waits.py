@@ -20,7 +20,7 @@ which says why a chain lock is polled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -86,22 +86,28 @@ def read_record(db: Database, key: bytes, deadline: float) -> Flow[Effect, Recor
         db.local.unlock_chain(key)
 
 
-async def carry_out(node: Host, effect: Effect) -> Any:
+def carry_out(node: Host, effect: Effect) -> Awaitable[Any]:
+    """What the loop awaits for `effect`. A plain function, not a coroutine
+    of its own around it: every ordered request waits through here."""
     if isinstance(effect, Answer):
-        return await Waiting.until(effect.wait, effect.deadline, effect.what)
+        return Waiting.until(effect.wait, effect.deadline, effect.what)
     if isinstance(effect, Serving):
-        return await node.wait_serving(effect.deadline)
+        return node.wait_serving(effect.deadline)
     if isinstance(effect, Chain):
         db, key = effect.db, effect.key
-        return await poll(lambda: db.local.try_lock_chain(key), effect.deadline)
+        return poll(lambda: db.local.try_lock_chain(key), effect.deadline)
     if isinstance(effect, AllChains):
-        return await poll(effect.db.local.try_lock_all, effect.deadline)
+        return poll(effect.db.local.try_lock_all, effect.deadline)
     if isinstance(effect, Controls):
-        return await controls.send(node, effect)
+        return controls.send(node, effect)
     if isinstance(effect, Joined):
-        job = cast("asyncio.Future[None]", effect.job)  # (on the event loop, a job is a task)
-        try:
-            return await asyncio.wait_for(asyncio.shield(job), max(effect.deadline - node.now(), 0))
-        except TimeoutError:
-            raise CtdbError(ErrorCode.TIMEOUT, effect.what) from None
-    return await asyncio.sleep(effect.seconds)
+        return _joined(node, effect)
+    return asyncio.sleep(effect.seconds)
+
+
+async def _joined(node: Host, effect: Joined) -> None:
+    job = cast("asyncio.Future[None]", effect.job)  # (on the event loop, a job is a task)
+    try:
+        return await asyncio.wait_for(asyncio.shield(job), max(effect.deadline - node.now(), 0))
+    except TimeoutError:
+        raise CtdbError(ErrorCode.TIMEOUT, effect.what) from None
