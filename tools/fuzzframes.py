@@ -154,7 +154,7 @@ def _damage_structure(rng: random.Random, items: list[Any], ops: list[str]) -> s
 
 def _mutate(rng: random.Random, payload: bytes, ops: list[str]) -> tuple[str, bytes]:
     # A compact ordered operation (`compact_ops`) has no structure to damage but its bytes.
-    if rng.randrange(3) == 0 or payload[:1] == bytes([compact_ops.MARK]):
+    if rng.randrange(3) == 0 or payload[:1] == compact_ops.PREFIX:
         return _damage_bytes(rng, payload)
     items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     what = _damage_structure(rng, items, ops)

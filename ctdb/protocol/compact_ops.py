@@ -43,6 +43,8 @@ from ctdb.protocol.schema import Limits
 
 #: The first byte of a compact payload: one msgpack never uses.
 MARK = 0xC1
+#: ... as what a payload starts with
+PREFIX = bytes([MARK])
 
 _HEAD = struct.Struct("<BBIQIIQBIQI")
 HEAD_SIZE = _HEAD.size

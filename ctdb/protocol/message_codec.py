@@ -96,9 +96,6 @@ def _build_layout(cls: type) -> Layout:
     return Layout(cls, tuple(names), tuple(checks), sender, op, args, accept)
 
 
-#: the first byte of the hottest ordered operations' fixed layout (`compact_ops`)
-_COMPACT = bytes([compact_ops.MARK])
-
 _LAYOUTS: dict[int, Layout] = {cls.TYPE: _build_layout(cls) for cls in MESSAGE_TYPES}
 
 
@@ -127,7 +124,7 @@ def encode(msg: Message) -> bytes:
 
 def decode(data: bytes, limits: Limits, sender: int | None = None) -> Message:
     """A checked message from `sender`'s bytes, or `DecodeError` saying what is wrong."""
-    if data[:1] == _COMPACT:
+    if data[:1] == compact_ops.PREFIX:
         try:
             return compact_ops.decode(data, limits, sender)
         except compact_ops.CompactError as exc:
