@@ -40,6 +40,9 @@ log = logging.getLogger("ctdb.server.stream")
 
 #: Seconds between attempts to join the group again after a resync's join failed.
 REJOIN_RETRY = 1.0
+#: Seconds between looks at records revoked from Samba's clients before we
+#: leave the group (`_taken_back`).
+TAKE_BACK_POLL = 0.01
 
 
 class StreamMembership:
@@ -85,6 +88,36 @@ class StreamMembership:
                 await self._rejoining
             except (asyncio.CancelledError, Exception):
                 pass
+
+    async def _taken_back(self) -> None:
+        """Stay in the group until no record in our shared files names us.
+
+        The resync revoked what was lent to Samba's clients, but a record
+        whose chain a client holds goes back only once the client lets go
+        (`samba_returns`), and clients queued on that chain get it first.
+        They work on it in place, and read our other files under it: a
+        g_lock lent here covers `ctdb pfetch`'s read of our persistent
+        copy. While we stay, every write we did not apply waits for us to
+        say we applied it (`Stability`), so what they read is all that has
+        been acknowledged; once we leave, the others acknowledge without
+        us. (chaos vs seed 11, in CI: node 1's disk filled, it left at
+        once, and `ctdb pfetch` on it then read a value 11 commits old.)
+        A client that keeps its chain past RecoverTimeout does not keep
+        the whole cluster waiting: we leave without it, and say so.
+        """
+        samba = self.engine.samba
+        if not samba.restoring:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.node.tunable("RecoverTimeout")
+        while samba.restoring and loop.time() < deadline:
+            await asyncio.sleep(TAKE_BACK_POLL)
+        if samba.restoring:
+            log.warning(
+                "leaving the group with %d records still lent to Samba's clients, "
+                "whose chains they hold: they may read copies the others moved past",
+                len(samba.restoring),
+            )
 
     def confirmed(self) -> bool:
         """The stream says whether we serve (`on_ordered_state`); the transport,
@@ -197,6 +230,7 @@ class StreamMembership:
         transport = self.node.transport
         while self._rejoin_again:
             self._rejoin_again = False
+            await self._taken_back()
             await transport.stop()
             # A view change needs every file Samba's clients share held
             # whole (`stream_gate`): while a client holds a chain, stay out

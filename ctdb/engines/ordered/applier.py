@@ -184,7 +184,23 @@ class StreamApplier:
 
     def on_view(self, view: View) -> None:
         """Handle a view change at its position in the stream (same on every member)."""
-        self.gate.enter(view, self.rounds.on_view)
+        self.gate.enter(view, self._view_changed)
+
+    def _view_changed(self, view: View) -> None:
+        # A view change writes too (the epoch file, a purge): one that fails
+        # half-way leaves our state behind the others', as a failed apply
+        # does. The transport only logs what its callback raises, so the
+        # node would carry on as if in sync.
+        try:
+            self.rounds.on_view(view)
+        except Exception as exc:
+            log.error(
+                "handling view %d failed: %r",
+                view.view_id,
+                exc,
+                exc_info=not isinstance(exc, OSError),
+            )
+            self.resync(f"handling view {view.view_id} failed: {type(exc).__name__}: {exc}")
 
     def drop_backlog(self) -> None:
         self.requests.drop(self.backlog)

@@ -32,7 +32,11 @@ dmaster (`ltdb.NO_DMASTER`) until a record is lent:
    daemon), our file goes back to the stream's copy at once, naming
    nobody, so our clients stop writing in place and ask; what they wrote
    meanwhile is lost. A lock still ours in the queues is released once we
-   serve again (`LocalClients.release_orphans`).
+   serve again (`LocalClients.release_orphans`). A record whose chain a
+   client holds goes back once it lets go, and a node that resyncs stays
+   in the group until then (`StreamMembership._taken_back`), so that
+   nothing it did not apply is acknowledged while its clients still work
+   in place.
 
 Our file thus always holds the stream's copy of every record except the
 ones lent here right now, and a state transfer this node sends carries
