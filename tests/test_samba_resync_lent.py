@@ -1,0 +1,160 @@
+"""A node whose disk fills while Samba's clients hold a lent g_lock: no
+`ctdb pfetch` there reads less than was acknowledged when it started.
+
+Samba's persistent transactions take their g_lock record in place when its
+header names their node, and then read the node's persistent file in
+place. Over vs the record is lent to the node (`samba_grants`); a node
+whose apply fails (its disk is full) resyncs, and revokes what is lent,
+but a record whose chain a client holds (Samba's g_lock client asks
+PROCESS_EXISTS of another node while it holds it) goes back only once the
+client lets go, and a `ctdb pfetch` queued on that chain gets it before
+the daemon does. If the node left the group at once, the others would
+acknowledge the commit it failed to apply, and that pfetch would read the
+value before it (CI, chaos vs seed 11, read a value 11 commits old; this
+test read "old" after "new" was acknowledged, every run, before the fix
+in `StreamMembership._taken_back`). Over tcp the commit's two-phase
+prepare fails on the full disk, so it is refused everywhere.
+
+Real daemons on loopback (node 1's state directory a small tmpfs, which
+needs root), Samba's own `ctdb` tool, a chain holder process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tdb
+
+from ctdb.common.config import CTDB_SOCKET_NAME
+from ctdb.common.errors import CtdbError
+from ctdb.storage.ltdb import TDB_MUTEX_LOCKING
+from ctdb.storage.placement import db_id
+from tests.chain_holder import Holder
+from tests.conftest import random_base, random_port
+from tools.chaos import SAMBA_CTDB, fill
+from tools.cluster import LocalCluster
+
+pytestmark = [
+    pytest.mark.skipif(
+        not os.access(SAMBA_CTDB, os.X_OK), reason="Samba's ctdb tool is not installed"
+    ),
+    pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs mount needs root"),
+    pytest.mark.timeout(240),
+]
+
+DB = "resync_pfetch.tdb"
+#: what Samba's transactions name their g_lock record (ctdb/client/client_db.c)
+LOCK_KEY = b"transaction_db_0x%08x\0" % db_id(DB)
+
+
+@pytest.fixture
+def cluster(transport: str, tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three nodes; node 1 keeps its databases on a tmpfs of 32 MiB."""
+    c = LocalCluster(
+        tmp_path / "cluster",
+        size=3,
+        transport=transport,
+        port=random_port(),
+        base=random_base(),
+    )
+    state = c.node_dir(1) / "state"
+    state.mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=700", "tmpfs", str(state)], check=True
+    )
+    try:
+        c.up(timeout=60)
+        yield c
+    finally:
+        c.down()
+        subprocess.run(["umount", str(state)], check=False)
+
+
+def samba(c: LocalCluster, pnn: int, *args: str) -> subprocess.Popen[str]:
+    """Samba's `ctdb ARGS` against node `pnn`, started."""
+    env = dict(
+        os.environ,
+        CTDB_SOCKET=str(c.node_dir(pnn) / CTDB_SOCKET_NAME),
+        CTDB_BASE=str(c.directory),
+    )
+    return subprocess.Popen(
+        [SAMBA_CTDB, "-t", "15", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def samba_done(c: LocalCluster, pnn: int, *args: str) -> str:
+    """What `ctdb ARGS` printed, once it exited 0."""
+    proc = samba(c, pnn, *args)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"ctdb {' '.join(args)}: {err}"
+    return out.strip()
+
+
+def test_a_pfetch_on_a_node_that_failed_a_commit_reads_what_was_acknowledged(
+    cluster: LocalCluster,
+) -> None:
+    c = cluster
+    samba_done(c, 1, "attach", DB, "persistent")
+    samba_done(c, 1, "pstore", DB, "k", "old")  # lends node 1 the g_lock record
+    state = c.node_dir(1) / "state"
+    g_lock = next(state.rglob("g_lock.tdb*"))
+    holder = Holder(g_lock, tdb.NOSYNC | TDB_MUTEX_LOCKING)
+    try:
+        assert holder.ask("lock", LOCK_KEY) == "locked"
+        fill(state / "filler")
+        acknowledged = threading.Event()
+        failed: list[CtdbError] = []
+
+        def commit() -> None:
+            # A value node 1's full disk cannot take.
+            with c.client(0, timeout=60) as client:
+                tx = client.transaction(DB)
+                tx.store("k", "new")
+                tx.store("big", "x" * 1_000_000)
+                try:
+                    tx.commit()
+                except CtdbError as exc:
+                    failed.append(exc)
+                    return
+            acknowledged.set()
+
+        committing = threading.Thread(target=commit)
+        committing.start()
+        # Long enough for the others to go on without node 1 had it left.
+        acknowledged.wait(2.0)
+        floor = "new" if acknowledged.is_set() else "old"
+        reader = samba(c, 1, "pfetch", DB, "k")
+        deadline = time.monotonic() + 0.5
+        while reader.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reader.poll() is None, "the pfetch must wait for the held chain"
+        assert holder.ask("unlock", LOCK_KEY) == "unlocked"
+        # Room again, so that node 1 can rejoin and serve the pfetch if
+        # the g_lock went back before it got the chain.
+        (state / "filler").unlink()
+        read, err = reader.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert reader.returncode == 0, err
+    assert read.strip() in ("old", "new")
+    if floor == "new":
+        assert read.strip() == "new", "a pfetch read less than was acknowledged before it"
+    committing.join(60)
+    assert acknowledged.is_set() or failed, "the commit must end"
+    c.wait_healthy(timeout=60)
+    reads = [samba_done(c, pnn, "pfetch", DB, "k") for pnn in range(c.size)]
+    # A commit that failed may yet have happened (its error says so unless
+    # it is BUSY): then every node holds the same outcome, whichever it is.
+    assert len(set(reads)) == 1 and reads[0] in ("old", "new"), reads
+    if acknowledged.is_set():
+        assert reads[0] == "new", "an acknowledged commit was lost"
