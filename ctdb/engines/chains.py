@@ -32,12 +32,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import subprocess
+import sys
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ctdb.common.errors import CtdbError
 from ctdb.engines.host import Cancellable, Clock
+from ctdb.storage.chain_helper import LOCKED
 from ctdb.storage.database import Database
+from ctdb.storage.ltdb import LocalDb
 
 log = logging.getLogger("ctdb.engines.chains")
 
@@ -49,6 +57,13 @@ log = logging.getLogger("ctdb.engines.chains")
 #: backed off to 50 ms, 49-72 at a steady 2 ms. A retry is one non-blocking
 #: lock call, so polling costs next to nothing while it lasts.
 RETRY = 0.002
+#: where the `ctdb` package is, for a chain helper's `python -m`
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+#: How long `wait_in_queue` polls before it starts a helper, in seconds.
+QUEUE_AFTER = 0.02
+#: At most this many chain helpers at once (waiting, or let go and not yet
+#: reaped); past it a wait polls, as before helpers.
+MAX_HELPERS = 16
 
 
 async def poll(take: Callable[[], bool], deadline: float) -> bool:
@@ -61,6 +76,104 @@ async def poll(take: Callable[[], bool], deadline: float) -> bool:
             return False
         await asyncio.sleep(min(RETRY, remaining))
     return True
+
+
+async def wait_in_queue(local: LocalDb, key: bytes, deadline: float) -> bool:
+    """`key`'s chain held by us, taken in the lock's queue rather than polled
+    for, so that clients who come later do not get it first: a helper
+    process blocks in the lock for us (`ctdb.storage.chain_helper`).
+    True once held (release it with `local.unlock_chain` before the next
+    await), False at `deadline`. For taking records back from Samba's
+    clients when the others may go on without this node."""
+    loop = asyncio.get_running_loop()
+    # Most holds last microseconds: a helper (a process) only for one that lasts.
+    if await poll(lambda: local.try_lock_chain(key), min(deadline, loop.time() + QUEUE_AFTER)):
+        return True
+    _HELPERS.reap()
+    if not local.queueable or _HELPERS.busy() >= MAX_HELPERS:
+        return await poll(lambda: local.try_lock_chain(key), deadline)
+    try:
+        helper = subprocess.Popen(
+            [sys.executable, "-m", "ctdb.storage.chain_helper"]
+            + [str(local.path), str(local.tdb_flags), key.hex()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": _PACKAGE_ROOT},
+        )
+    except OSError as exc:
+        log.warning("cannot start a chain helper: %s", exc)
+        return await poll(lambda: local.try_lock_chain(key), deadline)
+    _HELPERS.waiting += 1
+    handed_over = False
+    try:
+        said = await _first_line(helper, deadline)
+        if said is None:
+            return False
+        if said != LOCKED:
+            # The helper could not wait for us (it says why): poll instead.
+            log.warning("chain helper for %s: %s", local.path, said)
+            return await poll(lambda: local.try_lock_chain(key), deadline)
+        local.chains.hold_for(key, lambda: _HELPERS.let_go(helper))
+        handed_over = True
+        return True
+    finally:
+        _HELPERS.waiting -= 1
+        if not handed_over:
+            _HELPERS.let_go(helper, kill=True)
+
+
+async def _first_line(helper: subprocess.Popen[bytes], deadline: float) -> str | None:
+    """The helper's first line, once it has said it (None at `deadline`): read
+    when its pipe is readable, never blocking the loop."""
+    assert helper.stdout is not None
+    loop = asyncio.get_running_loop()
+    fd = helper.stdout.fileno()
+    said: asyncio.Future[str] = loop.create_future()
+    got = bytearray()
+
+    def readable() -> None:
+        chunk = os.read(fd, 256)
+        got.extend(chunk)
+        if (not chunk or b"\n" in got) and not said.done():
+            loop.remove_reader(fd)
+            said.set_result(got.split(b"\n")[0].decode(errors="replace").strip())
+
+    loop.add_reader(fd, readable)
+    try:
+        timeout = None if deadline == math.inf else max(deadline - loop.time(), 0.0)
+        return await asyncio.wait_for(said, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(fd)
+
+
+@dataclass
+class _Helpers:
+    """This process's chain helpers: how many wait in a queue, and the ones
+    let go that have yet to exit and be reaped."""
+
+    waiting: int = 0
+    ended: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def busy(self) -> int:
+        return self.waiting + len(self.ended)
+
+    def let_go(self, helper: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+        """End a helper: its input ends, so it unlocks and exits (killed if
+        it may still be waiting in the queue); reaped later."""
+        if kill and helper.poll() is None:
+            helper.kill()
+        for pipe in (helper.stdin, helper.stdout):
+            if pipe is not None:
+                pipe.close()
+        self.ended.append(helper)
+
+    def reap(self) -> None:
+        self.ended = [helper for helper in self.ended if helper.poll() is None]
+
+
+_HELPERS = _Helpers()
 
 
 def try_hold(db: Database, key: bytes) -> bool:

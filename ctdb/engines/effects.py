@@ -10,8 +10,9 @@ engine's driver carries its effects out.
 A chain lock cannot wake the loop when a client lets go of it (a TDB
 mutex or fcntl lock has no file descriptor to watch), so a driver tries it
 every `chains.RETRY` seconds; never blocking in it keeps the daemon
-serving while a client holds a chain. (CTDB blocks in a helper process
-that takes the lock and tells ctdbd through a pipe.)
+serving while a client holds a chain. A wait that must not lose to
+clients who come later waits in the lock's queue instead, through a helper
+process, as CTDB's lock helper does (`Chain.queue`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class Chain:
     db: Database
     key: bytes
     deadline: float
+    #: wait in the lock's queue, so that clients who come later do not get
+    #: it first (`chains.wait_in_queue`): for taking records back from
+    #: Samba's clients when the others may go on without this node
+    queue: bool = False
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ import ctypes
 import errno
 import functools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ctdb.common.errors import CtdbError, ErrorCode
@@ -49,7 +50,13 @@ def _lib() -> ctypes.CDLL:
     ctx = ctypes.c_void_p
     lib.tdb_name.restype = ctypes.c_char_p
     lib.tdb_name.argtypes = [ctx]
-    for name in ("tdb_chainlock_nonblock", "tdb_chainunlock"):
+    for name in (
+        "tdb_chainlock",
+        "tdb_chainlock_nonblock",
+        "tdb_chainunlock",
+        "tdb_chainlock_mark",
+        "tdb_chainlock_unmark",
+    ):
         func = getattr(lib, name)
         func.restype = ctypes.c_int
         func.argtypes = [ctx, _TdbData]
@@ -75,6 +82,20 @@ def _context(handle: object, path: Path) -> int:
     return address
 
 
+@contextlib.contextmanager
+def blocking_chainlock(handle: object, path: Path, key: bytes) -> Iterator[bool]:
+    """Hold `key`'s chain on python-tdb `handle`, waiting for it (True; False if
+    libtdb failed the call). Only for `chain_helper`, a process of its own:
+    the daemon never waits for a lock."""
+    lib, ctx, data = _lib(), _context(handle, path), _TdbData(key, len(key))
+    held = lib.tdb_chainlock(ctx, data) == 0
+    try:
+        yield held
+    finally:
+        if held:
+            lib.tdb_chainunlock(ctx, data)
+
+
 class ChainLocks:
     """Non-blocking chain locks and all-record locks on one open TDB handle."""
 
@@ -83,12 +104,16 @@ class ChainLocks:
         self._ctx: int | None = _context(handle, path)
         #: the keys of the chains this handle holds, once per lock (locks nest)
         self._held: list[bytes] = []
+        #: chains a helper process holds for us (`hold_for`): key -> its release
+        self._marked: dict[bytes, Callable[[], None]] = {}
         lib = _lib()
         self._calls = {
             name: getattr(lib, name)
             for name in (
                 "tdb_chainlock_nonblock",
                 "tdb_chainunlock",
+                "tdb_chainlock_mark",
+                "tdb_chainlock_unmark",
                 "tdb_lockall_nonblock",
                 "tdb_unlockall",
             )
@@ -129,7 +154,25 @@ class ChainLocks:
         self._held.append(key)
         return True
 
+    def hold_for(self, key: bytes, release: Callable[[], None]) -> None:
+        """A helper process holds `key`'s chain for us (`chain_helper`): count it
+        as held by this handle (libtdb marks it, and our own calls on the
+        record then lock nothing), until `unlock` calls `release`."""
+        self._call("tdb_chainlock_mark", _TdbData(key, len(key)))
+        self._held.append(key)
+        self._marked[key] = release
+
     def unlock(self, key: bytes) -> None:
+        if key in self._marked and self._held.count(key) == 1:
+            # The outermost hold of a chain a helper holds for us: unmark it,
+            # and let the helper go.
+            release = self._marked.pop(key)
+            self._held.remove(key)
+            try:
+                self._call("tdb_chainlock_unmark", _TdbData(key, len(key)))
+            finally:
+                release()
+            return
         self._call("tdb_chainunlock", _TdbData(key, len(key)))
         if key in self._held:
             self._held.remove(key)

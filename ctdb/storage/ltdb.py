@@ -144,6 +144,10 @@ class LocalDb:
     locking plus NOSYNC, since a crash loses them anyway.
     """
 
+    #: Another process can wait in this file's chain lock queue for us
+    #: (`ctdb.engines.chains.wait_in_queue`).
+    queueable = True
+
     def __init__(self, path: Path, *, persistent: bool, hash_size: int = DEFAULT_HASH_SIZE):
         self.path = path
         self.persistent = persistent

@@ -95,6 +95,9 @@ class SimLocalDb(LocalDb):
 
     #: state directory of a simulated node -> its disk
     disks: ClassVar[dict[Path, Disk]] = {}
+    #: Clients holding chains here are simulated (`others`), not processes a
+    #: helper could queue behind: waits poll.
+    queueable = False
 
     def __init__(self, path: Path, *, persistent: bool, hash_size: int = SIM_HASH_SIZE) -> None:
         super().__init__(path, persistent=persistent, hash_size=hash_size)

@@ -33,10 +33,11 @@ dmaster (`ltdb.NO_DMASTER`) until a record is lent:
    nobody, so our clients stop writing in place and ask; what they wrote
    meanwhile is lost. A lock still ours in the queues is released once we
    serve again (`LocalClients.release_orphans`). A record whose chain a
-   client holds goes back once it lets go, and a node that resyncs stays
-   in the group until then (`StreamMembership._taken_back`), so that
-   nothing it did not apply is acknowledged while its clients still work
-   in place.
+   client holds goes back once it lets go, before any client that queued
+   on the chain after it (a helper process waits in the lock's queue for
+   us: `chains.wait_in_queue`), and a node that resyncs stays in the group
+   until then (`StreamMembership._taken_back`), so that nothing it did
+   not apply is acknowledged while its clients still work in place.
 
 Our file thus always holds the stream's copy of every record except the
 ones lent here right now, and a state transfer this node sends carries
@@ -64,7 +65,9 @@ What is not covered, as with CTDB's own volatile databases: a value written
 in place and not yet taken back is only in this node's file, so it is lost
 if this node fails or leaves the group first. A daemon that hangs (SIGSTOP)
 cannot take anything back: its Samba clients go on with what is lent while
-the others move on, until it runs again and its lease's end is past.
+the others move on, until it runs again and its lease's end is past. A
+client that holds a lent record's chain while the others go on without us
+works on our copy until it lets go (its reads began before they could).
 A wipe ordered between a taking back and its unlock does not wipe what the
 unlock carries: it lands after the wipe, as a write ordered after it would.
 A shared file that fails under lending (python-tdb's RuntimeError, a chain

@@ -229,9 +229,11 @@ class Returns:
         self.engine.clients.granted.pop((self.engine.clients.owner(self.session), *ref), None)
 
     def restoring_later(self, db: Database, key: bytes, lent: Lent) -> Flow[Effect, None]:
-        """`_restore` once the client holding the record's chain lets go."""
+        """`_restore` once the client holding the record's chain lets go:
+        next in the lock's queue, before clients who come later (who would
+        find the record named ours, while the others may go on without us)."""
         try:
-            yield Chain(db, key, math.inf)
+            yield Chain(db, key, math.inf, queue=True)
             try:
                 self._restore(db, key, lent)
             finally:
@@ -292,7 +294,10 @@ class Returns:
                 if not waited:
                     self.engine.node.stats["chain_waits"] += 1
                     waited = True
-                yield Chain(db, key, math.inf)
+                # While we serve, a client who comes later may have it first;
+                # not once our lease ended or we stopped serving (see
+                # `restoring_later`).
+                yield Chain(db, key, math.inf, queue=not self.may_lend)
             try:
                 if self.lent.get(ref) is not lent:
                     self._restore(db, key, lent)  # revoked meanwhile

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import controls
-from ctdb.engines.chains import poll
+from ctdb.engines.chains import poll, wait_in_queue
 from ctdb.engines.controls import Controls
 from ctdb.engines.effects import AllChains, Chain, Pause, Serving
 from ctdb.engines.flows import Flow
@@ -95,6 +95,8 @@ def carry_out(node: Host, effect: Effect) -> Awaitable[Any]:
         return node.wait_serving(effect.deadline)
     if isinstance(effect, Chain):
         db, key = effect.db, effect.key
+        if effect.queue:
+            return wait_in_queue(db.local, key, effect.deadline)
         return poll(lambda: db.local.try_lock_chain(key), effect.deadline)
     if isinstance(effect, AllChains):
         return poll(effect.db.local.try_lock_all, effect.deadline)
