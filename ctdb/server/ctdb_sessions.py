@@ -92,6 +92,19 @@ ANY_NODE = frozenset({Control.GET_NODEMAP, Control.GETVNNMAP, Control.GET_IFACES
 BROADCASTS = frozenset({BROADCAST_ALL, BROADCAST_ACTIVE, BROADCAST_CONNECTED})
 
 
+#: What a Samba client asks while it holds a chain lock (a g_lock holder's
+#: liveness, a record it deleted in place): never held back, or the record
+#: whose chain it holds could not go back.
+UNDER_A_CHAIN = frozenset(
+    {Control.PROCESS_EXISTS, Control.CHECK_PID_SRVID, Control.SCHEDULE_FOR_DELETION}
+)
+
+
+def _may_touch_files(packet: Packet | BadPacket) -> bool:
+    """Whether answering `packet` may let its client on to our shared files."""
+    return not (isinstance(packet, ReqControl) and packet.opcode in UNDER_A_CHAIN)
+
+
 def _operation(packet: Packet | BadPacket) -> int:
     if isinstance(packet, BadPacket | UnknownPacket):
         return packet.operation
@@ -117,6 +130,8 @@ class CtdbSession(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         #: what may wait to be sent to the client before it is dropped
         self.output_cap = max(OUTPUT_CAP, 2 * int(self.node.tunable("MaxFrameSize")))
+        #: requests held back until records lent here went back (`_answer_held`)
+        self.held: list[Packet | BadPacket] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -150,6 +165,23 @@ class CtdbSession(asyncio.Protocol):
             return
         for packet in packets:
             self.server.packets[_operation(packet)] += 1
+            if self.held is None and _may_touch_files(packet) and self.server.owed_back():
+                self.held = []
+                self._spawn(self._answer_held())
+            if self.held is not None:
+                self.held.append(packet)
+                continue
+            reply = self._answer(packet)
+            if reply is not None:
+                self._write(reply)
+
+    async def _answer_held(self) -> None:
+        """Answer what was held back, in order, once what is lent here went
+        back (`SambaGrants.given_back`): before that, an answer could let
+        the client work in place on a record the others moved past."""
+        await self.server.given_back()
+        held, self.held = self.held or [], None
+        for packet in held:
             reply = self._answer(packet)
             if reply is not None:
                 self._write(reply)
@@ -324,6 +356,14 @@ class CtdbProtocolServer:
         self._recoveries: set[asyncio.Task[None]] = set()
         # Controls other nodes' doors forward to this one (ctl_ctdb_control).
         node.controls.handlers |= control_handlers(self)
+
+    def owed_back(self) -> bool:
+        """Our Samba clients must not go on yet (`Membership.owed_back`)."""
+        return self.node.membership.owed_back()
+
+    async def given_back(self) -> None:
+        """Once they may, or CallTimeout passed (then answer anyway)."""
+        await self.node.membership.given_back(self.node.now() + self.node.tunable("CallTimeout"))
 
     def failed(self, opcode: int, exc: Exception) -> None:
         """Log a control that failed: once per kind if it is not served, in

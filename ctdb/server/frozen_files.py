@@ -138,6 +138,19 @@ class InPlaceGuard:
                 self.files.stats["in_place_holds"] += 1
             self._holding = loop.create_task(poll(self._try_hold, math.inf))
 
+    def owed(self) -> bool:
+        """In-place use has ended, and our shared files are not held whole yet."""
+        return self.until() <= asyncio.get_running_loop().time() and not self.files.held()
+
+    async def held(self, deadline: float) -> None:
+        """Once in-place use may go on or our files are held whole, or at
+        `deadline` (see `StreamMembership.given_back` for why a daemon that
+        resumes from a stop must not answer its Samba clients before)."""
+        self.update()  # (the lease's timer may not have run yet)
+        loop = asyncio.get_running_loop()
+        while self.owed() and loop.time() < deadline:
+            await asyncio.sleep(RETRY)
+
     def _try_hold(self) -> bool:
         return self._with_bulk_lock(self.files.try_hold)
 

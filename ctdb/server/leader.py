@@ -144,6 +144,12 @@ class LeaderRecovery:
     def in_place_changed(self) -> None:
         self.in_place.update()
 
+    def owed_back(self) -> bool:
+        return self.in_place.owed()
+
+    async def given_back(self, deadline: float) -> None:
+        await self.in_place.held(deadline)
+
     def in_place_until(self) -> float:
         node = self.node
         if node.recovery_mode is not RecoveryMode.NORMAL or node.flags & INACTIVE:

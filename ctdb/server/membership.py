@@ -89,6 +89,14 @@ class Membership(Protocol):
     def flags_changed(self, old: int, new: int) -> None:
         """Our own administrative flags changed."""
 
+    def owed_back(self) -> bool:
+        """Samba's clients may still work in place on records this node no
+        longer serves: answering them could let one on to a copy the others
+        moved past (`ctdb_sessions.CtdbSession` holds their requests back)."""
+
+    async def given_back(self, deadline: float) -> None:
+        """Once nothing is owed back (`owed_back`), or at `deadline` (loop clock)."""
+
     async def vacuum(self) -> None:
         """One vacuuming round: remove deletion markers nobody can need any more."""
 

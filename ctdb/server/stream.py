@@ -147,6 +147,12 @@ class StreamMembership:
     def local_failure(self) -> None:
         self.engine.resync("a local write failed")
 
+    def owed_back(self) -> bool:
+        return self.engine.samba.owed_back
+
+    async def given_back(self, deadline: float) -> None:
+        await self.engine.samba.given_back(deadline)
+
     def peer_flags(self, pnn: int) -> int:
         return self.engine.flags.get(pnn, 0)  # agreed through the ordered stream
 

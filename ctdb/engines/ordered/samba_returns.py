@@ -11,6 +11,7 @@ the design is in `samba_grants`' docstring.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -37,6 +38,8 @@ HOLD_MIN = 0.005
 #: Pause (seconds) before an unlock that failed (no quorum, a resync under
 #: way) is sent again.
 GIVE_BACK_RETRY = 0.05
+#: How often a request held back for what is owed back looks again (seconds).
+GIVE_BACK_POLL = 0.005
 
 Ref = tuple[int, bytes]
 
@@ -178,6 +181,26 @@ class Returns:
     def _lease_due(self) -> None:
         self.lease_watch = None
         self.after_apply()
+
+    @property
+    def owed_back(self) -> bool:
+        """Records lent here must go back before our Samba clients go on: we
+        no longer serve (our lease ended, we left the stream, we stopped)."""
+        return bool(self.lent or self.restoring) and not self.may_lend
+
+    async def given_back(self, deadline: float) -> None:
+        """Once nothing is owed back (see `owed_back`), or at `deadline`.
+
+        A daemon that was stopped (SIGSTOP) resumes with its clients'
+        requests and its lease's end due at once, and answered a `ctdb
+        pfetch` that came meanwhile before it took back the g_lock lent
+        here: the pfetch then queued on the g_lock's chain, ahead of us,
+        and read our copy in place after the others had committed past it
+        (chaos vs seed 1615). So the door holds such requests back until
+        this returns (`CtdbSession`)."""
+        self.after_apply()  # (our lease's watch may not have run yet)
+        while self.owed_back and self.engine.node.now() < deadline:
+            await asyncio.sleep(GIVE_BACK_POLL)
 
     def revoke_all(self) -> None:
         """This node stops serving: nothing stays lent (see the module docstring)."""
