@@ -92,17 +92,25 @@ ANY_NODE = frozenset({Control.GET_NODEMAP, Control.GETVNNMAP, Control.GET_IFACES
 BROADCASTS = frozenset({BROADCAST_ALL, BROADCAST_ACTIVE, BROADCAST_CONNECTED})
 
 
-#: What a Samba client asks while it holds a chain lock (a g_lock holder's
-#: liveness, a record it deleted in place): never held back, or the record
-#: whose chain it holds could not go back.
-UNDER_A_CHAIN = frozenset(
-    {Control.PROCESS_EXISTS, Control.CHECK_PID_SRVID, Control.SCHEDULE_FOR_DELETION}
+#: What a Samba client asks before it opens a database's file (its id, its
+#: path, the flags to open it with): held back while records are owed back,
+#: so that no client that comes meanwhile reaches our files. Nothing else
+#: is: a client that holds a chain asks too (a g_lock holder's liveness),
+#: and the record whose chain it holds must be able to go back.
+TO_OPEN_A_FILE = frozenset(
+    {
+        Control.DB_ATTACH,
+        Control.DB_ATTACH_PERSISTENT,
+        Control.DB_ATTACH_REPLICATED,
+        Control.GETDBPATH,
+        Control.DB_OPEN_FLAGS,
+    }
 )
 
 
 def _may_touch_files(packet: Packet | BadPacket) -> bool:
     """Whether answering `packet` may let its client on to our shared files."""
-    return not (isinstance(packet, ReqControl) and packet.opcode in UNDER_A_CHAIN)
+    return isinstance(packet, ReqControl) and packet.opcode in TO_OPEN_A_FILE
 
 
 def _operation(packet: Packet | BadPacket) -> int:
