@@ -20,34 +20,27 @@ namespace, Samba's own `ctdb` tool, a chain holder process.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 import tdb
 
-from ctdb.common.config import CTDB_SOCKET_NAME
 from ctdb.storage.ltdb import TDB_MUTEX_LOCKING
-from ctdb.storage.placement import db_id
+from tests import samba_tool
 from tests.chain_holder import Holder
 from tools import netns
-from tools.netns_ctdb import NetnsCtdb, healthy, netns_ctdb, wait_for
+from tools.netns_ctdb import healthy, netns_ctdb, wait_for
 
-CTDB = shutil.which("ctdb") or "/usr/bin/ctdb"
 OK, WHY = netns.available()
 pytestmark = [
     pytest.mark.skipif(not OK, reason=f"network namespaces unavailable: {WHY}"),
-    pytest.mark.skipif(not os.access(CTDB, os.X_OK), reason="Samba's ctdb tool is not installed"),
+    pytest.mark.skipif(not samba_tool.INSTALLED, reason="Samba's ctdb tool is not installed"),
     pytest.mark.timeout(180),
 ]
 
 DB = "queued_take_back.tdb"
-#: what Samba's transactions name their g_lock record (ctdb/client/client_db.c)
-LOCK_KEY = b"transaction_db_0x%08x\0" % db_id(DB)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,44 +49,30 @@ def _sweep() -> Iterator[None]:
     yield
 
 
-def samba(ctdb: NetnsCtdb, pnn: int, *args: str) -> subprocess.Popen[str]:
-    """Samba's `ctdb ARGS` on node `pnn`, started, giving up after 3 s."""
-    base = ctdb.node_dir(pnn) / "ctdb"
-    env = dict(os.environ, CTDB_SOCKET=str(base / CTDB_SOCKET_NAME), CTDB_BASE=str(base))
-    return subprocess.Popen(
-        [CTDB, "-t", "3", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def samba_run(ctdb: NetnsCtdb, pnn: int, *args: str) -> tuple[int, str, str]:
-    proc = samba(ctdb, pnn, *args)
-    out, err = proc.communicate(timeout=30)
-    return proc.returncode, out.strip(), err.strip()
-
-
 def test_a_pfetch_queued_behind_a_held_g_lock_does_not_read_past_the_lease() -> None:
+    lock_key = samba_tool.g_lock_key(DB)
     with netns_ctdb("vs", "queued") as ctdb:
-        assert samba_run(ctdb, 0, "attach", DB, "persistent")[0] == 0
-        assert samba_run(ctdb, 0, "pstore", DB, "k", "old")[0] == 0  # lends node 0 the g_lock
+
+        def samba_run(pnn: int, *args: str) -> tuple[int, str, str]:
+            return samba_tool.run(samba_tool.door(ctdb, pnn), *args, timeout=3)
+
+        assert samba_run(0, "attach", DB, "persistent")[0] == 0
+        assert samba_run(0, "pstore", DB, "k", "old")[0] == 0  # lends node 0 the g_lock
         g_lock = next(ctdb.node_dir(0).rglob("g_lock.tdb*"))
         holder = Holder(g_lock, tdb.NOSYNC | TDB_MUTEX_LOCKING)
         corosync = ctdb.corosyncs[0]
         try:
-            assert holder.ask("lock", LOCK_KEY) == "locked"
+            assert holder.ask("lock", lock_key) == "locked"
             corosync.send_signal(signal.SIGSTOP)
             deadline = time.monotonic() + 30.0
-            while (stored := samba_run(ctdb, 1, "pstore", DB, "k", "new"))[0] != 0:
+            while (stored := samba_run(1, "pstore", DB, "k", "new"))[0] != 0:
                 assert time.monotonic() < deadline, f"nodes 1 and 2 never went on: {stored[2]}"
-            reader = samba(ctdb, 0, "pfetch", DB, "k")
+            reader = samba_tool.start(samba_tool.door(ctdb, 0), "pfetch", DB, "k", timeout=3)
             queued_until = time.monotonic() + 0.5
             while reader.poll() is None and time.monotonic() < queued_until:
                 time.sleep(0.05)
             assert reader.poll() is None, "the pfetch must queue on the held chain"
-            assert holder.ask("unlock", LOCK_KEY) == "unlocked"
+            assert holder.ask("unlock", lock_key) == "unlocked"
             read, err = reader.communicate(timeout=30)
             # It may fail (node 0 does not serve), but never read the old value.
             assert read.strip() != "old", "node 0 read in place what nodes 1 and 2 had replaced"
@@ -103,4 +82,4 @@ def test_a_pfetch_queued_behind_a_held_g_lock_does_not_read_past_the_lease() -> 
             holder.close()
         wait_for("all three nodes healthy again", lambda: healthy(ctdb, [0, 1, 2]), 60.0, ctdb)
         for pnn in range(3):
-            assert samba_run(ctdb, pnn, "pfetch", DB, "k")[1] == "new", pnn
+            assert samba_run(pnn, "pfetch", DB, "k")[1] == "new", pnn

@@ -31,26 +31,22 @@ from pathlib import Path
 import pytest
 import tdb
 
-from ctdb.common.config import CTDB_SOCKET_NAME
 from ctdb.common.errors import CtdbError
 from ctdb.storage.ltdb import TDB_MUTEX_LOCKING
-from ctdb.storage.placement import db_id
+from tests import samba_tool
 from tests.chain_holder import Holder
 from tests.conftest import random_base, random_port
-from tools.chaos import SAMBA_CTDB, fill
+from tools.chaos import fill
 from tools.cluster import LocalCluster
 
 pytestmark = [
-    pytest.mark.skipif(
-        not os.access(SAMBA_CTDB, os.X_OK), reason="Samba's ctdb tool is not installed"
-    ),
+    pytest.mark.skipif(not samba_tool.INSTALLED, reason="Samba's ctdb tool is not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs mount needs root"),
     pytest.mark.timeout(240),
 ]
 
 DB = "resync_pfetch.tdb"
-#: what Samba's transactions name their g_lock record (ctdb/client/client_db.c)
-LOCK_KEY = b"transaction_db_0x%08x\0" % db_id(DB)
+LOCK_KEY = samba_tool.g_lock_key(DB)
 
 
 @pytest.fixture
@@ -76,28 +72,11 @@ def cluster(transport: str, tmp_path: Path) -> Iterator[LocalCluster]:
         subprocess.run(["umount", str(state)], check=False)
 
 
-def samba(c: LocalCluster, pnn: int, *args: str) -> subprocess.Popen[str]:
-    """Samba's `ctdb ARGS` against node `pnn`, started."""
-    env = dict(
-        os.environ,
-        CTDB_SOCKET=str(c.node_dir(pnn) / CTDB_SOCKET_NAME),
-        CTDB_BASE=str(c.directory),
-    )
-    return subprocess.Popen(
-        [SAMBA_CTDB, "-t", "15", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def samba_done(c: LocalCluster, pnn: int, *args: str) -> str:
     """What `ctdb ARGS` printed, once it exited 0."""
-    proc = samba(c, pnn, *args)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, f"ctdb {' '.join(args)}: {err}"
-    return out.strip()
+    status, out, err = samba_tool.run(samba_tool.door(c, pnn), *args)
+    assert status == 0, f"ctdb {' '.join(args)}: {err}"
+    return out
 
 
 def test_a_pfetch_on_a_node_that_failed_a_commit_reads_what_was_acknowledged(
@@ -133,7 +112,7 @@ def test_a_pfetch_on_a_node_that_failed_a_commit_reads_what_was_acknowledged(
         # Long enough for the others to go on without node 1 had it left.
         acknowledged.wait(2.0)
         floor = "new" if acknowledged.is_set() else "old"
-        reader = samba(c, 1, "pfetch", DB, "k")
+        reader = samba_tool.start(samba_tool.door(c, 1), "pfetch", DB, "k")
         deadline = time.monotonic() + 0.5
         while reader.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -19,75 +19,52 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 
 import pytest
 import tdb
 
-from ctdb.common.config import CTDB_SOCKET_NAME
 from ctdb.storage.ltdb import TDB_MUTEX_LOCKING
-from ctdb.storage.placement import db_id
+from tests import samba_tool
 from tests.chain_holder import Holder
-from tools.chaos import SAMBA_CTDB
 from tools.cluster import LocalCluster
 
 pytestmark = [
-    pytest.mark.skipif(
-        not os.access(SAMBA_CTDB, os.X_OK), reason="Samba's ctdb tool is not installed"
-    ),
+    pytest.mark.skipif(not samba_tool.INSTALLED, reason="Samba's ctdb tool is not installed"),
     pytest.mark.timeout(180),
 ]
 
 DB = "stopped_daemon.tdb"
-#: what Samba's transactions name their g_lock record (ctdb/client/client_db.c)
-LOCK_KEY = b"transaction_db_0x%08x\0" % db_id(DB)
-
-
-def samba(c: LocalCluster, pnn: int, *args: str) -> subprocess.Popen[str]:
-    env = dict(
-        os.environ,
-        CTDB_SOCKET=str(c.node_dir(pnn) / CTDB_SOCKET_NAME),
-        CTDB_BASE=str(c.directory),
-    )
-    return subprocess.Popen(
-        [SAMBA_CTDB, "-t", "15", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def samba_run(c: LocalCluster, pnn: int, *args: str) -> tuple[int, str, str]:
-    proc = samba(c, pnn, *args)
-    out, err = proc.communicate(timeout=60)
-    return proc.returncode, out.strip(), err.strip()
 
 
 def test_a_pfetch_that_came_while_the_daemon_was_stopped_reads_what_was_acknowledged(
     cluster_factory: Callable[..., LocalCluster],
 ) -> None:
     c = cluster_factory(tunables={"KeepaliveInterval": 0.2, "KeepaliveLimit": 3})
-    assert samba_run(c, 0, "attach", DB, "persistent")[0] == 0
-    assert samba_run(c, 0, "pstore", DB, "k", "old")[0] == 0  # lends node 0 the g_lock
+    lock_key = samba_tool.g_lock_key(DB)
+
+    def samba_run(pnn: int, *args: str) -> tuple[int, str, str]:
+        return samba_tool.run(samba_tool.door(c, pnn), *args)
+
+    assert samba_run(0, "attach", DB, "persistent")[0] == 0
+    assert samba_run(0, "pstore", DB, "k", "old")[0] == 0  # lends node 0 the g_lock
     g_lock = next(c.node_dir(0).rglob("g_lock.tdb*"))
     holder = Holder(g_lock, tdb.NOSYNC | TDB_MUTEX_LOCKING)
     daemon = c.pids[0]
     try:
-        assert holder.ask("lock", LOCK_KEY) == "locked"
+        assert holder.ask("lock", lock_key) == "locked"
         os.kill(daemon, signal.SIGSTOP)
         try:
             deadline = time.monotonic() + 30.0
-            while (stored := samba_run(c, 1, "pstore", DB, "k", "new"))[0] != 0:
+            while (stored := samba_run(1, "pstore", DB, "k", "new"))[0] != 0:
                 assert time.monotonic() < deadline, f"nodes 1 and 2 never went on: {stored[2]}"
-            reader = samba(c, 0, "pfetch", DB, "k")
+            reader = samba_tool.start(samba_tool.door(c, 0), "pfetch", DB, "k")
             time.sleep(0.3)  # (its requests reach the stopped daemon's socket)
         finally:
             os.kill(daemon, signal.SIGCONT)
         time.sleep(1.0)  # the daemon runs on; the client keeps the chain a while
-        assert holder.ask("unlock", LOCK_KEY) == "unlocked"
+        assert holder.ask("unlock", lock_key) == "unlocked"
         read, err = reader.communicate(timeout=60)
     finally:
         holder.close()
@@ -96,4 +73,4 @@ def test_a_pfetch_that_came_while_the_daemon_was_stopped_reads_what_was_acknowle
     assert reader.returncode == 0 or err, "a failed pfetch says why"
     c.wait_healthy(timeout=60)
     for pnn in range(c.size):
-        assert samba_run(c, pnn, "pfetch", DB, "k")[1] == "new", pnn
+        assert samba_run(pnn, "pfetch", DB, "k")[1] == "new", pnn
