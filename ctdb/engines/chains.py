@@ -89,6 +89,8 @@ async def wait_in_queue(local: LocalDb, key: bytes, deadline: float) -> bool:
     # Most holds last microseconds: a helper (a process) only for one that lasts.
     if await poll(lambda: local.try_lock_chain(key), min(deadline, loop.time() + QUEUE_AFTER)):
         return True
+    if loop.time() >= deadline:
+        return False
     _HELPERS.reap()
     if not local.queueable or _HELPERS.busy() >= MAX_HELPERS:
         return await poll(lambda: local.try_lock_chain(key), deadline)

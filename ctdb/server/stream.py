@@ -94,10 +94,11 @@ class StreamMembership:
 
         The resync revoked what was lent to Samba's clients, but a record
         whose chain a client holds goes back only once the client lets go
-        (`samba_returns`), and clients queued on that chain get it first.
-        They work on it in place, and read our other files under it: a
-        g_lock lent here covers `ctdb pfetch`'s read of our persistent
-        copy. While we stay, every write we did not apply waits for us to
+        (`samba_returns`): until then that client works on it in place, and
+        reads our other files under it (a g_lock lent here covers `ctdb
+        pfetch`'s read of our persistent copy), and before the helper that
+        queues for us (`chains.wait_in_queue`) so did clients queued on the
+        chain. While we stay, every write we did not apply waits for us to
         say we applied it (`Stability`), so what they read is all that has
         been acknowledged; once we leave, the others acknowledge without
         us. (chaos vs seed 11, in CI: node 1's disk filled, it left at
