@@ -144,7 +144,7 @@ class InPlaceGuard:
 
     async def held(self, deadline: float) -> None:
         """Once in-place use may go on or our files are held whole, or at
-        `deadline` (see `StreamMembership.given_back` for why a daemon that
+        `deadline` (see `samba_returns.Returns.given_back` for why a daemon that
         resumes from a stop must not answer its Samba clients before)."""
         self.update()  # (the lease's timer may not have run yet)
         loop = asyncio.get_running_loop()
