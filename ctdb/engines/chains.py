@@ -31,6 +31,7 @@ belongs to the generation the recovery ends anyway.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -86,14 +87,15 @@ async def wait_in_queue(local: LocalDb, key: bytes, deadline: float) -> bool:
     await), False at `deadline`. For taking records back from Samba's
     clients when the others may go on without this node."""
     loop = asyncio.get_running_loop()
+    take = functools.partial(local.try_lock_chain, key)
     # Most holds last microseconds: a helper (a process) only for one that lasts.
-    if await poll(lambda: local.try_lock_chain(key), min(deadline, loop.time() + QUEUE_AFTER)):
+    if await poll(take, min(deadline, loop.time() + QUEUE_AFTER)):
         return True
     if loop.time() >= deadline:
         return False
     _HELPERS.reap()
     if not local.queueable or _HELPERS.busy() >= MAX_HELPERS:
-        return await poll(lambda: local.try_lock_chain(key), deadline)
+        return await poll(take, deadline)
     try:
         helper = subprocess.Popen(
             [sys.executable, "-m", "ctdb.storage.chain_helper"]
@@ -104,7 +106,7 @@ async def wait_in_queue(local: LocalDb, key: bytes, deadline: float) -> bool:
         )
     except OSError as exc:
         log.warning("cannot start a chain helper: %s", exc)
-        return await poll(lambda: local.try_lock_chain(key), deadline)
+        return await poll(take, deadline)
     _HELPERS.waiting += 1
     handed_over = False
     try:
@@ -114,7 +116,7 @@ async def wait_in_queue(local: LocalDb, key: bytes, deadline: float) -> bool:
         if said != LOCKED:
             # The helper could not wait for us (it says why): poll instead.
             log.warning("chain helper for %s: %s", local.path, said)
-            return await poll(lambda: local.try_lock_chain(key), deadline)
+            return await poll(take, deadline)
         local.chains.hold_for(key, lambda: _HELPERS.let_go(helper))
         handed_over = True
         return True

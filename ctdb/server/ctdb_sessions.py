@@ -179,9 +179,7 @@ class CtdbSession(asyncio.Protocol):
             if self.held is not None:
                 self.held.append(packet)
                 continue
-            reply = self._answer(packet)
-            if reply is not None:
-                self._write(reply)
+            self._respond(packet)
 
     async def _answer_held(self) -> None:
         """Answer what was held back, in order, once what is lent here went
@@ -190,9 +188,12 @@ class CtdbSession(asyncio.Protocol):
         await self.server.given_back()
         held, self.held = self.held or [], None
         for packet in held:
-            reply = self._answer(packet)
-            if reply is not None:
-                self._write(reply)
+            self._respond(packet)
+
+    def _respond(self, packet: Packet | BadPacket) -> None:
+        reply = self._answer(packet)
+        if reply is not None:
+            self._write(reply)
 
     def _write(self, data: bytes) -> None:
         """Queue `data` for the client, or drop a client that does not read

@@ -147,9 +147,7 @@ class InPlaceGuard:
         `deadline` (see `samba_returns.Returns.given_back` for why a daemon that
         resumes from a stop must not answer its Samba clients before)."""
         self.update()  # (the lease's timer may not have run yet)
-        loop = asyncio.get_running_loop()
-        while self.owed() and loop.time() < deadline:
-            await asyncio.sleep(RETRY)
+        await poll(lambda: not self.owed(), deadline)
 
     def _try_hold(self) -> bool:
         return self._with_bulk_lock(self.files.try_hold)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ctdb.engines.chains import poll
 from ctdb.engines.merge import to_wire
 from ctdb.engines.ordered import samba_views
 from ctdb.engines.ordered.engine import OrderedEngine
@@ -40,9 +41,6 @@ log = logging.getLogger("ctdb.server.stream")
 
 #: Seconds between attempts to join the group again after a resync's join failed.
 REJOIN_RETRY = 1.0
-#: Seconds between looks at records revoked from Samba's clients before we
-#: leave the group (`_taken_back`).
-TAKE_BACK_POLL = 0.01
 
 
 class StreamMembership:
@@ -109,11 +107,8 @@ class StreamMembership:
         samba = self.engine.samba
         if not samba.restoring:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.node.tunable("RecoverTimeout")
-        while samba.restoring and loop.time() < deadline:
-            await asyncio.sleep(TAKE_BACK_POLL)
-        if samba.restoring:
+        deadline = self.node.now() + self.node.tunable("RecoverTimeout")
+        if not await poll(lambda: not samba.restoring, deadline):
             log.warning(
                 "leaving the group with %d records still lent to Samba's clients, "
                 "whose chains they hold: they may read copies the others moved past",

@@ -11,7 +11,7 @@ behind a client holding the lent g_lock then read this node's persistent
 copy in place after the others had committed past it
 (`tests/test_samba_queued_take_back.py`).
 
-So a wait that lasts (`ctdb.engines.chains.wait_for_chain`) starts this
+So a wait that lasts (`ctdb.engines.chains.wait_in_queue`) starts this
 helper: it opens the file, blocks in `tdb_chainlock` (in the queue, ahead
 of whoever comes later), says "locked" and holds the lock until its input
 ends. Meanwhile the daemon marks the chain as held on its own handle

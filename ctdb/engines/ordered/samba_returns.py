@@ -11,7 +11,6 @@ the design is in `samba_grants`' docstring.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.chains import poll
 from ctdb.engines.effects import Chain, Pause
 from ctdb.engines.flows import Flow
 from ctdb.engines.host import Cancellable
@@ -38,8 +38,6 @@ HOLD_MIN = 0.005
 #: Pause (seconds) before an unlock that failed (no quorum, a resync under
 #: way) is sent again.
 GIVE_BACK_RETRY = 0.05
-#: How often a request held back for what is owed back looks again (seconds).
-GIVE_BACK_POLL = 0.005
 
 Ref = tuple[int, bytes]
 
@@ -199,8 +197,7 @@ class Returns:
         (chaos vs seed 1615). So the door holds such requests back until
         this returns (`CtdbSession`)."""
         self.after_apply()  # (our lease's watch may not have run yet)
-        while self.owed_back and self.engine.node.now() < deadline:
-            await asyncio.sleep(GIVE_BACK_POLL)
+        await poll(lambda: not self.owed_back, deadline)
 
     def revoke_all(self) -> None:
         """This node stops serving: nothing stays lent (see the module docstring)."""
