@@ -24,17 +24,13 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tdb
 
 from ctdb.common.errors import CtdbError
-from ctdb.storage.ltdb import TDB_MUTEX_LOCKING
 from tests import samba_tool
-from tests.chain_holder import Holder
 from tests.conftest import random_base, random_port
 from tools.chaos import fill
 from tools.cluster import LocalCluster
@@ -46,7 +42,6 @@ pytestmark = [
 ]
 
 DB = "resync_pfetch.tdb"
-LOCK_KEY = samba_tool.g_lock_key(DB)
 
 
 @pytest.fixture
@@ -83,13 +78,8 @@ def test_a_pfetch_on_a_node_that_failed_a_commit_reads_what_was_acknowledged(
     cluster: LocalCluster,
 ) -> None:
     c = cluster
-    samba_done(c, 1, "attach", DB, "persistent")
-    samba_done(c, 1, "pstore", DB, "k", "old")  # lends node 1 the g_lock record
     state = c.node_dir(1) / "state"
-    g_lock = next(state.rglob("g_lock.tdb*"))
-    holder = Holder(g_lock, tdb.NOSYNC | TDB_MUTEX_LOCKING)
-    try:
-        assert holder.ask("lock", LOCK_KEY) == "locked"
+    with samba_tool.g_lock_held(c, 1, DB, "old") as let_go:
         fill(state / "filler")
         acknowledged = threading.Event()
         failed: list[CtdbError] = []
@@ -113,17 +103,12 @@ def test_a_pfetch_on_a_node_that_failed_a_commit_reads_what_was_acknowledged(
         acknowledged.wait(2.0)
         floor = "new" if acknowledged.is_set() else "old"
         reader = samba_tool.start(samba_tool.door(c, 1), "pfetch", DB, "k")
-        deadline = time.monotonic() + 0.5
-        while reader.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert reader.poll() is None, "the pfetch must wait for the held chain"
-        assert holder.ask("unlock", LOCK_KEY) == "unlocked"
+        assert samba_tool.still_waits(reader), "the pfetch must wait for the held chain"
+        let_go()
         # Room again, so that node 1 can rejoin and serve the pfetch if
         # the g_lock went back before it got the chain.
         (state / "filler").unlink()
         read, err = reader.communicate(timeout=60)
-    finally:
-        holder.close()
     assert reader.returncode == 0, err
     assert read.strip() in ("old", "new")
     if floor == "new":
