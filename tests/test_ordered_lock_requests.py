@@ -50,7 +50,7 @@ class Stream:
     def submitting(
         self, op: str, args: dict[str, Any], deadline: float | None = None, *, serving: bool = True
     ) -> Flow[Effect, Any]:
-        wait = Wait()
+        wait = Wait(self.waiting.deadlines)
         self.submitted.append((op, args, wait))
         return (yield Answer(wait, self.deadline(), f"{op} was not applied"))
 
