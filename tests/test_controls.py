@@ -160,15 +160,15 @@ def test_a_control_a_node_sends_itself_is_bounded_and_fails_as_a_remote_one() ->
     async def scenario() -> None:
         ch, sent = channel()
         ch.handlers = {"pnn": lambda src, args: src, "hangs": hangs, "breaks": breaks}
-        assert await ch.run_here("pnn", {}, timeout=1) == 0  # answered as sent by node 0
+        assert await ch.run(0, "pnn", {}, timeout=1) == 0  # answered as sent by node 0
         with pytest.raises(CtdbError) as info:
-            await ch.run_here("hangs", {}, timeout=0.05)
+            await ch.run(0, "hangs", {}, timeout=0.05)
         assert info.value.code == ErrorCode.TIMEOUT
         with pytest.raises(CtdbError) as info:
-            await ch.run_here("breaks", {}, timeout=1)
+            await ch.run(0, "breaks", {}, timeout=1)
         assert info.value.code == ErrorCode.IO
         with pytest.raises(CtdbError) as info:
-            await ch.run_here("nonesuch", {}, timeout=1)
+            await ch.run(0, "nonesuch", {}, timeout=1)
         assert info.value.code == ErrorCode.NOT_SUPPORTED
         assert not sent  # nothing went over the network
 

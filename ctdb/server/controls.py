@@ -63,19 +63,32 @@ class ControlChannel:
         #: op -> the handler that answers it here
         self.handlers: dict[str, ControlHandler] = {}
 
-    def run(self, pnn: int, op: str, args: dict[str, Any] | None, timeout: float) -> Awaitable[Any]:
-        """Run a control on `pnn` (directly when it is this node).
+    async def run(self, pnn: int, op: str, args: dict[str, Any] | None, timeout: float) -> Any:
+        """Run a control on `pnn`: its result.
 
-        Not a coroutine itself: it hands over what does the work (this
-        node's handler, or the future of a control already sent), so a
-        ping costs no coroutine of its own; a node not connected fails when
-        it is called.
+        A control this node sends itself runs here, bounded like a remote
+        one (a recovery must never wait for ever on its own push) and
+        failing the same way, with no coroutine of its own (a local ping is
+        this one coroutine); one to a node not connected fails at once.
         """
-        if pnn == self._pnn:
-            return self.run_here(op, args or {}, timeout)
-        if not self._connected(pnn):
-            raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
-        return self.call(pnn, op, args, timeout)
+        if pnn != self._pnn:
+            if not self._connected(pnn):
+                raise CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} is not connected")
+            return await self.call(pnn, op, args, timeout)
+        try:
+            result = self._start(pnn, op, args or {})
+            if _awaitable(result):  # only these need bounding (and a task)
+                result = await asyncio.wait_for(result, timeout)
+            return result
+        except TimeoutError:
+            raise CtdbError(
+                ErrorCode.TIMEOUT, f"node {pnn} (this one) did not finish {op} in {timeout:g}s"
+            ) from None
+        except CtdbError:
+            raise
+        except Exception as exc:
+            log.exception("control %s on this node failed", op)
+            raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
 
     def call(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float = 10.0
@@ -126,25 +139,6 @@ class ControlChannel:
                 fut.set_exception(CtdbError(ErrorCode.DISCONNECTED, f"node {pnn} disconnected"))
 
     # -- the answering end -------------------------------------------------------------
-
-    async def run_here(self, op: str, args: dict[str, Any], timeout: float) -> Any:
-        """A control this node sends itself: bounded like a remote one (a recovery
-        must never wait for ever on its own push), failing the same way."""
-        try:
-            result = self._start(self._pnn, op, args)
-            if _awaitable(result):  # only these need bounding (and a task)
-                result = await asyncio.wait_for(result, timeout)
-            return result
-        except TimeoutError:
-            raise CtdbError(
-                ErrorCode.TIMEOUT,
-                f"node {self._pnn} (this one) did not finish {op} in {timeout:g}s",
-            ) from None
-        except CtdbError:
-            raise
-        except Exception as exc:
-            log.exception("control %s on this node failed", op)
-            raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
 
     def answer(self, src: int, msg: Control) -> None:
         """Work out the reply to a control `src` sent us, and send it: at once

@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -239,13 +239,14 @@ class Node:
         if self.ordered_own and to in (None, self.pnn):
             self.messages.expect_own(payload)
 
-    async def control(
+    def control(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
-    ) -> Any:
-        """Run a control on `pnn` (directly when it is this node)."""
+    ) -> Coroutine[Any, Any, Any]:
+        """Run a control on `pnn` (directly when it is this node): a coroutine
+        of its result, the channel's own (no frame of ours around it)."""
         if timeout is None:
             timeout = self.tunable("CallTimeout")
-        return await self.controls.run(pnn, op, args, timeout)
+        return self.controls.run(pnn, op, args, timeout)
 
     def force_recovery(self) -> None:
         self.membership.force_recovery()
