@@ -69,7 +69,8 @@ class ControlChannel:
         A control this node sends itself runs here, bounded like a remote
         one (a recovery must never wait for ever on its own push) and
         failing the same way, with no coroutine of its own (a local ping is
-        this one coroutine); one to a node not connected fails at once.
+        this one coroutine); one to a node not connected fails without
+        being sent.
         """
         if pnn != self._pnn:
             if not self._connected(pnn):
