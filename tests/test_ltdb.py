@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -335,5 +337,84 @@ def test_a_volatile_file_is_recreated_whatever_it_held(tmp_path: Path) -> None:
     db = LocalDb(path, persistent=False)
     try:
         assert len(db) == 0
+    finally:
+        db.close()
+
+
+def test_replace_all_writes_only_what_differs(tmp_path: Path) -> None:
+    """A copy installed over one that is mostly current rewrites only the
+    difference: TDB's sequence number, bumped by every write, shows it."""
+    db = LocalDb(tmp_path / "p.tdb", persistent=True)
+    try:
+        db.enable_tdb_seqnum()
+        same = {b"a": Record(1, 0, b"A"), b"b": Record(2, 1, b"B"), b"c": Record(3, 2, b"C")}
+        db.write_batch(same)
+        before = db.tdb_seqnum
+        db.write_batch(dict(same), replace_all=True)
+        assert db.tdb_seqnum == before
+        assert dict(db.items()) == same
+        new = {b"a": Record(1, 0, b"A"), b"b": Record(3, 1, b"B2"), b"d": Record(1, 0, b"D")}
+        db.write_batch(new, replace_all=True)
+        assert dict(db.items()) == new
+        # b rewritten, c removed, d added: three writes, a left alone
+        assert db.tdb_seqnum == before + 3
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs, as a full disk."""
+    if os.geteuid() != 0:
+        pytest.skip("a tmpfs mount needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        # Lazily: libtdb keeps a mapping of a file whose transaction failed
+        # to grow it, and the mount is busy until this process exits.
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def test_a_copy_installed_over_a_current_one_needs_room_for_the_difference_only(
+    small_disk: Path,
+) -> None:
+    """chaos, vs seed 1630: a node whose disk had room for its copy and for
+    what it lacked failed every state transfer, since wiping and rewriting
+    the file in one TDB transaction needs room for two copies."""
+    db = LocalDb(small_disk / "p.tdb", persistent=True)
+    try:
+        copy = {b"k%d" % i: Record(1, 0, b"x" * 300) for i in range(3000)}
+        db.write_batch(copy)
+        assert os.path.getsize(small_disk / "p.tdb") > 1_000_000  # more than a third of the disk
+        newer = dict(copy)
+        newer.update({b"k%d" % i: Record(2, 1, b"y" * 300) for i in range(50)})
+        newer.update({b"n%d" % i: Record(1, 1, b"z" * 300) for i in range(50)})
+        del newer[b"k2999"]
+        db.write_batch(newer, replace_all=True)
+        assert dict(db.items()) == newer
+    finally:
+        db.close()
+
+
+def test_a_write_the_disk_cannot_take_is_an_os_error_that_says_so(small_disk: Path) -> None:
+    """Not python-tdb's RuntimeError with libtdb's stale code ("Record does
+    not exist"): the replicated stream must see a local failure, and the
+    log must say which file and how much room was left."""
+    path = small_disk / "p.tdb"
+    db = LocalDb(path, persistent=True)
+    try:
+        kept = {b"k%d" % i: Record(1, 0, b"x" * 300) for i in range(3000)}
+        db.write_batch(kept)
+        too_much = {b"j%d" % i: Record(1, 0, b"y" * 300) for i in range(6000)}
+        with pytest.raises(OSError) as failed:
+            db.write_batch(too_much, replace_all=True)
+        assert str(path) in str(failed.value)
+        assert "bytes free on its file system" in str(failed.value)
+        assert dict(db.items()) == kept  # nothing of it written, and no transaction left open
+        db.write_batch({b"after": Record(1, 0, b"a")})
+        assert db.get(b"after") == Record(1, 0, b"a")
     finally:
         db.close()

@@ -10,7 +10,9 @@ deletion marker: it must outlive a recovery so the delete is not undone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import functools
 import os
 import struct
@@ -290,8 +292,14 @@ class LocalDb:
     ) -> None:
         """Apply many changes atomically (one TDB transaction).
 
-        `None` removes the key; `replace_all` first wipes the file, which is
-        how recovery installs a database pulled from another node.
+        `None` removes the key; with `replace_all` the file ends holding
+        exactly `puts`, which is how recovery and a state transfer install a
+        database pulled from another node. Only what differs is written: a
+        TDB transaction keeps the old contents of every region it rewrites
+        until it commits, so wiping and rewriting a copy that is mostly
+        current needed twice the database's size free on the disk (chaos,
+        vs seed 1630: a node whose disk had room for its copy and what it
+        lacked, not for two copies, failed its state transfer for good).
         """
         if self.whole_locked:
             self._write_in_place(puts, replace_all=replace_all)
@@ -309,13 +317,16 @@ class LocalDb:
         """Write `puts` (None: delete), after emptying the file if `replace_all`."""
         t = self._tdb
         if replace_all:
-            t.clear()
+            for key in [key for key in t.keys() if key not in puts]:
+                t.delete(key)
         for key, rec in puts.items():
             if rec is None:
                 if key in t:
                     t.delete(key)
             else:
-                t.store(key, rec.pack(), tdb.REPLACE)
+                data = rec.pack()
+                if not replace_all or t.get(key) != data:
+                    t.store(key, data, tdb.REPLACE)
 
     # Two-phase commit for persistent transactions: prepare writes everything
     # and fsyncs the recovery area, so the final commit cannot fail for space.
@@ -333,9 +344,31 @@ class LocalDb:
         try:
             self._apply(puts, replace_all=replace_all)
             t.transaction_prepare_commit()
-        except BaseException:
-            t.transaction_cancel()
+        except BaseException as exc:
+            # A prepare that failed has cancelled the transaction itself, and
+            # cancelling again fails: the first error is the one to report.
+            with contextlib.suppress(RuntimeError):
+                t.transaction_cancel()
+            if type(exc) is RuntimeError:  # python-tdb's own; a subclass is not libtdb's
+                raise self._write_failed(exc) from None
             raise
+
+    def _write_failed(self, exc: RuntimeError) -> OSError:
+        """python-tdb's error for a failed write, as the disk error it is.
+
+        libtdb's code after a failed transaction is often stale (a full
+        disk reads "Record does not exist"), so the free space is said too.
+        An OSError, not a CtdbError: the replicated stream takes a
+        CtdbError for a refusal every member makes alike, and a local
+        failure must make this node leave and rejoin instead.
+        """
+        what = exc.args[-1] if exc.args else exc
+        try:
+            st = os.statvfs(self.path.parent)
+            free = f"{st.f_bavail * st.f_frsize:,} bytes free on its file system"
+        except OSError:
+            free = "free space unknown"
+        return OSError(errno.EIO, f"writing {self.path} failed (libtdb: {what}; {free})")
 
     def commit_prepared(self) -> None:
         self._committed = None
