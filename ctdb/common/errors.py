@@ -9,6 +9,7 @@ status of `ctdbtool`.
 from __future__ import annotations
 
 import errno
+import logging
 from enum import IntEnum
 
 
@@ -43,3 +44,16 @@ class CtdbError(Exception):
     def __str__(self) -> str:
         name = self.code.name if isinstance(self.code, ErrorCode) else str(self.code)
         return f"{name}: {self.message}"
+
+
+def log_failure(log: logging.Logger, exc: BaseException, what: str, *args: object) -> None:
+    """Log that `what` (a %-format of `args`) failed with `exc`.
+
+    A disk that refuses a write (OSError: ENOSPC, EIO) is the host's
+    trouble, not the code's, and a full disk fails every write until it is
+    freed: one line each. Anything else is a bug: its traceback.
+    """
+    if isinstance(exc, OSError):
+        log.error(what + " failed: %s", *args, exc)
+    else:
+        log.error(what + " failed", *args, exc_info=exc)

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode, log_failure
 from ctdb.protocol.message_codec import DecodeError, check_reply
 from ctdb.protocol.messages import Control, ControlReply, Message
 from ctdb.protocol.schema import Limits
@@ -88,7 +88,7 @@ class ControlChannel:
         except CtdbError:
             raise
         except Exception as exc:
-            log.exception("control %s on this node failed", op)
+            log_failure(log, exc, "control %s on this node", op)
             raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
 
     def call(
@@ -204,7 +204,7 @@ def _failed(src: int, msg: Control, exc: Exception) -> ControlReply:
     """A failed control's reply: its error code, or IO for a bug (logged)."""
     if isinstance(exc, CtdbError):
         return ControlReply(msg.reqid, int(exc.code), exc.message)
-    log.exception("control %s from node %d failed", msg.op, src)
+    log_failure(log, exc, "control %s from node %d", msg.op, src)
     return ControlReply(msg.reqid, int(ErrorCode.IO), f"{type(exc).__name__}: {exc}")
 
 

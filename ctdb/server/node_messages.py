@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ctdb.common.errors import log_failure
 from ctdb.protocol.message_codec import DecodeError, decode
 from ctdb.protocol.messages import MESSAGE_TYPES, Message
 from ctdb.protocol.schema import Limits
@@ -110,11 +111,6 @@ class NodeMessages:
         """Run a message's handler: a local failure must not take the node down with it."""
         try:
             self._routes[type(msg)](src, msg)
-        except OSError as exc:
-            # The disk, not the code (ENOSPC, EIO): one line, no traceback; a
-            # full disk fails every message that writes until it is freed.
-            log.error("handling %s from node %d failed: %s", type(msg).__name__, src, exc)
-            self._local_failure()
-        except Exception:
-            log.exception("handling %s from node %d failed", type(msg).__name__, src)
+        except Exception as exc:
+            log_failure(log, exc, "handling %s from node %d", type(msg).__name__, src)
             self._local_failure()

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode, log_failure
 from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import Owner
 from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
@@ -130,7 +130,7 @@ class StreamApplier:
         except Exception as exc:
             # Our replica may now differ from everyone else's (I/O error,
             # disk full, a bug): never carry on with it.
-            log.exception("applying %s from node %d failed", msg.op, msg.origin)
+            log_failure(log, exc, "applying %s from node %d", msg.op, msg.origin)
             self.act()
             self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
             return
