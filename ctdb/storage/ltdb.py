@@ -314,7 +314,9 @@ class LocalDb:
         self._apply(puts, replace_all=replace_all)
 
     def _apply(self, puts: Mapping[bytes, Record | None], *, replace_all: bool) -> None:
-        """Write `puts` (None: delete), after emptying the file if `replace_all`."""
+        """Write `puts` (None: delete); with `replace_all` also remove every
+        key `puts` does not name, and leave alone a record it names with
+        the bytes the file holds already."""
         t = self._tdb
         if replace_all:
             for key in [key for key in t.keys() if key not in puts]:
