@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import subprocess
@@ -235,11 +236,14 @@ def test_failed_prepare_leaves_no_transaction_open(tmp_path: Path) -> None:
         db.close()
 
 
-def test_unopenable_path_is_an_io_error(tmp_path: Path) -> None:
-    with pytest.raises(CtdbError) as info:
+def test_an_unopenable_path_is_a_local_os_error(tmp_path: Path) -> None:
+    """An OSError, not a CtdbError: the ordered stream takes a CtdbError for a
+    refusal every member makes alike, so a node that could not open a file
+    in an attach would have gone on without the database, silently."""
+    with pytest.raises(OSError) as info:
         LocalDb(tmp_path / "no" / "such" / "dir" / "x.tdb", persistent=True)
-    assert info.value.code == ErrorCode.IO
-    assert "cannot open" in info.value.message
+    assert info.value.errno == errno.ENOENT
+    assert "cannot open" in str(info.value)
 
 
 # -- a persistent file that is not what it should be ------------------------------------------
@@ -416,5 +420,40 @@ def test_a_write_the_disk_cannot_take_is_an_os_error_that_says_so(small_disk: Pa
         assert dict(db.items()) == kept  # nothing of it written, and no transaction left open
         db.write_batch({b"after": Record(1, 0, b"a")})
         assert db.get(b"after") == Record(1, 0, b"a")
+    finally:
+        db.close()
+
+
+def test_a_volatile_file_the_disk_has_no_room_for_is_refused_not_a_crash(
+    small_disk: Path,
+) -> None:
+    """libtdb maps a new file's mutex area (4.4 MB for the default 100,003
+    chains) after only sizing it: on a 3 MiB disk the daemon died of SIGBUS."""
+    with pytest.raises(OSError) as refused:
+        LocalDb(small_disk / "v.tdb", persistent=False)
+    assert refused.value.errno == errno.ENOSPC
+    assert "v.tdb" in str(refused.value) and "are free" in str(refused.value)
+
+
+def test_a_store_outside_a_transaction_the_disk_cannot_take_is_an_os_error_too(
+    small_disk: Path,
+) -> None:
+    """A volatile file's single writes fail as a transaction's do: an OSError
+    naming the file, which the daemon logs in one line and the client gets
+    as an I/O error, not python-tdb's RuntimeError (an "internal error")."""
+    path = small_disk / "v.tdb"
+    db = LocalDb(path, persistent=False, hash_size=1009)
+    try:
+        stored = 0
+        with pytest.raises(OSError) as failed:
+            for i in range(20_000):
+                db.put(b"k%d" % i, Record(1, 0, b"x" * 300))
+                stored += 1
+        assert 1000 < stored < 20_000
+        assert str(path) in str(failed.value)
+        assert "bytes free on its file system" in str(failed.value)
+        assert db.get(b"k%d" % (stored - 1)) == Record(1, 0, b"x" * 300)
+        db.remove(b"k0")  # a removal needs no room
+        assert db.get(b"k0") is None
     finally:
         db.close()

@@ -26,7 +26,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
-from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.common.errors import CtdbError, ErrorCode, log_failure
 from ctdb.engines.base import pending
 from ctdb.engines.record_calls import Owner
 from ctdb.engines.transactions import Transaction
@@ -221,7 +221,7 @@ class Session:
         except CtdbError as exc:
             return protocol.encode_error(req.reqid, exc)
         except Exception as exc:
-            log.exception("operation %s failed", req.op)
+            log_failure(log, exc, "operation %s", req.op)
             return protocol.encode_error(req.reqid, _internal(exc))
 
     async def _finish(self, reqid: int, coro: Any) -> None:
@@ -232,7 +232,7 @@ class Session:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("operation failed")
+            log_failure(log, exc, "operation")
             data = protocol.encode_error(reqid, _internal(exc))
         if self.closed:
             # The client left while this ran, and the cancellation did not
@@ -271,6 +271,9 @@ class Session:
 
 
 def _internal(exc: Exception) -> CtdbError:
+    """What the client is told of a failure that is not a refusal: a disk's, or a bug."""
+    if isinstance(exc, OSError):
+        return CtdbError(ErrorCode.IO, str(exc))
     return CtdbError(ErrorCode.IO, f"internal error: {type(exc).__name__}: {exc}")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import random
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -252,13 +253,13 @@ class Workload:
                 raise ValueError(kind)
             self.ops += 1
             self.log(f"{client} {kind} {key} ok")
-        except (CtdbError, RuntimeError) as exc:
+        except (CtdbError, RuntimeError, OSError) as exc:
             self.failed += 1
             self.errors[why(exc)] += 1
             if op is not None:
                 h.failed(op, why(exc))
             self.log(f"{client} {kind} {key} {why(exc)}")
-            if isinstance(exc, RuntimeError) and not _io_error(exc):
+            if not isinstance(exc, CtdbError) and not _io_error(exc):
                 self.complain(f"{client} {kind} {key}: unexpected {exc!r}")
 
     async def entries_op(
@@ -340,5 +341,9 @@ def why(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _io_error(exc: RuntimeError) -> bool:
-    return bool(exc.args) and exc.args[0] == TDB_ERR_IO
+def _io_error(exc: Exception) -> bool:
+    """A local write that failed: `LocalDb`'s OSError, or python-tdb's own error
+    (TDB_ERR_IO) where no `LocalDb` call stood between (a crashed process's write)."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.EIO
+    return isinstance(exc, RuntimeError) and bool(exc.args) and exc.args[0] == TDB_ERR_IO
