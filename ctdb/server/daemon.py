@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(run(cfg))
             else:
                 uvloop.run(run(cfg))
-    except (CtdbError, TransportError) as exc:
+    except (CtdbError, TransportError, OSError) as exc:
+        # A refusal, or the host's trouble (a full disk, a socket in use):
+        # one line, as every tool of ours says it. A bug keeps its traceback.
         log.error("%s", exc)
         print(f"ctdbd: {exc}", file=sys.stderr)
         return 1

@@ -41,20 +41,26 @@ def read_counter(path: Path) -> int:
 
 
 def write_counter(path: Path, value: int) -> None:
-    """Replace the number at `path` so that a crash leaves the old or the new one."""
+    """Replace the number at `path` so that a crash leaves the old or the new one.
+
+    An OSError names `path` (a full disk says only "No space left on device").
+    """
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, f"{value}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{value}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise OSError(exc.errno, f"writing {path} failed: {exc.strerror}") from exc
 
 
 class Epochs:

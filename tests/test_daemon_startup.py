@@ -1,0 +1,57 @@
+"""ctdbd that cannot start says why in one line and exits non-zero.
+
+A node restarted on a full disk cannot count its start (the incarnation
+file, fsync'd before it serves): it used to die with a traceback ending in
+"No space left on device", naming no file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, random_port
+from tools.chaos import fill
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, filled."""
+    if os.geteuid() != 0:
+        pytest.skip("a tmpfs mount needs root")
+    disk = tmp_path / "state"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        fill(disk / "filler")
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def test_ctdbd_on_a_full_disk_says_which_file_it_could_not_write(
+    tmp_path: Path, full_disk: Path
+) -> None:
+    (tmp_path / "nodes").write_text("127.0.0.1\n127.0.0.2\n")
+    conf = tmp_path / "ctdb.conf"
+    conf.write_text(
+        f"[cluster]\nnodes = nodes\naddress = 127.0.0.1\nport = {random_port()}\n"
+        f"[database]\nstate dir = {full_disk}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctdb.server.daemon", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ctdbd: ") and "No space left on device" in last
+    assert str(full_disk / "incarnation") in last
