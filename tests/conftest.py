@@ -179,6 +179,33 @@ def cluster_factory(transport: str, tmp_path: Path) -> Iterator[Callable[..., Lo
             c.down()
 
 
+@pytest.fixture
+def node1_on_tmpfs(transport: str, tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three nodes; node 1 keeps its databases on a tmpfs of 32 MiB, which a
+    test may fill (`tools.chaos.fill`). Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("a tmpfs mount needs root")
+    c = LocalCluster(
+        tmp_path / "cluster",
+        size=3,
+        transport=transport,
+        port=random_port(),
+        base=random_base(),
+    )
+    state = c.node_dir(1) / "state"
+    state.mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=700", "tmpfs", str(state)], check=True
+    )
+    try:
+        c.up(timeout=60)
+        yield c
+    finally:
+        c.down()
+        # Lazily: libtdb may keep a mapping of a file whose growth failed.
+        subprocess.run(["umount", "--lazy", str(state)], check=False)
+
+
 @dataclass
 class ToolResult:
     returncode: int

@@ -22,16 +22,12 @@ needs root), Samba's own `ctdb` tool, a chain holder process.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ctdb.common.errors import CtdbError
 from tests import samba_tool
-from tests.conftest import random_base, random_port
 from tools.chaos import fill
 from tools.cluster import LocalCluster
 
@@ -45,26 +41,9 @@ DB = "resync_pfetch.tdb"
 
 
 @pytest.fixture
-def cluster(transport: str, tmp_path: Path) -> Iterator[LocalCluster]:
+def cluster(node1_on_tmpfs: LocalCluster) -> LocalCluster:
     """Three nodes; node 1 keeps its databases on a tmpfs of 32 MiB."""
-    c = LocalCluster(
-        tmp_path / "cluster",
-        size=3,
-        transport=transport,
-        port=random_port(),
-        base=random_base(),
-    )
-    state = c.node_dir(1) / "state"
-    state.mkdir(parents=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=700", "tmpfs", str(state)], check=True
-    )
-    try:
-        c.up(timeout=60)
-        yield c
-    finally:
-        c.down()
-        subprocess.run(["umount", str(state)], check=False)
+    return node1_on_tmpfs
 
 
 def samba_done(c: LocalCluster, pnn: int, *args: str) -> str:
