@@ -14,6 +14,7 @@ port, so these tests can run next to other people's on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -179,12 +180,28 @@ def cluster_factory(transport: str, tmp_path: Path) -> Iterator[Callable[..., Lo
             c.down()
 
 
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's units: "3m") at `where`, a small disk to
+    fill; skips the test unless root. Unmounted lazily: libtdb keeps a
+    mapping of a file whose growth failed, and the mount stays busy until
+    this process exits."""
+    if os.geteuid() != 0:
+        pytest.skip("a tmpfs mount needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=700", "tmpfs", str(where)], check=True
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)
+
+
 @pytest.fixture
 def node1_on_tmpfs(transport: str, tmp_path: Path) -> Iterator[LocalCluster]:
     """Three nodes; node 1 keeps its databases on a tmpfs of 32 MiB, which a
     test may fill (`tools.chaos.fill`). Needs root."""
-    if os.geteuid() != 0:
-        pytest.skip("a tmpfs mount needs root")
     c = LocalCluster(
         tmp_path / "cluster",
         size=3,
@@ -192,18 +209,12 @@ def node1_on_tmpfs(transport: str, tmp_path: Path) -> Iterator[LocalCluster]:
         port=random_port(),
         base=random_base(),
     )
-    state = c.node_dir(1) / "state"
-    state.mkdir(parents=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=700", "tmpfs", str(state)], check=True
-    )
-    try:
-        c.up(timeout=60)
-        yield c
-    finally:
-        c.down()
-        # Lazily: libtdb may keep a mapping of a file whose growth failed.
-        subprocess.run(["umount", "--lazy", str(state)], check=False)
+    with tmpfs(c.node_dir(1) / "state", "32m"):
+        try:
+            c.up(timeout=60)
+            yield c
+        finally:
+            c.down()
 
 
 @dataclass

@@ -7,7 +7,6 @@ file, fsync'd before it serves): it used to die with a traceback ending in
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,23 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, random_port
+from tests.conftest import REPO, random_port, tmpfs
 from tools.chaos import fill
 
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, filled."""
-    if os.geteuid() != 0:
-        pytest.skip("a tmpfs mount needs root")
-    disk = tmp_path / "state"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(tmp_path / "state", "1m") as disk:
         fill(disk / "filler")
         yield disk
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_ctdbd_on_a_full_disk_says_which_file_it_could_not_write(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import tdb
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.storage.ltdb import HEADER_SIZE, CorruptFile, LocalDb, Record
+from tests.conftest import tmpfs
 
 
 def raw_value(path: Path, key: bytes) -> bytes | None:
@@ -369,17 +369,8 @@ def test_replace_all_writes_only_what_differs(tmp_path: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MiB tmpfs, as a full disk."""
-    if os.geteuid() != 0:
-        pytest.skip("a tmpfs mount needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "3m") as disk:
         yield disk
-    finally:
-        # Lazily: libtdb keeps a mapping of a file whose transaction failed
-        # to grow it, and the mount is busy until this process exits.
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_a_copy_installed_over_a_current_one_needs_room_for_the_difference_only(

@@ -25,23 +25,9 @@ import tdb
 from ctdb.common.errors import CtdbError
 from ctdb.server.stream import REJOIN_BACKOFF_MAX
 from ctdb.storage.database import Database, DbKind
-from tools.sim.cluster import SimCluster, run_scenario
+from tools.sim.cluster import SimCluster, run_scenario, watch_leaves
 
 FAILING = 10.0  # virtual seconds node 1's disk fails every write
-
-
-def _watch_leaves(cluster: SimCluster, pnn: int) -> list[float]:
-    """The (virtual) times node `pnn`'s transport leaves the group."""
-    transport = cluster.nodes[pnn].transport
-    stop = transport.stop
-    left: list[float] = []
-
-    async def noted_stop() -> None:
-        left.append(cluster.loop.time())
-        await stop()
-
-    transport.stop = noted_stop  # type: ignore[method-assign]
-    return left
 
 
 async def _commit_until(cluster: SimCluster, db: Database, end: float) -> int:
@@ -68,7 +54,7 @@ def test_a_node_whose_disk_keeps_failing_backs_off_and_serves_once_it_heals() ->
             return await cluster.nodes[0].records.attach("failing.tdb", DbKind.PERSISTENT)
 
         db = await cluster.run_on(0, attach())
-        left = _watch_leaves(cluster, 1)
+        left = watch_leaves(cluster, 1)
         cluster.disks[1].failure_rate = 1.0
         end = cluster.loop.time() + FAILING
         committed = await cluster.run_on(0, _commit_until(cluster, db, end))
@@ -111,7 +97,7 @@ def test_a_node_that_cannot_open_an_attached_file_resyncs_instead_of_going_on_wi
     monkeypatch.setattr(tdb, "Tdb", tdb_open)
 
     async def scenario(cluster: SimCluster) -> None:
-        left = _watch_leaves(cluster, 1)
+        left = watch_leaves(cluster, 1)
 
         async def attach() -> Database:
             return await cluster.nodes[0].records.attach("opened_later.tdb", DbKind.VOLATILE)

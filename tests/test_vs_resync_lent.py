@@ -25,7 +25,7 @@ from ctdb.engines.ordered.engine import OrderedEngine
 from ctdb.server import serving
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import NO_DMASTER
-from tools.sim.cluster import SimCluster, run_scenario
+from tools.sim.cluster import SimCluster, run_scenario, watch_leaves
 from tools.sim.storage import SimLocalDb
 
 KEY = b"g_lock"
@@ -47,20 +47,6 @@ async def _lend_on_node_1(cluster: SimCluster) -> Database:
     rec = db.local.get(KEY)
     assert rec is not None and rec.dmaster == 1, "the record must be lent to node 1"
     return db
-
-
-def _watch_leaves(cluster: SimCluster) -> list[float]:
-    """The (virtual) times node 1's transport leaves the group."""
-    transport = cluster.nodes[1].transport
-    stop = transport.stop
-    left: list[float] = []
-
-    async def noted_stop() -> None:
-        left.append(cluster.loop.time())
-        await stop()
-
-    transport.stop = noted_stop  # type: ignore[method-assign]
-    return left
 
 
 async def _resync_node_1(cluster: SimCluster) -> None:
@@ -86,7 +72,7 @@ def test_a_resyncing_node_stays_until_a_client_gives_back_its_chain() -> None:
         local = db.local
         assert isinstance(local, SimLocalDb)
         local.others[KEY] += 1  # a Samba client of node 1 holds the record's chain
-        left = _watch_leaves(cluster)
+        left = watch_leaves(cluster, 1)
         await _resync_node_1(cluster)
         resynced = cluster.loop.time()
         commit = cluster.spawn(0, _commit_on_node_0(cluster, b"after"))
@@ -113,7 +99,7 @@ def test_a_client_that_keeps_its_chain_holds_the_resyncing_node_back_for_recover
         local = db.local
         assert isinstance(local, SimLocalDb)
         local.others[KEY] += 1  # held, and never given back in time
-        left = _watch_leaves(cluster)
+        left = watch_leaves(cluster, 1)
         await _resync_node_1(cluster)
         resynced = cluster.loop.time()
         limit = cluster.tunables["RecoverTimeout"]

@@ -246,6 +246,21 @@ class SimCluster:
         _ROOTS.discard(self.root)
 
 
+def watch_leaves(cluster: SimCluster, pnn: int) -> list[float]:
+    """The (virtual) times node `pnn`'s transport leaves the group from now
+    on, in a list that grows as it does; for scripted tests."""
+    transport = cluster.nodes[pnn].transport
+    stop = transport.stop
+    left: list[float] = []
+
+    async def noted_stop() -> None:
+        left.append(cluster.loop.time())
+        await stop()
+
+    transport.stop = noted_stop  # type: ignore[method-assign]
+    return left
+
+
 def run_scenario(
     mode: str, scenario: Callable[[SimCluster], Coroutine[Any, Any, None]], seed: int = 11
 ) -> None:
