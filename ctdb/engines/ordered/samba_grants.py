@@ -70,7 +70,7 @@ client that holds a lent record's chain while the others go on without us
 works on our copy until it lets go (its reads began before they could).
 A wipe ordered between a taking back and its unlock does not wipe what the
 unlock carries: it lands after the wipe, as a write ordered after it would.
-A shared file that fails under lending (python-tdb's RuntimeError, a chain
+A shared file that fails under lending (a write's OSError, a chain
 call's CtdbError) resyncs the node: its copies are replaced, and a lock
 still ours in the queues goes back once it serves again.
 """

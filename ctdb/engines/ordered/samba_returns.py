@@ -232,7 +232,7 @@ class Returns:
         self._start(ref, self.restoring_later(db, ref[1], lent))
 
     def _file_failed(self, what: str, exc: Exception) -> str:
-        """Our shared file failed under us (python-tdb raises RuntimeError, the
+        """Our shared file failed under us (a write raises OSError, the
         chain calls CtdbError): our copies are suspect, and what our clients
         wrote in place is lost with them. A resync replaces them, unless one
         is under way already. Returns why, for the caller's error."""

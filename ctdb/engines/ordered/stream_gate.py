@@ -234,8 +234,8 @@ class StreamGate:
         self.resync(f"chain locks of a shared file failed: {exc.message}", False)
 
     def _handling_failed(self, exc: Exception) -> None:
-        """An event let through failed half-way (a local write: python-tdb
-        raises RuntimeError for an I/O error): our copies lack it, so the
+        """An event let through failed half-way (a local write: `LocalDb`
+        raises OSError for an I/O error): our copies lack it, so the
         node resyncs with them marked damaged, as `NodeMessages.handle` has
         it do for an event handled at once. Raised from this timer instead,
         it would leave the node out of sync for good (simulator, vs seed
