@@ -139,6 +139,12 @@ def check_file(path: Path) -> None:
         lib.tdb_close(handle)
 
 
+def _free_bytes(directory: Path) -> int:
+    """Room left for an unprivileged writer on `directory`'s file system."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
 def _room_for_mutexes(path: Path, hash_size: int) -> None:
     """Refuse to create a file with mutex locking that the disk has no room for.
 
@@ -149,8 +155,7 @@ def _room_for_mutexes(path: Path, hash_size: int) -> None:
     vanish between this look and the open; this closes all but that race.
     """
     need = hash_size * MUTEX_BYTES_PER_CHAIN
-    st = os.statvfs(path.parent)
-    free = st.f_bavail * st.f_frsize
+    free = _free_bytes(path.parent)
     if free < need:
         raise OSError(
             errno.ENOSPC,
@@ -407,8 +412,7 @@ class LocalDb:
             return exc
         what = exc.args[-1] if exc.args else exc
         try:
-            st = os.statvfs(self.path.parent)
-            free = f"{st.f_bavail * st.f_frsize:,} bytes free on its file system"
+            free = f"{_free_bytes(self.path.parent):,} bytes free on its file system"
         except OSError:
             free = "free space unknown"
         return OSError(errno.EIO, f"writing {self.path} failed (libtdb: {what}; {free})")
