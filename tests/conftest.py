@@ -180,6 +180,18 @@ def cluster_factory(transport: str, tmp_path: Path) -> Iterator[Callable[..., Lo
             c.down()
 
 
+def run_ctdbd(config: Path) -> subprocess.CompletedProcess[str]:
+    """ctdbd in the foreground on `config`, to the end: for tests of how it
+    refuses to start (its exit status and stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ctdb.server.daemon", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` (mount's units: "3m") at `where`, a small disk to

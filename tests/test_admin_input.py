@@ -7,8 +7,6 @@ An admin's typo must get a clear error, not a cluster-wide outage:
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 from ctdb.client import Client
 from ctdb.common.config import TUNABLES
 from ctdb.common.errors import CtdbError, ErrorCode
-from tests.conftest import REPO, ToolResult, unique
+from tests.conftest import ToolResult, run_ctdbd, unique
 from tools.cluster import LocalCluster
 
 
@@ -86,13 +84,7 @@ def test_a_config_file_with_an_out_of_range_tunable_does_not_start(tmp_path: Pat
     (tmp_path / "nodes").write_text("127.0.0.1\n")
     config = tmp_path / "ctdb.conf"
     config.write_text("[cluster]\naddress = 127.0.0.1\n[tunables]\nKeepaliveInterval = 0\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctdb.server.daemon", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    proc = run_ctdbd(config)
     assert proc.returncode == 2
     assert "tunable KeepaliveInterval must be between 0.05 and 3600" in proc.stderr
     assert not (tmp_path / "run").exists()  # it never got as far as its socket

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,14 @@ import pytest
 from ctdb.common import config
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.common.keyfile import CLUSTER_KEY_SIZE, create_key, load_key
-from tests.conftest import REPO, random_base, random_port, run_ctdbtool, start_cluster, unique
+from tests.conftest import (
+    random_base,
+    random_port,
+    run_ctdbd,
+    run_ctdbtool,
+    start_cluster,
+    unique,
+)
 from tools.cluster import LocalCluster
 from transport import tcp
 from transport.base import TransportOptions
@@ -115,13 +120,7 @@ def test_ctdbd_refuses_to_start_with_a_world_readable_key(tmp_path: Path) -> Non
     create_key(key)
     key.chmod(0o644)
     conf = write_config(tmp_path, "key file = cluster.key")
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctdb.server.daemon", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    proc = run_ctdbd(conf)
     assert proc.returncode == 2
     assert f"key file {key} is readable by group or others (mode 0644)" in proc.stderr
 

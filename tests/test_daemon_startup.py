@@ -7,14 +7,12 @@ file, fsync'd before it serves): it used to die with a traceback ending in
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, random_port, tmpfs
+from tests.conftest import random_port, run_ctdbd, tmpfs
 from tools.chaos import fill
 
 
@@ -35,13 +33,7 @@ def test_ctdbd_on_a_full_disk_says_which_file_it_could_not_write(
         f"[cluster]\nnodes = nodes\naddress = 127.0.0.1\nport = {random_port()}\n"
         f"[database]\nstate dir = {full_disk}\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctdb.server.daemon", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    proc = run_ctdbd(conf)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
