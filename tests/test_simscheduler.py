@@ -8,6 +8,8 @@ timing (partition/heal, random cuts on crash) are checked across many seeds.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -264,6 +266,45 @@ def test_vs_a_restarted_member_sends_nothing_its_old_run_left_in_a_broken_ring()
         old = [f"old:{i}".encode() for i in range(5)]
         stale = [p for log in logs[:2] for kind, _, p in log if kind == "msg" and p in old]
         assert not [m for m in got if m[1] in old] and not stale, (seed, got, stale)
+
+
+def test_vs_a_joiner_that_reaches_part_of_a_view_splits_it_after_the_consensus_time() -> None:
+    """vs seed 40067098, on the network alone: node 0 restarts while cut
+    from node 2, so the view [1, 2] must split. corosync puts the ring in
+    gather at the join and counts node 2 failed once its consensus timeout
+    has passed; meanwhile the old ring orders nothing. The network used to
+    split it at once, while node 2's lease (three quarters of the shortest
+    re-forming time after its last message that came back) still let it
+    serve."""
+    for seed in range(5):
+        sched, net, eps, logs = make_cluster(3, seed, total_order=True, ring_timeout=0.22)
+        net.crash(0)
+        sched.run_until_idle()
+        assert eps[1].view.members == eps[2].view.members == (1, 2)
+        split_at: list[float] = []
+
+        def timed(
+            view: View,
+            at: list[float] = split_at,
+            clock: SimScheduler = sched,
+            seen: Any = eps[1].on_view,
+        ) -> None:
+            at.append(clock.time())
+            seen(view)
+
+        eps[1].on_view = timed
+        net.cut(0, 2)
+        joined = sched.time()
+        new = MemoryTransport(0, ["n0", "n1", "n2"], TransportOptions(), network=net)
+        new.join()
+        sched.run_for(0.01)
+        eps[2].broadcast(b"during")
+        sched.run_until_idle()
+        assert eps[1].view.members == new.view.members == (0, 1), seed
+        assert eps[2].view.members == (2,), seed
+        # Split after the consensus time (0.12 s of the 0.22 s), not the cut's.
+        assert len(split_at) == 1 and 0.12 <= split_at[0] - joined < 0.15, (seed, split_at)
+        assert ("msg", 2, b"during") not in logs[1], seed  # never ordered in [1, 2]
 
 
 def test_partition_and_heal() -> None:

@@ -176,10 +176,11 @@ def lease_timing(interval: float, silence: float, reform: float | None) -> tuple
     The daemons expel a member silent for `silence`, checked every
     `interval`, so the lease ends one interval before. The network may also
     cut the member off, and corosync then leaves it out of the ring after
-    `reform` (`transport.libcmap.RingTimeouts.reform`; None where nothing
-    re-forms a ring behind the daemons' backs), which with corosync's
-    defaults comes sooner: the lease ends before that too, and the member
-    ticks three times per lease so that an idle member's lease never lapses.
+    `reform` at the soonest (`transport.libcmap.RingTimeouts.shortest_reform`;
+    None where nothing re-forms a ring behind the daemons' backs), which with
+    corosync's defaults comes sooner: the lease ends before that too, and the
+    member ticks three times per lease so that an idle member's lease never
+    lapses.
     """
     lease, tick = silence - interval, interval
     if reform:

@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("transport.cpg")
 
 DEFAULT_HIGH_WATER = 8 * 1024 * 1024
-#: the ring's re-forming time assumed when corosync will not tell its own: a
-#: token of 0.45 s with the default consensus, shorter than anyone runs
+#: the ring's shortest re-forming time assumed when corosync will not tell
+#: its own: a consensus timeout of 1 s, shorter than anyone runs (a 1 s
+#: token, corosync's default, gives 1.2 s)
 DEFAULT_REFORM = 1.0
 TRY_AGAIN_DELAY = 0.001
 #: CPG events handled per event-loop turn: a process catching up on a long
@@ -113,8 +114,8 @@ class CpgStream(abc.ABC):
         #: each of the several checks every client request makes
         self.lease_until = 0.0
         self.lease_stale = False
-        #: how long corosync takes to re-form its ring without a member the
-        #: network cut off (`transport.libcmap`), read at each connect
+        #: how soon corosync may re-form its ring without a member whose
+        #: corosync still runs (`transport.libcmap`), read at each connect
         self.reform: float = DEFAULT_REFORM
 
     @abc.abstractmethod
@@ -167,12 +168,15 @@ class CpgStream(abc.ABC):
 
         corosync may leave us out sooner, without the daemons: when the
         network cuts this node off, the others' ring re-forms without it
-        after the token and consensus timeouts (`transport.libcmap`). Our
-        message was ordered while the ring still held us, so that ring
-        re-forms no sooner than that time after it, and the lease ends
-        before that too (`transport.base.lease_timing`; tools.simulate, vs
-        seed 40067098: a member stopped for 0.14 s across such a cut
-        answered a read from its old copy after the others had committed).
+        after the token and consensus timeouts, and when a node joins that
+        reaches them and not us, after the consensus timeout alone
+        (`transport.libcmap.RingTimeouts.shortest_reform`). Our message was
+        ordered while the ring still held us, so that ring re-forms no
+        sooner than that time after it, and the lease ends before that too
+        (`transport.base.lease_timing`; tools.simulate, vs seed 40067098: a
+        member stopped for 0.14 s across such a cut, and on a later tree
+        across such a join, answered a read from its old copy after the
+        others had committed).
 
         What it depends on changes only as events are handled (our message
         came back, a member announced its limit) and at a tick (our own
@@ -199,9 +203,9 @@ class CpgStream(abc.ABC):
         return self.timing
 
     def _reform_time(self) -> float:
-        """corosync's re-forming time (`transport.libcmap`), or a short one assumed."""
+        """corosync's shortest re-forming time (`transport.libcmap`), or a short one assumed."""
         try:
-            return libcmap.ring_timeouts().reform
+            return libcmap.ring_timeouts().shortest_reform
         except (OSError, libcpg.CpgError) as exc:
             log.warning(
                 "cannot read corosync's token and consensus timeouts (%s): "

@@ -147,9 +147,9 @@ class MemoryTransport(Transport):
 
     def _lease_timing(self) -> tuple[float, float]:
         """(lease, tick period): `transport.base.lease_timing` for our tunables
-        and the network's ring re-forming time."""
+        and the network's shortest ring re-forming time."""
         interval, limit = self.options.keepalive_interval, self.options.keepalive_limit
-        return lease_timing(interval, interval * limit, self.network.ring_timeout or None)
+        return lease_timing(interval, interval * limit, self.network.gather_timeout or None)
 
     def _came_back(self, sent: float) -> None:
         """One of our broadcasts or ticks, sent at `sent`, was delivered to us."""
@@ -159,8 +159,9 @@ class MemoryTransport(Transport):
     def confirmed_until(self) -> float | None:
         """VS mode: the lease of `transport.cpg_stream.CpgStream.confirmed_until`.
 
-        The network expels a stopped member after the keepalive silence, and
-        a cut after its `ring_timeout`; the member learns it only when it
+        The network expels a stopped member after the keepalive silence, a
+        member a cut isolates after its `ring_timeout`, and one a joiner
+        does not reach after its `gather_timeout`; the member learns it only when it
         reaches that view among what was queued for it, and until then it
         must not answer from its copy. Nobody can have left it out before
         its latest message that came back was sent, so that time plus the

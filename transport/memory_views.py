@@ -22,6 +22,10 @@ from transport.memory_links import SEQUENCER, LinkLayer, Scheduler, show_payload
 if TYPE_CHECKING:
     from transport.memory import MemoryTransport
 
+#: Of a cut's re-forming time (token + consensus), the consensus timeout's
+#: share with corosync's default of 1.2 times the token.
+CONSENSUS_SHARE = 1.2 / 2.2
+
 
 @dataclass
 class _PendingView:
@@ -51,6 +55,9 @@ class ViewLayer(LinkLayer):
         #: VS mode: how long a view that a cut broke stalls before the views
         #: change (`_vs_stalled`); 0: at once
         self.ring_timeout = ring_timeout
+        #: ... and one that a joiner reaching part of it breaks: corosync's
+        #: consensus timeout alone (`transport.libcmap.RingTimeouts`)
+        self.gather_timeout = ring_timeout * CONSENSUS_SHARE
         #: VS mode: ids of views a cut broke (their members no longer all
         #: reach each other) ...
         self._broken: set[int] = set()
@@ -244,6 +251,13 @@ class ViewLayer(LinkLayer):
         if view.view_id in self._stalls:
             self._parked.setdefault(view.view_id, []).append((src, item))
             return
+        if view.view_id in self._broken:
+            # The ring re-forms: what reaches it now is ordered in the new
+            # one, as what it held back (`_stall_over`).
+            ep = self._endpoints.get(src)
+            if ep is not None and src in self._alive:
+                ep._not_ordered([item])
+            return
         # Only members still in that very view get it: not a restarted
         # incarnation of a dead member, not members that moved on.
         recipients = [
@@ -366,12 +380,16 @@ class ViewLayer(LinkLayer):
         return changed
 
     def _vs_stalled(self) -> bool:
-        """Is some view broken by a cut less than `ring_timeout` ago?
+        """Is some view broken by a cut less than `ring_timeout` ago, or
+        split by a joiner less than `gather_timeout` ago?
 
         corosync does not notice a cut at once: the ring's token is lost,
         declared so after the token timeout, and the silent members are
-        counted as failed after the consensus timeout. Meanwhile the ring
-        orders nothing (what its members send waits here) and no view
+        counted as failed after the consensus timeout. A node joining that
+        reaches some members and not the others (a non-transitive cut)
+        puts the ring in gather at once, and the members it cannot reach
+        are counted as failed after the consensus timeout. Meanwhile the
+        ring orders nothing (what its members send waits here) and no view
         changes; a cut that heals before then changes nothing. A member's
         lease relies on it (`transport.base.lease_timing`). Crashes and
         expels are not cuts: corosync learns of a dead process from its own
@@ -383,15 +401,21 @@ class ViewLayer(LinkLayer):
         for p, view in self._installed.items():
             if p in self._alive:
                 members.setdefault(view.view_id, []).append(p)
+        targets = self._vs_targets()
         for view_id, group in members.items():
-            if all(self._linked(a, b) for a in group for b in group):
+            if not all(self._linked(a, b) for a in group for b in group):
+                why, timeout = "broken", self.ring_timeout
+            elif len({targets[p] for p in group if p not in self._isolated}) > 1:
+                why, timeout = "split by a joiner", self.gather_timeout
+            else:
                 self._broken.discard(view_id)
                 self._stalls.pop(view_id, None)
-            elif view_id not in self._broken:
+                continue
+            if view_id not in self._broken:
                 self._broken.add(view_id)
                 token = self._stalls[view_id] = object()
-                self._record(f"ring of view {view_id} broken")
-                self._call_later(self.ring_timeout, self._stall_over, view_id, token)
+                self._record(f"ring of view {view_id} {why}")
+                self._call_later(timeout, self._stall_over, view_id, token)
         for view_id in self._broken - set(members):
             self._broken.discard(view_id)
             self._stalls.pop(view_id, None)
