@@ -320,3 +320,77 @@ def test_with_nobody_in_sync_the_member_that_applied_most_of_the_epoch_is_taken(
         rec = group.members[pnn].db_by_name("v").local.get(b"k")
         assert rec is not None and rec.value == b"w", pnn
         assert group.members[pnn].engine.position == 0  # a new epoch begins
+
+
+def test_an_epoch_begins_once_every_member_planned_it(group: Group) -> None:
+    """A member that made the plan waits for every member's `planned` before
+    it adopts the epoch and serves: until then another member may not know
+    the number was handed out."""
+    for pnn in (0, 1, 2):
+        group.start(pnn).attach("p", DbKind.PERSISTENT)
+    group.view(0, 1, 2)
+    group.deliver()
+    before = group.members[0].epochs.epoch
+    group.view(0, 1)
+    group.deliver()
+    group.start(2).attach("p", DbKind.PERSISTENT)  # restarted: a round
+    group.view(0, 1, 2)
+    offers = len(group.sent)
+    group.deliver(offers)
+    engines = [group.members[p].engine for p in (0, 1, 2)]
+    assert all(e.rounds.round is not None and not e.serving for e in engines)
+    assert {group.members[p].epochs.epoch for p in (0, 1)} == {before + 1}
+    assert {group.members[p].epochs.numbered for p in (0, 1, 2)} == {before + 2}
+    group.deliver()
+    assert all(e.serving for e in engines)
+    assert {group.members[p].epochs.epoch for p in (0, 1, 2)} == {before + 2}
+
+
+def test_an_epoch_one_member_planned_alone_is_not_adopted(
+    group: Group,
+) -> None:
+    """Simulator, vs seed 1009198, without a loop. In view [0, 1] node 1
+    delivers both offers, makes the plan (it is the source: nothing to wait
+    for) and crashes; node 0 never delivers node 1's offer, so it never
+    learns the plan's epoch number. View [0, 2] numbers the same epoch, and
+    a persistent commit is acknowledged in it. Later, with nobody in sync,
+    node 0 (damaged: a local write failed) and the restarted node 1 offer
+    the same epoch; the sound copy won, and the commit was gone. Node 1 now
+    adopts an epoch only once every member planned it: one that only it
+    planned may be numbered again, but no copy claims it."""
+    for pnn in (0, 1, 2):
+        group.start(pnn).attach("p", DbKind.PERSISTENT)
+    group.view(0, 1, 2)
+    group.deliver()
+    group.view(1, 2)  # node 0 goes, and restarts
+    group.deliver()
+    group.start(0).attach("p", DbKind.PERSISTENT)
+    group.view(2)  # node 2 is cut off: alone, out of sync
+    group.view(0, 1)
+    group.only_to(1)  # node 1's offer (the last sent) reaches node 1 alone
+    group.deliver(2)
+    group.sent = [s for s in group.sent if s[0] != 1]  # node 1 crashes
+    numbered_alone = group.members[1].epochs.numbered
+
+    group.view(0, 2)  # nobody in sync: node 2 has the freshest copy
+    group.deliver()
+    zero = group.members[0].engine
+    assert zero.serving and group.members[2].engine.serving
+    assert group.members[0].epochs.epoch == numbered_alone  # the same number, another history
+    p = group.members[0].db_by_name("p")
+    zero.broadcast("commit", {"db": p.id, "reads": [], "writes": [[b"k", b"acknowledged"]]})
+    group.deliver()
+    for pnn in (0, 2):
+        rec = group.members[pnn].db_by_name("p").local.get(b"k")
+        assert rec is not None and rec.value == b"acknowledged", pnn
+
+    zero.damaged = True  # node 0's disk fails: it resyncs (`resync`) ...
+    group.view(0)  # ... alone, as node 2 is too
+    group.view(2)
+    group.start(1).attach("p", DbKind.PERSISTENT)  # node 1 restarts
+    group.view(0, 1)
+    group.deliver()
+    for pnn in (0, 1):
+        assert group.members[pnn].engine.serving
+        rec = group.members[pnn].db_by_name("p").local.get(b"k")
+        assert rec is not None and rec.value == b"acknowledged", pnn

@@ -94,7 +94,12 @@ def freshest_copy(marks: Mapping[int, tuple[int, bool, int, int]]) -> int:
 
     A mark is (epoch, sound, position, sequence number). A member's epoch
     grows with every quorate view it went through in sync, so the highest
-    epoch followed the stream longest. A member whose local write failed
+    epoch followed the stream longest. Two copies of one epoch followed one
+    history: a round's epoch is adopted only once every member of its view
+    numbered it, so no later round numbers it again (vs seed 1009198: a
+    member that adopted an epoch only it had numbered offered a stale copy
+    under the number a later round gave another history, and won). A
+    member whose local write failed
     (not sound) left the group without the operation it could not apply,
     which the others then acknowledged, and its files may have lost more: at
     the same epoch a sound copy is taken first. Among those, the position

@@ -220,6 +220,8 @@ ORDERED: dict[str, Check] = {
             "dbs": list_of(row(DB_NAME, DB_KIND, U64, HISTORY)),
         }
     ),
+    # the sender made the plan of the round of `view_id`, and numbered its epoch
+    "planned": struct({"view_id": U64}),
     # the sender installed every snapshot it needed in the round of `view_id`
     "synced": struct({"view_id": U64}),
     "snapshot": struct(

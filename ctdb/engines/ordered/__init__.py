@@ -30,9 +30,12 @@ then a copy whose files saw no failed write, then the longest part of the
 epoch's stream applied, then the highest sequence number). Sources
 broadcast a snapshot
 taken at that position; members that need it queue later operations until
-the snapshot is applied. Quorum (a majority of configured nodes) is enforced
-here because CPG does not: a member of a minority view is out of sync and
-serves nothing.
+the snapshot is applied. Each member also says it made the plan
+(`planned`): the plan's epoch begins, and the round ends, only once every
+member did, so that every member of the view has numbered the epoch and
+no later round numbers it again for another history (`rounds.on_planned`).
+Quorum (a majority of configured nodes) is enforced here because CPG does
+not: a member of a minority view is out of sync and serves nothing.
 
 Agreed delivery at the origin does not mean every member has the message:
 if the origin fails (or is cut off) right after delivering its own write,

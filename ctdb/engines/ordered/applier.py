@@ -83,7 +83,7 @@ class StreamApplier:
             return
         if self.rounds.on_message(msg):
             return
-        if msg.op not in CONFIGURATION and (not self.synced or self.rounds.awaiting_snapshots()):
+        if msg.op not in CONFIGURATION and (not self.synced or self.rounds.queueing()):
             self.backlog.append(msg)
             if len(self.backlog) > MAX_BACKLOG:
                 self.resync(

@@ -4,10 +4,11 @@ A view change is delivered at the same position of the stream on every
 member, so each member decides the same: purge what departed members held,
 and, when someone joined or is behind, run a round. In a round every member
 offers what it holds (`ctdb.engines.ordered.sync`: the offers and the plan
-every member computes from them alike); the plan's sources broadcast
-snapshots of the databases others need, with the lock queues and the
-stability state that go with them; a member that installed its snapshots
-says so (`synced`), and applies what it queued meanwhile.
+every member computes from them alike); each member says it made the plan
+(`planned`), and the plan's epoch begins once every member did; the plan's
+sources broadcast snapshots of the databases others need, with the lock
+queues and the stability state that go with them; a member that installed
+its snapshots says so (`synced`), and applies what it queued meanwhile.
 
 `Rounds` is a part of `OrderedEngine` and works on its state: `RoundsHost`
 says which (the replica, stability, the backlog, the local clients' locks).
@@ -109,9 +110,11 @@ class Rounds:
         self.served = False
 
     def on_message(self, msg: Ordered) -> bool:
-        """Take a round's own messages (offer, snapshot, synced); False for any other."""
+        """Take a round's own messages (offer, planned, snapshot, synced); False for any other."""
         if msg.op == "offer":
             self.on_offer(msg)
+        elif msg.op == "planned":
+            self.on_planned(msg)
         elif msg.op == "snapshot":
             self.on_snapshot(msg)
         elif msg.op == "synced":
@@ -210,10 +213,11 @@ class Rounds:
         }
         e.broadcast("offer", offer)
 
-    def awaiting_snapshots(self) -> bool:
-        """The round has its plan, and we still wait for snapshots it gives us."""
+    def queueing(self) -> bool:
+        """The round's plan gives us snapshots, and the round is not over: what
+        the stream delivers waits in our backlog, to be applied in order."""
         r = self.round
-        return r is not None and r.plan is not None and bool(r.awaiting)
+        return r is not None and r.takes_copies
 
     def on_offer(self, msg: Ordered) -> None:
         e = self.engine
@@ -230,15 +234,15 @@ class Rounds:
         plan = make_plan(r.offers)
         r.plan, r.epoch = plan.sources, plan.epoch
         e.node.epochs.number(r.epoch)
+        # Durably numbered: say so (see `on_planned`).
+        e.node.broadcast(Ordered(e.node.pnn, 0, "planned", {"view_id": r.view_id}))
         e.flags = {p: e.flags[p] for p in r.members}
         me = e.node.pnn
         needs = plan.needs[me]
-        self.catching_up = (r.view_id, {p for p in r.members if plan.needs[p]})
-        self.plan_members = frozenset(r.members)
+        r.behind = {p for p in r.members if plan.needs[p]}
         e.stability.mark_plan()
-        if not self.catching_up[1]:
-            self._plan_done()  # every member holds the same copies already
         r.awaiting = needs
+        r.takes_copies = bool(needs)
         if not e.synced:
             # What members in sync applied up to here is in the snapshots we
             # are about to get; what only members out of sync saw (sent while
@@ -251,14 +255,43 @@ class Rounds:
             kept, e.backlog = split_new_databases(e.backlog, r.offers)
             e.drop_backlog()
             e.backlog = kept
-            r.carried = len(kept)
         # Sources send what others need, as of this position in the stream.
         for name, src in plan.sources.items():
             receivers = plan.receivers(name, r.members)
             if src == me and receivers:
                 db = e.node.db_by_name(name)
                 self._send_snapshot(r, db, plan.offered(name, receivers))
-        if not needs:
+
+    def on_planned(self, msg: Ordered) -> None:
+        """A member made the plan, and numbered its epoch durably.
+
+        The epoch begins once every member did, not at our plan: a member
+        may deliver every offer while another never delivers the last one
+        (agreed delivery: its sender crashed, or was cut off, right after
+        delivering it). Had we adopted the epoch then, that other member
+        would not know the number was handed out, and a later round
+        without us would number the same epoch for another history; when
+        nobody is in sync, `merge.freshest_copy` would then compare copies
+        of two histories as one (simulator, vs seed 1009198: a stale copy
+        at epoch 5, position 0, taken over a copy at epoch 5 holding an
+        acknowledged commit). Once every member planned, every member
+        numbered the epoch, and every later quorate view holds one of them.
+        """
+        e = self.engine
+        r = self.round
+        if r is None or r.plan is None or msg.args.get("view_id") != r.view_id:
+            return
+        r.planned.add(msg.origin)
+        if not r.agreed:
+            return
+        # What we queued so far, members in sync applied before the epoch
+        # began: it counts in the epoch before (see `_finish_round`).
+        r.carried = len(e.backlog)
+        self.catching_up = (r.view_id, set(r.behind))
+        self.plan_members = frozenset(r.members)
+        if not r.behind:
+            self._plan_done()  # every member holds the same copies already
+        if not r.awaiting:
             self._finish_round()
 
     def _send_snapshot(self, r: SyncRound, db: Database, offered: list[Mark]) -> None:
@@ -297,6 +330,11 @@ class Rounds:
 
     def on_synced(self, msg: Ordered) -> None:
         """A member installed every snapshot of the plan it needed."""
+        r = self.round
+        if r is not None and r.plan is not None and not r.agreed:
+            if msg.args["view_id"] == r.view_id:
+                r.behind.discard(msg.origin)
+            return
         view_id, behind = self.catching_up
         if msg.args["view_id"] == view_id and msg.origin in behind:
             behind.discard(msg.origin)
@@ -340,7 +378,7 @@ class Rounds:
             write = (int(origin), int(seq), frozenset(int(p) for p in members))
             dirty[(db.id, bytes(key))] = e.stability.pre_plan[(db.id, bytes(key))] = write
         r.awaiting.discard(name)
-        if not r.awaiting:
+        if not r.awaiting and r.agreed:
             self._finish_round()
 
     def _finish_round(self) -> None:
@@ -358,18 +396,17 @@ class Rounds:
         e.purge(lambda o: o[0] not in e.view)
         e.purge_entries(record_calls.departed(incarnations))
         e.node.epochs.set(self.round.epoch)
-        # The epoch begins at the plan: what we carried from before it,
-        # members in sync applied before it.
+        # The epoch began when every member had planned: what we carried
+        # from before that, members in sync applied before it.
         e.position = -self.round.carried
-        view_id, behind = self.catching_up
-        took_copies = view_id == self.round.view_id and e.node.pnn in behind
+        took_copies = self.round.takes_copies
         if took_copies and self.served:
             # Views without us have passed, and their purges took our
             # clients' entries.
             e.listener.fence_owners()
         self.served = True
         if took_copies:
-            msg = Ordered(e.node.pnn, 0, "synced", {"view_id": view_id})
+            msg = Ordered(e.node.pnn, 0, "synced", {"view_id": self.round.view_id})
             e.node.broadcast(msg)
         self.round = None
         e.synced = True

@@ -29,10 +29,22 @@ class SyncRound:
     plan: dict[str, int] | None = None
     #: the epoch every member adopts when the round completes
     epoch: int = 0
+    #: members whose `planned` we delivered: once all of them, every member
+    #: numbered the epoch, and the epoch begins (see `rounds.Rounds.on_planned`)
+    planned: set[int] = field(default_factory=set)
+    #: members the plan gives snapshots that have yet to say they installed them
+    behind: set[int] = field(default_factory=set)
+    #: the plan gives us snapshots: the stream waits in our backlog until the round ends
+    takes_copies: bool = False
     awaiting: set[str] = field(default_factory=set)
-    #: operations from before the plan we apply after our snapshots
-    #: (`rounds.split_new_databases`)
+    #: operations queued before the epoch began, which we apply after our
+    #: snapshots, but which do not count in the epoch's position
     carried: int = 0
+
+    @property
+    def agreed(self) -> bool:
+        """Every member planned: the epoch has begun."""
+        return self.plan is not None and self.planned == set(self.members)
 
 
 @dataclass(frozen=True)
