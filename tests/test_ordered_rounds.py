@@ -394,3 +394,31 @@ def test_an_epoch_one_member_planned_alone_is_not_adopted(
         assert group.members[pnn].engine.serving
         rec = group.members[pnn].db_by_name("p").local.get(b"k")
         assert rec is not None and rec.value == b"acknowledged", pnn
+
+
+def test_members_in_sync_and_catching_up_count_the_same_position(group: Group) -> None:
+    """Positions of one epoch compare prefixes of one order (see
+    `merge.freshest_copy`), so every member must count the same operations:
+    here a store, a forced recovery and a read barrier delivered once the
+    epoch began, while node 2 still waits for its snapshot. The recovery is
+    applied at once by every member, in sync or not; the barrier only by
+    node 2; neither counts."""
+    db = group.three_with_volatile(by=0)
+    group.view(0, 1)
+    group.deliver()
+    group.start(2)  # restarted: its volatile copy is gone
+    group.view(0, 1, 2)
+    group.deliver(3)  # the offers: every member plans
+    snapshots = [s for s in group.sent if decode(s[2], wire_limits(NODES), s[0]).op == "snapshot"]
+    group.sent = [s for s in group.sent if s not in snapshots]
+    group.deliver()  # every `planned`: the epoch begins
+    engines = [group.members[p].engine for p in (0, 1, 2)]
+    assert engines[2].rounds.round is not None and engines[0].serving
+    engines[1].broadcast("store", {"db": db.id, "key": b"k", "value": b"w", "owner": [1, 1]})
+    engines[1].broadcast("recover", {})
+    engines[2].broadcast("sync", {})
+    group.only_to(2)
+    group.sent += snapshots
+    group.deliver()
+    assert all(e.serving for e in engines)
+    assert [e.position for e in engines] == [1, 1, 1]

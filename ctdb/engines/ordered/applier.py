@@ -44,10 +44,13 @@ MAX_BACKLOG = 100_000
 #: snapshot sent before it, while the members in sync counted it: two
 #: generations in one view, forever.)
 CONFIGURATION = frozenset({"recover", "flags"})
-#: operations only their origin delivers (a read barrier goes to its own node
-#: alone): not part of the epoch's stream every member applies, so they do
-#: not count in `position`
-OWN_ONLY = frozenset({"sync"})
+#: Operations that do not count in `position`: those only their origin
+#: delivers (a read barrier goes to its own node alone), which are not part of
+#: the epoch's stream every member applies, and configuration events, which
+#: members out of sync apply where they are delivered, not once their round
+#: ends: counted, a member in sync would count them and one catching up
+#: would not, and positions of one epoch would no longer compare prefixes.
+UNCOUNTED = frozenset({"sync"}) | CONFIGURATION
 
 
 class StreamApplier:
@@ -92,6 +95,11 @@ class StreamApplier:
                 )
             return
         self.apply(msg)
+
+    @staticmethod
+    def counted(msgs: list[Ordered]) -> int:
+        """How many of `msgs` count in `position` once applied."""
+        return sum(1 for msg in msgs if msg.op not in UNCOUNTED)
 
     def resync(self, why: str, *, damaged: bool = True) -> None:
         """Our replica can no longer follow the stream: rejoin for a state transfer.
@@ -138,7 +146,7 @@ class StreamApplier:
             self.act()
             self.stability.applying = None
         self.node.stats["ordered_applied"] += 1
-        if self.synced and msg.op not in OWN_ONLY:
+        if self.synced and msg.op not in UNCOUNTED:
             self.position += 1
         if members is not None and error is None:
             self.stability.confirm(msg.origin, msg.seq)

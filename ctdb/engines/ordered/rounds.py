@@ -80,6 +80,8 @@ class RoundsHost(Protocol):
 
     def apply(self, msg: Ordered) -> None: ...
 
+    def counted(self, msgs: list[Ordered]) -> int: ...
+
     def act(self) -> None: ...
 
     def broadcast(self, op: str, args: dict[str, Any]) -> None: ...
@@ -286,7 +288,7 @@ class Rounds:
             return
         # What we queued so far, members in sync applied before the epoch
         # began: it counts in the epoch before (see `_finish_round`).
-        r.carried = len(e.backlog)
+        r.carried = e.counted(e.backlog)
         self.catching_up = (r.view_id, set(r.behind))
         self.plan_members = frozenset(r.members)
         if not r.behind:
