@@ -136,6 +136,12 @@ class Group:
                     member.engine.on_ordered(msg)
             self.clock.advance(0)  # what applying left for the loop (confirmations)
 
+    def op(self, sent: tuple[int, View, bytes, int | None]) -> str:
+        """The operation of a message sent and not yet delivered."""
+        msg = decode(sent[2], wire_limits(NODES), sent[0])
+        assert isinstance(msg, Ordered)
+        return msg.op
+
     def three_with_volatile(self, by: int) -> Database:
         """Nodes 0-2, started, in one view and in sync, with the volatile
         database "v" attached through node `by`."""
@@ -409,7 +415,7 @@ def test_members_in_sync_and_catching_up_count_the_same_position(group: Group) -
     group.start(2)  # restarted: its volatile copy is gone
     group.view(0, 1, 2)
     group.deliver(3)  # the offers: every member plans
-    snapshots = [s for s in group.sent if decode(s[2], wire_limits(NODES), s[0]).op == "snapshot"]
+    snapshots = [s for s in group.sent if group.op(s) == "snapshot"]
     group.sent = [s for s in group.sent if s not in snapshots]
     group.deliver()  # every `planned`: the epoch begins
     engines = [group.members[p].engine for p in (0, 1, 2)]
