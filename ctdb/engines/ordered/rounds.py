@@ -331,12 +331,8 @@ class Rounds:
         return any(p in view for p in self.catching_up[1])
 
     def on_synced(self, msg: Ordered) -> None:
-        """A member installed every snapshot of the plan it needed."""
-        r = self.round
-        if r is not None and r.plan is not None and not r.agreed:
-            if msg.args["view_id"] == r.view_id:
-                r.behind.discard(msg.origin)
-            return
+        """A member installed every snapshot of the plan it needed (always
+        after every `planned` of its round: it ends its round no sooner)."""
         view_id, behind = self.catching_up
         if msg.args["view_id"] == view_id and msg.origin in behind:
             behind.discard(msg.origin)

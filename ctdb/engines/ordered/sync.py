@@ -32,7 +32,7 @@ class SyncRound:
     #: members whose `planned` we delivered: once all of them, every member
     #: numbered the epoch, and the epoch begins (see `rounds.Rounds.on_planned`)
     planned: set[int] = field(default_factory=set)
-    #: members the plan gives snapshots that have yet to say they installed them
+    #: members the plan gives snapshots (`rounds.Rounds.catching_up` once it is agreed)
     behind: set[int] = field(default_factory=set)
     #: the plan gives us snapshots: the stream waits in our backlog until the round ends
     takes_copies: bool = False
