@@ -241,7 +241,25 @@ def test_merging_only_changed_keys_gives_what_a_full_merge_gives(
         ({0: (5, False, 0, 0), 1: (4, True, 9, 9)}, 0),  # a damaged copy of a later epoch wins
     ],
 )
-def test_freshest_copy_ranks_epoch_soundness_position_then_sequence(
+def test_freshest_volatile_copy_ranks_epoch_soundness_position_then_sequence(
     marks: dict[int, tuple[int, bool, int, int]], source: int
 ) -> None:
-    assert freshest_copy(marks) == source
+    assert freshest_copy(marks, replicated=False) == source
+
+
+@pytest.mark.parametrize(
+    ("marks", "source"),
+    [
+        ({0: (3, True, 9, 9), 1: (4, True, 0, 1)}, 1),  # the epoch first
+        ({0: (4, False, 9, 9), 2: (4, True, 1, 1)}, 2),  # then a sound copy over a damaged one
+        # then the sequence number, which a restart keeps and the position
+        # does not (vs seed 1040214: node 0 restarted, node 1 stopped)
+        ({0: (1, True, 0, 9), 1: (1, True, 29, 8)}, 0),
+        ({0: (4, True, 3, 5), 1: (4, True, 8, 5)}, 1),  # then the position
+        ({1: (4, True, 8, 5), 2: (4, True, 8, 5)}, 1),  # then the lowest pnn
+    ],
+)
+def test_freshest_persistent_copy_ranks_epoch_soundness_sequence_then_position(
+    marks: dict[int, tuple[int, bool, int, int]], source: int
+) -> None:
+    assert freshest_copy(marks, replicated=True) == source

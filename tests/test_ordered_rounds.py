@@ -428,3 +428,42 @@ def test_members_in_sync_and_catching_up_count_the_same_position(group: Group) -
     group.deliver()
     assert all(e.serving for e in engines)
     assert [e.position for e in engines] == [1, 1, 1]
+
+
+def test_with_nobody_in_sync_a_restarted_member_keeps_the_commits_it_holds(group: Group) -> None:
+    """Simulator, vs seed 1040214, without a loop: node 1 stops, and nodes 0
+    and 2 apply a commit it never gets (acknowledged once node 1 is expelled);
+    then nodes 0 and 2 restart. With nobody in sync, node 0 (restarted:
+    position 0, the commit at sequence number 2) and node 1 (which applied
+    three stores of the epoch before it stopped: position 3, sequence number
+    1) offer the same epoch. The position used to decide, and the commit
+    was gone; in a persistent database the sequence number, which a restart
+    keeps, decides first."""
+    for pnn in (0, 1, 2):
+        group.start(pnn).attach("p", DbKind.PERSISTENT)
+    group.view(0, 1, 2)
+    group.deliver()
+    zero = group.members[0].engine
+    p = group.members[0].db_by_name("p")
+    zero.broadcast("commit", {"db": p.id, "reads": [], "writes": [[b"k", b"first"]]})
+    zero.broadcast("attach", {"name": "v", "kind": "volatile"})
+    group.deliver()
+    v = group.members[0].db_by_name("v")
+    for i in range(3):
+        zero.broadcast("store", {"db": v.id, "key": b"s", "value": b"%d" % i, "owner": [0, 1]})
+    group.deliver()
+    zero.broadcast("commit", {"db": p.id, "reads": [], "writes": [[b"k", b"second"]]})
+    sender, view, data, _ = group.sent.pop()  # node 1 is stopped: nodes 0 and 2 get it
+    group.sent += [(sender, view, data, 0), (sender, view, data, 2)]
+    group.deliver()
+    assert group.members[1].engine.position > 0
+
+    for pnn in (0, 2):  # a majority restart
+        group.start(pnn).attach("p", DbKind.PERSISTENT)
+    group.view(1)  # node 1 runs again: alone, out of sync
+    group.view(0, 1)
+    group.deliver()
+    for pnn in (0, 1):
+        assert group.members[pnn].engine.serving
+        rec = group.members[pnn].db_by_name("p").local.get(b"k")
+        assert rec is not None and rec.value == b"second", pnn

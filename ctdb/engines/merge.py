@@ -89,7 +89,7 @@ def persistent_source(seqnums: Mapping[int, int]) -> int:
     return max(sorted(seqnums), key=lambda pnn: seqnums[pnn])
 
 
-def freshest_copy(marks: Mapping[int, tuple[int, bool, int, int]]) -> int:
+def freshest_copy(marks: Mapping[int, tuple[int, bool, int, int]], *, replicated: bool) -> int:
     """vs: when no member is in sync, whose copy a database is taken from.
 
     A mark is (epoch, sound, position, sequence number). A member's epoch
@@ -113,7 +113,16 @@ def freshest_copy(marks: Mapping[int, tuple[int, bool, int, int]]) -> int:
     member's copy when only the epoch and the sequence number counted, and
     a volatile write does not move the sequence number). The sequence
     number, then the lowest pnn, settle the rest.
+
+    Except in a replicated (persistent) database, where every write moves
+    the sequence number, durably: there it decides before the position,
+    which a restart sets back to 0 (vs seed 1040214: a member restarted in
+    the epoch, holding an acknowledged commit at sequence number 9, lost to
+    one that had applied more of the epoch before it stopped, at 8). A
+    restarted member's volatile copies are gone with it.
     """
+    if replicated:
+        return max(sorted(marks), key=lambda pnn: (*marks[pnn][:2], marks[pnn][3], marks[pnn][2]))
     return max(sorted(marks), key=lambda pnn: marks[pnn])
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctdb.engines.merge import Mark, freshest_copy
+from ctdb.storage.database import DbKind
 
 #: What a member offers that holds no copy of a database.
 NO_COPY: Mark = (0, b"")
@@ -74,14 +75,18 @@ def make_plan(offers: dict[int, dict[str, Any]]) -> Plan:
     when nobody in sync holds it (the whole cluster restarted, quorum was
     lost), from the freshest copy (`merge.freshest_copy`: the highest epoch,
     then a copy whose files saw no failed write, then the longest part of
-    the epoch's stream applied, then the highest sequence number). A member
+    the epoch's stream applied and the highest sequence number, the latter
+    first in a persistent or replicated database). A member
     out of sync needs every database; one in sync, those it lacks.
     """
     synced = sorted(p for p, o in offers.items() if o["synced"])
     marks: dict[str, dict[int, Mark]] = {}
+    volatile: set[str] = set()
     for p, o in offers.items():
-        for name, _kind, seqnum, history in o["dbs"]:
+        for name, kind, seqnum, history in o["dbs"]:
             marks.setdefault(name, {})[p] = (int(seqnum), bytes(history))
+            if DbKind.parse(str(kind)) is DbKind.VOLATILE:
+                volatile.add(name)
     epochs = {p: int(o["epoch"]) for p, o in offers.items()}
     sources: dict[str, int] = {}
     for name, holders in sorted(marks.items()):
@@ -93,7 +98,7 @@ def make_plan(offers: dict[int, dict[str, Any]]) -> Plan:
                 p: (epochs[p], not offers[p]["damaged"], int(offers[p]["position"]), mark[0])
                 for p, mark in holders.items()
             }
-            sources[name] = freshest_copy(fresh)
+            sources[name] = freshest_copy(fresh, replicated=name not in volatile)
     needs = {
         p: {
             name
