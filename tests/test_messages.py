@@ -135,7 +135,7 @@ def test_every_control_handler_has_a_schema_row_and_every_row_a_handler() -> Non
 
 def test_every_ordered_op_has_a_schema_row_and_every_row_an_applier() -> None:
     # handled before the _apply_<op> dispatch
-    special = {"applied", "offer", "planned", "snapshot", "synced"}
+    special = {"applied", "offer", "numbered", "snapshot", "synced"}
     appliers = {n.removeprefix("_apply_") for n in dir(OrderedEngine) if n.startswith("_apply_")}
     in_replica = {n.removeprefix("_apply_") for n in dir(Replica) if n.startswith("_apply_")}
     assert in_replica == Replica.OPS

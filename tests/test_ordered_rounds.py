@@ -467,3 +467,48 @@ def test_with_nobody_in_sync_a_restarted_member_keeps_the_commits_it_holds(group
         assert group.members[pnn].engine.serving
         rec = group.members[pnn].db_by_name("p").local.get(b"k")
         assert rec is not None and rec.value == b"second", pnn
+
+
+def test_a_view_change_without_a_round_adopts_its_epoch_once_every_member_numbered_it(
+    group: Group,
+) -> None:
+    """Node 1 leaves [0, 1, 2]; the members in sync number one more epoch.
+    Node 0 crashes before it handles that view change (seed 1040214 had one
+    stalled by a Samba client's chain), so only node 2 numbers it, and
+    applies two commits nobody else gets. Nodes 0 (restarted) and 1 then go
+    on in [0, 1] and number the same epoch in their round, for a history
+    holding an acknowledged commit. With nobody in sync, node 2 (restarted) and node 1
+    must not offer one epoch for two histories: node 2's copy, ahead in
+    sequence numbers, used to win, and the acknowledged commit was gone."""
+    for pnn in (0, 1, 2):
+        group.start(pnn).attach("p", DbKind.PERSISTENT)
+    group.view(0, 1, 2)
+    group.deliver()
+    two = group.members[2]
+    alone = View(100, (0, 2))  # the view change only node 2 handles
+    two.view = alone
+    two.engine.on_view(alone)
+    p = two.db_by_name("p")
+    for i in range(2):
+        two.engine.broadcast("commit", {"db": p.id, "reads": [], "writes": [[b"k", b"%d" % i]]})
+    group.deliver()
+    assert two.engine.serving and two.db_by_name("p").seqnum() == 2
+
+    group.view(1)  # node 1 sees nodes 0 and 2 go: alone, out of sync
+    group.start(0).attach("p", DbKind.PERSISTENT)  # node 0 restarts; node 2 is gone
+    group.view(0, 1)
+    group.deliver()
+    one = group.members[1]
+    one.engine.broadcast("commit", {"db": p.id, "reads": [], "writes": [[b"k", b"acked"]]})
+    group.deliver()
+    assert one.db_by_name("p").local.get(b"k") == group.members[0].db_by_name("p").local.get(b"k")
+
+    group.view(0)  # nobody in sync
+    group.view(1)
+    group.start(2).attach("p", DbKind.PERSISTENT)
+    group.view(1, 2)
+    group.deliver()
+    for pnn in (1, 2):
+        assert group.members[pnn].engine.serving
+        rec = group.members[pnn].db_by_name("p").local.get(b"k")
+        assert rec is not None and rec.value == b"acked", pnn

@@ -220,8 +220,9 @@ ORDERED: dict[str, Check] = {
             "dbs": list_of(row(DB_NAME, DB_KIND, U64, HISTORY)),
         }
     ),
-    # the sender made the plan of the round of `view_id`, and numbered its epoch
-    "planned": struct({"view_id": U64}),
+    # the sender numbered the epoch of `view_id` (its round's plan, or one more
+    # quorate view in sync), durably
+    "numbered": struct({"view_id": U64}),
     # the sender installed every snapshot it needed in the round of `view_id`
     "synced": struct({"view_id": U64}),
     "snapshot": struct(

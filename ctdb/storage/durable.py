@@ -100,11 +100,11 @@ class Epochs:
         """Remember that epoch number `epoch` was handed out.
 
         vs numbers a new epoch above every number its members saw, also
-        those of rounds a member planned but did not finish, and a member
+        those of rounds a member numbered but did not finish, and a member
         adopts (`set`) an epoch only once every member of its view numbered
         it: an epoch a copy claims is then never numbered again, on two
         sides of a partition (see merge.freshest_copy and
-        ctdb.engines.ordered.rounds.Rounds.on_planned).
+        ctdb.engines.ordered.rounds.Rounds.on_numbered).
         """
         if epoch > self.numbered:
             write_counter(self._numbered_file, epoch)

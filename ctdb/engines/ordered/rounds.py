@@ -4,8 +4,8 @@ A view change is delivered at the same position of the stream on every
 member, so each member decides the same: purge what departed members held,
 and, when someone joined or is behind, run a round. In a round every member
 offers what it holds (`ctdb.engines.ordered.sync`: the offers and the plan
-every member computes from them alike); each member says it made the plan
-(`planned`), and the plan's epoch begins once every member did; the plan's
+every member computes from them alike); each member says it numbered the
+plan's epoch (`numbered`), and the epoch begins once every member did; the plan's
 sources broadcast snapshots of the databases others need, with the lock
 queues and the stability state that go with them; a member that installed
 its snapshots says so (`synced`), and applies what it queued meanwhile.
@@ -31,7 +31,7 @@ from ctdb.engines.ordered.replica import Replica
 from ctdb.engines.ordered.requests import Requests
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import Stability
-from ctdb.engines.ordered.sync import SyncRound, make_plan
+from ctdb.engines.ordered.sync import Bump, SyncRound, make_plan
 from ctdb.protocol.messages import Ordered
 from ctdb.storage.database import Database, DbKind
 from ctdb.storage.entries import Entry
@@ -110,13 +110,15 @@ class Rounds:
         self.plan_members: frozenset[int] = frozenset()
         #: this run completed a round (its clients may own entries)
         self.served = False
+        #: the epoch of a view without a round, until every member numbered it
+        self.bump: Bump | None = None
 
     def on_message(self, msg: Ordered) -> bool:
-        """Take a round's own messages (offer, planned, snapshot, synced); False for any other."""
+        """Take a round's own messages (offer, numbered, snapshot, synced); False for any other."""
         if msg.op == "offer":
             self.on_offer(msg)
-        elif msg.op == "planned":
-            self.on_planned(msg)
+        elif msg.op == "numbered":
+            self.on_numbered(msg)
         elif msg.op == "snapshot":
             self.on_snapshot(msg)
         elif msg.op == "synced":
@@ -131,6 +133,7 @@ class Rounds:
         old = e.view
         e.view = view
         e.recoveries = 0
+        self.bump = None  # not adopted in its view: the next one numbers above it
         left = set(old.members) - set(view.members)
         joined = set(view.members) - set(old.members)
         failure = None
@@ -186,9 +189,15 @@ class Rounds:
             self._start_round(view)
         else:
             # Members in sync went through one more quorate view (see
-            # merge.freshest_copy); all of them, at this same position.
-            e.node.epochs.set(e.node.epochs.epoch + 1)
-            e.position = 0
+            # merge.freshest_copy): all of them number its epoch at this same
+            # position, and adopt it once every one of them did (a member
+            # may crash before it handles the view: seed 1040214 had one
+            # stalled by a Samba client), above any they numbered before.
+            # Meanwhile they serve, and count positions in the epoch before.
+            epochs = e.node.epochs
+            self.bump = Bump(view.view_id, max(epochs.epoch, epochs.numbered) + 1)
+            epochs.number(self.bump.epoch)
+            self._say_numbered(view.view_id)
         if e.quorate and e.node.pnn in view:
             # Survivors delivered what we delivered in the old view; joiners
             # hold it once the round just started is done (see `_stable`).
@@ -236,8 +245,7 @@ class Rounds:
         plan = make_plan(r.offers)
         r.plan, r.epoch = plan.sources, plan.epoch
         e.node.epochs.number(r.epoch)
-        # Durably numbered: say so (see `on_planned`).
-        e.node.broadcast(Ordered(e.node.pnn, 0, "planned", {"view_id": r.view_id}))
+        self._say_numbered(r.view_id)
         e.flags = {p: e.flags[p] for p in r.members}
         me = e.node.pnn
         needs = plan.needs[me]
@@ -264,8 +272,13 @@ class Rounds:
                 db = e.node.db_by_name(name)
                 self._send_snapshot(r, db, plan.offered(name, receivers))
 
-    def on_planned(self, msg: Ordered) -> None:
-        """A member made the plan, and numbered its epoch durably.
+    def _say_numbered(self, view_id: int) -> None:
+        """We numbered the epoch of `view_id` durably: say so (see `on_numbered`)."""
+        e = self.engine
+        e.node.broadcast(Ordered(e.node.pnn, 0, "numbered", {"view_id": view_id}))
+
+    def on_numbered(self, msg: Ordered) -> None:
+        """A member numbered the epoch of its view durably.
 
         The epoch begins once every member did, not at our plan: a member
         may deliver every offer while another never delivers the last one
@@ -276,14 +289,22 @@ class Rounds:
         nobody is in sync, `merge.freshest_copy` would then compare copies
         of two histories as one (simulator, vs seed 1009198: a stale copy
         at epoch 5, position 0, taken over a copy at epoch 5 holding an
-        acknowledged commit). Once every member planned, every member
-        numbered the epoch, and every later quorate view holds one of them.
+        acknowledged commit). Once every member numbered the epoch, every
+        later quorate view holds one of them.
         """
         e = self.engine
-        r = self.round
-        if r is None or r.plan is None or msg.args.get("view_id") != r.view_id:
+        r, bump = self.round, self.bump
+        view_id = msg.args.get("view_id")
+        if bump is not None and view_id == bump.view_id:
+            bump.numbered.add(msg.origin)
+            if bump.numbered == set(e.view.members):
+                self.bump = None
+                e.node.epochs.set(bump.epoch)
+                e.position = 0
             return
-        r.planned.add(msg.origin)
+        if r is None or r.plan is None or view_id != r.view_id:
+            return
+        r.numbered.add(msg.origin)
         if not r.agreed:
             return
         # What we queued so far, members in sync applied before the epoch
@@ -332,7 +353,7 @@ class Rounds:
 
     def on_synced(self, msg: Ordered) -> None:
         """A member installed every snapshot of the plan it needed (always
-        after every `planned` of its round: it ends its round no sooner)."""
+        after every `numbered` of its round: it ends its round no sooner)."""
         view_id, behind = self.catching_up
         if msg.args["view_id"] == view_id and msg.origin in behind:
             behind.discard(msg.origin)
@@ -394,7 +415,7 @@ class Rounds:
         e.purge(lambda o: o[0] not in e.view)
         e.purge_entries(record_calls.departed(incarnations))
         e.node.epochs.set(self.round.epoch)
-        # The epoch began when every member had planned: what we carried
+        # The epoch began when every member had numbered it: what we carried
         # from before that, members in sync applied before it.
         e.position = -self.round.carried
         took_copies = self.round.takes_copies

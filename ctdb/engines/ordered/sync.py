@@ -30,9 +30,9 @@ class SyncRound:
     plan: dict[str, int] | None = None
     #: the epoch every member adopts when the round completes
     epoch: int = 0
-    #: members whose `planned` we delivered: once all of them, every member
-    #: numbered the epoch, and the epoch begins (see `rounds.Rounds.on_planned`)
-    planned: set[int] = field(default_factory=set)
+    #: members whose `numbered` we delivered: once all of them, every member
+    #: numbered the epoch, and the epoch begins (see `rounds.Rounds.on_numbered`)
+    numbered: set[int] = field(default_factory=set)
     #: members the plan gives snapshots (`rounds.Rounds.catching_up` once it is agreed)
     behind: set[int] = field(default_factory=set)
     #: the plan gives us snapshots: the stream waits in our backlog until the round ends
@@ -44,8 +44,18 @@ class SyncRound:
 
     @property
     def agreed(self) -> bool:
-        """Every member planned: the epoch has begun."""
-        return self.plan is not None and self.planned == set(self.members)
+        """Every member numbered the plan's epoch: it has begun."""
+        return self.plan is not None and self.numbered == set(self.members)
+
+
+@dataclass
+class Bump:
+    """Members in sync went through one more quorate view: its epoch, until
+    every member numbered it (see `rounds.Rounds.on_numbered`)."""
+
+    view_id: int
+    epoch: int
+    numbered: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
