@@ -159,6 +159,13 @@ class Group:
         sender, view, data, _ = self.sent.pop()
         self.sent.append((sender, view, data, pnn))
 
+    def serve_committed(self, pnns: tuple[int, ...], value: bytes) -> None:
+        """Members `pnns` serve, and read `value` at key k of database "p"."""
+        for pnn in pnns:
+            assert self.members[pnn].engine.serving, pnn
+            rec = self.members[pnn].db_by_name("p").local.get(b"k")
+            assert rec is not None and rec.value == value, (pnn, rec)
+
     def agreed(self, pnns: list[int]) -> set[tuple[int, tuple[tuple[int, int], ...]]]:
         """Each member's (forced recoveries, flags) in the current view."""
         return {
@@ -396,10 +403,7 @@ def test_an_epoch_one_member_planned_alone_is_not_adopted(
     group.start(1).attach("p", DbKind.PERSISTENT)  # node 1 restarts
     group.view(0, 1)
     group.deliver()
-    for pnn in (0, 1):
-        assert group.members[pnn].engine.serving
-        rec = group.members[pnn].db_by_name("p").local.get(b"k")
-        assert rec is not None and rec.value == b"acknowledged", pnn
+    group.serve_committed((0, 1), b"acknowledged")
 
 
 def test_members_in_sync_and_catching_up_count_the_same_position(group: Group) -> None:
@@ -463,10 +467,7 @@ def test_with_nobody_in_sync_a_restarted_member_keeps_the_commits_it_holds(group
     group.view(1)  # node 1 runs again: alone, out of sync
     group.view(0, 1)
     group.deliver()
-    for pnn in (0, 1):
-        assert group.members[pnn].engine.serving
-        rec = group.members[pnn].db_by_name("p").local.get(b"k")
-        assert rec is not None and rec.value == b"second", pnn
+    group.serve_committed((0, 1), b"second")
 
 
 def test_a_view_change_without_a_round_adopts_its_epoch_once_every_member_numbered_it(
@@ -508,7 +509,4 @@ def test_a_view_change_without_a_round_adopts_its_epoch_once_every_member_number
     group.start(2).attach("p", DbKind.PERSISTENT)
     group.view(1, 2)
     group.deliver()
-    for pnn in (1, 2):
-        assert group.members[pnn].engine.serving
-        rec = group.members[pnn].db_by_name("p").local.get(b"k")
-        assert rec is not None and rec.value == b"acked", pnn
+    group.serve_committed((1, 2), b"acked")
