@@ -251,15 +251,18 @@ def test_freshest_volatile_copy_ranks_epoch_soundness_position_then_sequence(
     ("marks", "source"),
     [
         ({0: (3, True, 9, 9), 1: (4, True, 0, 1)}, 1),  # the epoch first
-        ({0: (4, False, 9, 9), 2: (4, True, 1, 1)}, 2),  # then a sound copy over a damaged one
         # then the sequence number, which a restart keeps and the position
-        # does not (vs seed 1040214: node 0 restarted, node 1 stopped)
+        # does not (vs seed 1040214: node 0 restarted, node 1 stopped) ...
         ({0: (1, True, 0, 9), 1: (1, True, 29, 8)}, 0),
+        # ... and which a failed write does not move (vs seed 1097342:
+        # node 1's writes failed, node 0 was expelled early)
+        ({0: (1, True, 26, 4), 1: (1, False, 27, 5)}, 1),
+        ({0: (4, False, 9, 5), 2: (4, True, 1, 5)}, 2),  # then a sound copy
         ({0: (4, True, 3, 5), 1: (4, True, 8, 5)}, 1),  # then the position
         ({1: (4, True, 8, 5), 2: (4, True, 8, 5)}, 1),  # then the lowest pnn
     ],
 )
-def test_freshest_persistent_copy_ranks_epoch_soundness_sequence_then_position(
+def test_freshest_persistent_copy_ranks_epoch_sequence_soundness_then_position(
     marks: dict[int, tuple[int, bool, int, int]], source: int
 ) -> None:
     assert freshest_copy(marks, replicated=True) == source

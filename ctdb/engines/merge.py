@@ -114,15 +114,20 @@ def freshest_copy(marks: Mapping[int, tuple[int, bool, int, int]], *, replicated
     a volatile write does not move the sequence number). The sequence
     number, then the lowest pnn, settle the rest.
 
-    Except in a replicated (persistent) database, where every write moves
-    the sequence number, durably: there it decides before the position,
-    which a restart sets back to 0 (vs seed 1040214: a member restarted in
-    the epoch, holding an acknowledged commit at sequence number 9, lost to
-    one that had applied more of the epoch before it stopped, at 8). A
-    restarted member's volatile copies are gone with it.
+    Except in a replicated (persistent) database, where every write is a
+    transaction that moves the sequence number, durably, or changes
+    nothing: a copy of the epoch, damaged or not, holds a prefix of its
+    commits, and the highest sequence number the longest. It decides right
+    after the epoch there, before the position, which a restart sets back
+    to 0 (vs seed 1040214: a member restarted in the epoch, holding an
+    acknowledged commit at sequence number 9, lost to one that had applied
+    more of the epoch before it stopped, at 8), and before soundness (vs
+    seed 1097342: a member expelled early in the epoch, sound, at 4 won
+    over one whose writes failed after it had applied two more commits,
+    one acknowledged). A restarted member's volatile copies are gone.
     """
     if replicated:
-        return max(sorted(marks), key=lambda pnn: (*marks[pnn][:2], marks[pnn][3], marks[pnn][2]))
+        return max(sorted(marks), key=lambda pnn: (marks[pnn][0], marks[pnn][3], *marks[pnn][1:3]))
     return max(sorted(marks), key=lambda pnn: marks[pnn])
 
 

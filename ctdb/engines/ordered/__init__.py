@@ -27,9 +27,9 @@ computes the same plan: each database comes from the lowest in-sync member
 holding it, or, when nobody is in sync (the whole cluster restarted, quorum
 was lost), from the freshest copy (`merge.freshest_copy`: the highest epoch,
 then a copy whose files saw no failed write, then the longest part of the
-epoch's stream applied, then the highest sequence number). Sources
-broadcast a snapshot
-taken at that position; members that need it queue later operations until
+epoch's stream applied, then the highest sequence number; for a persistent
+database the sequence number comes right after the epoch). Sources
+broadcast a snapshot taken at that position; members that need it queue later operations until
 the snapshot is applied. Each member also says it numbered the plan's
 epoch (`numbered`): the epoch begins, and the round ends, only once every
 member did, so that no later round numbers it again for another history

@@ -85,8 +85,9 @@ def make_plan(offers: dict[int, dict[str, Any]]) -> Plan:
     when nobody in sync holds it (the whole cluster restarted, quorum was
     lost), from the freshest copy (`merge.freshest_copy`: the highest epoch,
     then a copy whose files saw no failed write, then the longest part of
-    the epoch's stream applied and the highest sequence number, the latter
-    first in a persistent or replicated database). A member
+    the epoch's stream applied, then the highest sequence number; in a
+    persistent or replicated database the sequence number right after the
+    epoch). A member
     out of sync needs every database; one in sync, those it lacks.
     """
     synced = sorted(p for p, o in offers.items() if o["synced"])
