@@ -38,6 +38,7 @@ def offer(
     numbered: int = 1,
     damaged: bool = False,
     position: int = 0,
+    kind: str = "persistent",
 ) -> dict[str, Any]:
     return {
         "synced": synced,
@@ -46,7 +47,7 @@ def offer(
         "position": position,
         "numbered": numbered,
         "flags": 0,
-        "dbs": [[name, "persistent", seq, hist] for name, (seq, hist) in dbs.items()],
+        "dbs": [[name, kind, seq, hist] for name, (seq, hist) in dbs.items()],
     }
 
 
@@ -92,8 +93,33 @@ def test_a_member_in_sync_needs_only_the_databases_it_lacks() -> None:
         ({0: (4, False, 5, 9), 1: (4, False, 5, 9)}, 0),  # a tie: the lowest member
     ],
 )
-def test_with_nobody_in_sync_the_freshest_copy_wins(
+def test_with_nobody_in_sync_the_freshest_volatile_copy_wins(
     marks: dict[int, tuple[int, bool, int, int]], source: int
+) -> None:
+    _freshest_copy_wins(marks, source, "volatile")
+
+
+@pytest.mark.parametrize(
+    ("marks", "source"),
+    [
+        # (epoch, damaged, position, sequence number) per member -> the copy taken
+        ({0: (3, False, 7, 9), 1: (4, True, 0, 0)}, 1),  # the highest epoch first
+        # then the highest sequence number: every commit moves it, or
+        # changes nothing (vs seeds 1040214 and 1097342)
+        ({0: (4, True, 0, 9), 1: (4, False, 7, 2)}, 0),
+        ({0: (4, True, 7, 9), 1: (4, False, 0, 9)}, 1),  # then a copy without failed writes
+        ({0: (4, False, 3, 9), 1: (4, False, 5, 9)}, 1),  # then the position
+        ({0: (4, False, 5, 9), 1: (4, False, 5, 9)}, 0),  # a tie: the lowest member
+    ],
+)
+def test_with_nobody_in_sync_the_freshest_persistent_copy_wins(
+    marks: dict[int, tuple[int, bool, int, int]], source: int
+) -> None:
+    _freshest_copy_wins(marks, source, "persistent")
+
+
+def _freshest_copy_wins(
+    marks: dict[int, tuple[int, bool, int, int]], source: int, kind: str
 ) -> None:
     offers = {
         p: offer(
@@ -103,6 +129,7 @@ def test_with_nobody_in_sync_the_freshest_copy_wins(
             numbered=epoch,
             damaged=bad,
             position=position,
+            kind=kind,
         )
         for p, (epoch, bad, position, seq) in marks.items()
     }
