@@ -6,9 +6,11 @@ silence after which any member expels, less one tick. Members announce that
 silence (HELLO, ALIVE; `Agreed.silences`), so `setvar` on one node cannot
 make the lease outlive an expel (tools.chaos found stale reads when the
 lease was wrong). corosync itself may leave a member the network cut off
-out of its ring sooner, after its token and consensus timeouts, which it
-tells through cmap (`transport.libcmap`); the lease ends before that too
-(tools.simulate found stale reads when it did not).
+out of its ring sooner: after its token and consensus timeouts, or after
+the consensus timeout alone when a node joins that reaches the others and
+not that member; it tells both through cmap (`transport.libcmap`), and the
+lease ends before the sooner (tools.simulate found stale reads when it did
+not).
 """
 
 from __future__ import annotations
