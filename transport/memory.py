@@ -161,12 +161,12 @@ class MemoryTransport(Transport):
 
         The network expels a stopped member after the keepalive silence, a
         member a cut isolates after its `ring_timeout`, and one a joiner
-        does not reach after its `gather_timeout`; the member learns it only when it
-        reaches that view among what was queued for it, and until then it
-        must not answer from its copy. Nobody can have left it out before
-        its latest message that came back was sent, so that time plus the
-        lease of `transport.base.lease_timing` is safe. With none, or in a
-        view of itself alone, nothing is confirmed (unless the cluster has
+        does not reach after its `gather_timeout`; the member learns it only
+        when it reaches that view among what was queued for it, and until
+        then it must not answer from its copy. Nobody can have left it out
+        before its latest message that came back was sent, so that time plus
+        the lease of `transport.base.lease_timing` is safe. With none, or in
+        a view of itself alone, nothing is confirmed (unless the cluster has
         one node); over FIFO (tcp) the engine keeps its own lease.
         """
         if not self._leased or len(self.nodes) == 1:

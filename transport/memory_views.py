@@ -254,9 +254,7 @@ class ViewLayer(LinkLayer):
         if view.view_id in self._broken:
             # The ring re-forms: what reaches it now is ordered in the new
             # one, as what it held back (`_stall_over`).
-            ep = self._endpoints.get(src)
-            if ep is not None and src in self._alive:
-                ep._not_ordered([item])
+            self._not_ordered(src, [item])
             return
         # Only members still in that very view get it: not a restarted
         # incarnation of a dead member, not members that moved on.
@@ -440,10 +438,15 @@ class ViewLayer(LinkLayer):
         for src, item in self._parked.pop(view_id, []):
             unordered.setdefault(src, []).append(item)
         for src, items in unordered.items():
-            ep = self._endpoints.get(src)
-            if ep is not None and src in self._alive:
-                ep._not_ordered(items)
+            self._not_ordered(src, items)
         self._vs_reconcile()
+
+    def _not_ordered(self, src: int, items: list[tuple[Any, ...]]) -> None:
+        """What `src` sent that a broken ring never ordered goes back to it,
+        to be sent again after its next view (`MemoryTransport._not_ordered`)."""
+        ep = self._endpoints.get(src)
+        if ep is not None and src in self._alive:
+            ep._not_ordered(items)
 
     def _unpark(self) -> None:
         """Order what members of views a cut no longer breaks sent meanwhile,

@@ -126,9 +126,14 @@ def freshest_copy(marks: Mapping[int, tuple[int, bool, int, int]], *, replicated
     over one whose writes failed after it had applied two more commits,
     one acknowledged). A restarted member's volatile copies are gone.
     """
-    if replicated:
-        return max(sorted(marks), key=lambda pnn: (marks[pnn][0], marks[pnn][3], *marks[pnn][1:3]))
-    return max(sorted(marks), key=lambda pnn: marks[pnn])
+
+    def rank(pnn: int) -> tuple[int, ...]:
+        epoch, sound, position, seqnum = marks[pnn]
+        if replicated:
+            return (epoch, seqnum, sound, position)
+        return (epoch, sound, position, seqnum)
+
+    return max(sorted(marks), key=rank)
 
 
 def newest_epoch_members(epochs: Mapping[int, int]) -> list[int]:

@@ -29,14 +29,14 @@ was lost), from the freshest copy (`merge.freshest_copy`: the highest epoch,
 then a copy whose files saw no failed write, then the longest part of the
 epoch's stream applied, then the highest sequence number; for a persistent
 database the sequence number comes right after the epoch). Sources
-broadcast a snapshot taken at that position; members that need it queue later operations until
-the snapshot is applied. Each member also says it numbered the plan's
-epoch (`numbered`): the epoch begins, and the round ends, only once every
-member did, so that no later round numbers it again for another history
-(`rounds.on_numbered`); so does a view change without a round, where the
-members in sync go on serving meanwhile.
-Quorum (a majority of configured nodes) is enforced here because CPG does
-not: a member of a minority view is out of sync and serves nothing.
+broadcast a snapshot taken at that position; members that need it queue
+later operations until the snapshot is applied. Each member also says it
+numbered the plan's epoch (`numbered`): the epoch begins, and the round
+ends, only once every member did, so that no later round numbers it again
+for another history (`rounds.on_numbered`); so does a view change without a
+round, where the members in sync go on serving meanwhile. Quorum (a
+majority of configured nodes) is enforced here because CPG does not: a
+member of a minority view is out of sync and serves nothing.
 
 Agreed delivery at the origin does not mean every member has the message:
 if the origin fails (or is cut off) right after delivering its own write,

@@ -228,7 +228,7 @@ class Rounds:
         """The round's plan gives us snapshots, and the round is not over: what
         the stream delivers waits in our backlog, to be applied in order."""
         r = self.round
-        return r is not None and r.takes_copies
+        return r is not None and self.engine.node.pnn in r.behind
 
     def on_offer(self, msg: Ordered) -> None:
         e = self.engine
@@ -252,7 +252,6 @@ class Rounds:
         r.behind = {p for p in r.members if plan.needs[p]}
         e.stability.mark_plan()
         r.awaiting = needs
-        r.takes_copies = bool(needs)
         if not e.synced:
             # What members in sync applied up to here is in the snapshots we
             # are about to get; what only members out of sync saw (sent while
@@ -418,7 +417,7 @@ class Rounds:
         # The epoch began when every member had numbered it: what we carried
         # from before that, members in sync applied before it.
         e.position = -self.round.carried
-        took_copies = self.round.takes_copies
+        took_copies = e.node.pnn in self.round.behind
         if took_copies and self.served:
             # Views without us have passed, and their purges took our
             # clients' entries.

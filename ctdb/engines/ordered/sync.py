@@ -35,8 +35,6 @@ class SyncRound:
     numbered: set[int] = field(default_factory=set)
     #: members the plan gives snapshots (`rounds.Rounds.catching_up` once it is agreed)
     behind: set[int] = field(default_factory=set)
-    #: the plan gives us snapshots: the stream waits in our backlog until the round ends
-    takes_copies: bool = False
     awaiting: set[str] = field(default_factory=set)
     #: operations queued before the epoch began, which we apply after our
     #: snapshots, but which do not count in the epoch's position
