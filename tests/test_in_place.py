@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from ctdb.client import AsyncClient, Client
-from ctdb.common.errors import CtdbError
+from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import serving_state
 from ctdb.protocol.serving_state import NOT_SERVING, ServingState
 from tests.conftest import run_ctdbtool, unique
@@ -254,6 +254,87 @@ def test_a_client_follows_a_daemon_that_restarted(
     for p in range(3):
         with c.client(p) as cl:
             assert cl.fetch(db, key) == b"after, in place"
+
+
+def _wipe_in_background(c: LocalCluster, db: str) -> tuple[threading.Thread, list[object]]:
+    """`wipedb` through node 0 in a thread; the list gets its outcome (None or the error)."""
+    outcome: list[object] = []
+
+    def wipe() -> None:
+        with c.client(0) as cl:
+            try:
+                outcome.append(cl.call("wipedb", db=db))
+            except CtdbError as exc:
+                outcome.append(exc)
+
+    thread = threading.Thread(target=wipe)
+    thread.start()
+    return thread, outcome
+
+
+@tcp_only
+@pytest.mark.parametrize("holder", ["in place", "through the daemon"])
+def test_a_wipe_waits_for_a_locked_record_and_the_daemon_keeps_serving(
+    cluster_factory: Callable[..., LocalCluster], holder: str
+) -> None:
+    """A wipe of a file clients share waits for a record a client holds locked.
+
+    Before, libtdb's wipe waited for the chain an in-place client held on
+    the daemon's event loop (the daemon answered nothing until the client
+    let go: for ever if it waited for the daemon), and it refused at once,
+    as an I/O error ("Locking error"), while the daemon itself kept the
+    chain for a lock taken through it.
+    """
+    c = cluster_factory(size=3)
+    db, key = unique("wipe"), b"k"
+    with c.client(0, in_place=True) as fast, c.client(0, timeout=10) as other:
+        fast.attach(db)
+        fast.store(db, key, b"1")
+        other.store(db, b"other", b"2")
+        assert other.call("in_place", db=db) is not None  # the file is shared from here on
+        holding = fast if holder == "in place" else other
+        assert holding.fetch_lock(db, key) == b"1"
+        wipe, outcome = _wipe_in_background(c, db)
+        # The daemon serves while the wipe waits (before: a statistics call
+        # timed out behind a wipe blocked in place, or the wipe failed).
+        with c.client(0, timeout=10) as watcher:
+            wait_for(
+                "the wipe to wait for the lock",
+                lambda: watcher.call("statistics").get("wipe_waits", 0) == 1,
+                20,
+                c,
+            )
+        assert wipe.is_alive() and not outcome, outcome  # still waiting for the lock
+        holding.store_unlock(db, key, b"3")
+        wipe.join(30)
+        assert outcome == [None], outcome
+    for p in range(3):
+        with c.client(p) as cl:
+            assert (cl.fetch(db, key), cl.fetch(db, b"other")) == (None, None)
+
+
+@tcp_only
+def test_a_wipe_that_a_lock_outlasts_fails_busy_and_wipes_nothing_here(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    """A client that keeps its lock makes the wipe fail with BUSY after half a
+    CallTimeout, a clear error instead of a daemon stopped or an I/O error."""
+    c = cluster_factory(size=1, tunables={"CallTimeout": 2})
+    db, key = unique("wipe"), b"k"
+    with c.client(0, in_place=True) as fast, c.client(0) as other:
+        fast.attach(db)
+        fast.store(db, key, b"1")
+        other.store(db, b"other", b"2")
+        assert fast.fetch_lock(db, key) == b"1"
+        started = time.monotonic()
+        with pytest.raises(CtdbError) as raised:
+            other.call("wipedb", db=db)
+        assert raised.value.code is ErrorCode.BUSY, raised.value
+        assert "locked" in raised.value.message
+        assert 0.9 <= time.monotonic() - started < 10
+        assert other.fetch(db, b"other") == b"2"  # nothing wiped
+        fast.store_unlock(db, key, b"3")
+        assert other.fetch(db, key) == b"3"
 
 
 @vs_only

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctdb.common.config import parse_tunable, read_nodes
 from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.engines.chains import poll
 from ctdb.engines.merge import to_wire
 from ctdb.server.state import INACTIVE, NodeFlags
 from ctdb.storage.database import DbKind
@@ -131,16 +132,55 @@ class NodeControls:
             if db.replicated or rec.dmaster == self.node.pnn
         )
 
-    def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
-        """Volatile databases only: persistent ones are wiped by a transaction."""
+    async def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
+        """Volatile databases only: persistent ones are wiped by a transaction.
+
+        A file that clients in other processes share (Samba's, or ours in
+        place) is wiped under its whole-file lock, taken without waiting on
+        the event loop: libtdb's wipe would wait there for a chain a client
+        holds (the daemon stopped for as long: for ever if that client
+        waits for this daemon), and refuses to run at all while a lock of
+        this daemon's own clients keeps a chain (`KeyState.chain`). So the
+        wipe waits for those locks, as ctdbd's freeze does, for half a
+        CallTimeout (its sender gives up after a whole one), then fails.
+        The node's "wipe_waits" counts the wipes that had to wait.
+        """
         node = self.node
         db = node.db(int(args["db_id"]))
         if db.replicated:
             raise CtdbError(ErrorCode.INVALID, f"{db.name} is {db.kind.value}: wipe by transaction")
-        if not node.serving or args["generation"] != node.generation:
-            # A recovery started since: it may push back what we would wipe.
+        generation = args["generation"]
+        self._may_wipe(generation)
+        if not db.shared:
+            db.local.clear()
+            return
+        local = db.local
+        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout") / 2
+
+        def take() -> bool:
+            # A recovery may start between tries, and its work owns the
+            # handle: each try checks first that this generation serves.
+            return self._may_wipe(generation) and not local.holds_chains and local.try_lock_all()
+
+        if not take():
+            node.stats["wipe_waits"] += 1
+            if not await poll(take, deadline):
+                raise CtdbError(
+                    ErrorCode.BUSY,
+                    f"clients kept records of {db.name} locked: nothing wiped on node {node.pnn}",
+                )
+        try:
+            local.clear()
+        finally:
+            local.unlock_all()
+
+    def _may_wipe(self, generation: int) -> bool:
+        """True, or RETRY if a recovery started since the wipe was sent: it may
+        push back what we would wipe."""
+        node = self.node
+        if not node.serving or generation != node.generation:
             raise CtdbError(ErrorCode.RETRY, "recovery in progress: retry the wipe")
-        db.local.clear()
+        return True
 
     async def ctl_recover(self, src: int, args: dict[str, Any]) -> None:
         """Force a recovery and return once it has finished, as `ctdb recover` does."""

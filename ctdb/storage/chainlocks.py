@@ -177,8 +177,16 @@ class ChainLocks:
         if key in self._held:
             self._held.remove(key)
 
+    @property
+    def holding(self) -> bool:
+        """This handle holds a chain (for a lock of the daemon's clients, or a helper's)."""
+        return bool(self._held)
+
     def try_lock_all(self) -> bool:
-        """Lock every chain (CTDB's freeze), if no other process holds any."""
+        """Lock every chain (CTDB's freeze), if no other process holds any.
+
+        libtdb refuses it (an error, not "busy") while this handle holds a
+        chain: ask `holding` first."""
         return self._call("tdb_lockall_nonblock")
 
     def unlock_all(self) -> None:

@@ -260,6 +260,11 @@ class LocalDb:
         self._tdb.increment_seqnum_nonblock()
 
     @property
+    def holds_chains(self) -> bool:
+        """This process holds a chain lock of the file (not counting `try_lock_all`)."""
+        return self.chains.holding
+
+    @property
     def whole_locked(self) -> bool:
         """This process holds every chain (`try_lock_all`)."""
         return self._whole > 0
