@@ -141,8 +141,9 @@ class NodeControls:
         holds (the daemon stopped for as long: for ever if that client
         waits for this daemon), and refuses to run at all while a lock of
         this daemon's own clients keeps a chain (`KeyState.chain`). So the
-        wipe waits for those locks, as ctdbd's freeze does, for half a
-        CallTimeout (its sender gives up after a whole one), then fails.
+        wipe waits for those locks (`LocalDb.try_lock_all`), as ctdbd's
+        freeze does, for half a CallTimeout (its sender gives up after a
+        whole one), then fails.
         The node's "wipe_waits" counts the wipes that had to wait.
         """
         node = self.node
@@ -160,7 +161,7 @@ class NodeControls:
         def take() -> bool:
             # A recovery may start between tries, and its work owns the
             # handle: each try checks first that this generation serves.
-            return self._may_wipe(generation) and not local.holds_chains and local.try_lock_all()
+            return self._may_wipe(generation) and local.try_lock_all()
 
         if not take():
             node.stats["wipe_waits"] += 1

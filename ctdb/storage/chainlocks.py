@@ -186,7 +186,7 @@ class ChainLocks:
         """Lock every chain (CTDB's freeze), if no other process holds any.
 
         libtdb refuses it (an error, not "busy") while this handle holds a
-        chain: ask `holding` first."""
+        chain: `LocalDb.try_lock_all` asks `holding` first."""
         return self._call("tdb_lockall_nonblock")
 
     def unlock_all(self) -> None:

@@ -260,19 +260,16 @@ class LocalDb:
         self._tdb.increment_seqnum_nonblock()
 
     @property
-    def holds_chains(self) -> bool:
-        """This process holds a chain lock of the file (not counting `try_lock_all`)."""
-        return self.chains.holding
-
-    @property
     def whole_locked(self) -> bool:
         """This process holds every chain (`try_lock_all`)."""
         return self._whole > 0
 
     def try_lock_all(self) -> bool:
-        """Lock every chain unless another process holds one; True if held now.
-        Nests: each success needs its `unlock_all`."""
-        if self._whole or self.chains.try_lock_all():
+        """Lock every chain unless another process holds one, or this one
+        does (for a lock of its clients: libtdb refuses to combine the two,
+        as an error); True if held now. Nests: each success needs its
+        `unlock_all`."""
+        if self._whole or (not self.chains.holding and self.chains.try_lock_all()):
             self._whole += 1
             return True
         return False
