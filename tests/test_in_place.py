@@ -256,37 +256,40 @@ def test_a_client_follows_a_daemon_that_restarted(
             assert cl.fetch(db, key) == b"after, in place"
 
 
-def _wipe_in_background(c: LocalCluster, db: str) -> tuple[threading.Thread, list[object]]:
-    """`wipedb` through node 0 in a thread; the list gets its outcome (None or the error)."""
+def _in_background(c: LocalCluster, op: str, db: str) -> tuple[threading.Thread, list[object]]:
+    """Client operation `op` on `db` through node 0 in a thread; the list gets
+    its outcome (the result, or the error)."""
     outcome: list[object] = []
 
-    def wipe() -> None:
+    def run() -> None:
         with c.client(0) as cl:
             try:
-                outcome.append(cl.call("wipedb", db=db))
+                outcome.append(cl.call(op, db=db))
             except CtdbError as exc:
                 outcome.append(exc)
 
-    thread = threading.Thread(target=wipe)
+    thread = threading.Thread(target=run)
     thread.start()
     return thread, outcome
 
 
 @tcp_only
+@pytest.mark.parametrize("op", ["wipedb", "traverse"])
 @pytest.mark.parametrize("holder", ["in place", "through the daemon"])
-def test_a_wipe_waits_for_a_locked_record_and_the_daemon_keeps_serving(
-    cluster_factory: Callable[..., LocalCluster], holder: str
+def test_a_whole_file_operation_waits_for_a_locked_record_and_the_daemon_keeps_serving(
+    cluster_factory: Callable[..., LocalCluster], holder: str, op: str
 ) -> None:
-    """A wipe of a file clients share waits for a record a client holds locked.
+    """A wipe or a traverse of a file clients share waits for a record a
+    client holds locked.
 
-    Before, libtdb's wipe waited for the chain an in-place client held on
-    the daemon's event loop (the daemon answered nothing until the client
-    let go: for ever if it waited for the daemon), and it refused at once,
+    Before, libtdb waited for the chain an in-place client held on the
+    daemon's event loop (the daemon answered nothing until the client let
+    go: for ever if it waited for the daemon), and the wipe refused at once,
     as an I/O error ("Locking error"), while the daemon itself kept the
     chain for a lock taken through it.
     """
     c = cluster_factory(size=3)
-    db, key = unique("wipe"), b"k"
+    db, key = unique("whole"), b"k"
     with c.client(0, in_place=True) as fast, c.client(0, timeout=10) as other:
         fast.attach(db)
         fast.store(db, key, b"1")
@@ -294,23 +297,25 @@ def test_a_wipe_waits_for_a_locked_record_and_the_daemon_keeps_serving(
         assert other.call("in_place", db=db) is not None  # the file is shared from here on
         holding = fast if holder == "in place" else other
         assert holding.fetch_lock(db, key) == b"1"
-        wipe, outcome = _wipe_in_background(c, db)
-        # The daemon serves while the wipe waits (before: a statistics call
-        # timed out behind a wipe blocked in place, or the wipe failed).
+        running, outcome = _in_background(c, op, db)
+        # The daemon serves while the operation waits (before: a statistics
+        # call timed out behind libtdb blocked in place, or the wipe failed).
         with c.client(0, timeout=10) as watcher:
             wait_for(
-                "the wipe to wait for the lock",
-                lambda: watcher.call("statistics").get("wipe_waits", 0) == 1,
+                f"the {op} to wait for the lock",
+                lambda: watcher.call("statistics").get("whole_file_waits", 0) == 1,
                 20,
                 c,
             )
-        assert wipe.is_alive() and not outcome, outcome  # still waiting for the lock
+        assert running.is_alive() and not outcome, outcome  # still waiting for the lock
         holding.store_unlock(db, key, b"3")
-        wipe.join(30)
-        assert outcome == [None], outcome
+        running.join(30)
+    wiped = op == "wipedb"
+    assert outcome == ([None] if wiped else [[[b"k", b"3"], [b"other", b"2"]]]), outcome
     for p in range(3):
         with c.client(p) as cl:
-            assert (cl.fetch(db, key), cl.fetch(db, b"other")) == (None, None)
+            found = (cl.fetch(db, key), cl.fetch(db, b"other"))
+            assert found == ((None, None) if wiped else (b"3", b"2"))
 
 
 @tcp_only

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.config import parse_tunable, read_nodes
@@ -19,7 +19,7 @@ from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
 from ctdb.engines.merge import to_wire
 from ctdb.server.state import INACTIVE, NodeFlags
-from ctdb.storage.database import DbKind
+from ctdb.storage.database import Database, DbKind
 
 if TYPE_CHECKING:
     from ctdb.server.membership import ServerNode
@@ -123,64 +123,79 @@ class NodeControls:
         db = self.node.db(int(args["db_id"]))
         self.node.transactions.on_settled(db, int(args["commit_id"]))
 
-    def ctl_traverse(self, src: int, args: dict[str, Any]) -> list[Any]:
+    async def ctl_traverse(self, src: int, args: dict[str, Any]) -> list[Any]:
         """The live records this node is authoritative for (all of them if replicated)."""
-        db = self.node.db(int(args["db_id"]))
+        node = self.node
+        db = node.db(int(args["db_id"]))
+        if not db.shared:
+            return self._traverse(db)
+        await self._hold_whole(db, lambda: self._serving("traverse", None), "traversed")
+        try:
+            return self._traverse(db)
+        finally:
+            db.local.unlock_all()
+
+    def _traverse(self, db: Database) -> list[Any]:
+        pnn = self.node.pnn
         return to_wire(
-            (key, rec)
-            for key, rec in db.live_items()
-            if db.replicated or rec.dmaster == self.node.pnn
+            (key, rec) for key, rec in db.live_items() if db.replicated or rec.dmaster == pnn
         )
 
     async def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
-        """Volatile databases only: persistent ones are wiped by a transaction.
-
-        A file that clients in other processes share (Samba's, or ours in
-        place) is wiped under its whole-file lock, taken without waiting on
-        the event loop: libtdb's wipe would wait there for a chain a client
-        holds (the daemon stopped for as long: for ever if that client
-        waits for this daemon), and refuses to run at all while a lock of
-        this daemon's own clients keeps a chain (`KeyState.chain`). So the
-        wipe waits for those locks (`LocalDb.try_lock_all`), as ctdbd's
-        freeze does, for half a CallTimeout (its sender gives up after a
-        whole one), then fails.
-        The node's "wipe_waits" counts the wipes that had to wait.
-        """
+        """Volatile databases only: persistent ones are wiped by a transaction."""
         node = self.node
         db = node.db(int(args["db_id"]))
         if db.replicated:
             raise CtdbError(ErrorCode.INVALID, f"{db.name} is {db.kind.value}: wipe by transaction")
         generation = args["generation"]
-        self._may_wipe(generation)
+        # A recovery that started since the wipe was sent may push back what we would wipe.
+        self._serving("wipe", generation)
         if not db.shared:
             db.local.clear()
             return
-        local = db.local
-        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout") / 2
+        await self._hold_whole(db, lambda: self._serving("wipe", generation), "wiped")
+        try:
+            db.local.clear()
+        finally:
+            db.local.unlock_all()
+
+    async def _hold_whole(self, db: Database, may: Callable[[], bool], done: str) -> None:
+        """Hold the file of `db`, which clients in other processes share
+        (Samba's, or ours in place), whole: for a wipe or a traverse, which
+        read or write every chain. Release it with `db.local.unlock_all()`.
+
+        Taken without waiting on the event loop: libtdb would wait there
+        for a chain a client holds (the daemon stopped for as long: for
+        ever if that client waits for this daemon), and refuses outright
+        while a lock of this daemon's own clients keeps a chain
+        (`KeyState.chain`). So this waits for those locks
+        (`LocalDb.try_lock_all`), as ctdbd's freeze does, for half a
+        CallTimeout (the control's sender gives up after a whole one), then
+        fails BUSY. A recovery may start between tries, and its work owns
+        the handle: each try asks `may` first (it raises RETRY when not).
+        The node's "whole_file_waits" counts the holds that had to wait.
+        """
+        node, local = self.node, db.local
 
         def take() -> bool:
-            # A recovery may start between tries, and its work owns the
-            # handle: each try checks first that this generation serves.
-            return self._may_wipe(generation) and local.try_lock_all()
+            return may() and local.try_lock_all()
 
-        if not take():
-            node.stats["wipe_waits"] += 1
-            if not await poll(take, deadline):
-                raise CtdbError(
-                    ErrorCode.BUSY,
-                    f"clients kept records of {db.name} locked: nothing wiped on node {node.pnn}",
-                )
-        try:
-            local.clear()
-        finally:
-            local.unlock_all()
+        if take():
+            return
+        node.stats["whole_file_waits"] += 1
+        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout") / 2
+        if not await poll(take, deadline):
+            raise CtdbError(
+                ErrorCode.BUSY,
+                f"clients kept records of {db.name} locked: nothing {done} on node {node.pnn}",
+            )
 
-    def _may_wipe(self, generation: int) -> bool:
-        """True, or RETRY if a recovery started since the wipe was sent: it may
-        push back what we would wipe."""
+    def _serving(self, what: str, generation: int | None) -> bool:
+        """True, or RETRY if this node does not serve (`generation`: or not
+        that one any more)."""
         node = self.node
-        if not node.serving or generation != node.generation:
-            raise CtdbError(ErrorCode.RETRY, "recovery in progress: retry the wipe")
+        if not node.serving or generation not in (None, node.generation):
+            raise CtdbError(ErrorCode.RETRY, f"recovery in progress: retry the {what}")
         return True
 
     async def ctl_recover(self, src: int, args: dict[str, Any]) -> None:
