@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import tdb
 
 from ctdb.common.config import tunable_defaults
 from ctdb.engines.ordered.engine import OrderedEngine
@@ -270,6 +271,27 @@ def test_a_joiner_takes_the_lock_queues_and_applies_the_holders_unlock(group: Gr
         rec = member.db_by_name("v").local.get(b"k")
         assert rec is not None and rec.value == b"new", pnn
         assert (db.id, b"k") not in member.engine.replica.locks, pnn
+
+
+def test_a_record_corrupt_on_one_member_makes_it_resync_not_refuse(group: Group) -> None:
+    """A record without its CTDB header (a foreign writer of a shared file)
+    is a fault of that member's copy, not a refusal every member makes: the
+    member leaves for a state transfer. It used to refuse the store alone
+    and keep the corrupt record while the others applied it, for good."""
+    db = group.three_with_volatile(by=0)
+    rejoined: list[int] = []
+    two = group.members[2]
+    two.rejoin = lambda: rejoined.append(2)  # type: ignore[method-assign]
+    two.db_by_name("v").local._tdb.store(b"k", b"junk", tdb.REPLACE)
+    group.members[0].engine.broadcast(
+        "store", {"db": db.id, "key": b"k", "value": b"w", "owner": [0, 1]}
+    )
+    group.deliver()
+    assert rejoined == [2]
+    assert not two.engine.synced
+    for pnn in (0, 1):
+        rec = group.members[pnn].db_by_name("v").local.get(b"k")
+        assert rec is not None and rec.value == b"w", pnn
 
 
 def test_a_joiner_keeps_what_the_stream_did_to_a_database_attached_after_the_offers(

@@ -133,15 +133,17 @@ class StreamApplier:
             else:
                 result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
             error = None
-        except CtdbError as exc:
-            result, error = None, exc
         except Exception as exc:
-            # Our replica may now differ from everyone else's (I/O error,
-            # disk full, a bug): never carry on with it.
-            log_failure(log, exc, "applying %s from node %d", msg.op, msg.origin)
-            self.act()
-            self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
-            return
+            if isinstance(exc, CtdbError) and exc.code != ErrorCode.IO:
+                result, error = None, exc  # a refusal: every member refuses alike
+            else:
+                # Our replica may now differ from everyone else's (an I/O
+                # error, a full disk, a record or file corrupt here alone,
+                # a bug): never carry on with it.
+                log_failure(log, exc, "applying %s from node %d", msg.op, msg.origin)
+                self.act()
+                self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
+                return
         finally:
             self.act()
             self.stability.applying = None
