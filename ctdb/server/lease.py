@@ -46,6 +46,17 @@ Not covered (known):
 * A member that drops a peer itself (its queue overflowed, or it sent a
   malformed frame) stops reporting it at once; the peer learns of the drop
   from the reset, and could serve out its lease if the reset is lost.
+* A member whose link to a peer fails with an error rather than silence
+  (a reset or an unreachable host, as a firewall rule that rejects one
+  way sends) drops the peer at once, and its own grant to that peer stops
+  counting with it; the peer, which hears nothing, still serves on that
+  grant until its lease ends (tools.simulate, tcp seed 1287932: a read on
+  the peer missed a persistent write the others had acknowledged 3 ms
+  before). Counting every grant whatever the view closes it, at the cost
+  of waiting out a lease (4 s by default) after each kill -9; the fix is
+  to stop counting only a peer whose connection was closed in order (its
+  end closed: it died, or dropped us), which the transports do not report
+  yet.
 """
 
 from __future__ import annotations
