@@ -9,9 +9,10 @@ steps of a tcp recovery are controls too, answered by `ctdb.server.leader`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ctdb.common.config import parse_tunable, read_nodes
@@ -127,19 +128,12 @@ class NodeControls:
         """The live records this node is authoritative for (all of them if replicated)."""
         node = self.node
         db = node.db(int(args["db_id"]))
-        if not db.shared:
-            return self._traverse(db)
-        await self._hold_whole(db, lambda: self._serving("traverse", None), "traversed")
-        try:
-            return self._traverse(db)
-        finally:
-            db.local.unlock_all()
-
-    def _traverse(self, db: Database) -> list[Any]:
-        pnn = self.node.pnn
-        return to_wire(
-            (key, rec) for key, rec in db.live_items() if db.replicated or rec.dmaster == pnn
-        )
+        async with self._whole_file(db, lambda: self._serving("traverse", None), "traversed"):
+            return to_wire(
+                (key, rec)
+                for key, rec in db.live_items()
+                if db.replicated or rec.dmaster == node.pnn
+            )
 
     async def ctl_wipe(self, src: int, args: dict[str, Any]) -> None:
         """Volatile databases only: persistent ones are wiped by a transaction."""
@@ -150,19 +144,16 @@ class NodeControls:
         generation = args["generation"]
         # A recovery that started since the wipe was sent may push back what we would wipe.
         self._serving("wipe", generation)
-        if not db.shared:
+        async with self._whole_file(db, lambda: self._serving("wipe", generation), "wiped"):
             db.local.clear()
-            return
-        await self._hold_whole(db, lambda: self._serving("wipe", generation), "wiped")
-        try:
-            db.local.clear()
-        finally:
-            db.local.unlock_all()
 
-    async def _hold_whole(self, db: Database, may: Callable[[], bool], done: str) -> None:
-        """Hold the file of `db`, which clients in other processes share
-        (Samba's, or ours in place), whole: for a wipe or a traverse, which
-        read or write every chain. Release it with `db.local.unlock_all()`.
+    @contextlib.asynccontextmanager
+    async def _whole_file(
+        self, db: Database, may: Callable[[], bool], done: str
+    ) -> AsyncIterator[None]:
+        """Hold the file of `db` whole, if clients in other processes share it
+        (Samba's, or ours in place), for a wipe or a traverse, which read or
+        write every chain; a file nobody shares needs nothing.
 
         Taken without waiting on the event loop: libtdb would wait there
         for a chain a client holds (the daemon stopped for as long: for
@@ -175,20 +166,26 @@ class NodeControls:
         the handle: each try asks `may` first (it raises RETRY when not).
         The node's "whole_file_waits" counts the holds that had to wait.
         """
+        if not db.shared:
+            yield
+            return
         node, local = self.node, db.local
 
         def take() -> bool:
             return may() and local.try_lock_all()
 
-        if take():
-            return
-        node.stats["whole_file_waits"] += 1
-        deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout") / 2
-        if not await poll(take, deadline):
-            raise CtdbError(
-                ErrorCode.BUSY,
-                f"clients kept records of {db.name} locked: nothing {done} on node {node.pnn}",
-            )
+        if not take():
+            node.stats["whole_file_waits"] += 1
+            deadline = asyncio.get_running_loop().time() + node.tunable("CallTimeout") / 2
+            if not await poll(take, deadline):
+                raise CtdbError(
+                    ErrorCode.BUSY,
+                    f"clients kept records of {db.name} locked: nothing {done} on node {node.pnn}",
+                )
+        try:
+            yield
+        finally:
+            local.unlock_all()
 
     def _serving(self, what: str, generation: int | None) -> bool:
         """True, or RETRY if this node does not serve (`generation`: or not
