@@ -86,6 +86,8 @@ FOUND = [
     ("tcp", 3526429),  # a hand-over after a reserved record's clients failed outside any guard
     ("vs", 8615281),  # two generations in one view: a joiner dropped a forced recovery
     ("vs", 40044864),  # volatile write lost: a stalled member's copy taken over its origin's
+    ("tcp", 1287932),  # stale read: a grant to a peer dropped on an error on our side only
+    ("tcp", 1333952),  # (the same, a purged queue entry read)
 ]
 
 

@@ -144,6 +144,19 @@ class Transport(abc.ABC):
         """
         return None
 
+    def left_in_order(self, pnn: int) -> bool:
+        """Whether `pnn`, out of our view, left it by closing its end in order.
+
+        Closed in order: it exited (kill -9 included: its kernel closes its
+        sockets) or it dropped us. Either way it serves on nothing we
+        confirmed any more, so a tcp recovery need not wait out the lease we
+        granted it (`ctdb.server.liveness.Liveness.leases_granted`). A link
+        that failed (a reset, an unreachable host, silence) says nothing of
+        what the peer believes. False unless the backend knows: the safe
+        answer.
+        """
+        return False
+
     def set_keepalive(self, interval: float, limit: int) -> None:
         """Change failure-detection timing at run time (`ctdbtool setvar`)."""
         self.options.keepalive_interval = interval

@@ -64,6 +64,8 @@ class MemoryTransport(Transport):
         #: VS mode: when the latest of our broadcasts (or ticks) that came back
         #: was sent (see `confirmed_until`)
         self._confirmed_sent: float | None = None
+        #: FIFO mode: peers that left our view by crashing or leaving (`left_in_order`)
+        self._closed_in_order: frozenset[int] = frozenset()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -91,6 +93,11 @@ class MemoryTransport(Transport):
 
     async def stop(self) -> None:
         self.leave()
+
+    def left_in_order(self, pnn: int) -> bool:
+        """FIFO mode, as tcp: a peer that crashed or left closed its
+        connections; one that a cut, a partition or a hang took away did not."""
+        return pnn in self._closed_in_order and pnn not in self.view
 
     # -- output ---------------------------------------------------------------
 

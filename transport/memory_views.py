@@ -35,6 +35,10 @@ class _PendingView:
     markers: int
     #: not installed before this time (`MemoryNetwork.cut`'s `noticed_late`)
     not_before: float = 0.0
+    #: peers it drops that closed their end in order: they crashed or left,
+    #: where a cut, a partition or a hang only goes silent or fails
+    #: (`transport.base.Transport.left_in_order`)
+    closed: frozenset[int] = frozenset()
 
 
 class ViewLayer(LinkLayer):
@@ -202,7 +206,7 @@ class ViewLayer(LinkLayer):
             target = self._reachable(pnn)
             if target == latest:
                 continue
-            pv = _PendingView(target, 0)
+            pv = _PendingView(target, 0, closed=frozenset(latest - target - self._alive))
             if latest - target and pnn in self._notice_late:
                 pv.not_before = self.time() + self._notice_late.pop(pnn)
             queue.append(pv)
@@ -223,6 +227,7 @@ class ViewLayer(LinkLayer):
                 return
             pv = queue.popleft()
             if frozenset(ep.view.members) != pv.members:
+                ep._closed_in_order = (ep._closed_in_order - pv.members) | pv.closed
                 ep._set_view(set(pv.members))
                 self._record(f"view {pnn} {ep.view.view_id} {list(ep.view.members)}")
 

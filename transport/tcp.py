@@ -18,6 +18,9 @@ Failure detection: a closed connection removes the peer at once; a silent one
 is removed after `keepalive_interval * keepalive_limit` seconds without any
 frame from it, and a handshake must finish within the same time. Idle
 outgoing connections carry an empty keepalive frame every `keepalive_interval`.
+A peer whose end of either connection closed in order (we read its FIN, not
+a reset) exited or dropped us: `left_in_order` says so, and the node then
+need not wait out the lease it granted that peer.
 
 Bounded buffers: a peer that stops reading (SIGSTOP, a hung host) while we
 keep sending would make our memory grow with everything we queue for it. Past
@@ -83,6 +86,8 @@ class TcpTransport(Transport):
         self._handshakes: dict[str, int] = {}
         #: address -> (when its last refusal was logged, refusals not logged since)
         self._refusals: dict[str, tuple[float, int]] = {}
+        #: peers that left the view by closing a connection in order (`left_in_order`)
+        self._closed_in_order: set[int] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -270,8 +275,19 @@ class TcpTransport(Transport):
     def drop_peer(self, pnn: int) -> None:
         self._drop_peer(pnn)  # the node logged why, once a minute at most
 
-    def _drop_peer(self, pnn: int) -> None:
-        """Forget a peer entirely; both directions reconnect from scratch."""
+    def left_in_order(self, pnn: int) -> bool:
+        """Only a FIN counts: a reset may come from a firewall rule or a
+        host that restarted, a silence from a cut; and a peer we drop
+        ourselves may still serve on what we confirmed."""
+        return pnn in self._closed_in_order and pnn not in self.view
+
+    def _drop_peer(self, pnn: int, *, closed_in_order: bool = False) -> None:
+        """Forget a peer entirely; both directions reconnect from scratch.
+
+        `closed_in_order`: because the peer closed its end (`left_in_order`).
+        """
+        if closed_in_order:
+            self._closed_in_order.add(pnn)
         inc = self._in.pop(pnn, None)
         if inc is not None and inc.transport is not None:
             inc.transport.abort()
@@ -296,10 +312,12 @@ class TcpTransport(Transport):
 
     def _incoming_down(self, src: int, proto: Incoming) -> None:
         if self._in.get(src) is proto:
-            self._drop_peer(src)
+            self._drop_peer(src, closed_in_order=proto.peer_closed)
 
     def _outgoing_down(self, dst: int, proto: Outgoing) -> None:
         if self._out.get(dst) is proto:
+            if proto.peer_closed:
+                self._closed_in_order.add(dst)
             del self._out[dst]
             inc = self._in.pop(dst, None)
             if inc is not None and inc.transport is not None:
@@ -312,6 +330,7 @@ class TcpTransport(Transport):
             return
         up = {p for p in self._out if p in self._in}
         up.add(self.pnn)
+        self._closed_in_order -= up  # whatever ends its next stay in the view decides
         self._set_view(up)
         for pnn in up:
             inc = self._in.get(pnn)

@@ -67,6 +67,8 @@ class Incoming(asyncio.Protocol):
         #: `owner.max_queued` bytes of them.
         self.early: list[bytes] | None = []
         self.early_bytes = 0
+        #: the peer closed its end in order (`TcpTransport.left_in_order`)
+        self.peer_closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -175,6 +177,9 @@ class Incoming(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def eof_received(self) -> None:
+        self.peer_closed = True  # asyncio then closes our end and calls connection_lost
+
     @property
     def closing(self) -> bool:
         return self.transport is None or self.transport.is_closing()
@@ -203,6 +208,8 @@ class Outgoing(asyncio.Protocol):
         #: Resolves when the peer has proved the key (or fails with HandshakeError).
         self.ready: asyncio.Future[None] = loop.create_future()
         self.closed = loop.create_future()
+        #: the peer closed its end in order (`TcpTransport.left_in_order`)
+        self.peer_closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -269,6 +276,9 @@ class Outgoing(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def eof_received(self) -> None:
+        self.peer_closed = True  # asyncio then closes our end and calls connection_lost
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.resume_writing()

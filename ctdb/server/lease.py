@@ -30,9 +30,17 @@ increments lost, tests/test_partition_nontransitive.py). So every node also
 remembers the leases it granted (`granted`), and a recovery does not thaw a
 generation that leaves out a node before every lease its members granted
 that node has run out, or it has frozen that node (`ctdb.engines.recovery`).
-Only members that still have the node in their view count
-(`Liveness.leases_granted`): a node that died, or dropped them, rests on
-none of their echoes.
+Every grant counts (`Liveness.leases_granted`) except to a node that left
+by closing its connection in order (`Transport.left_in_order`): it died,
+and a kill -9 must not cost the others a lease, or it dropped them and
+forgot their confirmations first. A link that failed with an error on one
+side only (a reset, an unreachable host, as a firewall rule that rejects
+one way sends) says nothing of what the other side believes: until the
+transports told the two apart, the member that saw the error stopped
+counting its grant at once while the peer, which heard nothing, served on
+it (tools.simulate, tcp seed 1287932: a read on the peer missed a
+persistent write the others had acknowledged 3 ms before). A node dropped
+for its silence costs nothing either way: the silence outlasted the grant.
 
 Nodes may run different KeepaliveInterval and KeepaliveLimit (`setvar` is
 per node): every NodeState says how long its sender's lease lasts. A node's
@@ -41,22 +49,9 @@ each peer's own detection time, and a grant is sized with the lease its
 holder announced (`durations`). A peer that lowers its tunables is heeded
 from its next NodeState, half a keepalive interval later at most.
 
-Not covered (known):
-
-* A member that drops a peer itself (its queue overflowed, or it sent a
-  malformed frame) stops reporting it at once; the peer learns of the drop
-  from the reset, and could serve out its lease if the reset is lost.
-* A member whose link to a peer fails with an error rather than silence
-  (a reset or an unreachable host, as a firewall rule that rejects one
-  way sends) drops the peer at once, and its own grant to that peer stops
-  counting with it; the peer, which hears nothing, still serves on that
-  grant until its lease ends (tools.simulate, tcp seed 1287932: a read on
-  the peer missed a persistent write the others had acknowledged 3 ms
-  before). Counting every grant whatever the view closes it, at the cost
-  of waiting out a lease (4 s by default) after each kill -9; the fix is
-  to stop counting only a peer whose connection was closed in order (its
-  end closed: it died, or dropped us), which the transports do not report
-  yet.
+Not covered (known): a kill -9 whose socket still held unread bytes ends
+in a reset, not a FIN, so the others wait out its lease (4 s at the
+default tunables) before they thaw without it: slower, not unsafe.
 """
 
 from __future__ import annotations

@@ -57,18 +57,19 @@ class Liveness:
         return self.lease.until
 
     def leases_granted(self) -> list[list[float]]:
-        """[peer, seconds] for every peer in our view whose lease may still rest on our echoes.
+        """[peer, seconds] for every peer whose lease may still rest on our echoes.
 
-        A peer that left our view counts on none of our echoes any more: we
-        dropped it for its silence, which lasted longer than any lease (see
-        `ctdb.server.lease`), or it closed the connection, because it died
-        (kill -9: the others must not wait out its lease to recover) or
-        because it dropped us, and a node forgets the confirmations of a peer
-        it drops (`Lease.forget`).
+        Not a peer that left our view by closing its connection in order
+        (`Transport.left_in_order`): it died (kill -9: the others must not
+        wait out its lease to recover) or it dropped us, and a node forgets
+        the confirmations of a peer it drops (`Lease.forget`). A peer whose
+        link failed may not know it yet (an error on our side only: tcp seed
+        1287932), and one we dropped for its silence costs nothing: that
+        silence outlasted what we granted it (`ctdb.server.lease`).
         """
-        view = self.node.transport.view
+        transport = self.node.transport
         granted = self.lease.granted_for(self.node.now())
-        return [[pnn, left] for pnn, left in granted.items() if pnn in view]
+        return [[pnn, left] for pnn, left in granted.items() if not transport.left_in_order(pnn)]
 
     def confirms_anyone(self) -> bool:
         """Whether some peer's lease may still rest on our echoes."""

@@ -57,6 +57,7 @@ class Recorder:
     def __init__(self, transport: Transport, emit: Callable[[Event], None]) -> None:
         self.transport = transport
         self.emit = emit
+        self._members = transport.view.members
         transport.on_message = self.on_message
         transport.on_view = self.on_view
 
@@ -65,7 +66,17 @@ class Recorder:
         self.emit({"ev": "msg", "src": src, "label": label, "size": len(payload), "ok": ok})
 
     def on_view(self, view: View) -> None:
-        self.emit({"ev": "view", "id": view.view_id, "members": list(view.members)})
+        gone = [p for p in self._members if p not in view]
+        self._members = view.members
+        self.emit(
+            {
+                "ev": "view",
+                "id": view.view_id,
+                "members": list(view.members),
+                # asked as the view changes: a peer back in the view answers False
+                "left_in_order": [p for p in gone if self.transport.left_in_order(p)],
+            }
+        )
 
 
 def max_rss_kb() -> int:

@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from tests.transport.conftest import Cluster, Member, wait_until
 
 N = 3
@@ -344,3 +346,38 @@ def _first_difference(x: list[tuple[Any, ...]], y: list[tuple[Any, ...]]) -> str
             context = x[max(0, i - 3) : i + 3]
             return f"survivors' streams differ at {i}: {p} vs {q}; context {context}"
     return f"survivors' streams differ in length: {len(x)} vs {len(y)}"
+
+
+@pytest.mark.parametrize("cluster", ["memory", "tcp"], indirect=True)
+def test_a_member_that_died_left_in_order_one_cut_off_did_not(cluster: Cluster) -> None:
+    """What lets a tcp recovery skip the lease the survivors granted a dead
+    node, and only a dead one (`Transport.left_in_order`): after a kill -9
+    the survivors say the member closed its end; after it was taken away
+    without closing (memory: a partition; tcp: SIGSTOP until its silence
+    drops it) they do not, since it may still believe it serves. The vs
+    engine keeps no such lease: its backends answer False throughout."""
+
+    async def body() -> None:
+        members = await cluster.start(N)
+        await formed(members)
+        survivors, gone = members[:2], members[2]
+        if cluster.network is not None:
+            cluster.network.partition([[0, 1], [2]])
+        else:
+            gone.hold()
+        try:
+            await formed(survivors, [0, 1])
+        finally:
+            if cluster.network is not None:
+                cluster.network.heal()
+            else:
+                gone.release()
+        for m in survivors:
+            assert m.views()[-1]["left_in_order"] == [], m.pnn
+        await formed(members)
+        await gone.kill()
+        await formed(survivors, [0, 1])
+        for m in survivors:
+            assert m.views()[-1]["left_in_order"] == [2], m.pnn
+
+    run(cluster, body)
