@@ -88,6 +88,8 @@ class TcpTransport(Transport):
         self._refusals: dict[str, tuple[float, int]] = {}
         #: peers that left the view by closing a connection in order (`left_in_order`)
         self._closed_in_order: set[int] = set()
+        #: a peer's connection to us, kept unread after ours to it failed (`_linger`)
+        self._lingering: dict[int, Incoming] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -279,7 +281,13 @@ class TcpTransport(Transport):
         """Only a FIN counts: a reset may come from a firewall rule or a
         host that restarted, a silence from a cut; and a peer we drop
         ourselves may still serve on what we confirmed."""
-        return pnn in self._closed_in_order and pnn not in self.view
+        if pnn in self.view:
+            return False
+        kept = self._lingering.get(pnn)
+        if kept is not None and kept.read_to_end():
+            self._closed_in_order.add(pnn)
+            self._end_linger(pnn)
+        return pnn in self._closed_in_order
 
     def _drop_peer(self, pnn: int, *, closed_in_order: bool = False) -> None:
         """Forget a peer entirely; both directions reconnect from scratch.
@@ -316,14 +324,43 @@ class TcpTransport(Transport):
 
     def _outgoing_down(self, dst: int, proto: Outgoing) -> None:
         if self._out.get(dst) is proto:
-            if proto.peer_closed:
-                self._closed_in_order.add(dst)
             del self._out[dst]
             inc = self._in.pop(dst, None)
+            if proto.peer_closed:
+                self._closed_in_order.add(dst)
             if inc is not None and inc.transport is not None:
                 inc.src = None
-                inc.transport.abort()
+                if proto.peer_closed or not self._linger(dst, inc):
+                    inc.transport.abort()
             self._update_view()
+
+    def _linger(self, pnn: int, inc: Incoming) -> bool:
+        """Our connection to `pnn` failed: keep its connection to us, unread,
+        for `left_in_order` to find its FIN there later; False if it is there now.
+
+        Why: a peer killed with our frames unread in its socket resets our
+        connection, while its own to us, on which we never write, ends in a
+        FIN, which may arrive after the reset (seen in most kills of a
+        loaded peer). Kept until the peer is back or for a handshake's time.
+        """
+        if inc.read_to_end():  # (also when asyncio read its FIN already)
+            self._closed_in_order.add(pnn)
+            return False
+        if self._stopping or inc.closing:
+            return False
+        self._end_linger(pnn)
+        assert inc.transport is not None
+        inc.transport.pause_reading()
+        self._lingering[pnn] = inc
+        asyncio.get_running_loop().call_later(self._handshake_timeout(), self._end_linger, pnn, inc)
+        return True
+
+    def _end_linger(self, pnn: int, inc: Incoming | None = None) -> None:
+        """Close the connection `_linger` kept for `pnn` (only `inc`, if given)."""
+        kept = self._lingering.get(pnn)
+        if kept is not None and (inc is None or kept is inc):
+            del self._lingering[pnn]
+            kept.abort()
 
     def _update_view(self) -> None:
         if self._stopping:
@@ -331,6 +368,8 @@ class TcpTransport(Transport):
         up = {p for p in self._out if p in self._in}
         up.add(self.pnn)
         self._closed_in_order -= up  # whatever ends its next stay in the view decides
+        for pnn in up & self._lingering.keys():
+            self._end_linger(pnn)
         self._set_view(up)
         for pnn in up:
             inc = self._in.get(pnn)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -37,6 +38,8 @@ log = logging.getLogger("transport.tcp")
 
 MAX_MESSAGE = 256 * 1024 * 1024
 HIGH_WATER = 4 * 1024 * 1024
+#: Reads `Incoming.read_to_end` makes at most, looking for the peer's FIN.
+READ_TO_END_LIMIT = 64
 
 
 def normalize_address(address: str) -> str:
@@ -69,6 +72,8 @@ class Incoming(asyncio.Protocol):
         self.early_bytes = 0
         #: the peer closed its end in order (`TcpTransport.left_in_order`)
         self.peer_closed = False
+        #: `read_to_end` met a reset (the reads after it say end of file)
+        self._reset = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -177,8 +182,38 @@ class Incoming(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
     def eof_received(self) -> None:
         self.peer_closed = True  # asyncio then closes our end and calls connection_lost
+
+    def read_to_end(self) -> bool:
+        """Whether the peer closed this connection in order, reading (and
+        dropping) what it still sent before its FIN, if that has arrived.
+
+        For `TcpTransport._linger`, once our connection to the peer failed:
+        the peer has left our view, so what we drop here is lost as it is
+        when we abort.
+        """
+        if self.peer_closed:
+            return True
+        if self.transport is None or self.transport.is_closing() or self._reset:
+            return False
+        fd = self.transport.get_extra_info("socket").fileno()
+        for _ in range(READ_TO_END_LIMIT):
+            try:
+                chunk = os.read(fd, 1 << 16)  # non-blocking: asyncio's socket
+            except BlockingIOError:  # nothing more yet
+                return False
+            except OSError:  # a reset: the reads after it would say end of file
+                self._reset = True
+                return False
+            if not chunk:
+                self.peer_closed = True
+                return True
+        return False
 
     @property
     def closing(self) -> bool:

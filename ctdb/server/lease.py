@@ -49,9 +49,10 @@ each peer's own detection time, and a grant is sized with the lease its
 holder announced (`durations`). A peer that lowers its tunables is heeded
 from its next NodeState, half a keepalive interval later at most.
 
-Not covered (known): a kill -9 whose socket still held unread bytes ends
-in a reset, not a FIN, so the others wait out its lease (4 s at the
-default tunables) before they thaw without it: slower, not unsafe.
+Not covered (known): a node killed while frames sat unread in its socket
+resets that connection; the FIN of its other one (`TcpTransport._linger`)
+may come only after a recovery asked, and that recovery then waits out
+the dead node's lease (4 s at the default tunables): slower, not unsafe.
 """
 
 from __future__ import annotations

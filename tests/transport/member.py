@@ -90,7 +90,8 @@ async def execute(
 
     Commands: broadcast / send (`prefix`, `count`, `size`, optional `start`,
     `pause_every` + `pause` to spread a stream over time, `drain`), flood
-    (send with `drain()` after every message: the back-pressure check).
+    (send with `drain()` after every message: the back-pressure check),
+    left_in_order (which of `peers` left the view by closing in order).
     """
     kind = cmd["cmd"]
     count = int(cmd.get("count", 1))
@@ -120,6 +121,8 @@ async def execute(
             if pending is not None:
                 max_pending = max(max_pending, pending())
         return {"rss_growth_kb": max_rss_kb() - rss_before, "max_pending": max_pending}
+    if kind == "left_in_order":
+        return {"left_in_order": [p for p in cmd["peers"] if t.left_in_order(p)]}
     raise ValueError(f"unknown command {kind!r}")
 
 

@@ -367,17 +367,22 @@ def test_a_member_that_died_left_in_order_one_cut_off_did_not(cluster: Cluster) 
             gone.hold()
         try:
             await formed(survivors, [0, 1])
+            for m in survivors:  # asked before it is back: in the view, it has not left
+                assert await left_in_order(m, 2) == [], m.pnn
         finally:
             if cluster.network is not None:
                 cluster.network.heal()
             else:
                 gone.release()
-        for m in survivors:
-            assert m.views()[-1]["left_in_order"] == [], m.pnn
         await formed(members)
         await gone.kill()
         await formed(survivors, [0, 1])
         for m in survivors:
-            assert m.views()[-1]["left_in_order"] == [2], m.pnn
+            assert await left_in_order(m, 2) == [2], m.pnn
 
     run(cluster, body)
+
+
+async def left_in_order(member: Member, *peers: int) -> list[int]:
+    reply = await member.command({"cmd": "left_in_order", "peers": list(peers)})
+    return list(reply["left_in_order"])
