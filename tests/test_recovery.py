@@ -374,6 +374,47 @@ def test_a_killed_node_is_not_waited_for(make_cluster: Callable[..., LocalCluste
     assert took < 5.0, f"the recovery without the killed node took {took:.1f}s"
 
 
+def test_a_node_killed_under_load_is_not_waited_for(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """As above, with every node busy: frames the others sent the killed node
+    sat unread in its sockets, so its kernel resets their connections to
+    it, and the FIN of its own connections may come after the reset. Only
+    that FIN tells a death from a failed link (`Transport.left_in_order`:
+    tcp keeps the dead node's connection unread to find it,
+    `TcpTransport._linger`); taken for a failed link, the recovery waits
+    out a 10 s lease."""
+    c = make_cluster(KeepaliveInterval=5.0, KeepaliveLimit=3)
+    db = _name("vol")
+    with c.client(0) as cl:
+        cl.attach(db)
+    stop = threading.Event()
+    stores = [0, 0, 0]
+
+    def load(pnn: int) -> None:
+        with c.client(pnn, timeout=20) as cl:
+            while not stop.is_set():
+                try:
+                    cl.store(db, f"k{stores[pnn] % 16}", f"{pnn}".encode() * 4000)
+                    stores[pnn] += 1
+                except (CtdbError, OSError):
+                    if pnn == 2:
+                        return
+
+    threads = [threading.Thread(target=load, args=(p,), daemon=True) for p in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for("stores on every node", lambda: min(stores) >= 50, 30.0)
+        c.kill_node(2)
+        _, took = wait_for("vnnmap [0, 1]", lambda: recovered(c, [0, 1]), 12.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert took < 5.0, f"the recovery without the node killed under load took {took:.1f}s"
+
+
 def test_stop_continue_flags_and_vnnmap(cluster: LocalCluster) -> None:
     c = cluster
     db = _name("vol")

@@ -157,6 +157,15 @@ class Transport(abc.ABC):
         """
         return False
 
+    async def departed(self, pnn: int, timeout: float) -> None:
+        """Wait, at most `timeout`, until `left_in_order(pnn)` has its answer.
+
+        A backend may learn how a peer left only a moment after the peer
+        left the view (tcp: `TcpTransport._linger`). Returns at once by
+        default.
+        """
+        return None
+
     def set_keepalive(self, interval: float, limit: int) -> None:
         """Change failure-detection timing at run time (`ctdbtool setvar`)."""
         self.options.keepalive_interval = interval

@@ -20,7 +20,8 @@ frame from it, and a handshake must finish within the same time. Idle
 outgoing connections carry an empty keepalive frame every `keepalive_interval`.
 A peer whose end of either connection closed in order (we read its FIN, not
 a reset) exited or dropped us: `left_in_order` says so, and the node then
-need not wait out the lease it granted that peer.
+need not wait out the lease it granted that peer. Every link lost is logged
+with how it ended.
 
 Bounded buffers: a peer that stops reading (SIGSTOP, a hung host) while we
 keep sending would make our memory grow with everything we queue for it. Past
@@ -47,6 +48,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+from dataclasses import dataclass
 
 from transport.base import Capabilities, Transport, TransportError, TransportOptions
 from transport.linkauth import HandshakeError, Settings
@@ -64,6 +66,17 @@ MAX_HANDSHAKES_PER_ADDRESS = 4
 REFUSAL_LOG_INTERVAL = 60.0
 #: Addresses whose last refusal is remembered (oldest forgotten first).
 REFUSAL_MEMORY = 1024
+
+
+@dataclass
+class _Linger:
+    """A peer's connection to us, kept after ours to it failed (`TcpTransport._linger`)."""
+
+    inc: Incoming
+    #: when (loop time) ours failed
+    since: float
+    #: resolved when it ends, or is no longer kept
+    ended: asyncio.Future[None]
 
 
 class TcpTransport(Transport):
@@ -88,8 +101,8 @@ class TcpTransport(Transport):
         self._refusals: dict[str, tuple[float, int]] = {}
         #: peers that left the view by closing a connection in order (`left_in_order`)
         self._closed_in_order: set[int] = set()
-        #: a peer's connection to us, kept unread after ours to it failed (`_linger`)
-        self._lingering: dict[int, Incoming] = {}
+        #: a peer's connection to us, kept after ours to it failed (`_linger`)
+        self._lingering: dict[int, _Linger] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -281,13 +294,7 @@ class TcpTransport(Transport):
         """Only a FIN counts: a reset may come from a firewall rule or a
         host that restarted, a silence from a cut; and a peer we drop
         ourselves may still serve on what we confirmed."""
-        if pnn in self.view:
-            return False
-        kept = self._lingering.get(pnn)
-        if kept is not None and kept.read_to_end():
-            self._closed_in_order.add(pnn)
-            self._end_linger(pnn)
-        return pnn in self._closed_in_order
+        return pnn in self._closed_in_order and pnn not in self.view
 
     def _drop_peer(self, pnn: int, *, closed_in_order: bool = False) -> None:
         """Forget a peer entirely; both directions reconnect from scratch.
@@ -318,12 +325,14 @@ class TcpTransport(Transport):
                 out.transport.abort()
         self._update_view()
 
-    def _incoming_down(self, src: int, proto: Incoming) -> None:
+    def _incoming_down(self, src: int, proto: Incoming, exc: Exception | None) -> None:
         if self._in.get(src) is proto:
+            _log_lost(f"node {src}'s connection to us", proto.peer_closed, exc)
             self._drop_peer(src, closed_in_order=proto.peer_closed)
 
-    def _outgoing_down(self, dst: int, proto: Outgoing) -> None:
+    def _outgoing_down(self, dst: int, proto: Outgoing, exc: Exception | None) -> None:
         if self._out.get(dst) is proto:
+            _log_lost(f"our connection to node {dst}", proto.peer_closed, exc)
             del self._out[dst]
             inc = self._in.pop(dst, None)
             if proto.peer_closed:
@@ -335,32 +344,58 @@ class TcpTransport(Transport):
             self._update_view()
 
     def _linger(self, pnn: int, inc: Incoming) -> bool:
-        """Our connection to `pnn` failed: keep its connection to us, unread,
-        for `left_in_order` to find its FIN there later; False if it is there now.
+        """Our connection to `pnn` failed: keep its connection to us open, its
+        frames dropped, to learn how it ends (`departed`); False if it has
+        ended already.
 
         Why: a peer killed with our frames unread in its socket resets our
         connection, while its own to us, on which we never write, ends in a
         FIN, which may arrive after the reset (seen in most kills of a
-        loaded peer). Kept until the peer is back or for a handshake's time.
+        loaded peer), and only once we have read what the peer sent before
+        it. Kept until the peer is back or for a handshake's time.
         """
-        if inc.read_to_end():  # (also when asyncio read its FIN already)
+        if inc.peer_closed:
             self._closed_in_order.add(pnn)
             return False
         if self._stopping or inc.closing:
             return False
         self._end_linger(pnn)
-        assert inc.transport is not None
-        inc.transport.pause_reading()
-        self._lingering[pnn] = inc
-        asyncio.get_running_loop().call_later(self._handshake_timeout(), self._end_linger, pnn, inc)
+        inc.lingering = pnn
+        loop = asyncio.get_running_loop()
+        self._lingering[pnn] = _Linger(inc, loop.time(), loop.create_future())
+        loop.call_later(self._handshake_timeout(), self._end_linger, pnn, inc)
         return True
+
+    def _linger_over(self, pnn: int, inc: Incoming, exc: Exception | None) -> None:
+        """The connection `_linger` kept for `pnn` ended."""
+        kept = self._lingering.get(pnn)
+        if kept is None or kept.inc is not inc:
+            return
+        del self._lingering[pnn]
+        after = f"{asyncio.get_running_loop().time() - kept.since:.3f}s after ours failed"
+        if inc.peer_closed:
+            log.info("node %d's connection to us: closed by the peer, %s", pnn, after)
+            if pnn not in self.view:
+                self._closed_in_order.add(pnn)
+        else:
+            log.info("node %d's connection to us: %s, %s", pnn, exc or "closed here", after)
+        kept.ended.set_result(None)
 
     def _end_linger(self, pnn: int, inc: Incoming | None = None) -> None:
         """Close the connection `_linger` kept for `pnn` (only `inc`, if given)."""
         kept = self._lingering.get(pnn)
-        if kept is not None and (inc is None or kept is inc):
+        if kept is not None and (inc is None or kept.inc is inc):
             del self._lingering[pnn]
-            kept.abort()
+            kept.inc.lingering = None
+            kept.inc.abort()
+            kept.ended.set_result(None)
+
+    async def departed(self, pnn: int, timeout: float) -> None:
+        """Wait, at most `timeout`, for the connection of `pnn` that `_linger` keeps to end."""
+        kept = self._lingering.get(pnn)
+        if kept is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(kept.ended), timeout)
 
     def _update_view(self) -> None:
         if self._stopping:
@@ -375,3 +410,12 @@ class TcpTransport(Transport):
             inc = self._in.get(pnn)
             if inc is not None and inc.early is not None:
                 inc.release_early()
+
+
+def _log_lost(link: str, peer_closed: bool, exc: Exception | None) -> None:
+    """One line per link lost while its peer was up: how it ended decides
+    whether the node waits out the lease it granted that peer (`left_in_order`)."""
+    if peer_closed:
+        log.info("%s: closed by the peer", link)
+    else:
+        log.info("%s: %s", link, "closed here" if exc is None else f"failed ({exc})")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -38,8 +37,6 @@ log = logging.getLogger("transport.tcp")
 
 MAX_MESSAGE = 256 * 1024 * 1024
 HIGH_WATER = 4 * 1024 * 1024
-#: Reads `Incoming.read_to_end` makes at most, looking for the peer's FIN.
-READ_TO_END_LIMIT = 64
 
 
 def normalize_address(address: str) -> str:
@@ -72,8 +69,9 @@ class Incoming(asyncio.Protocol):
         self.early_bytes = 0
         #: the peer closed its end in order (`TcpTransport.left_in_order`)
         self.peer_closed = False
-        #: `read_to_end` met a reset (the reads after it say end of file)
-        self._reset = False
+        #: kept only to see how this peer closes it (`TcpTransport._linger`):
+        #: what arrives is dropped
+        self.lingering: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -101,6 +99,8 @@ class Incoming(asyncio.Protocol):
                 self.owner.on_message(self.src, frame)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:
+            return
         self.last_rx = time.monotonic()
         if self.src is None:
             data = self._handshake_step(data)
@@ -189,32 +189,6 @@ class Incoming(asyncio.Protocol):
     def eof_received(self) -> None:
         self.peer_closed = True  # asyncio then closes our end and calls connection_lost
 
-    def read_to_end(self) -> bool:
-        """Whether the peer closed this connection in order, reading (and
-        dropping) what it still sent before its FIN, if that has arrived.
-
-        For `TcpTransport._linger`, once our connection to the peer failed:
-        the peer has left our view, so what we drop here is lost as it is
-        when we abort.
-        """
-        if self.peer_closed:
-            return True
-        if self.transport is None or self.transport.is_closing() or self._reset:
-            return False
-        fd = self.transport.get_extra_info("socket").fileno()
-        for _ in range(READ_TO_END_LIMIT):
-            try:
-                chunk = os.read(fd, 1 << 16)  # non-blocking: asyncio's socket
-            except BlockingIOError:  # nothing more yet
-                return False
-            except OSError:  # a reset: the reads after it would say end of file
-                self._reset = True
-                return False
-            if not chunk:
-                self.peer_closed = True
-                return True
-        return False
-
     @property
     def closing(self) -> bool:
         return self.transport is None or self.transport.is_closing()
@@ -223,7 +197,9 @@ class Incoming(asyncio.Protocol):
         self._finish_handshake()
         self.owner._accepted.discard(self)
         if self.src is not None:
-            self.owner._incoming_down(self.src, self)
+            self.owner._incoming_down(self.src, self, exc)
+        elif self.lingering is not None:
+            self.owner._linger_over(self.lingering, self, exc)
 
 
 class Outgoing(asyncio.Protocol):
@@ -321,4 +297,4 @@ class Outgoing(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("connection closed during the handshake"))
         if not self.closed.done():
             self.closed.set_result(None)
-        self.owner._outgoing_down(self.dst, self)
+        self.owner._outgoing_down(self.dst, self, exc)

@@ -49,9 +49,11 @@ each peer's own detection time, and a grant is sized with the lease its
 holder announced (`durations`). A peer that lowers its tunables is heeded
 from its next NodeState, half a keepalive interval later at most.
 
-Not covered (known): a node killed while frames sat unread in its socket
-resets that connection; the FIN of its other one (`TcpTransport._linger`)
-may come only after a recovery asked, and that recovery then waits out
+A node killed while frames sat unread in its socket resets that
+connection, and the FIN of its other one may come a moment later: tcp
+keeps that connection to see how it ends (`TcpTransport._linger`), and a
+frozen member waits up to a second for it (`Liveness.leases_granted`).
+Not covered (known): a FIN later than that makes the recovery wait out
 the dead node's lease (4 s at the default tunables): slower, not unsafe.
 """
 

@@ -22,6 +22,10 @@ from ctdb.server.lockfile import ClusterLockFile
 from ctdb.server.state import RecoveryMode
 from transport.base import Transport, View
 
+#: Seconds a frozen member waits at most to learn how a peer that left the
+#: view did (`Liveness.leases_granted`): well within a freeze's RecoverTimeout.
+DEPARTURE_WAIT = 1.0
+
 
 class LivenessHost(Protocol):
     pnn: int
@@ -56,7 +60,7 @@ class Liveness:
         """When the lease ends, on the loop clock, unless it is renewed."""
         return self.lease.until
 
-    def leases_granted(self) -> list[list[float]]:
+    async def leases_granted(self) -> list[list[float]]:
         """[peer, seconds] for every peer whose lease may still rest on our echoes.
 
         Not a peer that left our view by closing its connection in order
@@ -66,8 +70,15 @@ class Liveness:
         link failed may not know it yet (an error on our side only: tcp seed
         1287932), and one we dropped for its silence costs nothing: that
         silence outlasted what we granted it (`ctdb.server.lease`).
+
+        How a peer left may be known only a moment later (a killed peer's
+        FIN after its reset: `Transport.departed`): we wait for it, at most
+        DEPARTURE_WAIT and never past the grant, which then needs no wait.
         """
         transport = self.node.transport
+        for pnn, left in self.lease.granted_for(self.node.now()).items():
+            if pnn not in transport.view:
+                await transport.departed(pnn, min(left, DEPARTURE_WAIT))
         granted = self.lease.granted_for(self.node.now())
         return [[pnn, left] for pnn, left in granted.items() if not transport.left_in_order(pnn)]
 

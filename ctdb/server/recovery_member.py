@@ -173,6 +173,8 @@ class RecoveryMember:
             if exc.code == ErrorCode.IO:  # a client would not let go of a chain
                 self._storage_failures += 1
             raise
+        # Frozen, we grant no more: these leases end within these seconds.
+        leases = await node.liveness.leases_granted()
         if node.recovery_mode is not RecoveryMode.RECOVERY:
             self.files.release()  # thawed meanwhile: clients write in place again
             raise CtdbError(ErrorCode.RETRY, "this node thawed while it froze")
@@ -191,8 +193,7 @@ class RecoveryMember:
             "thawed": node.epochs.thawed,
             "generation": node.generation,
             "view": list(node.transport.view.members),
-            # Frozen, we grant no more: these leases end within these seconds.
-            "leases": node.liveness.leases_granted(),
+            "leases": leases,
             "dbs": info,
         }
 

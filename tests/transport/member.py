@@ -91,7 +91,8 @@ async def execute(
     Commands: broadcast / send (`prefix`, `count`, `size`, optional `start`,
     `pause_every` + `pause` to spread a stream over time, `drain`), flood
     (send with `drain()` after every message: the back-pressure check),
-    left_in_order (which of `peers` left the view by closing in order).
+    left_in_order (which of `peers` left the view by closing in order, once
+    the transport knows: `Transport.departed`).
     """
     kind = cmd["cmd"]
     count = int(cmd.get("count", 1))
@@ -121,7 +122,9 @@ async def execute(
             if pending is not None:
                 max_pending = max(max_pending, pending())
         return {"rss_growth_kb": max_rss_kb() - rss_before, "max_pending": max_pending}
-    if kind == "left_in_order":
+    if kind == "left_in_order":  # asked as a frozen tcp member asks it
+        for p in cmd["peers"]:
+            await t.departed(p, 1.0)
         return {"left_in_order": [p for p in cmd["peers"] if t.left_in_order(p)]}
     raise ValueError(f"unknown command {kind!r}")
 
