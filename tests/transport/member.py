@@ -29,6 +29,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from ctdb.server.liveness import DEPARTURE_WAIT  # noqa: E402
 from transport.base import Transport, TransportOptions, View, transport_class  # noqa: E402
 
 Event = dict[str, Any]
@@ -57,7 +58,6 @@ class Recorder:
     def __init__(self, transport: Transport, emit: Callable[[Event], None]) -> None:
         self.transport = transport
         self.emit = emit
-        self._members = transport.view.members
         transport.on_message = self.on_message
         transport.on_view = self.on_view
 
@@ -66,17 +66,7 @@ class Recorder:
         self.emit({"ev": "msg", "src": src, "label": label, "size": len(payload), "ok": ok})
 
     def on_view(self, view: View) -> None:
-        gone = [p for p in self._members if p not in view]
-        self._members = view.members
-        self.emit(
-            {
-                "ev": "view",
-                "id": view.view_id,
-                "members": list(view.members),
-                # asked as the view changes: a peer back in the view answers False
-                "left_in_order": [p for p in gone if self.transport.left_in_order(p)],
-            }
-        )
+        self.emit({"ev": "view", "id": view.view_id, "members": list(view.members)})
 
 
 def max_rss_kb() -> int:
@@ -124,7 +114,7 @@ async def execute(
         return {"rss_growth_kb": max_rss_kb() - rss_before, "max_pending": max_pending}
     if kind == "left_in_order":  # asked as a frozen tcp member asks it
         for p in cmd["peers"]:
-            await t.departed(p, 1.0)
+            await t.departed(p, DEPARTURE_WAIT)
         return {"left_in_order": [p for p in cmd["peers"] if t.left_in_order(p)]}
     raise ValueError(f"unknown command {kind!r}")
 
