@@ -73,7 +73,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "cpu_per_op"
-DEFAULT_BASE = "b7714d4"
 WORKLOADS = ("ping", "ring", "store", "fetch", "crowd")
 #: operations per measurement window (quick: a twentieth)
 OPS = {"ping": 3000, "ring": 1500, "store": 6000, "fetch": 6000, "crowd": 8000}
@@ -123,16 +122,6 @@ def worker(
     finally:
         cluster.down()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _find_corosync() -> int | None:
-    """The corosync running on this host, if there is one and only one."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "corosync":
-                found.append(int(entry.name))
-    return found[0] if len(found) == 1 else None
 
 
 def _tasks(pid: int, name: str) -> Iterator[str]:
@@ -281,16 +270,6 @@ def _median_by_file(rounds: list[dict[str, float]]) -> dict[str, float]:
     return dict(sorted(medians.items(), key=lambda item: -item[1]))
 
 
-def _worktree(rev: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="ctdb-bench-base-")) / "tree"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev],
-        check=True,
-        capture_output=True,
-    )
-    return path
-
-
 def _run_worker(
     tree: Path, ns: argparse.Namespace, base: str, port: int, corosync: int | None
 ) -> dict[str, Any]:
@@ -329,36 +308,15 @@ def _worker_process(
     return result
 
 
-@contextlib.contextmanager
-def _shared_corosync() -> Iterator[int | None]:
-    """The corosync both checkouts' vs clusters use (see the module docstring):
-    its pid, None if it runs already and cannot be told apart from another."""
-    from tools.cluster import private_corosync
-    from transport.corosync import corosync_running
-
-    if corosync_running():
-        say("vs: using the corosync already running on this host")
-        yield _find_corosync()
-        return
-    directory = Path(tempfile.mkdtemp(prefix="ctdb-bench-corosync-"))
-    corosync = private_corosync(directory)
-    corosync.start()
-    say(f"vs: started a corosync for both checkouts (pid {corosync.pid})")
-    try:
-        yield corosync.pid
-    finally:
-        corosync.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def _rounds(
     ns: argparse.Namespace, rev: str, corosync: int | None
 ) -> dict[str, list[dict[str, Any]]]:
     """Each checkout once per round, alternating which goes first."""
-    base_tree = _worktree(rev)
-    trees = {"base": base_tree, "head": REPO}
+    from bench import checkouts
+
     samples: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
-    try:
+    with checkouts.worktree(rev) as base_tree:
+        trees = {"base": base_tree, "head": REPO}
         for r in range(ns.rounds):
             order = ["base", "head"] if r % 2 == 0 else ["head", "base"]
             for i, name in enumerate(order):
@@ -373,34 +331,22 @@ def _rounds(
                         for w in WORKLOADS
                     )
                 )
-    finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(base_tree.parent, ignore_errors=True)
     return samples
 
 
 def run(ns: argparse.Namespace) -> dict[str, Any]:
-    rev = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", ns.base],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    from bench import checkouts
+
+    rev = checkouts.short_rev(ns.base or checkouts.DEFAULT_BASE)
+    head = checkouts.short_rev("HEAD")
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     load_at_start = os.getloadavg()[0]
     say(f"worktree of {rev} (base) beside this checkout ({head})")
     with contextlib.ExitStack() as stack:
-        corosync = stack.enter_context(_shared_corosync()) if ns.transport == "vs" else None
+        if ns.transport == "vs":
+            corosync = stack.enter_context(checkouts.shared_corosync(say))
+        else:
+            corosync = None
         samples = _rounds(ns, rev, corosync)
     figures: dict[str, Any] = {}
     for work in WORKLOADS:
@@ -563,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog="Writes results.json, cpu_per_op.png and summary.md; progress goes to stderr.",
     )
-    p.add_argument("--base", default=DEFAULT_BASE, help=f"revision to compare ({DEFAULT_BASE})")
+    p.add_argument("--base", help="revision to compare (default b7714d4, before issue 8's fixes)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each checkout once (3)")
     p.add_argument("--quick", action="store_true", help="a twentieth of the operations")
     p.add_argument("--transport", choices=["tcp", "vs"], default="tcp", help="(tcp)")
