@@ -334,10 +334,10 @@ def _rounds(
     return samples
 
 
-def run(ns: argparse.Namespace) -> dict[str, Any]:
+def run(ns: argparse.Namespace, rev: str) -> dict[str, Any]:
+    """`ns.rounds` rounds against revision `rev` (a short commit id)."""
     from bench import checkouts
 
-    rev = checkouts.short_rev(ns.base or checkouts.DEFAULT_BASE)
     head = checkouts.short_rev("HEAD")
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     load_at_start = os.getloadavg()[0]
@@ -535,7 +535,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
-    results = run(ns)
+    from bench import checkouts  # (not in the worker: an older checkout may not have it)
+
+    try:
+        rev = checkouts.short_rev(ns.base or checkouts.DEFAULT_BASE)
+    except ValueError as exc:
+        p.error(str(exc))
+    results = run(ns, rev)
     ns.out.mkdir(parents=True, exist_ok=True)
     (ns.out / "results.json").write_text(json.dumps(results, indent=2))
     write_summary(ns.out / "summary.md", results)
