@@ -15,12 +15,17 @@ checkout (PYTHONPATH) where this module may not exist.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import datetime as dt
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 #: before the acknowledged-write fixes of issue 8: what its speed clause compares against
@@ -90,3 +95,37 @@ def shared_corosync(say: Callable[[str], None]) -> Iterator[int | None]:
     finally:
         corosync.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_record(bench: str, ns: argparse.Namespace, base: str) -> dict[str, Any]:
+    """What a comparison's results.json says of the run itself, as it starts
+    (`ns`: its --transport, --rounds, --quick; `base`: the short commit id).
+    The comparison adds `loadavg_at_end` and its figures."""
+    return {
+        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": f"python -m bench.{bench} " + " ".join(sys.argv[1:]),
+        "transport": ns.transport,
+        "base": base,
+        "head": short_rev("HEAD"),
+        "rounds": ns.rounds,
+        "quick": ns.quick,
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg()[0],
+    }
+
+
+def summary_head(title: str, results: dict[str, Any]) -> list[str]:
+    """The first lines of a comparison's summary.md: `title`, the run
+    (`run_record`) and its command."""
+    return [
+        f"# {title}",
+        "",
+        f"{results['started']} - transport `{results['transport']}`, "
+        f"base `{results['base']}`, head `{results['head']}`, "
+        f"{results['rounds']} rounds{' (quick)' if results['quick'] else ''}, "
+        f"{results['cpus']} CPUs, load {results['loadavg_at_start']:.1f} at start and "
+        f"{results['loadavg_at_end']:.1f} at end",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+    ]

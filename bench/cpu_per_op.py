@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import functools
 import json
 import os
@@ -74,6 +73,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "cpu_per_op"
 WORKLOADS = ("ping", "ring", "store", "fetch", "crowd")
+#: the first line of summary.md
+TITLE = "CPU per operation: this checkout against an older revision"
 #: operations per measurement window (quick: a twentieth)
 OPS = {"ping": 3000, "ring": 1500, "store": 6000, "fetch": 6000, "crowd": 8000}
 #: clients of the `crowd` workload
@@ -338,10 +339,8 @@ def run(ns: argparse.Namespace, rev: str) -> dict[str, Any]:
     """`ns.rounds` rounds against revision `rev` (a short commit id)."""
     from bench import checkouts
 
-    head = checkouts.short_rev("HEAD")
-    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    load_at_start = os.getloadavg()[0]
-    say(f"worktree of {rev} (base) beside this checkout ({head})")
+    record = checkouts.run_record("cpu_per_op", ns, rev)
+    say(f"worktree of {rev} (base) beside this checkout ({record['head']})")
     with contextlib.ExitStack() as stack:
         if ns.transport == "vs":
             corosync = stack.enter_context(checkouts.shared_corosync(say))
@@ -377,33 +376,14 @@ def run(ns: argparse.Namespace, rev: str) -> dict[str, Any]:
         )
         entry["rate_ratio_head_to_base"] = entry["head"]["per_s"] / entry["base"]["per_s"]
         figures[work] = entry
-    return {
-        "started": started,
-        "command": "python -m bench.cpu_per_op " + " ".join(sys.argv[1:]),
-        "transport": ns.transport,
-        "base": rev,
-        "head": head,
-        "rounds": ns.rounds,
-        "quick": ns.quick,
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": load_at_start,
-        "loadavg_at_end": os.getloadavg()[0],
-        "figures": figures,
-    }
+    return {**record, "loadavg_at_end": os.getloadavg()[0], "figures": figures}
 
 
 def write_summary(path: Path, results: dict[str, Any]) -> None:
+    from bench import checkouts
+
     lines = [
-        "# CPU per operation: this checkout against an older revision",
-        "",
-        f"{results['started']} - transport `{results['transport']}`, "
-        f"base `{results['base']}`, head `{results['head']}`, "
-        f"{results['rounds']} rounds{' (quick)' if results['quick'] else ''}, "
-        f"{results['cpus']} CPUs, load {results['loadavg_at_start']:.1f} at start and "
-        f"{results['loadavg_at_end']:.1f} at end",
-        "",
-        f"Command: `{results['command']}`",
-        "",
+        *checkouts.summary_head(TITLE, results),
         "| workload | base CPU/op | head CPU/op | head/base | base rate | head rate |",
         "|---|---|---|---|---|---|",
     ]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import itertools
 import json
 import math
@@ -53,6 +52,8 @@ say = report.progress("regression")
 EXACT_ROUNDS = 12
 SAMPLED_PATTERNS = 20_000
 SIGNIFICANT = 0.05
+#: the first line of summary.md
+TITLE = "bench.foundation: this checkout against an older revision"
 
 
 def speed_ratio(figure: str, base: float, head: float) -> float:
@@ -128,10 +129,8 @@ def _foundation(tree: Path, ns: argparse.Namespace, out: Path) -> dict[str, Any]
 
 def run(ns: argparse.Namespace, base: str) -> dict[str, Any]:
     """`ns.rounds` paired rounds against revision `base` (a short commit id)."""
-    head = checkouts.short_rev("HEAD")
-    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    load_at_start = os.getloadavg()[0]
-    say(f"worktree of {base} (base) beside this checkout ({head}), {ns.rounds} rounds")
+    record = checkouts.run_record("regression", ns, base)
+    say(f"worktree of {base} (base) beside this checkout ({record['head']}), {ns.rounds} rounds")
     samples: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
     loads: dict[str, list[float]] = {"base": [], "head": []}
     with contextlib.ExitStack() as stack:
@@ -152,15 +151,7 @@ def run(ns: argparse.Namespace, base: str) -> dict[str, Any]:
                     f"fetch 8c {figures.get('fetch_8c_per_s', 0):,.0f}/s"
                 )
     return {
-        "started": started,
-        "command": "python -m bench.regression " + " ".join(sys.argv[1:]),
-        "transport": ns.transport,
-        "base": base,
-        "head": head,
-        "rounds": ns.rounds,
-        "quick": ns.quick,
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": load_at_start,
+        **record,
         "loadavg_at_end": os.getloadavg()[0],
         "loadavg_after_each_run": loads,
         "samples": samples,
@@ -170,15 +161,7 @@ def run(ns: argparse.Namespace, base: str) -> dict[str, Any]:
 
 def write_summary(path: Path, results: dict[str, Any]) -> None:
     lines = [
-        "# bench.foundation: this checkout against an older revision",
-        "",
-        f"{results['started']} - transport `{results['transport']}`, base `{results['base']}`, "
-        f"head `{results['head']}`, {results['rounds']} paired rounds"
-        f"{' (quick)' if results['quick'] else ''}, {results['cpus']} CPUs, load "
-        f"{results['loadavg_at_start']:.1f} at start and {results['loadavg_at_end']:.1f} at end",
-        "",
-        f"Command: `{results['command']}`",
-        "",
+        *checkouts.summary_head(TITLE, results),
         "| figure | base (median) | head (median) | head's speed (median) | p | verdict |",
         "|---|---|---|---|---|---|",
     ]

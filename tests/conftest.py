@@ -287,3 +287,17 @@ def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[st
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def base_checkouts() -> tuple[list[str], set[Path]]:
+    """The git worktrees of this repository and the directories a comparing
+    benchmark makes them in (`bench.checkouts.worktree`): what one must leave
+    as it found them."""
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list", "--porcelain"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    trees = [line for line in out.splitlines() if line.startswith("worktree ")]
+    return trees, set(Path(tempfile.gettempdir()).glob("ctdb-bench-base-*"))

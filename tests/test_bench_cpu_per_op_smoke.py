@@ -8,46 +8,26 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_bench
+from tests.conftest import base_checkouts, run_bench
 from transport.corosync import pid_alive
-
-REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def _worktrees() -> list[str]:
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "list", "--porcelain"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [line for line in out.splitlines() if line.startswith("worktree ")]
-
-
-def _base_dirs() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("ctdb-bench-base-*"))
-
-
 @pytest.mark.parametrize("transport", ["tcp", "vs"])
 def test_cpu_per_op_quick_against_head(transport: str, tmp_path: Path) -> None:
-    before = _worktrees()
-    base_dirs = _base_dirs()
+    before = base_checkouts()
     out = tmp_path / "cpu"
     proc = run_bench(
         ["bench.cpu_per_op", "--quick", "--rounds", "1"]
         + ["--transport", transport, "--base", "HEAD", "--port", "39840", "--out", str(out)],
         timeout=230,
     )
-    assert _worktrees() == before  # the base's worktree is gone again
-    assert _base_dirs() == base_dirs  # and the directory it was made in
+    assert base_checkouts() == before  # the base's worktree is gone again, and its directory
     started = re.search(r"started a corosync for both checkouts \(pid (\d+)\)", proc.stderr)
     if started is not None:
         assert not pid_alive(int(started.group(1)))  # stopped again

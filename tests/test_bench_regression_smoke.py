@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from bench.regression import compare, sign_flip_p, speed_ratio, verdict
-from tests.conftest import run_bench
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import base_checkouts, run_bench
 
 
 def test_speed_is_head_over_base_for_rates_and_base_over_head_for_times() -> None:
@@ -56,28 +52,16 @@ def test_compare_pairs_rounds_and_skips_what_a_run_could_not_measure() -> None:
     assert p50["speed_ratios"] == [2.0] * 6
 
 
-def _worktrees() -> list[str]:
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "list", "--porcelain"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [line for line in out.splitlines() if line.startswith("worktree ")]
-
-
 @pytest.mark.timeout(200)
 def test_regression_quick_against_head(tmp_path: Path) -> None:
-    before = _worktrees()
-    base_dirs = set(Path(tempfile.gettempdir()).glob("ctdb-bench-base-*"))
+    before = base_checkouts()
     out = tmp_path / "regression"
     proc = run_bench(
         ["bench.regression", "--quick", "--rounds", "1", "--base", "HEAD"]
         + ["--transport", "tcp", "--address", "127.0.81", "--out", str(out)],
         timeout=190,
     )
-    assert _worktrees() == before
-    assert set(Path(tempfile.gettempdir()).glob("ctdb-bench-base-*")) == base_dirs
+    assert base_checkouts() == before  # the base's worktree is gone again, and its directory
     assert "round 1/1 base" in proc.stderr and "round 1/1 head" in proc.stderr
     r = json.loads((out / "results.json").read_text())
     assert r["base"] == r["head"] and r["rounds"] == 1 and r["transport"] == "tcp"
