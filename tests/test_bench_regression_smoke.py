@@ -34,7 +34,7 @@ def test_many_rounds_are_sampled_and_come_out_alike() -> None:
     assert sign_flip_p([1.25, 0.8] * 7) > 0.5
 
 
-def test_verdicts() -> None:
+def test_verdicts_follow_the_tested_direction() -> None:
     assert verdict(0.9, 0.01) == "regression"
     assert verdict(1.1, 0.01) == "faster"
     assert verdict(0.5, 0.2) == "within noise"
@@ -48,6 +48,7 @@ def test_compare_pairs_rounds_and_skips_what_a_run_could_not_measure() -> None:
     ring, p50 = c["ring_increments_per_s"], c["ring_p50_s"]
     assert ring["kind"] == "rate" and ring["verdict"] == "regression"
     assert ring["speed_ratio_median"] == pytest.approx(0.8)
+    assert ring["speed_ratio_geomean"] == pytest.approx(0.8)
     assert p50["kind"] == "time" and p50["verdict"] == "faster"
     assert p50["speed_ratios"] == [2.0] * 6
 
