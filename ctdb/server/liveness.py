@@ -73,12 +73,17 @@ class Liveness:
 
         How a peer left may be known only a moment later (a killed peer's
         FIN after its reset: `Transport.departed`): we wait for it, at most
-        DEPARTURE_WAIT and never past the grant, which then needs no wait.
+        DEPARTURE_WAIT in all (several peers may have left) and never past a
+        peer's grant, which then needs no wait.
         """
         transport = self.node.transport
-        for pnn, left in self.lease.granted_for(self.node.now()).items():
+        start = self.node.now()
+        for pnn, left in self.lease.granted_for(start).items():
             if pnn not in transport.view:
-                await transport.departed(pnn, min(left, DEPARTURE_WAIT))
+                # Waited for one after another, all within the same bound.
+                remaining = start + min(left, DEPARTURE_WAIT) - self.node.now()
+                if remaining > 0:
+                    await transport.departed(pnn, remaining)
         granted = self.lease.granted_for(self.node.now())
         return [[pnn, left] for pnn, left in granted.items() if not transport.left_in_order(pnn)]
 
