@@ -124,8 +124,11 @@ class Group:
     # -- input ----------------------------------------------------------------
 
     def event(self, ev: Event) -> None:
-        if self.synced:  # the usual case, first
-            self._apply(ev)
+        if self.synced:  # the usual case, first (`_apply`, inlined)
+            if len(ev) == 2:
+                self._apply_message(ev[0], ev[1])
+            else:
+                self._apply_confchg(ev[0], ev[1], ev[2], ev[3])
             return
         if not self.joined:
             if len(ev) == 4 and self.me in ev[2]:  # our own join confchg

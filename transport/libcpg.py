@@ -87,8 +87,14 @@ def available() -> bool:
     return True
 
 
+# (as plain ints: a comparison per dispatched event and per multicast)
+_OK = int(CsError.CS_OK)
+_TRY_AGAIN = int(CsError.CS_ERR_TRY_AGAIN)
+_DISPATCH_ONE = int(Dispatch.CS_DISPATCH_ONE_NONBLOCKING)
+
+
 def _check(func: str, rc: int) -> None:
-    if rc != CsError.CS_OK:
+    if rc != _OK:
         raise CpgError(func, rc)
 
 
@@ -288,14 +294,13 @@ class CpgHandle:
         """
         fn = self._lib.cpg_dispatch
         handle = self._h()
-        one = int(Dispatch.CS_DISPATCH_ONE_NONBLOCKING)
         for _ in range(limit):
-            rc = fn(handle, one)
+            rc = fn(handle, _DISPATCH_ONE)
             if self._pending_exc is not None:
                 exc, self._pending_exc = self._pending_exc, None
                 raise exc
-            if rc != CsError.CS_OK:
-                if rc == CsError.CS_ERR_TRY_AGAIN:
+            if rc != _OK:
+                if rc == _TRY_AGAIN:
                     return False  # the queue is empty
                 raise CpgError("cpg_dispatch", rc)
         return True

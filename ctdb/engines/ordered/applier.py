@@ -20,7 +20,7 @@ from ctdb.engines.ordered.local_clients import LocalClients
 from ctdb.engines.ordered.locks import Owner
 from ctdb.engines.ordered.replica import FirstEntry, Replica, Written
 from ctdb.engines.ordered.requests import Requests
-from ctdb.engines.ordered.rounds import Rounds, StreamListener
+from ctdb.engines.ordered.rounds import ROUND_OPS, Rounds, StreamListener
 from ctdb.engines.ordered.samba_grants import SambaGrants
 from ctdb.engines.ordered.stability import STABLE_OPS, Stability
 from ctdb.engines.ordered.stream_gate import StreamGate
@@ -80,13 +80,18 @@ class StreamApplier:
         self.gate.enter(msg, self._on_ordered)
 
     def _on_ordered(self, msg: Ordered) -> None:
-        if msg.op == "applied":
+        op = msg.op
+        if op in ROUND_OPS:
+            self.rounds.on_message(msg)
+            return
+        if op == "applied":
             if self.stability.on_applied(msg):
                 self.check_stable()
             return
-        if self.rounds.on_message(msg):
-            return
-        if msg.op not in CONFIGURATION and (not self.synced or self.rounds.queueing()):
+        # (`queueing` asked only during a round: this runs for every delivery)
+        if op not in CONFIGURATION and (
+            not self.synced or (self.rounds.round is not None and self.rounds.queueing())
+        ):
             self.backlog.append(msg)
             if len(self.backlog) > MAX_BACKLOG:
                 self.resync(
@@ -123,15 +128,16 @@ class StreamApplier:
         self.listener.rejoin()
 
     def apply(self, msg: Ordered) -> None:
-        stable_op = msg.op in STABLE_OPS or msg.args.get("stable", False)
-        members = frozenset(self.members) if stable_op else None
+        op, args = msg.op, msg.args
+        stable_op = op in STABLE_OPS or args.get("stable", False)
+        members = frozenset(self.view.members) if stable_op else None
         if members is not None:
             self.stability.applying = (msg.origin, msg.seq, members)
         try:
-            if msg.op in Replica.OPS:
-                result = self.replica.apply(msg.origin, msg.op, msg.args)
-            else:
-                result = getattr(self, f"_apply_{msg.op}")(msg.origin, msg.args)
+            applier = self.replica.appliers.get(op)
+            if applier is None:
+                applier = getattr(self, f"_apply_{op}")
+            result = applier(msg.origin, args)
             error = None
         except Exception as exc:
             if isinstance(exc, CtdbError) and exc.code != ErrorCode.IO:
@@ -148,7 +154,7 @@ class StreamApplier:
             self.act()
             self.stability.applying = None
         self.node.stats["ordered_applied"] += 1
-        if self.synced and msg.op not in UNCOUNTED:
+        if self.synced and op not in UNCOUNTED:
             self.position += 1
         if members is not None and error is None:
             self.stability.confirm(msg.origin, msg.seq)

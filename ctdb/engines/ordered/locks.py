@@ -105,6 +105,9 @@ class LockQueue:
         )
 
 
+_DEFAULT_WAITERS = TUNABLES["MaxLockWaiters"].default
+
+
 class QueueFull(CtdbError):
     """A record's lock queue is at its bound: the request was not queued."""
 
@@ -114,7 +117,7 @@ def check_room(q: LockQueue, args: dict[str, Any], key: bytes) -> None:
 
     The holder does not count: `waiters` requests may wait behind it.
     """
-    limit = int(args.get("waiters") or TUNABLES["MaxLockWaiters"].default)
+    limit = int(args.get("waiters") or _DEFAULT_WAITERS)
     if len(q.entries) > limit:
         raise QueueFull(
             ErrorCode.BUSY, f"record {key!r} is busy: {limit} requests already wait for it"

@@ -95,6 +95,10 @@ class Replica:
         self.markers: dict[int, dict[bytes, None]] = {}
         #: what this node must act on, in the order it arose (see the module docstring)
         self.effects: list[Effect] = []
+        #: op -> its `_apply_<op>`, looked up once: every delivery needs one
+        self.appliers: dict[str, Callable[[int, dict[str, Any]], Any]] = {
+            op: getattr(self, f"_apply_{op}") for op in self.OPS
+        }
 
     def apply(self, origin: int, op: str, args: dict[str, Any]) -> Any:
         """Apply one operation of the stream; its result for the origin's client.
@@ -103,12 +107,14 @@ class Replica:
         state changed); any other exception means this node's copy may now
         differ (a failed write), and effects up to it are in `effects`.
         """
-        return getattr(self, f"_apply_{op}")(origin, args)
+        return self.appliers[op](origin, args)
 
     # -- writes ------------------------------------------------------------------------
 
     def _db(self, dbid: int) -> Database:
-        return self.databases.db(int(dbid))
+        db = self.databases.dbs.get(dbid)
+        # (an unknown id: `db` refuses it, as every member does)
+        return db if db is not None else self.databases.db(int(dbid))
 
     def write(self, db: Database, key: bytes, value: bytes, origin: int) -> Record:
         old = db.local.get(key)

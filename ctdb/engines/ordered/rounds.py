@@ -97,6 +97,10 @@ class RoundsHost(Protocol):
     def resync(self, why: str, *, damaged: bool = True) -> None: ...
 
 
+#: The operations a round sends itself (`Rounds.on_message` takes them).
+ROUND_OPS = frozenset({"offer", "numbered", "snapshot", "synced"})
+
+
 class Rounds:
     def __init__(self, engine: RoundsHost) -> None:
         self.engine = engine
