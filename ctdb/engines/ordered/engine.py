@@ -174,10 +174,10 @@ class OrderedEngine(StreamApplier):
         """The queue bound our lock requests and writes carry (see the module docstring)."""
         return int(self.node.tunable("MaxLockWaiters"))
 
-    async def lock(
+    def lock(
         self, db: Database, key: bytes, session: object, deadline: float | None = None
-    ) -> bytes | None:
-        return await self.run(self.locking(db, key, session, deadline))
+    ) -> Awaitable[bytes | None]:
+        return self.run(self.locking(db, key, session, deadline))
 
     def locking(
         self, db: Database, key: bytes, session: object, deadline: float | None = None
@@ -210,7 +210,7 @@ class OrderedEngine(StreamApplier):
             self.waiting.forget(claim, wait)
             self.clients.done_waiting(claim)
 
-    async def unlock(
+    def unlock(
         self,
         db: Database,
         key: bytes,
@@ -219,8 +219,8 @@ class OrderedEngine(StreamApplier):
         *,
         serving: bool = True,
         deadline: float | None = None,
-    ) -> None:
-        await self.run(self.unlocking(db, key, session, value, serving=serving, deadline=deadline))
+    ) -> Awaitable[None]:
+        return self.run(self.unlocking(db, key, session, value, serving=serving, deadline=deadline))
 
     def unlocking(
         self,

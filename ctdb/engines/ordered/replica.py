@@ -202,7 +202,9 @@ class Replica:
     def _apply_lock(self, origin: int, args: dict[str, Any]) -> None:
         db, key = self._db(args["db"]), bytes(args["key"])
         owner: Owner = (int(args["owner"][0]), int(args["owner"][1]))
-        q = self.locks.setdefault((db.id, key), LockQueue())
+        q = self.locks.get((db.id, key))
+        if q is None:
+            q = self.locks[db.id, key] = LockQueue()
         before = q.head
         q.queue(owner, None, args, key)
         self.advance(db, key, q, before)
