@@ -97,8 +97,11 @@ def _dump_logs(c: LocalCluster) -> str:
     return "\n".join(out)
 
 
-def start_cluster(directory: Path, transport: str, size: int = 3, **kwargs: Any) -> LocalCluster:
-    """Start a cluster on a fresh base address and port (retrying on a port clash)."""
+def start_cluster(
+    directory: Path, transport: str, size: int = 3, *, tree: Path | None = None, **kwargs: Any
+) -> LocalCluster:
+    """Start a cluster on a fresh base address and port (retrying on a port
+    clash): this checkout's daemons, or those of checkout `tree`."""
     last: Exception | None = None
     for _attempt in range(3):
         c = LocalCluster(
@@ -110,7 +113,7 @@ def start_cluster(directory: Path, transport: str, size: int = 3, **kwargs: Any)
             **kwargs,
         )
         try:
-            c.up(timeout=30)
+            c.up(timeout=30, tree=tree)
             return c
         except Exception as exc:  # noqa: BLE001 - retried, then re-raised with logs
             last = exc
@@ -279,25 +282,44 @@ def ctdbtool(cluster: LocalCluster) -> Callable[..., ToolResult]:
     return run
 
 
-def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_bench(
+    args: list[str], timeout: float, tmpdir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m ARGS` (a benchmark) in this checkout, which must exit 0;
-    the smoke tests of bench/ then read what it wrote."""
+    the smoke tests of bench/ then read what it wrote. `tmpdir`: its TMPDIR."""
+    env = None if tmpdir is None else {**os.environ, "TMPDIR": str(tmpdir)}
     proc = subprocess.run(
-        [PYTHON, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [PYTHON, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def base_checkouts() -> tuple[list[str], set[Path]]:
-    """The git worktrees of this repository and the directories a comparing
-    benchmark makes them in (`bench.checkouts.worktree`): what one must leave
-    as it found them."""
+@pytest.fixture
+def bench_tmpdir() -> Iterator[Path]:
+    """A TMPDIR of its own for a benchmark the test runs: short, since the
+    unix sockets of the clusters it starts there have at most 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="bt-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def base_checkouts(tmpdir: Path) -> tuple[list[str], list[Path]]:
+    """What a comparing benchmark run with TMPDIR `tmpdir` left of the
+    checkouts it compared with (`bench.checkouts.worktree`): the git
+    worktrees of this repository in it, and their directories. Both must be
+    gone when it ends; other tests' worktrees elsewhere do not count."""
     out = subprocess.run(
         ["git", "-C", str(REPO), "worktree", "list", "--porcelain"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    trees = [line for line in out.splitlines() if line.startswith("worktree ")]
-    return trees, set(Path(tempfile.gettempdir()).glob("ctdb-bench-base-*"))
+    trees = [
+        line
+        for line in out.splitlines()
+        if line.startswith("worktree ") and Path(line.split(" ", 1)[1]).is_relative_to(tmpdir)
+    ]
+    return trees, sorted(tmpdir.glob("ctdb-bench-base-*"))

@@ -19,15 +19,15 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "vs"])
-def test_cpu_per_op_quick_against_head(transport: str, tmp_path: Path) -> None:
-    before = base_checkouts()
+def test_cpu_per_op_quick_against_head(transport: str, tmp_path: Path, bench_tmpdir: Path) -> None:
     out = tmp_path / "cpu"
     proc = run_bench(
         ["bench.cpu_per_op", "--quick", "--rounds", "1"]
         + ["--transport", transport, "--base", "HEAD", "--port", "39840", "--out", str(out)],
         timeout=230,
+        tmpdir=bench_tmpdir,
     )
-    assert base_checkouts() == before  # the base's worktree is gone again, and its directory
+    assert base_checkouts(bench_tmpdir) == ([], [])  # the base worktree is gone, and its dir
     started = re.search(r"started a corosync for both checkouts \(pid (\d+)\)", proc.stderr)
     if started is not None:
         assert not pid_alive(int(started.group(1)))  # stopped again

@@ -54,15 +54,15 @@ def test_compare_pairs_rounds_and_skips_what_a_run_could_not_measure() -> None:
 
 
 @pytest.mark.timeout(200)
-def test_regression_quick_against_head(tmp_path: Path) -> None:
-    before = base_checkouts()
+def test_regression_quick_against_head(tmp_path: Path, bench_tmpdir: Path) -> None:
     out = tmp_path / "regression"
     proc = run_bench(
         ["bench.regression", "--quick", "--rounds", "1", "--base", "HEAD"]
         + ["--transport", "tcp", "--address", "127.0.81", "--out", str(out)],
         timeout=190,
+        tmpdir=bench_tmpdir,
     )
-    assert base_checkouts() == before  # the base's worktree is gone again, and its directory
+    assert base_checkouts(bench_tmpdir) == ([], [])  # the base worktree is gone, and its dir
     assert "round 1/1 base" in proc.stderr and "round 1/1 head" in proc.stderr
     r = json.loads((out / "results.json").read_text())
     assert r["base"] == r["head"] and r["rounds"] == 1 and r["transport"] == "tcp"

@@ -175,7 +175,7 @@ def _chunks(data: bytes, draw: st.DataObject) -> list[bytes]:
 
 def proof_as_documented(key: bytes, flags: int, nonce_i: bytes, nonce_r: bytes) -> bytes:
     """The initiator's PROOF frame computed from the module docstring, not its code."""
-    transcript = b"PYCTDB02" + bytes([flags]) + struct.pack("!II", 1, 0) + nonce_i + nonce_r
+    transcript = b"PYCTDB00" + bytes([flags]) + struct.pack("!II", 1, 0) + nonce_i + nonce_r
     return struct.pack("!I", 32) + hmac.digest(key, b"initiator" + transcript, "sha256")
 
 
@@ -245,9 +245,41 @@ def test_hello_for_another_node_is_refused() -> None:
 def test_bad_magic_is_refused() -> None:
     init, resp = pair()
     hello = bytearray(init.hello())
-    hello[4:12] = b"PYCTDB01"
-    with pytest.raises(HandshakeError, match="bad magic"):
+    hello[4:12] = b"SMBCTDB1"
+    with pytest.raises(HandshakeError, match="no node of this cluster software"):
         resp.receive(bytes(hello))
+
+
+def test_the_magic_names_the_protocol_version() -> None:
+    init, _ = pair(Settings(KEY, protocol=7))
+    assert init.hello()[4:12] == b"PYCTDB07"
+
+
+def test_a_peer_of_another_protocol_version_is_refused_by_both_sides() -> None:
+    v3, v4 = Settings(KEY, protocol=3), Settings(KEY, protocol=4)
+    init, resp = pair(v3, v4)
+    with pytest.raises(HandshakeError, match="the peer speaks node protocol 3 and this node 4"):
+        resp.receive(init.hello())
+    # ... and a responder of another version, whose challenge the initiator reads first:
+    init = Initiator(v3, 1, 0, nonce=NONCE_I)
+    challenge = Responder(v4, 0, 1, nonce=NONCE_R).receive(pair(v4)[0].hello()).send
+    with pytest.raises(HandshakeError, match="node 0 speaks node protocol 4 and this node 3"):
+        init.receive(challenge)
+
+
+def test_a_node_of_a_revision_before_the_versions_is_named_as_protocol_2() -> None:
+    # Every revision before the versions had numbers sent the magic PYCTDB02.
+    old = bytearray(Initiator(Settings(KEY), 1, 0, nonce=NONCE_I).hello())
+    old[4:12] = b"PYCTDB02"
+    resp = Responder(Settings(KEY, protocol=3), 0, 1, nonce=NONCE_R)
+    with pytest.raises(HandshakeError, match="speaks node protocol 2 and this node 3: every node"):
+        resp.receive(bytes(old))
+
+
+@pytest.mark.parametrize("version", [-1, 100])
+def test_a_protocol_version_is_two_digits(version: int) -> None:
+    with pytest.raises(ValueError, match="0..99"):
+        Settings(KEY, protocol=version)
 
 
 @pytest.mark.parametrize("announced", [0, 1, 48, 50, MAX_PREAUTH_FRAME + 1, 1 << 30, 0xFFFFFFFF])

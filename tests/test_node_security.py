@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from ctdb.protocol.message_codec import encode
-from ctdb.protocol.messages import Control
+from ctdb.protocol.messages import NODE_PROTOCOL, Control
 from ctdb.server.state import NodeFlags
 from tests.conftest import start_cluster, unique
 from tools.cluster import LocalCluster
@@ -152,7 +152,7 @@ def knock(
         elif not hold:
             nodes = [c.address(p) for p in range(c.size)]
             claim = nodes.index(source) if source in nodes else 1
-            intruder = Initiator(Settings(key or os.urandom(32)), claim, 0)
+            intruder = Initiator(Settings(key or os.urandom(32), protocol=NODE_PROTOCOL), claim, 0)
             _send_quietly(sock, intruder.hello())
             challenge = _read_exactly(sock, 4 + 73)
             proof = struct.pack("!I", 32) + os.urandom(32)
@@ -238,7 +238,7 @@ def test_intruder_that_admits_having_no_key(cluster5: LocalCluster) -> None:
     c = cluster5
     before = snapshot(c)
     source = c.address(2)
-    hello = Initiator(Settings(None), 2, 0).hello()
+    hello = Initiator(Settings(None, protocol=NODE_PROTOCOL), 2, 0).hello()
     result = knock(c, source, send=hello + evil_controls())
     assert result.challenge == b""
     wait_for_refusal(c, source, "the peer has no cluster key")

@@ -114,24 +114,35 @@ class LocalCluster:
 
     # -- processes ------------------------------------------------------------------------
 
-    def up(self, timeout: float = 30.0, progress: Callable[[str], None] | None = None) -> None:
+    def up(
+        self,
+        timeout: float = 30.0,
+        progress: Callable[[str], None] | None = None,
+        *,
+        tree: Path | None = None,
+    ) -> None:
         say = progress or (lambda _msg: None)
         self.write_configs()
         if self.transport == "vs":
             self._ensure_corosync(say)
         for pnn in range(self.size):
-            self.start_node(pnn)
+            self.start_node(pnn, tree=tree)
             say(f"started node {pnn} on {self.address(pnn)} (pid {self.pids[pnn]})")
         self.wait_healthy(timeout, progress=say)
 
-    def start_node(self, pnn: int) -> int:
+    def start_node(self, pnn: int, *, tree: Path | None = None) -> int:
+        """Start node `pnn`'s daemon: this checkout's, or that of checkout
+        `tree` (another revision, for upgrades node by node)."""
         log = open(self.node_dir(pnn) / "ctdbd.stderr", "ab")
+        env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "ctdb.server.daemon", "--config", str(self.config_path(pnn))],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=tree,
+            env=env,
         )
         log.close()
         self.pids[pnn] = proc.pid

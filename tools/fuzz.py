@@ -342,7 +342,7 @@ class NodeLink:
         self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         try:
             self._auth: Any = importlib.import_module("transport.linkauth")
-            self._settings = self._auth.Settings(key=key)
+            self._settings = self._auth.Settings(key=key, protocol=messages.NODE_PROTOCOL)
         except ImportError:
             self._auth = None
 

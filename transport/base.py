@@ -77,6 +77,11 @@ class TransportOptions:
     cluster_key: bytes | None = None
     #: tcp: every frame carries a MAC (`[cluster] authenticate frames`).
     authenticate_frames: bool = False
+    #: The version of what the daemons say over the transport (below 100):
+    #: nodes of two versions must never exchange a message, so a tcp link
+    #: between them is refused in its handshake and a vs member joins the
+    #: group of its own version (`group.vN`).
+    protocol: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
 

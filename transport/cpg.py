@@ -133,7 +133,8 @@ _lids = itertools.count(1)
 class CpgTransport(Transport):
     """A ctdbd's endpoint on a corosync CPG group (see the module docstring).
 
-    Options (``options.extra``): ``group`` (CPG group name, default "ctdb"),
+    Options (``options.extra``): ``group`` (CPG group name, default "ctdb";
+    the process joins it with ``.v`` and `TransportOptions.protocol` after it),
     ``chunk`` (fragment size in bytes), ``high_water`` (bytes queued before
     `drain()` blocks), ``join_timeout`` (seconds `start()` waits for the view;
     by default 10 s plus twice the keepalive silence limit, since a join may
@@ -149,7 +150,8 @@ class CpgTransport(Transport):
 
     def __init__(self, pnn: int, nodes: list[str], options: TransportOptions) -> None:
         super().__init__(pnn, nodes, options)
-        self.group = options.extra.get("group", "ctdb")
+        # Members of another protocol version must never hear us, nor we them.
+        self.group = f"{options.extra.get('group', 'ctdb')}.v{options.protocol}"
         self.chunk = int(options.extra.get("chunk", DEFAULT_CHUNK))
         self.high_water = int(options.extra.get("high_water", DEFAULT_HIGH_WATER))
         silence = options.keepalive_interval * options.keepalive_limit

@@ -5,11 +5,15 @@ address, and what arrives on it is trusted as coming from a cluster node
 (controls can ban, wipe and stop a node). So every tcp connection between two
 nodes starts with a mutual challenge-response, before any other frame is read:
 
-    initiator -> responder  HELLO      flags, initiator pnn, responder pnn, nonce_i
-    responder -> initiator  CHALLENGE  flags, nonce_r, HMAC(key, b"responder" + transcript)
+    initiator -> responder  HELLO      magic, flags, initiator pnn, responder pnn, nonce_i
+    responder -> initiator  CHALLENGE  magic, flags, nonce_r, HMAC(key, b"responder" + transcript)
     initiator -> responder  PROOF      HMAC(key, b"initiator" + transcript)
 
-with ``transcript = magic + flags + both pnns + both nonces``. Each side proves
+with ``transcript = magic + flags + both pnns + both nonces``. The magic is
+``PYCTDB`` and two digits, the version of what the daemons say over the link
+(`Settings.protocol`): a peer of another version is refused before it says
+anything else, with both versions named, as every revision before the
+versions had a number did with its ``PYCTDB02``. Each side proves
 it holds the cluster key over a nonce the *other* side just chose, so a
 recorded handshake cannot be replayed; the two labels stop one side's proof
 from being reflected back as the other's; the pnns bind the proofs to this
@@ -46,7 +50,8 @@ from dataclasses import dataclass
 
 from transport.framing import LENGTH
 
-MAGIC = b"PYCTDB02"
+#: A handshake's magic: this, then the protocol version as two digits.
+MAGIC_PREFIX = b"PYCTDB"
 NONCE_SIZE = 32
 PROOF_SIZE = 32  # HMAC-SHA256
 TAG_SIZE = 16  # per-frame MAC
@@ -81,6 +86,16 @@ class Settings:
 
     key: bytes | None
     frame_macs: bool = False
+    #: the version of what the daemons say over the link (`TransportOptions.protocol`)
+    protocol: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.protocol < 100:
+            raise ValueError(f"a link protocol version is 0..99, not {self.protocol}")
+
+    @property
+    def magic(self) -> bytes:
+        return MAGIC_PREFIX + b"%02d" % self.protocol
 
     @property
     def flags(self) -> Flags:
@@ -137,6 +152,19 @@ def _frame(body: bytes) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
+def _check_magic(ours: bytes, theirs: bytes, peer: str) -> None:
+    if theirs == ours:
+        return
+    version = theirs[len(MAGIC_PREFIX) :]
+    if theirs.startswith(MAGIC_PREFIX) and version.isdigit():
+        raise HandshakeError(
+            f"{peer} speaks node protocol {int(version)} and this node "
+            f"{int(ours[len(MAGIC_PREFIX) :])}: every node must run the same revision "
+            "(see Upgrading in the README)"
+        )
+    raise HandshakeError(f"{peer} is no node of this cluster software (bad magic)")
+
+
 def _check_flags(ours: Flags, theirs: int) -> None:
     def yes(flags: int) -> str:
         return "yes" if flags & Flags.FRAME_MACS else "no"
@@ -157,6 +185,7 @@ def _check_flags(ours: Flags, theirs: int) -> None:
 class _Handshake:
     def __init__(self, settings: Settings, initiator: int, responder: int) -> None:
         self.settings = settings
+        self.magic = settings.magic
         self.key = settings.key or b""
         self.flags = settings.flags
         self.initiator = initiator
@@ -164,7 +193,7 @@ class _Handshake:
 
     def _transcript(self, nonce_i: bytes, nonce_r: bytes) -> bytes:
         return (
-            MAGIC
+            self.magic
             + bytes([self.flags])
             + struct.pack("!II", self.initiator, self.responder)
             + nonce_i
@@ -190,7 +219,9 @@ class Initiator(_Handshake):
         self._expect: _Expect | None = _Expect("challenge", _CHALLENGE.size)
 
     def hello(self) -> bytes:
-        return _frame(_HELLO.pack(MAGIC, self.flags, self.initiator, self.responder, self.nonce))
+        return _frame(
+            _HELLO.pack(self.magic, self.flags, self.initiator, self.responder, self.nonce)
+        )
 
     def receive(self, data: bytes) -> Step:
         if self._expect is None:
@@ -200,8 +231,7 @@ class Initiator(_Handshake):
             return Step()
         self._expect = None
         magic, flags, nonce_r, proof = _CHALLENGE.unpack(body)
-        if magic != MAGIC:
-            raise HandshakeError(f"node {self.responder} does not speak this protocol")
+        _check_magic(self.magic, magic, f"node {self.responder}")
         _check_flags(self.flags, flags)
         transcript = self._transcript(self.nonce, nonce_r)
         if not hmac.compare_digest(proof, self._proof(b"responder", transcript)):
@@ -240,8 +270,7 @@ class Responder(_Handshake):
             return Step()
         self._hello = None
         magic, flags, claimed, target, nonce_i = _HELLO.unpack(body)
-        if magic != MAGIC:
-            raise HandshakeError("not a node of this protocol (bad magic)")
+        _check_magic(self.magic, magic, "the peer")
         if claimed != self.initiator:
             raise HandshakeError(
                 f"claims pnn {claimed} but connects from the address of pnn {self.initiator}"
@@ -254,7 +283,7 @@ class Responder(_Handshake):
         self._transcript_bytes = self._transcript(nonce_i, self.nonce)
         self._proof_msg = _Expect("proof", _PROOF.size)
         proof = self._proof(b"responder", self._transcript_bytes)
-        return Step(send=_frame(_CHALLENGE.pack(MAGIC, self.flags, self.nonce, proof)))
+        return Step(send=_frame(_CHALLENGE.pack(self.magic, self.flags, self.nonce, proof)))
 
     def _receive_proof(self, data: bytes) -> Step:
         assert self._proof_msg is not None

@@ -93,7 +93,9 @@ class TcpTransport(Transport):
         self._accepted: set[Incoming] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._settings = Settings(options.cluster_key, options.authenticate_frames)
+        self._settings = Settings(
+            options.cluster_key, options.authenticate_frames, options.protocol
+        )
         self.max_queued = int(options.extra.get("max queued", DEFAULT_MAX_QUEUED))
         self._pnn_by_address = self._address_map(nodes)
         self._handshakes: dict[str, int] = {}

@@ -39,6 +39,17 @@ from ctdb.protocol.schema import Check
 from ctdb.protocol.schema_combinators import map_of, nullable
 from ctdb.protocol.schema_scalars import KEY, PNN, U32, U64, VALUE, integer, pnn_or, text
 
+#: The version of what daemons say to one another: these messages, the
+#: ordered operations and their arguments, state transfers. Raise it with
+#: any change a daemon of the previous revision would misread or refuse.
+#: Daemons of different versions never talk (`TransportOptions.protocol`):
+#: a tcp link between them is refused in its handshake, and over vs each
+#: joins the CPG group of its own version. Each side counts the other's
+#: nodes as disconnected, and only a side with a majority of the nodes
+#: serves (README, "Upgrading"). 2 is what the tcp handshake of every
+#: earlier revision announced.
+NODE_PROTOCOL = 3
+
 ReqId = Annotated[int, U64]
 DbId = Annotated[int, DB_ID]
 Key = Annotated[bytes, KEY]

@@ -20,6 +20,7 @@ from pathlib import Path
 from ctdb.common import config as config_mod
 from ctdb.common.allocator import steady_heap
 from ctdb.common.errors import CtdbError
+from ctdb.protocol.messages import NODE_PROTOCOL
 from ctdb.server.ctdb_sessions import CtdbProtocolServer
 from ctdb.server.node import Node
 from ctdb.server.serving_file import FILE_NAME as SERVING_FILE
@@ -64,6 +65,7 @@ async def run(cfg: config_mod.Config) -> None:
         ),
         cluster_key=cfg.cluster_key,
         authenticate_frames=cfg.authenticate_frames,
+        protocol=NODE_PROTOCOL,
         extra=cfg.transport_extra,
     )
     transport = transport_class(cfg.transport)(cfg.pnn, cfg.nodes, options)

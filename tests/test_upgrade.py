@@ -1,0 +1,168 @@
+"""Upgrading node by node across a change of the node protocol, real daemons.
+
+A cluster runs the daemons of `OLD`, the last revision whose daemons carried
+no protocol version (their tcp handshake said ``PYCTDB02``, their vs group had
+no version in its name). Its nodes are restarted one by one with this
+checkout's daemons, which speak `NODE_PROTOCOL` 3. Daemons of the two
+versions must never exchange a message: over tcp each refuses the other's
+link in the handshake, over vs each is in the CPG group of its own version.
+So the upgrade goes as a partition does: the side with a majority of the
+nodes serves, the other refuses writes, and when the majority changes side
+the persistent commits acknowledged so far are all there.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.checkouts import worktree
+from ctdb.common.errors import CtdbError, ErrorCode
+from ctdb.protocol.messages import NODE_PROTOCOL
+from tests.conftest import start_cluster, unique
+from tools.cluster import LocalCluster
+from transport import libcpg
+
+#: the last revision before node protocol versions (see the module docstring)
+OLD = "8cd4167"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def old_tree() -> Iterator[Path]:
+    with worktree(OLD) as path:
+        yield path
+
+
+@pytest.fixture
+def old_cluster(transport: str, old_tree: Path) -> Iterator[LocalCluster]:
+    directory = Path(tempfile.mkdtemp(prefix="ctdb-upgrade-"))
+    # Writes on a side without a majority fail at once instead of waiting.
+    c = start_cluster(directory, transport, tree=old_tree, tunables={"WaitForQuorum": 0})
+    try:
+        yield c
+    finally:
+        c.down()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.1)
+
+
+def quorum(c: LocalCluster, pnn: int) -> bool | None:
+    """Whether node `pnn` counts a majority of the nodes in its view; None
+    while it does not answer (starting)."""
+    try:
+        return bool(c.status(pnn)["quorum"])
+    except (CtdbError, OSError):
+        return None
+
+
+def cpg_members(group: str) -> set[int]:
+    """The processes in CPG group `group`, by pid."""
+    with libcpg.CpgHandle() as handle:
+        return {member.pid for member in handle.membership(group)}
+
+
+def kept_apart(c: LocalCluster, transport: str, new: list[int], old: list[int]) -> None:
+    """Wait until the daemons of `new` nodes met those of `old` ones and refused them.
+
+    tcp: each new node logs the refusal of every old node's link, naming
+    both versions (an old node's refusal of ours says "bad magic"). vs: the
+    new nodes' processes are in the group of their version, and the old
+    group holds the old nodes' alone: no message of one reaches the other.
+    """
+    if transport == "tcp":
+        for pnn in new:
+            log = c.log_path(pnn)
+            for peer in old:
+                refusal = (
+                    f"refused node connection with {c.address(peer)}: the peer speaks "
+                    f"node protocol 2 and this node {NODE_PROTOCOL}"
+                )
+                wait_for(
+                    f"node {pnn} to refuse node {peer}",
+                    functools.partial(_logged, log, refusal),
+                )
+        return
+    wait_for(
+        f"nodes {new} in the group of protocol {NODE_PROTOCOL}",
+        lambda: cpg_members(f"ctdb-{c.port}.v{NODE_PROTOCOL}") == {c.pids[p] for p in new},
+    )
+    assert cpg_members(f"ctdb-{c.port}") == {c.pids[p] for p in old}
+
+
+def _logged(log: Path, line: str) -> bool:
+    return line in log.read_text(errors="replace")
+
+
+def upgrade(c: LocalCluster, pnn: int) -> None:
+    """Stop node `pnn` (running the old daemon) and start this checkout's."""
+    c.stop_node(pnn)
+    c.start_node(pnn)
+
+
+def refuses_writes(c: LocalCluster, pnn: int, db: str) -> None:
+    with c.client(pnn) as client, pytest.raises(CtdbError) as err:
+        client.transact(db, {"from the minority": "x"})
+    assert err.value.code in (ErrorCode.NO_QUORUM, ErrorCode.RETRY), err.value
+
+
+def reads(c: LocalCluster, pnn: int, db: str, expected: dict[str, str]) -> None:
+    with c.client(pnn) as client:
+        for key, value in expected.items():
+            assert client.fetch(db, key) == value.encode(), (pnn, key)
+
+
+def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
+    old_cluster: LocalCluster, transport: str
+) -> None:
+    c = old_cluster
+    db = unique("upgrade")
+    with c.client(0) as client:
+        client.attach(db, "persistent")
+        client.transact(db, {"before": "0"})
+    acknowledged = {"before": "0"}
+
+    # One node upgraded: it is alone with its version, the old majority serves.
+    upgrade(c, 2)
+    kept_apart(c, transport, new=[2], old=[0, 1])
+    c.wait_healthy(nodes=[0, 1], timeout=30)
+    wait_for("the new node 2 to count the others as gone", lambda: quorum(c, 2) is False)
+    assert c.status(0)["nodes"][2]["state"] == "DISCONNECTED"
+    with c.client(2) as client:
+        client.call("setvar", name="WaitForQuorum", value=0)
+    refuses_writes(c, 2, db)
+    with c.client(0) as client:
+        client.transact(db, {"one upgraded": "1"})
+    acknowledged["one upgraded"] = "1"
+
+    # Two upgraded: the majority is on the new side, which has every commit.
+    upgrade(c, 1)
+    kept_apart(c, transport, new=[1, 2], old=[0])
+    c.wait_healthy(nodes=[1, 2], timeout=60)
+    wait_for("the old node 0 to lose its majority", lambda: quorum(c, 0) is False)
+    refuses_writes(c, 0, db)
+    for pnn in (1, 2):
+        reads(c, pnn, db, acknowledged)
+    with c.client(2) as client:
+        client.transact(db, {"two upgraded": "2"})
+    acknowledged["two upgraded"] = "2"
+
+    # All upgraded: one cluster again, every commit on every node.
+    upgrade(c, 0)
+    c.wait_healthy(timeout=60)
+    for pnn in range(3):
+        reads(c, pnn, db, acknowledged)
