@@ -276,7 +276,8 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
     ]
 
     async def member() -> None:
-        options = TransportOptions(extra={"group": f"ctdb-{c.port}"})
+        # (the daemons' version: a member of another is in another group)
+        options = TransportOptions(protocol=m.NODE_PROTOCOL, extra={"group": f"ctdb-{c.port}"})
         t = CpgTransport(FAKE, nodes, options)
         await t.start()
         try:
