@@ -25,7 +25,7 @@ import pytest
 from bench.checkouts import worktree
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.messages import NODE_PROTOCOL
-from tests.conftest import start_cluster, unique
+from tests.conftest import run_ctdbtool, start_cluster, unique
 from tools.cluster import LocalCluster
 from transport import libcpg
 
@@ -145,6 +145,9 @@ def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
     with c.client(2) as client:
         client.call("setvar", name="WaitForQuorum", value=0)
     refuses_writes(c, 2, db)
+    # `ctdbtool status` says which version each side speaks.
+    assert "Node protocol:2" in run_ctdbtool(c.socket(0), "status").stdout
+    assert f"Node protocol:{NODE_PROTOCOL}" in run_ctdbtool(c.socket(2), "status").stdout
     with c.client(0) as client:
         client.transact(db, {"one upgraded": "1"})
     acknowledged["one upgraded"] = "1"

@@ -19,6 +19,7 @@ from ctdb.common.config import parse_tunable, read_nodes
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.chains import poll
 from ctdb.engines.merge import to_wire
+from ctdb.protocol.messages import NODE_PROTOCOL
 from ctdb.server.state import INACTIVE, NodeFlags
 from ctdb.storage.database import Database, DbKind
 
@@ -67,6 +68,8 @@ class NodeControls:
             "leader": node.leader,
             "vnnmap": list(node.vnnmap),
             "transport": node.transport.name,
+            # (nodes of another version count as disconnected: README, "Upgrading")
+            "node_protocol": NODE_PROTOCOL,
             # With a lock file only the leader can tell; asking must not take it.
             "quorum": node.have_quorum() if node.lock_file is None else node.serving,
         }

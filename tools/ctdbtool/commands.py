@@ -117,6 +117,8 @@ def _status_text(st: dict[str, Any]) -> str:
     lines.append(f"Recovery mode:{mode} ({0 if mode == 'NORMAL' else 1})")
     lines.append(f"Leader:{st['leader']}")
     lines.append(f"Transport:{st['transport']}")
+    # (a daemon from before the versions had numbers says none: it speaks 2)
+    lines.append(f"Node protocol:{st.get('node_protocol', 2)}")
     return "\n".join(lines)
 
 
