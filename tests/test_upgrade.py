@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ import pytest
 from bench.checkouts import worktree
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.messages import NODE_PROTOCOL
-from tests.conftest import run_ctdbtool, start_cluster, unique
+from tests.conftest import REPO, run_ctdbtool, start_cluster, unique
 from tools.cluster import LocalCluster
 from transport import libcpg
 
@@ -169,3 +171,15 @@ def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
     c.wait_healthy(timeout=60)
     for pnn in range(3):
         reads(c, pnn, db, acknowledged)
+
+
+def test_ctdbd_version_names_its_node_protocol() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctdb.server.daemon", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"ctdbd: node protocol {NODE_PROTOCOL}\n"

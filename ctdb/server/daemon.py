@@ -139,6 +139,10 @@ async def _stop_within(seconds: float, steps: Sequence[Step]) -> None:
 
 def _log_link_security(cfg: config_mod.Config) -> None:
     """Say at start-up who can talk to this node as a peer."""
+    log.info(
+        "node protocol %d: nodes whose daemons speak another count as disconnected",
+        NODE_PROTOCOL,
+    )
     if cfg.transport == "vs":
         log.info("node links are corosync's: its crypto_cipher/crypto_hash settings protect them")
     elif cfg.cluster_key is None:
@@ -163,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", required=True, type=Path, help="INI config file")
     parser.add_argument(
         "--no-uvloop", action="store_true", help="use the standard asyncio event loop"
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"ctdbd: node protocol {NODE_PROTOCOL}",
+        help="the node protocol version this daemon speaks (nodes of another version "
+        "count as disconnected: see Upgrading in the README), and exit",
     )
     ns = parser.parse_args(argv)
     try:
