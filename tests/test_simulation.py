@@ -88,6 +88,7 @@ FOUND = [
     ("vs", 40044864),  # volatile write lost: a stalled member's copy taken over its origin's
     ("tcp", 1287932),  # stale read: a grant to a peer dropped on an error on our side only
     ("tcp", 1333952),  # (the same, a purged queue entry read)
+    ("vs", 1588045),  # the checker: overlapping chain holds made a node leave, purging entries
 ]
 
 
