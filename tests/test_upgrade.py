@@ -144,8 +144,6 @@ def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
     c.wait_healthy(nodes=[0, 1], timeout=30)
     wait_for("the new node 2 to count the others as gone", lambda: quorum(c, 2) is False)
     assert c.status(0)["nodes"][2]["state"] == "DISCONNECTED"
-    with c.client(2) as client:
-        client.call("setvar", name="WaitForQuorum", value=0)
     refuses_writes(c, 2, db)
     # `ctdbtool status` says which version each side speaks.
     assert "Node protocol:2" in run_ctdbtool(c.socket(0), "status").stdout
