@@ -9,6 +9,9 @@ link in the handshake, over vs each is in the CPG group of its own version.
 So the upgrade goes as a partition does: the side with a majority of the
 nodes serves, the other refuses writes, and when the majority changes side
 the persistent commits acknowledged so far are all there.
+
+In a clone without `OLD`'s history (a shallow one) the old side runs this
+checkout's daemon code with `NODE_PROTOCOL` set to 2 instead.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bench.checkouts import worktree
+from bench.checkouts import short_rev, worktree
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.messages import NODE_PROTOCOL
 from tests.conftest import REPO, run_ctdbtool, start_cluster, unique
@@ -37,17 +41,45 @@ OLD = "8cd4167"
 pytestmark = pytest.mark.timeout(300)
 
 
+@dataclass(frozen=True)
+class Old:
+    """The old daemons' code, and what their vs group name adds to the configured one."""
+
+    tree: Path
+    group_suffix: str
+
+
 @pytest.fixture(scope="module")
-def old_tree() -> Iterator[Path]:
+def old() -> Iterator[Old]:
+    try:
+        short_rev(OLD)
+    except ValueError:
+        # A clone without that history (a shallow one): this checkout's
+        # daemons, made to speak version 2 as `OLD`'s did.
+        with tempfile.TemporaryDirectory(prefix="ctdb-v2-") as directory:
+            yield Old(_speaking_2(Path(directory)), ".v2")
+        return
     with worktree(OLD) as path:
-        yield path
+        yield Old(path, "")
+
+
+def _speaking_2(directory: Path) -> Path:
+    """A copy of this checkout's daemon code whose node protocol is 2."""
+    for package in ("ctdb", "transport"):
+        shutil.copytree(REPO / package, directory / package)
+    messages = directory / "ctdb" / "protocol" / "messages.py"
+    ours = f"\nNODE_PROTOCOL = {NODE_PROTOCOL}\n"
+    text = messages.read_text()
+    assert ours in text
+    messages.write_text(text.replace(ours, "\nNODE_PROTOCOL = 2\n"))
+    return directory
 
 
 @pytest.fixture
-def old_cluster(transport: str, old_tree: Path) -> Iterator[LocalCluster]:
+def old_cluster(transport: str, old: Old) -> Iterator[LocalCluster]:
     directory = Path(tempfile.mkdtemp(prefix="ctdb-upgrade-"))
     # Writes on a side without a majority fail at once instead of waiting.
-    c = start_cluster(directory, transport, tree=old_tree, tunables={"WaitForQuorum": 0})
+    c = start_cluster(directory, transport, tree=old.tree, tunables={"WaitForQuorum": 0})
     try:
         yield c
     finally:
@@ -78,7 +110,9 @@ def cpg_members(group: str) -> set[int]:
         return {member.pid for member in handle.membership(group)}
 
 
-def kept_apart(c: LocalCluster, transport: str, new: list[int], old: list[int]) -> None:
+def kept_apart(
+    c: LocalCluster, transport: str, old_suffix: str, new: list[int], old: list[int]
+) -> None:
     """Wait until the daemons of `new` nodes met those of `old` ones and refused them.
 
     tcp: each new node logs the refusal of every old node's link, naming
@@ -103,7 +137,7 @@ def kept_apart(c: LocalCluster, transport: str, new: list[int], old: list[int]) 
         f"nodes {new} in the group of protocol {NODE_PROTOCOL}",
         lambda: cpg_members(f"ctdb-{c.port}.v{NODE_PROTOCOL}") == {c.pids[p] for p in new},
     )
-    assert cpg_members(f"ctdb-{c.port}") == {c.pids[p] for p in old}
+    assert cpg_members(f"ctdb-{c.port}{old_suffix}") == {c.pids[p] for p in old}
 
 
 def _logged(log: Path, line: str) -> bool:
@@ -129,7 +163,7 @@ def reads(c: LocalCluster, pnn: int, db: str, expected: dict[str, str]) -> None:
 
 
 def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
-    old_cluster: LocalCluster, transport: str
+    old_cluster: LocalCluster, transport: str, old: Old
 ) -> None:
     c = old_cluster
     db = unique("upgrade")
@@ -140,7 +174,7 @@ def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
 
     # One node upgraded: it is alone with its version, the old majority serves.
     upgrade(c, 2)
-    kept_apart(c, transport, new=[2], old=[0, 1])
+    kept_apart(c, transport, old.group_suffix, new=[2], old=[0, 1])
     c.wait_healthy(nodes=[0, 1], timeout=30)
     wait_for("the new node 2 to count the others as gone", lambda: quorum(c, 2) is False)
     assert c.status(0)["nodes"][2]["state"] == "DISCONNECTED"
@@ -154,7 +188,7 @@ def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
 
     # Two upgraded: the majority is on the new side, which has every commit.
     upgrade(c, 1)
-    kept_apart(c, transport, new=[1, 2], old=[0])
+    kept_apart(c, transport, old.group_suffix, new=[1, 2], old=[0])
     c.wait_healthy(nodes=[1, 2], timeout=60)
     wait_for("the old node 0 to lose its majority", lambda: quorum(c, 0) is False)
     refuses_writes(c, 0, db)
