@@ -124,7 +124,7 @@ class Group:
     # -- input ----------------------------------------------------------------
 
     def event(self, ev: Event) -> None:
-        if self.synced:  # the usual case, first (`_apply`, inlined)
+        if self.synced:  # the usual case, first
             if len(ev) == 2:
                 self._apply_message(ev[0], ev[1])
             else:
@@ -228,13 +228,7 @@ class Group:
         buffered, self.buffer = self.buffer, []
         log.debug("%s: state transfer received, replaying %d events", self.me, len(buffered))
         for ev in buffered:
-            self._apply(ev)
-
-    def _apply(self, ev: Event) -> None:
-        if len(ev) == 2:
-            self._apply_message(ev[0], ev[1])
-        else:
-            self._apply_confchg(ev[0], ev[1], ev[2], ev[3])
+            self.event(ev)  # (synced now: applied as it comes)
 
     def _reassemble(self, sender: Logical, flags: int, msg: bytes) -> bytes | None:
         """Collect fragments per logical sender (FIFO per sender makes this enough)."""
