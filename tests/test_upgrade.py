@@ -21,8 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from bench.checkouts import short_rev, worktree
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.messages import NODE_PROTOCOL
 from tests.conftest import REPO, run_ctdbtool, start_cluster, unique
+from tests.test_acknowledged_writes import wait_for
 from tools.cluster import LocalCluster
 from transport import libcpg
 
@@ -39,6 +39,9 @@ from transport import libcpg
 OLD = "8cd4167"
 
 pytestmark = pytest.mark.timeout(300)
+
+#: seconds to wait for what an upgrade step brings about
+WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -87,23 +90,6 @@ def old_cluster(transport: str, old: Old) -> Iterator[LocalCluster]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.1)
-
-
-def quorum(c: LocalCluster, pnn: int) -> bool | None:
-    """Whether node `pnn` counts a majority of the nodes in its view; None
-    while it does not answer (starting)."""
-    try:
-        return bool(c.status(pnn)["quorum"])
-    except (CtdbError, OSError):
-        return None
-
-
 def cpg_members(group: str) -> set[int]:
     """The processes in CPG group `group`, by pid."""
     with libcpg.CpgHandle() as handle:
@@ -131,11 +117,15 @@ def kept_apart(
                 wait_for(
                     f"node {pnn} to refuse node {peer}",
                     functools.partial(_logged, log, refusal),
+                    WAIT,
+                    c,
                 )
         return
     wait_for(
         f"nodes {new} in the group of protocol {NODE_PROTOCOL}",
         lambda: cpg_members(f"ctdb-{c.port}.v{NODE_PROTOCOL}") == {c.pids[p] for p in new},
+        WAIT,
+        c,
     )
     assert cpg_members(f"ctdb-{c.port}{old_suffix}") == {c.pids[p] for p in old}
 
@@ -176,7 +166,10 @@ def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
     upgrade(c, 2)
     kept_apart(c, transport, old.group_suffix, new=[2], old=[0, 1])
     c.wait_healthy(nodes=[0, 1], timeout=30)
-    wait_for("the new node 2 to count the others as gone", lambda: quorum(c, 2) is False)
+    # (a node that does not answer yet fails the look, and is asked again)
+    wait_for(
+        "the new node 2 to count the others as gone", lambda: not c.status(2)["quorum"], WAIT, c
+    )
     assert c.status(0)["nodes"][2]["state"] == "DISCONNECTED"
     refuses_writes(c, 2, db)
     # `ctdbtool status` says which version each side speaks.
@@ -190,7 +183,7 @@ def test_nodes_upgraded_one_by_one_keep_every_acknowledged_commit(
     upgrade(c, 1)
     kept_apart(c, transport, old.group_suffix, new=[1, 2], old=[0])
     c.wait_healthy(nodes=[1, 2], timeout=60)
-    wait_for("the old node 0 to lose its majority", lambda: quorum(c, 0) is False)
+    wait_for("the old node 0 to lose its majority", lambda: not c.status(0)["quorum"], WAIT, c)
     refuses_writes(c, 0, db)
     for pnn in (1, 2):
         reads(c, pnn, db, acknowledged)
