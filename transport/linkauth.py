@@ -12,8 +12,8 @@ nodes starts with a mutual challenge-response, before any other frame is read:
 with ``transcript = magic + flags + both pnns + both nonces``. The magic is
 ``PYCTDB`` and two digits, the version of what the daemons say over the link
 (`Settings.protocol`): a peer of another version is refused before it says
-anything else, with both versions named, as every revision before the
-versions had a number did with its ``PYCTDB02``. Each side proves
+anything else, with both versions named (every revision from before the
+numbers sent ``PYCTDB02``, which reads as version 2). Each side proves
 it holds the cluster key over a nonce the *other* side just chose, so a
 recorded handshake cannot be replayed; the two labels stop one side's proof
 from being reflected back as the other's; the pnns bind the proofs to this
