@@ -53,6 +53,10 @@ SHUTDOWN_LIMIT = 5.0
 async def run(cfg: config_mod.Config) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "node protocol %d: nodes whose daemons speak another count as disconnected",
+        NODE_PROTOCOL,
+    )
     _log_link_security(cfg)
     tunables = dict(cfg.tunables)
     options = TransportOptions(
@@ -139,10 +143,6 @@ async def _stop_within(seconds: float, steps: Sequence[Step]) -> None:
 
 def _log_link_security(cfg: config_mod.Config) -> None:
     """Say at start-up who can talk to this node as a peer."""
-    log.info(
-        "node protocol %d: nodes whose daemons speak another count as disconnected",
-        NODE_PROTOCOL,
-    )
     if cfg.transport == "vs":
         log.info("node links are corosync's: its crypto_cipher/crypto_hash settings protect them")
     elif cfg.cluster_key is None:
