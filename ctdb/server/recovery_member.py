@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines import persistent_calls
-from ctdb.engines.merge import from_wire, to_wire
+from ctdb.engines.merge import WireRecord, from_wire, to_wire
 from ctdb.engines.migration import MigrationEngine
 from ctdb.engines.vacuum import Vacuum
 from ctdb.protocol.messages import Message
 from ctdb.server.frozen_files import FrozenFiles
 from ctdb.server.state import INACTIVE, INVALID_GENERATION, RecoveryMode
-from ctdb.storage.database import Database
+from ctdb.storage.database import Database, DbKind
 from ctdb.storage.ltdb import Record
 
 if TYPE_CHECKING:
@@ -146,10 +146,9 @@ class RecoveryMember:
 
         try:
             result: T = await self.node.offload(locked)
-        except CtdbError:
-            raise
-        except Exception:
-            self._storage_failures += 1  # an I/O error: the leader sees IO
+        except Exception as exc:
+            if not isinstance(exc, CtdbError) or exc.code == ErrorCode.IO:
+                self._storage_failures += 1  # the leader sees IO, and may ban us for a row
             raise
         return result
 
@@ -201,10 +200,10 @@ class RecoveryMember:
         """Our copy of a database: all of it, or the records of `keys` we hold."""
         self._check_generation(args)
         db = self.node.db(int(args["db_id"]))
-        if args.get("keys") is None:
-            return await self.bulk(lambda: to_wire(db.local.items()))
-        keys = [bytes(k) for k in args["keys"]]
-        return await self.bulk(lambda: to_wire(db.local.items_of(keys)))
+        keys = None if args.get("keys") is None else [bytes(k) for k in args["keys"]]
+        records, dropped = await self.bulk(lambda: _pullable(db, keys))
+        self.node.stats["corrupt_records_dropped"] += dropped
+        return records
 
     def ctl_changed(self, src: int, args: dict[str, Any]) -> list[bytes]:
         """The keys we wrote or removed since our base copy (see merge.VolatilePlan)."""
@@ -315,6 +314,42 @@ class RecoveryMember:
             return False
         await node.control(node.pnn, "ban", {"seconds": args["seconds"]})
         return True
+
+
+def _pullable(db: Database, keys: list[bytes] | None) -> tuple[list[WireRecord], int]:
+    """Our copy of `db` (or of its `keys`) for a pull, and how many records
+    without a CTDB header we dropped from it.
+
+    Such a record is a foreign writer's (ours and Samba's clients always
+    write the header): with no RSN it cannot be ranked against the others'
+    copies, and a pull that failed on it failed every recovery after, on
+    every node, until someone removed it. A volatile copy's is dropped here
+    (we are frozen) and the cluster's copy of that key, if another node has
+    one, replaces it. A persistent or replicated copy is never edited behind
+    its sequence number: its pull fails, an I/O error that, repeated, gets
+    this node banned while the others serve (`Leader._ban_culprit`).
+    """
+    records, headerless = db.local.sound_items(keys)
+    if not headerless:
+        return to_wire(records), 0
+    first = headerless[0][:40]
+    if db.kind is not DbKind.VOLATILE:
+        raise CtdbError(
+            ErrorCode.IO,
+            f"{len(headerless)} record(s) of {db.name} have no CTDB header (a foreign writer's; "
+            f"the first: key {first!r}): remove them, or move the file away and restart "
+            "this node to take the cluster's copy",
+        )
+    for key in headerless:
+        db.local.remove(key)
+    log.error(
+        "dropped %d record(s) without a CTDB header from %s (a foreign writer's; the first: "
+        "key %r): the cluster's copy of each, if any, replaces it",
+        len(headerless),
+        db.name,
+        first,
+    )
+    return to_wire(records), len(headerless)
 
 
 def _recovery_info(db: Database) -> dict[str, Any]:

@@ -68,9 +68,17 @@ class Record:
     @classmethod
     def unpack(cls, data: bytes) -> Record:
         if len(data) < HEADER_SIZE:
-            raise CtdbError(ErrorCode.IO, f"record of {len(data)} bytes has no CTDB header")
+            raise NoHeader(len(data))
         rsn, dmaster, _reserved, flags, _pad = HEADER.unpack_from(data)
         return cls(rsn, dmaster, data[HEADER_SIZE:], flags)
+
+
+class NoHeader(CtdbError):
+    """A stored value too short for CTDB's record header: not a record our
+    daemon or a Samba client wrote, but a foreign writer's of the shared file."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(ErrorCode.IO, f"record of {size} bytes has no CTDB header")
 
 
 def next_rsn(old_rsn: int, epoch: int) -> int:
@@ -308,12 +316,31 @@ class LocalDb:
             if self.changed is not None:
                 self.changed.add(key)
 
-    def items(self) -> Iterator[tuple[bytes, Record]]:
+    def _keys(self) -> list[bytes]:
         keys = list(self._tdb.keys())
         if self._committed is not None:
             # Keys the prepared commit deletes are still committed data.
             keys += [k for k, v in self._committed.items() if v is not None and k not in self._tdb]
-        yield from self.items_of(keys)
+        return keys
+
+    def items(self) -> Iterator[tuple[bytes, Record]]:
+        yield from self.items_of(self._keys())
+
+    def sound_items(
+        self, keys: Iterable[bytes] | None = None
+    ) -> tuple[list[tuple[bytes, Record]], list[bytes]]:
+        """The records of `keys` (default: all) that carry their CTDB header,
+        and the keys of those that do not (`NoHeader`), which `items` stops at."""
+        found, headerless = [], []
+        for key in self._keys() if keys is None else keys:
+            try:
+                rec = self.get(key)
+            except NoHeader:
+                headerless.append(key)
+                continue
+            if rec is not None:
+                found.append((key, rec))
+        return found, headerless
 
     def items_of(self, keys: Iterable[bytes]) -> Iterator[tuple[bytes, Record]]:
         """The records of `keys` that exist."""
