@@ -23,18 +23,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import pytest
 
+from ctdb.common.errors import CtdbError
 from tools.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+
+T = TypeVar("T")
 
 #: Transports the cluster fixtures run on: every cluster test runs on each.
 TRANSPORTS = ["tcp", "vs"]
@@ -86,15 +90,45 @@ def unique(prefix: str = "db") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-def _dump_logs(c: LocalCluster) -> str:
+def cluster_logs(c: LocalCluster, lines: int = 30) -> str:
+    """The last `lines` of each node's log, for a failure message."""
     out = []
     for pnn in range(c.size):
         path = c.log_path(pnn)
         if path.exists():
-            lines = path.read_text(errors="replace").splitlines()[-30:]
             out.append(f"--- node {pnn} log ({path}) ---")
-            out.extend(lines)
+            out.extend(path.read_text(errors="replace").splitlines()[-lines:])
     return "\n".join(out)
+
+
+def wait_for(
+    what: str,
+    cond: Callable[[], T | Literal[False] | None],
+    timeout: float,
+    cluster: LocalCluster | None = None,
+    *,
+    interval: float = 0.02,
+) -> T:
+    """Poll `cond` until it returns something truthy, and return that.
+
+    A node that does not answer yet (mid-recovery, restarting) makes `cond`
+    raise a CtdbError or an OSError: it is asked again. After `timeout`
+    seconds the test fails, naming `what`, the last such error and, given
+    the `cluster`, the end of its nodes' logs.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            value = cond()
+            if value:
+                return value
+        except (CtdbError, OSError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            logs = "" if cluster is None else "\n" + cluster_logs(cluster)
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last}){logs}")
+        time.sleep(interval)
 
 
 def start_cluster(
@@ -117,7 +151,7 @@ def start_cluster(
             return c
         except Exception as exc:  # noqa: BLE001 - retried, then re-raised with logs
             last = exc
-            logs = _dump_logs(c)
+            logs = cluster_logs(c)
             c.down()
             last = RuntimeError(f"cluster did not come up: {exc}\n{logs}")
     assert last is not None

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from tests.conftest import run_ctdbtool, unique
+from tests.conftest import cluster_logs, run_ctdbtool, unique, wait_for
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -45,31 +45,6 @@ vs_only = pytest.mark.parametrize("transport", ["vs"], indirect=True)
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float, c: LocalCluster) -> Any:
-    """Poll `cond` until it returns something truthy; fail with the nodes' logs."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-            if value:
-                return value
-        except (CtdbError, OSError) as exc:
-            last = exc
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last})\n{logs(c)}")
-
-
-def logs(c: LocalCluster, lines: int = 25) -> str:
-    out = []
-    for pnn in range(c.size):
-        path = c.log_path(pnn)
-        if path.exists():
-            out.append(f"--- node {pnn} ---")
-            out += path.read_text(errors="replace").splitlines()[-lines:]
-    return "\n".join(out)
 
 
 def recovered(c: LocalCluster, nodes: list[int], not_generation: int | None = None) -> bool:
@@ -209,7 +184,7 @@ def increments_under_recoveries(c: LocalCluster, transport: str, *, in_place: bo
         c.wait_healthy(30)
     except TimeoutError as exc:
         problem = f"the cluster did not settle after the load ({counts}): {exc}"
-        raise AssertionError(f"{problem}\n{logs(c)}") from None
+        raise AssertionError(f"{problem}\n{cluster_logs(c)}") from None
     # The race needs increments and recoveries interleaved (the machine is shared: be modest).
     assert counts["acked"] >= 20 and recovers[0] >= 10, (counts, recovers)
     values = read_everywhere(c, "readkey", db, key)
@@ -547,7 +522,7 @@ def test_a_resumed_member_reads_no_commit_older_than_one_acknowledged_while_it_w
     finally:
         reader.close()
     assert answer and answer[0] != b"old", (
-        f"node 2 answered {answer} after the commit of 'new'\n{logs(c, 60)}"
+        f"node 2 answered {answer} after the commit of 'new'\n{cluster_logs(c, 60)}"
     )
     c.wait_healthy(30)
     assert read_everywhere(c, "pfetch", pdb, "k") == ["new"] * 3

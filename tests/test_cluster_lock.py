@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_cluster, unique
+from tests.conftest import start_cluster, unique, wait_for
 
 TUNABLES = {"KeepaliveInterval": 0.2, "KeepaliveLimit": 3}
 
@@ -28,19 +28,6 @@ def lock_is_held(path: Path) -> bool:
         return True
     fcntl.lockf(fd, fcntl.LOCK_UN)
     return False
-
-
-def wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-            if value:
-                return value
-        except Exception:  # noqa: BLE001 - a node may be mid-recovery
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(120)
@@ -60,22 +47,22 @@ def test_lock_holder_serves_alone_and_lock_moves_on_leader_death(tmp_path: Path)
         # The leader dies: its lock is released with it, node 1 takes it.
         c.kill_node(0)
         wait_for(
+            "node 1 to lead [1, 2]",
             lambda: (
                 c.status(1)["leader"] == 1
                 and c.status(1)["vnnmap"] == [1, 2]
                 and c.status(1)["recovery_mode"] == "NORMAL"
             ),
             15,
-            "node 1 to lead [1, 2]",
         )
         assert lock_is_held(lock)
 
         # Majority mode would freeze a lone survivor; the lock holder serves on.
         c.kill_node(2)
         wait_for(
+            "node 1 alone NORMAL",
             lambda: c.status(1)["vnnmap"] == [1] and c.status(1)["recovery_mode"] == "NORMAL",
             15,
-            "node 1 alone NORMAL",
         )
         with c.client(1, timeout=20) as cl:
             with cl.transaction(db) as tx:
@@ -137,14 +124,14 @@ def test_a_stopped_leader_keeps_the_lock_until_the_leases_it_confirmed_ran_out(
             stopped = time.monotonic()
             cl.call("stop", pnn=0)
         wait_for(
+            "node 1 to lead [1, 2]",
             lambda: c.status(1)["leader"] == 1 and c.status(1)["vnnmap"] == [1, 2],
             30,
-            "node 1 to lead [1, 2]",
         )
         took = time.monotonic() - stopped
         assert took > lease - 0.6, f"node 1 led after {took:.2f}s, before node 0's grants ran out"
         with c.client(0) as cl:
             cl.call("continue")
-        wait_for(lambda: c.status(2)["vnnmap"] == [0, 1, 2], 30, "node 0 back")
+        wait_for("node 0 back", lambda: c.status(2)["vnnmap"] == [0, 1, 2], 30)
     finally:
         c.down()

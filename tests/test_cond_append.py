@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 import msgpack
@@ -24,16 +23,8 @@ from ctdb.engines.conditions import (
 from ctdb.protocol import client as protocol
 from ctdb.protocol.client import ENTRY_HEAD_SRVID
 from ctdb.storage.placement import db_id, lmaster
-from tests.conftest import unique
+from tests.conftest import unique, wait_for
 from tools.cluster import LocalCluster
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll `check` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def homed_at(pnn: int) -> bytes:
@@ -200,12 +191,14 @@ def test_a_disconnected_client_loses_its_entries(cluster: LocalCluster, kind: st
         assert leaving.cond_append(db, "queue", b"l", "always").appended
         leaving.close()
         wait_for(
+            "the departed client's lock entry to go",
             lambda: not watcher.entries(db, "lock").entries,
-            what="the departed client's lock entry to go",
+            30,
         )
         wait_for(
+            "the departed client's queue entry to go",
             lambda: [e.payload for e in watcher.entries(db, "queue").entries] == [b"k"],
-            what="the departed client's queue entry to go",
+            30,
         )
         assert watcher.cond_append(db, "lock", b"next", "empty").appended
         # An administrator removes another client's entries by owner id.
@@ -226,7 +219,7 @@ def test_a_killed_node_loses_its_entries_and_the_queue_moves_on(
     with cluster.client(0) as c0, cluster.client(1) as c1:
         c0.attach(db)
         queue_then_kill(cluster, db, key, 2, {0: c0, 1: c1})
-        wait_for(lambda: payloads(c0, db, key) == [b"0", b"1"], what="node 2's entry to go")
+        wait_for("node 2's entry to go", lambda: payloads(c0, db, key) == [b"0", b"1"], 30)
         assert payloads(c1, db, key) == [b"0", b"1"]
 
 
@@ -244,7 +237,7 @@ def test_a_persistent_list_outlives_any_node(
     with cluster.client(1) as c1, cluster.client(2) as c2:
         c1.attach(db, "persistent")
         queue_then_kill(cluster, db, key, 0, {1: c1, 2: c2})
-        wait_for(lambda: payloads(c1, db, key) == [b"1", b"2"], what="node 0's entry to be purged")
+        wait_for("node 0's entry to be purged", lambda: payloads(c1, db, key) == [b"1", b"2"], 30)
         assert payloads(c2, db, key) == [b"1", b"2"]
         notice = c1.wait_message(timeout=30)
         assert notice.srvid == ENTRY_HEAD_SRVID
@@ -254,7 +247,7 @@ def test_a_persistent_list_outlives_any_node(
         with cluster.client(0) as c0:
             # Its recovery must not have left node 2 out (and purged its
             # entry) for having met node 1 first.
-            wait_for(lambda: payloads(c0, db, key) == [b"1", b"2"], what="node 0's copy")
+            wait_for("node 0's copy", lambda: payloads(c0, db, key) == [b"1", b"2"], 30)
             assert c0.entries(db, key) == c1.entries(db, key) == c2.entries(db, key)
 
 
@@ -289,7 +282,7 @@ def test_a_client_that_leaves_mid_append_leaves_no_entry(cluster: LocalCluster, 
         def lists() -> list[list[bytes]]:
             return [[e.payload for e in watcher.entries(db, k).entries] for k in keys]
 
-        wait_for(lambda: not any(lists()), what="the departed clients' entries to go")
+        wait_for("the departed clients' entries to go", lambda: not any(lists()), 30)
 
 
 def test_a_restarted_cluster_keeps_no_entry_of_its_past_clients(
@@ -310,7 +303,7 @@ def test_a_restarted_cluster_keeps_no_entry_of_its_past_clients(
     cluster.wait_healthy(timeout=60)
     with cluster.client(2) as fresh:
         assert fresh.cond_append(db, "L", b"new", "always").appended
-        wait_for(lambda: payloads(fresh, db, b"L") == [b"new"], what="the old entry to go")
+        wait_for("the old entry to go", lambda: payloads(fresh, db, b"L") == [b"new"], 30)
 
 
 def test_a_node_left_out_fences_its_entry_owners(
@@ -338,13 +331,20 @@ def test_a_node_left_out_fences_its_entry_owners(
                             return False
                         raise
 
-                wait_for(took_over, what="node 0's client to take lock L")
+                wait_for("node 0's client to take lock L", took_over, 30)
             finally:
                 cluster.signal_node(2, signal.SIGCONT)
-            with pytest.raises(CtdbError) as fenced:
-                wait_for(lambda: payloads(c2, db, b"L") == [], what="node 2 to fence c2")
-            assert fenced.value.code == ErrorCode.DISCONNECTED
-            assert "out of the cluster" in fenced.value.message
+
+            def refused() -> CtdbError | None:
+                try:
+                    payloads(c2, db, b"L")
+                except CtdbError as exc:
+                    return exc
+                return None
+
+            fenced = wait_for("node 2 to fence c2", refused, 30)
+            assert fenced.code == ErrorCode.DISCONNECTED
+            assert "out of the cluster" in fenced.message
         finally:
             c2.close()
         cluster.wait_healthy(timeout=60)

@@ -21,13 +21,8 @@ from ctdb.client import AsyncClient, Client
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import serving_state
 from ctdb.protocol.serving_state import NOT_SERVING, ServingState
-from tests.conftest import run_ctdbtool, unique
-from tests.test_acknowledged_writes import (
-    increments_under_recoveries,
-    logs,
-    recovered,
-    wait_for,
-)
+from tests.conftest import cluster_logs, run_ctdbtool, unique, wait_for
+from tests.test_acknowledged_writes import increments_under_recoveries, recovered
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -226,7 +221,7 @@ def test_a_stopped_daemon_stops_its_clients_at_the_end_of_its_lease(
     lease = SLOW_LEASE["KeepaliveInterval"] * (SLOW_LEASE["KeepaliveLimit"] - 1)
     assert last - stopped < lease + 0.3, (
         f"an increment was acknowledged in place {last - stopped:.2f}s after node 0 stopped "
-        f"(its lease lasts {lease}s)\n{logs(c)}"
+        f"(its lease lasts {lease}s)\n{cluster_logs(c)}"
     )
     assert failures, "the client never noticed that node 0 stopped"
 

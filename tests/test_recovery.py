@@ -28,6 +28,7 @@ import pytest
 
 from ctdb.common.config import TUNABLES as DEFAULTS
 from ctdb.common.errors import CtdbError, ErrorCode
+from tests.conftest import wait_for
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -105,22 +106,11 @@ def cluster(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def wait_for(
-    what: str, cond: Callable[[], Any], timeout: float, interval: float = 0.01
-) -> tuple[Any, float]:
-    """Poll `cond` until it returns something truthy; returns (value, seconds taken)."""
+def seconds_until(what: str, cond: Callable[[], Any], timeout: float) -> float:
+    """How long `cond` took to hold (`wait_for`, polled every 10 ms)."""
     start = time.monotonic()
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = cond()
-            if value:
-                return value, time.monotonic() - start
-        except (CtdbError, OSError) as exc:
-            last_exc = exc
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last_exc})")
-        time.sleep(interval)
+    wait_for(what, cond, timeout, interval=0.01)
+    return time.monotonic() - start
 
 
 def flags_on(c: LocalCluster, observer: int, pnn: int) -> int:
@@ -197,7 +187,7 @@ def test_kill9_detect_recover_and_serve(cluster: LocalCluster) -> None:
         )
     detected = time.monotonic() - killed_at
     assert detected < DETECT_BOUND
-    st, _ = wait_for("recovery over [0, 1]", lambda: recovered(c, [0, 1], old_gen), 10)
+    st = wait_for("recovery over [0, 1]", lambda: recovered(c, [0, 1], old_gen), 10)
     assert st["vnnmap"] == [0, 1] and st["generation"] != old_gen
     assert st["leader"] in (0, 1)
 
@@ -356,7 +346,7 @@ def test_a_stopped_node_is_frozen_rather_than_waited_for(
     c = make_cluster(KeepaliveInterval=5.0, KeepaliveLimit=3)
     with c.client(0) as cl:
         cl.call("stop", pnn=2)
-    _, took = wait_for("vnnmap [0, 1]", lambda: recovered(c, [0, 1]), 8.0)
+    took = seconds_until("vnnmap [0, 1]", lambda: recovered(c, [0, 1]), 8.0)
     assert took < 5.0, f"the recovery without the stopped node took {took:.1f}s"
     with c.client(2) as cl:
         cl.call("continue")
@@ -370,7 +360,7 @@ def test_a_killed_node_is_not_waited_for(make_cluster: Callable[..., LocalCluste
     default tunables."""
     c = make_cluster(KeepaliveInterval=5.0, KeepaliveLimit=3)
     c.kill_node(2)
-    _, took = wait_for("vnnmap [0, 1]", lambda: recovered(c, [0, 1]), 8.0)
+    took = seconds_until("vnnmap [0, 1]", lambda: recovered(c, [0, 1]), 8.0)
     assert took < 5.0, f"the recovery without the killed node took {took:.1f}s"
 
 
@@ -407,7 +397,7 @@ def test_a_node_killed_under_load_is_not_waited_for(
     try:
         wait_for("stores on every node", lambda: min(stores) >= 50, 30.0)
         c.kill_node(2)
-        _, took = wait_for("vnnmap [0, 1]", lambda: recovered(c, [0, 1]), 12.0)
+        took = seconds_until("vnnmap [0, 1]", lambda: recovered(c, [0, 1]), 12.0)
     finally:
         stop.set()
         for t in threads:
@@ -513,7 +503,7 @@ def _silent_detection(c: LocalCluster, victim: int) -> float:
     start = time.monotonic()
     c.signal_node(victim, signal.SIGSTOP)
     try:
-        _, took = wait_for(
+        took = seconds_until(
             f"node 0 to mark node {victim} DISCONNECTED",
             lambda: flags_on(c, 0, victim) & DISCONNECTED,
             15,
@@ -632,7 +622,7 @@ def test_survivor_without_quorum_stops_serving(cluster: LocalCluster) -> None:
     c.kill_node(1)
     c.kill_node(2)
     # Node 1's death alone already freezes node 0 (with quorum): wait for both.
-    st, _ = wait_for(
+    st = wait_for(
         "node 0 in RECOVERY without quorum",
         lambda: (s := c.status(0))["recovery_mode"] == "RECOVERY" and s["quorum"] is False and s,
         DETECT_BOUND,

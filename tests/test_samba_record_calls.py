@@ -35,7 +35,7 @@ from ctdb.protocol.ctdb_opcodes import (
 from ctdb.protocol.ctdb_wire import Header, ReplyCall, ReqCall, decode_packet
 from ctdb.storage.ltdb import NO_DMASTER, TDB_MUTEX_LOCKING, Record
 from tests.chain_holder import Holder
-from tests.conftest import run_ctdbtool, unique
+from tests.conftest import run_ctdbtool, unique, wait_for
 from tests.test_samba_ctdb_tool import CTDB, samba_ctdb
 from tools.cluster import LocalCluster
 
@@ -59,13 +59,6 @@ def db_info(cluster: LocalCluster, pnn: int, name: str) -> dict[str, object]:
 
 def stats(cluster: LocalCluster, pnn: int) -> dict[str, int]:
     return dict(json.loads(run_ctdbtool(cluster.socket(pnn), "--json", "statistics").stdout))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -166,7 +159,11 @@ def test_a_client_holding_the_chain_holds_the_hand_over_back_and_nothing_else(
     reader = samba_ctdb_started(cluster, 1, "readkey", volatile, "k")
     try:
         # Node 1's call reached node 0, which found the chain held and requeued it...
-        wait_until(lambda: stats(cluster, 0).get("chain_waits", 0) > waits)
+        wait_for(
+            "node 0 to requeue the call on the held chain",
+            lambda: stats(cluster, 0).get("chain_waits", 0) > waits,
+            30,
+        )
         # ...while it answers everything else, also about the same database.
         ping = samba_ctdb(cluster, 0, "ping")
         assert ping.returncode == 0 and "response from 0" in ping.stdout
@@ -201,7 +198,11 @@ def test_our_clients_lock_keeps_samba_clients_out_of_the_record(
             assert ours.fetch_lock(volatile, b"k") == b"v"
             lends = stats(cluster, 0).get("samba_lends", 0)
             writer = samba_ctdb_started(cluster, 0, "writekey", volatile, "k", "samba")
-            wait_until(lambda: stats(cluster, 0).get("samba_lends", 0) > lends)
+            wait_for(
+                "node 0 to lend the record",
+                lambda: stats(cluster, 0).get("samba_lends", 0) > lends,
+                30,
+            )
             ours.store_unlock(volatile, b"k", b"ours")
         finally:
             ours.close()
@@ -226,7 +227,7 @@ def test_our_clients_lock_keeps_samba_clients_out_of_the_record(
         assert samba.ask("lock", b"k") == "busy"
     finally:
         ours.close()
-    wait_until(lambda: samba.ask("lock", b"k") == "locked")
+    wait_for("the Samba-like client to lock k", lambda: samba.ask("lock", b"k") == "locked", 30)
     assert samba.ask("unlock", b"k") == "unlocked"
     assert run_ctdbtool(cluster.socket(0), "--json", "readkey", volatile, "k").json()["value"] == (
         "ours"
@@ -297,14 +298,20 @@ def test_recovery_freezes_only_once_clients_let_go_and_thaws_the_files(
         stalls = stats(cluster, 1).get("stream_stalls", 0)
         cluster.kill_node(2)
         try:
-            wait_until(lambda: stats(cluster, 1).get("stream_stalls", 0) > stalls)
+            wait_for(
+                "node 1's stream to stall",
+                lambda: stats(cluster, 1).get("stream_stalls", 0) > stalls,
+                30,
+            )
             assert samba_ctdb(cluster, 1, "ping").returncode == 0  # the daemon still answers
             assert client.ask("unlock", b"f") == "unlocked"
         finally:
             cluster.start_node(2)
         cluster.wait_healthy(timeout=60)
         # The view change lets go of the file (the joiner's round may still run).
-        wait_until(lambda: client.ask("lock", b"f") == "locked")
+        wait_for(
+            "the Samba-like client to lock f", lambda: client.ask("lock", b"f") == "locked", 30
+        )
         assert client.ask("unlock", b"f") == "unlocked"
         out = samba_ctdb(cluster, 2, "readkey", volatile, "f")
         assert out.stdout == "Data: size:6 ptr:[before]\n"
@@ -312,7 +319,11 @@ def test_recovery_freezes_only_once_clients_let_go_and_thaws_the_files(
     waits = stats(cluster, 1).get("freeze_waits", 0)
     recover = samba_ctdb_started(cluster, 2, "recover")
     try:
-        wait_until(lambda: stats(cluster, 1).get("freeze_waits", 0) > waits)
+        wait_for(
+            "node 1's freeze to wait for the chain",
+            lambda: stats(cluster, 1).get("freeze_waits", 0) > waits,
+            30,
+        )
         assert samba_ctdb(cluster, 1, "ping").returncode == 0  # the daemon still answers
         assert recover.poll() is None
         assert client.ask("unlock", b"f") == "unlocked"

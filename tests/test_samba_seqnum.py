@@ -20,8 +20,9 @@ import tdb
 
 from ctdb.protocol.ctdb_opcodes import CURRENT_NODE, Control
 from ctdb.protocol.ctdb_wire import Header, ReplyControl, ReqControl, decode_packet
+from tests.conftest import wait_for
 from tests.test_samba_ctdb_tool import CTDB, exchange, samba_ctdb
-from tests.test_samba_record_calls import db_info, wait_until
+from tests.test_samba_record_calls import db_info
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.skipif(
@@ -63,7 +64,7 @@ def test_a_change_on_one_node_moves_the_number_where_a_client_watches(
     before1, before2 = node1(), node2()
     out = samba_ctdb(cluster, 0, "writekey", name, "k", "v")
     assert out.returncode == 0, out.stderr
-    wait_until(lambda: node2() > before2, timeout=5)
+    wait_for("node 2's sequence number to move", lambda: node2() > before2, 5)
     assert node1() == before1
 
 

@@ -24,9 +24,9 @@ import pytest
 
 from ctdb.common.errors import CtdbError
 from tests.chain_holder import Holder
-from tests.conftest import run_ctdbtool, unique
+from tests.conftest import run_ctdbtool, unique, wait_for
 from tests.test_samba_ctdb_tool import CTDB, samba_ctdb
-from tests.test_samba_record_calls import VOLATILE_FLAGS, db_info, stats, wait_until
+from tests.test_samba_record_calls import VOLATILE_FLAGS, db_info, stats
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.skipif(
@@ -64,7 +64,9 @@ def test_a_node_whose_client_keeps_a_chain_leaves_until_it_lets_go(
         started = time.monotonic()
         wiped = run_ctdbtool(cluster.socket(0), "wipedb", volatile)
         assert wiped.returncode == 0, wiped.stderr
-        wait_until(lambda: stats(cluster, 1).get("stream_stuck", 0) >= 1)
+        wait_for(
+            "node 1's stream to be stuck", lambda: stats(cluster, 1).get("stream_stuck", 0) >= 1, 30
+        )
         # Node 1 left the group; the others acknowledge without it.
         assert run_ctdbtool(cluster.socket(2), "pstore", persistent, "a", "1").returncode == 0
         assert time.monotonic() - started < 20
@@ -106,14 +108,16 @@ def test_a_node_rejoined_while_a_client_holds_a_chain_reads_nothing_stale(
         assert client.ask("lock", b"k") == "locked"
         c.signal_node(2, signal.SIGSTOP)
         try:
-            wait_until(lambda: c.status(0)["vnnmap"] == [0, 1])
+            wait_for("vnnmap [0, 1]", lambda: c.status(0)["vnnmap"] == [0, 1], 30)
             run_ctdbtool(c.socket(0), "pstore", persistent, "k", "new")  # acknowledged
         finally:
             c.signal_node(2, signal.SIGCONT)
         # The window: node 2's transport is back in the group while its engine
         # still waits for the chain. Read through node 2 in it: an answer, or
         # an error, never "old".
-        wait_until(lambda: "rejoined group" in c.log_path(2).read_text())
+        wait_for(
+            "node 2 to rejoin the group", lambda: "rejoined group" in c.log_path(2).read_text(), 30
+        )
         end = time.monotonic() + 3.0
         while time.monotonic() < end:
             try:

@@ -30,8 +30,7 @@ import pytest
 from bench.checkouts import short_rev, worktree
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol.messages import NODE_PROTOCOL
-from tests.conftest import REPO, run_ctdbtool, start_cluster, unique
-from tests.test_acknowledged_writes import wait_for
+from tests.conftest import REPO, run_ctdbtool, start_cluster, unique, wait_for
 from tools.cluster import LocalCluster
 from transport import libcpg
 

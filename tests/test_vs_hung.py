@@ -18,15 +18,13 @@ import random
 import shutil
 import signal
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ctdb.common.errors import CtdbError
+from tests.conftest import wait_for
 from tools.cluster import LocalCluster
 from transport.corosync import PrivateCorosync, cleanup_stale_shm
 
@@ -130,19 +128,6 @@ def hung_cluster(corosync: PrivateCorosync, tmp_path: Path) -> Iterator[Callable
             h.close()
 
 
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = HEAL) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (CtdbError, OSError) as exc:
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} ({last})")
-
-
 def flags_seen_by(h: HungCluster, observer: int, pnn: int) -> int:
     return int(h.c.status(observer)["nodes"][pnn]["flags"])
 
@@ -196,6 +181,7 @@ def test_restart_while_a_member_is_hung(
     wait_for(
         f"nodes {survivors} to expel node {hung}",
         lambda: all(flags_seen_by(h, p, hung) & DISCONNECTED for p in survivors),
+        HEAL,
     )
     h.healthy(survivors)
     h.kill(0)
@@ -234,6 +220,7 @@ def test_fresh_node_joins_while_a_member_is_hung(
     wait_for(
         f"nodes {others} to expel node {hung}",
         lambda: all(flags_seen_by(h, p, hung) & DISCONNECTED for p in others),
+        HEAL,
     )
     h.start(3)
     h.healthy([*others, 3])
@@ -263,6 +250,7 @@ def test_a_node_restarted_under_the_last_member_with_state_comes_up_and_keeps_th
     wait_for(
         "nodes 0 and 1 to expel node 2",
         lambda: all(flags_seen_by(h, p, 2) & DISCONNECTED for p in (0, 1)),
+        HEAL,
     )
     h.healthy([0, 1])
     with h.c.client(0) as cl:
@@ -270,7 +258,7 @@ def test_a_node_restarted_under_the_last_member_with_state_comes_up_and_keeps_th
     h.kill(0)
     h.kill(1)
     h.start(0)
-    wait_for("node 0 to serve its status alone", lambda: h.c.status(0)["pnn"] == 0)
+    wait_for("node 0 to serve its status alone", lambda: h.c.status(0)["pnn"] == 0, HEAL)
     assert h.c.alive(0)
 
     h.resume(2)
