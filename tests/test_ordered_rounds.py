@@ -532,3 +532,33 @@ def test_a_view_change_without_a_round_adopts_its_epoch_once_every_member_number
     group.view(1, 2)
     group.deliver()
     group.serve_committed((1, 2), b"acked")
+
+
+def test_a_snapshot_source_with_a_corrupt_record_resyncs(group: Group) -> None:
+    """A record without its CTDB header that no operation touched sits in a
+    member's copy until a round takes that copy to a joiner: the source
+    cannot send it, so it leaves for a state transfer, as a member that
+    cannot apply a write does; the next view's round takes a sound copy."""
+    db = group.three_with_volatile(by=0)
+    zero = group.members[0].engine
+    zero.broadcast("store", {"db": db.id, "key": b"k", "value": b"v", "owner": [0, 1]})
+    group.deliver()
+    group.view(0, 1)  # node 2 goes
+    group.deliver()
+    rejoined: list[int] = []
+    group.members[0].rejoin = lambda: rejoined.append(0)  # type: ignore[method-assign]
+    group.members[0].db_by_name("v").local._tdb.store(b"junk", b"xx", tdb.REPLACE)
+    group.start(2)  # restarted: its volatile copy is gone
+    group.view(0, 1, 2)
+    group.deliver()
+    assert rejoined == [0], "a source that cannot read its copy must leave"
+    assert not zero.synced and zero.damaged
+    group.view(1, 2)  # node 0 left the group ...
+    group.deliver()
+    group.view(0, 1, 2)  # ... and is back
+    group.deliver()
+    for pnn in (0, 1, 2):
+        member = group.members[pnn]
+        assert member.engine.synced, pnn
+        local = member.db_by_name("v").local
+        assert dict(local.items()).keys() == {b"k"}, pnn

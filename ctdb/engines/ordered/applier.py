@@ -82,7 +82,10 @@ class StreamApplier:
     def _on_ordered(self, msg: Ordered) -> None:
         op = msg.op
         if op in ROUND_OPS:
-            self.rounds.on_message(msg)
+            try:
+                self.rounds.on_message(msg)
+            except Exception as exc:
+                self._round_failed(f"handling {op} from node {msg.origin}", exc)
             return
         if op == "applied":
             if self.stability.on_applied(msg):
@@ -203,20 +206,24 @@ class StreamApplier:
         self.gate.enter(view, self._view_changed)
 
     def _view_changed(self, view: View) -> None:
-        # A view change writes too (the epoch file, a purge): one that fails
-        # half-way leaves our state behind the others', as a failed apply
-        # does. The transport only logs what its callback raises, so the
-        # node would carry on as if in sync.
         try:
             self.rounds.on_view(view)
         except Exception as exc:
-            log.error(
-                "handling view %d failed: %r",
-                view.view_id,
-                exc,
-                exc_info=not isinstance(exc, OSError),
-            )
-            self.resync(f"handling view {view.view_id} failed: {type(exc).__name__}: {exc}")
+            self._round_failed(f"handling view {view.view_id}", exc)
+
+    def _round_failed(self, what: str, exc: Exception) -> None:
+        """A view change or a round's step failed half-way: rejoin.
+
+        They read and write our copies too (a purge, the epoch file, the
+        snapshot we send or install), so one that fails leaves our state
+        behind the others', as a failed apply does, or leaves a round
+        without the snapshot we were to send (a record of ours without its
+        CTDB header, which no operation touched, fails only there). The
+        transport only logs what its callback raises: the node would carry
+        on as if in sync, and a joiner would wait for our snapshot for ever.
+        """
+        log.error("%s failed: %r", what, exc, exc_info=not isinstance(exc, (OSError, CtdbError)))
+        self.resync(f"{what} failed: {type(exc).__name__}: {exc}")
 
     def drop_backlog(self) -> None:
         self.requests.drop(self.backlog)
