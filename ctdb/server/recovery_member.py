@@ -202,7 +202,8 @@ class RecoveryMember:
         db = self.node.db(int(args["db_id"]))
         keys = None if args.get("keys") is None else [bytes(k) for k in args["keys"]]
         records, dropped = await self.bulk(lambda: _pullable(db, keys))
-        self.node.stats["corrupt_records_dropped"] += dropped
+        if dropped:
+            self.node.stats["corrupt_records_dropped"] += dropped
         return records
 
     def ctl_changed(self, src: int, args: dict[str, Any]) -> list[bytes]:
