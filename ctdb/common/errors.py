@@ -51,9 +51,11 @@ def log_failure(log: logging.Logger, exc: BaseException, what: str, *args: objec
 
     A disk that refuses a write (OSError: ENOSPC, EIO) is the host's
     trouble, not the code's, and a full disk fails every write until it is
-    freed: one line each. Anything else is a bug: its traceback.
+    freed: one line each; so is an IO-coded CtdbError (a record or file
+    corrupt here, a chain lock call that failed). Anything else is a bug:
+    its traceback.
     """
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) or (isinstance(exc, CtdbError) and exc.code == ErrorCode.IO):
         log.error(what + " failed: %s", *args, exc)
     else:
         log.error(what + " failed", *args, exc_info=exc)

@@ -222,7 +222,7 @@ class StreamApplier:
         transport only logs what its callback raises: the node would carry
         on as if in sync, and a joiner would wait for our snapshot for ever.
         """
-        log.error("%s failed: %r", what, exc, exc_info=not isinstance(exc, (OSError, CtdbError)))
+        log_failure(log, exc, "%s", what)
         self.resync(f"{what} failed: {type(exc).__name__}: {exc}")
 
     def drop_backlog(self) -> None:
