@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+import tdb
 
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.engines.dmaster_calls import RETRY_INTERVAL, DmasterCalls, RemoteCallOut
@@ -21,7 +22,7 @@ from ctdb.engines.record_calls import Append, Read, RecordCall
 from ctdb.engines.waiting import Heard, Waiting
 from ctdb.protocol.messages import RemoteCall
 from ctdb.storage.database import Database, DbKind
-from ctdb.storage.entries import Entry
+from ctdb.storage.entries import Entry, decode_entries, encode_entries
 from ctdb.storage.ltdb import Record
 from ctdb.storage.placement import lmaster
 from tests.flow_steps import Stepped
@@ -147,3 +148,62 @@ def test_a_call_elsewhere_waits_for_its_reply_and_is_sent_again_meanwhile(
     with pytest.raises(CtdbError) as err:  # nothing came within CallTimeout
         late.answer(False)
     assert err.value.code == ErrorCode.TIMEOUT
+
+
+class Purging(Engine):
+    """The engine a purge runs on: dmaster of every record of `db`, its writes
+    failing while `failing` (a full disk)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__()
+        self.node.dbs = {db.id: db}
+        self.failing = False
+
+    def write(self, db: Database, key: bytes, value: bytes) -> Record:
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        return super().write(db, key, value)
+
+
+def _lists(db: Database, keys: list[bytes]) -> dict[bytes, list[int]]:
+    """Each entry list's owners' pnns."""
+    out = {}
+    for key in keys:
+        rec = db.local.get(key)
+        value = b"" if rec is None else rec.value
+        out[key] = [e.pnn for e in decode_entries(value)] if value else []
+    return out
+
+
+def test_a_purge_that_failed_half_way_is_done_again(db: Database) -> None:
+    """A recovery's purge whose write failed (set_vnnmap fails, the leader
+    retries) must purge everything at the next attempt: it used to note the
+    owners before it wrote, so the retry found nothing new to do and the
+    departed clients' entries stayed, their locks held for ever."""
+    run = 5
+    keys = [b"a", b"b", b"c"]
+    for key in keys:
+        entries = [Entry(1, run << 32 | 1, b"x"), Entry(0, run << 32 | 2, b"y")]
+        db.local.put(key, Record(3, 0, encode_entries(entries)))
+    engine = Purging(db)
+    calls = DmasterCalls(cast(Any, engine))
+    owners = {0: run}  # node 1 left
+    engine.failing = True
+    with pytest.raises(OSError):
+        calls.purge(owners)
+    engine.failing = False
+    assert calls.purge(owners) == 3
+    assert _lists(db, keys) == {key: [0] for key in keys}
+    assert calls.purge(owners) == 0  # nothing new: nothing to do
+
+
+def test_a_purge_passes_over_a_record_without_its_header(db: Database) -> None:
+    """A foreign writer's record (no CTDB header) holds no entry list: the
+    purge leaves it to readers' IO errors and recovery's pull, rather than fail
+    every recovery on it."""
+    run = 5
+    db.local.put(b"a", Record(3, 0, encode_entries([Entry(1, run << 32 | 1, b"x")])))
+    db.local._tdb.store(b"junk", b"xx", tdb.REPLACE)
+    calls = DmasterCalls(cast(Any, Purging(db)))
+    assert calls.purge({0: run}) == 1
+    assert _lists(db, [b"a"]) == {b"a": []}

@@ -178,10 +178,11 @@ class DmasterCalls:
         records we are dmaster of; returns how many records changed.
 
         Called by recovery on every member with the same `owners`, while frozen.
-        Skipped when nobody left or restarted since the last purge.
+        Skipped when nobody left or restarted since the last purge that was
+        done: one that failed half-way (a write refused) is done again at
+        the recovery's next attempt.
         """
         previous = self._owners
-        self._owners = dict(owners)
         if previous is not None and all(owners.get(p) == inc for p, inc in previous.items()):
             return 0
 
@@ -189,11 +190,13 @@ class DmasterCalls:
         for db in list(self.node.dbs.values()):
             if db.replicated:
                 continue  # persistent_calls.purge
-            ours = ((k, r) for k, r in db.local.items() if r.dmaster == self.node.pnn)
+            records, _headerless = db.local.sound_items()  # (which hold no entries)
+            ours = ((k, r) for k, r in records if r.dmaster == self.node.pnn)
             lists = record_calls.purged(ours, record_calls.departed(owners))
             for key, (before, value) in lists.items():
                 self._write(db, key, before, value)
             changed += len(lists)
+        self._owners = dict(owners)
         if changed:
             log.info("removed the entries of departed owners from %d records", changed)
         return changed

@@ -115,13 +115,19 @@ def purge(node: Host, owners: Mapping[int, int], writer: int) -> int:
     transaction per database, stamped as `writer`'s (the recovery leader, the
     same on every member); returns how many records changed.
 
-    Our clients whose entry now comes first are told.
+    Our clients whose entry now comes first are told. A record without its
+    CTDB header (a foreign writer's) holds no entries and is passed over
+    rather than failing every recovery: an IO error to its readers, as
+    before. Where the others' copy of that key lost entries, this copy's
+    history now differs from theirs, and the next recovery replaces it
+    (`merge.same_copy`).
     """
     changed = 0
     for db in list(node.dbs.values()):
         if not db.replicated:
             continue
-        lists = record_calls.purged(db.local.items(), record_calls.departed(owners))
+        sound, _headerless = db.local.sound_items()
+        lists = record_calls.purged(sound, record_calls.departed(owners))
         if not lists:
             continue
         _, records = next_version(db, [], [[k, value] for k, (_, value) in lists.items()], writer)
