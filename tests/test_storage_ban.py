@@ -72,3 +72,35 @@ def test_a_member_that_served_since_its_failures_refuses_the_ban() -> None:
         assert not node2.flags & NodeFlags.BANNED
 
     run_scenario("tcp", scenario)
+
+
+def test_a_member_serves_only_once_its_thawed_epoch_is_on_disk() -> None:
+    """The thawed epoch certifies what a member's persistent copies hold
+    (`merge.persistent_source`): written after the member had begun to serve,
+    a disk that refused it left the member serving a generation its files
+    did not name. It is written first now, and a refusal leaves it frozen."""
+
+    async def scenario(cluster: SimCluster) -> None:
+        node2 = cluster.nodes[2]
+        seen: list[tuple[bool, str]] = []
+        thaw = node2.epochs.thaw
+
+        def refused_once() -> None:
+            seen.append((node2.serving, node2.recovery_mode.name))
+            if len(seen) == 1:
+                raise OSError(28, "No space left on device")
+            thaw()
+
+        node2.epochs.thaw = refused_once  # type: ignore[method-assign]
+        generation = node2.generation
+        cluster.nodes[0].force_recovery()
+
+        def recovered() -> bool:
+            return cluster.healthy() and node2.generation != generation
+
+        assert await cluster.until(recovered, 20), cluster.describe()
+        assert len(seen) >= 2
+        assert seen[0] == (False, "RECOVERY")  # not serving while its epoch is written
+        assert node2.epochs.thawed == node2.epochs.epoch
+
+    run_scenario("tcp", scenario)

@@ -276,12 +276,14 @@ class RecoveryMember:
         self._check_generation(args)
         if node.flags & INACTIVE:
             raise CtdbError(ErrorCode.RETRY, f"node {node.pnn} became inactive")
+        # On disk before we serve (merge.persistent_source): a disk that
+        # refuses it leaves us frozen, and the leader tries again.
+        node.epochs.thaw()
         node.generation = self._frozen_generation
         node.recovery_mode = RecoveryMode.NORMAL
         self.files.release()
         self._storage_failures = 0
         self._served_epoch = node.epochs.epoch
-        node.epochs.thaw()
         node.liveness.new_generation()
         node.serving_event.set()
         node.last_recovery = {
