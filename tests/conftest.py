@@ -131,6 +131,20 @@ def wait_for(
         time.sleep(interval)
 
 
+def recovered(
+    c: LocalCluster, nodes: list[int], not_generation: int | None = None
+) -> dict[str, Any] | None:
+    """The status `nodes` share once they are NORMAL with vnnmap == nodes in one
+    generation (not `not_generation`), else None: for `wait_for`."""
+    sts = [c.status(p) for p in nodes]
+    gens = {st["generation"] for st in sts}
+    if len(gens) != 1 or not_generation in gens:
+        return None
+    if all(st["recovery_mode"] == "NORMAL" and st["vnnmap"] == nodes for st in sts):
+        return sts[0]
+    return None
+
+
 def start_cluster(
     directory: Path, transport: str, size: int = 3, *, tree: Path | None = None, **kwargs: Any
 ) -> LocalCluster:

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from ctdb.common.errors import CtdbError, ErrorCode
-from tests.conftest import cluster_logs, run_ctdbtool, unique, wait_for
+from tests.conftest import cluster_logs, recovered, run_ctdbtool, unique, wait_for
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -47,23 +47,9 @@ vs_only = pytest.mark.parametrize("transport", ["vs"], indirect=True)
 # -- helpers ----------------------------------------------------------------------------
 
 
-def recovered(c: LocalCluster, nodes: list[int], not_generation: int | None = None) -> bool:
-    """`nodes` are NORMAL with vnnmap == nodes and one generation (not `not_generation`)."""
-    sts = [c.status(p) for p in nodes]
-    gens = {st["generation"] for st in sts}
-    return (
-        len(gens) == 1
-        and not_generation not in gens
-        and all(st["recovery_mode"] == "NORMAL" and st["vnnmap"] == nodes for st in sts)
-    )
-
-
 def force_recovery(c: LocalCluster, via: int) -> None:
-    """`ctdbtool recover` on node `via`, then wait until the recovery has finished.
-
-    Today `recover` returns at once (issue 8 asks that it wait, as Samba's
-    does): the new generation on every node tells that it finished.
-    """
+    """`ctdbtool recover` on node `via` (which returns once the recovery has
+    finished there), then until every node serves the new generation."""
     before = c.status(via)["generation"]
     run_ctdbtool(c.socket(via), "recover")
     everyone = list(range(c.size))

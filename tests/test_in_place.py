@@ -21,8 +21,8 @@ from ctdb.client import AsyncClient, Client
 from ctdb.common.errors import CtdbError, ErrorCode
 from ctdb.protocol import serving_state
 from ctdb.protocol.serving_state import NOT_SERVING, ServingState
-from tests.conftest import cluster_logs, run_ctdbtool, unique, wait_for
-from tests.test_acknowledged_writes import increments_under_recoveries, recovered
+from tests.conftest import cluster_logs, recovered, run_ctdbtool, unique, wait_for
+from tests.test_acknowledged_writes import increments_under_recoveries
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(180)

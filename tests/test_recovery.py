@@ -28,7 +28,7 @@ import pytest
 
 from ctdb.common.config import TUNABLES as DEFAULTS
 from ctdb.common.errors import CtdbError, ErrorCode
-from tests.conftest import wait_for
+from tests.conftest import recovered, wait_for
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -127,19 +127,6 @@ def wait_flags(
             lambda obs=obs: flags_on(c, obs, pnn) == flags,  # type: ignore[misc]
             timeout,
         )
-
-
-def recovered(
-    c: LocalCluster, nodes: list[int], old_generation: int | None = None
-) -> dict[str, Any] | None:
-    """The common status if `nodes` are NORMAL with vnnmap == nodes and one generation."""
-    sts = [c.status(p) for p in nodes]
-    gens = {st["generation"] for st in sts}
-    if len(gens) != 1 or (old_generation is not None and old_generation in gens):
-        return None
-    if all(st["recovery_mode"] == "NORMAL" and st["vnnmap"] == nodes for st in sts):
-        return sts[0]
-    return None
 
 
 def nodestatus(c: LocalCluster, pnn: int) -> subprocess.CompletedProcess[str]:
