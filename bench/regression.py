@@ -23,8 +23,14 @@ round:
 A figure slower with p < 0.05 is reported as a regression, faster with
 p < 0.05 as faster, and otherwise as within noise. Nothing here asserts.
 
+`--busy N` keeps N CPUs busy (one spinning process each) throughout, for
+both checkouts alike: a host with no CPU to spare, made on purpose rather
+than found. The vs ring is at par with b7714d4 where a CPU is free and
+slower where none is (the README's performance history), and a figure
+measured on a machine whose load nobody chose says neither.
+
     .venv/bin/python -m bench.regression [--base REV] [--transport tcp|vs]
-        [--rounds 8] [--quick] [--address 127.0.79] [--out DIR]
+        [--rounds 8] [--quick] [--busy N] [--address 127.0.79] [--out DIR]
 
 Writes results.json, regression.png and summary.md into --out; progress to stderr.
 """
@@ -42,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +119,20 @@ def compare(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, A
     return out
 
 
+@contextlib.contextmanager
+def cpu_hogs(count: int) -> Iterator[list[int]]:
+    """`count` processes that each keep a CPU busy until the block ends: their pids."""
+    spin = "while True:\n    pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    try:
+        yield [proc.pid for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
 def _foundation(tree: Path, ns: argparse.Namespace, out: Path) -> dict[str, Any]:
     """One `python -m bench.foundation` of the checkout in `tree`: its results."""
     cmd = [sys.executable, "-m", "bench.foundation", "--transport", ns.transport]
@@ -132,7 +153,7 @@ def _foundation(tree: Path, ns: argparse.Namespace, out: Path) -> dict[str, Any]
 
 def run(ns: argparse.Namespace, base: str) -> dict[str, Any]:
     """`ns.rounds` paired rounds against revision `base` (a short commit id)."""
-    record = checkouts.run_record("regression", ns, base)
+    record = {**checkouts.run_record("regression", ns, base), "busy_cpus": ns.busy}
     say(f"worktree of {base} (base) beside this checkout ({record['head']}), {ns.rounds} rounds")
     samples: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
     loads: dict[str, list[float]] = {"base": [], "head": []}
@@ -141,6 +162,9 @@ def run(ns: argparse.Namespace, base: str) -> dict[str, Any]:
             stack.enter_context(checkouts.shared_corosync(say))
         trees = {"base": stack.enter_context(checkouts.worktree(base)), "head": checkouts.REPO}
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ctdb-regr-")))
+        if ns.busy:
+            hogs = stack.enter_context(cpu_hogs(ns.busy))
+            say(f"{ns.busy} CPU(s) kept busy throughout (pids {', '.join(map(str, hogs))})")
         for r in range(ns.rounds):
             for name in ("base", "head") if r % 2 == 0 else ("head", "base"):
                 results = _foundation(trees[name], ns, scratch / f"{name}-{r}")
@@ -167,8 +191,11 @@ def run(ns: argparse.Namespace, base: str) -> dict[str, Any]:
 
 
 def write_summary(path: Path, results: dict[str, Any]) -> None:
+    busy = results.get("busy_cpus", 0)
+    hogs = [f"{busy} CPU(s) kept busy throughout by spinning processes (`--busy`).", ""]
     lines = [
         *checkouts.summary_head(TITLE, results),
+        *(hogs if busy else []),
         "| figure | base (median) | head (median) | head's speed (median) | p | verdict |",
         "|---|---|---|---|---|---|",
     ]
@@ -224,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=8, help="paired rounds (8)")
     p.add_argument("--quick", action="store_true", help="bench.foundation --quick in every run")
     p.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N CPUs busy throughout, for both checkouts alike: a host with no CPU "
+        "to spare (0)",
+    )
+    p.add_argument(
         "--address",
         default="127.0.79",
         help="first three octets of the clusters' node addresses (127.0.79)",
@@ -231,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = p.parse_args(argv)
     if ns.rounds < 1:
         p.error("--rounds must be at least 1")
+    if not 0 <= ns.busy <= (os.cpu_count() or 1):
+        p.error(f"--busy must be between 0 and the {os.cpu_count()} CPUs of this machine")
     try:
         base = checkouts.short_rev(ns.base)
     except ValueError as exc:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from bench.regression import compare, sign_flip_p, speed_ratio, verdict
+from bench.regression import compare, cpu_hogs, main, sign_flip_p, speed_ratio, verdict
 from tests.conftest import base_checkouts, run_bench
 
 
@@ -66,6 +68,7 @@ def test_regression_quick_against_head(tmp_path: Path, bench_tmpdir: Path) -> No
     assert "round 1/1 base" in proc.stderr and "round 1/1 head" in proc.stderr
     r = json.loads((out / "results.json").read_text())
     assert r["base"] == r["head"] and r["rounds"] == 1 and r["transport"] == "tcp"
+    assert r["busy_cpus"] == 0
     c = r["comparison"]
     for figure in ("ring_increments_per_s", "store_8c_per_s", "fetch_1c_per_s", "ring_p50_s"):
         e = c[figure]
@@ -73,3 +76,25 @@ def test_regression_quick_against_head(tmp_path: Path, bench_tmpdir: Path) -> No
         assert e["p"] == 1.0 and e["verdict"] == "within noise", figure  # one round tells nothing
     assert (out / "regression.png").stat().st_size > 0
     assert "| ring_increments_per_s |" in (out / "summary.md").read_text()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_cpus_spin_while_the_rounds_run_and_are_gone_after() -> None:
+    with cpu_hogs(1) as pids:
+        (pid,) = pids
+        deadline = time.monotonic() + 30
+        while _cpu_seconds(pid) < 0.2:  # it spins: its CPU time grows (bounded wait)
+            assert time.monotonic() < deadline, "the hog used no CPU"
+            time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+
+
+def test_busy_is_bounded_by_the_cpus(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--busy", str((os.cpu_count() or 1) + 1)])
+    assert exited.value.code == 2
+    assert "--busy must be between 0 and" in capsys.readouterr().err
