@@ -1,5 +1,6 @@
 """`ctdbd`'s shutdown is bounded: a part that does not stop is cut off and logged
-with what every task was doing, and the parts after it still run."""
+with what every task was doing, and the parts after it still run. A node
+whose own loop broke asks for that shutdown itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import logging
 import pytest
 
 from ctdb.server.daemon import _stop_within
+from ctdb.server.liveness import Liveness
+from tools.sim.cluster import SimCluster, run_scenario
 
 
 def test_a_part_that_hangs_is_cut_off_and_the_next_still_runs(
@@ -35,3 +38,32 @@ def test_a_part_that_hangs_is_cut_off_and_the_next_still_runs(
     (record,) = caplog.records
     assert "stopping the stuck part took more than" in record.getMessage()
     assert "shutdown" in record.getMessage() and "tasks:" in record.getMessage()
+
+
+def test_a_loop_of_the_node_that_breaks_stops_the_node(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop the node cannot work without (here its state announcements; the
+    leader's recoveries alike) that ends with a bug used to end in silence:
+    a leader whose loop broke never recovered again, and the cluster waited.
+    Now the node records why, logs the traceback and asks to shut down (the
+    daemon exits 1); the others go on without it. Real `Node` code on the
+    simulated network."""
+    announce = Liveness.announce
+
+    def broken_on_node_1(self: Liveness) -> None:
+        if self.node.pnn == 1:
+            raise RuntimeError("a bug")
+        announce(self)
+
+    async def scenario(cluster: SimCluster) -> None:
+        monkeypatch.setattr(Liveness, "announce", broken_on_node_1)
+        node1 = cluster.nodes[1]
+        assert await cluster.until(node1.shutdown_requested.is_set, 5), cluster.describe()
+        assert node1.failure is not None and "RuntimeError('a bug')" in node1.failure
+        assert "Liveness.run" in node1.failure
+        assert not any(cluster.nodes[p].shutdown_requested.is_set() for p in (0, 2))
+
+    with caplog.at_level(logging.CRITICAL, logger="ctdb.server.node"):
+        run_scenario("tcp", scenario)
+    assert any("stopping this node" in r.message and r.exc_info for r in caplog.records)

@@ -50,7 +50,9 @@ def _setup_logging(cfg: config_mod.Config) -> None:
 SHUTDOWN_LIMIT = 5.0
 
 
-async def run(cfg: config_mod.Config) -> None:
+async def run(cfg: config_mod.Config) -> str | None:
+    """Run the node until it is told to stop: None, or why it stopped by
+    itself (`Node.failure`)."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     log.info(
@@ -104,7 +106,7 @@ async def run(cfg: config_mod.Config) -> None:
     )
     try:
         await node.shutdown_requested.wait()
-        log.info("shutting down")
+        log.info("shutting down" if node.failure is None else f"shutting down: {node.failure}")
     finally:
         steps: list[Step] = [
             ("the CTDB socket", samba_door.stop),
@@ -113,6 +115,7 @@ async def run(cfg: config_mod.Config) -> None:
         ]
         await _stop_within(SHUTDOWN_LIMIT, steps)
         pidfile.unlink(missing_ok=True)
+    return node.failure
 
 
 #: One part of the shutdown: what it stops, and how.
@@ -186,19 +189,22 @@ def main(argv: list[str] | None = None) -> int:
         log.info("no glibc mallopt: heap left at the C library's defaults")
     try:
         if ns.no_uvloop:
-            asyncio.run(run(cfg))
+            failure = asyncio.run(run(cfg))
         else:
             try:
                 import uvloop
             except ImportError:
-                asyncio.run(run(cfg))
+                failure = asyncio.run(run(cfg))
             else:
-                uvloop.run(run(cfg))
+                failure = uvloop.run(run(cfg))
     except (CtdbError, TransportError, OSError) as exc:
         # A refusal, or the host's trouble (a full disk, a socket in use):
         # one line, as every tool of ours says it. A bug keeps its traceback.
         log.error("%s", exc)
         print(f"ctdbd: {exc}", file=sys.stderr)
+        return 1
+    if failure is not None:
+        print(f"ctdbd: stopped: {failure} (the log has its traceback)", file=sys.stderr)
         return 1
     return 0
 

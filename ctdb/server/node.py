@@ -132,6 +132,9 @@ class Node:
         self.controls.handlers = control_handlers(self.admin) | self.membership.controls()
         self._tasks: list[asyncio.Task[None]] = []
         self.shutdown_requested = asyncio.Event()
+        #: why the node stopped by itself: a loop it cannot work without ended
+        #: (`_loop_ended`); None while it runs, and after a requested shutdown
+        self.failure: str | None = None
         self.messaging = Messaging(self)
         self.liveness = Liveness(self)
         #: what clients that use records in place read (`ctdb.protocol.serving_state`);
@@ -172,7 +175,26 @@ class Node:
         )
         loops = [*self.membership.background(), self.liveness.run()]
         loops.append(vacuum_rounds(self.membership, lambda: self.tunable("VacuumInterval")))
-        self._tasks.extend(asyncio.create_task(loop) for loop in loops)
+        for loop in loops:
+            task = asyncio.create_task(loop, name=getattr(loop, "__qualname__", None))
+            task.add_done_callback(self._loop_ended)
+            self._tasks.append(task)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """One of the node's loops (the leader's recoveries, the state
+        announcements, vacuuming) ended by itself: a bug, since each runs for
+        as long as the node does. Carrying on would leave, say, a leader that
+        never recovers again, and a cluster that waits for it for ever: the
+        daemon stops instead, with the traceback, and its peers go on without
+        it (CTDB restarts a recovery daemon that died; ours is not a process
+        of its own, and a loop that broke once may well break again)."""
+        if task.cancelled() or self.shutdown_requested.is_set():
+            return
+        name = task.get_name()
+        exc = task.exception()
+        self.failure = f"{name} ended: {exc!r}" if exc is not None else f"{name} returned"
+        log.critical("%s: stopping this node", self.failure, exc_info=exc)
+        self.shutdown_requested.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
