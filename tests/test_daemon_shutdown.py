@@ -12,6 +12,7 @@ import pytest
 from ctdb.server.daemon import _stop_within
 from ctdb.server.liveness import Liveness
 from tools.sim.cluster import SimCluster, run_scenario
+from transport.base import View
 
 
 def test_a_part_that_hangs_is_cut_off_and_the_next_still_runs(
@@ -67,3 +68,27 @@ def test_a_loop_of_the_node_that_breaks_stops_the_node(
     with caplog.at_level(logging.CRITICAL, logger="ctdb.server.node"):
         run_scenario("tcp", scenario)
     assert any("stopping this node" in r.message and r.exc_info for r in caplog.records)
+
+
+def test_a_view_change_the_node_cannot_handle_stops_the_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The transport hands view changes to the node from its own loops (tcp:
+    the one that keeps a link connected). An error there ended that loop,
+    and the link was never connected again; now the node stops."""
+    on_view = Liveness.on_view
+
+    def broken_on_node_1(self: Liveness, view: View) -> None:
+        if self.node.pnn == 1:
+            raise RuntimeError("a bug")
+        on_view(self, view)
+
+    async def scenario(cluster: SimCluster) -> None:
+        monkeypatch.setattr(Liveness, "on_view", broken_on_node_1)
+        await cluster.crash_node(2)
+        node1 = cluster.nodes[1]
+        assert await cluster.until(node1.shutdown_requested.is_set, 5), cluster.describe()
+        assert node1.failure is not None and node1.failure.startswith("handling view")
+        assert not cluster.nodes[0].shutdown_requested.is_set()
+
+    run_scenario("tcp", scenario)

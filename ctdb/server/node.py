@@ -183,16 +183,24 @@ class Node:
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """One of the node's loops (the leader's recoveries, the state
         announcements, vacuuming) ended by itself: a bug, since each runs for
-        as long as the node does. Carrying on would leave, say, a leader that
-        never recovers again, and a cluster that waits for it for ever: the
-        daemon stops instead, with the traceback, and its peers go on without
-        it (CTDB restarts a recovery daemon that died; ours is not a process
-        of its own, and a loop that broke once may well break again)."""
-        if task.cancelled() or self.shutdown_requested.is_set():
+        as long as the node does (see `_fail`)."""
+        if task.cancelled():
             return
-        name = task.get_name()
         exc = task.exception()
-        self.failure = f"{name} ended: {exc!r}" if exc is not None else f"{name} returned"
+        self._fail(f"{task.get_name()} {'ended' if exc is not None else 'returned'}", exc)
+
+    def _fail(self, what: str, exc: BaseException | None) -> None:
+        """A part of the node failed in a way only a bug explains: stop it.
+
+        Carrying on would leave, say, a leader whose recovery loop is gone
+        and a cluster that waits for it for ever, or a tcp link whose view
+        callback broke and that is never connected again: the daemon stops
+        instead, with the traceback, and its peers go on without it (CTDB
+        restarts a recovery daemon that died; ours is not a process of its
+        own, and what broke once may well break again)."""
+        if self.shutdown_requested.is_set():
+            return
+        self.failure = what if exc is None else f"{what}: {exc!r}"
         log.critical("%s: stopping this node", self.failure, exc_info=exc)
         self.shutdown_requested.set()
 
@@ -296,11 +304,16 @@ class Node:
 
     def _on_view(self, view: View) -> None:
         log.info("view %d: nodes %s", view.view_id, list(view.members))
-        self.liveness.on_view(view)
-        for pnn in range(len(self.nodes)):
-            if pnn not in view:
-                self.controls.fail_node(pnn)
-        self.membership.on_view(view)
+        try:
+            self.liveness.on_view(view)
+            for pnn in range(len(self.nodes)):
+                if pnn not in view:
+                    self.controls.fail_node(pnn)
+            self.membership.on_view(view)
+        except Exception as exc:
+            # (the transport calls this from its own loops: raised, it would
+            # end them, a tcp link's reconnections with it)
+            self._fail(f"handling view {view.view_id}", exc)
 
     # -- cluster state ----------------------------------------------------------------
 
