@@ -11,6 +11,7 @@ import pytest
 
 from ctdb.server.daemon import _stop_within
 from ctdb.server.liveness import Liveness
+from ctdb.server.stream import StreamMembership
 from tools.sim.cluster import SimCluster, run_scenario
 from transport.base import View
 
@@ -92,3 +93,27 @@ def test_a_view_change_the_node_cannot_handle_stops_the_node(
         assert not cluster.nodes[0].shutdown_requested.is_set()
 
     run_scenario("tcp", scenario)
+
+
+def test_a_vs_rejoin_that_breaks_stops_the_node() -> None:
+    """A member that left the group to resync and whose rejoin broke stayed
+    out for good, serving nothing, and nobody asked it back."""
+
+    async def scenario(cluster: SimCluster) -> None:
+        node1 = cluster.nodes[1]
+
+        async def broken_start() -> None:
+            raise RuntimeError("a bug")
+
+        node1.transport.start = broken_start  # type: ignore[method-assign]
+        membership = node1.membership
+        assert isinstance(membership, StreamMembership)
+        await cluster.run_on(1, _resync(membership))
+        assert await cluster.until(node1.shutdown_requested.is_set, 5), cluster.describe()
+        assert node1.failure is not None and node1.failure.startswith("rejoining the group")
+
+    run_scenario("vs", scenario)
+
+
+async def _resync(membership: StreamMembership) -> None:
+    membership.engine.resync("a test wants it", damaged=False)

@@ -155,4 +155,7 @@ class ServerNode(Host, Protocol):
 
     def set_flags(self, set_bits: int = 0, clear_bits: int = 0) -> None: ...
 
+    def fail(self, what: str, exc: BaseException | None) -> None:
+        """A part of the node failed in a way only a bug explains: stop it."""
+
     def publish_serving(self) -> None: ...

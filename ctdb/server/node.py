@@ -183,13 +183,13 @@ class Node:
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """One of the node's loops (the leader's recoveries, the state
         announcements, vacuuming) ended by itself: a bug, since each runs for
-        as long as the node does (see `_fail`)."""
+        as long as the node does (see `fail`)."""
         if task.cancelled():
             return
         exc = task.exception()
-        self._fail(f"{task.get_name()} {'ended' if exc is not None else 'returned'}", exc)
+        self.fail(f"{task.get_name()} {'ended' if exc is not None else 'returned'}", exc)
 
-    def _fail(self, what: str, exc: BaseException | None) -> None:
+    def fail(self, what: str, exc: BaseException | None) -> None:
         """A part of the node failed in a way only a bug explains: stop it.
 
         Carrying on would leave, say, a leader whose recovery loop is gone
@@ -313,7 +313,7 @@ class Node:
         except Exception as exc:
             # (the transport calls this from its own loops: raised, it would
             # end them, a tcp link's reconnections with it)
-            self._fail(f"handling view {view.view_id}", exc)
+            self.fail(f"handling view {view.view_id}", exc)
 
     # -- cluster state ----------------------------------------------------------------
 

@@ -244,6 +244,14 @@ class StreamMembership:
         self._rejoin_again = True
         if self._rejoining is None or self._rejoining.done():
             self._rejoining = asyncio.get_running_loop().create_task(self._rejoin())
+            self._rejoining.add_done_callback(self._rejoin_ended)
+
+    def _rejoin_ended(self, task: asyncio.Task[None]) -> None:
+        """A rejoin that failed leaves the node out of the group for good,
+        serving nothing, and nobody asks it back: only a bug does that (a
+        join corosync refuses is tried again), so the node stops."""
+        if not task.cancelled() and task.exception() is not None:
+            self.node.fail("rejoining the group", task.exception())
 
     async def _rejoin(self) -> None:
         transport = self.node.transport
