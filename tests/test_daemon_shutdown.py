@@ -117,3 +117,32 @@ def test_a_vs_rejoin_that_breaks_stops_the_node() -> None:
 
 async def _resync(membership: StreamMembership) -> None:
     membership.engine.resync("a test wants it", damaged=False)
+
+
+def test_a_task_of_the_transport_that_breaks_stops_the_node() -> None:
+    """The backends' own tasks (tcp: each link's reconnections, keepalives;
+    vs: reconnecting to corosync) ended in silence when they raised: a link
+    never connected again, a member never back in the group. They run
+    through `Transport.spawn`, which reports such an end to the node."""
+
+    async def scenario(cluster: SimCluster) -> None:
+        node1 = cluster.nodes[1]
+
+        async def broken() -> None:
+            raise RuntimeError("a bug")
+
+        async def cancelled() -> None:
+            await asyncio.Event().wait()
+
+        async def spawn() -> None:
+            node1.transport.spawn(cancelled(), "a loop that is cancelled").cancel()
+            node1.transport.spawn(asyncio.sleep(0), "a loop that ends well")
+            await asyncio.sleep(0.1)
+            assert not node1.shutdown_requested.is_set()  # (virtual time: both have ended)
+            node1.transport.spawn(broken(), "a test loop")
+
+        await cluster.run_on(1, spawn())
+        assert await cluster.until(node1.shutdown_requested.is_set, 5), cluster.describe()
+        assert node1.failure == "a test loop: RuntimeError('a bug')"
+
+    run_scenario("tcp", scenario)

@@ -21,9 +21,13 @@ exactly what a backend promises and nothing more:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
+
+log = logging.getLogger("transport")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Capabilities:
 
 MessageHandler = Callable[[int, bytes], None]
 ViewHandler = Callable[[View], None]
+#: (what failed, the error)
+FailureHandler = Callable[[str, BaseException], None]
 
 
 def _ignore_message(src: int, payload: bytes) -> None:
@@ -59,6 +65,11 @@ def _ignore_message(src: int, payload: bytes) -> None:
 
 def _ignore_view(view: View) -> None:
     """Default handler until the daemon installs its own."""
+
+
+def _log_failure(what: str, exc: BaseException) -> None:
+    """Default handler until the daemon installs its own (`Node.fail`)."""
+    log.critical("transport: %s failed", what, exc_info=exc)
 
 
 @dataclass
@@ -109,6 +120,22 @@ class Transport(abc.ABC):
         self.view = View(0, (pnn,))
         self.on_message: MessageHandler = _ignore_message
         self.on_view: ViewHandler = _ignore_view
+        #: a task of the backend's own ended with an error (`spawn`): a bug
+        self.on_failure: FailureHandler = _log_failure
+
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """Run `coro` as a task of the backend's own (a link kept connected,
+        keepalives, reconnecting to corosync), which runs for as long as the
+        backend does: one that ends with an error is reported to
+        `on_failure`, never left to end in silence (a tcp link that is never
+        connected again, a member that never rejoins)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(lambda done: self._spawned_ended(done, what))
+        return task
+
+    def _spawned_ended(self, task: asyncio.Task[None], what: str) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.on_failure(what, exc)
 
     @abc.abstractmethod
     async def start(self) -> None:

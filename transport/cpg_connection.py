@@ -160,6 +160,15 @@ class Connection(CpgStream):
             t._go_solo()
         if self.reconnect_task is None:
             self.reconnect_task = self.loop.create_task(self._reconnect(first_attempt))
+            self.reconnect_task.add_done_callback(self._reconnect_ended)
+
+    def _reconnect_ended(self, task: asyncio.Task[None]) -> None:
+        """Reconnecting retries what corosync refuses; anything else it raised
+        (a bug) would leave the process out of the group for good: every
+        transport on this connection reports it (`Transport.on_failure`)."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            for t in list(self.transports.values()):
+                t.on_failure("reconnecting to corosync", exc)
 
     async def _reconnect(self, first_attempt: float) -> None:
         attempts = 0

@@ -120,8 +120,8 @@ class TcpTransport(Transport):
             ) from exc
         for dst in range(len(self.nodes)):
             if dst != self.pnn:
-                self._tasks.append(asyncio.create_task(self._connect_loop(dst)))
-        self._tasks.append(asyncio.create_task(self._keepalive_loop()))
+                self._tasks.append(self.spawn(self._connect_loop(dst), f"the link to node {dst}"))
+        self._tasks.append(self.spawn(self._keepalive_loop(), "the keepalive loop"))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -170,7 +170,7 @@ class TcpTransport(Transport):
         super().update_nodes(nodes)
         self._pnn_by_address = self._address_map(nodes)
         for dst in range(known, len(nodes)):
-            self._tasks.append(asyncio.create_task(self._connect_loop(dst)))
+            self._tasks.append(self.spawn(self._connect_loop(dst), f"the link to node {dst}"))
 
     # -- peer identity ----------------------------------------------------------
 

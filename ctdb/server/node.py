@@ -163,6 +163,7 @@ class Node:
         self.ordered_own = transport.capabilities.total_order
         transport.on_message = self.messages.on_payload
         transport.on_view = self._on_view
+        transport.on_failure = self.fail
         self.liveness.configure_lease()
         self.dbs.reopen_persistent()
 
