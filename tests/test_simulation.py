@@ -27,7 +27,7 @@ import pytest
 
 from ctdb.engines import conditions, migration, transactions
 from ctdb.engines.ordered import engine, replica
-from ctdb.server import stream
+from ctdb.server import liveness, stream
 from tools.sim.campaign import campaign
 from tools.sim.faults import FAULTS, SAMBA_FAULTS
 from tools.sim.schedule import Variant, simulate
@@ -197,6 +197,22 @@ def test_a_lost_store_unlock_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(migration.MigrationEngine, "unlock", forgetful)
     assert _caught("tcp", "not linearizable")
+
+
+@pytest.mark.parametrize("mode", ["tcp", "vs"])
+def test_a_node_that_stops_itself_is_caught(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug the daemon would exit on (`Node.fail`: here node 1's handling of a
+    view change) is a violation, although the node catches it and the
+    transport's callback no longer raises."""
+    on_view = liveness.Liveness.on_view
+
+    def broken(self: liveness.Liveness, view: Any) -> None:
+        if self.node.pnn == 1:
+            raise RuntimeError("a bug")
+        on_view(self, view)
+
+    monkeypatch.setattr(liveness.Liveness, "on_view", broken)
+    assert _caught(mode, "node 1 stopped itself: handling view")
 
 
 def test_a_replica_skipping_writes_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

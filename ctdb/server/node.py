@@ -135,6 +135,9 @@ class Node:
         #: why the node stopped by itself: a loop it cannot work without ended
         #: (`_loop_ended`); None while it runs, and after a requested shutdown
         self.failure: str | None = None
+        #: told `failure` when it is set: a supervisor's (the simulator counts
+        #: it a violation; the daemon waits for `shutdown_requested` instead)
+        self.on_failure: Callable[[str], None] = lambda failure: None
         self.messaging = Messaging(self)
         self.liveness = Liveness(self)
         #: what clients that use records in place read (`ctdb.protocol.serving_state`);
@@ -204,6 +207,7 @@ class Node:
         self.failure = what if exc is None else f"{what}: {exc!r}"
         log.critical("%s: stopping this node", self.failure, exc_info=exc)
         self.shutdown_requested.set()
+        self.on_failure(self.failure)
 
     async def stop(self) -> None:
         for task in self._tasks:

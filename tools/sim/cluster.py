@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -120,6 +121,9 @@ class SimCluster:
         self.tasks: dict[int, dict[asyncio.Task[Any], None]] = {p: {} for p in range(size)}
         self._contexts: dict[int, contextvars.Context] = {}
         self._lives: dict[int, Life] = {}
+        #: (pnn, why) of every node that stopped itself (`Node.fail`: a bug,
+        #: which the daemon would exit on); a crashed incarnation's leftovers aside
+        self.failures: list[tuple[int, str]] = []
 
     def state_dir(self, pnn: int) -> Path:
         return self.root / f"node{pnn}"
@@ -147,8 +151,13 @@ class SimCluster:
             seed=self.seed * 1000 + pnn * 10 + self.incarnation[pnn],
         )
         node.offload = _inline
+        node.on_failure = functools.partial(self._failed, pnn)
         self.nodes[pnn] = node
         await node.start()
+
+    def _failed(self, pnn: int, failure: str) -> None:
+        if not crashed():  # (kill -9 would have stopped what fails now)
+            self.failures.append((pnn, failure))
 
     async def crash_node(self, pnn: int) -> None:
         """kill -9: gone from the network at once, and its files no longer change."""

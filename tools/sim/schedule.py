@@ -185,6 +185,8 @@ async def run_schedule(
             complain(split)
     finally:
         _unhandled(failed_tasks, complain)
+        for pnn, failure in cluster.failures:
+            complain(f"node {pnn} stopped itself: {failure}")
         outcome.virtual_time = loop.time()
         await cluster.close()
 
