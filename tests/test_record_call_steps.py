@@ -197,6 +197,23 @@ def test_a_purge_that_failed_half_way_is_done_again(db: Database) -> None:
     assert calls.purge(owners) == 0  # nothing new: nothing to do
 
 
+def test_a_purge_after_a_join_then_a_departure_removes_the_joiners_entries(
+    db: Database,
+) -> None:
+    """Owners {0, 1}, then node 2 joins (nothing to purge, but it is an owner
+    now), then leaves: its clients' entries go. The purge that noted its
+    owners only once done skipped the join without noting it, and then found
+    {0, 1} unchanged at the departure (test_cond_append, tcp, 2 runs in 5)."""
+    run = 5
+    calls = DmasterCalls(cast(Any, Purging(db)))
+    assert calls.purge({0: run, 1: run}) == 0
+    assert calls.purge({0: run, 1: run, 2: run}) == 0  # node 2 joined
+    entries = [Entry(2, run << 32 | 1, b"x"), Entry(0, run << 32 | 2, b"y")]
+    db.local.put(b"a", Record(3, 0, encode_entries(entries)))
+    assert calls.purge({0: run, 1: run}) == 1  # node 2 left
+    assert _lists(db, [b"a"]) == {b"a": [0]}
+
+
 def test_a_purge_passes_over_a_record_without_its_header(db: Database) -> None:
     """A foreign writer's record (no CTDB header) holds no entry list: the
     purge leaves it to readers' IO errors and recovery's pull, rather than fail

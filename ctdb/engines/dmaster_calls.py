@@ -184,6 +184,7 @@ class DmasterCalls:
         """
         previous = self._owners
         if previous is not None and all(owners.get(p) == inc for p, inc in previous.items()):
+            self._owners = dict(owners)  # (nobody gone; who joined is gone from the next)
             return 0
 
         changed = 0
