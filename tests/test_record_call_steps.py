@@ -190,11 +190,11 @@ def test_a_purge_that_failed_half_way_is_done_again(db: Database) -> None:
     owners = {0: run}  # node 1 left
     engine.failing = True
     with pytest.raises(OSError):
-        calls.purge(owners)
+        calls.purge(owners, {})
     engine.failing = False
-    assert calls.purge(owners) == 3
+    assert calls.purge(owners, {}) == 3
     assert _lists(db, keys) == {key: [0] for key in keys}
-    assert calls.purge(owners) == 0  # nothing new: nothing to do
+    assert calls.purge(owners, {}) == 0  # nothing new: nothing to do
 
 
 def test_a_purge_after_a_join_then_a_departure_removes_the_joiners_entries(
@@ -206,12 +206,30 @@ def test_a_purge_after_a_join_then_a_departure_removes_the_joiners_entries(
     {0, 1} unchanged at the departure (test_cond_append, tcp, 2 runs in 5)."""
     run = 5
     calls = DmasterCalls(cast(Any, Purging(db)))
-    assert calls.purge({0: run, 1: run}) == 0
-    assert calls.purge({0: run, 1: run, 2: run}) == 0  # node 2 joined
+    assert calls.purge({0: run, 1: run}, {}) == 0
+    assert calls.purge({0: run, 1: run, 2: run}, {}) == 0  # node 2 joined
     entries = [Entry(2, run << 32 | 1, b"x"), Entry(0, run << 32 | 2, b"y")]
     db.local.put(b"a", Record(3, 0, encode_entries(entries)))
-    assert calls.purge({0: run, 1: run}) == 1  # node 2 left
+    assert calls.purge({0: run, 1: run}, {}) == 1  # node 2 left
     assert _lists(db, [b"a"]) == {b"a": [0]}
+
+
+def test_a_record_pushed_by_a_recovery_is_purged_though_the_owners_did_not_change(
+    db: Database,
+) -> None:
+    """tcp campaign seed 174: node 2 hung with a list holding an entry of node
+    0's first run; nodes 0 and 1 restarted and recovered together (owners
+    {0: 2, 1: 2}); node 2 came back, and the recovery pushed its copy of the
+    list to node 1, its new dmaster. Nobody had left since the last purge,
+    so the purge was skipped, and the dead client's entry held the list for
+    good. The records a recovery pushed are purged whatever the owners."""
+    calls = DmasterCalls(cast(Any, Purging(db)))
+    assert calls.purge({0: 2, 1: 2}, {}) == 0
+    stale = encode_entries([Entry(0, 1 << 32 | 1, b"x"), Entry(1, 2 << 32 | 1, b"y")])
+    db.local.put(b"pushed", Record(9, 0, stale))
+    db.local.put(b"kept", Record(9, 0, stale))  # (not pushed: purged before, by the rule)
+    assert calls.purge({0: 2, 1: 2, 2: 1}, {db.id: [b"pushed"]}) == 1
+    assert _lists(db, [b"pushed", b"kept"]) == {b"pushed": [1], b"kept": [0, 1]}
 
 
 def test_a_purge_passes_over_a_record_without_its_header(db: Database) -> None:
@@ -222,5 +240,5 @@ def test_a_purge_passes_over_a_record_without_its_header(db: Database) -> None:
     db.local.put(b"a", Record(3, 0, encode_entries([Entry(1, run << 32 | 1, b"x")])))
     db.local._tdb.store(b"junk", b"xx", tdb.REPLACE)
     calls = DmasterCalls(cast(Any, Purging(db)))
-    assert calls.purge({0: run}) == 1
+    assert calls.purge({0: run}, {}) == 1
     assert _lists(db, [b"a"]) == {b"a": []}

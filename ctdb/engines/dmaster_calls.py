@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ctdb.common.errors import CtdbError, ErrorCode
@@ -173,25 +173,32 @@ class DmasterCalls:
 
     # -- owners that are gone ------------------------------------------------------------
 
-    def purge(self, owners: Mapping[int, int]) -> int:
+    def purge(self, owners: Mapping[int, int], pushed: Mapping[int, Iterable[bytes]]) -> int:
         """Remove the entries of owners not in `owners` (pnn -> incarnation) from the
         records we are dmaster of; returns how many records changed.
 
-        Called by recovery on every member with the same `owners`, while frozen.
-        Skipped when nobody left or restarted since the last purge that was
-        done: one that failed half-way (a write refused) is done again at
-        the recovery's next attempt.
+        Called by recovery on every member with the same `owners`, while
+        frozen, with the volatile keys (by database id) this recovery pushed
+        to us. When nobody left or restarted since the last purge that was
+        done, only those records are looked at: the others were purged then,
+        and only live owners' clients have added entries since; a pushed
+        record may come from a node that missed that purge (one that was
+        hung while the others restarted kept the entries of their earlier
+        runs: tcp campaign seed 174). A purge that failed half-way (a write
+        refused) is done again, whole, at the recovery's next attempt.
         """
         previous = self._owners
-        if previous is not None and all(owners.get(p) == inc for p, inc in previous.items()):
-            self._owners = dict(owners)  # (nobody gone; who joined is gone from the next)
-            return 0
-
+        unchanged = previous is not None and all(
+            owners.get(p) == inc for p, inc in previous.items()
+        )
         changed = 0
         for db in list(self.node.dbs.values()):
             if db.replicated:
                 continue  # persistent_calls.purge
-            records, _headerless = db.local.sound_items()  # (which hold no entries)
+            if unchanged:
+                records, _ = db.local.sound_items(pushed.get(db.id, ()))
+            else:
+                records, _headerless = db.local.sound_items()  # (which hold no entries)
             ours = ((k, r) for k, r in records if r.dmaster == self.node.pnn)
             lists = record_calls.purged(ours, record_calls.departed(owners))
             for key, (before, value) in lists.items():

@@ -60,6 +60,9 @@ class RecoveryMember:
         self._deferred: list[tuple[int, Message]] = []
         #: recovery steps our storage failed since we last thawed (`ctl_ban_failing`)
         self._storage_failures = 0
+        #: volatile keys pushed to us since the last purge (`ctl_set_vnnmap`),
+        #: by database id: copies of nodes that missed purges may come with them
+        self._pushed: dict[int, set[bytes]] = {}
         #: the epoch of the last generation this run of the daemon served
         #: (None: none yet, so its clients own no entries)
         self._served_epoch: int | None = None
@@ -227,6 +230,7 @@ class RecoveryMember:
 
         records = await self.bulk(install)
         if not db.replicated:
+            self._pushed.setdefault(db.id, set()).update(records)
             # Our copy is now the one this recovery distributes: track from here.
             db.base = (int(args["base"][0]), int(args["base"][1]))
             db.local.track_changes()
@@ -262,7 +266,8 @@ class RecoveryMember:
         node.epochs.set(int(args["epoch"]))
         # Stamped with the new epoch, so the purge outranks every older copy.
         owners = {int(p): int(inc) for p, inc in args["incarnations"]}
-        self.engine.calls.purge(owners)
+        self.engine.calls.purge(owners, self._pushed)
+        self._pushed = {}
         persistent_calls.purge(node, owners, node.leader)
         if left_out:
             node.owners.fence_all()
