@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from ctdb.engines import conditions, migration, transactions
+from ctdb.engines import conditions, dmaster_calls, migration, transactions
 from ctdb.engines.ordered import engine, replica
 from ctdb.server import liveness, stream
 from tools.sim.campaign import campaign
@@ -89,6 +89,7 @@ FOUND = [
     ("tcp", 1287932),  # stale read: a grant to a peer dropped on an error on our side only
     ("tcp", 1333952),  # (the same, a purged queue entry read)
     ("vs", 1588045),  # the checker: overlapping chain holds made a node leave, purging entries
+    ("tcp", 174),  # a dead client's entry kept for good: a pushed list not purged
 ]
 
 
@@ -213,6 +214,16 @@ def test_a_node_that_stops_itself_is_caught(mode: str, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(liveness.Liveness, "on_view", broken)
     assert _caught(mode, "node 1 stopped itself: handling view")
+
+
+def test_entries_of_departed_runs_left_after_the_faults_are_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tcp: a purge that never runs leaves dead clients' entries in the lists;
+    the history allows a purge to be left out, the final check does not."""
+    monkeypatch.setattr(dmaster_calls.DmasterCalls, "purge", lambda self, owners, pushed: 0)
+    caught = [v for v in simulate(174, "tcp").violations if "entries of departed runs" in v]
+    assert caught
 
 
 def test_a_replica_skipping_writes_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

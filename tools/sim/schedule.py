@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctdb.common.errors import CtdbError
+from ctdb.engines import record_calls
 from ctdb.storage.database import SEQNUM_KEY
+from ctdb.storage.entries import decode_entries
 from ctdb.storage.ltdb import live_value
 from tools.sim import linearizability, split_brain
 from tools.sim.cluster import EXPEL, INTERVAL, LIFE, SimCluster, crashed
@@ -179,6 +181,7 @@ async def run_schedule(
         faults.purge_ops(loop.time())
         await _final_reads(workload, complain)
         _compare_replicas(cluster, complain)
+        _departed_entries(cluster, complain)
         for violation in linearizability.check(history.by_key()):
             complain(violation.describe())
         for split in split_brain.check(history.by_key()):
@@ -302,6 +305,31 @@ def _compare_replicas(cluster: SimCluster, complain: Any) -> None:
             }
         if len({tuple(sorted(c.items())) for c in contents.values()}) != 1:
             complain(f"{name} database differs between nodes: {contents}")
+
+
+def _departed_entries(cluster: SimCluster, complain: Any) -> None:
+    """Once the cluster has settled, no entry list holds an entry of a node's
+    earlier run: every tcp recovery and every vs round purges the entries of
+    nodes that left or restarted. The history lets a purge be left out
+    (`Faults.purge_ops`: it cannot tell when one happens); this says that it
+    did happen (a purge skipped for good let a tcp campaign pass while
+    departed clients' locks stayed held). On tcp a volatile list is its
+    dmaster's copy; other copies of it are caches."""
+    runs = {pnn: node.epochs.incarnation for pnn, node in cluster.nodes.items()}
+    for pnn, node in sorted(cluster.nodes.items()):
+        for name in (VOLATILE, PERSISTENT):
+            for key, rec in node.db_by_name(name).local.items():
+                if not record_calls.may_hold_entries(rec):
+                    continue
+                if cluster.mode == "tcp" and name == VOLATILE and rec.dmaster != pnn:
+                    continue
+                stale = [e for e in decode_entries(rec.value) if runs.get(e.pnn) != e.client >> 32]
+                if stale:
+                    owners = ", ".join(f"{e.pnn}:{e.client:#x}" for e in stale)
+                    complain(
+                        f"node {pnn}: {name}:{key.decode(errors='replace')} still holds entries "
+                        f"of departed runs ({owners}; runs now {runs})"
+                    )
 
 
 class _TraceLogs(logging.Handler):
