@@ -132,8 +132,9 @@ class Node:
         self.controls.handlers = control_handlers(self.admin) | self.membership.controls()
         self._tasks: list[asyncio.Task[None]] = []
         self.shutdown_requested = asyncio.Event()
-        #: why the node stopped by itself: a loop it cannot work without ended
-        #: (`_loop_ended`); None while it runs, and after a requested shutdown
+        #: why the node stopped by itself (`fail`: a bug in one of its loops,
+        #: its view handling, its transport's tasks); None while it runs, and
+        #: after a requested shutdown
         self.failure: str | None = None
         #: told `failure` when it is set: a supervisor's (the simulator counts
         #: it a violation; the daemon waits for `shutdown_requested` instead)
