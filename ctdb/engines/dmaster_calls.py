@@ -195,10 +195,8 @@ class DmasterCalls:
         for db in list(self.node.dbs.values()):
             if db.replicated:
                 continue  # persistent_calls.purge
-            if unchanged:
-                records, _ = db.local.sound_items(pushed.get(db.id, ()))
-            else:
-                records, _headerless = db.local.sound_items()  # (which hold no entries)
+            keys = pushed.get(db.id, ()) if unchanged else None  # None: every record
+            records, _headerless = db.local.sound_items(keys)  # (which hold no entries)
             ours = ((k, r) for k, r in records if r.dmaster == self.node.pnn)
             lists = record_calls.purged(ours, record_calls.departed(owners))
             for key, (before, value) in lists.items():

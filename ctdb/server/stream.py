@@ -250,8 +250,8 @@ class StreamMembership:
         """A rejoin that failed leaves the node out of the group for good,
         serving nothing, and nobody asks it back: only a bug does that (a
         join corosync refuses is tried again), so the node stops."""
-        if not task.cancelled() and task.exception() is not None:
-            self.node.fail("rejoining the group", task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.node.fail("rejoining the group", exc)
 
     async def _rejoin(self) -> None:
         transport = self.node.transport

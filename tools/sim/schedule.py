@@ -316,6 +316,7 @@ def _departed_entries(cluster: SimCluster, complain: Any) -> None:
     departed clients' locks stayed held). On tcp a volatile list is its
     dmaster's copy; other copies of it are caches."""
     runs = {pnn: node.epochs.incarnation for pnn, node in cluster.nodes.items()}
+    gone = record_calls.departed(runs)
     for pnn, node in sorted(cluster.nodes.items()):
         for name in (VOLATILE, PERSISTENT):
             for key, rec in node.db_by_name(name).local.items():
@@ -323,7 +324,7 @@ def _departed_entries(cluster: SimCluster, complain: Any) -> None:
                     continue
                 if cluster.mode == "tcp" and name == VOLATILE and rec.dmaster != pnn:
                     continue
-                stale = [e for e in decode_entries(rec.value) if runs.get(e.pnn) != e.client >> 32]
+                stale = [e for e in decode_entries(rec.value) if gone(e)]
                 if stale:
                     owners = ", ".join(f"{e.pnn}:{e.client:#x}" for e in stale)
                     complain(

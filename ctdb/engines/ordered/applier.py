@@ -85,7 +85,7 @@ class StreamApplier:
             try:
                 self.rounds.on_message(msg)
             except Exception as exc:
-                self._round_failed(f"handling {op} from node {msg.origin}", exc)
+                self._resync_after(f"handling {op} from node {msg.origin}", exc)
             return
         if op == "applied":
             if self.stability.on_applied(msg):
@@ -149,9 +149,8 @@ class StreamApplier:
                 # Our replica may now differ from everyone else's (an I/O
                 # error, a full disk, a record or file corrupt here alone,
                 # a bug): never carry on with it.
-                log_failure(log, exc, "applying %s from node %d", msg.op, msg.origin)
                 self.act()
-                self.resync(f"applying {msg.op} failed: {type(exc).__name__}: {exc}")
+                self._resync_after(f"applying {msg.op} from node {msg.origin}", exc)
                 return
         finally:
             self.act()
@@ -209,18 +208,19 @@ class StreamApplier:
         try:
             self.rounds.on_view(view)
         except Exception as exc:
-            self._round_failed(f"handling view {view.view_id}", exc)
+            self._resync_after(f"handling view {view.view_id}", exc)
 
-    def _round_failed(self, what: str, exc: Exception) -> None:
-        """A view change or a round's step failed half-way: rejoin.
+    def _resync_after(self, what: str, exc: Exception) -> None:
+        """A step of the stream failed half-way here alone: log it, rejoin.
 
-        They read and write our copies too (a purge, the epoch file, the
-        snapshot we send or install), so one that fails leaves our state
-        behind the others', as a failed apply does, or leaves a round
-        without the snapshot we were to send (a record of ours without its
-        CTDB header, which no operation touched, fails only there). The
-        transport only logs what its callback raises: the node would carry
-        on as if in sync, and a joiner would wait for our snapshot for ever.
+        An apply, a view change or a round's step reads and writes our
+        copies (a write, a purge, the epoch file, the snapshot we send or
+        install), so one that fails leaves our state behind the others', or
+        a round without the snapshot we were to send (a record of ours
+        without its CTDB header, which no operation touched, fails only
+        there). The transport only logs what its callback raises: the node
+        would carry on as if in sync, and a joiner would wait for our
+        snapshot for ever.
         """
         log_failure(log, exc, "%s", what)
         self.resync(f"{what} failed: {type(exc).__name__}: {exc}")
