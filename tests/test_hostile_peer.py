@@ -314,3 +314,52 @@ def test_a_bad_broadcast_is_dropped_by_every_member_and_logged_once(
     witness.check()
     with c.client(0) as a, c.client(1) as b:
         assert a.traverse(witness.volatile) == b.traverse(witness.volatile)
+
+
+@pytest.mark.parametrize("two_of_three", ["vs"], indirect=True)
+def test_malformed_group_control_messages_are_ignored_by_every_member(
+    two_of_three: LocalCluster,
+) -> None:
+    """HELLO, EXPEL, STATE, MERGE and FOUND bodies that are not what they
+    should be: each member logs and ignores each, and goes on serving."""
+    from transport.base import TransportOptions
+    from transport.cpg import CpgTransport
+    from transport.cpg_wire import BROADCAST, K_EXPEL, K_FOUND, K_HELLO, K_MERGE, K_STATE
+
+    c = two_of_three
+    witness = Witness(c)
+    nodes = [c.address(p) for p in range(3)]
+    control = [
+        (K_HELLO, b"\xc1"),
+        (K_HELLO, msgpack.packb({"pnn": "0", "last_view_id": 0})),
+        (K_EXPEL, msgpack.packb(["n", "p"])),
+        (K_STATE, msgpack.packb({"target": 1})),
+        (K_MERGE, msgpack.packb({"tag": 1})),
+        (K_FOUND, msgpack.packb([])),
+    ]
+    ignored = "ignored a malformed"
+
+    async def member() -> None:
+        options = TransportOptions(protocol=m.NODE_PROTOCOL, extra={"group": f"ctdb-{c.port}"})
+        t = CpgTransport(FAKE, nodes, options)
+        await t.start()
+        try:
+            conn = t._conn
+            assert conn is not None
+            for kind, body in control:
+                conn._enqueue(kind, t.lid, BROADCAST, body)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if all(log_lines(c, p, ignored) >= len(control) for p in (0, 1)):
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await t.stop()
+
+    asyncio.run(member())
+    assert [log_lines(c, p, ignored) for p in (0, 1)] == [len(control), len(control)]
+    witness.check()
+    with c.client(0) as a, c.client(1) as b:
+        a.store(witness.volatile, b"after", b"it")
+        assert b.fetch(witness.volatile, b"after") == b"it"
+        assert a.traverse(witness.volatile) == b.traverse(witness.volatile)

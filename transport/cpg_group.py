@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from transport import cpg_control
 from transport.base import View
 from transport.cpg_wire import (
     BROADCAST,
@@ -44,6 +45,16 @@ from transport.cpg_wire import (
 )
 
 log = logging.getLogger("transport.cpg")
+
+#: the control messages whose bodies are checked before they count, and how
+_CONTROL = {
+    K_HELLO: cpg_control.HELLO,
+    K_MERGE: cpg_control.MERGE,
+    K_EXPEL: cpg_control.MEMBER,
+    K_FOUND: cpg_control.FOUND,
+    K_STATE: cpg_control.STATE,
+}
+_NAMES = {K_HELLO: "HELLO", K_MERGE: "MERGE", K_EXPEL: "EXPEL", K_FOUND: "FOUND", K_STATE: "STATE"}
 
 
 class GroupPort(Protocol):
@@ -174,7 +185,10 @@ class Group:
         msg = ev[1]
         if _kind(msg) != K_EXPEL:
             return False
-        return tuple(msgpack.unpackb(msg[HDR.size :])) == self.me
+        try:
+            return tuple(cpg_control.body(cpg_control.MEMBER, msg[HDR.size :])) == self.me
+        except cpg_control.Malformed:
+            return False  # ignored by the members alike
 
     def _peek_state(self, ev: Deliver) -> dict[str, Any] | None:
         """The STATE addressed to us, if `ev` is one (joiner side)."""
@@ -189,7 +203,10 @@ class Group:
             self.peek_fragments.setdefault(sender, []).append(msg[HDR.size :])
             return None
         whole = b"".join([*self.peek_fragments.pop(sender, []), msg[HDR.size :]])
-        body: dict[str, Any] = msgpack.unpackb(whole, strict_map_key=False)
+        try:
+            body: dict[str, Any] = cpg_control.body(cpg_control.STATE, whole)
+        except cpg_control.Malformed:
+            return None  # ignored by the members alike: the next STATE counts
         if tuple(body["target"]) != self.me:
             return None
         return body
@@ -258,15 +275,34 @@ class Group:
             if pnn is None:
                 return
             self._deliver(pnn, batch_items(payload) if flags & F_BATCH else ((dest, payload),))
-        elif kind == K_HELLO:
-            body = msgpack.unpackb(payload)
+        elif kind == K_ALIVE:
+            if len(payload) == SILENCE.size:
+                self._silence(src, SILENCE.unpack(payload)[0])
+        elif kind == K_BYE:
+            if st.members.pop(sender, None) is not None:
+                self._recompute()
+        elif kind in _CONTROL:
+            try:
+                body = cpg_control.body(_CONTROL[kind], payload)
+            except cpg_control.Malformed as exc:
+                log.warning(
+                    "%s: ignored a malformed %s from %s: %s", self.me, _NAMES[kind], src, exc
+                )
+                return
+            self._apply_control(src, sender, kind, body)
+
+    def _apply_control(self, src: Member, sender: Logical, kind: int, body: Any) -> None:
+        """A HELLO, MERGE, EXPEL, FOUND or STATE whose body has its shape (`cpg_control`)."""
+        st = self.state
+        if kind == K_HELLO:
             # Every view the joiner gets comes after the last one it saw
             # (its own solo view, if its corosync died): also its first view
             # here, which during a merge is not a new view id of the group's.
-            st.view_id = max(st.view_id, int(body["last_view_id"]) + 1)
-            st.members[sender] = int(body["pnn"])
+            st.view_id = max(st.view_id, body["last_view_id"] + 1)
+            st.members[sender] = body["pnn"]
             self._silence(src, body.get("silence"))
             self._recompute()
+            lid = sender[2]
             if src == self.me and lid in self.local and lid not in self.active:
                 if self.merge_expect is None:
                     self._activate(lid, View(st.view_id, st.view))
@@ -276,21 +312,14 @@ class Group:
                     # merge is done. Our first view is the merged one, and
                     # what the group delivers before it is not for us.
                     self.first_view_due.add(lid)
-        elif kind == K_BYE:
-            if st.members.pop(sender, None) is not None:
-                self._recompute()
         elif kind == K_MERGE:
-            self._on_merge(src, msgpack.unpackb(payload, strict_map_key=False))
+            self._on_merge(src, body)
         elif kind == K_EXPEL:
-            self._on_expel(src, tuple(msgpack.unpackb(payload)))
+            self._on_expel(src, (body[0], body[1]))
         elif kind == K_FOUND:
             if not self._has_state(src):
                 self.port.start_over(f"member {src} founded the group's state anew")
-        elif kind == K_ALIVE:
-            if len(payload) == SILENCE.size:
-                self._silence(src, SILENCE.unpack(payload)[0])
         elif kind == K_STATE:
-            body = msgpack.unpackb(payload, strict_map_key=False)
             target = (body["target"][0], body["target"][1])
             if target in self.cpg_members:
                 st.synced.add(target)
@@ -377,14 +406,13 @@ class Group:
 
     # -- expulsion of silent members -------------------------------------------
 
-    def _on_expel(self, src: Member, target: tuple[Any, ...]) -> None:
+    def _on_expel(self, src: Member, victim: Member) -> None:
         """An EXPEL at its stream position: the same decision on every member.
 
         Only a member that holds the group's state may expel.
         """
-        if len(target) != 2 or src == target or not self._has_state(src):
+        if src == victim or not self._has_state(src):
             return
-        victim: Member = (int(target[0]), int(target[1]))
         if self._mark_expelled(victim):
             self._after_expel(victim)
 
@@ -445,7 +473,11 @@ class Group:
         msg = ev[1]
         if _kind(msg) != K_FOUND:
             return None
-        return _found_body(msg[HDR.size :])
+        try:
+            body = cpg_control.body(cpg_control.FOUND, msg[HDR.size :])
+        except cpg_control.Malformed:
+            return None  # ignored by the members alike
+        return {(n, p) for n, p in body["members"]}, {(n, p) for n, p in body["older"]}
 
     def _joiner_found(self, seen: set[Member], older: set[Member]) -> None:
         founders = seen - older
@@ -638,12 +670,6 @@ class _Quiet:
 
 
 _QUIET = _Quiet()
-
-
-def _found_body(payload: bytes) -> tuple[set[Member], set[Member]]:
-    body = msgpack.unpackb(payload)
-    seen = {(int(n), int(p)) for n, p in body["members"]}
-    return seen, {(int(n), int(p)) for n, p in body["older"]}
 
 
 def _may_give_state(ev: Event) -> bool:

@@ -122,6 +122,10 @@ class CpgStream(abc.ABC):
     def _lost(self, why: object) -> None:
         """A call to corosync failed: it is gone (`Connection` goes solo and reconnects)."""
 
+    @abc.abstractmethod
+    def start_over(self, why: str) -> None:
+        """Leave the group and join it again as a fresh member."""
+
     def _drop_handle(self) -> None:
         if self.retry is not None:
             self.retry.cancel()
@@ -439,7 +443,15 @@ class CpgStream(abc.ABC):
                     if self.own_sent:
                         self.confirmed_sent = self.own_sent.popleft()
                 self.heard[src] = now
-            machine.event(ev)
+            try:
+                machine.event(ev)
+            except Exception:
+                # A bug: the machine's state is unknown, and the rest of
+                # this batch would be lost here alone. Only a fresh join
+                # (a state transfer) makes this process a member like the others.
+                log.exception("group %r: the group's state machine failed on an event", self.group)
+                self.start_over("the group's state machine failed (a bug; logged above)")
+                return
         self.lease_stale = True
         if more and self.handle is handle:
             # Leave the loop a turn (timers, our own keepalives), then go on.

@@ -385,6 +385,41 @@ def test_stop_is_a_view_change(corosync: PrivateCorosync) -> None:
     run(corosync, body)
 
 
+def test_a_failure_of_the_group_machine_makes_the_process_join_again(
+    corosync: PrivateCorosync, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the group's state machine on one event: the process starts
+    over (a fresh join and state transfer) rather than go on with a state
+    nobody knows, having lost the rest of its dispatch batch."""
+
+    async def body() -> None:
+        ts = make("machinebug", [0, 1, 2])
+        recs = [Recorder(t) for t in ts]
+        try:
+            for t in ts:
+                await t.start()
+            await until(lambda: all(t.view.members == (0, 1, 2) for t in ts), what="view of 3")
+            conn = ts[0]._conn
+            assert conn is not None and conn.machine is not None
+            broken = conn.machine
+
+            def event(ev: object) -> None:
+                raise RuntimeError("a bug")
+
+            broken.event = event  # type: ignore[method-assign]
+            ts[1].send(0, b"the event it fails on")
+            await until(lambda: conn.machine is not broken, what="the process starting over")
+            await until(lambda: all(t.view.members == (0, 1, 2) for t in ts), what="view of 3")
+            ts[2].broadcast(b"after it")
+            await until(lambda: all((2, b"after it") in r.msgs() for r in recs), what="delivery")
+        finally:
+            await stop_all(ts)
+        assert "the group's state machine failed on an event" in caplog.text
+        assert [v.members for v in recs[0].views].count((0,)) >= 1  # solo meanwhile
+
+    run(corosync, body)
+
+
 def test_member_killed_same_position(corosync: PrivateCorosync) -> None:
     """SIGKILL one member process: both survivors (in different processes)
     see the same stream and the view change at the same position."""

@@ -16,6 +16,8 @@ from collections import deque
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transport.base import View
 from transport.cpg_group import Group
@@ -27,6 +29,8 @@ from transport.cpg_wire import (
     K_EXPEL,
     K_FOUND,
     K_HELLO,
+    K_MERGE,
+    K_STATE,
     SILENCE,
     Event,
     Member,
@@ -544,3 +548,81 @@ def test_a_joiner_that_saw_an_expel_since_its_join_starts_over_rather_than_guess
     bus.run()
     # j0 saw the EXPEL too, and cannot tell whether it took effect for those with state
     assert j0.started_over is not None and j1.started_over is not None
+
+
+# -- control messages that a buggy member got wrong -----------------------------------------
+
+MALFORMED = [
+    (K_HELLO, b"\xc1"),
+    (K_HELLO, msgpack.packb({"pnn": "1", "last_view_id": 0})),
+    (K_HELLO, msgpack.packb([1, 2])),
+    (K_EXPEL, msgpack.packb(5)),
+    (K_EXPEL, msgpack.packb(["a", "b"])),
+    (K_EXPEL, msgpack.packb([1, 2, 3])),
+    (K_STATE, msgpack.packb({"target": 3})),
+    (K_STATE, msgpack.packb({"target": [9, 9], "snapshot": {"members": "all"}})),
+    (K_MERGE, msgpack.packb(1)),
+    (K_MERGE, msgpack.packb({"tag": [], "members": [[1]]})),
+    (K_FOUND, msgpack.packb({"members": [[1, 2]]})),
+    (K_FOUND, b""),
+]
+
+
+@pytest.mark.parametrize(("kind", "body"), MALFORMED)
+def test_a_malformed_control_message_is_ignored_alike_and_the_stream_goes_on(
+    kind: int, body: bytes
+) -> None:
+    bus, procs = three()
+    before = procs[0].machine.state.snapshot()
+    procs[1].multicast(kind, 0, BROADCAST, body)
+    procs[2].multicast(K_DATA, 1, BROADCAST, b"after it")
+    bus.run()  # (it raised inside the machine, on every member)
+    for p in procs:
+        assert p.machine.state.snapshot() == before
+        assert p.delivered[-1] == (2, b"after it")
+        assert p.started_over is None and not p.was_expelled
+
+
+def test_a_joiner_ignores_a_malformed_state_and_installs_the_next() -> None:
+    bus, procs = three()
+    joiner = Proc(bus, 3, pnn=3)
+    bus.join(joiner)
+    bad = {"target": list(joiner.me), "snapshot": {"members": "all"}}
+    procs[0].multicast(K_STATE, 0, BROADCAST, msgpack.packb(bad))  # before the leader's
+    bus.run()
+    assert joiner.machine.synced
+    everyone = [*procs, joiner]
+    assert all(p.machine.state.snapshot() == procs[0].machine.state.snapshot() for p in everyone)
+    assert all(p.views[-1].members == (0, 1, 2, 3) for p in everyone)
+
+
+_msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=5)
+    | st.binary(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from([K_HELLO, K_EXPEL, K_STATE, K_MERGE, K_FOUND, K_ALIVE]),
+    body=st.one_of(st.binary(max_size=40), _msgpack_values.map(msgpack.packb)),
+)
+def test_whatever_a_member_sends_every_member_ends_in_the_same_state(
+    kind: int, body: bytes
+) -> None:
+    bus, procs = three()
+    procs[1].multicast(kind, 0, BROADCAST, body)
+    procs[2].multicast(K_DATA, 1, BROADCAST, b"after it")
+    bus.run()
+    alive = [p for p in procs if p.started_over is None and not p.was_expelled]
+    assert alive, "one control message stopped the whole group"
+    for p in alive:
+        assert p.machine.state.snapshot() == alive[0].machine.state.snapshot()
+        assert p.delivered[-1] == (2, b"after it")
