@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
+from ctdb.server import ctdb_sessions
 from ctdb.server.daemon import _stop_within
 from ctdb.server.liveness import Liveness
 from ctdb.server.stream import StreamMembership
@@ -69,6 +71,33 @@ def test_a_loop_of_the_node_that_breaks_stops_the_node(
     with caplog.at_level(logging.CRITICAL, logger="ctdb.server.node"):
         run_scenario("tcp", scenario)
     assert any("stopping this node" in r.message and r.exc_info for r in caplog.records)
+
+
+def test_the_ctdb_doors_announcements_that_break_stop_the_node(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CTDB-protocol door tells its clients who leads every second; a
+    bug there ended the loop in silence, and Samba's tools waited for ever."""
+
+    class Broken:
+        transport = None
+
+        def send_leader(self) -> None:
+            raise RuntimeError("a bug")
+
+    async def scenario(cluster: SimCluster) -> None:
+        monkeypatch.setattr(ctdb_sessions, "LEADER_INTERVAL", 0.01)
+        node1 = cluster.nodes[1]
+        door = ctdb_sessions.CtdbProtocolServer(node1, tmp_path / "ctdbd.socket")
+        await door.start()
+        try:
+            door.sessions.add(Broken())  # type: ignore[arg-type]
+            assert await cluster.until(node1.shutdown_requested.is_set, 5), cluster.describe()
+        finally:
+            await door.stop()
+        assert node1.failure is not None and "_announce_leader" in node1.failure
+
+    run_scenario("tcp", scenario)
 
 
 def test_a_view_change_the_node_cannot_handle_stops_the_node(

@@ -38,7 +38,6 @@ retries for ever. ctdbd commits synchronously, so it never meets this.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 
@@ -129,11 +128,11 @@ class SeqnumWatch:
             await asyncio.gather(*(self._tell(p, db_id) for p in others for db_id in moved))
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = self.node.supervised(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # (what it raised, if it ended by itself, stopped the node already)
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None

@@ -39,7 +39,6 @@ which they notice at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 from collections import Counter
@@ -455,15 +454,15 @@ class CtdbProtocolServer:
                 session.send_leader()
 
     async def start(self) -> None:
-        self._leader_task = asyncio.get_running_loop().create_task(self._announce_leader())
+        self._leader_task = self.node.supervised(self._announce_leader())
         self.seqnums.start()
         self._server = await unixsocket.listen(self.path, self.mode, lambda: CtdbSession(self))
 
     async def stop(self) -> None:
         if self._leader_task is not None:
             self._leader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._leader_task
+            # (what it raised, if it ended by itself, stopped the node already)
+            await asyncio.gather(self._leader_task, return_exceptions=True)
             self._leader_task = None
         await self.seqnums.stop()
         if self._server is not None:

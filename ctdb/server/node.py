@@ -180,15 +180,19 @@ class Node:
         )
         loops = [*self.membership.background(), self.liveness.run()]
         loops.append(vacuum_rounds(self.membership, lambda: self.tunable("VacuumInterval")))
-        for loop in loops:
-            task = asyncio.create_task(loop, name=getattr(loop, "__qualname__", None))
-            task.add_done_callback(self._loop_ended)
-            self._tasks.append(task)
+        self._tasks += [self.supervised(loop) for loop in loops]
+
+    def supervised(self, loop: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `loop`, one that runs for as long as the node does; if it ends
+        by itself, the node stops (`fail`). Its owner cancels it to stop it."""
+        task = asyncio.create_task(loop, name=getattr(loop, "__qualname__", None))
+        task.add_done_callback(self._loop_ended)
+        return task
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """One of the node's loops (the leader's recoveries, the state
-        announcements, vacuuming) ended by itself: a bug, since each runs for
-        as long as the node does (see `fail`)."""
+        announcements, vacuuming, the CTDB door's announcements) ended by
+        itself: a bug, since each runs for as long as the node does (see `fail`)."""
         if task.cancelled():
             return
         exc = task.exception()
