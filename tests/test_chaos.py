@@ -100,17 +100,23 @@ def daemon_logs(kept: Path, lines: int = 40) -> str:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    ("transport", "faults"),
-    [("tcp", "kill,hang,recover,majority,disk-full"), ("vs", "kill,hang,recover,disk-full")],
+    ("transport", "faults", "netns"),
+    [
+        ("tcp", "kill,hang,recover,majority,disk-full", False),
+        ("vs", "kill,hang,recover,disk-full", False),
+        # one node's corosync killed and restarted: that node goes solo, then joins again
+        ("vs", "corosync", True),
+    ],
 )
 def test_a_short_campaign_keeps_every_acknowledged_increment(
-    transport: str, faults: str, tmp_path: Path
+    transport: str, faults: str, netns: bool, tmp_path: Path
 ) -> None:
     # Samba's own tool writes too where it is installed (the README's test set-up installs it).
     samba = ["--samba"] if os.access(SAMBA_CTDB, os.X_OK) else []
     keep = tmp_path / "kept"
     done = subprocess.run(
         [PYTHON, "-m", "tools.chaos", "--transport", transport, "--faults", faults, *samba]
+        + (["--netns"] if netns else [])
         + ["--duration", "5", "--min-faults", "2", "--seed", "11", "--json"]
         + ["--log-level", "INFO", "--keep", str(keep)],
         capture_output=True,

@@ -33,14 +33,17 @@ Volatile counters are therefore checked only where the fault plan stays inside t
 summary says whether they were.
 
     python -m tools.chaos [--transport tcp|vs] [--duration 60] [--min-faults N] [--seed N]
-                          [--faults kill,hang,recover,majority,disk-full] [--no-settle]
+                          [--faults kill,hang,recover,majority,disk-full,...] [--no-settle]
                           [--in-place] [--netns] [--samba] [--json]
 
 By default the cluster heals after each fault before the next (the volatile
 promises are about single failures); `--no-settle` lets faults land in the
 recoveries of the ones before. `--in-place` makes the volatile clients use
 records in place, as Samba's clients do, on tcp. `--netns` runs the cluster
-in network namespaces and allows network faults (cut, link, oneway).
+in network namespaces and allows network faults (cut, link, oneway) and,
+over vs, where each namespace runs its own corosync, `corosync` (kill -9 of
+one node's corosync, restarted after a while: its daemon goes solo and joins
+again).
 `--samba` adds a writer per node that uses Samba's own `ctdb pstore`
 through the CTDB protocol, 1, 2, 3, ... on a key of its own, checked with
 `ctdb pfetch` on any node during the run and on every node at the end.
@@ -78,9 +81,11 @@ from tools.netns_ctdb import NetnsCtdb, netns_ctdb
 
 PERSISTENT_DB = "chaos_persistent.tdb"
 VOLATILE_DB = "chaos_volatile.tdb"
-FAULTS = ("kill", "hang", "recover", "majority", "disk-full", "cut", "link", "oneway")
+FAULTS = ("kill", "hang", "recover", "majority", "disk-full", "cut", "link", "oneway", "corosync")
 #: faults of the network, which need the cluster in network namespaces (--netns)
 NET_FAULTS = ("cut", "link", "oneway")
+#: faults that need a corosync per node: vs in network namespaces
+COROSYNC_FAULTS = ("corosync",)
 #: what runs unless --faults says otherwise (disk-full needs root, for its tmpfs mounts)
 DEFAULT_FAULTS = ("kill", "hang", "recover", "majority")
 #: size of each node's state directory (a tmpfs) when disk-full is among the faults:
@@ -480,6 +485,14 @@ class Campaign:
 
         elif kind in NET_FAULTS:
             self.cut_network(kind)
+        elif kind == "corosync":
+            assert isinstance(c, NetnsCtdb)
+            victim = self.rng.randrange(c.size)
+            seconds = self.rng.uniform(0.2, 3.0)
+            self.say(f"fault: kill -9 node {victim}'s corosync for {seconds:.1f}s")
+            c.kill_corosync(victim)
+            self.stop.wait(seconds)
+            c.start_corosync(victim)
 
     def cut_network(self, kind: str) -> None:
         """Cut one node off, a link both ways or one way, for a while (real packet loss)."""
@@ -789,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(DEFAULT_FAULTS),
         help=f"comma-separated fault kinds among {', '.join(FAULTS)} (default: "
         f"{','.join(DEFAULT_FAULTS)}; disk-full mounts a {STATE_DISK} tmpfs as every "
-        "node's state directory, and needs root)",
+        "node's state directory, and needs root; cut, link and oneway need --netns; "
+        "corosync needs --transport vs --netns)",
     )
     parser.add_argument(
         "--clients-per-node", type=int, default=1, help="clients per node and workload"
@@ -831,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown)) or '(none given)'}")
     if set(faults) & set(NET_FAULTS) and not ns.netns:
         parser.error(f"{', '.join(NET_FAULTS)} need --netns")
+    if set(faults) & set(COROSYNC_FAULTS) and not (ns.netns and ns.transport == "vs"):
+        parser.error(f"{', '.join(COROSYNC_FAULTS)} needs --transport vs --netns")
     if ns.samba and not os.access(SAMBA_CTDB, os.X_OK):
         parser.error(f"--samba needs Samba's ctdb tool ({SAMBA_CTDB}; Debian: ctdb)")
     if "disk-full" in faults and ns.netns:

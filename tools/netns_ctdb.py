@@ -35,7 +35,7 @@ from ctdb.common.config import SOCKET_NAME
 from ctdb.common.errors import CtdbError
 from tools import netns
 from tools.netns import NetnsCluster
-from transport.corosync import render_config
+from transport.corosync import cleanup_stale_shm, render_config
 
 REPO = Path(__file__).resolve().parents[1]
 PORT = 4379
@@ -122,6 +122,15 @@ class NetnsCtdb:
     # -- corosync (vs only) ----------------------------------------------------
     def start_corosync(self, i: int) -> None:
         self.corosyncs[i] = start_corosync(self.net, i)
+
+    def kill_corosync(self, i: int) -> None:
+        """SIGKILL node i's corosync and reap it, with the IPC files it leaves
+        (its daemon goes solo and reconnects once `start_corosync` ran again)."""
+        proc = self.corosyncs.pop(i, None)
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            cleanup_stale_shm([proc.pid], self.net.node_dir(i) / "shm")
 
     def wait_votes(self, want: int, timeout: float = 20.0) -> float:
         start = time.monotonic()
