@@ -57,7 +57,7 @@ class ControlChannel:
         self._drain = drain
         self._ids = itertools.count(1)
         #: answers to other nodes' controls still being worked out
-        self._answering: set[asyncio.Task[None]] = set()
+        self._answering: set[asyncio.Future[Any]] = set()
         #: reqid -> (target pnn, op, future)
         self._pending: dict[int, tuple[int, str, asyncio.Future[Any]]] = {}
         #: op -> the handler that answers it here
@@ -68,9 +68,15 @@ class ControlChannel:
 
         A control this node sends itself runs here, bounded like a remote
         one (a recovery must never wait for ever on its own push) and
-        failing the same way, with no coroutine of its own (a local ping is
-        this one coroutine); one to a node not connected fails without
-        being sent.
+        failing the same way, with no coroutine of its own when its handler
+        answers at once (a local ping is this one coroutine); one to a node
+        not connected fails without being sent.
+
+        A handler that has to wait runs to its end in a task of its own, as
+        it does on a remote node, whatever becomes of the caller (cancelled
+        with its client's connection, or timed out): cut in the middle, the
+        leader's own `tx_commit` left every node's copy of the database
+        prepared, refusing every later commit (BUSY) until a recovery.
         """
         if pnn != self._pnn:
             if not self._connected(pnn):
@@ -79,7 +85,10 @@ class ControlChannel:
         try:
             result = self._start(pnn, op, args or {})
             if _awaitable(result):  # only these need bounding (and a task)
-                result = await asyncio.wait_for(result, timeout)
+                task = asyncio.ensure_future(result)
+                self._answering.add(task)
+                task.add_done_callback(self._answered_here)
+                result = await asyncio.wait_for(asyncio.shield(task), timeout)
             return result
         except TimeoutError:
             raise CtdbError(
@@ -90,6 +99,13 @@ class ControlChannel:
         except Exception as exc:
             log_failure(log, exc, "control %s on this node", op)
             raise CtdbError(ErrorCode.IO, f"{type(exc).__name__}: {exc}") from exc
+
+    def _answered_here(self, task: asyncio.Future[Any]) -> None:
+        """A control of this node's own ended; what it raised reached its
+        caller, or nobody waits for it any more (as for a remote caller's)."""
+        self._answering.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     def call(
         self, pnn: int, op: str, args: dict[str, Any] | None = None, timeout: float = 10.0
