@@ -30,15 +30,19 @@ _LID = integer(0, 2**16 - 1)  # as wide as the header's field
 _SECONDS = number(0, math.inf, above=True)
 _TAG = row(list_of(MEMBER), U64)  # `cpg_group._merge_tag`
 _MERGE_KEY = text(max_len=1 << 20)
+#: [[nodeid, pid, lid, pnn], ...]: logical members and their pnns
+_LOGICALS = list_of(row(U32, U32, _LID, U32))
+#: [[key, count], ...]: how many merges of each set of processes (`Agreed.merges`)
+_MERGE_COUNTS = list_of(row(_MERGE_KEY, U64))
 
 _AGREED = {
-    "members": list_of(row(U32, U32, _LID, U32)),
+    "members": _LOGICALS,
     "view_id": U64,
     "view": list_of(U32),
     "synced": list_of(MEMBER),
     "expelled": list_of(MEMBER),
     "silences": list_of(row(U32, U32, _SECONDS)),
-    "merges": list_of(row(_MERGE_KEY, U64)),
+    "merges": _MERGE_COUNTS,
 }
 #: What a joiner's snapshot adds to the agreed state: the fragments in
 #: flight at its join and the merge in progress (`Group._merge_in_progress`).
@@ -51,7 +55,7 @@ _AT_JOIN = {
                 "members": list_of(MEMBER),
                 "view_id": U64,
                 "tag": _TAG,
-                "counts": list_of(row(_MERGE_KEY, U64)),
+                "counts": _MERGE_COUNTS,
             }
         )
     ),
@@ -73,8 +77,8 @@ STATE = struct({"target": MEMBER, "snapshot": SNAPSHOT})
 MERGE = struct(
     {
         "tag": _TAG,
-        "merges": list_of(row(_MERGE_KEY, U64)),
-        "members": list_of(row(U32, U32, _LID, U32)),
+        "merges": _MERGE_COUNTS,
+        "members": _LOGICALS,
         "view_id": U64,
         "expelled": list_of(MEMBER),
     },
@@ -99,3 +103,12 @@ def body(check: Check, payload: bytes) -> Any:
     except Exception as exc:  # noqa: BLE001 - whatever msgpack raises on bad bytes
         raise Malformed(f"not msgpack ({type(exc).__name__}: {exc})") from None
     return value
+
+
+def body_or_none(check: Check, payload: bytes) -> Any:
+    """`body`, or None for a malformed one: what a joiner peeking at its
+    buffer makes of a message every member ignores."""
+    try:
+        return body(check, payload)
+    except Malformed:
+        return None

@@ -185,10 +185,8 @@ class Group:
         msg = ev[1]
         if _kind(msg) != K_EXPEL:
             return False
-        try:
-            return tuple(cpg_control.body(cpg_control.MEMBER, msg[HDR.size :])) == self.me
-        except cpg_control.Malformed:
-            return False  # ignored by the members alike
+        target = cpg_control.body_or_none(cpg_control.MEMBER, msg[HDR.size :])
+        return target is not None and tuple(target) == self.me
 
     def _peek_state(self, ev: Deliver) -> dict[str, Any] | None:
         """The STATE addressed to us, if `ev` is one (joiner side)."""
@@ -203,12 +201,9 @@ class Group:
             self.peek_fragments.setdefault(sender, []).append(msg[HDR.size :])
             return None
         whole = b"".join([*self.peek_fragments.pop(sender, []), msg[HDR.size :]])
-        try:
-            body: dict[str, Any] = cpg_control.body(cpg_control.STATE, whole)
-        except cpg_control.Malformed:
-            return None  # ignored by the members alike: the next STATE counts
-        if tuple(body["target"]) != self.me:
-            return None
+        body: dict[str, Any] | None = cpg_control.body_or_none(cpg_control.STATE, whole)
+        if body is None or tuple(body["target"]) != self.me:
+            return None  # (a malformed one: the next STATE counts)
         return body
 
     def _counts(self, body: dict[str, Any]) -> bool:
@@ -473,10 +468,9 @@ class Group:
         msg = ev[1]
         if _kind(msg) != K_FOUND:
             return None
-        try:
-            body = cpg_control.body(cpg_control.FOUND, msg[HDR.size :])
-        except cpg_control.Malformed:
-            return None  # ignored by the members alike
+        body = cpg_control.body_or_none(cpg_control.FOUND, msg[HDR.size :])
+        if body is None:
+            return None
         return {(n, p) for n, p in body["members"]}, {(n, p) for n, p in body["older"]}
 
     def _joiner_found(self, seen: set[Member], older: set[Member]) -> None:

@@ -56,7 +56,7 @@ class ControlChannel:
         self._connected = connected
         self._drain = drain
         self._ids = itertools.count(1)
-        #: answers to other nodes' controls still being worked out
+        #: answers to controls (other nodes' and our own) still being worked out
         self._answering: set[asyncio.Future[Any]] = set()
         #: reqid -> (target pnn, op, future)
         self._pending: dict[int, tuple[int, str, asyncio.Future[Any]]] = {}
